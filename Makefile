@@ -1,0 +1,31 @@
+# lockstep: the commands a user types.  Meson and Ninja do the work; this
+# file only installs what is missing on a fresh Debian machine and calls them.
+#
+#   make          build everything into build/
+#   make check    all tests: unit + integration, then again under ASan/UBSan
+#   make demo     a short run of the main job on a sample image
+#   make bench    side-by-side benchmarks against QEMU (see bench/)
+
+BUILD      ?= build
+BUILD_SAN  ?= build-san
+MESON_OPTS ?=
+
+.PHONY: all deps build check check-plain check-san demo fuzz clean bench
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@test -f $(BUILD)/build.ninja || meson setup $(BUILD) $(MESON_OPTS)
+	@ninja -C $(BUILD)
+
+check: build
+	@scripts/run-tests.sh $(BUILD) $(BUILD_SAN)
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(BUILD_SAN)

@@ -1,0 +1,427 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The block layer: nodes, drivers, the graph and the request path.
+ *
+ * A node is one instance of a driver (file, raw, qcow2, copy-before-write,
+ * ...) with a unique node-name and named children ("file", "backing",
+ * "target", "children.0", ...).  Nodes are created from a JSON object in
+ * QEMU's blockdev-add schema.  Parents that are not nodes (NBD exports, jobs,
+ * tools) reach a node through a handle (struct block_handle), which is where
+ * requests enter the graph and where draining stops them.
+ *
+ * Threads (see docs/architecture.md):
+ *   - The main thread owns the graph.  Creating, deleting, replacing and
+ *     reattaching nodes happens only there, and only while drained.
+ *   - I/O runs on any thread, blocking, start to finish.  Every request that
+ *     enters through a handle holds the graph read lock for its duration;
+ *     draining takes the write lock, so "drained" means "no request in the
+ *     graph and none can enter".  A request must never wait for the main
+ *     thread (that would deadlock against a drain).
+ *
+ * Errors: data path functions return 0 (or a documented non-negative value)
+ * or -errno.  Control path functions take struct err **errp.
+ */
+#ifndef LOCKSTEP_BLOCK_H
+#define LOCKSTEP_BLOCK_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <jansson.h>
+
+#include "lockstep/err.h"
+
+struct block_node;
+struct block_child;
+struct block_driver;
+struct block_dirty_bitmap;
+
+/*
+ * Permissions, with QEMU's bit values (the file driver's image locks use
+ * them, so that QEMU and lockstep see each other's locks).
+ */
+enum {
+    BLOCK_PERM_CONSISTENT_READ = 0x01,
+    BLOCK_PERM_WRITE = 0x02,
+    BLOCK_PERM_WRITE_UNCHANGED = 0x04,
+    BLOCK_PERM_RESIZE = 0x08,
+    BLOCK_PERM_ALL = 0x0f,
+};
+
+/* Request flags. */
+enum {
+    BLOCK_REQ_FUA = 0x01,         /* write: stable before it completes */
+    BLOCK_REQ_MAY_UNMAP = 0x02,   /* zero: may deallocate (punch a hole) */
+    BLOCK_REQ_NO_FALLBACK = 0x04, /* zero: fail with -ENOTSUP rather than
+                                   * write a buffer of zeroes (NBD FAST_ZERO) */
+    BLOCK_REQ_SERIALISING = 0x08, /* wait for and hold off overlapping
+                                   * requests on this node */
+    BLOCK_REQ_WRITE_UNCHANGED = 0x10, /* write does not change the content
+                                       * (copy-on-read, block-copy) */
+};
+
+/* Block status flags (block_status()). */
+enum {
+    BLOCK_STATUS_DATA = 0x01,      /* reads return data (maybe also zero) */
+    BLOCK_STATUS_ZERO = 0x02,      /* reads return zeroes */
+    BLOCK_STATUS_ALLOCATED = 0x04, /* this layer defines the content */
+    /* Driver answers only: "ask node *file at offset *map" (raw, filters). */
+    BLOCK_STATUS_RECURSE = 0x08,
+    /* *map is the offset of the data in *file. */
+    BLOCK_STATUS_OFFSET_VALID = 0x10,
+};
+
+enum block_driver_kind {
+    BLOCK_KIND_PROTOCOL,   /* talks to something outside: a file, a server */
+    BLOCK_KIND_FORMAT,     /* interprets the bytes of its "file" child */
+    BLOCK_KIND_FILTER,     /* one child "file"; same content, other rules */
+};
+
+enum block_detect_zeroes {
+    BLOCK_DETECT_ZEROES_OFF,
+    BLOCK_DETECT_ZEROES_ON,
+    BLOCK_DETECT_ZEROES_UNMAP,
+};
+
+/* Types of driver options, for validation and keyval conversion. */
+enum block_opt_type {
+    BLOCK_OPT_STRING,
+    BLOCK_OPT_BOOL,       /* JSON bool, or "on"/"off" from keyval */
+    BLOCK_OPT_INT,        /* JSON integer, or a decimal string */
+    BLOCK_OPT_SIZE,       /* like INT, also accepts k/M/G suffixes */
+    BLOCK_OPT_NUMBER,     /* JSON number (int or real) */
+    BLOCK_OPT_CHILD,      /* a node: inline object or a node-name string */
+    BLOCK_OPT_CHILD_OR_NULL, /* the same, or JSON null (no child) */
+    BLOCK_OPT_CHILD_LIST, /* a JSON array of children */
+    BLOCK_OPT_OBJECT,     /* the driver checks the contents itself */
+    BLOCK_OPT_LIST,       /* the driver checks the contents itself */
+    BLOCK_OPT_ANY,        /* anything; the driver checks */
+};
+
+struct block_opt {
+    const char *name;
+    enum block_opt_type type;
+    bool required;
+    const char *const *enum_values; /* STRING: allowed values, NULL-ended */
+};
+
+/* Request limits, set by the driver's open (or refresh_limits). */
+struct block_limits {
+    uint32_t request_alignment;   /* reads and writes; default 1 */
+    uint32_t mem_alignment;       /* buffer address alignment; default 1 */
+    uint64_t max_transfer;        /* per read/write, 0 = no limit */
+    uint32_t pdiscard_alignment;  /* 0 = request_alignment */
+    uint64_t max_pdiscard;        /* 0 = no limit */
+    uint32_t pwrite_zeroes_alignment; /* 0 = request_alignment */
+    uint64_t max_pwrite_zeroes;   /* 0 = no limit */
+    uint32_t opt_transfer;        /* preferred size, advisory; 0 = none */
+};
+
+/* What block_status() tells about a range. */
+struct block_status_info {
+    unsigned flags;               /* BLOCK_STATUS_DATA/ZERO/ALLOCATED */
+    struct block_node *node;      /* the node whose layer holds the content
+                                   * (format level), or NULL if unallocated */
+    uint64_t map;                 /* offset in host file, if OFFSET_VALID */
+    struct block_node *file;      /* node that map refers to */
+    int depth;                    /* 0 = unallocated in the whole chain,
+                                   * 1 = the queried node's layer, 2 = its
+                                   * backing, ... (filters do not count) */
+};
+
+/*
+ * A driver.  Control callbacks run on the main thread and take errp; I/O
+ * callbacks run on any thread and return -errno.  The core guarantees for
+ * every I/O callback: offset/bytes are within the node's length and aligned
+ * to limits.request_alignment (except at the very end of the node), bytes
+ * does not exceed the relevant max_*, and the node is not being drained
+ * out from under the call.
+ */
+struct block_driver {
+    const char *name;               /* the QMP "driver" value */
+    enum block_driver_kind kind;
+    size_t state_size;              /* zeroed, at node->opaque */
+    const struct block_opt *options;/* driver options, NULL-terminated */
+    /* Set when the driver cannot run two requests on one node at once;
+     * the core then serialises them with a per-node lock. */
+    bool serialize_requests;
+
+    /*
+     * Open: parse node->options (already validated against .options; the
+     * children named by CHILD options are attached by the driver with
+     * block_node_open_child()).  Must set node->limits when they differ from
+     * the defaults.  On failure the core undoes the children attached.
+     */
+    int (*open)(struct block_node *node, json_t *options, struct err **errp);
+    void (*close)(struct block_node *node);
+
+    /* Length in bytes; may do I/O (protocol nodes). */
+    int64_t (*getlength)(struct block_node *node);
+    /* Bytes allocated on the host, or -ENOTSUP. */
+    int64_t (*allocated_size)(struct block_node *node);
+
+    int (*pread)(struct block_node *node, uint64_t offset, uint64_t bytes,
+                 void *buf, unsigned flags);
+    int (*pwrite)(struct block_node *node, uint64_t offset, uint64_t bytes,
+                  const void *buf, unsigned flags);
+    /* -ENOTSUP makes the core write zeroes from a buffer (unless
+     * BLOCK_REQ_NO_FALLBACK). */
+    int (*pwrite_zeroes)(struct block_node *node, uint64_t offset,
+                         uint64_t bytes, unsigned flags);
+    int (*pdiscard)(struct block_node *node, uint64_t offset, uint64_t bytes);
+    int (*flush)(struct block_node *node);
+    /*
+     * Status of [offset, offset+bytes): returns flags >= 0 (DATA, ZERO,
+     * RECURSE, OFFSET_VALID) and the length *pnum (> 0, <= bytes) over which
+     * they hold; *map and *file when OFFSET_VALID or RECURSE.  Neither
+     * DATA nor ZERO means "not allocated in this layer": the core then asks
+     * the backing child.  Without this callback: protocol nodes are all
+     * DATA, filters and one-child formats RECURSE into "file".
+     */
+    int (*block_status)(struct block_node *node, uint64_t offset,
+                        uint64_t bytes, uint64_t *pnum, uint64_t *map,
+                        struct block_node **file);
+    /* Resize (main thread or job). */
+    int (*truncate)(struct block_node *node, uint64_t length,
+                    struct err **errp);
+    /* Drop all content of this layer (qcow2 overlays; replication). */
+    int (*make_empty)(struct block_node *node, struct err **errp);
+
+    /*
+     * Permissions: the union of what all parents hold on this node changed
+     * (perm) and the intersection of what they share (shared).  Protocol
+     * drivers take image locks here.  May fail (another process holds a
+     * conflicting lock).
+     */
+    int (*set_perm)(struct block_node *node, uint32_t perm, uint32_t shared,
+                    struct err **errp);
+    /*
+     * What this node needs on child c and lets others do.  Without the
+     * callback the core's defaults apply (see block_default_child_perm).
+     */
+    void (*child_perm)(struct block_node *node, const char *child_name,
+                       uint32_t *perm, uint32_t *shared);
+
+    /* Fill extra fields for query-named-block-nodes ("format-specific"). */
+    void (*query)(struct block_node *node, json_t *info);
+};
+
+/*
+ * An edge of the graph: parent -> child node.  The parent is a node (then
+ * parent_node is set and name is the role: "file", "backing", ...) or a
+ * handle (parent_node is NULL).  Graph fields: main thread only, and changed
+ * only while drained.
+ */
+struct block_child {
+    char *name;
+    struct block_node *node;          /* the child */
+    struct block_node *parent_node;   /* NULL for handles */
+    struct block_handle *parent_handle; /* NULL for node parents */
+    uint32_t perm;
+    uint32_t shared;
+    TAILQ_ENTRY(block_child) parent_link;  /* in node->parents */
+    TAILQ_ENTRY(block_child) child_link;   /* in parent_node->children */
+};
+TAILQ_HEAD(block_child_list, block_child);
+
+/* A request in flight on a node (the reqlist for serialisation). */
+struct block_tracked_req {
+    uint64_t offset;
+    uint64_t bytes;
+    bool serialising;
+    TAILQ_ENTRY(block_tracked_req) link;
+};
+TAILQ_HEAD(block_tracked_req_list, block_tracked_req);
+
+struct block_node {
+    const struct block_driver *drv;
+    char *node_name;
+    bool auto_named;           /* "#blockN", not given by the user */
+    json_t *options;           /* as given (children as given too) */
+    void *opaque;              /* driver state, drv->state_size bytes */
+
+    /* Set at open from the common options. */
+    bool read_only;
+    bool auto_read_only;
+    bool discard_unmap;        /* discard=unmap (default: ignore) */
+    bool cache_direct;
+    bool cache_no_flush;
+    enum block_detect_zeroes detect_zeroes;
+
+    /* Set by the driver at open. */
+    struct block_limits limits;
+    unsigned supported_write_flags;   /* BLOCK_REQ_FUA handled natively */
+    unsigned supported_zero_flags;    /* FUA, MAY_UNMAP handled natively */
+
+    /* Graph: main thread only, changed only while drained. */
+    struct block_child_list children;
+    struct block_child_list parents;
+    struct block_child *file;         /* the child named "file", if any */
+    struct block_child *backing;      /* the child named "backing", if any */
+    int refcnt;
+    bool monitor_owned;               /* added by blockdev-add */
+    uint32_t cur_perm, cur_shared;    /* what drv->set_perm last saw */
+    TAILQ_ENTRY(block_node) all_link;
+
+    /*
+     * Requests.  Protected by: req_lock.  Lock order: req_lock is a leaf
+     * (never held while calling a driver).
+     */
+    pthread_mutex_t req_lock;
+    pthread_cond_t req_cond;
+    struct block_tracked_req_list tracked;
+    pthread_mutex_t serial_lock;      /* drv->serialize_requests only */
+
+    /* Dirty bitmaps.  Protected by: bitmap_lock (a leaf lock). */
+    pthread_mutex_t bitmap_lock;
+    TAILQ_HEAD(, block_dirty_bitmap) bitmaps;
+};
+
+/* ---- Drivers ---------------------------------------------------------- */
+
+const struct block_driver *block_driver_find(const char *name);
+/* The NULL-terminated table of all drivers (block/core/drivers.c). */
+extern const struct block_driver *const block_drivers[];
+
+/* ---- Graph (main thread) ---------------------------------------------- */
+
+/*
+ * Create a node from a blockdev-add JSON object (children inline or by
+ * node-name).  Returns a new reference.  Unknown or ill-typed options are
+ * refused with a message naming the option.
+ */
+struct block_node *block_node_new(json_t *options, struct err **errp);
+/* The same from QEMU's dotted key=value syntax. */
+struct block_node *block_node_new_keyval(const char *str, struct err **errp);
+/* Shorthand for tools: "-f FMT FILE". */
+struct block_node *block_node_open_file(const char *filename, const char *fmt,
+                                        bool read_only, struct err **errp);
+
+void block_node_ref(struct block_node *node);
+void block_node_unref(struct block_node *node);
+
+struct block_node *block_node_find(const char *node_name);
+/* Iterate over all nodes: pass NULL first. */
+struct block_node *block_node_next(struct block_node *prev);
+
+/*
+ * For drivers' open: attach the child given by option "name" in options
+ * (inline object, node-name string).  Returns NULL with *errp set when the
+ * option is missing or the child cannot be opened.  perm/shared default
+ * from the driver's child_perm or the core's defaults.
+ */
+struct block_child *block_node_open_child(struct block_node *parent,
+                                          json_t *options, const char *name,
+                                          struct err **errp);
+/* Attach an existing node as child "name" of parent (takes a reference). */
+struct block_child *block_node_attach_child(struct block_node *parent,
+                                            struct block_node *child,
+                                            const char *name,
+                                            struct err **errp);
+void block_node_detach_child(struct block_node *parent,
+                             struct block_child *child);
+struct block_child *block_node_child(struct block_node *node,
+                                     const char *name);
+/* Point an existing edge at another node (drained; permissions checked). */
+int block_child_replace_node(struct block_child *c, struct block_node *to,
+                             struct err **errp);
+
+/*
+ * Every parent of "from" (nodes and handles), except "to" itself and the
+ * edges listed in except, now points to "to".  Drained by the caller or
+ * drains itself.  Used to insert and remove filters above live nodes.
+ */
+int block_replace_node(struct block_node *from, struct block_node *to,
+                       struct err **errp);
+
+/* The core's default perms for a child role of a node. */
+void block_default_child_perm(struct block_node *node, const char *child_name,
+                              uint32_t *perm, uint32_t *shared);
+/* Recompute what the parents hold on node and pass it to set_perm. */
+int block_node_refresh_perm(struct block_node *node, struct err **errp);
+
+/* Describe a parent for messages: "node 'x'", "export 'e'", ... */
+char *block_child_parent_desc(const struct block_child *c);
+
+/*
+ * Draining: after block_drain_begin() returns, no request runs anywhere in
+ * the graph and none can enter through a handle until block_drain_end().
+ * Main thread; nests.
+ */
+void block_drain_begin(void);
+void block_drain_end(void);
+bool block_drained(void);
+
+/* ---- Requests (any thread) -------------------------------------------- */
+
+int64_t block_getlength(struct block_node *node);
+int block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
+                void *buf, unsigned flags);
+int block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
+                 const void *buf, unsigned flags);
+int block_pwrite_zeroes(struct block_node *node, uint64_t offset,
+                        uint64_t bytes, unsigned flags);
+int block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes);
+int block_flush(struct block_node *node);
+/*
+ * Status of the range in node and, through unallocated parts, its backing
+ * chain.  Returns BLOCK_STATUS_* flags and sets *pnum (> 0).  Unallocated
+ * everywhere reads as zero: flags ZERO, depth 0.
+ */
+int block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
+                 uint64_t *pnum, struct block_status_info *info);
+/* Only this layer: is [offset, +bytes) allocated here? returns 0/1, -errno. */
+int block_is_allocated(struct block_node *node, uint64_t offset,
+                       uint64_t bytes, uint64_t *pnum);
+int block_truncate(struct block_node *node, uint64_t length,
+                   struct err **errp);
+int block_make_empty(struct block_node *node, struct err **errp);
+int64_t block_allocated_size(struct block_node *node);
+
+/* The filtered child of a filter (or NULL), and the first non-filter. */
+struct block_node *block_filtered(struct block_node *node);
+struct block_node *block_skip_filters(struct block_node *node);
+
+/* ---- Handles: how non-node parents use a node ------------------------- */
+
+struct block_handle {
+    struct block_child child;    /* child.node is the node in use */
+    char *owner;                 /* "export 'exp0'", "job 'backup0'" ... */
+};
+
+/* Main thread.  Fails when perm conflicts with other users of node. */
+struct block_handle *block_handle_new(struct block_node *node,
+                                      const char *owner, uint32_t perm,
+                                      uint32_t shared, struct err **errp);
+void block_handle_free(struct block_handle *h);
+static inline struct block_node *
+block_handle_node(struct block_handle *h)
+{
+    return h->child.node;
+}
+
+/*
+ * Requests through a handle: they enter the graph (waiting while it is
+ * drained) and count as in flight until they return.  Any thread.
+ */
+int64_t block_handle_getlength(struct block_handle *h);
+int block_handle_pread(struct block_handle *h, uint64_t offset,
+                       uint64_t bytes, void *buf, unsigned flags);
+int block_handle_pwrite(struct block_handle *h, uint64_t offset,
+                        uint64_t bytes, const void *buf, unsigned flags);
+int block_handle_pwrite_zeroes(struct block_handle *h, uint64_t offset,
+                               uint64_t bytes, unsigned flags);
+int block_handle_pdiscard(struct block_handle *h, uint64_t offset,
+                          uint64_t bytes);
+int block_handle_flush(struct block_handle *h);
+int block_handle_status(struct block_handle *h, uint64_t offset,
+                        uint64_t bytes, uint64_t *pnum,
+                        struct block_status_info *info);
+
+/* Enter/leave the graph by hand for a sequence of node calls. */
+void block_graph_enter(void);
+void block_graph_leave(void);
+
+#endif

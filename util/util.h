@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Small dependency-free helpers used everywhere: allocation that aborts on
+ * failure (for small control-plane objects only; guest-sized buffers use
+ * plain malloc and handle failure), rounding, overflow-checked arithmetic,
+ * and pthread wrappers that abort on error (a failed mutex call is a bug).
+ */
+#ifndef LOCKSTEP_UTIL_H
+#define LOCKSTEP_UTIL_H
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define KiB (1024ULL)
+#define MiB (1024ULL * KiB)
+#define GiB (1024ULL * MiB)
+#define TiB (1024ULL * GiB)
+
+#define PRINTF_FMT(a, b) __attribute__((format(printf, a, b)))
+#define UNUSED __attribute__((unused))
+
+#define container_of(ptr, type, member) \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+
+void *xmalloc(size_t n);
+void *xzalloc(size_t n);
+void *xcalloc(size_t nmemb, size_t n);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) PRINTF_FMT(1, 2);
+char *xvasprintf(const char *fmt, va_list ap) PRINTF_FMT(1, 0);
+
+static inline bool
+is_power_of_2(uint64_t x)
+{
+    return x && !(x & (x - 1));
+}
+
+/* Alignment arguments must be powers of two. */
+static inline uint64_t
+align_down(uint64_t x, uint64_t a)
+{
+    return x & ~(a - 1);
+}
+
+static inline uint64_t
+align_up(uint64_t x, uint64_t a)
+{
+    return (x + a - 1) & ~(a - 1);
+}
+
+static inline bool
+is_aligned(uint64_t x, uint64_t a)
+{
+    return (x & (a - 1)) == 0;
+}
+
+static inline uint64_t
+div_round_up(uint64_t x, uint64_t d)
+{
+    return (x + d - 1) / d;
+}
+
+static inline unsigned
+log2_u64(uint64_t x)
+{
+    return 63 - __builtin_clzll(x);
+}
+
+/* True when offset + bytes overflows or goes past limit. */
+static inline bool
+range_exceeds(uint64_t offset, uint64_t bytes, uint64_t limit)
+{
+    uint64_t end;
+
+    return __builtin_add_overflow(offset, bytes, &end) || end > limit;
+}
+
+static inline bool
+ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+/* Parse "123", "4k", "1M", "2G", "1T" (binary units). -EINVAL/-ERANGE. */
+int parse_size(const char *s, uint64_t *out);
+/* Parse an integer (decimal, 0x hex); -EINVAL/-ERANGE. */
+int parse_int64(const char *s, int64_t *out);
+
+/* Is the buffer all zero bytes? */
+bool buffer_is_zero(const void *buf, size_t len);
+
+/* Full reads/writes on fds (retry on EINTR and short counts); -errno. */
+int pread_full(int fd, void *buf, size_t len, uint64_t offset);
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset);
+int read_full(int fd, void *buf, size_t len);
+int write_full(int fd, const void *buf, size_t len);
+
+/* Monotonic clock in nanoseconds. */
+int64_t clock_ns(void);
+
+/* pthread wrappers: abort on any error (nbdkit's locks.c rule). */
+void mutex_init(pthread_mutex_t *m);
+void mutex_destroy(pthread_mutex_t *m);
+void mutex_lock(pthread_mutex_t *m);
+void mutex_unlock(pthread_mutex_t *m);
+void cond_init(pthread_cond_t *c);
+void cond_destroy(pthread_cond_t *c);
+void cond_wait(pthread_cond_t *c, pthread_mutex_t *m);
+/* Wait until the absolute CLOCK_MONOTONIC time in ns; false on timeout. */
+bool cond_timedwait_ns(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline);
+void cond_signal(pthread_cond_t *c);
+void cond_broadcast(pthread_cond_t *c);
+void thread_create(pthread_t *t, const char *name, void *(*fn)(void *),
+                   void *opaque);
+void thread_join(pthread_t t);
+
+/* Scope cleanup: "CLEANUP_FREE char *p = NULL;" frees at end of scope. */
+void cleanup_free(void *ptr);
+#define CLEANUP_FREE __attribute__((cleanup(cleanup_free)))
+
+static inline void
+mutex_unlockp(pthread_mutex_t **m)
+{
+    if (*m) {
+        mutex_unlock(*m);
+    }
+}
+/* SCOPED_LOCK(&m): locks now, unlocks at the end of the enclosing block. */
+#define SCOPED_LOCK_CAT2(a, b) a##b
+#define SCOPED_LOCK_CAT(a, b) SCOPED_LOCK_CAT2(a, b)
+#define SCOPED_LOCK(m)                                                       \
+    pthread_mutex_t *SCOPED_LOCK_CAT(scoped_lock_, __LINE__)                 \
+        __attribute__((cleanup(mutex_unlockp))) = (mutex_lock(m), (m))
+
+#endif
