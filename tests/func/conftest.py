@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: MIT
+"""Shared pytest fixtures for lockstep's functional tests.
+
+The tests run the programs of a build tree: LOCKSTEP_BUILD names it (default
+/work/main/build).  Every test gets its own scratch directory.
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def build_dir_path():
+    return os.environ.get("LOCKSTEP_BUILD", "/work/main/build")
+
+
+@pytest.fixture(scope="session")
+def build_dir():
+    path = build_dir_path()
+    if not os.path.isdir(path):
+        pytest.skip("build directory %s does not exist" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lockstep_io(build_dir):
+    path = os.path.join(build_dir, "lockstep-io")
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qemu_io():
+    """The real qemu-io, for differential checks; skips when missing."""
+    path = shutil.which("qemu-io")
+    if not path:
+        pytest.skip("qemu-io is not installed")
+    return path
+
+
+@pytest.fixture
+def tmp_dir(tmp_path):
+    return str(tmp_path)
+
+
+def run(argv, stdin=None, timeout=120):
+    """Run a program, capturing text output; never raises on exit status."""
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def make_image(path, size, fill=None):
+    """A raw image file of size bytes: sparse, or filled with byte fill."""
+    with open(path, "wb") as f:
+        if fill is None:
+            f.truncate(size)
+        else:
+            f.write(bytes([fill]) * size)
+    return path
