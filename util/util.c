@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Small helpers: allocation, parsing, full I/O, clocks, thread wrappers. */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>

@@ -206,6 +206,10 @@ struct block_driver {
 
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
     void (*query)(struct block_node *node, json_t *info);
+
+    /* A named event happened below a format (blkdebug's rules fire on
+     * them: "l2_update", "refblock_alloc", ...).  Any thread. */
+    void (*debug_event)(struct block_node *node, const char *event);
 };
 
 /*
@@ -248,7 +252,11 @@ struct block_node {
     bool discard_unmap;        /* discard=unmap (default: ignore) */
     bool cache_direct;
     bool cache_no_flush;
+    bool force_share;
     enum block_detect_zeroes detect_zeroes;
+    /* Length in bytes, cached: set at open, by truncate, and when a write
+     * grows a protocol node.  Atomic (any thread). */
+    uint64_t size;
 
     /* Set by the driver at open. */
     struct block_limits limits;
@@ -315,6 +323,13 @@ struct block_node *block_node_next(struct block_node *prev);
 struct block_child *block_node_open_child(struct block_node *parent,
                                           json_t *options, const char *name,
                                           struct err **errp);
+/* The same, for a child given by option opt_name but attached in the role
+ * child_name (blkdebug's "image" is its "file"). */
+struct block_child *block_node_open_child_as(struct block_node *parent,
+                                             json_t *options,
+                                             const char *opt_name,
+                                             const char *child_name,
+                                             struct err **errp);
 /* Attach an existing node as child "name" of parent (takes a reference). */
 struct block_child *block_node_attach_child(struct block_node *parent,
                                             struct block_node *child,
@@ -379,6 +394,9 @@ int block_truncate(struct block_node *node, uint64_t length,
                    struct err **errp);
 int block_make_empty(struct block_node *node, struct err **errp);
 int64_t block_allocated_size(struct block_node *node);
+
+/* Tell the node (and filters below it) that event happened: blkdebug. */
+void block_debug_event(struct block_node *node, const char *event);
 
 /* The filtered child of a filter (or NULL), and the first non-filter. */
 struct block_node *block_filtered(struct block_node *node);

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The table of all drivers.  An explicit list rather than constructors, so
+ * that static linking can never drop a driver silently.
+ */
+#include <string.h>
+
+#include "lockstep/block.h"
+
+extern const struct block_driver blkdebug_driver;
+extern const struct block_driver file_driver;
+extern const struct block_driver null_co_driver;
+extern const struct block_driver raw_driver;
+
+const struct block_driver *const block_drivers[] = {
+    &blkdebug_driver,
+    &file_driver,
+    &null_co_driver,
+    &raw_driver,
+    NULL,
+};
+
+const struct block_driver *
+block_driver_find(const char *name)
+{
+    for (size_t i = 0; block_drivers[i]; i++) {
+        if (!strcmp(block_drivers[i]->name, name)) {
+            return block_drivers[i];
+        }
+    }
+    return NULL;
+}

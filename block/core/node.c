@@ -1,0 +1,893 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The node graph: creating nodes from blockdev-add options, children and
+ * parents, reference counts, permissions, replacing a node under its
+ * parents, and draining.
+ *
+ * Design notes.
+ *
+ * All graph state (the node list, every node's children and parents lists,
+ * refcounts, edges' perms) belongs to the main thread.  Requests read the
+ * graph without locks: they hold the graph read lock (block_graph_enter)
+ * for as long as they run, and every change of an edge that a request could
+ * follow happens under the write lock (block_drain_begin).  So a request
+ * sees the graph either wholly before or wholly after a change.
+ *
+ * Permissions are QEMU's model, simplified: every edge (a node's child, or a
+ * handle) holds perm on its child node and shares shared with other users.
+ * Attaching an edge whose perm another edge does not share, or that does
+ * not share what another edge holds, is refused.  What a node needs on its
+ * own children is fixed at open from its read-only flag (we do not
+ * propagate parents' needs downward as QEMU does); protocol drivers receive
+ * the union and intersection through set_perm to take image locks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "block/core/opts.h"
+#include "lockstep/block.h"
+#include "lockstep/dirty-bitmap.h"
+#include "keyval.h"
+#include "util.h"
+
+/* All nodes, in creation order.  Main thread only. */
+static TAILQ_HEAD(, block_node) all_nodes = TAILQ_HEAD_INITIALIZER(all_nodes);
+static unsigned next_auto_id;
+
+/*
+ * The graph lock.  Readers are requests in flight (entered through a
+ * handle or block_graph_enter); the writer is a drained section.  Writers
+ * are preferred so that a drain cannot be starved by new requests.
+ */
+static pthread_rwlock_t graph_lock =
+    PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+static __thread int graph_read_depth;   /* this thread's nesting */
+static __thread bool graph_is_writer;   /* this thread holds the drain */
+static int drain_depth;                 /* main thread only */
+
+static struct block_node *node_new(json_t *options, const char *prefix,
+                                   struct err **errp);
+
+/* ---- Draining --------------------------------------------------------- */
+
+void
+block_graph_enter(void)
+{
+    /* The drainer itself and nested entries do not lock again: taking a
+     * writer-preferring read lock twice would deadlock against a drain. */
+    if (graph_is_writer || graph_read_depth++ > 0) {
+        return;
+    }
+    if (pthread_rwlock_rdlock(&graph_lock) != 0) {
+        abort();
+    }
+}
+
+void
+block_graph_leave(void)
+{
+    if (graph_is_writer) {
+        return;
+    }
+    assert(graph_read_depth > 0);
+    if (--graph_read_depth == 0) {
+        pthread_rwlock_unlock(&graph_lock);
+    }
+}
+
+void
+block_drain_begin(void)
+{
+    /* A thread inside a request must never drain: it would wait for
+     * itself. */
+    assert(graph_read_depth == 0);
+    if (drain_depth++ == 0) {
+        if (pthread_rwlock_wrlock(&graph_lock) != 0) {
+            abort();
+        }
+        graph_is_writer = true;
+    }
+}
+
+void
+block_drain_end(void)
+{
+    assert(drain_depth > 0 && graph_is_writer);
+    if (--drain_depth == 0) {
+        graph_is_writer = false;
+        pthread_rwlock_unlock(&graph_lock);
+    }
+}
+
+bool
+block_drained(void)
+{
+    return graph_is_writer;
+}
+
+/* ---- Lookup ----------------------------------------------------------- */
+
+struct block_node *
+block_node_find(const char *node_name)
+{
+    struct block_node *node;
+
+    if (!node_name) {
+        return NULL;
+    }
+    TAILQ_FOREACH(node, &all_nodes, all_link) {
+        if (!strcmp(node->node_name, node_name)) {
+            return node;
+        }
+    }
+    return NULL;
+}
+
+struct block_node *
+block_node_next(struct block_node *prev)
+{
+    return prev ? TAILQ_NEXT(prev, all_link) : TAILQ_FIRST(&all_nodes);
+}
+
+struct block_child *
+block_node_child(struct block_node *node, const char *name)
+{
+    struct block_child *c;
+
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        if (!strcmp(c->name, name)) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+struct block_node *
+block_filtered(struct block_node *node)
+{
+    if (node && node->drv->kind == BLOCK_KIND_FILTER && node->file) {
+        return node->file->node;
+    }
+    return NULL;
+}
+
+void
+block_debug_event(struct block_node *node, const char *event)
+{
+    while (node) {
+        if (node->drv->debug_event) {
+            node->drv->debug_event(node, event);
+        }
+        node = block_filtered(node);
+    }
+}
+
+struct block_node *
+block_skip_filters(struct block_node *node)
+{
+    while (node && block_filtered(node)) {
+        node = block_filtered(node);
+    }
+    return node;
+}
+
+/* ---- Permissions ------------------------------------------------------ */
+
+static const char *const perm_names[] = {
+    "consistent read", "write", "write unchanged", "resize",
+};
+
+static const char *
+first_perm_name(uint32_t perm)
+{
+    for (unsigned i = 0; i < ARRAY_SIZE(perm_names); i++) {
+        if (perm & (1u << i)) {
+            return perm_names[i];
+        }
+    }
+    return "?";
+}
+
+char *
+block_child_parent_desc(const struct block_child *c)
+{
+    if (c->parent_node) {
+        return xasprintf("node '%s'", c->parent_node->node_name);
+    }
+    return xstrdup(c->parent_handle && c->parent_handle->owner ?
+                   c->parent_handle->owner : "a user");
+}
+
+void
+block_default_child_perm(struct block_node *node, const char *child_name,
+                         uint32_t *perm, uint32_t *shared)
+{
+    bool rw = !node->read_only;
+
+    if (!strcmp(child_name, "backing")) {
+        /* Backing files are read; others may write them (QEMU's rule). */
+        *perm = BLOCK_PERM_CONSISTENT_READ;
+        *shared = BLOCK_PERM_ALL;
+    } else if (node->drv->kind == BLOCK_KIND_FORMAT &&
+               !strcmp(child_name, "file")) {
+        /* A format owns its image: nobody else may change the bytes. */
+        *perm = BLOCK_PERM_CONSISTENT_READ |
+                (rw ? BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE : 0);
+        *shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
+        if (node->force_share) {
+            *shared = BLOCK_PERM_ALL;
+        }
+    } else {
+        /* Filters and other roles: pass through, share everything. */
+        *perm = BLOCK_PERM_CONSISTENT_READ | (rw ? BLOCK_PERM_WRITE : 0);
+        *shared = BLOCK_PERM_ALL;
+    }
+}
+
+/* Does edge a conflict with edge b (both on the same node)? */
+static bool
+edges_conflict(const struct block_child *a, const struct block_child *b,
+               struct err **errp)
+{
+    uint32_t bad;
+    const struct block_child *holder, *refuser;
+    CLEANUP_FREE char *desc = NULL;
+
+    if ((bad = a->perm & ~b->shared)) {
+        holder = a;
+        refuser = b;
+    } else if ((bad = b->perm & ~a->shared)) {
+        holder = b;
+        refuser = a;
+    } else {
+        return false;
+    }
+    (void)holder;
+    desc = block_child_parent_desc(refuser);
+    err_setf(errp, "Conflicts with use by %s as '%s', which does not allow "
+             "'%s' on %s", desc, refuser->name, first_perm_name(bad),
+             a->node->node_name);
+    return true;
+}
+
+/* Check edge c against every other parent of node. */
+static bool
+check_edge(struct block_node *node, const struct block_child *c,
+           struct err **errp)
+{
+    struct block_child *other;
+
+    if ((c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
+        node->read_only) {
+        err_setf(errp, "Block node '%s' is read-only", node->node_name);
+        return false;
+    }
+    TAILQ_FOREACH(other, &node->parents, parent_link) {
+        if (other != c && edges_conflict(c, other, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int
+block_node_refresh_perm(struct block_node *node, struct err **errp)
+{
+    uint32_t perm = 0, shared = BLOCK_PERM_ALL;
+    struct block_child *c;
+    int ret;
+
+    TAILQ_FOREACH(c, &node->parents, parent_link) {
+        perm |= c->perm;
+        shared &= c->shared;
+    }
+    if (perm == node->cur_perm && shared == node->cur_shared) {
+        return 0;
+    }
+    if (node->drv->set_perm) {
+        ret = node->drv->set_perm(node, perm, shared, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    node->cur_perm = perm;
+    node->cur_shared = shared;
+    return 0;
+}
+
+/* ---- Edges ------------------------------------------------------------ */
+
+static void
+edge_link(struct block_child *c, struct block_node *child)
+{
+    c->node = child;
+    block_node_ref(child);
+    TAILQ_INSERT_TAIL(&child->parents, c, parent_link);
+}
+
+static void
+edge_unlink(struct block_child *c)
+{
+    struct block_node *child = c->node;
+
+    TAILQ_REMOVE(&child->parents, c, parent_link);
+    c->node = NULL;
+    /* Dropping a permission cannot fail in a way we could act on. */
+    block_node_refresh_perm(child, NULL);
+    block_node_unref(child);
+}
+
+/* Link c (perm set) to child, checking permissions; -EPERM on conflict. */
+static int
+edge_attach(struct block_child *c, struct block_node *child,
+            struct err **errp)
+{
+    int ret;
+
+    edge_link(c, child);
+    if (!check_edge(child, c, errp)) {
+        ret = -EPERM;
+        goto fail;
+    }
+    ret = block_node_refresh_perm(child, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    return 0;
+
+fail:
+    edge_unlink(c);
+    return ret;
+}
+
+struct block_child *
+block_node_attach_child(struct block_node *parent, struct block_node *child,
+                        const char *name, struct err **errp)
+{
+    struct block_child *c = xzalloc(sizeof(*c));
+
+    c->name = xstrdup(name);
+    c->parent_node = parent;
+    if (parent->drv->child_perm) {
+        parent->drv->child_perm(parent, name, &c->perm, &c->shared);
+    } else {
+        block_default_child_perm(parent, name, &c->perm, &c->shared);
+    }
+    if (edge_attach(c, child, errp) < 0) {
+        free(c->name);
+        free(c);
+        return NULL;
+    }
+    TAILQ_INSERT_TAIL(&parent->children, c, child_link);
+    if (!strcmp(name, "file")) {
+        parent->file = c;
+    } else if (!strcmp(name, "backing")) {
+        parent->backing = c;
+    }
+    return c;
+}
+
+void
+block_node_detach_child(struct block_node *parent, struct block_child *c)
+{
+    TAILQ_REMOVE(&parent->children, c, child_link);
+    if (parent->file == c) {
+        parent->file = NULL;
+    }
+    if (parent->backing == c) {
+        parent->backing = NULL;
+    }
+    edge_unlink(c);
+    free(c->name);
+    free(c);
+}
+
+int
+block_child_replace_node(struct block_child *c, struct block_node *to,
+                         struct err **errp)
+{
+    struct block_node *from = c->node;
+    int ret;
+
+    block_drain_begin();
+    block_node_ref(from);
+    edge_unlink(c);
+    ret = edge_attach(c, to, errp);
+    if (ret < 0) {
+        /* Going back to what was there before cannot conflict. */
+        edge_link(c, from);
+        block_node_refresh_perm(from, NULL);
+    }
+    block_node_unref(from);
+    block_drain_end();
+    return ret;
+}
+
+/* Move edge c from its node to "to" without permission checks. */
+static void
+edge_move(struct block_child *c, struct block_node *to)
+{
+    struct block_node *from = c->node;
+
+    TAILQ_REMOVE(&from->parents, c, parent_link);
+    block_node_ref(to);
+    c->node = to;
+    TAILQ_INSERT_TAIL(&to->parents, c, parent_link);
+    block_node_unref(from);
+}
+
+int
+block_replace_node(struct block_node *from, struct block_node *to,
+                   struct err **errp)
+{
+    struct block_child *c, *next, *other;
+    struct block_child **moved;
+    size_t n = 0, cap = 0;
+    int ret = 0;
+
+    if (from == to) {
+        return 0;
+    }
+    block_drain_begin();
+    block_node_ref(from);
+    block_node_ref(to);
+    TAILQ_FOREACH(c, &from->parents, parent_link) {
+        cap++;
+    }
+    moved = xcalloc(cap, sizeof(*moved));
+    for (c = TAILQ_FIRST(&from->parents); c; c = next) {
+        next = TAILQ_NEXT(c, parent_link);
+        /* The new node's own link to "from" stays, or we make a loop. */
+        if (c->parent_node == to) {
+            continue;
+        }
+        edge_move(c, to);
+        moved[n++] = c;
+    }
+    for (size_t i = 0; i < n && ret == 0; i++) {
+        c = moved[i];
+        if ((c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
+            to->read_only) {
+            err_setf(errp, "Block node '%s' is read-only", to->node_name);
+            ret = -EPERM;
+        }
+        TAILQ_FOREACH(other, &to->parents, parent_link) {
+            if (ret == 0 && other != c && edges_conflict(c, other, errp)) {
+                ret = -EPERM;
+            }
+        }
+    }
+    if (ret == 0) {
+        ret = block_node_refresh_perm(to, errp);
+    }
+    if (ret < 0) {
+        for (size_t i = 0; i < n; i++) {
+            edge_move(moved[i], from);
+        }
+        block_node_refresh_perm(to, NULL);
+    }
+    block_node_refresh_perm(from, NULL);
+    free(moved);
+    block_node_unref(to);
+    block_node_unref(from);
+    block_drain_end();
+    return ret;
+}
+
+/* ---- Handles ---------------------------------------------------------- */
+
+struct block_handle *
+block_handle_new(struct block_node *node, const char *owner, uint32_t perm,
+                 uint32_t shared, struct err **errp)
+{
+    struct block_handle *h = xzalloc(sizeof(*h));
+
+    h->owner = xstrdup(owner);
+    h->child.name = xstrdup("root");
+    h->child.parent_handle = h;
+    h->child.perm = perm;
+    h->child.shared = shared;
+    if (edge_attach(&h->child, node, errp) < 0) {
+        free(h->child.name);
+        free(h->owner);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void
+block_handle_free(struct block_handle *h)
+{
+    if (!h) {
+        return;
+    }
+    edge_unlink(&h->child);
+    free(h->child.name);
+    free(h->owner);
+    free(h);
+}
+
+/* ---- Creating nodes --------------------------------------------------- */
+
+static bool
+node_name_valid(const char *name)
+{
+    if (!((name[0] >= 'a' && name[0] <= 'z') ||
+          (name[0] >= 'A' && name[0] <= 'Z'))) {
+        return false;
+    }
+    for (const char *p = name; *p; p++) {
+        if (!(*p >= 'a' && *p <= 'z') && !(*p >= 'A' && *p <= 'Z') &&
+            !(*p >= '0' && *p <= '9') && !strchr("-._", *p)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool
+assign_node_name(struct block_node *node, json_t *options, struct err **errp)
+{
+    const char *name = block_opt_str(options, "node-name", NULL);
+
+    if (!name) {
+        /* Like QEMU's "#blockNNN": '#' cannot start a user's name. */
+        do {
+            free(node->node_name);
+            node->node_name = xasprintf("#block%03u", next_auto_id++);
+        } while (block_node_find(node->node_name));
+        node->auto_named = true;
+        return true;
+    }
+    if (!node_name_valid(name)) {
+        err_setf(errp, "Invalid node-name: '%s'", name);
+        return false;
+    }
+    if (strlen(name) >= 32) {
+        err_setf(errp, "Node name too long");
+        return false;
+    }
+    if (block_node_find(name)) {
+        err_setf(errp, "Duplicate nodes with node-name='%s'", name);
+        return false;
+    }
+    node->node_name = xstrdup(name);
+    return true;
+}
+
+static void
+read_common_options(struct block_node *node, json_t *options)
+{
+    const char *discard = block_opt_str(options, "discard", "ignore");
+    const char *dz = block_opt_str(options, "detect-zeroes", "off");
+    json_t *cache = json_object_get(options, "cache");
+
+    node->read_only = block_opt_bool(options, "read-only", false);
+    node->auto_read_only = block_opt_bool(options, "auto-read-only", false);
+    node->force_share = block_opt_bool(options, "force-share", false);
+    node->discard_unmap = !strcmp(discard, "unmap") || !strcmp(discard, "on");
+    node->cache_direct = block_opt_bool(cache, "direct", false);
+    node->cache_no_flush = block_opt_bool(cache, "no-flush", false);
+    if (!strcmp(dz, "on")) {
+        node->detect_zeroes = BLOCK_DETECT_ZEROES_ON;
+    } else if (!strcmp(dz, "unmap")) {
+        node->detect_zeroes = BLOCK_DETECT_ZEROES_UNMAP;
+    } else {
+        node->detect_zeroes = BLOCK_DETECT_ZEROES_OFF;
+    }
+}
+
+static struct block_node *
+node_alloc(const struct block_driver *drv)
+{
+    struct block_node *node = xzalloc(sizeof(*node));
+
+    node->drv = drv;
+    node->refcnt = 1;
+    node->cur_shared = BLOCK_PERM_ALL;
+    TAILQ_INIT(&node->children);
+    TAILQ_INIT(&node->parents);
+    TAILQ_INIT(&node->tracked);
+    TAILQ_INIT(&node->bitmaps);
+    mutex_init(&node->req_lock);
+    cond_init(&node->req_cond);
+    mutex_init(&node->serial_lock);
+    mutex_init(&node->bitmap_lock);
+    node->limits.request_alignment = 1;
+    node->limits.mem_alignment = 1;
+    if (drv->state_size) {
+        node->opaque = xzalloc(drv->state_size);
+    }
+    return node;
+}
+
+static void
+node_free(struct block_node *node)
+{
+    struct block_child *c;
+
+    block_node_release_bitmaps(node);
+    while ((c = TAILQ_FIRST(&node->children))) {
+        block_node_detach_child(node, c);
+    }
+    mutex_destroy(&node->req_lock);
+    cond_destroy(&node->req_cond);
+    mutex_destroy(&node->serial_lock);
+    mutex_destroy(&node->bitmap_lock);
+    json_decref(node->options);
+    free(node->opaque);
+    free(node->node_name);
+    free(node);
+}
+
+static int
+node_open(struct block_node *node, json_t *options, struct err **errp)
+{
+    int ret;
+    int64_t len;
+
+    ret = node->drv->open(node, options, errp);
+    if (ret < 0 && node->auto_read_only && !node->read_only &&
+        (ret == -EACCES || ret == -EROFS || ret == -EPERM)) {
+        /* auto-read-only: fall back to read-only when writing is not
+         * allowed (QEMU opens read-only and upgrades later; we decide
+         * once). */
+        struct block_child *c;
+
+        while ((c = TAILQ_FIRST(&node->children))) {
+            block_node_detach_child(node, c);
+        }
+        err_free(*errp);
+        *errp = NULL;
+        node->read_only = true;
+        ret = node->drv->open(node, options, errp);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (node->limits.request_alignment == 0) {
+        node->limits.request_alignment = 1;
+    }
+    if (node->limits.mem_alignment == 0) {
+        node->limits.mem_alignment = 1;
+    }
+    len = node->drv->getlength ? node->drv->getlength(node) :
+          (node->file ? block_getlength(node->file->node) : 0);
+    if (len < 0) {
+        err_setf_errno(errp, (int)-len, "Could not get the length of '%s'",
+                       node->node_name);
+        if (node->drv->close) {
+            node->drv->close(node);
+        }
+        return (int)len;
+    }
+    __atomic_store_n(&node->size, (uint64_t)len, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static struct block_node *
+node_new(json_t *options, const char *prefix, struct err **errp)
+{
+    const struct block_driver *drv;
+    struct block_node *node;
+    json_t *opts;
+    const char *driver;
+    struct err *local_err = NULL;
+
+    if (!json_is_object(options)) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: object",
+                 *prefix ? prefix : "options");
+        return NULL;
+    }
+    driver = json_string_value(json_object_get(options, "driver"));
+    if (!json_object_get(options, "driver")) {
+        err_setf(errp, "Parameter '%sdriver' is missing", prefix);
+        return NULL;
+    }
+    if (!driver) {
+        err_setf(errp, "Invalid parameter type for '%sdriver', expected: "
+                 "string", prefix);
+        return NULL;
+    }
+    drv = block_driver_find(driver);
+    if (!drv) {
+        err_setf(errp, "Parameter '%sdriver' does not accept value '%s'",
+                 prefix, driver);
+        return NULL;
+    }
+    opts = json_deep_copy(options);
+    if (!block_opts_validate(drv, opts, prefix, errp)) {
+        json_decref(opts);
+        return NULL;
+    }
+    node = node_alloc(drv);
+    node->options = opts;
+    read_common_options(node, opts);
+    if (!assign_node_name(node, opts, errp)) {
+        node_free(node);
+        return NULL;
+    }
+    if (node_open(node, opts, &local_err) < 0) {
+        err_propagate(errp, local_err);
+        node_free(node);
+        return NULL;
+    }
+    TAILQ_INSERT_TAIL(&all_nodes, node, all_link);
+    return node;
+}
+
+struct block_node *
+block_node_new(json_t *options, struct err **errp)
+{
+    return node_new(options, "", errp);
+}
+
+struct block_node *
+block_node_new_keyval(const char *str, struct err **errp)
+{
+    struct block_node *node;
+    json_t *options = keyval_or_json_parse(str, NULL, errp);
+
+    if (!options) {
+        return NULL;
+    }
+    node = block_node_new(options, errp);
+    json_decref(options);
+    return node;
+}
+
+/* Options a child opened inline inherits from its parent, unless set. */
+static void
+inherit_options(struct block_node *parent, json_t *child_opts,
+                const char *child_name)
+{
+    json_t *cache;
+
+    if (!json_object_get(child_opts, "read-only")) {
+        /* Backing files are read-only unless the user says otherwise. */
+        bool ro = parent->read_only || !strcmp(child_name, "backing");
+
+        json_object_set_new(child_opts, "read-only", json_boolean(ro));
+    }
+    if (!json_object_get(child_opts, "auto-read-only") &&
+        parent->auto_read_only) {
+        json_object_set_new(child_opts, "auto-read-only", json_true());
+    }
+    if (!json_object_get(child_opts, "discard") && parent->discard_unmap) {
+        json_object_set_new(child_opts, "discard", json_string("unmap"));
+    }
+    if (!json_object_get(child_opts, "force-share") && parent->force_share) {
+        json_object_set_new(child_opts, "force-share", json_true());
+    }
+    cache = json_object_get(child_opts, "cache");
+    if (!cache && (parent->cache_direct || parent->cache_no_flush)) {
+        cache = json_object();
+        json_object_set_new(child_opts, "cache", cache);
+    }
+    if (cache && !json_object_get(cache, "direct") && parent->cache_direct) {
+        json_object_set_new(cache, "direct", json_true());
+    }
+    if (cache && !json_object_get(cache, "no-flush") &&
+        parent->cache_no_flush) {
+        json_object_set_new(cache, "no-flush", json_true());
+    }
+}
+
+struct block_child *
+block_node_open_child(struct block_node *parent, json_t *options,
+                      const char *name, struct err **errp)
+{
+    return block_node_open_child_as(parent, options, name, name, errp);
+}
+
+struct block_child *
+block_node_open_child_as(struct block_node *parent, json_t *options,
+                         const char *name, const char *child_name,
+                         struct err **errp)
+{
+    json_t *ref = json_object_get(options, name);
+    struct block_node *child;
+    struct block_child *c;
+
+    if (!ref) {
+        err_setf(errp, "Parameter '%s' is missing", name);
+        return NULL;
+    }
+    if (json_is_string(ref)) {
+        const char *ref_name = json_string_value(ref);
+
+        child = block_node_find(ref_name);
+        if (!child) {
+            err_setf(errp, "Cannot find device='%s' nor node-name='%s'",
+                     ref_name, ref_name);
+            return NULL;
+        }
+        block_node_ref(child);
+    } else {
+        CLEANUP_FREE char *prefix = xasprintf("%s.", name);
+        json_t *child_opts = json_deep_copy(ref);
+
+        inherit_options(parent, child_opts, child_name);
+        child = node_new(child_opts, prefix, errp);
+        json_decref(child_opts);
+        if (!child) {
+            return NULL;
+        }
+    }
+    c = block_node_attach_child(parent, child, child_name, errp);
+    block_node_unref(child);
+    return c;
+}
+
+static const char *
+probe_format(const char *filename)
+{
+    unsigned char magic[4] = {0};
+    int fd = open(filename, O_RDONLY | O_CLOEXEC);
+
+    if (fd >= 0) {
+        if (read(fd, magic, sizeof(magic)) != sizeof(magic)) {
+            memset(magic, 0, sizeof(magic));
+        }
+        close(fd);
+    }
+    return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
+}
+
+struct block_node *
+block_node_open_file(const char *filename, const char *fmt, bool read_only,
+                     struct err **errp)
+{
+    json_t *opts;
+    struct block_node *node;
+    const struct block_driver *drv;
+
+    if (!fmt) {
+        fmt = probe_format(filename);
+    }
+    drv = block_driver_find(fmt);
+    if (!drv) {
+        err_setf(errp, "Unknown driver '%s'", fmt);
+        return NULL;
+    }
+    if (drv->kind == BLOCK_KIND_PROTOCOL) {
+        opts = json_pack("{s:s, s:s, s:b}", "driver", fmt, "filename",
+                         filename, "read-only", read_only);
+    } else {
+        opts = json_pack("{s:s, s:{s:s, s:s}, s:b}", "driver", fmt, "file",
+                         "driver", "file", "filename", filename, "read-only",
+                         read_only);
+    }
+    node = block_node_new(opts, errp);
+    json_decref(opts);
+    return node;
+}
+
+void
+block_node_ref(struct block_node *node)
+{
+    node->refcnt++;
+}
+
+void
+block_node_unref(struct block_node *node)
+{
+    if (!node) {
+        return;
+    }
+    assert(node->refcnt > 0);
+    if (--node->refcnt > 0) {
+        return;
+    }
+    assert(TAILQ_EMPTY(&node->parents));
+    TAILQ_REMOVE(&all_nodes, node, all_link);
+    if (node->drv->close) {
+        node->drv->close(node);
+    }
+    node_free(node);
+}

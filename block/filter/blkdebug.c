@@ -1,0 +1,463 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The "blkdebug" filter: fault injection for tests, in a subset of QEMU's
+ * schema: "image" (the child), "inject-error" and "set-state" rules,
+ * "align" and "max-transfer", plus our own "x-delay-ns" for slow I/O.
+ *
+ * Rules and states follow QEMU's model.  The node has a state number
+ * (starting at 1).  Each rule names an event and optionally a state in
+ * which it applies.  When an event fires, set-state rules for it move the
+ * state and inject-error rules for it become active; an active rule fails
+ * the next request whose type is in its iotype list (default read and
+ * write) and that covers its sector (or any request when no sector is set).
+ * A "once" rule is dropped after it fired.
+ *
+ * Events: our request path fires "read_aio" before a read, "write_aio"
+ * before a write or write-zeroes, "discard" before a discard and
+ * "flush_to_disk" before a flush (QEMU's formats fire the first two on
+ * their file before data I/O, so rules written for QEMU behave alike);
+ * formats fire metadata events ("l2_update", ...) with block_debug_event().
+ *
+ * Locking: s->lock protects the rules and the state (a leaf lock).
+ */
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "block/core/opts.h"
+#include "lockstep/block.h"
+#include "util.h"
+
+enum blkdebug_io {
+    IO_READ = 1 << 0,
+    IO_WRITE = 1 << 1,
+    IO_WRITE_ZEROES = 1 << 2,
+    IO_DISCARD = 1 << 3,
+    IO_FLUSH = 1 << 4,
+    IO_BLOCK_STATUS = 1 << 5,
+};
+
+struct blkdebug_rule {
+    char *event;
+    int64_t state;          /* 0: any state */
+    bool set_state;         /* a set-state rule (else inject-error) */
+    int64_t new_state;
+    int error;              /* positive errno */
+    int64_t offset;         /* -1: any offset */
+    unsigned iotypes;
+    bool once;
+    bool active;
+    bool removed;
+};
+
+struct blkdebug_state {
+    pthread_mutex_t lock;
+    int64_t state;          /* Protected by: lock */
+    struct blkdebug_rule *rules;  /* Protected by: lock */
+    size_t nr_rules;
+    int64_t delay_ns;
+};
+
+static const struct block_opt blkdebug_opts[] = {
+    {"image", BLOCK_OPT_CHILD, true, NULL},
+    {"config", BLOCK_OPT_STRING, false, NULL},
+    {"align", BLOCK_OPT_INT, false, NULL},
+    {"max-transfer", BLOCK_OPT_INT, false, NULL},
+    {"opt-write-zero", BLOCK_OPT_INT, false, NULL},
+    {"max-write-zero", BLOCK_OPT_INT, false, NULL},
+    {"opt-discard", BLOCK_OPT_INT, false, NULL},
+    {"max-discard", BLOCK_OPT_INT, false, NULL},
+    {"inject-error", BLOCK_OPT_LIST, false, NULL},
+    {"set-state", BLOCK_OPT_LIST, false, NULL},
+    {"take-child-perms", BLOCK_OPT_LIST, false, NULL},
+    {"share-child-perms", BLOCK_OPT_LIST, false, NULL},
+    {"x-delay-ns", BLOCK_OPT_INT, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} iotype_names[] = {
+    {"read", IO_READ},
+    {"write", IO_WRITE},
+    {"write-zeroes", IO_WRITE_ZEROES},
+    {"discard", IO_DISCARD},
+    {"flush", IO_FLUSH},
+    {"block-status", IO_BLOCK_STATUS},
+};
+
+static bool
+parse_iotypes(json_t *list, unsigned *out, struct err **errp)
+{
+    size_t i;
+    json_t *v;
+
+    *out = 0;
+    if (!json_is_array(list)) {
+        err_setf(errp, "Invalid parameter type for 'iotype', expected: "
+                 "array");
+        return false;
+    }
+    json_array_foreach(list, i, v) {
+        size_t j;
+
+        for (j = 0; j < ARRAY_SIZE(iotype_names); j++) {
+            if (json_is_string(v) &&
+                !strcmp(json_string_value(v), iotype_names[j].name)) {
+                *out |= iotype_names[j].bit;
+                break;
+            }
+        }
+        if (j == ARRAY_SIZE(iotype_names)) {
+            err_setf(errp, "Parameter 'iotype' does not accept value '%s'",
+                     json_is_string(v) ? json_string_value(v) : "?");
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool
+rule_int(json_t *rule, const char *key, int64_t def, int64_t *out,
+         struct err **errp)
+{
+    json_t *v = json_object_get(rule, key);
+
+    *out = def;
+    if (v && !json_value_to_int(v, out)) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: integer",
+                 key);
+        return false;
+    }
+    return true;
+}
+
+static bool
+rule_bool(json_t *rule, const char *key, bool *out, struct err **errp)
+{
+    json_t *v = json_object_get(rule, key);
+
+    *out = false;
+    if (v && !json_value_to_bool(v, out)) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: boolean",
+                 key);
+        return false;
+    }
+    return true;
+}
+
+static bool
+parse_rule(json_t *obj, bool set_state, struct blkdebug_rule *r,
+           struct err **errp)
+{
+    static const char *const inject_keys[] = {
+        "event", "state", "iotype", "errno", "sector", "once", "immediately",
+    };
+    static const char *const set_state_keys[] = {"event", "state",
+                                                 "new_state"};
+    const char *const *keys = set_state ? set_state_keys : inject_keys;
+    size_t nkeys = set_state ? ARRAY_SIZE(set_state_keys)
+                             : ARRAY_SIZE(inject_keys);
+    const char *key;
+    json_t *v;
+    int64_t err, sector;
+    bool immediately;
+
+    if (!json_is_object(obj)) {
+        err_setf(errp, "blkdebug rules must be objects");
+        return false;
+    }
+    json_object_foreach(obj, key, v) {
+        size_t i;
+
+        for (i = 0; i < nkeys && strcmp(keys[i], key); i++) {
+        }
+        if (i == nkeys) {
+            err_setf(errp, "Parameter '%s' is unexpected", key);
+            return false;
+        }
+    }
+    if (!json_is_string(json_object_get(obj, "event"))) {
+        err_setf(errp, "Parameter 'event' is missing");
+        return false;
+    }
+    r->event = xstrdup(json_string_value(json_object_get(obj, "event")));
+    r->set_state = set_state;
+    r->iotypes = IO_READ | IO_WRITE;
+    if (!rule_int(obj, "state", 0, &r->state, errp)) {
+        return false;
+    }
+    if (set_state) {
+        if (!json_object_get(obj, "new_state")) {
+            err_setf(errp, "Parameter 'new_state' is missing");
+            return false;
+        }
+        return rule_int(obj, "new_state", 0, &r->new_state, errp);
+    }
+    if (!rule_int(obj, "errno", EIO, &err, errp) ||
+        !rule_int(obj, "sector", -1, &sector, errp) ||
+        !rule_bool(obj, "once", &r->once, errp) ||
+        !rule_bool(obj, "immediately", &immediately, errp)) {
+        return false;
+    }
+    if (err <= 0 || err > 4095) {
+        err_setf(errp, "Invalid errno value %lld", (long long)err);
+        return false;
+    }
+    r->error = (int)err;
+    r->offset = sector < 0 ? -1 : sector * 512;
+    if (json_object_get(obj, "iotype") &&
+        !parse_iotypes(json_object_get(obj, "iotype"), &r->iotypes, errp)) {
+        return false;
+    }
+    return true;
+}
+
+static bool
+parse_rules(struct blkdebug_state *s, json_t *list, bool set_state,
+            struct err **errp)
+{
+    size_t i;
+    json_t *v;
+
+    json_array_foreach(list, i, v) {
+        struct blkdebug_rule *r;
+
+        s->rules = xrealloc(s->rules, (s->nr_rules + 1) * sizeof(*s->rules));
+        r = &s->rules[s->nr_rules++];
+        memset(r, 0, sizeof(*r));
+        if (!parse_rule(v, set_state, r, errp)) {
+            err_prepend(errp, "%s.%zu: ", set_state ? "set-state" :
+                        "inject-error", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void
+free_rules(struct blkdebug_state *s)
+{
+    for (size_t i = 0; i < s->nr_rules; i++) {
+        free(s->rules[i].event);
+    }
+    free(s->rules);
+    s->rules = NULL;
+    s->nr_rules = 0;
+}
+
+static int
+blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
+{
+    struct blkdebug_state *s = node->opaque;
+    int64_t align = block_opt_int(options, "align", 0);
+    int64_t max_transfer = block_opt_int(options, "max-transfer", 0);
+
+    if (json_object_get(options, "config")) {
+        err_setf(errp, "blkdebug 'config' files are not supported; use "
+                 "'inject-error' and 'set-state'");
+        return -ENOTSUP;
+    }
+    if (align < 0 || (align && !is_power_of_2((uint64_t)align))) {
+        err_setf(errp, "Cannot meet constraints with align %lld",
+                 (long long)align);
+        return -EINVAL;
+    }
+    if (max_transfer < 0 || (align && max_transfer % align)) {
+        err_setf(errp, "Cannot meet constraints with max-transfer %lld",
+                 (long long)max_transfer);
+        return -EINVAL;
+    }
+    mutex_init(&s->lock);
+    s->state = 1;
+    s->delay_ns = block_opt_int(options, "x-delay-ns", 0);
+    if (!parse_rules(s, json_object_get(options, "inject-error"), false,
+                     errp) ||
+        !parse_rules(s, json_object_get(options, "set-state"), true, errp)) {
+        goto fail;
+    }
+    if (!block_node_open_child_as(node, options, "image", "file", errp)) {
+        goto fail;
+    }
+    node->limits = node->file->node->limits;
+    if (align) {
+        node->limits.request_alignment = MAX(node->limits.request_alignment,
+                                             (uint32_t)align);
+    }
+    if (max_transfer) {
+        node->limits.max_transfer = (uint64_t)max_transfer;
+    }
+    node->supported_write_flags = BLOCK_REQ_FUA;
+    node->supported_zero_flags = BLOCK_REQ_FUA | BLOCK_REQ_MAY_UNMAP;
+    return 0;
+
+fail:
+    free_rules(s);
+    mutex_destroy(&s->lock);
+    return -EINVAL;
+}
+
+static void
+blkdebug_close(struct block_node *node)
+{
+    struct blkdebug_state *s = node->opaque;
+
+    free_rules(s);
+    mutex_destroy(&s->lock);
+}
+
+static void
+fire_event_locked(struct blkdebug_state *s, const char *event)
+{
+    int64_t state = s->state;
+
+    for (size_t i = 0; i < s->nr_rules; i++) {
+        struct blkdebug_rule *r = &s->rules[i];
+
+        if (r->removed || strcmp(r->event, event) ||
+            (r->state && r->state != state)) {
+            continue;
+        }
+        if (r->set_state) {
+            s->state = r->new_state;
+        } else {
+            r->active = true;
+        }
+    }
+}
+
+static void
+blkdebug_debug_event(struct block_node *node, const char *event)
+{
+    struct blkdebug_state *s = node->opaque;
+
+    mutex_lock(&s->lock);
+    fire_event_locked(s, event);
+    mutex_unlock(&s->lock);
+}
+
+/* Fire the request's event, then fail it if an active rule says so. */
+static int
+rule_check(struct block_node *node, const char *event, unsigned iotype,
+           uint64_t offset, uint64_t bytes)
+{
+    struct blkdebug_state *s = node->opaque;
+    int error = 0;
+
+    if (s->delay_ns) {
+        struct timespec ts = {
+            .tv_sec = s->delay_ns / 1000000000,
+            .tv_nsec = s->delay_ns % 1000000000,
+        };
+
+        nanosleep(&ts, NULL);
+    }
+    mutex_lock(&s->lock);
+    if (event) {
+        fire_event_locked(s, event);
+    }
+    for (size_t i = 0; i < s->nr_rules; i++) {
+        struct blkdebug_rule *r = &s->rules[i];
+
+        if (r->removed || !r->active || !(r->iotypes & iotype)) {
+            continue;
+        }
+        if (r->offset >= 0 && !(bytes && (uint64_t)r->offset >= offset &&
+                                (uint64_t)r->offset < offset + bytes)) {
+            continue;
+        }
+        error = r->error;
+        if (r->once) {
+            r->removed = true;
+        }
+        break;
+    }
+    mutex_unlock(&s->lock);
+    return -error;
+}
+
+static int
+blkdebug_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
+               void *buf, unsigned flags)
+{
+    int ret = rule_check(node, "read_aio", IO_READ, offset, bytes);
+
+    return ret ? ret : block_pread(node->file->node, offset, bytes, buf,
+                                   flags);
+}
+
+static int
+blkdebug_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
+                const void *buf, unsigned flags)
+{
+    int ret = rule_check(node, "write_aio", IO_WRITE, offset, bytes);
+
+    return ret ? ret : block_pwrite(node->file->node, offset, bytes, buf,
+                                    flags);
+}
+
+static int
+blkdebug_pwrite_zeroes(struct block_node *node, uint64_t offset,
+                       uint64_t bytes, unsigned flags)
+{
+    int ret = rule_check(node, "write_aio", IO_WRITE_ZEROES, offset, bytes);
+
+    return ret ? ret : block_pwrite_zeroes(node->file->node, offset, bytes,
+                                           flags);
+}
+
+static int
+blkdebug_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
+{
+    int ret = rule_check(node, "discard", IO_DISCARD, offset, bytes);
+
+    return ret ? ret : block_pdiscard(node->file->node, offset, bytes);
+}
+
+static int
+blkdebug_flush(struct block_node *node)
+{
+    /* The core flushes the child after us. */
+    return rule_check(node, "flush_to_disk", IO_FLUSH, 0, 0);
+}
+
+static int
+blkdebug_block_status(struct block_node *node, uint64_t offset,
+                      uint64_t bytes, uint64_t *pnum, uint64_t *map,
+                      struct block_node **file)
+{
+    int ret = rule_check(node, NULL, IO_BLOCK_STATUS, offset, bytes);
+
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = bytes;
+    *map = offset;
+    *file = node->file->node;
+    return BLOCK_STATUS_RECURSE;
+}
+
+static int
+blkdebug_truncate(struct block_node *node, uint64_t length,
+                  struct err **errp)
+{
+    return block_truncate(node->file->node, length, errp);
+}
+
+const struct block_driver blkdebug_driver = {
+    .name = "blkdebug",
+    .kind = BLOCK_KIND_FILTER,
+    .state_size = sizeof(struct blkdebug_state),
+    .options = blkdebug_opts,
+    .open = blkdebug_open,
+    .close = blkdebug_close,
+    .pread = blkdebug_pread,
+    .pwrite = blkdebug_pwrite,
+    .pwrite_zeroes = blkdebug_pwrite_zeroes,
+    .pdiscard = blkdebug_pdiscard,
+    .flush = blkdebug_flush,
+    .block_status = blkdebug_block_status,
+    .truncate = blkdebug_truncate,
+    .debug_event = blkdebug_debug_event,
+};

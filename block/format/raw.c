@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The "raw" format: the bytes of the "file" child as they are, optionally
+ * a window of it ("offset", "size").  Everything passes through with the
+ * offset added.
+ */
+#include <errno.h>
+
+#include "block/core/opts.h"
+#include "lockstep/block.h"
+#include "util.h"
+
+struct raw_state {
+    uint64_t offset;
+    uint64_t size;      /* 0: up to the end of the file */
+    bool has_size;
+};
+
+static const struct block_opt raw_opts[] = {
+    {"file", BLOCK_OPT_CHILD, true, NULL},
+    {"offset", BLOCK_OPT_SIZE, false, NULL},
+    {"size", BLOCK_OPT_SIZE, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+static int
+raw_open(struct block_node *node, json_t *options, struct err **errp)
+{
+    struct raw_state *s = node->opaque;
+    struct block_node *file;
+    uint64_t file_len;
+
+    if (!block_node_open_child(node, options, "file", errp)) {
+        return -EINVAL;
+    }
+    file = node->file->node;
+    file_len = (uint64_t)block_getlength(file);
+    s->offset = (uint64_t)block_opt_int(options, "offset", 0);
+    s->has_size = json_object_get(options, "size") != NULL;
+    s->size = (uint64_t)block_opt_int(options, "size", 0);
+    if (s->offset > file_len) {
+        err_setf(errp, "The sum of offset (%llu) and size (%llu) has to be "
+                 "smaller or equal to the actual size of the containing "
+                 "file (%llu)", (unsigned long long)s->offset,
+                 (unsigned long long)s->size, (unsigned long long)file_len);
+        return -EINVAL;
+    }
+    if (s->has_size && range_exceeds(s->offset, s->size, file_len)) {
+        err_setf(errp, "The sum of offset (%llu) and size (%llu) has to be "
+                 "smaller or equal to the actual size of the containing "
+                 "file (%llu)", (unsigned long long)s->offset,
+                 (unsigned long long)s->size, (unsigned long long)file_len);
+        return -EINVAL;
+    }
+    node->limits = file->limits;
+    node->supported_write_flags = BLOCK_REQ_FUA;
+    node->supported_zero_flags = BLOCK_REQ_FUA | BLOCK_REQ_MAY_UNMAP;
+    return 0;
+}
+
+static int64_t
+raw_getlength(struct block_node *node)
+{
+    struct raw_state *s = node->opaque;
+    int64_t len;
+
+    if (s->has_size) {
+        return (int64_t)s->size;
+    }
+    len = block_getlength(node->file->node);
+    return len < 0 ? len : len - (int64_t)s->offset;
+}
+
+static int
+raw_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
+          void *buf, unsigned flags)
+{
+    struct raw_state *s = node->opaque;
+
+    return block_pread(node->file->node, s->offset + offset, bytes, buf,
+                       flags);
+}
+
+static int
+raw_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
+           const void *buf, unsigned flags)
+{
+    struct raw_state *s = node->opaque;
+
+    return block_pwrite(node->file->node, s->offset + offset, bytes, buf,
+                        flags);
+}
+
+static int
+raw_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
+                  unsigned flags)
+{
+    struct raw_state *s = node->opaque;
+
+    return block_pwrite_zeroes(node->file->node, s->offset + offset, bytes,
+                               flags);
+}
+
+static int
+raw_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
+{
+    struct raw_state *s = node->opaque;
+
+    return block_pdiscard(node->file->node, s->offset + offset, bytes);
+}
+
+static int
+raw_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
+                 uint64_t *pnum, uint64_t *map, struct block_node **file)
+{
+    struct raw_state *s = node->opaque;
+
+    *pnum = bytes;
+    *map = s->offset + offset;
+    *file = node->file->node;
+    return BLOCK_STATUS_RECURSE;
+}
+
+static int
+raw_truncate(struct block_node *node, uint64_t length, struct err **errp)
+{
+    struct raw_state *s = node->opaque;
+
+    if (s->has_size || s->offset) {
+        err_setf(errp, "Cannot resize a raw node with 'offset' or 'size'");
+        return -ENOTSUP;
+    }
+    return block_truncate(node->file->node, length, errp);
+}
+
+const struct block_driver raw_driver = {
+    .name = "raw",
+    .kind = BLOCK_KIND_FORMAT,
+    .state_size = sizeof(struct raw_state),
+    .options = raw_opts,
+    .open = raw_open,
+    .getlength = raw_getlength,
+    .pread = raw_pread,
+    .pwrite = raw_pwrite,
+    .pwrite_zeroes = raw_pwrite_zeroes,
+    .pdiscard = raw_pdiscard,
+    .block_status = raw_block_status,
+    .truncate = raw_truncate,
+};
