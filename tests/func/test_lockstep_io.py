@@ -314,6 +314,15 @@ def test_open_missing_file(lockstep_io, tmp_dir):
     assert r.stdout == ""
 
 
+def test_open_missing_file_image_opts(lockstep_io, tmp_dir):
+    path = os.path.join(tmp_dir, "nonexistent.raw")
+    opts, target = image_opts(path)
+    r = lio(lockstep_io, target, ["read 0 1"], opts=opts)
+    assert r.returncode == 1
+    assert r.stderr.startswith("lockstep-io: can't open: ")
+    assert "No such file or directory" in r.stderr
+
+
 def test_open_unknown_format(lockstep_io, img):
     r = run([lockstep_io, "-f", "nosuchfmt", "-c", "read 0 1", img])
     assert r.returncode == 1

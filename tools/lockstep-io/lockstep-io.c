@@ -1036,7 +1036,12 @@ main(int argc, char **argv)
         return 1;
     }
     if (!io_open(&ctx, &a, &e)) {
-        err_prepend(&e, "can't open device %s: ", a.target);
+        /* qemu-io's wording: no device name for --image-opts. */
+        if (a.image_opts) {
+            err_prepend(&e, "can't open: ");
+        } else {
+            err_prepend(&e, "can't open device %s: ", a.target);
+        }
         err_report("lockstep-io", e);
         free(a.cmds);
         return 1;
