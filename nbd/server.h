@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The NBD server's interface to the daemon and its QMP monitor: start and
+ * stop the listening sockets (nbd-server-start, nbd-server-stop) and manage
+ * exports (block-export-add, block-export-del, query-block-exports).  All of
+ * these run on the main thread; the server runs its own accept, reader and
+ * worker threads.  Errors are worded as QEMU's so that QMP clients see the
+ * same messages.
+ */
+#ifndef LOCKSTEP_NBD_SERVER_H
+#define LOCKSTEP_NBD_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "lockstep/err.h"
+
+/*
+ * nbd-server-start.  addr is a QMP SocketAddress: {"type":"unix","path":P}
+ * or {"type":"inet","host":H,"port":"N"} (port a string as in QAPI; an
+ * integer is accepted too).  tls_creds must be NULL (TLS is refused).
+ * max_connections 0 means no limit.  Main thread.
+ */
+bool nbd_server_start(json_t *addr, const char *tls_creds,
+                      int64_t max_connections, struct err **errp);
+/* nbd-server-stop: close the listening sockets and every export's clients
+ * (exports themselves stay, as in QEMU).  Main thread. */
+bool nbd_server_stop(struct err **errp);
+/*
+ * block-export-add with the QMP arguments object: type ("nbd"), id,
+ * node-name, writable, writethrough, name (default node-name), description,
+ * bitmaps (list of name or {node,name}), allocation-depth.  Main thread.
+ */
+bool block_export_add(json_t *args, struct err **errp);
+/* block-export-del; mode "safe" (default, NULL) or "hard".  Sends
+ * BLOCK_EXPORT_DELETED when the export is gone.  Main thread. */
+bool block_export_del(const char *id, const char *mode, struct err **errp);
+/* query-block-exports: a new JSON array.  Main thread. */
+json_t *block_export_query(void);
+/* Daemon shutdown: disconnect every client and delete every export. */
+void block_export_close_all(void);
+
+#endif
