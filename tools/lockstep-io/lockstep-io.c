@@ -33,6 +33,8 @@
 #define IO_BUF_ALIGN 4096
 /* qemu-io fills write buffers with 0xcd when no pattern is given. */
 #define IO_DEFAULT_PATTERN 0xcd
+/* ... and read buffers with 0xab before reading. */
+#define IO_READ_FILL 0xab
 
 struct io_ctx {
     struct block_node *node;
@@ -347,6 +349,8 @@ cmd_read(struct io_ctx *ctx, int argc, char **argv)
         printf("read failed: %s\n", strerror(ENOMEM));
         return -ENOMEM;
     }
+    /* Like qemu-io: bytes a driver leaves untouched read as 0xab. */
+    memset(buf, IO_READ_FILL, bytes);
     t0 = clock_ns();
     ret = block_handle_pread(ctx->h, offset, bytes, buf, 0);
     ns = clock_ns() - t0;
@@ -606,12 +610,10 @@ node_cluster_size(struct block_node *node)
 static int
 cmd_info(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
 {
-    struct block_node *node = block_skip_filters(ctx->node);
+    /* The top node's driver, filters included, as qemu-io prints it. */
+    struct block_node *node = ctx->node;
     char buf[64];
 
-    if (!node) {
-        node = ctx->node;
-    }
     printf("format name: %s\n", node->drv->name);
     fmt_size(buf, sizeof(buf), node_cluster_size(node));
     printf("cluster size: %s\n", buf);
