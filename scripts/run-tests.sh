@@ -1,0 +1,78 @@
+#!/bin/sh
+# Run the whole test suite: C unit tests (meson test) and the functional
+# tests (pytest, driving the programs with real clients), first on the
+# normal build, then on a build with AddressSanitizer and
+# UndefinedBehaviorSanitizer.  Ends with one line "N passed, N failed".
+#
+# Usage: scripts/run-tests.sh BUILD_DIR SANITIZER_BUILD_DIR
+#   LOCKSTEP_NO_SAN=1   skip the sanitizer pass (quicker local runs)
+#   PYTEST_ARGS=...     extra pytest arguments (e.g. -k qcow2)
+set -u
+build=${1:-build}
+san=${2:-build-san}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top" || exit 1
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+
+run_pass() {
+    dir=$1
+    tag=$2
+    echo "=== $tag: unit tests ($dir)"
+    meson test -C "$dir" --suite unit --print-errorlogs \
+        --logbase "unit-$tag" >"$results/meson-$tag.out" 2>&1
+    tail -n 20 "$results/meson-$tag.out"
+    # Meson writes one JSON line per test.
+    /usr/bin/python3 - "$dir/meson-logs/unit-$tag.json" \
+        >"$results/unit-$tag.count" <<'PY'
+import json, sys
+p = f = 0
+try:
+    for line in open(sys.argv[1]):
+        r = json.loads(line)
+        if r.get("result") in ("OK", "EXPECTEDFAIL"):
+            p += 1
+        elif r.get("result") != "SKIP":
+            f += 1
+except FileNotFoundError:
+    f += 1
+print(p, f)
+PY
+    echo "=== $tag: functional tests ($dir)"
+    LOCKSTEP_BUILD="$top/$dir" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+        --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
+    /usr/bin/python3 - "$results/func-$tag.xml" >"$results/func-$tag.count" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (FileNotFoundError, ET.ParseError):
+    print(0, 1)
+    sys.exit()
+p = f = 0
+for suite in root.iter("testsuite"):
+    t = int(suite.get("tests", 0))
+    bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    skip = int(suite.get("skipped", 0))
+    p += t - bad - skip
+    f += bad
+print(p, f)
+PY
+}
+
+run_pass "$build" plain
+if [ -z "${LOCKSTEP_NO_SAN:-}" ]; then
+    if [ ! -f "$san/build.ninja" ]; then
+        meson setup "$san" -Db_sanitize=address,undefined \
+            -Db_lundef=false >/dev/null || exit 1
+    fi
+    ninja -C "$san" >/dev/null || { echo "sanitizer build failed"; exit 1; }
+    run_pass "$san" sanitizers
+fi
+
+cat "$results"/*.count | awk '
+    { p += $1; f += $2 }
+    END { printf "%d passed, %d failed\n", p, f; exit (f > 0) }'

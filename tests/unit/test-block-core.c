@@ -1,0 +1,392 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of the block layer core: option checking, node names,
+ * permissions, replacing a node under its parents, draining, alignment,
+ * block status and the blkdebug and raw drivers.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "lockstep/block.h"
+#include "lockstep/dirty-bitmap.h"
+#include "util.h"
+
+static char img_path[64];
+
+static int
+setup_image(void **state UNUSED)
+{
+    int fd;
+
+    snprintf(img_path, sizeof(img_path), "/tmp/lockstep-core-XXXXXX");
+    fd = mkstemp(img_path);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 1 * MiB), 0);
+    close(fd);
+    return 0;
+}
+
+static int
+remove_image(void **state UNUSED)
+{
+    unlink(img_path);
+    return 0;
+}
+
+static struct block_node *
+new_node(const char *keyval, char **msg)
+{
+    struct err *err = NULL;
+    struct block_node *node = block_node_new_keyval(keyval, &err);
+
+    if (msg) {
+        *msg = err ? xstrdup(err->msg) : NULL;
+    }
+    err_free(err);
+    return node;
+}
+
+static void
+expect_error(const char *keyval, const char *expected)
+{
+    char *msg = NULL;
+    struct block_node *node = new_node(keyval, &msg);
+
+    assert_null(node);
+    assert_non_null(msg);
+    if (!strstr(msg, expected)) {
+        fail_msg("'%s': expected '%s', got '%s'", keyval, expected, msg);
+    }
+    free(msg);
+}
+
+static void
+test_option_errors(void **state UNUSED)
+{
+    expect_error("driver=null-co,bogus=1", "Parameter 'bogus' is unexpected");
+    expect_error("driver=null-co,read-only=maybe",
+                 "Invalid parameter type for 'read-only', expected: boolean");
+    expect_error("driver=nosuch", "Parameter 'driver' does not accept value");
+    expect_error("driver=file", "Parameter 'filename' is missing");
+    expect_error("driver=raw,file.driver=file,file.bogus=1,file.filename=x",
+                 "Parameter 'file.bogus' is unexpected");
+    expect_error("driver=null-co,discard=sometimes",
+                 "Parameter 'discard' does not accept value 'sometimes'");
+    expect_error("driver=file,filename=/nonexistent/x",
+                 "Could not open '/nonexistent/x'");
+    expect_error("driver=null-co,node-name=1abc", "Invalid node-name");
+}
+
+static void
+test_node_names(void **state UNUSED)
+{
+    struct block_node *a = new_node("driver=null-co,node-name=a", NULL);
+    struct block_node *anon = new_node("driver=null-co", NULL);
+
+    assert_non_null(a);
+    assert_non_null(anon);
+    assert_ptr_equal(block_node_find("a"), a);
+    assert_true(anon->auto_named);
+    assert_int_equal(anon->node_name[0], '#');
+    expect_error("driver=null-co,node-name=a",
+                 "Duplicate nodes with node-name='a'");
+    block_node_unref(anon);
+    block_node_unref(a);
+    assert_null(block_node_find("a"));
+}
+
+static void
+test_keyval_conversion(void **state UNUSED)
+{
+    struct block_node *n =
+        new_node("driver=null-co,size=2M,read-only=on,read-zeroes=on", NULL);
+
+    assert_non_null(n);
+    assert_true(n->read_only);
+    assert_int_equal(block_getlength(n), 2 * MiB);
+    block_node_unref(n);
+}
+
+static void
+test_permissions(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *file, *fmt1, *fmt2;
+    struct block_handle *h;
+    struct err *err = NULL;
+
+    kv = xasprintf("driver=file,node-name=f,filename=%s", img_path);
+    file = new_node(kv, NULL);
+    assert_non_null(file);
+    fmt1 = new_node("driver=raw,node-name=r1,file=f", NULL);
+    assert_non_null(fmt1);
+    /* A second writer on the same file: raw does not share write. */
+    expect_error("driver=raw,node-name=r2,file=f", "Conflicts with use by");
+    /* A read-only format conflicts too: it refuses to share write, which
+     * r1 holds (qemu-img info needs -U for an image in use, likewise). */
+    expect_error("driver=raw,node-name=r2,file=f,read-only=on",
+                 "does not allow 'write'");
+    fmt2 = new_node("driver=raw,node-name=r2,file=f,read-only=on,"
+                    "force-share=on", NULL);
+    assert_non_null(fmt2);
+
+    /* Writing through a handle on a read-only node is refused. */
+    h = block_handle_new(fmt2, "test", BLOCK_PERM_WRITE, BLOCK_PERM_ALL,
+                         &err);
+    assert_null(h);
+    assert_non_null(strstr(err->msg, "read-only"));
+    err_free(err);
+
+    block_node_unref(fmt2);
+    block_node_unref(fmt1);
+    block_node_unref(file);
+}
+
+static void
+test_replace_node(void **state UNUSED)
+{
+    struct block_node *a, *b, *filter;
+    struct block_handle *h;
+    struct err *err = NULL;
+    char buf[512];
+
+    a = new_node("driver=null-co,node-name=a,size=1M", NULL);
+    b = new_node("driver=null-co,node-name=b,size=2M", NULL);
+    h = block_handle_new(a, "test", BLOCK_PERM_CONSISTENT_READ |
+                         BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &err);
+    assert_non_null(h);
+    assert_int_equal(block_handle_getlength(h), 1 * MiB);
+
+    /* Insert a filter above a, as copy-before-write will. */
+    filter = new_node("driver=blkdebug,node-name=flt,image=a", NULL);
+    assert_non_null(filter);
+    assert_int_equal(block_replace_node(a, filter, &err), 0);
+    assert_ptr_equal(block_handle_node(h), filter);
+    assert_ptr_equal(filter->file->node, a);
+    assert_int_equal(block_handle_pread(h, 0, sizeof(buf), buf, 0), 0);
+
+    /* And take it out again. */
+    assert_int_equal(block_replace_node(filter, a, &err), 0);
+    assert_ptr_equal(block_handle_node(h), a);
+    block_node_unref(filter);
+
+    /* Replace a by b entirely. */
+    assert_int_equal(block_replace_node(a, b, &err), 0);
+    assert_ptr_equal(block_handle_node(h), b);
+    assert_int_equal(block_handle_getlength(h), 2 * MiB);
+    block_handle_free(h);
+    block_node_unref(a);
+    block_node_unref(b);
+}
+
+struct slow_read {
+    struct block_handle *h;
+    volatile int done;
+};
+
+static void *
+slow_read_thread(void *opaque)
+{
+    struct slow_read *sr = opaque;
+    char buf[512];
+
+    assert_int_equal(block_handle_pread(sr->h, 0, sizeof(buf), buf, 0), 0);
+    __atomic_store_n(&sr->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void
+test_drain_waits(void **state UNUSED)
+{
+    struct block_node *n;
+    struct block_handle *h;
+    struct slow_read sr = {0};
+    struct err *err = NULL;
+    pthread_t t;
+
+    /* Reads take 200 ms. */
+    n = new_node("driver=blkdebug,x-delay-ns=200000000,image.driver=null-co",
+                 NULL);
+    assert_non_null(n);
+    h = block_handle_new(n, "test", BLOCK_PERM_CONSISTENT_READ,
+                         BLOCK_PERM_ALL, &err);
+    assert_non_null(h);
+    sr.h = h;
+    thread_create(&t, "slow-read", slow_read_thread, &sr);
+    usleep(50000);
+    block_drain_begin();
+    /* Drained: the read in flight has finished. */
+    assert_int_equal(__atomic_load_n(&sr.done, __ATOMIC_SEQ_CST), 1);
+    block_drain_end();
+    thread_join(t);
+    block_handle_free(h);
+    block_node_unref(n);
+}
+
+static void
+test_unaligned_rmw(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *n;
+    unsigned char buf[10000], back[10000];
+
+    kv = xasprintf("driver=blkdebug,align=4096,image.driver=file,"
+                   "image.filename=%s", img_path);
+    n = new_node(kv, NULL);
+    assert_non_null(n);
+    assert_int_equal(n->limits.request_alignment, 4096);
+    memset(buf, 0x5a, sizeof(buf));
+    assert_int_equal(block_pwrite(n, 0, 4096, buf, 0), 0);
+    memset(buf, 0xa5, sizeof(buf));
+    assert_int_equal(block_pwrite(n, 100, 5000, buf, 0), 0);
+    assert_int_equal(block_pread(n, 0, 8192, back, 0), 0);
+    for (int i = 0; i < 8192; i++) {
+        int want = (i >= 100 && i < 5100) ? 0xa5 : (i < 4096 ? 0x5a : 0);
+
+        if (back[i] != want) {
+            fail_msg("byte %d: 0x%x, want 0x%x", i, back[i], want);
+        }
+    }
+    /* Zeroes with an unaligned head and tail. */
+    assert_int_equal(block_pwrite_zeroes(n, 50, 4200, 0), 0);
+    assert_int_equal(block_pread(n, 0, 8192, back, 0), 0);
+    for (int i = 0; i < 8192; i++) {
+        int want = (i >= 50 && i < 4250) ? 0 :
+                   (i >= 100 && i < 5100) ? 0xa5 : (i < 4096 ? 0x5a : 0);
+
+        if (back[i] != want) {
+            fail_msg("after zero, byte %d: 0x%x, want 0x%x", i, back[i],
+                     want);
+        }
+    }
+    block_node_unref(n);
+}
+
+static void
+test_blkdebug_inject(void **state UNUSED)
+{
+    struct block_node *n;
+    char buf[4096];
+
+    n = new_node("driver=blkdebug,image.driver=null-co,"
+                 "inject-error.0.event=read_aio,inject-error.0.sector=8,"
+                 "inject-error.0.once=on,inject-error.0.errno=28", NULL);
+    assert_non_null(n);
+    /* Does not cover sector 8. */
+    assert_int_equal(block_pread(n, 0, 4096, buf, 0), 0);
+    assert_int_equal(block_pread(n, 4096, 512, buf, 0), -ENOSPC);
+    /* once: gone now. */
+    assert_int_equal(block_pread(n, 4096, 512, buf, 0), 0);
+    block_node_unref(n);
+
+    n = new_node("driver=blkdebug,image.driver=null-co,"
+                 "inject-error.0.event=write_aio,"
+                 "inject-error.0.iotype.0=write", NULL);
+    assert_non_null(n);
+    assert_int_equal(block_pread(n, 0, 512, buf, 0), 0);
+    assert_int_equal(block_pwrite(n, 0, 512, buf, 0), -EIO);
+    block_node_unref(n);
+
+    /* States: a flush moves 1 -> 2, only then reads fail. */
+    n = new_node("driver=blkdebug,image.driver=null-co,"
+                 "set-state.0.event=flush_to_disk,set-state.0.state=1,"
+                 "set-state.0.new_state=2,"
+                 "inject-error.0.event=read_aio,inject-error.0.state=2",
+                 NULL);
+    assert_non_null(n);
+    assert_int_equal(block_pread(n, 0, 512, buf, 0), 0);
+    assert_int_equal(block_flush(n), 0);
+    assert_int_equal(block_pread(n, 0, 512, buf, 0), -EIO);
+    block_node_unref(n);
+}
+
+static void
+test_discard_and_status(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *n;
+    struct block_status_info info;
+    unsigned char buf[65536];
+    uint64_t pnum;
+    int ret;
+
+    kv = xasprintf("driver=raw,discard=unmap,file.driver=file,"
+                   "file.filename=%s", img_path);
+    n = new_node(kv, NULL);
+    assert_non_null(n);
+    memset(buf, 1, sizeof(buf));
+    assert_int_equal(block_pwrite(n, 0, sizeof(buf), buf, 0), 0);
+    ret = block_status(n, 0, sizeof(buf), &pnum, &info);
+    assert_true(ret & BLOCK_STATUS_DATA);
+    assert_true(ret & BLOCK_STATUS_ALLOCATED);
+    assert_int_equal(info.depth, 1);
+    assert_int_equal(block_pdiscard(n, 0, sizeof(buf)), 0);
+    assert_int_equal(block_pread(n, 0, sizeof(buf), buf, 0), 0);
+    assert_true(buffer_is_zero(buf, sizeof(buf)));
+    block_node_unref(n);
+
+    /* discard=ignore (the default): data stays. */
+    free(kv);
+    kv = xasprintf("driver=raw,file.driver=file,file.filename=%s", img_path);
+    n = new_node(kv, NULL);
+    assert_non_null(n);
+    memset(buf, 2, sizeof(buf));
+    assert_int_equal(block_pwrite(n, 0, 4096, buf, 0), 0);
+    assert_int_equal(block_pdiscard(n, 0, 4096), 0);
+    assert_int_equal(block_pread(n, 0, 4096, buf, 0), 0);
+    assert_int_equal(buf[0], 2);
+    block_node_unref(n);
+}
+
+static void
+test_dirty_tracking(void **state UNUSED)
+{
+    struct block_node *n = new_node("driver=null-co,size=16M", NULL);
+    struct block_dirty_bitmap *bm;
+    struct err *err = NULL;
+    char buf[512] = {0};
+
+    assert_non_null(n);
+    bm = block_dirty_bitmap_create(n, "b0", 65536, &err);
+    assert_non_null(bm);
+    assert_int_equal(block_pwrite(n, 70000, 512, buf, 0), 0);
+    assert_int_equal(block_dirty_bitmap_count(bm), 65536);
+    assert_true(block_dirty_bitmap_get(bm, 65536));
+    block_dirty_bitmap_disable(bm);
+    assert_int_equal(block_pwrite_zeroes(n, 0, 512, 0), 0);
+    assert_int_equal(block_dirty_bitmap_count(bm), 65536);
+    block_dirty_bitmap_enable(bm);
+    assert_int_equal(block_pwrite_zeroes(n, 0, 512, 0), 0);
+    assert_int_equal(block_dirty_bitmap_count(bm), 2 * 65536);
+    block_node_unref(n);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_option_errors),
+        cmocka_unit_test(test_node_names),
+        cmocka_unit_test(test_keyval_conversion),
+        cmocka_unit_test_setup_teardown(test_permissions, setup_image,
+                                        remove_image),
+        cmocka_unit_test(test_replace_node),
+        cmocka_unit_test(test_drain_waits),
+        cmocka_unit_test_setup_teardown(test_unaligned_rmw, setup_image,
+                                        remove_image),
+        cmocka_unit_test(test_blkdebug_inject),
+        cmocka_unit_test_setup_teardown(test_discard_and_status, setup_image,
+                                        remove_image),
+        cmocka_unit_test(test_dirty_tracking),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
