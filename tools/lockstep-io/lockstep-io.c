@@ -47,6 +47,7 @@ struct io_cmd {
     int (*fn)(struct io_ctx *ctx, int argc, char **argv);
     int argmin;
     int argmax;             /* -1: no maximum */
+    bool writes;            /* refused on a read-only node */
     const char *args;       /* usage, after the name */
     const char *oneline;
     const char *help;       /* extended help, or NULL */
@@ -653,22 +654,22 @@ cmd_quit(struct io_ctx *ctx UNUSED, int argc UNUSED, char **argv UNUSED)
 }
 
 static const struct io_cmd io_cmds[] = {
-    { "discard", cmd_discard, 2, -1, "[-q] off len",
+    { "discard", cmd_discard, 2, -1, true, "[-q] off len",
       "discards a number of bytes at a specified offset",
       " Discards the range (the node drops it only with discard=unmap).\n"
       " -q, -- quiet mode, do not show I/O statistics\n" },
-    { "flush", cmd_flush, 0, 0, "",
+    { "flush", cmd_flush, 0, 0, false, "",
       "flush all in-core file state to disk", NULL },
-    { "help", cmd_help, 0, 1, "[command]",
+    { "help", cmd_help, 0, 1, false, "[command]",
       "help for one or all commands", NULL },
-    { "info", cmd_info, 0, 0, "",
+    { "info", cmd_info, 0, 0, false, "",
       "prints information about the current file", NULL },
-    { "length", cmd_length, 0, 0, "",
+    { "length", cmd_length, 0, 0, false, "",
       "gets the length of the current file", NULL },
-    { "map", cmd_map, 0, 0, "",
+    { "map", cmd_map, 0, 0, false, "",
       "prints the allocated areas of a file", NULL },
-    { "quit", cmd_quit, 0, 0, "", "exit the program", NULL },
-    { "read", cmd_read, 2, -1, "[-qv] [-P pattern [-s off] [-l len]] off len",
+    { "quit", cmd_quit, 0, 0, false, "", "exit the program", NULL },
+    { "read", cmd_read, 2, -1, false, "[-qv] [-P pattern [-s off] [-l len]] off len",
       "reads a number of bytes at a specified offset",
       " Example:\n"
       " 'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the "
@@ -679,7 +680,7 @@ static const struct io_cmd io_cmds[] = {
       " -q, -- quiet mode, do not show I/O statistics\n"
       " -s, -- start offset for pattern verification (only with -P)\n"
       " -v, -- dump buffer to standard output\n" },
-    { "write", cmd_write, 2, -1, "[-fquz] [-P pattern] off len",
+    { "write", cmd_write, 2, -1, true, "[-fquz] [-P pattern] off len",
       "writes a number of bytes at a specified offset",
       " Example:\n"
       " 'write -P 0xab 512 1k' - writes 1 kilobyte of 0xab at 512 bytes\n\n"
@@ -688,7 +689,7 @@ static const struct io_cmd io_cmds[] = {
       " -q, -- quiet mode, do not show I/O statistics\n"
       " -u, -- with -z, allow unmapping\n"
       " -z, -- write zeroes using the block layer's write zeroes\n" },
-    { NULL, NULL, 0, 0, NULL, NULL, NULL },
+    { NULL, NULL, 0, 0, false, NULL, NULL, NULL },
 };
 
 static const struct io_cmd *
@@ -789,6 +790,11 @@ run_line(struct io_ctx *ctx, const char *line)
     }
     if (!check_argc(c, argc - 1)) {
         return -EINVAL;
+    }
+    if (c->writes && ctx->read_only) {
+        /* qemu-io refuses before parsing the command's arguments. */
+        fprintf(stderr, "lockstep-io: Block node is read-only\n");
+        return -EACCES;
     }
     ret = c->fn(ctx, argc, argv);
     fflush(stdout);
