@@ -110,8 +110,9 @@ null_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
     *pnum = bytes;
     *map = offset;
     *file = node;
-    return BLOCK_STATUS_OFFSET_VALID |
-           (s->read_zeroes ? BLOCK_STATUS_ZERO : BLOCK_STATUS_DATA);
+    /* As QEMU: without read-zeroes nothing is promised, so the range
+     * counts as unallocated (it still reads as zeroes here). */
+    return BLOCK_STATUS_OFFSET_VALID | (s->read_zeroes ? BLOCK_STATUS_ZERO : 0);
 }
 
 const struct block_driver null_co_driver = {
