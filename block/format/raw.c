@@ -58,6 +58,19 @@ raw_open(struct block_node *node, json_t *options, struct err **errp)
     return 0;
 }
 
+/*
+ * raw has no metadata: like QEMU (its file is a pure data child), it lets
+ * others write the file too; whoever uses the raw node decides.
+ */
+static void
+raw_child_perm(struct block_node *node, const char *child_name UNUSED,
+               uint32_t *perm, uint32_t *shared)
+{
+    *perm = BLOCK_PERM_CONSISTENT_READ |
+            (node->read_only ? 0 : BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+    *shared = BLOCK_PERM_ALL;
+}
+
 static int64_t
 raw_getlength(struct block_node *node)
 {
@@ -146,4 +159,5 @@ const struct block_driver raw_driver = {
     .pdiscard = raw_pdiscard,
     .block_status = raw_block_status,
     .truncate = raw_truncate,
+    .child_perm = raw_child_perm,
 };

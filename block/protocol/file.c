@@ -87,21 +87,23 @@ byte_locked_by_others(int fd, off_t byte)
     return fl.l_type != F_UNLCK;
 }
 
+/* QEMU checks every permission we want first, then every one we refuse
+ * to share; we do the same so that the messages match. */
 static int
 check_locks(struct file_state *s, uint32_t perm, uint32_t unshared,
             struct err **errp)
 {
     for (int i = 0; i < NUM_PERM_BITS; i++) {
-        uint32_t bit = 1u << i;
-
-        if ((perm & bit) &&
+        if ((perm & (1u << i)) &&
             byte_locked_by_others(s->fd, LOCK_SHARED_BASE + i) > 0) {
             err_setf(errp, "Failed to get \"%s\" lock: is another process "
                      "using the image [%s]?", perm_lock_names[i],
                      s->filename);
             return -EAGAIN;
         }
-        if ((unshared & bit) &&
+    }
+    for (int i = 0; i < NUM_PERM_BITS; i++) {
+        if ((unshared & (1u << i)) &&
             byte_locked_by_others(s->fd, LOCK_PERM_BASE + i) > 0) {
             err_setf(errp, "Failed to get shared \"%s\" lock: is another "
                      "process using the image [%s]?", perm_lock_names[i],

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: MIT
 """Shared pytest fixtures for lockstep's functional tests.
 
-The tests run the programs of a build tree: LOCKSTEP_BUILD names it (default
-/work/main/build).  Every test gets its own scratch directory.
+The tests run the programs of a build tree: LOCKSTEP_BUILD names it (default: build/
+at the top of the source tree).  Every test gets its own scratch directory.
 """
 import os
 import shutil
@@ -12,7 +12,9 @@ import pytest
 
 
 def build_dir_path():
-    return os.environ.get("LOCKSTEP_BUILD", "/work/main/build")
+    top = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    return os.environ.get("LOCKSTEP_BUILD", os.path.join(top, "build"))
 
 
 @pytest.fixture(scope="session")

@@ -120,28 +120,44 @@ test_permissions(void **state UNUSED)
 {
     CLEANUP_FREE char *kv = NULL;
     struct block_node *file, *fmt1, *fmt2;
-    struct block_handle *h;
+    struct block_handle *h1, *h2;
     struct err *err = NULL;
 
     kv = xasprintf("driver=file,node-name=f,filename=%s", img_path);
     file = new_node(kv, NULL);
     assert_non_null(file);
+    /* raw has no metadata and shares its file, as in QEMU. */
     fmt1 = new_node("driver=raw,node-name=r1,file=f", NULL);
     assert_non_null(fmt1);
-    /* A second writer on the same file: raw does not share write. */
-    expect_error("driver=raw,node-name=r2,file=f", "Conflicts with use by");
-    /* A read-only format conflicts too: it refuses to share write, which
-     * r1 holds (qemu-img info needs -U for an image in use, likewise). */
-    expect_error("driver=raw,node-name=r2,file=f,read-only=on",
-                 "does not allow 'write'");
-    fmt2 = new_node("driver=raw,node-name=r2,file=f,read-only=on,"
-                    "force-share=on", NULL);
+    fmt2 = new_node("driver=raw,node-name=r2,file=f", NULL);
     assert_non_null(fmt2);
+    block_node_unref(fmt2);
+
+    /* A user that does not share writing keeps other writers out... */
+    h1 = block_handle_new(fmt1, "owner", BLOCK_PERM_CONSISTENT_READ |
+                          BLOCK_PERM_WRITE, BLOCK_PERM_CONSISTENT_READ, &err);
+    assert_non_null(h1);
+    h2 = block_handle_new(fmt1, "intruder", BLOCK_PERM_WRITE,
+                          BLOCK_PERM_ALL, &err);
+    assert_null(h2);
+    assert_non_null(strstr(err->msg, "Conflicts with use by owner"));
+    err_free(err);
+    err = NULL;
+    /* ...and a reader that refuses to share writing cannot come in. */
+    h2 = block_handle_new(fmt1, "reader", BLOCK_PERM_CONSISTENT_READ,
+                          BLOCK_PERM_CONSISTENT_READ, &err);
+    assert_null(h2);
+    assert_non_null(strstr(err->msg, "does not allow 'write'"));
+    err_free(err);
+    err = NULL;
+    block_handle_free(h1);
 
     /* Writing through a handle on a read-only node is refused. */
-    h = block_handle_new(fmt2, "test", BLOCK_PERM_WRITE, BLOCK_PERM_ALL,
-                         &err);
-    assert_null(h);
+    fmt2 = new_node("driver=raw,node-name=r2,file=f,read-only=on", NULL);
+    assert_non_null(fmt2);
+    h2 = block_handle_new(fmt2, "test", BLOCK_PERM_WRITE, BLOCK_PERM_ALL,
+                          &err);
+    assert_null(h2);
     assert_non_null(strstr(err->msg, "read-only"));
     err_free(err);
 
