@@ -406,6 +406,7 @@ hbitmap_free(struct hbitmap *hb)
 void
 hbitmap_truncate(struct hbitmap *hb, uint64_t size)
 {
+    uint64_t *grown[HB_MAX_LEVELS] = { NULL };
     struct hb_geometry geo;
     unsigned old_nlevels = hb->nlevels;
     uint64_t nbits;
@@ -418,19 +419,33 @@ hbitmap_truncate(struct hbitmap *hb, uint64_t size)
     if (nbits < hb->nbits) {
         hb->count -= hb_popcount_range(hb, nbits, hb->nbits - 1);
     }
+    /*
+     * Growing levels get fresh zeroed arrays with only the non-zero words
+     * copied over (found through the old summaries, so all levels are
+     * copied before any is replaced).  realloc plus memset would touch
+     * every page of the new tail: gigabytes for a petabyte disk.
+     */
+    for (unsigned k = 0; k < MIN(geo.nlevels, old_nlevels); k++) {
+        if (geo.nwords[k] > hb->nwords[k]) {
+            grown[k] = xcalloc(geo.nwords[k], sizeof(uint64_t));
+            for (uint64_t i = hb_next_word(hb, k, 0); i != HB_NONE;
+                 i = hb_next_word(hb, k, i + 1)) {
+                grown[k][i] = hb->words[k][i];
+            }
+        }
+    }
     for (unsigned k = 0; k < HB_MAX_LEVELS; k++) {
         if (k >= geo.nlevels) {
             free(hb->words[k]);
             hb->words[k] = NULL;
         } else if (k >= old_nlevels) {
             hb->words[k] = xcalloc(geo.nwords[k], sizeof(uint64_t));
-        } else if (geo.nwords[k] != hb->nwords[k]) {
+        } else if (grown[k]) {
+            free(hb->words[k]);
+            hb->words[k] = grown[k];
+        } else if (geo.nwords[k] < hb->nwords[k]) {
             hb->words[k] = xrealloc(hb->words[k],
                                     geo.nwords[k] * sizeof(uint64_t));
-            if (geo.nwords[k] > hb->nwords[k]) {
-                memset(hb->words[k] + hb->nwords[k], 0,
-                       (geo.nwords[k] - hb->nwords[k]) * sizeof(uint64_t));
-            }
         }
     }
     hb->size = size;
