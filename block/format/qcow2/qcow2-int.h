@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal interfaces of the qcow2 driver: the per-node state, the
+ * metadata caches, the cluster allocator and the L2 lookups.  See the design
+ * notes at the top of qcow2.c for the locking and ordering rules.
+ */
+#ifndef LOCKSTEP_QCOW2_INT_H
+#define LOCKSTEP_QCOW2_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "block/format/qcow2/qcow2.h"
+#include "lockstep/block.h"
+
+struct qcow2_state;
+
+/*
+ * A cache of whole metadata clusters (L2 tables or refcount blocks), kept
+ * in on-disk (big-endian) layout.  All fields: protected by s->lock.
+ */
+struct qcow2_cache_entry {
+    uint64_t offset;            /* host offset; 0 = empty slot */
+    uint8_t *data;              /* cluster_size bytes */
+    bool dirty;
+    int pins;                   /* > 0: in use, not evictable */
+    uint64_t lru;               /* last use tick */
+};
+
+struct qcow2_cache {
+    const char *name;           /* "L2" or "refblock", for events */
+    struct qcow2_cache_entry *e;
+    size_t nb;
+    uint64_t tick;
+    size_t nb_dirty;
+    /* Called before a dirty entry is written (ordering rule). */
+    int (*before_write)(struct qcow2_state *s);
+};
+
+/* A guest cluster range in use by a request (see range locks, qcow2.c). */
+struct qcow2_range {
+    uint64_t first;             /* guest cluster index */
+    uint64_t end;               /* exclusive */
+    bool exclusive;
+    TAILQ_ENTRY(qcow2_range) link;
+};
+
+enum qcow2_discard_type {
+    QCOW2_DISCARD_REQUEST,      /* guest discard / write-zeroes unmap */
+    QCOW2_DISCARD_SNAPSHOT,     /* make_empty */
+    QCOW2_DISCARD_OTHER,        /* anything else freeing clusters */
+    QCOW2_DISCARD_MAX,
+};
+
+struct qcow2_state {
+    struct block_node *node;
+    struct block_node *file;    /* node->file->node */
+    struct qcow2_header h;      /* as read at open, updated in memory */
+
+    uint64_t cluster_size;
+    unsigned cluster_bits;
+    uint64_t l2_entries;        /* entries per L2 table */
+    unsigned l2_entry_size;     /* 8 or 16 */
+    bool extended_l2;
+    uint64_t subcluster_size;   /* cluster_size, or cluster_size / 32 */
+    unsigned refcount_order;
+    uint64_t refblock_entries;  /* refcount entries per block */
+    bool discard_passthrough[QCOW2_DISCARD_MAX];
+    bool discard_no_unref;
+
+    /*
+     * The lock protects everything below: the in-memory tables, the caches,
+     * the allocator and the range list.  Metadata I/O happens with it held;
+     * guest data I/O never does.  Lock order: s->lock, then the core's
+     * req_lock of the file node (taken inside block_* calls).
+     */
+    pthread_mutex_t lock;
+    pthread_cond_t range_cond;
+    TAILQ_HEAD(, qcow2_range) ranges;
+
+    uint64_t *l1;               /* host order, l1_size entries */
+    uint32_t l1_size;
+    uint64_t l1_offset;
+    uint64_t *reftable;         /* host order */
+    uint64_t reftable_entries;
+    uint64_t reftable_offset;
+    uint32_t reftable_clusters;
+
+    struct qcow2_cache l2_cache;
+    struct qcow2_cache rb_cache;
+
+    uint64_t free_hint;         /* lowest cluster that may be free */
+    bool corrupt;               /* metadata inconsistency found: no writes */
+};
+
+/* ---- qcow2-cache.c ---------------------------------------------------- */
+
+void qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t nb,
+                      uint64_t cluster_size,
+                      int (*before_write)(struct qcow2_state *s));
+void qcow2_cache_destroy(struct qcow2_cache *c);
+/* Get the table at offset (read it unless "fresh": then zeroed), pinned. */
+int qcow2_cache_get(struct qcow2_state *s, struct qcow2_cache *c,
+                    uint64_t offset, bool fresh, uint8_t **data);
+void qcow2_cache_put(struct qcow2_cache *c, uint8_t *data);
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, uint8_t *data);
+/* Write back every dirty entry (does not flush the file). */
+int qcow2_cache_writeback(struct qcow2_state *s, struct qcow2_cache *c);
+/* Forget everything, dirty or not. */
+void qcow2_cache_discard_all(struct qcow2_cache *c);
+/* Forget one offset (freed cluster). */
+void qcow2_cache_forget(struct qcow2_cache *c, uint64_t offset);
+
+/* ---- qcow2-refcount.c ------------------------------------------------- */
+
+int qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp);
+int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster,
+                       uint64_t *refcount);
+/* Add delta to the refcount of n clusters starting at host offset. */
+int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
+                          int64_t delta, enum qcow2_discard_type type);
+/* Allocate n contiguous clusters: refcount 1 in the cache; host offset. */
+int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n);
+/* Rule "refcounts before pointers": write back refblocks and flush. */
+int qcow2_refcounts_stable(struct qcow2_state *s);
+/* Is host range [off, off+len) used by metadata? */
+bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off,
+                             uint64_t len);
+
+/* ---- qcow2-cluster.c -------------------------------------------------- */
+
+/* One L2 entry as read: first word and (extended L2) the bitmap. */
+struct qcow2_l2e {
+    uint64_t entry;
+    uint64_t bitmap;
+};
+
+int qcow2_get_l2e(struct qcow2_state *s, uint64_t guest_cluster,
+                  struct qcow2_l2e *out);
+/* Store an L2 entry, allocating the L2 table when needed. */
+int qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
+                  const struct qcow2_l2e *e);
+/* Make sure the L2 table of guest_cluster exists (allocate it). */
+int qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster);
+/* Rule "pointer removal before refcount drop": write back L2s, flush. */
+int qcow2_l2_stable(struct qcow2_state *s);
+int qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index);
+int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size);
+void qcow2_signal_corruption(struct qcow2_state *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- qcow2-create.c ------------------------------------------------- */
+
+/* backing resolved against the directory of image_filename (if relative). */
+char *qcow2_resolve_backing(const char *image_filename, const char *backing);
+/* The "filename" of the protocol node below node, or NULL. */
+const char *qcow2_node_filename(struct block_node *node);
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static inline uint64_t
+qcow2_offset_to_cluster(const struct qcow2_state *s, uint64_t off)
+{
+    return off >> s->cluster_bits;
+}
+
+#endif
