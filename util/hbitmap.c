@@ -558,34 +558,11 @@ hbitmap_get(const struct hbitmap *hb, uint64_t offset)
     return (hb->words[0][i >> 6] >> (i & 63)) & 1;
 }
 
-/*
- * Bytes of n set granules, when last_set says whether the bitmap's last
- * granule is among them: that one counts only up to the size.
- */
-static uint64_t
-hb_bytes_of(const struct hbitmap *hb, uint64_t n, bool last_set)
-{
-    uint64_t bytes;
-
-    if (!last_set) {
-        return n << hb->gran_bits;
-    }
-    bytes = (n - 1) << hb->gran_bits;
-    return bytes + (hb->size - ((hb->nbits - 1) << hb->gran_bits));
-}
-
-static bool
-hb_last_granule_set(const struct hbitmap *hb)
-{
-    uint64_t i = hb->nbits - 1;
-
-    return hb->nbits && ((hb->words[0][i >> 6] >> (i & 63)) & 1);
-}
-
 uint64_t
 hbitmap_count(const struct hbitmap *hb)
 {
-    return hb_bytes_of(hb, hb->count, hb_last_granule_set(hb));
+    /* QEMU reports whole granules, the last partial one included. */
+    return hb->count << hb->gran_bits;
 }
 
 uint64_t
@@ -600,8 +577,7 @@ hbitmap_count_range(const struct hbitmap *hb, uint64_t offset,
     }
     first = offset >> hb->gran_bits;
     last = (end - 1) >> hb->gran_bits;
-    return hb_bytes_of(hb, hb_popcount_range(hb, first, last),
-                       last == hb->nbits - 1 && hb_last_granule_set(hb));
+    return hb_popcount_range(hb, first, last) << hb->gran_bits;
 }
 
 int64_t

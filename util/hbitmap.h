@@ -38,7 +38,7 @@ void hbitmap_reset_all(struct hbitmap *hb);
 bool hbitmap_get(const struct hbitmap *hb, uint64_t offset);
 
 /* Dirty bytes: number of set granules times the granularity, the last
- * granule counted only up to size (as QEMU reports "count"). */
+ * partial granule counted whole (as QEMU reports "count"). */
 uint64_t hbitmap_count(const struct hbitmap *hb);
 /* Set granules in [offset, offset+bytes), in bytes as above. */
 uint64_t hbitmap_count_range(const struct hbitmap *hb, uint64_t offset,

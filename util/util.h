@@ -138,6 +138,7 @@ mutex_unlockp(pthread_mutex_t **m)
 #define SCOPED_LOCK_CAT(a, b) SCOPED_LOCK_CAT2(a, b)
 #define SCOPED_LOCK(m)                                                       \
     pthread_mutex_t *SCOPED_LOCK_CAT(scoped_lock_, __LINE__)                 \
-        __attribute__((cleanup(mutex_unlockp))) = (mutex_lock(m), (m))
+        __attribute__((cleanup(mutex_unlockp), unused)) =                    \
+            (mutex_lock(m), (m))
 
 #endif

@@ -70,11 +70,10 @@ block_dirty_bitmap_create(struct block_node *node, const char *name,
         return NULL;
     }
     if (granularity == 0) {
-        /*
-         * QEMU picks the cluster size when the format has one; nodes do
-         * not expose it here, so every node gets QEMU's fallback.
-         */
-        granularity = BITMAP_DEFAULT_GRANULARITY;
+        /* QEMU's choice: the cluster size (at least 4 KiB) when the format
+         * has one, else 64 KiB. */
+        granularity = node->cluster_size ? MAX(4 * KiB, node->cluster_size)
+                                         : BITMAP_DEFAULT_GRANULARITY;
     }
     if (!is_power_of_2(granularity) || granularity < BITMAP_MIN_GRANULARITY ||
         granularity > BITMAP_MAX_GRANULARITY) {

@@ -260,6 +260,7 @@ struct block_node {
 
     /* Set by the driver at open. */
     struct block_limits limits;
+    uint64_t cluster_size;            /* allocation unit of a format, or 0 */
     unsigned supported_write_flags;   /* BLOCK_REQ_FUA handled natively */
     unsigned supported_zero_flags;    /* FUA, MAY_UNMAP handled natively */
 

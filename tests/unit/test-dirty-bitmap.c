@@ -417,7 +417,7 @@ test_info(void **state)
         "\"inconsistent\":true},"
         "{\"count\":0,\"granularity\":512,\"recording\":true,"
         "\"busy\":false,\"persistent\":false},"
-        "{\"name\":\"first\",\"count\":100,\"granularity\":65536,"
+        "{\"name\":\"first\",\"count\":65536,\"granularity\":65536,"
         "\"recording\":false,\"busy\":false,\"persistent\":false}"
         "]");
     free(s);
