@@ -6,6 +6,8 @@
 #
 # Usage: scripts/run-tests.sh BUILD_DIR SANITIZER_BUILD_DIR
 #   LOCKSTEP_NO_SAN=1   skip the sanitizer pass (quicker local runs)
+#   LOCKSTEP_NO_FUZZ=1  skip the short fuzzing runs
+#   FUZZ_SECONDS=N      seconds per fuzz target (default 15)
 #   PYTEST_ARGS=...     extra pytest arguments (e.g. -k qcow2)
 set -u
 build=${1:-build}
@@ -71,6 +73,14 @@ if [ -z "${LOCKSTEP_NO_SAN:-}" ]; then
     fi
     ninja -C "$san" >/dev/null || { echo "sanitizer build failed"; exit 1; }
     run_pass "$san" sanitizers
+fi
+
+# Fuzz targets, briefly, when clang is there (CI has it).
+if [ -z "${LOCKSTEP_NO_FUZZ:-}" ] && command -v clang >/dev/null; then
+    echo "=== fuzz targets"
+    scripts/run-fuzz.sh build-fuzz "${FUZZ_SECONDS:-15}"
+    cp build-fuzz/fuzz.count "$results/fuzz.count" 2>/dev/null ||
+        echo "0 1" >"$results/fuzz.count"
 fi
 
 cat "$results"/*.count | awk '
