@@ -1,0 +1,517 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * NBD option negotiation (NBD spec, "Newstyle negotiation"): the fixed
+ * newstyle greeting, then options until EXPORT_NAME or a successful GO
+ * starts transmission.  Supported: EXPORT_NAME, ABORT, LIST, INFO, GO,
+ * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT; everything else
+ * (STARTTLS, EXTENDED_HEADERS, unknown numbers) gets NBD_REP_ERR_UNSUP and
+ * negotiation goes on, as the baseline of the spec requires.  Malformed
+ * option data is answered with NBD_REP_ERR_INVALID; only a broken frame
+ * (bad magic, oversize option, EOF) closes the connection.
+ *
+ * Export names match exactly, as in QEMU: the default export "" is only
+ * found when an export is named "".
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbd/nbd-internal.h"
+#include "nbd/proto.h"
+#include "util.h"
+
+/* Send one option reply (header + data). */
+static int
+send_rep(struct nbdsrv_session *s, uint32_t opt, uint32_t type,
+         const void *data, size_t len)
+{
+    uint8_t hdr[20];
+
+    put_be64(hdr, NBD_REP_MAGIC);
+    put_be32(hdr + 8, opt);
+    put_be32(hdr + 12, type);
+    put_be32(hdr + 16, (uint32_t)len);
+    return nbdsrv_writev(s->out_fd, hdr, sizeof(hdr), data, len, NULL, 0);
+}
+
+static int
+send_err(struct nbdsrv_session *s, uint32_t opt, uint32_t type,
+         const char *msg)
+{
+    return send_rep(s, opt, type, msg, strlen(msg));
+}
+
+/* A name from option data: NULL (reply ERR_INVALID) when it holds a NUL,
+ * which no export name can contain. */
+static char *
+dup_name(const uint8_t *p, size_t len)
+{
+    if (memchr(p, 0, len)) {
+        return NULL;
+    }
+    return strndup((const char *)p, len);
+}
+
+/* Transmission flags for exp, from the state negotiated so far. */
+static uint16_t
+transmission_flags(struct nbdsrv_session *s, struct nbdexp *exp)
+{
+    uint16_t flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH |
+                     NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE;
+
+    if (exp->writable) {
+        flags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+                 NBD_FLAG_SEND_FAST_ZERO;
+    } else {
+        flags |= NBD_FLAG_READ_ONLY;
+    }
+    if (s->structured) {
+        flags |= NBD_FLAG_SEND_DF;
+    }
+    /* One node behind all connections: a flush on one covers the writes
+     * of all (QEMU offers it unless limited to one connection). */
+    if (nbdsrv_multi_conn_allowed()) {
+        flags |= NBD_FLAG_CAN_MULTI_CONN;
+    }
+    return flags;
+}
+
+static void
+clear_meta(struct nbdsrv_session *s)
+{
+    free(s->ctx_ids);
+    s->ctx_ids = NULL;
+    s->nctx = 0;
+    free(s->ctx_export);
+    s->ctx_export = NULL;
+}
+
+void
+nbdsrv_session_clear(struct nbdsrv_session *s)
+{
+    clear_meta(s);
+}
+
+/* ---- NBD_OPT_LIST ----------------------------------------------------- */
+
+struct list_buf {
+    uint8_t *data;
+    size_t len, cap;
+    size_t count;
+};
+
+static void
+list_add_cb(struct nbdexp *exp, void *opaque)
+{
+    struct list_buf *b = opaque;
+    size_t nlen = strlen(exp->name);
+    size_t dlen = exp->description ? strlen(exp->description) : 0;
+    size_t need = 4 + 4 + nlen + dlen;   /* length prefix + reply data */
+
+    if (b->len + need > b->cap) {
+        b->cap = (b->len + need) * 2;
+        b->data = xrealloc(b->data, b->cap);
+    }
+    put_be32(b->data + b->len, (uint32_t)(4 + nlen + dlen));
+    put_be32(b->data + b->len + 4, (uint32_t)nlen);
+    memcpy(b->data + b->len + 8, exp->name, nlen);
+    if (dlen) {
+        memcpy(b->data + b->len + 8 + nlen, exp->description, dlen);
+    }
+    b->len += need;
+    b->count++;
+}
+
+static int
+opt_list(struct nbdsrv_session *s, uint32_t len)
+{
+    struct list_buf b = {0};
+    int ret = 0;
+
+    if (len != 0) {
+        return send_err(s, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+                        "no payload expected");
+    }
+    nbdexp_foreach(list_add_cb, &b);
+    for (size_t off = 0; off < b.len && ret == 0;) {
+        uint32_t rlen = get_be32(b.data + off);
+
+        ret = send_rep(s, NBD_OPT_LIST, NBD_REP_SERVER, b.data + off + 4,
+                       rlen);
+        off += 4 + rlen;
+    }
+    free(b.data);
+    if (ret == 0) {
+        ret = send_rep(s, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+    }
+    return ret;
+}
+
+/* ---- NBD_OPT_INFO / NBD_OPT_GO ---------------------------------------- */
+
+static int
+send_info(struct nbdsrv_session *s, uint32_t opt, uint16_t type,
+          const void *payload, size_t len)
+{
+    uint8_t buf[2 + NBDSRV_MAX_STRING];
+
+    assert(len <= NBDSRV_MAX_STRING);
+    put_be16(buf, type);
+    if (len) {
+        memcpy(buf + 2, payload, len);
+    }
+    return send_rep(s, opt, NBD_REP_INFO, buf, 2 + len);
+}
+
+/* Returns 1 when GO succeeded (transmission starts), 0 to go on
+ * negotiating, -1 to close. */
+static int
+opt_info_go(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
+            uint32_t len)
+{
+    uint32_t namelen;
+    uint16_t nreq;
+    bool want_name = false, want_desc = false, want_bs = false;
+    char *name;
+    struct nbdexp *exp;
+    uint8_t buf[12];
+    uint32_t min_block, max_block;
+    int ret;
+
+    if (len < 6) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "option too short");
+    }
+    namelen = get_be32(data);
+    if (namelen > NBDSRV_MAX_STRING) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "name too long");
+    }
+    if ((uint64_t)namelen + 6 > len) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "bad name length");
+    }
+    nreq = get_be16(data + 4 + namelen);
+    if ((uint64_t)namelen + 6 + 2 * (uint64_t)nreq != len) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID,
+                        "bad info request count");
+    }
+    for (uint16_t i = 0; i < nreq; i++) {
+        switch (get_be16(data + 6 + namelen + 2 * i)) {
+        case NBD_INFO_NAME:
+            want_name = true;
+            break;
+        case NBD_INFO_DESCRIPTION:
+            want_desc = true;
+            break;
+        case NBD_INFO_BLOCK_SIZE:
+            want_bs = true;
+            break;
+        default:
+            break;   /* unknown requests are ignored (spec) */
+        }
+    }
+    name = dup_name(data + 4, namelen);
+    if (!name) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "bad export name");
+    }
+    exp = nbdexp_get(name, &s->exp);
+    if (!exp) {
+        ret = send_err(s, opt, NBD_REP_ERR_UNKNOWN, "export not present");
+        free(name);
+        return ret;
+    }
+
+    ret = 0;
+    if (want_name) {
+        ret = send_info(s, opt, NBD_INFO_NAME, exp->name, strlen(exp->name));
+    }
+    if (ret == 0 && want_desc && exp->description) {
+        ret = send_info(s, opt, NBD_INFO_DESCRIPTION, exp->description,
+                        strlen(exp->description));
+    }
+    if (ret == 0) {
+        /* Always sent; the minimum is only raised for clients that asked
+         * (they promise to honour it), as QEMU does. */
+        min_block = want_bs ? exp->min_block : 1;
+        max_block = NBDSRV_MAX_PAYLOAD;
+        put_be32(buf, min_block);
+        put_be32(buf + 4, MAX(NBDSRV_PREF_BLOCK, min_block));
+        put_be32(buf + 8, max_block);
+        ret = send_info(s, opt, NBD_INFO_BLOCK_SIZE, buf, 12);
+    }
+    if (ret == 0) {
+        uint16_t flags = transmission_flags(s, exp);
+
+        put_be64(buf, nbdexp_size(exp));
+        put_be16(buf + 8, flags);
+        ret = send_info(s, opt, NBD_INFO_EXPORT, buf, 10);
+        s->tflags = flags;
+    }
+    if (ret == 0) {
+        ret = send_rep(s, opt, NBD_REP_ACK, NULL, 0);
+    }
+    if (ret < 0 || opt == NBD_OPT_INFO) {
+        nbdexp_put(&s->exp);
+        free(name);
+        return ret < 0 ? -1 : 0;
+    }
+    /* GO: meta contexts stay selected only if the last SET named this
+     * export (spec, NBD_OPT_SET_META_CONTEXT). */
+    if (!s->ctx_export || strcmp(s->ctx_export, name) != 0) {
+        clear_meta(s);
+    }
+    free(name);
+    return 1;
+}
+
+/* ---- Meta contexts ---------------------------------------------------- */
+
+struct meta_add {
+    struct nbdsrv_session *s;
+    uint32_t opt;
+    bool set;
+    int ret;
+};
+
+static void
+meta_add_cb(uint32_t id, const char *name, void *opaque)
+{
+    struct meta_add *m = opaque;
+    uint8_t buf[4 + 4 + 18 + NBDSRV_MAX_STRING];
+    size_t nlen = strlen(name);
+
+    if (m->ret < 0) {
+        return;
+    }
+    if (m->set) {
+        for (size_t i = 0; i < m->s->nctx; i++) {
+            if (m->s->ctx_ids[i] == id) {
+                return;   /* asked twice: one reply, one id */
+            }
+        }
+        m->s->ctx_ids = xrealloc(m->s->ctx_ids,
+                                 (m->s->nctx + 1) * sizeof(uint32_t));
+        m->s->ctx_ids[m->s->nctx++] = id;
+    }
+    if (nlen > sizeof(buf) - 4) {
+        nlen = sizeof(buf) - 4;
+    }
+    put_be32(buf, m->set ? id : 0);
+    memcpy(buf + 4, name, nlen);
+    m->ret = send_rep(m->s, m->opt, NBD_REP_META_CONTEXT, buf, 4 + nlen);
+}
+
+static int
+opt_meta(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
+         uint32_t len)
+{
+    bool set = opt == NBD_OPT_SET_META_CONTEXT;
+    uint32_t namelen, nq, pos;
+    char *name;
+    struct nbdexp *exp;
+    struct meta_add m = {.s = s, .opt = opt, .set = set, .ret = 0};
+    int ret;
+
+    if (set) {
+        clear_meta(s);   /* even a failing SET replaces the selection */
+    }
+    if (!s->structured) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID,
+                        "request requires structured replies");
+    }
+    if (len < 8) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "option too short");
+    }
+    namelen = get_be32(data);
+    if (namelen > NBDSRV_MAX_STRING || (uint64_t)namelen + 8 > len) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "bad name length");
+    }
+    nq = get_be32(data + 4 + namelen);
+    /* Check the framing of every query before acting on any. */
+    pos = 8 + namelen;
+    for (uint32_t i = 0; i < nq; i++) {
+        uint32_t qlen;
+
+        if (len - pos < 4) {
+            return send_err(s, opt, NBD_REP_ERR_INVALID, "bad query count");
+        }
+        qlen = get_be32(data + pos);
+        if (qlen > NBDSRV_MAX_STRING || qlen > len - pos - 4) {
+            return send_err(s, opt, NBD_REP_ERR_INVALID,
+                            "bad query length");
+        }
+        pos += 4 + qlen;
+    }
+    if (pos != len) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "trailing data");
+    }
+    if (set && nq > NBDSRV_MAX_META_CONTEXTS) {
+        return send_err(s, opt, NBD_REP_ERR_TOO_BIG, "too many queries");
+    }
+    name = dup_name(data + 4, namelen);
+    if (!name) {
+        return send_err(s, opt, NBD_REP_ERR_INVALID, "bad export name");
+    }
+    exp = nbdexp_get(name, &s->exp);
+    if (!exp) {
+        free(name);
+        return send_err(s, opt, NBD_REP_ERR_UNKNOWN, "export not present");
+    }
+
+    if (!set && nq == 0) {
+        nbdsrv_meta_query(exp, "", true, meta_add_cb, &m);
+    }
+    pos = 8 + namelen;
+    for (uint32_t i = 0; i < nq && m.ret == 0; i++) {
+        uint32_t qlen = get_be32(data + pos);
+        char *q = dup_name(data + pos + 4, qlen);
+
+        pos += 4 + qlen;
+        if (!q) {
+            continue;   /* a NUL matches no context */
+        }
+        if (!nbdsrv_meta_query(exp, q, !set, meta_add_cb, &m)) {
+            free(q);
+            nbdexp_put(&s->exp);
+            free(name);
+            if (set) {
+                clear_meta(s);
+            }
+            return send_err(s, opt, NBD_REP_ERR_INVALID, "bad query");
+        }
+        free(q);
+    }
+    nbdexp_put(&s->exp);
+    if (m.ret < 0) {
+        free(name);
+        return m.ret;
+    }
+    if (set) {
+        s->ctx_export = name;
+    } else {
+        free(name);
+    }
+    ret = send_rep(s, opt, NBD_REP_ACK, NULL, 0);
+    return ret;
+}
+
+/* ---- The negotiation loop --------------------------------------------- */
+
+int
+nbdsrv_handshake(struct nbdsrv_session *s)
+{
+    uint8_t greet[18], hdr[16], cflags_buf[4];
+    uint32_t cflags;
+    uint8_t *data = NULL;
+
+    put_be64(greet, NBD_MAGIC);
+    put_be64(greet + 8, NBD_OPTS_MAGIC);
+    put_be16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    if (nbdsrv_write(s->out_fd, greet, sizeof(greet)) < 0 ||
+        nbdsrv_read(s->in_fd, cflags_buf, 4) < 0) {
+        return -1;
+    }
+    cflags = get_be32(cflags_buf);
+    if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE |
+                             NBD_FLAG_C_NO_ZEROES)) {
+        return -1;   /* unknown client flag: MUST drop (spec) */
+    }
+    s->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+
+    for (;;) {
+        uint32_t opt, len;
+        int ret;
+
+        free(data);
+        data = NULL;
+        if (nbdsrv_read(s->in_fd, hdr, sizeof(hdr)) < 0 ||
+            get_be64(hdr) != NBD_OPTS_MAGIC) {
+            goto fail;
+        }
+        opt = get_be32(hdr + 8);
+        len = get_be32(hdr + 12);
+        if (len > NBDSRV_MAX_OPTION_LEN) {
+            goto fail;   /* abuse: hard disconnect (spec allows) */
+        }
+        data = xmalloc(len ? len : 1);
+        if (len && nbdsrv_read(s->in_fd, data, len) < 0) {
+            goto fail;
+        }
+
+        switch (opt) {
+        case NBD_OPT_EXPORT_NAME: {
+            char *name = dup_name(data, len);
+            uint8_t reply[8 + 2 + 124];
+            struct nbdexp *exp;
+
+            if (!name || len > NBDSRV_MAX_STRING) {
+                free(name);
+                goto fail;
+            }
+            exp = nbdexp_get(name, &s->exp);
+            free(name);
+            if (!exp) {
+                goto fail;   /* no error path for EXPORT_NAME: close */
+            }
+            memset(reply, 0, sizeof(reply));
+            s->tflags = transmission_flags(s, exp);
+            put_be64(reply, nbdexp_size(exp));
+            put_be16(reply + 8, s->tflags);
+            if (nbdsrv_write(s->out_fd, reply,
+                             s->no_zeroes ? 10 : sizeof(reply)) < 0) {
+                nbdexp_put(&s->exp);
+                goto fail;
+            }
+            /* No SET_META_CONTEXT applies to EXPORT_NAME sessions unless
+             * it named this export. */
+            if (!s->ctx_export || strcmp(s->ctx_export, exp->name)) {
+                clear_meta(s);
+            }
+            free(data);
+            return 0;
+        }
+        case NBD_OPT_ABORT:
+            send_rep(s, opt, NBD_REP_ACK, NULL, 0);
+            goto fail;
+        case NBD_OPT_LIST:
+            ret = opt_list(s, len);
+            break;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+            ret = opt_info_go(s, opt, data, len);
+            if (ret == 1) {
+                free(data);
+                return 0;
+            }
+            break;
+        case NBD_OPT_STRUCTURED_REPLY:
+            if (len != 0) {
+                ret = send_err(s, opt, NBD_REP_ERR_INVALID,
+                               "no payload expected");
+            } else if (s->structured) {
+                ret = send_err(s, opt, NBD_REP_ERR_INVALID,
+                               "structured reply already negotiated");
+            } else {
+                s->structured = true;
+                ret = send_rep(s, opt, NBD_REP_ACK, NULL, 0);
+            }
+            break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+            ret = opt_meta(s, opt, data, len);
+            break;
+        case NBD_OPT_STARTTLS:
+            ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "TLS not supported");
+            break;
+        default:
+            ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "unsupported option");
+            break;
+        }
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+
+fail:
+    free(data);
+    clear_meta(s);
+    return -1;
+}

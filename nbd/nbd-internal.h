@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private interfaces between the files of the NBD server: the export
+ * registry (export.c), option negotiation (handshake.c), the transmission
+ * phase and threads (server.c) and metadata contexts (meta-context.c).
+ *
+ * Design notes: lifetimes.
+ *
+ *   g_nbdsrv_lock protects the export list, every export's connection count
+ *   and "deleting" flag, and the list of live connections.  It is never held
+ *   across network or block I/O, except shutdown(2), which does not block.
+ *
+ *   An export (struct nbdexp) is created and destroyed on the main thread.
+ *   A connection finds its export during the handshake under the lock and
+ *   counts itself in exp->nconns; from then on the export (and its handle)
+ *   stays alive until the connection thread drops that count as the very
+ *   last thing it does with the export.  Deleting an export marks it
+ *   deleting (no new connection can attach), shuts down the sockets of the
+ *   attached connections ("hard") and waits on g_nbdsrv_cond until
+ *   nconns == 0; only then is the handle freed.  "safe" refuses while
+ *   nconns > 0.
+ *
+ *   A connection's own threads: the reader (the connection thread) parses
+ *   requests and queues them; workers run them and send replies under
+ *   conn->write_lock.  The reader joins the workers before it leaves, so no
+ *   worker outlives its connection.
+ */
+#ifndef LOCKSTEP_NBD_INTERNAL_H
+#define LOCKSTEP_NBD_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <jansson.h>
+
+#include "lockstep/block.h"
+#include "lockstep/err.h"
+
+struct block_dirty_bitmap;
+
+struct nbdexp_bitmap {
+    struct block_dirty_bitmap *bm;
+    char *ctx_name;            /* "qemu:dirty-bitmap:NAME" */
+};
+
+struct nbdexp {
+    char *id;
+    char *name;
+    char *description;         /* NULL when none */
+    char *node_name;
+    struct block_handle *h;    /* Main thread creates/frees; I/O any thread */
+    bool writable;
+    bool writethrough;         /* every write is FUA */
+    bool alloc_depth;          /* qemu:allocation-depth offered */
+    bool multi_conn;
+    uint32_t min_block;        /* advertised minimum block size */
+    struct nbdexp_bitmap *bitmaps;
+    size_t nbitmaps;
+
+    /* Protected by: g_nbdsrv_lock. */
+    int nconns;
+    bool deleting;
+    TAILQ_ENTRY(nbdexp) link;
+};
+TAILQ_HEAD(nbdexp_list, nbdexp);
+
+extern pthread_mutex_t g_nbdsrv_lock;
+extern pthread_cond_t g_nbdsrv_cond;
+
+/* ---- export.c --------------------------------------------------------- */
+
+/*
+ * Create an export from block-export-add arguments; when require_server is
+ * false no running server is needed (the fuzzer and in-process tests).
+ * Main thread.
+ */
+struct nbdexp *nbdexp_create(json_t *args, bool require_server,
+                             struct err **errp);
+/*
+ * Find an export by name and attach a connection to it (nconns++), storing
+ * it in *held under g_nbdsrv_lock (so that deleting the export finds the
+ * connection); NULL when there is none or it is being deleted.  Any thread.
+ */
+struct nbdexp *nbdexp_get(const char *name, struct nbdexp **held);
+/* Detach (clears *held); the export must not be used afterwards. */
+void nbdexp_put(struct nbdexp **held);
+/* Delete every export (hard), with events.  Main thread. */
+void nbdexp_delete_all(void);
+/*
+ * For NBD_OPT_LIST: call fn for every export not being deleted, under
+ * g_nbdsrv_lock (fn must not block).  Any thread.
+ */
+void nbdexp_foreach(void (*fn)(struct nbdexp *exp, void *opaque),
+                    void *opaque);
+/* Export size now (the node may be resized).  Any thread, attached. */
+uint64_t nbdexp_size(struct nbdexp *exp);
+
+/* ---- server.c --------------------------------------------------------- */
+
+bool nbdsrv_running(void);
+/* Shut down the sockets of every connection attached to exp (NULL: every
+ * connection).  Caller holds g_nbdsrv_lock. */
+void nbdsrv_shutdown_conns_locked(struct nbdexp *exp);
+/* Wait until no connection is attached to exp (NULL: no connection at
+ * all).  Caller holds g_nbdsrv_lock.  Main thread. */
+void nbdsrv_wait_conns_locked(struct nbdexp *exp);
+/* Whether a new client should see CAN_MULTI_CONN (max-connections != 1). */
+bool nbdsrv_multi_conn_allowed(void);
+
+/*
+ * One whole NBD session on in_fd (requests) and out_fd (replies; may be the
+ * same socket), served against the registered exports.  nworkers 0 runs
+ * every request on the calling thread (deterministic; the fuzzer).  Returns
+ * when the client disconnects or breaks the protocol.  Any thread.
+ */
+void nbdsrv_serve_fds(int in_fd, int out_fd, int nworkers);
+
+/*
+ * Whole reads and writes on a session's fds: sockets without SIGPIPE, and
+ * plain files or pipes too (the fuzzer).  0 or -errno (-ECONNRESET at
+ * EOF).  Any thread.
+ */
+int nbdsrv_read(int fd, void *buf, size_t len);
+int nbdsrv_write(int fd, const void *buf, size_t len);
+/* Gather write of up to 3 pieces (header, payload parts). */
+int nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
+                  size_t blen, const void *c, size_t clen);
+
+/* ---- handshake.c ------------------------------------------------------ */
+
+/* What negotiation agreed; filled by nbdsrv_handshake. */
+#define NBDSRV_CTX_BASE_ALLOCATION   0
+#define NBDSRV_CTX_ALLOCATION_DEPTH  1
+#define NBDSRV_CTX_BITMAP0           2   /* + index into exp->bitmaps */
+
+struct nbdsrv_session {
+    int in_fd, out_fd;
+    bool no_zeroes;
+    bool structured;
+    /* The export this connection is attached to (nbdexp_get), during an
+     * option that needs one and for the whole transmission phase.
+     * Written under g_nbdsrv_lock; read by the session's own threads. */
+    struct nbdexp *exp;
+    uint16_t tflags;           /* transmission flags sent */
+    /* Selected meta contexts: ids are indexes as NBDSRV_CTX_*. */
+    uint32_t *ctx_ids;
+    size_t nctx;
+    char *ctx_export;          /* the export the last SET named */
+};
+
+/*
+ * Run the handshake.  Returns 0 when transmission starts (s->exp set and
+ * attached), -1 when the connection must be closed (protocol violation,
+ * ABORT, EOF, unknown export with EXPORT_NAME).  Any thread.
+ */
+int nbdsrv_handshake(struct nbdsrv_session *s);
+void nbdsrv_session_clear(struct nbdsrv_session *s);
+
+/* ---- meta-context.c --------------------------------------------------- */
+
+/*
+ * Resolve one query for LIST (list=true, wildcards allowed) or SET against
+ * exp; calls add(ctx_id, name, opaque) for every match.  Returns false
+ * for a syntactically invalid query in a known namespace (ERR_INVALID).
+ */
+bool nbdsrv_meta_query(struct nbdexp *exp, const char *query, bool list,
+                       void (*add)(uint32_t id, const char *name,
+                                   void *opaque),
+                       void *opaque);
+/* The name of context id on exp (for replies). */
+const char *nbdsrv_meta_name(struct nbdexp *exp, uint32_t id);
+
+/*
+ * Extents of context id over [offset, offset+bytes) (within the export):
+ * fills ext as {length, flags} pairs in host order, at most max_extents
+ * (1 with REQ_ONE).  Returns the number of extents (>= 1) or -errno.
+ * Any thread, attached.
+ */
+int nbdsrv_meta_extents(struct nbdexp *exp, uint32_t id, uint64_t offset,
+                        uint64_t bytes, uint32_t *ext, size_t max_extents);
+
+/* ---- byte order helpers ----------------------------------------------- */
+
+static inline void
+put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = v >> 8;
+    p[1] = v;
+}
+
+static inline void
+put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24;
+    p[1] = v >> 16;
+    p[2] = v >> 8;
+    p[3] = v;
+}
+
+static inline void
+put_be64(uint8_t *p, uint64_t v)
+{
+    put_be32(p, v >> 32);
+    put_be32(p + 4, (uint32_t)v);
+}
+
+static inline uint16_t
+get_be16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline uint32_t
+get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+           (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t
+get_be64(const uint8_t *p)
+{
+    return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
+}
+
+#endif

@@ -1,0 +1,1042 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The NBD server: listening sockets (nbd-server-start/stop), one thread per
+ * connection that negotiates and then reads requests, and a small pool of
+ * worker threads per connection that run them on the export's block handle
+ * and send the replies.
+ *
+ * Design notes.
+ *
+ *   Threads: an accept thread per listening socket; per connection a reader
+ *   (the connection thread, detached) and NBDSRV_WORKERS workers it starts
+ *   after the handshake and joins before it leaves.  Requests complete out
+ *   of order; a reply (all chunks of it) is written under conn->write_lock,
+ *   so replies never interleave within a byte stream.
+ *
+ *   Flow control: the reader admits a request only while the connection
+ *   has fewer than NBDSRV_MAX_REQS requests and NBDSRV_MAX_INFLIGHT bytes
+ *   of payload (reads and writes) in flight, so a client flooding requests
+ *   blocks itself, not the daemon.  A WRITE longer than the maximum payload
+ *   (32 MiB) is a protocol violation (spec: may disconnect); everything
+ *   else out of range gets an error reply.
+ *
+ *   Ending: EOF, a broken frame or NBD_CMD_DISC stop the reader; requests
+ *   already admitted still run (DISC: "finish outstanding requests"), but
+ *   once the socket is dead (write failure, shutdown by export deletion)
+ *   queued requests are dropped unexecuted.  The connection then detaches
+ *   from its export (the last use of it) and frees itself.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "nbd/errno-map.h"
+#include "nbd/nbd-internal.h"
+#include "nbd/proto.h"
+#include "nbd/server.h"
+#include "util.h"
+
+#define NBDSRV_WORKERS      8
+#define NBDSRV_MAX_REQS     128
+#define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
+#define NBDSRV_MAX_LISTENERS 8
+/* READ chunks: past this many extents the rest is sent as data. */
+#define NBDSRV_MAX_READ_CHUNKS 64
+
+/* ---- fd I/O ----------------------------------------------------------- */
+
+int
+nbdsrv_read(int fd, void *buf, size_t len)
+{
+    return read_full(fd, buf, len);
+}
+
+int
+nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
+              size_t blen, const void *c, size_t clen)
+{
+    struct iovec iov[3] = {
+        {(void *)a, alen}, {(void *)b, blen}, {(void *)c, clen},
+    };
+    struct iovec *v = iov;
+    int n = 3;
+
+    while (n > 0) {
+        struct msghdr msg = {.msg_iov = v, .msg_iovlen = (size_t)n};
+        ssize_t r;
+
+        if (v->iov_len == 0) {
+            v++;
+            n--;
+            continue;
+        }
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (r < 0 && errno == ENOTSOCK) {
+            r = writev(fd, v, n);
+        }
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        while (r > 0 && n > 0) {
+            if ((size_t)r >= v->iov_len) {
+                r -= (ssize_t)v->iov_len;
+                v->iov_len = 0;
+                v++;
+                n--;
+            } else {
+                v->iov_base = (char *)v->iov_base + r;
+                v->iov_len -= (size_t)r;
+                r = 0;
+            }
+        }
+    }
+    return 0;
+}
+
+int
+nbdsrv_write(int fd, const void *buf, size_t len)
+{
+    return nbdsrv_writev(fd, buf, len, NULL, 0, NULL, 0);
+}
+
+/* ---- Connections ------------------------------------------------------ */
+
+struct nbdsrv_req {
+    uint16_t flags;
+    uint16_t type;
+    uint64_t cookie;
+    uint64_t offset;
+    uint32_t len;
+    void *data;          /* WRITE payload */
+    uint64_t cost;       /* bytes counted in flight */
+    TAILQ_ENTRY(nbdsrv_req) link;
+};
+
+struct nbdsrv_conn {
+    struct nbdsrv_session s;
+    int fd;              /* socket (== in_fd), -1 in fd-pair mode */
+    int nworkers;
+    pthread_t *workers;
+
+    /* Replies.  Protected by: write_lock. */
+    pthread_mutex_t write_lock;
+
+    /* The queue.  Protected by: q_lock. */
+    pthread_mutex_t q_lock;
+    pthread_cond_t q_cond;       /* workers wait for requests */
+    pthread_cond_t space_cond;   /* the reader waits for room */
+    TAILQ_HEAD(, nbdsrv_req) queue;
+    unsigned nreqs;              /* admitted, not yet replied */
+    uint64_t inflight;           /* bytes of those */
+    bool quit;                   /* reader is done: exit when empty */
+    bool dead;                   /* socket unusable: drop, don't run */
+
+    /* Protected by: g_nbdsrv_lock. */
+    TAILQ_ENTRY(nbdsrv_conn) link;
+};
+
+struct nbdsrv_listener {
+    int fd;
+    pthread_t thread;
+    bool tcp;
+};
+
+/* Protected by: g_nbdsrv_lock. */
+static TAILQ_HEAD(, nbdsrv_conn) g_conns = TAILQ_HEAD_INITIALIZER(g_conns);
+static unsigned g_nconns;
+static bool g_running;
+static int64_t g_max_connections;
+/* Main thread only. */
+static struct nbdsrv_listener g_listeners[NBDSRV_MAX_LISTENERS];
+static int g_nlisteners;
+
+bool
+nbdsrv_running(void)
+{
+    SCOPED_LOCK(&g_nbdsrv_lock);
+    return g_running;
+}
+
+bool
+nbdsrv_multi_conn_allowed(void)
+{
+    SCOPED_LOCK(&g_nbdsrv_lock);
+    return g_max_connections != 1;
+}
+
+void
+nbdsrv_shutdown_conns_locked(struct nbdexp *exp)
+{
+    struct nbdsrv_conn *conn;
+
+    TAILQ_FOREACH(conn, &g_conns, link) {
+        if (!exp || conn->s.exp == exp) {
+            shutdown(conn->s.in_fd, SHUT_RDWR);
+            if (conn->s.out_fd != conn->s.in_fd) {
+                shutdown(conn->s.out_fd, SHUT_RDWR);
+            }
+        }
+    }
+}
+
+void
+nbdsrv_wait_conns_locked(struct nbdexp *exp)
+{
+    while (exp ? exp->nconns > 0 : g_nconns > 0) {
+        cond_wait(&g_nbdsrv_cond, &g_nbdsrv_lock);
+    }
+}
+
+/* Mark the connection dead after a failed write: the reader stops too. */
+static void
+conn_kill(struct nbdsrv_conn *conn)
+{
+    mutex_lock(&conn->q_lock);
+    conn->dead = true;
+    cond_broadcast(&conn->q_cond);
+    cond_broadcast(&conn->space_cond);
+    mutex_unlock(&conn->q_lock);
+    shutdown(conn->s.in_fd, SHUT_RDWR);
+}
+
+/* ---- Replies ---------------------------------------------------------- */
+
+static void
+send_simple(struct nbdsrv_conn *conn, struct nbdsrv_req *req, uint32_t err,
+            const void *data, size_t len)
+{
+    uint8_t hdr[16];
+    int ret;
+
+    put_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
+    put_be32(hdr + 4, err);
+    put_be64(hdr + 8, req->cookie);
+    mutex_lock(&conn->write_lock);
+    ret = nbdsrv_writev(conn->s.out_fd, hdr, sizeof(hdr), data,
+                        err ? 0 : len, NULL, 0);
+    mutex_unlock(&conn->write_lock);
+    if (ret < 0) {
+        conn_kill(conn);
+    }
+}
+
+/* One structured chunk; caller holds write_lock. */
+static int
+send_chunk_locked(struct nbdsrv_conn *conn, struct nbdsrv_req *req,
+                  uint16_t flags, uint16_t type, const void *a, size_t alen,
+                  const void *b, size_t blen)
+{
+    uint8_t hdr[20];
+
+    put_be32(hdr, NBD_STRUCTURED_REPLY_MAGIC);
+    put_be16(hdr + 4, flags);
+    put_be16(hdr + 6, type);
+    put_be64(hdr + 8, req->cookie);
+    put_be32(hdr + 16, (uint32_t)(alen + blen));
+    return nbdsrv_writev(conn->s.out_fd, hdr, sizeof(hdr), a, alen, b, blen);
+}
+
+static void
+send_error_chunk(struct nbdsrv_conn *conn, struct nbdsrv_req *req,
+                 uint32_t err, const char *msg)
+{
+    uint8_t payload[6 + 64];
+    size_t mlen = MIN(strlen(msg), (size_t)64);
+    int ret;
+
+    put_be32(payload, err);
+    put_be16(payload + 4, (uint16_t)mlen);
+    memcpy(payload + 6, msg, mlen);
+    mutex_lock(&conn->write_lock);
+    ret = send_chunk_locked(conn, req, NBD_REPLY_FLAG_DONE,
+                            NBD_REPLY_TYPE_ERROR, payload, 6 + mlen, NULL, 0);
+    mutex_unlock(&conn->write_lock);
+    if (ret < 0) {
+        conn_kill(conn);
+    }
+}
+
+/* An error reply in the form the command needs. */
+static void
+reply_error(struct nbdsrv_conn *conn, struct nbdsrv_req *req, uint32_t err,
+            const char *msg)
+{
+    if (conn->s.structured &&
+        (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS)) {
+        send_error_chunk(conn, req, err, msg);
+    } else {
+        send_simple(conn, req, err, NULL, 0);
+    }
+}
+
+static void
+reply_errno(struct nbdsrv_conn *conn, struct nbdsrv_req *req, int ret)
+{
+    reply_error(conn, req, nbdsrv_errno_to_nbd(ret), strerror(-ret));
+}
+
+/* ---- Commands --------------------------------------------------------- */
+
+static void
+do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
+{
+    struct nbdexp *exp = conn->s.exp;
+    uint8_t *buf;
+    uint8_t off8[8];
+    uint64_t pos, end;
+    int ret, nchunks = 0;
+
+    if (req->len == 0) {
+        if (conn->s.structured) {
+            mutex_lock(&conn->write_lock);
+            ret = send_chunk_locked(conn, req, NBD_REPLY_FLAG_DONE,
+                                    NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0);
+            mutex_unlock(&conn->write_lock);
+            if (ret < 0) {
+                conn_kill(conn);
+            }
+        } else {
+            send_simple(conn, req, 0, NULL, 0);
+        }
+        return;
+    }
+    buf = malloc(req->len);
+    if (!buf) {
+        reply_error(conn, req, NBD_ENOMEM, "out of memory");
+        return;
+    }
+    ret = block_handle_pread(exp->h, req->offset, req->len, buf, 0);
+    if (ret < 0) {
+        free(buf);
+        reply_errno(conn, req, ret);
+        return;
+    }
+    if (!conn->s.structured) {
+        send_simple(conn, req, 0, buf, req->len);
+        free(buf);
+        return;
+    }
+
+    /*
+     * Structured: zero ranges (by block status) as OFFSET_HOLE, the rest
+     * as OFFSET_DATA; one chunk when DF asks for it.  Each chunk's offset
+     * is absolute (spec, structured reply chunks).
+     */
+    mutex_lock(&conn->write_lock);
+    pos = req->offset;
+    end = req->offset + req->len;
+    ret = 0;
+    while (pos < end && ret == 0) {
+        uint64_t pnum = end - pos;
+        bool hole = false;
+        bool last;
+        struct block_status_info info;
+
+        if (!(req->flags & NBD_CMD_FLAG_DF) &&
+            nchunks < NBDSRV_MAX_READ_CHUNKS - 1) {
+            int st;
+
+            memset(&info, 0, sizeof(info));
+            st = block_handle_status(exp->h, pos, end - pos, &pnum, &info);
+            if (st < 0 || pnum == 0 || pnum > end - pos) {
+                pnum = end - pos;
+            } else {
+                hole = (st & BLOCK_STATUS_ZERO) &&
+                       buffer_is_zero(buf + (pos - req->offset), pnum);
+            }
+        }
+        last = pos + pnum == end;
+        put_be64(off8, pos);
+        if (hole) {
+            uint8_t hole_payload[12];
+
+            put_be64(hole_payload, pos);
+            put_be32(hole_payload + 8, (uint32_t)pnum);
+            ret = send_chunk_locked(conn, req,
+                                    last ? NBD_REPLY_FLAG_DONE : 0,
+                                    NBD_REPLY_TYPE_OFFSET_HOLE,
+                                    hole_payload, 12, NULL, 0);
+        } else {
+            ret = send_chunk_locked(conn, req,
+                                    last ? NBD_REPLY_FLAG_DONE : 0,
+                                    NBD_REPLY_TYPE_OFFSET_DATA, off8, 8,
+                                    buf + (pos - req->offset), pnum);
+        }
+        pos += pnum;
+        nchunks++;
+    }
+    mutex_unlock(&conn->write_lock);
+    free(buf);
+    if (ret < 0) {
+        conn_kill(conn);
+    }
+}
+
+static void
+do_block_status(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
+{
+    struct nbdexp *exp = conn->s.exp;
+    size_t max = (req->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : 65536;
+    uint32_t *ext = malloc(max * 2 * sizeof(uint32_t));
+    uint8_t *payload = malloc(4 + max * 8);
+    int ret = 0;
+
+    if (!ext || !payload) {
+        free(ext);
+        free(payload);
+        reply_error(conn, req, NBD_ENOMEM, "out of memory");
+        return;
+    }
+    /* Compute every context first, so that an error can still be the
+     * only reply; then send them all under one lock. */
+    mutex_lock(&conn->write_lock);
+    for (size_t i = 0; i < conn->s.nctx && ret >= 0; i++) {
+        int n = nbdsrv_meta_extents(exp, conn->s.ctx_ids[i], req->offset,
+                                    req->len, ext, max);
+
+        if (n < 0) {
+            uint8_t err[6 + 32];
+            const char *msg = "block status failed";
+
+            put_be32(err, nbdsrv_errno_to_nbd(n));
+            put_be16(err + 4, (uint16_t)strlen(msg));
+            memcpy(err + 6, msg, strlen(msg));
+            ret = send_chunk_locked(conn, req,
+                                    i + 1 == conn->s.nctx ?
+                                    NBD_REPLY_FLAG_DONE : 0,
+                                    NBD_REPLY_TYPE_ERROR, err,
+                                    6 + strlen(msg), NULL, 0);
+            continue;
+        }
+        put_be32(payload, conn->s.ctx_ids[i]);
+        for (int j = 0; j < n; j++) {
+            put_be32(payload + 4 + 8 * j, ext[2 * j]);
+            put_be32(payload + 8 + 8 * j, ext[2 * j + 1]);
+        }
+        ret = send_chunk_locked(conn, req,
+                                i + 1 == conn->s.nctx ?
+                                NBD_REPLY_FLAG_DONE : 0,
+                                NBD_REPLY_TYPE_BLOCK_STATUS, payload,
+                                4 + 8 * (size_t)n, NULL, 0);
+    }
+    mutex_unlock(&conn->write_lock);
+    free(ext);
+    free(payload);
+    if (ret < 0) {
+        conn_kill(conn);
+    }
+}
+
+/* Flags each command accepts (FUA is accepted on all, spec). */
+static uint16_t
+allowed_flags(struct nbdsrv_conn *conn, uint16_t type)
+{
+    switch (type) {
+    case NBD_CMD_READ:
+        return NBD_CMD_FLAG_FUA |
+               (conn->s.structured ? NBD_CMD_FLAG_DF : 0);
+    case NBD_CMD_WRITE_ZEROES:
+        return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE |
+               NBD_CMD_FLAG_FAST_ZERO;
+    case NBD_CMD_BLOCK_STATUS:
+        return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
+    default:
+        return NBD_CMD_FLAG_FUA;
+    }
+}
+
+static void
+handle_request(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
+{
+    struct nbdexp *exp = conn->s.exp;
+    uint64_t size = nbdexp_size(exp);
+    bool fua = (req->flags & NBD_CMD_FLAG_FUA) || exp->writethrough;
+    int ret = 0;
+
+    if (req->flags & ~allowed_flags(conn, req->type)) {
+        reply_error(conn, req, NBD_EINVAL, "invalid flags");
+        return;
+    }
+    switch (req->type) {
+    case NBD_CMD_READ:
+        if (range_exceeds(req->offset, req->len, size)) {
+            reply_error(conn, req, NBD_EINVAL, "read beyond end");
+            return;
+        }
+        if (req->len > NBDSRV_MAX_PAYLOAD) {
+            reply_error(conn, req, (req->flags & NBD_CMD_FLAG_DF) ?
+                        NBD_EOVERFLOW : NBD_EINVAL, "read too large");
+            return;
+        }
+        do_read(conn, req);
+        return;
+
+    case NBD_CMD_WRITE:
+        if (!exp->writable) {
+            ret = -EPERM;
+        } else if (range_exceeds(req->offset, req->len, size)) {
+            ret = -ENOSPC;
+        } else if (req->len) {
+            ret = block_handle_pwrite(exp->h, req->offset, req->len,
+                                      req->data, fua ? BLOCK_REQ_FUA : 0);
+        }
+        break;
+
+    case NBD_CMD_FLUSH:
+        ret = block_handle_flush(exp->h);
+        break;
+
+    case NBD_CMD_TRIM:
+        if (!exp->writable) {
+            ret = -EPERM;
+        } else if (range_exceeds(req->offset, req->len, size)) {
+            ret = -EINVAL;
+        } else if (req->len) {
+            ret = block_handle_pdiscard(exp->h, req->offset, req->len);
+            if (ret == -ENOTSUP) {
+                ret = 0;   /* TRIM is a hint */
+            }
+            if (ret == 0 && fua) {
+                ret = block_handle_flush(exp->h);
+            }
+        }
+        break;
+
+    case NBD_CMD_WRITE_ZEROES: {
+        unsigned flags = 0;
+
+        if (!(req->flags & NBD_CMD_FLAG_NO_HOLE)) {
+            flags |= BLOCK_REQ_MAY_UNMAP;
+        }
+        if (req->flags & NBD_CMD_FLAG_FAST_ZERO) {
+            flags |= BLOCK_REQ_NO_FALLBACK;
+        }
+        if (fua) {
+            flags |= BLOCK_REQ_FUA;
+        }
+        if (!exp->writable) {
+            ret = -EPERM;
+        } else if (range_exceeds(req->offset, req->len, size)) {
+            ret = -ENOSPC;
+        } else if (req->len) {
+            ret = block_handle_pwrite_zeroes(exp->h, req->offset, req->len,
+                                             flags);
+            if (ret == -ENOTSUP && !(flags & BLOCK_REQ_NO_FALLBACK)) {
+                ret = -EIO;   /* ENOTSUP is reserved for FAST_ZERO */
+            }
+        }
+        break;
+    }
+
+    case NBD_CMD_CACHE:
+        if (range_exceeds(req->offset, req->len, size)) {
+            ret = -EINVAL;
+        }
+        break;   /* a hint; there is no cache to fill */
+
+    case NBD_CMD_BLOCK_STATUS:
+        if (!conn->s.structured || conn->s.nctx == 0) {
+            reply_error(conn, req, NBD_EINVAL, "no metadata context");
+        } else if (req->len == 0 ||
+                   range_exceeds(req->offset, req->len, size)) {
+            reply_error(conn, req, NBD_EINVAL, "invalid range");
+        } else {
+            do_block_status(conn, req);
+        }
+        return;
+
+    default:
+        reply_error(conn, req, NBD_EINVAL, "unknown command");
+        return;
+    }
+    if (ret < 0) {
+        reply_errno(conn, req, ret);
+    } else {
+        send_simple(conn, req, 0, NULL, 0);
+    }
+}
+
+static void
+req_done(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
+{
+    mutex_lock(&conn->q_lock);
+    conn->nreqs--;
+    conn->inflight -= req->cost;
+    cond_broadcast(&conn->space_cond);
+    mutex_unlock(&conn->q_lock);
+    free(req->data);
+    free(req);
+}
+
+static void *
+worker_thread(void *opaque)
+{
+    struct nbdsrv_conn *conn = opaque;
+
+    for (;;) {
+        struct nbdsrv_req *req;
+        bool dead;
+
+        mutex_lock(&conn->q_lock);
+        while (TAILQ_EMPTY(&conn->queue) && !conn->quit) {
+            cond_wait(&conn->q_cond, &conn->q_lock);
+        }
+        req = TAILQ_FIRST(&conn->queue);
+        if (!req) {
+            mutex_unlock(&conn->q_lock);
+            return NULL;
+        }
+        TAILQ_REMOVE(&conn->queue, req, link);
+        dead = conn->dead;
+        mutex_unlock(&conn->q_lock);
+        if (!dead) {
+            handle_request(conn, req);
+        }
+        req_done(conn, req);
+    }
+}
+
+/* ---- The reader ------------------------------------------------------- */
+
+/* Read, admit and queue requests until the client leaves or errs. */
+static void
+reader_loop(struct nbdsrv_conn *conn)
+{
+    uint8_t hdr[28];
+
+    for (;;) {
+        struct nbdsrv_req *req;
+        uint64_t cost;
+
+        if (nbdsrv_read(conn->s.in_fd, hdr, sizeof(hdr)) < 0 ||
+            get_be32(hdr) != NBD_REQUEST_MAGIC) {
+            return;   /* EOF or a broken frame: close */
+        }
+        req = xzalloc(sizeof(*req));
+        req->flags = get_be16(hdr + 4);
+        req->type = get_be16(hdr + 6);
+        req->cookie = get_be64(hdr + 8);
+        req->offset = get_be64(hdr + 16);
+        req->len = get_be32(hdr + 24);
+
+        if (req->type == NBD_CMD_DISC) {
+            free(req);
+            return;
+        }
+        if (req->type == NBD_CMD_WRITE && req->len > NBDSRV_MAX_PAYLOAD) {
+            free(req);
+            return;   /* payload we will not buffer: disconnect (spec) */
+        }
+        cost = (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) ?
+               MIN(req->len, NBDSRV_MAX_PAYLOAD) : 0;
+        req->cost = cost;
+
+        /* Admission: bounded requests and bytes in flight. */
+        mutex_lock(&conn->q_lock);
+        while (!conn->dead && conn->nreqs > 0 &&
+               (conn->nreqs >= NBDSRV_MAX_REQS ||
+                conn->inflight + cost > NBDSRV_MAX_INFLIGHT)) {
+            cond_wait(&conn->space_cond, &conn->q_lock);
+        }
+        if (conn->dead) {
+            mutex_unlock(&conn->q_lock);
+            free(req);
+            return;
+        }
+        conn->nreqs++;
+        conn->inflight += cost;
+        mutex_unlock(&conn->q_lock);
+
+        if (req->type == NBD_CMD_WRITE && req->len) {
+            req->data = malloc(req->len);
+            if (!req->data) {
+                /* Swallow the payload, then fail the request. */
+                uint8_t sink[4096];
+                uint32_t left = req->len;
+
+                while (left) {
+                    uint32_t n = MIN(left, (uint32_t)sizeof(sink));
+
+                    if (nbdsrv_read(conn->s.in_fd, sink, n) < 0) {
+                        req_done(conn, req);
+                        return;
+                    }
+                    left -= n;
+                }
+                reply_error(conn, req, NBD_ENOMEM, "out of memory");
+                req_done(conn, req);
+                continue;
+            }
+            if (nbdsrv_read(conn->s.in_fd, req->data, req->len) < 0) {
+                req_done(conn, req);
+                return;
+            }
+        }
+
+        if (conn->nworkers == 0) {
+            handle_request(conn, req);
+            req_done(conn, req);
+            continue;
+        }
+        mutex_lock(&conn->q_lock);
+        TAILQ_INSERT_TAIL(&conn->queue, req, link);
+        cond_signal(&conn->q_cond);
+        mutex_unlock(&conn->q_lock);
+    }
+}
+
+static void
+conn_run(struct nbdsrv_conn *conn)
+{
+    if (nbdsrv_handshake(&conn->s) < 0) {
+        return;
+    }
+    if (conn->nworkers > 0) {
+        conn->workers = xcalloc((size_t)conn->nworkers, sizeof(pthread_t));
+        for (int i = 0; i < conn->nworkers; i++) {
+            thread_create(&conn->workers[i], "nbd-worker", worker_thread,
+                          conn);
+        }
+    }
+    reader_loop(conn);
+
+    mutex_lock(&conn->q_lock);
+    conn->quit = true;
+    cond_broadcast(&conn->q_cond);
+    mutex_unlock(&conn->q_lock);
+    for (int i = 0; i < conn->nworkers; i++) {
+        thread_join(conn->workers[i]);
+    }
+    free(conn->workers);
+    conn->workers = NULL;
+}
+
+static struct nbdsrv_conn *
+conn_new(int in_fd, int out_fd, int fd, int nworkers)
+{
+    struct nbdsrv_conn *conn = xzalloc(sizeof(*conn));
+
+    conn->s.in_fd = in_fd;
+    conn->s.out_fd = out_fd;
+    conn->fd = fd;
+    conn->nworkers = nworkers;
+    mutex_init(&conn->write_lock);
+    mutex_init(&conn->q_lock);
+    cond_init(&conn->q_cond);
+    cond_init(&conn->space_cond);
+    TAILQ_INIT(&conn->queue);
+    return conn;
+}
+
+/* Detach from the export and the connection list, then free.  After the
+ * list removal the main thread no longer waits for us. */
+static void
+conn_finish(struct nbdsrv_conn *conn)
+{
+    nbdsrv_session_clear(&conn->s);
+    if (conn->fd >= 0) {
+        shutdown(conn->fd, SHUT_RDWR);
+    }
+    mutex_lock(&g_nbdsrv_lock);
+    TAILQ_REMOVE(&g_conns, conn, link);
+    g_nconns--;
+    if (conn->s.exp) {
+        assert(conn->s.exp->nconns > 0);
+        conn->s.exp->nconns--;
+        conn->s.exp = NULL;
+    }
+    cond_broadcast(&g_nbdsrv_cond);
+    mutex_unlock(&g_nbdsrv_lock);
+    if (conn->fd >= 0) {
+        close(conn->fd);
+    }
+    mutex_destroy(&conn->write_lock);
+    mutex_destroy(&conn->q_lock);
+    cond_destroy(&conn->q_cond);
+    cond_destroy(&conn->space_cond);
+    free(conn);
+}
+
+static void
+conn_register(struct nbdsrv_conn *conn)
+{
+    mutex_lock(&g_nbdsrv_lock);
+    TAILQ_INSERT_TAIL(&g_conns, conn, link);
+    g_nconns++;
+    mutex_unlock(&g_nbdsrv_lock);
+}
+
+void
+nbdsrv_serve_fds(int in_fd, int out_fd, int nworkers)
+{
+    struct nbdsrv_conn *conn = conn_new(in_fd, out_fd, -1, nworkers);
+
+    conn_register(conn);
+    conn_run(conn);
+    conn_finish(conn);
+}
+
+static void *
+conn_thread(void *opaque)
+{
+    struct nbdsrv_conn *conn = opaque;
+
+    conn_run(conn);
+    conn_finish(conn);
+    return NULL;
+}
+
+/* ---- Listening -------------------------------------------------------- */
+
+static void *
+accept_thread(void *opaque)
+{
+    struct nbdsrv_listener *l = opaque;
+
+    for (;;) {
+        struct nbdsrv_conn *conn;
+        pthread_attr_t attr;
+        pthread_t t;
+        bool full;
+        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE ||
+                errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                if (errno != EINTR && errno != ECONNABORTED) {
+                    usleep(100 * 1000);   /* out of resources: back off */
+                }
+                continue;
+            }
+            return NULL;   /* shut down by nbd_server_stop */
+        }
+        if (l->tcp) {
+            int one = 1;
+
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        mutex_lock(&g_nbdsrv_lock);
+        full = !g_running ||
+               (g_max_connections > 0 &&
+                g_nconns >= (uint64_t)g_max_connections);
+        mutex_unlock(&g_nbdsrv_lock);
+        if (full) {
+            close(fd);
+            continue;
+        }
+        conn = conn_new(fd, fd, fd, NBDSRV_WORKERS);
+        conn_register(conn);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, conn_thread, conn) != 0) {
+            conn_finish(conn);
+        }
+        pthread_attr_destroy(&attr);
+    }
+}
+
+static int
+listen_unix(const char *path, struct err **errp)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    int fd;
+
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        err_setf(errp, "UNIX socket path '%s' is too long", path);
+        return -1;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        err_setf_errno(errp, errno, "Failed to create Unix socket");
+        return -1;
+    }
+    unlink(path);   /* a stale socket from an earlier run, as QEMU does */
+    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+        err_setf_errno(errp, errno, "Failed to bind socket to %s", path);
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 128) < 0) {
+        err_setf_errno(errp, errno, "Failed to listen on socket");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Listen on every address host:port resolves to; count in *nfds. */
+static bool
+listen_inet(const char *host, const char *port, int *fds, int *nfds,
+            struct err **errp)
+{
+    struct addrinfo hints = {
+        .ai_flags = AI_PASSIVE | AI_ADDRCONFIG,
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+    };
+    struct addrinfo *res, *ai;
+    int rc, saved = 0;
+
+    rc = getaddrinfo(host && *host ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        err_setf(errp, "address resolution failed for %s:%s: %s",
+                 host ? host : "", port, gai_strerror(rc));
+        return false;
+    }
+    for (ai = res; ai && *nfds < NBDSRV_MAX_LISTENERS; ai = ai->ai_next) {
+        int one = 1;
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ai->ai_family == AF_INET6) {
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        }
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+            listen(fd, 128) < 0) {
+            saved = errno;
+            close(fd);
+            continue;
+        }
+        fds[(*nfds)++] = fd;
+    }
+    freeaddrinfo(res);
+    if (*nfds == 0) {
+        err_setf_errno(errp, saved ? saved : EADDRNOTAVAIL,
+                       "Failed to bind socket");
+        return false;
+    }
+    return true;
+}
+
+bool
+nbd_server_start(json_t *addr, const char *tls_creds,
+                 int64_t max_connections, struct err **errp)
+{
+    const char *type;
+    json_t *data;
+    int fds[NBDSRV_MAX_LISTENERS];
+    int nfds = 0;
+    bool tcp = false;
+
+    if (nbdsrv_running()) {
+        err_setf(errp, "NBD server already running");
+        return false;
+    }
+    if (tls_creds) {
+        err_setf(errp, "TLS is not supported by this server");
+        return false;
+    }
+    if (max_connections < 0 || max_connections > UINT32_MAX) {
+        err_setf(errp, "Parameter 'max-connections' expects uint32");
+        return false;
+    }
+    if (!json_is_object(addr) ||
+        !json_is_string(json_object_get(addr, "type"))) {
+        err_setf(errp, "Parameter 'addr.type' is missing");
+        return false;
+    }
+    type = json_string_value(json_object_get(addr, "type"));
+    /* SocketAddressLegacy nests the address in "data"; accept both. */
+    data = json_object_get(addr, "data");
+    if (!json_is_object(data)) {
+        data = addr;
+    }
+    if (!strcmp(type, "unix")) {
+        json_t *path = json_object_get(data, "path");
+
+        if (!json_is_string(path)) {
+            err_setf(errp, "Parameter 'addr.path' is missing");
+            return false;
+        }
+        fds[0] = listen_unix(json_string_value(path), errp);
+        if (fds[0] < 0) {
+            return false;
+        }
+        nfds = 1;
+    } else if (!strcmp(type, "inet")) {
+        json_t *host = json_object_get(data, "host");
+        json_t *port = json_object_get(data, "port");
+        char portbuf[32];
+
+        if (json_is_integer(port)) {
+            snprintf(portbuf, sizeof(portbuf), "%" JSON_INTEGER_FORMAT,
+                     json_integer_value(port));
+        } else if (json_is_string(port) &&
+                   strlen(json_string_value(port)) < sizeof(portbuf)) {
+            snprintf(portbuf, sizeof(portbuf), "%s",
+                     json_string_value(port));
+        } else {
+            err_setf(errp, "Parameter 'addr.port' is missing");
+            return false;
+        }
+        if (host && !json_is_string(host)) {
+            err_setf(errp, "Invalid parameter type for 'addr.host', "
+                     "expected: string");
+            return false;
+        }
+        if (!listen_inet(host ? json_string_value(host) : NULL, portbuf,
+                         fds, &nfds, errp)) {
+            return false;
+        }
+        tcp = true;
+    } else {
+        err_setf(errp, "Parameter 'addr.type' does not accept value '%s'",
+                 type);
+        return false;
+    }
+
+    mutex_lock(&g_nbdsrv_lock);
+    g_running = true;
+    g_max_connections = max_connections;
+    mutex_unlock(&g_nbdsrv_lock);
+    g_nlisteners = nfds;
+    for (int i = 0; i < nfds; i++) {
+        g_listeners[i].fd = fds[i];
+        g_listeners[i].tcp = tcp;
+        thread_create(&g_listeners[i].thread, "nbd-accept", accept_thread,
+                      &g_listeners[i]);
+    }
+    return true;
+}
+
+bool
+nbd_server_stop(struct err **errp)
+{
+    if (!nbdsrv_running()) {
+        err_setf(errp, "NBD server not running");
+        return false;
+    }
+    mutex_lock(&g_nbdsrv_lock);
+    g_running = false;
+    mutex_unlock(&g_nbdsrv_lock);
+    for (int i = 0; i < g_nlisteners; i++) {
+        shutdown(g_listeners[i].fd, SHUT_RDWR);
+        thread_join(g_listeners[i].thread);
+        close(g_listeners[i].fd);
+    }
+    g_nlisteners = 0;
+    /* As QEMU: stopping the server removes every NBD export. */
+    nbdexp_delete_all();
+    mutex_lock(&g_nbdsrv_lock);
+    nbdsrv_shutdown_conns_locked(NULL);
+    nbdsrv_wait_conns_locked(NULL);
+    mutex_unlock(&g_nbdsrv_lock);
+    return true;
+}
