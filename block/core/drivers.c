@@ -9,12 +9,14 @@
 
 extern const struct block_driver blkdebug_driver;
 extern const struct block_driver file_driver;
+extern const struct block_driver nbd_driver;
 extern const struct block_driver null_co_driver;
 extern const struct block_driver raw_driver;
 
 const struct block_driver *const block_drivers[] = {
     &blkdebug_driver,
     &file_driver,
+    &nbd_driver,
     &null_co_driver,
     &raw_driver,
     NULL,
