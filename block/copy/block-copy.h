@@ -115,7 +115,7 @@ uint64_t block_copy_dirty_bytes(struct block_copy_state *s);
 
 /*
  * The first dirty area in [offset, offset + bytes): true with
- * *area_off/*area_bytes (cluster aligned, clamped to the range), false
+ * *area_off and *area_bytes (cluster aligned, clamped to the range), false
  * when everything there is clean.  The answer may be stale as soon as it is
  * returned (other threads copy too); block_copy() re-checks.
  */
