@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Consistency check and refcount repair for qcow2 images, the engine behind
+ * "lockstep-img check".  It reads the on-disk metadata through the image's
+ * protocol node only (never through the qcow2 driver), rebuilds the
+ * reference count of every host cluster from the header, L1/L2 tables,
+ * snapshots, refcount structures and bitmaps, and compares it with the
+ * stored refcounts.  Keeping it independent of the driver is the point: the
+ * tests use it to catch driver bugs, so it must not share the driver's
+ * assumptions.  Results and the problem lines it prints follow "qemu-img
+ * check" so that both tools can be compared on the same image.
+ */
+#ifndef LOCKSTEP_QCOW2_CHECK_H
+#define LOCKSTEP_QCOW2_CHECK_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "lockstep/block.h"
+#include "lockstep/err.h"
+
+/* What to repair (qemu-img check -r leaks / -r all). */
+enum {
+    QCOW2_CHECK_FIX_LEAKS = 0x1,
+    QCOW2_CHECK_FIX_ERRORS = 0x2,
+};
+
+/* The counters of QEMU's ImageCheck record. */
+struct qcow2_check_result {
+    int64_t check_errors;      /* the check itself failed somewhere */
+    int64_t corruptions;       /* found and not repaired */
+    int64_t leaks;             /* found and not repaired */
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    uint64_t image_end_offset;
+    uint64_t total_clusters;   /* virtual size in clusters */
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+};
+
+/*
+ * Check the qcow2 image whose bytes are node file (a protocol node; it must
+ * be writable when fix is non-zero).  Each problem is printed as one line
+ * to log (NULL: silent).  Returns 0 when the check ran to the end (res
+ * says what it found), or -errno with *errp set when it could not start:
+ * not a qcow2 image, unreadable or unsupported header, no memory.
+ *
+ * Repair is limited to rewriting refcounts of clusters whose refcount
+ * block exists and the COPIED flags of the active tables; a refcount that
+ * needs a missing refcount block stays a corruption.
+ */
+int qcow2_check(struct block_node *file, unsigned fix, FILE *log,
+                struct qcow2_check_result *res, struct err **errp);
+
+#endif

@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockstep-img check: run the qcow2 consistency check (qcow2-check.c) on
+ * the image's file node, optionally repair, and report like qemu-img check
+ * does: problem lines on stderr, a summary (human or JSON) on stdout, and
+ * exit status 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the
+ * format has no check.  After a repair the image is checked again ("Double
+ * checking the fixed image now...") and that second result is reported,
+ * with the numbers fixed by the first pass.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "block/format/qcow2/qcow2-check.h"
+#include "img.h"
+#include "util.h"
+
+#define EXIT_NO_CHECK 63
+
+struct check_args {
+    const char *fmt;
+    const char *filename;
+    unsigned fix;
+    bool json;
+    bool quiet;
+};
+
+static void
+print_human(const struct qcow2_check_result *r)
+{
+    if (!r->corruptions && !r->leaks && !r->check_errors) {
+        printf("No errors were found on the image.\n");
+    }
+    if (r->corruptions) {
+        printf("\n%" PRId64 " errors were found on the image.\n"
+               "Data may be corrupted, or further writes to the image may "
+               "corrupt it.\n", r->corruptions);
+    }
+    if (r->leaks) {
+        printf("\n%" PRId64 " leaked clusters were found on the image.\n"
+               "This means waste of disk space, but no harm to data.\n",
+               r->leaks);
+    }
+    if (r->check_errors) {
+        printf("\n%" PRId64 " internal errors have occurred during the "
+               "check.\n", r->check_errors);
+    }
+    if (r->total_clusters && r->allocated_clusters) {
+        printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% "
+               "fragmented, %0.2f%% compressed clusters\n",
+               r->allocated_clusters, r->total_clusters,
+               r->allocated_clusters * 100.0 / r->total_clusters,
+               r->fragmented_clusters * 100.0 / r->allocated_clusters,
+               r->compressed_clusters * 100.0 / r->allocated_clusters);
+    }
+    if (r->image_end_offset) {
+        printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+    }
+}
+
+static void
+json_set_nonzero(json_t *o, const char *key, int64_t v)
+{
+    if (v) {
+        json_object_set_new(o, key, json_integer(v));
+    }
+}
+
+/* QEMU's ImageCheck, keys in the order qemu-img prints them. */
+static void
+print_json(const struct check_args *a, const struct qcow2_check_result *r)
+{
+    json_t *o = json_object();
+
+    json_set_nonzero(o, "image-end-offset", (int64_t)r->image_end_offset);
+    json_set_nonzero(o, "compressed-clusters",
+                     (int64_t)r->compressed_clusters);
+    json_set_nonzero(o, "total-clusters", (int64_t)r->total_clusters);
+    json_set_nonzero(o, "corruptions", r->corruptions);
+    json_object_set_new(o, "check-errors", json_integer(r->check_errors));
+    json_set_nonzero(o, "corruptions-fixed", r->corruptions_fixed);
+    json_set_nonzero(o, "leaks-fixed", r->leaks_fixed);
+    json_set_nonzero(o, "leaks", r->leaks);
+    json_set_nonzero(o, "allocated-clusters", (int64_t)r->allocated_clusters);
+    json_object_set_new(o, "filename", json_string(a->filename));
+    json_object_set_new(o, "format", json_string("qcow2"));
+    json_set_nonzero(o, "fragmented-clusters",
+                     (int64_t)r->fragmented_clusters);
+    json_dumpf(o, stdout, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
+    printf("\n");
+    json_decref(o);
+}
+
+static int
+check_parse(int argc, char **argv, struct check_args *a)
+{
+    static const struct option longopts[] = {
+        { "output", required_argument, NULL, 'O' },
+        { "repair", required_argument, NULL, 'r' },
+        { "format", required_argument, NULL, 'f' },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "f:r:qU", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'f':
+            a->fmt = optarg;
+            break;
+        case 'r':
+            if (!strcmp(optarg, "leaks")) {
+                a->fix = QCOW2_CHECK_FIX_LEAKS;
+            } else if (!strcmp(optarg, "all")) {
+                a->fix = QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS;
+            } else {
+                img_error("Unknown option value for -r (expecting 'leaks' "
+                          "or 'all'): %s", optarg);
+                return -1;
+            }
+            break;
+        case 'O':
+            if (strcmp(optarg, "json") && strcmp(optarg, "human")) {
+                img_error("--output must be used with human or json as "
+                          "argument.");
+                return -1;
+            }
+            a->json = !strcmp(optarg, "json");
+            break;
+        case 'q':
+            a->quiet = true;
+            break;
+        case 'U':
+            break;
+        default:
+            return -1;
+        }
+    }
+    if (optind != argc - 1) {
+        img_error("Expecting one image file name");
+        return -1;
+    }
+    a->filename = argv[optind];
+    return 0;
+}
+
+/* Formats other than qcow2: open to report open errors, then 63. */
+static int
+check_other_format(const struct check_args *a)
+{
+    struct err *e = NULL;
+    struct img img;
+
+    if (!img_open(&img, a->filename, a->fmt, false, &e)) {
+        img_report(e);
+        return 1;
+    }
+    img_close(&img);
+    img_error("This image format does not support checks");
+    return EXIT_NO_CHECK;
+}
+
+/* One run of the check on a freshly opened file node. */
+static int
+check_run(const struct check_args *a, unsigned fix,
+          struct qcow2_check_result *r)
+{
+    struct err *e = NULL;
+    struct img img;
+    int ret;
+
+    if (!img_open(&img, a->filename, "file", fix != 0, &e)) {
+        img_report(e);
+        return -EIO;
+    }
+    ret = qcow2_check(block_handle_node(img.h), fix, stderr, r, &e);
+    img_close(&img);
+    if (ret < 0) {
+        err_prepend(&e, "Could not open '%s': ", a->filename);
+        img_report(e);
+    }
+    return ret;
+}
+
+static int
+check_with_repair(const struct check_args *a, struct qcow2_check_result *r)
+{
+    int64_t lf, cf;
+    int ret = check_run(a, a->fix, r);
+
+    if (ret < 0 || !a->fix || (!r->leaks_fixed && !r->corruptions_fixed)) {
+        return ret;
+    }
+    if (!a->json && !a->quiet) {
+        printf("The following inconsistencies were found and repaired:\n\n"
+               "    %" PRId64 " leaked clusters\n    %" PRId64
+               " corruptions\n\nDouble checking the fixed image now...\n",
+               r->leaks_fixed, r->corruptions_fixed);
+    }
+    lf = r->leaks_fixed;
+    cf = r->corruptions_fixed;
+    ret = check_run(a, 0, r);
+    r->leaks_fixed = lf;
+    r->corruptions_fixed = cf;
+    return ret;
+}
+
+int
+img_cmd_check(int argc, char **argv)
+{
+    struct check_args a = { 0 };
+    struct qcow2_check_result r;
+    const char *fmt;
+
+    if (check_parse(argc, argv, &a) < 0) {
+        return img_usage_error("check", NULL);
+    }
+    fmt = a.fmt ? a.fmt : img_probe(a.filename);
+    if (strcmp(fmt, "qcow2") != 0) {
+        return check_other_format(&a);
+    }
+    if (check_with_repair(&a, &r) < 0) {
+        return 1;
+    }
+    if (a.json) {
+        print_json(&a, &r);
+    } else if (!a.quiet) {
+        print_human(&r);
+    }
+    fflush(stdout);
+    if (r.check_errors) {
+        img_error("Check failed");
+        return 1;
+    }
+    return r.corruptions ? 2 : r.leaks ? 3 : 0;
+}

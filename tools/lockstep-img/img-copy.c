@@ -1,0 +1,416 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockstep-img convert and commit, the two commands that copy data from
+ * one image to another.  convert creates its target (raw or qcow2, with
+ * -o options) and copies everything the source shows, skipping ranges the
+ * source reports as zero and chunks that read as zeroes, so the target
+ * stays sparse.  commit copies what the layers above the base hold into the
+ * base, then empties the top image (unless -d).  Both print qemu-img's
+ * progress line with -p.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "block/format/qcow2/qcow2.h"
+#include "img-create.h"
+#include "img.h"
+#include "util.h"
+
+/* Deepest chain commit walks. */
+#define COMMIT_MAX_CHAIN 64
+
+/* Copy [off, off+n) from src to dst unless it reads as zeroes. */
+static int
+copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
+           uint8_t *buf)
+{
+    int ret = block_handle_pread(src->h, off, n, buf, 0);
+
+    if (ret < 0) {
+        img_error("error while reading at byte %" PRIu64 ": %s", off,
+                  strerror(-ret));
+        return ret;
+    }
+    if (buffer_is_zero(buf, n)) {
+        return 0;
+    }
+    ret = block_handle_pwrite(dst->h, off, n, buf, 0);
+    if (ret < 0) {
+        img_error("error while writing at byte %" PRIu64 ": %s", off,
+                  strerror(-ret));
+    }
+    return ret;
+}
+
+/* ---- convert ---------------------------------------------------------- */
+
+struct convert_args {
+    const char *src_fmt;
+    struct img_create out;
+    bool progress;
+    bool quiet;
+};
+
+static int
+convert_parse(int argc, char **argv, struct convert_args *a)
+{
+    struct err *e = NULL;
+    int opt;
+
+    a->out.fmt = "raw";
+    while ((opt = getopt(argc, argv, "f:O:o:pqcU")) != -1) {
+        switch (opt) {
+        case 'f': a->src_fmt = optarg; break;
+        case 'O': a->out.fmt = optarg; break;
+        case 'o': a->out.opts = optarg; break;
+        case 'p': a->progress = true; break;
+        case 'q': a->quiet = true; break;
+        case 'U': break;
+        case 'c':
+            img_error("Compression is not supported");
+            return -1;
+        default:
+            return -1;
+        }
+    }
+    if (argc - optind != 2) {
+        img_error("Expecting a source and a target file name");
+        return -1;
+    }
+    a->out.filename = argv[optind + 1];
+    if (a->out.opts && !img_create_parse_opts(&a->out, a->out.opts, &e)) {
+        err_prepend(&e, "%s: ", a->out.filename);
+        img_report(e);
+        return -1;
+    }
+    return optind;
+}
+
+static int
+convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress)
+{
+    struct img_progress prog;
+    uint8_t *buf = img_buf_alloc(IMG_CHUNK);
+    uint64_t n;
+    int ret = 0;
+
+    if (!buf) {
+        img_error("Could not allocate a copy buffer");
+        return -ENOMEM;
+    }
+    img_progress_start(&prog, progress);
+    for (uint64_t off = 0; off < len && ret >= 0; off += n) {
+        struct block_status_info info = { 0 };
+        uint64_t pnum = 0;
+
+        n = MIN(IMG_CHUNK, len - off);
+        ret = block_handle_status(src->h, off, n, &pnum, &info);
+        if (ret < 0) {
+            img_error("error while reading block status at offset %" PRIu64
+                      ": %s", off, strerror(-ret));
+            break;
+        }
+        n = MIN(n, pnum);
+        if (!(ret & BLOCK_STATUS_ZERO)) {
+            ret = copy_range(src, dst, off, n, buf);
+        }
+        img_progress_update(&prog, (off + n) * 100.0 / len);
+    }
+    if (ret >= 0) {
+        img_progress_end(&prog);
+    }
+    free(buf);
+    return ret < 0 ? ret : block_handle_flush(dst->h);
+}
+
+int
+img_cmd_convert(int argc, char **argv)
+{
+    struct convert_args a = { 0 };
+    struct err *e = NULL;
+    struct img src, dst;
+    int i = convert_parse(argc, argv, &a), ret = -1;
+    int64_t len;
+
+    if (i < 0) {
+        img_create_free(&a.out);
+        return img_usage_error("convert", NULL);
+    }
+    if (!img_open(&src, argv[i], a.src_fmt, false, &e)) {
+        img_report(e);
+        img_create_free(&a.out);
+        return 1;
+    }
+    len = block_handle_getlength(src.h);
+    a.out.size = len < 0 ? 0 : (uint64_t)len;
+    a.out.have_size = true;
+    if (!img_create_image(&a.out, true, &e) ||
+        !img_open(&dst, a.out.filename, a.out.fmt, true, &e)) {
+        err_prepend(&e, "%s: ", a.out.filename);
+        img_report(e);
+    } else {
+        ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet);
+        img_close(&dst);
+    }
+    img_close(&src);
+    img_create_free(&a.out);
+    return ret < 0 ? 1 : 0;
+}
+
+/* ---- commit ------------------------------------------------------------- */
+
+/* One image of the chain, as its header names it. */
+struct layer {
+    char *path;
+    char *fmt;
+};
+
+struct chain {
+    struct layer l[COMMIT_MAX_CHAIN];
+    int n;
+};
+
+static void
+chain_free(struct chain *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        free(c->l[i].path);
+        free(c->l[i].fmt);
+    }
+}
+
+/* Read the backing chain from the headers, top first. */
+static bool
+chain_read(struct chain *c, const char *top, const char *fmt,
+           struct err **errp)
+{
+    c->l[0].path = xstrdup(top);
+    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(top));
+    for (c->n = 1; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
+        struct qcow2_header h;
+        struct layer *cur = &c->l[c->n - 1];
+
+        if (!img_qcow2_header(cur->path, &h, errp)) {
+            return false;
+        }
+        if (!h.has_backing_file) {
+            break;
+        }
+        if (c->n == COMMIT_MAX_CHAIN) {
+            err_setf(errp, "Backing chain of '%s' is too long", top);
+            return false;
+        }
+        c->l[c->n].path = img_backing_path(cur->path, h.backing_file);
+        c->l[c->n].fmt = xstrdup(h.has_backing_fmt ? h.backing_fmt
+                                 : img_probe(c->l[c->n].path));
+    }
+    return true;
+}
+
+/* Index of the base in the chain: -b BASE, or the top's backing file. */
+static int
+chain_find_base(const struct chain *c, const char *base, struct err **errp)
+{
+    CLEANUP_FREE char *want = NULL;
+
+    if (c->n < 2) {
+        err_setf(errp, "Image does not have a backing file");
+        return -1;
+    }
+    if (!base) {
+        return 1;
+    }
+    want = realpath(base, NULL);
+    for (int i = 1; want && i < c->n; i++) {
+        CLEANUP_FREE char *have = realpath(c->l[i].path, NULL);
+
+        if (have && !strcmp(have, want)) {
+            return i;
+        }
+    }
+    err_setf(errp, "Did not find '%s' in the backing chain of '%s'", base,
+             c->l[0].path);
+    return -1;
+}
+
+/* blockdev-add options of layer i, its backing given by node-name. */
+static json_t *
+layer_opts(const struct chain *c, int i, int base)
+{
+    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "driver",
+                          c->l[i].fmt, "node-name", "", "file", "driver",
+                          "file", "filename", c->l[i].path, "read-only",
+                          i != 0 && i != base);
+    char name[32];
+
+    snprintf(name, sizeof(name), "img-layer%d", i);
+    json_object_set_new(o, "node-name", json_string(name));
+    if (i < base) {
+        snprintf(name, sizeof(name), "img-layer%d", i + 1);
+        json_object_set_new(o, "backing", json_string(name));
+    }
+    return o;
+}
+
+/* Open base..top bottom-up; imgs[base] and imgs[0] are writable. */
+static bool
+commit_open(const struct chain *c, int base, struct img *imgs,
+            struct err **errp)
+{
+    for (int i = base; i >= 0; i--) {
+        json_t *o = layer_opts(c, i, base);
+        bool ok = img_open_json(&imgs[i], o, c->l[i].path,
+                                i == 0 || i == base, errp);
+
+        json_decref(o);
+        if (!ok) {
+            while (++i <= base) {
+                img_close(&imgs[i]);
+            }
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Is [off, +*n) allocated in a layer above base?  Shrinks *n. */
+static int
+above_base(struct img *imgs, int base, uint64_t off, uint64_t *n)
+{
+    bool any = false;
+
+    for (int i = 0; i < base; i++) {
+        uint64_t pnum = 0;
+        int ret = block_is_allocated(imgs[i].node, off, *n, &pnum);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret && !any) {
+            any = true;
+            *n = pnum;
+        } else if (!any) {
+            *n = MIN(*n, pnum);
+        }
+    }
+    return any;
+}
+
+static int
+commit_copy(struct img *imgs, int base, bool progress)
+{
+    int64_t len = block_handle_getlength(imgs[0].h);
+    uint8_t *buf = img_buf_alloc(IMG_CHUNK);
+    struct img_progress prog;
+    uint64_t n;
+    int ret = 0;
+
+    if (len < 0 || !buf) {
+        free(buf);
+        return len < 0 ? (int)len : -ENOMEM;
+    }
+    img_progress_start(&prog, progress);
+    for (uint64_t off = 0; off < (uint64_t)len && ret >= 0; off += n) {
+        n = MIN(IMG_CHUNK, len - off);
+        ret = above_base(imgs, base, off, &n);
+        if (ret > 0) {
+            ret = copy_range(&imgs[0], &imgs[base], off, n, buf);
+        }
+        img_progress_update(&prog, (off + n) * 100.0 / len);
+    }
+    img_progress_end(&prog);
+    free(buf);
+    return ret < 0 ? ret : block_handle_flush(imgs[base].h);
+}
+
+/* A smaller base grows to the top's size first (qemu-img does too). */
+static int
+commit_run(struct img *imgs, int base, bool drop, bool progress,
+           struct err **errp)
+{
+    int64_t top = block_handle_getlength(imgs[0].h);
+    int64_t bl = block_handle_getlength(imgs[base].h);
+    int ret;
+
+    if (top > bl && block_truncate(imgs[base].node, top, errp) < 0) {
+        return -EIO;
+    }
+    ret = commit_copy(imgs, base, progress);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not commit");
+        return ret;
+    }
+    if (!drop && block_make_empty(imgs[0].node, errp) < 0) {
+        err_prepend(errp, "Could not empty %s: ", imgs[0].filename);
+        return -EIO;
+    }
+    return 0;
+}
+
+struct commit_args {
+    const char *fmt;
+    const char *base;
+    bool drop;
+    bool progress;
+    bool quiet;
+};
+
+static int
+commit_parse(int argc, char **argv, struct commit_args *a)
+{
+    int opt;
+
+    while ((opt = getopt(argc, argv, "f:b:dpqt:")) != -1) {
+        switch (opt) {
+        case 'f': a->fmt = optarg; break;
+        case 'b': a->base = optarg; break;
+        case 'd': a->drop = true; break;
+        case 'p': a->progress = true; break;
+        case 'q': a->quiet = true; break;
+        case 't': break;
+        default: return -1;
+        }
+    }
+    if (optind != argc - 1) {
+        img_error("Expecting one image file name");
+        return -1;
+    }
+    return optind;
+}
+
+int
+img_cmd_commit(int argc, char **argv)
+{
+    struct commit_args a = { 0 };
+    struct chain c = { .n = 0 };
+    struct img imgs[COMMIT_MAX_CHAIN];
+    struct err *e = NULL;
+    int i = commit_parse(argc, argv, &a), base = -1, ret = -1;
+
+    if (i < 0) {
+        return img_usage_error("commit", NULL);
+    }
+    if (chain_read(&c, argv[i], a.fmt, &e) &&
+        (base = chain_find_base(&c, a.base, &e)) > 0 &&
+        commit_open(&c, base, imgs, &e)) {
+        ret = commit_run(imgs, base, a.drop, a.progress && !a.quiet, &e);
+        for (int k = 0; k <= base; k++) {
+            img_close(&imgs[k]);
+        }
+    }
+    chain_free(&c);
+    if (ret < 0) {
+        img_report(e);
+        return 1;
+    }
+    if (!a.quiet) {
+        printf("Image committed.\n");
+    }
+    return 0;
+}

@@ -1,0 +1,461 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockstep-img create and resize.  create makes a raw file (created or
+ * truncated, optionally preallocated) or a qcow2 image through
+ * qcow2_create() on a fresh file node, after printing qemu-img's
+ * "Formatting 'FILE', fmt=..." line with the options in qemu-img's order.
+ * Without a size, a qcow2 overlay takes the virtual size of its backing
+ * file.  resize changes the virtual size through the format driver.
+ * img_create_image() is shared with convert, which creates its target the
+ * same way.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "block/format/qcow2/qcow2.h"
+#include "img-create.h"
+#include "img.h"
+#include "util.h"
+
+/* ---- Creation options ---------------------------------------------------- */
+
+static bool
+parse_bool_opt(const char *v, bool *out)
+{
+    if (!strcmp(v, "on") || !strcmp(v, "true")) {
+        *out = true;
+    } else if (!strcmp(v, "off") || !strcmp(v, "false")) {
+        *out = false;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* One key=value of -o.  false with *errp for unknown keys or bad values. */
+static bool
+create_opt(struct img_create *c, const char *key, const char *val,
+           struct err **errp)
+{
+    uint64_t n;
+
+    if (!strcmp(key, "size") && img_parse_size(val, &n)) {
+        c->size = n;
+        c->have_size = true;
+    } else if (!strcmp(key, "preallocation")) {
+        c->prealloc = val;
+    } else if (!strcmp(c->fmt, "raw")) {
+        err_setf(errp, "Invalid parameter '%s'", key);
+        return false;
+    } else if (!strcmp(key, "cluster_size") && img_parse_size(val, &n)) {
+        c->q.cluster_size = n;
+    } else if (!strcmp(key, "refcount_bits") && img_parse_size(val, &n) &&
+               n <= 1024) {
+        c->q.refcount_bits = (unsigned)n;
+    } else if (!strcmp(key, "extended_l2") &&
+               parse_bool_opt(val, &c->q.extended_l2)) {
+        c->have_extl2 = true;
+    } else if (!strcmp(key, "backing_file")) {
+        c->backing = val;
+    } else if (!strcmp(key, "backing_fmt")) {
+        c->backing_fmt = val;
+    } else if (!strcmp(key, "compat") &&
+               (!strcmp(val, "1.1") || !strcmp(val, "0.10") ||
+                !strcmp(val, "v3") || !strcmp(val, "v2"))) {
+        c->compat = val;
+        c->q.version = !strcmp(val, "0.10") || !strcmp(val, "v2") ? 2 : 3;
+    } else if (!strcmp(key, "lazy_refcounts") && !strcmp(val, "off")) {
+        /* The only value we can create. */
+    } else if (!strcmp(key, "compression_type") && !strcmp(val, "zlib")) {
+        /* The only value we can create. */
+    } else {
+        err_setf(errp, "Invalid parameter '%s' or value '%s'", key, val);
+        return false;
+    }
+    return true;
+}
+
+bool
+img_create_parse_opts(struct img_create *c, const char *opts,
+                      struct err **errp)
+{
+    char *save = NULL;
+
+    free(c->opts_copy);
+    c->opts_copy = xstrdup(opts);
+    for (char *kv = strtok_r(c->opts_copy, ",", &save); kv;
+         kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+
+        if (!eq) {
+            err_setf(errp, "Invalid parameter '%s'", kv);
+            return false;
+        }
+        *eq = '\0';
+        if (!create_opt(c, kv, eq + 1, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- Creating -------------------------------------------------------------- */
+
+static void
+print_formatting(const struct img_create *c)
+{
+    printf("Formatting '%s', fmt=%s ", c->filename, c->fmt);
+    if (!strcmp(c->fmt, "raw")) {
+        printf("size=%" PRIu64, c->size);
+        if (c->prealloc) {
+            printf(" preallocation=%s", c->prealloc);
+        }
+        printf("\n");
+        return;
+    }
+    printf("cluster_size=%" PRIu64 " extended_l2=%s ",
+           c->q.cluster_size ? c->q.cluster_size : 65536,
+           c->q.extended_l2 ? "on" : "off");
+    if (c->prealloc) {
+        printf("preallocation=%s ", c->prealloc);
+    }
+    printf("compression_type=zlib size=%" PRIu64, c->size);
+    if (c->backing) {
+        printf(" backing_file=%s", c->backing);
+    }
+    if (c->backing_fmt) {
+        printf(" backing_fmt=%s", c->backing_fmt);
+    }
+    if (c->compat) {
+        printf(" compat=%s", c->compat);
+    }
+    printf(" lazy_refcounts=off refcount_bits=%u\n",
+           c->q.refcount_bits ? c->q.refcount_bits : 16);
+    fflush(stdout);
+}
+
+/* The backing file must open; without a size it gives the size. */
+static bool
+create_check_backing(struct img_create *c, struct err **errp)
+{
+    CLEANUP_FREE char *path = NULL;
+    int64_t size;
+
+    if (!c->backing) {
+        return true;
+    }
+    if (!strcmp(c->fmt, "raw")) {
+        err_setf(errp, "Backing file not supported for file format 'raw'");
+        return false;
+    }
+    if (!c->backing_fmt) {
+        err_setf(errp, "Backing file specified without backing format");
+        return false;
+    }
+    path = img_backing_path(c->filename, c->backing);
+    size = img_virtual_size(path, c->backing_fmt, errp);
+    if (size < 0) {
+        err_prepend(errp, "Could not open backing image: ");
+        return false;
+    }
+    if (!c->have_size) {
+        c->size = (uint64_t)size;
+        c->have_size = true;
+    }
+    return true;
+}
+
+static bool
+raw_prealloc(int fd, const struct img_create *c, struct err **errp)
+{
+    int ret = 0;
+
+    if (!c->prealloc || !strcmp(c->prealloc, "off")) {
+        return true;
+    }
+    if (!strcmp(c->prealloc, "falloc") || !strcmp(c->prealloc, "full")) {
+        ret = c->size ? -posix_fallocate(fd, 0, c->size) : 0;
+    } else {
+        err_setf(errp, "Invalid preallocation mode: '%s'", c->prealloc);
+        return false;
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not preallocate data");
+        return false;
+    }
+    return true;
+}
+
+/* Create or truncate the file itself (both formats start here). */
+static bool
+create_file(const struct img_create *c, uint64_t size, struct err **errp)
+{
+    int fd = open(c->filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                  0644);
+    bool ok;
+
+    if (fd < 0) {
+        err_setf_errno(errp, errno, "Could not create '%s'", c->filename);
+        return false;
+    }
+    ok = ftruncate(fd, (off_t)size) == 0;
+    if (!ok) {
+        err_setf_errno(errp, errno, "Could not resize file");
+    } else if (!strcmp(c->fmt, "raw")) {
+        ok = raw_prealloc(fd, c, errp);
+    }
+    close(fd);
+    return ok;
+}
+
+static bool
+create_qcow2(struct img_create *c, struct err **errp)
+{
+    struct block_node *file;
+    int ret;
+
+    if (!create_file(c, 0, errp)) {
+        return false;
+    }
+    file = img_open_protocol(c->filename, true, errp);
+    if (!file) {
+        return false;
+    }
+    c->q.backing_file = c->backing;
+    c->q.backing_fmt = c->backing_fmt;
+    c->q.preallocation = c->prealloc;
+    ret = qcow2_create(file, c->size, &c->q, errp);
+    if (ret == 0) {
+        block_flush(file);
+    }
+    block_node_unref(file);
+    return ret == 0;
+}
+
+bool
+img_create_image(struct img_create *c, bool quiet, struct err **errp)
+{
+    if (strcmp(c->fmt, "raw") && strcmp(c->fmt, "qcow2")) {
+        err_setf(errp, "Unknown file format '%s'", c->fmt);
+        return false;
+    }
+    if (!create_check_backing(c, errp)) {
+        return false;
+    }
+    if (!c->have_size) {
+        err_setf(errp, "Image creation needs a size parameter");
+        return false;
+    }
+    if (!quiet) {
+        print_formatting(c);
+    }
+    if (!strcmp(c->fmt, "raw")) {
+        return create_file(c, c->size, errp);
+    }
+    return create_qcow2(c, errp);
+}
+
+void
+img_create_free(struct img_create *c)
+{
+    free(c->opts_copy);
+    c->opts_copy = NULL;
+}
+
+/* ---- create command ------------------------------------------------------- */
+
+static int
+create_parse(int argc, char **argv, struct img_create *c, bool *quiet)
+{
+    int opt;
+
+    while ((opt = getopt(argc, argv, "f:b:F:o:qu")) != -1) {
+        switch (opt) {
+        case 'f':
+            c->fmt = optarg;
+            break;
+        case 'b':
+            c->backing = optarg;
+            break;
+        case 'F':
+            c->backing_fmt = optarg;
+            break;
+        case 'o':
+            c->opts = optarg;
+            break;
+        case 'q':
+            *quiet = true;
+            break;
+        case 'u':
+            break;
+        default:
+            return -1;
+        }
+    }
+    if (optind >= argc || argc - optind > 2) {
+        img_error("Expecting image file name");
+        return -1;
+    }
+    c->filename = argv[optind];
+    return optind;
+}
+
+static bool
+create_size_arg(struct img_create *c, const char *arg)
+{
+    if (!img_parse_size(arg, &c->size)) {
+        img_error("Invalid image size specified. You may use k, M, G, T, P "
+                  "or E suffixes for");
+        img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
+                  "and exabytes.");
+        return false;
+    }
+    c->have_size = true;
+    return true;
+}
+
+int
+img_cmd_create(int argc, char **argv)
+{
+    struct img_create c = { .fmt = "raw" };
+    struct err *e = NULL;
+    bool quiet = false;
+    int i = create_parse(argc, argv, &c, &quiet);
+
+    if (i < 0) {
+        return img_usage_error("create", NULL);
+    }
+    if (i + 1 < argc && !create_size_arg(&c, argv[i + 1])) {
+        return 1;
+    }
+    if ((c.opts && !img_create_parse_opts(&c, c.opts, &e)) ||
+        !img_create_image(&c, quiet, &e)) {
+        err_prepend(&e, "%s: ", c.filename);
+        img_report(e);
+        img_create_free(&c);
+        return 1;
+    }
+    img_create_free(&c);
+    return 0;
+}
+
+/* ---- resize command ---------------------------------------------------------- */
+
+/* "+SIZE" / "-SIZE" relative to cur, or an absolute size. */
+static bool
+resize_target(const char *arg, int64_t cur, uint64_t *out)
+{
+    uint64_t n;
+
+    if (!img_parse_size(arg + (arg[0] == '+' || arg[0] == '-'), &n)) {
+        img_error("Invalid size specified. You may use k, M, G, T, P or E "
+                  "suffixes for");
+        img_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
+                  "and exabytes.");
+        return false;
+    }
+    if (arg[0] == '-' && n > (uint64_t)cur) {
+        img_error("New image size must be positive");
+        return false;
+    }
+    *out = arg[0] == '+' ? cur + n : arg[0] == '-' ? cur - n : n;
+    return true;
+}
+
+struct resize_args {
+    const char *fmt;
+    bool shrink;
+    bool quiet;
+};
+
+static int
+resize_parse(int argc, char **argv, struct resize_args *a)
+{
+    static const struct option longopts[] = {
+        { "shrink", no_argument, NULL, 'S' },
+        { "format", required_argument, NULL, 'f' },
+        { NULL, 0, NULL, 0 },
+    };
+    int opt;
+
+    /* "-1M" is a size, not an option: stop at the first operand. */
+    while ((opt = getopt_long(argc, argv, "+f:q", longopts, NULL)) != -1) {
+        if (opt == 'f') {
+            a->fmt = optarg;
+        } else if (opt == 'q') {
+            a->quiet = true;
+        } else if (opt == 'S') {
+            a->shrink = true;
+        } else {
+            return -1;
+        }
+    }
+    if (optind < argc && !strcmp(argv[optind], "--")) {
+        optind++;
+    }
+    if (argc - optind != 2) {
+        img_error("Expecting image file name and size");
+        return -1;
+    }
+    return optind;
+}
+
+static int
+resize_apply(struct img *img, struct resize_args *a, const char *arg)
+{
+    int64_t cur = block_handle_getlength(img->h);
+    struct err *e = NULL;
+    uint64_t size;
+
+    if (cur < 0) {
+        img_error("%s: Could not get the image size: %s", img->filename,
+                  strerror((int)-cur));
+        return 1;
+    }
+    if (!resize_target(arg, cur, &size)) {
+        return 1;
+    }
+    if (size < (uint64_t)cur && !a->shrink) {
+        img_error("Use the --shrink option to perform a shrink operation.");
+        return 1;
+    }
+    if (size < (uint64_t)cur) {
+        img_error("warning: Shrinking an image will delete all data beyond "
+                  "the shrunken image's end. Before performing such an "
+                  "operation, make sure there is no important data there.");
+    }
+    if (block_truncate(img->node, size, &e) < 0) {
+        err_prepend(&e, "%s: ", img->filename);
+        img_report(e);
+        return 1;
+    }
+    if (!a->quiet) {
+        printf("Image resized.\n");
+    }
+    return 0;
+}
+
+int
+img_cmd_resize(int argc, char **argv)
+{
+    struct resize_args a = { 0 };
+    struct err *e = NULL;
+    struct img img;
+    int i = resize_parse(argc, argv, &a), ret;
+
+    if (i < 0) {
+        return img_usage_error("resize", NULL);
+    }
+    if (!img_open(&img, argv[i], a.fmt, true, &e)) {
+        img_report(e);
+        return 1;
+    }
+    ret = resize_apply(&img, &a, argv[i + 1]);
+    img_close(&img);
+    return ret;
+}

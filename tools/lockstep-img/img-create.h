@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Image creation shared by "lockstep-img create" and "convert": the
+ * options of one new image (format, size, backing file, qcow2 layout) and
+ * the function that prints the "Formatting ..." line and writes the image.
+ */
+#ifndef LOCKSTEP_IMG_CREATE_H
+#define LOCKSTEP_IMG_CREATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "block/format/qcow2/qcow2.h"
+#include "lockstep/err.h"
+
+struct img_create {
+    const char *filename;
+    const char *fmt;             /* "raw" or "qcow2" */
+    uint64_t size;
+    bool have_size;
+    const char *backing;
+    const char *backing_fmt;
+    const char *prealloc;        /* NULL: not given */
+    const char *compat;          /* NULL: not given */
+    const char *opts;            /* -o as given */
+    bool have_extl2;
+    struct qcow2_create_opts q;
+    char *opts_copy;             /* -o split in place; values point here */
+};
+
+/* Parse "-o key=value,..." into c (values stay owned by c). */
+bool img_create_parse_opts(struct img_create *c, const char *opts,
+                           struct err **errp);
+/* Check the backing file, print "Formatting ..." unless quiet, create. */
+bool img_create_image(struct img_create *c, bool quiet, struct err **errp);
+void img_create_free(struct img_create *c);
+
+#endif

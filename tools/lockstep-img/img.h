@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Shared declarations of lockstep-img, the qemu-img compatible image tool:
+ * the subcommand table entries each img-*.c file provides, and the helpers
+ * in lockstep-img.c that they all use for opening images, parsing sizes,
+ * printing errors ("lockstep-img: FILE: reason", like qemu-img) and
+ * showing progress ("    (42.00/100%)").
+ */
+#ifndef LOCKSTEP_IMG_H
+#define LOCKSTEP_IMG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "lockstep/block.h"
+#include "lockstep/err.h"
+
+#define IMG_PROG "lockstep-img"
+/* Copy and compare granularity: big enough to be fast, small in memory. */
+#define IMG_CHUNK (2 * 1024 * 1024ULL)
+
+/* One subcommand.  fn gets argv with argv[0] = the command name. */
+struct img_cmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *synopsis;     /* after "lockstep-img " */
+    const char *help;         /* option lines for "COMMAND --help" */
+};
+
+int img_cmd_create(int argc, char **argv);
+int img_cmd_info(int argc, char **argv);
+int img_cmd_check(int argc, char **argv);
+int img_cmd_map(int argc, char **argv);
+int img_cmd_compare(int argc, char **argv);
+int img_cmd_commit(int argc, char **argv);
+int img_cmd_convert(int argc, char **argv);
+int img_cmd_resize(int argc, char **argv);
+
+/* "lockstep-img: " + message + newline on stderr. */
+void img_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print e with the prefix, then free it. */
+void img_report(struct err *e);
+/* For getopt failures: the "Try ... --help" hint; returns 1. */
+int img_usage_error(const char *cmd, const char *msg);
+/* Print the help of a command (for -h/--help in its option loop). */
+void img_cmd_help(const char *cmd);
+
+/* qemu-img's size syntax: digits with an optional k/M/G/T/P/E suffix. */
+bool img_parse_size(const char *s, uint64_t *out);
+
+/* "qcow2" when the file starts with the qcow2 magic, else "raw". */
+const char *img_probe(const char *filename);
+
+/*
+ * An open image: the node (a format over a "file" node) and a handle for
+ * I/O.  writable asks for write and resize permission.
+ */
+struct img {
+    struct block_node *node;
+    struct block_handle *h;
+    char *filename;
+    char *fmt;
+};
+
+bool img_open(struct img *img, const char *filename, const char *fmt,
+              bool writable, struct err **errp);
+/* Open from a blockdev-add object (chains built by the caller). */
+bool img_open_json(struct img *img, json_t *opts, const char *filename,
+                   bool writable, struct err **errp);
+void img_close(struct img *img);
+
+/* Only the protocol ("file") node of filename, for header-level work. */
+struct block_node *img_open_protocol(const char *filename, bool writable,
+                                     struct err **errp);
+
+/* Read the first bytes of a file through a protocol node (up to 2 MiB). */
+void *img_read_head(struct block_node *file, size_t *len, struct err **errp);
+
+/*
+ * The backing file name of a qcow2 header resolved like QEMU does:
+ * relative to the directory of the image that names it.  malloc'd.
+ */
+char *img_backing_path(const char *image, const char *backing);
+
+struct qcow2_header;
+/* Decode the qcow2 header of filename (read through a file node). */
+bool img_qcow2_header(const char *filename, struct qcow2_header *h,
+                      struct err **errp);
+
+/* Virtual size of an image file ("qcow2" from its header; raw: length). */
+int64_t img_virtual_size(const char *filename, const char *fmt,
+                         struct err **errp);
+
+/* Progress, printed only when enabled ("-p"). */
+struct img_progress {
+    bool enabled;
+    double last;
+};
+void img_progress_start(struct img_progress *p, bool enabled);
+void img_progress_update(struct img_progress *p, double percent);
+void img_progress_end(struct img_progress *p);
+
+/* Largest allocation for an I/O buffer, aligned for O_DIRECT. */
+void *img_buf_alloc(size_t bytes);
+
+#endif

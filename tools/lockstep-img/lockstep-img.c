@@ -1,0 +1,442 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockstep-img: a qemu-img compatible image tool (create, info, check,
+ * map, compare, commit, convert, resize).  Each subcommand lives in its own
+ * img-*.c file and is listed in the table below; this file holds main(),
+ * the help texts and the helpers every subcommand shares.  Output, exit
+ * codes and messages follow qemu-img 7.2 so that scripts written for
+ * qemu-img keep working, with "lockstep-img: " where qemu-img prints
+ * "qemu-img: ".  Images are opened as block nodes and all I/O goes through
+ * block handles.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "block/format/qcow2/qcow2.h"
+#include "img.h"
+#include "util.h"
+
+#ifndef LOCKSTEP_VERSION
+#define LOCKSTEP_VERSION "0.1.0"
+#endif
+
+/* The most of a file's head we read: cluster 0 of the largest clusters. */
+#define IMG_HEAD_MAX (2 * 1024 * 1024)
+
+static const struct img_cmd img_cmds[] = {
+    { "check", img_cmd_check,
+      "check [-q] [-f FMT] [--output=human|json] [-r leaks|all] FILENAME",
+      "  -f FMT           image format (default: probed)\n"
+      "  -r leaks|all     repair leaks only, or leaks and corruptions\n"
+      "                   (refcount mismatches and COPIED flags)\n"
+      "  --output=FMT     human (default) or json\n"
+      "  -q               quiet\n"
+      "Exit status: 0 consistent, 1 check failed, 2 corruptions, 3 leaks,\n"
+      "63 the format has no check.\n" },
+    { "commit", img_cmd_commit,
+      "commit [-q] [-f FMT] [-b BASE] [-d] [-p] FILENAME",
+      "  -f FMT           format of FILENAME (default: probed)\n"
+      "  -b BASE          commit into BASE (default: the backing file)\n"
+      "  -d               do not empty FILENAME afterwards\n"
+      "  -p               show progress\n" },
+    { "compare", img_cmd_compare,
+      "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILENAME1 FILENAME2",
+      "  -f FMT, -F FMT   formats of the first and second image\n"
+      "  -s               strict: sizes and allocation must match too\n"
+      "  -p               show progress\n"
+      "Exit status: 0 identical, 1 different, 2 error.\n" },
+    { "convert", img_cmd_convert,
+      "convert [-p] [-q] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] FILENAME "
+      "OUTPUT_FILENAME",
+      "  -f FMT           source format (default: probed)\n"
+      "  -O FMT           output format (default: raw)\n"
+      "  -o OPTIONS       creation options of the output format\n"
+      "  -p               show progress\n" },
+    { "create", img_cmd_create,
+      "create [-q] [-f FMT] [-b BACKING_FILE [-F BACKING_FMT]] [-o OPTIONS] "
+      "FILENAME [SIZE]",
+      "  -f FMT           qcow2 or raw (default: raw)\n"
+      "  -b FILE, -F FMT  backing file and its format (qcow2)\n"
+      "  -o OPTIONS       cluster_size, refcount_bits, extended_l2,\n"
+      "                   preallocation, backing_file, backing_fmt, compat\n"
+      "SIZE takes k, M, G, T suffixes; it defaults to the backing file's.\n" },
+    { "info", img_cmd_info,
+      "info [-f FMT] [--output=human|json] [--backing-chain] FILENAME",
+      "  -f FMT           image format (default: probed)\n"
+      "  --output=FMT     human (default) or json\n"
+      "  --backing-chain  describe every image of the backing chain\n" },
+    { "map", img_cmd_map,
+      "map [-f FMT] [--output=human|json] FILENAME",
+      "  -f FMT           image format (default: probed)\n"
+      "  --output=FMT     human (default) or json\n" },
+    { "resize", img_cmd_resize,
+      "resize [-q] [-f FMT] [--shrink] FILENAME [+|-]SIZE",
+      "  -f FMT           image format (default: probed)\n"
+      "  --shrink         allow the image to get smaller\n" },
+    { NULL, NULL, NULL, NULL },
+};
+
+/* ---- Messages ------------------------------------------------------------ */
+
+void
+img_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fprintf(stderr, "%s: ", IMG_PROG);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void
+img_report(struct err *e)
+{
+    fflush(stdout);
+    err_report(IMG_PROG, e);
+}
+
+int
+img_usage_error(const char *cmd, const char *msg)
+{
+    if (msg) {
+        img_error("%s", msg);
+    }
+    fprintf(stderr, "Try '%s %s --help' for more information\n", IMG_PROG,
+            cmd ? cmd : "");
+    return 1;
+}
+
+static const struct img_cmd *
+cmd_find(const char *name)
+{
+    for (const struct img_cmd *c = img_cmds; c->name; c++) {
+        if (!strcmp(c->name, name)) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+void
+img_cmd_help(const char *cmd)
+{
+    const struct img_cmd *c = cmd_find(cmd);
+
+    printf("usage: %s %s\n\n%s", IMG_PROG, c->synopsis, c->help);
+}
+
+static void
+usage(FILE *f)
+{
+    fprintf(f, "%s version %s\n"
+            "usage: %s [standard options] command [command options]\n"
+            "A qemu-img compatible disk image utility.\n\n"
+            "    '-h', '--help'       display this help and exit\n"
+            "    '-V', '--version'    output version information and exit\n"
+            "\nCommand syntax:\n", IMG_PROG, LOCKSTEP_VERSION, IMG_PROG);
+    for (const struct img_cmd *c = img_cmds; c->name; c++) {
+        fprintf(f, "  %s\n", c->synopsis);
+    }
+    fprintf(f, "\nSee '%s COMMAND --help' for the options of a command.\n",
+            IMG_PROG);
+}
+
+/* ---- Parsing ------------------------------------------------------------- */
+
+bool
+img_parse_size(const char *s, uint64_t *out)
+{
+    static const char units[] = "bkmgtpe";
+    const char *u;
+    char *end;
+    unsigned long long v;
+    unsigned shift = 0;
+
+    if (!*s || *s == '-' || *s == '+') {
+        return false;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s) {
+        return false;
+    }
+    if (*end) {
+        u = strchr(units, tolower((unsigned char)*end));
+        if (!u || end[1]) {
+            return false;
+        }
+        shift = (unsigned)(u - units) * 10;
+    }
+    if (shift && v > (UINT64_MAX >> shift)) {
+        return false;
+    }
+    *out = (uint64_t)v << shift;
+    return *out <= INT64_MAX;
+}
+
+/* ---- Opening images ---------------------------------------------------- */
+
+const char *
+img_probe(const char *filename)
+{
+    unsigned char magic[4] = { 0 };
+    FILE *f = fopen(filename, "rb");
+
+    if (f) {
+        if (fread(magic, 1, sizeof(magic), f) != sizeof(magic)) {
+            memset(magic, 0, sizeof(magic));
+        }
+        fclose(f);
+    }
+    return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
+}
+
+static bool
+img_attach(struct img *img, const char *filename, bool writable,
+           struct err **errp)
+{
+    uint32_t perm = BLOCK_PERM_CONSISTENT_READ;
+    uint32_t shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
+
+    if (writable) {
+        perm |= BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE;
+    }
+    img->h = block_handle_new(img->node, IMG_PROG, perm, shared, errp);
+    if (!img->h) {
+        block_node_unref(img->node);
+        img->node = NULL;
+        return false;
+    }
+    img->filename = xstrdup(filename);
+    return true;
+}
+
+bool
+img_open(struct img *img, const char *filename, const char *fmt,
+         bool writable, struct err **errp)
+{
+    memset(img, 0, sizeof(*img));
+    if (!fmt) {
+        fmt = img_probe(filename);
+    }
+    img->node = block_node_open_file(filename, fmt, !writable, errp);
+    if (!img->node) {
+        err_prepend(errp, "Could not open '%s': ", filename);
+        return false;
+    }
+    img->fmt = xstrdup(fmt);
+    return img_attach(img, filename, writable, errp);
+}
+
+bool
+img_open_json(struct img *img, json_t *opts, const char *filename,
+              bool writable, struct err **errp)
+{
+    memset(img, 0, sizeof(*img));
+    img->node = block_node_new(opts, errp);
+    if (!img->node) {
+        err_prepend(errp, "Could not open '%s': ", filename);
+        return false;
+    }
+    img->fmt = xstrdup(img->node->drv->name);
+    return img_attach(img, filename, writable, errp);
+}
+
+void
+img_close(struct img *img)
+{
+    if (img->h) {
+        block_handle_free(img->h);
+    }
+    block_node_unref(img->node);
+    free(img->filename);
+    free(img->fmt);
+    memset(img, 0, sizeof(*img));
+}
+
+struct block_node *
+img_open_protocol(const char *filename, bool writable, struct err **errp)
+{
+    struct block_node *n = block_node_open_file(filename, "file", !writable,
+                                                errp);
+
+    if (!n) {
+        err_prepend(errp, "Could not open '%s': ", filename);
+    }
+    return n;
+}
+
+void *
+img_read_head(struct block_node *file, size_t *len, struct err **errp)
+{
+    int64_t flen = block_getlength(file);
+    uint8_t *buf;
+    int ret;
+
+    if (flen < 0) {
+        err_setf_errno(errp, (int)-flen, "Could not get the file length");
+        return NULL;
+    }
+    *len = MIN((uint64_t)flen, IMG_HEAD_MAX);
+    buf = xzalloc(MAX(*len, 1));
+    ret = block_pread(file, 0, *len, buf, 0);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not read the image header");
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+char *
+img_backing_path(const char *image, const char *backing)
+{
+    CLEANUP_FREE char *copy = xstrdup(image);
+    const char *dir;
+
+    if (backing[0] == '/' || strstr(backing, "://") ||
+        !strncmp(backing, "json:", 5) || !strchr(image, '/')) {
+        return xstrdup(backing);
+    }
+    dir = dirname(copy);
+    return xasprintf("%s/%s", dir, backing);
+}
+
+bool
+img_qcow2_header(const char *filename, struct qcow2_header *h,
+                 struct err **errp)
+{
+    struct block_node *file = img_open_protocol(filename, false, errp);
+    CLEANUP_FREE void *head = NULL;
+    size_t len;
+
+    if (!file) {
+        return false;
+    }
+    head = img_read_head(file, &len, errp);
+    block_node_unref(file);
+    if (!head || qcow2_header_decode(head, len, h, errp) < 0) {
+        err_prepend(errp, "Could not open '%s': ", filename);
+        return false;
+    }
+    return true;
+}
+
+int64_t
+img_virtual_size(const char *filename, const char *fmt, struct err **errp)
+{
+    struct qcow2_header h;
+    struct img img;
+    int64_t size;
+
+    if (!fmt) {
+        fmt = img_probe(filename);
+    }
+    if (!strcmp(fmt, "qcow2")) {
+        return img_qcow2_header(filename, &h, errp) ? (int64_t)h.size : -EIO;
+    }
+    if (!img_open(&img, filename, fmt, false, errp)) {
+        return -EIO;
+    }
+    size = block_handle_getlength(img.h);
+    img_close(&img);
+    return size;
+}
+
+/* ---- Progress ------------------------------------------------------------ */
+
+void
+img_progress_start(struct img_progress *p, bool enabled)
+{
+    p->enabled = enabled;
+    p->last = -100;
+    img_progress_update(p, 0);
+}
+
+/* Like qemu-img: redraw when it moved by at least one percent. */
+void
+img_progress_update(struct img_progress *p, double percent)
+{
+    if (!p->enabled || (percent - p->last < 1.0 && percent < 100.0)) {
+        return;
+    }
+    p->last = percent;
+    printf("    (%3.2f/100%%)\r", percent);
+    fflush(stdout);
+}
+
+void
+img_progress_end(struct img_progress *p)
+{
+    if (!p->enabled) {
+        return;
+    }
+    printf("    (%3.2f/100%%)\r\n", 100.0);
+    fflush(stdout);
+}
+
+void *
+img_buf_alloc(size_t bytes)
+{
+    void *buf = NULL;
+
+    if (posix_memalign(&buf, 4096, MAX(bytes, 1)) != 0) {
+        return NULL;
+    }
+    return buf;
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+static bool
+wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            return true;
+        }
+        if (!strcmp(argv[i], "--")) {
+            break;
+        }
+    }
+    return false;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct img_cmd *c;
+
+    if (argc < 2) {
+        img_error("Not enough arguments");
+        fprintf(stderr, "Try '%s --help' for more information\n", IMG_PROG);
+        return 1;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        printf("%s version %s\n", IMG_PROG, LOCKSTEP_VERSION);
+        return 0;
+    }
+    c = cmd_find(argv[1]);
+    if (!c) {
+        img_error("Command not found: %s", argv[1]);
+        fprintf(stderr, "Try '%s --help' for more information\n", IMG_PROG);
+        return 1;
+    }
+    if (wants_help(argc - 1, argv + 1)) {
+        img_cmd_help(c->name);
+        return 0;
+    }
+    return c->fn(argc - 1, argv + 1);
+}
