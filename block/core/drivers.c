@@ -11,6 +11,7 @@ extern const struct block_driver blkdebug_driver;
 extern const struct block_driver file_driver;
 extern const struct block_driver nbd_driver;
 extern const struct block_driver null_co_driver;
+extern const struct block_driver qcow2_driver;
 extern const struct block_driver raw_driver;
 
 const struct block_driver *const block_drivers[] = {
@@ -18,6 +19,7 @@ const struct block_driver *const block_drivers[] = {
     &file_driver,
     &nbd_driver,
     &null_co_driver,
+    &qcow2_driver,
     &raw_driver,
     NULL,
 };

@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 guest-to-host mapping: L1 entries, L2 tables through the L2 cache,
+ * allocation of L2 tables and growth of the L1 table.
+ *
+ * Ordering (qcow2 spec, crash safety): a new L2 table gets its refcount
+ * made stable, is written zeroed and flushed, and only then does the L1
+ * entry point to it.  A grown L1 is written and flushed before the header
+ * switches to it; the old L1 is freed after that.  All functions: caller
+ * holds s->lock.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/format/qcow2/qcow2-endian.h"
+#include "block/format/qcow2/qcow2-int.h"
+#include "util.h"
+
+/* L2 table offset for guest_cluster: 0 = none; -EIO for a bad entry. */
+static int
+l2_offset(struct qcow2_state *s, uint64_t guest_cluster, uint64_t *off)
+{
+    uint64_t idx = guest_cluster / s->l2_entries;
+    uint64_t e;
+
+    *off = 0;
+    if (idx >= s->l1_size) {
+        return 0;
+    }
+    e = s->l1[idx];
+    *off = e & QCOW2_L1E_OFFSET_MASK;
+    if ((e & QCOW2_L1E_RESERVED_MASK) || !is_aligned(*off, s->cluster_size) ||
+        (*off && *off < s->cluster_size)) {
+        qcow2_signal_corruption(s, "L1 entry %llu is invalid: 0x%llx",
+                                (unsigned long long)idx,
+                                (unsigned long long)e);
+        return -EIO;
+    }
+    return 0;
+}
+
+int
+qcow2_get_l2e(struct qcow2_state *s, uint64_t guest_cluster,
+              struct qcow2_l2e *out)
+{
+    uint64_t off, i = guest_cluster % s->l2_entries;
+    uint8_t *l2;
+    int ret;
+
+    out->entry = 0;
+    out->bitmap = 0;
+    ret = l2_offset(s, guest_cluster, &off);
+    if (ret < 0 || off == 0) {
+        return ret;
+    }
+    ret = qcow2_cache_get(s, &s->l2_cache, off, false, &l2);
+    if (ret < 0) {
+        return ret;
+    }
+    out->entry = ld_be64(l2 + i * s->l2_entry_size);
+    if (s->extended_l2) {
+        out->bitmap = ld_be64(l2 + i * s->l2_entry_size + 8);
+    }
+    qcow2_cache_put(&s->l2_cache, l2);
+    return 0;
+}
+
+int
+qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index)
+{
+    uint8_t be[8];
+
+    st_be64(be, s->l1[index]);
+    block_debug_event(s->file, "l1_update");
+    return block_pwrite(s->file, s->l1_offset + index * 8, 8, be, 0);
+}
+
+int
+qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster)
+{
+    uint64_t idx = guest_cluster / s->l2_entries;
+    uint64_t off, rc;
+    int64_t new_off;
+    uint8_t *l2;
+    int ret;
+
+    if (idx >= s->l1_size) {
+        return -EIO;
+    }
+    ret = l2_offset(s, guest_cluster, &off);
+    if (ret < 0) {
+        return ret;
+    }
+    if (off) {
+        if (s->l1[idx] & QCOW2_OFLAG_COPIED) {
+            return 0;
+        }
+        /* Not marked COPIED: fine to repair if we are the only user. */
+        ret = qcow2_get_refcount(s, off >> s->cluster_bits, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc != 1) {
+            return -ENOTSUP;    /* shared L2 table (snapshots) */
+        }
+        s->l1[idx] |= QCOW2_OFLAG_COPIED;
+        return qcow2_write_l1_entry(s, idx);
+    }
+    new_off = qcow2_alloc_clusters(s, 1);
+    if (new_off < 0) {
+        return (int)new_off;
+    }
+    ret = qcow2_refcounts_stable(s);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_cache_get(s, &s->l2_cache, (uint64_t)new_off, true, &l2);
+    if (ret < 0) {
+        return ret;
+    }
+    block_debug_event(s->file, "l2_alloc_write");
+    ret = block_pwrite(s->file, (uint64_t)new_off, s->cluster_size, l2, 0);
+    qcow2_cache_put(&s->l2_cache, l2);
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        qcow2_cache_forget(&s->l2_cache, (uint64_t)new_off);
+        return ret;
+    }
+    s->l1[idx] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+    ret = qcow2_write_l1_entry(s, idx);
+    if (ret < 0) {
+        s->l1[idx] = 0;
+    }
+    return ret;
+}
+
+int
+qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
+              const struct qcow2_l2e *e)
+{
+    uint64_t off, i = guest_cluster % s->l2_entries;
+    uint8_t *l2;
+    int ret;
+
+    ret = qcow2_ensure_l2(s, guest_cluster);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = l2_offset(s, guest_cluster, &off);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_cache_get(s, &s->l2_cache, off, false, &l2);
+    if (ret < 0) {
+        return ret;
+    }
+    st_be64(l2 + i * s->l2_entry_size, e->entry);
+    if (s->extended_l2) {
+        st_be64(l2 + i * s->l2_entry_size + 8, e->bitmap);
+    }
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+    qcow2_cache_put(&s->l2_cache, l2);
+    return 0;
+}
+
+int
+qcow2_l2_stable(struct qcow2_state *s)
+{
+    int ret;
+
+    if (!s->l2_cache.nb_dirty) {
+        return 0;
+    }
+    ret = qcow2_cache_writeback(s, &s->l2_cache);
+    return ret < 0 ? ret : block_flush(s->file);
+}
+
+int
+qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t bytes = min_size * 8;
+    uint64_t nclusters = div_round_up(bytes, cs);
+    uint64_t old_off = s->l1_offset;
+    uint64_t old_clusters = div_round_up((uint64_t)s->l1_size * 8, cs);
+    CLEANUP_FREE uint8_t *buf = NULL;
+    uint64_t *l1;
+    uint8_t hdr[12];
+    int64_t off;
+    int ret;
+
+    if (min_size <= s->l1_size) {
+        return 0;
+    }
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        return -EFBIG;
+    }
+    buf = calloc(nclusters, cs);
+    l1 = calloc(min_size, sizeof(uint64_t));
+    if (!buf || !l1) {
+        free(l1);
+        return -ENOMEM;
+    }
+    memcpy(l1, s->l1, (size_t)s->l1_size * sizeof(uint64_t));
+    for (uint64_t i = 0; i < min_size; i++) {
+        st_be64(buf + i * 8, l1[i]);
+    }
+    off = qcow2_alloc_clusters(s, nclusters);
+    ret = off < 0 ? (int)off : qcow2_refcounts_stable(s);
+    if (ret == 0) {
+        block_debug_event(s->file, "l1_grow_write_table");
+        ret = block_pwrite(s->file, (uint64_t)off, nclusters * cs, buf, 0);
+    }
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret == 0) {
+        st_be32(hdr, (uint32_t)min_size);
+        st_be64(hdr + 4, (uint64_t)off);
+        block_debug_event(s->file, "l1_grow_activate_table");
+        ret = block_pwrite(s->file, QCOW2_HDR_OFF_L1_SIZE, sizeof(hdr), hdr,
+                           0);
+    }
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        free(l1);
+        return ret;
+    }
+    free(s->l1);
+    s->l1 = l1;
+    s->l1_size = (uint32_t)min_size;
+    s->l1_offset = (uint64_t)off;
+    s->h.l1_size = s->l1_size;
+    s->h.l1_table_offset = s->l1_offset;
+    if (old_clusters) {
+        return qcow2_update_refcount(s, old_off, old_clusters, -1,
+                                     QCOW2_DISCARD_OTHER);
+    }
+    return 0;
+}

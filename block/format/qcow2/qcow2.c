@@ -1,0 +1,1482 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The qcow2 format driver: open/close, options, the driver table and the
+ * guest I/O paths (read, write with copy-on-write, write-zeroes, discard,
+ * block status), flush, truncate (grow) and make_empty.
+ *
+ * Design notes.
+ *
+ * Concurrency.  The core calls us from many threads at once
+ * (serialize_requests = false).  s->lock protects all metadata: the L1 and
+ * refcount tables, both caches, the allocator.  Guest data I/O never runs
+ * under s->lock.  What keeps data I/O safe without the lock is a range lock
+ * on guest clusters (s->ranges): reads take it shared, anything that
+ * changes a mapping (write, write-zeroes, discard) takes it exclusive over
+ * the clusters it touches, make_empty and truncate over everything.  So
+ * while a request copies data to or from a host cluster, no other request
+ * can remap, free or reuse that guest cluster's host cluster.  A write to a
+ * new cluster therefore goes: lock, look up and allocate (refcount +1 in
+ * the cache), unlock, read COW data and write the whole (sub)cluster,
+ * lock, link the L2 entry in the cache, unlock.
+ *
+ * Ordering (qcow2 spec, crash safety; docs/qcow2.md):
+ *  1. refcount increase stable before any pointer to the cluster is
+ *     written: the L2 cache's before_write hook writes back refblocks and
+ *     flushes the file first; new L2 tables, L1 tables and refcount tables
+ *     are flushed before they are published;
+ *  2. guest data written before the L2 entry that exposes it (the entry
+ *     changes only in the cache after the data write returned);
+ *  3. pointer removal stable before the refcount drops: freeing code calls
+ *     qcow2_l2_stable() and only then lowers refcounts;
+ *  4. flush writes back refblocks, flushes, writes back L2 tables; the core
+ *     then flushes the file.  So an acknowledged flush (or FUA, which the
+ *     core turns into a flush) covers everything before it.
+ * Killing the process at any point leaves leaks at worst.
+ *
+ * Corruption: a write that would land on metadata, or metadata that
+ * breaks the format, sets the corrupt bit and fails every later write
+ * with -EIO (E9: OK -> CORRUPT).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "block/core/opts.h"
+#include "block/format/qcow2/qcow2-endian.h"
+#include "block/format/qcow2/qcow2-int.h"
+#include "lockstep/block.h"
+#include "util.h"
+
+#define DEFAULT_L2_CACHE_BYTES (32 * MiB)
+#define MAX_DEFAULT_L2_ENTRIES 512
+#define MIN_L2_ENTRIES 4
+#define MIN_RB_ENTRIES 4
+#define MAX_HEADER_READ (2 * MiB)
+
+static const struct block_opt qcow2_opts[] = {
+    {"file", BLOCK_OPT_CHILD, true, NULL},
+    {"backing", BLOCK_OPT_CHILD_OR_NULL, false, NULL},
+    {"l2-cache-size", BLOCK_OPT_SIZE, false, NULL},
+    {"l2-cache-entry-size", BLOCK_OPT_SIZE, false, NULL},
+    {"refcount-cache-size", BLOCK_OPT_SIZE, false, NULL},
+    {"cache-size", BLOCK_OPT_SIZE, false, NULL},
+    {"cache-clean-interval", BLOCK_OPT_INT, false, NULL},
+    {"lazy-refcounts", BLOCK_OPT_BOOL, false, NULL},
+    {"pass-discard-request", BLOCK_OPT_BOOL, false, NULL},
+    {"pass-discard-snapshot", BLOCK_OPT_BOOL, false, NULL},
+    {"pass-discard-other", BLOCK_OPT_BOOL, false, NULL},
+    {"discard-no-unref", BLOCK_OPT_BOOL, false, NULL},
+    {"overlap-check", BLOCK_OPT_ANY, false, NULL},
+    {"data-file", BLOCK_OPT_ANY, false, NULL},
+    {"encrypt", BLOCK_OPT_ANY, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/* ---- Corruption ------------------------------------------------------- */
+
+void
+qcow2_signal_corruption(struct qcow2_state *s, const char *fmt, ...)
+{
+    uint8_t be[8];
+    va_list ap;
+
+    va_start(ap, fmt);
+    if (!s->corrupt) {
+        fprintf(stderr, "qcow2: Marking image as corrupt: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "; further corruption events will be suppressed\n");
+    }
+    va_end(ap);
+    if (s->corrupt || s->node->read_only || s->h.version < 3) {
+        s->corrupt = true;
+        return;
+    }
+    s->corrupt = true;
+    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    st_be64(be, s->h.incompatible_features);
+    if (block_pwrite(s->file, QCOW2_HDR_OFF_INCOMPAT, 8, be, 0) == 0) {
+        block_flush(s->file);
+    }
+}
+
+/* ---- Guest cluster range locks ---------------------------------------- */
+
+static bool
+range_conflict(struct qcow2_state *s, const struct qcow2_range *r)
+{
+    struct qcow2_range *o;
+
+    TAILQ_FOREACH(o, &s->ranges, link) {
+        if ((r->exclusive || o->exclusive) && r->first < o->end &&
+            o->first < r->end) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Take a range lock over the guest clusters of [offset, offset+bytes). */
+static void
+range_lock(struct qcow2_state *s, struct qcow2_range *r, uint64_t offset,
+           uint64_t bytes, bool exclusive)
+{
+    r->first = offset >> s->cluster_bits;
+    r->end = bytes ? ((offset + bytes - 1) >> s->cluster_bits) + 1
+                   : r->first + 1;
+    r->exclusive = exclusive;
+    mutex_lock(&s->lock);
+    while (range_conflict(s, r)) {
+        cond_wait(&s->range_cond, &s->lock);
+    }
+    TAILQ_INSERT_TAIL(&s->ranges, r, link);
+    mutex_unlock(&s->lock);
+}
+
+static void
+range_unlock(struct qcow2_state *s, struct qcow2_range *r)
+{
+    mutex_lock(&s->lock);
+    TAILQ_REMOVE(&s->ranges, r, link);
+    cond_broadcast(&s->range_cond);
+    mutex_unlock(&s->lock);
+}
+
+/* ---- Reading ----------------------------------------------------------- */
+
+/* Status of subcluster sc (the cluster in standard L2) of an entry. */
+static int
+sub_type(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
+         enum qcow2_cluster_type *t)
+{
+    int ret;
+
+    ret = qcow2_l2_entry_type(e->entry, e->bitmap, s->extended_l2,
+                              (int)s->h.version, s->cluster_bits, t);
+    if (ret == 0 && s->extended_l2 && *t != QCOW2_CLUSTER_COMPRESSED) {
+        ret = qcow2_subcluster_type(e->entry, e->bitmap, sc, t);
+    }
+    if (ret == 0 && (e->entry & QCOW2_L2E_OFFSET_MASK) >=
+        QCOW2_MAX_HOST_OFFSET) {
+        ret = -EIO;
+    }
+    return ret;
+}
+
+static int
+read_compressed(struct qcow2_state *s, uint64_t entry, uint64_t in,
+                uint64_t n, void *buf)
+{
+    uint64_t host, len;
+    CLEANUP_FREE uint8_t *src = NULL;
+    CLEANUP_FREE uint8_t *dst = NULL;
+    z_stream z;
+    int ret, zret;
+
+    qcow2_compressed_decode(entry, s->cluster_bits, &host, &len);
+    if (host < s->cluster_size || len > 2 * s->cluster_size + 512) {
+        return -EIO;
+    }
+    src = malloc(len);
+    dst = malloc(s->cluster_size);
+    if (!src || !dst) {
+        return -ENOMEM;
+    }
+    block_debug_event(s->file, "read_compressed");
+    ret = block_pread(s->file, host, len, src, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    memset(&z, 0, sizeof(z));
+    if (inflateInit2(&z, -15) != Z_OK) {
+        return -ENOMEM;
+    }
+    z.next_in = src;
+    z.avail_in = (uInt)len;
+    z.next_out = dst;
+    z.avail_out = (uInt)s->cluster_size;
+    zret = inflate(&z, Z_FINISH);
+    inflateEnd(&z);
+    /* A full cluster is enough; the stream may end in padding. */
+    if (z.avail_out != 0 || (zret != Z_STREAM_END && zret != Z_OK &&
+                             zret != Z_BUF_ERROR)) {
+        return -EIO;
+    }
+    memcpy(buf, dst + in, n);
+    return 0;
+}
+
+/*
+ * Read [in, in+n) of guest cluster gc, whose L2 entry is e (stable: the
+ * caller holds a range lock on gc).  No s->lock.
+ */
+static int
+read_with_entry(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
+                uint64_t in, uint64_t n, uint8_t *buf)
+{
+    uint64_t guest = (gc << s->cluster_bits);
+    uint64_t host = e->entry & QCOW2_L2E_OFFSET_MASK;
+
+    while (n > 0) {
+        unsigned sc = (unsigned)(in / s->subcluster_size);
+        uint64_t len = MIN(n, (sc + 1) * s->subcluster_size - in);
+        enum qcow2_cluster_type t;
+        int ret = sub_type(s, e, sc, &t);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (t == QCOW2_CLUSTER_COMPRESSED) {
+            return read_compressed(s, e->entry, in, n, buf);
+        }
+        /* Merge following subclusters of the same type. */
+        while (len < n) {
+            enum qcow2_cluster_type t2;
+
+            if (sub_type(s, e, (unsigned)((in + len) / s->subcluster_size),
+                         &t2) < 0 || t2 != t) {
+                break;
+            }
+            len = MIN(n, len + s->subcluster_size);
+        }
+        switch (t) {
+        case QCOW2_CLUSTER_NORMAL:
+            block_debug_event(s->file, "read_aio");
+            ret = block_pread(s->file, host + in, len, buf, 0);
+            break;
+        case QCOW2_CLUSTER_UNALLOCATED:
+            if (s->node->backing) {
+                block_debug_event(s->file, "read_backing_aio");
+                ret = block_pread(s->node->backing->node, guest + in, len,
+                                  buf, 0);
+                break;
+            }
+            /* fall through */
+        default:
+            memset(buf, 0, len);
+            break;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        in += len;
+        buf += len;
+        n -= len;
+    }
+    return 0;
+}
+
+static int
+lookup(struct qcow2_state *s, uint64_t gc, struct qcow2_l2e *e)
+{
+    int ret;
+
+    mutex_lock(&s->lock);
+    ret = qcow2_get_l2e(s, gc, e);
+    mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int
+qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
+            void *buf, unsigned flags)
+{
+    struct qcow2_state *s = node->opaque;
+    struct qcow2_range r;
+    uint8_t *p = buf;
+    int ret = 0;
+
+    (void)flags;
+    range_lock(s, &r, offset, bytes, false);
+    while (bytes > 0 && ret == 0) {
+        uint64_t gc = offset >> s->cluster_bits;
+        uint64_t in = offset & (s->cluster_size - 1);
+        uint64_t n = MIN(bytes, s->cluster_size - in);
+        struct qcow2_l2e e;
+
+        ret = lookup(s, gc, &e);
+        if (ret == 0) {
+            ret = read_with_entry(s, gc, &e, in, n, p);
+        }
+        offset += n;
+        bytes -= n;
+        p += n;
+    }
+    range_unlock(s, &r);
+    return ret;
+}
+
+/* ---- Freeing clusters ------------------------------------------------ */
+
+/* Host clusters to release after the L2 changes are stable. */
+struct free_list {
+    uint64_t *off;
+    uint64_t *n;
+    size_t len, cap;
+};
+
+static void
+free_list_add(struct free_list *f, uint64_t off, uint64_t n)
+{
+    if (f->len == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 16;
+        f->off = xrealloc(f->off, f->cap * sizeof(*f->off));
+        f->n = xrealloc(f->n, f->cap * sizeof(*f->n));
+    }
+    f->off[f->len] = off;
+    f->n[f->len] = n;
+    f->len++;
+}
+
+/* Remember what the old entry holds on the host (to free it later). */
+static void
+free_list_add_entry(struct qcow2_state *s, struct free_list *f,
+                    const struct qcow2_l2e *e)
+{
+    uint64_t host = e->entry & QCOW2_L2E_OFFSET_MASK;
+
+    if (e->entry & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coff, clen, first, last;
+
+        qcow2_compressed_decode(e->entry, s->cluster_bits, &coff, &clen);
+        first = align_down(coff, 512) >> s->cluster_bits;
+        last = (coff + clen - 1) >> s->cluster_bits;
+        free_list_add(f, first << s->cluster_bits, last - first + 1);
+    } else if (host) {
+        free_list_add(f, host, 1);
+    }
+}
+
+/* Rule 3: make the pointer removals stable, then drop refcounts. */
+static int
+free_list_commit(struct qcow2_state *s, struct free_list *f,
+                 enum qcow2_discard_type type)
+{
+    int ret = 0;
+
+    if (f->len) {
+        ret = qcow2_l2_stable(s);
+    }
+    for (size_t i = 0; i < f->len && ret == 0; i++) {
+        ret = qcow2_update_refcount(s, f->off[i], f->n[i], -1, type);
+    }
+    free(f->off);
+    free(f->n);
+    memset(f, 0, sizeof(*f));
+    return ret;
+}
+
+/* ---- Writing ---------------------------------------------------------- */
+
+/* What a write to one cluster will do, decided under s->lock. */
+struct write_plan {
+    struct qcow2_l2e old;
+    uint64_t host;          /* target host cluster */
+    bool new_alloc;         /* host was allocated for this write */
+    bool free_old;          /* old host data to release afterwards */
+    bool whole;             /* write the whole cluster (COW everything) */
+    uint64_t ws, we;        /* byte range within the cluster to write */
+};
+
+static bool
+sub_in_place(struct qcow2_state *s, const struct write_plan *p, unsigned sc)
+{
+    enum qcow2_cluster_type t;
+
+    if (p->new_alloc || p->whole) {
+        return false;
+    }
+    return sub_type(s, &p->old, sc, &t) == 0 && t == QCOW2_CLUSTER_NORMAL;
+}
+
+static int
+plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
+           struct write_plan *p)
+{
+    uint64_t host;
+    enum qcow2_cluster_type t;
+    int64_t off;
+    int ret;
+
+    memset(p, 0, sizeof(*p));
+    ret = qcow2_get_l2e(s, gc, &p->old);
+    if (ret == 0) {
+        ret = qcow2_l2_entry_type(p->old.entry, p->old.bitmap, s->extended_l2,
+                                  (int)s->h.version, s->cluster_bits, &t);
+    }
+    if (ret < 0) {
+        qcow2_signal_corruption(s, "invalid L2 entry for guest cluster %llu",
+                                (unsigned long long)gc);
+        return -EIO;
+    }
+    host = p->old.entry & QCOW2_L2E_OFFSET_MASK;
+    if (t != QCOW2_CLUSTER_COMPRESSED && host &&
+        (p->old.entry & QCOW2_OFLAG_COPIED)) {
+        p->host = host;
+        /* A zero cluster with a kept host cluster is rewritten whole. */
+        p->whole = t == QCOW2_CLUSTER_ZERO_ALLOC;
+    } else {
+        ret = qcow2_ensure_l2(s, gc);
+        if (ret < 0) {
+            return ret;
+        }
+        off = qcow2_alloc_clusters(s, 1);
+        if (off < 0) {
+            return (int)off;
+        }
+        p->host = (uint64_t)off;
+        p->new_alloc = true;
+        p->free_old = host != 0 || t == QCOW2_CLUSTER_COMPRESSED;
+        /* Old data elsewhere on the host: copy all of it over. */
+        p->whole = p->free_old || !s->extended_l2;
+    }
+    if (p->whole) {
+        p->ws = 0;
+        p->we = s->cluster_size;
+    } else {
+        unsigned head = (unsigned)(in / s->subcluster_size);
+        unsigned tail = (unsigned)((in + n - 1) / s->subcluster_size);
+
+        p->ws = sub_in_place(s, p, head) ? in
+                                         : align_down(in, s->subcluster_size);
+        p->we = sub_in_place(s, p, tail) ? in + n
+                                         : align_up(in + n,
+                                                    s->subcluster_size);
+    }
+    if (qcow2_overlaps_metadata(s, p->host + p->ws, p->we - p->ws)) {
+        qcow2_signal_corruption(s, "data write at host offset 0x%llx would "
+                                "overwrite metadata",
+                                (unsigned long long)(p->host + p->ws));
+        return -EIO;
+    }
+    return 0;
+}
+
+/* The new L2 entry after the data of plan p reached the host cluster. */
+static void
+plan_entry(struct qcow2_state *s, const struct write_plan *p,
+           struct qcow2_l2e *e)
+{
+    e->entry = p->host | QCOW2_OFLAG_COPIED;
+    e->bitmap = 0;
+    if (!s->extended_l2) {
+        return;
+    }
+    if (p->whole && p->free_old) {
+        e->bitmap = QCOW2_SUB_ALLOC_ALL;
+        return;
+    }
+    e->bitmap = (p->old.entry & QCOW2_OFLAG_COMPRESSED) ? 0 : p->old.bitmap;
+    for (uint64_t sc = p->ws / s->subcluster_size;
+         sc < div_round_up(p->we, s->subcluster_size); sc++) {
+        e->bitmap |= QCOW2_SUB_ALLOC(sc);
+        e->bitmap &= ~QCOW2_SUB_ZERO(sc);
+    }
+}
+
+/* Data phase (no s->lock): COW fill around [in, in+n), then write. */
+static int
+write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
+           uint64_t in, uint64_t n, const uint8_t *buf)
+{
+    CLEANUP_FREE uint8_t *bounce = NULL;
+    int ret = 0;
+
+    if (p->ws == in && p->we == in + n) {
+        block_debug_event(s->file, "write_aio");
+        return block_pwrite(s->file, p->host + in, n, buf, 0);
+    }
+    bounce = malloc(p->we - p->ws);
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    if (p->ws < in) {
+        block_debug_event(s->file, "cow_read");
+        ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
+              ? (memset(bounce, 0, in - p->ws), 0)
+              : read_with_entry(s, gc, &p->old, p->ws, in - p->ws, bounce);
+    }
+    if (ret == 0 && p->we > in + n) {
+        block_debug_event(s->file, "cow_read");
+        ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
+              ? (memset(bounce + (in + n - p->ws), 0, p->we - in - n), 0)
+              : read_with_entry(s, gc, &p->old, in + n, p->we - in - n,
+                                bounce + (in + n - p->ws));
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    memcpy(bounce + (in - p->ws), buf, n);
+    block_debug_event(s->file, "cow_write");
+    return block_pwrite(s->file, p->host + p->ws, p->we - p->ws, bounce, 0);
+}
+
+static int
+write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
+              const uint8_t *buf)
+{
+    struct write_plan p;
+    struct qcow2_l2e e;
+    int ret;
+
+    mutex_lock(&s->lock);
+    ret = s->corrupt ? -EIO : plan_write(s, gc, in, n, &p);
+    mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = write_data(s, gc, &p, in, n, buf);
+    mutex_lock(&s->lock);
+    if (ret < 0) {
+        if (p.new_alloc) {
+            /* Nothing points at it yet: give it back. */
+            qcow2_update_refcount(s, p.host, 1, -1, QCOW2_DISCARD_OTHER);
+        }
+    } else {
+        plan_entry(s, &p, &e);
+        if (e.entry != p.old.entry || e.bitmap != p.old.bitmap) {
+            ret = qcow2_set_l2e(s, gc, &e);
+        }
+        if (ret == 0 && p.free_old) {
+            struct free_list f = { 0 };
+
+            free_list_add_entry(s, &f, &p.old);
+            ret = free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+        }
+    }
+    mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int
+qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
+             const void *buf, unsigned flags)
+{
+    struct qcow2_state *s = node->opaque;
+    const uint8_t *p = buf;
+    struct qcow2_range r;
+    int ret = 0;
+
+    (void)flags;
+    range_lock(s, &r, offset, bytes, true);
+    while (bytes > 0 && ret == 0) {
+        uint64_t gc = offset >> s->cluster_bits;
+        uint64_t in = offset & (s->cluster_size - 1);
+        uint64_t n = MIN(bytes, s->cluster_size - in);
+
+        ret = write_cluster(s, gc, in, n, p);
+        offset += n;
+        bytes -= n;
+        p += n;
+    }
+    range_unlock(s, &r);
+    return ret;
+}
+
+/* ---- Zeroing and discarding --------------------------------------------- */
+
+/* Does subcluster range [a, b) of entry e already read as zeroes? */
+static bool
+reads_zero(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned a,
+           unsigned b)
+{
+    for (unsigned sc = a; sc < b; sc++) {
+        enum qcow2_cluster_type t;
+
+        if (sub_type(s, e, sc, &t) < 0) {
+            return false;
+        }
+        if (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+            continue;
+        }
+        if (t == QCOW2_CLUSTER_UNALLOCATED && !s->node->backing) {
+            continue;
+        }
+        return false;
+    }
+    return true;
+}
+
+/*
+ * New entry for zeroing subclusters [a, b) of a cluster (all of it in
+ * standard L2).  unmap: drop the host cluster.  Returns -ENOTSUP when the
+ * range cannot be expressed with zero flags.
+ */
+static int
+zero_entry(struct qcow2_state *s, const struct qcow2_l2e *old, unsigned a,
+           unsigned b, bool unmap, struct qcow2_l2e *e, bool *free_old)
+{
+    uint64_t host = old->entry & QCOW2_L2E_OFFSET_MASK;
+    bool compressed = old->entry & QCOW2_OFLAG_COMPRESSED;
+    bool copied = old->entry & QCOW2_OFLAG_COPIED;
+    unsigned nsub = s->extended_l2 ? QCOW2_EXTL2_SUBCLUSTERS : 1;
+    bool all = a == 0 && b == nsub;
+
+    *e = *old;
+    *free_old = false;
+    if (compressed || (host && !copied)) {
+        if (!all) {
+            return -ENOTSUP;
+        }
+        unmap = true;
+    }
+    if (unmap && s->discard_no_unref && !compressed && copied) {
+        unmap = false;
+    }
+    if (!s->extended_l2) {
+        if (s->h.version < 3) {
+            return -ENOTSUP;
+        }
+        e->entry = (unmap || !host) ? QCOW2_OFLAG_ZERO
+                                    : host | QCOW2_OFLAG_ZERO |
+                                      QCOW2_OFLAG_COPIED;
+        *free_old = unmap && (host || compressed);
+        return 0;
+    }
+    if (all && unmap) {
+        e->entry = 0;
+        e->bitmap = QCOW2_SUB_ZERO_ALL;
+        *free_old = host || compressed;
+        return 0;
+    }
+    for (unsigned sc = a; sc < b; sc++) {
+        e->bitmap |= QCOW2_SUB_ZERO(sc);
+        e->bitmap &= ~QCOW2_SUB_ALLOC(sc);
+    }
+    return 0;
+}
+
+/*
+ * Zero or discard [offset, offset+bytes) with s->lock held.  discard:
+ * entries become unallocated (or zero when a backing file would show
+ * through).  Pieces smaller than a subcluster: -ENOTSUP unless they
+ * already read as zeroes (zeroing) or are skipped (discard).
+ */
+static int
+zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+                  bool unmap, bool discard, struct free_list *f)
+{
+    uint64_t sc_size = s->subcluster_size;
+
+    while (bytes > 0) {
+        uint64_t gc = offset >> s->cluster_bits;
+        uint64_t in = offset & (s->cluster_size - 1);
+        uint64_t n = MIN(bytes, s->cluster_size - in);
+        bool start_ok = in % sc_size == 0;
+        bool end_ok = (in + n) % sc_size == 0 || offset + n >= s->h.size;
+        unsigned a = (unsigned)div_round_up(in, sc_size);
+        unsigned b = (unsigned)(end_ok ? div_round_up(in + n, sc_size)
+                                       : (in + n) / sc_size);
+        struct qcow2_l2e old, e;
+        bool free_old;
+        int ret;
+
+        ret = qcow2_get_l2e(s, gc, &old);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!discard && !(start_ok && end_ok)) {
+            /* Partial subcluster: fine only if it reads as zero already. */
+            if (!reads_zero(s, &old, (unsigned)(in / sc_size),
+                            (unsigned)div_round_up(in + n, sc_size))) {
+                return -ENOTSUP;
+            }
+            a = b;
+        }
+        if (a < b && (old.entry || old.bitmap || s->node->backing)) {
+            ret = zero_entry(s, &old, a, b, unmap || discard, &e, &free_old);
+            if (ret == -ENOTSUP && discard) {
+                ret = 0;
+                e = old;
+                free_old = false;
+            }
+            if (ret < 0) {
+                return ret;
+            }
+            if (discard && !s->node->backing && !s->extended_l2 &&
+                !(e.entry & ~QCOW2_OFLAG_ZERO)) {
+                e.entry = 0;    /* no backing: unallocated reads as zero */
+            }
+            if (discard && !s->node->backing && s->extended_l2 &&
+                e.entry == 0) {
+                e.bitmap = 0;
+            }
+            if (e.entry != old.entry || e.bitmap != old.bitmap) {
+                ret = qcow2_set_l2e(s, gc, &e);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+            if (free_old) {
+                free_list_add_entry(s, f, &old);
+            }
+        }
+        offset += n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+static int
+zero_or_discard(struct block_node *node, uint64_t offset, uint64_t bytes,
+                bool unmap, bool discard)
+{
+    struct qcow2_state *s = node->opaque;
+    struct free_list f = { 0 };
+    struct qcow2_range r;
+    int ret, ret2;
+
+    if (discard && s->h.version < 3 && node->backing) {
+        return 0;   /* v2 cannot hide the backing file: ignore, as QEMU */
+    }
+    range_lock(s, &r, offset, bytes, true);
+    mutex_lock(&s->lock);
+    ret = s->corrupt ? -EIO
+                     : zero_range_locked(s, offset, bytes, unmap, discard,
+                                         &f);
+    ret2 = free_list_commit(s, &f, QCOW2_DISCARD_REQUEST);
+    mutex_unlock(&s->lock);
+    range_unlock(s, &r);
+    return ret < 0 ? ret : ret2;
+}
+
+static int
+qcow2_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
+                    unsigned flags)
+{
+    return zero_or_discard(node, offset, bytes, flags & BLOCK_REQ_MAY_UNMAP,
+                           false);
+}
+
+static int
+qcow2_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
+{
+    return zero_or_discard(node, offset, bytes, true, true);
+}
+
+/* ---- Block status ------------------------------------------------------ */
+
+static int
+status_of(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
+          uint64_t *host)
+{
+    enum qcow2_cluster_type t;
+
+    if (sub_type(s, e, sc, &t) < 0) {
+        return -EIO;
+    }
+    *host = e->entry & QCOW2_L2E_OFFSET_MASK;
+    switch (t) {
+    case QCOW2_CLUSTER_NORMAL:
+        return BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID;
+    case QCOW2_CLUSTER_COMPRESSED:
+        return BLOCK_STATUS_DATA;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        return BLOCK_STATUS_ZERO;
+    default:
+        return 0;
+    }
+}
+
+static int
+qcow2_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
+                   uint64_t *pnum, uint64_t *map, struct block_node **file)
+{
+    struct qcow2_state *s = node->opaque;
+    uint64_t pos = offset, end = offset + bytes, want_host = 0;
+    int first = -1, ret = 0;
+
+    /* Bounded: at most one L2 table per call. */
+    end = MIN(end, align_up(offset + 1, s->cluster_size * s->l2_entries));
+    mutex_lock(&s->lock);
+    while (pos < end) {
+        uint64_t gc = pos >> s->cluster_bits;
+        uint64_t in = pos & (s->cluster_size - 1);
+        unsigned sc = (unsigned)(in / s->subcluster_size);
+        uint64_t next = MIN(end, (pos | (s->subcluster_size - 1)) + 1);
+        uint64_t host;
+        struct qcow2_l2e e;
+        int st;
+
+        ret = qcow2_get_l2e(s, gc, &e);
+        if (ret < 0) {
+            break;
+        }
+        st = status_of(s, &e, sc, &host);
+        if (st < 0) {
+            ret = st;
+            break;
+        }
+        host += sc * s->subcluster_size + (in % s->subcluster_size);
+        if (first < 0) {
+            first = st;
+            want_host = host;
+            *map = host;
+        } else if (st != first ||
+                   ((st & BLOCK_STATUS_OFFSET_VALID) && host != want_host)) {
+            break;
+        }
+        want_host += next - pos;
+        pos = next;
+    }
+    mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = pos - offset;
+    *file = s->file;
+    return first;
+}
+
+/* ---- Flush --------------------------------------------------------------- */
+
+static int
+flush_caches_locked(struct qcow2_state *s)
+{
+    int ret = qcow2_refcounts_stable(s);
+
+    if (ret == 0) {
+        ret = qcow2_cache_writeback(s, &s->l2_cache);
+    }
+    return ret;
+}
+
+static int
+qcow2_flush(struct block_node *node)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret;
+
+    if (node->read_only) {
+        return 0;
+    }
+    mutex_lock(&s->lock);
+    ret = flush_caches_locked(s);
+    mutex_unlock(&s->lock);
+    /* The core flushes the file next. */
+    return ret;
+}
+
+/* ---- make_empty ---------------------------------------------------------- */
+
+static bool
+cluster_is_live(struct qcow2_state *s, uint64_t c)
+{
+    return qcow2_overlaps_metadata(s, c << s->cluster_bits, 1);
+}
+
+/*
+ * Fast path: the L1 is already zero on disk.  Write a new one-cluster
+ * refcount table and one refcount block (counting header, L1 and
+ * themselves) into clusters the live structures do not use, switch the
+ * header to them in one write, then shrink the file.  Before the switch
+ * the old refcounts are intact (leaks only); after it the new ones are
+ * exact.
+ */
+static int
+rebuild_refcounts(struct qcow2_state *s, struct err **errp)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t l1_first = s->l1_offset >> s->cluster_bits;
+    uint64_t l1_n = div_round_up((uint64_t)s->l1_size * 8, cs);
+    uint64_t nt = 0, nb = 0, end;
+    CLEANUP_FREE uint8_t *rb = xzalloc(cs);
+    CLEANUP_FREE uint8_t *rt = xzalloc(cs);
+    uint8_t hdr[12];
+    int ret;
+
+    for (uint64_t c = 1; !nb; c++) {
+        if (!cluster_is_live(s, c)) {
+            if (!nt) {
+                nt = c;
+            } else {
+                nb = c;
+            }
+        }
+    }
+    if (MAX(nb, l1_first + l1_n) > s->refblock_entries) {
+        return -ENOTSUP;    /* does not fit one refblock: slow path */
+    }
+    qcow2_refcount_set(rb, 0, s->refcount_order, 1);
+    qcow2_refcount_set(rb, nt, s->refcount_order, 1);
+    qcow2_refcount_set(rb, nb, s->refcount_order, 1);
+    for (uint64_t c = l1_first; c < l1_first + l1_n; c++) {
+        qcow2_refcount_set(rb, c, s->refcount_order, 1);
+    }
+    st_be64(rt, nb * cs);
+    block_debug_event(s->file, "refblock_alloc");
+    ret = block_pwrite(s->file, nb * cs, cs, rb, 0);
+    if (ret == 0) {
+        ret = block_pwrite(s->file, nt * cs, cs, rt, 0);
+    }
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    st_be64(hdr, nt * cs);
+    st_be32(hdr + 8, 1);
+    if (ret == 0) {
+        ret = block_pwrite(s->file, QCOW2_HDR_OFF_REFTABLE, sizeof(hdr), hdr,
+                           0);
+    }
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not rebuild the refcount table");
+        return ret;
+    }
+    qcow2_cache_discard_all(&s->rb_cache);
+    free(s->reftable);
+    s->reftable_entries = cs / 8;
+    s->reftable = xcalloc(s->reftable_entries, sizeof(uint64_t));
+    s->reftable[0] = nb * cs;
+    s->reftable_offset = nt * cs;
+    s->reftable_clusters = 1;
+    s->free_hint = 1;
+    end = MAX((nb + 1) * cs, s->l1_offset + (uint64_t)s->l1_size * 8);
+    end = MAX(end, (nt + 1) * cs);
+    /* Shrinking is best effort: a failure only leaves free space. */
+    block_truncate(s->file, end, NULL);
+    return 0;
+}
+
+/* Slow path: free every L2 table and data cluster through refcounts. */
+static int
+free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
+                  struct err **errp)
+{
+    struct free_list f = { 0 };
+    int ret = 0;
+
+    for (uint32_t i = 0; i < s->l1_size && ret == 0; i++) {
+        uint64_t l2off = old_l1[i] & QCOW2_L1E_OFFSET_MASK;
+        uint8_t *l2;
+
+        if (!l2off) {
+            continue;
+        }
+        ret = qcow2_cache_get(s, &s->l2_cache, l2off, false, &l2);
+        for (uint64_t j = 0; ret == 0 && j < s->l2_entries; j++) {
+            struct qcow2_l2e e = {
+                .entry = ld_be64(l2 + j * s->l2_entry_size),
+            };
+
+            free_list_add_entry(s, &f, &e);
+        }
+        if (ret == 0) {
+            qcow2_cache_put(&s->l2_cache, l2);
+        }
+        free_list_add(&f, l2off, 1);
+    }
+    qcow2_cache_discard_all(&s->l2_cache);
+    if (ret == 0) {
+        ret = free_list_commit(s, &f, QCOW2_DISCARD_SNAPSHOT);
+    } else {
+        free(f.off);
+        free(f.n);
+    }
+    if (ret == 0) {
+        ret = qcow2_refcounts_stable(s);
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not free the image's clusters");
+    }
+    return ret;
+}
+
+static int
+make_empty_locked(struct qcow2_state *s, struct err **errp)
+{
+    uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
+    CLEANUP_FREE uint64_t *old_l1 = NULL;
+    CLEANUP_FREE uint8_t *zero = NULL;
+    int ret;
+
+    ret = flush_caches_locked(s);
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not flush qcow2 metadata");
+        return ret;
+    }
+    old_l1 = xcalloc(MAX(s->l1_size, 1), sizeof(uint64_t));
+    memcpy(old_l1, s->l1, l1_bytes);
+    zero = xzalloc(MAX(l1_bytes, 1));
+    /* Rule 3: every pointer into the data goes away first, durably. */
+    block_debug_event(s->file, "l1_update");
+    ret = l1_bytes ? block_pwrite(s->file, s->l1_offset, l1_bytes, zero, 0)
+                   : 0;
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not clear the L1 table");
+        return ret;
+    }
+    memset(s->l1, 0, l1_bytes);
+    qcow2_cache_discard_all(&s->l2_cache);
+    if (s->h.version >= 3) {
+        ret = rebuild_refcounts(s, errp);
+        if (ret != -ENOTSUP) {
+            return ret;
+        }
+    }
+    return free_all_mappings(s, old_l1, errp);
+}
+
+static int
+qcow2_make_empty(struct block_node *node, struct err **errp)
+{
+    struct qcow2_state *s = node->opaque;
+    struct qcow2_range r;
+    int ret;
+
+    if (node->read_only) {
+        err_setf(errp, "Block node '%s' is read-only", node->node_name);
+        return -EPERM;
+    }
+    range_lock(s, &r, 0, UINT64_MAX >> 1, true);
+    mutex_lock(&s->lock);
+    if (s->corrupt) {
+        err_setf(errp, "qcow2 image '%s' is corrupt", node->node_name);
+        ret = -EIO;
+    } else {
+        ret = make_empty_locked(s, errp);
+    }
+    mutex_unlock(&s->lock);
+    range_unlock(s, &r);
+    return ret;
+}
+
+/* ---- Truncate ------------------------------------------------------------ */
+
+static int
+qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
+{
+    struct qcow2_state *s = node->opaque;
+    uint64_t old = s->h.size;
+    uint64_t need = div_round_up(length, s->cluster_size * s->l2_entries);
+    struct qcow2_range r;
+    uint8_t be[8];
+    int ret;
+
+    if (length % 512) {
+        err_setf(errp, "The new size must be a multiple of 512");
+        return -EINVAL;
+    }
+    if (length < old) {
+        err_setf(errp, "qcow2 doesn't support shrinking images yet");
+        return -ENOTSUP;
+    }
+    range_lock(s, &r, 0, UINT64_MAX >> 1, true);
+    mutex_lock(&s->lock);
+    ret = s->corrupt ? -EIO : qcow2_grow_l1(s, need);
+    if (ret == 0) {
+        st_be64(be, length);
+        ret = block_pwrite(s->file, QCOW2_HDR_OFF_SIZE, 8, be, 0);
+    }
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret == 0) {
+        s->h.size = length;
+    }
+    mutex_unlock(&s->lock);
+    range_unlock(s, &r);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Failed to grow the qcow2 image");
+        return ret;
+    }
+    if (node->backing && length > old) {
+        /* The backing file must not show through the new area. */
+        __atomic_store_n(&node->size, length, __ATOMIC_RELAXED);
+        ret = block_pwrite_zeroes(node, old, length - old, 0);
+        if (ret < 0) {
+            err_setf_errno(errp, -ret, "Failed to zero the grown area");
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* ---- Open and close ------------------------------------------------------ */
+
+static int
+read_header(struct qcow2_state *s, struct err **errp)
+{
+    int64_t flen = block_getlength(s->file);
+    uint64_t len;
+    CLEANUP_FREE uint8_t *buf = NULL;
+    int ret;
+
+    if (flen < 0) {
+        err_setf_errno(errp, (int)-flen, "Could not get the image size");
+        return (int)flen;
+    }
+    len = MIN((uint64_t)flen, MAX_HEADER_READ);
+    if (len < QCOW2_V2_HEADER_LEN) {
+        err_setf(errp, "Image is not in qcow2 format");
+        return -EINVAL;
+    }
+    buf = xmalloc(len);
+    ret = block_pread(s->file, 0, len, buf, 0);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not read qcow2 header");
+        return ret;
+    }
+    return qcow2_header_parse(buf, len, &s->h, errp);
+}
+
+static int
+check_flags(struct block_node *node, struct qcow2_state *s, struct err **errp)
+{
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT &&
+        !node->read_only) {
+        err_setf(errp, "qcow2: Image is corrupt; cannot be opened "
+                 "read/write (repair it with 'qemu-img check -r all')");
+        return -EACCES;
+    }
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY &&
+        !node->read_only) {
+        err_setf(errp, "qcow2: Image is dirty (refcounts may be stale); "
+                 "repair it with 'qemu-img check -r all' before opening it "
+                 "read/write");
+        return -EACCES;
+    }
+    return 0;
+}
+
+/* A program without bitmap support must clear the autoclear bits before
+ * it changes the image (qcow2 spec, autoclear features). */
+static int
+clear_autoclear(struct qcow2_state *s, struct err **errp)
+{
+    uint8_t be[8] = { 0 };
+    int ret;
+
+    if (s->node->read_only || s->h.version < 3 ||
+        !s->h.autoclear_features) {
+        return 0;
+    }
+    ret = block_pwrite(s->file, QCOW2_HDR_OFF_AUTOCLEAR, 8, be, 0);
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not update the qcow2 header");
+        return ret;
+    }
+    s->h.autoclear_features = 0;
+    return 0;
+}
+
+static int
+load_l1(struct qcow2_state *s, struct err **errp)
+{
+    uint64_t bytes = (uint64_t)s->h.l1_size * 8;
+    CLEANUP_FREE uint8_t *buf = NULL;
+    int ret;
+
+    s->l1_size = s->h.l1_size;
+    s->l1_offset = s->h.l1_table_offset;
+    s->l1 = xcalloc(MAX(s->l1_size, 1), sizeof(uint64_t));
+    if (!bytes) {
+        return 0;
+    }
+    if (s->l1_offset + bytes >= QCOW2_MAX_HOST_OFFSET ||
+        s->l1_offset < s->cluster_size) {
+        err_setf(errp, "Invalid L1 table offset");
+        return -EINVAL;
+    }
+    buf = xmalloc(bytes);
+    ret = block_pread(s->file, s->l1_offset, bytes, buf, 0);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not read L1 table");
+        return ret;
+    }
+    for (uint64_t i = 0; i < s->l1_size; i++) {
+        s->l1[i] = ld_be64(buf + i * 8);
+    }
+    return 0;
+}
+
+static int
+refuse_options(json_t *options, struct err **errp)
+{
+    if (block_opt_bool(options, "lazy-refcounts", false)) {
+        err_setf(errp, "qcow2: lazy-refcounts=on is not supported");
+        return -ENOTSUP;
+    }
+    if (json_object_get(options, "data-file")) {
+        err_setf(errp, "qcow2: external data files are not supported");
+        return -ENOTSUP;
+    }
+    if (json_object_get(options, "encrypt")) {
+        err_setf(errp, "qcow2: encryption is not supported");
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+static void
+setup_caches(struct qcow2_state *s, json_t *options)
+{
+    uint64_t cs = s->cluster_size;
+    int64_t total = block_opt_int(options, "cache-size", -1);
+    int64_t l2 = block_opt_int(options, "l2-cache-size", -1);
+    int64_t rb = block_opt_int(options, "refcount-cache-size", -1);
+    uint64_t l2n, rbn;
+
+    if (l2 < 0 && total >= 0) {
+        l2 = rb >= 0 ? MAX(total - rb, 0) : total - total / 4;
+    }
+    if (rb < 0 && total >= 0) {
+        rb = MAX(total - MAX(l2, 0), 0);
+    }
+    if (l2 >= 0) {
+        l2n = (uint64_t)l2 / cs;
+    } else {
+        l2n = MIN(MIN((uint64_t)s->l1_size, DEFAULT_L2_CACHE_BYTES / cs),
+                  MAX_DEFAULT_L2_ENTRIES);
+    }
+    rbn = rb >= 0 ? (uint64_t)rb / cs : MIN_RB_ENTRIES;
+    l2n = MIN(MAX(l2n, MIN_L2_ENTRIES), 65536);
+    rbn = MIN(MAX(rbn, MIN_RB_ENTRIES), 65536);
+    qcow2_cache_init(&s->l2_cache, "L2", l2n, cs, qcow2_refcounts_stable);
+    qcow2_cache_init(&s->rb_cache, "refblock", rbn, cs, NULL);
+}
+
+static bool
+file_is_qcow2(const char *path)
+{
+    unsigned char m[4] = { 0 };
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd >= 0) {
+        if (read(fd, m, 4) != 4) {
+            memset(m, 0, 4);
+        }
+        close(fd);
+    }
+    return memcmp(m, "QFI\xfb", 4) == 0;
+}
+
+/* "backing" absent: open what the header names, read-only. */
+static int
+open_backing_from_header(struct block_node *node, struct qcow2_state *s,
+                         struct err **errp)
+{
+    CLEANUP_FREE char *path = NULL;
+    const char *fmt;
+    json_t *opts;
+    struct block_child *c;
+
+    if (!s->h.has_backing_file) {
+        return 0;
+    }
+    path = qcow2_resolve_backing(qcow2_node_filename(s->file),
+                                 s->h.backing_file);
+    fmt = s->h.has_backing_fmt ? s->h.backing_fmt
+                               : (file_is_qcow2(path) ? "qcow2" : "raw");
+    if (!block_driver_find(fmt)) {
+        err_setf(errp, "Could not open backing file: Unknown driver '%s'",
+                 fmt);
+        return -EINVAL;
+    }
+    opts = json_pack("{s:{s:s, s:{s:s, s:s}}}", "backing", "driver", fmt,
+                     "file", "driver", "file", "filename", path);
+    c = block_node_open_child(node, opts, "backing", errp);
+    json_decref(opts);
+    if (!c) {
+        err_prepend(errp, "Could not open backing file: ");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int
+open_backing(struct block_node *node, struct qcow2_state *s, json_t *options,
+             struct err **errp)
+{
+    json_t *b = json_object_get(options, "backing");
+
+    if (!b) {
+        return open_backing_from_header(node, s, errp);
+    }
+    if (json_is_null(b)) {
+        return 0;
+    }
+    return block_node_open_child(node, options, "backing", errp) ? 0
+                                                                 : -EINVAL;
+}
+
+static void
+init_geometry(struct block_node *node, struct qcow2_state *s,
+              json_t *options)
+{
+    s->cluster_bits = s->h.cluster_bits;
+    s->cluster_size = s->h.cluster_size;
+    s->extended_l2 = s->h.extended_l2;
+    s->l2_entry_size = s->h.l2_entry_size;
+    s->l2_entries = s->h.l2_entries;
+    s->subcluster_size = s->extended_l2
+                         ? s->cluster_size / QCOW2_EXTL2_SUBCLUSTERS
+                         : s->cluster_size;
+    s->refcount_order = s->h.refcount_order;
+    s->refblock_entries = s->cluster_size * 8 >> s->refcount_order;
+    s->reftable_offset = s->h.refcount_table_offset;
+    s->reftable_clusters = s->h.refcount_table_clusters;
+    s->free_hint = 1;
+    s->discard_passthrough[QCOW2_DISCARD_REQUEST] =
+        block_opt_bool(options, "pass-discard-request", node->discard_unmap);
+    s->discard_passthrough[QCOW2_DISCARD_SNAPSHOT] =
+        block_opt_bool(options, "pass-discard-snapshot", true);
+    s->discard_passthrough[QCOW2_DISCARD_OTHER] =
+        block_opt_bool(options, "pass-discard-other", false);
+    s->discard_no_unref = block_opt_bool(options, "discard-no-unref", false);
+    node->limits.request_alignment = 1;
+    node->limits.pdiscard_alignment = (uint32_t)s->cluster_size;
+    node->limits.pwrite_zeroes_alignment = (uint32_t)s->subcluster_size;
+    node->limits.opt_transfer = (uint32_t)s->cluster_size;
+    node->supported_write_flags = 0;
+    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
+}
+
+static void
+state_free(struct qcow2_state *s)
+{
+    qcow2_cache_destroy(&s->l2_cache);
+    qcow2_cache_destroy(&s->rb_cache);
+    free(s->l1);
+    free(s->reftable);
+    s->l1 = NULL;
+    s->reftable = NULL;
+    mutex_destroy(&s->lock);
+    cond_destroy(&s->range_cond);
+}
+
+static int
+qcow2_open(struct block_node *node, json_t *options, struct err **errp)
+{
+    struct qcow2_state *s = node->opaque;
+    int ret;
+
+    s->node = node;
+    mutex_init(&s->lock);
+    cond_init(&s->range_cond);
+    TAILQ_INIT(&s->ranges);
+    ret = refuse_options(options, errp);
+    if (ret < 0) {
+        goto out_lock;
+    }
+    if (!block_node_open_child(node, options, "file", errp)) {
+        ret = -EINVAL;
+        goto out_lock;
+    }
+    s->file = node->file->node;
+    ret = read_header(s, errp);
+    if (ret == 0) {
+        ret = check_flags(node, s, errp);
+    }
+    if (ret < 0) {
+        goto out_lock;
+    }
+    init_geometry(node, s, options);
+    ret = load_l1(s, errp);
+    if (ret == 0) {
+        ret = qcow2_refcount_load_table(s, errp);
+    }
+    if (ret < 0) {
+        goto out_tables;
+    }
+    setup_caches(s, options);
+    ret = clear_autoclear(s, errp);
+    if (ret == 0) {
+        ret = open_backing(node, s, options, errp);
+    }
+    if (ret < 0) {
+        goto out_caches;
+    }
+    s->corrupt = s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+    return 0;
+
+out_caches:
+out_tables:
+    state_free(s);
+    return ret;
+out_lock:
+    mutex_destroy(&s->lock);
+    cond_destroy(&s->range_cond);
+    return ret;
+}
+
+static void
+qcow2_close(struct block_node *node)
+{
+    struct qcow2_state *s = node->opaque;
+
+    if (!node->read_only) {
+        mutex_lock(&s->lock);
+        if (flush_caches_locked(s) == 0) {
+            block_flush(s->file);
+        }
+        mutex_unlock(&s->lock);
+    }
+    state_free(s);
+}
+
+static int64_t
+qcow2_getlength(struct block_node *node)
+{
+    struct qcow2_state *s = node->opaque;
+
+    return (int64_t)s->h.size;
+}
+
+static void
+qcow2_query(struct block_node *node, json_t *info)
+{
+    struct qcow2_state *s = node->opaque;
+    json_t *data;
+
+    if (s->h.version < 3) {
+        data = json_pack("{s:s, s:s, s:i}", "compat", "0.10",
+                         "compression-type", "zlib", "refcount-bits",
+                         (json_int_t)s->h.refcount_bits);
+    } else {
+        data = json_pack("{s:s, s:s, s:b, s:i, s:b, s:b}", "compat", "1.1",
+                         "compression-type", "zlib", "lazy-refcounts", 0,
+                         "refcount-bits", (json_int_t)s->h.refcount_bits,
+                         "corrupt", s->corrupt, "extended-l2",
+                         s->extended_l2);
+    }
+    json_object_set_new(info, "format-specific",
+                        json_pack("{s:s, s:o}", "type", "qcow2", "data",
+                                  data));
+}
+
+const struct block_driver qcow2_driver = {
+    .name = "qcow2",
+    .kind = BLOCK_KIND_FORMAT,
+    .state_size = sizeof(struct qcow2_state),
+    .options = qcow2_opts,
+    .serialize_requests = false,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .getlength = qcow2_getlength,
+    .pread = qcow2_pread,
+    .pwrite = qcow2_pwrite,
+    .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .pdiscard = qcow2_pdiscard,
+    .flush = qcow2_flush,
+    .block_status = qcow2_block_status,
+    .truncate = qcow2_truncate,
+    .make_empty = qcow2_make_empty,
+    .query = qcow2_query,
+};
