@@ -8,19 +8,23 @@
 #include "lockstep/block.h"
 
 extern const struct block_driver blkdebug_driver;
+extern const struct block_driver cbw_driver;
 extern const struct block_driver file_driver;
 extern const struct block_driver nbd_driver;
 extern const struct block_driver null_co_driver;
 extern const struct block_driver qcow2_driver;
 extern const struct block_driver raw_driver;
+extern const struct block_driver snapshot_access_driver;
 
 const struct block_driver *const block_drivers[] = {
     &blkdebug_driver,
+    &cbw_driver,
     &file_driver,
     &nbd_driver,
     &null_co_driver,
     &qcow2_driver,
     &raw_driver,
+    &snapshot_access_driver,
     NULL,
 };
 
