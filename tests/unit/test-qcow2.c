@@ -1,0 +1,480 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests for the qcow2 format logic: header decoding accepts good
+ * headers and refuses each kind of bad one with a clear message, L2 entry
+ * and subcluster classification, compressed descriptors, refcount packing
+ * for every width (against a naive model), and through the driver:
+ * qcow2_create() for every cluster size and refcount width, a write/read
+ * round trip, and make_empty on a 10 GiB image with 1 GiB allocated, which
+ * must take well under a second and leave an image qemu-img check accepts.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "block/format/qcow2/qcow2-endian.h"
+#include "block/format/qcow2/qcow2.h"
+#include "lockstep/block.h"
+#include "util.h"
+
+/* ---- Header decoding ------------------------------------------------- */
+
+/* A valid v3 header for a 1 GiB image with 64 KiB clusters. */
+static void
+make_header(uint8_t *b, size_t len)
+{
+    memset(b, 0, len);
+    st_be32(b, QCOW2_MAGIC);
+    st_be32(b + 4, 3);
+    st_be32(b + 20, 16);
+    st_be64(b + 24, GiB);
+    st_be32(b + 36, 2);
+    st_be64(b + 40, 0x30000);
+    st_be64(b + 48, 0x10000);
+    st_be32(b + 56, 1);
+    st_be32(b + 96, 4);
+    st_be32(b + 100, 112);
+}
+
+static int
+parse(const uint8_t *b, size_t len, struct qcow2_header *h, char **msg)
+{
+    struct err *e = NULL;
+    int ret = qcow2_header_parse(b, len, h, &e);
+
+    *msg = NULL;
+    if (e) {
+        *msg = xstrdup(e->msg);
+        err_free(e);
+    }
+    return ret;
+}
+
+static void
+expect_refused(const uint8_t *b, size_t len, const char *needle)
+{
+    struct qcow2_header h;
+    char *msg;
+    int ret = parse(b, len, &h, &msg);
+
+    assert_true(ret < 0);
+    assert_non_null(msg);
+    if (!strstr(msg, needle)) {
+        fail_msg("message '%s' does not contain '%s'", msg, needle);
+    }
+    free(msg);
+}
+
+static void
+test_header_valid(void **state)
+{
+    static uint8_t b[65536];
+    struct qcow2_header h;
+    char *msg;
+    uint64_t off = 112;
+
+    (void)state;
+    make_header(b, sizeof(b));
+    /* Backing format extension and a backing name. */
+    st_be32(b + off, QCOW2_EXT_BACKING_FORMAT);
+    st_be32(b + off + 4, 5);
+    memcpy(b + off + 8, "qcow2", 5);
+    off += 16;
+    st_be32(b + off, 0x12345678);     /* unknown extension: skipped */
+    st_be32(b + off + 4, 3);
+    off += 16 + 8;
+    st_be64(b + 8, off);
+    st_be32(b + 16, 8);
+    memcpy(b + off, "base.img", 8);
+    assert_int_equal(parse(b, sizeof(b), &h, &msg), 0);
+    assert_null(msg);
+    assert_int_equal(h.version, 3);
+    assert_int_equal(h.cluster_size, 65536);
+    assert_int_equal(h.refcount_bits, 16);
+    assert_int_equal(h.l2_entries, 8192);
+    assert_true(h.has_backing_file);
+    assert_string_equal(h.backing_file, "base.img");
+    assert_true(h.has_backing_fmt);
+    assert_string_equal(h.backing_fmt, "qcow2");
+
+    /* Version 2: 72-byte header, 16-bit refcounts. */
+    make_header(b, sizeof(b));
+    st_be32(b + 4, 2);
+    st_be32(b + 96, 0);
+    st_be32(b + 100, 0);
+    assert_int_equal(parse(b, sizeof(b), &h, &msg), 0);
+    assert_int_equal(h.refcount_bits, 16);
+    assert_int_equal(h.header_length, 72);
+}
+
+static void
+test_header_refused(void **state)
+{
+    static uint8_t b[65536];
+
+    (void)state;
+    make_header(b, sizeof(b));
+    b[0] = 'X';
+    expect_refused(b, sizeof(b), "not in qcow2 format");
+    make_header(b, sizeof(b));
+    st_be32(b + 4, 4);
+    expect_refused(b, sizeof(b), "version 4");
+    make_header(b, sizeof(b));
+    st_be32(b + 20, 8);
+    expect_refused(b, sizeof(b), "cluster size");
+    make_header(b, sizeof(b));
+    st_be32(b + 20, 22);
+    expect_refused(b, sizeof(b), "cluster size");
+    make_header(b, sizeof(b));
+    st_be32(b + 96, 7);
+    expect_refused(b, sizeof(b), "Refcount order");
+    make_header(b, sizeof(b));
+    st_be32(b + 100, 100);
+    expect_refused(b, sizeof(b), "header length");
+    make_header(b, sizeof(b));
+    st_be64(b + 40, 0x30200);
+    expect_refused(b, sizeof(b), "L1 table offset");
+    make_header(b, sizeof(b));
+    st_be32(b + 36, 1);
+    expect_refused(b, sizeof(b), "L1 table is too small");
+    make_header(b, sizeof(b));
+    st_be64(b + 48, 0x10001);
+    expect_refused(b, sizeof(b), "reference count table offset");
+    make_header(b, sizeof(b));
+    st_be64(b + 24, GiB + 100);
+    expect_refused(b, sizeof(b), "multiple of 512");
+    make_header(b, sizeof(b));
+    st_be64(b + 72, 1ULL << 5 | 1ULL << 40);
+    expect_refused(b, sizeof(b), "Unknown incompatible feature bit 5, "
+                   "Unknown incompatible feature bit 40");
+    make_header(b, sizeof(b));
+    st_be64(b + 72, QCOW2_INCOMPAT_DATA_FILE);
+    expect_refused(b, sizeof(b), "external data file");
+    make_header(b, sizeof(b));
+    st_be32(b + 32, QCOW2_CRYPT_LUKS);
+    expect_refused(b, sizeof(b), "Encrypted");
+    make_header(b, sizeof(b));
+    st_be32(b + 60, 1);
+    st_be64(b + 64, 0x40000);
+    expect_refused(b, sizeof(b), "internal snapshots");
+    make_header(b, sizeof(b));
+    st_be64(b + 80, QCOW2_COMPAT_LAZY_REFCOUNTS);
+    expect_refused(b, sizeof(b), "lazy refcounts");
+    make_header(b, sizeof(b));
+    st_be64(b + 72, QCOW2_INCOMPAT_EXTL2);
+    st_be32(b + 20, 12);
+    st_be32(b + 36, 2048);
+    expect_refused(b, sizeof(b), "at least 16384");
+    make_header(b, sizeof(b));
+    st_be64(b + 8, 65530);
+    st_be32(b + 16, 100);
+    expect_refused(b, sizeof(b), "outside the header cluster");
+    make_header(b, sizeof(b));
+    st_be32(b + 112, QCOW2_EXT_BACKING_FORMAT);
+    st_be32(b + 116, 70000);
+    expect_refused(b, sizeof(b), "truncated");
+    make_header(b, sizeof(b));
+    expect_refused(b, 50, "not in qcow2 format");
+}
+
+/* ---- Entries --------------------------------------------------------- */
+
+static enum qcow2_cluster_type
+type_of(uint64_t entry, bool ext, int version)
+{
+    enum qcow2_cluster_type t;
+
+    assert_int_equal(qcow2_l2_entry_type(entry, 0, ext, version, 16, &t), 0);
+    return t;
+}
+
+static void
+test_l2_entries(void **state)
+{
+    enum qcow2_cluster_type t;
+    uint64_t off, len;
+
+    (void)state;
+    assert_int_equal(type_of(0, false, 3), QCOW2_CLUSTER_UNALLOCATED);
+    assert_int_equal(type_of(0x50000 | QCOW2_OFLAG_COPIED, false, 3),
+                     QCOW2_CLUSTER_NORMAL);
+    assert_int_equal(type_of(0x50000, false, 3), QCOW2_CLUSTER_NORMAL);
+    assert_int_equal(type_of(QCOW2_OFLAG_ZERO, false, 3),
+                     QCOW2_CLUSTER_ZERO_PLAIN);
+    assert_int_equal(type_of(0x50000 | QCOW2_OFLAG_ZERO | QCOW2_OFLAG_COPIED,
+                             false, 3), QCOW2_CLUSTER_ZERO_ALLOC);
+    assert_int_equal(type_of(QCOW2_OFLAG_COMPRESSED | 0x12345, false, 3),
+                     QCOW2_CLUSTER_COMPRESSED);
+    /* Broken entries. */
+    assert_int_equal(qcow2_l2_entry_type(0x50200, 0, false, 3, 16, &t), -EIO);
+    assert_int_equal(qcow2_l2_entry_type(0x50000 | 2, 0, false, 3, 16, &t),
+                     -EIO);
+    assert_int_equal(qcow2_l2_entry_type(1ULL << 60 | 0x50000, 0, false, 3,
+                                         16, &t), -EIO);
+    assert_int_equal(qcow2_l2_entry_type(QCOW2_OFLAG_ZERO, 0, false, 2, 16,
+                                         &t), -EIO);
+    assert_int_equal(qcow2_l2_entry_type(QCOW2_OFLAG_ZERO, 0, true, 3, 16,
+                                         &t), -EIO);
+    assert_int_equal(qcow2_l2_entry_type(QCOW2_OFLAG_COPIED, 0, false, 3, 16,
+                                         &t), -EIO);
+    assert_int_equal(qcow2_l2_entry_type(QCOW2_OFLAG_COMPRESSED |
+                                         QCOW2_OFLAG_COPIED, 0, false, 3, 16,
+                                         &t), -EIO);
+    /* Subclusters. */
+    assert_int_equal(qcow2_subcluster_type(0x50000, QCOW2_SUB_ALLOC(3), 3,
+                                           &t), 0);
+    assert_int_equal(t, QCOW2_CLUSTER_NORMAL);
+    assert_int_equal(qcow2_subcluster_type(0x50000, QCOW2_SUB_ALLOC(3), 4,
+                                           &t), 0);
+    assert_int_equal(t, QCOW2_CLUSTER_UNALLOCATED);
+    assert_int_equal(qcow2_subcluster_type(0, QCOW2_SUB_ZERO(7), 7, &t), 0);
+    assert_int_equal(t, QCOW2_CLUSTER_ZERO_PLAIN);
+    assert_int_equal(qcow2_subcluster_type(0, QCOW2_SUB_ALLOC(1), 1, &t),
+                     -EIO);
+    assert_int_equal(qcow2_subcluster_type(0x50000, QCOW2_SUB_ALLOC(2) |
+                                           QCOW2_SUB_ZERO(2), 2, &t), -EIO);
+    /* Compressed descriptor, 64 KiB clusters: 54 offset bits. */
+    qcow2_compressed_decode(QCOW2_OFLAG_COMPRESSED | (3ULL << 54) | 0x70123,
+                            16, &off, &len);
+    assert_int_equal(off, 0x70123);
+    assert_int_equal(len, 4 * 512 - 0x123);
+    /* 2 MiB clusters: 49 offset bits. */
+    qcow2_compressed_decode((1ULL << 49) | 0x200, 21, &off, &len);
+    assert_int_equal(off, 0x200);
+    assert_int_equal(len, 1024);
+}
+
+static void
+test_refcounts(void **state)
+{
+    uint8_t block[512];
+    uint64_t model[4096];
+
+    (void)state;
+    srand(42);
+    for (unsigned order = 0; order <= 6; order++) {
+        uint64_t n = sizeof(block) * 8 >> order;
+        uint64_t max = qcow2_refcount_max(order);
+
+        memset(block, 0, sizeof(block));
+        memset(model, 0, sizeof(model));
+        for (int round = 0; round < 20000; round++) {
+            uint64_t i = (uint64_t)rand() % n;
+            uint64_t v = (((uint64_t)rand() << 32) ^ (uint64_t)rand()) & max;
+
+            if (round % 7 == 0) {
+                v = max;
+            }
+            qcow2_refcount_set(block, i, order, v);
+            model[i] = v;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            assert_int_equal(qcow2_refcount_get(block, i, order), model[i]);
+        }
+    }
+    /* Layout: LSB first for sub-byte widths, big-endian otherwise. */
+    memset(block, 0, sizeof(block));
+    qcow2_refcount_set(block, 1, 0, 1);
+    assert_int_equal(block[0], 0x02);
+    qcow2_refcount_set(block, 1, 2, 0xa);
+    assert_int_equal(block[0], 0xa0 | 0x02);
+    memset(block, 0, sizeof(block));
+    qcow2_refcount_set(block, 1, 4, 0x1234);
+    assert_int_equal(block[2], 0x12);
+    assert_int_equal(block[3], 0x34);
+    assert_int_equal(qcow2_refcount_max(0), 1);
+    assert_int_equal(qcow2_refcount_max(4), 0xffff);
+    assert_true(qcow2_refcount_max(6) == UINT64_MAX);
+}
+
+/* ---- Through the driver ---------------------------------------------- */
+
+static char tmpdir[] = "/tmp/test-qcow2-XXXXXX";
+
+static char *
+tmp_path(const char *name)
+{
+    return xasprintf("%s/%s", tmpdir, name);
+}
+
+static void
+create_image(const char *path, uint64_t size,
+             const struct qcow2_create_opts *o)
+{
+    struct err *e = NULL;
+    struct block_node *file;
+    FILE *f = fopen(path, "w");
+
+    assert_non_null(f);
+    fclose(f);
+    file = block_node_open_file(path, "file", false, &e);
+    assert_null(e);
+    assert_int_equal(qcow2_create(file, size, o, &e), 0);
+    block_node_unref(file);
+}
+
+static struct block_handle *
+open_image(const char *path, struct block_node **node)
+{
+    struct err *e = NULL;
+    struct block_handle *h;
+
+    *node = block_node_open_file(path, "qcow2", false, &e);
+    if (e) {
+        fail_msg("open: %s", e->msg);
+    }
+    h = block_handle_new(*node, "test", BLOCK_PERM_CONSISTENT_READ |
+                         BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE,
+                         BLOCK_PERM_ALL, &e);
+    assert_non_null(h);
+    return h;
+}
+
+static void
+close_image(struct block_handle *h, struct block_node *node)
+{
+    block_handle_free(h);
+    block_node_unref(node);
+}
+
+/* qemu-img check exit status (0 clean), or 0 when qemu-img is missing. */
+static int
+qemu_img_check(const char *path)
+{
+    char *cmd;
+    int ret;
+
+    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
+        return 0;
+    }
+    cmd = xasprintf("qemu-img check -q '%s'", path);
+    ret = system(cmd);
+    free(cmd);
+    return WEXITSTATUS(ret);
+}
+
+static void
+test_create_roundtrip(void **state)
+{
+    static const unsigned orders[] = { 0, 4, 6 };
+    uint8_t *buf = xmalloc(300000), *back = xmalloc(300000);
+
+    (void)state;
+    for (unsigned cb = 9; cb <= 21; cb++) {
+        for (size_t oi = 0; oi < ARRAY_SIZE(orders); oi++) {
+            struct qcow2_create_opts o = {
+                .cluster_size = 1ULL << cb,
+                .refcount_bits = 1U << orders[oi],
+                .extended_l2 = cb >= 14 && oi == 1,
+            };
+            char *path = tmp_path("rt.qcow2");
+            struct block_node *node;
+            struct block_handle *h;
+
+            create_image(path, 64 * MiB, &o);
+            h = open_image(path, &node);
+            memset(buf, (int)(cb * 7 + oi), 300000);
+            assert_int_equal(block_handle_pwrite(h, 12345, 300000, buf, 0),
+                             0);
+            assert_int_equal(block_handle_pwrite_zeroes(h, 40 * MiB, 2 * MiB,
+                                                        0), 0);
+            assert_int_equal(block_handle_pread(h, 12345, 300000, back, 0),
+                             0);
+            assert_memory_equal(buf, back, 300000);
+            close_image(h, node);
+            assert_int_equal(qemu_img_check(path), 0);
+            unlink(path);
+            free(path);
+        }
+    }
+    free(buf);
+    free(back);
+}
+
+static void
+test_make_empty_fast(void **state)
+{
+    struct qcow2_create_opts o = { 0 };
+    char *path = tmp_path("empty.qcow2");
+    size_t chunk = 4 * MiB;
+    uint8_t *buf = xmalloc(chunk);
+    struct block_node *node;
+    struct block_handle *h;
+    struct err *e = NULL;
+    struct stat st;
+    int64_t t0, t1;
+    uint64_t pnum;
+
+    (void)state;
+    create_image(path, 10 * GiB, &o);
+    h = open_image(path, &node);
+    memset(buf, 0x5c, chunk);
+    /* 1 GiB spread over the disk: 256 chunks of 4 MiB. */
+    for (uint64_t i = 0; i < 256; i++) {
+        assert_int_equal(block_handle_pwrite(h, i * 40 * MiB, chunk, buf, 0),
+                         0);
+    }
+    assert_int_equal(block_handle_flush(h), 0);
+    block_graph_enter();
+    t0 = clock_ns();
+    assert_int_equal(block_make_empty(node, &e), 0);
+    t1 = clock_ns();
+    block_graph_leave();
+    assert_null(e);
+    if (t1 - t0 >= 1000000000) {
+        fail_msg("make_empty took %lld ns", (long long)(t1 - t0));
+    }
+    assert_int_equal(block_handle_pread(h, 40 * MiB, chunk, buf, 0), 0);
+    assert_true(buffer_is_zero(buf, chunk));
+    assert_int_equal(block_is_allocated(node, 0, 10 * GiB, &pnum), 0);
+    /* Still writable after emptying. */
+    memset(buf, 0x77, chunk);
+    assert_int_equal(block_handle_pwrite(h, 5 * GiB, chunk, buf, 0), 0);
+    close_image(h, node);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true((uint64_t)st.st_size < 8 * MiB);
+    assert_int_equal(qemu_img_check(path), 0);
+    /* And once more, then check the file shrank to a few clusters. */
+    h = open_image(path, &node);
+    block_graph_enter();
+    assert_int_equal(block_make_empty(node, &e), 0);
+    block_graph_leave();
+    close_image(h, node);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true((uint64_t)st.st_size <= 6 * 65536);
+    assert_int_equal(qemu_img_check(path), 0);
+    unlink(path);
+    free(path);
+    free(buf);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_header_valid),
+        cmocka_unit_test(test_header_refused),
+        cmocka_unit_test(test_l2_entries),
+        cmocka_unit_test(test_refcounts),
+        cmocka_unit_test(test_create_roundtrip),
+        cmocka_unit_test(test_make_empty_fast),
+    };
+    int ret;
+
+    if (!mkdtemp(tmpdir)) {
+        return 1;
+    }
+    ret = cmocka_run_group_tests(tests, NULL, NULL);
+    rmdir(tmpdir);
+    return ret;
+}
