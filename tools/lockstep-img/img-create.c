@@ -37,6 +37,23 @@ parse_bool_opt(const char *v, bool *out)
     return true;
 }
 
+static bool
+is_known_opt(const char *key)
+{
+    static const char *const known[] = {
+        "size", "preallocation", "cluster_size", "refcount_bits",
+        "extended_l2", "backing_file", "backing_fmt", "compat",
+        "lazy_refcounts", "compression_type", NULL,
+    };
+
+    for (int i = 0; known[i]; i++) {
+        if (!strcmp(known[i], key)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* One key=value of -o.  false with *errp for unknown keys or bad values. */
 static bool
 create_opt(struct img_create *c, const char *key, const char *val,
@@ -73,8 +90,11 @@ create_opt(struct img_create *c, const char *key, const char *val,
         /* The only value we can create. */
     } else if (!strcmp(key, "compression_type") && !strcmp(val, "zlib")) {
         /* The only value we can create. */
+    } else if (is_known_opt(key)) {
+        err_setf(errp, "Invalid value '%s' for parameter '%s'", val, key);
+        return false;
     } else {
-        err_setf(errp, "Invalid parameter '%s' or value '%s'", key, val);
+        err_setf(errp, "Invalid parameter '%s'", key);
         return false;
     }
     return true;
@@ -373,6 +393,10 @@ struct resize_args {
     bool quiet;
 };
 
+/*
+ * The size is the last argument and taken out before getopt, as qemu-img
+ * does, so that "-1M" is not read as an option.
+ */
 static int
 resize_parse(int argc, char **argv, struct resize_args *a)
 {
@@ -383,8 +407,11 @@ resize_parse(int argc, char **argv, struct resize_args *a)
     };
     int opt;
 
-    /* "-1M" is a size, not an option: stop at the first operand. */
-    while ((opt = getopt_long(argc, argv, "+f:q", longopts, NULL)) != -1) {
+    if (argc < 3) {
+        img_error("Expecting image file name and size");
+        return -1;
+    }
+    while ((opt = getopt_long(argc - 1, argv, "f:q", longopts, NULL)) != -1) {
         if (opt == 'f') {
             a->fmt = optarg;
         } else if (opt == 'q') {
@@ -395,10 +422,7 @@ resize_parse(int argc, char **argv, struct resize_args *a)
             return -1;
         }
     }
-    if (optind < argc && !strcmp(argv[optind], "--")) {
-        optind++;
-    }
-    if (argc - optind != 2) {
+    if (optind != argc - 2) {
         img_error("Expecting image file name and size");
         return -1;
     }

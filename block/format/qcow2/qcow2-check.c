@@ -308,9 +308,9 @@ check_standard(struct chk *c, struct frag *f, uint64_t e, uint64_t bitmap,
     }
     count_alloc(c, f, offset);
     if (offset & (c->cs - 1)) {
-        CORRUPT(c, "ERROR offset=%" PRIx64 ": Cluster is not properly "
+        /* Still counted, over the clusters the entry would touch. */
+        CORRUPT(c, "ERROR offset=%" PRIx64 ": Data cluster is not properly "
                 "aligned; L2 entry corrupted.", offset);
-        return;
     }
     if (!c->data_file) {
         inc_refs(c, offset, c->cs);

@@ -1,0 +1,793 @@
+# SPDX-License-Identifier: MIT
+"""Functional tests of lockstep-img, the qemu-img compatible image tool.
+
+Each subcommand is run side by side with the real qemu-img (7.2) on the
+same images: exit codes, the human output and the key JSON fields must
+agree.  The qcow2 checker is fed clean images, images with leaks and with
+corruptions made by patching bytes by hand, and images with snapshots,
+bitmaps, compressed clusters and extended L2 entries.  Images made by
+lockstep-img create must pass qemu-img check for every cluster size and
+refcount width.  Commands that need the qcow2 driver to read data (map,
+compare, convert, commit, resize of qcow2 images) skip while the driver is
+not built.
+"""
+import json
+import os
+import shutil
+import struct
+
+import pytest
+
+from conftest import make_image, run
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# ---- Fixtures and helpers ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def limg(build_dir):
+    path = os.path.join(build_dir, "lockstep-img")
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qemu_img():
+    path = shutil.which("qemu-img")
+    if not path:
+        pytest.skip("qemu-img is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qemu_io_bin():
+    path = shutil.which("qemu-io")
+    if not path:
+        pytest.skip("qemu-io is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qcow2_driver(limg, qemu_img, tmp_path_factory):
+    """Skip unless lockstep's block layer can open qcow2 images."""
+    img = str(tmp_path_factory.mktemp("probe") / "p.qcow2")
+    run([qemu_img, "create", "-f", "qcow2", img, "1M"])
+    r = run([limg, "map", "-f", "qcow2", img])
+    if r.returncode != 0:
+        pytest.skip("the qcow2 driver is not available: " + r.stderr.strip())
+    return True
+
+
+def qio(qemu_io_bin, img, *cmds, fmt="qcow2"):
+    argv = [qemu_io_bin, "-f", fmt]
+    for c in cmds:
+        argv += ["-c", c]
+    r = run(argv + [img])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def qcreate(qemu_img, path, size="64M", opts=None, backing=None):
+    argv = [qemu_img, "create", "-q", "-f", "qcow2"]
+    if opts:
+        argv += ["-o", opts]
+    if backing:
+        argv += ["-b", backing, "-F", "qcow2"]
+    r = run(argv + [path] + ([size] if size else []))
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def info_json(tool, img, *extra):
+    r = run([tool, "info", "--output=json"] + list(extra) + [img])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def check(tool, img, *extra):
+    """(exit code, parsed JSON or None, stderr) of a JSON check."""
+    r = run([tool, "check", "--output=json"] + list(extra) + [img])
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        out = None
+    return r.returncode, out, r.stderr
+
+
+class Qcow2:
+    """Just enough of the qcow2 layout to patch images by hand."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as f:
+            h = f.read(112)
+        self.cluster_bits = struct.unpack(">I", h[20:24])[0]
+        self.cs = 1 << self.cluster_bits
+        self.l1_offset = struct.unpack(">Q", h[40:48])[0]
+        self.rt_offset = struct.unpack(">Q", h[48:56])[0]
+        self.refcount_order = struct.unpack(">I", h[96:100])[0]
+
+    def read64(self, off):
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            return struct.unpack(">Q", f.read(8))[0]
+
+    def write64(self, off, v):
+        with open(self.path, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack(">Q", v))
+
+    def l2_entry_pos(self, l1_index, l2_index):
+        l2 = self.read64(self.l1_offset + 8 * l1_index) & 0x00fffffffffffe00
+        return l2 + 8 * l2_index
+
+    def set_refcount(self, cluster, value):
+        """Only for 16-bit refcounts and the first refcount block."""
+        assert self.refcount_order == 4
+        rb = self.read64(self.rt_offset)
+        with open(self.path, "r+b") as f:
+            f.seek(rb + 2 * cluster)
+            f.write(struct.pack(">H", value))
+
+    def grow(self, clusters):
+        with open(self.path, "r+b") as f:
+            f.seek(0, 2)
+            f.truncate(f.tell() + clusters * self.cs)
+
+
+# JSON fields of ImageCheck whose values must equal qemu-img's.
+CHECK_FIELDS = ("check-errors", "corruptions", "leaks", "image-end-offset",
+                "total-clusters", "allocated-clusters", "fragmented-clusters",
+                "compressed-clusters", "corruptions-fixed", "leaks-fixed",
+                "format")
+
+
+def assert_check_agrees(limg, qemu_img, img, *extra):
+    """Both tools must agree on exit code, counters and problem lines."""
+    ours = check(limg, img, *extra)
+    theirs = check(qemu_img, img, *extra)
+    assert ours[0] == theirs[0], (ours, theirs)
+    for k in CHECK_FIELDS:
+        assert (ours[1] or {}).get(k) == (theirs[1] or {}).get(k), \
+            (k, ours, theirs)
+    return ours
+
+
+@pytest.fixture
+def data_image(tmp_dir, qemu_img, qemu_io_bin):
+    """A qcow2 image with a few data clusters (16-bit refcounts)."""
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "d.qcow2"))
+    qio(qemu_io_bin, img, "write -P 1 0 192k", "write -z 1M 64k",
+        "write -P 2 3M 64k")
+    return img
+
+
+# ---- General -------------------------------------------------------------
+
+
+def test_help(limg):
+    r = run([limg, "--help"])
+    assert r.returncode == 0
+    for cmd in ("create", "info", "check", "map", "compare", "commit",
+                "convert", "resize"):
+        assert "\n  %s " % cmd in r.stdout
+        r2 = run([limg, cmd, "--help"])
+        assert r2.returncode == 0 and r2.stdout.startswith("usage: ")
+
+
+def test_unknown_command(limg):
+    r = run([limg, "frobnicate"])
+    assert r.returncode == 1
+    assert r.stderr.startswith("lockstep-img: Command not found: frobnicate")
+
+
+def test_open_error_names_file(limg, qemu_img, tmp_dir):
+    missing = os.path.join(tmp_dir, "missing.qcow2")
+    for cmd in ("info", "check", "map"):
+        ours = run([limg, cmd, missing])
+        theirs = run([qemu_img, cmd, missing])
+        assert ours.returncode == theirs.returncode == 1
+        assert ours.stderr.replace("lockstep-img", "qemu-img") == \
+            theirs.stderr
+
+
+# ---- create ------------------------------------------------------------
+
+
+def test_create_default_identical_to_qemu(limg, qemu_img, tmp_dir):
+    ours = os.path.join(tmp_dir, "a.qcow2")
+    theirs = qcreate(qemu_img, os.path.join(tmp_dir, "b.qcow2"))
+    r = run([limg, "create", "-f", "qcow2", ours, "64M"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("Formatting '%s', fmt=qcow2 cluster_size=65536 "
+                        "extended_l2=off compression_type=zlib "
+                        "size=67108864 lazy_refcounts=off refcount_bits=16\n"
+                        % ours)
+    with open(ours, "rb") as a, open(theirs, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_create_formatting_line_like_qemu(limg, qemu_img, tmp_dir):
+    base = qcreate(qemu_img, os.path.join(tmp_dir, "base.qcow2"))
+    for args in (["-o", "cluster_size=4k,refcount_bits=8", "X", "1G"],
+                 ["-o", "preallocation=metadata", "X", "8M"],
+                 ["-o", "extended_l2=on,compat=1.1", "X", "1M"],
+                 ["-b", "base.qcow2", "-F", "qcow2", "X"]):
+        outs = []
+        for tool, name in ((limg, "ours.qcow2"), (qemu_img, "qemu.qcow2")):
+            argv = [tool, "create", "-f", "qcow2"] + \
+                [os.path.join(tmp_dir, name) if a == "X" else a for a in args]
+            r = run(argv)
+            assert r.returncode == 0, r.stderr
+            outs.append(r.stdout.replace(name, "X"))
+        assert outs[0] == outs[1]
+    assert base
+
+
+def test_create_raw(limg, qemu_img, tmp_dir):
+    img = os.path.join(tmp_dir, "r.raw")
+    r = run([limg, "create", "-f", "raw", img, "1M"])
+    assert r.returncode == 0
+    assert r.stdout == "Formatting '%s', fmt=raw size=1048576\n" % img
+    assert os.path.getsize(img) == MiB
+    r = run([limg, "create", "-f", "raw", "-o", "preallocation=falloc", img,
+             "2M"])
+    assert r.returncode == 0
+    assert r.stdout.endswith("size=2097152 preallocation=falloc\n")
+    assert os.stat(img).st_blocks * 512 >= 2 * MiB
+    assert info_json(qemu_img, img)["virtual-size"] == 2 * MiB
+
+
+@pytest.mark.parametrize("cluster_size", [512, 4096, 65536, 2 * MiB])
+@pytest.mark.parametrize("refcount_bits", [1, 2, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("extended_l2", ["off", "on"])
+def test_create_matrix_passes_qemu_check(limg, qemu_img, tmp_dir,
+                                         cluster_size, refcount_bits,
+                                         extended_l2):
+    opts = "cluster_size=%d,refcount_bits=%d,extended_l2=%s" % (
+        cluster_size, refcount_bits, extended_l2)
+    ours = os.path.join(tmp_dir, "ours.qcow2")
+    theirs = os.path.join(tmp_dir, "theirs.qcow2")
+    r1 = run([limg, "create", "-q", "-f", "qcow2", "-o", opts, ours, "3G"])
+    r2 = run([qemu_img, "create", "-q", "-f", "qcow2", "-o", opts, theirs,
+              "3G"])
+    assert r1.returncode == r2.returncode
+    if r2.returncode != 0:
+        assert r1.stderr.replace("lockstep-img", "qemu-img").replace(
+            ours, theirs) == r2.stderr
+        return
+    r = run([qemu_img, "check", ours])
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = info_json(qemu_img, ours), info_json(qemu_img, theirs)
+    for k in ("virtual-size", "cluster-size", "format-specific",
+              "dirty-flag"):
+        assert a[k] == b[k], k
+    assert check(limg, ours)[0] == 0
+
+
+def test_create_backing_relative(limg, qemu_img, tmp_dir):
+    sub = os.path.join(tmp_dir, "sub")
+    os.mkdir(sub)
+    qcreate(qemu_img, os.path.join(sub, "base.qcow2"), size="100M")
+    top = os.path.join(sub, "top.qcow2")
+    r = run([limg, "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+             top])
+    assert r.returncode == 0, r.stderr
+    assert "size=104857600 backing_file=base.qcow2 backing_fmt=qcow2" in \
+        r.stdout
+    assert run([qemu_img, "check", top]).returncode == 0
+    q = info_json(qemu_img, top)
+    assert q["virtual-size"] == 100 * MiB
+    assert q["backing-filename"] == "base.qcow2"
+    assert q["full-backing-filename"] == os.path.join(sub, "base.qcow2")
+    assert q["backing-filename-format"] == "qcow2"
+    assert info_json(limg, top, "--backing-chain") == \
+        info_json(qemu_img, top, "--backing-chain")
+
+
+def test_create_backing_with_options(limg, qemu_img, tmp_dir):
+    qcreate(qemu_img, os.path.join(tmp_dir, "base.qcow2"), size="10M")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    r = run([limg, "create", "-f", "qcow2", "-o",
+             "backing_file=base.qcow2,backing_fmt=qcow2,cluster_size=16k,"
+             "extended_l2=on", top, "20M"])
+    assert r.returncode == 0, r.stderr
+    q = info_json(qemu_img, top)
+    assert q["virtual-size"] == 20 * MiB and q["cluster-size"] == 16384
+    assert q["format-specific"]["data"]["extended-l2"] is True
+    assert run([qemu_img, "check", top]).returncode == 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["-f", "qcow2", "X"], "X: Image creation needs a size parameter"),
+    (["-f", "qcow2", "-b", "nob.qcow2", "X", "1M"],
+     "X: Backing file specified without backing format"),
+    (["-f", "vmdkx", "X", "1M"], "X: Unknown file format 'vmdkx'"),
+    (["-f", "raw", "-b", "b", "-F", "raw", "X", "1M"],
+     "X: Backing file not supported for file format 'raw'"),
+    (["-f", "qcow2", "-o", "foo=1", "X", "1M"], "X: Invalid parameter 'foo'"),
+])
+def test_create_errors(limg, tmp_dir, args, msg):
+    img = os.path.join(tmp_dir, "x.qcow2")
+    r = run([limg, "create"] + [img if a == "X" else a for a in args])
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0] == "lockstep-img: " + msg.replace(
+        "X", img)
+
+
+def test_create_bad_size(limg, tmp_dir):
+    r = run([limg, "create", "-f", "qcow2", os.path.join(tmp_dir, "x"), "1Q"])
+    assert r.returncode == 1
+    assert r.stderr.startswith("lockstep-img: Invalid image size specified.")
+
+
+def test_create_missing_backing(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "x.qcow2")
+    r = run([limg, "create", "-f", "qcow2", "-b", "nob.qcow2", "-F", "qcow2",
+             img])
+    assert r.returncode == 1
+    assert img + ": " in r.stderr and "nob.qcow2" in r.stderr
+
+
+# ---- info ----------------------------------------------------------------
+
+
+def info_images(tmp_dir, qemu_img):
+    base = qcreate(qemu_img, os.path.join(tmp_dir, "base.qcow2"))
+    imgs = [base,
+            qcreate(qemu_img, os.path.join(tmp_dir, "top.qcow2"), size=None,
+                    backing="base.qcow2"),
+            qcreate(qemu_img, os.path.join(tmp_dir, "v2.qcow2"),
+                    opts="compat=0.10"),
+            qcreate(qemu_img, os.path.join(tmp_dir, "e.qcow2"),
+                    opts="extended_l2=on,cluster_size=32k,refcount_bits=2"),
+            make_image(os.path.join(tmp_dir, "r.raw"), 3 * MiB)]
+    return imgs
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_info_same_as_qemu(limg, qemu_img, tmp_dir, output):
+    for img in info_images(tmp_dir, qemu_img):
+        for extra in ([], ["--backing-chain"]):
+            argv = ["info", "--output=" + output] + extra + [img]
+            ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+            assert ours.returncode == theirs.returncode == 0
+            assert ours.stdout == theirs.stdout, img
+
+
+def test_info_relative_name_in_other_dir(limg, qemu_img, tmp_dir):
+    info_images(tmp_dir, qemu_img)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_dir)
+        ours = run([limg, "info", "--backing-chain", "top.qcow2"])
+        theirs = run([qemu_img, "info", "--backing-chain", "top.qcow2"])
+    finally:
+        os.chdir(cwd)
+    assert ours.stdout == theirs.stdout
+
+
+@pytest.mark.parametrize("bits,field", [(1, "dirty-flag"), (2, "corrupt")])
+def test_info_dirty_and_corrupt(limg, qemu_img, tmp_dir, bits, field):
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "d.qcow2"))
+    Qcow2(img).write64(72, bits)
+    ours = run([limg, "info", "-U", img])
+    theirs = run([qemu_img, "info", "-U", img])
+    assert ours.stdout == theirs.stdout
+    j = info_json(limg, img)
+    value = j[field] if field in j else \
+        j["format-specific"]["data"][field]
+    assert value is True
+
+
+# ---- check -----------------------------------------------------------------
+
+
+def test_check_clean_same_output(limg, qemu_img, data_image):
+    for output in ("human", "json"):
+        argv = ["check", "--output=" + output, data_image]
+        ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+        assert ours.returncode == theirs.returncode == 0
+        assert ours.stdout.replace(data_image, "I") == \
+            theirs.stdout.replace(data_image, "I")
+        assert ours.stderr == theirs.stderr == ""
+
+
+def test_check_raw_not_supported(limg, qemu_img, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
+    ours = run([limg, "check", "-f", "raw", img])
+    theirs = run([qemu_img, "check", "-f", "raw", img])
+    assert ours.returncode == theirs.returncode == 63
+    assert ours.stderr == \
+        "lockstep-img: This image format does not support checks\n"
+
+
+def test_check_bad_repair_mode(limg, data_image):
+    r = run([limg, "check", "-r", "foo", data_image])
+    assert r.returncode == 1
+    assert "Unknown option value for -r (expecting 'leaks' or 'all'): foo" \
+        in r.stderr
+
+
+def test_check_leaks(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    q.grow(2)
+    end = os.path.getsize(data_image) // q.cs
+    q.set_refcount(end - 1, 1)
+    q.set_refcount(end - 2, 3)
+    rc, out, err = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 3 and out["leaks"] == 2
+    assert "Leaked cluster %d refcount=1 reference=0" % (end - 1) in err
+    human = run([limg, "check", data_image])
+    assert "\n2 leaked clusters were found on the image.\nThis means waste " \
+        "of disk space, but no harm to data.\n" in human.stdout
+
+
+def test_check_corruption_refcount_zero(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    data = q.read64(q.l2_entry_pos(0, 1)) & 0x00fffffffffffe00
+    q.set_refcount(data // q.cs, 0)
+    rc, out, err = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2 and out["corruptions"] == 2
+    assert "ERROR cluster %d refcount=0 reference=1" % (data // q.cs) in err
+    assert "ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=0" % (
+        data | 1 << 63) in err
+    ours = run([limg, "check", data_image])
+    theirs = run([qemu_img, "check", data_image])
+    assert ours.stdout == theirs.stdout and ours.stderr == theirs.stderr
+
+
+def test_check_shared_cluster(limg, qemu_img, data_image):
+    """Two L2 entries point to one cluster whose refcount is 1."""
+    q = Qcow2(data_image)
+    q.write64(q.l2_entry_pos(0, 2), q.read64(q.l2_entry_pos(0, 1)))
+    rc, out, err = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2 and out["corruptions"] >= 1
+
+
+def test_check_copied_flag_missing(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    pos = q.l2_entry_pos(0, 0)
+    q.write64(pos, q.read64(pos) & ~(1 << 63))
+    rc, out, _ = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2 and out["corruptions"] == 1
+
+
+def test_check_l2_beyond_eof(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    q.write64(q.l2_entry_pos(0, 5), (1 << 40) | 1 << 63)
+    rc, out, err = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2
+    assert "exceeding the end of the file" in err
+
+
+def test_check_unaligned_l2_entry(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    pos = q.l2_entry_pos(0, 1)
+    q.write64(pos, q.read64(pos) + 512)
+    rc, out, err = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2
+    assert "Data cluster is not properly aligned; L2 entry corrupted." in err
+
+
+def test_check_refblock_refcount(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    q.set_refcount(q.read64(q.rt_offset) // q.cs, 2)
+    assert_check_agrees(limg, qemu_img, data_image)
+
+
+def test_check_dirty_image_with_stale_refcount(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    data = q.read64(q.l2_entry_pos(0, 0)) & 0x00fffffffffffe00
+    q.set_refcount(data // q.cs, 0)
+    q.write64(72, 1)
+    rc, _, _ = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2
+
+
+def test_repair_leaks(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    q.grow(1)
+    q.set_refcount(os.path.getsize(data_image) // q.cs - 1, 1)
+    ours = run([limg, "check", "-r", "leaks", data_image])
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.startswith(
+        "The following inconsistencies were found and repaired:\n\n"
+        "    1 leaked clusters\n    0 corruptions\n\n"
+        "Double checking the fixed image now...\n"
+        "No errors were found on the image.\n")
+    assert "Repairing cluster" in ours.stderr
+    assert run([qemu_img, "check", data_image]).returncode == 0
+
+
+def test_repair_leaks_json(limg, qemu_img, data_image, tmp_dir):
+    q = Qcow2(data_image)
+    q.grow(2)
+    end = os.path.getsize(data_image) // q.cs
+    q.set_refcount(end - 1, 1)
+    q.set_refcount(end - 2, 1)
+    copy = os.path.join(tmp_dir, "copy.qcow2")
+    shutil.copy(data_image, copy)
+    ours = check(limg, data_image, "-r", "leaks")
+    theirs = check(qemu_img, copy, "-r", "leaks")
+    assert ours[0] == theirs[0] == 0
+    for k in CHECK_FIELDS:
+        assert ours[1].get(k) == theirs[1].get(k), k
+    assert ours[1]["leaks-fixed"] == 2
+    assert check(qemu_img, data_image)[0] == 0
+
+
+def test_repair_leaks_leaves_corruption(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    data = q.read64(q.l2_entry_pos(0, 1)) & 0x00fffffffffffe00
+    q.set_refcount(data // q.cs, 0)
+    rc, out, _ = check(limg, data_image, "-r", "leaks")
+    assert rc == 2 and out["corruptions"] == 2
+    assert run([qemu_img, "check", data_image]).returncode == 2
+
+
+def test_repair_all_corruption(limg, qemu_img, data_image):
+    q = Qcow2(data_image)
+    data = q.read64(q.l2_entry_pos(0, 1)) & 0x00fffffffffffe00
+    q.set_refcount(data // q.cs, 0)
+    pos = q.l2_entry_pos(0, 0)
+    q.write64(pos, q.read64(pos) & ~(1 << 63))
+    q.write64(72, 2)          # corrupt bit
+    rc, out, err = check(limg, data_image, "-r", "all")
+    assert rc == 0, err
+    assert out["corruptions-fixed"] >= 2
+    r = run([qemu_img, "check", data_image])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert info_json(qemu_img, data_image)["format-specific"]["data"][
+        "corrupt"] is False
+
+
+def test_check_snapshots_bitmaps(limg, qemu_img, qemu_io_bin, tmp_dir):
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "s.qcow2"))
+    qio(qemu_io_bin, img, "write -P 1 0 256k")
+    assert run([qemu_img, "snapshot", "-c", "s1", img]).returncode == 0
+    qio(qemu_io_bin, img, "write -P 2 64k 64k")
+    assert run([qemu_img, "snapshot", "-c", "s2", img]).returncode == 0
+    qio(qemu_io_bin, img, "write -P 3 1M 64k")
+    assert run([qemu_img, "bitmap", "--add", img, "b0"]).returncode == 0
+    rc, out, err = assert_check_agrees(limg, qemu_img, img)
+    assert rc == 0 and err == ""
+    # A leaked snapshot cluster: drop the snapshot count in the header.
+    with open(img, "r+b") as f:
+        f.seek(60)
+        f.write(struct.pack(">I", 0))
+    rc, out, _ = assert_check_agrees(limg, qemu_img, img)
+    assert rc != 0
+
+
+@pytest.mark.parametrize("opts", [
+    "cluster_size=512", "cluster_size=512,refcount_bits=1",
+    "cluster_size=2M,refcount_bits=64", "refcount_bits=4",
+    "extended_l2=on,cluster_size=128k,refcount_bits=32",
+    "extended_l2=on,cluster_size=16k",
+])
+def test_check_geometries(limg, qemu_img, qemu_io_bin, tmp_dir, opts):
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "g.qcow2"), size="16M",
+                  opts=opts)
+    qio(qemu_io_bin, img, "write -P 1 0 4k", "write -P 2 1M 300k",
+        "write -z 5M 64k", "write -P 3 8M 1k", "discard 1M 64k")
+    rc, out, err = assert_check_agrees(limg, qemu_img, img)
+    assert rc == 0 and err == ""
+    ours = run([limg, "check", img])
+    theirs = run([qemu_img, "check", img])
+    assert ours.stdout.replace(img, "I") == theirs.stdout.replace(img, "I")
+
+
+def test_check_compressed(limg, qemu_img, qemu_io_bin, tmp_dir):
+    src = qcreate(qemu_img, os.path.join(tmp_dir, "s.qcow2"), size="8M")
+    qio(qemu_io_bin, src, "write -P 1 0 1M", "write -P 7 3M 200k")
+    for cs in ("4k", "64k", "1M"):
+        dst = os.path.join(tmp_dir, "c%s.qcow2" % cs)
+        r = run([qemu_img, "convert", "-c", "-O", "qcow2", "-o",
+                 "cluster_size=" + cs, src, dst])
+        assert r.returncode == 0, r.stderr
+        rc, out, _ = assert_check_agrees(limg, qemu_img, dst)
+        assert rc == 0 and out["compressed-clusters"] > 0
+
+
+def test_check_fragmented(limg, qemu_img, qemu_io_bin, tmp_dir):
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "f.qcow2"), size="1M",
+                  opts="cluster_size=512")
+    qio(qemu_io_bin, img, "write 0 512", "write 64k 512", "write 1k 512",
+        "write 2k 512")
+    rc, out, _ = assert_check_agrees(limg, qemu_img, img)
+    assert out["fragmented-clusters"] == 1
+
+
+def test_check_not_qcow2(limg, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
+    r = run([limg, "check", "-f", "qcow2", img])
+    assert r.returncode == 1
+    assert r.stderr == ("lockstep-img: Could not open '%s': Image is not in "
+                        "qcow2 format\n" % img)
+
+
+# ---- map, compare, convert, resize (raw) --------------------------------
+
+
+@pytest.fixture
+def raw_pair(tmp_dir):
+    a = make_image(os.path.join(tmp_dir, "a.raw"), MiB)
+    b = make_image(os.path.join(tmp_dir, "b.raw"), MiB)
+    with open(a, "r+b") as f:
+        f.seek(100 * KiB)
+        f.write(b"\x11" * 8 * KiB)
+    shutil.copy(a, b)
+    return a, b
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_map_raw_same_as_qemu(limg, qemu_img, raw_pair, output):
+    a, _ = raw_pair
+    argv = ["map", "-f", "raw", "--output=" + output, a]
+    ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout == theirs.stdout
+
+
+def test_compare_raw(limg, qemu_img, raw_pair, tmp_dir):
+    a, b = raw_pair
+    argv = ["compare", "-f", "raw", "-F", "raw", a, b]
+    ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout == theirs.stdout == "Images are identical.\n"
+    with open(b, "r+b") as f:
+        f.seek(100 * KiB + 1000)
+        f.write(b"\x22")
+    ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stdout == theirs.stdout == \
+        "Content mismatch at offset %d!\n" % (100 * KiB + 512)
+
+
+def test_compare_size_mismatch(limg, qemu_img, raw_pair):
+    a, b = raw_pair
+    with open(b, "r+b") as f:
+        f.truncate(2 * MiB)
+    for strict in ([], ["-s"]):
+        argv = ["compare"] + strict + ["-f", "raw", "-F", "raw", a, b]
+        ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+        assert ours.returncode == theirs.returncode
+        assert ours.stdout == theirs.stdout
+    with open(b, "r+b") as f:
+        f.seek(MiB + 4096)
+        f.write(b"x")
+    argv = ["compare", "-f", "raw", "-F", "raw", a, b]
+    ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stdout == theirs.stdout
+
+
+def test_compare_open_error(limg, raw_pair, tmp_dir):
+    a, _ = raw_pair
+    r = run([limg, "compare", a, os.path.join(tmp_dir, "nope")])
+    assert r.returncode == 2
+    assert "nope" in r.stderr
+
+
+def test_convert_raw(limg, raw_pair, tmp_dir):
+    a, _ = raw_pair
+    out = os.path.join(tmp_dir, "out.raw")
+    r = run([limg, "convert", "-p", "-f", "raw", "-O", "raw", a, out])
+    assert r.returncode == 0, r.stderr
+    # run() reads text, which turns the "\r" of progress lines into "\n".
+    lines = r.stdout.splitlines()
+    assert lines[0] == "    (0.00/100%)" and lines[-1] == "    (100.00/100%)"
+    with open(a, "rb") as f1, open(out, "rb") as f2:
+        assert f1.read() == f2.read()
+    # Zero ranges stay sparse.
+    assert os.stat(out).st_blocks * 512 < 256 * KiB
+
+
+def test_resize_raw(limg, qemu_img, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
+    r = run([limg, "resize", "-f", "raw", img, "+1M"])
+    assert r.returncode == 0 and r.stdout == "Image resized.\n"
+    assert os.path.getsize(img) == 2 * MiB
+    r = run([limg, "resize", "-f", "raw", img, "-1M"])
+    assert r.returncode == 1
+    assert r.stderr == ("lockstep-img: Use the --shrink option to perform a "
+                        "shrink operation.\n")
+    r = run([limg, "resize", "-f", "raw", "--shrink", img, "-1M"])
+    assert r.returncode == 0
+    assert os.path.getsize(img) == MiB
+    r = run([limg, "resize", "-f", "raw", img, "3M"])
+    assert r.returncode == 0 and os.path.getsize(img) == 3 * MiB
+
+
+def test_commit_needs_backing(limg, qemu_img, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
+    ours = run([limg, "commit", "-f", "raw", img])
+    theirs = run([qemu_img, "commit", "-f", "raw", img])
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr.replace("lockstep-img", "qemu-img") == theirs.stderr
+
+
+# ---- qcow2 data commands (need the qcow2 driver) ----------------------------
+
+
+@pytest.fixture
+def chain(tmp_dir, qemu_img, qemu_io_bin):
+    base = qcreate(qemu_img, os.path.join(tmp_dir, "base.qcow2"), size="4M")
+    qio(qemu_io_bin, base, "write -P 1 0 128k", "write -z 1M 64k",
+        "write -P 5 3M 64k")
+    top = qcreate(qemu_img, os.path.join(tmp_dir, "top.qcow2"), size=None,
+                  backing="base.qcow2")
+    qio(qemu_io_bin, top, "write -P 2 64k 128k", "write -z 3M 4k")
+    return base, top
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_map_qcow2_chain(limg, qemu_img, qcow2_driver, chain, output):
+    _, top = chain
+    argv = ["map", "--output=" + output, top]
+    ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr
+    if output == "json":
+        assert json.loads(ours.stdout) == json.loads(theirs.stdout)
+    assert ours.stdout == theirs.stdout
+
+
+def test_compare_qcow2(limg, qemu_img, qcow2_driver, chain):
+    base, top = chain
+    for argv in (["compare", base, top], ["compare", top, top],
+                 ["compare", "-s", top, top]):
+        ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+        assert ours.returncode == theirs.returncode, ours.stderr
+        assert ours.stdout == theirs.stdout
+
+
+def test_convert_qcow2_roundtrip(limg, qemu_img, qcow2_driver, chain,
+                                 tmp_dir):
+    _, top = chain
+    out = os.path.join(tmp_dir, "out.qcow2")
+    r = run([limg, "convert", "-O", "qcow2", "-o", "cluster_size=4k", top,
+             out])
+    assert r.returncode == 0, r.stderr
+    assert run([qemu_img, "check", out]).returncode == 0
+    assert run([qemu_img, "compare", top, out]).returncode == 0
+    assert info_json(qemu_img, out)["cluster-size"] == 4096
+    raw = os.path.join(tmp_dir, "out.raw")
+    r = run([limg, "convert", "-f", "qcow2", "-O", "raw", out, raw])
+    assert r.returncode == 0, r.stderr
+    assert run([qemu_img, "compare", "-F", "raw", top, raw]).returncode == 0
+
+
+def test_commit_qcow2(limg, qemu_img, qcow2_driver, chain, tmp_dir):
+    base, top = chain
+    ref = os.path.join(tmp_dir, "ref.raw")
+    assert run([qemu_img, "convert", "-O", "raw", top, ref]).returncode == 0
+    r = run([limg, "commit", "-p", top])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("Image committed.\n")
+    assert run([qemu_img, "compare", "-F", "raw", base, ref]).returncode == 0
+    assert run([qemu_img, "compare", "-F", "raw", top, ref]).returncode == 0
+    for img in (base, top):
+        assert run([qemu_img, "check", img]).returncode == 0
+    m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
+    assert all(e["depth"] == 1 or not e["present"] for e in m)
+
+
+def test_commit_qcow2_keep_top(limg, qemu_img, qcow2_driver, chain, tmp_dir):
+    base, top = chain
+    r = run([limg, "commit", "-d", top])
+    assert r.returncode == 0, r.stderr
+    m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
+    assert any(e["depth"] == 0 and e["present"] for e in m)
+    assert run([qemu_img, "compare", base, top]).returncode == 0
+
+
+def test_resize_qcow2(limg, qemu_img, qcow2_driver, chain):
+    _, top = chain
+    r = run([limg, "resize", top, "+4M"])
+    assert r.returncode == 0, r.stderr
+    assert info_json(qemu_img, top)["virtual-size"] == 8 * MiB
+    assert run([qemu_img, "check", top]).returncode == 0
