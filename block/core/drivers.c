@@ -12,8 +12,10 @@ extern const struct block_driver cbw_driver;
 extern const struct block_driver file_driver;
 extern const struct block_driver nbd_driver;
 extern const struct block_driver null_co_driver;
+extern const struct block_driver quorum_driver;
 extern const struct block_driver qcow2_driver;
 extern const struct block_driver raw_driver;
+extern const struct block_driver replication_driver;
 extern const struct block_driver snapshot_access_driver;
 
 const struct block_driver *const block_drivers[] = {
@@ -22,8 +24,10 @@ const struct block_driver *const block_drivers[] = {
     &file_driver,
     &nbd_driver,
     &null_co_driver,
+    &quorum_driver,
     &qcow2_driver,
     &raw_driver,
+    &replication_driver,
     &snapshot_access_driver,
     NULL,
 };

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The "replication" driver's control API (COLO-style block replication),
+ * and the QMP command bodies that drive every replication node of the
+ * process at once: xen-set-replication, xen-colo-do-checkpoint and
+ * query-xen-replication-status.  docs/replication.md has the picture.
+ *
+ * Every function here runs on the main thread.  The per-node operations
+ * return 0 or -errno with *errp set; the "_all" ones walk the replication
+ * nodes newest first and stop at the first error (QEMU's order).
+ */
+#ifndef LOCKSTEP_REPLICATION_H
+#define LOCKSTEP_REPLICATION_H
+
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include "lockstep/block.h"
+#include "lockstep/err.h"
+
+enum replication_mode {
+    REPLICATION_MODE_PRIMARY = 0,     /* QEMU's enum values (messages) */
+    REPLICATION_MODE_SECONDARY = 1,
+};
+
+/*
+ * One-way stages: NONE -> RUNNING -> (secondary failover) FAILOVER ->
+ * DONE | FAILOVER_FAILED; RUNNING -> DONE for the other stops.
+ * FAILOVER_FAILED -> FAILOVER again when the failover is retried.
+ */
+enum replication_stage {
+    REPLICATION_STAGE_NONE,
+    REPLICATION_STAGE_RUNNING,
+    REPLICATION_STAGE_FAILOVER,
+    REPLICATION_STAGE_FAILOVER_FAILED,
+    REPLICATION_STAGE_DONE,
+};
+
+bool block_node_is_replication(struct block_node *node);
+enum replication_stage replication_get_stage(struct block_node *node);
+
+/* The four operations on one node (QEMU's ReplicationOps). */
+int replication_start(struct block_node *node, enum replication_mode mode,
+                      struct err **errp);
+int replication_do_checkpoint(struct block_node *node, struct err **errp);
+int replication_stop(struct block_node *node, bool failover,
+                     struct err **errp);
+/* 0 when the node is fine; -errno with the reason otherwise. */
+int replication_get_error(struct block_node *node, struct err **errp);
+
+/*
+ * The secondary's copy-before-write filter while RUNNING (NULL otherwise):
+ * the node the NBD export writes through.  For tests and query commands.
+ */
+struct block_node *replication_cbw_node(struct block_node *node);
+
+/* ---- QMP command bodies ------------------------------------------------ */
+
+/* xen-set-replication enable=true: start every node in that mode. */
+bool replication_start_all(bool primary, struct err **errp);
+/* xen-set-replication enable=false (QEMU's handler drops the error when
+ * failover is true; that choice is the caller's). */
+bool replication_stop_all(bool failover, struct err **errp);
+/* xen-colo-do-checkpoint. */
+bool replication_checkpoint_all(struct err **errp);
+/* query-xen-replication-status: {"error": bool, "desc"?: str}. */
+json_t *replication_status(void);
+
+#endif
