@@ -325,11 +325,24 @@ block_copy_set_dirty(struct block_copy_state *s, uint64_t offset,
     }
 }
 
+/* Dirty bytes, the partial last cluster counted up to the length. */
+static uint64_t
+dirty_bytes_locked(struct block_copy_state *s)
+{
+    uint64_t n = hbitmap_count(s->copy_bitmap);
+
+    if (!is_aligned(s->len, s->cluster_size) && s->len &&
+        hbitmap_get(s->copy_bitmap, s->len - 1)) {
+        n -= align_up(s->len, s->cluster_size) - s->len;
+    }
+    return n;
+}
+
 uint64_t
 block_copy_dirty_bytes(struct block_copy_state *s)
 {
     SCOPED_LOCK(&s->lock);
-    return hbitmap_count(s->copy_bitmap);
+    return dirty_bytes_locked(s);
 }
 
 bool
@@ -375,7 +388,7 @@ block_copy_progress(struct block_copy_state *s, uint64_t *done,
 {
     *done = __atomic_load_n(&s->done_bytes, __ATOMIC_RELAXED);
     mutex_lock(&s->lock);
-    *remaining = hbitmap_count(s->copy_bitmap) + s->in_flight_bytes;
+    *remaining = dirty_bytes_locked(s) + s->in_flight_bytes;
     mutex_unlock(&s->lock);
 }
 
