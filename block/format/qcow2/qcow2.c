@@ -1309,7 +1309,8 @@ open_backing(struct block_node *node, struct qcow2_state *s, json_t *options,
     if (!b) {
         return open_backing_from_header(node, s, errp);
     }
-    if (json_is_null(b)) {
+    /* null (or "" from keyval, as QEMU allows): no backing file. */
+    if (json_is_null(b) || (json_is_string(b) && !*json_string_value(b))) {
         return 0;
     }
     return block_node_open_child(node, options, "backing", errp) ? 0

@@ -1,0 +1,425 @@
+# SPDX-License-Identifier: MIT
+"""Interoperability tests of the qcow2 driver with QEMU's own tools.
+
+Images created and written through lockstep (lockstep-img create, which
+calls qcow2_create, and lockstep-io) must pass `qemu-img check` with no
+errors and no leaks and read back through qemu-io; images written by
+qemu-img/qemu-io (zero clusters, discards, refcount widths 1 and 64,
+extended L2, compression, v2) must read back through lockstep; backing
+chains mix both with relative backing names; a random workload is compared
+with a raw reference; a crash test kills a writer with SIGKILL many times.
+"""
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import run
+
+QEMU_IMG = shutil.which("qemu-img")
+QEMU_IO = shutil.which("qemu-io")
+
+pytestmark = pytest.mark.skipif(not QEMU_IMG or not QEMU_IO,
+                                reason="qemu-img/qemu-io not installed")
+
+CLUSTER_SIZES = [512, 1024, 4096, 16384, 65536, 262144, 1048576, 2097152]
+
+
+@pytest.fixture(scope="session")
+def lockstep_img(build_dir):
+    path = os.path.join(build_dir, "lockstep-img")
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+def ok(res):
+    assert res.returncode == 0, "stdout:\n%s\nstderr:\n%s" % (res.stdout,
+                                                              res.stderr)
+    return res
+
+
+def lio(lockstep_io, img, *cmds, fmt="qcow2", extra=()):
+    argv = [lockstep_io, "-f", fmt] + list(extra)
+    for c in cmds:
+        argv += ["-c", c]
+    return run(argv + [img])
+
+
+def qio(img, *cmds, fmt="qcow2"):
+    argv = [QEMU_IO, "-f", fmt]
+    for c in cmds:
+        argv += ["-c", c]
+    return run(argv + [img])
+
+
+def check_clean(img):
+    res = run([QEMU_IMG, "check", "--output=json", img])
+    assert res.returncode == 0, res.stdout + res.stderr
+    import json
+    info = json.loads(res.stdout)
+    assert info.get("corruptions", 0) == 0
+    assert info.get("leaks", 0) == 0
+    assert info.get("check-errors", 0) == 0
+    return info
+
+
+def assert_read_ok(res):
+    ok(res)
+    assert "Pattern verification failed" not in res.stdout, res.stdout
+
+
+# ---- Images written by lockstep, checked by QEMU --------------------------
+
+WRITES = [
+    ("0x11", 0, 4096),
+    ("0x22", 1000, 70000),
+    ("0x33", 3 * 1048576 + 517, 2 * 1048576 + 3),
+    ("0x44", 20 * 1048576 - 512, 1536),
+    ("0x55", 31 * 1048576, 1048576),
+]
+
+
+@pytest.mark.parametrize("cs", CLUSTER_SIZES)
+def test_lockstep_written_checks_clean(lockstep_io, lockstep_img, tmp_dir,
+                                       cs):
+    img = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=%d" % cs, img, "32M"]))
+    check_clean(img)
+    cmds = ["write -P %s %d %d" % w for w in WRITES]
+    cmds += ["write -z 8M 3M", "write -z -u 31M 64k", "discard 24M 4M",
+             "write -P 0x66 25M 4097"]
+    ok(lio(lockstep_io, img, *cmds))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0x11 0 1000",
+                       "read -P 0x22 1000 70000",
+                       "read -P 0x33 %d %d" % (3 * 1048576 + 517,
+                                               2 * 1048576 + 3),
+                       "read -P 0 8M 3M",
+                       "read -P 0x44 %d 1536" % (20 * 1048576 - 512),
+                       "read -P 0 24M 1M",
+                       "read -P 0x66 25M 4097",
+                       "read -P 0 31M 64k",
+                       "read -P 0x55 %d %d" % (31 * 1048576 + 65536,
+                                               1048576 - 65536)))
+
+
+@pytest.mark.parametrize("opts", ["refcount_bits=1", "refcount_bits=64",
+                                  "extended_l2=on",
+                                  "extended_l2=on,cluster_size=16k",
+                                  "cluster_size=512,refcount_bits=2",
+                                  "preallocation=metadata",
+                                  "compat=0.10"])
+def test_lockstep_create_options(lockstep_io, lockstep_img, tmp_dir, opts):
+    img = os.path.join(tmp_dir, "o.qcow2")
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-o", opts, img,
+            "16M"]))
+    check_clean(img)
+    ok(lio(lockstep_io, img, "write -P 0xa5 4097 200000",
+           "write -z 1M 1M", "write -P 0x5a 3M 12345"))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0xa5 4097 200000", "read -P 0 1M 1M",
+                       "read -P 0x5a 3M 12345"))
+
+
+# ---- Images written by QEMU, read by lockstep -----------------------------
+
+@pytest.mark.parametrize("opts", ["cluster_size=65536", "refcount_bits=1",
+                                  "refcount_bits=64", "extended_l2=on",
+                                  "cluster_size=512", "cluster_size=2M",
+                                  "compat=0.10"])
+def test_qemu_written_read_by_lockstep(lockstep_io, tmp_dir, opts):
+    img = os.path.join(tmp_dir, "q.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", opts, img,
+            "32M"]))
+    zero = "write -z 2M 1M" if "compat=0.10" not in opts else \
+        "write -P 0 2M 1M"
+    ok(qio(img, "write -P 0x71 0 3M", zero, "write -P 0x72 5M 100000",
+           "discard 5M 64k", "write -P 0x73 9M 4k", "write -P 0x74 9M 512"))
+    assert_read_ok(lio(lockstep_io, img, "read -P 0x71 0 2M",
+                       "read -P 0 2M 1M", "read -P 0x71 2M 0",
+                       "read -P 0x72 %d %d" % (5 * 1048576 + 65536,
+                                               100000 - 65536),
+                       "read -P 0x74 9M 512",
+                       "read -P 0x73 %d 3584" % (9 * 1048576 + 512),
+                       "read -P 0 20M 1M", extra=("-r",)))
+    # And lockstep may keep writing to it.
+    ok(lio(lockstep_io, img, "write -P 0x75 1M 65537", "write -z 0 4096"))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0 0 4096", "read -P 0x71 4096 1044480",
+                       "read -P 0x75 1M 65537"))
+
+
+def test_compressed_read(lockstep_io, tmp_dir):
+    raw = os.path.join(tmp_dir, "src.raw")
+    img = os.path.join(tmp_dir, "c.qcow2")
+    with open(raw, "wb") as f:
+        for i in range(64):
+            f.write(bytes([i]) * 65536)
+        f.write(os.urandom(65536 * 3))
+    ok(run([QEMU_IMG, "convert", "-c", "-f", "raw", "-O", "qcow2", raw,
+            img]))
+    out = os.path.join(tmp_dir, "out.raw")
+    # Read everything back through lockstep and compare bytes.
+    res = ok(run([lockstep_io, "-r", "-f", "qcow2", "-c",
+                  "read -v 0 %d" % (67 * 65536), img]))
+    data = bytearray()
+    for line in res.stdout.splitlines():
+        if len(line) > 10 and line[8] == ":":
+            data += bytes(int(x, 16) for x in line[10:58].split())
+    with open(raw, "rb") as f:
+        assert bytes(data) == f.read()
+    # Overwriting part of a compressed cluster copies the rest.
+    ok(lio(lockstep_io, img, "write -P 0xee 65636 100"))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 1 65536 100", "read -P 0xee 65636 100",
+                       "read -P 1 65736 65336", "read -P 2 131072 65536"))
+    del out
+
+
+# ---- Backing chains ----------------------------------------------------------
+
+@pytest.mark.parametrize("top_tool", ["lockstep", "qemu"])
+@pytest.mark.parametrize("ext", [False, True])
+def test_backing_chain_relative(lockstep_io, lockstep_img, tmp_dir,
+                                top_tool, ext):
+    os.mkdir(os.path.join(tmp_dir, "d"))
+    base = os.path.join(tmp_dir, "d", "base.qcow2")
+    mid = os.path.join(tmp_dir, "d", "mid.qcow2")
+    top = os.path.join(tmp_dir, "d", "top.qcow2")
+    opts = "extended_l2=on" if ext else "cluster_size=65536"
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", base, "16M"]))
+    ok(qio(base, "write -P 0x10 0 16M"))
+    # mid by the other tool, top by this one, relative names everywhere.
+    other = [QEMU_IMG] if top_tool == "lockstep" else [lockstep_img]
+    this = [lockstep_img] if top_tool == "lockstep" else [QEMU_IMG]
+    ok(run(other + ["create", "-q", "-f", "qcow2", "-o", opts, "-b",
+                    "base.qcow2", "-F", "qcow2", mid, "16M"]))
+    ok(run(this + ["create", "-q", "-f", "qcow2", "-o", opts, "-b",
+                   "mid.qcow2", "-F", "qcow2", top, "16M"]))
+    ok(qio(mid, "write -P 0x20 1M 1M"))
+    cwd = os.getcwd()
+    os.chdir("/")
+    try:
+        ok(lio(lockstep_io, top, "write -P 0x30 %d 1000" % (1048576 + 5000),
+               "write -z 3M 64k", "discard 4M 64k"))
+    finally:
+        os.chdir(cwd)
+    check_clean(top)
+    check_clean(mid)
+    expect = ["read -P 0x10 0 1M", "read -P 0x20 1M 5000",
+              "read -P 0x30 %d 1000" % (1048576 + 5000),
+              "read -P 0x20 %d %d" % (1048576 + 6000, 1048576 - 6000),
+              "read -P 0 3M 64k", "read -P 0 4M 64k",
+              "read -P 0x10 %d 64k" % (3 * 1048576 + 65536)]
+    assert_read_ok(qio(top, *expect))
+    assert_read_ok(lio(lockstep_io, top, *expect, extra=("-r",)))
+    # The top layer only holds what was written there.
+    res = ok(run([QEMU_IMG, "map", "--output=json", top]))
+    assert '"depth": 0' in res.stdout.replace(" ", " ")
+
+
+def test_raw_backing_and_explicit_null(lockstep_io, tmp_dir):
+    base = os.path.join(tmp_dir, "base.raw")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    with open(base, "wb") as f:
+        f.write(b"\x42" * (4 << 20))
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F",
+            "raw", top, "8M"]))
+    assert_read_ok(lio(lockstep_io, top, "read -P 0x42 0 4M",
+                       "read -P 0 4M 4M", extra=("-r",)))
+    opts = ('{"driver": "qcow2", "backing": null, "file": '
+            '{"driver": "file", "filename": "%s"}}' % top)
+    res = ok(run([lockstep_io, "-r", "--image-opts", "-c", "read -P 0 0 4M",
+                  opts]))
+    assert "Pattern verification failed" not in res.stdout
+
+
+# ---- Random workload against a raw model ---------------------------------
+
+@pytest.mark.parametrize("opts", ["cluster_size=65536", "cluster_size=512",
+                                  "extended_l2=on", "cluster_size=4096,"
+                                  "refcount_bits=1"])
+def test_random_ops_compare(lockstep_io, lockstep_img, tmp_dir, opts):
+    size = 16 << 20
+    img = os.path.join(tmp_dir, "r.qcow2")
+    ref = os.path.join(tmp_dir, "r.raw")
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-o", opts, img,
+            str(size)]))
+    cs = 65536
+    for o in opts.split(","):
+        if o.startswith("cluster_size="):
+            cs = int(o.split("=")[1])
+    rnd = random.Random(hash(opts) & 0xffff)
+    model = bytearray(size)
+    cmds = []
+    for i in range(3000):
+        kind = rnd.random()
+        off = rnd.randrange(size)
+        length = min(rnd.choice([1, 511, 512, 4096, 65536, 300000]) +
+                     rnd.randrange(3000), size - off)
+        if kind < 0.6:
+            pat = rnd.randrange(1, 256)
+            cmds.append("write -P %d %d %d" % (pat, off, length))
+            model[off:off + length] = bytes([pat]) * length
+        elif kind < 0.8:
+            cmds.append("write -z%s %d %d" % (" -u" if rnd.random() < 0.5
+                                              else "", off, length))
+            model[off:off + length] = bytes(length)
+        elif kind < 0.95:
+            # Only whole clusters are guaranteed to be discarded.
+            start = (off + cs - 1) // cs * cs
+            end = (off + length) // cs * cs
+            if end > start:
+                cmds.append("discard %d %d" % (start, end - start))
+                model[start:end] = bytes(end - start)
+        else:
+            cmds.append("flush")
+    with open(ref, "wb") as f:
+        f.write(model)
+    res = run([lockstep_io, "-f", "qcow2", img], stdin="\n".join(cmds) +
+              "\n", timeout=600)
+    ok(res)
+    check_clean(img)
+    ok(run([QEMU_IMG, "compare", "-f", "raw", "-F", "qcow2", ref, img]))
+
+
+# ---- Crash safety ------------------------------------------------------------
+
+def test_crash_sigkill(lockstep_io, lockstep_img, tmp_dir):
+    if not shutil.which("stdbuf"):
+        pytest.skip("stdbuf missing")
+    img = os.path.join(tmp_dir, "k.qcow2")
+    size = 64 << 20
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=4096", img, str(size)]))
+    rnd = random.Random(7)
+    deadline = time.time() + 40
+    durable = {}          # region index -> pattern known to be stable
+    region = 256 * 1024
+    nregions = size // region
+    rounds = 0
+    while time.time() < deadline:
+        rounds += 1
+        cmds = []
+        fua = {}
+        for i in range(4000):
+            r = rnd.randrange(nregions)
+            pat = rnd.randrange(1, 256)
+            off = r * region + rnd.randrange(region // 2)
+            length = rnd.randrange(1, region // 2)
+            k = rnd.random()
+            if k < 0.05:
+                cmds.append("flush")
+            elif k < 0.15 and r not in durable and r * region not in fua:
+                # A FUA write covering a whole region, never rewritten.
+                cmds.append("write -f -P %d %d %d" % (pat, r * region,
+                                                       region))
+                fua[r * region] = (r, pat)
+            elif k < 0.25:
+                if r not in durable and r * region not in fua:
+                    cmds.append("write -z %d %d" % (off, length))
+            elif k < 0.3:
+                if r not in durable and r * region not in fua:
+                    cmds.append("discard %d %d" % (r * region, region))
+            else:
+                if r not in durable and r * region not in fua:
+                    cmds.append("write -P %d %d %d" % (pat, off, length))
+        p = subprocess.Popen(["stdbuf", "-oL", lockstep_io, "-f", "qcow2",
+                              img], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+        try:
+            p.stdin.write("\n".join(cmds) + "\n")
+            p.stdin.flush()
+        except BrokenPipeError:
+            pass
+        time.sleep(rnd.uniform(0.02, 0.4))
+        os.kill(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        for line in out.splitlines():
+            if line.startswith("wrote %d/" % region):
+                off = int(line.split()[-1])
+                if off in fua:
+                    r, pat = fua[off]
+                    durable[r] = pat
+        res = run([QEMU_IMG, "check", img])
+        assert res.returncode in (0, 3), res.stdout + res.stderr
+        if durable:
+            reads = ["read -P %d %d %d" % (pat, r * region, region)
+                     for r, pat in sorted(durable.items())]
+            assert_read_ok(qio(img, *reads))
+    assert rounds >= 5
+
+
+# ---- Corrupt and flagged images ---------------------------------------------
+
+def set_incompat(img, bits):
+    with open(img, "r+b") as f:
+        f.seek(72)
+        cur = struct.unpack(">Q", f.read(8))[0]
+        f.seek(72)
+        f.write(struct.pack(">Q", cur | bits))
+
+
+def test_corrupt_and_dirty_bits(lockstep_io, tmp_dir):
+    img = os.path.join(tmp_dir, "c.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "1M"]))
+    set_incompat(img, 2)
+    res = lio(lockstep_io, img, "read 0 512")
+    assert res.returncode != 0
+    assert "corrupt" in res.stderr
+    ok(lio(lockstep_io, img, "read 0 512", extra=("-r",)))
+    img2 = os.path.join(tmp_dir, "d.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img2, "1M"]))
+    set_incompat(img2, 1)
+    res = lio(lockstep_io, img2, "read 0 512")
+    assert res.returncode != 0
+    assert "dirty" in res.stderr
+
+
+def test_unknown_feature_refused(lockstep_io, tmp_dir):
+    img = os.path.join(tmp_dir, "u.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "1M"]))
+    set_incompat(img, 1 << 9)
+    res = lio(lockstep_io, img, "read 0 512", extra=("-r",))
+    assert res.returncode != 0
+    assert "Unknown incompatible feature bit 9" in res.stderr
+
+
+@pytest.mark.parametrize("opts", ["lazy_refcounts=on", "encryption=on"])
+def test_unsupported_refused(lockstep_io, tmp_dir, opts):
+    img = os.path.join(tmp_dir, "n.qcow2")
+    argv = [QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", opts]
+    if "encryption" in opts:
+        argv = [QEMU_IMG, "create", "-q", "-f", "qcow2", "--object",
+                "secret,id=s0,data=x", "-o",
+                "encrypt.format=luks,encrypt.key-secret=s0"]
+    ok(run(argv + [img, "1M"]))
+    res = lio(lockstep_io, img, "read 0 512", extra=("-r",))
+    assert res.returncode != 0
+    assert "not supported" in res.stderr
+
+
+def test_overlap_write_marks_corrupt(lockstep_io, tmp_dir):
+    img = os.path.join(tmp_dir, "ov.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "16M"]))
+    ok(qio(img, "write -P 1 0 64k"))
+    # Point guest cluster 0 at the L1 table (cluster 3) by hand.
+    with open(img, "r+b") as f:
+        f.seek(40)
+        l1 = struct.unpack(">Q", f.read(8))[0]
+        f.seek(l1)
+        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+        f.seek(l2)
+        f.write(struct.pack(">Q", l1 | (1 << 63)))
+    res = lio(lockstep_io, img, "write -P 2 0 512")
+    assert res.returncode != 0
+    res = run([QEMU_IMG, "info", "--output=json", "-U", img])
+    assert '"corrupt": true' in res.stdout
