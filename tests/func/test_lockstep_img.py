@@ -358,6 +358,24 @@ def test_info_same_as_qemu(limg, qemu_img, tmp_dir, output):
             assert ours.stdout == theirs.stdout, img
 
 
+def test_info_snapshots_and_bitmaps(limg, qemu_img, qemu_io_bin, tmp_dir):
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "s.qcow2"))
+    qio(qemu_io_bin, img, "write -P 1 0 128k")
+    for argv in (["snapshot", "-c", "first", img],
+                 ["snapshot", "-c", "second", img],
+                 ["bitmap", "--add", img, "b0"],
+                 ["bitmap", "--add", "-g", "512", "--disable", img, "b1"]):
+        assert run([qemu_img] + argv).returncode == 0
+    for output in ("human", "json"):
+        argv = ["info", "--output=" + output, img]
+        ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+        assert ours.returncode == theirs.returncode == 0
+        assert ours.stdout == theirs.stdout
+    data = info_json(limg, img)["format-specific"]["data"]
+    assert [b["name"] for b in data["bitmaps"]] == ["b0", "b1"]
+    assert data["bitmaps"][1]["granularity"] == 512
+
+
 def test_info_relative_name_in_other_dir(limg, qemu_img, tmp_dir):
     info_images(tmp_dir, qemu_img)
     cwd = os.getcwd()

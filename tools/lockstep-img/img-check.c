@@ -91,8 +91,7 @@ print_json(const struct check_args *a, const struct qcow2_check_result *r)
     json_object_set_new(o, "format", json_string("qcow2"));
     json_set_nonzero(o, "fragmented-clusters",
                      (int64_t)r->fragmented_clusters);
-    json_dumpf(o, stdout, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
-    printf("\n");
+    img_json_print(o);
     json_decref(o);
 }
 

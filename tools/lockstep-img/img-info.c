@@ -13,9 +13,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
+#include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "util.h"
@@ -31,6 +33,8 @@ struct info {
     bool is_qcow2;
     struct qcow2_header h;
     char *full_backing;           /* resolved backing path, or NULL */
+    json_t *bitmaps;              /* qcow2 bitmap list, or NULL */
+    json_t *snapshots;            /* qcow2 snapshot list, or NULL */
 };
 
 static void
@@ -38,6 +42,8 @@ info_free(struct info *in)
 {
     free(in->fmt);
     free(in->full_backing);
+    json_decref(in->bitmaps);
+    json_decref(in->snapshots);
 }
 
 /* qemu's size_to_str: 3 significant digits, next unit from 1000 up. */
@@ -54,6 +60,157 @@ fmt_size(char *buf, size_t len, uint64_t v)
         i++;
     }
     snprintf(buf, len, "%0.3g %s", v / ldexp(1, 10 * i), units[i]);
+}
+
+/* ---- Bitmaps and snapshots, read from the file ----------------------- */
+
+/* Where the bitmaps extension puts the directory; false if none. */
+static bool
+find_bitmap_dir(const uint8_t *head, size_t len, const struct qcow2_header *h,
+                uint32_t *nb, uint64_t *size, uint64_t *offset)
+{
+    uint64_t pos = h->version >= 3 ? h->header_length : QCOW2_V2_HEADER_LEN;
+    uint64_t end = MIN(len, h->cluster_size);
+
+    while (pos + 8 <= end) {
+        uint32_t magic = ld_be32(head + pos), elen = ld_be32(head + pos + 4);
+
+        if (magic == QCOW2_EXT_END || pos + 8 + elen > end) {
+            return false;
+        }
+        if (magic == QCOW2_EXT_BITMAPS && elen >= 24) {
+            *nb = ld_be32(head + pos + 8);
+            *size = ld_be64(head + pos + 16);
+            *offset = ld_be64(head + pos + 24);
+            return true;
+        }
+        pos += 8 + align_up(elen, 8);
+    }
+    return false;
+}
+
+static json_t *
+bitmap_entry(const uint8_t *e, uint64_t avail)
+{
+    uint32_t flags = ld_be32(e + 12);
+    uint16_t name_len = ld_be16(e + 18);
+    json_t *fl = json_array(), *o;
+
+    if (24 + (uint64_t)ld_be32(e + 20) + name_len > avail) {
+        json_decref(fl);
+        return NULL;
+    }
+    if (flags & 1) {
+        json_array_append_new(fl, json_string("in-use"));
+    }
+    if (flags & 2) {
+        json_array_append_new(fl, json_string("auto"));
+    }
+    o = json_object();
+    json_object_set_new(o, "flags", fl);
+    json_object_set_new(o, "name",
+                        json_stringn((const char *)e + 24 + ld_be32(e + 20),
+                                     name_len));
+    json_object_set_new(o, "granularity",
+                        json_integer((json_int_t)(1ULL << (e[17] & 63))));
+    return o;
+}
+
+/* The bitmap list qemu-img shows; only when the autoclear bit vouches. */
+static json_t *
+read_bitmaps(struct block_node *file, const uint8_t *head, size_t len,
+             const struct qcow2_header *h)
+{
+    uint64_t size, offset, pos = 0;
+    uint32_t nb;
+    CLEANUP_FREE uint8_t *dir = NULL;
+    json_t *list;
+
+    if (!(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
+        !find_bitmap_dir(head, len, h, &nb, &size, &offset) ||
+        size > 1024 * 65535 || !(dir = malloc(MAX(size, 1))) ||
+        block_pread(file, offset, size, dir, 0) < 0) {
+        return NULL;
+    }
+    list = json_array();
+    for (uint32_t i = 0; i < nb && pos + 24 <= size; i++) {
+        json_t *e = bitmap_entry(dir + pos, size - pos);
+
+        if (!e) {
+            break;
+        }
+        json_array_append_new(list, e);
+        pos += align_up(24 + (uint64_t)ld_be32(dir + pos + 20) +
+                        ld_be16(dir + pos + 18), 8);
+    }
+    return list;
+}
+
+/* One snapshot table entry at *pos (40-byte fixed part read in fix). */
+static json_t *
+snapshot_entry(struct block_node *file, uint64_t *pos)
+{
+    uint8_t fix[40], extra[24] = { 0 };
+    uint32_t extra_len, id_len, name_len;
+    uint64_t vm_clock, vm_size, icount = UINT64_MAX;
+    CLEANUP_FREE char *id = NULL, *name = NULL;
+    json_t *o;
+
+    if (block_pread(file, *pos, 40, fix, 0) < 0) {
+        return NULL;
+    }
+    extra_len = ld_be32(fix + 36);
+    id_len = ld_be16(fix + 12);
+    name_len = ld_be16(fix + 14);
+    id = xzalloc(id_len + 1);
+    name = xzalloc(name_len + 1);
+    if (block_pread(file, *pos + 40, MIN(extra_len, 24), extra, 0) < 0 ||
+        block_pread(file, *pos + 40 + extra_len, id_len, id, 0) < 0 ||
+        block_pread(file, *pos + 40 + extra_len + id_len, name_len, name,
+                    0) < 0) {
+        return NULL;
+    }
+    *pos += align_up(40 + (uint64_t)extra_len + id_len + name_len, 8);
+    vm_clock = ld_be64(fix + 24);
+    vm_size = extra_len >= 8 ? ld_be64(extra) : ld_be32(fix + 32);
+    if (extra_len >= 24) {
+        icount = ld_be64(extra + 16);
+    }
+    o = json_object();
+    if (icount != UINT64_MAX) {
+        json_object_set_new(o, "icount", json_integer((json_int_t)icount));
+    }
+    json_object_set_new(o, "vm-clock-nsec",
+                        json_integer(vm_clock % 1000000000));
+    json_object_set_new(o, "name", json_string(name));
+    json_object_set_new(o, "date-sec", json_integer(ld_be32(fix + 16)));
+    json_object_set_new(o, "date-nsec", json_integer(ld_be32(fix + 20)));
+    json_object_set_new(o, "vm-clock-sec",
+                        json_integer(vm_clock / 1000000000));
+    json_object_set_new(o, "id", json_string(id));
+    json_object_set_new(o, "vm-state-size", json_integer((json_int_t)vm_size));
+    return o;
+}
+
+static json_t *
+read_snapshots(struct block_node *file, const struct qcow2_header *h)
+{
+    uint64_t pos = h->snapshots_offset;
+    json_t *list;
+
+    if (h->nb_snapshots == 0) {
+        return NULL;
+    }
+    list = json_array();
+    for (uint32_t i = 0; i < h->nb_snapshots; i++) {
+        json_t *e = snapshot_entry(file, &pos);
+
+        if (!e) {
+            break;
+        }
+        json_array_append_new(list, e);
+    }
+    return list;
 }
 
 static bool
@@ -75,6 +232,8 @@ collect_qcow2(struct info *in, struct err **errp)
     in->is_qcow2 = true;
     in->virtual_size = (int64_t)in->h.size;
     in->actual_size = block_allocated_size(file);
+    in->bitmaps = read_bitmaps(file, head, len, &in->h);
+    in->snapshots = read_snapshots(file, &in->h);
     block_node_unref(file);
     if (in->h.has_backing_file) {
         in->full_backing = img_backing_path(in->filename, in->h.backing_file);
@@ -106,7 +265,7 @@ collect(struct info *in, const char *filename, const char *fmt,
 /* ---- JSON -------------------------------------------------------------- */
 
 static json_t *
-qcow2_specific(const struct qcow2_header *h)
+qcow2_specific(const struct qcow2_header *h, json_t *bitmaps)
 {
     json_t *d = json_object();
 
@@ -118,6 +277,9 @@ qcow2_specific(const struct qcow2_header *h)
         json_object_set_new(d, "lazy-refcounts",
                             json_boolean(h->compatible_features &
                                          QCOW2_COMPAT_LAZY_REFCOUNTS));
+    }
+    if (bitmaps) {
+        json_object_set(d, "bitmaps", bitmaps);
     }
     json_object_set_new(d, "refcount-bits", json_integer(h->refcount_bits));
     if (h->version >= 3) {
@@ -139,6 +301,9 @@ info_json(const struct info *in)
         json_object_set_new(o, "backing-filename-format",
                             json_string(h->backing_fmt));
     }
+    if (in->snapshots) {
+        json_object_set(o, "snapshots", in->snapshots);
+    }
     json_object_set_new(o, "virtual-size", json_integer(in->virtual_size));
     json_object_set_new(o, "filename", json_string(in->filename));
     if (in->is_qcow2) {
@@ -153,7 +318,8 @@ info_json(const struct info *in)
         json_object_set_new(o, "encrypted", json_true());
     }
     if (in->is_qcow2) {
-        json_object_set_new(o, "format-specific", qcow2_specific(h));
+        json_object_set_new(o, "format-specific",
+                            qcow2_specific(h, in->bitmaps));
     }
     if (in->full_backing) {
         json_object_set_new(o, "full-backing-filename",
@@ -170,7 +336,44 @@ info_json(const struct info *in)
 
 /* ---- Human ------------------------------------------------------------- */
 
-/* "compression-type": "zlib" becomes "    compression type: zlib". */
+/*
+ * qemu-img's dump of format-specific data: "key: value" lines, nested
+ * objects and lists one level deeper, list items labelled "[i]", dashes
+ * in keys shown as spaces.
+ */
+static void
+dump_value(int indent, const char *label, json_t *v)
+{
+    CLEANUP_FREE char *name = xstrdup(label);
+    const char *key;
+    json_t *child;
+    size_t i;
+
+    for (char *p = name; *p; p++) {
+        *p = *p == '-' ? ' ' : *p;
+    }
+    if (json_is_object(v) || json_is_array(v)) {
+        printf("%*s%s:\n", indent, "", name);
+    } else if (json_is_string(v)) {
+        printf("%*s%s: %s\n", indent, "", name, json_string_value(v));
+    } else if (json_is_integer(v)) {
+        printf("%*s%s: %" JSON_INTEGER_FORMAT "\n", indent, "", name,
+               json_integer_value(v));
+    } else {
+        printf("%*s%s: %s\n", indent, "", name,
+               json_is_true(v) ? "true" : "false");
+    }
+    json_object_foreach(v, key, child) {
+        dump_value(indent + 4, key, child);
+    }
+    json_array_foreach(v, i, child) {
+        char idx[32];
+
+        snprintf(idx, sizeof(idx), "[%zu]", i);
+        dump_value(indent + 4, idx, child);
+    }
+}
+
 static void
 print_specific(json_t *spec)
 {
@@ -179,19 +382,44 @@ print_specific(json_t *spec)
 
     printf("Format specific information:\n");
     json_object_foreach(data, key, v) {
-        CLEANUP_FREE char *name = xstrdup(key);
+        dump_value(4, key, v);
+    }
+}
 
-        for (char *p = name; *p; p++) {
-            *p = *p == '-' ? ' ' : *p;
+/* qemu-img's snapshot table. */
+static void
+print_snapshots(json_t *list)
+{
+    json_t *sn;
+    size_t i;
+
+    printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG",
+           "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    json_array_foreach(list, i, sn) {
+        time_t t = json_integer_value(json_object_get(sn, "date-sec"));
+        json_int_t secs = json_integer_value(json_object_get(sn,
+                                                             "vm-clock-sec"));
+        json_int_t ns = json_integer_value(json_object_get(sn,
+                                                           "vm-clock-nsec"));
+        json_t *ic = json_object_get(sn, "icount");
+        char size[32], date[32], clock[48], icount[32] = "";
+        struct tm tm;
+
+        fmt_size(size, sizeof(size),
+                 json_integer_value(json_object_get(sn, "vm-state-size")));
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S",
+                 localtime_r(&t, &tm));
+        snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d",
+                 (int)(secs / 3600), (int)(secs / 60 % 60), (int)(secs % 60),
+                 (int)(ns / 1000000));
+        if (ic) {
+            snprintf(icount, sizeof(icount), "%" JSON_INTEGER_FORMAT,
+                     json_integer_value(ic));
         }
-        if (json_is_string(v)) {
-            printf("    %s: %s\n", name, json_string_value(v));
-        } else if (json_is_integer(v)) {
-            printf("    %s: %" JSON_INTEGER_FORMAT "\n", name,
-                   json_integer_value(v));
-        } else {
-            printf("    %s: %s\n", name, json_is_true(v) ? "true" : "false");
-        }
+        printf("%-9s %-16s %8s%20s%13s%11s\n",
+               json_string_value(json_object_get(sn, "id")),
+               json_string_value(json_object_get(sn, "name")), size, date,
+               clock, icount);
     }
 }
 
@@ -199,6 +427,7 @@ static void
 info_human(const struct info *in)
 {
     const struct qcow2_header *h = &in->h;
+    json_t *spec;
     char buf[64];
 
     printf("image: %s\nfile format: %s\n", in->filename, in->fmt);
@@ -230,7 +459,10 @@ info_human(const struct info *in)
     if (h->has_backing_fmt) {
         printf("backing file format: %s\n", h->backing_fmt);
     }
-    json_t *spec = qcow2_specific(h);
+    if (in->snapshots) {
+        print_snapshots(in->snapshots);
+    }
+    spec = qcow2_specific(h, in->bitmaps);
     print_specific(spec);
     json_decref(spec);
 }
@@ -296,8 +528,7 @@ info_one(const struct info_args *a, const struct info *in, json_t *list,
     } else if (a->json) {
         json_t *o = info_json(in);
 
-        json_dumpf(o, stdout, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
-        printf("\n");
+        img_json_print(o);
         json_decref(o);
     } else {
         info_human(in);
@@ -352,8 +583,7 @@ img_cmd_info(int argc, char **argv)
     free(name);
     free(fmt);
     if (list && ret == 0) {
-        json_dumpf(list, stdout, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
-        printf("\n");
+        img_json_print(list);
     }
     json_decref(list);
     return ret;

@@ -101,6 +101,9 @@ void img_progress_start(struct img_progress *p, bool enabled);
 void img_progress_update(struct img_progress *p, double percent);
 void img_progress_end(struct img_progress *p);
 
+/* Print v on stdout as qemu-img prints JSON (4-space indent, ASCII). */
+void img_json_print(json_t *v);
+
 /* Largest allocation for an I/O buffer, aligned for O_DIRECT. */
 void *img_buf_alloc(size_t bytes);
 

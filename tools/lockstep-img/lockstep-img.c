@@ -351,6 +351,109 @@ img_virtual_size(const char *filename, const char *fmt, struct err **errp)
     return size;
 }
 
+/* ---- JSON output, formatted like QEMU's pretty printer ------------------- */
+
+/* Decode one UTF-8 sequence; invalid input gives U+FFFD and one byte. */
+static unsigned
+utf8_next(const unsigned char **p)
+{
+    const unsigned char *s = *p;
+    unsigned cp, n;
+
+    if (s[0] < 0x80) {
+        *p += 1;
+        return s[0];
+    }
+    n = s[0] >= 0xf0 ? 3 : s[0] >= 0xe0 ? 2 : s[0] >= 0xc0 ? 1 : 0;
+    cp = s[0] & (0x3f >> n);
+    for (unsigned i = 1; i <= n; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            n = 0;
+            break;
+        }
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (n == 0 || cp > 0x10ffff) {
+        *p += 1;
+        return 0xfffd;
+    }
+    *p += n + 1;
+    return cp;
+}
+
+/* Strings: ASCII as is, the rest as upper-case \uXXXX escapes. */
+static void
+json_print_string(FILE *f, const char *str)
+{
+    const unsigned char *p = (const unsigned char *)str;
+
+    fputc('"', f);
+    while (*p) {
+        unsigned cp = utf8_next(&p);
+        const char *esc = cp == '"' ? "\\\"" : cp == '\\' ? "\\\\"
+                        : cp == '\b' ? "\\b" : cp == '\f' ? "\\f"
+                        : cp == '\n' ? "\\n" : cp == '\r' ? "\\r"
+                        : cp == '\t' ? "\\t" : NULL;
+
+        if (esc) {
+            fputs(esc, f);
+        } else if (cp >= 0x20 && cp < 0x7f) {
+            fputc((int)cp, f);
+        } else if (cp > 0xffff) {
+            cp -= 0x10000;
+            fprintf(f, "\\u%04X\\u%04X", 0xd800 | (cp >> 10),
+                    0xdc00 | (cp & 0x3ff));
+        } else {
+            fprintf(f, "\\u%04X", cp);
+        }
+    }
+    fputc('"', f);
+}
+
+static void
+json_print_value(FILE *f, json_t *v, int indent)
+{
+    bool obj = json_is_object(v), first = true;
+    const char *key;
+    json_t *child;
+    size_t i;
+
+    if (json_is_string(v)) {
+        json_print_string(f, json_string_value(v));
+        return;
+    }
+    if (json_is_integer(v)) {
+        fprintf(f, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return;
+    }
+    if (!obj && !json_is_array(v)) {
+        fputs(json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null",
+              f);
+        return;
+    }
+    fputs(obj ? "{\n" : "[\n", f);
+    json_object_foreach(v, key, child) {
+        fprintf(f, "%s%*s", first ? "" : ",\n", indent + 4, "");
+        json_print_string(f, key);
+        fputs(": ", f);
+        json_print_value(f, child, indent + 4);
+        first = false;
+    }
+    json_array_foreach(v, i, child) {
+        fprintf(f, "%s%*s", first ? "" : ",\n", indent + 4, "");
+        json_print_value(f, child, indent + 4);
+        first = false;
+    }
+    fprintf(f, "%s%*s%c", first ? "" : "\n", indent, "", obj ? '}' : ']');
+}
+
+void
+img_json_print(json_t *v)
+{
+    json_print_value(stdout, v, 0);
+    fputc('\n', stdout);
+}
+
 /* ---- Progress ------------------------------------------------------------ */
 
 void
