@@ -6,7 +6,8 @@
  * for every width (against a naive model), and through the driver:
  * qcow2_create() for every cluster size and refcount width, a write/read
  * round trip, and make_empty on a 10 GiB image with 1 GiB allocated, which
- * must take well under a second and leave an image qemu-img check accepts.
+ * must take well under a second and leave an image qemu-img check accepts;
+ * and eight threads copying-on-write into the same clusters at once.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -458,6 +459,107 @@ test_make_empty_fast(void **state)
     free(buf);
 }
 
+/* ---- Concurrency: many threads writing into the same clusters -------- */
+
+#define CONC_THREADS 8
+#define CONC_SECTORS 4096          /* 2 MiB of 512-byte sectors */
+
+struct conc_arg {
+    struct block_handle *h;
+    unsigned id;
+    int failures;
+};
+
+/*
+ * Thread id owns every sector s with s % CONC_THREADS == id, so all
+ * threads allocate and copy-on-write the same clusters at once; the
+ * range locks must keep every sector's last write.
+ */
+static void *
+conc_worker(void *opaque)
+{
+    struct conc_arg *a = opaque;
+    uint8_t buf[512], back[512];
+    unsigned seed = a->id * 7919 + 1;
+
+    for (int round = 0; round < 3000; round++) {
+        uint64_t sec = (uint64_t)(rand_r(&seed) % (CONC_SECTORS /
+                                                   CONC_THREADS)) *
+                       CONC_THREADS + a->id;
+        int op = rand_r(&seed) % 10;
+
+        memset(buf, (int)((sec * 31 + (uint64_t)round) & 0xff) | 1, 512);
+        if (op < 6) {
+            if (block_handle_pwrite(a->h, sec * 512, 512, buf, 0) < 0) {
+                a->failures++;
+                continue;
+            }
+            if (block_handle_pread(a->h, sec * 512, 512, back, 0) < 0 ||
+                memcmp(buf, back, 512)) {
+                a->failures++;
+            }
+        } else if (op < 8) {
+            if (block_handle_pwrite_zeroes(a->h, sec * 512, 512,
+                                           BLOCK_REQ_MAY_UNMAP) < 0 ||
+                block_handle_pread(a->h, sec * 512, 512, back, 0) < 0 ||
+                !buffer_is_zero(back, 512)) {
+                a->failures++;
+            }
+        } else if (block_handle_pread(a->h, sec * 512, 512, back, 0) < 0) {
+            a->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void
+test_concurrent_cow(void **state)
+{
+    static const uint64_t sizes[] = { 4096, 65536 };
+    (void)state;
+
+    for (size_t si = 0; si < ARRAY_SIZE(sizes); si++) {
+        struct qcow2_create_opts o = {
+            .cluster_size = sizes[si],
+            .extended_l2 = sizes[si] >= 16384,
+        };
+        char *path = tmp_path("conc.qcow2");
+        char *base = tmp_path("conc-base.qcow2");
+        struct conc_arg args[CONC_THREADS];
+        pthread_t th[CONC_THREADS];
+        struct block_node *node;
+        struct block_handle *h;
+        uint8_t *fill = xmalloc(CONC_SECTORS * 512);
+
+        /* A backing file full of 0xbb makes every allocation COW. */
+        create_image(base, 8 * MiB, &(struct qcow2_create_opts){ 0 });
+        h = open_image(base, &node);
+        memset(fill, 0xbb, CONC_SECTORS * 512);
+        assert_int_equal(block_handle_pwrite(h, 0, CONC_SECTORS * 512, fill,
+                                             0), 0);
+        close_image(h, node);
+        o.backing_file = base;
+        o.backing_fmt = "qcow2";
+        create_image(path, 8 * MiB, &o);
+        h = open_image(path, &node);
+        for (unsigned i = 0; i < CONC_THREADS; i++) {
+            args[i] = (struct conc_arg){ .h = h, .id = i };
+            thread_create(&th[i], "conc", conc_worker, &args[i]);
+        }
+        for (unsigned i = 0; i < CONC_THREADS; i++) {
+            thread_join(th[i]);
+            assert_int_equal(args[i].failures, 0);
+        }
+        close_image(h, node);
+        assert_int_equal(qemu_img_check(path), 0);
+        unlink(path);
+        unlink(base);
+        free(path);
+        free(base);
+        free(fill);
+    }
+}
+
 int
 main(void)
 {
@@ -468,6 +570,7 @@ main(void)
         cmocka_unit_test(test_refcounts),
         cmocka_unit_test(test_create_roundtrip),
         cmocka_unit_test(test_make_empty_fast),
+        cmocka_unit_test(test_concurrent_cow),
     };
     int ret;
 
