@@ -147,8 +147,19 @@ def servers():
         return s
 
     yield start
+    reports = []
     for s in started:
+        # A clean shutdown, so that sanitizer builds check for leaks too.
+        if s.alive():
+            try:
+                s.stop()
+            except subprocess.TimeoutExpired:
+                reports.append("nbd-serve did not shut down")
         s.kill()
+        err = s.proc.stderr.read()
+        if "Sanitizer" in err or "runtime error" in err:
+            reports.append(err)
+    assert not reports, "\n".join(reports)[-4000:]
 
 
 def file_server(servers, tmp_dir, size=64 * MiB, writable=True, extra=(),
@@ -515,10 +526,13 @@ def test_fio_verify(servers, tmp_dir):
     if "uri" not in run(["fio", "--enghelp=nbd"]).stdout:
         pytest.skip("fio has no nbd engine")
     srv = file_server(servers, tmp_dir, size=32 * MiB)
-    r = run(["fio", "--name=nbdtest", "--ioengine=nbd", "--uri=" + srv.uri,
-             "--rw=randwrite", "--bs=4k", "--size=32M", "--iodepth=32",
-             "--io_size=8M", "--verify=crc32c", "--do_verify=1",
-             "--randrepeat=1", "--output-format=json"], timeout=80)
+    # fio writes its verify state file into the working directory.
+    r = subprocess.run(["fio", "--name=nbdtest", "--ioengine=nbd",
+                        "--uri=" + srv.uri, "--rw=randwrite", "--bs=4k",
+                        "--size=32M", "--iodepth=32", "--io_size=8M",
+                        "--verify=crc32c", "--do_verify=1", "--randrepeat=1",
+                        "--output-format=json"], capture_output=True,
+                       text=True, timeout=80, cwd=tmp_dir)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     res = json.loads(r.stdout[r.stdout.index("{"):])
     job = res["jobs"][0]
@@ -730,16 +744,18 @@ def test_flood_while_other_client_writes(servers, tmp_dir):
     srv = file_server(servers, tmp_dir, size=16 * MiB)
     stop = threading.Event()
     errors = []
+    flood_socks = []
 
     def flood():
         try:
             c = RawClient(srv.sock)
             c.connect()
-            c.s.settimeout(30)
+            c.s.settimeout(60)
+            flood_socks.append(c.s)
             sent = 0
             while not stop.is_set() and sent < 20000:
-                # Reads of the flooder's own area, replies left unread for
-                # a while: the server's flow control must push back on us.
+                # Replies left unread for a long time: the server's flow
+                # control must push back on this client only.
                 c.request(CMD_READ, 8 * MiB, 65536)
                 c.request(CMD_WRITE, 12 * MiB, 4096, 0, b"\xee" * 4096)
                 sent += 2
@@ -773,6 +789,11 @@ def test_flood_while_other_client_writes(servers, tmp_dir):
         assert err == 0 and got == bytes(model)
     finally:
         stop.set()
+        for fs in flood_socks:
+            try:
+                fs.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for t in floods:
             t.join(timeout=40)
     c.close()
