@@ -803,6 +803,48 @@ def test_commit_qcow2_keep_top(limg, qemu_img, qcow2_driver, chain, tmp_dir):
     assert run([qemu_img, "compare", base, top]).returncode == 0
 
 
+def test_commit_deep_base_with_zeroes(limg, qemu_img, qemu_io_bin,
+                                      qcow2_driver, tmp_dir):
+    """-b BASE two levels down; a zero cluster in the top must reach base."""
+    b = qcreate(qemu_img, os.path.join(tmp_dir, "b.qcow2"), size="4M")
+    qio(qemu_io_bin, b, "write -P 1 0 1M")
+    m = qcreate(qemu_img, os.path.join(tmp_dir, "m.qcow2"), size=None,
+                backing="b.qcow2")
+    qio(qemu_io_bin, m, "write -P 2 512k 1M")
+    t = qcreate(qemu_img, os.path.join(tmp_dir, "t.qcow2"), size=None,
+                backing="m.qcow2")
+    qio(qemu_io_bin, t, "write -P 3 1M 1M", "write -z 0 64k")
+    ref = os.path.join(tmp_dir, "ref.raw")
+    assert run([qemu_img, "convert", "-O", "raw", t, ref]).returncode == 0
+    r = run([limg, "commit", "-b", b, t])
+    assert r.returncode == 0, r.stderr
+    assert run([qemu_img, "compare", "-F", "raw", b, ref]).returncode == 0
+    for img in (b, m, t):
+        assert run([qemu_img, "check", img]).returncode == 0
+    r = run([limg, "commit", "-b", os.path.join(tmp_dir, "x.qcow2"), t])
+    assert r.returncode == 1 and "backing chain" in r.stderr
+
+
+@pytest.mark.parametrize("opts", [
+    "cluster_size=512", "cluster_size=4k,refcount_bits=1",
+    "extended_l2=on", "cluster_size=2M,refcount_bits=64", "refcount_bits=8",
+])
+def test_driver_writes_pass_both_checkers(limg, qemu_img, lockstep_io,
+                                          qcow2_driver, tmp_dir, opts):
+    """Images made by lockstep-img and written by our driver stay clean."""
+    img = os.path.join(tmp_dir, "d.qcow2")
+    r = run([limg, "create", "-q", "-f", "qcow2", "-o", opts, img, "32M"])
+    assert r.returncode == 0, r.stderr
+    argv = [lockstep_io, "-f", "qcow2"]
+    for c in ("write -P 1 0 1M", "write -P 2 5000 70000", "write -z 8M 1M",
+              "discard 0 64k", "write -P 3 31M 1M"):
+        argv += ["-c", c]
+    r = run(argv + [img])
+    assert r.returncode == 0, r.stdout + r.stderr
+    rc, out, err = assert_check_agrees(limg, qemu_img, img)
+    assert rc == 0 and err == ""
+
+
 def test_resize_qcow2(limg, qemu_img, qcow2_driver, chain):
     _, top = chain
     r = run([limg, "resize", top, "+4M"])

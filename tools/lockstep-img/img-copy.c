@@ -25,10 +25,13 @@
 /* Deepest chain commit walks. */
 #define COMMIT_MAX_CHAIN 64
 
-/* Copy [off, off+n) from src to dst unless it reads as zeroes. */
+/*
+ * Copy [off, off+n) from src to dst.  Zeroes are skipped when dst is known
+ * to read as zero there (a fresh convert target), else written as zeroes.
+ */
 static int
 copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
-           uint8_t *buf)
+           uint8_t *buf, bool dst_is_zero)
 {
     int ret = block_handle_pread(src->h, off, n, buf, 0);
 
@@ -37,10 +40,14 @@ copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
                   strerror(-ret));
         return ret;
     }
-    if (buffer_is_zero(buf, n)) {
+    if (buffer_is_zero(buf, n) && dst_is_zero) {
         return 0;
     }
-    ret = block_handle_pwrite(dst->h, off, n, buf, 0);
+    if (buffer_is_zero(buf, n)) {
+        ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
+    } else {
+        ret = block_handle_pwrite(dst->h, off, n, buf, 0);
+    }
     if (ret < 0) {
         img_error("error while writing at byte %" PRIu64 ": %s", off,
                   strerror(-ret));
@@ -118,7 +125,7 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress)
         }
         n = MIN(n, pnum);
         if (!(ret & BLOCK_STATUS_ZERO)) {
-            ret = copy_range(src, dst, off, n, buf);
+            ret = copy_range(src, dst, off, n, buf, true);
         }
         img_progress_update(&prog, (off + n) * 100.0 / len);
     }
@@ -320,7 +327,7 @@ commit_copy(struct img *imgs, int base, bool progress)
         n = MIN(IMG_CHUNK, len - off);
         ret = above_base(imgs, base, off, &n);
         if (ret > 0) {
-            ret = copy_range(&imgs[0], &imgs[base], off, n, buf);
+            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, false);
         }
         img_progress_update(&prog, (off + n) * 100.0 / len);
     }
