@@ -185,6 +185,10 @@ parse_scalars(struct cbw_state *s, json_t *options, uint64_t *min_cluster,
         err_setf(errp, "Parameter 'min-cluster-size' expects size");
         return false;
     }
+    if (mcs && !is_power_of_2((uint64_t)mcs)) {
+        err_setf(errp, "min-cluster-size needs to be a power of 2");
+        return false;
+    }
     *min_cluster = (uint64_t)mcs;
     return true;
 }
