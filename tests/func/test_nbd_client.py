@@ -1,0 +1,270 @@
+# SPDX-License-Identifier: MIT
+"""Functional tests of the "nbd" protocol driver (block/protocol/nbd.c).
+
+build/lockstep-io opens driver=nbd nodes against three servers: our own
+(nbd-serve), qemu-nbd and nbdkit (memory plugin, with the error and delay
+filters for faults).  Also checked: open-timeout, reconnect-delay after the
+server dies, a dead server failing requests with EIO, read-only exports,
+refused TLS, x-dirty-bitmap, and requests in flight in parallel through a
+chain lockstep NBD server -> nbd driver -> nbdkit.
+
+Every test runs under a SIGALRM guard and kills its servers.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import make_image, run
+from test_nbd_server import NbdServe, free_port, need, timeout_guard  # noqa
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def procs():
+    """Background processes, killed at the end of the test."""
+    started = []
+
+    def start(argv, **kw):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+
+
+def wait_socket(path, proc=None, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        if os.path.exists(path):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("server exited: %s" % proc.stderr.read())
+        time.sleep(0.05)
+    raise TimeoutError("no socket %s" % path)
+
+
+def nbdkit(procs, sock, *args):
+    need("nbdkit")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    p = procs(["nbdkit", "-f", "-U", sock] + list(args))
+    wait_socket(sock, p)
+    return p
+
+
+def qemu_nbd(procs, sock, img, *args):
+    need("qemu-nbd")
+    p = procs(["qemu-nbd", "-f", "raw", "-k", sock] + list(args) + [img])
+    wait_socket(sock, p)
+    return p
+
+
+def opts(sock, export="", extra=""):
+    return ("driver=nbd,server.type=unix,server.path=%s,export=%s%s"
+            % (sock, export, extra))
+
+
+def lio(lockstep_io, image_opts, cmds, read_only=False, timeout=60):
+    argv = [lockstep_io] + (["-r"] if read_only else [])
+    for c in cmds:
+        argv += ["-c", c]
+    return run(argv + ["--image-opts", image_opts], timeout=timeout)
+
+
+def test_against_lockstep_server(lockstep_io, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "d.raw"), 16 * MiB)
+    sock = os.path.join(tmp_dir, "s.sock")
+    srv = NbdServe(["-b", "driver=file,node-name=d0,filename=" + img,
+                    "-n", "unix:" + sock,
+                    "-e", "type=nbd,id=e0,node-name=d0,writable=on"])
+    try:
+        r = lio(lockstep_io, opts(sock, "d0"),
+                ["write -P 0x42 1M 3M", "write -P 0x43 100 1000",
+                 "write -z 2M 64k", "flush", "read -P 0x42 1M 1M",
+                 "read -P 0 2M 64k", "read -P 0x43 100 1000",
+                 "discard 8M 1M", "length"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "16 MiB" in r.stdout
+        with open(img, "rb") as f:
+            f.seek(3 * MiB)
+            assert f.read(MiB) == b"\x42" * MiB
+            f.seek(2 * MiB)
+            assert f.read(65536) == bytes(65536)
+        # x-dirty-bitmap naming a bitmap the export does not have.
+        r = lio(lockstep_io, opts(sock, "d0", ",x-dirty-bitmap=nope"),
+                ["length"])
+        assert r.returncode == 1
+        assert "requested x-dirty-bitmap nope not found" in r.stderr
+        # Unknown export.
+        r = lio(lockstep_io, opts(sock, "nope"), ["length"])
+        assert r.returncode == 1
+        assert "Failed to connect" in r.stderr
+    finally:
+        srv.kill()
+
+
+def test_against_qemu_nbd(lockstep_io, tmp_dir, procs):
+    img = make_image(os.path.join(tmp_dir, "q.raw"), 8 * MiB)
+    sock = os.path.join(tmp_dir, "q.sock")
+    qemu_nbd(procs, sock, img, "-x", "qexp", "-e", "4")
+    r = lio(lockstep_io, opts(sock, "qexp"),
+            ["write -P 0x11 0 1M", "write -z 1M 1M", "write -P 0x12 5M 512",
+             "read -P 0x11 0 1M", "read -P 0 1M 1M", "read -P 0x12 5M 512",
+             "flush"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(img, "rb") as f:
+        assert f.read(MiB) == b"\x11" * MiB
+
+
+def test_read_only_export(lockstep_io, tmp_dir, procs):
+    img = make_image(os.path.join(tmp_dir, "q.raw"), MiB, fill=0x77)
+    sock = os.path.join(tmp_dir, "q.sock")
+    qemu_nbd(procs, sock, img, "-r", "-t", "-x", "ro")
+    r = lio(lockstep_io, opts(sock, "ro"), ["read -P 0x77 0 4k"])
+    assert r.returncode == 1
+    assert "NBD export is read-only" in r.stderr
+    r = lio(lockstep_io, opts(sock, "ro"), ["read -P 0x77 0 4k"],
+            read_only=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_tls_refused(lockstep_io, tmp_dir):
+    r = lio(lockstep_io, opts(os.path.join(tmp_dir, "none"), "x",
+                              ",tls-creds=tls0"), ["length"])
+    assert r.returncode == 1
+    assert "TLS is not supported" in r.stderr
+
+
+def test_nbdkit_memory_and_errors(lockstep_io, tmp_dir, procs):
+    sock = os.path.join(tmp_dir, "k.sock")
+    nbdkit(procs, sock, "memory", "8M")
+    r = lio(lockstep_io, opts(sock),
+            ["write -P 0x5 0 2M", "read -P 0x5 0 2M", "write -z 0 4k",
+             "read -P 0 0 4k", "discard 1M 64k", "read -P 0 1M 64k"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Fault injection: every read fails with EIO, every write with ENOSPC.
+    sock2 = os.path.join(tmp_dir, "k2.sock")
+    nbdkit(procs, sock2, "--filter=error", "memory", "8M",
+           "error-pread=EIO", "error-pread-rate=100%",
+           "error-pwrite=ENOSPC", "error-pwrite-rate=100%")
+    r = lio(lockstep_io, opts(sock2), ["read 0 4k"])
+    assert r.returncode == 1
+    assert "Input/output error" in r.stdout + r.stderr
+    r = lio(lockstep_io, opts(sock2), ["write 0 4k"])
+    assert r.returncode == 1
+    assert "No space left on device" in r.stdout + r.stderr
+
+
+def test_open_timeout(lockstep_io, tmp_dir, procs):
+    need("nbdkit")
+    sock = os.path.join(tmp_dir, "late.sock")
+    # Without open-timeout a missing server fails at once.
+    r = lio(lockstep_io, opts(sock), ["length"])
+    assert r.returncode == 1 and "Failed to connect" in r.stderr
+    # With it, a server that appears a second later is found.
+    p = subprocess.Popen([lockstep_io, "-c", "length", "--image-opts",
+                          opts(sock, "", ",open-timeout=10")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        time.sleep(1)
+        nbdkit(procs, sock, "memory", "4M")
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    assert "4 MiB" in out
+
+
+def interactive(lockstep_io, image_opts):
+    return subprocess.Popen([lockstep_io, "--image-opts", image_opts],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_dead_server_gives_eio(lockstep_io, tmp_dir, procs):
+    sock = os.path.join(tmp_dir, "d.sock")
+    k = nbdkit(procs, sock, "memory", "4M")
+    p = interactive(lockstep_io, opts(sock))
+    try:
+        p.stdin.write("write -P 0x9 0 4k\n")
+        p.stdin.flush()
+        time.sleep(0.5)
+        k.kill()
+        k.wait()
+        t0 = time.time()
+        out, err = p.communicate(input="read 0 4k\n", timeout=30)
+        assert time.time() - t0 < 10
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "wrote 4096/4096" in out
+    assert "read failed: Input/output error" in out + err
+    assert p.returncode == 1
+
+
+def test_reconnect_delay(lockstep_io, tmp_dir, procs):
+    sock = os.path.join(tmp_dir, "r.sock")
+    img = make_image(os.path.join(tmp_dir, "r.raw"), 4 * MiB)
+    k = qemu_nbd(procs, sock, img, "-x", "r", "-t")
+    p = interactive(lockstep_io, opts(sock, "r", ",reconnect-delay=15"))
+    try:
+        p.stdin.write("write -P 0x9 0 4k\n")
+        p.stdin.flush()
+        time.sleep(0.5)
+        k.kill()
+        k.wait()
+        os.unlink(sock)
+        # The request waits for the server to come back.
+        p.stdin.write("read -P 0x9 0 4k\n")
+        p.stdin.flush()
+        time.sleep(1.5)
+        qemu_nbd(procs, sock, img, "-x", "r", "-t")
+        out, err = p.communicate(input="", timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    assert "read 4096/4096 bytes at offset 0" in out
+
+
+def test_parallel_requests_through_chain(tmp_dir, procs):
+    """qemu-io -> lockstep NBD server -> nbd driver -> nbdkit (delay 0.5 s
+    per read, multi-conn): eight reads in flight finish well before eight
+    times the delay."""
+    need("qemu-io")
+    ksock = os.path.join(tmp_dir, "k.sock")
+    nbdkit(procs, ksock, "--filter=delay", "memory", "16M", "rdelay=500ms")
+    sock = os.path.join(tmp_dir, "s.sock")
+    srv = NbdServe(["-b", "driver=nbd,node-name=n0,server.type=unix,"
+                    "server.path=%s" % ksock,
+                    "-n", "unix:" + sock,
+                    "-e", "type=nbd,id=e0,node-name=n0,writable=on"])
+    try:
+        cmds = []
+        for i in range(8):
+            cmds += ["-c", "aio_read %d 4k" % (i * MiB)]
+        cmds += ["-c", "aio_flush"]
+        t0 = time.time()
+        r = run(["qemu-io", "-f", "raw"] + cmds +
+                ["nbd+unix:///n0?socket=" + sock], timeout=60)
+        elapsed = time.time() - t0
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.count("read 4096/4096") == 8
+        assert elapsed < 3.5, elapsed
+    finally:
+        srv.kill()
