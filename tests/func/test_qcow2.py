@@ -358,6 +358,43 @@ def test_crash_sigkill(lockstep_io, lockstep_img, tmp_dir):
     assert rounds >= 5
 
 
+# ---- Resize --------------------------------------------------------------------
+
+def test_resize_grow(lockstep_io, lockstep_img, tmp_dir):
+    img = os.path.join(tmp_dir, "g.qcow2")
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=512", img, "16M"]))
+    ok(lio(lockstep_io, img, "write -P 7 0 1M"))
+    # 512-byte clusters: growing to 64M needs a bigger L1 table.
+    ok(run([lockstep_img, "resize", img, "64M"]))
+    ok(lio(lockstep_io, img, "write -P 8 60M 1M"))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 7 0 1M", "read -P 8 60M 1M",
+                       "read -P 0 20M 1M"))
+    # With a bigger backing file the new area must read as zeroes.
+    base = os.path.join(tmp_dir, "b.qcow2")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", base, "32M"]))
+    ok(qio(base, "write -P 9 0 32M"))
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
+            "qcow2", top, "16M"]))
+    ok(run([lockstep_img, "resize", top, "32M"]))
+    check_clean(top)
+    assert_read_ok(qio(top, "read -P 9 0 16M", "read -P 0 16M 16M"))
+
+
+def test_v2_discard_and_zero(lockstep_io, tmp_dir):
+    img = os.path.join(tmp_dir, "v2.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "compat=0.10",
+            img, "8M"]))
+    ok(lio(lockstep_io, img, "write -P 3 0 2M", "discard 0 64k",
+           "write -z -u 64k 64k", "write -z 128k 1000"))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0 0 128k", "read -P 0 128k 1000",
+                       "read -P 3 %d %d" % (128 * 1024 + 1000,
+                                            2 * 1048576 - 128 * 1024 - 1000)))
+
+
 # ---- Corrupt and flagged images ---------------------------------------------
 
 def set_incompat(img, bits):

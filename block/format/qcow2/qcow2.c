@@ -629,7 +629,14 @@ zero_entry(struct qcow2_state *s, const struct qcow2_l2e *old, unsigned a,
     }
     if (!s->extended_l2) {
         if (s->h.version < 3) {
-            return -ENOTSUP;
+            /* No zero flag in v2: only "unallocated" reads as zero, and
+             * only without a backing file. */
+            if (!unmap || s->node->backing) {
+                return -ENOTSUP;
+            }
+            e->entry = 0;
+            *free_old = host || compressed;
+            return 0;
         }
         e->entry = (unmap || !host) ? QCOW2_OFLAG_ZERO
                                     : host | QCOW2_OFLAG_ZERO |
