@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import time
 
 import pytest
 
@@ -192,6 +194,33 @@ def test_open_error_names_file(limg, qemu_img, tmp_dir):
         assert ours.returncode == theirs.returncode == 1
         assert ours.stderr.replace("lockstep-img", "qemu-img") == \
             theirs.stderr
+
+
+def test_image_locks(limg, qemu_img, qemu_io_bin, tmp_dir):
+    """An image qemu-io writes: refused without -U, readable with it."""
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "l.qcow2"))
+    with open(img, "rb") as f:
+        before = f.read()
+    holder = subprocess.Popen([qemu_io_bin, "-f", "qcow2", "-c",
+                               "sleep 5000", img])
+    try:
+        deadline = time.time() + 5
+        while run([qemu_img, "info", img]).returncode == 0:
+            assert time.time() < deadline, "qemu-io took no lock"
+            time.sleep(0.05)
+        for cmd in (["info"], ["check"], ["map"]):
+            r = run([limg] + cmd + [img])
+            assert r.returncode == 1
+            assert "Could not open '%s': Failed to get shared \"write\" " \
+                "lock" % img in r.stderr
+            assert run([limg] + cmd + ["-U", img]).returncode == 0
+        r = run([limg, "create", "-f", "qcow2", img, "1M"])
+        assert r.returncode == 1 and "lock" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with open(img, "rb") as f:
+        assert f.read() == before
 
 
 # ---- create ------------------------------------------------------------

@@ -135,6 +135,7 @@ check_parse(int argc, char **argv, struct check_args *a)
             a->quiet = true;
             break;
         case 'U':
+            img_force_share = true;
             break;
         default:
             return -1;

@@ -78,7 +78,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'o': a->out.opts = optarg; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
-        case 'U': break;
+        case 'U': img_force_share = true; break;
         case 'c':
             img_error("Compression is not supported");
             return -1;

@@ -211,19 +211,18 @@ raw_prealloc(int fd, const struct img_create *c, struct err **errp)
     return true;
 }
 
-/* Create or truncate the file itself (both formats start here). */
+/* Empty the file and give it its size (raw: with preallocation). */
 static bool
-create_file(const struct img_create *c, uint64_t size, struct err **errp)
+reset_file(const struct img_create *c, uint64_t size, struct err **errp)
 {
-    int fd = open(c->filename, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                  0644);
+    int fd = open(c->filename, O_WRONLY | O_CLOEXEC);
     bool ok;
 
     if (fd < 0) {
-        err_setf_errno(errp, errno, "Could not create '%s'", c->filename);
+        err_setf_errno(errp, errno, "Could not open '%s'", c->filename);
         return false;
     }
-    ok = ftruncate(fd, (off_t)size) == 0;
+    ok = ftruncate(fd, 0) == 0 && ftruncate(fd, (off_t)size) == 0;
     if (!ok) {
         err_setf_errno(errp, errno, "Could not resize file");
     } else if (!strcmp(c->fmt, "raw")) {
@@ -233,27 +232,64 @@ create_file(const struct img_create *c, uint64_t size, struct err **errp)
     return ok;
 }
 
+/*
+ * Create the file if needed and open it with its image locks held before
+ * anything is truncated: an image in use elsewhere must survive a refused
+ * create, as with qemu-img.
+ */
+static bool
+open_new_file(const struct img_create *c, uint64_t size, struct img *file,
+              struct err **errp)
+{
+    int fd = open(c->filename, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+
+    if (fd < 0) {
+        err_setf_errno(errp, errno, "Could not create '%s'", c->filename);
+        return false;
+    }
+    close(fd);
+    if (!img_open(file, c->filename, "file", true, errp)) {
+        return false;
+    }
+    if (!reset_file(c, size, errp)) {
+        img_close(file);
+        return false;
+    }
+    return true;
+}
+
+static bool
+create_raw(struct img_create *c, struct err **errp)
+{
+    struct img file;
+
+    if (!open_new_file(c, c->size, &file, errp)) {
+        return false;
+    }
+    img_close(&file);
+    return true;
+}
+
 static bool
 create_qcow2(struct img_create *c, struct err **errp)
 {
-    struct block_node *file;
+    struct img file;
     int ret;
 
-    if (!create_file(c, 0, errp)) {
-        return false;
-    }
-    file = img_open_protocol(c->filename, true, errp);
-    if (!file) {
+    if (!open_new_file(c, 0, &file, errp)) {
         return false;
     }
     c->q.backing_file = c->backing;
     c->q.backing_fmt = c->backing_fmt;
     c->q.preallocation = c->prealloc;
-    ret = qcow2_create(file, c->size, &c->q, errp);
+    ret = qcow2_create(file.node, c->size, &c->q, errp);
     if (ret == 0) {
-        block_flush(file);
+        ret = block_handle_flush(file.h);
+        if (ret < 0) {
+            err_setf_errno(errp, -ret, "Could not flush '%s'", c->filename);
+        }
     }
-    block_node_unref(file);
+    img_close(&file);
     return ret == 0;
 }
 
@@ -275,7 +311,7 @@ img_create_image(struct img_create *c, bool quiet, struct err **errp)
         print_formatting(c);
     }
     if (!strcmp(c->fmt, "raw")) {
-        return create_file(c, c->size, errp);
+        return create_raw(c, errp);
     }
     return create_qcow2(c, errp);
 }

@@ -216,16 +216,19 @@ read_snapshots(struct block_node *file, const struct qcow2_header *h)
 static bool
 collect_qcow2(struct info *in, struct err **errp)
 {
-    struct block_node *file = img_open_protocol(in->filename, false, errp);
     CLEANUP_FREE void *head = NULL;
+    struct block_node *file;
+    struct img img;
     size_t len;
 
-    if (!file) {
+    /* A handle, not just the node: it takes the image locks. */
+    if (!img_open(&img, in->filename, "file", false, errp)) {
         return false;
     }
+    file = img.node;
     head = img_read_head(file, &len, errp);
     if (!head || qcow2_header_decode(head, len, &in->h, errp) < 0) {
-        block_node_unref(file);
+        img_close(&img);
         err_prepend(errp, "Could not open '%s': ", in->filename);
         return false;
     }
@@ -234,7 +237,7 @@ collect_qcow2(struct info *in, struct err **errp)
     in->actual_size = block_allocated_size(file);
     in->bitmaps = read_bitmaps(file, head, len, &in->h);
     in->snapshots = read_snapshots(file, &in->h);
-    block_node_unref(file);
+    img_close(&img);
     if (in->h.has_backing_file) {
         in->full_backing = img_backing_path(in->filename, in->h.backing_file);
     }
@@ -505,6 +508,7 @@ info_parse(int argc, char **argv, struct info_args *a)
             a->chain = true;
             break;
         case 'U':
+            img_force_share = true;
             break;
         default:
             return -1;

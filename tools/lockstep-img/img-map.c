@@ -190,7 +190,9 @@ img_cmd_map(int argc, char **argv)
             if (output_arg(optarg, &json) < 0) {
                 return img_usage_error("map", NULL);
             }
-        } else if (opt != 'U') {
+        } else if (opt == 'U') {
+            img_force_share = true;
+        } else {
             return img_usage_error("map", NULL);
         }
     }
@@ -395,7 +397,7 @@ img_cmd_compare(int argc, char **argv)
         case 's': c.strict = true; break;
         case 'p': progress = true; break;
         case 'q': c.quiet = true; break;
-        case 'U': break;
+        case 'U': img_force_share = true; break;
         default: return img_usage_error("compare", NULL) + 1;
         }
     }

@@ -63,16 +63,15 @@ struct img {
     char *fmt;
 };
 
+/* -U: read-only opens share everything (the image may be in use). */
+extern bool img_force_share;
+
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
 /* Open from a blockdev-add object (chains built by the caller). */
 bool img_open_json(struct img *img, json_t *opts, const char *filename,
                    bool writable, struct err **errp);
 void img_close(struct img *img);
-
-/* Only the protocol ("file") node of filename, for header-level work. */
-struct block_node *img_open_protocol(const char *filename, bool writable,
-                                     struct err **errp);
 
 /* Read the first bytes of a file through a protocol node (up to 2 MiB). */
 void *img_read_head(struct block_node *file, size_t *len, struct err **errp);

@@ -199,6 +199,8 @@ img_probe(const char *filename)
     return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
 }
 
+bool img_force_share;
+
 static bool
 img_attach(struct img *img, const char *filename, bool writable,
            struct err **errp)
@@ -208,9 +210,12 @@ img_attach(struct img *img, const char *filename, bool writable,
 
     if (writable) {
         perm |= BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE;
+    } else if (img_force_share) {
+        shared = BLOCK_PERM_ALL;
     }
     img->h = block_handle_new(img->node, IMG_PROG, perm, shared, errp);
     if (!img->h) {
+        err_prepend(errp, "Could not open '%s': ", filename);
         block_node_unref(img->node);
         img->node = NULL;
         return false;
@@ -219,15 +224,44 @@ img_attach(struct img *img, const char *filename, bool writable,
     return true;
 }
 
+/* The graph "-f FMT FILE" means, with -U honoured on read-only opens. */
+static json_t *
+file_opts(const char *filename, const char *fmt, bool writable)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+    json_t *o;
+
+    if (drv && drv->kind == BLOCK_KIND_PROTOCOL) {
+        o = json_pack("{s:s, s:s}", "driver", fmt, "filename", filename);
+    } else {
+        o = json_pack("{s:s, s:{s:s, s:s}}", "driver", fmt, "file", "driver",
+                      "file", "filename", filename);
+    }
+    json_object_set_new(o, "read-only", json_boolean(!writable));
+    if (!writable && img_force_share) {
+        json_object_set_new(o, "force-share", json_true());
+    }
+    return o;
+}
+
 bool
 img_open(struct img *img, const char *filename, const char *fmt,
          bool writable, struct err **errp)
 {
+    json_t *opts;
+
     memset(img, 0, sizeof(*img));
     if (!fmt) {
         fmt = img_probe(filename);
     }
-    img->node = block_node_open_file(filename, fmt, !writable, errp);
+    if (!block_driver_find(fmt)) {
+        err_setf(errp, "Could not open '%s': Unknown driver '%s'", filename,
+                 fmt);
+        return false;
+    }
+    opts = file_opts(filename, fmt, writable);
+    img->node = block_node_new(opts, errp);
+    json_decref(opts);
     if (!img->node) {
         err_prepend(errp, "Could not open '%s': ", filename);
         return false;
@@ -260,18 +294,6 @@ img_close(struct img *img)
     free(img->filename);
     free(img->fmt);
     memset(img, 0, sizeof(*img));
-}
-
-struct block_node *
-img_open_protocol(const char *filename, bool writable, struct err **errp)
-{
-    struct block_node *n = block_node_open_file(filename, "file", !writable,
-                                                errp);
-
-    if (!n) {
-        err_prepend(errp, "Could not open '%s': ", filename);
-    }
-    return n;
 }
 
 void *
@@ -314,15 +336,15 @@ bool
 img_qcow2_header(const char *filename, struct qcow2_header *h,
                  struct err **errp)
 {
-    struct block_node *file = img_open_protocol(filename, false, errp);
     CLEANUP_FREE void *head = NULL;
+    struct img file;
     size_t len;
 
-    if (!file) {
+    if (!img_open(&file, filename, "file", false, errp)) {
         return false;
     }
-    head = img_read_head(file, &len, errp);
-    block_node_unref(file);
+    head = img_read_head(file.node, &len, errp);
+    img_close(&file);
     if (!head || qcow2_header_decode(head, len, h, errp) < 0) {
         err_prepend(errp, "Could not open '%s': ", filename);
         return false;
