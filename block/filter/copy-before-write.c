@@ -564,6 +564,16 @@ cbw_append(struct block_node *source, struct block_node *target,
            const char *filter_node_name, const char *on_cbw_error,
            bool discard_source, struct err **errp)
 {
+    return cbw_append_ext(source, target, filter_node_name, on_cbw_error,
+                          discard_source, 0, errp);
+}
+
+struct block_node *
+cbw_append_ext(struct block_node *source, struct block_node *target,
+               const char *filter_node_name, const char *on_cbw_error,
+               bool discard_source, uint64_t min_cluster_size,
+               struct err **errp)
+{
     json_t *opts = json_object();
     struct block_node *cbw;
 
@@ -575,6 +585,10 @@ cbw_append(struct block_node *source, struct block_node *target,
     }
     if (on_cbw_error) {
         json_object_set_new(opts, "on-cbw-error", json_string(on_cbw_error));
+    }
+    if (min_cluster_size) {
+        json_object_set_new(opts, "min-cluster-size",
+                            json_integer((json_int_t)min_cluster_size));
     }
     g_append_discard_source = discard_source;
     cbw = block_node_new(opts, errp);

@@ -105,6 +105,15 @@ struct block_node *cbw_append(struct block_node *source,
                               const char *on_cbw_error, bool discard_source,
                               struct err **errp);
 
+/* The same with x-perf's min-cluster-size (0 = default). */
+struct block_node *cbw_append_ext(struct block_node *source,
+                                  struct block_node *target,
+                                  const char *filter_node_name,
+                                  const char *on_cbw_error,
+                                  bool discard_source,
+                                  uint64_t min_cluster_size,
+                                  struct err **errp);
+
 /* Undo cbw_append(): put the source back under the filter's parents and
  * drop the reference (main thread). */
 void cbw_drop(struct block_node *cbw);

@@ -948,6 +948,61 @@ test_options(void **state UNUSED)
     free(f.cur);
 }
 
+/* ---- The backup job's entry points ------------------------------------ */
+
+static void
+test_append_drop(void **state UNUSED)
+{
+    struct fleece f;
+    struct err *err = NULL;
+    struct block_copy_state *bcs;
+    uint8_t *buf = xmalloc(CL);
+    uint64_t pnum;
+    int ret;
+
+    memset(&f, 0, sizeof(f));
+    f.size = DISK_SIZE;
+    make_source(&f, 10);
+    memcpy(f.cur, f.orig, f.size);
+    f.guest = block_handle_new(f.src, "guest",
+                               BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE,
+                               BLOCK_PERM_ALL, &err);
+    assert_non_null(f.guest);
+    make_temp(&f, false);
+    f.cbw = cbw_append_ext(f.src, f.tmp, "fl-job-cbw", "break-snapshot",
+                           true, 128 * KiB, &err);
+    if (!f.cbw) {
+        fail_msg("cbw_append_ext: %s", err->msg);
+    }
+    assert_ptr_equal(block_handle_node(f.guest), f.cbw);
+    bcs = cbw_block_copy_state(f.cbw);
+    assert_int_equal(block_copy_cluster_size(bcs), 128 * KiB);
+
+    /* A guest write copies its cluster, then discards it on the source
+     * (discard-source) before writing. */
+    assert_int_equal(guest_write(&f, 4096, 512, 101), 0);
+    /* The background copy of cluster 5 frees it on the source. */
+    block_graph_enter();
+    assert_int_equal(block_copy(bcs, 5 * 128 * KiB, 1, true, 0, NULL), 0);
+    ret = block_status(f.src, 5 * 128 * KiB, 128 * KiB, &pnum, NULL);
+    assert_int_equal(block_pread(f.tmp, 5 * 128 * KiB, CL, buf, 0), 0);
+    block_graph_leave();
+    assert_true(ret & BLOCK_STATUS_ZERO);
+    check_buf(buf, f.orig + 5 * 128 * KiB, 5 * 128 * KiB, CL, "target");
+
+    cbw_drop(f.cbw);
+    f.cbw = NULL;
+    assert_ptr_equal(block_handle_node(f.guest), f.src);
+    block_handle_free(f.guest);
+    block_node_unref(f.tmp);
+    block_node_unref(f.src);
+    unlink(f.src_path);
+    unlink(f.tmp_path);
+    free(f.orig);
+    free(f.cur);
+    free(buf);
+}
+
 int
 main(void)
 {
@@ -965,6 +1020,7 @@ main(void)
         cmocka_unit_test(test_torture_qcow2_slow),
         cmocka_unit_test(test_dedup),
         cmocka_unit_test(test_options),
+        cmocka_unit_test(test_append_drop),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
