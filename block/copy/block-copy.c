@@ -108,6 +108,11 @@ node_cluster_size(struct block_node *node)
         if (node->cluster_size) {
             return node->cluster_size;
         }
+        /* Until the qcow2 driver fills node->cluster_size: its discard
+         * alignment is its cluster size. */
+        if (!strcmp(node->drv->name, "qcow2")) {
+            return node->limits.pdiscard_alignment;
+        }
         if (node->drv->kind != BLOCK_KIND_FILTER || !node->file) {
             break;
         }
