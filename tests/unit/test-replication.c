@@ -808,6 +808,84 @@ test_model(void **state UNUSED)
     }
 }
 
+/* ---- Failover while the secondary guest writes ----------------------- */
+
+#define BLK (16 * KiB)
+#define NR_BLKS (IMG_SIZE / BLK)
+
+struct writer {
+    struct block_handle *h;
+    volatile bool stop;
+    unsigned char last[NR_BLKS];   /* 0: not written by the writer */
+    unsigned long writes;
+};
+
+static void *
+writer_thread(void *opaque)
+{
+    struct writer *w = opaque;
+    unsigned char *buf = xmalloc(BLK);
+    uint64_t x = 88172645463325252ULL;
+
+    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+        uint64_t blk;
+        unsigned char pattern;
+
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        blk = x % NR_BLKS;
+        pattern = (unsigned char)(0x80 + w->writes % 0x7f);
+        memset(buf, pattern, BLK);
+        if (block_handle_pwrite(w->h, blk * BLK, BLK, buf, 0) != 0) {
+            abort();
+        }
+        w->last[blk] = pattern;
+        w->writes++;
+    }
+    free(buf);
+    return NULL;
+}
+
+static void
+test_failover_under_load(void **state UNUSED)
+{
+    struct secondary s;
+    struct err *err = NULL;
+    struct writer *w = xzalloc(sizeof(*w));
+    pthread_t t;
+
+    start_secondary(&s);
+    start_and_write(&s);
+    /* Plenty for the live copy to do: the whole lower half is in the
+     * active disk, the upper half's old data in the hidden disk. */
+    w->h = s.top;
+    thread_create(&t, "writer", writer_thread, w);
+    while (__atomic_load_n(&w->writes, __ATOMIC_RELAXED) < 50) {
+        usleep(1000);
+    }
+    assert_true(replication_stop_all(true, &err));
+    {
+        unsigned long after = w->writes;
+
+        while (w->writes < after + 50) {
+            usleep(1000);
+        }
+    }
+    __atomic_store_n(&w->stop, true, __ATOMIC_RELEASE);
+    thread_join(t);
+    assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
+    for (uint64_t b = 0; b < NR_BLKS; b++) {
+        int expect = w->last[b] ? w->last[b]
+                                : (b * BLK < HALF ? 0x33 : 0x11);
+
+        read_expect(s.export, expect, b * BLK, BLK);
+    }
+    print_message("%lu writes during the test\n", w->writes);
+    free(w);
+    stop_secondary(&s);
+}
+
 int
 main(void)
 {
@@ -828,6 +906,7 @@ main(void)
         cmocka_unit_test(test_secondary_get_error),
         cmocka_unit_test(test_secondary_stop_no_failover),
         cmocka_unit_test(test_secondary_errors),
+        cmocka_unit_test(test_failover_under_load),
         cmocka_unit_test(test_model),
     };
 
