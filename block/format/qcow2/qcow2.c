@@ -249,13 +249,14 @@ read_with_entry(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
             ret = block_pread(s->file, host + in, len, buf, 0);
             break;
         case QCOW2_CLUSTER_UNALLOCATED:
-            if (s->node->backing) {
-                block_debug_event(s->file, "read_backing_aio");
-                ret = block_pread(s->node->backing->node, guest + in, len,
-                                  buf, 0);
+            if (!s->node->backing) {
+                memset(buf, 0, len);
                 break;
             }
-            /* fall through */
+            block_debug_event(s->file, "read_backing_aio");
+            ret = block_pread(s->node->backing->node, guest + in, len, buf,
+                              0);
+            break;
         default:
             memset(buf, 0, len);
             break;

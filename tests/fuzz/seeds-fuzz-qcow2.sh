@@ -1,7 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# Generate a small qcow2 seed corpus with qemu-img/qemu-io (binary images
-# are never committed).  Usage: make-seeds.sh DIR
+# Seeds for fuzz-qcow2 (scripts/run-fuzz.sh runs this): a small qcow2 corpus made with qemu-img/qemu-io (binary images
+# are never committed).  Usage: seeds-fuzz-qcow2.sh DIR
 set -eu
 dir=$1
 mkdir -p "$dir"
