@@ -412,6 +412,14 @@ block_export_del(const char *id, const char *mode, struct err **errp)
         err_setf(errp, "export '%s' still in use", id);
         return false;
     }
+    if (exp->nconns > 0 && block_drained()) {
+        /* Their requests wait for the drain to end: joining them here
+         * would never return. */
+        mutex_unlock(&g_nbdsrv_lock);
+        err_setf(errp, "Cannot disconnect the clients of export '%s' while "
+                 "the graph is drained", id);
+        return false;
+    }
     mutex_unlock(&g_nbdsrv_lock);
     export_delete(exp);
     return true;

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -48,6 +49,7 @@
 #define NBDSRV_MAX_REQS     128
 #define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
 #define NBDSRV_MAX_LISTENERS 8
+#define NBDSRV_HANDSHAKE_SECS 10
 /* READ chunks: past this many extents the rest is sent as data. */
 #define NBDSRV_MAX_READ_CHUNKS 64
 
@@ -696,12 +698,28 @@ reader_loop(struct nbdsrv_conn *conn)
     }
 }
 
+/* Socket receive timeout in seconds; 0 = none.  Ignored for non-sockets
+ * (the fuzzer's files). */
+static void
+conn_set_rcvtimeo(struct nbdsrv_conn *conn, int secs)
+{
+    struct timeval tv = {.tv_sec = secs};
+
+    if (conn->fd >= 0) {
+        setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    }
+}
+
 static void
 conn_run(struct nbdsrv_conn *conn)
 {
+    /* A client gets NBDSRV_HANDSHAKE_SECS to finish negotiating, so that
+     * idle sockets cannot hold connection slots forever (QEMU: 10 s). */
+    conn_set_rcvtimeo(conn, NBDSRV_HANDSHAKE_SECS);
     if (nbdsrv_handshake(&conn->s) < 0) {
         return;
     }
+    conn_set_rcvtimeo(conn, 0);
     if (conn->nworkers > 0) {
         conn->workers = xcalloc((size_t)conn->nworkers, sizeof(pthread_t));
         for (int i = 0; i < conn->nworkers; i++) {

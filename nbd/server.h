@@ -25,8 +25,11 @@
  */
 bool nbd_server_start(json_t *addr, const char *tls_creds,
                       int64_t max_connections, struct err **errp);
-/* nbd-server-stop: close the listening sockets and every export's clients
- * (exports themselves stay, as in QEMU).  Main thread. */
+/*
+ * nbd-server-stop: close the listening sockets, disconnect every client and
+ * delete every NBD export (with BLOCK_EXPORT_DELETED), as QEMU's
+ * nbd-server-stop does.  Main thread, not while drained.
+ */
 bool nbd_server_stop(struct err **errp);
 /*
  * block-export-add with the QMP arguments object: type ("nbd"), id,
@@ -34,12 +37,18 @@ bool nbd_server_stop(struct err **errp);
  * bitmaps (list of name or {node,name}), allocation-depth.  Main thread.
  */
 bool block_export_add(json_t *args, struct err **errp);
-/* block-export-del; mode "safe" (default, NULL) or "hard".  Sends
- * BLOCK_EXPORT_DELETED when the export is gone.  Main thread. */
+/*
+ * block-export-del; mode "safe" (default, NULL: refuses with "export 'ID'
+ * still in use" while clients are connected) or "hard" (disconnects them
+ * and waits until their requests are done).  Sends BLOCK_EXPORT_DELETED
+ * when the export is gone.  Main thread, not while drained: the clients'
+ * requests would wait for the drain.
+ */
 bool block_export_del(const char *id, const char *mode, struct err **errp);
 /* query-block-exports: a new JSON array.  Main thread. */
 json_t *block_export_query(void);
-/* Daemon shutdown: disconnect every client and delete every export. */
+/* Daemon shutdown: disconnect every client and delete every export (the
+ * listening sockets stay until nbd_server_stop).  Main thread. */
 void block_export_close_all(void);
 
 #endif
