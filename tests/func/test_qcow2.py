@@ -358,6 +358,34 @@ def test_crash_sigkill(lockstep_io, lockstep_img, tmp_dir):
     assert rounds >= 5
 
 
+# ---- Failing metadata writes (blkdebug events) ------------------------------
+
+@pytest.mark.parametrize("event", ["l1_update", "l2_update", "l2_alloc_write",
+                                   "refblock_update", "refblock_alloc",
+                                   "cluster_alloc", "cow_write", "cow_read",
+                                   "write_aio"])
+def test_blkdebug_event_errors_leave_no_corruption(lockstep_io, tmp_dir,
+                                                   event):
+    img = os.path.join(tmp_dir, "e.qcow2")
+    # 512-byte clusters, 64-bit refcounts: refcount blocks get allocated.
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=512,refcount_bits=64", img, "16M"]))
+    opts = ("driver=qcow2,file.driver=blkdebug,"
+            "file.inject-error.0.event=%s,file.inject-error.0.once=on,"
+            "file.image.driver=file,file.image.filename=%s" % (event, img))
+    res = run([lockstep_io, "--image-opts", "-c", "write -P 1 100 1M",
+               "-c", "write -P 2 4M 100", "-c", "flush", "-c",
+               "write -z -u 0 64k", "-c", "discard 4M 64k", "-c",
+               "write -P 3 8M 200k", opts])
+    if event not in ("cow_read",):
+        assert "Input/output error" in res.stdout + res.stderr
+    chk = run([QEMU_IMG, "check", img])
+    assert chk.returncode in (0, 3), chk.stdout + chk.stderr
+    # The image stays usable.
+    ok(lio(lockstep_io, img, "write -P 4 12M 64k"))
+    assert_read_ok(qio(img, "read -P 4 12M 64k"))
+
+
 # ---- Resize --------------------------------------------------------------------
 
 def test_resize_grow(lockstep_io, lockstep_img, tmp_dir):
