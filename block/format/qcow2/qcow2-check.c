@@ -61,6 +61,7 @@ struct chk {
     uint64_t incompat;
     uint64_t autoclear;
     unsigned refcount_order;
+    uint64_t refcount_max;      /* largest refcount the image can store */
     uint32_t header_length;
     uint64_t backing_offset;
     bool extended_l2;
@@ -206,9 +207,12 @@ inc_refs(struct chk *c, uint64_t offset, uint64_t bytes)
                     PRIx64 " size 0x%" PRIx64, offset, bytes);
             return;
         }
-        if (c->refs[k] == UINT32_MAX) {
-            CORRUPT(c, "ERROR: overflow cluster offset=0x%" PRIx64,
-                    k << c->cluster_bits);
+        if (c->refs[k] >= c->refcount_max) {
+            /* The image could not store more: an error, as in QEMU. */
+            CORRUPT(c, "ERROR: overflow cluster offset=0x%" PRIx64 "\n"
+                    "Use qemu-img amend to increase the refcount entry width "
+                    "or convert the image to a clean copy if it cannot be "
+                    "opened for writing", k << c->cluster_bits);
             continue;
         }
         c->refs[k]++;
@@ -235,7 +239,8 @@ count_alloc(struct chk *c, struct frag *f, uint64_t offset)
 }
 
 static void
-check_compressed(struct chk *c, struct frag *f, uint64_t e, uint64_t bitmap)
+check_compressed(struct chk *c, struct frag *f, uint64_t e, uint64_t bitmap,
+                 uint64_t idx)
 {
     unsigned x = 62 - (c->cluster_bits - 8);
     uint64_t coffset = e & ((1ULL << x) - 1);
@@ -251,8 +256,8 @@ check_compressed(struct chk *c, struct frag *f, uint64_t e, uint64_t bitmap)
         return;
     }
     if (bitmap) {
-        CORRUPT(c, "ERROR compressed cluster with non-zero subcluster "
-                "bitmap, entry=0x%" PRIx64, e);
+        CORRUPT(c, "ERROR compressed cluster %" PRIu64 " with non-zero "
+                "subcluster allocation bitmap, entry=0x%" PRIx64, idx, e);
         return;
     }
     if (coffset >> 56) {
@@ -269,21 +274,23 @@ check_compressed(struct chk *c, struct frag *f, uint64_t e, uint64_t bitmap)
     }
 }
 
-/* The validity rules of the subcluster bitmap (extended L2 only). */
+/*
+ * The validity rules of the subcluster bitmap (extended L2 only).  Bit 0
+ * of the first word is reserved there; QEMU ignores it, we report it.
+ */
 static void
 check_subclusters(struct chk *c, uint64_t e, uint64_t bitmap, uint64_t idx)
 {
     uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
+    uint64_t offset = e & CHK_OFFSET_MASK;
 
-    if (alloc & zero) {
-        CORRUPT(c, "ERROR invalid cluster entry %" PRIu64 ": subclusters are "
-                "both allocated and zero (bitmap 0x%016" PRIx64 ")", idx,
-                bitmap);
+    if (offset && (alloc & zero)) {
+        CORRUPT(c, "ERROR offset=%" PRIx64 ": Allocated cluster has "
+                "corrupted subcluster allocation bitmap", offset);
     }
-    if (alloc && !(e & CHK_OFFSET_MASK)) {
-        CORRUPT(c, "ERROR invalid cluster entry %" PRIu64 ": allocated "
-                "subclusters without a host cluster (bitmap 0x%016" PRIx64
-                ")", idx, bitmap);
+    if (!offset && alloc) {
+        CORRUPT(c, "ERROR: Unallocated cluster has non-zero subcluster "
+                "allocation map");
     }
     if (e & CHK_OFLAG_ZERO) {
         CORRUPT(c, "ERROR invalid cluster entry %" PRIu64 ": zero flag set "
@@ -301,7 +308,8 @@ check_standard(struct chk *c, struct frag *f, uint64_t e, uint64_t bitmap,
         check_subclusters(c, e, bitmap, idx);
     }
     if (e & CHK_L2_RESERVED) {
-        CORRUPT(c, "ERROR L2 entry 0x%" PRIx64 " has reserved bits set", e);
+        CORRUPT(c, "ERROR found l2 entry with reserved bits set: %" PRIx64,
+                e);
     }
     if (!offset) {
         return;
@@ -335,7 +343,7 @@ check_l2(struct chk *c, struct frag *f, uint64_t l2_offset)
         uint64_t bitmap = c->extended_l2 ? t[i * 2 + 1] : 0;
 
         if (e & CHK_OFLAG_COMPRESSED) {
-            check_compressed(c, f, e, bitmap);
+            check_compressed(c, f, e, bitmap, i);
         } else {
             check_standard(c, f, e, bitmap, i);
         }
@@ -362,9 +370,9 @@ l1_entry_usable(struct chk *c, uint64_t e)
     }
     inc_refs(c, l2, c->cs);
     if (l2 & (c->cs - 1)) {
+        /* Reported, and still walked where it points, as QEMU does. */
         CORRUPT(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster "
                 "aligned; L1 entry corrupted", l2);
-        return false;
     }
     return !range_exceeds(l2, c->cs, c->file_len);
 }
@@ -943,6 +951,8 @@ validate_header(struct chk *c, struct err **errp)
                  PRIu32, c->l1_offset, c->l1_size);
         return -EINVAL;
     }
+    c->refcount_max = c->refcount_order >= 5 ? UINT32_MAX
+                      : (1U << (1U << c->refcount_order)) - 1;
     c->extended_l2 = c->incompat & CHK_INCOMPAT_EXTL2;
     c->data_file = c->incompat & CHK_INCOMPAT_DATA_FILE;
     return 0;
