@@ -42,9 +42,13 @@ def test_qemu_refused_while_lockstep_writes(lockstep_io, qemu_io, image):
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        p.stdin.write("write -P 0x11 0 4k\n")
+        # Flush, so that qcow2's cached metadata is on disk for the reader.
+        p.stdin.write("write -P 0x11 0 4k\nflush\nlength\n")
         p.stdin.flush()
         assert p.stdout.readline().startswith("wrote 4096/4096")
+        # "length" answers after the flush is done.
+        while p.stdout.readline().strip() != "1 MiB":
+            pass
         r = run([qemu_io, "-f", "qcow2", "-c", "read 0 512", image])
         assert r.returncode != 0
         assert 'Failed to get "write" lock' in r.stderr
