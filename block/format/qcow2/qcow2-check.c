@@ -86,6 +86,8 @@ struct chk {
     uint8_t *rb_buf;
     uint64_t rb_offset;         /* 0: nothing cached */
 
+    bool fix_copied;            /* repair COPIED flags */
+
     /* Clusters whose stored refcount differs, for the repair pass. */
     uint64_t *mismatch;
     size_t nb_mismatch;
@@ -761,15 +763,16 @@ repair_refcounts(struct chk *c)
 /* ---- COPIED flags of the active tables ----------------------------------- */
 
 /*
- * Compare the COPIED flag of one table entry with refcount == 1; with
- * -r all rewrite the entry in place.  Returns the (maybe fixed) entry.
+ * Compare the COPIED flag of one table entry with refcount == 1; when
+ * c->fix_copied, rewrite the entry in place.  Returns the (maybe fixed)
+ * entry.
  */
 static uint64_t
 check_copied(struct chk *c, const char *what, uint64_t entry, uint64_t host,
              uint64_t entry_pos, uint32_t l1_index, bool is_l1)
 {
     uint64_t rc = 0;
-    bool fix = c->fix & QCOW2_CHECK_FIX_ERRORS;
+    bool fix = c->fix_copied;
     uint8_t buf[8];
 
     if (get_refcount(c, host >> c->cluster_bits, &rc) < 0 ||
@@ -825,6 +828,13 @@ check_copied_flags(struct chk *c)
     uint64_t *t;
     int ret;
 
+    /*
+     * -r all fixes flags; -r leaks too when nothing else is wrong, because
+     * a flag that matches a correct refcount is then safe (QEMU's rule).
+     */
+    c->fix_copied = (c->fix & QCOW2_CHECK_FIX_ERRORS) ||
+                    ((c->fix & QCOW2_CHECK_FIX_LEAKS) && !c->res->leaks &&
+                     !c->res->corruptions && !c->res->check_errors);
     if (c->l1_size == 0) {
         return;
     }
