@@ -830,6 +830,25 @@ replication_checkpoint_all(struct err **errp)
     return true;
 }
 
+bool
+qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
+                        bool failover, struct err **errp)
+{
+    if (enable) {
+        if (has_failover) {
+            err_setf(errp, "Parameter 'failover' is only for stopping "
+                     "replication");
+            return false;
+        }
+        return replication_start_all(primary, errp);
+    }
+    /* QEMU drops the errors of a failover stop; the status shows them. */
+    if (!replication_stop_all(failover, failover ? NULL : errp)) {
+        return failover;
+    }
+    return true;
+}
+
 json_t *
 replication_status(void)
 {

@@ -64,6 +64,14 @@ bool replication_start_all(bool primary, struct err **errp);
 bool replication_stop_all(bool failover, struct err **errp);
 /* xen-colo-do-checkpoint. */
 bool replication_checkpoint_all(struct err **errp);
+/*
+ * The whole xen-set-replication command, as QEMU handles it: "failover"
+ * only when stopping ("Parameter 'failover' is only for stopping
+ * replication"); errors of a stop with failover=true are dropped (the
+ * node's status reports them).
+ */
+bool qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
+                             bool failover, struct err **errp);
 /* query-xen-replication-status: {"error": bool, "desc"?: str}. */
 json_t *replication_status(void);
 

@@ -364,6 +364,8 @@ struct secondary {
     struct block_handle *top;      /* the secondary guest */
 };
 
+static bool sec_blkdebug;
+
 /*
  * hidden_opts: extra options of the hidden disk (it must be read-write);
  * hidden_path: its image.  The secondary disk is filled with 0x11.
@@ -376,9 +378,21 @@ start_secondary_with(struct secondary *s, const char *hidden_opts,
     create_qcow2(s_local, IMG_SIZE);
     create_qcow2(s_active, IMG_SIZE);
     create_qcow2(s_hidden, IMG_SIZE);
-    s->disk = node_new_json(NULL,
-        "{\"driver\": \"qcow2\", \"node-name\": \"sec-disk\", \"file\": "
-        "{\"driver\": \"file\", \"filename\": \"%s\"}}", s_local);
+    if (sec_blkdebug) {
+        /* Writes fail once after the event "colo_fail" (the test fires it
+         * with block_debug_event()). */
+        s->disk = node_new_json(NULL,
+            "{\"driver\": \"qcow2\", \"node-name\": \"sec-disk\", "
+            "\"file\": {\"driver\": \"blkdebug\", \"node-name\": "
+            "\"sec-dbg\", \"inject-error\": [{\"event\": \"colo_fail\", "
+            "\"iotype\": [\"write\"], \"once\": true}], \"image\": "
+            "{\"driver\": \"file\", \"filename\": \"%s\"}}}", s_local);
+    } else {
+        s->disk = node_new_json(NULL,
+            "{\"driver\": \"qcow2\", \"node-name\": \"sec-disk\", "
+            "\"file\": {\"driver\": \"file\", \"filename\": \"%s\"}}",
+            s_local);
+    }
     assert_non_null(s->disk);
     s->export = handle(s->disk, "export 'sec-disk'");
     write_ok(s->export, 0x11, 0, IMG_SIZE);
@@ -499,6 +513,10 @@ test_secondary_stop(void **state UNUSED)
     start_and_write(&s);
     assert_true(replication_stop_all(true, &err));
     assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
+    /* QMP's argument rule. */
+    expect_err(qmp_xen_set_replication(true, false, true, true, &err), &err,
+               "Parameter 'failover' is only for stopping replication");
+    assert_true(qmp_xen_set_replication(false, false, true, true, &err));
     /* The node now uses the secondary disk directly; the filter is gone. */
     assert_ptr_equal(s.rep->file->node, s.disk);
     assert_ptr_equal(block_handle_node(s.export), s.disk);
@@ -808,6 +826,41 @@ test_model(void **state UNUSED)
     }
 }
 
+/* A failed failover copy: failover-failed, reported, and a retry works. */
+static void
+test_failover_failed_retry(void **state UNUSED)
+{
+    struct secondary s;
+    struct err *err = NULL;
+
+    sec_blkdebug = true;
+    start_secondary(&s);
+    sec_blkdebug = false;
+    start_and_write(&s);
+    block_debug_event(block_node_find("sec-dbg"), "colo_fail");
+    assert_int_equal(replication_stop(s.rep, true, &err), -EIO);
+    assert_non_null(err);
+    err_free(err);
+    err = NULL;
+    assert_int_equal(replication_get_stage(s.rep),
+                     REPLICATION_STAGE_FAILOVER_FAILED);
+    status_expect("I/O error occurred");
+    /* The secondary keeps its view and keeps writing (into active). */
+    read_expect(s.top, 0x33, 0, HALF);
+    read_expect(s.top, 0x11, HALF, HALF);
+    write_ok(s.top, 0x77, HALF, 64 * KiB);
+    expect_err(replication_checkpoint_all(&err), &err,
+               "Block replication failover failed; stop it again to retry");
+    /* Retry. */
+    assert_true(replication_stop_all(true, &err));
+    assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
+    status_expect(NULL);
+    read_expect(s.export, 0x33, 0, HALF);
+    read_expect(s.export, 0x77, HALF, 64 * KiB);
+    read_expect(s.export, 0x11, HALF + 64 * KiB, HALF - 64 * KiB);
+    stop_secondary(&s);
+}
+
 /* ---- Failover while the secondary guest writes ----------------------- */
 
 #define BLK (16 * KiB)
@@ -906,6 +959,7 @@ main(void)
         cmocka_unit_test(test_secondary_get_error),
         cmocka_unit_test(test_secondary_stop_no_failover),
         cmocka_unit_test(test_secondary_errors),
+        cmocka_unit_test(test_failover_failed_retry),
         cmocka_unit_test(test_failover_under_load),
         cmocka_unit_test(test_model),
     };
