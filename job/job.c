@@ -460,6 +460,17 @@ job_get_status(struct job *job)
     return st;
 }
 
+bool
+job_user_paused(struct job *job)
+{
+    bool p;
+
+    mutex_lock(&g_job_lock);
+    p = job->user_paused;
+    mutex_unlock(&g_job_lock);
+    return p;
+}
+
 /* ---- Completion (main thread) ----------------------------------------- */
 
 static json_t *

@@ -254,6 +254,8 @@ bool job_wait_status(struct job *job, unsigned mask, int64_t timeout_ns);
 
 /* Current status (job lock taken). */
 enum job_status job_get_status(struct job *job);
+/* Paused by job-pause or error action stop (job lock taken). */
+bool job_user_paused(struct job *job);
 
 /* ---- Job thread ------------------------------------------------------- */
 
