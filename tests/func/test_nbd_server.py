@@ -946,3 +946,55 @@ def test_export_add_errors(servers, tmp_dir):
                                        "node-name": "disk0",
                                        "name": "n" * 5000})
     assert "too long" in r["error"]["desc"]
+
+
+# ---- Differential: the same qcow2 chain served by qemu-nbd --------------------
+
+
+def test_maps_match_qemu_nbd(servers, tmp_dir):
+    """base:allocation and qemu:allocation-depth of a qcow2 backing chain
+    (data, zero clusters, unallocated areas in both layers) are the same
+    from our server as from qemu-nbd -A."""
+    for prog in ("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo"):
+        need(prog)
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    assert run(["qemu-img", "create", "-q", "-f", "qcow2", base,
+                "4M"]).returncode == 0
+    assert run(["qemu-io", "-c", "write -P 1 0 1M", "-c",
+                "write -z 2M 512k", base]).returncode == 0
+    assert run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
+                "-F", "qcow2", top]).returncode == 0
+    assert run(["qemu-io", "-c", "write -P 2 512k 1M", "-c",
+                "write -z 3M 64k", "-c", "discard 3584k 64k",
+                top]).returncode == 0
+
+    def maps(uri):
+        out = []
+        for ctx in ("base:allocation", "qemu:allocation-depth"):
+            r = run(["nbdinfo", "--map=" + ctx, "--json", uri])
+            assert r.returncode == 0, r.stderr
+            out.append(json.loads(r.stdout))
+        return out
+
+    sock = os.path.join(tmp_dir, "ours.sock")
+    srv = servers(["-b", "driver=qcow2,node-name=top,file.driver=file,"
+                   "file.filename=" + top,
+                   "-n", "unix:" + sock,
+                   "-e", "type=nbd,id=e0,node-name=top,allocation-depth=on"])
+    ours = maps("nbd+unix:///top?socket=" + sock)
+    srv.stop()
+
+    qsock = os.path.join(tmp_dir, "qemu.sock")
+    q = subprocess.Popen(["qemu-nbd", "-r", "-t", "-A", "-f", "qcow2",
+                          "-k", qsock, "-x", "top", top],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        end = time.time() + 10
+        while not os.path.exists(qsock) and time.time() < end:
+            time.sleep(0.05)
+        theirs = maps("nbd+unix:///top?socket=" + qsock)
+    finally:
+        q.kill()
+        q.wait(timeout=10)
+    assert ours == theirs
