@@ -861,6 +861,74 @@ test_arguments(void **state)
 #undef B
 }
 
+/* ---- push backup with fleecing (fleecing.md 5.5) ---------------------- */
+
+static void
+test_push_fleecing(void **state)
+{
+    const uint64_t size = 8 * MiB;
+    struct block_node *src, *cbw;
+    struct block_handle *h;
+    struct err *err = NULL;
+    struct writer w;
+    uint8_t *snapshot, *model, *got;
+    struct stat st;
+    struct job *job;
+    char *path;
+
+    (void)state;
+    create_file("src.raw", size);
+    create_file("temp.raw", size);
+    create_file("tgt.raw", size);
+    random_fill_file("src.raw", size, 17);
+    src = open_file("src.raw", "src");
+    path = path_of("temp.raw");
+    node_from_json("{\"driver\": \"file\", \"node-name\": \"temp\", "
+                   "\"filename\": \"%s\", \"discard\": \"unmap\"}", path);
+    free(path);
+    open_file("tgt.raw", "tgt");
+    h = writer_handle(src);
+
+    /* The fleecing graph: the writer goes through fl-cbw from now on. */
+    cbw = node_from_json("{\"driver\": \"copy-before-write\", \"node-name\": "
+                         "\"fl-cbw\", \"file\": \"src\", \"target\": "
+                         "\"temp\"}");
+    assert_int_equal(block_replace_node(src, cbw, &err), 0);
+    node_from_json("{\"driver\": \"snapshot-access\", \"node-name\": "
+                   "\"fl-access\", \"file\": \"fl-cbw\", \"discard\": "
+                   "\"unmap\"}");
+    snapshot = file_read_all("src.raw", size);
+    model = xmalloc(size);
+    memcpy(model, snapshot, size);
+
+    job = start("{\"job-id\": \"push0\", \"device\": \"fl-access\", "
+                "\"target\": \"tgt\", \"sync\": \"full\", \"speed\": "
+                "8388608, \"discard-source\": true}");
+    writer_start(&w, h, model, size);
+    wait_status(job, JOB_STATUS_NULL);
+    writer_stop(&w);
+    assert_true(w.writes > 10);
+    assert_block_events("BLOCK_JOB_COMPLETED");
+
+    got = file_read_all("tgt.raw", size);
+    assert_memory_equal(got, snapshot, size);
+    free(got);
+    got = file_read_all("src.raw", size);
+    assert_memory_equal(got, model, size);
+    free(got);
+    /* Every chunk the job copied was discarded in the snapshot: the
+     * temp image is (almost) empty again. */
+    path = path_of("temp.raw");
+    assert_int_equal(stat(path, &st), 0);
+    free(path);
+    assert_true((uint64_t)st.st_blocks * 512 <= 256 * KiB);
+
+    assert_int_equal(block_replace_node(cbw, src, &err), 0);
+    job_unref(job);
+    free(snapshot);
+    free(model);
+}
+
 /* ---- iotest 257: bitmap sync modes ------------------------------------ */
 
 struct write_op {
@@ -1163,6 +1231,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_target_error_stop, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_top_qcow2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_push_fleecing, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_257_bitmap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_257_full, setup, teardown),
     };
