@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "block/filter/quorum.h"
 #include "block/filter/replication.h"
 #include "block/format/qcow2/qcow2.h"
 #include "lockstep/block.h"
@@ -861,6 +862,92 @@ test_failover_failed_retry(void **state UNUSED)
     stop_secondary(&s);
 }
 
+/*
+ * QEMU's COLO recipe in one process: the primary's quorum (local disk +
+ * replication primary, fifo, vote-threshold 1) forwards to the secondary
+ * disk (by node-name here, instead of over NBD; the filter takes that edge
+ * over like the export's), and the secondary guest uses a one-child quorum
+ * "top" over the replication node (top-id "top").
+ */
+static void
+test_colo_recipe(void **state UNUSED)
+{
+    struct secondary s;
+    struct block_node *qtop, *plocal, *prep, *ptop;
+    struct block_handle *sg, *pg;
+    struct err *err = NULL;
+
+    create_qcow2(p_local, IMG_SIZE);
+    start_secondary_with(&s, "\"read-only\": false,", s_hidden, "top", NULL);
+    block_handle_free(s.top);
+    s.top = NULL;
+    qtop = node_new_json(NULL, "{\"driver\": \"quorum\", \"node-name\": "
+                         "\"top\", \"read-pattern\": \"fifo\", "
+                         "\"vote-threshold\": 1, \"children\": [\"rep\"]}");
+    sg = handle(qtop, "secondary guest");
+    plocal = node_new_json(NULL, "{\"driver\": \"qcow2\", \"node-name\": "
+                           "\"p-local\", \"file\": {\"driver\": \"file\", "
+                           "\"filename\": \"%s\"}}", p_local);
+    prep = node_new_json(NULL, "{\"driver\": \"replication\", \"node-name\":"
+                         " \"p-rep\", \"mode\": \"primary\", \"file\": "
+                         "\"sec-disk\"}");
+    ptop = node_new_json(NULL, "{\"driver\": \"quorum\", \"node-name\": "
+                         "\"p-top\", \"read-pattern\": \"fifo\", "
+                         "\"vote-threshold\": 1, \"children\": [\"p-local\", "
+                         "\"p-rep\"]}");
+    pg = handle(ptop, "primary guest");
+    /* Both disks start equal: the secondary disk holds 0x11 already; the
+     * not yet started p-rep fails its part, one child is enough. */
+    write_ok(pg, 0x11, 0, IMG_SIZE);
+
+    /* The secondary starts first, then the primary. */
+    assert_int_equal(replication_start(s.rep, REPLICATION_MODE_SECONDARY,
+                                       &err), 0);
+    assert_int_equal(replication_start(prep, REPLICATION_MODE_PRIMARY, &err),
+                     0);
+    read_expect(sg, 0x11, 0, IMG_SIZE);
+    write_ok(pg, 0x22, HALF, HALF);
+    read_expect(pg, 0x22, HALF, HALF);
+    read_expect(s.export, 0x22, HALF, HALF);
+    read_expect(sg, 0x11, HALF, HALF);
+    write_ok(sg, 0x33, 0, HALF);
+    read_expect(sg, 0x33, 0, HALF);
+    read_expect(pg, 0x11, 0, HALF);
+
+    /* Checkpoint: the secondary's view becomes the primary's disk. */
+    assert_true(replication_checkpoint_all(&err));
+    read_expect(sg, 0x11, 0, HALF);
+    read_expect(sg, 0x22, HALF, HALF);
+
+    /* More writes on both sides, then the primary dies. */
+    write_ok(pg, 0x44, 0, 64 * KiB);
+    write_ok(sg, 0x55, HALF, 64 * KiB);
+    assert_int_equal(replication_stop(s.rep, true, &err), 0);
+    read_expect(sg, 0x11, 0, HALF);
+    read_expect(sg, 0x55, HALF, 64 * KiB);
+    read_expect(sg, 0x22, HALF + 64 * KiB, HALF - 64 * KiB);
+    read_expect(s.export, 0x11, 0, HALF);
+    read_expect(s.export, 0x55, HALF, 64 * KiB);
+    read_expect(s.export, 0x22, HALF + 64 * KiB, HALF - 64 * KiB);
+
+    /* On the primary: drop the replication child, go on alone. */
+    assert_true(qmp_x_blockdev_change("p-top", "children.1", NULL, &err));
+    assert_int_equal(replication_stop(prep, true, &err), 0);
+    write_ok(pg, 0x66, 0, 4096);
+    read_expect(pg, 0x66, 0, 4096);
+    read_expect(pg, 0x44, 4096, 60 * KiB);
+    read_expect(s.export, 0x11, 0, 64 * KiB);
+
+    block_handle_free(pg);
+    block_node_unref(ptop);
+    block_node_unref(prep);
+    block_node_unref(plocal);
+    block_handle_free(sg);
+    block_node_unref(qtop);
+    stop_secondary(&s);
+    assert_null(block_node_find("p-local"));
+}
+
 /* ---- Failover while the secondary guest writes ----------------------- */
 
 #define BLK (16 * KiB)
@@ -960,6 +1047,7 @@ main(void)
         cmocka_unit_test(test_secondary_stop_no_failover),
         cmocka_unit_test(test_secondary_errors),
         cmocka_unit_test(test_failover_failed_retry),
+        cmocka_unit_test(test_colo_recipe),
         cmocka_unit_test(test_failover_under_load),
         cmocka_unit_test(test_model),
     };
