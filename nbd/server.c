@@ -50,6 +50,11 @@
 #define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
 #define NBDSRV_MAX_LISTENERS 8
 #define NBDSRV_HANDSHAKE_SECS 10
+/* Extents per BLOCK_STATUS chunk without REQ_ONE (spec: SHOULD NOT
+ * exceed 2^20; fewer is fine, the client asks again for the rest). */
+#define NBDSRV_MAX_STATUS_EXTENTS 16384
+/* Memory a BLOCK_STATUS request holds, counted as bytes in flight. */
+#define NBDSRV_STATUS_COST (NBDSRV_MAX_STATUS_EXTENTS * 16)
 /* READ chunks: past this many extents the rest is sent as data. */
 #define NBDSRV_MAX_READ_CHUNKS 64
 
@@ -389,7 +394,8 @@ static void
 do_block_status(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 {
     struct nbdexp *exp = conn->s.exp;
-    size_t max = (req->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : 65536;
+    size_t max = (req->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 :
+                 NBDSRV_MAX_STATUS_EXTENTS;
     uint32_t *ext = malloc(max * 2 * sizeof(uint32_t));
     uint8_t *payload = malloc(4 + max * 8);
     int ret = 0;
@@ -640,8 +646,13 @@ reader_loop(struct nbdsrv_conn *conn)
             free(req);
             return;   /* payload we will not buffer: disconnect (spec) */
         }
-        cost = (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) ?
-               MIN(req->len, NBDSRV_MAX_PAYLOAD) : 0;
+        if (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) {
+            cost = MIN(req->len, NBDSRV_MAX_PAYLOAD);
+        } else if (req->type == NBD_CMD_BLOCK_STATUS) {
+            cost = NBDSRV_STATUS_COST;
+        } else {
+            cost = 0;
+        }
         req->cost = cost;
 
         /* Admission: bounded requests and bytes in flight. */
