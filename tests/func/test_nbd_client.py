@@ -268,3 +268,29 @@ def test_parallel_requests_through_chain(tmp_dir, procs):
         assert elapsed < 3.5, elapsed
     finally:
         srv.kill()
+
+
+def test_fast_zero_through_chain(tmp_dir, procs):
+    """Raw client -> lockstep NBD server -> nbd driver -> nbdkit without
+    zero support: WRITE_ZEROES with FAST_ZERO fails with NBD_ENOTSUP and
+    leaves the data; without it the block layer falls back to writing
+    zeroes."""
+    from test_nbd_server import (CMD_WRITE, CMD_WRITE_ZEROES, RawClient)
+    ksock = os.path.join(tmp_dir, "k.sock")
+    nbdkit(procs, ksock, "--filter=nozero", "memory", "4M", "zeromode=none")
+    sock = os.path.join(tmp_dir, "s.sock")
+    srv = NbdServe(["-b", "driver=nbd,node-name=n0,server.type=unix,"
+                    "server.path=%s" % ksock,
+                    "-n", "unix:" + sock,
+                    "-e", "type=nbd,id=e0,node-name=n0,writable=on"])
+    try:
+        c = RawClient(sock)
+        c.connect(name="n0")
+        assert c.simple(CMD_WRITE, 0, 8192, data=b"\x07" * 8192) == 0
+        assert c.simple(CMD_WRITE_ZEROES, 0, 4096, 0x10) == 95  # ENOTSUP
+        assert c.read(0, 8192) == (0, b"\x07" * 8192)
+        assert c.simple(CMD_WRITE_ZEROES, 0, 4096) == 0
+        assert c.read(0, 8192) == (0, bytes(4096) + b"\x07" * 4096)
+        c.close()
+    finally:
+        srv.kill()
