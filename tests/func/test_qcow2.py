@@ -243,10 +243,15 @@ def test_raw_backing_and_explicit_null(lockstep_io, tmp_dir):
 
 # ---- Random workload against a raw model ---------------------------------
 
-@pytest.mark.parametrize("opts", ["cluster_size=65536", "cluster_size=512",
-                                  "extended_l2=on", "cluster_size=4096,"
-                                  "refcount_bits=1"])
-def test_random_ops_compare(lockstep_io, lockstep_img, tmp_dir, opts):
+@pytest.mark.parametrize("opts,cache", [
+    ("cluster_size=65536", None),
+    ("cluster_size=512", None),
+    ("cluster_size=512,refcount_bits=16", "l2-cache-size=2048,"
+     "refcount-cache-size=2048"),
+    ("extended_l2=on", None),
+    ("extended_l2=on,cluster_size=16384", "cache-size=65536"),
+    ("cluster_size=4096,refcount_bits=1", None)])
+def test_random_ops_compare(lockstep_io, lockstep_img, tmp_dir, opts, cache):
     size = 16 << 20
     img = os.path.join(tmp_dir, "r.qcow2")
     ref = os.path.join(tmp_dir, "r.raw")
@@ -283,8 +288,14 @@ def test_random_ops_compare(lockstep_io, lockstep_img, tmp_dir, opts):
             cmds.append("flush")
     with open(ref, "wb") as f:
         f.write(model)
-    res = run([lockstep_io, "-f", "qcow2", img], stdin="\n".join(cmds) +
-              "\n", timeout=600)
+    if cache:
+        # Tiny caches: every table goes through eviction and write-back.
+        argv = [lockstep_io, "--image-opts",
+                "driver=qcow2,%s,file.driver=file,file.filename=%s" %
+                (cache, img)]
+    else:
+        argv = [lockstep_io, "-f", "qcow2", img]
+    res = run(argv, stdin="\n".join(cmds) + "\n", timeout=600)
     ok(res)
     check_clean(img)
     ok(run([QEMU_IMG, "compare", "-f", "raw", "-F", "qcow2", ref, img]))

@@ -367,7 +367,8 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
     if (ret < 0) {
         return ret;
     }
-    if (n == 1 && c <= s->free_hint + 1) {
+    if (n == 1) {
+        /* The search went from the hint to c: nothing free before c. */
         s->free_hint = c + 1;
     }
     return (int64_t)(c * s->cluster_size);
