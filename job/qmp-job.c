@@ -66,173 +66,169 @@ find_block_job(json_t *args, const char *key, struct err **errp)
     return job;
 }
 
-static bool
-done(bool ok, json_t **ret)
+/* The answer of a command that returns nothing. */
+static json_t *
+done(bool ok)
 {
-    if (ok) {
-        *ret = json_object();
-    }
-    return ok;
+    return ok ? json_object() : NULL;
 }
 
-bool
-qmp_query_jobs(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_query_jobs(json_t *args, struct err **errp)
 {
     (void)args;
     (void)errp;
-    *ret = job_query_jobs();
-    return true;
+    return job_query_jobs();
 }
 
-bool
-qmp_query_block_jobs(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_query_block_jobs(json_t *args, struct err **errp)
 {
     (void)args;
     (void)errp;
-    *ret = job_query_block_jobs();
-    return true;
+    return job_query_block_jobs();
 }
 
-bool
-qmp_job_pause(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_job_pause(json_t *args, struct err **errp)
 {
     struct job *job = find_job(args, errp);
 
-    return job && done(job_user_pause(job, errp), ret);
+    return job ? done(job_user_pause(job, errp)) : NULL;
 }
 
-bool
-qmp_job_resume(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_job_resume(json_t *args, struct err **errp)
 {
     struct job *job = find_job(args, errp);
 
-    return job && done(job_user_resume(job, errp), ret);
+    return job ? done(job_user_resume(job, errp)) : NULL;
 }
 
-bool
-qmp_job_cancel(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_job_cancel(json_t *args, struct err **errp)
 {
     struct job *job = find_job(args, errp);
 
     /* job-cancel is always a forced cancel (QEMU). */
-    return job && done(job_user_cancel(job, true, errp), ret);
+    return job ? done(job_user_cancel(job, true, errp)) : NULL;
 }
 
-bool
-qmp_job_complete(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_job_complete(json_t *args, struct err **errp)
 {
     struct job *job = find_job(args, errp);
 
-    return job && done(job_complete(job, errp), ret);
+    return job ? done(job_complete(job, errp)) : NULL;
 }
 
-bool
-qmp_job_finalize(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_job_finalize(json_t *args, struct err **errp)
 {
     struct job *job = find_job(args, errp);
 
-    return job && done(job_finalize(job, errp), ret);
+    return job ? done(job_finalize(job, errp)) : NULL;
 }
 
-bool
-qmp_job_dismiss(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_job_dismiss(json_t *args, struct err **errp)
 {
     struct job *job = find_job(args, errp);
 
-    return job && done(job_dismiss(job, errp), ret);
+    return job ? done(job_dismiss(job, errp)) : NULL;
 }
 
-bool
-qmp_block_job_set_speed(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_set_speed(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "device", errp);
     json_t *speed;
 
     if (!job) {
-        return false;
+        return NULL;
     }
     speed = json_object_get(args, "speed");
     if (!speed) {
         err_setf(errp, "Parameter 'speed' is missing");
-        return false;
+        return NULL;
     }
     if (!json_is_integer(speed)) {
         err_setf(errp, "Invalid parameter type for 'speed', expected: "
                  "integer");
-        return false;
+        return NULL;
     }
-    return done(job_set_speed(job, json_integer_value(speed), errp), ret);
+    return done(job_set_speed(job, json_integer_value(speed), errp));
 }
 
-bool
-qmp_block_job_cancel(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_cancel(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "device", errp);
     json_t *force;
     bool f = false;
 
     if (!job) {
-        return false;
+        return NULL;
     }
     force = json_object_get(args, "force");
     if (force) {
         if (!json_is_boolean(force)) {
             err_setf(errp, "Invalid parameter type for 'force', expected: "
                      "boolean");
-            return false;
+            return NULL;
         }
         f = json_is_true(force);
     }
     if (job_user_paused(job) && !f) {
         err_setf(errp, "The block job for device '%s' is currently paused",
                  job->id);
-        return false;
+        return NULL;
     }
-    return done(job_user_cancel(job, f, errp), ret);
+    return done(job_user_cancel(job, f, errp));
 }
 
-bool
-qmp_block_job_complete(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_complete(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "device", errp);
 
-    return job && done(job_complete(job, errp), ret);
+    return job ? done(job_complete(job, errp)) : NULL;
 }
 
-bool
-qmp_block_job_pause(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_pause(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "device", errp);
 
-    return job && done(job_user_pause(job, errp), ret);
+    return job ? done(job_user_pause(job, errp)) : NULL;
 }
 
-bool
-qmp_block_job_resume(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_resume(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "device", errp);
 
-    return job && done(job_user_resume(job, errp), ret);
+    return job ? done(job_user_resume(job, errp)) : NULL;
 }
 
-bool
-qmp_block_job_dismiss(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_dismiss(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "id", errp);
 
-    return job && done(job_dismiss(job, errp), ret);
+    return job ? done(job_dismiss(job, errp)) : NULL;
 }
 
-bool
-qmp_block_job_finalize(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_block_job_finalize(json_t *args, struct err **errp)
 {
     struct job *job = find_block_job(args, "id", errp);
 
-    return job && done(job_finalize(job, errp), ret);
+    return job ? done(job_finalize(job, errp)) : NULL;
 }
 
-bool
-qmp_blockdev_backup(json_t *args, json_t **ret, struct err **errp)
+json_t *
+qmp_blockdev_backup(json_t *args, struct err **errp)
 {
-    return done(backup_start(args, errp) != NULL, ret);
+    return done(backup_start(args, errp) != NULL);
 }

@@ -294,7 +294,8 @@ start_fails(const char *msg, const char *fmt, ...)
     va_end(ap);
     args = json_loads(text, 0, NULL);
     assert_non_null(args);
-    if (qmp_blockdev_backup(args, &ret, &err)) {
+    ret = qmp_blockdev_backup(args, &err);
+    if (ret) {
         fail_msg("blockdev-backup %s succeeded, expected '%s'", text, msg);
     }
     assert_non_null(err);
@@ -507,7 +508,8 @@ test_none_cancel(void **state)
     {
         json_t *args = json_pack("{s:s}", "id", "fleecing"), *ret = NULL;
 
-        assert_false(qmp_job_complete(args, &ret, &err));
+        ret = qmp_job_complete(args, &err);
+        assert_null(ret);
         assert_string_equal(err->msg, "Job 'fleecing' in state 'running' "
                             "cannot accept command verb 'complete'");
         err_free(err);
@@ -572,7 +574,8 @@ test_pause_resume(void **state)
                 "\"tgt\", \"sync\": \"full\", \"speed\": 2097152}");
     usleep(200 * 1000);
     args = json_pack("{s:s}", "device", "b1");
-    assert_true(qmp_block_job_pause(args, &ret, &err));
+    ret = qmp_block_job_pause(args, &err);
+    assert_non_null(ret);
     json_decref(ret);
     wait_status(job, JOB_STATUS_PAUSED);
 
@@ -588,7 +591,7 @@ test_pause_resume(void **state)
     assert_true(cur1 >= cur0);
 
     /* block-job-cancel refuses a paused job unless forced. */
-    assert_false(qmp_block_job_cancel(args, &ret, &err));
+    assert_null(qmp_block_job_cancel(args, &err));
     assert_string_equal(err->msg,
                         "The block job for device 'b1' is currently paused");
     err_free(err);
@@ -596,11 +599,13 @@ test_pause_resume(void **state)
 
     json_decref(args);
     args = json_pack("{s:s, s:i}", "device", "b1", "speed", 0);
-    assert_true(qmp_block_job_set_speed(args, &ret, &err));
+    ret = qmp_block_job_set_speed(args, &err);
+    assert_non_null(ret);
     json_decref(ret);
     json_decref(args);
     args = json_pack("{s:s}", "device", "b1");
-    assert_true(qmp_block_job_resume(args, &ret, &err));
+    ret = qmp_block_job_resume(args, &err);
+    assert_non_null(ret);
     json_decref(ret);
     json_decref(args);
     wait_status(job, JOB_STATUS_NULL);
