@@ -6,8 +6,9 @@
  * checks (QEMU's test compares with memcmp <= 0, which hid that the
  * failover result is 0x11, not 0x22, in the upper half), the cases QEMU
  * never tested (stop without failover, mode mismatch, double start, bad
- * chain, failed primary writes, failover failure and retry), and a
- * randomised model test.
+ * chain, failed primary writes, failover failure and retry), QEMU's COLO
+ * recipe with quorums on both hosts in one process, a failover while the
+ * secondary guest keeps writing, and a randomised model test.
  *
  * The secondary's setup is QEMU's: the secondary disk "sec-disk" (qcow2,
  * filled with 0x11) has a handle standing for the NBD export (the
