@@ -4,8 +4,9 @@
  * every refcount width are clean and end where the file ends; a leaked
  * cluster and a refcount below its references are found, counted as leak
  * and corruption, and repaired by the matching fix mode only; a repair
- * that needs a refcount block that does not exist is reported as not
- * fixed; and files that are not qcow2 are refused with a message.  The
+ * that needs a refcount block that does not exist is left alone by -r
+ * leaks and done by -r all through a rebuild of the refcount structure;
+ * and files that are not qcow2 are refused with a message.  The
  * images are patched through the same file node the checker reads.
  */
 #include <errno.h>
@@ -200,9 +201,15 @@ test_repair_without_refblock(void **state)
     assert_int_equal(block_pwrite(f.file, l2, 8, b, 0), 0);
     assert_int_equal(run_check(&f, 0, &r), 0);
     assert_true(r.corruptions >= 2);
+    assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS, &r), 0);
+    assert_true(r.corruptions >= 2);
+    /* -r all rebuilds the refcount structure at the end of the file. */
     assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS |
                                QCOW2_CHECK_FIX_ERRORS, &r), 0);
-    assert_true(r.corruptions >= 2);
+    assert_int_equal(r.corruptions + r.check_errors, 0);
+    assert_true(r.corruptions_fixed >= 2);
+    assert_int_equal(run_check(&f, 0, &r), 0);
+    assert_int_equal(r.corruptions + r.leaks + r.check_errors, 0);
     fixture_close(&f);
 }
 

@@ -87,6 +87,12 @@ struct chk {
     uint64_t rb_offset;         /* 0: nothing cached */
 
     bool fix_copied;            /* repair COPIED flags */
+    bool rebuild;               /* the refcount structure is broken */
+    bool rebuild_if_all;        /* broken in a way only -r all repairs */
+    int64_t struct_errors;      /* corruptions of the refcount structure */
+    int64_t read_errors;        /* refcounts that could not be read */
+    int64_t mm_leaks;           /* mismatches left to the repair pass */
+    int64_t mm_corrupt;
 
     /* Clusters whose stored refcount differs, for the repair pass. */
     uint64_t *mismatch;
@@ -536,6 +542,42 @@ check_bitmaps(struct chk *c)
 }
 
 /*
+ * Whether reftable entry i names a usable refcount block (then counted as a
+ * reference) and its cluster.  Also used to undo that count in a rebuild.
+ */
+static bool
+refblock_usable(const struct chk *c, uint64_t i, uint64_t *k)
+{
+    uint64_t off = c->reftable[i];
+
+    *k = off >> c->cluster_bits;
+    return off && !(off & CHK_REFT_RESERVED) && !(off & (c->cs - 1)) &&
+           *k < c->nb_clusters;
+}
+
+static void
+refblock_error(struct chk *c, uint64_t i)
+{
+    uint64_t off = c->reftable[i];
+
+    if (off & CHK_REFT_RESERVED) {
+        CORRUPT(c, "ERROR refcount table entry %" PRIu64 " has reserved "
+                "bits set", i);
+    } else if (off & (c->cs - 1)) {
+        CORRUPT(c, "ERROR refcount block %" PRIu64 " is not cluster "
+                "aligned; refcount table entry corrupted", i);
+    } else {
+        /* Only -r all acts on this one (QEMU grows the file). */
+        CORRUPT(c, "ERROR refcount block %" PRIu64 " is outside image", i);
+        c->rebuild_if_all = true;
+        c->struct_errors++;
+        return;
+    }
+    c->rebuild = true;
+    c->struct_errors++;
+}
+
+/*
  * Refcount blocks are counted last: each must end up referenced exactly
  * once, by the refcount table.
  */
@@ -543,31 +585,20 @@ static void
 check_refblocks(struct chk *c)
 {
     for (uint64_t i = 0; i < c->rt_entries; i++) {
-        uint64_t off = c->reftable[i] & ~CHK_REFT_RESERVED;
-        uint64_t k = off >> c->cluster_bits;
+        uint64_t k;
 
-        if (c->reftable[i] & CHK_REFT_RESERVED) {
-            CORRUPT(c, "ERROR refcount table entry %" PRIu64 " has reserved "
-                    "bits set", i);
+        if (!refblock_usable(c, i, &k)) {
+            if (c->reftable[i]) {
+                refblock_error(c, i);
+            }
             continue;
         }
-        if (!off) {
-            continue;
-        }
-        if (off & (c->cs - 1)) {
-            CORRUPT(c, "ERROR refcount block %" PRIu64 " is not cluster "
-                    "aligned; refcount table entry corrupted", i);
-            continue;
-        }
-        if (k >= c->nb_clusters) {
-            CORRUPT(c, "ERROR refcount block %" PRIu64 " is outside image",
-                    i);
-            continue;
-        }
-        inc_refs(c, off, c->cs);
+        inc_refs(c, k << c->cluster_bits, c->cs);
         if (c->refs[k] != 1) {
             CORRUPT(c, "ERROR refcount block %" PRIu64 " refcount=%" PRIu32,
                     i, c->refs[k]);
+            c->rebuild = true;
+            c->struct_errors++;
         }
     }
 }
@@ -645,6 +676,24 @@ get_refcount(struct chk *c, uint64_t k, uint64_t *val)
     return 0;
 }
 
+/* Store refcount entry i of a refcount block (sub-byte: LSB first). */
+static void
+encode_refcount(uint8_t *blk, uint64_t i, unsigned order, uint64_t val)
+{
+    unsigned bits = 1U << order;
+    uint64_t pos = i * bits / 8;
+
+    if (bits < 8) {
+        unsigned sh = i * bits % 8, mask = ((1U << bits) - 1) << sh;
+
+        blk[pos] = (blk[pos] & ~mask) | (unsigned)(val << sh);
+        return;
+    }
+    for (unsigned b = bits / 8; b-- > 0; val >>= 8) {
+        blk[pos + b] = val & 0xff;
+    }
+}
+
 /* Write one refcount; the containing bytes go to disk at once. */
 static int
 set_refcount(struct chk *c, uint64_t k, uint64_t val)
@@ -664,15 +713,7 @@ set_refcount(struct chk *c, uint64_t k, uint64_t val)
         return -ERANGE;
     }
     pos = i * bits / 8;
-    if (bits < 8) {
-        unsigned sh = i * bits % 8, mask = ((1U << bits) - 1) << sh;
-
-        c->rb_buf[pos] = (c->rb_buf[pos] & ~mask) | (unsigned)(val << sh);
-    } else {
-        for (unsigned b = len; b-- > 0; val >>= 8) {
-            c->rb_buf[pos + b] = val & 0xff;
-        }
-    }
+    encode_refcount(c->rb_buf, i, c->refcount_order, val);
     return chk_write(c, rb + pos, len, c->rb_buf + pos);
 }
 
@@ -713,6 +754,7 @@ compare_refcounts(struct chk *c)
             chk_log(c, "Can't get refcount for cluster %" PRIu64 ": %s", k,
                     strerror(-ret));
             c->res->check_errors++;
+            c->read_errors++;
             continue;
         }
         if (stored || c->refs[k]) {
@@ -727,6 +769,7 @@ compare_refcounts(struct chk *c)
                 c->refs[k]);
         if (fixable(c, stored, c->refs[k])) {
             note_mismatch(c, k);
+            *(stored < c->refs[k] ? &c->mm_corrupt : &c->mm_leaks) += 1;
         } else if (stored < c->refs[k]) {
             c->res->corruptions++;
         } else {
@@ -746,17 +789,263 @@ repair_refcounts(struct chk *c)
 
         get_refcount(c, k, &stored);
         leak = stored > c->refs[k];
+        ret = set_refcount(c, k, c->refs[k]);
+        if ((ret == -ENOSPC || ret == -EINVAL) &&
+            (c->fix & QCOW2_CHECK_FIX_ERRORS)) {
+            /* No refcount block to write into: rebuild them all. */
+            c->rebuild = true;
+            return;
+        }
         chk_log(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
                 " reference=%" PRIu32, k, stored, c->refs[k]);
-        ret = set_refcount(c, k, c->refs[k]);
         if (ret == 0) {
             *(leak ? &c->res->leaks_fixed : &c->res->corruptions_fixed) += 1;
             continue;
         }
         chk_log(c, "ERROR could not repair cluster %" PRIu64 ": %s", k,
-                ret == -ENOSPC ? "no refcount block covers it (repair does "
-                "not allocate refcount blocks)" : strerror(-ret));
+                ret == -ENOSPC ? "no refcount block covers it (only -r all "
+                "rebuilds refcount blocks)" : strerror(-ret));
         *(leak ? &c->res->leaks : &c->res->corruptions) += 1;
+    }
+}
+
+/* ---- Rebuilding the refcount structure --------------------------------- */
+
+/* The old reftable and refcount blocks will be free: drop their counts. */
+static void
+uncount_old_structure(struct chk *c)
+{
+    uint64_t first = c->rt_offset >> c->cluster_bits;
+
+    for (uint64_t k = first; k < first + c->rt_clusters; k++) {
+        if (k < c->nb_clusters && c->refs[k]) {
+            c->refs[k]--;
+        }
+    }
+    for (uint64_t i = 0; i < c->rt_entries; i++) {
+        uint64_t k;
+
+        if (refblock_usable(c, i, &k) && c->refs[k]) {
+            c->refs[k]--;
+        }
+    }
+}
+
+/*
+ * Place nrb refcount blocks and an nrt-cluster reftable after the last
+ * used cluster, large enough to describe themselves too.
+ */
+static uint64_t
+plan_structure(struct chk *c, uint64_t *nrb, uint64_t *nrt)
+{
+    uint64_t per_block = (c->cs * 8) >> c->refcount_order, end = 1;
+
+    for (uint64_t k = 0; k < c->nb_clusters; k++) {
+        if (c->refs[k]) {
+            end = k + 1;
+        }
+    }
+    *nrb = 1;
+    *nrt = 1;
+    for (;;) {
+        uint64_t b = div_round_up(end + *nrb + *nrt, per_block);
+        uint64_t t = div_round_up(b * 8, c->cs);
+
+        if (b == *nrb && t == *nrt) {
+            return end;
+        }
+        *nrb = b;
+        *nrt = t;
+    }
+}
+
+/* Write refcount blocks [first, first+nrb) describing all count clusters. */
+static int
+write_refblocks(struct chk *c, uint64_t first, uint64_t nrb, uint64_t count)
+{
+    uint64_t per_block = (c->cs * 8) >> c->refcount_order;
+    uint8_t *blk = malloc(c->cs);
+    int ret = 0;
+
+    if (!blk) {
+        return -ENOMEM;
+    }
+    for (uint64_t b = 0; b < nrb && ret == 0; b++) {
+        memset(blk, 0, c->cs);
+        for (uint64_t i = 0; i < per_block; i++) {
+            uint64_t k = b * per_block + i;
+
+            if (k < count) {
+                encode_refcount(blk, i, c->refcount_order, c->refs[k]);
+            }
+        }
+        ret = chk_write(c, (first + b) << c->cluster_bits, c->cs, blk);
+    }
+    free(blk);
+    return ret;
+}
+
+static int
+write_reftable(struct chk *c, uint64_t rt, uint64_t nrt, uint64_t first,
+               uint64_t nrb)
+{
+    uint8_t *t = calloc(nrt, c->cs);
+    int ret;
+
+    if (!t) {
+        return -ENOMEM;
+    }
+    for (uint64_t b = 0; b < nrb; b++) {
+        wr64(t + b * 8, (first + b) << c->cluster_bits);
+    }
+    ret = chk_write(c, rt << c->cluster_bits, nrt * c->cs, t);
+    free(t);
+    return ret;
+}
+
+/* Switch the header to the new table in one write, after a flush. */
+static int
+switch_reftable(struct chk *c, uint64_t rt, uint64_t nrt)
+{
+    uint8_t h[12];
+    int ret = block_flush(c->file);
+
+    if (ret < 0) {
+        return ret;
+    }
+    wr64(h, rt << c->cluster_bits);
+    h[8] = nrt >> 24;
+    h[9] = nrt >> 16;
+    h[10] = nrt >> 8;
+    h[11] = nrt;
+    ret = chk_write(c, 48, sizeof(h), h);
+    return ret < 0 ? ret : block_flush(c->file);
+}
+
+/* Make room in refs for the clusters of the new structure. */
+static int
+grow_refs(struct chk *c, uint64_t count)
+{
+    uint32_t *r;
+
+    if (count <= c->nb_clusters) {
+        return 0;
+    }
+    r = realloc(c->refs, count * sizeof(*r));
+    if (!r) {
+        return -ENOMEM;
+    }
+    memset(r + c->nb_clusters, 0, (count - c->nb_clusters) * sizeof(*r));
+    c->refs = r;
+    return 0;
+}
+
+static int
+write_new_structure(struct chk *c)
+{
+    uint64_t nrb, nrt, first = plan_structure(c, &nrb, &nrt);
+    uint64_t count = first + nrb + nrt;
+    int ret;
+
+    if (nrt * c->cs > 8 * MiB) {
+        return -EFBIG;
+    }
+    ret = grow_refs(c, count);
+    for (uint64_t k = 0; ret == 0 && k < count; k++) {
+        if (k >= first) {
+            c->refs[k] = 1;
+        } else if (c->refs[k] > c->refcount_max) {
+            ret = -ERANGE;
+        }
+    }
+    if (ret == 0) {
+        ret = write_refblocks(c, first, nrb, count);
+    }
+    if (ret == 0) {
+        ret = write_reftable(c, first + nrb, nrt, first, nrb);
+    }
+    if (ret == 0) {
+        ret = switch_reftable(c, first + nrb, nrt);
+    }
+    if (ret == 0) {
+        c->rt_offset = (first + nrb) << c->cluster_bits;
+        c->rt_clusters = nrt;
+    }
+    return ret;
+}
+
+/* Re-read what the rest of the check needs from the new structure. */
+static int
+reload_structure(struct chk *c)
+{
+    int64_t len = block_getlength(c->file);
+    int ret;
+
+    if (len < 0) {
+        return (int)len;
+    }
+    c->file_len = len;
+    c->nb_clusters = div_round_up(c->file_len, c->cs);
+    c->rb_offset = 0;
+    free(c->reftable);
+    c->rt_entries = (uint64_t)c->rt_clusters * c->cs / 8;
+    c->reftable = chk_read_table(c, c->rt_offset, c->rt_entries, &ret);
+    return c->reftable ? 0 : ret;
+}
+
+/*
+ * -r all on a broken refcount structure: write fresh refcount blocks and
+ * a fresh reftable with the computed counts at the end of the file, then
+ * switch the header to them.  The old structure just becomes free space.
+ */
+static void
+rebuild_refcounts(struct chk *c)
+{
+    int ret;
+
+    chk_log(c, "Rebuilding refcount structure");
+    uncount_old_structure(c);
+    ret = write_new_structure(c);
+    if (ret == 0) {
+        ret = reload_structure(c);
+    }
+    if (ret < 0) {
+        chk_log(c, "ERROR could not rebuild the refcount structure: %s",
+                strerror(-ret));
+        c->res->check_errors++;
+        c->res->corruptions += c->mm_corrupt;
+        c->res->leaks += c->mm_leaks;
+        return;
+    }
+    c->res->corruptions -= c->struct_errors;
+    c->res->check_errors -= c->read_errors;
+    c->res->corruptions_fixed = c->struct_errors + c->mm_corrupt;
+    c->res->leaks_fixed = c->mm_leaks;
+}
+
+/*
+ * Per-cluster repair when the refcount structure is sound; a rebuild with
+ * -r all when it is not; with only -r leaks a broken structure stops the
+ * repair (it would write through invalid refcount blocks).
+ */
+static void
+repair_or_rebuild(struct chk *c)
+{
+    if (c->rebuild && !(c->fix & QCOW2_CHECK_FIX_ERRORS) && c->fix) {
+        chk_log(c, "ERROR need to rebuild refcount structures");
+        c->res->check_errors++;
+        c->res->corruptions += c->mm_corrupt;
+        c->res->leaks += c->mm_leaks;
+        return;
+    }
+    if (c->rebuild_if_all && (c->fix & QCOW2_CHECK_FIX_ERRORS)) {
+        c->rebuild = true;
+    }
+    if (!c->rebuild) {
+        repair_refcounts(c);
+    }
+    if (c->rebuild && (c->fix & QCOW2_CHECK_FIX_ERRORS)) {
+        rebuild_refcounts(c);
     }
 }
 
@@ -1074,7 +1363,7 @@ qcow2_check(struct block_node *file, unsigned fix, FILE *log,
             ret = 0;
         } else {
             compare_refcounts(&c);
-            repair_refcounts(&c);
+            repair_or_rebuild(&c);
             check_copied_flags(&c);
         }
         if (fix && !res->corruptions && !res->check_errors) {
