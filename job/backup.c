@@ -794,6 +794,17 @@ init_copy_bitmap(struct backup_job *s)
 struct job *
 backup_start(json_t *args, struct err **errp)
 {
+    struct job *job = backup_create(args, errp);
+
+    if (job) {
+        job_start(job);
+    }
+    return job;
+}
+
+struct job *
+backup_create(json_t *args, struct err **errp)
+{
     struct backup_args a;
     struct block_node *source, *target, *cbw;
     struct block_dirty_bitmap *bm = NULL, *successor = NULL;
@@ -931,7 +942,6 @@ backup_start(json_t *args, struct err **errp)
     if (a.speed) {
         job_set_speed(job, a.speed, NULL);
     }
-    job_start(job);
     return job;
 
 out_cbw:

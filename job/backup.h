@@ -25,6 +25,13 @@
  */
 struct job *backup_start(json_t *args, struct err **errp);
 
+/*
+ * The same without starting it: the filter is in place and the job is in
+ * status created (transaction prepare).  job_start() starts it, and a
+ * cancel (job_cancel_sync()) undoes it.  Main thread.
+ */
+struct job *backup_create(json_t *args, struct err **errp);
+
 /* The job's copy-before-write node (tests), or NULL. */
 struct block_node *backup_filter_node(struct job *job);
 

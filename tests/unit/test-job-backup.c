@@ -1220,6 +1220,49 @@ test_top_qcow2(void **state)
     job_unref(job);
 }
 
+/* ---- created, then cancelled (transaction abort) ---------------------- */
+
+static void
+test_create_cancel(void **state)
+{
+    struct block_dirty_bitmap *bm;
+    struct block_node *src;
+    struct block_handle *h;
+    struct err *err = NULL;
+    struct job *job;
+    json_t *args;
+
+    (void)state;
+    create_file("src.raw", 2 * MiB);
+    create_file("tgt.raw", 2 * MiB);
+    src = open_file("src.raw", "src");
+    open_file("tgt.raw", "tgt");
+    h = writer_handle(src);
+    bm = block_dirty_bitmap_create(src, "b0", 0, &err);
+    fill(h, 1, 0, 4096);
+    args = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "job-id", "t0",
+                     "device", "src", "target", "tgt", "sync", "bitmap",
+                     "bitmap", "b0", "bitmap-mode", "on-success");
+    job = backup_create(args, &err);
+    json_decref(args);
+    assert_non_null(job);
+    job_ref(job);
+    assert_int_equal(job_get_status(job), JOB_STATUS_CREATED);
+    assert_ptr_equal(block_handle_node(h), backup_filter_node(job));
+    assert_true(bm->busy);
+    fill(h, 1, 1 * MiB, 4096);      /* recorded by the successor */
+    assert_int_equal(job_cancel_sync(job), -ECANCELED);
+    assert_int_equal(job_get_status(job), JOB_STATUS_NULL);
+    assert_block_events("BLOCK_JOB_CANCELLED");
+    assert_ptr_equal(block_handle_node(h), src);
+    assert_false(bm->busy);
+    assert_false(bm->disabled);
+    assert_int_equal(block_dirty_bitmap_count(bm), 2 * 64 * KiB);
+    assert_null(successor(src));
+    job_unref(job);
+    block_dirty_bitmap_release(bm);
+}
+
 int
 main(void)
 {
@@ -1238,6 +1281,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_top_qcow2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_push_fleecing, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_create_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_257_bitmap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_257_full, setup, teardown),
     };
