@@ -33,7 +33,9 @@ static const struct img_cmd img_cmds[] = {
       "check [-q] [-f FMT] [--output=human|json] [-r leaks|all] FILENAME",
       "  -f FMT           image format (default: probed)\n"
       "  -r leaks|all     repair leaks only, or leaks and corruptions\n"
-      "                   (refcount mismatches and COPIED flags)\n"
+      "                   (refcounts, COPIED flags, a broken refcount\n"
+      "                   structure; bad L1/L2 entries stay reported)\n"
+      "  -U               share the image with its other users\n"
       "  --output=FMT     human (default) or json\n"
       "  -q               quiet\n"
       "Exit status: 0 consistent, 1 check failed, 2 corruptions, 3 leaks,\n"

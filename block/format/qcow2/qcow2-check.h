@@ -46,9 +46,14 @@ struct qcow2_check_result {
  * says what it found), or -errno with *errp set when it could not start:
  * not a qcow2 image, unreadable or unsupported header, no memory.
  *
- * Repair is limited to rewriting refcounts of clusters whose refcount
- * block exists and the COPIED flags of the active tables; a refcount that
- * needs a missing refcount block stays a corruption.
+ * Repair: QCOW2_CHECK_FIX_LEAKS lowers refcounts that exceed the
+ * references (and fixes COPIED flags when nothing else is wrong);
+ * QCOW2_CHECK_FIX_ERRORS also raises refcounts below the references,
+ * fixes COPIED flags, and when refcount blocks are missing or broken
+ * writes a new refcount structure at the end of the file.  Bad L1/L2
+ * entries themselves (reserved bits, unaligned offsets, invalid subcluster
+ * bitmaps, references past the end) are reported, never rewritten.
+ * Fixed problems count in *_fixed, not in corruptions/leaks.
  */
 int qcow2_check(struct block_node *file, unsigned fix, FILE *log,
                 struct qcow2_check_result *res, struct err **errp);
