@@ -738,6 +738,7 @@ struct torture {
     struct fleece *f;
     uint64_t seed;
     int ops;
+    uint64_t span;              /* requests fall in [0, span) */
     bool stop;                  /* atomic: readers stop */
 };
 
@@ -752,7 +753,7 @@ torture_guest(void *opaque)
 
     for (int i = 0; i < t->ops; i++) {
         uint64_t len = sizes[rnd_below(&rs, ARRAY_SIZE(sizes))];
-        uint64_t off = rnd_below(&rs, t->f->size - len);
+        uint64_t off = rnd_below(&rs, t->span - len);
         unsigned kind = (unsigned)rnd_below(&rs, 10);
         int ret;
 
@@ -783,7 +784,7 @@ torture_reader(void *opaque)
 
     while (!__atomic_load_n(&t->stop, __ATOMIC_RELAXED)) {
         uint64_t len = 1 + rnd_below(&rs, 512 * KiB);
-        uint64_t off = rnd_below(&rs, t->f->size - len);
+        uint64_t off = rnd_below(&rs, t->span - len);
         int ret = block_handle_pread(t->f->reader, off, len, buf, 0);
 
         if (ret < 0) {
@@ -800,7 +801,7 @@ torture_reader(void *opaque)
 }
 
 static void
-run_torture(unsigned seed, bool qcow2, json_t *target_blkdebug)
+run_torture(unsigned seed, bool qcow2, json_t *target_blkdebug, uint64_t span)
 {
     struct fleece_opts o = {.qcow2_temp = qcow2,
                             .target_blkdebug = target_blkdebug};
@@ -810,11 +811,13 @@ run_torture(unsigned seed, bool qcow2, json_t *target_blkdebug)
 
     fleece_setup(&f, &o, seed);
     for (int i = 0; i < 2; i++) {
-        r[i] = (struct torture){&f, seed * 1000 + (uint64_t)i + 77, 0, false};
+        r[i] = (struct torture){&f, seed * 1000 + (uint64_t)i + 77, 0, span,
+                                false};
         thread_create(&rt[i], "reader", torture_reader, &r[i]);
     }
     for (int i = 0; i < 4; i++) {
-        g[i] = (struct torture){&f, seed * 100 + (uint64_t)i + 1, 250, false};
+        g[i] = (struct torture){&f, seed * 100 + (uint64_t)i + 1, 250, span,
+                                false};
         thread_create(&gt[i], "guest", torture_guest, &g[i]);
     }
     for (int i = 0; i < 4; i++) {
@@ -833,7 +836,16 @@ static void
 test_torture(void **state UNUSED)
 {
     for (unsigned seed = 1; seed <= 4; seed++) {
-        run_torture(seed, false, NULL);
+        run_torture(seed, false, NULL, DISK_SIZE);
+    }
+}
+
+/* Everything in the first 1 MiB: many more races per cluster. */
+static void
+test_torture_hot(void **state UNUSED)
+{
+    for (unsigned seed = 11; seed <= 13; seed++) {
+        run_torture(seed, false, NULL, 1 * MiB);
     }
 }
 
@@ -841,7 +853,7 @@ static void
 test_torture_qcow2_slow(void **state UNUSED)
 {
     run_torture(9, true, json_pack("{s:I}", "x-delay-ns",
-                                   (json_int_t)200000));
+                                   (json_int_t)200000), DISK_SIZE);
 }
 
 /* ---- Dedup -------------------------------------------------------------- */
@@ -1017,6 +1029,7 @@ main(void)
         cmocka_unit_test(test_timeout_break_guest_write),
         cmocka_unit_test(test_timeout_break_snapshot),
         cmocka_unit_test(test_torture),
+        cmocka_unit_test(test_torture_hot),
         cmocka_unit_test(test_torture_qcow2_slow),
         cmocka_unit_test(test_dedup),
         cmocka_unit_test(test_options),
