@@ -111,6 +111,12 @@ qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster)
     if (new_off < 0) {
         return (int)new_off;
     }
+    if (qcow2_overlaps_metadata(s, (uint64_t)new_off, s->cluster_size)) {
+        /* Only possible when the refcounts lie: stop before damage. */
+        qcow2_signal_corruption(s, "new L2 table at 0x%llx would overwrite "
+                                "metadata", (unsigned long long)new_off);
+        return -EIO;
+    }
     ret = qcow2_refcounts_stable(s);
     if (ret < 0) {
         return ret;

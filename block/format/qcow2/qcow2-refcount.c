@@ -214,7 +214,8 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (s->reftable[idx]) {
         return 0;
     }
-    if (idx == 0 || where * cs >= QCOW2_MAX_HOST_OFFSET) {
+    if (idx == 0 || where * cs >= QCOW2_MAX_HOST_OFFSET ||
+        qcow2_overlaps_metadata(s, where * cs, cs)) {
         qcow2_signal_corruption(s, "refcount block %llu cannot be placed",
                                 (unsigned long long)idx);
         return -EIO;

@@ -907,7 +907,7 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
             }
         }
     }
-    if (MAX(nb, l1_first + l1_n) > s->refblock_entries) {
+    if (nb >= s->refblock_entries || l1_first + l1_n > s->refblock_entries) {
         return -ENOTSUP;    /* does not fit one refblock: slow path */
     }
     qcow2_refcount_set(rb, 0, s->refcount_order, 1);
