@@ -998,3 +998,29 @@ def test_maps_match_qemu_nbd(servers, tmp_dir):
         q.kill()
         q.wait(timeout=10)
     assert ours == theirs
+
+
+def test_qemu_img_convert_and_compare(servers, tmp_dir):
+    """qemu-img converts a sparse image into the export and back out, and
+    compares the results with the source."""
+    need("qemu-img")
+    need("qemu-io")
+    src = os.path.join(tmp_dir, "src.qcow2")
+    assert run(["qemu-img", "create", "-q", "-f", "qcow2", src,
+                "16M"]).returncode == 0
+    assert run(["qemu-io", "-c", "write -P 3 0 1M", "-c",
+                "write -P 4 7M 3M", "-c", "write -z 12M 1M",
+                src]).returncode == 0
+    srv = file_server(servers, tmp_dir, size=16 * MiB)
+    r = run(["qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", src,
+             srv.uri])
+    assert r.returncode == 0, r.stderr
+    r = run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", src,
+             srv.uri])
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = os.path.join(tmp_dir, "out.qcow2")
+    r = run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", srv.uri,
+             out])
+    assert r.returncode == 0, r.stderr
+    r = run(["qemu-img", "compare", src, out])
+    assert r.returncode == 0, r.stdout + r.stderr
