@@ -914,6 +914,22 @@ def test_map_qcow2_chain(limg, qemu_img, qcow2_driver, chain, output):
     assert ours.stdout == theirs.stdout
 
 
+def test_map_compressed(limg, qemu_img, qemu_io_bin, qcow2_driver, tmp_dir):
+    src = qcreate(qemu_img, os.path.join(tmp_dir, "s.qcow2"), size="4M")
+    qio(qemu_io_bin, src, "write -P 1 0 200k")
+    img = os.path.join(tmp_dir, "c.qcow2")
+    assert run([qemu_img, "convert", "-c", "-O", "qcow2", src,
+                img]).returncode == 0
+    ours = run([limg, "map", "--output=json", img])
+    theirs = run([qemu_img, "map", "--output=json", img])
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout == theirs.stdout
+    ours, theirs = run([limg, "map", img]), run([qemu_img, "map", img])
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr == ("lockstep-img: File contains external, encrypted "
+                           "or compressed clusters.\n")
+
+
 def test_compare_qcow2(limg, qemu_img, qcow2_driver, chain):
     base, top = chain
     for argv in (["compare", base, top], ["compare", top, top],

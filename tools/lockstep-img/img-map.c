@@ -70,7 +70,8 @@ entries_mergeable(const struct map_entry *a, const struct map_entry *b)
            !strcmp(a->file, b->file);
 }
 
-static void
+/* Returns false when the human format cannot show the entry. */
+static bool
 map_print(const struct map_entry *e, bool json, bool first)
 {
     if (json) {
@@ -83,10 +84,15 @@ map_print(const struct map_entry *e, bool json, bool first)
             printf(", \"offset\": %" PRIu64, e->offset);
         }
         printf("}");
-    } else if (e->data && e->has_offset) {
+    } else if (e->data && !e->has_offset) {
+        img_error("File contains external, encrypted or compressed "
+                  "clusters.");
+        return false;
+    } else if (e->data && !e->zero) {
         printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->start,
                e->length, e->offset, e->file);
     }
+    return true;
 }
 
 static int
@@ -141,15 +147,15 @@ map_run(struct img *img, bool json)
             cur.length += next.length;
             continue;
         }
-        if (have) {
-            map_print(&cur, json, first);
-            first = false;
+        if (have && !map_print(&cur, json, first)) {
+            return 1;
         }
+        first = !have && first;
         cur = next;
         have = true;
     }
-    if (have) {
-        map_print(&cur, json, first);
+    if (have && !map_print(&cur, json, first)) {
+        return 1;
     }
     if (json) {
         printf(have ? "]\n" : "[]\n");
