@@ -976,13 +976,13 @@ writer_thread(void *opaque)
         x ^= x >> 7;
         x ^= x << 17;
         blk = x % NR_BLKS;
-        pattern = (unsigned char)(0x80 + w->writes % 0x7f);
+        pattern = (unsigned char)(0x80 + w->writes % 0x7f);  /* own */
         memset(buf, pattern, BLK);
         if (block_handle_pwrite(w->h, blk * BLK, BLK, buf, 0) != 0) {
             abort();
         }
         w->last[blk] = pattern;
-        w->writes++;
+        __atomic_store_n(&w->writes, w->writes + 1, __ATOMIC_RELEASE);
     }
     free(buf);
     return NULL;
@@ -1007,9 +1007,9 @@ test_failover_under_load(void **state UNUSED)
     }
     assert_true(replication_stop_all(true, &err));
     {
-        unsigned long after = w->writes;
+        unsigned long after = __atomic_load_n(&w->writes, __ATOMIC_ACQUIRE);
 
-        while (w->writes < after + 50) {
+        while (__atomic_load_n(&w->writes, __ATOMIC_ACQUIRE) < after + 50) {
             usleep(1000);
         }
     }
