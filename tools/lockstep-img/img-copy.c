@@ -36,8 +36,8 @@ copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
     int ret = block_handle_pread(src->h, off, n, buf, 0);
 
     if (ret < 0) {
-        img_error("error while reading at byte %" PRIu64 ": %s", off,
-                  strerror(-ret));
+        img_error("error while reading '%s' at byte %" PRIu64 ": %s",
+                  src->filename, off, strerror(-ret));
         return ret;
     }
     if (buffer_is_zero(buf, n) && dst_is_zero) {
@@ -49,8 +49,8 @@ copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
         ret = block_handle_pwrite(dst->h, off, n, buf, 0);
     }
     if (ret < 0) {
-        img_error("error while writing at byte %" PRIu64 ": %s", off,
-                  strerror(-ret));
+        img_error("error while writing '%s' at byte %" PRIu64 ": %s",
+                  dst->filename, off, strerror(-ret));
     }
     return ret;
 }
@@ -119,8 +119,8 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress)
         n = MIN(IMG_CHUNK, len - off);
         ret = block_handle_status(src->h, off, n, &pnum, &info);
         if (ret < 0) {
-            img_error("error while reading block status at offset %" PRIu64
-                      ": %s", off, strerror(-ret));
+            img_error("error while reading block status of '%s' at offset %"
+                      PRIu64 ": %s", src->filename, off, strerror(-ret));
             break;
         }
         n = MIN(n, pnum);
@@ -350,7 +350,8 @@ commit_run(struct img *imgs, int base, bool drop, bool progress,
     }
     ret = commit_copy(imgs, base, progress);
     if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not commit");
+        err_setf_errno(errp, -ret, "Could not commit '%s' into '%s'",
+                       imgs[0].filename, imgs[base].filename);
         return ret;
     }
     if (!drop && block_make_empty(imgs[0].node, errp) < 0) {

@@ -140,7 +140,8 @@ map_run(struct img *img, bool json)
         int ret = map_status(img, off, len, holes, &next);
 
         if (ret < 0) {
-            img_error("Could not read file metadata: %s", strerror(-ret));
+            img_error("Could not read file metadata of '%s': %s",
+                      img->filename, strerror(-ret));
             return 1;
         }
         if (have && entries_mergeable(&cur, &next)) {
