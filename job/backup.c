@@ -25,14 +25,22 @@
  *
  * Background copy (job thread): passes.  A pass starts up to max-workers
  * (capped) worker threads; each takes the next dirty area after a shared
- * cursor (at most one chunk) and calls block_copy() on it inside the graph.
- * Workers stop at the end of the disk, at the first error, or when the job
- * must pause or is cancelled (the job's pause and cancel hooks make running
- * copies return -ECANCELED through block_copy_set_cancelled()).  Then the
- * job thread joins them, handles an error with on-source-error /
+ * cursor (at most one chunk), waits for the speed limit, and calls
+ * block_copy() on it inside the graph.  Workers stop at the end of the
+ * disk, at the first error, or when the job must pause or is cancelled
+ * (checked before every chunk; the pause and cancel hooks also wake
+ * workers waiting for the speed limit).  Then the job thread joins them,
+ * handles an error with on-source-error /
  * on-target-error (report: fail; ignore: retry; stop: pause, then retry),
  * goes through a pause point, and starts another pass while anything is
  * left dirty.  So a paused job has no worker and does no I/O.
+ *
+ * Speed: the job keeps its own limiter (QEMU's: a budget that may run at
+ * most one 100 ms slice ahead) and waits for it *outside* the graph, so a
+ * slow speed never holds the graph lock and never delays a drain on the
+ * main thread; block_copy() runs without its own limit.  A copy in
+ * flight is at most one chunk, which bounds how long a pause or a drain
+ * waits for the job.
  *
  * Bitmaps (sync=bitmap/incremental, or full/top with a bitmap as output):
  * at start the named bitmap is frozen (busy, not recording) and an
@@ -67,7 +75,9 @@
 #define BACKUP_MAX_THREADS 8
 /* Bytes one worker takes from the cursor at a time (block_copy() splits
  * them into its own chunks). */
-#define BACKUP_CHUNK (4 * 1024 * 1024)
+#define BACKUP_CHUNK (1024 * 1024)
+/* The speed limiter's slice, as QEMU's. */
+#define BACKUP_SLICE_NS (100LL * 1000 * 1000)
 
 enum backup_sync {
     BACKUP_SYNC_FULL,
@@ -127,6 +137,13 @@ struct backup_job {
     uint64_t chunk;
     uint64_t len;
     TAILQ_ENTRY(backup_job) link;   /* in g_backups; main thread */
+
+    /* The speed limiter.  Protected by: rl_lock (a leaf). */
+    pthread_mutex_t rl_lock;
+    pthread_cond_t rl_cond;         /* speed changed, pause, cancel */
+    uint64_t speed;                 /* bytes per second, 0 = unlimited */
+    int64_t next_free;              /* when the budget is back to zero */
+    bool rl_stop;                   /* pause/cancel asked: stop waiting */
 };
 
 /* Active backup jobs, for the busy check on targets.  Main thread only. */
@@ -143,6 +160,52 @@ struct backup_pass {
 };
 
 /* ---- Job thread ------------------------------------------------------- */
+
+/*
+ * Wait until the speed limit lets bytes go and charge them; false when a
+ * pause or a cancel came first.  Outside the graph.
+ */
+static bool
+backup_ratelimit(struct backup_job *s, uint64_t bytes)
+{
+    bool ok = true;
+
+    mutex_lock(&s->rl_lock);
+    for (;;) {
+        int64_t now = clock_ns();
+
+        if (s->rl_stop) {
+            ok = false;
+            break;
+        }
+        if (!s->speed || s->next_free <= now + BACKUP_SLICE_NS) {
+            if (s->speed) {
+                unsigned __int128 ns =
+                    (unsigned __int128)bytes * 1000000000u / s->speed;
+
+                if (s->next_free < now) {
+                    s->next_free = now;
+                }
+                s->next_free += ns > INT64_MAX / 4 ? INT64_MAX / 4
+                                                   : (int64_t)ns;
+            }
+            break;
+        }
+        cond_timedwait_ns(&s->rl_cond, &s->rl_lock,
+                          s->next_free - BACKUP_SLICE_NS);
+    }
+    mutex_unlock(&s->rl_lock);
+    return ok;
+}
+
+static void
+backup_ratelimit_stop(struct backup_job *s, bool stop)
+{
+    mutex_lock(&s->rl_lock);
+    s->rl_stop = stop;
+    cond_broadcast(&s->rl_cond);
+    mutex_unlock(&s->rl_lock);
+}
 
 static void *
 backup_worker(void *opaque)
@@ -168,15 +231,12 @@ backup_worker(void *opaque)
             p->cursor = off + bytes;
         }
         mutex_unlock(&p->lock);
-        if (!found) {
+        if (!found || !backup_ratelimit(s, bytes)) {
             break;
         }
         block_graph_enter();
-        ret = block_copy(s->bcs, off, bytes, true, 0, &is_read);
+        ret = block_copy(s->bcs, off, bytes, false, 0, &is_read);
         block_graph_leave();
-        if (ret == -ECANCELED) {
-            break;                  /* pause or cancel */
-        }
         if (ret < 0) {
             mutex_lock(&p->lock);
             if (p->ret == 0) {
@@ -268,7 +328,7 @@ backup_run(struct job *job, struct err **errp)
         if (job_is_cancelled(job)) {
             return 0;
         }
-        block_copy_set_cancelled(s->bcs, false);
+        backup_ratelimit_stop(s, false);
         ret = backup_pass(s, &is_read);
         if (job_is_cancelled(job)) {
             return 0;
@@ -292,9 +352,9 @@ backup_run(struct job *job, struct err **errp)
          * that copy fails, so nothing is left behind when it returns 0.
          */
         block_graph_enter();
-        ret = block_copy(s->bcs, 0, s->len, true, 0, &is_read);
+        ret = block_copy(s->bcs, 0, s->len, false, 0, &is_read);
         block_graph_leave();
-        if (ret == -ECANCELED || job_is_cancelled(job)) {
+        if (job_is_cancelled(job)) {
             continue;
         }
         if (ret < 0) {
@@ -313,13 +373,11 @@ backup_run(struct job *job, struct err **errp)
     }
 }
 
-/* Interrupt the copies in flight; the run loop pauses or ends. */
+/* Wake workers waiting for the speed limit; the run loop pauses. */
 static void
 backup_pause(struct job *job)
 {
-    struct backup_job *s = container_of(job, struct backup_job, job);
-
-    block_copy_set_cancelled(s->bcs, true);
+    backup_ratelimit_stop(container_of(job, struct backup_job, job), true);
 }
 
 static void
@@ -328,7 +386,7 @@ backup_cancel(struct job *job, bool force)
     struct backup_job *s = container_of(job, struct backup_job, job);
 
     (void)force;
-    block_copy_set_cancelled(s->bcs, true);
+    backup_ratelimit_stop(s, true);
     job_kick(job);
 }
 
@@ -337,8 +395,10 @@ backup_set_speed(struct job *job, uint64_t speed)
 {
     struct backup_job *s = container_of(job, struct backup_job, job);
 
-    block_copy_set_speed(s->bcs, speed);
-    block_copy_kick(s->bcs);
+    mutex_lock(&s->rl_lock);
+    s->speed = speed;
+    cond_broadcast(&s->rl_cond);
+    mutex_unlock(&s->rl_lock);
 }
 
 /* QEMU: len = bytes done + still to do; offset = bytes done (copies made
@@ -438,6 +498,8 @@ backup_free(struct job *job)
     if (s->target) {
         block_node_unref(s->target);
     }
+    cond_destroy(&s->rl_cond);
+    mutex_destroy(&s->rl_lock);
 }
 
 static const struct job_driver backup_driver = {
@@ -913,6 +975,8 @@ backup_create(json_t *args, struct err **errp)
         goto out_cbw;
     }
     s = container_of(job, struct backup_job, job);
+    mutex_init(&s->rl_lock);
+    cond_init(&s->rl_cond);
     block_node_ref(source);
     block_node_ref(target);
     s->source = source;

@@ -618,6 +618,39 @@ test_pause_resume(void **state)
     free(snapshot);
 }
 
+/* A very slow job never holds up a drain, a pause or a cancel. */
+static void
+test_slow_speed(void **state)
+{
+    struct err *err = NULL;
+    struct job *job;
+    int64_t t0;
+
+    (void)state;
+    create_file("src.raw", 8 * MiB);
+    create_file("tgt.raw", 8 * MiB);
+    random_fill_file("src.raw", 8 * MiB, 1);
+    open_file("src.raw", "src");
+    open_file("tgt.raw", "tgt");
+    job = start("{\"job-id\": \"slow\", \"device\": \"src\", \"target\": "
+                "\"tgt\", \"sync\": \"full\", \"speed\": 1024}");
+    usleep(100 * 1000);
+    t0 = clock_ns();
+    block_drain_begin();
+    block_drain_end();
+    assert_true(clock_ns() - t0 < 2 * SEC);
+    assert_true(job_user_pause(job, &err));
+    wait_status(job, JOB_STATUS_PAUSED);
+    assert_true(job_user_resume(job, &err));
+    assert_true(job_set_speed(job, 2048, &err));
+    t0 = clock_ns();
+    assert_true(job_user_cancel(job, false, &err));
+    wait_status(job, JOB_STATUS_NULL);
+    assert_true(clock_ns() - t0 < 2 * SEC);
+    assert_block_events("BLOCK_JOB_CANCELLED");
+    job_unref(job);
+}
+
 /* ---- error policies ---------------------------------------------------- */
 
 static void
@@ -1272,6 +1305,7 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_none_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_speed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_source_error_ignore, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_source_error_report, setup,
