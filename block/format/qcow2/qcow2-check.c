@@ -767,6 +767,10 @@ compare_refcounts(struct chk *c)
         chk_log(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
                 PRIu32, stored < c->refs[k] ? "ERROR" : "Leaked", k, stored,
                 c->refs[k]);
+        if (stored == 0) {
+            /* Lost allocations: QEMU rebuilds rather than patch. */
+            c->rebuild = true;
+        }
         if (fixable(c, stored, c->refs[k])) {
             note_mismatch(c, k);
             *(stored < c->refs[k] ? &c->mm_corrupt : &c->mm_leaks) += 1;
