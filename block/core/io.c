@@ -584,6 +584,13 @@ block_flush(struct block_node *node)
             return ret;
         }
     }
+    /* A filter over several children (quorum) flushes them itself and
+     * votes on the results, like QEMU's "one driver function writes back
+     * all layers". */
+    if (node->drv->flush && node->drv->kind == BLOCK_KIND_FILTER &&
+        !node->file) {
+        return ret;
+    }
     /* Then everything below, as QEMU's bdrv_co_flush does. */
     TAILQ_FOREACH(c, &node->children, child_link) {
         if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {

@@ -48,10 +48,11 @@
  *
  * - Discard is not passed down (QEMU's quorum has no discard either).
  *
- * - Flush goes to every child with the same vote.  Note that the core's
- *   block_flush() afterwards also flushes every writable child again (it
- *   does that for all drivers), so a child whose flush fails twice fails
- *   the quorum flush even when the threshold was met.
+ * - Flush goes to every child with the same vote (type "flush" in
+ *   QUORUM_REPORT_BAD, no QUORUM_FAILURE).  The core does not flush the
+ *   children again after us (block_flush() leaves that to filters without
+ *   a "file" child), so a dead NBD child on the primary does not fail the
+ *   guest's flush when the threshold is met.
  *
  * Locking: the children array changes only on the main thread inside a
  * drained section (open, quorum_add_child, quorum_del_child), so requests

@@ -402,6 +402,35 @@ test_write_threshold(void **state UNUSED)
     close_files();
 }
 
+/* A child whose flush fails: reported, and the vote decides. */
+static void
+test_flush(void **state UNUSED)
+{
+    struct block_node *q;
+    struct block_handle *h;
+
+    open_files();
+    q = node_new_json(NULL,
+        "{\"driver\": \"quorum\", \"node-name\": \"q\", \"vote-threshold\": 1,"
+        " \"read-pattern\": \"fifo\", \"children\": ["
+        "{\"driver\": \"raw\", \"node-name\": \"c0\", \"file\": \"f0\"},"
+        "{\"driver\": \"blkdebug\", \"node-name\": \"c1\", \"image\": "
+        "{\"driver\": \"raw\", \"file\": \"f1\"}, \"inject-error\": "
+        "[{\"event\": \"flush_to_disk\", \"iotype\": [\"flush\"]}]}]}");
+    assert_non_null(q);
+    h = handle(q);
+    events_clear();
+    assert_int_equal(block_handle_flush(h), 0);
+    assert_int_equal(events_count("QUORUM_REPORT_BAD", "c1"), 1);
+    assert_string_equal(json_string_value(json_object_get(
+                            event_find("QUORUM_REPORT_BAD"), "type")),
+                        "flush");
+    assert_int_equal(events_count("QUORUM_FAILURE", NULL), 0);
+    block_handle_free(h);
+    block_node_unref(q);
+    close_files();
+}
+
 static void
 test_options(void **state UNUSED)
 {
@@ -572,6 +601,7 @@ main(void)
         cmocka_unit_test(test_rewrite_corrupted),
         cmocka_unit_test(test_fifo),
         cmocka_unit_test(test_write_threshold),
+        cmocka_unit_test(test_flush),
         cmocka_unit_test(test_options),
         cmocka_unit_test(test_change_children),
         cmocka_unit_test(test_concurrent),
