@@ -897,6 +897,43 @@ test_cancel_sync(void **state)
     job_unref(&d2->job);
 }
 
+/* Rapid pause/resume/set-speed from the main thread while the job thread
+ * passes pause points: no lost wake-up, no stuck job, counts balanced. */
+static void
+test_pause_resume_stress(void **state)
+{
+    struct err *err = NULL;
+
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        char id[16];
+        struct dummy_job *d;
+        struct job *job;
+
+        snprintf(id, sizeof(id), "s%d", round);
+        d = dummy_new(id, true, true);
+        job = &d->job;
+        job_start(job);
+        for (int i = 0; i < 200; i++) {
+            assert_true(job_user_pause(job, &err));
+            if (i % 7 == 0) {
+                wait_status(job, JOB_STATUS_PAUSED);
+            }
+            assert_true(job_set_speed(job, i, &err));
+            assert_true(job_user_resume(job, &err));
+            job_dispatch_main();
+        }
+        if (round % 2) {
+            finish(d, 1);
+        } else {
+            assert_true(job_user_cancel(job, false, &err));
+        }
+        wait_status(job, JOB_STATUS_NULL);
+        assert_int_equal(job->pause_count, 0);
+        job_unref(job);
+    }
+}
+
 /* The main-thread queue wakes its hook and runs work in order. */
 static int wakeups;
 static int order[3], norder;
@@ -953,6 +990,8 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_prepare_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_sync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_resume_stress, setup,
+                                        teardown),
         cmocka_unit_test(test_main_queue),
     };
 
