@@ -134,9 +134,31 @@ get_stage(struct replication_state *s)
                                                    __ATOMIC_ACQUIRE);
 }
 
+/* The only transitions there are (main thread). */
+static bool
+stage_transition_ok(enum replication_stage from, enum replication_stage to)
+{
+    switch (from) {
+    case REPLICATION_STAGE_NONE:
+        return to == REPLICATION_STAGE_RUNNING;
+    case REPLICATION_STAGE_RUNNING:
+        return to == REPLICATION_STAGE_FAILOVER ||
+               to == REPLICATION_STAGE_DONE;
+    case REPLICATION_STAGE_FAILOVER:
+        return to == REPLICATION_STAGE_DONE ||
+               to == REPLICATION_STAGE_FAILOVER_FAILED;
+    case REPLICATION_STAGE_FAILOVER_FAILED:
+        return to == REPLICATION_STAGE_FAILOVER;   /* a retry */
+    case REPLICATION_STAGE_DONE:
+        return false;
+    }
+    return false;
+}
+
 static void
 set_stage(struct replication_state *s, enum replication_stage stage)
 {
+    assert(stage_transition_ok(get_stage(s), stage));
     __atomic_store_n(&s->stage, (int)stage, __ATOMIC_RELEASE);
 }
 
@@ -641,14 +663,13 @@ secondary_failover(struct replication_state *s, struct err **errp)
 
     block_drain_begin();
     remove_cbw(s);
+    set_stage(s, REPLICATION_STAGE_FAILOVER);
     s->commit_dirty = block_dirty_bitmap_create(node, NULL, 0, errp);
+    block_drain_end();
     if (!s->commit_dirty) {
-        block_drain_end();
         ret = -ENOMEM;
         goto fail;
     }
-    set_stage(s, REPLICATION_STAGE_FAILOVER);
-    block_drain_end();
 
     if (posix_memalign(&buf, 4096, COMMIT_CHUNK) != 0) {
         buf = NULL;
