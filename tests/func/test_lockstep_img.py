@@ -835,6 +835,18 @@ def test_map_raw_same_as_qemu(limg, qemu_img, raw_pair, output):
     assert ours.stdout == theirs.stdout
 
 
+@pytest.mark.parametrize("args", [["-s", "4096", "-l", "100000"],
+                                  ["--start-offset=1k", "--max-length=8k"],
+                                  ["-s", "2M"], ["-l", "0"]])
+def test_map_range(limg, qemu_img, raw_pair, args):
+    a, _ = raw_pair
+    for output in ("human", "json"):
+        argv = ["map", "-f", "raw", "--output=" + output] + args + [a]
+        ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+        assert ours.returncode == theirs.returncode == 0
+        assert ours.stdout == theirs.stdout
+
+
 def test_compare_raw(limg, qemu_img, raw_pair, tmp_dir):
     a, b = raw_pair
     argv = ["compare", "-f", "raw", "-F", "raw", a, b]

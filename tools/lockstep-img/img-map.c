@@ -119,24 +119,35 @@ map_status(struct img *img, uint64_t offset, uint64_t len, int holes,
     return 0;
 }
 
+struct map_args {
+    const char *fmt;
+    bool json;
+    uint64_t start;           /* --start-offset */
+    uint64_t max_length;      /* --max-length, UINT64_MAX: to the end */
+};
+
 static int
-map_run(struct img *img, bool json)
+map_run(struct img *img, const struct map_args *a)
 {
-    int64_t len = block_handle_getlength(img->h);
+    int64_t size = block_handle_getlength(img->h);
     int holes = chain_depth(img->node);
     struct map_entry cur = { 0 }, next;
-    bool have = false, first = true;
+    bool have = false, first = true, json = a->json;
+    uint64_t len;
 
-    if (len < 0) {
+    if (size < 0) {
         img_error("%s: Could not get the image length: %s", img->filename,
-                  strerror((int)-len));
+                  strerror((int)-size));
         return 1;
     }
+    /* The range ends at the image end or after max_length bytes. */
+    len = a->start >= (uint64_t)size ? a->start
+          : a->start + MIN((uint64_t)size - a->start, a->max_length);
     if (!json) {
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to",
                "File");
     }
-    for (uint64_t off = 0; off < (uint64_t)len; off += next.length) {
+    for (uint64_t off = a->start; off < len; off += next.length) {
         int ret = map_status(img, off, len, holes, &next);
 
         if (ret < 0) {
@@ -158,8 +169,14 @@ map_run(struct img *img, bool json)
     if (have && !map_print(&cur, json, first)) {
         return 1;
     }
+    if (json && !have) {
+        /* Nothing to describe: qemu-img prints one empty entry. */
+        struct map_entry none = { .start = a->start, .file = "" };
+
+        map_print(&none, true, true);
+    }
     if (json) {
-        printf(have ? "]\n" : "[]\n");
+        printf("]\n");
     }
     return 0;
 }
@@ -175,42 +192,63 @@ output_arg(const char *arg, bool *json)
     return 0;
 }
 
-int
-img_cmd_map(int argc, char **argv)
+static int
+map_parse(int argc, char **argv, struct map_args *a)
 {
     static const struct option longopts[] = {
         { "output", required_argument, NULL, 'O' },
         { "format", required_argument, NULL, 'f' },
         { "force-share", no_argument, NULL, 'U' },
+        { "start-offset", required_argument, NULL, 's' },
+        { "max-length", required_argument, NULL, 'l' },
         { NULL, 0, NULL, 0 },
     };
-    const char *fmt = NULL;
-    struct err *e = NULL;
-    struct img img;
-    bool json = false;
-    int opt, ret;
+    int opt;
 
-    while ((opt = getopt_long(argc, argv, "f:U", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:Us:l:", longopts, NULL)) != -1) {
         if (opt == 'f') {
-            fmt = optarg;
+            a->fmt = optarg;
         } else if (opt == 'O') {
-            if (output_arg(optarg, &json) < 0) {
-                return img_usage_error("map", NULL);
+            if (output_arg(optarg, &a->json) < 0) {
+                return -1;
             }
         } else if (opt == 'U') {
             img_force_share = true;
-        } else {
-            return img_usage_error("map", NULL);
+        } else if (opt == 's' && !img_parse_size(optarg, &a->start)) {
+            img_error("Invalid start offset specified! You may use k, M, G, "
+                      "T, P or E suffixes for ");
+            return -1;
+        } else if (opt == 'l' && !img_parse_size(optarg, &a->max_length)) {
+            img_error("Invalid length specified! You may use k, M, G, T, P "
+                      "or E suffixes for ");
+            return -1;
+        } else if (opt != 's' && opt != 'l') {
+            return -1;
         }
     }
     if (optind != argc - 1) {
-        return img_usage_error("map", "Expecting one image file name");
+        img_error("Expecting one image file name");
+        return -1;
     }
-    if (!img_open(&img, argv[optind], fmt, false, &e)) {
+    return optind;
+}
+
+int
+img_cmd_map(int argc, char **argv)
+{
+    struct map_args a = { .max_length = UINT64_MAX };
+    struct err *e = NULL;
+    struct img img;
+    int i = map_parse(argc, argv, &a), ret;
+
+    if (i < 0) {
+        return img_usage_error("map", NULL);
+    }
+    if (!img_open(&img, argv[i], a.fmt, false, &e)) {
         img_report(e);
         return 1;
     }
-    ret = map_run(&img, json);
+    ret = map_run(&img, &a);
     img_close(&img);
     return ret;
 }

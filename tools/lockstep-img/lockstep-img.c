@@ -73,9 +73,11 @@ static const struct img_cmd img_cmds[] = {
       "  --output=FMT     human (default) or json\n"
       "  --backing-chain  describe every image of the backing chain\n" },
     { "map", img_cmd_map,
-      "map [-f FMT] [--output=human|json] FILENAME",
+      "map [-f FMT] [--output=human|json] [-s OFFSET] [-l LENGTH] FILENAME",
       "  -f FMT           image format (default: probed)\n"
-      "  --output=FMT     human (default) or json\n" },
+      "  --output=FMT     human (default) or json\n"
+      "  -s, --start-offset=OFFSET  first byte to describe\n"
+      "  -l, --max-length=LENGTH    bytes to describe at most\n" },
     { "resize", img_cmd_resize,
       "resize [-q] [-f FMT] [--shrink] FILENAME [+|-]SIZE",
       "  -f FMT           image format (default: probed)\n"
