@@ -7,16 +7,25 @@
  *
  * Design notes.
  *
- *   libnbd's synchronous calls hold the handle's lock until the reply
- *   arrives, so one handle runs one request at a time.  To keep several
- *   requests in flight the driver keeps a small pool of connections, each
- *   used by one request at a time: NBD_POOL_MAX connections when the server
- *   offers CAN_MULTI_CONN (then a flush on one covers writes acknowledged
- *   on the others, spec), otherwise a single one.
+ *   Requests use libnbd's asynchronous calls, so that many are in flight on
+ *   one connection (libnbd's synchronous calls hold the handle's lock until
+ *   their reply arrives).  Nobody owns a poll loop: the threads waiting for
+ *   replies on a connection take turns (leader/followers): one polls the
+ *   socket outside libnbd's lock and lets libnbd process what arrived, which
+ *   runs the completion callbacks of whichever requests finished; the
+ *   others sleep on s->cond.  A new request kicks the poller through an
+ *   eventfd so that it sees the changed direction.  Completion callbacks
+ *   only set flags: they run under libnbd's handle lock and must not take
+ *   s->lock (lock order: s->lock, then libnbd's).
  *
- *   A connection whose server went away is closed and, when reconnect-delay
- *   is set, re-established: a request that finds its connection dead keeps
- *   trying to reconnect until reconnect-delay seconds after the failure and
+ *   When the server offers CAN_MULTI_CONN (then a flush on one connection
+ *   covers the writes acknowledged on the others, spec) the driver spreads
+ *   requests over NBD_POOL_MAX connections, otherwise it uses one.
+ *
+ *   A connection whose server went away has all its requests failed by
+ *   libnbd; the next request reconnects it once nothing is in flight on
+ *   it.  With reconnect-delay a failed request is retried on a new
+ *   connection until reconnect-delay seconds after the failure and only
  *   then fails with -EIO, as QEMU's client does.  Without reconnect-delay a
  *   dead server fails requests at once (-EIO).
  *
@@ -27,10 +36,13 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libnbd.h>
 
@@ -42,9 +54,15 @@
 /* NBD lengths are 32-bit; keep requests 64 KiB-aligned below that. */
 #define NBD_MAX_EFFECT (1U << 31)
 
+/* One connection.  h is replaced only while inflight == 0 and under
+ * s->lock, so a request that counted itself in inflight may use h without
+ * the lock. */
 struct nbdcli_conn {
-    struct nbd_handle *h;   /* NULL when closed */
-    bool busy;
+    struct nbd_handle *h;   /* NULL when closed.  Protected by: s->lock */
+    int inflight;           /* Protected by: s->lock */
+    bool polling;           /* a waiter is polling h.  Protected by: s->lock */
+    bool reconnecting;      /* Protected by: s->lock */
+    int kick_fd;            /* eventfd: wakes the poller */
 };
 
 struct nbdcli_state {
@@ -60,11 +78,12 @@ struct nbdcli_state {
     bool has_meta;
     bool read_only_export;
 
-    /* The pool.  Protected by: lock. */
+    /* The connections.  Protected by: lock (see struct nbdcli_conn). */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct nbdcli_conn conns[NBD_POOL_MAX];
     int nconns;
+    unsigned next;          /* round robin */
 };
 
 static const struct block_opt nbd_opts[] = {
@@ -132,116 +151,274 @@ nbdcli_dead(struct nbd_handle *h)
 }
 
 /*
- * Take a connection for one request: a free one, or a new one while the
- * pool may grow.  A dead or closed connection is reconnected here; returns
- * NULL (-EIO) when that fails past reconnect-delay.  Any thread.
+ * One request in flight.  Shared with libnbd's callbacks: refs counts the
+ * submitting thread and libnbd (whose .free callback drops its reference,
+ * whether or not the command was ever submitted).
+ */
+struct nbdcli_req {
+    int refs;               /* atomic */
+    bool done;              /* atomic; set by the completion callback */
+    int err;                /* positive errno from the server or libnbd */
+    /* block status: the first extent of the wanted context */
+    const char *ctx;
+    uint64_t ext_len;
+    uint32_t ext_flags;
+    bool ext_found;
+};
+
+static void
+nbdcli_req_unref(struct nbdcli_req *req)
+{
+    if (__atomic_sub_fetch(&req->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        free(req);
+    }
+}
+
+static void
+nbdcli_free_cb(void *opaque)
+{
+    nbdcli_req_unref(opaque);
+}
+
+/* Runs under libnbd's handle lock: flags only, never s->lock. */
+static int
+nbdcli_done_cb(void *opaque, int *error)
+{
+    struct nbdcli_req *req = opaque;
+
+    req->err = *error;
+    __atomic_store_n(&req->done, true, __ATOMIC_RELEASE);
+    return 1;
+}
+
+static int
+nbdcli_extent_cb(void *opaque, const char *metacontext,
+                 uint64_t offset UNUSED, uint32_t *entries,
+                 size_t nr_entries, int *error UNUSED)
+{
+    struct nbdcli_req *req = opaque;
+
+    if (strcmp(metacontext, req->ctx) == 0 && nr_entries >= 2 &&
+        !req->ext_found) {
+        req->ext_len = entries[0];
+        req->ext_flags = entries[1];
+        req->ext_found = true;
+    }
+    return 0;
+}
+
+static void
+nbdcli_kick(struct nbdcli_conn *c)
+{
+    uint64_t one = 1;
+
+    if (write(c->kick_fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, the poller wakes anyway. */
+    }
+}
+
+/* The leader's turn: wait for the socket (or a kick) and let libnbd work. */
+static void
+nbdcli_poll_once(struct nbdcli_conn *c)
+{
+    struct nbd_handle *h = c->h;
+    unsigned dir = nbd_aio_get_direction(h);
+    int fd = nbd_aio_get_fd(h);
+    struct pollfd pfd[2] = {
+        {.fd = fd, .events = (short)(((dir & LIBNBD_AIO_DIRECTION_READ) ?
+                                      POLLIN : 0) |
+                                     ((dir & LIBNBD_AIO_DIRECTION_WRITE) ?
+                                      POLLOUT : 0))},
+        {.fd = c->kick_fd, .events = POLLIN},
+    };
+    uint64_t v;
+
+    if (fd < 0) {
+        /* Closed or dead: libnbd has already failed every command. */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+
+        nanosleep(&ts, NULL);
+        return;
+    }
+    if (poll(pfd, 2, 1000) <= 0) {
+        return;
+    }
+    if (pfd[1].revents & POLLIN) {
+        if (read(c->kick_fd, &v, sizeof(v)) < 0) {
+            /* nothing to drain */
+        }
+    }
+    if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        nbd_aio_notify_read(h);
+    } else if (pfd[0].revents & POLLOUT) {
+        nbd_aio_notify_write(h);
+    }
+}
+
+/*
+ * Take a connection for one request and count the request on it: a
+ * connected one, reconnected first if its server went away (once nothing
+ * else is in flight on it).  NULL when connecting fails and deadline has
+ * passed.  Any thread.
  */
 static struct nbdcli_conn *
 nbdcli_get(struct nbdcli_state *s, int64_t deadline)
 {
-    struct nbdcli_conn *c = NULL;
-
     mutex_lock(&s->lock);
     for (;;) {
-        for (int i = 0; i < s->nconns; i++) {
-            if (!s->conns[i].busy) {
-                c = &s->conns[i];
-                break;
-            }
-        }
-        if (c) {
-            break;
-        }
-        cond_wait(&s->cond, &s->lock);
-    }
-    c->busy = true;
-    mutex_unlock(&s->lock);
+        struct nbdcli_conn *c = &s->conns[s->next++ % (unsigned)s->nconns];
+        struct nbd_handle *old, *h;
 
-    for (;;) {
-        struct nbd_handle *h;
-
+        if (c->reconnecting) {
+            cond_wait(&s->cond, &s->lock);
+            continue;
+        }
         if (c->h && !nbdcli_dead(c->h)) {
+            c->inflight++;
+            mutex_unlock(&s->lock);
             return c;
         }
-        if (c->h) {
-            nbd_close(c->h);
-            c->h = NULL;
+        if (c->inflight > 0) {
+            /* Its requests are being failed; reconnect after them. */
+            cond_wait(&s->cond, &s->lock);
+            continue;
+        }
+        c->reconnecting = true;
+        old = c->h;
+        c->h = NULL;
+        mutex_unlock(&s->lock);
+        if (old) {
+            nbd_close(old);
         }
         h = nbdcli_connect(s, NULL);
-        if (h) {
-            c->h = h;
-            return c;
-        }
-        if (clock_ns() >= deadline) {
-            break;
-        }
-        {
-            struct timespec ts = {0, 100 * 1000 * 1000};
+        mutex_lock(&s->lock);
+        c->h = h;
+        c->reconnecting = false;
+        cond_broadcast(&s->cond);
+        if (!h) {
+            mutex_unlock(&s->lock);
+            if (clock_ns() >= deadline) {
+                return NULL;
+            }
+            {
+                struct timespec ts = {0, 100 * 1000 * 1000};
 
-            nanosleep(&ts, NULL);
+                nanosleep(&ts, NULL);
+            }
+            mutex_lock(&s->lock);
         }
     }
+}
+
+/* Wait for req (submitted on c) to complete, then uncount it. */
+static void
+nbdcli_wait(struct nbdcli_state *s, struct nbdcli_conn *c,
+            struct nbdcli_req *req)
+{
     mutex_lock(&s->lock);
-    c->busy = false;
-    cond_signal(&s->cond);
+    /* Callbacks may have run during submission, for others too. */
+    cond_broadcast(&s->cond);
+    while (!__atomic_load_n(&req->done, __ATOMIC_ACQUIRE)) {
+        if (!c->polling) {
+            c->polling = true;
+            mutex_unlock(&s->lock);
+            nbdcli_poll_once(c);
+            mutex_lock(&s->lock);
+            c->polling = false;
+            cond_broadcast(&s->cond);
+        } else {
+            cond_wait(&s->cond, &s->lock);
+        }
+    }
     mutex_unlock(&s->lock);
-    return NULL;
 }
 
 static void
 nbdcli_put(struct nbdcli_state *s, struct nbdcli_conn *c)
 {
     mutex_lock(&s->lock);
-    c->busy = false;
-    cond_signal(&s->cond);
+    c->inflight--;
+    cond_broadcast(&s->cond);
     mutex_unlock(&s->lock);
 }
 
 enum nbdcli_op {
-    OP_READ, OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH,
+    OP_READ, OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_STATUS,
 };
 
-/* Run one command, reconnecting and retrying per reconnect-delay. */
+/*
+ * Run one command, reconnecting and retrying per reconnect-delay.  For
+ * OP_STATUS, *st receives the extent found.  Any thread.
+ */
 static int
 nbdcli_run(struct nbdcli_state *s, enum nbdcli_op op, uint64_t offset,
-           uint64_t bytes, void *buf, uint32_t flags)
+           uint64_t bytes, void *buf, uint32_t flags, struct nbdcli_req *st)
 {
     int64_t deadline = clock_ns() + s->reconnect_delay * 1000000000LL;
 
     for (;;) {
         struct nbdcli_conn *c = nbdcli_get(s, deadline);
-        int r = -1, ret;
+        struct nbdcli_req *req;
+        nbd_completion_callback cb;
+        int64_t cookie = -1;
+        bool dead;
+        int ret;
 
         if (!c) {
             return -EIO;
         }
+        req = xzalloc(sizeof(*req));
+        req->refs = 2;
+        req->ctx = s->meta_ctx;
+        cb = (nbd_completion_callback){.callback = nbdcli_done_cb,
+                                       .user_data = req,
+                                       .free = nbdcli_free_cb};
         switch (op) {
         case OP_READ:
-            r = nbd_pread(c->h, buf, bytes, offset, flags);
+            cookie = nbd_aio_pread(c->h, buf, bytes, offset, cb, flags);
             break;
         case OP_WRITE:
-            r = nbd_pwrite(c->h, buf, bytes, offset, flags);
+            cookie = nbd_aio_pwrite(c->h, buf, bytes, offset, cb, flags);
             break;
         case OP_ZERO:
-            r = nbd_zero(c->h, bytes, offset, flags);
+            cookie = nbd_aio_zero(c->h, bytes, offset, cb, flags);
             break;
         case OP_TRIM:
-            r = nbd_trim(c->h, bytes, offset, flags);
+            cookie = nbd_aio_trim(c->h, bytes, offset, cb, flags);
             break;
         case OP_FLUSH:
-            r = nbd_flush(c->h, flags);
+            cookie = nbd_aio_flush(c->h, cb, flags);
+            break;
+        case OP_STATUS:
+            cookie = nbd_aio_block_status(
+                c->h, bytes, offset,
+                (nbd_extent_callback){.callback = nbdcli_extent_cb,
+                                      .user_data = req},
+                cb, flags);
             break;
         }
-        if (r == 0) {
-            nbdcli_put(s, c);
-            return 0;
+        if (cookie < 0) {
+            ret = nbdcli_errno();
+        } else {
+            nbdcli_kick(c);
+            nbdcli_wait(s, c, req);
+            ret = req->err ? -req->err : 0;
+            if (ret == -ENOTCONN || ret == -ECONNRESET || ret == -EPIPE ||
+                ret == -ESHUTDOWN) {
+                ret = -EIO;
+            }
+            if (ret == 0 && st) {
+                st->ext_found = req->ext_found;
+                st->ext_len = req->ext_len;
+                st->ext_flags = req->ext_flags;
+            }
         }
-        ret = nbdcli_errno();
-        if (!nbdcli_dead(c->h)) {
-            nbdcli_put(s, c);
-            return ret;   /* the server answered with an error */
-        }
+        dead = nbdcli_dead(c->h);
         nbdcli_put(s, c);
+        nbdcli_req_unref(req);
+        if (ret == 0 || !dead) {
+            return ret;   /* success, or the server answered an error */
+        }
         if (s->reconnect_delay <= 0 || clock_ns() >= deadline) {
             return -EIO;
         }
@@ -318,10 +495,14 @@ nbdcli_parse_server(struct nbdcli_state *s, json_t *server,
 static void
 nbdcli_free(struct nbdcli_state *s)
 {
-    for (int i = 0; i < s->nconns; i++) {
+    for (int i = 0; i < NBD_POOL_MAX; i++) {
         if (s->conns[i].h) {
             nbd_close(s->conns[i].h);
             s->conns[i].h = NULL;
+        }
+        if (s->conns[i].kick_fd >= 0) {
+            close(s->conns[i].kick_fd);
+            s->conns[i].kick_fd = -1;
         }
     }
     s->nconns = 0;
@@ -348,6 +529,17 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
 
     mutex_init(&s->lock);
     cond_init(&s->cond);
+    for (int i = 0; i < NBD_POOL_MAX; i++) {
+        s->conns[i].kick_fd = -1;
+    }
+    for (int i = 0; i < NBD_POOL_MAX; i++) {
+        s->conns[i].kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->conns[i].kick_fd < 0) {
+            ret = -errno;
+            err_setf_errno(errp, -ret, "Failed to create an eventfd");
+            goto out_free;
+        }
+    }
     if (block_opt_str(options, "tls-creds", NULL) ||
         block_opt_str(options, "tls-hostname", NULL)) {
         err_setf(errp, "TLS is not supported by the nbd driver");
@@ -474,7 +666,7 @@ static int
 nbdcli_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
              void *buf, unsigned flags UNUSED)
 {
-    return nbdcli_run(node->opaque, OP_READ, offset, bytes, buf, 0);
+    return nbdcli_run(node->opaque, OP_READ, offset, bytes, buf, 0, NULL);
 }
 
 static int
@@ -485,7 +677,7 @@ nbdcli_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
 
     return nbdcli_run(s, OP_WRITE, offset, bytes, (void *)buf,
                       (flags & BLOCK_REQ_FUA) && s->can_fua ?
-                      LIBNBD_CMD_FLAG_FUA : 0);
+                      LIBNBD_CMD_FLAG_FUA : 0, NULL);
 }
 
 static int
@@ -508,7 +700,7 @@ nbdcli_pwrite_zeroes(struct block_node *node, uint64_t offset,
     if (flags & BLOCK_REQ_NO_FALLBACK) {
         f |= LIBNBD_CMD_FLAG_FAST_ZERO;
     }
-    return nbdcli_run(s, OP_ZERO, offset, bytes, NULL, f);
+    return nbdcli_run(s, OP_ZERO, offset, bytes, NULL, f, NULL);
 }
 
 static int
@@ -519,7 +711,7 @@ nbdcli_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
     if (!s->can_trim) {
         return 0;   /* discard is a hint */
     }
-    return nbdcli_run(s, OP_TRIM, offset, bytes, NULL, 0);
+    return nbdcli_run(s, OP_TRIM, offset, bytes, NULL, 0, NULL);
 }
 
 static int
@@ -530,29 +722,7 @@ nbdcli_flush(struct block_node *node)
     if (!s->can_flush) {
         return 0;
     }
-    return nbdcli_run(s, OP_FLUSH, 0, 0, NULL, 0);
-}
-
-struct nbdcli_extent {
-    const char *ctx;
-    uint64_t len;
-    uint32_t flags;
-    bool found;
-};
-
-static int
-nbdcli_extent_cb(void *opaque, const char *metacontext,
-                 uint64_t offset UNUSED, uint32_t *entries,
-                 size_t nr_entries, int *error UNUSED)
-{
-    struct nbdcli_extent *e = opaque;
-
-    if (strcmp(metacontext, e->ctx) == 0 && nr_entries >= 2 && !e->found) {
-        e->len = entries[0];
-        e->flags = entries[1];
-        e->found = true;
-    }
-    return 0;
+    return nbdcli_run(s, OP_FLUSH, 0, 0, NULL, 0, NULL);
 }
 
 static int
@@ -561,9 +731,7 @@ nbdcli_block_status(struct block_node *node, uint64_t offset,
                     struct block_node **file)
 {
     struct nbdcli_state *s = node->opaque;
-    struct nbdcli_extent e = {.ctx = s->meta_ctx};
-    int64_t deadline = clock_ns() + s->reconnect_delay * 1000000000LL;
-    struct nbdcli_conn *c;
+    struct nbdcli_req e = {.ctx = s->meta_ctx};
     int r;
 
     *map = offset;
@@ -573,30 +741,20 @@ nbdcli_block_status(struct block_node *node, uint64_t offset,
         return BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID;
     }
     bytes = MIN(bytes, (uint64_t)NBD_MAX_EFFECT);
-    c = nbdcli_get(s, deadline);
-    if (!c) {
-        return -EIO;
-    }
-    r = nbd_block_status(c->h, bytes, offset,
-                         (nbd_extent_callback){.callback = nbdcli_extent_cb,
-                                               .user_data = &e},
-                         LIBNBD_CMD_FLAG_REQ_ONE);
-    if (r < 0) {
-        r = nbdcli_errno();
-    }
-    nbdcli_put(s, c);
+    r = nbdcli_run(s, OP_STATUS, offset, bytes, NULL,
+                   LIBNBD_CMD_FLAG_REQ_ONE, &e);
     if (r < 0) {
         return r;
     }
-    if (!e.found || e.len == 0) {
+    if (!e.ext_found || e.ext_len == 0) {
         /* Status 0 is always safe (spec): data. */
         *pnum = bytes;
         return BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID;
     }
-    *pnum = MIN(e.len, bytes);
+    *pnum = MIN(e.ext_len, bytes);
     return BLOCK_STATUS_OFFSET_VALID |
-           ((e.flags & 0x1) ? 0 : BLOCK_STATUS_DATA) |   /* NBD_STATE_HOLE */
-           ((e.flags & 0x2) ? BLOCK_STATUS_ZERO : 0);    /* NBD_STATE_ZERO */
+           ((e.ext_flags & 0x1) ? 0 : BLOCK_STATUS_DATA) |  /* STATE_HOLE */
+           ((e.ext_flags & 0x2) ? BLOCK_STATUS_ZERO : 0);   /* STATE_ZERO */
 }
 
 const struct block_driver nbd_driver = {

@@ -42,6 +42,18 @@ def procs():
         p.wait(timeout=10)
 
 
+def stop_checked(srv):
+    """Shut nbd-serve down cleanly; fail on sanitizer reports (the nbd
+    driver runs inside it in the chain tests)."""
+    try:
+        if srv.alive():
+            srv.stop()
+    finally:
+        srv.kill()
+    err = srv.proc.stderr.read()
+    assert "Sanitizer" not in err and "runtime error" not in err, err[-4000:]
+
+
 def wait_socket(path, proc=None, timeout=10):
     end = time.time() + timeout
     while time.time() < end:
@@ -110,7 +122,7 @@ def test_against_lockstep_server(lockstep_io, tmp_dir):
         assert r.returncode == 1
         assert "Failed to connect" in r.stderr
     finally:
-        srv.kill()
+        stop_checked(srv)
 
 
 def test_against_qemu_nbd(lockstep_io, tmp_dir, procs):
@@ -267,7 +279,7 @@ def test_parallel_requests_through_chain(tmp_dir, procs):
         assert r.stdout.count("read 4096/4096") == 8
         assert elapsed < 3.5, elapsed
     finally:
-        srv.kill()
+        stop_checked(srv)
 
 
 def test_fast_zero_through_chain(tmp_dir, procs):
@@ -293,4 +305,74 @@ def test_fast_zero_through_chain(tmp_dir, procs):
         assert c.read(0, 8192) == (0, bytes(4096) + b"\x07" * 4096)
         c.close()
     finally:
-        srv.kill()
+        stop_checked(srv)
+
+
+def test_parallel_requests_one_connection(tmp_dir, procs):
+    """Without CAN_MULTI_CONN the driver uses one connection, and still
+    keeps many requests in flight on it."""
+    need("qemu-io")
+    ksock = os.path.join(tmp_dir, "k.sock")
+    nbdkit(procs, ksock, "--filter=multi-conn", "--filter=delay", "memory",
+           "16M", "rdelay=500ms", "multi-conn-mode=disable")
+    sock = os.path.join(tmp_dir, "s.sock")
+    srv = NbdServe(["-b", "driver=nbd,node-name=n0,server.type=unix,"
+                    "server.path=%s" % ksock,
+                    "-n", "unix:" + sock,
+                    "-e", "type=nbd,id=e0,node-name=n0,writable=on"])
+    try:
+        r = run(["nbdinfo", "--json", "nbd+unix:///?socket=" + ksock])
+        assert '"can_multi_conn": false' in r.stdout
+        cmds = []
+        for i in range(8):
+            cmds += ["-c", "aio_write -P %d %d 4k" % (i + 1, i * MiB)]
+        cmds += ["-c", "aio_flush"]
+        for i in range(8):
+            cmds += ["-c", "aio_read -P %d %d 4k" % (i + 1, i * MiB)]
+        cmds += ["-c", "aio_flush"]
+        t0 = time.time()
+        r = run(["qemu-io", "-f", "raw"] + cmds +
+                ["nbd+unix:///n0?socket=" + sock], timeout=60)
+        elapsed = time.time() - t0
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.count("read 4096/4096") == 8
+        assert "verification failed" not in r.stdout
+        assert elapsed < 3.5, elapsed
+    finally:
+        stop_checked(srv)
+
+
+def test_server_dies_with_requests_in_flight(tmp_dir, procs):
+    """Requests waiting on a server that dies fail with EIO (no hang), and
+    the exporting side survives."""
+    need("qemu-io")
+    ksock = os.path.join(tmp_dir, "k.sock")
+    k = nbdkit(procs, ksock, "--filter=delay", "memory", "16M", "rdelay=3")
+    sock = os.path.join(tmp_dir, "s.sock")
+    srv = NbdServe(["-b", "driver=nbd,node-name=n0,server.type=unix,"
+                    "server.path=%s" % ksock,
+                    "-n", "unix:" + sock,
+                    "-e", "type=nbd,id=e0,node-name=n0"])
+    try:
+        cmds = []
+        for i in range(6):
+            cmds += ["-c", "aio_read %d 4k" % (i * MiB)]
+        cmds += ["-c", "aio_flush"]
+        p = subprocess.Popen(["qemu-io", "-f", "raw", "-r"] + cmds +
+                             ["nbd+unix:///n0?socket=" + sock],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        time.sleep(1)
+        k.kill()
+        t0 = time.time()
+        out, err = p.communicate(timeout=30)
+        assert time.time() - t0 < 10
+        assert "Input/output error" in out + err
+        assert srv.alive()
+        # Later requests fail at once too (no reconnect-delay).
+        r = run(["qemu-io", "-f", "raw", "-r", "-c", "read 0 4k",
+                 "nbd+unix:///n0?socket=" + sock], timeout=30)
+        assert "Input/output error" in r.stdout + r.stderr
+        assert srv.alive()
+    finally:
+        stop_checked(srv)
