@@ -925,6 +925,56 @@ def test_commit_needs_backing(limg, qemu_img, tmp_dir):
     assert ours.stderr.replace("lockstep-img", "qemu-img") == theirs.stderr
 
 
+@pytest.fixture
+def nbd_export(tmp_dir):
+    """A 4 MiB raw image served by qemu-nbd on a Unix socket."""
+    qemu_nbd = shutil.which("qemu-nbd")
+    if not qemu_nbd:
+        pytest.skip("qemu-nbd is not installed")
+    img = make_image(os.path.join(tmp_dir, "nbd.raw"), 4 * MiB)
+    sock = os.path.join(tmp_dir, "nbd.sock")
+    pidfile = os.path.join(tmp_dir, "nbd.pid")
+    r = run([qemu_nbd, "-f", "raw", "-k", sock, "-x", "exp", "-t", "--fork",
+             "--pid-file", pidfile, img])
+    assert r.returncode == 0, r.stderr
+    yield "nbd+unix:///exp?socket=" + sock, img
+    with open(pidfile) as f:
+        os.kill(int(f.read()), 15)
+
+
+def test_nbd_url_convert_compare_map(limg, qemu_img, raw_pair, nbd_export):
+    url, backing_file = nbd_export
+    src, _ = raw_pair
+    r = run([limg, "convert", "-n", "-f", "raw", "-O", "raw", src, url])
+    assert r.returncode == 0, r.stderr
+    with open(src, "rb") as a, open(backing_file, "rb") as b:
+        assert b.read(MiB) == a.read()
+    for argv in (["compare", "-f", "raw", "-F", "raw", src, url],
+                 ["map", "--output=json", "-f", "raw", url],
+                 ["info", "--output=json", "-f", "raw", url]):
+        ours, theirs = run([limg] + argv), run([qemu_img] + argv)
+        assert ours.returncode == theirs.returncode == 0, ours.stderr
+        assert ours.stdout == theirs.stdout
+
+
+def test_convert_target_is_zero_needs_n(limg, raw_pair, tmp_dir):
+    src, _ = raw_pair
+    r = run([limg, "convert", "--target-is-zero", src,
+             os.path.join(tmp_dir, "o.raw")])
+    assert r.returncode == 1
+    assert "--target-is-zero requires use of -n flag" in r.stderr
+
+
+def test_convert_n_overwrites_with_zeroes(limg, raw_pair, tmp_dir):
+    """-n without --target-is-zero: zero ranges of the source are written."""
+    src, _ = raw_pair
+    dst = make_image(os.path.join(tmp_dir, "dst.raw"), MiB, fill=0x55)
+    r = run([limg, "convert", "-n", "-f", "raw", "-O", "raw", src, dst])
+    assert r.returncode == 0, r.stderr
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        assert a.read() == b.read()
+
+
 # ---- qcow2 data commands (need the qcow2 driver) ----------------------------
 
 

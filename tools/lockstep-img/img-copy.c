@@ -62,17 +62,27 @@ struct convert_args {
     struct img_create out;
     bool progress;
     bool quiet;
+    bool no_create;           /* -n: the target exists */
+    bool target_is_zero;      /* --target-is-zero: skip zeroes with -n */
 };
 
 static int
 convert_parse(int argc, char **argv, struct convert_args *a)
 {
+    static const struct option longopts[] = {
+        { "target-is-zero", no_argument, NULL, 'Z' },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
     struct err *e = NULL;
     int opt;
 
     a->out.fmt = "raw";
-    while ((opt = getopt(argc, argv, "f:O:o:pqcU")) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUn", longopts,
+                              NULL)) != -1) {
         switch (opt) {
+        case 'n': a->no_create = true; break;
+        case 'Z': a->target_is_zero = true; break;
         case 'f': a->src_fmt = optarg; break;
         case 'O': a->out.fmt = optarg; break;
         case 'o': a->out.opts = optarg; break;
@@ -90,6 +100,10 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         img_error("Expecting a source and a target file name");
         return -1;
     }
+    if (a->target_is_zero && !a->no_create) {
+        img_error("--target-is-zero requires use of -n flag");
+        return -1;
+    }
     a->out.filename = argv[optind + 1];
     if (a->out.opts && !img_create_parse_opts(&a->out, a->out.opts, &e)) {
         err_prepend(&e, "%s: ", a->out.filename);
@@ -100,7 +114,8 @@ convert_parse(int argc, char **argv, struct convert_args *a)
 }
 
 static int
-convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress)
+convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
+             bool dst_is_zero)
 {
     struct img_progress prog;
     uint8_t *buf = img_buf_alloc(IMG_CHUNK);
@@ -125,7 +140,9 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress)
         }
         n = MIN(n, pnum);
         if (!(ret & BLOCK_STATUS_ZERO)) {
-            ret = copy_range(src, dst, off, n, buf, true);
+            ret = copy_range(src, dst, off, n, buf, dst_is_zero);
+        } else if (!dst_is_zero) {
+            ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
         }
         img_progress_update(&prog, (off + n) * 100.0 / len);
     }
@@ -157,12 +174,13 @@ img_cmd_convert(int argc, char **argv)
     len = block_handle_getlength(src.h);
     a.out.size = len < 0 ? 0 : (uint64_t)len;
     a.out.have_size = true;
-    if (!img_create_image(&a.out, true, &e) ||
+    if ((!a.no_create && !img_create_image(&a.out, true, &e)) ||
         !img_open(&dst, a.out.filename, a.out.fmt, true, &e)) {
         err_prepend(&e, "%s: ", a.out.filename);
         img_report(e);
     } else {
-        ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet);
+        ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet,
+                           !a.no_create || a.target_is_zero);
         img_close(&dst);
     }
     img_close(&src);

@@ -330,10 +330,13 @@ info_json(const struct info *in)
         json_object_set_new(o, "backing-filename",
                             json_string(h->backing_file));
     }
-    json_object_set_new(o, "dirty-flag",
-                        json_boolean(in->is_qcow2 &&
-                                     (h->incompatible_features &
-                                      QCOW2_INCOMPAT_DIRTY)));
+    /* qemu-img has no image info (and no dirty flag) for NBD exports. */
+    if (in->is_qcow2 || !img_is_nbd_url(in->filename)) {
+        json_object_set_new(o, "dirty-flag",
+                            json_boolean(in->is_qcow2 &&
+                                         (h->incompatible_features &
+                                          QCOW2_INCOMPAT_DIRTY)));
+    }
     return o;
 }
 

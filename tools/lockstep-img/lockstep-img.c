@@ -53,12 +53,16 @@ static const struct img_cmd img_cmds[] = {
       "  -p               show progress\n"
       "Exit status: 0 identical, 1 different, 2 error.\n" },
     { "convert", img_cmd_convert,
-      "convert [-p] [-q] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] FILENAME "
-      "OUTPUT_FILENAME",
+      "convert [-p] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] "
+      "[-o OPTIONS] FILENAME OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
       "  -O FMT           output format (default: raw)\n"
       "  -o OPTIONS       creation options of the output format\n"
-      "  -p               show progress\n" },
+      "  -n               write into the existing OUTPUT_FILENAME\n"
+      "  --target-is-zero with -n: the target reads as zeroes already\n"
+      "  -p               show progress\n"
+      "Names may be NBD URLs (nbd://HOST:PORT/EXPORT,\n"
+      "nbd+unix:///EXPORT?socket=PATH) in every command.\n" },
     { "create", img_cmd_create,
       "create [-q] [-f FMT] [-b BACKING_FILE [-F BACKING_FMT]] [-o OPTIONS] "
       "FILENAME [SIZE]",
@@ -192,7 +196,7 @@ const char *
 img_probe(const char *filename)
 {
     unsigned char magic[4] = { 0 };
-    FILE *f = fopen(filename, "rb");
+    FILE *f = img_is_nbd_url(filename) ? NULL : fopen(filename, "rb");
 
     if (f) {
         if (fread(magic, 1, sizeof(magic), f) != sizeof(magic)) {
@@ -228,6 +232,67 @@ img_attach(struct img *img, const char *filename, bool writable,
     return true;
 }
 
+bool
+img_is_nbd_url(const char *filename)
+{
+    return !strncmp(filename, "nbd://", 6) ||
+           !strncmp(filename, "nbd+tcp://", 10) ||
+           !strncmp(filename, "nbd+unix://", 11);
+}
+
+/*
+ * QEMU's NBD URLs as options of the nbd driver:
+ * nbd[+tcp]://HOST[:PORT][/EXPORT] and nbd+unix:///[EXPORT]?socket=PATH.
+ */
+static json_t *
+nbd_url_opts(const char *url)
+{
+    bool is_unix = !strncmp(url, "nbd+unix://", 11);
+    const char *rest = strstr(url, "://") + 3;
+    const char *slash = strchr(rest, '/'), *q = strchr(rest, '?');
+    CLEANUP_FREE char *authority = NULL, *export = NULL;
+    json_t *server, *o;
+
+    authority = xasprintf("%.*s", (int)(slash ? slash - rest
+                                        : q ? q - rest : (long)strlen(rest)),
+                          rest);
+    if (slash) {
+        export = xasprintf("%.*s", (int)(q ? q - slash - 1
+                                         : (long)strlen(slash + 1)),
+                           slash + 1);
+    }
+    if (is_unix) {
+        const char *sock = q ? strstr(q, "socket=") : NULL;
+
+        server = json_pack("{s:s, s:s%}", "type", "unix", "path",
+                           sock ? sock + 7 : "",
+                           sock ? strcspn(sock + 7, "&") : 0);
+    } else {
+        char *colon = strrchr(authority, ':');
+
+        if (colon) {
+            *colon = '\0';
+        }
+        server = json_pack("{s:s, s:s, s:s}", "type", "inet", "host",
+                           authority, "port", colon ? colon + 1 : "10809");
+    }
+    o = json_pack("{s:s, s:o}", "driver", "nbd", "server", server);
+    if (export && *export) {
+        json_object_set_new(o, "export", json_string(export));
+    }
+    return o;
+}
+
+/* The protocol node under an image: a file, or an NBD export. */
+static json_t *
+protocol_opts(const char *filename)
+{
+    if (img_is_nbd_url(filename)) {
+        return nbd_url_opts(filename);
+    }
+    return json_pack("{s:s, s:s}", "driver", "file", "filename", filename);
+}
+
 /* The graph "-f FMT FILE" means, with -U honoured on read-only opens. */
 static json_t *
 file_opts(const char *filename, const char *fmt, bool writable)
@@ -236,10 +301,10 @@ file_opts(const char *filename, const char *fmt, bool writable)
     json_t *o;
 
     if (drv && drv->kind == BLOCK_KIND_PROTOCOL) {
-        o = json_pack("{s:s, s:s}", "driver", fmt, "filename", filename);
+        o = protocol_opts(filename);
     } else {
-        o = json_pack("{s:s, s:{s:s, s:s}}", "driver", fmt, "file", "driver",
-                      "file", "filename", filename);
+        o = json_pack("{s:s, s:o}", "driver", fmt, "file",
+                      protocol_opts(filename));
     }
     json_object_set_new(o, "read-only", json_boolean(!writable));
     if (!writable && img_force_share) {
