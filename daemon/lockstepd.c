@@ -1,0 +1,591 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lockstepd: the storage daemon.  Its command line is qemu-storage-
+ * daemon's (--blockdev, --chardev, --monitor, --nbd-server, --export,
+ * --daemonize, --pidfile), processed in order as QSD does, so scripts
+ * written for qemu-storage-daemon run unchanged; then the main loop runs
+ * the QMP monitors until quit, SIGTERM or SIGINT.
+ *
+ * Shutdown (quit or a signal): stop the NBD server, close every export
+ * (disconnecting clients), cancel jobs, flush and close every node the
+ * monitor owns, answer pending QMP output, remove the sockets and the pid
+ * file, exit 0.
+ *
+ * Threads: main() is the main thread and owns the graph.  The signals the
+ * daemon handles are blocked before any thread exists (loop_add_signal),
+ * so only the main loop's signalfd sees them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "job/job.h"
+#include "keyval.h"
+#include "lockstep/block.h"
+#include "nbd/server.h"
+#include "qmp/loop.h"
+#include "qmp/monitor.h"
+#include "qmp/qmp-internal.h"
+#include "qmp/qmp.h"
+#include "util.h"
+
+#define PROG "lockstepd"
+
+enum {
+    OPT_BLOCKDEV = 256,
+    OPT_CHARDEV,
+    OPT_DAEMONIZE,
+    OPT_EXPORT,
+    OPT_MONITOR,
+    OPT_NBD_SERVER,
+    OPT_OBJECT,
+    OPT_PIDFILE,
+    OPT_PRINT_QMP_DOC,
+};
+
+static const struct option long_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { "trace", required_argument, NULL, 'T' },
+    { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
+    { "chardev", required_argument, NULL, OPT_CHARDEV },
+    { "daemonize", no_argument, NULL, OPT_DAEMONIZE },
+    { "export", required_argument, NULL, OPT_EXPORT },
+    { "monitor", required_argument, NULL, OPT_MONITOR },
+    { "nbd-server", required_argument, NULL, OPT_NBD_SERVER },
+    { "object", required_argument, NULL, OPT_OBJECT },
+    { "pidfile", required_argument, NULL, OPT_PIDFILE },
+    { "print-qmp-doc", no_argument, NULL, OPT_PRINT_QMP_DOC },
+    { NULL, 0, NULL, 0 },
+};
+
+static char *g_pidfile;
+static int g_daemon_pipe = -1;     /* --daemonize: tells the parent */
+static bool g_nbd_started;
+
+static void
+usage(void)
+{
+    printf(
+"Usage: " PROG " [options]\n"
+"lockstep storage daemon (qemu-storage-daemon compatible)\n"
+"\n"
+"  -h, --help             display this help and exit\n"
+"  -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
+"                         accepted for compatibility and ignored\n"
+"  -V, --version          output version information and exit\n"
+"\n"
+"  --blockdev [driver=]<driver>[,node-name=<N>][,discard=ignore|unmap]\n"
+"             [,cache.direct=on|off][,cache.no-flush=on|off]\n"
+"             [,read-only=on|off][,auto-read-only=on|off]\n"
+"             [,force-share=on|off][,detect-zeroes=on|off|unmap]\n"
+"             [,driver specific parameters...]\n"
+"                         configure a block node (or a JSON object)\n"
+"\n"
+"  --chardev socket,id=<id>,path=<path>,server=on,wait=off\n"
+"                         a unix socket for a QMP monitor\n"
+"\n"
+"  --daemonize            daemonize the process, and have the parent exit\n"
+"                         once startup is complete\n"
+"\n"
+"  --export [type=]nbd,id=<id>,node-name=<node-name>[,name=<export-name>]\n"
+"           [,writable=on|off][,bitmap=<name>]\n"
+"                         export the specified block node over NBD\n"
+"                         (requires --nbd-server)\n"
+"\n"
+"  --monitor [chardev=]name[,mode=control][,pretty[=on|off]]\n"
+"                         configure a QMP monitor\n"
+"\n"
+"  --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>\n"
+"               [,max-connections=<n>]\n"
+"  --nbd-server addr.type=unix,addr.path=<path>\n"
+"               [,max-connections=<n>]\n"
+"                         start an NBD server for exporting block nodes\n"
+"\n"
+"  --pidfile <path>       write process ID to a file after startup\n"
+"\n"
+"  --print-qmp-doc        write the QMP reference (Markdown) and exit\n");
+}
+
+static void
+version(void)
+{
+    printf(PROG " version %s (lockstep %s)\n", LOCKSTEP_VERSION_STRING,
+           LOCKSTEP_VERSION_STRING);
+}
+
+/* A startup error: "lockstepd: --opt ARG: message", exit 1. */
+static void __attribute__((noreturn))
+die_opt(const char *opt, const char *arg, struct err *err)
+{
+    fprintf(stderr, "%s: --%s %s: %s\n", PROG, opt, arg, err->msg);
+    err_free(err);
+    exit(EXIT_FAILURE);
+}
+
+/* ---- Option conversions (keyval strings to QMP types) ------------------ */
+
+/* Turn a keyval "on"/"off" member into a JSON bool in place. */
+static bool
+keyval_to_bool(json_t *obj, const char *key, struct err **errp)
+{
+    json_t *v = json_object_get(obj, key);
+    const char *s;
+
+    if (!v || json_is_boolean(v)) {
+        return true;
+    }
+    s = json_string_value(v);
+    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
+        json_object_set_new(obj, key, json_true());
+        return true;
+    }
+    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
+        json_object_set_new(obj, key, json_false());
+        return true;
+    }
+    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
+    return false;
+}
+
+static bool
+keyval_to_int(json_t *obj, const char *key, struct err **errp)
+{
+    json_t *v = json_object_get(obj, key);
+    int64_t n;
+
+    if (!v || json_is_integer(v)) {
+        return true;
+    }
+    if (!json_is_string(v) || parse_int64(json_string_value(v), &n) < 0) {
+        err_setf(errp, "Parameter '%s' expects an integer", key);
+        return false;
+    }
+    json_object_set_new(obj, key, json_integer(n));
+    return true;
+}
+
+/* --blockdev: a node the monitor owns, as blockdev-add makes it. */
+static bool
+opt_blockdev(const char *arg, struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(arg, "driver", errp);
+    json_t *ret;
+
+    if (!opts) {
+        return false;
+    }
+    ret = qmp_blockdev_add(opts, errp);
+    json_decref(opts);
+    json_decref(ret);
+    return ret != NULL;
+}
+
+/*
+ * --nbd-server takes NbdServerOptions: a flat SocketAddress in "addr"
+ * ({type: unix, path} or {type: inet, host, port}).
+ */
+static bool
+opt_nbd_server(const char *arg, struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(arg, NULL, errp);
+    json_t *addr;
+    const char *type, *key;
+    json_t *v;
+    int64_t maxc = 100;
+    bool ok = false;
+
+    if (!opts) {
+        return false;
+    }
+    json_object_foreach(opts, key, v) {
+        if (strcmp(key, "addr") && strcmp(key, "tls-creds") &&
+            strcmp(key, "tls-authz") && strcmp(key, "max-connections")) {
+            err_setf(errp, "Parameter '%s' is unexpected", key);
+            goto out;
+        }
+    }
+    addr = json_object_get(opts, "addr");
+    if (!addr) {
+        err_setf(errp, "Parameter 'addr' is missing");
+        goto out;
+    }
+    if (!json_is_object(addr)) {
+        err_setf(errp, "Invalid parameter type for 'addr', expected: object");
+        goto out;
+    }
+    type = json_string_value(json_object_get(addr, "type"));
+    if (!type) {
+        err_setf(errp, "Parameter 'addr.type' is missing");
+        goto out;
+    }
+    if (!strcmp(type, "unix")) {
+        if (!json_object_get(addr, "path")) {
+            err_setf(errp, "Parameter 'addr.path' is missing");
+            goto out;
+        }
+    } else if (!strcmp(type, "inet")) {
+        if (!json_object_get(addr, "host")) {
+            err_setf(errp, "Parameter 'addr.host' is missing");
+            goto out;
+        }
+        if (!json_object_get(addr, "port")) {
+            err_setf(errp, "Parameter 'addr.port' is missing");
+            goto out;
+        }
+    } else {
+        err_setf(errp, "Parameter 'addr.type' does not accept value '%s'",
+                 type);
+        goto out;
+    }
+    if (json_object_get(opts, "tls-authz")) {
+        err_setf(errp, "TLS authorization is not supported");
+        goto out;
+    }
+    if (!keyval_to_int(opts, "max-connections", errp)) {
+        goto out;
+    }
+    if (json_object_get(opts, "max-connections")) {
+        maxc = json_integer_value(json_object_get(opts, "max-connections"));
+    }
+    ok = nbd_server_start(addr,
+                          json_string_value(json_object_get(opts,
+                                                            "tls-creds")),
+                          maxc, errp);
+    g_nbd_started |= ok;
+out:
+    json_decref(opts);
+    return ok;
+}
+
+/*
+ * --export: keyval (or JSON) into the block-export-add arguments: on/off
+ * into booleans, and QSD's single "bitmap" into the "bitmaps" list.
+ */
+static bool
+opt_export(const char *arg, struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(arg, "type", errp);
+    const struct qmp_command *cmd = qmp_command_find("block-export-add");
+    json_t *bitmap;
+    json_t *ret = NULL;
+
+    if (!opts) {
+        return false;
+    }
+    if (!keyval_to_bool(opts, "writable", errp) ||
+        !keyval_to_bool(opts, "writethrough", errp) ||
+        !keyval_to_bool(opts, "allocation-depth", errp)) {
+        goto out;
+    }
+    bitmap = json_object_get(opts, "bitmap");
+    if (bitmap) {
+        json_t *list = json_object_get(opts, "bitmaps");
+
+        if (!list) {
+            list = json_array();
+            json_object_set_new(opts, "bitmaps", list);
+        }
+        if (json_is_array(list)) {
+            json_array_append(list, bitmap);
+        }
+        json_object_del(opts, "bitmap");
+    }
+    if (!qmp_validate_members(cmd->args, opts, "", errp)) {
+        goto out;
+    }
+    ret = cmd->handler(opts, errp);
+out:
+    json_decref(opts);
+    json_decref(ret);
+    return ret != NULL;
+}
+
+static bool
+opt_keyval(const char *arg, const char *implied,
+           bool (*fn)(json_t *opts, struct err **errp), struct err **errp)
+{
+    json_t *opts = keyval_parse(arg, implied, errp);
+    bool ok;
+
+    if (!opts) {
+        return false;
+    }
+    ok = fn(opts, errp);
+    json_decref(opts);
+    return ok;
+}
+
+/* ---- Daemonizing ------------------------------------------------------- */
+
+/*
+ * Fork before anything else runs (no threads yet).  The parent waits for
+ * the child to report that startup is complete (one byte on a pipe) and
+ * exits 0, or exits 1 when the child died first; the child starts a new
+ * session and carries on.
+ */
+static void
+daemonize_fork(void)
+{
+    int fds[2];
+    pid_t pid;
+
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+        perror(PROG ": pipe");
+        exit(EXIT_FAILURE);
+    }
+    pid = fork();
+    if (pid < 0) {
+        perror(PROG ": fork");
+        exit(EXIT_FAILURE);
+    }
+    if (pid > 0) {
+        char c;
+        ssize_t n;
+
+        close(fds[1]);
+        do {
+            n = read(fds[0], &c, 1);
+        } while (n < 0 && errno == EINTR);
+        _exit(n == 1 && c == 0 ? EXIT_SUCCESS : EXIT_FAILURE);
+    }
+    close(fds[0]);
+    g_daemon_pipe = fds[1];
+    setsid();
+}
+
+static void
+daemonize_done(void)
+{
+    char c = 0;
+    int fd;
+
+    if (g_daemon_pipe < 0) {
+        return;
+    }
+    if (chdir("/") < 0) {
+        /* Harmless: paths were all resolved at startup. */
+    }
+    fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+        dup2(fd, STDIN_FILENO);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        if (fd > STDERR_FILENO) {
+            close(fd);
+        }
+    }
+    if (write(g_daemon_pipe, &c, 1) != 1) {
+        /* The parent is gone; nothing to tell. */
+    }
+    close(g_daemon_pipe);
+    g_daemon_pipe = -1;
+}
+
+static bool
+write_pidfile(const char *path, struct err **errp)
+{
+    char buf[32];
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int len;
+
+    if (fd < 0) {
+        err_setf_errno(errp, errno, "Cannot open pid file");
+        return false;
+    }
+    len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    if (write_full(fd, buf, (size_t)len) < 0) {
+        err_setf_errno(errp, errno, "Failed to write pid file");
+        close(fd);
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+/* ---- Main loop hooks --------------------------------------------------- */
+
+static void
+quit_now(void)
+{
+    loop_quit();
+}
+
+static void
+signal_cb(int signo UNUSED, void *opaque UNUSED)
+{
+    loop_quit();
+}
+
+static void
+job_dispatch_cb(void *opaque UNUSED)
+{
+    job_dispatch_main();
+}
+
+static void
+job_wakeup(void *opaque UNUSED)
+{
+    loop_call(job_dispatch_cb, NULL);
+}
+
+static void
+shutdown_daemon(void)
+{
+    struct block_node *node = NULL;
+    struct block_node **owned = NULL;
+    size_t n = 0;
+
+    if (g_nbd_started || true) {
+        /* Not running is not an error worth reporting at exit. */
+        nbd_server_stop(NULL);
+    }
+    block_export_close_all();
+    job_cancel_sync_all();
+
+    /* Flush, then drop the monitor's references: formats write their
+     * metadata and close cleanly.  Collect first: unref frees nodes. */
+    block_drain_begin();
+    while ((node = block_node_next(node))) {
+        block_flush(node);
+        if (node->monitor_owned) {
+            owned = xrealloc(owned, (n + 1) * sizeof(*owned));
+            owned[n++] = node;
+        }
+    }
+    for (size_t i = n; i-- > 0;) {
+        owned[i]->monitor_owned = false;
+        block_node_unref(owned[i]);
+    }
+    block_drain_end();
+    free(owned);
+
+    monitor_close_all();
+    if (g_pidfile) {
+        unlink(g_pidfile);
+    }
+}
+
+int
+main(int argc, char **argv)
+{
+    struct err *err = NULL;
+    int c;
+    int ret;
+
+    /* --daemonize must fork before any thread exists. */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--daemonize") || !strcmp(argv[i], "-daemonize")) {
+            daemonize_fork();
+            break;
+        }
+        if (!strcmp(argv[i], "--")) {
+            break;
+        }
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    ret = loop_init();
+    if (ret < 0) {
+        fprintf(stderr, "%s: cannot set up the main loop: %s\n", PROG,
+                strerror(-ret));
+        return EXIT_FAILURE;
+    }
+    if (loop_add_signal(SIGTERM, signal_cb, NULL) < 0 ||
+        loop_add_signal(SIGINT, signal_cb, NULL) < 0 ||
+        loop_add_signal(SIGHUP, signal_cb, NULL) < 0) {
+        fprintf(stderr, "%s: cannot set up signal handling\n", PROG);
+        return EXIT_FAILURE;
+    }
+    monitor_init();
+    qmp_set_quit_handler(quit_now);
+    job_set_event_sink(qmp_event_send);
+    job_set_main_wakeup(job_wakeup, NULL);
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "-hT:V", long_options, NULL)) != -1) {
+        bool ok = true;
+        const char *name = NULL;
+
+        switch (c) {
+        case 'h':
+            usage();
+            return EXIT_SUCCESS;
+        case 'V':
+            version();
+            return EXIT_SUCCESS;
+        case 'T':
+            fprintf(stderr, "%s: note: tracing is not supported; '-T %s' "
+                    "ignored\n", PROG, optarg);
+            break;
+        case OPT_BLOCKDEV:
+            name = "blockdev";
+            ok = opt_blockdev(optarg, &err);
+            break;
+        case OPT_CHARDEV:
+            name = "chardev";
+            ok = opt_keyval(optarg, "backend", monitor_chardev_add, &err);
+            break;
+        case OPT_MONITOR:
+            name = "monitor";
+            ok = opt_keyval(optarg, "chardev", monitor_add, &err);
+            break;
+        case OPT_NBD_SERVER:
+            name = "nbd-server";
+            ok = opt_nbd_server(optarg, &err);
+            break;
+        case OPT_EXPORT:
+            name = "export";
+            ok = opt_export(optarg, &err);
+            break;
+        case OPT_OBJECT:
+            name = "object";
+            err_setf(&err, "objects are not supported");
+            ok = false;
+            break;
+        case OPT_DAEMONIZE:
+            break;              /* done above */
+        case OPT_PIDFILE:
+            free(g_pidfile);
+            g_pidfile = xstrdup(optarg);
+            break;
+        case OPT_PRINT_QMP_DOC:
+            qmp_schema_print_doc(stdout);
+            return EXIT_SUCCESS;
+        case 1:
+            fprintf(stderr, "%s: %s: Unexpected argument\n", PROG, optarg);
+            return EXIT_FAILURE;
+        case ':':
+            fprintf(stderr, "%s: option '%s' requires an argument\n", PROG,
+                    argv[optind - 1]);
+            return EXIT_FAILURE;
+        default:
+            fprintf(stderr, "%s: unrecognized option '%s'\n", PROG,
+                    argv[optind - 1]);
+            return EXIT_FAILURE;
+        }
+        if (!ok) {
+            die_opt(name, optarg, err);
+        }
+    }
+
+    if (g_pidfile && !write_pidfile(g_pidfile, &err)) {
+        fprintf(stderr, "%s: cannot create PID file: %s\n", PROG, err->msg);
+        err_free(err);
+        return EXIT_FAILURE;
+    }
+    daemonize_done();
+
+    loop_run();
+
+    shutdown_daemon();
+    loop_fini();
+    free(g_pidfile);
+    return EXIT_SUCCESS;
+}

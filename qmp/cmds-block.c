@@ -1,0 +1,319 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP commands on nodes: blockdev-add, blockdev-del,
+ * query-named-block-nodes and x-debug-query-block-graph.  Results have the
+ * shape and member names qemu-storage-daemon 7.2 gives for the same nodes.
+ * Main thread; graph changes happen inside a drained section.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "lockstep/block.h"
+#include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+json_t *
+qmp_blockdev_add(json_t *args, struct err **errp)
+{
+    struct block_node *node;
+
+    block_drain_begin();
+    node = block_node_new(args, errp);
+    block_drain_end();
+    if (!node) {
+        return NULL;
+    }
+    /* The monitor keeps the reference block_node_new() returned until
+     * blockdev-del (or shutdown). */
+    node->monitor_owned = true;
+    return json_object();
+}
+
+json_t *
+qmp_blockdev_del(json_t *args, struct err **errp)
+{
+    const char *name = json_string_value(json_object_get(args, "node-name"));
+    struct block_node *node = block_node_find(name);
+    struct block_child *c;
+
+    if (!node) {
+        err_setf(errp, "Failed to find node with node-name='%s'", name);
+        return NULL;
+    }
+    /* QEMU's order of checks: users outside the graph, ownership, then
+     * other references (parent nodes). */
+    TAILQ_FOREACH(c, &node->parents, parent_link) {
+        if (!c->parent_node) {
+            err_setf(errp, "Node %s is in use", name);
+            return NULL;
+        }
+    }
+    if (!node->monitor_owned) {
+        err_setf(errp, "Node %s is not owned by the monitor", name);
+        return NULL;
+    }
+    if (node->refcnt > 1 || !TAILQ_EMPTY(&node->parents)) {
+        err_setf(errp, "Block device %s is in use", name);
+        return NULL;
+    }
+    node->monitor_owned = false;
+    block_drain_begin();
+    block_node_unref(node);
+    block_drain_end();
+    return json_object();
+}
+
+/* ---- query-named-block-nodes ------------------------------------------- */
+
+/* QEMU's bs->filename: the protocol's file name, inherited up through
+ * "file" children, else a json: description of the options. */
+static char *
+node_filename(struct block_node *node)
+{
+    const char *fn = json_string_value(json_object_get(node->options,
+                                                       "filename"));
+    json_t *opts;
+    char *dump, *ret;
+
+    if (fn) {
+        return xstrdup(fn);
+    }
+    if (node->file) {
+        return node_filename(node->file->node);
+    }
+    opts = json_deep_copy(node->options);
+    json_object_del(opts, "node-name");
+    dump = json_dumps(opts, JSON_PRESERVE_ORDER);
+    ret = xasprintf("json:%s", dump ? dump : "{}");
+    free(dump);
+    json_decref(opts);
+    return ret;
+}
+
+static bool
+is_null_driver(struct block_node *node)
+{
+    return !strncmp(node->drv->name, "null", 4);
+}
+
+static int
+backing_depth(struct block_node *node)
+{
+    int depth = 0;
+
+    for (node = block_skip_filters(node); node && node->backing;
+         node = block_skip_filters(node->backing->node)) {
+        depth++;
+    }
+    return depth;
+}
+
+static json_t *
+image_info(struct block_node *node, bool flat)
+{
+    json_t *image = json_object();
+    CLEANUP_FREE char *fn = node_filename(node);
+    int64_t actual = block_allocated_size(node);
+
+    json_object_set_new(image, "virtual-size",
+                        json_integer((json_int_t)node->size));
+    json_object_set_new(image, "filename", json_string(fn));
+    json_object_set_new(image, "format", json_string(node->drv->name));
+    if (actual >= 0 || is_null_driver(node)) {
+        json_object_set_new(image, "actual-size",
+                            json_integer(actual >= 0 ? actual : 0));
+    }
+    if (!is_null_driver(node)) {
+        /* QEMU reports it for drivers with a get_info, false unless a
+         * qcow2 image was not closed cleanly (the format adds that). */
+        json_object_set_new(image, "dirty-flag", json_false());
+    }
+    if (node->drv->query) {
+        json_t *extra = json_object();
+        json_t *v;
+
+        node->drv->query(node, extra);
+        if ((v = json_object_get(extra, "cluster-size"))) {
+            json_object_set(image, "cluster-size", v);
+        }
+        if ((v = json_object_get(extra, "format-specific"))) {
+            json_object_set(image, "format-specific", v);
+        }
+        if ((v = json_object_get(extra, "dirty-flag"))) {
+            json_object_set(image, "dirty-flag", v);
+        }
+        json_decref(extra);
+    }
+    if (node->backing) {
+        CLEANUP_FREE char *bfn = node_filename(node->backing->node);
+
+        json_object_set_new(image, "backing-filename", json_string(bfn));
+        json_object_set_new(image, "full-backing-filename",
+                            json_string(bfn));
+        if (!flat) {
+            json_object_set_new(image, "backing-image",
+                                image_info(node->backing->node, false));
+        }
+    }
+    return image;
+}
+
+static const char *
+detect_zeroes_name(enum block_detect_zeroes dz)
+{
+    switch (dz) {
+    case BLOCK_DETECT_ZEROES_ON:
+        return "on";
+    case BLOCK_DETECT_ZEROES_UNMAP:
+        return "unmap";
+    case BLOCK_DETECT_ZEROES_OFF:
+        break;
+    }
+    return "off";
+}
+
+static json_t *
+node_info(struct block_node *node, bool flat)
+{
+    json_t *info = json_object();
+    json_t *bitmaps;
+    CLEANUP_FREE char *fn = node_filename(node);
+    static const char *const zero_fields[] = {
+        "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", NULL,
+    };
+
+    /* BlockDeviceInfo, in the schema's member order. */
+    json_object_set_new(info, "file", json_string(fn));
+    json_object_set_new(info, "node-name", json_string(node->node_name));
+    json_object_set_new(info, "ro", json_boolean(node->read_only));
+    json_object_set_new(info, "drv", json_string(node->drv->name));
+    if (node->backing) {
+        CLEANUP_FREE char *bfn = node_filename(node->backing->node);
+
+        json_object_set_new(info, "backing_file", json_string(bfn));
+    }
+    json_object_set_new(info, "backing_file_depth",
+                        json_integer(backing_depth(node)));
+    json_object_set_new(info, "encrypted", json_false());
+    json_object_set_new(info, "detect_zeroes",
+                        json_string(detect_zeroes_name(node->detect_zeroes)));
+    for (size_t i = 0; zero_fields[i]; i++) {
+        json_object_set_new(info, zero_fields[i], json_integer(0));
+    }
+    json_object_set_new(info, "image", image_info(node, flat));
+    json_object_set_new(info, "cache",
+                        json_pack("{s:b, s:b, s:b}", "writeback", 1,
+                                  "direct", node->cache_direct, "no-flush",
+                                  node->cache_no_flush));
+    json_object_set_new(info, "write_threshold", json_integer(0));
+    bitmaps = block_node_dirty_bitmaps_info(node);
+    if (json_array_size(bitmaps)) {
+        json_object_set_new(info, "dirty-bitmaps", bitmaps);
+    } else {
+        json_decref(bitmaps);
+    }
+    return info;
+}
+
+json_t *
+qmp_query_named_block_nodes(json_t *args, struct err **errp UNUSED)
+{
+    bool flat = json_is_true(json_object_get(args, "flat"));
+    json_t *list = json_array();
+    struct block_node *node = NULL;
+
+    /* Newest first, as QEMU lists them. */
+    while ((node = block_node_next(node))) {
+        json_array_insert_new(list, 0, node_info(node, flat));
+    }
+    return list;
+}
+
+/* ---- x-debug-query-block-graph ------------------------------------------ */
+
+static json_t *
+perm_list(uint32_t perm)
+{
+    /* QEMU's BlockPermission names, highest bit first as QEMU lists them. */
+    static const struct {
+        uint32_t bit;
+        const char *name;
+    } names[] = {
+        { BLOCK_PERM_RESIZE, "resize" },
+        { BLOCK_PERM_WRITE_UNCHANGED, "write-unchanged" },
+        { BLOCK_PERM_WRITE, "write" },
+        { BLOCK_PERM_CONSISTENT_READ, "consistent-read" },
+    };
+    json_t *list = json_array();
+
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        if (perm & names[i].bit) {
+            json_array_append_new(list, json_string(names[i].name));
+        }
+    }
+    return list;
+}
+
+static int
+node_id(struct block_node *target)
+{
+    struct block_node *node = NULL;
+    int id = 1;
+
+    while ((node = block_node_next(node))) {
+        if (node == target) {
+            return id;
+        }
+        id++;
+    }
+    return 0;
+}
+
+json_t *
+qmp_x_debug_query_block_graph(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    json_t *nodes = json_array();
+    json_t *edges = json_array();
+    struct block_node *node = NULL;
+    int nnodes = 0;
+    int next_handle_id;
+
+    while ((node = block_node_next(node))) {
+        nnodes++;
+    }
+    next_handle_id = nnodes + 1;
+    node = NULL;
+    while ((node = block_node_next(node))) {
+        int id = node_id(node);
+        struct block_child *c;
+
+        json_array_insert_new(nodes, 0,
+                              json_pack("{s:s, s:s, s:i}", "name",
+                                        node->node_name, "type",
+                                        "block-driver", "id", id));
+        TAILQ_FOREACH(c, &node->parents, parent_link) {
+            int parent_id;
+
+            if (c->parent_node) {
+                parent_id = node_id(c->parent_node);
+            } else {
+                /* A user outside the graph (export, job, tool): QEMU
+                 * shows its block-backend, unnamed for exports. */
+                parent_id = next_handle_id++;
+                json_array_append_new(nodes,
+                                      json_pack("{s:s, s:s, s:i}", "name", "",
+                                                "type", "block-backend", "id",
+                                                parent_id));
+            }
+            json_array_insert_new(edges, 0,
+                                  json_pack("{s:s, s:i, s:o, s:o, s:i}",
+                                            "name", c->name, "parent",
+                                            parent_id, "shared-perm",
+                                            perm_list(c->shared), "perm",
+                                            perm_list(c->perm), "child",
+                                            id));
+        }
+    }
+    return json_pack("{s:o, s:o}", "edges", edges, "nodes", nodes);
+}

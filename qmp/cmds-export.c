@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP commands of the NBD server and its exports: nbd-server-start,
+ * nbd-server-stop, block-export-add, block-export-del,
+ * query-block-exports.  The work is the NBD server's (nbd/server.h); this
+ * file only adapts the QMP argument shapes.  Main thread.
+ */
+#include <string.h>
+
+#include "nbd/server.h"
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+/* QEMU's default for nbd-server-start (and --nbd-server). */
+#define NBD_DEFAULT_MAX_CONNECTIONS 100
+
+/*
+ * nbd-server-start takes the legacy SocketAddress ({"type", "data": {...}});
+ * the server wants the flat one ({"type", ...}), as --nbd-server gives it.
+ */
+static json_t *
+flatten_socket_address(json_t *legacy, struct err **errp)
+{
+    const char *type = json_string_value(json_object_get(legacy, "type"));
+    json_t *data = json_object_get(legacy, "data");
+    json_t *flat;
+
+    if (!strcmp(type, "unix")) {
+        if (!json_object_get(data, "path")) {
+            err_setf(errp, "Parameter 'addr.data.path' is missing");
+            return NULL;
+        }
+    } else if (!strcmp(type, "inet")) {
+        if (!json_object_get(data, "host")) {
+            err_setf(errp, "Parameter 'addr.data.host' is missing");
+            return NULL;
+        }
+        if (!json_object_get(data, "port")) {
+            err_setf(errp, "Parameter 'addr.data.port' is missing");
+            return NULL;
+        }
+    } else {
+        err_setf(errp, "Socket address type '%s' is not supported", type);
+        return NULL;
+    }
+    flat = json_deep_copy(data);
+    json_object_set_new(flat, "type", json_string(type));
+    return flat;
+}
+
+json_t *
+qmp_nbd_server_start(json_t *args, struct err **errp)
+{
+    json_t *addr;
+    json_t *maxc = json_object_get(args, "max-connections");
+    const char *tls_creds = json_string_value(json_object_get(args,
+                                                              "tls-creds"));
+    bool ok;
+
+    if (json_object_get(args, "tls-authz")) {
+        err_setf(errp, "TLS authorization is not supported");
+        return NULL;
+    }
+    addr = flatten_socket_address(json_object_get(args, "addr"), errp);
+    if (!addr) {
+        return NULL;
+    }
+    ok = nbd_server_start(addr, tls_creds,
+                          maxc ? json_integer_value(maxc)
+                               : NBD_DEFAULT_MAX_CONNECTIONS, errp);
+    json_decref(addr);
+    return ok ? json_object() : NULL;
+}
+
+json_t *
+qmp_nbd_server_stop(json_t *args UNUSED, struct err **errp)
+{
+    return nbd_server_stop(errp) ? json_object() : NULL;
+}
+
+json_t *
+qmp_block_export_add(json_t *args, struct err **errp)
+{
+    return block_export_add(args, errp) ? json_object() : NULL;
+}
+
+json_t *
+qmp_block_export_del(json_t *args, struct err **errp)
+{
+    const char *id = json_string_value(json_object_get(args, "id"));
+    const char *mode = json_string_value(json_object_get(args, "mode"));
+
+    return block_export_del(id, mode, errp) ? json_object() : NULL;
+}
+
+json_t *
+qmp_query_block_exports(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    return block_export_query();
+}

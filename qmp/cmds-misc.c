@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP commands about the monitor and the daemon itself: qmp_capabilities,
+ * query-version, query-commands, quit.  Main thread.
+ */
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+json_t *
+qmp_qmp_capabilities(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    /* "oob" is the only capability and the schema checked the names; the
+     * dispatcher flips the client's negotiation state on success. */
+    return json_object();
+}
+
+json_t *
+qmp_query_version(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    return json_pack("{s:{s:i, s:i, s:i}, s:s}", "qemu",
+                     "micro", LOCKSTEP_VERSION_MICRO,
+                     "minor", LOCKSTEP_VERSION_MINOR,
+                     "major", LOCKSTEP_VERSION_MAJOR,
+                     "package", "lockstep " LOCKSTEP_VERSION_STRING);
+}
+
+json_t *
+qmp_query_commands(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    json_t *list = json_array();
+
+    for (const struct qmp_command *c = qmp_commands; c->name; c++) {
+        json_array_append_new(list, json_pack("{s:s}", "name", c->name));
+    }
+    return list;
+}
+
+json_t *
+qmp_quit(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    /* The daemon leaves its loop after this response is queued, then
+     * shuts down as on SIGTERM (and flushes the response first). */
+    qmp_request_quit();
+    return json_object();
+}

@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP dispatcher: check a request object's shape, the capabilities
+ * negotiation state and the arguments against the schema, run the
+ * handler, and build the response.  Messages and error classes are
+ * QEMU's (qemu-storage-daemon 7.2 sends the same for the same input).
+ * Main thread.
+ */
+#include <string.h>
+
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+json_t *
+qmp_error_response(struct err *err, json_t *id)
+{
+    json_t *resp = json_object();
+
+    /* QEMU puts "id" first in error responses and last in returns. */
+    if (id) {
+        json_object_set(resp, "id", id);
+    }
+    json_object_set_new(resp, "error",
+                        json_pack("{s:s, s:s}", "class",
+                                  err_class_name(err->cls), "desc",
+                                  err->msg));
+    err_free(err);
+    return resp;
+}
+
+static bool
+check_request(json_t *req, const char **name, json_t **args,
+              struct err **errp)
+{
+    const char *key;
+    json_t *v;
+    json_t *exec = NULL;
+
+    json_object_foreach(req, key, v) {
+        if (!strcmp(key, "execute") || !strcmp(key, "exec-oob")) {
+            if (!json_is_string(v)) {
+                err_setf(errp, "QMP input member '%s' must be a string", key);
+                return false;
+            }
+            exec = v;
+        } else if (!strcmp(key, "arguments")) {
+            if (!json_is_object(v)) {
+                err_setf(errp, "QMP input member 'arguments' must be an "
+                         "object");
+                return false;
+            }
+            *args = v;
+        } else if (strcmp(key, "id")) {
+            err_setf(errp, "QMP input member '%s' is unexpected", key);
+            return false;
+        }
+    }
+    if (!exec) {
+        err_setf(errp, "QMP input lacks member 'execute'");
+        return false;
+    }
+    *name = json_string_value(exec);
+    return true;
+}
+
+json_t *
+qmp_dispatch(json_t *req, bool *negotiated)
+{
+    const struct qmp_command *cmd;
+    const char *name = NULL;
+    json_t *args = NULL;
+    json_t *id;
+    json_t *ret;
+    json_t *resp;
+    json_t *empty = NULL;
+    struct err *err = NULL;
+
+    if (!json_is_object(req)) {
+        err_setf(&err, "QMP input must be a JSON object");
+        return qmp_error_response(err, NULL);
+    }
+    id = json_object_get(req, "id");
+    if (!check_request(req, &name, &args, &err)) {
+        return qmp_error_response(err, id);
+    }
+    if (!*negotiated && strcmp(name, "qmp_capabilities")) {
+        err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
+                       "Expecting capabilities negotiation with "
+                       "'qmp_capabilities'");
+        return qmp_error_response(err, id);
+    }
+    if (*negotiated && !strcmp(name, "qmp_capabilities")) {
+        err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
+                       "Capabilities negotiation is already complete, "
+                       "command ignored");
+        return qmp_error_response(err, id);
+    }
+    cmd = qmp_command_find(name);
+    if (!cmd) {
+        err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
+                       "The command %s has not been found", name);
+        return qmp_error_response(err, id);
+    }
+    if (!args) {
+        args = empty = json_object();
+    }
+    if (!cmd->args_are_options &&
+        !qmp_validate_members(cmd->args, args, "", &err)) {
+        json_decref(empty);
+        return qmp_error_response(err, id);
+    }
+    ret = cmd->handler(args, &err);
+    json_decref(empty);
+    if (!ret) {
+        assert(err);
+        return qmp_error_response(err, id);
+    }
+    if (!strcmp(name, "qmp_capabilities")) {
+        *negotiated = true;
+    }
+    resp = json_object();
+    json_object_set_new(resp, "return", ret);
+    if (id) {
+        json_object_set(resp, "id", id);
+    }
+    return resp;
+}

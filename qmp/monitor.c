@@ -1,0 +1,686 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP monitor: listening unix sockets (chardevs), clients, message
+ * framing, the greeting, and event delivery.
+ *
+ * Design notes.
+ *   - Framing.  A client's input is a stream of JSON values.  The reader
+ *     scans bytes as they arrive, tracking brace/bracket depth outside
+ *     strings (and escapes inside them), so it knows where each top-level
+ *     value ends without parsing it; only a complete value goes to
+ *     json_loadb().  A parse error thus costs one message, never the
+ *     connection.  Top-level scalars end at the next delimiter; a stray
+ *     closing brace is an error on its own.
+ *   - Limits.  A value longer than QMP_MAX_REQUEST bytes or nested deeper
+ *     than QMP_MAX_NESTING is not buffered: the reader skips to its end,
+ *     then answers with one error.
+ *   - Output.  Responses and events are appended to a per-client buffer
+ *     written without blocking; POLLOUT is watched only while it is not
+ *     empty.  A client that lets more than QMP_MAX_OUTPUT pile up is
+ *     dropped.
+ *   - Lifetime.  Commands run synchronously from the read callback, and a
+ *     command may end the daemon's loop (quit), so a client is never freed
+ *     from inside its own callback: it is marked closed and freed by a
+ *     loop_call.
+ *   - Events.  qmp_event_send() may run on any thread; the sink passes the
+ *     message to the main thread with loop_call() unless it already runs
+ *     there, where it is delivered at once (so an event caused by a
+ *     command precedes the command's response, as in QEMU).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "qmp/loop.h"
+#include "qmp/monitor.h"
+#include "qmp/qmp-event.h"
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+#define QMP_MAX_OUTPUT (64 * 1024 * 1024)
+#define READ_CHUNK 65536
+
+struct chardev {
+    char *id;
+    char *path;
+    int fd;                         /* listening socket */
+    struct monitor *mon;            /* attached monitor or NULL */
+    struct loop_watch *watch;
+    LIST_ENTRY(chardev) link;
+};
+
+struct monitor {
+    struct chardev *chr;
+    bool pretty;
+    LIST_HEAD(, client) clients;
+    LIST_ENTRY(monitor) link;
+};
+
+/* The framing scanner's state (see the design notes). */
+enum scan_kind {
+    SCAN_IDLE,          /* between values */
+    SCAN_NESTED,        /* inside { } or [ ] */
+    SCAN_STRING,        /* a top-level string */
+    SCAN_BARE,          /* a top-level number/true/false/null/garbage */
+};
+
+struct client {
+    struct monitor *mon;
+    int fd;
+    struct loop_watch *watch;
+    bool negotiated;
+    bool closed;
+
+    /* Input: buf[0..len) holds the current value so far. */
+    char *buf;
+    size_t len, cap;
+    enum scan_kind kind;
+    int depth;
+    bool in_str, esc;
+    bool skipping;          /* too large or too deep: not buffered */
+    const char *skip_msg;
+
+    /* Output queue. */
+    char *out;
+    size_t out_len, out_cap;
+
+    LIST_ENTRY(client) link;
+};
+
+static LIST_HEAD(, chardev) g_chardevs = LIST_HEAD_INITIALIZER(g_chardevs);
+static LIST_HEAD(, monitor) g_monitors = LIST_HEAD_INITIALIZER(g_monitors);
+
+/* ---- Output ------------------------------------------------------------ */
+
+static void client_close(struct client *cl);
+
+static void
+client_flush(struct client *cl)
+{
+    while (cl->out_len) {
+        ssize_t n = write(cl->fd, cl->out, cl->out_len);
+
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break;
+            }
+            client_close(cl);
+            return;
+        }
+        memmove(cl->out, cl->out + n, cl->out_len - (size_t)n);
+        cl->out_len -= (size_t)n;
+    }
+    loop_watch_set_events(cl->watch, cl->out_len ? POLLIN | POLLOUT
+                                                 : POLLIN);
+}
+
+/* Queue msg (borrowed) as one line. */
+static void
+client_send(struct client *cl, json_t *msg)
+{
+    char *text;
+    size_t n;
+
+    if (cl->closed) {
+        return;
+    }
+    text = json_dumps(msg, (cl->mon->pretty ? JSON_INDENT(4) : 0) |
+                           JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+    if (!text) {
+        return;
+    }
+    n = strlen(text);
+    if (cl->out_len + n + 2 > QMP_MAX_OUTPUT) {
+        /* Not reading its output: drop the client, not the daemon. */
+        free(text);
+        client_close(cl);
+        return;
+    }
+    if (cl->out_len + n + 2 > cl->out_cap) {
+        cl->out_cap = MAX(cl->out_cap * 2, cl->out_len + n + 2);
+        cl->out = xrealloc(cl->out, cl->out_cap);
+    }
+    memcpy(cl->out + cl->out_len, text, n);
+    memcpy(cl->out + cl->out_len + n, "\r\n", 2);
+    cl->out_len += n + 2;
+    free(text);
+    client_flush(cl);
+}
+
+static void
+client_send_error(struct client *cl, const char *fmt, const char *arg)
+{
+    struct err *err = NULL;
+    json_t *resp;
+
+    err_setf(&err, fmt, arg);
+    resp = qmp_error_response(err, NULL);
+    client_send(cl, resp);
+    json_decref(resp);
+}
+
+/* ---- Events ------------------------------------------------------------ */
+
+static void
+broadcast(json_t *ev)
+{
+    struct monitor *mon;
+    struct client *cl;
+
+    LIST_FOREACH(mon, &g_monitors, link) {
+        LIST_FOREACH(cl, &mon->clients, link) {
+            if (cl->negotiated && !cl->closed) {
+                client_send(cl, ev);
+            }
+        }
+    }
+}
+
+static void
+broadcast_cb(void *opaque)
+{
+    json_t *ev = opaque;
+
+    broadcast(ev);
+    json_decref(ev);
+}
+
+static void
+event_sink(json_t *ev)
+{
+    if (loop_is_main_thread()) {
+        broadcast_cb(ev);
+    } else {
+        loop_call(broadcast_cb, ev);
+    }
+}
+
+void
+monitor_init(void)
+{
+    qmp_event_set_sink(event_sink);
+}
+
+/* ---- Input ------------------------------------------------------------- */
+
+static void
+handle_value(struct client *cl, const char *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *req, *resp;
+
+    req = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!req) {
+        client_send_error(cl, "JSON parse error, %s", jerr.text);
+        return;
+    }
+    resp = qmp_dispatch(req, &cl->negotiated);
+    json_decref(req);
+    client_send(cl, resp);
+    json_decref(resp);
+}
+
+static void
+buf_append(struct client *cl, char c)
+{
+    if (cl->skipping) {
+        return;
+    }
+    if (cl->len + 1 > QMP_MAX_REQUEST) {
+        cl->skipping = true;
+        cl->skip_msg = "JSON token size limit exceeded";
+        cl->len = 0;
+        return;
+    }
+    if (cl->len + 1 > cl->cap) {
+        cl->cap = MAX(cl->cap * 2, 4096);
+        cl->buf = xrealloc(cl->buf, cl->cap);
+    }
+    cl->buf[cl->len++] = c;
+}
+
+static void
+value_done(struct client *cl)
+{
+    if (cl->skipping) {
+        client_send_error(cl, "%s", cl->skip_msg);
+    } else {
+        handle_value(cl, cl->buf, cl->len);
+    }
+    cl->kind = SCAN_IDLE;
+    cl->len = 0;
+    cl->depth = 0;
+    cl->in_str = cl->esc = false;
+    cl->skipping = false;
+}
+
+static bool
+is_delim(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '{' ||
+           c == '}' || c == '[' || c == ']' || c == '"' || c == ',' ||
+           c == ':';
+}
+
+/* Feed received bytes to the scanner; stops early if the client closed. */
+static void
+client_feed(struct client *cl, const char *data, size_t n)
+{
+    for (size_t i = 0; i < n && !cl->closed; i++) {
+        char c = data[i];
+
+        switch (cl->kind) {
+        case SCAN_IDLE:
+            if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+                break;
+            }
+            if (c == '{' || c == '[') {
+                cl->kind = SCAN_NESTED;
+                cl->depth = 1;
+                buf_append(cl, c);
+            } else if (c == '}' || c == ']') {
+                client_send_error(cl, "JSON parse error, %s",
+                                  "expecting value");
+            } else if (c == '"') {
+                cl->kind = SCAN_STRING;
+                buf_append(cl, c);
+            } else {
+                cl->kind = SCAN_BARE;
+                buf_append(cl, c);
+            }
+            break;
+        case SCAN_STRING:
+            buf_append(cl, c);
+            if (cl->esc) {
+                cl->esc = false;
+            } else if (c == '\\') {
+                cl->esc = true;
+            } else if (c == '"') {
+                value_done(cl);
+            }
+            break;
+        case SCAN_BARE:
+            if (is_delim(c)) {
+                value_done(cl);
+                i--;            /* the delimiter starts the next value */
+            } else {
+                buf_append(cl, c);
+            }
+            break;
+        case SCAN_NESTED:
+            buf_append(cl, c);
+            if (cl->in_str) {
+                if (cl->esc) {
+                    cl->esc = false;
+                } else if (c == '\\') {
+                    cl->esc = true;
+                } else if (c == '"') {
+                    cl->in_str = false;
+                }
+            } else if (c == '"') {
+                cl->in_str = true;
+            } else if (c == '{' || c == '[') {
+                if (++cl->depth > QMP_MAX_NESTING && !cl->skipping) {
+                    cl->skipping = true;
+                    cl->skip_msg = "JSON nesting depth limit exceeded";
+                    cl->len = 0;
+                }
+            } else if (c == '}' || c == ']') {
+                if (--cl->depth == 0) {
+                    value_done(cl);
+                }
+            }
+            break;
+        }
+    }
+}
+
+static void
+client_free_cb(void *opaque)
+{
+    struct client *cl = opaque;
+
+    free(cl->buf);
+    free(cl->out);
+    free(cl);
+}
+
+static void
+client_close(struct client *cl)
+{
+    if (cl->closed) {
+        return;
+    }
+    cl->closed = true;
+    loop_remove_fd(cl->watch);
+    close(cl->fd);
+    LIST_REMOVE(cl, link);
+    loop_call(client_free_cb, cl);
+}
+
+static void
+client_cb(int fd, short revents, void *opaque)
+{
+    struct client *cl = opaque;
+    char chunk[READ_CHUNK];
+    ssize_t n;
+
+    if (revents & POLLOUT) {
+        client_flush(cl);
+        if (cl->closed) {
+            return;
+        }
+    }
+    if (!(revents & (POLLIN | POLLHUP | POLLERR))) {
+        return;
+    }
+    n = read(fd, chunk, sizeof(chunk));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+        return;
+    }
+    if (n <= 0) {
+        client_close(cl);
+        return;
+    }
+    client_feed(cl, chunk, (size_t)n);
+}
+
+/* ---- Listening --------------------------------------------------------- */
+
+static json_t *
+greeting(void)
+{
+    return json_pack("{s:{s:{s:{s:i, s:i, s:i}, s:s}, s:[s]}}", "QMP",
+                     "version", "qemu", "micro", LOCKSTEP_VERSION_MICRO, "minor",
+                     LOCKSTEP_VERSION_MINOR, "major", LOCKSTEP_VERSION_MAJOR,
+                     "package", "lockstep " LOCKSTEP_VERSION_STRING,
+                     "capabilities", "oob");
+}
+
+static void
+accept_cb(int fd, short revents UNUSED, void *opaque)
+{
+    struct chardev *chr = opaque;
+    struct client *cl;
+    json_t *g;
+    int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+    if (cfd < 0 || !chr->mon) {
+        if (cfd >= 0) {
+            close(cfd);
+        }
+        return;
+    }
+    cl = xzalloc(sizeof(*cl));
+    cl->mon = chr->mon;
+    cl->fd = cfd;
+    cl->watch = loop_add_fd(cfd, POLLIN, client_cb, cl);
+    LIST_INSERT_HEAD(&chr->mon->clients, cl, link);
+    g = greeting();
+    client_send(cl, g);
+    json_decref(g);
+}
+
+static const char *
+opt_str(json_t *opts, const char *key)
+{
+    return json_string_value(json_object_get(opts, key));
+}
+
+/* keyval bools are "on"/"off" strings; JSON ones are booleans. */
+static int
+opt_bool(json_t *opts, const char *key, bool *out, struct err **errp)
+{
+    json_t *v = json_object_get(opts, key);
+    const char *s;
+
+    if (!v) {
+        return 0;
+    }
+    if (json_is_boolean(v)) {
+        *out = json_is_true(v);
+        return 1;
+    }
+    s = json_string_value(v);
+    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
+        *out = true;
+        return 1;
+    }
+    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
+        *out = false;
+        return 1;
+    }
+    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
+    return -1;
+}
+
+static struct chardev *
+chardev_find(const char *id)
+{
+    struct chardev *chr;
+
+    LIST_FOREACH(chr, &g_chardevs, link) {
+        if (!strcmp(chr->id, id)) {
+            return chr;
+        }
+    }
+    return NULL;
+}
+
+bool
+monitor_chardev_add(json_t *opts, struct err **errp)
+{
+    static const char *const known[] = {
+        "backend", "id", "path", "server", "wait", NULL,
+    };
+    const char *backend = opt_str(opts, "backend");
+    const char *id = opt_str(opts, "id");
+    const char *path = opt_str(opts, "path");
+    bool server = false, wait = true;
+    struct sockaddr_un sun;
+    struct chardev *chr;
+    const char *key;
+    json_t *v;
+    int fd;
+
+    json_object_foreach(opts, key, v) {
+        bool ok = false;
+
+        for (size_t i = 0; known[i]; i++) {
+            ok |= !strcmp(known[i], key);
+        }
+        if (!ok) {
+            err_setf(errp, "Invalid parameter '%s'", key);
+            return false;
+        }
+    }
+    if (!backend) {
+        err_setf(errp, "chardev: \"\" missing backend");
+        return false;
+    }
+    if (strcmp(backend, "socket")) {
+        err_setf(errp, "'%s' is not a valid char driver name (only unix "
+                 "\"socket\" is supported)", backend);
+        return false;
+    }
+    if (!id) {
+        err_setf(errp, "Parameter 'id' is missing");
+        return false;
+    }
+    if (chardev_find(id)) {
+        err_setf(errp, "attempt to add duplicate property '%s' to object "
+                 "(type 'container')", id);
+        return false;
+    }
+    if (!path) {
+        err_setf(errp, "chardev: socket: no host given");
+        return false;
+    }
+    if (opt_bool(opts, "server", &server, errp) < 0 ||
+        opt_bool(opts, "wait", &wait, errp) < 0) {
+        return false;
+    }
+    if (!server) {
+        err_setf(errp, "client sockets are not supported: use server=on");
+        return false;
+    }
+    if (wait) {
+        err_setf(errp, "wait=on is not supported: use wait=off");
+        return false;
+    }
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        err_setf(errp, "UNIX socket path '%s' is too long", path);
+        return false;
+    }
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    memcpy(sun.sun_path, path, strlen(path));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        err_setf_errno(errp, errno, "Failed to create socket");
+        return false;
+    }
+    /* As QEMU does: a stale socket file from an earlier run goes. */
+    unlink(path);
+    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+        err_setf_errno(errp, errno, "Failed to bind socket to %s", path);
+        close(fd);
+        return false;
+    }
+    if (listen(fd, 16) < 0) {
+        err_setf_errno(errp, errno, "Failed to listen on socket");
+        close(fd);
+        unlink(path);
+        return false;
+    }
+    chr = xzalloc(sizeof(*chr));
+    chr->id = xstrdup(id);
+    chr->path = xstrdup(path);
+    chr->fd = fd;
+    LIST_INSERT_HEAD(&g_chardevs, chr, link);
+    return true;
+}
+
+bool
+monitor_add(json_t *opts, struct err **errp)
+{
+    const char *id = opt_str(opts, "chardev");
+    const char *mode = opt_str(opts, "mode");
+    const char *key;
+    json_t *v;
+    struct chardev *chr;
+    struct monitor *mon;
+    bool pretty = false;
+
+    json_object_foreach(opts, key, v) {
+        if (strcmp(key, "chardev") && strcmp(key, "mode") &&
+            strcmp(key, "pretty") && strcmp(key, "id")) {
+            err_setf(errp, "Parameter '%s' is unexpected", key);
+            return false;
+        }
+    }
+    if (!id) {
+        err_setf(errp, "Parameter 'chardev' is missing");
+        return false;
+    }
+    if (mode && strcmp(mode, "control")) {
+        err_setf(errp, "Only QMP is supported");
+        return false;
+    }
+    if (opt_bool(opts, "pretty", &pretty, errp) < 0) {
+        return false;
+    }
+    chr = chardev_find(id);
+    if (!chr) {
+        err_setf(errp, "chardev \"%s\" not found", id);
+        return false;
+    }
+    if (chr->mon) {
+        err_setf(errp, "Device '%s' is in use", id);
+        return false;
+    }
+    mon = xzalloc(sizeof(*mon));
+    mon->chr = chr;
+    mon->pretty = pretty;
+    LIST_INIT(&mon->clients);
+    chr->mon = mon;
+    chr->watch = loop_add_fd(chr->fd, POLLIN, accept_cb, chr);
+    LIST_INSERT_HEAD(&g_monitors, mon, link);
+    return true;
+}
+
+void
+monitor_close_all(void)
+{
+    struct chardev *chr;
+    struct monitor *mon;
+    struct client *cl;
+
+    qmp_event_set_sink(NULL);
+    /* Best effort: give what is queued (the answer to quit) a moment. */
+    LIST_FOREACH(mon, &g_monitors, link) {
+        LIST_FOREACH(cl, &mon->clients, link) {
+            int64_t deadline = clock_ns() + 1000000000LL;
+
+            while (cl->out_len && clock_ns() < deadline) {
+                struct pollfd pfd = { .fd = cl->fd, .events = POLLOUT };
+
+                if (poll(&pfd, 1, 100) < 0) {
+                    break;
+                }
+                client_flush(cl);
+                if (cl->closed) {
+                    break;
+                }
+            }
+            if (cl->closed) {
+                /* client_flush dropped it from the list: start over. */
+                break;
+            }
+        }
+    }
+    while ((mon = LIST_FIRST(&g_monitors))) {
+        while ((cl = LIST_FIRST(&mon->clients))) {
+            client_close(cl);
+        }
+        LIST_REMOVE(mon, link);
+        free(mon);
+    }
+    while ((chr = LIST_FIRST(&g_chardevs))) {
+        LIST_REMOVE(chr, link);
+        loop_remove_fd(chr->watch);
+        close(chr->fd);
+        unlink(chr->path);
+        free(chr->id);
+        free(chr->path);
+        free(chr);
+    }
+}
+
+/* ---- Quit -------------------------------------------------------------- */
+
+static void (*g_quit_handler)(void);
+
+void
+qmp_set_quit_handler(void (*fn)(void))
+{
+    g_quit_handler = fn;
+}
+
+void
+qmp_request_quit(void)
+{
+    if (g_quit_handler) {
+        g_quit_handler();
+    }
+}

@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Inside the QMP monitor: the command schema, the argument validator, the
+ * dispatcher, the transaction action table and the command handlers.
+ *
+ * The schema (qmp/schema.c) is the single description of every command:
+ * its arguments with their types, its documentation and its handler.  The
+ * dispatcher validates the arguments against it before the handler runs,
+ * so handlers read validated members with json_object_get() and never
+ * check types themselves; docs/qmp.md is generated from the same table
+ * (lockstepd --print-qmp-doc).
+ *
+ * Threads: everything here runs on the main thread.
+ */
+#ifndef LOCKSTEP_QMP_INTERNAL_H
+#define LOCKSTEP_QMP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "lockstep/err.h"
+
+/* The version query-version and the greeting report. */
+#define LOCKSTEP_VERSION_MAJOR 0
+#define LOCKSTEP_VERSION_MINOR 1
+#define LOCKSTEP_VERSION_MICRO 0
+#define LOCKSTEP_VERSION_STRING "0.1.0"
+
+/* Types of arguments and of members of object arguments. */
+enum qmp_type {
+    QMP_T_STR,
+    QMP_T_BOOL,
+    QMP_T_INT,        /* int64 */
+    QMP_T_UINT,       /* uint64: "Parameter 'x' expects uint64" as QEMU */
+    QMP_T_NUMBER,     /* int or real */
+    QMP_T_ENUM,       /* a string from .values */
+    QMP_T_OBJECT,     /* members in .members; others are unexpected */
+    QMP_T_ARRAY,      /* elements of type *.elem */
+    QMP_T_STR_OR_OBJ, /* a string, or an object with .members (alternate) */
+    QMP_T_ANY,        /* anything; the handler checks */
+    QMP_T_ANY_OBJECT, /* any object; the handler (or the block layer)
+                       * checks the members */
+};
+
+struct qmp_arg {
+    const char *name;
+    enum qmp_type type;
+    bool optional;
+    const char *doc;
+    const char *type_name;              /* for docs and messages: "uint32",
+                                         * "BlockDirtyBitmapOrStr" */
+    const char *const *values;          /* ENUM: NULL-terminated */
+    const struct qmp_arg *members;      /* OBJECT, STR_OR_OBJ: {NULL}-ended */
+    const struct qmp_arg *elem;         /* ARRAY: element type (name NULL) */
+};
+
+/*
+ * A command handler: args is the validated arguments object (an empty
+ * object when the client sent none).  Returns the new "return" value, or
+ * NULL with *errp set.
+ */
+typedef json_t *qmp_handler_fn(json_t *args, struct err **errp);
+
+struct qmp_command {
+    const char *name;
+    qmp_handler_fn *handler;
+    /* The arguments, {NULL}-ended; NULL for none. */
+    const struct qmp_arg *args;
+    /* blockdev-add: the whole arguments object is an ANY_OBJECT passed on
+     * as it is (the block layer validates it against the driver). */
+    bool args_are_options;
+    const char *doc;
+    const char *returns;        /* doc of the return value */
+};
+
+/* The table of commands, {NULL}-terminated (schema.c). */
+extern const struct qmp_command qmp_commands[];
+const struct qmp_command *qmp_command_find(const char *name);
+
+/*
+ * Validate value against arg (path is the member's full name for
+ * messages: "bitmaps[0].name").  Messages follow QEMU's input visitor.
+ */
+bool qmp_validate(const struct qmp_arg *arg, json_t *value,
+                  const char *path, struct err **errp);
+/* Validate an arguments object against a {NULL}-ended member list;
+ * prefix is "" or "actions[0].data." */
+bool qmp_validate_members(const struct qmp_arg *members, json_t *obj,
+                          const char *prefix, struct err **errp);
+
+/* Write the reference documentation (Markdown) generated from the schema. */
+void qmp_schema_print_doc(FILE *f);
+
+/*
+ * Dispatch one request object as a negotiated client sends it: returns the
+ * response object ({"return"} or {"error"}, with "id" when given).
+ * *negotiated is the client's capabilities state; it changes when the
+ * request is qmp_capabilities.
+ */
+json_t *qmp_dispatch(json_t *req, bool *negotiated);
+/* The error response for err (consumed), with id when not NULL. */
+json_t *qmp_error_response(struct err *err, json_t *id);
+
+/* ---- Transactions (transaction.c) ------------------------------------- */
+
+/*
+ * One action type of "transaction".  prepare does the work in a way that
+ * can still be undone and saves what it needs in *state; then either
+ * every action's commit runs or every prepared action's abort runs (in
+ * reverse order); clean runs last for all prepared actions.
+ */
+struct qmp_txn_action {
+    const char *type;
+    const struct qmp_arg *args;     /* of "data" (the command's args) */
+    bool (*prepare)(json_t *data, void **state, struct err **errp);
+    void (*commit)(void *state);
+    void (*abort)(void *state);
+    void (*clean)(void *state);
+    bool supports_grouped;          /* completion-mode=grouped */
+};
+
+/* Run actions (an array of {type, data} validated by the schema). */
+bool qmp_transaction_run(json_t *actions, json_t *properties,
+                         struct err **errp);
+/* Run one action as a standalone command (block-dirty-bitmap-add, ...). */
+bool qmp_transaction_run_one(const char *type, json_t *data,
+                             struct err **errp);
+extern const char *const qmp_txn_action_types[];
+
+/* ---- Monitor (monitor.c) ---------------------------------------------- */
+
+/* The daemon's shutdown request (quit, SIGTERM): set by daemon/. */
+void qmp_set_quit_handler(void (*fn)(void));
+void qmp_request_quit(void);
+
+/* Handlers, by file. */
+/* cmds-misc.c */
+json_t *qmp_qmp_capabilities(json_t *args, struct err **errp);
+json_t *qmp_query_version(json_t *args, struct err **errp);
+json_t *qmp_query_commands(json_t *args, struct err **errp);
+json_t *qmp_quit(json_t *args, struct err **errp);
+/* cmds-block.c */
+json_t *qmp_blockdev_add(json_t *args, struct err **errp);
+json_t *qmp_blockdev_del(json_t *args, struct err **errp);
+json_t *qmp_query_named_block_nodes(json_t *args, struct err **errp);
+json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
+/* cmds-export.c */
+json_t *qmp_nbd_server_start(json_t *args, struct err **errp);
+json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);
+json_t *qmp_block_export_add(json_t *args, struct err **errp);
+json_t *qmp_block_export_del(json_t *args, struct err **errp);
+json_t *qmp_query_block_exports(json_t *args, struct err **errp);
+/* cmds-bitmap.c */
+json_t *qmp_block_dirty_bitmap_add(json_t *args, struct err **errp);
+json_t *qmp_block_dirty_bitmap_remove(json_t *args, struct err **errp);
+json_t *qmp_block_dirty_bitmap_clear(json_t *args, struct err **errp);
+json_t *qmp_block_dirty_bitmap_enable(json_t *args, struct err **errp);
+json_t *qmp_block_dirty_bitmap_disable(json_t *args, struct err **errp);
+json_t *qmp_block_dirty_bitmap_merge(json_t *args, struct err **errp);
+json_t *qmp_x_debug_block_dirty_bitmap_sha256(json_t *args,
+                                              struct err **errp);
+json_t *qmp_transaction(json_t *args, struct err **errp);
+/* Bitmap transaction actions (cmds-bitmap.c). */
+extern const struct qmp_txn_action qmp_txn_bitmap_add;
+extern const struct qmp_txn_action qmp_txn_bitmap_remove;
+extern const struct qmp_txn_action qmp_txn_bitmap_clear;
+extern const struct qmp_txn_action qmp_txn_bitmap_enable;
+extern const struct qmp_txn_action qmp_txn_bitmap_disable;
+extern const struct qmp_txn_action qmp_txn_bitmap_merge;
+
+/* Shared argument lists (schema.c), used by the action table too. */
+extern const struct qmp_arg qmp_args_bitmap[];
+extern const struct qmp_arg qmp_args_bitmap_add[];
+extern const struct qmp_arg qmp_args_bitmap_merge[];
+
+#endif

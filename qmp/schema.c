@@ -1,0 +1,551 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QMP schema: every command with its arguments, their types and their
+ * documentation, in one static table.  The same table drives argument
+ * validation in the dispatcher, query-commands, and the reference
+ * documentation (docs/qmp.md, written by "lockstepd --print-qmp-doc").
+ * Names and argument spellings are QEMU's; the text is ours.
+ *
+ * The validator's messages follow QEMU's QMP input visitor so that
+ * clients see the same errors: "Parameter 'x' is missing", "Parameter 'x'
+ * is unexpected", "Invalid parameter type for 'x', expected: integer",
+ * "Parameter 'x' does not accept value 'y'".
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+/* ---- Argument lists ------------------------------------------------------ */
+
+#define END { NULL, 0, false, NULL, NULL, NULL, NULL, NULL }
+
+static const char *const capability_values[] = { "oob", NULL };
+static const struct qmp_arg capability_elem = {
+    NULL, QMP_T_ENUM, false, NULL, "QMPCapability", capability_values,
+    NULL, NULL,
+};
+static const struct qmp_arg args_qmp_capabilities[] = {
+    { "enable", QMP_T_ARRAY, true,
+      "capabilities to enable; only \"oob\" is known (and has no effect)",
+      "[QMPCapability]", NULL, NULL, &capability_elem },
+    END,
+};
+
+static const struct qmp_arg args_blockdev_del[] = {
+    { "node-name", QMP_T_STR, false, "the node to delete", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
+static const struct qmp_arg args_query_named_block_nodes[] = {
+    { "flat", QMP_T_BOOL, true,
+      "do not nest the backing chain in \"image\" (\"backing-image\"); "
+      "default false", NULL, NULL, NULL, NULL },
+    END,
+};
+
+static const char *const socket_type_values[] = {
+    "unix", "inet", "vsock", "fd", NULL,
+};
+static const struct qmp_arg socket_legacy_members[] = {
+    { "type", QMP_T_ENUM, false, "\"unix\" or \"inet\"", NULL,
+      socket_type_values, NULL, NULL },
+    { "data", QMP_T_ANY_OBJECT, false,
+      "unix: {\"path\"}; inet: {\"host\", \"port\"} (port a string)", NULL,
+      NULL, NULL, NULL },
+    END,
+};
+static const struct qmp_arg args_nbd_server_start[] = {
+    { "addr", QMP_T_OBJECT, false,
+      "where to listen, as a legacy SocketAddress: "
+      "{\"type\": \"unix\", \"data\": {\"path\": P}} or "
+      "{\"type\": \"inet\", \"data\": {\"host\": H, \"port\": \"N\"}}",
+      "SocketAddressLegacy", NULL, socket_legacy_members, NULL },
+    { "tls-creds", QMP_T_STR, true,
+      "TLS credentials object (not supported: refused)", NULL, NULL, NULL,
+      NULL },
+    { "tls-authz", QMP_T_STR, true,
+      "TLS authorization object (not supported: refused)", NULL, NULL, NULL,
+      NULL },
+    { "max-connections", QMP_T_UINT, true,
+      "most clients at once (default 100, 0 = no limit)", "uint32", NULL,
+      NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg bitmap_ref_members[] = {
+    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
+    { "name", QMP_T_STR, false, "bitmap name", NULL, NULL, NULL, NULL },
+    END,
+};
+static const struct qmp_arg bitmap_or_str_elem = {
+    NULL, QMP_T_STR_OR_OBJ, false, NULL, "BlockDirtyBitmapOrStr", NULL,
+    bitmap_ref_members, NULL,
+};
+
+static const char *const export_type_values[] = { "nbd", NULL };
+static const struct qmp_arg args_block_export_add[] = {
+    { "type", QMP_T_ENUM, false, "export type: \"nbd\"", "BlockExportType",
+      export_type_values, NULL, NULL },
+    { "id", QMP_T_STR, false, "unique export id", NULL, NULL, NULL, NULL },
+    { "node-name", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
+      NULL },
+    { "writable", QMP_T_BOOL, true, "clients may write (default false)",
+      NULL, NULL, NULL, NULL },
+    { "writethrough", QMP_T_BOOL, true,
+      "flush after every write (default false)", NULL, NULL, NULL, NULL },
+    { "name", QMP_T_STR, true, "NBD export name (default: node-name)", NULL,
+      NULL, NULL, NULL },
+    { "description", QMP_T_STR, true, "free text shown to NBD clients", NULL,
+      NULL, NULL, NULL },
+    { "bitmaps", QMP_T_ARRAY, true,
+      "dirty bitmaps offered as qemu:dirty-bitmap:NAME meta contexts; each "
+      "a name (looked up from the node down) or {\"node\", \"name\"}",
+      "[BlockDirtyBitmapOrStr]", NULL, NULL, &bitmap_or_str_elem },
+    { "allocation-depth", QMP_T_BOOL, true,
+      "offer the qemu:allocation-depth meta context (default false)", NULL,
+      NULL, NULL, NULL },
+    END,
+};
+
+static const char *const export_del_mode_values[] = { "safe", "hard", NULL };
+static const struct qmp_arg args_block_export_del[] = {
+    { "id", QMP_T_STR, false, "export id", NULL, NULL, NULL, NULL },
+    { "mode", QMP_T_ENUM, true,
+      "\"safe\" (default: fail while clients are connected) or \"hard\" "
+      "(disconnect them)", "BlockExportRemoveMode", export_del_mode_values,
+      NULL, NULL },
+    END,
+};
+
+const struct qmp_arg qmp_args_bitmap[] = {
+    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
+    { "name", QMP_T_STR, false, "bitmap name", NULL, NULL, NULL, NULL },
+    END,
+};
+
+const struct qmp_arg qmp_args_bitmap_add[] = {
+    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
+    { "name", QMP_T_STR, false, "bitmap name (1 to 1023 bytes)", NULL, NULL,
+      NULL, NULL },
+    { "granularity", QMP_T_UINT, true,
+      "bytes per bit: a power of 2, at least 512 (default: the cluster "
+      "size clamped to 4k..64k, else 64k)", "uint32", NULL, NULL, NULL },
+    { "persistent", QMP_T_BOOL, true,
+      "store in the image (qcow2 only; default false)", NULL, NULL, NULL,
+      NULL },
+    { "disabled", QMP_T_BOOL, true,
+      "create it not recording (default false)", NULL, NULL, NULL, NULL },
+    END,
+};
+
+const struct qmp_arg qmp_args_bitmap_merge[] = {
+    { "node", QMP_T_STR, false, "node-name of the target", NULL, NULL, NULL,
+      NULL },
+    { "target", QMP_T_STR, false, "name of the target bitmap", NULL, NULL,
+      NULL, NULL },
+    { "bitmaps", QMP_T_ARRAY, false,
+      "sources: names of bitmaps on the same node, or {\"node\", \"name\"}",
+      "[BlockDirtyBitmapOrStr]", NULL, NULL, &bitmap_or_str_elem },
+    END,
+};
+
+static const struct qmp_arg txn_action_members[] = {
+    { "type", QMP_T_ENUM, false, "the action (a command name)", NULL,
+      qmp_txn_action_types, NULL, NULL },
+    { "data", QMP_T_ANY_OBJECT, false,
+      "the action's arguments (those of the command of the same name)",
+      NULL, NULL, NULL, NULL },
+    END,
+};
+static const struct qmp_arg txn_action_elem = {
+    NULL, QMP_T_OBJECT, false, NULL, "TransactionAction", NULL,
+    txn_action_members, NULL,
+};
+static const char *const completion_mode_values[] = {
+    "individual", "grouped", NULL,
+};
+static const struct qmp_arg txn_properties_members[] = {
+    { "completion-mode", QMP_T_ENUM, true,
+      "\"individual\" (default) or \"grouped\" (jobs only)", NULL,
+      completion_mode_values, NULL, NULL },
+    END,
+};
+static const struct qmp_arg args_transaction[] = {
+    { "actions", QMP_T_ARRAY, false,
+      "the actions, each {\"type\": T, \"data\": {...}}; T is one of "
+      "abort, block-dirty-bitmap-add, block-dirty-bitmap-remove, "
+      "block-dirty-bitmap-clear, block-dirty-bitmap-enable, "
+      "block-dirty-bitmap-disable, block-dirty-bitmap-merge",
+      "[TransactionAction]", NULL, NULL, &txn_action_elem },
+    { "properties", QMP_T_OBJECT, true, "transaction properties",
+      "TransactionProperties", NULL, txn_properties_members, NULL },
+    END,
+};
+
+/* ---- The commands -------------------------------------------------------- */
+
+const struct qmp_command qmp_commands[] = {
+    { "qmp_capabilities", qmp_qmp_capabilities, args_qmp_capabilities, false,
+      "Leave capabilities negotiation mode.  Every other command fails with "
+      "CommandNotFound until a client has sent this once.",
+      "{}" },
+    { "query-version", qmp_query_version, NULL, false,
+      "The daemon's version, in QEMU's VersionInfo shape.",
+      "{\"qemu\": {\"major\", \"minor\", \"micro\"}, \"package\"}" },
+    { "query-commands", qmp_query_commands, NULL, false,
+      "The commands this daemon knows.", "[{\"name\"}]" },
+    { "quit", qmp_quit, NULL, false,
+      "Shut down as on SIGTERM: answer, stop the NBD server, close exports, "
+      "flush and close every node, exit 0.", "{}" },
+    { "blockdev-add", qmp_blockdev_add, NULL, true,
+      "Create a node from QEMU's BlockdevOptions (driver, node-name, "
+      "driver options; children inline or by node-name).  The node is "
+      "owned by the monitor until blockdev-del.",
+      "{}" },
+    { "blockdev-del", qmp_blockdev_del, args_blockdev_del, false,
+      "Delete a node added by blockdev-add that nothing uses any more.",
+      "{}" },
+    { "query-named-block-nodes", qmp_query_named_block_nodes,
+      args_query_named_block_nodes, false,
+      "Every node, newest first, in QEMU's BlockDeviceInfo shape (I/O "
+      "throttling fields are zero).",
+      "[BlockDeviceInfo]" },
+    { "x-debug-query-block-graph", qmp_x_debug_query_block_graph, NULL,
+      false,
+      "The node graph: nodes (block-driver nodes and block-backend users "
+      "such as exports and jobs) and the edges between them with their "
+      "permissions.",
+      "{\"nodes\": [{\"id\", \"type\", \"name\"}], \"edges\": [{\"parent\", "
+      "\"child\", \"name\", \"perm\", \"shared-perm\"}]}" },
+    { "nbd-server-start", qmp_nbd_server_start, args_nbd_server_start,
+      false, "Start the NBD server.", "{}" },
+    { "nbd-server-stop", qmp_nbd_server_stop, NULL, false,
+      "Stop the NBD server (disconnects clients; exports stay).", "{}" },
+    { "block-export-add", qmp_block_export_add, args_block_export_add, false,
+      "Export a node over the running NBD server.", "{}" },
+    { "block-export-del", qmp_block_export_del, args_block_export_del, false,
+      "Remove an export; BLOCK_EXPORT_DELETED {id} follows when it is gone.",
+      "{}" },
+    { "query-block-exports", qmp_query_block_exports, NULL, false,
+      "The exports.",
+      "[{\"type\", \"id\", \"node-name\", \"shutting-down\"}]" },
+    { "block-dirty-bitmap-add", qmp_block_dirty_bitmap_add,
+      qmp_args_bitmap_add, false,
+      "Create a dirty bitmap on a node.  Also a transaction action.", "{}" },
+    { "block-dirty-bitmap-remove", qmp_block_dirty_bitmap_remove,
+      qmp_args_bitmap, false,
+      "Remove a dirty bitmap (not while busy).  Also a transaction action.",
+      "{}" },
+    { "block-dirty-bitmap-clear", qmp_block_dirty_bitmap_clear,
+      qmp_args_bitmap, false,
+      "Clear every bit of a dirty bitmap.  Also a transaction action.",
+      "{}" },
+    { "block-dirty-bitmap-enable", qmp_block_dirty_bitmap_enable,
+      qmp_args_bitmap, false,
+      "Make a bitmap record writes.  Also a transaction action.", "{}" },
+    { "block-dirty-bitmap-disable", qmp_block_dirty_bitmap_disable,
+      qmp_args_bitmap, false,
+      "Make a bitmap stop recording writes.  Also a transaction action.",
+      "{}" },
+    { "block-dirty-bitmap-merge", qmp_block_dirty_bitmap_merge,
+      qmp_args_bitmap_merge, false,
+      "OR the source bitmaps into the target (all or nothing).  Also a "
+      "transaction action.", "{}" },
+    { "x-debug-block-dirty-bitmap-sha256",
+      qmp_x_debug_block_dirty_bitmap_sha256, qmp_args_bitmap, false,
+      "SHA-256 of a bitmap's bits, for tests.", "{\"sha256\"}" },
+    { "transaction", qmp_transaction, args_transaction, false,
+      "Run several actions atomically: every action is prepared, then all "
+      "are committed, or all prepared ones are undone when one fails.",
+      "{}" },
+    { NULL, NULL, NULL, false, NULL, NULL },
+};
+
+const struct qmp_command *
+qmp_command_find(const char *name)
+{
+    for (const struct qmp_command *c = qmp_commands; c->name; c++) {
+        if (!strcmp(c->name, name)) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* ---- Validation ---------------------------------------------------------- */
+
+static const char *
+json_kind_name(enum qmp_type t)
+{
+    switch (t) {
+    case QMP_T_STR:
+    case QMP_T_ENUM:
+        return "string";
+    case QMP_T_BOOL:
+        return "boolean";
+    case QMP_T_INT:
+    case QMP_T_UINT:
+        return "integer";
+    case QMP_T_NUMBER:
+        return "number";
+    case QMP_T_OBJECT:
+    case QMP_T_ANY_OBJECT:
+        return "object";
+    case QMP_T_ARRAY:
+        return "array";
+    case QMP_T_STR_OR_OBJ:
+    case QMP_T_ANY:
+        break;
+    }
+    return "value";
+}
+
+static bool
+type_error(const struct qmp_arg *arg, const char *path, struct err **errp)
+{
+    const char *expected = arg->type == QMP_T_STR_OR_OBJ && arg->type_name ?
+                           arg->type_name : json_kind_name(arg->type);
+
+    err_setf(errp, "Invalid parameter type for '%s', expected: %s", path,
+             expected);
+    return false;
+}
+
+bool
+qmp_validate_members(const struct qmp_arg *members, json_t *obj,
+                     const char *prefix, struct err **errp)
+{
+    const char *key;
+    json_t *v;
+
+    /* Missing and ill-typed members first, in schema order (QEMU visits
+     * the members in that order), then anything left over. */
+    for (const struct qmp_arg *m = members; m && m->name; m++) {
+        CLEANUP_FREE char *path = xasprintf("%s%s", prefix, m->name);
+
+        v = json_object_get(obj, m->name);
+        if (!v) {
+            if (!m->optional) {
+                err_setf(errp, "Parameter '%s' is missing", path);
+                return false;
+            }
+            continue;
+        }
+        if (!qmp_validate(m, v, path, errp)) {
+            return false;
+        }
+    }
+    json_object_foreach(obj, key, v) {
+        bool known = false;
+
+        for (const struct qmp_arg *m = members; m && m->name; m++) {
+            if (!strcmp(m->name, key)) {
+                known = true;
+                break;
+            }
+        }
+        if (!known) {
+            err_setf(errp, "Parameter '%s%s' is unexpected", prefix, key);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool
+qmp_validate(const struct qmp_arg *arg, json_t *value, const char *path,
+             struct err **errp)
+{
+    switch (arg->type) {
+    case QMP_T_STR:
+        return json_is_string(value) ? true : type_error(arg, path, errp);
+    case QMP_T_BOOL:
+        return json_is_boolean(value) ? true : type_error(arg, path, errp);
+    case QMP_T_INT:
+        return json_is_integer(value) ? true : type_error(arg, path, errp);
+    case QMP_T_NUMBER:
+        return json_is_number(value) ? true : type_error(arg, path, errp);
+    case QMP_T_UINT:
+        if (!json_is_integer(value) || json_integer_value(value) < 0) {
+            err_setf(errp, "Parameter '%s' expects uint64", path);
+            return false;
+        }
+        if (arg->type_name && !strcmp(arg->type_name, "uint32") &&
+            json_integer_value(value) > UINT32_MAX) {
+            err_setf(errp, "Parameter '%s' expects uint32_t", path);
+            return false;
+        }
+        return true;
+    case QMP_T_ENUM: {
+        /* QEMU names only the member here, and "null" for list elements. */
+        const char *last = arg->name ? arg->name : "null";
+
+        if (!json_is_string(value)) {
+            return type_error(arg, path, errp);
+        }
+        for (const char *const *v = arg->values; *v; v++) {
+            if (!strcmp(*v, json_string_value(value))) {
+                return true;
+            }
+        }
+        err_setf(errp, "Parameter '%s' does not accept value '%s'", last,
+                 json_string_value(value));
+        return false;
+    }
+    case QMP_T_OBJECT: {
+        CLEANUP_FREE char *prefix = NULL;
+
+        if (!json_is_object(value)) {
+            return type_error(arg, path, errp);
+        }
+        prefix = xasprintf("%s.", path);
+        return qmp_validate_members(arg->members, value, prefix, errp);
+    }
+    case QMP_T_STR_OR_OBJ: {
+        CLEANUP_FREE char *prefix = NULL;
+
+        if (json_is_string(value)) {
+            return true;
+        }
+        if (!json_is_object(value)) {
+            return type_error(arg, path, errp);
+        }
+        prefix = xasprintf("%s.", path);
+        return qmp_validate_members(arg->members, value, prefix, errp);
+    }
+    case QMP_T_ARRAY: {
+        size_t i;
+        json_t *elem;
+
+        if (!json_is_array(value)) {
+            return type_error(arg, path, errp);
+        }
+        json_array_foreach(value, i, elem) {
+            CLEANUP_FREE char *epath = xasprintf("%s[%zu]", path, i);
+
+            if (!qmp_validate(arg->elem, elem, epath, errp)) {
+                return false;
+            }
+        }
+        return true;
+    }
+    case QMP_T_ANY_OBJECT:
+        return json_is_object(value) ? true : type_error(arg, path, errp);
+    case QMP_T_ANY:
+        return true;
+    }
+    return true;
+}
+
+/* ---- Documentation ------------------------------------------------------- */
+
+static const char *
+type_doc(const struct qmp_arg *a)
+{
+    if (a->type_name) {
+        return a->type_name;
+    }
+    switch (a->type) {
+    case QMP_T_STR:
+        return "string";
+    case QMP_T_BOOL:
+        return "boolean";
+    case QMP_T_INT:
+        return "int";
+    case QMP_T_UINT:
+        return "uint64";
+    case QMP_T_NUMBER:
+        return "number";
+    case QMP_T_ENUM:
+        return "enum";
+    case QMP_T_OBJECT:
+    case QMP_T_ANY_OBJECT:
+        return "object";
+    case QMP_T_ARRAY:
+        return "array";
+    case QMP_T_STR_OR_OBJ:
+        return "string or object";
+    case QMP_T_ANY:
+        return "any";
+    }
+    return "any";
+}
+
+static void
+print_members(FILE *f, const struct qmp_arg *members, int depth)
+{
+    for (const struct qmp_arg *a = members; a && a->name; a++) {
+        fprintf(f, "%*s- `%s`%s (%s): %s", depth * 2, "", a->name,
+                a->optional ? " *optional*" : "", type_doc(a),
+                a->doc ? a->doc : "");
+        if (a->type == QMP_T_ENUM && a->values) {
+            fprintf(f, "; one of");
+            for (const char *const *v = a->values; *v; v++) {
+                fprintf(f, "%s `%s`", v == a->values ? "" : ",", *v);
+            }
+        }
+        fprintf(f, "\n");
+        if (a->members) {
+            print_members(f, a->members, depth + 1);
+        }
+        if (a->elem && a->elem->members) {
+            print_members(f, a->elem->members, depth + 1);
+        }
+    }
+}
+
+void
+qmp_schema_print_doc(FILE *f)
+{
+    fprintf(f,
+        "<!-- Generated by `lockstepd --print-qmp-doc` from qmp/schema.c; "
+        "do not edit. -->\n"
+        "<!-- tests/func/test_qmp_doc.py fails when this file is stale. "
+        "-->\n\n"
+        "# lockstepd QMP reference\n\n"
+        "lockstepd speaks QMP, QEMU's JSON control protocol, with "
+        "qemu-storage-daemon's command names, argument spellings, results "
+        "and error messages, so that scripts written for "
+        "qemu-storage-daemon run unchanged.\n\n"
+        "## Protocol\n\n"
+        "- Greeting: `{\"QMP\": {\"version\": {\"qemu\": {\"micro\", "
+        "\"minor\", \"major\"}, \"package\"}, \"capabilities\": "
+        "[\"oob\"]}}`.\n"
+        "- Every command but `qmp_capabilities` fails with "
+        "`CommandNotFound` until the client sent `qmp_capabilities`.\n"
+        "- Request: `{\"execute\": NAME, \"arguments\": {...}, \"id\": "
+        "ANY}`; `arguments` and `id` are optional and `id` is echoed.\n"
+        "- Response: `{\"return\": ...}` or `{\"error\": {\"class\", "
+        "\"desc\"}}`; classes are `GenericError`, `CommandNotFound`, "
+        "`DeviceNotFound`.\n"
+        "- Events: `{\"timestamp\": {\"seconds\", \"microseconds\"}, "
+        "\"event\": NAME, \"data\": {...}}`, sent to every negotiated "
+        "client.\n"
+        "- Malformed JSON gets a `GenericError` (\"JSON parse error, ...\") "
+        "and the connection stays usable.  A request larger than 1 MiB or "
+        "nested deeper than 1024 levels is refused with an error.\n"
+        "- Arguments are checked against the schema below before a command "
+        "runs: unknown members (\"Parameter 'x' is unexpected\"), missing "
+        "ones (\"Parameter 'x' is missing\") and wrong types (\"Invalid "
+        "parameter type for 'x', expected: integer\") are errors.\n\n"
+        "## Commands\n\n");
+    for (const struct qmp_command *c = qmp_commands; c->name; c++) {
+        fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
+        if (c->args_are_options) {
+            fprintf(f, "Arguments: a BlockdevOptions object (`driver`, "
+                    "`node-name`, common options and the driver's own).\n\n");
+        } else if (c->args && c->args->name) {
+            fprintf(f, "Arguments:\n\n");
+            print_members(f, c->args, 0);
+            fprintf(f, "\n");
+        } else {
+            fprintf(f, "Arguments: none.\n\n");
+        }
+        fprintf(f, "Returns: `%s`\n\n", c->returns);
+    }
+}
