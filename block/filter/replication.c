@@ -41,9 +41,12 @@
  *   move the backing edge too.  The filter's block-copy state is the copy
  *   bitmap that checkpoints re-arm.
  *
- * - Active and hidden disks must be writable when replication starts: we
- *   have no reopen, so a hidden disk opened inline as "backing" (read-only
- *   by default) needs "read-only": false in its options.  Start says so.
+ * - Active and hidden disks must be writable while replication runs: a
+ *   hidden disk opened inline as "backing" is read-only by default, so
+ *   start reopens it read-write (block_node_set_read_only(), which closes
+ *   and opens the node again in place).  Unlike QEMU we do not switch it
+ *   back at stop: after a failover or a stop the overlays are dropped
+ *   from the chain anyway.
  *
  * - Checkpoint (drained): every cluster of the copy bitmap becomes dirty
  *   again, then the active and hidden disks are emptied (make_empty).
@@ -461,13 +464,9 @@ secondary_start(struct replication_state *s, struct err **errp)
                  "make_empty");
         return -ENOTSUP;
     }
-    if (active->read_only || hidden->read_only || sec->read_only) {
-        struct block_node *ro = active->read_only ? active :
-                                hidden->read_only ? hidden : sec;
-
+    if (sec->read_only) {
         err_setf(errp, "Block node '%s' is read-only: replication needs the "
-                 "active, hidden and secondary disks opened read-write "
-                 "(\"read-only\": false)", ro->node_name);
+                 "secondary disk opened read-write", sec->node_name);
         return -EPERM;
     }
     top = block_node_find(s->top_id);
@@ -478,6 +477,16 @@ secondary_start(struct replication_state *s, struct err **errp)
     if (!block_driver_find("copy-before-write") || !cbw_block_copy_state) {
         err_setf(errp, "The copy-before-write filter is not available");
         return -ENOTSUP;
+    }
+    /* A hidden disk opened as a backing is read-only: reopen it (and the
+     * active disk, if need be) read-write, as QEMU does.  It stays so. */
+    if (active->read_only &&
+        block_node_set_read_only(active, false, errp) < 0) {
+        return -EPERM;
+    }
+    if (hidden->read_only &&
+        block_node_set_read_only(hidden, false, errp) < 0) {
+        return -EPERM;
     }
 
     opts = json_pack("{s:s, s:s, s:s}", "driver", "copy-before-write",

@@ -352,6 +352,14 @@ int block_child_replace_node(struct block_child *c, struct block_node *to,
 int block_replace_node(struct block_node *from, struct block_node *to,
                        struct err **errp);
 
+/*
+ * Make a node read-only or read-write in place (block/core/reopen.c): the
+ * driver is closed and opened again from its options, inline children
+ * too; drains itself.  Going read-only is refused while a parent writes.
+ */
+int block_node_set_read_only(struct block_node *node, bool read_only,
+                             struct err **errp);
+
 /* The core's default perms for a child role of a node. */
 void block_default_child_perm(struct block_node *node, const char *child_name,
                               uint32_t *perm, uint32_t *shared);
