@@ -268,10 +268,9 @@ chain_find_base(const struct chain *c, const char *base, struct err **errp)
 static json_t *
 layer_opts(const struct chain *c, int i, int base)
 {
-    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "driver",
-                          c->l[i].fmt, "node-name", "", "file", "driver",
-                          "file", "filename", c->l[i].path, "read-only",
-                          i != 0 && i != base);
+    json_t *o = json_pack("{s:s, s:{s:s, s:s}, s:b}", "driver",
+                          c->l[i].fmt, "file", "driver", "file", "filename",
+                          c->l[i].path, "read-only", i != 0 && i != base);
     char name[32];
 
     snprintf(name, sizeof(name), "img-layer%d", i);

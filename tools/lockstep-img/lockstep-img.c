@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,35 +160,50 @@ usage(FILE *f)
 
 /* ---- Parsing ------------------------------------------------------------- */
 
+/* The binary shift of a size suffix (b, k, M, G, T, P, E), or -1. */
+static int
+size_shift(char c)
+{
+    static const char units[] = "bkmgtpe";
+    const char *u = c ? strchr(units, tolower((unsigned char)c)) : NULL;
+
+    return u ? (int)(u - units) * 10 : -1;
+}
+
+/*
+ * qemu-img's sizes: decimal digits, an optional fraction ("1.5G", only
+ * with a unit above bytes) and an optional suffix; at most INT64_MAX.
+ */
 bool
 img_parse_size(const char *s, uint64_t *out)
 {
-    static const char units[] = "bkmgtpe";
-    const char *u;
     char *end;
-    unsigned long long v;
-    unsigned shift = 0;
+    double v;
+    int shift = 0;
 
-    if (!*s || *s == '-' || *s == '+') {
+    if (!isdigit((unsigned char)*s)) {
         return false;
     }
     errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s) {
+    v = strtod(s, &end);
+    if (errno || end == s || strchr(s, 'x') || strchr(s, 'X')) {
         return false;
     }
     if (*end) {
-        u = strchr(units, tolower((unsigned char)*end));
-        if (!u || end[1]) {
+        shift = size_shift(*end);
+        if (shift < 0 || end[1]) {
             return false;
         }
-        shift = (unsigned)(u - units) * 10;
     }
-    if (shift && v > (UINT64_MAX >> shift)) {
+    if (v != (double)(uint64_t)v && shift == 0) {
         return false;
     }
-    *out = (uint64_t)v << shift;
-    return *out <= INT64_MAX;
+    v = ldexp(v, shift);
+    if (v >= 0x1p63) {
+        return false;
+    }
+    *out = (uint64_t)v;
+    return true;
 }
 
 /* ---- Opening images ---------------------------------------------------- */
