@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: MIT
+"""A small QMP client for the functional tests.
+
+Works against lockstepd and qemu-storage-daemon alike: connects to a unix
+socket, reads the greeting, negotiates capabilities, runs commands with an
+"id" and collects the events that arrive in between.
+"""
+import itertools
+import json
+import os
+import socket
+import subprocess
+import time
+
+
+class QMPError(Exception):
+    def __init__(self, error):
+        super().__init__("%s: %s" % (error.get("class"), error.get("desc")))
+        self.error = error
+        self.cls = error.get("class")
+        self.desc = error.get("desc")
+
+
+class QMPClient:
+    def __init__(self, path, timeout=30.0, negotiate=True):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.events = []
+        self.ids = itertools.count(1)
+        self.greeting = self.recv()
+        if negotiate:
+            self.cmd("qmp_capabilities")
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- Wire level --------------------------------------------------
+    def send_raw(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def send(self, obj):
+        self.send_raw(json.dumps(obj) + "\n")
+
+    def recv(self):
+        """The next message (one line), or None at end of stream."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def recv_response(self):
+        """The next response, collecting events that come first."""
+        while True:
+            msg = self.recv()
+            if msg is None:
+                raise EOFError("connection closed")
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            return msg
+
+    # ---- Commands ----------------------------------------------------
+    def execute(self, name, args=None, id=None):
+        """Run a command; returns the whole response."""
+        req = {"execute": name}
+        if args is not None:
+            req["arguments"] = args
+        req["id"] = next(self.ids) if id is None else id
+        self.send(req)
+        resp = self.recv_response()
+        assert resp.get("id") == req["id"], (req, resp)
+        return resp
+
+    def cmd(self, name, args=None, **kwargs):
+        """Run a command; returns its "return" value or raises QMPError."""
+        if kwargs:
+            args = dict(args or {})
+            args.update({k.replace("_", "-"): v for k, v in kwargs.items()})
+        resp = self.execute(name, args)
+        if "error" in resp:
+            raise QMPError(resp["error"])
+        return resp["return"]
+
+    def error(self, name, args=None):
+        """Run a command that must fail; returns the error object."""
+        resp = self.execute(name, args)
+        assert "error" in resp, resp
+        return resp["error"]
+
+    def wait_event(self, name, timeout=10.0):
+        """Wait for (and remove) the first event called name."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["event"] == name:
+                    return self.events.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no %s event" % name)
+            self.sock.settimeout(left)
+            try:
+                msg = self.recv()
+            finally:
+                self.sock.settimeout(30.0)
+            if msg is None:
+                raise EOFError("connection closed")
+            if "event" in msg:
+                self.events.append(msg)
+
+
+def wait_for_socket(path, proc=None, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(path)
+                s.close()
+                return
+            except OSError:
+                pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("daemon exited with %d: %s"
+                               % (proc.returncode, proc.stderr.read()))
+        time.sleep(0.02)
+    raise TimeoutError("socket %s did not appear" % path)
+
+
+class Daemon:
+    """A lockstepd or qemu-storage-daemon process with one QMP socket."""
+
+    def __init__(self, binary, tmp_dir, args=(), name="qmp"):
+        self.qmp_path = os.path.join(tmp_dir, name + ".sock")
+        self.argv = [binary,
+                     "--chardev", "socket,id=mon0,path=%s,server=on,wait=off"
+                     % self.qmp_path,
+                     "--monitor", "chardev=mon0"] + list(args)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        wait_for_socket(self.qmp_path, self.proc)
+
+    def client(self, negotiate=True):
+        return QMPClient(self.qmp_path, negotiate=negotiate)
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

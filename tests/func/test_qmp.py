@@ -1,0 +1,571 @@
+# SPDX-License-Identifier: MIT
+"""QMP monitor of lockstepd: wire protocol, errors, commands, events.
+
+Where qemu-storage-daemon is installed, some results are compared with
+what it answers to the same commands.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import make_image
+from qmp_client import Daemon, QMPClient, QMPError
+
+
+@pytest.fixture(scope="session")
+def lockstepd(build_dir):
+    path = os.path.join(build_dir, "lockstepd")
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qsd():
+    path = shutil.which("qemu-storage-daemon")
+    if not path:
+        pytest.skip("qemu-storage-daemon is not installed")
+    return path
+
+
+@pytest.fixture
+def daemon(lockstepd, tmp_dir):
+    d = Daemon(lockstepd, tmp_dir)
+    yield d
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def qmp(daemon):
+    with daemon.client() as c:
+        yield c
+
+
+# ---- Protocol ----------------------------------------------------------
+
+def test_greeting_shape(daemon):
+    with daemon.client(negotiate=False) as c:
+        g = c.greeting
+        assert list(g) == ["QMP"]
+        assert g["QMP"]["capabilities"] == ["oob"]
+        v = g["QMP"]["version"]
+        assert set(v) == {"qemu", "package"}
+        assert set(v["qemu"]) == {"major", "minor", "micro"}
+        assert all(isinstance(x, int) for x in v["qemu"].values())
+        assert v["package"].startswith("lockstep")
+
+
+def test_greeting_bytes_like_qemu(daemon):
+    """Separators ", " and ": " and CRLF line ends, as QEMU writes."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(daemon.qmp_path)
+    data = b""
+    while not data.endswith(b"\r\n"):
+        data += s.recv(4096)
+    s.close()
+    assert data.startswith(b'{"QMP": {"version": {"qemu": {')
+    assert b', "capabilities": ["oob"]}}\r\n' in data
+
+
+def test_negotiation(daemon):
+    with daemon.client(negotiate=False) as c:
+        e = c.error("query-version")
+        assert e == {"class": "CommandNotFound",
+                     "desc": "Expecting capabilities negotiation with "
+                             "'qmp_capabilities'"}
+        assert c.error("nope")["class"] == "CommandNotFound"
+        resp = c.execute("qmp_capabilities", {"enable": ["oob"]}, id="x")
+        assert resp == {"return": {}, "id": "x"}
+        e = c.error("qmp_capabilities")
+        assert e["class"] == "CommandNotFound"
+        assert "already complete" in e["desc"]
+        assert c.cmd("query-version")["package"].startswith("lockstep")
+
+
+def test_bad_capability(daemon):
+    with daemon.client(negotiate=False) as c:
+        e = c.error("qmp_capabilities", {"enable": ["foo"]})
+        assert e["desc"] == "Parameter 'null' does not accept value 'foo'"
+
+
+def test_id_echoed_any_json(qmp):
+    for id in [1, "s", {"a": [1, None]}, [1, 2], 2.5]:
+        resp = qmp.execute("query-version", id=id)
+        assert resp["id"] == id
+        assert "return" in resp
+    resp = qmp.execute("nope", id={"k": 1})
+    assert resp["id"] == {"k": 1}
+    assert resp["error"]["class"] == "CommandNotFound"
+
+
+def test_argument_errors(qmp):
+    cases = [
+        ("nope", None, "CommandNotFound", "The command nope has not been found"),
+        ("query-version", {"x": 1}, "GenericError",
+         "Parameter 'x' is unexpected"),
+        ("block-dirty-bitmap-add", {"node": "x"}, "GenericError",
+         "Parameter 'name' is missing"),
+        ("block-dirty-bitmap-add", {"node": 1, "name": "b"}, "GenericError",
+         "Invalid parameter type for 'node', expected: string"),
+        ("block-dirty-bitmap-add", {"node": "x", "name": "b",
+                                    "persistent": 1}, "GenericError",
+         "Invalid parameter type for 'persistent', expected: boolean"),
+        ("block-dirty-bitmap-add", {"node": "x", "name": "b",
+                                    "granularity": "x"}, "GenericError",
+         "Parameter 'granularity' expects uint64"),
+        ("query-named-block-nodes", {"flat": 1}, "GenericError",
+         "Invalid parameter type for 'flat', expected: boolean"),
+        ("block-dirty-bitmap-merge", {"node": "a", "target": "b",
+                                      "bitmaps": "x"}, "GenericError",
+         "Invalid parameter type for 'bitmaps', expected: array"),
+        ("block-dirty-bitmap-merge", {"node": "a", "target": "b",
+                                      "bitmaps": [{"node": "f0"}]},
+         "GenericError", "Parameter 'bitmaps[0].name' is missing"),
+        ("block-export-del", {"id": "e", "mode": "soft"}, "GenericError",
+         "Parameter 'mode' does not accept value 'soft'"),
+        ("nbd-server-start", {"addr": {"type": "unix",
+                                       "path": "/nonexistent"}},
+         "GenericError", "Parameter 'addr.data' is missing"),
+    ]
+    for name, args, cls, desc in cases:
+        e = qmp.error(name, args)
+        assert e == {"class": cls, "desc": desc}, (name, args)
+
+
+def test_request_shape_errors(qmp):
+    cases = [
+        ('[1, 2]', "QMP input must be a JSON object"),
+        ('"abc"', "QMP input must be a JSON object"),
+        ('42', "QMP input must be a JSON object"),
+        ('{"foo": 1}', "QMP input member 'foo' is unexpected"),
+        ('{"execute": 1}', "QMP input member 'execute' must be a string"),
+        ('{"execute": "query-version", "arguments": [1]}',
+         "QMP input member 'arguments' must be an object"),
+        ('{"id": 3}', "QMP input lacks member 'execute'"),
+    ]
+    for raw, desc in cases:
+        qmp.send_raw(raw + "\n")
+        resp = qmp.recv_response()
+        assert resp["error"] == {"class": "GenericError", "desc": desc}, raw
+
+
+def test_malformed_json_recovers(qmp):
+    qmp.send_raw('{"execute": "query-version" xx}\n')
+    e = qmp.recv_response()["error"]
+    assert e["class"] == "GenericError"
+    assert e["desc"].startswith("JSON parse error, ")
+    qmp.send_raw('}\n')
+    assert qmp.recv_response()["error"]["desc"].startswith("JSON parse error")
+    # Braces inside strings do not confuse the framing.
+    resp = qmp.execute("query-version", id="{[}\"]\\")
+    assert resp["id"] == "{[}\"]\\"
+    assert qmp.cmd("query-version")["package"].startswith("lockstep")
+
+
+def test_split_and_batched_messages(qmp):
+    req = json.dumps({"execute": "query-version", "id": 1})
+    for ch in req[:-1]:
+        qmp.send_raw(ch)
+    time.sleep(0.05)
+    qmp.send_raw(req[-1])
+    assert qmp.recv_response()["id"] == 1
+    qmp.send_raw(json.dumps({"execute": "query-version", "id": 2}) +
+                 json.dumps({"execute": "query-version", "id": 3}))
+    assert qmp.recv_response()["id"] == 2
+    assert qmp.recv_response()["id"] == 3
+
+
+def test_oversized_and_deep_messages(qmp):
+    big = '{"execute": "query-version", "id": "%s"}' % ("x" * (2 << 20))
+    qmp.send_raw(big)
+    e = qmp.recv_response()["error"]
+    assert e["class"] == "GenericError"
+    assert "limit" in e["desc"]
+    deep = ('{"execute": "query-version", "arguments": {"a": ' +
+            "[" * 2000 + "]" * 2000 + "}}")
+    qmp.send_raw(deep)
+    e = qmp.recv_response()["error"]
+    assert e["desc"] == "JSON nesting depth limit exceeded"
+    assert qmp.cmd("query-version")["package"].startswith("lockstep")
+
+
+def test_query_commands(qmp):
+    names = {c["name"] for c in qmp.cmd("query-commands")}
+    for n in ["qmp_capabilities", "query-version", "quit", "blockdev-add",
+              "blockdev-del", "query-named-block-nodes",
+              "x-debug-query-block-graph", "nbd-server-start",
+              "nbd-server-stop", "block-export-add", "block-export-del",
+              "query-block-exports", "block-dirty-bitmap-add",
+              "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
+              "block-dirty-bitmap-enable", "block-dirty-bitmap-disable",
+              "block-dirty-bitmap-merge",
+              "x-debug-block-dirty-bitmap-sha256", "transaction"]:
+        assert n in names
+
+
+def test_two_clients(daemon):
+    with daemon.client() as a, daemon.client() as b:
+        a.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+        nodes = [n["node-name"] for n in b.cmd("query-named-block-nodes")]
+        assert nodes == ["n0"]
+        # Interleaved requests on both.
+        a.send({"execute": "query-version", "id": "a"})
+        b.send({"execute": "query-version", "id": "b"})
+        assert b.recv_response()["id"] == "b"
+        assert a.recv_response()["id"] == "a"
+
+
+def test_two_monitors(lockstepd, tmp_dir):
+    p2 = os.path.join(tmp_dir, "second.sock")
+    with Daemon(lockstepd, tmp_dir,
+                ["--chardev", "socket,id=m1,path=%s,server=on,wait=off" % p2,
+                 "--monitor", "m1"]) as d:
+        with d.client() as a, QMPClient(p2) as b:
+            a.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+            assert b.cmd("query-named-block-nodes")[0]["node-name"] == "n0"
+        assert d.stop() == 0
+
+
+def test_unnegotiated_client_gets_no_events(daemon):
+    with daemon.client(negotiate=False) as quiet, daemon.client() as c:
+        c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+        # No event here; but check the quiet client is still answered
+        # in order.
+        resp = quiet.execute("qmp_capabilities")
+        assert resp["return"] == {}
+
+
+def test_quit(daemon):
+    with daemon.client() as c:
+        resp = c.execute("quit", id=7)
+        assert resp == {"return": {}, "id": 7}
+        assert c.recv() is None
+    assert daemon.proc.wait(10) == 0
+
+
+# ---- Nodes -------------------------------------------------------------
+
+def test_blockdev_add_del(qmp, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "a.img"), 1 << 20)
+    qmp.cmd("blockdev-add", {"driver": "file", "node-name": "f0",
+                             "filename": img})
+    qmp.cmd("blockdev-add", {"driver": "raw", "node-name": "r0",
+                             "file": "f0"})
+    qmp.cmd("blockdev-add", {"driver": "raw", "node-name": "r1",
+                             "file": {"driver": "file", "filename": img,
+                                      "read-only": True},
+                             "read-only": True})
+    qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+    e = qmp.error("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+    assert e["desc"] == "Duplicate nodes with node-name='n0'"
+    e = qmp.error("blockdev-add", {"driver": "null-co", "node-name": "n1",
+                                   "zzz": 1})
+    assert "zzz" in e["desc"]
+    assert qmp.error("blockdev-del", {"node-name": "f0"})["desc"] == \
+        "Block device f0 is in use"
+    assert qmp.error("blockdev-del", {"node-name": "zz"})["desc"] == \
+        "Failed to find node with node-name='zz'"
+    implicit = [n["node-name"] for n in qmp.cmd("query-named-block-nodes")
+                if n["node-name"].startswith("#")]
+    assert len(implicit) == 1
+    assert qmp.error("blockdev-del", {"node-name": implicit[0]})["desc"] == \
+        "Node %s is not owned by the monitor" % implicit[0]
+    qmp.cmd("blockdev-del", {"node-name": "r0"})
+    qmp.cmd("blockdev-del", {"node-name": "f0"})
+    qmp.cmd("blockdev-del", {"node-name": "r1"})
+    qmp.cmd("blockdev-del", {"node-name": "n0"})
+    assert qmp.cmd("query-named-block-nodes") == []
+
+
+def test_query_named_block_nodes(qmp, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "a.img"), 1 << 20)
+    qmp.cmd("blockdev-add", {"driver": "file", "node-name": "f0",
+                             "filename": img})
+    qmp.cmd("blockdev-add", {"driver": "raw", "node-name": "r0",
+                             "file": "f0"})
+    nodes = qmp.cmd("query-named-block-nodes", {"flat": True})
+    assert [n["node-name"] for n in nodes] == ["r0", "f0"]
+    r0 = nodes[0]
+    assert r0["drv"] == "raw" and r0["file"] == img and r0["ro"] is False
+    assert r0["image"]["virtual-size"] == 1 << 20
+    assert r0["image"]["filename"] == img
+    assert r0["cache"] == {"writeback": True, "direct": False,
+                           "no-flush": False}
+
+
+def test_block_graph(qmp):
+    qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+    qmp.cmd("blockdev-add", {"driver": "raw", "node-name": "r0",
+                             "file": "n0"})
+    g = qmp.cmd("x-debug-query-block-graph")
+    ids = {n["name"]: n["id"] for n in g["nodes"]}
+    assert all(n["type"] == "block-driver" for n in g["nodes"])
+    assert len(g["edges"]) == 1
+    e = g["edges"][0]
+    assert (e["parent"], e["child"], e["name"]) == (ids["r0"], ids["n0"],
+                                                    "file")
+    assert set(e) == {"parent", "child", "name", "perm", "shared-perm"}
+
+
+def qsd_and_lockstepd_nodes(binary, tmp_dir, name, img):
+    with Daemon(binary, tmp_dir, name=name) as d:
+        with d.client() as c:
+            c.cmd("blockdev-add", {"driver": "file", "node-name": "f0",
+                                   "filename": img})
+            c.cmd("blockdev-add", {"driver": "raw", "node-name": "r0",
+                                   "file": "f0"})
+            c.cmd("blockdev-add", {"driver": "raw", "node-name": "r1",
+                                   "file": {"driver": "file",
+                                            "filename": img}})
+            c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0",
+                                   "size": 1048576})
+            c.cmd("block-dirty-bitmap-add", {"node": "r0", "name": "b0"})
+            c.cmd("block-dirty-bitmap-add", {"node": "r0", "name": "b1",
+                                             "granularity": 131072,
+                                             "disabled": True})
+            nodes = c.cmd("query-named-block-nodes")
+            graph = c.cmd("x-debug-query-block-graph")
+            c.cmd("quit")
+        d.proc.wait(10)
+        return nodes, graph
+
+
+def normalise(nodes):
+    out = []
+    for n in nodes:
+        n = dict(n)
+        if n["node-name"].startswith("#"):
+            n["node-name"] = "#implicit"
+        n["image"] = dict(n["image"])
+        n["image"].pop("actual-size", None)
+        out.append(n)
+    return out
+
+
+def test_query_named_block_nodes_like_qsd(lockstepd, qsd, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "a.img"), 4 << 20)
+    ours, og = qsd_and_lockstepd_nodes(lockstepd, tmp_dir, "ours", img)
+    theirs, tg = qsd_and_lockstepd_nodes(qsd, tmp_dir, "qsd", img)
+    assert normalise(ours) == normalise(theirs)
+    assert sorted(n["name"] for n in og["nodes"] if n["name"][0] != "#") == \
+        sorted(n["name"] for n in tg["nodes"] if n["name"][0] != "#")
+    assert len(og["edges"]) == len(tg["edges"])
+
+
+# ---- Bitmaps -----------------------------------------------------------
+
+def bitmaps(qmp, node):
+    for n in qmp.cmd("query-named-block-nodes"):
+        if n["node-name"] == node:
+            return {b["name"]: b for b in n.get("dirty-bitmaps", [])}
+    raise KeyError(node)
+
+
+def test_bitmap_commands(qmp):
+    qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0",
+                             "size": 64 << 20})
+    qmp.cmd("block-dirty-bitmap-add", {"node": "n0", "name": "b0"})
+    errs = [
+        ("block-dirty-bitmap-add", {"node": "n0", "name": "b0"},
+         "Bitmap already exists: b0"),
+        ("block-dirty-bitmap-add", {"node": "n0", "name": ""},
+         "Bitmap name cannot be empty"),
+        ("block-dirty-bitmap-add", {"node": "n0", "name": "b", "granularity":
+                                    100},
+         "Granularity must be power of 2 and at least 512"),
+        ("block-dirty-bitmap-add", {"node": "n0", "name": "b", "granularity":
+                                    256},
+         "Granularity must be power of 2 and at least 512"),
+        ("block-dirty-bitmap-add", {"node": "n0", "name": "b",
+                                    "persistent": True},
+         "Can't store persistent bitmaps to n0: Operation not supported"),
+        ("block-dirty-bitmap-add", {"node": "zz", "name": "b"},
+         "Cannot find device='zz' nor node-name='zz'"),
+        ("block-dirty-bitmap-remove", {"node": "n0", "name": "zz"},
+         "Dirty bitmap 'zz' not found"),
+        ("block-dirty-bitmap-remove", {"node": "zz", "name": "zz"},
+         "Node 'zz' not found"),
+        ("block-dirty-bitmap-clear", {"node": "n0", "name": "zz"},
+         "Dirty bitmap 'zz' not found"),
+        ("block-dirty-bitmap-merge", {"node": "n0", "target": "zz",
+                                      "bitmaps": []},
+         "Dirty bitmap 'zz' not found"),
+        ("block-dirty-bitmap-merge", {"node": "n0", "target": "b0",
+                                      "bitmaps": [{"node": "qq",
+                                                   "name": "zz"}]},
+         "Node 'qq' not found"),
+        ("x-debug-block-dirty-bitmap-sha256", {"node": "n0", "name": "zz"},
+         "Dirty bitmap 'zz' not found"),
+    ]
+    for name, args, desc in errs:
+        assert qmp.error(name, args) == {"class": "GenericError",
+                                         "desc": desc}, (name, args)
+    qmp.cmd("block-dirty-bitmap-add", {"node": "n0", "name": "b1",
+                                       "granularity": 131072,
+                                       "disabled": True})
+    bms = bitmaps(qmp, "n0")
+    assert bms["b0"] == {"name": "b0", "count": 0, "granularity": 65536,
+                         "recording": True, "busy": False,
+                         "persistent": False}
+    assert bms["b1"]["recording"] is False
+    assert bms["b1"]["granularity"] == 131072
+    qmp.cmd("block-dirty-bitmap-disable", {"node": "n0", "name": "b0"})
+    assert bitmaps(qmp, "n0")["b0"]["recording"] is False
+    qmp.cmd("block-dirty-bitmap-enable", {"node": "n0", "name": "b0"})
+    assert bitmaps(qmp, "n0")["b0"]["recording"] is True
+    qmp.cmd("block-dirty-bitmap-clear", {"node": "n0", "name": "b0"})
+    qmp.cmd("block-dirty-bitmap-add", {"node": "n0", "name": "b2"})
+    qmp.cmd("block-dirty-bitmap-merge", {"node": "n0", "target": "b0",
+                                         "bitmaps": ["b2", {"node": "n0",
+                                                            "name": "b2"}]})
+    h = qmp.cmd("x-debug-block-dirty-bitmap-sha256",
+                {"node": "n0", "name": "b0"})["sha256"]
+    assert len(h) == 64
+    assert h == qmp.cmd("x-debug-block-dirty-bitmap-sha256",
+                        {"node": "n0", "name": "b2"})["sha256"]
+    qmp.cmd("block-dirty-bitmap-remove", {"node": "n0", "name": "b0"})
+    assert "b0" not in bitmaps(qmp, "n0")
+
+
+def test_empty_bitmap_sha256_like_qsd(qmp):
+    """QSD 7.2 gives these for an empty 64 KiB-granularity bitmap."""
+    qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0",
+                             "size": 1048576})
+    qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n1",
+                             "size": 64 << 20})
+    qmp.cmd("block-dirty-bitmap-add", {"node": "n0", "name": "s"})
+    qmp.cmd("block-dirty-bitmap-add", {"node": "n1", "name": "s"})
+    assert qmp.cmd("x-debug-block-dirty-bitmap-sha256",
+                   {"node": "n0", "name": "s"})["sha256"] == \
+        "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc"
+    assert qmp.cmd("x-debug-block-dirty-bitmap-sha256",
+                   {"node": "n1", "name": "s"})["sha256"] == \
+        "38723a2e5e8a17aa7950dc008209944e898f69a7bd10a23c839d341e935fd5ca"
+
+
+def test_transaction_all_or_nothing(qmp):
+    qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+    qmp.cmd("block-dirty-bitmap-add", {"node": "n0", "name": "b0"})
+    # Second action fails: the first (add t1) must be undone.
+    e = qmp.error("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "n0", "name": "t1"}},
+        {"type": "block-dirty-bitmap-disable",
+         "data": {"node": "n0", "name": "b0"}},
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "n0", "name": "b0"}}]})
+    assert e["desc"] == "Bitmap already exists: b0"
+    bms = bitmaps(qmp, "n0")
+    assert "t1" not in bms
+    assert bms["b0"]["recording"] is True
+    # Two removes of one bitmap: the second sees it in use.
+    e = qmp.error("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-remove",
+         "data": {"node": "n0", "name": "b0"}},
+        {"type": "block-dirty-bitmap-remove",
+         "data": {"node": "n0", "name": "b0"}}]})
+    assert e["desc"] == ("Bitmap 'b0' is currently in use by another "
+                         "operation and cannot be used")
+    assert bitmaps(qmp, "n0")["b0"]["busy"] is False
+    # abort action.
+    e = qmp.error("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "n0", "name": "t2"}},
+        {"type": "abort", "data": {}}]})
+    assert e["desc"] == "Transaction aborted using Abort action"
+    assert "t2" not in bitmaps(qmp, "n0")
+    # Validation happens before anything runs.
+    e = qmp.error("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "n0", "name": "t3"}},
+        {"type": "block-dirty-bitmap-add", "data": {"node": "n0"}}]})
+    assert e["desc"] == "Parameter 'actions[1].data.name' is missing"
+    e = qmp.error("transaction", {"actions": [{"type": "bogus",
+                                               "data": {}}]})
+    assert e["desc"] == "Parameter 'type' does not accept value 'bogus'"
+    e = qmp.error("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "n0", "name": "t4"}}],
+        "properties": {"completion-mode": "grouped"}})
+    assert e["desc"] == ("Action 'block-dirty-bitmap-add' does not support "
+                         "Transaction property completion-mode = grouped")
+    assert qmp.cmd("transaction", {"actions": []}) == {}
+    # Success: all applied.
+    qmp.cmd("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "n0", "name": "t5"}},
+        {"type": "block-dirty-bitmap-disable",
+         "data": {"node": "n0", "name": "b0"}},
+        {"type": "block-dirty-bitmap-clear",
+         "data": {"node": "n0", "name": "t5"}},
+        {"type": "block-dirty-bitmap-merge",
+         "data": {"node": "n0", "target": "t5", "bitmaps": ["b0"]}}]})
+    bms = bitmaps(qmp, "n0")
+    assert "t5" in bms and bms["b0"]["recording"] is False
+
+
+# ---- NBD exports and events ---------------------------------------------
+
+def qemu_io_nbd(sock, export, cmds):
+    qemu_io = shutil.which("qemu-io")
+    if not qemu_io:
+        pytest.skip("qemu-io is not installed")
+    argv = [qemu_io, "-f", "raw"]
+    for c in cmds:
+        argv += ["-c", c]
+    argv.append("nbd+unix:///%s?socket=%s" % (export, sock))
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def export_and_write(binary, tmp_dir, name, img):
+    nbd = os.path.join(tmp_dir, name + "-nbd.sock")
+    with Daemon(binary, tmp_dir, name=name) as d:
+        with d.client() as c:
+            c.cmd("blockdev-add", {"driver": "raw", "node-name": "r0",
+                                   "file": {"driver": "file",
+                                            "filename": img}})
+            c.cmd("block-dirty-bitmap-add", {"node": "r0", "name": "b0"})
+            c.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                                "data": {"path": nbd}}})
+            e = c.error("nbd-server-start",
+                        {"addr": {"type": "unix", "data": {"path": nbd}}})
+            assert e["desc"] == "NBD server already running"
+            c.cmd("block-export-add", {"type": "nbd", "id": "e0",
+                                       "node-name": "r0", "writable": True})
+            exports = c.cmd("query-block-exports")
+            assert exports == [{"type": "nbd", "id": "e0",
+                                "node-name": "r0", "shutting-down": False}]
+            assert c.error("blockdev-del", {"node-name": "r0"})["desc"] == \
+                "Node r0 is in use"
+            qemu_io_nbd(nbd, "r0", ["write -P 0x11 0 4k",
+                                    "write -P 0x22 1M 200k",
+                                    "write -P 0x33 3M 1"])
+            sha = c.cmd("x-debug-block-dirty-bitmap-sha256",
+                        {"node": "r0", "name": "b0"})["sha256"]
+            count = bitmaps(c, "r0")["b0"]["count"]
+            c.cmd("block-export-del", {"id": "e0"})
+            ev = c.wait_event("BLOCK_EXPORT_DELETED")
+            assert ev["data"] == {"id": "e0"}
+            assert set(ev["timestamp"]) == {"seconds", "microseconds"}
+            assert abs(ev["timestamp"]["seconds"] - time.time()) < 60
+            c.cmd("nbd-server-stop")
+            c.cmd("blockdev-del", {"node-name": "r0"})
+        assert d.stop() == 0
+    return sha, count
+
+
+def test_export_events_and_sha256_like_qsd(lockstepd, qsd, tmp_dir):
+    a = make_image(os.path.join(tmp_dir, "a.img"), 4 << 20)
+    b = make_image(os.path.join(tmp_dir, "b.img"), 4 << 20)
+    ours = export_and_write(lockstepd, tmp_dir, "ours", a)
+    theirs = export_and_write(qsd, tmp_dir, "qsd", b)
+    assert ours == theirs
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read()
