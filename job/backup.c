@@ -304,6 +304,10 @@ backup_run(struct job *job, struct err **errp)
     int ret;
 
     (void)errp;
+    if (s->sync != BACKUP_SYNC_NONE) {
+        /* Copying from now on (sync=none settles in its sleep). */
+        job_settled(job);
+    }
     if (s->sync == BACKUP_SYNC_TOP) {
         ret = backup_top_walk(s);
         if (ret < 0) {

@@ -290,6 +290,16 @@ transition_locked(struct job *job, enum job_status to)
     }
 }
 
+/* The job thread got going: job_start() may return. */
+static void
+settle_locked(struct job *job)
+{
+    if (!job->settled) {
+        job->settled = true;
+        cond_broadcast(&job->cond);
+    }
+}
+
 static bool
 apply_verb_locked(struct job *job, enum job_verb verb, struct err **errp)
 {
@@ -647,6 +657,7 @@ job_thread(void *opaque)
     }
     job->busy = false;
     job->deferred = true;
+    settle_locked(job);
     mutex_unlock(&g_job_lock);
     err_free(err);
     job_post_main(job_thread_done_cb, job);
@@ -656,6 +667,7 @@ job_thread(void *opaque)
 void
 job_start(struct job *job)
 {
+    int64_t deadline;
     char name[16];
 
     mutex_lock(&g_job_lock);
@@ -668,6 +680,16 @@ job_start(struct job *job)
     mutex_unlock(&g_job_lock);
     snprintf(name, sizeof(name), "job-%s", job->id);
     thread_create(&job->thread, name, job_thread, job);
+
+    /* Bounded: a job thread must never keep the main thread waiting. */
+    deadline = clock_ns() + 1000LL * 1000 * 1000;
+    mutex_lock(&g_job_lock);
+    while (!job->settled) {
+        if (!cond_timedwait_ns(&job->cond, &g_job_lock, deadline)) {
+            break;
+        }
+    }
+    mutex_unlock(&g_job_lock);
 }
 
 /* ---- Verbs (main thread) ---------------------------------------------- */
@@ -944,6 +966,7 @@ job_pause_point(struct job *job)
         }
         job->paused = true;
         job->busy = false;
+        settle_locked(job);
         while (job->pause_count > 0 && !job->cancelled) {
             cond_wait(&job->cond, &g_job_lock);
         }
@@ -963,6 +986,7 @@ job_sleep_ns(struct job *job, int64_t ns)
 
     mutex_lock(&g_job_lock);
     job->busy = false;
+    settle_locked(job);
     while (!job->kicked && !job->cancelled && job->pause_count == 0) {
         if (deadline < 0) {
             cond_wait(&job->cond, &g_job_lock);
@@ -972,6 +996,14 @@ job_sleep_ns(struct job *job, int64_t ns)
     }
     job->kicked = false;
     job->busy = true;
+    mutex_unlock(&g_job_lock);
+}
+
+void
+job_settled(struct job *job)
+{
+    mutex_lock(&g_job_lock);
+    settle_locked(job);
     mutex_unlock(&g_job_lock);
 }
 

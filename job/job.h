@@ -173,6 +173,7 @@ struct job {
     bool deferred;              /* run returned; completion is queued */
     bool completed;             /* run's result was handled on main */
     bool kicked;                /* wake-up for job_sleep_ns() */
+    bool settled;               /* the thread got going (job_settled()) */
     int ret;                    /* run's result, then the job's */
     char *error;                /* message when ret < 0 */
     uint64_t speed;
@@ -219,7 +220,12 @@ bool job_poll(int64_t timeout_ns);
 struct job *job_create(const struct job_driver *drv, const char *id,
                        bool auto_finalize, bool auto_dismiss,
                        struct err **errp);
-/* Start the job's thread: created -> running. */
+/*
+ * Start the job's thread: created -> running.  Like QEMU, where a new job
+ * runs until it first yields before the command that started it returns,
+ * this waits (up to a second) until the thread has settled: it sleeps,
+ * pauses, ended, or its driver called job_settled().
+ */
 void job_start(struct job *job);
 void job_ref(struct job *job);
 void job_unref(struct job *job);
@@ -266,6 +272,10 @@ bool job_should_pause(struct job *job);
 /* Sleep up to ns (< 0: until woken); pause, resume, cancel and
  * job_kick() wake it.  Not a pause point. */
 void job_sleep_ns(struct job *job, int64_t ns);
+/* The job's start-up is over (it works on; "busy" stays true).  A driver
+ * calls it before its first I/O; job thread.  Never call it after
+ * block_graph_enter(): job_start() may wait for it inside a drain. */
+void job_settled(struct job *job);
 /* Wake job_sleep_ns().  Any thread. */
 void job_kick(struct job *job);
 /* running -> ready, BLOCK_JOB_READY (mirror-like jobs).  Any thread. */

@@ -12,6 +12,7 @@
 #include "job/backup.h"
 #include "job/job.h"
 #include "job/qmp-job.h"
+#include "qmp/qmp-internal.h"
 #include "util.h"
 
 static bool
@@ -232,3 +233,58 @@ qmp_blockdev_backup(json_t *args, struct err **errp)
 {
     return done(backup_start(args, errp) != NULL);
 }
+
+/* ---- blockdev-backup as a transaction action --------------------------- */
+
+/*
+ * prepare creates the job with its filter in place (inside the
+ * transaction's drained section, so the filter goes in atomically with the
+ * other actions, e.g. bitmap ones: QEMU's "old atomic" fleecing scheme);
+ * commit starts it; abort cancels it, which removes the filter again and
+ * gives the bitmap back.
+ */
+static bool
+txn_backup_prepare(json_t *data, void **state, struct err **errp)
+{
+    struct job *job = backup_create(data, errp);
+
+    if (!job) {
+        return false;
+    }
+    job_ref(job);
+    *state = job;
+    return true;
+}
+
+static void
+txn_backup_commit(void *state)
+{
+    job_start(state);
+}
+
+static void
+txn_backup_abort(void *state)
+{
+    struct job *job = state;
+
+    job_cancel_sync(job);
+    /* A job of a failed transaction leaves nothing behind. */
+    if (job_get_status(job) == JOB_STATUS_CONCLUDED) {
+        job_dismiss(job, NULL);
+    }
+}
+
+static void
+txn_backup_clean(void *state)
+{
+    job_unref(state);
+}
+
+const struct qmp_txn_action qmp_txn_blockdev_backup = {
+    .type = "blockdev-backup",
+    .args = qmp_args_blockdev_backup,
+    .prepare = txn_backup_prepare,
+    .commit = txn_backup_commit,
+    .abort = txn_backup_abort,
+    .clean = txn_backup_clean,
+};

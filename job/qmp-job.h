@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "lockstep/err.h"
+#include "qmp/qmp-internal.h"
 
 json_t *qmp_query_jobs(json_t *args, struct err **errp);
 json_t *qmp_query_block_jobs(json_t *args, struct err **errp);
@@ -33,5 +34,11 @@ json_t *qmp_block_job_resume(json_t *args, struct err **errp);
 json_t *qmp_block_job_dismiss(json_t *args, struct err **errp);
 json_t *qmp_block_job_finalize(json_t *args, struct err **errp);
 json_t *qmp_blockdev_backup(json_t *args, struct err **errp);
+
+/* The arguments of blockdev-backup (qmp/schema.c), shared with the
+ * transaction action; and the action (a job created at prepare, started
+ * at commit, cancelled at abort). */
+extern const struct qmp_arg qmp_args_blockdev_backup[];
+extern const struct qmp_txn_action qmp_txn_blockdev_backup;
 
 #endif

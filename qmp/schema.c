@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "job/qmp-job.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -187,6 +188,112 @@ static const struct qmp_arg args_transaction[] = {
     END,
 };
 
+/* ---- Jobs (job/qmp-job.c) ------------------------------------------------ */
+
+static const struct qmp_arg args_job_id[] = {
+    { "id", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
+static const struct qmp_arg args_block_job_device[] = {
+    { "device", QMP_T_STR, false, "the job's identifier (QEMU's name)", NULL,
+      NULL, NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_block_job_set_speed[] = {
+    { "device", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
+      NULL },
+    { "speed", QMP_T_INT, false,
+      "bytes per second for the background copy, 0 = unlimited", NULL,
+      NULL, NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_block_job_cancel[] = {
+    { "device", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
+      NULL },
+    { "force", QMP_T_BOOL, true,
+      "also cancel a job that job-pause paused; default false", NULL, NULL,
+      NULL, NULL },
+    END,
+};
+
+static const char *const backup_sync_values[] = {
+    "full", "top", "none", "bitmap", "incremental", NULL,
+};
+static const char *const bitmap_sync_values[] = {
+    "on-success", "never", "always", NULL,
+};
+static const char *const on_error_values[] = {
+    "report", "ignore", "enospc", "stop", "auto", NULL,
+};
+static const char *const on_cbw_error_values[] = {
+    "break-guest-write", "break-snapshot", NULL,
+};
+static const struct qmp_arg backup_perf_members[] = {
+    { "use-copy-range", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
+      NULL, NULL },
+    { "max-workers", QMP_T_INT, true,
+      "parallel background copies (default 64; threads are capped at 8)",
+      NULL, NULL, NULL, NULL },
+    { "max-chunk", QMP_T_INT, true,
+      "largest background copy request, 0 = no limit", NULL, NULL, NULL,
+      NULL },
+    { "min-cluster-size", QMP_T_INT, true,
+      "lower bound of the copy granularity (at most 64 KiB here)", "size",
+      NULL, NULL, NULL },
+    END,
+};
+const struct qmp_arg qmp_args_blockdev_backup[] = {
+    { "job-id", QMP_T_STR, true,
+      "the job's identifier (required: nodes have no device name)", NULL,
+      NULL, NULL, NULL },
+    { "device", QMP_T_STR, false,
+      "node to back up (a snapshot-access node for push backup with "
+      "fleecing)", NULL, NULL, NULL, NULL },
+    { "target", QMP_T_STR, false, "node to write to, of the same size",
+      NULL, NULL, NULL, NULL },
+    { "sync", QMP_T_ENUM, false,
+      "what to copy: full, top (what device's own layer allocates), none "
+      "(only copy-before-write), bitmap, incremental (bitmap + on-success)",
+      "MirrorSyncMode", backup_sync_values, NULL, NULL },
+    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
+      NULL, NULL, NULL },
+    { "bitmap", QMP_T_STR, true,
+      "dirty bitmap on device: what to copy (sync=bitmap), or an output "
+      "(full, top)", NULL, NULL, NULL, NULL },
+    { "bitmap-mode", QMP_T_ENUM, true,
+      "what becomes of the bitmap: on-success, never, always",
+      "BitmapSyncMode", bitmap_sync_values, NULL, NULL },
+    { "compress", QMP_T_BOOL, true, "not supported (true is refused)", NULL,
+      NULL, NULL, NULL },
+    { "on-source-error", QMP_T_ENUM, true,
+      "after a read error: report (default), ignore, stop, enospc, auto",
+      "BlockdevOnError", on_error_values, NULL, NULL },
+    { "on-target-error", QMP_T_ENUM, true,
+      "after a write error: report (default), ignore, stop, enospc, auto",
+      "BlockdevOnError", on_error_values, NULL, NULL },
+    { "on-cbw-error", QMP_T_ENUM, true,
+      "the job's copy-before-write filter's policy",
+      "OnCbwError", on_cbw_error_values, NULL, NULL },
+    { "auto-finalize", QMP_T_BOOL, true,
+      "finalize without job-finalize; default true", NULL, NULL, NULL,
+      NULL },
+    { "auto-dismiss", QMP_T_BOOL, true,
+      "dismiss without job-dismiss; default true", NULL, NULL, NULL, NULL },
+    { "filter-node-name", QMP_T_STR, true,
+      "node-name of the copy-before-write filter put above device", NULL,
+      NULL, NULL, NULL },
+    { "x-perf", QMP_T_OBJECT, true, "performance knobs (unstable)",
+      "BackupPerf", NULL, backup_perf_members, NULL },
+    { "discard-source", QMP_T_BOOL, true,
+      "discard each copied chunk on device (push backup with fleecing)",
+      NULL, NULL, NULL, NULL },
+    END,
+};
+
 /* ---- The commands -------------------------------------------------------- */
 
 const struct qmp_command qmp_commands[] = {
@@ -263,6 +370,50 @@ const struct qmp_command qmp_commands[] = {
       "Run several actions atomically: every action is prepared, then all "
       "are committed, or all prepared ones are undone when one fails.",
       "{}" },
+    { "blockdev-backup", qmp_blockdev_backup, qmp_args_blockdev_backup, false,
+      "Start a backup job: a copy-before-write filter goes above device "
+      "for the job's lifetime, and the job copies the rest to target in "
+      "the background.  Events: JOB_STATUS_CHANGE, BLOCK_JOB_PENDING "
+      "(auto-finalize off), BLOCK_JOB_ERROR, BLOCK_JOB_COMPLETED or "
+      "BLOCK_JOB_CANCELLED.",
+      "{}" },
+    { "query-jobs", qmp_query_jobs, NULL, false,
+      "Every job, in QEMU's JobInfo shape.",
+      "[{\"id\", \"type\", \"status\", \"current-progress\", "
+      "\"total-progress\", \"error\"?}]" },
+    { "query-block-jobs", qmp_query_block_jobs, NULL, false,
+      "Every job, in QEMU's BlockJobInfo shape (\"device\" is the job id).",
+      "[{\"type\", \"device\", \"len\", \"offset\", \"busy\", \"paused\", "
+      "\"speed\", \"io-status\", \"ready\", \"status\", \"auto-finalize\", "
+      "\"auto-dismiss\", \"error\"?}]" },
+    { "job-pause", qmp_job_pause, args_job_id, false,
+      "Pause a job: its background I/O stops at the next chunk.", "{}" },
+    { "job-resume", qmp_job_resume, args_job_id, false,
+      "Resume a job that job-pause (or error action stop) paused.", "{}" },
+    { "job-cancel", qmp_job_cancel, args_job_id, false,
+      "Cancel a job (also a paused or pending one).", "{}" },
+    { "job-complete", qmp_job_complete, args_job_id, false,
+      "Complete a job in status ready (backup never is).", "{}" },
+    { "job-finalize", qmp_job_finalize, args_job_id, false,
+      "Finalize a pending job (auto-finalize off): bitmaps and graph "
+      "changes take effect.", "{}" },
+    { "job-dismiss", qmp_job_dismiss, args_job_id, false,
+      "Remove a concluded job (auto-dismiss off).", "{}" },
+    { "block-job-set-speed", qmp_block_job_set_speed,
+      args_block_job_set_speed, false,
+      "Change a job's speed limit.", "{}" },
+    { "block-job-cancel", qmp_block_job_cancel, args_block_job_cancel, false,
+      "Cancel a job; a paused one only with force.", "{}" },
+    { "block-job-complete", qmp_block_job_complete, args_block_job_device,
+      false, "Deprecated form of job-complete.", "{}" },
+    { "block-job-pause", qmp_block_job_pause, args_block_job_device, false,
+      "Deprecated form of job-pause.", "{}" },
+    { "block-job-resume", qmp_block_job_resume, args_block_job_device, false,
+      "Deprecated form of job-resume.", "{}" },
+    { "block-job-dismiss", qmp_block_job_dismiss, args_job_id, false,
+      "Deprecated form of job-dismiss.", "{}" },
+    { "block-job-finalize", qmp_block_job_finalize, args_job_id, false,
+      "Deprecated form of job-finalize.", "{}" },
     { NULL, NULL, NULL, false, NULL, NULL },
 };
 

@@ -13,6 +13,7 @@
  */
 #include <string.h>
 
+#include "job/qmp-job.h"
 #include "lockstep/block.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -50,6 +51,7 @@ static const struct qmp_txn_action *const txn_actions[] = {
     &qmp_txn_bitmap_enable,
     &qmp_txn_bitmap_disable,
     &qmp_txn_bitmap_merge,
+    &qmp_txn_blockdev_backup,
     NULL,
 };
 
@@ -62,6 +64,7 @@ const char *const qmp_txn_action_types[] = {
     "block-dirty-bitmap-enable",
     "block-dirty-bitmap-disable",
     "block-dirty-bitmap-merge",
+    "blockdev-backup",
     NULL,
 };
 
