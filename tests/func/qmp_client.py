@@ -148,7 +148,8 @@ class Daemon:
                      "--chardev", "socket,id=mon0,path=%s,server=on,wait=off"
                      % self.qmp_path,
                      "--monitor", "chardev=mon0"] + list(args)
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+        self.stderr = None
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         wait_for_socket(self.qmp_path, self.proc)
 
@@ -156,13 +157,18 @@ class Daemon:
         return QMPClient(self.qmp_path, negotiate=negotiate)
 
     def stop(self, timeout=20):
+        if self.stderr is not None:
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            self.proc.wait(timeout)
+            _, self.stderr = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            _, self.stderr = self.proc.communicate()
+        # Sanitizer builds report here without always failing the exit.
+        for bad in ("runtime error:", "AddressSanitizer", "LeakSanitizer"):
+            assert bad not in (self.stderr or ""), self.stderr
         return self.proc.returncode
 
     def __enter__(self):

@@ -550,7 +550,16 @@ def export_and_write(binary, tmp_dir, name, img):
             sha = c.cmd("x-debug-block-dirty-bitmap-sha256",
                         {"node": "r0", "name": "b0"})["sha256"]
             count = bitmaps(c, "r0")["b0"]["count"]
-            c.cmd("block-export-del", {"id": "e0"})
+            # The NBD client has gone, but the server may need a moment to
+            # notice; "safe" mode refuses while a connection remains.
+            deadline = time.monotonic() + 10
+            while True:
+                resp = c.execute("block-export-del", {"id": "e0"})
+                if "return" in resp or time.monotonic() > deadline or \
+                        "still in use" not in resp["error"]["desc"]:
+                    break
+                time.sleep(0.05)
+            assert resp.get("return") == {}, resp
             ev = c.wait_event("BLOCK_EXPORT_DELETED")
             assert ev["data"] == {"id": "e0"}
             assert set(ev["timestamp"]) == {"seconds", "microseconds"}

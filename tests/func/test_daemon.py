@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: MIT
+"""lockstepd's command line (qemu-storage-daemon's syntax), signals,
+--daemonize and --pidfile."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import make_image, run
+from qmp_client import Daemon, QMPClient, wait_for_socket
+
+
+@pytest.fixture(scope="session")
+def lockstepd(build_dir):
+    path = os.path.join(build_dir, "lockstepd")
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+def test_help_and_version(lockstepd):
+    r = run([lockstepd, "--help"])
+    assert r.returncode == 0
+    for opt in ["--blockdev", "--chardev", "--monitor", "--nbd-server",
+                "--export", "--daemonize", "--pidfile", "--version"]:
+        assert opt in r.stdout
+    r = run([lockstepd, "-h"])
+    assert r.returncode == 0 and r.stdout.startswith("Usage:")
+    for opt in ["--version", "-V"]:
+        r = run([lockstepd, opt])
+        assert r.returncode == 0
+        assert r.stdout.startswith("lockstepd version ")
+
+
+def test_bad_options(lockstepd, tmp_dir):
+    r = run([lockstepd, "--bogus"])
+    assert r.returncode == 1
+    assert "unrecognized option '--bogus'" in r.stderr
+    r = run([lockstepd, "foo"])
+    assert r.returncode == 1
+    assert r.stderr == "lockstepd: foo: Unexpected argument\n"
+    r = run([lockstepd, "--monitor", "chardev=zz"])
+    assert r.returncode == 1
+    assert r.stderr == ('lockstepd: --monitor chardev=zz: chardev "zz" not '
+                        'found\n')
+    r = run([lockstepd, "--blockdev", "driver=null-co,node-name=x,zzz=1"])
+    assert r.returncode == 1
+    assert r.stderr.startswith("lockstepd: --blockdev "
+                               "driver=null-co,node-name=x,zzz=1: ")
+    assert "zzz" in r.stderr
+    r = run([lockstepd, "--nbd-server", "addr.type=unix"])
+    assert r.returncode == 1
+    assert "Parameter 'addr.path' is missing" in r.stderr
+    r = run([lockstepd, "--export", "type=nbd,id=e,node-name=x"])
+    assert r.returncode == 1
+    p = os.path.join(tmp_dir, "m.sock")
+    r = run([lockstepd, "--chardev",
+             "socket,id=m0,path=%s,server=on,wait=off,foo=bar" % p])
+    assert r.returncode == 1
+    assert "Invalid parameter 'foo'" in r.stderr
+
+
+def test_options_in_order(lockstepd, tmp_dir):
+    """A --monitor before its --chardev fails, as in QSD."""
+    p = os.path.join(tmp_dir, "m.sock")
+    r = run([lockstepd, "--monitor", "chardev=m0", "--chardev",
+             "socket,id=m0,path=%s,server=on,wait=off" % p])
+    assert r.returncode == 1
+    assert 'chardev "m0" not found' in r.stderr
+
+
+def test_trace_ignored(lockstepd, tmp_dir):
+    with Daemon(lockstepd, tmp_dir, ["-T", "nbd_*", "--trace",
+                                     "enable=foo"]) as d:
+        with d.client() as c:
+            c.cmd("query-version")
+        assert d.stop() == 0
+        assert "ignored" in d.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_zero(lockstepd, tmp_dir, sig):
+    img = make_image(os.path.join(tmp_dir, "a.img"), 1 << 20)
+    d = Daemon(lockstepd, tmp_dir,
+               ["--blockdev", "driver=file,node-name=f0,filename=%s" % img,
+                "--blockdev", "raw,node-name=r0,file=f0"])
+    with d.client() as c:
+        assert [n["node-name"] for n in
+                c.cmd("query-named-block-nodes")] == ["r0", "f0"]
+        d.proc.send_signal(sig)
+        assert c.recv() is None
+    assert d.proc.wait(10) == 0
+    assert d.stop() == 0
+    assert not os.path.exists(d.qmp_path)
+
+
+def test_command_line_export(lockstepd, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "a.img"), 1 << 20, fill=0x5a)
+    nbd = os.path.join(tmp_dir, "nbd.sock")
+    with Daemon(lockstepd, tmp_dir, [
+            "--blockdev", '{"driver": "file", "node-name": "f0", '
+                          '"filename": "%s"}' % img,
+            "--blockdev", "driver=raw,node-name=r0,file=f0",
+            "--blockdev", "null-co,node-name=n0",
+            "--nbd-server", "addr.type=unix,addr.path=%s,max-connections=4"
+                            % nbd,
+            "--export", "type=nbd,id=e0,node-name=r0,name=disk,"
+                        "writable=on",
+            "--export", "nbd,id=e1,node-name=n0,writable=off"]) as d:
+        with d.client() as c:
+            exports = sorted(c.cmd("query-block-exports"),
+                             key=lambda e: e["id"])
+            assert [(e["id"], e["node-name"]) for e in exports] == \
+                [("e0", "r0"), ("e1", "n0")]
+        qemu_io = shutil.which("qemu-io")
+        if qemu_io:
+            r = run([qemu_io, "-f", "raw", "-c", "read -P 0x5a 0 64k",
+                     "nbd+unix:///disk?socket=%s" % nbd])
+            assert r.returncode == 0, r.stderr
+        assert d.stop() == 0
+
+
+def test_export_bitmap_option(lockstepd, tmp_dir):
+    nbd = os.path.join(tmp_dir, "nbd.sock")
+    # The bitmap must exist before the export: QSD users add it with
+    # QMP, so here only the error path of a missing one is checked.
+    r = run([lockstepd, "--blockdev", "null-co,node-name=n0",
+             "--nbd-server", "addr.type=unix,addr.path=%s" % nbd,
+             "--export", "type=nbd,id=e0,node-name=n0,bitmap=b0"])
+    assert r.returncode == 1
+    assert r.stderr.startswith("lockstepd: --export "
+                               "type=nbd,id=e0,node-name=n0,bitmap=b0: ")
+    assert "b0" in r.stderr
+
+
+def test_daemonize_pidfile(lockstepd, tmp_dir):
+    sock = os.path.join(tmp_dir, "qmp.sock")
+    pidfile = os.path.join(tmp_dir, "d.pid")
+    r = run([lockstepd, "--daemonize", "--pidfile", pidfile,
+             "--chardev", "socket,id=m0,path=%s,server=on,wait=off" % sock,
+             "--monitor", "chardev=m0"])
+    assert r.returncode == 0, r.stderr
+    # The parent returns only after startup: both exist already.
+    assert os.path.exists(sock)
+    pid = int(open(pidfile).read())
+    assert pid != os.getpid()
+    os.kill(pid, 0)
+    with QMPClient(sock) as c:
+        c.cmd("query-version")
+        c.execute("quit")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("daemon did not exit")
+    assert not os.path.exists(pidfile)
+
+
+def test_daemonize_startup_error(lockstepd):
+    r = run([lockstepd, "--daemonize", "--monitor", "chardev=zz"])
+    assert r.returncode == 1
+    assert 'chardev "zz" not found' in r.stderr
