@@ -202,9 +202,9 @@ def test_image_locks(limg, qemu_img, qemu_io_bin, tmp_dir):
     with open(img, "rb") as f:
         before = f.read()
     holder = subprocess.Popen([qemu_io_bin, "-f", "qcow2", "-c",
-                               "sleep 5000", img])
+                               "sleep 60000", img])
     try:
-        deadline = time.time() + 5
+        deadline = time.time() + 60
         while run([qemu_img, "info", img]).returncode == 0:
             assert time.time() < deadline, "qemu-io took no lock"
             time.sleep(0.05)
