@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: MIT
+"""Backup jobs with the rest of the daemon, differentially against
+qemu-storage-daemon when it is installed: the job's copy-before-write
+filter under a writable NBD export (image-fleecing's "backup sync=none"
+variant), blockdev-backup inside a transaction, and push backup with
+fleecing (fleecing.md sections 5.5, 7.1 and 8.4).
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from test_backup import (SIZE, daemon, file_node, images,  # noqa: F401
+                         read)
+
+CLUSTER = 64 * 1024
+
+
+def qemu_io_nbd(sock, export, *cmds):
+    qemu_io = shutil.which("qemu-io")
+    if not qemu_io:
+        pytest.skip("qemu-io is not installed")
+    argv = [qemu_io, "-f", "raw",
+            "nbd+unix:///%s?socket=%s" % (export, sock)]
+    for c in cmds:
+        argv += ["-c", c]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "error" not in res.stdout.lower(), res.stdout
+    return res.stdout
+
+
+def test_sync_none_under_nbd_export(daemon, images, tmp_path):
+    """Writes through an NBD export go through the job's filter: the old
+    data of exactly the written clusters lands in the target."""
+    src, tgt = images
+    before = read(src)
+    qmp = daemon(file_node("src", src), file_node("tgt", tgt))
+    nbd_sock = str(tmp_path / "nbd.sock")
+    qmp.ok("nbd-server-start",
+           addr={"type": "unix", "data": {"path": nbd_sock}})
+    qmp.ok("block-export-add", type="nbd", id="exp0", **{
+        "node-name": "src", "name": "src", "writable": True})
+    qmp.ok("blockdev-backup", **{
+        "job-id": "fleecing", "device": "src", "target": "tgt",
+        "sync": "none"})
+    # Six clusters, as image-fleecing: 1 + 2 + 2 + 1.
+    qemu_io_nbd(nbd_sock, "src",
+                "write -P 0xab 0 64k",
+                "write -P 0xad 0xf8000 64k",
+                "write -P 0x1d 0x208000 64k",
+                "write -P 0xea 0x3e0000 64k")
+    info = qmp.ok("query-jobs")[0]
+    assert info["current-progress"] == 6 * CLUSTER
+    assert info["total-progress"] == SIZE
+    qmp.ok("block-job-cancel", device="fleecing")
+    ev = qmp.wait_event("BLOCK_JOB_CANCELLED", device="fleecing")
+    assert ev["data"]["len"] == SIZE
+    assert ev["data"]["offset"] == 6 * CLUSTER
+    qmp.wait_event("JOB_STATUS_CHANGE", id="fleecing", status="null")
+    qmp.ok("block-export-del", id="exp0")
+    qmp.wait_event("BLOCK_EXPORT_DELETED", id="exp0")
+
+    got = read(tgt)
+    for c in range(SIZE // CLUSTER):
+        chunk = got[c * CLUSTER:(c + 1) * CLUSTER]
+        if c in (0, 15, 16, 32, 33, 62):
+            assert chunk == before[c * CLUSTER:(c + 1) * CLUSTER], c
+        else:
+            assert chunk == bytes(CLUSTER), c
+    after = read(src)
+    assert after[0:CLUSTER] == b"\xab" * CLUSTER
+    assert after[0x3e0000:0x3f0000] == b"\xea" * CLUSTER
+
+
+def test_transaction_backup(daemon, images):
+    src, tgt = images
+    qmp = daemon(file_node("src", src), file_node("tgt", tgt))
+    # A failing transaction leaves neither job nor bitmap behind.
+    err = qmp.error("transaction", actions=[
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "src", "name": "b1"}},
+        {"type": "blockdev-backup",
+         "data": {"job-id": "t0", "device": "src", "target": "tgt",
+                  "sync": "none"}},
+        {"type": "abort", "data": {}}])
+    assert err == "Transaction aborted using Abort action"
+    assert qmp.ok("query-jobs") == []
+    assert qmp.error("block-dirty-bitmap-remove", node="src", name="b1") \
+        == "Dirty bitmap 'b1' not found"
+    # The successful one: bitmap and job start together.
+    assert qmp.ok("transaction", actions=[
+        {"type": "block-dirty-bitmap-add",
+         "data": {"node": "src", "name": "b1"}},
+        {"type": "blockdev-backup",
+         "data": {"job-id": "t1", "device": "src", "target": "tgt",
+                  "sync": "full"}}]) == {}
+    qmp.wait_event("BLOCK_JOB_COMPLETED", device="t1")
+    qmp.wait_event("JOB_STATUS_CHANGE", id="t1", status="null")
+    assert read(tgt) == read(src)
+    # Validation of the action's data is the command's.
+    err = qmp.error("transaction", actions=[
+        {"type": "blockdev-backup",
+         "data": {"job-id": "t2", "device": "src", "target": "tgt",
+                  "sync": "fast"}}])
+    assert err == "Parameter 'sync' does not accept value 'fast'"
+
+
+def test_push_backup_with_fleecing(daemon, images, tmp_path):
+    src, tgt = images
+    temp = str(tmp_path / "temp.raw")
+    with open(temp, "wb") as f:
+        f.truncate(SIZE)
+    qmp = daemon(file_node("src", src), file_node("tgt", tgt),
+                 file_node("temp", temp, discard="unmap"))
+    qmp.ok("blockdev-add", **{
+        "driver": "copy-before-write", "node-name": "fl-cbw",
+        "file": "src", "target": "temp"})
+    qmp.ok("blockdev-add", **{
+        "driver": "snapshot-access", "node-name": "fl-access",
+        "file": "fl-cbw", "discard": "unmap"})
+    args = {"job-id": "push0", "device": "fl-access", "target": "tgt",
+            "sync": "full"}
+    if qmp.kind == "lockstep":
+        args["discard-source"] = True     # QEMU 9.1; 7.2 lacks it
+    qmp.ok("blockdev-backup", **args)
+    ev = qmp.wait_event("BLOCK_JOB_COMPLETED", device="push0")
+    assert "error" not in ev["data"]
+    assert ev["data"]["offset"] == SIZE
+    qmp.wait_event("JOB_STATUS_CHANGE", id="push0", status="null")
+    assert read(tgt) == read(src)
+    qmp.ok("blockdev-del", **{"node-name": "fl-access"})
+    qmp.ok("blockdev-del", **{"node-name": "fl-cbw"})
+    if qmp.kind == "lockstep":
+        # Every copied chunk was discarded in the snapshot's temp image.
+        assert os.stat(temp).st_blocks * 512 <= 256 * 1024
