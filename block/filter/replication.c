@@ -69,11 +69,13 @@
  *   failed copy leaves FAILOVER_FAILED; I/O keeps using the active chain
  *   and the next stop retries from step 2.
  *
- * - Known limit: a secondary guest read that falls through to the
- *   secondary disk can race with a primary write to the same cluster and
- *   see the new data (QEMU has the same window).  The primary is stopped
- *   at checkpoints, so this only matters between them.
- *
+ * - A secondary guest read that falls through to the secondary disk
+ *   while a primary write to that cluster is being copied away cannot see
+ *   the new data: the hidden disk's read (its allocation check and its
+ *   backing read) holds the qcow2 range lock that the copy's write into
+ *   the hidden disk needs, and block-copy makes that write serialising
+ *   because the target backs onto the source (QEMU's image fleecing rule).
+ *   test_secondary_reads_during_primary_writes checks it under load. *
  * Locking: the list of nodes and every field of replication_state except
  * stage and error are main-thread only.  stage and error are atomics
  * (requests read stage and record primary write errors).
