@@ -8,6 +8,7 @@ fleecing (fleecing.md sections 5.5, 7.1 and 8.4).
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -29,6 +30,21 @@ def qemu_io_nbd(sock, export, *cmds):
     assert res.returncode == 0, res.stderr
     assert "error" not in res.stdout.lower(), res.stdout
     return res.stdout
+
+
+def export_del(qmp, export_id):
+    """block-export-del, once the last client's connection is gone (the
+    server may still be closing the one qemu-io just dropped)."""
+    deadline = time.time() + 10
+    while True:
+        resp = qmp.cmd("block-export-del", id=export_id)
+        if "return" in resp or time.time() > deadline:
+            break
+        assert resp["error"]["desc"] == \
+            "export '%s' still in use" % export_id
+        time.sleep(0.05)
+    assert resp == {"return": {}}
+    qmp.wait_event("BLOCK_EXPORT_DELETED", id=export_id)
 
 
 def test_sync_none_under_nbd_export(daemon, images, tmp_path):
@@ -59,8 +75,7 @@ def test_sync_none_under_nbd_export(daemon, images, tmp_path):
     assert ev["data"]["len"] == SIZE
     assert ev["data"]["offset"] == 6 * CLUSTER
     qmp.wait_event("JOB_STATUS_CHANGE", id="fleecing", status="null")
-    qmp.ok("block-export-del", id="exp0")
-    qmp.wait_event("BLOCK_EXPORT_DELETED", id="exp0")
+    export_del(qmp, "exp0")
 
     got = read(tgt)
     for c in range(SIZE // CLUSTER):
@@ -135,3 +150,72 @@ def test_push_backup_with_fleecing(daemon, images, tmp_path):
     if qmp.kind == "lockstep":
         # Every copied chunk was discarded in the snapshot's temp image.
         assert os.stat(temp).st_blocks * 512 <= 256 * 1024
+
+
+# iotest 257 over QMP: the writes go through a writable NBD export of the
+# drive (so through the job's filter while it runs), the counts come from
+# query-named-block-nodes.
+G0 = [(0x49, 0, 0x10000), (0x6c, 0x100000, 0x10000),
+      (0x6f, 0x2000000, 0x10000), (0x76, 0x3ff0000, 0x10000)]
+G1 = [(0x65, 0, 0x10000), (0x77, 0x00f8000, 0x10000),
+      (0x72, 0x2008000, 0x10000), (0x69, 0x3fe0000, 0x10000)]
+G2 = [(0x74, 0x0010000, 0x10000), (0x69, 0x00e8000, 0x10000),
+      (0x6e, 0x2018000, 0x10000), (0x67, 0x3fe0000, 0x20000)]
+
+
+def write_group(sock, group):
+    qemu_io_nbd(sock, "drive0", *["write -P 0x%02x 0x%x 0x%x" % w
+                                  for w in group])
+
+
+def bitmap_count(qmp, node, name):
+    for info in qmp.ok("query-named-block-nodes", flat=True):
+        if info["node-name"] != node:
+            continue
+        for bm in info.get("dirty-bitmaps", []):
+            if bm.get("name") == name:
+                return bm["count"] // CLUSTER
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("msync,mode,failure,after", [
+    ("bitmap", "on-success", "none", 7),
+    ("bitmap", "never", "none", 10),
+    ("bitmap", "always", "simulated", 7),
+    ("bitmap", "on-success", "simulated", 10),
+    ("full", "on-success", "none", 7),
+])
+def test_257_over_qmp(daemon, tmp_path, msync, mode, failure, after):
+    size = 64 * 1024 * 1024
+    drive = str(tmp_path / "drive0.raw")
+    bsync = str(tmp_path / "bsync1.raw")
+    for p in (drive, bsync):
+        with open(p, "wb") as f:
+            f.truncate(size)
+    qmp = daemon(file_node("drive0", drive), file_node("bsync1", bsync))
+    sock = str(tmp_path / "nbd.sock")
+    qmp.ok("nbd-server-start", addr={"type": "unix", "data": {"path": sock}})
+    qmp.ok("block-export-add", type="nbd", id="exp0", **{
+        "node-name": "drive0", "name": "drive0", "writable": True})
+    write_group(sock, G0)
+    qmp.ok("block-dirty-bitmap-add", node="drive0", name="bitmap0",
+           granularity=CLUSTER)
+    write_group(sock, G1)
+    assert bitmap_count(qmp, "drive0", "bitmap0") == 6
+    qmp.ok("blockdev-backup", **{
+        "job-id": "backup_1", "device": "drive0", "target": "bsync1",
+        "sync": msync, "bitmap": "bitmap0", "bitmap-mode": mode,
+        "auto-finalize": False, "filter-node-name": "backup-top",
+        "x-perf": {"max-workers": 1}})
+    qmp.wait_event("BLOCK_JOB_PENDING")
+    write_group(sock, G2)
+    assert bitmap_count(qmp, "drive0", "bitmap0") == 6
+    if failure == "simulated":
+        qmp.ok("job-cancel", id="backup_1")
+        qmp.wait_event("BLOCK_JOB_CANCELLED", device="backup_1")
+    else:
+        qmp.ok("job-finalize", id="backup_1")
+        qmp.wait_event("BLOCK_JOB_COMPLETED", device="backup_1")
+    qmp.wait_event("JOB_STATUS_CHANGE", id="backup_1", status="null")
+    assert bitmap_count(qmp, "drive0", "bitmap0") == after
+    export_del(qmp, "exp0")
