@@ -119,6 +119,10 @@ struct quorum_task {
     bool threaded;
 };
 
+/* Largest piece one request hands to the children (voting reads keep a
+ * buffer of this size per child). */
+#define QUORUM_MAX_TRANSFER (4 * 1024 * 1024)
+
 static const char *const read_patterns[] = {"quorum", "fifo", NULL};
 
 static const struct block_opt quorum_opts[] = {
@@ -568,6 +572,15 @@ quorum_refresh_limits(struct block_node *node)
     }
     node->limits.request_alignment = align;
     node->limits.mem_alignment = mem;
+    /* A voting read holds one buffer per child: bound it. */
+    node->limits.max_transfer = MAX(QUORUM_MAX_TRANSFER, align);
+    for (size_t i = 0; i < s->nr_children; i++) {
+        uint64_t m = s->children[i]->node->limits.max_transfer;
+
+        if (m && m < node->limits.max_transfer && m % align == 0) {
+            node->limits.max_transfer = m;
+        }
+    }
 }
 
 static void
