@@ -45,7 +45,7 @@ fixture_open(struct fixture *f, uint64_t cs, unsigned refcount_bits,
     struct err *e = NULL;
     int fd;
 
-    strcpy(f->path, "/tmp/test-qcow2-check-XXXXXX");
+    snprintf(f->path, sizeof(f->path), "/tmp/test-qcow2-check-XXXXXX");
     fd = mkstemp(f->path);
     assert_true(fd >= 0);
     close(fd);
@@ -222,7 +222,7 @@ test_not_qcow2(void **state)
     int fd;
 
     (void)state;
-    strcpy(f.path, "/tmp/test-qcow2-check-XXXXXX");
+    snprintf(f.path, sizeof(f.path), "/tmp/test-qcow2-check-XXXXXX");
     fd = mkstemp(f.path);
     assert_true(fd >= 0);
     assert_int_equal(ftruncate(fd, MiB), 0);

@@ -104,14 +104,22 @@ bool
 img_create_parse_opts(struct img_create *c, const char *opts,
                       struct err **errp)
 {
-    char *save = NULL;
+    char *next;
 
     free(c->opts_copy);
     c->opts_copy = xstrdup(opts);
-    for (char *kv = strtok_r(c->opts_copy, ",", &save); kv;
-         kv = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(kv, '=');
+    /* Split in place at commas; values point into opts_copy. */
+    for (char *kv = c->opts_copy; kv; kv = next) {
+        char *eq;
 
+        next = strchr(kv, ',');
+        if (next) {
+            *next++ = '\0';
+        }
+        if (!*kv) {
+            continue;
+        }
+        eq = strchr(kv, '=');
         if (!eq) {
             err_setf(errp, "Invalid parameter '%s'", kv);
             return false;

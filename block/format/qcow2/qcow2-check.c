@@ -206,8 +206,12 @@ inc_refs(struct chk *c, uint64_t offset, uint64_t bytes)
     if (bytes == 0) {
         return;
     }
+    if (__builtin_add_overflow(offset, bytes - 1, &last)) {
+        /* Offsets come from the image: treat a wrap as past the end. */
+        last = UINT64_MAX;
+    }
     first = offset >> c->cluster_bits;
-    last = (offset + bytes - 1) >> c->cluster_bits;
+    last >>= c->cluster_bits;
     for (uint64_t k = first; k <= last; k++) {
         if (k >= c->nb_clusters) {
             CORRUPT(c, "ERROR: counting reference for region exceeding the "
