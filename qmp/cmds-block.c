@@ -116,8 +116,9 @@ image_info(struct block_node *node, bool flat)
     CLEANUP_FREE char *fn = node_filename(node);
     int64_t actual = block_allocated_size(node);
 
+    /* QEMU counts lengths in 512-byte sectors, rounding a file's up. */
     json_object_set_new(image, "virtual-size",
-                        json_integer((json_int_t)node->size));
+                        json_integer((json_int_t)align_up(node->size, 512)));
     json_object_set_new(image, "filename", json_string(fn));
     json_object_set_new(image, "format", json_string(node->drv->name));
     if (actual >= 0 || is_null_driver(node)) {
@@ -151,6 +152,8 @@ image_info(struct block_node *node, bool flat)
         json_object_set_new(image, "backing-filename", json_string(bfn));
         json_object_set_new(image, "full-backing-filename",
                             json_string(bfn));
+        json_object_set_new(image, "backing-filename-format",
+                            json_string(node->backing->node->drv->name));
         if (!flat) {
             json_object_set_new(image, "backing-image",
                                 image_info(node->backing->node, false));
