@@ -13,11 +13,13 @@
  * identity: name, parents, dirty bitmaps.  If the new open fails, the node
  * is opened again as it was.
  *
- * Limits: children opened inline with their own "node-name" must not be
- * used by anyone else (they are recreated under the same name), and a
+ * Limits: a child opened inline must not be used by anyone else (it is
+ * opened again, under the same name); the reopen is refused otherwise.
+ * Children given by node-name are kept alive and attached again.  A
  * driver's runtime state (caches) starts afresh.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lockstep/block.h"
@@ -72,16 +74,73 @@ reopen_as(struct block_node *node, bool read_only, struct err **errp)
     return 0;
 }
 
+/* Does options name node_name as a child (a string value, also inside
+ * lists)? */
+static bool
+options_name_node(json_t *options, const char *node_name)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(options, key, v) {
+        if (json_is_string(v) && !strcmp(json_string_value(v), node_name)) {
+            return true;
+        }
+        if (json_is_array(v)) {
+            size_t i;
+            json_t *e;
+
+            json_array_foreach(v, i, e) {
+                if (json_is_string(e) &&
+                    !strcmp(json_string_value(e), node_name)) {
+                    return true;
+                }
+            }
+        }
+    }
+    return false;
+}
+
+static size_t
+parent_count(struct block_node *node)
+{
+    struct block_child *c;
+    size_t n = 0;
+
+    TAILQ_FOREACH(c, &node->parents, parent_link) {
+        n++;
+    }
+    return n;
+}
+
 int
 block_node_set_read_only(struct block_node *node, bool read_only,
                          struct err **errp)
 {
     struct block_child *c;
     struct err *local = NULL;
+    struct block_node **keep;
+    size_t nkeep = 0, nchildren = 0;
     int ret;
 
     if (node->read_only == read_only) {
         return 0;
+    }
+    /*
+     * Children given by node-name are attached again: keep them alive
+     * meanwhile.  Children opened inline are opened again, which only
+     * works when nobody else uses them.
+     */
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        bool by_name = options_name_node(node->options, c->node->node_name);
+
+        if (!by_name && parent_count(c->node) > 1) {
+            err_setf(errp, "Cannot reopen '%s': its child '%s' ('%s') is "
+                     "used elsewhere", node->node_name, c->name,
+                     c->node->node_name);
+            return -EBUSY;
+        }
+        nchildren++;
     }
     if (read_only) {
         TAILQ_FOREACH(c, &node->parents, parent_link) {
@@ -92,6 +151,13 @@ block_node_set_read_only(struct block_node *node, bool read_only,
                          node->node_name, desc);
                 return -EBUSY;
             }
+        }
+    }
+    keep = xcalloc(nchildren ? nchildren : 1, sizeof(*keep));
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        if (options_name_node(node->options, c->node->node_name)) {
+            block_node_ref(c->node);
+            keep[nkeep++] = c->node;
         }
     }
     block_drain_begin();
@@ -109,5 +175,9 @@ block_node_set_read_only(struct block_node *node, bool read_only,
         err_propagate(errp, local);
     }
     block_drain_end();
+    for (size_t i = 0; i < nkeep; i++) {
+        block_node_unref(keep[i]);
+    }
+    free(keep);
     return ret;
 }

@@ -466,9 +466,13 @@ secondary_start(struct replication_state *s, struct err **errp)
                  "make_empty");
         return -ENOTSUP;
     }
-    if (sec->read_only) {
+    if (active->read_only || sec->read_only) {
+        /* The active disk is our own file (QEMU never reopens it either). */
+        struct block_node *ro = active->read_only ? active : sec;
+
         err_setf(errp, "Block node '%s' is read-only: replication needs the "
-                 "secondary disk opened read-write", sec->node_name);
+                 "active and secondary disks opened read-write",
+                 ro->node_name);
         return -EPERM;
     }
     top = block_node_find(s->top_id);
@@ -480,12 +484,8 @@ secondary_start(struct replication_state *s, struct err **errp)
         err_setf(errp, "The copy-before-write filter is not available");
         return -ENOTSUP;
     }
-    /* A hidden disk opened as a backing is read-only: reopen it (and the
-     * active disk, if need be) read-write, as QEMU does.  It stays so. */
-    if (active->read_only &&
-        block_node_set_read_only(active, false, errp) < 0) {
-        return -EPERM;
-    }
+    /* A hidden disk opened as a backing is read-only: reopen it
+     * read-write, as QEMU does.  It stays so. */
     if (hidden->read_only &&
         block_node_set_read_only(hidden, false, errp) < 0) {
         return -EPERM;

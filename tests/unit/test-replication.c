@@ -682,6 +682,43 @@ test_reopen(void **state UNUSED)
     block_handle_free(rh);
     block_node_unref(n);
     assert_null(block_node_find("ro"));
+
+    /* An inline child that somebody else uses cannot be opened again. */
+    n = node_new_json(NULL, "{\"driver\": \"qcow2\", \"node-name\": \"ro\", "
+                      "\"read-only\": true, \"file\": {\"driver\": \"file\","
+                      " \"node-name\": \"ro-file\", \"filename\": \"%s\"}}",
+                      s_small);
+    rh = block_handle_new(block_node_find("ro-file"), "other",
+                          BLOCK_PERM_CONSISTENT_READ, BLOCK_PERM_ALL, &err);
+    assert_non_null(rh);
+    assert_int_equal(block_node_set_read_only(n, false, &err), -EBUSY);
+    assert_string_equal(err->msg, "Cannot reopen 'ro': its child 'file' "
+                        "('ro-file') is used elsewhere");
+    err_free(err);
+    err = NULL;
+    assert_true(n->read_only);
+    block_handle_free(rh);
+    block_node_unref(n);
+
+    /* A child given by node-name is attached again, not recreated. */
+    {
+        struct block_node *f = node_new_json(NULL,
+            "{\"driver\": \"file\", \"node-name\": \"ro-file\", "
+            "\"filename\": \"%s\"}", s_small);
+
+        n = node_new_json(NULL, "{\"driver\": \"qcow2\", \"node-name\": "
+                          "\"ro\", \"read-only\": true, \"file\": "
+                          "\"ro-file\"}");
+        block_node_unref(f);    /* only the qcow2 node holds it now */
+        assert_int_equal(block_node_set_read_only(n, false, &err), 0);
+        assert_ptr_equal(n->file->node, f);
+        wh = handle(n, "writer");
+        write_ok(wh, 0x5d, 0, 4096);
+        read_expect(wh, 0x5d, 0, 4096);
+        block_handle_free(wh);
+        block_node_unref(n);
+        assert_null(block_node_find("ro-file"));
+    }
 }
 
 /*
