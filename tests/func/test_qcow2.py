@@ -183,6 +183,16 @@ def test_compressed_read(lockstep_io, tmp_dir):
     del out
 
 
+def test_block_status_matches_qemu_map(lockstep_img, tmp_dir):
+    img = os.path.join(tmp_dir, "m.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "8M"]))
+    ok(qio(img, "write -P 1 0 100k", "write -z 1M 64k", "write -P 2 2M 64k",
+           "write -z 2M 64k", "write -P 3 4M 1M", "discard 4M 64k"))
+    want = ok(run([QEMU_IMG, "map", "--output=json", img])).stdout
+    got = ok(run([lockstep_img, "map", "--output=json", img])).stdout
+    assert got == want
+
+
 # ---- Backing chains ----------------------------------------------------------
 
 @pytest.mark.parametrize("top_tool", ["lockstep", "qemu"])

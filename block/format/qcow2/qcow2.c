@@ -783,8 +783,10 @@ status_of(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
         return BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID;
     case QCOW2_CLUSTER_COMPRESSED:
         return BLOCK_STATUS_DATA;
-    case QCOW2_CLUSTER_ZERO_PLAIN:
     case QCOW2_CLUSTER_ZERO_ALLOC:
+        /* As QEMU: zero, with the preallocated host offset. */
+        return BLOCK_STATUS_ZERO | BLOCK_STATUS_OFFSET_VALID;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
         return BLOCK_STATUS_ZERO;
     default:
         return 0;
