@@ -1033,6 +1033,11 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     qcow2_cache_discard_all(&s->l2_cache);
     if (s->h.version >= 3) {
         ret = rebuild_refcounts(s, errp);
+        /* A second round moves the new structure into clusters 1 and 2,
+         * freed by the first: the layout of a fresh image again. */
+        if (ret == 0 && s->reftable_offset != s->cluster_size) {
+            ret = rebuild_refcounts(s, errp);
+        }
         if (ret != -ENOTSUP) {
             return ret;
         }
