@@ -611,6 +611,38 @@ test_make_empty_errors(void **state)
     free(buf);
 }
 
+static void
+test_query(void **state)
+{
+    struct qcow2_create_opts o = { .refcount_bits = 4, .extended_l2 = true };
+    char *path = tmp_path("query.qcow2");
+    struct block_node *node;
+    struct block_handle *h;
+    json_t *info = json_object();
+    json_t *data;
+
+    (void)state;
+    create_image(path, 16 * MiB, &o);
+    h = open_image(path, &node);
+    node->drv->query(node, info);
+    assert_string_equal(json_string_value(json_object_get(
+        json_object_get(info, "format-specific"), "type")), "qcow2");
+    data = json_object_get(json_object_get(info, "format-specific"), "data");
+    assert_string_equal(json_string_value(json_object_get(data, "compat")),
+                        "1.1");
+    assert_string_equal(json_string_value(json_object_get(
+        data, "compression-type")), "zlib");
+    assert_int_equal(json_integer_value(json_object_get(data,
+                                                        "refcount-bits")), 4);
+    assert_true(json_is_false(json_object_get(data, "lazy-refcounts")));
+    assert_true(json_is_false(json_object_get(data, "corrupt")));
+    assert_true(json_is_true(json_object_get(data, "extended-l2")));
+    json_decref(info);
+    close_image(h, node);
+    unlink(path);
+    free(path);
+}
+
 int
 main(void)
 {
@@ -623,6 +655,7 @@ main(void)
         cmocka_unit_test(test_make_empty_fast),
         cmocka_unit_test(test_concurrent_cow),
         cmocka_unit_test(test_make_empty_errors),
+        cmocka_unit_test(test_query),
     };
     int ret;
 
