@@ -273,19 +273,63 @@ node_id(struct block_node *target)
     return 0;
 }
 
+/*
+ * Users outside the graph (handles) become graph nodes of their own: a
+ * job's handles ("job 'ID'") one "block-job" node named ID, as in QEMU;
+ * any other handle an unnamed "block-backend" (what QEMU shows for an
+ * export).
+ */
+struct graph_user {
+    const char *owner;
+    int id;
+};
+
+static int
+user_id(struct block_handle *h, json_t *nodes, struct graph_user **users,
+        size_t *nusers, int *next_id)
+{
+    const char *owner = h->owner ? h->owner : "";
+    bool is_job = !strncmp(owner, "job '", 5);
+    CLEANUP_FREE char *job_id = NULL;
+
+    if (is_job) {
+        for (size_t i = 0; i < *nusers; i++) {
+            if (!strcmp((*users)[i].owner, owner)) {
+                return (*users)[i].id;
+            }
+        }
+        job_id = xstrdup(owner + 5);
+        if (*job_id && job_id[strlen(job_id) - 1] == '\'') {
+            job_id[strlen(job_id) - 1] = '\0';
+        }
+        *users = xrealloc(*users, (*nusers + 1) * sizeof(**users));
+        (*users)[*nusers].owner = owner;
+        (*users)[*nusers].id = *next_id;
+        (*nusers)++;
+    }
+    json_array_append_new(nodes,
+                          json_pack("{s:s, s:s, s:i}", "name",
+                                    is_job ? job_id : "", "type",
+                                    is_job ? "block-job" : "block-backend",
+                                    "id", *next_id));
+    return (*next_id)++;
+}
+
 json_t *
 qmp_x_debug_query_block_graph(json_t *args UNUSED, struct err **errp UNUSED)
 {
     json_t *nodes = json_array();
     json_t *edges = json_array();
     struct block_node *node = NULL;
+    struct graph_user *users = NULL;
+    size_t nusers = 0;
     int nnodes = 0;
-    int next_handle_id;
+    int next_id;
 
     while ((node = block_node_next(node))) {
         nnodes++;
     }
-    next_handle_id = nnodes + 1;
+    next_id = nnodes + 1;
     node = NULL;
     while ((node = block_node_next(node))) {
         int id = node_id(node);
@@ -301,13 +345,8 @@ qmp_x_debug_query_block_graph(json_t *args UNUSED, struct err **errp UNUSED)
             if (c->parent_node) {
                 parent_id = node_id(c->parent_node);
             } else {
-                /* A user outside the graph (export, job, tool): QEMU
-                 * shows its block-backend, unnamed for exports. */
-                parent_id = next_handle_id++;
-                json_array_append_new(nodes,
-                                      json_pack("{s:s, s:s, s:i}", "name", "",
-                                                "type", "block-backend", "id",
-                                                parent_id));
+                parent_id = user_id(c->parent_handle, nodes, &users, &nusers,
+                                    &next_id);
             }
             json_array_insert_new(edges, 0,
                                   json_pack("{s:s, s:i, s:o, s:o, s:i}",
@@ -318,5 +357,6 @@ qmp_x_debug_query_block_graph(json_t *args UNUSED, struct err **errp UNUSED)
                                             id));
         }
     }
+    free(users);
     return json_pack("{s:o, s:o}", "edges", edges, "nodes", nodes);
 }

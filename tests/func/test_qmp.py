@@ -544,6 +544,13 @@ def export_and_write(binary, tmp_dir, name, img):
                                 "node-name": "r0", "shutting-down": False}]
             assert c.error("blockdev-del", {"node-name": "r0"})["desc"] == \
                 "Node r0 is in use"
+            g = c.cmd("x-debug-query-block-graph")
+            ids = {n["id"]: n for n in g["nodes"]}
+            roots = [e for e in g["edges"] if e["name"] == "root"]
+            assert len(roots) == 1
+            assert ids[roots[0]["parent"]]["type"] == "block-backend"
+            assert ids[roots[0]["child"]]["name"] == "r0"
+            assert "write" in roots[0]["perm"]
             qemu_io_nbd(nbd, "r0", ["write -P 0x11 0 4k",
                                     "write -P 0x22 1M 200k",
                                     "write -P 0x33 3M 1"])
