@@ -407,6 +407,43 @@ def test_blkdebug_event_errors_leave_no_corruption(lockstep_io, tmp_dir,
     assert_read_ok(qio(img, "read -P 4 12M 64k"))
 
 
+# ---- Header extensions ------------------------------------------------------
+
+def add_unknown_extension(img):
+    """Append an unknown header extension before the end marker."""
+    with open(img, "r+b") as f:
+        hdr = f.read(4096)
+        off = struct.unpack(">I", hdr[100:104])[0]
+        while True:
+            magic, length = struct.unpack(">II", hdr[off:off + 8])
+            if magic == 0:
+                break
+            off += 8 + (length + 7) // 8 * 8
+        f.seek(off)
+        f.write(struct.pack(">II", 0x7a7a7a7a, 5) + b"hello\0\0\0" +
+                bytes(8))
+
+
+def test_unknown_extension_and_compat_bit_preserved(lockstep_io, tmp_dir):
+    img = os.path.join(tmp_dir, "x.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "16M"]))
+    add_unknown_extension(img)
+    with open(img, "r+b") as f:
+        f.seek(80)
+        f.write(struct.pack(">Q", 1 << 7))      # unknown compatible bit
+    with open(img, "rb") as f:
+        before = f.read(65536)
+    ok(lio(lockstep_io, img, "write -P 9 0 3M", "write -z 1M 64k",
+           "discard 2M 64k"))
+    with open(img, "rb") as f:
+        after = f.read(65536)
+    assert before == after
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 9 0 1M", "read -P 0 1M 64k",
+                       "read -P 0 2M 64k", "read -P 9 %d %d" % (
+                           2 * 1048576 + 65536, 1048576 - 65536)))
+
+
 # ---- Resize --------------------------------------------------------------------
 
 def test_resize_grow(lockstep_io, lockstep_img, tmp_dir):
