@@ -72,7 +72,7 @@ static pthread_mutex_t g_msg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct loop_msg_list g_msgs = STAILQ_HEAD_INITIALIZER(g_msgs);
 
 /* Set by loop_quit() from any thread. */
-static volatile int g_quit;
+static int g_quit;
 
 static void
 wake(void)
@@ -354,7 +354,7 @@ loop_iterate(int timeout_ms)
 void
 loop_run(void)
 {
-    g_quit = 0;
+    /* Quitting is final: a loop_quit() posted before loop_run() counts. */
     while (!__atomic_load_n(&g_quit, __ATOMIC_ACQUIRE)) {
         loop_iterate(-1);
     }

@@ -59,7 +59,8 @@ void loop_call(loop_call_fn *fn, void *opaque);
 /* Deliver signo to fn on the main thread (through a signalfd). */
 int loop_add_signal(int signo, loop_signal_fn *fn, void *opaque);
 
-/* Run until loop_quit().  Returns after the current iteration. */
+/* Run until loop_quit() (which is final: once called, loop_run() returns
+ * at once).  Returns after the current iteration. */
 void loop_run(void);
 /* Make loop_run() return.  Any thread. */
 void loop_quit(void);

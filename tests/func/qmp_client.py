@@ -167,7 +167,8 @@ class Daemon:
             self.proc.kill()
             _, self.stderr = self.proc.communicate()
         # Sanitizer builds report here without always failing the exit.
-        for bad in ("runtime error:", "AddressSanitizer", "LeakSanitizer"):
+        for bad in ("runtime error:", "AddressSanitizer", "LeakSanitizer",
+                    "ThreadSanitizer"):
             assert bad not in (self.stderr or ""), self.stderr
         return self.proc.returncode
 
