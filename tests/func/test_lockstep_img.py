@@ -13,6 +13,7 @@ not built.
 """
 import json
 import os
+import random
 import shutil
 import struct
 import subprocess
@@ -824,6 +825,48 @@ def test_check_extl2_zero_flag_is_reported(limg, qemu_img, qemu_io_bin,
     assert rc == 2 and out["corruptions"] == 1
     assert "zero flag set in an extended L2 entry" in err
     assert run([qemu_img, "check", img]).returncode == 0
+
+
+def fuzz_seeds(tmp_dir, qemu_img, qemu_io_bin):
+    """Small images that use most of the format."""
+    seeds = []
+    for i, opts in enumerate(["cluster_size=512,refcount_bits=1",
+                              "extended_l2=on,cluster_size=16k",
+                              "compat=0.10", "refcount_bits=64"]):
+        img = qcreate(qemu_img, os.path.join(tmp_dir, "seed%d.qcow2" % i),
+                      size="2M", opts=opts)
+        qio(qemu_io_bin, img, "write -P 1 0 40k", "write -z 1M 16k",
+            "write -P 2 1536k 8k")
+        seeds.append(img)
+    run([qemu_img, "snapshot", "-c", "s", seeds[0]])
+    run([qemu_img, "bitmap", "--add", seeds[1], "b"])
+    comp = os.path.join(tmp_dir, "seedc.qcow2")
+    run([qemu_img, "convert", "-c", "-O", "qcow2", seeds[3], comp])
+    return seeds + [comp]
+
+
+def test_random_corruption_never_crashes(limg, qemu_img, qemu_io_bin,
+                                         tmp_dir):
+    """Corrupt images are errors, never crashes or hangs (style E7)."""
+    rnd = random.Random(20261123)
+    seeds = fuzz_seeds(tmp_dir, qemu_img, qemu_io_bin)
+    img = os.path.join(tmp_dir, "fuzz.qcow2")
+    for _ in range(60):
+        with open(rnd.choice(seeds), "rb") as f:
+            data = bytearray(f.read())
+        for _ in range(rnd.randint(1, 8)):
+            limit = rnd.choice([112, 512, 4096, len(data)])
+            data[rnd.randrange(min(limit, len(data)))] = rnd.randrange(256)
+        for argv in (["check", "-f", "qcow2", "--output=json"],
+                     ["check", "-f", "qcow2", "-r", "all"],
+                     ["info", "-f", "qcow2", "--output=json"],
+                     ["info", "-f", "qcow2"]):
+            with open(img, "wb") as f:
+                f.write(data)
+            r = run([limg] + argv + [img], timeout=60)
+            assert r.returncode in (0, 1, 2, 3), (argv, r.stderr)
+            assert "Sanitizer" not in r.stderr, r.stderr
+            assert "runtime error" not in r.stderr, r.stderr
 
 
 def test_check_not_qcow2(limg, tmp_dir):

@@ -22,6 +22,10 @@
 #include "img.h"
 #include "util.h"
 
+/* QEMU's limits on the snapshot table. */
+#define INFO_MAX_SNAPSHOTS 65536
+#define INFO_MAX_SNAPSHOT_BYTES (64 * 1024 * 1024)
+
 /* Backing chains longer than this are taken for loops. */
 #define INFO_MAX_CHAIN 256
 
@@ -198,12 +202,14 @@ read_snapshots(struct block_node *file, const struct qcow2_header *h)
     uint64_t pos = h->snapshots_offset;
     json_t *list;
 
-    if (h->nb_snapshots == 0) {
+    /* A damaged header must not make info read forever (QEMU's limits). */
+    if (h->nb_snapshots == 0 || h->nb_snapshots > INFO_MAX_SNAPSHOTS) {
         return NULL;
     }
     list = json_array();
     for (uint32_t i = 0; i < h->nb_snapshots; i++) {
-        json_t *e = snapshot_entry(file, &pos);
+        json_t *e = pos - h->snapshots_offset < INFO_MAX_SNAPSHOT_BYTES
+                    ? snapshot_entry(file, &pos) : NULL;
 
         if (!e) {
             break;
