@@ -307,6 +307,75 @@ out:
     return ret != NULL;
 }
 
+/*
+ * --chardev is QemuOpts syntax in QEMU, which still takes the deprecated
+ * short booleans "server", "nowait" (with a warning, as QSD prints it);
+ * rewrite them as server=on, wait=off for the keyval parser.
+ */
+static char *
+chardev_expand_short_bools(const char *arg)
+{
+    static const char *const bools[] = { "server", "wait", NULL };
+    size_t n = strlen(arg);
+    size_t cap = n * 2 + 32;    /* "nowait" -> "wait=off" at most */
+    char *out = xmalloc(cap);
+    size_t o = 0;
+    const char *p = arg;
+
+    while (*p) {
+        const char *end = p;
+        size_t len;
+        bool done = false;
+
+        /* A token ends at a single ','; ",," is an escaped comma. */
+        while (*end && !(*end == ',' && end[1] != ',')) {
+            end += (*end == ',' && end[1] == ',') ? 2 : 1;
+        }
+        len = (size_t)(end - p);
+        for (size_t i = 0; bools[i] && !done; i++) {
+            size_t bl = strlen(bools[i]);
+            bool neg = len == bl + 2 && !strncmp(p, "no", 2) &&
+                       !strncmp(p + 2, bools[i], bl);
+
+            if ((len == bl && !strncmp(p, bools[i], bl)) || neg) {
+                fprintf(stderr, "%s: --chardev %s: warning: short-form "
+                        "boolean option '%.*s' deprecated\nPlease use "
+                        "%s=%s instead\n", PROG, arg, (int)len, p, bools[i],
+                        neg ? "off" : "on");
+                o += (size_t)snprintf(out + o, cap - o, "%s=%s", bools[i],
+                                      neg ? "off" : "on");
+                done = true;
+            }
+        }
+        if (!done) {
+            memcpy(out + o, p, len);
+            o += len;
+        }
+        p = end;
+        if (*p == ',') {
+            out[o++] = ',';
+            p++;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static bool
+opt_chardev(const char *arg, struct err **errp)
+{
+    CLEANUP_FREE char *expanded = chardev_expand_short_bools(arg);
+    json_t *opts = keyval_parse(expanded, "backend", errp);
+    bool ok;
+
+    if (!opts) {
+        return false;
+    }
+    ok = monitor_chardev_add(opts, errp);
+    json_decref(opts);
+    return ok;
+}
+
 static bool
 opt_keyval(const char *arg, const char *implied,
            bool (*fn)(json_t *opts, struct err **errp), struct err **errp)
@@ -530,7 +599,7 @@ main(int argc, char **argv)
             break;
         case OPT_CHARDEV:
             name = "chardev";
-            ok = opt_keyval(optarg, "backend", monitor_chardev_add, &err);
+            ok = opt_chardev(optarg, &err);
             break;
         case OPT_MONITOR:
             name = "monitor";

@@ -168,3 +168,22 @@ def test_daemonize_startup_error(lockstepd):
     r = run([lockstepd, "--daemonize", "--monitor", "chardev=zz"])
     assert r.returncode == 1
     assert 'chardev "zz" not found' in r.stderr
+
+
+def test_chardev_short_booleans(lockstepd, tmp_dir):
+    """QSD still takes "server,nowait" (with a deprecation warning)."""
+    sock = os.path.join(tmp_dir, "qmp.sock")
+    proc = subprocess.Popen([lockstepd, "--chardev",
+                             "socket,id=m0,path=%s,server,nowait" % sock,
+                             "--monitor", "m0"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_socket(sock, proc)
+        with QMPClient(sock) as c:
+            c.cmd("query-version")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "short-form boolean option 'server' deprecated" in err
+    assert "Please use wait=off instead" in err
