@@ -26,6 +26,9 @@
 #include "block/format/qcow2/qcow2-int.h"
 #include "util.h"
 
+/* How far past the end of the file the allocator looks (clusters). */
+#define ALLOC_SCAN_SLACK 65536
+
 int
 qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp)
 {
@@ -331,12 +334,22 @@ int64_t
 qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
 {
     uint64_t c = MAX(s->free_hint, 1);
+    /* Past the end of the file everything is free in a sane image (bar a
+     * few clusters leaked by a crash); refcounts saying otherwise far
+     * beyond it are corrupt, and scanning them could take forever. */
+    uint64_t limit = ((uint64_t)MAX(block_getlength(s->file), 0) >>
+                      s->cluster_bits) + ALLOC_SCAN_SLACK + n;
     uint64_t next;
     int ret;
 
     for (;;) {
         if ((c + n) * s->cluster_size >= QCOW2_MAX_HOST_OFFSET) {
             return -ENOSPC;
+        }
+        if (c > limit) {
+            qcow2_signal_corruption(s, "no free cluster found up to the end "
+                                    "of the image file");
+            return -EIO;
         }
         ret = run_is_free(s, c, n, &next);
         if (ret < 0) {
