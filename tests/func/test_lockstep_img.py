@@ -257,6 +257,27 @@ def test_create_formatting_line_like_qemu(limg, qemu_img, tmp_dir):
     assert base
 
 
+def test_create_rounds_to_sectors(limg, qemu_img, tmp_dir):
+    ours = os.path.join(tmp_dir, "a.qcow2")
+    r = run([limg, "create", "-f", "qcow2", ours, "1000000"])
+    assert r.returncode == 0, r.stderr
+    assert "size=1000000 " in r.stdout
+    assert info_json(qemu_img, ours)["virtual-size"] == 1000448
+
+
+def test_convert_odd_size_to_qcow2(limg, qemu_img, tmp_dir):
+    src = os.path.join(tmp_dir, "odd.raw")
+    with open(src, "wb") as f:
+        f.write(bytes(range(256)) * 3906 + b"tail")
+    out = os.path.join(tmp_dir, "odd.qcow2")
+    r = run([limg, "convert", "-f", "raw", "-O", "qcow2", src, out])
+    assert r.returncode == 0, r.stderr
+    ref = os.path.join(tmp_dir, "ref.qcow2")
+    assert run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", src,
+                ref]).returncode == 0
+    assert run([qemu_img, "compare", "-s", ref, out]).returncode == 0
+
+
 def test_create_raw(limg, qemu_img, tmp_dir):
     img = os.path.join(tmp_dir, "r.raw")
     r = run([limg, "create", "-f", "raw", img, "1M"])

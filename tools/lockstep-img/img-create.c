@@ -290,7 +290,8 @@ create_qcow2(struct img_create *c, struct err **errp)
     c->q.backing_file = c->backing;
     c->q.backing_fmt = c->backing_fmt;
     c->q.preallocation = c->prealloc;
-    ret = qcow2_create(file.node, c->size, &c->q, errp);
+    /* Like qemu-img: sizes round up to whole 512-byte sectors. */
+    ret = qcow2_create(file.node, align_up(c->size, 512), &c->q, errp);
     if (ret == 0) {
         ret = block_handle_flush(file.h);
         if (ret < 0) {
