@@ -9,6 +9,14 @@
  * flags of the active tables are compared with the (possibly repaired)
  * stored refcounts.  All metadata is read here with our own parsing of the
  * on-disk format, deliberately not with the driver's code.
+ *
+ * Repair and crash safety (qcow2 spec, refcounts; formats.md B.6): raising
+ * a refcount to its reference count and lowering a leaked one are single
+ * in-place writes that never leave a refcount below its references.  A
+ * rebuild writes the new refcount blocks and table past the last used
+ * cluster, flushes, and only then switches the header to them in one
+ * 12-byte write; a crash before the switch leaves the old structure in
+ * force, and afterwards the old one is merely unreferenced space.
  */
 #include <errno.h>
 #include <inttypes.h>
