@@ -309,6 +309,8 @@ def test_random_ops_compare(lockstep_io, lockstep_img, tmp_dir, opts, cache):
     ok(res)
     check_clean(img)
     ok(run([QEMU_IMG, "compare", "-f", "raw", "-F", "qcow2", ref, img]))
+    # And read back through lockstep's own read path.
+    ok(run([lockstep_img, "compare", "-f", "raw", "-F", "qcow2", ref, img]))
 
 
 # ---- Crash safety ------------------------------------------------------------

@@ -271,23 +271,52 @@ read_with_entry(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
     return 0;
 }
 
-static int
-lookup(struct qcow2_state *s, uint64_t gc, struct qcow2_l2e *e)
+/* Is e a cluster whose data all lives at its host offset? */
+static bool
+fully_mapped(struct qcow2_state *s, const struct qcow2_l2e *e)
 {
-    int ret;
+    enum qcow2_cluster_type t;
 
-    mutex_lock(&s->lock);
-    ret = qcow2_get_l2e(s, gc, e);
-    mutex_unlock(&s->lock);
-    return ret;
+    if (qcow2_l2_entry_type(e->entry, e->bitmap, s->extended_l2,
+                            (int)s->h.version, s->cluster_bits, &t) < 0 ||
+        t != QCOW2_CLUSTER_NORMAL ||
+        (e->entry & QCOW2_L2E_OFFSET_MASK) >= QCOW2_MAX_HOST_OFFSET) {
+        return false;
+    }
+    return !s->extended_l2 || (e->bitmap == QCOW2_SUB_ALLOC_ALL);
+}
+
+/*
+ * How many bytes from guest cluster gc on (starting at in, at most max)
+ * can be read with one host read: following clusters mapped contiguously.
+ * Returns 0 when gc itself is not fully mapped.  Caller holds s->lock.
+ */
+static uint64_t
+contiguous_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
+               uint64_t in, uint64_t max)
+{
+    uint64_t host = e->entry & QCOW2_L2E_OFFSET_MASK;
+    uint64_t n = MIN(max, s->cluster_size - in);
+    struct qcow2_l2e next;
+
+    if (!fully_mapped(s, e)) {
+        return 0;
+    }
+    while (n < max && qcow2_get_l2e(s, ++gc, &next) == 0 &&
+           fully_mapped(s, &next) &&
+           (next.entry & QCOW2_L2E_OFFSET_MASK) ==
+           host + (n + in)) {
+        n = MIN(max, n + s->cluster_size);
+    }
+    return n;
 }
 
 static int
 qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
             void *buf, unsigned flags)
 {
-    struct qcow2_state *s = node->opaque;
     struct qcow2_range r;
+    struct qcow2_state *s = node->opaque;
     uint8_t *p = buf;
     int ret = 0;
 
@@ -297,10 +326,22 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         uint64_t gc = offset >> s->cluster_bits;
         uint64_t in = offset & (s->cluster_size - 1);
         uint64_t n = MIN(bytes, s->cluster_size - in);
+        uint64_t run = 0;
         struct qcow2_l2e e;
 
-        ret = lookup(s, gc, &e);
+        mutex_lock(&s->lock);
+        ret = qcow2_get_l2e(s, gc, &e);
         if (ret == 0) {
+            run = contiguous_run(s, gc, &e, in, bytes);
+        }
+        mutex_unlock(&s->lock);
+        if (ret == 0 && run) {
+            /* Contiguous data clusters: one read (range lock holds them). */
+            n = run;
+            block_debug_event(s->file, "read_aio");
+            ret = block_pread(s->file, (e.entry & QCOW2_L2E_OFFSET_MASK) + in,
+                              n, p, 0);
+        } else if (ret == 0) {
             ret = read_with_entry(s, gc, &e, in, n, p);
         }
         offset += n;
