@@ -48,6 +48,7 @@
 #define CHK_SNAPSHOT_HDR 40
 #define CHK_MAX_SNAPSHOTS 65536
 #define CHK_BITMAP_HDR 24
+#define CHK_MAX_BITMAP_TABLE 0x8000000   /* QEMU's limit, in entries */
 
 struct chk {
     struct block_node *file;
@@ -498,6 +499,11 @@ check_bitmap_table(struct chk *c, uint64_t offset, uint32_t size)
                 "aligned", offset);
         return;
     }
+    if (size > CHK_MAX_BITMAP_TABLE) {
+        CORRUPT(c, "ERROR bitmap table at 0x%" PRIx64 " has %" PRIu32
+                " entries, more than the format allows", offset, size);
+        return;
+    }
     t = chk_read_table(c, offset, size, &ret);
     if (!t) {
         c->res->check_errors++;
@@ -524,7 +530,7 @@ check_bitmap_table(struct chk *c, uint64_t offset, uint32_t size)
 static void
 check_bitmaps(struct chk *c)
 {
-    uint8_t *dir;
+    CLEANUP_FREE uint8_t *dir = NULL;
     uint64_t pos = 0;
 
     if (!c->has_bitmaps || !(c->autoclear & CHK_AUTOCLEAR_BITMAPS)) {
@@ -550,7 +556,6 @@ check_bitmaps(struct chk *c)
               rd16(dir + pos + 18);
         pos += align_up(len, 8);
     }
-    free(dir);
 }
 
 /*
