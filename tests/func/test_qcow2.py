@@ -414,6 +414,26 @@ def test_blkdebug_event_errors_leave_no_corruption(lockstep_io, tmp_dir,
     assert_read_ok(qio(img, "read -P 4 12M 64k"))
 
 
+# ---- Discard passthrough -------------------------------------------------------
+
+@pytest.mark.parametrize("passdown", [True, False])
+def test_discard_passthrough(lockstep_io, lockstep_img, tmp_dir, passdown):
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", img, "64M"]))
+    ok(lio(lockstep_io, img, "write -P 1 0 32M"))
+    full = os.stat(img).st_blocks
+    opts = ("driver=qcow2,discard=unmap,pass-discard-request=%s,"
+            "file.driver=file,file.filename=%s" % ("on" if passdown else "off",
+                                                   img))
+    ok(run([lockstep_io, "--image-opts", "-c", "discard 0 32M", opts]))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0 0 32M"))
+    if passdown:
+        assert os.stat(img).st_blocks < full // 4
+    else:
+        assert os.stat(img).st_blocks >= full * 9 // 10
+
+
 # ---- Header extensions ------------------------------------------------------
 
 def add_unknown_extension(img):
