@@ -6,7 +6,8 @@
  * with FUA, write-zeroes and trim, out-of-range errors, base:allocation
  * and qemu:dirty-bitmap extents, many requests in flight, export deletion
  * (safe refused while connected, hard disconnects) with the
- * BLOCK_EXPORT_DELETED event, and query-block-exports.
+ * BLOCK_EXPORT_DELETED event, query-block-exports, and how metadata
+ * context queries match (LIST wildcards, exact SET names).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -351,6 +352,74 @@ test_export_delete(void **state)
     json_decref(args);
 }
 
+/* ---- Meta-context queries (pure: no I/O) ------------------------------ */
+
+struct matches {
+    char names[8][64];
+    uint32_t ids[8];
+    int n;
+};
+
+static void
+match_cb(uint32_t id, const char *name, void *opaque)
+{
+    struct matches *m = opaque;
+
+    assert_true(m->n < 8);
+    snprintf(m->names[m->n], sizeof(m->names[0]), "%s", name);
+    m->ids[m->n++] = id;
+}
+
+static int
+query(struct nbdexp *exp, const char *q, bool list, struct matches *m)
+{
+    memset(m, 0, sizeof(*m));
+    assert_true(nbdsrv_meta_query(exp, q, list, match_cb, m));
+    return m->n;
+}
+
+static void
+test_meta_query(void **state)
+{
+    struct nbdexp_bitmap bms[2] = {
+        {.ctx_name = (char *)"qemu:dirty-bitmap:a"},
+        {.ctx_name = (char *)"qemu:dirty-bitmap:b"},
+    };
+    struct nbdexp exp = {.alloc_depth = true, .bitmaps = bms, .nbitmaps = 2};
+    struct matches m;
+
+    (void)state;
+    /* LIST with no query: everything, in id order. */
+    assert_int_equal(query(&exp, "", true, &m), 4);
+    assert_string_equal(m.names[0], "base:allocation");
+    assert_int_equal(m.ids[0], 0);
+    assert_string_equal(m.names[1], "qemu:allocation-depth");
+    assert_int_equal(m.ids[1], 1);
+    assert_int_equal(m.ids[3], 3);
+    /* Wildcards only in LIST. */
+    assert_int_equal(query(&exp, "base:", true, &m), 1);
+    assert_int_equal(query(&exp, "base:", false, &m), 0);
+    assert_int_equal(query(&exp, "qemu:", true, &m), 3);
+    assert_int_equal(query(&exp, "qemu:", false, &m), 0);
+    assert_int_equal(query(&exp, "qemu:dirty-bitmap:", true, &m), 2);
+    assert_int_equal(query(&exp, "qemu:dirty-bitmap:", false, &m), 0);
+    /* Exact names. */
+    assert_int_equal(query(&exp, "qemu:dirty-bitmap:b", false, &m), 1);
+    assert_int_equal(m.ids[0], 3);
+    assert_string_equal(nbdsrv_meta_name(&exp, 3), "qemu:dirty-bitmap:b");
+    assert_null(nbdsrv_meta_name(&exp, 4));
+    assert_int_equal(query(&exp, "base:allocation", false, &m), 1);
+    /* Unknown names and namespaces match nothing. */
+    assert_int_equal(query(&exp, "qemu:dirty-bitmap:c", false, &m), 0);
+    assert_int_equal(query(&exp, "base:other", true, &m), 0);
+    assert_int_equal(query(&exp, "x-foo:bar", true, &m), 0);
+    assert_int_equal(query(&exp, "nocolon", true, &m), 0);
+    /* allocation-depth only when the export offers it. */
+    exp.alloc_depth = false;
+    assert_int_equal(query(&exp, "qemu:allocation-depth", false, &m), 0);
+    assert_int_equal(query(&exp, "", true, &m), 3);
+}
+
 int
 main(void)
 {
@@ -360,6 +429,7 @@ main(void)
         cmocka_unit_test(test_block_status),
         cmocka_unit_test(test_in_flight),
         cmocka_unit_test(test_export_delete),
+        cmocka_unit_test(test_meta_query),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
