@@ -201,18 +201,24 @@ nbdexp_create(json_t *args, bool require_server, struct err **errp)
         return NULL;
     }
 
+    /* The checks in QEMU's order (blk_exp_add, then nbd_export_create),
+     * so that the first error reported is the same. */
     mutex_lock(&g_nbdsrv_lock);
     if (export_find_id_locked(id)) {
         mutex_unlock(&g_nbdsrv_lock);
         err_setf(errp, "Block export id '%s' is already in use", id);
         return NULL;
     }
-    if (export_find_name_locked(name)) {
-        mutex_unlock(&g_nbdsrv_lock);
-        err_setf(errp, "NBD server already has export named '%s'", name);
+    mutex_unlock(&g_nbdsrv_lock);
+    node = block_node_find(node_name);
+    if (!node) {
+        err_setf(errp, "Cannot find device='' nor node-name='%s'", node_name);
         return NULL;
     }
-    mutex_unlock(&g_nbdsrv_lock);
+    if (writable && node->read_only) {
+        err_setf(errp, "Cannot export read-only node as writable");
+        return NULL;
+    }
     if (require_server && !nbdsrv_running()) {
         err_setf(errp, "NBD server not running");
         return NULL;
@@ -225,15 +231,13 @@ nbdexp_create(json_t *args, bool require_server, struct err **errp)
         err_setf(errp, "description '%s' too long", desc);
         return NULL;
     }
-    node = block_node_find(node_name);
-    if (!node) {
-        err_setf(errp, "Cannot find device='' nor node-name='%s'", node_name);
+    mutex_lock(&g_nbdsrv_lock);
+    if (export_find_name_locked(name)) {
+        mutex_unlock(&g_nbdsrv_lock);
+        err_setf(errp, "NBD server already has export named '%s'", name);
         return NULL;
     }
-    if (writable && node->read_only) {
-        err_setf(errp, "Block node is read-only");
-        return NULL;
-    }
+    mutex_unlock(&g_nbdsrv_lock);
 
     exp = xzalloc(sizeof(*exp));
     exp->id = xstrdup(id);

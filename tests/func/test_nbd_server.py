@@ -1024,3 +1024,16 @@ def test_qemu_img_convert_and_compare(servers, tmp_dir):
     assert r.returncode == 0, r.stderr
     r = run(["qemu-img", "compare", src, out])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_read_only_node_not_writable(servers, tmp_dir):
+    img = make_image(os.path.join(tmp_dir, "ro.raw"), MiB)
+    sock = os.path.join(tmp_dir, "ro.sock")
+    srv = servers(["-b", "driver=file,node-name=ro,read-only=on,filename="
+                   + img, "-n", "unix:" + sock])
+    r = srv.cmd("block-export-add", **{"type": "nbd", "id": "e0",
+                                       "node-name": "ro", "writable": True})
+    assert r["error"]["desc"] == "Cannot export read-only node as writable"
+    r = srv.cmd("block-export-add", **{"type": "nbd", "id": "e0",
+                                       "node-name": "ro"})
+    assert r == {"return": {}}
