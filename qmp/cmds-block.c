@@ -360,3 +360,188 @@ qmp_x_debug_query_block_graph(json_t *args UNUSED, struct err **errp UNUSED)
     free(users);
     return json_pack("{s:o, s:o}", "edges", edges, "nodes", nodes);
 }
+
+/* ---- blockdev-reopen ------------------------------------------------------ */
+
+/*
+ * What blockdev-reopen can change here: which node a child edge points to
+ * ("file", "backing", "target", ...: given as a node-name), and read-only.
+ * Every other option must keep its value; options left out keep theirs
+ * (QEMU would reset them to their defaults).  That covers the fleecing
+ * recipe's use: slipping a filter under a node and taking it out again.
+ */
+struct reopen_swap {
+    struct block_node *node;
+    struct block_child *child;
+    struct block_node *from, *to;
+    bool done;
+};
+
+struct reopen_ro {
+    struct block_node *node;
+    bool read_only;
+};
+
+/* Does value v of a common option match the node's current state? */
+static bool
+common_option_matches(struct block_node *node, const char *key, json_t *v)
+{
+    const char *s = json_string_value(v);
+
+    if (!strcmp(key, "discard") && s) {
+        return node->discard_unmap == (!strcmp(s, "unmap") ||
+                                       !strcmp(s, "on"));
+    }
+    if (!strcmp(key, "detect-zeroes") && s) {
+        return !strcmp(s, detect_zeroes_name(node->detect_zeroes));
+    }
+    if (!strcmp(key, "auto-read-only") && json_is_boolean(v)) {
+        return node->auto_read_only == json_is_true(v);
+    }
+    if (!strcmp(key, "force-share") && json_is_boolean(v)) {
+        return node->force_share == json_is_true(v);
+    }
+    if (!strcmp(key, "cache") && json_is_object(v)) {
+        json_t *d = json_object_get(v, "direct");
+        json_t *nf = json_object_get(v, "no-flush");
+
+        return (!d || json_is_true(d) == node->cache_direct) &&
+               (!nf || json_is_true(nf) == node->cache_no_flush);
+    }
+    return false;
+}
+
+static bool
+reopen_check(json_t *o, struct reopen_swap **swaps, size_t *nswaps,
+             struct reopen_ro **ros, size_t *nros, struct err **errp)
+{
+    const char *name = json_string_value(json_object_get(o, "node-name"));
+    const char *driver = json_string_value(json_object_get(o, "driver"));
+    struct block_node *node;
+    const char *key;
+    json_t *v;
+
+    if (!name) {
+        err_setf(errp, "node-name not specified");
+        return false;
+    }
+    node = block_node_find(name);
+    if (!node) {
+        err_setf(errp, "Failed to find node with node-name='%s'", name);
+        return false;
+    }
+    if (!driver) {
+        err_setf(errp, "Parameter 'driver' is missing");
+        return false;
+    }
+    if (strcmp(driver, node->drv->name)) {
+        err_setf(errp, "Cannot change the option 'driver'");
+        return false;
+    }
+    json_object_foreach(o, key, v) {
+        struct block_child *c = block_node_child(node, key);
+        json_t *old = json_object_get(node->options, key);
+
+        if (!strcmp(key, "node-name") || !strcmp(key, "driver")) {
+            continue;
+        }
+        if (c) {
+            struct block_node *to;
+
+            if (!json_is_string(v)) {
+                err_setf(errp, "Cannot change the option '%s'", key);
+                return false;
+            }
+            to = block_node_find(json_string_value(v));
+            if (!to) {
+                err_setf(errp, "Cannot find device='' nor node-name='%s'",
+                         json_string_value(v));
+                return false;
+            }
+            if (to != c->node) {
+                *swaps = xrealloc(*swaps, (*nswaps + 1) * sizeof(**swaps));
+                (*swaps)[*nswaps] = (struct reopen_swap) {
+                    .node = node, .child = c, .from = c->node, .to = to,
+                };
+                (*nswaps)++;
+            }
+            continue;
+        }
+        if (!strcmp(key, "read-only")) {
+            if (!json_is_boolean(v)) {
+                err_setf(errp, "Invalid parameter type for 'read-only', "
+                         "expected: boolean");
+                return false;
+            }
+            if (json_is_true(v) != node->read_only) {
+                *ros = xrealloc(*ros, (*nros + 1) * sizeof(**ros));
+                (*ros)[*nros] = (struct reopen_ro) {
+                    .node = node, .read_only = json_is_true(v),
+                };
+                (*nros)++;
+            }
+            continue;
+        }
+        if (old ? json_equal(old, v) : common_option_matches(node, key, v)) {
+            continue;
+        }
+        err_setf(errp, "Cannot change the option '%s'", key);
+        return false;
+    }
+    return true;
+}
+
+json_t *
+qmp_blockdev_reopen(json_t *args, struct err **errp)
+{
+    json_t *list = json_object_get(args, "options");
+    struct reopen_swap *swaps = NULL;
+    struct reopen_ro *ros = NULL;
+    size_t nswaps = 0, nros = 0, i;
+    json_t *o;
+    bool ok = true;
+
+    json_array_foreach(list, i, o) {
+        if (!reopen_check(o, &swaps, &nswaps, &ros, &nros, errp)) {
+            free(swaps);
+            free(ros);
+            return NULL;
+        }
+    }
+    /* All swaps in one drained section, so that permissions are checked
+     * against the new graph as a whole step by step, as QEMU does. */
+    block_drain_begin();
+    for (i = 0; i < nswaps && ok; i++) {
+        block_node_ref(swaps[i].from);
+        if (block_child_replace_node(swaps[i].child, swaps[i].to, errp) < 0) {
+            block_node_unref(swaps[i].from);
+            ok = false;
+            break;
+        }
+        swaps[i].done = true;
+    }
+    for (i = 0; i < nros && ok; i++) {
+        if (block_node_set_read_only(ros[i].node, ros[i].read_only,
+                                     errp) < 0) {
+            ok = false;
+        }
+    }
+    for (i = nswaps; i-- > 0;) {
+        if (!swaps[i].done) {
+            continue;
+        }
+        if (!ok) {
+            /* Undo: the old edges were valid before. */
+            block_child_replace_node(swaps[i].child, swaps[i].from, NULL);
+        } else {
+            json_object_set_new(swaps[i].node->options,
+                                swaps[i].child->name,
+                                json_string(swaps[i].to->node_name));
+        }
+        block_node_unref(swaps[i].from);
+    }
+    block_drain_end();
+    free(swaps);
+    free(ros);
+    return ok ? json_object() : NULL;
+}

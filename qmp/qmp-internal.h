@@ -144,6 +144,7 @@ json_t *qmp_quit(json_t *args, struct err **errp);
 /* cmds-block.c */
 json_t *qmp_blockdev_add(json_t *args, struct err **errp);
 json_t *qmp_blockdev_del(json_t *args, struct err **errp);
+json_t *qmp_blockdev_reopen(json_t *args, struct err **errp);
 json_t *qmp_query_named_block_nodes(json_t *args, struct err **errp);
 json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
 /* cmds-export.c */

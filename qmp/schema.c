@@ -42,6 +42,18 @@ static const struct qmp_arg args_blockdev_del[] = {
     END,
 };
 
+static const struct qmp_arg reopen_elem = {
+    NULL, QMP_T_ANY_OBJECT, false, NULL, "BlockdevOptions", NULL, NULL, NULL,
+};
+static const struct qmp_arg args_blockdev_reopen[] = {
+    { "options", QMP_T_ARRAY, false,
+      "the nodes' new options, each a BlockdevOptions with node-name; "
+      "here only child references (file, backing, ...: node-names) and "
+      "read-only may change, and options left out keep their values",
+      "[BlockdevOptions]", NULL, NULL, &reopen_elem },
+    END,
+};
+
 static const struct qmp_arg args_query_named_block_nodes[] = {
     { "flat", QMP_T_BOOL, true,
       "do not nest the backing chain in \"image\" (\"backing-image\"); "
@@ -316,6 +328,10 @@ const struct qmp_command qmp_commands[] = {
       "{}" },
     { "blockdev-del", qmp_blockdev_del, args_blockdev_del, false,
       "Delete a node added by blockdev-add that nothing uses any more.",
+      "{}" },
+    { "blockdev-reopen", qmp_blockdev_reopen, args_blockdev_reopen, false,
+      "Change nodes' options atomically: point a child edge at another "
+      "node (insert or remove a filter under a node) or toggle read-only.",
       "{}" },
     { "query-named-block-nodes", qmp_query_named_block_nodes,
       args_query_named_block_nodes, false,
