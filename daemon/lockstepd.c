@@ -67,7 +67,6 @@ static const struct option long_options[] = {
 
 static char *g_pidfile;
 static int g_daemon_pipe = -1;     /* --daemonize: tells the parent */
-static bool g_nbd_started;
 
 static void
 usage(void)
@@ -258,7 +257,6 @@ opt_nbd_server(const char *arg, struct err **errp)
                           json_string_value(json_object_get(opts,
                                                             "tls-creds")),
                           maxc, errp);
-    g_nbd_started |= ok;
 out:
     json_decref(opts);
     return ok;
@@ -511,10 +509,8 @@ shutdown_daemon(void)
     struct block_node **owned = NULL;
     size_t n = 0;
 
-    if (g_nbd_started || true) {
-        /* Not running is not an error worth reporting at exit. */
-        nbd_server_stop(NULL);
-    }
+    /* Not running is not an error worth reporting at exit. */
+    nbd_server_stop(NULL);
     block_export_close_all();
     job_cancel_sync_all();
 
@@ -550,7 +546,7 @@ main(int argc, char **argv)
 
     /* --daemonize must fork before any thread exists. */
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--daemonize") || !strcmp(argv[i], "-daemonize")) {
+        if (!strcmp(argv[i], "--daemonize")) {
             daemonize_fork();
             break;
         }
