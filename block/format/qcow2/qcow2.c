@@ -245,7 +245,6 @@ read_with_entry(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
         }
         switch (t) {
         case QCOW2_CLUSTER_NORMAL:
-            block_debug_event(s->file, "read_aio");
             ret = block_pread(s->file, host + in, len, buf, 0);
             break;
         case QCOW2_CLUSTER_UNALLOCATED:
@@ -338,7 +337,6 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         if (ret == 0 && run) {
             /* Contiguous data clusters: one read (range lock holds them). */
             n = run;
-            block_debug_event(s->file, "read_aio");
             ret = block_pread(s->file, (e.entry & QCOW2_L2E_OFFSET_MASK) + in,
                               n, p, 0);
         } else if (ret == 0) {
@@ -528,8 +526,8 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     CLEANUP_FREE uint8_t *bounce = NULL;
     int ret = 0;
 
+    /* (blkdebug fires read_aio/write_aio itself on every request.) */
     if (p->ws == in && p->we == in + n) {
-        block_debug_event(s->file, "write_aio");
         return block_pwrite(s->file, p->host + in, n, buf, 0);
     }
     bounce = malloc(p->we - p->ws);
