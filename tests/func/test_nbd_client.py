@@ -376,3 +376,27 @@ def test_server_dies_with_requests_in_flight(tmp_dir, procs):
         assert srv.alive()
     finally:
         stop_checked(srv)
+
+
+def test_inet_server_address(lockstep_io, tmp_dir):
+    """server.type=inet with the port as a string (keyval) against our
+    server on TCP; a missing port means 10809 (refused here)."""
+    from test_nbd_server import free_port
+    img = make_image(os.path.join(tmp_dir, "t.raw"), 4 * MiB)
+    port = free_port()
+    srv = NbdServe(["-b", "driver=file,node-name=t0,filename=" + img,
+                    "-n", "inet:127.0.0.1:%d" % port,
+                    "-e", "type=nbd,id=e0,node-name=t0,writable=on"])
+    try:
+        o = ("driver=nbd,server.type=inet,server.host=127.0.0.1,"
+             "server.port=%d,export=t0" % port)
+        r = lio(lockstep_io, o, ["write -P 0x21 0 64k", "read -P 0x21 0 64k"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = lio(lockstep_io, o.replace("server.port=%d," % port, "")
+                .replace("127.0.0.1", "127.0.0.2"), ["length"])
+        assert r.returncode == 1 and "Failed to connect" in r.stderr
+        r = lio(lockstep_io, "driver=nbd,server.type=vsock,server.cid=3",
+                ["length"])
+        assert r.returncode == 1
+    finally:
+        stop_checked(srv)
