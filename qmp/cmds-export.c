@@ -98,3 +98,46 @@ qmp_query_block_exports(json_t *args UNUSED, struct err **errp UNUSED)
 {
     return block_export_query();
 }
+
+/*
+ * The deprecated nbd-server-add/-remove, still used by old scripts and
+ * QEMU's iotests: an export whose id is its name (default: the node).
+ */
+json_t *
+qmp_nbd_server_add(json_t *args, struct err **errp)
+{
+    const char *device = json_string_value(json_object_get(args, "device"));
+    json_t *name = json_object_get(args, "name");
+    json_t *desc = json_object_get(args, "description");
+    json_t *writable = json_object_get(args, "writable");
+    json_t *bitmap = json_object_get(args, "bitmap");
+    json_t *exp = json_pack("{s:s, s:O, s:s}", "type", "nbd", "id",
+                            name ? name : json_object_get(args, "device"),
+                            "node-name", device);
+    bool ok;
+
+    if (name) {
+        json_object_set(exp, "name", name);
+    }
+    if (desc) {
+        json_object_set(exp, "description", desc);
+    }
+    if (writable) {
+        json_object_set(exp, "writable", writable);
+    }
+    if (bitmap) {
+        json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
+    }
+    ok = block_export_add(exp, errp);
+    json_decref(exp);
+    return ok ? json_object() : NULL;
+}
+
+json_t *
+qmp_nbd_server_remove(json_t *args, struct err **errp)
+{
+    const char *name = json_string_value(json_object_get(args, "name"));
+    const char *mode = json_string_value(json_object_get(args, "mode"));
+
+    return block_export_del(name, mode, errp) ? json_object() : NULL;
+}

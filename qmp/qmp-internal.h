@@ -153,6 +153,8 @@ json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);
 json_t *qmp_block_export_add(json_t *args, struct err **errp);
 json_t *qmp_block_export_del(json_t *args, struct err **errp);
 json_t *qmp_query_block_exports(json_t *args, struct err **errp);
+json_t *qmp_nbd_server_add(json_t *args, struct err **errp);
+json_t *qmp_nbd_server_remove(json_t *args, struct err **errp);
 /* cmds-bitmap.c */
 json_t *qmp_block_dirty_bitmap_add(json_t *args, struct err **errp);
 json_t *qmp_block_dirty_bitmap_remove(json_t *args, struct err **errp);

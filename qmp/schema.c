@@ -126,6 +126,29 @@ static const struct qmp_arg args_block_export_add[] = {
 };
 
 static const char *const export_del_mode_values[] = { "safe", "hard", NULL };
+
+static const struct qmp_arg args_nbd_server_add[] = {
+    { "device", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
+      NULL },
+    { "name", QMP_T_STR, true,
+      "export name, also the export's id (default: device)", NULL, NULL,
+      NULL, NULL },
+    { "description", QMP_T_STR, true, "free text shown to NBD clients", NULL,
+      NULL, NULL, NULL },
+    { "writable", QMP_T_BOOL, true, "clients may write (default false)",
+      NULL, NULL, NULL, NULL },
+    { "bitmap", QMP_T_STR, true,
+      "a dirty bitmap to offer as qemu:dirty-bitmap:NAME", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
+static const struct qmp_arg args_nbd_server_remove[] = {
+    { "name", QMP_T_STR, false, "export name", NULL, NULL, NULL, NULL },
+    { "mode", QMP_T_ENUM, true, "\"safe\" (default) or \"hard\"",
+      "BlockExportRemoveMode", export_del_mode_values, NULL, NULL },
+    END,
+};
 static const struct qmp_arg args_block_export_del[] = {
     { "id", QMP_T_STR, false, "export id", NULL, NULL, NULL, NULL },
     { "mode", QMP_T_ENUM, true,
@@ -349,6 +372,12 @@ const struct qmp_command qmp_commands[] = {
       false, "Start the NBD server.", "{}" },
     { "nbd-server-stop", qmp_nbd_server_stop, NULL, false,
       "Stop the NBD server (disconnects clients; exports stay).", "{}" },
+    { "nbd-server-add", qmp_nbd_server_add, args_nbd_server_add, false,
+      "Deprecated in QEMU: block-export-add with type nbd and id = name.",
+      "{}" },
+    { "nbd-server-remove", qmp_nbd_server_remove, args_nbd_server_remove,
+      false, "Deprecated in QEMU: block-export-del of the export name.",
+      "{}" },
     { "block-export-add", qmp_block_export_add, args_block_export_add, false,
       "Export a node over the running NBD server.", "{}" },
     { "block-export-del", qmp_block_export_del, args_block_export_del, false,

@@ -766,3 +766,31 @@ def test_fleecing_recipe_qsd(qsd, tmp_dir):
 def test_fleecing_recipe_lockstepd(lockstepd, tmp_dir):
     [bms] = fleecing_recipe(lockstepd, tmp_dir, "ours")
     assert bms["bk-2"]["count"] == 128 << 10
+
+
+def legacy_nbd_add(binary, tmp_dir, name):
+    nbd = os.path.join(tmp_dir, name + "-nbd.sock")
+    with Daemon(binary, tmp_dir, name=name) as d:
+        with d.client() as c:
+            c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+            c.cmd("block-dirty-bitmap-add", {"node": "n0", "name": "b0",
+                                             "disabled": True})
+            c.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                                "data": {"path": nbd}}})
+            c.cmd("nbd-server-add", {"device": "n0", "name": "x",
+                                     "bitmap": "b0"})
+            exports = c.cmd("query-block-exports")
+            busy = bitmaps(c, "n0")["b0"]["busy"]
+            c.cmd("nbd-server-remove", {"name": "x"})
+            c.wait_event("BLOCK_EXPORT_DELETED")
+            after = c.cmd("query-block-exports")
+            c.cmd("nbd-server-stop")
+        assert d.stop() == 0
+    return exports, busy, after
+
+
+def test_legacy_nbd_server_add_like_qsd(lockstepd, qsd, tmp_dir):
+    ours = legacy_nbd_add(lockstepd, tmp_dir, "ours")
+    theirs = legacy_nbd_add(qsd, tmp_dir, "qsd")
+    assert ours == theirs
+    assert ours[0][0]["id"] == "x" and ours[1] is True and ours[2] == []
