@@ -1066,22 +1066,31 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     }
     if (ret < 0) {
         err_setf_errno(errp, -ret, "Could not clear the L1 table");
-        return ret;
+        goto broken;
     }
     memset(s->l1, 0, l1_bytes);
     qcow2_cache_discard_all(&s->l2_cache);
-    if (s->h.version >= 3) {
-        ret = rebuild_refcounts(s, errp);
+    ret = s->h.version >= 3 ? rebuild_refcounts(s, errp) : -ENOTSUP;
+    if (ret == -ENOTSUP) {
+        ret = free_all_mappings(s, old_l1, errp);
+    } else if (ret == 0 && s->reftable_offset != s->cluster_size) {
         /* A second round moves the new structure into clusters 1 and 2,
          * freed by the first: the layout of a fresh image again. */
-        if (ret == 0 && s->reftable_offset != s->cluster_size) {
-            ret = rebuild_refcounts(s, errp);
-        }
-        if (ret != -ENOTSUP) {
-            return ret;
-        }
+        ret = rebuild_refcounts(s, errp);
     }
-    return free_all_mappings(s, old_l1, errp);
+    if (ret < 0) {
+        goto broken;
+    }
+    return 0;
+
+broken:
+    /*
+     * What is on disk is consistent (leaks at worst) but may no longer
+     * match memory (a header or L1 write of unknown outcome): stop
+     * writing, as QEMU detaches the driver.  Reopening fixes it.
+     */
+    s->corrupt = true;
+    return ret;
 }
 
 static int
