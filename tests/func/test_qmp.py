@@ -231,13 +231,44 @@ def test_two_monitors(lockstepd, tmp_dir):
         assert d.stop() == 0
 
 
-def test_unnegotiated_client_gets_no_events(daemon):
-    with daemon.client(negotiate=False) as quiet, daemon.client() as c:
-        c.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
-        # No event here; but check the quiet client is still answered
-        # in order.
-        resp = quiet.execute("qmp_capabilities")
-        assert resp["return"] == {}
+def test_events_only_to_negotiated_clients(daemon, tmp_dir):
+    nbd = os.path.join(tmp_dir, "nbd.sock")
+    with daemon.client(negotiate=False) as quiet, daemon.client() as a, \
+            daemon.client() as b:
+        a.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"})
+        a.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                            "data": {"path": nbd}}})
+        a.cmd("block-export-add", {"type": "nbd", "id": "e0",
+                                   "node-name": "n0"})
+        before = time.time()
+        a.cmd("block-export-del", {"id": "e0"})
+        # The event comes before the command's response, as in QEMU.
+        assert [e["event"] for e in a.events] == ["BLOCK_EXPORT_DELETED"]
+        ev = b.wait_event("BLOCK_EXPORT_DELETED")
+        assert ev["data"] == {"id": "e0"}
+        ts = ev["timestamp"]["seconds"] + ev["timestamp"]["microseconds"] / 1e6
+        assert before - 1 <= ts <= time.time() + 1
+        assert 0 <= ev["timestamp"]["microseconds"] < 1000000
+        # Nothing was queued for the client still negotiating.
+        quiet.send({"execute": "qmp_capabilities", "id": "q"})
+        assert quiet.recv() == {"return": {}, "id": "q"}
+        a.cmd("nbd-server-stop")
+
+
+def test_garbage_input_never_kills_the_daemon(daemon):
+    import random
+    rnd = random.Random(1234)
+    alphabet = b'{}[]",:\\ \n\tabcexecutrn0123456789-.\x00\xff'
+    for _ in range(200):
+        with daemon.client(negotiate=rnd.random() < 0.5) as c:
+            data = bytes(rnd.choice(alphabet)
+                         for _ in range(rnd.randint(1, 400)))
+            try:
+                c.send_raw(data)
+            except OSError:
+                pass
+    with daemon.client() as c:
+        assert c.cmd("query-version")["package"].startswith("lockstep")
 
 
 def test_quit(daemon):
