@@ -643,6 +643,46 @@ test_query(void **state)
     free(path);
 }
 
+/* The slow path: v2, and an L1 too big for one 64-entry refcount block. */
+static void
+test_make_empty_slow(void **state)
+{
+    static const struct qcow2_create_opts opts[] = {
+        { .version = 2 },
+        { .cluster_size = 512, .refcount_bits = 64 },
+    };
+    uint8_t *buf = xmalloc(MiB);
+
+    (void)state;
+    for (size_t i = 0; i < ARRAY_SIZE(opts); i++) {
+        char *path = tmp_path("slow.qcow2");
+        struct block_node *node;
+        struct block_handle *h;
+        struct err *e = NULL;
+        uint64_t pnum;
+
+        create_image(path, GiB, &opts[i]);
+        h = open_image(path, &node);
+        memset(buf, 0x61, MiB);
+        for (uint64_t off = 0; off < GiB; off += 128 * MiB) {
+            assert_int_equal(block_handle_pwrite(h, off, MiB, buf, 0), 0);
+        }
+        block_graph_enter();
+        assert_int_equal(block_make_empty(node, &e), 0);
+        assert_int_equal(block_is_allocated(node, 0, GiB, &pnum), 0);
+        block_graph_leave();
+        assert_int_equal(block_handle_pread(h, 128 * MiB, MiB, buf, 0), 0);
+        assert_true(buffer_is_zero(buf, MiB));
+        memset(buf, 0x62, MiB);
+        assert_int_equal(block_handle_pwrite(h, 3 * MiB, MiB, buf, 0), 0);
+        close_image(h, node);
+        assert_int_equal(qemu_img_check(path), 0);
+        unlink(path);
+        free(path);
+    }
+    free(buf);
+}
+
 int
 main(void)
 {
@@ -655,6 +695,7 @@ main(void)
         cmocka_unit_test(test_make_empty_fast),
         cmocka_unit_test(test_concurrent_cow),
         cmocka_unit_test(test_make_empty_errors),
+        cmocka_unit_test(test_make_empty_slow),
         cmocka_unit_test(test_query),
     };
     int ret;
