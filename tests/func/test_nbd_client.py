@@ -10,6 +10,7 @@ chain lockstep NBD server -> nbd driver -> nbdkit.
 
 Every test runs under a SIGALRM guard and kills its servers.
 """
+import json
 import os
 import shutil
 import signal
@@ -400,3 +401,38 @@ def test_inet_server_address(lockstep_io, tmp_dir):
         assert r.returncode == 1
     finally:
         stop_checked(srv)
+
+
+def test_x_dirty_bitmap_through_chain(tmp_dir):
+    """x-dirty-bitmap=b0 reads qemu:dirty-bitmap:b0 as if it were
+    base:allocation (QEMU's hack): served again by a second server, dirty
+    areas show up as holes in base:allocation."""
+    need("nbdinfo")
+    need("qemu-io")
+    img = make_image(os.path.join(tmp_dir, "b.raw"), 4 * MiB)
+    inner = os.path.join(tmp_dir, "inner.sock")
+    outer = os.path.join(tmp_dir, "outer.sock")
+    s1 = NbdServe(["-b", "driver=file,node-name=f0,filename=" + img,
+                   "-m", "f0,b0", "-n", "unix:" + inner,
+                   "-e", "type=nbd,id=e0,node-name=f0,writable=on,"
+                   "bitmaps.0=b0"])
+    s2 = None
+    try:
+        r = run(["qemu-io", "-f", "raw", "-c", "write 1M 64k",
+                 "nbd+unix:///f0?socket=" + inner])
+        assert r.returncode == 0, r.stderr
+        s2 = NbdServe(["-b", "driver=nbd,node-name=n0,server.type=unix,"
+                       "server.path=%s,export=f0,x-dirty-bitmap=b0" % inner,
+                       "-n", "unix:" + outer,
+                       "-e", "type=nbd,id=e1,node-name=n0"])
+        r = run(["nbdinfo", "--map", "--json",
+                 "nbd+unix:///n0?socket=" + outer])
+        assert r.returncode == 0, r.stderr
+        ext = [(e["offset"], e["length"], e["type"] & 1)
+               for e in json.loads(r.stdout)]
+        assert ext == [(0, MiB, 0), (MiB, 64 * 1024, 1),
+                       (MiB + 64 * 1024, 3 * MiB - 64 * 1024, 0)]
+    finally:
+        if s2:
+            stop_checked(s2)
+        stop_checked(s1)
