@@ -12,8 +12,6 @@ Every test runs under a SIGALRM guard and kills its servers.
 """
 import json
 import os
-import shutil
-import signal
 import subprocess
 import time
 
@@ -382,7 +380,6 @@ def test_server_dies_with_requests_in_flight(tmp_dir, procs):
 def test_inet_server_address(lockstep_io, tmp_dir):
     """server.type=inet with the port as a string (keyval) against our
     server on TCP; a missing port means 10809 (refused here)."""
-    from test_nbd_server import free_port
     img = make_image(os.path.join(tmp_dir, "t.raw"), 4 * MiB)
     port = free_port()
     srv = NbdServe(["-b", "driver=file,node-name=t0,filename=" + img,
