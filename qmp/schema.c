@@ -732,6 +732,23 @@ qmp_schema_print_doc(FILE *f)
         "runs: unknown members (\"Parameter 'x' is unexpected\"), missing "
         "ones (\"Parameter 'x' is missing\") and wrong types (\"Invalid "
         "parameter type for 'x', expected: integer\") are errors.\n\n"
+        "## Command line\n\n"
+        "lockstepd takes qemu-storage-daemon's options, processed in "
+        "order (`lockstepd --help` lists them):\n\n"
+        "- `--blockdev OPTS` (dotted key=value or JSON): `blockdev-add`.\n"
+        "- `--chardev socket,id=ID,path=P,server=on,wait=off` and "
+        "`--monitor [chardev=]ID[,pretty=on]`: a QMP monitor on a unix "
+        "socket; any number of monitors, each serving several clients at "
+        "once.\n"
+        "- `--nbd-server addr.type=unix,addr.path=P` or "
+        "`addr.type=inet,addr.host=H,addr.port=N` (`,max-connections=N`): "
+        "`nbd-server-start` with a flat socket address.\n"
+        "- `--export [type=]nbd,id=ID,node-name=N[,name=E][,writable=on|off]"
+        "[,bitmap=B]` (or JSON): `block-export-add`.\n"
+        "- `--daemonize`, `--pidfile PATH`, `--help`, `--version`; `-T` / "
+        "`--trace` are accepted and ignored.\n"
+        "- SIGTERM, SIGINT, SIGHUP and `quit`: stop the NBD server, close "
+        "exports and jobs, flush and close every node, exit 0.\n\n"
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
