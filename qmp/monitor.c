@@ -135,7 +135,8 @@ client_send(struct client *cl, json_t *msg)
         return;
     }
     text = json_dumps(msg, (cl->mon->pretty ? JSON_INDENT(4) : 0) |
-                           JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+                           JSON_PRESERVE_ORDER | JSON_ENCODE_ANY |
+                           JSON_ENSURE_ASCII);
     if (!text) {
         return;
     }
