@@ -825,3 +825,116 @@ def test_legacy_nbd_server_add_like_qsd(lockstepd, qsd, tmp_dir):
     theirs = legacy_nbd_add(qsd, tmp_dir, "qsd")
     assert ours == theirs
     assert ours[0][0]["id"] == "x" and ours[1] is True and ours[2] == []
+
+
+WIRE_SCRIPT = [
+    '{"execute": "query-version"}',
+    '{"execute": "nope", "id": 1}',
+    '{"execute": "qmp_capabilities", "id": "cap"}',
+    '{"execute": "qmp_capabilities"}',
+    '{"execute": "nope", "id": {"a": [1, null]}}',
+    '{"execute": "query-version", "arguments": {"x": 1}}',
+    '[1, 2]',
+    '"abc"',
+    '{"foo": 1}',
+    '{"execute": 1}',
+    '{"execute": "query-version", "arguments": [1]}',
+    '{"execute": "query-version", "id": 5, "extra": 1}',
+    '{"execute": "query-version", "id": "\\u00e9"}',
+    '{"execute": "blockdev-add", "arguments": {"driver": "null-co", '
+    '"node-name": "n0", "size": 1048576}}',
+    '{"execute": "blockdev-add", "arguments": {"driver": "null-co", '
+    '"node-name": "n0"}}',
+    '{"execute": "blockdev-add", "arguments": {"driver": "raw", '
+    '"node-name": "r0", "file": "n0"}}',
+    '{"execute": "blockdev-del", "arguments": {"node-name": "n0"}}',
+    '{"execute": "blockdev-del", "arguments": {"node-name": "zz"}}',
+    '{"execute": "blockdev-del", "arguments": {}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0"}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": 1, '
+    '"name": "b"}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0", '
+    '"name": "b", "granularity": "x"}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0", '
+    '"name": "b", "granularity": 100}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "zz", '
+    '"name": "b"}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0", '
+    '"name": "b0"}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0", '
+    '"name": "b0"}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0", '
+    '"name": ""}}',
+    '{"execute": "block-dirty-bitmap-add", "arguments": {"node": "n0", '
+    '"name": "p", "persistent": true}}',
+    '{"execute": "block-dirty-bitmap-remove", "arguments": {"node": "n0", '
+    '"name": "zz"}}',
+    '{"execute": "block-dirty-bitmap-remove", "arguments": {"node": "zz", '
+    '"name": "zz"}}',
+    '{"execute": "block-dirty-bitmap-merge", "arguments": {"node": "n0", '
+    '"target": "b0", "bitmaps": "x"}}',
+    '{"execute": "block-dirty-bitmap-merge", "arguments": {"node": "n0", '
+    '"target": "b0", "bitmaps": [{"node": "n0"}]}}',
+    '{"execute": "block-dirty-bitmap-merge", "arguments": {"node": "n0", '
+    '"target": "b0", "bitmaps": [{"node": "qq", "name": "b0"}]}}',
+    '{"execute": "block-dirty-bitmap-disable", "arguments": {"node": "n0", '
+    '"name": "b0"}}',
+    '{"execute": "block-dirty-bitmap-enable", "arguments": {"node": "n0", '
+    '"name": "b0"}}',
+    '{"execute": "block-dirty-bitmap-clear", "arguments": {"node": "n0", '
+    '"name": "b0"}}',
+    '{"execute": "x-debug-block-dirty-bitmap-sha256", "arguments": '
+    '{"node": "n0", "name": "b0"}}',
+    '{"execute": "transaction", "arguments": {"actions": ['
+    '{"type": "block-dirty-bitmap-add", "data": {"node": "n0", '
+    '"name": "t1"}}, {"type": "block-dirty-bitmap-add", "data": '
+    '{"node": "n0", "name": "b0"}}]}}',
+    '{"execute": "transaction", "arguments": {"actions": ['
+    '{"type": "bogus", "data": {}}]}}',
+    '{"execute": "transaction", "arguments": {"actions": ['
+    '{"type": "block-dirty-bitmap-add"}]}}',
+    '{"execute": "transaction", "arguments": {"actions": ['
+    '{"type": "abort", "data": {}}]}}',
+    '{"execute": "transaction", "arguments": {"actions": []}}',
+    '{"execute": "query-named-block-nodes", "arguments": {"flat": 1}}',
+    '{"execute": "block-export-del", "arguments": {"id": "e0", '
+    '"mode": "soft"}}',
+    '{"execute": "nbd-server-start", "arguments": {"addr": '
+    '{"type": "unix", "path": "/nonexistent"}}}',
+    '{"execute": "block-dirty-bitmap-remove", "arguments": {"node": "n0", '
+    '"name": "b0"}}',
+    '{"execute": "blockdev-del", "arguments": {"node-name": "r0"}}',
+    '{"execute": "blockdev-del", "arguments": {"node-name": "n0"}}',
+    '{"execute": "query-named-block-nodes"}',
+    '{"execute": "quit", "id": "bye"}',
+]
+
+
+def wire_transcript(binary, tmp_dir, name):
+    import re
+    with Daemon(binary, tmp_dir, name=name) as d:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.qmp_path)
+        f = s.makefile("rb")
+        lines = [f.readline()]
+        for req in WIRE_SCRIPT:
+            s.sendall(req.encode() + b"\n")
+            lines.append(f.readline())
+        s.close()
+        d.proc.wait(10)
+    out = []
+    for line in lines:
+        # Versions differ by design.
+        line = re.sub(rb'"qemu": \{"micro": \d+, "minor": \d+, "major": \d+\}, '
+                      rb'"package": "[^"]*"', b"VERSION", line)
+        out.append(line)
+    return out
+
+
+def test_wire_transcript_like_qsd(lockstepd, qsd, tmp_dir):
+    """The same requests get byte-identical responses from both."""
+    ours = wire_transcript(lockstepd, tmp_dir, "ours")
+    theirs = wire_transcript(qsd, tmp_dir, "qsd")
+    assert len(ours) == len(theirs)
+    for req, o, t in zip(["(greeting)"] + WIRE_SCRIPT, ours, theirs):
+        assert o == t, req
