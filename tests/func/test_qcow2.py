@@ -496,6 +496,24 @@ def test_resize_grow(lockstep_io, lockstep_img, tmp_dir):
     assert_read_ok(qio(top, "read -P 9 0 16M", "read -P 0 16M 16M"))
 
 
+@pytest.mark.parametrize("opts", ["cluster_size=4096", "extended_l2=on"])
+def test_resize_shrink_and_regrow(lockstep_io, lockstep_img, tmp_dir, opts):
+    img = os.path.join(tmp_dir, "s.qcow2")
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-o", opts, img,
+            "64M"]))
+    ok(lio(lockstep_io, img, "write -P 5 0 64M"))
+    # Not cluster aligned: the last cluster is cut in the middle.
+    new = 10 * 1048576 + 512
+    ok(run([lockstep_img, "resize", "--shrink", img, str(new)]))
+    check_clean(img)
+    res = ok(run([QEMU_IMG, "info", "--output=json", img]))
+    assert '"virtual-size": %d' % new in res.stdout
+    ok(run([lockstep_img, "resize", img, "32M"]))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 5 0 %d" % new,
+                       "read -P 0 %d %d" % (new, 32 * 1048576 - new)))
+
+
 def test_v2_discard_and_zero(lockstep_io, tmp_dir):
     img = os.path.join(tmp_dir, "v2.qcow2")
     ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", "compat=0.10",

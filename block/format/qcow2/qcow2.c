@@ -1120,46 +1120,115 @@ qcow2_make_empty(struct block_node *node, struct err **errp)
 /* ---- Truncate ------------------------------------------------------------ */
 
 static int
-qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
+write_size_locked(struct qcow2_state *s, uint64_t length)
 {
-    struct qcow2_state *s = node->opaque;
-    uint64_t old = s->h.size;
-    uint64_t need = div_round_up(length, s->cluster_size * s->l2_entries);
-    struct qcow2_range r;
     uint8_t be[8];
     int ret;
 
-    if (length % 512) {
-        err_setf(errp, "The new size must be a multiple of 512");
-        return -EINVAL;
-    }
-    if (length < old) {
-        err_setf(errp, "qcow2 doesn't support shrinking images yet");
-        return -ENOTSUP;
-    }
-    range_lock(s, &r, 0, UINT64_MAX >> 1, true);
-    mutex_lock(&s->lock);
-    ret = s->corrupt ? -EIO : qcow2_grow_l1(s, need);
-    if (ret == 0) {
-        st_be64(be, length);
-        ret = block_pwrite(s->file, QCOW2_HDR_OFF_SIZE, 8, be, 0);
-    }
+    st_be64(be, length);
+    ret = block_pwrite(s->file, QCOW2_HDR_OFF_SIZE, 8, be, 0);
     if (ret == 0) {
         ret = block_flush(s->file);
     }
     if (ret == 0) {
         s->h.size = length;
     }
+    return ret;
+}
+
+/*
+ * Shrink: the header size first (what lies beyond is unreachable from
+ * then on), then drop every mapping past the new end: entries of the
+ * straddling L2 table cleared and made stable, L2 tables wholly beyond
+ * unhooked from the L1 table (stable), and only then refcounts lowered.
+ * The L1 table keeps its size (it may be larger than needed).
+ */
+static int
+shrink_locked(struct qcow2_state *s, uint64_t length)
+{
+    uint64_t first = div_round_up(length, s->cluster_size);
+    uint64_t end = div_round_up(s->h.size, s->cluster_size);
+    uint64_t first_l1 = div_round_up(first, s->l2_entries);
+    struct qcow2_l2e e, zero = { 0, 0 };
+    struct free_list f = { 0 };
+    int ret = write_size_locked(s, length);
+
+    for (uint64_t gc = first; ret == 0 && gc < end; gc++) {
+        ret = qcow2_get_l2e(s, gc, &e);
+        if (ret == 0 && (e.entry || e.bitmap)) {
+            free_list_add_entry(s, &f, &e);
+            if (gc / s->l2_entries < first_l1) {
+                ret = qcow2_set_l2e(s, gc, &zero);
+            }
+        }
+    }
+    if (ret == 0) {
+        ret = qcow2_l2_stable(s);
+    }
+    for (uint64_t i = first_l1; ret == 0 && i < s->l1_size; i++) {
+        uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+
+        if (l2) {
+            s->l1[i] = 0;
+            ret = qcow2_write_l1_entry(s, i);
+            free_list_add(&f, l2, 1);
+        }
+    }
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        free(f.off);
+        free(f.n);
+        return ret;
+    }
+    return free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+}
+
+static int
+qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
+{
+    struct qcow2_state *s = node->opaque;
+    uint64_t old = s->h.size;
+    uint64_t need = div_round_up(length, s->cluster_size * s->l2_entries);
+    struct qcow2_range r;
+    int ret;
+
+    if (length % 512) {
+        err_setf(errp, "The new size must be a multiple of 512");
+        return -EINVAL;
+    }
+    range_lock(s, &r, 0, UINT64_MAX >> 1, true);
+    mutex_lock(&s->lock);
+    if (s->corrupt) {
+        ret = -EIO;
+    } else if (length < old) {
+        ret = shrink_locked(s, length);
+    } else {
+        ret = qcow2_grow_l1(s, need);
+        if (ret == 0) {
+            ret = write_size_locked(s, length);
+        }
+    }
     mutex_unlock(&s->lock);
     range_unlock(s, &r);
     if (ret < 0) {
-        err_setf_errno(errp, -ret, "Failed to grow the qcow2 image");
+        err_setf_errno(errp, -ret, "Failed to resize the qcow2 image");
         return ret;
     }
-    if (node->backing && length > old) {
-        /* The backing file must not show through the new area. */
+    if (length > old) {
+        /*
+         * The new area must read as zeroes: the backing file must not show
+         * through, and neither may old bytes past the end of a partial
+         * last cluster (left by an earlier shrink).
+         */
+        uint64_t zero_end = node->backing ? length
+                            : MIN(length, align_up(old, s->cluster_size));
+
         __atomic_store_n(&node->size, length, __ATOMIC_RELAXED);
-        ret = block_pwrite_zeroes(node, old, length - old, 0);
+        ret = zero_end > old ? block_pwrite_zeroes(node, old, zero_end - old,
+                                                   0)
+                             : 0;
         if (ret < 0) {
             err_setf_errno(errp, -ret, "Failed to zero the grown area");
             return ret;
