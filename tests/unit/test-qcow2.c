@@ -686,7 +686,7 @@ test_make_empty_slow(void **state)
 
 struct emptier_arg {
     struct block_node *node;
-    volatile bool stop;
+    bool stop;              /* atomic */
     int failures;
     int rounds;
 };
@@ -696,7 +696,7 @@ emptier(void *opaque)
 {
     struct emptier_arg *a = opaque;
 
-    while (!a->stop) {
+    while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
         struct err *e = NULL;
 
         block_graph_enter();
@@ -738,7 +738,7 @@ test_make_empty_concurrent(void **state)
         thread_join(th[i]);
         assert_int_equal(args[i].failures, 0);
     }
-    ea.stop = true;
+    __atomic_store_n(&ea.stop, true, __ATOMIC_RELEASE);
     thread_join(et);
     assert_int_equal(ea.failures, 0);
     assert_true(ea.rounds > 0);
