@@ -10,7 +10,7 @@
 extern const struct block_driver blkdebug_driver;
 extern const struct block_driver cbw_driver;
 extern const struct block_driver file_driver;
-extern const struct block_driver nbd_driver;
+extern const struct block_driver nbdcli_driver;
 extern const struct block_driver null_co_driver;
 extern const struct block_driver quorum_driver;
 extern const struct block_driver qcow2_driver;
@@ -22,7 +22,7 @@ const struct block_driver *const block_drivers[] = {
     &blkdebug_driver,
     &cbw_driver,
     &file_driver,
-    &nbd_driver,
+    &nbdcli_driver,
     &null_co_driver,
     &quorum_driver,
     &qcow2_driver,

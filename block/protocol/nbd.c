@@ -20,7 +20,7 @@
  *
  *   When the server offers CAN_MULTI_CONN (then a flush on one connection
  *   covers the writes acknowledged on the others, spec) the driver spreads
- *   requests over NBD_POOL_MAX connections, otherwise it uses one.
+ *   requests over NBDCLI_POOL_MAX connections, otherwise it uses one.
  *
  *   A connection whose server went away has all its requests failed by
  *   libnbd; the next request reconnects it once nothing is in flight on
@@ -50,9 +50,9 @@
 #include "lockstep/block.h"
 #include "util.h"
 
-#define NBD_POOL_MAX 4
+#define NBDCLI_POOL_MAX 4
 /* NBD lengths are 32-bit; keep requests 64 KiB-aligned below that. */
-#define NBD_MAX_EFFECT (1U << 31)
+#define NBDCLI_MAX_EFFECT (1U << 31)
 
 /* One connection.  h is replaced only while inflight == 0 and under
  * s->lock, so a request that counted itself in inflight may use h without
@@ -81,7 +81,7 @@ struct nbdcli_state {
     /* The connections.  Protected by: lock (see struct nbdcli_conn). */
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct nbdcli_conn conns[NBD_POOL_MAX];
+    struct nbdcli_conn conns[NBDCLI_POOL_MAX];
     int nconns;
     unsigned next;          /* round robin */
 };
@@ -495,7 +495,7 @@ nbdcli_parse_server(struct nbdcli_state *s, json_t *server,
 static void
 nbdcli_free(struct nbdcli_state *s)
 {
-    for (int i = 0; i < NBD_POOL_MAX; i++) {
+    for (int i = 0; i < NBDCLI_POOL_MAX; i++) {
         if (s->conns[i].h) {
             nbd_close(s->conns[i].h);
             s->conns[i].h = NULL;
@@ -529,10 +529,10 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
 
     mutex_init(&s->lock);
     cond_init(&s->cond);
-    for (int i = 0; i < NBD_POOL_MAX; i++) {
+    for (int i = 0; i < NBDCLI_POOL_MAX; i++) {
         s->conns[i].kick_fd = -1;
     }
-    for (int i = 0; i < NBD_POOL_MAX; i++) {
+    for (int i = 0; i < NBDCLI_POOL_MAX; i++) {
         s->conns[i].kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (s->conns[i].kick_fd < 0) {
             ret = -errno;
@@ -610,7 +610,7 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
         goto out_free;
     }
     if (nbd_can_multi_conn(h) > 0) {
-        s->nconns = NBD_POOL_MAX;   /* the others connect on first use */
+        s->nconns = NBDCLI_POOL_MAX;   /* the others connect on first use */
     }
 
     minb = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
@@ -628,8 +628,8 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
             node->limits.max_transfer = (uint64_t)maxb;
         }
     }
-    node->limits.max_pdiscard = NBD_MAX_EFFECT;
-    node->limits.max_pwrite_zeroes = NBD_MAX_EFFECT;
+    node->limits.max_pdiscard = NBDCLI_MAX_EFFECT;
+    node->limits.max_pwrite_zeroes = NBDCLI_MAX_EFFECT;
     node->limits.opt_transfer = 4096;
     node->supported_write_flags = s->can_fua ? BLOCK_REQ_FUA : 0;
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP |
@@ -740,7 +740,7 @@ nbdcli_block_status(struct block_node *node, uint64_t offset,
         *pnum = bytes;
         return BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID;
     }
-    bytes = MIN(bytes, (uint64_t)NBD_MAX_EFFECT);
+    bytes = MIN(bytes, (uint64_t)NBDCLI_MAX_EFFECT);
     r = nbdcli_run(s, OP_STATUS, offset, bytes, NULL,
                    LIBNBD_CMD_FLAG_REQ_ONE, &e);
     if (r < 0) {
@@ -757,7 +757,7 @@ nbdcli_block_status(struct block_node *node, uint64_t offset,
            ((e.ext_flags & 0x2) ? BLOCK_STATUS_ZERO : 0);   /* STATE_ZERO */
 }
 
-const struct block_driver nbd_driver = {
+const struct block_driver nbdcli_driver = {
     .name = "nbd",
     .kind = BLOCK_KIND_PROTOCOL,
     .state_size = sizeof(struct nbdcli_state),
