@@ -164,9 +164,11 @@ int qcow2_header_parse(const void *buf, size_t len, struct qcow2_header *h,
                        struct err **errp);
 
 /*
- * Names of the feature bits set in bits that are not in known_mask, as
- * "bit 5, bit 7" style text or the spec names for known ones.  Returns a
- * malloc'd string.  type: 0 incompatible, 1 compatible, 2 autoclear.
+ * The names of the feature bits set in bits, comma separated: the spec
+ * names for known bits ("dirty bit", "lazy refcounts", ...) and
+ * "Unknown incompatible feature bit N" style text for the others.
+ * type: 0 incompatible, 1 compatible, 2 autoclear.  Returns a malloc'd
+ * string (free it).
  */
 char *qcow2_feature_names(int type, uint64_t bits);
 
