@@ -235,6 +235,28 @@ def test_backing_chain_relative(lockstep_io, lockstep_img, tmp_dir,
     assert '"depth": 0' in res.stdout.replace(" ", " ")
 
 
+def test_commit_empties_overlay(lockstep_io, lockstep_img, tmp_dir):
+    """lockstep-img commit ends with make_empty on the overlay."""
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(qio(base, "write -P 1 0 64M"))
+    ok(run([lockstep_img, "create", "-q", "-f", "qcow2", "-b", "base.qcow2",
+            "-F", "qcow2", top, "64M"]))
+    ok(lio(lockstep_io, top, "write -P 2 1M 30M", "write -z 40M 1M"))
+    ok(run([lockstep_img, "commit", "-q", top]))
+    check_clean(top)
+    check_clean(base)
+    # Fresh-image layout again: header, reftable, refblock, L1.
+    assert os.path.getsize(top) <= 3 * 65536 + 4096
+    expect = ["read -P 1 0 1M", "read -P 2 1M 30M", "read -P 1 31M 9M",
+              "read -P 0 40M 1M", "read -P 1 41M 23M"]
+    assert_read_ok(qio(top, *expect))
+    assert_read_ok(qio(base, *expect))
+    res = ok(run([QEMU_IMG, "map", "--output=json", top]))
+    assert '"depth": 0' not in res.stdout
+
+
 def test_raw_backing_and_explicit_null(lockstep_io, tmp_dir):
     base = os.path.join(tmp_dir, "base.raw")
     top = os.path.join(tmp_dir, "top.qcow2")
