@@ -66,35 +66,92 @@ qmp_blockdev_del(json_t *args, struct err **errp)
 
 /* ---- query-named-block-nodes ------------------------------------------- */
 
-/* QEMU's bs->filename: the protocol's file name, inherited up through
- * "file" children, else a json: description of the options. */
+static bool
+is_null_driver(struct block_node *node)
+{
+    return !strncmp(node->drv->name, "null", 4);
+}
+
+/* Options QEMU leaves out of a json: filename (they do not change what
+ * the node reads). */
+static bool
+is_common_option(const char *key)
+{
+    static const char *const common[] = {
+        "node-name", "discard", "cache", "read-only", "auto-read-only",
+        "force-share", "detect-zeroes", NULL,
+    };
+
+    for (size_t i = 0; common[i]; i++) {
+        if (!strcmp(key, common[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The node as QEMU describes it in a json: filename. */
+static json_t *
+node_json(struct block_node *node)
+{
+    json_t *out = json_pack("{s:s}", "driver", node->drv->name);
+    struct block_child *c;
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(node->options, key, v) {
+        if (!strcmp(key, "driver") || is_common_option(key) ||
+            block_node_child(node, key)) {
+            continue;
+        }
+        json_object_set(out, key, v);
+    }
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        json_object_set_new(out, c->name, node_json(c->node));
+    }
+    return out;
+}
+
+/*
+ * QEMU's bs->filename: the protocol's file name, inherited up through
+ * "file" children while it is a plain name, else a json: description.
+ */
 static char *
 node_filename(struct block_node *node)
 {
     const char *fn = json_string_value(json_object_get(node->options,
                                                        "filename"));
-    json_t *opts;
+    json_t *desc;
     char *dump, *ret;
 
     if (fn) {
         return xstrdup(fn);
     }
     if (node->file) {
-        return node_filename(node->file->node);
+        char *child = node_filename(node->file->node);
+
+        if (strncmp(child, "json:", 5)) {
+            return child;
+        }
+        free(child);
     }
-    opts = json_deep_copy(node->options);
-    json_object_del(opts, "node-name");
-    dump = json_dumps(opts, JSON_PRESERVE_ORDER);
+    desc = node_json(node);
+    dump = json_dumps(desc, JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
     ret = xasprintf("json:%s", dump ? dump : "{}");
     free(dump);
-    json_decref(opts);
+    json_decref(desc);
     return ret;
 }
 
+/* QEMU asks the bottom of the "file" chain for image info; null-co has
+ * none (no dirty-flag) and reports 0 bytes allocated. */
 static bool
-is_null_driver(struct block_node *node)
+bottom_is_null(struct block_node *node)
 {
-    return !strncmp(node->drv->name, "null", 4);
+    while (node->file) {
+        node = node->file->node;
+    }
+    return is_null_driver(node);
 }
 
 static int
@@ -109,6 +166,51 @@ backing_depth(struct block_node *node)
     return depth;
 }
 
+/*
+ * QEMU prints its dictionaries in hash-table order; emitting members in
+ * the same order makes our output byte-identical to qemu-storage-daemon's
+ * for scripts that compare text.  Returns a new object with the keys of
+ * order first (those present), then any others; obj is consumed.
+ */
+static json_t *
+reorder(json_t *obj, const char *const *order)
+{
+    json_t *out = json_object();
+    const char *key;
+    json_t *v;
+
+    for (size_t i = 0; order[i]; i++) {
+        if ((v = json_object_get(obj, order[i]))) {
+            json_object_set(out, order[i], v);
+        }
+    }
+    json_object_foreach(obj, key, v) {
+        if (!json_object_get(out, key)) {
+            json_object_set(out, key, v);
+        }
+    }
+    json_decref(obj);
+    return out;
+}
+
+static const char *const image_order[] = {
+    "backing-image", "backing-filename-format", "virtual-size", "filename",
+    "cluster-size", "format", "actual-size", "format-specific",
+    "full-backing-filename", "backing-filename", "dirty-flag", NULL,
+};
+static const char *const info_order[] = {
+    "iops_rd", "detect_zeroes", "image", "iops_wr", "ro", "node-name",
+    "backing_file_depth", "drv", "iops", "bps_wr", "write_threshold",
+    "backing_file", "dirty-bitmaps", "encrypted", "bps", "bps_rd", "cache",
+    "file", NULL,
+};
+static const char *const cache_order[] = {
+    "no-flush", "direct", "writeback", NULL,
+};
+static const char *const bitmap_order[] = {
+    "name", "recording", "persistent", "busy", "granularity", "count", NULL,
+};
+
 static json_t *
 image_info(struct block_node *node, bool flat)
 {
@@ -121,11 +223,11 @@ image_info(struct block_node *node, bool flat)
                         json_integer((json_int_t)align_up(node->size, 512)));
     json_object_set_new(image, "filename", json_string(fn));
     json_object_set_new(image, "format", json_string(node->drv->name));
-    if (actual >= 0 || is_null_driver(node)) {
+    if (actual >= 0 || bottom_is_null(node)) {
         json_object_set_new(image, "actual-size",
                             json_integer(actual >= 0 ? actual : 0));
     }
-    if (!is_null_driver(node)) {
+    if (!bottom_is_null(node)) {
         /* QEMU reports it for drivers with a get_info, false unless a
          * qcow2 image was not closed cleanly (the format adds that). */
         json_object_set_new(image, "dirty-flag", json_false());
@@ -159,7 +261,7 @@ image_info(struct block_node *node, bool flat)
                                 image_info(node->backing->node, false));
         }
     }
-    return image;
+    return reorder(image, image_order);
 }
 
 static const char *
@@ -196,8 +298,9 @@ node_info(struct block_node *node, bool flat)
 
         json_object_set_new(info, "backing_file", json_string(bfn));
     }
+    /* QEMU does not walk the chain for a flat listing. */
     json_object_set_new(info, "backing_file_depth",
-                        json_integer(backing_depth(node)));
+                        json_integer(flat ? 0 : backing_depth(node)));
     json_object_set_new(info, "encrypted", json_false());
     json_object_set_new(info, "detect_zeroes",
                         json_string(detect_zeroes_name(node->detect_zeroes)));
@@ -206,17 +309,25 @@ node_info(struct block_node *node, bool flat)
     }
     json_object_set_new(info, "image", image_info(node, flat));
     json_object_set_new(info, "cache",
-                        json_pack("{s:b, s:b, s:b}", "writeback", 1,
-                                  "direct", node->cache_direct, "no-flush",
-                                  node->cache_no_flush));
+                        reorder(json_pack("{s:b, s:b, s:b}", "writeback", 1,
+                                          "direct", node->cache_direct,
+                                          "no-flush", node->cache_no_flush),
+                                cache_order));
     json_object_set_new(info, "write_threshold", json_integer(0));
     bitmaps = block_node_dirty_bitmaps_info(node);
     if (json_array_size(bitmaps)) {
-        json_object_set_new(info, "dirty-bitmaps", bitmaps);
-    } else {
-        json_decref(bitmaps);
+        json_t *ordered = json_array();
+        size_t i;
+        json_t *bm;
+
+        json_array_foreach(bitmaps, i, bm) {
+            json_array_append_new(ordered,
+                                  reorder(json_incref(bm), bitmap_order));
+        }
+        json_object_set_new(info, "dirty-bitmaps", ordered);
     }
-    return info;
+    json_decref(bitmaps);
+    return reorder(info, info_order);
 }
 
 json_t *

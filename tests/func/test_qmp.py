@@ -885,6 +885,7 @@ WIRE_SCRIPT = [
     '"name": "b0"}}',
     '{"execute": "x-debug-block-dirty-bitmap-sha256", "arguments": '
     '{"node": "n0", "name": "b0"}}',
+    '{"execute": "query-named-block-nodes", "arguments": {"flat": true}}',
     '{"execute": "transaction", "arguments": {"actions": ['
     '{"type": "block-dirty-bitmap-add", "data": {"node": "n0", '
     '"name": "t1"}}, {"type": "block-dirty-bitmap-add", "data": '
