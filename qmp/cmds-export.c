@@ -96,7 +96,35 @@ qmp_block_export_del(json_t *args, struct err **errp)
 json_t *
 qmp_query_block_exports(json_t *args UNUSED, struct err **errp UNUSED)
 {
-    return block_export_query();
+    /* Members in the order QEMU prints them (its hash order), so that
+     * the text is the same as qemu-storage-daemon's. */
+    static const char *const order[] = {
+        "node-name", "shutting-down", "type", "id", NULL,
+    };
+    json_t *list = block_export_query();
+    json_t *out = json_array();
+    size_t i;
+    json_t *exp;
+
+    json_array_foreach(list, i, exp) {
+        json_t *o = json_object();
+        const char *key;
+        json_t *v;
+
+        for (size_t k = 0; order[k]; k++) {
+            if ((v = json_object_get(exp, order[k]))) {
+                json_object_set(o, order[k], v);
+            }
+        }
+        json_object_foreach(exp, key, v) {
+            if (!json_object_get(o, key)) {
+                json_object_set(o, key, v);
+            }
+        }
+        json_array_append_new(out, o);
+    }
+    json_decref(list);
+    return out;
 }
 
 /*
