@@ -962,3 +962,35 @@ def test_wire_transcript_like_qsd(lockstepd, qsd, tmp_dir):
     ours = wire_transcript(lockstepd, tmp_dir, "ours")
     theirs = wire_transcript(qsd, tmp_dir, "qsd")
     assert ours == theirs
+
+
+def test_job_events_through_the_main_loop(qmp, tmp_dir):
+    """Job threads hand work to the main loop and their events reach
+    clients: a backup runs to completion, a failed transaction cancels
+    the job it created."""
+    src = make_image(os.path.join(tmp_dir, "s.img"), 4 << 20, fill=0x42)
+    dst = make_image(os.path.join(tmp_dir, "t.img"), 4 << 20)
+    qmp.cmd("blockdev-add", {"driver": "file", "node-name": "s",
+                             "filename": src})
+    qmp.cmd("blockdev-add", {"driver": "file", "node-name": "t",
+                             "filename": dst})
+    qmp.cmd("blockdev-backup", {"job-id": "j0", "device": "s", "target": "t",
+                                "sync": "full"})
+    ev = qmp.wait_event("BLOCK_JOB_COMPLETED")
+    assert ev["data"]["device"] == "j0"
+    assert ev["data"]["offset"] == ev["data"]["len"] == 4 << 20
+    statuses = [e["data"]["status"] for e in qmp.events
+                if e["event"] == "JOB_STATUS_CHANGE"]
+    assert statuses[:2] == ["created", "running"]
+    assert qmp.cmd("query-jobs") == []
+    with open(dst, "rb") as f:
+        assert f.read() == b"\x42" * (4 << 20)
+    qmp.events.clear()
+    e = qmp.error("transaction", {"actions": [
+        {"type": "blockdev-backup",
+         "data": {"job-id": "j1", "device": "s", "target": "t",
+                  "sync": "full"}},
+        {"type": "abort", "data": {}}]})
+    assert e["desc"] == "Transaction aborted using Abort action"
+    qmp.wait_event("BLOCK_JOB_CANCELLED")
+    assert qmp.cmd("query-jobs") == []
