@@ -152,6 +152,13 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
         (t + n + k) * cs >= QCOW2_MAX_HOST_OFFSET) {
         return -EFBIG;
     }
+    if (qcow2_overlaps_metadata(s, t * cs, (n + k) * cs)) {
+        /* Uncovered clusters in use: the refcounts are lying. */
+        qcow2_signal_corruption(s, "metadata beyond the refcount table's "
+                                "reach at 0x%llx",
+                                (unsigned long long)(t * cs));
+        return -EIO;
+    }
     rbs = calloc(k, cs);
     table = calloc(n, cs);
     if (!rbs || !table) {
