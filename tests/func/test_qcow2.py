@@ -156,41 +156,27 @@ def test_qemu_written_read_by_lockstep(lockstep_io, tmp_dir, opts):
                        "read -P 0x75 1M 65537"))
 
 
-def test_compressed_read(lockstep_io, tmp_dir):
+@pytest.mark.parametrize("cs", ["512", "4096", "65536", "2M"])
+def test_compressed_read(lockstep_io, lockstep_img, tmp_dir, cs):
     raw = os.path.join(tmp_dir, "src.raw")
     img = os.path.join(tmp_dir, "c.qcow2")
     with open(raw, "wb") as f:
         for i in range(64):
             f.write(bytes([i]) * 65536)
         f.write(os.urandom(65536 * 3))
-    ok(run([QEMU_IMG, "convert", "-c", "-f", "raw", "-O", "qcow2", raw,
-            img]))
-    out = os.path.join(tmp_dir, "out.raw")
-    # Read everything back through lockstep and compare bytes.
+    ok(run([QEMU_IMG, "convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
+            "cluster_size=" + cs, raw, img]))
+    res = run([QEMU_IMG, "info", "--output=json", img])
+    # Everything back through lockstep's read path.
+    ok(run([lockstep_img, "compare", "-f", "raw", "-F", "qcow2", raw, img]))
     res = ok(run([lockstep_io, "-r", "-f", "qcow2", "-c",
-                  "read -v 0 %d" % (67 * 65536), img]))
-    data = bytearray()
-    for line in res.stdout.splitlines():
-        if len(line) > 10 and line[8] == ":":
-            data += bytes(int(x, 16) for x in line[10:58].split())
-    with open(raw, "rb") as f:
-        assert bytes(data) == f.read()
+                  "read -v 65536 64", img]))
+    assert "01 01 01 01" in res.stdout
     # Overwriting part of a compressed cluster copies the rest.
     ok(lio(lockstep_io, img, "write -P 0xee 65636 100"))
     check_clean(img)
     assert_read_ok(qio(img, "read -P 1 65536 100", "read -P 0xee 65636 100",
                        "read -P 1 65736 65336", "read -P 2 131072 65536"))
-    del out
-
-
-def test_block_status_matches_qemu_map(lockstep_img, tmp_dir):
-    img = os.path.join(tmp_dir, "m.qcow2")
-    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "8M"]))
-    ok(qio(img, "write -P 1 0 100k", "write -z 1M 64k", "write -P 2 2M 64k",
-           "write -z 2M 64k", "write -P 3 4M 1M", "discard 4M 64k"))
-    want = ok(run([QEMU_IMG, "map", "--output=json", img])).stdout
-    got = ok(run([lockstep_img, "map", "--output=json", img])).stdout
-    assert got == want
 
 
 # ---- Backing chains ----------------------------------------------------------
