@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * errno -> NBD error mapping.  The NBD spec defines a handful of error
- * values with Linux's numbers; every other errno is reported as NBD_EIO
- * so that a client never sees a value it cannot interpret.  ENOTSUP is only
+ * values with Linux's numbers; every other errno is reported as NBD_EINVAL,
+ * as QEMU's server does, so that clients see the same errors from both (a
+ * snapshot-access read outside the snapshot, EACCES, shows up as "Invalid
+ * argument" in qemu-io, as QEMU's fleecing tests expect).  ENOTSUP is only
  * meaningful for FAST_ZERO, and the server only produces it there (the
  * block layer returns -ENOTSUP for BLOCK_REQ_NO_FALLBACK).
  */
@@ -21,15 +23,11 @@ nbdsrv_errno_to_nbd(int err)
         return NBD_SUCCESS;
     case EPERM:
     case EROFS:
-    case EACCES:
         return NBD_EPERM;
     case EIO:
         return NBD_EIO;
     case ENOMEM:
         return NBD_ENOMEM;
-    case EINVAL:
-    case ERANGE:
-        return NBD_EINVAL;
     case ENOSPC:
     case EDQUOT:
     case EFBIG:
@@ -40,7 +38,8 @@ nbdsrv_errno_to_nbd(int err)
         return NBD_ENOTSUP;
     case ESHUTDOWN:
         return NBD_ESHUTDOWN;
+    case EINVAL:
     default:
-        return NBD_EIO;
+        return NBD_EINVAL;
     }
 }
