@@ -718,6 +718,7 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         unsigned a = (unsigned)div_round_up(in, sc_size);
         unsigned b = (unsigned)(end_ok ? div_round_up(in + n, sc_size)
                                        : (in + n) / sc_size);
+        enum qcow2_cluster_type type;
         struct qcow2_l2e old, e;
         bool free_old;
         int ret;
@@ -725,6 +726,13 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         ret = qcow2_get_l2e(s, gc, &old);
         if (ret < 0) {
             return ret;
+        }
+        if (qcow2_l2_entry_type(old.entry, old.bitmap, s->extended_l2,
+                                (int)s->h.version, s->cluster_bits,
+                                &type) < 0) {
+            qcow2_signal_corruption(s, "invalid L2 entry for guest cluster "
+                                    "%llu", (unsigned long long)gc);
+            return -EIO;
         }
         if (!discard && !(start_ok && end_ok)) {
             /* Partial subcluster: fine only if it reads as zero already. */
