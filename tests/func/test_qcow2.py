@@ -27,7 +27,7 @@ QEMU_IO = shutil.which("qemu-io")
 pytestmark = pytest.mark.skipif(not QEMU_IMG or not QEMU_IO,
                                 reason="qemu-img/qemu-io not installed")
 
-CLUSTER_SIZES = [512, 1024, 4096, 16384, 65536, 262144, 1048576, 2097152]
+CLUSTER_SIZES = [512 << i for i in range(13)]     # 512 B .. 2 MiB
 
 
 @pytest.fixture(scope="session")
