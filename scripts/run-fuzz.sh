@@ -17,7 +17,7 @@ ninja -C "$dir" >/dev/null || { echo "fuzz: build failed"; exit 1; }
 failed=0
 passed=0
 for exe in "$dir"/tests/fuzz/fuzz-*; do
-    [ -x "$exe" ] || continue
+    [ -f "$exe" ] && [ -x "$exe" ] || continue
     name=$(basename "$exe")
     corpus=$(mktemp -d)
     # Seeds: committed text seeds plus what the target's seed script makes.
