@@ -203,10 +203,12 @@ def test_image_locks(limg, qemu_img, qemu_io_bin, tmp_dir):
     with open(img, "rb") as f:
         before = f.read()
     holder = subprocess.Popen([qemu_io_bin, "-f", "qcow2", "-c",
-                               "sleep 60000", img])
+                               "sleep 60000", img], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60
         while run([qemu_img, "info", img]).returncode == 0:
+            assert holder.poll() is None, holder.stdout.read()
             assert time.time() < deadline, "qemu-io took no lock"
             time.sleep(0.05)
         for cmd in (["info"], ["check"], ["map"]):
