@@ -7,10 +7,13 @@
  * qcow2_create() for every cluster size and refcount width, a write/read
  * round trip, and make_empty on a 10 GiB image with 1 GiB allocated, which
  * must take well under a second and leave an image qemu-img check accepts;
- * and eight threads copying-on-write into the same clusters at once.
+ * eight threads copying-on-write into the same clusters at once, make_empty
+ * failing or racing with writers, and a writer killed with SIGKILL while
+ * it empties the image again and again.
  */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -755,6 +758,74 @@ test_make_empty_concurrent(void **state)
     free(buf);
 }
 
+/* Child of the crash test: write, empty, write, flush... until killed. */
+static void
+crash_child(const char *path, unsigned seed)
+{
+    struct block_node *node;
+    struct block_handle *h;
+    uint8_t *buf = xmalloc(256 * KiB);
+
+    h = open_image(path, &node);
+    for (;;) {
+        for (int i = 0; i < 20; i++) {
+            uint64_t off = (uint64_t)(rand_r(&seed) % (60 * 1024)) * 1024;
+
+            memset(buf, rand_r(&seed) & 0xff, 256 * KiB);
+            block_handle_pwrite(h, off, 1 + (uint64_t)rand_r(&seed) %
+                                (256 * KiB), buf, 0);
+            if (i % 7 == 0) {
+                block_handle_pdiscard(h, off, 64 * KiB);
+            }
+        }
+        if (rand_r(&seed) % 2) {
+            block_handle_flush(h);
+        }
+        block_graph_enter();
+        block_make_empty(node, NULL);
+        block_graph_leave();
+    }
+}
+
+/* SIGKILL at random moments while make_empty runs again and again: the
+ * image must never be corrupt (leaks are allowed). */
+static void
+test_make_empty_crash(void **state)
+{
+    struct qcow2_create_opts o = { .cluster_size = 4096 };
+    char *path = tmp_path("me-crash.qcow2");
+    int64_t deadline = clock_ns() + 8 * 1000000000LL;
+    unsigned seed = 1234;
+    int rounds = 0;
+
+    (void)state;
+    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
+        skip();
+    }
+    create_image(path, 64 * MiB, &o);
+    while (clock_ns() < deadline) {
+        pid_t pid = fork();
+        int chk, status;
+
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            crash_child(path, seed);
+            _exit(0);
+        }
+        usleep(20000 + (useconds_t)(rand_r(&seed) % 200000));
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        chk = qemu_img_check(path);
+        if (chk != 0 && chk != 3) {
+            fail_msg("round %d: qemu-img check exit %d", rounds, chk);
+        }
+        rounds++;
+    }
+    assert_true(rounds >= 5);
+    unlink(path);
+    free(path);
+}
+
 int
 main(void)
 {
@@ -769,6 +840,7 @@ main(void)
         cmocka_unit_test(test_make_empty_errors),
         cmocka_unit_test(test_make_empty_slow),
         cmocka_unit_test(test_make_empty_concurrent),
+        cmocka_unit_test(test_make_empty_crash),
         cmocka_unit_test(test_query),
     };
     int ret;
