@@ -310,6 +310,11 @@ contiguous_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
     return n;
 }
 
+/*
+ * Driver pread: any thread, no lock held; the core guarantees the range is
+ * inside the disk.  Shared range lock; data read without s->lock.
+ * Returns 0 or -errno (-EIO for metadata that breaks the format).
+ */
 static int
 qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
             void *buf, unsigned flags)
@@ -592,6 +597,12 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
     return ret;
 }
 
+/*
+ * Driver pwrite: any thread, no lock held, any alignment.  Exclusive
+ * range lock over the touched clusters; per cluster plan (s->lock), data
+ * (no lock), link (s->lock).  FUA is emulated by the core with a flush.
+ * Returns 0 or -errno; -EIO once the image is marked corrupt.
+ */
 static int
 qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
              const void *buf, unsigned flags)
@@ -776,6 +787,12 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
     return 0;
 }
 
+/*
+ * pwrite_zeroes and pdiscard: any thread, no lock held.  Metadata only,
+ * all under s->lock; freed clusters are released after the L2 changes are
+ * stable.  Zeroing returns -ENOTSUP for pieces it cannot express, so that
+ * the core writes zeroes instead.
+ */
 static int
 zero_or_discard(struct block_node *node, uint64_t offset, uint64_t bytes,
                 bool unmap, bool discard)
@@ -840,6 +857,12 @@ status_of(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
     }
 }
 
+/*
+ * Driver block_status: any thread.  Answers for at most one L2 table:
+ * DATA|OFFSET_VALID (*map in s->file) for data, ZERO for zero clusters
+ * (with OFFSET_VALID when a host cluster is kept), DATA for compressed, 0
+ * for unallocated (the core then asks the backing node).
+ */
 static int
 qcow2_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
                    uint64_t *pnum, uint64_t *map, struct block_node **file)
@@ -903,6 +926,10 @@ flush_caches_locked(struct qcow2_state *s)
     return ret;
 }
 
+/*
+ * Driver flush: any thread.  Writes back refcount blocks (then flushes),
+ * then L2 tables; the core flushes the file afterwards (ordering rule 4).
+ */
 static int
 qcow2_flush(struct block_node *node)
 {
@@ -1101,6 +1128,10 @@ broken:
     return ret;
 }
 
+/*
+ * Driver make_empty: main thread or a job; waits for every request on the
+ * node (exclusive range over the whole disk).  See make_empty_locked().
+ */
 static int
 qcow2_make_empty(struct block_node *node, struct err **errp)
 {
@@ -1193,6 +1224,10 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
     return free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
 }
 
+/*
+ * Driver truncate: main thread or a job; waits for every request on the
+ * node.  Grows or shrinks; the size must be a multiple of 512.
+ */
 static int
 qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
 {
@@ -1502,6 +1537,13 @@ state_free(struct qcow2_state *s)
     cond_destroy(&s->range_cond);
 }
 
+/*
+ * Driver open: main thread.  Reads and validates the header, loads the L1
+ * and refcount tables, sets up the caches, clears autoclear bits (writable
+ * opens) and opens the backing chain.  Refuses what qcow2.h lists as
+ * unsupported, and writable opens of dirty or corrupt images (-EACCES, so
+ * that auto-read-only falls back to read-only).
+ */
 static int
 qcow2_open(struct block_node *node, json_t *options, struct err **errp)
 {
