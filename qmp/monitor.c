@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,7 @@
 
 struct chardev {
     char *id;
-    char *path;
+    char *path;                     /* unix socket path, or NULL (TCP) */
     int fd;                         /* listening socket */
     struct monitor *mon;            /* attached monitor or NULL */
     struct loop_watch *watch;
@@ -465,6 +466,47 @@ opt_bool(json_t *opts, const char *key, bool *out, struct err **errp)
     return -1;
 }
 
+/* A TCP listening socket for host:port (QEMU's inet chardev). */
+static int
+listen_inet(const char *host, const char *port, struct err **errp)
+{
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_flags = AI_PASSIVE,
+    };
+    struct addrinfo *res, *ai;
+    int ret, fd = -1, one = 1, saved = 0;
+
+    ret = getaddrinfo(*host ? host : NULL, port, &hints, &res);
+    if (ret) {
+        err_setf(errp, "address resolution failed for %s:%s: %s", host, port,
+                 gai_strerror(ret));
+        return -1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC |
+                    SOCK_NONBLOCK, ai->ai_protocol);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+            listen(fd, 16) == 0) {
+            break;
+        }
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        err_setf_errno(errp, saved, "Failed to bind socket");
+    }
+    return fd;
+}
+
 static struct chardev *
 chardev_find(const char *id)
 {
@@ -482,8 +524,10 @@ bool
 monitor_chardev_add(json_t *opts, struct err **errp)
 {
     static const char *const known[] = {
-        "backend", "id", "path", "server", "wait", NULL,
+        "backend", "id", "path", "host", "port", "server", "wait", NULL,
     };
+    const char *host = opt_str(opts, "host");
+    const char *port = opt_str(opts, "port");
     const char *backend = opt_str(opts, "backend");
     const char *id = opt_str(opts, "id");
     const char *path = opt_str(opts, "path");
@@ -523,8 +567,12 @@ monitor_chardev_add(json_t *opts, struct err **errp)
                  "(type 'container')", id);
         return false;
     }
-    if (!path) {
+    if (!path && !host) {
         err_setf(errp, "chardev: socket: no host given");
+        return false;
+    }
+    if (host && !port) {
+        err_setf(errp, "chardev: socket: no port given");
         return false;
     }
     if (opt_bool(opts, "server", &server, errp) < 0 ||
@@ -538,6 +586,13 @@ monitor_chardev_add(json_t *opts, struct err **errp)
     if (wait) {
         err_setf(errp, "wait=on is not supported: use wait=off");
         return false;
+    }
+    if (!path) {
+        fd = listen_inet(host, port, errp);
+        if (fd < 0) {
+            return false;
+        }
+        goto done;
     }
     if (strlen(path) >= sizeof(sun.sun_path)) {
         err_setf(errp, "UNIX socket path '%s' is too long", path);
@@ -564,9 +619,10 @@ monitor_chardev_add(json_t *opts, struct err **errp)
         unlink(path);
         return false;
     }
+done:
     chr = xzalloc(sizeof(*chr));
     chr->id = xstrdup(id);
-    chr->path = xstrdup(path);
+    chr->path = path ? xstrdup(path) : NULL;
     chr->fd = fd;
     LIST_INSERT_HEAD(&g_chardevs, chr, link);
     return true;
@@ -661,7 +717,9 @@ monitor_close_all(void)
         LIST_REMOVE(chr, link);
         loop_remove_fd(chr->watch);
         close(chr->fd);
-        unlink(chr->path);
+        if (chr->path) {
+            unlink(chr->path);
+        }
         free(chr->id);
         free(chr->path);
         free(chr);

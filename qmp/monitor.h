@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * QMP monitors on unix sockets, as qemu-storage-daemon's
+ * QMP monitors on unix (or TCP) sockets, as qemu-storage-daemon's
  * "--chardev socket,id=ID,path=P,server=on,wait=off --monitor chardev=ID".
  * A chardev is a listening socket; a monitor serves every client that
  * connects to it (several at once).  Main thread only.

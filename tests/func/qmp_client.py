@@ -23,7 +23,10 @@ class QMPError(Exception):
 
 class QMPClient:
     def __init__(self, path, timeout=30.0, negotiate=True):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """path: a unix socket path, or (host, port) for TCP."""
+        family = socket.AF_INET if isinstance(path, tuple) else \
+            socket.AF_UNIX
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
         self.buf = b""

@@ -187,3 +187,33 @@ def test_chardev_short_booleans(lockstepd, tmp_dir):
     assert proc.returncode == 0
     assert "short-form boolean option 'server' deprecated" in err
     assert "Please use wait=off instead" in err
+
+
+def test_tcp_monitor(lockstepd, tmp_dir):
+    import socket as so
+    s = so.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([lockstepd, "--chardev",
+                             "socket,id=m0,host=127.0.0.1,port=%d,server=on,"
+                             "wait=off" % port, "--monitor", "m0"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c = QMPClient(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        with c:
+            assert c.cmd("query-version")["package"].startswith("lockstep")
+            c.execute("quit")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
