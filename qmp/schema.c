@@ -750,6 +750,23 @@ qmp_schema_print_doc(FILE *f)
         "`--trace` are accepted and ignored.\n"
         "- SIGTERM, SIGINT, SIGHUP and `quit`: stop the NBD server, close "
         "exports and jobs, flush and close every node, exit 0.\n\n"
+        "## Differences from qemu-storage-daemon 7.2\n\n"
+        "- A monitor socket serves several clients at once (QEMU serves "
+        "one and queues the others).\n"
+        "- After \"JSON parse error, \" the description is our parser's "
+        "wording, not QEMU's.\n"
+        "- Chardevs: only listening sockets (unix or TCP) with wait=off; "
+        "`--object` is refused.\n"
+        "- `blockdev-reopen` changes only child references and read-only; "
+        "options left out keep their values instead of reverting to "
+        "defaults.\n"
+        "- `persistent` bitmaps are accepted on qcow2 nodes but not yet "
+        "stored in the image; `block-dirty-bitmap-merge` needs equal "
+        "granularities.\n"
+        "- `max-connections` defaults to 100 (as later QEMU versions), not "
+        "unlimited.\n"
+        "- `x-debug-query-block-graph` numbers nodes in creation order; "
+        "permissions are the block layer's own.\n\n"
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
