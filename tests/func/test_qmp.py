@@ -994,3 +994,50 @@ def test_job_events_through_the_main_loop(qmp, tmp_dir):
     assert e["desc"] == "Transaction aborted using Abort action"
     qmp.wait_event("BLOCK_JOB_CANCELLED")
     assert qmp.cmd("query-jobs") == []
+
+
+def merge_granularities(binary, tmp_dir, name, img):
+    nbd = os.path.join(tmp_dir, name + "-nbd.sock")
+    out = {}
+    with Daemon(binary, tmp_dir, name=name) as d:
+        with d.client() as c:
+            c.cmd("blockdev-add", {"driver": "raw", "node-name": "r0",
+                                   "file": {"driver": "file",
+                                            "filename": img}})
+            for bm, gran in [("b512", 512), ("b1m", 1 << 20)]:
+                c.cmd("block-dirty-bitmap-add", {"node": "r0", "name": bm,
+                                                 "granularity": gran})
+            for bm, gran in [("m64k", 65536), ("m1m", 1 << 20),
+                             ("m512", 512)]:
+                c.cmd("block-dirty-bitmap-add", {"node": "r0", "name": bm,
+                                                 "granularity": gran,
+                                                 "disabled": True})
+            c.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                                "data": {"path": nbd}}})
+            c.cmd("block-export-add", {"type": "nbd", "id": "e0",
+                                       "node-name": "r0", "writable": True})
+            qemu_io_nbd(nbd, "r0", ["write 1000 10", "write 3M 100k",
+                                    "write 4190000 4000"])
+            c.cmd("block-dirty-bitmap-merge", {"node": "r0", "target": "m64k",
+                                               "bitmaps": ["b512"]})
+            c.cmd("transaction", {"actions": [
+                {"type": "block-dirty-bitmap-merge",
+                 "data": {"node": "r0", "target": "m1m",
+                          "bitmaps": ["b512"]}},
+                {"type": "block-dirty-bitmap-merge",
+                 "data": {"node": "r0", "target": "m512",
+                          "bitmaps": [{"node": "r0", "name": "b1m"}]}}]})
+            for bm in ["b512", "b1m", "m64k", "m1m", "m512"]:
+                out[bm] = (c.cmd("x-debug-block-dirty-bitmap-sha256",
+                                 {"node": "r0", "name": bm})["sha256"],
+                           bitmaps(c, "r0")[bm]["count"])
+    return out
+
+
+def test_merge_different_granularities_like_qsd(lockstepd, qsd, tmp_dir):
+    a = make_image(os.path.join(tmp_dir, "a.img"), 4 << 20)
+    b = make_image(os.path.join(tmp_dir, "b.img"), 4 << 20)
+    ours = merge_granularities(lockstepd, tmp_dir, "ours", a)
+    theirs = merge_granularities(qsd, tmp_dir, "qsd", b)
+    assert ours == theirs
+    assert ours["m1m"][1] == 2 << 20
