@@ -3,8 +3,8 @@
  * libFuzzer target for the qcow2 driver: the input is an image file.  It is
  * written to a memfd and opened through the block layer, first read-only
  * (reads across the disk and block status), then read-write (a few writes,
- * zero writes, discards and a flush), with "backing": null so that a
- * fuzzed backing name never opens a real file.  Any crash, sanitizer
+ * zero writes, discards, a flush, grow, shrink and make_empty), with
+ * "backing": null so that a fuzzed backing name never opens a real file.  Any crash, sanitizer
  * report or hang is a bug: malformed images must fail with an error.
  * Build with tests/fuzz/build.sh.
  */
@@ -75,6 +75,11 @@ exercise_writes(struct block_node *node, uint8_t *buf)
     block_pdiscard(node, 0, 262144);
     block_pread(node, 0, READ_CHUNK, buf, 0);
     block_flush(node);
+    /* Resize both ways (bounded), then drop everything. */
+    block_truncate(node, size + 1024 * 1024, NULL);
+    block_truncate(node, size / 2 / 512 * 512, NULL);
+    block_make_empty(node, NULL);
+    block_pwrite(node, 4096, 8192, buf, 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

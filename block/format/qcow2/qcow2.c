@@ -724,6 +724,7 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         uint64_t gc = offset >> s->cluster_bits;
         uint64_t in = offset & (s->cluster_size - 1);
         uint64_t n = MIN(bytes, s->cluster_size - in);
+        uint64_t idx = gc / s->l2_entries;
         bool start_ok = in % sc_size == 0;
         bool end_ok = (in + n) % sc_size == 0 || offset + n >= s->h.size;
         unsigned a = (unsigned)div_round_up(in, sc_size);
@@ -734,6 +735,17 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         bool free_old;
         int ret;
 
+        if (!s->node->backing && idx < s->l1_size &&
+            !(s->l1[idx] & QCOW2_L1E_OFFSET_MASK)) {
+            /* No L2 table and nothing below: all of it reads as zero. */
+            uint64_t skip = ((idx + 1) * s->l2_entries << s->cluster_bits) -
+                            offset;
+
+            skip = MIN(skip, bytes);
+            offset += skip;
+            bytes -= skip;
+            continue;
+        }
         ret = qcow2_get_l2e(s, gc, &old);
         if (ret < 0) {
             return ret;
@@ -1029,6 +1041,47 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     return 0;
 }
 
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Are the L2 tables of old_l1 distinct clusters inside the file?  Else the
+ * image is corrupt, and walking them could take forever (4M L1 entries
+ * naming one table).
+ */
+static bool
+l2_tables_sane(struct qcow2_state *s, const uint64_t *old_l1)
+{
+    CLEANUP_FREE uint64_t *offs = xcalloc(MAX(s->l1_size, 1),
+                                          sizeof(uint64_t));
+    uint64_t flen = (uint64_t)MAX(block_getlength(s->file), 0);
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t off = old_l1[i] & QCOW2_L1E_OFFSET_MASK;
+
+        if (!off) {
+            continue;
+        }
+        if (!is_aligned(off, s->cluster_size) || off >= flen) {
+            return false;
+        }
+        offs[n++] = off;
+    }
+    qsort(offs, n, sizeof(*offs), cmp_u64);
+    for (size_t i = 1; i < n; i++) {
+        if (offs[i] == offs[i - 1]) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Slow path: free every L2 table and data cluster through refcounts. */
 static int
 free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
@@ -1036,6 +1089,13 @@ free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
 {
     struct free_list f = { 0 };
     int ret = 0;
+
+    if (!l2_tables_sane(s, old_l1)) {
+        qcow2_signal_corruption(s, "L2 tables shared or outside the file");
+        err_setf(errp, "qcow2 image is corrupt: L2 tables shared or "
+                 "outside the file");
+        return -EIO;
+    }
 
     for (uint32_t i = 0; i < s->l1_size && ret == 0; i++) {
         uint64_t l2off = old_l1[i] & QCOW2_L1E_OFFSET_MASK;
@@ -1192,11 +1252,24 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
     struct free_list f = { 0 };
     int ret = write_size_locked(s, length);
 
+    if (ret == 0 && !l2_tables_sane(s, s->l1)) {
+        qcow2_signal_corruption(s, "L2 tables shared or outside the file");
+        return -EIO;
+    }
     for (uint64_t gc = first; ret == 0 && gc < end; gc++) {
+        uint64_t idx = gc / s->l2_entries;
+
+        if (idx >= s->l1_size) {
+            break;
+        }
+        if (!(s->l1[idx] & QCOW2_L1E_OFFSET_MASK)) {
+            gc = (idx + 1) * s->l2_entries - 1;     /* no table: skip it */
+            continue;
+        }
         ret = qcow2_get_l2e(s, gc, &e);
         if (ret == 0 && (e.entry || e.bitmap)) {
             free_list_add_entry(s, &f, &e);
-            if (gc / s->l2_entries < first_l1) {
+            if (idx < first_l1) {
                 ret = qcow2_set_l2e(s, gc, &zero);
             }
         }
