@@ -960,10 +960,55 @@ qcow2_flush(struct block_node *node)
 
 /* ---- make_empty ---------------------------------------------------------- */
 
-static bool
-cluster_is_live(struct qcow2_state *s, uint64_t c)
+struct crange {
+    uint64_t start, end;        /* clusters, end exclusive */
+};
+
+static int
+cmp_crange(const void *a, const void *b)
 {
-    return qcow2_overlaps_metadata(s, c << s->cluster_bits, 1);
+    const struct crange *x = a, *y = b;
+
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/*
+ * The two lowest clusters (>= 1) not used by the live structures once the
+ * L1 table is zero: header, L1, refcount table, refcount blocks.  Sorting
+ * keeps this O(n log n) even for huge (corrupt) tables.
+ */
+static void
+two_free_clusters(struct qcow2_state *s, uint64_t *nt, uint64_t *nb)
+{
+    uint64_t cs = s->cluster_size;
+    size_t n = 0, cap = s->reftable_entries + 3;
+    CLEANUP_FREE struct crange *r = xcalloc(cap, sizeof(*r));
+    uint64_t c = 1, found[2];
+    int k = 0;
+
+    r[n++] = (struct crange){ 0, 1 };
+    r[n++] = (struct crange){ s->l1_offset / cs, s->l1_offset / cs +
+                              div_round_up((uint64_t)s->l1_size * 8, cs) };
+    r[n++] = (struct crange){ s->reftable_offset / cs,
+                              s->reftable_offset / cs +
+                              s->reftable_clusters };
+    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        if (s->reftable[i]) {
+            r[n++] = (struct crange){ s->reftable[i] / cs,
+                                      s->reftable[i] / cs + 1 };
+        }
+    }
+    qsort(r, n, sizeof(*r), cmp_crange);
+    for (size_t i = 0; k < 2;) {
+        if (i < n && r[i].start <= c) {
+            c = MAX(c, r[i].end);
+            i++;
+        } else {
+            found[k++] = c++;
+        }
+    }
+    *nt = found[0];
+    *nb = found[1];
 }
 
 /*
@@ -980,21 +1025,13 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     uint64_t cs = s->cluster_size;
     uint64_t l1_first = s->l1_offset >> s->cluster_bits;
     uint64_t l1_n = div_round_up((uint64_t)s->l1_size * 8, cs);
-    uint64_t nt = 0, nb = 0, end;
+    uint64_t nt, nb, end;
     CLEANUP_FREE uint8_t *rb = xzalloc(cs);
     CLEANUP_FREE uint8_t *rt = xzalloc(cs);
     uint8_t hdr[12];
     int ret;
 
-    for (uint64_t c = 1; !nb; c++) {
-        if (!cluster_is_live(s, c)) {
-            if (!nt) {
-                nt = c;
-            } else {
-                nb = c;
-            }
-        }
-    }
+    two_free_clusters(s, &nt, &nb);
     if (nb >= s->refblock_entries || l1_first + l1_n > s->refblock_entries) {
         return -ENOTSUP;    /* does not fit one refblock: slow path */
     }
