@@ -141,6 +141,25 @@ client_send(struct client *cl, json_t *msg)
     if (!text) {
         return;
     }
+    if (cl->mon->pretty) {
+        /* QEMU's chardev turns every line feed into CR LF. */
+        size_t lf = 0, j = 0;
+        char *crlf;
+
+        for (const char *p = text; *p; p++) {
+            lf += *p == '\n';
+        }
+        crlf = xmalloc(strlen(text) + lf + 1);
+        for (const char *p = text; *p; p++) {
+            if (*p == '\n') {
+                crlf[j++] = '\r';
+            }
+            crlf[j++] = *p;
+        }
+        crlf[j] = '\0';
+        free(text);
+        text = crlf;
+    }
     n = strlen(text);
     if (cl->out_len + n + 2 > QMP_MAX_OUTPUT) {
         /* Not reading its output: drop the client, not the daemon. */

@@ -217,3 +217,45 @@ def test_tcp_monitor(lockstepd, tmp_dir):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_pretty_monitor(lockstepd, tmp_dir):
+    """pretty=on: indented JSON with CR LF line ends, as QEMU's chardev."""
+    import json
+    import socket as so
+    sock = os.path.join(tmp_dir, "qmp.sock")
+    proc = subprocess.Popen([lockstepd, "--chardev",
+                             "socket,id=m0,path=%s,server=on,wait=off" % sock,
+                             "--monitor", "chardev=m0,pretty=on"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_socket(sock, proc)
+        s = so.socket(so.AF_UNIX)
+        s.connect(sock)
+        s.sendall(b'{"execute": "qmp_capabilities", "id": 1}')
+        buf = raw = b""
+        msgs = []
+        dec = json.JSONDecoder()
+        deadline = time.monotonic() + 10
+        while len(msgs) < 2 and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            raw += chunk
+            buf += chunk
+            text = buf.decode().lstrip()
+            while text:
+                try:
+                    obj, end = dec.raw_decode(text)
+                except ValueError:
+                    break
+                msgs.append(obj)
+                text = text[end:].lstrip()
+                buf = text.encode()
+        s.close()
+        assert raw.startswith(b'{\r\n    "QMP": {\r\n        "version"')
+        assert raw.endswith(b'}\r\n')
+        assert "QMP" in msgs[0]
+        assert msgs[1] == {"return": {}, "id": 1}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
