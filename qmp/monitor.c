@@ -106,7 +106,7 @@ static void
 client_flush(struct client *cl)
 {
     while (cl->out_len) {
-        ssize_t n = write(cl->fd, cl->out, cl->out_len);
+        ssize_t n = send(cl->fd, cl->out, cl->out_len, MSG_NOSIGNAL);
 
         if (n < 0) {
             if (errno == EINTR) {
