@@ -155,6 +155,13 @@ json_t *qmp_block_export_del(json_t *args, struct err **errp);
 json_t *qmp_query_block_exports(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_add(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_remove(json_t *args, struct err **errp);
+/* cmds-repl.c */
+json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);
+json_t *qmp_xen_set_replication_cmd(json_t *args, struct err **errp);
+json_t *qmp_query_xen_replication_status(json_t *args, struct err **errp);
+json_t *qmp_xen_colo_do_checkpoint(json_t *args, struct err **errp);
+json_t *qmp_block_resize(json_t *args, struct err **errp);
+json_t *qmp_query_block(json_t *args, struct err **errp);
 /* cmds-bitmap.c */
 json_t *qmp_block_dirty_bitmap_add(json_t *args, struct err **errp);
 json_t *qmp_block_dirty_bitmap_remove(json_t *args, struct err **errp);

@@ -329,6 +329,37 @@ const struct qmp_arg qmp_args_blockdev_backup[] = {
     END,
 };
 
+static const struct qmp_arg args_x_blockdev_change[] = {
+    { "parent", QMP_T_STR, false, "the quorum node", NULL, NULL, NULL,
+      NULL },
+    { "child", QMP_T_STR, true, "the child to remove (\"children.N\")",
+      NULL, NULL, NULL, NULL },
+    { "node", QMP_T_STR, true, "node-name of a node to add as a child",
+      NULL, NULL, NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_xen_set_replication[] = {
+    { "enable", QMP_T_BOOL, false, "start (true) or stop (false)", NULL,
+      NULL, NULL, NULL },
+    { "primary", QMP_T_BOOL, false, "this side is the primary", NULL, NULL,
+      NULL, NULL },
+    { "failover", QMP_T_BOOL, true,
+      "when stopping: fail over (secondary takes over; default false)",
+      NULL, NULL, NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_block_resize[] = {
+    { "device", QMP_T_STR, true, "a device name (there are none here)",
+      NULL, NULL, NULL, NULL },
+    { "node-name", QMP_T_STR, true, "the node to resize", NULL, NULL, NULL,
+      NULL },
+    { "size", QMP_T_INT, false, "the new length in bytes", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
 /* ---- The commands -------------------------------------------------------- */
 
 const struct qmp_command qmp_commands[] = {
@@ -356,6 +387,24 @@ const struct qmp_command qmp_commands[] = {
       "Change nodes' options atomically: point a child edge at another "
       "node (insert or remove a filter under a node) or toggle read-only.",
       "{}" },
+    { "block_resize", qmp_block_resize, args_block_resize, false,
+      "Change a node's length.", "{}" },
+    { "query-block", qmp_query_block, NULL, false,
+      "Named block devices: always empty in a storage daemon, as in "
+      "qemu-storage-daemon.", "[]" },
+    { "x-blockdev-change", qmp_x_blockdev_change_cmd, args_x_blockdev_change,
+      false,
+      "Add a node to a quorum as a new child, or remove a child (exactly "
+      "one of node and child).", "{}" },
+    { "xen-set-replication", qmp_xen_set_replication_cmd,
+      args_xen_set_replication, false,
+      "Start or stop every replication node (COLO block replication).",
+      "{}" },
+    { "query-xen-replication-status", qmp_query_xen_replication_status,
+      NULL, false, "The replication status.",
+      "{\"error\": bool, \"desc\"?: string}" },
+    { "xen-colo-do-checkpoint", qmp_xen_colo_do_checkpoint, NULL, false,
+      "Take a replication checkpoint on every replication node.", "{}" },
     { "query-named-block-nodes", qmp_query_named_block_nodes,
       args_query_named_block_nodes, false,
       "Every node, newest first, in QEMU's BlockDeviceInfo shape (I/O "

@@ -898,6 +898,19 @@ WIRE_SCRIPT = [
     '{"type": "abort", "data": {}}]}}',
     '{"execute": "transaction", "arguments": {"actions": []}}',
     '{"execute": "query-named-block-nodes", "arguments": {"flat": 1}}',
+    '{"execute": "query-block"}',
+    '{"execute": "x-blockdev-change", "arguments": {"parent": "n0", '
+    '"node": "n0"}}',
+    '{"execute": "x-blockdev-change", "arguments": {"parent": "zz", '
+    '"node": "n0"}}',
+    '{"execute": "x-blockdev-change", "arguments": {"parent": "n0"}}',
+    '{"execute": "x-blockdev-change", "arguments": {"parent": "n0", '
+    '"child": "c", "node": "n0"}}',
+    '{"execute": "block_resize", "arguments": {"node-name": "zz", '
+    '"size": 1024}}',
+    '{"execute": "block_resize", "arguments": {"size": 1024}}',
+    '{"execute": "block_resize", "arguments": {"node-name": "n0", '
+    '"size": -1}}',
     '{"execute": "block-export-del", "arguments": {"id": "e0", '
     '"mode": "soft"}}',
     '{"execute": "nbd-server-start", "arguments": {"addr": '
@@ -1041,3 +1054,36 @@ def test_merge_different_granularities_like_qsd(lockstepd, qsd, tmp_dir):
     theirs = merge_granularities(qsd, tmp_dir, "qsd", b)
     assert ours == theirs
     assert ours["m1m"][1] == 2 << 20
+
+
+def quorum_change(binary, tmp_dir, name):
+    out = []
+    with Daemon(binary, tmp_dir, name=name) as d:
+        with d.client() as c:
+            for n in ["n0", "n1", "n2"]:
+                c.cmd("blockdev-add", {"driver": "null-co", "node-name": n})
+            c.cmd("blockdev-add", {"driver": "quorum", "node-name": "q0",
+                                   "vote-threshold": 1,
+                                   "children": ["n0", "n1"]})
+            for args in [{"parent": "q0", "node": "n2"},
+                         {"parent": "q0", "child": "children.0"},
+                         {"parent": "q0", "child": "children.7"},
+                         {"parent": "q0", "node": "zz"}]:
+                out.append(c.execute("x-blockdev-change", args))
+            g = c.cmd("x-debug-query-block-graph")
+            ids = {n["id"]: n["name"] for n in g["nodes"]}
+            out.append(sorted((ids[e["parent"]], e["name"], ids[e["child"]])
+                              for e in g["edges"]))
+        assert d.stop() == 0
+    return out
+
+
+def test_x_blockdev_change_like_qsd(lockstepd, qsd, tmp_dir):
+    ours = quorum_change(lockstepd, tmp_dir, "ours")
+    theirs = quorum_change(qsd, tmp_dir, "qsd")
+    for o, t in zip(ours, theirs):
+        for r in (o, t):
+            if isinstance(r, dict):
+                r.pop("id", None)
+    assert ours == theirs
+    assert ours[-1] == [("q0", "children.1", "n1"), ("q0", "children.2", "n2")]

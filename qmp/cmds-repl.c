@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * QMP commands of quorum and replication (x-blockdev-change,
+ * xen-set-replication, query-xen-replication-status,
+ * xen-colo-do-checkpoint) and of plain node maintenance (block_resize,
+ * query-block).  The work is done by the drivers' control APIs; this file
+ * adapts the QMP arguments.  Main thread.
+ */
+#include <string.h>
+
+#include "block/filter/quorum.h"
+#include "block/filter/replication.h"
+#include "lockstep/block.h"
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+static const char *
+arg_str(json_t *args, const char *key)
+{
+    return json_string_value(json_object_get(args, key));
+}
+
+json_t *
+qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
+{
+    const char *parent = arg_str(args, "parent");
+    bool has_child = json_object_get(args, "child") != NULL;
+    bool has_node = json_object_get(args, "node") != NULL;
+    bool ok;
+
+    /* QEMU's checks, in QEMU's order and words. */
+    if (!block_node_find(parent)) {
+        err_setf(errp, "Cannot find device='%s' nor node-name='%s'", parent,
+                 parent);
+        return NULL;
+    }
+    if (has_child == has_node) {
+        err_setf(errp, has_child ? "The parameters child and node are in "
+                 "conflict" : "Either child or node must be specified");
+        return NULL;
+    }
+    block_drain_begin();
+    ok = qmp_x_blockdev_change(arg_str(args, "parent"),
+                               arg_str(args, "child"), arg_str(args, "node"),
+                               errp);
+    block_drain_end();
+    return ok ? json_object() : NULL;
+}
+
+json_t *
+qmp_xen_set_replication_cmd(json_t *args, struct err **errp)
+{
+    json_t *failover = json_object_get(args, "failover");
+
+    if (!qmp_xen_set_replication(json_is_true(json_object_get(args,
+                                                              "enable")),
+                                 json_is_true(json_object_get(args,
+                                                              "primary")),
+                                 failover != NULL, json_is_true(failover),
+                                 errp)) {
+        return NULL;
+    }
+    return json_object();
+}
+
+json_t *
+qmp_query_xen_replication_status(json_t *args UNUSED,
+                                 struct err **errp UNUSED)
+{
+    return replication_status();
+}
+
+json_t *
+qmp_xen_colo_do_checkpoint(json_t *args UNUSED, struct err **errp)
+{
+    return replication_checkpoint_all(errp) ? json_object() : NULL;
+}
+
+/*
+ * block_resize {device?, node-name?, size}: qemu-storage-daemon has no
+ * named devices, so only node-name finds anything; messages are QEMU's.
+ */
+json_t *
+qmp_block_resize(json_t *args, struct err **errp)
+{
+    const char *device = arg_str(args, "device");
+    const char *name = arg_str(args, "node-name");
+    json_int_t size = json_integer_value(json_object_get(args, "size"));
+    struct block_node *node = name ? block_node_find(name) : NULL;
+    int ret;
+
+    if (!node) {
+        err_setf(errp, "Cannot find device='%s' nor node-name='%s'",
+                 device ? device : "", name ? name : "");
+        return NULL;
+    }
+    if (size < 0) {
+        err_setf(errp, "Parameter 'size' expects a >0 size");
+        return NULL;
+    }
+    if (node->read_only) {
+        err_setf(errp, "Node '%s' is read only", node->node_name);
+        return NULL;
+    }
+    block_drain_begin();
+    ret = block_truncate(node, (uint64_t)size, errp);
+    block_drain_end();
+    return ret < 0 ? NULL : json_object();
+}
+
+/* QEMU lists named block backends (guest devices); a storage daemon has
+ * none, so this is always empty, as qemu-storage-daemon's. */
+json_t *
+qmp_query_block(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    return json_array();
+}
