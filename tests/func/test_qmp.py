@@ -1087,3 +1087,17 @@ def test_x_blockdev_change_like_qsd(lockstepd, qsd, tmp_dir):
                 r.pop("id", None)
     assert ours == theirs
     assert ours[-1] == [("q0", "children.1", "n1"), ("q0", "children.2", "n2")]
+
+
+def test_replication_commands_smoke(qmp):
+    """The COLO commands are wired (their logic has unit tests)."""
+    assert qmp.cmd("query-xen-replication-status") == {"error": False}
+    e = qmp.error("xen-set-replication", {"enable": True, "primary": True,
+                                          "failover": True})
+    assert e["desc"] == "Parameter 'failover' is only for stopping " \
+        "replication"
+    assert qmp.error("xen-set-replication", {"enable": True})["desc"] == \
+        "Parameter 'primary' is missing"
+    qmp.cmd("xen-set-replication", {"enable": True, "primary": False})
+    qmp.cmd("xen-colo-do-checkpoint")
+    qmp.cmd("xen-set-replication", {"enable": False, "primary": False})
