@@ -29,20 +29,27 @@ qmp_error_response(struct err *err, json_t *id)
 }
 
 static bool
-check_request(json_t *req, const char **name, json_t **args,
-              struct err **errp)
+check_request(json_t *req, bool oob_enabled, const char **name,
+              json_t **args, bool *oob, struct err **errp)
 {
     const char *key;
     json_t *v;
     json_t *exec = NULL;
 
     json_object_foreach(req, key, v) {
-        if (!strcmp(key, "execute") || !strcmp(key, "exec-oob")) {
+        if (!strcmp(key, "execute") ||
+            (!strcmp(key, "exec-oob") && oob_enabled)) {
             if (!json_is_string(v)) {
                 err_setf(errp, "QMP input member '%s' must be a string", key);
                 return false;
             }
+            if (exec) {
+                err_setf(errp, "QMP input member 'execute' clashes with "
+                         "'exec-oob'");
+                return false;
+            }
             exec = v;
+            *oob = !strcmp(key, "exec-oob");
         } else if (!strcmp(key, "arguments")) {
             if (!json_is_object(v)) {
                 err_setf(errp, "QMP input member 'arguments' must be an "
@@ -64,8 +71,9 @@ check_request(json_t *req, const char **name, json_t **args,
 }
 
 json_t *
-qmp_dispatch(json_t *req, bool *negotiated)
+qmp_dispatch(json_t *req, struct qmp_session *session)
 {
+    bool oob = false;
     const struct qmp_command *cmd;
     const char *name = NULL;
     json_t *args = NULL;
@@ -80,16 +88,16 @@ qmp_dispatch(json_t *req, bool *negotiated)
         return qmp_error_response(err, NULL);
     }
     id = json_object_get(req, "id");
-    if (!check_request(req, &name, &args, &err)) {
+    if (!check_request(req, session->oob, &name, &args, &oob, &err)) {
         return qmp_error_response(err, id);
     }
-    if (!*negotiated && strcmp(name, "qmp_capabilities")) {
+    if (!session->negotiated && strcmp(name, "qmp_capabilities")) {
         err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
                        "Expecting capabilities negotiation with "
                        "'qmp_capabilities'");
         return qmp_error_response(err, id);
     }
-    if (*negotiated && !strcmp(name, "qmp_capabilities")) {
+    if (session->negotiated && !strcmp(name, "qmp_capabilities")) {
         err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
                        "Capabilities negotiation is already complete, "
                        "command ignored");
@@ -99,6 +107,11 @@ qmp_dispatch(json_t *req, bool *negotiated)
     if (!cmd) {
         err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
                        "The command %s has not been found", name);
+        return qmp_error_response(err, id);
+    }
+    if (oob) {
+        /* No command here is safe to run out of band. */
+        err_setf(&err, "The command %s does not support OOB", name);
         return qmp_error_response(err, id);
     }
     if (!args) {
@@ -116,7 +129,14 @@ qmp_dispatch(json_t *req, bool *negotiated)
         return qmp_error_response(err, id);
     }
     if (!strcmp(name, "qmp_capabilities")) {
-        *negotiated = true;
+        json_t *enable = json_object_get(args, "enable");
+        size_t i;
+        json_t *cap;
+
+        session->negotiated = true;
+        json_array_foreach(enable, i, cap) {
+            session->oob |= !strcmp(json_string_value(cap), "oob");
+        }
     }
     resp = json_object();
     json_object_set_new(resp, "return", ret);

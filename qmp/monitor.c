@@ -76,7 +76,7 @@ struct client {
     struct monitor *mon;
     int fd;
     struct loop_watch *watch;
-    bool negotiated;
+    struct qmp_session session;
     bool closed;
 
     /* Input: buf[0..len) holds the current value so far. */
@@ -200,7 +200,7 @@ broadcast(json_t *ev)
 
     LIST_FOREACH(mon, &g_monitors, link) {
         LIST_FOREACH(cl, &mon->clients, link) {
-            if (cl->negotiated && !cl->closed) {
+            if (cl->session.negotiated && !cl->closed) {
                 client_send(cl, ev);
             }
         }
@@ -245,7 +245,7 @@ handle_value(struct client *cl, const char *text, size_t len)
         client_send_error(cl, "JSON parse error, %s", jerr.text);
         return;
     }
-    resp = qmp_dispatch(req, &cl->negotiated);
+    resp = qmp_dispatch(req, &cl->session);
     json_decref(req);
     client_send(cl, resp);
     json_decref(resp);

@@ -93,13 +93,18 @@ bool qmp_validate_members(const struct qmp_arg *members, json_t *obj,
 /* Write the reference documentation (Markdown) generated from the schema. */
 void qmp_schema_print_doc(FILE *f);
 
+/* A client's protocol state: capabilities negotiated, and "oob" enabled. */
+struct qmp_session {
+    bool negotiated;
+    bool oob;
+};
+
 /*
- * Dispatch one request object as a negotiated client sends it: returns the
- * response object ({"return"} or {"error"}, with "id" when given).
- * *negotiated is the client's capabilities state; it changes when the
- * request is qmp_capabilities.
+ * Dispatch one request object from a client: returns the response object
+ * ({"return"} or {"error"}, with "id" when given).  The session changes
+ * when the request is a successful qmp_capabilities.
  */
-json_t *qmp_dispatch(json_t *req, bool *negotiated);
+json_t *qmp_dispatch(json_t *req, struct qmp_session *session);
 /* The error response for err (consumed), with id when not NULL. */
 json_t *qmp_error_response(struct err *err, json_t *id);
 

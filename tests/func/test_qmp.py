@@ -829,6 +829,7 @@ def test_legacy_nbd_server_add_like_qsd(lockstepd, qsd, tmp_dir):
 
 WIRE_SCRIPT = [
     '{"execute": "query-version"}',
+    '{"exec-oob": "query-version"}',
     '{"execute": "nope", "id": 1}',
     '{"execute": "qmp_capabilities", "id": "cap"}',
     '{"execute": "qmp_capabilities"}',
@@ -840,6 +841,8 @@ WIRE_SCRIPT = [
     '{"execute": 1}',
     '{"execute": "query-version", "arguments": [1]}',
     '{"execute": "query-version", "id": 5, "extra": 1}',
+    '{"exec-oob": "query-version", "id": 6}',
+    '{"execute": "query-version", "id": 7, "control": {}}',
     '{"execute": "query-version", "id": "\\u00e9"}',
     '{"execute": "blockdev-add", "arguments": {"driver": "null-co", '
     '"node-name": "n0", "size": 1048576}}',
@@ -941,7 +944,17 @@ WIRE_SCRIPT = [
 ]
 
 
-def wire_transcript(binary, tmp_dir, name):
+OOB_SCRIPT = [
+    '{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}',
+    '{"exec-oob": "query-version", "id": 1}',
+    '{"exec-oob": "query-version"}',
+    '{"exec-oob": "nope"}',
+    '{"execute": "query-version", "exec-oob": "query-version", "id": 2}',
+    '{"execute": "query-version", "id": 3}',
+]
+
+
+def wire_transcript(binary, tmp_dir, name, script=None):
     import re
     nbd = os.path.join(tmp_dir, name + "-nbd.sock")
     with Daemon(binary, tmp_dir, name=name) as d:
@@ -949,7 +962,7 @@ def wire_transcript(binary, tmp_dir, name):
         s.connect(d.qmp_path)
         f = s.makefile("rb")
         lines = [f.readline()]
-        for req in WIRE_SCRIPT:
+        for req in script or WIRE_SCRIPT:
             s.sendall(req.encode().replace(b"@NBD@", nbd.encode()) + b"\n")
             # Events come first, then the response.
             while True:
@@ -958,7 +971,8 @@ def wire_transcript(binary, tmp_dir, name):
                 if not line.startswith(b'{"timestamp"'):
                     break
         s.close()
-        d.proc.wait(10)
+        if script is None:
+            d.proc.wait(10)
     out = []
     for line in lines:
         # Versions differ by design.
@@ -974,6 +988,14 @@ def test_wire_transcript_like_qsd(lockstepd, qsd, tmp_dir):
     """The same requests get byte-identical responses from both."""
     ours = wire_transcript(lockstepd, tmp_dir, "ours")
     theirs = wire_transcript(qsd, tmp_dir, "qsd")
+    assert ours == theirs
+
+
+def test_oob_transcript_like_qsd(lockstepd, qsd, tmp_dir):
+    """With "oob" enabled: exec-oob is known, and refused for every
+    command, as QSD refuses it for all of its block commands."""
+    ours = wire_transcript(lockstepd, tmp_dir, "ours", OOB_SCRIPT)
+    theirs = wire_transcript(qsd, tmp_dir, "qsd", OOB_SCRIPT)
     assert ours == theirs
 
 

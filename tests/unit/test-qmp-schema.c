@@ -23,9 +23,10 @@ dispatch_error(const char *text, bool negotiated)
     json_t *req = json_loads(text, JSON_DECODE_ANY, &jerr);
     json_t *resp;
     char *desc = NULL;
+    struct qmp_session session = { .negotiated = negotiated };
 
     assert_non_null(req);
-    resp = qmp_dispatch(req, &negotiated);
+    resp = qmp_dispatch(req, &session);
     if (json_object_get(resp, "error")) {
         desc = xstrdup(json_string_value(
             json_object_get(json_object_get(resp, "error"), "desc")));
@@ -122,13 +123,15 @@ test_requests(void **state)
 static void
 test_negotiation_state(void **state)
 {
-    bool negotiated = false;
-    json_t *req = json_pack("{s:s, s:i}", "execute", "qmp_capabilities",
+    struct qmp_session session = { .negotiated = false };
+    json_t *req = json_pack("{s:s, s:{s:[s]}, s:i}", "execute",
+                            "qmp_capabilities", "arguments", "enable", "oob",
                             "id", 5);
-    json_t *resp = qmp_dispatch(req, &negotiated);
+    json_t *resp = qmp_dispatch(req, &session);
 
     (void)state;
-    assert_true(negotiated);
+    assert_true(session.negotiated);
+    assert_true(session.oob);
     assert_int_equal(json_integer_value(json_object_get(resp, "id")), 5);
     assert_non_null(json_object_get(resp, "return"));
     json_decref(req);
