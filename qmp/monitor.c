@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The QMP monitor: listening unix sockets (chardevs), clients, message
- * framing, the greeting, and event delivery.
+ * The QMP monitor: listening sockets (unix or TCP chardevs), clients,
+ * message framing, the greeting, and event delivery.
  *
  * Design notes.
  *   - Framing.  A client's input is a stream of JSON values.  The reader
