@@ -107,6 +107,9 @@ usage(void)
 "               [,max-connections=<n>]\n"
 "                         start an NBD server for exporting block nodes\n"
 "\n"
+"  --object iothread,id=<id>[,poll-max-ns=<n>,...]\n"
+"                         an iothread for exports to name (no effect)\n"
+"\n"
 "  --pidfile <path>       write process ID to a file after startup\n"
 "\n"
 "  --print-qmp-doc        write the QMP reference (Markdown) and exit\n");
@@ -279,6 +282,7 @@ opt_export(const char *arg, struct err **errp)
     }
     if (!keyval_to_bool(opts, "writable", errp) ||
         !keyval_to_bool(opts, "writethrough", errp) ||
+        !keyval_to_bool(opts, "fixed-iothread", errp) ||
         !keyval_to_bool(opts, "allocation-depth", errp)) {
         goto out;
     }
@@ -532,6 +536,7 @@ shutdown_daemon(void)
     free(owned);
 
     monitor_close_all();
+    qmp_objects_free_all();
     if (g_pidfile) {
         unlink(g_pidfile);
     }
@@ -611,8 +616,7 @@ main(int argc, char **argv)
             break;
         case OPT_OBJECT:
             name = "object";
-            err_setf(&err, "objects are not supported");
-            ok = false;
+            ok = opt_keyval(optarg, "qom-type", qmp_object_add_keyval, &err);
             break;
         case OPT_DAEMONIZE:
             break;              /* done above */

@@ -81,7 +81,22 @@ qmp_nbd_server_stop(json_t *args UNUSED, struct err **errp)
 json_t *
 qmp_block_export_add(json_t *args, struct err **errp)
 {
-    return block_export_add(args, errp) ? json_object() : NULL;
+    const char *iothread = json_string_value(json_object_get(args,
+                                                             "iothread"));
+    json_t *exp;
+    bool ok;
+
+    if (iothread && !qmp_iothread_exists(iothread)) {
+        err_setf(errp, "iothread \"%s\" not found", iothread);
+        return NULL;
+    }
+    /* The NBD server has its own threads: the iothread choice is moot. */
+    exp = json_deep_copy(args);
+    json_object_del(exp, "iothread");
+    json_object_del(exp, "fixed-iothread");
+    ok = block_export_add(exp, errp);
+    json_decref(exp);
+    return ok ? json_object() : NULL;
 }
 
 json_t *

@@ -160,6 +160,13 @@ json_t *qmp_block_export_del(json_t *args, struct err **errp);
 json_t *qmp_query_block_exports(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_add(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_remove(json_t *args, struct err **errp);
+/* objects.c */
+json_t *qmp_object_add(json_t *args, struct err **errp);
+json_t *qmp_object_del(json_t *args, struct err **errp);
+/* --object: keyval values are typed first. */
+bool qmp_object_add_keyval(json_t *opts, struct err **errp);
+bool qmp_iothread_exists(const char *id);
+void qmp_objects_free_all(void);
 /* cmds-repl.c */
 json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);
 json_t *qmp_xen_set_replication_cmd(json_t *args, struct err **errp);

@@ -122,6 +122,11 @@ static const struct qmp_arg args_block_export_add[] = {
     { "allocation-depth", QMP_T_BOOL, true,
       "offer the qemu:allocation-depth meta context (default false)", NULL,
       NULL, NULL, NULL },
+    { "iothread", QMP_T_STR, true,
+      "an iothread object that must exist (no effect: the NBD server runs "
+      "its own threads)", NULL, NULL, NULL, NULL },
+    { "fixed-iothread", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
+      NULL, NULL },
     END,
 };
 
@@ -329,6 +334,11 @@ const struct qmp_arg qmp_args_blockdev_backup[] = {
     END,
 };
 
+static const struct qmp_arg args_object_del[] = {
+    { "id", QMP_T_STR, false, "the object's id", NULL, NULL, NULL, NULL },
+    END,
+};
+
 static const struct qmp_arg args_x_blockdev_change[] = {
     { "parent", QMP_T_STR, false, "the quorum node", NULL, NULL, NULL,
       NULL },
@@ -387,6 +397,12 @@ const struct qmp_command qmp_commands[] = {
       "Change nodes' options atomically: point a child edge at another "
       "node (insert or remove a filter under a node) or toggle read-only.",
       "{}" },
+    { "object-add", qmp_object_add, NULL, true,
+      "Create an object: only qom-type \"iothread\" (id, and the polling "
+      "properties, which have no effect), for exports that name one.",
+      "{}" },
+    { "object-del", qmp_object_del, args_object_del, false,
+      "Delete an object.", "{}" },
     { "block_resize", qmp_block_resize, args_block_resize, false,
       "Change a node's length.", "{}" },
     { "query-block", qmp_query_block, NULL, false,
@@ -804,8 +820,8 @@ qmp_schema_print_doc(FILE *f)
         "one and queues the others).\n"
         "- After \"JSON parse error, \" the description is our parser's "
         "wording, not QEMU's.\n"
-        "- Chardevs: only listening sockets (unix or TCP) with wait=off; "
-        "`--object` is refused.\n"
+        "- Chardevs: only listening sockets (unix or TCP) with wait=off.  "
+        "Objects: only iothread, and it has no effect.\n"
         "- `blockdev-reopen` changes only child references and read-only; "
         "options left out keep their values instead of reverting to "
         "defaults.\n"
@@ -818,7 +834,10 @@ qmp_schema_print_doc(FILE *f)
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
-        if (c->args_are_options) {
+        if (c->args_are_options && !strcmp(c->name, "object-add")) {
+            fprintf(f, "Arguments: `qom-type` (\"iothread\"), `id`, and the "
+                    "type's properties (checked by the command).\n\n");
+        } else if (c->args_are_options) {
             fprintf(f, "Arguments: a BlockdevOptions object (`driver`, "
                     "`node-name`, common options and the driver's own).\n\n");
         } else if (c->args && c->args->name) {

@@ -259,3 +259,28 @@ def test_pretty_monitor(lockstepd, tmp_dir):
         proc.terminate()
         proc.communicate(timeout=10)
     assert proc.returncode == 0
+
+
+def test_object_iothread(lockstepd, tmp_dir):
+    r = run([lockstepd, "--object", "iothread"])
+    assert r.returncode == 1
+    assert r.stderr == ("lockstepd: --object iothread: Parameter 'id' is "
+                        "missing\n")
+    r = run([lockstepd, "--object", "iothread,id=a", "--object",
+             "iothread,id=a"])
+    assert r.returncode == 1
+    assert "attempt to add duplicate property 'a' to object (type " \
+        "'container')" in r.stderr
+    r = run([lockstepd, "--object", "foo,id=a"])
+    assert r.returncode == 1
+    assert "Parameter 'qom-type' does not accept value 'foo'" in r.stderr
+    nbd = os.path.join(tmp_dir, "nbd.sock")
+    with Daemon(lockstepd, tmp_dir, [
+            "--object", "iothread,id=iot0,poll-max-ns=0",
+            "--blockdev", "null-co,node-name=n0",
+            "--nbd-server", "addr.type=unix,addr.path=%s" % nbd,
+            "--export", "type=nbd,id=e0,node-name=n0,iothread=iot0,"
+                        "fixed-iothread=on"]) as d:
+        with d.client() as c:
+            assert [e["id"] for e in c.cmd("query-block-exports")] == ["e0"]
+        assert d.stop() == 0

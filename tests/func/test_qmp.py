@@ -918,12 +918,24 @@ WIRE_SCRIPT = [
     '"mode": "soft"}}',
     '{"execute": "nbd-server-start", "arguments": {"addr": '
     '{"type": "unix", "path": "/nonexistent"}}}',
+    '{"execute": "object-add", "arguments": {"qom-type": "iothread", '
+    '"id": "iot1"}}',
+    '{"execute": "object-add", "arguments": {"qom-type": "iothread", '
+    '"id": "iot1"}}',
+    '{"execute": "object-add", "arguments": {"qom-type": "iothread"}}',
+    '{"execute": "object-add", "arguments": {"qom-type": "foo", "id": "x"}}',
+    '{"execute": "object-add", "arguments": {"id": "x"}}',
+    '{"execute": "object-add", "arguments": {"qom-type": "iothread", '
+    '"id": "iot2", "poll-max-ns": 0, "zz": 1}}',
     '{"execute": "nbd-server-start", "arguments": {"addr": '
     '{"type": "unix", "data": {"path": "@NBD@"}}}}',
     '{"execute": "nbd-server-start", "arguments": {"addr": '
     '{"type": "unix", "data": {"path": "@NBD@"}}}}',
     '{"execute": "block-export-add", "arguments": {"type": "nbd", '
-    '"id": "e0", "node-name": "r0", "writable": true}}',
+    '"id": "e0", "node-name": "r0", "iothread": "zz"}}',
+    '{"execute": "block-export-add", "arguments": {"type": "nbd", '
+    '"id": "e0", "node-name": "r0", "writable": true, "iothread": "iot1", '
+    '"fixed-iothread": true}}',
     '{"execute": "block-export-add", "arguments": {"type": "nbd", '
     '"id": "e0", "node-name": "r0"}}',
     '{"execute": "block-export-add", "arguments": {"type": "nbd", '
@@ -935,6 +947,8 @@ WIRE_SCRIPT = [
     '{"execute": "query-block-exports"}',
     '{"execute": "nbd-server-stop"}',
     '{"execute": "nbd-server-stop"}',
+    '{"execute": "object-del", "arguments": {"id": "iot1"}}',
+    '{"execute": "object-del", "arguments": {"id": "iot1"}}',
     '{"execute": "block-dirty-bitmap-remove", "arguments": {"node": "n0", '
     '"name": "b0"}}',
     '{"execute": "blockdev-del", "arguments": {"node-name": "r0"}}',
