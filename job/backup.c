@@ -841,6 +841,36 @@ lookup_node(const char *name, struct err **errp)
     return node;
 }
 
+/*
+ * cbw_append() for a read-only source (QEMU backs up read-only nodes, e.g.
+ * a backing image): the filter is opened read-only too, so that it asks
+ * for no write permission on its source.  Nothing can write through it.
+ */
+static struct block_node *
+append_read_only_filter(struct block_node *source, struct block_node *target,
+                        const char *filter_node_name, const char *on_cbw_error,
+                        struct err **errp)
+{
+    json_t *opts = json_pack("{s:s, s:s, s:s, s:b}", "driver",
+                             "copy-before-write", "file", source->node_name,
+                             "target", target->node_name, "read-only", true);
+    struct block_node *cbw;
+
+    if (filter_node_name) {
+        json_object_set_new(opts, "node-name", json_string(filter_node_name));
+    }
+    if (on_cbw_error) {
+        json_object_set_new(opts, "on-cbw-error", json_string(on_cbw_error));
+    }
+    cbw = block_node_new(opts, errp);
+    json_decref(opts);
+    if (cbw && block_replace_node(source, cbw, errp) < 0) {
+        block_node_unref(cbw);
+        cbw = NULL;
+    }
+    return cbw;
+}
+
 /* Copy bitmap for sync=bitmap: exactly the user bitmap's clusters. */
 static void
 init_copy_bitmap(struct backup_job *s)
@@ -961,9 +991,15 @@ backup_create(json_t *args, struct err **errp)
         block_dirty_bitmap_disable(bm);
         block_dirty_bitmap_set_busy(bm, true);
     }
-    cbw = cbw_append(source, target, a.filter_node_name, a.on_cbw_error,
-                     a.discard_source, errp);
+    if (source->read_only && !a.discard_source) {
+        cbw = append_read_only_filter(source, target, a.filter_node_name,
+                                      a.on_cbw_error, errp);
+    } else {
+        cbw = cbw_append(source, target, a.filter_node_name, a.on_cbw_error,
+                         a.discard_source, errp);
+    }
     if (!cbw) {
+        err_prepend(errp, "Could not create node: ");
         goto out_bitmap;
     }
     bcs = cbw_block_copy_state(cbw);

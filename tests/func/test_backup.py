@@ -375,3 +375,27 @@ def test_busy_target_and_bitmap(daemon, images, tmp_path):
         "be used"
     qmp.ok("job-finalize", id="j1")
     qmp.wait_event("JOB_STATUS_CHANGE", id="j1", status="null")
+
+
+def test_read_only_source_and_filter_name(daemon, images):
+    src, tgt = images
+    qmp = daemon(file_node("src", src, **{"read-only": True}),
+                 file_node("tgt", tgt))
+    qmp.ok("blockdev-backup", **{
+        "job-id": "ro", "device": "src", "target": "tgt", "sync": "full"})
+    ev = qmp.wait_event("BLOCK_JOB_COMPLETED", device="ro")
+    assert "error" not in ev["data"]
+    qmp.wait_event("JOB_STATUS_CHANGE", id="ro", status="null")
+    assert read(tgt) == read(src)
+    assert qmp.error("blockdev-backup", **{
+        "job-id": "f1", "device": "tgt", "target": "src", "sync": "full"}) \
+        .startswith("Could not create node: Block node ")
+    assert qmp.error("blockdev-backup", **{
+        "job-id": "f1", "device": "src", "target": "tgt", "sync": "full",
+        "filter-node-name": "tgt"}) == \
+        "Could not create node: Duplicate nodes with node-name='tgt'"
+    assert qmp.error("blockdev-backup", **{
+        "job-id": "f1", "device": "src", "target": "tgt", "sync": "full",
+        "filter-node-name": "1bad"}) == \
+        "Could not create node: Invalid node-name: '1bad'"
+    assert qmp.ok("query-jobs") == []
