@@ -60,14 +60,16 @@ raw_open(struct block_node *node, json_t *options, struct err **errp)
 
 /*
  * raw has no metadata: like QEMU (its file is a pure data child), it lets
- * others write the file too; whoever uses the raw node decides.
+ * others write the file too; whoever uses the raw node decides.  It does
+ * not hold "resize" either: QEMU's raw takes only what its parents need,
+ * and a copy-before-write filter under it refuses to share resizing.
  */
 static void
 raw_child_perm(struct block_node *node, const char *child_name UNUSED,
                uint32_t *perm, uint32_t *shared)
 {
     *perm = BLOCK_PERM_CONSISTENT_READ |
-            (node->read_only ? 0 : BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+            (node->read_only ? 0 : BLOCK_PERM_WRITE);
     *shared = BLOCK_PERM_ALL;
 }
 

@@ -789,10 +789,6 @@ def test_fleecing_recipe_qsd(qsd, tmp_dir):
     assert bms["bk-2"]["count"] == 128 << 10
 
 
-@pytest.mark.xfail(reason="the block core gives raw's file edge 'resize' "
-                   "without a parent needing it, so copy-before-write "
-                   "cannot share disk0 (QEMU derives it from the parents)",
-                   strict=False)
 def test_fleecing_recipe_lockstepd(lockstepd, tmp_dir):
     [bms] = fleecing_recipe(lockstepd, tmp_dir, "ours")
     assert bms["bk-2"]["count"] == 128 << 10
