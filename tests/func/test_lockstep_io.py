@@ -21,9 +21,11 @@ IMG_SIZE = MiB
 
 UNITS = r"(?:bytes|KiB|MiB|GiB|TiB|PiB|EiB)"
 NUM = r"\d+(?:\.\d{3})?"
+# qemu-io prints a slow rate in bytes with six decimals.
+RATE = r"\d+(?:\.\d{3}|\.\d{6})?"
 STATS_RE = re.compile(
     r"^(%s %s), 1 ops; (?:\d\d\.\d\d sec|\d+:\d\d:\d\d\.\d\d) "
-    r"\(%s %s/sec and \d+\.\d{4} ops/sec\)$" % (NUM, UNITS, NUM, UNITS))
+    r"\(%s %s/sec and \d+\.\d{4} ops/sec\)$" % (NUM, UNITS, RATE, UNITS))
 
 
 def normalise(text):
