@@ -50,11 +50,15 @@
  * back into it (never, or on-success after failure); after a failure with
  * always, the clusters the job did not copy are added.
  *
+ * Deviation: QEMU's query-named-block-nodes shows the frozen bitmap as
+ * "recording" (its successor records); here it shows recording=false.
+ *
  * Locking: the fields of struct backup_job are set on the main thread
- * before the job thread starts and only read afterwards, except those of a
- * pass (struct backup_pass, its own lock).  Lock order: pass lock, then the
- * block-copy state's lock (block_copy_next_dirty_area); no lock is held
- * across block_copy().
+ * before the job thread starts and only read afterwards, except the speed
+ * limiter's (rl_lock) and those of a pass (struct backup_pass, its own
+ * lock).  Lock order: pass lock, then the block-copy state's lock
+ * (block_copy_next_dirty_area); rl_lock is a leaf; no lock is held across
+ * block_copy().
  */
 #include <errno.h>
 #include <inttypes.h>
