@@ -9,73 +9,38 @@ same QMP script; the answers and events are checked against what QEMU sends
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 
 from conftest import build_dir_path, make_image
+from qmp_client import Daemon, QMPClient
 
 SIZE = 4 * 1024 * 1024
 
 
-class Qmp:
-    """A minimal QMP client that keeps the events it reads."""
+class Qmp(QMPClient):
+    """QMPClient with the shorthands these tests use."""
 
-    def __init__(self, path, timeout=10):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(30)
-        self.buf = b""
-        self.events = []
-        greeting = self._read()
-        assert "QMP" in greeting
-        assert self.cmd("qmp_capabilities") == {"return": {}}
-
-    def _read(self):
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("QMP connection closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def cmd(self, _cmd, **args):
-        msg = {"execute": _cmd}
-        if args:
-            msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            resp = self._read()
-            if "event" in resp:
-                self.events.append(resp)
-                continue
-            return resp
+    def raw(self, _cmd, **args):
+        """The whole response."""
+        return self.execute(_cmd, args or None)
 
     def ok(self, _cmd, **args):
-        resp = self.cmd(_cmd, **args)
+        resp = self.raw(_cmd, **args)
         assert "return" in resp, resp
         return resp["return"]
 
     def error(self, _cmd, **args):
-        resp = self.cmd(_cmd, **args)
+        """The message of the error the command must fail with."""
+        resp = self.raw(_cmd, **args)
         assert "error" in resp, resp
         return resp["error"]["desc"]
 
     def wait_event(self, name, timeout=30, **match):
-        """The first not yet consumed event called name matching data."""
-        deadline = time.time() + timeout
+        """Wait for the first event called name whose data has match;
+        drop it and the events before it."""
+        deadline = time.monotonic() + timeout
         while True:
             for i, ev in enumerate(self.events):
                 if ev["event"] == name and all(
@@ -83,26 +48,25 @@ class Qmp:
                         for k, v in match.items()):
                     del self.events[:i + 1]
                     return ev
-            remaining = deadline - time.time()
-            if remaining <= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError("no event %s %s in %s" %
                                    (name, match, self.events))
-            self.sock.settimeout(remaining)
+            self.sock.settimeout(left)
             try:
-                resp = self._read()
+                msg = self.recv()
             finally:
-                self.sock.settimeout(30)
-            if "event" in resp:
-                self.events.append(resp)
+                self.sock.settimeout(30.0)
+            if msg is None:
+                raise EOFError("connection closed")
+            if "event" in msg:
+                self.events.append(msg)
 
     def statuses(self, job_id):
         """The JOB_STATUS_CHANGE statuses read so far for job_id."""
         return [ev["data"]["status"] for ev in self.events
                 if ev["event"] == "JOB_STATUS_CHANGE" and
                 ev["data"]["id"] == job_id]
-
-    def close(self):
-        self.sock.close()
 
 
 def daemon_path(kind):
@@ -114,34 +78,26 @@ def daemon_path(kind):
 
 @pytest.fixture(params=["lockstep", "qemu"])
 def daemon(request, tmp_path):
-    """Start a daemon (lockstepd or qemu-storage-daemon) with blockdevs."""
+    """Start a daemon (lockstepd or qemu-storage-daemon) with blockdevs;
+    returns a negotiated client."""
     path = daemon_path(request.param)
     if not path:
         pytest.skip("%s daemon is not available" % request.param)
-    procs = []
+    daemons = []
 
     def start(*blockdevs):
-        sock = str(tmp_path / "qmp.sock")
-        argv = [path, "--chardev",
-                "socket,id=m0,path=%s,server=on,wait=off" % sock,
-                "--monitor", "chardev=m0"]
+        args = []
         for bd in blockdevs:
-            argv += ["--blockdev", json.dumps(bd)]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        procs.append(proc)
-        qmp = Qmp(sock)
+            args += ["--blockdev", json.dumps(bd)]
+        d = Daemon(path, str(tmp_path), args)
+        daemons.append(d)
+        qmp = Qmp(d.qmp_path)
         qmp.kind = request.param
         return qmp
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    for d in daemons:
+        d.stop()
 
 
 def file_node(name, path, **extra):
@@ -268,7 +224,7 @@ def test_event_sequence(daemon, images):
         "job-id": "s1", "device": "src", "target": "tgt", "sync": "full"})
     deadline = time.time() + 30
     while "null" not in qmp.statuses("s1") and time.time() < deadline:
-        qmp.cmd("query-jobs")
+        qmp.raw("query-jobs")
         time.sleep(0.01)
     assert real_statuses(qmp.statuses("s1")) == [
         "created", "running", "waiting", "pending", "concluded", "null"]
@@ -280,18 +236,18 @@ def test_event_sequence(daemon, images):
 def test_lookup_errors(daemon, images):
     src, tgt = images
     qmp = daemon(file_node("src", src), file_node("tgt", tgt))
-    resp = qmp.cmd("job-pause", id="nope")
+    resp = qmp.raw("job-pause", id="nope")
     assert resp["error"] == {"class": "GenericError",
                              "desc": "Job not found"}
     for cmd in ("block-job-pause", "block-job-resume", "block-job-complete",
                 "block-job-cancel"):
-        resp = qmp.cmd(cmd, device="nope")
+        resp = qmp.raw(cmd, device="nope")
         assert resp["error"] == {"class": "DeviceNotActive",
                                  "desc": "Block job 'nope' not found"}
-    resp = qmp.cmd("block-job-set-speed", device="nope", speed=1)
+    resp = qmp.raw("block-job-set-speed", device="nope", speed=1)
     assert resp["error"]["class"] == "DeviceNotActive"
     for cmd in ("block-job-dismiss", "block-job-finalize"):
-        resp = qmp.cmd(cmd, id="nope")
+        resp = qmp.raw(cmd, id="nope")
         assert resp["error"] == {"class": "DeviceNotActive",
                                  "desc": "Block job 'nope' not found"}
 

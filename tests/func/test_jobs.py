@@ -37,13 +37,13 @@ def export_del(qmp, export_id):
     server may still be closing the one qemu-io just dropped)."""
     deadline = time.time() + 10
     while True:
-        resp = qmp.cmd("block-export-del", id=export_id)
+        resp = qmp.raw("block-export-del", id=export_id)
         if "return" in resp or time.time() > deadline:
             break
         assert resp["error"]["desc"] == \
             "export '%s' still in use" % export_id
         time.sleep(0.05)
-    assert resp == {"return": {}}
+    assert resp["return"] == {}, resp
     qmp.wait_event("BLOCK_EXPORT_DELETED", id=export_id)
 
 
