@@ -618,6 +618,31 @@ test_pause_resume(void **state)
     free(snapshot);
 }
 
+/* The speed limit holds for the background copy. */
+static void
+test_speed(void **state)
+{
+    struct job *job;
+    int64_t t0, t;
+
+    (void)state;
+    create_file("src.raw", 4 * MiB);
+    create_file("tgt.raw", 4 * MiB);
+    random_fill_file("src.raw", 4 * MiB, 2);
+    open_file("src.raw", "src");
+    open_file("tgt.raw", "tgt");
+    t0 = clock_ns();
+    job = start("{\"job-id\": \"sp\", \"device\": \"src\", \"target\": "
+                "\"tgt\", \"sync\": \"full\", \"speed\": 4194304}");
+    wait_status(job, JOB_STATUS_NULL);
+    t = clock_ns() - t0;
+    /* 4 MiB at 4 MiB/s, less the last 1 MiB chunk (charged when it
+     * starts) and the 100 ms slice the limiter may run ahead. */
+    assert_true(t > 500LL * 1000 * 1000);
+    assert_true(t < 10 * SEC);
+    job_unref(job);
+}
+
 /* A very slow job never holds up a drain, a pause or a cancel. */
 static void
 test_slow_speed(void **state)
@@ -1357,6 +1382,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_none_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_speed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_speed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_source_error_ignore, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_source_error_report, setup,
