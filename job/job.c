@@ -401,7 +401,8 @@ job_create(const struct job_driver *drv, const char *id, bool auto_finalize,
     job->refcnt = 1;
     job->busy = false;
     cond_init(&job->cond);
-    TAILQ_INSERT_TAIL(&g_jobs, job, link);
+    /* Newest first, as QEMU lists its jobs. */
+    TAILQ_INSERT_HEAD(&g_jobs, job, link);
     transition_locked(job, JOB_STATUS_CREATED);
     mutex_unlock(&g_job_lock);
     return job;

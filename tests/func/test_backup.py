@@ -355,3 +355,20 @@ def test_read_only_source_and_filter_name(daemon, images):
         "filter-node-name": "1bad"}) == \
         "Could not create node: Invalid node-name: '1bad'"
     assert qmp.ok("query-jobs") == []
+
+
+def test_jobs_listed_newest_first(daemon, tmp_path):
+    nodes = []
+    for n in "abcd":
+        nodes.append(file_node(n, make_image(str(tmp_path / n), SIZE)))
+    qmp = daemon(*nodes)
+    qmp.ok("blockdev-backup", **{"job-id": "first", "device": "a",
+                                 "target": "b", "sync": "none"})
+    qmp.ok("blockdev-backup", **{"job-id": "second", "device": "c",
+                                 "target": "d", "sync": "none"})
+    assert [j["id"] for j in qmp.ok("query-jobs")] == ["second", "first"]
+    assert [j["device"] for j in qmp.ok("query-block-jobs")] == \
+        ["second", "first"]
+    for job_id in ("first", "second"):
+        qmp.ok("job-cancel", id=job_id)
+        qmp.wait_event("JOB_STATUS_CHANGE", id=job_id, status="null")
