@@ -27,5 +27,11 @@ check: build
 demo: build
 	@scripts/demo.sh $(BUILD)
 
+bench: deps
+	@bench/install-deps.sh
+	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false -Dwerror=false
+	@ninja -C build-bench lockstepd
+	@python3 bench/bench.py --build build-bench
+
 clean:
 	rm -rf $(BUILD) $(BUILD_SAN)

@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""lockstepd side by side with QEMU: the same QMP script, the same NBD clients.
+
+For each workload, rounds of A (lockstepd) then B (qemu-storage-daemon, or
+qemu-system-x86_64 -machine none where only it has the commands), fresh
+images on tmpfs each run; prints medians, ratios and spreads and writes
+docs/performance.md and docs/performance.png.  See bench/README.md.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clients  # noqa: E402
+import daemons  # noqa: E402
+import report  # noqa: E402
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GiB = 1 << 30
+
+
+class Ctx:
+    """Settings shared by every workload run."""
+
+    def __init__(self, args, work):
+        self.runtime = args.runtime
+        self.work = work
+        self.size = args.size_mib << 20
+        self.bins = {"lockstep": os.path.join(args.build, "lockstepd"),
+                     "qsd": shutil.which("qemu-storage-daemon"),
+                     "qemu": shutil.which("qemu-system-x86_64")}
+        self.seq = 0
+        self._filled = None
+
+    def path(self, name):
+        self.seq += 1
+        return os.path.join(self.work, "%d-%s" % (self.seq, name))
+
+    def qcow2(self, name, size=None):
+        p = self.path(name + ".qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", p,
+                        str(size or self.size)], check=True)
+        return p
+
+    def filled_qcow2(self, name):
+        """A copy of a qcow2 image whose every cluster holds data."""
+        if self._filled is None:
+            self._filled = os.path.join(self.work, "filled.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                            self._filled, str(self.size)], check=True)
+            subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                            "write -P 0x5a 0 %d" % self.size, self._filled],
+                           check=True, capture_output=True)
+        p = self.path(name + ".qcow2")
+        shutil.copyfile(self._filled, p)
+        return p
+
+    def cleanup(self):
+        for f in os.listdir(self.work):
+            if f[0].isdigit():
+                os.unlink(os.path.join(self.work, f))
+
+
+# ---- One daemon (or a pair) for one run ---------------------------------
+
+class Run:
+    """The daemons of one run, their CPU time while measured, peak RSS."""
+
+    def __init__(self, ctx, kind):
+        self.ctx, self.kind = ctx, kind
+        self.daemons = []
+        self.cpu = 0.0
+        self.bytes = 0
+        self.rss_by_role = {}
+        self.metrics = {}
+
+    @property
+    def rss(self):
+        """Peak RSS in KiB: the sum over roles (primary + secondary) of
+        each role's highest VmHWM."""
+        return sum(self.rss_by_role.values())
+
+    def start(self, role):
+        d = daemons.start(self.kind, self.ctx.bins, self.ctx.work,
+                          "%s-%s" % (self.kind, role))
+        d.role = role
+        self.daemons.append(d)
+        return d, d.client()
+
+    def measure(self, fn):
+        """Run fn() and add the daemons' CPU seconds to the run's total."""
+        before = sum(daemons.cpu_seconds(d) for d in self.daemons
+                     if d.proc.poll() is None)
+        out = fn()
+        self.cpu += sum(daemons.cpu_seconds(d) for d in self.daemons
+                        if d.proc.poll() is None) - before
+        self.bytes += out.get("bytes", 0)
+        return out
+
+    def stop(self, d):
+        if d.proc.poll() is None:
+            self.rss_by_role[d.role] = max(self.rss_by_role.get(d.role, 0),
+                                           daemons.peak_rss_kib(d))
+        d.stop()
+
+    def close(self):
+        for d in reversed(self.daemons):
+            self.stop(d)
+
+
+def nbd_start(c, sock):
+    c.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                        "data": {"path": sock}}})
+
+
+def export(c, node, name, writable=True):
+    c.cmd("block-export-add", {"type": "nbd", "id": name, "node-name": node,
+                               "name": name, "writable": writable})
+
+
+def qcow2_node(c, node, img):
+    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": node,
+                           "file": {"driver": "file", "filename": img}})
+
+
+def one_export(run, node_args):
+    """A daemon with one node exported as 'disk'; returns its NBD URI."""
+    d, c = run.start("a")
+    c.cmd("blockdev-add", node_args)
+    sock = run.ctx.path("nbd.sock")
+    nbd_start(c, sock)
+    export(c, node_args["node-name"], "disk")
+    c.close()
+    return clients.nbd_uri(sock, "disk")
+
+
+def qcow2_args(img):
+    return {"driver": "qcow2", "node-name": "disk",
+            "file": {"driver": "file", "filename": img}}
+
+
+# ---- Workloads ----------------------------------------------------------
+# Each takes a Run, fills run.metrics and may add to run.cpu / run.bytes.
+
+def fio_metric(run, uri, key, rw, bs, qd, unit="iops", **kw):
+    out = run.measure(lambda: clients.fio(uri, rw, bs, qd,
+                                          runtime=run.ctx.runtime, **kw))
+    run.metrics[key] = out[unit]
+
+
+def wl_qcow2_randread(run):
+    uri = one_export(run, qcow2_args(run.ctx.filled_qcow2("read")))
+    fio_metric(run, uri, "qcow2 randread 4k qd1", "randread", "4k", 1)
+    fio_metric(run, uri, "qcow2 randread 4k qd16", "randread", "4k", 16)
+
+
+def wl_qcow2_randwrite(run):
+    for qd in (1, 16):
+        uri = one_export(run, qcow2_args(run.ctx.qcow2("rw")))
+        fio_metric(run, uri, "qcow2 randwrite 4k qd%d (allocating)" % qd,
+                   "randwrite", "4k", qd)
+        run.close()
+        run.daemons = []
+
+
+def wl_qcow2_seqwrite(run):
+    uri = one_export(run, qcow2_args(run.ctx.qcow2("seq")))
+    fio_metric(run, uri, "qcow2 seqwrite 1M qd4", "write", "1M", 4,
+               unit="mibs")
+
+
+def fleecing_setup(run):
+    """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
+    writes 'guest', the backup reads 'snap'."""
+    ctx = run.ctx
+    disk = ctx.filled_qcow2("disk0")
+    fleece = ctx.qcow2("fleece")
+    d, c = run.start("a")
+    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "disk0",
+                           "discard": "unmap",
+                           "file": {"driver": "file", "filename": disk,
+                                    "discard": "unmap"}})
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "disk0-front",
+                           "file": "disk0", "discard": "unmap"})
+    sock = ctx.path("nbd.sock")
+    nbd_start(c, sock)
+    export(c, "disk0-front", "guest")
+    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "fleece0",
+                           "discard": "unmap",
+                           "file": {"driver": "file", "filename": fleece,
+                                    "discard": "unmap"}})
+    c.cmd("blockdev-add", {"driver": "copy-before-write",
+                           "node-name": "fl-cbw", "file": "disk0",
+                           "target": "fleece0",
+                           "on-cbw-error": "break-snapshot",
+                           "cbw-timeout": 45})
+    c.cmd("blockdev-reopen", {"options": [
+        {"driver": "raw", "node-name": "disk0-front", "file": "fl-cbw",
+         "discard": "unmap"}]})
+    c.cmd("blockdev-add", {"driver": "snapshot-access",
+                           "node-name": "fl-access", "file": "fl-cbw",
+                           "discard": "unmap"})
+    export(c, "fl-access", "snap", writable=False)
+    c.close()
+    return clients.nbd_uri(sock, "guest"), clients.nbd_uri(sock, "snap")
+
+
+def wl_fleece_read(run):
+    _, snap = fleecing_setup(run)
+    out = run.measure(lambda: clients.nbdcopy(snap, run.ctx.size))
+    run.metrics["snapshot read (nbdcopy), idle guest"] = out["mibs"]
+
+
+def wl_fleece_read_busy(run):
+    guest, snap = fleecing_setup(run)
+
+    def busy():
+        g = clients.fio_background(guest, "randwrite", "4k", 16, 600)
+        try:
+            time.sleep(0.5)
+            return clients.nbdcopy(snap, run.ctx.size)
+        finally:
+            g.terminate()
+            g.wait()
+    out = run.measure(busy)
+    run.metrics["snapshot read (nbdcopy), guest writing"] = out["mibs"]
+
+
+def wl_fleece_guest_write(run):
+    guest, _ = fleecing_setup(run)
+    fio_metric(run, guest, "guest randwrite 4k qd16, fresh snapshot",
+               "randwrite", "4k", 16)
+
+
+def replication_setup(run):
+    """reference/replication.md "Setup, as QMP": secondary, then primary.
+    Returns (primary guest URI, secondary guest URI, secondary QMP)."""
+    ctx = run.ctx
+    sd, sc = run.start("secondary")
+    qcow2_node(sc, "sec-disk", ctx.qcow2("sec"))
+    ssock = ctx.path("sec-nbd.sock")
+    nbd_start(sc, ssock)
+    export(sc, "sec-disk", "sec-disk")
+    sc.cmd("blockdev-add", {
+        "driver": "replication", "node-name": "rep", "mode": "secondary",
+        "top-id": "top",
+        "file": {"driver": "qcow2", "node-name": "active",
+                 "file": {"driver": "file",
+                          "filename": ctx.qcow2("active")},
+                 "backing": {"driver": "qcow2", "node-name": "hidden",
+                             "file": {"driver": "file",
+                                      "filename": ctx.qcow2("hidden")},
+                             "backing": "sec-disk"}}})
+    sc.cmd("blockdev-add", {"driver": "quorum", "node-name": "top",
+                            "read-pattern": "fifo", "vote-threshold": 1,
+                            "children": ["rep"]})
+    export(sc, "top", "sguest")
+    sc.cmd("xen-set-replication", {"enable": True, "primary": False})
+    pd, pc = run.start("primary")
+    qcow2_node(pc, "p-local", ctx.qcow2("primary"))
+    pc.cmd("blockdev-add", {"driver": "replication", "node-name": "p-rep",
+                            "mode": "primary",
+                            "file": {"driver": "nbd", "export": "sec-disk",
+                                     "server": {"type": "unix",
+                                                "path": ssock}}})
+    pc.cmd("blockdev-add", {"driver": "quorum", "node-name": "p-top",
+                            "read-pattern": "fifo", "vote-threshold": 1,
+                            "children": ["p-local", "p-rep"]})
+    psock = ctx.path("pri-nbd.sock")
+    nbd_start(pc, psock)
+    export(pc, "p-top", "guest")
+    pc.cmd("xen-set-replication", {"enable": True, "primary": True})
+    pc.close()
+    return (clients.nbd_uri(psock, "guest"), clients.nbd_uri(ssock, "sguest"),
+            sc)
+
+
+def wl_rep_randwrite(run):
+    guest, _, sc = replication_setup(run)
+    sc.close()
+    fio_metric(run, guest, "replicated randwrite 4k qd16", "randwrite",
+               "4k", 16)
+
+
+def wl_rep_seqwrite(run):
+    guest, _, sc = replication_setup(run)
+    sc.close()
+    fio_metric(run, guest, "replicated seqwrite 1M qd4", "write", "1M", 4,
+               unit="mibs")
+
+
+def both_write_256m(run, guest, sguest):
+    run.measure(lambda: clients.fio(guest, "write", "1M", 4, size="256M"))
+    run.measure(lambda: clients.fio(sguest, "write", "1M", 4, size="256M",
+                                    offset="512M"))
+
+
+def wl_rep_checkpoint(run):
+    guest, sguest, sc = replication_setup(run)
+    both_write_256m(run, guest, sguest)
+    t0 = time.monotonic()
+    sc.cmd("xen-colo-do-checkpoint")
+    run.metrics["checkpoint latency after 256M+256M (ms)"] = \
+        (time.monotonic() - t0) * 1000
+    both_write_256m(run, guest, sguest)
+    run.stop(run.daemons[1])             # the primary is lost
+    t0 = time.monotonic()
+    sc.cmd("xen-set-replication", {"enable": False, "primary": False,
+                                   "failover": True})
+    deadline = t0 + 300
+    while sc.cmd("query-xen-replication-status").get("error"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("failover did not finish")
+        time.sleep(0.002)
+    run.metrics["failover time after 256M+256M (ms)"] = \
+        (time.monotonic() - t0) * 1000
+    sc.close()
+
+
+def null_args():
+    return {"driver": "null-co", "node-name": "disk", "size": GiB,
+            "read-zeroes": True}
+
+
+def wl_null(run):
+    uri = one_export(run, null_args())
+    fio_metric(run, uri, "null-co randread 4k qd1", "randread", "4k", 1)
+    fio_metric(run, uri, "null-co randread 4k qd16", "randread", "4k", 16)
+    fio_metric(run, uri, "null-co randwrite 4k qd16", "randwrite", "4k", 16)
+    fio_metric(run, uri, "null-co seqwrite 1M qd4", "write", "1M", 4,
+               unit="mibs")
+
+
+def nbdkit_memory_ceiling(ctx):
+    """nbdcopy from nbdkit's memory plugin, filled first so that nothing is
+    skipped as sparse: the ceiling for snapshot reads."""
+    sock = ctx.path("nbdkit.sock")
+    pidfile = ctx.path("nbdkit.pid")
+    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "-P", pidfile,
+                          "memory", str(ctx.size)])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        src = ctx.path("fill.raw")
+        with open(src, "wb") as f:
+            f.write(b"\x5a" * ctx.size)
+        subprocess.run(["nbdcopy", src, clients.nbd_uri(sock, "")],
+                       check=True)
+        os.unlink(src)
+        return clients.nbdcopy(clients.nbd_uri(sock, ""), ctx.size)["mibs"]
+    finally:
+        p.terminate()
+        p.wait()
+
+
+# name -> (function, the two daemon kinds, metrics: (key, unit, better,
+#          target ratio or None))
+WORKLOADS = {
+    "qcow2-randread": (wl_qcow2_randread, ("lockstep", "qsd"), [
+        ("qcow2 randread 4k qd1", "IOPS", "high", 1.5),
+        ("qcow2 randread 4k qd16", "IOPS", "high", 1.5)]),
+    "qcow2-randwrite": (wl_qcow2_randwrite, ("lockstep", "qsd"), [
+        ("qcow2 randwrite 4k qd1 (allocating)", "IOPS", "high", 1.5),
+        ("qcow2 randwrite 4k qd16 (allocating)", "IOPS", "high", 1.5)]),
+    "qcow2-seqwrite": (wl_qcow2_seqwrite, ("lockstep", "qsd"), [
+        ("qcow2 seqwrite 1M qd4", "MiB/s", "high", 1.2)]),
+    "fleece-read": (wl_fleece_read, ("lockstep", "qsd"), [
+        ("snapshot read (nbdcopy), idle guest", "MiB/s", "high", 1.15)]),
+    "fleece-read-busy": (wl_fleece_read_busy, ("lockstep", "qsd"), [
+        ("snapshot read (nbdcopy), guest writing", "MiB/s", "high", 1.15)]),
+    "fleece-guest-write": (wl_fleece_guest_write, ("lockstep", "qsd"), [
+        ("guest randwrite 4k qd16, fresh snapshot", "IOPS", "high", 1.5)]),
+    "rep-randwrite": (wl_rep_randwrite, ("lockstep", "qemu"), [
+        ("replicated randwrite 4k qd16", "IOPS", "high", 2.0)]),
+    "rep-seqwrite": (wl_rep_seqwrite, ("lockstep", "qemu"), [
+        ("replicated seqwrite 1M qd4", "MiB/s", "high", 2.0)]),
+    "rep-checkpoint": (wl_rep_checkpoint, ("lockstep", "qemu"), [
+        ("checkpoint latency after 256M+256M (ms)", "ms", "low", 0.5),
+        ("failover time after 256M+256M (ms)", "ms", "low", None)]),
+    "null": (wl_null, ("lockstep", "qsd"), [
+        ("null-co randread 4k qd1", "IOPS", "high", None),
+        ("null-co randread 4k qd16", "IOPS", "high", None),
+        ("null-co randwrite 4k qd16", "IOPS", "high", None),
+        ("null-co seqwrite 1M qd4", "MiB/s", "high", None)]),
+}
+
+
+def run_workload(ctx, name, rounds, results, log):
+    fn, kinds, _ = WORKLOADS[name]
+    for r in range(rounds):
+        for kind in kinds:
+            run = Run(ctx, kind)
+            try:
+                fn(run)
+            except Exception as e:  # noqa: BLE001 - report, go on
+                log("  %s round %d %s: FAILED: %s" % (name, r + 1, kind, e))
+                run.metrics = {}
+            finally:
+                try:
+                    run.close()
+                except Exception as e:  # noqa: BLE001
+                    log("  %s: stop: %s" % (kind, e))
+                ctx.cleanup()
+            side = "lockstep" if kind == "lockstep" else "qemu"
+            res = results.setdefault(name, {"lockstep": [], "qemu": [],
+                                            "qemu_kind": kinds[1]})
+            res[side].append(run)
+            log("  %s round %d %-8s %s  cpu %.2fs rss %d MiB" % (
+                name, r + 1, kind,
+                ", ".join("%s=%.0f" % (k, v) for k, v in run.metrics.items()),
+                run.cpu, run.rss >> 10))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", action="append", default=[],
+                    help="workload name (repeatable): " +
+                    ", ".join(WORKLOADS))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runtime", type=float, default=8.0,
+                    help="seconds per fio run")
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--build", default=os.path.join(TOP, "build-bench"))
+    ap.add_argument("--tmp", default="/dev/shm")
+    ap.add_argument("--no-docs", action="store_true",
+                    help="print the table only (always so with --only)")
+    args = ap.parse_args()
+    for w in args.only:
+        if w not in WORKLOADS:
+            ap.error("unknown workload %s" % w)
+    names = args.only or list(WORKLOADS)
+    st = os.statvfs(args.tmp)
+    need = 6 * (args.size_mib << 20)
+    if st.f_bavail * st.f_frsize < need:
+        sys.exit("bench: %s has less than %d MiB free" % (args.tmp,
+                                                         need >> 20))
+    work = tempfile.mkdtemp(prefix="lockstep-bench-", dir=args.tmp)
+    ctx = Ctx(args, work)
+    results = {}
+    t_start = time.time()
+    load0 = os.getloadavg()
+
+    def log(s):
+        print(s, flush=True)
+    try:
+        for name in names:
+            log("%s:" % name)
+            run_workload(ctx, name, args.rounds, results, log)
+        ceiling = None
+        if not args.only or "null" in args.only or \
+                any(n.startswith("fleece-read") for n in args.only):
+            ceil = [nbdkit_memory_ceiling(ctx) for _ in range(args.rounds)]
+            ceiling = (statistics.median(ceil), min(ceil), max(ceil))
+            log("nbdkit memory nbdcopy: %.0f MiB/s" % ceiling[0])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info = {"rounds": args.rounds, "runtime": args.runtime,
+            "size_mib": args.size_mib, "load": (load0, os.getloadavg()),
+            "minutes": (time.time() - t_start) / 60, "ncpu": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    rows = report.rows(results, WORKLOADS, names)
+    print(report.text_table(rows, ceiling))
+    if not args.only and not args.no_docs:
+        report.write_docs(rows, ceiling, info, results, names,
+                          os.path.join(TOP, "docs", "performance.md"),
+                          os.path.join(TOP, "docs", "performance.png"))
+        print("wrote docs/performance.md and docs/performance.png")
+
+
+if __name__ == "__main__":
+    main()
