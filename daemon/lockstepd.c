@@ -517,6 +517,7 @@ shutdown_daemon(void)
     nbd_server_stop(NULL);
     block_export_close_all();
     job_cancel_sync_all();
+    qmp_fleecing_stop_all();
 
     /* Flush, then drop the monitor's references: formats write their
      * metadata and close cleanly.  Collect first: unref frees nodes. */

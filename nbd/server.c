@@ -176,6 +176,12 @@ nbdsrv_running(void)
 }
 
 bool
+nbd_server_running(void)
+{
+    return nbdsrv_running();
+}
+
+bool
 nbdsrv_multi_conn_allowed(void)
 {
     SCOPED_LOCK(&g_nbdsrv_lock);

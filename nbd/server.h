@@ -31,6 +31,8 @@ bool nbd_server_start(json_t *addr, const char *tls_creds,
  * nbd-server-stop does.  Main thread, not while drained.
  */
 bool nbd_server_stop(struct err **errp);
+/* Is the server listening (nbd-server-start or --nbd-server)?  Any thread. */
+bool nbd_server_running(void);
 /*
  * block-export-add with the QMP arguments object: type ("nbd"), id,
  * node-name, writable, writethrough, name (default node-name), description,

@@ -172,6 +172,8 @@ json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);
 json_t *qmp_xen_set_replication_cmd(json_t *args, struct err **errp);
 json_t *qmp_query_xen_replication_status(json_t *args, struct err **errp);
 json_t *qmp_xen_colo_do_checkpoint(json_t *args, struct err **errp);
+json_t *qmp_replication_start(json_t *args, struct err **errp);
+json_t *qmp_replication_stop(json_t *args, struct err **errp);
 json_t *qmp_block_resize(json_t *args, struct err **errp);
 json_t *qmp_query_block(json_t *args, struct err **errp);
 /* cmds-bitmap.c */
@@ -191,6 +193,18 @@ extern const struct qmp_txn_action qmp_txn_bitmap_clear;
 extern const struct qmp_txn_action qmp_txn_bitmap_enable;
 extern const struct qmp_txn_action qmp_txn_bitmap_disable;
 extern const struct qmp_txn_action qmp_txn_bitmap_merge;
+
+/* cmds-fleecing.c */
+json_t *qmp_x_blockdev_insert_filter(json_t *args, struct err **errp);
+json_t *qmp_x_blockdev_remove_filter(json_t *args, struct err **errp);
+json_t *qmp_fleecing_start(json_t *args, struct err **errp);
+json_t *qmp_fleecing_stop(json_t *args, struct err **errp);
+json_t *qmp_query_fleecing(json_t *args, struct err **errp);
+extern const struct qmp_txn_action qmp_txn_insert_filter;
+extern const struct qmp_txn_action qmp_txn_remove_filter;
+extern const struct qmp_arg qmp_args_filter_node[];
+/* Daemon shutdown: tear every fleecing down (after the exports closed). */
+void qmp_fleecing_stop_all(void);
 
 /* Shared argument lists (schema.c), used by the action table too. */
 extern const struct qmp_arg qmp_args_bitmap[];

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "job/commit.h"
 #include "job/qmp-job.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -221,10 +222,61 @@ static const struct qmp_arg args_transaction[] = {
       "the actions, each {\"type\": T, \"data\": {...}}; T is one of "
       "abort, block-dirty-bitmap-add, block-dirty-bitmap-remove, "
       "block-dirty-bitmap-clear, block-dirty-bitmap-enable, "
-      "block-dirty-bitmap-disable, block-dirty-bitmap-merge",
+      "block-dirty-bitmap-disable, block-dirty-bitmap-merge, "
+      "blockdev-backup, x-blockdev-insert-filter, x-blockdev-remove-filter",
       "[TransactionAction]", NULL, NULL, &txn_action_elem },
     { "properties", QMP_T_OBJECT, true, "transaction properties",
       "TransactionProperties", NULL, txn_properties_members, NULL },
+    END,
+};
+
+/* ---- Fleecing (cmds-fleecing.c) ----------------------------------------- */
+
+static const char *const fl_on_cbw_error_values[] = {
+    "break-guest-write", "break-snapshot", NULL,
+};
+static const struct qmp_arg args_fleecing_start[] = {
+    { "id", QMP_T_STR, false,
+      "name of this fleecing; also the NBD export's id, and the prefix of "
+      "the node-names created: ID-temp, ID-cbw, ID-access", NULL, NULL,
+      NULL, NULL },
+    { "node", QMP_T_STR, false,
+      "node-name of the live disk: the filter goes above it and takes over "
+      "its parents (guest exports, raw shims, ...)", NULL, NULL, NULL,
+      NULL },
+    { "temp", QMP_T_ANY, false,
+      "the temp (scratch) image, of the disk's size: a BlockdevOptions "
+      "object (node-name defaults to ID-temp), or {\"filename\", "
+      "\"format\": \"raw\"|\"qcow2\"} for an existing image (opened "
+      "with discard=unmap; its file node is ID-temp-file), or the "
+      "node-name of a node already added (left in place by fleecing-stop)",
+      "BlockdevOptions or FleecingTemp or str", NULL, NULL, NULL },
+    { "bitmap", QMP_T_OBJECT, true,
+      "limit the snapshot to this bitmap's dirty clusters (reads elsewhere "
+      "fail with EINVAL over NBD); also offered on the export as "
+      "qemu:dirty-bitmap:NAME", "BlockDirtyBitmap", NULL,
+      bitmap_ref_members, NULL },
+    { "export-name", QMP_T_STR, true, "NBD export name (default: id)",
+      NULL, NULL, NULL, NULL },
+    { "on-cbw-error", QMP_T_ENUM, true,
+      "when copying old data fails: break-guest-write (default) or "
+      "break-snapshot", "OnCbwError", fl_on_cbw_error_values, NULL, NULL },
+    { "cbw-timeout", QMP_T_UINT, true,
+      "seconds a guest write may wait for its copy, 0 = no limit (default)",
+      "uint32", NULL, NULL, NULL },
+    { "discard", QMP_T_BOOL, true,
+      "let NBD clients discard what they have read, freeing temp space "
+      "(default true; the export is then writable, writes fail with "
+      "ENOTSUP)", NULL, NULL, NULL, NULL },
+    { "actions", QMP_T_ARRAY, true,
+      "transaction actions (bitmap add/disable/...) run atomically with "
+      "the insertion of the filter: the snapshot point",
+      "[TransactionAction]", NULL, NULL, &txn_action_elem },
+    END,
+};
+static const struct qmp_arg args_fleecing_stop[] = {
+    { "id", QMP_T_STR, false, "the fleecing to stop", NULL, NULL, NULL,
+      NULL },
     END,
 };
 
@@ -360,6 +412,82 @@ static const struct qmp_arg args_xen_set_replication[] = {
     END,
 };
 
+static const struct qmp_arg args_replication_start[] = {
+    { "primary", QMP_T_BOOL, false,
+      "this side is the primary (true) or the secondary (false)", NULL,
+      NULL, NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_replication_stop[] = {
+    { "failover", QMP_T_BOOL, true,
+      "secondary: take over from a lost primary (commit the active and "
+      "hidden disks into the secondary disk); default false", NULL, NULL,
+      NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_block_commit[] = {
+    { "job-id", QMP_T_STR, true, "the job's id (default: device)", NULL,
+      NULL, NULL, NULL },
+    { "device", QMP_T_STR, false,
+      "the node whose chain is committed (its first non-filter node is "
+      "the active layer)", NULL, NULL, NULL, NULL },
+    { "base-node", QMP_T_STR, true,
+      "node-name of the layer committed into (default: the bottom of the "
+      "chain)", NULL, NULL, NULL, NULL },
+    { "base", QMP_T_STR, true,
+      "the same as base-node, by node-name or file name (exclusive with "
+      "base-node)", NULL, NULL, NULL, NULL },
+    { "top-node", QMP_T_STR, true,
+      "node-name of the top layer committed (default: the active layer, "
+      "which makes it an active commit)", NULL, NULL, NULL, NULL },
+    { "top", QMP_T_STR, true,
+      "the same as top-node, by node-name or file name (exclusive with "
+      "top-node)", NULL, NULL, NULL, NULL },
+    { "backing-file", QMP_T_STR, true,
+      "accepted and ignored: image headers keep their backing file name",
+      NULL, NULL, NULL, NULL },
+    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
+      NULL, NULL, NULL },
+    { "on-error", QMP_T_ENUM, true,
+      "action on an I/O error (default report)", "BlockdevOnError",
+      on_error_values, NULL, NULL },
+    { "filter-node-name", QMP_T_STR, true,
+      "accepted; no filter node is inserted (a dirty bitmap on top "
+      "tracks the guest's writes)", NULL, NULL, NULL, NULL },
+    { "auto-finalize", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
+      NULL },
+    { "auto-dismiss", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
+static const struct qmp_arg args_x_replication_resync[] = {
+    { "job-id", QMP_T_STR, true, "the job's id (default \"resync\")", NULL,
+      NULL, NULL, NULL },
+    { "device", QMP_T_STR, false,
+      "the primary's node that holds the bitmap (the quorum node, where "
+      "the replication driver keeps \"replication-resync\")", NULL, NULL,
+      NULL, NULL },
+    { "target", QMP_T_STR, false,
+      "node-name of the node that reaches the returning secondary (the "
+      "new replication node's NBD client)", NULL, NULL, NULL, NULL },
+    { "bitmap", QMP_T_STR, true,
+      "the dirty bitmap on device (default \"replication-resync\")", NULL,
+      NULL, NULL, NULL },
+    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
+      NULL, NULL, NULL },
+    { "on-error", QMP_T_ENUM, true,
+      "action on an I/O error (default report)", "BlockdevOnError",
+      on_error_values, NULL, NULL },
+    { "auto-finalize", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
+      NULL },
+    { "auto-dismiss", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
 static const struct qmp_arg args_block_resize[] = {
     { "device", QMP_T_STR, true, "a device name (there are none here)",
       NULL, NULL, NULL, NULL },
@@ -421,6 +549,36 @@ const struct qmp_command qmp_commands[] = {
       "{\"error\": bool, \"desc\"?: string}" },
     { "xen-colo-do-checkpoint", qmp_xen_colo_do_checkpoint, NULL, false,
       "Take a replication checkpoint on every replication node.", "{}" },
+    { "replication-start", qmp_replication_start, args_replication_start,
+      false,
+      "Start every replication node of this process in the given role: "
+      "xen-set-replication with enable=true, clearer.", "{}" },
+    { "replication-stop", qmp_replication_stop, args_replication_stop,
+      false,
+      "Stop every replication node; failover=true on the secondary takes "
+      "over from a lost primary.  Unlike xen-set-replication, errors of a "
+      "failover are reported.", "{}" },
+    { "replication-checkpoint", qmp_xen_colo_do_checkpoint, NULL, false,
+      "xen-colo-do-checkpoint: take a checkpoint on every replication "
+      "node (the secondary's active and hidden disks are emptied).",
+      "{}" },
+    { "query-replication", qmp_query_xen_replication_status, NULL, false,
+      "query-xen-replication-status.",
+      "{\"error\": bool, \"desc\"?: string}" },
+    { "x-replication-resync", qmp_x_replication_resync,
+      args_x_replication_resync, false,
+      "Beyond QEMU: after the secondary was lost and a secondary with its "
+      "old disk is attached again (a new replication node, started, in "
+      "the quorum), copy only the ranges the primary wrote meanwhile (the "
+      "bitmap \"replication-resync\" on the quorum) to it.  A job (type "
+      "\"replication-resync\"); at its end the bitmap is cleared and "
+      "disabled.  See docs/replication.md.", "{}" },
+    { "block-commit", qmp_block_commit, args_block_commit, false,
+      "Start a commit job: copy top (and the layers down to base) into "
+      "base.  Intermediate commit completes by itself and points top's "
+      "overlay at base; active commit (top = the active layer) mirrors the "
+      "guest's writes, sends BLOCK_JOB_READY when converged and on "
+      "job-complete replaces top by base for all its parents.", "{}" },
     { "query-named-block-nodes", qmp_query_named_block_nodes,
       args_query_named_block_nodes, false,
       "Every node, newest first, in QEMU's BlockDeviceInfo shape (I/O "
@@ -480,6 +638,34 @@ const struct qmp_command qmp_commands[] = {
       "Run several actions atomically: every action is prepared, then all "
       "are committed, or all prepared ones are undone when one fails.",
       "{}" },
+    { "x-blockdev-insert-filter", qmp_x_blockdev_insert_filter,
+      qmp_args_filter_node, false,
+      "Put a filter node that has no parents yet above its 'file' child: "
+      "every other parent of that child (exports, nodes) now goes through "
+      "the filter, in one drained step (for copy-before-write: the "
+      "snapshot point).  Also a transaction action.", "{}" },
+    { "x-blockdev-remove-filter", qmp_x_blockdev_remove_filter,
+      qmp_args_filter_node, false,
+      "Take a filter out: its parents go back to its 'file' child, except "
+      "snapshot-access nodes, which stay on a copy-before-write filter "
+      "until deleted.  Also a transaction action.", "{}" },
+    { "fleecing-start", qmp_fleecing_start, args_fleecing_start, false,
+      "Start pull-mode fleecing in one call: open the temp node, add a "
+      "copy-before-write filter (ID-cbw) over node, insert it atomically "
+      "with actions, add a snapshot-access node (ID-access) and a "
+      "read-only NBD export of it (id ID).  Needs a running NBD server.  "
+      "On failure everything built is undone.",
+      "{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
+      "\"export\", \"export-name\", \"temp-created\"}" },
+    { "fleecing-stop", qmp_fleecing_stop, args_fleecing_stop, false,
+      "Tear down what fleecing-start built: delete the export (hard: "
+      "clients are disconnected), remove the filter, delete the "
+      "snapshot-access node, the filter and the temp node (when "
+      "fleecing-start opened it).", "{}" },
+    { "query-fleecing", qmp_query_fleecing, NULL, false,
+      "The fleecings started by fleecing-start.",
+      "[{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
+      "\"export\", \"export-name\", \"temp-created\"}]" },
     { "blockdev-backup", qmp_blockdev_backup, qmp_args_blockdev_backup, false,
       "Start a backup job: a copy-before-write filter goes above device "
       "for the job's lifetime, and the job copies the rest to target in "

@@ -52,6 +52,8 @@ static const struct qmp_txn_action *const txn_actions[] = {
     &qmp_txn_bitmap_disable,
     &qmp_txn_bitmap_merge,
     &qmp_txn_blockdev_backup,
+    &qmp_txn_insert_filter,
+    &qmp_txn_remove_filter,
     NULL,
 };
 
@@ -65,6 +67,8 @@ const char *const qmp_txn_action_types[] = {
     "block-dirty-bitmap-disable",
     "block-dirty-bitmap-merge",
     "blockdev-backup",
+    "x-blockdev-insert-filter",
+    "x-blockdev-remove-filter",
     NULL,
 };
 

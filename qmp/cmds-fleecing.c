@@ -1,0 +1,595 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Filter insertion and the fleecing convenience commands:
+ *
+ *   x-blockdev-insert-filter {node-name}: a filter node that nothing uses
+ *     yet (its "file" child is the node to filter) takes over every other
+ *     parent of its file child.  Also a transaction action, so that the
+ *     snapshot point of a copy-before-write filter and the bitmap rotation
+ *     (block-dirty-bitmap-add/-disable/...) happen at one instant.
+ *   x-blockdev-remove-filter {node-name}: the reverse; the filter's parents
+ *     go back to its file child.  snapshot-access nodes stay: they read the
+ *     filter's frozen view, not its data.  Also a transaction action.
+ *   fleecing-start / fleecing-stop / query-fleecing: the whole pull-mode
+ *     recipe of docs/fleecing.md (temp node, copy-before-write filter,
+ *     insertion, snapshot-access node, read-only NBD export) in one call,
+ *     undone in the right order by fleecing-stop.
+ *
+ * Main thread.  Graph changes run drained (block_replace_node() and
+ * block_child_replace_node() drain themselves; transactions drain around
+ * all their actions).
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "lockstep/block.h"
+#include "nbd/server.h"
+#include "qmp/qmp-internal.h"
+#include "util.h"
+
+static const char *
+arg_str(json_t *args, const char *key)
+{
+    return json_string_value(json_object_get(args, key));
+}
+
+/* ---- Moving parent edges ------------------------------------------------ */
+
+/* The edges moved by one insertion or removal, to undo it. */
+struct moved_edges {
+    struct block_node *filter;  /* referenced while the action lives */
+    struct block_node *from, *to;
+    struct block_child **edges;
+    size_t n;
+};
+
+/* Parents that stay on a filter when it is removed. */
+static bool
+stays_on_filter(const struct block_child *c)
+{
+    return c->parent_node &&
+           !strcmp(c->parent_node->drv->name, "snapshot-access");
+}
+
+/* A parent node names its children by node-name in its options: keep that
+ * in step with the edge so that a later reopen opens the same graph. */
+static void
+fix_parent_option(struct block_child *c)
+{
+    json_t *opt;
+
+    if (!c->parent_node) {
+        return;
+    }
+    opt = json_object_get(c->parent_node->options, c->name);
+    if (json_is_string(opt)) {
+        json_object_set_new(c->parent_node->options, c->name,
+                            json_string(c->node->node_name));
+    }
+}
+
+/*
+ * Move the edges of m->from's parents (all but m->to's own, and, when
+ * removing, snapshot-access nodes) to m->to, one by one with permission
+ * checks; on failure the moved ones go back.
+ */
+static bool
+move_parents(struct moved_edges *m, bool removing, struct err **errp)
+{
+    struct block_child *c;
+    size_t cap = 0;
+
+    TAILQ_FOREACH(c, &m->from->parents, parent_link) {
+        cap++;
+    }
+    m->edges = xcalloc(cap ? cap : 1, sizeof(*m->edges));
+    /* Collect first: moving changes the list. */
+    TAILQ_FOREACH(c, &m->from->parents, parent_link) {
+        if (c->parent_node == m->to || (removing && stays_on_filter(c))) {
+            continue;
+        }
+        m->edges[m->n++] = c;
+    }
+    block_drain_begin();
+    for (size_t i = 0; i < m->n; i++) {
+        if (block_child_replace_node(m->edges[i], m->to, errp) < 0) {
+            while (i-- > 0) {
+                block_child_replace_node(m->edges[i], m->from, NULL);
+                fix_parent_option(m->edges[i]);
+            }
+            block_drain_end();
+            m->n = 0;
+            return false;
+        }
+        fix_parent_option(m->edges[i]);
+    }
+    block_drain_end();
+    return true;
+}
+
+static void
+move_back(struct moved_edges *m)
+{
+    block_drain_begin();
+    for (size_t i = m->n; i-- > 0;) {
+        block_child_replace_node(m->edges[i], m->from, NULL);
+        fix_parent_option(m->edges[i]);
+    }
+    block_drain_end();
+}
+
+/* The filter named in data, checked: a filter driver with a file child. */
+static struct block_node *
+filter_lookup(json_t *data, struct err **errp)
+{
+    const char *name = arg_str(data, "node-name");
+    struct block_node *f = block_node_find(name);
+
+    if (!f) {
+        err_setf(errp, "Cannot find device='' nor node-name='%s'", name);
+        return NULL;
+    }
+    if (f->drv->kind != BLOCK_KIND_FILTER || !f->file) {
+        err_setf(errp, "Node '%s' is not a filter with a 'file' child",
+                 name);
+        return NULL;
+    }
+    return f;
+}
+
+static bool
+insert_prepare_node(struct block_node *f, struct moved_edges **state,
+                    struct err **errp)
+{
+    struct moved_edges *m;
+    struct block_child *c;
+
+    TAILQ_FOREACH(c, &f->parents, parent_link) {
+        CLEANUP_FREE char *desc = block_child_parent_desc(c);
+
+        err_setf(errp, "Filter '%s' is already in use by %s: only a filter "
+                 "without parents can be inserted", f->node_name, desc);
+        return false;
+    }
+    m = xcalloc(1, sizeof(*m));
+    m->filter = f;
+    m->from = f->file->node;
+    m->to = f;
+    block_node_ref(f);
+    block_node_ref(m->from);
+    if (!move_parents(m, false, errp)) {
+        block_node_unref(m->from);
+        block_node_unref(f);
+        free(m->edges);
+        free(m);
+        return false;
+    }
+    *state = m;
+    return true;
+}
+
+static bool
+insert_prepare(json_t *data, void **state, struct err **errp)
+{
+    struct block_node *f = filter_lookup(data, errp);
+
+    return f && insert_prepare_node(f, (struct moved_edges **)state, errp);
+}
+
+static bool
+remove_prepare_node(struct block_node *f, struct moved_edges **state,
+                    struct err **errp)
+{
+    struct moved_edges *m = xcalloc(1, sizeof(*m));
+
+    m->filter = f;
+    m->from = f;
+    m->to = f->file->node;
+    block_node_ref(f);
+    block_node_ref(m->to);
+    if (!move_parents(m, true, errp)) {
+        block_node_unref(m->to);
+        block_node_unref(f);
+        free(m->edges);
+        free(m);
+        return false;
+    }
+    *state = m;
+    return true;
+}
+
+static bool
+remove_prepare(json_t *data, void **state, struct err **errp)
+{
+    struct block_node *f = filter_lookup(data, errp);
+
+    return f && remove_prepare_node(f, (struct moved_edges **)state, errp);
+}
+
+static void
+moved_commit(void *state UNUSED)
+{
+}
+
+static void
+moved_abort(void *state)
+{
+    move_back(state);
+}
+
+static void
+moved_clean(void *state)
+{
+    struct moved_edges *m = state;
+
+    /* from/to: one of them is the filter, the other its file child. */
+    block_node_unref(m->from == m->filter ? m->to : m->from);
+    block_node_unref(m->filter);
+    free(m->edges);
+    free(m);
+}
+
+const struct qmp_arg qmp_args_filter_node[] = {
+    { "node-name", QMP_T_STR, false,
+      "the filter node (its 'file' child is the node it filters)", NULL,
+      NULL, NULL, NULL },
+    { NULL, 0, false, NULL, NULL, NULL, NULL, NULL },
+};
+
+const struct qmp_txn_action qmp_txn_insert_filter = {
+    .type = "x-blockdev-insert-filter",
+    .args = qmp_args_filter_node,
+    .prepare = insert_prepare,
+    .commit = moved_commit,
+    .abort = moved_abort,
+    .clean = moved_clean,
+};
+
+const struct qmp_txn_action qmp_txn_remove_filter = {
+    .type = "x-blockdev-remove-filter",
+    .args = qmp_args_filter_node,
+    .prepare = remove_prepare,
+    .commit = moved_commit,
+    .abort = moved_abort,
+    .clean = moved_clean,
+};
+
+json_t *
+qmp_x_blockdev_insert_filter(json_t *args, struct err **errp)
+{
+    return qmp_transaction_run_one("x-blockdev-insert-filter", args, errp) ?
+           json_object() : NULL;
+}
+
+json_t *
+qmp_x_blockdev_remove_filter(json_t *args, struct err **errp)
+{
+    return qmp_transaction_run_one("x-blockdev-remove-filter", args, errp) ?
+           json_object() : NULL;
+}
+
+/* ---- fleecing-start / fleecing-stop ------------------------------------- */
+
+struct fleecing {
+    char *id;
+    char *node;          /* the node under the filter */
+    char *export_name;
+    struct block_node *temp, *cbw, *access;  /* our references */
+    bool temp_ours;      /* created by fleecing-start */
+    TAILQ_ENTRY(fleecing) link;
+};
+
+static TAILQ_HEAD(, fleecing) g_fleecings =
+    TAILQ_HEAD_INITIALIZER(g_fleecings);
+
+static struct fleecing *
+fleecing_find(const char *id)
+{
+    struct fleecing *fl;
+
+    TAILQ_FOREACH(fl, &g_fleecings, link) {
+        if (!strcmp(fl->id, id)) {
+            return fl;
+        }
+    }
+    return NULL;
+}
+
+static struct block_node *
+new_node(json_t *opts, struct err **errp)
+{
+    struct block_node *node;
+
+    block_drain_begin();
+    node = block_node_new(opts, errp);
+    block_drain_end();
+    return node;
+}
+
+static void
+unref_node(struct block_node *node)
+{
+    if (node) {
+        block_drain_begin();
+        block_node_unref(node);
+        block_drain_end();
+    }
+}
+
+/*
+ * The temp node: an existing node-name, a BlockdevOptions object (node-name
+ * defaults to ID-temp), or {"filename", "format"} for an existing image.
+ */
+static struct block_node *
+temp_open(struct fleecing *fl, json_t *temp, struct err **errp)
+{
+    CLEANUP_FREE char *name = xasprintf("%s-temp", fl->id);
+    struct block_node *node;
+    json_t *opts;
+
+    if (json_is_string(temp)) {
+        node = block_node_find(json_string_value(temp));
+        if (!node) {
+            err_setf(errp, "Cannot find device='' nor node-name='%s'",
+                     json_string_value(temp));
+            return NULL;
+        }
+        block_node_ref(node);
+        return node;
+    }
+    if (!json_is_object(temp)) {
+        err_setf(errp, "Invalid parameter type for 'temp', expected: "
+                 "string or object");
+        return NULL;
+    }
+    if (json_object_get(temp, "driver")) {
+        opts = json_deep_copy(temp);
+    } else {
+        const char *filename = arg_str(temp, "filename");
+        const char *format = arg_str(temp, "format");
+        const char *key;
+        json_t *v;
+
+        json_object_foreach(temp, key, v) {
+            if (strcmp(key, "filename") && strcmp(key, "format") &&
+                strcmp(key, "node-name")) {
+                err_setf(errp, "Parameter 'temp.%s' is unexpected", key);
+                return NULL;
+            }
+        }
+        if (!filename) {
+            err_setf(errp, "Parameter 'temp.driver' or 'temp.filename' is "
+                     "missing");
+            return NULL;
+        }
+        if (!format) {
+            format = "raw";
+        }
+        if (strcmp(format, "raw") && strcmp(format, "qcow2")) {
+            err_setf(errp, "Parameter 'temp.format' does not accept value "
+                     "'%s'", format);
+            return NULL;
+        }
+        if (arg_str(temp, "node-name")) {
+            free(name);
+            name = xstrdup(arg_str(temp, "node-name"));
+        }
+        opts = json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s}}", "driver",
+                         format, "node-name", name, "discard", "unmap",
+                         "file", "driver", "file", "filename", filename,
+                         "discard", "unmap");
+        json_object_set_new(json_object_get(opts, "file"), "node-name",
+                            json_sprintf("%s-file", name));
+    }
+    if (!json_object_get(opts, "node-name")) {
+        json_object_set_new(opts, "node-name", json_string(name));
+    }
+    node = new_node(opts, errp);
+    json_decref(opts);
+    if (node) {
+        fl->temp_ours = true;
+    }
+    return node;
+}
+
+static void
+fleecing_free(struct fleecing *fl)
+{
+    free(fl->id);
+    free(fl->node);
+    free(fl->export_name);
+    free(fl);
+}
+
+/* Undo what fleecing-start built, in reverse order; the export is gone. */
+static void
+fleecing_teardown(struct fleecing *fl, bool inserted)
+{
+    if (inserted) {
+        struct moved_edges *m = NULL;
+        struct err *err = NULL;
+
+        if (remove_prepare_node(fl->cbw, &m, &err)) {
+            moved_clean(m);
+        } else {
+            /* Cannot happen: the parents were on the source before. */
+            err_free(err);
+        }
+    }
+    unref_node(fl->access);
+    unref_node(fl->cbw);
+    unref_node(fl->temp);
+    fl->access = fl->cbw = fl->temp = NULL;
+}
+
+static json_t *
+fleecing_info(struct fleecing *fl)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:b}",
+                     "id", fl->id, "node", fl->node,
+                     "temp", fl->temp->node_name,
+                     "cbw", fl->cbw->node_name,
+                     "snapshot-access", fl->access->node_name,
+                     "export", fl->id, "export-name", fl->export_name,
+                     "temp-created", fl->temp_ours);
+}
+
+json_t *
+qmp_fleecing_start(json_t *args, struct err **errp)
+{
+    const char *id = arg_str(args, "id");
+    const char *node_name = arg_str(args, "node");
+    const char *export_name = arg_str(args, "export-name");
+    json_t *bitmap = json_object_get(args, "bitmap");
+    json_t *actions = json_object_get(args, "actions");
+    json_t *discard = json_object_get(args, "discard");
+    bool discard_on = !discard || json_is_true(discard);
+    struct block_node *source = block_node_find(node_name);
+    struct fleecing *fl;
+    json_t *opts, *txn, *exp;
+    bool ok;
+
+    if (!*id) {
+        err_setf(errp, "Parameter 'id' must not be empty");
+        return NULL;
+    }
+    if (fleecing_find(id)) {
+        err_setf(errp, "Fleecing '%s' already exists", id);
+        return NULL;
+    }
+    if (!source) {
+        err_setf(errp, "Cannot find device='' nor node-name='%s'", node_name);
+        return NULL;
+    }
+    if (!nbd_server_running()) {
+        err_setf(errp, "NBD server not running: fleecing-start exports the "
+                 "snapshot over NBD, start the server first (nbd-server-start "
+                 "or --nbd-server)");
+        return NULL;
+    }
+    fl = xcalloc(1, sizeof(*fl));
+    fl->id = xstrdup(id);
+    fl->node = xstrdup(node_name);
+    fl->export_name = xstrdup(export_name ? export_name : id);
+
+    fl->temp = temp_open(fl, json_object_get(args, "temp"), errp);
+    if (!fl->temp) {
+        goto fail;
+    }
+
+    opts = json_pack("{s:s, s:s, s:s}", "driver", "copy-before-write",
+                     "file", node_name, "target", fl->temp->node_name);
+    json_object_set_new(opts, "node-name", json_sprintf("%s-cbw", id));
+    if (bitmap) {
+        json_object_set(opts, "bitmap", bitmap);
+    }
+    if (json_object_get(args, "on-cbw-error")) {
+        json_object_set(opts, "on-cbw-error",
+                        json_object_get(args, "on-cbw-error"));
+    }
+    if (json_object_get(args, "cbw-timeout")) {
+        json_object_set(opts, "cbw-timeout",
+                        json_object_get(args, "cbw-timeout"));
+    }
+    fl->cbw = new_node(opts, errp);
+    json_decref(opts);
+    if (!fl->cbw) {
+        goto fail;
+    }
+
+    /* The snapshot point: the user's actions and the insertion at once. */
+    txn = actions ? json_deep_copy(actions) : json_array();
+    json_array_append_new(txn, json_pack("{s:s, s:{s:s}}", "type",
+                                         "x-blockdev-insert-filter", "data",
+                                         "node-name", fl->cbw->node_name));
+    ok = qmp_transaction_run(txn, NULL, errp);
+    json_decref(txn);
+    if (!ok) {
+        goto fail;
+    }
+
+    opts = json_pack("{s:s, s:s, s:s}", "driver", "snapshot-access",
+                     "file", fl->cbw->node_name,
+                     "discard", discard_on ? "unmap" : "ignore");
+    json_object_set_new(opts, "node-name", json_sprintf("%s-access", id));
+    fl->access = new_node(opts, errp);
+    json_decref(opts);
+    if (!fl->access) {
+        goto fail_inserted;
+    }
+
+    /* Writable only so that clients can discard: writes fail (ENOTSUP). */
+    exp = json_pack("{s:s, s:s, s:s, s:s, s:b}", "type", "nbd", "id", id,
+                    "node-name", fl->access->node_name,
+                    "name", fl->export_name, "writable", discard_on);
+    if (bitmap) {
+        json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
+    }
+    ok = block_export_add(exp, errp);
+    json_decref(exp);
+    if (!ok) {
+        goto fail_inserted;
+    }
+    TAILQ_INSERT_TAIL(&g_fleecings, fl, link);
+    return fleecing_info(fl);
+
+fail_inserted:
+    fleecing_teardown(fl, true);
+    fleecing_free(fl);
+    return NULL;
+fail:
+    fleecing_teardown(fl, false);
+    fleecing_free(fl);
+    return NULL;
+}
+
+json_t *
+qmp_fleecing_stop(json_t *args, struct err **errp)
+{
+    const char *id = arg_str(args, "id");
+    struct fleecing *fl = fleecing_find(id);
+    struct err *err = NULL;
+
+    if (!fl) {
+        err_setf(errp, "Fleecing '%s' not found", id);
+        return NULL;
+    }
+    /* Hard: clients are disconnected and their requests finished. */
+    if (!block_export_del(id, "hard", &err)) {
+        /* Already deleted by block-export-del: go on with the nodes. */
+        if (!strstr(err->msg, "is not found")) {
+            err_propagate(errp, err);
+            return NULL;
+        }
+        err_free(err);
+    }
+    TAILQ_REMOVE(&g_fleecings, fl, link);
+    fleecing_teardown(fl, true);
+    fleecing_free(fl);
+    return json_object();
+}
+
+json_t *
+qmp_query_fleecing(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    json_t *list = json_array();
+    struct fleecing *fl;
+
+    TAILQ_FOREACH(fl, &g_fleecings, link) {
+        json_array_append_new(list, fleecing_info(fl));
+    }
+    return list;
+}
+
+void
+qmp_fleecing_stop_all(void)
+{
+    struct fleecing *fl;
+
+    while ((fl = TAILQ_FIRST(&g_fleecings))) {
+        TAILQ_REMOVE(&g_fleecings, fl, link);
+        fleecing_teardown(fl, true);
+        fleecing_free(fl);
+    }
+}
