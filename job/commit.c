@@ -1,0 +1,674 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Two jobs on one engine: block-commit (QEMU's arguments) and
+ * x-replication-resync (ours).
+ *
+ * The engine copies "the dirty ranges of a bitmap" from a source view to a
+ * destination node and converges:
+ *   - job thread: take the next dirty area (at most one chunk), clear its
+ *     bits, read it from the source, write it to the destination; repeat
+ *     until the bitmap is clean.  A bit is cleared before the read and the
+ *     block layer sets bits after a write completes, so a write that races
+ *     with a copy always leaves its bit set and is copied again later.
+ *   - main thread, drained (prepare): copy what is still dirty, flush the
+ *     destination, then the job's graph change.  No write can slip in
+ *     between the last copy and the graph change.
+ *
+ * block-commit.
+ *   device: a node; its first non-filter node is the active layer.
+ *   top-node/top (default: the active layer) and base-node/base (default:
+ *   the bottom of the chain) name nodes of the active layer's backing
+ *   chain, base below top.  (QEMU also takes file names in top/base; here
+ *   a node-name is tried first, then the "filename" of the node's file.)
+ *   At creation (drained) the base is made writable (reopen) and an
+ *   anonymous bitmap on top records writes; the job thread first marks
+ *   every range allocated in top or a layer between top and base, then
+ *   copies.
+ *   Intermediate commit (top is not the active layer): nothing writes top,
+ *   so one pass empties the bitmap; the job then completes by itself and
+ *   prepare points the backing edge of top's overlay at base.
+ *   Active commit (top is the active layer): the guest keeps writing top.
+ *   When the bitmap is first clean the job goes ready (BLOCK_JOB_READY)
+ *   and keeps mirroring new writes (it polls the bitmap) until
+ *   job-complete; prepare then copies the rest under drain and replaces
+ *   top by base for all of top's parents (exports included).  Cancel
+ *   (ready or not) leaves the graph as it was and ends the job as
+ *   cancelled (BLOCK_JOB_CANCELLED; QEMU reports a cancel in ready as
+ *   BLOCK_JOB_COMPLETED).
+ *   Not done: the overlay's image header keeps naming the old backing
+ *   file (backing-file is accepted and ignored); filter-node-name is
+ *   accepted, but no filter node is inserted (the bitmap does its work).
+ *
+ * x-replication-resync (docs/replication.md "Resync").  device is the
+ * primary's quorum (or local disk) holding the dirty bitmap (default
+ * "replication-resync", kept by the replication driver while the
+ * secondary is missing); target is the node that reaches the returning
+ * secondary (its NBD client).  The job copies the bitmap's ranges from
+ * device to target, converges like active commit, and in prepare (drained)
+ * copies the rest, clears the bitmap and disables it again.  The bitmap is
+ * busy while the job runs.
+ *
+ * Threads and locks: the fields of struct commit_job are set on the main
+ * thread before the job thread starts; should_complete is atomic; the
+ * bitmaps have their own lock.  I/O of the job thread runs inside the
+ * graph (block_graph_enter) one chunk at a time, and never sleeps there.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "job/commit.h"
+#include "job/job.h"
+#include "lockstep/block.h"
+#include "lockstep/dirty-bitmap.h"
+#include "util.h"
+
+#define COMMIT_CHUNK (1024 * 1024)
+/* How often a ready job looks for new writes. */
+#define COMMIT_POLL_NS (5LL * 1000 * 1000)
+#define COMMIT_MAX_CHAIN 64
+#define RESYNC_BITMAP "replication-resync"
+
+enum commit_kind {
+    COMMIT_INTERMEDIATE,
+    COMMIT_ACTIVE,
+    COMMIT_RESYNC,
+};
+
+struct commit_job {
+    struct job job;
+    enum commit_kind kind;
+    struct block_node *src;       /* read from (ref) */
+    struct block_node *dst;       /* written (ref) */
+    struct block_node *top;       /* commit: top (ref) */
+    struct block_node *overlay;   /* intermediate: top's overlay (ref) */
+    /* commit: layers whose data is copied, top first */
+    struct block_node *layers[COMMIT_MAX_CHAIN];
+    int nlayers;
+    struct block_dirty_bitmap *bm;
+    bool own_bitmap;              /* anonymous, released at the end */
+    bool base_was_read_only;
+    enum job_on_error on_error;
+    uint64_t len;
+    void *buf;
+    int should_complete;          /* atomic */
+};
+
+static void
+commit_free_bitmap(struct commit_job *s)
+{
+    if (!s->bm) {
+        return;
+    }
+    block_drain_begin();
+    if (s->own_bitmap) {
+        block_dirty_bitmap_release(s->bm);
+    } else {
+        block_dirty_bitmap_set_busy(s->bm, false);
+    }
+    block_drain_end();
+    s->bm = NULL;
+}
+
+/* Copy [off, off + bytes) from src to dst; is_read tells which failed. */
+static int
+copy_area(struct commit_job *s, uint64_t off, uint64_t bytes, bool *is_read)
+{
+    int ret = block_pread(s->src, off, bytes, s->buf, 0);
+
+    if (ret < 0) {
+        *is_read = true;
+        return ret;
+    }
+    ret = block_pwrite(s->dst, off, bytes, s->buf, 0);
+    if (ret < 0) {
+        *is_read = false;
+    }
+    return ret;
+}
+
+static bool
+in_layers(struct commit_job *s, struct block_node *n)
+{
+    for (int i = 0; i < s->nlayers; i++) {
+        if (s->layers[i] == n) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Mark what top and the layers down to (not including) base define. */
+static int
+mark_allocated(struct commit_job *s)
+{
+    uint64_t off = 0;
+
+    while (off < s->len) {
+        struct block_status_info info;
+        uint64_t pnum = 0;
+        int ret;
+
+        job_pause_point(&s->job);
+        if (job_is_cancelled(&s->job)) {
+            return 0;
+        }
+        block_graph_enter();
+        ret = block_status(s->top, off, MIN(s->len - off, 1ULL << 30), &pnum,
+                           &info);
+        block_graph_leave();
+        if (ret < 0) {
+            return ret;
+        }
+        if (info.node && in_layers(s, info.node)) {
+            block_dirty_bitmap_set(s->bm, off, pnum);
+        }
+        off += pnum;
+    }
+    return 0;
+}
+
+/* One dirty chunk: 1 when copied, 0 when the bitmap is clean, -errno. */
+static int
+copy_next(struct commit_job *s, bool *is_read)
+{
+    uint64_t aoff, abytes;
+    int ret;
+
+    if (!block_dirty_bitmap_next_dirty_area(s->bm, 0, s->len, COMMIT_CHUNK,
+                                            &aoff, &abytes)) {
+        return 0;
+    }
+    if (aoff + abytes > s->len) {
+        abytes = s->len - aoff;
+    }
+    block_dirty_bitmap_reset(s->bm, aoff, abytes);
+    block_graph_enter();
+    ret = copy_area(s, aoff, abytes, is_read);
+    block_graph_leave();
+    if (ret < 0) {
+        block_dirty_bitmap_set(s->bm, aoff, abytes);
+        return ret;
+    }
+    job_progress_update(&s->job, abytes);
+    if (s->job.speed) {
+        job_sleep_ns(&s->job, (int64_t)(abytes * 1000000000ULL /
+                                        s->job.speed));
+    }
+    return 1;
+}
+
+static int
+commit_run(struct job *job, struct err **errp)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+    bool ready = false;
+    int ret;
+
+    (void)errp;
+    job_settled(job);
+    if (s->kind != COMMIT_RESYNC) {
+        ret = mark_allocated(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    for (;;) {
+        bool is_read = false;
+
+        job_pause_point(job);
+        if (job_is_cancelled(job)) {
+            return 0;
+        }
+        job_progress_set_remaining(job, block_dirty_bitmap_count(s->bm));
+        ret = copy_next(s, &is_read);
+        if (ret < 0) {
+            if (job_error_action(job, s->on_error, is_read, -ret) ==
+                JOB_ERROR_ACTION_REPORT) {
+                return ret;
+            }
+            continue;
+        }
+        if (ret > 0) {
+            continue;
+        }
+        /* Clean. */
+        if (s->kind != COMMIT_ACTIVE) {
+            return 0;
+        }
+        if (!ready) {
+            job_transition_to_ready(job);
+            ready = true;
+        }
+        if (__atomic_load_n(&s->should_complete, __ATOMIC_ACQUIRE)) {
+            return 0;
+        }
+        job_sleep_ns(job, COMMIT_POLL_NS);
+    }
+}
+
+static void
+commit_complete(struct job *job, struct err **errp)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+
+    (void)errp;
+    __atomic_store_n(&s->should_complete, 1, __ATOMIC_RELEASE);
+    job_kick(job);
+}
+
+static void
+commit_cancel(struct job *job, bool force)
+{
+    (void)force;
+    job_kick(job);
+}
+
+/* Drained: copy what is left; 0 or -errno. */
+static int
+copy_rest(struct commit_job *s)
+{
+    uint64_t off = 0, aoff, abytes;
+
+    while (off < s->len &&
+           block_dirty_bitmap_next_dirty_area(s->bm, off, s->len - off,
+                                              COMMIT_CHUNK, &aoff, &abytes)) {
+        bool is_read;
+        int ret;
+
+        if (aoff + abytes > s->len) {
+            abytes = s->len - aoff;
+        }
+        ret = copy_area(s, aoff, abytes, &is_read);
+        if (ret < 0) {
+            return ret;
+        }
+        block_dirty_bitmap_reset(s->bm, aoff, abytes);
+        off = aoff + abytes;
+    }
+    return block_flush(s->dst);
+}
+
+static int
+commit_prepare(struct job *job, struct err **errp)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+    int ret;
+
+    block_drain_begin();
+    ret = copy_rest(s);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not copy the last changes to '%s'",
+                       s->dst->node_name);
+        block_drain_end();
+        return ret;
+    }
+    switch (s->kind) {
+    case COMMIT_INTERMEDIATE:
+        ret = block_child_replace_node(s->overlay->backing, s->dst, errp);
+        break;
+    case COMMIT_ACTIVE:
+        ret = block_replace_node(s->top, s->dst, errp);
+        break;
+    case COMMIT_RESYNC:
+        block_dirty_bitmap_clear(s->bm);
+        block_dirty_bitmap_disable(s->bm);
+        ret = 0;
+        break;
+    }
+    block_drain_end();
+    return ret;
+}
+
+static void
+commit_clean(struct job *job)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+
+    commit_free_bitmap(s);
+    if (s->kind == COMMIT_INTERMEDIATE && s->base_was_read_only) {
+        struct err *local = NULL;
+
+        /* Best effort, as before the job. */
+        if (block_node_set_read_only(s->dst, true, &local) < 0) {
+            err_free(local);
+        }
+        s->base_was_read_only = false;
+    }
+}
+
+static void
+commit_free(struct job *job)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+
+    commit_clean(job);
+    if (s->src) {
+        block_node_unref(s->src);
+    }
+    if (s->dst) {
+        block_node_unref(s->dst);
+    }
+    if (s->top) {
+        block_node_unref(s->top);
+    }
+    if (s->overlay) {
+        block_node_unref(s->overlay);
+    }
+    free(s->buf);
+}
+
+static const struct job_driver commit_driver = {
+    .type = "commit",
+    .instance_size = sizeof(struct commit_job),
+    .run = commit_run,
+    .cancel = commit_cancel,
+    .complete = commit_complete,
+    .prepare = commit_prepare,
+    .clean = commit_clean,
+    .free = commit_free,
+};
+
+/* Resync never goes ready; same engine, own type name. */
+static const struct job_driver resync_driver = {
+    .type = "replication-resync",
+    .instance_size = sizeof(struct commit_job),
+    .run = commit_run,
+    .cancel = commit_cancel,
+    .prepare = commit_prepare,
+    .clean = commit_clean,
+    .free = commit_free,
+};
+
+/* ---- Arguments -------------------------------------------------------- */
+
+static const char *
+arg_str(json_t *args, const char *key)
+{
+    return json_string_value(json_object_get(args, key));
+}
+
+static bool
+arg_bool(json_t *args, const char *key, bool def)
+{
+    json_t *v = json_object_get(args, key);
+
+    return v ? json_is_true(v) : def;
+}
+
+static const char *
+node_filename(struct block_node *n)
+{
+    json_t *file;
+
+    if (!n->file) {
+        return NULL;
+    }
+    file = n->file->node->options;
+    return file ? json_string_value(json_object_get(file, "filename")) : NULL;
+}
+
+/* A layer of the chain from active by node-name, or by file name. */
+static struct block_node *
+find_in_chain(struct block_node *active, const char *name)
+{
+    for (struct block_node *n = active; n;
+         n = n->backing ? block_skip_filters(n->backing->node) : NULL) {
+        const char *f = node_filename(n);
+
+        if (strcmp(n->node_name, name) == 0 || (f && strcmp(f, name) == 0)) {
+            return n;
+        }
+    }
+    return NULL;
+}
+
+static bool
+common_args(json_t *args, const char *default_id, const char **job_id,
+            int *on_error, struct err **errp)
+{
+    json_t *speed = json_object_get(args, "speed");
+    const char *oe = arg_str(args, "on-error");
+
+    *job_id = arg_str(args, "job-id") ? arg_str(args, "job-id") : default_id;
+    if (speed && json_integer_value(speed) < 0) {
+        err_setf(errp, "Parameter 'speed' expects a non-negative value");
+        return false;
+    }
+    *on_error = oe ? job_on_error_parse(oe) : JOB_ON_ERROR_REPORT;
+    if (*on_error < 0) {
+        err_setf(errp, "Parameter 'on-error' does not accept value '%s'", oe);
+        return false;
+    }
+    return true;
+}
+
+static json_t *
+start(struct commit_job *s, json_t *args)
+{
+    json_t *speed = json_object_get(args, "speed");
+
+    s->buf = malloc(COMMIT_CHUNK);
+    if (!s->buf) {
+        abort();
+    }
+    if (speed && json_integer_value(speed) > 0) {
+        job_set_speed(&s->job, json_integer_value(speed), NULL);
+    }
+    job_start(&s->job);
+    return json_object();
+}
+
+json_t *
+qmp_block_commit(json_t *args, struct err **errp)
+{
+    const char *device = arg_str(args, "device");
+    const char *top_name = arg_str(args, "top-node");
+    const char *base_name = arg_str(args, "base-node");
+    struct block_node *dev, *active, *top, *base, *overlay = NULL;
+    struct block_node *layers[COMMIT_MAX_CHAIN];
+    struct block_dirty_bitmap *bm;
+    struct commit_job *s;
+    struct job *job;
+    const char *job_id;
+    int on_error, nlayers = 0;
+    bool base_ro;
+    int64_t len;
+
+    if (top_name && arg_str(args, "top")) {
+        err_setf(errp, "'top-node' and 'top' are mutually exclusive");
+        return NULL;
+    }
+    if (base_name && arg_str(args, "base")) {
+        err_setf(errp, "'base-node' and 'base' are mutually exclusive");
+        return NULL;
+    }
+    dev = block_node_find(device);
+    if (!dev) {
+        err_setf(errp, "Cannot find device='%s' nor node-name='%s'", device,
+                 device);
+        return NULL;
+    }
+    if (!common_args(args, device, &job_id, &on_error, errp)) {
+        return NULL;
+    }
+    active = block_skip_filters(dev);
+    top_name = top_name ? top_name : arg_str(args, "top");
+    top = top_name ? find_in_chain(active, top_name) : active;
+    if (!top) {
+        err_setf(errp, "Top image file %s not found", top_name);
+        return NULL;
+    }
+    if (!top->backing) {
+        err_setf(errp, "Top image has no backing file");
+        return NULL;
+    }
+    base_name = base_name ? base_name : arg_str(args, "base");
+    if (base_name) {
+        base = find_in_chain(block_skip_filters(top->backing->node),
+                             base_name);
+        if (!base) {
+            if (find_in_chain(active, base_name)) {
+                err_setf(errp, "Base '%s' is not below top '%s'", base_name,
+                         top->node_name);
+            } else {
+                err_setf(errp, "Can't find '%s' to use as base", base_name);
+            }
+            return NULL;
+        }
+    } else {
+        base = block_skip_filters(top->backing->node);
+        while (base->backing) {
+            base = block_skip_filters(base->backing->node);
+        }
+    }
+    for (struct block_node *n = top; n != base;
+         n = block_skip_filters(n->backing->node)) {
+        if (nlayers == COMMIT_MAX_CHAIN) {
+            err_setf(errp, "Backing chain too long");
+            return NULL;
+        }
+        layers[nlayers++] = n;
+    }
+    if (top != active) {
+        for (struct block_node *n = active; n;
+             n = n->backing ? block_skip_filters(n->backing->node) : NULL) {
+            if (n->backing && block_skip_filters(n->backing->node) == top) {
+                overlay = n;
+                break;
+            }
+        }
+        if (!overlay || overlay->backing->node != top) {
+            err_setf(errp, "Cannot find the overlay of '%s'", top->node_name);
+            return NULL;
+        }
+    }
+    len = block_getlength(top);
+    if (len < 0) {
+        err_setf_errno(errp, (int)-len, "Unable to get length for '%s'",
+                       top->node_name);
+        return NULL;
+    }
+    if (block_getlength(base) < len) {
+        err_setf(errp, "Top '%s' is larger than base '%s': resize the base "
+                 "first", top->node_name, base->node_name);
+        return NULL;
+    }
+
+    block_drain_begin();
+    base_ro = base->read_only;
+    if (base_ro && block_node_set_read_only(base, false, errp) < 0) {
+        block_drain_end();
+        return NULL;
+    }
+    bm = block_dirty_bitmap_create(top, NULL, 0, errp);
+    if (!bm) {
+        goto fail_ro;
+    }
+    job = job_create(&commit_driver, job_id,
+                     arg_bool(args, "auto-finalize", true),
+                     arg_bool(args, "auto-dismiss", true), errp);
+    if (!job) {
+        block_dirty_bitmap_release(bm);
+        goto fail_ro;
+    }
+    s = container_of(job, struct commit_job, job);
+    s->kind = top == active ? COMMIT_ACTIVE : COMMIT_INTERMEDIATE;
+    block_node_ref(top);
+    block_node_ref(top);
+    block_node_ref(base);
+    s->src = top;
+    s->top = top;
+    s->dst = base;
+    if (overlay) {
+        block_node_ref(overlay);
+        s->overlay = overlay;
+    }
+    memcpy(s->layers, layers, sizeof(layers[0]) * (size_t)nlayers);
+    s->nlayers = nlayers;
+    s->bm = bm;
+    s->own_bitmap = true;
+    s->base_was_read_only = base_ro;
+    s->on_error = on_error;
+    s->len = (uint64_t)len;
+    block_drain_end();
+    return start(s, args);
+
+fail_ro:
+    if (base_ro) {
+        struct err *local = NULL;
+
+        if (block_node_set_read_only(base, true, &local) < 0) {
+            err_free(local);
+        }
+    }
+    block_drain_end();
+    return NULL;
+}
+
+json_t *
+qmp_x_replication_resync(json_t *args, struct err **errp)
+{
+    const char *device = arg_str(args, "device");
+    const char *target = arg_str(args, "target");
+    const char *bitmap = arg_str(args, "bitmap");
+    struct block_node *src, *dst;
+    struct block_dirty_bitmap *bm;
+    struct commit_job *s;
+    struct job *job;
+    const char *job_id;
+    int on_error;
+    int64_t len;
+
+    bitmap = bitmap ? bitmap : RESYNC_BITMAP;
+    src = block_node_find(device);
+    if (!src) {
+        err_setf(errp, "Cannot find device='%s' nor node-name='%s'", device,
+                 device);
+        return NULL;
+    }
+    dst = block_node_find(target);
+    if (!dst) {
+        err_setf(errp, "Cannot find device='%s' nor node-name='%s'", target,
+                 target);
+        return NULL;
+    }
+    if (src == dst) {
+        err_setf(errp, "Source and target cannot be the same");
+        return NULL;
+    }
+    if (!common_args(args, "resync", &job_id, &on_error, errp)) {
+        return NULL;
+    }
+    bm = block_dirty_bitmap_lookup(device, bitmap, errp);
+    if (!bm || !block_dirty_bitmap_check_writable(bm, errp)) {
+        return NULL;
+    }
+    len = block_getlength(src);
+    if (len < 0 || block_getlength(dst) != len) {
+        err_setf(errp, "Source and target image have different sizes");
+        return NULL;
+    }
+    if (dst->read_only) {
+        err_setf(errp, "Node '%s' is read only", dst->node_name);
+        return NULL;
+    }
+    job = job_create(&resync_driver, job_id,
+                     arg_bool(args, "auto-finalize", true),
+                     arg_bool(args, "auto-dismiss", true), errp);
+    if (!job) {
+        return NULL;
+    }
+    s = container_of(job, struct commit_job, job);
+    s->kind = COMMIT_RESYNC;
+    block_node_ref(src);
+    block_node_ref(dst);
+    s->src = src;
+    s->dst = dst;
+    s->bm = bm;
+    block_dirty_bitmap_enable(bm);
+    block_dirty_bitmap_set_busy(bm, true);
+    s->on_error = on_error;
+    s->len = (uint64_t)len;
+    return start(s, args);
+}

@@ -1,0 +1,215 @@
+# SPDX-License-Identifier: MIT
+"""block-commit on lockstepd: intermediate commit (completes by itself) and
+active commit (BLOCK_JOB_READY, mirrors the guest's writes, job-complete
+pivots the export onto the base).  Data is checked with qemu-io over NBD
+and, after the daemon stopped, on the images; qemu-img check after every
+test."""
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import build_dir_path
+from qmp_client import Daemon, QMPClient
+
+MiB = 1024 * 1024
+SIZE = 8 * MiB
+
+
+def lockstepd():
+    path = os.path.join(build_dir_path(), "lockstepd")
+    if not os.access(path, os.X_OK):
+        pytest.skip("lockstepd is not built")
+    return path
+
+
+def sh(*argv):
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (argv, r.stdout, r.stderr)
+    return r.stdout
+
+
+def qemu_io(target, *cmds, fmt="raw"):
+    argv = ["qemu-io", "-f", fmt]
+    for c in cmds:
+        argv += ["-c", c]
+    out = sh(*(argv + [target]))
+    assert "fail" not in out.lower() and "error" not in out.lower(), out
+    return out
+
+
+def nbd_url(sock, name):
+    return "nbd+unix:///%s?socket=%s" % (name, sock)
+
+
+def wait_event(qmp, name, timeout=30, **match):
+    deadline = time.monotonic() + timeout
+    while True:
+        for i, ev in enumerate(qmp.events):
+            if ev["event"] == name and all(
+                    ev.get("data", {}).get(k) == v for k, v in match.items()):
+                del qmp.events[:i + 1]
+                return ev
+        if time.monotonic() > deadline:
+            raise TimeoutError("no %s in %s" % (name, qmp.events))
+        qmp.sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            msg = qmp.recv()
+        except OSError:
+            continue
+        finally:
+            qmp.sock.settimeout(30.0)
+        if msg and "event" in msg:
+            qmp.events.append(msg)
+
+
+def check_clean(*images):
+    for img in images:
+        sh("qemu-img", "check", "-q", img)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    d = str(tmp_path)
+    base, mid, top = (os.path.join(d, n + ".qcow2")
+                      for n in ("base", "mid", "top"))
+    sh("qemu-img", "create", "-q", "-f", "qcow2", base, str(SIZE))
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+       mid)
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2",
+       top)
+    qemu_io(base, "write -P 0x11 0 2M", fmt="qcow2")
+    qemu_io(mid, "write -P 0x22 1M 2M", fmt="qcow2")
+    qemu_io(top, "write -P 0x33 2M 2M", fmt="qcow2")
+    return d, base, mid, top
+
+
+def add_chain(qmp, base, mid, top):
+    qmp.cmd("blockdev-add", {
+        "driver": "qcow2", "node-name": "top",
+        "file": {"driver": "file", "filename": top},
+        "backing": {"driver": "qcow2", "node-name": "mid",
+                    "file": {"driver": "file", "filename": mid},
+                    "backing": {"driver": "qcow2", "node-name": "base",
+                                "file": {"driver": "file",
+                                         "filename": base}}}})
+
+
+def backing_of(qmp, name):
+    for n in qmp.cmd("query-named-block-nodes", {"flat": True}):
+        if n["node-name"] == name:
+            return n.get("backing_file_depth"), n
+    return None
+
+
+def test_intermediate_commit(chain):
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        sock = os.path.join(d, "nbd.sock")
+        qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                              "data": {"path": sock}}})
+        qmp.cmd("block-export-add", {"type": "nbd", "id": "guest", "name": "guest",
+                                     "node-name": "top", "writable": True})
+        qmp.cmd("block-commit", {"job-id": "c0", "device": "top",
+                                 "top-node": "mid", "base-node": "base"})
+        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="c0")
+        assert "error" not in ev["data"], ev
+        assert ev["data"]["type"] == "commit"
+        # The guest's view is unchanged, and top now reads base directly.
+        qemu_io(nbd_url(sock, "guest"), "read -P 0x11 0 1M",
+                "read -P 0x22 1M 1M", "read -P 0x33 2M 2M",
+                "read -P 0 4M 4M")
+        graph = qmp.cmd("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        edges = [(names[e["parent"]], e["name"], names[e["child"]])
+                 for e in graph["edges"]]
+        assert ("top", "backing", "base") in edges, edges
+        assert qmp.cmd("query-block-jobs") == []
+        qmp.close()
+    qemu_io(base, "read -P 0x11 0 1M", "read -P 0x22 1M 2M",
+            "read -P 0 3M 5M", fmt="qcow2")
+    check_clean(base, mid, top)
+
+
+def test_commit_errors(chain):
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        assert qmp.error("block-commit", {"device": "nope"})["desc"] == \
+            "Cannot find device='nope' nor node-name='nope'"
+        assert qmp.error("block-commit", {"device": "top",
+                                          "top-node": "xx"})["desc"] == \
+            "Top image file xx not found"
+        assert qmp.error("block-commit", {"device": "top",
+                                          "top-node": "base"})["desc"] == \
+            "Top image has no backing file"
+        assert "not below" in qmp.error(
+            "block-commit", {"device": "top", "top-node": "mid",
+                             "base-node": "top"})["desc"]
+        qmp.close()
+    check_clean(base, mid, top)
+
+
+def test_active_commit_with_writes(chain):
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        sock = os.path.join(d, "nbd.sock")
+        url = nbd_url(sock, "guest")
+        qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                              "data": {"path": sock}}})
+        qmp.cmd("block-export-add", {"type": "nbd", "id": "guest", "name": "guest",
+                                     "node-name": "top", "writable": True})
+        qmp.cmd("block-commit", {"job-id": "ac", "device": "top"})
+        # Guest writes while the job copies and after it is ready.
+        qemu_io(url, "write -P 0x44 5M 512k", "write -P 0x45 0 64k")
+        wait_event(qmp, "BLOCK_JOB_READY", device="ac")
+        qemu_io(url, "write -P 0x46 6M 1M", "write -P 0x47 3M 4k")
+        jobs = qmp.cmd("query-block-jobs")
+        assert jobs[0]["ready"] and jobs[0]["type"] == "commit"
+        qmp.cmd("job-complete", {"id": "ac"})
+        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="ac")
+        assert "error" not in ev["data"], ev
+        # The export writes the base now.
+        qemu_io(url, "write -P 0x48 7M 4k")
+        graph = qmp.cmd("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        exp_edges = [names[e["child"]] for e in graph["edges"]
+                     if names.get(e["parent"]) in ("guest", None) or
+                     e["name"] == "root"]
+        assert "base" in exp_edges, graph
+        qmp.close()
+    qemu_io(base, "read -P 0x45 0 64k", "read -P 0x11 64k 960k",
+            "read -P 0x22 1M 1M", "read -P 0x33 2M 1M",
+            "read -P 0x47 3M 4k", "read -P 0x33 3076k 1020k",
+            "read -P 0 4M 1M", "read -P 0x44 5M 512k",
+            "read -P 0 5632k 512k", "read -P 0x46 6M 1M",
+            "read -P 0x48 7M 4k", "read -P 0 7172k 1020k", fmt="qcow2")
+    check_clean(base, mid, top)
+
+
+def test_active_commit_cancel_keeps_graph(chain):
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        qmp.cmd("block-commit", {"job-id": "ac", "device": "top",
+                                 "top-node": "top", "base-node": "mid"})
+        wait_event(qmp, "BLOCK_JOB_READY", device="ac")
+        qmp.cmd("block-job-cancel", {"device": "ac"})
+        # QEMU sends BLOCK_JOB_COMPLETED for a cancel in ready; here the
+        # job ends as cancelled (documented in job/commit.c).
+        wait_event(qmp, "BLOCK_JOB_CANCELLED", device="ac")
+        graph = qmp.cmd("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        edges = [(names[e["parent"]], e["name"], names[e["child"]])
+                 for e in graph["edges"]]
+        assert ("top", "backing", "mid") in edges
+        qmp.close()
+    qemu_io(mid, "read -P 0x22 1M 1M", "read -P 0x33 2M 2M", fmt="qcow2")
+    check_clean(base, mid, top)
