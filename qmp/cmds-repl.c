@@ -40,6 +40,17 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
         return NULL;
     }
     block_drain_begin();
+    if (has_child) {
+        struct block_child *c = block_node_child(block_node_find(parent),
+                                                 arg_str(args, "child"));
+
+        /* A lost secondary: start recording what it misses. */
+        if (c && replication_primary_detach(c->node, c->parent_node,
+                                            errp) < 0) {
+            block_drain_end();
+            return NULL;
+        }
+    }
     ok = qmp_x_blockdev_change(arg_str(args, "parent"),
                                arg_str(args, "child"), arg_str(args, "node"),
                                errp);
@@ -61,6 +72,25 @@ qmp_xen_set_replication_cmd(json_t *args, struct err **errp)
         return NULL;
     }
     return json_object();
+}
+
+/* replication-start {primary}: xen-set-replication enable=true. */
+json_t *
+qmp_replication_start(json_t *args, struct err **errp)
+{
+    bool primary = json_is_true(json_object_get(args, "primary"));
+
+    return qmp_xen_set_replication(true, primary, false, false, errp)
+           ? json_object() : NULL;
+}
+
+/* replication-stop {failover?}: errors of a failover are reported. */
+json_t *
+qmp_replication_stop(json_t *args, struct err **errp)
+{
+    return replication_stop_all(json_is_true(json_object_get(args,
+                                                             "failover")),
+                                errp) ? json_object() : NULL;
 }
 
 json_t *

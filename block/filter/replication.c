@@ -118,6 +118,9 @@ struct replication_state {
     struct block_node *cbw;  /* RUNNING only */
     struct block_copy_state *bcs;
     struct block_dirty_bitmap *commit_dirty;  /* during the copy */
+    /* Primary, from start: disabled, anonymous; the ranges whose write to
+     * the secondary failed (bits set by requests: the bitmap's lock). */
+    struct block_dirty_bitmap *lost;
     TAILQ_ENTRY(replication_state) link;
 };
 
@@ -235,6 +238,10 @@ replication_close(struct block_node *node)
         block_dirty_bitmap_release(s->commit_dirty);
         s->commit_dirty = NULL;
     }
+    if (s->lost) {
+        block_dirty_bitmap_release(s->lost);
+        s->lost = NULL;
+    }
     remove_cbw(s);
     drop_chain(s);
     TAILQ_REMOVE(&replication_nodes, s, link);
@@ -282,6 +289,9 @@ replication_write(struct block_node *node, uint64_t offset, uint64_t bytes,
 
         __atomic_compare_exchange_n(&s->error, &expected, ret, false,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        if (s->lost) {
+            block_dirty_bitmap_set(s->lost, offset, bytes);
+        }
         return 0;
     }
     return ret;
@@ -558,8 +568,52 @@ replication_start(struct block_node *node, enum replication_mode mode,
     if (s->mode == REPLICATION_MODE_SECONDARY) {
         return secondary_start(s, errp);
     }
+    block_drain_begin();
+    if (!s->lost) {
+        s->lost = block_dirty_bitmap_create(node, NULL,
+                                            REPLICATION_RESYNC_GRANULARITY,
+                                            errp);
+        if (!s->lost) {
+            block_drain_end();
+            return -ENOMEM;
+        }
+        block_dirty_bitmap_disable(s->lost);
+    }
     set_error(s, 0);
     set_stage(s, REPLICATION_STAGE_RUNNING);
+    block_drain_end();
+    return 0;
+}
+
+int
+replication_primary_detach(struct block_node *node, struct block_node *parent,
+                           struct err **errp)
+{
+    struct replication_state *s = node->opaque;
+    struct block_dirty_bitmap *bm;
+    struct err *local = NULL;
+
+    if (!block_node_is_replication(node) ||
+        s->mode != REPLICATION_MODE_PRIMARY) {
+        return 0;
+    }
+    bm = block_dirty_bitmap_find(parent, REPLICATION_RESYNC_BITMAP);
+    if (!bm) {
+        bm = block_dirty_bitmap_create(parent, REPLICATION_RESYNC_BITMAP,
+                                       REPLICATION_RESYNC_GRANULARITY, errp);
+        if (!bm) {
+            return -ENOMEM;
+        }
+    }
+    block_dirty_bitmap_enable(bm);
+    if (s->lost && !block_dirty_bitmap_merge(bm, s->lost, &local)) {
+        /* Cannot tell what was lost: everything is. */
+        err_free(local);
+        block_dirty_bitmap_set(bm, 0, block_dirty_bitmap_size(bm));
+    }
+    if (s->lost) {
+        block_dirty_bitmap_clear(s->lost);
+    }
     return 0;
 }
 

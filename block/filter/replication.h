@@ -55,6 +55,20 @@ int replication_get_error(struct block_node *node, struct err **errp);
  */
 struct block_node *replication_cbw_node(struct block_node *node);
 
+/*
+ * Resync (beyond QEMU, docs/replication.md "Resync").  A primary node
+ * records the ranges whose write to the secondary failed.  When it is
+ * removed from its quorum (x-blockdev-change; drained, main thread), the
+ * quorum gets an enabled dirty bitmap named REPLICATION_RESYNC_BITMAP (made
+ * if missing) and the failed ranges are added to it: from then on it holds
+ * everything the lost secondary misses, for x-replication-resync.  Does
+ * nothing for other nodes.
+ */
+#define REPLICATION_RESYNC_BITMAP "replication-resync"
+#define REPLICATION_RESYNC_GRANULARITY 65536
+int replication_primary_detach(struct block_node *node,
+                               struct block_node *parent, struct err **errp);
+
 /* ---- QMP command bodies ------------------------------------------------ */
 
 /* xen-set-replication enable=true: start every node in that mode. */
