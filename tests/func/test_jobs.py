@@ -18,17 +18,18 @@ from test_backup import (SIZE, daemon, file_node, images,  # noqa: F401
 CLUSTER = 64 * 1024
 
 
-def qemu_io_nbd(sock, export, *cmds):
+def qemu_io_nbd(sock, export, *cmds, read_only=False):
     qemu_io = shutil.which("qemu-io")
     if not qemu_io:
         pytest.skip("qemu-io is not installed")
-    argv = [qemu_io, "-f", "raw",
-            "nbd+unix:///%s?socket=%s" % (export, sock)]
+    argv = [qemu_io, "-f", "raw"] + (["-r"] if read_only else []) + \
+        ["nbd+unix:///%s?socket=%s" % (export, sock)]
     for c in cmds:
         argv += ["-c", c]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "error" not in res.stdout.lower(), res.stdout
+    out = res.stdout.lower()
+    assert "error" not in out and "fail" not in out, res.stdout
     return res.stdout
 
 
@@ -219,3 +220,57 @@ def test_257_over_qmp(daemon, tmp_path, msync, mode, failure, after):
     qmp.wait_event("JOB_STATUS_CHANGE", id="backup_1", status="null")
     assert bitmap_count(qmp, "drive0", "bitmap0") == after
     export_del(qmp, "exp0")
+
+
+def test_old_fleecing_scheme(daemon, tmp_path):
+    """image-fleecing variant 1: backup sync=none into a qcow2 whose
+    backing is the source; the temp image, exported, stays the snapshot
+    while the source is written."""
+    qemu_img = shutil.which("qemu-img")
+    if not qemu_img:
+        pytest.skip("qemu-img is not installed")
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as f:
+        f.truncate(SIZE)
+    pattern = [(0x5d, 0), (0xd5, 0x100000), (0xdc, 0x200000),
+               (0xcd, SIZE - CLUSTER)]
+    with open(src, "r+b") as f:
+        for byte, off in pattern:
+            f.seek(off)
+            f.write(bytes([byte]) * CLUSTER)
+    temp = str(tmp_path / "temp.qcow2")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", temp,
+                    str(SIZE)], check=True)
+    qmp = daemon(file_node("src", src))
+    qmp.ok("blockdev-add", **{
+        "driver": "qcow2", "node-name": "temp", "backing": "src",
+        "file": {"driver": "file", "filename": temp}})
+    sock = str(tmp_path / "nbd.sock")
+    qmp.ok("nbd-server-start", addr={"type": "unix", "data": {"path": sock}})
+    # The guest's export exists first: the job moves it onto its filter.
+    qmp.ok("block-export-add", type="nbd", id="guest", **{
+        "node-name": "src", "name": "guest", "writable": True})
+    qmp.ok("blockdev-backup", **{
+        "job-id": "fleecing", "device": "src", "target": "temp",
+        "sync": "none"})
+    qmp.ok("block-export-add", type="nbd", id="snap", **{
+        "node-name": "temp", "name": "snap"})
+    qemu_io_nbd(sock, "guest",
+                "write -P 0xab 0 64k",
+                "write -P 0xad 0xf8000 64k",
+                "write -P 0x1d 0x208000 64k",
+                "write -P 0xea 0x3e0000 64k")
+    # The snapshot still reads the patterns and zeroes of job start.
+    qemu_io_nbd(sock, "snap", *["read -P 0x%02x 0x%x 64k" % (b, off)
+                                for b, off in pattern],
+                "read -P 0 0xf8000 32k", "read -P 0 0x3e0000 64k",
+                read_only=True)
+    qemu_io_nbd(sock, "guest", "read -P 0xab 0 64k",
+                "read -P 0xea 0x3e0000 64k")
+    export_del(qmp, "snap")
+    export_del(qmp, "guest")
+    qmp.ok("block-job-cancel", device="fleecing")
+    ev = qmp.wait_event("BLOCK_JOB_CANCELLED", device="fleecing")
+    assert ev["data"]["offset"] == 6 * CLUSTER
+    qmp.wait_event("JOB_STATUS_CHANGE", id="fleecing", status="null")
+    qmp.ok("blockdev-del", **{"node-name": "temp"})
