@@ -625,3 +625,13 @@ def test_transaction_insert_atomic(lockstepd, tmp_dir):
         c.wait_event("BLOCK_EXPORT_DELETED")
         for n in ("fl-access", "fl-cbw", "fl-temp"):
             c.cmd("blockdev-del", {"node-name": n})
+
+
+@pytest.mark.parametrize("policy", ["break-guest-write", "break-snapshot"])
+def test_cbw_error_policy_like_qsd(lockstepd, qsd, tmp_dir, policy):
+    """A failing temp (blkdebug inject-error) under both policies: the
+    clients see the same through lockstepd's fleecing-start as through
+    QEMU's recipe on qemu-storage-daemon."""
+    ours = cbw_policy(lockstepd, tmp_dir, policy, "start", True)
+    theirs = cbw_policy(qsd, tmp_dir, policy, "reopen", True)
+    assert ours == theirs
