@@ -478,6 +478,14 @@ qmp_fleecing_start(json_t *args, struct err **errp)
         goto fail;
     }
 
+    /*
+     * From the filter's open (which reads the bitmap into the snapshot's
+     * access and copy bitmaps) through the insertion and the user's
+     * actions, no request may run: a guest write in between would be in
+     * the snapshot and in a bitmap rotated by the actions, yet outside
+     * what the snapshot may read.
+     */
+    block_drain_begin();
     opts = json_pack("{s:s, s:s, s:s}", "driver", "copy-before-write",
                      "file", node_name, "target", fl->temp->node_name);
     json_object_set_new(opts, "node-name", json_sprintf("%s-cbw", id));
@@ -495,6 +503,7 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     fl->cbw = new_node(opts, errp);
     json_decref(opts);
     if (!fl->cbw) {
+        block_drain_end();
         goto fail;
     }
 
@@ -505,6 +514,7 @@ qmp_fleecing_start(json_t *args, struct err **errp)
                                          "node-name", fl->cbw->node_name));
     ok = qmp_transaction_run(txn, NULL, errp);
     json_decref(txn);
+    block_drain_end();
     if (!ok) {
         goto fail;
     }

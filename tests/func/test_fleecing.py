@@ -635,3 +635,48 @@ def test_cbw_error_policy_like_qsd(lockstepd, qsd, tmp_dir, policy):
     ours = cbw_policy(lockstepd, tmp_dir, policy, "start", True)
     theirs = cbw_policy(qsd, tmp_dir, policy, "reopen", True)
     assert ours == theirs
+
+
+def test_fleecing_start_incremental_with_actions(lockstepd, tmp_dir):
+    """fleecing-start with a bitmap and the bitmap rotation as actions:
+    one instant; a failing action undoes everything."""
+    need("nbdinfo")
+    with Setup(lockstepd, tmp_dir, "ours") as s:
+        c = s.c
+        c.cmd("block-dirty-bitmap-add", {"node": "disk0", "name": "bk-1"})
+        s.guest_write(BASE)
+        path, temp = temp_opts(tmp_dir, "ours", "qcow2")
+        rotate = [{"type": "block-dirty-bitmap-add",
+                   "data": {"node": "disk0", "name": "bk-2"}},
+                  {"type": "block-dirty-bitmap-disable",
+                   "data": {"node": "disk0", "name": "bk-1"}}]
+        args = {"id": "fl", "node": "disk0", "temp": temp,
+                "bitmap": {"node": "disk0", "name": "bk-1"},
+                "on-cbw-error": "break-snapshot", "cbw-timeout": 45}
+        before = node_names(c)
+        e = c.error("fleecing-start", dict(args, actions=rotate + [
+            {"type": "block-dirty-bitmap-add",
+             "data": {"node": "disk0", "name": "bk-1"}}]))
+        assert e["desc"] == "Bitmap already exists: bk-1"
+        assert node_names(c) == before
+        assert set(disk_bitmaps(c)) == {"bk-1"}
+        assert disk_bitmaps(c)["bk-1"]["recording"]
+        assert parents_of(c, "disk0") == ["disk0-front"]
+        c.cmd("fleecing-start", dict(args, actions=rotate))
+        bms = disk_bitmaps(c)
+        assert not bms["bk-1"]["recording"] and bms["bk-1"]["busy"]
+        assert bms["bk-2"]["recording"] and bms["bk-2"]["count"] == 0
+        url = s.url("fl")
+        p = run(["nbdinfo", "--map=qemu:dirty-bitmap:bk-1", url])
+        assert p.returncode == 0, p.stderr
+        dirty = [tuple(int(x) for x in ln.split()[:2])
+                 for ln in p.stdout.splitlines() if "dirty" in ln]
+        assert dirty == [(off, 64 << 10) for _, off, _ in BASE], p.stdout
+        s.guest_write(OVERWRITES)
+        assert disk_bitmaps(c)["bk-2"]["count"] == 6 * (64 << 10)
+        assert_reads(url, BASE)
+        out = qemu_io(url, ["read 0x200000 64k"], read_only=True)
+        assert "read failed: Invalid argument" in out, out
+        c.cmd("fleecing-stop", {"id": "fl"})
+        c.cmd("block-dirty-bitmap-remove", {"node": "disk0", "name": "bk-1"})
+        assert node_names(c) == before
