@@ -530,8 +530,12 @@ def test_secondary_dies_and_resync(tmp_path, transport):
     sec.daemon.proc.wait()
     sec.qmp.close()
     writes(50)                                   # p-rep fails, guest goes on
-    ev = wait_event(pri.qmp, "QUORUM_REPORT_BAD", node_name="p-rep")
-    assert ev["data"]["type"] == "write"
+    # The primary replication node keeps write errors to itself (QEMU's
+    # rule: get_error reports them); the guest's flush shows the dead
+    # child to the quorum, which reports it and succeeds.
+    hp.flush()
+    ev = wait_event(pri.qmp, "QUORUM_REPORT_BAD", **{"node-name": "p-rep"})
+    assert ev["data"]["type"] == "flush"
     assert pri.qmp.cmd("query-xen-replication-status") == {
         "error": True, "desc": "I/O error occurred"}
     pri.qmp.cmd("x-blockdev-change", {"parent": "p-top",
