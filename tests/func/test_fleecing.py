@@ -680,3 +680,36 @@ def test_fleecing_start_incremental_with_actions(lockstepd, tmp_dir):
         c.cmd("fleecing-stop", {"id": "fl"})
         c.cmd("block-dirty-bitmap-remove", {"node": "disk0", "name": "bk-1"})
         assert node_names(c) == before
+
+
+def test_fleecing_stop_with_connected_client(lockstepd, tmp_dir):
+    """fleecing-stop deletes the export hard: a connected reader is cut
+    off, the nodes go away, and the guest keeps its disk."""
+    nbd = pytest.importorskip("nbd")
+    with Setup(lockstepd, tmp_dir, "ours", size=4 * MiB) as s:
+        c = s.c
+        s.guest_write([(0x42, 0, 64 << 10)])
+        path = os.path.join(tmp_dir, "temp.raw")
+        with open(path, "wb") as f:
+            f.truncate(4 * MiB)
+        before = node_names(c)
+        c.cmd("fleecing-start", {"id": "fl", "node": "disk0",
+                                 "temp": {"filename": path}})
+        h = nbd.NBD()
+        h.connect_uri(s.url("fl"))
+        assert h.pread(64 << 10, 0) == b"\x42" * (64 << 10)
+        c.cmd("fleecing-stop", {"id": "fl"})
+        ev = c.wait_event("BLOCK_EXPORT_DELETED")
+        assert ev["data"] == {"id": "fl"}
+        with pytest.raises(nbd.Error):
+            h.pread(64 << 10, 0)
+        del h
+        assert node_names(c) == before
+        s.guest_write([(0x43, 0, 64 << 10)])
+        # fleecing-stop after block-export-del is fine too.
+        c.cmd("fleecing-start", {"id": "fl", "node": "disk0",
+                                 "temp": {"filename": path}})
+        c.cmd("block-export-del", {"id": "fl"})
+        c.wait_event("BLOCK_EXPORT_DELETED")
+        c.cmd("fleecing-stop", {"id": "fl"})
+        assert node_names(c) == before
