@@ -450,7 +450,7 @@ def test_random_model(pair, seed):
     pri, sec, imgs = pair
     sec.start()
     pri.start()
-    primary, view = run_model(pri, sec, seed, 1500)
+    primary, view = run_model(pri, sec, seed, 2500)
     assert pri.qmp.cmd("query-xen-replication-status") == {"error": False}
     sec.qmp.cmd("nbd-server-stop")
     sec.qmp.cmd("xen-set-replication", {"enable": False, "primary": False,
