@@ -108,11 +108,6 @@ node_cluster_size(struct block_node *node)
         if (node->cluster_size) {
             return node->cluster_size;
         }
-        /* Until the qcow2 driver fills node->cluster_size: its discard
-         * alignment is its cluster size. */
-        if (!strcmp(node->drv->name, "qcow2")) {
-            return node->limits.pdiscard_alignment;
-        }
         if (node->drv->kind != BLOCK_KIND_FILTER || !node->file) {
             break;
         }
@@ -798,6 +793,28 @@ copy_with_timeout(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
+/*
+ * True when copy_range() would return 0 at once: nothing in the range is
+ * dirty and no task overlaps it.  Lets a timed call (every copy-before-write
+ * guest write) skip creating its helper thread once the area is copied.
+ */
+static bool
+nothing_to_copy(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
+                bool ratelimit)
+{
+    uint64_t start, end, a, n;
+
+    cluster_range(s, offset, bytes, &start, &end);
+    if (start >= end) {
+        return true;
+    }
+    SCOPED_LOCK(&s->lock);
+    return !(ratelimit && s->cancelled) &&
+           !hbitmap_next_dirty_area(s->copy_bitmap, start, end - start,
+                                    s->chunk, &a, &n) &&
+           !task_conflict_locked(s, start, end - start);
+}
+
 int
 block_copy(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
            bool ratelimit, int64_t timeout_ns, bool *error_is_read)
@@ -805,6 +822,10 @@ block_copy(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     bool eir = false;
     int ret;
 
+    if (timeout_ns > 0 && nothing_to_copy(s, offset, bytes, ratelimit)) {
+        /* What copy_range() would find at once: no helper thread. */
+        return 0;
+    }
     if (timeout_ns > 0) {
         ret = copy_with_timeout(s, offset, bytes, ratelimit, timeout_ns,
                                 &eir);

@@ -1608,6 +1608,9 @@ init_geometry(struct block_node *node, struct qcow2_state *s,
 {
     s->cluster_bits = s->h.cluster_bits;
     s->cluster_size = s->h.cluster_size;
+    /* For bitmap granularity and block-copy's cluster, as QEMU's
+     * bdrv_get_info gives them. */
+    node->cluster_size = s->cluster_size;
     s->extended_l2 = s->h.extended_l2;
     s->l2_entry_size = s->h.l2_entry_size;
     s->l2_entries = s->h.l2_entries;
