@@ -489,7 +489,8 @@ qmp_block_commit(json_t *args, struct err **errp)
                  device);
         return NULL;
     }
-    if (!common_args(args, device, &job_id, &on_error, errp)) {
+    /* QEMU defaults to the device name, which a node does not have. */
+    if (!common_args(args, "", &job_id, &on_error, errp)) {
         return NULL;
     }
     active = block_skip_filters(dev);

@@ -428,8 +428,10 @@ static const struct qmp_arg args_replication_stop[] = {
 };
 
 static const struct qmp_arg args_block_commit[] = {
-    { "job-id", QMP_T_STR, true, "the job's id (default: device)", NULL,
-      NULL, NULL, NULL },
+    { "job-id", QMP_T_STR, true,
+      "the job's id; needed, as in qemu-storage-daemon, whose nodes have "
+      "no device name to default to (\"Invalid job ID ''\")", NULL, NULL,
+      NULL, NULL },
     { "device", QMP_T_STR, false,
       "the node whose chain is committed (its first non-filter node is "
       "the active layer)", NULL, NULL, NULL, NULL },

@@ -141,14 +141,16 @@ def test_commit_errors(chain):
         add_chain(qmp, base, mid, top)
         assert qmp.error("block-commit", {"device": "nope"})["desc"] == \
             "Cannot find device='nope' nor node-name='nope'"
-        assert qmp.error("block-commit", {"device": "top",
+        assert qmp.error("block-commit", {"device": "top"})["desc"] == \
+            "Invalid job ID ''"
+        assert qmp.error("block-commit", {"job-id": "j", "device": "top",
                                           "top-node": "xx"})["desc"] == \
             "Top image file xx not found"
-        assert qmp.error("block-commit", {"device": "top",
+        assert qmp.error("block-commit", {"job-id": "j", "device": "top",
                                           "top-node": "base"})["desc"] == \
             "Top image has no backing file"
         assert "not below" in qmp.error(
-            "block-commit", {"device": "top", "top-node": "mid",
+            "block-commit", {"job-id": "j", "device": "top", "top-node": "mid",
                              "base-node": "top"})["desc"]
         qmp.close()
     check_clean(base, mid, top)
