@@ -162,12 +162,38 @@ compute_layout(struct layout *l, uint64_t size, uint64_t cs, unsigned order,
     return 0;
 }
 
-/* Cluster 0: header, feature table, backing format, backing name. */
+/* Bytes of cluster 0 that the header needs, with or without the optional
+ * feature name table. */
+static uint64_t
+header_bytes(const struct qcow2_create_opts *o, int version,
+             bool feature_table_too)
+{
+    uint64_t n = version == 3 ? QCOW2_HEADER_LEN_WRITTEN : QCOW2_V2_HEADER_LEN;
+
+    if (o->backing_fmt) {
+        n += 8 + align_up(strlen(o->backing_fmt), 8);
+    }
+    if (version == 3 && feature_table_too) {
+        n += 8 + ARRAY_SIZE(feature_table) * 48;
+    }
+    n += 8;
+    if (o->backing_file) {
+        n += strlen(o->backing_file);
+    }
+    return n;
+}
+
+/*
+ * Cluster 0: header, feature table, backing format, backing name.  The
+ * feature name table is optional: like QEMU, leave it out when a long
+ * backing name would not fit in a small cluster otherwise.
+ */
 static uint8_t *
 build_header(const struct layout *l, uint64_t size, unsigned order,
              const struct qcow2_create_opts *o, int version)
 {
     uint8_t *b = xzalloc(l->cs);
+    bool with_table = header_bytes(o, version, true) <= l->cs;
     uint64_t off;
 
     st_be32(b, QCOW2_MAGIC);
@@ -193,7 +219,7 @@ build_header(const struct layout *l, uint64_t size, unsigned order,
         memcpy(b + off + 8, o->backing_fmt, n);
         off += 8 + align_up(n, 8);
     }
-    if (version == 3) {
+    if (version == 3 && with_table) {
         st_be32(b + off, QCOW2_EXT_FEATURE_TABLE);
         st_be32(b + off + 4, (uint32_t)(ARRAY_SIZE(feature_table) * 48));
         off += 8;
@@ -383,6 +409,11 @@ qcow2_create(struct block_node *file, uint64_t size,
     ret = compute_layout(&l, size, cs, order, opts->extended_l2, pre, errp);
     if (ret < 0) {
         return ret;
+    }
+    if (header_bytes(opts, version, false) > cs) {
+        err_setf(errp, "The backing file name does not fit in a %llu-byte "
+                 "cluster", (unsigned long long)cs);
+        return -ENOSPC;
     }
     ret = block_truncate(file, 0, errp);
     if (ret < 0) {
