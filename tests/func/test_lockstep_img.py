@@ -17,7 +17,6 @@ import random
 import shutil
 import struct
 import subprocess
-import time
 
 import pytest
 
