@@ -26,6 +26,7 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     const char *parent = arg_str(args, "parent");
     bool has_child = json_object_get(args, "child") != NULL;
     bool has_node = json_object_get(args, "node") != NULL;
+    struct block_node *removed = NULL;
     bool ok;
 
     /* QEMU's checks, in QEMU's order and words. */
@@ -44,16 +45,24 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
         struct block_child *c = block_node_child(block_node_find(parent),
                                                  arg_str(args, "child"));
 
-        /* A lost secondary: start recording what it misses. */
-        if (c && replication_primary_detach(c->node, c->parent_node,
-                                            errp) < 0) {
-            block_drain_end();
-            return NULL;
+        removed = c ? c->node : NULL;
+        if (removed) {
+            block_node_ref(removed);
         }
     }
     ok = qmp_x_blockdev_change(arg_str(args, "parent"),
                                arg_str(args, "child"), arg_str(args, "node"),
                                errp);
+    /* A lost secondary: in the same drained section, start recording what
+     * it misses (docs/replication.md "Resync"). */
+    if (ok && removed &&
+        replication_primary_detach(removed, block_node_find(parent),
+                                   errp) < 0) {
+        ok = false;
+    }
+    if (removed) {
+        block_node_unref(removed);
+    }
     block_drain_end();
     return ok ? json_object() : NULL;
 }
