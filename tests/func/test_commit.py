@@ -215,3 +215,65 @@ def test_active_commit_cancel_keeps_graph(chain):
         qmp.close()
     qemu_io(mid, "read -P 0x22 1M 1M", "read -P 0x33 2M 2M", fmt="qcow2")
     check_clean(base, mid, top)
+
+
+def test_active_commit_under_fio(chain):
+    """fio writes the export through the whole job and the pivot; the base
+    ends up equal to what the export reads afterwards."""
+    nbd = pytest.importorskip("nbd")
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        sock = os.path.join(d, "nbd.sock")
+        url = nbd_url(sock, "guest")
+        qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                              "data": {"path": sock}}})
+        qmp.cmd("block-export-add", {"type": "nbd", "id": "guest",
+                                     "name": "guest", "node-name": "top",
+                                     "writable": True})
+        fio = subprocess.Popen(
+            ["fio", "--name=w", "--ioengine=nbd", "--uri=" + url,
+             "--rw=randwrite", "--bs=4k", "--iodepth=8",
+             "--size=%d" % SIZE, "--time_based", "--runtime=3"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)
+        qmp.cmd("block-commit", {"job-id": "ac", "device": "top",
+                                 "auto-finalize": False})
+        wait_event(qmp, "BLOCK_JOB_READY", device="ac")
+        time.sleep(0.5)
+        qmp.cmd("job-complete", {"id": "ac"})
+        wait_event(qmp, "BLOCK_JOB_PENDING", id="ac")
+        qmp.cmd("job-finalize", {"id": "ac"})
+        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="ac")
+        assert "error" not in ev["data"], ev
+        out, _ = fio.communicate(timeout=60)
+        assert fio.returncode == 0, out
+        h = nbd.NBD()
+        h.connect_uri(url)
+        view = h.pread(SIZE, 0)
+        h.shutdown()
+        qmp.close()
+    raw = os.path.join(d, "base.raw")
+    sh("qemu-img", "convert", "-O", "raw", base, raw)
+    with open(raw, "rb") as f:
+        assert f.read() == view
+    check_clean(base, mid, top)
+
+
+def test_commit_speed_and_pause(chain):
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        qmp.cmd("block-commit", {"job-id": "c1", "device": "top",
+                                 "top-node": "mid", "speed": 1024 * 1024})
+        qmp.cmd("job-pause", {"id": "c1"})
+        wait_event(qmp, "JOB_STATUS_CHANGE", id="c1", status="paused")
+        qmp.cmd("block-job-set-speed", {"device": "c1", "speed": 0})
+        qmp.cmd("job-resume", {"id": "c1"})
+        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="c1")
+        assert "error" not in ev["data"] and ev["data"]["len"] == 2 * MiB
+        qmp.close()
+    qemu_io(base, "read -P 0x11 0 1M", "read -P 0x22 1M 2M", fmt="qcow2")
+    check_clean(base, mid, top)
