@@ -311,11 +311,11 @@ def allocated(path):
     return os.stat(path).st_blocks * 512
 
 
-def test_snapshot_discard(lockstepd, tmp_dir):
-    with Setup(lockstepd, tmp_dir, "ours") as s:
+def snapshot_discard(binary, tmp_dir, name, how):
+    with Setup(binary, tmp_dir, name) as s:
         s.guest_write(BASE)
-        path, temp = temp_opts(tmp_dir, "ours", "raw")
-        exp = snapshot_begin(s, "start", temp, discard=True)
+        path, temp = temp_opts(tmp_dir, name, "raw")
+        exp = snapshot_begin(s, how, temp, discard=True)
         url = s.url(exp)
         s.guest_write(OVERWRITES)           # copies 6 clusters to the temp
         assert allocated(path) >= 6 * (64 << 10)
@@ -335,7 +335,19 @@ def test_snapshot_discard(lockstepd, tmp_dir):
         # Discard everything: the temp is empty again.
         assert_clean(qemu_io(url, ["discard 0 %d" % SIZE]))
         assert allocated(path) == 0
-        snapshot_end(s, "start")
+        out = qemu_io(url, ["read 1M 64k"], read_only=True)
+        assert "read failed: Invalid argument" in out, out
+        snapshot_end(s, how)
+
+
+@pytest.mark.parametrize("how", ["start", "insert"])
+def test_snapshot_discard(lockstepd, tmp_dir, how):
+    snapshot_discard(lockstepd, tmp_dir, "ours", how)
+
+
+def test_snapshot_discard_qsd(qsd, tmp_dir):
+    """The same checks hold for qemu-storage-daemon with QEMU's recipe."""
+    snapshot_discard(qsd, tmp_dir, "qsd", "reopen")
 
 
 # ---- Push backup with fleecing ------------------------------------------
