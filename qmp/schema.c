@@ -654,8 +654,9 @@ const struct qmp_command qmp_commands[] = {
     { "fleecing-start", qmp_fleecing_start, args_fleecing_start, false,
       "Start pull-mode fleecing in one call: open the temp node, add a "
       "copy-before-write filter (ID-cbw) over node, insert it atomically "
-      "with actions, add a snapshot-access node (ID-access) and a "
-      "read-only NBD export of it (id ID).  Needs a running NBD server.  "
+      "with actions, add a snapshot-access node (ID-access) and an NBD "
+      "export of it (id ID; reads and, with discard, trims: writes fail).  "
+      "Needs a running NBD server.  "
       "On failure everything built is undone.",
       "{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
       "\"export\", \"export-name\", \"temp-created\"}" },
