@@ -31,6 +31,7 @@
 #include "block/filter/replication.h"
 #include "block/format/qcow2/qcow2.h"
 #include "lockstep/block.h"
+#include "lockstep/dirty-bitmap.h"
 #include "util.h"
 
 #define IMG_SIZE (8 * MiB)
@@ -354,6 +355,46 @@ test_primary_write_error(void **state UNUSED)
     status_expect("I/O error occurred");
     assert_true(replication_stop_all(true, &err));
     status_expect(NULL);
+    stop_primary(&p);
+}
+
+/*
+ * Resync: the ranges whose write to the secondary failed end up in the
+ * parent's "replication-resync" bitmap when the node is detached; other
+ * nodes are left alone.
+ */
+static void
+test_primary_detach_resync_bitmap(void **state UNUSED)
+{
+    struct primary p;
+    struct err *err = NULL;
+    struct block_node *parent;
+    struct block_dirty_bitmap *bm;
+
+    start_primary(&p, "\"inject-error\": [{\"event\": \"write_aio\", "
+                      "\"errno\": 5, \"iotype\": [\"write\"]}]");
+    parent = node_new_json(NULL, "{\"driver\": \"null-co\", "
+                           "\"node-name\": \"qparent\", \"size\": %d}",
+                           IMG_SIZE);
+    assert_true(replication_start_all(true, &err));
+    write_ok(p.h, 0x22, 128 * KiB, 64 * KiB);
+    write_ok(p.h, 0x22, 1024 * KiB, 1);
+    /* Not a replication node: nothing happens. */
+    assert_int_equal(replication_primary_detach(parent, parent, &err), 0);
+    assert_null(block_dirty_bitmap_find(parent, REPLICATION_RESYNC_BITMAP));
+    assert_int_equal(replication_primary_detach(p.node, parent, &err), 0);
+    bm = block_dirty_bitmap_find(parent, REPLICATION_RESYNC_BITMAP);
+    assert_non_null(bm);
+    assert_false(bm->disabled);
+    assert_int_equal(block_dirty_bitmap_count(bm), 128 * KiB);
+    assert_true(block_dirty_bitmap_get(bm, 128 * KiB));
+    assert_true(block_dirty_bitmap_get(bm, 1024 * KiB));
+    assert_false(block_dirty_bitmap_get(bm, 0));
+    /* A second detach finds the bitmap and adds nothing new. */
+    assert_int_equal(replication_primary_detach(p.node, parent, &err), 0);
+    assert_int_equal(block_dirty_bitmap_count(bm), 128 * KiB);
+    assert_true(replication_stop_all(true, &err));
+    block_node_unref(parent);
     stop_primary(&p);
 }
 
@@ -1237,6 +1278,7 @@ main(void)
         cmocka_unit_test(test_primary_do_checkpoint),
         cmocka_unit_test(test_primary_get_error),
         cmocka_unit_test(test_primary_write_error),
+        cmocka_unit_test(test_primary_detach_resync_bitmap),
         cmocka_unit_test(test_secondary_read),
         cmocka_unit_test(test_secondary_write),
         cmocka_unit_test(test_secondary_start),
