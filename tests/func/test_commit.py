@@ -277,3 +277,21 @@ def test_commit_speed_and_pause(chain):
         qmp.close()
     qemu_io(base, "read -P 0x11 0 1M", "read -P 0x22 1M 2M", fmt="qcow2")
     check_clean(base, mid, top)
+
+
+def test_commit_by_file_names(chain):
+    """top and base may name the layers by file name, as in QEMU."""
+    d, base, mid, top = chain
+    with Daemon(lockstepd(), d) as dmn:
+        qmp = dmn.client()
+        add_chain(qmp, base, mid, top)
+        assert "mutually exclusive" in qmp.error(
+            "block-commit", {"job-id": "c2", "device": "top", "top": mid,
+                             "top-node": "mid"})["desc"]
+        qmp.cmd("block-commit", {"job-id": "c2", "device": "top", "top": mid,
+                                 "base": base})
+        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="c2")
+        assert "error" not in ev["data"], ev
+        qmp.close()
+    qemu_io(base, "read -P 0x11 0 1M", "read -P 0x22 1M 2M", fmt="qcow2")
+    check_clean(base, mid, top)
