@@ -132,6 +132,7 @@ set xtics rotate by 35 right
 set grid ytics
 set yrange [0:*]
 set bmargin 12
+set lmargin 12
 set key top left
 plot "%s" using 2:xtic(1) title "lockstep/QEMU" lc rgb "#3070b0", \\
      "" using 0:3 with points pt 7 ps 1.5 lc rgb "#c03020" title "target", \\
@@ -161,7 +162,8 @@ def write_docs(rws, ceiling, info, results, names, md, png):
         load0="%.1f" % info["load"][0][0], load1="%.1f" % info["load"][1][0],
         table=md_table(rws), ceiling=ceil_lines,
         resources=resource_table(results, names),
-        analysis=ANALYSIS)
+        analysis=open(ANALYSIS_FILE).read() if os.path.exists(ANALYSIS_FILE)
+        else "")
     with open(md, "w") as f:
         f.write(text)
 
@@ -203,7 +205,7 @@ over the measured phases, divided by the GiB the clients moved.
 {analysis}
 """
 
-ANALYSIS = """## Analysis
-
-See the end of this file (written by hand after the run).
-"""
+# The hand-written part (what bounds each figure, the plans) lives in
+# bench/analysis.md so that a new run keeps it.
+ANALYSIS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "analysis.md")
