@@ -48,6 +48,12 @@
  * copies the rest, clears the bitmap and disables it again.  The bitmap is
  * busy while the job runs.
  *
+ * The replication failover (block/filter/replication.c) keeps its own
+ * copy loop: it runs inside the stop command, which returns when the
+ * secondary disk is complete, while a job would return at once and need
+ * the caller to wait for its end.  The algorithm is the same (bitmap,
+ * copy, drained final pass, edge switch).
+ *
  * Threads and locks: the fields of struct commit_job are set on the main
  * thread before the job thread starts; should_complete is atomic; the
  * bitmaps have their own lock.  I/O of the job thread runs inside the
