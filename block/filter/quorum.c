@@ -18,14 +18,17 @@
  * Design notes.
  *
  * - Fan-out.  A write, read (quorum mode) or flush runs on every child at
- *   once: the request's own thread serves children.0 and one short-lived
- *   helper thread per other child serves the rest; the request joins them
- *   before it returns (so the graph lock the request holds covers their
- *   I/O; the helpers call node functions and never enter the graph
- *   themselves).  When a thread cannot be created the child is served
- *   inline, one after the other.  This is the one place outside the NBD
- *   server and jobs that makes threads: a per-request fan-out, bounded by
- *   the number of children.
+ *   once: the request's own thread serves children.0 and a helper thread
+ *   per other child serves the rest; the request waits for them before it
+ *   returns (so the graph lock the request holds covers their I/O; the
+ *   helpers call node functions and never enter the graph themselves).
+ *   Helpers are kept between requests in a process-wide pool (creating and
+ *   joining a thread per write cost more than a 4 KiB write): a task goes
+ *   to an idle helper, or to a new one while there are fewer than
+ *   QUORUM_HELPERS_MAX, else the request serves that child inline, one
+ *   after the other.  A request never waits for a helper to become free,
+ *   so nested quorums cannot deadlock.  This is the one place outside the
+ *   NBD server and jobs that makes threads.
  *
  * - Voting.  Every child that read successfully contributes its buffer;
  *   equal buffers (memcmp) form one version.  The version with the most
@@ -115,8 +118,9 @@ struct quorum_task {
     const void *wbuf;
     unsigned flags;
     int ret;
-    pthread_t thread;
-    bool threaded;
+    bool threaded;              /* given to a helper */
+    bool done;                  /* Protected by: g_helper_lock */
+    pthread_cond_t *done_cond;  /* signalled when done is set */
 };
 
 /* Largest piece one request hands to the children (voting reads keep a
@@ -219,32 +223,111 @@ task_run(struct quorum_task *t)
     }
 }
 
+#define QUORUM_HELPERS_MAX 64
+
+struct quorum_helper {
+    pthread_cond_t cond;                /* a task was handed over */
+    struct quorum_task *task;           /* Protected by: g_helper_lock */
+    struct quorum_helper *next_idle;    /* Protected by: g_helper_lock */
+};
+
+static pthread_mutex_t g_helper_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct quorum_helper *g_idle;    /* Protected by: g_helper_lock */
+static unsigned g_nhelpers;             /* Protected by: g_helper_lock */
+
 static void *
-task_thread(void *opaque)
+helper_main(void *opaque)
 {
-    task_run(opaque);
+    struct quorum_helper *h = opaque;
+
+    mutex_lock(&g_helper_lock);
+    for (;;) {
+        struct quorum_task *t;
+
+        while (!h->task) {
+            cond_wait(&h->cond, &g_helper_lock);
+        }
+        t = h->task;
+        mutex_unlock(&g_helper_lock);
+        task_run(t);
+        mutex_lock(&g_helper_lock);
+        /* t belongs to the waiting request again once done is seen. */
+        t->done = true;
+        cond_broadcast(t->done_cond);
+        h->task = NULL;
+        h->next_idle = g_idle;
+        g_idle = h;
+    }
     return NULL;
+}
+
+/* Hand t to an idle or new helper; false: run it yourself. */
+static bool
+helper_submit(struct quorum_task *t, pthread_cond_t *done_cond)
+{
+    struct quorum_helper *h;
+
+    SCOPED_LOCK(&g_helper_lock);
+    h = g_idle;
+    if (h) {
+        g_idle = h->next_idle;
+    } else {
+        pthread_attr_t attr;
+        pthread_t tid;
+        int ret;
+
+        if (g_nhelpers >= QUORUM_HELPERS_MAX) {
+            return false;
+        }
+        h = calloc(1, sizeof(*h));
+        if (!h) {
+            return false;
+        }
+        pthread_cond_init(&h->cond, NULL);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        ret = pthread_create(&tid, &attr, helper_main, h);
+        pthread_attr_destroy(&attr);
+        if (ret != 0) {
+            pthread_cond_destroy(&h->cond);
+            free(h);
+            return false;
+        }
+        g_nhelpers++;
+    }
+    t->done = false;
+    t->done_cond = done_cond;
+    h->task = t;
+    cond_signal(&h->cond);
+    return true;
 }
 
 /* Run every task; tasks[0] on this thread, the others on helpers. */
 static void
 fan_out(struct quorum_task *tasks, size_t n)
 {
+    pthread_cond_t done_cond;
+
+    pthread_cond_init(&done_cond, NULL);
     for (size_t i = 1; i < n; i++) {
-        tasks[i].threaded =
-            pthread_create(&tasks[i].thread, NULL, task_thread,
-                           &tasks[i]) == 0;
+        tasks[i].threaded = helper_submit(&tasks[i], &done_cond);
     }
     if (n > 0) {
         task_run(&tasks[0]);
     }
     for (size_t i = 1; i < n; i++) {
-        if (tasks[i].threaded) {
-            pthread_join(tasks[i].thread, NULL);
-        } else {
+        if (!tasks[i].threaded) {
             task_run(&tasks[i]);
         }
     }
+    mutex_lock(&g_helper_lock);
+    for (size_t i = 1; i < n; i++) {
+        while (tasks[i].threaded && !tasks[i].done) {
+            cond_wait(&done_cond, &g_helper_lock);
+        }
+    }
+    mutex_unlock(&g_helper_lock);
+    pthread_cond_destroy(&done_cond);
 }
 
 static struct quorum_task *
