@@ -181,6 +181,14 @@ grow_size(struct block_node *node, uint64_t end)
     }
 }
 
+/* A change completed: dirty bitmaps and the write generation. */
+static void
+write_done(struct block_node *node, uint64_t offset, uint64_t bytes)
+{
+    __atomic_add_fetch(&node->write_gen, 1, __ATOMIC_RELEASE);
+    block_node_mark_dirty(node, offset, bytes);
+}
+
 static int
 check_write_range(struct block_node *node, uint64_t offset, uint64_t bytes)
 {
@@ -363,7 +371,7 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     if (ret == 0) {
         grow_size(node, end);
-        block_node_mark_dirty(node, offset, bytes);
+        write_done(node, offset, bytes);
     }
     tracked_end(node, &req);
     return ret;
@@ -507,7 +515,7 @@ block_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     if (ret == 0) {
         grow_size(node, end);
-        block_node_mark_dirty(node, offset, bytes);
+        write_done(node, offset, bytes);
     }
     tracked_end(node, &req);
     return ret;
@@ -564,7 +572,7 @@ block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
         serial_leave(node);
     }
     if (ret == 0) {
-        block_node_mark_dirty(node, start, end - start);
+        write_done(node, start, end - start);
     }
     tracked_end(node, &req);
     return ret;
@@ -573,9 +581,15 @@ block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
 int
 block_flush(struct block_node *node)
 {
+    uint64_t gen = __atomic_load_n(&node->write_gen, __ATOMIC_ACQUIRE);
     struct block_child *c;
     int ret = 0;
 
+    /* Nothing written through this node since the last flush: done (QEMU
+     * skips such flushes too, and blkdebug's flush events with them). */
+    if (gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
+        return 0;
+    }
     if (node->drv->flush && !node->cache_no_flush) {
         serial_enter(node);
         ret = node->drv->flush(node);
@@ -584,21 +598,25 @@ block_flush(struct block_node *node)
             return ret;
         }
     }
-    /* A filter over several children (quorum) flushes them itself and
-     * votes on the results, like QEMU's "one driver function writes back
-     * all layers". */
-    if (node->drv->flush && node->drv->kind == BLOCK_KIND_FILTER &&
-        !node->file) {
-        return ret;
-    }
-    /* Then everything below, as QEMU's bdrv_co_flush does. */
-    TAILQ_FOREACH(c, &node->children, child_link) {
-        if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {
-            ret = block_flush(c->node);
-            if (ret < 0) {
-                return ret;
+    /* Then everything below, as QEMU's bdrv_co_flush does; but a filter
+     * over several children (quorum) flushes them itself and votes on the
+     * results, like QEMU's "one driver function writes back all layers". */
+    if (!(node->drv->flush && node->drv->kind == BLOCK_KIND_FILTER &&
+          !node->file)) {
+        TAILQ_FOREACH(c, &node->children, child_link) {
+            if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {
+                ret = block_flush(c->node);
+                if (ret < 0) {
+                    return ret;
+                }
             }
         }
+    }
+    /* Writes that completed during the flush keep the next one due. */
+    uint64_t cur = __atomic_load_n(&node->flushed_gen, __ATOMIC_RELAXED);
+    while (cur < gen &&
+           !__atomic_compare_exchange_n(&node->flushed_gen, &cur, gen, false,
+                                        __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
     }
     return 0;
 }

@@ -12,11 +12,16 @@
  * write) and that covers its sector (or any request when no sector is set).
  * A "once" rule is dropped after it fired.
  *
- * Events: our request path fires "read_aio" before a read, "write_aio"
- * before a write or write-zeroes, "discard" before a discard and
- * "flush_to_disk" before a flush (QEMU's formats fire the first two on
- * their file before data I/O, so rules written for QEMU behave alike);
- * formats fire metadata events ("l2_update", ...) with block_debug_event().
+ * Events: as in QEMU, formats fire them on their file with
+ * block_debug_event(): "read_aio" and "write_aio" before guest data I/O
+ * (raw and qcow2), metadata events ("l2_update", "refblock_alloc", ...)
+ * from qcow2.  Metadata I/O fires nothing, so a read_aio rule does not
+ * fail qcow2's header reads at open.  When no format sits above the
+ * blkdebug node (an export or a filter uses it directly, which QEMU's
+ * tests never do), blkdebug fires the data events itself: "read_aio"
+ * before a read, "write_aio" before a write or write-zeroes, so that rules
+ * still mean something.  "flush_to_disk" (before a flush) and "discard"
+ * are always fired here, as QEMU's generic flush path does.
  *
  * Locking: s->lock protects the rules and the state (a leaf lock).
  */
@@ -337,6 +342,24 @@ blkdebug_debug_event(struct block_node *node, const char *event)
     mutex_unlock(&s->lock);
 }
 
+/*
+ * Does a format above us fire the data events?  Parents change only while
+ * drained, so reading them from a request is safe.
+ */
+static bool
+format_parent_fires_events(struct block_node *node)
+{
+    struct block_child *c;
+
+    TAILQ_FOREACH(c, &node->parents, parent_link) {
+        if (c->parent_node &&
+            c->parent_node->drv->kind == BLOCK_KIND_FORMAT) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Fire the request's event, then fail it if an active rule says so. */
 static int
 rule_check(struct block_node *node, const char *event, unsigned iotype,
@@ -344,6 +367,13 @@ rule_check(struct block_node *node, const char *event, unsigned iotype,
 {
     struct blkdebug_state *s = node->opaque;
     int error = 0;
+
+    /* Flush events always come from the core, as QEMU's bdrv_co_flush
+     * fires them; data events from the format when there is one. */
+    if (event && (!strcmp(event, "read_aio") || !strcmp(event, "write_aio")) &&
+        format_parent_fires_events(node)) {
+        event = NULL;
+    }
 
     if (s->delay_ns) {
         struct timespec ts = {

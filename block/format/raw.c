@@ -92,6 +92,7 @@ raw_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
 {
     struct raw_state *s = node->opaque;
 
+    block_debug_event(node->file->node, "read_aio");
     return block_pread(node->file->node, s->offset + offset, bytes, buf,
                        flags);
 }
@@ -102,6 +103,7 @@ raw_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
 {
     struct raw_state *s = node->opaque;
 
+    block_debug_event(node->file->node, "write_aio");
     return block_pwrite(node->file->node, s->offset + offset, bytes, buf,
                         flags);
 }

@@ -283,6 +283,14 @@ struct block_node {
     struct block_tracked_req_list tracked;
     pthread_mutex_t serial_lock;      /* drv->serialize_requests only */
 
+    /*
+     * Write generations (atomics): write_gen counts completed changes,
+     * flushed_gen the generation the last successful flush covered.  A
+     * flush with nothing new to flush does nothing, as in QEMU.
+     */
+    uint64_t write_gen;
+    uint64_t flushed_gen;
+
     /* Dirty bitmaps.  Protected by: bitmap_lock (a leaf lock). */
     pthread_mutex_t bitmap_lock;
     TAILQ_HEAD(, block_dirty_bitmap) bitmaps;

@@ -319,6 +319,11 @@ test_blkdebug_inject(void **state UNUSED)
                  NULL);
     assert_non_null(n);
     assert_int_equal(block_pread(n, 0, 512, buf, 0), 0);
+    /* With nothing written, a flush is skipped and fires nothing. */
+    assert_int_equal(block_flush(n), 0);
+    assert_int_equal(block_pread(n, 0, 512, buf, 0), 0);
+    memset(buf, 0, sizeof(buf));
+    assert_int_equal(block_pwrite(n, 0, 512, buf, 0), 0);
     assert_int_equal(block_flush(n), 0);
     assert_int_equal(block_pread(n, 0, 512, buf, 0), -EIO);
     block_node_unref(n);

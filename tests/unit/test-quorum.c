@@ -419,6 +419,12 @@ test_flush(void **state UNUSED)
         "[{\"event\": \"flush_to_disk\", \"iotype\": [\"flush\"]}]}]}");
     assert_non_null(q);
     h = handle(q);
+    /* Something to flush: a flush with nothing written is skipped. */
+    {
+        char buf[512] = {0};
+
+        assert_int_equal(block_handle_pwrite(h, 0, sizeof(buf), buf, 0), 0);
+    }
     events_clear();
     assert_int_equal(block_handle_flush(h), 0);
     assert_int_equal(events_count("QUORUM_REPORT_BAD", "c1"), 1);

@@ -245,6 +245,7 @@ read_with_entry(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
         }
         switch (t) {
         case QCOW2_CLUSTER_NORMAL:
+            block_debug_event(s->file, "read_aio");
             ret = block_pread(s->file, host + in, len, buf, 0);
             break;
         case QCOW2_CLUSTER_UNALLOCATED:
@@ -342,6 +343,7 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         if (ret == 0 && run) {
             /* Contiguous data clusters: one read (range lock holds them). */
             n = run;
+            block_debug_event(s->file, "read_aio");
             ret = block_pread(s->file, (e.entry & QCOW2_L2E_OFFSET_MASK) + in,
                               n, p, 0);
         } else if (ret == 0) {
@@ -531,7 +533,8 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     CLEANUP_FREE uint8_t *bounce = NULL;
     int ret = 0;
 
-    /* (blkdebug fires read_aio/write_aio itself on every request.) */
+    /* Guest data, not metadata: blkdebug's data event, as in QEMU. */
+    block_debug_event(s->file, "write_aio");
     if (p->ws == in && p->we == in + n) {
         return block_pwrite(s->file, p->host + in, n, buf, 0);
     }
