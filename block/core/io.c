@@ -755,6 +755,8 @@ block_truncate(struct block_node *node, uint64_t length, struct err **errp)
     }
     ret = node->drv->truncate(node, length, errp);
     if (ret == 0) {
+        /* Metadata changed: the next flush must not be skipped. */
+        __atomic_add_fetch(&node->write_gen, 1, __ATOMIC_RELEASE);
         __atomic_store_n(&node->size, length, __ATOMIC_RELAXED);
         block_node_truncate_bitmaps(node, length);
     }
@@ -764,12 +766,17 @@ block_truncate(struct block_node *node, uint64_t length, struct err **errp)
 int
 block_make_empty(struct block_node *node, struct err **errp)
 {
+    int ret;
+
     if (!node->drv->make_empty) {
         err_setf(errp, "Driver '%s' does not support emptying an image",
                  node->drv->name);
         return -ENOTSUP;
     }
-    return node->drv->make_empty(node, errp);
+    ret = node->drv->make_empty(node, errp);
+    /* Even a failed attempt may have changed metadata: flush it next. */
+    __atomic_add_fetch(&node->write_gen, 1, __ATOMIC_RELEASE);
+    return ret;
 }
 
 int64_t
