@@ -464,7 +464,10 @@ def main():
     info = {"rounds": args.rounds, "runtime": args.runtime,
             "size_mib": args.size_mib, "load": (load0, os.getloadavg()),
             "minutes": (time.time() - t_start) / 60, "ncpu": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "rev": os.environ.get("LOCKSTEP_BENCH_REV") or subprocess.run(
+                ["git", "-C", TOP, "describe", "--always", "--dirty"],
+                capture_output=True, text=True).stdout.strip()}
     rows = report.rows(results, WORKLOADS, names)
     print(report.text_table(rows, ceiling))
     if not args.only and not args.no_docs:

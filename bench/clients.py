@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The NBD clients: fio (ioengine=nbd) and nbdcopy, the same for every daemon."""
+"""The NBD clients, the same for every daemon: fio (ioengine=nbd), nbdcopy."""
 import json
 import subprocess
 import time

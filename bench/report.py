@@ -157,7 +157,8 @@ def write_docs(rws, ceiling, info, results, names, md, png):
                               100 * r["ma"] / ceiling[0], r["metric"])
                               for r in snap if r["ma"])))
     text = TEMPLATE.format(
-        date=info["date"], rounds=info["rounds"], runtime=info["runtime"],
+        date=info["date"], rev=info["rev"], rounds=info["rounds"],
+        runtime=info["runtime"],
         size=info["size_mib"], minutes=info["minutes"], ncpu=info["ncpu"],
         load0="%.1f" % info["load"][0][0], load1="%.1f" % info["load"][1][0],
         table=md_table(rws), ceiling=ceil_lines,
@@ -177,7 +178,7 @@ run.  Both daemons are set up by the same QMP commands and driven by the
 same clients (fio 3.33 `ioengine=nbd`, nbdcopy 1.14); QEMU is 7.2
 (Debian 12): qemu-storage-daemon, or `qemu-system-x86_64 -machine none`
 for replication, whose commands only it has.  lockstepd is a release build
-(`build-bench`, `-O3`, assertions on).
+(`-O3`, assertions on) of {rev}.
 
 **Noise.** The machine has {ncpu} cores and was shared with other
 engineers' builds and tests during the run (load average {load0} at the
