@@ -85,6 +85,9 @@ struct qcow2_state {
     uint64_t l1_offset;
     uint64_t *reftable;         /* host order */
     uint64_t reftable_entries;
+    uint64_t reftable_used;     /* entries from here on are zero: bounds the
+                                 * overlap check's scan (QEMU:
+                                 * max_refcount_table_index) */
     uint64_t reftable_offset;
     uint32_t reftable_clusters;
 

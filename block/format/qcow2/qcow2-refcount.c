@@ -47,6 +47,7 @@ qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp)
     }
     s->reftable_entries = bytes / 8;
     s->reftable = xcalloc(s->reftable_entries, sizeof(uint64_t));
+    s->reftable_used = 0;
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t e = ld_be64(buf + i * 8);
 
@@ -57,6 +58,9 @@ qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp)
             return -EINVAL;
         }
         s->reftable[i] = e;
+        if (e) {
+            s->reftable_used = i + 1;
+        }
     }
     if (s->reftable[0] == 0) {
         err_setf(errp, "The refcount block for the header is missing");
@@ -195,8 +199,12 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
     free(s->reftable);
     s->reftable_entries = n * cs / 8;
     s->reftable = xcalloc(s->reftable_entries, sizeof(uint64_t));
+    s->reftable_used = 0;
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         s->reftable[i] = ld_be64(table + i * 8);
+        if (s->reftable[i]) {
+            s->reftable_used = i + 1;
+        }
     }
     s->reftable_offset = t * cs;
     s->reftable_clusters = (uint32_t)n;
@@ -253,6 +261,7 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
         return ret;
     }
     s->reftable[idx] = where * cs;
+    s->reftable_used = MAX(s->reftable_used, idx + 1);
     return 0;
 }
 
@@ -407,7 +416,8 @@ qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
                        (uint64_t)s->reftable_clusters * cs)) {
         return true;
     }
-    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+    assert(s->reftable_used <= s->reftable_entries);
+    for (uint64_t i = 0; i < s->reftable_used; i++) {
         if (s->reftable[i] && ranges_overlap(off, len, s->reftable[i], cs)) {
             return true;
         }

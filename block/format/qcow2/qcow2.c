@@ -1071,6 +1071,7 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     s->reftable_entries = cs / 8;
     s->reftable = xcalloc(s->reftable_entries, sizeof(uint64_t));
     s->reftable[0] = nb * cs;
+    s->reftable_used = 1;
     s->reftable_offset = nt * cs;
     s->reftable_clusters = 1;
     s->free_hint = 1;
