@@ -76,6 +76,8 @@ tracked_end(struct block_node *node, struct block_tracked_req *req)
     mutex_unlock(&node->req_lock);
 }
 
+static int flush_node(struct block_node *node, bool force);
+
 /* ---- Driver calls ----------------------------------------------------- */
 
 static void
@@ -152,7 +154,7 @@ drv_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     serial_leave(node);
     if (ret == 0 && (flags & BLOCK_REQ_FUA) && !(drv_flags & BLOCK_REQ_FUA)) {
-        ret = block_flush(node);
+        ret = flush_node(node, true);
     }
     return ret;
 }
@@ -440,7 +442,7 @@ zeroes_aligned(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     if (ret == 0 && (flags & BLOCK_REQ_FUA) &&
         !(drv_flags & BLOCK_REQ_FUA)) {
-        ret = block_flush(node);
+        ret = flush_node(node, true);
     }
     return ret;
 }
@@ -578,16 +580,21 @@ block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
     return ret;
 }
 
-int
-block_flush(struct block_node *node)
+/*
+ * Flush node and what is below it.  Unless forced, a node with nothing
+ * written through it since its last flush is skipped (QEMU skips such
+ * flushes too, and blkdebug's flush events with them).  FUA emulation
+ * forces: its write has not been counted yet when it flushes.
+ */
+static int
+flush_node(struct block_node *node, bool force)
 {
     uint64_t gen = __atomic_load_n(&node->write_gen, __ATOMIC_ACQUIRE);
     struct block_child *c;
     int ret = 0;
 
-    /* Nothing written through this node since the last flush: done (QEMU
-     * skips such flushes too, and blkdebug's flush events with them). */
-    if (gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
+    if (!force &&
+        gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
         return 0;
     }
     if (node->drv->flush && !node->cache_no_flush) {
@@ -619,6 +626,12 @@ block_flush(struct block_node *node)
                                         __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
     }
     return 0;
+}
+
+int
+block_flush(struct block_node *node)
+{
+    return flush_node(node, false);
 }
 
 /* ---- Block status ----------------------------------------------------- */

@@ -293,8 +293,13 @@ blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
     if (max_transfer) {
         node->limits.max_transfer = (uint64_t)max_transfer;
     }
-    node->supported_write_flags = BLOCK_REQ_FUA;
-    node->supported_zero_flags = BLOCK_REQ_FUA | BLOCK_REQ_MAY_UNMAP;
+    /* FUA only where the image has it natively (QEMU's rule): otherwise
+     * the core emulates it here with a flush, which fires flush_to_disk. */
+    node->supported_write_flags = node->file->node->supported_write_flags &
+                                  BLOCK_REQ_FUA;
+    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP |
+                                 (node->file->node->supported_zero_flags &
+                                  BLOCK_REQ_FUA);
     return 0;
 
 fail:

@@ -328,6 +328,34 @@ test_blkdebug_inject(void **state UNUSED)
     block_node_unref(n);
 }
 
+/* A FUA write is flushed even right after a flush (the core emulates FUA
+ * with a flush that the "nothing new to flush" shortcut must not skip). */
+static void
+test_fua_always_flushes(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *n;
+    char buf[512] = {0};
+
+    kv = xasprintf("driver=blkdebug,image.driver=file,image.filename=%s,"
+                   "set-state.0.event=flush_to_disk,set-state.0.state=1,"
+                   "set-state.0.new_state=2,"
+                   "set-state.1.event=flush_to_disk,set-state.1.state=2,"
+                   "set-state.1.new_state=3,"
+                   "inject-error.0.event=read_aio,inject-error.0.state=3",
+                   img_path);
+    n = new_node(kv, NULL);
+    assert_non_null(n);
+    assert_int_equal(n->supported_write_flags & BLOCK_REQ_FUA, 0);
+    assert_int_equal(block_pwrite(n, 0, sizeof(buf), buf, 0), 0);
+    assert_int_equal(block_flush(n), 0);                      /* 1 -> 2 */
+    assert_int_equal(block_pread(n, 0, sizeof(buf), buf, 0), 0);
+    assert_int_equal(block_pwrite(n, 0, sizeof(buf), buf,
+                                  BLOCK_REQ_FUA), 0);         /* 2 -> 3 */
+    assert_int_equal(block_pread(n, 0, sizeof(buf), buf, 0), -EIO);
+    block_node_unref(n);
+}
+
 static void
 test_discard_and_status(void **state UNUSED)
 {
@@ -403,6 +431,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_unaligned_rmw, setup_image,
                                         remove_image),
         cmocka_unit_test(test_blkdebug_inject),
+        cmocka_unit_test_setup_teardown(test_fua_always_flushes, setup_image,
+                                        remove_image),
         cmocka_unit_test_setup_teardown(test_discard_and_status, setup_image,
                                         remove_image),
         cmocka_unit_test(test_dirty_tracking),
