@@ -10,7 +10,7 @@ BUILD      ?= build
 BUILD_SAN  ?= build-san
 MESON_OPTS ?=
 
-.PHONY: all deps build check check-plain check-san demo fuzz clean bench
+.PHONY: all deps build check demo clean bench
 
 all: build
 
@@ -29,9 +29,9 @@ demo: build
 
 bench: deps
 	@bench/install-deps.sh
-	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false -Dwerror=false
+	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
 	@ninja -C build-bench lockstepd
 	@python3 bench/bench.py --build build-bench
 
 clean:
-	rm -rf $(BUILD) $(BUILD_SAN)
+	rm -rf $(BUILD) $(BUILD_SAN) build-fuzz build-bench

@@ -423,7 +423,7 @@ img_qcow2_header(const char *filename, struct qcow2_header *h,
 {
     CLEANUP_FREE void *head = NULL;
     struct img file;
-    size_t len;
+    size_t len = 0;
 
     if (!img_open(&file, filename, "file", false, errp)) {
         return false;
