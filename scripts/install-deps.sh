@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install the Debian packages lockstep needs to build and test, once.
 # Runs as root on a fresh Debian 12 machine; does nothing when all is there.
+# Extra package names given as arguments are installed too (make bench).
 set -e
-pkgs="meson ninja-build pkg-config gcc clang libclang-rt-14-dev libcmocka-dev
+pkgs="$* meson ninja-build pkg-config gcc clang libclang-rt-14-dev libcmocka-dev
       libjansson-dev libnbd-dev libnbd-bin libgnutls28-dev zlib1g-dev nbdkit
       qemu-utils qemu-system-common fio python3 python3-pytest python3-libnbd"
 missing=""

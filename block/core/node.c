@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "block/core/core-internal.h"
 #include "block/core/opts.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
@@ -625,11 +626,35 @@ node_free(struct block_node *node)
     free(node);
 }
 
+int
+block_node_open_finish(struct block_node *node, struct err **errp)
+{
+    int64_t len;
+
+    if (node->limits.request_alignment == 0) {
+        node->limits.request_alignment = 1;
+    }
+    if (node->limits.mem_alignment == 0) {
+        node->limits.mem_alignment = 1;
+    }
+    len = node->drv->getlength ? node->drv->getlength(node) :
+          (node->file ? block_getlength(node->file->node) : 0);
+    if (len < 0) {
+        err_setf_errno(errp, (int)-len, "Could not get the length of '%s'",
+                       node->node_name);
+        if (node->drv->close) {
+            node->drv->close(node);
+        }
+        return (int)len;
+    }
+    __atomic_store_n(&node->size, (uint64_t)len, __ATOMIC_RELAXED);
+    return 0;
+}
+
 static int
 node_open(struct block_node *node, json_t *options, struct err **errp)
 {
     int ret;
-    int64_t len;
 
     ret = node->drv->open(node, options, errp);
     if (ret < 0 && node->auto_read_only && !node->read_only &&
@@ -650,24 +675,7 @@ node_open(struct block_node *node, json_t *options, struct err **errp)
     if (ret < 0) {
         return ret;
     }
-    if (node->limits.request_alignment == 0) {
-        node->limits.request_alignment = 1;
-    }
-    if (node->limits.mem_alignment == 0) {
-        node->limits.mem_alignment = 1;
-    }
-    len = node->drv->getlength ? node->drv->getlength(node) :
-          (node->file ? block_getlength(node->file->node) : 0);
-    if (len < 0) {
-        err_setf_errno(errp, (int)-len, "Could not get the length of '%s'",
-                       node->node_name);
-        if (node->drv->close) {
-            node->drv->close(node);
-        }
-        return (int)len;
-    }
-    __atomic_store_n(&node->size, (uint64_t)len, __ATOMIC_RELAXED);
-    return 0;
+    return block_node_open_finish(node, errp);
 }
 
 static struct block_node *

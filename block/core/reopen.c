@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/core/core-internal.h"
 #include "lockstep/block.h"
 #include "util.h"
 
@@ -30,7 +31,6 @@ static int
 reopen_as(struct block_node *node, bool read_only, struct err **errp)
 {
     struct block_child *c;
-    int64_t len;
     int ret;
 
     if (node->drv->close) {
@@ -51,27 +51,13 @@ reopen_as(struct block_node *node, bool read_only, struct err **errp)
     if (ret < 0) {
         return ret;
     }
-    if (node->limits.request_alignment == 0) {
-        node->limits.request_alignment = 1;
-    }
-    if (node->limits.mem_alignment == 0) {
-        node->limits.mem_alignment = 1;
-    }
-    len = node->drv->getlength ? node->drv->getlength(node) :
-          (node->file ? block_getlength(node->file->node) : 0);
-    if (len < 0) {
-        err_setf_errno(errp, (int)-len, "Could not get the length of '%s'",
-                       node->node_name);
-        if (node->drv->close) {
-            node->drv->close(node);
-        }
+    ret = block_node_open_finish(node, errp);
+    if (ret < 0) {
         while ((c = TAILQ_FIRST(&node->children))) {
             block_node_detach_child(node, c);
         }
-        return (int)len;
     }
-    __atomic_store_n(&node->size, (uint64_t)len, __ATOMIC_RELAXED);
-    return 0;
+    return ret;
 }
 
 /* Does options name node_name as a child (a string value, also inside
