@@ -34,6 +34,23 @@ def lockstep_io(build_dir):
 
 
 @pytest.fixture(scope="session")
+def lockstepd(build_dir):
+    path = os.path.join(build_dir, "lockstepd")
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qsd():
+    """qemu-storage-daemon, to run the same scenario on QEMU."""
+    path = shutil.which("qemu-storage-daemon")
+    if not path:
+        pytest.skip("qemu-storage-daemon is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
 def qemu_io():
     """The real qemu-io, for differential checks; skips when missing."""
     path = shutil.which("qemu-io")

@@ -13,14 +13,6 @@ from conftest import make_image, run
 from qmp_client import Daemon, QMPClient, wait_for_socket
 
 
-@pytest.fixture(scope="session")
-def lockstepd(build_dir):
-    path = os.path.join(build_dir, "lockstepd")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
-
-
 def test_help_and_version(lockstepd):
     r = run([lockstepd, "--help"])
     assert r.returncode == 0

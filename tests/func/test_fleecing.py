@@ -40,22 +40,6 @@ def need(*tools):
             pytest.skip("%s is not installed" % t)
 
 
-@pytest.fixture(scope="session")
-def lockstepd(build_dir):
-    path = os.path.join(build_dir, "lockstepd")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def qsd():
-    path = shutil.which("qemu-storage-daemon")
-    if not path:
-        pytest.skip("qemu-storage-daemon is not installed")
-    return path
-
-
 def nbd_url(sock, name):
     return "nbd+unix:///%s?socket=%s" % (name, sock)
 

@@ -25,7 +25,6 @@ import pytest
 
 from conftest import run
 from test_fleecing import Setup, need, qemu_img_create  # noqa: F401
-from test_fleecing import lockstepd  # noqa: F401  (fixture)
 
 MiB = 1 << 20
 

@@ -23,22 +23,6 @@ from test_nbd_server import (CMD_FLUSH, RawClient, need,  # noqa: F401
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="session")
-def lockstepd(build_dir):
-    path = os.path.join(build_dir, "lockstepd")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def qsd():
-    path = shutil.which("qemu-storage-daemon")
-    if not path:
-        pytest.skip("qemu-storage-daemon is not installed")
-    return path
-
-
 def nbdinfo_json(uri):
     r = run(["nbdinfo", "--json", uri])
     assert r.returncode == 0, r.stderr

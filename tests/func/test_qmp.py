@@ -17,22 +17,6 @@ from conftest import make_image
 from qmp_client import Daemon, QMPClient, QMPError
 
 
-@pytest.fixture(scope="session")
-def lockstepd(build_dir):
-    path = os.path.join(build_dir, "lockstepd")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def qsd():
-    path = shutil.which("qemu-storage-daemon")
-    if not path:
-        pytest.skip("qemu-storage-daemon is not installed")
-    return path
-
-
 @pytest.fixture
 def daemon(lockstepd, tmp_dir):
     d = Daemon(lockstepd, tmp_dir)
