@@ -124,12 +124,9 @@ check_parse(int argc, char **argv, struct check_args *a)
             }
             break;
         case 'O':
-            if (strcmp(optarg, "json") && strcmp(optarg, "human")) {
-                img_error("--output must be used with human or json as "
-                          "argument.");
+            if (img_parse_output(optarg, &a->json) < 0) {
                 return -1;
             }
-            a->json = !strcmp(optarg, "json");
             break;
         case 'q':
             a->quiet = true;

@@ -506,12 +506,9 @@ info_parse(int argc, char **argv, struct info_args *a)
             a->fmt = optarg;
             break;
         case 'O':
-            if (strcmp(optarg, "json") && strcmp(optarg, "human")) {
-                img_error("--output must be used with human or json as "
-                          "argument.");
+            if (img_parse_output(optarg, &a->json) < 0) {
                 return -1;
             }
-            a->json = !strcmp(optarg, "json");
             break;
         case 'B':
             a->chain = true;

@@ -182,17 +182,6 @@ map_run(struct img *img, const struct map_args *a)
 }
 
 static int
-output_arg(const char *arg, bool *json)
-{
-    if (strcmp(arg, "json") && strcmp(arg, "human")) {
-        img_error("--output must be used with human or json as argument.");
-        return -1;
-    }
-    *json = !strcmp(arg, "json");
-    return 0;
-}
-
-static int
 map_parse(int argc, char **argv, struct map_args *a)
 {
     static const struct option longopts[] = {
@@ -209,7 +198,7 @@ map_parse(int argc, char **argv, struct map_args *a)
         if (opt == 'f') {
             a->fmt = optarg;
         } else if (opt == 'O') {
-            if (output_arg(optarg, &a->json) < 0) {
+            if (img_parse_output(optarg, &a->json) < 0) {
                 return -1;
             }
         } else if (opt == 'U') {

@@ -46,6 +46,10 @@ int img_usage_error(const char *cmd, const char *msg);
 /* Print the help of a command (for -h/--help in its option loop). */
 void img_cmd_help(const char *cmd);
 
+/* --output=human|json, with qemu-img's message for anything else; -1 on
+ * error (reported). */
+int img_parse_output(const char *arg, bool *json);
+
 /* qemu-img's size syntax: digits with an optional k/M/G/T/P/E suffix. */
 bool img_parse_size(const char *s, uint64_t *out);
 

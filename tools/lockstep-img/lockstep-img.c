@@ -170,6 +170,17 @@ size_shift(char c)
     return u ? (int)(u - units) * 10 : -1;
 }
 
+int
+img_parse_output(const char *arg, bool *json)
+{
+    if (strcmp(arg, "json") && strcmp(arg, "human")) {
+        img_error("--output must be used with human or json as argument.");
+        return -1;
+    }
+    *json = !strcmp(arg, "json");
+    return 0;
+}
+
 /*
  * qemu-img's sizes: decimal digits, an optional fraction ("1.5G", only
  * with a unit above bytes) and an optional suffix; at most INT64_MAX.
