@@ -300,6 +300,21 @@ settle_locked(struct job *job)
     }
 }
 
+static bool apply_verb_locked(struct job *job, enum job_verb verb,
+                              struct err **errp);
+
+/* The verb check alone, for verbs that need nothing else under the lock. */
+static bool
+apply_verb(struct job *job, enum job_verb verb, struct err **errp)
+{
+    bool ok;
+
+    mutex_lock(&g_job_lock);
+    ok = apply_verb_locked(job, verb, errp);
+    mutex_unlock(&g_job_lock);
+    return ok;
+}
+
 static bool
 apply_verb_locked(struct job *job, enum job_verb verb, struct err **errp)
 {
@@ -802,12 +817,9 @@ job_cancel(struct job *job, bool force)
 bool
 job_user_cancel(struct job *job, bool force, struct err **errp)
 {
-    mutex_lock(&g_job_lock);
-    if (!apply_verb_locked(job, JOB_VERB_CANCEL, errp)) {
-        mutex_unlock(&g_job_lock);
+    if (!apply_verb(job, JOB_VERB_CANCEL, errp)) {
         return false;
     }
-    mutex_unlock(&g_job_lock);
     job_cancel(job, force);
     return true;
 }
@@ -815,6 +827,8 @@ job_user_cancel(struct job *job, bool force, struct err **errp)
 bool
 job_complete(struct job *job, struct err **errp)
 {
+    struct err *local_err = NULL;
+
     mutex_lock(&g_job_lock);
     if (!apply_verb_locked(job, JOB_VERB_COMPLETE, errp)) {
         mutex_unlock(&g_job_lock);
@@ -827,19 +841,21 @@ job_complete(struct job *job, struct err **errp)
         return false;
     }
     mutex_unlock(&g_job_lock);
-    job->drv->complete(job, errp);
-    return !errp || !*errp;
+    /* errp may be NULL: learn the outcome from a local error. */
+    job->drv->complete(job, &local_err);
+    if (local_err) {
+        err_propagate(errp, local_err);
+        return false;
+    }
+    return true;
 }
 
 bool
 job_finalize(struct job *job, struct err **errp)
 {
-    mutex_lock(&g_job_lock);
-    if (!apply_verb_locked(job, JOB_VERB_FINALIZE, errp)) {
-        mutex_unlock(&g_job_lock);
+    if (!apply_verb(job, JOB_VERB_FINALIZE, errp)) {
         return false;
     }
-    mutex_unlock(&g_job_lock);
     do_finalize(job);
     return true;
 }
@@ -847,12 +863,9 @@ job_finalize(struct job *job, struct err **errp)
 bool
 job_dismiss(struct job *job, struct err **errp)
 {
-    mutex_lock(&g_job_lock);
-    if (!apply_verb_locked(job, JOB_VERB_DISMISS, errp)) {
-        mutex_unlock(&g_job_lock);
+    if (!apply_verb(job, JOB_VERB_DISMISS, errp)) {
         return false;
     }
-    mutex_unlock(&g_job_lock);
     do_dismiss(job);
     return true;
 }
