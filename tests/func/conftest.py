@@ -17,6 +17,22 @@ def build_dir_path():
     return os.environ.get("LOCKSTEP_BUILD", os.path.join(top, "build"))
 
 
+def built_program(build_dir, name):
+    """A program of the build tree; skips the test when it is not built."""
+    path = os.path.join(build_dir, name)
+    if not os.access(path, os.X_OK):
+        pytest.skip("%s is not built" % path)
+    return path
+
+
+def host_tool(name):
+    """A program from the machine (QEMU's tools, ...); skips when missing."""
+    path = shutil.which(name)
+    if not path:
+        pytest.skip("%s is not installed" % name)
+    return path
+
+
 @pytest.fixture(scope="session")
 def build_dir():
     path = build_dir_path()
@@ -27,36 +43,24 @@ def build_dir():
 
 @pytest.fixture(scope="session")
 def lockstep_io(build_dir):
-    path = os.path.join(build_dir, "lockstep-io")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
+    return built_program(build_dir, "lockstep-io")
 
 
 @pytest.fixture(scope="session")
 def lockstepd(build_dir):
-    path = os.path.join(build_dir, "lockstepd")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
+    return built_program(build_dir, "lockstepd")
 
 
 @pytest.fixture(scope="session")
 def qsd():
     """qemu-storage-daemon, to run the same scenario on QEMU."""
-    path = shutil.which("qemu-storage-daemon")
-    if not path:
-        pytest.skip("qemu-storage-daemon is not installed")
-    return path
+    return host_tool("qemu-storage-daemon")
 
 
 @pytest.fixture(scope="session")
 def qemu_io():
     """The real qemu-io, for differential checks; skips when missing."""
-    path = shutil.which("qemu-io")
-    if not path:
-        pytest.skip("qemu-io is not installed")
-    return path
+    return host_tool("qemu-io")
 
 
 @pytest.fixture

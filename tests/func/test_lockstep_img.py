@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from conftest import make_image, run
+from conftest import built_program, host_tool, make_image, run
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -30,26 +30,17 @@ MiB = 1024 * KiB
 
 @pytest.fixture(scope="session")
 def limg(build_dir):
-    path = os.path.join(build_dir, "lockstep-img")
-    if not os.access(path, os.X_OK):
-        pytest.skip("%s is not built" % path)
-    return path
+    return built_program(build_dir, "lockstep-img")
 
 
 @pytest.fixture(scope="session")
 def qemu_img():
-    path = shutil.which("qemu-img")
-    if not path:
-        pytest.skip("qemu-img is not installed")
-    return path
+    return host_tool("qemu-img")
 
 
 @pytest.fixture(scope="session")
 def qemu_io_bin():
-    path = shutil.which("qemu-io")
-    if not path:
-        pytest.skip("qemu-io is not installed")
-    return path
+    return host_tool("qemu-io")
 
 
 @pytest.fixture(scope="session")
