@@ -27,6 +27,7 @@
 #include "job/backup.h"
 #include "job/job.h"
 #include "job/qmp-job.h"
+#include "event-log.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
@@ -35,48 +36,10 @@
 
 static char g_dir[64];
 
-/* ---- Events ----------------------------------------------------------- */
-
-static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
-static json_t *ev_list;
-
-static void
-capture_event(const char *name, json_t *data)
-{
-    mutex_lock(&ev_lock);
-    json_array_append_new(ev_list, json_pack("{s:s, s:o}", "event", name,
-                                             "data", data));
-    mutex_unlock(&ev_lock);
-}
-
-/* Names of the events other than JOB_STATUS_CHANGE, space separated. */
-static char *
-block_events(void)
-{
-    char *s = xstrdup("");
-    json_t *ev;
-    size_t i;
-
-    mutex_lock(&ev_lock);
-    json_array_foreach(ev_list, i, ev) {
-        const char *name = json_string_value(json_object_get(ev, "event"));
-        char *n;
-
-        if (!strcmp(name, "JOB_STATUS_CHANGE")) {
-            continue;
-        }
-        n = xasprintf("%s%s%s", s, *s ? " " : "", name);
-        free(s);
-        s = n;
-    }
-    mutex_unlock(&ev_lock);
-    return s;
-}
-
 static void
 assert_block_events(const char *expected)
 {
-    char *s = block_events();
+    char *s = event_log_names(false);
 
     if (strcmp(s, expected)) {
         fail_msg("events: got '%s', expected '%s'", s, expected);
@@ -84,31 +47,12 @@ assert_block_events(const char *expected)
     free(s);
 }
 
-static json_t *
-last_event(const char *name)
-{
-    json_t *found = NULL, *ev;
-    size_t i;
-
-    mutex_lock(&ev_lock);
-    json_array_foreach(ev_list, i, ev) {
-        if (!strcmp(json_string_value(json_object_get(ev, "event")), name)) {
-            found = json_object_get(ev, "data");
-        }
-    }
-    mutex_unlock(&ev_lock);
-    return found;
-}
-
 static int
 setup(void **state)
 {
     (void)state;
-    mutex_lock(&ev_lock);
-    json_decref(ev_list);
-    ev_list = json_array();
-    mutex_unlock(&ev_lock);
-    job_set_event_sink(capture_event);
+    event_log_reset();
+    job_set_event_sink(event_log_capture);
     return 0;
 }
 
@@ -437,7 +381,7 @@ test_full_concurrent(void **state)
     free(got);
 
     assert_block_events("BLOCK_JOB_COMPLETED");
-    ev = last_event("BLOCK_JOB_COMPLETED");
+    ev = event_log_last("BLOCK_JOB_COMPLETED");
     assert_int_equal(json_integer_value(json_object_get(ev, "len")), size);
     assert_int_equal(json_integer_value(json_object_get(ev, "offset")), size);
     assert_string_equal(json_string_value(json_object_get(ev, "type")),
@@ -519,7 +463,7 @@ test_none_cancel(void **state)
     assert_true(job_user_cancel(job, false, &err));
     wait_status(job, JOB_STATUS_NULL);
     assert_block_events("BLOCK_JOB_CANCELLED");
-    ev = last_event("BLOCK_JOB_CANCELLED");
+    ev = event_log_last("BLOCK_JOB_CANCELLED");
     assert_int_equal(json_integer_value(json_object_get(ev, "len")), size);
     assert_int_equal(json_integer_value(json_object_get(ev, "offset")),
                      393216);
@@ -705,14 +649,14 @@ test_source_error_ignore(void **state)
                 "\"ignore\", \"x-perf\": {\"max-workers\": 1}}");
     wait_status(job, JOB_STATUS_NULL);
     assert_block_events("BLOCK_JOB_ERROR BLOCK_JOB_COMPLETED");
-    ev = last_event("BLOCK_JOB_ERROR");
+    ev = event_log_last("BLOCK_JOB_ERROR");
     assert_string_equal(json_string_value(json_object_get(ev, "device")),
                         "b2");
     assert_string_equal(json_string_value(json_object_get(ev, "operation")),
                         "read");
     assert_string_equal(json_string_value(json_object_get(ev, "action")),
                         "ignore");
-    assert_null(json_object_get(last_event("BLOCK_JOB_COMPLETED"), "error"));
+    assert_null(json_object_get(event_log_last("BLOCK_JOB_COMPLETED"), "error"));
     got = file_read_all("tgt.raw", size);
     assert_memory_equal(got, snapshot, size);
     free(got);
@@ -745,11 +689,11 @@ test_source_error_report(void **state)
                 "\"tgt\", \"sync\": \"full\", \"auto-dismiss\": false}");
     wait_status(job, JOB_STATUS_CONCLUDED);
     assert_block_events("BLOCK_JOB_ERROR BLOCK_JOB_COMPLETED");
-    ev = last_event("BLOCK_JOB_ERROR");
+    ev = event_log_last("BLOCK_JOB_ERROR");
     assert_string_equal(json_string_value(json_object_get(ev, "action")),
                         "report");
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_COMPLETED"), "error")),
+                            event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "Input/output error");
     list = job_query_jobs();
     assert_string_equal(json_string_value(json_object_get(
@@ -790,10 +734,10 @@ test_target_error_stop(void **state)
                 "\"enospc\"}");
     wait_status(job, JOB_STATUS_PAUSED);
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_ERROR"), "action")),
+                            event_log_last("BLOCK_JOB_ERROR"), "action")),
                         "stop");
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_ERROR"), "operation")),
+                            event_log_last("BLOCK_JOB_ERROR"), "operation")),
                         "write");
     info = job_block_info(job);
     assert_string_equal(json_string_value(json_object_get(info,
@@ -1141,10 +1085,10 @@ run_257(const char *msync, const char *mode, enum failure failure,
         wait_status(job, JOB_STATUS_NULL);
         assert_block_events("BLOCK_JOB_ERROR BLOCK_JOB_COMPLETED");
         assert_string_equal(json_string_value(json_object_get(
-                                last_event("BLOCK_JOB_ERROR"), "operation")),
+                                event_log_last("BLOCK_JOB_ERROR"), "operation")),
                             "read");
         assert_string_equal(json_string_value(json_object_get(
-                                last_event("BLOCK_JOB_COMPLETED"), "error")),
+                                event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                             "Input/output error");
     } else {
         wait_status(job, JOB_STATUS_PENDING);
@@ -1298,7 +1242,7 @@ test_top_qcow2(void **state)
                 "\"tgt\", \"sync\": \"top\"}");
     wait_status(job, JOB_STATUS_NULL);
     assert_block_events("BLOCK_JOB_COMPLETED");
-    ev = last_event("BLOCK_JOB_COMPLETED");
+    ev = event_log_last("BLOCK_JOB_COMPLETED");
     assert_int_equal(json_integer_value(json_object_get(ev, "offset")),
                      3 * K64);
     assert_int_equal(json_integer_value(json_object_get(ev, "len")),

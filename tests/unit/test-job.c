@@ -18,88 +18,21 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "event-log.h"
 #include "job/job.h"
 #include "util.h"
 
 #define SEC (1000LL * 1000 * 1000)
 
-/* ---- Event capture ---------------------------------------------------- */
-
-static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
-static json_t *ev_list;          /* [{"event": name, "data": data}] */
-
-static void
-capture_event(const char *name, json_t *data)
-{
-    mutex_lock(&ev_lock);
-    json_array_append_new(ev_list, json_pack("{s:s, s:o}", "event", name,
-                                             "data", data));
-    mutex_unlock(&ev_lock);
-}
-
-static void
-events_reset(void)
-{
-    mutex_lock(&ev_lock);
-    json_decref(ev_list);
-    ev_list = json_array();
-    mutex_unlock(&ev_lock);
-}
-
-/* The events so far as "NAME" or "JOB_STATUS_CHANGE:status", joined by
- * spaces. */
-static char *
-events_string(void)
-{
-    char *s = xstrdup("");
-    size_t i;
-    json_t *ev;
-
-    mutex_lock(&ev_lock);
-    json_array_foreach(ev_list, i, ev) {
-        const char *name = json_string_value(json_object_get(ev, "event"));
-        json_t *data = json_object_get(ev, "data");
-        char *n;
-
-        if (!strcmp(name, "JOB_STATUS_CHANGE")) {
-            n = xasprintf("%s%s%s:%s", s, *s ? " " : "", name,
-                          json_string_value(json_object_get(data, "status")));
-        } else {
-            n = xasprintf("%s%s%s", s, *s ? " " : "", name);
-        }
-        free(s);
-        s = n;
-    }
-    mutex_unlock(&ev_lock);
-    return s;
-}
-
 static void
 assert_events(const char *expected)
 {
-    char *s = events_string();
+    char *s = event_log_names(true);
 
     if (strcmp(s, expected)) {
         fail_msg("events:\n  got      %s\n  expected %s", s, expected);
     }
     free(s);
-}
-
-/* The data of the last event called name (borrowed), or NULL. */
-static json_t *
-last_event(const char *name)
-{
-    json_t *found = NULL, *ev;
-    size_t i;
-
-    mutex_lock(&ev_lock);
-    json_array_foreach(ev_list, i, ev) {
-        if (!strcmp(json_string_value(json_object_get(ev, "event")), name)) {
-            found = json_object_get(ev, "data");
-        }
-    }
-    mutex_unlock(&ev_lock);
-    return found;
 }
 
 /* ---- Tables ----------------------------------------------------------- */
@@ -386,8 +319,8 @@ static int
 setup(void **state)
 {
     (void)state;
-    events_reset();
-    job_set_event_sink(capture_event);
+    event_log_reset();
+    job_set_event_sink(event_log_capture);
     return 0;
 }
 
@@ -398,10 +331,7 @@ teardown(void **state)
     job_cancel_sync_all();
     assert_null(job_next(NULL));
     job_set_event_sink(NULL);
-    mutex_lock(&ev_lock);
-    json_decref(ev_list);
-    ev_list = NULL;
-    mutex_unlock(&ev_lock);
+    event_log_reset();
     return 0;
 }
 
@@ -548,13 +478,13 @@ test_lifecycle_manual(void **state)
     assert_int_equal(d->calls_commit, 1);
     assert_int_equal(d->calls_abort, 0);
     assert_int_equal(d->calls_clean, 1);
-    assert_null(json_object_get(last_event("BLOCK_JOB_COMPLETED"), "error"));
+    assert_null(json_object_get(event_log_last("BLOCK_JOB_COMPLETED"), "error"));
     assert_int_equal(json_integer_value(json_object_get(
-                         last_event("BLOCK_JOB_COMPLETED"), "offset")), 10);
+                         event_log_last("BLOCK_JOB_COMPLETED"), "offset")), 10);
     assert_int_equal(json_integer_value(json_object_get(
-                         last_event("BLOCK_JOB_COMPLETED"), "speed")), 4096);
+                         event_log_last("BLOCK_JOB_COMPLETED"), "speed")), 4096);
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_PENDING"), "id")), "j1");
+                            event_log_last("BLOCK_JOB_PENDING"), "id")), "j1");
 
     list = job_query_block_jobs();
     assert_int_equal(json_array_size(list), 1);
@@ -632,7 +562,7 @@ test_cancel_running(void **state)
     assert_events("JOB_STATUS_CHANGE:created JOB_STATUS_CHANGE:running "
                   "JOB_STATUS_CHANGE:aborting BLOCK_JOB_CANCELLED "
                   "JOB_STATUS_CHANGE:concluded JOB_STATUS_CHANGE:null");
-    ev = last_event("BLOCK_JOB_CANCELLED");
+    ev = event_log_last("BLOCK_JOB_CANCELLED");
     assert_string_equal(json_string_value(json_object_get(ev, "device")),
                         "j3");
     assert_int_equal(json_integer_value(json_object_get(ev, "len")), 10);
@@ -740,7 +670,7 @@ test_failure(void **state)
     wait_status(job, JOB_STATUS_CONCLUDED);
     assert_int_equal(d->calls_abort, 1);
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_COMPLETED"), "error")),
+                            event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "dummy failure");
     info = job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
@@ -749,7 +679,7 @@ test_failure(void **state)
     assert_true(job_dismiss(job, &err));
 
     /* Without a message: strerror, as QEMU. */
-    events_reset();
+    event_log_reset();
     job_start(&d2->job);
     finish(d2, 3);
     wait_status(&d2->job, JOB_STATUS_NULL);
@@ -757,7 +687,7 @@ test_failure(void **state)
                   "BLOCK_JOB_COMPLETED JOB_STATUS_CHANGE:concluded "
                   "JOB_STATUS_CHANGE:null");
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_COMPLETED"), "error")),
+                            event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "Input/output error");
     job_unref(job);
     job_unref(&d2->job);
@@ -776,7 +706,7 @@ test_error_stop(void **state)
     __atomic_store_n(&d->error_stop, 1, __ATOMIC_RELEASE);
     job_kick(job);
     wait_status(job, JOB_STATUS_PAUSED);
-    ev = last_event("BLOCK_JOB_ERROR");
+    ev = event_log_last("BLOCK_JOB_ERROR");
     assert_non_null(ev);
     assert_string_equal(json_string_value(json_object_get(ev, "device")),
                         "j8");
@@ -821,7 +751,7 @@ test_error_actions(void **state)
     assert_events("JOB_STATUS_CHANGE:created BLOCK_JOB_ERROR "
                   "BLOCK_JOB_ERROR BLOCK_JOB_ERROR BLOCK_JOB_ERROR");
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_ERROR"), "action")),
+                            event_log_last("BLOCK_JOB_ERROR"), "action")),
                         "report");
     job_unref(job);
 }
@@ -875,7 +805,7 @@ test_prepare_fails(void **state)
     assert_int_equal(d->calls_abort, 1);
     assert_int_equal(d->calls_clean, 1);
     assert_string_equal(json_string_value(json_object_get(
-                            last_event("BLOCK_JOB_COMPLETED"), "error")),
+                            event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "prepare failed");
     job_unref(job);
 }
