@@ -325,9 +325,31 @@ cond_destroy(pthread_cond_t *c)
     check(pthread_cond_destroy(c), "pthread_cond_destroy");
 }
 
+static __thread void (*tls_block_hook)(void *);
+static __thread void *tls_block_opaque;
+
+void
+thread_set_block_hook(void (*fn)(void *opaque), void *opaque)
+{
+    tls_block_hook = fn;
+    tls_block_opaque = opaque;
+}
+
+void
+thread_may_block(void)
+{
+    void (*fn)(void *) = tls_block_hook;
+
+    if (fn) {
+        tls_block_hook = NULL;     /* one-shot */
+        fn(tls_block_opaque);
+    }
+}
+
 void
 cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
 {
+    thread_may_block();
     check(pthread_cond_wait(c, m), "pthread_cond_wait");
 }
 
@@ -338,7 +360,10 @@ cond_timedwait_ns(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline)
         .tv_sec = deadline / 1000000000,
         .tv_nsec = deadline % 1000000000,
     };
-    int r = pthread_cond_timedwait(c, m, &ts);
+    int r;
+
+    thread_may_block();
+    r = pthread_cond_timedwait(c, m, &ts);
 
     if (r == ETIMEDOUT) {
         return false;

@@ -122,6 +122,16 @@ void thread_create(pthread_t *t, const char *name, void *(*fn)(void *),
                    void *opaque);
 void thread_join(pthread_t t);
 
+/* Blocking hints.  A thread that serves an event source itself (the NBD
+ * server's reader runs requests inline) arms a one-shot hook; code about
+ * to sleep (a condition wait, a syscall that waits for a device or a peer)
+ * calls thread_may_block() first, so that the hook can pass the source on
+ * to another thread.  Unarmed, the hint costs one thread-local load.  The
+ * hook runs with whatever locks the caller holds: it may only take locks
+ * that are never held around block-layer calls. */
+void thread_set_block_hook(void (*fn)(void *opaque), void *opaque);
+void thread_may_block(void);
+
 /* Scope cleanup: "CLEANUP_FREE char *p = NULL;" frees at end of scope. */
 void cleanup_free(void *ptr);
 #define CLEANUP_FREE __attribute__((cleanup(cleanup_free)))

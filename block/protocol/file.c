@@ -18,7 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "block/core/opts.h"
@@ -33,6 +35,7 @@ struct file_state {
     int fd;
     char *filename;
     bool is_block_device;
+    bool memory_backed;       /* tmpfs/ramfs: I/O never waits for a device */
     bool locking;
     uint32_t locked_perm;     /* bits with a lock on 100 + i */
     uint32_t locked_unshared; /* bits with a lock on 200 + i */
@@ -183,6 +186,15 @@ probe_direct_alignment(int fd)
     return align;
 }
 
+static bool
+is_memory_fs(int fd)
+{
+    struct statfs sf;
+
+    return fstatfs(fd, &sf) == 0 &&
+           (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC);
+}
+
 static int
 file_open(struct block_node *node, json_t *options, struct err **errp)
 {
@@ -207,6 +219,7 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
     if (fstat(s->fd, &st) == 0 && S_ISBLK(st.st_mode)) {
         s->is_block_device = true;
     }
+    s->memory_backed = is_memory_fs(s->fd);
     if (node->cache_direct) {
         uint32_t align = probe_direct_alignment(s->fd);
 
@@ -263,12 +276,23 @@ file_allocated_size(struct block_node *node)
 
 /* ---- I/O -------------------------------------------------------------- */
 
+/* Before a call that may sleep on the device (util.h: a thread serving a
+ * socket passes it on first).  Memory-backed files only copy pages. */
+static void
+file_may_block(struct file_state *s)
+{
+    if (!s->memory_backed) {
+        thread_may_block();
+    }
+}
+
 static int
 file_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
            void *buf, unsigned flags UNUSED)
 {
     struct file_state *s = node->opaque;
 
+    file_may_block(s);
     return pread_full(s->fd, buf, bytes, offset);
 }
 
@@ -278,6 +302,7 @@ file_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
 {
     struct file_state *s = node->opaque;
 
+    file_may_block(s);
     return pwrite_full(s->fd, buf, bytes, offset);
 }
 
@@ -300,6 +325,8 @@ file_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
     struct file_state *s = node->opaque;
     int64_t len = s->is_block_device ? -1 : file_getlength(node);
     int ret;
+
+    file_may_block(s);
 
     /* Growing a regular file: the new part reads as zeroes anyway. */
     if (len >= 0 && offset >= (uint64_t)len) {
@@ -328,6 +355,7 @@ file_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
 {
     struct file_state *s = node->opaque;
 
+    file_may_block(s);
     if (s->is_block_device) {
         uint64_t range[2] = {offset, bytes};
 
@@ -342,6 +370,7 @@ file_flush(struct block_node *node)
 {
     struct file_state *s = node->opaque;
 
+    file_may_block(s);
     return fdatasync(s->fd) < 0 ? -errno : 0;
 }
 

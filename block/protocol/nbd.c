@@ -240,6 +240,7 @@ nbdcli_poll_once(struct nbdcli_conn *c)
         nanosleep(&ts, NULL);
         return;
     }
+    thread_may_block();
     if (poll(pfd, 2, 1000) <= 0) {
         return;
     }
