@@ -13,10 +13,21 @@
  *   replies on a connection take turns (leader/followers): one polls the
  *   socket outside libnbd's lock and lets libnbd process what arrived, which
  *   runs the completion callbacks of whichever requests finished; the
- *   others sleep on s->cond.  A new request kicks the poller through an
- *   eventfd so that it sees the changed direction.  Completion callbacks
- *   only set flags: they run under libnbd's handle lock and must not take
- *   s->lock (lock order: s->lock, then libnbd's).
+ *   others sleep, each on its own condition variable in the connection's
+ *   waiter list.  After each round the poller wakes only the waiters whose
+ *   request finished, and when its own request finished, one other waiter
+ *   to take over the polling (a broadcast woke every follower for every
+ *   reply: at queue depth 16 most wake-ups found nothing to do).
+ *   Completion callbacks only set flags: they run under libnbd's handle
+ *   lock and must not take s->lock (lock order: s->lock, then libnbd's).
+ *
+ *   libnbd sends a new command from inside the submitting call while the
+ *   connection is idle; only what the socket did not take makes the
+ *   connection want to write.  So the poller, which may be sleeping in
+ *   poll() for POLLIN only, is kicked through an eventfd only when the
+ *   direction says WRITE after a submission (large writes), not per
+ *   request.  A command queued behind a reply being received is sent by
+ *   the poller itself when that reply is complete.
  *
  *   When the server offers CAN_MULTI_CONN (then a flush on one connection
  *   covers the writes acknowledged on the others, spec) the driver spreads
@@ -41,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,11 +69,16 @@
 /* One connection.  h is replaced only while inflight == 0 and under
  * s->lock, so a request that counted itself in inflight may use h without
  * the lock. */
+struct nbdcli_waiter;
+
 struct nbdcli_conn {
     struct nbd_handle *h;   /* NULL when closed.  Protected by: s->lock */
     int inflight;           /* Protected by: s->lock */
     bool polling;           /* a waiter is polling h.  Protected by: s->lock */
     bool reconnecting;      /* Protected by: s->lock */
+    /* Threads sleeping until their request finishes or the poller hands
+     * over.  Protected by: s->lock */
+    TAILQ_HEAD(, nbdcli_waiter) waiters;
     int kick_fd;            /* eventfd: wakes the poller */
 };
 
@@ -151,13 +168,13 @@ nbdcli_dead(struct nbd_handle *h)
 }
 
 /*
- * One request in flight.  Shared with libnbd's callbacks: refs counts the
- * submitting thread and libnbd (whose .free callback drops its reference,
- * whether or not the command was ever submitted).
+ * One request in flight, on the submitting thread's stack.  libnbd holds
+ * it from submission until it calls the .free callback (also when the
+ * submission fails), which is the last time it touches the request: so the
+ * submitter waits for "released", not for the completion callback.
  */
 struct nbdcli_req {
-    int refs;               /* atomic */
-    bool done;              /* atomic; set by the completion callback */
+    bool released;          /* atomic; set by the .free callback */
     int err;                /* positive errno from the server or libnbd */
     /* block status: the first extent of the wanted context */
     const char *ctx;
@@ -166,18 +183,27 @@ struct nbdcli_req {
     bool ext_found;
 };
 
-static void
-nbdcli_req_unref(struct nbdcli_req *req)
+/* A thread sleeping in nbdcli_wait() (on its stack). */
+struct nbdcli_waiter {
+    pthread_cond_t cond;            /* its request finished, or poll now */
+    struct nbdcli_req *req;
+    TAILQ_ENTRY(nbdcli_waiter) link;   /* Protected by: s->lock */
+};
+
+static bool
+nbdcli_req_finished(struct nbdcli_req *req)
 {
-    if (__atomic_sub_fetch(&req->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-        free(req);
-    }
+    return __atomic_load_n(&req->released, __ATOMIC_ACQUIRE);
 }
 
+/* Runs under libnbd's handle lock, after the completion callback (or
+ * instead of it when the command was never submitted). */
 static void
 nbdcli_free_cb(void *opaque)
 {
-    nbdcli_req_unref(opaque);
+    struct nbdcli_req *req = opaque;
+
+    __atomic_store_n(&req->released, true, __ATOMIC_RELEASE);
 }
 
 /* Runs under libnbd's handle lock: flags only, never s->lock. */
@@ -187,7 +213,6 @@ nbdcli_done_cb(void *opaque, int *error)
     struct nbdcli_req *req = opaque;
 
     req->err = *error;
-    __atomic_store_n(&req->done, true, __ATOMIC_RELEASE);
     return 1;
 }
 
@@ -311,41 +336,138 @@ nbdcli_get(struct nbdcli_state *s, int64_t deadline)
     }
 }
 
-/* Wait for req (submitted on c) to complete, then uncount it. */
+/*
+ * After a poll round: wake the waiters whose request finished and, when
+ * the poller is leaving (its own request finished), one more to poll next.
+ * Called with s->lock held.
+ */
 static void
-nbdcli_wait(struct nbdcli_state *s, struct nbdcli_conn *c,
-            struct nbdcli_req *req)
+nbdcli_wake_locked(struct nbdcli_conn *c, bool need_poller)
+{
+    struct nbdcli_waiter *w;
+
+    TAILQ_FOREACH(w, &c->waiters, link) {
+        if (nbdcli_req_finished(w->req)) {
+            cond_signal(&w->cond);
+        } else if (need_poller) {
+            cond_signal(&w->cond);
+            need_poller = false;
+        }
+    }
+}
+
+/* Uncount a request on c; *dead says whether c's server went away.
+ * Called with s->lock held. */
+static void
+nbdcli_put_locked(struct nbdcli_state *s, struct nbdcli_conn *c, bool *dead)
+{
+    *dead = nbdcli_dead(c->h);
+    c->inflight--;
+    if (c->inflight == 0 || *dead) {
+        cond_broadcast(&s->cond);   /* a reconnect may wait for this */
+    }
+}
+
+/*
+ * Wait for req (submitted on c) to finish, then uncount it; *dead says
+ * whether the connection was dead by then.
+ */
+static void
+nbdcli_wait_put(struct nbdcli_state *s, struct nbdcli_conn *c,
+                struct nbdcli_req *req, bool *dead)
 {
     mutex_lock(&s->lock);
-    /* Callbacks may have run during submission, for others too. */
-    cond_broadcast(&s->cond);
-    while (!__atomic_load_n(&req->done, __ATOMIC_ACQUIRE)) {
+    /* Replies processed by libnbd during a submission (it may read while
+     * a send is paused) finished requests that nobody has woken yet. */
+    nbdcli_wake_locked(c, false);
+    while (!nbdcli_req_finished(req)) {
         if (!c->polling) {
             c->polling = true;
             mutex_unlock(&s->lock);
             nbdcli_poll_once(c);
             mutex_lock(&s->lock);
             c->polling = false;
-            cond_broadcast(&s->cond);
+            nbdcli_wake_locked(c, nbdcli_req_finished(req));
         } else {
-            cond_wait(&s->cond, &s->lock);
+            struct nbdcli_waiter w = {.req = req};
+
+            pthread_cond_init(&w.cond, NULL);
+            TAILQ_INSERT_TAIL(&c->waiters, &w, link);
+            cond_wait(&w.cond, &s->lock);
+            TAILQ_REMOVE(&c->waiters, &w, link);
+            pthread_cond_destroy(&w.cond);
         }
     }
+    nbdcli_put_locked(s, c, dead);
     mutex_unlock(&s->lock);
 }
 
+/* Uncount a request whose submission failed. */
 static void
-nbdcli_put(struct nbdcli_state *s, struct nbdcli_conn *c)
+nbdcli_put(struct nbdcli_state *s, struct nbdcli_conn *c, bool *dead)
 {
     mutex_lock(&s->lock);
-    c->inflight--;
-    cond_broadcast(&s->cond);
+    nbdcli_put_locked(s, c, dead);
     mutex_unlock(&s->lock);
+}
+
+/* The connection wants to write what the submission left over: make
+ * sure a poller sleeping for POLLIN only sees it. */
+static void
+nbdcli_kick_if_writing(struct nbdcli_conn *c)
+{
+    if (nbd_aio_get_direction(c->h) & LIBNBD_AIO_DIRECTION_WRITE) {
+        nbdcli_kick(c);
+    }
 }
 
 enum nbdcli_op {
     OP_READ, OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_STATUS,
 };
+
+/* Submit one command on c for req; libnbd's cookie or -1. */
+static int64_t
+nbdcli_submit(struct nbdcli_conn *c, enum nbdcli_op op, uint64_t offset,
+              uint64_t bytes, void *buf, uint32_t flags,
+              struct nbdcli_req *req)
+{
+    nbd_completion_callback cb = {.callback = nbdcli_done_cb,
+                                  .user_data = req,
+                                  .free = nbdcli_free_cb};
+
+    switch (op) {
+    case OP_READ:
+        return nbd_aio_pread(c->h, buf, bytes, offset, cb, flags);
+    case OP_WRITE:
+        return nbd_aio_pwrite(c->h, buf, bytes, offset, cb, flags);
+    case OP_ZERO:
+        return nbd_aio_zero(c->h, bytes, offset, cb, flags);
+    case OP_TRIM:
+        return nbd_aio_trim(c->h, bytes, offset, cb, flags);
+    case OP_FLUSH:
+        return nbd_aio_flush(c->h, cb, flags);
+    case OP_STATUS:
+        return nbd_aio_block_status(
+            c->h, bytes, offset,
+            (nbd_extent_callback){.callback = nbdcli_extent_cb,
+                                  .user_data = req},
+            cb, flags);
+    }
+    return -1;
+}
+
+/* The command's outcome as -errno (a lost connection is -EIO). */
+static int
+nbdcli_req_ret(const struct nbdcli_req *req)
+{
+    int ret = req->err ? -req->err : 0;
+
+    if (ret == -ENOTCONN || ret == -ECONNRESET || ret == -EPIPE ||
+        ret == -ESHUTDOWN) {
+        ret = -EIO;
+    }
+    return ret;
+}
 
 /*
  * Run one command, reconnecting and retrying per reconnect-delay.  For
@@ -359,64 +481,26 @@ nbdcli_run(struct nbdcli_state *s, enum nbdcli_op op, uint64_t offset,
 
     for (;;) {
         struct nbdcli_conn *c = nbdcli_get(s, deadline);
-        struct nbdcli_req *req;
-        nbd_completion_callback cb;
-        int64_t cookie = -1;
+        struct nbdcli_req req = {.ctx = s->meta_ctx};
         bool dead;
         int ret;
 
         if (!c) {
             return -EIO;
         }
-        req = xzalloc(sizeof(*req));
-        req->refs = 2;
-        req->ctx = s->meta_ctx;
-        cb = (nbd_completion_callback){.callback = nbdcli_done_cb,
-                                       .user_data = req,
-                                       .free = nbdcli_free_cb};
-        switch (op) {
-        case OP_READ:
-            cookie = nbd_aio_pread(c->h, buf, bytes, offset, cb, flags);
-            break;
-        case OP_WRITE:
-            cookie = nbd_aio_pwrite(c->h, buf, bytes, offset, cb, flags);
-            break;
-        case OP_ZERO:
-            cookie = nbd_aio_zero(c->h, bytes, offset, cb, flags);
-            break;
-        case OP_TRIM:
-            cookie = nbd_aio_trim(c->h, bytes, offset, cb, flags);
-            break;
-        case OP_FLUSH:
-            cookie = nbd_aio_flush(c->h, cb, flags);
-            break;
-        case OP_STATUS:
-            cookie = nbd_aio_block_status(
-                c->h, bytes, offset,
-                (nbd_extent_callback){.callback = nbdcli_extent_cb,
-                                      .user_data = req},
-                cb, flags);
-            break;
-        }
-        if (cookie < 0) {
+        if (nbdcli_submit(c, op, offset, bytes, buf, flags, &req) < 0) {
             ret = nbdcli_errno();
+            nbdcli_put(s, c, &dead);
         } else {
-            nbdcli_kick(c);
-            nbdcli_wait(s, c, req);
-            ret = req->err ? -req->err : 0;
-            if (ret == -ENOTCONN || ret == -ECONNRESET || ret == -EPIPE ||
-                ret == -ESHUTDOWN) {
-                ret = -EIO;
-            }
+            nbdcli_kick_if_writing(c);
+            nbdcli_wait_put(s, c, &req, &dead);
+            ret = nbdcli_req_ret(&req);
             if (ret == 0 && st) {
-                st->ext_found = req->ext_found;
-                st->ext_len = req->ext_len;
-                st->ext_flags = req->ext_flags;
+                st->ext_found = req.ext_found;
+                st->ext_len = req.ext_len;
+                st->ext_flags = req.ext_flags;
             }
         }
-        dead = nbdcli_dead(c->h);
-        nbdcli_put(s, c);
-        nbdcli_req_unref(req);
         if (ret == 0 || !dead) {
             return ret;   /* success, or the server answered an error */
         }
@@ -532,6 +616,7 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
     cond_init(&s->cond);
     for (int i = 0; i < NBDCLI_POOL_MAX; i++) {
         s->conns[i].kick_fd = -1;
+        TAILQ_INIT(&s->conns[i].waiters);
     }
     for (int i = 0; i < NBDCLI_POOL_MAX; i++) {
         s->conns[i].kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
