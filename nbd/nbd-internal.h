@@ -111,11 +111,12 @@ bool nbdsrv_multi_conn_allowed(void);
 
 /*
  * One whole NBD session on in_fd (requests) and out_fd (replies; may be the
- * same socket), served against the registered exports.  nworkers 0 runs
- * every request on the calling thread (deterministic; the fuzzer).  Returns
+ * same socket), served against the registered exports by nthreads threads
+ * (the caller's and nthreads - 1 more); 0 or 1 runs every request on the
+ * calling thread (deterministic; the fuzzer).  Returns
  * when the client disconnects or breaks the protocol.  Any thread.
  */
-void nbdsrv_serve_fds(int in_fd, int out_fd, int nworkers);
+void nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads);
 
 /*
  * Whole reads and writes on a session's fds: sockets without SIGPIPE, and

@@ -7,34 +7,39 @@
  *
  * Design notes.
  *
- *   Threads: an accept thread per listening socket; per connection a reader
- *   (the connection thread, detached) and NBDSRV_WORKERS workers it starts
- *   after the handshake and joins before it leaves.  Requests complete out
- *   of order; a reply (all chunks of it) is written under conn->write_lock,
- *   so replies never interleave within a byte stream.
+ *   Threads: an accept thread per listening socket; per connection
+ *   NBDSRV_THREADS threads (the connection thread, detached, starts the
+ *   others after the handshake and joins them before it leaves).  Replies
+ *   may go out of order; a reply (all chunks of it) is written under
+ *   conn->write_lock, so replies never interleave within a byte stream.
  *
- *   Hand-off: the reader reads through a 64 KiB buffer (a burst of
- *   requests costs one read(2), not one per header and payload).  When a
- *   request is complete and nothing more is waiting (buffer empty, a
- *   non-blocking recv finds no bytes) the reader runs it itself instead of
- *   waking a worker: the client is waiting for this reply, so there is no
- *   parallelism to gain and the two context switches of the hand-off were
- *   most of the cost of a small request.  Requests that arrive meanwhile
- *   wait in the socket until it finishes; those behind a queued one go to
- *   the workers as before.  Fd-pair mode (no socket) always hands off.
+ *   The reader role: one thread at a time reads requests (through a 64 KiB
+ *   buffer, so a burst costs one read(2)) and runs each one itself.  On two
+ *   cores shared with the client, waking another thread per request was
+ *   most of the cost of a small request; QEMU avoids it with coroutines.
+ *   When a request is about to sleep (util.h's thread_may_block(): a
+ *   condition wait, I/O on a real device, the NBD client waiting for its
+ *   server, a reply the client is slow to read) the reader first hands the
+ *   role to an idle thread of the connection, which reads on while the
+ *   first one waits; that thread rejoins the idle ones when its request is
+ *   done.  So requests run in parallel exactly when they block, and up to
+ *   NBDSRV_THREADS of them.  A request that sleeps without the hint (a
+ *   contended mutex) only delays the reading of the next one.
  *
- *   Flow control: the reader admits a request only while the connection
- *   has fewer than NBDSRV_MAX_REQS requests and NBDSRV_MAX_INFLIGHT bytes
- *   of payload (reads and writes) in flight, so a client flooding requests
- *   blocks itself, not the daemon.  A WRITE longer than the maximum payload
- *   (32 MiB) is a protocol violation (spec: may disconnect); everything
- *   else out of range gets an error reply.
+ *   Flow control: at most NBDSRV_THREADS requests run at once, and the
+ *   reader admits one only while the connection has fewer than
+ *   NBDSRV_MAX_INFLIGHT bytes of payload (reads and writes) in flight, so a
+ *   client flooding requests blocks itself, not the daemon.  A WRITE
+ *   longer than the maximum payload (32 MiB) is a protocol violation
+ *   (spec: may disconnect); everything else out of range gets an error
+ *   reply.
  *
- *   Ending: EOF, a broken frame or NBD_CMD_DISC stop the reader; requests
- *   already admitted still run (DISC: "finish outstanding requests"), but
- *   once the socket is dead (write failure, shutdown by export deletion)
- *   queued requests are dropped unexecuted.  The connection then detaches
- *   from its export (the last use of it) and frees itself.
+ *   Ending: EOF, a broken frame or NBD_CMD_DISC end the reader role;
+ *   requests already running finish (DISC: "finish outstanding requests"),
+ *   and once the socket is dead (write failure, shutdown by export
+ *   deletion) nothing more is admitted.  When all threads are back the
+ *   connection detaches from its export (the last use of it) and frees
+ *   itself.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,9 +60,8 @@
 #include "nbd/server.h"
 #include "util.h"
 
-#define NBDSRV_WORKERS      8
+#define NBDSRV_THREADS      8
 #define NBDSRV_RBUF         (64 * 1024)
-#define NBDSRV_MAX_REQS     128
 #define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
 #define NBDSRV_MAX_LISTENERS 8
 #define NBDSRV_HANDSHAKE_SECS 10
@@ -96,7 +100,11 @@ nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
             n--;
             continue;
         }
-        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            thread_may_block();   /* the client is slow to read replies */
+            r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        }
         if (r < 0 && errno == ENOTSOCK) {
             r = writev(fd, v, n);
         }
@@ -138,29 +146,28 @@ struct nbdsrv_req {
     uint32_t len;
     void *data;          /* WRITE payload */
     uint64_t cost;       /* bytes counted in flight */
-    TAILQ_ENTRY(nbdsrv_req) link;
+    bool nomem;          /* no memory for the payload: fail it */
 };
 
 struct nbdsrv_conn {
     struct nbdsrv_session s;
     int fd;              /* socket (== in_fd), -1 in fd-pair mode */
-    int nworkers;
-    pthread_t *workers;
+    int nthreads;        /* threads serving this connection, >= 1 */
+    pthread_t *threads;  /* [0] unused: the connection thread itself */
 
     /* Replies.  Protected by: write_lock. */
     pthread_mutex_t write_lock;
 
-    /* The queue.  Protected by: q_lock. */
-    pthread_mutex_t q_lock;
-    pthread_cond_t q_cond;       /* workers wait for requests */
+    /* The reader role and flow control.  Protected by: lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t role_cond;    /* idle threads wait for the reader role */
     pthread_cond_t space_cond;   /* the reader waits for room */
-    TAILQ_HEAD(, nbdsrv_req) queue;
-    unsigned nreqs;              /* admitted, not yet replied */
-    uint64_t inflight;           /* bytes of those */
-    bool quit;                   /* reader is done: exit when empty */
-    bool dead;                   /* socket unusable: drop, don't run */
+    bool reading;                /* a thread holds the reader role */
+    uint64_t inflight;           /* payload bytes admitted, not replied */
+    bool quit;                   /* the stream ended: threads leave */
+    bool dead;                   /* socket unusable: admit nothing more */
 
-    /* Reader thread only: bytes read ahead from in_fd. */
+    /* Reader role only: bytes read ahead from in_fd. */
     uint8_t *rbuf;
     size_t rpos, rlen;
 
@@ -230,11 +237,10 @@ nbdsrv_wait_conns_locked(struct nbdexp *exp)
 static void
 conn_kill(struct nbdsrv_conn *conn)
 {
-    mutex_lock(&conn->q_lock);
+    mutex_lock(&conn->lock);
     conn->dead = true;
-    cond_broadcast(&conn->q_cond);
     cond_broadcast(&conn->space_cond);
-    mutex_unlock(&conn->q_lock);
+    mutex_unlock(&conn->lock);
     shutdown(conn->s.in_fd, SHUT_RDWR);
 }
 
@@ -599,41 +605,12 @@ handle_request(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 static void
 req_done(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 {
-    mutex_lock(&conn->q_lock);
-    conn->nreqs--;
+    mutex_lock(&conn->lock);
     conn->inflight -= req->cost;
     cond_broadcast(&conn->space_cond);
-    mutex_unlock(&conn->q_lock);
+    mutex_unlock(&conn->lock);
     free(req->data);
     free(req);
-}
-
-static void *
-worker_thread(void *opaque)
-{
-    struct nbdsrv_conn *conn = opaque;
-
-    for (;;) {
-        struct nbdsrv_req *req;
-        bool dead;
-
-        mutex_lock(&conn->q_lock);
-        while (TAILQ_EMPTY(&conn->queue) && !conn->quit) {
-            cond_wait(&conn->q_cond, &conn->q_lock);
-        }
-        req = TAILQ_FIRST(&conn->queue);
-        if (!req) {
-            mutex_unlock(&conn->q_lock);
-            return NULL;
-        }
-        TAILQ_REMOVE(&conn->queue, req, link);
-        dead = conn->dead;
-        mutex_unlock(&conn->q_lock);
-        if (!dead) {
-            handle_request(conn, req);
-        }
-        req_done(conn, req);
-    }
 }
 
 /* ---- The reader ------------------------------------------------------- */
@@ -673,118 +650,162 @@ conn_recv(struct nbdsrv_conn *conn, void *buf, size_t len)
     return 0;
 }
 
-/* True when no byte of a further request is waiting; otherwise what is
- * waiting is now in the read-ahead buffer. */
-static bool
-conn_idle(struct nbdsrv_conn *conn)
+/* The WRITE payload into req->data.  Without memory for it the payload
+ * is swallowed and the request marked to fail with ENOMEM. */
+static int
+read_payload(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 {
-    ssize_t r;
+    uint8_t sink[4096];
+    uint32_t left = req->len;
 
-    if (conn->rpos < conn->rlen || conn->fd < 0) {
-        return false;
+    req->data = malloc(req->len);
+    if (req->data) {
+        return conn_recv(conn, req->data, req->len);
     }
-    do {
-        r = recv(conn->fd, conn->rbuf, NBDSRV_RBUF, MSG_DONTWAIT);
-    } while (r < 0 && errno == EINTR);
-    if (r > 0) {
-        conn->rpos = 0;
-        conn->rlen = (size_t)r;
-        return false;
+    while (left) {
+        uint32_t n = MIN(left, (uint32_t)sizeof(sink));
+
+        if (conn_recv(conn, sink, n) < 0) {
+            return -1;
+        }
+        left -= n;
     }
-    /* EOF (0) or an error other than "nothing yet": let the next
-     * conn_recv() see it. */
-    return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    req->nomem = true;
+    return 0;
 }
 
-/* Read, admit and queue requests until the client leaves or errs. */
-static void
-reader_loop(struct nbdsrv_conn *conn)
+/* The next request, admitted and with its payload; NULL when the stream
+ * ends (EOF, a broken frame, DISC, a dead socket). */
+static struct nbdsrv_req *
+read_request(struct nbdsrv_conn *conn)
 {
     uint8_t hdr[28];
+    struct nbdsrv_req *req;
+
+    if (conn_recv(conn, hdr, sizeof(hdr)) < 0 ||
+        get_be32(hdr) != NBD_REQUEST_MAGIC) {
+        return NULL;
+    }
+    req = xzalloc(sizeof(*req));
+    req->flags = get_be16(hdr + 4);
+    req->type = get_be16(hdr + 6);
+    req->cookie = get_be64(hdr + 8);
+    req->offset = get_be64(hdr + 16);
+    req->len = get_be32(hdr + 24);
+    if (req->type == NBD_CMD_DISC ||
+        (req->type == NBD_CMD_WRITE && req->len > NBDSRV_MAX_PAYLOAD)) {
+        free(req);   /* an oversized payload we will not buffer (spec) */
+        return NULL;
+    }
+    if (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) {
+        req->cost = MIN(req->len, NBDSRV_MAX_PAYLOAD);
+    } else if (req->type == NBD_CMD_BLOCK_STATUS) {
+        req->cost = NBDSRV_STATUS_COST;
+    }
+
+    /* Admission: bounded bytes in flight, but always one request. */
+    mutex_lock(&conn->lock);
+    while (!conn->dead && conn->inflight > 0 &&
+           conn->inflight + req->cost > NBDSRV_MAX_INFLIGHT) {
+        cond_wait(&conn->space_cond, &conn->lock);
+    }
+    if (conn->dead) {
+        mutex_unlock(&conn->lock);
+        free(req);
+        return NULL;
+    }
+    conn->inflight += req->cost;
+    mutex_unlock(&conn->lock);
+
+    if (req->type == NBD_CMD_WRITE && req->len &&
+        read_payload(conn, req) < 0) {
+        req_done(conn, req);
+        return NULL;
+    }
+    return req;
+}
+
+/* The blocking hook (util.h) of a reader running a request: give the
+ * reader role to an idle thread of the connection before sleeping.
+ * Locks: takes conn->lock, which is never held around block calls. */
+struct reader_turn {
+    struct nbdsrv_conn *conn;
+    bool handed_off;
+};
+
+static void
+reader_hand_off(void *opaque)
+{
+    struct reader_turn *turn = opaque;
+    struct nbdsrv_conn *conn = turn->conn;
+
+    mutex_lock(&conn->lock);
+    conn->reading = false;
+    cond_signal(&conn->role_cond);
+    mutex_unlock(&conn->lock);
+    turn->handed_off = true;
+}
+
+static void
+run_request(struct nbdsrv_conn *conn, struct nbdsrv_req *req,
+            struct reader_turn *turn)
+{
+    if (req->nomem) {
+        reply_error(conn, req, NBD_ENOMEM, "out of memory");
+        return;
+    }
+    if (conn->nthreads > 1) {
+        thread_set_block_hook(reader_hand_off, turn);
+    }
+    handle_request(conn, req);
+    thread_set_block_hook(NULL, NULL);
+}
+
+/* Hold the reader role: read requests and run each on this thread until
+ * one blocks (then another thread reads on; true) or the stream ends
+ * (false). */
+static bool
+reader_loop(struct nbdsrv_conn *conn)
+{
+    struct reader_turn turn = {.conn = conn};
+
+    while (!turn.handed_off) {
+        struct nbdsrv_req *req = read_request(conn);
+
+        if (!req) {
+            return false;
+        }
+        run_request(conn, req, &turn);
+        req_done(conn, req);
+    }
+    return true;
+}
+
+/* Every thread of a connection: wait for the reader role, take it, and
+ * come back here whenever a request it ran blocked. */
+static void *
+conn_thread_loop(void *opaque)
+{
+    struct nbdsrv_conn *conn = opaque;
 
     for (;;) {
-        struct nbdsrv_req *req;
-        uint64_t cost;
-
-        if (conn_recv(conn, hdr, sizeof(hdr)) < 0 ||
-            get_be32(hdr) != NBD_REQUEST_MAGIC) {
-            return;   /* EOF or a broken frame: close */
+        mutex_lock(&conn->lock);
+        while (conn->reading && !conn->quit) {
+            cond_wait(&conn->role_cond, &conn->lock);
         }
-        req = xzalloc(sizeof(*req));
-        req->flags = get_be16(hdr + 4);
-        req->type = get_be16(hdr + 6);
-        req->cookie = get_be64(hdr + 8);
-        req->offset = get_be64(hdr + 16);
-        req->len = get_be32(hdr + 24);
-
-        if (req->type == NBD_CMD_DISC) {
-            free(req);
-            return;
+        if (conn->quit) {
+            mutex_unlock(&conn->lock);
+            return NULL;
         }
-        if (req->type == NBD_CMD_WRITE && req->len > NBDSRV_MAX_PAYLOAD) {
-            free(req);
-            return;   /* payload we will not buffer: disconnect (spec) */
+        conn->reading = true;
+        mutex_unlock(&conn->lock);
+        if (!reader_loop(conn)) {
+            mutex_lock(&conn->lock);
+            conn->quit = true;
+            cond_broadcast(&conn->role_cond);
+            mutex_unlock(&conn->lock);
+            return NULL;
         }
-        if (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) {
-            cost = MIN(req->len, NBDSRV_MAX_PAYLOAD);
-        } else if (req->type == NBD_CMD_BLOCK_STATUS) {
-            cost = NBDSRV_STATUS_COST;
-        } else {
-            cost = 0;
-        }
-        req->cost = cost;
-
-        /* Admission: bounded requests and bytes in flight. */
-        mutex_lock(&conn->q_lock);
-        while (!conn->dead && conn->nreqs > 0 &&
-               (conn->nreqs >= NBDSRV_MAX_REQS ||
-                conn->inflight + cost > NBDSRV_MAX_INFLIGHT)) {
-            cond_wait(&conn->space_cond, &conn->q_lock);
-        }
-        if (conn->dead) {
-            mutex_unlock(&conn->q_lock);
-            free(req);
-            return;
-        }
-        conn->nreqs++;
-        conn->inflight += cost;
-        mutex_unlock(&conn->q_lock);
-
-        if (req->type == NBD_CMD_WRITE && req->len) {
-            req->data = malloc(req->len);
-            if (!req->data) {
-                /* Swallow the payload, then fail the request. */
-                uint8_t sink[4096];
-                uint32_t left = req->len;
-
-                while (left) {
-                    uint32_t n = MIN(left, (uint32_t)sizeof(sink));
-
-                    if (conn_recv(conn, sink, n) < 0) {
-                        req_done(conn, req);
-                        return;
-                    }
-                    left -= n;
-                }
-                reply_error(conn, req, NBD_ENOMEM, "out of memory");
-                req_done(conn, req);
-                continue;
-            }
-            if (conn_recv(conn, req->data, req->len) < 0) {
-                req_done(conn, req);
-                return;
-            }
-        }
-
-        if (conn->nworkers == 0 || conn_idle(conn)) {
-            handle_request(conn, req);
-            req_done(conn, req);
-            continue;
-        }
-        mutex_lock(&conn->q_lock);
-        TAILQ_INSERT_TAIL(&conn->queue, req, link);
-        cond_signal(&conn->q_cond);
-        mutex_unlock(&conn->q_lock);
     }
 }
 
@@ -811,42 +832,33 @@ conn_run(struct nbdsrv_conn *conn)
     }
     conn_set_rcvtimeo(conn, 0);
     conn->rbuf = xmalloc(NBDSRV_RBUF);
-    if (conn->nworkers > 0) {
-        conn->workers = xcalloc((size_t)conn->nworkers, sizeof(pthread_t));
-        for (int i = 0; i < conn->nworkers; i++) {
-            thread_create(&conn->workers[i], "nbd-worker", worker_thread,
-                          conn);
-        }
+    conn->threads = xcalloc((size_t)conn->nthreads, sizeof(pthread_t));
+    for (int i = 1; i < conn->nthreads; i++) {
+        thread_create(&conn->threads[i], "nbd-conn", conn_thread_loop, conn);
     }
-    reader_loop(conn);
-
-    mutex_lock(&conn->q_lock);
-    conn->quit = true;
-    cond_broadcast(&conn->q_cond);
-    mutex_unlock(&conn->q_lock);
-    for (int i = 0; i < conn->nworkers; i++) {
-        thread_join(conn->workers[i]);
+    conn_thread_loop(conn);
+    for (int i = 1; i < conn->nthreads; i++) {
+        thread_join(conn->threads[i]);
     }
-    free(conn->workers);
-    conn->workers = NULL;
+    free(conn->threads);
+    conn->threads = NULL;
     free(conn->rbuf);
     conn->rbuf = NULL;
 }
 
 static struct nbdsrv_conn *
-conn_new(int in_fd, int out_fd, int fd, int nworkers)
+conn_new(int in_fd, int out_fd, int fd, int nthreads)
 {
     struct nbdsrv_conn *conn = xzalloc(sizeof(*conn));
 
     conn->s.in_fd = in_fd;
     conn->s.out_fd = out_fd;
     conn->fd = fd;
-    conn->nworkers = nworkers;
+    conn->nthreads = MAX(nthreads, 1);
     mutex_init(&conn->write_lock);
-    mutex_init(&conn->q_lock);
-    cond_init(&conn->q_cond);
+    mutex_init(&conn->lock);
+    cond_init(&conn->role_cond);
     cond_init(&conn->space_cond);
-    TAILQ_INIT(&conn->queue);
     return conn;
 }
 
@@ -873,8 +885,8 @@ conn_finish(struct nbdsrv_conn *conn)
         close(conn->fd);
     }
     mutex_destroy(&conn->write_lock);
-    mutex_destroy(&conn->q_lock);
-    cond_destroy(&conn->q_cond);
+    mutex_destroy(&conn->lock);
+    cond_destroy(&conn->role_cond);
     cond_destroy(&conn->space_cond);
     free(conn);
 }
@@ -889,9 +901,9 @@ conn_register(struct nbdsrv_conn *conn)
 }
 
 void
-nbdsrv_serve_fds(int in_fd, int out_fd, int nworkers)
+nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads)
 {
-    struct nbdsrv_conn *conn = conn_new(in_fd, out_fd, -1, nworkers);
+    struct nbdsrv_conn *conn = conn_new(in_fd, out_fd, -1, nthreads);
 
     conn_register(conn);
     conn_run(conn);
@@ -946,7 +958,7 @@ accept_thread(void *opaque)
             close(fd);
             continue;
         }
-        conn = conn_new(fd, fd, fd, NBDSRV_WORKERS);
+        conn = conn_new(fd, fd, fd, NBDSRV_THREADS);
         conn_register(conn);
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
