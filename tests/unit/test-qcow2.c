@@ -9,7 +9,8 @@
  * must take well under a second and leave an image qemu-img check accepts;
  * eight threads copying-on-write into the same clusters at once, make_empty
  * failing or racing with writers, and a writer killed with SIGKILL while
- * it empties the image again and again.
+ * it empties the image again and again; make_empty's background release
+ * of the file's tail (new writes meanwhile survive, the file shrinks).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -367,6 +368,22 @@ qemu_img_check(const char *path)
     return WEXITSTATUS(ret);
 }
 
+/* The same while the image is open elsewhere (qemu-img check -U). */
+static int
+qemu_img_check_shared(const char *path)
+{
+    char *cmd;
+    int ret;
+
+    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
+        return 0;
+    }
+    cmd = xasprintf("qemu-img check -U -q '%s' 2>/dev/null", path);
+    ret = system(cmd);
+    free(cmd);
+    return WEXITSTATUS(ret);
+}
+
 static void
 test_create_roundtrip(void **state)
 {
@@ -457,6 +474,125 @@ test_make_empty_fast(void **state)
     assert_int_equal(stat(path, &st), 0);
     /* A fresh image's layout: header, reftable, refblock, then L1. */
     assert_true((uint64_t)st.st_size <= 3 * 65536 + 80 * 8);
+    assert_int_equal(qemu_img_check(path), 0);
+    unlink(path);
+    free(path);
+    free(buf);
+}
+
+/* Bytes of MiB number i of the release test's new data. */
+static int
+release_byte(uint64_t i)
+{
+    return (int)(i * 3 + 1) & 0xff;
+}
+
+static uint64_t
+file_size(const char *path)
+{
+    struct stat st;
+
+    assert_int_equal(stat(path, &st), 0);
+    return (uint64_t)st.st_size;
+}
+
+/* Wait up to 10 s for the file to shrink to at most max bytes. */
+static void
+wait_file_shrinks(const char *path, uint64_t max)
+{
+    int64_t deadline = clock_ns() + 10 * 1000000000LL;
+
+    while (file_size(path) > max && clock_ns() < deadline) {
+        usleep(1000);
+    }
+    if (file_size(path) > max) {
+        fail_msg("%s is %llu bytes, expected <= %llu", path,
+                 (unsigned long long)file_size(path),
+                 (unsigned long long)max);
+    }
+}
+
+static void
+release_write_new(struct block_handle *h, uint8_t *buf, uint64_t mib)
+{
+    for (uint64_t i = 0; i < mib; i++) {
+        memset(buf, release_byte(i), MiB);
+        assert_int_equal(block_handle_pwrite(h, 512 * MiB + i * MiB, MiB, buf,
+                                             0), 0);
+    }
+}
+
+static void
+release_check_new(struct block_handle *h, uint8_t *buf, uint64_t mib)
+{
+    for (uint64_t i = 0; i < mib; i++) {
+        assert_int_equal(block_handle_pread(h, 512 * MiB + i * MiB, MiB, buf,
+                                            0), 0);
+        assert_true(buf[0] == release_byte(i) &&
+                    !memcmp(buf, buf + 1, MiB - 1));
+    }
+}
+
+/*
+ * make_empty gives the file's tail back in the background: the image is
+ * empty at once, writes made while the tail is still being cut land
+ * below the cut and survive, the file shrinks to what they use without a
+ * close, and qemu-img check is clean afterwards.
+ */
+static void
+test_make_empty_release(void **state)
+{
+    struct qcow2_create_opts o = { 0 };
+    /* On tmpfs cutting the tail is slow (freeing pages), so the writes
+     * below really run while it goes on. */
+    char *path = access("/dev/shm", W_OK) == 0
+                 ? xasprintf("/dev/shm/test-qcow2-release-%d.qcow2",
+                             (int)getpid())
+                 : tmp_path("release.qcow2");
+    uint8_t *buf = xmalloc(MiB);
+    struct block_node *node;
+    struct block_handle *h;
+    struct err *e = NULL;
+    uint64_t pnum;
+
+    (void)state;
+    create_image(path, GiB, &o);
+    h = open_image(path, &node);
+    memset(buf, 0x5a, MiB);
+    for (uint64_t off = 0; off < 96 * MiB; off += MiB) {
+        assert_int_equal(block_handle_pwrite(h, off, MiB, buf, 0), 0);
+    }
+    assert_true(file_size(path) > 96 * MiB);
+    block_graph_enter();
+    assert_int_equal(block_make_empty(node, &e), 0);
+    block_graph_leave();
+    assert_int_equal(block_is_allocated(node, 0, GiB, &pnum), 0);
+    assert_int_equal(block_handle_pread(h, 95 * MiB, MiB, buf, 0), 0);
+    assert_true(buffer_is_zero(buf, MiB));
+    /* Allocated from the front while the tail may still be going. */
+    release_write_new(h, buf, 32);
+    release_check_new(h, buf, 32);
+    wait_file_shrinks(path, 34 * MiB);
+    assert_true(file_size(path) >= 32 * MiB);
+    release_check_new(h, buf, 32);
+    assert_int_equal(block_handle_flush(h), 0);
+    assert_int_equal(qemu_img_check_shared(path), 0);
+    close_image(h, node);
+    assert_int_equal(qemu_img_check(path), 0);
+
+    /* The data survives a reopen; emptying twice in a row (the second
+     * stops the first's release) and closing leaves a fresh layout. */
+    h = open_image(path, &node);
+    release_check_new(h, buf, 32);
+    block_graph_enter();
+    assert_int_equal(block_make_empty(node, &e), 0);
+    block_graph_leave();
+    release_write_new(h, buf, 16);
+    block_graph_enter();
+    assert_int_equal(block_make_empty(node, &e), 0);
+    block_graph_leave();
+    close_image(h, node);
+    assert_true(file_size(path) <= 3 * 65536 + 16 * 8);
     assert_int_equal(qemu_img_check(path), 0);
     unlink(path);
     free(path);
@@ -836,6 +972,7 @@ main(void)
         cmocka_unit_test(test_refcounts),
         cmocka_unit_test(test_create_roundtrip),
         cmocka_unit_test(test_make_empty_fast),
+        cmocka_unit_test(test_make_empty_release),
         cmocka_unit_test(test_concurrent_cow),
         cmocka_unit_test(test_make_empty_errors),
         cmocka_unit_test(test_make_empty_slow),

@@ -47,6 +47,20 @@ struct qcow2_range {
     TAILQ_ENTRY(qcow2_range) link;
 };
 
+/* A file tail being given back in the background (qcow2-release.c). */
+struct qcow2_release {
+    pthread_t thread;
+    bool running;               /* a thread to join; callers hold s->lock */
+    struct block_node *file;
+    pthread_mutex_t lock;       /* protects the fields below */
+    pthread_cond_t cond;        /* a truncate step ended, or the thread */
+    uint64_t end;               /* the file's length as the thread left it */
+    uint64_t floor;             /* never cut below: keep, raised by claims */
+    uint64_t cut;               /* truncate in flight to here; else MAX */
+    bool stop;                  /* end after the step in flight */
+    bool done;                  /* the thread has nothing left to do */
+};
+
 enum qcow2_discard_type {
     QCOW2_DISCARD_REQUEST,      /* guest discard / write-zeroes unmap */
     QCOW2_DISCARD_SNAPSHOT,     /* make_empty */
@@ -95,6 +109,7 @@ struct qcow2_state {
     struct qcow2_cache rb_cache;
 
     uint64_t free_hint;         /* lowest cluster that may be free */
+    struct qcow2_release release;   /* the tail make_empty gives back */
     bool corrupt;               /* metadata inconsistency found: no writes */
 };
 
@@ -131,6 +146,18 @@ int qcow2_refcounts_stable(struct qcow2_state *s);
 /* Is host range [off, off+len) used by metadata? */
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off,
                              uint64_t len);
+
+/* ---- qcow2-release.c -------------------------------------------------- */
+
+void qcow2_release_init(struct qcow2_release *r);
+void qcow2_release_destroy(struct qcow2_release *r);
+/* Shrink file to keep, in the background when it is worth a thread. */
+void qcow2_release_start(struct qcow2_release *r, struct block_node *file,
+                         uint64_t keep);
+/* Wait for the release to end; stop: after the step in flight. */
+void qcow2_release_finish(struct qcow2_release *r, bool stop);
+/* The driver is about to use [.., end) of the file: keep it. */
+void qcow2_release_claim(struct qcow2_release *r, uint64_t end);
 
 /* ---- qcow2-cluster.c -------------------------------------------------- */
 

@@ -163,6 +163,7 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
                                 (unsigned long long)(t * cs));
         return -EIO;
     }
+    qcow2_release_claim(&s->release, (t + n + k) * cs);
     rbs = calloc(k, cs);
     table = calloc(n, cs);
     if (!rbs || !table) {
@@ -238,6 +239,7 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
                                 (unsigned long long)idx);
         return -EIO;
     }
+    qcow2_release_claim(&s->release, (where + 1) * cs);
     block_debug_event(s->file, "refblock_alloc");
     ret = qcow2_cache_get(s, &s->rb_cache, where * cs, true, &rb);
     if (ret < 0) {
@@ -391,6 +393,7 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
         }
         c = next;
     }
+    qcow2_release_claim(&s->release, (c + n) * s->cluster_size);
     block_debug_event(s->file, "cluster_alloc");
     ret = qcow2_update_refcount(s, c * s->cluster_size, n, 1,
                                 QCOW2_DISCARD_OTHER);

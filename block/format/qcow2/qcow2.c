@@ -1017,8 +1017,8 @@ two_free_clusters(struct qcow2_state *s, uint64_t *nt, uint64_t *nb)
 /*
  * Fast path: the L1 is already zero on disk.  Write a new one-cluster
  * refcount table and one refcount block (counting header, L1 and
- * themselves) into clusters the live structures do not use, switch the
- * header to them in one write, then shrink the file.  Before the switch
+ * themselves) into clusters the live structures do not use and switch the
+ * header to them in one write.  Before the switch
  * the old refcounts are intact (leaks only); after it the new ones are
  * exact.
  */
@@ -1028,7 +1028,7 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     uint64_t cs = s->cluster_size;
     uint64_t l1_first = s->l1_offset >> s->cluster_bits;
     uint64_t l1_n = div_round_up((uint64_t)s->l1_size * 8, cs);
-    uint64_t nt, nb, end;
+    uint64_t nt, nb;
     CLEANUP_FREE uint8_t *rb = xzalloc(cs);
     CLEANUP_FREE uint8_t *rt = xzalloc(cs);
     uint8_t hdr[12];
@@ -1075,11 +1075,17 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     s->reftable_offset = nt * cs;
     s->reftable_clusters = 1;
     s->free_hint = 1;
-    end = MAX((nb + 1) * cs, s->l1_offset + (uint64_t)s->l1_size * 8);
-    end = MAX(end, (nt + 1) * cs);
-    /* Shrinking is best effort: a failure only leaves free space. */
-    block_truncate(s->file, end, NULL);
     return 0;
+}
+
+/* After rebuild_refcounts(): the end of the last cluster still in use. */
+static uint64_t
+used_end(struct qcow2_state *s)
+{
+    uint64_t end = s->l1_offset + (uint64_t)s->l1_size * 8;
+
+    end = MAX(end, s->reftable_offset + s->cluster_size);
+    return MAX(end, s->reftable[0] + s->cluster_size);
 }
 
 static int
@@ -1182,6 +1188,9 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     CLEANUP_FREE uint8_t *zero = NULL;
     int ret;
 
+    /* The new release below starts from the file's current end, so the
+     * rest of an earlier one is not lost by stopping it. */
+    qcow2_release_finish(&s->release, true);
     ret = flush_caches_locked(s);
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1209,10 +1218,17 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     ret = s->h.version >= 3 ? rebuild_refcounts(s, errp) : -ENOTSUP;
     if (ret == -ENOTSUP) {
         ret = free_all_mappings(s, old_l1, errp);
-    } else if (ret == 0 && s->reftable_offset != s->cluster_size) {
-        /* A second round moves the new structure into clusters 1 and 2,
-         * freed by the first: the layout of a fresh image again. */
-        ret = rebuild_refcounts(s, errp);
+    } else if (ret == 0) {
+        if (s->reftable_offset != s->cluster_size) {
+            /* A second round moves the new structure into clusters 1 and
+             * 2, freed by the first: the layout of a fresh image again. */
+            ret = rebuild_refcounts(s, errp);
+        }
+        if (ret == 0) {
+            /* The new metadata is stable and counts nothing past
+             * used_end(): the tail can go after we return. */
+            qcow2_release_start(&s->release, s->file, used_end(s));
+        }
     }
     if (ret < 0) {
         goto broken;
@@ -1357,6 +1373,7 @@ qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
     }
     range_lock(s, &r, 0, UINT64_MAX >> 1, true);
     mutex_lock(&s->lock);
+    qcow2_release_finish(&s->release, false);
     if (s->corrupt) {
         ret = -EIO;
     } else if (length < old) {
@@ -1650,6 +1667,7 @@ state_free(struct qcow2_state *s)
     free(s->reftable);
     s->l1 = NULL;
     s->reftable = NULL;
+    qcow2_release_destroy(&s->release);
     mutex_destroy(&s->lock);
     cond_destroy(&s->range_cond);
 }
@@ -1671,6 +1689,7 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
     mutex_init(&s->lock);
     cond_init(&s->range_cond);
     TAILQ_INIT(&s->ranges);
+    qcow2_release_init(&s->release);
     ret = refuse_options(options, errp);
     if (ret < 0) {
         goto out_lock;
@@ -1711,6 +1730,7 @@ out_tables:
     state_free(s);
     return ret;
 out_lock:
+    qcow2_release_destroy(&s->release);
     mutex_destroy(&s->lock);
     cond_destroy(&s->range_cond);
     return ret;
@@ -1726,6 +1746,8 @@ qcow2_close(struct block_node *node)
         if (flush_caches_locked(s) == 0) {
             block_flush(s->file);
         }
+        /* The file must have its final size once we are closed. */
+        qcow2_release_finish(&s->release, false);
         mutex_unlock(&s->lock);
     }
     state_free(s);
