@@ -32,7 +32,10 @@
  * it).  Copy-before-write is never limited.
  *
  * Timeouts: a call with a timeout runs on a helper thread; the caller waits
- * for it until the deadline and then leaves it running.  The helper thread
+ * for it until the deadline and then leaves it running.  Helpers stay for
+ * HELPER_IDLE_NS after a call, waiting for the next one (copy-before-write
+ * on a fresh snapshot makes one call per guest write: a new thread for
+ * each cost more than the copy).  The helper threads
  * does not take the graph lock (it would deadlock with a drain waiting for
  * the caller, who still holds it); block_copy_state_free() waits for such
  * helpers instead, and the owner of the state (the cbw node) keeps both
@@ -53,6 +56,7 @@
 
 #define RATELIMIT_SLICE_NS 100000000LL
 #define NS_PER_SEC 1000000000ULL
+#define HELPER_IDLE_NS 2000000000LL
 
 struct bc_task {
     uint64_t offset;
@@ -71,6 +75,7 @@ struct bc_call {
     bool abandoned;         /* the caller timed out; the helper frees */
     int ret;
     bool error_is_read;
+    TAILQ_ENTRY(bc_call) link;      /* in s->calls until a helper takes it */
 };
 
 struct block_copy_state {
@@ -90,6 +95,11 @@ struct block_copy_state {
     uint64_t in_flight_bytes;           /* Protected by: lock */
     uint64_t mem_used;                  /* Protected by: lock */
     unsigned helpers;                   /* Protected by: lock */
+    unsigned idle_helpers;              /* Protected by: lock */
+    TAILQ_HEAD(, bc_call) calls;        /* Protected by: lock */
+    unsigned ncalls;                    /* Protected by: lock */
+    bool closing;                       /* Protected by: lock */
+    pthread_cond_t helper_cond;         /* a call was queued, or closing */
     bool cancelled;                     /* Protected by: lock */
     uint64_t speed;                     /* Protected by: lock */
     int64_t next_free;                  /* Protected by: lock */
@@ -226,7 +236,9 @@ block_copy_state_new(struct block_node *source, struct block_node *target,
     s->discard_source = discard_source;
     mutex_init(&s->lock);
     cond_init(&s->cond);
+    cond_init(&s->helper_cond);
     TAILQ_INIT(&s->tasks);
+    TAILQ_INIT(&s->calls);
     s->copy_bitmap = hbitmap_new(s->len, log2_u64(cluster));
     if (!s->copy_bitmap) {
         err_setf_errno(errp, ENOMEM, "Cannot allocate the copy bitmap");
@@ -241,6 +253,7 @@ block_copy_state_new(struct block_node *source, struct block_node *target,
 
 fail:
     hbitmap_free(s->copy_bitmap);
+    cond_destroy(&s->helper_cond);
     cond_destroy(&s->cond);
     mutex_destroy(&s->lock);
     free(s);
@@ -254,12 +267,15 @@ block_copy_state_free(struct block_copy_state *s)
         return;
     }
     mutex_lock(&s->lock);
+    s->closing = true;
+    cond_broadcast(&s->helper_cond);
     while (s->helpers > 0) {
         cond_wait(&s->cond, &s->lock);
     }
     assert(TAILQ_EMPTY(&s->tasks));
     mutex_unlock(&s->lock);
     hbitmap_free(s->copy_bitmap);
+    cond_destroy(&s->helper_cond);
     cond_destroy(&s->cond);
     mutex_destroy(&s->lock);
     free(s);
@@ -723,20 +739,52 @@ copy_range(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
-static void *
-helper_thread(void *opaque)
+static void
+helper_run_locked(struct block_copy_state *s, struct bc_call *call)
 {
-    struct bc_call *call = opaque;
-    struct block_copy_state *s = call->s;
     bool eir = false;
-    int ret = copy_range(s, call->offset, call->bytes, call->ratelimit, &eir);
+    int ret;
 
+    mutex_unlock(&s->lock);
+    ret = copy_range(s, call->offset, call->bytes, call->ratelimit, &eir);
     mutex_lock(&s->lock);
     call->ret = ret;
     call->error_is_read = eir;
     call->finished = true;
     if (call->abandoned) {
         free(call);
+    }
+    cond_broadcast(&s->cond);
+}
+
+/* Run queued calls; leave after HELPER_IDLE_NS without one, or when the
+ * state is being freed. */
+static void *
+helper_thread(void *opaque)
+{
+    struct block_copy_state *s = opaque;
+
+    mutex_lock(&s->lock);
+    for (;;) {
+        struct bc_call *call = TAILQ_FIRST(&s->calls);
+        bool woken;
+
+        if (call) {
+            TAILQ_REMOVE(&s->calls, call, link);
+            s->ncalls--;
+            helper_run_locked(s, call);
+            continue;
+        }
+        if (s->closing) {
+            break;
+        }
+        s->idle_helpers++;
+        woken = cond_timedwait_ns(&s->helper_cond, &s->lock,
+                                  clock_ns() + HELPER_IDLE_NS);
+        s->idle_helpers--;
+        if (!woken && TAILQ_EMPTY(&s->calls)) {
+            break;
+        }
     }
     s->helpers--;
     cond_broadcast(&s->cond);
@@ -745,14 +793,40 @@ helper_thread(void *opaque)
     return NULL;
 }
 
+/* Queue call for a helper: an idle one if there is one per queued call,
+ * else a new thread.  False if no thread could be made.  Caller holds
+ * s->lock. */
+static bool
+helper_submit_locked(struct block_copy_state *s, struct bc_call *call)
+{
+    pthread_attr_t attr;
+    pthread_t tid;
+    int ret = 0;
+
+    if (s->ncalls >= s->idle_helpers) {
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        ret = pthread_create(&tid, &attr, helper_thread, s);
+        pthread_attr_destroy(&attr);
+        if (ret != 0 && s->helpers == 0) {
+            return false;
+        }
+        if (ret == 0) {
+            s->helpers++;
+        }
+    }
+    TAILQ_INSERT_TAIL(&s->calls, call, link);
+    s->ncalls++;
+    cond_signal(&s->helper_cond);
+    return true;
+}
+
 static int
 copy_with_timeout(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
                   bool ratelimit, int64_t timeout_ns, bool *error_is_read)
 {
     struct bc_call *call = xzalloc(sizeof(*call));
     int64_t deadline = clock_ns() + timeout_ns;
-    pthread_attr_t attr;
-    pthread_t tid;
     int ret;
 
     call->s = s;
@@ -760,23 +834,12 @@ copy_with_timeout(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     call->bytes = bytes;
     call->ratelimit = ratelimit;
     mutex_lock(&s->lock);
-    s->helpers++;
-    mutex_unlock(&s->lock);
-
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    ret = pthread_create(&tid, &attr, helper_thread, call);
-    pthread_attr_destroy(&attr);
-    if (ret != 0) {
-        /* No thread: copy inline, without the timeout. */
-        mutex_lock(&s->lock);
-        s->helpers--;
+    if (!helper_submit_locked(s, call)) {
+        /* No thread at all: copy inline, without the timeout. */
         mutex_unlock(&s->lock);
         free(call);
         return copy_range(s, offset, bytes, ratelimit, error_is_read);
     }
-
-    mutex_lock(&s->lock);
     while (!call->finished && clock_ns() < deadline) {
         cond_timedwait_ns(&s->cond, &s->lock, deadline);
     }
