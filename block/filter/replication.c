@@ -669,33 +669,46 @@ copy_range(struct replication_state *s, void *buf, uint64_t offset,
     return 0;
 }
 
-/* Step 2: every range defined by the active or hidden layer. */
+/*
+ * Step 2: every range defined by the active or hidden layer.  Block status
+ * splits where the host clusters are not contiguous (the hidden disk's
+ * copy-before-write clusters are interleaved), which is no boundary for
+ * the copy: adjacent data extents are merged into one run, so that the
+ * copy moves whole COMMIT_CHUNKs instead of fragments.
+ */
 static int
 commit_allocated(struct replication_state *s, void *buf)
 {
     uint64_t len = (uint64_t)block_getlength(s->active);
-    uint64_t off = 0;
+    uint64_t off = 0, run = 0, run_bytes = 0;
+    int ret = 0;
 
-    while (off < len) {
+    while (off < len && ret == 0) {
         struct block_status_info info;
         uint64_t pnum = 0;
-        int ret = block_status(s->active, off, len - off, &pnum, &info);
+        bool ours, zero;
 
+        ret = block_status(s->active, off, len - off, &pnum, &info);
         if (ret < 0) {
-            return ret;
+            break;
         }
-        if (info.node == s->active || info.node == s->hidden) {
-            bool zero = (info.flags & BLOCK_STATUS_ZERO) &&
-                        !(info.flags & BLOCK_STATUS_DATA);
-
-            ret = copy_range(s, buf, off, pnum, zero);
-            if (ret < 0) {
-                return ret;
+        ours = info.node == s->active || info.node == s->hidden;
+        zero = (info.flags & BLOCK_STATUS_ZERO) &&
+               !(info.flags & BLOCK_STATUS_DATA);
+        ret = 0;
+        if (ours && !zero && run + run_bytes == off) {
+            run_bytes += pnum;              /* extends the run */
+        } else {
+            ret = copy_range(s, buf, run, run_bytes, false);
+            run = off;
+            run_bytes = ours && !zero ? pnum : 0;
+            if (ret == 0 && ours && zero) {
+                ret = copy_range(s, buf, off, pnum, true);
             }
         }
         off += pnum;
     }
-    return 0;
+    return ret < 0 ? ret : copy_range(s, buf, run, run_bytes, false);
 }
 
 /* Step 3 (drained): what the guest wrote during step 2. */
