@@ -246,6 +246,18 @@ conn_kill(struct nbdsrv_conn *conn)
 
 /* ---- Replies ---------------------------------------------------------- */
 
+/* Take write_lock.  Its holder may be stuck sending to a client that is
+ * slow to read, so waiting for it counts as blocking (the reader role
+ * moves on first). */
+static void
+reply_lock(struct nbdsrv_conn *conn)
+{
+    if (pthread_mutex_trylock(&conn->write_lock) != 0) {
+        thread_may_block();
+        mutex_lock(&conn->write_lock);
+    }
+}
+
 static void
 send_simple(struct nbdsrv_conn *conn, struct nbdsrv_req *req, uint32_t err,
             const void *data, size_t len)
@@ -256,7 +268,7 @@ send_simple(struct nbdsrv_conn *conn, struct nbdsrv_req *req, uint32_t err,
     put_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
     put_be32(hdr + 4, err);
     put_be64(hdr + 8, req->cookie);
-    mutex_lock(&conn->write_lock);
+    reply_lock(conn);
     ret = nbdsrv_writev(conn->s.out_fd, hdr, sizeof(hdr), data,
                         err ? 0 : len, NULL, 0);
     mutex_unlock(&conn->write_lock);
@@ -292,7 +304,7 @@ send_error_chunk(struct nbdsrv_conn *conn, struct nbdsrv_req *req,
     put_be32(payload, err);
     put_be16(payload + 4, (uint16_t)mlen);
     memcpy(payload + 6, msg, mlen);
-    mutex_lock(&conn->write_lock);
+    reply_lock(conn);
     ret = send_chunk_locked(conn, req, NBD_REPLY_FLAG_DONE,
                             NBD_REPLY_TYPE_ERROR, payload, 6 + mlen, NULL, 0);
     mutex_unlock(&conn->write_lock);
@@ -333,7 +345,7 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 
     if (req->len == 0) {
         if (conn->s.structured) {
-            mutex_lock(&conn->write_lock);
+            reply_lock(conn);
             ret = send_chunk_locked(conn, req, NBD_REPLY_FLAG_DONE,
                                     NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0);
             mutex_unlock(&conn->write_lock);
@@ -367,7 +379,7 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
      * as OFFSET_DATA; one chunk when DF asks for it.  Each chunk's offset
      * is absolute (spec, structured reply chunks).
      */
-    mutex_lock(&conn->write_lock);
+    reply_lock(conn);
     pos = req->offset;
     end = req->offset + req->len;
     ret = 0;
@@ -435,7 +447,7 @@ do_block_status(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
     }
     /* Compute every context first, so that an error can still be the
      * only reply; then send them all under one lock. */
-    mutex_lock(&conn->write_lock);
+    reply_lock(conn);
     for (size_t i = 0; i < conn->s.nctx && ret >= 0; i++) {
         int n = nbdsrv_meta_extents(exp, conn->s.ctx_ids[i], req->offset,
                                     req->len, ext, max);
