@@ -29,7 +29,6 @@
  * s->lock and the thread never takes s->lock, so callers may wait for the
  * thread while holding s->lock.  thread and running: callers hold s->lock.
  */
-#include <errno.h>
 #include <pthread.h>
 
 #include "block/format/qcow2/qcow2-int.h"
