@@ -180,9 +180,9 @@ same clients (fio 3.33 `ioengine=nbd`, nbdcopy 1.14); QEMU is 7.2
 for replication, whose commands only it has.  lockstepd is a release build
 (`-O3`, assertions on) of {rev}.
 
-**Noise.** The machine has {ncpu} cores and was shared with other
-engineers' builds and tests during the run (load average {load0} at the
-start, {load1} at the end).  Absolute figures are low and noisy; the ratios
+**Noise.** The machine has {ncpu} cores, shared by the client, the
+daemon(s) and anything else running (load average {load0} at the start,
+{load1} at the end).  Absolute figures move between rounds; the ratios
 compare medians of runs interleaved in the same session, and the min–max
 columns show how far to trust them.
 
