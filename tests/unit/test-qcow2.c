@@ -10,9 +10,11 @@
  * eight threads copying-on-write into the same clusters at once, make_empty
  * failing or racing with writers, and a writer killed with SIGKILL while
  * it empties the image again and again; make_empty's background release
- * of the file's tail (new writes meanwhile survive, the file shrinks).
+ * of the file's tail (new writes meanwhile survive, the file shrinks);
+ * small writes into new clusters allocate no zero padding.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -701,6 +703,220 @@ test_concurrent_cow(void **state)
     }
 }
 
+/* ---- Allocating writes without zero padding ------------------------- */
+
+#define PAD_CLUSTERS 64
+
+/* The image with discard on but not passed down: freed clusters keep
+ * their old bytes in the file, as a reused cluster may. */
+static struct block_handle *
+open_pad_image(const char *path, struct block_node **node)
+{
+    struct err *e = NULL;
+    struct block_handle *h;
+    char *kv = xasprintf("driver=qcow2,discard=unmap,"
+                         "pass-discard-request=off,file.driver=file,"
+                         "file.filename=%s", path);
+
+    *node = block_node_new_keyval(kv, &e);
+    free(kv);
+    if (e) {
+        fail_msg("open: %s", e->msg);
+    }
+    h = block_handle_new(*node, "test", BLOCK_PERM_CONSISTENT_READ |
+                         BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &e);
+    assert_non_null(h);
+    return h;
+}
+
+/* Write the same bytes to the image and to a raw reference file. */
+static void
+pad_write(struct block_handle *h, int ref, uint64_t off, uint64_t len,
+          int byte)
+{
+    uint8_t *buf = xmalloc(len);
+
+    memset(buf, byte, len);
+    assert_int_equal(block_handle_pwrite(h, off, len, buf, 0), 0);
+    assert_int_equal(pwrite_full(ref, buf, len, off), 0);
+    free(buf);
+}
+
+/* Every cluster in [first, first+n) reads the same as the reference. */
+static void
+pad_verify(struct block_handle *h, int ref, uint64_t first, uint64_t n)
+{
+    uint8_t *a = xmalloc(65536), *b = xmalloc(65536);
+
+    for (uint64_t c = first; c < first + n; c++) {
+        assert_int_equal(block_handle_pread(h, c * 65536, 65536, a, 0), 0);
+        assert_int_equal(pread_full(ref, b, 65536, c * 65536), 0);
+        assert_memory_equal(a, b, 65536);
+    }
+    free(a);
+    free(b);
+}
+
+/* qemu-img compare exit status (0 identical), or 0 without qemu-img. */
+static int
+qemu_img_compare_raw(const char *raw, const char *img)
+{
+    char *cmd;
+    int ret;
+
+    if (system("qemu-img --version >/dev/null 2>&1") != 0) {
+        return 0;
+    }
+    cmd = xasprintf("qemu-img compare -q -f raw -F qcow2 '%s' '%s' "
+                    "2>/dev/null", raw, img);
+    ret = system(cmd);
+    free(cmd);
+    return WEXITSTATUS(ret);
+}
+
+/*
+ * A small write into a new cluster writes the data, not 64 KiB of padding:
+ * fresh clusters past the end of the file cost only the pages written.  A
+ * cluster reused after discard still held data: its padding must read as
+ * zeroes (ours, qemu-img compare), and qemu-img check stays clean.
+ */
+static void
+test_alloc_no_padding(void **state)
+{
+    char *path = tmp_path("pad.qcow2"), *raw = tmp_path("pad.raw");
+    struct block_node *node;
+    struct block_handle *h;
+    struct stat st;
+    uint64_t len;
+    int ref;
+
+    (void)state;
+    create_image(path, 64 * MiB, &(struct qcow2_create_opts){ 0 });
+    ref = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(ref >= 0);
+    assert_int_equal(ftruncate(ref, 64 * MiB), 0);
+    h = open_pad_image(path, &node);
+    /* Head, middle and tail of new clusters; one write off 4 KiB. */
+    for (uint64_t i = 0; i < PAD_CLUSTERS; i++) {
+        pad_write(h, ref, i * 65536 + (i % 16) * 4096, 4096, (int)i + 1);
+    }
+    pad_write(h, ref, 70 * 65536 + 1000, 100, 0x77);
+    assert_int_equal(stat(path, &st), 0);
+    /* Before: header, tables and 65 whole clusters, over 4 MiB. */
+    if ((uint64_t)st.st_blocks * 512 >= PAD_CLUSTERS * 65536 / 4) {
+        fail_msg("%llu bytes allocated for %d 4 KiB writes",
+                 (unsigned long long)st.st_blocks * 512, PAD_CLUSTERS);
+    }
+    pad_verify(h, ref, 0, 72);
+    assert_int_equal(file_size(path) % 65536, 0);   /* as QEMU's images */
+
+    /* Fill eight clusters, free them: the next allocations reuse them. */
+    pad_write(h, ref, 100 * 65536, 8 * 65536, 0xee);
+    assert_int_equal(block_handle_pdiscard(h, 100 * 65536, 8 * 65536), 0);
+    /* Discarded clusters read as zeroes: a hole in the reference. */
+    assert_int_equal(fallocate(ref, FALLOC_FL_PUNCH_HOLE |
+                               FALLOC_FL_KEEP_SIZE, 100 * 65536, 8 * 65536),
+                     0);
+    len = file_size(path);
+    for (uint64_t i = 0; i < 8; i++) {
+        pad_write(h, ref, (200 + i) * 65536 + i * 8192 + 3, 5000,
+                  0x30 + (int)i);
+    }
+    assert_int_equal(file_size(path), len);     /* reused, not appended */
+    pad_verify(h, ref, 200, 8);
+    pad_verify(h, ref, 100, 8);
+    close_image(h, node);
+    assert_int_equal(qemu_img_check(path), 0);
+    assert_int_equal(qemu_img_compare_raw(raw, path), 0);
+    close(ref);
+    unlink(path);
+    unlink(raw);
+    free(path);
+    free(raw);
+}
+
+#define PADC_THREADS 4
+#define PADC_CLUSTERS 64
+
+struct padc_arg {
+    struct block_handle *h;
+    unsigned id;
+    uint8_t *model;         /* PADC_CLUSTERS clusters; only ours are used */
+    int failures;
+};
+
+/*
+ * Thread id owns the clusters c with c % PADC_THREADS == id: neighbouring
+ * clusters are allocated at the end of the file by different threads at
+ * once, and discarded clusters are reused by any of them.  Each cluster
+ * must read exactly as the thread's model after every write.
+ */
+static void *
+padc_worker(void *opaque)
+{
+    struct padc_arg *a = opaque;
+    uint8_t *buf = xmalloc(65536);
+    unsigned seed = a->id * 4391 + 7;
+
+    for (int round = 0; round < 1500; round++) {
+        uint64_t c = (uint64_t)(rand_r(&seed) % (PADC_CLUSTERS /
+                                                 PADC_THREADS)) *
+                     PADC_THREADS + a->id;
+        uint8_t *m = a->model + c * 65536;
+        uint64_t in = (uint64_t)(rand_r(&seed) % 65536);
+        uint64_t n = (uint64_t)(rand_r(&seed) % 8192) + 1;
+
+        n = MIN(n, 65536 - in);     /* MIN evaluates twice */
+        if (rand_r(&seed) % 5 == 0) {
+            if (block_handle_pdiscard(a->h, c * 65536, 65536) < 0) {
+                a->failures++;
+            }
+            memset(m, 0, 65536);
+        } else {
+            memset(m + in, (round & 0xff) | 1, n);
+            if (block_handle_pwrite(a->h, c * 65536 + in, n, m + in, 0) <
+                0) {
+                a->failures++;
+            }
+        }
+        if (block_handle_pread(a->h, c * 65536, 65536, buf, 0) < 0 ||
+            memcmp(buf, m, 65536)) {
+            a->failures++;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+/* test_alloc_no_padding's paths from several threads at once. */
+static void
+test_alloc_no_padding_concurrent(void **state)
+{
+    char *path = tmp_path("padc.qcow2");
+    struct padc_arg args[PADC_THREADS];
+    pthread_t th[PADC_THREADS];
+    uint8_t *model = xcalloc(PADC_CLUSTERS, 65536);
+    struct block_node *node;
+    struct block_handle *h;
+
+    (void)state;
+    create_image(path, 64 * MiB, &(struct qcow2_create_opts){ 0 });
+    h = open_pad_image(path, &node);
+    for (unsigned i = 0; i < PADC_THREADS; i++) {
+        args[i] = (struct padc_arg){ .h = h, .id = i, .model = model };
+        thread_create(&th[i], "padc", padc_worker, &args[i]);
+    }
+    for (unsigned i = 0; i < PADC_THREADS; i++) {
+        thread_join(th[i]);
+        assert_int_equal(args[i].failures, 0);
+    }
+    close_image(h, node);
+    assert_int_equal(qemu_img_check(path), 0);
+    unlink(path);
+    free(path);
+    free(model);
+}
+
 /* make_empty failing at each metadata step leaves leaks at worst. */
 static void
 test_make_empty_errors(void **state)
@@ -974,6 +1190,8 @@ main(void)
         cmocka_unit_test(test_make_empty_fast),
         cmocka_unit_test(test_make_empty_release),
         cmocka_unit_test(test_concurrent_cow),
+        cmocka_unit_test(test_alloc_no_padding),
+        cmocka_unit_test(test_alloc_no_padding_concurrent),
         cmocka_unit_test(test_make_empty_errors),
         cmocka_unit_test(test_make_empty_slow),
         cmocka_unit_test(test_make_empty_concurrent),

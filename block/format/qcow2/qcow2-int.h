@@ -109,6 +109,14 @@ struct qcow2_state {
     struct qcow2_cache rb_cache;
 
     uint64_t free_hint;         /* lowest cluster that may be free */
+    /*
+     * A data write into a new cluster failed up to here: it may have
+     * written part of its data past the end the file node knows (the core
+     * grows node->size only on success), so from the file's length alone
+     * we could not tell that the cluster, once reused, holds old bytes.
+     * Allocating writes treat the file as at least this long.
+     */
+    uint64_t failed_end;
     struct qcow2_release release;   /* the tail make_empty gives back */
     bool corrupt;               /* metadata inconsistency found: no writes */
 };

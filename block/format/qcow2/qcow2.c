@@ -16,7 +16,8 @@
  * while a request copies data to or from a host cluster, no other request
  * can remap, free or reuse that guest cluster's host cluster.  A write to a
  * new cluster therefore goes: lock, look up and allocate (refcount +1 in
- * the cache), unlock, read COW data and write the whole (sub)cluster,
+ * the cache), unlock, read COW data and write the whole (sub)cluster
+ * (or, when the COW data is zeroes, only the guest data: plan_cow_zero()),
  * lock, link the L2 entry in the cache, unlock.
  *
  * Ordering (qcow2 spec, crash safety; docs/qcow2.md):
@@ -426,6 +427,10 @@ struct write_plan {
     bool new_alloc;         /* host was allocated for this write */
     bool free_old;          /* old host data to release afterwards */
     bool whole;             /* write the whole cluster (COW everything) */
+    bool cow_zero;          /* the COW regions read as zeroes: write only
+                             * the data, zero what may be stale (below) */
+    uint64_t stale;         /* bytes from the cluster start that may hold
+                             * old data: the file ends there or after */
     uint64_t ws, we;        /* byte range within the cluster to write */
 };
 
@@ -438,6 +443,40 @@ sub_in_place(struct qcow2_state *s, const struct write_plan *p, unsigned sc)
         return false;
     }
     return sub_type(s, &p->old, sc, &t) == 0 && t == QCOW2_CLUSTER_NORMAL;
+}
+
+/*
+ * A new cluster whose copy-on-write regions are zeroes (no old data, no
+ * backing data) needs no padding written where the file already reads as
+ * zeroes: at and past its end.  Below the end the cluster may be a reused
+ * free one with old bytes (after discard or make_empty), which
+ * write_cow_zero() zeroes.  Called under s->lock after the allocation, so
+ * the cluster is claimed: the background release never cuts below its
+ * end, and the file can only have grown since (other writes past the end
+ * leave holes, which read as zeroes), so "stale" never misses old data.
+ * Extended L2 and compressed clusters keep the bounce buffer path.
+ */
+static void
+plan_cow_zero(struct qcow2_state *s, struct write_plan *p,
+              enum qcow2_cluster_type t)
+{
+    int64_t flen = block_getlength(s->file);
+
+    /*
+     * After a failed write into this cluster the file's length does not
+     * tell where old bytes end, and zeroing past the end could race with
+     * writes growing the file (the file driver extends by ftruncate): copy
+     * zeroes as before.
+     */
+    if (s->extended_l2 || p->free_old || flen < 0 ||
+        s->failed_end > p->host ||
+        !(t == QCOW2_CLUSTER_ZERO_PLAIN ||
+          (t == QCOW2_CLUSTER_UNALLOCATED && !s->node->backing))) {
+        return;
+    }
+    p->cow_zero = true;
+    p->stale = (uint64_t)flen > p->host
+               ? MIN((uint64_t)flen - p->host, s->cluster_size) : 0;
 }
 
 static int
@@ -480,6 +519,7 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
         p->free_old = host != 0 || t == QCOW2_CLUSTER_COMPRESSED;
         /* Old data elsewhere on the host: copy all of it over. */
         p->whole = p->free_old || !s->extended_l2;
+        plan_cow_zero(s, p, t);
     }
     if (p->whole) {
         p->ws = 0;
@@ -525,6 +565,61 @@ plan_entry(struct qcow2_state *s, const struct write_plan *p,
     }
 }
 
+/* Zero [a, b) of the new cluster of p where it may hold old data. */
+static int
+zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
+           uint64_t b)
+{
+    b = MIN(b, p->stale);
+    if (a >= b) {
+        return 0;
+    }
+    /* A hole or zeroed range; the core writes zeroes if it cannot. */
+    return block_pwrite_zeroes(s->file, p->host + a, b - a,
+                               BLOCK_REQ_MAY_UNMAP);
+}
+
+/*
+ * The cluster reached past the end of the file: write its last byte so the
+ * file ends on a cluster boundary, as QEMU's images do (its block status
+ * reports what lies past the end of the file as zero, not data) and
+ * nothing of ours is read past the end.  One byte, not ftruncate: a write
+ * never shrinks the file, while a concurrent write further out may
+ * already have grown it.  The bytes between stay a hole: no pages.
+ */
+static int
+end_cluster(struct qcow2_state *s, const struct write_plan *p)
+{
+    static const uint8_t zero;
+
+    return block_pwrite(s->file, p->host + s->cluster_size - 1, 1, &zero, 0);
+}
+
+/*
+ * Data phase of a cow_zero plan: zero the stale part of the COW regions,
+ * then write the guest data alone.  Both finish before the L2 entry is
+ * linked (write_cluster), so a crash never shows old bytes through it.
+ */
+static int
+write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
+               uint64_t in, uint64_t n, const uint8_t *buf)
+{
+    int ret;
+
+    block_debug_event(s->file, "cow_write");
+    ret = zero_stale(s, p, p->ws, in);
+    if (ret == 0) {
+        ret = zero_stale(s, p, in + n, p->we);
+    }
+    if (ret == 0) {
+        ret = block_pwrite(s->file, p->host + in, n, buf, 0);
+    }
+    if (ret == 0 && p->stale < s->cluster_size && in + n < s->cluster_size) {
+        ret = end_cluster(s, p);
+    }
+    return ret;
+}
+
 /* Data phase (no s->lock): COW fill around [in, in+n), then write. */
 static int
 write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
@@ -537,6 +632,9 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     block_debug_event(s->file, "write_aio");
     if (p->ws == in && p->we == in + n) {
         return block_pwrite(s->file, p->host + in, n, buf, 0);
+    }
+    if (p->cow_zero) {
+        return write_cow_zero(s, p, in, n, buf);
     }
     bounce = malloc(p->we - p->ws);
     if (!bounce) {
@@ -581,6 +679,8 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
     mutex_lock(&s->lock);
     if (ret < 0) {
         if (p.new_alloc) {
+            /* Part of the data may be there: see failed_end. */
+            s->failed_end = MAX(s->failed_end, p.host + s->cluster_size);
             /* Nothing points at it yet: give it back. */
             qcow2_update_refcount(s, p.host, 1, -1, QCOW2_DISCARD_OTHER);
         }
