@@ -835,6 +835,54 @@ test_alloc_no_padding(void **state)
     free(raw);
 }
 
+/*
+ * An image file that ends inside a free cluster holding old bytes (written
+ * by another program, or cut short): the next allocation lands there, the
+ * old bytes below the end are zeroed, the file then ends on the cluster's
+ * boundary.
+ */
+static void
+test_alloc_no_padding_short_tail(void **state)
+{
+    char *path = tmp_path("tail.qcow2");
+    struct block_node *node;
+    struct block_handle *h;
+    uint8_t *buf = xmalloc(65536);
+    uint64_t end;
+    int fd;
+
+    (void)state;
+    create_image(path, 64 * MiB, &(struct qcow2_create_opts){ 0 });
+    /* The L2 table first, so that the data is what meets the old bytes. */
+    h = open_pad_image(path, &node);
+    memset(buf, 0x41, 4096);
+    assert_int_equal(block_handle_pwrite(h, 0, 4096, buf, 0), 0);
+    close_image(h, node);
+    end = file_size(path);
+    assert_int_equal(end % 65536, 0);
+    fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    memset(buf, 0xdd, 10000);
+    assert_int_equal(pwrite_full(fd, buf, 10000, end), 0);
+    close(fd);
+    h = open_pad_image(path, &node);
+    memset(buf, 0x42, 4096);
+    assert_int_equal(block_handle_pwrite(h, 5 * 65536 + 8192, 4096, buf, 0),
+                     0);
+    assert_int_equal(file_size(path), end + 65536);
+    assert_int_equal(block_handle_pread(h, 5 * 65536, 65536, buf, 0), 0);
+    for (unsigned i = 0; i < 65536; i++) {
+        if (buf[i] != (i >= 8192 && i < 12288 ? 0x42 : 0)) {
+            fail_msg("byte %u reads 0x%x", i, buf[i]);
+        }
+    }
+    close_image(h, node);
+    assert_int_equal(qemu_img_check(path), 0);
+    unlink(path);
+    free(path);
+    free(buf);
+}
+
 #define PADC_THREADS 4
 #define PADC_CLUSTERS 64
 
@@ -1192,6 +1240,7 @@ main(void)
         cmocka_unit_test(test_concurrent_cow),
         cmocka_unit_test(test_alloc_no_padding),
         cmocka_unit_test(test_alloc_no_padding_concurrent),
+        cmocka_unit_test(test_alloc_no_padding_short_tail),
         cmocka_unit_test(test_make_empty_errors),
         cmocka_unit_test(test_make_empty_slow),
         cmocka_unit_test(test_make_empty_concurrent),
