@@ -347,6 +347,20 @@ thread_may_block(void)
 }
 
 void
+sleep_ns(int64_t ns)
+{
+    struct timespec ts = {
+        .tv_sec = ns / 1000000000,
+        .tv_nsec = ns % 1000000000,
+    };
+
+    thread_may_block();
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        /* the rest of it */
+    }
+}
+
+void
 cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
 {
     thread_may_block();

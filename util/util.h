@@ -131,6 +131,8 @@ void thread_join(pthread_t t);
  * that are never held around block-layer calls. */
 void thread_set_block_hook(void (*fn)(void *opaque), void *opaque);
 void thread_may_block(void);
+/* Sleep for ns nanoseconds (a blocking hint first). */
+void sleep_ns(int64_t ns);
 
 /* Scope cleanup: "CLEANUP_FREE char *p = NULL;" frees at end of scope. */
 void cleanup_free(void *ptr);

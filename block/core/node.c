@@ -63,6 +63,10 @@ block_graph_enter(void)
     if (graph_is_writer || graph_read_depth++ > 0) {
         return;
     }
+    if (pthread_rwlock_tryrdlock(&graph_lock) == 0) {
+        return;
+    }
+    thread_may_block();     /* a drain is pending or running */
     if (pthread_rwlock_rdlock(&graph_lock) != 0) {
         abort();
     }

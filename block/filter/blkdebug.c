@@ -381,12 +381,7 @@ rule_check(struct block_node *node, const char *event, unsigned iotype,
     }
 
     if (s->delay_ns) {
-        struct timespec ts = {
-            .tv_sec = s->delay_ns / 1000000000,
-            .tv_nsec = s->delay_ns % 1000000000,
-        };
-
-        nanosleep(&ts, NULL);
+        sleep_ns((int64_t)s->delay_ns);
     }
     mutex_lock(&s->lock);
     if (event) {

@@ -282,9 +282,7 @@ nbdcli_poll_once(struct nbdcli_conn *c)
 
     if (fd < 0) {
         /* Closed or dead: libnbd has already failed every command. */
-        struct timespec ts = {0, 10 * 1000 * 1000};
-
-        nanosleep(&ts, NULL);
+        sleep_ns(10 * 1000 * 1000);
         return;
     }
     thread_may_block();
@@ -367,11 +365,7 @@ nbdcli_get(struct nbdcli_state *s, int64_t deadline)
             if (clock_ns() >= deadline) {
                 return NULL;
             }
-            {
-                struct timespec ts = {0, 100 * 1000 * 1000};
-
-                nanosleep(&ts, NULL);
-            }
+            sleep_ns(100 * 1000 * 1000);
             mutex_lock(&s->lock);
         }
     }
@@ -745,11 +739,7 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
         }
         err_free(local_err);
         local_err = NULL;
-        {
-            struct timespec ts = {0, 100 * 1000 * 1000};
-
-            nanosleep(&ts, NULL);
-        }
+        sleep_ns(100 * 1000 * 1000);
     }
     if (!h) {
         err_propagate(errp, local_err);

@@ -50,12 +50,7 @@ static void
 null_delay(struct null_state *s)
 {
     if (s->latency_ns) {
-        struct timespec ts = {
-            .tv_sec = s->latency_ns / 1000000000,
-            .tv_nsec = s->latency_ns % 1000000000,
-        };
-
-        nanosleep(&ts, NULL);
+        sleep_ns((int64_t)s->latency_ns);
     }
 }
 

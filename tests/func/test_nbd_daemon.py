@@ -12,6 +12,7 @@ for sanitizer reports) by qmp_client.Daemon.
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -110,3 +111,33 @@ def test_daemon_export_serves_real_clients(lockstepd, tmp_dir):
         assert data[5 * MiB:9 * MiB] == bytes(4 * MiB)
         with d.client() as c:
             assert [e["id"] for e in c.cmd("query-block-exports")] == ["e0"]
+
+
+def test_blocking_requests_overlap_on_one_connection(lockstepd, qsd,
+                                                     tmp_dir):
+    """Eight reads sent at once on one connection to a null-co node with
+    latency-ns=200 ms: each request sleeps, so the connection's reader role
+    moves on and they all sleep together, as in QEMU (coroutines)."""
+    nbd = pytest.importorskip("nbd")
+    for binary in (lockstepd, qsd):
+        sock = os.path.join(tmp_dir, "lat-nbd.sock")
+        with Daemon(binary, tmp_dir, name="lat") as d:
+            with d.client() as c:
+                c.cmd("blockdev-add", {"driver": "null-co",
+                                       "node-name": "n0", "size": MiB,
+                                       "latency-ns": 200 * 1000 * 1000})
+                c.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                                    "data": {"path": sock}}})
+                c.cmd("block-export-add", {"type": "nbd", "id": "e0",
+                                           "node-name": "n0"})
+                h = nbd.NBD()
+                h.connect_uri("nbd+unix:///n0?socket=" + sock)
+                t0 = time.monotonic()
+                for i in range(8):
+                    h.aio_pread(nbd.Buffer(4096), i * 4096)
+                while h.aio_in_flight() > 0:
+                    h.poll(-1)
+                elapsed = time.monotonic() - t0
+                h.shutdown()
+        # Serial would take 1.6 s; allow for a loaded machine.
+        assert elapsed < 0.9, (binary, elapsed)
