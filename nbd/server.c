@@ -252,10 +252,7 @@ conn_kill(struct nbdsrv_conn *conn)
 static void
 reply_lock(struct nbdsrv_conn *conn)
 {
-    if (pthread_mutex_trylock(&conn->write_lock) != 0) {
-        thread_may_block();
-        mutex_lock(&conn->write_lock);
-    }
+    mutex_lock_may_block(&conn->write_lock);
 }
 
 static void

@@ -347,6 +347,16 @@ thread_may_block(void)
 }
 
 void
+mutex_lock_may_block(pthread_mutex_t *m)
+{
+    if (pthread_mutex_trylock(m) == 0) {
+        return;
+    }
+    thread_may_block();
+    mutex_lock(m);
+}
+
+void
 sleep_ns(int64_t ns)
 {
     struct timespec ts = {

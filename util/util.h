@@ -131,6 +131,9 @@ void thread_join(pthread_t t);
  * that are never held around block-layer calls. */
 void thread_set_block_hook(void (*fn)(void *opaque), void *opaque);
 void thread_may_block(void);
+/* mutex_lock for locks whose holder may sleep on I/O (qcow2's metadata
+ * lock): waiting for it gives a blocking hint first. */
+void mutex_lock_may_block(pthread_mutex_t *m);
 /* Sleep for ns nanoseconds (a blocking hint first). */
 void sleep_ns(int64_t ns);
 

@@ -100,6 +100,45 @@ test_hook_is_per_thread(void **state)
     assert_int_equal(g_calls, 1);
 }
 
+static pthread_mutex_t g_held;
+static pthread_barrier_t g_barrier;
+
+static void *
+hold_briefly(void *opaque)
+{
+    (void)opaque;
+    mutex_lock(&g_held);
+    pthread_barrier_wait(&g_barrier);   /* the main thread may try now */
+    sleep_ns(20 * 1000 * 1000);
+    mutex_unlock(&g_held);
+    return NULL;
+}
+
+/* mutex_lock_may_block hints only when it has to wait. */
+static void
+test_mutex_hint_only_when_contended(void **state)
+{
+    pthread_t t;
+
+    (void)state;
+    mutex_init(&g_held);
+    pthread_barrier_init(&g_barrier, NULL, 2);
+    g_calls = 0;
+    thread_set_block_hook(hook, NULL);
+    mutex_lock_may_block(&g_held);      /* free: no hint */
+    mutex_unlock(&g_held);
+    assert_int_equal(g_calls, 0);
+
+    thread_create(&t, "hint-holder", hold_briefly, NULL);
+    pthread_barrier_wait(&g_barrier);   /* the holder has g_held now */
+    mutex_lock_may_block(&g_held);
+    assert_int_equal(g_calls, 1);
+    mutex_unlock(&g_held);
+    thread_join(t);
+    pthread_barrier_destroy(&g_barrier);
+    mutex_destroy(&g_held);
+}
+
 int
 main(void)
 {
@@ -108,6 +147,7 @@ main(void)
         cmocka_unit_test(test_armed_runs_once_before_a_wait),
         cmocka_unit_test(test_disarm),
         cmocka_unit_test(test_hook_is_per_thread),
+        cmocka_unit_test(test_mutex_hint_only_when_contended),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
