@@ -318,6 +318,34 @@ do_fallocate(int fd, int mode, uint64_t offset, uint64_t bytes)
     return -errno;
 }
 
+/*
+ * Make the file at least end bytes long by writing zeroes to its last
+ * block, which lies inside the caller's own zeroed range.  Never
+ * ftruncate here: a parallel write may have grown the file since we read
+ * its length, and ftruncate would cut that write's data off.
+ */
+static int
+grow_to(struct block_node *node, uint64_t end)
+{
+    struct file_state *s = node->opaque;
+    static const uint8_t zero_byte;
+    size_t n = node->cache_direct ? node->limits.request_alignment : 1;
+    void *buf = (void *)&zero_byte;
+    int ret;
+
+    if (n > 1) {
+        if (posix_memalign(&buf, node->limits.mem_alignment, n) != 0) {
+            return -ENOMEM;
+        }
+        memset(buf, 0, n);
+    }
+    ret = pwrite_full(s->fd, buf, n, end - n);
+    if (n > 1) {
+        free(buf);
+    }
+    return ret;
+}
+
 static int
 file_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
                    unsigned flags)
@@ -330,13 +358,13 @@ file_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
 
     /* Growing a regular file: the new part reads as zeroes anyway. */
     if (len >= 0 && offset >= (uint64_t)len) {
-        return ftruncate(s->fd, offset + bytes) < 0 ? -errno : 0;
+        return grow_to(node, offset + bytes);
     }
     if (flags & BLOCK_REQ_MAY_UNMAP) {
         ret = do_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                            offset, bytes);
         if (ret == 0 && len >= 0 && offset + bytes > (uint64_t)len) {
-            ret = ftruncate(s->fd, offset + bytes) < 0 ? -errno : 0;
+            ret = grow_to(node, offset + bytes);
         }
         if (ret != -ENOTSUP) {
             return ret;
