@@ -62,6 +62,11 @@
 
 #define NBDSRV_THREADS      8
 #define NBDSRV_RBUF         (64 * 1024)
+/* Busy-polling before a sleep (conn_refill): from MIN, doubling up to MAX
+ * while sleeps end within GROW. */
+#define NBDSRV_POLL_MIN_NS  4000
+#define NBDSRV_POLL_MAX_NS  32000
+#define NBDSRV_POLL_GROW_NS 128000
 #define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
 #define NBDSRV_MAX_LISTENERS 8
 #define NBDSRV_HANDSHAKE_SECS 10
@@ -167,9 +172,10 @@ struct nbdsrv_conn {
     bool quit;                   /* the stream ended: threads leave */
     bool dead;                   /* socket unusable: admit nothing more */
 
-    /* Reader role only: bytes read ahead from in_fd. */
+    /* Reader role only: bytes read ahead from in_fd; busy-poll time. */
     uint8_t *rbuf;
     size_t rpos, rlen;
+    int64_t poll_ns;
 
     /* Protected by: g_nbdsrv_lock. */
     TAILQ_ENTRY(nbdsrv_conn) link;
@@ -624,6 +630,61 @@ req_done(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 
 /* ---- The reader ------------------------------------------------------- */
 
+/* Receive into the empty read-ahead buffer without sleeping, for up to
+ * ns nanoseconds.  -2 when nothing came in time, else what recv said. */
+static ssize_t
+conn_poll_recv(struct nbdsrv_conn *conn, int64_t ns)
+{
+    int64_t end = clock_ns() + ns;
+
+    for (;;) {
+        ssize_t r = recv(conn->fd, conn->rbuf, NBDSRV_RBUF, MSG_DONTWAIT);
+
+        if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+            return r;
+        }
+        if (clock_ns() >= end) {
+            return -2;
+        }
+    }
+}
+
+/*
+ * Refill the empty read-ahead buffer.  Busy-poll first, then sleep in
+ * read(): a client that answers within microseconds (queue depth 1) would
+ * otherwise pay for waking a sleeping thread, which in a VM (an idle vCPU
+ * halts) is tens of microseconds.  The poll time adapts as QEMU's
+ * iothread polling does: it grows while the requests that needed a sleep
+ * came soon after all, and drops to zero when one took long, so an idle
+ * or slow client costs no CPU.
+ */
+static ssize_t
+conn_refill(struct nbdsrv_conn *conn)
+{
+    int64_t t0, waited;
+    ssize_t r;
+
+    if (conn->fd < 0) {
+        return read(conn->s.in_fd, conn->rbuf, NBDSRV_RBUF);
+    }
+    if (conn->poll_ns > 0) {
+        r = conn_poll_recv(conn, conn->poll_ns);
+        if (r != -2) {
+            return r;
+        }
+    }
+    t0 = clock_ns();
+    r = read(conn->s.in_fd, conn->rbuf, NBDSRV_RBUF);
+    waited = clock_ns() - t0 + conn->poll_ns;
+    if (waited <= NBDSRV_POLL_GROW_NS) {
+        conn->poll_ns = conn->poll_ns ?
+            MIN(conn->poll_ns * 2, NBDSRV_POLL_MAX_NS) : NBDSRV_POLL_MIN_NS;
+    } else {
+        conn->poll_ns = 0;
+    }
+    return r;
+}
+
 /* len bytes of the request stream: the read-ahead buffer first.  0 or -1
  * (EOF, error). */
 static int
@@ -646,7 +707,7 @@ conn_recv(struct nbdsrv_conn *conn, void *buf, size_t len)
         if (len >= NBDSRV_RBUF / 2) {
             return nbdsrv_read(conn->s.in_fd, p, len);   /* big payload */
         }
-        r = read(conn->s.in_fd, conn->rbuf, NBDSRV_RBUF);
+        r = conn_refill(conn);
         if (r < 0 && errno == EINTR) {
             continue;
         }

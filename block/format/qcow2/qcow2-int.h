@@ -88,7 +88,9 @@ struct qcow2_state {
      * The lock protects everything below: the in-memory tables, the caches,
      * the allocator and the range list.  Metadata I/O happens with it held;
      * guest data I/O never does.  Lock order: s->lock, then the core's
-     * req_lock of the file node (taken inside block_* calls).
+     * req_lock of the file node (taken inside block_* calls).  Taken with
+     * mutex_lock_may_block(): a holder may be waiting for the disk, so a
+     * thread serving an NBD socket passes the socket on before it waits.
      */
     pthread_mutex_t lock;
     pthread_cond_t range_cond;

@@ -130,7 +130,7 @@ range_lock(struct qcow2_state *s, struct qcow2_range *r, uint64_t offset,
     r->end = bytes ? ((offset + bytes - 1) >> s->cluster_bits) + 1
                    : r->first + 1;
     r->exclusive = exclusive;
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     while (range_conflict(s, r)) {
         cond_wait(&s->range_cond, &s->lock);
     }
@@ -141,7 +141,7 @@ range_lock(struct qcow2_state *s, struct qcow2_range *r, uint64_t offset,
 static void
 range_unlock(struct qcow2_state *s, struct qcow2_range *r)
 {
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     TAILQ_REMOVE(&s->ranges, r, link);
     cond_broadcast(&s->range_cond);
     mutex_unlock(&s->lock);
@@ -335,7 +335,7 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         uint64_t run = 0;
         struct qcow2_l2e e;
 
-        mutex_lock(&s->lock);
+        mutex_lock_may_block(&s->lock);
         ret = qcow2_get_l2e(s, gc, &e);
         if (ret == 0) {
             run = contiguous_run(s, gc, &e, in, bytes);
@@ -669,14 +669,14 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
     struct qcow2_l2e e;
     int ret;
 
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     ret = s->corrupt ? -EIO : plan_write(s, gc, in, n, &p);
     mutex_unlock(&s->lock);
     if (ret < 0) {
         return ret;
     }
     ret = write_data(s, gc, &p, in, n, buf);
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     if (ret < 0) {
         if (p.new_alloc) {
             /* Part of the data may be there: see failed_end. */
@@ -921,7 +921,7 @@ zero_or_discard(struct block_node *node, uint64_t offset, uint64_t bytes,
         return 0;   /* v2 cannot hide the backing file: ignore, as QEMU */
     }
     range_lock(s, &r, offset, bytes, true);
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     ret = s->corrupt ? -EIO
                      : zero_range_locked(s, offset, bytes, unmap, discard,
                                          &f);
@@ -988,7 +988,7 @@ qcow2_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
 
     /* Bounded: at most one L2 table per call. */
     end = MIN(end, align_up(offset + 1, s->cluster_size * s->l2_entries));
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     while (pos < end) {
         uint64_t gc = pos >> s->cluster_bits;
         uint64_t in = pos & (s->cluster_size - 1);
@@ -1054,7 +1054,7 @@ qcow2_flush(struct block_node *node)
     if (node->read_only) {
         return 0;
     }
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     ret = flush_caches_locked(s);
     mutex_unlock(&s->lock);
     /* The core flushes the file next. */
@@ -1361,7 +1361,7 @@ qcow2_make_empty(struct block_node *node, struct err **errp)
         return -EPERM;
     }
     range_lock(s, &r, 0, UINT64_MAX >> 1, true);
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     if (s->corrupt) {
         err_setf(errp, "qcow2 image '%s' is corrupt", node->node_name);
         ret = -EIO;
@@ -1472,7 +1472,7 @@ qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
         return -EINVAL;
     }
     range_lock(s, &r, 0, UINT64_MAX >> 1, true);
-    mutex_lock(&s->lock);
+    mutex_lock_may_block(&s->lock);
     qcow2_release_finish(&s->release, false);
     if (s->corrupt) {
         ret = -EIO;
@@ -1842,7 +1842,7 @@ qcow2_close(struct block_node *node)
     struct qcow2_state *s = node->opaque;
 
     if (!node->read_only) {
-        mutex_lock(&s->lock);
+        mutex_lock_may_block(&s->lock);
         if (flush_caches_locked(s) == 0) {
             block_flush(s->file);
         }
