@@ -46,6 +46,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -646,6 +647,7 @@ conn_poll_recv(struct nbdsrv_conn *conn, int64_t ns)
         if (clock_ns() >= end) {
             return -2;
         }
+        sched_yield();      /* poll on idle CPU only, never in its way */
     }
 }
 
