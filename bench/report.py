@@ -178,7 +178,8 @@ run.  Both daemons are set up by the same QMP commands and driven by the
 same clients (fio 3.33 `ioengine=nbd`, nbdcopy 1.14); QEMU is 7.2
 (Debian 12): qemu-storage-daemon, or `qemu-system-x86_64 -machine none`
 for replication, whose commands only it has.  lockstepd is a release build
-(`-O3`, assertions on) of {rev}.
+(`-O3`, assertions on) of {rev}.  The whole run took {minutes:.0f}
+minutes.
 
 **Noise.** The machine has {ncpu} cores, shared by the client, the
 daemon(s) and anything else running (load average {load0} at the start,
