@@ -76,6 +76,7 @@ struct bc_call {
     int ret;
     bool error_is_read;
     TAILQ_ENTRY(bc_call) link;      /* in s->calls until a helper takes it */
+    pthread_cond_t done;            /* finished (its caller alone waits) */
 };
 
 struct block_copy_state {
@@ -740,6 +741,15 @@ copy_range(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
 }
 
 static void
+call_free(struct bc_call *call)
+{
+    cond_destroy(&call->done);
+    free(call);
+}
+
+/* Run call; a per-call condition wakes just its caller (s->cond would
+ * wake every guest write waiting for its own copy). */
+static void
 helper_run_locked(struct block_copy_state *s, struct bc_call *call)
 {
     bool eir = false;
@@ -752,9 +762,10 @@ helper_run_locked(struct block_copy_state *s, struct bc_call *call)
     call->error_is_read = eir;
     call->finished = true;
     if (call->abandoned) {
-        free(call);
+        call_free(call);
+    } else {
+        cond_signal(&call->done);
     }
-    cond_broadcast(&s->cond);
 }
 
 /* Run queued calls; leave after HELPER_IDLE_NS without one, or when the
@@ -833,20 +844,21 @@ copy_with_timeout(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     call->offset = offset;
     call->bytes = bytes;
     call->ratelimit = ratelimit;
+    cond_init(&call->done);
     mutex_lock(&s->lock);
     if (!helper_submit_locked(s, call)) {
         /* No thread at all: copy inline, without the timeout. */
         mutex_unlock(&s->lock);
-        free(call);
+        call_free(call);
         return copy_range(s, offset, bytes, ratelimit, error_is_read);
     }
     while (!call->finished && clock_ns() < deadline) {
-        cond_timedwait_ns(&s->cond, &s->lock, deadline);
+        cond_timedwait_ns(&call->done, &s->lock, deadline);
     }
     if (call->finished) {
         ret = call->ret;
         *error_is_read = call->error_is_read;
-        free(call);
+        call_free(call);
     } else {
         call->abandoned = true;
         ret = -ETIMEDOUT;
