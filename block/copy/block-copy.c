@@ -36,7 +36,7 @@
  * HELPER_IDLE_NS after a call, waiting for the next one (copy-before-write
  * on a fresh snapshot makes one call per guest write: a new thread for
  * each cost more than the copy).  The helper threads
- * does not take the graph lock (it would deadlock with a drain waiting for
+ * do not take the graph lock (it would deadlock with a drain waiting for
  * the caller, who still holds it); block_copy_state_free() waits for such
  * helpers instead, and the owner of the state (the cbw node) keeps both
  * nodes open until then.
@@ -66,7 +66,6 @@ struct bc_task {
 
 /* A call with a timeout, run by a helper thread. */
 struct bc_call {
-    struct block_copy_state *s;
     uint64_t offset;
     uint64_t bytes;
     bool ratelimit;
@@ -840,7 +839,6 @@ copy_with_timeout(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     int64_t deadline = clock_ns() + timeout_ns;
     int ret;
 
-    call->s = s;
     call->offset = offset;
     call->bytes = bytes;
     call->ratelimit = ratelimit;
@@ -871,7 +869,7 @@ copy_with_timeout(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
 /*
  * True when copy_range() would return 0 at once: nothing in the range is
  * dirty and no task overlaps it.  Lets a timed call (every copy-before-write
- * guest write) skip creating its helper thread once the area is copied.
+ * guest write) skip the hand-off to a helper once the area is copied.
  */
 static bool
 nothing_to_copy(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
@@ -898,7 +896,7 @@ block_copy(struct block_copy_state *s, uint64_t offset, uint64_t bytes,
     int ret;
 
     if (timeout_ns > 0 && nothing_to_copy(s, offset, bytes, ratelimit)) {
-        /* What copy_range() would find at once: no helper thread. */
+        /* What copy_range() would find at once: no helper. */
         return 0;
     }
     if (timeout_ns > 0) {

@@ -328,21 +328,17 @@ static int
 grow_to(struct block_node *node, uint64_t end)
 {
     struct file_state *s = node->opaque;
-    static const uint8_t zero_byte;
-    size_t n = node->cache_direct ? node->limits.request_alignment : 1;
-    void *buf = (void *)&zero_byte;
+    size_t n = node->limits.request_alignment;  /* 1 without O_DIRECT */
+    void *buf;
     int ret;
 
-    if (n > 1) {
-        if (posix_memalign(&buf, node->limits.mem_alignment, n) != 0) {
-            return -ENOMEM;
-        }
-        memset(buf, 0, n);
+    if (posix_memalign(&buf, MAX(node->limits.mem_alignment,
+                                 sizeof(void *)), n) != 0) {
+        return -ENOMEM;
     }
+    memset(buf, 0, n);
     ret = pwrite_full(s->fd, buf, n, end - n);
-    if (n > 1) {
-        free(buf);
-    }
+    free(buf);
     return ret;
 }
 

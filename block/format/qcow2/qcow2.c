@@ -464,9 +464,7 @@ plan_cow_zero(struct qcow2_state *s, struct write_plan *p,
 
     /*
      * After a failed write into this cluster the file's length does not
-     * tell where old bytes end, and zeroing past the end could race with
-     * writes growing the file (the file driver extends by ftruncate): copy
-     * zeroes as before.
+     * tell where old bytes end: copy zeroes as before.
      */
     if (s->extended_l2 || p->free_old || flen < 0 ||
         s->failed_end > p->host ||
