@@ -138,11 +138,38 @@ filter_lookup(json_t *data, struct err **errp)
     return f;
 }
 
+/*
+ * Move the parents of f's file child onto f (insert) or f's parents onto
+ * its file child (remove), holding references to both nodes until
+ * moved_clean().
+ */
+static bool
+move_prepare(struct block_node *f, bool removing, struct moved_edges **state,
+             struct err **errp)
+{
+    struct block_node *below = f->file->node;
+    struct moved_edges *m = xcalloc(1, sizeof(*m));
+
+    m->filter = f;
+    m->from = removing ? f : below;
+    m->to = removing ? below : f;
+    block_node_ref(f);
+    block_node_ref(below);
+    if (!move_parents(m, removing, errp)) {
+        block_node_unref(below);
+        block_node_unref(f);
+        free(m->edges);
+        free(m);
+        return false;
+    }
+    *state = m;
+    return true;
+}
+
 static bool
 insert_prepare_node(struct block_node *f, struct moved_edges **state,
                     struct err **errp)
 {
-    struct moved_edges *m;
     struct block_child *c;
 
     TAILQ_FOREACH(c, &f->parents, parent_link) {
@@ -152,21 +179,7 @@ insert_prepare_node(struct block_node *f, struct moved_edges **state,
                  "without parents can be inserted", f->node_name, desc);
         return false;
     }
-    m = xcalloc(1, sizeof(*m));
-    m->filter = f;
-    m->from = f->file->node;
-    m->to = f;
-    block_node_ref(f);
-    block_node_ref(m->from);
-    if (!move_parents(m, false, errp)) {
-        block_node_unref(m->from);
-        block_node_unref(f);
-        free(m->edges);
-        free(m);
-        return false;
-    }
-    *state = m;
-    return true;
+    return move_prepare(f, false, state, errp);
 }
 
 static bool
@@ -178,33 +191,11 @@ insert_prepare(json_t *data, void **state, struct err **errp)
 }
 
 static bool
-remove_prepare_node(struct block_node *f, struct moved_edges **state,
-                    struct err **errp)
-{
-    struct moved_edges *m = xcalloc(1, sizeof(*m));
-
-    m->filter = f;
-    m->from = f;
-    m->to = f->file->node;
-    block_node_ref(f);
-    block_node_ref(m->to);
-    if (!move_parents(m, true, errp)) {
-        block_node_unref(m->to);
-        block_node_unref(f);
-        free(m->edges);
-        free(m);
-        return false;
-    }
-    *state = m;
-    return true;
-}
-
-static bool
 remove_prepare(json_t *data, void **state, struct err **errp)
 {
     struct block_node *f = filter_lookup(data, errp);
 
-    return f && remove_prepare_node(f, (struct moved_edges **)state, errp);
+    return f && move_prepare(f, true, (struct moved_edges **)state, errp);
 }
 
 static void
@@ -410,7 +401,7 @@ fleecing_teardown(struct fleecing *fl, bool inserted)
         struct moved_edges *m = NULL;
         struct err *err = NULL;
 
-        if (remove_prepare_node(fl->cbw, &m, &err)) {
+        if (move_prepare(fl->cbw, true, &m, &err)) {
             moved_clean(m);
         } else {
             /* Cannot happen: the parents were on the source before. */
