@@ -123,6 +123,32 @@ class QMPClient:
             if "event" in msg:
                 self.events.append(msg)
 
+    def wait_event_match(self, name, timeout=30, **match):
+        """Wait for the first event called name whose data has match
+        (keyword names as in QMP, e.g. device="j0"); drop it and the events
+        before it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["event"] == name and all(
+                        ev.get("data", {}).get(k) == v
+                        for k, v in match.items()):
+                    del self.events[:i + 1]
+                    return ev
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no event %s %s in %s" %
+                                   (name, match, self.events))
+            self.sock.settimeout(left)
+            try:
+                msg = self.recv()
+            finally:
+                self.sock.settimeout(30.0)
+            if msg is None:
+                raise EOFError("connection closed")
+            if "event" in msg:
+                self.events.append(msg)
+
 
 def wait_for_socket(path, proc=None, timeout=10.0):
     deadline = time.monotonic() + timeout

@@ -37,31 +37,6 @@ class Qmp(QMPClient):
         assert "error" in resp, resp
         return resp["error"]["desc"]
 
-    def wait_event(self, name, timeout=30, **match):
-        """Wait for the first event called name whose data has match;
-        drop it and the events before it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, ev in enumerate(self.events):
-                if ev["event"] == name and all(
-                        ev.get("data", {}).get(k) == v
-                        for k, v in match.items()):
-                    del self.events[:i + 1]
-                    return ev
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no event %s %s in %s" %
-                                   (name, match, self.events))
-            self.sock.settimeout(left)
-            try:
-                msg = self.recv()
-            finally:
-                self.sock.settimeout(30.0)
-            if msg is None:
-                raise EOFError("connection closed")
-            if "event" in msg:
-                self.events.append(msg)
-
     def statuses(self, job_id):
         """The JOB_STATUS_CHANGE statuses read so far for job_id."""
         return [ev["data"]["status"] for ev in self.events
@@ -135,10 +110,10 @@ def test_full_backup(daemon, images):
     assert qmp.ok("blockdev-backup", **{
         "job-id": "b0", "device": "src", "target": "tgt",
         "sync": "full"}) == {}
-    ev = qmp.wait_event("BLOCK_JOB_COMPLETED", device="b0")
+    ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="b0")
     assert ev["data"] == {"device": "b0", "type": "backup", "len": SIZE,
                           "offset": SIZE, "speed": 0}
-    qmp.wait_event("JOB_STATUS_CHANGE", id="b0", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="b0", status="null")
     assert qmp.ok("query-jobs") == []
     assert qmp.ok("query-block-jobs") == []
     assert read(tgt) == read(src)
@@ -150,7 +125,7 @@ def test_manual_finalize_dismiss(daemon, images):
     qmp.ok("blockdev-backup", **{
         "job-id": "b1", "device": "src", "target": "tgt", "sync": "full",
         "auto-finalize": False, "auto-dismiss": False})
-    ev = qmp.wait_event("BLOCK_JOB_PENDING")
+    ev = qmp.wait_event_match("BLOCK_JOB_PENDING")
     assert ev["data"] == {"type": "backup", "id": "b1"}
     jobs = qmp.ok("query-jobs")
     assert jobs == [{"id": "b1", "type": "backup", "status": "pending",
@@ -166,8 +141,8 @@ def test_manual_finalize_dismiss(daemon, images):
     assert qmp.error("job-dismiss", id="b1") == \
         "Job 'b1' in state 'pending' cannot accept command verb 'dismiss'"
     assert qmp.ok("job-finalize", id="b1") == {}
-    qmp.wait_event("BLOCK_JOB_COMPLETED", device="b1")
-    qmp.wait_event("JOB_STATUS_CHANGE", id="b1", status="concluded")
+    qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="b1")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="b1", status="concluded")
     assert qmp.ok("query-jobs")[0]["status"] == "concluded"
     assert qmp.error("job-finalize", id="b1") == \
         "Job 'b1' in state 'concluded' cannot accept command verb 'finalize'"
@@ -190,7 +165,7 @@ def test_sync_none_pause_cancel(daemon, images):
     assert qmp.error("job-resume", id="j0") == \
         "Can't resume a job that was not paused"
     assert qmp.ok("job-pause", id="j0") == {}
-    qmp.wait_event("JOB_STATUS_CHANGE", id="j0", status="paused")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="j0", status="paused")
     info = qmp.ok("query-block-jobs")[0]
     assert info["paused"] is True and info["status"] == "paused"
     assert qmp.error("job-pause", id="j0") == "Job is already paused"
@@ -200,12 +175,12 @@ def test_sync_none_pause_cancel(daemon, images):
         "Parameter 'speed' expects a non-negative value"
     assert qmp.ok("block-job-set-speed", device="j0", speed=1000) == {}
     assert qmp.ok("job-resume", id="j0") == {}
-    qmp.wait_event("JOB_STATUS_CHANGE", id="j0", status="running")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="j0", status="running")
     assert qmp.ok("block-job-cancel", device="j0") == {}
-    ev = qmp.wait_event("BLOCK_JOB_CANCELLED", device="j0")
+    ev = qmp.wait_event_match("BLOCK_JOB_CANCELLED", device="j0")
     assert ev["data"] == {"device": "j0", "type": "backup", "len": SIZE,
                           "offset": 0, "speed": 1000}
-    qmp.wait_event("JOB_STATUS_CHANGE", id="j0", status="concluded")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="j0", status="concluded")
     jobs = qmp.ok("query-jobs")
     assert jobs[0]["error"] == "Operation canceled"
     assert qmp.ok("query-block-jobs")[0]["error"] == "Operation canceled"
@@ -217,7 +192,7 @@ def test_event_sequence(daemon, images):
     qmp = daemon(file_node("src", src), file_node("tgt", tgt))
     qmp.ok("blockdev-backup", **{
         "job-id": "s0", "device": "src", "target": "tgt", "sync": "full"})
-    qmp.wait_event("JOB_STATUS_CHANGE", id="s0", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="s0", status="null")
     # wait_event consumed them; replay the whole list from a fresh run.
     qmp.events.clear()
     qmp.ok("blockdev-backup", **{
@@ -316,7 +291,7 @@ def test_busy_target_and_bitmap(daemon, images, tmp_path):
     qmp.ok("blockdev-backup", **{
         "job-id": "j1", "device": "src", "target": "tgt", "sync": "bitmap",
         "bitmap": "b0", "bitmap-mode": "never", "auto-finalize": False})
-    qmp.wait_event("BLOCK_JOB_PENDING")
+    qmp.wait_event_match("BLOCK_JOB_PENDING")
     assert qmp.error("blockdev-backup", **{
         "job-id": "j2", "device": "src", "target": "tgt",
         "sync": "none"}) == \
@@ -330,7 +305,7 @@ def test_busy_target_and_bitmap(daemon, images, tmp_path):
         "Bitmap 'b0' is currently in use by another operation and cannot " \
         "be used"
     qmp.ok("job-finalize", id="j1")
-    qmp.wait_event("JOB_STATUS_CHANGE", id="j1", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="j1", status="null")
 
 
 def test_read_only_source_and_filter_name(daemon, images):
@@ -339,9 +314,9 @@ def test_read_only_source_and_filter_name(daemon, images):
                  file_node("tgt", tgt))
     qmp.ok("blockdev-backup", **{
         "job-id": "ro", "device": "src", "target": "tgt", "sync": "full"})
-    ev = qmp.wait_event("BLOCK_JOB_COMPLETED", device="ro")
+    ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="ro")
     assert "error" not in ev["data"]
-    qmp.wait_event("JOB_STATUS_CHANGE", id="ro", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="ro", status="null")
     assert read(tgt) == read(src)
     assert qmp.error("blockdev-backup", **{
         "job-id": "f1", "device": "tgt", "target": "src", "sync": "full"}) \
@@ -371,4 +346,4 @@ def test_jobs_listed_newest_first(daemon, tmp_path):
         ["second", "first"]
     for job_id in ("first", "second"):
         qmp.ok("job-cancel", id=job_id)
-        qmp.wait_event("JOB_STATUS_CHANGE", id=job_id, status="null")
+        qmp.wait_event_match("JOB_STATUS_CHANGE", id=job_id, status="null")

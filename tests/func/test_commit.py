@@ -43,25 +43,15 @@ def nbd_url(sock, name):
     return "nbd+unix:///%s?socket=%s" % (name, sock)
 
 
-def wait_event(qmp, name, timeout=30, **match):
-    deadline = time.monotonic() + timeout
-    while True:
-        for i, ev in enumerate(qmp.events):
-            if ev["event"] == name and all(
-                    ev.get("data", {}).get(k) == v for k, v in match.items()):
-                del qmp.events[:i + 1]
-                return ev
-        if time.monotonic() > deadline:
-            raise TimeoutError("no %s in %s" % (name, qmp.events))
-        qmp.sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            msg = qmp.recv()
-        except OSError:
-            continue
-        finally:
-            qmp.sock.settimeout(30.0)
-        if msg and "event" in msg:
-            qmp.events.append(msg)
+def export_top(qmp, d):
+    """Serve node "top" writable as export "guest"; returns its URL."""
+    sock = os.path.join(d, "nbd.sock")
+    qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                          "data": {"path": sock}}})
+    qmp.cmd("block-export-add", {"type": "nbd", "id": "guest",
+                                 "name": "guest", "node-name": "top",
+                                 "writable": True})
+    return nbd_url(sock, "guest")
 
 
 def check_clean(*images):
@@ -108,20 +98,15 @@ def test_intermediate_commit(chain):
     with Daemon(lockstepd(), d) as dmn:
         qmp = dmn.client()
         add_chain(qmp, base, mid, top)
-        sock = os.path.join(d, "nbd.sock")
-        qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                              "data": {"path": sock}}})
-        qmp.cmd("block-export-add", {"type": "nbd", "id": "guest", "name": "guest",
-                                     "node-name": "top", "writable": True})
+        url = export_top(qmp, d)
         qmp.cmd("block-commit", {"job-id": "c0", "device": "top",
                                  "top-node": "mid", "base-node": "base"})
-        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="c0")
+        ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="c0")
         assert "error" not in ev["data"], ev
         assert ev["data"]["type"] == "commit"
         # The guest's view is unchanged, and top now reads base directly.
-        qemu_io(nbd_url(sock, "guest"), "read -P 0x11 0 1M",
-                "read -P 0x22 1M 1M", "read -P 0x33 2M 2M",
-                "read -P 0 4M 4M")
+        qemu_io(url, "read -P 0x11 0 1M", "read -P 0x22 1M 1M",
+                "read -P 0x33 2M 2M", "read -P 0 4M 4M")
         graph = qmp.cmd("x-debug-query-block-graph")
         names = {n["id"]: n["name"] for n in graph["nodes"]}
         edges = [(names[e["parent"]], e["name"], names[e["child"]])
@@ -161,21 +146,16 @@ def test_active_commit_with_writes(chain):
     with Daemon(lockstepd(), d) as dmn:
         qmp = dmn.client()
         add_chain(qmp, base, mid, top)
-        sock = os.path.join(d, "nbd.sock")
-        url = nbd_url(sock, "guest")
-        qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                              "data": {"path": sock}}})
-        qmp.cmd("block-export-add", {"type": "nbd", "id": "guest", "name": "guest",
-                                     "node-name": "top", "writable": True})
+        url = export_top(qmp, d)
         qmp.cmd("block-commit", {"job-id": "ac", "device": "top"})
         # Guest writes while the job copies and after it is ready.
         qemu_io(url, "write -P 0x44 5M 512k", "write -P 0x45 0 64k")
-        wait_event(qmp, "BLOCK_JOB_READY", device="ac")
+        qmp.wait_event_match("BLOCK_JOB_READY", device="ac")
         qemu_io(url, "write -P 0x46 6M 1M", "write -P 0x47 3M 4k")
         jobs = qmp.cmd("query-block-jobs")
         assert jobs[0]["ready"] and jobs[0]["type"] == "commit"
         qmp.cmd("job-complete", {"id": "ac"})
-        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="ac")
+        ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="ac")
         assert "error" not in ev["data"], ev
         # The export writes the base now.
         qemu_io(url, "write -P 0x48 7M 4k")
@@ -202,11 +182,11 @@ def test_active_commit_cancel_keeps_graph(chain):
         add_chain(qmp, base, mid, top)
         qmp.cmd("block-commit", {"job-id": "ac", "device": "top",
                                  "top-node": "top", "base-node": "mid"})
-        wait_event(qmp, "BLOCK_JOB_READY", device="ac")
+        qmp.wait_event_match("BLOCK_JOB_READY", device="ac")
         qmp.cmd("block-job-cancel", {"device": "ac"})
         # QEMU sends BLOCK_JOB_COMPLETED for a cancel in ready; here the
         # job ends as cancelled (documented in job/commit.c).
-        wait_event(qmp, "BLOCK_JOB_CANCELLED", device="ac")
+        qmp.wait_event_match("BLOCK_JOB_CANCELLED", device="ac")
         graph = qmp.cmd("x-debug-query-block-graph")
         names = {n["id"]: n["name"] for n in graph["nodes"]}
         edges = [(names[e["parent"]], e["name"], names[e["child"]])
@@ -225,13 +205,7 @@ def test_active_commit_under_fio(chain):
     with Daemon(lockstepd(), d) as dmn:
         qmp = dmn.client()
         add_chain(qmp, base, mid, top)
-        sock = os.path.join(d, "nbd.sock")
-        url = nbd_url(sock, "guest")
-        qmp.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                              "data": {"path": sock}}})
-        qmp.cmd("block-export-add", {"type": "nbd", "id": "guest",
-                                     "name": "guest", "node-name": "top",
-                                     "writable": True})
+        url = export_top(qmp, d)
         fio = subprocess.Popen(
             ["fio", "--name=w", "--ioengine=nbd", "--uri=" + url,
              "--rw=randwrite", "--bs=4k", "--iodepth=8",
@@ -240,12 +214,12 @@ def test_active_commit_under_fio(chain):
         time.sleep(0.3)
         qmp.cmd("block-commit", {"job-id": "ac", "device": "top",
                                  "auto-finalize": False})
-        wait_event(qmp, "BLOCK_JOB_READY", device="ac")
+        qmp.wait_event_match("BLOCK_JOB_READY", device="ac")
         time.sleep(0.5)
         qmp.cmd("job-complete", {"id": "ac"})
-        wait_event(qmp, "BLOCK_JOB_PENDING", id="ac")
+        qmp.wait_event_match("BLOCK_JOB_PENDING", id="ac")
         qmp.cmd("job-finalize", {"id": "ac"})
-        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="ac")
+        ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="ac")
         assert "error" not in ev["data"], ev
         out, _ = fio.communicate(timeout=60)
         assert fio.returncode == 0, out
@@ -269,10 +243,10 @@ def test_commit_speed_and_pause(chain):
         qmp.cmd("block-commit", {"job-id": "c1", "device": "top",
                                  "top-node": "mid", "speed": 1024 * 1024})
         qmp.cmd("job-pause", {"id": "c1"})
-        wait_event(qmp, "JOB_STATUS_CHANGE", id="c1", status="paused")
+        qmp.wait_event_match("JOB_STATUS_CHANGE", id="c1", status="paused")
         qmp.cmd("block-job-set-speed", {"device": "c1", "speed": 0})
         qmp.cmd("job-resume", {"id": "c1"})
-        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="c1")
+        ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="c1")
         assert "error" not in ev["data"] and ev["data"]["len"] == 2 * MiB
         qmp.close()
     qemu_io(base, "read -P 0x11 0 1M", "read -P 0x22 1M 2M", fmt="qcow2")
@@ -290,7 +264,7 @@ def test_commit_by_file_names(chain):
                              "top-node": "mid"})["desc"]
         qmp.cmd("block-commit", {"job-id": "c2", "device": "top", "top": mid,
                                  "base": base})
-        ev = wait_event(qmp, "BLOCK_JOB_COMPLETED", device="c2")
+        ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="c2")
         assert "error" not in ev["data"], ev
         qmp.close()
     qemu_io(base, "read -P 0x11 0 1M", "read -P 0x22 1M 2M", fmt="qcow2")

@@ -79,27 +79,6 @@ def free_port():
     return port
 
 
-def wait_event(qmp, name, timeout=30, **match):
-    deadline = time.monotonic() + timeout
-    while True:
-        for i, ev in enumerate(qmp.events):
-            if ev["event"] == name and all(
-                    ev.get("data", {}).get(k) == v for k, v in match.items()):
-                del qmp.events[:i + 1]
-                return ev
-        if time.monotonic() > deadline:
-            raise TimeoutError("no %s in %s" % (name, qmp.events))
-        qmp.sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            msg = qmp.recv()
-        except OSError:
-            continue
-        finally:
-            qmp.sock.settimeout(30.0)
-        if msg and "event" in msg:
-            qmp.events.append(msg)
-
-
 class Secondary:
     """The secondary daemon: sec-disk exported for the primary, the
     replication node rep over active -> hidden -> sec-disk, the quorum top
@@ -231,10 +210,10 @@ def make_pair(transport, tmp_path, quorum):
     return pri, sec, imgs
 
 
-@pytest.fixture(params=["unix", "tcp"])
-def bare_pair(request, tmp_path):
-    """The primary's replication node without the quorum, exported."""
-    pri, sec, imgs = make_pair(request.param, tmp_path, False)
+def running_pair(transport, tmp_path, quorum):
+    """make_pair() for a fixture: stops both daemons afterwards and checks
+    the images."""
+    pri, sec, imgs = make_pair(transport, tmp_path, quorum)
     yield pri, sec, imgs
     for x in (pri, sec):
         try:
@@ -242,18 +221,17 @@ def bare_pair(request, tmp_path):
         except Exception:  # pragma: no cover - already stopped
             pass
     check_clean(imgs)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def bare_pair(request, tmp_path):
+    """The primary's replication node without the quorum, exported."""
+    yield from running_pair(request.param, tmp_path, False)
 
 
 @pytest.fixture(params=["unix", "tcp"])
 def pair(request, tmp_path):
-    pri, sec, imgs = make_pair(request.param, tmp_path, True)
-    yield pri, sec, imgs
-    for x in (pri, sec):
-        try:
-            x.stop()
-        except Exception:  # pragma: no cover - already stopped
-            pass
-    check_clean(imgs)
+    yield from running_pair(request.param, tmp_path, True)
 
 
 # ---- QEMU's twelve cases ----------------------------------------------------
@@ -550,7 +528,8 @@ def test_secondary_dies_and_resync(tmp_path, transport):
     # rule: get_error reports them); the guest's flush shows the dead
     # child to the quorum, which reports it and succeeds.
     hp.flush()
-    ev = wait_event(pri.qmp, "QUORUM_REPORT_BAD", **{"node-name": "p-rep"})
+    ev = pri.qmp.wait_event_match("QUORUM_REPORT_BAD",
+                                  **{"node-name": "p-rep"})
     assert ev["data"]["type"] == "flush"
     assert pri.qmp.cmd("query-xen-replication-status") == {
         "error": True, "desc": "I/O error occurred"}
@@ -588,7 +567,7 @@ def test_secondary_dies_and_resync(tmp_path, transport):
     pri.qmp.cmd("x-replication-resync", {"job-id": "rs", "device": "p-top",
                                          "target": "p-nbd2"})
     writes(30)                                   # the guest goes on
-    ev = wait_event(pri.qmp, "BLOCK_JOB_COMPLETED", device="rs")
+    ev = pri.qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="rs")
     assert "error" not in ev["data"], ev
     assert ev["data"]["type"] == "replication-resync"
     # Only the dirty data moved (plus what the guest wrote meanwhile).
