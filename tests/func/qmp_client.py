@@ -103,6 +103,22 @@ class QMPClient:
         assert "error" in resp, resp
         return resp["error"]
 
+    def _read_event(self, deadline, what):
+        """Read one more message before deadline, keeping it if it is an
+        event; TimeoutError(what()) when the deadline has passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(what())
+        self.sock.settimeout(left)
+        try:
+            msg = self.recv()
+        finally:
+            self.sock.settimeout(30.0)
+        if msg is None:
+            raise EOFError("connection closed")
+        if "event" in msg:
+            self.events.append(msg)
+
     def wait_event(self, name, timeout=10.0):
         """Wait for (and remove) the first event called name."""
         deadline = time.monotonic() + timeout
@@ -110,18 +126,7 @@ class QMPClient:
             for i, ev in enumerate(self.events):
                 if ev["event"] == name:
                     return self.events.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no %s event" % name)
-            self.sock.settimeout(left)
-            try:
-                msg = self.recv()
-            finally:
-                self.sock.settimeout(30.0)
-            if msg is None:
-                raise EOFError("connection closed")
-            if "event" in msg:
-                self.events.append(msg)
+            self._read_event(deadline, lambda: "no %s event" % name)
 
     def wait_event_match(self, name, timeout=30, **match):
         """Wait for the first event called name whose data has match
@@ -135,19 +140,8 @@ class QMPClient:
                         for k, v in match.items()):
                     del self.events[:i + 1]
                     return ev
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no event %s %s in %s" %
-                                   (name, match, self.events))
-            self.sock.settimeout(left)
-            try:
-                msg = self.recv()
-            finally:
-                self.sock.settimeout(30.0)
-            if msg is None:
-                raise EOFError("connection closed")
-            if "event" in msg:
-                self.events.append(msg)
+            self._read_event(deadline, lambda: "no event %s %s in %s" %
+                             (name, match, self.events))
 
 
 def wait_for_socket(path, proc=None, timeout=10.0):

@@ -45,7 +45,7 @@ def export_del(qmp, export_id):
             "export '%s' still in use" % export_id
         time.sleep(0.05)
     assert resp["return"] == {}, resp
-    qmp.wait_event("BLOCK_EXPORT_DELETED", id=export_id)
+    qmp.wait_event_match("BLOCK_EXPORT_DELETED", id=export_id)
 
 
 def test_sync_none_under_nbd_export(daemon, images, tmp_path):
@@ -72,10 +72,10 @@ def test_sync_none_under_nbd_export(daemon, images, tmp_path):
     assert info["current-progress"] == 6 * CLUSTER
     assert info["total-progress"] == SIZE
     qmp.ok("block-job-cancel", device="fleecing")
-    ev = qmp.wait_event("BLOCK_JOB_CANCELLED", device="fleecing")
+    ev = qmp.wait_event_match("BLOCK_JOB_CANCELLED", device="fleecing")
     assert ev["data"]["len"] == SIZE
     assert ev["data"]["offset"] == 6 * CLUSTER
-    qmp.wait_event("JOB_STATUS_CHANGE", id="fleecing", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="fleecing", status="null")
     export_del(qmp, "exp0")
 
     got = read(tgt)
@@ -112,8 +112,8 @@ def test_transaction_backup(daemon, images):
         {"type": "blockdev-backup",
          "data": {"job-id": "t1", "device": "src", "target": "tgt",
                   "sync": "full"}}]) == {}
-    qmp.wait_event("BLOCK_JOB_COMPLETED", device="t1")
-    qmp.wait_event("JOB_STATUS_CHANGE", id="t1", status="null")
+    qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="t1")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="t1", status="null")
     assert read(tgt) == read(src)
     # Validation of the action's data is the command's.
     err = qmp.error("transaction", actions=[
@@ -141,10 +141,10 @@ def test_push_backup_with_fleecing(daemon, images, tmp_path):
     if qmp.kind == "lockstep":
         args["discard-source"] = True     # QEMU 9.1; 7.2 lacks it
     qmp.ok("blockdev-backup", **args)
-    ev = qmp.wait_event("BLOCK_JOB_COMPLETED", device="push0")
+    ev = qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="push0")
     assert "error" not in ev["data"]
     assert ev["data"]["offset"] == SIZE
-    qmp.wait_event("JOB_STATUS_CHANGE", id="push0", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="push0", status="null")
     assert read(tgt) == read(src)
     qmp.ok("blockdev-del", **{"node-name": "fl-access"})
     qmp.ok("blockdev-del", **{"node-name": "fl-cbw"})
@@ -208,16 +208,16 @@ def test_257_over_qmp(daemon, tmp_path, msync, mode, failure, after):
         "sync": msync, "bitmap": "bitmap0", "bitmap-mode": mode,
         "auto-finalize": False, "filter-node-name": "backup-top",
         "x-perf": {"max-workers": 1}})
-    qmp.wait_event("BLOCK_JOB_PENDING")
+    qmp.wait_event_match("BLOCK_JOB_PENDING")
     write_group(sock, G2)
     assert bitmap_count(qmp, "drive0", "bitmap0") == 6
     if failure == "simulated":
         qmp.ok("job-cancel", id="backup_1")
-        qmp.wait_event("BLOCK_JOB_CANCELLED", device="backup_1")
+        qmp.wait_event_match("BLOCK_JOB_CANCELLED", device="backup_1")
     else:
         qmp.ok("job-finalize", id="backup_1")
-        qmp.wait_event("BLOCK_JOB_COMPLETED", device="backup_1")
-    qmp.wait_event("JOB_STATUS_CHANGE", id="backup_1", status="null")
+        qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="backup_1")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="backup_1", status="null")
     assert bitmap_count(qmp, "drive0", "bitmap0") == after
     export_del(qmp, "exp0")
 
@@ -270,7 +270,7 @@ def test_old_fleecing_scheme(daemon, tmp_path):
     export_del(qmp, "snap")
     export_del(qmp, "guest")
     qmp.ok("block-job-cancel", device="fleecing")
-    ev = qmp.wait_event("BLOCK_JOB_CANCELLED", device="fleecing")
+    ev = qmp.wait_event_match("BLOCK_JOB_CANCELLED", device="fleecing")
     assert ev["data"]["offset"] == 6 * CLUSTER
-    qmp.wait_event("JOB_STATUS_CHANGE", id="fleecing", status="null")
+    qmp.wait_event_match("JOB_STATUS_CHANGE", id="fleecing", status="null")
     qmp.ok("blockdev-del", **{"node-name": "temp"})

@@ -24,7 +24,6 @@ qemu-io over NBD, python3-libnbd (module nbd) for the long runs, fio.
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ import pytest
 
 from conftest import build_dir_path
 from qmp_client import Daemon
+from test_nbd_server import free_port
 
 MiB = 1024 * 1024
 SIZE = 16 * MiB
@@ -69,14 +69,6 @@ def qemu_io(target, *cmds, fmt="raw", ok=True):
     if ok:
         assert not bad, (cmds, out)
     return out, bad
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Secondary:
