@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -51,7 +52,20 @@ static __thread bool graph_is_writer;   /* this thread holds the drain */
 static int drain_depth;                 /* main thread only */
 
 static struct block_node *node_new(json_t *options, const char *prefix,
-                                   struct err **errp);
+                                   const char *role, struct err **errp);
+
+/*
+ * The nodes this thread is opening, innermost last: opening a node opens
+ * its children from inside its driver's open, so every entry is an
+ * ancestor of the next.  Backing chains are checked against it (loops,
+ * depth) before they recurse any further.
+ */
+struct open_frame {
+    struct block_node *node;
+    bool is_backing;            /* opened as some node's "backing" child */
+};
+static __thread struct open_frame open_stack[BLOCK_MAX_OPEN_NESTING];
+static __thread int open_depth;
 
 /* ---- Draining --------------------------------------------------------- */
 
@@ -391,6 +405,38 @@ block_node_detach_child(struct block_node *parent, struct block_child *c)
     free(c);
 }
 
+/* Is target node itself or below it (through any child)?  The graph
+ * is kept acyclic, so this ends. */
+static bool
+node_reaches(struct block_node *node, struct block_node *target)
+{
+    struct block_child *c;
+
+    if (node == target) {
+        return true;
+    }
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        if (node_reaches(c->node, target)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Refuse an edge from parent to child that would close a cycle (the
+ * request path and every walk down the graph would never end). */
+static bool
+edge_cycle_check(struct block_node *parent, const char *name,
+                 struct block_node *child, struct err **errp)
+{
+    if (!parent || !node_reaches(child, parent)) {
+        return true;
+    }
+    err_setf(errp, "Making '%s' a %s child of '%s' would create a cycle",
+             child->node_name, name, parent->node_name);
+    return false;
+}
+
 int
 block_child_replace_node(struct block_child *c, struct block_node *to,
                          struct err **errp)
@@ -398,6 +444,9 @@ block_child_replace_node(struct block_child *c, struct block_node *to,
     struct block_node *from = c->node;
     int ret;
 
+    if (!edge_cycle_check(c->parent_node, c->name, to, errp)) {
+        return -ELOOP;
+    }
     block_drain_begin();
     block_node_ref(from);
     edge_unlink(c);
@@ -436,6 +485,12 @@ block_replace_node(struct block_node *from, struct block_node *to,
 
     if (from == to) {
         return 0;
+    }
+    TAILQ_FOREACH(c, &from->parents, parent_link) {
+        if (c->parent_node != to &&
+            !edge_cycle_check(c->parent_node, c->name, to, errp)) {
+            return -ELOOP;
+        }
     }
     block_drain_begin();
     block_node_ref(from);
@@ -682,8 +737,82 @@ node_open(struct block_node *node, json_t *options, struct err **errp)
     return block_node_open_finish(node, errp);
 }
 
+/* Device and inode of the image file under node (its "file" chain down
+ * to a protocol node with a filename); false when there is none. */
+static bool
+image_file_id(struct block_node *node, struct stat *st)
+{
+    const char *fn;
+
+    while (node->file) {
+        node = node->file->node;
+    }
+    fn = json_string_value(json_object_get(node->options, "filename"));
+    return fn && stat(fn, st) == 0;
+}
+
+int
+block_backing_chain_check(const char *path, struct err **errp)
+{
+    struct stat want, st;
+
+    if (stat(path, &want) < 0) {
+        return 0;   /* opening it reports the error */
+    }
+    for (int i = 0; i < open_depth; i++) {
+        if (image_file_id(open_stack[i].node, &st) &&
+            st.st_dev == want.st_dev && st.st_ino == want.st_ino) {
+            err_setf(errp, "Backing file '%s' creates an infinite loop",
+                     path);
+            return -ELOOP;
+        }
+    }
+    return 0;
+}
+
+/* Images in the chain that a new backing child would end: the top one
+ * (the outermost frame) and every backing frame, plus the new one. */
+static int
+backing_chain_length(void)
+{
+    int n = 2;
+
+    for (int i = 0; i < open_depth; i++) {
+        n += open_stack[i].is_backing;
+    }
+    return n;
+}
+
+/* Push node on the open stack and open it; refuses nesting past the
+ * limits before the driver recurses. */
+static int
+node_open_nested(struct block_node *node, json_t *opts, const char *role,
+                 struct err **errp)
+{
+    bool is_backing = role && !strcmp(role, "backing");
+    int ret;
+
+    if (is_backing && backing_chain_length() > BLOCK_MAX_BACKING_CHAIN) {
+        err_setf(errp, "Backing chain deeper than %d images (limit)",
+                 BLOCK_MAX_BACKING_CHAIN);
+        return -ELOOP;
+    }
+    if (open_depth == ARRAY_SIZE(open_stack)) {
+        err_setf(errp, "Node options nested deeper than %zu levels",
+                 ARRAY_SIZE(open_stack));
+        return -ELOOP;
+    }
+    open_stack[open_depth].node = node;
+    open_stack[open_depth].is_backing = is_backing;
+    open_depth++;
+    ret = node_open(node, opts, errp);
+    open_depth--;
+    return ret;
+}
+
 static struct block_node *
-node_new(json_t *options, const char *prefix, struct err **errp)
+node_new(json_t *options, const char *prefix, const char *role,
+         struct err **errp)
 {
     const struct block_driver *drv;
     struct block_node *node;
@@ -724,7 +853,7 @@ node_new(json_t *options, const char *prefix, struct err **errp)
         node_free(node);
         return NULL;
     }
-    if (node_open(node, opts, &local_err) < 0) {
+    if (node_open_nested(node, opts, role, &local_err) < 0) {
         err_propagate(errp, local_err);
         node_free(node);
         return NULL;
@@ -736,7 +865,7 @@ node_new(json_t *options, const char *prefix, struct err **errp)
 struct block_node *
 block_node_new(json_t *options, struct err **errp)
 {
-    return node_new(options, "", errp);
+    return node_new(options, "", NULL, errp);
 }
 
 struct block_node *
@@ -825,7 +954,7 @@ block_node_open_child_as(struct block_node *parent, json_t *options,
         json_t *child_opts = json_deep_copy(ref);
 
         inherit_options(parent, child_opts, child_name);
-        child = node_new(child_opts, prefix, errp);
+        child = node_new(child_opts, prefix, child_name, errp);
         json_decref(child_opts);
         if (!child) {
             return NULL;

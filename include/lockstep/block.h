@@ -316,6 +316,23 @@ struct block_node *block_node_new_keyval(const char *str, struct err **errp);
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);
 
+/*
+ * Backing chains: at most BLOCK_MAX_BACKING_CHAIN images, the top one
+ * included (QEMU 7.2 has no limit and recurses until it runs out of file
+ * descriptors); opening a deeper one fails with a clear error.  Nested
+ * node options (children of children) stop at BLOCK_MAX_OPEN_NESTING.
+ */
+#define BLOCK_MAX_BACKING_CHAIN 256
+#define BLOCK_MAX_OPEN_NESTING (BLOCK_MAX_BACKING_CHAIN + 64)
+
+/*
+ * For a format's open, before it opens the backing file its image names
+ * at path: -ELOOP with *errp set when that file (same device and inode)
+ * is an image being opened above it on this thread, i.e. the chain would
+ * loop.  Any thread.
+ */
+int block_backing_chain_check(const char *path, struct err **errp);
+
 void block_node_ref(struct block_node *node);
 void block_node_unref(struct block_node *node);
 

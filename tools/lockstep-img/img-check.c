@@ -184,6 +184,26 @@ check_run(const struct check_args *a, unsigned fix,
     return ret;
 }
 
+/*
+ * The image is checked alone, but a backing chain that loops or is too
+ * deep makes it unusable: qemu-img (which opens the chain) cannot open
+ * such an image, and neither can we, so say so as it does for an image
+ * it cannot open instead of calling the image clean.
+ */
+static bool
+check_chain(const struct check_args *a)
+{
+    struct err *e = NULL;
+
+    if (img_backing_chain_ok(a->filename, a->fmt, &e)) {
+        return true;
+    }
+    err_prepend(&e, "Could not open '%s': Could not open backing file: ",
+                a->filename);
+    img_report(e);
+    return false;
+}
+
 static int
 check_with_repair(const struct check_args *a, struct qcow2_check_result *r)
 {
@@ -220,6 +240,9 @@ img_cmd_check(int argc, char **argv)
     fmt = a.fmt ? a.fmt : img_probe(a.filename);
     if (strcmp(fmt, "qcow2") != 0) {
         return check_other_format(&a);
+    }
+    if (!check_chain(&a)) {
+        return 1;
     }
     if (check_with_repair(&a, &r) < 0) {
         return 1;

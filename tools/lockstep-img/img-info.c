@@ -26,9 +26,6 @@
 #define INFO_MAX_SNAPSHOTS 65536
 #define INFO_MAX_SNAPSHOT_BYTES (64 * 1024 * 1024)
 
-/* Backing chains longer than this are taken for loops. */
-#define INFO_MAX_CHAIN 256
-
 struct info {
     const char *filename;
     char *fmt;
@@ -37,6 +34,7 @@ struct info {
     bool is_qcow2;
     struct qcow2_header h;
     char *full_backing;           /* resolved backing path, or NULL */
+    char *owned_name;             /* filename, when the info owns it */
     json_t *bitmaps;              /* qcow2 bitmap list, or NULL */
     json_t *snapshots;            /* qcow2 snapshot list, or NULL */
 };
@@ -528,10 +526,9 @@ info_parse(int argc, char **argv, struct info_args *a)
     return 0;
 }
 
-/* Print one image; returns the next image of the chain (or NULL). */
-static char *
-info_one(const struct info_args *a, const struct info *in, json_t *list,
-         char **next_fmt)
+/* Print one image (into list when printing a JSON chain). */
+static void
+info_print(const struct info_args *a, const struct info *in, json_t *list)
 {
     if (a->json && list) {
         json_array_append_new(list, info_json(in));
@@ -543,58 +540,112 @@ info_one(const struct info_args *a, const struct info *in, json_t *list,
     } else {
         info_human(in);
     }
-    if (!a->chain || !in->full_backing) {
-        return NULL;
+}
+
+/*
+ * Collect filename (and with chain, every image below it) into *out.
+ * Like qemu-img, nothing is printed until the whole chain is known: a
+ * loop (the same file, by device and inode, reached again) or a chain
+ * longer than BLOCK_MAX_BACKING_CHAIN is an error of its own.
+ */
+static bool
+collect_chain(const char *filename, const char *fmt, bool chain,
+              struct info **out, size_t *n, struct err **errp)
+{
+    struct img_chain seen = { 0 };
+    char *name = xstrdup(filename);
+    char *f = fmt ? xstrdup(fmt) : NULL;
+    bool ok = true;
+
+    *out = NULL;
+    *n = 0;
+    while (name) {
+        struct info *in;
+
+        if (!img_chain_visit(&seen, name, errp)) {
+            ok = false;
+            break;
+        }
+        *out = xrealloc(*out, (*n + 1) * sizeof(**out));
+        in = &(*out)[*n];
+        if (!collect(in, name, f, errp)) {
+            info_free(in);
+            ok = false;
+            break;
+        }
+        (*n)++;
+        in->owned_name = name;      /* in->filename points into it */
+        free(f);
+        f = NULL;
+        name = NULL;
+        if (chain && in->full_backing) {
+            name = xstrdup(in->full_backing);
+            f = in->h.has_backing_fmt ? xstrdup(in->h.backing_fmt) : NULL;
+        }
     }
-    *next_fmt = in->h.has_backing_fmt ? xstrdup(in->h.backing_fmt) : NULL;
-    return xstrdup(in->full_backing);
+    free(name);
+    free(f);
+    img_chain_free(&seen);
+    return ok;
+}
+
+static void
+chain_free(struct info *chain, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(chain[i].owned_name);
+        info_free(&chain[i]);
+    }
+    free(chain);
+}
+
+bool
+img_backing_chain_ok(const char *filename, const char *fmt,
+                     struct err **errp)
+{
+    struct info *chain;
+    size_t n;
+    struct err *e = NULL;
+    bool ok = collect_chain(filename, fmt, true, &chain, &n, &e);
+
+    chain_free(chain, n);
+    if (!ok && e && e->errnum == ELOOP) {
+        err_propagate(errp, e);
+        return false;
+    }
+    /* Other failures (a missing backing file) are not check's business. */
+    err_free(e);
+    return true;
 }
 
 int
 img_cmd_info(int argc, char **argv)
 {
     struct info_args a = { 0 };
-    char *name, *fmt;
+    struct info *chain;
+    struct err *e = NULL;
     json_t *list;
-    int depth = 0, ret = 0;
+    size_t n;
 
     if (info_parse(argc, argv, &a) < 0) {
         return img_usage_error("info", NULL);
     }
-    name = xstrdup(a.filename);
-    fmt = a.fmt ? xstrdup(a.fmt) : NULL;
+    if (!collect_chain(a.filename, a.fmt, a.chain, &chain, &n, &e)) {
+        img_report(e);
+        chain_free(chain, n);
+        return 1;
+    }
     list = a.chain && a.json ? json_array() : NULL;
-    while (name) {
-        struct err *e = NULL;
-        struct info in;
-        char *next, *next_fmt = NULL;
-
-        if (++depth > INFO_MAX_CHAIN) {
-            img_error("Backing file '%s' creates an infinite loop.", name);
-            ret = 1;
-            break;
-        }
-        if (!collect(&in, name, fmt, &e)) {
-            img_report(e);
-            info_free(&in);
-            ret = 1;
-            break;
-        }
-        if (depth > 1 && !a.json) {
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && !a.json) {
             printf("\n");
         }
-        next = info_one(&a, &in, list, &next_fmt);
-        info_free(&in);
-        free(name);
-        free(fmt);
-        name = next;
-        fmt = next_fmt;
+        info_print(&a, &chain[i], list);
     }
-    free(name);
-    free(fmt);
-    if (list && ret == 0) {
+    if (list) {
         img_json_print(list);
     }
     json_decref(list);
-    return ret;
+    chain_free(chain, n);
+    return 0;
 }

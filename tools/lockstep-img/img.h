@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "lockstep/block.h"
 #include "lockstep/err.h"
@@ -88,6 +89,25 @@ void *img_read_head(struct block_node *file, size_t *len, struct err **errp);
  * relative to the directory of the image that names it.  malloc'd.
  */
 char *img_backing_path(const char *image, const char *backing);
+
+/*
+ * Walking a backing chain by the names the headers give: each file
+ * (device and inode) may appear once, and the chain may hold at most
+ * BLOCK_MAX_BACKING_CHAIN images.  Visiting a file seen before, or one
+ * too many, fails with errnum ELOOP and qemu-img's message.
+ */
+struct img_chain {
+    struct { dev_t dev; ino_t ino; } *ids;
+    size_t n;
+};
+bool img_chain_visit(struct img_chain *c, const char *name,
+                     struct err **errp);
+void img_chain_free(struct img_chain *c);
+
+/* img-info.c: false (*errp set) when filename's backing chain, as its
+ * headers name it, loops or is too deep; other failures are ignored. */
+bool img_backing_chain_ok(const char *filename, const char *fmt,
+                          struct err **errp);
 
 struct qcow2_header;
 /* Decode the qcow2 header of filename (read through a file node). */

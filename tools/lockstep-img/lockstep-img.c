@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "block/format/qcow2/qcow2.h"
@@ -412,6 +413,42 @@ img_read_head(struct block_node *file, size_t *len, struct err **errp)
         return NULL;
     }
     return buf;
+}
+
+bool
+img_chain_visit(struct img_chain *c, const char *name, struct err **errp)
+{
+    struct stat st;
+
+    if (c->n >= BLOCK_MAX_BACKING_CHAIN) {
+        err_setf(errp, "Backing chain deeper than %d images (limit)",
+                 BLOCK_MAX_BACKING_CHAIN);
+        (*errp)->errnum = ELOOP;
+        return false;
+    }
+    if (stat(name, &st) < 0) {
+        return true;    /* not a local file, or missing: opening tells */
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->ids[i].dev == st.st_dev && c->ids[i].ino == st.st_ino) {
+            err_setf(errp, "Backing file '%s' creates an infinite loop.",
+                     name);
+            (*errp)->errnum = ELOOP;
+            return false;
+        }
+    }
+    c->ids = xrealloc(c->ids, (c->n + 1) * sizeof(*c->ids));
+    c->ids[c->n].dev = st.st_dev;
+    c->ids[c->n].ino = st.st_ino;
+    c->n++;
+    return true;
+}
+
+void
+img_chain_free(struct img_chain *c)
+{
+    free(c->ids);
+    memset(c, 0, sizeof(*c));
 }
 
 char *

@@ -1671,6 +1671,8 @@ file_is_qcow2(const char *path)
     return memcmp(m, "QFI\xfb", 4) == 0;
 }
 
+#define BACKING_PREFIX "Could not open backing file: "
+
 /* "backing" absent: open what the header names, read-only. */
 static int
 open_backing_from_header(struct block_node *node, struct qcow2_state *s,
@@ -1693,12 +1695,21 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
                  fmt);
         return -EINVAL;
     }
+    if (block_backing_chain_check(path, errp) < 0) {
+        err_prepend(errp, "%s", BACKING_PREFIX);
+        return -ELOOP;
+    }
     opts = json_pack("{s:{s:s, s:{s:s, s:s}}}", "backing", "driver", fmt,
                      "file", "driver", "file", "filename", path);
     c = block_node_open_child(node, opts, "backing", errp);
     json_decref(opts);
     if (!c) {
-        err_prepend(errp, "Could not open backing file: ");
+        /* Once, however deep in the chain the open failed: a loop or the
+         * depth limit would otherwise repeat it a few hundred times. */
+        if (!errp || !*errp ||
+            strncmp((*errp)->msg, BACKING_PREFIX, strlen(BACKING_PREFIX))) {
+            err_prepend(errp, "%s", BACKING_PREFIX);
+        }
         return -EINVAL;
     }
     return 0;
