@@ -513,6 +513,10 @@ shutdown_daemon(void)
     struct block_node **owned = NULL;
     size_t n = 0;
 
+    /* Connects still waiting for a peer end now; requests waiting on
+     * one give up after the drain patience, not never. */
+    qmp_blockdev_add_cancel_all();
+    block_shutdown_begin();
     /* Not running is not an error worth reporting at exit. */
     nbd_server_stop(NULL);
     block_export_close_all();

@@ -3,23 +3,34 @@
  * QMP commands on nodes: blockdev-add, blockdev-del,
  * query-named-block-nodes and x-debug-query-block-graph.  Results have the
  * shape and member names qemu-storage-daemon 7.2 gives for the same nodes.
- * Main thread; graph changes happen inside a drained section.
+ * Main thread; graph changes happen inside a drained section, and never
+ * while waiting on a remote peer: blockdev-add makes its NBD connections
+ * first (block_prepare()), from a thread of its own when the monitor can
+ * wait for the response.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/queue.h>
+#include <unistd.h>
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/loop.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-json_t *
-qmp_blockdev_add(json_t *args, struct err **errp)
+/* The graph step of blockdev-add: quick, drained. */
+static json_t *
+blockdev_add_prepared(json_t *args, struct block_prep *prep,
+                      struct err **errp)
 {
     struct block_node *node;
 
     block_drain_begin();
-    node = block_node_new(args, errp);
+    node = block_node_new_prepared(args, prep, errp);
     block_drain_end();
     if (!node) {
         return NULL;
@@ -28,6 +39,135 @@ qmp_blockdev_add(json_t *args, struct err **errp)
      * blockdev-del (or shutdown). */
     node->monitor_owned = true;
     return json_object();
+}
+
+/*
+ * Without a monitor that can wait (tests, --blockdev at startup): connect
+ * here, bounded by the driver's timeouts, but still before the drain, so
+ * that the graph is never held across a wait on a peer.
+ */
+json_t *
+qmp_blockdev_add(json_t *args, struct err **errp)
+{
+    struct block_prep *prep = NULL;
+    json_t *ret;
+
+    if (block_needs_prepare(args)) {
+        prep = block_prepare(args, -1, errp);
+        if (!prep) {
+            return NULL;
+        }
+    }
+    ret = blockdev_add_prepared(args, prep, errp);
+    block_prep_free(prep);
+    return ret;
+}
+
+/*
+ * A blockdev-add whose nodes wait on a remote peer (NBD connects):
+ * block_prepare() runs on a thread of its own, then the graph step runs
+ * on the main thread and the response goes out.
+ */
+struct pending_add {
+    json_t *args;
+    struct qmp_async *done;
+    struct block_prep *prep;
+    struct err *err;
+    int cancel_fd;          /* eventfd: shutdown ends the connects */
+    pthread_t thread;
+    bool joined;
+    LIST_ENTRY(pending_add) link;   /* main thread */
+};
+
+static LIST_HEAD(, pending_add) pending_adds =
+    LIST_HEAD_INITIALIZER(pending_adds);
+static bool adds_cancelled;         /* main thread: shutting down */
+
+static void
+pending_add_finish(void *opaque)
+{
+    struct pending_add *pa = opaque;
+    struct err *err = pa->err;
+    json_t *ret = NULL;
+
+    if (!pa->joined) {
+        pthread_join(pa->thread, NULL);
+    }
+    LIST_REMOVE(pa, link);
+    if (!err && adds_cancelled) {
+        err_setf(&err, "blockdev-add cancelled: the daemon is shutting "
+                 "down");
+    }
+    if (!err) {
+        ret = blockdev_add_prepared(pa->args, pa->prep, &err);
+    }
+    qmp_async_done(pa->done, ret, err);
+    block_prep_free(pa->prep);
+    close(pa->cancel_fd);
+    json_decref(pa->args);
+    free(pa);
+}
+
+static void *
+pending_add_thread(void *opaque)
+{
+    struct pending_add *pa = opaque;
+
+    pa->prep = block_prepare(pa->args, pa->cancel_fd, &pa->err);
+    loop_call(pending_add_finish, pa);
+    return NULL;
+}
+
+json_t *
+qmp_blockdev_add_async(json_t *args, struct qmp_async *done,
+                       struct err **errp)
+{
+    struct pending_add *pa;
+    int ret;
+
+    if (!block_needs_prepare(args)) {
+        return blockdev_add_prepared(args, NULL, errp);
+    }
+    pa = xzalloc(sizeof(*pa));
+    pa->args = json_incref(args);
+    pa->done = done;
+    pa->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (pa->cancel_fd < 0) {
+        err_setf_errno(errp, errno, "Failed to create an eventfd");
+        json_decref(pa->args);
+        free(pa);
+        return NULL;
+    }
+    ret = pthread_create(&pa->thread, NULL, pending_add_thread, pa);
+    if (ret != 0) {
+        err_setf_errno(errp, ret, "Failed to start a thread");
+        close(pa->cancel_fd);
+        json_decref(pa->args);
+        free(pa);
+        return NULL;
+    }
+    LIST_INSERT_HEAD(&pending_adds, pa, link);
+    return QMP_DEFERRED;
+}
+
+void
+qmp_blockdev_add_cancel_all(void)
+{
+    struct pending_add *pa;
+    uint64_t one = 1;
+
+    adds_cancelled = true;
+    LIST_FOREACH(pa, &pending_adds, link) {
+        if (write(pa->cancel_fd, &one, sizeof(one)) < 0) {
+            /* the counter is already non-zero */
+        }
+    }
+    /* Each thread ends within a poll round; their finish calls run from
+     * the loop's queue later and answer with an error. */
+    LIST_FOREACH(pa, &pending_adds, link) {
+        pthread_join(pa->thread, NULL);
+        pa->joined = true;
+    }
 }
 
 json_t *

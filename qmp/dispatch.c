@@ -6,6 +6,7 @@
  * QEMU's (qemu-storage-daemon 7.2 sends the same for the same input).
  * Main thread.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "qmp/qmp-internal.h"
@@ -70,8 +71,82 @@ check_request(json_t *req, bool oob_enabled, const char **name,
     return true;
 }
 
+const int qmp_deferred_marker;
+
+struct qmp_async {
+    json_t *id;                 /* the request's, or NULL */
+    qmp_reply_fn *reply;
+    void *opaque;
+};
+
+static json_t *
+success_response(json_t *ret, json_t *id)
+{
+    json_t *resp = json_object();
+
+    json_object_set_new(resp, "return", ret);
+    if (id) {
+        json_object_set(resp, "id", id);
+    }
+    return resp;
+}
+
+void
+qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err)
+{
+    json_t *resp;
+
+    assert(ret || err);
+    resp = ret ? success_response(ret, done->id)
+               : qmp_error_response(err, done->id);
+    done->reply(done->opaque, resp);
+    json_decref(resp);
+    json_decref(done->id);
+    free(done);
+}
+
+static json_t *dispatch(json_t *req, struct qmp_session *session,
+                        qmp_reply_fn *reply, void *opaque);
+
 json_t *
 qmp_dispatch(json_t *req, struct qmp_session *session)
+{
+    return dispatch(req, session, NULL, NULL);
+}
+
+json_t *
+qmp_dispatch_async(json_t *req, struct qmp_session *session,
+                   qmp_reply_fn *reply, void *opaque)
+{
+    return dispatch(req, session, reply, opaque);
+}
+
+/* Run cmd's handler: the async one when the caller can wait. */
+static json_t *
+run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
+            qmp_reply_fn *reply, void *opaque, struct err **errp)
+{
+    struct qmp_async *done;
+    json_t *ret;
+
+    if (!cmd->async_handler || !reply) {
+        return cmd->handler(args, errp);
+    }
+    done = xzalloc(sizeof(*done));
+    done->id = id ? json_incref(id) : NULL;
+    done->reply = reply;
+    done->opaque = opaque;
+    ret = cmd->async_handler(args, done, errp);
+    if (ret != QMP_DEFERRED) {
+        json_decref(done->id);
+        free(done);
+    }
+    return ret;
+}
+
+static json_t *
+dispatch(json_t *req, struct qmp_session *session, qmp_reply_fn *reply,
+         void *opaque)
 {
     bool oob = false;
     const struct qmp_command *cmd;
@@ -79,7 +154,6 @@ qmp_dispatch(json_t *req, struct qmp_session *session)
     json_t *args = NULL;
     json_t *id;
     json_t *ret;
-    json_t *resp;
     json_t *empty = NULL;
     struct err *err = NULL;
 
@@ -122,8 +196,11 @@ qmp_dispatch(json_t *req, struct qmp_session *session)
         json_decref(empty);
         return qmp_error_response(err, id);
     }
-    ret = cmd->handler(args, &err);
+    ret = run_handler(cmd, args, id, reply, opaque, &err);
     json_decref(empty);
+    if (ret == QMP_DEFERRED) {
+        return NULL;
+    }
     if (!ret) {
         assert(err);
         return qmp_error_response(err, id);
@@ -138,10 +215,5 @@ qmp_dispatch(json_t *req, struct qmp_session *session)
             session->oob |= !strcmp(json_string_value(cap), "oob");
         }
     }
-    resp = json_object();
-    json_object_set_new(resp, "return", ret);
-    if (id) {
-        json_object_set(resp, "id", id);
-    }
-    return resp;
+    return success_response(ret, id);
 }

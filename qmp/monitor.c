@@ -18,6 +18,11 @@
  *     written without blocking; POLLOUT is watched only while it is not
  *     empty.  A client that lets more than QMP_MAX_OUTPUT pile up is
  *     dropped.
+ *   - Deferred commands.  A command that waits on a remote peer
+ *     (blockdev-add connecting to an NBD server) answers later
+ *     (qmp_dispatch_async).  Meanwhile its client's input is not read and
+ *     bytes already read are held, so that its commands still run and
+ *     answer in order; other clients and monitors are served as usual.
  *   - Lifetime.  Commands run synchronously from the read callback, and a
  *     command may end the daemon's loop (quit), so a client is never freed
  *     from inside its own callback: it is marked closed and freed by a
@@ -92,6 +97,12 @@ struct client {
     char *out;
     size_t out_len, out_cap;
 
+    /* A deferred command runs (see qmp_dispatch_async): input is not
+     * read, and what was read already waits in held. */
+    struct reply_ticket *ticket;
+    char *held;
+    size_t held_len;
+
     LIST_ENTRY(client) link;
 };
 
@@ -121,8 +132,8 @@ client_flush(struct client *cl)
         memmove(cl->out, cl->out + n, cl->out_len - (size_t)n);
         cl->out_len -= (size_t)n;
     }
-    loop_watch_set_events(cl->watch, cl->out_len ? POLLIN | POLLOUT
-                                                 : POLLIN);
+    loop_watch_set_events(cl->watch, (short)((cl->ticket ? 0 : POLLIN) |
+                                             (cl->out_len ? POLLOUT : 0)));
 }
 
 /* Queue msg (borrowed) as one line. */
@@ -234,21 +245,83 @@ monitor_init(void)
 
 /* ---- Input ------------------------------------------------------------- */
 
+/*
+ * The link between a deferred command and its client: the client may
+ * close first, then cl is NULL and the response goes nowhere.
+ */
+struct reply_ticket {
+    struct client *cl;
+};
+
+static void client_feed(struct client *cl, const char *data, size_t n);
+
+static void
+deferred_reply(void *opaque, json_t *resp)
+{
+    struct reply_ticket *t = opaque;
+    struct client *cl = t->cl;
+    char *held;
+    size_t n;
+
+    free(t);
+    if (!cl) {
+        return;
+    }
+    cl->ticket = NULL;
+    client_send(cl, resp);
+    if (cl->closed) {
+        return;
+    }
+    /* Go on with what the client sent meanwhile, then read again. */
+    held = cl->held;
+    n = cl->held_len;
+    cl->held = NULL;
+    cl->held_len = 0;
+    client_feed(cl, held, n);
+    free(held);
+    if (!cl->closed) {
+        client_flush(cl);
+    }
+}
+
 static void
 handle_value(struct client *cl, const char *text, size_t len)
 {
     json_error_t jerr;
     json_t *req, *resp;
+    struct reply_ticket *t;
 
     req = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!req) {
         client_send_error(cl, "JSON parse error, %s", jerr.text);
         return;
     }
-    resp = qmp_dispatch(req, &cl->session);
+    t = xzalloc(sizeof(*t));
+    t->cl = cl;
+    resp = qmp_dispatch_async(req, &cl->session, deferred_reply, t);
     json_decref(req);
+    if (!resp) {
+        cl->ticket = t;     /* input waits until the response is sent */
+        client_flush(cl);
+        return;
+    }
+    free(t);
     client_send(cl, resp);
     json_decref(resp);
+}
+
+/* Keep data[0..n) for after the deferred command. */
+static void
+client_hold(struct client *cl, const char *data, size_t n)
+{
+    if (cl->held_len + n > QMP_MAX_REQUEST * 4) {
+        /* Flooding while it waits: as for unread output. */
+        client_close(cl);
+        return;
+    }
+    cl->held = xrealloc(cl->held, cl->held_len + n);
+    memcpy(cl->held + cl->held_len, data, n);
+    cl->held_len += n;
 }
 
 static void
@@ -293,12 +366,18 @@ is_delim(char c)
            c == ':';
 }
 
-/* Feed received bytes to the scanner; stops early if the client closed. */
+/* Feed received bytes to the scanner; stops early if the client closed,
+ * and holds the rest back when a command was deferred. */
 static void
 client_feed(struct client *cl, const char *data, size_t n)
 {
     for (size_t i = 0; i < n && !cl->closed; i++) {
         char c = data[i];
+
+        if (cl->ticket) {
+            client_hold(cl, data + i, n - i);
+            return;
+        }
 
         switch (cl->kind) {
         case SCAN_IDLE:
@@ -373,6 +452,7 @@ client_free_cb(void *opaque)
 
     free(cl->buf);
     free(cl->out);
+    free(cl->held);
     free(cl);
 }
 
@@ -383,6 +463,10 @@ client_close(struct client *cl)
         return;
     }
     cl->closed = true;
+    if (cl->ticket) {
+        cl->ticket->cl = NULL;
+        cl->ticket = NULL;
+    }
     loop_remove_fd(cl->watch);
     close(cl->fd);
     LIST_REMOVE(cl, link);
@@ -404,6 +488,9 @@ client_cb(int fd, short revents, void *opaque)
     }
     if (!(revents & (POLLIN | POLLHUP | POLLERR))) {
         return;
+    }
+    if (cl->ticket && !(revents & (POLLHUP | POLLERR))) {
+        return;     /* not reading while a deferred command runs */
     }
     n = read(fd, chunk, sizeof(chunk));
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) {

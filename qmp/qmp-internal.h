@@ -63,6 +63,24 @@ struct qmp_arg {
  */
 typedef json_t *qmp_handler_fn(json_t *args, struct err **errp);
 
+/*
+ * Commands whose work waits on a remote peer (blockdev-add of an NBD node
+ * connects) must not do it on the main thread.  Such a command also has
+ * an async handler: it returns the result at once like a handler, or
+ * QMP_DEFERRED after handing the slow part to another thread; that work
+ * ends on the main thread with qmp_async_done(done, ...), which sends the
+ * response.  The client that sent the command waits for it (its later
+ * commands run in order, as in QEMU); everyone else goes on.
+ */
+struct qmp_async;
+#define QMP_DEFERRED ((json_t *)&qmp_deferred_marker)
+extern const int qmp_deferred_marker;
+typedef json_t *qmp_async_fn(json_t *args, struct qmp_async *done,
+                             struct err **errp);
+/* Main thread: finish a deferred command with ret (a new reference) or,
+ * when ret is NULL, err (consumed). */
+void qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err);
+
 struct qmp_command {
     const char *name;
     qmp_handler_fn *handler;
@@ -73,6 +91,7 @@ struct qmp_command {
     bool args_are_options;
     const char *doc;
     const char *returns;        /* doc of the return value */
+    qmp_async_fn *async_handler;    /* monitors use it when set */
 };
 
 /* The table of commands, {NULL}-terminated (schema.c). */
@@ -105,6 +124,14 @@ struct qmp_session {
  * when the request is a successful qmp_capabilities.
  */
 json_t *qmp_dispatch(json_t *req, struct qmp_session *session);
+/*
+ * The same for a client that can wait: NULL when the command was
+ * deferred, and reply(opaque, response) runs on the main thread when it
+ * finishes (the response is borrowed).
+ */
+typedef void qmp_reply_fn(void *opaque, json_t *resp);
+json_t *qmp_dispatch_async(json_t *req, struct qmp_session *session,
+                           qmp_reply_fn *reply, void *opaque);
 /* The error response for err (consumed), with id when not NULL. */
 json_t *qmp_error_response(struct err *err, json_t *id);
 
@@ -148,6 +175,11 @@ json_t *qmp_query_commands(json_t *args, struct err **errp);
 json_t *qmp_quit(json_t *args, struct err **errp);
 /* cmds-block.c */
 json_t *qmp_blockdev_add(json_t *args, struct err **errp);
+json_t *qmp_blockdev_add_async(json_t *args, struct qmp_async *done,
+                               struct err **errp);
+/* Shutdown: end the connects of pending blockdev-adds and wait for their
+ * threads (their responses, if anyone still listens, are errors). */
+void qmp_blockdev_add_cancel_all(void);
 json_t *qmp_blockdev_del(json_t *args, struct err **errp);
 json_t *qmp_blockdev_reopen(json_t *args, struct err **errp);
 json_t *qmp_query_named_block_nodes(json_t *args, struct err **errp);

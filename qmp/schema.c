@@ -518,8 +518,11 @@ const struct qmp_command qmp_commands[] = {
     { "blockdev-add", qmp_blockdev_add, NULL, true,
       "Create a node from QEMU's BlockdevOptions (driver, node-name, "
       "driver options; children inline or by node-name).  The node is "
-      "owned by the monitor until blockdev-del.",
-      "{}" },
+      "owned by the monitor until blockdev-del.  Connections to NBD "
+      "servers are made off the main thread, with no lock held: the "
+      "monitor keeps serving meanwhile and the response comes when the "
+      "connection is made or has failed (connect-timeout, open-timeout).",
+      "{}", qmp_blockdev_add_async },
     { "blockdev-del", qmp_blockdev_del, args_blockdev_del, false,
       "Delete a node added by blockdev-add that nothing uses any more.",
       "{}" },

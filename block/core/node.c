@@ -50,6 +50,8 @@ static pthread_rwlock_t graph_lock =
 static __thread int graph_read_depth;   /* this thread's nesting */
 static __thread bool graph_is_writer;   /* this thread holds the drain */
 static int drain_depth;                 /* main thread only */
+static int64_t drain_since;             /* atomic; see header */
+static int64_t shutdown_since;          /* atomic */
 
 static struct block_node *node_new(json_t *options, const char *prefix,
                                    const char *role, struct err **errp);
@@ -105,6 +107,7 @@ block_drain_begin(void)
      * itself. */
     assert(graph_read_depth == 0);
     if (drain_depth++ == 0) {
+        __atomic_store_n(&drain_since, clock_ns(), __ATOMIC_RELAXED);
         if (pthread_rwlock_wrlock(&graph_lock) != 0) {
             abort();
         }
@@ -118,8 +121,24 @@ block_drain_end(void)
     assert(drain_depth > 0 && graph_is_writer);
     if (--drain_depth == 0) {
         graph_is_writer = false;
+        __atomic_store_n(&drain_since, 0, __ATOMIC_RELAXED);
         pthread_rwlock_unlock(&graph_lock);
     }
+}
+
+int64_t
+block_drain_waiting_since(void)
+{
+    int64_t since = __atomic_load_n(&drain_since, __ATOMIC_RELAXED);
+    int64_t down = __atomic_load_n(&shutdown_since, __ATOMIC_RELAXED);
+
+    return down && (!since || down < since) ? down : since;
+}
+
+void
+block_shutdown_begin(void)
+{
+    __atomic_store_n(&shutdown_since, clock_ns(), __ATOMIC_RELAXED);
 }
 
 bool

@@ -3,9 +3,25 @@
  * The "nbd" protocol driver: a node whose content lives on an NBD server,
  * reached with libnbd.  Options follow QEMU's BlockdevOptionsNbd: server
  * (a SocketAddress: unix path or inet host/port), export, tls-creds (refused:
- * no TLS yet), reconnect-delay, open-timeout and x-dirty-bitmap.
+ * no TLS yet), reconnect-delay, open-timeout and x-dirty-bitmap; and one
+ * of lockstep's own, connect-timeout (seconds one connection attempt may
+ * take, default 10: QEMU 7.2 waits for a silent server without end).
  *
  * Design notes.
+ *
+ *   Connecting (TCP or unix connect, then the handshake) uses libnbd's
+ *   asynchronous calls and a poll loop of our own, so that an attempt
+ *   ends at its deadline, when a cancel fd becomes readable (shutdown), or
+ *   for a reconnect inside a request, when a drain has waited too long.
+ *   blockdev-add connects in the prepare step (block_prepare(): its own
+ *   thread, no lock held) and open takes that connection; other opens
+ *   (reopen, tools) connect in open, bounded the same way.
+ *
+ *   No wait on the server holds up a drain for long: once a drain has
+ *   waited NBDCLI_DRAIN_PATIENCE_NS, reconnect waits give up and the
+ *   poller shuts down a connection that has been silent that long while
+ *   requests wait, so that they fail (-EIO) and the drain goes on.
+ *   Closing never waits for the server (nbd_shutdown() would).
  *
  *   Requests use libnbd's asynchronous calls, so that many are in flight on
  *   one connection (libnbd's synchronous calls hold the handle's lock until
@@ -56,6 +72,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,6 +92,19 @@
  * and 1.6 context switches per request, on one connection 18 us and 0.65.
  */
 #define NBDCLI_CONN_DEPTH 16
+/*
+ * connect-timeout's default, in seconds: how long one connection attempt
+ * (connect plus handshake) may take.  QEMU 7.2 has no such bound: its
+ * client waits as long as the server keeps the socket open.
+ */
+#define NBDCLI_CONNECT_TIMEOUT 10
+/*
+ * How long requests keep waiting on their peer once a drain waits for
+ * them: then reconnects give up and a connection that has received
+ * nothing for that long is shut down, so that its requests fail (-EIO)
+ * and the drain, and the main thread behind it, can go on.
+ */
+#define NBDCLI_DRAIN_PATIENCE_NS (5 * 1000000000LL)
 /* NBD lengths are 32-bit; keep requests 64 KiB-aligned below that. */
 #define NBDCLI_MAX_EFFECT (1U << 31)
 
@@ -92,6 +122,10 @@ struct nbdcli_conn {
      * over.  Protected by: s->lock */
     TAILQ_HEAD(, nbdcli_waiter) waiters;
     int kick_fd;            /* eventfd: wakes the poller */
+    /* clock_ns() of the last byte received, or of the first request sent
+     * on an idle connection: how long the server has been silent.
+     * Atomic. */
+    int64_t last_rx;
 };
 
 struct nbdcli_state {
@@ -100,6 +134,8 @@ struct nbdcli_state {
     char *export;
     char *meta_ctx;         /* base:allocation or the bitmap's context */
     int64_t reconnect_delay;   /* seconds */
+    int64_t open_timeout;      /* seconds */
+    int64_t connect_timeout;   /* seconds, > 0 */
 
     /* Learnt at open; constant afterwards. */
     uint64_t size;
@@ -123,6 +159,7 @@ static const struct block_opt nbd_opts[] = {
     {"x-dirty-bitmap", BLOCK_OPT_STRING, false, NULL},
     {"reconnect-delay", BLOCK_OPT_INT, false, NULL},
     {"open-timeout", BLOCK_OPT_INT, false, NULL},
+    {"connect-timeout", BLOCK_OPT_INT, false, NULL},
     {NULL, 0, false, NULL},
 };
 
@@ -140,10 +177,67 @@ nbdcli_errno(void)
     return -e;
 }
 
+static bool
+nbdcli_dead(struct nbd_handle *h)
+{
+    return nbd_aio_is_dead(h) > 0 || nbd_aio_is_closed(h) > 0;
+}
+
+static bool
+fd_readable(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    return fd >= 0 && poll(&pfd, 1, 0) > 0;
+}
+
+/*
+ * Has a drain been waiting for requests long enough that requests stop
+ * waiting on their peer (see the design notes)?  Any thread.
+ */
+static bool
+nbdcli_drain_impatient(void)
+{
+    int64_t since = block_drain_waiting_since();
+
+    return since && clock_ns() - since >= NBDCLI_DRAIN_PATIENCE_NS;
+}
+
+/* Where s connects to, for messages. */
+static char *
+nbdcli_addr(struct nbdcli_state *s)
+{
+    return s->path ? xstrdup(s->path) : xasprintf("%s:%s", s->host, s->port);
+}
+
+/* Close a connection without waiting for the server: the disconnect
+ * command is sent if the socket takes it, never waited for. */
+static void
+nbdcli_hangup(struct nbd_handle *h)
+{
+    if (!h) {
+        return;
+    }
+    if (nbd_aio_is_ready(h) > 0) {
+        nbd_aio_disconnect(h, 0);
+    }
+    nbd_close(h);
+}
+
+/*
+ * One connection attempt: connect and handshake, driven here with
+ * libnbd's asynchronous calls so that nothing waits past deadline
+ * (clock_ns()), a readable cancel_fd (shutdown) or, for a reconnect
+ * inside a request (in_request), an impatient drain.  NULL with *errp
+ * set on failure.  Any thread; no lock held.
+ */
 static struct nbd_handle *
-nbdcli_connect(struct nbdcli_state *s, struct err **errp)
+nbdcli_connect(struct nbdcli_state *s, int64_t deadline, int cancel_fd,
+               bool in_request, struct err **errp)
 {
     struct nbd_handle *h = nbd_create();
+    CLEANUP_FREE char *addr = nbdcli_addr(s);
+    const char *why = NULL;
     int r;
 
     if (!h) {
@@ -156,27 +250,93 @@ nbdcli_connect(struct nbdcli_state *s, struct err **errp)
         nbd_close(h);
         return NULL;
     }
-    if (s->path) {
-        r = nbd_connect_unix(h, s->path);
-    } else {
-        r = nbd_connect_tcp(h, s->host, s->port);
+    r = s->path ? nbd_aio_connect_unix(h, s->path)
+                : nbd_aio_connect_tcp(h, s->host, s->port);
+    while (r >= 0 && nbd_aio_is_ready(h) <= 0) {
+        unsigned dir = nbd_aio_get_direction(h);
+        struct pollfd pfd[2] = {
+            {.fd = nbd_aio_get_fd(h),
+             .events = (short)(((dir & LIBNBD_AIO_DIRECTION_READ) ?
+                                POLLIN : 0) |
+                               ((dir & LIBNBD_AIO_DIRECTION_WRITE) ?
+                                POLLOUT : 0))},
+            {.fd = cancel_fd, .events = POLLIN},
+        };
+        int64_t left = deadline - clock_ns();
+
+        if (nbdcli_dead(h) || pfd[0].fd < 0) {
+            r = -1;
+            break;
+        }
+        if (left <= 0) {
+            why = "timed out";
+            break;
+        }
+        if (in_request && nbdcli_drain_impatient()) {
+            why = "given up: the graph is being changed";
+            break;
+        }
+        thread_may_block();
+        if (poll(pfd, cancel_fd >= 0 ? 2 : 1,
+                 (int)MIN(div_round_up(left, 1000000), 100)) < 0) {
+            continue;
+        }
+        if (pfd[1].revents) {
+            why = "cancelled";
+            break;
+        }
+        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            r = nbd_aio_notify_read(h);
+        } else if (pfd[0].revents & POLLOUT) {
+            r = nbd_aio_notify_write(h);
+        }
+    }
+    if (why) {
+        err_setf(errp, "Failed to connect to '%s': %s (connect-timeout is "
+                 "%" PRId64 " s)", addr, why, s->connect_timeout);
+        nbd_close(h);
+        return NULL;
     }
     if (r < 0) {
         const char *msg = nbd_get_error();
 
-        err_setf(errp, "Failed to connect to '%s%s%s': %s",
-                 s->path ? s->path : s->host, s->path ? "" : ":",
-                 s->path ? "" : s->port, msg ? msg : "unknown error");
+        err_setf(errp, "Failed to connect to '%s': %s", addr,
+                 msg ? msg : "the server closed the connection");
         nbd_close(h);
         return NULL;
     }
     return h;
 }
 
-static bool
-nbdcli_dead(struct nbd_handle *h)
+/*
+ * Connect for opening the node: with open-timeout, attempts repeat until
+ * it has passed (QEMU's rule); each attempt is bounded by
+ * connect-timeout.  cancel_fd (or -1) ends the wait.
+ */
+static struct nbd_handle *
+nbdcli_connect_for_open(struct nbdcli_state *s, int cancel_fd,
+                        struct err **errp)
 {
-    return nbd_aio_is_dead(h) > 0 || nbd_aio_is_closed(h) > 0;
+    int64_t end = clock_ns() + s->open_timeout * 1000000000LL;
+
+    for (;;) {
+        int64_t deadline = clock_ns() + s->connect_timeout * 1000000000LL;
+        struct err *local = NULL;
+        struct nbd_handle *h;
+        struct pollfd pfd = {.fd = cancel_fd, .events = POLLIN};
+
+        if (s->open_timeout > 0) {
+            deadline = MIN(deadline, MAX(end, clock_ns() + 1000000));
+        }
+        h = nbdcli_connect(s, deadline, cancel_fd, false, &local);
+        if (h || clock_ns() >= end || fd_readable(cancel_fd)) {
+            err_propagate(errp, local);
+            return h;
+        }
+        err_free(local);
+        thread_may_block();
+        poll(&pfd, cancel_fd >= 0 ? 1 : 0, 100);
+    }
 }
 
 /*
@@ -264,6 +424,23 @@ nbdcli_kick(struct nbdcli_conn *c)
     }
 }
 
+/*
+ * A drain waits for this connection's requests and its server has said
+ * nothing for NBDCLI_DRAIN_PATIENCE_NS: shut the socket down, so that
+ * libnbd fails every request on it (they may reconnect unless the drain
+ * is still waiting).  Called by the poller.
+ */
+static void
+nbdcli_check_silence(struct nbdcli_conn *c, int fd)
+{
+    int64_t silent = clock_ns() - __atomic_load_n(&c->last_rx,
+                                                  __ATOMIC_RELAXED);
+
+    if (silent >= NBDCLI_DRAIN_PATIENCE_NS && nbdcli_drain_impatient()) {
+        shutdown(fd, SHUT_RDWR);
+    }
+}
+
 /* The leader's turn: wait for the socket (or a kick) and let libnbd work. */
 static void
 nbdcli_poll_once(struct nbdcli_conn *c)
@@ -286,7 +463,8 @@ nbdcli_poll_once(struct nbdcli_conn *c)
         return;
     }
     thread_may_block();
-    if (poll(pfd, 2, 1000) <= 0) {
+    if (poll(pfd, 2, 200) <= 0) {
+        nbdcli_check_silence(c, fd);
         return;
     }
     if (pfd[1].revents & POLLIN) {
@@ -295,6 +473,7 @@ nbdcli_poll_once(struct nbdcli_conn *c)
         }
     }
     if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        __atomic_store_n(&c->last_rx, clock_ns(), __ATOMIC_RELAXED);
         nbd_aio_notify_read(h);
     } else if (pfd[0].revents & POLLOUT) {
         nbd_aio_notify_write(h);
@@ -339,7 +518,9 @@ nbdcli_get(struct nbdcli_state *s, int64_t deadline)
             continue;
         }
         if (c->h && !nbdcli_dead(c->h)) {
-            c->inflight++;
+            if (c->inflight++ == 0) {
+                __atomic_store_n(&c->last_rx, clock_ns(), __ATOMIC_RELAXED);
+            }
             mutex_unlock(&s->lock);
             return c;
         }
@@ -355,14 +536,15 @@ nbdcli_get(struct nbdcli_state *s, int64_t deadline)
         if (old) {
             nbd_close(old);
         }
-        h = nbdcli_connect(s, NULL);
+        h = nbdcli_connect(s, clock_ns() + s->connect_timeout * 1000000000LL,
+                           -1, true, NULL);
         mutex_lock(&s->lock);
         c->h = h;
         c->reconnecting = false;
         cond_broadcast(&s->cond);
         if (!h) {
             mutex_unlock(&s->lock);
-            if (clock_ns() >= deadline) {
+            if (clock_ns() >= deadline || nbdcli_drain_impatient()) {
                 return NULL;
             }
             sleep_ns(100 * 1000 * 1000);
@@ -586,7 +768,8 @@ nbdcli_run(struct nbdcli_state *s, enum nbdcli_op op, uint64_t offset,
         if (ret == 0 || !dead) {
             return ret;   /* success, or the server answered an error */
         }
-        if (s->reconnect_delay <= 0 || clock_ns() >= deadline) {
+        if (s->reconnect_delay <= 0 || clock_ns() >= deadline ||
+            nbdcli_drain_impatient()) {
             return -EIO;
         }
     }
@@ -659,6 +842,55 @@ nbdcli_parse_server(struct nbdcli_state *s, json_t *server,
     return -EINVAL;
 }
 
+/* Free what nbdcli_parse() set. */
+static void
+nbdcli_parse_free(struct nbdcli_state *s)
+{
+    free(s->path);
+    free(s->host);
+    free(s->port);
+    free(s->export);
+    free(s->meta_ctx);
+    s->path = s->host = s->port = s->export = s->meta_ctx = NULL;
+}
+
+/* Where and how to connect, from the node's options.  Any thread. */
+static int
+nbdcli_parse(struct nbdcli_state *s, json_t *options, struct err **errp)
+{
+    const char *bitmap = block_opt_str(options, "x-dirty-bitmap", NULL);
+    int ret;
+
+    if (block_opt_str(options, "tls-creds", NULL) ||
+        block_opt_str(options, "tls-hostname", NULL)) {
+        err_setf(errp, "TLS is not supported by the nbd driver");
+        return -ENOTSUP;
+    }
+    s->reconnect_delay = block_opt_int(options, "reconnect-delay", 0);
+    s->open_timeout = block_opt_int(options, "open-timeout", 0);
+    s->connect_timeout = block_opt_int(options, "connect-timeout",
+                                       NBDCLI_CONNECT_TIMEOUT);
+    if (s->reconnect_delay < 0 || s->reconnect_delay > 3600 ||
+        s->open_timeout < 0 || s->open_timeout > 3600) {
+        err_setf(errp, "reconnect-delay and open-timeout must be between "
+                 "0 and 3600");
+        return -EINVAL;
+    }
+    if (s->connect_timeout < 1 || s->connect_timeout > 3600) {
+        err_setf(errp, "connect-timeout must be between 1 and 3600");
+        return -EINVAL;
+    }
+    ret = nbdcli_parse_server(s, json_object_get(options, "server"), errp);
+    if (ret < 0) {
+        nbdcli_parse_free(s);
+        return ret;
+    }
+    s->export = xstrdup(block_opt_str(options, "export", ""));
+    s->meta_ctx = bitmap ? xasprintf("qemu:dirty-bitmap:%s", bitmap) :
+                  xstrdup("base:allocation");
+    return 0;
+}
+
 static void
 nbdcli_free(struct nbdcli_state *s)
 {
@@ -673,13 +905,52 @@ nbdcli_free(struct nbdcli_state *s)
         }
     }
     s->nconns = 0;
-    free(s->path);
-    free(s->host);
-    free(s->port);
-    free(s->export);
-    free(s->meta_ctx);
+    nbdcli_parse_free(s);
     mutex_destroy(&s->lock);
     cond_destroy(&s->cond);
+}
+
+/*
+ * blockdev-add connects before it opens (block_prepare(): a thread of its
+ * own, no lock held, the monitor keeps serving); open then takes the
+ * connection made for the same server, export and context.
+ */
+static void *
+nbdcli_prepare(json_t *options, int cancel_fd, struct err **errp)
+{
+    struct nbdcli_state s = {0};
+    struct nbd_handle *h;
+
+    if (nbdcli_parse(&s, options, errp) < 0) {
+        return NULL;
+    }
+    h = nbdcli_connect_for_open(&s, cancel_fd, errp);
+    nbdcli_parse_free(&s);
+    return h;
+}
+
+static void
+nbdcli_prepared_free(void *prepared)
+{
+    nbdcli_hangup(prepared);
+}
+
+static bool
+nbdcli_prepared_fits(json_t *prepared_for, json_t *options)
+{
+    static const char *const keys[] = {
+        "server", "export", "x-dirty-bitmap",
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+        json_t *a = json_object_get(prepared_for, keys[i]);
+        json_t *b = json_object_get(options, keys[i]);
+
+        if ((a || b) && !(a && b && json_equal(a, b))) {
+            return false;
+        }
+    }
+    return true;
 }
 
 static int
@@ -687,10 +958,7 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
 {
     struct nbdcli_state *s = node->opaque;
     const char *bitmap = block_opt_str(options, "x-dirty-bitmap", NULL);
-    int64_t open_timeout = block_opt_int(options, "open-timeout", 0);
-    int64_t deadline;
     struct nbd_handle *h;
-    struct err *local_err = NULL;
     int64_t size, minb, maxb;
     int ret;
 
@@ -708,41 +976,16 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
             goto out_free;
         }
     }
-    if (block_opt_str(options, "tls-creds", NULL) ||
-        block_opt_str(options, "tls-hostname", NULL)) {
-        err_setf(errp, "TLS is not supported by the nbd driver");
-        ret = -ENOTSUP;
-        goto out_free;
-    }
-    s->reconnect_delay = block_opt_int(options, "reconnect-delay", 0);
-    if (s->reconnect_delay < 0 || s->reconnect_delay > 3600 ||
-        open_timeout < 0 || open_timeout > 3600) {
-        err_setf(errp, "reconnect-delay and open-timeout must be between "
-                 "0 and 3600");
-        ret = -EINVAL;
-        goto out_free;
-    }
-    ret = nbdcli_parse_server(s, json_object_get(options, "server"), errp);
+    ret = nbdcli_parse(s, options, errp);
     if (ret < 0) {
         goto out_free;
     }
-    s->export = xstrdup(block_opt_str(options, "export", ""));
-    s->meta_ctx = bitmap ? xasprintf("qemu:dirty-bitmap:%s", bitmap) :
-                  xstrdup("base:allocation");
-
-    /* open-timeout: keep trying to connect for that long (QEMU). */
-    deadline = clock_ns() + open_timeout * 1000000000LL;
-    for (;;) {
-        h = nbdcli_connect(s, &local_err);
-        if (h || clock_ns() >= deadline) {
-            break;
-        }
-        err_free(local_err);
-        local_err = NULL;
-        sleep_ns(100 * 1000 * 1000);
+    /* Connected by blockdev-add beforehand, or here (bounded). */
+    h = block_prepared_take(node->drv, options, nbdcli_prepared_fits);
+    if (!h) {
+        h = nbdcli_connect_for_open(s, -1, errp);
     }
     if (!h) {
-        err_propagate(errp, local_err);
         ret = -ECONNREFUSED;
         goto out_free;
     }
@@ -810,10 +1053,11 @@ nbdcli_close(struct block_node *node)
 {
     struct nbdcli_state *s = node->opaque;
 
+    /* nbd_shutdown() would wait for the server to close: a stalled one
+     * would hold the main thread (blockdev-del, shutdown) for good. */
     for (int i = 0; i < s->nconns; i++) {
-        if (s->conns[i].h && !nbdcli_dead(s->conns[i].h)) {
-            nbd_shutdown(s->conns[i].h, 0);
-        }
+        nbdcli_hangup(s->conns[i].h);
+        s->conns[i].h = NULL;
     }
     nbdcli_free(s);
 }
@@ -926,6 +1170,8 @@ const struct block_driver nbdcli_driver = {
     .kind = BLOCK_KIND_PROTOCOL,
     .state_size = sizeof(struct nbdcli_state),
     .options = nbd_opts,
+    .prepare = nbdcli_prepare,
+    .prepared_free = nbdcli_prepared_free,
     .open = nbdcli_open,
     .close = nbdcli_close,
     .getlength = nbdcli_getlength,

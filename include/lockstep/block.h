@@ -157,6 +157,18 @@ struct block_driver {
     int (*open)(struct block_node *node, json_t *options, struct err **errp);
     void (*close)(struct block_node *node);
 
+    /*
+     * The part of opening that waits on a remote peer (the NBD client's
+     * connect and handshake), run before open by block_prepare(): on a
+     * thread of its own, with no lock held, so that neither the main
+     * thread nor the graph waits on the peer.  Returns what open then
+     * takes with block_prepared_take(), or NULL with *errp set; ends early
+     * (failing) when cancel_fd becomes readable.  Optional.
+     */
+    void *(*prepare)(json_t *options, int cancel_fd, struct err **errp);
+    /* Release what prepare returned and open did not take. */
+    void (*prepared_free)(void *prepared);
+
     /* Length in bytes; may do I/O (protocol nodes). */
     int64_t (*getlength)(struct block_node *node);
     /* Bytes allocated on the host, or -ENOTSUP. */
@@ -395,6 +407,34 @@ int block_node_refresh_perm(struct block_node *node, struct err **errp);
 char *block_child_parent_desc(const struct block_child *c);
 
 /*
+ * Opening in two steps, so that waits on remote peers happen outside the
+ * graph lock and off the main thread (blockdev-add):
+ *   1. block_prepare(options): any thread, no lock, no graph access: runs
+ *      the prepare callback of every node in the options tree that has
+ *      one (an NBD connection), in tree order.  cancel_fd (or -1) ends it
+ *      early.  NULL with *errp set when one fails.
+ *   2. block_node_new_prepared(options, prep): main thread, like
+ *      block_node_new(); drivers' open takes its prepared state with
+ *      block_prepared_take() (a node with nothing prepared for it opens
+ *      the slow way).
+ * block_prep_free() releases what was not taken.
+ */
+struct block_prep;
+/* Does any node in options have a prepare step? */
+bool block_needs_prepare(json_t *options);
+struct block_prep *block_prepare(json_t *options, int cancel_fd,
+                                 struct err **errp);
+struct block_node *block_node_new_prepared(json_t *options,
+                                           struct block_prep *prep,
+                                           struct err **errp);
+void block_prep_free(struct block_prep *prep);
+/* For drv's open: the state prepared for options (fits tells whether
+ * the options it was prepared for open the same thing), or NULL. */
+void *block_prepared_take(const struct block_driver *drv, json_t *options,
+                          bool (*fits)(json_t *prepared_for,
+                                       json_t *options));
+
+/*
  * Draining: after block_drain_begin() returns, no request runs anywhere in
  * the graph and none can enter through a handle until block_drain_end().
  * Main thread; nests.
@@ -402,6 +442,15 @@ char *block_child_parent_desc(const struct block_child *c);
 void block_drain_begin(void);
 void block_drain_end(void);
 bool block_drained(void);
+/* clock_ns() when the current drain began to wait for requests (it may
+ * hold the graph by now), 0 when none: drivers waiting on a remote peer
+ * give up after a while so that a drain never waits on a peer for long.
+ * Any thread. */
+int64_t block_drain_waiting_since(void);
+/* The process is shutting down: from now on block_drain_waiting_since()
+ * reports at least this moment, so that requests waiting on a peer give
+ * up (exports wait for their requests before they close). */
+void block_shutdown_begin(void);
 
 /* ---- Requests (any thread) -------------------------------------------- */
 
