@@ -505,12 +505,6 @@ block_replace_node(struct block_node *from, struct block_node *to,
     if (from == to) {
         return 0;
     }
-    TAILQ_FOREACH(c, &from->parents, parent_link) {
-        if (c->parent_node != to &&
-            !edge_cycle_check(c->parent_node, c->name, to, errp)) {
-            return -ELOOP;
-        }
-    }
     block_drain_begin();
     block_node_ref(from);
     block_node_ref(to);
@@ -520,8 +514,10 @@ block_replace_node(struct block_node *from, struct block_node *to,
     moved = xcalloc(cap, sizeof(*moved));
     for (c = TAILQ_FIRST(&from->parents); c; c = next) {
         next = TAILQ_NEXT(c, parent_link);
-        /* The new node's own link to "from" stays, or we make a loop. */
-        if (c->parent_node == to) {
+        /* Edges of "to" itself and of nodes below it stay, or we make
+         * a loop (QEMU's rule: the old fleecing scheme's overlay keeps
+         * its backing edge on the disk when a filter goes above it). */
+        if (c->parent_node && node_reaches(to, c->parent_node)) {
             continue;
         }
         edge_move(c, to);
