@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "export/export.h"
 #include "job/job.h"
 #include "keyval.h"
 #include "lockstep/block.h"

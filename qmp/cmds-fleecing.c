@@ -24,6 +24,7 @@
 #include <sys/queue.h>
 
 #include "lockstep/block.h"
+#include "export/export.h"
 #include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -527,7 +528,7 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     if (bitmap) {
         json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
     }
-    ok = block_export_add(exp, errp);
+    ok = qmp_export_add(exp, errp);
     json_decref(exp);
     if (!ok) {
         goto fail_inserted;
