@@ -9,11 +9,13 @@
 #include <sys/queue.h>
 
 #include "export/export.h"
+#include "export/fuse.h"
 #include "qmp/qmp.h"
 #include "util.h"
 
 static const struct export_driver *const export_drivers[] = {
     &nbd_export_driver,
+    &fuse_export_driver,
     NULL,
 };
 
@@ -192,6 +194,13 @@ struct block_handle *
 block_export_open_handle(const struct block_export_options *opts,
                          struct err **errp)
 {
+    return block_export_open_handle_perm(opts, 0, errp);
+}
+
+struct block_handle *
+block_export_open_handle_perm(const struct block_export_options *opts,
+                              uint32_t extra_perm, struct err **errp)
+{
     struct block_node *node = block_node_find(opts->node_name);
     CLEANUP_FREE char *owner = NULL;
 
@@ -207,6 +216,7 @@ block_export_open_handle(const struct block_export_options *opts,
     owner = xasprintf("export '%s'", opts->id);
     return block_handle_new(node, owner,
                             BLOCK_PERM_CONSISTENT_READ |
-                            (opts->writable ? BLOCK_PERM_WRITE : 0),
+                            (opts->writable ? BLOCK_PERM_WRITE : 0) |
+                            extra_perm,
                             BLOCK_PERM_ALL, errp);
 }

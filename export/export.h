@@ -105,6 +105,10 @@ void block_export_del_all_of(const struct export_driver *drv);
  */
 struct block_handle *block_export_open_handle(
     const struct block_export_options *opts, struct err **errp);
+/* The same with more permissions (BLOCK_PERM_RESIZE for FUSE). */
+struct block_handle *block_export_open_handle_perm(
+    const struct block_export_options *opts, uint32_t extra_perm,
+    struct err **errp);
 
 /* The drivers (one file each). */
 extern const struct export_driver nbd_export_driver;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "export/export.h"
+#include "export/fuse.h"
 #include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -92,11 +93,15 @@ static const char *const common_members[] = {
 static const char *const nbd_members[] = {
     "name", "description", "bitmaps", "allocation-depth", NULL,
 };
+static const char *const fuse_members[] = {
+    "mountpoint", "growable", "allow-other", NULL,
+};
 static const struct {
     const char *type;
     const char *const *members;
 } export_types[] = {
     { "nbd", nbd_members },
+    { "fuse", fuse_members },
 };
 
 static bool
@@ -144,9 +149,35 @@ member_bool(json_t *args, const char *key, bool *out, struct err **errp)
     return true;
 }
 
+/* fuse's options (QEMU's BlockExportOptionsFuse). */
+static bool
+parse_fuse(json_t *args, struct fuse_export_options *o, struct err **errp)
+{
+    const char *allow_other;
+
+    if (!member_str(args, "mountpoint", true, &o->mountpoint, errp) ||
+        !member_bool(args, "growable", &o->growable, errp) ||
+        !member_str(args, "allow-other", false, &allow_other, errp)) {
+        return false;
+    }
+    if (!allow_other || !strcmp(allow_other, "auto")) {
+        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_AUTO;
+    } else if (!strcmp(allow_other, "on")) {
+        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_ON;
+    } else if (!strcmp(allow_other, "off")) {
+        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_OFF;
+    } else {
+        err_setf(errp, "Parameter 'allow-other' does not accept value '%s'",
+                 allow_other);
+        return false;
+    }
+    return true;
+}
+
 bool
 qmp_export_add(json_t *args, struct err **errp)
 {
+    struct fuse_export_options fuse;
     struct block_export_options opts = {0};
     const char *const *members = NULL;
     const char *iothread, *key;
@@ -187,8 +218,15 @@ qmp_export_add(json_t *args, struct err **errp)
         err_setf(errp, "iothread \"%s\" not found", iothread);
         return false;
     }
-    /* Exports run their own threads: the iothread choice is moot.  NBD
-     * still reads its options from the arguments object. */
+    /* Exports run their own threads: the iothread choice is moot. */
+    if (!strcmp(opts.type, "fuse")) {
+        if (!parse_fuse(args, &fuse, errp)) {
+            return false;
+        }
+        opts.driver_opts = &fuse;
+        return block_export_add(&opts, errp);
+    }
+    /* NBD still reads its options from the arguments object. */
     nbd_args = json_deep_copy(args);
     json_object_del(nbd_args, "iothread");
     json_object_del(nbd_args, "fixed-iothread");
