@@ -686,7 +686,9 @@ const struct qmp_command qmp_commands[] = {
       "Tear down what fleecing-start built: delete the export (hard: "
       "clients are disconnected), remove the filter, delete the "
       "snapshot-access node, the filter and the temp node (when "
-      "fleecing-start opened it).", "{}" },
+      "fleecing-start opened it).  Refused while anything else uses the "
+      "snapshot-access node (an export added on it: delete that first).",
+      "{}" },
     { "query-fleecing", qmp_query_fleecing, NULL, false,
       "The fleecings started by fleecing-start.",
       "[{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "

@@ -590,6 +590,12 @@ def test_fleecing_snapshot_cp_and_tar(lockstepd, fuse_dir):
             stop.set()
             writer.join()
         assert writer.loop.count > 0
+        # The snapshot's users go first: after fleecing-stop they would
+        # read the live disk where nothing was copied.
+        e = s.c.error("fleecing-stop", {"id": "fl"})
+        assert e["desc"] == "Node 'fl-access' is in use by export " \
+            "'fl-fuse'; remove that first"
+        assert [f["id"] for f in s.c.cmd("query-fleecing")] == ["fl"]
         s.c.cmd("block-export-del", {"id": "fl-fuse"})
         assert not is_mounted(mnt)
         s.c.cmd("fleecing-stop", {"id": "fl"})
