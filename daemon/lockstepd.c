@@ -7,9 +7,10 @@
  * the QMP monitors until quit, SIGTERM or SIGINT.
  *
  * Shutdown (quit or a signal): stop the NBD server, close every export
- * (disconnecting clients), cancel jobs, flush and close every node the
- * monitor owns, answer pending QMP output, remove the sockets and the pid
- * file, exit 0.
+ * (disconnecting clients, unmounting FUSE exports), cancel jobs, flush
+ * and close every node the monitor owns, answer pending QMP output, remove
+ * the sockets and the pid file, exit 0.  Leaving early (a bad option)
+ * closes the exports too.
  *
  * Threads: main() is the main thread and owns the graph.  The signals the
  * daemon handles are blocked before any thread exists (loop_add_signal),
@@ -25,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "export/export.h"
 #include "job/job.h"
 #include "keyval.h"
 #include "lockstep/block.h"
@@ -97,6 +99,10 @@ usage(void)
 "           [,writable=on|off][,bitmap=<name>]\n"
 "                         export the specified block node over NBD\n"
 "                         (requires --nbd-server)\n"
+"  --export [type=]fuse,id=<id>,node-name=<node-name>,mountpoint=<file>\n"
+"           [,growable=on|off][,writable=on|off][,allow-other=on|off|auto]\n"
+"                         export the specified block node as FUSE\n"
+"                         (mountpoint: an existing regular file)\n"
 "\n"
 "  --monitor [chardev=]name[,mode=control][,pretty[=on|off]]\n"
 "                         configure a QMP monitor\n"
@@ -122,13 +128,25 @@ version(void)
            LOCKSTEP_VERSION_STRING);
 }
 
+/*
+ * Leaving before the main loop ran: the exports earlier options made go
+ * first, so that no FUSE mount is left behind (a dead one would answer
+ * ENOTCONN until someone unmounted it).
+ */
+static int
+startup_exit(int status)
+{
+    block_export_close_all();
+    return status;
+}
+
 /* A startup error: "lockstepd: --opt ARG: message", exit 1. */
 static void __attribute__((noreturn))
 die_opt(const char *opt, const char *arg, struct err *err)
 {
     fprintf(stderr, "%s: --%s %s: %s\n", PROG, opt, arg, err->msg);
     err_free(err);
-    exit(EXIT_FAILURE);
+    exit(startup_exit(EXIT_FAILURE));
 }
 
 /* ---- Option conversions (keyval strings to QMP types) ------------------ */
@@ -283,7 +301,8 @@ opt_export(const char *arg, struct err **errp)
     if (!keyval_to_bool(opts, "writable", errp) ||
         !keyval_to_bool(opts, "writethrough", errp) ||
         !keyval_to_bool(opts, "fixed-iothread", errp) ||
-        !keyval_to_bool(opts, "allocation-depth", errp)) {
+        !keyval_to_bool(opts, "allocation-depth", errp) ||
+        !keyval_to_bool(opts, "growable", errp)) {
         goto out;
     }
     bitmap = json_object_get(opts, "bitmap");
@@ -591,10 +610,10 @@ main(int argc, char **argv)
         switch (c) {
         case 'h':
             usage();
-            return EXIT_SUCCESS;
+            return startup_exit(EXIT_SUCCESS);
         case 'V':
             version();
-            return EXIT_SUCCESS;
+            return startup_exit(EXIT_SUCCESS);
         case 'T':
             fprintf(stderr, "%s: note: tracing is not supported; '-T %s' "
                     "ignored\n", PROG, optarg);
@@ -631,18 +650,18 @@ main(int argc, char **argv)
             break;
         case OPT_PRINT_QMP_DOC:
             qmp_schema_print_doc(stdout);
-            return EXIT_SUCCESS;
+            return startup_exit(EXIT_SUCCESS);
         case 1:
             fprintf(stderr, "%s: %s: Unexpected argument\n", PROG, optarg);
-            return EXIT_FAILURE;
+            return startup_exit(EXIT_FAILURE);
         case ':':
             fprintf(stderr, "%s: option '%s' requires an argument\n", PROG,
                     argv[optind - 1]);
-            return EXIT_FAILURE;
+            return startup_exit(EXIT_FAILURE);
         default:
             fprintf(stderr, "%s: unrecognized option '%s'\n", PROG,
                     argv[optind - 1]);
-            return EXIT_FAILURE;
+            return startup_exit(EXIT_FAILURE);
         }
         if (!ok) {
             die_opt(name, optarg, err);
@@ -652,7 +671,7 @@ main(int argc, char **argv)
     if (g_pidfile && !write_pidfile(g_pidfile, &err)) {
         fprintf(stderr, "%s: cannot create PID file: %s\n", PROG, err->msg);
         err_free(err);
-        return EXIT_FAILURE;
+        return startup_exit(EXIT_FAILURE);
     }
     daemonize_done();
 

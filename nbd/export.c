@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * NBD exports: block-export-add, block-export-del, query-block-exports and
- * the registry the handshake looks names up in.  An export owns one block
+ * NBD exports: the "nbd" export driver (export/export.h) and the list of
+ * NBD exports the handshake looks names up in.  An export owns one block
  * handle on its node; connections count themselves on the export (see the
  * design notes in nbd-internal.h) so that deletion never frees a handle
  * that a worker thread still uses.  Messages follow QEMU's wording.
@@ -10,12 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "export/export.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 pthread_mutex_t g_nbdsrv_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -29,19 +29,6 @@ static const char *const export_keys[] = {
     "description", "bitmaps", "allocation-depth", "iothread",
     "fixed-iothread", NULL,
 };
-
-static struct nbdexp *
-export_find_id_locked(const char *id)
-{
-    struct nbdexp *exp;
-
-    TAILQ_FOREACH(exp, &g_exports, link) {
-        if (!strcmp(exp->id, id)) {
-            return exp;
-        }
-    }
-    return NULL;
-}
 
 static struct nbdexp *
 export_find_name_locked(const char *name)
@@ -150,8 +137,8 @@ export_free(struct nbdexp *exp)
     free(exp);
 }
 
-struct nbdexp *
-nbdexp_create(json_t *args, bool require_server, struct err **errp)
+static struct nbdexp *
+nbdexp_new(json_t *args, bool require_server, struct err **errp)
 {
     const char *type, *id, *node_name, *name, *desc, *key;
     bool writable, writethrough, alloc_depth;
@@ -203,13 +190,10 @@ nbdexp_create(json_t *args, bool require_server, struct err **errp)
 
     /* The checks in QEMU's order (blk_exp_add, then nbd_export_create),
      * so that the first error reported is the same. */
-    mutex_lock(&g_nbdsrv_lock);
-    if (export_find_id_locked(id)) {
-        mutex_unlock(&g_nbdsrv_lock);
+    if (block_export_id_in_use(id)) {
         err_setf(errp, "Block export id '%s' is already in use", id);
         return NULL;
     }
-    mutex_unlock(&g_nbdsrv_lock);
     node = block_node_find(node_name);
     if (!node) {
         err_setf(errp, "Cannot find device='' nor node-name='%s'", node_name);
@@ -304,10 +288,28 @@ out_free:
     return NULL;
 }
 
-bool
-block_export_add(json_t *args, struct err **errp)
+/* Unlink exp from the NBD list and free it (the generic layer is told
+ * by its caller). */
+static void nbdexp_unlink_free(struct nbdexp *exp);
+
+struct nbdexp *
+nbdexp_create(json_t *args, bool require_server, struct err **errp)
 {
-    return nbdexp_create(args, true, errp) != NULL;
+    struct nbdexp *exp = nbdexp_new(args, require_server, errp);
+
+    if (exp && !block_export_register(exp->id, &nbd_export_driver, exp,
+                                      errp)) {
+        nbdexp_unlink_free(exp);
+        return NULL;
+    }
+    return exp;
+}
+
+static void *
+nbd_export_create(const struct block_export_options *opts,
+                  struct err **errp)
+{
+    return nbdexp_new((json_t *)opts->driver_opts, true, errp);
 }
 
 struct nbdexp *
@@ -367,111 +369,70 @@ nbdexp_size(struct nbdexp *exp)
     return len < 0 ? 0 : (uint64_t)len;
 }
 
-/* Disconnect every client of exp, wait for them, free it, announce it. */
 static void
-export_delete(struct nbdexp *exp)
+nbdexp_unlink_free(struct nbdexp *exp)
 {
-    json_t *data;
-
     mutex_lock(&g_nbdsrv_lock);
-    exp->deleting = true;
-    nbdsrv_shutdown_conns_locked(exp);
-    nbdsrv_wait_conns_locked(exp);
     TAILQ_REMOVE(&g_exports, exp, link);
     mutex_unlock(&g_nbdsrv_lock);
-
-    data = json_pack("{s:s}", "id", exp->id);
     export_free(exp);
-    qmp_event_send("BLOCK_EXPORT_DELETED", data);
 }
 
-bool
-block_export_del(const char *id, const char *mode, struct err **errp)
+/* The driver's del: disconnect every client of exp (hard), wait for them,
+ * free it.  Refused while clients are attached (safe), and while drained:
+ * their requests wait for the drain to end, so joining them would never
+ * return. */
+static bool
+nbd_export_del(void *state, bool hard, struct err **errp)
 {
-    struct nbdexp *exp;
-    bool hard;
+    struct nbdexp *exp = state;
 
-    if (!mode || !strcmp(mode, "safe")) {
-        hard = false;
-    } else if (!strcmp(mode, "hard")) {
-        hard = true;
-    } else {
-        err_setf(errp, "Parameter 'mode' does not accept value '%s'", mode);
-        return false;
-    }
     mutex_lock(&g_nbdsrv_lock);
-    exp = export_find_id_locked(id);
-    if (!exp) {
-        mutex_unlock(&g_nbdsrv_lock);
-        err_setf(errp, "Export '%s' is not found", id);
-        return false;
-    }
-    if (exp->deleting) {
-        mutex_unlock(&g_nbdsrv_lock);
-        err_setf(errp, "Export '%s' is already shutting down", id);
-        return false;
-    }
     if (!hard && exp->nconns > 0) {
         mutex_unlock(&g_nbdsrv_lock);
-        err_setf(errp, "export '%s' still in use", id);
+        err_setf(errp, "export '%s' still in use", exp->id);
         return false;
     }
     if (exp->nconns > 0 && block_drained()) {
-        /* Their requests wait for the drain to end: joining them here
-         * would never return. */
         mutex_unlock(&g_nbdsrv_lock);
         err_setf(errp, "Cannot disconnect the clients of export '%s' while "
-                 "the graph is drained", id);
+                 "the graph is drained", exp->id);
         return false;
     }
+    exp->deleting = true;
+    nbdsrv_shutdown_conns_locked(exp);
+    nbdsrv_wait_conns_locked(exp);
     mutex_unlock(&g_nbdsrv_lock);
-    export_delete(exp);
+    nbdexp_unlink_free(exp);
     return true;
 }
 
-json_t *
-block_export_query(void)
+static struct block_handle *
+nbd_export_handle(void *state)
 {
-    json_t *list = json_array();
-    struct nbdexp *exp;
-
-    mutex_lock(&g_nbdsrv_lock);
-    TAILQ_FOREACH(exp, &g_exports, link) {
-        json_array_append_new(list,
-                              json_pack("{s:s, s:s, s:s, s:b}",
-                                        "type", "nbd",
-                                        "id", exp->id,
-                                        "node-name",
-                                        block_handle_node(exp->h)->node_name,
-                                        "shutting-down", exp->deleting));
-    }
-    mutex_unlock(&g_nbdsrv_lock);
-    return list;
+    return ((struct nbdexp *)state)->h;
 }
 
 void
 nbdexp_delete_all(void)
 {
-    struct nbdexp *exp;
-
-    for (;;) {
-        mutex_lock(&g_nbdsrv_lock);
-        exp = TAILQ_FIRST(&g_exports);
-        mutex_unlock(&g_nbdsrv_lock);
-        if (!exp) {
-            break;
-        }
-        export_delete(exp);
-    }
+    block_export_del_all_of(&nbd_export_driver);
 }
 
-void
-block_export_close_all(void)
+/* Clients still negotiating hold no export; send them away too. */
+static void
+nbd_export_close_all(void)
 {
-    nbdexp_delete_all();
-    /* Clients still negotiating hold no export; send them away too. */
     mutex_lock(&g_nbdsrv_lock);
     nbdsrv_shutdown_conns_locked(NULL);
     nbdsrv_wait_conns_locked(NULL);
     mutex_unlock(&g_nbdsrv_lock);
 }
+
+const struct export_driver nbd_export_driver = {
+    .type = "nbd",
+    .create = nbd_export_create,
+    .del = nbd_export_del,
+    .handle = nbd_export_handle,
+    .close_all = nbd_export_close_all,
+};

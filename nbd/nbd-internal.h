@@ -72,9 +72,9 @@ extern pthread_cond_t g_nbdsrv_cond;
 /* ---- export.c --------------------------------------------------------- */
 
 /*
- * Create an export from block-export-add arguments; when require_server is
- * false no running server is needed (the fuzzer and in-process tests).
- * Main thread.
+ * Create and register (export/export.h) an export from block-export-add
+ * arguments; when require_server is false no running server is needed
+ * (the fuzzer and in-process tests).  Main thread.
  */
 struct nbdexp *nbdexp_create(json_t *args, bool require_server,
                              struct err **errp);
@@ -86,7 +86,7 @@ struct nbdexp *nbdexp_create(json_t *args, bool require_server,
 struct nbdexp *nbdexp_get(const char *name, struct nbdexp **held);
 /* Detach (clears *held); the export must not be used afterwards. */
 void nbdexp_put(struct nbdexp **held);
-/* Delete every export (hard), with events.  Main thread. */
+/* Delete every NBD export (hard), with events.  Main thread. */
 void nbdexp_delete_all(void);
 /*
  * For NBD_OPT_LIST: call fn for every export not being deleted, under

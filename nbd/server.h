@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The NBD server's interface to the daemon and its QMP monitor: start and
- * stop the listening sockets (nbd-server-start, nbd-server-stop) and manage
- * exports (block-export-add, block-export-del, query-block-exports).  All of
- * these run on the main thread; the server runs its own accept, reader and
+ * stop the listening sockets (nbd-server-start, nbd-server-stop).  Exports
+ * are added through the generic layer (export/export.h), whose "nbd"
+ * driver is in export.c here.  All of these run on the main thread; the server runs its own accept, reader and
  * worker threads.  Errors are worded as QEMU's so that QMP clients see the
  * same messages.
  */
@@ -33,24 +33,4 @@ bool nbd_server_start(json_t *addr, const char *tls_creds,
 bool nbd_server_stop(struct err **errp);
 /* Is the server listening (nbd-server-start or --nbd-server)?  Any thread. */
 bool nbd_server_running(void);
-/*
- * block-export-add with the QMP arguments object: type ("nbd"), id,
- * node-name, writable, writethrough, name (default node-name), description,
- * bitmaps (list of name or {node,name}), allocation-depth.  Main thread.
- */
-bool block_export_add(json_t *args, struct err **errp);
-/*
- * block-export-del; mode "safe" (default, NULL: refuses with "export 'ID'
- * still in use" while clients are connected) or "hard" (disconnects them
- * and waits until their requests are done).  Sends BLOCK_EXPORT_DELETED
- * when the export is gone.  Main thread, not while drained: the clients'
- * requests would wait for the drain.
- */
-bool block_export_del(const char *id, const char *mode, struct err **errp);
-/* query-block-exports: a new JSON array.  Main thread. */
-json_t *block_export_query(void);
-/* Daemon shutdown: disconnect every client and delete every export (the
- * listening sockets stay until nbd_server_stop).  Main thread. */
-void block_export_close_all(void);
-
 #endif

@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * QMP commands of the NBD server and its exports: nbd-server-start,
+ * QMP commands of the NBD server and of exports: nbd-server-start,
  * nbd-server-stop, block-export-add, block-export-del,
- * query-block-exports.  The work is the NBD server's (nbd/server.h); this
- * file only adapts the QMP argument shapes.  Main thread.
+ * query-block-exports.  The work is the NBD server's (nbd/server.h) and
+ * the export layer's (export/export.h); this file turns the QMP arguments
+ * into their typed options.  Main thread.
  */
 #include <string.h>
 
+#include "export/export.h"
+#include "export/fuse.h"
 #include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -78,25 +81,165 @@ qmp_nbd_server_stop(json_t *args UNUSED, struct err **errp)
     return nbd_server_stop(errp) ? json_object() : NULL;
 }
 
+/*
+ * The members each export type takes besides the common ones (QEMU's
+ * BlockExportOptions is a union on "type"; the schema lists every
+ * variant's members, so the variant is checked here).
+ */
+static const char *const common_members[] = {
+    "type", "id", "node-name", "writable", "writethrough", "iothread",
+    "fixed-iothread", NULL,
+};
+static const char *const nbd_members[] = {
+    "name", "description", "bitmaps", "allocation-depth", NULL,
+};
+static const char *const fuse_members[] = {
+    "mountpoint", "growable", "allow-other", NULL,
+};
+static const struct {
+    const char *type;
+    const char *const *members;
+} export_types[] = {
+    { "nbd", nbd_members },
+    { "fuse", fuse_members },
+};
+
+static bool
+str_in(const char *s, const char *const *list)
+{
+    for (; *list; list++) {
+        if (!strcmp(*list, s)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A string member: NULL when absent; false (with *errp) when ill-typed. */
+static bool
+member_str(json_t *args, const char *key, bool required, const char **out,
+           struct err **errp)
+{
+    json_t *v = json_object_get(args, key);
+
+    *out = json_string_value(v);
+    if (!v && required) {
+        err_setf(errp, "Parameter '%s' is missing", key);
+        return false;
+    }
+    if (v && !*out) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: string",
+                 key);
+        return false;
+    }
+    return true;
+}
+
+static bool
+member_bool(json_t *args, const char *key, bool *out, struct err **errp)
+{
+    json_t *v = json_object_get(args, key);
+
+    *out = v && json_is_true(v);
+    if (v && !json_is_boolean(v)) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: boolean",
+                 key);
+        return false;
+    }
+    return true;
+}
+
+/* fuse's options (QEMU's BlockExportOptionsFuse). */
+static bool
+parse_fuse(json_t *args, struct fuse_export_options *o, struct err **errp)
+{
+    const char *allow_other;
+
+    if (!member_str(args, "mountpoint", true, &o->mountpoint, errp) ||
+        !member_bool(args, "growable", &o->growable, errp) ||
+        !member_str(args, "allow-other", false, &allow_other, errp)) {
+        return false;
+    }
+    if (!allow_other || !strcmp(allow_other, "auto")) {
+        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_AUTO;
+    } else if (!strcmp(allow_other, "on")) {
+        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_ON;
+    } else if (!strcmp(allow_other, "off")) {
+        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_OFF;
+    } else {
+        err_setf(errp, "Parameter 'allow-other' does not accept value '%s'",
+                 allow_other);
+        return false;
+    }
+    return true;
+}
+
+bool
+qmp_export_add(json_t *args, struct err **errp)
+{
+    struct fuse_export_options fuse;
+    struct block_export_options opts = {0};
+    const char *const *members = NULL;
+    const char *iothread, *key;
+    json_t *v, *nbd_args;
+    bool ok;
+
+    if (!json_is_object(args)) {
+        err_setf(errp, "Invalid parameter type, expected: object");
+        return false;
+    }
+    if (!member_str(args, "type", true, &opts.type, errp)) {
+        return false;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(export_types); i++) {
+        if (!strcmp(export_types[i].type, opts.type)) {
+            members = export_types[i].members;
+        }
+    }
+    if (!members) {
+        err_setf(errp, "Parameter 'type' does not accept value '%s'",
+                 opts.type);
+        return false;
+    }
+    json_object_foreach(args, key, v) {
+        if (!str_in(key, common_members) && !str_in(key, members)) {
+            err_setf(errp, "Parameter '%s' is unexpected", key);
+            return false;
+        }
+    }
+    if (!member_str(args, "id", true, &opts.id, errp) ||
+        !member_str(args, "node-name", true, &opts.node_name, errp) ||
+        !member_bool(args, "writable", &opts.writable, errp) ||
+        !member_bool(args, "writethrough", &opts.writethrough, errp) ||
+        !member_str(args, "iothread", false, &iothread, errp)) {
+        return false;
+    }
+    if (iothread && !qmp_iothread_exists(iothread)) {
+        err_setf(errp, "iothread \"%s\" not found", iothread);
+        return false;
+    }
+    /* Exports run their own threads: the iothread choice is moot. */
+    if (!strcmp(opts.type, "fuse")) {
+        if (!parse_fuse(args, &fuse, errp)) {
+            return false;
+        }
+        opts.driver_opts = &fuse;
+        return block_export_add(&opts, errp);
+    }
+    /* NBD still reads its options from the arguments object. */
+    nbd_args = json_deep_copy(args);
+    json_object_del(nbd_args, "iothread");
+    json_object_del(nbd_args, "fixed-iothread");
+    opts.driver_opts = nbd_args;
+    ok = block_export_add(&opts, errp);
+    json_decref(nbd_args);
+    return ok;
+}
+
 json_t *
 qmp_block_export_add(json_t *args, struct err **errp)
 {
-    const char *iothread = json_string_value(json_object_get(args,
-                                                             "iothread"));
-    json_t *exp;
-    bool ok;
-
-    if (iothread && !qmp_iothread_exists(iothread)) {
-        err_setf(errp, "iothread \"%s\" not found", iothread);
-        return NULL;
-    }
-    /* The NBD server has its own threads: the iothread choice is moot. */
-    exp = json_deep_copy(args);
-    json_object_del(exp, "iothread");
-    json_object_del(exp, "fixed-iothread");
-    ok = block_export_add(exp, errp);
-    json_decref(exp);
-    return ok ? json_object() : NULL;
+    return qmp_export_add(args, errp) ? json_object() : NULL;
 }
 
 json_t *
@@ -108,37 +251,24 @@ qmp_block_export_del(json_t *args, struct err **errp)
     return block_export_del(id, mode, errp) ? json_object() : NULL;
 }
 
+/* Members in the order QEMU prints them (its hash order), so that the
+ * text is the same as qemu-storage-daemon's. */
+static void
+query_one(const struct block_export_info *info, void *opaque)
+{
+    json_array_append_new(opaque,
+                          json_pack("{s:s, s:b, s:s, s:s}",
+                                    "node-name", info->node_name,
+                                    "shutting-down", info->shutting_down,
+                                    "type", info->type, "id", info->id));
+}
+
 json_t *
 qmp_query_block_exports(json_t *args UNUSED, struct err **errp UNUSED)
 {
-    /* Members in the order QEMU prints them (its hash order), so that
-     * the text is the same as qemu-storage-daemon's. */
-    static const char *const order[] = {
-        "node-name", "shutting-down", "type", "id", NULL,
-    };
-    json_t *list = block_export_query();
     json_t *out = json_array();
-    size_t i;
-    json_t *exp;
 
-    json_array_foreach(list, i, exp) {
-        json_t *o = json_object();
-        const char *key;
-        json_t *v;
-
-        for (size_t k = 0; order[k]; k++) {
-            if ((v = json_object_get(exp, order[k]))) {
-                json_object_set(o, order[k], v);
-            }
-        }
-        json_object_foreach(exp, key, v) {
-            if (!json_object_get(o, key)) {
-                json_object_set(o, key, v);
-            }
-        }
-        json_array_append_new(out, o);
-    }
-    json_decref(list);
+    block_export_foreach(query_one, out);
     return out;
 }
 
@@ -171,7 +301,7 @@ qmp_nbd_server_add(json_t *args, struct err **errp)
     if (bitmap) {
         json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
     }
-    ok = block_export_add(exp, errp);
+    ok = qmp_export_add(exp, errp);
     json_decref(exp);
     return ok ? json_object() : NULL;
 }

@@ -24,6 +24,7 @@
 #include <sys/queue.h>
 
 #include "lockstep/block.h"
+#include "export/export.h"
 #include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -527,7 +528,7 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     if (bitmap) {
         json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
     }
-    ok = block_export_add(exp, errp);
+    ok = qmp_export_add(exp, errp);
     json_decref(exp);
     if (!ok) {
         goto fail_inserted;
@@ -545,6 +546,30 @@ fail:
     return NULL;
 }
 
+/*
+ * Users of the snapshot besides fleecing-start's own export (a FUSE or
+ * NBD export, a job added on the snapshot-access node) would read on
+ * after the filter is gone, and get the live disk for what was not
+ * copied yet instead of the snapshot: refuse while there are any.
+ */
+static bool
+snapshot_unused(struct fleecing *fl, struct err **errp)
+{
+    CLEANUP_FREE char *own = xasprintf("export '%s'", fl->id);
+    struct block_child *c;
+
+    TAILQ_FOREACH(c, &fl->access->parents, parent_link) {
+        CLEANUP_FREE char *desc = block_child_parent_desc(c);
+
+        if (strcmp(desc, own) != 0) {
+            err_setf(errp, "Node '%s' is in use by %s; remove that first",
+                     fl->access->node_name, desc);
+            return false;
+        }
+    }
+    return true;
+}
+
 json_t *
 qmp_fleecing_stop(json_t *args, struct err **errp)
 {
@@ -554,6 +579,9 @@ qmp_fleecing_stop(json_t *args, struct err **errp)
 
     if (!fl) {
         err_setf(errp, "Fleecing '%s' not found", id);
+        return NULL;
+    }
+    if (!snapshot_unused(fl, errp)) {
         return NULL;
     }
     /* Hard: clients are disconnected and their requests finished. */

@@ -188,6 +188,9 @@ json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_start(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);
 json_t *qmp_block_export_add(json_t *args, struct err **errp);
+/* block-export-add from an arguments object that need not have passed
+ * the schema (fleecing-start and test harnesses build their own). */
+bool qmp_export_add(json_t *args, struct err **errp);
 json_t *qmp_block_export_del(json_t *args, struct err **errp);
 json_t *qmp_query_block_exports(json_t *args, struct err **errp);
 json_t *qmp_nbd_server_add(json_t *args, struct err **errp);

@@ -101,10 +101,16 @@ static const struct qmp_arg bitmap_or_str_elem = {
     bitmap_ref_members, NULL,
 };
 
-static const char *const export_type_values[] = { "nbd", NULL };
+static const char *const export_type_values[] = { "nbd", "fuse", NULL };
+static const char *const fuse_allow_other_values[] = {
+    "off", "on", "auto", NULL,
+};
+/* block-export-add is a union on "type" (QEMU's BlockExportOptions):
+ * every variant's members are listed, each documented with its type;
+ * qmp/cmds-export.c refuses the members of the other types. */
 static const struct qmp_arg args_block_export_add[] = {
-    { "type", QMP_T_ENUM, false, "export type: \"nbd\"", "BlockExportType",
-      export_type_values, NULL, NULL },
+    { "type", QMP_T_ENUM, false, "export type: \"nbd\" or \"fuse\"",
+      "BlockExportType", export_type_values, NULL, NULL },
     { "id", QMP_T_STR, false, "unique export id", NULL, NULL, NULL, NULL },
     { "node-name", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
       NULL },
@@ -128,6 +134,18 @@ static const struct qmp_arg args_block_export_add[] = {
       "its own threads)", NULL, NULL, NULL, NULL },
     { "fixed-iothread", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
       NULL, NULL },
+    { "mountpoint", QMP_T_STR, true,
+      "fuse: an existing regular file the node appears at (required)",
+      NULL, NULL, NULL, NULL },
+    { "growable", QMP_T_BOOL, true,
+      "fuse: writes past the end grow the node (default false)", NULL,
+      NULL, NULL, NULL },
+    { "allow-other", QMP_T_ENUM, true,
+      "fuse: let users other than the daemon's reach the file (FUSE's "
+      "allow_other; a daemon not running as root needs user_allow_other "
+      "in /etc/fuse.conf); "
+      "\"auto\" (default) tries on, then off", "FuseExportAllowOther",
+      fuse_allow_other_values, NULL, NULL },
     END,
 };
 
@@ -158,8 +176,9 @@ static const struct qmp_arg args_nbd_server_remove[] = {
 static const struct qmp_arg args_block_export_del[] = {
     { "id", QMP_T_STR, false, "export id", NULL, NULL, NULL, NULL },
     { "mode", QMP_T_ENUM, true,
-      "\"safe\" (default: fail while clients are connected) or \"hard\" "
-      "(disconnect them)", "BlockExportRemoveMode", export_del_mode_values,
+      "\"safe\" (default: fail while NBD clients are connected) or "
+      "\"hard\" (disconnect them); a FUSE export is unmounted in either "
+      "mode, files still open on it get ENOTCONN", "BlockExportRemoveMode", export_del_mode_values,
       NULL, NULL },
     END,
 };
@@ -607,7 +626,10 @@ const struct qmp_command qmp_commands[] = {
       false, "Deprecated in QEMU: block-export-del of the export name.",
       "{}" },
     { "block-export-add", qmp_block_export_add, args_block_export_add, false,
-      "Export a node over the running NBD server.", "{}" },
+      "Export a node: over the running NBD server (type \"nbd\": name, "
+      "description, bitmaps, allocation-depth), or as a regular file "
+      "through FUSE (type \"fuse\": mountpoint, growable, allow-other; "
+      "see docs/exports.md).", "{}" },
     { "block-export-del", qmp_block_export_del, args_block_export_del, false,
       "Remove an export; BLOCK_EXPORT_DELETED {id} follows when it is gone.",
       "{}" },
@@ -667,7 +689,9 @@ const struct qmp_command qmp_commands[] = {
       "Tear down what fleecing-start built: delete the export (hard: "
       "clients are disconnected), remove the filter, delete the "
       "snapshot-access node, the filter and the temp node (when "
-      "fleecing-start opened it).", "{}" },
+      "fleecing-start opened it).  Refused while anything else uses the "
+      "snapshot-access node (an export added on it: delete that first).",
+      "{}" },
     { "query-fleecing", qmp_query_fleecing, NULL, false,
       "The fleecings started by fleecing-start.",
       "[{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
@@ -1002,11 +1026,14 @@ qmp_schema_print_doc(FILE *f)
         "`addr.type=inet,addr.host=H,addr.port=N` (`,max-connections=N`): "
         "`nbd-server-start` with a flat socket address.\n"
         "- `--export [type=]nbd,id=ID,node-name=N[,name=E][,writable=on|off]"
-        "[,bitmap=B]` (or JSON): `block-export-add`.\n"
+        "[,bitmap=B]` and `--export [type=]fuse,id=ID,node-name=N,"
+        "mountpoint=FILE[,writable=on|off][,growable=on|off]"
+        "[,allow-other=on|off|auto]` (or JSON): `block-export-add`.\n"
         "- `--daemonize`, `--pidfile PATH`, `--help`, `--version`; `-T` / "
         "`--trace` are accepted and ignored.\n"
         "- SIGTERM, SIGINT, SIGHUP and `quit`: stop the NBD server, close "
-        "exports and jobs, flush and close every node, exit 0.\n\n"
+        "exports (unmounting FUSE ones) and jobs, flush and close every "
+        "node, exit 0.\n\n"
         "## Differences from qemu-storage-daemon 7.2\n\n"
         "- A monitor socket serves several clients at once (QEMU serves "
         "one and queues the others).\n"
@@ -1021,6 +1048,12 @@ qmp_schema_print_doc(FILE *f)
         "stored in the image.\n"
         "- `max-connections` defaults to 100 (as later QEMU versions), not "
         "unlimited.\n"
+        "- FUSE exports: a punched hole reads back as zeroes (7.2 discards, "
+        "which `discard=ignore` drops); mtime moves only when the content "
+        "changed (7.2: every stat says \"now\"); a relative mount point is "
+        "made absolute, so `--daemonize` unmounts the right path; a start "
+        "that fails on a later option unmounts (7.2 leaves a dead "
+        "mount).\n"
         "- `x-debug-query-block-graph` numbers nodes in creation order; "
         "permissions are the block layer's own.\n\n"
         "## Commands\n\n");

@@ -908,6 +908,23 @@ block_handle_flush(struct block_handle *h)
 }
 
 int
+block_handle_truncate(struct block_handle *h, uint64_t length,
+                      struct err **errp)
+{
+    int ret;
+
+    if (!(h->child.perm & BLOCK_PERM_RESIZE)) {
+        err_setf(errp, "%s may not resize node '%s'", h->owner,
+                 block_handle_node(h)->node_name);
+        return -EPERM;
+    }
+    block_graph_enter();
+    ret = block_truncate(block_handle_node(h), length, errp);
+    block_graph_leave();
+    return ret;
+}
+
+int
 block_handle_status(struct block_handle *h, uint64_t offset, uint64_t bytes,
                     uint64_t *pnum, struct block_status_info *info)
 {

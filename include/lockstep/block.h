@@ -521,6 +521,15 @@ int block_handle_status(struct block_handle *h, uint64_t offset,
                         uint64_t bytes, uint64_t *pnum,
                         struct block_status_info *info);
 
+/*
+ * Resize through a handle that holds BLOCK_PERM_RESIZE (-EPERM otherwise),
+ * from any thread: inside the graph like a request, without a drain (a
+ * FUSE export's truncate).  Drivers' truncate tolerate requests in
+ * flight: qcow2 waits for them, a file's ftruncate is atomic.
+ */
+int block_handle_truncate(struct block_handle *h, uint64_t length,
+                          struct err **errp);
+
 /* Enter/leave the graph by hand for a sequence of node calls. */
 void block_graph_enter(void);
 void block_graph_leave(void);

@@ -18,6 +18,8 @@
 #include "keyval.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "export/export.h"
+#include "nbd/nbd-internal.h"
 #include "nbd/server.h"
 #include "qmp/qmp.h"
 #include "util.h"
@@ -85,6 +87,17 @@ add_bitmap(const char *node_name, const char *name, struct err **errp)
     return block_dirty_bitmap_create(node, name, 0, errp) != NULL;
 }
 
+/* One query-block-exports element, as the daemon prints it. */
+static void
+query_one(const struct block_export_info *info, void *opaque)
+{
+    json_array_append_new(opaque,
+                          json_pack("{s:s, s:b, s:s, s:s}",
+                                    "node-name", info->node_name,
+                                    "shutting-down", info->shutting_down,
+                                    "type", info->type, "id", info->id));
+}
+
 static json_t *
 run_command(json_t *cmd, bool *quit)
 {
@@ -97,14 +110,15 @@ run_command(json_t *cmd, bool *quit)
     if (!name) {
         err_setf(&err, "missing execute");
     } else if (!strcmp(name, "block-export-add")) {
-        ok = block_export_add(args, &err);
+        ok = nbdexp_create(args, true, &err) != NULL;
     } else if (!strcmp(name, "block-export-del")) {
         ok = block_export_del(json_string_value(json_object_get(args, "id")),
                               json_string_value(json_object_get(args,
                                                                 "mode")),
                               &err);
     } else if (!strcmp(name, "query-block-exports")) {
-        ret = block_export_query();
+        ret = json_array();
+        block_export_foreach(query_one, ret);
         ok = true;
     } else if (!strcmp(name, "nbd-server-start")) {
         json_t *mc = json_object_get(args, "max-connections");
@@ -231,7 +245,7 @@ main(int argc, char **argv)
     for (size_t i = 0; i < json_array_size(exports); i++) {
         json_t *e = json_array_get(exports, i);
 
-        if (!block_export_add(e, &err)) {
+        if (!nbdexp_create(e, true, &err)) {
             err_report("nbd-serve", err);
             return 1;
         }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -417,6 +418,62 @@ test_dirty_tracking(void **state UNUSED)
     block_node_unref(n);
 }
 
+struct truncate_call {
+    struct block_handle *h;
+    uint64_t length;
+    int ret;
+};
+
+static void *
+truncate_thread(void *opaque)
+{
+    struct truncate_call *t = opaque;
+
+    t->ret = block_handle_truncate(t->h, t->length, NULL);
+    return NULL;
+}
+
+/* Resizing through a handle needs its resize permission, and works from
+ * a thread that is not the main one (a FUSE export's request thread). */
+static void
+test_handle_truncate(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *node;
+    struct block_handle *h;
+    struct err *err = NULL;
+    struct truncate_call t;
+    pthread_t thread;
+    struct stat st;
+
+    kv = xasprintf("driver=raw,node-name=r,file.driver=file,"
+                   "file.filename=%s", img_path);
+    node = new_node(kv, NULL);
+    assert_non_null(node);
+    h = block_handle_new(node, "export 'e'", BLOCK_PERM_CONSISTENT_READ |
+                         BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &err);
+    assert_non_null(h);
+    assert_int_equal(block_handle_truncate(h, 2 * MiB, &err), -EPERM);
+    assert_string_equal(err->msg, "export 'e' may not resize node 'r'");
+    err_free(err);
+    err = NULL;
+    block_handle_free(h);
+
+    h = block_handle_new(node, "export 'e'", BLOCK_PERM_CONSISTENT_READ |
+                         BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE,
+                         BLOCK_PERM_ALL, &err);
+    assert_non_null(h);
+    t = (struct truncate_call){ .h = h, .length = 3 * MiB };
+    thread_create(&thread, "truncate", truncate_thread, &t);
+    thread_join(thread);
+    assert_int_equal(t.ret, 0);
+    assert_int_equal(block_handle_getlength(h), 3 * MiB);
+    assert_int_equal(stat(img_path, &st), 0);
+    assert_int_equal(st.st_size, 3 * MiB);
+    block_handle_free(h);
+    block_node_unref(node);
+}
+
 int
 main(void)
 {
@@ -436,6 +493,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_discard_and_status, setup_image,
                                         remove_image),
         cmocka_unit_test(test_dirty_tracking),
+        cmocka_unit_test_setup_teardown(test_handle_truncate, setup_image,
+                                        remove_image),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

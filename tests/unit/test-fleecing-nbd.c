@@ -26,6 +26,7 @@
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
 #include "qmp/qmp.h"

@@ -25,6 +25,7 @@
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
 #include "qmp/qmp.h"
@@ -302,6 +303,22 @@ test_in_flight(void **state)
 }
 
 static void
+collect_id(const struct block_export_info *info, void *opaque)
+{
+    json_array_append_new(opaque, json_string(info->id));
+}
+
+/* The ids query-block-exports would list. */
+static json_t *
+export_ids(void)
+{
+    json_t *ids = json_array();
+
+    block_export_foreach(collect_id, ids);
+    return ids;
+}
+
+static void
 test_export_delete(void **state)
 {
     struct session s;
@@ -310,10 +327,9 @@ test_export_delete(void **state)
     char buf[512];
 
     (void)state;
-    q = block_export_query();
+    q = export_ids();
     assert_int_equal(json_array_size(q), 1);
-    assert_string_equal(json_string_value(json_object_get(
-                            json_array_get(q, 0), "id")), "e0");
+    assert_string_equal(json_string_value(json_array_get(q, 0)), "e0");
     json_decref(q);
 
     session_start(&s, "disk", NULL);
@@ -335,7 +351,7 @@ test_export_delete(void **state)
                             json_array_get(g_events, 0), "event")),
                         "BLOCK_EXPORT_DELETED");
     mutex_unlock(&ev_lock);
-    q = block_export_query();
+    q = export_ids();
     assert_int_equal(json_array_size(q), 0);
     json_decref(q);
     assert_false(block_export_del("e0", NULL, &err));
@@ -346,7 +362,10 @@ test_export_delete(void **state)
     /* The server is not running: block_export_add refuses. */
     args = json_pack("{s:s, s:s, s:s}", "type", "nbd", "id", "e1",
                      "node-name", "disk");
-    assert_false(block_export_add(args, &err));
+    assert_false(block_export_add(&(struct block_export_options){
+                                      .type = "nbd", .id = "e1",
+                                      .node_name = "disk",
+                                      .driver_opts = args}, &err));
     assert_string_equal(err->msg, "NBD server not running");
     err_free(err);
     json_decref(args);
