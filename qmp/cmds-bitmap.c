@@ -128,13 +128,17 @@ add_prepare(json_t *data, void **state, struct err **errp)
             return false;
         }
     }
-    if (persistent && strcmp(node->drv->name, "qcow2")) {
-        err_setf(errp, "Can't store persistent bitmaps to %s: %s",
-                 node->node_name, strerror(ENOTSUP));
-        return false;
-    }
     bm = block_dirty_bitmap_create(node, name, granularity, errp);
     if (!bm) {
+        return false;
+    }
+    /* Stored when the image is closed; the format says now whether it
+     * can be. */
+    if (persistent &&
+        !block_dirty_bitmap_can_store(node, name,
+                                      block_dirty_bitmap_granularity(bm),
+                                      errp)) {
+        block_dirty_bitmap_release(bm);
         return false;
     }
     mutex_lock(&node->bitmap_lock);
@@ -187,6 +191,13 @@ remove_prepare(json_t *data, void **state, struct err **errp)
     if (inconsistent && !check_allow_ro(bm, NULL)) {
         err_setf(errp, "Bitmap '%s' is currently in use by another "
                  "operation and cannot be used", bm->name);
+        return false;
+    }
+    /*
+     * Out of the image now, as QEMU does (also inside a transaction: an
+     * abort keeps the bitmap, which is then stored again at close).
+     */
+    if (block_dirty_bitmap_remove_stored(bm, errp) < 0) {
         return false;
     }
     /* Hidden until commit: a later action in the same transaction sees

@@ -514,6 +514,72 @@ block_dirty_bitmap_sha256(struct block_dirty_bitmap *bm, char out[65])
     }
 }
 
+bool
+block_dirty_bitmap_can_store(struct block_node *node, const char *name,
+                             uint64_t granularity, struct err **errp)
+{
+    if (!node->drv->bitmap_can_store) {
+        err_setf(errp, "Can't store persistent bitmaps to %s: %s",
+                 node->node_name, strerror(ENOTSUP));
+        return false;
+    }
+    return node->drv->bitmap_can_store(node, name, granularity, errp);
+}
+
+void
+block_dirty_bitmap_set_persistent(struct block_dirty_bitmap *bm,
+                                  bool persistent)
+{
+    mutex_lock(&bm->node->bitmap_lock);
+    bm->persistent = persistent;
+    mutex_unlock(&bm->node->bitmap_lock);
+}
+
+bool
+block_dirty_bitmap_persistent(struct block_dirty_bitmap *bm)
+{
+    bool res;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    res = bm->persistent;
+    mutex_unlock(&bm->node->bitmap_lock);
+    return res;
+}
+
+bool
+block_dirty_bitmap_inconsistent(struct block_dirty_bitmap *bm)
+{
+    bool res;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    res = bm->inconsistent;
+    mutex_unlock(&bm->node->bitmap_lock);
+    return res;
+}
+
+bool
+block_dirty_bitmap_enabled(struct block_dirty_bitmap *bm)
+{
+    bool res;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    res = !bm->disabled;
+    mutex_unlock(&bm->node->bitmap_lock);
+    return res;
+}
+
+int
+block_dirty_bitmap_remove_stored(struct block_dirty_bitmap *bm,
+                                 struct err **errp)
+{
+    struct block_node *node = bm->node;
+
+    if (!block_dirty_bitmap_persistent(bm) || !node->drv->bitmap_remove) {
+        return 0;
+    }
+    return node->drv->bitmap_remove(node, bm->name, errp);
+}
+
 /* Any thread, from the request layer; disabled bitmaps do not record. */
 void
 block_node_mark_dirty(struct block_node *node, uint64_t offset,
