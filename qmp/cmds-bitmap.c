@@ -170,6 +170,29 @@ const struct qmp_txn_action qmp_txn_bitmap_add = {
 
 /* ---- remove -------------------------------------------------------------- */
 
+/* For an inconsistent bitmap: busy, then read-only (QEMU's order). */
+static bool
+check_removable(struct block_dirty_bitmap *bm, struct err **errp)
+{
+    bool busy, readonly;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    busy = bm->busy;
+    readonly = bm->persistent && bm->node->read_only;
+    mutex_unlock(&bm->node->bitmap_lock);
+    if (busy) {
+        err_setf(errp, "Bitmap '%s' is currently in use by another "
+                 "operation and cannot be used", bm->name);
+        return false;
+    }
+    if (readonly) {
+        err_setf(errp, "Bitmap '%s' is readonly and cannot be modified",
+                 bm->name);
+        return false;
+    }
+    return true;
+}
+
 static bool
 remove_prepare(json_t *data, void **state, struct err **errp)
 {
@@ -184,13 +207,12 @@ remove_prepare(json_t *data, void **state, struct err **errp)
     mutex_lock(&bm->node->bitmap_lock);
     inconsistent = bm->inconsistent;
     mutex_unlock(&bm->node->bitmap_lock);
-    /* Removing is the one thing an inconsistent bitmap allows. */
+    /* Removing is the one thing an inconsistent bitmap allows: QEMU
+     * checks busy and read-only only. */
     if (!inconsistent && !block_dirty_bitmap_check_writable(bm, errp)) {
         return false;
     }
-    if (inconsistent && !check_allow_ro(bm, NULL)) {
-        err_setf(errp, "Bitmap '%s' is currently in use by another "
-                 "operation and cannot be used", bm->name);
+    if (inconsistent && !check_removable(bm, errp)) {
         return false;
     }
     /*

@@ -1,0 +1,378 @@
+# SPDX-License-Identifier: MIT
+"""Persistent dirty bitmaps in qcow2 images (docs/qcow2.md, "Persistent
+bitmaps"), against QEMU 7.2 as the peer.
+
+Each test runs a daemon (lockstepd, or qemu-storage-daemon as the
+reference) on a qcow2 image, with the image node "disk" exported writable
+over NBD on a unix socket; guest writes go through that export with
+qemu-io.  Bitmaps are compared by what QEMU itself reports: count,
+granularity, the SHA-256 of x-debug-block-dirty-bitmap-sha256 and the
+extents of the NBD context qemu:dirty-bitmap:NAME (nbdinfo --map), and
+qemu-img info / check read the images lockstep wrote.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+
+import pytest
+
+from conftest import run
+from qmp_client import Daemon, QMPError
+
+MiB = 1 << 20
+SIZE = 64 * MiB
+
+
+def need(*tools):
+    for t in tools:
+        if not shutil.which(t):
+            pytest.skip("%s is not installed" % t)
+
+
+def qemu_img(*args):
+    p = run(["qemu-img"] + list(args))
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p.stdout
+
+
+def qemu_check_clean(path):
+    p = run(["qemu-img", "check", path])
+    assert p.returncode == 0 and "No errors were found" in p.stdout, \
+        (p.stdout, p.stderr)
+
+
+def info_bitmaps(path):
+    """The bitmap list of qemu-img info (name -> entry)."""
+    info = json.loads(qemu_img("info", "--output=json", "-U", path))
+    data = info["format-specific"]["data"]
+    return {b["name"]: b for b in data.get("bitmaps", [])}
+
+
+def qemu_io_img(path, *cmds):
+    argv = ["qemu-io", "-f", "qcow2"]
+    for c in cmds:
+        argv += ["-c", c]
+    p = run(argv + [path])
+    assert p.returncode == 0 and "failed" not in p.stdout, \
+        (p.stdout, p.stderr)
+
+
+class Disk:
+    """A daemon serving image path as node "disk" and NBD export "disk"."""
+
+    def __init__(self, binary, tmp_dir, path, name="d", extra=()):
+        self.nbd = os.path.join(tmp_dir, name + "-nbd.sock")
+        self.d = Daemon(binary, tmp_dir, name=name, args=[
+            "--blockdev", json.dumps({
+                "driver": "qcow2", "node-name": "disk",
+                "file": {"driver": "file", "filename": path,
+                         "node-name": "disk-file"}}),
+            "--nbd-server", "addr.type=unix,addr.path=%s" % self.nbd,
+            "--export", json.dumps({
+                "type": "nbd", "id": "disk", "node-name": "disk",
+                "name": "disk", "writable": True}),
+        ] + list(extra))
+        self.c = self.d.client()
+
+    def url(self, export="disk"):
+        return "nbd+unix:///%s?socket=%s" % (export, self.nbd)
+
+    def write(self, *cmds):
+        argv = ["qemu-io", "-f", "raw"]
+        for c in cmds:
+            argv += ["-c", c]
+        p = run(argv + [self.url()])
+        assert p.returncode == 0 and "failed" not in p.stdout, \
+            (p.stdout, p.stderr)
+
+    def add(self, name, **kw):
+        args = {"node": "disk", "name": name, "persistent": True}
+        args.update({k.replace("_", "-"): v for k, v in kw.items()})
+        self.c.cmd("block-dirty-bitmap-add", args)
+
+    def bitmaps(self):
+        for n in self.c.cmd("query-named-block-nodes"):
+            if n["node-name"] == "disk":
+                return {b["name"]: b for b in n.get("dirty-bitmaps", [])}
+        raise AssertionError("no node disk")
+
+    def sha(self, name):
+        return self.c.cmd("x-debug-block-dirty-bitmap-sha256",
+                          {"node": "disk", "name": name})["sha256"]
+
+    def dirty_map(self, name):
+        """[(offset, length)] of the dirty extents, through NBD."""
+        need("nbdinfo")
+        exp = "map-" + name
+        self.c.cmd("block-export-add", {
+            "type": "nbd", "id": exp, "node-name": "disk", "name": exp,
+            "writable": True, "bitmaps": [name]})
+        try:
+            p = run(["nbdinfo", "--json",
+                     "--map=qemu:dirty-bitmap:" + name, self.url(exp)])
+            assert p.returncode == 0, p.stderr
+        finally:
+            self.c.cmd("block-export-del", {"id": exp})
+            self.c.wait_event("BLOCK_EXPORT_DELETED")
+        return [(e["offset"], e["length"]) for e in json.loads(p.stdout)
+                if e["type"] & 1]
+
+    def describe(self):
+        """What QEMU users see of every bitmap: {name: (count, granularity,
+        recording, persistent, inconsistent, sha256)}."""
+        res = {}
+        for name, b in self.bitmaps().items():
+            res[name] = (b["count"], b["granularity"], b["recording"],
+                         b["persistent"], b.get("inconsistent", False),
+                         None if b.get("inconsistent") else self.sha(name))
+        return res
+
+    def quit(self):
+        self.c.cmd("quit")
+        self.c.close()
+        assert self.d.stop() == 0, self.d.stderr
+
+    def kill(self):
+        self.c.close()
+        self.d.proc.send_signal(signal.SIGKILL)
+        self.d.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.d.proc.poll() is None:
+            self.c.close()
+            self.d.stop()
+
+
+@pytest.fixture
+def image(tmp_dir):
+    path = os.path.join(tmp_dir, "disk.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", path, str(SIZE))
+    return path
+
+
+def test_qemu_bitmaps_survive_lockstep(lockstepd, qsd, image, tmp_dir):
+    """Bitmaps QEMU wrote are loaded, keep recording, and are stored back
+    for QEMU: the autoclear bit stays, and QEMU then sees exactly what
+    lockstep saw (the issue's broken-chain bug)."""
+    need("qemu-io")
+    qemu_img("bitmap", "--add", image, "b0")
+    qemu_img("bitmap", "--add", "-g", "4096", "--disable", image, "frozen")
+    qemu_io_img(image, "write -P 1 0 64k", "write -P 2 1M 100k")
+    qemu_img("bitmap", "--add", image, "b1")
+    with Disk(lockstepd, tmp_dir, image) as d:
+        seen = d.describe()
+        assert seen["b0"][:5] == (3 * 64 * 1024, 65536, True, True, False)
+        assert seen["frozen"][:3] == (0, 4096, False)
+        assert seen["b1"][0] == 0
+        # While open read-write every stored bitmap is marked in use.
+        flags = {n: b["flags"] for n, b in info_bitmaps(image).items()}
+        assert flags == {"b0": ["in-use", "auto"], "frozen": ["in-use"],
+                         "b1": ["in-use", "auto"]}
+        d.write("write -P 3 8M 4k", "write -P 4 63M 1M")
+        assert d.dirty_map("b1") == [(8 * MiB, 64 * 1024),
+                                     (63 * MiB, MiB)]
+        mine = d.describe()
+        d.quit()
+    assert info_bitmaps(image) == {
+        "b0": {"flags": ["auto"], "name": "b0", "granularity": 65536},
+        "frozen": {"flags": [], "name": "frozen", "granularity": 4096},
+        "b1": {"flags": ["auto"], "name": "b1", "granularity": 65536}}
+    qemu_check_clean(image)
+    with Disk(qsd, tmp_dir, image, name="q") as q:
+        assert q.describe() == mine
+        assert q.dirty_map("b1") == [(8 * MiB, 64 * 1024),
+                                     (63 * MiB, MiB)]
+        q.quit()
+
+
+def test_lockstep_bitmaps_for_qemu(lockstepd, qsd, image, tmp_dir):
+    """Bitmaps added through lockstep are stored at quit with their state
+    and content, and QEMU reads the same."""
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.add("a")
+        d.add("small", granularity=512)
+        d.write("write 0 512", "write 40M 3M")
+        d.add("off", disabled=True)
+        d.c.cmd("block-dirty-bitmap-merge", {
+            "node": "disk", "target": "off", "bitmaps": ["a"]})
+        d.add("gone")
+        d.c.cmd("block-dirty-bitmap-remove", {"node": "disk",
+                                              "name": "gone"})
+        d.c.cmd("block-dirty-bitmap-add", {"node": "disk", "name": "tmp"})
+        mine = d.describe()
+        d.quit()
+    del mine["tmp"]
+    assert set(info_bitmaps(image)) == {"a", "small", "off"}
+    qemu_check_clean(image)
+    with Disk(qsd, tmp_dir, image, name="q") as q:
+        assert q.describe() == mine
+        q.write("write 1M 64k")
+        q.quit()
+    with Disk(lockstepd, tmp_dir, image) as d:
+        now = d.describe()
+        assert now["a"][0] == mine["a"][0] + 64 * 1024
+        assert now["off"] == mine["off"]
+        d.quit()
+    qemu_check_clean(image)
+
+
+def test_sigkill_leaves_bitmaps_inconsistent(lockstepd, qsd, image,
+                                            tmp_dir):
+    """A daemon killed while the image is open: the stored bitmaps are in
+    use on disk, so both lockstep and QEMU load them as inconsistent; they
+    can only be removed, which frees their clusters."""
+    qemu_img("bitmap", "--add", image, "b0")
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.write("write 0 64k")
+        d.kill()
+    assert info_bitmaps(image)["b0"]["flags"] == ["in-use", "auto"]
+    with Disk(qsd, tmp_dir, image, name="q") as q:
+        assert q.bitmaps()["b0"]["inconsistent"] is True
+        q.c.close()
+        q.d.stop()
+    with Disk(lockstepd, tmp_dir, image) as d:
+        b = d.bitmaps()["b0"]
+        assert b["inconsistent"] is True and b["count"] == 0
+        e = d.c.error("block-dirty-bitmap-clear", {"node": "disk",
+                                                   "name": "b0"})
+        assert e["desc"] == \
+            "Bitmap 'b0' is inconsistent and cannot be used"
+        d.c.cmd("block-dirty-bitmap-remove", {"node": "disk",
+                                              "name": "b0"})
+        d.quit()
+    assert info_bitmaps(image) == {}
+    qemu_check_clean(image)
+
+
+def test_backing_name_moves_for_the_extension(lockstepd, qsd, tmp_dir):
+    """An image whose backing file name follows the header extensions
+    (as lockstep-img and qemu-img create them) gets the bitmaps extension
+    and keeps its backing file; removing the last bitmap drops it."""
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", base, str(SIZE))
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    with Disk(lockstepd, tmp_dir, top) as d:
+        d.add("x")
+        d.write("write 0 4k")
+        d.quit()
+    info = json.loads(qemu_img("info", "--output=json", top))
+    assert info["backing-filename"] == base
+    assert info["format-specific"]["data"]["bitmaps"][0]["name"] == "x"
+    qemu_check_clean(top)
+    with Disk(qsd, tmp_dir, top, name="q") as q:
+        assert q.bitmaps()["x"]["count"] == 65536
+        q.quit()
+    with Disk(lockstepd, tmp_dir, top) as d:
+        d.c.cmd("block-dirty-bitmap-remove", {"node": "disk", "name": "x"})
+        d.quit()
+    info = json.loads(qemu_img("info", "--output=json", top))
+    assert "bitmaps" not in info["format-specific"]["data"]
+    assert info["backing-filename"] == base
+    qemu_check_clean(top)
+
+
+def test_foreign_writer_drops_bitmaps(lockstepd, image, tmp_dir):
+    """The autoclear bit cleared by a program without bitmap support:
+    the bitmaps are ignored (with QEMU's warning) and the extension goes
+    at the first read-write open, as QEMU does; check then finds leaks
+    only."""
+    qemu_img("bitmap", "--add", image, "b0")
+    with open(image, "r+b") as f:
+        f.seek(88)
+        f.write(b"\0" * 8)
+    with Disk(lockstepd, tmp_dir, image) as d:
+        assert d.bitmaps() == {}
+        d.quit()
+    assert "lacking bitmap support" in d.d.stderr
+    assert info_bitmaps(image) == {}
+    p = run(["qemu-img", "check", image])
+    assert p.returncode == 3 and "leaked clusters" in p.stdout, p.stdout
+
+
+def test_transaction_and_errors(lockstepd, image, tmp_dir):
+    """Persistent bitmaps in a transaction are all-or-nothing; the image
+    is unchanged after an aborted one; QEMU's errors."""
+    qemu_img("bitmap", "--add", image, "keep")
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.write("write 0 1M")
+        e = d.c.error("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add",
+             "data": {"node": "disk", "name": "new", "persistent": True}},
+            {"type": "block-dirty-bitmap-remove",
+             "data": {"node": "disk", "name": "keep"}},
+            {"type": "abort", "data": {}}]})
+        assert e["desc"] == "Transaction aborted using Abort action"
+        assert set(d.bitmaps()) == {"keep"}
+        assert d.bitmaps()["keep"]["count"] == MiB
+        d.c.cmd("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add",
+             "data": {"node": "disk", "name": "new", "persistent": True}},
+            {"type": "block-dirty-bitmap-clear",
+             "data": {"node": "disk", "name": "keep"}}]})
+        e = d.c.error("block-dirty-bitmap-add", {
+            "node": "disk", "name": "x" * 1024, "persistent": True})
+        assert e["desc"].startswith("Bitmap name too long: xxx")
+        e = d.c.error("block-dirty-bitmap-add", {
+            "node": "disk", "name": "new", "persistent": True})
+        assert e["desc"] == "Bitmap already exists: new"
+        d.write("write 2M 64k")
+        d.quit()
+    assert set(info_bitmaps(image)) == {"keep", "new"}
+    with Disk(lockstepd, tmp_dir, image) as d:
+        b = d.bitmaps()
+        assert b["keep"]["count"] == b["new"]["count"] == 65536
+        d.quit()
+    qemu_check_clean(image)
+
+
+def test_v2_and_raw_refuse_persistent(lockstepd, tmp_dir):
+    v2 = os.path.join(tmp_dir, "v2.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M")
+    with Disk(lockstepd, tmp_dir, v2) as d:
+        e = d.c.error("block-dirty-bitmap-add", {
+            "node": "disk", "name": "b", "persistent": True})
+        assert e["desc"] == ("Can't make bitmap 'b' persistent in 'disk': "
+                             "Cannot store dirty bitmaps in qcow2 v2 files")
+        d.quit()
+
+
+def test_blockdev_del_and_reopen_store(lockstepd, qsd, image, tmp_dir):
+    """blockdev-del stores the bitmaps (and clears in_use); so does a
+    reopen read-only, after which they are read-only; back read-write
+    they record again."""
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.add("b")
+        d.write("write 0 64k")
+        d.c.cmd("block-export-del", {"id": "disk"})
+        d.c.wait_event("BLOCK_EXPORT_DELETED")
+        d.c.cmd("blockdev-reopen", {"options": [{
+            "driver": "qcow2", "node-name": "disk", "read-only": True,
+            "file": "disk-file"}]})
+        assert info_bitmaps(image)["b"]["flags"] == ["auto"]
+        e = d.c.error("block-dirty-bitmap-clear", {"node": "disk",
+                                                   "name": "b"})
+        assert e["desc"] == "Bitmap 'b' is readonly and cannot be modified"
+        d.c.cmd("blockdev-reopen", {"options": [{
+            "driver": "qcow2", "node-name": "disk", "read-only": False,
+            "file": "disk-file"}]})
+        assert info_bitmaps(image)["b"]["flags"] == ["in-use", "auto"]
+        d.c.cmd("block-export-add", {
+            "type": "nbd", "id": "disk", "node-name": "disk",
+            "name": "disk", "writable": True})
+        d.write("write 1M 64k")
+        assert d.bitmaps()["b"]["count"] == 2 * 65536
+        d.c.cmd("block-export-del", {"id": "disk"})
+        d.c.wait_event("BLOCK_EXPORT_DELETED")
+        d.c.cmd("blockdev-del", {"node-name": "disk"})
+        assert info_bitmaps(image)["b"]["flags"] == ["auto"]
+        qemu_check_clean(image)
+        d.quit()
+    with Disk(qsd, tmp_dir, image, name="q") as q:
+        assert q.bitmaps()["b"]["count"] == 2 * 65536
+        q.quit()
