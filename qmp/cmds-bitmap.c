@@ -365,37 +365,6 @@ const struct qmp_txn_action qmp_txn_bitmap_disable = {
 
 /* ---- merge --------------------------------------------------------------- */
 
-/*
- * dst |= src.  QEMU (since 4.1) merges bitmaps of different granularities:
- * every dirty area of the source sets the target's granules it touches.
- * The block layer's merge takes equal granularities only, so the other
- * case walks the source's dirty areas here.  Sizes must match.
- */
-static bool
-merge_bitmaps(struct block_dirty_bitmap *dst, struct block_dirty_bitmap *src,
-              struct err **errp)
-{
-    uint64_t size = block_dirty_bitmap_size(src);
-    uint64_t offset = 0, area_offset, area_bytes;
-
-    if (block_dirty_bitmap_granularity(dst) ==
-        block_dirty_bitmap_granularity(src)) {
-        return block_dirty_bitmap_merge(dst, src, errp);
-    }
-    if (block_dirty_bitmap_size(dst) != size) {
-        err_setf(errp, "Bitmaps are incompatible");
-        return false;
-    }
-    while (offset < size &&
-           block_dirty_bitmap_next_dirty_area(src, offset, size - offset,
-                                              size - offset, &area_offset,
-                                              &area_bytes)) {
-        block_dirty_bitmap_set(dst, area_offset, area_bytes);
-        offset = area_offset + area_bytes;
-    }
-    return true;
-}
-
 static bool
 merge_prepare(json_t *data, void **state, struct err **errp)
 {
@@ -437,7 +406,7 @@ merge_prepare(json_t *data, void **state, struct err **errp)
                      src->name);
             goto fail;
         }
-        if (!merge_bitmaps(dst, src, errp)) {
+        if (!block_dirty_bitmap_merge_any(dst, src, errp)) {
             goto fail;
         }
     }

@@ -418,6 +418,31 @@ block_dirty_bitmap_merge(struct block_dirty_bitmap *dst,
     return ok;
 }
 
+bool
+block_dirty_bitmap_merge_any(struct block_dirty_bitmap *dst,
+                             struct block_dirty_bitmap *src,
+                             struct err **errp)
+{
+    uint64_t size = block_dirty_bitmap_size(src);
+    uint64_t offset = 0, area_offset, area_bytes;
+
+    if (hbitmap_granularity(dst->hb) == hbitmap_granularity(src->hb)) {
+        return block_dirty_bitmap_merge(dst, src, errp);
+    }
+    if (block_dirty_bitmap_size(dst) != size) {
+        err_setf(errp, "Bitmaps are incompatible");
+        return false;
+    }
+    while (offset < size &&
+           block_dirty_bitmap_next_dirty_area(src, offset, size - offset,
+                                              size - offset, &area_offset,
+                                              &area_bytes)) {
+        block_dirty_bitmap_set(dst, area_offset, area_bytes);
+        offset = area_offset + area_bytes;
+    }
+    return true;
+}
+
 /* NULL when memory runs out: the copy is as large as the bitmap. */
 struct hbitmap *
 block_dirty_bitmap_copy_hbitmap(struct block_dirty_bitmap *bm)

@@ -94,6 +94,14 @@ bool block_dirty_bitmap_status(struct block_dirty_bitmap *bm, uint64_t offset,
 bool block_dirty_bitmap_merge(struct block_dirty_bitmap *dst,
                               struct block_dirty_bitmap *src,
                               struct err **errp);
+/*
+ * dst |= src for any two granularities (QEMU merges those since 4.1):
+ * every dirty area of src sets the granules of dst it touches.  Sizes must
+ * match ("Bitmaps are incompatible").
+ */
+bool block_dirty_bitmap_merge_any(struct block_dirty_bitmap *dst,
+                                  struct block_dirty_bitmap *src,
+                                  struct err **errp);
 /* A snapshot of the content, owned by the caller (hbitmap_free). */
 struct hbitmap *block_dirty_bitmap_copy_hbitmap(struct block_dirty_bitmap *bm);
 /* Replace the content (same size and granularity). */

@@ -376,3 +376,171 @@ def test_blockdev_del_and_reopen_store(lockstepd, qsd, image, tmp_dir):
     with Disk(qsd, tmp_dir, image, name="q") as q:
         assert q.bitmaps()["b"]["count"] == 2 * 65536
         q.quit()
+
+
+# ---- lockstep-img ----------------------------------------------------------
+
+def stored(path):
+    """{name: (flags, granularity bits, dirty granules)} as stored."""
+    from test_bitmap_crash import read_bitmaps
+    with open(path, "rb") as f:
+        return read_bitmaps(f.read())
+
+
+def lockstep_img(build_dir):
+    path = os.path.join(build_dir, "lockstep-img")
+    if not os.access(path, os.X_OK):
+        pytest.skip("lockstep-img is not built")
+    return path
+
+
+@pytest.fixture
+def img_tool(build_dir):
+    return lockstep_img(build_dir)
+
+
+BITMAP_STEPS = [
+    ["--add", "a"],
+    ["--add", "-g", "4k", "--disable", "g4"],
+    ["io", "write 0 100k", "write 5M 1k"],
+    ["--merge", "a", "g4"],
+    ["--add", "--remove", "--add", "b"],
+    ["io", "write 3M 64k"],
+    ["--clear", "a"],
+    ["--disable", "--enable", "--disable", "b"],
+    ["--merge", "src", "-b", "OTHER", "-F", "qcow2", "a"],
+    ["--remove", "g4"],
+]
+BITMAP_ERRORS = [
+    ["x.qcow2", "b"],
+    ["-g", "4096", "--clear", "IMG", "b"],
+    ["-b", "y", "--add", "IMG", "b"],
+    ["-F", "qcow2", "--merge", "y", "IMG", "b"],
+    ["--add", "IMG"],
+    ["--clear", "IMG", "nope"],
+    ["--add", "IMG", "a"],
+    ["--add", "-g", "100", "IMG", "c"],
+    ["--add", "-g", "1x", "IMG", "c"],
+    ["--merge", "nope", "IMG", "a"],
+]
+
+
+def test_img_bitmap_like_qemu_img(img_tool, tmp_dir):
+    """The same lockstep-img bitmap / qemu-img bitmap steps on two copies
+    leave the same stored bitmaps; errors and exit codes match."""
+    need("qemu-io")
+    other = os.path.join(tmp_dir, "other.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", other, str(SIZE))
+    qemu_img("bitmap", "--add", other, "src")
+    qemu_io_img(other, "write 7M 64k")
+    imgs = {}
+    for tool in ("qemu-img", img_tool):
+        path = os.path.join(tmp_dir, "%s.qcow2" % os.path.basename(tool))
+        qemu_img("create", "-q", "-f", "qcow2", path, str(SIZE))
+        for step in BITMAP_STEPS:
+            if step[0] == "io":
+                qemu_io_img(path, *step[1:])
+                continue
+            args = [other if a == "OTHER" else a for a in step]
+            p = run([tool, "bitmap"] + args[:-1] + [path, args[-1]])
+            assert p.returncode == 0, (step, p.stderr)
+        errors = []
+        for args in BITMAP_ERRORS:
+            args = [path if a == "IMG" else a for a in args]
+            p = run([tool, "bitmap"] + args)
+            errors.append((p.returncode,
+                           p.stderr.replace("qemu-img", "lockstep-img")))
+        imgs[tool] = (stored(path), errors)
+        qemu_check_clean(path)
+    assert imgs["qemu-img"] == imgs[img_tool]
+    assert set(imgs[img_tool][0]) == {"a", "b"}
+
+
+def test_img_convert_bitmaps(img_tool, tmp_dir):
+    """convert --bitmaps copies them (content, granularity, state) as
+    qemu-img convert --bitmaps does; inconsistent ones are refused, or
+    skipped with --skip-broken-bitmaps."""
+    need("qemu-io")
+    src = os.path.join(tmp_dir, "src.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", src, str(SIZE))
+    qemu_img("bitmap", "--add", src, "b0")
+    qemu_img("bitmap", "--add", "-g", "512", "--disable", src, "fine")
+    qemu_io_img(src, "write 1M 3k")
+    qemu_img("bitmap", "--merge", "b0", src, "fine")
+    qemu_io_img(src, "write 9M 64k")
+    outs = {}
+    for tool in ("qemu-img", img_tool):
+        out = os.path.join(tmp_dir, "out-%s.qcow2" % os.path.basename(tool))
+        p = run([tool, "convert", "--bitmaps", "-O", "qcow2", src, out])
+        assert p.returncode == 0, p.stderr
+        qemu_check_clean(out)
+        outs[tool] = stored(out)
+    assert outs["qemu-img"] == outs[img_tool] == stored(src)
+    p = run([img_tool, "convert", "--skip-broken-bitmaps", "-O", "qcow2",
+             src, os.path.join(tmp_dir, "x.qcow2")])
+    assert p.returncode == 1
+    assert "Use of --skip-broken-bitmaps requires --bitmaps" in p.stderr
+    p = run([img_tool, "convert", "--bitmaps", "-O", "raw", src,
+             os.path.join(tmp_dir, "x.raw")])
+    assert p.returncode == 1
+    assert "Format driver 'raw' does not support bitmaps" in p.stderr
+
+
+def test_img_convert_inconsistent(lockstepd, img_tool, image, tmp_dir):
+    qemu_img("bitmap", "--add", image, "b0")
+    qemu_img("bitmap", "--add", image, "ok")
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.kill()
+    qemu_img("bitmap", "--remove", image, "ok")
+    qemu_img("bitmap", "--add", image, "ok")
+    out = os.path.join(tmp_dir, "out.qcow2")
+    p = run([img_tool, "convert", "--bitmaps", "-O", "qcow2", image, out])
+    assert p.returncode == 1 and not os.path.exists(out)
+    assert p.stderr == (
+        "lockstep-img: Cannot copy inconsistent bitmap 'b0'\n"
+        "Try --skip-broken-bitmaps, or use 'lockstep-img bitmap --remove' "
+        "to delete it\n")
+    p = run([img_tool, "convert", "--bitmaps", "--skip-broken-bitmaps",
+             "-O", "qcow2", image, out])
+    assert p.returncode == 0
+    assert "warning: Skipping inconsistent bitmap 'b0'" in p.stderr
+    assert set(info_bitmaps(out)) == {"ok"}
+
+
+def test_img_info_and_check_bitmaps(img_tool, image, tmp_dir):
+    """info lists the bitmaps as qemu-img info does (human and JSON);
+    check validates the directory and tables."""
+    qemu_img("bitmap", "--add", image, "b0")
+    qemu_img("bitmap", "--add", "-g", "1M", "--disable", image, "b1")
+    for fmt in ("human", "json"):
+        mine = run([img_tool, "info", "--output=" + fmt, image])
+        ref = run(["qemu-img", "info", "--output=" + fmt, image])
+        assert mine.returncode == 0
+        strip = re.compile(r'.*(disk size|actual-size|filename).*\n')
+        assert strip.sub("", mine.stdout) == strip.sub("", ref.stdout)
+    p = run([img_tool, "check", image])
+    assert p.returncode == 0, p.stdout
+    # A reserved flag, then a table of the wrong size.
+    info = stored(image)
+    assert set(info) == {"b0", "b1"}
+    with open(image, "rb") as f:
+        data = bytearray(f.read())
+    pos = data.find(b"\x23\x85\x28\x75")
+    doff = int.from_bytes(data[pos + 24:pos + 32], "big")
+    bad = os.path.join(tmp_dir, "bad.qcow2")
+    data[doff + 15] |= 4
+    open(bad, "wb").write(data)
+    p = run([img_tool, "check", bad])
+    assert p.returncode == 2
+    assert "ERROR bitmap 'b0' has reserved flags 0x4 set" in p.stderr
+    p = run([os.path.join(os.path.dirname(img_tool), "lockstep-io"), "-c",
+             "read 0 512", bad])
+    assert p.returncode != 0
+    assert "Bitmap 'b0' doesn't satisfy the constraints" in p.stderr
+    data[doff + 15] &= ~4
+    data[doff + 8:doff + 12] = (7).to_bytes(4, "big")
+    open(bad, "wb").write(data)
+    p = run([img_tool, "check", bad])
+    assert p.returncode == 2
+    assert ("ERROR bitmap 'b0' has a table of 7 entries, 1 expected for "
+            "the disk size") in p.stderr
