@@ -544,3 +544,101 @@ def test_img_info_and_check_bitmaps(img_tool, image, tmp_dir):
     assert p.returncode == 2
     assert ("ERROR bitmap 'b0' has a table of 7 entries, 1 expected for "
             "the disk size") in p.stderr
+
+
+# ---- Incremental push backups across restarts -----------------------------
+
+def backup(d, target_path, sync, bitmap=None, mode=None, job="bk"):
+    """blockdev-backup of disk into the existing image target_path (its
+    backing file, the previous backup, is not opened); waits for the
+    job's end and returns BLOCK_JOB_COMPLETED's data."""
+    d.c.cmd("blockdev-add", {
+        "driver": "qcow2", "node-name": "target", "backing": None,
+        "file": {"driver": "file", "filename": target_path}})
+    args = {"job-id": job, "device": "disk", "target": "target",
+            "sync": sync}
+    if bitmap:
+        args["bitmap"] = bitmap
+    if mode:
+        args["bitmap-mode"] = mode
+    d.c.cmd("blockdev-backup", args)
+    ev = d.c.wait_event_match("BLOCK_JOB_COMPLETED", device=job)
+    d.c.wait_event_match("JOB_STATUS_CHANGE", id=job, status="null")
+    d.c.cmd("blockdev-del", {"node-name": "target"})
+    return ev["data"]
+
+
+def snapshot_of(image, path):
+    """The guest content of image now, as a raw file."""
+    qemu_img("convert", "-U", "-O", "raw", image, path)
+    return path
+
+
+def same_content(a, b):
+    p = run(["qemu-img", "compare", "-U", a, b])
+    assert p.returncode == 0, (a, b, p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("peer", ["lockstepd", "qsd"])
+def test_incremental_push_across_restarts(lockstepd, qsd, image, tmp_dir,
+                                          peer):
+    """Day 0 full backup with b0 created in the same transaction; each
+    following day a new daemon (lockstepd, or on odd days the peer)
+    writes, then backs up what b0 marks into an overlay of the previous
+    backup.  Every chain restores exactly the disk as it was at its
+    backup; bitmap-mode never keeps the bits, on-success and always clear
+    them; qemu-img check is clean on every image."""
+    need("qemu-io")
+    daemons = [lockstepd, lockstepd if peer == "lockstepd" else qsd]
+    qemu_io_img(image, "write -P 7 0 16M")
+    chain = [os.path.join(tmp_dir, "day0.qcow2")]
+    qemu_img("create", "-q", "-f", "qcow2", chain[0], str(SIZE))
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.c.cmd("blockdev-add", {
+            "driver": "qcow2", "node-name": "target",
+            "file": {"driver": "file", "filename": chain[0]}})
+        d.c.cmd("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add",
+             "data": {"node": "disk", "name": "b0", "persistent": True}},
+            {"type": "blockdev-backup",
+             "data": {"job-id": "full", "device": "disk",
+                      "target": "target", "sync": "full"}}]})
+        d.c.wait_event_match("BLOCK_JOB_COMPLETED", device="full")
+        d.c.wait_event_match("JOB_STATUS_CHANGE", id="full", status="null")
+        d.c.cmd("blockdev-del", {"node-name": "target"})
+        d.quit()
+    same_content(chain[0], snapshot_of(image, os.path.join(tmp_dir,
+                                                           "s0.raw")))
+    days = [("incremental", None, None, ["write -P 1 1M 64k",
+                                         "write -P 2 20M 1M"]),
+            ("bitmap", "never", None, ["write -P 3 40M 4k"]),
+            ("bitmap", "on-success", None, ["write -P 4 2M 64k"]),
+            ("bitmap", "always", None, ["write -P 5 60M 128k"])]
+    expect_count = 0
+    for day, (sync, mode, _, writes) in enumerate(days, 1):
+        binary = daemons[day % 2]
+        top = os.path.join(tmp_dir, "day%d.qcow2" % day)
+        qemu_img("create", "-q", "-f", "qcow2", "-b", chain[-1], "-F",
+                 "qcow2", top)
+        with Disk(binary, tmp_dir, image, name="d%d" % day) as d:
+            assert d.bitmaps()["b0"]["count"] == expect_count
+            d.write(*writes)
+            before = d.bitmaps()["b0"]["count"]
+            data = backup(d, top, sync, "b0", mode)
+            assert "error" not in data, data
+            after = d.bitmaps()["b0"]["count"]
+            # The job's length: the dirty bytes.
+            assert data["len"] == data["offset"] == before
+            d.quit()
+        expect_count = before if mode == "never" else 0
+        assert after == expect_count, (day, before, after)
+        chain.append(top)
+        same_content(top, snapshot_of(image, os.path.join(
+            tmp_dir, "s%d.raw" % day)))
+        qemu_check_clean(top)
+        qemu_check_clean(image)
+        # Only dirty clusters went into the overlay.
+        top_map = json.loads(qemu_img("map", "--output=json", top))
+        copied = sum(e["length"] for e in top_map
+                     if e["depth"] == 0 and e["data"])
+        assert copied == before, (day, copied, before)
