@@ -605,7 +605,8 @@ load_one(struct qcow2_state *s, const struct qcow2_bitmap *e,
     mutex_lock(&node->bitmap_lock);
     bm->persistent = true;
     bm->inconsistent = in_use;
-    bm->disabled = !(e->flags & QCOW2_BME_AUTO);
+    /* An inconsistent bitmap records nothing (QEMU shows it so). */
+    bm->disabled = in_use || !(e->flags & QCOW2_BME_AUTO);
     mutex_unlock(&node->bitmap_lock);
     return 0;
 }
