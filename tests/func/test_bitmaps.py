@@ -672,3 +672,46 @@ def test_geometry_like_qemu(lockstepd, qsd, tmp_dir, cluster, gran):
         assert d.describe() == theirs
         d.quit()
     qemu_check_clean(path)
+
+
+def header_extensions(path):
+    """[(magic, data)] of the header extensions, in order."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    pos = int.from_bytes(head[100:104], "big")
+    exts = []
+    while True:
+        magic = int.from_bytes(head[pos:pos + 4], "big")
+        ln = int.from_bytes(head[pos + 4:pos + 8], "big")
+        if magic == 0:
+            return exts
+        exts.append((magic, head[pos + 8:pos + 8 + ln]))
+        pos += 8 + (ln + 7) // 8 * 8
+
+
+def test_unknown_extension_kept(lockstepd, image, tmp_dir):
+    """Dropping the bitmaps extension (last bitmap removed) and adding it
+    again keep an unknown extension behind it, as the spec asks."""
+    qemu_img("bitmap", "--add", image, "b0")
+    exts = header_extensions(image)
+    assert exts[-1][0] == 0x23852875
+    with open(image, "r+b") as f:
+        head = bytearray(f.read(4096))
+        end = head.find(b"\x23\x85\x28\x75") + 32
+        assert head[end:end + 8] == bytes(8)
+        head[end:end + 16] = (b"\x12\x34\x56\x78\x00\x00\x00\x03abc" +
+                              bytes(5))
+        head[end + 16:end + 24] = bytes(8)
+        f.seek(0)
+        f.write(head)
+    unknown = (0x12345678, b"abc")
+    assert header_extensions(image)[-1] == unknown
+    with Disk(lockstepd, tmp_dir, image) as d:
+        d.c.cmd("block-dirty-bitmap-remove", {"node": "disk", "name": "b0"})
+        assert header_extensions(image) == exts[:-1] + [unknown]
+        d.add("b1")
+        d.quit()
+    now = header_extensions(image)
+    assert now[:-1] == exts[:-1] + [unknown] and now[-1][0] == 0x23852875
+    assert set(info_bitmaps(image)) == {"b1"}
+    qemu_check_clean(image)
