@@ -114,7 +114,8 @@ class Disk:
                      "--map=qemu:dirty-bitmap:" + name, self.url(exp)])
             assert p.returncode == 0, p.stderr
         finally:
-            self.c.cmd("block-export-del", {"id": exp})
+            # hard: the client that just left may not be gone yet.
+            self.c.cmd("block-export-del", {"id": exp, "mode": "hard"})
             self.c.wait_event("BLOCK_EXPORT_DELETED")
         return [(e["offset"], e["length"]) for e in json.loads(p.stdout)
                 if e["type"] & 1]
@@ -350,7 +351,8 @@ def test_blockdev_del_and_reopen_store(lockstepd, qsd, image, tmp_dir):
     with Disk(lockstepd, tmp_dir, image) as d:
         d.add("b")
         d.write("write 0 64k")
-        d.c.cmd("block-export-del", {"id": "disk"})
+        # hard: qemu-io's connection may not be closed yet.
+        d.c.cmd("block-export-del", {"id": "disk", "mode": "hard"})
         d.c.wait_event("BLOCK_EXPORT_DELETED")
         d.c.cmd("blockdev-reopen", {"options": [{
             "driver": "qcow2", "node-name": "disk", "read-only": True,
@@ -368,7 +370,7 @@ def test_blockdev_del_and_reopen_store(lockstepd, qsd, image, tmp_dir):
             "name": "disk", "writable": True})
         d.write("write 1M 64k")
         assert d.bitmaps()["b"]["count"] == 2 * 65536
-        d.c.cmd("block-export-del", {"id": "disk"})
+        d.c.cmd("block-export-del", {"id": "disk", "mode": "hard"})
         d.c.wait_event("BLOCK_EXPORT_DELETED")
         d.c.cmd("blockdev-del", {"node-name": "disk"})
         assert info_bitmaps(image)["b"]["flags"] == ["auto"]
