@@ -128,13 +128,17 @@ add_prepare(json_t *data, void **state, struct err **errp)
             return false;
         }
     }
-    if (persistent && strcmp(node->drv->name, "qcow2")) {
-        err_setf(errp, "Can't store persistent bitmaps to %s: %s",
-                 node->node_name, strerror(ENOTSUP));
-        return false;
-    }
     bm = block_dirty_bitmap_create(node, name, granularity, errp);
     if (!bm) {
+        return false;
+    }
+    /* Stored when the image is closed; the format says now whether it
+     * can be. */
+    if (persistent &&
+        !block_dirty_bitmap_can_store(node, name,
+                                      block_dirty_bitmap_granularity(bm),
+                                      errp)) {
+        block_dirty_bitmap_release(bm);
         return false;
     }
     mutex_lock(&node->bitmap_lock);
@@ -166,6 +170,29 @@ const struct qmp_txn_action qmp_txn_bitmap_add = {
 
 /* ---- remove -------------------------------------------------------------- */
 
+/* For an inconsistent bitmap: busy, then read-only (QEMU's order). */
+static bool
+check_removable(struct block_dirty_bitmap *bm, struct err **errp)
+{
+    bool busy, readonly;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    busy = bm->busy;
+    readonly = bm->persistent && bm->node->read_only;
+    mutex_unlock(&bm->node->bitmap_lock);
+    if (busy) {
+        err_setf(errp, "Bitmap '%s' is currently in use by another "
+                 "operation and cannot be used", bm->name);
+        return false;
+    }
+    if (readonly) {
+        err_setf(errp, "Bitmap '%s' is readonly and cannot be modified",
+                 bm->name);
+        return false;
+    }
+    return true;
+}
+
 static bool
 remove_prepare(json_t *data, void **state, struct err **errp)
 {
@@ -180,13 +207,19 @@ remove_prepare(json_t *data, void **state, struct err **errp)
     mutex_lock(&bm->node->bitmap_lock);
     inconsistent = bm->inconsistent;
     mutex_unlock(&bm->node->bitmap_lock);
-    /* Removing is the one thing an inconsistent bitmap allows. */
+    /* Removing is the one thing an inconsistent bitmap allows: QEMU
+     * checks busy and read-only only. */
     if (!inconsistent && !block_dirty_bitmap_check_writable(bm, errp)) {
         return false;
     }
-    if (inconsistent && !check_allow_ro(bm, NULL)) {
-        err_setf(errp, "Bitmap '%s' is currently in use by another "
-                 "operation and cannot be used", bm->name);
+    if (inconsistent && !check_removable(bm, errp)) {
+        return false;
+    }
+    /*
+     * Out of the image now, as QEMU does (also inside a transaction: an
+     * abort keeps the bitmap, which is then stored again at close).
+     */
+    if (block_dirty_bitmap_remove_stored(bm, errp) < 0) {
         return false;
     }
     /* Hidden until commit: a later action in the same transaction sees
@@ -332,37 +365,6 @@ const struct qmp_txn_action qmp_txn_bitmap_disable = {
 
 /* ---- merge --------------------------------------------------------------- */
 
-/*
- * dst |= src.  QEMU (since 4.1) merges bitmaps of different granularities:
- * every dirty area of the source sets the target's granules it touches.
- * The block layer's merge takes equal granularities only, so the other
- * case walks the source's dirty areas here.  Sizes must match.
- */
-static bool
-merge_bitmaps(struct block_dirty_bitmap *dst, struct block_dirty_bitmap *src,
-              struct err **errp)
-{
-    uint64_t size = block_dirty_bitmap_size(src);
-    uint64_t offset = 0, area_offset, area_bytes;
-
-    if (block_dirty_bitmap_granularity(dst) ==
-        block_dirty_bitmap_granularity(src)) {
-        return block_dirty_bitmap_merge(dst, src, errp);
-    }
-    if (block_dirty_bitmap_size(dst) != size) {
-        err_setf(errp, "Bitmaps are incompatible");
-        return false;
-    }
-    while (offset < size &&
-           block_dirty_bitmap_next_dirty_area(src, offset, size - offset,
-                                              size - offset, &area_offset,
-                                              &area_bytes)) {
-        block_dirty_bitmap_set(dst, area_offset, area_bytes);
-        offset = area_offset + area_bytes;
-    }
-    return true;
-}
-
 static bool
 merge_prepare(json_t *data, void **state, struct err **errp)
 {
@@ -404,7 +406,7 @@ merge_prepare(json_t *data, void **state, struct err **errp)
                      src->name);
             goto fail;
         }
-        if (!merge_bitmaps(dst, src, errp)) {
+        if (!block_dirty_bitmap_merge_any(dst, src, errp)) {
             goto fail;
         }
     }

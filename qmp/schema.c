@@ -197,7 +197,7 @@ const struct qmp_arg qmp_args_bitmap_add[] = {
       "bytes per bit: a power of 2, at least 512 (default: the cluster "
       "size clamped to 4k..64k, else 64k)", "uint32", NULL, NULL, NULL },
     { "persistent", QMP_T_BOOL, true,
-      "store in the image (qcow2 only; default false)", NULL, NULL, NULL,
+      "store in the image (qcow2 v3 only; default false)", NULL, NULL, NULL,
       NULL },
     { "disabled", QMP_T_BOOL, true,
       "create it not recording (default false)", NULL, NULL, NULL, NULL },
@@ -638,10 +638,15 @@ const struct qmp_command qmp_commands[] = {
       "[{\"type\", \"id\", \"node-name\", \"shutting-down\"}]" },
     { "block-dirty-bitmap-add", qmp_block_dirty_bitmap_add,
       qmp_args_bitmap_add, false,
-      "Create a dirty bitmap on a node.  Also a transaction action.", "{}" },
+      "Create a dirty bitmap on a node.  A persistent one (qcow2 v3) is "
+      "stored in the image when the node is closed, deleted or reopened "
+      "read-only, and loaded again at the next open (docs/qcow2.md).  "
+      "Also a transaction action.", "{}" },
     { "block-dirty-bitmap-remove", qmp_block_dirty_bitmap_remove,
       qmp_args_bitmap, false,
-      "Remove a dirty bitmap (not while busy).  Also a transaction action.",
+      "Remove a dirty bitmap (not while busy); a persistent one leaves the "
+      "image at once.  The only change an inconsistent bitmap allows.  Also "
+      "a transaction action.",
       "{}" },
     { "block-dirty-bitmap-clear", qmp_block_dirty_bitmap_clear,
       qmp_args_bitmap, false,
@@ -1044,8 +1049,7 @@ qmp_schema_print_doc(FILE *f)
         "- `blockdev-reopen` changes only child references and read-only; "
         "options left out keep their values instead of reverting to "
         "defaults.\n"
-        "- `persistent` bitmaps are accepted on qcow2 nodes but not yet "
-        "stored in the image.\n"
+
         "- `max-connections` defaults to 100 (as later QEMU versions), not "
         "unlimited.\n"
         "- FUSE exports: a punched hole reads back as zeroes (7.2 discards, "

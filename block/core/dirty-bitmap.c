@@ -418,6 +418,31 @@ block_dirty_bitmap_merge(struct block_dirty_bitmap *dst,
     return ok;
 }
 
+bool
+block_dirty_bitmap_merge_any(struct block_dirty_bitmap *dst,
+                             struct block_dirty_bitmap *src,
+                             struct err **errp)
+{
+    uint64_t size = block_dirty_bitmap_size(src);
+    uint64_t offset = 0, area_offset, area_bytes;
+
+    if (hbitmap_granularity(dst->hb) == hbitmap_granularity(src->hb)) {
+        return block_dirty_bitmap_merge(dst, src, errp);
+    }
+    if (block_dirty_bitmap_size(dst) != size) {
+        err_setf(errp, "Bitmaps are incompatible");
+        return false;
+    }
+    while (offset < size &&
+           block_dirty_bitmap_next_dirty_area(src, offset, size - offset,
+                                              size - offset, &area_offset,
+                                              &area_bytes)) {
+        block_dirty_bitmap_set(dst, area_offset, area_bytes);
+        offset = area_offset + area_bytes;
+    }
+    return true;
+}
+
 /* NULL when memory runs out: the copy is as large as the bitmap. */
 struct hbitmap *
 block_dirty_bitmap_copy_hbitmap(struct block_dirty_bitmap *bm)
@@ -512,6 +537,72 @@ block_dirty_bitmap_sha256(struct block_dirty_bitmap *bm, char out[65])
     for (size_t i = 0; i < sizeof(digest); i++) {
         snprintf(out + 2 * i, 3, "%02x", digest[i]);
     }
+}
+
+bool
+block_dirty_bitmap_can_store(struct block_node *node, const char *name,
+                             uint64_t granularity, struct err **errp)
+{
+    if (!node->drv->bitmap_can_store) {
+        err_setf(errp, "Can't store persistent bitmaps to %s: %s",
+                 node->node_name, strerror(ENOTSUP));
+        return false;
+    }
+    return node->drv->bitmap_can_store(node, name, granularity, errp);
+}
+
+void
+block_dirty_bitmap_set_persistent(struct block_dirty_bitmap *bm,
+                                  bool persistent)
+{
+    mutex_lock(&bm->node->bitmap_lock);
+    bm->persistent = persistent;
+    mutex_unlock(&bm->node->bitmap_lock);
+}
+
+bool
+block_dirty_bitmap_persistent(struct block_dirty_bitmap *bm)
+{
+    bool res;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    res = bm->persistent;
+    mutex_unlock(&bm->node->bitmap_lock);
+    return res;
+}
+
+bool
+block_dirty_bitmap_inconsistent(struct block_dirty_bitmap *bm)
+{
+    bool res;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    res = bm->inconsistent;
+    mutex_unlock(&bm->node->bitmap_lock);
+    return res;
+}
+
+bool
+block_dirty_bitmap_enabled(struct block_dirty_bitmap *bm)
+{
+    bool res;
+
+    mutex_lock(&bm->node->bitmap_lock);
+    res = !bm->disabled;
+    mutex_unlock(&bm->node->bitmap_lock);
+    return res;
+}
+
+int
+block_dirty_bitmap_remove_stored(struct block_dirty_bitmap *bm,
+                                 struct err **errp)
+{
+    struct block_node *node = bm->node;
+
+    if (!block_dirty_bitmap_persistent(bm) || !node->drv->bitmap_remove) {
+        return 0;
+    }
+    return node->drv->bitmap_remove(node, bm->name, errp);
 }
 
 /* Any thread, from the request layer; disabled bitmaps do not record. */

@@ -219,6 +219,19 @@ struct block_driver {
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
     void (*query)(struct block_node *node, json_t *info);
 
+    /*
+     * Persistent dirty bitmaps, for formats that store them (qcow2).  Main
+     * thread, no request in flight.  The format loads its bitmaps at open
+     * and stores the node's persistent ones at close.  bitmap_can_store:
+     * may a new persistent bitmap be stored in the image (asked when it
+     * is added).  bitmap_remove: take a stored bitmap out of the image
+     * now (one that was never stored: 0).
+     */
+    bool (*bitmap_can_store)(struct block_node *node, const char *name,
+                             uint64_t granularity, struct err **errp);
+    int (*bitmap_remove)(struct block_node *node, const char *name,
+                         struct err **errp);
+
     /* A named event happened below a format (blkdebug's rules fire on
      * them: "l2_update", "refblock_alloc", ...).  Any thread. */
     void (*debug_event)(struct block_node *node, const char *event);

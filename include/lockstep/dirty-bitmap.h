@@ -94,6 +94,14 @@ bool block_dirty_bitmap_status(struct block_dirty_bitmap *bm, uint64_t offset,
 bool block_dirty_bitmap_merge(struct block_dirty_bitmap *dst,
                               struct block_dirty_bitmap *src,
                               struct err **errp);
+/*
+ * dst |= src for any two granularities (QEMU merges those since 4.1):
+ * every dirty area of src sets the granules of dst it touches.  Sizes must
+ * match ("Bitmaps are incompatible").
+ */
+bool block_dirty_bitmap_merge_any(struct block_dirty_bitmap *dst,
+                                  struct block_dirty_bitmap *src,
+                                  struct err **errp);
 /* A snapshot of the content, owned by the caller (hbitmap_free). */
 struct hbitmap *block_dirty_bitmap_copy_hbitmap(struct block_dirty_bitmap *bm);
 /* Replace the content (same size and granularity). */
@@ -101,6 +109,23 @@ void block_dirty_bitmap_restore_hbitmap(struct block_dirty_bitmap *bm,
                                         const struct hbitmap *hb);
 /* SHA-256 of the serialised content, as 64 lower-case hex digits + NUL. */
 void block_dirty_bitmap_sha256(struct block_dirty_bitmap *bm, char out[65]);
+
+/*
+ * Persistence (stored in the image by formats that can: qcow2).  Main
+ * thread.  can_store asks the node's format whether a new persistent
+ * bitmap may be stored ("Can't store persistent bitmaps to NODE" when the
+ * format cannot store any); set_persistent marks bm as stored at close;
+ * remove_stored takes bm out of the image now (bm itself stays).
+ */
+bool block_dirty_bitmap_can_store(struct block_node *node, const char *name,
+                                  uint64_t granularity, struct err **errp);
+void block_dirty_bitmap_set_persistent(struct block_dirty_bitmap *bm,
+                                       bool persistent);
+bool block_dirty_bitmap_persistent(struct block_dirty_bitmap *bm);
+bool block_dirty_bitmap_inconsistent(struct block_dirty_bitmap *bm);
+bool block_dirty_bitmap_enabled(struct block_dirty_bitmap *bm);
+int block_dirty_bitmap_remove_stored(struct block_dirty_bitmap *bm,
+                                     struct err **errp);
 
 /* Called by the request layer after a successful change of the content. */
 void block_node_mark_dirty(struct block_node *node, uint64_t offset,

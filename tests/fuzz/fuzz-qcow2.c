@@ -3,7 +3,8 @@
  * libFuzzer target for the qcow2 driver: the input is an image file.  It is
  * written to a memfd and opened through the block layer, first read-only
  * (reads across the disk and block status), then read-write (a few writes,
- * zero writes, discards, a flush, grow, shrink and make_empty), with
+ * zero writes, discards, a flush, grow, shrink and make_empty; persistent
+ * bitmaps are loaded, marked in use and stored again), with
  * "backing": null so that a fuzzed backing name never opens a real file.  Any crash, sanitizer
  * report or hang is a bug: malformed images must fail with an error.
  * Build with tests/fuzz/build.sh.

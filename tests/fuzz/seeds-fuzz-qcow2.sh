@@ -25,3 +25,10 @@ seed -o cluster_size=2M
 head -c 1048576 /dev/urandom > "$tmp/src.raw"
 qemu-img convert -c -f raw -O qcow2 "$tmp/src.raw" "$dir/seed-compressed.qcow2"
 qemu-img create -q -f qcow2 -u -b base.qcow2 -F qcow2 "$dir/seed-backing.qcow2" 4M
+# Persistent bitmaps: the extension, a directory and tables (in use too).
+qemu-img create -q -f qcow2 -o cluster_size=512 "$dir/seed-bitmaps.qcow2" 4M
+qemu-img bitmap --add -g 512 "$dir/seed-bitmaps.qcow2" b0
+qemu-img bitmap --add --disable "$dir/seed-bitmaps.qcow2" b1
+qemu-io -f qcow2 -c 'write -P 0x33 0 70k' -c 'write 3M 5k' \
+    "$dir/seed-bitmaps.qcow2" >/dev/null
+qemu-img bitmap --merge b0 "$dir/seed-bitmaps.qcow2" b1

@@ -20,6 +20,7 @@
 #include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
+#include "lockstep/dirty-bitmap.h"
 #include "util.h"
 
 /* Deepest chain commit walks. */
@@ -64,6 +65,8 @@ struct convert_args {
     bool quiet;
     bool no_create;           /* -n: the target exists */
     bool target_is_zero;      /* --target-is-zero: skip zeroes with -n */
+    bool bitmaps;             /* --bitmaps: copy the persistent bitmaps */
+    bool skip_broken;         /* --skip-broken-bitmaps */
 };
 
 static int
@@ -72,6 +75,8 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     static const struct option longopts[] = {
         { "target-is-zero", no_argument, NULL, 'Z' },
         { "force-share", no_argument, NULL, 'U' },
+        { "bitmaps", no_argument, NULL, 'B' },
+        { "skip-broken-bitmaps", no_argument, NULL, 'K' },
         { NULL, 0, NULL, 0 },
     };
     struct err *e = NULL;
@@ -83,6 +88,8 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         switch (opt) {
         case 'n': a->no_create = true; break;
         case 'Z': a->target_is_zero = true; break;
+        case 'B': a->bitmaps = true; break;
+        case 'K': a->skip_broken = true; break;
         case 'f': a->src_fmt = optarg; break;
         case 'O': a->out.fmt = optarg; break;
         case 'o': a->out.opts = optarg; break;
@@ -104,6 +111,10 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         img_error("--target-is-zero requires use of -n flag");
         return -1;
     }
+    if (a->skip_broken && !a->bitmaps) {
+        img_error("Use of --skip-broken-bitmaps requires --bitmaps");
+        return -1;
+    }
     a->out.filename = argv[optind + 1];
     if (a->out.opts && !img_create_parse_opts(&a->out, a->out.opts, &e)) {
         err_prepend(&e, "%s: ", a->out.filename);
@@ -111,6 +122,100 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         return -1;
     }
     return optind;
+}
+
+/* ---- convert --bitmaps ------------------------------------------------ */
+
+/* The persistent bitmaps of node, in the node's order; malloc'd. */
+static size_t
+persistent_bitmaps(struct block_node *node, struct block_dirty_bitmap ***out)
+{
+    struct block_dirty_bitmap *bm;
+    size_t n = 0;
+
+    *out = NULL;
+    mutex_lock(&node->bitmap_lock);
+    TAILQ_FOREACH(bm, &node->bitmaps, link) {
+        if (bm->persistent && bm->name) {
+            *out = xrealloc(*out, (n + 1) * sizeof(**out));
+            (*out)[n++] = bm;
+        }
+    }
+    mutex_unlock(&node->bitmap_lock);
+    return n;
+}
+
+/* Before anything is written: can the bitmaps be copied (qemu-img's
+ * checks and messages)?  Returns 0 or -1 (reported). */
+static int
+bitmaps_check(struct img *src, const char *out_fmt, bool skip_broken)
+{
+    const struct block_driver *drv = block_driver_find(out_fmt);
+    CLEANUP_FREE struct block_dirty_bitmap **bms = NULL;
+    size_t n;
+
+    if (!src->node->drv->bitmap_can_store) {
+        img_error("Source lacks bitmap support");
+        return -1;
+    }
+    if (!drv || !drv->bitmap_can_store) {
+        img_error("Format driver '%s' does not support bitmaps", out_fmt);
+        return -1;
+    }
+    n = persistent_bitmaps(src->node, &bms);
+    for (size_t i = 0; i < n && !skip_broken; i++) {
+        if (block_dirty_bitmap_inconsistent(bms[i])) {
+            img_error("Cannot copy inconsistent bitmap '%s'", bms[i]->name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use "
+                    "'%s bitmap --remove' to delete it\n", IMG_PROG);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* After the data: the same bitmaps on dst (stored when dst closes). */
+static int
+bitmaps_copy(struct img *src, struct img *dst)
+{
+    CLEANUP_FREE struct block_dirty_bitmap **bms = NULL;
+    size_t n = persistent_bitmaps(src->node, &bms);
+    struct err *e = NULL;
+
+    /* In the node's order, as qemu-img: the stored order comes out the
+     * same as the source's. */
+    for (size_t i = 0; i < n; i++) {
+        const char *name = bms[i]->name;
+        struct block_dirty_bitmap *bm;
+
+        if (block_dirty_bitmap_inconsistent(bms[i])) {
+            img_error("warning: Skipping inconsistent bitmap '%s'", name);
+            continue;
+        }
+        bm = block_dirty_bitmap_create(dst->node, name,
+                                       block_dirty_bitmap_granularity(bms[i]),
+                                       &e);
+        if (bm && !block_dirty_bitmap_can_store(
+                dst->node, name, block_dirty_bitmap_granularity(bm), &e)) {
+            block_dirty_bitmap_release(bm);
+            bm = NULL;
+        }
+        if (!bm) {
+            err_prepend(&e, "Failed to create bitmap %s: ", name);
+            img_report(e);
+            return -1;
+        }
+        block_dirty_bitmap_set_persistent(bm, true);
+        if (!block_dirty_bitmap_enabled(bms[i])) {
+            block_dirty_bitmap_disable(bm);
+        }
+        if (!block_dirty_bitmap_merge_any(bm, bms[i], &e)) {
+            err_prepend(&e, "Failed to populate bitmap %s: ", name);
+            img_report(e);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int
@@ -174,6 +279,11 @@ img_cmd_convert(int argc, char **argv)
     len = block_handle_getlength(src.h);
     a.out.size = len < 0 ? 0 : (uint64_t)len;
     a.out.have_size = true;
+    if (a.bitmaps && bitmaps_check(&src, a.out.fmt, a.skip_broken) < 0) {
+        img_close(&src);
+        img_create_free(&a.out);
+        return 1;
+    }
     if ((!a.no_create && !img_create_image(&a.out, true, &e)) ||
         !img_open(&dst, a.out.filename, a.out.fmt, true, &e)) {
         err_prepend(&e, "%s: ", a.out.filename);
@@ -181,6 +291,9 @@ img_cmd_convert(int argc, char **argv)
     } else {
         ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet,
                            !a.no_create || a.target_is_zero);
+        if (ret == 0 && a.bitmaps) {
+            ret = bitmaps_copy(&src, &dst);
+        }
         img_close(&dst);
     }
     img_close(&src);

@@ -29,6 +29,7 @@ struct img_cmd {
     const char *help;         /* option lines for "COMMAND --help" */
 };
 
+int img_cmd_bitmap(int argc, char **argv);
 int img_cmd_create(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 int img_cmd_check(int argc, char **argv);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img: a qemu-img compatible image tool (create, info, check,
- * map, compare, commit, convert, resize).  Each subcommand lives in its own
+ * map, compare, commit, convert, resize, bitmap).  Each subcommand lives in its own
  * img-*.c file and is listed in the table below; this file holds main(),
  * the help texts and the helpers every subcommand shares.  Output, exit
  * codes and messages follow qemu-img 7.2 so that scripts written for
@@ -31,6 +31,22 @@
 #define IMG_HEAD_MAX (2 * 1024 * 1024)
 
 static const struct img_cmd img_cmds[] = {
+    { "bitmap", img_cmd_bitmap,
+      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
+      "--disable)... [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] "
+      "[-f FMT] FILENAME BITMAP",
+      "  --add            add BITMAP, persistent and recording\n"
+      "  -g GRANULARITY   with --add: bytes per bit (power of 2, >= 512;\n"
+      "                   k, M, G suffixes; default: the cluster size,\n"
+      "                   4k..64k)\n"
+      "  --remove         remove BITMAP from the image\n"
+      "  --clear          clear all its bits\n"
+      "  --enable         make it record writes\n"
+      "  --disable        stop it recording\n"
+      "  --merge SOURCE   add the bits of bitmap SOURCE (of FILENAME, or of\n"
+      "                   -b SOURCE_FILE, format -F SOURCE_FMT)\n"
+      "  -f FMT           image format (default: probed)\n"
+      "Actions run in the order given.\n" },
     { "check", img_cmd_check,
       "check [-q] [-f FMT] [--output=human|json] [-r leaks|all] FILENAME",
       "  -f FMT           image format (default: probed)\n"
@@ -56,12 +72,15 @@ static const struct img_cmd img_cmds[] = {
       "Exit status: 0 identical, 1 different, 2 error.\n" },
     { "convert", img_cmd_convert,
       "convert [-p] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] "
-      "[-o OPTIONS] FILENAME OUTPUT_FILENAME",
+      "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] FILENAME "
+      "OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
       "  -O FMT           output format (default: raw)\n"
       "  -o OPTIONS       creation options of the output format\n"
       "  -n               write into the existing OUTPUT_FILENAME\n"
       "  --target-is-zero with -n: the target reads as zeroes already\n"
+      "  --bitmaps        copy the persistent bitmaps (qcow2 to qcow2)\n"
+      "  --skip-broken-bitmaps  with --bitmaps: leave inconsistent ones\n"
       "  -p               show progress\n"
       "Names may be NBD URLs (nbd://HOST:PORT/EXPORT,\n"
       "nbd+unix:///EXPORT?socket=PATH) in every command.\n" },

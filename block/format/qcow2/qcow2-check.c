@@ -49,6 +49,8 @@
 #define CHK_MAX_SNAPSHOTS 65536
 #define CHK_BITMAP_HDR 24
 #define CHK_MAX_BITMAP_TABLE 0x8000000   /* QEMU's limit, in entries */
+#define CHK_MAX_BITMAP_BYTES 0x20000000ULL  /* and in bytes of data */
+#define CHK_BME_FLAGS 0x3U                  /* in_use, auto */
 
 struct chk {
     struct block_node *file;
@@ -524,6 +526,47 @@ check_bitmap_table(struct chk *c, uint64_t offset, uint32_t size)
 }
 
 /*
+ * The constraints QEMU puts on a directory entry (it refuses to open an
+ * image that breaks one): flags, type, granularity, name, extra data, and
+ * for a bitmap not in use a table exactly as large as the disk needs.
+ */
+static void
+check_bitmap_entry(struct chk *c, const uint8_t *e, uint64_t avail,
+                   const char *name)
+{
+    uint32_t tsize = rd32(e + 8), flags = rd32(e + 12);
+    unsigned gran = e[17];
+    uint64_t need = 0;
+
+    if (gran >= 9 && gran <= 31) {
+        need = div_round_up(div_round_up(div_round_up(c->size,
+                                                      1ULL << gran), 8),
+                            c->cs);
+    }
+    if (flags & ~CHK_BME_FLAGS) {
+        CORRUPT(c, "ERROR bitmap '%s' has reserved flags 0x%" PRIx32 " set",
+                name, flags & ~CHK_BME_FLAGS);
+    }
+    if (e[16] != 1) {
+        CORRUPT(c, "ERROR bitmap '%s' has unknown type %u", name, e[16]);
+    }
+    if (gran < 9 || gran > 31) {
+        CORRUPT(c, "ERROR bitmap '%s' has granularity 2^%u, outside "
+                "2^9..2^31", name, gran);
+    }
+    if (rd16(e + 18) == 0 || rd16(e + 18) > 1023 || rd32(e + 20) ||
+        24 + (uint64_t)rd16(e + 18) > avail) {
+        CORRUPT(c, "ERROR bitmap '%s' has an invalid name size or extra "
+                "data", name);
+    }
+    if (tsize == 0 || (uint64_t)tsize * c->cs > CHK_MAX_BITMAP_BYTES ||
+        (!(flags & 1) && need && tsize != need)) {
+        CORRUPT(c, "ERROR bitmap '%s' has a table of %" PRIu32 " entries, "
+                "%" PRIu64 " expected for the disk size", name, tsize, need);
+    }
+}
+
+/*
  * Bitmaps count only when the autoclear bit says the extension is valid:
  * otherwise QEMU ignores them and their clusters show up as leaks.
  */
@@ -532,29 +575,45 @@ check_bitmaps(struct chk *c)
 {
     CLEANUP_FREE uint8_t *dir = NULL;
     uint64_t pos = 0;
+    uint32_t i;
 
     if (!c->has_bitmaps || !(c->autoclear & CHK_AUTOCLEAR_BITMAPS)) {
         return;
     }
     inc_refs(c, c->bitmap_dir_offset, c->bitmap_dir_size);
     if (c->bitmap_dir_size > 1024 * 65535 ||
+        (c->bitmap_dir_offset & (c->cs - 1)) || c->nb_bitmaps == 0 ||
+        c->nb_bitmaps > 65535 ||
         !(dir = malloc(MAX(c->bitmap_dir_size, 1))) ||
         chk_read(c, c->bitmap_dir_offset, c->bitmap_dir_size, dir) < 0) {
         CORRUPT(c, "ERROR bitmap directory at 0x%" PRIx64 " size %" PRIu64
                 " cannot be read", c->bitmap_dir_offset, c->bitmap_dir_size);
         return;
     }
-    for (uint32_t i = 0; i < c->nb_bitmaps; i++) {
+    for (i = 0; i < c->nb_bitmaps; i++) {
+        char name[1024];
         uint64_t len;
 
         if (pos + CHK_BITMAP_HDR > c->bitmap_dir_size) {
             CORRUPT(c, "ERROR bitmap directory is truncated");
             break;
         }
-        check_bitmap_table(c, rd64(dir + pos), rd32(dir + pos + 8));
         len = CHK_BITMAP_HDR + (uint64_t)rd32(dir + pos + 20) +
               rd16(dir + pos + 18);
+        snprintf(name, sizeof(name), "%.*s",
+                 (int)MIN(rd16(dir + pos + 18),
+                          c->bitmap_dir_size - pos - CHK_BITMAP_HDR),
+                 (const char *)dir + pos + CHK_BITMAP_HDR +
+                 MIN(rd32(dir + pos + 20),
+                     c->bitmap_dir_size - pos - CHK_BITMAP_HDR));
+        check_bitmap_entry(c, dir + pos, c->bitmap_dir_size - pos, name);
+        check_bitmap_table(c, rd64(dir + pos), rd32(dir + pos + 8));
         pos += align_up(len, 8);
+    }
+    if (i == c->nb_bitmaps && pos != c->bitmap_dir_size) {
+        CORRUPT(c, "ERROR bitmap directory size %" PRIu64 " does not match "
+                "its %" PRIu32 " entries", c->bitmap_dir_size,
+                c->nb_bitmaps);
     }
 }
 

@@ -61,6 +61,29 @@ struct qcow2_release {
     bool done;                  /* the thread has nothing left to do */
 };
 
+/* One entry of the bitmap directory, as on disk (qcow2-bitmap.c). */
+struct qcow2_bitmap {
+    char *name;
+    uint64_t table_offset;
+    uint32_t table_size;        /* entries */
+    uint32_t flags;             /* QCOW2_BME_* */
+    unsigned granularity_bits;
+};
+
+/* The image's bitmap directory as the header points to it. */
+struct qcow2_bitmaps {
+    uint32_t nb;                /* 0: no bitmaps extension */
+    uint64_t dir_offset;
+    uint64_t dir_size;          /* bytes */
+    struct qcow2_bitmap *e;     /* nb entries, in directory order */
+};
+
+/* A range of the image file. */
+struct qcow2_host_range {
+    uint64_t offset;
+    uint64_t bytes;
+};
+
 enum qcow2_discard_type {
     QCOW2_DISCARD_REQUEST,      /* guest discard / write-zeroes unmap */
     QCOW2_DISCARD_SNAPSHOT,     /* make_empty */
@@ -120,6 +143,7 @@ struct qcow2_state {
      */
     uint64_t failed_end;
     struct qcow2_release release;   /* the tail make_empty gives back */
+    struct qcow2_bitmaps bitmaps;   /* the directory on disk */
     bool corrupt;               /* metadata inconsistency found: no writes */
 };
 
@@ -190,6 +214,35 @@ int qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index);
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size);
 void qcow2_signal_corruption(struct qcow2_state *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* ---- qcow2-bitmap.c -------------------------------------------------- */
+
+/*
+ * Open: load the image's bitmaps into the node (creating its persistent
+ * dirty bitmaps; a reopen keeps the ones it has), settle the autoclear
+ * bits and, read-write, mark every stored bitmap in use.  Main thread,
+ * nothing in flight; takes s->lock.
+ */
+int qcow2_bitmaps_open(struct qcow2_state *s, struct err **errp);
+/* Close (read-write): store the node's persistent bitmaps, clear in_use.
+ * Caller holds s->lock. */
+int qcow2_bitmaps_store(struct qcow2_state *s);
+void qcow2_bitmaps_free(struct qcow2_state *s);
+/* Driver callbacks (block_driver.bitmap_can_store, .bitmap_remove). */
+bool qcow2_bitmap_can_store(struct block_node *node, const char *name,
+                            uint64_t granularity, struct err **errp);
+int qcow2_bitmap_remove(struct block_node *node, const char *name,
+                        struct err **errp);
+/* Add "bitmaps" to the format-specific data (as the directory says). */
+void qcow2_bitmaps_query(struct qcow2_state *s, json_t *data);
+/*
+ * The file ranges the bitmap metadata occupies (the directory and every
+ * bitmap table; not the data clusters the tables name), for the metadata
+ * overlap check.  *out is malloc'd (free it); returns the count.  Caller
+ * holds s->lock.
+ */
+size_t qcow2_bitmap_metadata_ranges(struct qcow2_state *s,
+                                    struct qcow2_host_range **out);
 
 /* ---- qcow2-create.c ------------------------------------------------- */
 

@@ -1313,7 +1313,10 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     }
     memset(s->l1, 0, l1_bytes);
     qcow2_cache_discard_all(&s->l2_cache);
-    ret = s->h.version >= 3 ? rebuild_refcounts(s, errp) : -ENOTSUP;
+    /* The fast path counts only header, L1 and refcounts: stored bitmaps
+     * keep their clusters through the slow one. */
+    ret = s->h.version >= 3 && !s->bitmaps.nb ? rebuild_refcounts(s, errp)
+                                               : -ENOTSUP;
     if (ret == -ENOTSUP) {
         ret = free_all_mappings(s, old_l1, errp);
     } else if (ret == 0) {
@@ -1556,30 +1559,6 @@ check_flags(struct block_node *node, struct qcow2_state *s, struct err **errp)
     return 0;
 }
 
-/* A program without bitmap support must clear the autoclear bits before
- * it changes the image (qcow2 spec, autoclear features). */
-static int
-clear_autoclear(struct qcow2_state *s, struct err **errp)
-{
-    uint8_t be[8] = { 0 };
-    int ret;
-
-    if (s->node->read_only || s->h.version < 3 ||
-        !s->h.autoclear_features) {
-        return 0;
-    }
-    ret = block_pwrite(s->file, QCOW2_HDR_OFF_AUTOCLEAR, 8, be, 0);
-    if (ret == 0) {
-        ret = block_flush(s->file);
-    }
-    if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not update the qcow2 header");
-        return ret;
-    }
-    s->h.autoclear_features = 0;
-    return 0;
-}
-
 static int
 load_l1(struct qcow2_state *s, struct err **errp)
 {
@@ -1777,14 +1756,16 @@ state_free(struct qcow2_state *s)
     s->l1 = NULL;
     s->reftable = NULL;
     qcow2_release_destroy(&s->release);
+    qcow2_bitmaps_free(s);
     mutex_destroy(&s->lock);
     cond_destroy(&s->range_cond);
 }
 
 /*
  * Driver open: main thread.  Reads and validates the header, loads the L1
- * and refcount tables, sets up the caches, clears autoclear bits (writable
- * opens) and opens the backing chain.  Refuses what qcow2.h lists as
+ * and refcount tables, sets up the caches, opens the backing chain, and
+ * loads the persistent bitmaps (writable opens: settles the autoclear
+ * bits and marks the bitmaps in use).  Refuses what qcow2.h lists as
  * unsupported, and writable opens of dirty or corrupt images (-EACCES, so
  * that auto-read-only falls back to read-only).
  */
@@ -1824,9 +1805,13 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
         goto out_tables;
     }
     setup_caches(s, options);
-    ret = clear_autoclear(s, errp);
+    ret = open_backing(node, s, options, errp);
     if (ret == 0) {
-        ret = open_backing(node, s, options, errp);
+        /* The bitmaps are as long as the disk (the core sets the size
+         * again when open returns).  Last, so that nothing that can fail
+         * after it leaves them marked in use. */
+        __atomic_store_n(&node->size, s->h.size, __ATOMIC_RELAXED);
+        ret = qcow2_bitmaps_open(s, errp);
     }
     if (ret < 0) {
         goto out_caches;
@@ -1845,6 +1830,20 @@ out_lock:
     return ret;
 }
 
+/* Close and reopen read-only: a failure leaves them in use on disk, which
+ * the next open takes for "inconsistent": safe, and said here. */
+static void
+store_bitmaps_locked(struct qcow2_state *s)
+{
+    int ret = s->corrupt ? -EIO : qcow2_bitmaps_store(s);
+
+    if (ret < 0) {
+        fprintf(stderr, "qcow2: could not store the persistent dirty "
+                "bitmaps of '%s': %s\n", s->node->node_name,
+                strerror(-ret));
+    }
+}
+
 static void
 qcow2_close(struct block_node *node)
 {
@@ -1852,6 +1851,7 @@ qcow2_close(struct block_node *node)
 
     if (!node->read_only) {
         mutex_lock_may_block(&s->lock);
+        store_bitmaps_locked(s);
         if (flush_caches_locked(s) == 0) {
             block_flush(s->file);
         }
@@ -1874,18 +1874,22 @@ static void
 qcow2_query(struct block_node *node, json_t *info)
 {
     struct qcow2_state *s = node->opaque;
-    json_t *data;
+    json_t *data = json_object();
 
-    if (s->h.version < 3) {
-        data = json_pack("{s:s, s:s, s:i}", "compat", "0.10",
-                         "compression-type", "zlib", "refcount-bits",
-                         (json_int_t)s->h.refcount_bits);
-    } else {
-        data = json_pack("{s:s, s:s, s:b, s:i, s:b, s:b}", "compat", "1.1",
-                         "compression-type", "zlib", "lazy-refcounts", 0,
-                         "refcount-bits", (json_int_t)s->h.refcount_bits,
-                         "corrupt", s->corrupt, "extended-l2",
-                         s->extended_l2);
+    /* QEMU's member order. */
+    json_object_set_new(data, "compat",
+                        json_string(s->h.version < 3 ? "0.10" : "1.1"));
+    json_object_set_new(data, "compression-type", json_string("zlib"));
+    if (s->h.version >= 3) {
+        json_object_set_new(data, "lazy-refcounts", json_false());
+        qcow2_bitmaps_query(s, data);
+    }
+    json_object_set_new(data, "refcount-bits",
+                        json_integer((json_int_t)s->h.refcount_bits));
+    if (s->h.version >= 3) {
+        json_object_set_new(data, "corrupt", json_boolean(s->corrupt));
+        json_object_set_new(data, "extended-l2",
+                            json_boolean(s->extended_l2));
     }
     json_object_set_new(info, "format-specific",
                         json_pack("{s:s, s:o}", "type", "qcow2", "data",
@@ -1910,4 +1914,6 @@ const struct block_driver qcow2_driver = {
     .truncate = qcow2_truncate,
     .make_empty = qcow2_make_empty,
     .query = qcow2_query,
+    .bitmap_can_store = qcow2_bitmap_can_store,
+    .bitmap_remove = qcow2_bitmap_remove,
 };

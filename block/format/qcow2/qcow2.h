@@ -70,6 +70,10 @@
 #define QCOW2_EXT_CRYPTO 0x0537be77U
 #define QCOW2_EXT_DATA_FILE 0x44415441U
 
+/* Bitmap directory entry flags (qcow2 spec, bitmaps extension). */
+#define QCOW2_BME_IN_USE 0x1U
+#define QCOW2_BME_AUTO 0x2U
+
 /* ---- L1 / L2 / refcount table entries ----------------------------------- */
 
 #define QCOW2_OFLAG_COPIED (1ULL << 63)
