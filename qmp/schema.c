@@ -86,8 +86,12 @@ static const struct qmp_arg args_nbd_server_start[] = {
       "TLS authorization object (not supported: refused)", NULL, NULL, NULL,
       NULL },
     { "max-connections", QMP_T_UINT, true,
-      "most clients at once (default 100, 0 = no limit)", "uint32", NULL,
-      NULL, NULL },
+      "most clients at once (default 100, 0 = no limit); at the limit new "
+      "clients wait until one leaves", "uint32", NULL, NULL, NULL },
+    { "handshake-max-seconds", QMP_T_UINT, true,
+      "seconds a client has from connecting to the end of negotiation "
+      "before it is dropped (default 10, 0 = no limit; QEMU 9.1's "
+      "argument)", "uint32", NULL, NULL, NULL },
     END,
 };
 
