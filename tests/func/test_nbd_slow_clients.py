@@ -70,6 +70,8 @@ def start(lockstepd, tmp_dir, server_opts="", writable=False, img=None):
         "--export", "type=nbd,id=e0,node-name=disk,name=disk,writable=%s"
                     % ("on" if writable else "off")])
     wait_for_socket(sock, d.proc)
+    with d.client() as c:     # the export exists once QMP answers
+        assert [e["id"] for e in c.cmd("query-block-exports")] == ["e0"]
     return d, sock
 
 
