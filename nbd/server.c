@@ -1125,12 +1125,14 @@ conn_new(int in_fd, int out_fd, int fd)
     return conn;
 }
 
-/* Detach from the export and the connection list, then free.  After the
- * list removal the main thread no longer waits for us. */
+/* Leave the connection list, free, then detach from the export and
+ * uncount: whoever waits for connections to end (export deletion,
+ * shutdown) goes on only once the memory is freed. */
 static void
 conn_finish(struct nbdsrv_conn *conn)
 {
     struct serve_wait *w = conn->waiter;
+    struct nbdexp *exp;
     bool was_full;
 
     if (conn->req) {
@@ -1147,17 +1149,7 @@ conn_finish(struct nbdsrv_conn *conn)
     if (conn->in_handshakes) {
         TAILQ_REMOVE(&g_handshakes, conn, hs_link);
     }
-    was_full = g_max_connections > 0 && g_nconns == g_max_connections;
-    g_nconns--;
-    if (conn->s.exp) {
-        assert(conn->s.exp->nconns > 0);
-        conn->s.exp->nconns--;
-        conn->s.exp = NULL;
-    }
-    cond_broadcast(&g_nbdsrv_cond);
-    if (was_full) {
-        accept_kick();   /* a slot is free: accept again */
-    }
+    exp = conn->s.exp;
     mutex_unlock(&g_nbdsrv_lock);
     if (conn->owns_fd) {
         close(conn->fd);
@@ -1167,6 +1159,19 @@ conn_finish(struct nbdsrv_conn *conn)
     cond_destroy(&conn->space_cond);
     free(conn->rbuf);
     free(conn);
+
+    mutex_lock(&g_nbdsrv_lock);
+    was_full = g_max_connections > 0 && g_nconns == g_max_connections;
+    g_nconns--;
+    if (exp) {
+        assert(exp->nconns > 0);
+        exp->nconns--;
+    }
+    cond_broadcast(&g_nbdsrv_cond);
+    if (was_full) {
+        accept_kick();   /* a slot is free: accept again */
+    }
+    mutex_unlock(&g_nbdsrv_lock);
     if (w) {
         mutex_lock(&w->lock);
         w->done = true;
