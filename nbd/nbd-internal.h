@@ -118,6 +118,9 @@ void nbdpool_watch(int fd, struct nbdpool_item *it, uint32_t events);
 void nbdpool_unwatch(int fd, struct nbdpool_item *it);
 /* Run the item on a pool thread soon. */
 void nbdpool_queue(struct nbdpool_item *it);
+/* Whether a thread may wait on one connection's socket for a while (the
+ * pool is well below its cap). */
+bool nbdpool_may_linger(void);
 /* Threads in the pool now (tests, query). */
 int nbdpool_nthreads(void);
 

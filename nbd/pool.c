@@ -60,7 +60,7 @@ spawn_if_needed_locked(void)
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (pthread_create(&t, &attr, pool_thread, NULL) == 0) {
         pthread_setname_np(t, "nbd-pool");
-        g_pool.nthreads++;
+        __atomic_add_fetch(&g_pool.nthreads, 1, __ATOMIC_RELAXED);
         g_pool.idle++;   /* counted idle from now, so no second spawn */
     }
     pthread_attr_destroy(&attr);
@@ -110,7 +110,7 @@ pool_thread(void *opaque UNUSED)
         mutex_lock(&g_pool.lock);
         g_pool.idle--;
         if (n == 0 && g_pool.idle > 0 && TAILQ_EMPTY(&g_pool.runq)) {
-            g_pool.nthreads--;
+            __atomic_sub_fetch(&g_pool.nthreads, 1, __ATOMIC_RELAXED);
             mutex_unlock(&g_pool.lock);
             return NULL;
         }
@@ -195,6 +195,14 @@ nbdpool_queue(struct nbdpool_item *it)
         spawn_if_needed_locked();
     }
     mutex_unlock(&g_pool.lock);
+}
+
+bool
+nbdpool_may_linger(void)
+{
+    /* A hint: a stale count only shifts when lingering stops. */
+    return __atomic_load_n(&g_pool.nthreads, __ATOMIC_RELAXED) <
+           NBDPOOL_MAX_THREADS / 2;
 }
 
 int

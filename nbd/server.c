@@ -30,9 +30,10 @@
  *   the role on through the pool's run queue, and another thread reads on
  *   while the first one waits; that thread returns to the pool when its
  *   request is done.  So requests run in parallel exactly when they block.
- *   When the socket has nothing to read, the reader busy-polls briefly
- *   (conn_refill) and then arms the socket in the epoll set and returns
- *   to the pool: the thread epoll wakes for the next request reads it.
+ *   When the socket has nothing to read, the reader busy-polls briefly,
+ *   then waits on the socket for up to NBDSRV_LINGER_MS (conn_recv_some),
+ *   and only then arms the socket in the epoll set and returns to the
+ *   pool: the thread epoll wakes for the next request reads it.
  *
  *   Flow control: at most NBDSRV_CONN_THREADS requests of a connection run
  *   at once, and the reader admits one only while the connection has fewer
@@ -80,11 +81,14 @@
 
 #define NBDSRV_CONN_THREADS 8
 #define NBDSRV_RBUF         (64 * 1024)
-/* Busy-polling before the reader role sleeps (conn_refill): from MIN,
+/* Busy-polling before the reader role sleeps (conn_recv_some): from MIN,
  * doubling up to MAX while sleeps end within GROW. */
 #define NBDSRV_POLL_MIN_NS  4000
 #define NBDSRV_POLL_MAX_NS  32000
 #define NBDSRV_POLL_GROW_NS 128000
+/* Then a thread waits this long for the next request before the reader
+ * role goes to the epoll set. */
+#define NBDSRV_LINGER_MS    20
 #define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
 #define NBDSRV_MAX_LISTENERS 8
 /* Extents per BLOCK_STATUS chunk without REQ_ONE (spec: SHOULD NOT
@@ -242,12 +246,13 @@ struct nbdsrv_conn {
     bool quit;                   /* the stream ended: admit nothing */
     bool dead;                   /* socket unusable: admit nothing more */
 
-    /* Reader role only: bytes read ahead from in_fd; busy-poll time; the
-     * request being read when the socket ran dry. */
+    /* Reader role only: bytes read ahead from in_fd; how to wait for the
+     * client; the request being read when the socket ran dry. */
     uint8_t *rbuf;
     size_t rpos, rlen;
     int64_t poll_ns;
-    int64_t parked_at;           /* when the role went to the epoll set */
+    int64_t wait_start;          /* when the last wait for data began */
+    bool linger;                 /* that wait ended within the linger */
     uint8_t hdr[28];
     size_t hdr_got;
     struct nbdsrv_req *req;      /* admitted; its payload being read */
@@ -765,38 +770,61 @@ conn_poll_recv(struct nbdsrv_conn *conn, void *buf, size_t len, int64_t ns)
     }
 }
 
-/*
- * Some bytes of the request stream into buf; -2 when none came (the
- * reader role then waits in the epoll set).  Busy-poll first: a client
- * that answers within microseconds (queue depth 1) would otherwise pay
- * for waking a sleeping thread, which in a VM (an idle vCPU halts) is
- * tens of microseconds.  The poll time adapts as QEMU's iothread polling
- * does (conn_woken): it grows while the waits that followed came to an end
- * soon after all, and drops to zero when one took long, so an idle or
- * slow client costs no CPU.  Without the pool (fd mode), a plain read.
- */
-static ssize_t
-conn_recv_some(struct nbdsrv_conn *conn, void *buf, size_t len)
-{
-    if (conn->fd < 0) {
-        return read(conn->s.in_fd, buf, len);
-    }
-    return conn_poll_recv(conn, buf, len, conn->poll_ns);
-}
-
-/* The reader role is back from the epoll set: adapt the poll time to how
- * long the wait was. */
+/* The last wait for the client (from when the busy-poll gave up) set the
+ * poll time, as QEMU's iothread polling does: it grows while waits end
+ * soon after the poll gave up and drops to zero when one took long.  And
+ * whether the next wait lingers: only if this one ended within the
+ * linger time, so idle clients cost no thread at all. */
 static void
-conn_woken(struct nbdsrv_conn *conn)
+conn_adapt_wait(struct nbdsrv_conn *conn)
 {
-    int64_t waited = clock_ns() - conn->parked_at + conn->poll_ns;
+    int64_t waited = clock_ns() - conn->wait_start;
 
-    if (waited <= NBDSRV_POLL_GROW_NS) {
+    if (waited + conn->poll_ns <= NBDSRV_POLL_GROW_NS) {
         conn->poll_ns = conn->poll_ns ?
             MIN(conn->poll_ns * 2, NBDSRV_POLL_MAX_NS) : NBDSRV_POLL_MIN_NS;
     } else {
         conn->poll_ns = 0;
     }
+    conn->linger = waited < NBDSRV_LINGER_MS * 1000000LL;
+}
+
+/*
+ * Some bytes of the request stream into buf; -2 when none came (the
+ * reader role then waits in the epoll set).  Busy-poll first: a client
+ * that answers within microseconds (queue depth 1) would otherwise pay
+ * for waking a sleeping thread, which in a VM (an idle vCPU halts) is
+ * tens of microseconds.  Then, for a client whose last request came
+ * within NBDSRV_LINGER_MS, the thread waits on this socket that long
+ * before it gives the reader role to the epoll set: a busy client costs
+ * one wake-up and one recv per wait, as a blocking read did, and the same
+ * thread serves it on (the pool lends a thread so only while well below
+ * its cap).  Without the pool (fd mode), a plain read.
+ */
+static ssize_t
+conn_recv_some(struct nbdsrv_conn *conn, void *buf, size_t len)
+{
+    struct pollfd p = {.fd = conn->fd, .events = POLLIN};
+    ssize_t r;
+
+    if (conn->fd < 0) {
+        return read(conn->s.in_fd, buf, len);
+    }
+    r = conn_poll_recv(conn, buf, len, conn->poll_ns);
+    if (r != -2) {
+        return r;
+    }
+    conn->wait_start = clock_ns();
+    if (!conn->linger || !nbdpool_may_linger() ||
+        poll(&p, 1, NBDSRV_LINGER_MS) <= 0) {
+        return -2;
+    }
+    r = recv(conn->fd, buf, len, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return -2;
+    }
+    conn_adapt_wait(conn);
+    return r;
 }
 
 /* want bytes of the request stream into dst + *got: the read-ahead buffer
@@ -1019,7 +1047,6 @@ reader_loop(struct nbdsrv_conn *conn)
         int r = read_request(conn, &req);
 
         if (r == RD_AGAIN) {
-            conn->parked_at = clock_ns();
             nbdpool_watch(conn->fd, &conn->item, EPOLLIN);
             return;
         }
@@ -1104,7 +1131,7 @@ conn_run(struct nbdpool_item *it, uint32_t events)
         mutex_lock(&conn->lock);
         conn->busy++;
         mutex_unlock(&conn->lock);
-        conn_woken(conn);
+        conn_adapt_wait(conn);   /* the role is back from the epoll set */
     }
     reader_loop(conn);
     conn_leave(conn);
