@@ -29,7 +29,7 @@ import pytest
 
 from conftest import make_image, run
 from qmp_client import Daemon, QMPClient, wait_for_socket
-from test_nbd_server import (CMD_READ, CMD_WRITE, CMD_FLUSH, IHAVEOPT,
+from test_nbd_server import (CMD_READ, CMD_WRITE, FLAG_DF, IHAVEOPT,
                              OPT_GO, OPT_LIST, RawClient, free_port)
 
 MiB = 1024 * 1024
@@ -263,20 +263,26 @@ def test_stuck_reader_dropped_after_send_timeout(lockstepd, tmp_dir):
     with d:
         base = threads_of(d.proc.pid)
         stuck = []
+        stalled = []
         for _ in range(10):
             c = RawClient(sock)
             c.connect(name="disk")
-            req = struct.pack(">IHHQQI", 0x25609513, 0, CMD_READ, 1, 0, MiB)
+            # DF: the reply is one 1 MiB data chunk, more than the socket
+            # holds, so the server's send stalls at the first one.
+            req = struct.pack(">IHHQQI", 0x25609513, FLAG_DF, CMD_READ, 1,
+                              0, MiB)
             assert fill_until_blocked(c.s, req * 64, limit=10)
+            stalled.append(time.monotonic())
             stuck.append(c)
-        stalled_at = time.monotonic()
         assert threads_of(d.proc.pid) - base <= 2 * len(stuck) + 4
         r = run(["nbdinfo", "--size", "nbd+unix:///disk?socket=" + sock],
                 timeout=20)
         assert r.returncode == 0, r.stderr
-        time.sleep(SEND_TIMEOUT - 8)
+        # Not before the timeout (the first stalled a little before we saw
+        # it), and all soon after it.
+        time.sleep(max(0, stalled[0] + SEND_TIMEOUT - 3 - time.monotonic()))
         assert not any(peer_closed(c.s) for c in stuck)
-        time.sleep(max(0, stalled_at + SEND_TIMEOUT + 4 - time.monotonic()))
+        time.sleep(max(0, stalled[-1] + SEND_TIMEOUT + 4 - time.monotonic()))
         assert all(peer_closed(c.s) for c in stuck)
         for c in stuck:
             c.s.close()
