@@ -1291,6 +1291,20 @@ expire_handshakes_locked(void)
     return -1;
 }
 
+/* Is a connection slot free (max-connections)? */
+static bool
+have_room_locked(void)
+{
+    return g_max_connections == 0 || g_nconns < (uint64_t)g_max_connections;
+}
+
+static bool
+have_room(void)
+{
+    SCOPED_LOCK(&g_nbdsrv_lock);
+    return have_room_locked();
+}
+
 /* A new client: negotiation starts on the pool. */
 static void
 accept_one(struct nbdsrv_listener *l)
@@ -1343,8 +1357,7 @@ accept_thread(void *opaque UNUSED)
             return NULL;
         }
         timeout = expire_handshakes_locked();
-        room = g_max_connections == 0 ||
-               g_nconns < (uint64_t)g_max_connections;
+        room = have_room_locked();
         mutex_unlock(&g_nbdsrv_lock);
 
         p[0] = (struct pollfd){.fd = g_accept_kick, .events = POLLIN};
@@ -1363,7 +1376,7 @@ accept_thread(void *opaque UNUSED)
             }
         }
         for (int i = 1; i < n; i++) {
-            if (p[i].revents) {
+            if (p[i].revents && have_room()) {
                 accept_one(&g_listeners[i - 1]);
             }
         }
