@@ -630,7 +630,7 @@ hs_message(struct nbdsrv_session *s)
         s->hs_data = xmalloc(s->hs_len ? s->hs_len : 1);
         s->hs_state = HS_DATA;
         s->hs_got = 0;
-        /* fall through */
+        return 1;   /* the data next (nbdsrv_hs_step calls again) */
     case HS_DATA:
         r = hs_fill(s, s->hs_data, s->hs_len, &s->hs_got);
         if (r <= 0) {

@@ -121,8 +121,6 @@ void nbdpool_queue(struct nbdpool_item *it);
 /* Whether a thread may wait on one connection's socket for a while (the
  * pool is well below its cap). */
 bool nbdpool_may_linger(void);
-/* Threads in the pool now (tests, query). */
-int nbdpool_nthreads(void);
 
 /* ---- server.c --------------------------------------------------------- */
 

@@ -204,10 +204,3 @@ nbdpool_may_linger(void)
     return __atomic_load_n(&g_pool.nthreads, __ATOMIC_RELAXED) <
            NBDPOOL_MAX_THREADS / 2;
 }
-
-int
-nbdpool_nthreads(void)
-{
-    SCOPED_LOCK(&g_pool.lock);
-    return g_pool.nthreads;
-}
