@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,9 +109,9 @@ usage(void)
 "                         configure a QMP monitor\n"
 "\n"
 "  --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>\n"
-"               [,max-connections=<n>]\n"
+"               [,max-connections=<n>][,handshake-max-seconds=<n>]\n"
 "  --nbd-server addr.type=unix,addr.path=<path>\n"
-"               [,max-connections=<n>]\n"
+"               [,max-connections=<n>][,handshake-max-seconds=<n>]\n"
 "                         start an NBD server for exporting block nodes\n"
 "\n"
 "  --object iothread,id=<id>[,poll-max-ns=<n>,...]\n"
@@ -218,7 +219,8 @@ opt_nbd_server(const char *arg, struct err **errp)
     json_t *addr;
     const char *type, *key;
     json_t *v;
-    int64_t maxc = 100;
+    int64_t maxc = NBD_DEFAULT_MAX_CONNECTIONS;
+    int64_t hs = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS;
     bool ok = false;
 
     if (!opts) {
@@ -226,7 +228,8 @@ opt_nbd_server(const char *arg, struct err **errp)
     }
     json_object_foreach(opts, key, v) {
         if (strcmp(key, "addr") && strcmp(key, "tls-creds") &&
-            strcmp(key, "tls-authz") && strcmp(key, "max-connections")) {
+            strcmp(key, "tls-authz") && strcmp(key, "max-connections") &&
+            strcmp(key, "handshake-max-seconds")) {
             err_setf(errp, "Parameter '%s' is unexpected", key);
             goto out;
         }
@@ -268,16 +271,21 @@ opt_nbd_server(const char *arg, struct err **errp)
         err_setf(errp, "TLS authorization is not supported");
         goto out;
     }
-    if (!keyval_to_int(opts, "max-connections", errp)) {
+    if (!keyval_to_int(opts, "max-connections", errp) ||
+        !keyval_to_int(opts, "handshake-max-seconds", errp)) {
         goto out;
     }
     if (json_object_get(opts, "max-connections")) {
         maxc = json_integer_value(json_object_get(opts, "max-connections"));
     }
+    if (json_object_get(opts, "handshake-max-seconds")) {
+        hs = json_integer_value(json_object_get(opts,
+                                                "handshake-max-seconds"));
+    }
     ok = nbd_server_start(addr,
                           json_string_value(json_object_get(opts,
                                                             "tls-creds")),
-                          maxc, errp);
+                          maxc, hs, errp);
 out:
     json_decref(opts);
     return ok;
@@ -501,6 +509,20 @@ write_pidfile(const char *path, struct err **errp)
 
 /* ---- Main loop hooks --------------------------------------------------- */
 
+/* Each NBD client costs a file descriptor and no thread: take the hard
+ * limit, so that thousands of clients do not stop at the usual soft limit
+ * of 1024. */
+static void
+raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 static void
 quit_now(void)
 {
@@ -585,6 +607,7 @@ main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     ret = loop_init();
     if (ret < 0) {
         fprintf(stderr, "%s: cannot set up the main loop: %s\n", PROG,

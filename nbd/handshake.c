@@ -11,16 +11,37 @@
  *
  * Export names match exactly, as in QEMU: the default export "" is only
  * found when an export is named "".
+ *
+ * The negotiation is a state machine fed by the socket: the server's pool
+ * runs a step whenever the socket can be read or written, so a client that
+ * negotiates slowly, or stops reading, holds no thread while it waits.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "util.h"
 
-/* Send one option reply (header + data). */
+/* Queue bytes for the client; nbdsrv_hs_step() sends them. */
+static void
+queue_out(struct nbdsrv_session *s, const void *data, size_t len)
+{
+    if (s->olen + len > s->ocap) {
+        s->ocap = MAX(s->ocap * 2, s->olen + len);
+        s->obuf = xrealloc(s->obuf, s->ocap);
+    }
+    if (len) {
+        memcpy(s->obuf + s->olen, data, len);
+    }
+    s->olen += len;
+}
+
+/* Queue one option reply (header + data).  Returns 0: a failure to send
+ * shows when the queue is flushed. */
 static int
 send_rep(struct nbdsrv_session *s, uint32_t opt, uint32_t type,
          const void *data, size_t len)
@@ -31,7 +52,9 @@ send_rep(struct nbdsrv_session *s, uint32_t opt, uint32_t type,
     put_be32(hdr + 8, opt);
     put_be32(hdr + 12, type);
     put_be32(hdr + 16, (uint32_t)len);
-    return nbdsrv_writev(s->out_fd, hdr, sizeof(hdr), data, len, NULL, 0);
+    queue_out(s, hdr, sizeof(hdr));
+    queue_out(s, data, len);
+    return 0;
 }
 
 static int
@@ -90,6 +113,11 @@ void
 nbdsrv_session_clear(struct nbdsrv_session *s)
 {
     clear_meta(s);
+    free(s->hs_data);
+    s->hs_data = NULL;
+    free(s->obuf);
+    s->obuf = NULL;
+    s->opos = s->olen = s->ocap = 0;
 }
 
 /* ---- NBD_OPT_LIST ----------------------------------------------------- */
@@ -393,125 +421,270 @@ opt_meta(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
     return ret;
 }
 
-/* ---- The negotiation loop --------------------------------------------- */
+/* ---- The negotiation state machine ------------------------------------ */
 
-int
-nbdsrv_handshake(struct nbdsrv_session *s)
+/*
+ * The handshake reads one message at a time (the client flags, an option
+ * header, its data), answers it into s->obuf and sends that before it
+ * reads on, so a client that does not read our replies stops being read
+ * and holds no more than one option's replies in memory.
+ */
+enum {
+    HS_CFLAGS,      /* reading the client flags */
+    HS_HEADER,      /* reading an option header */
+    HS_DATA,        /* reading an option's data */
+    HS_DONE,        /* transmission starts once the replies are out */
+    HS_ABORT,       /* close once the replies are out */
+};
+
+/* Read toward want bytes at buf + *got.  1 when complete, 0 when the read
+ * would wait (nonblock), -1 at EOF or on an error. */
+static int
+hs_fill(struct nbdsrv_session *s, uint8_t *buf, size_t want, size_t *got)
 {
-    uint8_t greet[18], hdr[16], cflags_buf[4];
-    uint32_t cflags;
-    uint8_t *data = NULL;
+    while (*got < want) {
+        ssize_t r;
+
+        if (s->nonblock) {
+            r = recv(s->in_fd, buf + *got, want - *got, MSG_DONTWAIT);
+        } else {
+            r = read(s->in_fd, buf + *got, want - *got);
+        }
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        }
+        if (r <= 0) {
+            return -1;
+        }
+        *got += (size_t)r;
+    }
+    return 1;
+}
+
+/* Send the queued replies.  1 when all are out, 0 when the send would
+ * wait (nonblock), -1 on an error. */
+static int
+hs_flush(struct nbdsrv_session *s)
+{
+    while (s->opos < s->olen) {
+        ssize_t r;
+
+        if (!s->nonblock) {
+            if (nbdsrv_write(s->out_fd, s->obuf + s->opos,
+                             s->olen - s->opos) < 0) {
+                return -1;
+            }
+            break;
+        }
+        r = send(s->out_fd, s->obuf + s->opos, s->olen - s->opos,
+                 MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 0;
+        }
+        if (r < 0) {
+            return -1;
+        }
+        s->opos += (size_t)r;
+    }
+    s->opos = s->olen = 0;
+    return 1;
+}
+
+void
+nbdsrv_hs_begin(struct nbdsrv_session *s)
+{
+    uint8_t greet[18];
 
     put_be64(greet, NBD_MAGIC);
     put_be64(greet + 8, NBD_OPTS_MAGIC);
     put_be16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if (nbdsrv_write(s->out_fd, greet, sizeof(greet)) < 0 ||
-        nbdsrv_read(s->in_fd, cflags_buf, 4) < 0) {
+    queue_out(s, greet, sizeof(greet));
+    s->hs_state = HS_CFLAGS;
+    s->hs_got = 0;
+}
+
+/* EXPORT_NAME: the export's size and flags, and transmission starts (or
+ * -1: there is no error reply for it, the connection closes). */
+static int
+opt_export_name(struct nbdsrv_session *s, const uint8_t *data, uint32_t len)
+{
+    char *name = dup_name(data, len);
+    uint8_t reply[8 + 2 + 124];
+    struct nbdexp *exp;
+
+    if (!name || len > NBDSRV_MAX_STRING) {
+        free(name);
         return -1;
     }
-    cflags = get_be32(cflags_buf);
-    if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE |
-                             NBD_FLAG_C_NO_ZEROES)) {
-        return -1;   /* unknown client flag: MUST drop (spec) */
+    exp = nbdexp_get(name, &s->exp);
+    free(name);
+    if (!exp) {
+        return -1;
     }
-    s->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+    memset(reply, 0, sizeof(reply));
+    s->tflags = transmission_flags(s, exp);
+    put_be64(reply, nbdexp_size(exp));
+    put_be16(reply + 8, s->tflags);
+    queue_out(s, reply, s->no_zeroes ? 10 : sizeof(reply));
+    /* No SET_META_CONTEXT applies to EXPORT_NAME sessions unless it named
+     * this export. */
+    if (!s->ctx_export || strcmp(s->ctx_export, exp->name)) {
+        clear_meta(s);
+    }
+    return 1;
+}
 
+/* Answer one option.  1 when transmission starts, 0 to go on, -1 to
+ * close. */
+static int
+hs_option(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
+          uint32_t len)
+{
+    int ret;
+
+    switch (opt) {
+    case NBD_OPT_EXPORT_NAME:
+        return opt_export_name(s, data, len);
+    case NBD_OPT_ABORT:
+        send_rep(s, opt, NBD_REP_ACK, NULL, 0);
+        s->hs_state = HS_ABORT;
+        return 0;
+    case NBD_OPT_LIST:
+        ret = opt_list(s, len);
+        break;
+    case NBD_OPT_INFO:
+    case NBD_OPT_GO:
+        ret = opt_info_go(s, opt, data, len);
+        break;
+    case NBD_OPT_STRUCTURED_REPLY:
+        if (len != 0) {
+            ret = send_err(s, opt, NBD_REP_ERR_INVALID,
+                           "no payload expected");
+        } else if (s->structured) {
+            ret = send_err(s, opt, NBD_REP_ERR_INVALID,
+                           "structured reply already negotiated");
+        } else {
+            s->structured = true;
+            ret = send_rep(s, opt, NBD_REP_ACK, NULL, 0);
+        }
+        break;
+    case NBD_OPT_LIST_META_CONTEXT:
+    case NBD_OPT_SET_META_CONTEXT:
+        ret = opt_meta(s, opt, data, len);
+        break;
+    case NBD_OPT_STARTTLS:
+        ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "TLS not supported");
+        break;
+    default:
+        ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "unsupported option");
+        break;
+    }
+    return ret;
+}
+
+/* Read the rest of the current message and act on it.  1 when one was
+ * handled, 0 when the read would wait, -1 to close. */
+static int
+hs_message(struct nbdsrv_session *s)
+{
+    uint32_t opt;
+    int r;
+
+    switch (s->hs_state) {
+    case HS_CFLAGS: {
+        uint32_t cflags;
+
+        r = hs_fill(s, s->hs_hdr, 4, &s->hs_got);
+        if (r <= 0) {
+            return r;
+        }
+        cflags = get_be32(s->hs_hdr);
+        if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE |
+                                 NBD_FLAG_C_NO_ZEROES)) {
+            return -1;   /* unknown client flag: MUST drop (spec) */
+        }
+        s->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+        s->hs_state = HS_HEADER;
+        s->hs_got = 0;
+        return 1;
+    }
+    case HS_HEADER:
+        r = hs_fill(s, s->hs_hdr, sizeof(s->hs_hdr), &s->hs_got);
+        if (r <= 0) {
+            return r;
+        }
+        if (get_be64(s->hs_hdr) != NBD_OPTS_MAGIC) {
+            return -1;
+        }
+        s->hs_len = get_be32(s->hs_hdr + 12);
+        if (s->hs_len > NBDSRV_MAX_OPTION_LEN) {
+            return -1;   /* abuse: hard disconnect (spec allows) */
+        }
+        free(s->hs_data);
+        s->hs_data = xmalloc(s->hs_len ? s->hs_len : 1);
+        s->hs_state = HS_DATA;
+        s->hs_got = 0;
+        return 1;   /* the data next (nbdsrv_hs_step calls again) */
+    case HS_DATA:
+        r = hs_fill(s, s->hs_data, s->hs_len, &s->hs_got);
+        if (r <= 0) {
+            return r;
+        }
+        opt = get_be32(s->hs_hdr + 8);
+        s->hs_state = HS_HEADER;
+        s->hs_got = 0;
+        r = hs_option(s, opt, s->hs_data, s->hs_len);
+        free(s->hs_data);
+        s->hs_data = NULL;
+        if (r < 0) {
+            return -1;
+        }
+        if (r == 1) {
+            s->hs_state = HS_DONE;
+        }
+        return 1;
+    default:
+        return -1;
+    }
+}
+
+int
+nbdsrv_hs_step(struct nbdsrv_session *s)
+{
     for (;;) {
-        uint32_t opt, len;
-        int ret;
+        int r = hs_flush(s);
 
-        free(data);
-        data = NULL;
-        if (nbdsrv_read(s->in_fd, hdr, sizeof(hdr)) < 0 ||
-            get_be64(hdr) != NBD_OPTS_MAGIC) {
-            goto fail;
+        if (r == 0) {
+            return NBDSRV_HS_WANT_WRITE;
         }
-        opt = get_be32(hdr + 8);
-        len = get_be32(hdr + 12);
-        if (len > NBDSRV_MAX_OPTION_LEN) {
-            goto fail;   /* abuse: hard disconnect (spec allows) */
-        }
-        data = xmalloc(len ? len : 1);
-        if (len && nbdsrv_read(s->in_fd, data, len) < 0) {
-            goto fail;
-        }
-
-        switch (opt) {
-        case NBD_OPT_EXPORT_NAME: {
-            char *name = dup_name(data, len);
-            uint8_t reply[8 + 2 + 124];
-            struct nbdexp *exp;
-
-            if (!name || len > NBDSRV_MAX_STRING) {
-                free(name);
-                goto fail;
-            }
-            exp = nbdexp_get(name, &s->exp);
-            free(name);
-            if (!exp) {
-                goto fail;   /* no error path for EXPORT_NAME: close */
-            }
-            memset(reply, 0, sizeof(reply));
-            s->tflags = transmission_flags(s, exp);
-            put_be64(reply, nbdexp_size(exp));
-            put_be16(reply + 8, s->tflags);
-            if (nbdsrv_write(s->out_fd, reply,
-                             s->no_zeroes ? 10 : sizeof(reply)) < 0) {
-                nbdexp_put(&s->exp);
-                goto fail;
-            }
-            /* No SET_META_CONTEXT applies to EXPORT_NAME sessions unless
-             * it named this export. */
-            if (!s->ctx_export || strcmp(s->ctx_export, exp->name)) {
-                clear_meta(s);
-            }
-            free(data);
-            return 0;
-        }
-        case NBD_OPT_ABORT:
-            send_rep(s, opt, NBD_REP_ACK, NULL, 0);
-            goto fail;
-        case NBD_OPT_LIST:
-            ret = opt_list(s, len);
-            break;
-        case NBD_OPT_INFO:
-        case NBD_OPT_GO:
-            ret = opt_info_go(s, opt, data, len);
-            if (ret == 1) {
-                free(data);
-                return 0;
-            }
-            break;
-        case NBD_OPT_STRUCTURED_REPLY:
-            if (len != 0) {
-                ret = send_err(s, opt, NBD_REP_ERR_INVALID,
-                               "no payload expected");
-            } else if (s->structured) {
-                ret = send_err(s, opt, NBD_REP_ERR_INVALID,
-                               "structured reply already negotiated");
-            } else {
-                s->structured = true;
-                ret = send_rep(s, opt, NBD_REP_ACK, NULL, 0);
-            }
-            break;
-        case NBD_OPT_LIST_META_CONTEXT:
-        case NBD_OPT_SET_META_CONTEXT:
-            ret = opt_meta(s, opt, data, len);
-            break;
-        case NBD_OPT_STARTTLS:
-            ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "TLS not supported");
-            break;
-        default:
-            ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "unsupported option");
+        if (r < 0 || s->hs_state == HS_ABORT) {
             break;
         }
-        if (ret < 0) {
-            goto fail;
+        if (s->hs_state == HS_DONE) {
+            return NBDSRV_HS_DONE;
+        }
+        r = hs_message(s);
+        if (r == 0) {
+            return NBDSRV_HS_WANT_READ;
+        }
+        if (r < 0) {
+            break;
         }
     }
-
-fail:
-    free(data);
     clear_meta(s);
-    return -1;
+    return NBDSRV_HS_FAIL;
+}
+
+int
+nbdsrv_handshake(struct nbdsrv_session *s)
+{
+    s->nonblock = false;
+    nbdsrv_hs_begin(s);
+    return nbdsrv_hs_step(s) == NBDSRV_HS_DONE ? 0 : -1;
 }

@@ -20,10 +20,10 @@
  *   nconns == 0; only then is the handle freed.  "safe" refuses while
  *   nconns > 0.
  *
- *   A connection's own threads: the reader (the connection thread) parses
- *   requests and queues them; workers run them and send replies under
- *   conn->write_lock.  The reader joins the workers before it leaves, so no
- *   worker outlives its connection.
+ *   A connection has no threads of its own: the pool's threads (pool.c)
+ *   negotiate, read and run its requests (server.c).  It counts the
+ *   threads working for it and frees itself when the last one leaves
+ *   after the stream ended, so no thread outlives its connection.
  */
 #ifndef LOCKSTEP_NBD_INTERNAL_H
 #define LOCKSTEP_NBD_INTERNAL_H
@@ -97,6 +97,31 @@ void nbdexp_foreach(void (*fn)(struct nbdexp *exp, void *opaque),
 /* Export size now (the node may be resized).  Any thread, attached. */
 uint64_t nbdexp_size(struct nbdexp *exp);
 
+/* ---- pool.c ----------------------------------------------------------- */
+
+/* Threads shared by all connections, at most this many. */
+#define NBDPOOL_MAX_THREADS 256
+
+/* Work for the pool: a connection.  run() gets the epoll events that woke
+ * it, or 0 when it was queued. */
+struct nbdpool_item {
+    void (*run)(struct nbdpool_item *it, uint32_t events);
+    bool watched;                    /* fd is in the epoll set */
+    TAILQ_ENTRY(nbdpool_item) qlink; /* run queue; pool.c's lock */
+};
+
+/* Start the pool (once) and make sure a thread waits for events. */
+void nbdpool_start(void);
+/* Arm fd (one-shot) for events; the item's owner gives up the item. */
+void nbdpool_watch(int fd, struct nbdpool_item *it, uint32_t events);
+/* Take fd out of the epoll set (before closing it). */
+void nbdpool_unwatch(int fd, struct nbdpool_item *it);
+/* Run the item on a pool thread soon. */
+void nbdpool_queue(struct nbdpool_item *it);
+/* Whether a thread may wait on one connection's socket for a while (the
+ * pool is well below its cap). */
+bool nbdpool_may_linger(void);
+
 /* ---- server.c --------------------------------------------------------- */
 
 bool nbdsrv_running(void);
@@ -111,17 +136,20 @@ bool nbdsrv_multi_conn_allowed(void);
 
 /*
  * One whole NBD session on in_fd (requests) and out_fd (replies; may be the
- * same socket), served against the registered exports by nthreads threads
- * (the caller's and nthreads - 1 more); 0 or 1 runs every request on the
- * calling thread (deterministic; the fuzzer).  Returns
- * when the client disconnects or breaks the protocol.  Any thread.
+ * same socket), served against the registered exports.  nthreads 0 or 1
+ * runs it on the calling thread with blocking I/O, every request inline
+ * (deterministic; the fuzzer; any fds).  More: served by the pool as an
+ * accepted connection is (in_fd == out_fd, a socket), without a handshake
+ * deadline.  Returns when the client disconnects or breaks the protocol;
+ * the fds stay the caller's.  Any thread.
  */
 void nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads);
 
 /*
  * Whole reads and writes on a session's fds: sockets without SIGPIPE, and
  * plain files or pipes too (the fuzzer).  0 or -errno (-ECONNRESET at
- * EOF).  Any thread.
+ * EOF).  A socket whose peer takes nothing for NBDSRV_SEND_TIMEOUT_SECS
+ * fails with -ETIMEDOUT.  Any thread.
  */
 int nbdsrv_read(int fd, void *buf, size_t len);
 int nbdsrv_write(int fd, const void *buf, size_t len);
@@ -130,6 +158,9 @@ int nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
                   size_t blen, const void *c, size_t clen);
 
 /* ---- handshake.c ------------------------------------------------------ */
+
+/* A client that reads none of our bytes for this long is dropped. */
+#define NBDSRV_SEND_TIMEOUT_SECS 30
 
 /* What negotiation agreed; filled by nbdsrv_handshake. */
 #define NBDSRV_CTX_BASE_ALLOCATION   0
@@ -149,13 +180,35 @@ struct nbdsrv_session {
     uint32_t *ctx_ids;
     size_t nctx;
     char *ctx_export;          /* the export the last SET named */
+
+    /* Negotiation I/O (handshake.c): the message being read and the
+     * replies not yet sent.  With nonblock, I/O that would wait returns
+     * to the caller instead (the pool serves the socket). */
+    bool nonblock;
+    int hs_state;
+    uint8_t hs_hdr[16];
+    size_t hs_got;
+    uint8_t *hs_data;
+    uint32_t hs_len;
+    uint8_t *obuf;
+    size_t opos, olen, ocap;
 };
 
+/* What nbdsrv_hs_step() needs next. */
+#define NBDSRV_HS_FAIL       -1  /* close the connection */
+#define NBDSRV_HS_DONE        0  /* transmission starts (s->exp attached) */
+#define NBDSRV_HS_WANT_READ   1  /* the client has to send more */
+#define NBDSRV_HS_WANT_WRITE  2  /* the client has to read our replies */
+
+/* Queue the greeting; then call nbdsrv_hs_step() until it is done. */
+void nbdsrv_hs_begin(struct nbdsrv_session *s);
 /*
- * Run the handshake.  Returns 0 when transmission starts (s->exp set and
- * attached), -1 when the connection must be closed (protocol violation,
- * ABORT, EOF, unknown export with EXPORT_NAME).  Any thread.
+ * Send what is queued, read and answer options until transmission starts
+ * or I/O would wait (only with s->nonblock).  FAIL on a protocol
+ * violation, ABORT, EOF, an unknown export with EXPORT_NAME.  Any thread.
  */
+int nbdsrv_hs_step(struct nbdsrv_session *s);
+/* The whole handshake with blocking I/O: 0 (transmission) or -1. */
 int nbdsrv_handshake(struct nbdsrv_session *s);
 void nbdsrv_session_clear(struct nbdsrv_session *s);
 

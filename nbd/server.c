@@ -1,17 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The NBD server: listening sockets (nbd-server-start/stop), one thread per
- * connection that negotiates and then reads requests, and a small pool of
- * worker threads per connection that run them on the export's block handle
- * and send the replies.
+ * The NBD server: listening sockets (nbd-server-start/stop), connections
+ * negotiated and served by the pool's shared threads (pool.c), requests
+ * run on the export's block handle.
  *
  * Design notes.
  *
- *   Threads: an accept thread per listening socket; per connection
- *   NBDSRV_THREADS threads (the connection thread, detached, starts the
- *   others after the handshake and joins them before it leaves).  Replies
- *   may go out of order; a reply (all chunks of it) is written under
- *   conn->write_lock, so replies never interleave within a byte stream.
+ *   Threads: one accept thread; the pool's threads, shared by every
+ *   connection (at most NBDPOOL_MAX_THREADS, and at most NBDSRV_CONN_THREADS
+ *   working for one connection).  A connection waiting for its client
+ *   (negotiating, or idle between requests) holds no thread: its socket
+ *   is armed in the pool's epoll set.  Replies may go out of order; a reply
+ *   (all chunks of it) is written under conn->write_lock, so replies never
+ *   interleave within a byte stream.
+ *
+ *   Negotiation (handshake.c) is non-blocking: each step reads what has
+ *   come and answers it.  A client gets handshake-max-seconds (default
+ *   10, as QEMU) from accept to the start of transmission; the accept
+ *   thread shuts down the sockets of those past their deadline (the list
+ *   of negotiating connections is in accept order, so in deadline order).
  *
  *   The reader role: one thread at a time reads requests (through a 64 KiB
  *   buffer, so a burst costs one read(2)) and runs each one itself.  On two
@@ -19,38 +26,49 @@
  *   most of the cost of a small request; QEMU avoids it with coroutines.
  *   When a request is about to sleep (util.h's thread_may_block(): a
  *   condition wait, I/O on a real device, the NBD client waiting for its
- *   server, a reply the client is slow to read) the reader first hands the
- *   role to an idle thread of the connection, which reads on while the
- *   first one waits; that thread rejoins the idle ones when its request is
- *   done.  So requests run in parallel exactly when they block, and up to
- *   NBDSRV_THREADS of them.  A request that sleeps without the hint (a
- *   contended mutex) only delays the reading of the next one.
+ *   server, a reply the client is slow to read) the reader first passes
+ *   the role on through the pool's run queue, and another thread reads on
+ *   while the first one waits; that thread returns to the pool when its
+ *   request is done.  So requests run in parallel exactly when they block.
+ *   When the socket has nothing to read, the reader busy-polls briefly,
+ *   then waits on the socket for up to NBDSRV_LINGER_MS (conn_recv_some),
+ *   and only then arms the socket in the epoll set and returns to the
+ *   pool: the thread epoll wakes for the next request reads it.
  *
- *   Flow control: at most NBDSRV_THREADS requests run at once, and the
- *   reader admits one only while the connection has fewer than
- *   NBDSRV_MAX_INFLIGHT bytes of payload (reads and writes) in flight, so a
- *   client flooding requests blocks itself, not the daemon.  A WRITE
+ *   Flow control: at most NBDSRV_CONN_THREADS requests of a connection run
+ *   at once, and the reader admits one only while the connection has fewer
+ *   than NBDSRV_MAX_INFLIGHT bytes of payload (reads and writes) in flight,
+ *   so a client flooding requests blocks itself, not the daemon.  A WRITE
  *   longer than the maximum payload (32 MiB) is a protocol violation
  *   (spec: may disconnect); everything else out of range gets an error
  *   reply.
  *
+ *   Bounded waits: a send waits for the client to take bytes at most
+ *   NBDSRV_SEND_TIMEOUT_SECS without progress, then the connection is
+ *   dropped; while one reply waits so, the others wait for write_lock
+ *   without passing the reader role on, so a client that stops reading
+ *   holds at most two threads.  A request's payload that comes slowly is
+ *   read as it comes (the reader role waits in the epoll set).
+ *
  *   Ending: EOF, a broken frame or NBD_CMD_DISC end the reader role;
  *   requests already running finish (DISC: "finish outstanding requests"),
  *   and once the socket is dead (write failure, shutdown by export
- *   deletion) nothing more is admitted.  When all threads are back the
- *   connection detaches from its export (the last use of it) and frees
- *   itself.
+ *   deletion) nothing more is admitted.  When the last thread working for
+ *   the connection leaves, it detaches from its export (the last use of
+ *   it) and frees the connection.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -61,16 +79,18 @@
 #include "nbd/server.h"
 #include "util.h"
 
-#define NBDSRV_THREADS      8
+#define NBDSRV_CONN_THREADS 8
 #define NBDSRV_RBUF         (64 * 1024)
-/* Busy-polling before a sleep (conn_refill): from MIN, doubling up to MAX
- * while sleeps end within GROW. */
+/* Busy-polling before the reader role sleeps (conn_recv_some): from MIN,
+ * doubling up to MAX while sleeps end within GROW. */
 #define NBDSRV_POLL_MIN_NS  4000
 #define NBDSRV_POLL_MAX_NS  32000
 #define NBDSRV_POLL_GROW_NS 128000
+/* Then a thread waits this long for the next request before the reader
+ * role goes to the epoll set. */
+#define NBDSRV_LINGER_MS    20
 #define NBDSRV_MAX_INFLIGHT (64U * 1024 * 1024)
 #define NBDSRV_MAX_LISTENERS 8
-#define NBDSRV_HANDSHAKE_SECS 10
 /* Extents per BLOCK_STATUS chunk without REQ_ONE (spec: SHOULD NOT
  * exceed 2^20; fewer is fine, the client asks again for the rest). */
 #define NBDSRV_MAX_STATUS_EXTENTS 16384
@@ -87,15 +107,38 @@ nbdsrv_read(int fd, void *buf, size_t len)
     return read_full(fd, buf, len);
 }
 
-int
-nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
-              size_t blen, const void *c, size_t clen)
+/* Wait until fd takes bytes, at most until *deadline (set on the first
+ * wait after progress).  0 or -errno (-ETIMEDOUT). */
+static int
+wait_writable(int fd, int64_t *deadline, bool *stalled)
 {
-    struct iovec iov[3] = {
-        {(void *)a, alen}, {(void *)b, blen}, {(void *)c, clen},
-    };
-    struct iovec *v = iov;
-    int n = 3;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int64_t now = clock_ns();
+
+    if (*deadline == 0) {
+        *deadline = now + NBDSRV_SEND_TIMEOUT_SECS * 1000000000LL;
+    }
+    if (now >= *deadline) {
+        return -ETIMEDOUT;
+    }
+    thread_may_block();   /* the client is slow to read replies */
+    if (stalled) {
+        __atomic_store_n(stalled, true, __ATOMIC_RELAXED);
+    }
+    if (poll(&p, 1, (int)((*deadline - now) / 1000000 + 1)) < 0 &&
+        errno != EINTR) {
+        return -errno;
+    }
+    return 0;
+}
+
+/* nbdsrv_writev; *stalled (when given) is set while a send waits for the
+ * client and cleared when it is done. */
+static int
+sendv(int fd, struct iovec *v, int n, bool *stalled)
+{
+    int64_t deadline = 0;
+    int ret = 0;
 
     while (n > 0) {
         struct msghdr msg = {.msg_iov = v, .msg_iovlen = (size_t)n};
@@ -107,19 +150,24 @@ nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
             continue;
         }
         r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            thread_may_block();   /* the client is slow to read replies */
-            r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        }
         if (r < 0 && errno == ENOTSOCK) {
             r = writev(fd, v, n);
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ret = wait_writable(fd, &deadline, stalled);
+            if (ret < 0) {
+                break;
+            }
+            continue;
         }
         if (r < 0) {
             if (errno == EINTR) {
                 continue;
             }
-            return -errno;
+            ret = -errno;
+            break;
         }
+        deadline = 0;   /* progress: the client gets a new timeout */
         while (r > 0 && n > 0) {
             if ((size_t)r >= v->iov_len) {
                 r -= (ssize_t)v->iov_len;
@@ -133,7 +181,21 @@ nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
             }
         }
     }
-    return 0;
+    if (stalled) {
+        __atomic_store_n(stalled, false, __ATOMIC_RELAXED);
+    }
+    return ret;
+}
+
+int
+nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
+              size_t blen, const void *c, size_t clen)
+{
+    struct iovec iov[3] = {
+        {(void *)a, alen}, {(void *)b, blen}, {(void *)c, clen},
+    };
+
+    return sendv(fd, iov, 3, NULL);
 }
 
 int
@@ -155,47 +217,73 @@ struct nbdsrv_req {
     bool nomem;          /* no memory for the payload: fail it */
 };
 
+/* nbdsrv_serve_fds() waits here for its connection to end. */
+struct serve_wait {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
 struct nbdsrv_conn {
     struct nbdsrv_session s;
-    int fd;              /* socket (== in_fd), -1 in fd-pair mode */
-    int nthreads;        /* threads serving this connection, >= 1 */
-    pthread_t *threads;  /* [0] unused: the connection thread itself */
+    struct nbdpool_item item;    /* pool mode: the socket's epoll item */
+    int fd;              /* socket (== in_fd) in pool mode, else -1 */
+    bool owns_fd;        /* accepted here: closed when the connection ends */
+    bool transmission;   /* negotiation is over (the item's owner) */
+    int64_t deadline;    /* end of negotiation allowed (ns), 0: none */
+    struct serve_wait *waiter;   /* nbdsrv_serve_fds in pool mode */
 
-    /* Replies.  Protected by: write_lock. */
+    /* Replies.  Protected by: write_lock.  send_stalled: atomic. */
     pthread_mutex_t write_lock;
+    bool send_stalled;           /* a reply waits for the client to read */
 
-    /* The reader role and flow control.  Protected by: lock. */
+    /* Threads and flow control.  Protected by: lock. */
     pthread_mutex_t lock;
-    pthread_cond_t role_cond;    /* idle threads wait for the reader role */
     pthread_cond_t space_cond;   /* the reader waits for room */
-    bool reading;                /* a thread holds the reader role */
+    int busy;                    /* threads working for the connection */
+    bool reader_wanted;          /* the role waits for one of them */
     uint64_t inflight;           /* payload bytes admitted, not replied */
-    bool quit;                   /* the stream ended: threads leave */
+    bool quit;                   /* the stream ended: admit nothing */
     bool dead;                   /* socket unusable: admit nothing more */
 
-    /* Reader role only: bytes read ahead from in_fd; busy-poll time. */
+    /* Reader role only: bytes read ahead from in_fd; how to wait for the
+     * client; the request being read when the socket ran dry. */
     uint8_t *rbuf;
     size_t rpos, rlen;
     int64_t poll_ns;
+    int64_t wait_start;          /* when the last wait for data began */
+    bool linger;                 /* that wait ended within the linger */
+    uint8_t hdr[28];
+    size_t hdr_got;
+    struct nbdsrv_req *req;      /* admitted; its payload being read */
+    size_t pay_got;
 
     /* Protected by: g_nbdsrv_lock. */
     TAILQ_ENTRY(nbdsrv_conn) link;
+    TAILQ_ENTRY(nbdsrv_conn) hs_link;   /* in g_handshakes */
+    bool in_handshakes;
 };
 
 struct nbdsrv_listener {
     int fd;
-    pthread_t thread;
     bool tcp;
 };
 
 /* Protected by: g_nbdsrv_lock. */
 static TAILQ_HEAD(, nbdsrv_conn) g_conns = TAILQ_HEAD_INITIALIZER(g_conns);
+/* Negotiating connections with a deadline, oldest (first due) first. */
+static TAILQ_HEAD(, nbdsrv_conn) g_handshakes =
+    TAILQ_HEAD_INITIALIZER(g_handshakes);
 static unsigned g_nconns;
 static bool g_running;
 static int64_t g_max_connections;
-/* Main thread only. */
+static int64_t g_handshake_ns;
+/* Main thread only (the accept thread reads them while it runs). */
 static struct nbdsrv_listener g_listeners[NBDSRV_MAX_LISTENERS];
 static int g_nlisteners;
+static pthread_t g_accept_thread;
+/* Wakes the accept thread: stop, a free slot, a new deadline. */
+static int g_accept_kick = -1;
 
 bool
 nbdsrv_running(void)
@@ -240,6 +328,17 @@ nbdsrv_wait_conns_locked(struct nbdexp *exp)
     }
 }
 
+static void
+accept_kick(void)
+{
+    uint64_t one = 1;
+
+    if (g_accept_kick >= 0 &&
+        write(g_accept_kick, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, the thread wakes anyway */
+    }
+}
+
 /* Mark the connection dead after a failed write: the reader stops too. */
 static void
 conn_kill(struct nbdsrv_conn *conn)
@@ -251,15 +350,32 @@ conn_kill(struct nbdsrv_conn *conn)
     shutdown(conn->s.in_fd, SHUT_RDWR);
 }
 
+/* A reply's bytes: the socket's send timeout applies. */
+static int
+conn_writev(struct nbdsrv_conn *conn, const void *a, size_t alen,
+            const void *b, size_t blen, const void *c, size_t clen)
+{
+    struct iovec iov[3] = {
+        {(void *)a, alen}, {(void *)b, blen}, {(void *)c, clen},
+    };
+
+    return sendv(conn->s.out_fd, iov, 3, &conn->send_stalled);
+}
+
 /* ---- Replies ---------------------------------------------------------- */
 
 /* Take write_lock.  Its holder may be stuck sending to a client that is
  * slow to read, so waiting for it counts as blocking (the reader role
- * moves on first). */
+ * moves on first), unless the holder is already waiting for the client:
+ * then reading more of its requests would only queue more replies. */
 static void
 reply_lock(struct nbdsrv_conn *conn)
 {
-    mutex_lock_may_block(&conn->write_lock);
+    if (__atomic_load_n(&conn->send_stalled, __ATOMIC_RELAXED)) {
+        mutex_lock(&conn->write_lock);
+    } else {
+        mutex_lock_may_block(&conn->write_lock);
+    }
 }
 
 static void
@@ -273,8 +389,8 @@ send_simple(struct nbdsrv_conn *conn, struct nbdsrv_req *req, uint32_t err,
     put_be32(hdr + 4, err);
     put_be64(hdr + 8, req->cookie);
     reply_lock(conn);
-    ret = nbdsrv_writev(conn->s.out_fd, hdr, sizeof(hdr), data,
-                        err ? 0 : len, NULL, 0);
+    ret = conn_writev(conn, hdr, sizeof(hdr), data,
+                      err ? 0 : len, NULL, 0);
     mutex_unlock(&conn->write_lock);
     if (ret < 0) {
         conn_kill(conn);
@@ -294,7 +410,7 @@ send_chunk_locked(struct nbdsrv_conn *conn, struct nbdsrv_req *req,
     put_be16(hdr + 6, type);
     put_be64(hdr + 8, req->cookie);
     put_be32(hdr + 16, (uint32_t)(alen + blen));
-    return nbdsrv_writev(conn->s.out_fd, hdr, sizeof(hdr), a, alen, b, blen);
+    return conn_writev(conn, hdr, sizeof(hdr), a, alen, b, blen);
 }
 
 static void
@@ -631,15 +747,18 @@ req_done(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 
 /* ---- The reader ------------------------------------------------------- */
 
-/* Receive into the empty read-ahead buffer without sleeping, for up to
- * ns nanoseconds.  -2 when nothing came in time, else what recv said. */
+/* What reading toward the next request gave. */
+enum { RD_REQUEST, RD_AGAIN, RD_END };
+
+/* Receive into buf without sleeping, for up to ns nanoseconds.  -2 when
+ * nothing came in time, else what recv said. */
 static ssize_t
-conn_poll_recv(struct nbdsrv_conn *conn, int64_t ns)
+conn_poll_recv(struct nbdsrv_conn *conn, void *buf, size_t len, int64_t ns)
 {
     int64_t end = clock_ns() + ns;
 
     for (;;) {
-        ssize_t r = recv(conn->fd, conn->rbuf, NBDSRV_RBUF, MSG_DONTWAIT);
+        ssize_t r = recv(conn->fd, buf, len, MSG_DONTWAIT);
 
         if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
             return r;
@@ -651,114 +770,135 @@ conn_poll_recv(struct nbdsrv_conn *conn, int64_t ns)
     }
 }
 
-/*
- * Refill the empty read-ahead buffer.  Busy-poll first, then sleep in
- * read(): a client that answers within microseconds (queue depth 1) would
- * otherwise pay for waking a sleeping thread, which in a VM (an idle vCPU
- * halts) is tens of microseconds.  The poll time adapts as QEMU's
- * iothread polling does: it grows while the requests that needed a sleep
- * came soon after all, and drops to zero when one took long, so an idle
- * or slow client costs no CPU.
- */
-static ssize_t
-conn_refill(struct nbdsrv_conn *conn)
+/* The last wait for the client (from when the busy-poll gave up) set the
+ * poll time, as QEMU's iothread polling does: it grows while waits end
+ * soon after the poll gave up and drops to zero when one took long.  And
+ * whether the next wait lingers: only if this one ended within the
+ * linger time, so idle clients cost no thread at all. */
+static void
+conn_adapt_wait(struct nbdsrv_conn *conn)
 {
-    int64_t t0, waited;
-    ssize_t r;
+    int64_t waited = clock_ns() - conn->wait_start;
 
-    if (conn->fd < 0) {
-        return read(conn->s.in_fd, conn->rbuf, NBDSRV_RBUF);
-    }
-    if (conn->poll_ns > 0) {
-        r = conn_poll_recv(conn, conn->poll_ns);
-        if (r != -2) {
-            return r;
-        }
-    }
-    t0 = clock_ns();
-    r = read(conn->s.in_fd, conn->rbuf, NBDSRV_RBUF);
-    waited = clock_ns() - t0 + conn->poll_ns;
-    if (waited <= NBDSRV_POLL_GROW_NS) {
+    if (waited + conn->poll_ns <= NBDSRV_POLL_GROW_NS) {
         conn->poll_ns = conn->poll_ns ?
             MIN(conn->poll_ns * 2, NBDSRV_POLL_MAX_NS) : NBDSRV_POLL_MIN_NS;
     } else {
         conn->poll_ns = 0;
     }
+    conn->linger = waited < NBDSRV_LINGER_MS * 1000000LL;
+}
+
+/*
+ * Some bytes of the request stream into buf; -2 when none came (the
+ * reader role then waits in the epoll set).  Busy-poll first: a client
+ * that answers within microseconds (queue depth 1) would otherwise pay
+ * for waking a sleeping thread, which in a VM (an idle vCPU halts) is
+ * tens of microseconds.  Then, for a client whose last request came
+ * within NBDSRV_LINGER_MS, the thread waits on this socket that long
+ * before it gives the reader role to the epoll set: a busy client costs
+ * one wake-up and one recv per wait, as a blocking read did, and the same
+ * thread serves it on (the pool lends a thread so only while well below
+ * its cap).  Without the pool (fd mode), a plain read.
+ */
+static ssize_t
+conn_recv_some(struct nbdsrv_conn *conn, void *buf, size_t len)
+{
+    struct pollfd p = {.fd = conn->fd, .events = POLLIN};
+    ssize_t r;
+
+    if (conn->fd < 0) {
+        return read(conn->s.in_fd, buf, len);
+    }
+    r = conn_poll_recv(conn, buf, len, conn->poll_ns);
+    if (r != -2) {
+        return r;
+    }
+    conn->wait_start = clock_ns();
+    if (!conn->linger || !nbdpool_may_linger() ||
+        poll(&p, 1, NBDSRV_LINGER_MS) <= 0) {
+        return -2;
+    }
+    r = recv(conn->fd, buf, len, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return -2;
+    }
+    conn_adapt_wait(conn);
     return r;
 }
 
-/* len bytes of the request stream: the read-ahead buffer first.  0 or -1
- * (EOF, error). */
+/* want bytes of the request stream into dst + *got: the read-ahead buffer
+ * first.  1 when complete, 0 when the socket ran dry, -1 at EOF or on an
+ * error. */
 static int
-conn_recv(struct nbdsrv_conn *conn, void *buf, size_t len)
+conn_fill(struct nbdsrv_conn *conn, uint8_t *dst, size_t want, size_t *got)
 {
-    uint8_t *p = buf;
-
-    while (len > 0) {
+    while (*got < want) {
+        size_t need = want - *got;
         ssize_t r;
 
         if (conn->rpos < conn->rlen) {
-            size_t n = MIN(len, conn->rlen - conn->rpos);
+            size_t n = MIN(need, conn->rlen - conn->rpos);
 
-            memcpy(p, conn->rbuf + conn->rpos, n);
+            memcpy(dst + *got, conn->rbuf + conn->rpos, n);
             conn->rpos += n;
-            p += n;
-            len -= n;
+            *got += n;
             continue;
         }
-        if (len >= NBDSRV_RBUF / 2) {
-            return nbdsrv_read(conn->s.in_fd, p, len);   /* big payload */
+        if (need >= NBDSRV_RBUF / 2) {
+            r = conn_recv_some(conn, dst + *got, need);   /* big payload */
+            if (r > 0) {
+                *got += (size_t)r;
+            }
+        } else {
+            r = conn_recv_some(conn, conn->rbuf, NBDSRV_RBUF);
+            if (r > 0) {
+                conn->rpos = 0;
+                conn->rlen = (size_t)r;
+            }
         }
-        r = conn_refill(conn);
+        if (r == -2) {
+            return 0;
+        }
         if (r < 0 && errno == EINTR) {
             continue;
         }
         if (r <= 0) {
             return -1;
         }
-        conn->rpos = 0;
-        conn->rlen = (size_t)r;
     }
-    return 0;
+    return 1;
 }
 
-/* The WRITE payload into req->data.  Without memory for it the payload
- * is swallowed and the request marked to fail with ENOMEM. */
+/* The rest of a WRITE payload into req->data; without memory for it the
+ * payload is swallowed (the request fails with ENOMEM).  As conn_fill. */
 static int
 read_payload(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 {
-    uint8_t sink[4096];
-    uint32_t left = req->len;
-
-    req->data = malloc(req->len);
     if (req->data) {
-        return conn_recv(conn, req->data, req->len);
+        return conn_fill(conn, req->data, req->len, &conn->pay_got);
     }
-    while (left) {
-        uint32_t n = MIN(left, (uint32_t)sizeof(sink));
+    while (conn->pay_got < req->len) {
+        uint8_t sink[4096];
+        size_t got = 0;
+        int r = conn_fill(conn, sink,
+                          MIN(req->len - conn->pay_got, sizeof(sink)), &got);
 
-        if (conn_recv(conn, sink, n) < 0) {
-            return -1;
+        conn->pay_got += got;
+        if (r <= 0) {
+            return r;
         }
-        left -= n;
     }
-    req->nomem = true;
-    return 0;
+    return 1;
 }
 
-/* The next request, admitted and with its payload; NULL when the stream
- * ends (EOF, a broken frame, DISC, a dead socket). */
+/* A request from its header; NULL when the stream must end (DISC, a
+ * WRITE larger than we buffer). */
 static struct nbdsrv_req *
-read_request(struct nbdsrv_conn *conn)
+parse_request(const uint8_t *hdr)
 {
-    uint8_t hdr[28];
-    struct nbdsrv_req *req;
+    struct nbdsrv_req *req = xzalloc(sizeof(*req));
 
-    if (conn_recv(conn, hdr, sizeof(hdr)) < 0 ||
-        get_be32(hdr) != NBD_REQUEST_MAGIC) {
-        return NULL;
-    }
-    req = xzalloc(sizeof(*req));
     req->flags = get_be16(hdr + 4);
     req->type = get_be16(hdr + 6);
     req->cookie = get_be64(hdr + 8);
@@ -774,32 +914,77 @@ read_request(struct nbdsrv_conn *conn)
     } else if (req->type == NBD_CMD_BLOCK_STATUS) {
         req->cost = NBDSRV_STATUS_COST;
     }
+    return req;
+}
 
-    /* Admission: bounded bytes in flight, but always one request. */
-    mutex_lock(&conn->lock);
+/* Admission: bounded bytes in flight, but always one request.  The wait
+ * ends when requests of this connection finish.  False when the
+ * connection died meanwhile. */
+static bool
+admit(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
+{
+    SCOPED_LOCK(&conn->lock);
     while (!conn->dead && conn->inflight > 0 &&
            conn->inflight + req->cost > NBDSRV_MAX_INFLIGHT) {
         cond_wait(&conn->space_cond, &conn->lock);
     }
     if (conn->dead) {
-        mutex_unlock(&conn->lock);
-        free(req);
-        return NULL;
+        return false;
     }
     conn->inflight += req->cost;
-    mutex_unlock(&conn->lock);
-
-    if (req->type == NBD_CMD_WRITE && req->len &&
-        read_payload(conn, req) < 0) {
-        req_done(conn, req);
-        return NULL;
-    }
-    return req;
+    return true;
 }
 
-/* The blocking hook (util.h) of a reader running a request: give the
- * reader role to an idle thread of the connection before sleeping.
- * Locks: takes conn->lock, which is never held around block calls. */
+/* Read toward the next request, admitted and with its payload, in *out.
+ * RD_AGAIN when the socket ran dry (what was read is kept for the next
+ * call), RD_END when the stream ends (EOF, a broken frame, DISC, a dead
+ * socket). */
+static int
+read_request(struct nbdsrv_conn *conn, struct nbdsrv_req **out)
+{
+    struct nbdsrv_req *req = conn->req;
+    int r;
+
+    if (!req) {
+        r = conn_fill(conn, conn->hdr, sizeof(conn->hdr), &conn->hdr_got);
+        if (r <= 0) {
+            return r == 0 ? RD_AGAIN : RD_END;
+        }
+        conn->hdr_got = 0;
+        if (get_be32(conn->hdr) != NBD_REQUEST_MAGIC) {
+            return RD_END;
+        }
+        req = parse_request(conn->hdr);
+        if (!req) {
+            return RD_END;
+        }
+        if (!admit(conn, req)) {
+            free(req);
+            return RD_END;
+        }
+        if (req->type == NBD_CMD_WRITE && req->len) {
+            req->data = malloc(req->len);
+            req->nomem = !req->data;
+        }
+        conn->req = req;
+        conn->pay_got = 0;
+    }
+    if (req->type == NBD_CMD_WRITE && req->len) {
+        r = read_payload(conn, req);
+        if (r <= 0) {
+            return r == 0 ? RD_AGAIN : RD_END;
+        }
+    }
+    conn->req = NULL;
+    *out = req;
+    return RD_REQUEST;
+}
+
+/* The blocking hook (util.h) of a reader running a request: pass the
+ * reader role on before sleeping, through the pool's run queue, or to the
+ * next thread of this connection to finish when NBDSRV_CONN_THREADS
+ * already work for it.  Locks: conn->lock and the pool's, which are never
+ * held around block calls. */
 struct reader_turn {
     struct nbdsrv_conn *conn;
     bool handed_off;
@@ -810,12 +995,20 @@ reader_hand_off(void *opaque)
 {
     struct reader_turn *turn = opaque;
     struct nbdsrv_conn *conn = turn->conn;
+    bool queue = false;
 
     mutex_lock(&conn->lock);
-    conn->reading = false;
-    cond_signal(&conn->role_cond);
+    if (conn->busy < NBDSRV_CONN_THREADS) {
+        conn->busy++;            /* the thread that will take it */
+        queue = true;
+    } else {
+        conn->reader_wanted = true;
+    }
     mutex_unlock(&conn->lock);
     turn->handed_off = true;
+    if (queue) {
+        nbdpool_queue(&conn->item);
+    }
 }
 
 static void
@@ -826,141 +1019,192 @@ run_request(struct nbdsrv_conn *conn, struct nbdsrv_req *req,
         reply_error(conn, req, NBD_ENOMEM, "out of memory");
         return;
     }
-    if (conn->nthreads > 1) {
+    if (turn) {
         thread_set_block_hook(reader_hand_off, turn);
     }
     handle_request(conn, req);
     thread_set_block_hook(NULL, NULL);
 }
 
+static void
+conn_quit(struct nbdsrv_conn *conn)
+{
+    mutex_lock(&conn->lock);
+    conn->quit = true;
+    mutex_unlock(&conn->lock);
+}
+
 /* Hold the reader role: read requests and run each on this thread until
- * one blocks (then another thread reads on; true) or the stream ends
- * (false). */
-static bool
+ * one blocks (the role went on), the socket runs dry (the role waits in
+ * the epoll set) or the stream ends.  The thread stays counted in busy. */
+static void
 reader_loop(struct nbdsrv_conn *conn)
 {
     struct reader_turn turn = {.conn = conn};
 
     while (!turn.handed_off) {
-        struct nbdsrv_req *req = read_request(conn);
+        struct nbdsrv_req *req;
+        int r = read_request(conn, &req);
 
-        if (!req) {
-            return false;
+        if (r == RD_AGAIN) {
+            nbdpool_watch(conn->fd, &conn->item, EPOLLIN);
+            return;
+        }
+        if (r == RD_END) {
+            conn_quit(conn);
+            return;
         }
         run_request(conn, req, &turn);
         req_done(conn, req);
     }
-    return true;
 }
 
-/* Every thread of a connection: wait for the reader role, take it, and
- * come back here whenever a request it ran blocked. */
-static void *
-conn_thread_loop(void *opaque)
-{
-    struct nbdsrv_conn *conn = opaque;
+static void conn_finish(struct nbdsrv_conn *conn);
 
+/* A thread is done working for the connection: it takes the reader role
+ * if that waits for it, else leaves; the last one out after the stream
+ * ended frees the connection. */
+static void
+conn_leave(struct nbdsrv_conn *conn)
+{
     for (;;) {
+        bool last;
+
         mutex_lock(&conn->lock);
-        while (conn->reading && !conn->quit) {
-            cond_wait(&conn->role_cond, &conn->lock);
-        }
-        if (conn->quit) {
+        if (conn->reader_wanted) {
+            conn->reader_wanted = false;
             mutex_unlock(&conn->lock);
-            return NULL;
+            reader_loop(conn);
+            continue;
         }
-        conn->reading = true;
+        last = --conn->busy == 0 && conn->quit;
         mutex_unlock(&conn->lock);
-        if (!reader_loop(conn)) {
-            mutex_lock(&conn->lock);
-            conn->quit = true;
-            cond_broadcast(&conn->role_cond);
-            mutex_unlock(&conn->lock);
-            return NULL;
+        if (last) {
+            conn_finish(conn);
         }
-    }
-}
-
-/* Socket receive timeout in seconds; 0 = none.  Ignored for non-sockets
- * (the fuzzer's files). */
-static void
-conn_set_rcvtimeo(struct nbdsrv_conn *conn, int secs)
-{
-    struct timeval tv = {.tv_sec = secs};
-
-    if (conn->fd >= 0) {
-        setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    }
-}
-
-static void
-conn_run(struct nbdsrv_conn *conn)
-{
-    /* A client gets NBDSRV_HANDSHAKE_SECS to finish negotiating, so that
-     * idle sockets cannot hold connection slots forever (QEMU: 10 s). */
-    conn_set_rcvtimeo(conn, NBDSRV_HANDSHAKE_SECS);
-    if (nbdsrv_handshake(&conn->s) < 0) {
         return;
     }
-    conn_set_rcvtimeo(conn, 0);
+}
+
+/* Negotiation is over: the connection leaves the deadline list and this
+ * thread becomes its reader. */
+static void
+conn_start_transmission(struct nbdsrv_conn *conn)
+{
+    mutex_lock(&g_nbdsrv_lock);
+    if (conn->in_handshakes) {
+        TAILQ_REMOVE(&g_handshakes, conn, hs_link);
+        conn->in_handshakes = false;
+    }
+    mutex_unlock(&g_nbdsrv_lock);
     conn->rbuf = xmalloc(NBDSRV_RBUF);
-    conn->threads = xcalloc((size_t)conn->nthreads, sizeof(pthread_t));
-    for (int i = 1; i < conn->nthreads; i++) {
-        thread_create(&conn->threads[i], "nbd-conn", conn_thread_loop, conn);
+    conn->transmission = true;
+    mutex_lock(&conn->lock);
+    conn->busy = 1;
+    mutex_unlock(&conn->lock);
+}
+
+/* The pool's entry point for a connection: a negotiation step, the
+ * reader role back from the epoll set (events), or passed on by a request
+ * that blocked (queued: already counted in busy). */
+static void
+conn_run(struct nbdpool_item *it, uint32_t events)
+{
+    struct nbdsrv_conn *conn = container_of(it, struct nbdsrv_conn, item);
+
+    if (!conn->transmission) {
+        switch (nbdsrv_hs_step(&conn->s)) {
+        case NBDSRV_HS_WANT_READ:
+            nbdpool_watch(conn->fd, &conn->item, EPOLLIN);
+            return;
+        case NBDSRV_HS_WANT_WRITE:
+            nbdpool_watch(conn->fd, &conn->item, EPOLLOUT);
+            return;
+        case NBDSRV_HS_DONE:
+            conn_start_transmission(conn);
+            break;
+        default:
+            conn_finish(conn);
+            return;
+        }
+    } else if (events) {
+        mutex_lock(&conn->lock);
+        conn->busy++;
+        mutex_unlock(&conn->lock);
+        conn_adapt_wait(conn);   /* the role is back from the epoll set */
     }
-    conn_thread_loop(conn);
-    for (int i = 1; i < conn->nthreads; i++) {
-        thread_join(conn->threads[i]);
-    }
-    free(conn->threads);
-    conn->threads = NULL;
-    free(conn->rbuf);
-    conn->rbuf = NULL;
+    reader_loop(conn);
+    conn_leave(conn);
 }
 
 static struct nbdsrv_conn *
-conn_new(int in_fd, int out_fd, int fd, int nthreads)
+conn_new(int in_fd, int out_fd, int fd)
 {
     struct nbdsrv_conn *conn = xzalloc(sizeof(*conn));
 
     conn->s.in_fd = in_fd;
     conn->s.out_fd = out_fd;
     conn->fd = fd;
-    conn->nthreads = MAX(nthreads, 1);
+    conn->item.run = conn_run;
     mutex_init(&conn->write_lock);
     mutex_init(&conn->lock);
-    cond_init(&conn->role_cond);
     cond_init(&conn->space_cond);
     return conn;
 }
 
-/* Detach from the export and the connection list, then free.  After the
- * list removal the main thread no longer waits for us. */
+/* Leave the connection list, free, then detach from the export and
+ * uncount: whoever waits for connections to end (export deletion,
+ * shutdown) goes on only once the memory is freed. */
 static void
 conn_finish(struct nbdsrv_conn *conn)
 {
+    struct serve_wait *w = conn->waiter;
+    struct nbdexp *exp;
+    bool was_full;
+
+    if (conn->req) {
+        req_done(conn, conn->req);
+        conn->req = NULL;
+    }
     nbdsrv_session_clear(&conn->s);
     if (conn->fd >= 0) {
         shutdown(conn->fd, SHUT_RDWR);
+        nbdpool_unwatch(conn->fd, &conn->item);
     }
     mutex_lock(&g_nbdsrv_lock);
     TAILQ_REMOVE(&g_conns, conn, link);
-    g_nconns--;
-    if (conn->s.exp) {
-        assert(conn->s.exp->nconns > 0);
-        conn->s.exp->nconns--;
-        conn->s.exp = NULL;
+    if (conn->in_handshakes) {
+        TAILQ_REMOVE(&g_handshakes, conn, hs_link);
     }
-    cond_broadcast(&g_nbdsrv_cond);
+    exp = conn->s.exp;
     mutex_unlock(&g_nbdsrv_lock);
-    if (conn->fd >= 0) {
+    if (conn->owns_fd) {
         close(conn->fd);
     }
     mutex_destroy(&conn->write_lock);
     mutex_destroy(&conn->lock);
-    cond_destroy(&conn->role_cond);
     cond_destroy(&conn->space_cond);
+    free(conn->rbuf);
     free(conn);
+
+    mutex_lock(&g_nbdsrv_lock);
+    was_full = g_max_connections > 0 && g_nconns == g_max_connections;
+    g_nconns--;
+    if (exp) {
+        assert(exp->nconns > 0);
+        exp->nconns--;
+    }
+    cond_broadcast(&g_nbdsrv_cond);
+    if (was_full) {
+        accept_kick();   /* a slot is free: accept again */
+    }
+    mutex_unlock(&g_nbdsrv_lock);
+    if (w) {
+        mutex_lock(&w->lock);
+        w->done = true;
+        cond_broadcast(&w->cond);
+        mutex_unlock(&w->lock);
+    }
 }
 
 static void
@@ -969,75 +1213,173 @@ conn_register(struct nbdsrv_conn *conn)
     mutex_lock(&g_nbdsrv_lock);
     TAILQ_INSERT_TAIL(&g_conns, conn, link);
     g_nconns++;
+    if (conn->deadline) {
+        TAILQ_INSERT_TAIL(&g_handshakes, conn, hs_link);
+        conn->in_handshakes = true;
+    }
     mutex_unlock(&g_nbdsrv_lock);
+}
+
+/* The whole session on the calling thread with blocking I/O. */
+static void
+serve_inline(struct nbdsrv_conn *conn)
+{
+    struct nbdsrv_req *req;
+
+    if (nbdsrv_handshake(&conn->s) < 0) {
+        return;
+    }
+    conn->rbuf = xmalloc(NBDSRV_RBUF);
+    conn->transmission = true;
+    while (read_request(conn, &req) == RD_REQUEST) {
+        run_request(conn, req, NULL);
+        req_done(conn, req);
+    }
 }
 
 void
 nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads)
 {
-    struct nbdsrv_conn *conn = conn_new(in_fd, out_fd, -1, nthreads);
+    struct nbdsrv_conn *conn;
+    struct serve_wait w = {.done = false};
 
+    if (nthreads <= 1) {
+        conn = conn_new(in_fd, out_fd, -1);
+        conn_register(conn);
+        serve_inline(conn);
+        conn_finish(conn);
+        return;
+    }
+    assert(in_fd == out_fd);
+    nbdpool_start();
+    mutex_init(&w.lock);
+    cond_init(&w.cond);
+    conn = conn_new(in_fd, out_fd, in_fd);
+    conn->waiter = &w;
+    conn->s.nonblock = true;
     conn_register(conn);
-    conn_run(conn);
-    conn_finish(conn);
-}
-
-static void *
-conn_thread(void *opaque)
-{
-    struct nbdsrv_conn *conn = opaque;
-
-    conn_run(conn);
-    conn_finish(conn);
-    return NULL;
+    nbdsrv_hs_begin(&conn->s);
+    nbdpool_queue(&conn->item);
+    mutex_lock(&w.lock);
+    while (!w.done) {
+        cond_wait(&w.cond, &w.lock);
+    }
+    mutex_unlock(&w.lock);
+    mutex_destroy(&w.lock);
+    cond_destroy(&w.cond);
 }
 
 /* ---- Listening -------------------------------------------------------- */
 
-static void *
-accept_thread(void *opaque)
+/* Shut down the sockets of negotiating connections past their deadline
+ * (their next step sees EOF and ends them).  Returns the milliseconds
+ * until the next deadline, -1 for none.  Caller holds g_nbdsrv_lock. */
+static int
+expire_handshakes_locked(void)
 {
-    struct nbdsrv_listener *l = opaque;
+    int64_t now = clock_ns();
+    struct nbdsrv_conn *conn;
 
+    while ((conn = TAILQ_FIRST(&g_handshakes))) {
+        if (conn->deadline > now) {
+            return (int)((conn->deadline - now) / 1000000 + 1);
+        }
+        TAILQ_REMOVE(&g_handshakes, conn, hs_link);
+        conn->in_handshakes = false;
+        shutdown(conn->fd, SHUT_RDWR);
+    }
+    return -1;
+}
+
+/* Is a connection slot free (max-connections)? */
+static bool
+have_room_locked(void)
+{
+    return g_max_connections == 0 || g_nconns < (uint64_t)g_max_connections;
+}
+
+static bool
+have_room(void)
+{
+    SCOPED_LOCK(&g_nbdsrv_lock);
+    return have_room_locked();
+}
+
+/* A new client: negotiation starts on the pool. */
+static void
+accept_one(struct nbdsrv_listener *l)
+{
+    struct nbdsrv_conn *conn;
+    int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+
+    if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+            errno == ENOMEM) {
+            usleep(100 * 1000);   /* out of resources: back off */
+        }
+        return;   /* EAGAIN, ECONNABORTED, EINTR: next round */
+    }
+    if (l->tcp) {
+        int one = 1;
+
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    conn = conn_new(fd, fd, fd);
+    conn->owns_fd = true;
+    conn->s.nonblock = true;
+    mutex_lock(&g_nbdsrv_lock);
+    if (g_handshake_ns > 0) {
+        conn->deadline = clock_ns() + g_handshake_ns;
+    }
+    mutex_unlock(&g_nbdsrv_lock);
+    conn_register(conn);
+    nbdsrv_hs_begin(&conn->s);
+    nbdpool_queue(&conn->item);
+}
+
+/*
+ * The accept thread: accepts while there is room (at max-connections it
+ * stops, as QEMU does, and new clients wait in the listen backlog until
+ * one leaves) and enforces the negotiation deadlines.
+ */
+static void *
+accept_thread(void *opaque UNUSED)
+{
     for (;;) {
-        struct nbdsrv_conn *conn;
-        pthread_attr_t attr;
-        pthread_t t;
-        bool full;
-        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+        struct pollfd p[NBDSRV_MAX_LISTENERS + 1];
+        int timeout;
+        bool room;
+        int n = 1;
 
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE ||
-                errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                if (errno != EINTR && errno != ECONNABORTED) {
-                    usleep(100 * 1000);   /* out of resources: back off */
-                }
-                continue;
-            }
-            return NULL;   /* shut down by nbd_server_stop */
-        }
-        if (l->tcp) {
-            int one = 1;
-
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        }
         mutex_lock(&g_nbdsrv_lock);
-        full = !g_running ||
-               (g_max_connections > 0 &&
-                g_nconns >= (uint64_t)g_max_connections);
+        if (!g_running) {
+            mutex_unlock(&g_nbdsrv_lock);
+            return NULL;
+        }
+        timeout = expire_handshakes_locked();
+        room = have_room_locked();
         mutex_unlock(&g_nbdsrv_lock);
-        if (full) {
-            close(fd);
+
+        p[0] = (struct pollfd){.fd = g_accept_kick, .events = POLLIN};
+        for (int i = 0; room && i < g_nlisteners; i++) {
+            p[n++] = (struct pollfd){.fd = g_listeners[i].fd,
+                                     .events = POLLIN};
+        }
+        if (poll(p, (nfds_t)n, timeout) <= 0) {
             continue;
         }
-        conn = conn_new(fd, fd, fd, NBDSRV_THREADS);
-        conn_register(conn);
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, conn_thread, conn) != 0) {
-            conn_finish(conn);
+        if (p[0].revents) {
+            uint64_t v;
+
+            if (read(g_accept_kick, &v, sizeof(v)) < 0) {
+                /* EAGAIN: nothing to consume */
+            }
         }
-        pthread_attr_destroy(&attr);
+        for (int i = 1; i < n; i++) {
+            if (p[i].revents && have_room()) {
+                accept_one(&g_listeners[i - 1]);
+            }
+        }
     }
 }
 
@@ -1052,7 +1394,7 @@ listen_unix(const char *path, struct err **errp)
         return -1;
     }
     memcpy(sun.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         err_setf_errno(errp, errno, "Failed to create Unix socket");
         return -1;
@@ -1084,15 +1426,16 @@ listen_inet(const char *host, const char *port, int *fds, int *nfds,
     struct addrinfo *res, *ai;
     int rc, saved = 0;
 
-    rc = getaddrinfo(host && *host ? host : NULL, port, &hints, &res);
+    rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
     if (rc != 0) {
-        err_setf(errp, "address resolution failed for %s:%s: %s",
-                 host ? host : "", port, gai_strerror(rc));
+        err_setf(errp, "address resolution failed for %s:%s: %s", host,
+                 port, gai_strerror(rc));
         return false;
     }
     for (ai = res; ai && *nfds < NBDSRV_MAX_LISTENERS; ai = ai->ai_next) {
         int one = 1;
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+        int fd = socket(ai->ai_family,
+                        ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
                         ai->ai_protocol);
 
         if (fd < 0) {
@@ -1122,7 +1465,8 @@ listen_inet(const char *host, const char *port, int *fds, int *nfds,
 
 bool
 nbd_server_start(json_t *addr, const char *tls_creds,
-                 int64_t max_connections, struct err **errp)
+                 int64_t max_connections, int64_t handshake_max_seconds,
+                 struct err **errp)
 {
     const char *type;
     json_t *data;
@@ -1140,6 +1484,10 @@ nbd_server_start(json_t *addr, const char *tls_creds,
     }
     if (max_connections < 0 || max_connections > UINT32_MAX) {
         err_setf(errp, "Parameter 'max-connections' expects uint32");
+        return false;
+    }
+    if (handshake_max_seconds < 0 || handshake_max_seconds > UINT32_MAX) {
+        err_setf(errp, "Parameter 'handshake-max-seconds' expects uint32");
         return false;
     }
     if (!json_is_object(addr) ||
@@ -1181,13 +1529,19 @@ nbd_server_start(json_t *addr, const char *tls_creds,
             err_setf(errp, "Parameter 'addr.port' is missing");
             return false;
         }
-        if (host && !json_is_string(host)) {
+        /* No host is no default: listening on every interface must be
+         * asked for (host "" or "::"), never the result of omission. */
+        if (!host) {
+            err_setf(errp, "Parameter 'addr.host' is missing");
+            return false;
+        }
+        if (!json_is_string(host)) {
             err_setf(errp, "Invalid parameter type for 'addr.host', "
                      "expected: string");
             return false;
         }
-        if (!listen_inet(host ? json_string_value(host) : NULL, portbuf,
-                         fds, &nfds, errp)) {
+        if (!listen_inet(json_string_value(host), portbuf, fds, &nfds,
+                         errp)) {
             return false;
         }
         tcp = true;
@@ -1197,17 +1551,26 @@ nbd_server_start(json_t *addr, const char *tls_creds,
         return false;
     }
 
+    g_accept_kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (g_accept_kick < 0) {
+        err_setf_errno(errp, errno, "Failed to create an eventfd");
+        for (int i = 0; i < nfds; i++) {
+            close(fds[i]);
+        }
+        return false;
+    }
+    nbdpool_start();
     mutex_lock(&g_nbdsrv_lock);
     g_running = true;
     g_max_connections = max_connections;
+    g_handshake_ns = handshake_max_seconds * 1000000000LL;
     mutex_unlock(&g_nbdsrv_lock);
     g_nlisteners = nfds;
     for (int i = 0; i < nfds; i++) {
         g_listeners[i].fd = fds[i];
         g_listeners[i].tcp = tcp;
-        thread_create(&g_listeners[i].thread, "nbd-accept", accept_thread,
-                      &g_listeners[i]);
     }
+    thread_create(&g_accept_thread, "nbd-accept", accept_thread, NULL);
     return true;
 }
 
@@ -1220,10 +1583,10 @@ nbd_server_stop(struct err **errp)
     }
     mutex_lock(&g_nbdsrv_lock);
     g_running = false;
+    accept_kick();
     mutex_unlock(&g_nbdsrv_lock);
+    thread_join(g_accept_thread);
     for (int i = 0; i < g_nlisteners; i++) {
-        shutdown(g_listeners[i].fd, SHUT_RDWR);
-        thread_join(g_listeners[i].thread);
         close(g_listeners[i].fd);
     }
     g_nlisteners = 0;
@@ -1232,6 +1595,8 @@ nbd_server_stop(struct err **errp)
     mutex_lock(&g_nbdsrv_lock);
     nbdsrv_shutdown_conns_locked(NULL);
     nbdsrv_wait_conns_locked(NULL);
+    close(g_accept_kick);
+    g_accept_kick = -1;
     mutex_unlock(&g_nbdsrv_lock);
     return true;
 }

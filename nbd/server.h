@@ -3,8 +3,9 @@
  * The NBD server's interface to the daemon and its QMP monitor: start and
  * stop the listening sockets (nbd-server-start, nbd-server-stop).  Exports
  * are added through the generic layer (export/export.h), whose "nbd"
- * driver is in export.c here.  All of these run on the main thread; the server runs its own accept, reader and
- * worker threads.  Errors are worded as QEMU's so that QMP clients see the
+ * driver is in export.c here.  All of these run on the main thread; the
+ * server runs its own accept thread and a pool of threads shared by the
+ * connections.  Errors are worded as QEMU's so that QMP clients see the
  * same messages.
  */
 #ifndef LOCKSTEP_NBD_SERVER_H
@@ -17,14 +18,22 @@
 
 #include "lockstep/err.h"
 
+/* QEMU's defaults for nbd-server-start and --nbd-server. */
+#define NBD_DEFAULT_MAX_CONNECTIONS 100
+#define NBD_DEFAULT_HANDSHAKE_MAX_SECONDS 10
+
 /*
  * nbd-server-start.  addr is a QMP SocketAddress: {"type":"unix","path":P}
- * or {"type":"inet","host":H,"port":"N"} (port a string as in QAPI; an
- * integer is accepted too).  tls_creds must be NULL (TLS is refused).
- * max_connections 0 means no limit.  Main thread.
+ * or {"type":"inet","host":H,"port":"N"} (host required: "" listens on
+ * every interface; port a string as in QAPI, an integer is accepted too).
+ * tls_creds must be NULL (TLS is refused).  max_connections 0 means no
+ * limit; at the limit new clients wait in the listen backlog.  A client
+ * that has not finished negotiating handshake_max_seconds after it was
+ * accepted is dropped (0: never).  Main thread.
  */
 bool nbd_server_start(json_t *addr, const char *tls_creds,
-                      int64_t max_connections, struct err **errp);
+                      int64_t max_connections, int64_t handshake_max_seconds,
+                      struct err **errp);
 /*
  * nbd-server-stop: close the listening sockets, disconnect every client and
  * delete every NBD export (with BLOCK_EXPORT_DELETED), as QEMU's

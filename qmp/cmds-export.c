@@ -14,9 +14,6 @@
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-/* QEMU's default for nbd-server-start (and --nbd-server). */
-#define NBD_DEFAULT_MAX_CONNECTIONS 100
-
 /*
  * nbd-server-start takes the legacy SocketAddress ({"type", "data": {...}});
  * the server wants the flat one ({"type", ...}), as --nbd-server gives it.
@@ -56,6 +53,7 @@ qmp_nbd_server_start(json_t *args, struct err **errp)
 {
     json_t *addr;
     json_t *maxc = json_object_get(args, "max-connections");
+    json_t *hs = json_object_get(args, "handshake-max-seconds");
     const char *tls_creds = json_string_value(json_object_get(args,
                                                               "tls-creds"));
     bool ok;
@@ -70,7 +68,9 @@ qmp_nbd_server_start(json_t *args, struct err **errp)
     }
     ok = nbd_server_start(addr, tls_creds,
                           maxc ? json_integer_value(maxc)
-                               : NBD_DEFAULT_MAX_CONNECTIONS, errp);
+                               : NBD_DEFAULT_MAX_CONNECTIONS,
+                          hs ? json_integer_value(hs)
+                             : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, errp);
     json_decref(addr);
     return ok ? json_object() : NULL;
 }

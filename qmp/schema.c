@@ -86,8 +86,12 @@ static const struct qmp_arg args_nbd_server_start[] = {
       "TLS authorization object (not supported: refused)", NULL, NULL, NULL,
       NULL },
     { "max-connections", QMP_T_UINT, true,
-      "most clients at once (default 100, 0 = no limit)", "uint32", NULL,
-      NULL, NULL },
+      "most clients at once (default 100, 0 = no limit); at the limit new "
+      "clients wait until one leaves", "uint32", NULL, NULL, NULL },
+    { "handshake-max-seconds", QMP_T_UINT, true,
+      "seconds a client has from connecting to the end of negotiation "
+      "before it is dropped (default 10, 0 = no limit; QEMU 9.1's "
+      "argument)", "uint32", NULL, NULL, NULL },
     END,
 };
 
@@ -1028,8 +1032,9 @@ qmp_schema_print_doc(FILE *f)
         "socket; any number of monitors, each serving several clients at "
         "once.\n"
         "- `--nbd-server addr.type=unix,addr.path=P` or "
-        "`addr.type=inet,addr.host=H,addr.port=N` (`,max-connections=N`): "
-        "`nbd-server-start` with a flat socket address.\n"
+        "`addr.type=inet,addr.host=H,addr.port=N` (`,max-connections=N`, "
+        "`,handshake-max-seconds=S`): `nbd-server-start` with a flat "
+        "socket address.\n"
         "- `--export [type=]nbd,id=ID,node-name=N[,name=E][,writable=on|off]"
         "[,bitmap=B]` and `--export [type=]fuse,id=ID,node-name=N,"
         "mountpoint=FILE[,writable=on|off][,growable=on|off]"
@@ -1058,6 +1063,12 @@ qmp_schema_print_doc(FILE *f)
         "made absolute, so `--daemonize` unmounts the right path; a start "
         "that fails on a later option unmounts (7.2 leaves a dead "
         "mount).\n"
+        "- `handshake-max-seconds` (`nbd-server-start`, `--nbd-server`) is "
+        "QEMU 9.1's argument; qemu-storage-daemon 7.2 refuses it and drops "
+        "a client that has not finished negotiating after a fixed 10 s, "
+        "our default.\n"
+        "- An NBD client that reads none of its replies for 30 s is "
+        "dropped (QEMU waits for it forever).\n"
         "- `x-debug-query-block-graph` numbers nodes in creation order; "
         "permissions are the block layer's own.\n\n"
         "## Commands\n\n");

@@ -122,11 +122,14 @@ run_command(json_t *cmd, bool *quit)
         ok = true;
     } else if (!strcmp(name, "nbd-server-start")) {
         json_t *mc = json_object_get(args, "max-connections");
+        json_t *hs = json_object_get(args, "handshake-max-seconds");
 
         ok = nbd_server_start(json_object_get(args, "addr"),
                               json_string_value(json_object_get(args,
                                                                 "tls-creds")),
-                              mc ? json_integer_value(mc) : 0, &err);
+                              mc ? json_integer_value(mc) : 0,
+                              hs ? json_integer_value(hs)
+                                 : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err);
     } else if (!strcmp(name, "nbd-server-stop")) {
         ok = nbd_server_stop(&err);
     } else if (!strcmp(name, "block-dirty-bitmap-add")) {
@@ -237,7 +240,8 @@ main(int argc, char **argv)
             return 1;
         }
     }
-    if (addr && !nbd_server_start(addr, NULL, max_conns, &err)) {
+    if (addr && !nbd_server_start(addr, NULL, max_conns,
+                                  NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err)) {
         err_report("nbd-serve", err);
         return 1;
     }
