@@ -101,9 +101,15 @@ static const struct qmp_arg bitmap_or_str_elem = {
     bitmap_ref_members, NULL,
 };
 
-static const char *const export_type_values[] = { "nbd", NULL };
+static const char *const export_type_values[] = {
+    "nbd", "vhost-user-blk", NULL,
+};
+/* block-export-add is a union on "type" (QEMU's BlockExportOptions):
+ * every variant's members are listed, each documented with its type;
+ * qmp/cmds-export.c refuses the members of the other types. */
 static const struct qmp_arg args_block_export_add[] = {
-    { "type", QMP_T_ENUM, false, "export type: \"nbd\"", "BlockExportType",
+    { "type", QMP_T_ENUM, false,
+      "export type: \"nbd\" or \"vhost-user-blk\"", "BlockExportType",
       export_type_values, NULL, NULL },
     { "id", QMP_T_STR, false, "unique export id", NULL, NULL, NULL, NULL },
     { "node-name", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
@@ -128,6 +134,17 @@ static const struct qmp_arg args_block_export_add[] = {
       "its own threads)", NULL, NULL, NULL, NULL },
     { "fixed-iothread", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
       NULL, NULL },
+    { "addr", QMP_T_ANY_OBJECT, true,
+      "vhost-user-blk: where to listen for the VMM (required), a flat "
+      "SocketAddress: {\"type\": \"unix\", \"path\": P} or "
+      "{\"type\": \"fd\", \"str\": \"N\"} (an inherited listening "
+      "socket)", "SocketAddress", NULL, NULL, NULL },
+    { "logical-block-size", QMP_T_UINT, true,
+      "vhost-user-blk: the block size the guest sees, a power of 2 from "
+      "512 to 32768 (default 512)", "size", NULL, NULL, NULL },
+    { "num-queues", QMP_T_UINT, true,
+      "vhost-user-blk: virtqueues offered, 1 to 16 (default 1)", "uint16",
+      NULL, NULL, NULL },
     END,
 };
 
@@ -604,7 +621,10 @@ const struct qmp_command qmp_commands[] = {
       false, "Deprecated in QEMU: block-export-del of the export name.",
       "{}" },
     { "block-export-add", qmp_block_export_add, args_block_export_add, false,
-      "Export a node over the running NBD server.", "{}" },
+      "Export a node: over the running NBD server (type \"nbd\": name, "
+      "description, bitmaps, allocation-depth) or to a VMM as a virtio-blk "
+      "device over vhost-user (type \"vhost-user-blk\": addr, "
+      "logical-block-size, num-queues).", "{}" },
     { "block-export-del", qmp_block_export_del, args_block_export_del, false,
       "Remove an export; BLOCK_EXPORT_DELETED {id} follows when it is gone.",
       "{}" },
@@ -999,7 +1019,10 @@ qmp_schema_print_doc(FILE *f)
         "`addr.type=inet,addr.host=H,addr.port=N` (`,max-connections=N`): "
         "`nbd-server-start` with a flat socket address.\n"
         "- `--export [type=]nbd,id=ID,node-name=N[,name=E][,writable=on|off]"
-        "[,bitmap=B]` (or JSON): `block-export-add`.\n"
+        "[,bitmap=B]` and `--export [type=]vhost-user-blk,id=ID,node-name=N,"
+        "addr.type=unix,addr.path=P[,writable=on|off][,num-queues=N]"
+        "[,logical-block-size=B]` (or `addr.type=fd,addr.str=N`; or JSON): "
+        "`block-export-add`.\n"
         "- `--daemonize`, `--pidfile PATH`, `--help`, `--version`; `-T` / "
         "`--trace` are accepted and ignored.\n"
         "- SIGTERM, SIGINT, SIGHUP and `quit`: stop the NBD server, close "
