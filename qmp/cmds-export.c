@@ -186,6 +186,7 @@ parse_vhost_user_blk(json_t *args, struct vhost_user_blk_options *o,
     uint64_t v;
     json_t *m;
 
+    memset(o, 0, sizeof(*o));
     o->fd = -1;
     if (!addr) {
         err_setf(errp, "Parameter 'addr' is missing");
@@ -198,13 +199,6 @@ parse_vhost_user_blk(json_t *args, struct vhost_user_blk_options *o,
     if (!member_str(addr, "type", true, &type, errp)) {
         err_prepend(errp, "addr: ");
         return false;
-    }
-    json_object_foreach(addr, key, m) {
-        if (strcmp(key, "type") &&
-            strcmp(key, !strcmp(type, "fd") ? "str" : "path")) {
-            err_setf(errp, "Parameter 'addr.%s' is unexpected", key);
-            return false;
-        }
     }
     if (!strcmp(type, "unix")) {
         if (!member_str(addr, "path", true, &o->path, errp)) {
@@ -229,6 +223,12 @@ parse_vhost_user_blk(json_t *args, struct vhost_user_blk_options *o,
         err_setf(errp, "vhost-user-blk exports listen on 'unix' or 'fd' "
                  "socket addresses, not '%s'", type);
         return false;
+    }
+    json_object_foreach(addr, key, m) {
+        if (strcmp(key, "type") && strcmp(key, o->path ? "path" : "str")) {
+            err_setf(errp, "Parameter 'addr.%s' is unexpected", key);
+            return false;
+        }
     }
     if (!member_uint(args, "logical-block-size",
                      VHOST_USER_BLK_DEFAULT_BLOCK_SIZE, UINT32_MAX, &v,

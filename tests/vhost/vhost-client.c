@@ -971,7 +971,7 @@ hostile_ring(const char *name)
     } else if (!strcmp(name, "header-short")) {
         q->desc[0].len = htole32(8);
     } else if (!strcmp(name, "no-status")) {
-        q->desc[1].flags = htole16(VRING_DESC_F_WRITE);
+        q->desc[1].flags = htole16(0);    /* nothing device-writable */
     } else if (!strcmp(name, "readable-after-writable")) {
         q->desc[2].flags = htole16(0);
     } else if (!strcmp(name, "head-range")) {
@@ -982,6 +982,7 @@ hostile_ring(const char *name)
         return -1;
     }
     q->avail_idx++;
+    sl->busy = true;
     __atomic_store_n(&q->avail->idx, htole16(q->avail_idx), __ATOMIC_RELEASE);
     if (write(q->kick, &one, 8) < 0) {
         die("kick");
