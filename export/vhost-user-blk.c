@@ -14,7 +14,10 @@
  * stable) unless the driver turned the cache off through the config
  * space's writeback field (VIRTIO_BLK_F_CONFIG_WCE) or the export is
  * writethrough; otherwise every write is FUA, as the spec asks of a
- * device without FLUSH.
+ * device without FLUSH.  The writeback field says 1 from creation on
+ * (0 for writethrough exports): VMMs read the config space before they
+ * negotiate features and show the guest that copy, so a field that
+ * changed at negotiation would have the guest skip its flushes.
  *
  * A request without room for its status byte or with a short header
  * breaks the device (NEEDS_RESET), as the spec says for malformed
@@ -104,8 +107,7 @@ vub_get_config(void *opaque, uint8_t *cfg, size_t size)
     c.size_max = htole32(VUB_SIZE_MAX);
     c.seg_max = htole32(VUB_SEG_MAX);
     c.blk_size = htole32(b->blk_size);
-    c.wce = __atomic_load_n(&b->writeback, __ATOMIC_RELAXED) &&
-            !b->writethrough;
+    c.wce = __atomic_load_n(&b->writeback, __ATOMIC_RELAXED);
     c.num_queues = htole16(b->num_queues);
     c.max_discard_sectors = htole32(VUB_MAX_DISCARD);
     c.max_discard_seg = htole32(1);
@@ -131,14 +133,16 @@ vub_set_config(void *opaque, uint32_t offset, const uint8_t *data,
     return 0;
 }
 
+/* A new driver: the cache mode starts from what the config space has
+ * said since creation (VMMs read it before they negotiate features, and
+ * keep that copy). */
 static void
 vub_set_features(void *opaque, uint64_t features)
 {
     struct vub *b = opaque;
 
     b->features = features;
-    __atomic_store_n(&b->writeback, has(b, VIRTIO_BLK_F_FLUSH),
-                     __ATOMIC_RELAXED);
+    __atomic_store_n(&b->writeback, !b->writethrough, __ATOMIC_RELAXED);
 }
 
 /* ---- Requests ----------------------------------------------------------- */
@@ -524,6 +528,7 @@ vub_create(const struct block_export_options *opts, struct err **errp)
     b->writethrough = opts->writethrough;
     b->blk_size = o->logical_block_size;
     b->num_queues = o->num_queues;
+    b->writeback = !opts->writethrough;
     b->h = block_export_open_handle(opts, errp);
     if (!b->h) {
         vub_free(b);

@@ -979,6 +979,12 @@ queue_start(struct vu_queue *q)
     }
     q->nthreads = VU_THREADS_PER_QUEUE;
     q->started = true;
+    if (getenv("LOCKSTEP_VHOST_DEBUG")) {
+        vu_log(dev, "queue %u started: num %u last_avail %u used %u "
+               "avail %u enabled %d event_idx %d inflight %d", q->index,
+               q->num, q->last_avail, q->used_idx, avail_idx(q), q->enabled,
+               q->event_idx, q->inflight != NULL);
+    }
     return 0;
 }
 
@@ -1660,6 +1666,10 @@ vu_dev_handle_one(struct vu_dev *dev, int fd)
         vu_log(dev, "request %u with %d fds", msg->request, nfds);
         ret = -1;
         goto out;
+    }
+    if (getenv("LOCKSTEP_VHOST_DEBUG")) {
+        vu_log(dev, "request %u flags 0x%x size %u fds %d", msg->request,
+               msg->flags, msg->size, nfds);
     }
     ret = dispatch(dev, fd, msg, fds, nfds);
     if (ret == 0 && (msg->flags & VU_FLAG_NEED_REPLY) &&

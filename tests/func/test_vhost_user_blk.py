@@ -93,6 +93,9 @@ def test_io_commands(lockstepd, client, tmp_dir):
         assert info["num_queues"] == 1
         assert info["read_only"] is False
         assert info["wce"] == 1
+        # Also before features are negotiated: QEMU reads it then and
+        # shows the guest that copy (a guest shown 0 never flushes).
+        assert info["wce_before_features"] == 1
         assert "getid: status 0 id 'v0'" in p.stdout
     # The data is in the image, as qemu-io sees it.
     p = run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0xab 4096 60k",

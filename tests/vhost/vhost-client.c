@@ -102,6 +102,7 @@ static struct queue g_q[MAXQ];
 static unsigned g_nq = 1, g_depth = 1, g_qsize = 256;
 static bool g_indirect, g_inflight;
 static uint64_t g_capacity, g_area;
+static uint8_t g_wce_early;     /* config's writeback before SET_FEATURES */
 static uint32_t g_blk_size = 512;
 static int g_inflight_fd = -1;
 
@@ -285,6 +286,8 @@ connect_socket(const char *path)
     }
 }
 
+static void get_config(struct virtio_blk_config *c);
+
 static void
 negotiate(void)
 {
@@ -298,6 +301,7 @@ negotiate(void)
                     1ULL << VIRTIO_BLK_F_WRITE_ZEROES |
                     1ULL << VIRTIO_BLK_F_RO | 1ULL << VIRTIO_BLK_F_CONFIG_WCE;
     uint64_t offered = get_u64(GET_FEATURES);
+    struct virtio_blk_config c;
 
     g_features = offered & want;
     if (!(g_features & (1ULL << PROTO_F))) {
@@ -312,6 +316,12 @@ negotiate(void)
     if (send_msg(SET_PROTOCOL_FEATURES, 0, &g_pfeatures, 8, NULL, 0) < 0 ||
         send_msg(SET_OWNER, 0, NULL, 0, NULL, 0) < 0) {
         die("back-end gone");
+    }
+    /* As QEMU: the config space is read before features are set (and
+     * QEMU shows the guest this copy). */
+    if (g_pfeatures & (1ULL << PF_CONFIG)) {
+        get_config(&c);
+        g_wce_early = c.wce;
     }
 }
 
@@ -629,12 +639,13 @@ cmd_info(void)
     printf("{\"features\": %" PRIu64 ", \"protocol_features\": %" PRIu64
            ", \"capacity\": %" PRIu64 ", \"blk_size\": %u, \"seg_max\": %u, "
            "\"size_max\": %u, \"num_queues\": %u, \"wce\": %u, "
+           "\"wce_before_features\": %u, "
            "\"max_discard_sectors\": %u, \"max_write_zeroes_sectors\": %u, "
            "\"read_only\": %s, \"status\": %" PRIu64 "}\n",
            g_features, g_pfeatures, le64toh(c.capacity), g_blk_size,
            le32toh(c.seg_max), le32toh(c.size_max),
            g_features & (1ULL << VIRTIO_BLK_F_MQ) ? le16toh(c.num_queues) : 1,
-           c.wce, le32toh(c.max_discard_sectors),
+           c.wce, g_wce_early, le32toh(c.max_discard_sectors),
            le32toh(c.max_write_zeroes_sectors),
            g_features & (1ULL << VIRTIO_BLK_F_RO) ? "true" : "false", status);
     return 0;
