@@ -186,6 +186,7 @@ struct vu_queue {
     bool stop;
     bool broken;                 /* the driver broke the ring */
     uint16_t used_idx;           /* our copy of used->idx */
+    unsigned running;            /* requests claimed, not completed */
     uint64_t inflight_counter;
     bool enabled;                /* also read without the lock */
 
@@ -573,6 +574,7 @@ vu_req_complete(struct vu_req *req, uint32_t len)
     }
     q->used_idx = new;
     q->busy[req->head] = 0;
+    q->running--;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (q->event_idx) {
         kick = vring_need_event(used_event(q), new, old);
@@ -615,7 +617,7 @@ queue_pop(struct vu_queue *q)
         queue_break(q, "avail ring entry out of range");
         return -2;
     }
-    q->last_avail++;
+    __atomic_store_n(&q->last_avail, q->last_avail + 1, __ATOMIC_RELEASE);
     return head;
 }
 
@@ -629,6 +631,7 @@ queue_claim(struct vu_queue *q, uint16_t head)
     ok = !q->busy[head];
     if (ok) {
         q->busy[head] = 1;
+        q->running++;
         if (q->inflight) {
             q->inflight->desc[head].counter = ++q->inflight_counter;
             __atomic_store_n(&q->inflight->desc[head].inflight, 1,
@@ -960,6 +963,7 @@ queue_start(struct vu_queue *q)
         return -EFAULT;
     }
     q->last_avail = q->base;
+    q->running = 0;
     q->used_idx = le16toh(__atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE));
     q->busy = xcalloc(q->num, 1);
     queue_attach_inflight(q);
@@ -1773,6 +1777,40 @@ vu_dev_new(int listen_fd, unsigned num_queues,
     thread_create(&dev->thread, "vhost-ctl", control_thread, dev);
     dev->has_thread = true;
     return dev;
+}
+
+/* Has the queue nothing left to do for now? */
+static bool
+queue_settled(struct vu_queue *q)
+{
+    bool idle;
+
+    if (!q->started || !__atomic_load_n(&q->enabled, __ATOMIC_ACQUIRE)) {
+        return true;
+    }
+    mutex_lock(&q->lock);
+    idle = q->broken || q->stop ||
+           (q->running == 0 && q->resubmit_pos >= q->nresubmit &&
+            avail_idx(q) == __atomic_load_n(&q->last_avail,
+                                            __ATOMIC_ACQUIRE));
+    mutex_unlock(&q->lock);
+    return idle;
+}
+
+void
+vu_dev_settle(struct vu_dev *dev)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        bool all = true;
+
+        for (unsigned i = 0; i < dev->num_queues && all; i++) {
+            all = queue_settled(&dev->queues[i]);
+        }
+        if (all) {
+            return;
+        }
+        sleep_ns(1000 * 1000);
+    }
 }
 
 struct vu_dev *

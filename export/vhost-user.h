@@ -153,6 +153,11 @@ void vu_dev_free(struct vu_dev *dev);
  * ancillary fds).  Returns 0, or -1 when the session would end.
  */
 int vu_dev_handle_one(struct vu_dev *dev, int fd);
+/* Wait (at most a second) until every running queue has taken all the
+ * requests the driver made available and finished them: the fuzzer runs
+ * one message at a time and wants the queues' work to happen in
+ * between. */
+void vu_dev_settle(struct vu_dev *dev);
 /* A device without socket or thread, for the fuzzer; free with
  * vu_dev_free. */
 struct vu_dev *vu_dev_new_detached(unsigned num_queues,
