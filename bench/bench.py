@@ -34,7 +34,9 @@ class Ctx:
         self.size = args.size_mib << 20
         self.bins = {"lockstep": os.path.join(args.build, "lockstepd"),
                      "qsd": shutil.which("qemu-storage-daemon"),
-                     "qemu": shutil.which("qemu-system-x86_64")}
+                     "qemu": shutil.which("qemu-system-x86_64"),
+                     "vhost-client": os.path.join(args.build, "tests",
+                                                  "vhost", "vhost-client")}
         self.seq = 0
         self._filled = None
         self.ceilings = []      # nbdkit memory plugin MiB/s, per round
@@ -324,6 +326,98 @@ def wl_rep_checkpoint(run):
     sc.close()
 
 
+# ---- vhost-user-blk: our front-end against lockstepd and QSD --------------
+
+def vhost_export(c, node, sock, queues=1):
+    c.cmd("block-export-add", {"type": "vhost-user-blk", "id": "vu",
+                               "node-name": node, "writable": True,
+                               "num-queues": queues,
+                               "addr": {"type": "unix", "path": sock}})
+
+
+def vhost_one(run, img, queues=2):
+    """A daemon with the qcow2 img as a vhost-user-blk export; returns the
+    socket."""
+    d, c = run.start("a")
+    qcow2_node(c, "disk", img)
+    sock = run.ctx.path("vu.sock")
+    vhost_export(c, "disk", sock, queues)
+    c.close()
+    return sock
+
+
+def vhost_metric(run, sock, key, rw, bs, qd, queues=1, unit="iops"):
+    out = run.measure(lambda: clients.vhost_bench(
+        run.ctx.bins["vhost-client"], sock, rw, bs, qd, run.ctx.runtime,
+        queues=queues))
+    run.metrics[key] = out[unit]
+
+
+def wl_vhost_randread(run):
+    sock = vhost_one(run, run.ctx.filled_qcow2("read"))
+    for qd, q in ((1, 1), (16, 1), (16, 2)):
+        vhost_metric(run, sock, "vhost-user-blk randread 4k qd%d, %d "
+                     "queue%s" % (qd, q, "s" if q > 1 else ""),
+                     "randread", "4k", qd, q)
+
+
+def wl_vhost_randwrite(run):
+    for qd, q in ((1, 1), (16, 1), (16, 2)):
+        sock = vhost_one(run, run.ctx.qcow2("rw"))
+        vhost_metric(run, sock, "vhost-user-blk randwrite 4k qd%d, %d "
+                     "queue%s (allocating)" % (qd, q, "s" if q > 1 else ""),
+                     "randwrite", "4k", qd, q)
+        run.close()
+        run.daemons = []
+
+
+def wl_vhost_seqwrite(run):
+    sock = vhost_one(run, run.ctx.qcow2("seq"))
+    vhost_metric(run, sock, "vhost-user-blk seqwrite 1M qd4", "write", "1M",
+                 4, unit="mibs")
+
+
+def wl_vhost_fleece_guest_write(run):
+    """The guest on vhost-user-blk over a fresh fleecing snapshot (the
+    same QMP recipe as fleecing_setup, the guest export is vhost)."""
+    ctx = run.ctx
+    d, c = run.start("a")
+    qcow2_node(c, "disk0", ctx.filled_qcow2("disk0"))
+    c.cmd("blockdev-add", {"driver": "raw", "node-name": "disk0-front",
+                           "file": "disk0"})
+    sock = ctx.path("vu.sock")
+    vhost_export(c, "disk0-front", sock)
+    qcow2_node(c, "fleece0", ctx.qcow2("fleece"))
+    c.cmd("blockdev-add", {"driver": "copy-before-write",
+                           "node-name": "fl-cbw", "file": "disk0",
+                           "target": "fleece0",
+                           "on-cbw-error": "break-snapshot",
+                           "cbw-timeout": 45})
+    c.cmd("blockdev-reopen", {"options": [
+        {"driver": "raw", "node-name": "disk0-front", "file": "fl-cbw"}]})
+    c.close()
+    vhost_metric(run, sock, "vhost-user-blk guest randwrite 4k qd16, fresh "
+                 "snapshot", "randwrite", "4k", 16)
+
+
+def wl_vhost_vs_nbd(run):
+    """lockstepd's vhost-user-blk export against its own NBD export, same
+    image, same workload (the reference side is lockstepd over NBD)."""
+    img = run.ctx.filled_qcow2("vn")
+    if run.kind == "lockstep":
+        sock = vhost_one(run, img)
+        vhost_metric(run, sock, "randread 4k qd16: vhost-user-blk vs NBD",
+                     "randread", "4k", 16)
+        vhost_metric(run, sock, "randwrite 4k qd16: vhost-user-blk vs NBD",
+                     "randwrite", "4k", 16)
+    else:
+        uri = one_export(run, qcow2_args(img))
+        fio_metric(run, uri, "randread 4k qd16: vhost-user-blk vs NBD",
+                   "randread", "4k", 16)
+        fio_metric(run, uri, "randwrite 4k qd16: vhost-user-blk vs NBD",
+                   "randwrite", "4k", 16)
+
+
 def null_args():
     return {"driver": "null-co", "node-name": "disk", "size": GiB,
             "read-zeroes": True}
@@ -385,6 +479,26 @@ WORKLOADS = {
     "rep-checkpoint": (wl_rep_checkpoint, ("lockstep", "qemu"), [
         ("checkpoint latency after 256M+256M", "ms", "low", 0.5),
         ("failover time after 256M+256M", "ms", "low", None)]),
+    "vhost-randread": (wl_vhost_randread, ("lockstep", "qsd"), [
+        ("vhost-user-blk randread 4k qd1, 1 queue", "IOPS", "high", 1.3),
+        ("vhost-user-blk randread 4k qd16, 1 queue", "IOPS", "high", 1.5),
+        ("vhost-user-blk randread 4k qd16, 2 queues", "IOPS", "high", 1.5)]),
+    "vhost-randwrite": (wl_vhost_randwrite, ("lockstep", "qsd"), [
+        ("vhost-user-blk randwrite 4k qd1, 1 queue (allocating)", "IOPS",
+         "high", 1.3),
+        ("vhost-user-blk randwrite 4k qd16, 1 queue (allocating)", "IOPS",
+         "high", 1.5),
+        ("vhost-user-blk randwrite 4k qd16, 2 queues (allocating)", "IOPS",
+         "high", 1.5)]),
+    "vhost-seqwrite": (wl_vhost_seqwrite, ("lockstep", "qsd"), [
+        ("vhost-user-blk seqwrite 1M qd4", "MiB/s", "high", None)]),
+    "vhost-fleece-guest-write": (wl_vhost_fleece_guest_write,
+                                 ("lockstep", "qsd"), [
+        ("vhost-user-blk guest randwrite 4k qd16, fresh snapshot", "IOPS",
+         "high", 1.5)]),
+    "vhost-vs-nbd": (wl_vhost_vs_nbd, ("lockstep", "lockstep-nbd"), [
+        ("randread 4k qd16: vhost-user-blk vs NBD", "IOPS", "high", 2.0),
+        ("randwrite 4k qd16: vhost-user-blk vs NBD", "IOPS", "high", 2.0)]),
     "null": (wl_null, ("lockstep", "qsd"), [
         ("null-co randread 4k qd1", "IOPS", "high", None),
         ("null-co randread 4k qd16", "IOPS", "high", None),

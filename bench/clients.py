@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""The NBD clients, the same for every daemon: fio (ioengine=nbd), nbdcopy."""
+"""The clients, the same for every daemon: fio (ioengine=nbd), nbdcopy, and
+our vhost-user-blk front-end (tests/vhost/vhost-client)."""
 import json
 import subprocess
 import time
@@ -54,3 +55,26 @@ def nbdcopy(uri, size):
     if r.returncode != 0:
         raise RuntimeError("nbdcopy failed: %s" % r.stderr)
     return {"mibs": size / secs / 2**20, "bytes": size, "seconds": secs}
+
+
+def vhost_bench(client, sock, rw, bs, iodepth, runtime, queues=1,
+                size=None):
+    """tests/vhost/vhost-client's bench mode (our vhost-user-blk
+    front-end): {"iops", "mibs", "lat_us", "errors", "bytes"}."""
+    argv = [client, "-d", str(iodepth), "-q", str(queues), "-i"]
+    if size:
+        argv += ["-s", str(size)]
+    argv += [sock, "bench", rw, str(parse_size(bs)), str(runtime)]
+    p = subprocess.run(argv, capture_output=True, text=True,
+                       timeout=runtime + 120)
+    if p.returncode != 0:
+        raise RuntimeError("vhost-client: %s %s" % (p.stdout, p.stderr))
+    out = json.loads(p.stdout)
+    out["bytes"] = int(out["mibs"] * (1 << 20) * runtime)
+    return out
+
+
+def parse_size(s):
+    s = str(s)
+    mult = {"k": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1])
+    return int(s[:-1]) * mult if mult else int(s)

@@ -32,9 +32,12 @@ class QemuSystem(Daemon):
 
 
 def start(kind, binaries, tmp_dir, name):
-    """kind: 'lockstep', 'qsd' or 'qemu' (qemu-system-x86_64 -M none)."""
+    """kind: 'lockstep', 'qsd', 'qemu' (qemu-system-x86_64 -M none) or
+    'lockstep-nbd' (lockstepd as the reference: its own NBD export)."""
     if kind == "qemu":
         return QemuSystem(binaries["qemu"], tmp_dir, name=name)
+    if kind == "lockstep-nbd":
+        kind = "lockstep"
     return Daemon(binaries[kind], tmp_dir, name=name)
 
 

@@ -5,7 +5,8 @@ import statistics
 import subprocess
 import tempfile
 
-NAMES = {"qsd": "qemu-storage-daemon", "qemu": "qemu-system-x86_64 -M none"}
+NAMES = {"qsd": "qemu-storage-daemon", "qemu": "qemu-system-x86_64 -M none",
+         "lockstep-nbd": "lockstepd's own NBD export (fio)"}
 
 
 def rows(results, workloads, names):

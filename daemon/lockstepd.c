@@ -104,6 +104,14 @@ usage(void)
 "           [,growable=on|off][,writable=on|off][,allow-other=on|off|auto]\n"
 "                         export the specified block node as FUSE\n"
 "                         (mountpoint: an existing regular file)\n"
+"  --export [type=]vhost-user-blk,id=<id>,node-name=<node-name>,\n"
+"           addr.type=unix,addr.path=<socket-path>[,writable=on|off]\n"
+"           [,logical-block-size=<block-size>][,num-queues=<num-queues>]\n"
+"  --export [type=]vhost-user-blk,id=<id>,node-name=<node-name>,\n"
+"           addr.type=fd,addr.str=<fd>[,writable=on|off]\n"
+"           [,logical-block-size=<block-size>][,num-queues=<num-queues>]\n"
+"                         export the specified block node as a\n"
+"                         vhost-user-blk device for a VMM\n"
 "\n"
 "  --monitor [chardev=]name[,mode=control][,pretty[=on|off]]\n"
 "                         configure a QMP monitor\n"
@@ -189,6 +197,25 @@ keyval_to_int(json_t *obj, const char *key, struct err **errp)
         return false;
     }
     json_object_set_new(obj, key, json_integer(n));
+    return true;
+}
+
+/* A size member ("4k", "512") into a JSON integer in place. */
+static bool
+keyval_to_size(json_t *obj, const char *key, struct err **errp)
+{
+    json_t *v = json_object_get(obj, key);
+    uint64_t n;
+
+    if (!v || json_is_integer(v)) {
+        return true;
+    }
+    if (!json_is_string(v) || parse_size(json_string_value(v), &n) < 0 ||
+        n > INT64_MAX) {
+        err_setf(errp, "Parameter '%s' expects a size", key);
+        return false;
+    }
+    json_object_set_new(obj, key, json_integer((json_int_t)n));
     return true;
 }
 
@@ -310,7 +337,9 @@ opt_export(const char *arg, struct err **errp)
         !keyval_to_bool(opts, "writethrough", errp) ||
         !keyval_to_bool(opts, "fixed-iothread", errp) ||
         !keyval_to_bool(opts, "allocation-depth", errp) ||
-        !keyval_to_bool(opts, "growable", errp)) {
+        !keyval_to_bool(opts, "growable", errp) ||
+        !keyval_to_int(opts, "num-queues", errp) ||
+        !keyval_to_size(opts, "logical-block-size", errp)) {
         goto out;
     }
     bitmap = json_object_get(opts, "bitmap");

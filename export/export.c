@@ -10,12 +10,14 @@
 
 #include "export/export.h"
 #include "export/fuse.h"
+#include "export/vhost-user-blk.h"
 #include "qmp/qmp.h"
 #include "util.h"
 
 static const struct export_driver *const export_drivers[] = {
     &nbd_export_driver,
     &fuse_export_driver,
+    &vhost_user_blk_export_driver,
     NULL,
 };
 

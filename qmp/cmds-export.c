@@ -10,6 +10,7 @@
 
 #include "export/export.h"
 #include "export/fuse.h"
+#include "export/vhost-user-blk.h"
 #include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -96,12 +97,16 @@ static const char *const nbd_members[] = {
 static const char *const fuse_members[] = {
     "mountpoint", "growable", "allow-other", NULL,
 };
+static const char *const vhost_user_blk_members[] = {
+    "addr", "logical-block-size", "num-queues", NULL,
+};
 static const struct {
     const char *type;
     const char *const *members;
 } export_types[] = {
     { "nbd", nbd_members },
     { "fuse", fuse_members },
+    { "vhost-user-blk", vhost_user_blk_members },
 };
 
 static bool
@@ -174,10 +179,105 @@ parse_fuse(json_t *args, struct fuse_export_options *o, struct err **errp)
     return true;
 }
 
+/* An unsigned integer member with a default and a maximum. */
+static bool
+member_uint(json_t *args, const char *key, uint64_t def, uint64_t max,
+            uint64_t *out, struct err **errp)
+{
+    json_t *v = json_object_get(args, key);
+
+    *out = def;
+    if (!v) {
+        return true;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: integer",
+                 key);
+        return false;
+    }
+    if ((uint64_t)json_integer_value(v) > max) {
+        err_setf(errp, "Parameter '%s' is out of range", key);
+        return false;
+    }
+    *out = (uint64_t)json_integer_value(v);
+    return true;
+}
+
+/*
+ * vhost-user-blk's options: addr is a flat SocketAddress of type "unix"
+ * ({path}) or "fd" ({str}: the number of an inherited listening socket).
+ */
+static bool
+parse_vhost_user_blk(json_t *args, struct vhost_user_blk_options *o,
+                     struct err **errp)
+{
+    json_t *addr = json_object_get(args, "addr");
+    const char *type, *key;
+    uint64_t v;
+    json_t *m;
+
+    memset(o, 0, sizeof(*o));
+    o->fd = -1;
+    if (!addr) {
+        err_setf(errp, "Parameter 'addr' is missing");
+        return false;
+    }
+    if (!json_is_object(addr)) {
+        err_setf(errp, "Invalid parameter type for 'addr', expected: object");
+        return false;
+    }
+    if (!member_str(addr, "type", true, &type, errp)) {
+        err_prepend(errp, "addr: ");
+        return false;
+    }
+    if (!strcmp(type, "unix")) {
+        if (!member_str(addr, "path", true, &o->path, errp)) {
+            err_prepend(errp, "addr: ");
+            return false;
+        }
+    } else if (!strcmp(type, "fd")) {
+        const char *str;
+        int64_t fd;
+
+        if (!member_str(addr, "str", true, &str, errp)) {
+            err_prepend(errp, "addr: ");
+            return false;
+        }
+        if (parse_int64(str, &fd) < 0 || fd < 0 || fd > INT32_MAX) {
+            err_setf(errp, "File descriptor '%s' is not a number (named "
+                     "fds are not supported)", str);
+            return false;
+        }
+        o->fd = (int)fd;
+    } else {
+        err_setf(errp, "vhost-user-blk exports listen on 'unix' or 'fd' "
+                 "socket addresses, not '%s'", type);
+        return false;
+    }
+    json_object_foreach(addr, key, m) {
+        if (strcmp(key, "type") && strcmp(key, o->path ? "path" : "str")) {
+            err_setf(errp, "Parameter 'addr.%s' is unexpected", key);
+            return false;
+        }
+    }
+    if (!member_uint(args, "logical-block-size",
+                     VHOST_USER_BLK_DEFAULT_BLOCK_SIZE, UINT32_MAX, &v,
+                     errp)) {
+        return false;
+    }
+    o->logical_block_size = (uint32_t)v;
+    if (!member_uint(args, "num-queues", 1, UINT16_MAX, &v, errp)) {
+        return false;
+    }
+    o->num_queues = (uint16_t)v;
+    return true;
+}
+
 bool
 qmp_export_add(json_t *args, struct err **errp)
 {
     struct fuse_export_options fuse;
+    struct vhost_user_blk_options vub;
     struct block_export_options opts = {0};
     const char *const *members = NULL;
     const char *iothread, *key;
@@ -224,6 +324,13 @@ qmp_export_add(json_t *args, struct err **errp)
             return false;
         }
         opts.driver_opts = &fuse;
+        return block_export_add(&opts, errp);
+    }
+    if (!strcmp(opts.type, "vhost-user-blk")) {
+        if (!parse_vhost_user_blk(args, &vub, errp)) {
+            return false;
+        }
+        opts.driver_opts = &vub;
         return block_export_add(&opts, errp);
     }
     /* NBD still reads its options from the arguments object. */

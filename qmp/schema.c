@@ -105,7 +105,9 @@ static const struct qmp_arg bitmap_or_str_elem = {
     bitmap_ref_members, NULL,
 };
 
-static const char *const export_type_values[] = { "nbd", "fuse", NULL };
+static const char *const export_type_values[] = {
+    "nbd", "vhost-user-blk", "fuse", NULL,
+};
 static const char *const fuse_allow_other_values[] = {
     "off", "on", "auto", NULL,
 };
@@ -113,7 +115,8 @@ static const char *const fuse_allow_other_values[] = {
  * every variant's members are listed, each documented with its type;
  * qmp/cmds-export.c refuses the members of the other types. */
 static const struct qmp_arg args_block_export_add[] = {
-    { "type", QMP_T_ENUM, false, "export type: \"nbd\" or \"fuse\"",
+    { "type", QMP_T_ENUM, false,
+      "export type: \"nbd\", \"vhost-user-blk\" or \"fuse\"",
       "BlockExportType", export_type_values, NULL, NULL },
     { "id", QMP_T_STR, false, "unique export id", NULL, NULL, NULL, NULL },
     { "node-name", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
@@ -138,6 +141,17 @@ static const struct qmp_arg args_block_export_add[] = {
       "its own threads)", NULL, NULL, NULL, NULL },
     { "fixed-iothread", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
       NULL, NULL },
+    { "addr", QMP_T_ANY_OBJECT, true,
+      "vhost-user-blk: where to listen for the VMM (required), a flat "
+      "SocketAddress: {\"type\": \"unix\", \"path\": P} or "
+      "{\"type\": \"fd\", \"str\": \"N\"} (an inherited listening "
+      "socket)", "SocketAddress", NULL, NULL, NULL },
+    { "logical-block-size", QMP_T_UINT, true,
+      "vhost-user-blk: the block size the guest sees, a power of 2 from "
+      "512 to 32768 (default 512)", "size", NULL, NULL, NULL },
+    { "num-queues", QMP_T_UINT, true,
+      "vhost-user-blk: virtqueues offered, 1 to 16 (default 1)", "uint16",
+      NULL, NULL, NULL },
     { "mountpoint", QMP_T_STR, true,
       "fuse: an existing regular file the node appears at (required)",
       NULL, NULL, NULL, NULL },
@@ -631,7 +645,9 @@ const struct qmp_command qmp_commands[] = {
       "{}" },
     { "block-export-add", qmp_block_export_add, args_block_export_add, false,
       "Export a node: over the running NBD server (type \"nbd\": name, "
-      "description, bitmaps, allocation-depth), or as a regular file "
+      "description, bitmaps, allocation-depth), to a VMM as a virtio-blk "
+      "device over vhost-user (type \"vhost-user-blk\": addr, "
+      "logical-block-size, num-queues), or as a regular file "
       "through FUSE (type \"fuse\": mountpoint, growable, allow-other; "
       "see docs/exports.md).", "{}" },
     { "block-export-del", qmp_block_export_del, args_block_export_del, false,
@@ -1036,7 +1052,10 @@ qmp_schema_print_doc(FILE *f)
         "`,handshake-max-seconds=S`): `nbd-server-start` with a flat "
         "socket address.\n"
         "- `--export [type=]nbd,id=ID,node-name=N[,name=E][,writable=on|off]"
-        "[,bitmap=B]` and `--export [type=]fuse,id=ID,node-name=N,"
+        "[,bitmap=B]`, `--export [type=]vhost-user-blk,id=ID,node-name=N,"
+        "addr.type=unix,addr.path=P[,writable=on|off][,num-queues=N]"
+        "[,logical-block-size=B]` (or `addr.type=fd,addr.str=N`) and "
+        "`--export [type=]fuse,id=ID,node-name=N,"
         "mountpoint=FILE[,writable=on|off][,growable=on|off]"
         "[,allow-other=on|off|auto]` (or JSON): `block-export-add`.\n"
         "- `--daemonize`, `--pidfile PATH`, `--help`, `--version`; `-T` / "
