@@ -44,8 +44,12 @@ except FileNotFoundError:
 print(p, f)
 PY
     echo "=== $tag: functional tests ($dir)"
+    # Scratch files go under our own directory, removed after the pass:
+    # pytest would keep the last three runs' images (gigabytes) around.
     LOCKSTEP_BUILD="$top/$dir" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+        --basetemp="$results/tmp-$tag" \
         --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
+    rm -rf "$results/tmp-$tag"
     /usr/bin/python3 - "$results/func-$tag.xml" >"$results/func-$tag.count" <<'PY'
 import sys
 import xml.etree.ElementTree as ET

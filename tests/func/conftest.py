@@ -68,6 +68,23 @@ def tmp_dir(tmp_path):
     return str(tmp_path)
 
 
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(autouse=True)
+def _drop_scratch_of_passed_tests(request, tmp_path):
+    """Remove a passed test's scratch directory when it ends: some tests
+    write gigabytes, and a failed one's files are kept to look at."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.passed:
+        shutil.rmtree(str(tmp_path), ignore_errors=True)
+
+
 def run(argv, stdin=None, timeout=120):
     """Run a program, capturing text output; never raises on exit status."""
     return subprocess.run(argv, input=stdin, capture_output=True, text=True,
