@@ -279,9 +279,10 @@ cluster_freed(struct qcow2_state *s, uint64_t cluster,
         s->free_hint = cluster;
     }
     qcow2_cache_forget(&s->l2_cache, off);
-    if (s->discard_passthrough[type]) {
+    if (s->discard_passthrough[type] && !s->corrupt) {
         /* Refcount is 0 in memory and nothing points here any more; we
-         * hold s->lock, so the allocator cannot hand it out meanwhile. */
+         * hold s->lock, so the allocator cannot hand it out meanwhile.
+         * A corrupt image gets no writes at all, discards included. */
         block_pdiscard(s->file, off, s->cluster_size);
     }
 }
