@@ -3,9 +3,9 @@
  * Never make a damaged image worse.  Every metadata write of the driver
  * goes through qcow2_meta_pwrite(), which first compares the target range
  * with every other metadata structure the driver knows (header, L1 table,
- * L2 tables, refcount table, refcount blocks), as QEMU's overlap-check does
- * in its default "cached" mode: all from the in-memory L1 and refcount
- * tables, no I/O.  An overlap means the image lies about its layout (an L1
+ * L2 tables, refcount table, refcount blocks, bitmap directory and bitmap
+ * tables), as QEMU's overlap-check does in its default "cached" mode: all
+ * from the in-memory tables, no I/O.  An overlap means the image lies about its layout (an L1
  * entry naming the refcount table, a refcount of 0 on a table, ...).
  * Writing on would destroy what "qemu-img check -r all" needs to repair
  * it, so instead the image is marked corrupt: the corrupt bit in the
@@ -45,9 +45,33 @@ meta_name(unsigned kind)
         return "active L2 table";
     case QCOW2_META_REFTABLE:
         return "refcount table";
-    default:
+    case QCOW2_META_REFBLOCK:
         return "refcount block";
+    case QCOW2_META_BITMAP_DIR:
+        return "bitmap directory";
+    default:
+        return "bitmap table";
     }
+}
+
+/* The bitmap directory (first range) and tables (qcow2-bitmap.c). */
+static unsigned
+bitmap_overlap(struct qcow2_state *s, unsigned ign, uint64_t off,
+               uint64_t len)
+{
+    CLEANUP_FREE struct qcow2_host_range *r = NULL;
+    size_t n = qcow2_bitmap_metadata_ranges(s, &r);
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned kind = i == 0 ? QCOW2_META_BITMAP_DIR
+                               : QCOW2_META_BITMAP_TABLE;
+
+        if (!(ign & kind) && r[i].bytes &&
+            ranges_overlap(off, len, r[i].offset, r[i].bytes)) {
+            return kind;
+        }
+    }
+    return 0;
 }
 
 unsigned
@@ -82,7 +106,7 @@ qcow2_overlap(struct qcow2_state *s, unsigned ign, uint64_t off, uint64_t len)
             return QCOW2_META_L2;
         }
     }
-    return 0;
+    return bitmap_overlap(s, ign, off, len);
 }
 
 bool

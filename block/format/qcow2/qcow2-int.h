@@ -188,6 +188,8 @@ enum {
     QCOW2_META_L2 = 1 << 2,
     QCOW2_META_REFTABLE = 1 << 3,
     QCOW2_META_REFBLOCK = 1 << 4,
+    QCOW2_META_BITMAP_DIR = 1 << 5,
+    QCOW2_META_BITMAP_TABLE = 1 << 6,
 };
 
 /* The kind of metadata, not in ign, that [off, off+len) overlaps; 0 none. */
