@@ -9,7 +9,8 @@ dir=$1
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/seeds-fuzz-qcow2.sh" "$dir"
 # Damages, as in tests/func/test_qcow2.py (DAMAGES): tables named as other
-# tables, refcounts of 0 on tables, guest data mapped onto a table.
+# tables, refcounts of 0 on tables (the bitmap directory too), guest data
+# mapped onto a table.
 python3 - "$dir" <<'PY'
 import os, struct, sys
 d = sys.argv[1]
@@ -38,4 +39,13 @@ for src in ("seed-1.qcow2", "seed-2.qcow2"):   # 16-bit refcounts
     patch(src, "rb-rc0", lambda h, rd, wr, rc: rc(h["rb"]))
     patch(src, "data-rt", lambda h, rd, wr, rc: wr(h["l2"] + 8, h["rt"] | COPIED))
     patch(src, "data-l1", lambda h, rd, wr, rc: wr(h["l2"] + 8, h["l1"] | COPIED))
+def bitmap_dir(h, rd):
+    off = rd(100) >> 32                 # header_length
+    while rd(off) >> 32:
+        if rd(off) >> 32 == 0x23852875:
+            return rd(off + 24)
+        off += 8 + ((rd(off) & 0xffffffff) + 7) // 8 * 8
+    return 0
+patch("seed-bitmaps.qcow2", "bm-dir-rc0",
+      lambda h, rd, wr, rc: rc(bitmap_dir(h, rd)))
 PY
