@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Unit tests for the qcow2 format logic: header decoding accepts good
- * headers and refuses each kind of bad one with a clear message, L2 entry
+ * headers and refuses each kind of bad one with a clear message (all that
+ * QEMU's open refuses in the header, extensions included), L2 entry
  * and subcluster classification, compressed descriptors, refcount packing
  * for every width (against a naive model), and through the driver:
  * qcow2_create() for every cluster size and refcount width, a write/read
@@ -166,7 +167,14 @@ test_header_refused(void **state)
                    "Unknown incompatible feature bit 40");
     make_header(b, sizeof(b));
     st_be64(b + 72, QCOW2_INCOMPAT_DATA_FILE);
+    expect_refused(b, sizeof(b), "'data-file' is required");
+    st_be32(b + 112, QCOW2_EXT_DATA_FILE);
+    st_be32(b + 116, 6);
+    memcpy(b + 120, "d.data", 6);
     expect_refused(b, sizeof(b), "external data file");
+    make_header(b, sizeof(b));
+    st_be64(b + 88, QCOW2_AUTOCLEAR_DATA_FILE_RAW);
+    expect_refused(b, sizeof(b), "data-file-raw requires a data file");
     make_header(b, sizeof(b));
     st_be32(b + 32, QCOW2_CRYPT_LUKS);
     expect_refused(b, sizeof(b), "Encrypted");
@@ -192,6 +200,37 @@ test_header_refused(void **state)
     expect_refused(b, sizeof(b), "truncated");
     make_header(b, sizeof(b));
     expect_refused(b, 50, "not in qcow2 format");
+    /* What QEMU's open refuses in the header, as qemu-img check does. */
+    make_header(b, sizeof(b));
+    st_be64(b + 24, 1ULL << 62);
+    expect_refused(b, sizeof(b), "Image is too big");
+    make_header(b, sizeof(b));
+    st_be64(b + 64, 0x40200);       /* no snapshots, still checked */
+    expect_refused(b, sizeof(b), "Snapshot table offset invalid");
+    make_header(b, sizeof(b));
+    st_be32(b + 112, QCOW2_EXT_BITMAPS);
+    st_be32(b + 116, 16);
+    expect_refused(b, sizeof(b), "bitmaps_ext: Invalid extension length");
+    st_be32(b + 116, 24);
+    st_be64(b + 88, QCOW2_AUTOCLEAR_BITMAPS);
+    expect_refused(b, sizeof(b), "Invalid number of bitmaps 0");
+    st_be32(b + 120, 1);
+    st_be64(b + 136, 0x1234);
+    expect_refused(b, sizeof(b), "invalid bitmap directory offset");
+    make_header(b, sizeof(b));
+    st_be32(b + 112, QCOW2_EXT_CRYPTO);
+    st_be32(b + 116, 16);
+    expect_refused(b, sizeof(b), "only expected with LUKS");
+    make_header(b, sizeof(b));
+    st_be32(b + 112, 0);            /* end marker with a length */
+    st_be32(b + 116, 70000);
+    expect_refused(b, sizeof(b), "truncated");
+    make_header(b, sizeof(b));
+    st_be32(b + 112, 0x12345678);   /* 4 bytes left before the name */
+    st_be64(b + 8, 124);
+    st_be32(b + 16, 4);
+    memcpy(b + 124, "base", 4);
+    expect_refused(b, sizeof(b), "extension list is truncated");
 }
 
 /* ---- Entries --------------------------------------------------------- */

@@ -55,17 +55,12 @@ entry_write(struct qcow2_state *s, struct qcow2_cache *c,
             return ret;
         }
     }
-    /* The overlap check for metadata: a table must never sit on the
-     * header or on the other structure's tables. */
-    if (e->offset < s->cluster_size) {
-        qcow2_signal_corruption(s, "%s table at offset 0x%llx overlaps the "
-                                "header", c->name,
-                                (unsigned long long)e->offset);
-        return -EIO;
-    }
     block_debug_event(s->file, c == &s->l2_cache ? "l2_update"
                                                  : "refblock_update");
-    ret = block_pwrite(s->file, e->offset, s->cluster_size, e->data, 0);
+    /* The overlap check: a table never lands on another structure. */
+    ret = qcow2_meta_pwrite(s, c == &s->l2_cache ? QCOW2_META_L2
+                                                 : QCOW2_META_REFBLOCK,
+                            e->offset, s->cluster_size, e->data);
     if (ret < 0) {
         return ret;
     }

@@ -34,9 +34,10 @@
  *     core turns into a flush) covers everything before it.
  * Killing the process at any point leaves leaks at worst.
  *
- * Corruption: a write that would land on metadata, or metadata that
- * breaks the format, sets the corrupt bit and fails every later write
- * with -EIO (E9: OK -> CORRUPT).
+ * Corruption (qcow2-corrupt.c): a write that would land on metadata, or
+ * metadata that breaks the format, sets the corrupt bit, sends
+ * BLOCK_IMAGE_CORRUPTED and fails every later write with -EIO, metadata
+ * writes included (E9: OK -> CORRUPT).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,33 +78,6 @@ static const struct block_opt qcow2_opts[] = {
     {"encrypt", BLOCK_OPT_ANY, false, NULL},
     {NULL, 0, false, NULL},
 };
-
-/* ---- Corruption ------------------------------------------------------- */
-
-void
-qcow2_signal_corruption(struct qcow2_state *s, const char *fmt, ...)
-{
-    uint8_t be[8];
-    va_list ap;
-
-    va_start(ap, fmt);
-    if (!s->corrupt) {
-        fprintf(stderr, "qcow2: Marking image as corrupt: ");
-        vfprintf(stderr, fmt, ap);
-        fprintf(stderr, "; further corruption events will be suppressed\n");
-    }
-    va_end(ap);
-    if (s->corrupt || s->node->read_only || s->h.version < 3) {
-        s->corrupt = true;
-        return;
-    }
-    s->corrupt = true;
-    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-    st_be64(be, s->h.incompatible_features);
-    if (block_pwrite(s->file, QCOW2_HDR_OFF_INCOMPAT, 8, be, 0) == 0) {
-        block_flush(s->file);
-    }
-}
 
 /* ---- Guest cluster range locks ---------------------------------------- */
 
@@ -488,13 +462,13 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
 
     memset(p, 0, sizeof(*p));
     ret = qcow2_get_l2e(s, gc, &p->old);
-    if (ret == 0) {
-        ret = qcow2_l2_entry_type(p->old.entry, p->old.bitmap, s->extended_l2,
-                                  (int)s->h.version, s->cluster_bits, &t);
-    }
     if (ret < 0) {
-        qcow2_signal_corruption(s, "invalid L2 entry for guest cluster %llu",
-                                (unsigned long long)gc);
+        return ret;     /* an I/O error, or corruption already signalled */
+    }
+    if (qcow2_l2_entry_type(p->old.entry, p->old.bitmap, s->extended_l2,
+                            (int)s->h.version, s->cluster_bits, &t) < 0) {
+        qcow2_signal_corruption(s, -1, -1, "invalid L2 entry for guest "
+                                "cluster %llu", (unsigned long long)gc);
         return -EIO;
     }
     host = p->old.entry & QCOW2_L2E_OFFSET_MASK;
@@ -532,13 +506,8 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
                                          : align_up(in + n,
                                                     s->subcluster_size);
     }
-    if (qcow2_overlaps_metadata(s, p->host + p->ws, p->we - p->ws)) {
-        qcow2_signal_corruption(s, "data write at host offset 0x%llx would "
-                                "overwrite metadata",
-                                (unsigned long long)(p->host + p->ws));
-        return -EIO;
-    }
-    return 0;
+    /* Guest data overlaps no metadata at all. */
+    return qcow2_overlap_refuse(s, 0, p->host + p->ws, p->we - p->ws);
 }
 
 /* The new L2 entry after the data of plan p reached the host cluster. */
@@ -854,8 +823,8 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         if (qcow2_l2_entry_type(old.entry, old.bitmap, s->extended_l2,
                                 (int)s->h.version, s->cluster_bits,
                                 &type) < 0) {
-            qcow2_signal_corruption(s, "invalid L2 entry for guest cluster "
-                                    "%llu", (unsigned long long)gc);
+            qcow2_signal_corruption(s, -1, -1, "invalid L2 entry for guest "
+                                    "cluster %llu", (unsigned long long)gc);
             return -EIO;
         }
         if (!discard && !(start_ok && end_ok)) {
@@ -1144,9 +1113,9 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     }
     st_be64(rt, nb * cs);
     block_debug_event(s->file, "refblock_alloc");
-    ret = block_pwrite(s->file, nb * cs, cs, rb, 0);
+    ret = qcow2_meta_pwrite(s, 0, nb * cs, cs, rb);
     if (ret == 0) {
-        ret = block_pwrite(s->file, nt * cs, cs, rt, 0);
+        ret = qcow2_meta_pwrite(s, 0, nt * cs, cs, rt);
     }
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1154,8 +1123,8 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     st_be64(hdr, nt * cs);
     st_be32(hdr + 8, 1);
     if (ret == 0) {
-        ret = block_pwrite(s->file, QCOW2_HDR_OFF_REFTABLE, sizeof(hdr), hdr,
-                           0);
+        ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, QCOW2_HDR_OFF_REFTABLE,
+                                sizeof(hdr), hdr);
     }
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1236,7 +1205,8 @@ free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
     int ret = 0;
 
     if (!l2_tables_sane(s, old_l1)) {
-        qcow2_signal_corruption(s, "L2 tables shared or outside the file");
+        qcow2_signal_corruption(s, -1, -1, "L2 tables shared or outside "
+                                "the file");
         err_setf(errp, "qcow2 image is corrupt: L2 tables shared or "
                  "outside the file");
         return -EIO;
@@ -1302,7 +1272,8 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     zero = xzalloc(MAX(l1_bytes, 1));
     /* Rule 3: every pointer into the data goes away first, durably. */
     block_debug_event(s->file, "l1_update");
-    ret = l1_bytes ? block_pwrite(s->file, s->l1_offset, l1_bytes, zero, 0)
+    ret = l1_bytes ? qcow2_meta_pwrite(s, QCOW2_META_L1, s->l1_offset,
+                                       l1_bytes, zero)
                    : 0;
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1383,7 +1354,7 @@ write_size_locked(struct qcow2_state *s, uint64_t length)
     int ret;
 
     st_be64(be, length);
-    ret = block_pwrite(s->file, QCOW2_HDR_OFF_SIZE, 8, be, 0);
+    ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, QCOW2_HDR_OFF_SIZE, 8, be);
     if (ret == 0) {
         ret = block_flush(s->file);
     }
@@ -1411,7 +1382,8 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
     int ret = write_size_locked(s, length);
 
     if (ret == 0 && !l2_tables_sane(s, s->l1)) {
-        qcow2_signal_corruption(s, "L2 tables shared or outside the file");
+        qcow2_signal_corruption(s, -1, -1, "L2 tables shared or outside "
+                                "the file");
         return -EIO;
     }
     for (uint64_t gc = first; ret == 0 && gc < end; gc++) {
@@ -1592,6 +1564,8 @@ load_l1(struct qcow2_state *s, struct err **errp)
 static int
 refuse_options(json_t *options, struct err **errp)
 {
+    json_t *oc;
+
     if (block_opt_bool(options, "lazy-refcounts", false)) {
         err_setf(errp, "qcow2: lazy-refcounts=on is not supported");
         return -ENOTSUP;
@@ -1602,6 +1576,15 @@ refuse_options(json_t *options, struct err **errp)
     }
     if (json_object_get(options, "encrypt")) {
         err_setf(errp, "qcow2: encryption is not supported");
+        return -ENOTSUP;
+    }
+    /* The check covers every structure an image we open can have. */
+    oc = json_object_get(options, "overlap-check");
+    if (oc && !(json_is_string(oc) &&
+                (!strcmp(json_string_value(oc), "cached") ||
+                 !strcmp(json_string_value(oc), "all")))) {
+        err_setf(errp, "qcow2: overlap-check must be 'cached' or 'all' (the "
+                 "check of every metadata structure is always on)");
         return -ENOTSUP;
     }
     return 0;
