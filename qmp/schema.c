@@ -684,7 +684,9 @@ const struct qmp_command qmp_commands[] = {
       qmp_args_filter_node, false,
       "Take a filter out: its parents go back to its 'file' child, except "
       "snapshot-access nodes, which stay on a copy-before-write filter "
-      "until deleted.  Also a transaction action.", "{}" },
+      "until deleted (while one does, the filter refuses writers on its "
+      "source: delete it first when a guest writes).  Also a transaction "
+      "action.", "{}" },
     { "fleecing-start", qmp_fleecing_start, args_fleecing_start, false,
       "Start pull-mode fleecing in one call: open the temp node, add a "
       "copy-before-write filter (ID-cbw) over node, insert it atomically "
@@ -1069,8 +1071,7 @@ qmp_schema_print_doc(FILE *f)
         "our default.\n"
         "- An NBD client that reads none of its replies for 30 s is "
         "dropped (QEMU waits for it forever).\n"
-        "- `x-debug-query-block-graph` numbers nodes in creation order; "
-        "permissions are the block layer's own.\n\n"
+        "- `x-debug-query-block-graph` numbers nodes in creation order.\n\n"
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
