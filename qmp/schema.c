@@ -1071,7 +1071,13 @@ qmp_schema_print_doc(FILE *f)
         "our default.\n"
         "- An NBD client that reads none of its replies for 30 s is "
         "dropped (QEMU waits for it forever).\n"
-        "- `x-debug-query-block-graph` numbers nodes in creation order.\n\n"
+        "- `x-debug-query-block-graph` numbers nodes in creation order.\n"
+        "- Commit and active commit insert no filter node above the "
+        "committed layers (QEMU's commit_top and mirror_top); exports stay "
+        "on the top node, so `blockdev-del` of an actively committed top "
+        "that is exported says \"Node top is in use\" where QEMU says the "
+        "node is busy.  After a cancelled commit the nodes can be resized "
+        "again (QEMU 7.2 keeps them blocked).\n\n"
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
