@@ -59,7 +59,9 @@
  * end: they keep other jobs, block_resize and blockdev-del off those
  * nodes, refuse resizing to everyone, and refuse writing base to others
  * and (intermediate commit) reading the layers above base, whose view
- * changes as base is written.
+ * changes as base is written.  The links from above the committed range
+ * down to base are frozen meanwhile (blockdev-reopen cannot point them
+ * elsewhere), as QEMU freezes the backing chain.
  *
  * Threads and locks: the fields of struct commit_job are set on the main
  * thread before the job thread starts; should_complete is atomic; the
@@ -110,6 +112,9 @@ struct commit_job {
     struct block_handle *handles[COMMIT_MAX_CHAIN + 4];
     int nhandles;
     struct block_child *fixed;    /* the edge above the committed range */
+    /* The links from above the committed range down to base, frozen. */
+    struct block_child *frozen[COMMIT_MAX_CHAIN + 1];
+    int nfrozen;
 };
 
 /* Release what the job holds; before any graph change of its own. */
@@ -123,6 +128,31 @@ release_graph(struct commit_job *s)
         block_child_unfix_perm(s->fixed);
         s->fixed = NULL;
     }
+    while (s->nfrozen > 0) {
+        s->frozen[--s->nfrozen]->frozen = false;
+    }
+}
+
+/* Freeze the links from c down to base (QEMU's frozen backing chain): the
+ * job's graph change at the end relies on them. */
+static bool
+freeze_chain(struct commit_job *s, struct block_child *c,
+             struct block_node *base, struct err **errp)
+{
+    while (c) {
+        if (s->nfrozen == (int)ARRAY_SIZE(s->frozen)) {
+            err_setf(errp, "Backing chain too long");
+            return false;
+        }
+        c->frozen = true;
+        s->frozen[s->nfrozen++] = c;
+        if (c->node == base) {
+            break;
+        }
+        c = c->node->drv->kind == BLOCK_KIND_FILTER ? c->node->file
+                                                    : c->node->backing;
+    }
+    return true;
 }
 
 /* A job's handle (is_job) or a block backend of the job's on node. */
@@ -204,6 +234,9 @@ hold_graph(struct commit_job *s, struct block_node *dev,
         return false;
     }
     s->fixed = above;
+    if (!freeze_chain(s, above, base, errp)) {
+        return false;
+    }
     if (active && !hold_backend(s, base, BLOCK_PERM_WRITE,
                                 BLOCK_PERM_CONSISTENT_READ | PERM_WRITES,
                                 errp)) {

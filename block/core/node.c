@@ -732,8 +732,15 @@ block_children_replace_node(struct block_child *const *edges, size_t n,
     int ret;
 
     for (size_t i = 0; i < n; i++) {
-        if (!edge_cycle_check(edges[i]->parent_node, edges[i]->name, to,
-                              errp)) {
+        struct block_child *c = edges[i];
+
+        if (c->frozen && c->node != to) {
+            err_setf(errp, "Cannot change frozen '%s' link from '%s' to '%s'",
+                     c->name, c->parent_node ? c->parent_node->node_name : "",
+                     c->node->node_name);
+            return -EBUSY;
+        }
+        if (!edge_cycle_check(c->parent_node, c->name, to, errp)) {
             return -ELOOP;
         }
     }

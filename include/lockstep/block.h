@@ -260,6 +260,9 @@ struct block_child {
     uint32_t perm;
     uint32_t shared;
     bool perm_fixed;
+    /* A job relies on this link (commit's chain): it may not point
+     * elsewhere until the job lets go ("Cannot change frozen ..."). */
+    bool frozen;
     TAILQ_ENTRY(block_child) parent_link;  /* in node->parents */
     TAILQ_ENTRY(block_child) child_link;   /* in parent_node->children */
 };

@@ -212,6 +212,14 @@ def test_intermediate_commit(chain):
     assert qmp.error("block-commit", **{
         "job-id": "c2", "device": "top", "top-node": "mid"}) == \
         "Need a root block node"
+    # The chain the job relies on cannot be rewired under it.  (QEMU's
+    # message for top names its implicit commit filter, which lockstep
+    # does not insert.)
+    assert qmp.error("blockdev-reopen", options=[{
+        "driver": "qcow2", "node-name": "top", "file": "top-file",
+        "backing": "base"}]) == (
+        "Cannot replace implicit backing child of top" if qmp.kind == "qemu"
+        else "Cannot change frozen 'backing' link from 'top' to 'mid'")
     qmp.ok("job-cancel", id="c")
     qmp.wait_event_match("JOB_STATUS_CHANGE", id="c", status="null")
     for eid in ("t", "b2"):
@@ -246,10 +254,18 @@ def test_active_commit(chain):
         "intermediate node"), resp
     # The guest keeps writing the top.
     assert nbd_write(qmp, "top")
+    assert qmp.error("blockdev-reopen", options=[{
+        "driver": "qcow2", "node-name": "top", "file": "top-file",
+        "backing": "base"}]) == \
+        "Cannot change frozen 'backing' link from 'top' to 'mid'"
     qmp.ok("job-cancel", id="a")
     qmp.wait_event_match("JOB_STATUS_CHANGE", id="a", status="null")
     resp = export(qmp, "m", "mid", False)
     assert "return" in resp, resp
+    # The job is gone: the chain is free again.
+    qmp.ok("blockdev-reopen", options=[{
+        "driver": "qcow2", "node-name": "top", "file": "top-file",
+        "backing": "base"}])
 
 
 def test_copy_before_write_and_exports(daemon):
