@@ -150,7 +150,9 @@ def test_backup_source_and_target(daemon):
         "sync": "none"}) == \
         "Node 'tgt' is busy: block device is in use by block job: backup"
 
-    qmp.ok("block-export-del", id="tgt")
+    # hard: qemu-io's connection may not be gone yet.
+    qmp.ok("block-export-del", id="tgt", mode="hard")
+    qmp.wait_event_match("BLOCK_EXPORT_DELETED", id="tgt")
     qmp.ok("job-cancel", id="j")
     qmp.wait_event_match("JOB_STATUS_CHANGE", id="j", status="null")
     # The job is gone: its restrictions too.
@@ -294,7 +296,7 @@ def test_copy_before_write_and_exports(daemon):
     assert nbd_write(qmp, "disk")
     qmp.ok("blockdev-del", **{"node-name": "cbw"})
     qmp.ok("blockdev-del", **{"node-name": "temp"})
-    qmp.ok("block-export-del", id="guest")
+    qmp.ok("block-export-del", id="guest", mode="hard")
     qmp.wait_event_match("BLOCK_EXPORT_DELETED", id="guest")
     qmp.ok("block_resize", **{"node-name": "disk", "size": SIZE // 2})
 
