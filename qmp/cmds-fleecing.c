@@ -567,7 +567,11 @@ snapshot_unused(struct fleecing *fl, struct err **errp)
     struct block_child *c;
 
     TAILQ_FOREACH(c, &fl->access->parents, parent_link) {
-        CLEANUP_FREE char *desc = block_child_parent_desc(c);
+        /* Handles by their owner ("export 'x'"), which says more than
+         * QEMU's "an unnamed block device". */
+        CLEANUP_FREE char *desc = c->parent_handle ?
+                                  xstrdup(c->parent_handle->owner) :
+                                  block_child_parent_desc(c);
 
         if (strcmp(desc, own) != 0) {
             err_setf(errp, "Node '%s' is in use by %s; remove that first",
