@@ -140,7 +140,11 @@ struct backup_job {
     int workers;
     uint64_t chunk;
     uint64_t len;
-    TAILQ_ENTRY(backup_job) link;   /* in g_backups; main thread */
+    /* The job's use of the filter and of the target (QEMU's "main node"
+     * and "target"): they keep other jobs, block_resize and blockdev-del
+     * off these nodes.  Main thread. */
+    struct block_handle *main_h;
+    struct block_handle *target_h;
 
     /* The speed limiter.  Protected by: rl_lock (a leaf). */
     pthread_mutex_t rl_lock;
@@ -149,9 +153,6 @@ struct backup_job {
     int64_t next_free;              /* when the budget is back to zero */
     bool rl_stop;                   /* pause/cancel asked: stop waiting */
 };
-
-/* Active backup jobs, for the busy check on targets.  Main thread only. */
-static TAILQ_HEAD(, backup_job) g_backups = TAILQ_HEAD_INITIALIZER(g_backups);
 
 /* One pass of background copying. */
 struct backup_pass {
@@ -485,8 +486,11 @@ backup_clean(struct job *job)
         backup_progress(job, &cur, &total);
         __atomic_store_n(&job->progress_current, cur, __ATOMIC_RELAXED);
         __atomic_store_n(&job->progress_total, total, __ATOMIC_RELAXED);
-        TAILQ_REMOVE(&g_backups, s, link);
         s->bcs = NULL;
+        /* The job's handles first: they stay with the filter node. */
+        block_handle_free(s->main_h);
+        block_handle_free(s->target_h);
+        s->main_h = s->target_h = NULL;
         cbw_drop(s->cbw);
         s->cbw = NULL;
     }
@@ -818,21 +822,6 @@ check_bitmap_args(struct backup_args *a, struct block_node *source,
     return true;
 }
 
-static bool
-node_busy(struct block_node *node, struct err **errp)
-{
-    struct backup_job *s;
-
-    TAILQ_FOREACH(s, &g_backups, link) {
-        if (s->target == node || s->cbw == node) {
-            err_setf(errp, "Node '%s' is busy: block device is in use by "
-                     "block job: backup", node->node_name);
-            return true;
-        }
-    }
-    return false;
-}
-
 static struct block_node *
 lookup_node(const char *name, struct err **errp)
 {
@@ -962,7 +951,9 @@ backup_create(json_t *args, struct err **errp)
         err_setf(errp, "Compression is not supported for this drive ");
         return NULL;
     }
-    if (node_busy(source, errp) || node_busy(target, errp)) {
+    /* Nodes another job uses (QEMU's op blockers). */
+    if (block_node_op_blocked(source, errp) ||
+        block_node_op_blocked(target, errp)) {
         return NULL;
     }
     len = block_getlength(source);
@@ -1021,6 +1012,17 @@ backup_create(json_t *args, struct err **errp)
     s = container_of(job, struct backup_job, job);
     mutex_init(&s->rl_lock);
     cond_init(&s->rl_cond);
+    s->main_h = block_handle_new_job(cbw, "backup", a.job_id, "main node", 0,
+                                     BLOCK_PERM_ALL, errp);
+    s->target_h = s->main_h ?
+                  block_handle_new_job(target, "backup", a.job_id, "target",
+                                       0, BLOCK_PERM_ALL, errp) : NULL;
+    if (!s->target_h) {
+        block_handle_free(s->main_h);
+        s->main_h = NULL;
+        job_early_fail(job);
+        goto out_cbw;
+    }
     block_node_ref(source);
     block_node_ref(target);
     s->source = source;
@@ -1038,7 +1040,6 @@ backup_create(json_t *args, struct err **errp)
     s->chunk = a.max_chunk ? align_down(a.max_chunk, cluster)
                            : MAX(BACKUP_CHUNK, cluster);
     s->len = (uint64_t)len;
-    TAILQ_INSERT_TAIL(&g_backups, s, link);
 
     if (s->sync == BACKUP_SYNC_BITMAP) {
         init_copy_bitmap(s);

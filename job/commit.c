@@ -54,6 +54,15 @@
  * the caller to wait for its end.  The algorithm is the same (bitmap,
  * copy, drained final pass, edge switch).
  *
+ * Permissions (QEMU's, see hold_graph()): the job holds handles on the
+ * nodes it uses, released before prepare changes the graph and at the
+ * end: they keep other jobs, block_resize and blockdev-del off those
+ * nodes, refuse resizing to everyone, and refuse writing base to others
+ * and (intermediate commit) reading the layers above base, whose view
+ * changes as base is written.  The links from above the committed range
+ * down to base are frozen meanwhile (blockdev-reopen cannot point them
+ * elsewhere), as QEMU freezes the backing chain.
+ *
  * Threads and locks: the fields of struct commit_job are set on the main
  * thread before the job thread starts; should_complete is atomic; the
  * bitmaps have their own lock.  I/O of the job thread runs inside the
@@ -98,7 +107,174 @@ struct commit_job {
     uint64_t len;
     void *buf;
     int should_complete;          /* atomic */
+    /* What the job holds on the graph (see "Permissions"), until the
+     * graph change of prepare or the end.  Main thread. */
+    struct block_handle *handles[COMMIT_MAX_CHAIN + 4];
+    int nhandles;
+    struct block_child *fixed;    /* the edge above the committed range */
+    /* The links from above the committed range down to base, frozen. */
+    struct block_child *frozen[COMMIT_MAX_CHAIN + 1];
+    int nfrozen;
 };
+
+/* Release what the job holds; before any graph change of its own. */
+static void
+release_graph(struct commit_job *s)
+{
+    while (s->nhandles > 0) {
+        block_handle_free(s->handles[--s->nhandles]);
+    }
+    if (s->fixed) {
+        block_child_unfix_perm(s->fixed);
+        s->fixed = NULL;
+    }
+    while (s->nfrozen > 0) {
+        s->frozen[--s->nfrozen]->frozen = false;
+    }
+}
+
+/* Freeze the links from c down to base (QEMU's frozen backing chain): the
+ * job's graph change at the end relies on them. */
+static bool
+freeze_chain(struct commit_job *s, struct block_child *c,
+             struct block_node *base, struct err **errp)
+{
+    while (c) {
+        if (s->nfrozen == (int)ARRAY_SIZE(s->frozen)) {
+            err_setf(errp, "Backing chain too long");
+            return false;
+        }
+        c->frozen = true;
+        s->frozen[s->nfrozen++] = c;
+        if (c->node == base) {
+            break;
+        }
+        c = c->node->drv->kind == BLOCK_KIND_FILTER ? c->node->file
+                                                    : c->node->backing;
+    }
+    return true;
+}
+
+/* A job's handle (is_job) or a block backend of the job's on node. */
+static bool
+hold(struct commit_job *s, bool is_job, struct block_node *node,
+     const char *role, uint32_t perm, uint32_t shared, struct err **errp)
+{
+    CLEANUP_FREE char *owner = NULL;
+    struct block_handle *h;
+
+    if (s->nhandles == (int)ARRAY_SIZE(s->handles)) {
+        err_setf(errp, "Backing chain too long");
+        return false;
+    }
+    if (is_job) {
+        h = block_handle_new_job(node, s->job.drv->type, s->job.id, role,
+                                 perm, shared, errp);
+    } else {
+        owner = xasprintf("%s job '%s'", s->job.drv->type, s->job.id);
+        h = block_handle_new(node, owner, perm, shared, errp);
+    }
+    if (!h) {
+        return false;
+    }
+    s->handles[s->nhandles++] = h;
+    return true;
+}
+
+static bool
+hold_job(struct commit_job *s, struct block_node *node, const char *role,
+         uint32_t perm, uint32_t shared, struct err **errp)
+{
+    return hold(s, true, node, role, perm, shared, errp);
+}
+
+static bool
+hold_backend(struct commit_job *s, struct block_node *node, uint32_t perm,
+             uint32_t shared, struct err **errp)
+{
+    return hold(s, false, node, NULL, perm, shared, errp);
+}
+
+/* The next node down a chain: a filter's child or a format's backing. */
+static struct block_node *
+chain_next(struct block_node *n)
+{
+    struct block_node *f = block_filtered(n);
+
+    return f ? f : (n->backing ? n->backing->node : NULL);
+}
+
+#define PERM_WRITES (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)
+
+/*
+ * QEMU's permissions for block-commit (commit_start) and active commit
+ * (mirror's commit_active_start); the job's node edges also keep other
+ * jobs, block_resize and blockdev-del off the nodes.  QEMU puts a filter
+ * above the committed range (commit_top, mirror_top) whose edge below
+ * takes nothing; here the overlay's backing edge is fixed that way
+ * instead, so that the intermediate nodes may refuse "consistent read":
+ * their content changes as base is written.
+ */
+static bool
+hold_graph(struct commit_job *s, struct block_node *dev,
+           struct block_node *base, struct err **errp)
+{
+    struct block_node *top = s->top;
+    struct block_child *above = s->kind == COMMIT_ACTIVE ? top->backing
+                                                         : s->overlay->backing;
+    bool active = s->kind == COMMIT_ACTIVE;
+
+    if (!hold_job(s, active ? top : dev, "main node",
+                  active ? BLOCK_PERM_CONSISTENT_READ : 0,
+                  active ? BLOCK_PERM_CONSISTENT_READ | PERM_WRITES
+                         : BLOCK_PERM_ALL, errp)) {
+        return false;
+    }
+    if (block_child_fix_perm(above, 0, BLOCK_PERM_ALL, errp) < 0) {
+        return false;
+    }
+    s->fixed = above;
+    if (!freeze_chain(s, above, base, errp)) {
+        return false;
+    }
+    if (active && !hold_backend(s, base, BLOCK_PERM_WRITE,
+                                BLOCK_PERM_CONSISTENT_READ | PERM_WRITES,
+                                errp)) {
+        return false;
+    }
+    for (struct block_node *n = active ? chain_next(top) : top;
+         n && n != base; n = chain_next(n)) {
+        uint32_t shared = PERM_WRITES;
+
+        /* Filters right above base read what base holds. */
+        if (!active && block_skip_filters(n) == base) {
+            shared |= BLOCK_PERM_CONSISTENT_READ;
+        }
+        if (!hold_job(s, n, "intermediate node", 0, shared, errp)) {
+            return false;
+        }
+    }
+    if (active) {
+        return hold_job(s, base, "target", 0, BLOCK_PERM_ALL, errp);
+    }
+    return hold_job(s, base, "base", 0, BLOCK_PERM_ALL, errp) &&
+           hold_backend(s, base, BLOCK_PERM_CONSISTENT_READ |
+                        BLOCK_PERM_WRITE,
+                        BLOCK_PERM_CONSISTENT_READ |
+                        BLOCK_PERM_WRITE_UNCHANGED, errp) &&
+           hold_backend(s, top, 0, BLOCK_PERM_ALL, errp);
+}
+
+/* x-replication-resync: read device, write target (as mirror would). */
+static bool
+hold_resync(struct commit_job *s, struct err **errp)
+{
+    return hold_job(s, s->src, "main node", BLOCK_PERM_CONSISTENT_READ,
+                    BLOCK_PERM_CONSISTENT_READ | PERM_WRITES, errp) &&
+           hold_backend(s, s->dst, BLOCK_PERM_WRITE,
+                        BLOCK_PERM_CONSISTENT_READ | PERM_WRITES, errp) &&
+           hold_job(s, s->dst, "target", 0, BLOCK_PERM_ALL, errp);
+}
 
 static void
 commit_free_bitmap(struct commit_job *s)
@@ -309,6 +485,9 @@ commit_prepare(struct job *job, struct err **errp)
         block_drain_end();
         return ret;
     }
+    /* The job's hold on the graph goes first: the new edges must not
+     * conflict with it (QEMU drops its base backend here too). */
+    release_graph(s);
     switch (s->kind) {
     case COMMIT_INTERMEDIATE:
         ret = block_child_replace_node(s->overlay->backing, s->dst, errp);
@@ -331,6 +510,7 @@ commit_clean(struct job *job)
 {
     struct commit_job *s = container_of(job, struct commit_job, job);
 
+    release_graph(s);
     commit_free_bitmap(s);
     if (s->kind == COMMIT_INTERMEDIATE && s->base_was_read_only) {
         struct err *local = NULL;
@@ -429,6 +609,21 @@ find_in_chain(struct block_node *active, const char *name)
     return NULL;
 }
 
+/* QEMU commits a root node only: no parent but block backends (exports);
+ * a job's main node has the job as a parent. */
+static bool
+is_root(struct block_node *n)
+{
+    struct block_child *c;
+
+    TAILQ_FOREACH(c, &n->parents, parent_link) {
+        if (!c->parent_handle || c->parent_handle->job_type) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool
 common_args(json_t *args, const char *default_id, const char **job_id,
             int *on_error, struct err **errp)
@@ -499,6 +694,13 @@ qmp_block_commit(json_t *args, struct err **errp)
     if (!common_args(args, "", &job_id, &on_error, errp)) {
         return NULL;
     }
+    if (!is_root(dev)) {
+        err_setf(errp, "Need a root block node");
+        return NULL;
+    }
+    if (block_node_op_blocked(dev, errp)) {
+        return NULL;
+    }
     active = block_skip_filters(dev);
     top_name = top_name ? top_name : arg_str(args, "top");
     top = top_name ? find_in_chain(active, top_name) : active;
@@ -529,6 +731,12 @@ qmp_block_commit(json_t *args, struct err **errp)
             base = block_skip_filters(base->backing->node);
         }
     }
+    /* Nodes another job uses (QEMU's op blockers), base included. */
+    for (struct block_node *n = top; n; n = n == base ? NULL : chain_next(n)) {
+        if (block_node_op_blocked(n, errp)) {
+            return NULL;
+        }
+    }
     for (struct block_node *n = top; n != base;
          n = block_skip_filters(n->backing->node)) {
         if (nlayers == COMMIT_MAX_CHAIN) {
@@ -547,6 +755,9 @@ qmp_block_commit(json_t *args, struct err **errp)
         }
         if (!overlay || overlay->backing->node != top) {
             err_setf(errp, "Cannot find the overlay of '%s'", top->node_name);
+            return NULL;
+        }
+        if (block_node_op_blocked(overlay, errp)) {
             return NULL;
         }
     }
@@ -598,6 +809,11 @@ qmp_block_commit(json_t *args, struct err **errp)
     s->base_was_read_only = base_ro;
     s->on_error = on_error;
     s->len = (uint64_t)len;
+    if (!hold_graph(s, dev, base, errp)) {
+        block_drain_end();
+        job_early_fail(job);
+        return NULL;
+    }
     block_drain_end();
     return start(s, args);
 
@@ -647,6 +863,10 @@ qmp_x_replication_resync(json_t *args, struct err **errp)
     if (!common_args(args, "resync", &job_id, &on_error, errp)) {
         return NULL;
     }
+    if (block_node_op_blocked(src, errp) ||
+        block_node_op_blocked(dst, errp)) {
+        return NULL;
+    }
     bm = block_dirty_bitmap_lookup(device, bitmap, errp);
     if (!bm || !block_dirty_bitmap_check_writable(bm, errp)) {
         return NULL;
@@ -672,10 +892,14 @@ qmp_x_replication_resync(json_t *args, struct err **errp)
     block_node_ref(dst);
     s->src = src;
     s->dst = dst;
+    s->on_error = on_error;
+    s->len = (uint64_t)len;
+    if (!hold_resync(s, errp)) {
+        job_early_fail(job);
+        return NULL;
+    }
     s->bm = bm;
     block_dirty_bitmap_enable(bm);
     block_dirty_bitmap_set_busy(bm, true);
-    s->on_error = on_error;
-    s->len = (uint64_t)len;
     return start(s, args);
 }

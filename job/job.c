@@ -391,6 +391,8 @@ job_get_progress(struct job *job, uint64_t *current, uint64_t *total)
 
 /* ---- Creation, references, lookup ------------------------------------- */
 
+static void do_dismiss(struct job *job);
+
 struct job *
 job_create(const struct job_driver *drv, const char *id, bool auto_finalize,
            bool auto_dismiss, struct err **errp)
@@ -421,6 +423,15 @@ job_create(const struct job_driver *drv, const char *id, bool auto_finalize,
     transition_locked(job, JOB_STATUS_CREATED);
     mutex_unlock(&g_job_lock);
     return job;
+}
+
+void
+job_early_fail(struct job *job)
+{
+    mutex_lock(&g_job_lock);
+    assert(job->status == JOB_STATUS_CREATED && !job->started);
+    mutex_unlock(&g_job_lock);
+    do_dismiss(job);
 }
 
 void

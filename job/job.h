@@ -220,6 +220,9 @@ bool job_poll(int64_t timeout_ns);
 struct job *job_create(const struct job_driver *drv, const char *id,
                        bool auto_finalize, bool auto_dismiss,
                        struct err **errp);
+/* A created job that could not be set up and never starts: it goes away
+ * (created -> null, drv->free runs), as QEMU's job_early_fail. */
+void job_early_fail(struct job *job);
 /*
  * Start the job's thread: created -> running.  Like QEMU, where a new job
  * runs until it first yields before the command that started it returns,

@@ -270,10 +270,12 @@ nbdexp_new(json_t *args, bool require_server, struct err **errp)
     }
 
     owner = xasprintf("export '%s'", id);
+    /* Clients see a fixed size: nobody may resize the node while it is
+     * exported (QEMU's NBD export refuses to share resize too). */
     exp->h = block_handle_new(node, owner,
                               BLOCK_PERM_CONSISTENT_READ |
                               (writable ? BLOCK_PERM_WRITE : 0),
-                              BLOCK_PERM_ALL, errp);
+                              BLOCK_PERM_ALL & ~BLOCK_PERM_RESIZE, errp);
     if (!exp->h) {
         goto out_free;
     }

@@ -9,7 +9,11 @@
  *     (block-dirty-bitmap-add/-disable/...) happen at one instant.
  *   x-blockdev-remove-filter {node-name}: the reverse; the filter's parents
  *     go back to its file child.  snapshot-access nodes stay: they read the
- *     filter's frozen view, not its data.  Also a transaction action.
+ *     filter's frozen view, not its data; but while one does, a
+ *     copy-before-write filter refuses writers on its source (QEMU's
+ *     permissions), so removing it from under a writing guest is refused
+ *     until the snapshot-access node is deleted.  Also a transaction
+ *     action.
  *   fleecing-start / fleecing-stop / query-fleecing: the whole pull-mode
  *     recipe of docs/fleecing.md (temp node, copy-before-write filter,
  *     insertion, snapshot-access node, read-only NBD export) in one call,
@@ -87,37 +91,35 @@ move_parents(struct moved_edges *m, bool removing, struct err **errp)
     m->edges = xcalloc(cap ? cap : 1, sizeof(*m->edges));
     /* Collect first: moving changes the list. */
     TAILQ_FOREACH(c, &m->from->parents, parent_link) {
-        if (c->parent_node == m->to || (removing && stays_on_filter(c))) {
+        /* Parents below the new node stay, or we make a loop (the filter
+         * itself; a temp node whose backing is the source); so do jobs,
+         * as in block_replace_node(). */
+        if ((c->parent_node && block_node_reaches(m->to, c->parent_node)) ||
+            (c->parent_handle && c->parent_handle->job_type) ||
+            (removing && stays_on_filter(c))) {
             continue;
         }
         m->edges[m->n++] = c;
     }
-    block_drain_begin();
+    /* All at once: one by one, the filter would refuse the writers left
+     * below it as soon as it had its first parent. */
+    if (block_children_replace_node(m->edges, m->n, m->to, errp) < 0) {
+        m->n = 0;
+        return false;
+    }
     for (size_t i = 0; i < m->n; i++) {
-        if (block_child_replace_node(m->edges[i], m->to, errp) < 0) {
-            while (i-- > 0) {
-                block_child_replace_node(m->edges[i], m->from, NULL);
-                fix_parent_option(m->edges[i]);
-            }
-            block_drain_end();
-            m->n = 0;
-            return false;
-        }
         fix_parent_option(m->edges[i]);
     }
-    block_drain_end();
     return true;
 }
 
 static void
 move_back(struct moved_edges *m)
 {
-    block_drain_begin();
+    block_children_replace_node(m->edges, m->n, m->from, NULL);
     for (size_t i = m->n; i-- > 0;) {
-        block_child_replace_node(m->edges[i], m->from, NULL);
         fix_parent_option(m->edges[i]);
     }
-    block_drain_end();
 }
 
 /* The filter named in data, checked: a filter driver with a file child. */
@@ -394,10 +396,16 @@ fleecing_free(struct fleecing *fl)
     free(fl);
 }
 
-/* Undo what fleecing-start built, in reverse order; the export is gone. */
+/*
+ * Undo what fleecing-start built, in reverse order; the export is gone.
+ * The snapshot-access node goes before the filter comes out: a filter
+ * with a parent keeps writers off its source.
+ */
 static void
 fleecing_teardown(struct fleecing *fl, bool inserted)
 {
+    unref_node(fl->access);
+    fl->access = NULL;
     if (inserted) {
         struct moved_edges *m = NULL;
         struct err *err = NULL;
@@ -559,7 +567,11 @@ snapshot_unused(struct fleecing *fl, struct err **errp)
     struct block_child *c;
 
     TAILQ_FOREACH(c, &fl->access->parents, parent_link) {
-        CLEANUP_FREE char *desc = block_child_parent_desc(c);
+        /* Handles by their owner ("export 'x'"), which says more than
+         * QEMU's "an unnamed block device". */
+        CLEANUP_FREE char *desc = c->parent_handle ?
+                                  xstrdup(c->parent_handle->owner) :
+                                  block_child_parent_desc(c);
 
         if (strcmp(desc, own) != 0) {
             err_setf(errp, "Node '%s' is in use by %s; remove that first",

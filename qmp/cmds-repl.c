@@ -117,7 +117,12 @@ qmp_xen_colo_do_checkpoint(json_t *args UNUSED, struct err **errp)
 
 /*
  * block_resize {device?, node-name?, size}: qemu-storage-daemon has no
- * named devices, so only node-name finds anything; messages are QEMU's.
+ * named devices, so only node-name finds anything.  As in QEMU: a node a
+ * job uses cannot be resized ("Device '...' is in use", naming the device
+ * argument, "(null)" when there is none, as QEMU prints it), and the
+ * resize runs through a block backend of its own that takes "resize", so
+ * that any user who does not share it (an export, a copy-before-write
+ * filter, a format above the node) refuses with a permission conflict.
  */
 json_t *
 qmp_block_resize(json_t *args, struct err **errp)
@@ -126,6 +131,7 @@ qmp_block_resize(json_t *args, struct err **errp)
     const char *name = arg_str(args, "node-name");
     json_int_t size = json_integer_value(json_object_get(args, "size"));
     struct block_node *node = name ? block_node_find(name) : NULL;
+    struct block_handle *h;
     int ret;
 
     if (!node) {
@@ -137,13 +143,24 @@ qmp_block_resize(json_t *args, struct err **errp)
         err_setf(errp, "Parameter 'size' expects a >0 size");
         return NULL;
     }
+    if (block_node_op_blocked(node, NULL)) {
+        err_setf(errp, "Device '%s' is in use", device ? device : "(null)");
+        return NULL;
+    }
+    h = block_handle_new(node, "block_resize", BLOCK_PERM_RESIZE,
+                         BLOCK_PERM_ALL, errp);
+    if (!h) {
+        return NULL;
+    }
     if (node->read_only) {
-        err_setf(errp, "Node '%s' is read only", node->node_name);
+        err_setf(errp, "Image is read-only");
+        block_handle_free(h);
         return NULL;
     }
     block_drain_begin();
     ret = block_truncate(node, (uint64_t)size, errp);
     block_drain_end();
+    block_handle_free(h);
     return ret < 0 ? NULL : json_object();
 }
 

@@ -4,16 +4,11 @@
  * message framing, the greeting, and event delivery.
  *
  * Design notes.
- *   - Framing.  A client's input is a stream of JSON values.  The reader
- *     scans bytes as they arrive, tracking brace/bracket depth outside
- *     strings (and escapes inside them), so it knows where each top-level
- *     value ends without parsing it; only a complete value goes to
- *     json_loadb().  A parse error thus costs one message, never the
- *     connection.  Top-level scalars end at the next delimiter; a stray
- *     closing brace is an error on its own.
- *   - Limits.  A value longer than QMP_MAX_REQUEST bytes or nested deeper
- *     than QMP_MAX_NESTING is not buffered: the reader skips to its end,
- *     then answers with one error.
+ *   - Framing (qmp/framer.c).  A client's input is a stream of JSON
+ *     values; the framer cuts it into complete values without parsing
+ *     them, and only a complete value goes to json_loadb().  A parse error
+ *     thus costs one message, never the connection.  Too large or too deep
+ *     values are skipped and answered with one error.
  *   - Output.  Responses and events are appended to a per-client buffer
  *     written without blocking; POLLOUT is watched only while it is not
  *     empty.  A client that lets more than QMP_MAX_OUTPUT pile up is
@@ -44,6 +39,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "qmp/framer.h"
 #include "qmp/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-event.h"
@@ -69,14 +65,6 @@ struct monitor {
     LIST_ENTRY(monitor) link;
 };
 
-/* The framing scanner's state (see the design notes). */
-enum scan_kind {
-    SCAN_IDLE,          /* between values */
-    SCAN_NESTED,        /* inside { } or [ ] */
-    SCAN_STRING,        /* a top-level string */
-    SCAN_BARE,          /* a top-level number/true/false/null/garbage */
-};
-
 struct client {
     struct monitor *mon;
     int fd;
@@ -84,14 +72,7 @@ struct client {
     struct qmp_session session;
     bool closed;
 
-    /* Input: buf[0..len) holds the current value so far. */
-    char *buf;
-    size_t len, cap;
-    enum scan_kind kind;
-    int depth;
-    bool in_str, esc;
-    bool skipping;          /* too large or too deep: not buffered */
-    const char *skip_msg;
+    struct qmp_framer input;
 
     /* Output queue. */
     char *out;
@@ -324,124 +305,36 @@ client_hold(struct client *cl, const char *data, size_t n)
     cl->held_len += n;
 }
 
-static void
-buf_append(struct client *cl, char c)
-{
-    if (cl->skipping) {
-        return;
-    }
-    if (cl->len + 1 > QMP_MAX_REQUEST) {
-        cl->skipping = true;
-        cl->skip_msg = "JSON token size limit exceeded";
-        cl->len = 0;
-        return;
-    }
-    if (cl->len + 1 > cl->cap) {
-        cl->cap = MAX(cl->cap * 2, 4096);
-        cl->buf = xrealloc(cl->buf, cl->cap);
-    }
-    cl->buf[cl->len++] = c;
-}
-
-static void
-value_done(struct client *cl)
-{
-    if (cl->skipping) {
-        client_send_error(cl, "%s", cl->skip_msg);
-    } else {
-        handle_value(cl, cl->buf, cl->len);
-    }
-    cl->kind = SCAN_IDLE;
-    cl->len = 0;
-    cl->depth = 0;
-    cl->in_str = cl->esc = false;
-    cl->skipping = false;
-}
-
+/* A value, or a framing error, from the framer; false to stop feeding:
+ * the client is gone, or a command was deferred (the rest waits). */
 static bool
-is_delim(char c)
+frame_cb(void *opaque, const char *text, size_t len, const char *error)
 {
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '{' ||
-           c == '}' || c == '[' || c == ']' || c == '"' || c == ',' ||
-           c == ':';
+    struct client *cl = opaque;
+
+    if (!text) {
+        client_send_error(cl, strncmp(error, "JSON ", 5) ?
+                              "JSON parse error, %s" : "%s", error);
+    } else {
+        handle_value(cl, text, len);
+    }
+    return !cl->closed && !cl->ticket;
 }
 
-/* Feed received bytes to the scanner; stops early if the client closed,
+/* Feed received bytes to the framer; stops early if the client closed,
  * and holds the rest back when a command was deferred. */
 static void
 client_feed(struct client *cl, const char *data, size_t n)
 {
-    for (size_t i = 0; i < n && !cl->closed; i++) {
-        char c = data[i];
+    size_t used;
 
-        if (cl->ticket) {
-            client_hold(cl, data + i, n - i);
-            return;
-        }
-
-        switch (cl->kind) {
-        case SCAN_IDLE:
-            if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-                break;
-            }
-            if (c == '{' || c == '[') {
-                cl->kind = SCAN_NESTED;
-                cl->depth = 1;
-                buf_append(cl, c);
-            } else if (c == '}' || c == ']') {
-                client_send_error(cl, "JSON parse error, %s",
-                                  "expecting value");
-            } else if (c == '"') {
-                cl->kind = SCAN_STRING;
-                buf_append(cl, c);
-            } else {
-                cl->kind = SCAN_BARE;
-                buf_append(cl, c);
-            }
-            break;
-        case SCAN_STRING:
-            buf_append(cl, c);
-            if (cl->esc) {
-                cl->esc = false;
-            } else if (c == '\\') {
-                cl->esc = true;
-            } else if (c == '"') {
-                value_done(cl);
-            }
-            break;
-        case SCAN_BARE:
-            if (is_delim(c)) {
-                value_done(cl);
-                i--;            /* the delimiter starts the next value */
-            } else {
-                buf_append(cl, c);
-            }
-            break;
-        case SCAN_NESTED:
-            buf_append(cl, c);
-            if (cl->in_str) {
-                if (cl->esc) {
-                    cl->esc = false;
-                } else if (c == '\\') {
-                    cl->esc = true;
-                } else if (c == '"') {
-                    cl->in_str = false;
-                }
-            } else if (c == '"') {
-                cl->in_str = true;
-            } else if (c == '{' || c == '[') {
-                if (++cl->depth > QMP_MAX_NESTING && !cl->skipping) {
-                    cl->skipping = true;
-                    cl->skip_msg = "JSON nesting depth limit exceeded";
-                    cl->len = 0;
-                }
-            } else if (c == '}' || c == ']') {
-                if (--cl->depth == 0) {
-                    value_done(cl);
-                }
-            }
-            break;
-        }
+    if (cl->ticket) {
+        client_hold(cl, data, n);
+        return;
+    }
+    used = qmp_framer_feed(&cl->input, data, n, frame_cb, cl);
+    if (used < n && !cl->closed && cl->ticket) {
+        client_hold(cl, data + used, n - used);
     }
 }
 
@@ -450,7 +343,7 @@ client_free_cb(void *opaque)
 {
     struct client *cl = opaque;
 
-    free(cl->buf);
+    qmp_framer_free(&cl->input);
     free(cl->out);
     free(cl->held);
     free(cl);

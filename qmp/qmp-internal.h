@@ -132,6 +132,17 @@ json_t *qmp_dispatch(json_t *req, struct qmp_session *session);
 typedef void qmp_reply_fn(void *opaque, json_t *resp);
 json_t *qmp_dispatch_async(json_t *req, struct qmp_session *session,
                            qmp_reply_fn *reply, void *opaque);
+/*
+ * Everything qmp_dispatch() checks before a handler runs: the request's
+ * shape, negotiation, the command's name (no NUL in it), and its
+ * arguments (no NUL in any string or member name; the schema).  Returns
+ * the command and *args (a new reference; {} when none was given), or
+ * NULL with *errp set.  Runs no handler: the QMP fuzz target uses it.
+ */
+const struct qmp_command *qmp_dispatch_check(json_t *req,
+                                             const struct qmp_session *session,
+                                             json_t **args,
+                                             struct err **errp);
 /* The error response for err (consumed), with id when not NULL. */
 json_t *qmp_error_response(struct err *err, json_t *id);
 

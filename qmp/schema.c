@@ -700,7 +700,9 @@ const struct qmp_command qmp_commands[] = {
       qmp_args_filter_node, false,
       "Take a filter out: its parents go back to its 'file' child, except "
       "snapshot-access nodes, which stay on a copy-before-write filter "
-      "until deleted.  Also a transaction action.", "{}" },
+      "until deleted (while one does, the filter refuses writers on its "
+      "source: delete it first when a guest writes).  Also a transaction "
+      "action.", "{}" },
     { "fleecing-start", qmp_fleecing_start, args_fleecing_start, false,
       "Start pull-mode fleecing in one call: open the temp node, add a "
       "copy-before-write filter (ID-cbw) over node, insert it atomically "
@@ -1038,7 +1040,10 @@ qmp_schema_print_doc(FILE *f)
         "- Arguments are checked against the schema below before a command "
         "runs: unknown members (\"Parameter 'x' is unexpected\"), missing "
         "ones (\"Parameter 'x' is missing\") and wrong types (\"Invalid "
-        "parameter type for 'x', expected: integer\") are errors.\n\n"
+        "parameter type for 'x', expected: integer\") are errors.\n"
+        "- No string argument (nor any string nested in one) may hold a NUL "
+        "character (`\\u0000`): \"Parameter 'id' must not contain a NUL "
+        "character\".  A command name with one is not found.\n\n"
         "## Command line\n\n"
         "lockstepd takes qemu-storage-daemon's options, processed in "
         "order (`lockstepd --help` lists them):\n\n"
@@ -1089,8 +1094,16 @@ qmp_schema_print_doc(FILE *f)
         "our default.\n"
         "- An NBD client that reads none of its replies for 30 s is "
         "dropped (QEMU waits for it forever).\n"
-        "- `x-debug-query-block-graph` numbers nodes in creation order; "
-        "permissions are the block layer's own.\n\n"
+        "- `x-debug-query-block-graph` numbers nodes in creation order.\n"
+        "- QEMU takes strings with `\\u0000` and refuses them later "
+        "(\"Invalid node-name\", \"Export ... is not found\"); here they "
+        "are refused up front, see above.\n"
+        "- Commit and active commit insert no filter node above the "
+        "committed layers (QEMU's commit_top and mirror_top); exports stay "
+        "on the top node, so `blockdev-del` of an actively committed top "
+        "that is exported says \"Node top is in use\" where QEMU says the "
+        "node is busy.  After a cancelled commit the nodes can be resized "
+        "again (QEMU 7.2 keeps them blocked).\n\n"
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);

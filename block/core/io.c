@@ -611,7 +611,12 @@ flush_node(struct block_node *node, bool force)
     if (!(node->drv->flush && node->drv->kind == BLOCK_KIND_FILTER &&
           !node->file)) {
         TAILQ_FOREACH(c, &node->children, child_link) {
-            if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {
+            /* The children this node writes (QEMU's rule), and any child
+             * written since its last flush: permissions follow what the
+             * parents hold now, not what was written before. */
+            if ((c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) ||
+                __atomic_load_n(&c->node->write_gen, __ATOMIC_ACQUIRE) !=
+                __atomic_load_n(&c->node->flushed_gen, __ATOMIC_ACQUIRE)) {
                 ret = block_flush(c->node);
                 if (ret < 0) {
                     return ret;

@@ -129,14 +129,13 @@ block_node_set_read_only(struct block_node *node, bool read_only,
         nchildren++;
     }
     if (read_only) {
-        TAILQ_FOREACH(c, &node->parents, parent_link) {
-            if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) {
-                CLEANUP_FREE char *desc = block_child_parent_desc(c);
+        uint32_t perm, shared;
 
-                err_setf(errp, "Block node '%s' is written by %s",
-                         node->node_name, desc);
-                return -EBUSY;
-            }
+        block_node_cumulative_perm(node, &perm, &shared);
+        if (perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {
+            err_setf(errp, "Read-only block node '%s' cannot support "
+                     "read-write users", node->node_name);
+            return -EBUSY;
         }
     }
     keep = xcalloc(nchildren ? nchildren : 1, sizeof(*keep));

@@ -104,22 +104,39 @@ static const struct block_opt cbw_opts[] = {
 
 /* ---- Open and close --------------------------------------------------- */
 
+/*
+ * QEMU's rules.  The target is written (and may be written by others: a
+ * guest's disk can sit in its backing chain) but must keep its size.  The
+ * source passes the parents' needs through; once the filter has parents,
+ * nobody else may write or resize the source, or their writes would
+ * bypass the copy (a guest writing the disk directly while a backup or a
+ * snapshot reads through the filter).  A filter without parents (just
+ * added, not inserted yet) restricts nothing.  discard-source discards
+ * copied clusters on the source, so it writes.
+ */
 static void
 cbw_child_perm(struct block_node *node, const char *child_name,
+               uint32_t parent_perm, uint32_t parent_shared,
                uint32_t *perm, uint32_t *shared)
 {
     struct cbw_state *s = node->opaque;
 
     if (!strcmp(child_name, "target")) {
-        *perm = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE;
+        *perm = BLOCK_PERM_WRITE;
         *shared = BLOCK_PERM_ALL & ~BLOCK_PERM_RESIZE;
         return;
     }
-    *perm = BLOCK_PERM_CONSISTENT_READ;
-    if (!node->read_only || s->discard_source) {
+    block_default_child_perm(node, child_name, parent_perm, parent_shared,
+                             perm, shared);
+    if (!TAILQ_EMPTY(&node->parents)) {
+        if (parent_perm & BLOCK_PERM_WRITE) {
+            *perm |= BLOCK_PERM_CONSISTENT_READ;
+        }
+        *shared &= ~(BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+    }
+    if (s->discard_source) {
         *perm |= BLOCK_PERM_WRITE;
     }
-    *shared = BLOCK_PERM_ALL & ~BLOCK_PERM_RESIZE;
 }
 
 /* The "bitmap" option: {"node": ..., "name": ...}. */

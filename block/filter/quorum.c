@@ -647,17 +647,24 @@ quorum_getlength(struct block_node *node)
     return block_getlength(s->children[0]->node);
 }
 
+/*
+ * QEMU's rules: the parents' needs pass through to every child (plus
+ * write, to repair corrupted children), and the children are written as
+ * one, so nobody else may write or resize them.
+ */
 static void
 quorum_child_perm(struct block_node *node, const char *child_name UNUSED,
+                  uint32_t parent_perm, uint32_t parent_shared,
                   uint32_t *perm, uint32_t *shared)
 {
-    /* The children are written as one: nobody else may change them. */
-    *perm = BLOCK_PERM_CONSISTENT_READ |
-            (node->read_only ? 0 : BLOCK_PERM_WRITE);
-    *shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
-    if (node->force_share) {
-        *shared = BLOCK_PERM_ALL;
+    struct quorum_state *s = node->opaque;
+
+    *perm = parent_perm & BLOCK_PERM_ALL;
+    if (s->rewrite_corrupted && !node->read_only) {
+        *perm |= BLOCK_PERM_WRITE;
     }
+    *shared = parent_shared &
+              (BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED);
 }
 
 static bool

@@ -354,15 +354,15 @@ reaches(struct block_node *from, struct block_node *to, int depth)
 
 /*
  * Move the parents of "from" that are not backing edges (and not "to"
- * itself) to "to".  Drained by the caller.  On failure the edges already
- * moved go back.
+ * itself) to "to", all at once.  Drained by the caller.  On failure
+ * nothing moved.
  */
 static int
 move_data_parents(struct block_node *from, struct block_node *to,
                   struct err **errp)
 {
     struct block_child *c, **edges;
-    size_t n = 0, cap = 0, i;
+    size_t n = 0, cap = 0;
     int ret = 0;
 
     TAILQ_FOREACH(c, &from->parents, parent_link) {
@@ -376,17 +376,7 @@ move_data_parents(struct block_node *from, struct block_node *to,
         }
         edges[n++] = c;
     }
-    for (i = 0; i < n; i++) {
-        ret = block_child_replace_node(edges[i], to, errp);
-        if (ret < 0) {
-            break;
-        }
-    }
-    if (ret < 0) {
-        while (i-- > 0) {
-            block_child_replace_node(edges[i], from, NULL);
-        }
-    }
+    ret = block_children_replace_node(edges, n, to, errp);
     free(edges);
     return ret;
 }
@@ -967,6 +957,24 @@ replication_status(void)
     return json_pack("{s:b}", "error", 0);
 }
 
+/*
+ * QEMU's rules: read (and write, unless read-only) the file whatever the
+ * parents do, since the driver writes it for its own reasons (the primary
+ * forwards writes, the secondary's checkpoints empty the overlays); let
+ * others read and write it, but not resize it.
+ */
+static void
+replication_child_perm(struct block_node *node, const char *child_name UNUSED,
+                       uint32_t parent_perm UNUSED,
+                       uint32_t parent_shared UNUSED, uint32_t *perm,
+                       uint32_t *shared)
+{
+    *perm = BLOCK_PERM_CONSISTENT_READ |
+            (node->read_only ? 0 : BLOCK_PERM_WRITE);
+    *shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE |
+              BLOCK_PERM_WRITE_UNCHANGED;
+}
+
 const struct block_driver replication_driver = {
     .name = "replication",
     .kind = BLOCK_KIND_FILTER,
@@ -978,4 +986,5 @@ const struct block_driver replication_driver = {
     .pwrite = replication_pwrite,
     .pwrite_zeroes = replication_pwrite_zeroes,
     .pdiscard = replication_pdiscard,
+    .child_perm = replication_child_perm,
 };

@@ -116,13 +116,29 @@ test_keyval_conversion(void **state UNUSED)
     block_node_unref(n);
 }
 
+/* A handle, or NULL with the error's message in *msg. */
+static struct block_handle *
+try_handle(struct block_node *node, uint32_t perm, uint32_t shared,
+           char **msg)
+{
+    struct err *err = NULL;
+    struct block_handle *h = block_handle_new(node, "test", perm, shared,
+                                              &err);
+
+    *msg = err ? xstrdup(err->msg) : NULL;
+    err_free(err);
+    return h;
+}
+
+#define RW (BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE)
+
 static void
 test_permissions(void **state UNUSED)
 {
     CLEANUP_FREE char *kv = NULL;
     struct block_node *file, *fmt1, *fmt2;
     struct block_handle *h1, *h2;
-    struct err *err = NULL;
+    char *msg = NULL;
 
     kv = xasprintf("driver=file,node-name=f,filename=%s", img_path);
     file = new_node(kv, NULL);
@@ -132,39 +148,175 @@ test_permissions(void **state UNUSED)
     assert_non_null(fmt1);
     fmt2 = new_node("driver=raw,node-name=r2,file=f", NULL);
     assert_non_null(fmt2);
-    block_node_unref(fmt2);
 
     /* A user that does not share writing keeps other writers out... */
-    h1 = block_handle_new(fmt1, "owner", BLOCK_PERM_CONSISTENT_READ |
-                          BLOCK_PERM_WRITE, BLOCK_PERM_CONSISTENT_READ, &err);
+    h1 = try_handle(fmt1, RW, BLOCK_PERM_CONSISTENT_READ, &msg);
     assert_non_null(h1);
-    h2 = block_handle_new(fmt1, "intruder", BLOCK_PERM_WRITE,
-                          BLOCK_PERM_ALL, &err);
-    assert_null(h2);
-    assert_non_null(strstr(err->msg, "Conflicts with use by owner"));
-    err_free(err);
-    err = NULL;
+    assert_null(try_handle(fmt1, BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Permission conflict on node 'r1': permissions "
+                        "'write' are both required by an unnamed block device"
+                        " (uses node 'r1' as 'root' child) and unshared by an"
+                        " unnamed block device (uses node 'r1' as 'root' "
+                        "child).");
+    free(msg);
     /* ...and a reader that refuses to share writing cannot come in. */
-    h2 = block_handle_new(fmt1, "reader", BLOCK_PERM_CONSISTENT_READ,
-                          BLOCK_PERM_CONSISTENT_READ, &err);
-    assert_null(h2);
-    assert_non_null(strstr(err->msg, "does not allow 'write'"));
-    err_free(err);
-    err = NULL;
+    assert_null(try_handle(fmt1, BLOCK_PERM_CONSISTENT_READ,
+                           BLOCK_PERM_CONSISTENT_READ, &msg));
+    assert_non_null(strstr(msg, "permissions 'write' are both required"));
+    free(msg);
+
+    /* Needs propagate down: r1 now writes f and lets nobody else write
+     * it, so a writer of r2 (the same file) is refused, in f's name. */
+    assert_int_equal(fmt1->file->perm & BLOCK_PERM_WRITE, BLOCK_PERM_WRITE);
+    assert_int_equal(fmt1->file->shared, BLOCK_PERM_CONSISTENT_READ);
+    assert_null(try_handle(fmt2, RW, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Permission conflict on node 'f': permissions "
+                        "'write' are both required by node 'r2' (uses node "
+                        "'f' as 'file' child) and unshared by node 'r1' (uses"
+                        " node 'f' as 'file' child).");
+    free(msg);
+    /* The failed attempt changed nothing below r2. */
+    assert_int_equal(fmt2->file->perm, 0);
+    assert_int_equal(fmt2->file->shared, BLOCK_PERM_ALL);
+    /* A reader of r2 is fine. */
+    h2 = try_handle(fmt2, BLOCK_PERM_CONSISTENT_READ, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h2);
+    block_handle_free(h2);
+
+    /* Loosening propagates too: once h1 shares writing, r2 may write. */
+    assert_int_equal(block_handle_set_perm(h1, RW, BLOCK_PERM_ALL, NULL), 0);
+    assert_int_equal(fmt1->file->shared, BLOCK_PERM_ALL);
+    h2 = try_handle(fmt2, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h2);
+    /* Tightening again now conflicts, and is undone. */
+    assert_int_equal(block_handle_set_perm(h1, RW, BLOCK_PERM_CONSISTENT_READ,
+                                           NULL), -EPERM);
+    assert_int_equal(h1->child.shared, BLOCK_PERM_ALL);
+    assert_int_equal(fmt1->file->shared, BLOCK_PERM_ALL);
+    block_handle_free(h2);
     block_handle_free(h1);
+    /* No user left: raw holds nothing on its file. */
+    assert_int_equal(fmt1->file->perm, 0);
+    assert_int_equal(file->cur_perm, 0);
+    block_node_unref(fmt2);
 
     /* Writing through a handle on a read-only node is refused. */
     fmt2 = new_node("driver=raw,node-name=r2,file=f,read-only=on", NULL);
     assert_non_null(fmt2);
-    h2 = block_handle_new(fmt2, "test", BLOCK_PERM_WRITE, BLOCK_PERM_ALL,
-                          &err);
-    assert_null(h2);
-    assert_non_null(strstr(err->msg, "read-only"));
-    err_free(err);
+    assert_null(try_handle(fmt2, BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Block node is read-only");
+    free(msg);
 
     block_node_unref(fmt2);
     block_node_unref(fmt1);
     block_node_unref(file);
+}
+
+/*
+ * Resize permissions: a window of raw (offset, size) refuses resizing of
+ * its file, as a format does; a copy-before-write filter with a parent
+ * refuses writing and resizing its source to others, down to the file.
+ */
+static void
+test_permissions_filters(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *file, *win, *tgt, *src, *cbw;
+    struct block_handle *h, *g;
+    char *msg = NULL;
+
+    kv = xasprintf("driver=file,node-name=f,filename=%s", img_path);
+    file = new_node(kv, NULL);
+    win = new_node("driver=raw,node-name=w,file=f,offset=4096", NULL);
+    assert_non_null(win);
+    assert_null(try_handle(file, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "permissions 'resize' are both required by "
+                           "an unnamed block device (uses node 'f' as 'root' "
+                           "child) and unshared by node 'w'"));
+    free(msg);
+    block_node_unref(win);
+    h = try_handle(file, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h);
+    block_handle_free(h);
+
+    tgt = new_node("driver=null-co,node-name=t,size=1M", NULL);
+    src = new_node("driver=raw,node-name=s,file=f", NULL);
+    cbw = new_node("driver=copy-before-write,node-name=c,file=s,target=t",
+                   NULL);
+    assert_non_null(cbw);
+    /* Without parents the filter refuses nothing on its source... */
+    g = try_handle(src, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(g);
+    block_handle_free(g);
+    /* ...with one, writing and resizing go through it only. */
+    h = try_handle(cbw, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h);
+    assert_null(try_handle(src, RW, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Permission conflict on node 's': permissions "
+                        "'write' are both required by an unnamed block device"
+                        " (uses node 's' as 'root' child) and unshared by "
+                        "node 'c' (uses node 's' as 'file' child).");
+    free(msg);
+    assert_null(try_handle(file, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "permissions 'resize' are both required by "
+                           "an unnamed block device (uses node 'f' as 'root' "
+                           "child) and unshared by node 's' (uses node 'f' "
+                           "as 'file' child)"));
+    free(msg);
+    /* The target keeps its size, and may be written by others. */
+    assert_null(try_handle(tgt, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "unshared by node 'c' (uses node 't' as "
+                           "'target' child)"));
+    free(msg);
+    g = try_handle(tgt, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(g);
+    block_handle_free(g);
+    block_handle_free(h);
+    g = try_handle(src, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(g);
+    block_handle_free(g);
+
+    block_node_unref(cbw);
+    block_node_unref(src);
+    block_node_unref(tgt);
+    block_node_unref(file);
+}
+
+/* blkdebug's take-child-perms and unshare-child-perms (QEMU's options). */
+static void
+test_blkdebug_child_perms(void **state UNUSED)
+{
+    struct block_node *f, *bd;
+    struct block_handle *h;
+    char *msg = NULL;
+
+    f = new_node("driver=null-co,node-name=nf,size=1M", NULL);
+    assert_non_null(f);
+    bd = new_node("driver=blkdebug,node-name=bd,image=nf,"
+                  "take-child-perms.0=write,unshare-child-perms.0=resize",
+                  NULL);
+    assert_non_null(bd);
+    /* Taken whatever bd's parents need; refused to everyone else. */
+    assert_int_equal(bd->file->perm & BLOCK_PERM_WRITE, BLOCK_PERM_WRITE);
+    assert_null(try_handle(f, BLOCK_PERM_CONSISTENT_READ,
+                           BLOCK_PERM_CONSISTENT_READ, &msg));
+    assert_string_equal(msg, "Permission conflict on node 'nf': permissions "
+                        "'write' are both required by node 'bd' (uses node "
+                        "'nf' as 'file' child) and unshared by an unnamed "
+                        "block device (uses node 'nf' as 'root' child).");
+    free(msg);
+    assert_null(try_handle(f, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "permissions 'resize' are both required"));
+    free(msg);
+    h = try_handle(f, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h);
+    block_handle_free(h);
+    block_node_unref(bd);
+    expect_error("driver=blkdebug,image=nf,take-child-perms.0=foo",
+                 "Parameter 'null' does not accept value 'foo'");
+    expect_error("driver=blkdebug,image=nf,share-child-perms.0=write",
+                 "Parameter 'share-child-perms' is unexpected");
+    block_node_unref(f);
 }
 
 static void
@@ -481,8 +633,11 @@ main(void)
         cmocka_unit_test(test_option_errors),
         cmocka_unit_test(test_node_names),
         cmocka_unit_test(test_keyval_conversion),
+        cmocka_unit_test_setup_teardown(test_permissions_filters,
+                                        setup_image, remove_image),
         cmocka_unit_test_setup_teardown(test_permissions, setup_image,
                                         remove_image),
+        cmocka_unit_test(test_blkdebug_child_perms),
         cmocka_unit_test(test_replace_node),
         cmocka_unit_test(test_drain_waits),
         cmocka_unit_test_setup_teardown(test_unaligned_rmw, setup_image,

@@ -143,7 +143,11 @@ node_new_json(char **msg, const char *fmt, ...)
     return node;
 }
 
-/* file nodes f0..f2 (so that tests can write them directly). */
+/*
+ * file nodes f0..f2 (so that tests can write them directly).  A quorum
+ * refuses other writers on its children (QEMU's rule); force-share lets
+ * the tests corrupt them behind its back.
+ */
 static struct block_node *files[NR_IMGS];
 static struct block_handle *file_h[NR_IMGS];
 
@@ -152,8 +156,8 @@ open_files(void)
 {
     for (int i = 0; i < NR_IMGS; i++) {
         files[i] = node_new_json(NULL, "{\"driver\": \"file\", \"node-name\":"
-                                 " \"f%d\", \"filename\": \"%s\"}", i,
-                                 img[i]);
+                                 " \"f%d\", \"filename\": \"%s\", "
+                                 "\"force-share\": true}", i, img[i]);
         assert_non_null(files[i]);
         file_h[i] = block_handle_new(files[i], "test", BLOCK_PERM_ALL & ~
                                      BLOCK_PERM_RESIZE, BLOCK_PERM_ALL,

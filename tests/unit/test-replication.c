@@ -713,7 +713,8 @@ test_reopen(void **state UNUSED)
     read_expect(rh, 0x5c, 0, 64 * KiB);
     /* Not back to read-only while somebody writes. */
     assert_int_equal(block_node_set_read_only(n, true, &err), -EBUSY);
-    assert_string_equal(err->msg, "Block node 'ro' is written by writer");
+    assert_string_equal(err->msg, "Read-only block node 'ro' cannot support "
+                        "read-write users");
     err_free(err);
     err = NULL;
     block_handle_free(wh);

@@ -403,7 +403,7 @@ commit_open(const struct chain *c, int base, struct img *imgs,
     for (int i = base; i >= 0; i--) {
         json_t *o = layer_opts(c, i, base);
         bool ok = img_open_json(&imgs[i], o, c->l[i].path,
-                                i == 0 || i == base, errp);
+                                i == 0 || i == base, i < base, errp);
 
         json_decref(o);
         if (!ok) {

@@ -77,9 +77,14 @@ extern bool img_force_share;
 
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
-/* Open from a blockdev-add object (chains built by the caller). */
+/*
+ * Open from a blockdev-add object (chains built by the caller).
+ * share_writes lets others write and resize the image: commit opens the
+ * layers above its base so, since the base's own writer would otherwise
+ * be refused down their backing chain (permissions propagate).
+ */
 bool img_open_json(struct img *img, json_t *opts, const char *filename,
-                   bool writable, struct err **errp);
+                   bool writable, bool share_writes, struct err **errp);
 void img_close(struct img *img);
 
 /* Read the first bytes of a file through a protocol node (up to 2 MiB). */

@@ -258,7 +258,7 @@ bool img_force_share;
 
 static bool
 img_attach(struct img *img, const char *filename, bool writable,
-           struct err **errp)
+           bool share_writes, struct err **errp)
 {
     uint32_t perm = BLOCK_PERM_CONSISTENT_READ;
     uint32_t shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
@@ -266,6 +266,9 @@ img_attach(struct img *img, const char *filename, bool writable,
     if (writable) {
         perm |= BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE;
     } else if (img_force_share) {
+        shared = BLOCK_PERM_ALL;
+    }
+    if (share_writes) {
         shared = BLOCK_PERM_ALL;
     }
     img->h = block_handle_new(img->node, IMG_PROG, perm, shared, errp);
@@ -383,12 +386,12 @@ img_open(struct img *img, const char *filename, const char *fmt,
         return false;
     }
     img->fmt = xstrdup(fmt);
-    return img_attach(img, filename, writable, errp);
+    return img_attach(img, filename, writable, false, errp);
 }
 
 bool
 img_open_json(struct img *img, json_t *opts, const char *filename,
-              bool writable, struct err **errp)
+              bool writable, bool share_writes, struct err **errp)
 {
     memset(img, 0, sizeof(*img));
     img->node = block_node_new(opts, errp);
@@ -397,7 +400,7 @@ img_open_json(struct img *img, json_t *opts, const char *filename,
         return false;
     }
     img->fmt = xstrdup(img->node->drv->name);
-    return img_attach(img, filename, writable, errp);
+    return img_attach(img, filename, writable, share_writes, errp);
 }
 
 void
