@@ -340,6 +340,16 @@ struct block_node *block_node_new_keyval(const char *str, struct err **errp);
 /* Shorthand for tools: "-f FMT FILE". */
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);
+/*
+ * The cache mode of QEMU's tools (-t/-T, qemu-io -t/-n) as options of the
+ * top node of a graph, which its children inherit: "none" (or "off")
+ * sets cache.direct (O_DIRECT), "writeback" is the default, "unsafe" sets
+ * cache.no-flush.  What opts already says about "cache" wins.
+ * "writethrough" and "directsync" (a flush after every write) are refused
+ * with -ENOTSUP, unknown modes with -EINVAL, each with a message.
+ */
+int block_opts_set_cache_mode(json_t *opts, const char *mode,
+                              struct err **errp);
 
 /*
  * Backing chains: at most BLOCK_MAX_BACKING_CHAIN images, the top one

@@ -82,3 +82,39 @@ def make_image(path, size, fill=None):
         else:
             f.write(bytes([fill]) * size)
     return path
+
+
+O_DIRECT = 0o40000      # x86_64 and aarch64
+
+
+def open_flags(pid, path):
+    """The open(2) flags of every descriptor process pid holds on path."""
+    flags = []
+    real = os.path.realpath(path)
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) != real:
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("flags:"):
+                        flags.append(int(line.split()[1], 8))
+        except OSError:
+            continue
+    return flags
+
+
+def supports_o_direct(directory):
+    """Can files in directory be opened with O_DIRECT (tmpfs before Linux
+    6.6 cannot)?"""
+    path = os.path.join(directory, ".o_direct_probe")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | O_DIRECT, 0o600)
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    os.close(fd)
+    return True

@@ -83,7 +83,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     int opt;
 
     a->out.fmt = "raw";
-    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUn", longopts,
+    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnt:T:", longopts,
                               NULL)) != -1) {
         switch (opt) {
         case 'n': a->no_create = true; break;
@@ -96,6 +96,16 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
         case 'U': img_force_share = true; break;
+        case 't':
+            if (!img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
+            break;
+        case 'T':
+            if (!img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
+            break;
         case 'c':
             img_error("Compression is not supported");
             return -1;
@@ -511,7 +521,13 @@ commit_parse(int argc, char **argv, struct commit_args *a)
         case 'd': a->drop = true; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
-        case 't': break;
+        case 't':
+            /* The whole chain: top and base are written, the rest read. */
+            if (!img_set_cache(&img_cache, optarg) ||
+                !img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
+            break;
         default: return -1;
         }
     }
