@@ -134,8 +134,11 @@ struct block_status_info {
 /*
  * A driver.  Control callbacks run on the main thread and take errp; I/O
  * callbacks run on any thread and return -errno.  The core guarantees for
- * every I/O callback: offset/bytes are within the node's length and aligned
- * to limits.request_alignment (except at the very end of the node), bytes
+ * every I/O callback: offset/bytes are aligned to limits.request_alignment
+ * and start inside the node's length, except at its end: a protocol's
+ * last block may reach past it (reads there return zeroes, writes grow
+ * the node: O_DIRECT knows no shorter I/O), a filter's or format's ends
+ * there unaligned; the buffer is aligned to limits.mem_alignment, bytes
  * does not exceed the relevant max_*, and the node is not being drained
  * out from under the call.
  */
