@@ -343,3 +343,31 @@ def test_flush_races_allocation(tmp_path):
     failures = check.run(log, rec.bases, points, seed)
     assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures))
 
+
+def test_rewrite_zeroed_cluster(tmp_path):
+    """A write into a cluster zeroed with its host cluster kept writes in
+    place and allocates nothing, so no refcount block is dirty at the next
+    flush; the L2 entry that turns the cluster back into data must still
+    not reach the disk before the data (else the old bytes from before
+    the zeroing show)."""
+    d = str(tmp_path)
+    img = os.path.join(d, "disk.qcow2")
+    size = 2 * MiB
+    create(img, size, "cluster_size=65536")
+    rec = Recorder(d, {"disk": img})
+    rec.add_qcow2("disk", "disk", img)
+    rec.export("disk", "disk")
+    guest = Guest(rec.log, size)
+    w = Writer(rec.connect("disk"), guest)
+    rng = random.Random(seed_for("zeroed"))
+    for c in range(size // (64 * KiB)):
+        w.write(c * 64 * KiB, 64 * KiB)
+    w.flush()
+    for c in range(size // (64 * KiB)):
+        w.zero(c * 64 * KiB, 64 * KiB, keep=True)
+        w.flush()
+        w.write(c * 64 * KiB + rng.randrange(120) * 512, 4096)
+        w.flush()
+    w.h.shutdown()
+    rec.stop()
+    run_checks(rec, lambda pos: ("disk.qcow2", guest), "zeroed")
