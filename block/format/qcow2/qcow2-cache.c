@@ -26,7 +26,7 @@ qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t nb,
     c->before_write = before_write;
     c->e = xcalloc(nb, sizeof(*c->e));
     for (size_t i = 0; i < nb; i++) {
-        c->e[i].data = xmalloc(cluster_size);
+        c->e[i].data = xmalloc_page(cluster_size);
     }
 }
 

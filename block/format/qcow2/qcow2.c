@@ -636,10 +636,7 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     if (p->cow_zero) {
         return write_cow_zero(s, p, in, n, buf);
     }
-    bounce = malloc(p->we - p->ws);
-    if (!bounce) {
-        return -ENOMEM;
-    }
+    bounce = xmalloc_page(p->we - p->ws);
     if (p->ws < in) {
         block_debug_event(s->file, "cow_read");
         ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
