@@ -3,12 +3,29 @@
 
 The tests run the programs of a build tree: LOCKSTEP_BUILD names it (default: build/
 at the top of the source tree).  Every test gets its own scratch directory.
+Tests marked "direct" run again with O_DIRECT in make check (direct.py).
 """
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
+
+import direct
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "direct: also run with cache.direct=on on a disk "
+        "(LOCKSTEP_TEST_CACHE=none, see direct.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests direct.TESTS lists (pytest -m direct selects them)."""
+    for item in items:
+        if direct.selected(item.nodeid):
+            item.add_marker(pytest.mark.direct)
 
 
 def build_dir_path():
@@ -69,9 +86,10 @@ def tmp_dir(tmp_path):
 
 
 def run(argv, stdin=None, timeout=120):
-    """Run a program, capturing text output; never raises on exit status."""
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run a program, capturing text output; never raises on exit status.
+    In the O_DIRECT pass our tools get their cache options (direct.py)."""
+    return subprocess.run(direct.argv(argv), input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def make_image(path, size, fill=None):
@@ -118,3 +136,27 @@ def supports_o_direct(directory):
             os.unlink(path)
     os.close(fd)
     return True
+
+
+def fs_type(path):
+    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
+                       text=True)
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def disk_dir(tmp_path):
+    """A scratch directory on a disk-backed file system (O_DIRECT reaches a
+    device there: tmpfs does not count); skips when there is none."""
+    for base in (str(tmp_path), "/var/tmp"):
+        if fs_type(base) not in ("tmpfs", "ramfs") and \
+                supports_o_direct(base):
+            break
+    else:
+        pytest.skip("no disk-backed directory with O_DIRECT")
+    if base == str(tmp_path):
+        yield base
+        return
+    d = tempfile.mkdtemp(prefix="lockstep-", dir=base)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -3,7 +3,8 @@
  * Where unit tests put their files and how they open them, so that a test
  * setup can run them again on a disk with O_DIRECT (meson test --setup
  * direct, scripts/run-tests.sh):
- *   LOCKSTEP_TEST_DIR=DIR          temporary files go to DIR (default /tmp)
+ *   LOCKSTEP_TEST_DIR=DIR          temporary files go to DIR (default /tmp,
+ *                                  with cache.direct a disk-backed one)
  *   LOCKSTEP_TEST_CACHE_DIRECT=1   images are opened with cache.direct=on
  * test_direct_dir() finds a directory where O_DIRECT really applies (a
  * disk-backed file system, not tmpfs) for tests that need one.
@@ -23,14 +24,6 @@
 
 #include "lockstep/block.h"
 #include "util.h"
-
-static inline const char *
-test_tmp_dir(void)
-{
-    const char *d = getenv("LOCKSTEP_TEST_DIR");
-
-    return d && *d ? d : "/tmp";
-}
 
 static inline bool
 test_cache_direct(void)
@@ -83,6 +76,22 @@ test_direct_dir(void)
         }
     }
     return NULL;
+}
+
+/* Where the test's files go: LOCKSTEP_TEST_DIR, else with
+ * LOCKSTEP_TEST_CACHE_DIRECT a directory on a disk, else /tmp. */
+static inline const char *
+test_tmp_dir(void)
+{
+    const char *d = getenv("LOCKSTEP_TEST_DIR");
+
+    if (d && *d) {
+        return d;
+    }
+    if (test_cache_direct() && test_direct_dir()) {
+        return test_direct_dir();
+    }
+    return "/tmp";
 }
 
 /*
