@@ -1223,6 +1223,43 @@ def test_commit_qcow2_keep_top(limg, qemu_img, qcow2_driver, chain, tmp_dir):
     assert run([qemu_img, "compare", base, top]).returncode == 0
 
 
+@pytest.mark.parametrize("form", ["keyval", "json", "backing-inline"])
+def test_commit_image_opts(limg, qemu_img, qcow2_driver, chain, tmp_dir,
+                           form):
+    """commit --image-opts (qemu-img's option): the top image from its
+    options; the backing chain from them too when given, else from the
+    headers.  The result is the same as committing by file name."""
+    base, top = chain
+    ref = os.path.join(tmp_dir, "ref.raw")
+    assert run([qemu_img, "convert", "-O", "raw", top, ref]).returncode == 0
+    if form == "keyval":
+        opts = "driver=qcow2,file.driver=file,file.filename=%s" % top
+    else:
+        o = {"driver": "qcow2", "file": {"driver": "file", "filename": top}}
+        if form == "backing-inline":
+            o["backing"] = {"driver": "qcow2", "file": {"driver": "file",
+                                                        "filename": base}}
+        opts = json.dumps(o)
+    r = run([limg, "commit", "--image-opts", opts])
+    assert r.returncode == 0, r.stderr
+    assert run([qemu_img, "compare", "-F", "raw", base, ref]).returncode == 0
+    m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
+    assert all(e["depth"] == 1 or not e["present"] for e in m)
+    for img in (base, top):
+        assert run([qemu_img, "check", img]).returncode == 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--image-opts", "driver=qcow2"], "needs a driver and a file"),
+    (["--image-opts", "-f", "qcow2", "driver=qcow2,file.filename=x"],
+     "--image-opts and --format are mutually exclusive"),
+])
+def test_commit_image_opts_errors(limg, args, msg):
+    r = run([limg, "commit"] + args)
+    assert r.returncode == 1
+    assert msg in r.stderr
+
+
 def test_commit_deep_base_with_zeroes(limg, qemu_img, qemu_io_bin,
                                       qcow2_driver, tmp_dir):
     """-b BASE two levels down; a zero cluster in the top must reach base."""

@@ -62,8 +62,12 @@ static const struct img_cmd img_cmds[] = {
       "Exit status: 0 consistent, 1 check failed, 2 corruptions, 3 leaks,\n"
       "63 the format has no check.\n" },
     { "commit", img_cmd_commit,
-      "commit [-q] [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] FILENAME",
+      "commit [-q] [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [--image-opts] "
+      "FILENAME",
       "  -f FMT           format of FILENAME (default: probed)\n"
+      "  --image-opts     FILENAME is the top image's options, key=value or\n"
+      "                   JSON, its layers' \"backing\" inline (the headers\n"
+      "                   name the rest)\n"
       "  -t CACHE         cache mode of every image (see check -T)\n"
       "  -b BASE          commit into BASE (default: the backing file)\n"
       "  -d               do not empty FILENAME afterwards\n"
