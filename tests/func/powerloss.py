@@ -363,12 +363,13 @@ def qemu_img_check(path):
     return r.returncode, r.stdout + r.stderr
 
 
-def read_guest(top, fmt="qcow2"):
-    """The guest's view of an image (and its backing chain), by QEMU."""
-    out = top + ".raw"
-    r = subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw",
-                        top, out], capture_output=True, text=True,
-                       timeout=60)
+def read_guest(top, out, fmt="qcow2"):
+    """The guest's view of an image (and its backing chain), by QEMU; top
+    may also be a "json:" name (then fmt is not used)."""
+    fmt_args = [] if top.startswith("json:") else ["-f", fmt]
+    r = subprocess.run(["qemu-img", "convert"] + fmt_args +
+                       ["-O", "raw", top, out], capture_output=True,
+                       text=True, timeout=60)
     if r.returncode != 0:
         return None, r.stderr
     with open(out, "rb") as f:
@@ -382,8 +383,10 @@ class Check:
 
     files: {disk name: file name}; the crash images are written into
     work_dir under the same file names, so relative backing names work.
-    view(pos) -> (file name of the image to read, Guest), or None to only
-    run qemu-img check."""
+    view(pos) -> what to read and check at log position pos: (image, model)
+    or a list of them, where image is a file name in work_dir or a
+    "json:" name with {dir} for work_dir, and model has verify(data, pos)
+    (a Guest); None: only qemu-img check."""
 
     def __init__(self, work_dir, files, view, unchanged=()):
         self.dir = work_dir
@@ -409,10 +412,14 @@ class Check:
                 if rc not in (0, 3):
                     failures.append("record %d: qemu-img check %s exit %d:"
                                     " %s" % (index, name, rc, out[-2000:]))
-            v = self.view(pos)
-            if v is not None:
-                name, guest = v
-                data, err = read_guest(os.path.join(self.dir, name))
+            views = self.view(pos) or []
+            if isinstance(views, tuple):
+                views = [views]
+            for name, guest in views:
+                src = name.replace("{dir}", self.dir) if \
+                    name.startswith("json:") else os.path.join(self.dir, name)
+                data, err = read_guest(src, os.path.join(self.dir,
+                                                         "view.raw"))
                 bad = err or guest.verify(data, pos)
                 if bad:
                     failures.append("record %d (%s): %s" %

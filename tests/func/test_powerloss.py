@@ -64,9 +64,9 @@ def create(path, size, opts="", backing=None):
     powerloss.run_ok(argv + [path, str(size)])
 
 
-class Recorder:
-    """lockstepd with qcow2 images on blklog nodes sharing one log, an
-    NBD server, and the copy of the files taken before it started."""
+class Recording:
+    """Images (disk name -> path) about to be recorded into one blklog log,
+    and the copy of their files taken before: the replay's start."""
 
     def __init__(self, d, images, log_name="blklog.log"):
         self.d = d
@@ -74,15 +74,24 @@ class Recorder:
         self.files = {name: os.path.basename(path)
                       for name, path in images.items()}
         self.bases = snapshot(images, os.path.join(d, "before"))
+
+    def logged_file(self, disk, path):
+        """blockdev-add options of a file node recorded as disk."""
+        return {"driver": "blklog", "log": self.log, "disk": disk,
+                "file": {"driver": "file", "filename": path}}
+
+
+class Recorder(Recording):
+    """A Recording served by lockstepd (qcow2 nodes over blklog, an NBD
+    server)."""
+
+    def __init__(self, d, images, log_name="blklog.log"):
+        super().__init__(d, images, log_name)
         self.daemon = Daemon(lockstepd(), d, name="rec")
         self.qmp = self.daemon.client()
         self.sock = os.path.join(d, "nbd.sock")
         self.qmp.cmd("nbd-server-start", {"addr": {
             "type": "unix", "data": {"path": self.sock}}})
-
-    def logged_file(self, disk, path):
-        return {"driver": "blklog", "log": self.log, "disk": disk,
-                "file": {"driver": "file", "filename": path}}
 
     def add_qcow2(self, node, disk, path, backing=None, **opts):
         o = {"driver": "qcow2", "node-name": node, "discard": "unmap",
@@ -371,3 +380,177 @@ def test_rewrite_zeroed_cluster(tmp_path):
     w.h.shutdown()
     rec.stop()
     run_checks(rec, lambda pos: ("disk.qcow2", guest), "zeroed")
+
+
+def image_with(path, content, opts="cluster_size=65536"):
+    """A qcow2 image holding content (written before any recording)."""
+    with open(path + ".raw", "wb") as f:
+        f.write(content)
+    powerloss.run_ok(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                      "-o", opts, path + ".raw", path])
+    os.unlink(path + ".raw")
+
+
+def test_active_commit(tmp_path):
+    """Active block-commit of top into base while the guest writes: up to
+    the pivot the chain holds the guest's disk, after it base alone."""
+    d = str(tmp_path)
+    base = os.path.join(d, "base.qcow2")
+    top = os.path.join(d, "top.qcow2")
+    size = 4 * MiB
+    initial = powerloss.write_data(0, 0, size)
+    image_with(base, initial, "cluster_size=4096")
+    create(top, size, "cluster_size=65536", backing=base)
+    rec = Recorder(d, {"base": base, "top": top})
+    rec.add_qcow2("top", "top", top,
+                  backing={"driver": "qcow2", "node-name": "base",
+                           "file": rec.logged_file("base", base)})
+    rec.export("top", "disk")
+    guest = Guest(rec.log, size, initial)
+    w = Writer(rec.connect("disk"), guest)
+    rng = random.Random(seed_for("commit"))
+    random_io(rng, w, size, 40, 32 * KiB, 5)
+    rec.qmp.cmd("block-commit", {"job-id": "c0", "device": "top"})
+    rec.qmp.wait_event_match("BLOCK_JOB_READY", device="c0")
+    random_io(rng, w, size, 20, 32 * KiB, 5)
+    w.flush()
+    rec.qmp.cmd("job-complete", {"id": "c0"})
+    ev = rec.qmp.wait_event_match("BLOCK_JOB_COMPLETED", device="c0")
+    assert "error" not in ev["data"], ev
+    pivot = guest.position()
+    random_io(rng, w, size, 30, 32 * KiB, 5)
+    w.flush()
+    w.h.shutdown()
+    rec.stop()
+    run_checks(rec, lambda pos: ("top.qcow2" if pos < pivot
+                                 else "base.qcow2", guest), "commit",
+               marks=[pivot])
+
+
+class Emptied:
+    """An overlay read alone that make_empty empties now and then: each
+    sector reads as zeroes or as a write issued after the start of the
+    last emptying that had finished, never as older data."""
+
+    def __init__(self, guest):
+        self.g = guest
+        self.empties = []       # (start, done) log positions
+
+    def verify(self, actual, pos):
+        done = [s for s, e in self.empties if e <= pos]
+        since = done[-1] if done else -1
+        allowed = {}
+        for o in self.g.ops:
+            if since < o.issued < pos and not o.zero:
+                for s in range(o.offset // powerloss.SECTOR,
+                               (o.offset + o.bytes) // powerloss.SECTOR):
+                    allowed.setdefault(s, set()).add(
+                        powerloss.sector_data(o.wid, s))
+        zero = bytes(powerloss.SECTOR)
+        for s in range(len(actual) // powerloss.SECTOR):
+            got = actual[s * powerloss.SECTOR:(s + 1) * powerloss.SECTOR]
+            if got != zero and got not in allowed.get(s, ()):
+                return "sector %d: %s after an emptying" % (
+                    s, powerloss.describe(got))
+        return None
+
+
+def test_replication_checkpoints(tmp_path):
+    """COLO's secondary: make_empty of the active and hidden disks at every
+    checkpoint, with the primary's writes to the secondary disk and the
+    secondary guest's writes in between.  The secondary disk keeps every
+    flushed write; what a finished checkpoint emptied never comes back in
+    the active disk."""
+    d = str(tmp_path)
+    size = 4 * MiB
+    paths = {n: os.path.join(d, n + ".qcow2")
+             for n in ("sec", "active", "hidden")}
+    initial = powerloss.write_data(0, 0, size)
+    image_with(paths["sec"], initial)
+    for n in ("active", "hidden"):
+        create(paths[n], size, "cluster_size=65536")
+    rec = Recorder(d, paths)
+    q = rec.qmp
+    rec.add_qcow2("sec-disk", "sec", paths["sec"])
+    rec.export("sec-disk", "sec-disk")
+    q.cmd("blockdev-add", {
+        "driver": "replication", "node-name": "rep", "mode": "secondary",
+        "top-id": "top",
+        "file": {"driver": "qcow2", "node-name": "active",
+                 "file": rec.logged_file("active", paths["active"]),
+                 "backing": {"driver": "qcow2", "node-name": "hidden",
+                             "file": rec.logged_file("hidden",
+                                                     paths["hidden"]),
+                             "backing": "sec-disk"}}})
+    q.cmd("blockdev-add", {"driver": "quorum", "node-name": "top",
+                           "read-pattern": "fifo", "vote-threshold": 1,
+                           "children": ["rep"]})
+    rec.export("top", "top")
+    q.cmd("xen-set-replication", {"enable": True, "primary": False})
+    primary = Writer(rec.connect("sec-disk"), Guest(rec.log, size, initial))
+    vm_guest = Guest(rec.log, size)
+    vm = Writer(rec.connect("top"), vm_guest)
+    emptied = Emptied(vm_guest)
+    rng = random.Random(seed_for("replication"))
+    for _ in range(8):
+        random_io(rng, primary, size, 8, 32 * KiB, 3)
+        for _ in range(rng.randrange(1, 5)):
+            vm.write(rng.randrange(size // (64 * KiB)) * 64 * KiB, 64 * KiB)
+        if rng.random() < 0.5:
+            vm.flush()
+        start = vm_guest.position()
+        q.cmd("xen-colo-do-checkpoint")
+        emptied.empties.append((start, vm_guest.position()))
+    primary.flush()
+    for w in (primary, vm):
+        w.h.shutdown()
+    rec.stop()
+    json_active = "json:" + json.dumps({
+        "driver": "qcow2", "backing": None,
+        "file": {"driver": "file", "filename": "{dir}/active.qcow2"}})
+    run_checks(rec, lambda pos: [("sec.qcow2", primary.g),
+                                 (json_active, emptied)], "replication",
+               marks=[e for _, e in emptied.empties])
+
+
+def test_img_commit(tmp_path):
+    """lockstep-img commit (--image-opts puts both files on blklog): the
+    chain shows the guest's disk at every instant, while the data moves
+    into base and while make_empty empties top."""
+    d = str(tmp_path)
+    base = os.path.join(d, "base.qcow2")
+    top = os.path.join(d, "top.qcow2")
+    size = 4 * MiB
+    initial = powerloss.write_data(0, 0, size)
+    image_with(base, initial, "cluster_size=4096")
+    create(top, size, "cluster_size=65536", backing=base)
+    # The guest's data in top, written before the recording: all durable.
+    guest = Guest(os.path.join(d, "blklog.log"), size, initial)
+    with Daemon(lockstepd(), d, name="pre") as dmn:
+        q = dmn.client()
+        sock = os.path.join(d, "pre-nbd.sock")
+        q.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                            "data": {"path": sock}}})
+        q.cmd("blockdev-add", {"driver": "qcow2", "node-name": "top",
+                               "discard": "unmap",
+                               "file": {"driver": "file",
+                                        "filename": top}})
+        q.cmd("block-export-add", {"type": "nbd", "id": "top",
+                                   "node-name": "top", "writable": True})
+        h = nbd.NBD()
+        h.set_export_name("top")
+        h.connect_unix(sock)
+        w = Writer(h, guest)
+        random_io(random.Random(seed_for("img-commit")), w, size, 60,
+                  96 * KiB, 10)
+        w.flush()
+        h.shutdown()
+        q.close()
+    guest.all_durable()
+    rec = Recording(d, {"base": base, "top": top})
+    opts = {"driver": "qcow2", "file": rec.logged_file("top", top),
+            "backing": {"driver": "qcow2",
+                        "file": rec.logged_file("base", base)}}
+    img = os.path.join(build_dir_path(), "lockstep-img")
+    powerloss.run_ok([img, "commit", "--image-opts", json.dumps(opts)])
+    run_checks(rec, lambda pos: ("top.qcow2", guest), "img-commit")
