@@ -29,6 +29,17 @@ xmalloc(size_t n)
 }
 
 void *
+xmalloc_page(size_t n)
+{
+    void *p;
+
+    if (posix_memalign(&p, 4096, n ? n : 1) != 0) {
+        out_of_memory();
+    }
+    return p;
+}
+
+void *
 xzalloc(size_t n)
 {
     return xcalloc(1, n);

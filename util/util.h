@@ -33,6 +33,8 @@ void *xmalloc(size_t n);
 void *xzalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t n);
 void *xrealloc(void *p, size_t n);
+/* Page-aligned memory (what O_DIRECT wants without a bounce); free(). */
+void *xmalloc_page(size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) PRINTF_FMT(1, 2);
 char *xvasprintf(const char *fmt, va_list ap) PRINTF_FMT(1, 0);

@@ -8,7 +8,9 @@
  * What the core does for drivers, so that each driver stays simple:
  *  - range checks: reads past the end return zeroes, writes past the end
  *    grow protocol nodes (a qcow2 image grows its file) and fail elsewhere;
- *  - alignment: requests are widened to limits.request_alignment; an
+ *  - alignment: requests are widened to limits.request_alignment (the
+ *    last block of a node too, past its end: O_DIRECT knows no shorter
+ *    I/O) and buffers not aligned to limits.mem_alignment are bounced; an
  *    unaligned write becomes read-modify-write under a serialising range
  *    lock so that two RMWs of one block cannot lose each other's bytes;
  *  - splitting at max_transfer / max_pwrite_zeroes / max_pdiscard;
@@ -226,11 +228,31 @@ buf_aligned(struct block_node *node, const void *buf)
     return is_aligned((uintptr_t)buf, node->limits.mem_alignment);
 }
 
+/*
+ * The aligned range around [offset, end).  A protocol node gets its last
+ * partial block whole, past its end: O_DIRECT cannot do less, so reads
+ * there return zeroes and writes grow the file to the block boundary (as
+ * in QEMU).  Filters and formats stop at their end, unaligned: a child
+ * format could not take more, and the protocol below pads for itself.
+ */
+static void
+align_range(struct block_node *node, uint64_t offset, uint64_t end,
+            uint64_t *a_off, uint64_t *a_end)
+{
+    uint64_t align = node->limits.request_alignment;
+    uint64_t size = (uint64_t)block_getlength(node);
+
+    *a_off = align_down(offset, align);
+    *a_end = align_up(end, align);
+    if (*a_end > size && node->drv->kind != BLOCK_KIND_PROTOCOL) {
+        *a_end = MAX(end, size);
+    }
+}
+
 int
 block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
             void *buf, unsigned flags)
 {
-    uint64_t align = node->limits.request_alignment;
     uint64_t size = (uint64_t)block_getlength(node);
     uint64_t a_off, a_end, end;
     struct block_tracked_req req;
@@ -254,8 +276,7 @@ block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         bytes = size - offset;
     }
     end = offset + bytes;
-    a_off = align_down(offset, align);
-    a_end = MIN(align_up(end, align), MAX(size, end));
+    align_range(node, offset, end, &a_off, &a_end);
     tracked_begin(node, &req, a_off, a_end - a_off,
                   flags & BLOCK_REQ_SERIALISING);
     if (a_off == offset && a_end == end && buf_aligned(node, buf)) {
@@ -314,22 +335,6 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
-/* The aligned range around [offset, end) for a write; the last partial
- * block of a node is not padded past its end. */
-static void
-write_align(struct block_node *node, uint64_t offset, uint64_t end,
-            uint64_t *a_off, uint64_t *a_end)
-{
-    uint64_t align = node->limits.request_alignment;
-    uint64_t size = (uint64_t)block_getlength(node);
-
-    *a_off = align_down(offset, align);
-    *a_end = align_up(end, align);
-    if (*a_end > size) {
-        *a_end = MAX(end, size);
-    }
-}
-
 int
 block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
              const void *buf, unsigned flags)
@@ -353,7 +358,7 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
         }
         return block_pwrite_zeroes(node, offset, bytes, zflags);
     }
-    write_align(node, offset, end, &a_off, &a_end);
+    align_range(node, offset, end, &a_off, &a_end);
     aligned = a_off == offset && a_end == end;
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));
@@ -491,7 +496,7 @@ block_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
     if (!node->discard_unmap) {
         flags &= ~BLOCK_REQ_MAY_UNMAP;
     }
-    write_align(node, offset, end, &a_off, &a_end);
+    align_range(node, offset, end, &a_off, &a_end);
     aligned = a_off == offset && a_end == end;
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));

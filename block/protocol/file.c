@@ -164,26 +164,49 @@ file_set_perm(struct block_node *node, uint32_t perm, uint32_t shared,
 
 /* ---- Open / close ----------------------------------------------------- */
 
-/* The smallest read size O_DIRECT accepts on this file. */
-static uint32_t
-probe_direct_alignment(int fd)
+/*
+ * The alignment O_DIRECT needs on this file: *req for offsets and lengths,
+ * *mem for buffer addresses.  The kernel says so itself (statx
+ * STATX_DIOALIGN, Linux 6.1+, ext4/xfs/block devices); else a block
+ * device's logical sector size; else we try reads at offset 0 with growing
+ * sizes, which only tells the truth where the file has data: a hole reads
+ * fine at any size on a 4 KiB-sector file system.  Without data there,
+ * 4 KiB is safe everywhere.
+ */
+static void
+probe_direct_alignment(struct file_state *s, uint32_t *req, uint32_t *mem)
 {
+    struct statx stx;
+    int sector;
     void *buf;
-    uint32_t align = 4096;
 
-    if (posix_memalign(&buf, 4096, 4096) != 0) {
-        return align;
+    *req = 4096;
+    *mem = 4096;
+    if (statx(s->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        *req = stx.stx_dio_offset_align;
+        *mem = MAX(stx.stx_dio_mem_align, 1);
+        return;
+    }
+    if (s->is_block_device && ioctl(s->fd, BLKSSZGET, &sector) == 0 &&
+        sector > 0) {
+        *req = (uint32_t)sector;
+        *mem = MAX((uint32_t)sector, 4096);
+        return;
+    }
+    if (lseek(s->fd, 0, SEEK_DATA) != 0 ||
+        posix_memalign(&buf, 4096, 4096) != 0) {
+        return;
     }
     for (uint32_t a = 512; a <= 4096; a *= 2) {
-        ssize_t r = pread(fd, buf, a, 0);
+        ssize_t r = pread(s->fd, buf, a, 0);
 
         if (r >= 0 || errno != EINVAL) {
-            align = a;
+            *req = a;
             break;
         }
     }
     free(buf);
-    return align;
 }
 
 static bool
@@ -221,10 +244,8 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
     }
     s->memory_backed = is_memory_fs(s->fd);
     if (node->cache_direct) {
-        uint32_t align = probe_direct_alignment(s->fd);
-
-        node->limits.request_alignment = align;
-        node->limits.mem_alignment = MAX(align, 4096);
+        probe_direct_alignment(s, &node->limits.request_alignment,
+                               &node->limits.mem_alignment);
     }
     node->limits.max_transfer = 32 * MiB;
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
@@ -286,14 +307,38 @@ file_may_block(struct file_state *s)
     }
 }
 
+/*
+ * pread until done; past the end of the file reads as zeroes.  O_DIRECT
+ * stops short at an end of file that is not block aligned, and the next
+ * read from there would fail (unaligned offset): that is the end too.
+ */
 static int
 file_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
            void *buf, unsigned flags UNUSED)
 {
     struct file_state *s = node->opaque;
+    uint32_t align = node->limits.request_alignment;
+    char *p = buf;
 
     file_may_block(s);
-    return pread_full(s->fd, buf, bytes, offset);
+    while (bytes > 0) {
+        ssize_t r = pread(s->fd, p, bytes, offset);
+
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return -errno;
+        }
+        p += r;
+        bytes -= r;
+        offset += r;
+        if (r == 0 || !is_aligned(offset, align)) {
+            memset(p, 0, bytes);
+            break;
+        }
+    }
+    return 0;
 }
 
 static int

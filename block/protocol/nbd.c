@@ -1022,7 +1022,10 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
 
     minb = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
     maxb = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
-    if (minb > 0 && minb <= 65536 && is_power_of_2((uint64_t)minb)) {
+    /* The core pads the last block of a protocol node past its end,
+     * which a server would refuse: no alignment for odd-sized exports. */
+    if (minb > 0 && minb <= 65536 && is_power_of_2((uint64_t)minb) &&
+        s->size % (uint64_t)minb == 0) {
         node->limits.request_alignment = (uint32_t)minb;
     }
     node->limits.max_transfer = 32 * MiB;

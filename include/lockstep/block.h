@@ -134,8 +134,11 @@ struct block_status_info {
 /*
  * A driver.  Control callbacks run on the main thread and take errp; I/O
  * callbacks run on any thread and return -errno.  The core guarantees for
- * every I/O callback: offset/bytes are within the node's length and aligned
- * to limits.request_alignment (except at the very end of the node), bytes
+ * every I/O callback: offset/bytes are aligned to limits.request_alignment
+ * and start inside the node's length, except at its end: a protocol's
+ * last block may reach past it (reads there return zeroes, writes grow
+ * the node: O_DIRECT knows no shorter I/O), a filter's or format's ends
+ * there unaligned; the buffer is aligned to limits.mem_alignment, bytes
  * does not exceed the relevant max_*, and the node is not being drained
  * out from under the call.
  */
@@ -353,6 +356,16 @@ struct block_node *block_node_new_keyval(const char *str, struct err **errp);
 /* Shorthand for tools: "-f FMT FILE". */
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);
+/*
+ * The cache mode of QEMU's tools (-t/-T, qemu-io -t/-n) as options of the
+ * top node of a graph, which its children inherit: "none" (or "off")
+ * sets cache.direct (O_DIRECT), "writeback" is the default, "unsafe" sets
+ * cache.no-flush.  What opts already says about "cache" wins.
+ * "writethrough" and "directsync" (a flush after every write) are refused
+ * with -ENOTSUP, unknown modes with -EINVAL, each with a message.
+ */
+int block_opts_set_cache_mode(json_t *opts, const char *mode,
+                              struct err **errp);
 
 /*
  * Backing chains: at most BLOCK_MAX_BACKING_CHAIN images, the top one

@@ -23,7 +23,8 @@ import subprocess
 
 import pytest
 
-from conftest import built_program, host_tool, make_image, run
+from conftest import (built_program, host_tool, make_image, run,
+                      supports_o_direct)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -1169,6 +1170,82 @@ def test_resize_raw(limg, qemu_img, tmp_dir):
     assert r.returncode == 0 and os.path.getsize(img) == 3 * MiB
 
 
+def direct_opens(argv, tmp_dir):
+    """Run argv under strace in tmp_dir: {file name: opened with O_DIRECT}
+    of the .qcow2 files it opened read-write or with O_DIRECT."""
+    trace = os.path.join(tmp_dir, "strace.out")
+    r = run([host_tool("strace"), "-f", "-e", "trace=openat", "-o", trace]
+            + argv)
+    # compare: 1 means "different", which these images are.
+    assert r.returncode == 0 or (argv[1] == "compare" and
+                                 r.returncode == 1), r.stdout + r.stderr
+    opens = {}
+    with open(trace) as f:
+        for line in f:
+            if ".qcow2\"" not in line or "= -1" in line:
+                continue
+            name = os.path.basename(line.split('"')[1])
+            direct = "O_DIRECT" in line
+            if direct or "O_RDWR" in line or "O_WRONLY" in line:
+                opens[name] = opens.get(name, False) or direct
+    return opens
+
+
+@pytest.mark.parametrize("cmd,opened", [
+    (["create", "-t", "none", "-f", "qcow2", "new.qcow2", "16M"],
+     ["new.qcow2"]),
+    (["convert", "-t", "none", "-T", "none", "-O", "qcow2", "top.qcow2",
+      "out.qcow2"], ["top.qcow2", "base.qcow2", "out.qcow2"]),
+    (["check", "-T", "none", "top.qcow2"], ["top.qcow2"]),
+    (["map", "-T", "none", "top.qcow2"], ["top.qcow2", "base.qcow2"]),
+    (["compare", "-T", "none", "top.qcow2", "base.qcow2"],
+     ["top.qcow2", "base.qcow2"]),
+    (["commit", "-t", "none", "top.qcow2"], ["top.qcow2", "base.qcow2"]),
+    (["resize", "-t", "none", "top.qcow2", "+1M"], ["top.qcow2"]),
+])
+def test_cache_none(limg, qemu_img, qemu_io_bin, qcow2_driver, tmp_dir, cmd,
+                    opened):
+    """-t none / -T none open every image of the command with O_DIRECT
+    (qemu-img's options; create, map and resize take them too), and the
+    result is what qemu-img reads."""
+    if not supports_o_direct(tmp_dir):
+        pytest.skip("no O_DIRECT in %s" % tmp_dir)
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    assert run([qemu_img, "create", "-q", "-f", "qcow2", base,
+                "16M"]).returncode == 0
+    qio(qemu_io_bin, base, "write -P 0x11 0 1M", "write -P 0x12 3M 5000")
+    assert run([qemu_img, "create", "-q", "-f", "qcow2", "-b", "base.qcow2",
+                "-F", "qcow2", top]).returncode == 0
+    qio(qemu_io_bin, top, "write -P 0x22 512k 1M", "write -P 0x23 5M 1000")
+    cwd = os.getcwd()
+    os.chdir(tmp_dir)
+    try:
+        opens = direct_opens([limg] + cmd, tmp_dir)
+    finally:
+        os.chdir(cwd)
+    for name in opened:
+        assert opens.get(name), (name, opens)
+    if cmd[0] in ("convert", "commit"):
+        img = os.path.join(tmp_dir, "out.qcow2" if cmd[0] == "convert"
+                           else "base.qcow2")
+        qio(qemu_io_bin, img, "read -P 0x11 0 512k", "read -P 0x22 512k 1M",
+            "read -P 0x12 3M 5000", "read -P 0x23 5M 1000")
+        assert run([qemu_img, "check", "-q", img]).returncode == 0
+
+
+@pytest.mark.parametrize("cmd", [["check", "-T", "bogus"],
+                                 ["convert", "-t", "bogus"],
+                                 ["commit", "-t", "writethrough"]])
+def test_cache_mode_refused(limg, tmp_dir, cmd):
+    img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
+    r = run([limg] + cmd + [img, img + ".out"][:2 if cmd[0] == "convert"
+                                                 else 1])
+    assert r.returncode == 1
+    assert ("Invalid cache option: bogus" in r.stderr or
+            "Cache mode 'writethrough' is not supported" in r.stderr)
+
+
 def test_commit_needs_backing(limg, qemu_img, tmp_dir):
     img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
     ours = run([limg, "commit", "-f", "raw", img])
@@ -1315,6 +1392,43 @@ def test_commit_qcow2_keep_top(limg, qemu_img, qcow2_driver, chain, tmp_dir):
     m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
     assert any(e["depth"] == 0 and e["present"] for e in m)
     assert run([qemu_img, "compare", base, top]).returncode == 0
+
+
+@pytest.mark.parametrize("form", ["keyval", "json", "backing-inline"])
+def test_commit_image_opts(limg, qemu_img, qcow2_driver, chain, tmp_dir,
+                           form):
+    """commit --image-opts (qemu-img's option): the top image from its
+    options; the backing chain from them too when given, else from the
+    headers.  The result is the same as committing by file name."""
+    base, top = chain
+    ref = os.path.join(tmp_dir, "ref.raw")
+    assert run([qemu_img, "convert", "-O", "raw", top, ref]).returncode == 0
+    if form == "keyval":
+        opts = "driver=qcow2,file.driver=file,file.filename=%s" % top
+    else:
+        o = {"driver": "qcow2", "file": {"driver": "file", "filename": top}}
+        if form == "backing-inline":
+            o["backing"] = {"driver": "qcow2", "file": {"driver": "file",
+                                                        "filename": base}}
+        opts = json.dumps(o)
+    r = run([limg, "commit", "--image-opts", opts])
+    assert r.returncode == 0, r.stderr
+    assert run([qemu_img, "compare", "-F", "raw", base, ref]).returncode == 0
+    m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
+    assert all(e["depth"] == 1 or not e["present"] for e in m)
+    for img in (base, top):
+        assert run([qemu_img, "check", img]).returncode == 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--image-opts", "driver=qcow2"], "needs a driver and a file"),
+    (["--image-opts", "-f", "qcow2", "driver=qcow2,file.filename=x"],
+     "--image-opts and --format are mutually exclusive"),
+])
+def test_commit_image_opts_errors(limg, args, msg):
+    r = run([limg, "commit"] + args)
+    assert r.returncode == 1
+    assert msg in r.stderr
 
 
 def test_commit_deep_base_with_zeroes(limg, qemu_img, qemu_io_bin,

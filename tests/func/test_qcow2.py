@@ -223,6 +223,28 @@ def test_backing_chain_relative(lockstep_io, lockstep_img, tmp_dir,
     assert '"depth": 0' in res.stdout.replace(" ", " ")
 
 
+@pytest.mark.parametrize("cs", [512, 65536])
+def test_open_cache_direct(lockstep_io, disk_dir, cs):
+    """file.cache.direct=on on a disk: O_DIRECT refuses I/O that is not
+    block aligned, also the header read of a whole image whose length is
+    not ("Could not read qcow2 header: Invalid argument" before).  Writes
+    that allocate, copy on write and end the file mid-block work too."""
+    img = os.path.join(disk_dir, "d.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=%d" % cs, img, "64M"]))
+    if cs == 65536:
+        assert os.path.getsize(img) % 512 != 0      # 3 clusters + 8 bytes
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=on" % img)
+    ok(run([lockstep_io, "--image-opts", "-c", "read 0 4k", opts]))
+    ok(run([lockstep_io, "--image-opts", "-c", "write -P 0x5a 1 5000",
+            "-c", "write -P 0x5b 70000 1", "-c", "write -z 1M 3000",
+            "-c", "discard 2M 1M", "-c", "read -P 0x5a 1 5000", opts]))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0 0 1", "read -P 0x5a 1 5000",
+                       "read -P 0x5b 70000 1", "read -P 0 1M 3000"))
+
+
 def test_commit_empties_overlay(lockstep_io, lockstep_img, tmp_dir):
     """lockstep-img commit ends with make_empty on the overlay."""
     base = os.path.join(tmp_dir, "base.qcow2")

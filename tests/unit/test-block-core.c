@@ -2,7 +2,9 @@
 /*
  * Unit tests of the block layer core: option checking, node names,
  * permissions, replacing a node under its parents, draining, alignment,
- * block status and the blkdebug and raw drivers.
+ * block status and the blkdebug and raw drivers; O_DIRECT files whose
+ * length is not a multiple of the block size, read whole and written at
+ * their end (on a disk-backed directory, skipped without one).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -18,6 +20,7 @@
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "test-env.h"
 #include "util.h"
 
 static char img_path[64];
@@ -547,6 +550,78 @@ test_discard_and_status(void **state UNUSED)
     block_node_unref(n);
 }
 
+/* Byte i of the O_DIRECT test file. */
+static unsigned char
+odd_byte(uint64_t i)
+{
+    return (unsigned char)(i * 13 + 7);
+}
+
+/*
+ * O_DIRECT refuses I/O that is not block aligned, also at the end of a
+ * file whose length is not: a read of the whole file (what qcow2 does with
+ * its header) and writes of its last partial block must still work.  The
+ * request layer pads them past the end; the file driver reads zeroes there.
+ */
+static void
+test_direct_odd_length(void **state UNUSED)
+{
+    const char *dir = test_direct_dir();
+    const uint64_t len = 196616;        /* a fresh qcow2 image's length */
+    CLEANUP_FREE char *path = NULL;
+    CLEANUP_FREE char *kv = NULL;
+    CLEANUP_FREE unsigned char *buf = xmalloc(len + 8192);
+    struct block_node *n;
+    int fd;
+
+    if (!dir) {
+        skip();
+    }
+    path = xasprintf("%s/lockstep-direct-XXXXXX", dir);
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    for (uint64_t i = 0; i < len; i++) {
+        buf[i] = odd_byte(i);
+    }
+    assert_int_equal(pwrite(fd, buf, len, 0), (ssize_t)len);
+    close(fd);
+    kv = xasprintf("driver=file,filename=%s,cache.direct=on", path);
+    n = new_node(kv, NULL);
+    assert_non_null(n);
+    assert_true(n->limits.request_alignment >= 512);
+
+    /* Whole, and from an unaligned offset to the end, into a buffer
+     * that is not aligned either. */
+    memset(buf, 0, len + 8192);
+    assert_int_equal(block_pread(n, 0, len, buf, 0), 0);
+    for (uint64_t i = 0; i < len; i++) {
+        if (buf[i] != odd_byte(i)) {
+            fail_msg("byte %llu: 0x%x", (unsigned long long)i, buf[i]);
+        }
+    }
+    assert_int_equal(block_pread(n, len - 1000, 1000, buf + 1, 0), 0);
+    assert_int_equal(buf[1], odd_byte(len - 1000));
+    assert_int_equal(buf[1000], odd_byte(len - 1));
+
+    /* The last partial block, then past the end to an odd length. */
+    memset(buf, 0xa5, 100);
+    assert_int_equal(block_pwrite(n, len - 50, 100, buf, 0), 0);
+    assert_int_equal(block_pwrite(n, len + 5000, 3, buf, 0), 0);
+    assert_int_equal(block_getlength(n), (int64_t)(len + 5003));
+    assert_int_equal(block_pwrite_zeroes(n, len + 6000, 1234, 0), 0);
+    assert_int_equal(block_pread(n, len - 60, 7300, buf, 0), 0);
+    assert_int_equal(buf[9], odd_byte(len - 51));
+    for (int i = 10; i < 110; i++) {
+        assert_int_equal(buf[i], 0xa5);
+    }
+    assert_true(buffer_is_zero(buf + 110, 5000 - 50));
+    assert_int_equal(buf[5060], 0xa5);
+    assert_int_equal(buf[5062], 0xa5);
+    assert_true(buffer_is_zero(buf + 5063, 7300 - 5063));
+    block_node_unref(n);
+    unlink(path);
+}
+
 static void
 test_dirty_tracking(void **state UNUSED)
 {
@@ -650,6 +725,7 @@ main(void)
         cmocka_unit_test(test_dirty_tracking),
         cmocka_unit_test_setup_teardown(test_handle_truncate, setup_image,
                                         remove_image),
+        cmocka_unit_test(test_direct_odd_length),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,7 +12,9 @@
  * failing or racing with writers, and a writer killed with SIGKILL while
  * it empties the image again and again; make_empty's background release
  * of the file's tail (new writes meanwhile survive, the file shrinks);
- * small writes into new clusters allocate no zero padding.
+ * small writes into new clusters allocate no zero padding.  The tests
+ * that go through the driver run again on a disk with O_DIRECT in make
+ * check (meson test --setup direct --suite qcow2, see test-env.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +35,7 @@
 #include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2.h"
 #include "lockstep/block.h"
+#include "test-env.h"
 #include "util.h"
 
 /* ---- Header decoding ------------------------------------------------- */
@@ -345,7 +348,9 @@ test_refcounts(void **state)
 
 /* ---- Through the driver ---------------------------------------------- */
 
-static char tmpdir[] = "/tmp/test-qcow2-XXXXXX";
+/* Under test_tmp_dir(); images opened as test-env.h says (O_DIRECT in
+ * the "direct" test setup). */
+static char *tmpdir;
 
 static char *
 tmp_path(const char *name)
@@ -363,7 +368,7 @@ create_image(const char *path, uint64_t size,
 
     assert_non_null(f);
     fclose(f);
-    file = block_node_open_file(path, "file", false, &e);
+    file = test_open_file(path, "file", false, &e);
     assert_null(e);
     assert_int_equal(qcow2_create(file, size, o, &e), 0);
     block_node_unref(file);
@@ -375,7 +380,7 @@ open_image(const char *path, struct block_node **node)
     struct err *e = NULL;
     struct block_handle *h;
 
-    *node = block_node_open_file(path, "qcow2", false, &e);
+    *node = test_open_file(path, "qcow2", false, &e);
     if (e) {
         fail_msg("open: %s", e->msg);
     }
@@ -468,7 +473,9 @@ test_make_empty_fast(void **state)
 {
     struct qcow2_create_opts o = { 0 };
     char *path = tmp_path("empty.qcow2");
-    size_t chunk = 4 * MiB;
+    /* 1 GiB allocated; with O_DIRECT 128 MiB (as many clusters' worth of
+     * metadata per chunk matters, not the bytes). */
+    size_t chunk = test_cache_direct() ? 512 * KiB : 4 * MiB;
     uint8_t *buf = xmalloc(chunk);
     struct block_node *node;
     struct block_handle *h;
@@ -585,8 +592,8 @@ test_make_empty_release(void **state)
 {
     struct qcow2_create_opts o = { 0 };
     /* On tmpfs cutting the tail is slow (freeing pages), so the writes
-     * below really run while it goes on. */
-    char *path = access("/dev/shm", W_OK) == 0
+     * below really run while it goes on (but O_DIRECT stays on disk). */
+    char *path = access("/dev/shm", W_OK) == 0 && !test_cache_direct()
                  ? xasprintf("/dev/shm/test-qcow2-release-%d.qcow2",
                              (int)getpid())
                  : tmp_path("release.qcow2");
@@ -755,7 +762,8 @@ open_pad_image(const char *path, struct block_node **node)
     struct block_handle *h;
     char *kv = xasprintf("driver=qcow2,discard=unmap,"
                          "pass-discard-request=off,file.driver=file,"
-                         "file.filename=%s", path);
+                         "file.filename=%s,file.cache.direct=%s", path,
+                         test_cache_direct() ? "on" : "off");
 
     *node = block_node_new_keyval(kv, &e);
     free(kv);
@@ -1028,6 +1036,9 @@ test_make_empty_errors(void **state)
                          "driver", "qcow2", "file", "driver", "blkdebug",
                          "inject-error", "event", events[i], "once", 1,
                          "image", "driver", "file", "filename", path);
+        if (test_cache_direct()) {
+            block_opts_set_cache_mode(opts, "none", NULL);
+        }
         node = block_node_new(opts, &e);
         json_decref(opts);
         assert_non_null(node);
@@ -1288,10 +1299,12 @@ main(void)
     };
     int ret;
 
+    tmpdir = xasprintf("%s/test-qcow2-XXXXXX", test_tmp_dir());
     if (!mkdtemp(tmpdir)) {
         return 1;
     }
     ret = cmocka_run_group_tests(tests, NULL, NULL);
     rmdir(tmpdir);
+    free(tmpdir);
     return ret;
 }

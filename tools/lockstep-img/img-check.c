@@ -108,7 +108,7 @@ check_parse(int argc, char **argv, struct check_args *a)
     };
     int opt;
 
-    while ((opt = getopt_long(argc, argv, "f:r:qU", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:r:qT:U", longopts, NULL)) != -1) {
         switch (opt) {
         case 'f':
             a->fmt = optarg;
@@ -131,6 +131,13 @@ check_parse(int argc, char **argv, struct check_args *a)
             break;
         case 'q':
             a->quiet = true;
+            break;
+        case 'T':
+            /* A repair opens the image writable: the same mode. */
+            if (!img_set_cache(&img_src_cache, optarg) ||
+                !img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
             break;
         case 'U':
             img_force_share = true;

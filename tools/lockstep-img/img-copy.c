@@ -5,7 +5,9 @@
  * -o options) and copies everything the source shows, skipping ranges the
  * source reports as zero and chunks that read as zeroes, so the target
  * stays sparse.  commit copies what the layers above the base hold into the
- * base, then empties the top image (unless -d).  Both print qemu-img's
+ * base, then empties the top image (unless -d); with --image-opts the
+ * layers' protocol nodes are the ones the options give (blklog in the
+ * power-loss tests).  Both print qemu-img's
  * progress line with -p.
  */
 #include <errno.h>
@@ -20,6 +22,7 @@
 #include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
+#include "keyval.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
 
@@ -83,7 +86,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     int opt;
 
     a->out.fmt = "raw";
-    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUn", longopts,
+    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnt:T:", longopts,
                               NULL)) != -1) {
         switch (opt) {
         case 'n': a->no_create = true; break;
@@ -96,6 +99,16 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
         case 'U': img_force_share = true; break;
+        case 't':
+            if (!img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
+            break;
+        case 'T':
+            if (!img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
+            break;
         case 'c':
             img_error("Compression is not supported");
             return -1;
@@ -303,10 +316,11 @@ img_cmd_convert(int argc, char **argv)
 
 /* ---- commit ------------------------------------------------------------- */
 
-/* One image of the chain, as its header names it. */
+/* One image of the chain, as its header names it (or --image-opts). */
 struct layer {
     char *path;
     char *fmt;
+    json_t *file;       /* its protocol node's options; NULL: a file */
 };
 
 struct chain {
@@ -320,17 +334,15 @@ chain_free(struct chain *c)
     for (int i = 0; i < c->n; i++) {
         free(c->l[i].path);
         free(c->l[i].fmt);
+        json_decref(c->l[i].file);
     }
 }
 
-/* Read the backing chain from the headers, top first. */
+/* Read the rest of the backing chain from the headers, from layer n-1. */
 static bool
-chain_read(struct chain *c, const char *top, const char *fmt,
-           struct err **errp)
+chain_read_headers(struct chain *c, const char *top, struct err **errp)
 {
-    c->l[0].path = xstrdup(top);
-    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(top));
-    for (c->n = 1; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
+    for (; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
         struct qcow2_header h;
         struct layer *cur = &c->l[c->n - 1];
 
@@ -349,6 +361,75 @@ chain_read(struct chain *c, const char *top, const char *fmt,
                                  : img_probe(c->l[c->n].path));
     }
     return true;
+}
+
+/* Read the backing chain from the headers, top first. */
+static bool
+chain_read(struct chain *c, const char *top, const char *fmt,
+           struct err **errp)
+{
+    c->l[0].path = xstrdup(top);
+    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(top));
+    c->n = 1;
+    return chain_read_headers(c, top, errp);
+}
+
+/* The "filename" somewhere below a protocol node's options. */
+static const char *
+opts_filename(json_t *o)
+{
+    while (json_is_object(o)) {
+        const char *f = json_string_value(json_object_get(o, "filename"));
+
+        if (f) {
+            return f;
+        }
+        o = json_object_get(o, "file");
+    }
+    return NULL;
+}
+
+/*
+ * --image-opts: the chain as the options give it ("file" and "backing"
+ * of each layer, as blockdev-add takes them); where they stop naming the
+ * backing file, the headers go on from there.
+ */
+static bool
+chain_from_opts(struct chain *c, const char *text, struct err **errp)
+{
+    json_t *top = keyval_or_json_parse(text, "driver", errp);
+    json_t *o = top;
+    bool ok = true;
+
+    if (!top) {
+        return false;
+    }
+    for (c->n = 0; ok && json_is_object(o); c->n++) {
+        json_t *file = json_object_get(o, "file");
+        const char *drv = json_string_value(json_object_get(o, "driver"));
+        const char *path = opts_filename(file);
+
+        if (!drv || !json_is_object(file) || !path) {
+            err_setf(errp, "--image-opts: each image needs a driver and a "
+                     "file with a filename");
+            ok = false;
+        } else if (c->n == COMMIT_MAX_CHAIN) {
+            err_setf(errp, "Backing chain is too long");
+            ok = false;
+        } else {
+            c->l[c->n].path = xstrdup(path);
+            c->l[c->n].fmt = xstrdup(drv);
+            c->l[c->n].file = json_deep_copy(file);
+            o = json_object_get(o, "backing");
+            if (!o && !strcmp(drv, "qcow2")) {
+                c->n++;
+                ok = chain_read_headers(c, c->l[0].path, errp);
+                c->n--;
+            }
+        }
+    }
+    json_decref(top);
+    return ok;
 }
 
 /* Index of the base in the chain: -b BASE, or the top's backing file. */
@@ -381,9 +462,11 @@ chain_find_base(const struct chain *c, const char *base, struct err **errp)
 static json_t *
 layer_opts(const struct chain *c, int i, int base)
 {
-    json_t *o = json_pack("{s:s, s:{s:s, s:s}, s:b}", "driver",
-                          c->l[i].fmt, "file", "driver", "file", "filename",
-                          c->l[i].path, "read-only", i != 0 && i != base);
+    json_t *file = c->l[i].file ? json_deep_copy(c->l[i].file)
+                   : json_pack("{s:s, s:s}", "driver", "file", "filename",
+                               c->l[i].path);
+    json_t *o = json_pack("{s:s, s:o, s:b}", "driver", c->l[i].fmt, "file",
+                          file, "read-only", i != 0 && i != base);
     char name[32];
 
     snprintf(name, sizeof(name), "img-layer%d", i);
@@ -497,26 +580,43 @@ struct commit_args {
     bool drop;
     bool progress;
     bool quiet;
+    bool image_opts;
 };
 
 static int
 commit_parse(int argc, char **argv, struct commit_args *a)
 {
+    static const struct option longopts[] = {
+        { "image-opts", no_argument, NULL, 'O' },
+        { NULL, 0, NULL, 0 },
+    };
     int opt;
 
-    while ((opt = getopt(argc, argv, "f:b:dpqt:")) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:b:dpqt:", longopts,
+                              NULL)) != -1) {
         switch (opt) {
+        case 'O': a->image_opts = true; break;
         case 'f': a->fmt = optarg; break;
         case 'b': a->base = optarg; break;
         case 'd': a->drop = true; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
-        case 't': break;
+        case 't':
+            /* The whole chain: top and base are written, the rest read. */
+            if (!img_set_cache(&img_cache, optarg) ||
+                !img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
+            break;
         default: return -1;
         }
     }
     if (optind != argc - 1) {
         img_error("Expecting one image file name");
+        return -1;
+    }
+    if (a->image_opts && a->fmt) {
+        img_error("--image-opts and --format are mutually exclusive");
         return -1;
     }
     return optind;
@@ -534,7 +634,8 @@ img_cmd_commit(int argc, char **argv)
     if (i < 0) {
         return img_usage_error("commit", NULL);
     }
-    if (chain_read(&c, argv[i], a.fmt, &e) &&
+    if ((a.image_opts ? chain_from_opts(&c, argv[i], &e)
+                      : chain_read(&c, argv[i], a.fmt, &e)) &&
         (base = chain_find_base(&c, a.base, &e)) > 0 &&
         commit_open(&c, base, imgs, &e)) {
         ret = commit_run(imgs, base, a.drop, a.progress && !a.quiet, &e);

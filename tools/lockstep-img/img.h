@@ -75,6 +75,16 @@ struct img {
 /* -U: read-only opens share everything (the image may be in use). */
 extern bool img_force_share;
 
+/*
+ * -t CACHE and -T SRC_CACHE (qemu-img's cache modes, see
+ * block_opts_set_cache_mode()): the mode of writable opens and of
+ * read-only opens; NULL: writeback.  Set them with img_set_cache(), which
+ * reports a bad mode and returns false.
+ */
+extern const char *img_cache;
+extern const char *img_src_cache;
+bool img_set_cache(const char **which, const char *mode);
+
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
 /*

@@ -884,6 +884,7 @@ file_opts(const char *filename, const char *fmt, struct err **errp)
 struct io_args {
     const char *fmt;
     const char *discard;
+    const char *cache;          /* -t/-n: a cache mode, or NULL */
     bool read_only;
     bool image_opts;
     const char *target;
@@ -906,6 +907,10 @@ io_open(struct io_ctx *ctx, const struct io_args *a, struct err **errp)
         return false;
     }
     set_default_opts(opts, a->read_only, a->discard);
+    if (a->cache && block_opts_set_cache_mode(opts, a->cache, errp) < 0) {
+        json_decref(opts);
+        return false;
+    }
     ctx->node = block_node_new(opts, errp);
     json_decref(opts);
     if (!ctx->node) {
@@ -953,12 +958,31 @@ usage(FILE *f)
         "else raw)\n"
         "  -r, --read-only      open read-only\n"
         "  -d, --discard=MODE   discard mode: unmap (default) or ignore\n"
+        "  -t, --cache=MODE     cache mode: none (O_DIRECT), writeback "
+        "(default)\n"
+        "                       or unsafe (flushes ignored)\n"
+        "  -n, --nocache        the same as -t none\n"
         "  -U, --force-share    accepted for qemu-io compatibility\n"
         "  -h, --help           display this help and exit\n"
         "  -V, --version        output version information and exit\n"
         "\n"
         "See 'lockstep-io -c help FILE' for the commands.  The exit status "
         "is 1 if\nthe image could not be opened or any command failed.\n");
+}
+
+/* Refuse a bad -t at once, with qemu-io's message. */
+static bool
+cache_mode_ok(const char *mode)
+{
+    json_t *o = json_object();
+    struct err *e = NULL;
+    bool ok = block_opts_set_cache_mode(o, mode, &e) == 0;
+
+    json_decref(o);
+    if (!ok) {
+        err_report("lockstep-io", e);
+    }
+    return ok;
 }
 
 static bool
@@ -969,6 +993,8 @@ parse_args(int argc, char **argv, struct io_args *a)
         { "format", required_argument, NULL, 'f' },
         { "read-only", no_argument, NULL, 'r' },
         { "discard", required_argument, NULL, 'd' },
+        { "cache", required_argument, NULL, 't' },
+        { "nocache", no_argument, NULL, 'n' },
         { "force-share", no_argument, NULL, 'U' },
         { "image-opts", no_argument, NULL, 'O' },
         { "help", no_argument, NULL, 'h' },
@@ -978,7 +1004,7 @@ parse_args(int argc, char **argv, struct io_args *a)
     int opt;
 
     a->cmds = xcalloc(argc, sizeof(*a->cmds));
-    while ((opt = getopt_long(argc, argv, "+c:f:rd:UhV", longopts,
+    while ((opt = getopt_long(argc, argv, "+c:f:rd:t:nUhV", longopts,
                               NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -998,6 +1024,15 @@ parse_args(int argc, char **argv, struct io_args *a)
                 return false;
             }
             a->discard = optarg;
+            break;
+        case 't':
+            if (!cache_mode_ok(optarg)) {
+                return false;
+            }
+            a->cache = optarg;
+            break;
+        case 'n':
+            a->cache = "none";
             break;
         case 'U':
             break;

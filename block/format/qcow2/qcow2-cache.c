@@ -4,8 +4,9 @@
  * blocks) with LRU eviction.  Entries are pinned while a caller uses the
  * data pointer, so a nested lookup cannot evict them.  Before a dirty entry
  * reaches the disk the cache's before_write hook runs: for the L2 cache it
- * makes pending refcount increases stable first (qcow2 ordering rule
- * "refcount before pointer").  Caller holds s->lock for every function.
+ * makes pending refcount increases and the data written so far stable
+ * first (qcow2 ordering rules "refcount before pointer" and "data before
+ * pointer").  Caller holds s->lock for every function.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@ qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t nb,
     c->before_write = before_write;
     c->e = xcalloc(nb, sizeof(*c->e));
     for (size_t i = 0; i < nb; i++) {
-        c->e[i].data = xmalloc(cluster_size);
+        c->e[i].data = xmalloc_page(cluster_size);
     }
 }
 

@@ -5,9 +5,11 @@
  *
  * Ordering (qcow2 spec, crash safety): a new L2 table gets its refcount
  * made stable, is written zeroed and flushed, and only then does the L1
- * entry point to it.  A grown L1 is written and flushed before the header
- * switches to it; the old L1 is freed after that.  All functions: caller
- * holds s->lock.
+ * entry point to it.  A dirty L2 table is written only after a flush that
+ * covers every write done before (qcow2_l2_before_write): its entries may
+ * point at data and refcounts that would otherwise not be on the disk.  A
+ * grown L1 is written and flushed before the header switches to it; the
+ * old L1 is freed after that.  All functions: caller holds s->lock.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -169,6 +171,14 @@ qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
     qcow2_cache_put(&s->l2_cache, l2);
     return 0;
+}
+
+int
+qcow2_l2_before_write(struct qcow2_state *s)
+{
+    int ret = qcow2_cache_writeback(s, &s->rb_cache);
+
+    return ret < 0 ? ret : block_flush(s->file);
 }
 
 int

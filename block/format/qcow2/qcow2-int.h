@@ -247,6 +247,15 @@ int qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
 int qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster);
 /* Rule "pointer removal before refcount drop": write back L2s, flush. */
 int qcow2_l2_stable(struct qcow2_state *s);
+/*
+ * The L2 cache's before_write hook (rules "refcount before pointer" and
+ * "data before pointer"): write back refcount blocks, then flush the file,
+ * so that what an L2 entry points to is on the disk before the entry.  A
+ * clean refcount cache is no proof the data was flushed: a write into a
+ * zero cluster that kept its host cluster allocates nothing.  Free when
+ * nothing was written since the last flush.
+ */
+int qcow2_l2_before_write(struct qcow2_state *s);
 int qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index);
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size);
 

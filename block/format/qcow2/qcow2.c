@@ -25,14 +25,16 @@
  *     written: the L2 cache's before_write hook writes back refblocks and
  *     flushes the file first; new L2 tables, L1 tables and refcount tables
  *     are flushed before they are published;
- *  2. guest data written before the L2 entry that exposes it (the entry
- *     changes only in the cache after the data write returned);
+ *  2. guest data stable before the L2 entry that exposes it: the entry
+ *     changes only in the cache after the data write returned, and the
+ *     same hook's flush covers the data before the table is written;
  *  3. pointer removal stable before the refcount drops: freeing code calls
  *     qcow2_l2_stable() and only then lowers refcounts;
  *  4. flush writes back refblocks, flushes, writes back L2 tables; the core
  *     then flushes the file.  So an acknowledged flush (or FUA, which the
  *     core turns into a flush) covers everything before it.
- * Killing the process at any point leaves leaks at worst.
+ * Killing the process, or cutting the power, at any point leaves leaks at
+ * worst (tests/func/test_powerloss.py).
  *
  * Corruption (qcow2-corrupt.c): a write that would land on metadata, or
  * metadata that breaks the format, sets the corrupt bit, sends
@@ -603,10 +605,7 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     if (p->cow_zero) {
         return write_cow_zero(s, p, in, n, buf);
     }
-    bounce = malloc(p->we - p->ws);
-    if (!bounce) {
-        return -ENOMEM;
-    }
+    bounce = xmalloc_page(p->we - p->ws);
     if (p->ws < in) {
         block_debug_event(s->file, "cow_read");
         ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
@@ -1614,7 +1613,7 @@ setup_caches(struct qcow2_state *s, json_t *options)
     rbn = rb >= 0 ? (uint64_t)rb / cs : MIN_RB_ENTRIES;
     l2n = MIN(MAX(l2n, MIN_L2_ENTRIES), 65536);
     rbn = MIN(MAX(rbn, MIN_RB_ENTRIES), 65536);
-    qcow2_cache_init(&s->l2_cache, "L2", l2n, cs, qcow2_refcounts_stable);
+    qcow2_cache_init(&s->l2_cache, "L2", l2n, cs, qcow2_l2_before_write);
     qcow2_cache_init(&s->rb_cache, "refblock", rbn, cs, NULL);
 }
 
