@@ -23,6 +23,10 @@
 #   LOCKSTEP_DEMO_KEEP=1   keep the scratch directory
 set -euo pipefail
 build=${1:-build}
+# A step is a function step_NAME below: it narrates (run, bg, note), proves
+# (check) and ends with its summary line (result).  A new step (a backup
+# with lockstep-backup, once that exists) is one more function and one more
+# name here.
 all_steps="fleecing replication"
 steps=${*:2}
 steps=${steps:-$all_steps}
@@ -41,7 +45,7 @@ for p in lockstepd lockstep-img lockstep-io lockstep-qmp; do
         exit 2
     fi
 done
-for p in fio nbdcopy qemu-io; do
+for p in fio nbdcopy qemu-io qemu-img; do
     command -v "$p" >/dev/null || {
         echo "demo: $p is missing: run 'make' (it installs it)" >&2
         exit 2
