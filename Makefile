@@ -2,15 +2,19 @@
 # file only installs what is missing on a fresh Debian machine and calls them.
 #
 #   make          build everything into build/
-#   make check    all tests: unit + integration, then again under ASan/UBSan
-#   make demo     a short run of the main job on a sample image
+#   make check    all tests: unit + integration (with the demo and the docs'
+#                 examples), then again under ASan/UBSan
+#   make demo     the two jobs (fleecing, replication), narrated; exit 1 if
+#                 either does not hold
+#   make install  install the programs into /usr/local (another prefix:
+#                 MESON_OPTS=--prefix=DIR on the first make)
 #   make bench    side-by-side benchmarks against QEMU (see bench/)
 
 BUILD      ?= build
 BUILD_SAN  ?= build-san
 MESON_OPTS ?=
 
-.PHONY: all deps build check demo clean bench
+.PHONY: all deps build check demo install clean bench
 
 all: build
 
@@ -26,6 +30,9 @@ check: build
 
 demo: build
 	@scripts/demo.sh $(BUILD)
+
+install: build
+	@meson install -C $(BUILD) --no-rebuild
 
 bench: deps
 	@bench/install-deps.sh
