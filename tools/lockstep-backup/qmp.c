@@ -247,6 +247,7 @@ qmp_connect(const char *path, int timeout_ms, struct err **errp)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct qmp *q;
+    struct err *e = NULL;
     json_t *greeting;
 
     if (strlen(path) >= sizeof(sa.sun_path)) {
@@ -264,13 +265,20 @@ qmp_connect(const char *path, int timeout_ms, struct err **errp)
         qmp_close(q);
         return NULL;
     }
-    greeting = qmp_recv(q, errp);
+    greeting = qmp_recv(q, &e);
     if (!greeting || !json_object_get(greeting, "QMP")) {
         if (greeting) {
             err_setf(errp, "%s does not speak QMP (no greeting)", path);
+        } else if (e->errnum == ETIMEDOUT) {
+            err_setf(errp, "%s: no QMP greeting within %d s (a monitor "
+                     "of qemu-storage-daemon serves one client at a time: "
+                     "is another one connected?)", path, timeout_ms / 1000);
         } else {
-            err_prepend(errp, "%s: ", path);
+            err_prepend(&e, "%s: ", path);
+            err_propagate(errp, e);
+            e = NULL;
         }
+        err_free(e);
         json_decref(greeting);
         qmp_close(q);
         return NULL;
