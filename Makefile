@@ -30,7 +30,7 @@ demo: build
 bench: deps
 	@bench/install-deps.sh
 	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
-	@ninja -C build-bench lockstepd
+	@ninja -C build-bench lockstepd lockstep-backup
 	@python3 bench/bench.py --build build-bench
 
 clean:
