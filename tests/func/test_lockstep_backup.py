@@ -146,10 +146,10 @@ def image(tmp_dir):
 class Run:
     """One lockstep-backup run with --progress=json."""
 
-    def __init__(self, tool, args, env=None):
+    def __init__(self, tool, args, cwd=None):
         self.argv = [tool] + list(args) + ["--progress=json"]
         self.p = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env)
+                                  stderr=subprocess.PIPE, text=True, cwd=cwd)
         self.events = []
 
     def until(self, kind):
@@ -459,7 +459,7 @@ def test_daemon_killed_mid_backup(tool, lockstepd, image, tmp_dir):
         assert d.bitmaps()[full["bitmap"]].get("inconsistent"), d.bitmaps()
         r = backup(tool, d, bk, "incremental")
         last = r.finish()
-        assert r.rc == 1 and "inconsistent" in last["message"], r.events
+        assert r.rc == 3 and "inconsistent" in last["message"], r.events
         assert "cleaned up after the interrupted backup" in r.stderr
         assert snapshot_files(bk) == before
         d.assert_clean()
@@ -699,6 +699,24 @@ def test_own_nbd_server(tool, lockstepd, qsd, image, tmp_dir):
     restore_equals(tool, bk, inc["file"][:-6], s1, tmp_dir)
 
 
+def test_relative_paths(tool, lockstepd, image, tmp_dir):
+    """Relative names for the directories work, though the daemon (which
+    opens the scratch image) runs elsewhere."""
+    need("qemu-img")
+    os.mkdir(os.path.join(tmp_dir, "scratch"))
+    with Disk(lockstepd, tmp_dir, image) as d:
+        s0 = d.snapshot(os.path.join(tmp_dir, "s0.raw"))
+        for kind in ("full", "incremental"):
+            r = Run(tool, [kind, "--socket", d.qmp, "--node", "disk",
+                           "--to", "bk", "--scratch", "scratch",
+                           "--nbd-socket", d.nbd], cwd=tmp_dir)
+            last = r.done()
+        d.quit()
+    bk = os.path.join(tmp_dir, "bk")
+    check_all(tool, bk)
+    restore_equals(tool, bk, last["file"][:-6], s0, tmp_dir)
+
+
 def test_restore_and_verify_errors(tool, lockstepd, image, tmp_dir):
     """restore refuses an unknown point and an existing output; verify
     finds a missing image, a wrong backing link, a corrupt image and a
@@ -780,7 +798,7 @@ def test_command_line(tool, lockstepd, image, tmp_dir):
     with Disk(lockstepd, tmp_dir, image) as d:
         base = ["--socket", d.qmp, "--to", bk, "--nbd-socket", d.nbd]
         p = run([tool, "incremental", "--node", "disk"] + base)
-        assert p.returncode == 1 and "no backup yet" in p.stderr, p.stderr
+        assert p.returncode == 3 and "no backup yet" in p.stderr, p.stderr
         p = run([tool, "full", "--node", "nope"] + base)
         assert p.returncode == 1 and "no node 'nope'" in p.stderr, p.stderr
         d.c.cmd("block-dirty-bitmap-add", {"node": "disk", "name": "x"})
@@ -789,11 +807,11 @@ def test_command_line(tool, lockstepd, image, tmp_dir):
         full = backup(tool, d, bk, "full").done()
         p = run([tool, "incremental", "--node", "disk", "--since-bitmap",
                  "nope"] + base)
-        assert p.returncode == 1 and "no bitmap 'nope'" in p.stderr
+        assert p.returncode == 3 and "no bitmap 'nope'" in p.stderr
         d.c.cmd("block-dirty-bitmap-disable", {"node": "disk",
                                                "name": full["bitmap"]})
         p = run([tool, "incremental", "--node", "disk"] + base)
-        assert p.returncode == 1 and "disabled" in p.stderr, p.stderr
+        assert p.returncode == 3 and "disabled" in p.stderr, p.stderr
         p = run([tool, "full", "--node", "disk"] + base[:2] +
                 ["--to", bk])
         assert p.returncode == 1 and "--nbd-socket" in p.stderr, p.stderr

@@ -43,6 +43,7 @@ struct run {
     struct image target;
     struct copy_stats st;
     struct progress p;
+    bool needs_full;         /* failed: only a full backup can go on */
 };
 
 static char *
@@ -128,13 +129,17 @@ recover(struct run *r, struct err **errp)
 
 /* ---- Checks ---------------------------------------------------------- */
 
-/* The bitmap an incremental backup reads: it must hold every change. */
+/*
+ * The bitmap an incremental backup reads: it must hold every change.
+ * *full: only a full backup can go on from here.
+ */
 static bool
 check_since(json_t *node, const char *since, const char *last_time,
-            struct err **errp)
+            bool *full, struct err **errp)
 {
     json_t *b = node_bitmap(node, since);
 
+    *full = true;
     if (!b) {
         err_setf(errp, "The disk has no bitmap '%s' (the changes since "
                  "backup %s): take a full backup", since, last_time);
@@ -143,12 +148,14 @@ check_since(json_t *node, const char *since, const char *last_time,
                  "stop cleanly and may have lost changes): take a full "
                  "backup", since);
     } else if (json_is_true(json_object_get(b, "busy"))) {
+        *full = false;
         err_setf(errp, "Bitmap '%s' is in use by another operation", since);
     } else if (!json_is_true(json_object_get(b, "recording"))) {
         err_setf(errp, "Bitmap '%s' does not record writes (disabled), so "
                  "it may miss changes: take a full backup, or enable it "
                  "if you know it is complete", since);
     } else {
+        *full = false;
         return true;
     }
     return false;
@@ -180,15 +187,17 @@ check_disk(struct run *r, const char **since, char **bitmap,
     } else if (!o->incremental) {
         ok = true;
     } else if (!last) {
+        r->needs_full = true;
         err_setf(errp, "%s has no backup yet: take a full backup first",
                  o->dir);
     } else if ((uint64_t)size != last->size) {
+        r->needs_full = true;
         err_setf(errp, "The disk's size changed (%llu bytes, the last "
                  "backup has %llu): take a full backup",
                  (unsigned long long)size, (unsigned long long)last->size);
     } else {
         *since = o->since ? o->since : last->bitmap;
-        ok = check_since(node, *since, last->time, errp);
+        ok = check_since(node, *since, last->time, &r->needs_full, errp);
     }
     r->size = (uint64_t)size;
     json_decref(node);
@@ -216,7 +225,7 @@ static bool
 start(struct run *r, struct err **errp)
 {
     const struct backup_opts *o = r->o;
-    CLEANUP_FREE char *own = NULL;
+    CLEANUP_FREE char *own = NULL, *sdir = NULL;
     char *bitmap = NULL;
     const char *since;
 
@@ -236,9 +245,15 @@ start(struct run *r, struct err **errp)
         r->sock_dir = xstrdup(tmpl);
         own = xasprintf("%s/nbd.sock", tmpl);
     }
-    r->scratch = xasprintf("%s/.%s.scratch.qcow2",
-                           o->scratch_dir ? o->scratch_dir : o->dir,
-                           r->time);
+    /* The daemon opens it: an absolute name (its cwd is not ours). */
+    sdir = realpath(o->scratch_dir ? o->scratch_dir : o->dir, NULL);
+    if (!sdir) {
+        err_setf_errno(errp, errno, "Could not resolve '%s'",
+                       o->scratch_dir ? o->scratch_dir : o->dir);
+        free(bitmap);
+        return false;
+    }
+    r->scratch = xasprintf("%s/.%s.scratch.qcow2", sdir, r->time);
     fleece_init(&r->f, o->node, since, bitmap, r->scratch, o->nbd_socket,
                 own);
     free(bitmap);
@@ -472,5 +487,5 @@ backup_run(const struct backup_opts *o)
     }
     run_free(&r);
     close(lock);
-    return ok ? 0 : 1;
+    return ok ? 0 : r.needs_full ? BK_EXIT_NEEDS_FULL : 1;
 }

@@ -39,6 +39,11 @@
 #define BK_JOURNAL ".in-progress.json"
 #define BK_LOCK ".lock"
 
+/* Exit status of an incremental backup that cannot be done: no backup
+ * yet, the disk changed size, the bitmap is missing, inconsistent or
+ * disabled.  Scripts take a full backup then (docs/backup.md). */
+#define BK_EXIT_NEEDS_FULL 3
+
 /* Set by SIGINT/SIGTERM: every loop that waits checks it and fails. */
 extern volatile sig_atomic_t bk_interrupted;
 
