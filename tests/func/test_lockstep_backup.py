@@ -805,6 +805,10 @@ def test_command_line(tool, lockstepd, image, tmp_dir):
         p = run([tool, "full", "--node", "disk", "--bitmap", "x"] + base)
         assert p.returncode == 1 and "already has a bitmap 'x'" in p.stderr
         full = backup(tool, d, bk, "full").done()
+        d.c.cmd("blockdev-add", {"driver": "null-co", "node-name": "other"})
+        p = run([tool, "full", "--node", "other"] + base)
+        assert p.returncode == 1 and \
+            "holds backups of node 'disk', not 'other'" in p.stderr
         p = run([tool, "incremental", "--node", "disk", "--since-bitmap",
                  "nope"] + base)
         assert p.returncode == 3 and "no bitmap 'nope'" in p.stderr

@@ -120,7 +120,8 @@ recover(struct run *r, struct err **errp)
                  t ? t : "");
     } else {
         err_prepend(errp, "Could not clean up after the interrupted backup "
-                    "%s: ", t ? t : "");
+                    "%s (if its daemon or disk is gone for good, remove "
+                    "%s/%s): ", t ? t : "", r->o->dir, BK_JOURNAL);
     }
     fleece_free(&f);
     json_decref(j);
@@ -173,6 +174,12 @@ check_disk(struct run *r, const char **since, char **bitmap,
     bool ok = false;
 
     if (!node) {
+        return false;
+    }
+    if (r->m.node && strcmp(r->m.node, o->node)) {
+        err_setf(errp, "%s holds backups of node '%s', not '%s'", o->dir,
+                 r->m.node, o->node);
+        json_decref(node);
         return false;
     }
     size = node_virtual_size(node);
@@ -392,7 +399,7 @@ undo(struct run *r)
     /* No f.node: it failed before the snapshot was set up. */
     clean = !r->f.node ||
             (r->q && !qmp_broken(r->q) && fleece_stop(r->q, &r->f, &e) &&
-             fleece_bitmaps_rollback(r->q, &r->f, &e));
+             (!r->f.started || fleece_bitmaps_rollback(r->q, &r->f, &e)));
     if (e) {
         err_prepend(&e, "while cleaning up: ");
         bk_report(e);

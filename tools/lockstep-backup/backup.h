@@ -244,7 +244,8 @@ bool manifest_save(const char *dir, const struct manifest *m,
                    struct err **errp);
 void manifest_free(struct manifest *m);
 void manifest_append(struct manifest *m, const struct manifest_entry *e);
-/* The entry at time t (NULL: the last), or NULL. */
+/* The entry at time t, else the one of file t (t NULL: the last), or
+ * NULL. */
 const struct manifest_entry *manifest_find(const struct manifest *m,
                                            const char *t);
 /* Parse a manifest from text (also the fuzz target's entry). */

@@ -225,7 +225,12 @@ manifest_find(const struct manifest *m, const char *t)
         return m->n ? &m->e[m->n - 1] : NULL;
     }
     for (size_t i = 0; i < m->n; i++) {
-        if (!strcmp(m->e[i].time, t) || !strcmp(m->e[i].file, t)) {
+        if (!strcmp(m->e[i].time, t)) {
+            return &m->e[i];
+        }
+    }
+    for (size_t i = 0; i < m->n; i++) {
+        if (!strcmp(m->e[i].file, t)) {
             return &m->e[i];
         }
     }
@@ -273,6 +278,12 @@ parse_entry(json_t *o, const struct manifest *m, struct manifest_entry *e,
         !get_u64(o, "dirty-bytes", false, &e->dirty_bytes)) {
         err_setf(errp, "backup %zu: missing or invalid members", m->n + 1);
         return false;
+    }
+    for (size_t i = 0; i < m->n; i++) {
+        if (!strcmp(m->e[i].time, time) || !strcmp(m->e[i].file, file)) {
+            err_setf(errp, "backup %zu (%s): listed twice", m->n + 1, file);
+            return false;
+        }
     }
     e->incremental = !strcmp(type, "incremental");
     /* The chain's links: an incremental backup sits on the one before. */
