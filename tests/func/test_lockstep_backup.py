@@ -695,6 +695,9 @@ def test_own_nbd_server(tool, lockstepd, qsd, image, tmp_dir):
         d.assert_clean()
         d.quit()
     check_all(tool, bk)
+    # The server's socket was next to the scratch image, and is gone.
+    assert files_of(bk) == sorted([full["file"], inc["file"],
+                                   "manifest.json"])
     restore_equals(tool, bk, full["file"][:-6], s0, tmp_dir)
     restore_equals(tool, bk, inc["file"][:-6], s1, tmp_dir)
 

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,7 +38,8 @@ struct run {
     char *time;              /* this backup's timestamp */
     char *file, *part;       /* TIME.qcow2 and its path while written */
     char *scratch;
-    char *sock_dir;          /* our NBD server's socket lives here */
+    char *own_socket;        /* our NBD server's socket, if we start one */
+    char *sock_dir;          /* its directory in /tmp, if it is there */
     struct fleece f;
     bool journal;            /* written, not yet removed */
     struct image target;
@@ -113,6 +115,7 @@ recover(struct run *r, struct err **errp)
     committed = t && manifest_find(&r->m, t);
     ok = fleece_recover(r->q, &f, committed, errp) &&
          remove_path(f.scratch_file, errp) &&
+         (!f.nbd_started || remove_path(f.nbd_socket, errp)) &&
          remove_path(part_path, errp) &&
          dir_remove(r->o->dir, BK_JOURNAL, errp);
     if (ok) {
@@ -227,6 +230,32 @@ write_journal(struct run *r, struct err **errp)
     return true;
 }
 
+/*
+ * The socket of the NBD server the tool starts: next to the scratch
+ * image, which the daemon opens too, so that both see it even when the
+ * daemon has a /tmp of its own (systemd's PrivateTmp); in a directory of
+ * /tmp when that name is too long for a unix socket.
+ */
+static char *
+own_socket(struct run *r, const char *sdir, struct err **errp)
+{
+    char tmpl[] = "/tmp/lockstep-backup-XXXXXX";
+    char *path = xasprintf("%s/.%s.nbd.sock", sdir, r->time);
+
+    if (strlen(path) < sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        r->own_socket = xstrdup(path);
+        return path;
+    }
+    free(path);
+    if (!mkdtemp(tmpl)) {
+        err_setf_errno(errp, errno, "Could not create a directory in /tmp");
+        return NULL;
+    }
+    r->sock_dir = xstrdup(tmpl);
+    r->own_socket = xasprintf("%s/nbd.sock", tmpl);
+    return xstrdup(r->own_socket);
+}
+
 /* Set up the snapshot.  *errp is set on failure; the caller undoes. */
 static bool
 start(struct run *r, struct err **errp)
@@ -240,23 +269,16 @@ start(struct run *r, struct err **errp)
         free(bitmap);
         return false;
     }
-    if (!o->nbd_socket) {
-        char tmpl[] = "/tmp/lockstep-backup-XXXXXX";
-
-        if (!mkdtemp(tmpl)) {
-            err_setf_errno(errp, errno, "Could not create a directory in "
-                           "/tmp");
-            free(bitmap);
-            return false;
-        }
-        r->sock_dir = xstrdup(tmpl);
-        own = xasprintf("%s/nbd.sock", tmpl);
-    }
-    /* The daemon opens it: an absolute name (its cwd is not ours). */
+    /* The daemon opens the scratch image: an absolute name (its cwd is
+     * not ours). */
     sdir = realpath(o->scratch_dir ? o->scratch_dir : o->dir, NULL);
     if (!sdir) {
         err_setf_errno(errp, errno, "Could not resolve '%s'",
                        o->scratch_dir ? o->scratch_dir : o->dir);
+        free(bitmap);
+        return false;
+    }
+    if (!o->nbd_socket && !(own = own_socket(r, sdir, errp))) {
         free(bitmap);
         return false;
     }
@@ -418,10 +440,10 @@ undo(struct run *r)
 static void
 run_free(struct run *r)
 {
+    if (r->own_socket) {
+        unlink(r->own_socket);
+    }
     if (r->sock_dir) {
-        CLEANUP_FREE char *s = dir_path(r->sock_dir, "nbd.sock");
-
-        unlink(s);
         rmdir(r->sock_dir);
     }
     fleece_free(&r->f);
@@ -431,6 +453,7 @@ run_free(struct run *r)
     free(r->file);
     free(r->part);
     free(r->scratch);
+    free(r->own_socket);
     free(r->sock_dir);
 }
 

@@ -193,6 +193,16 @@ fail:
     return NULL;
 }
 
+/* Say goodbye (NBD_CMD_DISC, not waited for) and close. */
+static void
+nbd_bye(struct nbd_handle *h)
+{
+    if (nbd_aio_is_ready(h) > 0) {
+        nbd_aio_disconnect(h, 0);
+    }
+    nbd_close(h);
+}
+
 /* ---- Plan ------------------------------------------------------------ */
 
 struct extent_list {
@@ -385,7 +395,7 @@ plan(struct copier *c, struct err **errp)
     }
     free(r.alloc.v);
     free(r.dirty.v);
-    nbd_close(h);
+    nbd_bye(h);
     return ok;
 }
 
@@ -611,7 +621,7 @@ worker_main(void *opaque)
     } else {
         worker_loop(w);
         /* Reads still in flight write into our buffers: close first. */
-        nbd_close(w->h);
+        nbd_bye(w->h);
     }
     SCOPED_LOCK(&c->lock);
     c->running--;
