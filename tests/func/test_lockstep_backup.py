@@ -44,6 +44,18 @@ def tool(build_dir):
     return built_program(build_dir, "lockstep-backup")
 
 
+def no_sanitizer_report(text):
+    for bad in ("runtime error:", "AddressSanitizer", "LeakSanitizer"):
+        assert bad not in text, text
+
+
+def run_tool(argv):
+    """Run lockstep-backup (verify, restore, ...) to the end."""
+    p = run(argv)
+    no_sanitizer_report(p.stderr)
+    return p
+
+
 def qemu_img(*args):
     p = run(["qemu-img"] + list(args))
     assert p.returncode == 0, (args, p.stdout, p.stderr)
@@ -176,8 +188,7 @@ class Run:
             self.events.append(json.loads(line))
         self.rc = self.p.returncode
         last = self.events[-1] if self.events else {}
-        assert "AddressSanitizer" not in self.stderr, self.stderr
-        assert "runtime error" not in self.stderr, self.stderr
+        no_sanitizer_report(self.stderr)
         return last
 
     def done(self):
@@ -214,7 +225,7 @@ def restore_equals(tool, dirpath, at, expected, tmp_dir):
     raw = os.path.join(tmp_dir, "restored-%s.raw" % at)
     q = os.path.join(tmp_dir, "restored-%s.qcow2" % at)
     for fmt, out in (("raw", raw), ("qcow2", q)):
-        p = run([tool, "restore", dirpath, "--at", at, "--to", out,
+        p = run_tool([tool, "restore", dirpath, "--at", at, "--to", out,
                  "--format", fmt])
         assert p.returncode == 0, (p.stdout, p.stderr)
     assert os.path.getsize(raw) == os.path.getsize(expected)
@@ -243,7 +254,7 @@ def check_all(tool, dirpath):
         assert info.get("backing-filename") == e.get("backing"), (e, info)
         if e.get("backing"):
             assert info["backing-filename-format"] == "qcow2"
-    p = run([tool, "verify", dirpath])
+    p = run_tool([tool, "verify", dirpath])
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert "%d backups ok" % len(m["backups"]) in p.stdout, p.stdout
     return m
@@ -453,7 +464,7 @@ def test_daemon_killed_mid_backup(tool, lockstepd, image, tmp_dir):
     files, text = snapshot_files(bk)
     assert (files, text) == (sorted(before[0] + [".in-progress.json"]),
                              before[1])
-    p = run([tool, "verify", bk])
+    p = run_tool([tool, "verify", bk])
     assert p.returncode == 0 and "interrupted backup" in p.stdout, p.stdout
     with Disk(lockstepd, tmp_dir, image, name="d2") as d:
         assert d.bitmaps()[full["bitmap"]].get("inconsistent"), d.bitmaps()
@@ -731,12 +742,12 @@ def test_restore_and_verify_errors(tool, lockstepd, image, tmp_dir):
         inc = backup(tool, d, bk, "incremental").done()
         d.quit()
     out = os.path.join(tmp_dir, "out.qcow2")
-    p = run([tool, "restore", bk, "--at", "19990101T000000Z", "--to", out])
+    p = run_tool([tool, "restore", bk, "--at", "19990101T000000Z", "--to", out])
     assert p.returncode == 1 and "has no backup" in p.stderr, p.stderr
     open(out, "w").close()
-    p = run([tool, "restore", bk, "--to", out])
+    p = run_tool([tool, "restore", bk, "--to", out])
     assert p.returncode == 1 and "exists" in p.stderr, p.stderr
-    p = run([tool, "restore", bk, "--to", out + "2", "--format", "vmdk"])
+    p = run_tool([tool, "restore", bk, "--to", out + "2", "--format", "vmdk"])
     assert p.returncode == 1 and "format" in p.stderr, p.stderr
 
     incp = os.path.join(bk, inc["file"])
@@ -744,11 +755,11 @@ def test_restore_and_verify_errors(tool, lockstepd, image, tmp_dir):
     other = os.path.join(tmp_dir, "other.qcow2")
     qemu_img("create", "-q", "-f", "qcow2", other, str(SIZE))
     qemu_img("rebase", "-u", "-f", "qcow2", "-b", other, "-F", "qcow2", incp)
-    p = run([tool, "verify", bk])
+    p = run_tool([tool, "verify", bk])
     assert p.returncode == 1 and "backing file" in p.stderr, p.stderr
     qemu_img("rebase", "-u", "-f", "qcow2", "-b", full["file"], "-F",
              "qcow2", incp)
-    assert run([tool, "verify", bk]).returncode == 0
+    assert run_tool([tool, "verify", bk]).returncode == 0
     # A refcount of the full backup's first cluster set to 0.
     info = json.loads(qemu_img("info", "--output=json", fullp))
     assert info["format"] == "qcow2"
@@ -759,16 +770,16 @@ def test_restore_and_verify_errors(tool, lockstepd, image, tmp_dir):
         rb = int.from_bytes(f.read(8), "big")       # first refcount block
         f.seek(rb)
         f.write(b"\0\0")
-    p = run([tool, "verify", bk])
+    p = run_tool([tool, "verify", bk])
     assert p.returncode == 1 and "FAILED" in p.stdout and \
         "corruptions" in p.stderr, (p.stdout, p.stderr)
     os.unlink(fullp)
-    p = run([tool, "verify", bk])
+    p = run_tool([tool, "verify", bk])
     assert p.returncode == 1 and full["file"] in p.stderr, p.stderr
     with open(os.path.join(bk, "manifest.json"), "w") as f:
         f.write('{"format": "something else"}')
     for argv in (["verify", bk], ["restore", bk, "--to", out + "3"]):
-        p = run([tool] + argv)
+        p = run_tool([tool] + argv)
         assert p.returncode == 1 and "not a lockstep-backup manifest" in \
             p.stderr, p.stderr
 
@@ -777,49 +788,49 @@ def test_command_line(tool, lockstepd, image, tmp_dir):
     """Usage errors (exit 2), options that do not apply are refused, the
     help is a manual page, and the checks before a backup say what to
     do."""
-    p = run([tool])
+    p = run_tool([tool])
     assert p.returncode == 2 and "a command is needed" in p.stderr
-    p = run([tool, "backup"])
+    p = run_tool([tool, "backup"])
     assert p.returncode == 2 and "unknown command" in p.stderr
-    p = run([tool, "full", "--at", "x", "--socket", "s", "--node", "n",
+    p = run_tool([tool, "full", "--at", "x", "--socket", "s", "--node", "n",
              "--to", "d"])
     assert p.returncode == 2 and "--at does not apply" in p.stderr
-    p = run([tool, "verify", tmp_dir, "--progress=json"])
+    p = run_tool([tool, "verify", tmp_dir, "--progress=json"])
     assert p.returncode == 2 and "does not apply" in p.stderr
-    p = run([tool, "full", "--socket", "s", "--node", "n", "--to", "d",
+    p = run_tool([tool, "full", "--socket", "s", "--node", "n", "--to", "d",
              "--connections", "0"])
     assert p.returncode == 2 and "--connections" in p.stderr
-    p = run([tool, "full", "--progress=loud"])
+    p = run_tool([tool, "full", "--progress=loud"])
     assert p.returncode == 2 and "--progress" in p.stderr
-    p = run([tool, "--help"])
+    p = run_tool([tool, "--help"])
     for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS",
                     "BITMAPS", "FILES", "EXIT STATUS", "EXAMPLES"):
         assert "\n" + section + "\n" in "\n" + p.stdout, section
-    assert run([tool, "restore", "--help"]).stdout == p.stdout
+    assert run_tool([tool, "restore", "--help"]).stdout == p.stdout
 
     bk = os.path.join(tmp_dir, "bk")
     with Disk(lockstepd, tmp_dir, image) as d:
         base = ["--socket", d.qmp, "--to", bk, "--nbd-socket", d.nbd]
-        p = run([tool, "incremental", "--node", "disk"] + base)
+        p = run_tool([tool, "incremental", "--node", "disk"] + base)
         assert p.returncode == 3 and "no backup yet" in p.stderr, p.stderr
-        p = run([tool, "full", "--node", "nope"] + base)
+        p = run_tool([tool, "full", "--node", "nope"] + base)
         assert p.returncode == 1 and "no node 'nope'" in p.stderr, p.stderr
         d.c.cmd("block-dirty-bitmap-add", {"node": "disk", "name": "x"})
-        p = run([tool, "full", "--node", "disk", "--bitmap", "x"] + base)
+        p = run_tool([tool, "full", "--node", "disk", "--bitmap", "x"] + base)
         assert p.returncode == 1 and "already has a bitmap 'x'" in p.stderr
         full = backup(tool, d, bk, "full").done()
         d.c.cmd("blockdev-add", {"driver": "null-co", "node-name": "other"})
-        p = run([tool, "full", "--node", "other"] + base)
+        p = run_tool([tool, "full", "--node", "other"] + base)
         assert p.returncode == 1 and \
             "holds backups of node 'disk', not 'other'" in p.stderr
-        p = run([tool, "incremental", "--node", "disk", "--since-bitmap",
+        p = run_tool([tool, "incremental", "--node", "disk", "--since-bitmap",
                  "nope"] + base)
         assert p.returncode == 3 and "no bitmap 'nope'" in p.stderr
         d.c.cmd("block-dirty-bitmap-disable", {"node": "disk",
                                                "name": full["bitmap"]})
-        p = run([tool, "incremental", "--node", "disk"] + base)
+        p = run_tool([tool, "incremental", "--node", "disk"] + base)
         assert p.returncode == 3 and "disabled" in p.stderr, p.stderr
-        p = run([tool, "full", "--node", "disk"] + base[:2] +
+        p = run_tool([tool, "full", "--node", "disk"] + base[:2] +
                 ["--to", bk])
         assert p.returncode == 1 and "--nbd-socket" in p.stderr, p.stderr
         d.assert_clean()
@@ -852,7 +863,7 @@ def test_progress_bar_on_a_terminal(tool, lockstepd, image, tmp_dir):
         text = out.decode()
         assert "backup 100% [" in text and "7.0 MiB / 7.0 MiB" in text, text
         assert "/s" in text and text.endswith("\n"), text
-        p = run([tool, "incremental", "--socket", d.qmp, "--node", "disk",
+        p = run_tool([tool, "incremental", "--socket", d.qmp, "--node", "disk",
                  "--to", bk, "--nbd-socket", d.nbd])
         assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p
         d.quit()
