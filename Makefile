@@ -37,7 +37,7 @@ install: build
 bench: deps
 	@bench/install-deps.sh
 	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
-	@ninja -C build-bench lockstepd tests/vhost/vhost-client
+	@ninja -C build-bench lockstepd lockstep-backup tests/vhost/vhost-client
 	@python3 bench/bench.py --build build-bench
 
 clean:

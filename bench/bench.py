@@ -8,7 +8,9 @@ images on tmpfs each run; prints medians, ratios and spreads and writes
 docs/performance.md and docs/performance.png.  See bench/README.md.
 """
 import argparse
+import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -33,12 +35,14 @@ class Ctx:
         self.work = work
         self.size = args.size_mib << 20
         self.bins = {"lockstep": os.path.join(args.build, "lockstepd"),
+                     "backup": os.path.join(args.build, "lockstep-backup"),
                      "qsd": shutil.which("qemu-storage-daemon"),
                      "qemu": shutil.which("qemu-system-x86_64"),
                      "vhost-client": os.path.join(args.build, "tests",
                                                   "vhost", "vhost-client")}
         self.seq = 0
         self._filled = None
+        self._half = None
         self.ceilings = []      # nbdkit memory plugin MiB/s, per round
 
     def path(self, name):
@@ -64,10 +68,28 @@ class Ctx:
         shutil.copyfile(self._filled, p)
         return p
 
+    def half_allocated_qcow2(self, name):
+        """A copy of a qcow2 image with data in every other MiB (50 %)."""
+        if self._half is None:
+            self._half = os.path.join(self.work, "half.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                            self._half, str(self.size)], check=True)
+            cmds = []
+            for mib in range(0, self.size >> 20, 2):
+                cmds += ["-c", "write -P 0x%x %dM 1M" % (mib % 255 + 1, mib)]
+            subprocess.run(["qemu-io", "-f", "qcow2"] + cmds + [self._half],
+                           check=True, capture_output=True)
+        p = self.path(name + ".qcow2")
+        shutil.copyfile(self._half, p)
+        return p
+
     def cleanup(self):
         for f in os.listdir(self.work):
-            if f[0].isdigit():
-                os.unlink(os.path.join(self.work, f))
+            p = os.path.join(self.work, f)
+            if f[0].isdigit() and os.path.isdir(p):
+                shutil.rmtree(p)
+            elif f[0].isdigit():
+                os.unlink(p)
 
 
 # ---- One daemon (or a pair) for one run ---------------------------------
@@ -418,6 +440,134 @@ def wl_vhost_vs_nbd(run):
                    "randwrite", "4k", 16)
 
 
+# ---- Backups: lockstep-backup vs the same QMP + NBD steps with qemu-img --
+
+def backup_setup(run):
+    """A disk of ctx.size, every other MiB holding data, served as node
+    disk0 and exported as 'guest'; the QMP client is closed (the tool
+    needs the monitor: qemu-storage-daemon's takes one client)."""
+    ctx = run.ctx
+    d, c = run.start("a")
+    qcow2_node(c, "disk0", ctx.half_allocated_qcow2("disk0"))
+    sock = ctx.path("nbd.sock")
+    nbd_start(c, sock)
+    export(c, "disk0", "guest")
+    c.close()
+    bk = ctx.path("backups")
+    os.mkdir(bk)
+    return d, sock, bk
+
+
+def lockstep_backup(run, d, sock, bk, kind):
+    """lockstep-backup KIND; returns (seconds, its summary)."""
+    t0 = time.monotonic()
+    p = subprocess.run([run.ctx.bins["backup"], kind, "--socket",
+                        d.qmp_path, "--node", "disk0", "--to", bk,
+                        "--nbd-socket", sock, "--progress=json"],
+                       capture_output=True, text=True, timeout=600)
+    secs = time.monotonic() - t0
+    if p.returncode != 0:
+        raise RuntimeError("lockstep-backup failed: %s" % p.stderr)
+    return secs, json.loads(p.stdout.splitlines()[-1])
+
+
+def qemu_backup(run, d, sock, bk, kind, day):
+    """The same steps as a user scripts them for QEMU: the fleecing
+    recipe of docs/backup.md on QMP, the snapshot read with qemu-img
+    convert into a qcow2 (an overlay of the last backup with -B for an
+    incremental one: qemu-img cannot limit its reads to the dirty
+    extents), then the teardown.  Returns seconds."""
+    ctx = run.ctx
+    t0 = time.monotonic()
+    c = d.client()
+    scratch = ctx.path("scratch.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", scratch,
+                    str(ctx.size)], check=True)
+    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "snap",
+                           "file": {"driver": "file", "filename": scratch},
+                           "backing": "disk0"})
+    actions = [{"type": "block-dirty-bitmap-add",
+                "data": {"node": "disk0", "name": "b%d" % day,
+                         "persistent": True}}]
+    if kind == "incremental":
+        actions.append({"type": "block-dirty-bitmap-disable",
+                        "data": {"node": "disk0", "name": "b%d" % (day - 1)}})
+    actions.append({"type": "blockdev-backup",
+                    "data": {"job-id": "fleece", "device": "disk0",
+                             "target": "snap", "sync": "none"}})
+    c.cmd("transaction", {"actions": actions})
+    exp = {"type": "nbd", "id": "snap", "node-name": "snap", "name": "snap",
+           "writable": False}
+    if kind == "incremental":
+        exp["bitmaps"] = ["b%d" % (day - 1)]
+    c.cmd("block-export-add", exp)
+    out = os.path.join(bk, "day%d.qcow2" % day)
+    argv = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
+    if kind == "incremental":
+        argv += ["-B", "day%d.qcow2" % (day - 1), "-F", "qcow2"]
+    subprocess.run(argv + [clients.nbd_uri(sock, "snap"), out], check=True,
+                   timeout=600)
+    c.cmd("block-export-del", {"id": "snap", "mode": "hard"})
+    c.wait_event_match("BLOCK_EXPORT_DELETED", id="snap")
+    c.cmd("job-cancel", {"id": "fleece"})
+    c.wait_event_match("JOB_STATUS_CHANGE", id="fleece", status="null")
+    c.cmd("blockdev-del", {"node-name": "snap"})
+    if kind == "incremental":
+        c.cmd("block-dirty-bitmap-remove", {"node": "disk0",
+                                            "name": "b%d" % (day - 1)})
+    c.close()
+    os.unlink(scratch)
+    return time.monotonic() - t0
+
+
+def one_backup(run, d, sock, bk, kind, day):
+    """Seconds of one backup by the side under test (and its summary)."""
+    if run.kind == "lockstep":
+        return lockstep_backup(run, d, sock, bk, kind)
+    return qemu_backup(run, d, sock, bk, kind, day), None
+
+
+def wl_backup_full(run):
+    d, sock, bk = backup_setup(run)
+    out = run.measure(lambda: dict(zip(("secs", "summary"),
+                                       one_backup(run, d, sock, bk, "full",
+                                                  0)), bytes=run.ctx.size))
+    run.metrics["full backup, 50 % allocated"] = out["secs"]
+
+
+def random_writes(run, sock, fraction, seed):
+    """fraction of the disk in 64 KiB writes at distinct random places,
+    through the guest export; returns the bytes written."""
+    rng = random.Random(seed)
+    clusters = run.ctx.size >> 16
+    picks = rng.sample(range(clusters), int(clusters * fraction))
+    cmds = []
+    for i, k in enumerate(picks):
+        cmds += ["-c", "write -P 0x%x %d 64k" % (i % 255 + 1, k << 16)]
+    subprocess.run(["qemu-io", "-f", "raw"] + cmds +
+                   [clients.nbd_uri(sock, "guest")], check=True,
+                   capture_output=True, timeout=600)
+    return len(picks) << 16
+
+
+READ_PER_DIRTY = "incremental: bytes read / dirty bytes (target <= 1.1)"
+
+
+def wl_backup_incremental(run):
+    d, sock, bk = backup_setup(run)
+    one_backup(run, d, sock, bk, "full", 0)
+    dirty = random_writes(run, sock, 0.05, 1)
+    out = run.measure(lambda: dict(zip(("secs", "summary"),
+                                       one_backup(run, d, sock, bk,
+                                                  "incremental", 1)),
+                                   bytes=dirty))
+    run.metrics["incremental backup, 5 % random 64k writes"] = out["secs"]
+    if out["summary"]:
+        s = out["summary"]
+        assert s["dirty-bytes"] == dirty, (s, dirty)
+        run.metrics[READ_PER_DIRTY] = s["bytes-read"] / s["dirty-bytes"]
+
+
 def null_args():
     return {"driver": "null-co", "node-name": "disk", "size": GiB,
             "read-zeroes": True}
@@ -499,6 +649,11 @@ WORKLOADS = {
     "vhost-vs-nbd": (wl_vhost_vs_nbd, ("lockstep", "lockstep-nbd"), [
         ("randread 4k qd16: vhost-user-blk vs NBD", "IOPS", "high", 2.0),
         ("randwrite 4k qd16: vhost-user-blk vs NBD", "IOPS", "high", 2.0)]),
+    "backup-full": (wl_backup_full, ("lockstep", "qsd"), [
+        ("full backup, 50 % allocated", "s", "low", 0.67)]),
+    "backup-incremental": (wl_backup_incremental, ("lockstep", "qsd"), [
+        ("incremental backup, 5 % random 64k writes", "s", "low", 0.67),
+        (READ_PER_DIRTY, "×", "low", None)]),
     "null": (wl_null, ("lockstep", "qsd"), [
         ("null-co randread 4k qd1", "IOPS", "high", None),
         ("null-co randread 4k qd16", "IOPS", "high", None),
