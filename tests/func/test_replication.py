@@ -582,3 +582,51 @@ def test_secondary_dies_and_resync(tmp_path, transport):
     sec2.stop()
     sh("qemu-img", "compare", "-q", imgs["sec"], imgs["p-local"])
     check_clean(imgs)
+
+
+# ---- A secondary that stops answering ---------------------------------------
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_stalled_secondary_holds_nothing_hostage(tmp_path, transport):
+    """The secondary is frozen (SIGSTOP: its sockets stay open, nothing
+    answers), as a hung host would be.  A guest write of the primary waits
+    on the replication link, but the primary's monitor keeps answering,
+    and dropping the dead child (a graph change, which waits for the
+    stuck request) gives up on it after the drain patience (5 s,
+    docs/architecture.md "Waiting on remote peers"): the guest's write
+    completes on the local disk and the guest goes on."""
+    pri, sec, imgs = make_pair(transport, tmp_path, True)
+    sec.start()
+    pri.start()
+    qemu_io(pri.uri("guest"), "write -P 0x21 0 64k")
+    sec.daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        writer = subprocess.Popen(
+            ["qemu-io", "-f", "raw", "-c", "write -P 0x22 1M 64k",
+             pri.uri("guest")], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        time.sleep(1)
+        assert writer.poll() is None        # stuck on the replication link
+        for _ in range(5):
+            start = time.monotonic()
+            assert "qemu" in pri.qmp.cmd("query-version")
+            pri.qmp.cmd("query-named-block-nodes")
+            assert time.monotonic() - start < 0.5
+        start = time.monotonic()
+        pri.qmp.cmd("x-blockdev-change", {"parent": "p-top",
+                                          "child": "children.1"})
+        took = time.monotonic() - start
+        assert took < 5 + 3, took
+        out, _ = writer.communicate(timeout=20)
+        assert writer.returncode == 0 and "wrote 65536/65536" in out, out
+        # The guest goes on with its local disk alone.
+        start = time.monotonic()
+        qemu_io(pri.uri("guest"), "write -P 0x23 2M 64k",
+                "read -P 0x22 1M 64k", "read -P 0x21 0 64k")
+        assert time.monotonic() - start < 3
+        pri.qmp.cmd("blockdev-del", {"node-name": "p-rep"})
+    finally:
+        sec.daemon.proc.send_signal(signal.SIGCONT)
+    assert pri.stop() == 0
+    sec.stop()
+    check_clean(imgs)
