@@ -4,8 +4,8 @@
 #   make          build everything into build/
 #   make check    all tests: unit + integration (with the demo and the docs'
 #                 examples), then again under ASan/UBSan
-#   make demo     the two jobs (fleecing, replication), narrated; exit 1 if
-#                 either does not hold
+#   make demo     the jobs (fleecing, replication, incremental backup),
+#                 narrated; exit 1 if any does not hold
 #   make install  install the programs into /usr/local (another prefix:
 #                 MESON_OPTS=--prefix=DIR on the first make)
 #   make bench    side-by-side benchmarks against QEMU (see bench/)

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: MIT
 """make demo (scripts/demo.sh) runs in the test suite, so it cannot rot:
-both jobs must hold, and a demo whose proof fails, or whose command fails,
-must say so and exit 1 (checked with a corrupting nbdcopy and a failing
-fio put first on PATH), leaving no daemon behind."""
+every job must hold, and a demo whose proof fails, or whose command fails,
+must say so and exit 1 (checked with a corrupting nbdcopy, a failing fio
+and a lockstep-backup whose restores are damaged), leaving no daemon
+behind."""
 import os
 import re
 import shutil
@@ -21,8 +22,8 @@ SANITIZER_REPORTS = ("runtime error:", "AddressSanitizer", "LeakSanitizer",
                      "ThreadSanitizer")
 
 
-def run_demo(steps=(), path_first=None, timeout=600):
-    build = build_dir_path()
+def run_demo(steps=(), path_first=None, timeout=600, build=None):
+    build = build or build_dir_path()
     if not os.access(os.path.join(build, "lockstepd"), os.X_OK):
         pytest.skip("lockstepd is not built")
     for tool in ("fio", "nbdcopy", "qemu-io", "qemu-img"):
@@ -77,6 +78,8 @@ def summary(out):
     assert len(tail) == 2, out[-5000:]
     steps = {}
     for line in tail[1].strip().splitlines():
+        if line.startswith("("):            # "(N seconds)"
+            continue
         m = re.match(r"(\d+)\. (\S+)\s+(held|did NOT hold): (.*)$", line)
         assert m, line
         steps[m.group(2)] = (m.group(3), m.group(4))
@@ -90,10 +93,10 @@ def fake_tool(directory, name, body):
     os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
 
 
-def test_demo_shows_both_jobs():
+def test_demo_shows_the_three_jobs():
     rc, out = run_demo()
     steps = summary(out)
-    assert list(steps) == ["fleecing", "replication"], out[-5000:]
+    assert list(steps) == ["fleecing", "replication", "backup"], out[-5000:]
     assert rc == 0, out[-8000:]
     for verdict, _ in steps.values():
         assert verdict == "held"
@@ -102,7 +105,10 @@ def test_demo_shows_both_jobs():
                 "$ lockstep-qmp qmp.sock <<'EOF'",
                 '{"execute": "blockdev-reopen"',
                 "$ kill -KILL ",
-                "$ lockstep-qmp sec-qmp.sock replication-checkpoint"):
+                "$ lockstep-qmp sec-qmp.sock replication-checkpoint",
+                "$ lockstep-backup full --socket qmp.sock",
+                "$ lockstep-backup incremental --socket qmp.sock",
+                "$ lockstep-backup restore backups --at "):
         assert cmd in out
     assert "NOT OK" not in out
 
@@ -136,3 +142,28 @@ def test_demo_fails_when_a_command_fails(tmp_path):
     assert verdict == "did NOT hold"
     assert text.startswith("a command failed"), text
     assert "simulated failure" in out
+
+
+def test_demo_fails_when_a_restore_is_wrong(tmp_path):
+    """A lockstep-backup whose raw restores come out damaged (the demo
+    runs the build's programs first on PATH, so the wrapper goes into a
+    build directory of its own): the backup step must not hold, and the
+    demo exits 1."""
+    real = build_dir_path()
+    fake = tmp_path / "build"
+    fake.mkdir()
+    for prog in ("lockstepd", "lockstep-img", "lockstep-io", "lockstep-qmp"):
+        os.symlink(os.path.join(real, prog), str(fake / prog))
+    fake_tool(str(fake), "lockstep-backup",
+              '%s "$@" || exit\n'
+              'if [ "$1" = restore ]; then\n'
+              '  for a; do last=$a; done\n'
+              '  printf X | dd of="$last" bs=1 seek=4096 conv=notrunc '
+              'status=none\n'
+              'fi\n' % os.path.join(real, "lockstep-backup"))
+    rc, out = run_demo(["backup"], build=str(fake))
+    assert rc == 1, out[-5000:]
+    verdict, text = summary(out)["backup"]
+    assert verdict == "did NOT hold"
+    assert "the day-0 restore equals the disk" in text, text
+    assert "NOT OK: the day-1 restore" in out
