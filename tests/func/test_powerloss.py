@@ -191,7 +191,13 @@ def test_allocation_and_growth(tmp_path, opts):
     w = Writer(rec.connect("disk"), guest)
     rng = random.Random(seed_for("alloc" + opts))
     random_io(rng, w, size, 60, 24 * KiB, 6)
+    # An NBD export does not share resize (as in QEMU): resize between
+    # two exports.
+    w.h.shutdown()
+    rec.qmp.cmd("block-export-del", {"id": "disk", "mode": "hard"})
     rec.qmp.cmd("block_resize", {"node-name": "disk", "size": 8 * MiB})
+    rec.export("disk", "disk")
+    w.h = rec.connect("disk")
     random_io(rng, w, size, 60, 64 * KiB, 6)
     w.flush()
     w.h.shutdown()
