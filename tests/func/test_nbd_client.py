@@ -12,6 +12,7 @@ Every test runs under a SIGALRM guard and kills its servers.
 """
 import json
 import os
+import select
 import subprocess
 import time
 
@@ -232,7 +233,17 @@ def test_dead_server_gives_eio(lockstep_io, tmp_dir, procs):
     try:
         p.stdin.write("write -P 0x9 0 4k\n")
         p.stdin.flush()
-        time.sleep(0.5)
+        # The write is done before the server dies (however slow the
+        # machine: lockstep-io flushes its output after each command).
+        first = ""
+        deadline = time.time() + 60
+        while "wrote" not in first and time.time() < deadline:
+            if select.select([p.stdout], [], [], 1)[0]:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                first += line
+        assert "wrote 4096/4096" in first, first
         k.kill()
         k.wait()
         t0 = time.time()
@@ -242,7 +253,6 @@ def test_dead_server_gives_eio(lockstep_io, tmp_dir, procs):
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert "wrote 4096/4096" in out
     assert "read failed: Input/output error" in out + err
     assert p.returncode == 1
 
