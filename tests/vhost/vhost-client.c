@@ -377,7 +377,7 @@ setup_inflight(void)
     uint64_t req[3] = {0};
     uint16_t nq = (uint16_t)g_nq, qs = (uint16_t)g_qsize;
     struct msg m;
-    int fd;
+    int fd = -1;
 
     if (!(g_pfeatures & (1ULL << PF_INFLIGHT))) {
         return;
