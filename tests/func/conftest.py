@@ -19,6 +19,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "direct: also run with cache.direct=on on a disk "
         "(LOCKSTEP_TEST_CACHE=none, see direct.py)")
+    config.addinivalue_line(
+        "markers", "script_only: tests a script or the docs rather than "
+        "our C code (the sanitizer pass of make check skips it)")
 
 
 def pytest_collection_modifyitems(config, items):

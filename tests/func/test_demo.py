@@ -113,6 +113,7 @@ def test_demo_shows_the_three_jobs():
     assert "NOT OK" not in out
 
 
+@pytest.mark.script_only
 def test_demo_fails_when_the_copy_is_wrong(tmp_path):
     """An nbdcopy that damages what it copies from the snapshot: the
     fleecing step must not hold, and the demo exits 1."""
@@ -131,6 +132,7 @@ def test_demo_fails_when_the_copy_is_wrong(tmp_path):
     assert "NOT OK: the backup equals the disk at fleecing-start" in out
 
 
+@pytest.mark.script_only
 def test_demo_fails_when_a_command_fails(tmp_path):
     """A guest (fio) that fails: the replication step stops there, says
     so, and stops its daemons."""
@@ -144,6 +146,7 @@ def test_demo_fails_when_a_command_fails(tmp_path):
     assert "simulated failure" in out
 
 
+@pytest.mark.script_only
 def test_demo_fails_when_a_restore_is_wrong(tmp_path):
     """A lockstep-backup whose raw restores come out damaged (the demo
     runs the build's programs first on PATH, so the wrapper goes into a

@@ -236,6 +236,7 @@ def stop_everything(pgid, scratch):
             subprocess.run(["umount", "-l", m], capture_output=True)
 
 
+@pytest.mark.script_only
 @pytest.mark.parametrize("example", EXAMPLES,
                          ids=[e.first.where() for e in EXAMPLES])
 def test_example_runs(example, tmp_path):
