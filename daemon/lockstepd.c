@@ -117,13 +117,25 @@ usage(void)
 "                         configure a QMP monitor\n"
 "\n"
 "  --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>\n"
+"               [,tls-creds=<id>][,tls-authz=<id>]\n"
 "               [,max-connections=<n>][,handshake-max-seconds=<n>]\n"
 "  --nbd-server addr.type=unix,addr.path=<path>\n"
+"               [,tls-creds=<id>][,tls-authz=<id>]\n"
 "               [,max-connections=<n>][,handshake-max-seconds=<n>]\n"
 "                         start an NBD server for exporting block nodes\n"
 "\n"
 "  --object iothread,id=<id>[,poll-max-ns=<n>,...]\n"
 "                         an iothread for exports to name (no effect)\n"
+"  --object tls-creds-x509,id=<id>,dir=<dir>,endpoint=server|client\n"
+"           [,verify-peer=on|off][,priority=<gnutls priority>]\n"
+"  --object tls-creds-psk,id=<id>,dir=<dir>,endpoint=server|client\n"
+"           [,username=<user>][,priority=<gnutls priority>]\n"
+"                         TLS credentials (docs/security.md)\n"
+"  --object authz-simple,id=<id>,identity=<DN or PSK user>\n"
+"  --object authz-listfile,id=<id>,filename=<path>[,refresh=on|off]\n"
+"  --object '{\"qom-type\":\"authz-list\",\"id\":<id>,\"policy\":...,\n"
+"             \"rules\":[{\"match\":...,\"policy\":...,\"format\":...}]}'\n"
+"                         who may connect to a TLS NBD server\n"
 "\n"
 "  --pidfile <path>       write process ID to a file after startup\n"
 "\n"
@@ -294,8 +306,12 @@ opt_nbd_server(const char *arg, struct err **errp)
                  type);
         goto out;
     }
-    if (json_object_get(opts, "tls-authz")) {
-        err_setf(errp, "TLS authorization is not supported");
+    if ((json_object_get(opts, "tls-creds") &&
+         !json_is_string(json_object_get(opts, "tls-creds"))) ||
+        (json_object_get(opts, "tls-authz") &&
+         !json_is_string(json_object_get(opts, "tls-authz")))) {
+        err_setf(errp, "Invalid parameter type for 'tls-creds' or "
+                 "'tls-authz', expected: string");
         goto out;
     }
     if (!keyval_to_int(opts, "max-connections", errp) ||
@@ -312,6 +328,8 @@ opt_nbd_server(const char *arg, struct err **errp)
     ok = nbd_server_start(addr,
                           json_string_value(json_object_get(opts,
                                                             "tls-creds")),
+                          json_string_value(json_object_get(opts,
+                                                            "tls-authz")),
                           maxc, hs, errp);
 out:
     json_decref(opts);
@@ -445,6 +463,21 @@ opt_keyval(const char *arg, const char *implied,
         return false;
     }
     ok = fn(opts, errp);
+    json_decref(opts);
+    return ok;
+}
+
+/* --object: keyval, or JSON (authz-list's rules read better so). */
+static bool
+opt_object(const char *arg, struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(arg, "qom-type", errp);
+    bool ok;
+
+    if (!opts) {
+        return false;
+    }
+    ok = qmp_object_add_keyval(opts, errp);
     json_decref(opts);
     return ok;
 }
@@ -692,7 +725,7 @@ main(int argc, char **argv)
             break;
         case OPT_OBJECT:
             name = "object";
-            ok = opt_keyval(optarg, "qom-type", qmp_object_add_keyval, &err);
+            ok = opt_object(optarg, &err);
             break;
         case OPT_DAEMONIZE:
             break;              /* done above */

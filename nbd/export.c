@@ -283,6 +283,11 @@ nbdexp_new(json_t *args, bool require_server, struct err **errp)
     mutex_lock(&g_nbdsrv_lock);
     TAILQ_INSERT_TAIL(&g_exports, exp, link);
     mutex_unlock(&g_nbdsrv_lock);
+    if (writable) {
+        CLEANUP_FREE char *what = xasprintf("writable export '%s'", id);
+
+        nbdsrv_warn_insecure(what);
+    }
     return exp;
 
 out_free:

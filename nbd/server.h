@@ -26,14 +26,20 @@
  * nbd-server-start.  addr is a QMP SocketAddress: {"type":"unix","path":P}
  * or {"type":"inet","host":H,"port":"N"} (host required: "" listens on
  * every interface; port a string as in QAPI, an integer is accepted too).
- * tls_creds must be NULL (TLS is refused).  max_connections 0 means no
- * limit; at the limit new clients wait in the listen backlog.  A client
- * that has not finished negotiating handshake_max_seconds after it was
- * accepted is dropped (0: never).  Main thread.
+ * tls_creds names a tls-creds-x509/psk object with endpoint=server (NULL:
+ * no TLS); with it every client must do TLS before it learns anything
+ * (docs/security.md).  tls_authz names an authz object that must allow
+ * the client's identity (the x509 DN or PSK user name); it is looked up
+ * per client, so it may come later, and while it is missing every client
+ * is refused.  max_connections 0 means no limit; at the limit new
+ * clients wait in the listen backlog.  A client that has not finished
+ * negotiating (TLS included) handshake_max_seconds after it was accepted
+ * is dropped (0: never).  Listening on a TCP address other than loopback
+ * without TLS prints a warning.  Main thread.
  */
 bool nbd_server_start(json_t *addr, const char *tls_creds,
-                      int64_t max_connections, int64_t handshake_max_seconds,
-                      struct err **errp);
+                      const char *tls_authz, int64_t max_connections,
+                      int64_t handshake_max_seconds, struct err **errp);
 /*
  * nbd-server-stop: close the listening sockets, disconnect every client and
  * delete every NBD export (with BLOCK_EXPORT_DELETED), as QEMU's

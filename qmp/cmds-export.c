@@ -57,17 +57,15 @@ qmp_nbd_server_start(json_t *args, struct err **errp)
     json_t *hs = json_object_get(args, "handshake-max-seconds");
     const char *tls_creds = json_string_value(json_object_get(args,
                                                               "tls-creds"));
+    const char *tls_authz = json_string_value(json_object_get(args,
+                                                              "tls-authz"));
     bool ok;
 
-    if (json_object_get(args, "tls-authz")) {
-        err_setf(errp, "TLS authorization is not supported");
-        return NULL;
-    }
     addr = flatten_socket_address(json_object_get(args, "addr"), errp);
     if (!addr) {
         return NULL;
     }
-    ok = nbd_server_start(addr, tls_creds,
+    ok = nbd_server_start(addr, tls_creds, tls_authz,
                           maxc ? json_integer_value(maxc)
                                : NBD_DEFAULT_MAX_CONNECTIONS,
                           hs ? json_integer_value(hs)

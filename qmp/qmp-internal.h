@@ -212,6 +212,11 @@ json_t *qmp_object_del(json_t *args, struct err **errp);
 /* --object: keyval values are typed first. */
 bool qmp_object_add_keyval(json_t *opts, struct err **errp);
 bool qmp_iothread_exists(const char *id);
+json_t *qmp_qom_list(json_t *args, struct err **errp);
+json_t *qmp_qom_get(json_t *args, struct err **errp);
+/* The i-th object type's properties (without qom-type and id), for the
+ * docs; NULL past the last. */
+const struct qmp_arg *qmp_object_type_members(size_t i, const char **name);
 void qmp_objects_free_all(void);
 /* cmds-repl.c */
 json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);

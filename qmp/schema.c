@@ -80,11 +80,14 @@ static const struct qmp_arg args_nbd_server_start[] = {
       "{\"type\": \"inet\", \"data\": {\"host\": H, \"port\": \"N\"}}",
       "SocketAddressLegacy", NULL, socket_legacy_members, NULL },
     { "tls-creds", QMP_T_STR, true,
-      "TLS credentials object (not supported: refused)", NULL, NULL, NULL,
-      NULL },
+      "id of a tls-creds-x509 or tls-creds-psk object with "
+      "endpoint=server: every client must then do TLS before it learns "
+      "anything (docs/security.md)", NULL, NULL, NULL, NULL },
     { "tls-authz", QMP_T_STR, true,
-      "TLS authorization object (not supported: refused)", NULL, NULL, NULL,
-      NULL },
+      "id of an authz-simple/list/listfile object that must allow the "
+      "client's x509 distinguished name or PSK user name (needs "
+      "tls-creds; looked up per client: while missing, everyone is "
+      "refused)", NULL, NULL, NULL, NULL },
     { "max-connections", QMP_T_UINT, true,
       "most clients at once (default 100, 0 = no limit); at the limit new "
       "clients wait until one leaves", "uint32", NULL, NULL, NULL },
@@ -428,6 +431,20 @@ static const struct qmp_arg args_object_del[] = {
     END,
 };
 
+static const struct qmp_arg args_qom_list[] = {
+    { "path", QMP_T_STR, false, "\"/objects/ID\"", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
+static const struct qmp_arg args_qom_get[] = {
+    { "path", QMP_T_STR, false, "\"/objects/ID\"", NULL, NULL, NULL,
+      NULL },
+    { "property", QMP_T_STR, false, "a property qom-list shows", NULL,
+      NULL, NULL, NULL },
+    END,
+};
+
 static const struct qmp_arg args_x_blockdev_change[] = {
     { "parent", QMP_T_STR, false, "the quorum node", NULL, NULL, NULL,
       NULL },
@@ -568,11 +585,25 @@ const struct qmp_command qmp_commands[] = {
       "node (insert or remove a filter under a node) or toggle read-only.",
       "{}" },
     { "object-add", qmp_object_add, NULL, true,
-      "Create an object: only qom-type \"iothread\" (id, and the polling "
-      "properties, which have no effect), for exports that name one.",
+      "Create an object: an iothread (for exports that name one; its "
+      "polling properties have no effect), TLS credentials "
+      "(tls-creds-x509, tls-creds-psk: loaded and checked now, QEMU's file "
+      "names in dir) or an authorization list (authz-simple, authz-list, "
+      "authz-listfile).  docs/security.md shows them in use.",
       "{}" },
     { "object-del", qmp_object_del, args_object_del, false,
-      "Delete an object.", "{}" },
+      "Delete an object.  As in QEMU this is allowed while the object is "
+      "in use: a running NBD server keeps the credentials it started "
+      "with, and a deleted authz object refuses every new client.",
+      "{}" },
+    { "qom-list", qmp_qom_list, args_qom_list, false,
+      "The properties of an object made with object-add or --object.",
+      "[{\"name\", \"type\"}]" },
+    { "qom-get", qmp_qom_get, args_qom_get, false,
+      "One property of an object made with object-add or --object: as "
+      "given, QEMU's default otherwise; credentials also have \"loaded\" "
+      "(always true: objects that do not load are not made).",
+      "the value" },
     { "block_resize", qmp_block_resize, args_block_resize, false,
       "Change a node's length.", "{}" },
     { "query-block", qmp_query_block, NULL, false,
@@ -1108,8 +1139,16 @@ qmp_schema_print_doc(FILE *f)
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
         if (c->args_are_options && !strcmp(c->name, "object-add")) {
-            fprintf(f, "Arguments: `qom-type` (\"iothread\"), `id`, and the "
-                    "type's properties (checked by the command).\n\n");
+            const struct qmp_arg *m;
+            const char *type;
+
+            fprintf(f, "Arguments: `qom-type`, `id` and the type's "
+                    "properties:\n\n");
+            for (size_t i = 0; (m = qmp_object_type_members(i, &type)); i++) {
+                fprintf(f, "- `%s`:\n", type);
+                print_members(f, m, 1);
+            }
+            fprintf(f, "\n");
         } else if (c->args_are_options) {
             fprintf(f, "Arguments: a BlockdevOptions object (`driver`, "
                     "`node-name`, common options and the driver's own).\n\n");

@@ -151,6 +151,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lseek(g_in_fd, 0, SEEK_SET) < 0) {
         abort();
     }
-    nbdsrv_serve_fds(g_in_fd, g_out_fd, 0);
+    nbdsrv_serve_fds(g_in_fd, g_out_fd, 0, NULL, NULL);
     return 0;
 }

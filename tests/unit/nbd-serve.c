@@ -127,6 +127,8 @@ run_command(json_t *cmd, bool *quit)
         ok = nbd_server_start(json_object_get(args, "addr"),
                               json_string_value(json_object_get(args,
                                                                 "tls-creds")),
+                              json_string_value(json_object_get(args,
+                                                                "tls-authz")),
                               mc ? json_integer_value(mc) : 0,
                               hs ? json_integer_value(hs)
                                  : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err);
@@ -240,7 +242,7 @@ main(int argc, char **argv)
             return 1;
         }
     }
-    if (addr && !nbd_server_start(addr, NULL, max_conns,
+    if (addr && !nbd_server_start(addr, NULL, NULL, max_conns,
                                   NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err)) {
         err_report("nbd-serve", err);
         return 1;

@@ -61,7 +61,7 @@ serve_thread(void *opaque)
 {
     struct session *s = opaque;
 
-    nbdsrv_serve_fds(s->fds[0], s->fds[0], 4);
+    nbdsrv_serve_fds(s->fds[0], s->fds[0], 4, NULL, NULL);
     close(s->fds[0]);
     return NULL;
 }
