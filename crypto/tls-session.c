@@ -225,6 +225,13 @@ check_x509_peer(struct tls_session *s, struct err **errp)
     int r;
 
     r = gnutls_certificate_verify_peers2(s->gs, &status);
+    if (r == GNUTLS_E_NO_CERTIFICATE_FOUND) {
+        /* A GnuTLS client only sends a certificate that one of our CAs
+         * signed: no certificate often means the wrong CA. */
+        err_setf(errp, "The %s sent no certificate (has it one signed by "
+                 "a CA in our ca-cert.pem?)", server ? "client" : "server");
+        return false;
+    }
     if (r < 0) {
         err_setf(errp, "Verify failed: %s", gnutls_strerror(r));
         return false;

@@ -76,27 +76,40 @@ class Secondary:
     replication node rep over active -> hidden -> sec-disk, the quorum top
     exported for the secondary guest."""
 
-    def __init__(self, d, transport, sec, active, hidden, name="sec"):
+    def __init__(self, d, transport, sec, active, hidden, name="sec",
+                 tls=None):
+        """tls: (server creds dir, client creds dir for our own URIs), to
+        require x509 TLS on the secondary's NBD server."""
         self.d = d
         self.images = [sec, active, hidden]
         self.daemon = Daemon(lockstepd(), d, name=name)
         self.qmp = self.daemon.client()
         q = self.qmp
+        start = {}
+        if tls:
+            q.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls0",
+                                 "dir": tls[0], "endpoint": "server"})
+            start = {"tls-creds": "tls0"}
         q.cmd("blockdev-add", {"driver": "qcow2", "node-name": "sec-disk",
                                "file": {"driver": "file", "filename": sec}})
         if transport == "unix":
             path = os.path.join(d, name + "-nbd.sock")
-            q.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                                "data": {"path": path}}})
+            q.cmd("nbd-server-start", dict(start, addr={
+                "type": "unix", "data": {"path": path}}))
             self.server = {"type": "unix", "path": path}
             self.url = "nbd+unix:///%s?socket=" + path
         else:
             port = free_port()
-            q.cmd("nbd-server-start", {"addr": {"type": "inet", "data": {
-                "host": "127.0.0.1", "port": str(port)}}})
+            q.cmd("nbd-server-start", dict(start, addr={
+                "type": "inet", "data": {"host": "127.0.0.1",
+                                         "port": str(port)}}))
             self.server = {"type": "inet", "host": "127.0.0.1",
                            "port": str(port)}
             self.url = "nbd://127.0.0.1:%d/%%s" % port
+        if tls:
+            self.url = self.url.replace("nbd", "nbds", 1) + (
+                "&" if "?" in self.url else "?") + \
+                "tls-certificates=" + tls[1]
         q.cmd("block-export-add", {"type": "nbd", "id": "sec-disk",
                                    "node-name": "sec-disk", "writable": True})
         q.cmd("blockdev-add", {
@@ -130,20 +143,24 @@ class Primary:
     """The primary daemon: p-local and p-rep (NBD client to the
     secondary's sec-disk) under the quorum p-top, exported as guest."""
 
-    def __init__(self, d, server, local, name="pri", quorum=True):
+    def __init__(self, d, server, local, name="pri", quorum=True,
+                 tls_dir=None):
+        """tls_dir: client creds (x509) for the NBD child."""
         self.d = d
         self.daemon = Daemon(lockstepd(), d, name=name)
         self.qmp = self.daemon.client()
         q = self.qmp
+        child = {"driver": "nbd", "node-name": "p-nbd", "server": server,
+                 "export": "sec-disk"}
+        if tls_dir:
+            q.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls0",
+                                 "dir": tls_dir, "endpoint": "client"})
+            child["tls-creds"] = "tls0"
         q.cmd("blockdev-add", {"driver": "qcow2", "node-name": "p-local",
                                "file": {"driver": "file",
                                         "filename": local}})
         q.cmd("blockdev-add", {"driver": "replication", "node-name": "p-rep",
-                               "mode": "primary",
-                               "file": {"driver": "nbd",
-                                        "node-name": "p-nbd",
-                                        "server": server,
-                                        "export": "sec-disk"}})
+                               "mode": "primary", "file": child})
         if quorum:
             q.cmd("blockdev-add", {"driver": "quorum", "node-name": "p-top",
                                    "read-pattern": "fifo",
@@ -375,6 +392,7 @@ def run_model(pri, sec, seed, steps, checkpoints=True, check_every=25):
     hp = nbd.NBD()
     hp.connect_uri(pri.uri("guest"))
     hs = nbd.NBD()
+    hs.set_uri_allow_local_file(True)   # tls-certificates=DIR (test_tls)
     hs.connect_uri(sec.uri("top"))
     primary = bytearray(b"\x11" * SIZE)      # primary disk = sec-disk
     view = bytearray(primary)                # secondary's view
