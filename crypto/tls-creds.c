@@ -456,33 +456,100 @@ load_x509(struct tls_creds *c, struct err **errp)
     return true;
 }
 
-/* The hex key of username in a psktool file. */
+/*
+ * Every "user:hexkey" line of a psktool file, keys decoded.  Loaded once
+ * at object-add (GnuTLS's own file support rereads the file at every
+ * handshake: a file changed or removed later would change who gets in
+ * without anyone asking for it).
+ */
 static bool
-psk_lookup(const char *path, const char *username, gnutls_datum_t *key,
-           struct err **errp)
+psk_load(const char *path, struct tls_psk_key **keys, size_t *nkeys,
+         struct err **errp)
 {
     gnutls_datum_t d;
-    size_t ulen = strlen(username);
     char *line, *save = NULL;
-    bool found = false;
+    unsigned lineno = 0;
+    bool ok = true;
 
+    *keys = NULL;
+    *nkeys = 0;
     if (!load_datum(path, &d, errp)) {
         return false;
     }
-    for (line = strtok_r((char *)d.data, "\r\n", &save); line && !found;
-         line = strtok_r(NULL, "\r\n", &save)) {
-        if (!strncmp(line, username, ulen) && line[ulen] == ':') {
-            key->data = (unsigned char *)xstrdup(line + ulen + 1);
-            key->size = (unsigned)strlen(line + ulen + 1);
-            found = true;
+    for (line = strtok_r((char *)d.data, "\n", &save); line && ok;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *colon = strchr(line, ':');
+        gnutls_datum_t hex, bin;
+        size_t len;
+
+        lineno++;
+        line[strcspn(line, "\r")] = '\0';
+        if (!*line) {
+            continue;
+        }
+        if (!colon || colon == line) {
+            err_setf(errp, "%s line %u: expected user:hexkey", path,
+                     lineno);
+            ok = false;
+            break;
+        }
+        *colon = '\0';
+        hex.data = (unsigned char *)colon + 1;
+        hex.size = (unsigned)strlen(colon + 1);
+        len = hex.size / 2;
+        bin.data = xmalloc(len + 1);
+        bin.size = (unsigned)len;
+        if (hex.size == 0 || hex.size % 2 ||
+            gnutls_hex_decode(&hex, bin.data, &len) < 0) {
+            err_setf(errp, "%s line %u: the key of '%s' is not hex", path,
+                     lineno, line);
+            free(bin.data);
+            ok = false;
+            break;
+        }
+        *keys = xrealloc(*keys, (*nkeys + 1) * sizeof(**keys));
+        (*keys)[*nkeys].user = xstrdup(line);
+        (*keys)[*nkeys].key = bin;
+        (*nkeys)++;
+    }
+    explicit_bzero(d.data, d.size);
+    free(d.data);
+    if (ok && *nkeys == 0) {
+        err_setf(errp, "No keys in PSK file %s", path);
+        ok = false;
+    }
+    return ok;
+}
+
+static void
+psk_keys_free(struct tls_psk_key *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(keys[i].user);
+        explicit_bzero(keys[i].key.data, keys[i].key.size);
+        free(keys[i].key.data);
+    }
+    free(keys);
+}
+
+int
+tls_psk_server_lookup(gnutls_session_t gs, const char *user,
+                      gnutls_datum_t *key)
+{
+    const struct tls_creds *c = gnutls_session_get_ptr(gs);
+
+    for (size_t i = 0; c && i < c->npsk_keys; i++) {
+        if (!strcmp(c->psk_keys[i].user, user)) {
+            key->size = c->psk_keys[i].key.size;
+            key->data = gnutls_malloc(key->size);
+            if (!key->data) {
+                return -1;
+            }
+            memcpy(key->data, c->psk_keys[i].key.data, key->size);
+            return 0;
         }
     }
-    free(d.data);
-    if (!found) {
-        err_setf(errp, "Username %s not found in PSK file %s", username,
-                 path);
-    }
-    return found;
+    return -1;      /* unknown user: the handshake fails */
 }
 
 static bool
@@ -491,6 +558,9 @@ load_psk(struct tls_creds *c, struct err **errp)
     const struct tls_creds_options *o = &c->opts;
     CLEANUP_FREE char *file = NULL;
     CLEANUP_FREE char *dh = NULL;
+    const char *user = o->username ? o->username : "qemu";
+    struct tls_psk_key *keys = NULL;
+    size_t nkeys = 0;
     gnutls_datum_t key = {NULL, 0};
     int r;
 
@@ -510,12 +580,11 @@ load_psk(struct tls_creds *c, struct err **errp)
                      gnutls_strerror(r));
             return false;
         }
-        r = gnutls_psk_set_server_credentials_file(c->psk_server, file);
-        if (r < 0) {
-            err_setf(errp, "Cannot load PSK file %s: %s", file,
-                     gnutls_strerror(r));
+        if (!psk_load(file, &c->psk_keys, &c->npsk_keys, errp)) {
             return false;
         }
+        gnutls_psk_set_server_credentials_function(c->psk_server,
+                                                   tls_psk_server_lookup);
         if (dh) {
             if (!load_dh(c, dh, errp)) {
                 return false;
@@ -528,21 +597,28 @@ load_psk(struct tls_creds *c, struct err **errp)
         return true;
     }
     if (!cred_path(o, "keys.psk", true, &file, errp) ||
-        !psk_lookup(file, o->username ? o->username : "qemu", &key, errp)) {
+        !psk_load(file, &keys, &nkeys, errp)) {
+        return false;
+    }
+    for (size_t i = 0; i < nkeys && !key.data; i++) {
+        if (!strcmp(keys[i].user, user)) {
+            key = keys[i].key;
+        }
+    }
+    if (!key.data) {
+        err_setf(errp, "Username %s not found in PSK file %s", user, file);
+        psk_keys_free(keys, nkeys);
         return false;
     }
     r = gnutls_psk_allocate_client_credentials(&c->psk_client);
     if (r >= 0) {
-        r = gnutls_psk_set_client_credentials(c->psk_client,
-                                              o->username ? o->username
-                                                          : "qemu",
-                                              &key, GNUTLS_PSK_KEY_HEX);
+        r = gnutls_psk_set_client_credentials(c->psk_client, user, &key,
+                                              GNUTLS_PSK_KEY_RAW);
     }
-    free(key.data);
+    psk_keys_free(keys, nkeys);
     if (r < 0) {
-        err_setf(errp, "Cannot load the PSK of %s from %s: %s",
-                 o->username ? o->username : "qemu", file,
-                 gnutls_strerror(r));
+        err_setf(errp, "Cannot load the PSK of %s from %s: %s", user,
+                 file, gnutls_strerror(r));
         return false;
     }
     return true;
@@ -586,6 +662,7 @@ creds_free(struct tls_creds *c)
     if (c->dh) {
         gnutls_dh_params_deinit(c->dh);
     }
+    psk_keys_free(c->psk_keys, c->npsk_keys);
     free((char *)c->opts.id);
     free((char *)c->opts.dir);
     free((char *)c->opts.priority);

@@ -11,6 +11,10 @@
  *   psk:          keys.psk (psktool's "user:hexkey" lines); a client uses
  *                 the line of its username (default "qemu")
  *
+ * Every file is read once, at object-add (keys.psk too, which QEMU
+ * rereads per handshake): to change them, object-del and object-add (a
+ * running NBD server keeps what it started with).
+ *
  * Loading checks what QEMU checks (sanity-check=on, the default): our own
  * certificate and the CA's are in their validity period, have the right
  * basic constraints, key usage and purpose, and ours is signed by the CA.

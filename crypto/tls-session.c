@@ -69,20 +69,22 @@ struct tls_session {
 static ssize_t
 raw_read(struct tls_session *s, void *buf, size_t len)
 {
-    ssize_t r;
+    for (;;) {
+        ssize_t r;
 
-    do {
         if (s->in_sock) {
             r = recv(s->in_fd, buf, len, s->nonblock ? MSG_DONTWAIT : 0);
             if (r < 0 && errno == ENOTSOCK) {
-                s->in_sock = false;
+                s->in_sock = false;     /* a pipe or file: read(2) */
                 continue;
             }
         } else {
             r = read(s->in_fd, buf, len);
         }
-    } while (r < 0 && errno == EINTR);
-    return r;
+        if (r >= 0 || errno != EINTR) {
+            return r;
+        }
+    }
 }
 
 static ssize_t
@@ -117,24 +119,28 @@ static ssize_t
 push_fn(gnutls_transport_ptr_t ptr, const void *buf, size_t len)
 {
     struct tls_session *s = ptr;
-    ssize_t r;
 
-    do {
+    for (;;) {
+        ssize_t r;
+
         if (s->out_sock) {
             r = send(s->out_fd, buf, len,
                      MSG_NOSIGNAL | (s->nonblock ? MSG_DONTWAIT : 0));
             if (r < 0 && errno == ENOTSOCK) {
-                s->out_sock = false;
+                s->out_sock = false;    /* a pipe or file: write(2) */
                 continue;
             }
         } else {
             r = write(s->out_fd, buf, len);
         }
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) {
-        gnutls_transport_set_errno(s->gs, errno);
+        if (r >= 0) {
+            return r;
+        }
+        if (errno != EINTR) {
+            gnutls_transport_set_errno(s->gs, errno);
+            return r;
+        }
     }
-    return r;
 }
 
 /* ---- Setting up ------------------------------------------------------- */
@@ -189,6 +195,7 @@ tls_session_new(struct tls_creds *creds, const char *hostname,
         return NULL;
     }
     gnutls_handshake_set_timeout(s->gs, 0);   /* the owner's deadline */
+    gnutls_session_set_ptr(s->gs, creds);   /* tls_psk_server_lookup */
     gnutls_transport_set_ptr(s->gs, s);
     gnutls_transport_set_pull_function(s->gs, pull_fn);
     gnutls_transport_set_push_function(s->gs, push_fn);
@@ -307,6 +314,9 @@ tls_session_handshake(struct tls_session *s, struct err **errp)
         }
         if (gnutls_error_is_fatal(r)) {
             err_setf(errp, "TLS handshake failed: %s", gnutls_strerror(r));
+            /* Best effort, never waits on a non-blocking socket: the
+             * peer's TLS library then says why instead of "closed". */
+            gnutls_alert_send_appropriate(s->gs, r);
             return TLS_HS_FAIL;
         }
         /* A warning alert: go on. */
