@@ -1513,31 +1513,6 @@ listen_inet(const char *host, const char *port, int *fds, int *nfds,
     return true;
 }
 
-/* Is the listening socket bound to a loopback address? */
-static bool
-fd_is_loopback(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
-        return false;
-    }
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-
-        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
-
-        return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
-               (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
-                in6->sin6_addr.s6_addr[12] == 127);
-    }
-    return ss.ss_family == AF_UNIX;
-}
-
 /*
  * The credentials a TLS server needs: a server endpoint, and with
  * tls-authz an identity to check (x509 with verify-peer=off proves none:
@@ -1676,7 +1651,7 @@ nbd_server_start(json_t *addr, const char *tls_creds, const char *tls_authz,
         }
         tcp = true;
         for (int i = 0; !creds && !g_insecure_addr && i < nfds; i++) {
-            if (!fd_is_loopback(fds[i])) {
+            if (!socket_is_loopback(fds[i])) {
                 g_insecure_addr = xasprintf("%s:%s",
                                             json_string_value(host), portbuf);
             }

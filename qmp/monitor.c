@@ -591,6 +591,14 @@ monitor_chardev_add(json_t *opts, struct err **errp)
         if (fd < 0) {
             return false;
         }
+        if (!socket_is_loopback(fd)) {
+            /* QMP has no authentication (nor has QEMU's). */
+            fprintf(stderr, "%s: warning: chardev '%s': the monitor "
+                    "listens on %s:%s, not a loopback address: anyone who "
+                    "can reach it controls the daemon; put it on a unix "
+                    "socket (docs/security.md)\n",
+                    program_invocation_short_name, id, host, port);
+        }
         goto done;
     }
     if (strlen(path) >= sizeof(sun.sun_path)) {

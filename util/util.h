@@ -105,6 +105,10 @@ int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset);
 int read_full(int fd, void *buf, size_t len);
 int write_full(int fd, const void *buf, size_t len);
 
+/* Is a listening socket bound to a loopback address (or a unix
+ * socket)?  For warnings about what is open to the network. */
+bool socket_is_loopback(int fd);
+
 /* Monotonic clock in nanoseconds. */
 int64_t clock_ns(void);
 

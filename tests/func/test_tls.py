@@ -637,3 +637,23 @@ def test_warning_for_plain_tcp_beyond_loopback(lockstepd, tmp_dir):
             c.cmd("query-block-exports")
         log = stop_log(d)
         assert ("without TLS" in log) == warns, log
+
+
+def test_warning_for_tcp_monitor_beyond_loopback(lockstepd, tmp_dir):
+    """QMP has no authentication: a TCP monitor off loopback warns."""
+    import subprocess
+    from qmp_client import QMPClient
+    for host, warns in (("0.0.0.0", True), ("127.0.0.1", False)):
+        port = free_port()
+        p = subprocess.Popen([
+            lockstepd, "--chardev", "socket,id=m0,host=%s,port=%d,"
+            "server=on,wait=off" % (host, port), "--monitor", "chardev=m0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_port(port, p)
+            with QMPClient(("127.0.0.1", port)) as c:
+                c.cmd("query-block-exports")
+        finally:
+            p.terminate()
+            _, err = p.communicate(timeout=20)
+        assert ("monitor listens on" in err) == warns, err
