@@ -589,6 +589,56 @@ def wait_port(port, proc, timeout=20):
     raise AssertionError("port %d never opened" % port)
 
 
+# ---- Fleecing over TLS ------------------------------------------------------
+
+def test_fleecing_snapshot_read_over_tls(lockstepd, creds, tmp_dir):
+    """fleecing-start on a PSK TLS server with authz: the guest export
+    is overwritten over TLS, then the snapshot is read with nbdcopy over
+    TLS and still holds the old data; another user is refused."""
+    need("nbdcopy")
+    need("qemu-img")
+    img = os.path.join(tmp_dir, "disk0.qcow2")
+    tmp = os.path.join(tmp_dir, "fleece.qcow2")
+    for path in (img, tmp):
+        r = run(["qemu-img", "create", "-q", "-f", "qcow2", path, "8M"])
+        assert r.returncode == 0, r.stderr
+    r = run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5d 0 8M", img])
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    d = Daemon(lockstepd, tmp_dir, [
+        "--object", "tls-creds-psk,id=tls0,dir=%s,endpoint=server"
+        % creds["psk"],
+        "--object", "authz-simple,id=auth0,identity=alice",
+        "--blockdev", "driver=file,node-name=f0,filename=" + img,
+        "--blockdev", "driver=qcow2,node-name=disk0,file=f0",
+        "--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=%d,"
+        "tls-creds=tls0,tls-authz=auth0" % port,
+        "--export", "type=nbd,id=guest,node-name=disk0,name=guest,"
+        "writable=on"])
+    with d:
+        with d.client() as c:
+            c.cmd("fleecing-start", {
+                "id": "bk", "node": "disk0", "export-name": "snap",
+                "temp": {"filename": tmp, "format": "qcow2"}})
+            guest = psk_uri(port, creds["psk-alice"], export="guest")
+            src = make_image(os.path.join(tmp_dir, "w.raw"), 8 * MiB, 0x77)
+            r = run(["nbdcopy", src, guest])       # the guest writes
+            assert r.returncode == 0, r.stderr
+            r = run(["nbdcopy", guest, os.path.join(tmp_dir, "now.raw")])
+            assert r.returncode == 0, r.stderr
+            out = os.path.join(tmp_dir, "backup.raw")
+            r = run(["nbdcopy", psk_uri(port, creds["psk-alice"],
+                                        export="snap"), out])
+            assert r.returncode == 0, r.stderr
+            refused(psk_uri(port, creds["psk"], user="bob", export="snap"))
+            c.cmd("fleecing-stop", {"id": "bk"})
+        stop_log(d)
+    with open(out, "rb") as f:
+        assert f.read() == b"\x5d" * (8 * MiB)
+    with open(os.path.join(tmp_dir, "now.raw"), "rb") as f:
+        assert f.read() == b"\x77" * (8 * MiB)
+
+
 # ---- Replication over TLS --------------------------------------------------
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
