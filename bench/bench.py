@@ -43,6 +43,7 @@ class Ctx:
         self.seq = 0
         self._filled = None
         self._half = None
+        self._tls = None
         self.ceilings = []      # nbdkit memory plugin MiB/s, per round
 
     def path(self, name):
@@ -82,6 +83,20 @@ class Ctx:
         p = self.path(name + ".qcow2")
         shutil.copyfile(self._half, p)
         return p
+
+    def tls_dirs(self):
+        """x509 server and client directories (certtool, made once):
+        both daemons use the same certificates."""
+        if self._tls is None:
+            import tls_setup
+            top = os.path.join(self.work, "tls")
+            ca = tls_setup.make_ca(os.path.join(top, "ca"))
+            self._tls = (
+                tls_setup.make_x509_dir(os.path.join(top, "server"), ca,
+                                        "server"),
+                tls_setup.make_x509_dir(os.path.join(top, "client"), ca,
+                                        "client"))
+        return self._tls
 
     def cleanup(self):
         for f in os.listdir(self.work):
@@ -139,9 +154,20 @@ class Run:
             self.stop(d)
 
 
-def nbd_start(c, sock):
-    c.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                        "data": {"path": sock}}})
+def nbd_start(c, sock, tls_dir=None):
+    """The NBD server on a unix socket; with tls_dir (x509, server) in
+    TLS-required mode."""
+    args = {"addr": {"type": "unix", "data": {"path": sock}}}
+    if tls_dir:
+        c.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls-srv",
+                             "dir": tls_dir, "endpoint": "server"})
+        args["tls-creds"] = "tls-srv"
+    c.cmd("nbd-server-start", args)
+
+
+def tls_uri(sock, export, client_dir):
+    return "nbds+unix:///%s?socket=%s&tls-certificates=%s" % (
+        export, sock, client_dir)
 
 
 def export(c, node, name, writable=True):
@@ -200,9 +226,10 @@ def wl_qcow2_seqwrite(run):
                unit="mibs")
 
 
-def fleecing_setup(run):
+def fleecing_setup(run, tls=False):
     """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
-    writes 'guest', the backup reads 'snap'."""
+    writes 'guest', the backup reads 'snap'.  tls: the server requires
+    x509 TLS and the URIs use it."""
     ctx = run.ctx
     disk = ctx.filled_qcow2("disk0")
     fleece = ctx.qcow2("fleece")
@@ -214,7 +241,7 @@ def fleecing_setup(run):
     c.cmd("blockdev-add", {"driver": "raw", "node-name": "disk0-front",
                            "file": "disk0", "discard": "unmap"})
     sock = ctx.path("nbd.sock")
-    nbd_start(c, sock)
+    nbd_start(c, sock, ctx.tls_dirs()[0] if tls else None)
     export(c, "disk0-front", "guest")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "fleece0",
                            "discard": "unmap",
@@ -233,6 +260,9 @@ def fleecing_setup(run):
                            "discard": "unmap"})
     export(c, "fl-access", "snap", writable=False)
     c.close()
+    if tls:
+        cdir = ctx.tls_dirs()[1]
+        return tls_uri(sock, "guest", cdir), tls_uri(sock, "snap", cdir)
     return clients.nbd_uri(sock, "guest"), clients.nbd_uri(sock, "snap")
 
 
@@ -257,20 +287,28 @@ def wl_fleece_read_busy(run):
     run.metrics["snapshot read (nbdcopy), guest writing"] = out["mibs"]
 
 
+def wl_fleece_read_tls(run):
+    _, snap = fleecing_setup(run, tls=True)
+    out = run.measure(lambda: clients.nbdcopy(snap, run.ctx.size))
+    run.metrics["snapshot read (nbdcopy), idle guest, TLS"] = out["mibs"]
+
+
 def wl_fleece_guest_write(run):
     guest, _ = fleecing_setup(run)
     fio_metric(run, guest, "guest randwrite 4k qd16, fresh snapshot",
                "randwrite", "4k", 16)
 
 
-def replication_setup(run):
+def replication_setup(run, tls=False):
     """reference/replication.md "Setup, as QMP": secondary, then primary.
-    Returns (primary guest URI, secondary guest URI, secondary QMP)."""
+    Returns (primary guest URI, secondary guest URI, secondary QMP).
+    tls: the replication link (and the secondary's server) uses x509
+    TLS; the primary's guest export stays plain."""
     ctx = run.ctx
     sd, sc = run.start("secondary")
     qcow2_node(sc, "sec-disk", ctx.qcow2("sec"))
     ssock = ctx.path("sec-nbd.sock")
-    nbd_start(sc, ssock)
+    nbd_start(sc, ssock, ctx.tls_dirs()[0] if tls else None)
     export(sc, "sec-disk", "sec-disk")
     sc.cmd("blockdev-add", {
         "driver": "replication", "node-name": "rep", "mode": "secondary",
@@ -289,11 +327,20 @@ def replication_setup(run):
     sc.cmd("xen-set-replication", {"enable": True, "primary": False})
     pd, pc = run.start("primary")
     qcow2_node(pc, "p-local", ctx.qcow2("primary"))
+    child = {"driver": "nbd", "export": "sec-disk",
+             "server": {"type": "unix", "path": ssock}}
+    if tls:
+        pc.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls-cli",
+                              "dir": ctx.tls_dirs()[1],
+                              "endpoint": "client"})
+        child["tls-creds"] = "tls-cli"
+        if run.kind == "qemu":
+            # QEMU wants a name to check on a unix socket; lockstepd's
+            # libnbd checks none there and refuses a tls-hostname it
+            # cannot check (docs/security.md).
+            child["tls-hostname"] = "localhost"
     pc.cmd("blockdev-add", {"driver": "replication", "node-name": "p-rep",
-                            "mode": "primary",
-                            "file": {"driver": "nbd", "export": "sec-disk",
-                                     "server": {"type": "unix",
-                                                "path": ssock}}})
+                            "mode": "primary", "file": child})
     pc.cmd("blockdev-add", {"driver": "quorum", "node-name": "p-top",
                             "read-pattern": "fifo", "vote-threshold": 1,
                             "children": ["p-local", "p-rep"]})
@@ -302,8 +349,9 @@ def replication_setup(run):
     export(pc, "p-top", "guest")
     pc.cmd("xen-set-replication", {"enable": True, "primary": True})
     pc.close()
-    return (clients.nbd_uri(psock, "guest"), clients.nbd_uri(ssock, "sguest"),
-            sc)
+    sguest = (tls_uri(ssock, "sguest", ctx.tls_dirs()[1]) if tls else
+              clients.nbd_uri(ssock, "sguest"))
+    return clients.nbd_uri(psock, "guest"), sguest, sc
 
 
 def wl_rep_randwrite(run):
@@ -318,6 +366,13 @@ def wl_rep_seqwrite(run):
     sc.close()
     fio_metric(run, guest, "replicated seqwrite 1M qd4", "write", "1M", 4,
                unit="mibs")
+
+
+def wl_rep_seqwrite_tls(run):
+    guest, _, sc = replication_setup(run, tls=True)
+    sc.close()
+    fio_metric(run, guest, "replicated seqwrite 1M qd4, TLS link", "write",
+               "1M", 4, unit="mibs")
 
 
 def both_write_256m(run, guest, sguest):
@@ -620,12 +675,17 @@ WORKLOADS = {
         ("snapshot read (nbdcopy), idle guest", "MiB/s", "high", 1.15)]),
     "fleece-read-busy": (wl_fleece_read_busy, ("lockstep", "qsd"), [
         ("snapshot read (nbdcopy), guest writing", "MiB/s", "high", 1.15)]),
+    "fleece-read-tls": (wl_fleece_read_tls, ("lockstep", "qsd"), [
+        ("snapshot read (nbdcopy), idle guest, TLS", "MiB/s", "high",
+         1.2)]),
     "fleece-guest-write": (wl_fleece_guest_write, ("lockstep", "qsd"), [
         ("guest randwrite 4k qd16, fresh snapshot", "IOPS", "high", 1.5)]),
     "rep-randwrite": (wl_rep_randwrite, ("lockstep", "qemu"), [
         ("replicated randwrite 4k qd16", "IOPS", "high", 2.0)]),
     "rep-seqwrite": (wl_rep_seqwrite, ("lockstep", "qemu"), [
         ("replicated seqwrite 1M qd4", "MiB/s", "high", 2.0)]),
+    "rep-seqwrite-tls": (wl_rep_seqwrite_tls, ("lockstep", "qemu"), [
+        ("replicated seqwrite 1M qd4, TLS link", "MiB/s", "high", 1.2)]),
     "rep-checkpoint": (wl_rep_checkpoint, ("lockstep", "qemu"), [
         ("checkpoint latency after 256M+256M", "ms", "low", 0.5),
         ("failover time after 256M+256M", "ms", "low", None)]),
@@ -686,7 +746,7 @@ def run_workload(ctx, name, rounds, results, log):
                 name, r + 1, kind,
                 ", ".join("%s=%.0f" % (k, v) for k, v in run.metrics.items()),
                 run.cpu, run.rss >> 10))
-        if name.startswith("fleece-read"):
+        if name in ("fleece-read", "fleece-read-busy"):
             # The ceiling in the same round, so that it sees the same load.
             ctx.ceilings.append(nbdkit_memory_ceiling(ctx))
             log("  %s round %d nbdkit   memory plugin=%.0f" % (
