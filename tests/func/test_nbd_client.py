@@ -170,11 +170,17 @@ def test_read_only_export(lockstep_io, tmp_dir, procs):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_tls_refused(lockstep_io, tmp_dir):
+def test_tls_creds_must_exist(lockstep_io, tmp_dir):
+    """tls-creds names an object (test_tls.py uses real ones); an unknown
+    one is a clear error, never a connection without TLS."""
     r = lio(lockstep_io, opts(os.path.join(tmp_dir, "none"), "x",
                               ",tls-creds=tls0"), ["length"])
     assert r.returncode == 1
-    assert "TLS is not supported" in r.stderr
+    assert "No TLS credentials with id 'tls0'" in r.stderr
+    r = lio(lockstep_io, opts(os.path.join(tmp_dir, "none"), "x",
+                              ",tls-hostname=h"), ["length"])
+    assert r.returncode == 1
+    assert "tls-hostname is only valid with tls-creds" in r.stderr
 
 
 def test_nbdkit_memory_and_errors(lockstep_io, tmp_dir, procs):
