@@ -374,6 +374,9 @@ tls_session_sendv(struct tls_session *s, const struct iovec *v, int n)
         for (int i = 0; i < n && len < TLS_RECORD_MAX; i++) {
             size_t take = MIN(v[i].iov_len, TLS_RECORD_MAX - len);
 
+            if (take == 0) {
+                continue;       /* an empty piece may have no base */
+            }
             memcpy(s->sbuf + len, v[i].iov_base, take);
             len += take;
         }
