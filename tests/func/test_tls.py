@@ -349,6 +349,28 @@ def test_server_credentials_checked(lockstepd, creds, tmp_dir):
         stop_log(d)
 
 
+def test_object_del_keeps_running_server(lockstepd, creds, tmp_dir):
+    """object-del of the credentials a running server uses is allowed (as
+    in QEMU) and does not take them from it; the id is free again."""
+    d, port = start(lockstepd, tmp_dir, [x509_server(creds)],
+                    ",tls-creds=tls0")
+    with d:
+        with d.client() as c:
+            e = c.error("object-add", {"qom-type": "tls-creds-psk",
+                                       "id": "tls0", "dir": creds["psk"],
+                                       "endpoint": "server"})
+            assert "tls0" in e["desc"], e
+            c.cmd("object-del", {"id": "tls0"})
+            e = c.error("qom-get", {"path": "/objects/tls0",
+                                    "property": "dir"})
+            assert "not found" in e["desc"], e
+            r = run(["nbdinfo", "--size", x509_uri(port, creds["client"])])
+            assert r.returncode == 0, r.stderr
+            c.cmd("object-add", {"qom-type": "tls-creds-psk", "id": "tls0",
+                                 "dir": creds["psk"], "endpoint": "server"})
+        stop_log(d)
+
+
 # ---- Authorization ---------------------------------------------------------
 
 def test_authz_simple_and_list(lockstepd, creds, tmp_dir):
