@@ -63,12 +63,13 @@
  *   endpoint=client) is libnbd's: every connection requires it, with the
  *   object's directory (QEMU's file names, which libnbd reads too) or
  *   keys.psk and user name (default "qemu", as QEMU's).  The server's
- *   certificate must name the host we connect to (tls-hostname when
- *   given, else server.host; on a unix socket no name is checked, as in
- *   QEMU).  libnbd 1.14 checks the name it connected to, so tls-hostname
- *   must be that host, and it has no priority string: both are refused
- *   otherwise rather than ignored.  The node holds a reference to the
- *   credentials, so object-del does not take them from a running node.
+ *   certificate must be signed by the object's CA and, over TCP, name
+ *   server.host.  libnbd 1.14 checks the name it connected to and, on a
+ *   unix socket, none; so tls-hostname must equal server.host (QEMU
+ *   takes any name, and on a unix socket requires one), and there is no
+ *   priority string: both are refused rather than ignored.  The node
+ *   holds a reference to the credentials, so object-del does not take
+ *   them from a running node.
  *
  *   x-dirty-bitmap (QEMU's experimental option) asks for the context
  *   qemu:dirty-bitmap:NAME instead of base:allocation and reads its flags
