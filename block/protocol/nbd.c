@@ -919,7 +919,12 @@ nbdcli_parse_tls(struct nbdcli_state *s, json_t *options, struct err **errp)
                  "the nbd driver (libnbd chooses the ciphers)", id);
         return -ENOTSUP;
     }
-    if (hostname && (!s->host || strcmp(hostname, s->host))) {
+    if (hostname && !s->host) {
+        err_setf(errp, "tls-hostname is not supported on a unix socket: "
+                 "libnbd checks no certificate name there");
+        return -ENOTSUP;
+    }
+    if (hostname && strcmp(hostname, s->host)) {
         err_setf(errp, "tls-hostname '%s' differs from server.host: libnbd "
                  "checks the certificate against the host it connects to",
                  hostname);

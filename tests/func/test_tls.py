@@ -554,6 +554,12 @@ def test_nbd_driver_against_qemu_nbd(lockstepd, creds, tmp_dir):
                                                      **{"tls-hostname":
                                                         "elsewhere"}))
                 assert "tls-hostname" in e["desc"], e
+                e = c.error("blockdev-add", {
+                    "driver": "nbd", "node-name": "u0", "export": "e",
+                    "server": {"type": "unix",
+                               "path": os.path.join(tmp_dir, "none.sock")},
+                    "tls-creds": "c0", "tls-hostname": "localhost"})
+                assert "unix socket" in e["desc"], e
                 c.cmd("blockdev-add", nbd_node(port, "c0", "e",
                                                **{"tls-hostname":
                                                   "127.0.0.1"}))
