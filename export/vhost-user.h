@@ -99,14 +99,20 @@ int vu_walk_chain(const struct vu_mem *mem, const struct vring_desc *desc,
 
 /* ---- Requests ------------------------------------------------------------ */
 
+struct vu_turn;
+
 struct vu_req {
     struct vu_queue *q;
     uint16_t head;
+    struct vu_turn *turn;        /* the poller's batch it runs in */
     struct vu_chain chain;
 };
 
 /* Return the request to the driver with len bytes written into its in
- * buffers, and notify it when it wants that.  Any thread. */
+ * buffers, and notify it when it wants that: at once when the request
+ * completes after its thread passed the poller role on, else when the
+ * poller's batch ends (the ring is empty, the poller is about to block,
+ * or VU_NOTIFY_BATCH requests completed).  On the thread that ran it. */
 void vu_req_complete(struct vu_req *req, uint32_t len);
 /* The request is malformed (no room for a status, a header too short):
  * the device is broken and needs a reset; the request is not returned.
