@@ -20,8 +20,9 @@
  * pool of threads sharing a poller role, as the NBD server's reader role
  * (docs/architecture.md): the holder pops a request and runs it itself,
  * and hands the role to an idle thread only when the request is about to
- * block (thread_may_block() in util.h).  Before sleeping on the kick
- * eventfd the holder busy-polls the ring briefly.
+ * block (thread_may_block() in util.h).  The requests it runs in one go
+ * are signalled to the driver with one call when the batch ends.  Before
+ * sleeping on the kick eventfd the holder busy-polls the ring briefly.
  */
 #ifndef LOCKSTEP_EXPORT_VHOST_USER_H
 #define LOCKSTEP_EXPORT_VHOST_USER_H
