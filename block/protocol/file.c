@@ -619,10 +619,12 @@ do_fallocate(int fd, int mode, uint64_t offset, uint64_t bytes)
 }
 
 /*
- * Make the file at least end bytes long by writing zeroes to its last
- * block, which lies inside the caller's own zeroed range.  Never
- * ftruncate here: a parallel write may have grown the file since we read
- * its length, and ftruncate would cut that write's data off.
+ * Make the file at least end bytes long: allocate its last block, which
+ * lies inside the caller's own zeroed range (fallocate: no data I/O, as
+ * QEMU's zeroing past the end), or where the file system cannot, write
+ * zeroes there.  Never ftruncate here: a parallel write may have grown
+ * the file since we read its length, and ftruncate would cut that
+ * write's data off; fallocate never shrinks.
  */
 static int
 grow_to(struct block_node *node, uint64_t end)
@@ -632,6 +634,9 @@ grow_to(struct block_node *node, uint64_t end)
     void *buf;
     int ret;
 
+    if (!s->is_block_device && do_fallocate(s->fd, 0, end - n, n) == 0) {
+        return 0;
+    }
     if (posix_memalign(&buf, MAX(node->limits.mem_alignment,
                                  sizeof(void *)), n) != 0) {
         return -ENOMEM;

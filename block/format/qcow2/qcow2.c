@@ -549,19 +549,30 @@ zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
 }
 
 /*
- * The cluster reached past the end of the file: write its last byte so the
- * file ends on a cluster boundary, as QEMU's images do (its block status
- * reports what lies past the end of the file as zero, not data) and
- * nothing of ours is read past the end.  One byte, not ftruncate: a write
- * never shrinks the file, while a concurrent write further out may
- * already have grown it.  The bytes between stay a hole: no pages.
+ * The clusters [host, host+len) reached past the end of the file: make
+ * the file end at host+len, as QEMU's images do (its block status reports
+ * what lies past the end of the file as zero, not data) and nothing of
+ * ours is read past the end.  from: where the file may end now (the guest
+ * data or the old end, whichever is further).  A write-zeroes request past
+ * the end, which the file driver turns into fallocate (no data I/O; a
+ * write where it cannot), from a block boundary so that O_DIRECT needs no
+ * read-modify-write; when the data already reaches the last block, the
+ * request layer grew the file to its end.  Never ftruncate: a write never
+ * shrinks the file, while a concurrent write further out may already have
+ * grown it.
  */
 static int
-end_cluster(struct qcow2_state *s, const struct write_plan *p)
+end_clusters(struct qcow2_state *s, uint64_t host, uint64_t from,
+             uint64_t len)
 {
-    static const uint8_t zero;
+    uint64_t start = align_up(from, MAX(s->file->limits.request_alignment,
+                                        1));
 
-    return block_pwrite(s->file, p->host + s->cluster_size - 1, 1, &zero, 0);
+    if (start >= len) {
+        return 0;
+    }
+    return block_pwrite_zeroes(s->file, host + start, len - start,
+                               BLOCK_REQ_MAY_UNMAP);
 }
 
 /*
@@ -584,7 +595,8 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
         ret = block_pwrite(s->file, p->host + in, n, buf, 0);
     }
     if (ret == 0 && p->stale < s->cluster_size && in + n < s->cluster_size) {
-        ret = end_cluster(s, p);
+        ret = end_clusters(s, p->host, MAX(in + n, p->stale),
+                           s->cluster_size);
     }
     return ret;
 }
@@ -847,10 +859,7 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
             ret = block_pwrite(s->file, run->host + in, n, buf, 0);
         }
         if (ret == 0 && run->stale < total && end < total) {
-            static const uint8_t zero;
-
-            /* As end_cluster(): the file ends on a cluster boundary. */
-            ret = block_pwrite(s->file, run->host + total - 1, 1, &zero, 0);
+            ret = end_clusters(s, run->host, MAX(end, run->stale), total);
         }
         return ret;
     }
