@@ -233,26 +233,35 @@ def wl_qcow2_seqwrite(run):
                unit="mibs")
 
 
-def fleecing_setup(run):
+def fleecing_setup(run, on_disk=False):
     """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
-    writes 'guest', the backup reads 'snap'."""
+    writes 'guest', the backup reads 'snap'.  on_disk: both images on the
+    disk, opened with cache.direct=on (disk_qcow2_args())."""
     ctx = run.ctx
-    disk = ctx.filled_qcow2("disk0")
-    fleece = ctx.qcow2("fleece")
+    if on_disk:
+        disk = ctx.disk_filled_qcow2("disk0")
+        fleece = ctx.disk_qcow2("fleece")
+    else:
+        disk = ctx.filled_qcow2("disk0")
+        fleece = ctx.qcow2("fleece")
+
+    def file_node(img):
+        if on_disk:
+            f = disk_qcow2_args(run, img)["file"]
+        else:
+            f = {"driver": "file", "filename": img}
+        f["discard"] = "unmap"
+        return f
     d, c = run.start("a")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "disk0",
-                           "discard": "unmap",
-                           "file": {"driver": "file", "filename": disk,
-                                    "discard": "unmap"}})
+                           "discard": "unmap", "file": file_node(disk)})
     c.cmd("blockdev-add", {"driver": "raw", "node-name": "disk0-front",
                            "file": "disk0", "discard": "unmap"})
     sock = ctx.path("nbd.sock")
     nbd_start(c, sock)
     export(c, "disk0-front", "guest")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "fleece0",
-                           "discard": "unmap",
-                           "file": {"driver": "file", "filename": fleece,
-                                    "discard": "unmap"}})
+                           "discard": "unmap", "file": file_node(fleece)})
     c.cmd("blockdev-add", {"driver": "copy-before-write",
                            "node-name": "fl-cbw", "file": "disk0",
                            "target": "fleece0",
@@ -675,6 +684,12 @@ def count_disk_requests(run, uri, cluster_label):
         flushes / max(ios, 1)
 
 
+def wl_disk_fleece_guest_write(run):
+    guest, _ = fleecing_setup(run, on_disk=True)
+    fio_metric(run, guest, "disk guest randwrite 4k qd16, fresh snapshot",
+               "randwrite", "4k", 16)
+
+
 def wl_disk_requests(run):
     for cluster, label in ((4096, "4k clusters"), (None, "64k clusters")):
         img = run.ctx.disk_qcow2("req", cluster)
@@ -780,6 +795,10 @@ WORKLOADS = {
         ("disk qcow2 randwrite 4k qd16 (allocating)", "IOPS", "high", 1.3)]),
     "disk-qcow2-seqwrite": (wl_disk_qcow2_seqwrite, ("lockstep", "qsd"), [
         ("disk qcow2 seqwrite 1M qd4", "MiB/s", "high", 1.3)]),
+    "disk-fleece-guest-write": (wl_disk_fleece_guest_write,
+                                ("lockstep", "qsd"), [
+        ("disk guest randwrite 4k qd16, fresh snapshot", "IOPS", "high",
+         1.3)]),
     "disk-requests": (wl_disk_requests, ("lockstep", "qsd"), [
         ("disk requests per guest write, 4k clusters", "×", "low", 1.0),
         ("disk flushes per guest write, 4k clusters", "×", "low", None),
