@@ -247,7 +247,7 @@ thread_ring(void)
 
 /*
  * Can this process use io_uring?  Tried once, on the first open that asks:
- * set up a ring and run a no-op through it.  LOCKSTEP_NO_IO_URING=1 says
+ * set up a ring, run a no-op through it and ask for the operations.  LOCKSTEP_NO_IO_URING=1 says
  * no, to test the fallback on kernels that have io_uring.
  */
 static bool
@@ -265,11 +265,22 @@ uring_works(void)
         struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
         struct io_uring_cqe *cqe;
 
+        struct io_uring_probe *probe = io_uring_get_probe_ring(&ring);
+
         io_uring_prep_nop(sqe);
         if (io_uring_submit_and_wait(&ring, 1) == 1 &&
             io_uring_wait_cqe(&ring, &cqe) == 0) {
             state = cqe->res == 0 ? 1 : -1;
             io_uring_cqe_seen(&ring, cqe);
+        }
+        /* The operations we use (read/write: Linux 5.6). */
+        if (!probe || !io_uring_opcode_supported(probe, IORING_OP_READ) ||
+            !io_uring_opcode_supported(probe, IORING_OP_WRITE) ||
+            !io_uring_opcode_supported(probe, IORING_OP_FSYNC)) {
+            state = -1;
+        }
+        if (probe) {
+            io_uring_free_probe(probe);
         }
         io_uring_queue_exit(&ring);
     }
@@ -281,7 +292,8 @@ enum ring_op { RING_READ, RING_WRITE, RING_FDATASYNC };
 
 /*
  * One operation through the thread's ring: bytes done, or -errno.
- * -ENOSYS when the thread has no ring: the caller uses the system call.
+ * -ENOSYS when the thread has no (working) ring: the caller uses the
+ * system call.
  */
 static int64_t
 ring_io(int fd, enum ring_op op, void *buf, uint64_t bytes, uint64_t offset)
@@ -311,8 +323,14 @@ ring_io(int fd, enum ring_op op, void *buf, uint64_t bytes, uint64_t offset)
         ret = io_uring_submit_and_wait(ring, 1);
     } while (ret == -EINTR);
     if (ret < 0) {
-        /* Not submitted: nothing in flight, the SQE is consumed or not. */
-        return ret;
+        /*
+         * Not submitted, and the SQE would go with the next submission,
+         * pointing at a buffer that is gone by then: drop this thread's
+         * ring and use the system calls from now on.
+         */
+        io_uring_queue_exit(ring);
+        my_ring->ok = false;
+        return -ENOSYS;
     }
     do {
         ret = io_uring_wait_cqe(ring, &cqe);
