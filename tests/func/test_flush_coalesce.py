@@ -44,28 +44,32 @@ def test_concurrent_flushes_coalesced(lockstepd, disk_dir, tmp_path):
         "--nbd-server", "addr.type=unix,addr.path=%s" % sock,
         "--export", "type=nbd,id=e,node-name=disk,name=disk,writable=on"])
     errors = []
-    start = threading.Barrier(CLIENTS)
+    start = threading.Barrier(CLIENTS, timeout=60)
 
-    def client(i):
+    def client(i, h):
         try:
-            h = nbd.NBD()
-            h.set_export_name("disk")
-            h.connect_unix(sock)
             start.wait()
             for r in range(ROUNDS):
                 h.pwrite(bytes([i + 1]) * 4096, (r * CLIENTS + i) * 4096)
                 h.flush()
             h.shutdown()
         except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+            errors.append("client %d: %r" % (i, e))
+            start.abort()       # nobody waits for a client that failed
 
-    threads = [threading.Thread(target=client, args=(i,))
-               for i in range(CLIENTS)]
     try:
+        handles = []
+        for i in range(CLIENTS):
+            h = nbd.NBD()
+            h.set_export_name("disk")
+            h.connect_unix(sock)
+            handles.append(h)
+        threads = [threading.Thread(target=client, args=(i, h))
+                   for i, h in enumerate(handles)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            t.join(300)
     finally:
         assert d.stop() == 0, d.stderr
     assert not errors, errors
