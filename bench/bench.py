@@ -45,6 +45,9 @@ class Ctx:
         self._half = None
         self._tls = None
         self.ceilings = []      # nbdkit memory plugin MiB/s, per round
+        self.disk = args.disk   # disk-backed directory for disk-* workloads
+        self.qemu_aio = args.qemu_aio
+        self._disk_filled = None
 
     def path(self, name):
         self.seq += 1
@@ -98,7 +101,37 @@ class Ctx:
                                         "client"))
         return self._tls
 
+    def disk_path(self, name):
+        self.seq += 1
+        return os.path.join(self.disk, "%d-%s" % (self.seq, name))
+
+    def disk_qcow2(self, name, cluster=None):
+        p = self.disk_path(name + ".qcow2")
+        opts = ["-o", "cluster_size=%d" % cluster] if cluster else []
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2"] + opts +
+                       [p, str(self.size)], check=True)
+        return p
+
+    def disk_filled_qcow2(self, name):
+        """filled_qcow2() on the disk (written once with O_DIRECT)."""
+        if self._disk_filled is None:
+            self._disk_filled = os.path.join(self.disk, "filled.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                            self._disk_filled, str(self.size)], check=True)
+            subprocess.run(["qemu-io", "-t", "none", "-f", "qcow2", "-c",
+                            "write -P 0x5a 0 %d" % self.size,
+                            self._disk_filled],
+                           check=True, capture_output=True)
+        p = self.disk_path(name + ".qcow2")
+        subprocess.run(["cp", "--sparse=always", self._disk_filled, p],
+                       check=True)
+        return p
+
     def cleanup(self):
+        if self.disk != self.work:
+            for f in os.listdir(self.disk):
+                if f[0].isdigit():
+                    os.unlink(os.path.join(self.disk, f))
         for f in os.listdir(self.work):
             p = os.path.join(self.work, f)
             if f[0].isdigit() and os.path.isdir(p):
@@ -226,27 +259,36 @@ def wl_qcow2_seqwrite(run):
                unit="mibs")
 
 
-def fleecing_setup(run, tls=False):
+def fleecing_setup(run, tls=False, on_disk=False):
     """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
     writes 'guest', the backup reads 'snap'.  tls: the server requires
-    x509 TLS and the URIs use it."""
+    x509 TLS and the URIs use it.  on_disk: both images on the disk,
+    opened with cache.direct=on (disk_qcow2_args())."""
     ctx = run.ctx
-    disk = ctx.filled_qcow2("disk0")
-    fleece = ctx.qcow2("fleece")
+    if on_disk:
+        disk = ctx.disk_filled_qcow2("disk0")
+        fleece = ctx.disk_qcow2("fleece")
+    else:
+        disk = ctx.filled_qcow2("disk0")
+        fleece = ctx.qcow2("fleece")
+
+    def file_node(img):
+        if on_disk:
+            f = disk_qcow2_args(run, img)["file"]
+        else:
+            f = {"driver": "file", "filename": img}
+        f["discard"] = "unmap"
+        return f
     d, c = run.start("a")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "disk0",
-                           "discard": "unmap",
-                           "file": {"driver": "file", "filename": disk,
-                                    "discard": "unmap"}})
+                           "discard": "unmap", "file": file_node(disk)})
     c.cmd("blockdev-add", {"driver": "raw", "node-name": "disk0-front",
                            "file": "disk0", "discard": "unmap"})
     sock = ctx.path("nbd.sock")
     nbd_start(c, sock, ctx.tls_dirs()[0] if tls else None)
     export(c, "disk0-front", "guest")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "fleece0",
-                           "discard": "unmap",
-                           "file": {"driver": "file", "filename": fleece,
-                                    "discard": "unmap"}})
+                           "discard": "unmap", "file": file_node(fleece)})
     c.cmd("blockdev-add", {"driver": "copy-before-write",
                            "node-name": "fl-cbw", "file": "disk0",
                            "target": "fleece0",
@@ -623,6 +665,97 @@ def wl_backup_incremental(run):
         run.metrics[READ_PER_DIRTY] = s["bytes-read"] / s["dirty-bytes"]
 
 
+# ---- On a disk: cache.direct=on, QEMU with aio=io_uring (or --qemu-aio) --
+
+def disk_qcow2_args(run, img):
+    """qcow2 on a file node opened with O_DIRECT; lockstepd with
+    aio=io_uring, QEMU with ctx.qemu_aio (io_uring or native)."""
+    aio = "io_uring" if run.kind == "lockstep" else run.ctx.qemu_aio
+    return {"driver": "qcow2", "node-name": "disk",
+            "file": {"driver": "file", "filename": img, "aio": aio,
+                     "cache": {"direct": True}}}
+
+
+def wl_disk_qcow2_randread(run):
+    uri = one_export(run, disk_qcow2_args(run,
+                                          run.ctx.disk_filled_qcow2("read")))
+    fio_metric(run, uri, "disk qcow2 randread 4k qd1", "randread", "4k", 1)
+    fio_metric(run, uri, "disk qcow2 randread 4k qd16", "randread", "4k", 16)
+
+
+def wl_disk_qcow2_randwrite(run):
+    for qd in (1, 16):
+        uri = one_export(run, disk_qcow2_args(run, run.ctx.disk_qcow2("rw")))
+        fio_metric(run, uri, "disk qcow2 randwrite 4k qd%d (allocating)" % qd,
+                   "randwrite", "4k", qd)
+        run.close()
+        run.daemons = []
+
+
+def wl_disk_qcow2_seqwrite(run):
+    uri = one_export(run, disk_qcow2_args(run, run.ctx.disk_qcow2("seq")))
+    fio_metric(run, uri, "disk qcow2 seqwrite 1M qd4", "write", "1M", 4,
+               unit="mibs")
+
+
+DISK_WRITE_CALLS = ("pwrite64", "pwritev", "pwritev2", "fallocate")
+
+
+def count_disk_requests(run, uri, cluster_label):
+    """The issue's workload: random guest writes of 512 B to 256 KiB, 64
+    MiB in all (32), qd1, one flush per 3 writes; the daemon under strace
+    with aio=threads so that every request is a system call.  Metrics:
+    write requests (pwrite* and fallocate) and flushes per guest write."""
+    d = run.daemons[-1]
+    out = run.ctx.path("strace")
+    st = subprocess.Popen(["strace", "-f", "-qq", "-o", out, "-p",
+                           str(d.proc.pid), "-e", "trace=" +
+                           ",".join(DISK_WRITE_CALLS + ("fdatasync",))])
+    time.sleep(1.0)             # attached to every thread
+    r = subprocess.run(["fio", "--name=req", "--ioengine=nbd",
+                        "--uri=" + uri, "--rw=randwrite",
+                        "--bsrange=512-256k", "--iodepth=1",
+                        "--io_size=32M", "--fsync=3", "--randrepeat=0",
+                        "--norandommap", "--output-format=json"],
+                       capture_output=True, text=True, timeout=600)
+    time.sleep(0.5)
+    st.send_signal(2)
+    st.wait()
+    if r.returncode != 0:
+        raise RuntimeError("fio failed: %s" % r.stderr[-2000:])
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    ios = job["write"]["total_ios"]
+    writes = flushes = 0
+    with open(out) as f:
+        for line in f:
+            name = line.split(None, 1)[-1].split("(", 1)[0].strip()
+            if name in DISK_WRITE_CALLS:
+                writes += 1
+            elif name == "fdatasync":
+                flushes += 1
+    run.metrics["disk requests per guest write, %s" % cluster_label] = \
+        writes / max(ios, 1)
+    run.metrics["disk flushes per guest write, %s" % cluster_label] = \
+        flushes / max(ios, 1)
+
+
+def wl_disk_fleece_guest_write(run):
+    guest, _ = fleecing_setup(run, on_disk=True)
+    fio_metric(run, guest, "disk guest randwrite 4k qd16, fresh snapshot",
+               "randwrite", "4k", 16)
+
+
+def wl_disk_requests(run):
+    for cluster, label in ((4096, "4k clusters"), (None, "64k clusters")):
+        img = run.ctx.disk_qcow2("req", cluster)
+        args = disk_qcow2_args(run, img)
+        args["file"]["aio"] = "threads"
+        uri = one_export(run, args)
+        count_disk_requests(run, uri, label)
+        run.close()
+        run.daemons = []
+
+
 def null_args():
     return {"driver": "null-co", "node-name": "disk", "size": GiB,
             "read-zeroes": True}
@@ -714,6 +847,23 @@ WORKLOADS = {
     "backup-incremental": (wl_backup_incremental, ("lockstep", "qsd"), [
         ("incremental backup, 5 % random 64k writes", "s", "low", 0.67),
         (READ_PER_DIRTY, "×", "low", None)]),
+    "disk-qcow2-randread": (wl_disk_qcow2_randread, ("lockstep", "qsd"), [
+        ("disk qcow2 randread 4k qd1", "IOPS", "high", 1.3),
+        ("disk qcow2 randread 4k qd16", "IOPS", "high", 1.3)]),
+    "disk-qcow2-randwrite": (wl_disk_qcow2_randwrite, ("lockstep", "qsd"), [
+        ("disk qcow2 randwrite 4k qd1 (allocating)", "IOPS", "high", 1.3),
+        ("disk qcow2 randwrite 4k qd16 (allocating)", "IOPS", "high", 1.3)]),
+    "disk-qcow2-seqwrite": (wl_disk_qcow2_seqwrite, ("lockstep", "qsd"), [
+        ("disk qcow2 seqwrite 1M qd4", "MiB/s", "high", 1.3)]),
+    "disk-fleece-guest-write": (wl_disk_fleece_guest_write,
+                                ("lockstep", "qsd"), [
+        ("disk guest randwrite 4k qd16, fresh snapshot", "IOPS", "high",
+         1.3)]),
+    "disk-requests": (wl_disk_requests, ("lockstep", "qsd"), [
+        ("disk requests per guest write, 4k clusters", "×", "low", 1.0),
+        ("disk flushes per guest write, 4k clusters", "×", "low", None),
+        ("disk requests per guest write, 64k clusters", "×", "low", 1.0),
+        ("disk flushes per guest write, 64k clusters", "×", "low", None)]),
     "null": (wl_null, ("lockstep", "qsd"), [
         ("null-co randread 4k qd1", "IOPS", "high", None),
         ("null-co randread 4k qd16", "IOPS", "high", None),
@@ -765,6 +915,11 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--build", default=os.path.join(TOP, "build-bench"))
     ap.add_argument("--tmp", default="/dev/shm")
+    ap.add_argument("--disk", default="/var/tmp",
+                    help="disk-backed directory for the disk-* workloads")
+    ap.add_argument("--qemu-aio", default="io_uring",
+                    choices=("io_uring", "native"),
+                    help="QEMU's aio mode in the disk-* workloads")
     ap.add_argument("--no-docs", action="store_true",
                     help="print the table only (always so with --only)")
     args = ap.parse_args()
@@ -778,6 +933,19 @@ def main():
         sys.exit("bench: %s has less than %d MiB free" % (args.tmp,
                                                          need >> 20))
     work = tempfile.mkdtemp(prefix="lockstep-bench-", dir=args.tmp)
+    disk = None
+    if any(n.startswith("disk-") for n in names):
+        if subprocess.run(["stat", "-f", "-c", "%T", args.disk],
+                          capture_output=True, text=True).stdout.strip() \
+                in ("", "tmpfs", "ramfs"):
+            if args.only:
+                sys.exit("bench: --disk %s is not on a disk" % args.disk)
+            print("bench: %s is not on a disk: no disk-* workloads"
+                  % args.disk)
+            names = [n for n in names if not n.startswith("disk-")]
+        else:
+            disk = tempfile.mkdtemp(prefix="lockstep-bench-", dir=args.disk)
+    args.disk = disk or work
     ctx = Ctx(args, work)
     results = {}
     t_start = time.time()
@@ -798,6 +966,8 @@ def main():
             log("nbdkit memory nbdcopy: %.0f MiB/s" % ceiling[0])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if disk:
+            shutil.rmtree(disk, ignore_errors=True)
     info = {"rounds": args.rounds, "runtime": args.runtime,
             "size_mib": args.size_mib, "load": (load0, os.getloadavg()),
             "minutes": (time.time() - t_start) / 60, "ncpu": os.cpu_count(),

@@ -585,23 +585,15 @@ block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
     return ret;
 }
 
-/*
- * Flush node and what is below it.  Unless forced, a node with nothing
- * written through it since its last flush is skipped (QEMU skips such
- * flushes too, and blkdebug's flush events with them).  FUA emulation
- * forces: its write has not been counted yet when it flushes.
- */
+/* The flush itself; the caller is the node's only flusher. */
 static int
-flush_node(struct block_node *node, bool force)
+flush_one(struct block_node *node)
 {
+    /* Every write that completed before the flush starts is covered. */
     uint64_t gen = __atomic_load_n(&node->write_gen, __ATOMIC_ACQUIRE);
     struct block_child *c;
     int ret = 0;
 
-    if (!force &&
-        gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
-        return 0;
-    }
     if (node->drv->flush && !node->cache_no_flush) {
         serial_enter(node);
         ret = node->drv->flush(node);
@@ -636,6 +628,47 @@ flush_node(struct block_node *node, bool force)
                                         __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
     }
     return 0;
+}
+
+/*
+ * Flush node and what is below it.  Unless forced, a node with nothing
+ * written through it since its last flush is skipped (QEMU skips such
+ * flushes too, and blkdebug's flush events with them).  FUA emulation
+ * forces: its write has not been counted yet when it flushes.
+ *
+ * One flush at a time per node, as QEMU's flushing generation: concurrent
+ * flushes (several clients, or a client and qcow2's ordering flushes)
+ * wait for the one in flight, and each then needs its own only if writes
+ * it must cover completed after that one started.  So N clients flushing
+ * at once cost about two device flushes, not N.
+ */
+static int
+flush_node(struct block_node *node, bool force)
+{
+    uint64_t gen = __atomic_load_n(&node->write_gen, __ATOMIC_ACQUIRE);
+    int ret;
+
+    if (!force &&
+        gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
+        return 0;
+    }
+    mutex_lock(&node->req_lock);
+    while (node->flushing) {
+        cond_wait(&node->req_cond, &node->req_lock);
+    }
+    if (!force &&
+        gen <= __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
+        mutex_unlock(&node->req_lock);
+        return 0;           /* the flush we waited for covered our writes */
+    }
+    node->flushing = true;
+    mutex_unlock(&node->req_lock);
+    ret = flush_one(node);
+    mutex_lock(&node->req_lock);
+    node->flushing = false;
+    cond_broadcast(&node->req_cond);
+    mutex_unlock(&node->req_lock);
+    return ret;
 }
 
 int

@@ -316,12 +316,13 @@ struct block_node {
     TAILQ_ENTRY(block_node) all_link;
 
     /*
-     * Requests.  Protected by: req_lock.  Lock order: req_lock is a leaf
-     * (never held while calling a driver).
+     * Requests and flushes.  Protected by: req_lock.  Lock order:
+     * req_lock is a leaf (never held while calling a driver).
      */
     pthread_mutex_t req_lock;
     pthread_cond_t req_cond;
     struct block_tracked_req_list tracked;
+    bool flushing;                    /* a flush in flight (io.c) */
     pthread_mutex_t serial_lock;      /* drv->serialize_requests only */
 
     /*

@@ -116,6 +116,7 @@ TESTS = [
     "test_qcow2.py::test_v2_discard_and_zero",
     "test_qcow2.py::test_overlap_write_marks_corrupt",
     "test_qcow2.py::test_open_cache_direct*",
+    "test_qcow2_requests.py::*",
     "test_lockstep_img.py::test_create_matrix_passes_qemu_check[[]off-16-*",
     "test_lockstep_img.py::test_create_matrix_passes_qemu_check[[]on-64-65536]",
     "test_lockstep_img.py::test_create_backing_relative",

@@ -8,7 +8,8 @@ one must pass `qemu-img check` (leaks allowed) and show each guest sector
 as its last durable version or something written there later.
 
 Workloads: cluster allocation with L2 table, refcount block, refcount
-table and L1 growth (512-byte clusters); discard and reuse of the freed
+table and L1 growth (512-byte clusters); writes over many clusters, sent
+as one request per contiguous host run; discard and reuse of the freed
 clusters; concurrent writes with flushes in flight; make_empty at
 replication checkpoints with writes in between; active block-commit.
 
@@ -301,6 +302,48 @@ def test_concurrent_writes(tmp_path, backing):
     h.shutdown()
     rec.stop()
     log = Log(rec.log)
+    seed = seed_for(name)
+    points = powerloss.choose_points(log, POINTS, seed)
+    check = Check(os.path.join(d, "crash"), rec.files,
+                  lambda pos: ("disk.qcow2", guest), unchanged)
+    failures = check.run(log, rec.bases, points, seed)
+    assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures))
+
+
+@pytest.mark.parametrize("backing", [False, True])
+def test_multi_cluster_writes(tmp_path, backing):
+    """Guest writes over many 4 KiB clusters, which go down as one request
+    per run of contiguous host clusters (new ones allocated together, or
+    rewritten in place); unaligned, so a run has copy-on-write regions:
+    zeroes, or with a backing file its data copied into the one write.
+    The run's data must be durable before any L2 entry of it."""
+    d = str(tmp_path)
+    img = os.path.join(d, "disk.qcow2")
+    size = 4 * MiB
+    initial = None
+    unchanged = ()
+    if backing:
+        base = os.path.join(d, "base.qcow2")
+        initial = powerloss.write_data(0, 0, size)
+        with open(base + ".raw", "wb") as f:
+            f.write(initial)
+        powerloss.run_ok(["qemu-img", "convert", "-f", "raw", "-O",
+                          "qcow2", base + ".raw", base])
+        unchanged = (base,)
+    create(img, size, "cluster_size=4096", backing=base if backing else None)
+    rec = Recorder(d, {"disk": img})
+    rec.add_qcow2("disk", "disk", img)
+    rec.export("disk", "disk")
+    guest = Guest(rec.log, size, initial)
+    w = Writer(rec.connect("disk"), guest)
+    name = "multicluster%s" % backing
+    random_io(random.Random(seed_for(name)), w, size, 80, 256 * KiB, 5)
+    w.flush()
+    w.h.shutdown()
+    rec.stop()
+    log = Log(rec.log)
+    assert any(op.kind == powerloss.WRITE and op.bytes > 64 * KiB
+               for kind, op in log.records if op is not None)
     seed = seed_for(name)
     points = powerloss.choose_points(log, POINTS, seed)
     check = Check(os.path.join(d, "crash"), rec.files,

@@ -41,16 +41,17 @@ qcow2_cache_destroy(struct qcow2_cache *c)
     c->nb = 0;
 }
 
+/* Write a dirty entry; hook: run before_write first (else the caller did). */
 static int
 entry_write(struct qcow2_state *s, struct qcow2_cache *c,
-            struct qcow2_cache_entry *e)
+            struct qcow2_cache_entry *e, bool hook)
 {
     int ret;
 
     if (!e->dirty) {
         return 0;
     }
-    if (c->before_write) {
+    if (hook && c->before_write) {
         ret = c->before_write(s);
         if (ret < 0) {
             return ret;
@@ -118,7 +119,7 @@ entry_victim(struct qcow2_state *s, struct qcow2_cache *c,
         /* Every entry pinned: more nesting than the minimum size allows. */
         return -ENOMEM;
     }
-    ret = entry_write(s, c, best);
+    ret = entry_write(s, c, best, true);
     if (ret < 0) {
         return ret;
     }
@@ -184,8 +185,21 @@ qcow2_cache_writeback(struct qcow2_state *s, struct qcow2_cache *c)
 {
     int ret;
 
+    /*
+     * One before_write for all of them: s->lock is held throughout, so no
+     * entry changes and no refcount grows meanwhile, and the flush it
+     * makes covers the data of every entry (linked after its data was
+     * written).  Per entry, the second table's hook flushed again for
+     * the first table's write.
+     */
+    if (c->nb_dirty && c->before_write) {
+        ret = c->before_write(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     for (size_t i = 0; i < c->nb && c->nb_dirty; i++) {
-        ret = entry_write(s, c, &c->e[i]);
+        ret = entry_write(s, c, &c->e[i], false);
         if (ret < 0) {
             return ret;
         }
