@@ -117,7 +117,9 @@ direct_pass() {
         --suite qcow2 --print-errorlogs --logbase unit-direct \
         >"$results/meson-direct.out" 2>&1
     tail -n 12 "$results/meson-direct.out"
-    count_unit "$dir/meson-logs/unit-direct.json" "$results/unit-direct.count"
+    # Meson adds the setup's name to the log's: unit-direct-direct.json.
+    count_unit "$dir/meson-logs/unit-direct-direct.json" \
+        "$results/unit-direct.count"
     echo "=== direct: functional tests (cache.direct=on in $disk)"
     LOCKSTEP_TEST_CACHE=none LOCKSTEP_BUILD="$top/$dir" \
         /usr/bin/python3 -m pytest -q -p no:cacheprovider -m direct \
