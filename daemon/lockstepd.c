@@ -32,7 +32,7 @@
 #include "keyval.h"
 #include "lockstep/block.h"
 #include "nbd/server.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-internal.h"
 #include "qmp/qmp.h"

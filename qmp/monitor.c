@@ -40,7 +40,7 @@
 #include <unistd.h>
 
 #include "qmp/framer.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-event.h"
 #include "qmp/qmp-internal.h"

@@ -22,7 +22,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 struct loop_watch {

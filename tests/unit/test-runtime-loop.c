@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the main loop (qmp/loop.c): cross-thread calls arrive
+ * Unit tests of the main loop (runtime/loop.c): cross-thread calls arrive
  * all, in posting order per thread; timers fire in deadline order and can
  * be cancelled; fd watches may remove themselves and others from their
  * callbacks; loop_quit() from another thread ends loop_run(); events
@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/qmp.h"
 #include "util.h"
 

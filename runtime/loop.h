@@ -10,8 +10,8 @@
  * function here except loop_call() and loop_quit() is main thread only;
  * callbacks all run on the main thread.
  */
-#ifndef LOCKSTEP_QMP_LOOP_H
-#define LOCKSTEP_QMP_LOOP_H
+#ifndef LOCKSTEP_RUNTIME_LOOP_H
+#define LOCKSTEP_RUNTIME_LOOP_H
 
 #include <poll.h>
 #include <stdbool.h>
