@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "job/job.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* Protects the job list and the fields of struct job marked "job lock". */
@@ -399,6 +400,7 @@ job_create(const struct job_driver *drv, const char *id, bool auto_finalize,
 {
     struct job *job;
 
+    assert_main_thread();
     assert(drv->instance_size >= sizeof(struct job) && drv->run);
     if (!id || !id_wellformed(id)) {
         err_setf(errp, "Invalid job ID '%s'", id ? id : "");
@@ -524,6 +526,7 @@ block_event_data(struct job *job)
 static void
 do_dismiss(struct job *job)
 {
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     transition_locked(job, JOB_STATUS_NULL);
     TAILQ_REMOVE(&g_jobs, job, link);
@@ -538,6 +541,7 @@ finish_abort(struct job *job)
     json_t *data;
     bool dismiss;
 
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     assert(job->ret < 0);
     if (!job->error) {
@@ -578,6 +582,7 @@ do_finalize(struct job *job)
     bool dismiss;
     int ret = 0;
 
+    assert_main_thread();
     if (job->drv->prepare) {
         ret = job->drv->prepare(job, &err);
     }
@@ -614,6 +619,7 @@ job_completed(struct job *job)
 {
     bool finalize;
 
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     if (job->completed) {
         mutex_unlock(&g_job_lock);
@@ -659,6 +665,7 @@ job_thread_done_cb(void *opaque)
 {
     struct job *job = opaque;
 
+    assert_main_thread();
     thread_join(job->thread);
     mutex_lock(&g_job_lock);
     job->thread_running = false;
@@ -697,6 +704,7 @@ job_start(struct job *job)
     int64_t deadline;
     char name[16];
 
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     assert(job->status == JOB_STATUS_CREATED && !job->started);
     job->started = true;
@@ -753,6 +761,7 @@ job_resume(struct job *job)
 bool
 job_user_pause(struct job *job, struct err **errp)
 {
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     if (!apply_verb_locked(job, JOB_VERB_PAUSE, errp)) {
         mutex_unlock(&g_job_lock);
@@ -772,6 +781,7 @@ job_user_pause(struct job *job, struct err **errp)
 bool
 job_user_resume(struct job *job, struct err **errp)
 {
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     if (!apply_verb_locked(job, JOB_VERB_RESUME, errp)) {
         mutex_unlock(&g_job_lock);
@@ -828,6 +838,7 @@ job_cancel(struct job *job, bool force)
 bool
 job_user_cancel(struct job *job, bool force, struct err **errp)
 {
+    assert_main_thread();
     if (!apply_verb(job, JOB_VERB_CANCEL, errp)) {
         return false;
     }
@@ -840,6 +851,7 @@ job_complete(struct job *job, struct err **errp)
 {
     struct err *local_err = NULL;
 
+    assert_main_thread();
     mutex_lock(&g_job_lock);
     if (!apply_verb_locked(job, JOB_VERB_COMPLETE, errp)) {
         mutex_unlock(&g_job_lock);
@@ -864,6 +876,7 @@ job_complete(struct job *job, struct err **errp)
 bool
 job_finalize(struct job *job, struct err **errp)
 {
+    assert_main_thread();
     if (!apply_verb(job, JOB_VERB_FINALIZE, errp)) {
         return false;
     }
@@ -874,6 +887,7 @@ job_finalize(struct job *job, struct err **errp)
 bool
 job_dismiss(struct job *job, struct err **errp)
 {
+    assert_main_thread();
     if (!apply_verb(job, JOB_VERB_DISMISS, errp)) {
         return false;
     }
@@ -907,6 +921,7 @@ job_wait_status(struct job *job, unsigned mask, int64_t timeout_ns)
 {
     int64_t deadline = timeout_ns < 0 ? -1 : clock_ns() + timeout_ns;
 
+    assert_main_thread();
     for (;;) {
         if (mask & (1u << job_get_status(job))) {
             return true;
@@ -923,6 +938,7 @@ job_cancel_sync(struct job *job)
 {
     int ret;
 
+    assert_main_thread();
     job_ref(job);
     job_cancel(job, true);
     /* A pending job is ended by job_cancel itself; wait for the rest. */
@@ -940,6 +956,7 @@ job_cancel_sync_all(void)
 {
     struct job *job;
 
+    assert_main_thread();
     while ((job = job_next(NULL))) {
         job_ref(job);
         if (job_get_status(job) != JOB_STATUS_CONCLUDED) {
@@ -1114,6 +1131,7 @@ job_info(struct job *job)
     uint64_t cur, total;
     json_t *info;
 
+    assert_main_thread();
     job_get_progress(job, &cur, &total);
     mutex_lock(&g_job_lock);
     info = json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", job->id, "type",
@@ -1138,6 +1156,7 @@ job_block_info(struct job *job)
     uint64_t cur, total;
     json_t *info;
 
+    assert_main_thread();
     job_get_progress(job, &cur, &total);
     mutex_lock(&g_job_lock);
     info = json_pack("{s:s, s:s, s:I, s:I, s:b, s:b, s:I, s:s, s:b, s:s, "

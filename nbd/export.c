@@ -16,6 +16,7 @@
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "nbd/server.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 pthread_mutex_t g_nbdsrv_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -147,6 +148,7 @@ nbdexp_new(json_t *args, bool require_server, struct err **errp)
     json_t *bitmaps, *v;
     CLEANUP_FREE char *owner = NULL;
 
+    assert_main_thread();
     if (!json_is_object(args)) {
         err_setf(errp, "Invalid parameter type, expected: object");
         return NULL;
@@ -299,6 +301,7 @@ nbdexp_create(json_t *args, bool require_server, struct err **errp)
 {
     struct nbdexp *exp = nbdexp_new(args, require_server, errp);
 
+    assert_main_thread();
     if (exp && !block_export_register(exp->id, &nbd_export_driver, exp,
                                       errp)) {
         nbdexp_unlink_free(exp);
@@ -389,6 +392,7 @@ nbd_export_del(void *state, bool hard, struct err **errp)
 {
     struct nbdexp *exp = state;
 
+    assert_main_thread();
     mutex_lock(&g_nbdsrv_lock);
     if (!hard && exp->nconns > 0) {
         mutex_unlock(&g_nbdsrv_lock);
@@ -418,6 +422,7 @@ nbd_export_handle(void *state)
 void
 nbdexp_delete_all(void)
 {
+    assert_main_thread();
     block_export_del_all_of(&nbd_export_driver);
 }
 
@@ -425,6 +430,7 @@ nbdexp_delete_all(void)
 static void
 nbd_export_close_all(void)
 {
+    assert_main_thread();
     mutex_lock(&g_nbdsrv_lock);
     nbdsrv_shutdown_conns_locked(NULL);
     nbdsrv_wait_conns_locked(NULL);

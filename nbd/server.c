@@ -77,6 +77,7 @@
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "nbd/server.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define NBDSRV_CONN_THREADS 8
@@ -1474,6 +1475,7 @@ nbd_server_start(json_t *addr, const char *tls_creds,
     int nfds = 0;
     bool tcp = false;
 
+    assert_main_thread();
     if (nbdsrv_running()) {
         err_setf(errp, "NBD server already running");
         return false;
@@ -1577,6 +1579,7 @@ nbd_server_start(json_t *addr, const char *tls_creds,
 bool
 nbd_server_stop(struct err **errp)
 {
+    assert_main_thread();
     if (!nbdsrv_running()) {
         err_setf(errp, "NBD server not running");
         return false;

@@ -11,6 +11,7 @@
 
 #include "keyval.h"
 #include "qmp/qmp-internal.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 json_t *
@@ -127,6 +128,7 @@ qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err)
 {
     json_t *resp;
 
+    assert_main_thread();
     assert(ret || err);
     resp = ret ? success_response(ret, done->id)
                : qmp_error_response(err, done->id);
@@ -185,6 +187,7 @@ qmp_dispatch_check(json_t *req, const struct qmp_session *session,
     json_t *args = NULL;
     bool is_caps;
 
+    assert_main_thread();
     *args_out = NULL;
     if (!json_is_object(req)) {
         err_setf(errp, "QMP input must be a JSON object");

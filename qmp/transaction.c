@@ -16,6 +16,7 @@
 #include "job/qmp-job.h"
 #include "lockstep/block.h"
 #include "qmp/qmp-internal.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 static bool
@@ -96,6 +97,7 @@ run(const struct qmp_txn_action **acts, json_t **datas, size_t n,
     size_t ndone = 0;
     bool ok = true;
 
+    assert_main_thread();
     block_drain_begin();
     for (size_t i = 0; i < n; i++) {
         if (grouped && !acts[i]->supports_grouped) {

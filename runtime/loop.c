@@ -57,7 +57,6 @@ struct loop_sig {
 /* Main thread only, except where noted. */
 static TAILQ_HEAD(, loop_watch) g_watches = TAILQ_HEAD_INITIALIZER(g_watches);
 static TAILQ_HEAD(, loop_timer) g_timers = TAILQ_HEAD_INITIALIZER(g_timers);
-static pthread_t g_main_thread;
 static bool g_initialized;
 static int g_event_fd = -1;
 static int g_signal_fd = -1;
@@ -129,10 +128,10 @@ signal_cb(int fd, short revents UNUSED, void *opaque UNUSED)
 int
 loop_init(void)
 {
+    assert_main_thread();
     if (g_initialized) {
         return 0;
     }
-    g_main_thread = pthread_self();
     g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (g_event_fd < 0) {
         return -errno;
@@ -149,6 +148,7 @@ loop_fini(void)
     struct loop_watch *w;
     struct loop_timer *t;
 
+    assert_main_thread();
     if (!g_initialized) {
         return;
     }
@@ -175,7 +175,13 @@ loop_fini(void)
 bool
 loop_is_main_thread(void)
 {
-    return g_initialized && pthread_equal(pthread_self(), g_main_thread);
+    /* 0: not known yet; 1: main; 2: another thread. */
+    static __thread int is_main;
+
+    if (!is_main) {
+        is_main = gettid() == getpid() ? 1 : 2;
+    }
+    return is_main == 1;
 }
 
 struct loop_watch *
@@ -183,7 +189,7 @@ loop_add_fd(int fd, short events, loop_fd_fn *fn, void *opaque)
 {
     struct loop_watch *w = xzalloc(sizeof(*w));
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     w->fd = fd;
     w->events = events;
     w->fn = fn;
@@ -195,12 +201,14 @@ loop_add_fd(int fd, short events, loop_fd_fn *fn, void *opaque)
 void
 loop_watch_set_events(struct loop_watch *w, short events)
 {
+    assert_main_thread();
     w->events = events;
 }
 
 void
 loop_remove_fd(struct loop_watch *w)
 {
+    assert_main_thread();
     if (w) {
         w->dead = true;
     }
@@ -212,7 +220,7 @@ loop_timer_add(int64_t delay_ns, loop_call_fn *fn, void *opaque)
     struct loop_timer *t = xzalloc(sizeof(*t));
     struct loop_timer *it;
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     t->deadline = clock_ns() + delay_ns;
     t->fn = fn;
     t->opaque = opaque;
@@ -229,6 +237,7 @@ loop_timer_add(int64_t delay_ns, loop_call_fn *fn, void *opaque)
 void
 loop_timer_del(struct loop_timer *t)
 {
+    assert_main_thread();
     if (t) {
         TAILQ_REMOVE(&g_timers, t, link);
         free(t);
@@ -253,7 +262,7 @@ loop_add_signal(int signo, loop_signal_fn *fn, void *opaque)
 {
     int fd;
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     if (g_nsigs == ARRAY_SIZE(g_sigs)) {
         return -ENOSPC;
     }
@@ -314,7 +323,7 @@ loop_iterate(int timeout_ms)
     struct loop_timer *t;
     int ret;
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     reap_dead();
     TAILQ_FOREACH(w, &g_watches, link) {
         n++;

@@ -43,6 +43,7 @@
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "keyval.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* All nodes, in creation order.  Main thread only. */
@@ -112,6 +113,7 @@ block_graph_leave(void)
 void
 block_drain_begin(void)
 {
+    assert_main_thread();
     /* A thread inside a request must never drain: it would wait for
      * itself. */
     assert(graph_read_depth == 0);
@@ -127,6 +129,7 @@ block_drain_begin(void)
 void
 block_drain_end(void)
 {
+    assert_main_thread();
     assert(drain_depth > 0 && graph_is_writer);
     if (--drain_depth == 0) {
         graph_is_writer = false;
@@ -532,6 +535,7 @@ refresh_perms(struct block_node *const *roots, size_t nroots,
     struct perm_refresh r = {0};
     int ret = 0;
 
+    assert_main_thread();
     for (size_t i = 0; i < nroots; i++) {
         if (roots[i]) {
             refresh_add_subtree(&r, roots[i]);
@@ -663,6 +667,7 @@ block_node_attach_child(struct block_node *parent, struct block_node *child,
 {
     struct block_child *c = xzalloc(sizeof(*c));
 
+    assert_main_thread();
     c->name = xstrdup(name);
     c->parent_node = parent;
     c->node = child;        /* for force-share; linked by edge_attach */
@@ -685,6 +690,7 @@ block_node_attach_child(struct block_node *parent, struct block_node *child,
 void
 block_node_detach_child(struct block_node *parent, struct block_child *c)
 {
+    assert_main_thread();
     TAILQ_REMOVE(&parent->children, c, child_link);
     if (parent->file == c) {
         parent->file = NULL;
@@ -731,6 +737,7 @@ block_children_replace_node(struct block_child *const *edges, size_t n,
     struct block_node **from;
     int ret;
 
+    assert_main_thread();
     for (size_t i = 0; i < n; i++) {
         struct block_child *c = edges[i];
 
@@ -787,6 +794,7 @@ block_replace_node(struct block_node *from, struct block_node *to,
     size_t n = 0, cap = 0;
     int ret;
 
+    assert_main_thread();
     if (from == to) {
         return 0;
     }
@@ -828,6 +836,7 @@ handle_new(struct block_node *node, const char *owner, const char *job_type,
 {
     struct block_handle *h = xzalloc(sizeof(*h));
 
+    assert_main_thread();
     h->owner = xstrdup(owner);
     h->job_type = job_type ? xstrdup(job_type) : NULL;
     h->job_id = job_id ? xstrdup(job_id) : NULL;
@@ -884,6 +893,7 @@ block_handle_set_perm(struct block_handle *h, uint32_t perm, uint32_t shared,
 void
 block_handle_free(struct block_handle *h)
 {
+    assert_main_thread();
     if (!h) {
         return;
     }
@@ -1188,6 +1198,7 @@ node_new(json_t *options, const char *prefix, const char *role,
 struct block_node *
 block_node_new(json_t *options, struct err **errp)
 {
+    assert_main_thread();
     return node_new(options, "", NULL, errp);
 }
 
@@ -1197,6 +1208,7 @@ block_node_new_keyval(const char *str, struct err **errp)
     struct block_node *node;
     json_t *options = keyval_or_json_parse(str, NULL, errp);
 
+    assert_main_thread();
     if (!options) {
         return NULL;
     }
@@ -1258,6 +1270,7 @@ block_node_open_child_as(struct block_node *parent, json_t *options,
     struct block_node *child;
     struct block_child *c;
 
+    assert_main_thread();
     if (!ref) {
         err_setf(errp, "Parameter '%s' is missing", name);
         return NULL;
@@ -1311,6 +1324,7 @@ block_node_open_file(const char *filename, const char *fmt, bool read_only,
     struct block_node *node;
     const struct block_driver *drv;
 
+    assert_main_thread();
     if (!fmt) {
         fmt = probe_format(filename);
     }
@@ -1341,6 +1355,7 @@ block_node_ref(struct block_node *node)
 void
 block_node_unref(struct block_node *node)
 {
+    assert_main_thread();
     if (!node) {
         return;
     }
