@@ -87,18 +87,11 @@
 
 #include "block/copy/block-copy.h"
 #include "block/core/opts.h"
+#include "block/filter/copy-before-write.h"
 #include "block/filter/replication.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
-
-/*
- * From the copy-before-write filter (block/filter/copy-before-write.h):
- * declared here, weak, so that this file builds and links before the
- * filter does; start refuses to run without it.
- */
-extern struct block_copy_state *cbw_block_copy_state(struct block_node *node)
-    __attribute__((weak));
 
 extern const struct block_driver replication_driver;
 
@@ -480,7 +473,7 @@ secondary_start(struct replication_state *s, struct err **errp)
         err_setf(errp, "No top_bs or it is invalid");
         return -EINVAL;
     }
-    if (!block_driver_find("copy-before-write") || !cbw_block_copy_state) {
+    if (!block_driver_find("copy-before-write")) {
         err_setf(errp, "The copy-before-write filter is not available");
         return -ENOTSUP;
     }
