@@ -35,7 +35,6 @@
 #include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-internal.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 #define PROG "lockstepd"
@@ -565,18 +564,6 @@ signal_cb(int signo UNUSED, void *opaque UNUSED)
 }
 
 static void
-job_dispatch_cb(void *opaque UNUSED)
-{
-    job_dispatch_main();
-}
-
-static void
-job_wakeup(void *opaque UNUSED)
-{
-    loop_call(job_dispatch_cb, NULL);
-}
-
-static void
 shutdown_daemon(void)
 {
     struct block_node *node = NULL;
@@ -651,8 +638,6 @@ main(int argc, char **argv)
     }
     monitor_init();
     qmp_set_quit_handler(quit_now);
-    job_set_event_sink(qmp_event_send);
-    job_set_main_wakeup(job_wakeup, NULL);
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, "-hT:V", long_options, NULL)) != -1) {

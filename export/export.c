@@ -11,7 +11,7 @@
 #include "export/export.h"
 #include "export/fuse.h"
 #include "export/vhost-user-blk.h"
-#include "qmp/qmp.h"
+#include "runtime/event.h"
 #include "runtime/loop.h"
 #include "util.h"
 
@@ -105,6 +105,7 @@ block_export_add(const struct block_export_options *opts, struct err **errp)
 static bool
 export_delete(struct block_export *e, bool hard, struct err **errp)
 {
+    struct event *ev;
     bool ok;
 
     e->shutting_down = true;
@@ -114,7 +115,9 @@ export_delete(struct block_export *e, bool hard, struct err **errp)
         return false;
     }
     TAILQ_REMOVE(&g_exports, e, link);
-    qmp_event_send("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", e->id));
+    ev = event_new("BLOCK_EXPORT_DELETED");
+    event_add_str(ev, "id", e->id);
+    event_emit(ev);
     free(e->id);
     free(e);
     return true;

@@ -22,10 +22,15 @@
  *     command may end the daemon's loop (quit), so a client is never freed
  *     from inside its own callback: it is marked closed and freed by a
  *     loop_call.
- *   - Events.  qmp_event_send() may run on any thread; the sink passes the
- *     message to the main thread with loop_call() unless it already runs
- *     there, where it is delivered at once (so an event caused by a
- *     command precedes the command's response, as in QEMU).
+ *   - Events.  The monitor is the runtime's event sink (runtime/event.h),
+ *     called on whatever thread emits.  The sink turns the event into its
+ *     QMP message and appends it to one FIFO; the main thread writes the
+ *     FIFO out to every negotiated client: at once when it emitted the
+ *     event itself, from a loop_call otherwise, and always before it
+ *     writes a command's response.  So clients see events in the order
+ *     they were emitted, and an event emitted before a command finished
+ *     (by the command, or by a job meanwhile) precedes its response, as
+ *     in QEMU.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -184,6 +189,12 @@ client_send_error(struct client *cl, const char *fmt, const char *arg)
 
 /* ---- Events ------------------------------------------------------------ */
 
+/* Event messages on their way to the clients, in emission order.
+ * Protected by: g_events_lock (a leaf). */
+static pthread_mutex_t g_events_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *g_events;            /* array, or NULL when empty */
+static bool g_events_posted;        /* a deliver_events_cb is queued */
+
 static void
 broadcast(json_t *ev)
 {
@@ -199,29 +210,60 @@ broadcast(json_t *ev)
     }
 }
 
+/* Main thread: write out every event emitted so far. */
 static void
-broadcast_cb(void *opaque)
+deliver_events(void)
 {
-    json_t *ev = opaque;
+    json_t *list;
+    json_t *ev;
+    size_t i;
 
-    broadcast(ev);
-    json_decref(ev);
+    mutex_lock(&g_events_lock);
+    list = g_events;
+    g_events = NULL;
+    mutex_unlock(&g_events_lock);
+    json_array_foreach(list, i, ev) {
+        broadcast(ev);
+    }
+    json_decref(list);
 }
 
 static void
-event_sink(json_t *ev)
+deliver_events_cb(void *opaque UNUSED)
 {
-    if (loop_is_main_thread()) {
-        broadcast_cb(ev);
-    } else {
-        loop_call(broadcast_cb, ev);
+    mutex_lock(&g_events_lock);
+    g_events_posted = false;
+    mutex_unlock(&g_events_lock);
+    deliver_events();
+}
+
+/* The runtime's event sink: any thread. */
+static void
+event_sink(const struct event *event)
+{
+    json_t *msg = qmp_event_message(event);
+    bool main_thread = loop_is_main_thread();
+    bool post;
+
+    mutex_lock(&g_events_lock);
+    if (!g_events) {
+        g_events = json_array();
+    }
+    json_array_append_new(g_events, msg);
+    post = !main_thread && !g_events_posted;
+    g_events_posted |= post;
+    mutex_unlock(&g_events_lock);
+    if (main_thread) {
+        deliver_events();
+    } else if (post) {
+        loop_call(deliver_events_cb, NULL);
     }
 }
 
 void
 monitor_init(void)
 {
-    qmp_event_set_sink(event_sink);
+    event_set_sink(event_sink);
 }
 
 /* ---- Input ------------------------------------------------------------- */
@@ -249,6 +291,7 @@ deferred_reply(void *opaque, json_t *resp)
         return;
     }
     cl->ticket = NULL;
+    deliver_events();
     client_send(cl, resp);
     if (cl->closed) {
         return;
@@ -287,6 +330,7 @@ handle_value(struct client *cl, const char *text, size_t len)
         return;
     }
     free(t);
+    deliver_events();
     client_send(cl, resp);
     json_decref(resp);
 }
@@ -682,7 +726,8 @@ monitor_close_all(void)
     struct monitor *mon;
     struct client *cl;
 
-    qmp_event_set_sink(NULL);
+    event_set_sink(NULL);
+    deliver_events();
     /* Best effort: give what is queued (the answer to quit) a moment. */
     LIST_FOREACH(mon, &g_monitors, link) {
         LIST_FOREACH(cl, &mon->clients, link) {

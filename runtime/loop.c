@@ -8,9 +8,12 @@
  * iterations.  Each iteration rebuilds the pollfd array from the live
  * watches, which is cheap at the few dozen fds a daemon has.  Timers are a
  * list sorted by deadline.  Cross-thread calls go on a mutex-protected
- * FIFO and an eventfd write wakes poll(); the main thread swaps the whole
- * queue out under the lock and runs it unlocked, so a call may post more
- * calls.  Signals are blocked in every thread and read from a signalfd.
+ * FIFO and an eventfd write wakes poll(); the main thread pops and runs
+ * them one at a time with the lock dropped, so a call may post more calls
+ * (they run in the next round: a round ends at the last call queued when
+ * it began), and a queued call stays findable by loop_call_run_now()
+ * until its turn.  Signals are blocked in every thread and read from a
+ * signalfd.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -44,6 +47,7 @@ struct loop_timer {
 struct loop_msg {
     loop_call_fn *fn;
     void *opaque;
+    uint64_t seq;
     STAILQ_ENTRY(loop_msg) link;
 };
 STAILQ_HEAD(loop_msg_list, loop_msg);
@@ -69,6 +73,7 @@ static sigset_t g_sigmask;
 /* The call queue.  Protected by: g_msg_lock. */
 static pthread_mutex_t g_msg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct loop_msg_list g_msgs = STAILQ_HEAD_INITIALIZER(g_msgs);
+static uint64_t g_msg_seq;
 
 /* Set by loop_quit() from any thread. */
 static int g_quit;
@@ -85,17 +90,33 @@ wake(void)
     }
 }
 
-static void
-run_calls(void)
+/* Pop the first queued call if it was posted by sequence number last. */
+static struct loop_msg *
+pop_call(uint64_t last)
 {
-    struct loop_msg_list list = STAILQ_HEAD_INITIALIZER(list);
     struct loop_msg *m;
 
     mutex_lock(&g_msg_lock);
-    STAILQ_CONCAT(&list, &g_msgs);
+    m = STAILQ_FIRST(&g_msgs);
+    if (m && m->seq <= last) {
+        STAILQ_REMOVE_HEAD(&g_msgs, link);
+    } else {
+        m = NULL;
+    }
     mutex_unlock(&g_msg_lock);
-    while ((m = STAILQ_FIRST(&list))) {
-        STAILQ_REMOVE_HEAD(&list, link);
+    return m;
+}
+
+static void
+run_calls(void)
+{
+    struct loop_msg *m;
+    uint64_t last;
+
+    mutex_lock(&g_msg_lock);
+    last = g_msg_seq;
+    mutex_unlock(&g_msg_lock);
+    while ((m = pop_call(last))) {
         m->fn(m->opaque);
         free(m);
     }
@@ -252,9 +273,32 @@ loop_call(loop_call_fn *fn, void *opaque)
     m->fn = fn;
     m->opaque = opaque;
     mutex_lock(&g_msg_lock);
+    m->seq = ++g_msg_seq;
     STAILQ_INSERT_TAIL(&g_msgs, m, link);
     mutex_unlock(&g_msg_lock);
     wake();
+}
+
+bool
+loop_call_run_now(loop_call_fn *fn, void *opaque)
+{
+    struct loop_msg *m;
+
+    assert_main_thread();
+    mutex_lock(&g_msg_lock);
+    STAILQ_FOREACH(m, &g_msgs, link) {
+        if (m->fn == fn && m->opaque == opaque) {
+            STAILQ_REMOVE(&g_msgs, m, loop_msg, link);
+            break;
+        }
+    }
+    mutex_unlock(&g_msg_lock);
+    if (!m) {
+        return false;
+    }
+    m->fn(m->opaque);
+    free(m);
+    return true;
 }
 
 int

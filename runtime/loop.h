@@ -68,6 +68,14 @@ void loop_timer_del(struct loop_timer *t);
  * in the sense that calls wait in the queue until the loop runs.
  */
 void loop_call(loop_call_fn *fn, void *opaque);
+/*
+ * Run the queued call fn(opaque) now, out of turn, if it is still queued;
+ * true when it ran.  For a main-thread wait that needs that one call (a
+ * job's completion) but must not run the rest of the queue, which may
+ * hold work that is unsafe to nest inside a command (another client's
+ * commands).  Main thread.
+ */
+bool loop_call_run_now(loop_call_fn *fn, void *opaque);
 
 /* Deliver signo to fn on the main thread (through a signalfd). */
 int loop_add_signal(int signo, loop_signal_fn *fn, void *opaque);

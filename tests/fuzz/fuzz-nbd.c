@@ -35,21 +35,12 @@
 #include "lockstep/dirty-bitmap.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int g_in_fd = -1;
 static int g_out_fd = -1;
-
-/* The daemon's monitor provides this; the fuzzer drops events. */
-void
-qmp_event_send(const char *name, json_t *data)
-{
-    (void)name;
-    json_decref(data);
-}
 
 static void
 fuzz_init(void)

@@ -21,7 +21,8 @@
 #include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
+#include "qmp/qmp-event.h"
+#include "runtime/event.h"
 #include "util.h"
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -38,15 +39,13 @@ print_json(json_t *j)
     free(s);
 }
 
-/* The daemon's monitor provides this; here events go to stdout. */
-void
-qmp_event_send(const char *name, json_t *data)
+/* The event sink: events go to stdout as {"event", "data"}. */
+static void
+print_event(const struct event *event)
 {
-    json_t *ev = json_pack("{s:s}", "event", name);
+    json_t *ev = json_pack("{s:s, s:o}", "event", event->name, "data",
+                           qmp_event_data(event));
 
-    if (data) {
-        json_object_set_new(ev, "data", data);
-    }
     print_json(ev);
     json_decref(ev);
 }
@@ -240,6 +239,7 @@ main(int argc, char **argv)
             return 1;
         }
     }
+    event_set_sink(print_event);
     if (addr && !nbd_server_start(addr, NULL, max_conns,
                                   NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err)) {
         err_report("nbd-serve", err);

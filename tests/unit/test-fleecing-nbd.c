@@ -29,19 +29,10 @@
 #include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 #define CL (64 * KiB)
 #define DISK_SIZE (4 * MiB)
-
-/* The daemon's monitor is not linked: drop events. */
-void
-qmp_event_send(const char *name, json_t *data)
-{
-    (void)name;
-    json_decref(data);
-}
 
 struct world {
     char src_path[64];

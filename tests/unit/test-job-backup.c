@@ -30,6 +30,8 @@
 #include "event-log.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "runtime/event.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define SEC (1000LL * 1000 * 1000)
@@ -52,7 +54,7 @@ setup(void **state)
 {
     (void)state;
     event_log_reset();
-    job_set_event_sink(event_log_capture);
+    event_set_sink(event_log_capture);
     return 0;
 }
 
@@ -79,7 +81,7 @@ teardown(void **state)
 {
     (void)state;
     job_cancel_sync_all();
-    job_set_event_sink(NULL);
+    event_set_sink(NULL);
     close_all_nodes();
     return 0;
 }
@@ -1350,7 +1352,9 @@ main(void)
         return 1;
     }
     snprintf(g_dir, sizeof(g_dir), "%s", tmpl);
+    assert(loop_init() == 0);
     ret = cmocka_run_group_tests(tests, NULL, NULL);
+    loop_fini();
     cmd = xasprintf("rm -rf %s", g_dir);
     if (system(cmd) != 0) {
         ret = ret ? ret : 1;

@@ -20,6 +20,8 @@
 
 #include "event-log.h"
 #include "job/job.h"
+#include "runtime/event.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define SEC (1000LL * 1000 * 1000)
@@ -320,7 +322,7 @@ setup(void **state)
 {
     (void)state;
     event_log_reset();
-    job_set_event_sink(event_log_capture);
+    event_set_sink(event_log_capture);
     return 0;
 }
 
@@ -330,7 +332,7 @@ teardown(void **state)
     (void)state;
     job_cancel_sync_all();
     assert_null(job_next(NULL));
-    job_set_event_sink(NULL);
+    event_set_sink(NULL);
     event_log_reset();
     return 0;
 }
@@ -550,7 +552,7 @@ test_cancel_running(void **state)
     (void)state;
     job_start(job);
     while (__atomic_load_n(&job->progress_total, __ATOMIC_RELAXED) != 10) {
-        job_poll(1000 * 1000);
+        loop_iterate(1);
     }
     assert_true(job_set_speed(job, 100, &err));
     assert_true(job_user_cancel(job, false, &err));
@@ -851,7 +853,7 @@ test_pause_resume_stress(void **state)
             }
             assert_true(job_set_speed(job, i, &err));
             assert_true(job_user_resume(job, &err));
-            job_dispatch_main();
+            loop_iterate(0);
         }
         if (round % 2) {
             finish(d, 1);
@@ -864,16 +866,9 @@ test_pause_resume_stress(void **state)
     }
 }
 
-/* The main-thread queue wakes its hook and runs work in order. */
-static int wakeups;
+/* The main-thread queue (the runtime's loop_call) wakes the loop and runs
+ * work in order; nothing is left afterwards. */
 static int order[3], norder;
-
-static void
-wake_cb(void *opaque)
-{
-    (void)opaque;
-    __atomic_fetch_add(&wakeups, 1, __ATOMIC_RELAXED);
-}
 
 static void
 work_cb(void *opaque)
@@ -884,17 +879,20 @@ work_cb(void *opaque)
 static void
 test_main_queue(void **state)
 {
+    int64_t start = clock_ns();
+
     (void)state;
-    job_set_main_wakeup(wake_cb, NULL);
-    job_post_main(work_cb, (void *)1);
-    job_post_main(work_cb, (void *)2);
-    assert_int_equal(wakeups, 2);
-    job_dispatch_main();
+    loop_call(work_cb, (void *)1);
+    loop_call(work_cb, (void *)2);
+    /* Woken at once, not after the timeout. */
+    while (norder < 2 && clock_ns() - start < 5 * SEC) {
+        loop_iterate(5000);
+    }
+    assert_true(clock_ns() - start < 5 * SEC);
     assert_int_equal(norder, 2);
     assert_int_equal(order[0], 1);
     assert_int_equal(order[1], 2);
-    assert_false(job_poll(1000));
-    job_set_main_wakeup(NULL, NULL);
+    assert_false(loop_call_run_now(work_cb, (void *)1));
 }
 
 int
@@ -924,6 +922,10 @@ main(void)
                                         teardown),
         cmocka_unit_test(test_main_queue),
     };
+    int ret;
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    assert(loop_init() == 0);
+    ret = cmocka_run_group_tests(tests, NULL, NULL);
+    loop_fini();
+    return ret;
 }

@@ -28,23 +28,22 @@
 #include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
+#include "qmp/qmp-event.h"
+#include "runtime/event.h"
 #include "util.h"
 
 #define DISK_SIZE (8 * MiB)
 
-/* The events the server sent (the daemon's monitor is not linked). */
+/* The events the server sent (recorded by our event sink). */
 static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static json_t *g_events;
 
-void
-qmp_event_send(const char *name, json_t *data)
+static void
+record_event(const struct event *event)
 {
-    json_t *ev = json_pack("{s:s}", "event", name);
+    json_t *ev = json_pack("{s:s, s:o}", "event", event->name, "data",
+                           qmp_event_data(event));
 
-    if (data) {
-        json_object_set_new(ev, "data", data);
-    }
     mutex_lock(&ev_lock);
     json_array_append_new(g_events, ev);
     mutex_unlock(&ev_lock);
@@ -102,6 +101,7 @@ setup(void **state)
 
     (void)state;
     g_events = json_array();
+    event_set_sink(record_event);
     /* Writes must stick: a file node on an unlinked temporary file. */
     {
         char path[] = "/tmp/test-nbd-server-XXXXXX";
@@ -137,6 +137,7 @@ teardown(void **state)
     (void)state;
     block_export_close_all();
     block_node_unref(g_node);
+    event_set_sink(NULL);
     json_decref(g_events);
     return 0;
 }

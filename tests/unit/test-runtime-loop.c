@@ -3,8 +3,12 @@
  * Unit tests of the main loop (runtime/loop.c): cross-thread calls arrive
  * all, in posting order per thread; timers fire in deadline order and can
  * be cancelled; fd watches may remove themselves and others from their
- * callbacks; loop_quit() from another thread ends loop_run(); events
- * without a sink are dropped.
+ * callbacks; loop_quit() from another thread ends loop_run();
+ * loop_call_run_now() runs one queued call out of turn; the main thread is
+ * the initial thread.  Events: without a sink they are dropped; members
+ * keep their order and types; an event_queue fed under a lock by several
+ * threads reaches the sink in push order, each flush returning only once
+ * its own events are out.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,8 +19,8 @@
 
 #include <cmocka.h>
 
+#include "runtime/event.h"
 #include "runtime/loop.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 #define NTHREADS 4
@@ -49,6 +53,7 @@ static void *
 poster(void *opaque)
 {
     int t = (int)(intptr_t)opaque;
+    struct event *ev;
 
     assert_false(loop_is_main_thread());
     for (int i = 1; i <= NCALLS; i++) {
@@ -58,8 +63,10 @@ poster(void *opaque)
         c->seq = i;
         loop_call(count_cb, c);
     }
-    /* Events with no sink installed are dropped (data freed). */
-    qmp_event_send("TEST_EVENT", json_pack("{s:i}", "t", t));
+    /* Events with no sink installed are dropped (and freed). */
+    ev = event_new("TEST_EVENT");
+    event_add_int(ev, "t", t);
+    event_emit(ev);
     return NULL;
 }
 
@@ -184,6 +191,174 @@ test_quit_from_thread(void **state)
     thread_join(th);
 }
 
+/* A call queued behind others runs alone and out of turn. */
+static int g_now_a, g_now_b;
+
+static void
+now_cb(void *opaque)
+{
+    (*(int *)opaque)++;
+}
+
+static void
+test_run_now(void **state)
+{
+    (void)state;
+    loop_call(now_cb, &g_now_a);
+    loop_call(now_cb, &g_now_b);
+    assert_true(loop_call_run_now(now_cb, &g_now_b));
+    assert_int_equal(g_now_a, 0);
+    assert_int_equal(g_now_b, 1);
+    assert_false(loop_call_run_now(now_cb, &g_now_b));
+    loop_iterate(100);
+    assert_int_equal(g_now_a, 1);
+    assert_int_equal(g_now_b, 1);
+}
+
+static void *
+is_main_thread(void *opaque UNUSED)
+{
+    return (void *)(intptr_t)loop_is_main_thread();
+}
+
+static void
+test_main_thread(void **state)
+{
+    pthread_t th;
+    void *ret;
+
+    (void)state;
+    assert_true(loop_is_main_thread());
+    thread_create(&th, "other", is_main_thread, NULL);
+    assert_int_equal(pthread_join(th, &ret), 0);
+    assert_null(ret);
+}
+
+/* ---- Events ------------------------------------------------------------ */
+
+#define EV_THREADS 4
+#define EV_PER_THREAD 500
+
+static pthread_mutex_t g_ev_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t g_ev_seen[EV_THREADS * EV_PER_THREAD];   /* by g_ev_lock */
+static int g_ev_count;                                  /* by g_ev_lock */
+static struct event *g_ev_copy;                         /* by g_ev_lock */
+
+static void
+record_sink(const struct event *ev)
+{
+    const struct event_member *m = event_member(ev, "n");
+
+    mutex_lock(&g_ev_lock);
+    if (m && g_ev_count < (int)ARRAY_SIZE(g_ev_seen)) {
+        g_ev_seen[g_ev_count++] = m->v.i;
+    } else if (!m) {
+        /* Keep a copy of a one-off event for the member test. */
+        event_free(g_ev_copy);
+        g_ev_copy = event_new(ev->name);
+        for (size_t i = 0; i < ev->n; i++) {
+            const struct event_member *x = &ev->m[i];
+
+            switch (x->type) {
+            case EVENT_STR:
+                event_add_str(g_ev_copy, x->name, x->v.s);
+                break;
+            case EVENT_INT:
+                event_add_int(g_ev_copy, x->name, x->v.i);
+                break;
+            case EVENT_UINT:
+                event_add_uint(g_ev_copy, x->name, x->v.u);
+                break;
+            case EVENT_BOOL:
+                event_add_bool(g_ev_copy, x->name, x->v.b);
+                break;
+            }
+        }
+    }
+    mutex_unlock(&g_ev_lock);
+}
+
+static void
+test_event_members(void **state)
+{
+    struct event *ev = event_new("SOME_EVENT");
+    char name[] = "abc";
+
+    (void)state;
+    event_set_sink(record_sink);
+    event_add_str(ev, "id", name);
+    name[0] = 'x';          /* the event keeps its own copy */
+    event_add_int(ev, "i", -5);
+    event_add_uint(ev, "u", UINT64_MAX);
+    event_add_bool(ev, "b", true);
+    event_emit(ev);
+    event_set_sink(NULL);
+    assert_non_null(g_ev_copy);
+    assert_string_equal(g_ev_copy->name, "SOME_EVENT");
+    assert_int_equal(g_ev_copy->n, 4);
+    assert_string_equal(g_ev_copy->m[0].name, "id");
+    assert_string_equal(g_ev_copy->m[0].v.s, "abc");
+    assert_string_equal(g_ev_copy->m[1].name, "i");
+    assert_int_equal(g_ev_copy->m[1].v.i, -5);
+    assert_true(g_ev_copy->m[2].type == EVENT_UINT);
+    assert_true(g_ev_copy->m[2].v.u == UINT64_MAX);
+    assert_true(g_ev_copy->m[3].v.b);
+    assert_null(event_member(g_ev_copy, "nope"));
+    assert_true(g_ev_copy->time.tv_sec > 0);
+    event_free(g_ev_copy);
+    g_ev_copy = NULL;
+}
+
+/* The lock that orders the events, as the job lock does. */
+static pthread_mutex_t g_order_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t g_next_n;                    /* by g_order_lock */
+static struct event_queue g_queue = EVENT_QUEUE_INITIALIZER(g_queue);
+static bool g_flush_ok = true;              /* cleared on a late event */
+
+static void *
+queue_poster(void *opaque UNUSED)
+{
+    for (int i = 0; i < EV_PER_THREAD; i++) {
+        struct event *ev = event_new("ORDERED");
+        int64_t n;
+
+        mutex_lock(&g_order_lock);
+        n = g_next_n++;
+        event_add_int(ev, "n", n);
+        event_queue_push(&g_queue, ev);
+        mutex_unlock(&g_order_lock);
+        event_queue_flush(&g_queue);
+        /* Our event is out when flush returns. */
+        mutex_lock(&g_ev_lock);
+        if (g_ev_count <= n) {
+            __atomic_store_n(&g_flush_ok, false, __ATOMIC_RELAXED);
+        }
+        mutex_unlock(&g_ev_lock);
+    }
+    return NULL;
+}
+
+static void
+test_event_queue_order(void **state)
+{
+    pthread_t th[EV_THREADS];
+
+    (void)state;
+    event_set_sink(record_sink);
+    for (int i = 0; i < EV_THREADS; i++) {
+        thread_create(&th[i], "queue-poster", queue_poster, NULL);
+    }
+    for (int i = 0; i < EV_THREADS; i++) {
+        thread_join(th[i]);
+    }
+    event_set_sink(NULL);
+    assert_int_equal(g_ev_count, EV_THREADS * EV_PER_THREAD);
+    for (int i = 0; i < g_ev_count; i++) {
+        assert_int_equal(g_ev_seen[i], i);
+    }
+    assert_true(g_flush_ok);
+}
+
 int
 main(void)
 {
@@ -192,6 +367,10 @@ main(void)
         cmocka_unit_test(test_timers),
         cmocka_unit_test(test_watches),
         cmocka_unit_test(test_quit_from_thread),
+        cmocka_unit_test(test_run_now),
+        cmocka_unit_test(test_main_thread),
+        cmocka_unit_test(test_event_members),
+        cmocka_unit_test(test_event_queue_order),
     };
     int ret;
 
