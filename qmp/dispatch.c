@@ -154,6 +154,28 @@ qmp_dispatch_async(json_t *req, struct qmp_session *session,
     return dispatch(req, session, reply, opaque);
 }
 
+/* Run a typed handler: decode args into its struct first. */
+static json_t *
+run_typed(const struct qmp_command *cmd, json_t *args, struct err **errp)
+{
+    const struct qmp_typed *t = cmd->typed;
+    void *a;
+    json_t *ret;
+
+    /* The handler's struct is the one the argument list describes. */
+    assert(!cmd->args || qmp_args_size(cmd->args) == t->size);
+    a = xzalloc(t->size ? t->size : 1);
+    if (cmd->args) {
+        qmp_args_decode(cmd->args, args, a);
+    }
+    ret = t->call(a, errp);
+    if (cmd->args) {
+        qmp_args_free(cmd->args, a);
+    }
+    free(a);
+    return ret;
+}
+
 /* Run cmd's handler: the async one when the caller can wait. */
 static json_t *
 run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
@@ -163,7 +185,8 @@ run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
     json_t *ret;
 
     if (!cmd->async_handler || !reply) {
-        return cmd->handler(args, errp);
+        return cmd->typed ? run_typed(cmd, args, errp)
+                          : cmd->handler(args, errp);
     }
     done = xzalloc(sizeof(*done));
     done->id = id ? json_incref(id) : NULL;
@@ -174,6 +197,30 @@ run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
         json_decref(done->id);
         free(done);
     }
+    return ret;
+}
+
+json_t *
+qmp_execute(const char *name, json_t *args, struct err **errp)
+{
+    const struct qmp_command *cmd = qmp_command_find(name);
+    json_t *empty = NULL;
+    json_t *ret = NULL;
+
+    assert_main_thread();
+    if (!cmd) {
+        err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
+                       "The command %s has not been found", name);
+        return NULL;
+    }
+    if (!args) {
+        args = empty = json_object();
+    }
+    if (cmd->args_are_options ||
+        qmp_validate_members(cmd->args, args, "", errp)) {
+        ret = run_handler(cmd, args, NULL, NULL, NULL, errp);
+    }
+    json_decref(empty);
     return ret;
 }
 

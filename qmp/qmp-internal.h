@@ -5,10 +5,11 @@
  *
  * The schema (qmp/schema.c) is the single description of every command:
  * its arguments with their types, its documentation and its handler.  The
- * dispatcher validates the arguments against it before the handler runs,
- * so handlers read validated members with json_object_get() and never
- * check types themselves; docs/qmp.md is generated from the same table
- * (lockstepd --print-qmp-doc).
+ * dispatcher validates the arguments against it before the handler runs;
+ * for a typed command it then decodes them into the command's C struct
+ * (qmp/qmp-args.h says how), so the handler reads C fields, never JSON.
+ * Untyped handlers still get the validated JSON object.  docs/qmp.md is
+ * generated from the same table (lockstepd --print-qmp-doc).
  *
  * Threads: everything here runs on the main thread.
  */
@@ -54,6 +55,21 @@ struct qmp_arg {
     const char *const *values;          /* ENUM: NULL-terminated */
     const struct qmp_arg *members;      /* OBJECT, STR_OR_OBJ: {NULL}-ended */
     const struct qmp_arg *elem;         /* ARRAY: element type (name NULL) */
+
+    /*
+     * Typed decoding (qmp/qmp-args.h): written by the QMP_ARG_* macros,
+     * zero in untyped lists.
+     */
+    bool typed;
+    bool has_flag;          /* an optional scalar or object: has_ flag */
+    size_t offset;          /* of the C field in the enclosing struct */
+    size_t has_offset;      /* of its bool has_ flag */
+    size_t aux_offset;      /* ARRAY: of the size_t count in the enclosing
+                             * struct; STR_OR_OBJ: of the string form's
+                             * field inside the value's struct */
+    size_t size;            /* OBJECT, STR_OR_OBJ: the value's struct;
+                             * array elements: one element; a list's END:
+                             * the whole arguments struct */
 };
 
 /*
@@ -81,9 +97,18 @@ typedef json_t *qmp_async_fn(json_t *args, struct qmp_async *done,
  * when ret is NULL, err (consumed). */
 void qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err);
 
+/*
+ * A typed handler: gets the command's arguments decoded into its struct
+ * (see qmp/qmp-args.h and QMP_TYPED_HANDLER there).
+ */
+struct qmp_typed {
+    json_t *(*call)(const void *args, struct err **errp);
+    size_t size;                /* sizeof the arguments struct */
+};
+
 struct qmp_command {
     const char *name;
-    qmp_handler_fn *handler;
+    qmp_handler_fn *handler;    /* untyped, or NULL when typed is set */
     /* The arguments, {NULL}-ended; NULL for none. */
     const struct qmp_arg *args;
     /* blockdev-add: the whole arguments object is an ANY_OBJECT passed on
@@ -92,6 +117,7 @@ struct qmp_command {
     const char *doc;
     const char *returns;        /* doc of the return value */
     qmp_async_fn *async_handler;    /* monitors use it when set */
+    const struct qmp_typed *typed;  /* instead of handler */
 };
 
 /* The table of commands, {NULL}-terminated (schema.c). */
@@ -111,6 +137,25 @@ bool qmp_validate_members(const struct qmp_arg *members, json_t *obj,
 
 /* Write the reference documentation (Markdown) generated from the schema. */
 void qmp_schema_print_doc(FILE *f);
+
+/*
+ * Typed decoding (qmp/args.c), after validation: fill the struct at out
+ * (zeroed by the caller, the size of the list's END) from the validated
+ * object.  Strings and JSON values point into obj and live as long as it;
+ * arrays are allocated and go with qmp_args_free().
+ */
+void qmp_args_decode(const struct qmp_arg *args, json_t *obj, void *out);
+void qmp_args_free(const struct qmp_arg *args, void *out);
+/* The size of a typed list's struct (its END's size). */
+size_t qmp_args_size(const struct qmp_arg *args);
+
+/*
+ * Run one command as a client's request would, without the protocol: the
+ * arguments are validated (and decoded) against the schema, then the
+ * handler runs.  For the daemon's command-line options and for tests.
+ * Returns the "return" value or NULL with *errp set.  Main thread.
+ */
+json_t *qmp_execute(const char *name, json_t *args, struct err **errp);
 
 /* A client's protocol state: capabilities negotiated, and "oob" enabled. */
 struct qmp_session {
@@ -158,6 +203,9 @@ struct qmp_txn_action {
     const char *type;
     const struct qmp_arg *args;     /* of "data" (the command's args) */
     bool (*prepare)(json_t *data, void **state, struct err **errp);
+    /* Instead of prepare when args is typed: the decoded "data" (a
+     * pointer to args' struct), valid until clean has run. */
+    bool (*prepare_typed)(const void *args, void **state, struct err **errp);
     void (*commit)(void *state);
     void (*abort)(void *state);
     void (*clean)(void *state);

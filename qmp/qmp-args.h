@@ -1,0 +1,182 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Typed QMP arguments: every command parses its arguments once, here in
+ * qmp/, into a C struct, and calls a typed function of job/, nbd/ or
+ * block/.  JSON stays at the edge.
+ *
+ * Design.
+ *
+ * One table.  The schema (qmp/schema.c) stays the single description of a
+ * command.  A typed command's argument list is written with the QMP_*
+ * macros below, which record for every member, besides its QMP name, type
+ * and documentation, where its value goes: the offset of a field in the
+ * command's arguments struct.  Each macro checks at compile time that the
+ * field has the C type the QMP type decodes to (__builtin_types_compatible_p
+ * in a _Static_assert), so the table and the struct cannot drift apart: a
+ * field renamed, retyped or missing is a build error.
+ *
+ *     QMP type            C field                  optional member
+ *     str                 const char *F            NULL when absent
+ *     bool                bool F                   bool has_F
+ *     int (int64)         int64_t F                bool has_F
+ *     uint64, uint32      uint64_t F               bool has_F
+ *     enum                enum E F (values[i] is   bool has_F
+ *                         enum value i)
+ *     object              struct S F (members      bool has_F
+ *                         described by their own
+ *                         list, ending QMP_END_OF(S))
+ *     array of X          X *F; size_t n_F         F NULL when absent
+ *     alternate str|obj   (elements only) struct S with a const char *
+ *                         field for the string form
+ *     any, any object     json_t *F (borrowed;     NULL when absent
+ *                         only in qmp/)
+ *
+ * A list ends with QMP_END_OF(T), which records sizeof(T).  The handler is
+ * bound with QMP_TYPED_HANDLER(name, fn, T): fn takes const T *, checked
+ * by the compiler, and the schema entry points at name; the dispatcher
+ * (and test-qmp-schema, for every command) checks that the handler's T and
+ * the list's T have the same size.
+ *
+ * Decoding.  The dispatcher validates the request against the list
+ * exactly as before (QEMU's messages, byte for byte), then one generic
+ * decoder (qmp_args_decode(), qmp/args.c) fills a zeroed struct, sets the
+ * has_ flags of the optional members given and turns enum strings into
+ * their index.  It cannot fail: everything was validated.  Defaults are
+ * the handler's business (has_F ? F : default), as in QEMU's QAPI code.
+ *
+ * Lifetime.  Strings and json_t members point into the request, which
+ * outlives the handler call; a handler that keeps one (a deferred
+ * command, a job) copies it.  Arrays are allocated by the decoder and freed
+ * with qmp_args_free() after the handler returns.
+ *
+ * Below qmp/, functions take typed options (struct backup_options,
+ * struct nbd_export_options, ...).  When the lower layer's input is
+ * exactly the QMP arguments (QEMU passes its QAPI struct: blockdev-backup),
+ * the list may describe that struct directly; otherwise the command gets
+ * a struct qmp_args_* from this file and its handler translates (exports).
+ */
+#ifndef LOCKSTEP_QMP_ARGS_H
+#define LOCKSTEP_QMP_ARGS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "qmp/qmp-internal.h"
+
+/* ---- Macros for typed argument lists ------------------------------------ */
+
+/* 0, after checking at compile time that field F of T has C type CT. */
+#define QMP_FIELD_IS(T, F, CT)                                               \
+    (0 * sizeof(struct {                                                     \
+        _Static_assert(__builtin_types_compatible_p(                         \
+                           __typeof__(((T *)0)->F), CT),                     \
+                       "QMP argument field " #F " of " #T " must be " #CT);  \
+        int unused_;                                                         \
+    }))
+/* The offset of field F of T, which must have C type CT. */
+#define QMP_FIELD(T, F, CT) (offsetof(T, F) + QMP_FIELD_IS(T, F, CT))
+
+/* The common part: member NAME stored in F (of C type CT); the rest of
+ * the initializer (.doc, .type_name, ...) follows. */
+#define QMP_M_(NAME, QT, OPT, T, F, CT, ...)                                 \
+    { .name = NAME, .type = QT, .optional = OPT, .typed = true,             \
+      .offset = QMP_FIELD(T, F, CT), __VA_ARGS__ }
+/* An optional member with a bool has_F flag. */
+#define QMP_MH_(NAME, QT, T, F, CT, ...)                                     \
+    QMP_M_(NAME, QT, true, T, F, CT, .has_flag = true,                       \
+           .has_offset = QMP_FIELD(T, has_##F, bool), __VA_ARGS__)
+
+#define QMP_STR(T, F, NAME, ...)                                             \
+    QMP_M_(NAME, QMP_T_STR, false, T, F, const char *, __VA_ARGS__)
+#define QMP_STR_OPT(T, F, NAME, ...)                                         \
+    QMP_M_(NAME, QMP_T_STR, true, T, F, const char *, __VA_ARGS__)
+#define QMP_BOOL(T, F, NAME, ...)                                            \
+    QMP_M_(NAME, QMP_T_BOOL, false, T, F, bool, __VA_ARGS__)
+#define QMP_BOOL_OPT(T, F, NAME, ...)                                        \
+    QMP_MH_(NAME, QMP_T_BOOL, T, F, bool, __VA_ARGS__)
+#define QMP_INT(T, F, NAME, ...)                                             \
+    QMP_M_(NAME, QMP_T_INT, false, T, F, int64_t, __VA_ARGS__)
+#define QMP_INT_OPT(T, F, NAME, ...)                                         \
+    QMP_MH_(NAME, QMP_T_INT, T, F, int64_t, __VA_ARGS__)
+#define QMP_UINT(T, F, NAME, ...)                                            \
+    QMP_M_(NAME, QMP_T_UINT, false, T, F, uint64_t, __VA_ARGS__)
+#define QMP_UINT_OPT(T, F, NAME, ...)                                        \
+    QMP_MH_(NAME, QMP_T_UINT, T, F, uint64_t, __VA_ARGS__)
+/* Enum E (int-sized); VALUES[i] is the QMP name of value i. */
+#define QMP_ENUM(T, F, NAME, E, VALUES, ...)                                 \
+    QMP_M_(NAME, QMP_T_ENUM, false, T, F, E, .values = VALUES,               \
+           .size = QMP_ENUM_SIZE_(E), __VA_ARGS__)
+#define QMP_ENUM_OPT(T, F, NAME, E, VALUES, ...)                             \
+    QMP_MH_(NAME, QMP_T_ENUM, T, F, E, .values = VALUES,                     \
+            .size = QMP_ENUM_SIZE_(E), __VA_ARGS__)
+#define QMP_ENUM_SIZE_(E)                                                    \
+    (sizeof(E) + 0 * sizeof(struct {                                         \
+        _Static_assert(sizeof(E) == sizeof(int), #E " is not int-sized");    \
+        int unused_;                                                         \
+    }))
+/* A nested object: field F is a struct whose members MEMBERS describe. */
+#define QMP_OBJECT(T, F, NAME, MEMBERS, ...)                                 \
+    QMP_M_(NAME, QMP_T_OBJECT, false, T, F, __typeof__(((T *)0)->F),       \
+           .members = MEMBERS, .size = sizeof(((T *)0)->F), __VA_ARGS__)
+#define QMP_OBJECT_OPT(T, F, NAME, MEMBERS, ...)                             \
+    QMP_MH_(NAME, QMP_T_OBJECT, T, F, __typeof__(((T *)0)->F),              \
+            .members = MEMBERS, .size = sizeof(((T *)0)->F), __VA_ARGS__)
+/* An array: F points to the elements (ELEM describes one), n_F counts. */
+#define QMP_ARRAY_(OPT, T, F, NAME, ELEM, ...)                               \
+    QMP_M_(NAME, QMP_T_ARRAY, OPT, T, F, __typeof__(((T *)0)->F),           \
+           .elem = ELEM, .aux_offset = QMP_FIELD(T, n_##F, size_t),          \
+           .size = sizeof(*((T *)0)->F), __VA_ARGS__)
+#define QMP_ARRAY(T, F, NAME, ELEM, ...)                                     \
+    QMP_ARRAY_(false, T, F, NAME, ELEM, __VA_ARGS__)
+#define QMP_ARRAY_OPT(T, F, NAME, ELEM, ...)                                 \
+    QMP_ARRAY_(true, T, F, NAME, ELEM, __VA_ARGS__)
+/* Anything (validated by the handler): the JSON value itself. */
+#define QMP_ANY_OBJECT(T, F, NAME, ...)                                      \
+    QMP_M_(NAME, QMP_T_ANY_OBJECT, false, T, F, json_t *, __VA_ARGS__)
+#define QMP_ANY_OBJECT_OPT(T, F, NAME, ...)                                  \
+    QMP_M_(NAME, QMP_T_ANY_OBJECT, true, T, F, json_t *, __VA_ARGS__)
+#define QMP_ANY(T, F, NAME, ...)                                             \
+    QMP_M_(NAME, QMP_T_ANY, false, T, F, json_t *, __VA_ARGS__)
+#define QMP_ANY_OPT(T, F, NAME, ...)                                         \
+    QMP_M_(NAME, QMP_T_ANY, true, T, F, json_t *, __VA_ARGS__)
+
+/* Array elements (static const struct qmp_arg, referenced by QMP_ARRAY). */
+#define QMP_ELEM_STR(...)                                                    \
+    { .type = QMP_T_STR, .typed = true, .size = sizeof(const char *),        \
+      __VA_ARGS__ }
+/* A string or an object (QEMU's alternate): the string goes to STRF. */
+#define QMP_ELEM_STR_OR_OBJ(S, STRF, MEMBERS, ...)                           \
+    { .type = QMP_T_STR_OR_OBJ, .typed = true, .members = MEMBERS,           \
+      .aux_offset = QMP_FIELD(S, STRF, const char *), .size = sizeof(S),     \
+      __VA_ARGS__ }
+
+/* The end of a typed list for struct T. */
+#define QMP_END_OF(T) { .name = NULL, .typed = true, .size = sizeof(T) }
+
+/*
+ * Bind handler fn (json_t *fn(const T *args, struct err **errp)) as the
+ * typed handler NAME (a const struct qmp_typed the schema entry points
+ * at; declare it in qmp-internal.h).
+ */
+#define QMP_TYPED_HANDLER(NAME, FN, T)                                       \
+    static json_t *                                                          \
+    NAME##_call_(const void *args, struct err **errp)                        \
+    {                                                                        \
+        return FN((const T *)args, errp);                                    \
+    }                                                                        \
+    const struct qmp_typed NAME = { NAME##_call_, sizeof(T) }
+
+/* ---- Shared types ------------------------------------------------------- */
+
+/* BlockDirtyBitmapOrStr: a bitmap name (looked up by the command), or
+ * {node, name}. */
+struct qmp_bitmap_or_str {
+    const char *local;          /* the string form, or NULL */
+    const char *node;           /* the object form */
+    const char *name;
+};
+
+#endif
