@@ -157,67 +157,6 @@ die_opt(const char *opt, const char *arg, struct err *err)
     exit(startup_exit(EXIT_FAILURE));
 }
 
-/* ---- Option conversions (keyval strings to QMP types) ------------------ */
-
-/* Turn a keyval "on"/"off" member into a JSON bool in place. */
-static bool
-keyval_to_bool(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    const char *s;
-
-    if (!v || json_is_boolean(v)) {
-        return true;
-    }
-    s = json_string_value(v);
-    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
-        json_object_set_new(obj, key, json_true());
-        return true;
-    }
-    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
-        json_object_set_new(obj, key, json_false());
-        return true;
-    }
-    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
-    return false;
-}
-
-static bool
-keyval_to_int(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    int64_t n;
-
-    if (!v || json_is_integer(v)) {
-        return true;
-    }
-    if (!json_is_string(v) || parse_int64(json_string_value(v), &n) < 0) {
-        err_setf(errp, "Parameter '%s' expects an integer", key);
-        return false;
-    }
-    json_object_set_new(obj, key, json_integer(n));
-    return true;
-}
-
-/* A size member ("4k", "512") into a JSON integer in place. */
-static bool
-keyval_to_size(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    uint64_t n;
-
-    if (!v || json_is_integer(v)) {
-        return true;
-    }
-    if (!json_is_string(v) || parse_size(json_string_value(v), &n) < 0 ||
-        n > INT64_MAX) {
-        err_setf(errp, "Parameter '%s' expects a size", key);
-        return false;
-    }
-    json_object_set_new(obj, key, json_integer((json_int_t)n));
-    return true;
-}
-
 /* --blockdev: a node the monitor owns, as blockdev-add makes it. */
 static bool
 opt_blockdev(const char *arg, struct err **errp)
@@ -297,8 +236,8 @@ opt_nbd_server(const char *arg, struct err **errp)
         err_setf(errp, "TLS authorization is not supported");
         goto out;
     }
-    if (!keyval_to_int(opts, "max-connections", errp) ||
-        !keyval_to_int(opts, "handshake-max-seconds", errp)) {
+    if (!qmp_keyval_to_int(opts, "max-connections", errp) ||
+        !qmp_keyval_to_int(opts, "handshake-max-seconds", errp)) {
         goto out;
     }
     if (json_object_get(opts, "max-connections")) {
@@ -332,13 +271,13 @@ opt_export(const char *arg, struct err **errp)
     if (!opts) {
         return false;
     }
-    if (!keyval_to_bool(opts, "writable", errp) ||
-        !keyval_to_bool(opts, "writethrough", errp) ||
-        !keyval_to_bool(opts, "fixed-iothread", errp) ||
-        !keyval_to_bool(opts, "allocation-depth", errp) ||
-        !keyval_to_bool(opts, "growable", errp) ||
-        !keyval_to_int(opts, "num-queues", errp) ||
-        !keyval_to_size(opts, "logical-block-size", errp)) {
+    if (!qmp_keyval_to_bool(opts, "writable", errp) ||
+        !qmp_keyval_to_bool(opts, "writethrough", errp) ||
+        !qmp_keyval_to_bool(opts, "fixed-iothread", errp) ||
+        !qmp_keyval_to_bool(opts, "allocation-depth", errp) ||
+        !qmp_keyval_to_bool(opts, "growable", errp) ||
+        !qmp_keyval_to_int(opts, "num-queues", errp) ||
+        !qmp_keyval_to_size(opts, "logical-block-size", errp)) {
         goto out;
     }
     bitmap = json_object_get(opts, "bitmap");

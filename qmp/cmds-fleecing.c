@@ -33,12 +33,6 @@
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-static const char *
-arg_str(json_t *args, const char *key)
-{
-    return json_string_value(json_object_get(args, key));
-}
-
 /* ---- Moving parent edges ------------------------------------------------ */
 
 /* The edges moved by one insertion or removal, to undo it. */
@@ -126,7 +120,7 @@ move_back(struct moved_edges *m)
 static struct block_node *
 filter_lookup(json_t *data, struct err **errp)
 {
-    const char *name = arg_str(data, "node-name");
+    const char *name = qmp_str(data, "node-name");
     struct block_node *f = block_node_find(name);
 
     if (!f) {
@@ -340,8 +334,8 @@ temp_open(struct fleecing *fl, json_t *temp, struct err **errp)
     if (json_object_get(temp, "driver")) {
         opts = json_deep_copy(temp);
     } else {
-        const char *filename = arg_str(temp, "filename");
-        const char *format = arg_str(temp, "format");
+        const char *filename = qmp_str(temp, "filename");
+        const char *format = qmp_str(temp, "format");
         const char *key;
         json_t *v;
 
@@ -365,9 +359,9 @@ temp_open(struct fleecing *fl, json_t *temp, struct err **errp)
                      "'%s'", format);
             return NULL;
         }
-        if (arg_str(temp, "node-name")) {
+        if (qmp_str(temp, "node-name")) {
             free(name);
-            name = xstrdup(arg_str(temp, "node-name"));
+            name = xstrdup(qmp_str(temp, "node-name"));
         }
         opts = json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s}}", "driver",
                          format, "node-name", name, "discard", "unmap",
@@ -438,9 +432,9 @@ fleecing_info(struct fleecing *fl)
 json_t *
 qmp_fleecing_start(json_t *args, struct err **errp)
 {
-    const char *id = arg_str(args, "id");
-    const char *node_name = arg_str(args, "node");
-    const char *export_name = arg_str(args, "export-name");
+    const char *id = qmp_str(args, "id");
+    const char *node_name = qmp_str(args, "node");
+    const char *export_name = qmp_str(args, "export-name");
     json_t *bitmap = json_object_get(args, "bitmap");
     json_t *actions = json_object_get(args, "actions");
     json_t *discard = json_object_get(args, "discard");
@@ -585,7 +579,7 @@ snapshot_unused(struct fleecing *fl, struct err **errp)
 json_t *
 qmp_fleecing_stop(json_t *args, struct err **errp)
 {
-    const char *id = arg_str(args, "id");
+    const char *id = qmp_str(args, "id");
     struct fleecing *fl = fleecing_find(id);
     struct err *err = NULL;
 

@@ -14,16 +14,10 @@
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-static const char *
-arg_str(json_t *args, const char *key)
-{
-    return json_string_value(json_object_get(args, key));
-}
-
 json_t *
 qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
 {
-    const char *parent = arg_str(args, "parent");
+    const char *parent = qmp_str(args, "parent");
     bool has_child = json_object_get(args, "child") != NULL;
     bool has_node = json_object_get(args, "node") != NULL;
     struct block_node *removed = NULL;
@@ -43,15 +37,15 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     block_drain_begin();
     if (has_child) {
         struct block_child *c = block_node_child(block_node_find(parent),
-                                                 arg_str(args, "child"));
+                                                 qmp_str(args, "child"));
 
         removed = c ? c->node : NULL;
         if (removed) {
             block_node_ref(removed);
         }
     }
-    ok = qmp_x_blockdev_change(arg_str(args, "parent"),
-                               arg_str(args, "child"), arg_str(args, "node"),
+    ok = qmp_x_blockdev_change(qmp_str(args, "parent"),
+                               qmp_str(args, "child"), qmp_str(args, "node"),
                                errp);
     /* A lost secondary: in the same drained section, start recording what
      * it misses (docs/replication.md "Resync"). */
@@ -127,8 +121,8 @@ qmp_xen_colo_do_checkpoint(json_t *args UNUSED, struct err **errp)
 json_t *
 qmp_block_resize(json_t *args, struct err **errp)
 {
-    const char *device = arg_str(args, "device");
-    const char *name = arg_str(args, "node-name");
+    const char *device = qmp_str(args, "device");
+    const char *name = qmp_str(args, "node-name");
     json_int_t size = json_integer_value(json_object_get(args, "size"));
     struct block_node *node = name ? block_node_find(name) : NULL;
     struct block_handle *h;

@@ -476,39 +476,6 @@ accept_cb(int fd, short revents UNUSED, void *opaque)
     json_decref(g);
 }
 
-static const char *
-opt_str(json_t *opts, const char *key)
-{
-    return json_string_value(json_object_get(opts, key));
-}
-
-/* keyval bools are "on"/"off" strings; JSON ones are booleans. */
-static int
-opt_bool(json_t *opts, const char *key, bool *out, struct err **errp)
-{
-    json_t *v = json_object_get(opts, key);
-    const char *s;
-
-    if (!v) {
-        return 0;
-    }
-    if (json_is_boolean(v)) {
-        *out = json_is_true(v);
-        return 1;
-    }
-    s = json_string_value(v);
-    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
-        *out = true;
-        return 1;
-    }
-    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
-        *out = false;
-        return 1;
-    }
-    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
-    return -1;
-}
-
 /* A TCP listening socket for host:port (QEMU's inet chardev). */
 static int
 listen_inet(const char *host, const char *port, struct err **errp)
@@ -569,11 +536,11 @@ monitor_chardev_add(json_t *opts, struct err **errp)
     static const char *const known[] = {
         "backend", "id", "path", "host", "port", "server", "wait", NULL,
     };
-    const char *host = opt_str(opts, "host");
-    const char *port = opt_str(opts, "port");
-    const char *backend = opt_str(opts, "backend");
-    const char *id = opt_str(opts, "id");
-    const char *path = opt_str(opts, "path");
+    const char *host = qmp_str(opts, "host");
+    const char *port = qmp_str(opts, "port");
+    const char *backend = qmp_str(opts, "backend");
+    const char *id = qmp_str(opts, "id");
+    const char *path = qmp_str(opts, "path");
     bool server = false, wait = true;
     struct sockaddr_un sun;
     struct chardev *chr;
@@ -618,8 +585,8 @@ monitor_chardev_add(json_t *opts, struct err **errp)
         err_setf(errp, "chardev: socket: no port given");
         return false;
     }
-    if (opt_bool(opts, "server", &server, errp) < 0 ||
-        opt_bool(opts, "wait", &wait, errp) < 0) {
+    if (qmp_opt_bool(opts, "server", &server, errp) < 0 ||
+        qmp_opt_bool(opts, "wait", &wait, errp) < 0) {
         return false;
     }
     if (!server) {
@@ -674,8 +641,8 @@ done:
 bool
 monitor_add(json_t *opts, struct err **errp)
 {
-    const char *id = opt_str(opts, "chardev");
-    const char *mode = opt_str(opts, "mode");
+    const char *id = qmp_str(opts, "chardev");
+    const char *mode = qmp_str(opts, "mode");
     const char *key;
     json_t *v;
     struct chardev *chr;
@@ -697,7 +664,7 @@ monitor_add(json_t *opts, struct err **errp)
         err_setf(errp, "Only QMP is supported");
         return false;
     }
-    if (opt_bool(opts, "pretty", &pretty, errp) < 0) {
+    if (qmp_opt_bool(opts, "pretty", &pretty, errp) < 0) {
         return false;
     }
     chr = chardev_find(id);

@@ -191,6 +191,21 @@ const struct qmp_command *qmp_dispatch_check(json_t *req,
 /* The error response for err (consumed), with id when not NULL. */
 json_t *qmp_error_response(struct err *err, json_t *id);
 
+/* ---- JSON helpers (json.c): the only ones in the tree ------------------ */
+
+/* The string member key of obj, or NULL (absent, or not a string). */
+const char *qmp_str(json_t *obj, const char *key);
+/* A boolean member, as JSON or keyval ("on", "off", "yes", "no", "true",
+ * "false"): 1 with *out set, 0 when absent, -1 with *errp set
+ * ("Parameter 'key' expects 'on' or 'off'"). */
+int qmp_opt_bool(json_t *obj, const char *key, bool *out, struct err **errp);
+/* Turn a keyval boolean, integer or size ("4k") member into its JSON
+ * type in place (absent is fine); false with *errp set when it is not
+ * one. */
+bool qmp_keyval_to_bool(json_t *obj, const char *key, struct err **errp);
+bool qmp_keyval_to_int(json_t *obj, const char *key, struct err **errp);
+bool qmp_keyval_to_size(json_t *obj, const char *key, struct err **errp);
+
 /* ---- Transactions (transaction.c) ------------------------------------- */
 
 /*
