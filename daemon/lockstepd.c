@@ -167,7 +167,7 @@ opt_blockdev(const char *arg, struct err **errp)
     if (!opts) {
         return false;
     }
-    ret = qmp_blockdev_add(opts, errp);
+    ret = qmp_execute("blockdev-add", opts, errp);
     json_decref(opts);
     json_decref(ret);
     return ret != NULL;
@@ -181,11 +181,14 @@ static bool
 opt_nbd_server(const char *arg, struct err **errp)
 {
     json_t *opts = keyval_or_json_parse(arg, NULL, errp);
+    struct nbd_server_options so = {
+        .max_connections = NBD_DEFAULT_MAX_CONNECTIONS,
+        .handshake_max_seconds = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS,
+    };
+    char portbuf[32];
     json_t *addr;
     const char *type, *key;
     json_t *v;
-    int64_t maxc = NBD_DEFAULT_MAX_CONNECTIONS;
-    int64_t hs = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS;
     bool ok = false;
 
     if (!opts) {
@@ -208,7 +211,7 @@ opt_nbd_server(const char *arg, struct err **errp)
         err_setf(errp, "Invalid parameter type for 'addr', expected: object");
         goto out;
     }
-    type = json_string_value(json_object_get(addr, "type"));
+    type = qmp_str(addr, "type");
     if (!type) {
         err_setf(errp, "Parameter 'addr.type' is missing");
         goto out;
@@ -237,20 +240,21 @@ opt_nbd_server(const char *arg, struct err **errp)
         goto out;
     }
     if (!qmp_keyval_to_int(opts, "max-connections", errp) ||
-        !qmp_keyval_to_int(opts, "handshake-max-seconds", errp)) {
+        !qmp_keyval_to_int(opts, "handshake-max-seconds", errp) ||
+        !qmp_socket_address_parse(addr, &so.addr, portbuf, errp)) {
         goto out;
     }
     if (json_object_get(opts, "max-connections")) {
-        maxc = json_integer_value(json_object_get(opts, "max-connections"));
+        so.max_connections =
+            json_integer_value(json_object_get(opts, "max-connections"));
     }
     if (json_object_get(opts, "handshake-max-seconds")) {
-        hs = json_integer_value(json_object_get(opts,
-                                                "handshake-max-seconds"));
+        so.handshake_max_seconds =
+            json_integer_value(json_object_get(opts,
+                                               "handshake-max-seconds"));
     }
-    ok = nbd_server_start(addr,
-                          json_string_value(json_object_get(opts,
-                                                            "tls-creds")),
-                          maxc, hs, errp);
+    so.tls_creds = qmp_str(opts, "tls-creds");
+    ok = nbd_server_start(&so, errp);
 out:
     json_decref(opts);
     return ok;
@@ -264,43 +268,14 @@ static bool
 opt_export(const char *arg, struct err **errp)
 {
     json_t *opts = keyval_or_json_parse(arg, "type", errp);
-    const struct qmp_command *cmd = qmp_command_find("block-export-add");
-    json_t *bitmap;
-    json_t *ret = NULL;
+    bool ok;
 
     if (!opts) {
         return false;
     }
-    if (!qmp_keyval_to_bool(opts, "writable", errp) ||
-        !qmp_keyval_to_bool(opts, "writethrough", errp) ||
-        !qmp_keyval_to_bool(opts, "fixed-iothread", errp) ||
-        !qmp_keyval_to_bool(opts, "allocation-depth", errp) ||
-        !qmp_keyval_to_bool(opts, "growable", errp) ||
-        !qmp_keyval_to_int(opts, "num-queues", errp) ||
-        !qmp_keyval_to_size(opts, "logical-block-size", errp)) {
-        goto out;
-    }
-    bitmap = json_object_get(opts, "bitmap");
-    if (bitmap) {
-        json_t *list = json_object_get(opts, "bitmaps");
-
-        if (!list) {
-            list = json_array();
-            json_object_set_new(opts, "bitmaps", list);
-        }
-        if (json_is_array(list)) {
-            json_array_append(list, bitmap);
-        }
-        json_object_del(opts, "bitmap");
-    }
-    if (!qmp_validate_members(cmd->args, opts, "", errp)) {
-        goto out;
-    }
-    ret = cmd->handler(opts, errp);
-out:
+    ok = qmp_export_add_keyval(opts, errp);
     json_decref(opts);
-    json_decref(ret);
-    return ret != NULL;
+    return ok;
 }
 
 /*

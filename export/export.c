@@ -124,20 +124,13 @@ export_delete(struct block_export *e, bool hard, struct err **errp)
 }
 
 bool
-block_export_del(const char *id, const char *mode, struct err **errp)
+block_export_del(const char *id, enum block_export_remove_mode mode,
+                 struct err **errp)
 {
+    bool hard = mode == BLOCK_EXPORT_REMOVE_HARD;
     struct block_export *e;
-    bool hard;
 
     assert_main_thread();
-    if (!mode || !strcmp(mode, "safe")) {
-        hard = false;
-    } else if (!strcmp(mode, "hard")) {
-        hard = true;
-    } else {
-        err_setf(errp, "Parameter 'mode' does not accept value '%s'", mode);
-        return false;
-    }
     e = export_find(id);
     if (!e) {
         err_setf(errp, "Export '%s' is not found", id);

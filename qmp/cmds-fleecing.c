@@ -441,7 +441,10 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     bool discard_on = !discard || json_is_true(discard);
     struct block_node *source = block_node_find(node_name);
     struct fleecing *fl;
-    json_t *opts, *txn, *exp;
+    struct block_export_options exp;
+    struct nbd_export_options exp_nbd;
+    struct nbd_export_bitmap exp_bitmap;
+    json_t *opts, *txn;
     bool ok;
 
     if (!*id) {
@@ -524,15 +527,21 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     }
 
     /* Writable only so that clients can discard: writes fail (ENOTSUP). */
-    exp = json_pack("{s:s, s:s, s:s, s:s, s:b}", "type", "nbd", "id", id,
-                    "node-name", fl->access->node_name,
-                    "name", fl->export_name, "writable", discard_on);
-    if (bitmap) {
-        json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
-    }
-    ok = qmp_export_add(exp, errp);
-    json_decref(exp);
-    if (!ok) {
+    exp_bitmap.node = qmp_str(bitmap, "node");
+    exp_bitmap.name = qmp_str(bitmap, "name");
+    exp_nbd = (struct nbd_export_options) {
+        .name = fl->export_name,
+        .bitmaps = &exp_bitmap,
+        .n_bitmaps = bitmap ? 1 : 0,
+    };
+    exp = (struct block_export_options) {
+        .type = "nbd",
+        .id = id,
+        .node_name = fl->access->node_name,
+        .writable = discard_on,
+        .driver_opts = &exp_nbd,
+    };
+    if (!block_export_add(&exp, errp)) {
         goto fail_inserted;
     }
     TAILQ_INSERT_TAIL(&g_fleecings, fl, link);
@@ -591,7 +600,7 @@ qmp_fleecing_stop(json_t *args, struct err **errp)
         return NULL;
     }
     /* Hard: clients are disconnected and their requests finished. */
-    if (!block_export_del(id, "hard", &err)) {
+    if (!block_export_del(id, BLOCK_EXPORT_REMOVE_HARD, &err)) {
         /* Already deleted by block-export-del: go on with the nodes. */
         if (!strstr(err->msg, "is not found")) {
             err_propagate(errp, err);

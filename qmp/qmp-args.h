@@ -64,6 +64,8 @@
 
 #include <jansson.h>
 
+#include "export/export.h"
+#include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 
 /* ---- Macros for typed argument lists ------------------------------------ */
@@ -177,6 +179,104 @@ struct qmp_bitmap_or_str {
     const char *local;          /* the string form, or NULL */
     const char *node;           /* the object form */
     const char *name;
+};
+
+/* ---- Exports and the NBD server (cmds-export.c) ------------------------- */
+
+/* QEMU's SocketAddressType; qmp_socket_type_names[type] (schema.c). */
+enum qmp_socket_type {
+    QMP_SOCKET_UNIX,
+    QMP_SOCKET_INET,
+    QMP_SOCKET_VSOCK,
+    QMP_SOCKET_FD,
+};
+extern const char *const qmp_socket_type_names[];
+
+/* SocketAddressLegacy: the type's members are nested in "data". */
+struct qmp_socket_address_legacy {
+    enum qmp_socket_type type;
+    json_t *data;
+};
+
+struct qmp_args_nbd_server_start {
+    struct qmp_socket_address_legacy addr;
+    const char *tls_creds;
+    const char *tls_authz;
+    bool has_max_connections;
+    uint64_t max_connections;
+    bool has_handshake_max_seconds;
+    uint64_t handshake_max_seconds;
+};
+
+/* BlockExportType; qmp_export_type_names[type] (schema.c). */
+enum qmp_export_type {
+    QMP_EXPORT_TYPE_NBD,
+    QMP_EXPORT_TYPE_VHOST_USER_BLK,
+    QMP_EXPORT_TYPE_FUSE,
+};
+extern const char *const qmp_export_type_names[];
+
+/* FuseExportAllowOther, in the schema's order of values. */
+enum qmp_fuse_allow_other {
+    QMP_FUSE_ALLOW_OTHER_OFF,
+    QMP_FUSE_ALLOW_OTHER_ON,
+    QMP_FUSE_ALLOW_OTHER_AUTO,
+};
+
+/* block-export-add: QEMU's BlockExportOptions, a union on "type"; the
+ * members of every type are here, the handler refuses the other types'. */
+struct qmp_args_block_export_add {
+    enum qmp_export_type type;
+    const char *id;
+    const char *node_name;
+    bool has_writable;
+    bool writable;
+    bool has_writethrough;
+    bool writethrough;
+    /* nbd */
+    const char *name;
+    const char *description;
+    struct qmp_bitmap_or_str *bitmaps;
+    size_t n_bitmaps;
+    bool has_allocation_depth;
+    bool allocation_depth;
+    /* common */
+    const char *iothread;
+    bool has_fixed_iothread;
+    bool fixed_iothread;
+    /* vhost-user-blk */
+    json_t *addr;
+    bool has_logical_block_size;
+    uint64_t logical_block_size;
+    bool has_num_queues;
+    uint64_t num_queues;
+    /* fuse */
+    const char *mountpoint;
+    bool has_growable;
+    bool growable;
+    bool has_allow_other;
+    enum qmp_fuse_allow_other allow_other;
+};
+
+struct qmp_args_block_export_del {
+    const char *id;
+    bool has_mode;
+    enum block_export_remove_mode mode;
+};
+
+struct qmp_args_nbd_server_add {
+    const char *device;
+    const char *name;
+    const char *description;
+    bool has_writable;
+    bool writable;
+    const char *bitmap;
+};
+
+struct qmp_args_nbd_server_remove {
+    const char *name;
+    bool has_mode;
+    enum block_export_remove_mode mode;
 };
 
 #endif

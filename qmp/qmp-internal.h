@@ -23,6 +23,8 @@
 
 #include "lockstep/err.h"
 
+struct socket_address;
+
 /* The version query-version and the greeting report. */
 #define LOCKSTEP_VERSION_MAJOR 0
 #define LOCKSTEP_VERSION_MINOR 1
@@ -259,16 +261,24 @@ json_t *qmp_blockdev_reopen(json_t *args, struct err **errp);
 json_t *qmp_query_named_block_nodes(json_t *args, struct err **errp);
 json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
 /* cmds-export.c */
-json_t *qmp_nbd_server_start(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_nbd_server_start;
 json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);
-json_t *qmp_block_export_add(json_t *args, struct err **errp);
-/* block-export-add from an arguments object that need not have passed
- * the schema (fleecing-start and test harnesses build their own). */
-bool qmp_export_add(json_t *args, struct err **errp);
-json_t *qmp_block_export_del(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_block_export_add;
+extern const struct qmp_typed qmp_block_export_del;
 json_t *qmp_query_block_exports(json_t *args, struct err **errp);
-json_t *qmp_nbd_server_add(json_t *args, struct err **errp);
-json_t *qmp_nbd_server_remove(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_nbd_server_add;
+extern const struct qmp_typed qmp_nbd_server_remove;
+/*
+ * A flat SocketAddress object ({"type": "unix", "path"} or {"type":
+ * "inet", "host", "port"}; a legacy one with "data" is accepted too) into
+ * addr, with the messages nbd-server-start and --nbd-server give.
+ * Strings point into obj; an integer port is written to portbuf.
+ */
+bool qmp_socket_address_parse(json_t *obj, struct socket_address *addr,
+                              char portbuf[32], struct err **errp);
+/* --export (and nbd-serve -e): keyval (or JSON) options, with QSD's
+ * single "bitmap", as block-export-add. */
+bool qmp_export_add_keyval(json_t *opts, struct err **errp);
 /* objects.c */
 json_t *qmp_object_add(json_t *args, struct err **errp);
 json_t *qmp_object_del(json_t *args, struct err **errp);

@@ -18,6 +18,7 @@
 
 #include "job/commit.h"
 #include "job/qmp-job.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -62,144 +63,176 @@ static const struct qmp_arg args_query_named_block_nodes[] = {
     END,
 };
 
-static const char *const socket_type_values[] = {
-    "unix", "inet", "vsock", "fd", NULL,
+const char *const qmp_socket_type_names[] = {
+    [QMP_SOCKET_UNIX] = "unix",
+    [QMP_SOCKET_INET] = "inet",
+    [QMP_SOCKET_VSOCK] = "vsock",
+    [QMP_SOCKET_FD] = "fd",
+    NULL,
 };
+#define T struct qmp_socket_address_legacy
 static const struct qmp_arg socket_legacy_members[] = {
-    { "type", QMP_T_ENUM, false, "\"unix\" or \"inet\"", NULL,
-      socket_type_values, NULL, NULL },
-    { "data", QMP_T_ANY_OBJECT, false,
-      "unix: {\"path\"}; inet: {\"host\", \"port\"} (port a string)", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_ENUM(T, type, "type", enum qmp_socket_type, qmp_socket_type_names,
+             .doc = "\"unix\" or \"inet\""),
+    QMP_ANY_OBJECT(T, data, "data",
+                   .doc = "unix: {\"path\"}; inet: {\"host\", \"port\"} "
+                          "(port a string)"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct qmp_args_nbd_server_start
 static const struct qmp_arg args_nbd_server_start[] = {
-    { "addr", QMP_T_OBJECT, false,
-      "where to listen, as a legacy SocketAddress: "
-      "{\"type\": \"unix\", \"data\": {\"path\": P}} or "
-      "{\"type\": \"inet\", \"data\": {\"host\": H, \"port\": \"N\"}}",
-      "SocketAddressLegacy", NULL, socket_legacy_members, NULL },
-    { "tls-creds", QMP_T_STR, true,
-      "TLS credentials object (not supported: refused)", NULL, NULL, NULL,
-      NULL },
-    { "tls-authz", QMP_T_STR, true,
-      "TLS authorization object (not supported: refused)", NULL, NULL, NULL,
-      NULL },
-    { "max-connections", QMP_T_UINT, true,
-      "most clients at once (default 100, 0 = no limit); at the limit new "
-      "clients wait until one leaves", "uint32", NULL, NULL, NULL },
-    { "handshake-max-seconds", QMP_T_UINT, true,
-      "seconds a client has from connecting to the end of negotiation "
-      "before it is dropped (default 10, 0 = no limit; QEMU 9.1's "
-      "argument)", "uint32", NULL, NULL, NULL },
-    END,
+    QMP_OBJECT(T, addr, "addr", socket_legacy_members,
+               .doc = "where to listen, as a legacy SocketAddress: "
+                      "{\"type\": \"unix\", \"data\": {\"path\": P}} or "
+                      "{\"type\": \"inet\", \"data\": {\"host\": H, "
+                      "\"port\": \"N\"}}",
+               .type_name = "SocketAddressLegacy"),
+    QMP_STR_OPT(T, tls_creds, "tls-creds",
+                .doc = "TLS credentials object (not supported: refused)"),
+    QMP_STR_OPT(T, tls_authz, "tls-authz",
+                .doc = "TLS authorization object (not supported: refused)"),
+    QMP_UINT_OPT(T, max_connections, "max-connections",
+                 .doc = "most clients at once (default 100, 0 = no limit); "
+                        "at the limit new clients wait until one leaves",
+                 .type_name = "uint32"),
+    QMP_UINT_OPT(T, handshake_max_seconds, "handshake-max-seconds",
+                 .doc = "seconds a client has from connecting to the end of "
+                        "negotiation before it is dropped (default 10, 0 = "
+                        "no limit; QEMU 9.1's argument)",
+                 .type_name = "uint32"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_bitmap_or_str
 static const struct qmp_arg bitmap_ref_members[] = {
-    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
-    { "name", QMP_T_STR, false, "bitmap name", NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR(T, node, "node", .doc = "node-name"),
+    QMP_STR(T, name, "name", .doc = "bitmap name"),
+    QMP_END_OF(T),
 };
-static const struct qmp_arg bitmap_or_str_elem = {
-    NULL, QMP_T_STR_OR_OBJ, false, NULL, "BlockDirtyBitmapOrStr", NULL,
-    bitmap_ref_members, NULL,
-};
+#undef T
+static const struct qmp_arg bitmap_or_str_elem =
+    QMP_ELEM_STR_OR_OBJ(struct qmp_bitmap_or_str, local, bitmap_ref_members,
+                        .type_name = "BlockDirtyBitmapOrStr");
 
-static const char *const export_type_values[] = {
-    "nbd", "vhost-user-blk", "fuse", NULL,
+const char *const qmp_export_type_names[] = {
+    [QMP_EXPORT_TYPE_NBD] = "nbd",
+    [QMP_EXPORT_TYPE_VHOST_USER_BLK] = "vhost-user-blk",
+    [QMP_EXPORT_TYPE_FUSE] = "fuse",
+    NULL,
 };
 static const char *const fuse_allow_other_values[] = {
-    "off", "on", "auto", NULL,
+    [QMP_FUSE_ALLOW_OTHER_OFF] = "off",
+    [QMP_FUSE_ALLOW_OTHER_ON] = "on",
+    [QMP_FUSE_ALLOW_OTHER_AUTO] = "auto",
+    NULL,
 };
 /* block-export-add is a union on "type" (QEMU's BlockExportOptions):
  * every variant's members are listed, each documented with its type;
  * qmp/cmds-export.c refuses the members of the other types. */
+#define T struct qmp_args_block_export_add
 static const struct qmp_arg args_block_export_add[] = {
-    { "type", QMP_T_ENUM, false,
-      "export type: \"nbd\", \"vhost-user-blk\" or \"fuse\"",
-      "BlockExportType", export_type_values, NULL, NULL },
-    { "id", QMP_T_STR, false, "unique export id", NULL, NULL, NULL, NULL },
-    { "node-name", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
-      NULL },
-    { "writable", QMP_T_BOOL, true, "clients may write (default false)",
-      NULL, NULL, NULL, NULL },
-    { "writethrough", QMP_T_BOOL, true,
-      "flush after every write (default false)", NULL, NULL, NULL, NULL },
-    { "name", QMP_T_STR, true, "NBD export name (default: node-name)", NULL,
-      NULL, NULL, NULL },
-    { "description", QMP_T_STR, true, "free text shown to NBD clients", NULL,
-      NULL, NULL, NULL },
-    { "bitmaps", QMP_T_ARRAY, true,
-      "dirty bitmaps offered as qemu:dirty-bitmap:NAME meta contexts; each "
-      "a name (looked up from the node down) or {\"node\", \"name\"}",
-      "[BlockDirtyBitmapOrStr]", NULL, NULL, &bitmap_or_str_elem },
-    { "allocation-depth", QMP_T_BOOL, true,
-      "offer the qemu:allocation-depth meta context (default false)", NULL,
-      NULL, NULL, NULL },
-    { "iothread", QMP_T_STR, true,
-      "an iothread object that must exist (no effect: the NBD server runs "
-      "its own threads)", NULL, NULL, NULL, NULL },
-    { "fixed-iothread", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
-      NULL, NULL },
-    { "addr", QMP_T_ANY_OBJECT, true,
-      "vhost-user-blk: where to listen for the VMM (required), a flat "
-      "SocketAddress: {\"type\": \"unix\", \"path\": P} or "
-      "{\"type\": \"fd\", \"str\": \"N\"} (an inherited listening "
-      "socket)", "SocketAddress", NULL, NULL, NULL },
-    { "logical-block-size", QMP_T_UINT, true,
-      "vhost-user-blk: the block size the guest sees, a power of 2 from "
-      "512 to 32768 (default 512)", "size", NULL, NULL, NULL },
-    { "num-queues", QMP_T_UINT, true,
-      "vhost-user-blk: virtqueues offered, 1 to 16 (default 1)", "uint16",
-      NULL, NULL, NULL },
-    { "mountpoint", QMP_T_STR, true,
-      "fuse: an existing regular file the node appears at (required)",
-      NULL, NULL, NULL, NULL },
-    { "growable", QMP_T_BOOL, true,
-      "fuse: writes past the end grow the node (default false)", NULL,
-      NULL, NULL, NULL },
-    { "allow-other", QMP_T_ENUM, true,
-      "fuse: let users other than the daemon's reach the file (FUSE's "
-      "allow_other; a daemon not running as root needs user_allow_other "
-      "in /etc/fuse.conf); "
-      "\"auto\" (default) tries on, then off", "FuseExportAllowOther",
-      fuse_allow_other_values, NULL, NULL },
-    END,
+    QMP_ENUM(T, type, "type", enum qmp_export_type, qmp_export_type_names,
+             .doc = "export type: \"nbd\", \"vhost-user-blk\" or "
+                    "\"fuse\"",
+             .type_name = "BlockExportType"),
+    QMP_STR(T, id, "id", .doc = "unique export id"),
+    QMP_STR(T, node_name, "node-name", .doc = "the node to export"),
+    QMP_BOOL_OPT(T, writable, "writable",
+                 .doc = "clients may write (default false)"),
+    QMP_BOOL_OPT(T, writethrough, "writethrough",
+                 .doc = "flush after every write (default false)"),
+    QMP_STR_OPT(T, name, "name",
+                .doc = "NBD export name (default: node-name)"),
+    QMP_STR_OPT(T, description, "description",
+                .doc = "free text shown to NBD clients"),
+    QMP_ARRAY_OPT(T, bitmaps, "bitmaps", &bitmap_or_str_elem,
+                  .doc = "dirty bitmaps offered as qemu:dirty-bitmap:NAME "
+                         "meta contexts; each a name (looked up from the "
+                         "node down) or {\"node\", \"name\"}",
+                  .type_name = "[BlockDirtyBitmapOrStr]"),
+    QMP_BOOL_OPT(T, allocation_depth, "allocation-depth",
+                 .doc = "offer the qemu:allocation-depth meta context "
+                        "(default false)"),
+    QMP_STR_OPT(T, iothread, "iothread",
+                .doc = "an iothread object that must exist (no effect: the "
+                       "NBD server runs its own threads)"),
+    QMP_BOOL_OPT(T, fixed_iothread, "fixed-iothread",
+                 .doc = "accepted, no effect"),
+    QMP_ANY_OBJECT_OPT(T, addr, "addr",
+                       .doc = "vhost-user-blk: where to listen for the VMM "
+                              "(required), a flat SocketAddress: "
+                              "{\"type\": \"unix\", \"path\": P} or "
+                              "{\"type\": \"fd\", \"str\": \"N\"} (an "
+                              "inherited listening socket)",
+                       .type_name = "SocketAddress"),
+    QMP_UINT_OPT(T, logical_block_size, "logical-block-size",
+                 .doc = "vhost-user-blk: the block size the guest sees, a "
+                        "power of 2 from 512 to 32768 (default 512)",
+                 .type_name = "size"),
+    QMP_UINT_OPT(T, num_queues, "num-queues",
+                 .doc = "vhost-user-blk: virtqueues offered, 1 to 16 "
+                        "(default 1)",
+                 .type_name = "uint16"),
+    QMP_STR_OPT(T, mountpoint, "mountpoint",
+                .doc = "fuse: an existing regular file the node appears at "
+                       "(required)"),
+    QMP_BOOL_OPT(T, growable, "growable",
+                 .doc = "fuse: writes past the end grow the node (default "
+                        "false)"),
+    QMP_ENUM_OPT(T, allow_other, "allow-other", enum qmp_fuse_allow_other,
+                 fuse_allow_other_values,
+                 .doc = "fuse: let users other than the daemon's reach the "
+                        "file (FUSE's allow_other; a daemon not running as "
+                        "root needs user_allow_other in /etc/fuse.conf); "
+                        "\"auto\" (default) tries on, then off",
+                 .type_name = "FuseExportAllowOther"),
+    QMP_END_OF(T),
 };
+#undef T
 
 static const char *const export_del_mode_values[] = { "safe", "hard", NULL };
 
+#define T struct qmp_args_nbd_server_add
 static const struct qmp_arg args_nbd_server_add[] = {
-    { "device", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
-      NULL },
-    { "name", QMP_T_STR, true,
-      "export name, also the export's id (default: device)", NULL, NULL,
-      NULL, NULL },
-    { "description", QMP_T_STR, true, "free text shown to NBD clients", NULL,
-      NULL, NULL, NULL },
-    { "writable", QMP_T_BOOL, true, "clients may write (default false)",
-      NULL, NULL, NULL, NULL },
-    { "bitmap", QMP_T_STR, true,
-      "a dirty bitmap to offer as qemu:dirty-bitmap:NAME", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, device, "device", .doc = "the node to export"),
+    QMP_STR_OPT(T, name, "name",
+                .doc = "export name, also the export's id (default: "
+                       "device)"),
+    QMP_STR_OPT(T, description, "description",
+                .doc = "free text shown to NBD clients"),
+    QMP_BOOL_OPT(T, writable, "writable",
+                 .doc = "clients may write (default false)"),
+    QMP_STR_OPT(T, bitmap, "bitmap",
+                .doc = "a dirty bitmap to offer as qemu:dirty-bitmap:NAME"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_nbd_server_remove
 static const struct qmp_arg args_nbd_server_remove[] = {
-    { "name", QMP_T_STR, false, "export name", NULL, NULL, NULL, NULL },
-    { "mode", QMP_T_ENUM, true, "\"safe\" (default) or \"hard\"",
-      "BlockExportRemoveMode", export_del_mode_values, NULL, NULL },
-    END,
+    QMP_STR(T, name, "name", .doc = "export name"),
+    QMP_ENUM_OPT(T, mode, "mode", enum block_export_remove_mode,
+                 export_del_mode_values,
+                 .doc = "\"safe\" (default) or \"hard\"",
+                 .type_name = "BlockExportRemoveMode"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct qmp_args_block_export_del
 static const struct qmp_arg args_block_export_del[] = {
-    { "id", QMP_T_STR, false, "export id", NULL, NULL, NULL, NULL },
-    { "mode", QMP_T_ENUM, true,
-      "\"safe\" (default: fail while NBD clients are connected) or "
-      "\"hard\" (disconnect them); a FUSE export is unmounted in either "
-      "mode, files still open on it get ENOTCONN", "BlockExportRemoveMode", export_del_mode_values,
-      NULL, NULL },
-    END,
+    QMP_STR(T, id, "id", .doc = "export id"),
+    QMP_ENUM_OPT(T, mode, "mode", enum block_export_remove_mode,
+                 export_del_mode_values,
+                 .doc = "\"safe\" (default: fail while NBD clients are "
+                        "connected) or \"hard\" (disconnect them); a FUSE "
+                        "export is unmounted in either mode, files still "
+                        "open on it get ENOTCONN",
+                 .type_name = "BlockExportRemoveMode"),
+    QMP_END_OF(T),
 };
+#undef T
 
 const struct qmp_arg qmp_args_bitmap[] = {
     { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
@@ -633,26 +666,31 @@ const struct qmp_command qmp_commands[] = {
       "permissions.",
       "{\"nodes\": [{\"id\", \"type\", \"name\"}], \"edges\": [{\"parent\", "
       "\"child\", \"name\", \"perm\", \"shared-perm\"}]}" },
-    { "nbd-server-start", qmp_nbd_server_start, args_nbd_server_start,
-      false, "Start the NBD server.", "{}" },
+    { "nbd-server-start", NULL, args_nbd_server_start,
+      false, "Start the NBD server.", "{}", NULL,
+      &qmp_nbd_server_start },
     { "nbd-server-stop", qmp_nbd_server_stop, NULL, false,
       "Stop the NBD server (disconnects clients; exports stay).", "{}" },
-    { "nbd-server-add", qmp_nbd_server_add, args_nbd_server_add, false,
+    { "nbd-server-add", NULL, args_nbd_server_add, false,
       "Deprecated in QEMU: block-export-add with type nbd and id = name.",
-      "{}" },
-    { "nbd-server-remove", qmp_nbd_server_remove, args_nbd_server_remove,
+      "{}", NULL,
+      &qmp_nbd_server_add },
+    { "nbd-server-remove", NULL, args_nbd_server_remove,
       false, "Deprecated in QEMU: block-export-del of the export name.",
-      "{}" },
-    { "block-export-add", qmp_block_export_add, args_block_export_add, false,
+      "{}", NULL,
+      &qmp_nbd_server_remove },
+    { "block-export-add", NULL, args_block_export_add, false,
       "Export a node: over the running NBD server (type \"nbd\": name, "
       "description, bitmaps, allocation-depth), to a VMM as a virtio-blk "
       "device over vhost-user (type \"vhost-user-blk\": addr, "
       "logical-block-size, num-queues), or as a regular file "
       "through FUSE (type \"fuse\": mountpoint, growable, allow-other; "
-      "see docs/exports.md).", "{}" },
-    { "block-export-del", qmp_block_export_del, args_block_export_del, false,
+      "see docs/exports.md).", "{}", NULL,
+      &qmp_block_export_add },
+    { "block-export-del", NULL, args_block_export_del, false,
       "Remove an export; BLOCK_EXPORT_DELETED {id} follows when it is gone.",
-      "{}" },
+      "{}", NULL,
+      &qmp_block_export_del },
     { "query-block-exports", qmp_query_block_exports, NULL, false,
       "The exports.",
       "[{\"type\", \"id\", \"node-name\", \"shutting-down\"}]" },

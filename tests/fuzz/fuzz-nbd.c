@@ -29,8 +29,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "nbd/nbd-internal.h"
@@ -47,7 +45,6 @@ fuzz_init(void)
 {
     struct err *err = NULL;
     struct block_node *node;
-    json_t *args;
 
     node = block_node_new_keyval("driver=null-co,node-name=disk,"
                                  "size=1048576,read-zeroes=on", &err);
@@ -55,15 +52,18 @@ fuzz_init(void)
         err_report("fuzz-nbd", err);
         abort();
     }
-    args = json_pack("{s:s, s:s, s:s, s:b, s:b, s:s, s:[s]}",
-                     "type", "nbd", "id", "e0", "node-name", "disk",
-                     "writable", 1, "allocation-depth", 1,
-                     "description", "fuzz", "bitmaps", "b0");
-    if (!nbdexp_create(args, false, &err)) {
+    if (!nbdexp_create(&(struct block_export_options) {
+                           .type = "nbd", .id = "e0", .node_name = "disk",
+                           .writable = true,
+                           .driver_opts = &(struct nbd_export_options) {
+                               .allocation_depth = true,
+                               .description = "fuzz",
+                               .bitmaps = &(struct nbd_export_bitmap) {
+                                   .name = "b0" },
+                               .n_bitmaps = 1 } }, false, &err)) {
         err_report("fuzz-nbd", err);
         abort();
     }
-    json_decref(args);
     g_in_fd = memfd_create("fuzz-nbd-in", MFD_CLOEXEC);
     g_out_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     if (g_in_fd < 0 || g_out_fd < 0) {

@@ -92,7 +92,6 @@ setup(void **state)
 {
     struct err *err = NULL;
     uint8_t *buf = xmalloc(4 * CL);
-    json_t *args;
 
     (void)state;
     w.orig = xmalloc(DISK_SIZE);
@@ -129,23 +128,28 @@ setup(void **state)
                                  "file", "fn-cbw", "discard", "unmap"));
 
     /* A plain bitmap name does not descend through snapshot-access. */
-    args = json_pack("{s:s, s:s, s:s, s:s, s:[s]}", "type", "nbd", "id",
-                     "bad", "node-name", "fn-snap", "name", "bad",
-                     "bitmaps", "b0");
-    assert_null(nbdexp_create(args, false, &err));
+    assert_null(nbdexp_create(&(struct block_export_options) {
+                                  .type = "nbd", .id = "bad",
+                                  .node_name = "fn-snap",
+                                  .driver_opts = &(struct nbd_export_options) {
+                                      .name = "bad",
+                                      .bitmaps = &(struct nbd_export_bitmap) {
+                                          .name = "b0" },
+                                      .n_bitmaps = 1 } }, false, &err));
     assert_string_equal(err->msg, "Bitmap 'b0' is not found");
     err_free(err);
     err = NULL;
-    json_decref(args);
 
-    args = json_pack("{s:s, s:s, s:s, s:b, s:s, s:[{s:s, s:s}]}", "type",
-                     "nbd", "id", "snap0", "node-name", "fn-snap",
-                     "writable", 1, "name", "snap", "bitmaps", "node",
-                     "fn-src", "name", "b0");
-    if (!nbdexp_create(args, false, &err)) {
+    if (!nbdexp_create(&(struct block_export_options) {
+                           .type = "nbd", .id = "snap0",
+                           .node_name = "fn-snap", .writable = true,
+                           .driver_opts = &(struct nbd_export_options) {
+                               .name = "snap",
+                               .bitmaps = &(struct nbd_export_bitmap) {
+                                   .node = "fn-src", .name = "b0" },
+                               .n_bitmaps = 1 } }, false, &err)) {
         fail_msg("export: %s", err->msg);
     }
-    json_decref(args);
 
     /* The guest rewrites clusters 0-3 after the snapshot point. */
     fill(buf, 0, 4 * CL, 2);
