@@ -52,6 +52,7 @@
  * lock held.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,12 +96,19 @@ const char *const job_verb_names[JOB_VERB__MAX] = {
     [JOB_VERB_CHANGE] = "change",
 };
 
-const char *const job_on_error_names[JOB_ON_ERROR__MAX] = {
+const char *const job_on_error_names[JOB_ON_ERROR__MAX + 1] = {
     [JOB_ON_ERROR_REPORT] = "report",
     [JOB_ON_ERROR_IGNORE] = "ignore",
     [JOB_ON_ERROR_ENOSPC] = "enospc",
     [JOB_ON_ERROR_STOP] = "stop",
     [JOB_ON_ERROR_AUTO] = "auto",
+    NULL,
+};
+
+const char *const job_iostatus_names[] = {
+    [JOB_IOSTATUS_OK] = "ok",
+    [JOB_IOSTATUS_FAILED] = "failed",
+    [JOB_IOSTATUS_NOSPACE] = "nospace",
 };
 
 #define S(x) (1u << JOB_STATUS_##x)
@@ -1085,77 +1093,29 @@ job_error_action(struct job *job, enum job_on_error policy, bool is_read,
 
 /* ---- Queries ---------------------------------------------------------- */
 
-json_t *
-job_info(struct job *job)
+void
+job_get_info(struct job *job, struct job_info *info)
 {
     uint64_t cur, total;
-    json_t *info;
 
     assert_main_thread();
     job_get_progress(job, &cur, &total);
     job_lock();
-    info = json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", job->id, "type",
-                     job->drv->type, "status", job_status_names[job->status],
-                     "current-progress", (json_int_t)cur, "total-progress",
-                     (json_int_t)total);
-    if (job->ret < 0 && job->error) {
-        json_object_set_new(info, "error", json_string(job->error));
-    }
-    job_unlock();
-    return info;
-}
-
-json_t *
-job_block_info(struct job *job)
-{
-    static const char *const iostatus_names[] = {
-        [JOB_IOSTATUS_OK] = "ok",
-        [JOB_IOSTATUS_FAILED] = "failed",
-        [JOB_IOSTATUS_NOSPACE] = "nospace",
+    *info = (struct job_info) {
+        .id = job->id,
+        .type = job->drv->type,
+        .status = job->status,
+        .current_progress = cur,
+        .total_progress = total,
+        .busy = job->busy,
+        .paused = job->pause_count > 0,
+        .ready = job->status == JOB_STATUS_READY ||
+                 job->status == JOB_STATUS_STANDBY,
+        .speed = job->speed,
+        .iostatus = job->iostatus,
+        .auto_finalize = job->auto_finalize,
+        .auto_dismiss = job->auto_dismiss,
+        .error = job->ret < 0 && job->error ? xstrdup(job->error) : NULL,
     };
-    uint64_t cur, total;
-    json_t *info;
-
-    assert_main_thread();
-    job_get_progress(job, &cur, &total);
-    job_lock();
-    info = json_pack("{s:s, s:s, s:I, s:I, s:b, s:b, s:I, s:s, s:b, s:s, "
-                     "s:b, s:b}",
-                     "type", job->drv->type, "device", job->id,
-                     "len", (json_int_t)total, "offset", (json_int_t)cur,
-                     "busy", job->busy, "paused", job->pause_count > 0,
-                     "speed", (json_int_t)job->speed,
-                     "io-status", iostatus_names[job->iostatus],
-                     "ready", job->status == JOB_STATUS_READY ||
-                              job->status == JOB_STATUS_STANDBY,
-                     "status", job_status_names[job->status],
-                     "auto-finalize", job->auto_finalize,
-                     "auto-dismiss", job->auto_dismiss);
-    if (job->ret < 0 && job->error) {
-        json_object_set_new(info, "error", json_string(job->error));
-    }
     job_unlock();
-    return info;
-}
-
-json_t *
-job_query_jobs(void)
-{
-    json_t *list = json_array();
-
-    for (struct job *job = job_next(NULL); job; job = job_next(job)) {
-        json_array_append_new(list, job_info(job));
-    }
-    return list;
-}
-
-json_t *
-job_query_block_jobs(void)
-{
-    json_t *list = json_array();
-
-    for (struct job *job = job_next(NULL); job; job = job_next(job)) {
-        json_array_append_new(list, job_block_info(job));
-    }
-    return list;
 }

@@ -42,8 +42,6 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include <jansson.h>
-
 #include "lockstep/err.h"
 
 /* QEMU's JobStatus, in QEMU's order. */
@@ -101,7 +99,9 @@ enum job_iostatus {
 
 extern const char *const job_status_names[JOB_STATUS__MAX];
 extern const char *const job_verb_names[JOB_VERB__MAX];
-extern const char *const job_on_error_names[JOB_ON_ERROR__MAX];
+/* NULL-terminated (QMP's enum values). */
+extern const char *const job_on_error_names[JOB_ON_ERROR__MAX + 1];
+extern const char *const job_iostatus_names[];
 
 struct job;
 
@@ -286,10 +286,24 @@ void job_get_progress(struct job *job, uint64_t *current, uint64_t *total);
 
 /* ---- Queries (main thread) -------------------------------------------- */
 
-/* JobInfo and BlockJobInfo objects, and the lists of all jobs. */
-json_t *job_info(struct job *job);
-json_t *job_block_info(struct job *job);
-json_t *job_query_jobs(void);
-json_t *job_query_block_jobs(void);
+/* A job as query-jobs and query-block-jobs show it. */
+struct job_info {
+    const char *id;             /* valid while the job exists */
+    const char *type;           /* the driver's */
+    enum job_status status;
+    uint64_t current_progress;
+    uint64_t total_progress;
+    bool busy;
+    bool paused;                /* pause requested (pause count > 0) */
+    bool ready;                 /* status ready or standby */
+    uint64_t speed;
+    enum job_iostatus iostatus;
+    bool auto_finalize;
+    bool auto_dismiss;
+    char *error;                /* a failed job's message (copy), or NULL */
+};
+
+/* A consistent snapshot of the job; free info->error afterwards. */
+void job_get_info(struct job *job, struct job_info *info);
 
 #endif

@@ -1,49 +1,31 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * QMP handlers of the job commands, with QEMU's lookups and messages: the
- * job-* commands find a job by "id" ("Job not found"), the block-job-*
- * commands by "device" (or "id" for dismiss/finalize) with class
- * DeviceNotActive ("Block job 'x' not found").  Arguments are checked here
- * as well, so the handlers are safe to call directly (tests, or a monitor
- * that validates less).
+ * QMP commands of the jobs: query-jobs, query-block-jobs,
+ * job-{pause,resume,cancel,complete,finalize,dismiss},
+ * block-job-{set-speed,cancel,complete,pause,resume,dismiss,finalize},
+ * blockdev-backup (also a transaction action), block-commit and
+ * x-replication-resync.  The handlers get their arguments decoded
+ * (qmp-args.h), call the typed functions of job/ and build the replies.
+ * Lookups and messages are QEMU's: the job-* commands find a job by "id"
+ * ("Job not found"), the block-job-* commands by "device" (or "id" for
+ * dismiss/finalize) with class DeviceNotActive ("Block job 'x' not
+ * found").  Main thread.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "job/backup.h"
+#include "job/commit.h"
 #include "job/job.h"
-#include "job/qmp-job.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-static bool
-get_str_arg(json_t *args, const char *name, const char **out,
-            struct err **errp)
-{
-    json_t *v = args ? json_object_get(args, name) : NULL;
-
-    if (!v) {
-        err_setf(errp, "Parameter '%s' is missing", name);
-        return false;
-    }
-    if (!json_is_string(v)) {
-        err_setf(errp, "Invalid parameter type for '%s', expected: string",
-                 name);
-        return false;
-    }
-    *out = json_string_value(v);
-    return true;
-}
-
 static struct job *
-find_job(json_t *args, struct err **errp)
+find_job(const char *id, struct err **errp)
 {
-    const char *id;
-    struct job *job;
+    struct job *job = job_find(id);
 
-    if (!get_str_arg(args, "id", &id, errp)) {
-        return NULL;
-    }
-    job = job_find(id);
     if (!job) {
         err_setf(errp, "Job not found");
     }
@@ -51,15 +33,10 @@ find_job(json_t *args, struct err **errp)
 }
 
 static struct job *
-find_block_job(json_t *args, const char *key, struct err **errp)
+find_block_job(const char *id, struct err **errp)
 {
-    const char *id;
-    struct job *job;
+    struct job *job = job_find(id);
 
-    if (!get_str_arg(args, key, &id, errp)) {
-        return NULL;
-    }
-    job = job_find(id);
     if (!job) {
         err_setf_class(errp, ERR_CLASS_DEVICE_NOT_ACTIVE,
                        "Block job '%s' not found", id);
@@ -74,165 +51,277 @@ done(bool ok)
     return ok ? json_object() : NULL;
 }
 
+/* ---- Queries ------------------------------------------------------------ */
+
+/* JobInfo, in QEMU's member order. */
 json_t *
-qmp_query_jobs(json_t *args, struct err **errp)
+qmp_job_info(struct job *job)
 {
-    (void)args;
-    (void)errp;
-    return job_query_jobs();
+    struct job_info i;
+    json_t *info;
+
+    job_get_info(job, &i);
+    info = json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", i.id, "type", i.type,
+                     "status", job_status_names[i.status],
+                     "current-progress", (json_int_t)i.current_progress,
+                     "total-progress", (json_int_t)i.total_progress);
+    if (i.error) {
+        json_object_set_new(info, "error", json_string(i.error));
+    }
+    free(i.error);
+    return info;
+}
+
+/* BlockJobInfo, in QEMU's member order. */
+json_t *
+qmp_block_job_info(struct job *job)
+{
+    struct job_info i;
+    json_t *info;
+
+    job_get_info(job, &i);
+    info = json_pack("{s:s, s:s, s:I, s:I, s:b, s:b, s:I, s:s, s:b, s:s, "
+                     "s:b, s:b}",
+                     "type", i.type, "device", i.id,
+                     "len", (json_int_t)i.total_progress,
+                     "offset", (json_int_t)i.current_progress,
+                     "busy", i.busy, "paused", i.paused,
+                     "speed", (json_int_t)i.speed,
+                     "io-status", job_iostatus_names[i.iostatus],
+                     "ready", i.ready,
+                     "status", job_status_names[i.status],
+                     "auto-finalize", i.auto_finalize,
+                     "auto-dismiss", i.auto_dismiss);
+    if (i.error) {
+        json_object_set_new(info, "error", json_string(i.error));
+    }
+    free(i.error);
+    return info;
 }
 
 json_t *
-qmp_query_block_jobs(json_t *args, struct err **errp)
+qmp_query_jobs(json_t *args UNUSED, struct err **errp UNUSED)
 {
-    (void)args;
-    (void)errp;
-    return job_query_block_jobs();
+    json_t *list = json_array();
+
+    for (struct job *job = job_next(NULL); job; job = job_next(job)) {
+        json_array_append_new(list, qmp_job_info(job));
+    }
+    return list;
 }
 
 json_t *
-qmp_job_pause(json_t *args, struct err **errp)
+qmp_query_block_jobs(json_t *args UNUSED, struct err **errp UNUSED)
 {
-    struct job *job = find_job(args, errp);
+    json_t *list = json_array();
+
+    for (struct job *job = job_next(NULL); job; job = job_next(job)) {
+        json_array_append_new(list, qmp_block_job_info(job));
+    }
+    return list;
+}
+
+/* ---- job-* ---------------------------------------------------------------- */
+
+static json_t *
+job_pause_cmd(const struct qmp_args_job_id *a, struct err **errp)
+{
+    struct job *job = find_job(a->id, errp);
 
     return job ? done(job_user_pause(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_job_pause, job_pause_cmd, struct qmp_args_job_id);
 
-json_t *
-qmp_job_resume(json_t *args, struct err **errp)
+static json_t *
+job_resume_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_job(args, errp);
+    struct job *job = find_job(a->id, errp);
 
     return job ? done(job_user_resume(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_job_resume, job_resume_cmd, struct qmp_args_job_id);
 
-json_t *
-qmp_job_cancel(json_t *args, struct err **errp)
+static json_t *
+job_cancel_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_job(args, errp);
+    struct job *job = find_job(a->id, errp);
 
     /* job-cancel is always a forced cancel (QEMU). */
     return job ? done(job_user_cancel(job, true, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_job_cancel, job_cancel_cmd, struct qmp_args_job_id);
 
-json_t *
-qmp_job_complete(json_t *args, struct err **errp)
+static json_t *
+job_complete_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_job(args, errp);
+    struct job *job = find_job(a->id, errp);
 
     return job ? done(job_complete(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_job_complete, job_complete_cmd,
+                  struct qmp_args_job_id);
 
-json_t *
-qmp_job_finalize(json_t *args, struct err **errp)
+static json_t *
+job_finalize_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_job(args, errp);
+    struct job *job = find_job(a->id, errp);
 
     return job ? done(job_finalize(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_job_finalize, job_finalize_cmd,
+                  struct qmp_args_job_id);
 
-json_t *
-qmp_job_dismiss(json_t *args, struct err **errp)
+static json_t *
+job_dismiss_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_job(args, errp);
+    struct job *job = find_job(a->id, errp);
 
     return job ? done(job_dismiss(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_job_dismiss, job_dismiss_cmd, struct qmp_args_job_id);
 
-json_t *
-qmp_block_job_set_speed(json_t *args, struct err **errp)
+/* ---- block-job-* ---------------------------------------------------------- */
+
+static json_t *
+block_job_set_speed_cmd(const struct qmp_args_block_job_set_speed *a,
+                        struct err **errp)
 {
-    struct job *job = find_block_job(args, "device", errp);
-    json_t *speed;
+    struct job *job = find_block_job(a->device, errp);
 
-    if (!job) {
-        return NULL;
-    }
-    speed = json_object_get(args, "speed");
-    if (!speed) {
-        err_setf(errp, "Parameter 'speed' is missing");
-        return NULL;
-    }
-    if (!json_is_integer(speed)) {
-        err_setf(errp, "Invalid parameter type for 'speed', expected: "
-                 "integer");
-        return NULL;
-    }
-    return done(job_set_speed(job, json_integer_value(speed), errp));
+    return job ? done(job_set_speed(job, a->speed, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_job_set_speed, block_job_set_speed_cmd,
+                  struct qmp_args_block_job_set_speed);
 
-json_t *
-qmp_block_job_cancel(json_t *args, struct err **errp)
+static json_t *
+block_job_cancel_cmd(const struct qmp_args_block_job_cancel *a,
+                     struct err **errp)
 {
-    struct job *job = find_block_job(args, "device", errp);
-    json_t *force;
-    bool f = false;
+    struct job *job = find_block_job(a->device, errp);
+    bool force = a->has_force && a->force;
 
     if (!job) {
         return NULL;
     }
-    force = json_object_get(args, "force");
-    if (force) {
-        if (!json_is_boolean(force)) {
-            err_setf(errp, "Invalid parameter type for 'force', expected: "
-                     "boolean");
-            return NULL;
-        }
-        f = json_is_true(force);
-    }
-    if (job_user_paused(job) && !f) {
+    if (job_user_paused(job) && !force) {
         err_setf(errp, "The block job for device '%s' is currently paused",
                  job->id);
         return NULL;
     }
-    return done(job_user_cancel(job, f, errp));
+    return done(job_user_cancel(job, force, errp));
 }
+QMP_TYPED_HANDLER(qmp_block_job_cancel, block_job_cancel_cmd,
+                  struct qmp_args_block_job_cancel);
 
-json_t *
-qmp_block_job_complete(json_t *args, struct err **errp)
+static json_t *
+block_job_complete_cmd(const struct qmp_args_block_job_device *a,
+                       struct err **errp)
 {
-    struct job *job = find_block_job(args, "device", errp);
+    struct job *job = find_block_job(a->device, errp);
 
     return job ? done(job_complete(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_job_complete, block_job_complete_cmd,
+                  struct qmp_args_block_job_device);
 
-json_t *
-qmp_block_job_pause(json_t *args, struct err **errp)
+static json_t *
+block_job_pause_cmd(const struct qmp_args_block_job_device *a,
+                    struct err **errp)
 {
-    struct job *job = find_block_job(args, "device", errp);
+    struct job *job = find_block_job(a->device, errp);
 
     return job ? done(job_user_pause(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_job_pause, block_job_pause_cmd,
+                  struct qmp_args_block_job_device);
 
-json_t *
-qmp_block_job_resume(json_t *args, struct err **errp)
+static json_t *
+block_job_resume_cmd(const struct qmp_args_block_job_device *a,
+                     struct err **errp)
 {
-    struct job *job = find_block_job(args, "device", errp);
+    struct job *job = find_block_job(a->device, errp);
 
     return job ? done(job_user_resume(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_job_resume, block_job_resume_cmd,
+                  struct qmp_args_block_job_device);
 
-json_t *
-qmp_block_job_dismiss(json_t *args, struct err **errp)
+static json_t *
+block_job_dismiss_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_block_job(args, "id", errp);
+    struct job *job = find_block_job(a->id, errp);
 
     return job ? done(job_dismiss(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_job_dismiss, block_job_dismiss_cmd,
+                  struct qmp_args_job_id);
 
-json_t *
-qmp_block_job_finalize(json_t *args, struct err **errp)
+static json_t *
+block_job_finalize_cmd(const struct qmp_args_job_id *a, struct err **errp)
 {
-    struct job *job = find_block_job(args, "id", errp);
+    struct job *job = find_block_job(a->id, errp);
 
     return job ? done(job_finalize(job, errp)) : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_job_finalize, block_job_finalize_cmd,
+                  struct qmp_args_job_id);
 
-json_t *
-qmp_blockdev_backup(json_t *args, struct err **errp)
+/* ---- Starting jobs ------------------------------------------------------ */
+
+static json_t *
+blockdev_backup_cmd(const struct backup_options *a, struct err **errp)
 {
-    return done(backup_start(args, errp) != NULL);
+    return done(backup_start(a, errp) != NULL);
 }
+QMP_TYPED_HANDLER(qmp_blockdev_backup, blockdev_backup_cmd,
+                  struct backup_options);
+
+static json_t *
+block_commit_cmd(const struct qmp_args_block_commit *a, struct err **errp)
+{
+    struct commit_options o = {
+        .job_id = a->job_id,
+        .device = a->device,
+        .top = a->top_node ? a->top_node : a->top,
+        .base = a->base_node ? a->base_node : a->base,
+        .speed = a->has_speed ? a->speed : 0,
+        .on_error = a->has_on_error ? a->on_error : JOB_ON_ERROR_REPORT,
+        .auto_finalize = !a->has_auto_finalize || a->auto_finalize,
+        .auto_dismiss = !a->has_auto_dismiss || a->auto_dismiss,
+    };
+
+    if (a->top_node && a->top) {
+        err_setf(errp, "'top-node' and 'top' are mutually exclusive");
+        return NULL;
+    }
+    if (a->base_node && a->base) {
+        err_setf(errp, "'base-node' and 'base' are mutually exclusive");
+        return NULL;
+    }
+    return done(commit_start(&o, errp));
+}
+QMP_TYPED_HANDLER(qmp_block_commit, block_commit_cmd,
+                  struct qmp_args_block_commit);
+
+static json_t *
+x_replication_resync_cmd(const struct qmp_args_x_replication_resync *a,
+                         struct err **errp)
+{
+    struct resync_options o = {
+        .job_id = a->job_id,
+        .device = a->device,
+        .target = a->target,
+        .bitmap = a->bitmap,
+        .speed = a->has_speed ? a->speed : 0,
+        .on_error = a->has_on_error ? a->on_error : JOB_ON_ERROR_REPORT,
+        .auto_finalize = !a->has_auto_finalize || a->auto_finalize,
+        .auto_dismiss = !a->has_auto_dismiss || a->auto_dismiss,
+    };
+
+    return done(resync_start(&o, errp));
+}
+QMP_TYPED_HANDLER(qmp_x_replication_resync, x_replication_resync_cmd,
+                  struct qmp_args_x_replication_resync);
 
 /* ---- blockdev-backup as a transaction action --------------------------- */
 
@@ -244,9 +333,10 @@ qmp_blockdev_backup(json_t *args, struct err **errp)
  * gives the bitmap back.
  */
 static bool
-txn_backup_prepare(json_t *data, void **state, struct err **errp)
+txn_backup_prepare(const void *args, void **state, struct err **errp)
 {
-    struct job *job = backup_create(data, errp);
+    const struct backup_options *a = args;
+    struct job *job = backup_create(a, errp);
 
     if (!job) {
         return false;
@@ -283,7 +373,7 @@ txn_backup_clean(void *state)
 const struct qmp_txn_action qmp_txn_blockdev_backup = {
     .type = "blockdev-backup",
     .args = qmp_args_blockdev_backup,
-    .prepare = txn_backup_prepare,
+    .prepare_typed = txn_backup_prepare,
     .commit = txn_backup_commit,
     .abort = txn_backup_abort,
     .clean = txn_backup_clean,

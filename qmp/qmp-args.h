@@ -65,6 +65,7 @@
 #include <jansson.h>
 
 #include "export/export.h"
+#include "job/job.h"
 #include "nbd/server.h"
 #include "qmp/qmp-internal.h"
 
@@ -277,6 +278,65 @@ struct qmp_args_nbd_server_remove {
     const char *name;
     bool has_mode;
     enum block_export_remove_mode mode;
+};
+
+/* ---- Jobs (cmds-job.c) --------------------------------------------------- */
+
+/* job-*, block-job-dismiss, block-job-finalize. */
+struct qmp_args_job_id {
+    const char *id;
+};
+
+/* block-job-complete, -pause, -resume. */
+struct qmp_args_block_job_device {
+    const char *device;
+};
+
+struct qmp_args_block_job_set_speed {
+    const char *device;
+    int64_t speed;
+};
+
+struct qmp_args_block_job_cancel {
+    const char *device;
+    bool has_force;
+    bool force;
+};
+
+/* blockdev-backup decodes into struct backup_options (job/backup.h). */
+
+struct qmp_args_block_commit {
+    const char *job_id;
+    const char *device;
+    const char *base_node;
+    const char *base;
+    const char *top_node;
+    const char *top;
+    const char *backing_file;
+    bool has_speed;
+    int64_t speed;
+    bool has_on_error;
+    enum job_on_error on_error;
+    const char *filter_node_name;
+    bool has_auto_finalize;
+    bool auto_finalize;
+    bool has_auto_dismiss;
+    bool auto_dismiss;
+};
+
+struct qmp_args_x_replication_resync {
+    const char *job_id;
+    const char *device;
+    const char *target;
+    const char *bitmap;
+    bool has_speed;
+    int64_t speed;
+    bool has_on_error;
+    enum job_on_error on_error;
+    bool has_auto_finalize;
+    bool auto_finalize;
+    bool has_auto_dismiss;
+    bool auto_dismiss;
 };
 
 #endif

@@ -313,6 +313,36 @@ extern const struct qmp_txn_action qmp_txn_bitmap_enable;
 extern const struct qmp_txn_action qmp_txn_bitmap_disable;
 extern const struct qmp_txn_action qmp_txn_bitmap_merge;
 
+/* cmds-job.c */
+struct job;
+/* A job's JobInfo and BlockJobInfo objects (the elements of query-jobs
+ * and query-block-jobs). */
+json_t *qmp_job_info(struct job *job);
+json_t *qmp_block_job_info(struct job *job);
+json_t *qmp_query_jobs(json_t *args, struct err **errp);
+json_t *qmp_query_block_jobs(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_job_pause;
+extern const struct qmp_typed qmp_job_resume;
+extern const struct qmp_typed qmp_job_cancel;
+extern const struct qmp_typed qmp_job_complete;
+extern const struct qmp_typed qmp_job_finalize;
+extern const struct qmp_typed qmp_job_dismiss;
+extern const struct qmp_typed qmp_block_job_set_speed;
+extern const struct qmp_typed qmp_block_job_cancel;
+extern const struct qmp_typed qmp_block_job_complete;
+extern const struct qmp_typed qmp_block_job_pause;
+extern const struct qmp_typed qmp_block_job_resume;
+extern const struct qmp_typed qmp_block_job_dismiss;
+extern const struct qmp_typed qmp_block_job_finalize;
+extern const struct qmp_typed qmp_blockdev_backup;
+extern const struct qmp_typed qmp_block_commit;
+extern const struct qmp_typed qmp_x_replication_resync;
+/* blockdev-backup's arguments (schema.c), shared with its transaction
+ * action (a job created at prepare, started at commit, cancelled at
+ * abort). */
+extern const struct qmp_arg qmp_args_blockdev_backup[];
+extern const struct qmp_txn_action qmp_txn_blockdev_backup;
+
 /* cmds-fleecing.c */
 json_t *qmp_x_blockdev_insert_filter(json_t *args, struct err **errp);
 json_t *qmp_x_blockdev_remove_filter(json_t *args, struct err **errp);

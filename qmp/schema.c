@@ -16,8 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "job/commit.h"
-#include "job/qmp-job.h"
+#include "block/filter/copy-before-write.h"
+#include "job/backup.h"
+#include "job/job.h"
 #include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -350,111 +351,110 @@ static const struct qmp_arg args_fleecing_stop[] = {
     END,
 };
 
-/* ---- Jobs (job/qmp-job.c) ------------------------------------------------ */
+/* ---- Jobs (cmds-job.c) -------------------------------------------------- */
 
+#define T struct qmp_args_job_id
 static const struct qmp_arg args_job_id[] = {
-    { "id", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, id, "id", .doc = "the job's identifier"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_block_job_device
 static const struct qmp_arg args_block_job_device[] = {
-    { "device", QMP_T_STR, false, "the job's identifier (QEMU's name)", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_STR(T, device, "device",
+            .doc = "the job's identifier (QEMU's name)"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_block_job_set_speed
 static const struct qmp_arg args_block_job_set_speed[] = {
-    { "device", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
-      NULL },
-    { "speed", QMP_T_INT, false,
-      "bytes per second for the background copy, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_STR(T, device, "device", .doc = "the job's identifier"),
+    QMP_INT(T, speed, "speed",
+            .doc = "bytes per second for the background copy, 0 = "
+                   "unlimited"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_block_job_cancel
 static const struct qmp_arg args_block_job_cancel[] = {
-    { "device", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
-      NULL },
-    { "force", QMP_T_BOOL, true,
-      "also cancel a job that job-pause paused; default false", NULL, NULL,
-      NULL, NULL },
-    END,
+    QMP_STR(T, device, "device", .doc = "the job's identifier"),
+    QMP_BOOL_OPT(T, force, "force",
+                 .doc = "also cancel a job that job-pause paused; default "
+                        "false"),
+    QMP_END_OF(T),
 };
+#undef T
 
-static const char *const backup_sync_values[] = {
-    "full", "top", "none", "bitmap", "incremental", NULL,
-};
-static const char *const bitmap_sync_values[] = {
-    "on-success", "never", "always", NULL,
-};
-static const char *const on_error_values[] = {
-    "report", "ignore", "enospc", "stop", "auto", NULL,
-};
-static const char *const on_cbw_error_values[] = {
-    "break-guest-write", "break-snapshot", NULL,
-};
+#define T struct backup_perf
 static const struct qmp_arg backup_perf_members[] = {
-    { "use-copy-range", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
-      NULL, NULL },
-    { "max-workers", QMP_T_INT, true,
-      "parallel background copies (default 64; threads are capped at 8)",
-      NULL, NULL, NULL, NULL },
-    { "max-chunk", QMP_T_INT, true,
-      "largest background copy request, 0 = no limit", NULL, NULL, NULL,
-      NULL },
-    { "min-cluster-size", QMP_T_INT, true,
-      "lower bound of the copy granularity (at most 64 KiB here)", "size",
-      NULL, NULL, NULL },
-    END,
+    QMP_BOOL_OPT(T, use_copy_range, "use-copy-range",
+                 .doc = "accepted, no effect"),
+    QMP_INT_OPT(T, max_workers, "max-workers",
+                .doc = "parallel background copies (default 64; threads "
+                       "are capped at 8)"),
+    QMP_INT_OPT(T, max_chunk, "max-chunk",
+                .doc = "largest background copy request, 0 = no limit"),
+    QMP_INT_OPT(T, min_cluster_size, "min-cluster-size",
+                .doc = "lower bound of the copy granularity (at most 64 KiB "
+                       "here)", .type_name = "size"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct backup_options
 const struct qmp_arg qmp_args_blockdev_backup[] = {
-    { "job-id", QMP_T_STR, true,
-      "the job's identifier (required: nodes have no device name)", NULL,
-      NULL, NULL, NULL },
-    { "device", QMP_T_STR, false,
-      "node to back up (a snapshot-access node for push backup with "
-      "fleecing)", NULL, NULL, NULL, NULL },
-    { "target", QMP_T_STR, false, "node to write to, of the same size",
-      NULL, NULL, NULL, NULL },
-    { "sync", QMP_T_ENUM, false,
-      "what to copy: full, top (what device's own layer allocates), none "
-      "(only copy-before-write), bitmap, incremental (bitmap + on-success)",
-      "MirrorSyncMode", backup_sync_values, NULL, NULL },
-    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    { "bitmap", QMP_T_STR, true,
-      "dirty bitmap on device: what to copy (sync=bitmap), or an output "
-      "(full, top)", NULL, NULL, NULL, NULL },
-    { "bitmap-mode", QMP_T_ENUM, true,
-      "what becomes of the bitmap: on-success, never, always",
-      "BitmapSyncMode", bitmap_sync_values, NULL, NULL },
-    { "compress", QMP_T_BOOL, true, "not supported (true is refused)", NULL,
-      NULL, NULL, NULL },
-    { "on-source-error", QMP_T_ENUM, true,
-      "after a read error: report (default), ignore, stop, enospc, auto",
-      "BlockdevOnError", on_error_values, NULL, NULL },
-    { "on-target-error", QMP_T_ENUM, true,
-      "after a write error: report (default), ignore, stop, enospc, auto",
-      "BlockdevOnError", on_error_values, NULL, NULL },
-    { "on-cbw-error", QMP_T_ENUM, true,
-      "the job's copy-before-write filter's policy",
-      "OnCbwError", on_cbw_error_values, NULL, NULL },
-    { "auto-finalize", QMP_T_BOOL, true,
-      "finalize without job-finalize; default true", NULL, NULL, NULL,
-      NULL },
-    { "auto-dismiss", QMP_T_BOOL, true,
-      "dismiss without job-dismiss; default true", NULL, NULL, NULL, NULL },
-    { "filter-node-name", QMP_T_STR, true,
-      "node-name of the copy-before-write filter put above device", NULL,
-      NULL, NULL, NULL },
-    { "x-perf", QMP_T_OBJECT, true, "performance knobs (unstable)",
-      "BackupPerf", NULL, backup_perf_members, NULL },
-    { "discard-source", QMP_T_BOOL, true,
-      "discard each copied chunk on device (push backup with fleecing)",
-      NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR_OPT(T, job_id, "job-id",
+                .doc = "the job's identifier (required: nodes have no "
+                       "device name)"),
+    QMP_STR(T, device, "device",
+            .doc = "node to back up (a snapshot-access node for push backup "
+                   "with fleecing)"),
+    QMP_STR(T, target, "target", .doc = "node to write to, of the same size"),
+    QMP_ENUM(T, sync, "sync", enum backup_sync, backup_sync_names,
+             .doc = "what to copy: full, top (what device's own layer "
+                    "allocates), none (only copy-before-write), bitmap, "
+                    "incremental (bitmap + on-success)",
+             .type_name = "MirrorSyncMode"),
+    QMP_INT_OPT(T, speed, "speed", .doc = "bytes per second, 0 = unlimited"),
+    QMP_STR_OPT(T, bitmap, "bitmap",
+                .doc = "dirty bitmap on device: what to copy (sync=bitmap), "
+                       "or an output (full, top)"),
+    QMP_ENUM_OPT(T, bitmap_mode, "bitmap-mode", enum backup_bitmap_mode,
+                 backup_bitmap_mode_names,
+                 .doc = "what becomes of the bitmap: on-success, never, "
+                        "always", .type_name = "BitmapSyncMode"),
+    QMP_BOOL_OPT(T, compress, "compress",
+                 .doc = "not supported (true is refused)"),
+    QMP_ENUM_OPT(T, on_source_error, "on-source-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "after a read error: report (default), ignore, stop, "
+                        "enospc, auto", .type_name = "BlockdevOnError"),
+    QMP_ENUM_OPT(T, on_target_error, "on-target-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "after a write error: report (default), ignore, "
+                        "stop, enospc, auto", .type_name = "BlockdevOnError"),
+    QMP_ENUM_OPT(T, on_cbw_error, "on-cbw-error", enum cbw_on_error,
+                 cbw_on_error_names,
+                 .doc = "the job's copy-before-write filter's policy",
+                 .type_name = "OnCbwError"),
+    QMP_BOOL_OPT(T, auto_finalize, "auto-finalize",
+                 .doc = "finalize without job-finalize; default true"),
+    QMP_BOOL_OPT(T, auto_dismiss, "auto-dismiss",
+                 .doc = "dismiss without job-dismiss; default true"),
+    QMP_STR_OPT(T, filter_node_name, "filter-node-name",
+                .doc = "node-name of the copy-before-write filter put above "
+                       "device"),
+    QMP_OBJECT_OPT(T, x_perf, "x-perf", backup_perf_members,
+                   .doc = "performance knobs (unstable)",
+                   .type_name = "BackupPerf"),
+    QMP_BOOL_OPT(T, discard_source, "discard-source",
+                 .doc = "discard each copied chunk on device (push backup "
+                        "with fleecing)"),
+    QMP_END_OF(T),
 };
+#undef T
 
 static const struct qmp_arg args_object_del[] = {
     { "id", QMP_T_STR, false, "the object's id", NULL, NULL, NULL, NULL },
@@ -497,68 +497,68 @@ static const struct qmp_arg args_replication_stop[] = {
     END,
 };
 
+#define T struct qmp_args_block_commit
 static const struct qmp_arg args_block_commit[] = {
-    { "job-id", QMP_T_STR, true,
-      "the job's id; needed, as in qemu-storage-daemon, whose nodes have "
-      "no device name to default to (\"Invalid job ID ''\")", NULL, NULL,
-      NULL, NULL },
-    { "device", QMP_T_STR, false,
-      "the node whose chain is committed (its first non-filter node is "
-      "the active layer)", NULL, NULL, NULL, NULL },
-    { "base-node", QMP_T_STR, true,
-      "node-name of the layer committed into (default: the bottom of the "
-      "chain)", NULL, NULL, NULL, NULL },
-    { "base", QMP_T_STR, true,
-      "the same as base-node, by node-name or file name (exclusive with "
-      "base-node)", NULL, NULL, NULL, NULL },
-    { "top-node", QMP_T_STR, true,
-      "node-name of the top layer committed (default: the active layer, "
-      "which makes it an active commit)", NULL, NULL, NULL, NULL },
-    { "top", QMP_T_STR, true,
-      "the same as top-node, by node-name or file name (exclusive with "
-      "top-node)", NULL, NULL, NULL, NULL },
-    { "backing-file", QMP_T_STR, true,
-      "accepted and ignored: image headers keep their backing file name",
-      NULL, NULL, NULL, NULL },
-    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    { "on-error", QMP_T_ENUM, true,
-      "action on an I/O error (default report)", "BlockdevOnError",
-      on_error_values, NULL, NULL },
-    { "filter-node-name", QMP_T_STR, true,
-      "accepted; no filter node is inserted (a dirty bitmap on top "
-      "tracks the guest's writes)", NULL, NULL, NULL, NULL },
-    { "auto-finalize", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    { "auto-dismiss", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR_OPT(T, job_id, "job-id",
+                .doc = "the job's id; needed, as in qemu-storage-daemon, "
+                       "whose nodes have no device name to default to "
+                       "(\"Invalid job ID ''\")"),
+    QMP_STR(T, device, "device",
+            .doc = "the node whose chain is committed (its first non-filter "
+                   "node is the active layer)"),
+    QMP_STR_OPT(T, base_node, "base-node",
+                .doc = "node-name of the layer committed into (default: the "
+                       "bottom of the chain)"),
+    QMP_STR_OPT(T, base, "base",
+                .doc = "the same as base-node, by node-name or file name "
+                       "(exclusive with base-node)"),
+    QMP_STR_OPT(T, top_node, "top-node",
+                .doc = "node-name of the top layer committed (default: the "
+                       "active layer, which makes it an active commit)"),
+    QMP_STR_OPT(T, top, "top",
+                .doc = "the same as top-node, by node-name or file name "
+                       "(exclusive with top-node)"),
+    QMP_STR_OPT(T, backing_file, "backing-file",
+                .doc = "accepted and ignored: image headers keep their "
+                       "backing file name"),
+    QMP_INT_OPT(T, speed, "speed", .doc = "bytes per second, 0 = unlimited"),
+    QMP_ENUM_OPT(T, on_error, "on-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "action on an I/O error (default report)",
+                 .type_name = "BlockdevOnError"),
+    QMP_STR_OPT(T, filter_node_name, "filter-node-name",
+                .doc = "accepted; no filter node is inserted (a dirty bitmap "
+                       "on top tracks the guest's writes)"),
+    QMP_BOOL_OPT(T, auto_finalize, "auto-finalize", .doc = "default true"),
+    QMP_BOOL_OPT(T, auto_dismiss, "auto-dismiss", .doc = "default true"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_x_replication_resync
 static const struct qmp_arg args_x_replication_resync[] = {
-    { "job-id", QMP_T_STR, true, "the job's id (default \"resync\")", NULL,
-      NULL, NULL, NULL },
-    { "device", QMP_T_STR, false,
-      "the primary's node that holds the bitmap (the quorum node, where "
-      "the replication driver keeps \"replication-resync\")", NULL, NULL,
-      NULL, NULL },
-    { "target", QMP_T_STR, false,
-      "node-name of the node that reaches the returning secondary (the "
-      "new replication node's NBD client)", NULL, NULL, NULL, NULL },
-    { "bitmap", QMP_T_STR, true,
-      "the dirty bitmap on device (default \"replication-resync\")", NULL,
-      NULL, NULL, NULL },
-    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    { "on-error", QMP_T_ENUM, true,
-      "action on an I/O error (default report)", "BlockdevOnError",
-      on_error_values, NULL, NULL },
-    { "auto-finalize", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    { "auto-dismiss", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR_OPT(T, job_id, "job-id",
+                .doc = "the job's id (default \"resync\")"),
+    QMP_STR(T, device, "device",
+            .doc = "the primary's node that holds the bitmap (the quorum "
+                   "node, where the replication driver keeps "
+                   "\"replication-resync\")"),
+    QMP_STR(T, target, "target",
+            .doc = "node-name of the node that reaches the returning "
+                   "secondary (the new replication node's NBD client)"),
+    QMP_STR_OPT(T, bitmap, "bitmap",
+                .doc = "the dirty bitmap on device (default "
+                       "\"replication-resync\")"),
+    QMP_INT_OPT(T, speed, "speed", .doc = "bytes per second, 0 = unlimited"),
+    QMP_ENUM_OPT(T, on_error, "on-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "action on an I/O error (default report)",
+                 .type_name = "BlockdevOnError"),
+    QMP_BOOL_OPT(T, auto_finalize, "auto-finalize", .doc = "default true"),
+    QMP_BOOL_OPT(T, auto_dismiss, "auto-dismiss", .doc = "default true"),
+    QMP_END_OF(T),
 };
+#undef T
 
 static const struct qmp_arg args_block_resize[] = {
     { "device", QMP_T_STR, true, "a device name (there are none here)",
@@ -640,20 +640,22 @@ const struct qmp_command qmp_commands[] = {
     { "query-replication", qmp_query_xen_replication_status, NULL, false,
       "query-xen-replication-status.",
       "{\"error\": bool, \"desc\"?: string}" },
-    { "x-replication-resync", qmp_x_replication_resync,
+    { "x-replication-resync", NULL,
       args_x_replication_resync, false,
       "Beyond QEMU: after the secondary was lost and a secondary with its "
       "old disk is attached again (a new replication node, started, in "
       "the quorum), copy only the ranges the primary wrote meanwhile (the "
       "bitmap \"replication-resync\" on the quorum) to it.  A job (type "
       "\"replication-resync\"); at its end the bitmap is cleared and "
-      "disabled.  See docs/replication.md.", "{}" },
-    { "block-commit", qmp_block_commit, args_block_commit, false,
+      "disabled.  See docs/replication.md.", "{}", NULL,
+      &qmp_x_replication_resync },
+    { "block-commit", NULL, args_block_commit, false,
       "Start a commit job: copy top (and the layers down to base) into "
       "base.  Intermediate commit completes by itself and points top's "
       "overlay at base; active commit (top = the active layer) mirrors the "
       "guest's writes, sends BLOCK_JOB_READY when converged and on "
-      "job-complete replaces top by base for all its parents.", "{}" },
+      "job-complete replaces top by base for all its parents.", "{}", NULL,
+      &qmp_block_commit },
     { "query-named-block-nodes", qmp_query_named_block_nodes,
       args_query_named_block_nodes, false,
       "Every node, newest first, in QEMU's BlockDeviceInfo shape (I/O "
@@ -761,13 +763,14 @@ const struct qmp_command qmp_commands[] = {
       "The fleecings started by fleecing-start.",
       "[{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
       "\"export\", \"export-name\", \"temp-created\"}]" },
-    { "blockdev-backup", qmp_blockdev_backup, qmp_args_blockdev_backup, false,
+    { "blockdev-backup", NULL, qmp_args_blockdev_backup, false,
       "Start a backup job: a copy-before-write filter goes above device "
       "for the job's lifetime, and the job copies the rest to target in "
       "the background.  Events: JOB_STATUS_CHANGE, BLOCK_JOB_PENDING "
       "(auto-finalize off), BLOCK_JOB_ERROR, BLOCK_JOB_COMPLETED or "
       "BLOCK_JOB_CANCELLED.",
-      "{}" },
+      "{}", NULL,
+      &qmp_blockdev_backup },
     { "query-jobs", qmp_query_jobs, NULL, false,
       "Every job, in QEMU's JobInfo shape.",
       "[{\"id\", \"type\", \"status\", \"current-progress\", "
@@ -777,34 +780,47 @@ const struct qmp_command qmp_commands[] = {
       "[{\"type\", \"device\", \"len\", \"offset\", \"busy\", \"paused\", "
       "\"speed\", \"io-status\", \"ready\", \"status\", \"auto-finalize\", "
       "\"auto-dismiss\", \"error\"?}]" },
-    { "job-pause", qmp_job_pause, args_job_id, false,
-      "Pause a job: its background I/O stops at the next chunk.", "{}" },
-    { "job-resume", qmp_job_resume, args_job_id, false,
-      "Resume a job that job-pause (or error action stop) paused.", "{}" },
-    { "job-cancel", qmp_job_cancel, args_job_id, false,
-      "Cancel a job (also a paused or pending one).", "{}" },
-    { "job-complete", qmp_job_complete, args_job_id, false,
-      "Complete a job in status ready (backup never is).", "{}" },
-    { "job-finalize", qmp_job_finalize, args_job_id, false,
+    { "job-pause", NULL, args_job_id, false,
+      "Pause a job: its background I/O stops at the next chunk.", "{}", NULL,
+      &qmp_job_pause },
+    { "job-resume", NULL, args_job_id, false,
+      "Resume a job that job-pause (or error action stop) paused.", "{}", NULL,
+      &qmp_job_resume },
+    { "job-cancel", NULL, args_job_id, false,
+      "Cancel a job (also a paused or pending one).", "{}", NULL,
+      &qmp_job_cancel },
+    { "job-complete", NULL, args_job_id, false,
+      "Complete a job in status ready (backup never is).", "{}", NULL,
+      &qmp_job_complete },
+    { "job-finalize", NULL, args_job_id, false,
       "Finalize a pending job (auto-finalize off): bitmaps and graph "
-      "changes take effect.", "{}" },
-    { "job-dismiss", qmp_job_dismiss, args_job_id, false,
-      "Remove a concluded job (auto-dismiss off).", "{}" },
-    { "block-job-set-speed", qmp_block_job_set_speed,
+      "changes take effect.", "{}", NULL,
+      &qmp_job_finalize },
+    { "job-dismiss", NULL, args_job_id, false,
+      "Remove a concluded job (auto-dismiss off).", "{}", NULL,
+      &qmp_job_dismiss },
+    { "block-job-set-speed", NULL,
       args_block_job_set_speed, false,
-      "Change a job's speed limit.", "{}" },
-    { "block-job-cancel", qmp_block_job_cancel, args_block_job_cancel, false,
-      "Cancel a job; a paused one only with force.", "{}" },
-    { "block-job-complete", qmp_block_job_complete, args_block_job_device,
-      false, "Deprecated form of job-complete.", "{}" },
-    { "block-job-pause", qmp_block_job_pause, args_block_job_device, false,
-      "Deprecated form of job-pause.", "{}" },
-    { "block-job-resume", qmp_block_job_resume, args_block_job_device, false,
-      "Deprecated form of job-resume.", "{}" },
-    { "block-job-dismiss", qmp_block_job_dismiss, args_job_id, false,
-      "Deprecated form of job-dismiss.", "{}" },
-    { "block-job-finalize", qmp_block_job_finalize, args_job_id, false,
-      "Deprecated form of job-finalize.", "{}" },
+      "Change a job's speed limit.", "{}", NULL,
+      &qmp_block_job_set_speed },
+    { "block-job-cancel", NULL, args_block_job_cancel, false,
+      "Cancel a job; a paused one only with force.", "{}", NULL,
+      &qmp_block_job_cancel },
+    { "block-job-complete", NULL, args_block_job_device,
+      false, "Deprecated form of job-complete.", "{}", NULL,
+      &qmp_block_job_complete },
+    { "block-job-pause", NULL, args_block_job_device, false,
+      "Deprecated form of job-pause.", "{}", NULL,
+      &qmp_block_job_pause },
+    { "block-job-resume", NULL, args_block_job_device, false,
+      "Deprecated form of job-resume.", "{}", NULL,
+      &qmp_block_job_resume },
+    { "block-job-dismiss", NULL, args_job_id, false,
+      "Deprecated form of job-dismiss.", "{}", NULL,
+      &qmp_block_job_dismiss },
+    { "block-job-finalize", NULL, args_job_id, false,
+      "Deprecated form of job-finalize.", "{}", NULL,
+      &qmp_block_job_finalize },
     { NULL, NULL, NULL, false, NULL, NULL },
 };
 

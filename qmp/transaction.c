@@ -13,7 +13,6 @@
  */
 #include <string.h>
 
-#include "job/qmp-job.h"
 #include "lockstep/block.h"
 #include "qmp/qmp-internal.h"
 #include "runtime/loop.h"

@@ -196,6 +196,12 @@ block_node_child(struct block_node *node, const char *name)
     return NULL;
 }
 
+const char *
+block_node_filename(struct block_node *node)
+{
+    return block_opt_str(node->options, "filename", NULL);
+}
+
 struct block_node *
 block_filtered(struct block_node *node)
 {

@@ -416,6 +416,9 @@ void block_node_detach_child(struct block_node *parent,
                              struct block_child *child);
 struct block_child *block_node_child(struct block_node *node,
                                      const char *name);
+/* The "filename" option the node was opened with (protocol nodes), or
+ * NULL. */
+const char *block_node_filename(struct block_node *node);
 /* Point an existing edge at another node (drained; permissions checked). */
 int block_child_replace_node(struct block_child *c, struct block_node *to,
                              struct err **errp);

@@ -20,6 +20,7 @@
 
 #include "event-log.h"
 #include "job/job.h"
+#include "qmp/qmp-internal.h"
 #include "runtime/event.h"
 #include "runtime/loop.h"
 #include "util.h"
@@ -431,13 +432,13 @@ test_lifecycle_manual(void **state)
     /* Pause: the count is visible at once, the status once the thread
      * reaches its pause point. */
     assert_true(job_user_pause(job, &err));
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_true(json_is_true(json_object_get(info, "paused")));
     json_decref(info);
     wait_status(job, JOB_STATUS_PAUSED);
     assert_int_equal(d->calls_pause, 1);
     expect_err(job_user_pause(job, &err), &err, "Job is already paused");
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
                         "paused");
     assert_true(json_is_false(json_object_get(info, "busy")));
@@ -463,7 +464,7 @@ test_lifecycle_manual(void **state)
     expect_err(job_user_pause(job, &err), &err,
                "Job 'j1' in state 'pending' cannot accept command verb "
                "'pause'");
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
                         "pending");
     assert_int_equal(json_integer_value(json_object_get(info,
@@ -488,7 +489,7 @@ test_lifecycle_manual(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             event_log_last("BLOCK_JOB_PENDING"), "id")), "j1");
 
-    list = job_query_block_jobs();
+    list = qmp_query_block_jobs(NULL, NULL);
     assert_int_equal(json_array_size(list), 1);
     info = json_array_get(list, 0);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
@@ -508,7 +509,7 @@ test_lifecycle_manual(void **state)
 
     assert_true(job_dismiss(job, &err));
     assert_int_equal(job_get_status(job), JOB_STATUS_NULL);
-    list = job_query_jobs();
+    list = qmp_query_jobs(NULL, NULL);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
 
@@ -588,11 +589,11 @@ test_cancel_paused(void **state)
     wait_status(job, JOB_STATUS_PAUSED);
     assert_true(job_user_cancel(job, true, &err));
     wait_status(job, JOB_STATUS_CONCLUDED);
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "Operation canceled");
     json_decref(info);
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_true(json_is_false(json_object_get(info, "paused")));
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "Operation canceled");
@@ -627,7 +628,7 @@ test_cancel_pending(void **state)
     expect_err(job_finalize(job, &err), &err,
                "Job 'j5' in state 'concluded' cannot accept command verb "
                "'finalize'");
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "Operation canceled");
     json_decref(info);
@@ -674,7 +675,7 @@ test_failure(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "dummy failure");
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "dummy failure");
     json_decref(info);
@@ -716,7 +717,7 @@ test_error_stop(void **state)
                         "write");
     assert_string_equal(json_string_value(json_object_get(ev, "action")),
                         "stop");
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info,
                                                           "io-status")),
                         "nospace");
@@ -724,7 +725,7 @@ test_error_stop(void **state)
     json_decref(info);
     assert_true(job_user_resume(job, &err));
     wait_status(job, JOB_STATUS_RUNNING);
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info,
                                                           "io-status")),
                         "ok");
@@ -770,7 +771,7 @@ test_ready_complete(void **state)
     d->go_ready = true;
     job_start(job);
     wait_status(job, JOB_STATUS_READY);
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_true(json_is_true(json_object_get(info, "ready")));
     json_decref(info);
     assert_true(job_user_pause(job, &err));
