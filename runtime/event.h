@@ -13,8 +13,11 @@
  *     event_add_str(ev, "id", exp->id);
  *     event_emit(ev);
  *
- * Threads: any thread may build and emit events.  Emit with no lock held:
- * the sink runs on the emitting thread.  Events made under a lock that
+ * Threads: any thread may build and emit events.  Emit with no lock held
+ * where you can: the sink runs on the emitting thread.  Sinks take only
+ * leaf locks, so an event may be emitted under a driver's own lock when
+ * it cannot wait (qcow2's BLOCK_IMAGE_CORRUPTED, under the metadata
+ * lock), never under a leaf lock.  Events made under a lock that
  * orders them (a job's status changes) go through an event_queue, which
  * emits them after the lock is dropped, in the order they were made.
  */
@@ -70,8 +73,8 @@ const struct event_member *event_member(const struct event *ev,
 void event_free(struct event *ev);
 
 /*
- * Give ev to the sink, then free it.  Any thread, no lock held: the sink
- * runs here, on this thread.
+ * Give ev to the sink, then free it.  Any thread, no leaf lock held (see
+ * above): the sink runs here, on this thread.
  */
 void event_emit(struct event *ev);
 
