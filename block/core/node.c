@@ -736,6 +736,19 @@ edge_move(struct block_child *c, struct block_node *to)
     block_node_unref(from);
 }
 
+/* A parent node names its children by node-name in its options: keep that
+ * in step with the edge, so that a reopen (which opens the node again
+ * from its options) finds the same graph.  Children given inline stay. */
+static void
+edge_fix_parent_option(struct block_child *c)
+{
+    json_t *opts = c->parent_node ? c->parent_node->options : NULL;
+
+    if (json_is_string(json_object_get(opts, c->name))) {
+        json_object_set_new(opts, c->name, json_string(c->node->node_name));
+    }
+}
+
 int
 block_children_replace_node(struct block_child *const *edges, size_t n,
                             struct block_node *to, struct err **errp)
@@ -775,6 +788,10 @@ block_children_replace_node(struct block_child *const *edges, size_t n,
             edge_move(edges[i], from[i]);
         }
         refresh_perms(from, n + 1, NULL);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            edge_fix_parent_option(edges[i]);
+        }
     }
     for (size_t i = 0; i < n; i++) {
         block_node_unref(from[i]);
@@ -792,8 +809,9 @@ block_child_replace_node(struct block_child *c, struct block_node *to,
 }
 
 int
-block_replace_node(struct block_node *from, struct block_node *to,
-                   struct err **errp)
+block_replace_node_except(struct block_node *from, struct block_node *to,
+                          block_parent_stays_fn *stays, void *opaque,
+                          struct block_moved_edges *moved, struct err **errp)
 {
     struct block_child *c;
     struct block_child **edges;
@@ -801,6 +819,9 @@ block_replace_node(struct block_node *from, struct block_node *to,
     int ret;
 
     assert_main_thread();
+    if (moved) {
+        *moved = (struct block_moved_edges) { .from = from, .to = to };
+    }
     if (from == to) {
         return 0;
     }
@@ -814,7 +835,8 @@ block_replace_node(struct block_node *from, struct block_node *to,
          * backing is the source); a job's use of a node stays with the
          * node (QEMU's stay_at_node), and so do its operation blockers. */
         if ((c->parent_node && block_node_reaches(to, c->parent_node)) ||
-            (c->parent_handle && c->parent_handle->job_type)) {
+            (c->parent_handle && c->parent_handle->job_type) ||
+            (stays && stays(c, opaque))) {
             continue;
         }
         edges[n++] = c;
@@ -829,8 +851,35 @@ block_replace_node(struct block_node *from, struct block_node *to,
         block_drain_end();
     }
     block_node_unref(from);
-    free(edges);
+    if (ret == 0 && moved) {
+        moved->edges = edges;
+        moved->n = n;
+    } else {
+        free(edges);
+    }
     return ret;
+}
+
+int
+block_replace_node(struct block_node *from, struct block_node *to,
+                   struct err **errp)
+{
+    return block_replace_node_except(from, to, NULL, NULL, NULL, errp);
+}
+
+void
+block_moved_edges_undo(struct block_moved_edges *m)
+{
+    /* Going back to where the edges were does not conflict. */
+    block_children_replace_node(m->edges, m->n, m->from, NULL);
+}
+
+void
+block_moved_edges_free(struct block_moved_edges *m)
+{
+    free(m->edges);
+    m->edges = NULL;
+    m->n = 0;
 }
 
 /* ---- Handles ---------------------------------------------------------- */
