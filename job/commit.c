@@ -48,11 +48,19 @@
  * copies the rest, clears the bitmap and disables it again.  The bitmap is
  * busy while the job runs.
  *
- * The replication failover (block/filter/replication.c) keeps its own
- * copy loop: it runs inside the stop command, which returns when the
- * secondary disk is complete, while a job would return at once and need
- * the caller to wait for its end.  The algorithm is the same (bitmap,
- * copy, drained final pass, edge switch).
+ * The replication failover (docs/replication.md; replication_stop_all()
+ * with failover on a secondary) is the same job as an intermediate
+ * commit, with the replication driver's steps around it
+ * (block/filter/replication.h): top is the active disk, the layers are
+ * the active and hidden disks, the destination is the secondary disk; the
+ * job completes by itself when its bitmap is clean, and prepare, drained
+ * after the last copy, lets the driver point its file edge at the
+ * secondary disk (replication_failover_finish()).  A failed or cancelled
+ * job leaves the node in stage FAILOVER_FAILED.  The job's id is
+ * "failover-NODE" (NODE: the replication node), its type "commit"; it
+ * holds only operation blockers (the driver's edges already take what the
+ * copy needs).  lockstep-img commit runs the block-commit job
+ * (commit_start()) on the tool's own main loop.
  *
  * Permissions (QEMU's, see hold_graph()): the job holds handles on the
  * nodes it uses, released before prepare changes the graph and at the
@@ -72,6 +80,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/filter/replication.h"
 #include "job/commit.h"
 #include "job/job.h"
 #include "lockstep/block.h"
@@ -89,6 +98,7 @@ enum commit_kind {
     COMMIT_INTERMEDIATE,
     COMMIT_ACTIVE,
     COMMIT_RESYNC,
+    COMMIT_FAILOVER,
 };
 
 struct commit_job {
@@ -98,6 +108,7 @@ struct commit_job {
     struct block_node *dst;       /* written (ref) */
     struct block_node *top;       /* commit: top (ref) */
     struct block_node *overlay;   /* intermediate: top's overlay (ref) */
+    struct block_node *rep;       /* failover: the replication node (ref) */
     /* commit: layers whose data is copied, top first */
     struct block_node *layers[COMMIT_MAX_CHAIN];
     int nlayers;
@@ -303,7 +314,10 @@ copy_area(struct commit_job *s, uint64_t off, uint64_t bytes, bool *is_read)
         *is_read = true;
         return ret;
     }
-    ret = block_pwrite(s->dst, off, bytes, s->buf, 0);
+    /* Zeroes stay sparse (the failover wrote them so before). */
+    ret = buffer_is_zero(s->buf, bytes)
+          ? block_pwrite_zeroes(s->dst, off, bytes, 0)
+          : block_pwrite(s->dst, off, bytes, s->buf, 0);
     if (ret < 0) {
         *is_read = false;
     }
@@ -415,7 +429,21 @@ commit_run(struct job *job, struct err **errp)
         if (ret > 0) {
             continue;
         }
-        /* Clean. */
+        /* Clean.  Flush the bulk here, in the job's thread: the drained
+         * flush of prepare, on the main thread, then has little to do. */
+        if (!ready) {
+            block_graph_enter();
+            ret = block_flush(s->dst);
+            block_graph_leave();
+            if (ret < 0 &&
+                job_error_action(job, s->on_error, false, -ret) ==
+                JOB_ERROR_ACTION_REPORT) {
+                return ret;
+            }
+            if (ret < 0) {
+                continue;
+            }
+        }
         if (s->kind != COMMIT_ACTIVE) {
             return 0;
         }
@@ -501,9 +529,22 @@ commit_prepare(struct job *job, struct err **errp)
         block_dirty_bitmap_disable(s->bm);
         ret = 0;
         break;
+    case COMMIT_FAILOVER:
+        ret = replication_failover_finish(s->rep, errp);
+        break;
     }
     block_drain_end();
     return ret;
+}
+
+/* The failover did not finish: the node says so, and may try again. */
+static void
+failover_abort(struct job *job)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+
+    replication_failover_failed(s->rep, job->ret < 0 ? job->ret
+                                                     : -ECANCELED);
 }
 
 static void
@@ -542,6 +583,9 @@ commit_free(struct job *job)
     if (s->overlay) {
         block_node_unref(s->overlay);
     }
+    if (s->rep) {
+        block_node_unref(s->rep);
+    }
     free(s->buf);
 }
 
@@ -563,6 +607,19 @@ static const struct job_driver resync_driver = {
     .run = commit_run,
     .cancel = commit_cancel,
     .prepare = commit_prepare,
+    .clean = commit_clean,
+    .free = commit_free,
+};
+
+/* The replication failover: an intermediate commit that ends by itself,
+ * then hands the graph change to the replication driver. */
+static const struct job_driver failover_driver = {
+    .type = "commit",
+    .instance_size = sizeof(struct commit_job),
+    .run = commit_run,
+    .cancel = commit_cancel,
+    .prepare = commit_prepare,
+    .abort = failover_abort,
     .clean = commit_clean,
     .free = commit_free,
 };
@@ -620,8 +677,8 @@ check_speed(int64_t speed, struct err **errp)
 static void
 start(struct commit_job *s, int64_t speed)
 {
-    s->buf = malloc(COMMIT_CHUNK);
-    if (!s->buf) {
+    /* Aligned for nodes opened with O_DIRECT (lockstep-img -t none). */
+    if (posix_memalign(&s->buf, 4096, COMMIT_CHUNK) != 0) {
         abort();
     }
     if (speed > 0) {
@@ -859,5 +916,70 @@ resync_start(const struct resync_options *o, struct err **errp)
     block_dirty_bitmap_enable(bm);
     block_dirty_bitmap_set_busy(bm, true);
     start(s, o->speed);
+    return true;
+}
+
+bool
+failover_start(struct block_node *node, struct err **errp)
+{
+    CLEANUP_FREE char *id = xasprintf("failover-%s", node->node_name);
+    struct replication_failover f;
+    struct block_dirty_bitmap *bm;
+    struct commit_job *s;
+    struct job *job;
+    int64_t len;
+
+    assert_main_thread();
+    if (job_find(id)) {
+        err_setf(errp, "Job ID '%s' already in use", id);
+        return false;
+    }
+    if (replication_failover_begin(node, &f, errp) < 0) {
+        return false;
+    }
+    len = block_getlength(f.active);
+    if (len < 0) {
+        err_setf_errno(errp, (int)-len, "Unable to get length for '%s'",
+                       f.active->node_name);
+        replication_failover_failed(node, (int)len);
+        return false;
+    }
+    /* From here on every guest write to the active disk is recorded. */
+    block_drain_begin();
+    bm = block_dirty_bitmap_create(f.active, NULL, 0, errp);
+    job = bm ? job_create(&failover_driver, id, true, true, errp) : NULL;
+    if (!job) {
+        if (bm) {
+            block_dirty_bitmap_release(bm);
+        }
+        block_drain_end();
+        replication_failover_failed(node, -ENOMEM);
+        return false;
+    }
+    s = container_of(job, struct commit_job, job);
+    s->kind = COMMIT_FAILOVER;
+    block_node_ref(node);
+    block_node_ref(f.active);
+    block_node_ref(f.active);
+    block_node_ref(f.secondary);
+    s->rep = node;
+    s->src = f.active;
+    s->top = f.active;
+    s->dst = f.secondary;
+    s->layers[s->nlayers++] = f.active;
+    s->layers[s->nlayers++] = f.hidden;
+    s->bm = bm;
+    s->own_bitmap = true;
+    s->on_error = JOB_ON_ERROR_REPORT;
+    s->len = (uint64_t)len;
+    if (!hold_job(s, f.active, "main node", 0, BLOCK_PERM_ALL, errp) ||
+        !hold_job(s, f.secondary, "target", 0, BLOCK_PERM_ALL, errp)) {
+        block_drain_end();
+        job_early_fail(job);
+        replication_failover_failed(node, -EPERM);
+        return false;
+    }
+    block_drain_end();
+    start(s, 0);
     return true;
 }

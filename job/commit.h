@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The commit job (QMP block-commit: intermediate and active commit) and
- * the replication resync job (QMP x-replication-resync), both built on one
+ * The commit job (QMP block-commit: intermediate and active commit;
+ * lockstep-img commit), the replication resync job (QMP
+ * x-replication-resync) and the replication failover, all built on one
  * "copy the dirty ranges of a bitmap, converge, finish under drain"
- * engine in job/commit.c.  Their QMP handlers are in qmp/cmds-job.c.
+ * engine in job/commit.c.  Their QMP handlers are in qmp/cmds-job.c and
+ * qmp/cmds-repl.c.
  */
 #ifndef LOCKSTEP_JOB_COMMIT_H
 #define LOCKSTEP_JOB_COMMIT_H
@@ -12,6 +14,7 @@
 #include <stdint.h>
 
 #include "job/job.h"
+#include "lockstep/block.h"
 #include "lockstep/err.h"
 
 /* block-commit (the QMP edge has merged top-node/top and base-node/base). */
@@ -44,5 +47,14 @@ struct resync_options {
  * thread. */
 bool commit_start(const struct commit_options *opts, struct err **errp);
 bool resync_start(const struct resync_options *opts, struct err **errp);
+
+/*
+ * The failover of a secondary replication node (RUNNING, or
+ * FAILOVER_FAILED to retry) as a commit job with id "failover-NODE":
+ * returns once the job runs; the node is in stage FAILOVER until the job
+ * ends (DONE, or FAILOVER_FAILED when it fails or is cancelled).  Main
+ * thread.
+ */
+bool failover_start(struct block_node *node, struct err **errp);
 
 #endif

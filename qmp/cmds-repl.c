@@ -2,14 +2,19 @@
 /*
  * QMP commands of quorum and replication (x-blockdev-change,
  * xen-set-replication, query-xen-replication-status,
- * xen-colo-do-checkpoint) and of plain node maintenance (block_resize,
- * query-block).  The work is done by the drivers' control APIs; this file
- * adapts the QMP arguments.  Main thread.
+ * xen-colo-do-checkpoint and their replication-* spellings) and of plain
+ * node maintenance (block_resize, query-block).  The work is done by the
+ * drivers' control APIs and, for a failover, by a commit job
+ * (failover_start(), job/commit.h): stopping replication with failover
+ * returns once the job runs.  This file adapts the QMP arguments.  Main
+ * thread.
  */
 #include <string.h>
 
 #include "block/filter/quorum.h"
 #include "block/filter/replication.h"
+#include "job/commit.h"
+#include "job/job.h"
 #include "lockstep/block.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
@@ -61,6 +66,70 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     return ok ? json_object() : NULL;
 }
 
+/* Stop one node; a secondary's failover (or the retry of a failed one,
+ * whatever failover says) starts the failover job. */
+static bool
+stop_one(struct block_node *node, bool failover, struct err **errp)
+{
+    enum replication_stage stage = replication_get_stage(node);
+
+    if (stage == REPLICATION_STAGE_FAILOVER_FAILED ||
+        (stage == REPLICATION_STAGE_RUNNING && failover &&
+         replication_get_mode(node) == REPLICATION_MODE_SECONDARY)) {
+        return failover_start(node, errp);
+    }
+    return replication_stop(node, errp) == 0;
+}
+
+bool
+replication_stop_all(bool failover, struct err **errp)
+{
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        if (!stop_one(n, failover, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool
+qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
+                        bool failover, struct err **errp)
+{
+    if (enable) {
+        if (has_failover) {
+            err_setf(errp, "Parameter 'failover' is only for stopping "
+                     "replication");
+            return false;
+        }
+        return replication_start_all(primary, errp);
+    }
+    /* QEMU drops the errors of a failover stop; the status shows them. */
+    if (!replication_stop_all(failover, failover ? NULL : errp)) {
+        return failover;
+    }
+    return true;
+}
+
+json_t *
+replication_status(void)
+{
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        struct err *err = NULL;
+
+        if (replication_get_error(n, &err) < 0) {
+            json_t *ret = json_pack("{s:b, s:s}", "error", 1, "desc",
+                                    err ? err->msg : "I/O error occurred");
+
+            err_free(err);
+            return ret;
+        }
+    }
+    return json_pack("{s:b}", "error", 0);
+}
+
 json_t *
 qmp_xen_set_replication_cmd(json_t *args, struct err **errp)
 {
@@ -101,6 +170,42 @@ qmp_query_xen_replication_status(json_t *args UNUSED,
                                  struct err **errp UNUSED)
 {
     return replication_status();
+}
+
+/*
+ * query-replication: query-xen-replication-status, and while a failover
+ * job exists, "failover": its progress, one entry per replication node
+ * that has one.
+ */
+json_t *
+qmp_query_replication(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    json_t *ret = replication_status();
+    json_t *jobs = json_array();
+
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        CLEANUP_FREE char *id = xasprintf("failover-%s", n->node_name);
+        struct job *job = job_find(id);
+        struct job_info i;
+
+        if (!job) {
+            continue;
+        }
+        job_get_info(job, &i);
+        json_array_append_new(jobs, json_pack(
+            "{s:s, s:s, s:s, s:I, s:I}", "node-name", n->node_name,
+            "job-id", i.id, "status", job_status_names[i.status],
+            "current-progress", (json_int_t)i.current_progress,
+            "total-progress", (json_int_t)i.total_progress));
+        free(i.error);
+    }
+    if (json_array_size(jobs)) {
+        json_object_set_new(ret, "failover", jobs);
+    } else {
+        json_decref(jobs);
+    }
+    return ret;
 }
 
 json_t *

@@ -247,6 +247,7 @@ void qmp_request_quit(void);
 /* cmds-misc.c */
 json_t *qmp_qmp_capabilities(json_t *args, struct err **errp);
 json_t *qmp_query_version(json_t *args, struct err **errp);
+json_t *qmp_query_status(json_t *args, struct err **errp);
 json_t *qmp_query_commands(json_t *args, struct err **errp);
 json_t *qmp_quit(json_t *args, struct err **errp);
 /* cmds-block.c */
@@ -290,6 +291,19 @@ void qmp_objects_free_all(void);
 json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);
 json_t *qmp_xen_set_replication_cmd(json_t *args, struct err **errp);
 json_t *qmp_query_xen_replication_status(json_t *args, struct err **errp);
+json_t *qmp_query_replication(json_t *args, struct err **errp);
+/* Stop every replication node; with failover a secondary starts its
+ * failover job (errors of a failover are the caller's to drop, as QEMU's
+ * xen-set-replication does). */
+bool replication_stop_all(bool failover, struct err **errp);
+/* The whole xen-set-replication command, as QEMU handles it: "failover"
+ * only when stopping ("Parameter 'failover' is only for stopping
+ * replication"); errors of a stop with failover=true are dropped (the
+ * node's status reports them). */
+bool qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
+                             bool failover, struct err **errp);
+/* query-xen-replication-status: {"error": bool, "desc"?: str}. */
+json_t *replication_status(void);
 json_t *qmp_xen_colo_do_checkpoint(json_t *args, struct err **errp);
 json_t *qmp_replication_start(json_t *args, struct err **errp);
 json_t *qmp_replication_stop(json_t *args, struct err **errp);

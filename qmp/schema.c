@@ -580,6 +580,11 @@ const struct qmp_command qmp_commands[] = {
     { "query-version", qmp_query_version, NULL, false,
       "The daemon's version, in QEMU's VersionInfo shape.",
       "{\"qemu\": {\"major\", \"minor\", \"micro\"}, \"package\"}" },
+    { "query-status", qmp_query_status, NULL, false,
+      "QEMU's StatusInfo; a storage daemon runs no guest, so always "
+      "running (monitors poll it to see that the daemon answers).",
+      "{\"running\": true, \"singlestep\": false, \"status\": "
+      "\"running\"}" },
     { "query-commands", qmp_query_commands, NULL, false,
       "The commands this daemon knows.", "[{\"name\"}]" },
     { "quit", qmp_quit, NULL, false,
@@ -637,9 +642,12 @@ const struct qmp_command qmp_commands[] = {
       "xen-colo-do-checkpoint: take a checkpoint on every replication "
       "node (the secondary's active and hidden disks are emptied).",
       "{}" },
-    { "query-replication", qmp_query_xen_replication_status, NULL, false,
-      "query-xen-replication-status.",
-      "{\"error\": bool, \"desc\"?: string}" },
+    { "query-replication", qmp_query_replication, NULL, false,
+      "query-xen-replication-status, and while a failover runs (a job of "
+      "type \"commit\" with id \"failover-NODE\"), its progress.",
+      "{\"error\": bool, \"desc\"?: string, \"failover\"?: "
+      "[{\"node-name\", \"job-id\", \"status\", \"current-progress\", "
+      "\"total-progress\"}]}" },
     { "x-replication-resync", NULL,
       args_x_replication_resync, false,
       "Beyond QEMU: after the secondary was lost and a secondary with its "
