@@ -201,7 +201,7 @@ def wl_qcow2_seqwrite(run):
 
 
 def fleecing_setup(run):
-    """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
+    """docs/fleecing.md's pull mode on QMP, full snapshot (no bitmap): the guest
     writes 'guest', the backup reads 'snap'."""
     ctx = run.ctx
     disk = ctx.filled_qcow2("disk0")
@@ -264,7 +264,7 @@ def wl_fleece_guest_write(run):
 
 
 def replication_setup(run):
-    """reference/replication.md "Setup, as QMP": secondary, then primary.
+    """docs/replication.md's setup, as QMP: secondary, then primary.
     Returns (primary guest URI, secondary guest URI, secondary QMP)."""
     ctx = run.ctx
     sd, sc = run.start("secondary")

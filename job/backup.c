@@ -3,7 +3,7 @@
  * The backup job: QMP blockdev-backup with QEMU's arguments, checks and
  * messages, sync modes full/top/none/bitmap/incremental, bitmap modes
  * on-success/never/always, on-source-error/on-target-error, speed, x-perf,
- * discard-source (fleecing.md sections 5.1 to 5.3).
+ * discard-source (docs/qmp.md, docs/fleecing.md).
  *
  * Design notes.
  *
@@ -409,7 +409,7 @@ backup_progress(struct job *job, uint64_t *current, uint64_t *total)
 
 /* ---- Finalisation (main thread) --------------------------------------- */
 
-/* Give the bitmap its content after the job (fleecing.md 5.3). */
+/* Give the bitmap its content after the job (QEMU's bitmap modes). */
 static void
 backup_sync_bitmap(struct backup_job *s, bool success)
 {

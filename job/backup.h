@@ -3,7 +3,7 @@
  * The backup job (QMP blockdev-backup), as QEMU's: a copy-before-write
  * filter is put above the source for the job's lifetime, so that every
  * write to the source first copies the old data to the target, while the
- * job copies the rest in the background (fleecing.md section 5).
+ * job copies the rest in the background (docs/fleecing.md).
  */
 #ifndef LOCKSTEP_JOB_BACKUP_H
 #define LOCKSTEP_JOB_BACKUP_H

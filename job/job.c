@@ -7,8 +7,8 @@
  *
  * Design notes.
  *
- * The two tables below are the whole state machine (fleecing.md 5.4, the
- * same facts as QEMU's job.c tables).  Every status change goes through
+ * The two tables below are the whole state machine (the same facts as
+ * QEMU's job.c tables).  Every status change goes through
  * transition_locked(), which asserts that the table allows it and sends
  * JOB_STATUS_CHANGE for a real change; every user verb goes through
  * apply_verb_locked(), which refuses with QEMU's message.

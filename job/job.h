@@ -2,7 +2,7 @@
 /*
  * Jobs: long-running work (backup, ...) with QEMU's job model, as the
  * job-* and block-job-* QMP commands and the JOB_STATUS_CHANGE and
- * BLOCK_JOB_* events show it (fleecing.md section 5.4).
+ * BLOCK_JOB_* events show it (docs/qmp.md).
  *
  * A job is a struct job embedded first in a driver's own structure.  Its
  * status follows a fixed transition table, and the user's verbs (cancel,

@@ -3,7 +3,7 @@
  * Pull-mode fleecing over NBD, in process: a snapshot-access node over a
  * copy-before-write filter (limited to bitmap b0) is exported by the NBD
  * server on one end of a socketpair, and libnbd reads it from the other
- * end while the guest overwrites the source (reference fleecing.md §8.2).
+ * end while the guest overwrites the source (docs/fleecing.md, "Order of operations").
  * Checked: old data for the bitmap's clusters, an error for the others,
  * the qemu:dirty-bitmap context of a {node, name} bitmap, writes refused
  * with ENOTSUP, trim freeing the temp image and revoking access, and that

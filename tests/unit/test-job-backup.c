@@ -874,7 +874,7 @@ test_arguments(void **state)
 #undef B
 }
 
-/* ---- push backup with fleecing (fleecing.md 5.5) ---------------------- */
+/* ---- push backup with fleecing (docs/fleecing.md) ---------------------- */
 
 static void
 test_push_fleecing(void **state)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Unit tests for job/job.c: the transition table and the verb table entry
- * by entry (fleecing.md 5.4), every refused verb with QEMU's message, and
+ * by entry, every refused verb with QEMU's message, and
  * the lifecycle of a dummy job on its own thread: pause/resume, cancel in
  * each phase, failure, error action "stop", ready/complete, prepare
  * failure, auto-finalize off (pending, finalize, concluded, dismiss), and
