@@ -260,10 +260,10 @@ def wl_qcow2_seqwrite(run):
 
 
 def fleecing_setup(run, tls=False, on_disk=False):
-    """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
-    writes 'guest', the backup reads 'snap'.  tls: the server requires
-    x509 TLS and the URIs use it.  on_disk: both images on the disk,
-    opened with cache.direct=on (disk_qcow2_args())."""
+    """docs/fleecing.md's pull mode on QMP, full snapshot (no bitmap): the
+    guest writes 'guest', the backup reads 'snap'.  tls: the server
+    requires x509 TLS and the URIs use it.  on_disk: both images on the
+    disk, opened with cache.direct=on (disk_qcow2_args())."""
     ctx = run.ctx
     if on_disk:
         disk = ctx.disk_filled_qcow2("disk0")
@@ -342,7 +342,7 @@ def wl_fleece_guest_write(run):
 
 
 def replication_setup(run, tls=False):
-    """reference/replication.md "Setup, as QMP": secondary, then primary.
+    """docs/replication.md's setup, as QMP: secondary, then primary.
     Returns (primary guest URI, secondary guest URI, secondary QMP).
     tls: the replication link (and the secondary's server) uses x509
     TLS; the primary's guest export stays plain."""

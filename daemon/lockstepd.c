@@ -32,10 +32,9 @@
 #include "keyval.h"
 #include "lockstep/block.h"
 #include "nbd/server.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-internal.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 #define PROG "lockstepd"
@@ -170,67 +169,6 @@ die_opt(const char *opt, const char *arg, struct err *err)
     exit(startup_exit(EXIT_FAILURE));
 }
 
-/* ---- Option conversions (keyval strings to QMP types) ------------------ */
-
-/* Turn a keyval "on"/"off" member into a JSON bool in place. */
-static bool
-keyval_to_bool(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    const char *s;
-
-    if (!v || json_is_boolean(v)) {
-        return true;
-    }
-    s = json_string_value(v);
-    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
-        json_object_set_new(obj, key, json_true());
-        return true;
-    }
-    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
-        json_object_set_new(obj, key, json_false());
-        return true;
-    }
-    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
-    return false;
-}
-
-static bool
-keyval_to_int(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    int64_t n;
-
-    if (!v || json_is_integer(v)) {
-        return true;
-    }
-    if (!json_is_string(v) || parse_int64(json_string_value(v), &n) < 0) {
-        err_setf(errp, "Parameter '%s' expects an integer", key);
-        return false;
-    }
-    json_object_set_new(obj, key, json_integer(n));
-    return true;
-}
-
-/* A size member ("4k", "512") into a JSON integer in place. */
-static bool
-keyval_to_size(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    uint64_t n;
-
-    if (!v || json_is_integer(v)) {
-        return true;
-    }
-    if (!json_is_string(v) || parse_size(json_string_value(v), &n) < 0 ||
-        n > INT64_MAX) {
-        err_setf(errp, "Parameter '%s' expects a size", key);
-        return false;
-    }
-    json_object_set_new(obj, key, json_integer((json_int_t)n));
-    return true;
-}
-
 /* --blockdev: a node the monitor owns, as blockdev-add makes it. */
 static bool
 opt_blockdev(const char *arg, struct err **errp)
@@ -241,7 +179,7 @@ opt_blockdev(const char *arg, struct err **errp)
     if (!opts) {
         return false;
     }
-    ret = qmp_blockdev_add(opts, errp);
+    ret = qmp_execute("blockdev-add", opts, errp);
     json_decref(opts);
     json_decref(ret);
     return ret != NULL;
@@ -255,11 +193,14 @@ static bool
 opt_nbd_server(const char *arg, struct err **errp)
 {
     json_t *opts = keyval_or_json_parse(arg, NULL, errp);
+    struct nbd_server_options so = {
+        .max_connections = NBD_DEFAULT_MAX_CONNECTIONS,
+        .handshake_max_seconds = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS,
+    };
+    char portbuf[32];
     json_t *addr;
     const char *type, *key;
     json_t *v;
-    int64_t maxc = NBD_DEFAULT_MAX_CONNECTIONS;
-    int64_t hs = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS;
     bool ok = false;
 
     if (!opts) {
@@ -282,7 +223,7 @@ opt_nbd_server(const char *arg, struct err **errp)
         err_setf(errp, "Invalid parameter type for 'addr', expected: object");
         goto out;
     }
-    type = json_string_value(json_object_get(addr, "type"));
+    type = qmp_str(addr, "type");
     if (!type) {
         err_setf(errp, "Parameter 'addr.type' is missing");
         goto out;
@@ -314,23 +255,23 @@ opt_nbd_server(const char *arg, struct err **errp)
                  "'tls-authz', expected: string");
         goto out;
     }
-    if (!keyval_to_int(opts, "max-connections", errp) ||
-        !keyval_to_int(opts, "handshake-max-seconds", errp)) {
+    if (!qmp_keyval_to_int(opts, "max-connections", errp) ||
+        !qmp_keyval_to_int(opts, "handshake-max-seconds", errp) ||
+        !qmp_socket_address_parse(addr, &so.addr, portbuf, errp)) {
         goto out;
     }
     if (json_object_get(opts, "max-connections")) {
-        maxc = json_integer_value(json_object_get(opts, "max-connections"));
+        so.max_connections =
+            json_integer_value(json_object_get(opts, "max-connections"));
     }
     if (json_object_get(opts, "handshake-max-seconds")) {
-        hs = json_integer_value(json_object_get(opts,
-                                                "handshake-max-seconds"));
+        so.handshake_max_seconds =
+            json_integer_value(json_object_get(opts,
+                                               "handshake-max-seconds"));
     }
-    ok = nbd_server_start(addr,
-                          json_string_value(json_object_get(opts,
-                                                            "tls-creds")),
-                          json_string_value(json_object_get(opts,
-                                                            "tls-authz")),
-                          maxc, hs, errp);
+    so.tls_creds = qmp_str(opts, "tls-creds");
+    so.tls_authz = qmp_str(opts, "tls-authz");
+    ok = nbd_server_start(&so, errp);
 out:
     json_decref(opts);
     return ok;
@@ -344,43 +285,14 @@ static bool
 opt_export(const char *arg, struct err **errp)
 {
     json_t *opts = keyval_or_json_parse(arg, "type", errp);
-    const struct qmp_command *cmd = qmp_command_find("block-export-add");
-    json_t *bitmap;
-    json_t *ret = NULL;
+    bool ok;
 
     if (!opts) {
         return false;
     }
-    if (!keyval_to_bool(opts, "writable", errp) ||
-        !keyval_to_bool(opts, "writethrough", errp) ||
-        !keyval_to_bool(opts, "fixed-iothread", errp) ||
-        !keyval_to_bool(opts, "allocation-depth", errp) ||
-        !keyval_to_bool(opts, "growable", errp) ||
-        !keyval_to_int(opts, "num-queues", errp) ||
-        !keyval_to_size(opts, "logical-block-size", errp)) {
-        goto out;
-    }
-    bitmap = json_object_get(opts, "bitmap");
-    if (bitmap) {
-        json_t *list = json_object_get(opts, "bitmaps");
-
-        if (!list) {
-            list = json_array();
-            json_object_set_new(opts, "bitmaps", list);
-        }
-        if (json_is_array(list)) {
-            json_array_append(list, bitmap);
-        }
-        json_object_del(opts, "bitmap");
-    }
-    if (!qmp_validate_members(cmd->args, opts, "", errp)) {
-        goto out;
-    }
-    ret = cmd->handler(opts, errp);
-out:
+    ok = qmp_export_add_keyval(opts, errp);
     json_decref(opts);
-    json_decref(ret);
-    return ret != NULL;
+    return ok;
 }
 
 /*
@@ -598,18 +510,6 @@ signal_cb(int signo UNUSED, void *opaque UNUSED)
 }
 
 static void
-job_dispatch_cb(void *opaque UNUSED)
-{
-    job_dispatch_main();
-}
-
-static void
-job_wakeup(void *opaque UNUSED)
-{
-    loop_call(job_dispatch_cb, NULL);
-}
-
-static void
 shutdown_daemon(void)
 {
     struct block_node *node = NULL;
@@ -684,8 +584,6 @@ main(int argc, char **argv)
     }
     monitor_init();
     qmp_set_quit_handler(quit_now);
-    job_set_event_sink(qmp_event_send);
-    job_set_main_wakeup(job_wakeup, NULL);
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, "-hT:V", long_options, NULL)) != -1) {

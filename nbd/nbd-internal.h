@@ -33,10 +33,10 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include <jansson.h>
-
+#include "export/export.h"
 #include "lockstep/block.h"
 #include "lockstep/err.h"
+#include "nbd/server.h"
 
 struct block_dirty_bitmap;
 struct tls_creds;
@@ -74,12 +74,13 @@ extern pthread_cond_t g_nbdsrv_cond;
 /* ---- export.c --------------------------------------------------------- */
 
 /*
- * Create and register (export/export.h) an export from block-export-add
- * arguments; when require_server is false no running server is needed
- * (the fuzzer and in-process tests).  Main thread.
+ * Create and register (export/export.h) an NBD export: opts->driver_opts
+ * is a struct nbd_export_options or NULL; when require_server is false no
+ * running server is needed (the fuzzer and in-process tests).  Main
+ * thread.
  */
-struct nbdexp *nbdexp_create(json_t *args, bool require_server,
-                             struct err **errp);
+struct nbdexp *nbdexp_create(const struct block_export_options *opts,
+                             bool require_server, struct err **errp);
 /*
  * Find an export by name and attach a connection to it (nconns++), storing
  * it in *held under g_nbdsrv_lock (so that deleting the export finds the

@@ -80,6 +80,7 @@
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "nbd/server.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define NBDSRV_CONN_THREADS 8
@@ -1566,100 +1567,60 @@ nbdsrv_warn_insecure(const char *what)
 }
 
 bool
-nbd_server_start(json_t *addr, const char *tls_creds, const char *tls_authz,
-                 int64_t max_connections, int64_t handshake_max_seconds,
-                 struct err **errp)
+nbd_server_start(const struct nbd_server_options *opts, struct err **errp)
 {
+    const struct socket_address *addr = &opts->addr;
+    const char *tls_authz = opts->tls_authz;
     struct tls_creds *creds = NULL;
     struct err *err = NULL;
-    const char *type;
-    json_t *data;
     int fds[NBDSRV_MAX_LISTENERS];
     int nfds = 0;
     bool tcp = false;
 
+    assert_main_thread();
     if (nbdsrv_running()) {
         err_setf(errp, "NBD server already running");
         return false;
     }
-    if (max_connections < 0 || max_connections > UINT32_MAX) {
+    if (opts->max_connections < 0 || opts->max_connections > UINT32_MAX) {
         err_setf(errp, "Parameter 'max-connections' expects uint32");
         return false;
     }
-    if (handshake_max_seconds < 0 || handshake_max_seconds > UINT32_MAX) {
+    if (opts->handshake_max_seconds < 0 ||
+        opts->handshake_max_seconds > UINT32_MAX) {
         err_setf(errp, "Parameter 'handshake-max-seconds' expects uint32");
         return false;
     }
-    creds = server_tls_creds(tls_creds, tls_authz, &err);
+    creds = server_tls_creds(opts->tls_creds, tls_authz, &err);
     if (err) {
         err_propagate(errp, err);
         goto fail;
     }
-    if (!json_is_object(addr) ||
-        !json_is_string(json_object_get(addr, "type"))) {
-        err_setf(errp, "Parameter 'addr.type' is missing");
-        goto fail;
-    }
-    type = json_string_value(json_object_get(addr, "type"));
-    /* SocketAddressLegacy nests the address in "data"; accept both. */
-    data = json_object_get(addr, "data");
-    if (!json_is_object(data)) {
-        data = addr;
-    }
-    if (!strcmp(type, "unix")) {
-        json_t *path = json_object_get(data, "path");
-
-        if (!json_is_string(path)) {
-            err_setf(errp, "Parameter 'addr.path' is missing");
-            goto fail;
-        }
-        fds[0] = listen_unix(json_string_value(path), errp);
+    switch (addr->type) {
+    case SOCKET_ADDRESS_UNIX:
+        fds[0] = listen_unix(addr->path, errp);
         if (fds[0] < 0) {
             goto fail;
         }
         nfds = 1;
-    } else if (!strcmp(type, "inet")) {
-        json_t *host = json_object_get(data, "host");
-        json_t *port = json_object_get(data, "port");
-        char portbuf[32];
-
-        if (json_is_integer(port)) {
-            snprintf(portbuf, sizeof(portbuf), "%" JSON_INTEGER_FORMAT,
-                     json_integer_value(port));
-        } else if (json_is_string(port) &&
-                   strlen(json_string_value(port)) < sizeof(portbuf)) {
-            snprintf(portbuf, sizeof(portbuf), "%s",
-                     json_string_value(port));
-        } else {
-            err_setf(errp, "Parameter 'addr.port' is missing");
-            goto fail;
-        }
+        break;
+    case SOCKET_ADDRESS_INET:
         /* No host is no default: listening on every interface must be
          * asked for (host "" or "::"), never the result of omission. */
-        if (!host) {
+        if (!addr->host) {
             err_setf(errp, "Parameter 'addr.host' is missing");
             goto fail;
         }
-        if (!json_is_string(host)) {
-            err_setf(errp, "Invalid parameter type for 'addr.host', "
-                     "expected: string");
-            goto fail;
-        }
-        if (!listen_inet(json_string_value(host), portbuf, fds, &nfds,
-                         errp)) {
+        if (!listen_inet(addr->host, addr->port, fds, &nfds, errp)) {
             goto fail;
         }
         tcp = true;
         for (int i = 0; !creds && !g_insecure_addr && i < nfds; i++) {
             if (!socket_is_loopback(fds[i])) {
-                g_insecure_addr = xasprintf("%s:%s",
-                                            json_string_value(host), portbuf);
+                g_insecure_addr = xasprintf("%s:%s", addr->host, addr->port);
             }
         }
-    } else {
-        err_setf(errp, "Parameter 'addr.type' does not accept value '%s'",
-                 type);
-        goto fail;
+        break;
     }
 
     g_accept_kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1676,8 +1637,8 @@ nbd_server_start(json_t *addr, const char *tls_creds, const char *tls_authz,
     nbdpool_start();
     mutex_lock(&g_nbdsrv_lock);
     g_running = true;
-    g_max_connections = max_connections;
-    g_handshake_ns = handshake_max_seconds * 1000000000LL;
+    g_max_connections = opts->max_connections;
+    g_handshake_ns = opts->handshake_max_seconds * 1000000000LL;
     mutex_unlock(&g_nbdsrv_lock);
     g_nlisteners = nfds;
     for (int i = 0; i < nfds; i++) {
@@ -1697,6 +1658,7 @@ fail:
 bool
 nbd_server_stop(struct err **errp)
 {
+    assert_main_thread();
     if (!nbdsrv_running()) {
         err_setf(errp, "NBD server not running");
         return false;

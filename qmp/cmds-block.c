@@ -18,7 +18,7 @@
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 

@@ -11,6 +11,7 @@
 
 #include "keyval.h"
 #include "qmp/qmp-internal.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 json_t *
@@ -127,6 +128,7 @@ qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err)
 {
     json_t *resp;
 
+    assert_main_thread();
     assert(ret || err);
     resp = ret ? success_response(ret, done->id)
                : qmp_error_response(err, done->id);
@@ -152,6 +154,28 @@ qmp_dispatch_async(json_t *req, struct qmp_session *session,
     return dispatch(req, session, reply, opaque);
 }
 
+/* Run a typed handler: decode args into its struct first. */
+static json_t *
+run_typed(const struct qmp_command *cmd, json_t *args, struct err **errp)
+{
+    const struct qmp_typed *t = cmd->typed;
+    void *a;
+    json_t *ret;
+
+    /* The handler's struct is the one the argument list describes. */
+    assert(!cmd->args || qmp_args_size(cmd->args) == t->size);
+    a = xzalloc(t->size ? t->size : 1);
+    if (cmd->args) {
+        qmp_args_decode(cmd->args, args, a);
+    }
+    ret = t->call(a, errp);
+    if (cmd->args) {
+        qmp_args_free(cmd->args, a);
+    }
+    free(a);
+    return ret;
+}
+
 /* Run cmd's handler: the async one when the caller can wait. */
 static json_t *
 run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
@@ -161,7 +185,8 @@ run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
     json_t *ret;
 
     if (!cmd->async_handler || !reply) {
-        return cmd->handler(args, errp);
+        return cmd->typed ? run_typed(cmd, args, errp)
+                          : cmd->handler(args, errp);
     }
     done = xzalloc(sizeof(*done));
     done->id = id ? json_incref(id) : NULL;
@@ -175,6 +200,30 @@ run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
     return ret;
 }
 
+json_t *
+qmp_execute(const char *name, json_t *args, struct err **errp)
+{
+    const struct qmp_command *cmd = qmp_command_find(name);
+    json_t *empty = NULL;
+    json_t *ret = NULL;
+
+    assert_main_thread();
+    if (!cmd) {
+        err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
+                       "The command %s has not been found", name);
+        return NULL;
+    }
+    if (!args) {
+        args = empty = json_object();
+    }
+    if (cmd->args_are_options ||
+        qmp_validate_members(cmd->args, args, "", errp)) {
+        ret = run_handler(cmd, args, NULL, NULL, NULL, errp);
+    }
+    json_decref(empty);
+    return ret;
+}
+
 const struct qmp_command *
 qmp_dispatch_check(json_t *req, const struct qmp_session *session,
                    json_t **args_out, struct err **errp)
@@ -185,6 +234,7 @@ qmp_dispatch_check(json_t *req, const struct qmp_session *session,
     json_t *args = NULL;
     bool is_caps;
 
+    assert_main_thread();
     *args_out = NULL;
     if (!json_is_object(req)) {
         err_setf(errp, "QMP input must be a JSON object");

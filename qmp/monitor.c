@@ -22,10 +22,15 @@
  *     command may end the daemon's loop (quit), so a client is never freed
  *     from inside its own callback: it is marked closed and freed by a
  *     loop_call.
- *   - Events.  qmp_event_send() may run on any thread; the sink passes the
- *     message to the main thread with loop_call() unless it already runs
- *     there, where it is delivered at once (so an event caused by a
- *     command precedes the command's response, as in QEMU).
+ *   - Events.  The monitor is the runtime's event sink (runtime/event.h),
+ *     called on whatever thread emits.  The sink turns the event into its
+ *     QMP message and appends it to one FIFO; the main thread writes the
+ *     FIFO out to every negotiated client: at once when it emitted the
+ *     event itself, from a loop_call otherwise, and always before it
+ *     writes a command's response.  So clients see events in the order
+ *     they were emitted, and an event emitted before a command finished
+ *     (by the command, or by a job meanwhile) precedes its response, as
+ *     in QEMU.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,7 +45,7 @@
 #include <unistd.h>
 
 #include "qmp/framer.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-event.h"
 #include "qmp/qmp-internal.h"
@@ -184,6 +189,12 @@ client_send_error(struct client *cl, const char *fmt, const char *arg)
 
 /* ---- Events ------------------------------------------------------------ */
 
+/* Event messages on their way to the clients, in emission order.
+ * Protected by: g_events_lock (a leaf). */
+static pthread_mutex_t g_events_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *g_events;            /* array, or NULL when empty */
+static bool g_events_posted;        /* a deliver_events_cb is queued */
+
 static void
 broadcast(json_t *ev)
 {
@@ -199,29 +210,60 @@ broadcast(json_t *ev)
     }
 }
 
+/* Main thread: write out every event emitted so far. */
 static void
-broadcast_cb(void *opaque)
+deliver_events(void)
 {
-    json_t *ev = opaque;
+    json_t *list;
+    json_t *ev;
+    size_t i;
 
-    broadcast(ev);
-    json_decref(ev);
+    mutex_lock(&g_events_lock);
+    list = g_events;
+    g_events = NULL;
+    mutex_unlock(&g_events_lock);
+    json_array_foreach(list, i, ev) {
+        broadcast(ev);
+    }
+    json_decref(list);
 }
 
 static void
-event_sink(json_t *ev)
+deliver_events_cb(void *opaque UNUSED)
 {
-    if (loop_is_main_thread()) {
-        broadcast_cb(ev);
-    } else {
-        loop_call(broadcast_cb, ev);
+    mutex_lock(&g_events_lock);
+    g_events_posted = false;
+    mutex_unlock(&g_events_lock);
+    deliver_events();
+}
+
+/* The runtime's event sink: any thread. */
+static void
+event_sink(const struct event *event)
+{
+    json_t *msg = qmp_event_message(event);
+    bool main_thread = loop_is_main_thread();
+    bool post;
+
+    mutex_lock(&g_events_lock);
+    if (!g_events) {
+        g_events = json_array();
+    }
+    json_array_append_new(g_events, msg);
+    post = !main_thread && !g_events_posted;
+    g_events_posted |= post;
+    mutex_unlock(&g_events_lock);
+    if (main_thread) {
+        deliver_events();
+    } else if (post) {
+        loop_call(deliver_events_cb, NULL);
     }
 }
 
 void
 monitor_init(void)
 {
-    qmp_event_set_sink(event_sink);
+    event_set_sink(event_sink);
 }
 
 /* ---- Input ------------------------------------------------------------- */
@@ -249,6 +291,7 @@ deferred_reply(void *opaque, json_t *resp)
         return;
     }
     cl->ticket = NULL;
+    deliver_events();
     client_send(cl, resp);
     if (cl->closed) {
         return;
@@ -287,6 +330,7 @@ handle_value(struct client *cl, const char *text, size_t len)
         return;
     }
     free(t);
+    deliver_events();
     client_send(cl, resp);
     json_decref(resp);
 }
@@ -432,39 +476,6 @@ accept_cb(int fd, short revents UNUSED, void *opaque)
     json_decref(g);
 }
 
-static const char *
-opt_str(json_t *opts, const char *key)
-{
-    return json_string_value(json_object_get(opts, key));
-}
-
-/* keyval bools are "on"/"off" strings; JSON ones are booleans. */
-static int
-opt_bool(json_t *opts, const char *key, bool *out, struct err **errp)
-{
-    json_t *v = json_object_get(opts, key);
-    const char *s;
-
-    if (!v) {
-        return 0;
-    }
-    if (json_is_boolean(v)) {
-        *out = json_is_true(v);
-        return 1;
-    }
-    s = json_string_value(v);
-    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
-        *out = true;
-        return 1;
-    }
-    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
-        *out = false;
-        return 1;
-    }
-    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
-    return -1;
-}
-
 /* A TCP listening socket for host:port (QEMU's inet chardev). */
 static int
 listen_inet(const char *host, const char *port, struct err **errp)
@@ -525,11 +536,11 @@ monitor_chardev_add(json_t *opts, struct err **errp)
     static const char *const known[] = {
         "backend", "id", "path", "host", "port", "server", "wait", NULL,
     };
-    const char *host = opt_str(opts, "host");
-    const char *port = opt_str(opts, "port");
-    const char *backend = opt_str(opts, "backend");
-    const char *id = opt_str(opts, "id");
-    const char *path = opt_str(opts, "path");
+    const char *host = qmp_str(opts, "host");
+    const char *port = qmp_str(opts, "port");
+    const char *backend = qmp_str(opts, "backend");
+    const char *id = qmp_str(opts, "id");
+    const char *path = qmp_str(opts, "path");
     bool server = false, wait = true;
     struct sockaddr_un sun;
     struct chardev *chr;
@@ -574,8 +585,8 @@ monitor_chardev_add(json_t *opts, struct err **errp)
         err_setf(errp, "chardev: socket: no port given");
         return false;
     }
-    if (opt_bool(opts, "server", &server, errp) < 0 ||
-        opt_bool(opts, "wait", &wait, errp) < 0) {
+    if (qmp_opt_bool(opts, "server", &server, errp) < 0 ||
+        qmp_opt_bool(opts, "wait", &wait, errp) < 0) {
         return false;
     }
     if (!server) {
@@ -638,8 +649,8 @@ done:
 bool
 monitor_add(json_t *opts, struct err **errp)
 {
-    const char *id = opt_str(opts, "chardev");
-    const char *mode = opt_str(opts, "mode");
+    const char *id = qmp_str(opts, "chardev");
+    const char *mode = qmp_str(opts, "mode");
     const char *key;
     json_t *v;
     struct chardev *chr;
@@ -661,7 +672,7 @@ monitor_add(json_t *opts, struct err **errp)
         err_setf(errp, "Only QMP is supported");
         return false;
     }
-    if (opt_bool(opts, "pretty", &pretty, errp) < 0) {
+    if (qmp_opt_bool(opts, "pretty", &pretty, errp) < 0) {
         return false;
     }
     chr = chardev_find(id);
@@ -690,7 +701,8 @@ monitor_close_all(void)
     struct monitor *mon;
     struct client *cl;
 
-    qmp_event_set_sink(NULL);
+    event_set_sink(NULL);
+    deliver_events();
     /* Best effort: give what is queued (the answer to quit) a moment. */
     LIST_FOREACH(mon, &g_monitors, link) {
         LIST_FOREACH(cl, &mon->clients, link) {

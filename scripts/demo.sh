@@ -362,9 +362,9 @@ EOF
     { wait "$primary"; } 2>/dev/null || true
     wait "$guest_pid" || true
     note "Failover on the secondary: shut the door the primary wrote through,"
-    note "then stop replication with failover (its overlays are merged into"
-    note "secondary.qcow2, which it then uses directly):"
-    run lockstep-qmp sec-qmp.sock \
+    note "then stop replication with failover (a job merges its overlays into"
+    note "secondary.qcow2, which it then uses directly; wait for its end):"
+    run lockstep-qmp -w BLOCK_JOB_COMPLETED sec-qmp.sock \
         block-export-del '{"id": "sec-disk", "mode": "hard"}' \
         replication-stop '{"failover": true}' \
         query-replication

@@ -43,6 +43,7 @@
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "keyval.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* All nodes, in creation order.  Main thread only. */
@@ -112,6 +113,7 @@ block_graph_leave(void)
 void
 block_drain_begin(void)
 {
+    assert_main_thread();
     /* A thread inside a request must never drain: it would wait for
      * itself. */
     assert(graph_read_depth == 0);
@@ -127,6 +129,7 @@ block_drain_begin(void)
 void
 block_drain_end(void)
 {
+    assert_main_thread();
     assert(drain_depth > 0 && graph_is_writer);
     if (--drain_depth == 0) {
         graph_is_writer = false;
@@ -191,6 +194,12 @@ block_node_child(struct block_node *node, const char *name)
         }
     }
     return NULL;
+}
+
+const char *
+block_node_filename(struct block_node *node)
+{
+    return block_opt_str(node->options, "filename", NULL);
 }
 
 struct block_node *
@@ -532,6 +541,7 @@ refresh_perms(struct block_node *const *roots, size_t nroots,
     struct perm_refresh r = {0};
     int ret = 0;
 
+    assert_main_thread();
     for (size_t i = 0; i < nroots; i++) {
         if (roots[i]) {
             refresh_add_subtree(&r, roots[i]);
@@ -663,6 +673,7 @@ block_node_attach_child(struct block_node *parent, struct block_node *child,
 {
     struct block_child *c = xzalloc(sizeof(*c));
 
+    assert_main_thread();
     c->name = xstrdup(name);
     c->parent_node = parent;
     c->node = child;        /* for force-share; linked by edge_attach */
@@ -685,6 +696,7 @@ block_node_attach_child(struct block_node *parent, struct block_node *child,
 void
 block_node_detach_child(struct block_node *parent, struct block_child *c)
 {
+    assert_main_thread();
     TAILQ_REMOVE(&parent->children, c, child_link);
     if (parent->file == c) {
         parent->file = NULL;
@@ -724,6 +736,19 @@ edge_move(struct block_child *c, struct block_node *to)
     block_node_unref(from);
 }
 
+/* A parent node names its children by node-name in its options: keep that
+ * in step with the edge, so that a reopen (which opens the node again
+ * from its options) finds the same graph.  Children given inline stay. */
+static void
+edge_fix_parent_option(struct block_child *c)
+{
+    json_t *opts = c->parent_node ? c->parent_node->options : NULL;
+
+    if (json_is_string(json_object_get(opts, c->name))) {
+        json_object_set_new(opts, c->name, json_string(c->node->node_name));
+    }
+}
+
 int
 block_children_replace_node(struct block_child *const *edges, size_t n,
                             struct block_node *to, struct err **errp)
@@ -731,6 +756,7 @@ block_children_replace_node(struct block_child *const *edges, size_t n,
     struct block_node **from;
     int ret;
 
+    assert_main_thread();
     for (size_t i = 0; i < n; i++) {
         struct block_child *c = edges[i];
 
@@ -762,6 +788,10 @@ block_children_replace_node(struct block_child *const *edges, size_t n,
             edge_move(edges[i], from[i]);
         }
         refresh_perms(from, n + 1, NULL);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            edge_fix_parent_option(edges[i]);
+        }
     }
     for (size_t i = 0; i < n; i++) {
         block_node_unref(from[i]);
@@ -779,14 +809,19 @@ block_child_replace_node(struct block_child *c, struct block_node *to,
 }
 
 int
-block_replace_node(struct block_node *from, struct block_node *to,
-                   struct err **errp)
+block_replace_node_except(struct block_node *from, struct block_node *to,
+                          block_parent_stays_fn *stays, void *opaque,
+                          struct block_moved_edges *moved, struct err **errp)
 {
     struct block_child *c;
     struct block_child **edges;
     size_t n = 0, cap = 0;
     int ret;
 
+    assert_main_thread();
+    if (moved) {
+        *moved = (struct block_moved_edges) { .from = from, .to = to };
+    }
     if (from == to) {
         return 0;
     }
@@ -800,7 +835,8 @@ block_replace_node(struct block_node *from, struct block_node *to,
          * backing is the source); a job's use of a node stays with the
          * node (QEMU's stay_at_node), and so do its operation blockers. */
         if ((c->parent_node && block_node_reaches(to, c->parent_node)) ||
-            (c->parent_handle && c->parent_handle->job_type)) {
+            (c->parent_handle && c->parent_handle->job_type) ||
+            (stays && stays(c, opaque))) {
             continue;
         }
         edges[n++] = c;
@@ -815,8 +851,35 @@ block_replace_node(struct block_node *from, struct block_node *to,
         block_drain_end();
     }
     block_node_unref(from);
-    free(edges);
+    if (ret == 0 && moved) {
+        moved->edges = edges;
+        moved->n = n;
+    } else {
+        free(edges);
+    }
     return ret;
+}
+
+int
+block_replace_node(struct block_node *from, struct block_node *to,
+                   struct err **errp)
+{
+    return block_replace_node_except(from, to, NULL, NULL, NULL, errp);
+}
+
+void
+block_moved_edges_undo(struct block_moved_edges *m)
+{
+    /* Going back to where the edges were does not conflict. */
+    block_children_replace_node(m->edges, m->n, m->from, NULL);
+}
+
+void
+block_moved_edges_free(struct block_moved_edges *m)
+{
+    free(m->edges);
+    m->edges = NULL;
+    m->n = 0;
 }
 
 /* ---- Handles ---------------------------------------------------------- */
@@ -828,6 +891,7 @@ handle_new(struct block_node *node, const char *owner, const char *job_type,
 {
     struct block_handle *h = xzalloc(sizeof(*h));
 
+    assert_main_thread();
     h->owner = xstrdup(owner);
     h->job_type = job_type ? xstrdup(job_type) : NULL;
     h->job_id = job_id ? xstrdup(job_id) : NULL;
@@ -884,6 +948,7 @@ block_handle_set_perm(struct block_handle *h, uint32_t perm, uint32_t shared,
 void
 block_handle_free(struct block_handle *h)
 {
+    assert_main_thread();
     if (!h) {
         return;
     }
@@ -1188,6 +1253,7 @@ node_new(json_t *options, const char *prefix, const char *role,
 struct block_node *
 block_node_new(json_t *options, struct err **errp)
 {
+    assert_main_thread();
     return node_new(options, "", NULL, errp);
 }
 
@@ -1197,6 +1263,7 @@ block_node_new_keyval(const char *str, struct err **errp)
     struct block_node *node;
     json_t *options = keyval_or_json_parse(str, NULL, errp);
 
+    assert_main_thread();
     if (!options) {
         return NULL;
     }
@@ -1258,6 +1325,7 @@ block_node_open_child_as(struct block_node *parent, json_t *options,
     struct block_node *child;
     struct block_child *c;
 
+    assert_main_thread();
     if (!ref) {
         err_setf(errp, "Parameter '%s' is missing", name);
         return NULL;
@@ -1311,6 +1379,7 @@ block_node_open_file(const char *filename, const char *fmt, bool read_only,
     struct block_node *node;
     const struct block_driver *drv;
 
+    assert_main_thread();
     if (!fmt) {
         fmt = probe_format(filename);
     }
@@ -1341,6 +1410,7 @@ block_node_ref(struct block_node *node)
 void
 block_node_unref(struct block_node *node)
 {
+    assert_main_thread();
     if (!node) {
         return;
     }

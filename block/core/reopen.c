@@ -24,6 +24,7 @@
 
 #include "block/core/core-internal.h"
 #include "lockstep/block.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* Close, detach, open again with read_only.  Drained. */
@@ -109,6 +110,7 @@ block_node_set_read_only(struct block_node *node, bool read_only,
     size_t nkeep = 0, nchildren = 0;
     int ret;
 
+    assert_main_thread();
     if (node->read_only == read_only) {
         return 0;
     }

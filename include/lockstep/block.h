@@ -417,21 +417,55 @@ void block_node_detach_child(struct block_node *parent,
                              struct block_child *child);
 struct block_child *block_node_child(struct block_node *node,
                                      const char *name);
-/* Point an existing edge at another node (drained; permissions checked). */
+/* The "filename" option the node was opened with (protocol nodes), or
+ * NULL. */
+const char *block_node_filename(struct block_node *node);
+/*
+ * Graph edits that move edges (main thread; they drain themselves).  Every
+ * move checks permissions once all edges point to their new node (moving
+ * them one by one could conflict half way) and is undone on failure; a
+ * frozen edge or a loop is refused.  A parent node's options follow its
+ * edges: an option naming the old child by node-name names the new one
+ * afterwards, so that a reopen opens the same graph.
+ */
+/* Point an existing edge at another node. */
 int block_child_replace_node(struct block_child *c, struct block_node *to,
                              struct err **errp);
-/* The same for n edges at once: permissions are checked once all point to
- * "to" (moving them one by one could conflict half way). */
+/* The same for n edges at once. */
 int block_children_replace_node(struct block_child *const *edges, size_t n,
                                 struct block_node *to, struct err **errp);
 
+/* Which parents of "from" stay where they are: true keeps edge c. */
+typedef bool block_parent_stays_fn(const struct block_child *c,
+                                   void *opaque);
+/* The edges one replacement moved: to undo it, then free it. */
+struct block_moved_edges {
+    struct block_node *from;
+    struct block_node *to;
+    struct block_child **edges;
+    size_t n;
+};
+
 /*
- * Every parent of "from" (nodes and handles), except "to" itself and the
- * edges listed in except, now points to "to".  Drained by the caller or
- * drains itself.  Used to insert and remove filters above live nodes.
+ * Every parent of "from" (nodes and handles) now points to "to", except:
+ * parents below "to" (its own link to "from": inserting a filter, or a
+ * loop), jobs (their use of a node stays with the node, as QEMU's
+ * stay_at_node), and the parents for which stays(c, opaque) says true
+ * (stays may be NULL).  Used to insert and remove filters above live
+ * nodes (fleecing, backup's copy-before-write filter, replication).  When
+ * moved is not NULL it receives the moved edges on success (undo with
+ * block_moved_edges_undo(), then block_moved_edges_free()).
  */
+int block_replace_node_except(struct block_node *from, struct block_node *to,
+                              block_parent_stays_fn *stays, void *opaque,
+                              struct block_moved_edges *moved,
+                              struct err **errp);
+/* block_replace_node_except() with no exception and no undo. */
 int block_replace_node(struct block_node *from, struct block_node *to,
                        struct err **errp);
+/* Move the edges back to "from" (cannot conflict: they were there). */
+void block_moved_edges_undo(struct block_moved_edges *m);
+void block_moved_edges_free(struct block_moved_edges *m);
 
 /*
  * Make a node read-only or read-write in place (block/core/reopen.c): the

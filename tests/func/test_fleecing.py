@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Fleecing over QMP and NBD with real clients (docs/fleecing.md).
 
-QEMU's image-fleecing flows (reference fleecing.md section 7.1) and its
+QEMU's image-fleecing flows (docs/fleecing.md "Examples") and its
 copy-before-write error-policy tests (section 7.2), driven through
 lockstepd's QMP monitor: x-blockdev-insert-filter / -remove-filter (also
 as transaction actions) and fleecing-start / fleecing-stop.  The guest is
@@ -226,7 +226,7 @@ def node_names(c):
 
 
 def image_fleecing(binary, tmp_dir, name, how, temp_kind, use_bitmap):
-    """fleecing.md 7.1 variants 3 and 4; returns what the clients saw."""
+    """QEMU's image-fleecing variants 3 and 4; returns what the clients saw."""
     seen = []
     with Setup(binary, tmp_dir, name) as s:
         bitmap = None

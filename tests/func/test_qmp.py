@@ -761,7 +761,7 @@ FLEECE_PATTERN_OLD = 0xaa
 
 
 def fleecing_recipe(binary, tmp_dir, name):
-    """fleecing.md section 8 (pull mode, incremental), on 4 MiB images."""
+    """docs/fleecing.md "Examples" (pull mode, incremental), on 4 MiB images."""
     qemu_img = shutil.which("qemu-img")
     if not qemu_img or not shutil.which("qemu-io"):
         pytest.skip("qemu-img/qemu-io are not installed")

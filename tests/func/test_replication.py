@@ -205,6 +205,16 @@ def create_images(d, fill=0x11):
     return imgs
 
 
+def wait_failover(q, timeout=120):
+    """A failover is a job ("failover-rep") and the command that starts it
+    returns at once: wait until the job has gone (it dismisses itself)."""
+    end = time.monotonic() + timeout
+    while any(j["id"].startswith("failover-")
+              for j in q.cmd("query-jobs")):
+        assert time.monotonic() < end, "the failover job did not end"
+        time.sleep(0.05)
+
+
 def check_clean(imgs):
     for path in imgs.values():
         sh("qemu-img", "check", "-q", path)
@@ -329,6 +339,7 @@ def test_secondary_stop(pair):
     secondary_common(sec)
     sec.qmp.cmd("xen-set-replication", {"enable": False, "primary": False,
                                         "failover": True})
+    wait_failover(sec.qmp)
     assert sec.qmp.cmd("query-xen-replication-status") == {"error": False}
     # The secondary's view: its own writes, the primary's rolled back.
     qemu_io(sec.uri("top"), "read -P 0x33 0 %d" % HALF,
@@ -368,6 +379,7 @@ def test_aliases(pair):
     qemu_io(sec.uri("top"), "read -P 0x44 0 1M")
     assert sec.qmp.cmd("query-replication") == {"error": False}
     sec.qmp.cmd("replication-stop", {"failover": True})
+    wait_failover(sec.qmp)
     pri.qmp.cmd("replication-stop")
     qemu_io(sec.uri("top"), "read -P 0x44 0 1M",
             "read -P 0x11 1M %d" % (SIZE - MiB))
@@ -444,6 +456,7 @@ def test_random_model(pair, seed):
     sec.qmp.cmd("nbd-server-stop")
     sec.qmp.cmd("xen-set-replication", {"enable": False, "primary": False,
                                         "failover": True})
+    wait_failover(sec.qmp)
     assert sec.qmp.cmd("query-xen-replication-status") == {"error": False}
     pri.stop()
     sec.stop()
@@ -461,6 +474,7 @@ def test_failover_after_many_small_writes(pair):
                         check_every=1000)
     sec.qmp.cmd("nbd-server-stop")
     sec.qmp.cmd("replication-stop", {"failover": True})
+    wait_failover(sec.qmp)
     pri.stop()
     sec.stop()
     assert image_bytes(imgs["sec"], pri.d) == view
@@ -481,6 +495,7 @@ def test_failover_during_fio(pair, tmp_path):
     sec.qmp.cmd("replication-stop", {"failover": True})
     out, _ = fio.communicate(timeout=60)
     assert fio.returncode == 0, out
+    wait_failover(sec.qmp)
     assert sec.qmp.cmd("query-xen-replication-status") == {"error": False}
     h = nbd.NBD()
     h.connect_uri(sec.uri("top"))
@@ -647,4 +662,128 @@ def test_stalled_secondary_holds_nothing_hostage(tmp_path, transport):
         sec.daemon.proc.send_signal(signal.SIGCONT)
     assert pri.stop() == 0
     sec.stop()
+
+
+# ---- Failover is a job: the monitor keeps answering -------------------------
+
+GiB = 1024 * MiB
+
+
+@pytest.mark.skipif(nbd is None, reason="python3-libnbd is not installed")
+def test_failover_job_monitor_answers(tmp_path):
+    """A failover of 1 GiB of dirty data (the secondary guest wrote it
+    after the last checkpoint: it is all in the active disk) is a commit
+    job: the stop command returns at once, the job shows in query-jobs
+    and query-replication with its progress and sends the usual job
+    events, the monitor answers query-status within 50 ms all along, and
+    the secondary guest keeps reading and writing."""
+    d = str(tmp_path)
+    imgs = {}
+    for n in ("sec", "active", "hidden"):
+        imgs[n] = os.path.join(d, n + ".qcow2")
+        sh("qemu-img", "create", "-q", "-f", "qcow2", imgs[n], str(GiB))
+    sec = Secondary(d, "unix", imgs["sec"], imgs["active"], imgs["hidden"])
+    try:
+        sec.start()     # empties the active and hidden disks
+        qemu_io(sec.uri("top"), "write -P 0x5a 0 512M",
+                "write -P 0x6b 512M 512M")
+        q = sec.qmp
+        q.events.clear()
+
+        # The secondary guest writes 64k blocks in the first 16 MiB and
+        # reads them back, during the whole failover.
+        stop = threading.Event()
+        written = {}
+        failures = []
+
+        def guest():
+            rng = random.Random(7)
+            h = nbd.NBD()
+            h.connect_uri(sec.uri("top"))
+            try:
+                while not stop.is_set():
+                    blk = rng.randrange(0, 256)
+                    pat = rng.randrange(1, 256)
+                    data = bytes([pat]) * 65536
+                    h.pwrite(data, blk * 65536)
+                    if h.pread(65536, blk * 65536) != data:
+                        failures.append(blk)
+                    written[blk] = pat
+            except Exception as e:  # pragma: no cover - reported below
+                failures.append(repr(e))
+            finally:
+                h.shutdown()
+
+        t = threading.Thread(target=guest)
+        t.start()
+        time.sleep(0.3)
+
+        t0 = time.monotonic()
+        q.cmd("replication-stop", {"failover": True})
+        assert time.monotonic() - t0 < 1.0, "the failover did not return " \
+            "at once"
+
+        latencies, progress, seen_job = [], [], False
+        while True:
+            t1 = time.monotonic()
+            assert q.cmd("query-status")["status"] == "running"
+            latencies.append(time.monotonic() - t1)
+            jobs = [j for j in q.cmd("query-jobs")
+                    if j["id"] == "failover-rep"]
+            if not jobs:
+                break
+            seen_job = True
+            assert jobs[0]["type"] == "commit"
+            rep = q.cmd("query-replication")
+            assert rep["error"] is False
+            f = rep.get("failover")
+            if f:
+                assert f[0]["node-name"] == "rep"
+                assert f[0]["job-id"] == "failover-rep"
+                progress.append((f[0]["current-progress"],
+                                 f[0]["total-progress"]))
+            assert time.monotonic() - t0 < 300, "failover too slow"
+            time.sleep(0.01)
+        stop.set()
+        t.join(60)
+
+        assert seen_job and progress
+        # Progress moves: at least 1 GiB is to be copied, and the job
+        # reported it along the way.
+        assert max(total for _, total in progress) >= GiB
+        assert progress[0][0] < progress[-1][0] or len(progress) == 1
+        # The monitor answered all along (the copy runs in the job's
+        # thread, no longer inside the stop command).  The machine running
+        # the tests may be loaded: every answer within 50 ms, allowing one
+        # in fifty a scheduling delay, never half a second.
+        slow = [x for x in latencies if x > 0.050]
+        assert len(latencies) >= 20, latencies
+        assert len(slow) <= len(latencies) // 50, sorted(latencies)[-10:]
+        assert max(latencies) < 0.5, sorted(latencies)[-10:]
+        # The usual job events, in order (they precede the answer to the
+        # query-jobs that no longer found the job).
+        statuses = [e["data"]["status"] for e in q.events
+                    if e["event"] == "JOB_STATUS_CHANGE" and
+                    e["data"]["id"] == "failover-rep"]
+        assert statuses == ["created", "running", "waiting", "pending",
+                            "concluded", "null"], statuses
+        ev = q.wait_event_match("BLOCK_JOB_COMPLETED", timeout=10,
+                                device="failover-rep")
+        assert ev["data"]["type"] == "commit"
+        assert "error" not in ev["data"]
+        assert ev["data"]["len"] >= GiB
+        assert ev["data"]["offset"] == ev["data"]["len"]
+        # The guest kept going, and saw its own writes.
+        assert not failures, failures
+        assert len(written) > 0
+        assert q.cmd("query-xen-replication-status") == {"error": False}
+    finally:
+        sec.stop()
+    # The secondary disk holds everything: the guest's last writes, then
+    # the active and hidden disks' data.
+    cmds = ["read -P 0x%x %d 65536" % (pat, blk * 65536)
+            for blk, pat in sorted(written.items())]
+    cmds += ["read -P 0x5a %d %d" % (16 * MiB, 512 * MiB - 16 * MiB),
+             "read -P 0x6b %d %d" % (512 * MiB, 512 * MiB)]
+    qemu_io(imgs["sec"], *cmds, fmt="qcow2")
     check_clean(imgs)

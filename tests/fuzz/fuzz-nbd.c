@@ -33,14 +33,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "crypto/tls-creds.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -48,14 +45,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static int g_in_fd = -1;
 static int g_out_fd = -1;
 static struct tls_creds *g_tls;
-
-/* The daemon's monitor provides this; the fuzzer drops events. */
-void
-qmp_event_send(const char *name, json_t *data)
-{
-    (void)name;
-    json_decref(data);
-}
 
 /* Server PSK credentials from a keys.psk written to a temporary
  * directory (removed again: they are loaded once). */
@@ -96,7 +85,6 @@ fuzz_init(void)
 {
     struct err *err = NULL;
     struct block_node *node;
-    json_t *args;
 
     node = block_node_new_keyval("driver=null-co,node-name=disk,"
                                  "size=1048576,read-zeroes=on", &err);
@@ -104,15 +92,18 @@ fuzz_init(void)
         err_report("fuzz-nbd", err);
         abort();
     }
-    args = json_pack("{s:s, s:s, s:s, s:b, s:b, s:s, s:[s]}",
-                     "type", "nbd", "id", "e0", "node-name", "disk",
-                     "writable", 1, "allocation-depth", 1,
-                     "description", "fuzz", "bitmaps", "b0");
-    if (!nbdexp_create(args, false, &err)) {
+    if (!nbdexp_create(&(struct block_export_options) {
+                           .type = "nbd", .id = "e0", .node_name = "disk",
+                           .writable = true,
+                           .driver_opts = &(struct nbd_export_options) {
+                               .allocation_depth = true,
+                               .description = "fuzz",
+                               .bitmaps = &(struct nbd_export_bitmap) {
+                                   .name = "b0" },
+                               .n_bitmaps = 1 } }, false, &err)) {
         err_report("fuzz-nbd", err);
         abort();
     }
-    json_decref(args);
     g_tls = fuzz_tls_creds();
     g_in_fd = memfd_create("fuzz-nbd-in", MFD_CLOEXEC);
     g_out_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);

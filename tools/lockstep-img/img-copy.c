@@ -4,11 +4,12 @@
  * one image to another.  convert creates its target (raw or qcow2, with
  * -o options) and copies everything the source shows, skipping ranges the
  * source reports as zero and chunks that read as zeroes, so the target
- * stays sparse.  commit copies what the layers above the base hold into the
- * base, then empties the top image (unless -d); with --image-opts the
- * layers' protocol nodes are the ones the options give (blklog in the
- * power-loss tests).  Both print qemu-img's
- * progress line with -p.
+ * stays sparse.  commit runs the daemon's block-commit job (job/commit.c:
+ * an active commit of the top into the base, completed when ready, as
+ * qemu-img runs QEMU's), then empties the top image (unless -d); with
+ * --image-opts the layers' protocol nodes are the ones the options give
+ * (blklog in the power-loss tests).  Both print qemu-img's progress line
+ * with -p.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -22,6 +23,8 @@
 #include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
+#include "job/commit.h"
+#include "job/job.h"
 #include "keyval.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
@@ -499,54 +502,80 @@ commit_open(const struct chain *c, int base, struct img *imgs,
     return true;
 }
 
-/* Is [off, +*n) allocated in a layer above base?  Shrinks *n. */
-static int
-above_base(struct img *imgs, int base, uint64_t off, uint64_t *n)
+/* The job's progress, as qemu-img prints it. */
+static void
+commit_progress(struct job *job, struct img_progress *prog)
 {
-    bool any = false;
+    uint64_t cur, total;
 
-    for (int i = 0; i < base; i++) {
-        uint64_t pnum = 0;
-        int ret = block_is_allocated(imgs[i].node, off, *n, &pnum);
-
-        if (ret < 0) {
-            return ret;
-        }
-        if (ret && !any) {
-            any = true;
-            *n = pnum;
-        } else if (!any) {
-            *n = MIN(*n, pnum);
-        }
+    job_get_progress(job, &cur, &total);
+    if (total && cur < total) {     /* 100% is img_progress_end()'s */
+        img_progress_update(prog, cur * 100.0 / total);
     }
-    return any;
 }
 
+/*
+ * Run the commit job of job/commit.c (block-commit's), as qemu-img runs
+ * QEMU's: an active commit of the top into the base, completed as soon as
+ * it is ready.  The tool's own handles go first: the job takes QEMU's
+ * permissions on the chain itself, as in the daemon.  At the end the top
+ * has no user left (the job moved its parents to the base).
+ */
 static int
-commit_copy(struct img *imgs, int base, bool progress)
+commit_job(struct img *imgs, int base, bool progress, struct err **errp)
 {
-    int64_t len = block_handle_getlength(imgs[0].h);
-    uint8_t *buf = img_buf_alloc(IMG_CHUNK);
+    const unsigned done = (1u << JOB_STATUS_CONCLUDED) |
+                          (1u << JOB_STATUS_NULL);
+    struct commit_options o = {
+        .job_id = "commit",
+        .device = imgs[0].node->node_name,
+        .base = imgs[base].node->node_name,
+        .on_error = JOB_ON_ERROR_REPORT,
+        .auto_finalize = true,
+        .auto_dismiss = true,
+    };
     struct img_progress prog;
-    uint64_t n;
-    int ret = 0;
+    struct job *job;
+    int ret;
 
-    if (len < 0 || !buf) {
-        free(buf);
-        return len < 0 ? (int)len : -ENOMEM;
+    for (int i = 0; i <= base; i++) {
+        block_handle_free(imgs[i].h);
+        imgs[i].h = NULL;
     }
+    if (!commit_start(&o, errp)) {
+        return -EIO;
+    }
+    job = job_find(o.job_id);
+    job_ref(job);
     img_progress_start(&prog, progress);
-    for (uint64_t off = 0; off < (uint64_t)len && ret >= 0; off += n) {
-        n = MIN(IMG_CHUNK, len - off);
-        ret = above_base(imgs, base, off, &n);
-        if (ret > 0) {
-            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, false);
+    for (bool completed = false;;) {
+        enum job_status st;
+
+        /* Completing is asynchronous: once asked, wait for the end. */
+        job_wait_status(job, done | (completed ? 0 : 1u << JOB_STATUS_READY),
+                        100LL * 1000 * 1000);
+        commit_progress(job, &prog);
+        st = job_get_status(job);
+        if ((1u << st) & done) {
+            break;
         }
-        img_progress_update(&prog, (off + n) * 100.0 / len);
+        if (st == JOB_STATUS_READY && !completed) {
+            if (!job_complete(job, errp)) {
+                job_cancel_sync(job);
+                job_unref(job);
+                return -EIO;
+            }
+            completed = true;
+        }
     }
-    img_progress_end(&prog);
-    free(buf);
-    return ret < 0 ? ret : block_handle_flush(imgs[base].h);
+    ret = job->ret;
+    if (ret < 0) {
+        err_setf(errp, "%s", job->error ? job->error : strerror(-ret));
+    } else {
+        img_progress_end(&prog);
+    }
+    job_unref(job);
+    return ret;
 }
 
 /* A smaller base grows to the top's size first (qemu-img does too). */
@@ -556,22 +585,32 @@ commit_run(struct img *imgs, int base, bool drop, bool progress,
 {
     int64_t top = block_handle_getlength(imgs[0].h);
     int64_t bl = block_handle_getlength(imgs[base].h);
+    struct block_handle *h;
     int ret;
 
     if (top > bl && block_truncate(imgs[base].node, top, errp) < 0) {
         return -EIO;
     }
-    ret = commit_copy(imgs, base, progress);
+    ret = commit_job(imgs, base, progress, errp);
     if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not commit '%s' into '%s'",
-                       imgs[0].filename, imgs[base].filename);
+        err_prepend(errp, "Could not commit '%s' into '%s': ",
+                    imgs[0].filename, imgs[base].filename);
         return ret;
     }
-    if (!drop && block_make_empty(imgs[0].node, errp) < 0) {
-        err_prepend(errp, "Could not empty %s: ", imgs[0].filename);
-        return -EIO;
+    if (drop) {
+        return 0;
     }
-    return 0;
+    /* Empty the old top through a writer of its own, as qemu-img does. */
+    h = block_handle_new(imgs[0].node, IMG_PROG, BLOCK_PERM_WRITE,
+                         BLOCK_PERM_ALL, errp);
+    if (!h || block_make_empty(imgs[0].node, errp) < 0) {
+        err_prepend(errp, "Could not empty %s: ", imgs[0].filename);
+        ret = -EIO;
+    }
+    if (h) {
+        block_handle_free(h);
+    }
+    return ret;
 }
 
 struct commit_args {

@@ -12,7 +12,7 @@
  * goes through qcow2_header_decode(), the format layer's decoder, so that
  * check refuses every header open refuses.
  *
- * Repair and crash safety (qcow2 spec, refcounts; formats.md B.6): raising
+ * Repair and crash safety (qcow2 spec, refcounts; docs/qcow2.md): raising
  * a refcount to its reference count and lowering a leaked one are single
  * in-place writes that never leave a refcount below its references.  A
  * rebuild writes the new refcount blocks and table past the last used
@@ -29,7 +29,7 @@
 #include "block/format/qcow2/qcow2.h"
 #include "util.h"
 
-/* On-disk facts, from the qcow2 specification (formats.md part B). */
+/* On-disk facts, from the qcow2 specification (docs/qcow2.md). */
 #define CHK_MAX_CLUSTER_BITS 21
 #define CHK_INCOMPAT_DIRTY 0x1ULL
 #define CHK_INCOMPAT_CORRUPT 0x2ULL

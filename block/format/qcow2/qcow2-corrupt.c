@@ -22,15 +22,8 @@
 
 #include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2-int.h"
+#include "runtime/event.h"
 #include "util.h"
-
-/*
- * qmp_event_send() lives in the QMP monitor (qmp/).  Programs without the
- * monitor (the tools, unit tests) do not link it; the weak reference is
- * then NULL and the event is dropped (the message still goes to stderr).
- */
-extern void qmp_event_send(const char *name, json_t *data)
-    __attribute__((weak));
 
 /* The names QEMU's overlap-check messages use, by kind bit. */
 static const char *
@@ -143,25 +136,30 @@ qcow2_meta_pwrite(struct qcow2_state *s, unsigned ign, uint64_t off,
     return ret < 0 ? ret : block_pwrite(s->file, off, len, buf, 0);
 }
 
-/* BLOCK_IMAGE_CORRUPTED with QEMU's members; no device names here. */
+/*
+ * BLOCK_IMAGE_CORRUPTED with QEMU's members, in its order; no device names
+ * here.  Emitted under s->lock: the sink takes only leaf locks
+ * (runtime/event.h), and the event must not wait for the request.  In a
+ * program without a sink (the tools) it is dropped; the message still
+ * goes to stderr.
+ */
 static void
 send_event(struct qcow2_state *s, const char *msg, int64_t offset,
            int64_t size, bool fatal)
 {
-    json_t *data;
+    struct event *ev = event_new("BLOCK_IMAGE_CORRUPTED");
 
-    if (!qmp_event_send) {
-        return;
-    }
-    data = json_pack("{s:s, s:s, s:s, s:b}", "device", "", "node-name",
-                     s->node->node_name, "msg", msg, "fatal", fatal);
+    event_add_str(ev, "device", "");
+    event_add_str(ev, "node-name", s->node->node_name);
+    event_add_str(ev, "msg", msg);
     if (offset >= 0) {
-        json_object_set_new(data, "offset", json_integer(offset));
+        event_add_int(ev, "offset", offset);
     }
     if (size >= 0) {
-        json_object_set_new(data, "size", json_integer(size));
+        event_add_int(ev, "size", size);
     }
-    qmp_event_send("BLOCK_IMAGE_CORRUPTED", data);
+    event_add_bool(ev, "fatal", fatal);
+    event_emit(ev);
 }
 
 /* Set the corrupt bit on disk: the one write allowed once corrupt. */

@@ -3,8 +3,8 @@
  * qcow2 on-disk format: constants, the decoded header, header validation,
  * entry decoding helpers and image creation.  This is the stable interface
  * that lockstep-img (create/info/check) and the qcow2 driver share; it is
- * written from the qcow2 specification (docs/qcow2.md,
- * shared/reference/formats.md part B), not from QEMU's code.
+ * written from the qcow2 specification (docs/qcow2.md), not from QEMU's
+ * code.
  *
  * Everything here is pure (no I/O) except qcow2_create(), which runs on the
  * main thread and writes a fresh image through a block node.
