@@ -182,7 +182,7 @@ nbdexp_new(const struct block_export_options *o, bool require_server,
     mutex_lock(&g_nbdsrv_lock);
     TAILQ_INSERT_TAIL(&g_exports, exp, link);
     mutex_unlock(&g_nbdsrv_lock);
-    if (writable) {
+    if (o->writable) {
         CLEANUP_FREE char *what = xasprintf("writable export '%s'", id);
 
         nbdsrv_warn_insecure(what);
