@@ -660,8 +660,10 @@ def test_stalled_secondary_holds_nothing_hostage(tmp_path, transport):
         pri.qmp.cmd("blockdev-del", {"node-name": "p-rep"})
     finally:
         sec.daemon.proc.send_signal(signal.SIGCONT)
-    assert pri.stop() == 0
-    sec.stop()
+        rc = pri.stop()
+        sec.stop()
+    assert rc == 0
+    check_clean(imgs)
 
 
 # ---- Failover is a job: the monitor keeps answering -------------------------
