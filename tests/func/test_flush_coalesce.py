@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from powerloss import FLUSH, Log
-from qmp_client import Daemon
+from qmp_client import Daemon, wait_for_socket
 
 try:
     import nbd  # python3-libnbd
@@ -58,6 +58,8 @@ def test_concurrent_flushes_coalesced(lockstepd, disk_dir, tmp_path):
             start.abort()       # nobody waits for a client that failed
 
     try:
+        # The monitor comes up first; the NBD server may be a moment later.
+        wait_for_socket(sock, d.proc, timeout=30)
         handles = []
         for i in range(CLIENTS):
             h = nbd.NBD()

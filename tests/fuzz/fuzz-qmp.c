@@ -31,7 +31,6 @@
 #include "qmp/framer.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-internal.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
