@@ -1136,7 +1136,8 @@ send_reply(int fd, const struct vu_msg *req, const void *payload,
     reply.request = req->request;
     reply.flags = VU_VERSION | VU_FLAG_REPLY;
     reply.size = size;
-    memcpy(reply.payload, payload, size);
+    if (size > 0)
+        memcpy(reply.payload, payload, size);
     iov.iov_base = &reply;
     iov.iov_len = VU_HDR_SIZE + size;
     if (pass_fd >= 0) {
