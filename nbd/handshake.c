@@ -660,7 +660,9 @@ hs_option(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
             ret = send_err(s, opt, NBD_REP_ERR_INVALID,
                            "TLS is already negotiated");
         } else {
-            ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "TLS not supported");
+            /* A server that can do TLS but was not asked to: a policy
+             * refusal, as qemu-storage-daemon answers. */
+            ret = send_err(s, opt, NBD_REP_ERR_POLICY, "TLS not configured");
         }
         break;
     default:
