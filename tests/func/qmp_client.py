@@ -8,6 +8,7 @@ socket, reads the greeting, negotiates capabilities, runs commands with an
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -206,3 +207,55 @@ class Daemon:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class DiskDaemon:
+    """A daemon (lockstepd or qemu-storage-daemon) with one QMP client: the
+    common part of the tests' "disk" wrappers.  Subclasses build the
+    daemon's arguments and call start(); nbd is the NBD socket, if any."""
+
+    nbd = None
+    export = "disk"
+
+    def start(self, binary, tmp_dir, name, args):
+        self.d = Daemon(binary, tmp_dir, name=name, args=args)
+        self.c = self.d.client()
+
+    def url(self, export=None):
+        return "nbd+unix:///%s?socket=%s" % (export or self.export, self.nbd)
+
+    def write(self, *cmds):
+        """qemu-io commands on the NBD export; each must succeed."""
+        argv = ["qemu-io", "-f", "raw"]
+        for c in cmds:
+            argv += ["-c", c]
+        p = subprocess.run(direct.argv(argv + [self.url()]), capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0 and "failed" not in p.stdout, \
+            (p.stdout, p.stderr)
+
+    def bitmaps(self, node="disk"):
+        """{name: entry} of the node's dirty-bitmaps in
+        query-named-block-nodes."""
+        for n in self.c.cmd("query-named-block-nodes"):
+            if n["node-name"] == node:
+                return {b["name"]: b for b in n.get("dirty-bitmaps", [])}
+        raise AssertionError("no node " + node)
+
+    def quit(self):
+        self.c.cmd("quit")
+        self.c.close()
+        assert self.d.stop() == 0, self.d.stderr
+
+    def kill(self):
+        self.c.close()
+        self.d.proc.send_signal(signal.SIGKILL)
+        self.d.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.d.proc.poll() is None:
+            self.c.close()
+            self.d.stop()

@@ -14,12 +14,11 @@ import json
 import os
 import re
 import shutil
-import signal
 
 import pytest
 
 from conftest import run
-from qmp_client import Daemon, QMPError
+from qmp_client import DiskDaemon
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -59,12 +58,12 @@ def qemu_io_img(path, *cmds):
         (p.stdout, p.stderr)
 
 
-class Disk:
+class Disk(DiskDaemon):
     """A daemon serving image path as node "disk" and NBD export "disk"."""
 
     def __init__(self, binary, tmp_dir, path, name="d", extra=()):
         self.nbd = os.path.join(tmp_dir, name + "-nbd.sock")
-        self.d = Daemon(binary, tmp_dir, name=name, args=[
+        self.start(binary, tmp_dir, name, [
             "--blockdev", json.dumps({
                 "driver": "qcow2", "node-name": "disk",
                 "file": {"driver": "file", "filename": path,
@@ -74,29 +73,11 @@ class Disk:
                 "type": "nbd", "id": "disk", "node-name": "disk",
                 "name": "disk", "writable": True}),
         ] + list(extra))
-        self.c = self.d.client()
-
-    def url(self, export="disk"):
-        return "nbd+unix:///%s?socket=%s" % (export, self.nbd)
-
-    def write(self, *cmds):
-        argv = ["qemu-io", "-f", "raw"]
-        for c in cmds:
-            argv += ["-c", c]
-        p = run(argv + [self.url()])
-        assert p.returncode == 0 and "failed" not in p.stdout, \
-            (p.stdout, p.stderr)
 
     def add(self, name, **kw):
         args = {"node": "disk", "name": name, "persistent": True}
         args.update({k.replace("_", "-"): v for k, v in kw.items()})
         self.c.cmd("block-dirty-bitmap-add", args)
-
-    def bitmaps(self):
-        for n in self.c.cmd("query-named-block-nodes"):
-            if n["node-name"] == "disk":
-                return {b["name"]: b for b in n.get("dirty-bitmaps", [])}
-        raise AssertionError("no node disk")
 
     def sha(self, name):
         return self.c.cmd("x-debug-block-dirty-bitmap-sha256",
@@ -129,24 +110,6 @@ class Disk:
                          b["persistent"], b.get("inconsistent", False),
                          None if b.get("inconsistent") else self.sha(name))
         return res
-
-    def quit(self):
-        self.c.cmd("quit")
-        self.c.close()
-        assert self.d.stop() == 0, self.d.stderr
-
-    def kill(self):
-        self.c.close()
-        self.d.proc.send_signal(signal.SIGKILL)
-        self.d.stop()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.d.proc.poll() is None:
-            self.c.close()
-            self.d.stop()
 
 
 @pytest.fixture

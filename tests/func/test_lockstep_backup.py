@@ -22,12 +22,11 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import pytest
 
 from conftest import built_program, run
-from qmp_client import Daemon
+from qmp_client import DiskDaemon
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -71,8 +70,10 @@ def qemu_io_img(path, *cmds):
         (p.stdout, p.stderr)
 
 
-class Disk:
+class Disk(DiskDaemon):
     """A daemon serving image as node "disk", exported as "guest"."""
+
+    export = "guest"
 
     def __init__(self, binary, tmp_dir, image, name="d", nbd=True):
         self.nbd = os.path.join(tmp_dir, name + "-nbd.sock") if nbd else None
@@ -88,34 +89,16 @@ class Disk:
                      "--export", json.dumps({
                          "type": "nbd", "id": "guest", "node-name": "disk",
                          "name": "guest", "writable": True})]
-        self.d = Daemon(binary, tmp_dir, name=name, args=args)
-        self.c = self.d.client()
+        self.start(binary, tmp_dir, name, args)
 
     @property
     def qmp(self):
         return self.tool_qmp
 
-    def url(self):
-        return "nbd+unix:///guest?socket=%s" % self.nbd
-
-    def write(self, *cmds):
-        argv = ["qemu-io", "-f", "raw"]
-        for c in cmds:
-            argv += ["-c", c]
-        p = run(argv + [self.url()])
-        assert p.returncode == 0 and "failed" not in p.stdout, \
-            (p.stdout, p.stderr)
-
     def snapshot(self, path):
         """The guest's disk now (nothing writes), as a raw file."""
         qemu_img("convert", "-f", "raw", "-O", "raw", self.url(), path)
         return path
-
-    def bitmaps(self):
-        for n in self.c.cmd("query-named-block-nodes"):
-            if n["node-name"] == "disk":
-                return {b["name"]: b for b in n.get("dirty-bitmaps", [])}
-        raise AssertionError("no node disk")
 
     def assert_clean(self):
         """Nothing of a backup is left on the daemon."""
@@ -125,24 +108,6 @@ class Disk:
         nodes = [n["node-name"] for n in
                  self.c.cmd("query-named-block-nodes")]
         assert not [n for n in nodes if n.startswith("lsbk-")], nodes
-
-    def quit(self):
-        self.c.cmd("quit")
-        self.c.close()
-        assert self.d.stop() == 0, self.d.stderr
-
-    def kill(self):
-        self.c.close()
-        self.d.proc.send_signal(signal.SIGKILL)
-        self.d.stop()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.d.proc.poll() is None:
-            self.c.close()
-            self.d.stop()
 
 
 @pytest.fixture
@@ -658,7 +623,7 @@ def test_tool_killed_then_recovered(tool, lockstepd, image, tmp_dir):
     need("qemu-io", "qemu-img")
     bk = os.path.join(tmp_dir, "bk")
     with Disk(lockstepd, tmp_dir, image) as d:
-        full = day0(tool, d, bk, tmp_dir)
+        day0(tool, d, bk, tmp_dir)
         before = snapshot_files(bk)
         r = backup(tool, d, bk, "incremental")
         r.pause_at_snapshot()
