@@ -5,12 +5,14 @@
 #   make check    all tests: unit + integration, then again under ASan/UBSan
 #   make demo     a short run of the main job on a sample image
 #   make bench    side-by-side benchmarks against QEMU (see bench/)
+#   make iotests  QEMU's own iotests against lockstep-img and lockstep-io
+#                 (fetches Debian's qemu source; writes docs/iotests.md)
 
 BUILD      ?= build
 BUILD_SAN  ?= build-san
 MESON_OPTS ?=
 
-.PHONY: all deps build check demo clean bench
+.PHONY: all deps build check demo clean bench iotests
 
 all: build
 
@@ -32,6 +34,9 @@ bench: deps
 	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
 	@ninja -C build-bench lockstepd tests/vhost/vhost-client
 	@python3 bench/bench.py --build build-bench
+
+iotests: build
+	@python3 scripts/iotests.py $(IOTESTS_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_SAN) build-fuzz build-bench

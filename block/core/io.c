@@ -330,6 +330,50 @@ write_align(struct block_node *node, uint64_t offset, uint64_t end,
     }
 }
 
+/*
+ * A compressed write goes to the first node that stores compressed data
+ * (filters without a pwrite of their own pass it down), unsplit and
+ * unpadded: the format checks its alignment rules.
+ */
+static int
+pwrite_compressed(struct block_node *node, uint64_t offset, uint64_t bytes,
+                  const void *buf, unsigned flags)
+{
+    struct block_tracked_req req;
+    void *bounce = NULL;
+    int ret;
+
+    if (node->drv->pwrite &&
+        !(node->supported_write_flags & BLOCK_REQ_WRITE_COMPRESSED)) {
+        return -ENOTSUP;
+    }
+    if (!node->drv->pwrite) {
+        struct block_node *child = passthrough_child(node);
+
+        return child ? block_pwrite(child, offset, bytes, buf, flags)
+                     : -ENOTSUP;
+    }
+    if (!buf_aligned(node, buf)) {
+        bounce = bounce_alloc(node, bytes);
+        if (!bounce) {
+            return -ENOMEM;
+        }
+        memcpy(bounce, buf, bytes);
+        buf = bounce;
+    }
+    tracked_begin(node, &req, offset, bytes, false);
+    serial_enter(node);
+    ret = node->drv->pwrite(node, offset, bytes, buf,
+                            BLOCK_REQ_WRITE_COMPRESSED);
+    serial_leave(node);
+    if (ret == 0) {
+        write_done(node, offset, bytes);
+    }
+    tracked_end(node, &req);
+    free(bounce);
+    return ret;
+}
+
 int
 block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
              const void *buf, unsigned flags)
@@ -343,6 +387,9 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     ret = check_write_range(node, offset, bytes);
     if (ret < 0 || bytes == 0) {
         return ret;
+    }
+    if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
+        return pwrite_compressed(node, offset, bytes, buf, flags);
     }
     if (node->detect_zeroes != BLOCK_DETECT_ZEROES_OFF &&
         buffer_is_zero(buf, bytes)) {

@@ -60,6 +60,10 @@ enum {
                                    * requests on this node */
     BLOCK_REQ_WRITE_UNCHANGED = 0x10, /* write does not change the content
                                        * (copy-on-read, block-copy) */
+    BLOCK_REQ_WRITE_COMPRESSED = 0x20, /* write: store compressed (formats
+                                        * that list it in
+                                        * supported_write_flags: whole
+                                        * clusters); else -ENOTSUP */
 };
 
 /* Block status flags (block_status()). */
@@ -340,6 +344,27 @@ struct block_node *block_node_new_keyval(const char *str, struct err **errp);
 /* Shorthand for tools: "-f FMT FILE". */
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);
+
+/*
+ * File names as QEMU's tools take them (block/core/filename.c): "json:{..}",
+ * "blkdebug:[CONFIG]:NAME", NBD URLs, "null-co://", "file:PATH" or a path.
+ * block_filename_options() gives the blockdev-add options of the node the
+ * name stands for (a protocol or filter, no format); an unknown "proto:"
+ * prefix is refused.  Main thread.
+ */
+json_t *block_filename_options(const char *filename, struct err **errp);
+bool block_filename_is_nbd_url(const char *filename);
+
+/*
+ * Open an image from a file name (or NULL) and options (or NULL) the way
+ * qemu-io and qemu-img do: the name goes below the format given by
+ * options' "driver" (or, for a protocol driver, is its file name); with
+ * no driver the format is probed through the protocol layer (qcow2 by its
+ * magic, else raw: *probed_raw tells, so that the caller can warn).
+ * Children given by a "filename" without a driver get one from the name.
+ */
+struct block_node *block_open_image(const char *filename, json_t *options,
+                                    bool *probed_raw, struct err **errp);
 
 /*
  * Backing chains: at most BLOCK_MAX_BACKING_CHAIN images, the top one

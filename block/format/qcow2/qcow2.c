@@ -698,6 +698,173 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
     return ret;
 }
 
+/* ---- Compressed clusters ------------------------------------------------ */
+
+/*
+ * Deflate one cluster (raw deflate, window 2^15, as QEMU writes).
+ * Returns the compressed length, or 0 when it does not fit in max bytes
+ * (then the cluster is written uncompressed).
+ */
+static size_t
+deflate_cluster(const uint8_t *in, size_t len, uint8_t *out, size_t max)
+{
+    z_stream z;
+    size_t n = 0;
+
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 9,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
+        return 0;
+    }
+    z.next_in = (uint8_t *)in;
+    z.avail_in = (uInt)len;
+    z.next_out = out;
+    z.avail_out = (uInt)max;
+    if (deflate(&z, Z_FINISH) == Z_STREAM_END) {
+        n = max - z.avail_out;
+    }
+    deflateEnd(&z);
+    return n;
+}
+
+/*
+ * Room for len compressed bytes, packed after the previous compressed
+ * cluster like QEMU does: in the same host cluster while it fits (its
+ * refcount counts the compressed clusters in it), else in a new host
+ * cluster (which continues the old one when it directly follows it).
+ * Caller holds s->lock.  Returns the host byte offset or -errno.
+ */
+static int64_t
+alloc_bytes(struct qcow2_state *s, uint64_t len)
+{
+    uint64_t off = s->free_byte_offset, rc = 0;
+    uint64_t room = s->cluster_size - (off & (s->cluster_size - 1));
+    int64_t fresh;
+    int ret;
+
+    if (off) {
+        ret = qcow2_get_refcount(s, off >> s->cluster_bits, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc == 0 || rc >= qcow2_refcount_max(s->refcount_order)) {
+            off = 0;
+        }
+    }
+    if (!off || room < len) {
+        fresh = qcow2_alloc_clusters(s, 1);
+        if (fresh < 0) {
+            return fresh;
+        }
+        if (!off || align_up(off, s->cluster_size) != (uint64_t)fresh) {
+            off = (uint64_t)fresh;
+            goto out;
+        }
+    }
+    /* The data starts in (or spills over from) the current cluster. */
+    ret = qcow2_update_refcount(s, align_down(off, s->cluster_size), 1, 1,
+                                QCOW2_DISCARD_OTHER);
+    if (ret < 0) {
+        return ret;
+    }
+out:
+    s->free_byte_offset = (off + len) & (s->cluster_size - 1)
+                          ? off + len : 0;
+    return (int64_t)off;
+}
+
+/*
+ * Write one whole guest cluster compressed (QEMU's rules: the cluster
+ * must not be allocated yet; a short last cluster is padded with
+ * zeroes; what does not compress is written the normal way).
+ */
+static int
+write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
+                         const uint8_t *data, uint64_t n)
+{
+    CLEANUP_FREE uint8_t *in = NULL;
+    CLEANUP_FREE uint8_t *out = xmalloc(s->cluster_size);
+    struct qcow2_l2e old, e = { 0 };
+    uint64_t host, nsect, shift = 62 - (s->cluster_bits - 8);
+    size_t len;
+    int64_t off;
+    int ret;
+
+    if (n < s->cluster_size) {
+        in = xzalloc(s->cluster_size);
+        memcpy(in, data, n);
+        data = in;
+    }
+    len = deflate_cluster(data, s->cluster_size, out, s->cluster_size - 1);
+    if (len == 0) {
+        return write_cluster(s, gc, 0, n, data);
+    }
+    mutex_lock_may_block(&s->lock);
+    ret = s->corrupt ? -EIO : qcow2_get_l2e(s, gc, &old);
+    if (ret == 0 && (old.entry & QCOW2_L2E_OFFSET_MASK)) {
+        /* Compression cannot overwrite anything (QEMU: EIO). */
+        ret = -EIO;
+    }
+    if (ret == 0) {
+        ret = qcow2_ensure_l2(s, gc);
+    }
+    off = ret < 0 ? ret : alloc_bytes(s, len);
+    if (off >= 0 && qcow2_overlaps_metadata(s, (uint64_t)off, len)) {
+        qcow2_signal_corruption(s, "compressed data at host offset 0x%llx "
+                                "would overwrite metadata",
+                                (unsigned long long)off);
+        off = -EIO;
+    }
+    mutex_unlock(&s->lock);
+    if (off < 0) {
+        return (int)off;
+    }
+    host = (uint64_t)off;
+    block_debug_event(s->file, "write_compressed");
+    ret = block_pwrite(s->file, host, len, out, 0);
+    mutex_lock_may_block(&s->lock);
+    if (ret < 0) {
+        s->failed_end = MAX(s->failed_end,
+                            align_up(host + len, s->cluster_size));
+        qcow2_update_refcount(s, align_down(host, s->cluster_size),
+                              ((host + len - 1) >> s->cluster_bits) -
+                              (host >> s->cluster_bits) + 1, -1,
+                              QCOW2_DISCARD_OTHER);
+    } else {
+        nsect = ((host + len - 1) >> 9) - (host >> 9);
+        e.entry = QCOW2_OFLAG_COMPRESSED | host | (nsect << shift);
+        ret = qcow2_set_l2e(s, gc, &e);
+    }
+    mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* BLOCK_REQ_WRITE_COMPRESSED: whole clusters, each compressed. */
+static int
+pwrite_compressed(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+                  const uint8_t *buf)
+{
+    struct qcow2_range r;
+    int ret = 0;
+
+    if ((offset & (s->cluster_size - 1)) ||
+        ((bytes & (s->cluster_size - 1)) &&
+         offset + bytes != s->node->size)) {
+        return -EINVAL;
+    }
+    range_lock(s, &r, offset, bytes, true);
+    while (bytes > 0 && ret == 0) {
+        uint64_t n = MIN(bytes, s->cluster_size);
+
+        ret = write_compressed_cluster(s, offset >> s->cluster_bits, buf, n);
+        offset += n;
+        bytes -= n;
+        buf += n;
+    }
+    range_unlock(s, &r);
+    return ret;
+}
+
 /*
  * Driver pwrite: any thread, no lock held, any alignment.  Exclusive
  * range lock over the touched clusters; per cluster plan (s->lock), data
@@ -713,7 +880,9 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     struct qcow2_range r;
     int ret = 0;
 
-    (void)flags;
+    if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
+        return pwrite_compressed(s, offset, bytes, buf);
+    }
     range_lock(s, &r, offset, bytes, true);
     while (bytes > 0 && ret == 0) {
         uint64_t gc = offset >> s->cluster_bits;
@@ -1742,7 +1911,7 @@ init_geometry(struct block_node *node, struct qcow2_state *s,
     node->limits.pdiscard_alignment = (uint32_t)s->cluster_size;
     node->limits.pwrite_zeroes_alignment = (uint32_t)s->subcluster_size;
     node->limits.opt_transfer = (uint32_t)s->cluster_size;
-    node->supported_write_flags = 0;
+    node->supported_write_flags = BLOCK_REQ_WRITE_COMPRESSED;
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
 }
 
