@@ -177,6 +177,8 @@ grow_size(struct block_node *node, uint64_t end)
 {
     uint64_t cur = __atomic_load_n(&node->size, __ATOMIC_RELAXED);
 
+    /* Lengths are whole sectors, as QEMU counts them (file.c). */
+    end = align_up(end, BLOCK_SECTOR_SIZE);
     while (end > cur &&
            !__atomic_compare_exchange_n(&node->size, &cur, end, false,
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -816,8 +818,13 @@ block_truncate(struct block_node *node, uint64_t length, struct err **errp)
     ret = node->drv->truncate(node, length, errp);
     if (ret == 0) {
         /* Metadata changed: the next flush must not be skipped. */
+        int64_t len = node->drv->getlength ? node->drv->getlength(node)
+                                           : (int64_t)length;
+
+        /* The driver's view: a file's length in whole sectors. */
         __atomic_add_fetch(&node->write_gen, 1, __ATOMIC_RELEASE);
-        __atomic_store_n(&node->size, length, __ATOMIC_RELAXED);
+        __atomic_store_n(&node->size, len >= 0 ? (uint64_t)len : length,
+                         __ATOMIC_RELAXED);
         block_node_truncate_bitmaps(node, length);
     }
     return ret;

@@ -50,6 +50,9 @@ enum {
     BLOCK_PERM_ALL = 0x0f,
 };
 
+/* Node lengths are whole sectors, as in QEMU (a 320-byte file is 512). */
+#define BLOCK_SECTOR_SIZE 512
+
 /* Request flags. */
 enum {
     BLOCK_REQ_FUA = 0x01,         /* write: stable before it completes */

@@ -312,6 +312,8 @@ struct layer {
 struct chain {
     struct layer l[COMMIT_MAX_CHAIN];
     int n;
+    const char *top_name;   /* as given: may be blkdebug:CONF:PATH */
+    json_t *top_proto;      /* the node below the top's format */
 };
 
 static void
@@ -321,6 +323,27 @@ chain_free(struct chain *c)
         free(c->l[i].path);
         free(c->l[i].fmt);
     }
+    json_decref(c->top_proto);
+}
+
+/*
+ * The file under a pseudo-filename's filters (blkdebug:CONF:PATH is a
+ * blkdebug node over PATH), where the top's header is read; NULL if the
+ * name is no local file (an NBD URL).
+ */
+static const char *
+innermost_file(json_t *o)
+{
+    while (json_is_object(o)) {
+        const char *drv = json_string_value(json_object_get(o, "driver"));
+
+        if (drv && !strcmp(drv, "file")) {
+            return json_string_value(json_object_get(o, "filename"));
+        }
+        o = json_object_get(o, json_object_get(o, "image") ? "image"
+                                                           : "file");
+    }
+    return NULL;
 }
 
 /* Read the backing chain from the headers, top first. */
@@ -328,8 +351,17 @@ static bool
 chain_read(struct chain *c, const char *top, const char *fmt,
            struct err **errp)
 {
-    c->l[0].path = xstrdup(top);
-    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(top));
+    const char *path;
+
+    c->top_name = top;
+    c->top_proto = block_filename_options(top, errp);
+    if (!c->top_proto) {
+        err_prepend(errp, "Could not open '%s': ", top);
+        return false;
+    }
+    path = innermost_file(c->top_proto);
+    c->l[0].path = xstrdup(path ? path : top);
+    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(c->l[0].path));
     for (c->n = 1; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
         struct qcow2_header h;
         struct layer *cur = &c->l[c->n - 1];
@@ -381,9 +413,11 @@ chain_find_base(const struct chain *c, const char *base, struct err **errp)
 static json_t *
 layer_opts(const struct chain *c, int i, int base)
 {
-    json_t *o = json_pack("{s:s, s:{s:s, s:s}, s:b}", "driver",
-                          c->l[i].fmt, "file", "driver", "file", "filename",
-                          c->l[i].path, "read-only", i != 0 && i != base);
+    json_t *file = i == 0 ? json_deep_copy(c->top_proto)
+                          : json_pack("{s:s, s:s}", "driver", "file",
+                                      "filename", c->l[i].path);
+    json_t *o = json_pack("{s:s, s:o, s:b}", "driver", c->l[i].fmt, "file",
+                          file, "read-only", i != 0 && i != base);
     char name[32];
 
     snprintf(name, sizeof(name), "img-layer%d", i);
@@ -402,7 +436,8 @@ commit_open(const struct chain *c, int base, struct img *imgs,
 {
     for (int i = base; i >= 0; i--) {
         json_t *o = layer_opts(c, i, base);
-        bool ok = img_open_json(&imgs[i], o, c->l[i].path,
+        bool ok = img_open_json(&imgs[i], o,
+                                i ? c->l[i].path : c->top_name,
                                 i == 0 || i == base, errp);
 
         json_decref(o);
@@ -484,9 +519,17 @@ commit_run(struct img *imgs, int base, bool drop, bool progress,
                        imgs[0].filename, imgs[base].filename);
         return ret;
     }
-    if (!drop && block_make_empty(imgs[0].node, errp) < 0) {
-        err_prepend(errp, "Could not empty %s: ", imgs[0].filename);
-        return -EIO;
+    if (!drop) {
+        struct err *e = NULL;
+
+        ret = block_make_empty(imgs[0].node, &e);
+        if (ret < 0) {
+            /* qemu-img's words: the errno's text, not the details. */
+            err_setf_errno(errp, -ret, "Failed to empty %s",
+                           imgs[0].filename);
+            err_free(e);
+            return ret;
+        }
     }
     return 0;
 }

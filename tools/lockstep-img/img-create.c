@@ -207,7 +207,8 @@ raw_prealloc(int fd, const struct img_create *c, struct err **errp)
         return true;
     }
     if (!strcmp(c->prealloc, "falloc") || !strcmp(c->prealloc, "full")) {
-        ret = c->size ? -posix_fallocate(fd, 0, c->size) : 0;
+        ret = c->size ? -posix_fallocate(fd, 0, (off_t)align_up(c->size, 512))
+                      : 0;
     } else {
         err_setf(errp, "Invalid preallocation mode: '%s'", c->prealloc);
         return false;
@@ -271,7 +272,8 @@ create_raw(struct img_create *c, struct err **errp)
 {
     struct img file;
 
-    if (!open_new_file(c, c->size, &file, errp)) {
+    /* Like qemu-img: sizes round up to whole 512-byte sectors. */
+    if (!open_new_file(c, align_up(c->size, 512), &file, errp)) {
         return false;
     }
     img_close(&file);

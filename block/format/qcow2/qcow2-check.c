@@ -1294,6 +1294,24 @@ parse_header(struct chk *c, const uint8_t *b, uint64_t len, struct err **errp)
     return 0;
 }
 
+/* The image cannot be opened (by QEMU either) unless L1 maps its size. */
+static int
+check_l1_covers_size(const struct chk *c, struct err **errp)
+{
+    uint64_t l2_entries = c->cs / (c->extended_l2 ? 16 : 8);
+    uint64_t need = div_round_up(c->size, c->cs * l2_entries);
+
+    if (need > INT32_MAX) {
+        err_setf(errp, "Image is too big");
+        return -EFBIG;
+    }
+    if (c->l1_size < need) {
+        err_setf(errp, "L1 table is too small");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int
 validate_header(struct chk *c, struct err **errp)
 {
@@ -1334,7 +1352,7 @@ validate_header(struct chk *c, struct err **errp)
                       : (1U << (1U << c->refcount_order)) - 1;
     c->extended_l2 = c->incompat & CHK_INCOMPAT_EXTL2;
     c->data_file = c->incompat & CHK_INCOMPAT_DATA_FILE;
-    return 0;
+    return check_l1_covers_size(c, errp);
 }
 
 static int

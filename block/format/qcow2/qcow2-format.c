@@ -153,6 +153,11 @@ check_tables(struct qcow2_header *h, struct err **errp)
         return -EFBIG;
     }
     need = div_round_up(h->size, cs * h->l2_entries);
+    if (need > INT32_MAX) {
+        /* QEMU's limit: no L1 index may pass INT_MAX. */
+        err_setf(errp, "Image is too big");
+        return -EFBIG;
+    }
     if (h->l1_size < need) {
         err_setf(errp, "L1 table is too small (%u entries for a virtual "
                  "size needing %llu)", h->l1_size,

@@ -2004,7 +2004,7 @@ out_lock:
 static void
 store_bitmaps_locked(struct qcow2_state *s)
 {
-    int ret = s->corrupt ? -EIO : qcow2_bitmaps_store(s);
+    int ret = qcow2_bitmaps_store(s);
 
     if (ret < 0) {
         fprintf(stderr, "qcow2: could not store the persistent dirty "

@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: MIT
+"""Bugs that QEMU's own iotests found in lockstep-img and lockstep-io.
+
+Each test is the smallest case of one difference `make iotests` showed,
+run with our tools and, where it helps, with qemu-img/qemu-io 7.2 on the
+same files to show what QEMU does.
+"""
+import os
+import struct
+
+import pytest
+
+from conftest import built_program, host_tool, run
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@pytest.fixture(scope="session")
+def limg(build_dir):
+    return built_program(build_dir, "lockstep-img")
+
+
+@pytest.fixture(scope="session")
+def lio(build_dir):
+    return built_program(build_dir, "lockstep-io")
+
+
+def ok(r):
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def io(tool, img, *cmds, fmt="qcow2"):
+    argv = [tool, "-f", fmt]
+    for c in cmds:
+        argv += ["-c", c]
+    return ok(run(argv + [img]))
+
+
+# ---- raw images whose size is no multiple of 512 ---------------------------
+
+
+@pytest.mark.parametrize("size,length", [(320, "512 bytes"),
+                                         (1000, "1 KiB")])
+def test_raw_length_rounds_up_to_sectors(lio, tmp_dir, size, length):
+    """A 320-byte raw file is a 512-byte image whose end reads zeroes."""
+    img = os.path.join(tmp_dir, "r.raw")
+    with open(img, "wb") as f:
+        f.write(b"\x5a" * size)
+    whole = (size + 511) // 512 * 512
+    r = io(lio, img, "length", fmt="raw")
+    assert r.stdout.splitlines()[0] == length
+    r = io(lio, img, "read -P 0x5a 0 %d" % size,
+           "read -P 0 %d %d" % (size, whole - size), fmt="raw")
+    assert "Pattern verification failed" not in r.stdout
+    # Reading did not grow the file.
+    assert os.path.getsize(img) == size
+
+
+def test_raw_write_past_file_end_inside_last_sector(lio, tmp_dir):
+    img = os.path.join(tmp_dir, "r.raw")
+    with open(img, "wb") as f:
+        f.write(b"\0" * 320)
+    io(lio, img, "write -P 7 400 100", fmt="raw")
+    assert os.path.getsize(img) == 500
+    io(lio, img, "read -P 0 0 400", "read -P 7 400 100", "read -P 0 500 12",
+       fmt="raw")
+
+
+@pytest.mark.parametrize("prealloc", ["off", "falloc", "full"])
+def test_raw_create_rounds_size_up(limg, tmp_dir, prealloc):
+    img = os.path.join(tmp_dir, "c.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", "-o",
+            "preallocation=" + prealloc, img, "65537"]))
+    assert os.path.getsize(img) == 66048
+
+
+# ---- check on an image too big to open -------------------------------------
+
+
+def set_qcow2_size(path, size):
+    with open(path, "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack(">Q", size))
+
+
+def test_check_refuses_1_eib_header(limg, tmp_dir):
+    """The L1 index of 1 EiB passes INT_MAX: QEMU cannot open it either."""
+    img = os.path.join(tmp_dir, "big.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "4G"]))
+    set_qcow2_size(img, 1 << 60)
+    r = run([limg, "check", img])
+    assert r.returncode == 1
+    assert "Could not open '%s': Image is too big" % img in r.stderr
+    assert "No errors" not in r.stdout
+    r = run([limg, "info", img])
+    assert r.returncode == 1 and "Image is too big" in r.stderr
+
+
+def test_check_refuses_l1_smaller_than_size(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "small-l1.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1G"]))
+    set_qcow2_size(img, 1 << 40)    # 1 TiB needs 2048 entries, L1 has 2
+    r = run([limg, "check", img])
+    assert r.returncode == 1
+    assert "L1 table is too small" in r.stderr
+
+
+# ---- commit through a blkdebug: filename --------------------------------------
+
+
+def make_chain(limg, lio, tmp_dir):
+    base = os.path.join(tmp_dir, "t.qcow2.base")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top, "64M"]))
+    io(lio, top, "write -P 3 0 64k")
+    return base, top
+
+
+def test_commit_through_blkdebug_filename(limg, lio, tmp_dir):
+    base, top = make_chain(limg, lio, tmp_dir)
+    conf = os.path.join(tmp_dir, "empty.conf")
+    open(conf, "w").close()
+    r = ok(run([limg, "commit", "blkdebug:%s:%s" % (conf, top)]))
+    assert "Image committed." in r.stdout
+    io(lio, base, "read -P 3 0 64k")
+    r = io(lio, top, "map")
+    assert r.stdout.startswith("64 MiB (0x4000000) bytes not allocated")
+
+
+def test_commit_blkdebug_error_while_emptying(limg, lio, tmp_dir):
+    """An error injected on the top says "Failed to empty", as qemu-img."""
+    base, top = make_chain(limg, lio, tmp_dir)
+    conf = os.path.join(tmp_dir, "bd.conf")
+    with open(conf, "w") as f:
+        f.write('[inject-error]\nevent = "l1_update"\n')
+    name = "blkdebug:%s:%s" % (conf, top)
+    r = run([limg, "commit", name])
+    assert r.returncode == 1
+    assert r.stderr.strip().endswith(
+        "Failed to empty %s: Input/output error" % name), r.stderr
+    assert "does not have a backing file" not in r.stderr
+    assert "bitmaps" not in r.stderr
+    # The data reached the base; the top still reads the same.
+    io(lio, base, "read -P 3 0 64k")
+    io(lio, top, "read -P 3 0 64k")
+    ok(run([limg, "check", "-r", "all", top]))
