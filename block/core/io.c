@@ -712,6 +712,29 @@ layer_status(struct block_node *node, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
+static int status_above(struct block_node *node, uint64_t offset,
+                        uint64_t bytes, uint64_t *pnum,
+                        struct block_status_info *info, int depth);
+
+/*
+ * Data a format maps to [map, +*pnum) of file: does the file read it as
+ * zeroes (a hole, as in preallocated clusters never written)?  QEMU asks
+ * the file too.  Clips *pnum to what the file tells; errors tell nothing.
+ */
+static int
+data_in_hole(struct block_node *file, uint64_t map, uint64_t *pnum)
+{
+    struct block_status_info info = { 0 };
+    uint64_t fnum = 0;
+    int ret = status_above(file, map, *pnum, &fnum, &info, 1);
+
+    if (ret < 0) {
+        return 0;
+    }
+    *pnum = MIN(*pnum, fnum);
+    return ret & BLOCK_STATUS_ZERO;
+}
+
 static int
 status_above(struct block_node *node, uint64_t offset, uint64_t bytes,
              uint64_t *pnum, struct block_status_info *info, int depth)
@@ -736,6 +759,12 @@ status_above(struct block_node *node, uint64_t offset, uint64_t bytes,
     if (ret & BLOCK_STATUS_RECURSE) {
         /* Filters and raw do not count as a layer. */
         return status_above(file, map, *pnum, pnum, info, depth);
+    }
+    if ((ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO |
+                BLOCK_STATUS_OFFSET_VALID)) ==
+        (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID) &&
+        file && file != node) {
+        ret |= data_in_hole(file, map, pnum);
     }
     if (ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO)) {
         info->flags = (ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO |

@@ -148,3 +148,113 @@ def test_commit_blkdebug_error_while_emptying(limg, lio, tmp_dir):
     io(lio, base, "read -P 3 0 64k")
     io(lio, top, "read -P 3 0 64k")
     ok(run([limg, "check", "-r", "all", top]))
+
+
+# ---- Allocation: the metadata QEMU writes -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def qimg():
+    return host_tool("qemu-img")
+
+
+@pytest.fixture(scope="session")
+def qio():
+    return host_tool("qemu-io")
+
+
+def qmap(qimg, img):
+    """The image's map as qemu-img reads it."""
+    return ok(run([qimg, "map", "--output=json", img])).stdout
+
+
+ZERO_CASES = [
+    # (backing file?, extended L2?, commands)
+    (True, False, ["write -z 0 4k"]),           # sub-cluster over zeroes
+    (True, False, ["write -z 1k 130k"]),
+    (True, True, ["write -z 1k 3k"]),
+    (False, False, ["write -z 0 4k"]),          # unallocated, no backing
+    (False, False, ["write -z 0 64k"]),
+    (False, True, ["write -z 0 100k"]),
+    (False, False, ["write -P 1 0 64k", "write -z 4k 4k"]),
+]
+
+
+@pytest.mark.parametrize("backing,ext,cmds", ZERO_CASES)
+def test_write_zeroes_metadata_as_qemu(lio, qio, qimg, tmp_dir, backing, ext,
+                                       cmds):
+    maps = []
+    for tool in (lio, qio):
+        img = os.path.join(tmp_dir, "a-%d.qcow2" % len(maps))
+        opts = "extended_l2=on" if ext else "extended_l2=off"
+        if backing:
+            base = img + ".base"
+            ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", opts, base,
+                    "1M"]))
+            ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", opts, "-b",
+                    base, "-F", "qcow2", img, "1M"]))
+        else:
+            ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", opts, img,
+                    "1M"]))
+        io(tool, img, *cmds)
+        maps.append(qmap(qimg, img))
+    assert maps[0] == maps[1]
+    # A zero cluster, not data, at the start.
+    assert '"zero": true, "data": false' in maps[0].splitlines()[0] or \
+        "write -P" in cmds[0]
+
+
+def test_write_zeroes_over_backing_data_keeps_data(lio, qimg, tmp_dir):
+    """Only where the backing file reads zeroes may a piece grow whole."""
+    base = os.path.join(tmp_dir, "b.qcow2")
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(lio, base, "write -P 1 0 4k")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            img, "1M"]))
+    io(lio, img, "write -z 8k 4k")
+    io(lio, img, "read -P 1 0 4k", "read -P 0 4k 60k")
+
+
+def test_commit_of_zeroed_overlay_frees_base_clusters(limg, lio, qimg,
+                                                      tmp_dir):
+    base = os.path.join(tmp_dir, "b.qcow2")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(lio, base, "write -P 1 0 128k")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top, "1M"]))
+    io(lio, top, "write -z 0 64k")
+    ok(run([limg, "commit", top]))
+    first = qmap(qimg, base).splitlines()[0]
+    assert '"zero": true, "data": false}' in first and "offset" not in first
+    r = ok(run([qimg, "check", base]))
+    assert "1/16 = 6.25% allocated" in r.stdout
+    io(lio, base, "read -P 0 0 64k", "read -P 1 64k 64k")
+
+
+def test_map_preallocated_sparse_clusters_read_zero(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o",
+            "preallocation=metadata", img, "1M"]))
+    ours = ok(run([limg, "map", "--output=json", img])).stdout
+    assert ours == qmap(qimg, img)
+    assert '"zero": true, "data": true' in ours
+    # The human map lists data only: nothing here.
+    r = ok(run([limg, "map", img]))
+    assert r.stdout.splitlines()[1:] == []
+
+
+def test_shrink_gives_space_back(limg, lio, tmp_dir):
+    img = os.path.join(tmp_dir, "s.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    io(lio, img, "write -P 1 0 32M")
+    r = ok(run([limg, "resize", "--shrink", img, "1M"]))
+    assert r.stderr == ""     # no warning with --shrink, as qemu-img
+    assert os.path.getsize(img) < 2 * MiB
+    r = ok(run([limg, "check", img]))
+    assert "No errors" in r.stdout
+    io(lio, img, "read -P 1 0 1M")
+    r = run([limg, "resize", img, "512k"])
+    assert r.returncode == 1 and "--shrink" in r.stderr and \
+        "warning: Shrinking" in r.stderr

@@ -32,7 +32,7 @@
  */
 static int
 copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
-           uint8_t *buf, bool dst_is_zero)
+           uint8_t *buf, bool dst_is_zero, unsigned zero_flags)
 {
     int ret = block_handle_pread(src->h, off, n, buf, 0);
 
@@ -45,7 +45,7 @@ copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
         return 0;
     }
     if (buffer_is_zero(buf, n)) {
-        ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
+        ret = block_handle_pwrite_zeroes(dst->h, off, n, zero_flags);
     } else {
         ret = block_handle_pwrite(dst->h, off, n, buf, 0);
     }
@@ -245,7 +245,7 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
         }
         n = MIN(n, pnum);
         if (!(ret & BLOCK_STATUS_ZERO)) {
-            ret = copy_range(src, dst, off, n, buf, dst_is_zero);
+            ret = copy_range(src, dst, off, n, buf, dst_is_zero, 0);
         } else if (!dst_is_zero) {
             ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
         }
@@ -420,6 +420,8 @@ layer_opts(const struct chain *c, int i, int base)
                           file, "read-only", i != 0 && i != base);
     char name[32];
 
+    /* qemu-img commit opens with discard=unmap: zeroes free clusters. */
+    json_object_set_new(o, "discard", json_string("unmap"));
     snprintf(name, sizeof(name), "img-layer%d", i);
     json_object_set_new(o, "node-name", json_string(name));
     if (i < base) {
@@ -492,7 +494,9 @@ commit_copy(struct img *imgs, int base, bool progress)
         n = MIN(IMG_CHUNK, len - off);
         ret = above_base(imgs, base, off, &n);
         if (ret > 0) {
-            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, false);
+            /* Zeroes free the base's clusters, as qemu-img commit. */
+            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, false,
+                             BLOCK_REQ_MAY_UNMAP);
         }
         img_progress_update(&prog, (off + n) * 100.0 / len);
     }

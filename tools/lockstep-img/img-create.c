@@ -492,13 +492,12 @@ resize_apply(struct img *img, struct resize_args *a, const char *arg)
         return 1;
     }
     if (size < (uint64_t)cur && !a->shrink) {
+        /* The warning only here, as qemu-img: --shrink says "I know". */
         img_error("Use the --shrink option to perform a shrink operation.");
-        return 1;
-    }
-    if (size < (uint64_t)cur) {
         img_error("warning: Shrinking an image will delete all data beyond "
                   "the shrunken image's end. Before performing such an "
                   "operation, make sure there is no important data there.");
+        return 1;
     }
     if (block_truncate(img->node, size, &e) < 0) {
         err_prepend(&e, "%s: ", img->filename);

@@ -900,26 +900,50 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
 
 /* ---- Zeroing and discarding --------------------------------------------- */
 
-/* Does subcluster range [a, b) of entry e already read as zeroes? */
+/* Does the backing file read [offset, +bytes) as zeroes (or lack it)? */
 static bool
-reads_zero(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned a,
-           unsigned b)
+backing_reads_zero(struct qcow2_state *s, uint64_t offset, uint64_t bytes)
 {
-    for (unsigned sc = a; sc < b; sc++) {
-        enum qcow2_cluster_type t;
+    struct block_node *b = s->node->backing ? s->node->backing->node : NULL;
+    int64_t blen = b ? block_getlength(b) : 0;
 
-        if (sub_type(s, e, sc, &t) < 0) {
-            return false;
-        }
-        if (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC) {
-            continue;
-        }
-        if (t == QCOW2_CLUSTER_UNALLOCATED && !s->node->backing) {
-            continue;
-        }
+    if (blen < 0) {
         return false;
     }
+    while (bytes > 0 && offset < (uint64_t)blen) {
+        uint64_t pnum = 0;
+        int ret = block_status(b, offset, MIN(bytes, blen - offset), &pnum,
+                               NULL);
+
+        if (ret < 0 || !(ret & BLOCK_STATUS_ZERO)) {
+            return false;
+        }
+        offset += pnum;
+        bytes -= MIN(pnum, bytes);
+    }
     return true;
+}
+
+/*
+ * May subcluster sc of entry e (guest range [start, end)), of which the
+ * caller zeroes only [lo, hi), be zeroed whole?  As in QEMU: when it
+ * holds no data and the rest of it reads as zeroes already.
+ */
+static bool
+zeroable_whole(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
+               uint64_t start, uint64_t end, uint64_t lo, uint64_t hi)
+{
+    enum qcow2_cluster_type t;
+
+    if (sub_type(s, e, sc, &t) < 0) {
+        return false;
+    }
+    if (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+        return true;
+    }
+    return t == QCOW2_CLUSTER_UNALLOCATED &&
+           backing_reads_zero(s, start, lo - start) &&
+           backing_reads_zero(s, hi, end - hi);
 }
 
 /*
@@ -1005,8 +1029,8 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         bool free_old;
         int ret;
 
-        if (!s->node->backing && idx < s->l1_size &&
-            !(s->l1[idx] & QCOW2_L1E_OFFSET_MASK)) {
+        if ((discard || s->h.version < 3) && !s->node->backing &&
+            idx < s->l1_size && !(s->l1[idx] & QCOW2_L1E_OFFSET_MASK)) {
             /* No L2 table and nothing below: all of it reads as zero. */
             uint64_t skip = ((idx + 1) * s->l2_entries << s->cluster_bits) -
                             offset;
@@ -1027,15 +1051,29 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
                                     "%llu", (unsigned long long)gc);
             return -EIO;
         }
-        if (!discard && !(start_ok && end_ok)) {
-            /* Partial subcluster: fine only if it reads as zero already. */
-            if (!reads_zero(s, &old, (unsigned)(in / sc_size),
-                            (unsigned)div_round_up(in + n, sc_size))) {
+        if (!discard && !start_ok) {
+            /* A piece of a subcluster: zeroed whole, or by the core. */
+            uint64_t sc0 = offset - in + (a - 1) * sc_size;
+
+            if (!zeroable_whole(s, &old, a - 1, sc0, sc0 + sc_size, offset,
+                                MIN(offset + n, sc0 + sc_size))) {
                 return -ENOTSUP;
             }
-            a = b;
+            a--;
         }
-        if (a < b && (old.entry || old.bitmap || s->node->backing)) {
+        if (!discard && !end_ok && b * sc_size < in + n) {
+            uint64_t sc0 = offset - in + b * sc_size;
+            uint64_t sc1 = MIN(sc0 + sc_size, s->h.size);
+
+            if (!zeroable_whole(s, &old, b, sc0, sc1, MAX(offset, sc0),
+                                offset + n)) {
+                return -ENOTSUP;
+            }
+            b++;
+        }
+        /* v3 writes zero flags even where nothing was (QEMU does too). */
+        if (a < b && (old.entry || old.bitmap || s->node->backing ||
+                      (!discard && (s->h.version >= 3 || s->extended_l2)))) {
             ret = zero_entry(s, &old, a, b, unmap || discard, &e, &free_old);
             if (ret == -ENOTSUP && discard) {
                 ret = 0;
@@ -1563,6 +1601,34 @@ write_size_locked(struct qcow2_state *s, uint64_t length)
 }
 
 /*
+ * After a shrink, give the free clusters at the end of the file back, as
+ * QEMU does: cut after the last cluster with a reference.  The refcounts
+ * are stable already, so a crash leaves a consistent image either way; a
+ * failure only costs space.  Under s->lock, every request drained.
+ */
+static void
+cut_free_tail(struct qcow2_state *s)
+{
+    int64_t flen = block_getlength(s->file);
+    uint64_t c, rc = 0;
+
+    if (flen <= 0) {
+        return;
+    }
+    for (c = div_round_up((uint64_t)flen, s->cluster_size); c > 0; c--) {
+        if (qcow2_get_refcount(s, c - 1, &rc) < 0) {
+            return;
+        }
+        if (rc) {
+            break;
+        }
+    }
+    if (c > 0 && c * s->cluster_size < (uint64_t)flen) {
+        block_truncate(s->file, c * s->cluster_size, NULL);
+    }
+}
+
+/*
  * Shrink: the header size first (what lies beyond is unreachable from
  * then on), then drop every mapping past the new end: entries of the
  * straddling L2 table cleared and made stable, L2 tables wholly beyond
@@ -1621,7 +1687,11 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         free(f.n);
         return ret;
     }
-    return free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+    ret = free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+    if (ret == 0) {
+        cut_free_tail(s);
+    }
+    return ret;
 }
 
 /*
