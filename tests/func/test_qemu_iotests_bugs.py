@@ -258,3 +258,22 @@ def test_shrink_gives_space_back(limg, lio, tmp_dir):
     r = run([limg, "resize", img, "512k"])
     assert r.returncode == 1 and "--shrink" in r.stderr and \
         "warning: Shrinking" in r.stderr
+
+
+# ---- Started as qemu-img / qemu-io ------------------------------------------
+
+
+@pytest.mark.parametrize("ours,name", [("lockstep-img", "qemu-img"),
+                                       ("lockstep-io", "qemu-io")])
+def test_messages_name_qemu_when_started_so(build_dir, tmp_dir, ours, name):
+    """QEMU's iotests filter "qemu-img:"; our own name stays otherwise."""
+    prog = built_program(build_dir, ours)
+    link = os.path.join(tmp_dir, name)
+    os.symlink(prog, link)
+    missing = os.path.join(tmp_dir, "missing")
+    argv = ["info", missing] if ours == "lockstep-img" else [missing]
+    r = run([link] + argv)
+    assert r.returncode == 1
+    assert (r.stderr + r.stdout).startswith(name + ": "), r.stderr
+    r = run([prog] + argv)
+    assert (r.stderr + r.stdout).startswith(ours + ": "), r.stderr

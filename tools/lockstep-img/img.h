@@ -17,7 +17,13 @@
 #include "lockstep/block.h"
 #include "lockstep/err.h"
 
-#define IMG_PROG "lockstep-img"
+/*
+ * The name in messages: "lockstep-img", or "qemu-img" when started by
+ * that name (a symlink), so that scripts and QEMU's iotests matching
+ * "qemu-img:" work unchanged.
+ */
+extern const char *img_prog;
+#define IMG_PROG img_prog
 /* Copy and compare granularity: big enough to be fast, small in memory. */
 #define IMG_CHUNK (2 * 1024 * 1024ULL)
 

@@ -27,6 +27,8 @@
 #define LOCKSTEP_VERSION "0.1.0"
 #endif
 
+const char *img_prog = "lockstep-img";
+
 /* The most of a file's head we read: cluster 0 of the largest clusters. */
 #define IMG_HEAD_MAX (2 * 1024 * 1024)
 
@@ -692,6 +694,9 @@ main(int argc, char **argv)
 {
     const struct img_cmd *c;
 
+    if (!strcmp(basename(argv[0]), "qemu-img")) {
+        img_prog = "qemu-img";
+    }
     if (argc < 2) {
         img_error("Not enough arguments");
         fprintf(stderr, "Try '%s --help' for more information\n", IMG_PROG);
