@@ -277,3 +277,74 @@ def test_messages_name_qemu_when_started_so(build_dir, tmp_dir, ours, name):
     assert (r.stderr + r.stdout).startswith(name + ": "), r.stderr
     r = run([prog] + argv)
     assert (r.stderr + r.stdout).startswith(ours + ": "), r.stderr
+
+
+# ---- rebase ------------------------------------------------------------------
+
+
+def qcow2_exts(path):
+    """The header extensions (magic, data) and the backing name, parsed."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    version = struct.unpack(">I", head[4:8])[0]
+    off = struct.unpack(">I", head[100:104])[0] if version >= 3 else 72
+    exts = []
+    while True:
+        magic, length = struct.unpack(">II", head[off:off + 8])
+        if magic == 0:
+            break
+        exts.append((magic, head[off + 8:off + 8 + length]))
+        off += 8 + (length + 7) // 8 * 8
+    boff, blen = struct.unpack(">QI", head[8:20])
+    return exts, head[boff:boff + blen] if boff else None
+
+
+def make_rebase_set(tool_img, tool_io, d, tag):
+    base = os.path.join(d, "base-%s.qcow2" % tag)
+    new = os.path.join(d, "new-%s.qcow2" % tag)
+    top = os.path.join(d, "top-%s.qcow2" % tag)
+    ok(run([tool_img, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(tool_io, base, "write -P 1 0 256k")
+    ok(run([tool_img, "create", "-q", "-f", "qcow2", new, "512k"]))
+    io(tool_io, new, "write -P 2 64k 64k", "write -P 1 128k 64k")
+    ok(run([tool_img, "create", "-q", "-f", "qcow2", "-b", base, "-F",
+            "qcow2", top, "1M"]))
+    io(tool_io, top, "write -P 3 0 32k")
+    return base, new, top
+
+
+def test_rebase_safe_keeps_content_as_qemu(limg, lio, qimg, qio, tmp_dir):
+    _, new_o, top_o = make_rebase_set(limg, lio, tmp_dir, "o")
+    _, new_q, top_q = make_rebase_set(qimg, qio, tmp_dir, "q")
+    ok(run([limg, "rebase", "-b", new_o, "-F", "qcow2", top_o]))
+    ok(run([qimg, "rebase", "-b", new_q, "-F", "qcow2", top_q]))
+    assert qmap(qimg, top_o).replace(new_o, "NEW") == \
+        qmap(qimg, top_q).replace(new_q, "NEW")
+    io(lio, top_o, "read -P 3 0 32k", "read -P 1 32k 224k",
+       "read -P 0 256k 768k")
+    exts_o, name_o = qcow2_exts(top_o)
+    exts_q, name_q = qcow2_exts(top_q)
+    assert name_o == new_o.encode() and name_q == new_q.encode()
+    assert exts_o == exts_q     # backing format first, then the others
+    r = ok(run([qimg, "check", top_o]))
+    assert "No errors" in r.stdout
+
+
+def test_rebase_remove_and_unsafe(limg, lio, qimg, tmp_dir):
+    base, new, top = make_rebase_set(limg, lio, tmp_dir, "o")
+    ok(run([limg, "rebase", "-b", "", top]))
+    assert qcow2_exts(top)[1] is None
+    io(lio, top, "read -P 3 0 32k", "read -P 1 32k 224k")
+    r = run([limg, "rebase", "-b", "missing", "-F", "qcow2", top])
+    assert r.returncode == 1 and "Could not open new backing file " \
+        "'missing': Could not open" in r.stderr
+    # -u stores the name as given, without looking at it.
+    ok(run([limg, "rebase", "-u", "-b", "/some/path", "-F", "host_device",
+            top]))
+    exts, name = qcow2_exts(top)
+    assert name == b"/some/path" and (0xe2792aca, b"host_device") in exts
+    r = run([limg, "rebase", "-u", "-b", base, top])
+    assert r.returncode == 1 and "backing format must be specified" in \
+        r.stderr
+    r = run([limg, "rebase", top])
+    assert r.returncode == 1 and "Must specify backing file (-b)" in r.stderr

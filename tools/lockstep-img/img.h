@@ -43,6 +43,7 @@ int img_cmd_map(int argc, char **argv);
 int img_cmd_compare(int argc, char **argv);
 int img_cmd_commit(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);
+int img_cmd_rebase(int argc, char **argv);
 int img_cmd_resize(int argc, char **argv);
 
 /* "lockstep-img: " + message + newline on stderr. */
