@@ -495,10 +495,10 @@ io_need_perm(struct io_ctx *ctx, uint32_t perm)
 
 /* QEMU's option strings for "open -o" and "reopen -o" ("a=b,c.d=e"). */
 static json_t *
-parse_opts(json_t *into, const char *str)
+parse_opts_implied(json_t *into, const char *str, const char *implied)
 {
     struct err *e = NULL;
-    json_t *o = keyval_parse(str, NULL, &e);
+    json_t *o = keyval_or_json_parse(str, implied, &e);
     const char *key;
     json_t *v;
 
@@ -514,6 +514,12 @@ parse_opts(json_t *into, const char *str)
     }
     json_decref(o);
     return into;
+}
+
+static json_t *
+parse_opts(json_t *into, const char *str)
+{
+    return parse_opts_implied(into, str, NULL);
 }
 
 /* ---- open, close, reopen, quit, help -------------------------------------- */
@@ -592,7 +598,8 @@ cmd_open(struct io_ctx *ctx, int argc, char **argv)
         }
     }
     if (g_image_opts && optind == argc - 1) {
-        opts = parse_opts(opts, argv[optind]);
+        /* "raw,file.filename=x" as qemu-io; JSON too (ours). */
+        opts = parse_opts_implied(opts, argv[optind], "driver");
         if (!opts) {
             return -EINVAL;
         }
@@ -1172,7 +1179,7 @@ main(int argc, char **argv)
         const char *name = argv[optind];
 
         if (g_image_opts) {
-            opts = parse_opts(NULL, argv[optind]);
+            opts = parse_opts_implied(NULL, argv[optind], "driver");
             if (!opts) {
                 exit(1);
             }
