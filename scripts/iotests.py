@@ -10,7 +10,7 @@ once with QEMU's tools (the baseline, cached per QEMU version) and once with
 ours, and writes docs/iotests.md.  Nothing of QEMU's tests is copied into
 this repository.
 
-Our tools run under the names qemu-img and qemu-io (symlinks in a temporary
+Our tools run under the names qemu-img and qemu-io (copies in a temporary
 folder): started by those names they print "qemu-img:"/"qemu-io:" in their
 messages, as the tests' filters expect.
 
@@ -180,7 +180,11 @@ def tool_dir(work, run_name, build):
     for name, target in pick.items():
         if not target or not os.path.exists(target):
             sys.exit("iotests: %s not found (%s)" % (name, target))
-        os.symlink(os.path.abspath(target), os.path.join(d, name))
+        if target in ours.values():
+            # A copy: a rebuild while the tests run does not disturb them.
+            shutil.copy2(target, os.path.join(d, name))
+        else:
+            os.symlink(os.path.abspath(target), os.path.join(d, name))
     return d
 
 

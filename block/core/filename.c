@@ -293,7 +293,13 @@ fill_drivers(json_t *opts, struct err **errp)
     return true;
 }
 
-/* Add the keys of from that into lacks (explicit options win). */
+static bool is_protocol(const char *driver);
+
+/*
+ * Add the keys of from that into lacks (explicit options win).  A child
+ * given a format driver explicitly ("image.driver=qcow2") over a name's
+ * protocol node gets that node as its file.
+ */
 static void
 merge_missing(json_t *into, json_t *from)
 {
@@ -302,10 +308,21 @@ merge_missing(json_t *into, json_t *from)
 
     json_object_foreach(from, key, v) {
         json_t *have = json_object_get(into, key);
+        const char *hd, *vd;
 
         if (!have) {
             json_object_set(into, key, v);
-        } else if (json_is_object(have) && json_is_object(v)) {
+            continue;
+        }
+        if (!json_is_object(have) || !json_is_object(v)) {
+            continue;
+        }
+        hd = json_string_value(json_object_get(have, "driver"));
+        vd = json_string_value(json_object_get(v, "driver"));
+        if (hd && vd && strcmp(hd, vd) && !is_protocol(hd) &&
+            is_protocol(vd) && !json_object_get(have, "file")) {
+            json_object_set(have, "file", v);
+        } else {
             merge_missing(have, v);
         }
     }
@@ -379,7 +396,11 @@ block_open_image(const char *filename, json_t *options, bool *probed_raw,
             goto out;
         }
         fdrv = json_string_value(json_object_get(fopts, "driver"));
-        if (!strncmp(filename, "json:", 5)) {
+        if (!strncmp(filename, "json:", 5) ||
+            (driver && fdrv && !strcmp(driver, fdrv) &&
+             strcmp(driver, "file"))) {
+            /* "driver=blkdebug,... blkdebug::IMG": the name's options are
+             * that node's own, as QEMU parses them. */
             merge_missing(opts, fopts);
         } else if (driver && is_protocol(driver)) {
             /* "-f file NAME": the name as that driver's file name. */

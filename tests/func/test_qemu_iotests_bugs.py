@@ -348,3 +348,41 @@ def test_rebase_remove_and_unsafe(limg, lio, qimg, tmp_dir):
         r.stderr
     r = run([limg, "rebase", top])
     assert r.returncode == 1 and "Must specify backing file (-b)" in r.stderr
+
+
+# ---- Options as QEMU's tools take them ----------------------------------------
+
+
+def test_blkdebug_limits_take_size_suffixes(lio, tmp_dir):
+    """-o file.align=4k: blkdebug's limits are sizes, as in QEMU."""
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([built_program(os.path.dirname(lio), "lockstep-img"), "create",
+            "-q", "-f", "qcow2", img, "1M"]))
+    r = ok(run([lio, "-c", "open -o driver=qcow2,file.align=4k,"
+                "file.max-transfer=64k blkdebug::" + img,
+                "-c", "write -P 1 1000 100k", "-c", "read -P 1 1000 100k"]))
+    assert "Pattern verification failed" not in r.stdout
+
+
+def test_filter_driver_with_its_own_filename(lio, limg, tmp_dir):
+    """driver=blkdebug,image.driver=qcow2 blkdebug::IMG: one blkdebug."""
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    r = ok(run([lio, "-c", "open -o driver=blkdebug,image.driver=qcow2,"
+                "align=4k blkdebug::" + img, "-c", "write -P 2 0 8k",
+                "-c", "info"]))
+    assert "format name: blkdebug" in r.stdout
+    io(lio, img, "read -P 2 0 8k")
+
+
+def test_map_image_opts(limg, lio, tmp_dir):
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    io(lio, img, "write -P 1 64k 64k")
+    r = ok(run([limg, "map", "--image-opts",
+                "driver=qcow2,file.driver=file,file.filename=" + img]))
+    assert r.stdout.splitlines()[1].split()[:2] == ["0x10000", "0x10000"]
+    r = ok(run([limg, "map", "--output=json", "--image-opts",
+                "driver=blkdebug,align=4k,image.driver=qcow2,"
+                "image.file.filename=" + img]))
+    assert '"start": 65536, "length": 65536' in r.stdout

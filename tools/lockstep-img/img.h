@@ -84,6 +84,9 @@ extern bool img_force_share;
 
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
+/* --image-opts: str is "driver=qcow2,file.filename=..." (or JSON). */
+bool img_open_opts(struct img *img, const char *str, bool writable,
+                   struct err **errp);
 /* Open from a blockdev-add object (chains built by the caller). */
 bool img_open_json(struct img *img, json_t *opts, const char *filename,
                    bool writable, struct err **errp);

@@ -21,6 +21,7 @@
 
 #include "block/format/qcow2/qcow2.h"
 #include "img.h"
+#include "keyval.h"
 #include "util.h"
 
 #ifndef LOCKSTEP_VERSION
@@ -100,8 +101,10 @@ static const struct img_cmd img_cmds[] = {
       "  --output=FMT     human (default) or json\n"
       "  --backing-chain  describe every image of the backing chain\n" },
     { "map", img_cmd_map,
-      "map [-f FMT] [--output=human|json] [-s OFFSET] [-l LENGTH] FILENAME",
+      "map [-f FMT | --image-opts] [--output=human|json] [-s OFFSET] "
+      "[-l LENGTH] FILENAME",
       "  -f FMT           image format (default: probed)\n"
+      "  --image-opts     FILENAME is an option string (driver=...)\n"
       "  --output=FMT     human (default) or json\n"
       "  -s, --start-offset=OFFSET  first byte to describe\n"
       "  -l, --max-length=LENGTH    bytes to describe at most\n" },
@@ -398,6 +401,31 @@ img_open(struct img *img, const char *filename, const char *fmt,
     }
     img->fmt = xstrdup(fmt);
     return img_attach(img, filename, writable, errp);
+}
+
+bool
+img_open_opts(struct img *img, const char *str, bool writable,
+              struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(str, "driver", errp);
+    bool probed_raw;
+
+    memset(img, 0, sizeof(*img));
+    if (!opts) {
+        return false;
+    }
+    json_object_set_new(opts, "read-only", json_boolean(!writable));
+    if (!writable && img_force_share) {
+        json_object_set_new(opts, "force-share", json_true());
+    }
+    img->node = block_open_image(NULL, opts, &probed_raw, errp);
+    json_decref(opts);
+    if (!img->node) {
+        err_prepend(errp, "Could not open '%s': ", str);
+        return false;
+    }
+    img->fmt = xstrdup(img->node->drv->name);
+    return img_attach(img, str, writable, errp);
 }
 
 bool
