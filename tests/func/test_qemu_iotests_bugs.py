@@ -386,3 +386,61 @@ def test_map_image_opts(limg, lio, tmp_dir):
                 "driver=blkdebug,align=4k,image.driver=qcow2,"
                 "image.file.filename=" + img]))
     assert '"start": 65536, "length": 65536' in r.stdout
+
+
+# ---- Messages and header bits as qemu-img --------------------------------------
+
+
+def add_feature(path, word_off, bit):
+    with open(path, "r+b") as f:
+        f.seek(word_off)
+        v = struct.unpack(">Q", f.read(8))[0] | (1 << bit)
+        f.seek(word_off)
+        f.write(struct.pack(">Q", v))
+
+
+def replace_feature_table(path, entries):
+    """Put a feature name table of (type, bit, name) as the only extension."""
+    data = b"".join(struct.pack(">BB46s", t, b, n.encode())
+                    for t, b, n in entries)
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.seek(struct.unpack(">I", f.read(4))[0])     # header_length
+        f.write(struct.pack(">II", 0x6803f857, len(data)) + data +
+                b"\0" * (-len(data) % 8) + b"\0" * 8)
+
+
+def test_unknown_incompatible_features_named_as_qemu(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "f.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    for bit in (61, 62, 63):
+        add_feature(img, 72, bit)
+    replace_feature_table(img, [(0, 63, "Test feature")])
+    r = run([limg, "info", img])
+    assert r.returncode == 1
+    assert r.stderr.rstrip().endswith(
+        "Unsupported qcow2 feature(s): Test feature, Unknown incompatible "
+        "feature: 6000000000000000"), r.stderr
+
+
+def test_check_repair_clears_unknown_autoclear_bits(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    add_feature(img, 88, 63)
+    ok(run([limg, "check", "-r", "all", img]))
+    with open(img, "rb") as f:
+        f.seek(88)
+        assert struct.unpack(">Q", f.read(8))[0] == 0
+
+
+def test_create_messages_as_qemu_img(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "c.qcow2")
+    r = run([limg, "create", "-f", "qcow2", "-b", img + ".missing", img])
+    assert r.returncode == 1
+    assert r.stderr == ("lockstep-img: %s: Could not open '%s.missing': No "
+                        "such file or directory\nCould not open backing "
+                        "image.\n" % (img, img))
+    r = run([limg, "create", "-f", "qcow2", img, "1E"])
+    assert r.returncode == 1
+    assert "The image size is too large for file format 'qcow2' (try " \
+        "using a larger cluster size)" in r.stderr

@@ -181,11 +181,18 @@ create_check_backing(struct img_create *c, struct err **errp)
         err_setf(errp, "Backing file not supported for file format 'raw'");
         return false;
     }
+    path = img_backing_path(c->filename, c->backing);
     if (!c->backing_fmt) {
+        /* As qemu-img: a backing file that does not open says so first. */
+        if (!strstr(path, "://") && strncmp(path, "json:", 5) &&
+            access(path, R_OK) < 0) {
+            err_setf(errp, "Could not open '%s': %s\n"
+                     "Could not open backing image.", path, strerror(errno));
+            return false;
+        }
         err_setf(errp, "Backing file specified without backing format");
         return false;
     }
-    path = img_backing_path(c->filename, c->backing);
     size = img_virtual_size(path, c->backing_fmt, errp);
     if (size < 0) {
         err_prepend(errp, "Could not open backing image: ");
