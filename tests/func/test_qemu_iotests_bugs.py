@@ -444,3 +444,57 @@ def test_create_messages_as_qemu_img(limg, tmp_dir):
     assert r.returncode == 1
     assert "The image size is too large for file format 'qcow2' (try " \
         "using a larger cluster size)" in r.stderr
+
+
+# ---- convert -B, -S, -c ---------------------------------------------------------
+
+
+def test_convert_backing_copies_only_the_top(limg, lio, qimg, tmp_dir):
+    base = os.path.join(tmp_dir, "b.qcow2")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    out = os.path.join(tmp_dir, "o.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "4M"]))
+    io(lio, base, "write -P 9 0 4M")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top]))
+    io(lio, top, "write -P 1 1M 64k", "write -z 2M 64k")
+    r = run([limg, "convert", "-O", "qcow2", "-B", base, top, out])
+    assert r.returncode == 1 and \
+        "Use of backing file requires explicit backing format" in r.stderr
+    ok(run([limg, "convert", "-O", "qcow2", "-B", base, "-F", "qcow2", top,
+            out]))
+    assert "Images are identical." in ok(run([qimg, "compare", top,
+                                              out])).stdout
+    top_layer = [l for l in qmap(qimg, out).splitlines()
+                 if '"depth": 0' in l]
+    assert len(top_layer) == 2     # the 64k of data and the zeroed 64k
+    assert '"zero": true' in top_layer[1]
+
+
+def test_convert_sparse_size_zero_allocates_everything(limg, tmp_dir):
+    src = os.path.join(tmp_dir, "s.raw")
+    out = os.path.join(tmp_dir, "o.raw")
+    with open(src, "wb") as f:
+        f.truncate(4 * MiB)
+    ok(run([limg, "convert", "-S", "0", "-O", "raw", src, out]))
+    assert os.stat(out).st_blocks * 512 >= 4 * MiB
+    ok(run([limg, "convert", "-O", "raw", src, out + "2"]))
+    assert os.stat(out + "2").st_blocks * 512 < 64 * KiB
+    r = run([limg, "convert", "-S", "1000", "-O", "raw", src, out + "3"])
+    assert r.returncode == 1 and "Invalid buffer size for sparse output" \
+        in r.stderr
+
+
+def test_convert_compressed(limg, lio, qimg, tmp_dir):
+    src = os.path.join(tmp_dir, "s.qcow2")
+    out = os.path.join(tmp_dir, "o.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", src, "4M"]))
+    io(lio, src, "write -P 1 0 1M")
+    ok(run([limg, "convert", "-c", "-O", "qcow2", src, out]))
+    r = ok(run([qimg, "check", out]))
+    assert "100.00% compressed clusters" in r.stdout
+    assert "Images are identical." in ok(run([qimg, "compare", src,
+                                              out])).stdout
+    assert os.path.getsize(out) < 1 * MiB
+    r = run([limg, "convert", "-c", "-O", "raw", src, out + ".raw"])
+    assert r.returncode == 1 and "Compression not supported" in r.stderr

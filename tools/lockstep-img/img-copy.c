@@ -26,13 +26,58 @@
 /* Deepest chain commit walks. */
 #define COMMIT_MAX_CHAIN 64
 
+/* How to write a copied range. */
+struct copy_how {
+    bool dst_is_zero;         /* skip zeroes: dst reads zero there */
+    unsigned zero_flags;      /* for the zeroes written */
+    uint64_t sparse;          /* zero runs of this size are not written as
+                               * data; 0: everything is data */
+    bool compress;            /* data as compressed clusters */
+};
+
+/* Length of the run at buf of pieces (of size g) all zero or all not. */
+static uint64_t
+zero_run(const uint8_t *buf, uint64_t n, uint64_t g, bool *zero)
+{
+    uint64_t i = MIN(g, n);
+
+    *zero = buffer_is_zero(buf, i);
+    while (i < n && buffer_is_zero(buf + i, MIN(g, n - i)) == *zero) {
+        i += MIN(g, n - i);
+    }
+    return i;
+}
+
+static int
+write_piece(struct img *dst, uint64_t off, uint64_t n, const uint8_t *buf,
+            bool zero, const struct copy_how *how)
+{
+    if (zero && how->dst_is_zero) {
+        return 0;
+    }
+    if (zero) {
+        return block_handle_pwrite_zeroes(dst->h, off, n, how->zero_flags);
+    }
+    if (how->compress) {
+        int ret = block_handle_pwrite(dst->h, off, n, buf,
+                                      BLOCK_REQ_WRITE_COMPRESSED);
+
+        /* Pieces that are no whole clusters go uncompressed. */
+        if (ret != -EINVAL && ret != -ENOTSUP) {
+            return ret;
+        }
+    }
+    return block_handle_pwrite(dst->h, off, n, buf, 0);
+}
+
 /*
- * Copy [off, off+n) from src to dst.  Zeroes are skipped when dst is known
- * to read as zero there (a fresh convert target), else written as zeroes.
+ * Copy [off, off+n) from src to dst.  Runs of zeroes of at least
+ * how->sparse bytes (aligned as the chunk) are skipped where dst reads
+ * zero, else written as zeroes; with sparse 0 everything is data.
  */
 static int
 copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
-           uint8_t *buf, bool dst_is_zero, unsigned zero_flags)
+           uint8_t *buf, const struct copy_how *how)
 {
     int ret = block_handle_pread(src->h, off, n, buf, 0);
 
@@ -41,13 +86,13 @@ copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
                   src->filename, off, strerror(-ret));
         return ret;
     }
-    if (buffer_is_zero(buf, n) && dst_is_zero) {
-        return 0;
-    }
-    if (buffer_is_zero(buf, n)) {
-        ret = block_handle_pwrite_zeroes(dst->h, off, n, zero_flags);
-    } else {
-        ret = block_handle_pwrite(dst->h, off, n, buf, 0);
+    for (uint64_t done = 0, len; done < n && ret >= 0; done += len) {
+        bool zero = false;
+
+        len = how->sparse ? zero_run(buf + done, n - done, how->sparse,
+                                     &zero)
+                          : n - done;
+        ret = write_piece(dst, off + done, len, buf + done, zero, how);
     }
     if (ret < 0) {
         img_error("error while writing '%s' at byte %" PRIu64 ": %s",
@@ -67,6 +112,9 @@ struct convert_args {
     bool target_is_zero;      /* --target-is-zero: skip zeroes with -n */
     bool bitmaps;             /* --bitmaps: copy the persistent bitmaps */
     bool skip_broken;         /* --skip-broken-bitmaps */
+    bool compress;            /* -c: compressed clusters (qcow2) */
+    uint64_t sparse;          /* -S: zero runs this long are skipped;
+                               * 0 writes everything */
 };
 
 static int
@@ -75,7 +123,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     static const struct option longopts[] = {
         { "target-is-zero", no_argument, NULL, 'Z' },
         { "force-share", no_argument, NULL, 'U' },
-        { "bitmaps", no_argument, NULL, 'B' },
+        { "bitmaps", no_argument, NULL, 'M' },
         { "skip-broken-bitmaps", no_argument, NULL, 'K' },
         { NULL, 0, NULL, 0 },
     };
@@ -83,12 +131,26 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     int opt;
 
     a->out.fmt = "raw";
-    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUn", longopts,
-                              NULL)) != -1) {
+    a->sparse = 4096;
+    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnB:F:S:t:T:",
+                              longopts, NULL)) != -1) {
         switch (opt) {
+        case 'B': a->out.backing = optarg; break;
+        case 'F': a->out.backing_fmt = optarg; break;
+        case 't': case 'T': break;      /* cache modes: ours need none */
+        case 'S':
+            if (!img_parse_size(optarg, &a->sparse) || a->sparse % 512 ||
+                a->sparse > 32 * 1024 * 1024) {
+                img_error("Invalid buffer size for sparse output specified. "
+                          "Valid sizes are multiples of 512 up to 33554432. "
+                          "Select 0 to disable sparse detection (fully "
+                          "allocates output).");
+                return -1;
+            }
+            break;
         case 'n': a->no_create = true; break;
         case 'Z': a->target_is_zero = true; break;
-        case 'B': a->bitmaps = true; break;
+        case 'M': a->bitmaps = true; break;
         case 'K': a->skip_broken = true; break;
         case 'f': a->src_fmt = optarg; break;
         case 'O': a->out.fmt = optarg; break;
@@ -96,9 +158,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
         case 'U': img_force_share = true; break;
-        case 'c':
-            img_error("Compression is not supported");
-            return -1;
+        case 'c': a->compress = true; break;
         default:
             return -1;
         }
@@ -119,6 +179,14 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     if (a->out.opts && !img_create_parse_opts(&a->out, a->out.opts, &e)) {
         err_prepend(&e, "%s: ", a->out.filename);
         img_report(e);
+        return -1;
+    }
+    if (a->out.backing && !a->out.backing_fmt) {
+        img_error("Use of backing file requires explicit backing format");
+        return -1;
+    }
+    if (a->compress && strcmp(a->out.fmt, "qcow2")) {
+        img_error("Compression not supported for this file format");
         return -1;
     }
     return optind;
@@ -220,7 +288,7 @@ bitmaps_copy(struct img *src, struct img *dst)
 
 static int
 convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
-             bool dst_is_zero)
+             const struct copy_how *how, bool has_backing)
 {
     struct img_progress prog;
     uint8_t *buf = img_buf_alloc(IMG_CHUNK);
@@ -235,6 +303,7 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
     for (uint64_t off = 0; off < len && ret >= 0; off += n) {
         struct block_status_info info = { 0 };
         uint64_t pnum = 0;
+        int status;
 
         n = MIN(IMG_CHUNK, len - off);
         ret = block_handle_status(src->h, off, n, &pnum, &info);
@@ -244,9 +313,26 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
             break;
         }
         n = MIN(n, pnum);
-        if (!(ret & BLOCK_STATUS_ZERO)) {
-            ret = copy_range(src, dst, off, n, buf, dst_is_zero, 0);
-        } else if (!dst_is_zero) {
+        status = ret;
+        if (has_backing) {
+            /* -B: what the source's top layer lacks comes from there. */
+            uint64_t an = 0;
+
+            ret = block_is_allocated(src->node, off, n, &an);
+            n = MIN(n, MAX(an, 1));
+            if (ret == 0) {
+                img_progress_update(&prog, (off + n) * 100.0 / len);
+                continue;
+            }
+        }
+        if (ret < 0) {
+            img_error("error while reading block status of '%s' at offset %"
+                      PRIu64 ": %s", src->filename, off, strerror(-ret));
+            break;
+        }
+        if (!(status & BLOCK_STATUS_ZERO) || !how->sparse) {
+            ret = copy_range(src, dst, off, n, buf, how);
+        } else if (!how->dst_is_zero) {
             ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
         }
         img_progress_update(&prog, (off + n) * 100.0 / len);
@@ -289,8 +375,35 @@ img_cmd_convert(int argc, char **argv)
         err_prepend(&e, "%s: ", a.out.filename);
         img_report(e);
     } else {
+        struct copy_how how = {
+            .dst_is_zero = (!a.no_create || a.target_is_zero) &&
+                           !a.out.backing,
+            .sparse = a.sparse,
+            .compress = a.compress,
+        };
+
+        if (a.compress) {
+            /* Compressed writes take whole clusters. */
+            struct qcow2_header h;
+            bool shared = img_force_share, got;
+
+            /* Read beside our own writable open of it. */
+            img_force_share = true;
+            got = img_qcow2_header(a.out.filename, &h, &e);
+            img_force_share = shared;
+            if (!got) {
+                img_report(e);
+                img_close(&dst);
+                img_close(&src);
+                img_create_free(&a.out);
+                return 1;
+            }
+            how.sparse = MAX(how.sparse, h.cluster_size);
+            how.sparse = h.cluster_size * div_round_up(how.sparse,
+                                                       h.cluster_size);
+        }
         ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet,
-                           !a.no_create || a.target_is_zero);
+                           &how, a.out.backing != NULL);
         if (ret == 0 && a.bitmaps) {
             ret = bitmaps_copy(&src, &dst);
         }
@@ -495,8 +608,11 @@ commit_copy(struct img *imgs, int base, bool progress)
         ret = above_base(imgs, base, off, &n);
         if (ret > 0) {
             /* Zeroes free the base's clusters, as qemu-img commit. */
-            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, false,
-                             BLOCK_REQ_MAY_UNMAP);
+            static const struct copy_how how = {
+                .zero_flags = BLOCK_REQ_MAY_UNMAP, .sparse = 512,
+            };
+
+            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, &how);
         }
         img_progress_update(&prog, (off + n) * 100.0 / len);
     }

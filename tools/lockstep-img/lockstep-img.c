@@ -74,13 +74,19 @@ static const struct img_cmd img_cmds[] = {
       "  -p               show progress\n"
       "Exit status: 0 identical, 1 different, 2 error.\n" },
     { "convert", img_cmd_convert,
-      "convert [-p] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] "
+      "convert [-p] [-q] [-n] [-c] [-S SPARSE_SIZE] [--target-is-zero] "
+      "[-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] "
       "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] FILENAME "
       "OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
       "  -O FMT           output format (default: raw)\n"
       "  -o OPTIONS       creation options of the output format\n"
       "  -n               write into the existing OUTPUT_FILENAME\n"
+      "  -c               compressed clusters (qcow2 output)\n"
+      "  -S SIZE          zero runs of SIZE bytes (default 4k) stay sparse;\n"
+      "                   0 allocates everything\n"
+      "  -B FILE -F FMT   output with backing file FILE: copies only what\n"
+      "                   the source's top image holds\n"
       "  --target-is-zero with -n: the target reads as zeroes already\n"
       "  --bitmaps        copy the persistent bitmaps (qcow2 to qcow2)\n"
       "  --skip-broken-bitmaps  with --bitmaps: leave inconsistent ones\n"
