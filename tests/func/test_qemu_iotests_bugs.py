@@ -498,3 +498,37 @@ def test_convert_compressed(limg, lio, qimg, tmp_dir):
     assert os.path.getsize(out) < 1 * MiB
     r = run([limg, "convert", "-c", "-O", "raw", src, out + ".raw"])
     assert r.returncode == 1 and "Compression not supported" in r.stderr
+
+
+# ---- dd --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ops", [[], ["bs=4k"], ["skip=3"], ["bs=1k", "count=5"],
+                                 ["bs=64k", "skip=100"]])
+def test_dd_as_dd(limg, tmp_dir, ops):
+    src = os.path.join(tmp_dir, "in.raw")
+    out = os.path.join(tmp_dir, "out.raw")
+    data = os.urandom(300 * KiB)
+    with open(src, "wb") as f:
+        f.write(data)
+    r = ok(run([limg, "dd", "if=" + src, "of=" + out, "-O", "raw"] + ops))
+    kv = dict(o.split("=") for o in ops)
+    bs = int(kv.get("bs", "512").replace("k", "")) * \
+        (1024 if "k" in kv.get("bs", "") else 1)
+    start = min(int(kv.get("skip", 0)) * bs, len(data))
+    end = len(data)
+    if "count" in kv:
+        end = min(end, int(kv["count"]) * bs)
+    with open(out, "rb") as f:
+        assert f.read() == data[start:max(start, end)]
+    if int(kv.get("skip", 0)) * bs > len(data):
+        assert "cannot skip to specified offset" in r.stderr
+
+
+def test_dd_errors(limg, tmp_dir):
+    r = run([limg, "dd", "if=x"])
+    assert r.returncode == 1 and "Must specify both input and output" in \
+        r.stderr
+    r = run([limg, "dd", "if=x", "of=y", "conv=notrunc"])
+    assert r.returncode == 1 and "unrecognized operand conv=notrunc" in \
+        r.stderr

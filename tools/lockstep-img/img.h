@@ -37,6 +37,7 @@ struct img_cmd {
 
 int img_cmd_bitmap(int argc, char **argv);
 int img_cmd_create(int argc, char **argv);
+int img_cmd_dd(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 int img_cmd_check(int argc, char **argv);
 int img_cmd_map(int argc, char **argv);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img: a qemu-img compatible image tool (create, info, check,
- * map, compare, commit, convert, rebase, resize, bitmap).  Each subcommand lives in its own
+ * map, compare, commit, convert, dd, rebase, resize, bitmap).  Each subcommand lives in its own
  * img-*.c file and is listed in the table below; this file holds main(),
  * the help texts and the helpers every subcommand shares.  Output, exit
  * codes and messages follow qemu-img 7.2 so that scripts written for
@@ -101,6 +101,14 @@ static const struct img_cmd img_cmds[] = {
       "  -o OPTIONS       cluster_size, refcount_bits, extended_l2,\n"
       "                   preallocation, backing_file, backing_fmt, compat\n"
       "SIZE takes k, M, G, T suffixes; it defaults to the backing file's.\n" },
+    { "dd", img_cmd_dd,
+      "dd [-U] [-f FMT] [-O OUTPUT_FMT] [bs=BLOCK_SIZE] [count=BLOCKS] "
+      "[skip=BLOCKS] if=INPUT of=OUTPUT",
+      "  -f FMT           input format (default: probed)\n"
+      "  -O FMT           output format (default: raw), created anew\n"
+      "  bs=SIZE          block size (default 512; k, M, G suffixes)\n"
+      "  count=N          copy at most N blocks\n"
+      "  skip=N           skip N blocks of the input\n" },
     { "info", img_cmd_info,
       "info [-f FMT] [--output=human|json] [--backing-chain] FILENAME",
       "  -f FMT           image format (default: probed)\n"
