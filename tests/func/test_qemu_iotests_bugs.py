@@ -532,3 +532,36 @@ def test_dd_errors(limg, tmp_dir):
     r = run([limg, "dd", "if=x", "of=y", "conv=notrunc"])
     assert r.returncode == 1 and "unrecognized operand conv=notrunc" in \
         r.stderr
+
+
+# ---- compare and convert -p output -------------------------------------------
+
+
+def test_compare_content_mismatch_before_size(limg, tmp_dir):
+    a = os.path.join(tmp_dir, "a.raw")
+    b = os.path.join(tmp_dir, "b.raw")
+    with open(a, "wb") as f:
+        f.write(b"\1" * 4096)
+    with open(b, "wb") as f:
+        f.write(b"\2" * 4096 + b"\0" * 4096)
+    r = run([limg, "compare", "-f", "raw", "-F", "raw", a, b])
+    assert r.returncode == 1
+    assert r.stdout == "Content mismatch at offset 0!\n"
+    with open(b, "r+b") as f:
+        f.write(b"\1" * 4096)
+    r = run([limg, "compare", "-f", "raw", "-F", "raw", a, b])
+    assert r.returncode == 0
+    assert r.stdout == "Warning: Image size mismatch!\nImages are identical.\n"
+
+
+def test_convert_progress_counts_data(limg, lio, tmp_dir):
+    """qemu-img's steps: 4 MiB of data in 128 MiB go 25%, 50%, 75%."""
+    src = os.path.join(tmp_dir, "s.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", src, "128M"]))
+    for off in ("0", "2M", "4M", "32M"):
+        io(lio, src, "write %s 1M" % off)
+    r = ok(run([limg, "convert", "-p", "-O", "qcow2", src, src + ".o"]))
+    steps = [x.strip() for x in r.stdout.replace("\r", "\n").splitlines()
+             if x.strip()]
+    assert steps == ["(0.00/100%)", "(25.00/100%)", "(50.00/100%)",
+                     "(75.00/100%)", "(100.00/100%)", "(100.00/100%)"]

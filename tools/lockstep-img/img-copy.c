@@ -286,6 +286,28 @@ bitmaps_copy(struct img *src, struct img *dst)
     return 0;
 }
 
+/*
+ * Bytes of data (not zero) in the source: qemu-img counts the progress of
+ * a convert in those, so a mostly empty image moves in big steps.
+ */
+static uint64_t
+data_bytes(struct img *src, uint64_t len)
+{
+    uint64_t total = 0, pnum;
+
+    for (uint64_t off = 0; off < len; off += pnum) {
+        struct block_status_info info = { 0 };
+        int ret = block_handle_status(src->h, off, MIN(len - off, 1ULL << 30),
+                                      &pnum, &info);
+
+        if (ret < 0) {
+            return 0;
+        }
+        total += ret & BLOCK_STATUS_ZERO ? 0 : pnum;
+    }
+    return total;
+}
+
 static int
 convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
              const struct copy_how *how, bool has_backing)
@@ -294,6 +316,8 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
     uint8_t *buf = img_buf_alloc(IMG_CHUNK);
     uint64_t n;
     int ret = 0;
+
+    uint64_t data_total = progress ? data_bytes(src, len) : 0, done = 0;
 
     if (!buf) {
         img_error("Could not allocate a copy buffer");
@@ -332,10 +356,13 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
         }
         if (!(status & BLOCK_STATUS_ZERO) || !how->sparse) {
             ret = copy_range(src, dst, off, n, buf, how);
+            done += status & BLOCK_STATUS_ZERO ? 0 : n;
         } else if (!how->dst_is_zero) {
             ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
         }
-        img_progress_update(&prog, (off + n) * 100.0 / len);
+        if (data_total) {
+            img_progress_update(&prog, done * 100.0 / data_total);
+        }
     }
     if (ret >= 0) {
         img_progress_end(&prog);

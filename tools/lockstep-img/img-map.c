@@ -383,14 +383,15 @@ cmp_run(struct cmp_ctx *c)
         printf("Strict mode: Image size mismatch!\n");
         return CMP_DIFFERENT;
     }
-    if (la != lb && !c->quiet) {
-        printf("Warning: Image size mismatch!\n");
-    }
     img_progress_start(&c->prog, c->prog.enabled);
     for (uint64_t off = 0; off < common && !ret; off += n) {
         n = MIN(IMG_CHUNK, common - off);
         ret = cmp_chunk(c, off, &n);
         img_progress_update(&c->prog, (off + n) * 100.0 / MAX(la, lb));
+    }
+    /* As qemu-img: a content mismatch first, the sizes only after. */
+    if (!ret && la != lb && !c->quiet) {
+        printf("Warning: Image size mismatch!\n");
     }
     if (!ret && la != lb) {
         ret = cmp_tail(c, la > lb ? &c->a : &c->b, common, MAX(la, lb));

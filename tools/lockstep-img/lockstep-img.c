@@ -698,7 +698,8 @@ img_progress_start(struct img_progress *p, bool enabled)
 void
 img_progress_update(struct img_progress *p, double percent)
 {
-    if (!p->enabled || (percent - p->last < 1.0 && percent < 100.0)) {
+    if (!p->enabled || percent == p->last ||
+        (percent - p->last < 1.0 && percent < 100.0)) {
         return;
     }
     p->last = percent;
