@@ -565,3 +565,22 @@ def test_convert_progress_counts_data(limg, lio, tmp_dir):
              if x.strip()]
     assert steps == ["(0.00/100%)", "(25.00/100%)", "(50.00/100%)",
                      "(75.00/100%)", "(100.00/100%)", "(100.00/100%)"]
+
+
+def test_formats_without_creation_and_amend(limg, tmp_dir):
+    raw = os.path.join(tmp_dir, "r.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", raw, "1M"]))
+    for argv in (["create", "-f", "bochs", raw + ".b", "1M"],
+                 ["convert", "-O", "bochs", raw, raw + ".b"]):
+        r = run([limg] + argv)
+        assert r.returncode == 1
+        assert r.stderr.endswith("Format driver 'bochs' does not support "
+                                 "image creation\n"), r.stderr
+    r = run([limg, "amend", "-f", "raw", "-o", "size=2M", raw])
+    assert r.returncode == 1 and r.stderr == (
+        "lockstep-img: Format driver 'raw' does not support option "
+        "amendment\n")
+    q = os.path.join(tmp_dir, "q.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", q, "1M"]))
+    r = run([limg, "amend", "-o", "compat=0.10", q])
+    assert r.returncode == 1 and "not supported" in r.stderr

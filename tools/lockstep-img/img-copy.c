@@ -167,6 +167,10 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         img_error("Expecting a source and a target file name");
         return -1;
     }
+    if (!a->no_create && !img_create_fmt_ok(a->out.fmt, &e)) {
+        img_report(e);
+        return -2;      /* no usage hint, as qemu-img */
+    }
     if (a->target_is_zero && !a->no_create) {
         img_error("--target-is-zero requires use of -n flag");
         return -1;
@@ -382,7 +386,7 @@ img_cmd_convert(int argc, char **argv)
 
     if (i < 0) {
         img_create_free(&a.out);
-        return img_usage_error("convert", NULL);
+        return i == -2 ? 1 : img_usage_error("convert", NULL);
     }
     if (!img_open(&src, argv[i], a.src_fmt, false, &e)) {
         img_report(e);

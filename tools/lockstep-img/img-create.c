@@ -312,10 +312,31 @@ create_qcow2(struct img_create *c, struct err **errp)
 }
 
 bool
+img_create_fmt_ok(const char *fmt, struct err **errp)
+{
+    /* QEMU's read-only formats: its words, so that scripts see them. */
+    static const char *const no_create[] = {
+        "bochs", "cloop", "dmg", "vvfat", "host_device", "host_cdrom", NULL,
+    };
+
+    if (!strcmp(fmt, "raw") || !strcmp(fmt, "qcow2")) {
+        return true;
+    }
+    for (size_t i = 0; no_create[i]; i++) {
+        if (!strcmp(fmt, no_create[i])) {
+            err_setf(errp, "Format driver '%s' does not support image "
+                     "creation", fmt);
+            return false;
+        }
+    }
+    err_setf(errp, "Unknown file format '%s'", fmt);
+    return false;
+}
+
+bool
 img_create_image(struct img_create *c, bool quiet, struct err **errp)
 {
-    if (strcmp(c->fmt, "raw") && strcmp(c->fmt, "qcow2")) {
-        err_setf(errp, "Unknown file format '%s'", c->fmt);
+    if (!img_create_fmt_ok(c->fmt, errp)) {
         return false;
     }
     if (!create_check_backing(c, errp)) {
@@ -535,4 +556,46 @@ img_cmd_resize(int argc, char **argv)
     ret = resize_apply(&img, &a, argv[i + 1]);
     img_close(&img);
     return ret;
+}
+
+/* ---- amend ---------------------------------------------------------------- */
+
+/*
+ * qemu-img amend changes creation options of an existing image.  raw has
+ * none (qemu-img's error); changing qcow2 options in place is not done
+ * yet, and is refused rather than half done.
+ */
+int
+img_cmd_amend(int argc, char **argv)
+{
+    const char *fmt = NULL, *opts = NULL;
+    int opt;
+
+    while ((opt = getopt(argc, argv, "f:o:pqt:U")) != -1) {
+        switch (opt) {
+        case 'f': fmt = optarg; break;
+        case 'o': opts = optarg; break;
+        case 'p': case 'q': case 't': break;
+        case 'U': img_force_share = true; break;
+        default: return img_usage_error("amend", NULL);
+        }
+    }
+    if (!opts) {
+        img_error("Must specify options (-o)");
+        return img_usage_error("amend", NULL);
+    }
+    if (optind != argc - 1) {
+        img_error("Expecting one image file name");
+        return img_usage_error("amend", NULL);
+    }
+    if (!fmt) {
+        fmt = img_probe(argv[optind]);
+    }
+    if (strcmp(fmt, "qcow2")) {
+        img_error("Format driver '%s' does not support option amendment",
+                  fmt);
+        return 1;
+    }
+    img_error("Amending qcow2 options is not supported by %s", IMG_PROG);
+    return 1;
 }

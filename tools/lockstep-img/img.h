@@ -35,6 +35,7 @@ struct img_cmd {
     const char *help;         /* option lines for "COMMAND --help" */
 };
 
+int img_cmd_amend(int argc, char **argv);
 int img_cmd_bitmap(int argc, char **argv);
 int img_cmd_create(int argc, char **argv);
 int img_cmd_dd(int argc, char **argv);

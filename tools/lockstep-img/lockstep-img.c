@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img: a qemu-img compatible image tool (create, info, check,
- * map, compare, commit, convert, dd, rebase, resize, bitmap).  Each subcommand lives in its own
+ * map, compare, commit, convert, dd, rebase, resize, amend, bitmap).  Each subcommand lives in its own
  * img-*.c file and is listed in the table below; this file holds main(),
  * the help texts and the helpers every subcommand shares.  Output, exit
  * codes and messages follow qemu-img 7.2 so that scripts written for
@@ -34,6 +34,11 @@ const char *img_prog = "lockstep-img";
 #define IMG_HEAD_MAX (2 * 1024 * 1024)
 
 static const struct img_cmd img_cmds[] = {
+    { "amend", img_cmd_amend,
+      "amend [-q] [-f FMT] -o OPTIONS FILENAME",
+      "  -f FMT           image format (default: probed)\n"
+      "  -o OPTIONS       creation options to change\n"
+      "Not supported yet: refused with an error (raw has no options).\n" },
     { "bitmap", img_cmd_bitmap,
       "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
       "--disable)... [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] "
