@@ -584,3 +584,16 @@ def test_formats_without_creation_and_amend(limg, tmp_dir):
     ok(run([limg, "create", "-q", "-f", "qcow2", q, "1M"]))
     r = run([limg, "amend", "-o", "compat=0.10", q])
     assert r.returncode == 1 and "not supported" in r.stderr
+
+
+def test_info_json_name_and_image_opts(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "i.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    plain = ok(run([limg, "info", img])).stdout
+    for argv in (['json:{"driver": "qcow2", "file": {"driver": "file", '
+                  '"filename": "%s"}}' % img],
+                 ['json:{"driver":"qcow2","file.filename":"%s"}' % img],
+                 ["--image-opts", "driver=qcow2,file.driver=file,"
+                  "file.filename=" + img]):
+        r = ok(run([limg, "info"] + argv))
+        assert r.stdout == plain

@@ -86,6 +86,14 @@ extern bool img_force_share;
 
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
+/*
+ * json:{"driver": FMT, "file": {"driver": "file", "filename": PATH}} (or
+ * with image_opts "driver=FMT,file.filename=PATH") names the image PATH of
+ * format FMT: then *filename and *fmt say so (QEMU shows such an image by
+ * its plain name too) and true is returned.  Other names stay.
+ */
+bool img_simple_name(const char **filename, const char **fmt,
+                     bool image_opts);
 /* --image-opts: str is "driver=qcow2,file.filename=..." (or JSON). */
 bool img_open_opts(struct img *img, const char *str, bool writable,
                    struct err **errp);

@@ -422,6 +422,62 @@ img_open(struct img *img, const char *filename, const char *fmt,
     return img_attach(img, filename, writable, errp);
 }
 
+/* PATH and FMT of {"driver": FMT, "file": {"filename": PATH}} or NULL. */
+static bool
+simple_opts(json_t *o, const char **path, const char **drv)
+{
+    json_t *file = json_object_get(o, "file");
+    const char *key, *fdrv;
+    json_t *v;
+
+    json_object_foreach(o, key, v) {
+        if (strcmp(key, "driver") && strcmp(key, "file") &&
+            strcmp(key, "file.filename") && strcmp(key, "file.driver")) {
+            return false;
+        }
+    }
+    *drv = json_string_value(json_object_get(o, "driver"));
+    if (json_is_object(file)) {
+        json_object_foreach(file, key, v) {
+            if (strcmp(key, "driver") && strcmp(key, "filename")) {
+                return false;
+            }
+        }
+        *path = json_string_value(json_object_get(file, "filename"));
+        fdrv = json_string_value(json_object_get(file, "driver"));
+    } else {
+        *path = json_string_value(json_object_get(o, "file.filename"));
+        fdrv = json_string_value(json_object_get(o, "file.driver"));
+    }
+    return *drv && *path && (!fdrv || !strcmp(fdrv, "file"));
+}
+
+bool
+img_simple_name(const char **filename, const char **fmt, bool image_opts)
+{
+    static char *kept;      /* lives as long as the program's arguments */
+    const char *path, *drv;
+    json_t *o;
+    bool ok;
+
+    if (image_opts) {
+        o = keyval_or_json_parse(*filename, "driver", NULL);
+    } else if (!strncmp(*filename, "json:", 5)) {
+        o = json_loads(*filename + 5, 0, NULL);
+    } else {
+        return false;
+    }
+    ok = o && simple_opts(o, &path, &drv) && (!*fmt || !strcmp(*fmt, drv));
+    if (ok) {
+        free(kept);
+        kept = xasprintf("%s%c%s", path, '\0', drv);
+        *filename = kept;
+        *fmt = kept + strlen(path) + 1;
+    }
+    json_decref(o);
+    return ok;
+}
+
 bool
 img_open_opts(struct img *img, const char *str, bool writable,
               struct err **errp)
