@@ -190,7 +190,8 @@ create_check_backing(struct img_create *c, struct err **errp)
                      "Could not open backing image.", path, strerror(errno));
             return false;
         }
-        err_setf(errp, "Backing file specified without backing format");
+        err_setf(errp, "Backing file specified without backing format\n"
+                 "Detected format of %s.", img_probe(path));
         return false;
     }
     size = img_virtual_size(path, c->backing_fmt, errp);
