@@ -2,8 +2,12 @@
 # file only installs what is missing on a fresh Debian machine and calls them.
 #
 #   make          build everything into build/
-#   make check    all tests: unit + integration, then again under ASan/UBSan
-#   make demo     a short run of the main job on a sample image
+#   make check    all tests: unit + integration (with the demo and the docs'
+#                 examples), then again under ASan/UBSan
+#   make demo     the jobs (fleecing, replication, incremental backup),
+#                 narrated; exit 1 if any does not hold
+#   make install  install the programs into /usr/local (another prefix:
+#                 MESON_OPTS=--prefix=DIR on the first make)
 #   make bench    side-by-side benchmarks against QEMU (see bench/)
 #   make iotests  QEMU's own iotests against lockstep-img and lockstep-io
 #                 (fetches Debian's qemu source; writes docs/iotests.md)
@@ -12,7 +16,7 @@ BUILD      ?= build
 BUILD_SAN  ?= build-san
 MESON_OPTS ?=
 
-.PHONY: all deps build check demo clean bench iotests
+.PHONY: all deps build check demo install clean bench iotests
 
 all: build
 
@@ -29,10 +33,13 @@ check: build
 demo: build
 	@scripts/demo.sh $(BUILD)
 
+install: build
+	@meson install -C $(BUILD) --no-rebuild
+
 bench: deps
 	@bench/install-deps.sh
 	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
-	@ninja -C build-bench lockstepd tests/vhost/vhost-client
+	@ninja -C build-bench lockstepd lockstep-backup tests/vhost/vhost-client
 	@python3 bench/bench.py --build build-bench
 
 iotests: build

@@ -8,7 +8,9 @@ images on tmpfs each run; prints medians, ratios and spreads and writes
 docs/performance.md and docs/performance.png.  See bench/README.md.
 """
 import argparse
+import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -33,13 +35,19 @@ class Ctx:
         self.work = work
         self.size = args.size_mib << 20
         self.bins = {"lockstep": os.path.join(args.build, "lockstepd"),
+                     "backup": os.path.join(args.build, "lockstep-backup"),
                      "qsd": shutil.which("qemu-storage-daemon"),
                      "qemu": shutil.which("qemu-system-x86_64"),
                      "vhost-client": os.path.join(args.build, "tests",
                                                   "vhost", "vhost-client")}
         self.seq = 0
         self._filled = None
+        self._half = None
+        self._tls = None
         self.ceilings = []      # nbdkit memory plugin MiB/s, per round
+        self.disk = args.disk   # disk-backed directory for disk-* workloads
+        self.qemu_aio = args.qemu_aio
+        self._disk_filled = None
 
     def path(self, name):
         self.seq += 1
@@ -64,10 +72,72 @@ class Ctx:
         shutil.copyfile(self._filled, p)
         return p
 
+    def half_allocated_qcow2(self, name):
+        """A copy of a qcow2 image with data in every other MiB (50 %)."""
+        if self._half is None:
+            self._half = os.path.join(self.work, "half.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                            self._half, str(self.size)], check=True)
+            cmds = []
+            for mib in range(0, self.size >> 20, 2):
+                cmds += ["-c", "write -P 0x%x %dM 1M" % (mib % 255 + 1, mib)]
+            subprocess.run(["qemu-io", "-f", "qcow2"] + cmds + [self._half],
+                           check=True, capture_output=True)
+        p = self.path(name + ".qcow2")
+        shutil.copyfile(self._half, p)
+        return p
+
+    def tls_dirs(self):
+        """x509 server and client directories (certtool, made once):
+        both daemons use the same certificates."""
+        if self._tls is None:
+            import tls_setup
+            top = os.path.join(self.work, "tls")
+            ca = tls_setup.make_ca(os.path.join(top, "ca"))
+            self._tls = (
+                tls_setup.make_x509_dir(os.path.join(top, "server"), ca,
+                                        "server"),
+                tls_setup.make_x509_dir(os.path.join(top, "client"), ca,
+                                        "client"))
+        return self._tls
+
+    def disk_path(self, name):
+        self.seq += 1
+        return os.path.join(self.disk, "%d-%s" % (self.seq, name))
+
+    def disk_qcow2(self, name, cluster=None):
+        p = self.disk_path(name + ".qcow2")
+        opts = ["-o", "cluster_size=%d" % cluster] if cluster else []
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2"] + opts +
+                       [p, str(self.size)], check=True)
+        return p
+
+    def disk_filled_qcow2(self, name):
+        """filled_qcow2() on the disk (written once with O_DIRECT)."""
+        if self._disk_filled is None:
+            self._disk_filled = os.path.join(self.disk, "filled.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                            self._disk_filled, str(self.size)], check=True)
+            subprocess.run(["qemu-io", "-t", "none", "-f", "qcow2", "-c",
+                            "write -P 0x5a 0 %d" % self.size,
+                            self._disk_filled],
+                           check=True, capture_output=True)
+        p = self.disk_path(name + ".qcow2")
+        subprocess.run(["cp", "--sparse=always", self._disk_filled, p],
+                       check=True)
+        return p
+
     def cleanup(self):
+        if self.disk != self.work:
+            for f in os.listdir(self.disk):
+                if f[0].isdigit():
+                    os.unlink(os.path.join(self.disk, f))
         for f in os.listdir(self.work):
-            if f[0].isdigit():
-                os.unlink(os.path.join(self.work, f))
+            p = os.path.join(self.work, f)
+            if f[0].isdigit() and os.path.isdir(p):
+                shutil.rmtree(p)
+            elif f[0].isdigit():
+                os.unlink(p)
 
 
 # ---- One daemon (or a pair) for one run ---------------------------------
@@ -117,9 +187,20 @@ class Run:
             self.stop(d)
 
 
-def nbd_start(c, sock):
-    c.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                        "data": {"path": sock}}})
+def nbd_start(c, sock, tls_dir=None):
+    """The NBD server on a unix socket; with tls_dir (x509, server) in
+    TLS-required mode."""
+    args = {"addr": {"type": "unix", "data": {"path": sock}}}
+    if tls_dir:
+        c.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls-srv",
+                             "dir": tls_dir, "endpoint": "server"})
+        args["tls-creds"] = "tls-srv"
+    c.cmd("nbd-server-start", args)
+
+
+def tls_uri(sock, export, client_dir):
+    return "nbds+unix:///%s?socket=%s&tls-certificates=%s" % (
+        export, sock, client_dir)
 
 
 def export(c, node, name, writable=True):
@@ -178,26 +259,36 @@ def wl_qcow2_seqwrite(run):
                unit="mibs")
 
 
-def fleecing_setup(run):
-    """fleecing.md section 8 on QMP, full snapshot (no bitmap): the guest
-    writes 'guest', the backup reads 'snap'."""
+def fleecing_setup(run, tls=False, on_disk=False):
+    """docs/fleecing.md's pull mode on QMP, full snapshot (no bitmap): the
+    guest writes 'guest', the backup reads 'snap'.  tls: the server
+    requires x509 TLS and the URIs use it.  on_disk: both images on the
+    disk, opened with cache.direct=on (disk_qcow2_args())."""
     ctx = run.ctx
-    disk = ctx.filled_qcow2("disk0")
-    fleece = ctx.qcow2("fleece")
+    if on_disk:
+        disk = ctx.disk_filled_qcow2("disk0")
+        fleece = ctx.disk_qcow2("fleece")
+    else:
+        disk = ctx.filled_qcow2("disk0")
+        fleece = ctx.qcow2("fleece")
+
+    def file_node(img):
+        if on_disk:
+            f = disk_qcow2_args(run, img)["file"]
+        else:
+            f = {"driver": "file", "filename": img}
+        f["discard"] = "unmap"
+        return f
     d, c = run.start("a")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "disk0",
-                           "discard": "unmap",
-                           "file": {"driver": "file", "filename": disk,
-                                    "discard": "unmap"}})
+                           "discard": "unmap", "file": file_node(disk)})
     c.cmd("blockdev-add", {"driver": "raw", "node-name": "disk0-front",
                            "file": "disk0", "discard": "unmap"})
     sock = ctx.path("nbd.sock")
-    nbd_start(c, sock)
+    nbd_start(c, sock, ctx.tls_dirs()[0] if tls else None)
     export(c, "disk0-front", "guest")
     c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "fleece0",
-                           "discard": "unmap",
-                           "file": {"driver": "file", "filename": fleece,
-                                    "discard": "unmap"}})
+                           "discard": "unmap", "file": file_node(fleece)})
     c.cmd("blockdev-add", {"driver": "copy-before-write",
                            "node-name": "fl-cbw", "file": "disk0",
                            "target": "fleece0",
@@ -211,6 +302,9 @@ def fleecing_setup(run):
                            "discard": "unmap"})
     export(c, "fl-access", "snap", writable=False)
     c.close()
+    if tls:
+        cdir = ctx.tls_dirs()[1]
+        return tls_uri(sock, "guest", cdir), tls_uri(sock, "snap", cdir)
     return clients.nbd_uri(sock, "guest"), clients.nbd_uri(sock, "snap")
 
 
@@ -235,20 +329,28 @@ def wl_fleece_read_busy(run):
     run.metrics["snapshot read (nbdcopy), guest writing"] = out["mibs"]
 
 
+def wl_fleece_read_tls(run):
+    _, snap = fleecing_setup(run, tls=True)
+    out = run.measure(lambda: clients.nbdcopy(snap, run.ctx.size))
+    run.metrics["snapshot read (nbdcopy), idle guest, TLS"] = out["mibs"]
+
+
 def wl_fleece_guest_write(run):
     guest, _ = fleecing_setup(run)
     fio_metric(run, guest, "guest randwrite 4k qd16, fresh snapshot",
                "randwrite", "4k", 16)
 
 
-def replication_setup(run):
-    """reference/replication.md "Setup, as QMP": secondary, then primary.
-    Returns (primary guest URI, secondary guest URI, secondary QMP)."""
+def replication_setup(run, tls=False):
+    """docs/replication.md's setup, as QMP: secondary, then primary.
+    Returns (primary guest URI, secondary guest URI, secondary QMP).
+    tls: the replication link (and the secondary's server) uses x509
+    TLS; the primary's guest export stays plain."""
     ctx = run.ctx
     sd, sc = run.start("secondary")
     qcow2_node(sc, "sec-disk", ctx.qcow2("sec"))
     ssock = ctx.path("sec-nbd.sock")
-    nbd_start(sc, ssock)
+    nbd_start(sc, ssock, ctx.tls_dirs()[0] if tls else None)
     export(sc, "sec-disk", "sec-disk")
     sc.cmd("blockdev-add", {
         "driver": "replication", "node-name": "rep", "mode": "secondary",
@@ -267,11 +369,20 @@ def replication_setup(run):
     sc.cmd("xen-set-replication", {"enable": True, "primary": False})
     pd, pc = run.start("primary")
     qcow2_node(pc, "p-local", ctx.qcow2("primary"))
+    child = {"driver": "nbd", "export": "sec-disk",
+             "server": {"type": "unix", "path": ssock}}
+    if tls:
+        pc.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls-cli",
+                              "dir": ctx.tls_dirs()[1],
+                              "endpoint": "client"})
+        child["tls-creds"] = "tls-cli"
+        if run.kind == "qemu":
+            # QEMU wants a name to check on a unix socket; lockstepd's
+            # libnbd checks none there and refuses a tls-hostname it
+            # cannot check (docs/security.md).
+            child["tls-hostname"] = "localhost"
     pc.cmd("blockdev-add", {"driver": "replication", "node-name": "p-rep",
-                            "mode": "primary",
-                            "file": {"driver": "nbd", "export": "sec-disk",
-                                     "server": {"type": "unix",
-                                                "path": ssock}}})
+                            "mode": "primary", "file": child})
     pc.cmd("blockdev-add", {"driver": "quorum", "node-name": "p-top",
                             "read-pattern": "fifo", "vote-threshold": 1,
                             "children": ["p-local", "p-rep"]})
@@ -280,8 +391,9 @@ def replication_setup(run):
     export(pc, "p-top", "guest")
     pc.cmd("xen-set-replication", {"enable": True, "primary": True})
     pc.close()
-    return (clients.nbd_uri(psock, "guest"), clients.nbd_uri(ssock, "sguest"),
-            sc)
+    sguest = (tls_uri(ssock, "sguest", ctx.tls_dirs()[1]) if tls else
+              clients.nbd_uri(ssock, "sguest"))
+    return clients.nbd_uri(psock, "guest"), sguest, sc
 
 
 def wl_rep_randwrite(run):
@@ -296,6 +408,13 @@ def wl_rep_seqwrite(run):
     sc.close()
     fio_metric(run, guest, "replicated seqwrite 1M qd4", "write", "1M", 4,
                unit="mibs")
+
+
+def wl_rep_seqwrite_tls(run):
+    guest, _, sc = replication_setup(run, tls=True)
+    sc.close()
+    fio_metric(run, guest, "replicated seqwrite 1M qd4, TLS link", "write",
+               "1M", 4, unit="mibs")
 
 
 def both_write_256m(run, guest, sguest):
@@ -418,6 +537,225 @@ def wl_vhost_vs_nbd(run):
                    "randwrite", "4k", 16)
 
 
+# ---- Backups: lockstep-backup vs the same QMP + NBD steps with qemu-img --
+
+def backup_setup(run):
+    """A disk of ctx.size, every other MiB holding data, served as node
+    disk0 and exported as 'guest'; the QMP client is closed (the tool
+    needs the monitor: qemu-storage-daemon's takes one client)."""
+    ctx = run.ctx
+    d, c = run.start("a")
+    qcow2_node(c, "disk0", ctx.half_allocated_qcow2("disk0"))
+    sock = ctx.path("nbd.sock")
+    nbd_start(c, sock)
+    export(c, "disk0", "guest")
+    c.close()
+    bk = ctx.path("backups")
+    os.mkdir(bk)
+    return d, sock, bk
+
+
+def lockstep_backup(run, d, sock, bk, kind):
+    """lockstep-backup KIND; returns (seconds, its summary)."""
+    t0 = time.monotonic()
+    p = subprocess.run([run.ctx.bins["backup"], kind, "--socket",
+                        d.qmp_path, "--node", "disk0", "--to", bk,
+                        "--nbd-socket", sock, "--progress=json"],
+                       capture_output=True, text=True, timeout=600)
+    secs = time.monotonic() - t0
+    if p.returncode != 0:
+        raise RuntimeError("lockstep-backup failed: %s" % p.stderr)
+    return secs, json.loads(p.stdout.splitlines()[-1])
+
+
+def qemu_backup(run, d, sock, bk, kind, day):
+    """The same steps as a user scripts them for QEMU: the fleecing
+    recipe of docs/backup.md on QMP, the snapshot read with qemu-img
+    convert into a qcow2 (an overlay of the last backup with -B for an
+    incremental one: qemu-img cannot limit its reads to the dirty
+    extents), then the teardown.  Returns seconds."""
+    ctx = run.ctx
+    t0 = time.monotonic()
+    c = d.client()
+    scratch = ctx.path("scratch.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", scratch,
+                    str(ctx.size)], check=True)
+    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "snap",
+                           "file": {"driver": "file", "filename": scratch},
+                           "backing": "disk0"})
+    actions = [{"type": "block-dirty-bitmap-add",
+                "data": {"node": "disk0", "name": "b%d" % day,
+                         "persistent": True}}]
+    if kind == "incremental":
+        actions.append({"type": "block-dirty-bitmap-disable",
+                        "data": {"node": "disk0", "name": "b%d" % (day - 1)}})
+    actions.append({"type": "blockdev-backup",
+                    "data": {"job-id": "fleece", "device": "disk0",
+                             "target": "snap", "sync": "none"}})
+    c.cmd("transaction", {"actions": actions})
+    exp = {"type": "nbd", "id": "snap", "node-name": "snap", "name": "snap",
+           "writable": False}
+    if kind == "incremental":
+        exp["bitmaps"] = ["b%d" % (day - 1)]
+    c.cmd("block-export-add", exp)
+    out = os.path.join(bk, "day%d.qcow2" % day)
+    argv = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
+    if kind == "incremental":
+        argv += ["-B", "day%d.qcow2" % (day - 1), "-F", "qcow2"]
+    subprocess.run(argv + [clients.nbd_uri(sock, "snap"), out], check=True,
+                   timeout=600)
+    c.cmd("block-export-del", {"id": "snap", "mode": "hard"})
+    c.wait_event_match("BLOCK_EXPORT_DELETED", id="snap")
+    c.cmd("job-cancel", {"id": "fleece"})
+    c.wait_event_match("JOB_STATUS_CHANGE", id="fleece", status="null")
+    c.cmd("blockdev-del", {"node-name": "snap"})
+    if kind == "incremental":
+        c.cmd("block-dirty-bitmap-remove", {"node": "disk0",
+                                            "name": "b%d" % (day - 1)})
+    c.close()
+    os.unlink(scratch)
+    return time.monotonic() - t0
+
+
+def one_backup(run, d, sock, bk, kind, day):
+    """Seconds of one backup by the side under test (and its summary)."""
+    if run.kind == "lockstep":
+        return lockstep_backup(run, d, sock, bk, kind)
+    return qemu_backup(run, d, sock, bk, kind, day), None
+
+
+def wl_backup_full(run):
+    d, sock, bk = backup_setup(run)
+    out = run.measure(lambda: dict(zip(("secs", "summary"),
+                                       one_backup(run, d, sock, bk, "full",
+                                                  0)), bytes=run.ctx.size))
+    run.metrics["full backup, 50 % allocated"] = out["secs"]
+
+
+def random_writes(run, sock, fraction, seed):
+    """fraction of the disk in 64 KiB writes at distinct random places,
+    through the guest export; returns the bytes written."""
+    rng = random.Random(seed)
+    clusters = run.ctx.size >> 16
+    picks = rng.sample(range(clusters), int(clusters * fraction))
+    cmds = []
+    for i, k in enumerate(picks):
+        cmds += ["-c", "write -P 0x%x %d 64k" % (i % 255 + 1, k << 16)]
+    subprocess.run(["qemu-io", "-f", "raw"] + cmds +
+                   [clients.nbd_uri(sock, "guest")], check=True,
+                   capture_output=True, timeout=600)
+    return len(picks) << 16
+
+
+READ_PER_DIRTY = "incremental: bytes read / dirty bytes (target <= 1.1)"
+
+
+def wl_backup_incremental(run):
+    d, sock, bk = backup_setup(run)
+    one_backup(run, d, sock, bk, "full", 0)
+    dirty = random_writes(run, sock, 0.05, 1)
+    out = run.measure(lambda: dict(zip(("secs", "summary"),
+                                       one_backup(run, d, sock, bk,
+                                                  "incremental", 1)),
+                                   bytes=dirty))
+    run.metrics["incremental backup, 5 % random 64k writes"] = out["secs"]
+    if out["summary"]:
+        s = out["summary"]
+        assert s["dirty-bytes"] == dirty, (s, dirty)
+        run.metrics[READ_PER_DIRTY] = s["bytes-read"] / s["dirty-bytes"]
+
+
+# ---- On a disk: cache.direct=on, QEMU with aio=io_uring (or --qemu-aio) --
+
+def disk_qcow2_args(run, img):
+    """qcow2 on a file node opened with O_DIRECT; lockstepd with
+    aio=io_uring, QEMU with ctx.qemu_aio (io_uring or native)."""
+    aio = "io_uring" if run.kind == "lockstep" else run.ctx.qemu_aio
+    return {"driver": "qcow2", "node-name": "disk",
+            "file": {"driver": "file", "filename": img, "aio": aio,
+                     "cache": {"direct": True}}}
+
+
+def wl_disk_qcow2_randread(run):
+    uri = one_export(run, disk_qcow2_args(run,
+                                          run.ctx.disk_filled_qcow2("read")))
+    fio_metric(run, uri, "disk qcow2 randread 4k qd1", "randread", "4k", 1)
+    fio_metric(run, uri, "disk qcow2 randread 4k qd16", "randread", "4k", 16)
+
+
+def wl_disk_qcow2_randwrite(run):
+    for qd in (1, 16):
+        uri = one_export(run, disk_qcow2_args(run, run.ctx.disk_qcow2("rw")))
+        fio_metric(run, uri, "disk qcow2 randwrite 4k qd%d (allocating)" % qd,
+                   "randwrite", "4k", qd)
+        run.close()
+        run.daemons = []
+
+
+def wl_disk_qcow2_seqwrite(run):
+    uri = one_export(run, disk_qcow2_args(run, run.ctx.disk_qcow2("seq")))
+    fio_metric(run, uri, "disk qcow2 seqwrite 1M qd4", "write", "1M", 4,
+               unit="mibs")
+
+
+DISK_WRITE_CALLS = ("pwrite64", "pwritev", "pwritev2", "fallocate")
+
+
+def count_disk_requests(run, uri, cluster_label):
+    """The issue's workload: random guest writes of 512 B to 256 KiB, 64
+    MiB in all (32), qd1, one flush per 3 writes; the daemon under strace
+    with aio=threads so that every request is a system call.  Metrics:
+    write requests (pwrite* and fallocate) and flushes per guest write."""
+    d = run.daemons[-1]
+    out = run.ctx.path("strace")
+    st = subprocess.Popen(["strace", "-f", "-qq", "-o", out, "-p",
+                           str(d.proc.pid), "-e", "trace=" +
+                           ",".join(DISK_WRITE_CALLS + ("fdatasync",))])
+    time.sleep(1.0)             # attached to every thread
+    r = subprocess.run(["fio", "--name=req", "--ioengine=nbd",
+                        "--uri=" + uri, "--rw=randwrite",
+                        "--bsrange=512-256k", "--iodepth=1",
+                        "--io_size=32M", "--fsync=3", "--randrepeat=0",
+                        "--norandommap", "--output-format=json"],
+                       capture_output=True, text=True, timeout=600)
+    time.sleep(0.5)
+    st.send_signal(2)
+    st.wait()
+    if r.returncode != 0:
+        raise RuntimeError("fio failed: %s" % r.stderr[-2000:])
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    ios = job["write"]["total_ios"]
+    writes = flushes = 0
+    with open(out) as f:
+        for line in f:
+            name = line.split(None, 1)[-1].split("(", 1)[0].strip()
+            if name in DISK_WRITE_CALLS:
+                writes += 1
+            elif name == "fdatasync":
+                flushes += 1
+    run.metrics["disk requests per guest write, %s" % cluster_label] = \
+        writes / max(ios, 1)
+    run.metrics["disk flushes per guest write, %s" % cluster_label] = \
+        flushes / max(ios, 1)
+
+
+def wl_disk_fleece_guest_write(run):
+    guest, _ = fleecing_setup(run, on_disk=True)
+    fio_metric(run, guest, "disk guest randwrite 4k qd16, fresh snapshot",
+               "randwrite", "4k", 16)
+
+
+def wl_disk_requests(run):
+    for cluster, label in ((4096, "4k clusters"), (None, "64k clusters")):
+        img = run.ctx.disk_qcow2("req", cluster)
+        args = disk_qcow2_args(run, img)
+        args["file"]["aio"] = "threads"
+        uri = one_export(run, args)
+        count_disk_requests(run, uri, label)
+        run.close()
+        run.daemons = []
+
+
 def null_args():
     return {"driver": "null-co", "node-name": "disk", "size": GiB,
             "read-zeroes": True}
@@ -470,12 +808,17 @@ WORKLOADS = {
         ("snapshot read (nbdcopy), idle guest", "MiB/s", "high", 1.15)]),
     "fleece-read-busy": (wl_fleece_read_busy, ("lockstep", "qsd"), [
         ("snapshot read (nbdcopy), guest writing", "MiB/s", "high", 1.15)]),
+    "fleece-read-tls": (wl_fleece_read_tls, ("lockstep", "qsd"), [
+        ("snapshot read (nbdcopy), idle guest, TLS", "MiB/s", "high",
+         1.2)]),
     "fleece-guest-write": (wl_fleece_guest_write, ("lockstep", "qsd"), [
         ("guest randwrite 4k qd16, fresh snapshot", "IOPS", "high", 1.5)]),
     "rep-randwrite": (wl_rep_randwrite, ("lockstep", "qemu"), [
         ("replicated randwrite 4k qd16", "IOPS", "high", 2.0)]),
     "rep-seqwrite": (wl_rep_seqwrite, ("lockstep", "qemu"), [
         ("replicated seqwrite 1M qd4", "MiB/s", "high", 2.0)]),
+    "rep-seqwrite-tls": (wl_rep_seqwrite_tls, ("lockstep", "qemu"), [
+        ("replicated seqwrite 1M qd4, TLS link", "MiB/s", "high", 1.2)]),
     "rep-checkpoint": (wl_rep_checkpoint, ("lockstep", "qemu"), [
         ("checkpoint latency after 256M+256M", "ms", "low", 0.5),
         ("failover time after 256M+256M", "ms", "low", None)]),
@@ -499,6 +842,28 @@ WORKLOADS = {
     "vhost-vs-nbd": (wl_vhost_vs_nbd, ("lockstep", "lockstep-nbd"), [
         ("randread 4k qd16: vhost-user-blk vs NBD", "IOPS", "high", 2.0),
         ("randwrite 4k qd16: vhost-user-blk vs NBD", "IOPS", "high", 2.0)]),
+    "backup-full": (wl_backup_full, ("lockstep", "qsd"), [
+        ("full backup, 50 % allocated", "s", "low", 0.67)]),
+    "backup-incremental": (wl_backup_incremental, ("lockstep", "qsd"), [
+        ("incremental backup, 5 % random 64k writes", "s", "low", 0.67),
+        (READ_PER_DIRTY, "×", "low", None)]),
+    "disk-qcow2-randread": (wl_disk_qcow2_randread, ("lockstep", "qsd"), [
+        ("disk qcow2 randread 4k qd1", "IOPS", "high", 1.3),
+        ("disk qcow2 randread 4k qd16", "IOPS", "high", 1.3)]),
+    "disk-qcow2-randwrite": (wl_disk_qcow2_randwrite, ("lockstep", "qsd"), [
+        ("disk qcow2 randwrite 4k qd1 (allocating)", "IOPS", "high", 1.3),
+        ("disk qcow2 randwrite 4k qd16 (allocating)", "IOPS", "high", 1.3)]),
+    "disk-qcow2-seqwrite": (wl_disk_qcow2_seqwrite, ("lockstep", "qsd"), [
+        ("disk qcow2 seqwrite 1M qd4", "MiB/s", "high", 1.3)]),
+    "disk-fleece-guest-write": (wl_disk_fleece_guest_write,
+                                ("lockstep", "qsd"), [
+        ("disk guest randwrite 4k qd16, fresh snapshot", "IOPS", "high",
+         1.3)]),
+    "disk-requests": (wl_disk_requests, ("lockstep", "qsd"), [
+        ("disk requests per guest write, 4k clusters", "×", "low", 1.0),
+        ("disk flushes per guest write, 4k clusters", "×", "low", None),
+        ("disk requests per guest write, 64k clusters", "×", "low", 1.0),
+        ("disk flushes per guest write, 64k clusters", "×", "low", None)]),
     "null": (wl_null, ("lockstep", "qsd"), [
         ("null-co randread 4k qd1", "IOPS", "high", None),
         ("null-co randread 4k qd16", "IOPS", "high", None),
@@ -531,7 +896,7 @@ def run_workload(ctx, name, rounds, results, log):
                 name, r + 1, kind,
                 ", ".join("%s=%.0f" % (k, v) for k, v in run.metrics.items()),
                 run.cpu, run.rss >> 10))
-        if name.startswith("fleece-read"):
+        if name in ("fleece-read", "fleece-read-busy"):
             # The ceiling in the same round, so that it sees the same load.
             ctx.ceilings.append(nbdkit_memory_ceiling(ctx))
             log("  %s round %d nbdkit   memory plugin=%.0f" % (
@@ -550,6 +915,11 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--build", default=os.path.join(TOP, "build-bench"))
     ap.add_argument("--tmp", default="/dev/shm")
+    ap.add_argument("--disk", default="/var/tmp",
+                    help="disk-backed directory for the disk-* workloads")
+    ap.add_argument("--qemu-aio", default="io_uring",
+                    choices=("io_uring", "native"),
+                    help="QEMU's aio mode in the disk-* workloads")
     ap.add_argument("--no-docs", action="store_true",
                     help="print the table only (always so with --only)")
     args = ap.parse_args()
@@ -563,6 +933,19 @@ def main():
         sys.exit("bench: %s has less than %d MiB free" % (args.tmp,
                                                          need >> 20))
     work = tempfile.mkdtemp(prefix="lockstep-bench-", dir=args.tmp)
+    disk = None
+    if any(n.startswith("disk-") for n in names):
+        if subprocess.run(["stat", "-f", "-c", "%T", args.disk],
+                          capture_output=True, text=True).stdout.strip() \
+                in ("", "tmpfs", "ramfs"):
+            if args.only:
+                sys.exit("bench: --disk %s is not on a disk" % args.disk)
+            print("bench: %s is not on a disk: no disk-* workloads"
+                  % args.disk)
+            names = [n for n in names if not n.startswith("disk-")]
+        else:
+            disk = tempfile.mkdtemp(prefix="lockstep-bench-", dir=args.disk)
+    args.disk = disk or work
     ctx = Ctx(args, work)
     results = {}
     t_start = time.time()
@@ -583,6 +966,8 @@ def main():
             log("nbdkit memory nbdcopy: %.0f MiB/s" % ceiling[0])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if disk:
+            shutil.rmtree(disk, ignore_errors=True)
     info = {"rounds": args.rounds, "runtime": args.runtime,
             "size_mib": args.size_mib, "load": (load0, os.getloadavg()),
             "minutes": (time.time() - t_start) / 60, "ncpu": os.cpu_count(),

@@ -32,10 +32,9 @@
 #include "keyval.h"
 #include "lockstep/block.h"
 #include "nbd/server.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-internal.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 #define PROG "lockstepd"
@@ -117,13 +116,25 @@ usage(void)
 "                         configure a QMP monitor\n"
 "\n"
 "  --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>\n"
+"               [,tls-creds=<id>][,tls-authz=<id>]\n"
 "               [,max-connections=<n>][,handshake-max-seconds=<n>]\n"
 "  --nbd-server addr.type=unix,addr.path=<path>\n"
+"               [,tls-creds=<id>][,tls-authz=<id>]\n"
 "               [,max-connections=<n>][,handshake-max-seconds=<n>]\n"
 "                         start an NBD server for exporting block nodes\n"
 "\n"
 "  --object iothread,id=<id>[,poll-max-ns=<n>,...]\n"
 "                         an iothread for exports to name (no effect)\n"
+"  --object tls-creds-x509,id=<id>,dir=<dir>,endpoint=server|client\n"
+"           [,verify-peer=on|off][,priority=<gnutls priority>]\n"
+"  --object tls-creds-psk,id=<id>,dir=<dir>,endpoint=server|client\n"
+"           [,username=<user>][,priority=<gnutls priority>]\n"
+"                         TLS credentials (docs/security.md)\n"
+"  --object authz-simple,id=<id>,identity=<DN or PSK user>\n"
+"  --object authz-listfile,id=<id>,filename=<path>[,refresh=on|off]\n"
+"  --object '{\"qom-type\":\"authz-list\",\"id\":<id>,\"policy\":...,\n"
+"             \"rules\":[{\"match\":...,\"policy\":...,\"format\":...}]}'\n"
+"                         who may connect to a TLS NBD server\n"
 "\n"
 "  --pidfile <path>       write process ID to a file after startup\n"
 "\n"
@@ -158,67 +169,6 @@ die_opt(const char *opt, const char *arg, struct err *err)
     exit(startup_exit(EXIT_FAILURE));
 }
 
-/* ---- Option conversions (keyval strings to QMP types) ------------------ */
-
-/* Turn a keyval "on"/"off" member into a JSON bool in place. */
-static bool
-keyval_to_bool(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    const char *s;
-
-    if (!v || json_is_boolean(v)) {
-        return true;
-    }
-    s = json_string_value(v);
-    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
-        json_object_set_new(obj, key, json_true());
-        return true;
-    }
-    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
-        json_object_set_new(obj, key, json_false());
-        return true;
-    }
-    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
-    return false;
-}
-
-static bool
-keyval_to_int(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    int64_t n;
-
-    if (!v || json_is_integer(v)) {
-        return true;
-    }
-    if (!json_is_string(v) || parse_int64(json_string_value(v), &n) < 0) {
-        err_setf(errp, "Parameter '%s' expects an integer", key);
-        return false;
-    }
-    json_object_set_new(obj, key, json_integer(n));
-    return true;
-}
-
-/* A size member ("4k", "512") into a JSON integer in place. */
-static bool
-keyval_to_size(json_t *obj, const char *key, struct err **errp)
-{
-    json_t *v = json_object_get(obj, key);
-    uint64_t n;
-
-    if (!v || json_is_integer(v)) {
-        return true;
-    }
-    if (!json_is_string(v) || parse_size(json_string_value(v), &n) < 0 ||
-        n > INT64_MAX) {
-        err_setf(errp, "Parameter '%s' expects a size", key);
-        return false;
-    }
-    json_object_set_new(obj, key, json_integer((json_int_t)n));
-    return true;
-}
-
 /* --blockdev: a node the monitor owns, as blockdev-add makes it. */
 static bool
 opt_blockdev(const char *arg, struct err **errp)
@@ -229,7 +179,7 @@ opt_blockdev(const char *arg, struct err **errp)
     if (!opts) {
         return false;
     }
-    ret = qmp_blockdev_add(opts, errp);
+    ret = qmp_execute("blockdev-add", opts, errp);
     json_decref(opts);
     json_decref(ret);
     return ret != NULL;
@@ -243,11 +193,14 @@ static bool
 opt_nbd_server(const char *arg, struct err **errp)
 {
     json_t *opts = keyval_or_json_parse(arg, NULL, errp);
+    struct nbd_server_options so = {
+        .max_connections = NBD_DEFAULT_MAX_CONNECTIONS,
+        .handshake_max_seconds = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS,
+    };
+    char portbuf[32];
     json_t *addr;
     const char *type, *key;
     json_t *v;
-    int64_t maxc = NBD_DEFAULT_MAX_CONNECTIONS;
-    int64_t hs = NBD_DEFAULT_HANDSHAKE_MAX_SECONDS;
     bool ok = false;
 
     if (!opts) {
@@ -270,7 +223,7 @@ opt_nbd_server(const char *arg, struct err **errp)
         err_setf(errp, "Invalid parameter type for 'addr', expected: object");
         goto out;
     }
-    type = json_string_value(json_object_get(addr, "type"));
+    type = qmp_str(addr, "type");
     if (!type) {
         err_setf(errp, "Parameter 'addr.type' is missing");
         goto out;
@@ -294,25 +247,31 @@ opt_nbd_server(const char *arg, struct err **errp)
                  type);
         goto out;
     }
-    if (json_object_get(opts, "tls-authz")) {
-        err_setf(errp, "TLS authorization is not supported");
+    if ((json_object_get(opts, "tls-creds") &&
+         !json_is_string(json_object_get(opts, "tls-creds"))) ||
+        (json_object_get(opts, "tls-authz") &&
+         !json_is_string(json_object_get(opts, "tls-authz")))) {
+        err_setf(errp, "Invalid parameter type for 'tls-creds' or "
+                 "'tls-authz', expected: string");
         goto out;
     }
-    if (!keyval_to_int(opts, "max-connections", errp) ||
-        !keyval_to_int(opts, "handshake-max-seconds", errp)) {
+    if (!qmp_keyval_to_int(opts, "max-connections", errp) ||
+        !qmp_keyval_to_int(opts, "handshake-max-seconds", errp) ||
+        !qmp_socket_address_parse(addr, &so.addr, portbuf, errp)) {
         goto out;
     }
     if (json_object_get(opts, "max-connections")) {
-        maxc = json_integer_value(json_object_get(opts, "max-connections"));
+        so.max_connections =
+            json_integer_value(json_object_get(opts, "max-connections"));
     }
     if (json_object_get(opts, "handshake-max-seconds")) {
-        hs = json_integer_value(json_object_get(opts,
-                                                "handshake-max-seconds"));
+        so.handshake_max_seconds =
+            json_integer_value(json_object_get(opts,
+                                               "handshake-max-seconds"));
     }
-    ok = nbd_server_start(addr,
-                          json_string_value(json_object_get(opts,
-                                                            "tls-creds")),
-                          maxc, hs, errp);
+    so.tls_creds = qmp_str(opts, "tls-creds");
+    so.tls_authz = qmp_str(opts, "tls-authz");
+    ok = nbd_server_start(&so, errp);
 out:
     json_decref(opts);
     return ok;
@@ -326,43 +285,14 @@ static bool
 opt_export(const char *arg, struct err **errp)
 {
     json_t *opts = keyval_or_json_parse(arg, "type", errp);
-    const struct qmp_command *cmd = qmp_command_find("block-export-add");
-    json_t *bitmap;
-    json_t *ret = NULL;
+    bool ok;
 
     if (!opts) {
         return false;
     }
-    if (!keyval_to_bool(opts, "writable", errp) ||
-        !keyval_to_bool(opts, "writethrough", errp) ||
-        !keyval_to_bool(opts, "fixed-iothread", errp) ||
-        !keyval_to_bool(opts, "allocation-depth", errp) ||
-        !keyval_to_bool(opts, "growable", errp) ||
-        !keyval_to_int(opts, "num-queues", errp) ||
-        !keyval_to_size(opts, "logical-block-size", errp)) {
-        goto out;
-    }
-    bitmap = json_object_get(opts, "bitmap");
-    if (bitmap) {
-        json_t *list = json_object_get(opts, "bitmaps");
-
-        if (!list) {
-            list = json_array();
-            json_object_set_new(opts, "bitmaps", list);
-        }
-        if (json_is_array(list)) {
-            json_array_append(list, bitmap);
-        }
-        json_object_del(opts, "bitmap");
-    }
-    if (!qmp_validate_members(cmd->args, opts, "", errp)) {
-        goto out;
-    }
-    ret = cmd->handler(opts, errp);
-out:
+    ok = qmp_export_add_keyval(opts, errp);
     json_decref(opts);
-    json_decref(ret);
-    return ret != NULL;
+    return ok;
 }
 
 /*
@@ -445,6 +375,21 @@ opt_keyval(const char *arg, const char *implied,
         return false;
     }
     ok = fn(opts, errp);
+    json_decref(opts);
+    return ok;
+}
+
+/* --object: keyval, or JSON (authz-list's rules read better so). */
+static bool
+opt_object(const char *arg, struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(arg, "qom-type", errp);
+    bool ok;
+
+    if (!opts) {
+        return false;
+    }
+    ok = qmp_object_add_keyval(opts, errp);
     json_decref(opts);
     return ok;
 }
@@ -565,18 +510,6 @@ signal_cb(int signo UNUSED, void *opaque UNUSED)
 }
 
 static void
-job_dispatch_cb(void *opaque UNUSED)
-{
-    job_dispatch_main();
-}
-
-static void
-job_wakeup(void *opaque UNUSED)
-{
-    loop_call(job_dispatch_cb, NULL);
-}
-
-static void
 shutdown_daemon(void)
 {
     struct block_node *node = NULL;
@@ -651,8 +584,6 @@ main(int argc, char **argv)
     }
     monitor_init();
     qmp_set_quit_handler(quit_now);
-    job_set_event_sink(qmp_event_send);
-    job_set_main_wakeup(job_wakeup, NULL);
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, "-hT:V", long_options, NULL)) != -1) {
@@ -692,7 +623,7 @@ main(int argc, char **argv)
             break;
         case OPT_OBJECT:
             name = "object";
-            ok = opt_keyval(optarg, "qom-type", qmp_object_add_keyval, &err);
+            ok = opt_object(optarg, &err);
             break;
         case OPT_DAEMONIZE:
             break;              /* done above */

@@ -11,7 +11,8 @@
 #include "export/export.h"
 #include "export/fuse.h"
 #include "export/vhost-user-blk.h"
-#include "qmp/qmp.h"
+#include "runtime/event.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 static const struct export_driver *const export_drivers[] = {
@@ -58,6 +59,7 @@ block_export_register(const char *id, const struct export_driver *drv,
 {
     struct block_export *e;
 
+    assert_main_thread();
     if (export_find(id)) {
         err_setf(errp, "Block export id '%s' is already in use", id);
         return false;
@@ -76,6 +78,7 @@ block_export_add(const struct block_export_options *opts, struct err **errp)
     const struct export_driver *drv = NULL;
     void *state;
 
+    assert_main_thread();
     for (size_t i = 0; export_drivers[i]; i++) {
         if (!strcmp(export_drivers[i]->type, opts->type)) {
             drv = export_drivers[i];
@@ -102,6 +105,7 @@ block_export_add(const struct block_export_options *opts, struct err **errp)
 static bool
 export_delete(struct block_export *e, bool hard, struct err **errp)
 {
+    struct event *ev;
     bool ok;
 
     e->shutting_down = true;
@@ -111,26 +115,22 @@ export_delete(struct block_export *e, bool hard, struct err **errp)
         return false;
     }
     TAILQ_REMOVE(&g_exports, e, link);
-    qmp_event_send("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", e->id));
+    ev = event_new("BLOCK_EXPORT_DELETED");
+    event_add_str(ev, "id", e->id);
+    event_emit(ev);
     free(e->id);
     free(e);
     return true;
 }
 
 bool
-block_export_del(const char *id, const char *mode, struct err **errp)
+block_export_del(const char *id, enum block_export_remove_mode mode,
+                 struct err **errp)
 {
+    bool hard = mode == BLOCK_EXPORT_REMOVE_HARD;
     struct block_export *e;
-    bool hard;
 
-    if (!mode || !strcmp(mode, "safe")) {
-        hard = false;
-    } else if (!strcmp(mode, "hard")) {
-        hard = true;
-    } else {
-        err_setf(errp, "Parameter 'mode' does not accept value '%s'", mode);
-        return false;
-    }
+    assert_main_thread();
     e = export_find(id);
     if (!e) {
         err_setf(errp, "Export '%s' is not found", id);
@@ -150,6 +150,7 @@ block_export_foreach(void (*fn)(const struct block_export_info *info,
 {
     struct block_export *e;
 
+    assert_main_thread();
     TAILQ_FOREACH(e, &g_exports, link) {
         struct block_export_info info = {
             .type = e->drv->type,
@@ -168,6 +169,7 @@ block_export_del_all_of(const struct export_driver *drv)
 {
     struct block_export *e, *next;
 
+    assert_main_thread();
     for (e = TAILQ_FIRST(&g_exports); e; e = next) {
         next = TAILQ_NEXT(e, link);
         if (e->drv == drv) {
@@ -184,6 +186,7 @@ block_export_del_all_of(const struct export_driver *drv)
 void
 block_export_close_all(void)
 {
+    assert_main_thread();
     for (size_t i = 0; export_drivers[i]; i++) {
         block_export_del_all_of(export_drivers[i]);
         if (export_drivers[i]->close_all) {
@@ -206,6 +209,7 @@ block_export_open_handle_perm(const struct block_export_options *opts,
     struct block_node *node = block_node_find(opts->node_name);
     CLEANUP_FREE char *owner = NULL;
 
+    assert_main_thread();
     if (!node) {
         err_setf(errp, "Cannot find device='' nor node-name='%s'",
                  opts->node_name);

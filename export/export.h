@@ -6,10 +6,10 @@
  * the export type; each type is a small driver (struct export_driver) in
  * its own file, which does the serving.
  *
- * Options arrive typed: the QMP edge (qmp/cmds-export.c) and the daemon's
- * --export parse JSON into struct block_export_options plus the driver's
- * own options struct.  (NBD still takes its block-export-add arguments
- * object as its driver options, until its internals get a typed struct.)
+ * Options arrive typed: the QMP edge (qmp/cmds-export.c, also behind the
+ * daemon's --export) decodes JSON into struct block_export_options plus
+ * the driver's own options struct (struct nbd_export_options,
+ * struct fuse_export_options).
  *
  * Threads: everything here runs on the main thread; drivers run their own
  * serving threads and must not call back into this layer from them.
@@ -30,8 +30,8 @@ struct block_export_options {
     const char *node_name;
     bool writable;
     bool writethrough;           /* every write is stable when it completes */
-    /* The driver's own options: struct vhost_user_blk_options * for
-     * vhost-user-blk, the arguments json_t * for nbd, ... */
+    /* The driver's own options: struct nbd_export_options * for nbd,
+     * struct fuse_export_options * for fuse, ... */
     const void *driver_opts;
 };
 
@@ -72,13 +72,19 @@ struct block_export_info {
  */
 bool block_export_add(const struct block_export_options *opts,
                       struct err **errp);
+/* BlockExportRemoveMode. */
+enum block_export_remove_mode {
+    BLOCK_EXPORT_REMOVE_SAFE,   /* refuse while clients are attached */
+    BLOCK_EXPORT_REMOVE_HARD,   /* disconnect them, wait for their requests */
+};
+
 /*
- * block-export-del; mode "safe" (default, NULL) or "hard".  Sends
- * BLOCK_EXPORT_DELETED {id} when the export is gone.  Main thread, not
- * while drained when clients may be attached (their requests would wait
- * for the drain).
+ * block-export-del.  Sends BLOCK_EXPORT_DELETED {id} when the export is
+ * gone.  Main thread, not while drained when clients may be attached
+ * (their requests would wait for the drain).
  */
-bool block_export_del(const char *id, const char *mode, struct err **errp);
+bool block_export_del(const char *id, enum block_export_remove_mode mode,
+                      struct err **errp);
 /* query-block-exports: fn for every export, in creation order. */
 void block_export_foreach(void (*fn)(const struct block_export_info *info,
                                      void *opaque),

@@ -46,6 +46,11 @@
 #define VUB_MAX_DISCARD    (1U << 21)   /* sectors: 1 GiB */
 /* A request's data larger than this fails (the bounce buffer). */
 #define VUB_MAX_REQUEST    (64U << 20)
+/* Moving this much data takes long (a 1 MiB copy between memory files
+ * about 300 us) even where the block layer never sleeps: the queue's
+ * next requests should not wait for it, so the poller role passes to
+ * another thread first (thread_may_block()), at the cost of a wakeup. */
+#define VUB_CONCURRENT_BYTES (128U << 10)
 
 struct vub {
     char *id;
@@ -260,6 +265,9 @@ do_read(struct vub *b, struct vu_req *req, uint64_t sector, size_t len,
     if (!p) {
         return -ENOMEM;
     }
+    if (len >= VUB_CONCURRENT_BYTES) {
+        thread_may_block();
+    }
     ret = block_handle_pread(b->h, sector * SECTOR, len, p, 0);
     if (ret == 0 && bounce) {
         iov_write(in, req->chain.nin, 0, bounce, len);
@@ -289,6 +297,9 @@ do_write(struct vub *b, struct vu_req *req, uint64_t sector, size_t len,
     p = data_map(out, req->chain.nout, hdr, len, &bounce);
     if (!p) {
         return -ENOMEM;
+    }
+    if (len >= VUB_CONCURRENT_BYTES) {
+        thread_may_block();
     }
     if (bounce) {
         iov_read(out, req->chain.nout, hdr, bounce, len);

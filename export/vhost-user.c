@@ -107,6 +107,10 @@ enum {
 #define VU_POLL_MIN_NS         4000
 #define VU_POLL_MAX_NS         32000
 #define VU_POLL_GROW_NS        128000
+/* The poller signals the call eventfd once per batch of requests it ran
+ * itself, at the latest after this many: a call per request would wake
+ * the driver (on a busy host: preempt us) once per request. */
+#define VU_NOTIFY_BATCH        32
 
 static const uint64_t vu_protocol_features =
     1ULL << VU_PF_MQ | 1ULL << VU_PF_REPLY_ACK | 1ULL << VU_PF_CONFIG |
@@ -186,6 +190,8 @@ struct vu_queue {
     bool stop;
     bool broken;                 /* the driver broke the ring */
     uint16_t used_idx;           /* our copy of used->idx */
+    uint16_t signalled_used;     /* used_idx when we last decided to call */
+    bool signalled_valid;        /* false: the next decision calls */
     unsigned running;            /* requests claimed, not completed */
     uint64_t inflight_counter;
     bool enabled;                /* also read without the lock */
@@ -539,6 +545,14 @@ queue_break(struct vu_queue *q, const char *why)
     mutex_unlock(&q->lock);
 }
 
+/* The poller role's batch: completions of requests it ran itself are
+ * signalled when the batch ends (queue_flush_calls). */
+struct vu_turn {
+    struct vu_queue *q;
+    bool handed_off;
+    unsigned unsignalled;        /* completed, call not decided yet */
+};
+
 static void
 notify(struct vu_queue *q)
 {
@@ -549,6 +563,51 @@ notify(struct vu_queue *q)
     }
 }
 
+/*
+ * Does the driver want a call for the completions since the last
+ * decision?  With EVENT_IDX: when used_event lies in the range of used
+ * indexes published since then (the spec's vring_need_event() over the
+ * whole batch); else unless it set NO_INTERRUPT.  Called with q->lock.
+ */
+static bool
+need_call(struct vu_queue *q)
+{
+    uint16_t old = q->signalled_used;
+    bool valid = q->signalled_valid;
+
+    if (valid && old == q->used_idx) {
+        return false;
+    }
+    q->signalled_used = q->used_idx;
+    q->signalled_valid = true;
+    /* The used index is visible before we read the driver's wish. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (q->event_idx) {
+        return !valid || vring_need_event(used_event(q), q->used_idx, old);
+    }
+    return !(le16toh(__atomic_load_n(&q->avail->flags, __ATOMIC_RELAXED)) &
+             VRING_AVAIL_F_NO_INTERRUPT);
+}
+
+/* End the poller's batch: call the driver if it wants to hear of the
+ * completions so far.  Poller role. */
+static void
+queue_flush_calls(struct vu_queue *q, struct vu_turn *turn)
+{
+    bool call;
+
+    if (!turn->unsignalled) {
+        return;
+    }
+    turn->unsignalled = 0;
+    mutex_lock(&q->lock);
+    call = need_call(q);
+    mutex_unlock(&q->lock);
+    if (call) {
+        notify(q);
+    }
+}
+
 void
 vu_req_complete(struct vu_req *req, uint32_t len)
 {
@@ -556,8 +615,10 @@ vu_req_complete(struct vu_req *req, uint32_t len)
     struct vring_used_elem elem = {
         .id = htole32(req->head), .len = htole32(len),
     };
+    struct vu_turn *turn = req->turn;
     uint16_t old, new;
-    bool kick;
+    bool batched = turn && !turn->handed_off;
+    bool call = false;
 
     mutex_lock(&q->lock);
     old = q->used_idx;
@@ -575,16 +636,13 @@ vu_req_complete(struct vu_req *req, uint32_t len)
     q->used_idx = new;
     q->busy[req->head] = 0;
     q->running--;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (q->event_idx) {
-        kick = vring_need_event(used_event(q), new, old);
-    } else {
-        kick = !(le16toh(__atomic_load_n(&q->avail->flags,
-                                         __ATOMIC_RELAXED)) &
-                 VRING_AVAIL_F_NO_INTERRUPT);
+    if (!batched) {
+        call = need_call(q);
     }
     mutex_unlock(&q->lock);
-    if (kick) {
+    if (batched && ++turn->unsignalled >= VU_NOTIFY_BATCH) {
+        queue_flush_calls(q, turn);
+    } else if (call) {
         notify(q);
     }
 }
@@ -650,11 +708,6 @@ vu_req_fail(struct vu_req *req, const char *why)
 
 /* ---- Queue threads ---------------------------------------------------- */
 
-struct vu_turn {
-    struct vu_queue *q;
-    bool handed_off;
-};
-
 /* Blocking hook (util.h): pass the poller role on before sleeping.
  * Takes q->lock, never held around block calls. */
 static void
@@ -663,6 +716,8 @@ poller_hand_off(void *opaque)
     struct vu_turn *turn = opaque;
     struct vu_queue *q = turn->q;
 
+    /* The batch so far must not wait for this request. */
+    queue_flush_calls(q, turn);
     mutex_lock(&q->lock);
     q->reading = false;
     cond_signal(&q->role_cond);
@@ -750,6 +805,7 @@ run_head(struct vu_queue *q, struct vu_req *req, uint16_t head,
     }
     req->q = q;
     req->head = head;
+    req->turn = turn;
     ret = vu_walk_chain(&q->dev->mem, q->desc, q->num, head, q->indirect,
                         &req->chain);
     if (ret < 0) {
@@ -775,9 +831,12 @@ poller_loop(struct vu_queue *q, struct vu_req *req)
         int head = queue_pop(q);
 
         if (head == -2) {
+            queue_flush_calls(q, &turn);
             return false;
         }
         if (head < 0) {
+            /* The ring is empty: the batch ends. */
+            queue_flush_calls(q, &turn);
             if (!queue_wait(q)) {
                 return false;
             }
@@ -965,6 +1024,7 @@ queue_start(struct vu_queue *q)
     q->last_avail = q->base;
     q->running = 0;
     q->used_idx = le16toh(__atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE));
+    q->signalled_valid = false;
     q->busy = xcalloc(q->num, 1);
     queue_attach_inflight(q);
     q->stop = false;
@@ -1076,7 +1136,8 @@ send_reply(int fd, const struct vu_msg *req, const void *payload,
     reply.request = req->request;
     reply.flags = VU_VERSION | VU_FLAG_REPLY;
     reply.size = size;
-    memcpy(reply.payload, payload, size);
+    if (size > 0)
+        memcpy(reply.payload, payload, size);
     iov.iov_base = &reply;
     iov.iov_len = VU_HDR_SIZE + size;
     if (pass_fd >= 0) {

@@ -20,8 +20,9 @@
  * pool of threads sharing a poller role, as the NBD server's reader role
  * (docs/architecture.md): the holder pops a request and runs it itself,
  * and hands the role to an idle thread only when the request is about to
- * block (thread_may_block() in util.h).  Before sleeping on the kick
- * eventfd the holder busy-polls the ring briefly.
+ * block (thread_may_block() in util.h).  The requests it runs in one go
+ * are signalled to the driver with one call when the batch ends.  Before
+ * sleeping on the kick eventfd the holder busy-polls the ring briefly.
  */
 #ifndef LOCKSTEP_EXPORT_VHOST_USER_H
 #define LOCKSTEP_EXPORT_VHOST_USER_H
@@ -99,14 +100,20 @@ int vu_walk_chain(const struct vu_mem *mem, const struct vring_desc *desc,
 
 /* ---- Requests ------------------------------------------------------------ */
 
+struct vu_turn;
+
 struct vu_req {
     struct vu_queue *q;
     uint16_t head;
+    struct vu_turn *turn;        /* the poller's batch it runs in */
     struct vu_chain chain;
 };
 
 /* Return the request to the driver with len bytes written into its in
- * buffers, and notify it when it wants that.  Any thread. */
+ * buffers, and notify it when it wants that: at once when the request
+ * completes after its thread passed the poller role on, else when the
+ * poller's batch ends (the ring is empty, the poller is about to block,
+ * or VU_NOTIFY_BATCH requests completed).  On the thread that ran it. */
 void vu_req_complete(struct vu_req *req, uint32_t len);
 /* The request is malformed (no room for a status, a header too short):
  * the device is broken and needs a reset; the request is not returned.

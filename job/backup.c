@@ -3,7 +3,7 @@
  * The backup job: QMP blockdev-backup with QEMU's arguments, checks and
  * messages, sync modes full/top/none/bitmap/incremental, bitmap modes
  * on-success/never/always, on-source-error/on-target-error, speed, x-perf,
- * discard-source (fleecing.md sections 5.1 to 5.3).
+ * discard-source (docs/qmp.md, docs/fleecing.md).
  *
  * Design notes.
  *
@@ -72,6 +72,7 @@
 #include "job/job.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* Worker threads per job: x-perf max-workers counts coroutines in QEMU
@@ -83,16 +84,7 @@
 /* The speed limiter's slice, as QEMU's. */
 #define BACKUP_SLICE_NS (100LL * 1000 * 1000)
 
-enum backup_sync {
-    BACKUP_SYNC_FULL,
-    BACKUP_SYNC_TOP,
-    BACKUP_SYNC_NONE,
-    BACKUP_SYNC_BITMAP,
-    BACKUP_SYNC_INCREMENTAL,
-    BACKUP_SYNC__MAX,
-};
-
-static const char *const sync_names[] = {
+const char *const backup_sync_names[] = {
     [BACKUP_SYNC_FULL] = "full",
     [BACKUP_SYNC_TOP] = "top",
     [BACKUP_SYNC_NONE] = "none",
@@ -101,25 +93,11 @@ static const char *const sync_names[] = {
     NULL,
 };
 
-enum backup_bitmap_mode {
-    BITMAP_MODE_ON_SUCCESS,
-    BITMAP_MODE_NEVER,
-    BITMAP_MODE_ALWAYS,
-};
-
-static const char *const bitmap_mode_names[] = {
-    [BITMAP_MODE_ON_SUCCESS] = "on-success",
-    [BITMAP_MODE_NEVER] = "never",
-    [BITMAP_MODE_ALWAYS] = "always",
+const char *const backup_bitmap_mode_names[] = {
+    [BACKUP_BITMAP_MODE_ON_SUCCESS] = "on-success",
+    [BACKUP_BITMAP_MODE_NEVER] = "never",
+    [BACKUP_BITMAP_MODE_ALWAYS] = "always",
     NULL,
-};
-
-static const char *const on_error_names[] = {
-    "report", "ignore", "enospc", "stop", "auto", NULL,
-};
-
-static const char *const on_cbw_error_names[] = {
-    "break-guest-write", "break-snapshot", NULL,
 };
 
 struct backup_job {
@@ -140,7 +118,11 @@ struct backup_job {
     int workers;
     uint64_t chunk;
     uint64_t len;
-    TAILQ_ENTRY(backup_job) link;   /* in g_backups; main thread */
+    /* The job's use of the filter and of the target (QEMU's "main node"
+     * and "target"): they keep other jobs, block_resize and blockdev-del
+     * off these nodes.  Main thread. */
+    struct block_handle *main_h;
+    struct block_handle *target_h;
 
     /* The speed limiter.  Protected by: rl_lock (a leaf). */
     pthread_mutex_t rl_lock;
@@ -149,9 +131,6 @@ struct backup_job {
     int64_t next_free;              /* when the budget is back to zero */
     bool rl_stop;                   /* pause/cancel asked: stop waiting */
 };
-
-/* Active backup jobs, for the busy check on targets.  Main thread only. */
-static TAILQ_HEAD(, backup_job) g_backups = TAILQ_HEAD_INITIALIZER(g_backups);
 
 /* One pass of background copying. */
 struct backup_pass {
@@ -430,7 +409,7 @@ backup_progress(struct job *job, uint64_t *current, uint64_t *total)
 
 /* ---- Finalisation (main thread) --------------------------------------- */
 
-/* Give the bitmap its content after the job (fleecing.md 5.3). */
+/* Give the bitmap its content after the job (QEMU's bitmap modes). */
 static void
 backup_sync_bitmap(struct backup_job *s, bool success)
 {
@@ -439,15 +418,15 @@ backup_sync_bitmap(struct backup_job *s, bool success)
     if (!s->bitmap) {
         return;
     }
-    replace = s->bitmap_mode != BITMAP_MODE_NEVER &&
-              (success || s->bitmap_mode == BITMAP_MODE_ALWAYS);
+    replace = s->bitmap_mode != BACKUP_BITMAP_MODE_NEVER &&
+              (success || s->bitmap_mode == BACKUP_BITMAP_MODE_ALWAYS);
     block_drain_begin();
     if (replace) {
         block_dirty_bitmap_clear(s->bitmap);
     }
     /* Same node, size and granularity: cannot fail. */
     block_dirty_bitmap_merge(s->bitmap, s->successor, NULL);
-    if (!success && s->bitmap_mode == BITMAP_MODE_ALWAYS) {
+    if (!success && s->bitmap_mode == BACKUP_BITMAP_MODE_ALWAYS) {
         block_copy_merge_into(s->bcs, s->bitmap);
     }
     block_dirty_bitmap_release(s->successor);
@@ -485,8 +464,11 @@ backup_clean(struct job *job)
         backup_progress(job, &cur, &total);
         __atomic_store_n(&job->progress_current, cur, __ATOMIC_RELAXED);
         __atomic_store_n(&job->progress_total, total, __ATOMIC_RELAXED);
-        TAILQ_REMOVE(&g_backups, s, link);
         s->bcs = NULL;
+        /* The job's handles first: they stay with the filter node. */
+        block_handle_free(s->main_h);
+        block_handle_free(s->target_h);
+        s->main_h = s->target_h = NULL;
         cbw_drop(s->cbw);
         s->cbw = NULL;
     }
@@ -535,21 +517,22 @@ backup_filter_node(struct job *job)
 
 /* ---- Arguments -------------------------------------------------------- */
 
-/* The parsed arguments of blockdev-backup. */
+/* The options with their defaults applied; check_bitmap_args() rewrites
+ * sync and bitmap-mode as QEMU does (incremental is bitmap + on-success). */
 struct backup_args {
     const char *job_id;
     const char *device;
     const char *target;
-    int sync;
+    enum backup_sync sync;
     bool has_speed;
     int64_t speed;
     const char *bitmap;
     bool has_bitmap_mode;
-    int bitmap_mode;
+    enum backup_bitmap_mode bitmap_mode;
     bool compress;
-    int on_source_error;
-    int on_target_error;
-    const char *on_cbw_error;
+    enum job_on_error on_source_error;
+    enum job_on_error on_target_error;
+    const char *on_cbw_error;       /* NULL: the filter's default */
     bool auto_finalize;
     bool auto_dismiss;
     const char *filter_node_name;
@@ -559,188 +542,36 @@ struct backup_args {
     bool discard_source;
 };
 
-static bool
-arg_type_error(const char *name, const char *expected, struct err **errp)
+static void
+resolve_args(const struct backup_options *o, struct backup_args *a)
 {
-    err_setf(errp, "Invalid parameter type for '%s', expected: %s", name,
-             expected);
-    return false;
-}
-
-static bool
-get_str(json_t *obj, const char *name, const char **out, struct err **errp)
-{
-    json_t *v = json_object_get(obj, name);
-
-    if (!v) {
-        return true;
-    }
-    if (!json_is_string(v)) {
-        return arg_type_error(name, "string", errp);
-    }
-    *out = json_string_value(v);
-    return true;
-}
-
-static bool
-get_bool(json_t *obj, const char *name, bool *out, struct err **errp)
-{
-    json_t *v = json_object_get(obj, name);
-
-    if (!v) {
-        return true;
-    }
-    if (!json_is_boolean(v)) {
-        return arg_type_error(name, "boolean", errp);
-    }
-    *out = json_is_true(v);
-    return true;
-}
-
-static bool
-get_int(json_t *obj, const char *name, bool *has, int64_t *out,
-        struct err **errp)
-{
-    json_t *v = json_object_get(obj, name);
-
-    if (!v) {
-        return true;
-    }
-    if (!json_is_integer(v)) {
-        return arg_type_error(name, "integer", errp);
-    }
-    *out = json_integer_value(v);
-    if (has) {
-        *has = true;
-    }
-    return true;
-}
-
-static bool
-get_enum(json_t *obj, const char *name, const char *const *names, int *out,
-         bool *has, struct err **errp)
-{
-    const char *s = NULL;
-
-    if (!get_str(obj, name, &s, errp)) {
-        return false;
-    }
-    if (!s) {
-        return true;
-    }
-    for (int i = 0; names[i]; i++) {
-        if (!strcmp(names[i], s)) {
-            *out = i;
-            if (has) {
-                *has = true;
-            }
-            return true;
-        }
-    }
-    err_setf(errp, "Parameter '%s' does not accept value '%s'", name, s);
-    return false;
-}
-
-static bool
-check_keys(json_t *obj, const char *const *known, const char *prefix,
-           struct err **errp)
-{
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(obj, key, v) {
-        bool ok = false;
-
-        for (int i = 0; known[i]; i++) {
-            ok |= !strcmp(known[i], key);
-        }
-        if (!ok) {
-            err_setf(errp, "Parameter '%s%s' is unexpected", prefix, key);
-            return false;
-        }
-    }
-    return true;
-}
-
-static bool
-parse_args(json_t *args, struct backup_args *a, struct err **errp)
-{
-    static const char *const keys[] = {
-        "job-id", "device", "target", "sync", "speed", "bitmap",
-        "bitmap-mode", "compress", "on-source-error", "on-target-error",
-        "on-cbw-error", "auto-finalize", "auto-dismiss", "filter-node-name",
-        "x-perf", "discard-source", NULL,
+    *a = (struct backup_args) {
+        .job_id = o->job_id,
+        .device = o->device,
+        .target = o->target,
+        .sync = o->sync,
+        .has_speed = o->has_speed,
+        .speed = o->speed,
+        .bitmap = o->bitmap,
+        .has_bitmap_mode = o->has_bitmap_mode,
+        .bitmap_mode = o->bitmap_mode,
+        .compress = o->has_compress && o->compress,
+        .on_source_error = o->has_on_source_error ? o->on_source_error
+                                                  : JOB_ON_ERROR_REPORT,
+        .on_target_error = o->has_on_target_error ? o->on_target_error
+                                                  : JOB_ON_ERROR_REPORT,
+        .on_cbw_error = o->has_on_cbw_error
+                        ? cbw_on_error_names[o->on_cbw_error] : NULL,
+        .auto_finalize = !o->has_auto_finalize || o->auto_finalize,
+        .auto_dismiss = !o->has_auto_dismiss || o->auto_dismiss,
+        .filter_node_name = o->filter_node_name,
+        .max_workers = o->x_perf.has_max_workers ? o->x_perf.max_workers
+                                                 : 64,
+        .max_chunk = o->x_perf.has_max_chunk ? o->x_perf.max_chunk : 0,
+        .min_cluster_size = o->x_perf.has_min_cluster_size
+                            ? o->x_perf.min_cluster_size : 0,
+        .discard_source = o->has_discard_source && o->discard_source,
     };
-    static const char *const perf_keys[] = {
-        "use-copy-range", "max-workers", "max-chunk", "min-cluster-size",
-        NULL,
-    };
-    static const char *const required[] = { "device", "target", "sync" };
-    json_t *perf;
-    bool dummy_bool = false;
-
-    memset(a, 0, sizeof(*a));
-    a->sync = -1;
-    a->auto_finalize = true;
-    a->auto_dismiss = true;
-    a->max_workers = 64;
-    if (!json_is_object(args)) {
-        err_setf(errp, "Invalid parameter type for 'arguments', expected: "
-                 "object");
-        return false;
-    }
-    if (!check_keys(args, keys, "", errp)) {
-        return false;
-    }
-    for (size_t i = 0; i < ARRAY_SIZE(required); i++) {
-        if (!json_object_get(args, required[i])) {
-            err_setf(errp, "Parameter '%s' is missing", required[i]);
-            return false;
-        }
-    }
-    if (!get_str(args, "job-id", &a->job_id, errp) ||
-        !get_str(args, "device", &a->device, errp) ||
-        !get_str(args, "target", &a->target, errp) ||
-        !get_enum(args, "sync", sync_names, &a->sync, NULL, errp) ||
-        !get_int(args, "speed", &a->has_speed, &a->speed, errp) ||
-        !get_str(args, "bitmap", &a->bitmap, errp) ||
-        !get_enum(args, "bitmap-mode", bitmap_mode_names, &a->bitmap_mode,
-                  &a->has_bitmap_mode, errp) ||
-        !get_bool(args, "compress", &a->compress, errp) ||
-        !get_enum(args, "on-source-error", on_error_names,
-                  &a->on_source_error, NULL, errp) ||
-        !get_enum(args, "on-target-error", on_error_names,
-                  &a->on_target_error, NULL, errp) ||
-        !get_str(args, "on-cbw-error", &a->on_cbw_error, errp) ||
-        !get_bool(args, "auto-finalize", &a->auto_finalize, errp) ||
-        !get_bool(args, "auto-dismiss", &a->auto_dismiss, errp) ||
-        !get_str(args, "filter-node-name", &a->filter_node_name, errp) ||
-        !get_bool(args, "discard-source", &a->discard_source, errp)) {
-        return false;
-    }
-    if (a->on_cbw_error) {
-        int dummy;
-
-        if (!get_enum(args, "on-cbw-error", on_cbw_error_names, &dummy, NULL,
-                      errp)) {
-            return false;
-        }
-    }
-    perf = json_object_get(args, "x-perf");
-    if (perf) {
-        if (!json_is_object(perf)) {
-            return arg_type_error("x-perf", "object", errp);
-        }
-        if (!check_keys(perf, perf_keys, "x-perf.", errp) ||
-            !get_bool(perf, "use-copy-range", &dummy_bool, errp) ||
-            !get_int(perf, "max-workers", NULL, &a->max_workers, errp) ||
-            !get_int(perf, "max-chunk", NULL, &a->max_chunk, errp) ||
-            !get_int(perf, "min-cluster-size", NULL, &a->min_cluster_size,
-                     errp)) {
-            return false;
-        }
-    }
-    return true;
 }
 
 /* The QMP-level checks, in QEMU's order. */
@@ -754,17 +585,17 @@ check_bitmap_args(struct backup_args *a, struct block_node *source,
     if (!a->bitmap && (a->sync == BACKUP_SYNC_BITMAP ||
                        a->sync == BACKUP_SYNC_INCREMENTAL)) {
         err_setf(errp, "must provide a valid bitmap name for '%s' sync mode",
-                 sync_names[a->sync]);
+                 backup_sync_names[a->sync]);
         return false;
     }
     if (a->sync == BACKUP_SYNC_INCREMENTAL) {
-        if (a->has_bitmap_mode && a->bitmap_mode != BITMAP_MODE_ON_SUCCESS) {
+        if (a->has_bitmap_mode && a->bitmap_mode != BACKUP_BITMAP_MODE_ON_SUCCESS) {
             err_setf(errp, "Bitmap sync mode must be 'on-success' when using "
                      "sync mode 'incremental'");
             return false;
         }
         a->has_bitmap_mode = true;
-        a->bitmap_mode = BITMAP_MODE_ON_SUCCESS;
+        a->bitmap_mode = BACKUP_BITMAP_MODE_ON_SUCCESS;
         a->sync = BACKUP_SYNC_BITMAP;
     }
     if (!a->bitmap) {
@@ -803,34 +634,19 @@ check_bitmap_args(struct backup_args *a, struct block_node *source,
                  "outputs");
         return false;
     }
-    if (a->bitmap_mode == BITMAP_MODE_NEVER &&
+    if (a->bitmap_mode == BACKUP_BITMAP_MODE_NEVER &&
         a->sync != BACKUP_SYNC_BITMAP) {
         err_setf(errp, "Bitmap sync mode 'never' has no meaningful effect "
-                 "when combined with sync mode '%s'", sync_names[a->sync]);
+                 "when combined with sync mode '%s'", backup_sync_names[a->sync]);
         return false;
     }
     /* The job writes the bitmap back unless the mode is never. */
-    if (a->bitmap_mode != BITMAP_MODE_NEVER &&
+    if (a->bitmap_mode != BACKUP_BITMAP_MODE_NEVER &&
         !block_dirty_bitmap_check_writable(bm, errp)) {
         return false;
     }
     *bmp = bm;
     return true;
-}
-
-static bool
-node_busy(struct block_node *node, struct err **errp)
-{
-    struct backup_job *s;
-
-    TAILQ_FOREACH(s, &g_backups, link) {
-        if (s->target == node || s->cbw == node) {
-            err_setf(errp, "Node '%s' is busy: block device is in use by "
-                     "block job: backup", node->node_name);
-            return true;
-        }
-    }
-    return false;
 }
 
 static struct block_node *
@@ -843,36 +659,6 @@ lookup_node(const char *name, struct err **errp)
                  name);
     }
     return node;
-}
-
-/*
- * cbw_append() for a read-only source (QEMU backs up read-only nodes, e.g.
- * a backing image): the filter is opened read-only too, so that it asks
- * for no write permission on its source.  Nothing can write through it.
- */
-static struct block_node *
-append_read_only_filter(struct block_node *source, struct block_node *target,
-                        const char *filter_node_name, const char *on_cbw_error,
-                        struct err **errp)
-{
-    json_t *opts = json_pack("{s:s, s:s, s:s, s:b}", "driver",
-                             "copy-before-write", "file", source->node_name,
-                             "target", target->node_name, "read-only", true);
-    struct block_node *cbw;
-
-    if (filter_node_name) {
-        json_object_set_new(opts, "node-name", json_string(filter_node_name));
-    }
-    if (on_cbw_error) {
-        json_object_set_new(opts, "on-cbw-error", json_string(on_cbw_error));
-    }
-    cbw = block_node_new(opts, errp);
-    json_decref(opts);
-    if (cbw && block_replace_node(source, cbw, errp) < 0) {
-        block_node_unref(cbw);
-        cbw = NULL;
-    }
-    return cbw;
 }
 
 /* Copy bitmap for sync=bitmap: exactly the user bitmap's clusters. */
@@ -892,9 +678,9 @@ init_copy_bitmap(struct backup_job *s)
 }
 
 struct job *
-backup_start(json_t *args, struct err **errp)
+backup_start(const struct backup_options *opts, struct err **errp)
 {
-    struct job *job = backup_create(args, errp);
+    struct job *job = backup_create(opts, errp);
 
     if (job) {
         job_start(job);
@@ -903,7 +689,7 @@ backup_start(json_t *args, struct err **errp)
 }
 
 struct job *
-backup_create(json_t *args, struct err **errp)
+backup_create(const struct backup_options *opts, struct err **errp)
 {
     struct backup_args a;
     struct block_node *source, *target, *cbw;
@@ -915,9 +701,8 @@ backup_create(json_t *args, struct err **errp)
     bool was_enabled = false;
     int64_t len;
 
-    if (!parse_args(args, &a, errp)) {
-        return NULL;
-    }
+    assert_main_thread();
+    resolve_args(opts, &a);
     source = lookup_node(a.device, errp);
     if (!source) {
         return NULL;
@@ -962,7 +747,9 @@ backup_create(json_t *args, struct err **errp)
         err_setf(errp, "Compression is not supported for this drive ");
         return NULL;
     }
-    if (node_busy(source, errp) || node_busy(target, errp)) {
+    /* Nodes another job uses (QEMU's op blockers). */
+    if (block_node_op_blocked(source, errp) ||
+        block_node_op_blocked(target, errp)) {
         return NULL;
     }
     len = block_getlength(source);
@@ -995,13 +782,14 @@ backup_create(json_t *args, struct err **errp)
         block_dirty_bitmap_disable(bm);
         block_dirty_bitmap_set_busy(bm, true);
     }
-    if (source->read_only && !a.discard_source) {
-        cbw = append_read_only_filter(source, target, a.filter_node_name,
-                                      a.on_cbw_error, errp);
-    } else {
-        cbw = cbw_append(source, target, a.filter_node_name, a.on_cbw_error,
-                         a.discard_source, errp);
-    }
+    /* QEMU backs up read-only nodes (a backing image, say): the filter
+     * is read-only too then, and asks for no write on its source. */
+    cbw = cbw_append(source, target, &(struct cbw_append_options) {
+                         .filter_node_name = a.filter_node_name,
+                         .on_cbw_error = a.on_cbw_error,
+                         .discard_source = a.discard_source,
+                         .read_only = source->read_only && !a.discard_source,
+                     }, errp);
     if (!cbw) {
         err_prepend(errp, "Could not create node: ");
         goto out_bitmap;
@@ -1021,6 +809,17 @@ backup_create(json_t *args, struct err **errp)
     s = container_of(job, struct backup_job, job);
     mutex_init(&s->rl_lock);
     cond_init(&s->rl_cond);
+    s->main_h = block_handle_new_job(cbw, "backup", a.job_id, "main node", 0,
+                                     BLOCK_PERM_ALL, errp);
+    s->target_h = s->main_h ?
+                  block_handle_new_job(target, "backup", a.job_id, "target",
+                                       0, BLOCK_PERM_ALL, errp) : NULL;
+    if (!s->target_h) {
+        block_handle_free(s->main_h);
+        s->main_h = NULL;
+        job_early_fail(job);
+        goto out_cbw;
+    }
     block_node_ref(source);
     block_node_ref(target);
     s->source = source;
@@ -1038,7 +837,6 @@ backup_create(json_t *args, struct err **errp)
     s->chunk = a.max_chunk ? align_down(a.max_chunk, cluster)
                            : MAX(BACKUP_CHUNK, cluster);
     s->len = (uint64_t)len;
-    TAILQ_INSERT_TAIL(&g_backups, s, link);
 
     if (s->sync == BACKUP_SYNC_BITMAP) {
         init_copy_bitmap(s);

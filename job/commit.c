@@ -48,11 +48,28 @@
  * copies the rest, clears the bitmap and disables it again.  The bitmap is
  * busy while the job runs.
  *
- * The replication failover (block/filter/replication.c) keeps its own
- * copy loop: it runs inside the stop command, which returns when the
- * secondary disk is complete, while a job would return at once and need
- * the caller to wait for its end.  The algorithm is the same (bitmap,
- * copy, drained final pass, edge switch).
+ * The replication failover (docs/replication.md; replication_stop_all()
+ * with failover on a secondary) is the same job as an intermediate
+ * commit, with the replication driver's steps around it
+ * (block/filter/replication.h): top is the active disk, the layers are
+ * the active and hidden disks, the destination is the secondary disk; the
+ * job completes by itself when its bitmap is clean, and prepare, drained
+ * after the last copy, lets the driver point its file edge at the
+ * secondary disk (replication_failover_finish()).  A failed or cancelled
+ * job leaves the node in stage FAILOVER_FAILED.  The job's id is
+ * "failover-NODE" (NODE: the replication node), its type "commit"; it
+ * holds only operation blockers (the driver's edges already take what the
+ * copy needs).  lockstep-img commit runs the block-commit job
+ * (commit_start()) on the tool's own main loop.
+ *
+ * Permissions (QEMU's, see hold_graph()): the job holds handles on the
+ * nodes it uses, released before prepare changes the graph and at the
+ * end: they keep other jobs, block_resize and blockdev-del off those
+ * nodes, refuse resizing to everyone, and refuse writing base to others
+ * and (intermediate commit) reading the layers above base, whose view
+ * changes as base is written.  The links from above the committed range
+ * down to base are frozen meanwhile (blockdev-reopen cannot point them
+ * elsewhere), as QEMU freezes the backing chain.
  *
  * Threads and locks: the fields of struct commit_job are set on the main
  * thread before the job thread starts; should_complete is atomic; the
@@ -63,10 +80,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/filter/replication.h"
 #include "job/commit.h"
 #include "job/job.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define COMMIT_CHUNK (1024 * 1024)
@@ -79,6 +98,7 @@ enum commit_kind {
     COMMIT_INTERMEDIATE,
     COMMIT_ACTIVE,
     COMMIT_RESYNC,
+    COMMIT_FAILOVER,
 };
 
 struct commit_job {
@@ -88,6 +108,7 @@ struct commit_job {
     struct block_node *dst;       /* written (ref) */
     struct block_node *top;       /* commit: top (ref) */
     struct block_node *overlay;   /* intermediate: top's overlay (ref) */
+    struct block_node *rep;       /* failover: the replication node (ref) */
     /* commit: layers whose data is copied, top first */
     struct block_node *layers[COMMIT_MAX_CHAIN];
     int nlayers;
@@ -98,7 +119,174 @@ struct commit_job {
     uint64_t len;
     void *buf;
     int should_complete;          /* atomic */
+    /* What the job holds on the graph (see "Permissions"), until the
+     * graph change of prepare or the end.  Main thread. */
+    struct block_handle *handles[COMMIT_MAX_CHAIN + 4];
+    int nhandles;
+    struct block_child *fixed;    /* the edge above the committed range */
+    /* The links from above the committed range down to base, frozen. */
+    struct block_child *frozen[COMMIT_MAX_CHAIN + 1];
+    int nfrozen;
 };
+
+/* Release what the job holds; before any graph change of its own. */
+static void
+release_graph(struct commit_job *s)
+{
+    while (s->nhandles > 0) {
+        block_handle_free(s->handles[--s->nhandles]);
+    }
+    if (s->fixed) {
+        block_child_unfix_perm(s->fixed);
+        s->fixed = NULL;
+    }
+    while (s->nfrozen > 0) {
+        s->frozen[--s->nfrozen]->frozen = false;
+    }
+}
+
+/* Freeze the links from c down to base (QEMU's frozen backing chain): the
+ * job's graph change at the end relies on them. */
+static bool
+freeze_chain(struct commit_job *s, struct block_child *c,
+             struct block_node *base, struct err **errp)
+{
+    while (c) {
+        if (s->nfrozen == (int)ARRAY_SIZE(s->frozen)) {
+            err_setf(errp, "Backing chain too long");
+            return false;
+        }
+        c->frozen = true;
+        s->frozen[s->nfrozen++] = c;
+        if (c->node == base) {
+            break;
+        }
+        c = c->node->drv->kind == BLOCK_KIND_FILTER ? c->node->file
+                                                    : c->node->backing;
+    }
+    return true;
+}
+
+/* A job's handle (is_job) or a block backend of the job's on node. */
+static bool
+hold(struct commit_job *s, bool is_job, struct block_node *node,
+     const char *role, uint32_t perm, uint32_t shared, struct err **errp)
+{
+    CLEANUP_FREE char *owner = NULL;
+    struct block_handle *h;
+
+    if (s->nhandles == (int)ARRAY_SIZE(s->handles)) {
+        err_setf(errp, "Backing chain too long");
+        return false;
+    }
+    if (is_job) {
+        h = block_handle_new_job(node, s->job.drv->type, s->job.id, role,
+                                 perm, shared, errp);
+    } else {
+        owner = xasprintf("%s job '%s'", s->job.drv->type, s->job.id);
+        h = block_handle_new(node, owner, perm, shared, errp);
+    }
+    if (!h) {
+        return false;
+    }
+    s->handles[s->nhandles++] = h;
+    return true;
+}
+
+static bool
+hold_job(struct commit_job *s, struct block_node *node, const char *role,
+         uint32_t perm, uint32_t shared, struct err **errp)
+{
+    return hold(s, true, node, role, perm, shared, errp);
+}
+
+static bool
+hold_backend(struct commit_job *s, struct block_node *node, uint32_t perm,
+             uint32_t shared, struct err **errp)
+{
+    return hold(s, false, node, NULL, perm, shared, errp);
+}
+
+/* The next node down a chain: a filter's child or a format's backing. */
+static struct block_node *
+chain_next(struct block_node *n)
+{
+    struct block_node *f = block_filtered(n);
+
+    return f ? f : (n->backing ? n->backing->node : NULL);
+}
+
+#define PERM_WRITES (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)
+
+/*
+ * QEMU's permissions for block-commit (commit_start) and active commit
+ * (mirror's commit_active_start); the job's node edges also keep other
+ * jobs, block_resize and blockdev-del off the nodes.  QEMU puts a filter
+ * above the committed range (commit_top, mirror_top) whose edge below
+ * takes nothing; here the overlay's backing edge is fixed that way
+ * instead, so that the intermediate nodes may refuse "consistent read":
+ * their content changes as base is written.
+ */
+static bool
+hold_graph(struct commit_job *s, struct block_node *dev,
+           struct block_node *base, struct err **errp)
+{
+    struct block_node *top = s->top;
+    struct block_child *above = s->kind == COMMIT_ACTIVE ? top->backing
+                                                         : s->overlay->backing;
+    bool active = s->kind == COMMIT_ACTIVE;
+
+    if (!hold_job(s, active ? top : dev, "main node",
+                  active ? BLOCK_PERM_CONSISTENT_READ : 0,
+                  active ? BLOCK_PERM_CONSISTENT_READ | PERM_WRITES
+                         : BLOCK_PERM_ALL, errp)) {
+        return false;
+    }
+    if (block_child_fix_perm(above, 0, BLOCK_PERM_ALL, errp) < 0) {
+        return false;
+    }
+    s->fixed = above;
+    if (!freeze_chain(s, above, base, errp)) {
+        return false;
+    }
+    if (active && !hold_backend(s, base, BLOCK_PERM_WRITE,
+                                BLOCK_PERM_CONSISTENT_READ | PERM_WRITES,
+                                errp)) {
+        return false;
+    }
+    for (struct block_node *n = active ? chain_next(top) : top;
+         n && n != base; n = chain_next(n)) {
+        uint32_t shared = PERM_WRITES;
+
+        /* Filters right above base read what base holds. */
+        if (!active && block_skip_filters(n) == base) {
+            shared |= BLOCK_PERM_CONSISTENT_READ;
+        }
+        if (!hold_job(s, n, "intermediate node", 0, shared, errp)) {
+            return false;
+        }
+    }
+    if (active) {
+        return hold_job(s, base, "target", 0, BLOCK_PERM_ALL, errp);
+    }
+    return hold_job(s, base, "base", 0, BLOCK_PERM_ALL, errp) &&
+           hold_backend(s, base, BLOCK_PERM_CONSISTENT_READ |
+                        BLOCK_PERM_WRITE,
+                        BLOCK_PERM_CONSISTENT_READ |
+                        BLOCK_PERM_WRITE_UNCHANGED, errp) &&
+           hold_backend(s, top, 0, BLOCK_PERM_ALL, errp);
+}
+
+/* x-replication-resync: read device, write target (as mirror would). */
+static bool
+hold_resync(struct commit_job *s, struct err **errp)
+{
+    return hold_job(s, s->src, "main node", BLOCK_PERM_CONSISTENT_READ,
+                    BLOCK_PERM_CONSISTENT_READ | PERM_WRITES, errp) &&
+           hold_backend(s, s->dst, BLOCK_PERM_WRITE,
+                        BLOCK_PERM_CONSISTENT_READ | PERM_WRITES, errp) &&
+           hold_job(s, s->dst, "target", 0, BLOCK_PERM_ALL, errp);
+}
 
 static void
 commit_free_bitmap(struct commit_job *s)
@@ -126,7 +314,10 @@ copy_area(struct commit_job *s, uint64_t off, uint64_t bytes, bool *is_read)
         *is_read = true;
         return ret;
     }
-    ret = block_pwrite(s->dst, off, bytes, s->buf, 0);
+    /* Zeroes stay sparse (the failover wrote them so before). */
+    ret = buffer_is_zero(s->buf, bytes)
+          ? block_pwrite_zeroes(s->dst, off, bytes, 0)
+          : block_pwrite(s->dst, off, bytes, s->buf, 0);
     if (ret < 0) {
         *is_read = false;
     }
@@ -238,7 +429,21 @@ commit_run(struct job *job, struct err **errp)
         if (ret > 0) {
             continue;
         }
-        /* Clean. */
+        /* Clean.  Flush the bulk here, in the job's thread: the drained
+         * flush of prepare, on the main thread, then has little to do. */
+        if (!ready) {
+            block_graph_enter();
+            ret = block_flush(s->dst);
+            block_graph_leave();
+            if (ret < 0 &&
+                job_error_action(job, s->on_error, false, -ret) ==
+                JOB_ERROR_ACTION_REPORT) {
+                return ret;
+            }
+            if (ret < 0) {
+                continue;
+            }
+        }
         if (s->kind != COMMIT_ACTIVE) {
             return 0;
         }
@@ -309,6 +514,9 @@ commit_prepare(struct job *job, struct err **errp)
         block_drain_end();
         return ret;
     }
+    /* The job's hold on the graph goes first: the new edges must not
+     * conflict with it (QEMU drops its base backend here too). */
+    release_graph(s);
     switch (s->kind) {
     case COMMIT_INTERMEDIATE:
         ret = block_child_replace_node(s->overlay->backing, s->dst, errp);
@@ -321,9 +529,22 @@ commit_prepare(struct job *job, struct err **errp)
         block_dirty_bitmap_disable(s->bm);
         ret = 0;
         break;
+    case COMMIT_FAILOVER:
+        ret = replication_failover_finish(s->rep, errp);
+        break;
     }
     block_drain_end();
     return ret;
+}
+
+/* The failover did not finish: the node says so, and may try again. */
+static void
+failover_abort(struct job *job)
+{
+    struct commit_job *s = container_of(job, struct commit_job, job);
+
+    replication_failover_failed(s->rep, job->ret < 0 ? job->ret
+                                                     : -ECANCELED);
 }
 
 static void
@@ -331,6 +552,7 @@ commit_clean(struct job *job)
 {
     struct commit_job *s = container_of(job, struct commit_job, job);
 
+    release_graph(s);
     commit_free_bitmap(s);
     if (s->kind == COMMIT_INTERMEDIATE && s->base_was_read_only) {
         struct err *local = NULL;
@@ -361,6 +583,9 @@ commit_free(struct job *job)
     if (s->overlay) {
         block_node_unref(s->overlay);
     }
+    if (s->rep) {
+        block_node_unref(s->rep);
+    }
     free(s->buf);
 }
 
@@ -386,32 +611,26 @@ static const struct job_driver resync_driver = {
     .free = commit_free,
 };
 
-/* ---- Arguments -------------------------------------------------------- */
+/* The replication failover: an intermediate commit that ends by itself,
+ * then hands the graph change to the replication driver. */
+static const struct job_driver failover_driver = {
+    .type = "commit",
+    .instance_size = sizeof(struct commit_job),
+    .run = commit_run,
+    .cancel = commit_cancel,
+    .prepare = commit_prepare,
+    .abort = failover_abort,
+    .clean = commit_clean,
+    .free = commit_free,
+};
 
-static const char *
-arg_str(json_t *args, const char *key)
-{
-    return json_string_value(json_object_get(args, key));
-}
+/* ---- Starting --------------------------------------------------------- */
 
-static bool
-arg_bool(json_t *args, const char *key, bool def)
-{
-    json_t *v = json_object_get(args, key);
-
-    return v ? json_is_true(v) : def;
-}
-
+/* The file name of n's protocol node (its "file" child), or NULL. */
 static const char *
 node_filename(struct block_node *n)
 {
-    json_t *file;
-
-    if (!n->file) {
-        return NULL;
-    }
-    file = n->file->node->options;
-    return file ? json_string_value(json_object_get(file, "filename")) : NULL;
+    return n->file ? block_node_filename(n->file->node) : NULL;
 }
 
 /* A layer of the chain from active by node-name, or by file name. */
@@ -429,88 +648,87 @@ find_in_chain(struct block_node *active, const char *name)
     return NULL;
 }
 
+/* QEMU commits a root node only: no parent but block backends (exports);
+ * a job's main node has the job as a parent. */
 static bool
-common_args(json_t *args, const char *default_id, const char **job_id,
-            int *on_error, struct err **errp)
+is_root(struct block_node *n)
 {
-    json_t *speed = json_object_get(args, "speed");
-    const char *oe = arg_str(args, "on-error");
+    struct block_child *c;
 
-    *job_id = arg_str(args, "job-id") ? arg_str(args, "job-id") : default_id;
-    if (speed && json_integer_value(speed) < 0) {
-        err_setf(errp, "Parameter 'speed' expects a non-negative value");
-        return false;
+    TAILQ_FOREACH(c, &n->parents, parent_link) {
+        if (!c->parent_handle || c->parent_handle->job_type) {
+            return false;
+        }
     }
-    *on_error = oe ? job_on_error_parse(oe) : JOB_ON_ERROR_REPORT;
-    if (*on_error < 0) {
-        err_setf(errp, "Parameter 'on-error' does not accept value '%s'", oe);
+    return true;
+}
+
+/* The checks both jobs make after finding their nodes. */
+static bool
+check_speed(int64_t speed, struct err **errp)
+{
+    if (speed < 0) {
+        err_setf(errp, "Parameter 'speed' expects a non-negative value");
         return false;
     }
     return true;
 }
 
-static json_t *
-start(struct commit_job *s, json_t *args)
+static void
+start(struct commit_job *s, int64_t speed)
 {
-    json_t *speed = json_object_get(args, "speed");
-
-    s->buf = malloc(COMMIT_CHUNK);
-    if (!s->buf) {
+    /* Aligned for nodes opened with O_DIRECT (lockstep-img -t none). */
+    if (posix_memalign(&s->buf, 4096, COMMIT_CHUNK) != 0) {
         abort();
     }
-    if (speed && json_integer_value(speed) > 0) {
-        job_set_speed(&s->job, json_integer_value(speed), NULL);
+    if (speed > 0) {
+        job_set_speed(&s->job, speed, NULL);
     }
     job_start(&s->job);
-    return json_object();
 }
 
-json_t *
-qmp_block_commit(json_t *args, struct err **errp)
+bool
+commit_start(const struct commit_options *o, struct err **errp)
 {
-    const char *device = arg_str(args, "device");
-    const char *top_name = arg_str(args, "top-node");
-    const char *base_name = arg_str(args, "base-node");
+    const char *device = o->device;
+    const char *top_name = o->top;
+    const char *base_name = o->base;
     struct block_node *dev, *active, *top, *base, *overlay = NULL;
     struct block_node *layers[COMMIT_MAX_CHAIN];
     struct block_dirty_bitmap *bm;
     struct commit_job *s;
     struct job *job;
-    const char *job_id;
-    int on_error, nlayers = 0;
+    int nlayers = 0;
     bool base_ro;
     int64_t len;
 
-    if (top_name && arg_str(args, "top")) {
-        err_setf(errp, "'top-node' and 'top' are mutually exclusive");
-        return NULL;
-    }
-    if (base_name && arg_str(args, "base")) {
-        err_setf(errp, "'base-node' and 'base' are mutually exclusive");
-        return NULL;
-    }
+    assert_main_thread();
     dev = block_node_find(device);
     if (!dev) {
         err_setf(errp, "Cannot find device='%s' nor node-name='%s'", device,
                  device);
-        return NULL;
+        return false;
     }
-    /* QEMU defaults to the device name, which a node does not have. */
-    if (!common_args(args, "", &job_id, &on_error, errp)) {
-        return NULL;
+    if (!check_speed(o->speed, errp)) {
+        return false;
+    }
+    if (!is_root(dev)) {
+        err_setf(errp, "Need a root block node");
+        return false;
+    }
+    if (block_node_op_blocked(dev, errp)) {
+        return false;
     }
     active = block_skip_filters(dev);
-    top_name = top_name ? top_name : arg_str(args, "top");
     top = top_name ? find_in_chain(active, top_name) : active;
     if (!top) {
         err_setf(errp, "Top image file %s not found", top_name);
-        return NULL;
+        return false;
     }
     if (!top->backing) {
         err_setf(errp, "Top image has no backing file");
-        return NULL;
+        return false;
     }
-    base_name = base_name ? base_name : arg_str(args, "base");
     if (base_name) {
         base = find_in_chain(block_skip_filters(top->backing->node),
                              base_name);
@@ -521,7 +739,7 @@ qmp_block_commit(json_t *args, struct err **errp)
             } else {
                 err_setf(errp, "Can't find '%s' to use as base", base_name);
             }
-            return NULL;
+            return false;
         }
     } else {
         base = block_skip_filters(top->backing->node);
@@ -529,11 +747,17 @@ qmp_block_commit(json_t *args, struct err **errp)
             base = block_skip_filters(base->backing->node);
         }
     }
+    /* Nodes another job uses (QEMU's op blockers), base included. */
+    for (struct block_node *n = top; n; n = n == base ? NULL : chain_next(n)) {
+        if (block_node_op_blocked(n, errp)) {
+            return false;
+        }
+    }
     for (struct block_node *n = top; n != base;
          n = block_skip_filters(n->backing->node)) {
         if (nlayers == COMMIT_MAX_CHAIN) {
             err_setf(errp, "Backing chain too long");
-            return NULL;
+            return false;
         }
         layers[nlayers++] = n;
     }
@@ -547,34 +771,37 @@ qmp_block_commit(json_t *args, struct err **errp)
         }
         if (!overlay || overlay->backing->node != top) {
             err_setf(errp, "Cannot find the overlay of '%s'", top->node_name);
-            return NULL;
+            return false;
+        }
+        if (block_node_op_blocked(overlay, errp)) {
+            return false;
         }
     }
     len = block_getlength(top);
     if (len < 0) {
         err_setf_errno(errp, (int)-len, "Unable to get length for '%s'",
                        top->node_name);
-        return NULL;
+        return false;
     }
     if (block_getlength(base) < len) {
         err_setf(errp, "Top '%s' is larger than base '%s': resize the base "
                  "first", top->node_name, base->node_name);
-        return NULL;
+        return false;
     }
 
     block_drain_begin();
     base_ro = base->read_only;
     if (base_ro && block_node_set_read_only(base, false, errp) < 0) {
         block_drain_end();
-        return NULL;
+        return false;
     }
     bm = block_dirty_bitmap_create(top, NULL, 0, errp);
     if (!bm) {
         goto fail_ro;
     }
-    job = job_create(&commit_driver, job_id,
-                     arg_bool(args, "auto-finalize", true),
-                     arg_bool(args, "auto-dismiss", true), errp);
+    /* QEMU defaults to the device name, which a node does not have. */
+    job = job_create(&commit_driver, o->job_id ? o->job_id : "",
+                     o->auto_finalize, o->auto_dismiss, errp);
     if (!job) {
         block_dirty_bitmap_release(bm);
         goto fail_ro;
@@ -596,10 +823,16 @@ qmp_block_commit(json_t *args, struct err **errp)
     s->bm = bm;
     s->own_bitmap = true;
     s->base_was_read_only = base_ro;
-    s->on_error = on_error;
+    s->on_error = o->on_error;
     s->len = (uint64_t)len;
+    if (!hold_graph(s, dev, base, errp)) {
+        block_drain_end();
+        job_early_fail(job);
+        return false;
+    }
     block_drain_end();
-    return start(s, args);
+    start(s, o->speed);
+    return true;
 
 fail_ro:
     if (base_ro) {
@@ -610,61 +843,62 @@ fail_ro:
         }
     }
     block_drain_end();
-    return NULL;
+    return false;
 }
 
-json_t *
-qmp_x_replication_resync(json_t *args, struct err **errp)
+bool
+resync_start(const struct resync_options *o, struct err **errp)
 {
-    const char *device = arg_str(args, "device");
-    const char *target = arg_str(args, "target");
-    const char *bitmap = arg_str(args, "bitmap");
+    const char *device = o->device;
+    const char *target = o->target;
+    const char *bitmap = o->bitmap ? o->bitmap : RESYNC_BITMAP;
     struct block_node *src, *dst;
     struct block_dirty_bitmap *bm;
     struct commit_job *s;
     struct job *job;
-    const char *job_id;
-    int on_error;
     int64_t len;
 
-    bitmap = bitmap ? bitmap : RESYNC_BITMAP;
+    assert_main_thread();
     src = block_node_find(device);
     if (!src) {
         err_setf(errp, "Cannot find device='%s' nor node-name='%s'", device,
                  device);
-        return NULL;
+        return false;
     }
     dst = block_node_find(target);
     if (!dst) {
         err_setf(errp, "Cannot find device='%s' nor node-name='%s'", target,
                  target);
-        return NULL;
+        return false;
     }
     if (src == dst) {
         err_setf(errp, "Source and target cannot be the same");
-        return NULL;
+        return false;
     }
-    if (!common_args(args, "resync", &job_id, &on_error, errp)) {
-        return NULL;
+    if (!check_speed(o->speed, errp)) {
+        return false;
+    }
+    if (block_node_op_blocked(src, errp) ||
+        block_node_op_blocked(dst, errp)) {
+        return false;
     }
     bm = block_dirty_bitmap_lookup(device, bitmap, errp);
     if (!bm || !block_dirty_bitmap_check_writable(bm, errp)) {
-        return NULL;
+        return false;
     }
     len = block_getlength(src);
     if (len < 0 || block_getlength(dst) != len) {
         err_setf(errp, "Source and target image have different sizes");
-        return NULL;
+        return false;
     }
     if (dst->read_only) {
         err_setf(errp, "Node '%s' is read only", dst->node_name);
-        return NULL;
+        return false;
     }
-    job = job_create(&resync_driver, job_id,
-                     arg_bool(args, "auto-finalize", true),
-                     arg_bool(args, "auto-dismiss", true), errp);
+    job = job_create(&resync_driver, o->job_id ? o->job_id : "resync",
+                     o->auto_finalize, o->auto_dismiss, errp);
     if (!job) {
-        return NULL;
+        return false;
     }
     s = container_of(job, struct commit_job, job);
     s->kind = COMMIT_RESYNC;
@@ -672,10 +906,80 @@ qmp_x_replication_resync(json_t *args, struct err **errp)
     block_node_ref(dst);
     s->src = src;
     s->dst = dst;
+    s->on_error = o->on_error;
+    s->len = (uint64_t)len;
+    if (!hold_resync(s, errp)) {
+        job_early_fail(job);
+        return false;
+    }
     s->bm = bm;
     block_dirty_bitmap_enable(bm);
     block_dirty_bitmap_set_busy(bm, true);
-    s->on_error = on_error;
+    start(s, o->speed);
+    return true;
+}
+
+bool
+failover_start(struct block_node *node, struct err **errp)
+{
+    CLEANUP_FREE char *id = xasprintf("failover-%s", node->node_name);
+    struct replication_failover f;
+    struct block_dirty_bitmap *bm;
+    struct commit_job *s;
+    struct job *job;
+    int64_t len;
+
+    assert_main_thread();
+    if (job_find(id)) {
+        err_setf(errp, "Job ID '%s' already in use", id);
+        return false;
+    }
+    if (replication_failover_begin(node, &f, errp) < 0) {
+        return false;
+    }
+    len = block_getlength(f.active);
+    if (len < 0) {
+        err_setf_errno(errp, (int)-len, "Unable to get length for '%s'",
+                       f.active->node_name);
+        replication_failover_failed(node, (int)len);
+        return false;
+    }
+    /* From here on every guest write to the active disk is recorded. */
+    block_drain_begin();
+    bm = block_dirty_bitmap_create(f.active, NULL, 0, errp);
+    job = bm ? job_create(&failover_driver, id, true, true, errp) : NULL;
+    if (!job) {
+        if (bm) {
+            block_dirty_bitmap_release(bm);
+        }
+        block_drain_end();
+        replication_failover_failed(node, -ENOMEM);
+        return false;
+    }
+    s = container_of(job, struct commit_job, job);
+    s->kind = COMMIT_FAILOVER;
+    block_node_ref(node);
+    block_node_ref(f.active);
+    block_node_ref(f.active);
+    block_node_ref(f.secondary);
+    s->rep = node;
+    s->src = f.active;
+    s->top = f.active;
+    s->dst = f.secondary;
+    s->layers[s->nlayers++] = f.active;
+    s->layers[s->nlayers++] = f.hidden;
+    s->bm = bm;
+    s->own_bitmap = true;
+    s->on_error = JOB_ON_ERROR_REPORT;
     s->len = (uint64_t)len;
-    return start(s, args);
+    if (!hold_job(s, f.active, "main node", 0, BLOCK_PERM_ALL, errp) ||
+        !hold_job(s, f.secondary, "target", 0, BLOCK_PERM_ALL, errp)) {
+        block_drain_end();
+        job_early_fail(job);
+        replication_failover_failed(node, -EPERM);
+        return false;
+    }
+    block_drain_end();
+    start(s, 0);
+    return true;
 }

@@ -7,8 +7,8 @@
  *
  * Design notes.
  *
- * The two tables below are the whole state machine (fleecing.md 5.4, the
- * same facts as QEMU's job.c tables).  Every status change goes through
+ * The two tables below are the whole state machine (the same facts as
+ * QEMU's job.c tables).  Every status change goes through
  * transition_locked(), which asserts that the table allows it and sends
  * JOB_STATUS_CHANGE for a real change; every user verb goes through
  * apply_verb_locked(), which refuses with QEMU's message.
@@ -31,16 +31,34 @@
  * References: the job list holds one (dropped at dismiss), the thread holds
  * one from job_start until the main thread has joined it.
  *
- * Invariants: driver callbacks and the event sink's consumers never run
- * with the job lock held, except that events are handed to the sink with
- * the lock held, so that JOB_STATUS_CHANGE events of one job are queued in
- * the order of the changes (the sink only queues; it takes no job lock).
+ * Crossing to the main thread: when run returns, the job thread posts
+ * job_thread_done_cb with loop_call() (runtime/loop.h) while it still
+ * holds the job lock, so a main-thread wait for the job (job_wait_status)
+ * that sees "deferred" under the lock knows the call is queued and runs
+ * it at once with loop_call_run_now(); it runs nothing else from the
+ * loop's queue, since a command waiting for a job must not run other
+ * clients' commands nested inside it.
+ *
+ * Events: a status change and its JOB_STATUS_CHANGE event must go out in
+ * the order of the changes, which are made under the job lock by two
+ * threads (main and job).  Events are made under the lock and pushed on
+ * g_job_events; job_unlock() drops the lock, then flushes the queue (see
+ * runtime/event.h): the events go to the sink in the order they were
+ * pushed, with no lock held, and a caller's events are out when its
+ * job_unlock() returns.  A thread that is about to sleep under the lock
+ * (a pause point) flushes first.
+ *
+ * Invariants: driver callbacks and the event sink never run with the job
+ * lock held.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "job/job.h"
+#include "runtime/event.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* Protects the job list and the fields of struct job marked "job lock". */
@@ -48,8 +66,8 @@ static pthread_mutex_t g_job_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Job lock. */
 static TAILQ_HEAD(, job) g_jobs = TAILQ_HEAD_INITIALIZER(g_jobs);
 
-/* Event sink; set once at start-up (main thread) before jobs exist. */
-static job_event_sink_fn *g_event_sink;
+/* Events made under the job lock, on their way out (see the notes). */
+static struct event_queue g_job_events = EVENT_QUEUE_INITIALIZER(g_job_events);
 
 /* ---- Tables ----------------------------------------------------------- */
 
@@ -78,12 +96,19 @@ const char *const job_verb_names[JOB_VERB__MAX] = {
     [JOB_VERB_CHANGE] = "change",
 };
 
-const char *const job_on_error_names[JOB_ON_ERROR__MAX] = {
+const char *const job_on_error_names[JOB_ON_ERROR__MAX + 1] = {
     [JOB_ON_ERROR_REPORT] = "report",
     [JOB_ON_ERROR_IGNORE] = "ignore",
     [JOB_ON_ERROR_ENOSPC] = "enospc",
     [JOB_ON_ERROR_STOP] = "stop",
     [JOB_ON_ERROR_AUTO] = "auto",
+    NULL,
+};
+
+const char *const job_iostatus_names[] = {
+    [JOB_IOSTATUS_OK] = "ok",
+    [JOB_IOSTATUS_FAILED] = "failed",
+    [JOB_IOSTATUS_NOSPACE] = "nospace",
 };
 
 #define S(x) (1u << JOB_STATUS_##x)
@@ -152,125 +177,35 @@ job_on_error_parse(const char *s)
     return -1;
 }
 
-/* ---- Events ----------------------------------------------------------- */
-
-void
-job_set_event_sink(job_event_sink_fn *fn)
-{
-    g_event_sink = fn;
-}
-
-void
-job_event_send(const char *name, json_t *data)
-{
-    if (g_event_sink) {
-        g_event_sink(name, data);
-    } else {
-        json_decref(data);
-    }
-}
-
-/* ---- Main-thread queue ------------------------------------------------ */
-
-struct main_call {
-    void (*fn)(void *opaque);
-    void *opaque;
-    TAILQ_ENTRY(main_call) link;
-};
-
-/* The queue of work for the main thread.  Protected by: g_main_lock (a
- * leaf; never held while running the work). */
-static pthread_mutex_t g_main_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_main_cond;
-static pthread_once_t g_main_once = PTHREAD_ONCE_INIT;
-static TAILQ_HEAD(, main_call) g_main_calls =
-    TAILQ_HEAD_INITIALIZER(g_main_calls);
-static void (*g_main_wakeup)(void *opaque);
-static void *g_main_wakeup_opaque;
+/* ---- The job lock ----------------------------------------------------- */
 
 static void
-main_queue_init(void)
+job_lock(void)
 {
-    cond_init(&g_main_cond);
+    mutex_lock(&g_job_lock);
 }
 
-void
-job_set_main_wakeup(void (*fn)(void *opaque), void *opaque)
+/* Unlock, then send the events made under the lock (see the notes). */
+static void
+job_unlock(void)
 {
-    pthread_once(&g_main_once, main_queue_init);
-    mutex_lock(&g_main_lock);
-    g_main_wakeup = fn;
-    g_main_wakeup_opaque = opaque;
-    mutex_unlock(&g_main_lock);
+    mutex_unlock(&g_job_lock);
+    event_queue_flush(&g_job_events);
 }
 
-void
-job_post_main(void (*fn)(void *opaque), void *opaque)
+/* Job lock held: queue an event for job_unlock(). */
+static void
+event_locked(struct event *ev)
 {
-    struct main_call *call = xzalloc(sizeof(*call));
-    void (*wakeup)(void *);
-    void *wakeup_opaque;
-
-    pthread_once(&g_main_once, main_queue_init);
-    call->fn = fn;
-    call->opaque = opaque;
-    mutex_lock(&g_main_lock);
-    TAILQ_INSERT_TAIL(&g_main_calls, call, link);
-    cond_broadcast(&g_main_cond);
-    wakeup = g_main_wakeup;
-    wakeup_opaque = g_main_wakeup_opaque;
-    mutex_unlock(&g_main_lock);
-    if (wakeup) {
-        wakeup(wakeup_opaque);
-    }
+    event_queue_push(&g_job_events, ev);
 }
 
-/* Run the queued work; true when there was some. */
-static bool
-dispatch_main(void)
+/* Job lock held, about to sleep on it: send what is queued first. */
+static void
+flush_events_locked(void)
 {
-    struct main_call *call;
-    bool ran = false;
-
-    for (;;) {
-        mutex_lock(&g_main_lock);
-        call = TAILQ_FIRST(&g_main_calls);
-        if (call) {
-            TAILQ_REMOVE(&g_main_calls, call, link);
-        }
-        mutex_unlock(&g_main_lock);
-        if (!call) {
-            return ran;
-        }
-        call->fn(call->opaque);
-        free(call);
-        ran = true;
-    }
-}
-
-void
-job_dispatch_main(void)
-{
-    dispatch_main();
-}
-
-bool
-job_poll(int64_t timeout_ns)
-{
-    int64_t deadline = timeout_ns < 0 ? -1 : clock_ns() + timeout_ns;
-
-    pthread_once(&g_main_once, main_queue_init);
-    mutex_lock(&g_main_lock);
-    while (TAILQ_EMPTY(&g_main_calls)) {
-        if (deadline < 0) {
-            cond_wait(&g_main_cond, &g_main_lock);
-        } else if (!cond_timedwait_ns(&g_main_cond, &g_main_lock,
-                                      deadline)) {
-            break;
-        }
-    }
-    mutex_unlock(&g_main_lock);
-    return dispatch_main();
+    job_unlock();
+    job_lock();
 }
 
 /* ---- Helpers (job lock held) ------------------------------------------ */
@@ -284,9 +219,13 @@ transition_locked(struct job *job, enum job_status to)
     assert(job_transition_allowed(from, to));
     job->status = to;
     if (from != to) {
-        job_event_send("JOB_STATUS_CHANGE",
-                       json_pack("{s:s, s:s}", "id", job->id, "status",
-                                 job_status_names[to]));
+        struct event *ev = event_new("JOB_STATUS_CHANGE");
+
+        event_add_str(ev, "id", job->id);
+        event_add_str(ev, "status", job_status_names[to]);
+        event_locked(ev);
+        /* job_wait_status() may wait for this status. */
+        cond_broadcast(&job->cond);
     }
 }
 
@@ -309,9 +248,9 @@ apply_verb(struct job *job, enum job_verb verb, struct err **errp)
 {
     bool ok;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     ok = apply_verb_locked(job, verb, errp);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return ok;
 }
 
@@ -391,20 +330,23 @@ job_get_progress(struct job *job, uint64_t *current, uint64_t *total)
 
 /* ---- Creation, references, lookup ------------------------------------- */
 
+static void do_dismiss(struct job *job);
+
 struct job *
 job_create(const struct job_driver *drv, const char *id, bool auto_finalize,
            bool auto_dismiss, struct err **errp)
 {
     struct job *job;
 
+    assert_main_thread();
     assert(drv->instance_size >= sizeof(struct job) && drv->run);
     if (!id || !id_wellformed(id)) {
         err_setf(errp, "Invalid job ID '%s'", id ? id : "");
         return NULL;
     }
-    mutex_lock(&g_job_lock);
+    job_lock();
     if (find_locked(id)) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         err_setf(errp, "Job ID '%s' already in use", id);
         return NULL;
     }
@@ -419,16 +361,25 @@ job_create(const struct job_driver *drv, const char *id, bool auto_finalize,
     /* Newest first, as QEMU lists its jobs. */
     TAILQ_INSERT_HEAD(&g_jobs, job, link);
     transition_locked(job, JOB_STATUS_CREATED);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return job;
+}
+
+void
+job_early_fail(struct job *job)
+{
+    mutex_lock(&g_job_lock);
+    assert(job->status == JOB_STATUS_CREATED && !job->started);
+    mutex_unlock(&g_job_lock);
+    do_dismiss(job);
 }
 
 void
 job_ref(struct job *job)
 {
-    mutex_lock(&g_job_lock);
+    job_lock();
     job->refcnt++;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 }
 
 void
@@ -436,10 +387,10 @@ job_unref(struct job *job)
 {
     bool last;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     assert(job->refcnt > 0);
     last = --job->refcnt == 0;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (!last) {
         return;
     }
@@ -458,9 +409,9 @@ job_find(const char *id)
 {
     struct job *job;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     job = find_locked(id);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return job;
 }
 
@@ -469,9 +420,9 @@ job_next(struct job *prev)
 {
     struct job *job;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     job = prev ? TAILQ_NEXT(prev, link) : TAILQ_FIRST(&g_jobs);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return job;
 }
 
@@ -480,9 +431,9 @@ job_get_status(struct job *job)
 {
     enum job_status st;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     st = job->status;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return st;
 }
 
@@ -491,32 +442,39 @@ job_user_paused(struct job *job)
 {
     bool p;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     p = job->user_paused;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return p;
 }
 
 /* ---- Completion (main thread) ----------------------------------------- */
 
-static json_t *
-block_event_data(struct job *job)
+/* A BLOCK_JOB_* event with QEMU's members: type, device, len, offset,
+ * speed.  No job lock: progress may ask the driver. */
+static struct event *
+block_event(struct job *job, const char *name)
 {
+    struct event *ev = event_new(name);
     uint64_t cur, total;
 
     job_get_progress(job, &cur, &total);
-    return json_pack("{s:s, s:s, s:I, s:I, s:I}", "type", job->drv->type,
-                     "device", job->id, "len", (json_int_t)total, "offset",
-                     (json_int_t)cur, "speed", (json_int_t)job->speed);
+    event_add_str(ev, "type", job->drv->type);
+    event_add_str(ev, "device", job->id);
+    event_add_uint(ev, "len", total);
+    event_add_uint(ev, "offset", cur);
+    event_add_uint(ev, "speed", job->speed);
+    return ev;
 }
 
 static void
 do_dismiss(struct job *job)
 {
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     transition_locked(job, JOB_STATUS_NULL);
     TAILQ_REMOVE(&g_jobs, job, link);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     job_unref(job);
 }
 
@@ -524,16 +482,17 @@ do_dismiss(struct job *job)
 static void
 finish_abort(struct job *job)
 {
-    json_t *data;
+    struct event *ev;
     bool dismiss;
 
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     assert(job->ret < 0);
     if (!job->error) {
         job->error = xstrdup(strerror(-job->ret));
     }
     transition_locked(job, JOB_STATUS_ABORTING);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 
     if (job->drv->abort) {
         job->drv->abort(job);
@@ -542,17 +501,16 @@ finish_abort(struct job *job)
         job->drv->clean(job);
     }
 
-    data = block_event_data(job);
-    mutex_lock(&g_job_lock);
-    if (job->cancelled) {
-        job_event_send("BLOCK_JOB_CANCELLED", data);
-    } else {
-        json_object_set_new(data, "error", json_string(job->error));
-        job_event_send("BLOCK_JOB_COMPLETED", data);
+    ev = block_event(job, job->cancelled ? "BLOCK_JOB_CANCELLED"
+                                         : "BLOCK_JOB_COMPLETED");
+    job_lock();
+    if (!job->cancelled) {
+        event_add_str(ev, "error", job->error);
     }
+    event_locked(ev);
     transition_locked(job, JOB_STATUS_CONCLUDED);
     dismiss = job->auto_dismiss;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (dismiss) {
         do_dismiss(job);
     }
@@ -563,19 +521,20 @@ static void
 do_finalize(struct job *job)
 {
     struct err *err = NULL;
-    json_t *data;
+    struct event *ev;
     bool dismiss;
     int ret = 0;
 
+    assert_main_thread();
     if (job->drv->prepare) {
         ret = job->drv->prepare(job, &err);
     }
     if (ret < 0) {
-        mutex_lock(&g_job_lock);
+        job_lock();
         job->ret = ret;
         free(job->error);
         job->error = err ? xstrdup(err->msg) : NULL;
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         err_free(err);
         finish_abort(job);
         return;
@@ -586,12 +545,12 @@ do_finalize(struct job *job)
     if (job->drv->clean) {
         job->drv->clean(job);
     }
-    data = block_event_data(job);
-    mutex_lock(&g_job_lock);
-    job_event_send("BLOCK_JOB_COMPLETED", data);
+    ev = block_event(job, "BLOCK_JOB_COMPLETED");
+    job_lock();
+    event_locked(ev);
     transition_locked(job, JOB_STATUS_CONCLUDED);
     dismiss = job->auto_dismiss;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (dismiss) {
         do_dismiss(job);
     }
@@ -603,9 +562,10 @@ job_completed(struct job *job)
 {
     bool finalize;
 
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     if (job->completed) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         return;
     }
     job->completed = true;
@@ -621,7 +581,7 @@ job_completed(struct job *job)
             job->error = NULL;
             job->ret = -ECANCELED;
         }
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         finish_abort(job);
         return;
     }
@@ -632,26 +592,30 @@ job_completed(struct job *job)
     if (!finalize) {
         /* qemu-storage-daemon 7.2 sends it only when the user has to
          * finalize; with auto-finalize the job moves straight on. */
-        job_event_send("BLOCK_JOB_PENDING",
-                       json_pack("{s:s, s:s}", "type", job->drv->type, "id",
-                                 job->id));
+        struct event *ev = event_new("BLOCK_JOB_PENDING");
+
+        event_add_str(ev, "type", job->drv->type);
+        event_add_str(ev, "id", job->id);
+        event_locked(ev);
     }
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (finalize) {
         do_finalize(job);
     }
 }
 
-/* Main thread: the job thread has ended; join it and handle the result. */
+/* Main thread: the job thread has ended; join it and handle the result.
+ * Posted by the thread, with the thread's reference. */
 static void
 job_thread_done_cb(void *opaque)
 {
     struct job *job = opaque;
 
+    assert_main_thread();
     thread_join(job->thread);
-    mutex_lock(&g_job_lock);
+    job_lock();
     job->thread_running = false;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     job_completed(job);
     job_unref(job);
 }
@@ -665,7 +629,7 @@ job_thread(void *opaque)
 
     job_pause_point(job);
     ret = job->drv->run(job, &err);
-    mutex_lock(&g_job_lock);
+    job_lock();
     job->ret = ret < 0 ? ret : 0;
     if (ret < 0 && err) {
         free(job->error);
@@ -674,9 +638,11 @@ job_thread(void *opaque)
     job->busy = false;
     job->deferred = true;
     settle_locked(job);
-    mutex_unlock(&g_job_lock);
+    cond_broadcast(&job->cond);
+    /* Under the lock: see "Crossing to the main thread". */
+    loop_call(job_thread_done_cb, job);
+    job_unlock();
     err_free(err);
-    job_post_main(job_thread_done_cb, job);
     return NULL;
 }
 
@@ -686,26 +652,27 @@ job_start(struct job *job)
     int64_t deadline;
     char name[16];
 
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     assert(job->status == JOB_STATUS_CREATED && !job->started);
     job->started = true;
     job->refcnt++;                  /* the thread's reference */
     job->thread_running = true;
     job->busy = true;
     transition_locked(job, JOB_STATUS_RUNNING);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     snprintf(name, sizeof(name), "job-%s", job->id);
     thread_create(&job->thread, name, job_thread, job);
 
     /* Bounded: a job thread must never keep the main thread waiting. */
     deadline = clock_ns() + 1000LL * 1000 * 1000;
-    mutex_lock(&g_job_lock);
+    job_lock();
     while (!job->settled) {
         if (!cond_timedwait_ns(&job->cond, &g_job_lock, deadline)) {
             break;
         }
     }
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 }
 
 /* ---- Verbs (main thread) ---------------------------------------------- */
@@ -715,10 +682,10 @@ job_pause(struct job *job)
 {
     bool first;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     first = ++job->pause_count == 1;
     cond_broadcast(&job->cond);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (first && job->drv->pause) {
         job->drv->pause(job);
     }
@@ -729,11 +696,11 @@ job_resume(struct job *job)
 {
     bool last;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     assert(job->pause_count > 0);
     last = --job->pause_count == 0;
     cond_broadcast(&job->cond);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (last && job->drv->resume) {
         job->drv->resume(job);
     }
@@ -742,18 +709,19 @@ job_resume(struct job *job)
 bool
 job_user_pause(struct job *job, struct err **errp)
 {
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     if (!apply_verb_locked(job, JOB_VERB_PAUSE, errp)) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         return false;
     }
     if (job->user_paused) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         err_setf(errp, "Job is already paused");
         return false;
     }
     job->user_paused = true;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     job_pause(job);
     return true;
 }
@@ -761,19 +729,20 @@ job_user_pause(struct job *job, struct err **errp)
 bool
 job_user_resume(struct job *job, struct err **errp)
 {
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     if (!apply_verb_locked(job, JOB_VERB_RESUME, errp)) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         return false;
     }
     if (!job->user_paused) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         err_setf(errp, "Can't resume a job that was not paused");
         return false;
     }
     job->user_paused = false;
     job->iostatus = JOB_IOSTATUS_OK;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     job_resume(job);
     return true;
 }
@@ -782,11 +751,11 @@ job_user_resume(struct job *job, struct err **errp)
 static void
 job_cancel(struct job *job, bool force)
 {
-    mutex_lock(&g_job_lock);
+    job_lock();
     if (job->status == JOB_STATUS_ABORTING ||
         job->status == JOB_STATUS_CONCLUDED ||
         job->status == JOB_STATUS_NULL) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         return;
     }
     job->cancelled = true;
@@ -804,11 +773,11 @@ job_cancel(struct job *job, bool force)
         job->ret = -ECANCELED;
         free(job->error);
         job->error = NULL;
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         finish_abort(job);
         return;
     }
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (job->drv->cancel) {
         job->drv->cancel(job, force);
     }
@@ -817,6 +786,7 @@ job_cancel(struct job *job, bool force)
 bool
 job_user_cancel(struct job *job, bool force, struct err **errp)
 {
+    assert_main_thread();
     if (!apply_verb(job, JOB_VERB_CANCEL, errp)) {
         return false;
     }
@@ -829,18 +799,19 @@ job_complete(struct job *job, struct err **errp)
 {
     struct err *local_err = NULL;
 
-    mutex_lock(&g_job_lock);
+    assert_main_thread();
+    job_lock();
     if (!apply_verb_locked(job, JOB_VERB_COMPLETE, errp)) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         return false;
     }
     if (job->cancelled || !job->drv->complete) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         err_setf(errp, "The active block job '%s' cannot be completed",
                  job->id);
         return false;
     }
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     /* errp may be NULL: learn the outcome from a local error. */
     job->drv->complete(job, &local_err);
     if (local_err) {
@@ -853,6 +824,7 @@ job_complete(struct job *job, struct err **errp)
 bool
 job_finalize(struct job *job, struct err **errp)
 {
+    assert_main_thread();
     if (!apply_verb(job, JOB_VERB_FINALIZE, errp)) {
         return false;
     }
@@ -863,6 +835,7 @@ job_finalize(struct job *job, struct err **errp)
 bool
 job_dismiss(struct job *job, struct err **errp)
 {
+    assert_main_thread();
     if (!apply_verb(job, JOB_VERB_DISMISS, errp)) {
         return false;
     }
@@ -873,18 +846,18 @@ job_dismiss(struct job *job, struct err **errp)
 bool
 job_set_speed(struct job *job, int64_t speed, struct err **errp)
 {
-    mutex_lock(&g_job_lock);
+    job_lock();
     if (!apply_verb_locked(job, JOB_VERB_SET_SPEED, errp)) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         return false;
     }
     if (speed < 0) {
-        mutex_unlock(&g_job_lock);
+        job_unlock();
         err_setf(errp, "Parameter 'speed' expects a non-negative value");
         return false;
     }
     job->speed = (uint64_t)speed;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     if (job->drv->set_speed) {
         job->drv->set_speed(job, (uint64_t)speed);
     }
@@ -895,16 +868,34 @@ bool
 job_wait_status(struct job *job, unsigned mask, int64_t timeout_ns)
 {
     int64_t deadline = timeout_ns < 0 ? -1 : clock_ns() + timeout_ns;
+    bool reached;
 
+    assert_main_thread();
+    job_lock();
     for (;;) {
-        if (mask & (1u << job_get_status(job))) {
-            return true;
+        reached = mask & (1u << job->status);
+        if (reached) {
+            break;
+        }
+        if (job->deferred && job->thread_running) {
+            /* run returned: its completion is queued; run it here. */
+            job_unlock();
+            loop_call_run_now(job_thread_done_cb, job);
+            job_lock();
+            continue;
         }
         if (deadline >= 0 && clock_ns() >= deadline) {
-            return false;
+            break;
         }
-        job_poll(10 * 1000 * 1000);
+        /* Woken by status changes and by the thread's end; the timeout
+         * only bounds a wait that nothing would end. */
+        cond_timedwait_ns(&job->cond, &g_job_lock,
+                          deadline < 0 ? clock_ns() + 100000000LL
+                                       : MIN(deadline,
+                                             clock_ns() + 100000000LL));
     }
+    job_unlock();
+    return reached;
 }
 
 int
@@ -912,14 +903,15 @@ job_cancel_sync(struct job *job)
 {
     int ret;
 
+    assert_main_thread();
     job_ref(job);
     job_cancel(job, true);
     /* A pending job is ended by job_cancel itself; wait for the rest. */
     job_wait_status(job, (1u << JOB_STATUS_CONCLUDED) |
                     (1u << JOB_STATUS_NULL), -1);
-    mutex_lock(&g_job_lock);
+    job_lock();
     ret = job->ret;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     job_unref(job);
     return ret;
 }
@@ -929,6 +921,7 @@ job_cancel_sync_all(void)
 {
     struct job *job;
 
+    assert_main_thread();
     while ((job = job_next(NULL))) {
         job_ref(job);
         if (job_get_status(job) != JOB_STATUS_CONCLUDED) {
@@ -948,9 +941,9 @@ job_is_cancelled(struct job *job)
 {
     bool c;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     c = job->cancelled;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return c;
 }
 
@@ -959,9 +952,9 @@ job_should_pause(struct job *job)
 {
     bool p;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     p = job->pause_count > 0 && !job->cancelled;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
     return p;
 }
 
@@ -970,7 +963,7 @@ job_pause_point(struct job *job)
 {
     enum job_status before;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     if (job->pause_count > 0 && !job->cancelled) {
         before = job->status;
         if (before == JOB_STATUS_RUNNING) {
@@ -981,6 +974,7 @@ job_pause_point(struct job *job)
         job->paused = true;
         job->busy = false;
         settle_locked(job);
+        flush_events_locked();
         while (job->pause_count > 0 && !job->cancelled) {
             cond_wait(&job->cond, &g_job_lock);
         }
@@ -990,7 +984,7 @@ job_pause_point(struct job *job)
             transition_locked(job, before);
         }
     }
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 }
 
 void
@@ -998,7 +992,7 @@ job_sleep_ns(struct job *job, int64_t ns)
 {
     int64_t deadline = ns < 0 ? -1 : clock_ns() + ns;
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     job->busy = false;
     settle_locked(job);
     while (!job->kicked && !job->cancelled && job->pause_count == 0) {
@@ -1010,40 +1004,40 @@ job_sleep_ns(struct job *job, int64_t ns)
     }
     job->kicked = false;
     job->busy = true;
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 }
 
 void
 job_settled(struct job *job)
 {
-    mutex_lock(&g_job_lock);
+    job_lock();
     settle_locked(job);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 }
 
 void
 job_kick(struct job *job)
 {
-    mutex_lock(&g_job_lock);
+    job_lock();
     job->kicked = true;
     cond_broadcast(&job->cond);
-    mutex_unlock(&g_job_lock);
+    job_unlock();
 }
 
 void
 job_transition_to_ready(struct job *job)
 {
-    json_t *data = block_event_data(job);
+    struct event *ev = block_event(job, "BLOCK_JOB_READY");
 
-    mutex_lock(&g_job_lock);
+    job_lock();
     if (job->status != JOB_STATUS_RUNNING) {
-        mutex_unlock(&g_job_lock);
-        json_decref(data);
+        job_unlock();
+        event_free(ev);
         return;
     }
     transition_locked(job, JOB_STATUS_READY);
-    job_event_send("BLOCK_JOB_READY", data);
-    mutex_unlock(&g_job_lock);
+    event_locked(ev);
+    job_unlock();
 }
 
 enum job_error_action
@@ -1056,6 +1050,7 @@ job_error_action(struct job *job, enum job_on_error policy, bool is_read,
         [JOB_ERROR_ACTION_STOP] = "stop",
     };
     enum job_error_action action;
+    struct event *ev;
     bool pause = false;
 
     switch (policy) {
@@ -1075,7 +1070,7 @@ job_error_action(struct job *job, enum job_on_error policy, bool is_read,
         action = JOB_ERROR_ACTION_REPORT;
         break;
     }
-    mutex_lock(&g_job_lock);
+    job_lock();
     if (action == JOB_ERROR_ACTION_STOP) {
         if (!job->user_paused) {
             job->user_paused = true;
@@ -1084,11 +1079,12 @@ job_error_action(struct job *job, enum job_on_error policy, bool is_read,
         job->iostatus = error == ENOSPC ? JOB_IOSTATUS_NOSPACE
                                         : JOB_IOSTATUS_FAILED;
     }
-    job_event_send("BLOCK_JOB_ERROR",
-                   json_pack("{s:s, s:s, s:s}", "device", job->id,
-                             "operation", is_read ? "read" : "write",
-                             "action", action_names[action]));
-    mutex_unlock(&g_job_lock);
+    ev = event_new("BLOCK_JOB_ERROR");
+    event_add_str(ev, "device", job->id);
+    event_add_str(ev, "operation", is_read ? "read" : "write");
+    event_add_str(ev, "action", action_names[action]);
+    event_locked(ev);
+    job_unlock();
     if (pause) {
         job_pause(job);
     }
@@ -1097,75 +1093,29 @@ job_error_action(struct job *job, enum job_on_error policy, bool is_read,
 
 /* ---- Queries ---------------------------------------------------------- */
 
-json_t *
-job_info(struct job *job)
+void
+job_get_info(struct job *job, struct job_info *info)
 {
     uint64_t cur, total;
-    json_t *info;
 
+    assert_main_thread();
     job_get_progress(job, &cur, &total);
-    mutex_lock(&g_job_lock);
-    info = json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", job->id, "type",
-                     job->drv->type, "status", job_status_names[job->status],
-                     "current-progress", (json_int_t)cur, "total-progress",
-                     (json_int_t)total);
-    if (job->ret < 0 && job->error) {
-        json_object_set_new(info, "error", json_string(job->error));
-    }
-    mutex_unlock(&g_job_lock);
-    return info;
-}
-
-json_t *
-job_block_info(struct job *job)
-{
-    static const char *const iostatus_names[] = {
-        [JOB_IOSTATUS_OK] = "ok",
-        [JOB_IOSTATUS_FAILED] = "failed",
-        [JOB_IOSTATUS_NOSPACE] = "nospace",
+    job_lock();
+    *info = (struct job_info) {
+        .id = job->id,
+        .type = job->drv->type,
+        .status = job->status,
+        .current_progress = cur,
+        .total_progress = total,
+        .busy = job->busy,
+        .paused = job->pause_count > 0,
+        .ready = job->status == JOB_STATUS_READY ||
+                 job->status == JOB_STATUS_STANDBY,
+        .speed = job->speed,
+        .iostatus = job->iostatus,
+        .auto_finalize = job->auto_finalize,
+        .auto_dismiss = job->auto_dismiss,
+        .error = job->ret < 0 && job->error ? xstrdup(job->error) : NULL,
     };
-    uint64_t cur, total;
-    json_t *info;
-
-    job_get_progress(job, &cur, &total);
-    mutex_lock(&g_job_lock);
-    info = json_pack("{s:s, s:s, s:I, s:I, s:b, s:b, s:I, s:s, s:b, s:s, "
-                     "s:b, s:b}",
-                     "type", job->drv->type, "device", job->id,
-                     "len", (json_int_t)total, "offset", (json_int_t)cur,
-                     "busy", job->busy, "paused", job->pause_count > 0,
-                     "speed", (json_int_t)job->speed,
-                     "io-status", iostatus_names[job->iostatus],
-                     "ready", job->status == JOB_STATUS_READY ||
-                              job->status == JOB_STATUS_STANDBY,
-                     "status", job_status_names[job->status],
-                     "auto-finalize", job->auto_finalize,
-                     "auto-dismiss", job->auto_dismiss);
-    if (job->ret < 0 && job->error) {
-        json_object_set_new(info, "error", json_string(job->error));
-    }
-    mutex_unlock(&g_job_lock);
-    return info;
-}
-
-json_t *
-job_query_jobs(void)
-{
-    json_t *list = json_array();
-
-    for (struct job *job = job_next(NULL); job; job = job_next(job)) {
-        json_array_append_new(list, job_info(job));
-    }
-    return list;
-}
-
-json_t *
-job_query_block_jobs(void)
-{
-    json_t *list = json_array();
-
-    for (struct job *job = job_next(NULL); job; job = job_next(job)) {
-        json_array_append_new(list, job_block_info(job));
-    }
-    return list;
+    job_unlock();
 }

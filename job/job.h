@@ -2,7 +2,7 @@
 /*
  * Jobs: long-running work (backup, ...) with QEMU's job model, as the
  * job-* and block-job-* QMP commands and the JOB_STATUS_CHANGE and
- * BLOCK_JOB_* events show it (fleecing.md section 5.4).
+ * BLOCK_JOB_* events show it (docs/qmp.md).
  *
  * A job is a struct job embedded first in a driver's own structure.  Its
  * status follows a fixed transition table, and the user's verbs (cancel,
@@ -16,23 +16,23 @@
  *     does blocking I/O, calls job_pause_point() between units of work
  *     (it blocks there while the job is paused, so a paused job does no
  *     I/O) and checks job_is_cancelled().  When run returns, the thread
- *     hands the job to the main thread (job_post_main()) and ends.
+ *     hands the job to the main thread (loop_call()) and ends.
  *   - A job thread never waits for the main thread, and never waits for
  *     a pause or a sleep while it is inside the graph (between
  *     block_graph_enter() and block_graph_leave()), or a drain deadlocks.
  *
- * Crossing to the main thread.  Work for the main thread is queued here;
- * the main loop runs it with job_dispatch_main() when the wake-up hook set
- * by job_set_main_wakeup() fires (the daemon wires it to its loop).  Tests
- * without a loop call job_poll().
+ * Crossing to the main thread: the job thread hands its result over with
+ * the runtime's loop_call() (runtime/loop.h), so a program that runs jobs
+ * runs the main loop, or waits for its jobs with job_wait_status() (tests).
  *
- * Events go to the sink set by job_set_event_sink() (the daemon sets
- * qmp_event_send); without a sink they are dropped.
+ * Events (JOB_STATUS_CHANGE, BLOCK_JOB_*) go out through the runtime
+ * (runtime/event.h), in the order of the changes and with no lock held.
  *
  * Locking: one lock, the job lock, protects the job list and every field
  * marked "job lock" below.  It is taken after the graph lock and before
- * the event sink's own lock; driver callbacks are never called with it
- * held, and it is never held across I/O.
+ * the runtime's leaf locks (the event queue's, the loop's call queue);
+ * driver callbacks and the event sink are never called with it held, and
+ * it is never held across I/O.
  */
 #ifndef LOCKSTEP_JOB_H
 #define LOCKSTEP_JOB_H
@@ -41,8 +41,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
-
-#include <jansson.h>
 
 #include "lockstep/err.h"
 
@@ -101,7 +99,9 @@ enum job_iostatus {
 
 extern const char *const job_status_names[JOB_STATUS__MAX];
 extern const char *const job_verb_names[JOB_VERB__MAX];
-extern const char *const job_on_error_names[JOB_ON_ERROR__MAX];
+/* NULL-terminated (QMP's enum values). */
+extern const char *const job_on_error_names[JOB_ON_ERROR__MAX + 1];
+extern const char *const job_iostatus_names[];
 
 struct job;
 
@@ -194,22 +194,6 @@ bool job_verb_allowed(enum job_verb verb, enum job_status status);
 /* -1 if unknown. */
 int job_on_error_parse(const char *s);
 
-/* ---- Integration hooks ------------------------------------------------ */
-
-typedef void job_event_sink_fn(const char *name, json_t *data);
-/* Events are passed to fn (reference stolen); NULL drops them. */
-void job_set_event_sink(job_event_sink_fn *fn);
-/* fn(opaque) is called (any thread, no lock held) when work is queued for
- * the main thread; the main loop must then call job_dispatch_main(). */
-void job_set_main_wakeup(void (*fn)(void *opaque), void *opaque);
-/* Queue fn(opaque) for the main thread.  Any thread. */
-void job_post_main(void (*fn)(void *opaque), void *opaque);
-/* Run everything queued for the main thread.  Main thread. */
-void job_dispatch_main(void);
-/* Wait up to timeout_ns (< 0: forever) for queued work and run it; true
- * when something ran.  Main thread (tests, synchronous waits). */
-bool job_poll(int64_t timeout_ns);
-
 /* ---- Lifecycle (main thread) ------------------------------------------ */
 
 /*
@@ -220,6 +204,9 @@ bool job_poll(int64_t timeout_ns);
 struct job *job_create(const struct job_driver *drv, const char *id,
                        bool auto_finalize, bool auto_dismiss,
                        struct err **errp);
+/* A created job that could not be set up and never starts: it goes away
+ * (created -> null, drv->free runs), as QEMU's job_early_fail. */
+void job_early_fail(struct job *job);
 /*
  * Start the job's thread: created -> running.  Like QEMU, where a new job
  * runs until it first yields before the command that started it returns,
@@ -249,13 +236,14 @@ void job_resume(struct job *job);
 
 /*
  * Cancel and wait until the job concluded (finalising it if needed);
- * returns the job's result.  For shutdown and tests.  Main thread; runs
- * queued main-thread work while it waits.
+ * returns the job's result.  For shutdown and tests.  Main thread.
  */
 int job_cancel_sync(struct job *job);
 void job_cancel_sync_all(void);
-/* Wait (running main-thread work) until the job reaches a status in mask
- * (bit 1 << status) or the timeout passes; true when it did. */
+/* Wait until the job reaches a status in mask (bit 1 << status) or the
+ * timeout passes (< 0: no timeout); true when it did.  Runs the job's own
+ * completion when its thread ends meanwhile, nothing else of the main
+ * loop's.  Main thread. */
 bool job_wait_status(struct job *job, unsigned mask, int64_t timeout_ns);
 
 /* Current status (job lock taken). */
@@ -298,13 +286,24 @@ void job_get_progress(struct job *job, uint64_t *current, uint64_t *total);
 
 /* ---- Queries (main thread) -------------------------------------------- */
 
-/* JobInfo and BlockJobInfo objects, and the lists of all jobs. */
-json_t *job_info(struct job *job);
-json_t *job_block_info(struct job *job);
-json_t *job_query_jobs(void);
-json_t *job_query_block_jobs(void);
+/* A job as query-jobs and query-block-jobs show it. */
+struct job_info {
+    const char *id;             /* valid while the job exists */
+    const char *type;           /* the driver's */
+    enum job_status status;
+    uint64_t current_progress;
+    uint64_t total_progress;
+    bool busy;
+    bool paused;                /* pause requested (pause count > 0) */
+    bool ready;                 /* status ready or standby */
+    uint64_t speed;
+    enum job_iostatus iostatus;
+    bool auto_finalize;
+    bool auto_dismiss;
+    char *error;                /* a failed job's message (copy), or NULL */
+};
 
-/* Send an event through the sink (reference stolen).  Any thread. */
-void job_event_send(const char *name, json_t *data);
+/* A consistent snapshot of the job; free info->error afterwards. */
+void job_get_info(struct job *job, struct job_info *info);
 
 #endif

@@ -3,11 +3,21 @@
  * NBD option negotiation (NBD spec, "Newstyle negotiation"): the fixed
  * newstyle greeting, then options until EXPORT_NAME or a successful GO
  * starts transmission.  Supported: EXPORT_NAME, ABORT, LIST, INFO, GO,
- * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT; everything else
- * (STARTTLS, EXTENDED_HEADERS, unknown numbers) gets NBD_REP_ERR_UNSUP and
- * negotiation goes on, as the baseline of the spec requires.  Malformed
- * option data is answered with NBD_REP_ERR_INVALID; only a broken frame
- * (bad magic, oversize option, EOF) closes the connection.
+ * STRUCTURED_REPLY, LIST_META_CONTEXT, SET_META_CONTEXT and, when the
+ * server has TLS credentials, STARTTLS; everything else (EXTENDED_HEADERS,
+ * unknown numbers) gets NBD_REP_ERR_UNSUP and negotiation goes on, as the
+ * baseline of the spec requires.  Malformed option data is answered with
+ * NBD_REP_ERR_INVALID; only a broken frame (bad magic, oversize option,
+ * EOF) closes the connection.
+ *
+ * TLS (spec, "TLS required" mode): with credentials, every option before
+ * STARTTLS but ABORT is answered NBD_REP_ERR_TLS_REQD, and EXPORT_NAME,
+ * which has no error reply, closes the connection; so no export name,
+ * size or list is told to a client that has not done TLS.  STARTTLS's
+ * ACK is sent, then the TLS handshake runs as states of this machine
+ * (crypto/tls-session.c), and the options that follow go through TLS.
+ * A client that fails the handshake or the check of its identity (the
+ * tls-authz object) is logged and dropped.
  *
  * Export names match exactly, as in QEMU: the default export "" is only
  * found when an export is named "".
@@ -17,14 +27,31 @@
  * negotiates slowly, or stops reading, holds no thread while it waits.
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "crypto/tls-session.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "util.h"
+
+void
+nbdsrv_log(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: NBD client: %s\n", program_invocation_short_name,
+            line);
+}
 
 /* Queue bytes for the client; nbdsrv_hs_step() sends them. */
 static void
@@ -112,6 +139,8 @@ clear_meta(struct nbdsrv_session *s)
 void
 nbdsrv_session_clear(struct nbdsrv_session *s)
 {
+    tls_session_free(s->tls);
+    s->tls = NULL;
     clear_meta(s);
     free(s->hs_data);
     s->hs_data = NULL;
@@ -435,6 +464,8 @@ enum {
     HS_DATA,        /* reading an option's data */
     HS_DONE,        /* transmission starts once the replies are out */
     HS_ABORT,       /* close once the replies are out */
+    HS_STARTTLS,    /* the TLS handshake starts once the ACK is out */
+    HS_TLS,         /* in the TLS handshake */
 };
 
 /* Read toward want bytes at buf + *got.  1 when complete, 0 when the read
@@ -445,7 +476,9 @@ hs_fill(struct nbdsrv_session *s, uint8_t *buf, size_t want, size_t *got)
     while (*got < want) {
         ssize_t r;
 
-        if (s->nonblock) {
+        if (s->tls) {
+            r = tls_session_recv(s->tls, buf + *got, want - *got);
+        } else if (s->nonblock) {
             r = recv(s->in_fd, buf + *got, want - *got, MSG_DONTWAIT);
         } else {
             r = read(s->in_fd, buf + *got, want - *got);
@@ -472,15 +505,20 @@ hs_flush(struct nbdsrv_session *s)
     while (s->opos < s->olen) {
         ssize_t r;
 
-        if (!s->nonblock) {
+        if (s->tls) {
+            struct iovec v = {s->obuf + s->opos, s->olen - s->opos};
+
+            r = tls_session_sendv(s->tls, &v, 1);
+        } else if (!s->nonblock) {
             if (nbdsrv_write(s->out_fd, s->obuf + s->opos,
                              s->olen - s->opos) < 0) {
                 return -1;
             }
             break;
+        } else {
+            r = send(s->out_fd, s->obuf + s->opos, s->olen - s->opos,
+                     MSG_DONTWAIT | MSG_NOSIGNAL);
         }
-        r = send(s->out_fd, s->obuf + s->opos, s->olen - s->opos,
-                 MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r < 0 && errno == EINTR) {
             continue;
         }
@@ -540,6 +578,42 @@ opt_export_name(struct nbdsrv_session *s, const uint8_t *data, uint32_t len)
     return 1;
 }
 
+/* STARTTLS in TLS-required mode: ACK, then the TLS handshake. */
+static int
+opt_starttls(struct nbdsrv_session *s, uint32_t len)
+{
+    if (len != 0) {
+        return send_err(s, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                        "no payload expected");
+    }
+    send_rep(s, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+    s->hs_state = HS_STARTTLS;
+    return 0;
+}
+
+/* Before TLS in TLS-required mode: only STARTTLS and ABORT go on. */
+static int
+hs_option_before_tls(struct nbdsrv_session *s, uint32_t opt, uint32_t len)
+{
+    char msg[64];
+
+    if (opt == NBD_OPT_STARTTLS) {
+        return opt_starttls(s, len);
+    }
+    if (!s->tls_refused_logged) {
+        s->tls_refused_logged = true;
+        nbdsrv_log("option %" PRIu32 " refused: TLS is required, and the "
+                   "client has not started it (does it have the server's "
+                   "credentials?)", opt);
+    }
+    if (opt == NBD_OPT_EXPORT_NAME) {
+        return -1;   /* no error reply exists for it: the spec says close */
+    }
+    snprintf(msg, sizeof(msg), "Option 0x%" PRIx32 " not permitted before "
+             "TLS", opt);
+    return send_err(s, opt, NBD_REP_ERR_TLS_REQD, msg);
+}
+
 /* Answer one option.  1 when transmission starts, 0 to go on, -1 to
  * close. */
 static int
@@ -548,6 +622,9 @@ hs_option(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
 {
     int ret;
 
+    if (s->tls_creds && !s->tls && opt != NBD_OPT_ABORT) {
+        return hs_option_before_tls(s, opt, len);
+    }
     switch (opt) {
     case NBD_OPT_EXPORT_NAME:
         return opt_export_name(s, data, len);
@@ -579,7 +656,12 @@ hs_option(struct nbdsrv_session *s, uint32_t opt, const uint8_t *data,
         ret = opt_meta(s, opt, data, len);
         break;
     case NBD_OPT_STARTTLS:
-        ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "TLS not supported");
+        if (s->tls) {
+            ret = send_err(s, opt, NBD_REP_ERR_INVALID,
+                           "TLS is already negotiated");
+        } else {
+            ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "TLS not supported");
+        }
         break;
     default:
         ret = send_err(s, opt, NBD_REP_ERR_UNSUP, "unsupported option");
@@ -654,6 +736,39 @@ hs_message(struct nbdsrv_session *s)
     }
 }
 
+/* The TLS handshake after STARTTLS's ACK went out: an NBDSRV_HS_* code,
+ * or 1 when it is done (options go on, through TLS). */
+static int
+hs_tls(struct nbdsrv_session *s)
+{
+    struct err *err = NULL;
+
+    if (s->hs_state == HS_STARTTLS) {
+        s->tls = tls_session_new(s->tls_creds, NULL, s->tls_authz, s->in_fd,
+                                 s->out_fd, s->nonblock, &err);
+        if (!s->tls) {
+            goto fail;
+        }
+        s->hs_state = HS_TLS;
+    }
+    switch (tls_session_handshake(s->tls, &err)) {
+    case TLS_HS_WANT_READ:
+        return NBDSRV_HS_WANT_READ;
+    case TLS_HS_WANT_WRITE:
+        return NBDSRV_HS_WANT_WRITE;
+    case TLS_HS_DONE:
+        s->hs_state = HS_HEADER;
+        s->hs_got = 0;
+        return 1;
+    default:
+        break;
+    }
+fail:
+    nbdsrv_log("option negotiation failed: %s", err->msg);
+    err_free(err);
+    return NBDSRV_HS_FAIL;
+}
+
 int
 nbdsrv_hs_step(struct nbdsrv_session *s)
 {
@@ -668,6 +783,16 @@ nbdsrv_hs_step(struct nbdsrv_session *s)
         }
         if (s->hs_state == HS_DONE) {
             return NBDSRV_HS_DONE;
+        }
+        if (s->hs_state == HS_STARTTLS || s->hs_state == HS_TLS) {
+            r = hs_tls(s);
+            if (r == NBDSRV_HS_FAIL) {
+                break;
+            }
+            if (r != 1) {
+                return r;
+            }
+            continue;
         }
         r = hs_message(s);
         if (r == 0) {

@@ -33,12 +33,14 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include <jansson.h>
-
+#include "export/export.h"
 #include "lockstep/block.h"
 #include "lockstep/err.h"
+#include "nbd/server.h"
 
 struct block_dirty_bitmap;
+struct tls_creds;
+struct tls_session;
 
 struct nbdexp_bitmap {
     struct block_dirty_bitmap *bm;
@@ -72,12 +74,13 @@ extern pthread_cond_t g_nbdsrv_cond;
 /* ---- export.c --------------------------------------------------------- */
 
 /*
- * Create and register (export/export.h) an export from block-export-add
- * arguments; when require_server is false no running server is needed
- * (the fuzzer and in-process tests).  Main thread.
+ * Create and register (export/export.h) an NBD export: opts->driver_opts
+ * is a struct nbd_export_options or NULL; when require_server is false no
+ * running server is needed (the fuzzer and in-process tests).  Main
+ * thread.
  */
-struct nbdexp *nbdexp_create(json_t *args, bool require_server,
-                             struct err **errp);
+struct nbdexp *nbdexp_create(const struct block_export_options *opts,
+                             bool require_server, struct err **errp);
 /*
  * Find an export by name and attach a connection to it (nconns++), storing
  * it in *held under g_nbdsrv_lock (so that deleting the export finds the
@@ -133,6 +136,9 @@ void nbdsrv_shutdown_conns_locked(struct nbdexp *exp);
 void nbdsrv_wait_conns_locked(struct nbdexp *exp);
 /* Whether a new client should see CAN_MULTI_CONN (max-connections != 1). */
 bool nbdsrv_multi_conn_allowed(void);
+/* Warn on stderr, about what, when the server listens on a TCP address
+ * other than loopback without TLS.  Main thread. */
+void nbdsrv_warn_insecure(const char *what);
 
 /*
  * One whole NBD session on in_fd (requests) and out_fd (replies; may be the
@@ -140,10 +146,12 @@ bool nbdsrv_multi_conn_allowed(void);
  * runs it on the calling thread with blocking I/O, every request inline
  * (deterministic; the fuzzer; any fds).  More: served by the pool as an
  * accepted connection is (in_fd == out_fd, a socket), without a handshake
- * deadline.  Returns when the client disconnects or breaks the protocol;
- * the fds stay the caller's.  Any thread.
+ * deadline.  tls_creds (server endpoint; NULL: plain) and tls_authz are
+ * as nbd-server-start's.  Returns when the client disconnects or breaks
+ * the protocol; the fds stay the caller's.  Any thread.
  */
-void nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads);
+void nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads,
+                      struct tls_creds *tls_creds, const char *tls_authz);
 
 /*
  * Whole reads and writes on a session's fds: sockets without SIGPIPE, and
@@ -169,6 +177,14 @@ int nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
 
 struct nbdsrv_session {
     int in_fd, out_fd;
+    /* TLS: with credentials the server is in the spec's "TLS required"
+     * mode; after STARTTLS every byte goes through tls.  creds and authz
+     * are the server's (they outlive its connections); tls is set during
+     * negotiation, before transmission starts. */
+    struct tls_creds *tls_creds;
+    const char *tls_authz;
+    struct tls_session *tls;
+    bool tls_refused_logged;   /* one log line per plain-text client */
     bool no_zeroes;
     bool structured;
     /* The export this connection is attached to (nbdexp_get), during an
@@ -210,7 +226,10 @@ void nbdsrv_hs_begin(struct nbdsrv_session *s);
 int nbdsrv_hs_step(struct nbdsrv_session *s);
 /* The whole handshake with blocking I/O: 0 (transmission) or -1. */
 int nbdsrv_handshake(struct nbdsrv_session *s);
+/* Free what negotiation allocated, the TLS session included. */
 void nbdsrv_session_clear(struct nbdsrv_session *s);
+/* A line on stderr about a client ("lockstepd: NBD client: ..."). */
+void nbdsrv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- meta-context.c --------------------------------------------------- */
 

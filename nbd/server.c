@@ -73,10 +73,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "crypto/authz.h"
+#include "crypto/tls-creds.h"
+#include "crypto/tls-session.h"
 #include "nbd/errno-map.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
 #include "nbd/server.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define NBDSRV_CONN_THREADS 8
@@ -132,10 +136,11 @@ wait_writable(int fd, int64_t *deadline, bool *stalled)
     return 0;
 }
 
-/* nbdsrv_writev; *stalled (when given) is set while a send waits for the
- * client and cleared when it is done. */
+/* nbdsrv_writev, through tls when it is set; *stalled (when given) is set
+ * while a send waits for the client and cleared when it is done. */
 static int
-sendv(int fd, struct iovec *v, int n, bool *stalled)
+sendv(int fd, struct tls_session *tls, struct iovec *v, int n,
+      bool *stalled)
 {
     int64_t deadline = 0;
     int ret = 0;
@@ -149,9 +154,13 @@ sendv(int fd, struct iovec *v, int n, bool *stalled)
             n--;
             continue;
         }
-        r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r < 0 && errno == ENOTSOCK) {
-            r = writev(fd, v, n);
+        if (tls) {
+            r = tls_session_sendv(tls, v, n);
+        } else {
+            r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (r < 0 && errno == ENOTSOCK) {
+                r = writev(fd, v, n);
+            }
         }
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             ret = wait_writable(fd, &deadline, stalled);
@@ -195,7 +204,7 @@ nbdsrv_writev(int fd, const void *a, size_t alen, const void *b,
         {(void *)a, alen}, {(void *)b, blen}, {(void *)c, clen},
     };
 
-    return sendv(fd, iov, 3, NULL);
+    return sendv(fd, NULL, iov, 3, NULL);
 }
 
 int
@@ -278,6 +287,13 @@ static unsigned g_nconns;
 static bool g_running;
 static int64_t g_max_connections;
 static int64_t g_handshake_ns;
+/* TLS: set by start, released by stop once every connection (which
+ * borrows them) has ended.  Main thread; the accept thread reads them. */
+static struct tls_creds *g_tls_creds;
+static char *g_tls_authz;
+/* A TCP address that is not loopback, served without TLS: for warnings
+ * (NULL when none).  Main thread. */
+static char *g_insecure_addr;
 /* Main thread only (the accept thread reads them while it runs). */
 static struct nbdsrv_listener g_listeners[NBDSRV_MAX_LISTENERS];
 static int g_nlisteners;
@@ -359,7 +375,7 @@ conn_writev(struct nbdsrv_conn *conn, const void *a, size_t alen,
         {(void *)a, alen}, {(void *)b, blen}, {(void *)c, clen},
     };
 
-    return sendv(conn->s.out_fd, iov, 3, &conn->send_stalled);
+    return sendv(conn->s.out_fd, conn->s.tls, iov, 3, &conn->send_stalled);
 }
 
 /* ---- Replies ---------------------------------------------------------- */
@@ -750,6 +766,17 @@ req_done(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 /* What reading toward the next request gave. */
 enum { RD_REQUEST, RD_AGAIN, RD_END };
 
+/* What the client sent so far, without waiting: recv(2) or a TLS record.
+ * -1 with EAGAIN when nothing is there. */
+static ssize_t
+conn_recv_nowait(struct nbdsrv_conn *conn, void *buf, size_t len)
+{
+    if (conn->s.tls) {
+        return tls_session_recv(conn->s.tls, buf, len);
+    }
+    return recv(conn->fd, buf, len, MSG_DONTWAIT);
+}
+
 /* Receive into buf without sleeping, for up to ns nanoseconds.  -2 when
  * nothing came in time, else what recv said. */
 static ssize_t
@@ -758,7 +785,7 @@ conn_poll_recv(struct nbdsrv_conn *conn, void *buf, size_t len, int64_t ns)
     int64_t end = clock_ns() + ns;
 
     for (;;) {
-        ssize_t r = recv(conn->fd, buf, len, MSG_DONTWAIT);
+        ssize_t r = conn_recv_nowait(conn, buf, len);
 
         if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
             return r;
@@ -800,6 +827,10 @@ conn_adapt_wait(struct nbdsrv_conn *conn)
  * one wake-up and one recv per wait, as a blocking read did, and the same
  * thread serves it on (the pool lends a thread so only while well below
  * its cap).  Without the pool (fd mode), a plain read.
+ *
+ * With TLS every read goes through the session, which may hold bytes that
+ * poll(2) cannot see (tls_session_pending()): it never reports "nothing"
+ * while it has some, since a TLS read that would wait has emptied it.
  */
 static ssize_t
 conn_recv_some(struct nbdsrv_conn *conn, void *buf, size_t len)
@@ -808,6 +839,9 @@ conn_recv_some(struct nbdsrv_conn *conn, void *buf, size_t len)
     ssize_t r;
 
     if (conn->fd < 0) {
+        if (conn->s.tls) {
+            return tls_session_recv(conn->s.tls, buf, len);
+        }
         return read(conn->s.in_fd, buf, len);
     }
     r = conn_poll_recv(conn, buf, len, conn->poll_ns);
@@ -819,7 +853,7 @@ conn_recv_some(struct nbdsrv_conn *conn, void *buf, size_t len)
         poll(&p, 1, NBDSRV_LINGER_MS) <= 0) {
         return -2;
     }
-    r = recv(conn->fd, buf, len, MSG_DONTWAIT);
+    r = conn_recv_nowait(conn, buf, len);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return -2;
     }
@@ -1047,6 +1081,12 @@ reader_loop(struct nbdsrv_conn *conn)
         int r = read_request(conn, &req);
 
         if (r == RD_AGAIN) {
+            if (conn->s.tls) {
+                if (tls_session_pending(conn->s.tls)) {
+                    continue;   /* bytes epoll would not see */
+                }
+                tls_session_idle(conn->s.tls);
+            }
             nbdpool_watch(conn->fd, &conn->item, EPOLLIN);
             return;
         }
@@ -1115,6 +1155,10 @@ conn_run(struct nbdpool_item *it, uint32_t events)
     if (!conn->transmission) {
         switch (nbdsrv_hs_step(&conn->s)) {
         case NBDSRV_HS_WANT_READ:
+            if (conn->s.tls && tls_session_pending(conn->s.tls)) {
+                nbdpool_queue(&conn->item);   /* epoll would not see it */
+                return;
+            }
             nbdpool_watch(conn->fd, &conn->item, EPOLLIN);
             return;
         case NBDSRV_HS_WANT_WRITE:
@@ -1238,13 +1282,16 @@ serve_inline(struct nbdsrv_conn *conn)
 }
 
 void
-nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads)
+nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads,
+                 struct tls_creds *tls_creds, const char *tls_authz)
 {
     struct nbdsrv_conn *conn;
     struct serve_wait w = {.done = false};
 
     if (nthreads <= 1) {
         conn = conn_new(in_fd, out_fd, -1);
+        conn->s.tls_creds = tls_creds;
+        conn->s.tls_authz = tls_authz;
         conn_register(conn);
         serve_inline(conn);
         conn_finish(conn);
@@ -1257,6 +1304,8 @@ nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads)
     conn = conn_new(in_fd, out_fd, in_fd);
     conn->waiter = &w;
     conn->s.nonblock = true;
+    conn->s.tls_creds = tls_creds;
+    conn->s.tls_authz = tls_authz;
     conn_register(conn);
     nbdsrv_hs_begin(&conn->s);
     nbdpool_queue(&conn->item);
@@ -1327,6 +1376,8 @@ accept_one(struct nbdsrv_listener *l)
     conn = conn_new(fd, fd, fd);
     conn->owns_fd = true;
     conn->s.nonblock = true;
+    conn->s.tls_creds = g_tls_creds;
+    conn->s.tls_authz = g_tls_authz;
     mutex_lock(&g_nbdsrv_lock);
     if (g_handshake_ns > 0) {
         conn->deadline = clock_ns() + g_handshake_ns;
@@ -1463,92 +1514,113 @@ listen_inet(const char *host, const char *port, int *fds, int *nfds,
     return true;
 }
 
-bool
-nbd_server_start(json_t *addr, const char *tls_creds,
-                 int64_t max_connections, int64_t handshake_max_seconds,
-                 struct err **errp)
+/*
+ * The credentials a TLS server needs: a server endpoint, and with
+ * tls-authz an identity to check (x509 with verify-peer=off proves none:
+ * QEMU then skips the check silently; we refuse, so it fails closed).
+ */
+static struct tls_creds *
+server_tls_creds(const char *id, const char *authz, struct err **errp)
 {
-    const char *type;
-    json_t *data;
+    struct tls_creds *c;
+
+    if (!id) {
+        if (authz) {
+            err_setf(errp, "tls-authz is not permitted without tls-creds");
+        }
+        return NULL;
+    }
+    c = tls_creds_get(id, errp);
+    if (!c) {
+        return NULL;
+    }
+    if (!tls_creds_check_endpoint(c, TLS_ENDPOINT_SERVER, errp)) {
+        tls_creds_put(c);
+        return NULL;
+    }
+    if (authz && tls_creds_options(c)->type == TLS_CREDS_X509 &&
+        !tls_creds_options(c)->verify_peer) {
+        err_setf(errp, "tls-authz '%s' cannot check clients with "
+                 "verify-peer=off in '%s': the client's certificate is the "
+                 "identity it checks", authz, id);
+        tls_creds_put(c);
+        return NULL;
+    }
+    if (authz && !authz_exists(authz)) {
+        fprintf(stderr, "%s: warning: tls-authz object '%s' does not exist: "
+                "every client is refused until it does\n",
+                program_invocation_short_name, authz);
+    }
+    return c;
+}
+
+void
+nbdsrv_warn_insecure(const char *what)
+{
+    if (g_insecure_addr) {
+        fprintf(stderr, "%s: warning: %s: the NBD server listens on %s, "
+                "not a loopback address, without TLS: anyone who can reach "
+                "it can read and write every writable export (tls-creds, "
+                "docs/security.md)\n", program_invocation_short_name, what,
+                g_insecure_addr);
+    }
+}
+
+bool
+nbd_server_start(const struct nbd_server_options *opts, struct err **errp)
+{
+    const struct socket_address *addr = &opts->addr;
+    const char *tls_authz = opts->tls_authz;
+    struct tls_creds *creds = NULL;
+    struct err *err = NULL;
     int fds[NBDSRV_MAX_LISTENERS];
     int nfds = 0;
     bool tcp = false;
 
+    assert_main_thread();
     if (nbdsrv_running()) {
         err_setf(errp, "NBD server already running");
         return false;
     }
-    if (tls_creds) {
-        err_setf(errp, "TLS is not supported by this server");
-        return false;
-    }
-    if (max_connections < 0 || max_connections > UINT32_MAX) {
+    if (opts->max_connections < 0 || opts->max_connections > UINT32_MAX) {
         err_setf(errp, "Parameter 'max-connections' expects uint32");
         return false;
     }
-    if (handshake_max_seconds < 0 || handshake_max_seconds > UINT32_MAX) {
+    if (opts->handshake_max_seconds < 0 ||
+        opts->handshake_max_seconds > UINT32_MAX) {
         err_setf(errp, "Parameter 'handshake-max-seconds' expects uint32");
         return false;
     }
-    if (!json_is_object(addr) ||
-        !json_is_string(json_object_get(addr, "type"))) {
-        err_setf(errp, "Parameter 'addr.type' is missing");
-        return false;
+    creds = server_tls_creds(opts->tls_creds, tls_authz, &err);
+    if (err) {
+        err_propagate(errp, err);
+        goto fail;
     }
-    type = json_string_value(json_object_get(addr, "type"));
-    /* SocketAddressLegacy nests the address in "data"; accept both. */
-    data = json_object_get(addr, "data");
-    if (!json_is_object(data)) {
-        data = addr;
-    }
-    if (!strcmp(type, "unix")) {
-        json_t *path = json_object_get(data, "path");
-
-        if (!json_is_string(path)) {
-            err_setf(errp, "Parameter 'addr.path' is missing");
-            return false;
-        }
-        fds[0] = listen_unix(json_string_value(path), errp);
+    switch (addr->type) {
+    case SOCKET_ADDRESS_UNIX:
+        fds[0] = listen_unix(addr->path, errp);
         if (fds[0] < 0) {
-            return false;
+            goto fail;
         }
         nfds = 1;
-    } else if (!strcmp(type, "inet")) {
-        json_t *host = json_object_get(data, "host");
-        json_t *port = json_object_get(data, "port");
-        char portbuf[32];
-
-        if (json_is_integer(port)) {
-            snprintf(portbuf, sizeof(portbuf), "%" JSON_INTEGER_FORMAT,
-                     json_integer_value(port));
-        } else if (json_is_string(port) &&
-                   strlen(json_string_value(port)) < sizeof(portbuf)) {
-            snprintf(portbuf, sizeof(portbuf), "%s",
-                     json_string_value(port));
-        } else {
-            err_setf(errp, "Parameter 'addr.port' is missing");
-            return false;
-        }
+        break;
+    case SOCKET_ADDRESS_INET:
         /* No host is no default: listening on every interface must be
          * asked for (host "" or "::"), never the result of omission. */
-        if (!host) {
+        if (!addr->host) {
             err_setf(errp, "Parameter 'addr.host' is missing");
-            return false;
+            goto fail;
         }
-        if (!json_is_string(host)) {
-            err_setf(errp, "Invalid parameter type for 'addr.host', "
-                     "expected: string");
-            return false;
-        }
-        if (!listen_inet(json_string_value(host), portbuf, fds, &nfds,
-                         errp)) {
-            return false;
+        if (!listen_inet(addr->host, addr->port, fds, &nfds, errp)) {
+            goto fail;
         }
         tcp = true;
-    } else {
-        err_setf(errp, "Parameter 'addr.type' does not accept value '%s'",
-                 type);
-        return false;
+        for (int i = 0; !creds && !g_insecure_addr && i < nfds; i++) {
+            if (!socket_is_loopback(fds[i])) {
+                g_insecure_addr = xasprintf("%s:%s", addr->host, addr->port);
+            }
+        }
+        break;
     }
 
     g_accept_kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1557,13 +1629,16 @@ nbd_server_start(json_t *addr, const char *tls_creds,
         for (int i = 0; i < nfds; i++) {
             close(fds[i]);
         }
-        return false;
+        goto fail;
     }
+    g_tls_creds = creds;
+    g_tls_authz = tls_authz ? xstrdup(tls_authz) : NULL;
+    nbdsrv_warn_insecure("nbd-server-start");
     nbdpool_start();
     mutex_lock(&g_nbdsrv_lock);
     g_running = true;
-    g_max_connections = max_connections;
-    g_handshake_ns = handshake_max_seconds * 1000000000LL;
+    g_max_connections = opts->max_connections;
+    g_handshake_ns = opts->handshake_max_seconds * 1000000000LL;
     mutex_unlock(&g_nbdsrv_lock);
     g_nlisteners = nfds;
     for (int i = 0; i < nfds; i++) {
@@ -1572,11 +1647,18 @@ nbd_server_start(json_t *addr, const char *tls_creds,
     }
     thread_create(&g_accept_thread, "nbd-accept", accept_thread, NULL);
     return true;
+
+fail:
+    tls_creds_put(creds);
+    free(g_insecure_addr);
+    g_insecure_addr = NULL;
+    return false;
 }
 
 bool
 nbd_server_stop(struct err **errp)
 {
+    assert_main_thread();
     if (!nbdsrv_running()) {
         err_setf(errp, "NBD server not running");
         return false;
@@ -1598,5 +1680,12 @@ nbd_server_stop(struct err **errp)
     close(g_accept_kick);
     g_accept_kick = -1;
     mutex_unlock(&g_nbdsrv_lock);
+    /* No connection borrows them any more. */
+    tls_creds_put(g_tls_creds);
+    g_tls_creds = NULL;
+    free(g_tls_authz);
+    g_tls_authz = NULL;
+    free(g_insecure_addr);
+    g_insecure_addr = NULL;
     return true;
 }

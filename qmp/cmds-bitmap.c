@@ -26,12 +26,6 @@ struct bm_state {
     bool was_disabled;
 };
 
-static const char *
-arg_str(json_t *args, const char *key)
-{
-    return json_string_value(json_object_get(args, key));
-}
-
 /* QEMU's block_dirty_bitmap_lookup(): "Node 'x' not found", then
  * "Dirty bitmap 'b' not found". */
 static struct block_dirty_bitmap *
@@ -96,8 +90,8 @@ nop(void *opaque UNUSED)
 static bool
 add_prepare(json_t *data, void **state, struct err **errp)
 {
-    const char *node_name = arg_str(data, "node");
-    const char *name = arg_str(data, "name");
+    const char *node_name = qmp_str(data, "node");
+    const char *name = qmp_str(data, "name");
     json_t *gran = json_object_get(data, "granularity");
     bool persistent = json_is_true(json_object_get(data, "persistent"));
     bool disabled = json_is_true(json_object_get(data, "disabled"));
@@ -200,7 +194,7 @@ remove_prepare(json_t *data, void **state, struct err **errp)
     struct bm_state *s;
     bool inconsistent;
 
-    bm = bitmap_lookup(arg_str(data, "node"), arg_str(data, "name"), errp);
+    bm = bitmap_lookup(qmp_str(data, "node"), qmp_str(data, "name"), errp);
     if (!bm) {
         return false;
     }
@@ -266,7 +260,7 @@ clear_prepare(json_t *data, void **state, struct err **errp)
     struct bm_state *s;
     struct hbitmap *backup;
 
-    bm = bitmap_lookup(arg_str(data, "node"), arg_str(data, "name"), errp);
+    bm = bitmap_lookup(qmp_str(data, "node"), qmp_str(data, "name"), errp);
     if (!bm || !block_dirty_bitmap_check_writable(bm, errp)) {
         return false;
     }
@@ -309,7 +303,7 @@ set_enabled_prepare(json_t *data, void **state, bool enable,
     struct block_dirty_bitmap *bm;
     struct bm_state *s;
 
-    bm = bitmap_lookup(arg_str(data, "node"), arg_str(data, "name"), errp);
+    bm = bitmap_lookup(qmp_str(data, "node"), qmp_str(data, "name"), errp);
     if (!bm || !check_allow_ro(bm, errp)) {
         return false;
     }
@@ -368,7 +362,7 @@ const struct qmp_txn_action qmp_txn_bitmap_disable = {
 static bool
 merge_prepare(json_t *data, void **state, struct err **errp)
 {
-    const char *node_name = arg_str(data, "node");
+    const char *node_name = qmp_str(data, "node");
     json_t *sources = json_object_get(data, "bitmaps");
     struct block_dirty_bitmap *dst, *src;
     struct hbitmap *backup;
@@ -376,7 +370,7 @@ merge_prepare(json_t *data, void **state, struct err **errp)
     size_t i;
     json_t *ref;
 
-    dst = bitmap_lookup(node_name, arg_str(data, "target"), errp);
+    dst = bitmap_lookup(node_name, qmp_str(data, "target"), errp);
     if (!dst || !block_dirty_bitmap_check_writable(dst, errp)) {
         return false;
     }
@@ -392,7 +386,7 @@ merge_prepare(json_t *data, void **state, struct err **errp)
         if (json_is_string(ref)) {
             src = bitmap_lookup(node_name, json_string_value(ref), errp);
         } else {
-            src = bitmap_lookup(arg_str(ref, "node"), arg_str(ref, "name"),
+            src = bitmap_lookup(qmp_str(ref, "node"), qmp_str(ref, "name"),
                                 errp);
         }
         if (!src) {
@@ -481,7 +475,7 @@ qmp_x_debug_block_dirty_bitmap_sha256(json_t *args, struct err **errp)
     struct block_dirty_bitmap *bm;
     char hex[65];
 
-    bm = bitmap_lookup(arg_str(args, "node"), arg_str(args, "name"), errp);
+    bm = bitmap_lookup(qmp_str(args, "node"), qmp_str(args, "name"), errp);
     if (!bm) {
         return NULL;
     }

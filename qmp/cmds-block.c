@@ -18,7 +18,7 @@
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -175,19 +175,19 @@ qmp_blockdev_del(json_t *args, struct err **errp)
 {
     const char *name = json_string_value(json_object_get(args, "node-name"));
     struct block_node *node = block_node_find(name);
-    struct block_child *c;
 
     if (!node) {
         err_setf(errp, "Failed to find node with node-name='%s'", name);
         return NULL;
     }
-    /* QEMU's order of checks: users outside the graph, ownership, then
-     * other references (parent nodes). */
-    TAILQ_FOREACH(c, &node->parents, parent_link) {
-        if (!c->parent_node) {
-            err_setf(errp, "Node %s is in use", name);
-            return NULL;
-        }
+    /* QEMU's order of checks: block backends (exports), jobs, ownership,
+     * then other references (parent nodes). */
+    if (block_node_has_backend(node)) {
+        err_setf(errp, "Node %s is in use", name);
+        return NULL;
+    }
+    if (block_node_op_blocked(node, errp)) {
+        return NULL;
     }
     if (!node->monitor_owned) {
         err_setf(errp, "Node %s is not owned by the monitor", name);
@@ -526,12 +526,12 @@ node_id(struct block_node *target)
 
 /*
  * Users outside the graph (handles) become graph nodes of their own: a
- * job's handles ("job 'ID'") one "block-job" node named ID, as in QEMU;
- * any other handle an unnamed "block-backend" (what QEMU shows for an
+ * job's handles one "block-job" node named after the job, as in QEMU; any
+ * other handle an unnamed "block-backend" (what QEMU shows for an
  * export).
  */
 struct graph_user {
-    const char *owner;
+    const char *job_id;
     int id;
 };
 
@@ -539,29 +539,21 @@ static int
 user_id(struct block_handle *h, json_t *nodes, struct graph_user **users,
         size_t *nusers, int *next_id)
 {
-    const char *owner = h->owner ? h->owner : "";
-    bool is_job = !strncmp(owner, "job '", 5);
-    CLEANUP_FREE char *job_id = NULL;
-
-    if (is_job) {
+    if (h->job_id) {
         for (size_t i = 0; i < *nusers; i++) {
-            if (!strcmp((*users)[i].owner, owner)) {
+            if (!strcmp((*users)[i].job_id, h->job_id)) {
                 return (*users)[i].id;
             }
         }
-        job_id = xstrdup(owner + 5);
-        if (*job_id && job_id[strlen(job_id) - 1] == '\'') {
-            job_id[strlen(job_id) - 1] = '\0';
-        }
         *users = xrealloc(*users, (*nusers + 1) * sizeof(**users));
-        (*users)[*nusers].owner = owner;
+        (*users)[*nusers].job_id = h->job_id;
         (*users)[*nusers].id = *next_id;
         (*nusers)++;
     }
     json_array_append_new(nodes,
                           json_pack("{s:s, s:s, s:i}", "name",
-                                    is_job ? job_id : "", "type",
-                                    is_job ? "block-job" : "block-backend",
+                                    h->job_id ? h->job_id : "", "type",
+                                    h->job_id ? "block-job" : "block-backend",
                                     "id", *next_id));
     return (*next_id)++;
 }

@@ -2,79 +2,146 @@
 /*
  * QMP commands of the NBD server and of exports: nbd-server-start,
  * nbd-server-stop, block-export-add, block-export-del,
- * query-block-exports.  The work is the NBD server's (nbd/server.h) and
- * the export layer's (export/export.h); this file turns the QMP arguments
- * into their typed options.  Main thread.
+ * query-block-exports, and the deprecated nbd-server-add/-remove.  The
+ * work is the NBD server's (nbd/server.h) and the export layer's
+ * (export/export.h); the handlers get their arguments decoded
+ * (qmp-args.h), turn them into the typed options of those layers and
+ * build the replies.  Main thread.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "export/export.h"
 #include "export/fuse.h"
 #include "export/vhost-user-blk.h"
 #include "nbd/server.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
+/* The members of an address of type type (unix or inet) in obj, or in
+ * obj's "data" when that is an object. */
+static bool
+parse_address(const char *type, json_t *obj, struct socket_address *addr,
+              char portbuf[32], struct err **errp)
+{
+    json_t *data = json_object_get(obj, "data");
+
+    memset(addr, 0, sizeof(*addr));
+    if (!json_is_object(data)) {
+        data = obj;
+    }
+    if (!strcmp(type, "unix")) {
+        addr->type = SOCKET_ADDRESS_UNIX;
+        addr->path = qmp_str(data, "path");
+        if (!addr->path) {
+            err_setf(errp, "Parameter 'addr.path' is missing");
+            return false;
+        }
+        return true;
+    }
+    if (!strcmp(type, "inet")) {
+        json_t *host = json_object_get(data, "host");
+        json_t *port = json_object_get(data, "port");
+
+        addr->type = SOCKET_ADDRESS_INET;
+        if (json_is_integer(port)) {
+            snprintf(portbuf, 32, "%" JSON_INTEGER_FORMAT,
+                     json_integer_value(port));
+        } else if (json_is_string(port) &&
+                   strlen(json_string_value(port)) < 32) {
+            snprintf(portbuf, 32, "%s", json_string_value(port));
+        } else {
+            err_setf(errp, "Parameter 'addr.port' is missing");
+            return false;
+        }
+        if (host && !json_is_string(host)) {
+            err_setf(errp, "Invalid parameter type for 'addr.host', "
+                     "expected: string");
+            return false;
+        }
+        addr->host = json_string_value(host);
+        addr->port = portbuf;
+        return true;
+    }
+    err_setf(errp, "Parameter 'addr.type' does not accept value '%s'", type);
+    return false;
+}
+
+bool
+qmp_socket_address_parse(json_t *obj, struct socket_address *addr,
+                         char portbuf[32], struct err **errp)
+{
+    const char *type = qmp_str(obj, "type");
+
+    if (!json_is_object(obj) || !type) {
+        err_setf(errp, "Parameter 'addr.type' is missing");
+        return false;
+    }
+    return parse_address(type, obj, addr, portbuf, errp);
+}
+
 /*
  * nbd-server-start takes the legacy SocketAddress ({"type", "data": {...}});
- * the server wants the flat one ({"type", ...}), as --nbd-server gives it.
+ * the members the type needs must be in "data".
  */
-static json_t *
-flatten_socket_address(json_t *legacy, struct err **errp)
+static bool
+check_legacy_address(const struct qmp_socket_address_legacy *addr,
+                     struct err **errp)
 {
-    const char *type = json_string_value(json_object_get(legacy, "type"));
-    json_t *data = json_object_get(legacy, "data");
-    json_t *flat;
-
-    if (!strcmp(type, "unix")) {
-        if (!json_object_get(data, "path")) {
+    switch (addr->type) {
+    case QMP_SOCKET_UNIX:
+        if (!json_object_get(addr->data, "path")) {
             err_setf(errp, "Parameter 'addr.data.path' is missing");
-            return NULL;
+            return false;
         }
-    } else if (!strcmp(type, "inet")) {
-        if (!json_object_get(data, "host")) {
+        return true;
+    case QMP_SOCKET_INET:
+        if (!json_object_get(addr->data, "host")) {
             err_setf(errp, "Parameter 'addr.data.host' is missing");
-            return NULL;
+            return false;
         }
-        if (!json_object_get(data, "port")) {
+        if (!json_object_get(addr->data, "port")) {
             err_setf(errp, "Parameter 'addr.data.port' is missing");
-            return NULL;
+            return false;
         }
-    } else {
-        err_setf(errp, "Socket address type '%s' is not supported", type);
-        return NULL;
+        return true;
+    case QMP_SOCKET_VSOCK:
+    case QMP_SOCKET_FD:
+        break;
     }
-    flat = json_deep_copy(data);
-    json_object_set_new(flat, "type", json_string(type));
-    return flat;
+    err_setf(errp, "Socket address type '%s' is not supported",
+             qmp_socket_type_names[addr->type]);
+    return false;
 }
 
-json_t *
-qmp_nbd_server_start(json_t *args, struct err **errp)
+static json_t *
+nbd_server_start_cmd(const struct qmp_args_nbd_server_start *a,
+                     struct err **errp)
 {
-    json_t *addr;
-    json_t *maxc = json_object_get(args, "max-connections");
-    json_t *hs = json_object_get(args, "handshake-max-seconds");
-    const char *tls_creds = json_string_value(json_object_get(args,
-                                                              "tls-creds"));
-    bool ok;
+    struct nbd_server_options opts = {
+        .tls_creds = a->tls_creds,
+        .tls_authz = a->tls_authz,
+        .max_connections = a->has_max_connections
+                           ? (int64_t)a->max_connections
+                           : NBD_DEFAULT_MAX_CONNECTIONS,
+        .handshake_max_seconds = a->has_handshake_max_seconds
+                                 ? (int64_t)a->handshake_max_seconds
+                                 : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS,
+    };
+    char portbuf[32];
 
-    if (json_object_get(args, "tls-authz")) {
-        err_setf(errp, "TLS authorization is not supported");
+    /* QEMU checks the address (its visitor) before the server. */
+    if (!check_legacy_address(&a->addr, errp) ||
+        !parse_address(qmp_socket_type_names[a->addr.type], a->addr.data,
+                       &opts.addr, portbuf, errp)) {
         return NULL;
     }
-    addr = flatten_socket_address(json_object_get(args, "addr"), errp);
-    if (!addr) {
-        return NULL;
-    }
-    ok = nbd_server_start(addr, tls_creds,
-                          maxc ? json_integer_value(maxc)
-                               : NBD_DEFAULT_MAX_CONNECTIONS,
-                          hs ? json_integer_value(hs)
-                             : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, errp);
-    json_decref(addr);
-    return ok ? json_object() : NULL;
+    return nbd_server_start(&opts, errp) ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_nbd_server_start, nbd_server_start_cmd,
+                  struct qmp_args_nbd_server_start);
 
 json_t *
 qmp_nbd_server_stop(json_t *args UNUSED, struct err **errp)
@@ -83,164 +150,143 @@ qmp_nbd_server_stop(json_t *args UNUSED, struct err **errp)
 }
 
 /*
- * The members each export type takes besides the common ones (QEMU's
- * BlockExportOptions is a union on "type"; the schema lists every
- * variant's members, so the variant is checked here).
+ * block-export-add is a union on "type": the members of the other types
+ * are refused, in the schema's order.
  */
-static const char *const common_members[] = {
-    "type", "id", "node-name", "writable", "writethrough", "iothread",
-    "fixed-iothread", NULL,
-};
-static const char *const nbd_members[] = {
-    "name", "description", "bitmaps", "allocation-depth", NULL,
-};
-static const char *const fuse_members[] = {
-    "mountpoint", "growable", "allow-other", NULL,
-};
-static const char *const vhost_user_blk_members[] = {
-    "addr", "logical-block-size", "num-queues", NULL,
-};
-static const struct {
-    const char *type;
-    const char *const *members;
-} export_types[] = {
-    { "nbd", nbd_members },
-    { "fuse", fuse_members },
-    { "vhost-user-blk", vhost_user_blk_members },
-};
-
 static bool
-str_in(const char *s, const char *const *list)
+check_variant(const struct qmp_args_block_export_add *a, struct err **errp)
 {
-    for (; *list; list++) {
-        if (!strcmp(*list, s)) {
-            return true;
-        }
-    }
-    return false;
-}
+    const char *bad = NULL;
 
-/* A string member: NULL when absent; false (with *errp) when ill-typed. */
-static bool
-member_str(json_t *args, const char *key, bool required, const char **out,
-           struct err **errp)
-{
-    json_t *v = json_object_get(args, key);
-
-    *out = json_string_value(v);
-    if (!v && required) {
-        err_setf(errp, "Parameter '%s' is missing", key);
-        return false;
+    if (a->type != QMP_EXPORT_TYPE_NBD) {
+        bad = a->name ? "name" : a->description ? "description" :
+              a->bitmaps ? "bitmaps" :
+              a->has_allocation_depth ? "allocation-depth" : NULL;
     }
-    if (v && !*out) {
-        err_setf(errp, "Invalid parameter type for '%s', expected: string",
-                 key);
+    if (!bad && a->type != QMP_EXPORT_TYPE_FUSE) {
+        bad = a->mountpoint ? "mountpoint" : a->has_growable ? "growable" :
+              a->has_allow_other ? "allow-other" : NULL;
+    }
+    if (!bad && a->type != QMP_EXPORT_TYPE_VHOST_USER_BLK) {
+        bad = a->addr ? "addr" :
+              a->has_logical_block_size ? "logical-block-size" :
+              a->has_num_queues ? "num-queues" : NULL;
+    }
+    if (bad) {
+        err_setf(errp, "Parameter '%s' is unexpected", bad);
         return false;
     }
     return true;
 }
 
-static bool
-member_bool(json_t *args, const char *key, bool *out, struct err **errp)
+/* nbd's options (QEMU's BlockExportOptionsNbd); *bitmaps is allocated. */
+static void
+nbd_options(const struct qmp_args_block_export_add *a,
+            struct nbd_export_options *o, struct nbd_export_bitmap **bitmaps)
 {
-    json_t *v = json_object_get(args, key);
+    *bitmaps = xcalloc(a->n_bitmaps ? a->n_bitmaps : 1, sizeof(**bitmaps));
+    for (size_t i = 0; i < a->n_bitmaps; i++) {
+        const struct qmp_bitmap_or_str *b = &a->bitmaps[i];
 
-    *out = v && json_is_true(v);
-    if (v && !json_is_boolean(v)) {
-        err_setf(errp, "Invalid parameter type for '%s', expected: boolean",
-                 key);
-        return false;
+        (*bitmaps)[i].node = b->local ? NULL : b->node;
+        (*bitmaps)[i].name = b->local ? b->local : b->name;
     }
-    return true;
+    *o = (struct nbd_export_options) {
+        .name = a->name,
+        .description = a->description,
+        .allocation_depth = a->allocation_depth,
+        .bitmaps = *bitmaps,
+        .n_bitmaps = a->n_bitmaps,
+    };
 }
 
 /* fuse's options (QEMU's BlockExportOptionsFuse). */
 static bool
-parse_fuse(json_t *args, struct fuse_export_options *o, struct err **errp)
+fuse_options(const struct qmp_args_block_export_add *a,
+             struct fuse_export_options *o, struct err **errp)
 {
-    const char *allow_other;
+    static const enum fuse_export_allow_other allow_other[] = {
+        [QMP_FUSE_ALLOW_OTHER_OFF] = FUSE_EXPORT_ALLOW_OTHER_OFF,
+        [QMP_FUSE_ALLOW_OTHER_ON] = FUSE_EXPORT_ALLOW_OTHER_ON,
+        [QMP_FUSE_ALLOW_OTHER_AUTO] = FUSE_EXPORT_ALLOW_OTHER_AUTO,
+    };
 
-    if (!member_str(args, "mountpoint", true, &o->mountpoint, errp) ||
-        !member_bool(args, "growable", &o->growable, errp) ||
-        !member_str(args, "allow-other", false, &allow_other, errp)) {
+    if (!a->mountpoint) {
+        err_setf(errp, "Parameter 'mountpoint' is missing");
         return false;
     }
-    if (!allow_other || !strcmp(allow_other, "auto")) {
-        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_AUTO;
-    } else if (!strcmp(allow_other, "on")) {
-        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_ON;
-    } else if (!strcmp(allow_other, "off")) {
-        o->allow_other = FUSE_EXPORT_ALLOW_OTHER_OFF;
-    } else {
-        err_setf(errp, "Parameter 'allow-other' does not accept value '%s'",
-                 allow_other);
+    *o = (struct fuse_export_options) {
+        .mountpoint = a->mountpoint,
+        .growable = a->growable,
+        .allow_other = a->has_allow_other ? allow_other[a->allow_other]
+                                          : FUSE_EXPORT_ALLOW_OTHER_AUTO,
+    };
+    return true;
+}
+
+/* An optional unsigned member with a default and a maximum. */
+static bool
+opt_uint(const char *key, bool has, uint64_t v, uint64_t def, uint64_t max,
+         uint64_t *out, struct err **errp)
+{
+    *out = has ? v : def;
+    if (*out > max) {
+        err_setf(errp, "Parameter '%s' is out of range", key);
         return false;
     }
     return true;
 }
 
-/* An unsigned integer member with a default and a maximum. */
+/* A string member of addr (a vhost-user-blk address). */
 static bool
-member_uint(json_t *args, const char *key, uint64_t def, uint64_t max,
-            uint64_t *out, struct err **errp)
+addr_str(json_t *addr, const char *key, const char **out, struct err **errp)
 {
-    json_t *v = json_object_get(args, key);
+    json_t *v = json_object_get(addr, key);
 
-    *out = def;
+    *out = json_string_value(v);
     if (!v) {
-        return true;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        err_setf(errp, "Invalid parameter type for '%s', expected: integer",
-                 key);
+        err_setf(errp, "addr: Parameter '%s' is missing", key);
         return false;
     }
-    if ((uint64_t)json_integer_value(v) > max) {
-        err_setf(errp, "Parameter '%s' is out of range", key);
+    if (!*out) {
+        err_setf(errp, "addr: Invalid parameter type for '%s', expected: "
+                 "string", key);
         return false;
     }
-    *out = (uint64_t)json_integer_value(v);
     return true;
 }
 
 /*
- * vhost-user-blk's options: addr is a flat SocketAddress of type "unix"
- * ({path}) or "fd" ({str}: the number of an inherited listening socket).
+ * vhost-user-blk's options (QEMU's BlockExportOptionsVhostUserBlk): addr
+ * is a flat SocketAddress of type "unix" ({path}) or "fd" ({str}: the
+ * number of an inherited listening socket).
  */
 static bool
-parse_vhost_user_blk(json_t *args, struct vhost_user_blk_options *o,
-                     struct err **errp)
+vhost_user_blk_options(const struct qmp_args_block_export_add *a,
+                       struct vhost_user_blk_options *o, struct err **errp)
 {
-    json_t *addr = json_object_get(args, "addr");
     const char *type, *key;
     uint64_t v;
     json_t *m;
 
     memset(o, 0, sizeof(*o));
     o->fd = -1;
-    if (!addr) {
+    if (!a->addr) {
         err_setf(errp, "Parameter 'addr' is missing");
         return false;
     }
-    if (!json_is_object(addr)) {
-        err_setf(errp, "Invalid parameter type for 'addr', expected: object");
-        return false;
-    }
-    if (!member_str(addr, "type", true, &type, errp)) {
-        err_prepend(errp, "addr: ");
+    if (!addr_str(a->addr, "type", &type, errp)) {
         return false;
     }
     if (!strcmp(type, "unix")) {
-        if (!member_str(addr, "path", true, &o->path, errp)) {
-            err_prepend(errp, "addr: ");
+        if (!addr_str(a->addr, "path", &o->path, errp)) {
             return false;
         }
     } else if (!strcmp(type, "fd")) {
         const char *str;
         int64_t fd;
 
-        if (!member_str(addr, "str", true, &str, errp)) {
-            err_prepend(errp, "addr: ");
+        if (!addr_str(a->addr, "str", &str, errp)) {
             return false;
         }
         if (parse_int64(str, &fd) < 0 || fd < 0 || fd > INT32_MAX) {
@@ -254,109 +300,87 @@ parse_vhost_user_blk(json_t *args, struct vhost_user_blk_options *o,
                  "socket addresses, not '%s'", type);
         return false;
     }
-    json_object_foreach(addr, key, m) {
+    json_object_foreach(a->addr, key, m) {
         if (strcmp(key, "type") && strcmp(key, o->path ? "path" : "str")) {
             err_setf(errp, "Parameter 'addr.%s' is unexpected", key);
             return false;
         }
     }
-    if (!member_uint(args, "logical-block-size",
-                     VHOST_USER_BLK_DEFAULT_BLOCK_SIZE, UINT32_MAX, &v,
-                     errp)) {
+    if (!opt_uint("logical-block-size", a->has_logical_block_size,
+                  a->logical_block_size, VHOST_USER_BLK_DEFAULT_BLOCK_SIZE,
+                  UINT32_MAX, &v, errp)) {
         return false;
     }
     o->logical_block_size = (uint32_t)v;
-    if (!member_uint(args, "num-queues", 1, UINT16_MAX, &v, errp)) {
+    if (!opt_uint("num-queues", a->has_num_queues, a->num_queues, 1,
+                  UINT16_MAX, &v, errp)) {
         return false;
     }
     o->num_queues = (uint16_t)v;
     return true;
 }
 
-bool
-qmp_export_add(json_t *args, struct err **errp)
+static json_t *
+block_export_add_cmd(const struct qmp_args_block_export_add *a,
+                     struct err **errp)
 {
+    struct block_export_options opts = {
+        .type = qmp_export_type_names[a->type],
+        .id = a->id,
+        .node_name = a->node_name,
+        .writable = a->writable,
+        .writethrough = a->writethrough,
+    };
+    struct nbd_export_bitmap *bitmaps = NULL;
+    struct nbd_export_options nbd;
     struct fuse_export_options fuse;
     struct vhost_user_blk_options vub;
-    struct block_export_options opts = {0};
-    const char *const *members = NULL;
-    const char *iothread, *key;
-    json_t *v, *nbd_args;
     bool ok;
 
-    if (!json_is_object(args)) {
-        err_setf(errp, "Invalid parameter type, expected: object");
-        return false;
+    if (!check_variant(a, errp)) {
+        return NULL;
     }
-    if (!member_str(args, "type", true, &opts.type, errp)) {
-        return false;
-    }
-    for (size_t i = 0; i < ARRAY_SIZE(export_types); i++) {
-        if (!strcmp(export_types[i].type, opts.type)) {
-            members = export_types[i].members;
-        }
-    }
-    if (!members) {
-        err_setf(errp, "Parameter 'type' does not accept value '%s'",
-                 opts.type);
-        return false;
-    }
-    json_object_foreach(args, key, v) {
-        if (!str_in(key, common_members) && !str_in(key, members)) {
-            err_setf(errp, "Parameter '%s' is unexpected", key);
-            return false;
-        }
-    }
-    if (!member_str(args, "id", true, &opts.id, errp) ||
-        !member_str(args, "node-name", true, &opts.node_name, errp) ||
-        !member_bool(args, "writable", &opts.writable, errp) ||
-        !member_bool(args, "writethrough", &opts.writethrough, errp) ||
-        !member_str(args, "iothread", false, &iothread, errp)) {
-        return false;
-    }
-    if (iothread && !qmp_iothread_exists(iothread)) {
-        err_setf(errp, "iothread \"%s\" not found", iothread);
-        return false;
+    if (a->iothread && !qmp_iothread_exists(a->iothread)) {
+        err_setf(errp, "iothread \"%s\" not found", a->iothread);
+        return NULL;
     }
     /* Exports run their own threads: the iothread choice is moot. */
-    if (!strcmp(opts.type, "fuse")) {
-        if (!parse_fuse(args, &fuse, errp)) {
-            return false;
+    switch (a->type) {
+    case QMP_EXPORT_TYPE_NBD:
+        nbd_options(a, &nbd, &bitmaps);
+        opts.driver_opts = &nbd;
+        break;
+    case QMP_EXPORT_TYPE_FUSE:
+        if (!fuse_options(a, &fuse, errp)) {
+            return NULL;
         }
         opts.driver_opts = &fuse;
-        return block_export_add(&opts, errp);
-    }
-    if (!strcmp(opts.type, "vhost-user-blk")) {
-        if (!parse_vhost_user_blk(args, &vub, errp)) {
-            return false;
+        break;
+    case QMP_EXPORT_TYPE_VHOST_USER_BLK:
+        if (!vhost_user_blk_options(a, &vub, errp)) {
+            return NULL;
         }
         opts.driver_opts = &vub;
-        return block_export_add(&opts, errp);
+        break;
     }
-    /* NBD still reads its options from the arguments object. */
-    nbd_args = json_deep_copy(args);
-    json_object_del(nbd_args, "iothread");
-    json_object_del(nbd_args, "fixed-iothread");
-    opts.driver_opts = nbd_args;
     ok = block_export_add(&opts, errp);
-    json_decref(nbd_args);
-    return ok;
+    free(bitmaps);
+    return ok ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_export_add, block_export_add_cmd,
+                  struct qmp_args_block_export_add);
 
-json_t *
-qmp_block_export_add(json_t *args, struct err **errp)
+static json_t *
+block_export_del_cmd(const struct qmp_args_block_export_del *a,
+                     struct err **errp)
 {
-    return qmp_export_add(args, errp) ? json_object() : NULL;
-}
+    enum block_export_remove_mode mode =
+        a->has_mode ? a->mode : BLOCK_EXPORT_REMOVE_SAFE;
 
-json_t *
-qmp_block_export_del(json_t *args, struct err **errp)
-{
-    const char *id = json_string_value(json_object_get(args, "id"));
-    const char *mode = json_string_value(json_object_get(args, "mode"));
-
-    return block_export_del(id, mode, errp) ? json_object() : NULL;
+    return block_export_del(a->id, mode, errp) ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_block_export_del, block_export_del_cmd,
+                  struct qmp_args_block_export_del);
 
 /* Members in the order QEMU prints them (its hash order), so that the
  * text is the same as qemu-storage-daemon's. */
@@ -383,41 +407,71 @@ qmp_query_block_exports(json_t *args UNUSED, struct err **errp UNUSED)
  * The deprecated nbd-server-add/-remove, still used by old scripts and
  * QEMU's iotests: an export whose id is its name (default: the node).
  */
-json_t *
-qmp_nbd_server_add(json_t *args, struct err **errp)
+static json_t *
+nbd_server_add_cmd(const struct qmp_args_nbd_server_add *a,
+                   struct err **errp)
 {
-    const char *device = json_string_value(json_object_get(args, "device"));
-    json_t *name = json_object_get(args, "name");
-    json_t *desc = json_object_get(args, "description");
-    json_t *writable = json_object_get(args, "writable");
-    json_t *bitmap = json_object_get(args, "bitmap");
-    json_t *exp = json_pack("{s:s, s:O, s:s}", "type", "nbd", "id",
-                            name ? name : json_object_get(args, "device"),
-                            "node-name", device);
-    bool ok;
+    struct nbd_export_bitmap bitmap = { .name = a->bitmap };
+    struct nbd_export_options nbd = {
+        .name = a->name,
+        .description = a->description,
+        .bitmaps = &bitmap,
+        .n_bitmaps = a->bitmap ? 1 : 0,
+    };
+    struct block_export_options opts = {
+        .type = "nbd",
+        .id = a->name ? a->name : a->device,
+        .node_name = a->device,
+        .writable = a->writable,
+        .driver_opts = &nbd,
+    };
 
-    if (name) {
-        json_object_set(exp, "name", name);
-    }
-    if (desc) {
-        json_object_set(exp, "description", desc);
-    }
-    if (writable) {
-        json_object_set(exp, "writable", writable);
-    }
-    if (bitmap) {
-        json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
-    }
-    ok = qmp_export_add(exp, errp);
-    json_decref(exp);
-    return ok ? json_object() : NULL;
+    return block_export_add(&opts, errp) ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_nbd_server_add, nbd_server_add_cmd,
+                  struct qmp_args_nbd_server_add);
 
-json_t *
-qmp_nbd_server_remove(json_t *args, struct err **errp)
+static json_t *
+nbd_server_remove_cmd(const struct qmp_args_nbd_server_remove *a,
+                      struct err **errp)
 {
-    const char *name = json_string_value(json_object_get(args, "name"));
-    const char *mode = json_string_value(json_object_get(args, "mode"));
+    enum block_export_remove_mode mode =
+        a->has_mode ? a->mode : BLOCK_EXPORT_REMOVE_SAFE;
 
-    return block_export_del(name, mode, errp) ? json_object() : NULL;
+    return block_export_del(a->name, mode, errp) ? json_object() : NULL;
+}
+QMP_TYPED_HANDLER(qmp_nbd_server_remove, nbd_server_remove_cmd,
+                  struct qmp_args_nbd_server_remove);
+
+bool
+qmp_export_add_keyval(json_t *opts, struct err **errp)
+{
+    json_t *bitmap;
+    json_t *ret;
+
+    if (!qmp_keyval_to_bool(opts, "writable", errp) ||
+        !qmp_keyval_to_bool(opts, "writethrough", errp) ||
+        !qmp_keyval_to_bool(opts, "fixed-iothread", errp) ||
+        !qmp_keyval_to_bool(opts, "allocation-depth", errp) ||
+        !qmp_keyval_to_bool(opts, "growable", errp) ||
+        !qmp_keyval_to_int(opts, "num-queues", errp) ||
+        !qmp_keyval_to_size(opts, "logical-block-size", errp)) {
+        return false;
+    }
+    bitmap = json_object_get(opts, "bitmap");
+    if (bitmap) {
+        json_t *list = json_object_get(opts, "bitmaps");
+
+        if (!list) {
+            list = json_array();
+            json_object_set_new(opts, "bitmaps", list);
+        }
+        if (json_is_array(list)) {
+            json_array_append(list, bitmap);
+        }
+        json_object_del(opts, "bitmap");
+    }
+    ret = qmp_execute("block-export-add", opts, errp);
+    json_decref(ret);
+    return ret != NULL;
 }

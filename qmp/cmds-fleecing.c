@@ -9,7 +9,11 @@
  *     (block-dirty-bitmap-add/-disable/...) happen at one instant.
  *   x-blockdev-remove-filter {node-name}: the reverse; the filter's parents
  *     go back to its file child.  snapshot-access nodes stay: they read the
- *     filter's frozen view, not its data.  Also a transaction action.
+ *     filter's frozen view, not its data; but while one does, a
+ *     copy-before-write filter refuses writers on its source (QEMU's
+ *     permissions), so removing it from under a writing guest is refused
+ *     until the snapshot-access node is deleted.  Also a transaction
+ *     action.
  *   fleecing-start / fleecing-stop / query-fleecing: the whole pull-mode
  *     recipe of docs/fleecing.md (temp node, copy-before-write filter,
  *     insertion, snapshot-access node, read-only NBD export) in one call,
@@ -29,102 +33,29 @@
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-static const char *
-arg_str(json_t *args, const char *key)
-{
-    return json_string_value(json_object_get(args, key));
-}
-
 /* ---- Moving parent edges ------------------------------------------------ */
 
 /* The edges moved by one insertion or removal, to undo it. */
 struct moved_edges {
     struct block_node *filter;  /* referenced while the action lives */
-    struct block_node *from, *to;
-    struct block_child **edges;
-    size_t n;
+    struct block_node *below;   /* its file child, referenced too */
+    struct block_moved_edges moved;
 };
 
-/* Parents that stay on a filter when it is removed. */
+/* Parents that stay on a filter when it is removed: snapshot-access nodes
+ * read its frozen view. */
 static bool
-stays_on_filter(const struct block_child *c)
+stays_on_filter(const struct block_child *c, void *opaque UNUSED)
 {
     return c->parent_node &&
            !strcmp(c->parent_node->drv->name, "snapshot-access");
-}
-
-/* A parent node names its children by node-name in its options: keep that
- * in step with the edge so that a later reopen opens the same graph. */
-static void
-fix_parent_option(struct block_child *c)
-{
-    json_t *opt;
-
-    if (!c->parent_node) {
-        return;
-    }
-    opt = json_object_get(c->parent_node->options, c->name);
-    if (json_is_string(opt)) {
-        json_object_set_new(c->parent_node->options, c->name,
-                            json_string(c->node->node_name));
-    }
-}
-
-/*
- * Move the edges of m->from's parents (all but m->to's own, and, when
- * removing, snapshot-access nodes) to m->to, one by one with permission
- * checks; on failure the moved ones go back.
- */
-static bool
-move_parents(struct moved_edges *m, bool removing, struct err **errp)
-{
-    struct block_child *c;
-    size_t cap = 0;
-
-    TAILQ_FOREACH(c, &m->from->parents, parent_link) {
-        cap++;
-    }
-    m->edges = xcalloc(cap ? cap : 1, sizeof(*m->edges));
-    /* Collect first: moving changes the list. */
-    TAILQ_FOREACH(c, &m->from->parents, parent_link) {
-        if (c->parent_node == m->to || (removing && stays_on_filter(c))) {
-            continue;
-        }
-        m->edges[m->n++] = c;
-    }
-    block_drain_begin();
-    for (size_t i = 0; i < m->n; i++) {
-        if (block_child_replace_node(m->edges[i], m->to, errp) < 0) {
-            while (i-- > 0) {
-                block_child_replace_node(m->edges[i], m->from, NULL);
-                fix_parent_option(m->edges[i]);
-            }
-            block_drain_end();
-            m->n = 0;
-            return false;
-        }
-        fix_parent_option(m->edges[i]);
-    }
-    block_drain_end();
-    return true;
-}
-
-static void
-move_back(struct moved_edges *m)
-{
-    block_drain_begin();
-    for (size_t i = m->n; i-- > 0;) {
-        block_child_replace_node(m->edges[i], m->from, NULL);
-        fix_parent_option(m->edges[i]);
-    }
-    block_drain_end();
 }
 
 /* The filter named in data, checked: a filter driver with a file child. */
 static struct block_node *
 filter_lookup(json_t *data, struct err **errp)
 {
-    const char *name = arg_str(data, "node-name");
+    const char *name = qmp_str(data, "node-name");
     struct block_node *f = block_node_find(name);
 
     if (!f) {
@@ -152,14 +83,17 @@ move_prepare(struct block_node *f, bool removing, struct moved_edges **state,
     struct moved_edges *m = xcalloc(1, sizeof(*m));
 
     m->filter = f;
-    m->from = removing ? f : below;
-    m->to = removing ? below : f;
+    m->below = below;
     block_node_ref(f);
     block_node_ref(below);
-    if (!move_parents(m, removing, errp)) {
+    /* All at once: one by one, the filter would refuse the writers left
+     * below it as soon as it had its first parent.  The filter's own
+     * file edge stays (it lies below the new node). */
+    if (block_replace_node_except(removing ? f : below, removing ? below : f,
+                                  removing ? stays_on_filter : NULL, NULL,
+                                  &m->moved, errp) < 0) {
         block_node_unref(below);
         block_node_unref(f);
-        free(m->edges);
         free(m);
         return false;
     }
@@ -207,7 +141,9 @@ moved_commit(void *state UNUSED)
 static void
 moved_abort(void *state)
 {
-    move_back(state);
+    struct moved_edges *m = state;
+
+    block_moved_edges_undo(&m->moved);
 }
 
 static void
@@ -215,10 +151,9 @@ moved_clean(void *state)
 {
     struct moved_edges *m = state;
 
-    /* from/to: one of them is the filter, the other its file child. */
-    block_node_unref(m->from == m->filter ? m->to : m->from);
+    block_moved_edges_free(&m->moved);
+    block_node_unref(m->below);
     block_node_unref(m->filter);
-    free(m->edges);
     free(m);
 }
 
@@ -338,8 +273,8 @@ temp_open(struct fleecing *fl, json_t *temp, struct err **errp)
     if (json_object_get(temp, "driver")) {
         opts = json_deep_copy(temp);
     } else {
-        const char *filename = arg_str(temp, "filename");
-        const char *format = arg_str(temp, "format");
+        const char *filename = qmp_str(temp, "filename");
+        const char *format = qmp_str(temp, "format");
         const char *key;
         json_t *v;
 
@@ -363,9 +298,9 @@ temp_open(struct fleecing *fl, json_t *temp, struct err **errp)
                      "'%s'", format);
             return NULL;
         }
-        if (arg_str(temp, "node-name")) {
+        if (qmp_str(temp, "node-name")) {
             free(name);
-            name = xstrdup(arg_str(temp, "node-name"));
+            name = xstrdup(qmp_str(temp, "node-name"));
         }
         opts = json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s}}", "driver",
                          format, "node-name", name, "discard", "unmap",
@@ -394,10 +329,16 @@ fleecing_free(struct fleecing *fl)
     free(fl);
 }
 
-/* Undo what fleecing-start built, in reverse order; the export is gone. */
+/*
+ * Undo what fleecing-start built, in reverse order; the export is gone.
+ * The snapshot-access node goes before the filter comes out: a filter
+ * with a parent keeps writers off its source.
+ */
 static void
 fleecing_teardown(struct fleecing *fl, bool inserted)
 {
+    unref_node(fl->access);
+    fl->access = NULL;
     if (inserted) {
         struct moved_edges *m = NULL;
         struct err *err = NULL;
@@ -430,16 +371,19 @@ fleecing_info(struct fleecing *fl)
 json_t *
 qmp_fleecing_start(json_t *args, struct err **errp)
 {
-    const char *id = arg_str(args, "id");
-    const char *node_name = arg_str(args, "node");
-    const char *export_name = arg_str(args, "export-name");
+    const char *id = qmp_str(args, "id");
+    const char *node_name = qmp_str(args, "node");
+    const char *export_name = qmp_str(args, "export-name");
     json_t *bitmap = json_object_get(args, "bitmap");
     json_t *actions = json_object_get(args, "actions");
     json_t *discard = json_object_get(args, "discard");
     bool discard_on = !discard || json_is_true(discard);
     struct block_node *source = block_node_find(node_name);
     struct fleecing *fl;
-    json_t *opts, *txn, *exp;
+    struct block_export_options exp;
+    struct nbd_export_options exp_nbd;
+    struct nbd_export_bitmap exp_bitmap;
+    json_t *opts, *txn;
     bool ok;
 
     if (!*id) {
@@ -522,15 +466,21 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     }
 
     /* Writable only so that clients can discard: writes fail (ENOTSUP). */
-    exp = json_pack("{s:s, s:s, s:s, s:s, s:b}", "type", "nbd", "id", id,
-                    "node-name", fl->access->node_name,
-                    "name", fl->export_name, "writable", discard_on);
-    if (bitmap) {
-        json_object_set_new(exp, "bitmaps", json_pack("[O]", bitmap));
-    }
-    ok = qmp_export_add(exp, errp);
-    json_decref(exp);
-    if (!ok) {
+    exp_bitmap.node = qmp_str(bitmap, "node");
+    exp_bitmap.name = qmp_str(bitmap, "name");
+    exp_nbd = (struct nbd_export_options) {
+        .name = fl->export_name,
+        .bitmaps = &exp_bitmap,
+        .n_bitmaps = bitmap ? 1 : 0,
+    };
+    exp = (struct block_export_options) {
+        .type = "nbd",
+        .id = id,
+        .node_name = fl->access->node_name,
+        .writable = discard_on,
+        .driver_opts = &exp_nbd,
+    };
+    if (!block_export_add(&exp, errp)) {
         goto fail_inserted;
     }
     TAILQ_INSERT_TAIL(&g_fleecings, fl, link);
@@ -559,7 +509,11 @@ snapshot_unused(struct fleecing *fl, struct err **errp)
     struct block_child *c;
 
     TAILQ_FOREACH(c, &fl->access->parents, parent_link) {
-        CLEANUP_FREE char *desc = block_child_parent_desc(c);
+        /* Handles by their owner ("export 'x'"), which says more than
+         * QEMU's "an unnamed block device". */
+        CLEANUP_FREE char *desc = c->parent_handle ?
+                                  xstrdup(c->parent_handle->owner) :
+                                  block_child_parent_desc(c);
 
         if (strcmp(desc, own) != 0) {
             err_setf(errp, "Node '%s' is in use by %s; remove that first",
@@ -573,7 +527,7 @@ snapshot_unused(struct fleecing *fl, struct err **errp)
 json_t *
 qmp_fleecing_stop(json_t *args, struct err **errp)
 {
-    const char *id = arg_str(args, "id");
+    const char *id = qmp_str(args, "id");
     struct fleecing *fl = fleecing_find(id);
     struct err *err = NULL;
 
@@ -585,7 +539,7 @@ qmp_fleecing_stop(json_t *args, struct err **errp)
         return NULL;
     }
     /* Hard: clients are disconnected and their requests finished. */
-    if (!block_export_del(id, "hard", &err)) {
+    if (!block_export_del(id, BLOCK_EXPORT_REMOVE_HARD, &err)) {
         /* Already deleted by block-export-del: go on with the nodes. */
         if (!strstr(err->msg, "is not found")) {
             err_propagate(errp, err);

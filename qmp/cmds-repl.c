@@ -2,28 +2,27 @@
 /*
  * QMP commands of quorum and replication (x-blockdev-change,
  * xen-set-replication, query-xen-replication-status,
- * xen-colo-do-checkpoint) and of plain node maintenance (block_resize,
- * query-block).  The work is done by the drivers' control APIs; this file
- * adapts the QMP arguments.  Main thread.
+ * xen-colo-do-checkpoint and their replication-* spellings) and of plain
+ * node maintenance (block_resize, query-block).  The work is done by the
+ * drivers' control APIs and, for a failover, by a commit job
+ * (failover_start(), job/commit.h): stopping replication with failover
+ * returns once the job runs.  This file adapts the QMP arguments.  Main
+ * thread.
  */
 #include <string.h>
 
 #include "block/filter/quorum.h"
 #include "block/filter/replication.h"
+#include "job/commit.h"
+#include "job/job.h"
 #include "lockstep/block.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-static const char *
-arg_str(json_t *args, const char *key)
-{
-    return json_string_value(json_object_get(args, key));
-}
-
 json_t *
 qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
 {
-    const char *parent = arg_str(args, "parent");
+    const char *parent = qmp_str(args, "parent");
     bool has_child = json_object_get(args, "child") != NULL;
     bool has_node = json_object_get(args, "node") != NULL;
     struct block_node *removed = NULL;
@@ -43,15 +42,15 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     block_drain_begin();
     if (has_child) {
         struct block_child *c = block_node_child(block_node_find(parent),
-                                                 arg_str(args, "child"));
+                                                 qmp_str(args, "child"));
 
         removed = c ? c->node : NULL;
         if (removed) {
             block_node_ref(removed);
         }
     }
-    ok = qmp_x_blockdev_change(arg_str(args, "parent"),
-                               arg_str(args, "child"), arg_str(args, "node"),
+    ok = qmp_x_blockdev_change(qmp_str(args, "parent"),
+                               qmp_str(args, "child"), qmp_str(args, "node"),
                                errp);
     /* A lost secondary: in the same drained section, start recording what
      * it misses (docs/replication.md "Resync"). */
@@ -65,6 +64,70 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     }
     block_drain_end();
     return ok ? json_object() : NULL;
+}
+
+/* Stop one node; a secondary's failover (or the retry of a failed one,
+ * whatever failover says) starts the failover job. */
+static bool
+stop_one(struct block_node *node, bool failover, struct err **errp)
+{
+    enum replication_stage stage = replication_get_stage(node);
+
+    if (stage == REPLICATION_STAGE_FAILOVER_FAILED ||
+        (stage == REPLICATION_STAGE_RUNNING && failover &&
+         replication_get_mode(node) == REPLICATION_MODE_SECONDARY)) {
+        return failover_start(node, errp);
+    }
+    return replication_stop(node, errp) == 0;
+}
+
+bool
+replication_stop_all(bool failover, struct err **errp)
+{
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        if (!stop_one(n, failover, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool
+qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
+                        bool failover, struct err **errp)
+{
+    if (enable) {
+        if (has_failover) {
+            err_setf(errp, "Parameter 'failover' is only for stopping "
+                     "replication");
+            return false;
+        }
+        return replication_start_all(primary, errp);
+    }
+    /* QEMU drops the errors of a failover stop; the status shows them. */
+    if (!replication_stop_all(failover, failover ? NULL : errp)) {
+        return failover;
+    }
+    return true;
+}
+
+json_t *
+replication_status(void)
+{
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        struct err *err = NULL;
+
+        if (replication_get_error(n, &err) < 0) {
+            json_t *ret = json_pack("{s:b, s:s}", "error", 1, "desc",
+                                    err ? err->msg : "I/O error occurred");
+
+            err_free(err);
+            return ret;
+        }
+    }
+    return json_pack("{s:b}", "error", 0);
 }
 
 json_t *
@@ -109,6 +172,42 @@ qmp_query_xen_replication_status(json_t *args UNUSED,
     return replication_status();
 }
 
+/*
+ * query-replication: query-xen-replication-status, and while a failover
+ * job exists, "failover": its progress, one entry per replication node
+ * that has one.
+ */
+json_t *
+qmp_query_replication(json_t *args UNUSED, struct err **errp UNUSED)
+{
+    json_t *ret = replication_status();
+    json_t *jobs = json_array();
+
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        CLEANUP_FREE char *id = xasprintf("failover-%s", n->node_name);
+        struct job *job = job_find(id);
+        struct job_info i;
+
+        if (!job) {
+            continue;
+        }
+        job_get_info(job, &i);
+        json_array_append_new(jobs, json_pack(
+            "{s:s, s:s, s:s, s:I, s:I}", "node-name", n->node_name,
+            "job-id", i.id, "status", job_status_names[i.status],
+            "current-progress", (json_int_t)i.current_progress,
+            "total-progress", (json_int_t)i.total_progress));
+        free(i.error);
+    }
+    if (json_array_size(jobs)) {
+        json_object_set_new(ret, "failover", jobs);
+    } else {
+        json_decref(jobs);
+    }
+    return ret;
+}
+
 json_t *
 qmp_xen_colo_do_checkpoint(json_t *args UNUSED, struct err **errp)
 {
@@ -117,15 +216,21 @@ qmp_xen_colo_do_checkpoint(json_t *args UNUSED, struct err **errp)
 
 /*
  * block_resize {device?, node-name?, size}: qemu-storage-daemon has no
- * named devices, so only node-name finds anything; messages are QEMU's.
+ * named devices, so only node-name finds anything.  As in QEMU: a node a
+ * job uses cannot be resized ("Device '...' is in use", naming the device
+ * argument, "(null)" when there is none, as QEMU prints it), and the
+ * resize runs through a block backend of its own that takes "resize", so
+ * that any user who does not share it (an export, a copy-before-write
+ * filter, a format above the node) refuses with a permission conflict.
  */
 json_t *
 qmp_block_resize(json_t *args, struct err **errp)
 {
-    const char *device = arg_str(args, "device");
-    const char *name = arg_str(args, "node-name");
+    const char *device = qmp_str(args, "device");
+    const char *name = qmp_str(args, "node-name");
     json_int_t size = json_integer_value(json_object_get(args, "size"));
     struct block_node *node = name ? block_node_find(name) : NULL;
+    struct block_handle *h;
     int ret;
 
     if (!node) {
@@ -137,13 +242,24 @@ qmp_block_resize(json_t *args, struct err **errp)
         err_setf(errp, "Parameter 'size' expects a >0 size");
         return NULL;
     }
+    if (block_node_op_blocked(node, NULL)) {
+        err_setf(errp, "Device '%s' is in use", device ? device : "(null)");
+        return NULL;
+    }
+    h = block_handle_new(node, "block_resize", BLOCK_PERM_RESIZE,
+                         BLOCK_PERM_ALL, errp);
+    if (!h) {
+        return NULL;
+    }
     if (node->read_only) {
-        err_setf(errp, "Node '%s' is read only", node->node_name);
+        err_setf(errp, "Image is read-only");
+        block_handle_free(h);
         return NULL;
     }
     block_drain_begin();
     ret = block_truncate(node, (uint64_t)size, errp);
     block_drain_end();
+    block_handle_free(h);
     return ret < 0 ? NULL : json_object();
 }
 

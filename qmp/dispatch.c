@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "keyval.h"
 #include "qmp/qmp-internal.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 json_t *
@@ -27,6 +29,36 @@ qmp_error_response(struct err *err, json_t *id)
                                   err->msg));
     err_free(err);
     return resp;
+}
+
+/*
+ * The command's name.  One with a NUL character is no command of ours
+ * (and would otherwise be cut there: "quit\u0000x" is not quit); it is
+ * shown with the NUL as \u0000.
+ */
+static bool
+check_command_name(json_t *exec, struct err **errp)
+{
+    const char *name = json_string_value(exec);
+    size_t len = json_string_length(exec);
+    char *shown;
+
+    if (!memchr(name, '\0', len)) {
+        return true;
+    }
+    shown = xmalloc(len * 6 + 1);
+    shown[0] = '\0';
+    for (size_t i = 0; i < len; i++) {
+        if (name[i]) {
+            strncat(shown, name + i, 1);
+        } else {
+            strcat(shown, "\\u0000");
+        }
+    }
+    err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
+                   "The command %s has not been found", shown);
+    free(shown);
+    return false;
 }
 
 static bool
@@ -96,6 +128,7 @@ qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err)
 {
     json_t *resp;
 
+    assert_main_thread();
     assert(ret || err);
     resp = ret ? success_response(ret, done->id)
                : qmp_error_response(err, done->id);
@@ -121,6 +154,28 @@ qmp_dispatch_async(json_t *req, struct qmp_session *session,
     return dispatch(req, session, reply, opaque);
 }
 
+/* Run a typed handler: decode args into its struct first. */
+static json_t *
+run_typed(const struct qmp_command *cmd, json_t *args, struct err **errp)
+{
+    const struct qmp_typed *t = cmd->typed;
+    void *a;
+    json_t *ret;
+
+    /* The handler's struct is the one the argument list describes. */
+    assert(!cmd->args || qmp_args_size(cmd->args) == t->size);
+    a = xzalloc(t->size ? t->size : 1);
+    if (cmd->args) {
+        qmp_args_decode(cmd->args, args, a);
+    }
+    ret = t->call(a, errp);
+    if (cmd->args) {
+        qmp_args_free(cmd->args, a);
+    }
+    free(a);
+    return ret;
+}
+
 /* Run cmd's handler: the async one when the caller can wait. */
 static json_t *
 run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
@@ -130,7 +185,8 @@ run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
     json_t *ret;
 
     if (!cmd->async_handler || !reply) {
-        return cmd->handler(args, errp);
+        return cmd->typed ? run_typed(cmd, args, errp)
+                          : cmd->handler(args, errp);
     }
     done = xzalloc(sizeof(*done));
     done->id = id ? json_incref(id) : NULL;
@@ -144,68 +200,119 @@ run_handler(const struct qmp_command *cmd, json_t *args, json_t *id,
     return ret;
 }
 
-static json_t *
-dispatch(json_t *req, struct qmp_session *session, qmp_reply_fn *reply,
-         void *opaque)
+json_t *
+qmp_execute(const char *name, json_t *args, struct err **errp)
+{
+    const struct qmp_command *cmd = qmp_command_find(name);
+    json_t *empty = NULL;
+    json_t *ret = NULL;
+
+    assert_main_thread();
+    if (!cmd) {
+        err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
+                       "The command %s has not been found", name);
+        return NULL;
+    }
+    if (!args) {
+        args = empty = json_object();
+    }
+    if (cmd->args_are_options ||
+        qmp_validate_members(cmd->args, args, "", errp)) {
+        ret = run_handler(cmd, args, NULL, NULL, NULL, errp);
+    }
+    json_decref(empty);
+    return ret;
+}
+
+const struct qmp_command *
+qmp_dispatch_check(json_t *req, const struct qmp_session *session,
+                   json_t **args_out, struct err **errp)
 {
     bool oob = false;
     const struct qmp_command *cmd;
     const char *name = NULL;
     json_t *args = NULL;
-    json_t *id;
-    json_t *ret;
-    json_t *empty = NULL;
-    struct err *err = NULL;
+    bool is_caps;
 
+    assert_main_thread();
+    *args_out = NULL;
     if (!json_is_object(req)) {
-        err_setf(&err, "QMP input must be a JSON object");
-        return qmp_error_response(err, NULL);
+        err_setf(errp, "QMP input must be a JSON object");
+        return NULL;
     }
-    id = json_object_get(req, "id");
-    if (!check_request(req, session->oob, &name, &args, &oob, &err)) {
-        return qmp_error_response(err, id);
+    if (!check_request(req, session->oob, &name, &args, &oob, errp)) {
+        return NULL;
     }
-    if (!session->negotiated && strcmp(name, "qmp_capabilities")) {
-        err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
+    /* A name with a NUL is no command, not even qmp_capabilities. */
+    is_caps = !strcmp(name, "qmp_capabilities") &&
+              json_string_length(json_object_get(req, oob ? "exec-oob"
+                                                          : "execute")) ==
+              strlen(name);
+    if (!session->negotiated && !is_caps) {
+        err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
                        "Expecting capabilities negotiation with "
                        "'qmp_capabilities'");
-        return qmp_error_response(err, id);
+        return NULL;
     }
-    if (session->negotiated && !strcmp(name, "qmp_capabilities")) {
-        err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
+    if (session->negotiated && is_caps) {
+        err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
                        "Capabilities negotiation is already complete, "
                        "command ignored");
-        return qmp_error_response(err, id);
+        return NULL;
+    }
+    if (!check_command_name(json_object_get(req, oob ? "exec-oob"
+                                                     : "execute"), errp)) {
+        return NULL;
     }
     cmd = qmp_command_find(name);
     if (!cmd) {
-        err_setf_class(&err, ERR_CLASS_COMMAND_NOT_FOUND,
+        err_setf_class(errp, ERR_CLASS_COMMAND_NOT_FOUND,
                        "The command %s has not been found", name);
-        return qmp_error_response(err, id);
+        return NULL;
     }
     if (oob) {
         /* No command here is safe to run out of band. */
-        err_setf(&err, "The command %s does not support OOB", name);
-        return qmp_error_response(err, id);
+        err_setf(errp, "The command %s does not support OOB", name);
+        return NULL;
     }
-    if (!args) {
-        args = empty = json_object();
+    args = args ? json_incref(args) : json_object();
+    /* Every argument of every command: no string and no member name may
+     * hold a NUL (names, ids and paths are C strings below). */
+    if (!json_check_nul(args, errp) ||
+        (!cmd->args_are_options &&
+         !qmp_validate_members(cmd->args, args, "", errp))) {
+        json_decref(args);
+        return NULL;
     }
-    if (!cmd->args_are_options &&
-        !qmp_validate_members(cmd->args, args, "", &err)) {
-        json_decref(empty);
+    *args_out = args;
+    return cmd;
+}
+
+static json_t *
+dispatch(json_t *req, struct qmp_session *session, qmp_reply_fn *reply,
+         void *opaque)
+{
+    const struct qmp_command *cmd;
+    json_t *args;
+    json_t *id = json_is_object(req) ? json_object_get(req, "id") : NULL;
+    json_t *ret;
+    struct err *err = NULL;
+
+    cmd = qmp_dispatch_check(req, session, &args, &err);
+    if (!cmd) {
         return qmp_error_response(err, id);
     }
     ret = run_handler(cmd, args, id, reply, opaque, &err);
-    json_decref(empty);
     if (ret == QMP_DEFERRED) {
+        json_decref(args);
         return NULL;
     }
     if (!ret) {
+        json_decref(args);
         assert(err);
         return qmp_error_response(err, id);
     }
-    if (!strcmp(name, "qmp_capabilities")) {
+    if (!strcmp(cmd->name, "qmp_capabilities")) {
         json_t *enable = json_object_get(args, "enable");
         size_t i;
         json_t *cap;
@@ -215,5 +322,6 @@ dispatch(json_t *req, struct qmp_session *session, qmp_reply_fn *reply,
             session->oob |= !strcmp(json_string_value(cap), "oob");
         }
     }
+    json_decref(args);
     return success_response(ret, id);
 }

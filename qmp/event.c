@@ -1,52 +1,54 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * qmp_event_send(): build the event message with its timestamp at the
- * moment of sending and hand it to the sink the monitor installed.  Kept
- * apart from the monitor so that programs linking the NBD server or the
- * job engine without a monitor still link; without a sink, events are
- * dropped.  Any thread.
+ * Runtime events as QMP messages (see qmp-event.h).  Members keep the
+ * order in which the emitter added them, which is QEMU's; the message is
+ * written with JSON_PRESERVE_ORDER.
  */
-#include <time.h>
-
-#include "qmp/qmp.h"
 #include "qmp/qmp-event.h"
 
-/* Set and cleared on the main thread, read from any thread. */
-static qmp_event_sink_fn *g_sink;
-
-void
-qmp_event_set_sink(qmp_event_sink_fn *fn)
+json_t *
+qmp_event_data(const struct event *ev)
 {
-    __atomic_store_n(&g_sink, fn, __ATOMIC_RELEASE);
+    json_t *data = json_object();
+
+    for (size_t i = 0; i < ev->n; i++) {
+        const struct event_member *m = &ev->m[i];
+        json_t *v = NULL;
+
+        switch (m->type) {
+        case EVENT_STR:
+            v = json_string(m->v.s);
+            break;
+        case EVENT_INT:
+            v = json_integer((json_int_t)m->v.i);
+            break;
+        case EVENT_UINT:
+            /* JSON numbers here are int64, as QEMU's uint64 members
+             * print in practice (sizes and offsets below 2^63). */
+            v = json_integer((json_int_t)m->v.u);
+            break;
+        case EVENT_BOOL:
+            v = json_boolean(m->v.b);
+            break;
+        }
+        json_object_set_new(data, m->name, v);
+    }
+    return data;
 }
 
 json_t *
-qmp_event_build(const char *name, json_t *data)
+qmp_event_message(const struct event *ev)
 {
-    struct timespec ts;
-    json_t *ev = json_object();
+    json_t *msg = json_object();
 
-    clock_gettime(CLOCK_REALTIME, &ts);
     /* QEMU's member order: timestamp, event, data. */
-    json_object_set_new(ev, "timestamp",
+    json_object_set_new(msg, "timestamp",
                         json_pack("{s:I, s:I}", "seconds",
-                                  (json_int_t)ts.tv_sec, "microseconds",
-                                  (json_int_t)(ts.tv_nsec / 1000)));
-    json_object_set_new(ev, "event", json_string(name));
-    if (data) {
-        json_object_set_new(ev, "data", data);
+                                  (json_int_t)ev->time.tv_sec, "microseconds",
+                                  (json_int_t)(ev->time.tv_nsec / 1000)));
+    json_object_set_new(msg, "event", json_string(ev->name));
+    if (ev->n) {
+        json_object_set_new(msg, "data", qmp_event_data(ev));
     }
-    return ev;
-}
-
-void
-qmp_event_send(const char *name, json_t *data)
-{
-    qmp_event_sink_fn *sink = __atomic_load_n(&g_sink, __ATOMIC_ACQUIRE);
-
-    if (!sink) {
-        json_decref(data);
-        return;
-    }
-    sink(qmp_event_build(name, data));
+    return msg;
 }

@@ -4,16 +4,11 @@
  * message framing, the greeting, and event delivery.
  *
  * Design notes.
- *   - Framing.  A client's input is a stream of JSON values.  The reader
- *     scans bytes as they arrive, tracking brace/bracket depth outside
- *     strings (and escapes inside them), so it knows where each top-level
- *     value ends without parsing it; only a complete value goes to
- *     json_loadb().  A parse error thus costs one message, never the
- *     connection.  Top-level scalars end at the next delimiter; a stray
- *     closing brace is an error on its own.
- *   - Limits.  A value longer than QMP_MAX_REQUEST bytes or nested deeper
- *     than QMP_MAX_NESTING is not buffered: the reader skips to its end,
- *     then answers with one error.
+ *   - Framing (qmp/framer.c).  A client's input is a stream of JSON
+ *     values; the framer cuts it into complete values without parsing
+ *     them, and only a complete value goes to json_loadb().  A parse error
+ *     thus costs one message, never the connection.  Too large or too deep
+ *     values are skipped and answered with one error.
  *   - Output.  Responses and events are appended to a per-client buffer
  *     written without blocking; POLLOUT is watched only while it is not
  *     empty.  A client that lets more than QMP_MAX_OUTPUT pile up is
@@ -27,10 +22,15 @@
  *     command may end the daemon's loop (quit), so a client is never freed
  *     from inside its own callback: it is marked closed and freed by a
  *     loop_call.
- *   - Events.  qmp_event_send() may run on any thread; the sink passes the
- *     message to the main thread with loop_call() unless it already runs
- *     there, where it is delivered at once (so an event caused by a
- *     command precedes the command's response, as in QEMU).
+ *   - Events.  The monitor is the runtime's event sink (runtime/event.h),
+ *     called on whatever thread emits.  The sink turns the event into its
+ *     QMP message and appends it to one FIFO; the main thread writes the
+ *     FIFO out to every negotiated client: at once when it emitted the
+ *     event itself, from a loop_call otherwise, and always before it
+ *     writes a command's response.  So clients see events in the order
+ *     they were emitted, and an event emitted before a command finished
+ *     (by the command, or by a job meanwhile) precedes its response, as
+ *     in QEMU.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +44,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "qmp/loop.h"
+#include "qmp/framer.h"
+#include "runtime/loop.h"
 #include "qmp/monitor.h"
 #include "qmp/qmp-event.h"
 #include "qmp/qmp-internal.h"
@@ -69,14 +70,6 @@ struct monitor {
     LIST_ENTRY(monitor) link;
 };
 
-/* The framing scanner's state (see the design notes). */
-enum scan_kind {
-    SCAN_IDLE,          /* between values */
-    SCAN_NESTED,        /* inside { } or [ ] */
-    SCAN_STRING,        /* a top-level string */
-    SCAN_BARE,          /* a top-level number/true/false/null/garbage */
-};
-
 struct client {
     struct monitor *mon;
     int fd;
@@ -84,14 +77,7 @@ struct client {
     struct qmp_session session;
     bool closed;
 
-    /* Input: buf[0..len) holds the current value so far. */
-    char *buf;
-    size_t len, cap;
-    enum scan_kind kind;
-    int depth;
-    bool in_str, esc;
-    bool skipping;          /* too large or too deep: not buffered */
-    const char *skip_msg;
+    struct qmp_framer input;
 
     /* Output queue. */
     char *out;
@@ -203,6 +189,12 @@ client_send_error(struct client *cl, const char *fmt, const char *arg)
 
 /* ---- Events ------------------------------------------------------------ */
 
+/* Event messages on their way to the clients, in emission order.
+ * Protected by: g_events_lock (a leaf). */
+static pthread_mutex_t g_events_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *g_events;            /* array, or NULL when empty */
+static bool g_events_posted;        /* a deliver_events_cb is queued */
+
 static void
 broadcast(json_t *ev)
 {
@@ -218,29 +210,60 @@ broadcast(json_t *ev)
     }
 }
 
+/* Main thread: write out every event emitted so far. */
 static void
-broadcast_cb(void *opaque)
+deliver_events(void)
 {
-    json_t *ev = opaque;
+    json_t *list;
+    json_t *ev;
+    size_t i;
 
-    broadcast(ev);
-    json_decref(ev);
+    mutex_lock(&g_events_lock);
+    list = g_events;
+    g_events = NULL;
+    mutex_unlock(&g_events_lock);
+    json_array_foreach(list, i, ev) {
+        broadcast(ev);
+    }
+    json_decref(list);
 }
 
 static void
-event_sink(json_t *ev)
+deliver_events_cb(void *opaque UNUSED)
 {
-    if (loop_is_main_thread()) {
-        broadcast_cb(ev);
-    } else {
-        loop_call(broadcast_cb, ev);
+    mutex_lock(&g_events_lock);
+    g_events_posted = false;
+    mutex_unlock(&g_events_lock);
+    deliver_events();
+}
+
+/* The runtime's event sink: any thread. */
+static void
+event_sink(const struct event *event)
+{
+    json_t *msg = qmp_event_message(event);
+    bool main_thread = loop_is_main_thread();
+    bool post;
+
+    mutex_lock(&g_events_lock);
+    if (!g_events) {
+        g_events = json_array();
+    }
+    json_array_append_new(g_events, msg);
+    post = !main_thread && !g_events_posted;
+    g_events_posted |= post;
+    mutex_unlock(&g_events_lock);
+    if (main_thread) {
+        deliver_events();
+    } else if (post) {
+        loop_call(deliver_events_cb, NULL);
     }
 }
 
 void
 monitor_init(void)
 {
-    qmp_event_set_sink(event_sink);
+    event_set_sink(event_sink);
 }
 
 /* ---- Input ------------------------------------------------------------- */
@@ -268,6 +291,7 @@ deferred_reply(void *opaque, json_t *resp)
         return;
     }
     cl->ticket = NULL;
+    deliver_events();
     client_send(cl, resp);
     if (cl->closed) {
         return;
@@ -306,6 +330,7 @@ handle_value(struct client *cl, const char *text, size_t len)
         return;
     }
     free(t);
+    deliver_events();
     client_send(cl, resp);
     json_decref(resp);
 }
@@ -324,124 +349,36 @@ client_hold(struct client *cl, const char *data, size_t n)
     cl->held_len += n;
 }
 
-static void
-buf_append(struct client *cl, char c)
-{
-    if (cl->skipping) {
-        return;
-    }
-    if (cl->len + 1 > QMP_MAX_REQUEST) {
-        cl->skipping = true;
-        cl->skip_msg = "JSON token size limit exceeded";
-        cl->len = 0;
-        return;
-    }
-    if (cl->len + 1 > cl->cap) {
-        cl->cap = MAX(cl->cap * 2, 4096);
-        cl->buf = xrealloc(cl->buf, cl->cap);
-    }
-    cl->buf[cl->len++] = c;
-}
-
-static void
-value_done(struct client *cl)
-{
-    if (cl->skipping) {
-        client_send_error(cl, "%s", cl->skip_msg);
-    } else {
-        handle_value(cl, cl->buf, cl->len);
-    }
-    cl->kind = SCAN_IDLE;
-    cl->len = 0;
-    cl->depth = 0;
-    cl->in_str = cl->esc = false;
-    cl->skipping = false;
-}
-
+/* A value, or a framing error, from the framer; false to stop feeding:
+ * the client is gone, or a command was deferred (the rest waits). */
 static bool
-is_delim(char c)
+frame_cb(void *opaque, const char *text, size_t len, const char *error)
 {
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '{' ||
-           c == '}' || c == '[' || c == ']' || c == '"' || c == ',' ||
-           c == ':';
+    struct client *cl = opaque;
+
+    if (!text) {
+        client_send_error(cl, strncmp(error, "JSON ", 5) ?
+                              "JSON parse error, %s" : "%s", error);
+    } else {
+        handle_value(cl, text, len);
+    }
+    return !cl->closed && !cl->ticket;
 }
 
-/* Feed received bytes to the scanner; stops early if the client closed,
+/* Feed received bytes to the framer; stops early if the client closed,
  * and holds the rest back when a command was deferred. */
 static void
 client_feed(struct client *cl, const char *data, size_t n)
 {
-    for (size_t i = 0; i < n && !cl->closed; i++) {
-        char c = data[i];
+    size_t used;
 
-        if (cl->ticket) {
-            client_hold(cl, data + i, n - i);
-            return;
-        }
-
-        switch (cl->kind) {
-        case SCAN_IDLE:
-            if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-                break;
-            }
-            if (c == '{' || c == '[') {
-                cl->kind = SCAN_NESTED;
-                cl->depth = 1;
-                buf_append(cl, c);
-            } else if (c == '}' || c == ']') {
-                client_send_error(cl, "JSON parse error, %s",
-                                  "expecting value");
-            } else if (c == '"') {
-                cl->kind = SCAN_STRING;
-                buf_append(cl, c);
-            } else {
-                cl->kind = SCAN_BARE;
-                buf_append(cl, c);
-            }
-            break;
-        case SCAN_STRING:
-            buf_append(cl, c);
-            if (cl->esc) {
-                cl->esc = false;
-            } else if (c == '\\') {
-                cl->esc = true;
-            } else if (c == '"') {
-                value_done(cl);
-            }
-            break;
-        case SCAN_BARE:
-            if (is_delim(c)) {
-                value_done(cl);
-                i--;            /* the delimiter starts the next value */
-            } else {
-                buf_append(cl, c);
-            }
-            break;
-        case SCAN_NESTED:
-            buf_append(cl, c);
-            if (cl->in_str) {
-                if (cl->esc) {
-                    cl->esc = false;
-                } else if (c == '\\') {
-                    cl->esc = true;
-                } else if (c == '"') {
-                    cl->in_str = false;
-                }
-            } else if (c == '"') {
-                cl->in_str = true;
-            } else if (c == '{' || c == '[') {
-                if (++cl->depth > QMP_MAX_NESTING && !cl->skipping) {
-                    cl->skipping = true;
-                    cl->skip_msg = "JSON nesting depth limit exceeded";
-                    cl->len = 0;
-                }
-            } else if (c == '}' || c == ']') {
-                if (--cl->depth == 0) {
-                    value_done(cl);
-                }
-            }
-            break;
-        }
+    if (cl->ticket) {
+        client_hold(cl, data, n);
+        return;
+    }
+    used = qmp_framer_feed(&cl->input, data, n, frame_cb, cl);
+    if (used < n && !cl->closed && cl->ticket) {
+        client_hold(cl, data + used, n - used);
     }
 }
 
@@ -450,7 +387,7 @@ client_free_cb(void *opaque)
 {
     struct client *cl = opaque;
 
-    free(cl->buf);
+    qmp_framer_free(&cl->input);
     free(cl->out);
     free(cl->held);
     free(cl);
@@ -539,39 +476,6 @@ accept_cb(int fd, short revents UNUSED, void *opaque)
     json_decref(g);
 }
 
-static const char *
-opt_str(json_t *opts, const char *key)
-{
-    return json_string_value(json_object_get(opts, key));
-}
-
-/* keyval bools are "on"/"off" strings; JSON ones are booleans. */
-static int
-opt_bool(json_t *opts, const char *key, bool *out, struct err **errp)
-{
-    json_t *v = json_object_get(opts, key);
-    const char *s;
-
-    if (!v) {
-        return 0;
-    }
-    if (json_is_boolean(v)) {
-        *out = json_is_true(v);
-        return 1;
-    }
-    s = json_string_value(v);
-    if (s && (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))) {
-        *out = true;
-        return 1;
-    }
-    if (s && (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))) {
-        *out = false;
-        return 1;
-    }
-    err_setf(errp, "Parameter '%s' expects 'on' or 'off'", key);
-    return -1;
-}
-
 /* A TCP listening socket for host:port (QEMU's inet chardev). */
 static int
 listen_inet(const char *host, const char *port, struct err **errp)
@@ -632,11 +536,11 @@ monitor_chardev_add(json_t *opts, struct err **errp)
     static const char *const known[] = {
         "backend", "id", "path", "host", "port", "server", "wait", NULL,
     };
-    const char *host = opt_str(opts, "host");
-    const char *port = opt_str(opts, "port");
-    const char *backend = opt_str(opts, "backend");
-    const char *id = opt_str(opts, "id");
-    const char *path = opt_str(opts, "path");
+    const char *host = qmp_str(opts, "host");
+    const char *port = qmp_str(opts, "port");
+    const char *backend = qmp_str(opts, "backend");
+    const char *id = qmp_str(opts, "id");
+    const char *path = qmp_str(opts, "path");
     bool server = false, wait = true;
     struct sockaddr_un sun;
     struct chardev *chr;
@@ -681,8 +585,8 @@ monitor_chardev_add(json_t *opts, struct err **errp)
         err_setf(errp, "chardev: socket: no port given");
         return false;
     }
-    if (opt_bool(opts, "server", &server, errp) < 0 ||
-        opt_bool(opts, "wait", &wait, errp) < 0) {
+    if (qmp_opt_bool(opts, "server", &server, errp) < 0 ||
+        qmp_opt_bool(opts, "wait", &wait, errp) < 0) {
         return false;
     }
     if (!server) {
@@ -697,6 +601,14 @@ monitor_chardev_add(json_t *opts, struct err **errp)
         fd = listen_inet(host, port, errp);
         if (fd < 0) {
             return false;
+        }
+        if (!socket_is_loopback(fd)) {
+            /* QMP has no authentication (nor has QEMU's). */
+            fprintf(stderr, "%s: warning: chardev '%s': the monitor "
+                    "listens on %s:%s, not a loopback address: anyone who "
+                    "can reach it controls the daemon; put it on a unix "
+                    "socket (docs/security.md)\n",
+                    program_invocation_short_name, id, host, port);
         }
         goto done;
     }
@@ -737,8 +649,8 @@ done:
 bool
 monitor_add(json_t *opts, struct err **errp)
 {
-    const char *id = opt_str(opts, "chardev");
-    const char *mode = opt_str(opts, "mode");
+    const char *id = qmp_str(opts, "chardev");
+    const char *mode = qmp_str(opts, "mode");
     const char *key;
     json_t *v;
     struct chardev *chr;
@@ -760,7 +672,7 @@ monitor_add(json_t *opts, struct err **errp)
         err_setf(errp, "Only QMP is supported");
         return false;
     }
-    if (opt_bool(opts, "pretty", &pretty, errp) < 0) {
+    if (qmp_opt_bool(opts, "pretty", &pretty, errp) < 0) {
         return false;
     }
     chr = chardev_find(id);
@@ -789,7 +701,8 @@ monitor_close_all(void)
     struct monitor *mon;
     struct client *cl;
 
-    qmp_event_set_sink(NULL);
+    event_set_sink(NULL);
+    deliver_events();
     /* Best effort: give what is queued (the answer to quit) a moment. */
     LIST_FOREACH(mon, &g_monitors, link) {
         LIST_FOREACH(cl, &mon->clients, link) {

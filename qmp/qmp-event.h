@@ -1,19 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Where qmp_event_send() delivers: the monitor installs a sink that gets
- * each complete event message (reference stolen).  The sink is called on
- * the sending thread and must be thread-safe.
+ * Events as QMP messages: the monitor's event sink (monitor.c) turns each
+ * runtime event (runtime/event.h) into QEMU's message with these.
  */
 #ifndef LOCKSTEP_QMP_EVENT_H
 #define LOCKSTEP_QMP_EVENT_H
 
 #include <jansson.h>
 
-typedef void qmp_event_sink_fn(json_t *event);
+#include "runtime/event.h"
 
-void qmp_event_set_sink(qmp_event_sink_fn *fn);
-/* {"timestamp": {"seconds", "microseconds"}, "event", "data"?}; data
- * stolen. */
-json_t *qmp_event_build(const char *name, json_t *data);
+/* The event's "data": its members in order, as a new JSON object. */
+json_t *qmp_event_data(const struct event *ev);
+/* The whole message: {"timestamp": {"seconds", "microseconds"}, "event",
+ * "data"} ("data" left out for an event without members). */
+json_t *qmp_event_message(const struct event *ev);
 
 #endif

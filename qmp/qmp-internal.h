@@ -5,10 +5,11 @@
  *
  * The schema (qmp/schema.c) is the single description of every command:
  * its arguments with their types, its documentation and its handler.  The
- * dispatcher validates the arguments against it before the handler runs,
- * so handlers read validated members with json_object_get() and never
- * check types themselves; docs/qmp.md is generated from the same table
- * (lockstepd --print-qmp-doc).
+ * dispatcher validates the arguments against it before the handler runs;
+ * for a typed command it then decodes them into the command's C struct
+ * (qmp/qmp-args.h says how), so the handler reads C fields, never JSON.
+ * Untyped handlers still get the validated JSON object.  docs/qmp.md is
+ * generated from the same table (lockstepd --print-qmp-doc).
  *
  * Threads: everything here runs on the main thread.
  */
@@ -21,6 +22,8 @@
 #include <jansson.h>
 
 #include "lockstep/err.h"
+
+struct socket_address;
 
 /* The version query-version and the greeting report. */
 #define LOCKSTEP_VERSION_MAJOR 0
@@ -54,6 +57,21 @@ struct qmp_arg {
     const char *const *values;          /* ENUM: NULL-terminated */
     const struct qmp_arg *members;      /* OBJECT, STR_OR_OBJ: {NULL}-ended */
     const struct qmp_arg *elem;         /* ARRAY: element type (name NULL) */
+
+    /*
+     * Typed decoding (qmp/qmp-args.h): written by the QMP_ARG_* macros,
+     * zero in untyped lists.
+     */
+    bool typed;
+    bool has_flag;          /* an optional scalar or object: has_ flag */
+    size_t offset;          /* of the C field in the enclosing struct */
+    size_t has_offset;      /* of its bool has_ flag */
+    size_t aux_offset;      /* ARRAY: of the size_t count in the enclosing
+                             * struct; STR_OR_OBJ: of the string form's
+                             * field inside the value's struct */
+    size_t size;            /* OBJECT, STR_OR_OBJ: the value's struct;
+                             * array elements: one element; a list's END:
+                             * the whole arguments struct */
 };
 
 /*
@@ -81,9 +99,18 @@ typedef json_t *qmp_async_fn(json_t *args, struct qmp_async *done,
  * when ret is NULL, err (consumed). */
 void qmp_async_done(struct qmp_async *done, json_t *ret, struct err *err);
 
+/*
+ * A typed handler: gets the command's arguments decoded into its struct
+ * (see qmp/qmp-args.h and QMP_TYPED_HANDLER there).
+ */
+struct qmp_typed {
+    json_t *(*call)(const void *args, struct err **errp);
+    size_t size;                /* sizeof the arguments struct */
+};
+
 struct qmp_command {
     const char *name;
-    qmp_handler_fn *handler;
+    qmp_handler_fn *handler;    /* untyped, or NULL when typed is set */
     /* The arguments, {NULL}-ended; NULL for none. */
     const struct qmp_arg *args;
     /* blockdev-add: the whole arguments object is an ANY_OBJECT passed on
@@ -92,6 +119,7 @@ struct qmp_command {
     const char *doc;
     const char *returns;        /* doc of the return value */
     qmp_async_fn *async_handler;    /* monitors use it when set */
+    const struct qmp_typed *typed;  /* instead of handler */
 };
 
 /* The table of commands, {NULL}-terminated (schema.c). */
@@ -111,6 +139,25 @@ bool qmp_validate_members(const struct qmp_arg *members, json_t *obj,
 
 /* Write the reference documentation (Markdown) generated from the schema. */
 void qmp_schema_print_doc(FILE *f);
+
+/*
+ * Typed decoding (qmp/args.c), after validation: fill the struct at out
+ * (zeroed by the caller, the size of the list's END) from the validated
+ * object.  Strings and JSON values point into obj and live as long as it;
+ * arrays are allocated and go with qmp_args_free().
+ */
+void qmp_args_decode(const struct qmp_arg *args, json_t *obj, void *out);
+void qmp_args_free(const struct qmp_arg *args, void *out);
+/* The size of a typed list's struct (its END's size). */
+size_t qmp_args_size(const struct qmp_arg *args);
+
+/*
+ * Run one command as a client's request would, without the protocol: the
+ * arguments are validated (and decoded) against the schema, then the
+ * handler runs.  For the daemon's command-line options and for tests.
+ * Returns the "return" value or NULL with *errp set.  Main thread.
+ */
+json_t *qmp_execute(const char *name, json_t *args, struct err **errp);
 
 /* A client's protocol state: capabilities negotiated, and "oob" enabled. */
 struct qmp_session {
@@ -132,8 +179,34 @@ json_t *qmp_dispatch(json_t *req, struct qmp_session *session);
 typedef void qmp_reply_fn(void *opaque, json_t *resp);
 json_t *qmp_dispatch_async(json_t *req, struct qmp_session *session,
                            qmp_reply_fn *reply, void *opaque);
+/*
+ * Everything qmp_dispatch() checks before a handler runs: the request's
+ * shape, negotiation, the command's name (no NUL in it), and its
+ * arguments (no NUL in any string or member name; the schema).  Returns
+ * the command and *args (a new reference; {} when none was given), or
+ * NULL with *errp set.  Runs no handler: the QMP fuzz target uses it.
+ */
+const struct qmp_command *qmp_dispatch_check(json_t *req,
+                                             const struct qmp_session *session,
+                                             json_t **args,
+                                             struct err **errp);
 /* The error response for err (consumed), with id when not NULL. */
 json_t *qmp_error_response(struct err *err, json_t *id);
+
+/* ---- JSON helpers (json.c): the only ones in the tree ------------------ */
+
+/* The string member key of obj, or NULL (absent, or not a string). */
+const char *qmp_str(json_t *obj, const char *key);
+/* A boolean member, as JSON or keyval ("on", "off", "yes", "no", "true",
+ * "false"): 1 with *out set, 0 when absent, -1 with *errp set
+ * ("Parameter 'key' expects 'on' or 'off'"). */
+int qmp_opt_bool(json_t *obj, const char *key, bool *out, struct err **errp);
+/* Turn a keyval boolean, integer or size ("4k") member into its JSON
+ * type in place (absent is fine); false with *errp set when it is not
+ * one. */
+bool qmp_keyval_to_bool(json_t *obj, const char *key, struct err **errp);
+bool qmp_keyval_to_int(json_t *obj, const char *key, struct err **errp);
+bool qmp_keyval_to_size(json_t *obj, const char *key, struct err **errp);
 
 /* ---- Transactions (transaction.c) ------------------------------------- */
 
@@ -147,6 +220,9 @@ struct qmp_txn_action {
     const char *type;
     const struct qmp_arg *args;     /* of "data" (the command's args) */
     bool (*prepare)(json_t *data, void **state, struct err **errp);
+    /* Instead of prepare when args is typed: the decoded "data" (a
+     * pointer to args' struct), valid until clean has run. */
+    bool (*prepare_typed)(const void *args, void **state, struct err **errp);
     void (*commit)(void *state);
     void (*abort)(void *state);
     void (*clean)(void *state);
@@ -171,6 +247,7 @@ void qmp_request_quit(void);
 /* cmds-misc.c */
 json_t *qmp_qmp_capabilities(json_t *args, struct err **errp);
 json_t *qmp_query_version(json_t *args, struct err **errp);
+json_t *qmp_query_status(json_t *args, struct err **errp);
 json_t *qmp_query_commands(json_t *args, struct err **errp);
 json_t *qmp_quit(json_t *args, struct err **errp);
 /* cmds-block.c */
@@ -185,27 +262,53 @@ json_t *qmp_blockdev_reopen(json_t *args, struct err **errp);
 json_t *qmp_query_named_block_nodes(json_t *args, struct err **errp);
 json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
 /* cmds-export.c */
-json_t *qmp_nbd_server_start(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_nbd_server_start;
 json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);
-json_t *qmp_block_export_add(json_t *args, struct err **errp);
-/* block-export-add from an arguments object that need not have passed
- * the schema (fleecing-start and test harnesses build their own). */
-bool qmp_export_add(json_t *args, struct err **errp);
-json_t *qmp_block_export_del(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_block_export_add;
+extern const struct qmp_typed qmp_block_export_del;
 json_t *qmp_query_block_exports(json_t *args, struct err **errp);
-json_t *qmp_nbd_server_add(json_t *args, struct err **errp);
-json_t *qmp_nbd_server_remove(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_nbd_server_add;
+extern const struct qmp_typed qmp_nbd_server_remove;
+/*
+ * A flat SocketAddress object ({"type": "unix", "path"} or {"type":
+ * "inet", "host", "port"}; a legacy one with "data" is accepted too) into
+ * addr, with the messages nbd-server-start and --nbd-server give.
+ * Strings point into obj; an integer port is written to portbuf.
+ */
+bool qmp_socket_address_parse(json_t *obj, struct socket_address *addr,
+                              char portbuf[32], struct err **errp);
+/* --export (and nbd-serve -e): keyval (or JSON) options, with QSD's
+ * single "bitmap", as block-export-add. */
+bool qmp_export_add_keyval(json_t *opts, struct err **errp);
 /* objects.c */
 json_t *qmp_object_add(json_t *args, struct err **errp);
 json_t *qmp_object_del(json_t *args, struct err **errp);
 /* --object: keyval values are typed first. */
 bool qmp_object_add_keyval(json_t *opts, struct err **errp);
 bool qmp_iothread_exists(const char *id);
+json_t *qmp_qom_list(json_t *args, struct err **errp);
+json_t *qmp_qom_get(json_t *args, struct err **errp);
+/* The i-th object type's properties (without qom-type and id), for the
+ * docs; NULL past the last. */
+const struct qmp_arg *qmp_object_type_members(size_t i, const char **name);
 void qmp_objects_free_all(void);
 /* cmds-repl.c */
 json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);
 json_t *qmp_xen_set_replication_cmd(json_t *args, struct err **errp);
 json_t *qmp_query_xen_replication_status(json_t *args, struct err **errp);
+json_t *qmp_query_replication(json_t *args, struct err **errp);
+/* Stop every replication node; with failover a secondary starts its
+ * failover job (errors of a failover are the caller's to drop, as QEMU's
+ * xen-set-replication does). */
+bool replication_stop_all(bool failover, struct err **errp);
+/* The whole xen-set-replication command, as QEMU handles it: "failover"
+ * only when stopping ("Parameter 'failover' is only for stopping
+ * replication"); errors of a stop with failover=true are dropped (the
+ * node's status reports them). */
+bool qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
+                             bool failover, struct err **errp);
+/* query-xen-replication-status: {"error": bool, "desc"?: str}. */
+json_t *replication_status(void);
 json_t *qmp_xen_colo_do_checkpoint(json_t *args, struct err **errp);
 json_t *qmp_replication_start(json_t *args, struct err **errp);
 json_t *qmp_replication_stop(json_t *args, struct err **errp);
@@ -228,6 +331,36 @@ extern const struct qmp_txn_action qmp_txn_bitmap_clear;
 extern const struct qmp_txn_action qmp_txn_bitmap_enable;
 extern const struct qmp_txn_action qmp_txn_bitmap_disable;
 extern const struct qmp_txn_action qmp_txn_bitmap_merge;
+
+/* cmds-job.c */
+struct job;
+/* A job's JobInfo and BlockJobInfo objects (the elements of query-jobs
+ * and query-block-jobs). */
+json_t *qmp_job_info(struct job *job);
+json_t *qmp_block_job_info(struct job *job);
+json_t *qmp_query_jobs(json_t *args, struct err **errp);
+json_t *qmp_query_block_jobs(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_job_pause;
+extern const struct qmp_typed qmp_job_resume;
+extern const struct qmp_typed qmp_job_cancel;
+extern const struct qmp_typed qmp_job_complete;
+extern const struct qmp_typed qmp_job_finalize;
+extern const struct qmp_typed qmp_job_dismiss;
+extern const struct qmp_typed qmp_block_job_set_speed;
+extern const struct qmp_typed qmp_block_job_cancel;
+extern const struct qmp_typed qmp_block_job_complete;
+extern const struct qmp_typed qmp_block_job_pause;
+extern const struct qmp_typed qmp_block_job_resume;
+extern const struct qmp_typed qmp_block_job_dismiss;
+extern const struct qmp_typed qmp_block_job_finalize;
+extern const struct qmp_typed qmp_blockdev_backup;
+extern const struct qmp_typed qmp_block_commit;
+extern const struct qmp_typed qmp_x_replication_resync;
+/* blockdev-backup's arguments (schema.c), shared with its transaction
+ * action (a job created at prepare, started at commit, cancelled at
+ * abort). */
+extern const struct qmp_arg qmp_args_blockdev_backup[];
+extern const struct qmp_txn_action qmp_txn_blockdev_backup;
 
 /* cmds-fleecing.c */
 json_t *qmp_x_blockdev_insert_filter(json_t *args, struct err **errp);

@@ -16,8 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "job/commit.h"
-#include "job/qmp-job.h"
+#include "block/filter/copy-before-write.h"
+#include "job/backup.h"
+#include "job/job.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -62,144 +64,181 @@ static const struct qmp_arg args_query_named_block_nodes[] = {
     END,
 };
 
-static const char *const socket_type_values[] = {
-    "unix", "inet", "vsock", "fd", NULL,
+const char *const qmp_socket_type_names[] = {
+    [QMP_SOCKET_UNIX] = "unix",
+    [QMP_SOCKET_INET] = "inet",
+    [QMP_SOCKET_VSOCK] = "vsock",
+    [QMP_SOCKET_FD] = "fd",
+    NULL,
 };
+#define T struct qmp_socket_address_legacy
 static const struct qmp_arg socket_legacy_members[] = {
-    { "type", QMP_T_ENUM, false, "\"unix\" or \"inet\"", NULL,
-      socket_type_values, NULL, NULL },
-    { "data", QMP_T_ANY_OBJECT, false,
-      "unix: {\"path\"}; inet: {\"host\", \"port\"} (port a string)", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_ENUM(T, type, "type", enum qmp_socket_type, qmp_socket_type_names,
+             .doc = "\"unix\" or \"inet\""),
+    QMP_ANY_OBJECT(T, data, "data",
+                   .doc = "unix: {\"path\"}; inet: {\"host\", \"port\"} "
+                          "(port a string)"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct qmp_args_nbd_server_start
 static const struct qmp_arg args_nbd_server_start[] = {
-    { "addr", QMP_T_OBJECT, false,
-      "where to listen, as a legacy SocketAddress: "
-      "{\"type\": \"unix\", \"data\": {\"path\": P}} or "
-      "{\"type\": \"inet\", \"data\": {\"host\": H, \"port\": \"N\"}}",
-      "SocketAddressLegacy", NULL, socket_legacy_members, NULL },
-    { "tls-creds", QMP_T_STR, true,
-      "TLS credentials object (not supported: refused)", NULL, NULL, NULL,
-      NULL },
-    { "tls-authz", QMP_T_STR, true,
-      "TLS authorization object (not supported: refused)", NULL, NULL, NULL,
-      NULL },
-    { "max-connections", QMP_T_UINT, true,
-      "most clients at once (default 100, 0 = no limit); at the limit new "
-      "clients wait until one leaves", "uint32", NULL, NULL, NULL },
-    { "handshake-max-seconds", QMP_T_UINT, true,
-      "seconds a client has from connecting to the end of negotiation "
-      "before it is dropped (default 10, 0 = no limit; QEMU 9.1's "
-      "argument)", "uint32", NULL, NULL, NULL },
-    END,
+    QMP_OBJECT(T, addr, "addr", socket_legacy_members,
+               .doc = "where to listen, as a legacy SocketAddress: "
+                      "{\"type\": \"unix\", \"data\": {\"path\": P}} or "
+                      "{\"type\": \"inet\", \"data\": {\"host\": H, "
+                      "\"port\": \"N\"}}",
+               .type_name = "SocketAddressLegacy"),
+    QMP_STR_OPT(T, tls_creds, "tls-creds",
+                .doc = "id of a tls-creds-x509 or tls-creds-psk object with "
+                       "endpoint=server: every client must then do TLS "
+                       "before it learns anything (docs/security.md)"),
+    QMP_STR_OPT(T, tls_authz, "tls-authz",
+                .doc = "id of an authz-simple/list/listfile object that "
+                       "must allow the client's x509 distinguished name or "
+                       "PSK user name (needs tls-creds; looked up per "
+                       "client: while missing, everyone is refused)"),
+    QMP_UINT_OPT(T, max_connections, "max-connections",
+                 .doc = "most clients at once (default 100, 0 = no limit); "
+                        "at the limit new clients wait until one leaves",
+                 .type_name = "uint32"),
+    QMP_UINT_OPT(T, handshake_max_seconds, "handshake-max-seconds",
+                 .doc = "seconds a client has from connecting to the end of "
+                        "negotiation before it is dropped (default 10, 0 = "
+                        "no limit; QEMU 9.1's argument)",
+                 .type_name = "uint32"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_bitmap_or_str
 static const struct qmp_arg bitmap_ref_members[] = {
-    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
-    { "name", QMP_T_STR, false, "bitmap name", NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR(T, node, "node", .doc = "node-name"),
+    QMP_STR(T, name, "name", .doc = "bitmap name"),
+    QMP_END_OF(T),
 };
-static const struct qmp_arg bitmap_or_str_elem = {
-    NULL, QMP_T_STR_OR_OBJ, false, NULL, "BlockDirtyBitmapOrStr", NULL,
-    bitmap_ref_members, NULL,
-};
+#undef T
+static const struct qmp_arg bitmap_or_str_elem =
+    QMP_ELEM_STR_OR_OBJ(struct qmp_bitmap_or_str, local, bitmap_ref_members,
+                        .type_name = "BlockDirtyBitmapOrStr");
 
-static const char *const export_type_values[] = {
-    "nbd", "vhost-user-blk", "fuse", NULL,
+const char *const qmp_export_type_names[] = {
+    [QMP_EXPORT_TYPE_NBD] = "nbd",
+    [QMP_EXPORT_TYPE_VHOST_USER_BLK] = "vhost-user-blk",
+    [QMP_EXPORT_TYPE_FUSE] = "fuse",
+    NULL,
 };
 static const char *const fuse_allow_other_values[] = {
-    "off", "on", "auto", NULL,
+    [QMP_FUSE_ALLOW_OTHER_OFF] = "off",
+    [QMP_FUSE_ALLOW_OTHER_ON] = "on",
+    [QMP_FUSE_ALLOW_OTHER_AUTO] = "auto",
+    NULL,
 };
 /* block-export-add is a union on "type" (QEMU's BlockExportOptions):
  * every variant's members are listed, each documented with its type;
  * qmp/cmds-export.c refuses the members of the other types. */
+#define T struct qmp_args_block_export_add
 static const struct qmp_arg args_block_export_add[] = {
-    { "type", QMP_T_ENUM, false,
-      "export type: \"nbd\", \"vhost-user-blk\" or \"fuse\"",
-      "BlockExportType", export_type_values, NULL, NULL },
-    { "id", QMP_T_STR, false, "unique export id", NULL, NULL, NULL, NULL },
-    { "node-name", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
-      NULL },
-    { "writable", QMP_T_BOOL, true, "clients may write (default false)",
-      NULL, NULL, NULL, NULL },
-    { "writethrough", QMP_T_BOOL, true,
-      "flush after every write (default false)", NULL, NULL, NULL, NULL },
-    { "name", QMP_T_STR, true, "NBD export name (default: node-name)", NULL,
-      NULL, NULL, NULL },
-    { "description", QMP_T_STR, true, "free text shown to NBD clients", NULL,
-      NULL, NULL, NULL },
-    { "bitmaps", QMP_T_ARRAY, true,
-      "dirty bitmaps offered as qemu:dirty-bitmap:NAME meta contexts; each "
-      "a name (looked up from the node down) or {\"node\", \"name\"}",
-      "[BlockDirtyBitmapOrStr]", NULL, NULL, &bitmap_or_str_elem },
-    { "allocation-depth", QMP_T_BOOL, true,
-      "offer the qemu:allocation-depth meta context (default false)", NULL,
-      NULL, NULL, NULL },
-    { "iothread", QMP_T_STR, true,
-      "an iothread object that must exist (no effect: the NBD server runs "
-      "its own threads)", NULL, NULL, NULL, NULL },
-    { "fixed-iothread", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
-      NULL, NULL },
-    { "addr", QMP_T_ANY_OBJECT, true,
-      "vhost-user-blk: where to listen for the VMM (required), a flat "
-      "SocketAddress: {\"type\": \"unix\", \"path\": P} or "
-      "{\"type\": \"fd\", \"str\": \"N\"} (an inherited listening "
-      "socket)", "SocketAddress", NULL, NULL, NULL },
-    { "logical-block-size", QMP_T_UINT, true,
-      "vhost-user-blk: the block size the guest sees, a power of 2 from "
-      "512 to 32768 (default 512)", "size", NULL, NULL, NULL },
-    { "num-queues", QMP_T_UINT, true,
-      "vhost-user-blk: virtqueues offered, 1 to 16 (default 1)", "uint16",
-      NULL, NULL, NULL },
-    { "mountpoint", QMP_T_STR, true,
-      "fuse: an existing regular file the node appears at (required)",
-      NULL, NULL, NULL, NULL },
-    { "growable", QMP_T_BOOL, true,
-      "fuse: writes past the end grow the node (default false)", NULL,
-      NULL, NULL, NULL },
-    { "allow-other", QMP_T_ENUM, true,
-      "fuse: let users other than the daemon's reach the file (FUSE's "
-      "allow_other; a daemon not running as root needs user_allow_other "
-      "in /etc/fuse.conf); "
-      "\"auto\" (default) tries on, then off", "FuseExportAllowOther",
-      fuse_allow_other_values, NULL, NULL },
-    END,
+    QMP_ENUM(T, type, "type", enum qmp_export_type, qmp_export_type_names,
+             .doc = "export type: \"nbd\", \"vhost-user-blk\" or "
+                    "\"fuse\"",
+             .type_name = "BlockExportType"),
+    QMP_STR(T, id, "id", .doc = "unique export id"),
+    QMP_STR(T, node_name, "node-name", .doc = "the node to export"),
+    QMP_BOOL_OPT(T, writable, "writable",
+                 .doc = "clients may write (default false)"),
+    QMP_BOOL_OPT(T, writethrough, "writethrough",
+                 .doc = "flush after every write (default false)"),
+    QMP_STR_OPT(T, name, "name",
+                .doc = "NBD export name (default: node-name)"),
+    QMP_STR_OPT(T, description, "description",
+                .doc = "free text shown to NBD clients"),
+    QMP_ARRAY_OPT(T, bitmaps, "bitmaps", &bitmap_or_str_elem,
+                  .doc = "dirty bitmaps offered as qemu:dirty-bitmap:NAME "
+                         "meta contexts; each a name (looked up from the "
+                         "node down) or {\"node\", \"name\"}",
+                  .type_name = "[BlockDirtyBitmapOrStr]"),
+    QMP_BOOL_OPT(T, allocation_depth, "allocation-depth",
+                 .doc = "offer the qemu:allocation-depth meta context "
+                        "(default false)"),
+    QMP_STR_OPT(T, iothread, "iothread",
+                .doc = "an iothread object that must exist (no effect: the "
+                       "NBD server runs its own threads)"),
+    QMP_BOOL_OPT(T, fixed_iothread, "fixed-iothread",
+                 .doc = "accepted, no effect"),
+    QMP_ANY_OBJECT_OPT(T, addr, "addr",
+                       .doc = "vhost-user-blk: where to listen for the VMM "
+                              "(required), a flat SocketAddress: "
+                              "{\"type\": \"unix\", \"path\": P} or "
+                              "{\"type\": \"fd\", \"str\": \"N\"} (an "
+                              "inherited listening socket)",
+                       .type_name = "SocketAddress"),
+    QMP_UINT_OPT(T, logical_block_size, "logical-block-size",
+                 .doc = "vhost-user-blk: the block size the guest sees, a "
+                        "power of 2 from 512 to 32768 (default 512)",
+                 .type_name = "size"),
+    QMP_UINT_OPT(T, num_queues, "num-queues",
+                 .doc = "vhost-user-blk: virtqueues offered, 1 to 16 "
+                        "(default 1)",
+                 .type_name = "uint16"),
+    QMP_STR_OPT(T, mountpoint, "mountpoint",
+                .doc = "fuse: an existing regular file the node appears at "
+                       "(required)"),
+    QMP_BOOL_OPT(T, growable, "growable",
+                 .doc = "fuse: writes past the end grow the node (default "
+                        "false)"),
+    QMP_ENUM_OPT(T, allow_other, "allow-other", enum qmp_fuse_allow_other,
+                 fuse_allow_other_values,
+                 .doc = "fuse: let users other than the daemon's reach the "
+                        "file (FUSE's allow_other; a daemon not running as "
+                        "root needs user_allow_other in /etc/fuse.conf); "
+                        "\"auto\" (default) tries on, then off",
+                 .type_name = "FuseExportAllowOther"),
+    QMP_END_OF(T),
 };
+#undef T
 
 static const char *const export_del_mode_values[] = { "safe", "hard", NULL };
 
+#define T struct qmp_args_nbd_server_add
 static const struct qmp_arg args_nbd_server_add[] = {
-    { "device", QMP_T_STR, false, "the node to export", NULL, NULL, NULL,
-      NULL },
-    { "name", QMP_T_STR, true,
-      "export name, also the export's id (default: device)", NULL, NULL,
-      NULL, NULL },
-    { "description", QMP_T_STR, true, "free text shown to NBD clients", NULL,
-      NULL, NULL, NULL },
-    { "writable", QMP_T_BOOL, true, "clients may write (default false)",
-      NULL, NULL, NULL, NULL },
-    { "bitmap", QMP_T_STR, true,
-      "a dirty bitmap to offer as qemu:dirty-bitmap:NAME", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, device, "device", .doc = "the node to export"),
+    QMP_STR_OPT(T, name, "name",
+                .doc = "export name, also the export's id (default: "
+                       "device)"),
+    QMP_STR_OPT(T, description, "description",
+                .doc = "free text shown to NBD clients"),
+    QMP_BOOL_OPT(T, writable, "writable",
+                 .doc = "clients may write (default false)"),
+    QMP_STR_OPT(T, bitmap, "bitmap",
+                .doc = "a dirty bitmap to offer as qemu:dirty-bitmap:NAME"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_nbd_server_remove
 static const struct qmp_arg args_nbd_server_remove[] = {
-    { "name", QMP_T_STR, false, "export name", NULL, NULL, NULL, NULL },
-    { "mode", QMP_T_ENUM, true, "\"safe\" (default) or \"hard\"",
-      "BlockExportRemoveMode", export_del_mode_values, NULL, NULL },
-    END,
+    QMP_STR(T, name, "name", .doc = "export name"),
+    QMP_ENUM_OPT(T, mode, "mode", enum block_export_remove_mode,
+                 export_del_mode_values,
+                 .doc = "\"safe\" (default) or \"hard\"",
+                 .type_name = "BlockExportRemoveMode"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct qmp_args_block_export_del
 static const struct qmp_arg args_block_export_del[] = {
-    { "id", QMP_T_STR, false, "export id", NULL, NULL, NULL, NULL },
-    { "mode", QMP_T_ENUM, true,
-      "\"safe\" (default: fail while NBD clients are connected) or "
-      "\"hard\" (disconnect them); a FUSE export is unmounted in either "
-      "mode, files still open on it get ENOTCONN", "BlockExportRemoveMode", export_del_mode_values,
-      NULL, NULL },
-    END,
+    QMP_STR(T, id, "id", .doc = "export id"),
+    QMP_ENUM_OPT(T, mode, "mode", enum block_export_remove_mode,
+                 export_del_mode_values,
+                 .doc = "\"safe\" (default: fail while NBD clients are "
+                        "connected) or \"hard\" (disconnect them); a FUSE "
+                        "export is unmounted in either mode, files still "
+                        "open on it get ENOTCONN",
+                 .type_name = "BlockExportRemoveMode"),
+    QMP_END_OF(T),
 };
+#undef T
 
 const struct qmp_arg qmp_args_bitmap[] = {
     { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
@@ -317,114 +356,127 @@ static const struct qmp_arg args_fleecing_stop[] = {
     END,
 };
 
-/* ---- Jobs (job/qmp-job.c) ------------------------------------------------ */
+/* ---- Jobs (cmds-job.c) -------------------------------------------------- */
 
+#define T struct qmp_args_job_id
 static const struct qmp_arg args_job_id[] = {
-    { "id", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, id, "id", .doc = "the job's identifier"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_block_job_device
 static const struct qmp_arg args_block_job_device[] = {
-    { "device", QMP_T_STR, false, "the job's identifier (QEMU's name)", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_STR(T, device, "device",
+            .doc = "the job's identifier (QEMU's name)"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_block_job_set_speed
 static const struct qmp_arg args_block_job_set_speed[] = {
-    { "device", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
-      NULL },
-    { "speed", QMP_T_INT, false,
-      "bytes per second for the background copy, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_STR(T, device, "device", .doc = "the job's identifier"),
+    QMP_INT(T, speed, "speed",
+            .doc = "bytes per second for the background copy, 0 = "
+                   "unlimited"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_block_job_cancel
 static const struct qmp_arg args_block_job_cancel[] = {
-    { "device", QMP_T_STR, false, "the job's identifier", NULL, NULL, NULL,
-      NULL },
-    { "force", QMP_T_BOOL, true,
-      "also cancel a job that job-pause paused; default false", NULL, NULL,
-      NULL, NULL },
-    END,
+    QMP_STR(T, device, "device", .doc = "the job's identifier"),
+    QMP_BOOL_OPT(T, force, "force",
+                 .doc = "also cancel a job that job-pause paused; default "
+                        "false"),
+    QMP_END_OF(T),
 };
+#undef T
 
-static const char *const backup_sync_values[] = {
-    "full", "top", "none", "bitmap", "incremental", NULL,
-};
-static const char *const bitmap_sync_values[] = {
-    "on-success", "never", "always", NULL,
-};
-static const char *const on_error_values[] = {
-    "report", "ignore", "enospc", "stop", "auto", NULL,
-};
-static const char *const on_cbw_error_values[] = {
-    "break-guest-write", "break-snapshot", NULL,
-};
+#define T struct backup_perf
 static const struct qmp_arg backup_perf_members[] = {
-    { "use-copy-range", QMP_T_BOOL, true, "accepted, no effect", NULL, NULL,
-      NULL, NULL },
-    { "max-workers", QMP_T_INT, true,
-      "parallel background copies (default 64; threads are capped at 8)",
-      NULL, NULL, NULL, NULL },
-    { "max-chunk", QMP_T_INT, true,
-      "largest background copy request, 0 = no limit", NULL, NULL, NULL,
-      NULL },
-    { "min-cluster-size", QMP_T_INT, true,
-      "lower bound of the copy granularity (at most 64 KiB here)", "size",
-      NULL, NULL, NULL },
-    END,
+    QMP_BOOL_OPT(T, use_copy_range, "use-copy-range",
+                 .doc = "accepted, no effect"),
+    QMP_INT_OPT(T, max_workers, "max-workers",
+                .doc = "parallel background copies (default 64; threads "
+                       "are capped at 8)"),
+    QMP_INT_OPT(T, max_chunk, "max-chunk",
+                .doc = "largest background copy request, 0 = no limit"),
+    QMP_INT_OPT(T, min_cluster_size, "min-cluster-size",
+                .doc = "lower bound of the copy granularity (at most 64 KiB "
+                       "here)", .type_name = "size"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct backup_options
 const struct qmp_arg qmp_args_blockdev_backup[] = {
-    { "job-id", QMP_T_STR, true,
-      "the job's identifier (required: nodes have no device name)", NULL,
-      NULL, NULL, NULL },
-    { "device", QMP_T_STR, false,
-      "node to back up (a snapshot-access node for push backup with "
-      "fleecing)", NULL, NULL, NULL, NULL },
-    { "target", QMP_T_STR, false, "node to write to, of the same size",
-      NULL, NULL, NULL, NULL },
-    { "sync", QMP_T_ENUM, false,
-      "what to copy: full, top (what device's own layer allocates), none "
-      "(only copy-before-write), bitmap, incremental (bitmap + on-success)",
-      "MirrorSyncMode", backup_sync_values, NULL, NULL },
-    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    { "bitmap", QMP_T_STR, true,
-      "dirty bitmap on device: what to copy (sync=bitmap), or an output "
-      "(full, top)", NULL, NULL, NULL, NULL },
-    { "bitmap-mode", QMP_T_ENUM, true,
-      "what becomes of the bitmap: on-success, never, always",
-      "BitmapSyncMode", bitmap_sync_values, NULL, NULL },
-    { "compress", QMP_T_BOOL, true, "not supported (true is refused)", NULL,
-      NULL, NULL, NULL },
-    { "on-source-error", QMP_T_ENUM, true,
-      "after a read error: report (default), ignore, stop, enospc, auto",
-      "BlockdevOnError", on_error_values, NULL, NULL },
-    { "on-target-error", QMP_T_ENUM, true,
-      "after a write error: report (default), ignore, stop, enospc, auto",
-      "BlockdevOnError", on_error_values, NULL, NULL },
-    { "on-cbw-error", QMP_T_ENUM, true,
-      "the job's copy-before-write filter's policy",
-      "OnCbwError", on_cbw_error_values, NULL, NULL },
-    { "auto-finalize", QMP_T_BOOL, true,
-      "finalize without job-finalize; default true", NULL, NULL, NULL,
-      NULL },
-    { "auto-dismiss", QMP_T_BOOL, true,
-      "dismiss without job-dismiss; default true", NULL, NULL, NULL, NULL },
-    { "filter-node-name", QMP_T_STR, true,
-      "node-name of the copy-before-write filter put above device", NULL,
-      NULL, NULL, NULL },
-    { "x-perf", QMP_T_OBJECT, true, "performance knobs (unstable)",
-      "BackupPerf", NULL, backup_perf_members, NULL },
-    { "discard-source", QMP_T_BOOL, true,
-      "discard each copied chunk on device (push backup with fleecing)",
-      NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR_OPT(T, job_id, "job-id",
+                .doc = "the job's identifier (required: nodes have no "
+                       "device name)"),
+    QMP_STR(T, device, "device",
+            .doc = "node to back up (a snapshot-access node for push backup "
+                   "with fleecing)"),
+    QMP_STR(T, target, "target", .doc = "node to write to, of the same size"),
+    QMP_ENUM(T, sync, "sync", enum backup_sync, backup_sync_names,
+             .doc = "what to copy: full, top (what device's own layer "
+                    "allocates), none (only copy-before-write), bitmap, "
+                    "incremental (bitmap + on-success)",
+             .type_name = "MirrorSyncMode"),
+    QMP_INT_OPT(T, speed, "speed", .doc = "bytes per second, 0 = unlimited"),
+    QMP_STR_OPT(T, bitmap, "bitmap",
+                .doc = "dirty bitmap on device: what to copy (sync=bitmap), "
+                       "or an output (full, top)"),
+    QMP_ENUM_OPT(T, bitmap_mode, "bitmap-mode", enum backup_bitmap_mode,
+                 backup_bitmap_mode_names,
+                 .doc = "what becomes of the bitmap: on-success, never, "
+                        "always", .type_name = "BitmapSyncMode"),
+    QMP_BOOL_OPT(T, compress, "compress",
+                 .doc = "not supported (true is refused)"),
+    QMP_ENUM_OPT(T, on_source_error, "on-source-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "after a read error: report (default), ignore, stop, "
+                        "enospc, auto", .type_name = "BlockdevOnError"),
+    QMP_ENUM_OPT(T, on_target_error, "on-target-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "after a write error: report (default), ignore, "
+                        "stop, enospc, auto", .type_name = "BlockdevOnError"),
+    QMP_ENUM_OPT(T, on_cbw_error, "on-cbw-error", enum cbw_on_error,
+                 cbw_on_error_names,
+                 .doc = "the job's copy-before-write filter's policy",
+                 .type_name = "OnCbwError"),
+    QMP_BOOL_OPT(T, auto_finalize, "auto-finalize",
+                 .doc = "finalize without job-finalize; default true"),
+    QMP_BOOL_OPT(T, auto_dismiss, "auto-dismiss",
+                 .doc = "dismiss without job-dismiss; default true"),
+    QMP_STR_OPT(T, filter_node_name, "filter-node-name",
+                .doc = "node-name of the copy-before-write filter put above "
+                       "device"),
+    QMP_OBJECT_OPT(T, x_perf, "x-perf", backup_perf_members,
+                   .doc = "performance knobs (unstable)",
+                   .type_name = "BackupPerf"),
+    QMP_BOOL_OPT(T, discard_source, "discard-source",
+                 .doc = "discard each copied chunk on device (push backup "
+                        "with fleecing)"),
+    QMP_END_OF(T),
 };
+#undef T
 
 static const struct qmp_arg args_object_del[] = {
     { "id", QMP_T_STR, false, "the object's id", NULL, NULL, NULL, NULL },
+    END,
+};
+
+static const struct qmp_arg args_qom_list[] = {
+    { "path", QMP_T_STR, false, "\"/objects/ID\"", NULL, NULL, NULL,
+      NULL },
+    END,
+};
+
+static const struct qmp_arg args_qom_get[] = {
+    { "path", QMP_T_STR, false, "\"/objects/ID\"", NULL, NULL, NULL,
+      NULL },
+    { "property", QMP_T_STR, false, "a property qom-list shows", NULL,
+      NULL, NULL, NULL },
     END,
 };
 
@@ -464,68 +516,68 @@ static const struct qmp_arg args_replication_stop[] = {
     END,
 };
 
+#define T struct qmp_args_block_commit
 static const struct qmp_arg args_block_commit[] = {
-    { "job-id", QMP_T_STR, true,
-      "the job's id; needed, as in qemu-storage-daemon, whose nodes have "
-      "no device name to default to (\"Invalid job ID ''\")", NULL, NULL,
-      NULL, NULL },
-    { "device", QMP_T_STR, false,
-      "the node whose chain is committed (its first non-filter node is "
-      "the active layer)", NULL, NULL, NULL, NULL },
-    { "base-node", QMP_T_STR, true,
-      "node-name of the layer committed into (default: the bottom of the "
-      "chain)", NULL, NULL, NULL, NULL },
-    { "base", QMP_T_STR, true,
-      "the same as base-node, by node-name or file name (exclusive with "
-      "base-node)", NULL, NULL, NULL, NULL },
-    { "top-node", QMP_T_STR, true,
-      "node-name of the top layer committed (default: the active layer, "
-      "which makes it an active commit)", NULL, NULL, NULL, NULL },
-    { "top", QMP_T_STR, true,
-      "the same as top-node, by node-name or file name (exclusive with "
-      "top-node)", NULL, NULL, NULL, NULL },
-    { "backing-file", QMP_T_STR, true,
-      "accepted and ignored: image headers keep their backing file name",
-      NULL, NULL, NULL, NULL },
-    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    { "on-error", QMP_T_ENUM, true,
-      "action on an I/O error (default report)", "BlockdevOnError",
-      on_error_values, NULL, NULL },
-    { "filter-node-name", QMP_T_STR, true,
-      "accepted; no filter node is inserted (a dirty bitmap on top "
-      "tracks the guest's writes)", NULL, NULL, NULL, NULL },
-    { "auto-finalize", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    { "auto-dismiss", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR_OPT(T, job_id, "job-id",
+                .doc = "the job's id; needed, as in qemu-storage-daemon, "
+                       "whose nodes have no device name to default to "
+                       "(\"Invalid job ID ''\")"),
+    QMP_STR(T, device, "device",
+            .doc = "the node whose chain is committed (its first non-filter "
+                   "node is the active layer)"),
+    QMP_STR_OPT(T, base_node, "base-node",
+                .doc = "node-name of the layer committed into (default: the "
+                       "bottom of the chain)"),
+    QMP_STR_OPT(T, base, "base",
+                .doc = "the same as base-node, by node-name or file name "
+                       "(exclusive with base-node)"),
+    QMP_STR_OPT(T, top_node, "top-node",
+                .doc = "node-name of the top layer committed (default: the "
+                       "active layer, which makes it an active commit)"),
+    QMP_STR_OPT(T, top, "top",
+                .doc = "the same as top-node, by node-name or file name "
+                       "(exclusive with top-node)"),
+    QMP_STR_OPT(T, backing_file, "backing-file",
+                .doc = "accepted and ignored: image headers keep their "
+                       "backing file name"),
+    QMP_INT_OPT(T, speed, "speed", .doc = "bytes per second, 0 = unlimited"),
+    QMP_ENUM_OPT(T, on_error, "on-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "action on an I/O error (default report)",
+                 .type_name = "BlockdevOnError"),
+    QMP_STR_OPT(T, filter_node_name, "filter-node-name",
+                .doc = "accepted; no filter node is inserted (a dirty bitmap "
+                       "on top tracks the guest's writes)"),
+    QMP_BOOL_OPT(T, auto_finalize, "auto-finalize", .doc = "default true"),
+    QMP_BOOL_OPT(T, auto_dismiss, "auto-dismiss", .doc = "default true"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_x_replication_resync
 static const struct qmp_arg args_x_replication_resync[] = {
-    { "job-id", QMP_T_STR, true, "the job's id (default \"resync\")", NULL,
-      NULL, NULL, NULL },
-    { "device", QMP_T_STR, false,
-      "the primary's node that holds the bitmap (the quorum node, where "
-      "the replication driver keeps \"replication-resync\")", NULL, NULL,
-      NULL, NULL },
-    { "target", QMP_T_STR, false,
-      "node-name of the node that reaches the returning secondary (the "
-      "new replication node's NBD client)", NULL, NULL, NULL, NULL },
-    { "bitmap", QMP_T_STR, true,
-      "the dirty bitmap on device (default \"replication-resync\")", NULL,
-      NULL, NULL, NULL },
-    { "speed", QMP_T_INT, true, "bytes per second, 0 = unlimited", NULL,
-      NULL, NULL, NULL },
-    { "on-error", QMP_T_ENUM, true,
-      "action on an I/O error (default report)", "BlockdevOnError",
-      on_error_values, NULL, NULL },
-    { "auto-finalize", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    { "auto-dismiss", QMP_T_BOOL, true, "default true", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR_OPT(T, job_id, "job-id",
+                .doc = "the job's id (default \"resync\")"),
+    QMP_STR(T, device, "device",
+            .doc = "the primary's node that holds the bitmap (the quorum "
+                   "node, where the replication driver keeps "
+                   "\"replication-resync\")"),
+    QMP_STR(T, target, "target",
+            .doc = "node-name of the node that reaches the returning "
+                   "secondary (the new replication node's NBD client)"),
+    QMP_STR_OPT(T, bitmap, "bitmap",
+                .doc = "the dirty bitmap on device (default "
+                       "\"replication-resync\")"),
+    QMP_INT_OPT(T, speed, "speed", .doc = "bytes per second, 0 = unlimited"),
+    QMP_ENUM_OPT(T, on_error, "on-error", enum job_on_error,
+                 job_on_error_names,
+                 .doc = "action on an I/O error (default report)",
+                 .type_name = "BlockdevOnError"),
+    QMP_BOOL_OPT(T, auto_finalize, "auto-finalize", .doc = "default true"),
+    QMP_BOOL_OPT(T, auto_dismiss, "auto-dismiss", .doc = "default true"),
+    QMP_END_OF(T),
 };
+#undef T
 
 static const struct qmp_arg args_block_resize[] = {
     { "device", QMP_T_STR, true, "a device name (there are none here)",
@@ -547,6 +599,11 @@ const struct qmp_command qmp_commands[] = {
     { "query-version", qmp_query_version, NULL, false,
       "The daemon's version, in QEMU's VersionInfo shape.",
       "{\"qemu\": {\"major\", \"minor\", \"micro\"}, \"package\"}" },
+    { "query-status", qmp_query_status, NULL, false,
+      "QEMU's StatusInfo; a storage daemon runs no guest, so always "
+      "running (monitors poll it to see that the daemon answers).",
+      "{\"running\": true, \"singlestep\": false, \"status\": "
+      "\"running\"}" },
     { "query-commands", qmp_query_commands, NULL, false,
       "The commands this daemon knows.", "[{\"name\"}]" },
     { "quit", qmp_quit, NULL, false,
@@ -568,11 +625,25 @@ const struct qmp_command qmp_commands[] = {
       "node (insert or remove a filter under a node) or toggle read-only.",
       "{}" },
     { "object-add", qmp_object_add, NULL, true,
-      "Create an object: only qom-type \"iothread\" (id, and the polling "
-      "properties, which have no effect), for exports that name one.",
+      "Create an object: an iothread (for exports that name one; its "
+      "polling properties have no effect), TLS credentials "
+      "(tls-creds-x509, tls-creds-psk: loaded and checked now, QEMU's file "
+      "names in dir) or an authorization list (authz-simple, authz-list, "
+      "authz-listfile).  docs/security.md shows them in use.",
       "{}" },
     { "object-del", qmp_object_del, args_object_del, false,
-      "Delete an object.", "{}" },
+      "Delete an object.  As in QEMU this is allowed while the object is "
+      "in use: a running NBD server keeps the credentials it started "
+      "with, and a deleted authz object refuses every new client.",
+      "{}" },
+    { "qom-list", qmp_qom_list, args_qom_list, false,
+      "The properties of an object made with object-add or --object.",
+      "[{\"name\", \"type\"}]" },
+    { "qom-get", qmp_qom_get, args_qom_get, false,
+      "One property of an object made with object-add or --object: as "
+      "given, QEMU's default otherwise; credentials also have \"loaded\" "
+      "(always true: objects that do not load are not made).",
+      "the value" },
     { "block_resize", qmp_block_resize, args_block_resize, false,
       "Change a node's length.", "{}" },
     { "query-block", qmp_query_block, NULL, false,
@@ -604,23 +675,28 @@ const struct qmp_command qmp_commands[] = {
       "xen-colo-do-checkpoint: take a checkpoint on every replication "
       "node (the secondary's active and hidden disks are emptied).",
       "{}" },
-    { "query-replication", qmp_query_xen_replication_status, NULL, false,
-      "query-xen-replication-status.",
-      "{\"error\": bool, \"desc\"?: string}" },
-    { "x-replication-resync", qmp_x_replication_resync,
+    { "query-replication", qmp_query_replication, NULL, false,
+      "query-xen-replication-status, and while a failover runs (a job of "
+      "type \"commit\" with id \"failover-NODE\"), its progress.",
+      "{\"error\": bool, \"desc\"?: string, \"failover\"?: "
+      "[{\"node-name\", \"job-id\", \"status\", \"current-progress\", "
+      "\"total-progress\"}]}" },
+    { "x-replication-resync", NULL,
       args_x_replication_resync, false,
       "Beyond QEMU: after the secondary was lost and a secondary with its "
       "old disk is attached again (a new replication node, started, in "
       "the quorum), copy only the ranges the primary wrote meanwhile (the "
       "bitmap \"replication-resync\" on the quorum) to it.  A job (type "
       "\"replication-resync\"); at its end the bitmap is cleared and "
-      "disabled.  See docs/replication.md.", "{}" },
-    { "block-commit", qmp_block_commit, args_block_commit, false,
+      "disabled.  See docs/replication.md.", "{}", NULL,
+      &qmp_x_replication_resync },
+    { "block-commit", NULL, args_block_commit, false,
       "Start a commit job: copy top (and the layers down to base) into "
       "base.  Intermediate commit completes by itself and points top's "
       "overlay at base; active commit (top = the active layer) mirrors the "
       "guest's writes, sends BLOCK_JOB_READY when converged and on "
-      "job-complete replaces top by base for all its parents.", "{}" },
+      "job-complete replaces top by base for all its parents.", "{}", NULL,
+      &qmp_block_commit },
     { "query-named-block-nodes", qmp_query_named_block_nodes,
       args_query_named_block_nodes, false,
       "Every node, newest first, in QEMU's BlockDeviceInfo shape (I/O "
@@ -633,26 +709,31 @@ const struct qmp_command qmp_commands[] = {
       "permissions.",
       "{\"nodes\": [{\"id\", \"type\", \"name\"}], \"edges\": [{\"parent\", "
       "\"child\", \"name\", \"perm\", \"shared-perm\"}]}" },
-    { "nbd-server-start", qmp_nbd_server_start, args_nbd_server_start,
-      false, "Start the NBD server.", "{}" },
+    { "nbd-server-start", NULL, args_nbd_server_start,
+      false, "Start the NBD server.", "{}", NULL,
+      &qmp_nbd_server_start },
     { "nbd-server-stop", qmp_nbd_server_stop, NULL, false,
       "Stop the NBD server (disconnects clients; exports stay).", "{}" },
-    { "nbd-server-add", qmp_nbd_server_add, args_nbd_server_add, false,
+    { "nbd-server-add", NULL, args_nbd_server_add, false,
       "Deprecated in QEMU: block-export-add with type nbd and id = name.",
-      "{}" },
-    { "nbd-server-remove", qmp_nbd_server_remove, args_nbd_server_remove,
+      "{}", NULL,
+      &qmp_nbd_server_add },
+    { "nbd-server-remove", NULL, args_nbd_server_remove,
       false, "Deprecated in QEMU: block-export-del of the export name.",
-      "{}" },
-    { "block-export-add", qmp_block_export_add, args_block_export_add, false,
+      "{}", NULL,
+      &qmp_nbd_server_remove },
+    { "block-export-add", NULL, args_block_export_add, false,
       "Export a node: over the running NBD server (type \"nbd\": name, "
       "description, bitmaps, allocation-depth), to a VMM as a virtio-blk "
       "device over vhost-user (type \"vhost-user-blk\": addr, "
       "logical-block-size, num-queues), or as a regular file "
       "through FUSE (type \"fuse\": mountpoint, growable, allow-other; "
-      "see docs/exports.md).", "{}" },
-    { "block-export-del", qmp_block_export_del, args_block_export_del, false,
+      "see docs/exports.md).", "{}", NULL,
+      &qmp_block_export_add },
+    { "block-export-del", NULL, args_block_export_del, false,
       "Remove an export; BLOCK_EXPORT_DELETED {id} follows when it is gone.",
-      "{}" },
+      "{}", NULL,
+      &qmp_block_export_del },
     { "query-block-exports", qmp_query_block_exports, NULL, false,
       "The exports.",
       "[{\"type\", \"id\", \"node-name\", \"shutting-down\"}]" },
@@ -700,7 +781,9 @@ const struct qmp_command qmp_commands[] = {
       qmp_args_filter_node, false,
       "Take a filter out: its parents go back to its 'file' child, except "
       "snapshot-access nodes, which stay on a copy-before-write filter "
-      "until deleted.  Also a transaction action.", "{}" },
+      "until deleted (while one does, the filter refuses writers on its "
+      "source: delete it first when a guest writes).  Also a transaction "
+      "action.", "{}" },
     { "fleecing-start", qmp_fleecing_start, args_fleecing_start, false,
       "Start pull-mode fleecing in one call: open the temp node, add a "
       "copy-before-write filter (ID-cbw) over node, insert it atomically "
@@ -721,13 +804,14 @@ const struct qmp_command qmp_commands[] = {
       "The fleecings started by fleecing-start.",
       "[{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
       "\"export\", \"export-name\", \"temp-created\"}]" },
-    { "blockdev-backup", qmp_blockdev_backup, qmp_args_blockdev_backup, false,
+    { "blockdev-backup", NULL, qmp_args_blockdev_backup, false,
       "Start a backup job: a copy-before-write filter goes above device "
       "for the job's lifetime, and the job copies the rest to target in "
       "the background.  Events: JOB_STATUS_CHANGE, BLOCK_JOB_PENDING "
       "(auto-finalize off), BLOCK_JOB_ERROR, BLOCK_JOB_COMPLETED or "
       "BLOCK_JOB_CANCELLED.",
-      "{}" },
+      "{}", NULL,
+      &qmp_blockdev_backup },
     { "query-jobs", qmp_query_jobs, NULL, false,
       "Every job, in QEMU's JobInfo shape.",
       "[{\"id\", \"type\", \"status\", \"current-progress\", "
@@ -737,34 +821,47 @@ const struct qmp_command qmp_commands[] = {
       "[{\"type\", \"device\", \"len\", \"offset\", \"busy\", \"paused\", "
       "\"speed\", \"io-status\", \"ready\", \"status\", \"auto-finalize\", "
       "\"auto-dismiss\", \"error\"?}]" },
-    { "job-pause", qmp_job_pause, args_job_id, false,
-      "Pause a job: its background I/O stops at the next chunk.", "{}" },
-    { "job-resume", qmp_job_resume, args_job_id, false,
-      "Resume a job that job-pause (or error action stop) paused.", "{}" },
-    { "job-cancel", qmp_job_cancel, args_job_id, false,
-      "Cancel a job (also a paused or pending one).", "{}" },
-    { "job-complete", qmp_job_complete, args_job_id, false,
-      "Complete a job in status ready (backup never is).", "{}" },
-    { "job-finalize", qmp_job_finalize, args_job_id, false,
+    { "job-pause", NULL, args_job_id, false,
+      "Pause a job: its background I/O stops at the next chunk.", "{}", NULL,
+      &qmp_job_pause },
+    { "job-resume", NULL, args_job_id, false,
+      "Resume a job that job-pause (or error action stop) paused.", "{}", NULL,
+      &qmp_job_resume },
+    { "job-cancel", NULL, args_job_id, false,
+      "Cancel a job (also a paused or pending one).", "{}", NULL,
+      &qmp_job_cancel },
+    { "job-complete", NULL, args_job_id, false,
+      "Complete a job in status ready (backup never is).", "{}", NULL,
+      &qmp_job_complete },
+    { "job-finalize", NULL, args_job_id, false,
       "Finalize a pending job (auto-finalize off): bitmaps and graph "
-      "changes take effect.", "{}" },
-    { "job-dismiss", qmp_job_dismiss, args_job_id, false,
-      "Remove a concluded job (auto-dismiss off).", "{}" },
-    { "block-job-set-speed", qmp_block_job_set_speed,
+      "changes take effect.", "{}", NULL,
+      &qmp_job_finalize },
+    { "job-dismiss", NULL, args_job_id, false,
+      "Remove a concluded job (auto-dismiss off).", "{}", NULL,
+      &qmp_job_dismiss },
+    { "block-job-set-speed", NULL,
       args_block_job_set_speed, false,
-      "Change a job's speed limit.", "{}" },
-    { "block-job-cancel", qmp_block_job_cancel, args_block_job_cancel, false,
-      "Cancel a job; a paused one only with force.", "{}" },
-    { "block-job-complete", qmp_block_job_complete, args_block_job_device,
-      false, "Deprecated form of job-complete.", "{}" },
-    { "block-job-pause", qmp_block_job_pause, args_block_job_device, false,
-      "Deprecated form of job-pause.", "{}" },
-    { "block-job-resume", qmp_block_job_resume, args_block_job_device, false,
-      "Deprecated form of job-resume.", "{}" },
-    { "block-job-dismiss", qmp_block_job_dismiss, args_job_id, false,
-      "Deprecated form of job-dismiss.", "{}" },
-    { "block-job-finalize", qmp_block_job_finalize, args_job_id, false,
-      "Deprecated form of job-finalize.", "{}" },
+      "Change a job's speed limit.", "{}", NULL,
+      &qmp_block_job_set_speed },
+    { "block-job-cancel", NULL, args_block_job_cancel, false,
+      "Cancel a job; a paused one only with force.", "{}", NULL,
+      &qmp_block_job_cancel },
+    { "block-job-complete", NULL, args_block_job_device,
+      false, "Deprecated form of job-complete.", "{}", NULL,
+      &qmp_block_job_complete },
+    { "block-job-pause", NULL, args_block_job_device, false,
+      "Deprecated form of job-pause.", "{}", NULL,
+      &qmp_block_job_pause },
+    { "block-job-resume", NULL, args_block_job_device, false,
+      "Deprecated form of job-resume.", "{}", NULL,
+      &qmp_block_job_resume },
+    { "block-job-dismiss", NULL, args_job_id, false,
+      "Deprecated form of job-dismiss.", "{}", NULL,
+      &qmp_block_job_dismiss },
+    { "block-job-finalize", NULL, args_job_id, false,
+      "Deprecated form of job-finalize.", "{}", NULL,
+      &qmp_block_job_finalize },
     { NULL, NULL, NULL, false, NULL, NULL },
 };
 
@@ -1027,7 +1124,8 @@ qmp_schema_print_doc(FILE *f)
         "`DeviceNotFound` and `DeviceNotActive`, as QEMU uses them.\n"
         "- Events: `{\"timestamp\": {\"seconds\", \"microseconds\"}, "
         "\"event\": NAME, \"data\": {...}}`, sent to every negotiated "
-        "client: `BLOCK_EXPORT_DELETED`, `JOB_STATUS_CHANGE`, "
+        "client: `BLOCK_EXPORT_DELETED`, `BLOCK_IMAGE_CORRUPTED`, "
+        "`JOB_STATUS_CHANGE`, "
         "`BLOCK_JOB_COMPLETED`, `BLOCK_JOB_CANCELLED`, `BLOCK_JOB_ERROR`, "
         "`BLOCK_JOB_READY`, `BLOCK_JOB_PENDING`, `QUORUM_FAILURE`, "
         "`QUORUM_REPORT_BAD`.\n"
@@ -1037,7 +1135,10 @@ qmp_schema_print_doc(FILE *f)
         "- Arguments are checked against the schema below before a command "
         "runs: unknown members (\"Parameter 'x' is unexpected\"), missing "
         "ones (\"Parameter 'x' is missing\") and wrong types (\"Invalid "
-        "parameter type for 'x', expected: integer\") are errors.\n\n"
+        "parameter type for 'x', expected: integer\") are errors.\n"
+        "- No string argument (nor any string nested in one) may hold a NUL "
+        "character (`\\u0000`): \"Parameter 'id' must not contain a NUL "
+        "character\".  A command name with one is not found.\n\n"
         "## Command line\n\n"
         "lockstepd takes qemu-storage-daemon's options, processed in "
         "order (`lockstepd --help` lists them):\n\n"
@@ -1088,14 +1189,30 @@ qmp_schema_print_doc(FILE *f)
         "our default.\n"
         "- An NBD client that reads none of its replies for 30 s is "
         "dropped (QEMU waits for it forever).\n"
-        "- `x-debug-query-block-graph` numbers nodes in creation order; "
-        "permissions are the block layer's own.\n\n"
+        "- `x-debug-query-block-graph` numbers nodes in creation order.\n"
+        "- QEMU takes strings with `\\u0000` and refuses them later "
+        "(\"Invalid node-name\", \"Export ... is not found\"); here they "
+        "are refused up front, see above.\n"
+        "- Commit and active commit insert no filter node above the "
+        "committed layers (QEMU's commit_top and mirror_top); exports stay "
+        "on the top node, so `blockdev-del` of an actively committed top "
+        "that is exported says \"Node top is in use\" where QEMU says the "
+        "node is busy.  After a cancelled commit the nodes can be resized "
+        "again (QEMU 7.2 keeps them blocked).\n\n"
         "## Commands\n\n");
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         fprintf(f, "### %s\n\n%s\n\n", c->name, c->doc);
         if (c->args_are_options && !strcmp(c->name, "object-add")) {
-            fprintf(f, "Arguments: `qom-type` (\"iothread\"), `id`, and the "
-                    "type's properties (checked by the command).\n\n");
+            const struct qmp_arg *m;
+            const char *type;
+
+            fprintf(f, "Arguments: `qom-type`, `id` and the type's "
+                    "properties:\n\n");
+            for (size_t i = 0; (m = qmp_object_type_members(i, &type)); i++) {
+                fprintf(f, "- `%s`:\n", type);
+                print_members(f, m, 1);
+            }
+            fprintf(f, "\n");
         } else if (c->args_are_options) {
             fprintf(f, "Arguments: a BlockdevOptions object (`driver`, "
                     "`node-name`, common options and the driver's own).\n\n");

@@ -13,9 +13,9 @@
  */
 #include <string.h>
 
-#include "job/qmp-job.h"
 #include "lockstep/block.h"
 #include "qmp/qmp-internal.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 static bool
@@ -88,14 +88,30 @@ struct prepared {
     void *state;
 };
 
+/* Prepare one action: typed actions get their data decoded (into *args,
+ * freed by the caller after clean). */
+static bool
+prepare(const struct qmp_txn_action *act, json_t *data, void **args,
+        void **state, struct err **errp)
+{
+    if (!act->prepare_typed) {
+        return act->prepare(data, state, errp);
+    }
+    *args = xzalloc(qmp_args_size(act->args));
+    qmp_args_decode(act->args, data, *args);
+    return act->prepare_typed(*args, state, errp);
+}
+
 static bool
 run(const struct qmp_txn_action **acts, json_t **datas, size_t n,
     bool grouped, struct err **errp)
 {
     struct prepared *done = xcalloc(n ? n : 1, sizeof(*done));
+    void **args = xcalloc(n ? n : 1, sizeof(*args));
     size_t ndone = 0;
     bool ok = true;
 
+    assert_main_thread();
     block_drain_begin();
     for (size_t i = 0; i < n; i++) {
         if (grouped && !acts[i]->supports_grouped) {
@@ -105,7 +121,8 @@ run(const struct qmp_txn_action **acts, json_t **datas, size_t n,
             break;
         }
         done[ndone].act = acts[i];
-        if (!acts[i]->prepare(datas[i], &done[ndone].state, errp)) {
+        if (!prepare(acts[i], datas[i], &args[i], &done[ndone].state,
+                     errp)) {
             ok = false;
             break;
         }
@@ -124,6 +141,13 @@ run(const struct qmp_txn_action **acts, json_t **datas, size_t n,
         done[i].act->clean(done[i].state);
     }
     block_drain_end();
+    for (size_t i = 0; i < n; i++) {
+        if (args[i]) {
+            qmp_args_free(acts[i]->args, args[i]);
+            free(args[i]);
+        }
+    }
+    free(args);
     free(done);
     return ok;
 }

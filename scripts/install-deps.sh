@@ -4,9 +4,9 @@
 # Extra package names given as arguments are installed too (make bench).
 set -e
 pkgs="$* meson ninja-build pkg-config gcc clang libclang-rt-14-dev libcmocka-dev
-      libjansson-dev libnbd-dev libnbd-bin libgnutls28-dev zlib1g-dev nbdkit
+      libjansson-dev libnbd-dev libnbd-bin libgnutls28-dev gnutls-bin zlib1g-dev nbdkit
       qemu-utils qemu-system-common fio python3 python3-pytest python3-libnbd
-      libfuse3-dev fuse3 qemu-system-x86 busybox-static e2fsprogs"
+      libfuse3-dev fuse3 liburing-dev qemu-system-x86 busybox-static e2fsprogs strace"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

@@ -1,12 +1,16 @@
 #!/bin/sh
 # Run the whole test suite: C unit tests (meson test) and the functional
 # tests (pytest, driving the programs with real clients), first on the
-# normal build, then on a build with AddressSanitizer and
-# UndefinedBehaviorSanitizer.  Ends with one line "N passed, N failed".
+# normal build (then a selection again with O_DIRECT on a disk), then on a
+# build with AddressSanitizer and UndefinedBehaviorSanitizer.  Ends with
+# one line "N passed, N failed".
 #
 # Usage: scripts/run-tests.sh BUILD_DIR SANITIZER_BUILD_DIR
 #   LOCKSTEP_NO_SAN=1   skip the sanitizer pass (quicker local runs)
 #   LOCKSTEP_NO_FUZZ=1  skip the short fuzzing runs
+#   LOCKSTEP_NO_DIRECT=1  skip the O_DIRECT pass (qcow2 unit tests and the
+#                       functional tests marked "direct", cache.direct=on on
+#                       a disk: LOCKSTEP_DIRECT_DIR, else /var/tmp or /tmp)
 #   FUZZ_SECONDS=N      seconds per fuzz target (default 15)
 #   PYTEST_ARGS=...     extra pytest arguments (e.g. -k qcow2)
 set -u
@@ -20,16 +24,9 @@ trap 'rm -rf "$results"' EXIT
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 
-run_pass() {
-    dir=$1
-    tag=$2
-    echo "=== $tag: unit tests ($dir)"
-    meson test -C "$dir" --suite unit --print-errorlogs \
-        --logbase "unit-$tag" >"$results/meson-$tag.out" 2>&1
-    tail -n 20 "$results/meson-$tag.out"
-    # Meson writes one JSON line per test.
-    /usr/bin/python3 - "$dir/meson-logs/unit-$tag.json" \
-        >"$results/unit-$tag.count" <<'PY'
+# Count a meson JSON log ($1) and a junit XML file ($2) into $3 and $4.
+count_unit() {
+    /usr/bin/python3 - "$1" >"$2" <<'PY'
 import json, sys
 p = f = 0
 try:
@@ -43,10 +40,10 @@ except FileNotFoundError:
     f += 1
 print(p, f)
 PY
-    echo "=== $tag: functional tests ($dir)"
-    LOCKSTEP_BUILD="$top/$dir" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-        --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
-    /usr/bin/python3 - "$results/func-$tag.xml" >"$results/func-$tag.count" <<'PY'
+}
+
+count_func() {
+    /usr/bin/python3 - "$1" >"$2" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
 try:
@@ -65,7 +62,77 @@ print(p, f)
 PY
 }
 
+run_pass() {
+    dir=$1
+    tag=$2
+    echo "=== $tag: unit tests ($dir)"
+    meson test -C "$dir" --suite unit --print-errorlogs \
+        --logbase "unit-$tag" >"$results/meson-$tag.out" 2>&1
+    tail -n 20 "$results/meson-$tag.out"
+    # Meson writes one JSON line per test.
+    count_unit "$dir/meson-logs/unit-$tag.json" "$results/unit-$tag.count"
+    echo "=== $tag: functional tests ($dir)"
+    # Scratch files go under our own directory, removed after the pass:
+    # pytest would keep the last three runs' images (gigabytes) around.
+    # The sanitizer pass skips tests of scripts and docs (script_only):
+    # the plain pass ran them, and their programs' code runs there anyway.
+    marks=""
+    [ "$tag" = sanitizers ] && marks="not script_only"
+    LOCKSTEP_BUILD="$top/$dir" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+        ${marks:+-m "$marks"} --basetemp="$results/tmp-$tag" \
+        --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
+    rm -rf "$results/tmp-$tag"
+    count_func "$results/func-$tag.xml" "$results/func-$tag.count"
+}
+
+# A directory on a disk (not tmpfs) where O_DIRECT works, or nothing.
+direct_dir() {
+    for d in ${LOCKSTEP_DIRECT_DIR:-} /var/tmp /tmp; do
+        case $(stat -f -c %T "$d" 2>/dev/null) in
+            ""|tmpfs|ramfs) continue ;;
+        esac
+        if dd if=/dev/zero of="$d/.lockstep-direct-probe" bs=4096 count=1 \
+                oflag=direct status=none 2>/dev/null; then
+            rm -f "$d/.lockstep-direct-probe"
+            echo "$d"
+            return 0
+        fi
+        rm -f "$d/.lockstep-direct-probe"
+    done
+    return 1
+}
+
+# The qcow2 unit tests and the functional tests marked "direct" once more,
+# with cache.direct=on and their files on a disk (tests/unit/test-env.h,
+# tests/func/direct.py): tmpfs takes any alignment, a disk does not.
+direct_pass() {
+    dir=$1
+    disk=$(direct_dir) || {
+        echo "=== direct: skipped (no disk-backed directory with O_DIRECT)"
+        return
+    }
+    work=$(mktemp -d "$disk/lockstep-direct.XXXXXX") || return
+    echo "=== direct: qcow2 unit tests (cache.direct=on in $disk)"
+    LOCKSTEP_TEST_DIR=$work meson test -C "$dir" --setup direct \
+        --suite qcow2 --print-errorlogs --logbase unit-direct \
+        >"$results/meson-direct.out" 2>&1
+    tail -n 12 "$results/meson-direct.out"
+    # Meson adds the setup's name to the log's: unit-direct-direct.json.
+    count_unit "$dir/meson-logs/unit-direct-direct.json" \
+        "$results/unit-direct.count"
+    echo "=== direct: functional tests (cache.direct=on in $disk)"
+    LOCKSTEP_TEST_CACHE=none LOCKSTEP_BUILD="$top/$dir" \
+        /usr/bin/python3 -m pytest -q -p no:cacheprovider -m direct \
+        --basetemp="$work/pytest" --junitxml="$results/func-direct.xml" \
+        ${PYTEST_ARGS:-} tests/func
+    count_func "$results/func-direct.xml" "$results/func-direct.count"
+    rm -rf "$work"
+}
+
 run_pass "$build" plain
+if [ -z "${LOCKSTEP_NO_DIRECT:-}" ]; then
+    direct_pass "$build"
+fi
 if [ -z "${LOCKSTEP_NO_SAN:-}" ]; then
     if [ ! -f "$san/build.ninja" ]; then
         meson setup "$san" -Db_sanitize=address,undefined \

@@ -324,7 +324,8 @@ keyval_or_json_parse(const char *str, const char *implied_key,
     if (str[0] != '{') {
         return keyval_parse(str, implied_key, errp);
     }
-    obj = json_loads(str, 0, &jerr);
+    /* NUL is parsed, to be refused with a message that names where. */
+    obj = json_loads(str, JSON_ALLOW_NUL, &jerr);
     if (!obj) {
         err_setf(errp, "JSON parse error, %s", jerr.text);
         return NULL;
@@ -334,5 +335,91 @@ keyval_or_json_parse(const char *str, const char *implied_key,
         err_setf(errp, "JSON object expected");
         return NULL;
     }
+    if (!json_check_nul(obj, errp)) {
+        json_decref(obj);
+        return NULL;
+    }
     return obj;
+}
+
+/* ---- NUL characters in JSON strings ------------------------------------ */
+
+/* s (len bytes) for a message: NUL as the six characters \u0000. */
+static char *
+nul_escaped(const char *s, size_t len)
+{
+    char *out = xmalloc(len * 6 + 1);
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (s[i]) {
+            out[n++] = s[i];
+        } else {
+            memcpy(out + n, "\\u0000", 6);
+            n += 6;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+static bool
+has_nul(const char *s, size_t len)
+{
+    return memchr(s, '\0', len) != NULL;
+}
+
+/* path: where v is ("" at the top). */
+static bool
+check_nul(json_t *v, const char *path, struct err **errp)
+{
+    if (json_is_string(v)) {
+        if (has_nul(json_string_value(v), json_string_length(v))) {
+            err_setf(errp, "Parameter '%s' must not contain a NUL character",
+                     path);
+            return false;
+        }
+        return true;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+
+        json_array_foreach(v, i, e) {
+            CLEANUP_FREE char *sub = xasprintf("%s[%zu]", path, i);
+
+            if (!check_nul(e, sub, errp)) {
+                return false;
+            }
+        }
+        return true;
+    }
+    if (json_is_object(v)) {
+        const char *key;
+        size_t key_len;
+        json_t *e;
+        void *tmp;
+
+        json_object_keylen_foreach_safe(v, tmp, key, key_len, e) {
+            CLEANUP_FREE char *name = nul_escaped(key, key_len);
+            CLEANUP_FREE char *sub = xasprintf("%s%s%s", path,
+                                               *path ? "." : "", name);
+
+            if (has_nul(key, key_len)) {
+                err_setf(errp, "Parameter name '%s' must not contain a NUL "
+                         "character", sub);
+                return false;
+            }
+            if (!check_nul(e, sub, errp)) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+bool
+json_check_nul(json_t *v, struct err **errp)
+{
+    return check_nul(v, "", errp);
 }

@@ -26,8 +26,20 @@ json_t *keyval_parse(const char *str, const char *implied_key,
 /*
  * Like keyval_parse(), but a string starting with '{' is parsed as a JSON
  * object instead (qemu-storage-daemon --blockdev accepts both forms).
+ * Strings and member names with a NUL character (\u0000) are refused as
+ * json_check_nul() does.
  */
 json_t *keyval_or_json_parse(const char *str, const char *implied_key,
                              struct err **errp);
+
+/*
+ * Refuse a JSON value that holds a string or a member name with a NUL
+ * character anywhere: C strings end at the first NUL, so "exp0\u0000x"
+ * would name "exp0" (names, ids and paths are all C strings here).  The
+ * message names the member as QMP messages do ("Parameter
+ * 'children[1].node-name' must not contain a NUL character"), NULs shown
+ * as \u0000.  Returns true when v is clean.
+ */
+bool json_check_nul(json_t *v, struct err **errp);
 
 #endif

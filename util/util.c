@@ -7,6 +7,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "util.h"
 
@@ -23,6 +26,17 @@ xmalloc(size_t n)
     void *p = malloc(n ? n : 1);
 
     if (!p) {
+        out_of_memory();
+    }
+    return p;
+}
+
+void *
+xmalloc_page(size_t n)
+{
+    void *p;
+
+    if (posix_memalign(&p, 4096, n ? n : 1) != 0) {
         out_of_memory();
     }
     return p;
@@ -424,4 +438,28 @@ void
 thread_join(pthread_t t)
 {
     check(pthread_join(t, NULL), "pthread_join");
+}
+
+bool
+socket_is_loopback(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        return false;
+    }
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+
+        return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
+               (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
+                in6->sin6_addr.s6_addr[12] == 127);
+    }
+    return ss.ss_family == AF_UNIX;
 }

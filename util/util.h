@@ -33,6 +33,8 @@ void *xmalloc(size_t n);
 void *xzalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t n);
 void *xrealloc(void *p, size_t n);
+/* Page-aligned memory (what O_DIRECT wants without a bounce); free(). */
+void *xmalloc_page(size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) PRINTF_FMT(1, 2);
 char *xvasprintf(const char *fmt, va_list ap) PRINTF_FMT(1, 0);
@@ -102,6 +104,10 @@ int pread_full(int fd, void *buf, size_t len, uint64_t offset);
 int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset);
 int read_full(int fd, void *buf, size_t len);
 int write_full(int fd, const void *buf, size_t len);
+
+/* Is a listening socket bound to a loopback address (or a unix
+ * socket)?  For warnings about what is open to the network. */
+bool socket_is_loopback(int fd);
 
 /* Monotonic clock in nanoseconds. */
 int64_t clock_ns(void);

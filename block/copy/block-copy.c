@@ -229,8 +229,10 @@ block_copy_state_new(struct block_node *source, struct block_node *target,
     s->cluster_size = cluster;
     s->len = (uint64_t)len;
     s->chunk = pick_chunk(source, target, cluster);
+    /* Page aligned at least: formats do not state what O_DIRECT below
+     * them wants, and a misaligned buffer costs a bounce copy there. */
     s->mem_align = MAX(MAX(source->limits.mem_alignment,
-                           target->limits.mem_alignment), sizeof(void *));
+                           target->limits.mem_alignment), 4096);
     s->write_flags = target_backs_onto(target, source) ?
                      BLOCK_REQ_SERIALISING : 0;
     s->discard_source = discard_source;

@@ -8,6 +8,7 @@
 #include "lockstep/block.h"
 
 extern const struct block_driver blkdebug_driver;
+extern const struct block_driver blklog_driver;
 extern const struct block_driver cbw_driver;
 extern const struct block_driver file_driver;
 extern const struct block_driver nbdcli_driver;
@@ -20,6 +21,7 @@ extern const struct block_driver snapshot_access_driver;
 
 const struct block_driver *const block_drivers[] = {
     &blkdebug_driver,
+    &blklog_driver,
     &cbw_driver,
     &file_driver,
     &nbdcli_driver,

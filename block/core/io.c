@@ -8,7 +8,9 @@
  * What the core does for drivers, so that each driver stays simple:
  *  - range checks: reads past the end return zeroes, writes past the end
  *    grow protocol nodes (a qcow2 image grows its file) and fail elsewhere;
- *  - alignment: requests are widened to limits.request_alignment; an
+ *  - alignment: requests are widened to limits.request_alignment (the
+ *    last block of a node too, past its end: O_DIRECT knows no shorter
+ *    I/O) and buffers not aligned to limits.mem_alignment are bounced; an
  *    unaligned write becomes read-modify-write under a serialising range
  *    lock so that two RMWs of one block cannot lose each other's bytes;
  *  - splitting at max_transfer / max_pwrite_zeroes / max_pdiscard;
@@ -228,11 +230,31 @@ buf_aligned(struct block_node *node, const void *buf)
     return is_aligned((uintptr_t)buf, node->limits.mem_alignment);
 }
 
+/*
+ * The aligned range around [offset, end).  A protocol node gets its last
+ * partial block whole, past its end: O_DIRECT cannot do less, so reads
+ * there return zeroes and writes grow the file to the block boundary (as
+ * in QEMU).  Filters and formats stop at their end, unaligned: a child
+ * format could not take more, and the protocol below pads for itself.
+ */
+static void
+align_range(struct block_node *node, uint64_t offset, uint64_t end,
+            uint64_t *a_off, uint64_t *a_end)
+{
+    uint64_t align = node->limits.request_alignment;
+    uint64_t size = (uint64_t)block_getlength(node);
+
+    *a_off = align_down(offset, align);
+    *a_end = align_up(end, align);
+    if (*a_end > size && node->drv->kind != BLOCK_KIND_PROTOCOL) {
+        *a_end = MAX(end, size);
+    }
+}
+
 int
 block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
             void *buf, unsigned flags)
 {
-    uint64_t align = node->limits.request_alignment;
     uint64_t size = (uint64_t)block_getlength(node);
     uint64_t a_off, a_end, end;
     struct block_tracked_req req;
@@ -256,8 +278,7 @@ block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         bytes = size - offset;
     }
     end = offset + bytes;
-    a_off = align_down(offset, align);
-    a_end = MIN(align_up(end, align), MAX(size, end));
+    align_range(node, offset, end, &a_off, &a_end);
     tracked_begin(node, &req, a_off, a_end - a_off,
                   flags & BLOCK_REQ_SERIALISING);
     if (a_off == offset && a_end == end && buf_aligned(node, buf)) {
@@ -314,22 +335,6 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     free(bounce);
     return ret;
-}
-
-/* The aligned range around [offset, end) for a write; the last partial
- * block of a node is not padded past its end. */
-static void
-write_align(struct block_node *node, uint64_t offset, uint64_t end,
-            uint64_t *a_off, uint64_t *a_end)
-{
-    uint64_t align = node->limits.request_alignment;
-    uint64_t size = (uint64_t)block_getlength(node);
-
-    *a_off = align_down(offset, align);
-    *a_end = align_up(end, align);
-    if (*a_end > size) {
-        *a_end = MAX(end, size);
-    }
 }
 
 /*
@@ -402,7 +407,7 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
         }
         return block_pwrite_zeroes(node, offset, bytes, zflags);
     }
-    write_align(node, offset, end, &a_off, &a_end);
+    align_range(node, offset, end, &a_off, &a_end);
     aligned = a_off == offset && a_end == end;
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));
@@ -540,7 +545,7 @@ block_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
     if (!node->discard_unmap) {
         flags &= ~BLOCK_REQ_MAY_UNMAP;
     }
-    write_align(node, offset, end, &a_off, &a_end);
+    align_range(node, offset, end, &a_off, &a_end);
     aligned = a_off == offset && a_end == end;
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));
@@ -629,23 +634,15 @@ block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes)
     return ret;
 }
 
-/*
- * Flush node and what is below it.  Unless forced, a node with nothing
- * written through it since its last flush is skipped (QEMU skips such
- * flushes too, and blkdebug's flush events with them).  FUA emulation
- * forces: its write has not been counted yet when it flushes.
- */
+/* The flush itself; the caller is the node's only flusher. */
 static int
-flush_node(struct block_node *node, bool force)
+flush_one(struct block_node *node)
 {
+    /* Every write that completed before the flush starts is covered. */
     uint64_t gen = __atomic_load_n(&node->write_gen, __ATOMIC_ACQUIRE);
     struct block_child *c;
     int ret = 0;
 
-    if (!force &&
-        gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
-        return 0;
-    }
     if (node->drv->flush && !node->cache_no_flush) {
         serial_enter(node);
         ret = node->drv->flush(node);
@@ -660,7 +657,12 @@ flush_node(struct block_node *node, bool force)
     if (!(node->drv->flush && node->drv->kind == BLOCK_KIND_FILTER &&
           !node->file)) {
         TAILQ_FOREACH(c, &node->children, child_link) {
-            if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {
+            /* The children this node writes (QEMU's rule), and any child
+             * written since its last flush: permissions follow what the
+             * parents hold now, not what was written before. */
+            if ((c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) ||
+                __atomic_load_n(&c->node->write_gen, __ATOMIC_ACQUIRE) !=
+                __atomic_load_n(&c->node->flushed_gen, __ATOMIC_ACQUIRE)) {
                 ret = block_flush(c->node);
                 if (ret < 0) {
                     return ret;
@@ -675,6 +677,47 @@ flush_node(struct block_node *node, bool force)
                                         __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
     }
     return 0;
+}
+
+/*
+ * Flush node and what is below it.  Unless forced, a node with nothing
+ * written through it since its last flush is skipped (QEMU skips such
+ * flushes too, and blkdebug's flush events with them).  FUA emulation
+ * forces: its write has not been counted yet when it flushes.
+ *
+ * One flush at a time per node, as QEMU's flushing generation: concurrent
+ * flushes (several clients, or a client and qcow2's ordering flushes)
+ * wait for the one in flight, and each then needs its own only if writes
+ * it must cover completed after that one started.  So N clients flushing
+ * at once cost about two device flushes, not N.
+ */
+static int
+flush_node(struct block_node *node, bool force)
+{
+    uint64_t gen = __atomic_load_n(&node->write_gen, __ATOMIC_ACQUIRE);
+    int ret;
+
+    if (!force &&
+        gen == __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
+        return 0;
+    }
+    mutex_lock(&node->req_lock);
+    while (node->flushing) {
+        cond_wait(&node->req_cond, &node->req_lock);
+    }
+    if (!force &&
+        gen <= __atomic_load_n(&node->flushed_gen, __ATOMIC_ACQUIRE)) {
+        mutex_unlock(&node->req_lock);
+        return 0;           /* the flush we waited for covered our writes */
+    }
+    node->flushing = true;
+    mutex_unlock(&node->req_lock);
+    ret = flush_one(node);
+    mutex_lock(&node->req_lock);
+    node->flushing = false;
+    cond_broadcast(&node->req_cond);
+    mutex_unlock(&node->req_lock);
+    return ret;
 }
 
 int

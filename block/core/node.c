@@ -13,13 +13,22 @@
  * follow happens under the write lock (block_drain_begin).  So a request
  * sees the graph either wholly before or wholly after a change.
  *
- * Permissions are QEMU's model, simplified: every edge (a node's child, or a
- * handle) holds perm on its child node and shares shared with other users.
- * Attaching an edge whose perm another edge does not share, or that does
- * not share what another edge holds, is refused.  What a node needs on its
- * own children is fixed at open from its read-only flag (we do not
- * propagate parents' needs downward as QEMU does); protocol drivers receive
- * the union and intersection through set_perm to take image locks.
+ * Permissions are QEMU's model: every edge (a node's child, or a handle)
+ * holds perm on its child node and shares shared with the node's other
+ * users.  A handle's are what its user asked for; a node's edges to its
+ * children are derived from what the node's own parents hold and share
+ * (drv->child_perm, or block_default_child_perm), so needs propagate down
+ * the graph: an export that writes a raw node makes the raw node write its
+ * file, a copy-before-write filter that refuses resizing of its source
+ * makes every node below refuse it too.  After any change (an edge added,
+ * moved or removed, a handle's perms changed) refresh_perms() walks the
+ * subtrees concerned, parents before children: it checks every pair of a
+ * node's parents against each other (QEMU's "Permission conflict on node"
+ * message), refuses writers on read-only nodes, tells drivers the new
+ * union and intersection (set_perm: the file driver's image locks), and
+ * recomputes the edges below.  A failed refresh is undone completely.
+ * Jobs hold handles too (block_handle_new_job), and a job's handle blocks
+ * operations on its node as QEMU's op blockers do.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +43,7 @@
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "keyval.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* All nodes, in creation order.  Main thread only. */
@@ -103,6 +113,7 @@ block_graph_leave(void)
 void
 block_drain_begin(void)
 {
+    assert_main_thread();
     /* A thread inside a request must never drain: it would wait for
      * itself. */
     assert(graph_read_depth == 0);
@@ -118,6 +129,7 @@ block_drain_begin(void)
 void
 block_drain_end(void)
 {
+    assert_main_thread();
     assert(drain_depth > 0 && graph_is_writer);
     if (--drain_depth == 0) {
         graph_is_writer = false;
@@ -184,6 +196,12 @@ block_node_child(struct block_node *node, const char *name)
     return NULL;
 }
 
+const char *
+block_node_filename(struct block_node *node)
+{
+    return block_opt_str(node->options, "filename", NULL);
+}
+
 struct block_node *
 block_filtered(struct block_node *node)
 {
@@ -213,128 +231,402 @@ block_skip_filters(struct block_node *node)
     return node;
 }
 
+bool
+block_node_reaches(struct block_node *from, struct block_node *node)
+{
+    struct block_child *c;
+
+    if (from == node) {
+        return true;
+    }
+    TAILQ_FOREACH(c, &from->children, child_link) {
+        if (block_node_reaches(c->node, node)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* ---- Permissions ------------------------------------------------------ */
 
 static const char *const perm_names[] = {
     "consistent read", "write", "write unchanged", "resize",
 };
 
-static const char *
-first_perm_name(uint32_t perm)
+char *
+block_perm_names(uint32_t perm)
 {
+    char buf[64] = "";
+
     for (unsigned i = 0; i < ARRAY_SIZE(perm_names); i++) {
         if (perm & (1u << i)) {
-            return perm_names[i];
+            if (buf[0]) {
+                strcat(buf, ", ");
+            }
+            strcat(buf, perm_names[i]);
         }
     }
-    return "?";
+    return xstrdup(buf);
 }
 
 char *
 block_child_parent_desc(const struct block_child *c)
 {
+    const struct block_handle *h = c->parent_handle;
+
     if (c->parent_node) {
         return xasprintf("node '%s'", c->parent_node->node_name);
     }
-    return xstrdup(c->parent_handle && c->parent_handle->owner ?
-                   c->parent_handle->owner : "a user");
+    if (h && h->job_type) {
+        return xasprintf("%s job '%s'", h->job_type, h->job_id);
+    }
+    /* What QEMU calls a BlockBackend without a device name. */
+    return xstrdup("an unnamed block device");
 }
 
 void
 block_default_child_perm(struct block_node *node, const char *child_name,
+                         uint32_t parent_perm, uint32_t parent_shared,
                          uint32_t *perm, uint32_t *shared)
 {
-    bool rw = !node->read_only;
-
     if (!strcmp(child_name, "backing")) {
-        /* Backing files are read; others may write them (QEMU's rule). */
-        *perm = BLOCK_PERM_CONSISTENT_READ;
-        *shared = BLOCK_PERM_ALL;
-    } else if (node->drv->kind == BLOCK_KIND_FORMAT &&
-               !strcmp(child_name, "file")) {
-        /* A format owns its image: nobody else may change the bytes. */
-        *perm = BLOCK_PERM_CONSISTENT_READ |
-                (rw ? BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE : 0);
+        /* Read when the parents read; whoever may change the overlay's
+         * data may also change what lies below it. */
+        *perm = parent_perm & BLOCK_PERM_CONSISTENT_READ;
         *shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
-        if (node->force_share) {
-            *shared = BLOCK_PERM_ALL;
+        if (parent_shared & BLOCK_PERM_WRITE) {
+            *shared |= BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE;
         }
+        return;
+    }
+    /* A filter passes its parents' needs through. */
+    *perm = parent_perm & BLOCK_PERM_ALL;
+    *shared = parent_shared & BLOCK_PERM_ALL;
+    if (node->drv->kind == BLOCK_KIND_FORMAT && !strcmp(child_name, "file")) {
+        /* A format's storage: metadata is read (and written, unless the
+         * node is read-only) whatever the parents do, and nobody else
+         * may change or resize the image under it. */
+        *perm |= BLOCK_PERM_CONSISTENT_READ;
+        if (!node->read_only) {
+            *perm |= BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE;
+        }
+        if (*perm & BLOCK_PERM_WRITE_UNCHANGED) {
+            *perm |= BLOCK_PERM_WRITE;
+        }
+        if (*perm & BLOCK_PERM_WRITE) {
+            *perm |= BLOCK_PERM_RESIZE;
+        }
+        *shared &= ~(BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+    }
+}
+
+void
+block_node_cumulative_perm(struct block_node *node, uint32_t *perm,
+                           uint32_t *shared)
+{
+    struct block_child *c;
+
+    *perm = 0;
+    *shared = BLOCK_PERM_ALL;
+    TAILQ_FOREACH(c, &node->parents, parent_link) {
+        *perm |= c->perm;
+        *shared &= c->shared;
+    }
+}
+
+/* What edge c should hold now: its parent node's needs, or as it is for
+ * handles and fixed edges. */
+static void
+edge_wanted_perm(const struct block_child *c, uint32_t *perm,
+                 uint32_t *shared)
+{
+    struct block_node *p = c->parent_node;
+    uint32_t pp, ps;
+
+    *perm = c->perm;
+    *shared = c->shared;
+    if (!p || c->perm_fixed) {
+        return;
+    }
+    block_node_cumulative_perm(p, &pp, &ps);
+    if (p->drv->child_perm) {
+        p->drv->child_perm(p, c->name, pp, ps, perm, shared);
     } else {
-        /* Filters and other roles: pass through, share everything. */
-        *perm = BLOCK_PERM_CONSISTENT_READ | (rw ? BLOCK_PERM_WRITE : 0);
+        block_default_child_perm(p, c->name, pp, ps, perm, shared);
+    }
+    /* force-share on the child lets everyone in (QEMU's rule). */
+    if (c->node && c->node->force_share) {
         *shared = BLOCK_PERM_ALL;
     }
 }
 
-/* Does edge a conflict with edge b (both on the same node)? */
+/* Does edge a let edge b (same node) hold what b holds?  QEMU's check and
+ * message. */
 static bool
-edges_conflict(const struct block_child *a, const struct block_child *b,
-               struct err **errp)
+edge_allows(const struct block_child *a, const struct block_child *b,
+            struct err **errp)
 {
-    uint32_t bad;
-    const struct block_child *holder, *refuser;
-    CLEANUP_FREE char *desc = NULL;
+    uint32_t bad = b->perm & ~a->shared;
+    const char *node_name;
+    CLEANUP_FREE char *perms = NULL;
+    CLEANUP_FREE char *a_user = NULL;
+    CLEANUP_FREE char *b_user = NULL;
 
-    if ((bad = a->perm & ~b->shared)) {
-        holder = a;
-        refuser = b;
-    } else if ((bad = b->perm & ~a->shared)) {
-        holder = b;
-        refuser = a;
-    } else {
-        return false;
+    if (!bad) {
+        return true;
     }
-    (void)holder;
-    desc = block_child_parent_desc(refuser);
-    err_setf(errp, "Conflicts with use by %s as '%s', which does not allow "
-             "'%s' on %s", desc, refuser->name, first_perm_name(bad),
-             a->node->node_name);
-    return true;
+    node_name = b->node->node_name;
+    perms = block_perm_names(bad);
+    a_user = block_child_parent_desc(a);
+    b_user = block_child_parent_desc(b);
+    err_setf(errp, "Permission conflict on node '%s': permissions '%s' are "
+             "both required by %s (uses node '%s' as '%s' child) and "
+             "unshared by %s (uses node '%s' as '%s' child).", node_name,
+             perms, b_user, node_name, b->name, a_user, node_name, a->name);
+    return false;
 }
 
-/* Check edge c against every other parent of node. */
+/* Any two parents of node at odds?  Newest parents first, as QEMU lists
+ * them, so that the same graph gives the same message. */
 static bool
-check_edge(struct block_node *node, const struct block_child *c,
-           struct err **errp)
+parents_conflict(struct block_node *node, struct err **errp)
 {
-    struct block_child *other;
+    struct block_child *a, *b;
 
-    if ((c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
-        node->read_only) {
-        err_setf(errp, "Block node '%s' is read-only", node->node_name);
-        return false;
-    }
-    TAILQ_FOREACH(other, &node->parents, parent_link) {
-        if (other != c && edges_conflict(c, other, errp)) {
-            return false;
+    TAILQ_FOREACH_REVERSE(a, &node->parents, block_child_list, parent_link) {
+        TAILQ_FOREACH_REVERSE(b, &node->parents, block_child_list,
+                              parent_link) {
+            if (a != b && !edge_allows(a, b, errp)) {
+                return true;
+            }
         }
     }
-    return true;
+    return false;
+}
+
+/*
+ * A refresh: the nodes to visit, parents before children, and what it
+ * changed (edges, and nodes whose driver saw new permissions), to undo
+ * it on failure.
+ */
+struct perm_undo {
+    struct block_child *edge;      /* an edge's old perm/shared, or */
+    struct block_node *node;       /* a node's old cur_perm/cur_shared */
+    uint32_t perm, shared;
+};
+
+struct perm_refresh {
+    struct block_node **seen;      /* every node entered */
+    size_t nseen, seen_cap;
+    struct block_node **nodes;     /* post-order: children first */
+    size_t nnodes, cap;
+    struct perm_undo *undo;
+    size_t nundo, undo_cap;
+};
+
+static void
+node_list_add(struct block_node ***list, size_t *n, size_t *cap,
+              struct block_node *node)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 8;
+        *list = xrealloc(*list, *cap * sizeof(**list));
+    }
+    (*list)[(*n)++] = node;
+}
+
+static void
+refresh_add_subtree(struct perm_refresh *r, struct block_node *node)
+{
+    struct block_child *c;
+
+    for (size_t i = 0; i < r->nseen; i++) {
+        if (r->seen[i] == node) {
+            return;
+        }
+    }
+    node_list_add(&r->seen, &r->nseen, &r->seen_cap, node);
+    /* What is below node is listed first (the graph has no cycles;
+     * "seen" only keeps a broken one from recursing forever). */
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        refresh_add_subtree(r, c->node);
+    }
+    node_list_add(&r->nodes, &r->nnodes, &r->cap, node);
+}
+
+static void
+refresh_log(struct perm_refresh *r, struct block_child *edge,
+            struct block_node *node, uint32_t perm, uint32_t shared)
+{
+    if (r->nundo == r->undo_cap) {
+        r->undo_cap = r->undo_cap ? r->undo_cap * 2 : 16;
+        r->undo = xrealloc(r->undo, r->undo_cap * sizeof(*r->undo));
+    }
+    r->undo[r->nundo++] = (struct perm_undo){ edge, node, perm, shared };
+}
+
+/* Check node's parents, tell its driver, and update its child edges. */
+static int
+refresh_node(struct perm_refresh *r, struct block_node *node,
+             struct err **errp)
+{
+    struct block_child *c;
+    uint32_t perm, shared;
+
+    if (parents_conflict(node, errp)) {
+        return -EPERM;
+    }
+    block_node_cumulative_perm(node, &perm, &shared);
+    if ((perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) &&
+        node->read_only) {
+        err_setf(errp, "Block node is read-only");
+        return -EPERM;
+    }
+    if (perm != node->cur_perm || shared != node->cur_shared) {
+        if (node->drv->set_perm) {
+            int ret = node->drv->set_perm(node, perm, shared, errp);
+
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        refresh_log(r, NULL, node, node->cur_perm, node->cur_shared);
+        node->cur_perm = perm;
+        node->cur_shared = shared;
+    }
+    TAILQ_FOREACH(c, &node->children, child_link) {
+        uint32_t cp, cs;
+
+        edge_wanted_perm(c, &cp, &cs);
+        if (cp != c->perm || cs != c->shared) {
+            refresh_log(r, c, NULL, c->perm, c->shared);
+            c->perm = cp;
+            c->shared = cs;
+        }
+    }
+    return 0;
+}
+
+/* Put back every edge first, then tell the drivers the old values. */
+static void
+refresh_undo(struct perm_refresh *r)
+{
+    for (size_t i = r->nundo; i-- > 0;) {
+        struct perm_undo *u = &r->undo[i];
+
+        if (u->edge) {
+            u->edge->perm = u->perm;
+            u->edge->shared = u->shared;
+        }
+    }
+    for (size_t i = r->nundo; i-- > 0;) {
+        struct perm_undo *u = &r->undo[i];
+
+        if (u->node) {
+            if (u->node->drv->set_perm) {
+                /* Going back to what held before; nothing to report. */
+                u->node->drv->set_perm(u->node, u->perm, u->shared, NULL);
+            }
+            u->node->cur_perm = u->perm;
+            u->node->cur_shared = u->shared;
+        }
+    }
+}
+
+/* Refresh the subtrees of roots (NULL entries skipped), parents first. */
+static int
+refresh_perms(struct block_node *const *roots, size_t nroots,
+              struct err **errp)
+{
+    struct perm_refresh r = {0};
+    int ret = 0;
+
+    assert_main_thread();
+    for (size_t i = 0; i < nroots; i++) {
+        if (roots[i]) {
+            refresh_add_subtree(&r, roots[i]);
+        }
+    }
+    for (size_t i = r.nnodes; i-- > 0 && ret == 0;) {
+        ret = refresh_node(&r, r.nodes[i], errp);
+    }
+    if (ret < 0) {
+        refresh_undo(&r);
+    }
+    free(r.seen);
+    free(r.nodes);
+    free(r.undo);
+    return ret;
 }
 
 int
 block_node_refresh_perm(struct block_node *node, struct err **errp)
 {
-    uint32_t perm = 0, shared = BLOCK_PERM_ALL;
-    struct block_child *c;
-    int ret;
+    return refresh_perms(&node, 1, errp);
+}
 
-    TAILQ_FOREACH(c, &node->parents, parent_link) {
-        perm |= c->perm;
-        shared &= c->shared;
+int
+block_child_fix_perm(struct block_child *c, uint32_t perm, uint32_t shared,
+                     struct err **errp)
+{
+    uint32_t old_perm = c->perm, old_shared = c->shared;
+    bool old_fixed = c->perm_fixed;
+
+    c->perm_fixed = true;
+    c->perm = perm;
+    c->shared = shared;
+    if (block_node_refresh_perm(c->node, errp) < 0) {
+        c->perm_fixed = old_fixed;
+        c->perm = old_perm;
+        c->shared = old_shared;
+        block_node_refresh_perm(c->node, NULL);
+        return -EPERM;
     }
-    if (perm == node->cur_perm && shared == node->cur_shared) {
-        return 0;
+    return 0;
+}
+
+void
+block_child_unfix_perm(struct block_child *c)
+{
+    if (!c->perm_fixed) {
+        return;
     }
-    if (node->drv->set_perm) {
-        ret = node->drv->set_perm(node, perm, shared, errp);
-        if (ret < 0) {
-            return ret;
+    c->perm_fixed = false;
+    /* Loosening or not, the edge follows its parent from now on; a
+     * conflict here would come from a caller's order (jobs release their
+     * handles first) and changes nothing. */
+    block_node_refresh_perm(c->parent_node ? c->parent_node : c->node, NULL);
+}
+
+bool
+block_node_op_blocked(struct block_node *node, struct err **errp)
+{
+    struct block_child *c;
+
+    /* The newest job first, as QEMU lists its blockers. */
+    TAILQ_FOREACH_REVERSE(c, &node->parents, block_child_list, parent_link) {
+        struct block_handle *h = c->parent_handle;
+
+        if (h && h->job_type) {
+            err_setf(errp, "Node '%s' is busy: block device is in use by "
+                     "block job: %s", node->node_name, h->job_type);
+            return true;
         }
     }
-    node->cur_perm = perm;
-    node->cur_shared = shared;
-    return 0;
+    return false;
+}
+
+bool
+block_node_has_backend(struct block_node *node)
+{
+    struct block_child *c;
+
+    TAILQ_FOREACH(c, &node->parents, parent_link) {
+        if (c->parent_handle && !c->parent_handle->job_type) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* ---- Edges ------------------------------------------------------------ */
@@ -359,7 +651,8 @@ edge_unlink(struct block_child *c)
     block_node_unref(child);
 }
 
-/* Link c (perm set) to child, checking permissions; -EPERM on conflict. */
+/* Link c (perm set) to child and refresh the permissions below;
+ * -EPERM on conflict, with nothing changed. */
 static int
 edge_attach(struct block_child *c, struct block_node *child,
             struct err **errp)
@@ -367,18 +660,10 @@ edge_attach(struct block_child *c, struct block_node *child,
     int ret;
 
     edge_link(c, child);
-    if (!check_edge(child, c, errp)) {
-        ret = -EPERM;
-        goto fail;
-    }
     ret = block_node_refresh_perm(child, errp);
     if (ret < 0) {
-        goto fail;
+        edge_unlink(c);
     }
-    return 0;
-
-fail:
-    edge_unlink(c);
     return ret;
 }
 
@@ -388,13 +673,12 @@ block_node_attach_child(struct block_node *parent, struct block_node *child,
 {
     struct block_child *c = xzalloc(sizeof(*c));
 
+    assert_main_thread();
     c->name = xstrdup(name);
     c->parent_node = parent;
-    if (parent->drv->child_perm) {
-        parent->drv->child_perm(parent, name, &c->perm, &c->shared);
-    } else {
-        block_default_child_perm(parent, name, &c->perm, &c->shared);
-    }
+    c->node = child;        /* for force-share; linked by edge_attach */
+    edge_wanted_perm(c, &c->perm, &c->shared);
+    c->node = NULL;
     if (edge_attach(c, child, errp) < 0) {
         free(c->name);
         free(c);
@@ -412,6 +696,7 @@ block_node_attach_child(struct block_node *parent, struct block_node *child,
 void
 block_node_detach_child(struct block_node *parent, struct block_child *c)
 {
+    assert_main_thread();
     TAILQ_REMOVE(&parent->children, c, child_link);
     if (parent->file == c) {
         parent->file = NULL;
@@ -424,60 +709,18 @@ block_node_detach_child(struct block_node *parent, struct block_child *c)
     free(c);
 }
 
-/* Is target node itself or below it (through any child)?  The graph
- * is kept acyclic, so this ends. */
-static bool
-node_reaches(struct block_node *node, struct block_node *target)
-{
-    struct block_child *c;
-
-    if (node == target) {
-        return true;
-    }
-    TAILQ_FOREACH(c, &node->children, child_link) {
-        if (node_reaches(c->node, target)) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Refuse an edge from parent to child that would close a cycle (the
  * request path and every walk down the graph would never end). */
 static bool
 edge_cycle_check(struct block_node *parent, const char *name,
                  struct block_node *child, struct err **errp)
 {
-    if (!parent || !node_reaches(child, parent)) {
+    if (!parent || !block_node_reaches(child, parent)) {
         return true;
     }
     err_setf(errp, "Making '%s' a %s child of '%s' would create a cycle",
              child->node_name, name, parent->node_name);
     return false;
-}
-
-int
-block_child_replace_node(struct block_child *c, struct block_node *to,
-                         struct err **errp)
-{
-    struct block_node *from = c->node;
-    int ret;
-
-    if (!edge_cycle_check(c->parent_node, c->name, to, errp)) {
-        return -ELOOP;
-    }
-    block_drain_begin();
-    block_node_ref(from);
-    edge_unlink(c);
-    ret = edge_attach(c, to, errp);
-    if (ret < 0) {
-        /* Going back to what was there before cannot conflict. */
-        edge_link(c, from);
-        block_node_refresh_perm(from, NULL);
-    }
-    block_node_unref(from);
-    block_drain_end();
-    return ret;
 }
 
 /* Move edge c from its node to "to" without permission checks. */
@@ -493,81 +736,173 @@ edge_move(struct block_child *c, struct block_node *to)
     block_node_unref(from);
 }
 
-int
-block_replace_node(struct block_node *from, struct block_node *to,
-                   struct err **errp)
+/* A parent node names its children by node-name in its options: keep that
+ * in step with the edge, so that a reopen (which opens the node again
+ * from its options) finds the same graph.  Children given inline stay. */
+static void
+edge_fix_parent_option(struct block_child *c)
 {
-    struct block_child *c, *next, *other;
-    struct block_child **moved;
-    size_t n = 0, cap = 0;
-    int ret = 0;
+    json_t *opts = c->parent_node ? c->parent_node->options : NULL;
 
-    if (from == to) {
-        return 0;
+    if (json_is_string(json_object_get(opts, c->name))) {
+        json_object_set_new(opts, c->name, json_string(c->node->node_name));
     }
+}
+
+int
+block_children_replace_node(struct block_child *const *edges, size_t n,
+                            struct block_node *to, struct err **errp)
+{
+    struct block_node **from;
+    int ret;
+
+    assert_main_thread();
+    for (size_t i = 0; i < n; i++) {
+        struct block_child *c = edges[i];
+
+        if (c->frozen && c->node != to) {
+            err_setf(errp, "Cannot change frozen '%s' link from '%s' to '%s'",
+                     c->name, c->parent_node ? c->parent_node->node_name : "",
+                     c->node->node_name);
+            return -EBUSY;
+        }
+        if (!edge_cycle_check(c->parent_node, c->name, to, errp)) {
+            return -ELOOP;
+        }
+    }
+    from = xcalloc(n + 1, sizeof(*from));
     block_drain_begin();
-    block_node_ref(from);
-    block_node_ref(to);
-    TAILQ_FOREACH(c, &from->parents, parent_link) {
-        cap++;
+    from[n] = to;
+    for (size_t i = 0; i < n; i++) {
+        from[i] = edges[i]->node;
+        block_node_ref(from[i]);
+        edge_move(edges[i], to);
     }
-    moved = xcalloc(cap, sizeof(*moved));
-    for (c = TAILQ_FIRST(&from->parents); c; c = next) {
-        next = TAILQ_NEXT(c, parent_link);
-        /* Edges of "to" itself and of nodes below it stay, or we make
-         * a loop (QEMU's rule: the old fleecing scheme's overlay keeps
-         * its backing edge on the disk when a filter goes above it). */
-        if (c->parent_node && node_reaches(to, c->parent_node)) {
-            continue;
-        }
-        edge_move(c, to);
-        moved[n++] = c;
-    }
-    for (size_t i = 0; i < n && ret == 0; i++) {
-        c = moved[i];
-        if ((c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
-            to->read_only) {
-            err_setf(errp, "Block node '%s' is read-only", to->node_name);
-            ret = -EPERM;
-        }
-        TAILQ_FOREACH(other, &to->parents, parent_link) {
-            if (ret == 0 && other != c && edges_conflict(c, other, errp)) {
-                ret = -EPERM;
-            }
-        }
-    }
-    if (ret == 0) {
-        ret = block_node_refresh_perm(to, errp);
-    }
+    /* One refresh over all the subtrees concerned, parents before
+     * children: "to" may sit above the old nodes (inserting a filter) or
+     * below them (removing one). */
+    ret = refresh_perms(from, n + 1, errp);
     if (ret < 0) {
+        /* Going back to what was there before cannot conflict. */
         for (size_t i = 0; i < n; i++) {
-            edge_move(moved[i], from);
+            edge_move(edges[i], from[i]);
         }
-        block_node_refresh_perm(to, NULL);
+        refresh_perms(from, n + 1, NULL);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            edge_fix_parent_option(edges[i]);
+        }
     }
-    block_node_refresh_perm(from, NULL);
-    free(moved);
-    block_node_unref(to);
-    block_node_unref(from);
+    for (size_t i = 0; i < n; i++) {
+        block_node_unref(from[i]);
+    }
+    free(from);
     block_drain_end();
     return ret;
 }
 
+int
+block_child_replace_node(struct block_child *c, struct block_node *to,
+                         struct err **errp)
+{
+    return block_children_replace_node(&c, 1, to, errp);
+}
+
+int
+block_replace_node_except(struct block_node *from, struct block_node *to,
+                          block_parent_stays_fn *stays, void *opaque,
+                          struct block_moved_edges *moved, struct err **errp)
+{
+    struct block_child *c;
+    struct block_child **edges;
+    size_t n = 0, cap = 0;
+    int ret;
+
+    assert_main_thread();
+    if (moved) {
+        *moved = (struct block_moved_edges) { .from = from, .to = to };
+    }
+    if (from == to) {
+        return 0;
+    }
+    TAILQ_FOREACH(c, &from->parents, parent_link) {
+        cap++;
+    }
+    edges = xcalloc(cap ? cap : 1, sizeof(*edges));
+    TAILQ_FOREACH(c, &from->parents, parent_link) {
+        /* No edge whose parent lies below "to" moves, or we make a loop
+         * (the new node's own link to "from"; a backup target whose
+         * backing is the source); a job's use of a node stays with the
+         * node (QEMU's stay_at_node), and so do its operation blockers. */
+        if ((c->parent_node && block_node_reaches(to, c->parent_node)) ||
+            (c->parent_handle && c->parent_handle->job_type) ||
+            (stays && stays(c, opaque))) {
+            continue;
+        }
+        edges[n++] = c;
+    }
+    /* Keep "from" in the refresh even when it had no parent to move. */
+    block_node_ref(from);
+    if (n) {
+        ret = block_children_replace_node(edges, n, to, errp);
+    } else {
+        block_drain_begin();
+        ret = refresh_perms((struct block_node *[]){ from, to }, 2, errp);
+        block_drain_end();
+    }
+    block_node_unref(from);
+    if (ret == 0 && moved) {
+        moved->edges = edges;
+        moved->n = n;
+    } else {
+        free(edges);
+    }
+    return ret;
+}
+
+int
+block_replace_node(struct block_node *from, struct block_node *to,
+                   struct err **errp)
+{
+    return block_replace_node_except(from, to, NULL, NULL, NULL, errp);
+}
+
+void
+block_moved_edges_undo(struct block_moved_edges *m)
+{
+    /* Going back to where the edges were does not conflict. */
+    block_children_replace_node(m->edges, m->n, m->from, NULL);
+}
+
+void
+block_moved_edges_free(struct block_moved_edges *m)
+{
+    free(m->edges);
+    m->edges = NULL;
+    m->n = 0;
+}
+
 /* ---- Handles ---------------------------------------------------------- */
 
-struct block_handle *
-block_handle_new(struct block_node *node, const char *owner, uint32_t perm,
-                 uint32_t shared, struct err **errp)
+static struct block_handle *
+handle_new(struct block_node *node, const char *owner, const char *job_type,
+           const char *job_id, const char *role, uint32_t perm,
+           uint32_t shared, struct err **errp)
 {
     struct block_handle *h = xzalloc(sizeof(*h));
 
+    assert_main_thread();
     h->owner = xstrdup(owner);
-    h->child.name = xstrdup("root");
+    h->job_type = job_type ? xstrdup(job_type) : NULL;
+    h->job_id = job_id ? xstrdup(job_id) : NULL;
+    h->child.name = xstrdup(role);
     h->child.parent_handle = h;
     h->child.perm = perm;
     h->child.shared = shared;
     if (edge_attach(&h->child, node, errp) < 0) {
         free(h->child.name);
+        free(h->job_id);
+        free(h->job_type);
         free(h->owner);
         free(h);
         return NULL;
@@ -575,14 +910,52 @@ block_handle_new(struct block_node *node, const char *owner, uint32_t perm,
     return h;
 }
 
+struct block_handle *
+block_handle_new(struct block_node *node, const char *owner, uint32_t perm,
+                 uint32_t shared, struct err **errp)
+{
+    return handle_new(node, owner, NULL, NULL, "root", perm, shared, errp);
+}
+
+struct block_handle *
+block_handle_new_job(struct block_node *node, const char *job_type,
+                     const char *job_id, const char *role, uint32_t perm,
+                     uint32_t shared, struct err **errp)
+{
+    CLEANUP_FREE char *owner = xasprintf("%s job '%s'", job_type, job_id);
+
+    return handle_new(node, owner, job_type, job_id, role, perm, shared,
+                      errp);
+}
+
+int
+block_handle_set_perm(struct block_handle *h, uint32_t perm, uint32_t shared,
+                      struct err **errp)
+{
+    uint32_t old_perm = h->child.perm, old_shared = h->child.shared;
+
+    h->child.perm = perm;
+    h->child.shared = shared;
+    if (block_node_refresh_perm(h->child.node, errp) < 0) {
+        h->child.perm = old_perm;
+        h->child.shared = old_shared;
+        block_node_refresh_perm(h->child.node, NULL);
+        return -EPERM;
+    }
+    return 0;
+}
+
 void
 block_handle_free(struct block_handle *h)
 {
+    assert_main_thread();
     if (!h) {
         return;
     }
     edge_unlink(&h->child);
     free(h->child.name);
+    free(h->job_id);
+    free(h->job_type);
     free(h->owner);
     free(h);
 }
@@ -880,6 +1253,7 @@ node_new(json_t *options, const char *prefix, const char *role,
 struct block_node *
 block_node_new(json_t *options, struct err **errp)
 {
+    assert_main_thread();
     return node_new(options, "", NULL, errp);
 }
 
@@ -889,6 +1263,7 @@ block_node_new_keyval(const char *str, struct err **errp)
     struct block_node *node;
     json_t *options = keyval_or_json_parse(str, NULL, errp);
 
+    assert_main_thread();
     if (!options) {
         return NULL;
     }
@@ -950,6 +1325,7 @@ block_node_open_child_as(struct block_node *parent, json_t *options,
     struct block_node *child;
     struct block_child *c;
 
+    assert_main_thread();
     if (!ref) {
         err_setf(errp, "Parameter '%s' is missing", name);
         return NULL;
@@ -1003,6 +1379,7 @@ block_node_open_file(const char *filename, const char *fmt, bool read_only,
     struct block_node *node;
     const struct block_driver *drv;
 
+    assert_main_thread();
     if (!fmt) {
         fmt = probe_format(filename);
     }
@@ -1033,6 +1410,7 @@ block_node_ref(struct block_node *node)
 void
 block_node_unref(struct block_node *node)
 {
+    assert_main_thread();
     if (!node) {
         return;
     }

@@ -308,3 +308,37 @@ block_opt_str(json_t *options, const char *name, const char *def)
 
     return json_is_string(v) ? json_string_value(v) : def;
 }
+
+int
+block_opts_set_cache_mode(json_t *opts, const char *mode, struct err **errp)
+{
+    bool direct = false, no_flush = false;
+    json_t *cache;
+
+    if (!strcmp(mode, "none") || !strcmp(mode, "off")) {
+        direct = true;
+    } else if (!strcmp(mode, "unsafe")) {
+        no_flush = true;
+    } else if (!strcmp(mode, "writethrough") ||
+               !strcmp(mode, "directsync")) {
+        err_setf(errp, "Cache mode '%s' is not supported", mode);
+        return -ENOTSUP;
+    } else if (strcmp(mode, "writeback")) {
+        err_setf(errp, "Invalid cache option: %s", mode);
+        return -EINVAL;
+    }
+    cache = json_object_get(opts, "cache");
+    if (!cache) {
+        cache = json_object();
+        json_object_set_new(opts, "cache", cache);
+    } else if (!json_is_object(cache)) {
+        return 0;   /* validation will name the bad value */
+    }
+    if (!json_object_get(cache, "direct")) {
+        json_object_set_new(cache, "direct", json_boolean(direct));
+    }
+    if (!json_object_get(cache, "no-flush")) {
+        json_object_set_new(cache, "no-flush", json_boolean(no_flush));
+    }
+    return 0;
+}

@@ -21,6 +21,7 @@
 
 #include "block/core/opts.h"
 #include "lockstep/block.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 struct prep_item {
@@ -167,6 +168,7 @@ block_node_new_prepared(json_t *options, struct block_prep *prep,
     struct block_prep *saved = cur_prep;
     struct block_node *node;
 
+    assert_main_thread();
     cur_prep = prep;
     node = block_node_new(options, errp);
     cur_prep = saved;

@@ -24,6 +24,7 @@
 
 #include "block/core/core-internal.h"
 #include "lockstep/block.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 /* Close, detach, open again with read_only.  Drained. */
@@ -109,6 +110,7 @@ block_node_set_read_only(struct block_node *node, bool read_only,
     size_t nkeep = 0, nchildren = 0;
     int ret;
 
+    assert_main_thread();
     if (node->read_only == read_only) {
         return 0;
     }
@@ -129,14 +131,13 @@ block_node_set_read_only(struct block_node *node, bool read_only,
         nchildren++;
     }
     if (read_only) {
-        TAILQ_FOREACH(c, &node->parents, parent_link) {
-            if (c->perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) {
-                CLEANUP_FREE char *desc = block_child_parent_desc(c);
+        uint32_t perm, shared;
 
-                err_setf(errp, "Block node '%s' is written by %s",
-                         node->node_name, desc);
-                return -EBUSY;
-            }
+        block_node_cumulative_perm(node, &perm, &shared);
+        if (perm & (BLOCK_PERM_WRITE | BLOCK_PERM_WRITE_UNCHANGED)) {
+            err_setf(errp, "Read-only block node '%s' cannot support "
+                     "read-write users", node->node_name);
+            return -EBUSY;
         }
     }
     keep = xcalloc(nchildren ? nchildren : 1, sizeof(*keep));

@@ -2,7 +2,10 @@
 /*
  * The "blkdebug" filter: fault injection for tests, in a subset of QEMU's
  * schema: "image" (the child), "inject-error" and "set-state" rules,
- * "align" and "max-transfer", plus our own "x-delay-ns" for slow I/O.
+ * "align" and "max-transfer", "take-child-perms" and "unshare-child-perms"
+ * (permissions taken on, or refused to others on, the image, whatever the
+ * parents need: tests make conflicts with them), plus our own
+ * "x-delay-ns" for slow I/O.
  *
  * Rules and states follow QEMU's model.  The node has a state number
  * (starting at 1).  Each rule names an event and optionally a state in
@@ -84,6 +87,8 @@ struct blkdebug_state {
     size_t nr_breaks;
     struct blkdebug_suspended *suspended;  /* Protected by: lock */
     int64_t delay_ns;
+    uint32_t take_perms;    /* take-child-perms; set before the child */
+    uint32_t unshare_perms; /* unshare-child-perms */
 };
 
 static const struct block_opt blkdebug_opts[] = {
@@ -98,7 +103,7 @@ static const struct block_opt blkdebug_opts[] = {
     {"inject-error", BLOCK_OPT_LIST, false, NULL},
     {"set-state", BLOCK_OPT_LIST, false, NULL},
     {"take-child-perms", BLOCK_OPT_LIST, false, NULL},
-    {"share-child-perms", BLOCK_OPT_LIST, false, NULL},
+    {"unshare-child-perms", BLOCK_OPT_LIST, false, NULL},
     {"x-delay-ns", BLOCK_OPT_INT, false, NULL},
     {NULL, 0, false, NULL},
 };
@@ -346,13 +351,67 @@ fail:
     return false;
 }
 
+/* A list of QEMU's BlockPermission names into bits. */
+static bool
+parse_perms(json_t *options, const char *name, uint32_t *out,
+            struct err **errp)
+{
+    static const char *const names[] = {
+        "consistent-read", "write", "write-unchanged", "resize",
+    };
+    json_t *list = json_object_get(options, name);
+    size_t i;
+    json_t *v;
+
+    *out = 0;
+    if (!list) {
+        return true;
+    }
+    if (!json_is_array(list)) {
+        err_setf(errp, "Invalid parameter type for '%s', expected: array",
+                 name);
+        return false;
+    }
+    json_array_foreach(list, i, v) {
+        const char *str = json_string_value(v);
+        unsigned bit;
+
+        for (bit = 0; bit < ARRAY_SIZE(names); bit++) {
+            if (str && !strcmp(str, names[bit])) {
+                break;
+            }
+        }
+        if (bit == ARRAY_SIZE(names)) {
+            /* QEMU's visitor names list elements "null". */
+            err_setf(errp, "Parameter 'null' does not accept value '%s'",
+                     str ? str : "");
+            return false;
+        }
+        *out |= 1u << bit;
+    }
+    return true;
+}
+
+/* A filter's pass-through, plus what the options take and refuse. */
+static void
+blkdebug_child_perm(struct block_node *node, const char *child_name,
+                    uint32_t parent_perm, uint32_t parent_shared,
+                    uint32_t *perm, uint32_t *shared)
+{
+    struct blkdebug_state *s = node->opaque;
+
+    block_default_child_perm(node, child_name, parent_perm, parent_shared,
+                             perm, shared);
+    *perm |= s->take_perms;
+    *shared &= ~s->unshare_perms;
+}
+
 static int
 blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
 {
     struct blkdebug_state *s = node->opaque;
     int64_t align = block_opt_int(options, "align", 0);
     int64_t max_transfer = block_opt_int(options, "max-transfer", 0);
-
     const char *config = block_opt_str(options, "config", NULL);
     json_t *inject = json_array(), *set_state = json_array();
     size_t i;
@@ -377,6 +436,11 @@ blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
     if (max_transfer < 0 || (align && max_transfer % align)) {
         err_setf(errp, "Cannot meet constraints with max-transfer %lld",
                  (long long)max_transfer);
+        goto fail_lists;
+    }
+    if (!parse_perms(options, "take-child-perms", &s->take_perms, errp) ||
+        !parse_perms(options, "unshare-child-perms", &s->unshare_perms,
+                     errp)) {
         goto fail_lists;
     }
     mutex_init(&s->lock);
@@ -755,5 +819,6 @@ const struct block_driver blkdebug_driver = {
     .flush = blkdebug_flush,
     .block_status = blkdebug_block_status,
     .truncate = blkdebug_truncate,
+    .child_perm = blkdebug_child_perm,
     .debug_event = blkdebug_debug_event,
 };

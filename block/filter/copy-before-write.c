@@ -60,11 +60,6 @@
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
 
-enum cbw_on_error {
-    CBW_BREAK_GUEST_WRITE,
-    CBW_BREAK_SNAPSHOT,
-};
-
 struct cbw_state {
     struct block_child *target;
     struct block_copy_state *bcs;
@@ -88,15 +83,17 @@ extern const struct block_driver cbw_driver;
  * job's discard-source, which is not a QMP option of the filter. */
 static bool g_append_discard_source;
 
-static const char *const on_cbw_error_values[] = {
-    "break-guest-write", "break-snapshot", NULL,
+const char *const cbw_on_error_names[] = {
+    [CBW_ON_ERROR_BREAK_GUEST_WRITE] = "break-guest-write",
+    [CBW_ON_ERROR_BREAK_SNAPSHOT] = "break-snapshot",
+    NULL,
 };
 
 static const struct block_opt cbw_opts[] = {
     {"file", BLOCK_OPT_CHILD, true, NULL},
     {"target", BLOCK_OPT_CHILD, true, NULL},
     {"bitmap", BLOCK_OPT_OBJECT, false, NULL},
-    {"on-cbw-error", BLOCK_OPT_STRING, false, on_cbw_error_values},
+    {"on-cbw-error", BLOCK_OPT_STRING, false, cbw_on_error_names},
     {"cbw-timeout", BLOCK_OPT_INT, false, NULL},
     {"min-cluster-size", BLOCK_OPT_SIZE, false, NULL},
     {NULL, 0, false, NULL},
@@ -104,22 +101,39 @@ static const struct block_opt cbw_opts[] = {
 
 /* ---- Open and close --------------------------------------------------- */
 
+/*
+ * QEMU's rules.  The target is written (and may be written by others: a
+ * guest's disk can sit in its backing chain) but must keep its size.  The
+ * source passes the parents' needs through; once the filter has parents,
+ * nobody else may write or resize the source, or their writes would
+ * bypass the copy (a guest writing the disk directly while a backup or a
+ * snapshot reads through the filter).  A filter without parents (just
+ * added, not inserted yet) restricts nothing.  discard-source discards
+ * copied clusters on the source, so it writes.
+ */
 static void
 cbw_child_perm(struct block_node *node, const char *child_name,
+               uint32_t parent_perm, uint32_t parent_shared,
                uint32_t *perm, uint32_t *shared)
 {
     struct cbw_state *s = node->opaque;
 
     if (!strcmp(child_name, "target")) {
-        *perm = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE;
+        *perm = BLOCK_PERM_WRITE;
         *shared = BLOCK_PERM_ALL & ~BLOCK_PERM_RESIZE;
         return;
     }
-    *perm = BLOCK_PERM_CONSISTENT_READ;
-    if (!node->read_only || s->discard_source) {
+    block_default_child_perm(node, child_name, parent_perm, parent_shared,
+                             perm, shared);
+    if (!TAILQ_EMPTY(&node->parents)) {
+        if (parent_perm & BLOCK_PERM_WRITE) {
+            *perm |= BLOCK_PERM_CONSISTENT_READ;
+        }
+        *shared &= ~(BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE);
+    }
+    if (s->discard_source) {
         *perm |= BLOCK_PERM_WRITE;
     }
-    *shared = BLOCK_PERM_ALL & ~BLOCK_PERM_RESIZE;
 }
 
 /* The "bitmap" option: {"node": ..., "name": ...}. */
@@ -174,8 +188,9 @@ parse_scalars(struct cbw_state *s, json_t *options, uint64_t *min_cluster,
     int64_t timeout = block_opt_int(options, "cbw-timeout", 0);
     int64_t mcs = block_opt_int(options, "min-cluster-size", 0);
 
-    s->on_error = strcmp(policy, "break-snapshot") ? CBW_BREAK_GUEST_WRITE
-                                                   : CBW_BREAK_SNAPSHOT;
+    s->on_error = strcmp(policy, "break-snapshot")
+                  ? CBW_ON_ERROR_BREAK_GUEST_WRITE
+                  : CBW_ON_ERROR_BREAK_SNAPSHOT;
     if (timeout < 0 || timeout > UINT32_MAX) {
         err_setf(errp, "Parameter 'cbw-timeout' expects uint32_t");
         return false;
@@ -334,7 +349,7 @@ cbw_before_write(struct block_node *node, uint64_t offset, uint64_t bytes,
     end = MIN(align_up(MIN(offset + bytes, len), s->cluster_size), len);
 
     ret = block_copy(s->bcs, start, end - start, false, s->timeout_ns, NULL);
-    if (ret < 0 && s->on_error == CBW_BREAK_GUEST_WRITE) {
+    if (ret < 0 && s->on_error == CBW_ON_ERROR_BREAK_GUEST_WRITE) {
         return ret;
     }
     mutex_lock(&s->lock);
@@ -561,18 +576,7 @@ cbw_snapshot_error(struct block_node *node)
 
 struct block_node *
 cbw_append(struct block_node *source, struct block_node *target,
-           const char *filter_node_name, const char *on_cbw_error,
-           bool discard_source, struct err **errp)
-{
-    return cbw_append_ext(source, target, filter_node_name, on_cbw_error,
-                          discard_source, 0, errp);
-}
-
-struct block_node *
-cbw_append_ext(struct block_node *source, struct block_node *target,
-               const char *filter_node_name, const char *on_cbw_error,
-               bool discard_source, uint64_t min_cluster_size,
-               struct err **errp)
+           const struct cbw_append_options *o, struct err **errp)
 {
     json_t *opts = json_object();
     struct block_node *cbw;
@@ -580,17 +584,22 @@ cbw_append_ext(struct block_node *source, struct block_node *target,
     json_object_set_new(opts, "driver", json_string("copy-before-write"));
     json_object_set_new(opts, "file", json_string(source->node_name));
     json_object_set_new(opts, "target", json_string(target->node_name));
-    if (filter_node_name) {
-        json_object_set_new(opts, "node-name", json_string(filter_node_name));
+    if (o->read_only) {
+        json_object_set_new(opts, "read-only", json_true());
     }
-    if (on_cbw_error) {
-        json_object_set_new(opts, "on-cbw-error", json_string(on_cbw_error));
+    if (o->filter_node_name) {
+        json_object_set_new(opts, "node-name",
+                            json_string(o->filter_node_name));
     }
-    if (min_cluster_size) {
+    if (o->on_cbw_error) {
+        json_object_set_new(opts, "on-cbw-error",
+                            json_string(o->on_cbw_error));
+    }
+    if (o->min_cluster_size) {
         json_object_set_new(opts, "min-cluster-size",
-                            json_integer((json_int_t)min_cluster_size));
+                            json_integer((json_int_t)o->min_cluster_size));
     }
-    g_append_discard_source = discard_source;
+    g_append_discard_source = o->discard_source;
     cbw = block_node_new(opts, errp);
     g_append_discard_source = false;
     json_decref(opts);

@@ -90,29 +90,36 @@ struct block_copy_state *cbw_block_copy_state(struct block_node *node);
 /* The first error that broke the snapshot (break-snapshot), or 0. */
 int cbw_snapshot_error(struct block_node *node);
 
+/* The filter's on-cbw-error policies; cbw_on_error_names[policy]. */
+enum cbw_on_error {
+    CBW_ON_ERROR_BREAK_GUEST_WRITE,
+    CBW_ON_ERROR_BREAK_SNAPSHOT,
+};
+extern const char *const cbw_on_error_names[];
+
+/* How cbw_append() makes the filter. */
+struct cbw_append_options {
+    const char *filter_node_name;   /* NULL: automatic */
+    const char *on_cbw_error;       /* NULL: break-guest-write */
+    /* After each copy the source range is discarded; the filter then
+     * holds WRITE on its source. */
+    bool discard_source;
+    /* A read-only filter, for a read-only source: it asks for no write
+     * permission on it (nothing can write through it). */
+    bool read_only;
+    uint64_t min_cluster_size;      /* 0: the default */
+};
+
 /*
- * For the backup job (main thread): create a copy-before-write node named
- * filter_node_name (NULL = automatic) with file=source and target=target,
- * the given on-cbw-error policy ("break-guest-write" when NULL), and
- * discard_source (after each copy the source range is discarded; the
- * filter then holds WRITE on its source), and put it in place of source
- * under all of source's parents.  Returns a new reference (the caller
- * drops it with cbw_drop()), or NULL with *errp set.
+ * For the backup job (main thread): create a copy-before-write node with
+ * file=source and target=target, and put it in place of source under all
+ * of source's parents.  Returns a new reference (the caller drops it with
+ * cbw_drop()), or NULL with *errp set.
  */
 struct block_node *cbw_append(struct block_node *source,
                               struct block_node *target,
-                              const char *filter_node_name,
-                              const char *on_cbw_error, bool discard_source,
+                              const struct cbw_append_options *opts,
                               struct err **errp);
-
-/* The same with x-perf's min-cluster-size (0 = default). */
-struct block_node *cbw_append_ext(struct block_node *source,
-                                  struct block_node *target,
-                                  const char *filter_node_name,
-                                  const char *on_cbw_error,
-                                  bool discard_source,
-                                  uint64_t min_cluster_size,
-                                  struct err **errp);
 
 /* Undo cbw_append(): put the source back under the filter's parents and
  * drop the reference (main thread). */

@@ -73,17 +73,8 @@
 #include "block/core/opts.h"
 #include "block/filter/quorum.h"
 #include "lockstep/block.h"
+#include "runtime/event.h"
 #include "util.h"
-
-/*
- * qmp_event_send() lives in the QMP monitor (qmp/).  Programs without the
- * monitor (the tools, unit tests) do not link it; the weak reference is
- * then NULL and events only reach quorum_event_observer.
- */
-extern void qmp_event_send(const char *name, json_t *data)
-    __attribute__((weak));
-
-void (*quorum_event_observer)(const char *name, json_t *data);
 
 extern const struct block_driver quorum_driver;
 
@@ -144,27 +135,14 @@ static const struct block_opt quorum_opts[] = {
 /* ---- Events ------------------------------------------------------------ */
 
 static void
-quorum_event(const char *name, json_t *data)
-{
-    if (quorum_event_observer) {
-        quorum_event_observer(name, data);
-    }
-    if (qmp_event_send) {
-        qmp_event_send(name, data);
-    } else {
-        json_decref(data);
-    }
-}
-
-static void
-sector_range(uint64_t offset, uint64_t bytes, json_int_t *sector,
-             json_int_t *count)
+sector_range(uint64_t offset, uint64_t bytes, int64_t *sector,
+             int64_t *count)
 {
     uint64_t start = offset / 512;
     uint64_t end = div_round_up(offset + bytes, 512);
 
-    *sector = (json_int_t)start;
-    *count = (json_int_t)(end - start);
+    *sector = (int64_t)start;
+    *count = (int64_t)(end - start);
 }
 
 /* QUORUM_REPORT_BAD; ret < 0 adds "error". */
@@ -172,34 +150,31 @@ static void
 report_bad(enum quorum_op op, uint64_t offset, uint64_t bytes,
            struct block_node *child, int ret)
 {
-    json_int_t sector, count;
-    json_t *data;
+    int64_t sector, count;
+    struct event *ev = event_new("QUORUM_REPORT_BAD");
 
     sector_range(offset, bytes, &sector, &count);
-    data = json_pack("{s:s, s:s, s:I, s:I}", "type", quorum_op_names[op],
-                     "node-name", child->node_name, "sector", sector,
-                     "sectors-count", count);
-    if (!data) {
-        return;
-    }
+    event_add_str(ev, "type", quorum_op_names[op]);
+    event_add_str(ev, "node-name", child->node_name);
+    event_add_int(ev, "sector", sector);
+    event_add_int(ev, "sectors-count", count);
     if (ret < 0) {
-        json_object_set_new(data, "error", json_string(strerror(-ret)));
+        event_add_str(ev, "error", strerror(-ret));
     }
-    quorum_event("QUORUM_REPORT_BAD", data);
+    event_emit(ev);
 }
 
 static void
 report_failure(struct block_node *node, uint64_t offset, uint64_t bytes)
 {
-    json_int_t sector, count;
-    json_t *data;
+    int64_t sector, count;
+    struct event *ev = event_new("QUORUM_FAILURE");
 
     sector_range(offset, bytes, &sector, &count);
-    data = json_pack("{s:s, s:I, s:I}", "reference", node->node_name,
-                     "sector", sector, "sectors-count", count);
-    if (data) {
-        quorum_event("QUORUM_FAILURE", data);
-    }
+    event_add_str(ev, "reference", node->node_name);
+    event_add_int(ev, "sector", sector);
+    event_add_int(ev, "sectors-count", count);
+    event_emit(ev);
 }
 
 /* ---- Fan-out ----------------------------------------------------------- */
@@ -647,17 +622,24 @@ quorum_getlength(struct block_node *node)
     return block_getlength(s->children[0]->node);
 }
 
+/*
+ * QEMU's rules: the parents' needs pass through to every child (plus
+ * write, to repair corrupted children), and the children are written as
+ * one, so nobody else may write or resize them.
+ */
 static void
 quorum_child_perm(struct block_node *node, const char *child_name UNUSED,
+                  uint32_t parent_perm, uint32_t parent_shared,
                   uint32_t *perm, uint32_t *shared)
 {
-    /* The children are written as one: nobody else may change them. */
-    *perm = BLOCK_PERM_CONSISTENT_READ |
-            (node->read_only ? 0 : BLOCK_PERM_WRITE);
-    *shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
-    if (node->force_share) {
-        *shared = BLOCK_PERM_ALL;
+    struct quorum_state *s = node->opaque;
+
+    *perm = parent_perm & BLOCK_PERM_ALL;
+    if (s->rewrite_corrupted && !node->read_only) {
+        *perm |= BLOCK_PERM_WRITE;
     }
+    *shared = parent_shared &
+              (BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED);
 }
 
 static bool

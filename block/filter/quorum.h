@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The "quorum" driver's control API: adding and removing children at run
- * time, as QEMU's x-blockdev-change does, and a hook through which tests
- * watch the QUORUM_* events.
+ * time, as QEMU's x-blockdev-change does.  Its QUORUM_REPORT_BAD and
+ * QUORUM_FAILURE events go out through the runtime (runtime/event.h).
  *
  * All functions here run on the main thread; they drain the graph
  * themselves.  Errors use QEMU's wording.
@@ -11,8 +11,6 @@
 #define LOCKSTEP_QUORUM_H
 
 #include <stdbool.h>
-
-#include <jansson.h>
 
 #include "lockstep/block.h"
 #include "lockstep/err.h"
@@ -45,12 +43,5 @@ int quorum_del_child(struct block_node *quorum, const char *child_name,
  */
 bool qmp_x_blockdev_change(const char *parent, const char *child,
                            const char *node, struct err **errp);
-
-/*
- * Test hook: when set, every QUORUM_REPORT_BAD / QUORUM_FAILURE event is
- * also passed here (data borrowed, valid for the call).  Any thread.  The
- * events always go to qmp_event_send() when the program links it.
- */
-extern void (*quorum_event_observer)(const char *name, json_t *data);
 
 #endif

@@ -20,7 +20,7 @@
  *   atomic loads.  Changes that alter where requests go (DONE: the file
  *   edge moves) happen inside a drained section.
  *
- * - I/O (QEMU's §2.4 rules): NONE fails every read and write with -EIO.
+ * - I/O (QEMU's rules, docs/replication.md): NONE fails every read and write with -EIO.
  *   Primary: reads always -EIO; writes go to file while RUNNING and a
  *   failure there is recorded (get_error reports "I/O error occurred") but
  *   the write succeeds, so that a dead secondary does not stop the guest;
@@ -36,10 +36,9 @@
  *   export's edge (and any other user) now writes through the filter, while
  *   the hidden disk's backing edge keeps reading the secondary disk
  *   directly (as in QEMU, where the backup job's filter does not take over
- *   backing edges).  We move the edges one by one with
- *   block_child_replace_node() instead of block_replace_node(), which would
- *   move the backing edge too.  The filter's block-copy state is the copy
- *   bitmap that checkpoints re-arm.
+ *   backing edges): block_replace_node_except() with backing edges as the
+ *   exception.  The filter's block-copy state is the copy bitmap that
+ *   checkpoints re-arm.
  *
  * - Active and hidden disks must be writable while replication runs: a
  *   hidden disk opened inline as "backing" is read-only by default, so
@@ -51,23 +50,28 @@
  * - Checkpoint (drained): every cluster of the copy bitmap becomes dirty
  *   again, then the active and hidden disks are emptied (make_empty).
  *
- * - Failover (secondary stop with failover=true) runs synchronously on the
- *   main thread, while the secondary guest keeps writing:
- *     1. drained: remove the copy-before-write filter (the export writes
- *        the secondary disk directly again; COLO stops the NBD server
- *        before failover anyway), stage FAILOVER, and an anonymous dirty
- *        bitmap on this node starts recording the guest's writes;
- *     2. not drained, inside the graph: copy every range that the active
- *        or the hidden disk defines (block status of the active disk names
- *        the layer) from the active disk's view into the secondary disk;
- *     3. drained: copy the ranges the bitmap recorded during step 2 again,
- *        point file at the secondary disk, stage DONE.
+ * - Failover (secondary stop with failover=true) is a commit job
+ *   (job/commit.c, failover_start(); the stop command returns at once),
+ *   while the secondary guest keeps writing:
+ *     1. replication_failover_begin(), drained: remove the
+ *        copy-before-write filter (the export writes the secondary disk
+ *        directly again; COLO stops the NBD server before failover
+ *        anyway), stage FAILOVER; the job's bitmap starts recording the
+ *        guest's writes to the active disk;
+ *     2. the job's thread, not drained, inside the graph: copy every range
+ *        that the active or the hidden disk defines (block status of the
+ *        active disk names the layer) from the active disk's view into
+ *        the secondary disk, then what the bitmap recorded meanwhile;
+ *     3. the job's prepare, drained: copy what is still dirty, flush, then
+ *        replication_failover_finish(): point file at the secondary disk,
+ *        stage DONE.
  *   The secondary disk then holds the secondary's view: the last checkpoint
  *   plus its own writes.  Primary writes since the last checkpoint are
  *   rolled back, because the hidden disk's old data is copied back too
  *   (QEMU does the same; its unit test's 0x22 expectation is wrong).  A
- *   failed copy leaves FAILOVER_FAILED; I/O keeps using the active chain
- *   and the next stop retries from step 2.
+ *   failed or cancelled job leaves FAILOVER_FAILED
+ *   (replication_failover_failed()); I/O keeps using the active chain and
+ *   the next stop starts the job again.
  *
  * - A secondary guest read that falls through to the secondary disk
  *   while a primary write to that cluster is being copied away cannot see
@@ -87,23 +91,14 @@
 
 #include "block/copy/block-copy.h"
 #include "block/core/opts.h"
+#include "block/filter/copy-before-write.h"
 #include "block/filter/replication.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "runtime/loop.h"
 #include "util.h"
 
-/*
- * From the copy-before-write filter (block/filter/copy-before-write.h):
- * declared here, weak, so that this file builds and links before the
- * filter does; start refuses to run without it.
- */
-extern struct block_copy_state *cbw_block_copy_state(struct block_node *node)
-    __attribute__((weak));
-
 extern const struct block_driver replication_driver;
-
-/* Chunk of the failover copy. */
-#define COMMIT_CHUNK (1024 * 1024)
 
 struct replication_state {
     struct block_node *node;
@@ -117,7 +112,6 @@ struct replication_state {
     struct block_node *secondary;
     struct block_node *cbw;  /* RUNNING only */
     struct block_copy_state *bcs;
-    struct block_dirty_bitmap *commit_dirty;  /* during the copy */
     /* Primary, from start: disabled, anonymous; the ranges whose write to
      * the secondary failed (bits set by requests: the bitmap's lock). */
     struct block_dirty_bitmap *lost;
@@ -234,10 +228,6 @@ replication_close(struct block_node *node)
 
     /* Nobody uses the node any more: no checkpoint, just undo the graph
      * changes (QEMU leaves the overlays as they are too). */
-    if (s->commit_dirty) {
-        block_dirty_bitmap_release(s->commit_dirty);
-        s->commit_dirty = NULL;
-    }
     if (s->lost) {
         block_dirty_bitmap_release(s->lost);
         s->lost = NULL;
@@ -352,43 +342,24 @@ reaches(struct block_node *from, struct block_node *to, int depth)
     return false;
 }
 
+/* Backing edges stay where they are when the filter goes in or out: the
+ * hidden disk keeps reading the secondary disk directly, as in QEMU. */
+static bool
+is_backing_edge(const struct block_child *c, void *opaque UNUSED)
+{
+    return c->parent_node && c->parent_node->backing == c;
+}
+
 /*
  * Move the parents of "from" that are not backing edges (and not "to"
- * itself) to "to".  Drained by the caller.  On failure the edges already
- * moved go back.
+ * itself) to "to", all at once.  On failure nothing moved.
  */
 static int
 move_data_parents(struct block_node *from, struct block_node *to,
                   struct err **errp)
 {
-    struct block_child *c, **edges;
-    size_t n = 0, cap = 0, i;
-    int ret = 0;
-
-    TAILQ_FOREACH(c, &from->parents, parent_link) {
-        cap++;
-    }
-    edges = xcalloc(cap ? cap : 1, sizeof(*edges));
-    TAILQ_FOREACH(c, &from->parents, parent_link) {
-        if (c->parent_node == to ||
-            (c->parent_node && c->parent_node->backing == c)) {
-            continue;
-        }
-        edges[n++] = c;
-    }
-    for (i = 0; i < n; i++) {
-        ret = block_child_replace_node(edges[i], to, errp);
-        if (ret < 0) {
-            break;
-        }
-    }
-    if (ret < 0) {
-        while (i-- > 0) {
-            block_child_replace_node(edges[i], from, NULL);
-        }
-    }
-    free(edges);
-    return ret;
+    return block_replace_node_except(from, to, is_backing_edge, NULL, NULL,
+                                     errp);
 }
 
 /* Take the copy-before-write filter out again (drains itself). */
@@ -490,7 +461,7 @@ secondary_start(struct replication_state *s, struct err **errp)
         err_setf(errp, "No top_bs or it is invalid");
         return -EINVAL;
     }
-    if (!block_driver_find("copy-before-write") || !cbw_block_copy_state) {
+    if (!block_driver_find("copy-before-write")) {
         err_setf(errp, "The copy-before-write filter is not available");
         return -ENOTSUP;
     }
@@ -641,163 +612,62 @@ replication_do_checkpoint(struct block_node *node, struct err **errp)
     return secondary_checkpoint(s, errp);
 }
 
-/* ---- Failover ---------------------------------------------------------- */
+/* ---- Failover (run by a commit job, job/commit.c) ----------------------- */
 
-/* Copy [offset, offset + bytes) from the active disk's view to sec. */
-static int
-copy_range(struct replication_state *s, void *buf, uint64_t offset,
-           uint64_t bytes, bool zero)
+int
+replication_failover_begin(struct block_node *node,
+                           struct replication_failover *f, struct err **errp)
 {
-    while (bytes > 0) {
-        uint64_t n = MIN(bytes, COMMIT_CHUNK);
-        int ret;
+    struct replication_state *s = node->opaque;
+    enum replication_stage stage = get_stage(s);
 
-        if (zero) {
-            ret = block_pwrite_zeroes(s->secondary, offset, n, 0);
-        } else {
-            ret = block_pread(s->active, offset, n, buf, 0);
-            if (ret == 0) {
-                ret = block_pwrite(s->secondary, offset, n, buf, 0);
-            }
-        }
-        if (ret < 0) {
-            return ret;
-        }
-        offset += n;
-        bytes -= n;
+    assert_main_thread();
+    if (s->mode != REPLICATION_MODE_SECONDARY ||
+        (stage != REPLICATION_STAGE_RUNNING &&
+         stage != REPLICATION_STAGE_FAILOVER_FAILED)) {
+        err_setf(errp, "Block replication of '%s' cannot fail over",
+                 node->node_name);
+        return -EINVAL;
     }
-    return 0;
-}
-
-/*
- * Step 2: every range defined by the active or hidden layer.  Block status
- * splits where the host clusters are not contiguous (the hidden disk's
- * copy-before-write clusters are interleaved), which is no boundary for
- * the copy: adjacent data extents are merged into one run, so that the
- * copy moves whole COMMIT_CHUNKs instead of fragments.
- */
-static int
-commit_allocated(struct replication_state *s, void *buf)
-{
-    uint64_t len = (uint64_t)block_getlength(s->active);
-    uint64_t off = 0, run = 0, run_bytes = 0;
-    int ret = 0;
-
-    while (off < len && ret == 0) {
-        struct block_status_info info;
-        uint64_t pnum = 0;
-        bool ours, zero;
-
-        ret = block_status(s->active, off, len - off, &pnum, &info);
-        if (ret < 0) {
-            break;
-        }
-        ours = info.node == s->active || info.node == s->hidden;
-        zero = (info.flags & BLOCK_STATUS_ZERO) &&
-               !(info.flags & BLOCK_STATUS_DATA);
-        ret = 0;
-        if (ours && !zero && run + run_bytes == off) {
-            run_bytes += pnum;              /* extends the run */
-        } else {
-            ret = copy_range(s, buf, run, run_bytes, false);
-            run = off;
-            run_bytes = ours && !zero ? pnum : 0;
-            if (ret == 0 && ours && zero) {
-                ret = copy_range(s, buf, off, pnum, true);
-            }
-        }
-        off += pnum;
-    }
-    return ret < 0 ? ret : copy_range(s, buf, run, run_bytes, false);
-}
-
-/* Step 3 (drained): what the guest wrote during step 2. */
-static int
-commit_dirty(struct replication_state *s, void *buf)
-{
-    uint64_t len = (uint64_t)block_getlength(s->active);
-    uint64_t off = 0, aoff, abytes;
-
-    while (off < len &&
-           block_dirty_bitmap_next_dirty_area(s->commit_dirty, off,
-                                              len - off, COMMIT_CHUNK,
-                                              &aoff, &abytes)) {
-        int ret = copy_range(s, buf, aoff, abytes, false);
-
-        if (ret < 0) {
-            return ret;
-        }
-        off = aoff + abytes;
-    }
-    return 0;
-}
-
-static int
-secondary_failover(struct replication_state *s, struct err **errp)
-{
-    struct block_node *node = s->node;
-    void *buf = NULL;
-    int ret;
-
+    /* The export writes the secondary disk directly again (COLO stops
+     * the NBD server before failover anyway). */
     block_drain_begin();
     remove_cbw(s);
     set_stage(s, REPLICATION_STAGE_FAILOVER);
-    s->commit_dirty = block_dirty_bitmap_create(node, NULL, 0, errp);
     block_drain_end();
-    if (!s->commit_dirty) {
-        ret = -ENOMEM;
-        goto fail;
-    }
+    *f = (struct replication_failover) {
+        .active = s->active,
+        .hidden = s->hidden,
+        .secondary = s->secondary,
+    };
+    return 0;
+}
 
-    if (posix_memalign(&buf, 4096, COMMIT_CHUNK) != 0) {
-        buf = NULL;
-        err_setf(errp, "Cannot allocate the failover buffer");
-        ret = -ENOMEM;
-        goto fail;
-    }
-    block_graph_enter();
-    ret = commit_allocated(s, buf);
-    block_graph_leave();
-    if (ret < 0) {
-        err_setf_errno(errp, -ret, "Failover commit into '%s' failed",
-                       s->secondary->node_name);
-        goto fail;
-    }
+int
+replication_failover_finish(struct block_node *node, struct err **errp)
+{
+    struct replication_state *s = node->opaque;
+    int ret;
 
-    block_drain_begin();
-    ret = commit_dirty(s, buf);
-    if (ret == 0) {
-        ret = block_flush(s->secondary);
-    }
-    if (ret < 0) {
-        block_drain_end();
-        err_setf_errno(errp, -ret, "Failover commit into '%s' failed",
-                       s->secondary->node_name);
-        goto fail;
-    }
+    assert_main_thread();
     ret = block_child_replace_node(node->file, s->secondary, errp);
     if (ret < 0) {
-        block_drain_end();
-        goto fail;
+        return ret;
     }
-    block_dirty_bitmap_release(s->commit_dirty);
-    s->commit_dirty = NULL;
     drop_chain(s);
     set_error(s, 0);
     set_stage(s, REPLICATION_STAGE_DONE);
-    block_drain_end();
-    free(buf);
     return 0;
+}
 
-fail:
-    free(buf);
-    if (s->commit_dirty) {
-        block_dirty_bitmap_release(s->commit_dirty);
-        s->commit_dirty = NULL;
-    }
-    set_error(s, ret < 0 ? ret : -EIO);
+void
+replication_failover_failed(struct block_node *node, int error)
+{
+    struct replication_state *s = node->opaque;
+
+    assert_main_thread();
+    set_error(s, error < 0 ? error : -EIO);
     set_stage(s, REPLICATION_STAGE_FAILOVER_FAILED);
-    return ret < 0 ? ret : -EIO;
 }
 
 /* Stop without failover: a checkpoint, then the secondary disk alone. */
@@ -826,7 +696,7 @@ secondary_stop(struct replication_state *s, struct err **errp)
 }
 
 int
-replication_stop(struct block_node *node, bool failover, struct err **errp)
+replication_stop(struct block_node *node, struct err **errp)
 {
     struct replication_state *s = node->opaque;
     enum replication_stage stage = get_stage(s);
@@ -836,8 +706,9 @@ replication_stop(struct block_node *node, bool failover, struct err **errp)
         return 0;
     }
     if (stage == REPLICATION_STAGE_FAILOVER_FAILED) {
-        /* A retry (the copy is idempotent), whatever failover says. */
-        return secondary_failover(s, errp);
+        err_setf(errp, "Block replication failover failed; stop it with "
+                 "failover to retry");
+        return -EIO;
     }
     if (stage != REPLICATION_STAGE_RUNNING) {
         err_setf(errp, "Block replication is not running");
@@ -848,7 +719,7 @@ replication_stop(struct block_node *node, bool failover, struct err **errp)
         set_stage(s, REPLICATION_STAGE_DONE);
         return 0;
     }
-    return failover ? secondary_failover(s, errp) : secondary_stop(s, errp);
+    return secondary_stop(s, errp);
 }
 
 /* ---- get_error and the rest -------------------------------------------- */
@@ -881,6 +752,23 @@ replication_get_stage(struct block_node *node)
     return get_stage(node->opaque);
 }
 
+enum replication_mode
+replication_get_mode(struct block_node *node)
+{
+    struct replication_state *s = node->opaque;
+
+    return s->mode;
+}
+
+struct block_node *
+replication_next(struct block_node *prev)
+{
+    struct replication_state *s = prev ? prev->opaque : NULL;
+
+    s = s ? TAILQ_NEXT(s, link) : TAILQ_FIRST(&replication_nodes);
+    return s ? s->node : NULL;
+}
+
 struct block_node *
 replication_cbw_node(struct block_node *node)
 {
@@ -904,19 +792,6 @@ replication_start_all(bool primary, struct err **errp)
 }
 
 bool
-replication_stop_all(bool failover, struct err **errp)
-{
-    struct replication_state *s;
-
-    TAILQ_FOREACH(s, &replication_nodes, link) {
-        if (replication_stop(s->node, failover, errp) < 0) {
-            return false;
-        }
-    }
-    return true;
-}
-
-bool
 replication_checkpoint_all(struct err **errp)
 {
     struct replication_state *s;
@@ -929,42 +804,22 @@ replication_checkpoint_all(struct err **errp)
     return true;
 }
 
-bool
-qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
-                        bool failover, struct err **errp)
+/*
+ * QEMU's rules: read (and write, unless read-only) the file whatever the
+ * parents do, since the driver writes it for its own reasons (the primary
+ * forwards writes, the secondary's checkpoints empty the overlays); let
+ * others read and write it, but not resize it.
+ */
+static void
+replication_child_perm(struct block_node *node, const char *child_name UNUSED,
+                       uint32_t parent_perm UNUSED,
+                       uint32_t parent_shared UNUSED, uint32_t *perm,
+                       uint32_t *shared)
 {
-    if (enable) {
-        if (has_failover) {
-            err_setf(errp, "Parameter 'failover' is only for stopping "
-                     "replication");
-            return false;
-        }
-        return replication_start_all(primary, errp);
-    }
-    /* QEMU drops the errors of a failover stop; the status shows them. */
-    if (!replication_stop_all(failover, failover ? NULL : errp)) {
-        return failover;
-    }
-    return true;
-}
-
-json_t *
-replication_status(void)
-{
-    struct replication_state *s;
-
-    TAILQ_FOREACH(s, &replication_nodes, link) {
-        struct err *err = NULL;
-
-        if (replication_get_error(s->node, &err) < 0) {
-            json_t *ret = json_pack("{s:b, s:s}", "error", 1, "desc",
-                                    err ? err->msg : "I/O error occurred");
-
-            err_free(err);
-            return ret;
-        }
-    }
-    return json_pack("{s:b}", "error", 0);
+    *perm = BLOCK_PERM_CONSISTENT_READ |
+            (node->read_only ? 0 : BLOCK_PERM_WRITE);
+    *shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE |
+              BLOCK_PERM_WRITE_UNCHANGED;
 }
 
 const struct block_driver replication_driver = {
@@ -978,4 +833,5 @@ const struct block_driver replication_driver = {
     .pwrite = replication_pwrite,
     .pwrite_zeroes = replication_pwrite_zeroes,
     .pdiscard = replication_pdiscard,
+    .child_perm = replication_child_perm,
 };

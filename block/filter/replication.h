@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The "replication" driver's control API (COLO-style block replication),
- * and the QMP command bodies that drive every replication node of the
- * process at once: xen-set-replication, xen-colo-do-checkpoint and
- * query-xen-replication-status.  docs/replication.md has the picture.
+ * and the bodies of the commands that start and checkpoint every
+ * replication node of the process at once.  The failover copy is a commit
+ * job (job/commit.h, failover_start()); the commands that stop
+ * replication, which may start it, are in qmp/cmds-repl.c.
+ * docs/replication.md has the picture.
  *
  * Every function here runs on the main thread.  The per-node operations
  * return 0 or -errno with *errp set; the "_all" ones walk the replication
@@ -13,8 +15,6 @@
 #define LOCKSTEP_REPLICATION_H
 
 #include <stdbool.h>
-
-#include <jansson.h>
 
 #include "lockstep/block.h"
 #include "lockstep/err.h"
@@ -39,13 +39,43 @@ enum replication_stage {
 
 bool block_node_is_replication(struct block_node *node);
 enum replication_stage replication_get_stage(struct block_node *node);
+enum replication_mode replication_get_mode(struct block_node *node);
+/* The replication nodes, newest first: the first after prev (NULL: the
+ * first), NULL after the last. */
+struct block_node *replication_next(struct block_node *prev);
 
-/* The four operations on one node (QEMU's ReplicationOps). */
+/* The operations on one node (QEMU's ReplicationOps; stop with failover
+ * is the failover job's, below). */
 int replication_start(struct block_node *node, enum replication_mode mode,
                       struct err **errp);
 int replication_do_checkpoint(struct block_node *node, struct err **errp);
-int replication_stop(struct block_node *node, bool failover,
-                     struct err **errp);
+/* Stop without failover: a primary is done; a secondary takes a last
+ * checkpoint and uses its secondary disk directly.  Nothing to do in
+ * stages FAILOVER and DONE; refused in FAILOVER_FAILED (only a failover
+ * can finish that). */
+int replication_stop(struct block_node *node, struct err **errp);
+
+/*
+ * The failover of a secondary, in the three steps the failover job
+ * (job/commit.c) takes.  begin (RUNNING or FAILOVER_FAILED; drains
+ * itself): the copy-before-write filter goes, stage FAILOVER, and *f gets
+ * the chain (borrowed; the job takes references): copy what active or
+ * hidden define from active's view into secondary.  finish (drained,
+ * after the last copy): file points to the secondary disk, stage DONE.
+ * failed (the copy failed or the job was cancelled): stage
+ * FAILOVER_FAILED with error; I/O keeps using the active chain and a
+ * later failover starts again from begin.
+ */
+struct replication_failover {
+    struct block_node *active;
+    struct block_node *hidden;
+    struct block_node *secondary;
+};
+int replication_failover_begin(struct block_node *node,
+                               struct replication_failover *f,
+                               struct err **errp);
+int replication_failover_finish(struct block_node *node, struct err **errp);
+void replication_failover_failed(struct block_node *node, int error);
 /* 0 when the node is fine; -errno with the reason otherwise. */
 int replication_get_error(struct block_node *node, struct err **errp);
 
@@ -69,24 +99,11 @@ struct block_node *replication_cbw_node(struct block_node *node);
 int replication_primary_detach(struct block_node *node,
                                struct block_node *parent, struct err **errp);
 
-/* ---- QMP command bodies ------------------------------------------------ */
+/* ---- Every node at once ------------------------------------------------ */
 
 /* xen-set-replication enable=true: start every node in that mode. */
 bool replication_start_all(bool primary, struct err **errp);
-/* xen-set-replication enable=false (QEMU's handler drops the error when
- * failover is true; that choice is the caller's). */
-bool replication_stop_all(bool failover, struct err **errp);
 /* xen-colo-do-checkpoint. */
 bool replication_checkpoint_all(struct err **errp);
-/*
- * The whole xen-set-replication command, as QEMU handles it: "failover"
- * only when stopping ("Parameter 'failover' is only for stopping
- * replication"); errors of a stop with failover=true are dropped (the
- * node's status reports them).
- */
-bool qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
-                             bool failover, struct err **errp);
-/* query-xen-replication-status: {"error": bool, "desc"?: str}. */
-json_t *replication_status(void);
 
 #endif

@@ -28,12 +28,15 @@ static const struct block_opt snapshot_access_opts[] = {
     {NULL, 0, false, NULL},
 };
 
+/* The filter reads its file through the snapshot API, not as a parent
+ * reading the node: it needs nothing and shares everything (QEMU). */
 static void
-snapshot_access_child_perm(struct block_node *node, const char *child_name,
-                           uint32_t *perm, uint32_t *shared)
+snapshot_access_child_perm(struct block_node *node UNUSED,
+                           const char *child_name UNUSED,
+                           uint32_t parent_perm UNUSED,
+                           uint32_t parent_shared UNUSED, uint32_t *perm,
+                           uint32_t *shared)
 {
-    (void)node;
-    (void)child_name;
     *perm = 0;
     *shared = BLOCK_PERM_ALL;
 }

@@ -59,18 +59,25 @@ raw_open(struct block_node *node, json_t *options, struct err **errp)
 }
 
 /*
- * raw has no metadata: like QEMU (its file is a pure data child), it lets
- * others write the file too; whoever uses the raw node decides.  It does
- * not hold "resize" either: QEMU's raw takes only what its parents need,
- * and a copy-before-write filter under it refuses to share resizing.
+ * raw has no metadata: it takes on its file exactly what its parents take
+ * (QEMU's raw, whose file is a filtered child), so that an export that
+ * writes the raw node writes the file, and nothing more.  A window
+ * (offset or size) makes the file a data child whose length others must
+ * not change.  Called before open parses the options, hence node->options.
  */
 static void
 raw_child_perm(struct block_node *node, const char *child_name UNUSED,
+               uint32_t parent_perm, uint32_t parent_shared,
                uint32_t *perm, uint32_t *shared)
 {
-    *perm = BLOCK_PERM_CONSISTENT_READ |
-            (node->read_only ? 0 : BLOCK_PERM_WRITE);
-    *shared = BLOCK_PERM_ALL;
+    bool window = block_opt_int(node->options, "offset", 0) != 0 ||
+                  json_object_get(node->options, "size") != NULL;
+
+    *perm = parent_perm & BLOCK_PERM_ALL;
+    *shared = parent_shared & BLOCK_PERM_ALL;
+    if (window) {
+        *shared &= ~BLOCK_PERM_RESIZE;
+    }
 }
 
 static int64_t

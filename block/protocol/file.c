@@ -2,9 +2,15 @@
 /*
  * The "file" protocol driver: a POSIX file or block device.
  *
- * Reads and writes are pread/pwrite on worker threads (the core calls us
- * from many threads at once; pread/pwrite need no lock).  Zeroing and
- * discard use fallocate; block status uses SEEK_DATA/SEEK_HOLE.
+ * Reads, writes and flushes run on the thread that issued them (the core
+ * calls us from many threads at once), by one of QEMU's "aio" modes:
+ * "threads", pread/pwrite/fdatasync; "io_uring", the same operations
+ * through an io_uring of the calling thread (liburing), submitted and
+ * waited for at once.  io_uring is the default with cache.direct=on where
+ * the kernel has it; where it does not (old kernel, seccomp,
+ * kernel.io_uring_disabled) we use threads, saying so once when io_uring
+ * was asked for.  "native" (Linux AIO) is refused: not implemented.
+ * Zeroing and discard use fallocate; block status uses SEEK_DATA/SEEK_HOLE.
  *
  * Image locking follows QEMU's file-posix protocol byte for byte, so that
  * QEMU and lockstep refuse to write one image at the same time: for each
@@ -19,6 +25,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <linux/magic.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -36,6 +45,7 @@ struct file_state {
     char *filename;
     bool is_block_device;
     bool memory_backed;       /* tmpfs/ramfs: I/O never waits for a device */
+    bool io_uring;            /* aio=io_uring in effect (else threads) */
     bool locking;
     uint32_t locked_perm;     /* bits with a lock on 100 + i */
     uint32_t locked_unshared; /* bits with a lock on 200 + i */
@@ -162,28 +172,312 @@ file_set_perm(struct block_node *node, uint32_t perm, uint32_t shared,
     return apply_locks(s, perm, unshared, errp);
 }
 
+/* ---- io_uring ----------------------------------------------------------- */
+
+/*
+ * One ring per thread, made on the thread's first request: a request runs
+ * start to finish on its thread (docs/architecture.md, "Threads"), so it
+ * submits its operation and waits for the completion on its own ring, with
+ * no lock and no hand-off to another thread.  The ring goes away with the
+ * thread (the key's destructor), and from a forked child.  Eight entries:
+ * a thread has one operation in flight at a time.
+ */
+#define RING_ENTRIES 8
+
+struct thread_ring {
+    struct io_uring ring;
+    bool ok;                    /* io_uring_queue_init() succeeded */
+};
+
+static pthread_key_t ring_key;
+static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
+static __thread struct thread_ring *my_ring;
+static int uring_state;         /* atomic: 0 unknown, 1 works, -1 does not */
+static int uring_warned;        /* atomic: the fallback was reported */
+
+static void
+ring_free(void *p)
+{
+    struct thread_ring *r = p;
+
+    if (r->ok) {
+        io_uring_queue_exit(&r->ring);
+    }
+    free(r);
+}
+
+/*
+ * A forked child shares the parent's rings (their queues are shared
+ * memory): it drops its copy and makes its own when it does I/O.
+ */
+static void
+ring_after_fork(void)
+{
+    struct thread_ring *r = my_ring;
+
+    my_ring = NULL;
+    pthread_setspecific(ring_key, NULL);
+    if (r) {
+        ring_free(r);
+    }
+}
+
+static void
+ring_key_init(void)
+{
+    if (pthread_key_create(&ring_key, ring_free) != 0 ||
+        pthread_atfork(NULL, NULL, ring_after_fork) != 0) {
+        abort();
+    }
+}
+
+/* The calling thread's ring, or NULL where it cannot have one. */
+static struct io_uring *
+thread_ring(void)
+{
+    if (!my_ring) {
+        pthread_once(&ring_once, ring_key_init);
+        my_ring = xcalloc(1, sizeof(*my_ring));
+        my_ring->ok = io_uring_queue_init(RING_ENTRIES, &my_ring->ring,
+                                          0) == 0;
+        pthread_setspecific(ring_key, my_ring);
+    }
+    return my_ring->ok ? &my_ring->ring : NULL;
+}
+
+/*
+ * Can this process use io_uring?  Tried once, on the first open that asks:
+ * set up a ring, run a no-op through it and ask for the operations.  LOCKSTEP_NO_IO_URING=1 says
+ * no, to test the fallback on kernels that have io_uring.
+ */
+static bool
+uring_works(void)
+{
+    int state = __atomic_load_n(&uring_state, __ATOMIC_ACQUIRE);
+    struct io_uring ring;
+
+    if (state) {
+        return state > 0;
+    }
+    state = -1;
+    if (!getenv("LOCKSTEP_NO_IO_URING") &&
+        io_uring_queue_init(2, &ring, 0) == 0) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+        struct io_uring_cqe *cqe;
+
+        struct io_uring_probe *probe = io_uring_get_probe_ring(&ring);
+
+        io_uring_prep_nop(sqe);
+        if (io_uring_submit_and_wait(&ring, 1) == 1 &&
+            io_uring_wait_cqe(&ring, &cqe) == 0) {
+            state = cqe->res == 0 ? 1 : -1;
+            io_uring_cqe_seen(&ring, cqe);
+        }
+        /* The operations we use (read/write: Linux 5.6). */
+        if (!probe || !io_uring_opcode_supported(probe, IORING_OP_READ) ||
+            !io_uring_opcode_supported(probe, IORING_OP_WRITE) ||
+            !io_uring_opcode_supported(probe, IORING_OP_FSYNC)) {
+            state = -1;
+        }
+        if (probe) {
+            io_uring_free_probe(probe);
+        }
+        io_uring_queue_exit(&ring);
+    }
+    __atomic_store_n(&uring_state, state, __ATOMIC_RELEASE);
+    return state > 0;
+}
+
+enum ring_op { RING_READ, RING_WRITE, RING_FDATASYNC };
+
+/*
+ * One operation through the thread's ring: bytes done, or -errno.
+ * -ENOSYS when the thread has no (working) ring: the caller uses the
+ * system call.
+ */
+static int64_t
+ring_io(int fd, enum ring_op op, void *buf, uint64_t bytes, uint64_t offset)
+{
+    struct io_uring *ring = thread_ring();
+    struct io_uring_sqe *sqe;
+    struct io_uring_cqe *cqe;
+    int64_t res;
+    int ret;
+
+    if (!ring) {
+        return -ENOSYS;
+    }
+    sqe = io_uring_get_sqe(ring);
+    switch (op) {
+    case RING_READ:
+        io_uring_prep_read(sqe, fd, buf, (unsigned)bytes, offset);
+        break;
+    case RING_WRITE:
+        io_uring_prep_write(sqe, fd, buf, (unsigned)bytes, offset);
+        break;
+    case RING_FDATASYNC:
+        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+        break;
+    }
+    do {
+        ret = io_uring_submit_and_wait(ring, 1);
+    } while (ret == -EINTR);
+    if (ret < 0) {
+        /*
+         * Not submitted, and the SQE would go with the next submission,
+         * pointing at a buffer that is gone by then: drop this thread's
+         * ring and use the system calls from now on.
+         */
+        io_uring_queue_exit(ring);
+        my_ring->ok = false;
+        return -ENOSYS;
+    }
+    do {
+        ret = io_uring_wait_cqe(ring, &cqe);
+    } while (ret == -EINTR);
+    if (ret < 0) {
+        return ret;
+    }
+    res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    return res;
+}
+
+/* pread/pwrite/fdatasync by the node's aio mode: bytes done or -errno. */
+static int64_t
+sys_io(struct file_state *s, enum ring_op op, void *buf, uint64_t bytes,
+       uint64_t offset)
+{
+    ssize_t r;
+
+    if (s->io_uring) {
+        int64_t res = ring_io(s->fd, op, buf, bytes, offset);
+
+        if (res != -ENOSYS) {
+            return res;
+        }
+    }
+    do {
+        switch (op) {
+        case RING_READ:
+            r = pread(s->fd, buf, bytes, offset);
+            break;
+        case RING_WRITE:
+            r = pwrite(s->fd, buf, bytes, offset);
+            break;
+        default:
+            r = fdatasync(s->fd);
+            break;
+        }
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+/* Write all of buf (a short write continues where it stopped). */
+static int
+file_write_full(struct file_state *s, const void *buf, uint64_t bytes,
+           uint64_t offset)
+{
+    const char *p = buf;
+
+    while (bytes > 0) {
+        int64_t r = sys_io(s, RING_WRITE, (void *)p, bytes, offset);
+
+        if (r < 0) {
+            return (int)r;
+        }
+        if (r == 0) {
+            return -EIO;
+        }
+        p += r;
+        bytes -= (uint64_t)r;
+        offset += (uint64_t)r;
+    }
+    return 0;
+}
+
+/*
+ * The aio option: *uring set for io_uring.  Default: io_uring with
+ * cache.direct=on where it works (page cache copies gain nothing from it),
+ * else threads.
+ */
+static int
+choose_aio(struct block_node *node, json_t *options, bool *uring,
+           struct err **errp)
+{
+    const char *aio = block_opt_str(options, "aio", NULL);
+    int64_t batch = block_opt_int(options, "aio-max-batch", 0);
+
+    *uring = false;
+    if (batch < 0) {
+        err_setf(errp, "aio-max-batch must be a positive number");
+        return -EINVAL;
+    }
+    if (aio && strcmp(aio, "native") == 0) {
+        err_setf(errp, "aio=native (Linux AIO) is not supported; use "
+                 "aio=io_uring or aio=threads");
+        return -ENOTSUP;
+    }
+    if (aio && strcmp(aio, "threads") == 0) {
+        return 0;
+    }
+    if (!aio && !node->cache_direct) {
+        return 0;
+    }
+    *uring = uring_works();
+    if (!*uring && aio &&
+        !__atomic_exchange_n(&uring_warned, 1, __ATOMIC_RELAXED)) {
+        fprintf(stderr, "lockstep: io_uring is not available here; "
+                "aio=io_uring falls back to aio=threads\n");
+    }
+    return 0;
+}
+
 /* ---- Open / close ----------------------------------------------------- */
 
-/* The smallest read size O_DIRECT accepts on this file. */
-static uint32_t
-probe_direct_alignment(int fd)
+/*
+ * The alignment O_DIRECT needs on this file: *req for offsets and lengths,
+ * *mem for buffer addresses.  The kernel says so itself (statx
+ * STATX_DIOALIGN, Linux 6.1+, ext4/xfs/block devices); else a block
+ * device's logical sector size; else we try reads at offset 0 with growing
+ * sizes, which only tells the truth where the file has data: a hole reads
+ * fine at any size on a 4 KiB-sector file system.  Without data there,
+ * 4 KiB is safe everywhere.
+ */
+static void
+probe_direct_alignment(struct file_state *s, uint32_t *req, uint32_t *mem)
 {
+    struct statx stx;
+    int sector;
     void *buf;
-    uint32_t align = 4096;
 
-    if (posix_memalign(&buf, 4096, 4096) != 0) {
-        return align;
+    *req = 4096;
+    *mem = 4096;
+    if (statx(s->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        *req = stx.stx_dio_offset_align;
+        *mem = MAX(stx.stx_dio_mem_align, 1);
+        return;
+    }
+    if (s->is_block_device && ioctl(s->fd, BLKSSZGET, &sector) == 0 &&
+        sector > 0) {
+        *req = (uint32_t)sector;
+        *mem = MAX((uint32_t)sector, 4096);
+        return;
+    }
+    if (lseek(s->fd, 0, SEEK_DATA) != 0 ||
+        posix_memalign(&buf, 4096, 4096) != 0) {
+        return;
     }
     for (uint32_t a = 512; a <= 4096; a *= 2) {
-        ssize_t r = pread(fd, buf, a, 0);
+        ssize_t r = pread(s->fd, buf, a, 0);
 
         if (r >= 0 || errno != EINVAL) {
-            align = a;
+            *req = a;
             break;
         }
     }
     free(buf);
-    return align;
 }
 
 static bool
@@ -203,7 +497,12 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
     const char *locking = block_opt_str(options, "locking", "auto");
     int flags = O_CLOEXEC | (node->read_only ? O_RDONLY : O_RDWR);
     struct stat st;
+    int ret;
 
+    ret = choose_aio(node, options, &s->io_uring, errp);
+    if (ret < 0) {
+        return ret;
+    }
     if (node->cache_direct) {
         flags |= O_DIRECT;
     }
@@ -221,10 +520,8 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
     }
     s->memory_backed = is_memory_fs(s->fd);
     if (node->cache_direct) {
-        uint32_t align = probe_direct_alignment(s->fd);
-
-        node->limits.request_alignment = align;
-        node->limits.mem_alignment = MAX(align, 4096);
+        probe_direct_alignment(s, &node->limits.request_alignment,
+                               &node->limits.mem_alignment);
     }
     node->limits.max_transfer = 32 * MiB;
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
@@ -304,14 +601,35 @@ file_may_block(struct file_state *s)
     }
 }
 
+/*
+ * pread until done; past the end of the file reads as zeroes.  O_DIRECT
+ * stops short at an end of file that is not block aligned, and the next
+ * read from there would fail (unaligned offset): that is the end too.
+ */
 static int
 file_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
            void *buf, unsigned flags UNUSED)
 {
     struct file_state *s = node->opaque;
+    uint32_t align = node->limits.request_alignment;
+    char *p = buf;
 
     file_may_block(s);
-    return pread_full(s->fd, buf, bytes, offset);
+    while (bytes > 0) {
+        int64_t r = sys_io(s, RING_READ, p, bytes, offset);
+
+        if (r < 0) {
+            return (int)r;
+        }
+        p += r;
+        bytes -= r;
+        offset += r;
+        if (r == 0 || !is_aligned(offset, align)) {
+            memset(p, 0, bytes);
+            break;
+        }
+    }
+    return 0;
 }
 
 static int
@@ -321,7 +639,7 @@ file_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     struct file_state *s = node->opaque;
 
     file_may_block(s);
-    return pwrite_full(s->fd, buf, bytes, offset);
+    return file_write_full(s, buf, bytes, offset);
 }
 
 static int
@@ -337,10 +655,12 @@ do_fallocate(int fd, int mode, uint64_t offset, uint64_t bytes)
 }
 
 /*
- * Make the file at least end bytes long by writing zeroes to its last
- * block, which lies inside the caller's own zeroed range.  Never
- * ftruncate here: a parallel write may have grown the file since we read
- * its length, and ftruncate would cut that write's data off.
+ * Make the file at least end bytes long: allocate its last block, which
+ * lies inside the caller's own zeroed range (fallocate: no data I/O, as
+ * QEMU's zeroing past the end), or where the file system cannot, write
+ * zeroes there.  Never ftruncate here: a parallel write may have grown
+ * the file since we read its length, and ftruncate would cut that
+ * write's data off; fallocate never shrinks.
  */
 static int
 grow_to(struct block_node *node, uint64_t end)
@@ -350,12 +670,15 @@ grow_to(struct block_node *node, uint64_t end)
     void *buf;
     int ret;
 
+    if (!s->is_block_device && do_fallocate(s->fd, 0, end - n, n) == 0) {
+        return 0;
+    }
     if (posix_memalign(&buf, MAX(node->limits.mem_alignment,
                                  sizeof(void *)), n) != 0) {
         return -ENOMEM;
     }
     memset(buf, 0, n);
-    ret = pwrite_full(s->fd, buf, n, end - n);
+    ret = file_write_full(s, buf, n, end - n);
     free(buf);
     return ret;
 }
@@ -411,9 +734,11 @@ static int
 file_flush(struct block_node *node)
 {
     struct file_state *s = node->opaque;
+    int64_t r;
 
     file_may_block(s);
-    return fdatasync(s->fd) < 0 ? -errno : 0;
+    r = sys_io(s, RING_FDATASYNC, NULL, 0, 0);
+    return r < 0 ? (int)r : 0;
 }
 
 static int

@@ -141,8 +141,11 @@ struct block_status_info {
 /*
  * A driver.  Control callbacks run on the main thread and take errp; I/O
  * callbacks run on any thread and return -errno.  The core guarantees for
- * every I/O callback: offset/bytes are within the node's length and aligned
- * to limits.request_alignment (except at the very end of the node), bytes
+ * every I/O callback: offset/bytes are aligned to limits.request_alignment
+ * and start inside the node's length, except at its end: a protocol's
+ * last block may reach past it (reads there return zeroes, writes grow
+ * the node: O_DIRECT knows no shorter I/O), a filter's or format's ends
+ * there unaligned; the buffer is aligned to limits.mem_alignment, bytes
  * does not exceed the relevant max_*, and the node is not being drained
  * out from under the call.
  */
@@ -217,10 +220,14 @@ struct block_driver {
     int (*set_perm)(struct block_node *node, uint32_t perm, uint32_t shared,
                     struct err **errp);
     /*
-     * What this node needs on child c and lets others do.  Without the
+     * What this node needs on its child child_name and lets others do,
+     * given what the node's own parents hold (parent_perm, the union) and
+     * share (parent_shared, the intersection): QEMU's bdrv_child_perm.
+     * Called again whenever the node's parents change.  Without the
      * callback the core's defaults apply (see block_default_child_perm).
      */
     void (*child_perm)(struct block_node *node, const char *child_name,
+                       uint32_t parent_perm, uint32_t parent_shared,
                        uint32_t *perm, uint32_t *shared);
 
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
@@ -249,6 +256,11 @@ struct block_driver {
  * parent_node is set and name is the role: "file", "backing", ...) or a
  * handle (parent_node is NULL).  Graph fields: main thread only, and changed
  * only while drained.
+ *
+ * perm/shared: what the parent holds on the child and lets others do.  A
+ * handle's are its user's; a node parent's are recomputed from that
+ * node's own parents (drv->child_perm) whenever they change, unless
+ * perm_fixed (block_child_fix_perm).
  */
 struct block_child {
     char *name;
@@ -257,6 +269,10 @@ struct block_child {
     struct block_handle *parent_handle; /* NULL for node parents */
     uint32_t perm;
     uint32_t shared;
+    bool perm_fixed;
+    /* A job relies on this link (commit's chain): it may not point
+     * elsewhere until the job lets go ("Cannot change frozen ..."). */
+    bool frozen;
     TAILQ_ENTRY(block_child) parent_link;  /* in node->parents */
     TAILQ_ENTRY(block_child) child_link;   /* in parent_node->children */
 };
@@ -307,12 +323,13 @@ struct block_node {
     TAILQ_ENTRY(block_node) all_link;
 
     /*
-     * Requests.  Protected by: req_lock.  Lock order: req_lock is a leaf
-     * (never held while calling a driver).
+     * Requests and flushes.  Protected by: req_lock.  Lock order:
+     * req_lock is a leaf (never held while calling a driver).
      */
     pthread_mutex_t req_lock;
     pthread_cond_t req_cond;
     struct block_tracked_req_list tracked;
+    bool flushing;                    /* a flush in flight (io.c) */
     pthread_mutex_t serial_lock;      /* drv->serialize_requests only */
 
     /*
@@ -347,6 +364,16 @@ struct block_node *block_node_new_keyval(const char *str, struct err **errp);
 /* Shorthand for tools: "-f FMT FILE". */
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);
+/*
+ * The cache mode of QEMU's tools (-t/-T, qemu-io -t/-n) as options of the
+ * top node of a graph, which its children inherit: "none" (or "off")
+ * sets cache.direct (O_DIRECT), "writeback" is the default, "unsafe" sets
+ * cache.no-flush.  What opts already says about "cache" wins.
+ * "writethrough" and "directsync" (a flush after every write) are refused
+ * with -ENOTSUP, unknown modes with -EINVAL, each with a message.
+ */
+int block_opts_set_cache_mode(json_t *opts, const char *mode,
+                              struct err **errp);
 
 /*
  * File names as QEMU's tools take them (block/core/filename.c): "json:{..}",
@@ -418,17 +445,55 @@ void block_node_detach_child(struct block_node *parent,
                              struct block_child *child);
 struct block_child *block_node_child(struct block_node *node,
                                      const char *name);
-/* Point an existing edge at another node (drained; permissions checked). */
+/* The "filename" option the node was opened with (protocol nodes), or
+ * NULL. */
+const char *block_node_filename(struct block_node *node);
+/*
+ * Graph edits that move edges (main thread; they drain themselves).  Every
+ * move checks permissions once all edges point to their new node (moving
+ * them one by one could conflict half way) and is undone on failure; a
+ * frozen edge or a loop is refused.  A parent node's options follow its
+ * edges: an option naming the old child by node-name names the new one
+ * afterwards, so that a reopen opens the same graph.
+ */
+/* Point an existing edge at another node. */
 int block_child_replace_node(struct block_child *c, struct block_node *to,
                              struct err **errp);
+/* The same for n edges at once. */
+int block_children_replace_node(struct block_child *const *edges, size_t n,
+                                struct block_node *to, struct err **errp);
+
+/* Which parents of "from" stay where they are: true keeps edge c. */
+typedef bool block_parent_stays_fn(const struct block_child *c,
+                                   void *opaque);
+/* The edges one replacement moved: to undo it, then free it. */
+struct block_moved_edges {
+    struct block_node *from;
+    struct block_node *to;
+    struct block_child **edges;
+    size_t n;
+};
 
 /*
- * Every parent of "from" (nodes and handles), except "to" itself and the
- * edges listed in except, now points to "to".  Drained by the caller or
- * drains itself.  Used to insert and remove filters above live nodes.
+ * Every parent of "from" (nodes and handles) now points to "to", except:
+ * parents below "to" (its own link to "from": inserting a filter, or a
+ * loop), jobs (their use of a node stays with the node, as QEMU's
+ * stay_at_node), and the parents for which stays(c, opaque) says true
+ * (stays may be NULL).  Used to insert and remove filters above live
+ * nodes (fleecing, backup's copy-before-write filter, replication).  When
+ * moved is not NULL it receives the moved edges on success (undo with
+ * block_moved_edges_undo(), then block_moved_edges_free()).
  */
+int block_replace_node_except(struct block_node *from, struct block_node *to,
+                              block_parent_stays_fn *stays, void *opaque,
+                              struct block_moved_edges *moved,
+                              struct err **errp);
+/* block_replace_node_except() with no exception and no undo. */
 int block_replace_node(struct block_node *from, struct block_node *to,
                        struct err **errp);
+/* Move the edges back to "from" (cannot conflict: they were there). */
+void block_moved_edges_undo(struct block_moved_edges *m);
+void block_moved_edges_free(struct block_moved_edges *m);
 
 /*
  * Make a node read-only or read-write in place (block/core/reopen.c): the
@@ -438,14 +503,57 @@ int block_replace_node(struct block_node *from, struct block_node *to,
 int block_node_set_read_only(struct block_node *node, bool read_only,
                              struct err **errp);
 
-/* The core's default perms for a child role of a node. */
+/*
+ * The core's default perms for a child role of a node, from what the
+ * node's parents hold and share (QEMU's bdrv_default_perms): "backing"
+ * takes consistent read if the parents read and shares writing only if
+ * they do; a format's "file" (its storage) takes what the parents take
+ * plus consistent read, and write and resize unless the node is
+ * read-only, and never shares write or resize; every other role is a
+ * filter's: what the parents take and share passes through.
+ */
 void block_default_child_perm(struct block_node *node, const char *child_name,
+                              uint32_t parent_perm, uint32_t parent_shared,
                               uint32_t *perm, uint32_t *shared);
-/* Recompute what the parents hold on node and pass it to set_perm. */
+/* The union of what node's parents hold and the intersection of what
+ * they share. */
+void block_node_cumulative_perm(struct block_node *node, uint32_t *perm,
+                                uint32_t *shared);
+/*
+ * Recompute the permissions of node and of everything below it, from
+ * node's parents down (QEMU's bdrv_refresh_perms): every node's parents
+ * are checked against each other, drivers' set_perm see the new union,
+ * and every edge below gets what its parent now needs.  On failure
+ * nothing changed and *errp has QEMU's message ("Permission conflict on
+ * node ...").
+ */
 int block_node_refresh_perm(struct block_node *node, struct err **errp);
+/*
+ * Freeze what edge c holds and shares at perm/shared, whatever its parent
+ * needs (commit uses it instead of QEMU's commit_top filter: the overlay
+ * above a committed range reads nothing below while the job runs), or let
+ * it follow its parent again (block_child_unfix_perm, cannot fail).
+ */
+int block_child_fix_perm(struct block_child *c, uint32_t perm,
+                         uint32_t shared, struct err **errp);
+void block_child_unfix_perm(struct block_child *c);
 
-/* Describe a parent for messages: "node 'x'", "export 'e'", ... */
+/* Describe a parent for messages, in QEMU's words: "node 'x'", "an
+ * unnamed block device", "backup job 'j0'". */
 char *block_child_parent_desc(const struct block_child *c);
+
+/* Names of the bits in perm, comma-separated ("write, resize"). */
+char *block_perm_names(uint32_t perm);
+
+/*
+ * Jobs block operations on the nodes they use (QEMU's op blockers): true
+ * and "Node 'x' is busy: block device is in use by block job: backup"
+ * when a job's handle is a parent of node.
+ */
+bool block_node_op_blocked(struct block_node *node, struct err **errp);
+/* Is a block backend (a handle that is not a job's) a parent of node?
+ * blockdev-del refuses then ("Node x is in use"). */
+bool block_node_has_backend(struct block_node *node);
 
 /*
  * Opening in two steps, so that waits on remote peers happen outside the
@@ -522,21 +630,42 @@ int64_t block_allocated_size(struct block_node *node);
 /* Tell the node (and filters below it) that event happened: blkdebug. */
 void block_debug_event(struct block_node *node, const char *event);
 
+/* Is node from itself or below it (through any children)? */
+bool block_node_reaches(struct block_node *from, struct block_node *node);
+
 /* The filtered child of a filter (or NULL), and the first non-filter. */
 struct block_node *block_filtered(struct block_node *node);
 struct block_node *block_skip_filters(struct block_node *node);
 
 /* ---- Handles: how non-node parents use a node ------------------------- */
 
+/*
+ * A handle is either a block backend (QEMU's BlockBackend: an export, a
+ * tool, the temporary user block_resize makes; its edge is "root") or a
+ * job's use of a node (QEMU's block_job_add_bdrv: the edge is named after
+ * the node's role in the job, "main node", "target", ...).  A job's
+ * handle also blocks operations on the node (block_node_op_blocked).
+ */
 struct block_handle {
     struct block_child child;    /* child.node is the node in use */
-    char *owner;                 /* "export 'exp0'", "job 'backup0'" ... */
+    char *owner;                 /* ours, for logs: "export 'exp0'", ... */
+    char *job_type;              /* a job's handle: "backup", ...; or NULL */
+    char *job_id;                /* a job's handle: the job's id */
 };
 
 /* Main thread.  Fails when perm conflicts with other users of node. */
 struct block_handle *block_handle_new(struct block_node *node,
                                       const char *owner, uint32_t perm,
                                       uint32_t shared, struct err **errp);
+/* The same for a job: role names the edge ("main node", "target"). */
+struct block_handle *block_handle_new_job(struct block_node *node,
+                                          const char *job_type,
+                                          const char *job_id,
+                                          const char *role, uint32_t perm,
+                                          uint32_t shared, struct err **errp);
+/* Change what a handle holds and shares (refused on conflict). */
+int block_handle_set_perm(struct block_handle *h, uint32_t perm,
+                          uint32_t shared, struct err **errp);
 void block_handle_free(struct block_handle *h);
 static inline struct block_node *
 block_handle_node(struct block_handle *h)

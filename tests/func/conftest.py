@@ -3,12 +3,32 @@
 
 The tests run the programs of a build tree: LOCKSTEP_BUILD names it (default: build/
 at the top of the source tree).  Every test gets its own scratch directory.
+Tests marked "direct" run again with O_DIRECT in make check (direct.py).
 """
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
+
+import direct
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "direct: also run with cache.direct=on on a disk "
+        "(LOCKSTEP_TEST_CACHE=none, see direct.py)")
+    config.addinivalue_line(
+        "markers", "script_only: tests a script or the docs rather than "
+        "our C code (the sanitizer pass of make check skips it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests direct.TESTS lists (pytest -m direct selects them)."""
+    for item in items:
+        if direct.selected(item.nodeid):
+            item.add_marker(pytest.mark.direct)
 
 
 def build_dir_path():
@@ -68,10 +88,28 @@ def tmp_dir(tmp_path):
     return str(tmp_path)
 
 
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(autouse=True)
+def _drop_scratch_of_passed_tests(request, tmp_path):
+    """Remove a passed test's scratch directory when it ends: some tests
+    write gigabytes, and a failed one's files are kept to look at."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.passed:
+        shutil.rmtree(str(tmp_path), ignore_errors=True)
+
+
 def run(argv, stdin=None, timeout=120):
-    """Run a program, capturing text output; never raises on exit status."""
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run a program, capturing text output; never raises on exit status.
+    In the O_DIRECT pass our tools get their cache options (direct.py)."""
+    return subprocess.run(direct.argv(argv), input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def make_image(path, size, fill=None):
@@ -82,3 +120,63 @@ def make_image(path, size, fill=None):
         else:
             f.write(bytes([fill]) * size)
     return path
+
+
+O_DIRECT = 0o40000      # x86_64 and aarch64
+
+
+def open_flags(pid, path):
+    """The open(2) flags of every descriptor process pid holds on path."""
+    flags = []
+    real = os.path.realpath(path)
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) != real:
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                for line in f:
+                    if line.startswith("flags:"):
+                        flags.append(int(line.split()[1], 8))
+        except OSError:
+            continue
+    return flags
+
+
+def supports_o_direct(directory):
+    """Can files in directory be opened with O_DIRECT (tmpfs before Linux
+    6.6 cannot)?"""
+    path = os.path.join(directory, ".o_direct_probe")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | O_DIRECT, 0o600)
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    os.close(fd)
+    return True
+
+
+def fs_type(path):
+    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True,
+                       text=True)
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def disk_dir(tmp_path):
+    """A scratch directory on a disk-backed file system (O_DIRECT reaches a
+    device there: tmpfs does not count); skips when there is none."""
+    for base in (str(tmp_path), "/var/tmp"):
+        if fs_type(base) not in ("tmpfs", "ramfs") and \
+                supports_o_direct(base):
+            break
+    else:
+        pytest.skip("no disk-backed directory with O_DIRECT")
+    if base == str(tmp_path):
+        yield base
+        return
+    d = tempfile.mkdtemp(prefix="lockstep-", dir=base)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -83,13 +83,19 @@ class Guest:
                                      stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
-        while not os.path.exists(self.ctl_path):
+        while True:
             if self.proc.poll() is not None:
                 raise RuntimeError("qemu exited: " + self.proc.stderr.read())
             assert time.monotonic() < deadline, "qemu did not start"
-            time.sleep(0.05)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.ctl_path)
+            # QEMU binds the path a moment before it listens on it: a
+            # refused connection on a loaded machine means "not yet".
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(self.ctl_path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.sock.close()
+                time.sleep(0.05)
         self.buf = b""
         self._read_until(b"guest: ready\n", deadline)
         return self

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import time
 
+import direct
+
 
 class QMPError(Exception):
     def __init__(self, error):
@@ -80,6 +82,9 @@ class QMPClient:
         """Run a command; returns the whole response."""
         req = {"execute": name}
         if args is not None:
+            # The O_DIRECT pass: file nodes get cache.direct (direct.py).
+            if name in ("blockdev-add", "blockdev-reopen"):
+                args = direct.blockdev(args)
             req["arguments"] = args
         req["id"] = next(self.ids) if id is None else id
         self.send(req)
@@ -170,7 +175,8 @@ class Daemon:
         self.argv = [binary,
                      "--chardev", "socket,id=mon0,path=%s,server=on,wait=off"
                      % self.qmp_path,
-                     "--monitor", "chardev=mon0"] + list(args)
+                     "--monitor", "chardev=mon0"] + \
+            direct.daemon_argv(args)
         self.stderr = None
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)

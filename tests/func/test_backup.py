@@ -4,7 +4,7 @@
 Every test runs against lockstepd (build/lockstepd) and, when it is
 installed, against qemu-storage-daemon with the same command line and the
 same QMP script; the answers and events are checked against what QEMU sends
-(fleecing.md section 5).  A daemon that is not there is skipped.
+(docs/fleecing.md).  A daemon that is not there is skipped.
 """
 import json
 import os

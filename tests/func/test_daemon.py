@@ -55,6 +55,26 @@ def test_bad_options(lockstepd, tmp_dir):
     assert "Invalid parameter 'foo'" in r.stderr
 
 
+def test_nul_in_json_options(lockstepd, tmp_dir):
+    """JSON options with \\u0000 in a name or path are refused with a
+    message naming them (qemu-storage-daemon refuses them too)."""
+    cases = [
+        ("--blockdev", '{"driver": "null-co", "node-name": "a\\u0000b"}',
+         "Parameter 'node-name' must not contain a NUL character"),
+        ("--blockdev", '{"driver": "file", "filename": "/tmp/x\\u0000"}',
+         "Parameter 'filename' must not contain a NUL character"),
+        ("--blockdev", '{"driver": "null-co", "x\\u0000y": 1}',
+         "JSON parse error, NUL byte in object key not supported near "
+         "'\"x\\u0000y\"'"),
+        ("--export", '{"type": "nbd", "id": "e\\u0000", "node-name": "n"}',
+         "Parameter 'id' must not contain a NUL character"),
+    ]
+    for opt, arg, msg in cases:
+        r = run([lockstepd, opt, arg])
+        assert r.returncode == 1, arg
+        assert r.stderr == "lockstepd: %s %s: %s\n" % (opt, arg, msg)
+
+
 def test_options_in_order(lockstepd, tmp_dir):
     """A --monitor before its --chardev fails, as in QSD."""
     p = os.path.join(tmp_dir, "m.sock")

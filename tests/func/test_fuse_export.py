@@ -117,9 +117,13 @@ def assert_clean(out):
 
 class Disk:
     """lockstepd with a qcow2 disk (node "disk0"), an NBD server, an NBD
-    export "nbd0" of disk0, and QMP; FUSE exports are added by the test."""
+    export "nbd0" of disk0 (unless nbd=False), and QMP; FUSE exports are
+    added by the test.  As in qemu-storage-daemon, an NBD export refuses to
+    share resizing and a writable FUSE export takes it, so the two never
+    serve one node at the same time."""
 
-    def __init__(self, binary, d, size=64 * MiB, fmt="qcow2", extra=()):
+    def __init__(self, binary, d, size=64 * MiB, fmt="qcow2", extra=(),
+                 nbd=True):
         self.dir = d
         self.image = os.path.join(d, "disk." + fmt)
         if fmt == "raw":
@@ -136,9 +140,18 @@ class Disk:
                 "driver": fmt, "node-name": "disk0", "file": "disk0-file",
                 "discard": "unmap"}),
             "--nbd-server", "addr.type=unix,addr.path=%s" % self.nbd,
-            "--export", "type=nbd,id=nbd0,node-name=disk0,writable=on",
-        ] + list(extra))
+        ] + (["--export", "type=nbd,id=nbd0,node-name=disk0,writable=on"]
+             if nbd else []) + list(extra))
         self.c = self.d.client()
+
+    def add_nbd(self):
+        self.c.cmd("block-export-add", {"type": "nbd", "id": "nbd0",
+                                        "node-name": "disk0",
+                                        "writable": True})
+
+    def del_export(self, id):
+        self.c.cmd("block-export-del", {"id": id})
+        self.c.wait_event_match("BLOCK_EXPORT_DELETED", id=id)
 
     def url(self, name="disk0"):
         return "nbd+unix:///%s?socket=%s" % (name, self.nbd)
@@ -213,18 +226,13 @@ def test_read_write_parity_with_nbd(lockstepd, fuse_dir):
     (qemu-io), and the other way round; fsync reaches the image."""
     need("qemu-io", "qemu-img")
     mnt = mountpoint(fuse_dir)
-    with Disk(lockstepd, fuse_dir) as s:
+    with Disk(lockstepd, fuse_dir, nbd=False) as s:
         s.add_fuse(mnt, writable=True)
         st = os.stat(mnt)
         assert st.st_size == 64 * MiB and (st.st_mode & 0o777) == 0o600
         fd = os.open(mnt, os.O_RDWR)
         for pat, off, ln in PATTERNS:
             assert os.pwrite(fd, bytes([pat]) * ln, off) == ln
-        for pat, off, ln in PATTERNS:
-            out = qemu_io(s.url(), ["read -P 0x%x %d %d" % (pat, off, ln)],
-                          read_only=True)
-            assert_clean(out)
-            assert "read %d/%d" % (ln, ln) in out, out
         os.fsync(fd)
         # After fsync the image itself has the data (qcow2 metadata too).
         for pat, off, ln in PATTERNS:
@@ -232,9 +240,18 @@ def test_read_write_parity_with_nbd(lockstepd, fuse_dir):
                      "read -P 0x%x %d %d" % (pat, off, ln), s.image])
             assert "read %d/%d" % (ln, ln) in p.stdout, p.stdout + p.stderr
         os.close(fd)
-        # Written over NBD, read through a new open of the file.
+        # The writable file holds "resize": NBD comes once it is gone.
+        s.del_export("fuse0")
+        s.add_nbd()
+        for pat, off, ln in PATTERNS:
+            out = qemu_io(s.url(), ["read -P 0x%x %d %d" % (pat, off, ln)],
+                          read_only=True)
+            assert_clean(out)
+            assert "read %d/%d" % (ln, ln) in out, out
+        # Written over NBD, read through a new (read-only) file.
         assert_clean(qemu_io(s.url(), ["write -P 0x5a 2M 1M",
                                        "write -z 0 4k"]))
+        s.add_fuse(mnt)
         with open(mnt, "rb") as f:
             f.seek(2 * MiB)
             assert f.read(MiB) == b"\x5a" * MiB
@@ -247,6 +264,25 @@ def test_read_write_parity_with_nbd(lockstepd, fuse_dir):
             assert f.read(4096) == b""
     p = run(["qemu-img", "check", s.image])
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_writable_file_and_nbd_exclude_each_other(lockstepd, fuse_dir):
+    """An NBD export refuses to share resizing and a writable FUSE export
+    takes it: one node is never served by both (qemu-storage-daemon 7.2
+    refuses with the same message); a read-only file is fine."""
+    mnt = mountpoint(fuse_dir)
+    with Disk(lockstepd, fuse_dir) as s:
+        e = s.c.error("block-export-add", {
+            "type": "fuse", "id": "w", "node-name": "disk0",
+            "mountpoint": mnt, "writable": True})
+        assert e["desc"] == (
+            "Permission conflict on node 'disk0': permissions 'resize' are "
+            "both required by an unnamed block device (uses node 'disk0' as "
+            "'root' child) and unshared by an unnamed block device (uses "
+            "node 'disk0' as 'root' child).")
+        assert not is_mounted(mnt)
+        s.add_fuse(mnt)
+        assert is_mounted(mnt)
 
 
 def test_cached_file_sees_other_writers(lockstepd, fuse_dir):
@@ -277,7 +313,7 @@ def test_fallocate_and_seek(lockstepd, fuse_dir):
     NBD."""
     need("qemu-img", "qemu-io")
     mnt = mountpoint(fuse_dir)
-    with Disk(lockstepd, fuse_dir) as s:
+    with Disk(lockstepd, fuse_dir, nbd=False) as s:
         s.add_fuse(mnt, writable=True)
         assert data_ranges_lseek(mnt) == []
         fd = os.open(mnt, os.O_RDWR)
@@ -299,7 +335,6 @@ def test_fallocate_and_seek(lockstepd, fuse_dir):
             assert os.pread(fd, MiB, 2 * MiB) == b"\xaa" * MiB
             os.fsync(fd)
             lseek = data_ranges_lseek(mnt)
-            assert lseek == data_ranges_map(s.url())
             assert (MiB, 2 * MiB) not in lseek and lseek[0] == (0, MiB)
             # discard=unmap: the punched megabyte left the image.
             assert os.stat(s.image).st_blocks < used
@@ -313,6 +348,11 @@ def test_fallocate_and_seek(lockstepd, fuse_dir):
             assert os.pread(fd, MiB, 64 * MiB) == bytes(MiB)
         finally:
             os.close(fd)
+        # Block status over NBD (once the writable file is gone) agrees.
+        lseek = data_ranges_lseek(mnt)
+        s.del_export("fuse0")
+        s.add_nbd()
+        assert lseek == data_ranges_map(s.url())
         assert "65 MiB" in run(["qemu-img", "info", "-f", "raw",
                                 s.url()]).stdout
 
@@ -350,7 +390,7 @@ def test_truncate_and_growable(lockstepd, fuse_dir):
     raw = os.path.join(fuse_dir, "g.img")
     with open(raw, "wb") as f:
         f.truncate(MiB)
-    with Disk(lockstepd, fuse_dir, extra=[
+    with Disk(lockstepd, fuse_dir, nbd=False, extra=[
             "--blockdev", "driver=file,node-name=g,filename=%s" % raw]) as s:
         s.add_fuse(m1, id="g", node="g", writable=True, growable=True)
         s.add_fuse(m2, id="w", writable=True)
@@ -388,10 +428,11 @@ def test_truncate_and_growable(lockstepd, fuse_dir):
         assert e.value.errno == 5
         os.ftruncate(fd, 80 * MiB)
         os.close(fd)
+        s.del_export("w")
+        s.add_nbd()
         info = json.loads(run(["qemu-img", "info", "--output=json", "-f",
                                "raw", s.url()]).stdout)
         assert info["virtual-size"] == 80 * MiB
-        s.c.cmd("block-export-del", {"id": "w"})
         s.add_fuse(m3, id="r")
         with pytest.raises(OSError) as e:
             os.truncate(m3, MiB)
@@ -649,7 +690,7 @@ def test_unmount_on_del_quit_and_signals(lockstepd, fuse_dir):
     """block-export-del unmounts (files still open get ENOTCONN), and so do
     quit, SIGTERM, SIGINT and a start that fails on a later option."""
     m = [mountpoint(fuse_dir, "m%d" % i) for i in range(3)]
-    with Disk(lockstepd, fuse_dir) as s:
+    with Disk(lockstepd, fuse_dir, nbd=False) as s:
         s.add_fuse(m[0], id="a")
         s.add_fuse(m[1], id="b", writable=True)
         fd = os.open(m[0], os.O_RDONLY)

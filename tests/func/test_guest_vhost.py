@@ -152,7 +152,7 @@ def test_guest_daemon_killed_and_restarted(lockstepd, tmp_dir):
 
 
 def test_guest_replication_failover(tmp_dir):
-    from test_replication import Primary, Secondary
+    from test_replication import Primary, Secondary, wait_failover
     import shutil
     base = make_ext4_qcow2(os.path.join(tmp_dir, "base.qcow2"))
     imgs = {}
@@ -189,6 +189,7 @@ def test_guest_replication_failover(tmp_dir):
         g.kill()
         sec.qmp.cmd("nbd-server-stop")
         sec.qmp.cmd("replication-stop", {"failover": True})
+        wait_failover(sec.qmp)
         assert sec.qmp.cmd("query-xen-replication-status") == \
             {"error": False}
         sec.stop()

@@ -3,7 +3,7 @@
 qemu-storage-daemon when it is installed: the job's copy-before-write
 filter under a writable NBD export (image-fleecing's "backup sync=none"
 variant), blockdev-backup inside a transaction, and push backup with
-fleecing (fleecing.md sections 5.5, 7.1 and 8.4).
+fleecing (docs/fleecing.md).
 """
 import os
 import shutil

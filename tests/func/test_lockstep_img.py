@@ -5,7 +5,10 @@ Each subcommand is run side by side with the real qemu-img (7.2) on the
 same images: exit codes, the human output and the key JSON fields must
 agree.  The qcow2 checker is fed clean images, images with leaks and with
 corruptions made by patching bytes by hand, and images with snapshots,
-bitmaps, compressed clusters and extended L2 entries.  Images made by
+bitmaps, compressed clusters and extended L2 entries; images whose header
+open refuses, or whose backing or data file is missing, must be "could
+not open" for both tools, and truncated files must give qemu-img's
+problem lines.  Images made by
 lockstep-img create must pass qemu-img check for every cluster size and
 refcount width.  Commands that need the qcow2 driver to read data (map,
 compare, convert, commit, resize of qcow2 images) skip while the driver is
@@ -20,7 +23,8 @@ import subprocess
 
 import pytest
 
-from conftest import built_program, host_tool, make_image, run
+from conftest import (built_program, host_tool, make_image, run,
+                      supports_o_direct)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -897,6 +901,174 @@ def test_check_not_qcow2(limg, tmp_dir):
                         "qcow2 format\n" % img)
 
 
+# ---- check refuses what open refuses ----------------------------------------
+#
+# Images that lockstep's (and QEMU's) open refuses must never be called
+# clean: like qemu-img check, lockstep-img check says it could not open the
+# image (exit 1), with a message about the same thing.  Each case patches
+# a fresh image: (patch(path, Qcow2), overlay?, words both messages have).
+
+
+def _be32(path, off, v):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(">I", v))
+
+
+def _first_ext(path):
+    """Offset of the first header extension (v3)."""
+    with open(path, "rb") as f:
+        f.seek(100)
+        return struct.unpack(">I", f.read(4))[0]
+
+
+def _rename_backing(path, name):
+    with open(path, "r+b") as f:
+        f.seek(8)
+        off, size = struct.unpack(">QI", f.read(12))
+        f.seek(off)
+        f.write(name.ljust(size, b"x")[:size])
+
+
+def _compression(path, q):
+    q.write64(72, q.read64(72) | 8)
+    with open(path, "r+b") as f:
+        f.seek(104)
+        f.write(b"\x05")
+
+
+OPEN_REFUSED = {
+    "huge_virtual_size": (lambda p, q: q.write64(24, 1 << 62), False,
+                          ["Image is too big"]),
+    "backing_name_too_long": (lambda p, q: _be32(p, 16, 2000), True,
+                              ["Backing file name too long"]),
+    "backing_name_offset": (lambda p, q: q.write64(8, 0x20000), True,
+                            ["backing file"]),
+    "backing_missing": (lambda p, q: _rename_backing(p, b"nope.qcow2"), True,
+                        ["Could not open backing file: Could not open",
+                         "nope.qcow2': No such file or directory"]),
+    "extension_oversized": (lambda p, q: _be32(p, _first_ext(p) + 4, 40),
+                            True, ["ERROR: ext_backing_format: len=40 too "
+                                   "large (>=16)"]),
+    "extension_truncated": (lambda p, q: _be32(p, _first_ext(p) + 4,
+                                               0x100000), True,
+                            ["xtension"]),
+    "encrypted_aes": (lambda p, q: _be32(p, 32, 1), False, ["crypt"]),
+    "encrypted_luks": (lambda p, q: _be32(p, 32, 2), False, ["crypt"]),
+    "header_length_unaligned": (lambda p, q: _be32(p, 100, 108), False,
+                                ["eader"]),
+    "compression_type_unknown": (_compression, False,
+                                 ["compression type", "5"]),
+    "data_file_missing": (lambda p, q: q.write64(72, 4), False,
+                          ["'data-file' is required for this image"]),
+    "data_file_raw_alone": (lambda p, q: q.write64(88, 2), False,
+                            ["data-file-raw requires a data file"]),
+    "snapshot_offset_unaligned": (lambda p, q: q.write64(64, 0x123), False,
+                                  ["napshot table offset invalid"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPEN_REFUSED))
+def test_check_refuses_what_open_refuses(limg, qemu_img, qemu_io_bin,
+                                         tmp_dir, name, build_dir):
+    patch, overlay, words = OPEN_REFUSED[name]
+    img = os.path.join(tmp_dir, "x.qcow2")
+    if overlay:
+        qcreate(qemu_img, os.path.join(tmp_dir, "base.qcow2"), size="4M")
+        qcreate(qemu_img, img, size="4M", backing="base.qcow2")
+    else:
+        qcreate(qemu_img, img, size="4M")
+    qio(qemu_io_bin, img, "write -P 1 0 64k")
+    patch(img, Qcow2(img))
+    lio = os.path.join(build_dir, "lockstep-io")
+    opened = run([lio, "-r", "-c", "read 0 512", img])
+    assert opened.returncode != 0       # our open refuses it
+    ours = run([limg, "check", img])
+    theirs = run([qemu_img, "check", img])
+    assert ours.returncode == theirs.returncode == 1, (ours, theirs)
+    assert ours.stdout == theirs.stdout == ""
+    prefix = "Could not open '%s': " % img
+    assert ours.stderr.startswith("lockstep-img: " + prefix), ours.stderr
+    # QEMU opens this one for its check, then fails the check.
+    assert theirs.stderr.startswith("qemu-img: " + prefix) or \
+        name == "snapshot_offset_unaligned", theirs.stderr
+    for w in words:
+        assert w.lower() in ours.stderr.lower(), (w, ours.stderr)
+        assert w.lower() in theirs.stderr.lower(), (w, theirs.stderr)
+    # JSON output and repair modes say the same.
+    for extra in (["--output=json"], ["-r", "leaks"], ["-r", "all"]):
+        assert run([limg, "check"] + extra + [img]).returncode == 1, extra
+
+
+def test_check_missing_data_file(limg, qemu_img, tmp_dir):
+    img = os.path.join(tmp_dir, "d.qcow2")
+    data = os.path.join(tmp_dir, "d.raw")
+    qcreate(qemu_img, img, size="4M", opts="data_file=" + data)
+    assert_check_agrees(limg, qemu_img, img)
+    os.rename(data, data + ".moved")
+    ours = run([limg, "check", img])
+    theirs = run([qemu_img, "check", img])
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr.replace("lockstep-img", "qemu-img") == theirs.stderr
+
+
+@pytest.mark.parametrize("data_clusters", [1, 2])
+def test_check_file_truncated_in_l2_table(limg, qemu_img, qemu_io_bin,
+                                          tmp_dir, data_clusters):
+    """The file ends in the middle of the L2 table: the part still there
+    is walked (the rest reads as zeroes), its data is past the end."""
+    img = qcreate(qemu_img, os.path.join(tmp_dir, "t.qcow2"), size="4M")
+    qio(qemu_io_bin, img, "write -P 1 0 %dk" % (64 * data_clusters))
+    q = Qcow2(img)
+    l2 = q.read64(q.l1_offset) & 0x00fffffffffffe00
+    with open(img, "r+b") as f:
+        f.truncate(l2 + q.cs // 2)
+    rc, out, err = assert_check_agrees(limg, qemu_img, img)
+    assert rc == 2 and out["corruptions"] == data_clusters
+    assert_same_problem_lines(limg, qemu_img, img)
+    for fix in ("leaks", "all"):
+        copy = os.path.join(tmp_dir, "c.qcow2")
+        shutil.copy(img, copy)
+        assert_check_agrees(limg, qemu_img, copy, "-r", fix)
+
+
+def test_check_refblock_past_end(limg, qemu_img, data_image):
+    """A refcount block past the end of the file reads as zeroes."""
+    q = Qcow2(data_image)
+    q.write64(q.rt_offset, 1 << 30)
+    rc, _, _ = assert_check_agrees(limg, qemu_img, data_image)
+    assert rc == 2
+    assert_same_problem_lines(limg, qemu_img, data_image)
+
+
+def test_check_never_clean_when_open_refuses(limg, qemu_img, qemu_io_bin,
+                                             tmp_dir, build_dir):
+    """Random damage to the header cluster: whenever lockstep's read-only
+    open refuses the image as malformed, check does not call it clean."""
+    lio = os.path.join(build_dir, "lockstep-io")
+    rnd = random.Random(20260214)
+    seeds = fuzz_seeds(tmp_dir, qemu_img, qemu_io_bin)
+    qcreate(qemu_img, os.path.join(tmp_dir, "b.qcow2"), size="2M")
+    seeds.append(qcreate(qemu_img, os.path.join(tmp_dir, "o.qcow2"),
+                         size="2M", backing="b.qcow2"))
+    img = os.path.join(tmp_dir, "h.qcow2")
+    refused = 0
+    for _ in range(150):
+        with open(rnd.choice(seeds), "rb") as f:
+            data = bytearray(f.read())
+        for _ in range(rnd.randint(1, 3)):
+            data[rnd.randrange(rnd.choice([112, 512]))] = rnd.randrange(256)
+        with open(img, "wb") as f:
+            f.write(data)
+        opened = run([lio, "-f", "qcow2", "-r", "-c", "read 0 512", img])
+        if opened.returncode == 0 or "not supported" in opened.stderr:
+            continue        # valid, or valid but a feature we lack
+        refused += 1
+        r = run([limg, "check", "-f", "qcow2", img])
+        assert r.returncode != 0, (opened.stderr, r.stdout, r.stderr)
+    assert refused > 20
+
+
 # ---- map, compare, convert, resize (raw) --------------------------------
 
 
@@ -1001,6 +1173,86 @@ def test_resize_raw(limg, qemu_img, tmp_dir):
     assert os.path.getsize(img) == MiB
     r = run([limg, "resize", "-f", "raw", img, "3M"])
     assert r.returncode == 0 and os.path.getsize(img) == 3 * MiB
+
+
+def direct_opens(argv, tmp_dir):
+    """Run argv under strace in tmp_dir: {file name: opened with O_DIRECT}
+    of the .qcow2 files it opened read-write or with O_DIRECT."""
+    trace = os.path.join(tmp_dir, "strace.out")
+    # LeakSanitizer cannot run under ptrace (the sanitizer pass).
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    r = subprocess.run([host_tool("strace"), "-f", "-e", "trace=openat",
+                        "-o", trace] + argv, capture_output=True, text=True,
+                       timeout=120, env=env)
+    # compare: 1 means "different", which these images are.
+    assert r.returncode == 0 or (argv[1] == "compare" and
+                                 r.returncode == 1), r.stdout + r.stderr
+    opens = {}
+    with open(trace) as f:
+        for line in f:
+            if ".qcow2\"" not in line or "= -1" in line:
+                continue
+            name = os.path.basename(line.split('"')[1])
+            direct = "O_DIRECT" in line
+            if direct or "O_RDWR" in line or "O_WRONLY" in line:
+                opens[name] = opens.get(name, False) or direct
+    return opens
+
+
+@pytest.mark.parametrize("cmd,opened", [
+    (["create", "-t", "none", "-f", "qcow2", "new.qcow2", "16M"],
+     ["new.qcow2"]),
+    (["convert", "-t", "none", "-T", "none", "-O", "qcow2", "top.qcow2",
+      "out.qcow2"], ["top.qcow2", "base.qcow2", "out.qcow2"]),
+    (["check", "-T", "none", "top.qcow2"], ["top.qcow2"]),
+    (["map", "-T", "none", "top.qcow2"], ["top.qcow2", "base.qcow2"]),
+    (["compare", "-T", "none", "top.qcow2", "base.qcow2"],
+     ["top.qcow2", "base.qcow2"]),
+    (["commit", "-t", "none", "top.qcow2"], ["top.qcow2", "base.qcow2"]),
+    (["resize", "-t", "none", "top.qcow2", "+1M"], ["top.qcow2"]),
+])
+def test_cache_none(limg, qemu_img, qemu_io_bin, qcow2_driver, tmp_dir, cmd,
+                    opened):
+    """-t none / -T none open every image of the command with O_DIRECT
+    (qemu-img's options; create, map and resize take them too), and the
+    result is what qemu-img reads."""
+    if not supports_o_direct(tmp_dir):
+        pytest.skip("no O_DIRECT in %s" % tmp_dir)
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    assert run([qemu_img, "create", "-q", "-f", "qcow2", base,
+                "16M"]).returncode == 0
+    qio(qemu_io_bin, base, "write -P 0x11 0 1M", "write -P 0x12 3M 5000")
+    assert run([qemu_img, "create", "-q", "-f", "qcow2", "-b", "base.qcow2",
+                "-F", "qcow2", top]).returncode == 0
+    qio(qemu_io_bin, top, "write -P 0x22 512k 1M", "write -P 0x23 5M 1000")
+    cwd = os.getcwd()
+    os.chdir(tmp_dir)
+    try:
+        opens = direct_opens([limg] + cmd, tmp_dir)
+    finally:
+        os.chdir(cwd)
+    for name in opened:
+        assert opens.get(name), (name, opens)
+    if cmd[0] in ("convert", "commit"):
+        img = os.path.join(tmp_dir, "out.qcow2" if cmd[0] == "convert"
+                           else "base.qcow2")
+        qio(qemu_io_bin, img, "read -P 0x11 0 512k", "read -P 0x22 512k 1M",
+            "read -P 0x12 3M 5000", "read -P 0x23 5M 1000")
+        assert run([qemu_img, "check", "-q", img]).returncode == 0
+
+
+@pytest.mark.parametrize("cmd", [["check", "-T", "bogus"],
+                                 ["convert", "-t", "bogus"],
+                                 ["commit", "-t", "writethrough"]])
+def test_cache_mode_refused(limg, tmp_dir, cmd):
+    img = make_image(os.path.join(tmp_dir, "r.raw"), MiB)
+    r = run([limg] + cmd + [img, img + ".out"][:2 if cmd[0] == "convert"
+                                                 else 1])
+    assert r.returncode == 1
+    assert ("Invalid cache option: bogus" in r.stderr or
+            "Cache mode 'writethrough' is not supported" in r.stderr)
 
 
 def test_commit_needs_backing(limg, qemu_img, tmp_dir):
@@ -1149,6 +1401,43 @@ def test_commit_qcow2_keep_top(limg, qemu_img, qcow2_driver, chain, tmp_dir):
     m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
     assert any(e["depth"] == 0 and e["present"] for e in m)
     assert run([qemu_img, "compare", base, top]).returncode == 0
+
+
+@pytest.mark.parametrize("form", ["keyval", "json", "backing-inline"])
+def test_commit_image_opts(limg, qemu_img, qcow2_driver, chain, tmp_dir,
+                           form):
+    """commit --image-opts (qemu-img's option): the top image from its
+    options; the backing chain from them too when given, else from the
+    headers.  The result is the same as committing by file name."""
+    base, top = chain
+    ref = os.path.join(tmp_dir, "ref.raw")
+    assert run([qemu_img, "convert", "-O", "raw", top, ref]).returncode == 0
+    if form == "keyval":
+        opts = "driver=qcow2,file.driver=file,file.filename=%s" % top
+    else:
+        o = {"driver": "qcow2", "file": {"driver": "file", "filename": top}}
+        if form == "backing-inline":
+            o["backing"] = {"driver": "qcow2", "file": {"driver": "file",
+                                                        "filename": base}}
+        opts = json.dumps(o)
+    r = run([limg, "commit", "--image-opts", opts])
+    assert r.returncode == 0, r.stderr
+    assert run([qemu_img, "compare", "-F", "raw", base, ref]).returncode == 0
+    m = json.loads(run([qemu_img, "map", "--output=json", top]).stdout)
+    assert all(e["depth"] == 1 or not e["present"] for e in m)
+    for img in (base, top):
+        assert run([qemu_img, "check", img]).returncode == 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--image-opts", "driver=qcow2"], "needs a driver and a file"),
+    (["--image-opts", "-f", "qcow2", "driver=qcow2,file.filename=x"],
+     "--image-opts and --format are mutually exclusive"),
+])
+def test_commit_image_opts_errors(limg, args, msg):
+    r = run([limg, "commit"] + args)
+    assert r.returncode == 1
+    assert msg in r.stderr
 
 
 def test_commit_deep_base_with_zeroes(limg, qemu_img, qemu_io_bin,

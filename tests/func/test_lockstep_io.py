@@ -11,10 +11,12 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import time
 
 import pytest
 
-from conftest import make_image, run
+from conftest import O_DIRECT, make_image, open_flags, run, supports_o_direct
 
 MiB = 1024 * 1024
 IMG_SIZE = MiB
@@ -314,6 +316,61 @@ def test_version_and_help_options(lockstep_io):
 ])
 def test_bad_command_line(lockstep_io, argv, msg):
     r = run([lockstep_io] + argv)
+    assert r.returncode == 1
+    assert msg in r.stderr
+
+
+def direct_while_open(lockstep_io, argv, path):
+    """Is path open with O_DIRECT while lockstep-io (reading its commands
+    from a pipe) has it open?"""
+    p = subprocess.Popen([lockstep_io] + argv, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not open_flags(p.pid, path):
+            assert p.poll() is None, p.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        flags = open_flags(p.pid, path)
+        out, err = p.communicate("write -P 7 1 1000\nread -P 7 1 1000\n",
+                                 timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "read 1000/1000 bytes at offset 1" in out
+    return all(f & O_DIRECT for f in flags)
+
+
+@pytest.mark.parametrize("argv,direct", [
+    (["-t", "none", "-f", "raw"], True),
+    (["--nocache", "-f", "raw"], True),
+    (["--cache=writeback", "-f", "raw"], False),
+    (["-t", "unsafe", "-f", "raw"], False),
+    (["-t", "writethrough", "-f", "raw"], False),
+    (["-t", "directsync", "-f", "raw"], True),
+    (["-n", "--image-opts"], True),
+])
+def test_cache_mode(lockstep_io, img, argv, direct):
+    """-t none / directsync / -n open the image with O_DIRECT (qemu-io's
+    options), also under --image-opts; unaligned I/O still works through
+    it.  writethrough (qemu-io's default) and directsync are accepted: the
+    iotests' harness passes them."""
+    if direct and not supports_o_direct(os.path.dirname(img)):
+        pytest.skip("no O_DIRECT in %s" % os.path.dirname(img))
+    target = img
+    if "--image-opts" in argv:
+        target = "driver=raw,file.driver=file,file.filename=%s" % img
+    assert direct_while_open(lockstep_io, argv + [target], img) == direct
+
+
+@pytest.mark.parametrize("mode,msg", [
+    ("bogus", "lockstep-io: Invalid cache option: bogus"),
+    ("", "lockstep-io: Invalid cache option: "),
+])
+def test_cache_mode_refused(lockstep_io, img, mode, msg):
+    r = run([lockstep_io, "-t", mode, "-c", "read 0 1", img])
     assert r.returncode == 1
     assert msg in r.stderr
 

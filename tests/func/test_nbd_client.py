@@ -12,6 +12,7 @@ Every test runs under a SIGALRM guard and kills its servers.
 """
 import json
 import os
+import select
 import subprocess
 import time
 
@@ -169,11 +170,17 @@ def test_read_only_export(lockstep_io, tmp_dir, procs):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_tls_refused(lockstep_io, tmp_dir):
+def test_tls_creds_must_exist(lockstep_io, tmp_dir):
+    """tls-creds names an object (test_tls.py uses real ones); an unknown
+    one is a clear error, never a connection without TLS."""
     r = lio(lockstep_io, opts(os.path.join(tmp_dir, "none"), "x",
                               ",tls-creds=tls0"), ["length"])
     assert r.returncode == 1
-    assert "TLS is not supported" in r.stderr
+    assert "No TLS credentials with id 'tls0'" in r.stderr
+    r = lio(lockstep_io, opts(os.path.join(tmp_dir, "none"), "x",
+                              ",tls-hostname=h"), ["length"])
+    assert r.returncode == 1
+    assert "tls-hostname is only valid with tls-creds" in r.stderr
 
 
 def test_nbdkit_memory_and_errors(lockstep_io, tmp_dir, procs):
@@ -232,7 +239,17 @@ def test_dead_server_gives_eio(lockstep_io, tmp_dir, procs):
     try:
         p.stdin.write("write -P 0x9 0 4k\n")
         p.stdin.flush()
-        time.sleep(0.5)
+        # The write is done before the server dies (however slow the
+        # machine: lockstep-io flushes its output after each command).
+        first = ""
+        deadline = time.time() + 60
+        while "wrote" not in first and time.time() < deadline:
+            if select.select([p.stdout], [], [], 1)[0]:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                first += line
+        assert "wrote 4096/4096" in first, first
         k.kill()
         k.wait()
         t0 = time.time()
@@ -242,7 +259,6 @@ def test_dead_server_gives_eio(lockstep_io, tmp_dir, procs):
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert "wrote 4096/4096" in out
     assert "read failed: Input/output error" in out + err
     assert p.returncode == 1
 

@@ -9,12 +9,14 @@ extended L2, compression, v2) must read back through lockstep; backing
 chains mix both with relative backing names; a random workload is compared
 with a raw reference; a crash test kills a writer with SIGKILL many times.
 """
+import json
 import os
 import random
 import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -219,6 +221,28 @@ def test_backing_chain_relative(lockstep_io, lockstep_img, tmp_dir,
     # The top layer only holds what was written there.
     res = ok(run([QEMU_IMG, "map", "--output=json", top]))
     assert '"depth": 0' in res.stdout.replace(" ", " ")
+
+
+@pytest.mark.parametrize("cs", [512, 65536])
+def test_open_cache_direct(lockstep_io, disk_dir, cs):
+    """file.cache.direct=on on a disk: O_DIRECT refuses I/O that is not
+    block aligned, also the header read of a whole image whose length is
+    not ("Could not read qcow2 header: Invalid argument" before).  Writes
+    that allocate, copy on write and end the file mid-block work too."""
+    img = os.path.join(disk_dir, "d.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=%d" % cs, img, "64M"]))
+    if cs == 65536:
+        assert os.path.getsize(img) % 512 != 0      # 3 clusters + 8 bytes
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=on" % img)
+    ok(run([lockstep_io, "--image-opts", "-c", "read 0 4k", opts]))
+    ok(run([lockstep_io, "--image-opts", "-c", "write -P 0x5a 1 5000",
+            "-c", "write -P 0x5b 70000 1", "-c", "write -z 1M 3000",
+            "-c", "discard 2M 1M", "-c", "read -P 0x5a 1 5000", opts]))
+    check_clean(img)
+    assert_read_ok(qio(img, "read -P 0 0 1", "read -P 0x5a 1 5000",
+                       "read -P 0x5b 70000 1", "read -P 0 1M 3000"))
 
 
 def test_commit_empties_overlay(lockstep_io, lockstep_img, tmp_dir):
@@ -607,3 +631,255 @@ def test_overlap_write_marks_corrupt(lockstep_io, tmp_dir):
     assert res.returncode != 0
     res = run([QEMU_IMG, "info", "--output=json", "-U", img])
     assert '"corrupt": true' in res.stdout
+
+
+# ---- Damaged images are never made worse ------------------------------------
+#
+# Each image is damaged by hand so that a write through it would put
+# metadata on top of other metadata (or free a table).  QEMU refuses such a
+# write with its overlap check; lockstep must too: the request (or the flush
+# that writes the metadata back) fails with EIO, the image is marked
+# corrupt, and both `qemu-img check -r all` and `lockstep-img check -r all`
+# repair it exactly when they repair QEMU's image after the same commands.
+
+L2_MASK = 0x00fffffffffffe00
+COPIED = 1 << 63
+
+
+class Patch:
+    """Just enough of the layout of a fresh 64 KiB-cluster image."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as f:
+            h = f.read(112)
+        self.cs = 1 << struct.unpack(">I", h[20:24])[0]
+        self.l1 = struct.unpack(">Q", h[40:48])[0]
+        self.rt = struct.unpack(">Q", h[48:56])[0]
+
+    def read64(self, off):
+        with open(self.path, "rb") as f:
+            f.seek(off)
+            return struct.unpack(">Q", f.read(8))[0]
+
+    def write64(self, off, v):
+        with open(self.path, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack(">Q", v))
+
+    def refblock(self):
+        return self.read64(self.rt)
+
+    def l2(self):
+        return self.read64(self.l1) & L2_MASK
+
+    def set_refcount(self, off, v):
+        with open(self.path, "r+b") as f:
+            f.seek(self.refblock() + 2 * (off // self.cs))
+            f.write(struct.pack(">H", v))
+
+    def bitmap_dir(self):
+        """Offset of the bitmap directory (from the bitmaps extension)."""
+        with open(self.path, "rb") as f:
+            h = f.read(self.cs)
+        off = struct.unpack(">I", h[100:104])[0]
+        while True:
+            magic, n = struct.unpack(">II", h[off:off + 8])
+            if magic == 0x23852875:
+                return struct.unpack(">Q", h[off + 24:off + 32])[0]
+            assert magic != 0, "no bitmaps extension"
+            off += 8 + (n + 7) // 8 * 8
+
+
+def add_bitmap(p):
+    ok(run([QEMU_IMG, "bitmap", "--add", p.path, "b0"]))
+    return p
+
+
+# name: (damage, lockstep-io/qemu-io commands, overlapped structure).  The
+# image is 4 GiB with data at 0 and 128k (guest clusters 0 and 2).
+DAMAGES = {
+    # The issue's example: L1 entry 1 names the refcount table as its L2
+    # table; the new L2 entry would land on the refcount table.
+    "l1_to_reftable": (lambda p: p.write64(p.l1 + 8, p.rt | COPIED),
+                       ["write 512M 64k"], "refcount table"),
+    # An L2 table that the refcount table also lists as refcount block 1.
+    "reftable_to_l2": (lambda p: p.write64(p.rt + 8, p.l2()),
+                       ["write -P 3 2M 4k"], "refcount block"),
+    # A refcount of 0 on a table: the allocator hands its cluster out.
+    "l2_refcount_zero": (lambda p: p.set_refcount(p.l2(), 0),
+                         ["write -P 3 2M 4k"], "active L2 table"),
+    "l1_refcount_zero": (lambda p: p.set_refcount(p.l1, 0),
+                         ["write -P 3 2M 4k"], "active L1 table"),
+    "reftable_refcount_zero": (lambda p: p.set_refcount(p.rt, 0),
+                               ["write -P 3 2M 4k"], "refcount table"),
+    "refblock_refcount_zero": (lambda p: p.set_refcount(p.refblock(), 0),
+                               ["write -P 3 2M 4k"], "refcount block"),
+    # Guest cluster 1 maps the refcount table as data.
+    "data_is_reftable": (lambda p: p.write64(p.l2() + 8, p.rt | COPIED),
+                         ["write -P 3 64k 4k"], "refcount table"),
+    # The bitmap directory with a refcount of 0.  QEMU finds it at the
+    # data write; lockstep already when a read-write open rewrites the
+    # directory (to mark the bitmap in use) into the lowest free cluster.
+    "bitmap_dir_refcount_zero": (
+        lambda p: add_bitmap(p).set_refcount(p.bitmap_dir(), 0),
+        ["write -P 3 2M 4k"], "bitmap directory"),
+}
+
+
+def damaged_image(path, name):
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", path, "4G"]))
+    ok(qio(path, "write -P 1 0 64k", "write -P 2 128k 64k"))
+    DAMAGES[name][0](Patch(path))
+    return path
+
+
+def repair_rc(tool, img, tmp_dir):
+    """Exit code of `tool check -r all` on a copy, then of qemu-img check."""
+    copy = os.path.join(tmp_dir, "repair.qcow2")
+    shutil.copy(img, copy)
+    rc = run([tool, "check", "-r", "all", copy]).returncode
+    return rc, run([QEMU_IMG, "check", copy]).returncode
+
+
+def corrupt_flag(img):
+    res = ok(run([QEMU_IMG, "info", "--output=json", "-U", img]))
+    return json.loads(res.stdout)["format-specific"]["data"]["corrupt"]
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGES))
+def test_damaged_image_not_made_worse(lockstep_io, lockstep_img, tmp_dir,
+                                      name):
+    cmds = DAMAGES[name][1] + ["flush"]
+    marked = "qcow2: Marking image as corrupt: Preventing invalid write on " \
+        "metadata (overlaps with %s)" % DAMAGES[name][2]
+    theirs = damaged_image(os.path.join(tmp_dir, "q.qcow2"), name)
+    res = run([QEMU_IO, "-f", "qcow2", "-t", "writeback"] +
+              sum([["-c", c] for c in cmds], []) + [theirs])
+    assert marked in res.stderr, res.stdout + res.stderr
+    ours = damaged_image(os.path.join(tmp_dir, "l.qcow2"), name)
+    res = lio(lockstep_io, ours, *cmds)
+    assert res.returncode != 0
+    # The write (or flush) fails; or the open, where it writes metadata.
+    assert "failed: Input/output error" in res.stdout or \
+        "can't open device" in res.stderr, res.stdout + res.stderr
+    assert marked in res.stderr
+    assert corrupt_flag(ours)
+    # Read-write opens are refused from now on; read-only ones work.
+    res = lio(lockstep_io, ours, "read 0 4k")
+    assert res.returncode != 0 and "corrupt" in res.stderr
+    ok(lio(lockstep_io, ours, "read -P 1 0 4k", extra=("-r",)))
+    # Exactly as repairable as what QEMU leaves, by both tools.
+    want = repair_rc(QEMU_IMG, theirs, tmp_dir)
+    assert repair_rc(QEMU_IMG, ours, tmp_dir) == want
+    assert repair_rc(lockstep_img, ours, tmp_dir) == want
+
+
+def test_issue_example_same_damage_as_qemu(lockstep_io, lockstep_img,
+                                           tmp_dir):
+    """L1 entry -> refcount table: `write 0 64k` leaves what QEMU leaves."""
+    ours = damaged_image(os.path.join(tmp_dir, "l.qcow2"), "l1_to_reftable")
+    theirs = damaged_image(os.path.join(tmp_dir, "q.qcow2"),
+                           "l1_to_reftable")
+    # Guest cluster 0 reaches the refcount table through L1 entry 0 here.
+    for img in (ours, theirs):
+        p = Patch(img)
+        p.write64(p.l1, p.rt | COPIED)
+    res = lio(lockstep_io, ours, "write 0 64k", "flush")
+    assert "write failed: Input/output error" in res.stdout
+    qio(theirs, "write 0 64k")
+    a = run([QEMU_IMG, "check", "--output=json", ours])
+    b = run([QEMU_IMG, "check", "--output=json", theirs])
+    assert a.returncode == b.returncode == 2
+    for k in ("corruptions", "leaks", "check-errors"):
+        assert json.loads(a.stdout).get(k) == json.loads(b.stdout).get(k), k
+    assert repair_rc(lockstep_img, ours, tmp_dir) == (0, 0)
+    assert repair_rc(QEMU_IMG, ours, tmp_dir) == (0, 0)
+
+
+def test_discard_of_table_refused(lockstep_io, tmp_dir):
+    """Guest cluster 1 maps the L1 table (refcount 1): a discard with
+    discard=unmap would free the L1 cluster and pass the discard down,
+    zeroing the L1 table and losing every mapping."""
+    img = os.path.join(tmp_dir, "d.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "4G"]))
+    ok(qio(img, "write -P 1 0 64k"))
+    p = Patch(img)
+    p.write64(p.l2() + 8, p.l1 | COPIED)
+    res = lio(lockstep_io, img, "discard 64k 64k", extra=("-d", "unmap"))
+    assert "discard failed: Input/output error" in res.stdout
+    assert "Preventing the release of cluster 0x%x, which holds metadata" \
+        % p.l1 in res.stderr
+    assert corrupt_flag(img)
+    ok(run([QEMU_IMG, "check", "-r", "all", img]))
+    assert_read_ok(qio(img, "read -P 1 0 64k"))
+    ok(run([QEMU_IMG, "check", img]))
+
+
+def _corruption_events(binary, tmp_dir, tag, img):
+    """Run binary (lockstepd or qemu-storage-daemon) on img, write through
+    an NBD export with qemu-io, return (BLOCK_IMAGE_CORRUPTED events, the
+    qemu-io results)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from qmp_client import Daemon
+    sock = os.path.join(tmp_dir, tag + ".nbd")
+    d = Daemon(binary, tmp_dir, name=tag)
+    results = []
+    try:
+        c = d.client()
+        c.cmd("blockdev-add", {"driver": "qcow2", "node-name": "disk0",
+                               "file": {"driver": "file",
+                                        "filename": img}})
+        c.cmd("nbd-server-start", {"addr": {"type": "unix",
+                                            "data": {"path": sock}}})
+        c.cmd("block-export-add", {"type": "nbd", "id": "e0",
+                                   "node-name": "disk0", "writable": True})
+        url = "nbd+unix:///disk0?socket=" + sock
+        for cmd in ("write 512M 64k", "write -P 5 2M 4k"):
+            results.append(run([QEMU_IO, "-f", "raw", "-c", cmd, url]))
+        events = []
+        while True:
+            try:
+                events.append(c.wait_event("BLOCK_IMAGE_CORRUPTED",
+                                           timeout=1)["data"])
+            except TimeoutError:
+                break
+        c.close()
+    finally:
+        d.stop()
+    return events, results
+
+
+def test_corrupted_event_as_qemu(lockstepd, qsd, tmp_dir):
+    ours = damaged_image(os.path.join(tmp_dir, "l.qcow2"), "l1_to_reftable")
+    theirs = damaged_image(os.path.join(tmp_dir, "q.qcow2"),
+                           "l1_to_reftable")
+    ev_ours, res_ours = _corruption_events(lockstepd, tmp_dir, "l", ours)
+    ev_theirs, res_theirs = _corruption_events(qsd, tmp_dir, "q", theirs)
+    assert ev_theirs == [{
+        "device": "", "node-name": "disk0", "fatal": True,
+        "msg": "Preventing invalid write on metadata (overlaps with "
+               "refcount table)",
+        "offset": Patch(theirs).rt, "size": 65536}]
+    assert ev_ours == ev_theirs
+    # Both writes fail (the second because the image is corrupt).
+    for r in res_ours + res_theirs:
+        assert "write failed" in r.stdout, r.stdout
+    assert corrupt_flag(ours) and corrupt_flag(theirs)
+
+
+def test_overlap_check_option(lockstep_io, tmp_dir):
+    """The check is always on: QEMU's 'cached' and 'all' are what we do;
+    asking for less is refused rather than ignored."""
+    img = os.path.join(tmp_dir, "o.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", img, "1M"]))
+    opts = "driver=qcow2,file.driver=file,file.filename=%s,overlap-check=" \
+        % img
+    for mode in ("cached", "all"):
+        ok(run([lockstep_io, "--image-opts", "-c", "write 0 4k",
+                opts + mode]))
+    for mode in ("none", "constant"):
+        res = run([lockstep_io, "--image-opts", "-c", "write 0 4k",
+                   opts + mode])
+        assert res.returncode != 0
+        assert "overlap-check must be 'cached' or 'all'" in res.stderr

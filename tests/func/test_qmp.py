@@ -121,6 +121,79 @@ def test_argument_errors(qmp):
         assert e == {"class": cls, "desc": desc}, (name, args)
 
 
+def test_nul_in_strings_refused(qmp):
+    """A string is a C string below the QMP layer: one that holds \\u0000
+    anywhere is refused, not cut at the NUL (which would make
+    "exp0\\u0000other" name exp0)."""
+    nul = "must not contain a NUL character"
+    cases = [
+        ("block-export-del", {"id": "exp0\0other"},
+         "Parameter 'id' " + nul),
+        ("blockdev-del", {"node-name": "n\0"},
+         "Parameter 'node-name' " + nul),
+        ("blockdev-add", {"driver": "null-co", "node-name": "ab\0cd"},
+         "Parameter 'node-name' " + nul),
+        ("blockdev-add", {"driver": "file", "filename": "/tmp/x\0y"},
+         "Parameter 'filename' " + nul),
+        ("block-dirty-bitmap-add", {"node": "n", "name": "b\0c"},
+         "Parameter 'name' " + nul),
+        ("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add",
+             "data": {"node": "n", "name": "b\0"}}]},
+         "Parameter 'actions[0].data.name' " + nul),
+        ("nbd-server-start", {"addr": {"type": "unix",
+                                       "data": {"path": "/tmp/s\0x"}}},
+         "Parameter 'addr.data.path' " + nul),
+    ]
+    for name, args, desc in cases:
+        e = qmp.error(name, args)
+        assert e == {"class": "GenericError", "desc": desc}, (name, args)
+    # A command name with a NUL is no command (not even its prefix).
+    for name in ("query-version\0x", "quit\0"):
+        e = qmp.error(name)
+        assert e["class"] == "CommandNotFound", name
+        assert e["desc"] == "The command %s has not been found" % \
+            name.replace("\0", "\\u0000")
+    # The request's id is echoed whole.
+    resp = qmp.execute("query-version", id="a\0b")
+    assert resp["id"] == "a\0b" and "return" in resp
+    # Member names with a NUL do not even parse.
+    qmp.send_raw('{"execute": "query-version", "arguments": '
+                 '{"x\\u0000": 1}}\n')
+    assert qmp.recv_response()["error"]["desc"] == \
+        "JSON parse error, NUL byte in object key not supported near " \
+        "'\"x\\u0000\"'"
+    assert qmp.cmd("query-named-block-nodes") == []
+
+
+def test_nul_in_names_like_qsd(lockstepd, qsd, tmp_dir):
+    """Both daemons refuse the same NUL-bearing names, and neither acts on
+    the name cut at the NUL: export exp0 and node n survive, no node ab
+    appears."""
+    img = make_image(os.path.join(tmp_dir, "n.img"), 1 << 20)
+    for binary in (lockstepd, qsd):
+        sub = os.path.join(tmp_dir, os.path.basename(binary))
+        os.mkdir(sub)
+        with Daemon(binary, sub) as d, d.client() as c:
+            c.cmd("blockdev-add", {"driver": "file", "node-name": "n",
+                                   "filename": img})
+            c.cmd("nbd-server-start", {"addr": {"type": "unix", "data": {
+                "path": os.path.join(sub, "nbd.sock")}}})
+            c.cmd("block-export-add", {"type": "nbd", "id": "exp0",
+                                       "node-name": "n"})
+            for name, args in (
+                    ("block-export-del", {"id": "exp0\0other"}),
+                    ("blockdev-del", {"node-name": "n\0"}),
+                    ("blockdev-add", {"driver": "null-co",
+                                      "node-name": "ab\0cd"})):
+                assert "error" in c.execute(name, args), (binary, name)
+            assert c.error("quit\0")["class"] == "CommandNotFound"
+            assert [e["id"] for e in c.cmd("query-block-exports")] == \
+                ["exp0"]
+            assert sorted(n["node-name"] for n in
+                          c.cmd("query-named-block-nodes")) == ["n"]
+
+
 def test_request_shape_errors(qmp):
     cases = [
         ('[1, 2]', "QMP input must be a JSON object"),
@@ -688,7 +761,7 @@ FLEECE_PATTERN_OLD = 0xaa
 
 
 def fleecing_recipe(binary, tmp_dir, name):
-    """fleecing.md section 8 (pull mode, incremental), on 4 MiB images."""
+    """docs/fleecing.md "Examples" (pull mode, incremental), on 4 MiB images."""
     qemu_img = shutil.which("qemu-img")
     if not qemu_img or not shutil.which("qemu-io"):
         pytest.skip("qemu-img/qemu-io are not installed")

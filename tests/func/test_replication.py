@@ -76,27 +76,40 @@ class Secondary:
     replication node rep over active -> hidden -> sec-disk, the quorum top
     exported for the secondary guest."""
 
-    def __init__(self, d, transport, sec, active, hidden, name="sec"):
+    def __init__(self, d, transport, sec, active, hidden, name="sec",
+                 tls=None):
+        """tls: (server creds dir, client creds dir for our own URIs), to
+        require x509 TLS on the secondary's NBD server."""
         self.d = d
         self.images = [sec, active, hidden]
         self.daemon = Daemon(lockstepd(), d, name=name)
         self.qmp = self.daemon.client()
         q = self.qmp
+        start = {}
+        if tls:
+            q.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls0",
+                                 "dir": tls[0], "endpoint": "server"})
+            start = {"tls-creds": "tls0"}
         q.cmd("blockdev-add", {"driver": "qcow2", "node-name": "sec-disk",
                                "file": {"driver": "file", "filename": sec}})
         if transport == "unix":
             path = os.path.join(d, name + "-nbd.sock")
-            q.cmd("nbd-server-start", {"addr": {"type": "unix",
-                                                "data": {"path": path}}})
+            q.cmd("nbd-server-start", dict(start, addr={
+                "type": "unix", "data": {"path": path}}))
             self.server = {"type": "unix", "path": path}
             self.url = "nbd+unix:///%s?socket=" + path
         else:
             port = free_port()
-            q.cmd("nbd-server-start", {"addr": {"type": "inet", "data": {
-                "host": "127.0.0.1", "port": str(port)}}})
+            q.cmd("nbd-server-start", dict(start, addr={
+                "type": "inet", "data": {"host": "127.0.0.1",
+                                         "port": str(port)}}))
             self.server = {"type": "inet", "host": "127.0.0.1",
                            "port": str(port)}
             self.url = "nbd://127.0.0.1:%d/%%s" % port
+        if tls:
+            self.url = self.url.replace("nbd", "nbds", 1) + (
+                "&" if "?" in self.url else "?") + \
+                "tls-certificates=" + tls[1]
         q.cmd("block-export-add", {"type": "nbd", "id": "sec-disk",
                                    "node-name": "sec-disk", "writable": True})
         q.cmd("blockdev-add", {
@@ -130,20 +143,24 @@ class Primary:
     """The primary daemon: p-local and p-rep (NBD client to the
     secondary's sec-disk) under the quorum p-top, exported as guest."""
 
-    def __init__(self, d, server, local, name="pri", quorum=True):
+    def __init__(self, d, server, local, name="pri", quorum=True,
+                 tls_dir=None):
+        """tls_dir: client creds (x509) for the NBD child."""
         self.d = d
         self.daemon = Daemon(lockstepd(), d, name=name)
         self.qmp = self.daemon.client()
         q = self.qmp
+        child = {"driver": "nbd", "node-name": "p-nbd", "server": server,
+                 "export": "sec-disk"}
+        if tls_dir:
+            q.cmd("object-add", {"qom-type": "tls-creds-x509", "id": "tls0",
+                                 "dir": tls_dir, "endpoint": "client"})
+            child["tls-creds"] = "tls0"
         q.cmd("blockdev-add", {"driver": "qcow2", "node-name": "p-local",
                                "file": {"driver": "file",
                                         "filename": local}})
         q.cmd("blockdev-add", {"driver": "replication", "node-name": "p-rep",
-                               "mode": "primary",
-                               "file": {"driver": "nbd",
-                                        "node-name": "p-nbd",
-                                        "server": server,
-                                        "export": "sec-disk"}})
+                               "mode": "primary", "file": child})
         if quorum:
             q.cmd("blockdev-add", {"driver": "quorum", "node-name": "p-top",
                                    "read-pattern": "fifo",
@@ -186,6 +203,16 @@ def create_images(d, fill=0x11):
             qemu_io(imgs[n], "write -P 0x%x 0 %d" % (fill, SIZE),
                     fmt="qcow2")
     return imgs
+
+
+def wait_failover(q, timeout=120):
+    """A failover is a job ("failover-rep") and the command that starts it
+    returns at once: wait until the job has gone (it dismisses itself)."""
+    end = time.monotonic() + timeout
+    while any(j["id"].startswith("failover-")
+              for j in q.cmd("query-jobs")):
+        assert time.monotonic() < end, "the failover job did not end"
+        time.sleep(0.05)
 
 
 def check_clean(imgs):
@@ -312,6 +339,7 @@ def test_secondary_stop(pair):
     secondary_common(sec)
     sec.qmp.cmd("xen-set-replication", {"enable": False, "primary": False,
                                         "failover": True})
+    wait_failover(sec.qmp)
     assert sec.qmp.cmd("query-xen-replication-status") == {"error": False}
     # The secondary's view: its own writes, the primary's rolled back.
     qemu_io(sec.uri("top"), "read -P 0x33 0 %d" % HALF,
@@ -351,6 +379,7 @@ def test_aliases(pair):
     qemu_io(sec.uri("top"), "read -P 0x44 0 1M")
     assert sec.qmp.cmd("query-replication") == {"error": False}
     sec.qmp.cmd("replication-stop", {"failover": True})
+    wait_failover(sec.qmp)
     pri.qmp.cmd("replication-stop")
     qemu_io(sec.uri("top"), "read -P 0x44 0 1M",
             "read -P 0x11 1M %d" % (SIZE - MiB))
@@ -375,6 +404,7 @@ def run_model(pri, sec, seed, steps, checkpoints=True, check_every=25):
     hp = nbd.NBD()
     hp.connect_uri(pri.uri("guest"))
     hs = nbd.NBD()
+    hs.set_uri_allow_local_file(True)   # tls-certificates=DIR (test_tls)
     hs.connect_uri(sec.uri("top"))
     primary = bytearray(b"\x11" * SIZE)      # primary disk = sec-disk
     view = bytearray(primary)                # secondary's view
@@ -426,6 +456,7 @@ def test_random_model(pair, seed):
     sec.qmp.cmd("nbd-server-stop")
     sec.qmp.cmd("xen-set-replication", {"enable": False, "primary": False,
                                         "failover": True})
+    wait_failover(sec.qmp)
     assert sec.qmp.cmd("query-xen-replication-status") == {"error": False}
     pri.stop()
     sec.stop()
@@ -443,6 +474,7 @@ def test_failover_after_many_small_writes(pair):
                         check_every=1000)
     sec.qmp.cmd("nbd-server-stop")
     sec.qmp.cmd("replication-stop", {"failover": True})
+    wait_failover(sec.qmp)
     pri.stop()
     sec.stop()
     assert image_bytes(imgs["sec"], pri.d) == view
@@ -463,6 +495,7 @@ def test_failover_during_fio(pair, tmp_path):
     sec.qmp.cmd("replication-stop", {"failover": True})
     out, _ = fio.communicate(timeout=60)
     assert fio.returncode == 0, out
+    wait_failover(sec.qmp)
     assert sec.qmp.cmd("query-xen-replication-status") == {"error": False}
     h = nbd.NBD()
     h.connect_uri(sec.uri("top"))
@@ -581,4 +614,178 @@ def test_secondary_dies_and_resync(tmp_path, transport):
     pri.stop()
     sec2.stop()
     sh("qemu-img", "compare", "-q", imgs["sec"], imgs["p-local"])
+    check_clean(imgs)
+
+
+# ---- A secondary that stops answering ---------------------------------------
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_stalled_secondary_holds_nothing_hostage(tmp_path, transport):
+    """The secondary is frozen (SIGSTOP: its sockets stay open, nothing
+    answers), as a hung host would be.  A guest write of the primary waits
+    on the replication link, but the primary's monitor keeps answering,
+    and dropping the dead child (a graph change, which waits for the
+    stuck request) gives up on it after the drain patience (5 s,
+    docs/architecture.md "Waiting on remote peers"): the guest's write
+    completes on the local disk and the guest goes on."""
+    pri, sec, imgs = make_pair(transport, tmp_path, True)
+    sec.start()
+    pri.start()
+    qemu_io(pri.uri("guest"), "write -P 0x21 0 64k")
+    sec.daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        writer = subprocess.Popen(
+            ["qemu-io", "-f", "raw", "-c", "write -P 0x22 1M 64k",
+             pri.uri("guest")], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        time.sleep(1)
+        assert writer.poll() is None        # stuck on the replication link
+        for _ in range(5):
+            start = time.monotonic()
+            assert "qemu" in pri.qmp.cmd("query-version")
+            pri.qmp.cmd("query-named-block-nodes")
+            assert time.monotonic() - start < 0.5
+        start = time.monotonic()
+        pri.qmp.cmd("x-blockdev-change", {"parent": "p-top",
+                                          "child": "children.1"})
+        took = time.monotonic() - start
+        assert took < 5 + 3, took
+        out, _ = writer.communicate(timeout=20)
+        assert writer.returncode == 0 and "wrote 65536/65536" in out, out
+        # The guest goes on with its local disk alone.
+        start = time.monotonic()
+        qemu_io(pri.uri("guest"), "write -P 0x23 2M 64k",
+                "read -P 0x22 1M 64k", "read -P 0x21 0 64k")
+        assert time.monotonic() - start < 3
+        pri.qmp.cmd("blockdev-del", {"node-name": "p-rep"})
+    finally:
+        sec.daemon.proc.send_signal(signal.SIGCONT)
+        rc = pri.stop()
+        sec.stop()
+    assert rc == 0
+    check_clean(imgs)
+
+
+# ---- Failover is a job: the monitor keeps answering -------------------------
+
+GiB = 1024 * MiB
+
+
+@pytest.mark.skipif(nbd is None, reason="python3-libnbd is not installed")
+def test_failover_job_monitor_answers(tmp_path):
+    """A failover of 1 GiB of dirty data (the secondary guest wrote it
+    after the last checkpoint: it is all in the active disk) is a commit
+    job: the stop command returns at once, the job shows in query-jobs
+    and query-replication with its progress and sends the usual job
+    events, the monitor answers query-status within 50 ms all along, and
+    the secondary guest keeps reading and writing."""
+    d = str(tmp_path)
+    imgs = {}
+    for n in ("sec", "active", "hidden"):
+        imgs[n] = os.path.join(d, n + ".qcow2")
+        sh("qemu-img", "create", "-q", "-f", "qcow2", imgs[n], str(GiB))
+    sec = Secondary(d, "unix", imgs["sec"], imgs["active"], imgs["hidden"])
+    try:
+        sec.start()     # empties the active and hidden disks
+        qemu_io(sec.uri("top"), "write -P 0x5a 0 512M",
+                "write -P 0x6b 512M 512M")
+        q = sec.qmp
+        q.events.clear()
+
+        # The secondary guest writes 64k blocks in the first 16 MiB and
+        # reads them back, during the whole failover.
+        stop = threading.Event()
+        written = {}
+        failures = []
+
+        def guest():
+            rng = random.Random(7)
+            h = nbd.NBD()
+            h.connect_uri(sec.uri("top"))
+            try:
+                while not stop.is_set():
+                    blk = rng.randrange(0, 256)
+                    pat = rng.randrange(1, 256)
+                    data = bytes([pat]) * 65536
+                    h.pwrite(data, blk * 65536)
+                    if h.pread(65536, blk * 65536) != data:
+                        failures.append(blk)
+                    written[blk] = pat
+            except Exception as e:  # pragma: no cover - reported below
+                failures.append(repr(e))
+            finally:
+                h.shutdown()
+
+        t = threading.Thread(target=guest)
+        t.start()
+        time.sleep(0.3)
+
+        t0 = time.monotonic()
+        q.cmd("replication-stop", {"failover": True})
+        assert time.monotonic() - t0 < 1.0, "the failover did not return " \
+            "at once"
+
+        latencies, progress, seen_job = [], [], False
+        while True:
+            t1 = time.monotonic()
+            assert q.cmd("query-status")["status"] == "running"
+            latencies.append(time.monotonic() - t1)
+            jobs = [j for j in q.cmd("query-jobs")
+                    if j["id"] == "failover-rep"]
+            if not jobs:
+                break
+            seen_job = True
+            assert jobs[0]["type"] == "commit"
+            rep = q.cmd("query-replication")
+            assert rep["error"] is False
+            f = rep.get("failover")
+            if f:
+                assert f[0]["node-name"] == "rep"
+                assert f[0]["job-id"] == "failover-rep"
+                progress.append((f[0]["current-progress"],
+                                 f[0]["total-progress"]))
+            assert time.monotonic() - t0 < 300, "failover too slow"
+            time.sleep(0.01)
+        stop.set()
+        t.join(60)
+
+        assert seen_job and progress
+        # Progress moves: at least 1 GiB is to be copied, and the job
+        # reported it along the way.
+        assert max(total for _, total in progress) >= GiB
+        assert progress[0][0] < progress[-1][0] or len(progress) == 1
+        # The monitor answered all along (the copy runs in the job's
+        # thread, no longer inside the stop command).  The machine running
+        # the tests may be loaded: every answer within 50 ms, allowing one
+        # in fifty a scheduling delay, never half a second.
+        slow = [x for x in latencies if x > 0.050]
+        assert len(latencies) >= 20, latencies
+        assert len(slow) <= len(latencies) // 50, sorted(latencies)[-10:]
+        assert max(latencies) < 0.5, sorted(latencies)[-10:]
+        # The usual job events, in order (they precede the answer to the
+        # query-jobs that no longer found the job).
+        statuses = [e["data"]["status"] for e in q.events
+                    if e["event"] == "JOB_STATUS_CHANGE" and
+                    e["data"]["id"] == "failover-rep"]
+        assert statuses == ["created", "running", "waiting", "pending",
+                            "concluded", "null"], statuses
+        ev = q.wait_event_match("BLOCK_JOB_COMPLETED", timeout=10,
+                                device="failover-rep")
+        assert ev["data"]["type"] == "commit"
+        assert "error" not in ev["data"]
+        assert ev["data"]["len"] >= GiB
+        assert ev["data"]["offset"] == ev["data"]["len"]
+        # The guest kept going, and saw its own writes.
+        assert not failures, failures
+        assert len(written) > 0
+        assert q.cmd("query-xen-replication-status") == {"error": False}
+    finally:
+        sec.stop()
+    # The secondary disk holds everything: the guest's last writes, then
+    # the active and hidden disks' data.
+    cmds = ["read -P 0x%x %d 65536" % (pat, blk * 65536)
+            for blk, pat in sorted(written.items())]
+    cmds += ["read -P 0x5a %d %d" % (16 * MiB, 512 * MiB - 16 * MiB),
+             "read -P 0x6b %d %d" % (512 * MiB, 512 * MiB)]
+    qemu_io(imgs["sec"], *cmds, fmt="qcow2")
     check_clean(imgs)

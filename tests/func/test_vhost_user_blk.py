@@ -114,6 +114,31 @@ def test_many_in_flight(lockstepd, client, tmp_dir, opts):
         assert "0 errors" in p.stdout
 
 
+@pytest.mark.parametrize("opts", [("-E",), ()], ids=["flags", "event-idx"])
+def test_calls_batched(lockstepd, client, tmp_dir, opts):
+    """Requests the queue's poller runs back to back are signalled with
+    one call, not one per request: a call per request woke the driver
+    per request (and on a busy host the woken driver preempted the
+    daemon), which held a queue at qd16 to a third of its rate.  A disk
+    that never sleeps (null-co), so the poller keeps its role through
+    the burst; with EVENT_IDX the driver asks for a call at the first
+    completion, without it it never sets NO_INTERRUPT."""
+    sock = os.path.join(tmp_dir, "null-vu.sock")
+    d = Daemon(lockstepd, tmp_dir,
+               ["--blockdev", "driver=null-co,node-name=disk,size=%d" % SIZE]
+               + vhost_export(sock), name="null-qmp")
+    try:
+        wait_for_socket(sock, d.proc)
+        for _ in range(3):
+            p = vclient(client, sock, "burst", 16, opts=("-d", "16") + opts)
+            assert p.returncode == 0, p.stdout + p.stderr
+            r = json.loads(p.stdout)
+            assert r["completed"] == 16 and r["errors"] == 0
+            assert r["calls"] == 1, r
+    finally:
+        d.stop()
+
+
 def test_same_client_against_qsd(qsd, client, tmp_dir):
     """The reference: our front-end against qemu-storage-daemon 7.2."""
     with Server(qsd, tmp_dir, extra_export=",num-queues=2") as s:

@@ -11,7 +11,11 @@
  *   0: none, the input is the raw stream (greeting answer onwards);
  *   1: client flags + NBD_OPT_GO "disk" (simple replies);
  *   2: client flags + STRUCTURED_REPLY + SET_META_CONTEXT (all contexts)
- *      + GO, then the requests.
+ *      + GO, then the requests;
+ *   3: a server with TLS (PSK credentials): the raw stream, which meets
+ *      the TLS-required mode (every option but STARTTLS and ABORT);
+ *   4: as 3, after client flags + STARTTLS: the input is the client's
+ *      side of the TLS handshake (seeds: tests/fuzz/seeds-fuzz-nbd.sh).
  *
  * Build (clang-14 with libclang-rt-14-dev), e.g.:
  *   CC=clang meson setup build-fuzz -Dfuzz=true \
@@ -29,26 +33,51 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
+#include "crypto/tls-creds.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/proto.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int g_in_fd = -1;
 static int g_out_fd = -1;
+static struct tls_creds *g_tls;
 
-/* The daemon's monitor provides this; the fuzzer drops events. */
-void
-qmp_event_send(const char *name, json_t *data)
+/* Server PSK credentials from a keys.psk written to a temporary
+ * directory (removed again: they are loaded once). */
+static struct tls_creds *
+fuzz_tls_creds(void)
 {
-    (void)name;
-    json_decref(data);
+    static const char line[] = "fuzz:00112233445566778899aabbccddeeff\n";
+    char dir[] = "/tmp/fuzz-nbd-XXXXXX";
+    struct tls_creds_options o = {
+        .id = "tls0", .type = TLS_CREDS_PSK,
+        .endpoint = TLS_ENDPOINT_SERVER, .dir = dir, .verify_peer = true,
+    };
+    struct err *err = NULL;
+    struct tls_creds *c;
+    char *path;
+    FILE *f;
+
+    if (!mkdtemp(dir)) {
+        abort();
+    }
+    path = xasprintf("%s/keys.psk", dir);
+    f = fopen(path, "w");
+    if (!f || fputs(line, f) < 0 || fclose(f) != 0) {
+        abort();
+    }
+    if (!tls_creds_add(&o, &err) || !(c = tls_creds_get("tls0", &err))) {
+        err_report("fuzz-nbd", err);
+        abort();
+    }
+    unlink(path);
+    rmdir(dir);
+    free(path);
+    return c;
 }
 
 static void
@@ -56,7 +85,6 @@ fuzz_init(void)
 {
     struct err *err = NULL;
     struct block_node *node;
-    json_t *args;
 
     node = block_node_new_keyval("driver=null-co,node-name=disk,"
                                  "size=1048576,read-zeroes=on", &err);
@@ -64,15 +92,19 @@ fuzz_init(void)
         err_report("fuzz-nbd", err);
         abort();
     }
-    args = json_pack("{s:s, s:s, s:s, s:b, s:b, s:s, s:[s]}",
-                     "type", "nbd", "id", "e0", "node-name", "disk",
-                     "writable", 1, "allocation-depth", 1,
-                     "description", "fuzz", "bitmaps", "b0");
-    if (!nbdexp_create(args, false, &err)) {
+    if (!nbdexp_create(&(struct block_export_options) {
+                           .type = "nbd", .id = "e0", .node_name = "disk",
+                           .writable = true,
+                           .driver_opts = &(struct nbd_export_options) {
+                               .allocation_depth = true,
+                               .description = "fuzz",
+                               .bitmaps = &(struct nbd_export_bitmap) {
+                                   .name = "b0" },
+                               .n_bitmaps = 1 } }, false, &err)) {
         err_report("fuzz-nbd", err);
         abort();
     }
-    json_decref(args);
+    g_tls = fuzz_tls_creds();
     g_in_fd = memfd_create("fuzz-nbd-in", MFD_CLOEXEC);
     g_out_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     if (g_in_fd < 0 || g_out_fd < 0) {
@@ -105,6 +137,9 @@ make_prefix(uint8_t *buf, int mode)
 
     put_be32(buf, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
     n = 4;
+    if (mode == 4) {
+        return n + put_opt(buf + n, NBD_OPT_STARTTLS, NULL, 0);
+    }
     if (mode == 2) {
         n += put_opt(buf + n, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
         put_be32(meta, 4);
@@ -132,6 +167,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static bool initialised;
     uint8_t prefix[512];
     size_t plen = 0;
+    int mode;
 
     if (!initialised) {
         fuzz_init();
@@ -140,8 +176,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) {
         return 0;
     }
-    if (data[0] % 3) {
-        plen = make_prefix(prefix, data[0] % 3);
+    mode = data[0] % 5;
+    if (mode != 0 && mode != 3) {
+        plen = make_prefix(prefix, mode);
     }
     data++;
     size--;
@@ -151,6 +188,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lseek(g_in_fd, 0, SEEK_SET) < 0) {
         abort();
     }
-    nbdsrv_serve_fds(g_in_fd, g_out_fd, 0);
+    nbdsrv_serve_fds(g_in_fd, g_out_fd, 0, mode >= 3 ? g_tls : NULL,
+                     NULL);
     return 0;
 }

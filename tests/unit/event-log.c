@@ -4,20 +4,21 @@
 #include <string.h>
 
 #include "event-log.h"
+#include "qmp/qmp-event.h"
 #include "util.h"
 
 static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static json_t *ev_list;          /* Protected by: ev_lock */
 
 void
-event_log_capture(const char *name, json_t *data)
+event_log_capture(const struct event *ev)
 {
     mutex_lock(&ev_lock);
     if (!ev_list) {
         ev_list = json_array();
     }
-    json_array_append_new(ev_list, json_pack("{s:s, s:o}", "event", name,
-                                             "data", data));
+    json_array_append_new(ev_list, json_pack("{s:s, s:o}", "event", ev->name,
+                                             "data", qmp_event_data(ev)));
     mutex_unlock(&ev_lock);
 }
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Test helper: record the QMP events a job emits (install
- * event_log_capture with job_set_event_sink) and look at them.
+ * Test helper: record the events emitted (install event_log_capture with
+ * event_set_sink) and look at them.
  */
 #ifndef LOCKSTEP_TEST_EVENT_LOG_H
 #define LOCKSTEP_TEST_EVENT_LOG_H
@@ -10,8 +10,10 @@
 
 #include <jansson.h>
 
-/* An event sink: records {"event": name, "data": data} (data stolen). */
-void event_log_capture(const char *name, json_t *data);
+#include "runtime/event.h"
+
+/* An event sink: records {"event": name, "data": {members}}. */
+void event_log_capture(const struct event *ev);
 /* Forget everything recorded. */
 void event_log_reset(void);
 /*

@@ -15,13 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "export/export.h"
 #include "keyval.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
-#include "export/export.h"
-#include "nbd/nbd-internal.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
+#include "qmp/qmp-event.h"
+#include "qmp/qmp-internal.h"
+#include "runtime/event.h"
 #include "util.h"
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -38,15 +39,13 @@ print_json(json_t *j)
     free(s);
 }
 
-/* The daemon's monitor provides this; here events go to stdout. */
-void
-qmp_event_send(const char *name, json_t *data)
+/* The event sink: events go to stdout as {"event", "data"}. */
+static void
+print_event(const struct event *event)
 {
-    json_t *ev = json_pack("{s:s}", "event", name);
+    json_t *ev = json_pack("{s:s, s:o}", "event", event->name, "data",
+                           qmp_event_data(event));
 
-    if (data) {
-        json_object_set_new(ev, "data", data);
-    }
     print_json(ev);
     json_decref(ev);
 }
@@ -87,21 +86,42 @@ add_bitmap(const char *node_name, const char *name, struct err **errp)
     return block_dirty_bitmap_create(node, name, 0, errp) != NULL;
 }
 
-/* One query-block-exports element, as the daemon prints it. */
-static void
-query_one(const struct block_export_info *info, void *opaque)
+/* This harness serves NBD only (other export types are refused as a
+ * server without them would refuse them). */
+static bool
+nbd_only(json_t *args, struct err **errp)
 {
-    json_array_append_new(opaque,
-                          json_pack("{s:s, s:b, s:s, s:s}",
-                                    "node-name", info->node_name,
-                                    "shutting-down", info->shutting_down,
-                                    "type", info->type, "id", info->id));
+    const char *type = qmp_str(args, "type");
+
+    if (type && strcmp(type, "nbd")) {
+        err_setf(errp, "Parameter 'type' does not accept value '%s'", type);
+        return false;
+    }
+    return true;
+}
+
+/* nbd-server-start with a flat address ({"type", "path"} or {"type",
+ * "host", "port"}), as --nbd-server takes it. */
+static bool
+server_start(json_t *addr, int64_t max_conns, int64_t handshake_max_seconds,
+             const char *tls_creds, const char *tls_authz, struct err **errp)
+{
+    struct nbd_server_options opts = {
+        .tls_creds = tls_creds,
+        .tls_authz = tls_authz,
+        .max_connections = max_conns,
+        .handshake_max_seconds = handshake_max_seconds,
+    };
+    char portbuf[32];
+
+    return qmp_socket_address_parse(addr, &opts.addr, portbuf, errp) &&
+           nbd_server_start(&opts, errp);
 }
 
 static json_t *
 run_command(json_t *cmd, bool *quit)
 {
-    const char *name = json_string_value(json_object_get(cmd, "execute"));
+    const char *name = qmp_str(cmd, "execute");
     json_t *args = json_object_get(cmd, "arguments");
     struct err *err = NULL;
     json_t *ret = NULL;
@@ -109,33 +129,27 @@ run_command(json_t *cmd, bool *quit)
 
     if (!name) {
         err_setf(&err, "missing execute");
-    } else if (!strcmp(name, "block-export-add")) {
-        ok = nbdexp_create(args, true, &err) != NULL;
-    } else if (!strcmp(name, "block-export-del")) {
-        ok = block_export_del(json_string_value(json_object_get(args, "id")),
-                              json_string_value(json_object_get(args,
-                                                                "mode")),
-                              &err);
-    } else if (!strcmp(name, "query-block-exports")) {
-        ret = json_array();
-        block_export_foreach(query_one, ret);
-        ok = true;
+    } else if (!strcmp(name, "block-export-add") && !nbd_only(args, &err)) {
+        ok = false;
+    } else if (!strcmp(name, "block-export-add") ||
+               !strcmp(name, "block-export-del") ||
+               !strcmp(name, "query-block-exports") ||
+               !strcmp(name, "nbd-server-stop")) {
+        /* The daemon's own handlers (schema checks included). */
+        ret = qmp_execute(name, args, &err);
+        ok = ret != NULL;
     } else if (!strcmp(name, "nbd-server-start")) {
         json_t *mc = json_object_get(args, "max-connections");
         json_t *hs = json_object_get(args, "handshake-max-seconds");
 
-        ok = nbd_server_start(json_object_get(args, "addr"),
-                              json_string_value(json_object_get(args,
-                                                                "tls-creds")),
-                              mc ? json_integer_value(mc) : 0,
-                              hs ? json_integer_value(hs)
-                                 : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err);
-    } else if (!strcmp(name, "nbd-server-stop")) {
-        ok = nbd_server_stop(&err);
+        ok = server_start(json_object_get(args, "addr"),
+                          mc ? json_integer_value(mc) : 0,
+                          hs ? json_integer_value(hs)
+                             : NBD_DEFAULT_HANDSHAKE_MAX_SECONDS,
+                          qmp_str(args, "tls-creds"),
+                          qmp_str(args, "tls-authz"), &err);
     } else if (!strcmp(name, "block-dirty-bitmap-add")) {
-        ok = add_bitmap(json_string_value(json_object_get(args, "node")),
-                        json_string_value(json_object_get(args, "name")),
-                        &err);
+        ok = add_bitmap(qmp_str(args, "node"), qmp_str(args, "name"), &err);
     } else if (!strcmp(name, "quit")) {
         *quit = true;
         ok = true;
@@ -240,8 +254,10 @@ main(int argc, char **argv)
             return 1;
         }
     }
-    if (addr && !nbd_server_start(addr, NULL, max_conns,
-                                  NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, &err)) {
+    event_set_sink(print_event);
+    if (addr && !server_start(addr, max_conns,
+                              NBD_DEFAULT_HANDSHAKE_MAX_SECONDS, NULL, NULL,
+                              &err)) {
         err_report("nbd-serve", err);
         return 1;
     }
@@ -249,7 +265,7 @@ main(int argc, char **argv)
     for (size_t i = 0; i < json_array_size(exports); i++) {
         json_t *e = json_array_get(exports, i);
 
-        if (!nbdexp_create(e, true, &err)) {
+        if (!nbd_only(e, &err) || !qmp_export_add_keyval(e, &err)) {
             err_report("nbd-serve", err);
             return 1;
         }

@@ -2,7 +2,9 @@
 /*
  * Unit tests of the block layer core: option checking, node names,
  * permissions, replacing a node under its parents, draining, alignment,
- * block status and the blkdebug and raw drivers.
+ * block status and the blkdebug and raw drivers; O_DIRECT files whose
+ * length is not a multiple of the block size, read whole and written at
+ * their end (on a disk-backed directory, skipped without one).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -18,6 +20,7 @@
 
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "test-env.h"
 #include "util.h"
 
 static char img_path[64];
@@ -116,13 +119,29 @@ test_keyval_conversion(void **state UNUSED)
     block_node_unref(n);
 }
 
+/* A handle, or NULL with the error's message in *msg. */
+static struct block_handle *
+try_handle(struct block_node *node, uint32_t perm, uint32_t shared,
+           char **msg)
+{
+    struct err *err = NULL;
+    struct block_handle *h = block_handle_new(node, "test", perm, shared,
+                                              &err);
+
+    *msg = err ? xstrdup(err->msg) : NULL;
+    err_free(err);
+    return h;
+}
+
+#define RW (BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE)
+
 static void
 test_permissions(void **state UNUSED)
 {
     CLEANUP_FREE char *kv = NULL;
     struct block_node *file, *fmt1, *fmt2;
     struct block_handle *h1, *h2;
-    struct err *err = NULL;
+    char *msg = NULL;
 
     kv = xasprintf("driver=file,node-name=f,filename=%s", img_path);
     file = new_node(kv, NULL);
@@ -132,39 +151,175 @@ test_permissions(void **state UNUSED)
     assert_non_null(fmt1);
     fmt2 = new_node("driver=raw,node-name=r2,file=f", NULL);
     assert_non_null(fmt2);
-    block_node_unref(fmt2);
 
     /* A user that does not share writing keeps other writers out... */
-    h1 = block_handle_new(fmt1, "owner", BLOCK_PERM_CONSISTENT_READ |
-                          BLOCK_PERM_WRITE, BLOCK_PERM_CONSISTENT_READ, &err);
+    h1 = try_handle(fmt1, RW, BLOCK_PERM_CONSISTENT_READ, &msg);
     assert_non_null(h1);
-    h2 = block_handle_new(fmt1, "intruder", BLOCK_PERM_WRITE,
-                          BLOCK_PERM_ALL, &err);
-    assert_null(h2);
-    assert_non_null(strstr(err->msg, "Conflicts with use by owner"));
-    err_free(err);
-    err = NULL;
+    assert_null(try_handle(fmt1, BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Permission conflict on node 'r1': permissions "
+                        "'write' are both required by an unnamed block device"
+                        " (uses node 'r1' as 'root' child) and unshared by an"
+                        " unnamed block device (uses node 'r1' as 'root' "
+                        "child).");
+    free(msg);
     /* ...and a reader that refuses to share writing cannot come in. */
-    h2 = block_handle_new(fmt1, "reader", BLOCK_PERM_CONSISTENT_READ,
-                          BLOCK_PERM_CONSISTENT_READ, &err);
-    assert_null(h2);
-    assert_non_null(strstr(err->msg, "does not allow 'write'"));
-    err_free(err);
-    err = NULL;
+    assert_null(try_handle(fmt1, BLOCK_PERM_CONSISTENT_READ,
+                           BLOCK_PERM_CONSISTENT_READ, &msg));
+    assert_non_null(strstr(msg, "permissions 'write' are both required"));
+    free(msg);
+
+    /* Needs propagate down: r1 now writes f and lets nobody else write
+     * it, so a writer of r2 (the same file) is refused, in f's name. */
+    assert_int_equal(fmt1->file->perm & BLOCK_PERM_WRITE, BLOCK_PERM_WRITE);
+    assert_int_equal(fmt1->file->shared, BLOCK_PERM_CONSISTENT_READ);
+    assert_null(try_handle(fmt2, RW, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Permission conflict on node 'f': permissions "
+                        "'write' are both required by node 'r2' (uses node "
+                        "'f' as 'file' child) and unshared by node 'r1' (uses"
+                        " node 'f' as 'file' child).");
+    free(msg);
+    /* The failed attempt changed nothing below r2. */
+    assert_int_equal(fmt2->file->perm, 0);
+    assert_int_equal(fmt2->file->shared, BLOCK_PERM_ALL);
+    /* A reader of r2 is fine. */
+    h2 = try_handle(fmt2, BLOCK_PERM_CONSISTENT_READ, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h2);
+    block_handle_free(h2);
+
+    /* Loosening propagates too: once h1 shares writing, r2 may write. */
+    assert_int_equal(block_handle_set_perm(h1, RW, BLOCK_PERM_ALL, NULL), 0);
+    assert_int_equal(fmt1->file->shared, BLOCK_PERM_ALL);
+    h2 = try_handle(fmt2, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h2);
+    /* Tightening again now conflicts, and is undone. */
+    assert_int_equal(block_handle_set_perm(h1, RW, BLOCK_PERM_CONSISTENT_READ,
+                                           NULL), -EPERM);
+    assert_int_equal(h1->child.shared, BLOCK_PERM_ALL);
+    assert_int_equal(fmt1->file->shared, BLOCK_PERM_ALL);
+    block_handle_free(h2);
     block_handle_free(h1);
+    /* No user left: raw holds nothing on its file. */
+    assert_int_equal(fmt1->file->perm, 0);
+    assert_int_equal(file->cur_perm, 0);
+    block_node_unref(fmt2);
 
     /* Writing through a handle on a read-only node is refused. */
     fmt2 = new_node("driver=raw,node-name=r2,file=f,read-only=on", NULL);
     assert_non_null(fmt2);
-    h2 = block_handle_new(fmt2, "test", BLOCK_PERM_WRITE, BLOCK_PERM_ALL,
-                          &err);
-    assert_null(h2);
-    assert_non_null(strstr(err->msg, "read-only"));
-    err_free(err);
+    assert_null(try_handle(fmt2, BLOCK_PERM_WRITE, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Block node is read-only");
+    free(msg);
 
     block_node_unref(fmt2);
     block_node_unref(fmt1);
     block_node_unref(file);
+}
+
+/*
+ * Resize permissions: a window of raw (offset, size) refuses resizing of
+ * its file, as a format does; a copy-before-write filter with a parent
+ * refuses writing and resizing its source to others, down to the file.
+ */
+static void
+test_permissions_filters(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = NULL;
+    struct block_node *file, *win, *tgt, *src, *cbw;
+    struct block_handle *h, *g;
+    char *msg = NULL;
+
+    kv = xasprintf("driver=file,node-name=f,filename=%s", img_path);
+    file = new_node(kv, NULL);
+    win = new_node("driver=raw,node-name=w,file=f,offset=4096", NULL);
+    assert_non_null(win);
+    assert_null(try_handle(file, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "permissions 'resize' are both required by "
+                           "an unnamed block device (uses node 'f' as 'root' "
+                           "child) and unshared by node 'w'"));
+    free(msg);
+    block_node_unref(win);
+    h = try_handle(file, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h);
+    block_handle_free(h);
+
+    tgt = new_node("driver=null-co,node-name=t,size=1M", NULL);
+    src = new_node("driver=raw,node-name=s,file=f", NULL);
+    cbw = new_node("driver=copy-before-write,node-name=c,file=s,target=t",
+                   NULL);
+    assert_non_null(cbw);
+    /* Without parents the filter refuses nothing on its source... */
+    g = try_handle(src, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(g);
+    block_handle_free(g);
+    /* ...with one, writing and resizing go through it only. */
+    h = try_handle(cbw, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h);
+    assert_null(try_handle(src, RW, BLOCK_PERM_ALL, &msg));
+    assert_string_equal(msg, "Permission conflict on node 's': permissions "
+                        "'write' are both required by an unnamed block device"
+                        " (uses node 's' as 'root' child) and unshared by "
+                        "node 'c' (uses node 's' as 'file' child).");
+    free(msg);
+    assert_null(try_handle(file, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "permissions 'resize' are both required by "
+                           "an unnamed block device (uses node 'f' as 'root' "
+                           "child) and unshared by node 's' (uses node 'f' "
+                           "as 'file' child)"));
+    free(msg);
+    /* The target keeps its size, and may be written by others. */
+    assert_null(try_handle(tgt, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "unshared by node 'c' (uses node 't' as "
+                           "'target' child)"));
+    free(msg);
+    g = try_handle(tgt, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(g);
+    block_handle_free(g);
+    block_handle_free(h);
+    g = try_handle(src, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(g);
+    block_handle_free(g);
+
+    block_node_unref(cbw);
+    block_node_unref(src);
+    block_node_unref(tgt);
+    block_node_unref(file);
+}
+
+/* blkdebug's take-child-perms and unshare-child-perms (QEMU's options). */
+static void
+test_blkdebug_child_perms(void **state UNUSED)
+{
+    struct block_node *f, *bd;
+    struct block_handle *h;
+    char *msg = NULL;
+
+    f = new_node("driver=null-co,node-name=nf,size=1M", NULL);
+    assert_non_null(f);
+    bd = new_node("driver=blkdebug,node-name=bd,image=nf,"
+                  "take-child-perms.0=write,unshare-child-perms.0=resize",
+                  NULL);
+    assert_non_null(bd);
+    /* Taken whatever bd's parents need; refused to everyone else. */
+    assert_int_equal(bd->file->perm & BLOCK_PERM_WRITE, BLOCK_PERM_WRITE);
+    assert_null(try_handle(f, BLOCK_PERM_CONSISTENT_READ,
+                           BLOCK_PERM_CONSISTENT_READ, &msg));
+    assert_string_equal(msg, "Permission conflict on node 'nf': permissions "
+                        "'write' are both required by node 'bd' (uses node "
+                        "'nf' as 'file' child) and unshared by an unnamed "
+                        "block device (uses node 'nf' as 'root' child).");
+    free(msg);
+    assert_null(try_handle(f, BLOCK_PERM_RESIZE, BLOCK_PERM_ALL, &msg));
+    assert_non_null(strstr(msg, "permissions 'resize' are both required"));
+    free(msg);
+    h = try_handle(f, RW, BLOCK_PERM_ALL, &msg);
+    assert_non_null(h);
+    block_handle_free(h);
+    block_node_unref(bd);
+    expect_error("driver=blkdebug,image=nf,take-child-perms.0=foo",
+                 "Parameter 'null' does not accept value 'foo'");
+    expect_error("driver=blkdebug,image=nf,share-child-perms.0=write",
+                 "Parameter 'share-child-perms' is unexpected");
+    block_node_unref(f);
 }
 
 static void
@@ -395,6 +550,78 @@ test_discard_and_status(void **state UNUSED)
     block_node_unref(n);
 }
 
+/* Byte i of the O_DIRECT test file. */
+static unsigned char
+odd_byte(uint64_t i)
+{
+    return (unsigned char)(i * 13 + 7);
+}
+
+/*
+ * O_DIRECT refuses I/O that is not block aligned, also at the end of a
+ * file whose length is not: a read of the whole file (what qcow2 does with
+ * its header) and writes of its last partial block must still work.  The
+ * request layer pads them past the end; the file driver reads zeroes there.
+ */
+static void
+test_direct_odd_length(void **state UNUSED)
+{
+    const char *dir = test_direct_dir();
+    const uint64_t len = 196616;        /* a fresh qcow2 image's length */
+    CLEANUP_FREE char *path = NULL;
+    CLEANUP_FREE char *kv = NULL;
+    CLEANUP_FREE unsigned char *buf = xmalloc(len + 8192);
+    struct block_node *n;
+    int fd;
+
+    if (!dir) {
+        skip();
+    }
+    path = xasprintf("%s/lockstep-direct-XXXXXX", dir);
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    for (uint64_t i = 0; i < len; i++) {
+        buf[i] = odd_byte(i);
+    }
+    assert_int_equal(pwrite(fd, buf, len, 0), (ssize_t)len);
+    close(fd);
+    kv = xasprintf("driver=file,filename=%s,cache.direct=on", path);
+    n = new_node(kv, NULL);
+    assert_non_null(n);
+    assert_true(n->limits.request_alignment >= 512);
+
+    /* Whole, and from an unaligned offset to the end, into a buffer
+     * that is not aligned either. */
+    memset(buf, 0, len + 8192);
+    assert_int_equal(block_pread(n, 0, len, buf, 0), 0);
+    for (uint64_t i = 0; i < len; i++) {
+        if (buf[i] != odd_byte(i)) {
+            fail_msg("byte %llu: 0x%x", (unsigned long long)i, buf[i]);
+        }
+    }
+    assert_int_equal(block_pread(n, len - 1000, 1000, buf + 1, 0), 0);
+    assert_int_equal(buf[1], odd_byte(len - 1000));
+    assert_int_equal(buf[1000], odd_byte(len - 1));
+
+    /* The last partial block, then past the end to an odd length. */
+    memset(buf, 0xa5, 100);
+    assert_int_equal(block_pwrite(n, len - 50, 100, buf, 0), 0);
+    assert_int_equal(block_pwrite(n, len + 5000, 3, buf, 0), 0);
+    assert_int_equal(block_getlength(n), (int64_t)(len + 5003));
+    assert_int_equal(block_pwrite_zeroes(n, len + 6000, 1234, 0), 0);
+    assert_int_equal(block_pread(n, len - 60, 7300, buf, 0), 0);
+    assert_int_equal(buf[9], odd_byte(len - 51));
+    for (int i = 10; i < 110; i++) {
+        assert_int_equal(buf[i], 0xa5);
+    }
+    assert_true(buffer_is_zero(buf + 110, 5000 - 50));
+    assert_int_equal(buf[5060], 0xa5);
+    assert_int_equal(buf[5062], 0xa5);
+    assert_true(buffer_is_zero(buf + 5063, 7300 - 5063));
+    block_node_unref(n);
+    unlink(path);
+}
+
 static void
 test_dirty_tracking(void **state UNUSED)
 {
@@ -481,8 +708,11 @@ main(void)
         cmocka_unit_test(test_option_errors),
         cmocka_unit_test(test_node_names),
         cmocka_unit_test(test_keyval_conversion),
+        cmocka_unit_test_setup_teardown(test_permissions_filters,
+                                        setup_image, remove_image),
         cmocka_unit_test_setup_teardown(test_permissions, setup_image,
                                         remove_image),
+        cmocka_unit_test(test_blkdebug_child_perms),
         cmocka_unit_test(test_replace_node),
         cmocka_unit_test(test_drain_waits),
         cmocka_unit_test_setup_teardown(test_unaligned_rmw, setup_image,
@@ -495,6 +725,7 @@ main(void)
         cmocka_unit_test(test_dirty_tracking),
         cmocka_unit_test_setup_teardown(test_handle_truncate, setup_image,
                                         remove_image),
+        cmocka_unit_test(test_direct_odd_length),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

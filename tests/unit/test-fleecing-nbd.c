@@ -3,7 +3,7 @@
  * Pull-mode fleecing over NBD, in process: a snapshot-access node over a
  * copy-before-write filter (limited to bitmap b0) is exported by the NBD
  * server on one end of a socketpair, and libnbd reads it from the other
- * end while the guest overwrites the source (reference fleecing.md §8.2).
+ * end while the guest overwrites the source (docs/fleecing.md, "Order of operations").
  * Checked: old data for the bitmap's clusters, an error for the others,
  * the qemu:dirty-bitmap context of a {node, name} bitmap, writes refused
  * with ENOTSUP, trim freeing the temp image and revoking access, and that
@@ -29,19 +29,10 @@
 #include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
 #include "util.h"
 
 #define CL (64 * KiB)
 #define DISK_SIZE (4 * MiB)
-
-/* The daemon's monitor is not linked: drop events. */
-void
-qmp_event_send(const char *name, json_t *data)
-{
-    (void)name;
-    json_decref(data);
-}
 
 struct world {
     char src_path[64];
@@ -101,7 +92,6 @@ setup(void **state)
 {
     struct err *err = NULL;
     uint8_t *buf = xmalloc(4 * CL);
-    json_t *args;
 
     (void)state;
     w.orig = xmalloc(DISK_SIZE);
@@ -138,23 +128,28 @@ setup(void **state)
                                  "file", "fn-cbw", "discard", "unmap"));
 
     /* A plain bitmap name does not descend through snapshot-access. */
-    args = json_pack("{s:s, s:s, s:s, s:s, s:[s]}", "type", "nbd", "id",
-                     "bad", "node-name", "fn-snap", "name", "bad",
-                     "bitmaps", "b0");
-    assert_null(nbdexp_create(args, false, &err));
+    assert_null(nbdexp_create(&(struct block_export_options) {
+                                  .type = "nbd", .id = "bad",
+                                  .node_name = "fn-snap",
+                                  .driver_opts = &(struct nbd_export_options) {
+                                      .name = "bad",
+                                      .bitmaps = &(struct nbd_export_bitmap) {
+                                          .name = "b0" },
+                                      .n_bitmaps = 1 } }, false, &err));
     assert_string_equal(err->msg, "Bitmap 'b0' is not found");
     err_free(err);
     err = NULL;
-    json_decref(args);
 
-    args = json_pack("{s:s, s:s, s:s, s:b, s:s, s:[{s:s, s:s}]}", "type",
-                     "nbd", "id", "snap0", "node-name", "fn-snap",
-                     "writable", 1, "name", "snap", "bitmaps", "node",
-                     "fn-src", "name", "b0");
-    if (!nbdexp_create(args, false, &err)) {
+    if (!nbdexp_create(&(struct block_export_options) {
+                           .type = "nbd", .id = "snap0",
+                           .node_name = "fn-snap", .writable = true,
+                           .driver_opts = &(struct nbd_export_options) {
+                               .name = "snap",
+                               .bitmaps = &(struct nbd_export_bitmap) {
+                                   .node = "fn-src", .name = "b0" },
+                               .n_bitmaps = 1 } }, false, &err)) {
         fail_msg("export: %s", err->msg);
     }
-    json_decref(args);
 
     /* The guest rewrites clusters 0-3 after the snapshot point. */
     fill(buf, 0, 4 * CL, 2);
@@ -196,7 +191,7 @@ serve_thread(void *opaque)
 {
     struct session *s = opaque;
 
-    nbdsrv_serve_fds(s->fds[0], s->fds[0], 4);
+    nbdsrv_serve_fds(s->fds[0], s->fds[0], 4, NULL, NULL);
     close(s->fds[0]);
     return NULL;
 }

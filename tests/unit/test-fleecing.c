@@ -981,10 +981,13 @@ test_append_drop(void **state UNUSED)
                                BLOCK_PERM_ALL, &err);
     assert_non_null(f.guest);
     make_temp(&f, false);
-    f.cbw = cbw_append_ext(f.src, f.tmp, "fl-job-cbw", "break-snapshot",
-                           true, 128 * KiB, &err);
+    f.cbw = cbw_append(f.src, f.tmp, &(struct cbw_append_options) {
+                           .filter_node_name = "fl-job-cbw",
+                           .on_cbw_error = "break-snapshot",
+                           .discard_source = true,
+                           .min_cluster_size = 128 * KiB }, &err);
     if (!f.cbw) {
-        fail_msg("cbw_append_ext: %s", err->msg);
+        fail_msg("cbw_append: %s", err->msg);
     }
     assert_ptr_equal(block_handle_node(f.guest), f.cbw);
     bcs = cbw_block_copy_state(f.cbw);

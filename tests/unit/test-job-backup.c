@@ -26,10 +26,12 @@
 
 #include "job/backup.h"
 #include "job/job.h"
-#include "job/qmp-job.h"
 #include "event-log.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-internal.h"
+#include "runtime/event.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define SEC (1000LL * 1000 * 1000)
@@ -52,7 +54,7 @@ setup(void **state)
 {
     (void)state;
     event_log_reset();
-    job_set_event_sink(event_log_capture);
+    event_set_sink(event_log_capture);
     return 0;
 }
 
@@ -79,7 +81,7 @@ teardown(void **state)
 {
     (void)state;
     job_cancel_sync_all();
-    job_set_event_sink(NULL);
+    event_set_sink(NULL);
     close_all_nodes();
     return 0;
 }
@@ -204,7 +206,7 @@ start(const char *fmt, ...)
     json_error_t jerr;
     struct job *job;
     va_list ap;
-    json_t *args;
+    json_t *args, *ret;
     char *text;
 
     va_start(ap, fmt);
@@ -214,10 +216,14 @@ start(const char *fmt, ...)
     if (!args) {
         fail_msg("bad JSON %s: %s", text, jerr.text);
     }
-    job = backup_start(args, &err);
-    if (!job) {
+    /* Through the QMP edge: validated, decoded, backup_start(). */
+    ret = qmp_execute("blockdev-backup", args, &err);
+    if (!ret) {
         fail_msg("blockdev-backup %s: %s", text, err->msg);
     }
+    json_decref(ret);
+    job = job_find(json_string_value(json_object_get(args, "job-id")));
+    assert_non_null(job);
     json_decref(args);
     free(text);
     job_ref(job);
@@ -238,7 +244,7 @@ start_fails(const char *msg, const char *fmt, ...)
     va_end(ap);
     args = json_loads(text, 0, NULL);
     assert_non_null(args);
-    ret = qmp_blockdev_backup(args, &err);
+    ret = qmp_execute("blockdev-backup", args, &err);
     if (ret) {
         fail_msg("blockdev-backup %s succeeded, expected '%s'", text, msg);
     }
@@ -358,7 +364,7 @@ test_full_concurrent(void **state)
     /* Every parent of the source now writes through the filter. */
     assert_ptr_equal(block_handle_node(h), block_node_find("backup-top"));
     assert_ptr_equal(backup_filter_node(job), block_node_find("backup-top"));
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_int_equal(json_integer_value(json_object_get(info, "len")), size);
     assert_int_equal(json_integer_value(json_object_get(info, "speed")),
                      4194304);
@@ -424,7 +430,7 @@ test_none_cancel(void **state)
     fill(h, 0xea, 4 * MiB - 128 * KiB, 64 * KiB);
     fill(h, 0xea, 4 * MiB - 128 * KiB, 64 * KiB);   /* copied once */
 
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
                         "running");
     assert_int_equal(json_integer_value(json_object_get(info,
@@ -438,7 +444,7 @@ test_none_cancel(void **state)
     for (int i = 0; i < 1000; i++) {
         bool busy;
 
-        info = job_block_info(job);
+        info = qmp_block_job_info(job);
         busy = json_is_true(json_object_get(info, "busy"));
         json_decref(info);
         if (!busy) {
@@ -452,7 +458,7 @@ test_none_cancel(void **state)
     {
         json_t *args = json_pack("{s:s}", "id", "fleecing"), *ret = NULL;
 
-        ret = qmp_job_complete(args, &err);
+        ret = qmp_execute("job-complete", args, &err);
         assert_null(ret);
         assert_string_equal(err->msg, "Job 'fleecing' in state 'running' "
                             "cannot accept command verb 'complete'");
@@ -518,7 +524,7 @@ test_pause_resume(void **state)
                 "\"tgt\", \"sync\": \"full\", \"speed\": 2097152}");
     usleep(200 * 1000);
     args = json_pack("{s:s}", "device", "b1");
-    ret = qmp_block_job_pause(args, &err);
+    ret = qmp_execute("block-job-pause", args, &err);
     assert_non_null(ret);
     json_decref(ret);
     wait_status(job, JOB_STATUS_PAUSED);
@@ -535,7 +541,7 @@ test_pause_resume(void **state)
     assert_true(cur1 >= cur0);
 
     /* block-job-cancel refuses a paused job unless forced. */
-    assert_null(qmp_block_job_cancel(args, &err));
+    assert_null(qmp_execute("block-job-cancel", args, &err));
     assert_string_equal(err->msg,
                         "The block job for device 'b1' is currently paused");
     err_free(err);
@@ -543,12 +549,12 @@ test_pause_resume(void **state)
 
     json_decref(args);
     args = json_pack("{s:s, s:i}", "device", "b1", "speed", 0);
-    ret = qmp_block_job_set_speed(args, &err);
+    ret = qmp_execute("block-job-set-speed", args, &err);
     assert_non_null(ret);
     json_decref(ret);
     json_decref(args);
     args = json_pack("{s:s}", "device", "b1");
-    ret = qmp_block_job_resume(args, &err);
+    ret = qmp_execute("block-job-resume", args, &err);
     assert_non_null(ret);
     json_decref(ret);
     json_decref(args);
@@ -695,7 +701,7 @@ test_source_error_report(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "Input/output error");
-    list = job_query_jobs();
+    list = qmp_query_jobs(NULL, NULL);
     assert_string_equal(json_string_value(json_object_get(
                             json_array_get(list, 0), "error")),
                         "Input/output error");
@@ -739,7 +745,7 @@ test_target_error_stop(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             event_log_last("BLOCK_JOB_ERROR"), "operation")),
                         "write");
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info,
                                                           "io-status")),
                         "nospace");
@@ -868,7 +874,7 @@ test_arguments(void **state)
 #undef B
 }
 
-/* ---- push backup with fleecing (fleecing.md 5.5) ---------------------- */
+/* ---- push backup with fleecing (docs/fleecing.md) ---------------------- */
 
 static void
 test_push_fleecing(void **state)
@@ -1283,7 +1289,6 @@ test_create_cancel(void **state)
     struct block_handle *h;
     struct err *err = NULL;
     struct job *job;
-    json_t *args;
 
     (void)state;
     create_file("src.raw", 2 * MiB);
@@ -1293,11 +1298,12 @@ test_create_cancel(void **state)
     h = writer_handle(src);
     bm = block_dirty_bitmap_create(src, "b0", 0, &err);
     fill(h, 1, 0, 4096);
-    args = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "job-id", "t0",
-                     "device", "src", "target", "tgt", "sync", "bitmap",
-                     "bitmap", "b0", "bitmap-mode", "on-success");
-    job = backup_create(args, &err);
-    json_decref(args);
+    job = backup_create(&(struct backup_options) {
+                            .job_id = "t0", .device = "src", .target = "tgt",
+                            .sync = BACKUP_SYNC_BITMAP, .bitmap = "b0",
+                            .has_bitmap_mode = true,
+                            .bitmap_mode = BACKUP_BITMAP_MODE_ON_SUCCESS },
+                        &err);
     assert_non_null(job);
     job_ref(job);
     assert_int_equal(job_get_status(job), JOB_STATUS_CREATED);
@@ -1350,7 +1356,9 @@ main(void)
         return 1;
     }
     snprintf(g_dir, sizeof(g_dir), "%s", tmpl);
+    assert(loop_init() == 0);
     ret = cmocka_run_group_tests(tests, NULL, NULL);
+    loop_fini();
     cmd = xasprintf("rm -rf %s", g_dir);
     if (system(cmd) != 0) {
         ret = ret ? ret : 1;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Unit tests for job/job.c: the transition table and the verb table entry
- * by entry (fleecing.md 5.4), every refused verb with QEMU's message, and
+ * by entry, every refused verb with QEMU's message, and
  * the lifecycle of a dummy job on its own thread: pause/resume, cancel in
  * each phase, failure, error action "stop", ready/complete, prepare
  * failure, auto-finalize off (pending, finalize, concluded, dismiss), and
@@ -20,6 +20,9 @@
 
 #include "event-log.h"
 #include "job/job.h"
+#include "qmp/qmp-internal.h"
+#include "runtime/event.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 #define SEC (1000LL * 1000 * 1000)
@@ -320,7 +323,7 @@ setup(void **state)
 {
     (void)state;
     event_log_reset();
-    job_set_event_sink(event_log_capture);
+    event_set_sink(event_log_capture);
     return 0;
 }
 
@@ -330,7 +333,7 @@ teardown(void **state)
     (void)state;
     job_cancel_sync_all();
     assert_null(job_next(NULL));
-    job_set_event_sink(NULL);
+    event_set_sink(NULL);
     event_log_reset();
     return 0;
 }
@@ -429,13 +432,13 @@ test_lifecycle_manual(void **state)
     /* Pause: the count is visible at once, the status once the thread
      * reaches its pause point. */
     assert_true(job_user_pause(job, &err));
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_true(json_is_true(json_object_get(info, "paused")));
     json_decref(info);
     wait_status(job, JOB_STATUS_PAUSED);
     assert_int_equal(d->calls_pause, 1);
     expect_err(job_user_pause(job, &err), &err, "Job is already paused");
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
                         "paused");
     assert_true(json_is_false(json_object_get(info, "busy")));
@@ -461,7 +464,7 @@ test_lifecycle_manual(void **state)
     expect_err(job_user_pause(job, &err), &err,
                "Job 'j1' in state 'pending' cannot accept command verb "
                "'pause'");
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
                         "pending");
     assert_int_equal(json_integer_value(json_object_get(info,
@@ -486,7 +489,7 @@ test_lifecycle_manual(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             event_log_last("BLOCK_JOB_PENDING"), "id")), "j1");
 
-    list = job_query_block_jobs();
+    list = qmp_query_block_jobs(NULL, NULL);
     assert_int_equal(json_array_size(list), 1);
     info = json_array_get(list, 0);
     assert_string_equal(json_string_value(json_object_get(info, "status")),
@@ -506,7 +509,7 @@ test_lifecycle_manual(void **state)
 
     assert_true(job_dismiss(job, &err));
     assert_int_equal(job_get_status(job), JOB_STATUS_NULL);
-    list = job_query_jobs();
+    list = qmp_query_jobs(NULL, NULL);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
 
@@ -550,7 +553,7 @@ test_cancel_running(void **state)
     (void)state;
     job_start(job);
     while (__atomic_load_n(&job->progress_total, __ATOMIC_RELAXED) != 10) {
-        job_poll(1000 * 1000);
+        loop_iterate(1);
     }
     assert_true(job_set_speed(job, 100, &err));
     assert_true(job_user_cancel(job, false, &err));
@@ -586,11 +589,11 @@ test_cancel_paused(void **state)
     wait_status(job, JOB_STATUS_PAUSED);
     assert_true(job_user_cancel(job, true, &err));
     wait_status(job, JOB_STATUS_CONCLUDED);
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "Operation canceled");
     json_decref(info);
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_true(json_is_false(json_object_get(info, "paused")));
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "Operation canceled");
@@ -625,7 +628,7 @@ test_cancel_pending(void **state)
     expect_err(job_finalize(job, &err), &err,
                "Job 'j5' in state 'concluded' cannot accept command verb "
                "'finalize'");
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "Operation canceled");
     json_decref(info);
@@ -672,7 +675,7 @@ test_failure(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             event_log_last("BLOCK_JOB_COMPLETED"), "error")),
                         "dummy failure");
-    info = job_info(job);
+    info = qmp_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info, "error")),
                         "dummy failure");
     json_decref(info);
@@ -714,7 +717,7 @@ test_error_stop(void **state)
                         "write");
     assert_string_equal(json_string_value(json_object_get(ev, "action")),
                         "stop");
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info,
                                                           "io-status")),
                         "nospace");
@@ -722,7 +725,7 @@ test_error_stop(void **state)
     json_decref(info);
     assert_true(job_user_resume(job, &err));
     wait_status(job, JOB_STATUS_RUNNING);
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_string_equal(json_string_value(json_object_get(info,
                                                           "io-status")),
                         "ok");
@@ -768,7 +771,7 @@ test_ready_complete(void **state)
     d->go_ready = true;
     job_start(job);
     wait_status(job, JOB_STATUS_READY);
-    info = job_block_info(job);
+    info = qmp_block_job_info(job);
     assert_true(json_is_true(json_object_get(info, "ready")));
     json_decref(info);
     assert_true(job_user_pause(job, &err));
@@ -851,7 +854,7 @@ test_pause_resume_stress(void **state)
             }
             assert_true(job_set_speed(job, i, &err));
             assert_true(job_user_resume(job, &err));
-            job_dispatch_main();
+            loop_iterate(0);
         }
         if (round % 2) {
             finish(d, 1);
@@ -864,16 +867,9 @@ test_pause_resume_stress(void **state)
     }
 }
 
-/* The main-thread queue wakes its hook and runs work in order. */
-static int wakeups;
+/* The main-thread queue (the runtime's loop_call) wakes the loop and runs
+ * work in order; nothing is left afterwards. */
 static int order[3], norder;
-
-static void
-wake_cb(void *opaque)
-{
-    (void)opaque;
-    __atomic_fetch_add(&wakeups, 1, __ATOMIC_RELAXED);
-}
 
 static void
 work_cb(void *opaque)
@@ -884,17 +880,20 @@ work_cb(void *opaque)
 static void
 test_main_queue(void **state)
 {
+    int64_t start = clock_ns();
+
     (void)state;
-    job_set_main_wakeup(wake_cb, NULL);
-    job_post_main(work_cb, (void *)1);
-    job_post_main(work_cb, (void *)2);
-    assert_int_equal(wakeups, 2);
-    job_dispatch_main();
+    loop_call(work_cb, (void *)1);
+    loop_call(work_cb, (void *)2);
+    /* Woken at once, not after the timeout. */
+    while (norder < 2 && clock_ns() - start < 5 * SEC) {
+        loop_iterate(5000);
+    }
+    assert_true(clock_ns() - start < 5 * SEC);
     assert_int_equal(norder, 2);
     assert_int_equal(order[0], 1);
     assert_int_equal(order[1], 2);
-    assert_false(job_poll(1000));
-    job_set_main_wakeup(NULL, NULL);
+    assert_false(loop_call_run_now(work_cb, (void *)1));
 }
 
 int
@@ -924,6 +923,10 @@ main(void)
                                         teardown),
         cmocka_unit_test(test_main_queue),
     };
+    int ret;
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    assert(loop_init() == 0);
+    ret = cmocka_run_group_tests(tests, NULL, NULL);
+    loop_fini();
+    return ret;
 }

@@ -28,23 +28,23 @@
 #include "export/export.h"
 #include "nbd/nbd-internal.h"
 #include "nbd/server.h"
-#include "qmp/qmp.h"
+#include "qmp/qmp-event.h"
+#include "qmp/qmp-internal.h"
+#include "runtime/event.h"
 #include "util.h"
 
 #define DISK_SIZE (8 * MiB)
 
-/* The events the server sent (the daemon's monitor is not linked). */
+/* The events the server sent (recorded by our event sink). */
 static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static json_t *g_events;
 
-void
-qmp_event_send(const char *name, json_t *data)
+static void
+record_event(const struct event *event)
 {
-    json_t *ev = json_pack("{s:s}", "event", name);
+    json_t *ev = json_pack("{s:s, s:o}", "event", event->name, "data",
+                           qmp_event_data(event));
 
-    if (data) {
-        json_object_set_new(ev, "data", data);
-    }
     mutex_lock(&ev_lock);
     json_array_append_new(g_events, ev);
     mutex_unlock(&ev_lock);
@@ -61,7 +61,7 @@ serve_thread(void *opaque)
 {
     struct session *s = opaque;
 
-    nbdsrv_serve_fds(s->fds[0], s->fds[0], 4);
+    nbdsrv_serve_fds(s->fds[0], s->fds[0], 4, NULL, NULL);
     close(s->fds[0]);
     return NULL;
 }
@@ -98,10 +98,10 @@ static int
 setup(void **state)
 {
     struct err *err = NULL;
-    json_t *args;
 
     (void)state;
     g_events = json_array();
+    event_set_sink(record_event);
     /* Writes must stick: a file node on an unlinked temporary file. */
     {
         char path[] = "/tmp/test-nbd-server-XXXXXX";
@@ -120,14 +120,16 @@ setup(void **state)
         fail_msg("node: %s", err->msg);
     }
     assert_non_null(block_dirty_bitmap_create(g_node, "b0", 65536, &err));
-    args = json_pack("{s:s, s:s, s:s, s:b, s:s, s:[s], s:b}",
-                     "type", "nbd", "id", "e0", "node-name", "disk",
-                     "writable", 1, "name", "disk", "bitmaps", "b0",
-                     "allocation-depth", 1);
-    if (!nbdexp_create(args, false, &err)) {
+    if (!nbdexp_create(&(struct block_export_options) {
+                           .type = "nbd", .id = "e0", .node_name = "disk",
+                           .writable = true,
+                           .driver_opts = &(struct nbd_export_options) {
+                               .name = "disk", .allocation_depth = true,
+                               .bitmaps = &(struct nbd_export_bitmap) {
+                                   .name = "b0" },
+                               .n_bitmaps = 1 } }, false, &err)) {
         fail_msg("export: %s", err->msg);
     }
-    json_decref(args);
     return 0;
 }
 
@@ -137,6 +139,7 @@ teardown(void **state)
     (void)state;
     block_export_close_all();
     block_node_unref(g_node);
+    event_set_sink(NULL);
     json_decref(g_events);
     return 0;
 }
@@ -333,14 +336,17 @@ test_export_delete(void **state)
     json_decref(q);
 
     session_start(&s, "disk", NULL);
-    assert_false(block_export_del("e0", "safe", &err));
+    assert_false(block_export_del("e0", BLOCK_EXPORT_REMOVE_SAFE, &err));
     assert_string_equal(err->msg, "export 'e0' still in use");
     err_free(err);
     err = NULL;
-    assert_false(block_export_del("e0", "bogus", &err));
+    /* A mode that does not exist is refused (by the QMP edge now). */
+    args = json_pack("{s:s, s:s}", "id", "e0", "mode", "bogus");
+    assert_null(qmp_execute("block-export-del", args, &err));
     err_free(err);
     err = NULL;
-    assert_true(block_export_del("e0", "hard", &err));
+    json_decref(args);
+    assert_true(block_export_del("e0", BLOCK_EXPORT_REMOVE_HARD, &err));
     /* The client was disconnected. */
     assert_int_equal(nbd_pread(s.h, buf, sizeof(buf), 0, 0), -1);
     nbd_close(s.h);
@@ -354,21 +360,17 @@ test_export_delete(void **state)
     q = export_ids();
     assert_int_equal(json_array_size(q), 0);
     json_decref(q);
-    assert_false(block_export_del("e0", NULL, &err));
+    assert_false(block_export_del("e0", BLOCK_EXPORT_REMOVE_SAFE, &err));
     assert_string_equal(err->msg, "Export 'e0' is not found");
     err_free(err);
     err = NULL;
 
     /* The server is not running: block_export_add refuses. */
-    args = json_pack("{s:s, s:s, s:s}", "type", "nbd", "id", "e1",
-                     "node-name", "disk");
-    assert_false(block_export_add(&(struct block_export_options){
+    assert_false(block_export_add(&(struct block_export_options) {
                                       .type = "nbd", .id = "e1",
-                                      .node_name = "disk",
-                                      .driver_opts = args}, &err));
+                                      .node_name = "disk" }, &err));
     assert_string_equal(err->msg, "NBD server not running");
     err_free(err);
-    json_decref(args);
 }
 
 /* ---- Meta-context queries (pure: no I/O) ------------------------------ */

@@ -25,10 +25,11 @@
 #include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2.h"
 #include "lockstep/block.h"
+#include "test-env.h"
 #include "util.h"
 
 struct fixture {
-    char path[64];
+    char path[256];
     struct block_node *file;
     uint64_t cs;
     unsigned order;
@@ -45,11 +46,12 @@ fixture_open(struct fixture *f, uint64_t cs, unsigned refcount_bits,
     struct err *e = NULL;
     int fd;
 
-    snprintf(f->path, sizeof(f->path), "/tmp/test-qcow2-check-XXXXXX");
+    snprintf(f->path, sizeof(f->path), "%s/test-qcow2-check-XXXXXX",
+             test_tmp_dir());
     fd = mkstemp(f->path);
     assert_true(fd >= 0);
     close(fd);
-    f->file = block_node_open_file(f->path, "file", false, &e);
+    f->file = test_open_file(f->path, "file", false, &e);
     assert_non_null(f->file);
     assert_int_equal(qcow2_create(f->file, size, &o, &e), 0);
     f->cs = cs;
@@ -222,12 +224,13 @@ test_not_qcow2(void **state)
     int fd;
 
     (void)state;
-    snprintf(f.path, sizeof(f.path), "/tmp/test-qcow2-check-XXXXXX");
+    snprintf(f.path, sizeof(f.path), "%s/test-qcow2-check-XXXXXX",
+             test_tmp_dir());
     fd = mkstemp(f.path);
     assert_true(fd >= 0);
     assert_int_equal(ftruncate(fd, MiB), 0);
     close(fd);
-    f.file = block_node_open_file(f.path, "file", true, &e);
+    f.file = test_open_file(f.path, "file", true, &e);
     assert_non_null(f.file);
     assert_int_equal(qcow2_check(f.file, 0, NULL, &r, &e), -EINVAL);
     assert_non_null(e);

@@ -2,7 +2,9 @@
 /*
  * Unit tests of the QMP schema validator and dispatcher: QEMU's messages
  * for missing, unexpected and ill-typed arguments, nested paths, enums,
- * alternates, the negotiation state and the request shape checks.
+ * alternates, the negotiation state and the request shape checks; the
+ * typed-argument decoder, and the table's typed lists against their
+ * structs.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -138,6 +141,158 @@ test_negotiation_state(void **state)
     json_decref(resp);
 }
 
+/* A typed list describes its struct throughout: every member has a field,
+ * nested lists describe their nested structs, elements their size. */
+static void
+check_typed_list(const struct qmp_arg *args)
+{
+    const struct qmp_arg *m;
+
+    for (m = args; m->name; m++) {
+        assert_true(m->typed);
+        if (m->type == QMP_T_OBJECT) {
+            check_typed_list(m->members);
+            assert_int_equal(qmp_args_size(m->members), m->size);
+        }
+        if (m->type == QMP_T_ARRAY) {
+            assert_true(m->elem->typed);
+            assert_int_equal(m->elem->size, m->size);
+            if (m->elem->members) {
+                check_typed_list(m->elem->members);
+                assert_int_equal(qmp_args_size(m->elem->members),
+                                 m->elem->size);
+            }
+        }
+    }
+    assert_true(m->typed);
+    assert_true(m->size > 0);
+}
+
+/* ---- The decoder, on a list of every kind of member -------------------- */
+
+enum color { COLOR_RED, COLOR_GREEN, COLOR_BLUE };
+static const char *const color_names[] = { "red", "green", "blue", NULL };
+
+struct inner {
+    bool has_n;
+    int64_t n;
+    const char *s;
+};
+
+struct test_args {
+    const char *s;
+    const char *opt_s;
+    bool has_b;
+    bool b;
+    int64_t i;
+    bool has_u;
+    uint64_t u;
+    bool has_c;
+    enum color c;
+    bool has_in;
+    struct inner in;
+    const char **strs;
+    size_t n_strs;
+    struct qmp_bitmap_or_str *refs;
+    size_t n_refs;
+    json_t *any;
+};
+
+#define T struct inner
+static const struct qmp_arg inner_members[] = {
+    QMP_INT_OPT(T, n, "n", .doc = "a number"),
+    QMP_STR_OPT(T, s, "s", .doc = "a string"),
+    QMP_END_OF(T),
+};
+#undef T
+
+#define T struct qmp_bitmap_or_str
+static const struct qmp_arg ref_members[] = {
+    QMP_STR(T, node, "node", .doc = "node"),
+    QMP_STR(T, name, "name", .doc = "name"),
+    QMP_END_OF(T),
+};
+#undef T
+static const struct qmp_arg ref_elem =
+    QMP_ELEM_STR_OR_OBJ(struct qmp_bitmap_or_str, local, ref_members);
+static const struct qmp_arg str_elem = QMP_ELEM_STR(.doc = NULL);
+
+#define T struct test_args
+static const struct qmp_arg test_list[] = {
+    QMP_STR(T, s, "s", .doc = "required string"),
+    QMP_STR_OPT(T, opt_s, "opt-s", .doc = "optional string"),
+    QMP_BOOL_OPT(T, b, "b", .doc = "bool"),
+    QMP_INT(T, i, "i", .doc = "int"),
+    QMP_UINT_OPT(T, u, "u", .doc = "uint"),
+    QMP_ENUM_OPT(T, c, "c", enum color, color_names, .doc = "enum"),
+    QMP_OBJECT_OPT(T, in, "in", inner_members, .doc = "object"),
+    QMP_ARRAY_OPT(T, strs, "strs", &str_elem, .doc = "strings"),
+    QMP_ARRAY_OPT(T, refs, "refs", &ref_elem, .doc = "refs"),
+    QMP_ANY_OPT(T, any, "any", .doc = "any"),
+    QMP_END_OF(T),
+};
+#undef T
+
+static void
+test_typed_decode(void **state)
+{
+    json_t *obj = json_loads(
+        "{\"s\": \"x\", \"b\": false, \"i\": -7, \"u\": 4294967296,"
+        " \"c\": \"blue\", \"in\": {\"n\": 5}, \"strs\": [\"p\", \"q\"],"
+        " \"refs\": [\"b0\", {\"node\": \"n1\", \"name\": \"b1\"}],"
+        " \"any\": [1]}", 0, NULL);
+    json_t *small = json_pack("{s:s, s:i}", "s", "y", "i", 1);
+    struct test_args a;
+    struct err *err = NULL;
+
+    (void)state;
+    check_typed_list(test_list);
+    assert_int_equal(qmp_args_size(test_list), sizeof(struct test_args));
+    assert_non_null(obj);
+    /* Validation first, as the dispatcher does. */
+    assert_true(qmp_validate_members(test_list, obj, "", &err));
+
+    memset(&a, 0, sizeof(a));
+    qmp_args_decode(test_list, obj, &a);
+    assert_string_equal(a.s, "x");
+    assert_null(a.opt_s);
+    assert_true(a.has_b);
+    assert_false(a.b);
+    assert_int_equal(a.i, -7);
+    assert_true(a.has_u);
+    assert_true(a.u == 4294967296ULL);
+    assert_true(a.has_c);
+    assert_int_equal(a.c, COLOR_BLUE);
+    assert_true(a.has_in);
+    assert_true(a.in.has_n);
+    assert_int_equal(a.in.n, 5);
+    assert_null(a.in.s);
+    assert_int_equal(a.n_strs, 2);
+    assert_string_equal(a.strs[0], "p");
+    assert_string_equal(a.strs[1], "q");
+    assert_int_equal(a.n_refs, 2);
+    assert_string_equal(a.refs[0].local, "b0");
+    assert_null(a.refs[0].node);
+    assert_null(a.refs[1].local);
+    assert_string_equal(a.refs[1].node, "n1");
+    assert_string_equal(a.refs[1].name, "b1");
+    assert_ptr_equal(a.any, json_object_get(obj, "any"));
+    qmp_args_free(test_list, &a);
+
+    /* Absent optional members: no has_ flags, NULL pointers, no arrays. */
+    memset(&a, 0, sizeof(a));
+    assert_true(qmp_validate_members(test_list, small, "", &err));
+    qmp_args_decode(test_list, small, &a);
+    assert_string_equal(a.s, "y");
+    assert_false(a.has_b || a.has_u || a.has_c || a.has_in);
+    assert_null(a.strs);
+    assert_int_equal(a.n_strs, 0);
+    assert_null(a.any);
+    qmp_args_free(test_list, &a);
+    json_decref(small);
+    json_decref(obj);
+}
+
 /* The schema's transaction enum and the action table agree. */
 static void
 test_schema_table(void **state)
@@ -145,8 +300,17 @@ test_schema_table(void **state)
     (void)state;
     for (const struct qmp_command *c = qmp_commands; c->name; c++) {
         assert_ptr_equal(qmp_command_find(c->name), c);
-        assert_non_null(c->handler);
+        /* One handler, typed or not. */
+        assert_true(!c->handler != !c->typed);
         assert_non_null(c->doc);
+        if (c->typed) {
+            assert_false(c->args_are_options);
+            assert_null(c->async_handler);
+            if (c->args) {
+                check_typed_list(c->args);
+                assert_int_equal(qmp_args_size(c->args), c->typed->size);
+            }
+        }
         for (const struct qmp_command *d = c + 1; d->name; d++) {
             assert_string_not_equal(c->name, d->name);
         }
@@ -176,6 +340,7 @@ main(void)
         cmocka_unit_test(test_requests),
         cmocka_unit_test(test_negotiation_state),
         cmocka_unit_test(test_schema_table),
+        cmocka_unit_test(test_typed_decode),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

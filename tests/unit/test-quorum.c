@@ -3,7 +3,7 @@
  * Unit tests of the quorum driver through the real block layer: voting by
  * content (a child corrupted by writing its file directly), rewrite-
  * corrupted, the fifo read fallback, write thresholds with blkdebug
- * failures, the QUORUM_* events (seen through quorum_event_observer),
+ * failures, the QUORUM_* events (seen through an event sink),
  * option errors and x-blockdev-change (quorum_add_child/del_child).
  */
 #include <errno.h>
@@ -19,6 +19,8 @@
 
 #include "block/filter/quorum.h"
 #include "lockstep/block.h"
+#include "qmp/qmp-event.h"
+#include "runtime/event.h"
 #include "util.h"
 
 #define IMG_SIZE (1 * MiB)
@@ -33,14 +35,15 @@ static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static json_t *events[MAX_EVENTS];
 static int nr_events;
 
+/* The event sink: records each event's data with its name as "event". */
 static void
-observer(const char *name, json_t *data)
+observer(const struct event *ev)
 {
     mutex_lock(&ev_lock);
     if (nr_events < MAX_EVENTS) {
-        json_t *e = json_deep_copy(data);
+        json_t *e = qmp_event_data(ev);
 
-        json_object_set_new(e, "event", json_string(name));
+        json_object_set_new(e, "event", json_string(ev->name));
         events[nr_events++] = e;
     }
     mutex_unlock(&ev_lock);
@@ -100,7 +103,7 @@ setup(void **state UNUSED)
         assert_int_equal(ftruncate(fd, IMG_SIZE), 0);
         close(fd);
     }
-    quorum_event_observer = observer;
+    event_set_sink(observer);
     return 0;
 }
 
@@ -110,6 +113,7 @@ teardown(void **state UNUSED)
     for (int i = 0; i < NR_IMGS; i++) {
         unlink(img[i]);
     }
+    event_set_sink(NULL);
     events_clear();
     return 0;
 }
@@ -143,7 +147,11 @@ node_new_json(char **msg, const char *fmt, ...)
     return node;
 }
 
-/* file nodes f0..f2 (so that tests can write them directly). */
+/*
+ * file nodes f0..f2 (so that tests can write them directly).  A quorum
+ * refuses other writers on its children (QEMU's rule); force-share lets
+ * the tests corrupt them behind its back.
+ */
 static struct block_node *files[NR_IMGS];
 static struct block_handle *file_h[NR_IMGS];
 
@@ -152,8 +160,8 @@ open_files(void)
 {
     for (int i = 0; i < NR_IMGS; i++) {
         files[i] = node_new_json(NULL, "{\"driver\": \"file\", \"node-name\":"
-                                 " \"f%d\", \"filename\": \"%s\"}", i,
-                                 img[i]);
+                                 " \"f%d\", \"filename\": \"%s\", "
+                                 "\"force-share\": true}", i, img[i]);
         assert_non_null(files[i]);
         file_h[i] = block_handle_new(files[i], "test", BLOCK_PERM_ALL & ~
                                      BLOCK_PERM_RESIZE, BLOCK_PERM_ALL,

@@ -30,8 +30,11 @@
 #include "block/filter/quorum.h"
 #include "block/filter/replication.h"
 #include "block/format/qcow2/qcow2.h"
+#include "job/commit.h"
+#include "job/job.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-internal.h"
 #include "util.h"
 
 #define IMG_SIZE (8 * MiB)
@@ -189,6 +192,47 @@ expect_err(bool ok, struct err **err, const char *msg)
     *err = NULL;
 }
 
+/*
+ * A failover is a job ("failover-NODE"): wait until it has ended; its
+ * result (0 when there is none), with its message in *errp on failure.
+ */
+static int
+failover_wait(struct block_node *node, struct err **errp)
+{
+    CLEANUP_FREE char *id = xasprintf("failover-%s", node->node_name);
+    struct job *job = job_find(id);
+    int ret;
+
+    if (!job) {
+        return 0;
+    }
+    job_ref(job);
+    if (!job_wait_status(job, (1u << JOB_STATUS_CONCLUDED) |
+                              (1u << JOB_STATUS_NULL),
+                         60LL * 1000 * 1000 * 1000)) {
+        fail_msg("failover job '%s' did not end", id);
+    }
+    ret = job->ret;
+    if (ret < 0) {
+        err_setf(errp, "%s", job->error ? job->error : "failover failed");
+    }
+    job_unref(job);
+    return ret;
+}
+
+/* replication_stop_all(), then the end of the failover jobs it started. */
+static bool
+stop_all(bool failover, struct err **errp)
+{
+    bool ok = replication_stop_all(failover, errp);
+
+    for (struct block_node *n = replication_next(NULL); n;
+         n = replication_next(n)) {
+        failover_wait(n, NULL);
+    }
+    return ok;
+}
+
 static void
 status_expect(const char *desc)
 {
@@ -293,10 +337,10 @@ test_primary_stop(void **state UNUSED)
     struct err *err = NULL;
 
     start_primary(&p, NULL);
-    expect_err(replication_stop_all(true, &err), &err,
+    expect_err(stop_all(true, &err), &err,
                "Block replication is not running");
     assert_true(replication_start_all(true, &err));
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     assert_int_equal(replication_get_stage(p.node), REPLICATION_STAGE_DONE);
     /* After stop, primary writes fail (and reads still do). */
     write_fails(p.h, 0, 4096);
@@ -304,7 +348,7 @@ test_primary_stop(void **state UNUSED)
     /* DONE ignores everything. */
     assert_true(replication_start_all(true, &err));
     assert_true(replication_checkpoint_all(&err));
-    assert_true(replication_stop_all(false, &err));
+    assert_true(stop_all(false, &err));
     status_expect(NULL);
     stop_primary(&p);
 }
@@ -353,7 +397,7 @@ test_primary_write_error(void **state UNUSED)
     /* It survives a checkpoint; a stop clears it. */
     assert_true(replication_checkpoint_all(&err));
     status_expect("I/O error occurred");
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     status_expect(NULL);
     stop_primary(&p);
 }
@@ -393,7 +437,7 @@ test_primary_detach_resync_bitmap(void **state UNUSED)
     /* A second detach finds the bitmap and adds nothing new. */
     assert_int_equal(replication_primary_detach(p.node, parent, &err), 0);
     assert_int_equal(block_dirty_bitmap_count(bm), 128 * KiB);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     block_node_unref(parent);
     stop_primary(&p);
 }
@@ -529,7 +573,7 @@ test_secondary_start(void **state UNUSED)
     start_and_write(&s);
     expect_err(replication_start_all(false, &err), &err,
                "Block replication is running or done");
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     stop_secondary(&s);
 }
 
@@ -554,12 +598,13 @@ test_secondary_stop(void **state UNUSED)
 
     start_secondary(&s);
     start_and_write(&s);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
     /* QMP's argument rule. */
     expect_err(qmp_xen_set_replication(true, false, true, true, &err), &err,
                "Parameter 'failover' is only for stopping replication");
     assert_true(qmp_xen_set_replication(false, false, true, true, &err));
+    assert_int_equal(failover_wait(s.rep, &err), 0);
     /* The node now uses the secondary disk directly; the filter is gone. */
     assert_ptr_equal(s.rep->file->node, s.disk);
     assert_ptr_equal(block_handle_node(s.export), s.disk);
@@ -577,12 +622,12 @@ test_secondary_continuous(void **state UNUSED)
 
     start_secondary(&s);
     start_and_write(&s);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     /* A promoted secondary ignores COLO's later calls. */
     assert_true(replication_start_all(true, &err));
     assert_true(replication_checkpoint_all(&err));
-    assert_true(replication_stop_all(true, &err));
-    assert_true(replication_stop_all(false, &err));
+    assert_true(stop_all(true, &err));
+    assert_true(stop_all(false, &err));
     check_failover_result(&s);
     /* New writes go to the secondary disk. */
     write_ok(s.top, 0x55, 0, 64 * KiB);
@@ -610,7 +655,7 @@ test_secondary_do_checkpoint(void **state UNUSED)
     assert_true(replication_checkpoint_all(&err));
     read_expect(s.top, 0x44, HALF, 64 * KiB);
     read_expect(s.top, 0x22, HALF + 64 * KiB, HALF - 64 * KiB);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     stop_secondary(&s);
 }
 
@@ -624,7 +669,7 @@ test_secondary_get_error(void **state UNUSED)
     status_expect("Block replication is not running");
     assert_true(replication_start_all(false, &err));
     status_expect(NULL);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     status_expect(NULL);
     stop_secondary(&s);
 }
@@ -638,7 +683,7 @@ test_secondary_stop_no_failover(void **state UNUSED)
 
     start_secondary(&s);
     start_and_write(&s);
-    assert_true(replication_stop_all(false, &err));
+    assert_true(stop_all(false, &err));
     assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
     status_expect(NULL);
     read_expect(s.top, 0x11, 0, HALF);
@@ -673,7 +718,7 @@ test_secondary_hidden_read_only(void **state UNUSED)
     write_ok(s.export, 0x44, 0, 64 * KiB);
     write_ok(s.top, 0x33, HALF, 64 * KiB);
     read_expect(s.top, 0x11, 0, 64 * KiB);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     read_expect(s.export, 0x11, 0, HALF);
     read_expect(s.export, 0x33, HALF, 64 * KiB);
     read_expect(s.export, 0x22, HALF + 64 * KiB, HALF - 64 * KiB);
@@ -713,7 +758,8 @@ test_reopen(void **state UNUSED)
     read_expect(rh, 0x5c, 0, 64 * KiB);
     /* Not back to read-only while somebody writes. */
     assert_int_equal(block_node_set_read_only(n, true, &err), -EBUSY);
-    assert_string_equal(err->msg, "Block node 'ro' is written by writer");
+    assert_string_equal(err->msg, "Read-only block node 'ro' cannot support "
+                        "read-write users");
     err_free(err);
     err = NULL;
     block_handle_free(wh);
@@ -850,7 +896,7 @@ test_secondary_reads_during_primary_writes(void **state UNUSED)
     __atomic_store_n(&w.stop, true, __ATOMIC_RELEASE);
     thread_join(t);
     print_message("%lu reads, %lu primary writes\n", reads, w.writes);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     read_expect(s.export, 0x11, 0, IMG_SIZE);
     free(buf);
     stop_secondary(&s);
@@ -867,7 +913,7 @@ test_secondary_errors(void **state UNUSED)
     start_secondary(&s);
     expect_err(replication_start_all(true, &err), &err,
                "The parameter mode's value is invalid, needs 1, but got 0");
-    expect_err(replication_stop_all(false, &err), &err,
+    expect_err(stop_all(false, &err), &err,
                "Block replication is not running");
     stop_secondary(&s);
 
@@ -1039,7 +1085,7 @@ run_model(uint64_t seed, int steps, int64_t deadline)
         model_compare(s.export, disk, off, len, buf, step);
     }
     model_compare(s.top, view, 0, MODEL_SIZE, buf, step);
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
     /* The secondary disk is the secondary's view. */
     model_compare(s.export, view, 0, MODEL_SIZE, buf, step);
@@ -1080,7 +1126,8 @@ test_failover_failed_retry(void **state UNUSED)
     sec_blkdebug = false;
     start_and_write(&s);
     block_debug_event(block_node_find("sec-dbg"), "colo_fail");
-    assert_int_equal(replication_stop(s.rep, true, &err), -EIO);
+    assert_true(failover_start(s.rep, &err));
+    assert_int_equal(failover_wait(s.rep, &err), -EIO);
     assert_non_null(err);
     err_free(err);
     err = NULL;
@@ -1094,7 +1141,7 @@ test_failover_failed_retry(void **state UNUSED)
     expect_err(replication_checkpoint_all(&err), &err,
                "Block replication failover failed; stop it again to retry");
     /* Retry. */
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     assert_int_equal(replication_get_stage(s.rep), REPLICATION_STAGE_DONE);
     status_expect(NULL);
     read_expect(s.export, 0x33, 0, HALF);
@@ -1163,7 +1210,8 @@ test_colo_recipe(void **state UNUSED)
     /* More writes on both sides, then the primary dies. */
     write_ok(pg, 0x44, 0, 64 * KiB);
     write_ok(sg, 0x55, HALF, 64 * KiB);
-    assert_int_equal(replication_stop(s.rep, true, &err), 0);
+    assert_true(failover_start(s.rep, &err));
+    assert_int_equal(failover_wait(s.rep, &err), 0);
     read_expect(sg, 0x11, 0, HALF);
     read_expect(sg, 0x55, HALF, 64 * KiB);
     read_expect(sg, 0x22, HALF + 64 * KiB, HALF - 64 * KiB);
@@ -1173,7 +1221,7 @@ test_colo_recipe(void **state UNUSED)
 
     /* On the primary: drop the replication child, go on alone. */
     assert_true(qmp_x_blockdev_change("p-top", "children.1", NULL, &err));
-    assert_int_equal(replication_stop(prep, true, &err), 0);
+    assert_int_equal(replication_stop(prep, &err), 0);
     write_ok(pg, 0x66, 0, 4096);
     read_expect(pg, 0x66, 0, 4096);
     read_expect(pg, 0x44, 4096, 60 * KiB);
@@ -1245,7 +1293,7 @@ test_failover_under_load(void **state UNUSED)
     while (__atomic_load_n(&w->writes, __ATOMIC_RELAXED) < 50) {
         usleep(1000);
     }
-    assert_true(replication_stop_all(true, &err));
+    assert_true(stop_all(true, &err));
     {
         unsigned long after = __atomic_load_n(&w->writes, __ATOMIC_ACQUIRE);
 

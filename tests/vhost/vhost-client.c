@@ -16,11 +16,13 @@
  *                             read them all back and compare
  *   bench RW BS SECS          RW: randread, randwrite, write (sequential);
  *                             prints JSON {iops, mibs, lat_us}
+ *   burst N                   N reads made available at once; prints how
+ *                             often the back-end called (JSON)
  *   hostile CASE              misbehave (see hostile_cases) and report
  *                             how the back-end reacted (JSON)
  * Options: -q QUEUES (1), -d DEPTH (1), -n QUEUE_SIZE (256), -i (indirect
- *   descriptors), -I (inflight buffer), -s SIZE (the disk area used by
- *   verify/bench; default the whole disk).
+ *   descriptors), -I (inflight buffer), -E (no EVENT_IDX), -s SIZE (the
+ *   disk area used by verify/bench; default the whole disk).
  * Commands may be repeated: "write 0 4096 0xab read 0 4096 0xab".
  * Exit status 0 when every command succeeded.
  */
@@ -100,7 +102,7 @@ static uint64_t g_bump;
 static uint64_t g_features, g_pfeatures;
 static struct queue g_q[MAXQ];
 static unsigned g_nq = 1, g_depth = 1, g_qsize = 256;
-static bool g_indirect, g_inflight;
+static bool g_indirect, g_inflight, g_no_event_idx;
 static uint64_t g_capacity, g_area;
 static uint8_t g_wce_early;     /* config's writeback before SET_FEATURES */
 static uint32_t g_blk_size = 512;
@@ -303,6 +305,9 @@ negotiate(void)
     uint64_t offered = get_u64(GET_FEATURES);
     struct virtio_blk_config c;
 
+    if (g_no_event_idx) {
+        want &= ~(1ULL << VIRTIO_RING_F_EVENT_IDX);
+    }
     g_features = offered & want;
     if (!(g_features & (1ULL << PROTO_F))) {
         die("back-end lacks protocol features");
@@ -377,7 +382,7 @@ setup_inflight(void)
     uint64_t req[3] = {0};
     uint16_t nq = (uint16_t)g_nq, qs = (uint16_t)g_qsize;
     struct msg m;
-    int fd;
+    int fd = -1;
 
     if (!(g_pfeatures & (1ULL << PF_INFLIGHT))) {
         return;
@@ -481,12 +486,12 @@ set_desc(struct vring_desc *d, uint64_t addr, uint32_t len, uint16_t flags,
     d->next = htole16(next);
 }
 
-/* Put slot s of q on the avail ring as a request (type, sector, data of
- * len bytes: read by the device for OUT/DISCARD/ZEROES, written for
- * IN/GET_ID), and kick when the back-end wants it. */
+/* Write the descriptors of slot s of q for a request (type, sector,
+ * data of len bytes: read by the device for OUT/DISCARD/ZEROES, written
+ * for IN/GET_ID) and put it in the avail ring, not yet published. */
 static void
-submit(struct queue *q, unsigned s, uint32_t type, uint64_t sector,
-       uint8_t *data, uint32_t len)
+prepare(struct queue *q, unsigned s, uint32_t type, uint64_t sector,
+        uint8_t *data, uint32_t len, uint16_t pos)
 {
     struct slot *sl = &q->slots[s];
     struct virtio_blk_outhdr hdr = {
@@ -494,7 +499,7 @@ submit(struct queue *q, unsigned s, uint32_t type, uint64_t sector,
     };
     bool dev_writes = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
     struct vring_desc *t = g_indirect ? sl->itable : q->desc;
-    uint16_t b = g_indirect ? 0 : sl->head, old, ev;
+    uint16_t b = g_indirect ? 0 : sl->head;
     unsigned n = 0;
 
     memcpy(sl->hdr, &hdr, sizeof(hdr));
@@ -516,8 +521,17 @@ submit(struct queue *q, unsigned s, uint32_t type, uint64_t sector,
     }
     sl->busy = true;
     sl->t0 = now_ns();
-    q->avail->ring[q->avail_idx % q->num] = htole16(sl->head);
-    old = q->avail_idx++;
+    q->avail->ring[pos % q->num] = htole16(sl->head);
+}
+
+/* Publish the next n prepared requests of q with one avail index update,
+ * and kick when the back-end wants it. */
+static void
+publish(struct queue *q, uint16_t n)
+{
+    uint16_t old = q->avail_idx, ev;
+
+    q->avail_idx += n;
     __atomic_store_n(&q->avail->idx, htole16(q->avail_idx), __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (g_features & (1ULL << VIRTIO_RING_F_EVENT_IDX)) {
@@ -534,6 +548,15 @@ submit(struct queue *q, unsigned s, uint32_t type, uint64_t sector,
     if (write(q->kick, &one, 8) < 0) {
         die("kick: %s", strerror(errno));
     }
+}
+
+/* One request on slot s of q, published at once. */
+static void
+submit(struct queue *q, unsigned s, uint32_t type, uint64_t sector,
+       uint8_t *data, uint32_t len)
+{
+    prepare(q, s, type, sector, data, len, q->avail_idx);
+    publish(q, 1);
 }
 
 /*
@@ -901,6 +924,73 @@ cmd_bench(const char *rw, uint64_t bs, double secs)
     return errors != 0;
 }
 
+/* The call eventfd's count (0 when nothing was signalled); resets it. */
+static uint64_t
+take_calls(struct queue *q, int timeout_ms)
+{
+    struct pollfd p = { .fd = q->call, .events = POLLIN };
+    uint64_t v = 0;
+
+    if (poll(&p, 1, timeout_ms) > 0 && read(q->call, &v, 8) < 0) {
+        v = 0;
+    }
+    return v;
+}
+
+/*
+ * N 4 KiB reads on queue 0 made available with one index update and one
+ * kick, the way a driver queues a burst; then wait for all of them
+ * without sleeping on the call eventfd, and report how often the
+ * back-end signalled it (JSON {"completed", "errors", "calls"}).  The
+ * driver asks for a call at the first completion (used_event, or no
+ * NO_INTERRUPT flag), as one that went to sleep does.
+ */
+static int
+cmd_burst(unsigned n)
+{
+    struct queue *q = &g_q[0];
+    unsigned done = 0, errors = 0;
+    uint64_t deadline = now_ns() + 10000000000ULL, calls;
+
+    if (n < 1 || n > g_depth) {
+        fprintf(stderr, "burst: N must be between 1 and the depth\n");
+        return 1;
+    }
+    take_calls(q, 0);
+    if (g_features & (1ULL << VIRTIO_RING_F_EVENT_IDX)) {
+        __atomic_store_n(&q->avail->ring[q->num], htole16(q->last_used),
+                         __ATOMIC_RELAXED);
+    }
+    for (unsigned s = 0; s < n; s++) {
+        prepare(q, s, VIRTIO_BLK_T_IN, s * 8, q->slots[s].data, 4096,
+                (uint16_t)(q->avail_idx + s));
+    }
+    publish(q, (uint16_t)n);
+    while (done < n && now_ns() < deadline) {
+        uint16_t used = le16toh(__atomic_load_n(&q->used->idx,
+                                                __ATOMIC_ACQUIRE));
+
+        if (used == q->last_used) {
+            usleep(100);
+            continue;
+        }
+        uint8_t st;
+        int s = reap(q, 0, &st, NULL);
+
+        if (s < 0 || st != VIRTIO_BLK_S_OK) {
+            errors++;
+        }
+        done++;
+    }
+    /* A call comes after the used index it is about: give it time. */
+    calls = take_calls(q, 1000);
+    usleep(100000);
+    calls += take_calls(q, 0);
+    printf("{\"completed\": %u, \"errors\": %u, \"calls\": %" PRIu64
+           "}\n", done, errors, calls);
+    return done != n || errors;
+}
+
 /* ---- Hostile front-end cases ------------------------------------------ */
 
 /*
@@ -1108,19 +1198,20 @@ main(int argc, char **argv)
     int opt, failed = 0;
     uint64_t a, b;
 
-    while ((opt = getopt(argc, argv, "q:d:n:iIs:")) != -1) {
+    while ((opt = getopt(argc, argv, "q:d:n:iIEs:")) != -1) {
         switch (opt) {
         case 'q': g_nq = (unsigned)atoi(optarg); break;
         case 'd': g_depth = (unsigned)atoi(optarg); break;
         case 'n': g_qsize = (unsigned)atoi(optarg); break;
         case 'i': g_indirect = true; break;
         case 'I': g_inflight = true; break;
+        case 'E': g_no_event_idx = true; break;
         case 's': if (parse_num(optarg, &g_area) < 0) die("bad -s"); break;
         default: die("bad option");
         }
     }
     if (optind + 2 > argc || g_nq < 1 || g_nq > MAXQ || g_depth < 1) {
-        die("usage: vhost-client [-q N] [-d N] [-n N] [-i] [-I] [-s SIZE] "
+        die("usage: vhost-client [-q N] [-d N] [-n N] [-i] [-I] [-E] [-s SIZE] "
             "SOCKET COMMAND...");
     }
     sock = argv[optind++];
@@ -1176,6 +1267,9 @@ main(int argc, char **argv)
             }
             failed |= cmd_bench(ARG(0), b, atof(ARG(2)));
             nargs = 3;
+        } else if (!strcmp(c, "burst")) {
+            failed |= cmd_burst((unsigned)atoi(ARG(0)));
+            nargs = 1;
         } else if (!strcmp(c, "hostile")) {
             failed |= cmd_hostile(ARG(0));
             nargs = 1;

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "block/format/qcow2/qcow2-check.h"
+#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "util.h"
 
@@ -107,7 +108,7 @@ check_parse(int argc, char **argv, struct check_args *a)
     };
     int opt;
 
-    while ((opt = getopt_long(argc, argv, "f:r:qU", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:r:qT:U", longopts, NULL)) != -1) {
         switch (opt) {
         case 'f':
             a->fmt = optarg;
@@ -130,6 +131,13 @@ check_parse(int argc, char **argv, struct check_args *a)
             break;
         case 'q':
             a->quiet = true;
+            break;
+        case 'T':
+            /* A repair opens the image writable: the same mode. */
+            if (!img_set_cache(&img_src_cache, optarg) ||
+                !img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
             break;
         case 'U':
             img_force_share = true;
@@ -162,6 +170,72 @@ check_other_format(const struct check_args *a)
     return EXIT_NO_CHECK;
 }
 
+/* Open (and close) one file the image needs, read-only; NULL on success. */
+static struct err *
+open_needed(const char *fmt, const char *path)
+{
+    struct block_node *node;
+    struct err *e = NULL;
+    json_t *opts;
+
+    if (!block_driver_find(fmt)) {
+        err_setf(&e, "Unknown driver '%s'", fmt);
+        return e;
+    }
+    if (!strcmp(fmt, "file")) {
+        opts = json_pack("{s:s, s:b, s:s}", "driver", "file", "read-only", 1,
+                         "filename", path);
+    } else {
+        opts = json_pack("{s:s, s:b, s:{s:s, s:s}}", "driver", fmt,
+                         "read-only", 1, "file", "driver", "file",
+                         "filename", path);
+    }
+    node = block_node_new(opts, &e);
+    json_decref(opts);
+    block_node_unref(node);
+    return e;
+}
+
+/*
+ * What qemu-img check opens besides the image file: the backing chain
+ * (read-only, through the same drivers as every other open, the way the
+ * driver opens it) and the external data file.  One that is missing or
+ * cannot be opened makes the image unusable, so it is "could not check"
+ * (exit 1) here too, never "no errors".  The header itself is validated by
+ * qcow2_check() with the decoder open uses.
+ */
+static int
+check_needed_files(const struct check_args *a)
+{
+    CLEANUP_FREE char *backing = NULL;
+    CLEANUP_FREE char *data = NULL;
+    struct qcow2_header h;
+    struct err *e = NULL;
+
+    if (!img_qcow2_header(a->filename, &h, &e)) {
+        img_report(e);
+        return -EINVAL;
+    }
+    if (h.has_backing_file) {
+        backing = img_backing_path(a->filename, h.backing_file);
+        e = open_needed(h.has_backing_fmt ? h.backing_fmt
+                                          : img_probe(backing), backing);
+        if (e) {
+            err_prepend(&e, "Could not open backing file: ");
+        }
+    }
+    if (!e && (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)) {
+        data = img_backing_path(a->filename, h.data_file);
+        e = open_needed("file", data);
+    }
+    if (e) {
+        err_prepend(&e, "Could not open '%s': ", a->filename);
+        img_report(e);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* One run of the check on a freshly opened file node. */
 static int
 check_run(const struct check_args *a, unsigned fix,
@@ -185,10 +259,11 @@ check_run(const struct check_args *a, unsigned fix,
 }
 
 /*
- * The image is checked alone, but a backing chain that loops or is too
- * deep makes it unusable: qemu-img (which opens the chain) cannot open
- * such an image, and neither can we, so say so as it does for an image
- * it cannot open instead of calling the image clean.
+ * A backing chain that loops or is too deep makes the image unusable:
+ * qemu-img (which opens the chain) cannot open such an image, and neither
+ * can we, so say so as it does for an image it cannot open instead of
+ * calling the image clean.  Found from the headers before
+ * check_needed_files() opens the chain, for qemu-img's message.
  */
 static bool
 check_chain(const struct check_args *a)
@@ -244,7 +319,7 @@ img_cmd_check(int argc, char **argv)
     if (!check_chain(&a)) {
         return 1;
     }
-    if (check_with_repair(&a, &r) < 0) {
+    if (check_needed_files(&a) < 0 || check_with_repair(&a, &r) < 0) {
         return 1;
     }
     if (a.json) {

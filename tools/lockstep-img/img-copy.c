@@ -4,9 +4,12 @@
  * one image to another.  convert creates its target (raw or qcow2, with
  * -o options) and copies everything the source shows, skipping ranges the
  * source reports as zero and chunks that read as zeroes, so the target
- * stays sparse.  commit copies what the layers above the base hold into the
- * base, then empties the top image (unless -d).  Both print qemu-img's
- * progress line with -p.
+ * stays sparse.  commit runs the daemon's block-commit job (job/commit.c:
+ * an active commit of the top into the base, completed when ready, as
+ * qemu-img runs QEMU's), then empties the top image (unless -d); with
+ * --image-opts the layers' protocol nodes are the ones the options give
+ * (blklog in the power-loss tests).  Both print qemu-img's progress line
+ * with -p.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +23,9 @@
 #include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
+#include "job/commit.h"
+#include "job/job.h"
+#include "keyval.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
 
@@ -137,7 +143,6 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         switch (opt) {
         case 'B': a->out.backing = optarg; break;
         case 'F': a->out.backing_fmt = optarg; break;
-        case 't': case 'T': break;      /* cache modes: ours need none */
         case 'S':
             if (!img_parse_size(optarg, &a->sparse) || a->sparse % 512 ||
                 a->sparse > 32 * 1024 * 1024) {
@@ -159,6 +164,16 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'q': a->quiet = true; break;
         case 'U': img_force_share = true; break;
         case 'c': a->compress = true; break;
+        case 't':
+            if (!img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
+            break;
+        case 'T':
+            if (!img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
+            break;
         default:
             return -1;
         }
@@ -447,17 +462,17 @@ img_cmd_convert(int argc, char **argv)
 
 /* ---- commit ------------------------------------------------------------- */
 
-/* One image of the chain, as its header names it. */
+/* One image of the chain, as its header names it (or --image-opts). */
 struct layer {
     char *path;
     char *fmt;
+    json_t *file;       /* its protocol node's options; NULL: a file */
 };
 
 struct chain {
     struct layer l[COMMIT_MAX_CHAIN];
     int n;
-    const char *top_name;   /* as given: may be blkdebug:CONF:PATH */
-    json_t *top_proto;      /* the node below the top's format */
+    const char *top_name;   /* as given (blkdebug:CONF:PATH); NULL: path */
 };
 
 static void
@@ -466,8 +481,8 @@ chain_free(struct chain *c)
     for (int i = 0; i < c->n; i++) {
         free(c->l[i].path);
         free(c->l[i].fmt);
+        json_decref(c->l[i].file);
     }
-    json_decref(c->top_proto);
 }
 
 /*
@@ -490,23 +505,11 @@ innermost_file(json_t *o)
     return NULL;
 }
 
-/* Read the backing chain from the headers, top first. */
+/* Read the rest of the backing chain from the headers, from layer n-1. */
 static bool
-chain_read(struct chain *c, const char *top, const char *fmt,
-           struct err **errp)
+chain_read_headers(struct chain *c, const char *top, struct err **errp)
 {
-    const char *path;
-
-    c->top_name = top;
-    c->top_proto = block_filename_options(top, errp);
-    if (!c->top_proto) {
-        err_prepend(errp, "Could not open '%s': ", top);
-        return false;
-    }
-    path = innermost_file(c->top_proto);
-    c->l[0].path = xstrdup(path ? path : top);
-    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(c->l[0].path));
-    for (c->n = 1; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
+    for (; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
         struct qcow2_header h;
         struct layer *cur = &c->l[c->n - 1];
 
@@ -525,6 +528,85 @@ chain_read(struct chain *c, const char *top, const char *fmt,
                                  : img_probe(c->l[c->n].path));
     }
     return true;
+}
+
+/* Read the backing chain from the headers, top first. */
+static bool
+chain_read(struct chain *c, const char *top, const char *fmt,
+           struct err **errp)
+{
+    json_t *proto = block_filename_options(top, errp);
+    const char *path;
+
+    if (!proto) {
+        err_prepend(errp, "Could not open '%s': ", top);
+        return false;
+    }
+    c->top_name = top;
+    path = innermost_file(proto);
+    c->l[0].path = xstrdup(path ? path : top);
+    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(c->l[0].path));
+    c->l[0].file = proto;
+    c->n = 1;
+    return chain_read_headers(c, top, errp);
+}
+
+/* The "filename" somewhere below a protocol node's options. */
+static const char *
+opts_filename(json_t *o)
+{
+    while (json_is_object(o)) {
+        const char *f = json_string_value(json_object_get(o, "filename"));
+
+        if (f) {
+            return f;
+        }
+        o = json_object_get(o, "file");
+    }
+    return NULL;
+}
+
+/*
+ * --image-opts: the chain as the options give it ("file" and "backing"
+ * of each layer, as blockdev-add takes them); where they stop naming the
+ * backing file, the headers go on from there.
+ */
+static bool
+chain_from_opts(struct chain *c, const char *text, struct err **errp)
+{
+    json_t *top = keyval_or_json_parse(text, "driver", errp);
+    json_t *o = top;
+    bool ok = true;
+
+    if (!top) {
+        return false;
+    }
+    for (c->n = 0; ok && json_is_object(o); c->n++) {
+        json_t *file = json_object_get(o, "file");
+        const char *drv = json_string_value(json_object_get(o, "driver"));
+        const char *path = opts_filename(file);
+
+        if (!drv || !json_is_object(file) || !path) {
+            err_setf(errp, "--image-opts: each image needs a driver and a "
+                     "file with a filename");
+            ok = false;
+        } else if (c->n == COMMIT_MAX_CHAIN) {
+            err_setf(errp, "Backing chain is too long");
+            ok = false;
+        } else {
+            c->l[c->n].path = xstrdup(path);
+            c->l[c->n].fmt = xstrdup(drv);
+            c->l[c->n].file = json_deep_copy(file);
+            o = json_object_get(o, "backing");
+            if (!o && !strcmp(drv, "qcow2")) {
+                c->n++;
+                ok = chain_read_headers(c, c->l[0].path, errp);
+                c->n--;
+            }
+        }
+    }
+    json_decref(top);
+    return ok;
 }
 
 /* Index of the base in the chain: -b BASE, or the top's backing file. */
@@ -557,9 +639,9 @@ chain_find_base(const struct chain *c, const char *base, struct err **errp)
 static json_t *
 layer_opts(const struct chain *c, int i, int base)
 {
-    json_t *file = i == 0 ? json_deep_copy(c->top_proto)
-                          : json_pack("{s:s, s:s}", "driver", "file",
-                                      "filename", c->l[i].path);
+    json_t *file = c->l[i].file ? json_deep_copy(c->l[i].file)
+                   : json_pack("{s:s, s:s}", "driver", "file", "filename",
+                               c->l[i].path);
     json_t *o = json_pack("{s:s, s:o, s:b}", "driver", c->l[i].fmt, "file",
                           file, "read-only", i != 0 && i != base);
     char name[32];
@@ -583,8 +665,9 @@ commit_open(const struct chain *c, int base, struct img *imgs,
     for (int i = base; i >= 0; i--) {
         json_t *o = layer_opts(c, i, base);
         bool ok = img_open_json(&imgs[i], o,
-                                i ? c->l[i].path : c->top_name,
-                                i == 0 || i == base, errp);
+                                i == 0 && c->top_name ? c->top_name
+                                                      : c->l[i].path,
+                                i == 0 || i == base, i < base, errp);
 
         json_decref(o);
         if (!ok) {
@@ -597,59 +680,80 @@ commit_open(const struct chain *c, int base, struct img *imgs,
     return true;
 }
 
-/* Is [off, +*n) allocated in a layer above base?  Shrinks *n. */
-static int
-above_base(struct img *imgs, int base, uint64_t off, uint64_t *n)
+/* The job's progress, as qemu-img prints it. */
+static void
+commit_progress(struct job *job, struct img_progress *prog)
 {
-    bool any = false;
+    uint64_t cur, total;
 
-    for (int i = 0; i < base; i++) {
-        uint64_t pnum = 0;
-        int ret = block_is_allocated(imgs[i].node, off, *n, &pnum);
-
-        if (ret < 0) {
-            return ret;
-        }
-        if (ret && !any) {
-            any = true;
-            *n = pnum;
-        } else if (!any) {
-            *n = MIN(*n, pnum);
-        }
+    job_get_progress(job, &cur, &total);
+    if (total && cur < total) {     /* 100% is img_progress_end()'s */
+        img_progress_update(prog, cur * 100.0 / total);
     }
-    return any;
 }
 
+/*
+ * Run the commit job of job/commit.c (block-commit's), as qemu-img runs
+ * QEMU's: an active commit of the top into the base, completed as soon as
+ * it is ready.  The tool's own handles go first: the job takes QEMU's
+ * permissions on the chain itself, as in the daemon.  At the end the top
+ * has no user left (the job moved its parents to the base).
+ */
 static int
-commit_copy(struct img *imgs, int base, bool progress)
+commit_job(struct img *imgs, int base, bool progress, struct err **errp)
 {
-    int64_t len = block_handle_getlength(imgs[0].h);
-    uint8_t *buf = img_buf_alloc(IMG_CHUNK);
+    const unsigned done = (1u << JOB_STATUS_CONCLUDED) |
+                          (1u << JOB_STATUS_NULL);
+    struct commit_options o = {
+        .job_id = "commit",
+        .device = imgs[0].node->node_name,
+        .base = imgs[base].node->node_name,
+        .on_error = JOB_ON_ERROR_REPORT,
+        .auto_finalize = true,
+        .auto_dismiss = true,
+    };
     struct img_progress prog;
-    uint64_t n;
-    int ret = 0;
+    struct job *job;
+    int ret;
 
-    if (len < 0 || !buf) {
-        free(buf);
-        return len < 0 ? (int)len : -ENOMEM;
+    for (int i = 0; i <= base; i++) {
+        block_handle_free(imgs[i].h);
+        imgs[i].h = NULL;
     }
+    if (!commit_start(&o, errp)) {
+        return -EIO;
+    }
+    job = job_find(o.job_id);
+    job_ref(job);
     img_progress_start(&prog, progress);
-    for (uint64_t off = 0; off < (uint64_t)len && ret >= 0; off += n) {
-        n = MIN(IMG_CHUNK, len - off);
-        ret = above_base(imgs, base, off, &n);
-        if (ret > 0) {
-            /* Zeroes free the base's clusters, as qemu-img commit. */
-            static const struct copy_how how = {
-                .zero_flags = BLOCK_REQ_MAY_UNMAP, .sparse = 512,
-            };
+    for (bool completed = false;;) {
+        enum job_status st;
 
-            ret = copy_range(&imgs[0], &imgs[base], off, n, buf, &how);
+        /* Completing is asynchronous: once asked, wait for the end. */
+        job_wait_status(job, done | (completed ? 0 : 1u << JOB_STATUS_READY),
+                        100LL * 1000 * 1000);
+        commit_progress(job, &prog);
+        st = job_get_status(job);
+        if ((1u << st) & done) {
+            break;
         }
-        img_progress_update(&prog, (off + n) * 100.0 / len);
+        if (st == JOB_STATUS_READY && !completed) {
+            if (!job_complete(job, errp)) {
+                job_cancel_sync(job);
+                job_unref(job);
+                return -EIO;
+            }
+            completed = true;
+        }
     }
-    img_progress_end(&prog);
-    free(buf);
-    return ret < 0 ? ret : block_handle_flush(imgs[base].h);
+    ret = job->ret;
+    if (ret < 0) {
+        err_setf(errp, "%s", job->error ? job->error : strerror(-ret));
+    } else {
+        img_progress_end(&prog);
+    }
+    job_unref(job);
+    return ret;
 }
 
 /* A smaller base grows to the top's size first (qemu-img does too). */
@@ -659,30 +763,37 @@ commit_run(struct img *imgs, int base, bool drop, bool progress,
 {
     int64_t top = block_handle_getlength(imgs[0].h);
     int64_t bl = block_handle_getlength(imgs[base].h);
+    struct block_handle *h;
+    struct err *e = NULL;
     int ret;
 
     if (top > bl && block_truncate(imgs[base].node, top, errp) < 0) {
         return -EIO;
     }
-    ret = commit_copy(imgs, base, progress);
+    ret = commit_job(imgs, base, progress, errp);
     if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not commit '%s' into '%s'",
-                       imgs[0].filename, imgs[base].filename);
+        err_prepend(errp, "Could not commit '%s' into '%s': ",
+                    imgs[0].filename, imgs[base].filename);
         return ret;
     }
-    if (!drop) {
-        struct err *e = NULL;
-
-        ret = block_make_empty(imgs[0].node, &e);
-        if (ret < 0) {
-            /* qemu-img's words: the errno's text, not the details. */
-            err_setf_errno(errp, -ret, "Failed to empty %s",
-                           imgs[0].filename);
-            err_free(e);
-            return ret;
-        }
+    if (drop) {
+        return 0;
     }
-    return 0;
+    /* Empty the old top through a writer of its own, as qemu-img does. */
+    h = block_handle_new(imgs[0].node, IMG_PROG, BLOCK_PERM_WRITE,
+                         BLOCK_PERM_ALL, errp);
+    if (!h) {
+        err_prepend(errp, "Could not empty %s: ", imgs[0].filename);
+        return -EIO;
+    }
+    ret = block_make_empty(imgs[0].node, &e);
+    block_handle_free(h);
+    if (ret < 0) {
+        /* qemu-img's words: the errno's text, not the details. */
+        err_setf_errno(errp, -ret, "Failed to empty %s", imgs[0].filename);
+        err_free(e);
+    }
+    return ret;
 }
 
 struct commit_args {
@@ -691,26 +802,43 @@ struct commit_args {
     bool drop;
     bool progress;
     bool quiet;
+    bool image_opts;
 };
 
 static int
 commit_parse(int argc, char **argv, struct commit_args *a)
 {
+    static const struct option longopts[] = {
+        { "image-opts", no_argument, NULL, 'O' },
+        { NULL, 0, NULL, 0 },
+    };
     int opt;
 
-    while ((opt = getopt(argc, argv, "f:b:dpqt:")) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:b:dpqt:", longopts,
+                              NULL)) != -1) {
         switch (opt) {
+        case 'O': a->image_opts = true; break;
         case 'f': a->fmt = optarg; break;
         case 'b': a->base = optarg; break;
         case 'd': a->drop = true; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
-        case 't': break;
+        case 't':
+            /* The whole chain: top and base are written, the rest read. */
+            if (!img_set_cache(&img_cache, optarg) ||
+                !img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
+            break;
         default: return -1;
         }
     }
     if (optind != argc - 1) {
         img_error("Expecting one image file name");
+        return -1;
+    }
+    if (a->image_opts && a->fmt) {
+        img_error("--image-opts and --format are mutually exclusive");
         return -1;
     }
     return optind;
@@ -728,7 +856,8 @@ img_cmd_commit(int argc, char **argv)
     if (i < 0) {
         return img_usage_error("commit", NULL);
     }
-    if (chain_read(&c, argv[i], a.fmt, &e) &&
+    if ((a.image_opts ? chain_from_opts(&c, argv[i], &e)
+                      : chain_read(&c, argv[i], a.fmt, &e)) &&
         (base = chain_find_base(&c, a.base, &e)) > 0 &&
         commit_open(&c, base, imgs, &e)) {
         ret = commit_run(imgs, base, a.drop, a.progress && !a.quiet, &e);

@@ -370,7 +370,7 @@ create_parse(int argc, char **argv, struct img_create *c, bool *quiet)
 {
     int opt;
 
-    while ((opt = getopt(argc, argv, "f:b:F:o:qu")) != -1) {
+    while ((opt = getopt(argc, argv, "f:b:F:o:qut:")) != -1) {
         switch (opt) {
         case 'f':
             c->fmt = optarg;
@@ -388,6 +388,11 @@ create_parse(int argc, char **argv, struct img_create *c, bool *quiet)
             *quiet = true;
             break;
         case 'u':
+            break;
+        case 't':
+            if (!img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
             break;
         default:
             return -1;
@@ -487,9 +492,13 @@ resize_parse(int argc, char **argv, struct resize_args *a)
         img_error("Expecting image file name and size");
         return -1;
     }
-    while ((opt = getopt_long(argc - 1, argv, "f:q", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc - 1, argv, "f:qt:", longopts, NULL)) != -1) {
         if (opt == 'f') {
             a->fmt = optarg;
+        } else if (opt == 't') {
+            if (!img_set_cache(&img_cache, optarg)) {
+                return -1;
+            }
         } else if (opt == 'q') {
             a->quiet = true;
         } else if (opt == 'S') {

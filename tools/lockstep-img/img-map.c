@@ -196,11 +196,15 @@ map_parse(int argc, char **argv, struct map_args *a)
     };
     int opt;
 
-    while ((opt = getopt_long(argc, argv, "f:Us:l:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "f:Us:l:T:", longopts, NULL)) != -1) {
         if (opt == 'I') {
             a->image_opts = true;
         } else if (opt == 'f') {
             a->fmt = optarg;
+        } else if (opt == 'T') {
+            if (!img_set_cache(&img_src_cache, optarg)) {
+                return -1;
+            }
         } else if (opt == 'O') {
             if (img_parse_output(optarg, &a->json) < 0) {
                 return -1;
@@ -434,7 +438,7 @@ img_cmd_compare(int argc, char **argv)
     bool progress = false;
     int opt, ret;
 
-    while ((opt = getopt(argc, argv, "f:F:spqU")) != -1) {
+    while ((opt = getopt(argc, argv, "f:F:spqUT:")) != -1) {
         switch (opt) {
         case 'f': fa = optarg; break;
         case 'F': fb = optarg; break;
@@ -442,6 +446,11 @@ img_cmd_compare(int argc, char **argv)
         case 'p': progress = true; break;
         case 'q': c.quiet = true; break;
         case 'U': img_force_share = true; break;
+        case 'T':
+            if (!img_set_cache(&img_src_cache, optarg)) {
+                return CMP_OPEN_ERROR;
+            }
+            break;
         default: return img_usage_error("compare", NULL) + 1;
         }
     }

@@ -84,6 +84,16 @@ struct img {
 /* -U: read-only opens share everything (the image may be in use). */
 extern bool img_force_share;
 
+/*
+ * -t CACHE and -T SRC_CACHE (qemu-img's cache modes, see
+ * block_opts_set_cache_mode()): the mode of writable opens and of
+ * read-only opens; NULL: writeback.  Set them with img_set_cache(), which
+ * reports a bad mode and returns false.
+ */
+extern const char *img_cache;
+extern const char *img_src_cache;
+bool img_set_cache(const char **which, const char *mode);
+
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
 /*
@@ -97,9 +107,14 @@ bool img_simple_name(const char **filename, const char **fmt,
 /* --image-opts: str is "driver=qcow2,file.filename=..." (or JSON). */
 bool img_open_opts(struct img *img, const char *str, bool writable,
                    struct err **errp);
-/* Open from a blockdev-add object (chains built by the caller). */
+/*
+ * Open from a blockdev-add object (chains built by the caller).
+ * share_writes lets others write and resize the image: commit opens the
+ * layers above its base so, since the base's own writer would otherwise
+ * be refused down their backing chain (permissions propagate).
+ */
 bool img_open_json(struct img *img, json_t *opts, const char *filename,
-                   bool writable, struct err **errp);
+                   bool writable, bool share_writes, struct err **errp);
 void img_close(struct img *img);
 
 /* Read the first bytes of a file through a protocol node (up to 2 MiB). */

@@ -56,8 +56,11 @@ static const struct img_cmd img_cmds[] = {
       "  -f FMT           image format (default: probed)\n"
       "Actions run in the order given.\n" },
     { "check", img_cmd_check,
-      "check [-q] [-f FMT] [--output=human|json] [-r leaks|all] FILENAME",
+      "check [-q] [-f FMT] [-T SRC_CACHE] [--output=human|json] "
+      "[-r leaks|all] FILENAME",
       "  -f FMT           image format (default: probed)\n"
+      "  -T SRC_CACHE     cache mode: none (O_DIRECT), writeback (default)\n"
+      "                   or unsafe (flushes ignored)\n"
       "  -r leaks|all     repair leaks only, or leaks and corruptions\n"
       "                   (refcounts, COPIED flags, a broken refcount\n"
       "                   structure; bad L1/L2 entries stay reported)\n"
@@ -67,23 +70,32 @@ static const struct img_cmd img_cmds[] = {
       "Exit status: 0 consistent, 1 check failed, 2 corruptions, 3 leaks,\n"
       "63 the format has no check.\n" },
     { "commit", img_cmd_commit,
-      "commit [-q] [-f FMT] [-b BASE] [-d] [-p] FILENAME",
+      "commit [-q] [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [--image-opts] "
+      "FILENAME",
       "  -f FMT           format of FILENAME (default: probed)\n"
+      "  --image-opts     FILENAME is the top image's options, key=value or\n"
+      "                   JSON, its layers' \"backing\" inline (the headers\n"
+      "                   name the rest)\n"
+      "  -t CACHE         cache mode of every image (see check -T)\n"
       "  -b BASE          commit into BASE (default: the backing file)\n"
       "  -d               do not empty FILENAME afterwards\n"
       "  -p               show progress\n" },
     { "compare", img_cmd_compare,
-      "compare [-f FMT] [-F FMT] [-p] [-q] [-s] FILENAME1 FILENAME2",
+      "compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-p] [-q] [-s] FILENAME1 "
+      "FILENAME2",
       "  -f FMT, -F FMT   formats of the first and second image\n"
+      "  -T SRC_CACHE     cache mode of both (see check -T)\n"
       "  -s               strict: sizes and allocation must match too\n"
       "  -p               show progress\n"
       "Exit status: 0 identical, 1 different, 2 error.\n" },
     { "convert", img_cmd_convert,
       "convert [-p] [-q] [-n] [-c] [-S SPARSE_SIZE] [--target-is-zero] "
       "[-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] "
-      "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] FILENAME "
-      "OUTPUT_FILENAME",
+      "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] [-t CACHE] "
+      "[-T SRC_CACHE] FILENAME OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
+      "  -t, -T CACHE     cache mode of the output and of the source\n"
+      "                   (see check -T)\n"
       "  -O FMT           output format (default: raw)\n"
       "  -o OPTIONS       creation options of the output format\n"
       "  -n               write into the existing OUTPUT_FILENAME\n"
@@ -100,8 +112,10 @@ static const struct img_cmd img_cmds[] = {
       "nbd+unix:///EXPORT?socket=PATH) in every command.\n" },
     { "create", img_cmd_create,
       "create [-q] [-f FMT] [-b BACKING_FILE [-F BACKING_FMT]] [-o OPTIONS] "
-      "FILENAME [SIZE]",
+      "[-t CACHE] FILENAME [SIZE]",
       "  -f FMT           qcow2 or raw (default: raw)\n"
+      "  -t CACHE         cache mode of the new file (see check -T; not in\n"
+      "                   qemu-img)\n"
       "  -b FILE, -F FMT  backing file and its format (qcow2)\n"
       "  -o OPTIONS       cluster_size, refcount_bits, extended_l2,\n"
       "                   preallocation, backing_file, backing_fmt, compat\n"
@@ -120,10 +134,11 @@ static const struct img_cmd img_cmds[] = {
       "  --output=FMT     human (default) or json\n"
       "  --backing-chain  describe every image of the backing chain\n" },
     { "map", img_cmd_map,
-      "map [-f FMT | --image-opts] [--output=human|json] [-s OFFSET] "
-      "[-l LENGTH] FILENAME",
+      "map [-f FMT | --image-opts] [-T SRC_CACHE] [--output=human|json] "
+      "[-s OFFSET] [-l LENGTH] FILENAME",
       "  -f FMT           image format (default: probed)\n"
       "  --image-opts     FILENAME is an option string (driver=...)\n"
+      "  -T SRC_CACHE     cache mode (see check -T; not in qemu-img)\n"
       "  --output=FMT     human (default) or json\n"
       "  -s, --start-offset=OFFSET  first byte to describe\n"
       "  -l, --max-length=LENGTH    bytes to describe at most\n" },
@@ -139,8 +154,9 @@ static const struct img_cmd img_cmds[] = {
       "Safe mode copies into FILENAME whatever would read differently\n"
       "through the new backing file, then rewrites the header.\n" },
     { "resize", img_cmd_resize,
-      "resize [-q] [-f FMT] [--shrink] FILENAME [+|-]SIZE",
+      "resize [-q] [-f FMT] [-t CACHE] [--shrink] FILENAME [+|-]SIZE",
       "  -f FMT           image format (default: probed)\n"
+      "  -t CACHE         cache mode (see check -T; not in qemu-img)\n"
       "  --shrink         allow the image to get smaller\n" },
     { NULL, NULL, NULL, NULL },
 };
@@ -294,7 +310,7 @@ bool img_force_share;
 
 static bool
 img_attach(struct img *img, const char *filename, bool writable,
-           struct err **errp)
+           bool share_writes, struct err **errp)
 {
     uint32_t perm = BLOCK_PERM_CONSISTENT_READ;
     uint32_t shared = BLOCK_PERM_CONSISTENT_READ | BLOCK_PERM_WRITE_UNCHANGED;
@@ -302,6 +318,9 @@ img_attach(struct img *img, const char *filename, bool writable,
     if (writable) {
         perm |= BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE;
     } else if (img_force_share) {
+        shared = BLOCK_PERM_ALL;
+    }
+    if (share_writes) {
         shared = BLOCK_PERM_ALL;
     }
     img->h = block_handle_new(img->node, IMG_PROG, perm, shared, errp);
@@ -376,6 +395,34 @@ protocol_opts(const char *filename)
     return json_pack("{s:s, s:s}", "driver", "file", "filename", filename);
 }
 
+const char *img_cache;
+const char *img_src_cache;
+
+bool
+img_set_cache(const char **which, const char *mode)
+{
+    json_t *o = json_object();
+    struct err *e = NULL;
+    bool ok = block_opts_set_cache_mode(o, mode, &e) == 0;
+
+    json_decref(o);
+    if (!ok) {
+        img_report(e);
+        return false;
+    }
+    *which = mode;
+    return true;
+}
+
+/* -t / -T on the top node of an image about to be opened. */
+static bool
+apply_cache(json_t *opts, bool writable, struct err **errp)
+{
+    const char *mode = writable ? img_cache : img_src_cache;
+
+    return !mode || block_opts_set_cache_mode(opts, mode, errp) == 0;
+}
+
 /* The graph "-f FMT FILE" means, with -U honoured on read-only opens. */
 static json_t *
 file_opts(const char *filename, const char *fmt, bool writable)
@@ -412,14 +459,16 @@ img_open(struct img *img, const char *filename, const char *fmt,
         return false;
     }
     opts = file_opts(filename, fmt, writable);
-    img->node = block_node_new(opts, errp);
+    if (apply_cache(opts, writable, errp)) {
+        img->node = block_node_new(opts, errp);
+    }
     json_decref(opts);
     if (!img->node) {
         err_prepend(errp, "Could not open '%s': ", filename);
         return false;
     }
     img->fmt = xstrdup(fmt);
-    return img_attach(img, filename, writable, errp);
+    return img_attach(img, filename, writable, false, errp);
 }
 
 /* PATH and FMT of {"driver": FMT, "file": {"filename": PATH}} or NULL. */
@@ -493,28 +542,32 @@ img_open_opts(struct img *img, const char *str, bool writable,
     if (!writable && img_force_share) {
         json_object_set_new(opts, "force-share", json_true());
     }
-    img->node = block_open_image(NULL, opts, &probed_raw, errp);
+    if (apply_cache(opts, writable, errp)) {
+        img->node = block_open_image(NULL, opts, &probed_raw, errp);
+    }
     json_decref(opts);
     if (!img->node) {
         err_prepend(errp, "Could not open '%s': ", str);
         return false;
     }
     img->fmt = xstrdup(img->node->drv->name);
-    return img_attach(img, str, writable, errp);
+    return img_attach(img, str, writable, false, errp);
 }
 
 bool
 img_open_json(struct img *img, json_t *opts, const char *filename,
-              bool writable, struct err **errp)
+              bool writable, bool share_writes, struct err **errp)
 {
     memset(img, 0, sizeof(*img));
-    img->node = block_node_new(opts, errp);
+    if (apply_cache(opts, writable, errp)) {
+        img->node = block_node_new(opts, errp);
+    }
     if (!img->node) {
         err_prepend(errp, "Could not open '%s': ", filename);
         return false;
     }
     img->fmt = xstrdup(img->node->drv->name);
-    return img_attach(img, filename, writable, errp);
+    return img_attach(img, filename, writable, share_writes, errp);
 }
 
 void

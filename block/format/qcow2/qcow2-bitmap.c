@@ -372,7 +372,7 @@ hdr_write_ext(struct qcow2_state *s, uint32_t nb, uint64_t dir_size,
         hi = MAX(hi, need);
     }
     block_debug_event(s->file, "bitmap_ext_update");
-    ret = block_pwrite(s->file, lo, hi - lo, a.buf + lo, 0);
+    ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, lo, hi - lo, a.buf + lo);
     if (ret == 0) {
         ret = block_flush(s->file);
     }
@@ -424,7 +424,7 @@ free_table(struct qcow2_state *s, uint64_t offset, uint32_t size)
 static int
 dir_publish(struct qcow2_state *s, struct qcow2_bitmap *e, uint32_t nb)
 {
-    uint64_t size = 0;
+    uint64_t size = 0, old_off, old_size;
     int64_t off = 0;
     CLEANUP_FREE uint8_t *dir = NULL;
     int ret;
@@ -439,8 +439,8 @@ dir_publish(struct qcow2_state *s, struct qcow2_bitmap *e, uint32_t nb)
             return (int)off;
         }
         block_debug_event(s->file, "bitmap_dir_write");
-        ret = block_pwrite(s->file, (uint64_t)off,
-                           clusters_of(s, size) * s->cluster_size, dir, 0);
+        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off,
+                                clusters_of(s, size) * s->cluster_size, dir);
         if (ret < 0) {
             goto fail;
         }
@@ -456,16 +456,18 @@ dir_publish(struct qcow2_state *s, struct qcow2_bitmap *e, uint32_t nb)
     if (ret < 0) {
         goto fail;
     }
-    if (s->bitmaps.dir_size) {
-        qcow2_update_refcount(s, s->bitmaps.dir_offset,
-                              clusters_of(s, s->bitmaps.dir_size), -1,
-                              QCOW2_DISCARD_OTHER);
-    }
+    old_off = s->bitmaps.dir_offset;
+    old_size = s->bitmaps.dir_size;
     entries_free(s->bitmaps.e, s->bitmaps.nb);
     s->bitmaps.e = e;
     s->bitmaps.nb = nb;
     s->bitmaps.dir_offset = (uint64_t)off;
     s->bitmaps.dir_size = size;
+    /* Freed once unpublished: live metadata is never freed. */
+    if (old_size) {
+        qcow2_update_refcount(s, old_off, clusters_of(s, old_size), -1,
+                              QCOW2_DISCARD_OTHER);
+    }
     return 0;
 
 fail:
@@ -783,7 +785,8 @@ qcow2_bitmaps_open(struct qcow2_state *s, struct err **errp)
         uint8_t be[8];
 
         st_be64(be, s->h.autoclear_features & ~clear);
-        ret = block_pwrite(s->file, QCOW2_HDR_OFF_AUTOCLEAR, 8, be, 0);
+        ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, QCOW2_HDR_OFF_AUTOCLEAR,
+                                8, be);
         if (ret == 0) {
             ret = block_flush(s->file);
         }
@@ -867,7 +870,7 @@ store_one(struct qcow2_state *s, struct block_dirty_bitmap *bm,
         }
         st_be64(t + i * 8, (uint64_t)off);
         block_debug_event(s->file, "bitmap_data_write");
-        ret = block_pwrite(s->file, (uint64_t)off, s->cluster_size, buf, 0);
+        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, s->cluster_size, buf);
     }
     off = ret == 0 ? qcow2_alloc_clusters(s, tclusters) : 0;
     if (off < 0) {
@@ -875,8 +878,8 @@ store_one(struct qcow2_state *s, struct block_dirty_bitmap *bm,
     }
     if (ret == 0) {
         block_debug_event(s->file, "bitmap_table_write");
-        ret = block_pwrite(s->file, (uint64_t)off,
-                           tclusters * s->cluster_size, t, 0);
+        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off,
+                                tclusters * s->cluster_size, t);
     }
     if (ret < 0) {
         for (uint64_t i = 0; i < n; i++) {

@@ -4,8 +4,9 @@
  * blocks) with LRU eviction.  Entries are pinned while a caller uses the
  * data pointer, so a nested lookup cannot evict them.  Before a dirty entry
  * reaches the disk the cache's before_write hook runs: for the L2 cache it
- * makes pending refcount increases stable first (qcow2 ordering rule
- * "refcount before pointer").  Caller holds s->lock for every function.
+ * makes pending refcount increases and the data written so far stable
+ * first (qcow2 ordering rules "refcount before pointer" and "data before
+ * pointer").  Caller holds s->lock for every function.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@ qcow2_cache_init(struct qcow2_cache *c, const char *name, size_t nb,
     c->before_write = before_write;
     c->e = xcalloc(nb, sizeof(*c->e));
     for (size_t i = 0; i < nb; i++) {
-        c->e[i].data = xmalloc(cluster_size);
+        c->e[i].data = xmalloc_page(cluster_size);
     }
 }
 
@@ -40,32 +41,28 @@ qcow2_cache_destroy(struct qcow2_cache *c)
     c->nb = 0;
 }
 
+/* Write a dirty entry; hook: run before_write first (else the caller did). */
 static int
 entry_write(struct qcow2_state *s, struct qcow2_cache *c,
-            struct qcow2_cache_entry *e)
+            struct qcow2_cache_entry *e, bool hook)
 {
     int ret;
 
     if (!e->dirty) {
         return 0;
     }
-    if (c->before_write) {
+    if (hook && c->before_write) {
         ret = c->before_write(s);
         if (ret < 0) {
             return ret;
         }
     }
-    /* The overlap check for metadata: a table must never sit on the
-     * header or on the other structure's tables. */
-    if (e->offset < s->cluster_size) {
-        qcow2_signal_corruption(s, "%s table at offset 0x%llx overlaps the "
-                                "header", c->name,
-                                (unsigned long long)e->offset);
-        return -EIO;
-    }
     block_debug_event(s->file, c == &s->l2_cache ? "l2_update"
                                                  : "refblock_update");
-    ret = block_pwrite(s->file, e->offset, s->cluster_size, e->data, 0);
+    /* The overlap check: a table never lands on another structure. */
+    ret = qcow2_meta_pwrite(s, c == &s->l2_cache ? QCOW2_META_L2
+                                                 : QCOW2_META_REFBLOCK,
+                            e->offset, s->cluster_size, e->data);
     if (ret < 0) {
         return ret;
     }
@@ -122,7 +119,7 @@ entry_victim(struct qcow2_state *s, struct qcow2_cache *c,
         /* Every entry pinned: more nesting than the minimum size allows. */
         return -ENOMEM;
     }
-    ret = entry_write(s, c, best);
+    ret = entry_write(s, c, best, true);
     if (ret < 0) {
         return ret;
     }
@@ -188,8 +185,21 @@ qcow2_cache_writeback(struct qcow2_state *s, struct qcow2_cache *c)
 {
     int ret;
 
+    /*
+     * One before_write for all of them: s->lock is held throughout, so no
+     * entry changes and no refcount grows meanwhile, and the flush it
+     * makes covers the data of every entry (linked after its data was
+     * written).  Per entry, the second table's hook flushed again for
+     * the first table's write.
+     */
+    if (c->nb_dirty && c->before_write) {
+        ret = c->before_write(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     for (size_t i = 0; i < c->nb && c->nb_dirty; i++) {
-        ret = entry_write(s, c, &c->e[i]);
+        ret = entry_write(s, c, &c->e[i], false);
         if (ret < 0) {
             return ret;
         }

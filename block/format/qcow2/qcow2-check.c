@@ -8,9 +8,11 @@
  * with the stored ones for every cluster inside the file; then the COPIED
  * flags of the active tables are compared with the (possibly repaired)
  * stored refcounts.  All metadata is read here with our own parsing of the
- * on-disk format, deliberately not with the driver's code.
+ * on-disk format, deliberately not with the driver's code; only the header
+ * goes through qcow2_header_decode(), the format layer's decoder, so that
+ * check refuses every header open refuses.
  *
- * Repair and crash safety (qcow2 spec, refcounts; formats.md B.6): raising
+ * Repair and crash safety (qcow2 spec, refcounts; docs/qcow2.md): raising
  * a refcount to its reference count and lowering a leaked one are single
  * in-place writes that never leave a refcount below its references.  A
  * rebuild writes the new refcount blocks and table past the last used
@@ -24,12 +26,11 @@
 #include <string.h>
 
 #include "block/format/qcow2/qcow2-check.h"
+#include "block/format/qcow2/qcow2.h"
 #include "util.h"
 
-/* On-disk facts, from the qcow2 specification (formats.md part B). */
-#define CHK_MAGIC 0x514649fbU
+/* On-disk facts, from the qcow2 specification (docs/qcow2.md). */
 #define CHK_MAX_CLUSTER_BITS 21
-#define CHK_MIN_CLUSTER_BITS 9
 #define CHK_INCOMPAT_DIRTY 0x1ULL
 #define CHK_INCOMPAT_CORRUPT 0x2ULL
 #define CHK_INCOMPAT_DATA_FILE 0x4ULL
@@ -175,7 +176,11 @@ chk_write(struct chk *c, uint64_t offset, uint64_t bytes, const void *buf)
     return block_pwrite(c->file, offset, bytes, buf, 0);
 }
 
-/* Read a table of n big-endian u64 entries into host order. */
+/*
+ * Read a table of n big-endian u64 entries into host order.  What lies
+ * past the end of the file reads as zeroes, as for the driver and QEMU,
+ * so a table cut short by a truncated file is still walked.
+ */
 static uint64_t *
 chk_read_table(struct chk *c, uint64_t offset, uint64_t n, int *ret)
 {
@@ -185,7 +190,7 @@ chk_read_table(struct chk *c, uint64_t offset, uint64_t n, int *ret)
         *ret = -ENOMEM;
         return NULL;
     }
-    *ret = chk_read(c, offset, n * 8, t);
+    *ret = block_pread(c->file, offset, n * 8, t, 0);
     if (*ret < 0) {
         free(t);
         return NULL;
@@ -377,7 +382,8 @@ check_l2(struct chk *c, struct frag *f, uint64_t l2_offset)
 
 /*
  * Whether an L1 entry's L2 table can be walked: reserved bits and alignment
- * are corruptions; a table past the end was already reported.
+ * are corruptions; a table past the end was already reported (one that
+ * starts inside the file is walked, its missing part read as zeroes).
  */
 static bool
 l1_entry_usable(struct chk *c, uint64_t e)
@@ -397,7 +403,7 @@ l1_entry_usable(struct chk *c, uint64_t e)
         CORRUPT(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster "
                 "aligned; L1 entry corrupted", l2);
     }
-    return !range_exceeds(l2, c->cs, c->file_len);
+    return l2 < c->file_len;
 }
 
 static int
@@ -717,11 +723,13 @@ refcount_slot(struct chk *c, uint64_t k, uint64_t *rb, uint64_t *idx)
     if (*rb == 0) {
         return 0;
     }
-    if ((*rb & (c->cs - 1)) || range_exceeds(*rb, c->cs, c->file_len)) {
+    if (*rb & (c->cs - 1)) {
         return -EINVAL;
     }
     if (c->rb_offset != *rb) {
-        int ret = chk_read(c, *rb, c->cs, c->rb_buf);
+        /* A block (partly) past the end of the file reads as zeroes, as
+         * for QEMU: its clusters show up with refcount 0. */
+        int ret = block_pread(c->file, *rb, c->cs, c->rb_buf, 0);
 
         c->rb_offset = ret < 0 ? 0 : *rb;
         return ret;
@@ -1215,8 +1223,7 @@ check_copied_flags(struct chk *c)
     for (uint32_t i = 0; i < c->l1_size; i++) {
         uint64_t l2 = t[i] & CHK_OFFSET_MASK;
 
-        if (!l2 || (l2 & (c->cs - 1)) ||
-            range_exceeds(l2, c->cs, c->file_len)) {
+        if (!l2 || (l2 & (c->cs - 1)) || l2 >= c->file_len) {
             continue;
         }
         check_copied(c, "L2 cluster", t[i], l2, c->l1_offset + i * 8ULL, i,
@@ -1258,108 +1265,41 @@ parse_extensions(struct chk *c, const uint8_t *buf, uint64_t len)
     }
 }
 
-static int
-parse_header(struct chk *c, const uint8_t *b, uint64_t len, struct err **errp)
+/*
+ * The fields the walk needs, from a header that qcow2_header_decode()
+ * accepted: the decoder the driver's open uses, so that the check refuses
+ * ("could not check", exit 1) every header that open refuses as malformed.
+ */
+static void
+take_header(struct chk *c, const struct qcow2_header *h)
 {
-    if (len < 72 || rd32(b) != CHK_MAGIC) {
-        err_setf(errp, "Image is not in qcow2 format");
-        return -EINVAL;
-    }
-    c->version = rd32(b + 4);
-    c->backing_offset = rd64(b + 8);
-    c->cluster_bits = rd32(b + 20);
-    c->size = rd64(b + 24);
-    c->l1_size = rd32(b + 36);
-    c->l1_offset = rd64(b + 40);
-    c->rt_offset = rd64(b + 48);
-    c->rt_clusters = rd32(b + 56);
-    c->nb_snapshots = rd32(b + 60);
-    c->snapshots_offset = rd64(b + 64);
-    c->refcount_order = 4;
-    c->header_length = 72;
-    if (c->version < 2 || c->version > 3) {
-        err_setf(errp, "Unsupported qcow2 version %u", c->version);
-        return -ENOTSUP;
-    }
-    if (c->version == 3) {
-        if (len < 104) {
-            err_setf(errp, "qcow2 header exceeds cluster size");
-            return -EINVAL;
-        }
-        c->incompat = rd64(b + 72);
-        c->autoclear = rd64(b + 88);
-        c->refcount_order = rd32(b + 96);
-        c->header_length = rd32(b + 100);
-    }
-    return 0;
-}
-
-/* The image cannot be opened (by QEMU either) unless L1 maps its size. */
-static int
-check_l1_covers_size(const struct chk *c, struct err **errp)
-{
-    uint64_t l2_entries = c->cs / (c->extended_l2 ? 16 : 8);
-    uint64_t need = div_round_up(c->size, c->cs * l2_entries);
-
-    if (need > INT32_MAX) {
-        err_setf(errp, "Image is too big");
-        return -EFBIG;
-    }
-    if (c->l1_size < need) {
-        err_setf(errp, "L1 table is too small");
-        return -EINVAL;
-    }
-    return 0;
-}
-
-static int
-validate_header(struct chk *c, struct err **errp)
-{
-    if (c->cluster_bits < CHK_MIN_CLUSTER_BITS ||
-        c->cluster_bits > CHK_MAX_CLUSTER_BITS) {
-        err_setf(errp, "Unsupported cluster size: 2^%u", c->cluster_bits);
-        return -EINVAL;
-    }
-    c->cs = 1ULL << c->cluster_bits;
-    if (c->refcount_order > 6) {
-        err_setf(errp, "Reference count entry width too large; may not "
-                 "exceed 64 bits");
-        return -EINVAL;
-    }
-    if (c->version == 3 &&
-        (c->header_length < 104 || c->header_length > c->cs)) {
-        err_setf(errp, "qcow2 header length %" PRIu32 " is invalid",
-                 c->header_length);
-        return -EINVAL;
-    }
-    if (c->incompat & ~0x1fULL) {
-        err_setf(errp, "Unsupported qcow2 feature(s): 0x%" PRIx64,
-                 (uint64_t)(c->incompat & ~0x1fULL));
-        return -ENOTSUP;
-    }
-    if ((c->rt_offset & (c->cs - 1)) || c->rt_clusters == 0 ||
-        (uint64_t)c->rt_clusters * c->cs > 8 * MiB) {
-        err_setf(errp, "Invalid reference count table offset 0x%" PRIx64
-                 " or size %" PRIu32, c->rt_offset, c->rt_clusters);
-        return -EINVAL;
-    }
-    if ((c->l1_offset & (c->cs - 1)) || (uint64_t)c->l1_size * 8 > 32 * MiB) {
-        err_setf(errp, "Invalid L1 table offset 0x%" PRIx64 " or size %"
-                 PRIu32, c->l1_offset, c->l1_size);
-        return -EINVAL;
-    }
+    c->version = h->version;
+    c->backing_offset = h->backing_file_offset;
+    c->cluster_bits = h->cluster_bits;
+    c->cs = h->cluster_size;
+    c->size = h->size;
+    c->l1_size = h->l1_size;
+    c->l1_offset = h->l1_table_offset;
+    c->rt_offset = h->refcount_table_offset;
+    c->rt_clusters = h->refcount_table_clusters;
+    c->nb_snapshots = h->nb_snapshots;
+    c->snapshots_offset = h->snapshots_offset;
+    c->incompat = h->incompatible_features;
+    c->autoclear = h->autoclear_features;
+    c->refcount_order = h->refcount_order;
+    c->header_length = h->header_length;
     c->refcount_max = c->refcount_order >= 5 ? UINT32_MAX
                       : (1U << (1U << c->refcount_order)) - 1;
     c->extended_l2 = c->incompat & CHK_INCOMPAT_EXTL2;
     c->data_file = c->incompat & CHK_INCOMPAT_DATA_FILE;
-    return check_l1_covers_size(c, errp);
 }
 
 static int
 load_header(struct chk *c, struct err **errp)
 {
     uint64_t len = MIN(c->file_len, 1ULL << CHK_MAX_CLUSTER_BITS);
-    uint8_t *buf = malloc(MAX(len, 1));
+    CLEANUP_FREE uint8_t *buf = malloc(MAX(len, 1));
+    struct qcow2_header h;
     int ret;
 
     if (!buf) {
@@ -1369,17 +1309,20 @@ load_header(struct chk *c, struct err **errp)
     ret = chk_read(c, 0, len, buf);
     if (ret < 0) {
         err_setf_errno(errp, -ret, "Could not read the qcow2 header");
-    } else {
-        ret = parse_header(c, buf, len, errp);
+        return ret;
     }
-    if (ret == 0) {
-        ret = validate_header(c, errp);
+    ret = qcow2_header_decode(buf, len, &h, errp);
+    if (ret < 0) {
+        return ret;
     }
-    if (ret == 0) {
-        parse_extensions(c, buf, MIN(len, c->cs));
+    if (h.crypt_method) {
+        /* qemu-img cannot open these without the key either. */
+        err_setf(errp, "Encrypted qcow2 images are not supported");
+        return -ENOTSUP;
     }
-    free(buf);
-    return ret;
+    take_header(c, &h);
+    parse_extensions(c, buf, MIN(len, c->cs));
+    return 0;
 }
 
 static int

@@ -44,7 +44,10 @@ struct qcow2_check_result {
  * be writable when fix is non-zero).  Each problem is printed as one line
  * to log (NULL: silent).  Returns 0 when the check ran to the end (res
  * says what it found), or -errno with *errp set when it could not start:
- * not a qcow2 image, unreadable or unsupported header, no memory.
+ * not a qcow2 image, a header that qcow2_header_decode() (the decoder open
+ * uses) refuses, encryption, unreadable, no memory.  The backing chain and
+ * data file are the caller's to open (lockstep-img does).  What lies past
+ * the end of the file reads as zeroes, as for the driver and QEMU.
  *
  * Repair: QCOW2_CHECK_FIX_LEAKS lowers refcounts that exceed the
  * references (and fixes COPIED flags when nothing else is wrong);

@@ -5,9 +5,11 @@
  *
  * Ordering (qcow2 spec, crash safety): a new L2 table gets its refcount
  * made stable, is written zeroed and flushed, and only then does the L1
- * entry point to it.  A grown L1 is written and flushed before the header
- * switches to it; the old L1 is freed after that.  All functions: caller
- * holds s->lock.
+ * entry point to it.  A dirty L2 table is written only after a flush that
+ * covers every write done before (qcow2_l2_before_write): its entries may
+ * point at data and refcounts that would otherwise not be on the disk.  A
+ * grown L1 is written and flushed before the header switches to it; the
+ * old L1 is freed after that.  All functions: caller holds s->lock.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -32,8 +34,8 @@ l2_offset(struct qcow2_state *s, uint64_t guest_cluster, uint64_t *off)
     *off = e & QCOW2_L1E_OFFSET_MASK;
     if ((e & QCOW2_L1E_RESERVED_MASK) || !is_aligned(*off, s->cluster_size) ||
         (*off && *off < s->cluster_size)) {
-        qcow2_signal_corruption(s, "L1 entry %llu is invalid: 0x%llx",
-                                (unsigned long long)idx,
+        qcow2_signal_corruption(s, -1, -1, "L1 entry %llu is invalid: "
+                                "0x%llx", (unsigned long long)idx,
                                 (unsigned long long)e);
         return -EIO;
     }
@@ -73,7 +75,8 @@ qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index)
 
     st_be64(be, s->l1[index]);
     block_debug_event(s->file, "l1_update");
-    return block_pwrite(s->file, s->l1_offset + index * 8, 8, be, 0);
+    return qcow2_meta_pwrite(s, QCOW2_META_L1, s->l1_offset + index * 8, 8,
+                             be);
 }
 
 int
@@ -111,13 +114,11 @@ qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster)
     if (new_off < 0) {
         return (int)new_off;
     }
-    if (qcow2_overlaps_metadata(s, (uint64_t)new_off, s->cluster_size)) {
-        /* Only possible when the refcounts lie: stop before damage. */
-        qcow2_signal_corruption(s, "new L2 table at 0x%llx would overwrite "
-                                "metadata", (unsigned long long)new_off);
-        return -EIO;
+    /* Only possible when the refcounts lie: stop before any change. */
+    ret = qcow2_overlap_refuse(s, 0, (uint64_t)new_off, s->cluster_size);
+    if (ret == 0) {
+        ret = qcow2_refcounts_stable(s);
     }
-    ret = qcow2_refcounts_stable(s);
     if (ret < 0) {
         return ret;
     }
@@ -126,7 +127,7 @@ qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster)
         return ret;
     }
     block_debug_event(s->file, "l2_alloc_write");
-    ret = block_pwrite(s->file, (uint64_t)new_off, s->cluster_size, l2, 0);
+    ret = qcow2_meta_pwrite(s, 0, (uint64_t)new_off, s->cluster_size, l2);
     qcow2_cache_put(&s->l2_cache, l2);
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -170,6 +171,14 @@ qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
     qcow2_cache_mark_dirty(&s->l2_cache, l2);
     qcow2_cache_put(&s->l2_cache, l2);
     return 0;
+}
+
+int
+qcow2_l2_before_write(struct qcow2_state *s)
+{
+    int ret = qcow2_cache_writeback(s, &s->rb_cache);
+
+    return ret < 0 ? ret : block_flush(s->file);
 }
 
 int
@@ -218,7 +227,7 @@ qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size)
     ret = off < 0 ? (int)off : qcow2_refcounts_stable(s);
     if (ret == 0) {
         block_debug_event(s->file, "l1_grow_write_table");
-        ret = block_pwrite(s->file, (uint64_t)off, nclusters * cs, buf, 0);
+        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, nclusters * cs, buf);
     }
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -227,8 +236,8 @@ qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size)
         st_be32(hdr, (uint32_t)min_size);
         st_be64(hdr + 4, (uint64_t)off);
         block_debug_event(s->file, "l1_grow_activate_table");
-        ret = block_pwrite(s->file, QCOW2_HDR_OFF_L1_SIZE, sizeof(hdr), hdr,
-                           0);
+        ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, QCOW2_HDR_OFF_L1_SIZE,
+                                sizeof(hdr), hdr);
     }
     if (ret == 0) {
         ret = block_flush(s->file);

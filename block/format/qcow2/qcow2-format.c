@@ -229,8 +229,10 @@ check_tables(struct qcow2_header *h, struct err **errp)
         err_setf(errp, "Reference count table too large or empty");
         return -EINVAL;
     }
-    if (h->nb_snapshots && !aligned_offset(h->snapshots_offset, cs)) {
-        err_setf(errp, "Invalid snapshot table offset");
+    /* Alignment is checked even without snapshots, as QEMU does. */
+    if (!is_aligned(h->snapshots_offset, cs) ||
+        (h->nb_snapshots && !aligned_offset(h->snapshots_offset, cs))) {
+        err_setf(errp, "Snapshot table offset invalid");
         return -EINVAL;
     }
     return 0;
@@ -244,14 +246,52 @@ copy_string(char *dst, size_t dstlen, const uint8_t *src, size_t n)
     dst[n] = '\0';
 }
 
+/* The bitmaps extension: its fields matter while the autoclear bit says
+ * the bitmaps are valid (QEMU refuses such images otherwise). */
+static int
+check_bitmaps_ext(const uint8_t *d, uint32_t elen,
+                  const struct qcow2_header *h, struct err **errp)
+{
+    uint32_t nb;
+    uint64_t dir_size, dir_off;
+
+    if (elen != 24) {
+        err_setf(errp, "bitmaps_ext: Invalid extension length");
+        return -EINVAL;
+    }
+    if (!(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return 0;
+    }
+    nb = ld_be32(d);
+    dir_size = ld_be64(d + 8);
+    dir_off = ld_be64(d + 16);
+    if (ld_be32(d + 4)) {
+        err_setf(errp, "bitmaps_ext: Reserved field is not zero");
+    } else if (nb == 0 || nb > QCOW2_MAX_BITMAPS) {
+        err_setf(errp, "bitmaps_ext: Invalid number of bitmaps %u", nb);
+    } else if (!is_aligned(dir_off, h->cluster_size)) {
+        err_setf(errp, "bitmaps_ext: invalid bitmap directory offset");
+    } else if (dir_size > QCOW2_MAX_BITMAP_DIR_BYTES) {
+        err_setf(errp, "bitmaps_ext: bitmap directory size (%llu) exceeds "
+                 "the maximum supported size (%llu)",
+                 (unsigned long long)dir_size,
+                 (unsigned long long)QCOW2_MAX_BITMAP_DIR_BYTES);
+    } else {
+        return 0;
+    }
+    return -EINVAL;
+}
+
 /* Walk the extension list between header_length and the end of cluster 0
  * (or of what the caller read). */
 static int
 decode_extensions(const uint8_t *b, size_t len, struct qcow2_header *h,
                   struct err **errp)
 {
-    uint64_t end = MIN((uint64_t)len, h->cluster_size);
+    /* The list may fill the cluster, or end where the backing name is. */
+    uint64_t end = h->cluster_size;
     uint64_t off = h->header_length;
+    uint32_t magic, elen;
 
     if (h->version < 3) {
         /* v2: extensions follow the 72-byte header as well. */
@@ -260,18 +300,25 @@ decode_extensions(const uint8_t *b, size_t len, struct qcow2_header *h,
     if (h->has_backing_file && h->backing_file_offset < end) {
         end = h->backing_file_offset;
     }
-    while (off + 8 <= end) {
-        uint32_t magic = ld_be32(b + off);
-        uint32_t elen = ld_be32(b + off + 4);
-
-        off += 8;
-        if (magic == QCOW2_EXT_END) {
-            break;
+    while (off < end) {
+        if (end - off < 8) {
+            err_setf(errp, "qcow2 header extension list is truncated");
+            return -EINVAL;
         }
-        if (elen > end - off) {
+        if (off + 8 > len) {
+            break;      /* the file ends: zeroes, the end marker */
+        }
+        magic = ld_be32(b + off);
+        elen = ld_be32(b + off + 4);
+        off += 8;
+        /* Checked before the end marker too, as QEMU does. */
+        if (elen > end - off || elen > len - off) {
             err_setf(errp, "qcow2 header extension 0x%08x is truncated",
                      magic);
             return -EINVAL;
+        }
+        if (magic == QCOW2_EXT_END) {
+            break;
         }
         switch (magic) {
         case QCOW2_EXT_BACKING_FORMAT:
@@ -285,12 +332,30 @@ decode_extensions(const uint8_t *b, size_t len, struct qcow2_header *h,
             h->has_backing_fmt = true;
             break;
         case QCOW2_EXT_BITMAPS:
+            if (check_bitmaps_ext(b + off, elen, h, errp) < 0) {
+                return -EINVAL;
+            }
             h->has_bitmaps_ext = true;
             break;
         case QCOW2_EXT_DATA_FILE:
+            if (elen > QCOW2_MAX_BACKING_NAME) {
+                err_setf(errp, "External data file name too long");
+                return -EINVAL;
+            }
+            copy_string(h->data_file, sizeof(h->data_file), b + off, elen);
             h->has_data_file_ext = true;
             break;
         case QCOW2_EXT_CRYPTO:
+            if (h->crypt_method != QCOW2_CRYPT_LUKS) {
+                err_setf(errp, "CRYPTO header extension only expected with "
+                         "LUKS encryption method");
+                return -EINVAL;
+            }
+            if (elen != 16) {
+                err_setf(errp, "CRYPTO header extension size %u, but "
+                         "expected size 16", elen);
+                return -EINVAL;
+            }
             h->has_crypto_ext = true;
             break;
         default:
@@ -301,6 +366,22 @@ decode_extensions(const uint8_t *b, size_t len, struct qcow2_header *h,
         off += align_up(elen, 8);
     }
     h->ext_end = MIN(off, end);
+    return 0;
+}
+
+/* The external data file bits need the file's name, and each other. */
+static int
+check_data_file(const struct qcow2_header *h, struct err **errp)
+{
+    if (h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+        if (!h->has_data_file_ext) {
+            err_setf(errp, "'data-file' is required for this image");
+            return -EINVAL;
+        }
+    } else if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) {
+        err_setf(errp, "data-file-raw requires a data file");
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -377,10 +458,13 @@ qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h,
         return ret;
     }
     ret = decode_backing_name(b, len, h, errp);
+    if (ret == 0) {
+        ret = decode_extensions(b, len, h, errp);
+    }
     if (ret < 0) {
         return ret;
     }
-    return decode_extensions(b, len, h, errp);
+    return check_data_file(h, errp);
 }
 
 int

@@ -148,6 +148,7 @@ struct qcow2_state {
     struct qcow2_release release;   /* the tail make_empty gives back */
     struct qcow2_bitmaps bitmaps;   /* the directory on disk */
     bool corrupt;               /* metadata inconsistency found: no writes */
+    bool signaled_corruption;   /* reported once (stderr, event) */
 };
 
 /* ---- qcow2-cache.c ---------------------------------------------------- */
@@ -180,9 +181,45 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n);
 /* Rule "refcounts before pointers": write back refblocks and flush. */
 int qcow2_refcounts_stable(struct qcow2_state *s);
-/* Is host range [off, off+len) used by metadata? */
+
+/* ---- qcow2-corrupt.c -------------------------------------------------- */
+
+/* Kinds of metadata, for the overlap check (bits, to ignore some). */
+enum {
+    QCOW2_META_HEADER = 1 << 0,
+    QCOW2_META_L1 = 1 << 1,
+    QCOW2_META_L2 = 1 << 2,
+    QCOW2_META_REFTABLE = 1 << 3,
+    QCOW2_META_REFBLOCK = 1 << 4,
+    QCOW2_META_BITMAP_DIR = 1 << 5,
+    QCOW2_META_BITMAP_TABLE = 1 << 6,
+};
+
+/* The kind of metadata, not in ign, that [off, off+len) overlaps; 0 none. */
+unsigned qcow2_overlap(struct qcow2_state *s, unsigned ign, uint64_t off,
+                       uint64_t len);
+/* Is host range [off, off+len) used by any metadata? */
 bool qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off,
                              uint64_t len);
+/* 0, or mark the image corrupt and -EIO when qcow2_overlap() finds one. */
+int qcow2_overlap_refuse(struct qcow2_state *s, unsigned ign, uint64_t off,
+                         uint64_t len);
+/*
+ * Every metadata write: -EIO once the image is corrupt; else the overlap
+ * check against every structure but those of the kinds in ign (the one
+ * being written: QCOW2_META_L2 for an L2 table; 0 for a new structure not
+ * linked yet), then the write.
+ */
+int qcow2_meta_pwrite(struct qcow2_state *s, unsigned ign, uint64_t off,
+                      uint64_t len, const void *buf);
+/*
+ * Report corruption (stderr and BLOCK_IMAGE_CORRUPTED, once per open),
+ * set the corrupt bit (writable v3 images) and refuse writes from now on.
+ * offset/size: the host range concerned, or -1.
+ */
+void qcow2_signal_corruption(struct qcow2_state *s, int64_t offset,
+                             int64_t size, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* ---- qcow2-release.c -------------------------------------------------- */
 
@@ -213,10 +250,17 @@ int qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
 int qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster);
 /* Rule "pointer removal before refcount drop": write back L2s, flush. */
 int qcow2_l2_stable(struct qcow2_state *s);
+/*
+ * The L2 cache's before_write hook (rules "refcount before pointer" and
+ * "data before pointer"): write back refcount blocks, then flush the file,
+ * so that what an L2 entry points to is on the disk before the entry.  A
+ * clean refcount cache is no proof the data was flushed: a write into a
+ * zero cluster that kept its host cluster allocates nothing.  Free when
+ * nothing was written since the last flush.
+ */
+int qcow2_l2_before_write(struct qcow2_state *s);
 int qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index);
 int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size);
-void qcow2_signal_corruption(struct qcow2_state *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 
 /* ---- qcow2-bitmap.c -------------------------------------------------- */
 

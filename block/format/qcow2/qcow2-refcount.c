@@ -115,7 +115,7 @@ static int
 write_header_field(struct qcow2_state *s, uint64_t off, const void *buf,
                    size_t len)
 {
-    int ret = block_pwrite(s->file, off, len, buf, 0);
+    int ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, off, len, buf);
 
     return ret < 0 ? ret : block_flush(s->file);
 }
@@ -156,12 +156,10 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
         (t + n + k) * cs >= QCOW2_MAX_HOST_OFFSET) {
         return -EFBIG;
     }
-    if (qcow2_overlaps_metadata(s, t * cs, (n + k) * cs)) {
-        /* Uncovered clusters in use: the refcounts are lying. */
-        qcow2_signal_corruption(s, "metadata beyond the refcount table's "
-                                "reach at 0x%llx",
-                                (unsigned long long)(t * cs));
-        return -EIO;
+    /* Uncovered clusters in use would mean the refcounts are lying. */
+    ret = qcow2_overlap_refuse(s, 0, t * cs, (n + k) * cs);
+    if (ret < 0) {
+        return ret;
     }
     qcow2_release_claim(&s->release, (t + n + k) * cs);
     rbs = calloc(k, cs);
@@ -180,10 +178,10 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
         st_be64(table + (t / E + i) * 8, (t + n + i) * cs);
     }
     block_debug_event(s->file, "refblock_alloc");
-    ret = block_pwrite(s->file, (t + n) * cs, k * cs, rbs, 0);
+    ret = qcow2_meta_pwrite(s, 0, (t + n) * cs, k * cs, rbs);
     if (ret == 0) {
         block_debug_event(s->file, "reftable_grow");
-        ret = block_pwrite(s->file, t * cs, n * cs, table, 0);
+        ret = qcow2_meta_pwrite(s, 0, t * cs, n * cs, table);
     }
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -233,11 +231,14 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (s->reftable[idx]) {
         return 0;
     }
-    if (idx == 0 || where * cs >= QCOW2_MAX_HOST_OFFSET ||
-        qcow2_overlaps_metadata(s, where * cs, cs)) {
-        qcow2_signal_corruption(s, "refcount block %llu cannot be placed",
-                                (unsigned long long)idx);
+    if (idx == 0 || where * cs >= QCOW2_MAX_HOST_OFFSET) {
+        qcow2_signal_corruption(s, -1, -1, "refcount block %llu cannot be "
+                                "placed", (unsigned long long)idx);
         return -EIO;
+    }
+    ret = qcow2_overlap_refuse(s, 0, where * cs, cs);
+    if (ret < 0) {
+        return ret;
     }
     qcow2_release_claim(&s->release, (where + 1) * cs);
     block_debug_event(s->file, "refblock_alloc");
@@ -246,7 +247,7 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
         return ret;
     }
     qcow2_refcount_set(rb, 0, s->refcount_order, 1);
-    ret = block_pwrite(s->file, where * cs, cs, rb, 0);
+    ret = qcow2_meta_pwrite(s, 0, where * cs, cs, rb);
     qcow2_cache_put(&s->rb_cache, rb);
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -257,7 +258,8 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     }
     st_be64(be, where * cs);
     block_debug_event(s->file, "refblock_alloc_hookup");
-    ret = block_pwrite(s->file, s->reftable_offset + idx * 8, 8, be, 0);
+    ret = qcow2_meta_pwrite(s, QCOW2_META_REFTABLE,
+                            s->reftable_offset + idx * 8, 8, be);
     if (ret < 0) {
         qcow2_cache_forget(&s->rb_cache, where * cs);
         return ret;
@@ -281,9 +283,10 @@ cluster_freed(struct qcow2_state *s, uint64_t cluster,
         s->free_byte_offset = 0;
     }
     qcow2_cache_forget(&s->l2_cache, off);
-    if (s->discard_passthrough[type]) {
+    if (s->discard_passthrough[type] && !s->corrupt) {
         /* Refcount is 0 in memory and nothing points here any more; we
-         * hold s->lock, so the allocator cannot hand it out meanwhile. */
+         * hold s->lock, so the allocator cannot hand it out meanwhile.
+         * A corrupt image gets no writes at all, discards included. */
         block_pdiscard(s->file, off, s->cluster_size);
     }
 }
@@ -318,9 +321,22 @@ qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
             if (rb) {
                 qcow2_cache_put(&s->rb_cache, rb);
             }
-            qcow2_signal_corruption(s, "refcount of cluster %llu would go "
-                                    "out of range",
+            qcow2_signal_corruption(s, -1, -1, "refcount of cluster %llu "
+                                    "would go out of range",
                                     (unsigned long long)c);
+            return -EIO;
+        }
+        if (rc + (uint64_t)delta == 0 &&
+            qcow2_overlap(s, 0, c * s->cluster_size, s->cluster_size)) {
+            /* Live metadata counted too low: freeing it would let the
+             * allocator (and a discard) overwrite it. */
+            qcow2_cache_put(&s->rb_cache, rb);
+            qcow2_signal_corruption(s, (int64_t)(c * s->cluster_size),
+                                    (int64_t)s->cluster_size,
+                                    "Preventing the release of cluster "
+                                    "0x%llx, which holds metadata",
+                                    (unsigned long long)(c *
+                                                         s->cluster_size));
             return -EIO;
         }
         qcow2_refcount_set(rb, i, s->refcount_order, rc + (uint64_t)delta);
@@ -369,8 +385,8 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
             return -ENOSPC;
         }
         if (c > limit) {
-            qcow2_signal_corruption(s, "no free cluster found up to the end "
-                                    "of the image file");
+            qcow2_signal_corruption(s, -1, -1, "no free cluster found up "
+                                    "to the end of the image file");
             return -EIO;
         }
         ret = run_is_free(s, c, n, &next);
@@ -409,32 +425,4 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
         s->free_hint = c + 1;
     }
     return (int64_t)(c * s->cluster_size);
-}
-
-bool
-qcow2_overlaps_metadata(struct qcow2_state *s, uint64_t off, uint64_t len)
-{
-    uint64_t cs = s->cluster_size;
-
-    if (ranges_overlap(off, len, 0, cs) ||
-        ranges_overlap(off, len, s->l1_offset,
-                       align_up((uint64_t)s->l1_size * 8, cs)) ||
-        ranges_overlap(off, len, s->reftable_offset,
-                       (uint64_t)s->reftable_clusters * cs)) {
-        return true;
-    }
-    assert(s->reftable_used <= s->reftable_entries);
-    for (uint64_t i = 0; i < s->reftable_used; i++) {
-        if (s->reftable[i] && ranges_overlap(off, len, s->reftable[i], cs)) {
-            return true;
-        }
-    }
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
-
-        if (l2 && ranges_overlap(off, len, l2, cs)) {
-            return true;
-        }
-    }
-    return false;
 }

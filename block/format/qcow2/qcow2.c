@@ -25,18 +25,21 @@
  *     written: the L2 cache's before_write hook writes back refblocks and
  *     flushes the file first; new L2 tables, L1 tables and refcount tables
  *     are flushed before they are published;
- *  2. guest data written before the L2 entry that exposes it (the entry
- *     changes only in the cache after the data write returned);
+ *  2. guest data stable before the L2 entry that exposes it: the entry
+ *     changes only in the cache after the data write returned, and the
+ *     same hook's flush covers the data before the table is written;
  *  3. pointer removal stable before the refcount drops: freeing code calls
  *     qcow2_l2_stable() and only then lowers refcounts;
  *  4. flush writes back refblocks, flushes, writes back L2 tables; the core
  *     then flushes the file.  So an acknowledged flush (or FUA, which the
  *     core turns into a flush) covers everything before it.
- * Killing the process at any point leaves leaks at worst.
+ * Killing the process, or cutting the power, at any point leaves leaks at
+ * worst (tests/func/test_powerloss.py).
  *
- * Corruption: a write that would land on metadata, or metadata that
- * breaks the format, sets the corrupt bit and fails every later write
- * with -EIO (E9: OK -> CORRUPT).
+ * Corruption (qcow2-corrupt.c): a write that would land on metadata, or
+ * metadata that breaks the format, sets the corrupt bit, sends
+ * BLOCK_IMAGE_CORRUPTED and fails every later write with -EIO, metadata
+ * writes included (E9: OK -> CORRUPT).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,33 +80,6 @@ static const struct block_opt qcow2_opts[] = {
     {"encrypt", BLOCK_OPT_ANY, false, NULL},
     {NULL, 0, false, NULL},
 };
-
-/* ---- Corruption ------------------------------------------------------- */
-
-void
-qcow2_signal_corruption(struct qcow2_state *s, const char *fmt, ...)
-{
-    uint8_t be[8];
-    va_list ap;
-
-    va_start(ap, fmt);
-    if (!s->corrupt) {
-        fprintf(stderr, "qcow2: Marking image as corrupt: ");
-        vfprintf(stderr, fmt, ap);
-        fprintf(stderr, "; further corruption events will be suppressed\n");
-    }
-    va_end(ap);
-    if (s->corrupt || s->node->read_only || s->h.version < 3) {
-        s->corrupt = true;
-        return;
-    }
-    s->corrupt = true;
-    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-    st_be64(be, s->h.incompatible_features);
-    if (block_pwrite(s->file, QCOW2_HDR_OFF_INCOMPAT, 8, be, 0) == 0) {
-        block_flush(s->file);
-    }
-}
 
 /* ---- Guest cluster range locks ---------------------------------------- */
 
@@ -488,13 +464,13 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
 
     memset(p, 0, sizeof(*p));
     ret = qcow2_get_l2e(s, gc, &p->old);
-    if (ret == 0) {
-        ret = qcow2_l2_entry_type(p->old.entry, p->old.bitmap, s->extended_l2,
-                                  (int)s->h.version, s->cluster_bits, &t);
-    }
     if (ret < 0) {
-        qcow2_signal_corruption(s, "invalid L2 entry for guest cluster %llu",
-                                (unsigned long long)gc);
+        return ret;     /* an I/O error, or corruption already signalled */
+    }
+    if (qcow2_l2_entry_type(p->old.entry, p->old.bitmap, s->extended_l2,
+                            (int)s->h.version, s->cluster_bits, &t) < 0) {
+        qcow2_signal_corruption(s, -1, -1, "invalid L2 entry for guest "
+                                "cluster %llu", (unsigned long long)gc);
         return -EIO;
     }
     host = p->old.entry & QCOW2_L2E_OFFSET_MASK;
@@ -532,13 +508,8 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
                                          : align_up(in + n,
                                                     s->subcluster_size);
     }
-    if (qcow2_overlaps_metadata(s, p->host + p->ws, p->we - p->ws)) {
-        qcow2_signal_corruption(s, "data write at host offset 0x%llx would "
-                                "overwrite metadata",
-                                (unsigned long long)(p->host + p->ws));
-        return -EIO;
-    }
-    return 0;
+    /* Guest data overlaps no metadata at all. */
+    return qcow2_overlap_refuse(s, 0, p->host + p->ws, p->we - p->ws);
 }
 
 /* The new L2 entry after the data of plan p reached the host cluster. */
@@ -578,19 +549,30 @@ zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
 }
 
 /*
- * The cluster reached past the end of the file: write its last byte so the
- * file ends on a cluster boundary, as QEMU's images do (its block status
- * reports what lies past the end of the file as zero, not data) and
- * nothing of ours is read past the end.  One byte, not ftruncate: a write
- * never shrinks the file, while a concurrent write further out may
- * already have grown it.  The bytes between stay a hole: no pages.
+ * The clusters [host, host+len) reached past the end of the file: make
+ * the file end at host+len, as QEMU's images do (its block status reports
+ * what lies past the end of the file as zero, not data) and nothing of
+ * ours is read past the end.  from: where the file may end now (the guest
+ * data or the old end, whichever is further).  A write-zeroes request past
+ * the end, which the file driver turns into fallocate (no data I/O; a
+ * write where it cannot), from a block boundary so that O_DIRECT needs no
+ * read-modify-write; when the data already reaches the last block, the
+ * request layer grew the file to its end.  Never ftruncate: a write never
+ * shrinks the file, while a concurrent write further out may already have
+ * grown it.
  */
 static int
-end_cluster(struct qcow2_state *s, const struct write_plan *p)
+end_clusters(struct qcow2_state *s, uint64_t host, uint64_t from,
+             uint64_t len)
 {
-    static const uint8_t zero;
+    uint64_t start = align_up(from, MAX(s->file->limits.request_alignment,
+                                        1));
 
-    return block_pwrite(s->file, p->host + s->cluster_size - 1, 1, &zero, 0);
+    if (start >= len) {
+        return 0;
+    }
+    return block_pwrite_zeroes(s->file, host + start, len - start,
+                               BLOCK_REQ_MAY_UNMAP);
 }
 
 /*
@@ -613,7 +595,8 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
         ret = block_pwrite(s->file, p->host + in, n, buf, 0);
     }
     if (ret == 0 && p->stale < s->cluster_size && in + n < s->cluster_size) {
-        ret = end_cluster(s, p);
+        ret = end_clusters(s, p->host, MAX(in + n, p->stale),
+                           s->cluster_size);
     }
     return ret;
 }
@@ -634,10 +617,7 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     if (p->cow_zero) {
         return write_cow_zero(s, p, in, n, buf);
     }
-    bounce = malloc(p->we - p->ws);
-    if (!bounce) {
-        return -ENOMEM;
-    }
+    bounce = xmalloc_page(p->we - p->ws);
     if (p->ws < in) {
         block_debug_event(s->file, "cow_read");
         ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
@@ -809,10 +789,7 @@ write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
         ret = qcow2_ensure_l2(s, gc);
     }
     off = ret < 0 ? ret : alloc_bytes(s, len);
-    if (off >= 0 && qcow2_overlaps_metadata(s, (uint64_t)off, len)) {
-        qcow2_signal_corruption(s, "compressed data at host offset 0x%llx "
-                                "would overwrite metadata",
-                                (unsigned long long)off);
+    if (off >= 0 && qcow2_overlap_refuse(s, 0, (uint64_t)off, len) < 0) {
         off = -EIO;
     }
     mutex_unlock(&s->lock);
@@ -834,6 +811,239 @@ write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
         nsect = ((host + len - 1) >> 9) - (host >> 9);
         e.entry = QCOW2_OFLAG_COMPRESSED | host | (nsect << shift);
         ret = qcow2_set_l2e(s, gc, &e);
+    }
+    mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- Multi-cluster writes ---------------------------------------------- */
+
+/*
+ * A guest write over several clusters goes down as one host request when
+ * its clusters are contiguous on the host, as QEMU does: clusters already
+ * mapped in place one after the other, or clusters allocated together for
+ * this write (contiguous by construction).  Everything else (one cluster,
+ * clusters with old host data to copy and free, extended L2) takes the
+ * per-cluster path, write_cluster().  The ordering rules do not change: the
+ * data of the whole run is written before its L2 entries change in the
+ * cache, and the entries reach the disk after a flush (qcow2_l2_before_write).
+ */
+#define MAX_RUN_BYTES (8 * MiB)     /* bounds the COW bounce buffer */
+
+struct write_run {
+    uint64_t gc;                /* first guest cluster */
+    uint64_t nb;                /* clusters; < 2: no run */
+    uint64_t host;              /* host offset of the first one */
+    bool new_alloc;             /* allocated together for this write */
+    bool cow_zero;              /* COW regions read as zeroes (plan_cow_zero) */
+    uint64_t stale;             /* bytes from host that may hold old data */
+    struct qcow2_l2e head_old;  /* old entries of the first and last */
+    struct qcow2_l2e tail_old;  /* clusters: where their COW data is */
+};
+
+/* Can this cluster take a new host cluster with nothing old to free? */
+static bool
+fresh_target(struct qcow2_state *s, const struct qcow2_l2e *e,
+             enum qcow2_cluster_type *t)
+{
+    if (qcow2_l2_entry_type(e->entry, e->bitmap, s->extended_l2,
+                            (int)s->h.version, s->cluster_bits, t) < 0) {
+        return false;
+    }
+    return (*t == QCOW2_CLUSTER_UNALLOCATED || *t == QCOW2_CLUSTER_ZERO_PLAIN)
+           && !(e->entry & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED));
+}
+
+/* Does a COW region of a new cluster of type t read as zeroes? */
+static bool
+cow_reads_zero(struct qcow2_state *s, enum qcow2_cluster_type t)
+{
+    return t == QCOW2_CLUSTER_ZERO_PLAIN ||
+           (t == QCOW2_CLUSTER_UNALLOCATED && !s->node->backing);
+}
+
+/* Clusters mapped in place at contiguous host offsets from gc on. */
+static uint64_t
+inplace_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e0,
+            uint64_t max)
+{
+    uint64_t host = e0->entry & QCOW2_L2E_OFFSET_MASK;
+    struct qcow2_l2e e;
+    uint64_t k = 1;
+
+    if (!fully_mapped(s, e0) || !(e0->entry & QCOW2_OFLAG_COPIED)) {
+        return 0;
+    }
+    while (k < max && qcow2_get_l2e(s, gc + k, &e) == 0 &&
+           fully_mapped(s, &e) && (e.entry & QCOW2_OFLAG_COPIED) &&
+           (e.entry & QCOW2_L2E_OFFSET_MASK) == host + (k << s->cluster_bits)) {
+        k++;
+    }
+    return k;
+}
+
+/*
+ * Plan a run for the write of [in, in+bytes) from guest cluster gc; caller
+ * holds s->lock.  run->nb < 2 means "no run".  A run of new clusters is
+ * allocated here (refcounts in the cache), within gc's L2 table.
+ */
+static int
+plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
+         struct write_run *run)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t max = div_round_up(in + bytes, cs);
+    uint64_t end, total;
+    enum qcow2_cluster_type t0, t;
+    struct qcow2_l2e e;
+    int64_t off, flen;
+    int ret;
+
+    memset(run, 0, sizeof(*run));
+    run->gc = gc;
+    max = MIN(max, MAX(MAX_RUN_BYTES >> s->cluster_bits, 1));
+    max = MIN(max, s->l2_entries - gc % s->l2_entries);
+    /* A refcount block sits at the first cluster it covers (see
+     * qcow2-refcount.c), so no free run is longer than the rest. */
+    max = MIN(max, s->refblock_entries - 1);
+    if (max < 2) {
+        return 0;
+    }
+    ret = qcow2_get_l2e(s, gc, &run->head_old);
+    if (ret < 0) {
+        return ret;
+    }
+    run->nb = inplace_run(s, gc, &run->head_old, max);
+    if (run->nb) {
+        run->host = run->head_old.entry & QCOW2_L2E_OFFSET_MASK;
+        end = MIN(in + bytes, run->nb * cs);
+        return run->nb < 2 ? 0
+               : qcow2_overlap_refuse(s, 0, run->host + in, end - in);
+    }
+    if (s->extended_l2 || !fresh_target(s, &run->head_old, &t0)) {
+        return 0;
+    }
+    run->tail_old = run->head_old;
+    t = t0;
+    for (run->nb = 1; run->nb < max; run->nb++) {
+        enum qcow2_cluster_type tn;
+
+        if (qcow2_get_l2e(s, gc + run->nb, &e) < 0 ||
+            !fresh_target(s, &e, &tn)) {
+            break;
+        }
+        run->tail_old = e;
+        t = tn;
+    }
+    if (run->nb < 2) {
+        return 0;
+    }
+    ret = qcow2_ensure_l2(s, gc);
+    if (ret < 0) {
+        return ret;
+    }
+    total = run->nb * cs;
+    off = qcow2_alloc_clusters(s, run->nb);
+    if (off < 0) {
+        return (int)off;
+    }
+    run->host = (uint64_t)off;
+    run->new_alloc = true;
+    end = MIN(in + bytes, total);
+    flen = block_getlength(s->file);
+    /* As plan_cow_zero(), for the head and tail regions of the run. */
+    run->cow_zero = flen >= 0 && s->failed_end <= run->host &&
+                    (in == 0 || cow_reads_zero(s, t0)) &&
+                    (end == total || cow_reads_zero(s, t));
+    run->stale = flen > off ? MIN((uint64_t)flen - run->host, total) : 0;
+    return qcow2_overlap_refuse(s, 0, run->host, total);
+}
+
+/* Zero [a, b) of a new run where it may hold old data. */
+static int
+run_zero_stale(struct qcow2_state *s, const struct write_run *run,
+               uint64_t a, uint64_t b)
+{
+    b = MIN(b, run->stale);
+    if (a >= b) {
+        return 0;
+    }
+    return block_pwrite_zeroes(s->file, run->host + a, b - a,
+                               BLOCK_REQ_MAY_UNMAP);
+}
+
+/* Data phase of a run (no s->lock): [in, in+n) of the run's clusters. */
+static int
+write_run_data(struct qcow2_state *s, const struct write_run *run,
+               uint64_t in, uint64_t n, const uint8_t *buf)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t total = run->nb * cs, end = in + n;
+    uint64_t tail_in = end - (run->nb - 1) * cs;
+    CLEANUP_FREE uint8_t *bounce = NULL;
+    int ret = 0;
+
+    block_debug_event(s->file, "write_aio");
+    if (!run->new_alloc || (in == 0 && end == total)) {
+        return block_pwrite(s->file, run->host + in, n, buf, 0);
+    }
+    if (run->cow_zero) {
+        block_debug_event(s->file, "cow_write");
+        ret = run_zero_stale(s, run, 0, in);
+        if (ret == 0) {
+            ret = run_zero_stale(s, run, end, total);
+        }
+        if (ret == 0) {
+            ret = block_pwrite(s->file, run->host + in, n, buf, 0);
+        }
+        if (ret == 0 && run->stale < total && end < total) {
+            ret = end_clusters(s, run->host, MAX(end, run->stale), total);
+        }
+        return ret;
+    }
+    /* COW data to copy: head and tail around the guest data, one write. */
+    bounce = xmalloc_page(total);
+    if (in > 0) {
+        block_debug_event(s->file, "cow_read");
+        ret = read_with_entry(s, run->gc, &run->head_old, 0, in, bounce);
+    }
+    if (ret == 0 && end < total) {
+        block_debug_event(s->file, "cow_read");
+        ret = read_with_entry(s, run->gc + run->nb - 1, &run->tail_old,
+                              tail_in, cs - tail_in, bounce + end);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    memcpy(bounce + in, buf, n);
+    block_debug_event(s->file, "cow_write");
+    return block_pwrite(s->file, run->host, total, bounce, 0);
+}
+
+/* Write [in, in+n) of a planned run: data, then link (s->lock). */
+static int
+write_run(struct qcow2_state *s, const struct write_run *run, uint64_t in,
+          uint64_t n, const uint8_t *buf)
+{
+    int ret = write_run_data(s, run, in, n, buf);
+
+    if (!run->new_alloc) {
+        return ret;
+    }
+    mutex_lock_may_block(&s->lock);
+    if (ret < 0) {
+        /* As write_cluster(): see failed_end; nothing points there yet. */
+        s->failed_end = MAX(s->failed_end,
+                            run->host + run->nb * s->cluster_size);
+        qcow2_update_refcount(s, run->host, run->nb, -1, QCOW2_DISCARD_OTHER);
+    }
+    for (uint64_t i = 0; i < run->nb && ret == 0; i++) {
+        struct qcow2_l2e e = {
+            .entry = (run->host + (i << s->cluster_bits)) |
+                     QCOW2_OFLAG_COPIED,
+        };
+
+        ret = qcow2_set_l2e(s, run->gc + i, &e);
     }
     mutex_unlock(&s->lock);
     return ret;
@@ -888,8 +1098,19 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
         uint64_t gc = offset >> s->cluster_bits;
         uint64_t in = offset & (s->cluster_size - 1);
         uint64_t n = MIN(bytes, s->cluster_size - in);
+        struct write_run run = { 0 };
 
-        ret = write_cluster(s, gc, in, n, p);
+        if (bytes > n) {
+            mutex_lock_may_block(&s->lock);
+            ret = s->corrupt ? -EIO : plan_run(s, gc, in, bytes, &run);
+            mutex_unlock(&s->lock);
+        }
+        if (ret == 0 && run.nb >= 2) {
+            n = MIN(bytes, run.nb * s->cluster_size - in);
+            ret = write_run(s, &run, in, n, p);
+        } else if (ret == 0) {
+            ret = write_cluster(s, gc, in, n, p);
+        }
         offset += n;
         bytes -= n;
         p += n;
@@ -1047,8 +1268,8 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         if (qcow2_l2_entry_type(old.entry, old.bitmap, s->extended_l2,
                                 (int)s->h.version, s->cluster_bits,
                                 &type) < 0) {
-            qcow2_signal_corruption(s, "invalid L2 entry for guest cluster "
-                                    "%llu", (unsigned long long)gc);
+            qcow2_signal_corruption(s, -1, -1, "invalid L2 entry for guest "
+                                    "cluster %llu", (unsigned long long)gc);
             return -EIO;
         }
         if (!discard && !start_ok) {
@@ -1351,9 +1572,9 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     }
     st_be64(rt, nb * cs);
     block_debug_event(s->file, "refblock_alloc");
-    ret = block_pwrite(s->file, nb * cs, cs, rb, 0);
+    ret = qcow2_meta_pwrite(s, 0, nb * cs, cs, rb);
     if (ret == 0) {
-        ret = block_pwrite(s->file, nt * cs, cs, rt, 0);
+        ret = qcow2_meta_pwrite(s, 0, nt * cs, cs, rt);
     }
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1361,8 +1582,8 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     st_be64(hdr, nt * cs);
     st_be32(hdr + 8, 1);
     if (ret == 0) {
-        ret = block_pwrite(s->file, QCOW2_HDR_OFF_REFTABLE, sizeof(hdr), hdr,
-                           0);
+        ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, QCOW2_HDR_OFF_REFTABLE,
+                                sizeof(hdr), hdr);
     }
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1443,7 +1664,8 @@ free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
     int ret = 0;
 
     if (!l2_tables_sane(s, old_l1)) {
-        qcow2_signal_corruption(s, "L2 tables shared or outside the file");
+        qcow2_signal_corruption(s, -1, -1, "L2 tables shared or outside "
+                                "the file");
         err_setf(errp, "qcow2 image is corrupt: L2 tables shared or "
                  "outside the file");
         return -EIO;
@@ -1509,7 +1731,8 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     zero = xzalloc(MAX(l1_bytes, 1));
     /* Rule 3: every pointer into the data goes away first, durably. */
     block_debug_event(s->file, "l1_update");
-    ret = l1_bytes ? block_pwrite(s->file, s->l1_offset, l1_bytes, zero, 0)
+    ret = l1_bytes ? qcow2_meta_pwrite(s, QCOW2_META_L1, s->l1_offset,
+                                       l1_bytes, zero)
                    : 0;
     if (ret == 0) {
         ret = block_flush(s->file);
@@ -1590,7 +1813,7 @@ write_size_locked(struct qcow2_state *s, uint64_t length)
     int ret;
 
     st_be64(be, length);
-    ret = block_pwrite(s->file, QCOW2_HDR_OFF_SIZE, 8, be, 0);
+    ret = qcow2_meta_pwrite(s, QCOW2_META_HEADER, QCOW2_HDR_OFF_SIZE, 8, be);
     if (ret == 0) {
         ret = block_flush(s->file);
     }
@@ -1646,7 +1869,8 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
     int ret = write_size_locked(s, length);
 
     if (ret == 0 && !l2_tables_sane(s, s->l1)) {
-        qcow2_signal_corruption(s, "L2 tables shared or outside the file");
+        qcow2_signal_corruption(s, -1, -1, "L2 tables shared or outside "
+                                "the file");
         return -EIO;
     }
     for (uint64_t gc = first; ret == 0 && gc < end; gc++) {
@@ -1831,6 +2055,8 @@ load_l1(struct qcow2_state *s, struct err **errp)
 static int
 refuse_options(json_t *options, struct err **errp)
 {
+    json_t *oc;
+
     if (block_opt_bool(options, "lazy-refcounts", false)) {
         err_setf(errp, "qcow2: lazy-refcounts=on is not supported");
         return -ENOTSUP;
@@ -1841,6 +2067,15 @@ refuse_options(json_t *options, struct err **errp)
     }
     if (json_object_get(options, "encrypt")) {
         err_setf(errp, "qcow2: encryption is not supported");
+        return -ENOTSUP;
+    }
+    /* The check covers every structure an image we open can have. */
+    oc = json_object_get(options, "overlap-check");
+    if (oc && !(json_is_string(oc) &&
+                (!strcmp(json_string_value(oc), "cached") ||
+                 !strcmp(json_string_value(oc), "all")))) {
+        err_setf(errp, "qcow2: overlap-check must be 'cached' or 'all' (the "
+                 "check of every metadata structure is always on)");
         return -ENOTSUP;
     }
     return 0;
@@ -1870,7 +2105,7 @@ setup_caches(struct qcow2_state *s, json_t *options)
     rbn = rb >= 0 ? (uint64_t)rb / cs : MIN_RB_ENTRIES;
     l2n = MIN(MAX(l2n, MIN_L2_ENTRIES), 65536);
     rbn = MIN(MAX(rbn, MIN_RB_ENTRIES), 65536);
-    qcow2_cache_init(&s->l2_cache, "L2", l2n, cs, qcow2_refcounts_stable);
+    qcow2_cache_init(&s->l2_cache, "L2", l2n, cs, qcow2_l2_before_write);
     qcow2_cache_init(&s->rb_cache, "refblock", rbn, cs, NULL);
 }
 

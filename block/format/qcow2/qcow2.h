@@ -3,8 +3,8 @@
  * qcow2 on-disk format: constants, the decoded header, header validation,
  * entry decoding helpers and image creation.  This is the stable interface
  * that lockstep-img (create/info/check) and the qcow2 driver share; it is
- * written from the qcow2 specification (docs/qcow2.md,
- * shared/reference/formats.md part B), not from QEMU's code.
+ * written from the qcow2 specification (docs/qcow2.md), not from QEMU's
+ * code.
  *
  * Everything here is pure (no I/O) except qcow2_create(), which runs on the
  * main thread and writes a fresh image through a block node.
@@ -30,6 +30,8 @@
 #define QCOW2_MAX_BACKING_NAME 1023
 #define QCOW2_MAX_REFTABLE_BYTES (8ULL * 1024 * 1024)   /* QEMU's limit */
 #define QCOW2_MAX_L1_BYTES (32ULL * 1024 * 1024)        /* QEMU's limit */
+#define QCOW2_MAX_BITMAPS 65535                         /* QEMU's limit */
+#define QCOW2_MAX_BITMAP_DIR_BYTES (1024ULL * 65535)    /* QEMU's limit */
 /* Host offsets of metadata must stay below 2^56 (L1/L2/reftable masks). */
 #define QCOW2_MAX_HOST_OFFSET (1ULL << 56)
 
@@ -135,6 +137,7 @@ struct qcow2_header {
     char backing_fmt[16];
     bool has_bitmaps_ext;
     bool has_data_file_ext;
+    char data_file[QCOW2_MAX_BACKING_NAME + 1];   /* its name, if so */
     bool has_crypto_ext;
     /* End of the extension area (offset of the end marker + 8, or where
      * the list stopped): the backing name is expected after it. */
@@ -146,8 +149,10 @@ struct qcow2_header {
  * best the whole first cluster; len >= 72).  Checks the structure only:
  * magic, version 2/3, cluster_bits 9..21, header_length, refcount_order
  * 0..6, alignment of every table offset, l1_size against the virtual size,
- * table size limits, the extension list and the backing file name, and
- * refuses unknown incompatible feature bits naming them.  Images with
+ * table size limits, the extension list (lengths, the fields of the
+ * bitmaps and crypto extensions, the external data file bits) and the
+ * backing file name, and refuses unknown incompatible feature bits naming
+ * them: everything QEMU's open refuses in the header.  Images with
  * features we do not implement (encryption, snapshots, ...) still decode,
  * so that "info" and "check" can describe them.  Returns 0 or -errno with
  * *errp set.  Pure; any thread.

@@ -5,14 +5,17 @@
  * calls (loop_call) that any thread may post and the main thread runs,
  * woken by an eventfd.
  *
- * Threads: loop_init() and loop_run() run on the main thread, which is the
- * only thread that owns control state (the graph, the monitors).  Every
- * function here except loop_call() and loop_quit() is main thread only;
- * callbacks all run on the main thread.
+ * Threads: the main thread is the process's initial thread, the one that
+ * runs main().  It alone owns control state (the graph, jobs, exports,
+ * the monitors) and runs the loop: loop_init() and loop_run() are called
+ * there.  Every function here except loop_call(), loop_quit() and
+ * loop_is_main_thread() is main thread only; callbacks all run on the
+ * main thread.
  */
-#ifndef LOCKSTEP_QMP_LOOP_H
-#define LOCKSTEP_QMP_LOOP_H
+#ifndef LOCKSTEP_RUNTIME_LOOP_H
+#define LOCKSTEP_RUNTIME_LOOP_H
 
+#include <assert.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -33,8 +36,18 @@ typedef void loop_signal_fn(int signo, void *opaque);
 int loop_init(void);
 /* Free what loop_init() allocated (after loop_run() returned). */
 void loop_fini(void);
-/* True on the thread that called loop_init(). */
+/*
+ * True on the main thread, in every program (the daemon, the tools, the
+ * tests), whether it runs the loop or not.  A process forks only before
+ * it starts threads (--daemonize), so the answer is cached per thread.
+ */
 bool loop_is_main_thread(void);
+/*
+ * The first line of a function that only the main thread may run (QEMU's
+ * GLOBAL_STATE_CODE()): graph changes, opening and closing nodes,
+ * drained sections, job state changes, exports, QMP handlers.
+ */
+#define assert_main_thread() assert(loop_is_main_thread())
 
 /* Watch fd for events (POLLIN, POLLOUT).  The watch may be removed or its
  * events changed from any callback, including its own. */
@@ -55,6 +68,14 @@ void loop_timer_del(struct loop_timer *t);
  * in the sense that calls wait in the queue until the loop runs.
  */
 void loop_call(loop_call_fn *fn, void *opaque);
+/*
+ * Run the queued call fn(opaque) now, out of turn, if it is still queued;
+ * true when it ran.  For a main-thread wait that needs that one call (a
+ * job's completion) but must not run the rest of the queue, which may
+ * hold work that is unsafe to nest inside a command (another client's
+ * commands).  Main thread.
+ */
+bool loop_call_run_now(loop_call_fn *fn, void *opaque);
 
 /* Deliver signo to fn on the main thread (through a signalfd). */
 int loop_add_signal(int signo, loop_signal_fn *fn, void *opaque);

@@ -8,9 +8,12 @@
  * iterations.  Each iteration rebuilds the pollfd array from the live
  * watches, which is cheap at the few dozen fds a daemon has.  Timers are a
  * list sorted by deadline.  Cross-thread calls go on a mutex-protected
- * FIFO and an eventfd write wakes poll(); the main thread swaps the whole
- * queue out under the lock and runs it unlocked, so a call may post more
- * calls.  Signals are blocked in every thread and read from a signalfd.
+ * FIFO and an eventfd write wakes poll(); the main thread pops and runs
+ * them one at a time with the lock dropped, so a call may post more calls
+ * (they run in the next round: a round ends at the last call queued when
+ * it began), and a queued call stays findable by loop_call_run_now()
+ * until its turn.  Signals are blocked in every thread and read from a
+ * signalfd.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -22,7 +25,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#include "qmp/loop.h"
+#include "runtime/loop.h"
 #include "util.h"
 
 struct loop_watch {
@@ -44,6 +47,7 @@ struct loop_timer {
 struct loop_msg {
     loop_call_fn *fn;
     void *opaque;
+    uint64_t seq;
     STAILQ_ENTRY(loop_msg) link;
 };
 STAILQ_HEAD(loop_msg_list, loop_msg);
@@ -57,7 +61,6 @@ struct loop_sig {
 /* Main thread only, except where noted. */
 static TAILQ_HEAD(, loop_watch) g_watches = TAILQ_HEAD_INITIALIZER(g_watches);
 static TAILQ_HEAD(, loop_timer) g_timers = TAILQ_HEAD_INITIALIZER(g_timers);
-static pthread_t g_main_thread;
 static bool g_initialized;
 static int g_event_fd = -1;
 static int g_signal_fd = -1;
@@ -70,6 +73,7 @@ static sigset_t g_sigmask;
 /* The call queue.  Protected by: g_msg_lock. */
 static pthread_mutex_t g_msg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct loop_msg_list g_msgs = STAILQ_HEAD_INITIALIZER(g_msgs);
+static uint64_t g_msg_seq;
 
 /* Set by loop_quit() from any thread. */
 static int g_quit;
@@ -86,17 +90,33 @@ wake(void)
     }
 }
 
-static void
-run_calls(void)
+/* Pop the first queued call if it was posted by sequence number last. */
+static struct loop_msg *
+pop_call(uint64_t last)
 {
-    struct loop_msg_list list = STAILQ_HEAD_INITIALIZER(list);
     struct loop_msg *m;
 
     mutex_lock(&g_msg_lock);
-    STAILQ_CONCAT(&list, &g_msgs);
+    m = STAILQ_FIRST(&g_msgs);
+    if (m && m->seq <= last) {
+        STAILQ_REMOVE_HEAD(&g_msgs, link);
+    } else {
+        m = NULL;
+    }
     mutex_unlock(&g_msg_lock);
-    while ((m = STAILQ_FIRST(&list))) {
-        STAILQ_REMOVE_HEAD(&list, link);
+    return m;
+}
+
+static void
+run_calls(void)
+{
+    struct loop_msg *m;
+    uint64_t last;
+
+    mutex_lock(&g_msg_lock);
+    last = g_msg_seq;
+    mutex_unlock(&g_msg_lock);
+    while ((m = pop_call(last))) {
         m->fn(m->opaque);
         free(m);
     }
@@ -129,10 +149,10 @@ signal_cb(int fd, short revents UNUSED, void *opaque UNUSED)
 int
 loop_init(void)
 {
+    assert_main_thread();
     if (g_initialized) {
         return 0;
     }
-    g_main_thread = pthread_self();
     g_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (g_event_fd < 0) {
         return -errno;
@@ -149,6 +169,7 @@ loop_fini(void)
     struct loop_watch *w;
     struct loop_timer *t;
 
+    assert_main_thread();
     if (!g_initialized) {
         return;
     }
@@ -175,7 +196,13 @@ loop_fini(void)
 bool
 loop_is_main_thread(void)
 {
-    return g_initialized && pthread_equal(pthread_self(), g_main_thread);
+    /* 0: not known yet; 1: main; 2: another thread. */
+    static __thread int is_main;
+
+    if (!is_main) {
+        is_main = gettid() == getpid() ? 1 : 2;
+    }
+    return is_main == 1;
 }
 
 struct loop_watch *
@@ -183,7 +210,7 @@ loop_add_fd(int fd, short events, loop_fd_fn *fn, void *opaque)
 {
     struct loop_watch *w = xzalloc(sizeof(*w));
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     w->fd = fd;
     w->events = events;
     w->fn = fn;
@@ -195,12 +222,14 @@ loop_add_fd(int fd, short events, loop_fd_fn *fn, void *opaque)
 void
 loop_watch_set_events(struct loop_watch *w, short events)
 {
+    assert_main_thread();
     w->events = events;
 }
 
 void
 loop_remove_fd(struct loop_watch *w)
 {
+    assert_main_thread();
     if (w) {
         w->dead = true;
     }
@@ -212,7 +241,7 @@ loop_timer_add(int64_t delay_ns, loop_call_fn *fn, void *opaque)
     struct loop_timer *t = xzalloc(sizeof(*t));
     struct loop_timer *it;
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     t->deadline = clock_ns() + delay_ns;
     t->fn = fn;
     t->opaque = opaque;
@@ -229,6 +258,7 @@ loop_timer_add(int64_t delay_ns, loop_call_fn *fn, void *opaque)
 void
 loop_timer_del(struct loop_timer *t)
 {
+    assert_main_thread();
     if (t) {
         TAILQ_REMOVE(&g_timers, t, link);
         free(t);
@@ -243,9 +273,32 @@ loop_call(loop_call_fn *fn, void *opaque)
     m->fn = fn;
     m->opaque = opaque;
     mutex_lock(&g_msg_lock);
+    m->seq = ++g_msg_seq;
     STAILQ_INSERT_TAIL(&g_msgs, m, link);
     mutex_unlock(&g_msg_lock);
     wake();
+}
+
+bool
+loop_call_run_now(loop_call_fn *fn, void *opaque)
+{
+    struct loop_msg *m;
+
+    assert_main_thread();
+    mutex_lock(&g_msg_lock);
+    STAILQ_FOREACH(m, &g_msgs, link) {
+        if (m->fn == fn && m->opaque == opaque) {
+            STAILQ_REMOVE(&g_msgs, m, loop_msg, link);
+            break;
+        }
+    }
+    mutex_unlock(&g_msg_lock);
+    if (!m) {
+        return false;
+    }
+    m->fn(m->opaque);
+    free(m);
+    return true;
 }
 
 int
@@ -253,7 +306,7 @@ loop_add_signal(int signo, loop_signal_fn *fn, void *opaque)
 {
     int fd;
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     if (g_nsigs == ARRAY_SIZE(g_sigs)) {
         return -ENOSPC;
     }
@@ -314,7 +367,7 @@ loop_iterate(int timeout_ms)
     struct loop_timer *t;
     int ret;
 
-    assert(loop_is_main_thread());
+    assert_main_thread();
     reap_dead();
     TAILQ_FOREACH(w, &g_watches, link) {
         n++;

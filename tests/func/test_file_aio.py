@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: MIT
+"""The file driver's aio modes (QEMU's aio=threads|native|io_uring).
+
+strace tells which system calls carry the guest's I/O: io_uring_enter for
+aio=io_uring (the default with cache.direct=on), pread64/pwrite64/fdatasync
+for aio=threads.  LOCKSTEP_NO_IO_URING=1 makes the driver believe the
+kernel has no io_uring: it falls back to threads and says so once.
+aio=native is refused with a message.  The files sit on a disk-backed
+directory, opened with cache.direct=on.
+"""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import run
+from qmp_client import Daemon
+
+KiB = 1024
+MiB = 1024 * KiB
+
+pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"),
+                                reason="qemu-img not installed")
+
+
+def syscalls(argv, env=None):
+    """Run argv under strace -f; (result, {syscall: count})."""
+    if not shutil.which("strace"):
+        pytest.skip("strace not installed")
+    # LeakSanitizer cannot run under ptrace (the sanitizer pass).
+    env = dict(env if env is not None else os.environ)
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    out = argv[0] + ".strace"
+    r = subprocess.run(["strace", "-f", "-qq", "-o", out, "-e",
+                        "trace=io_uring_enter,pread64,pwrite64,fdatasync"]
+                       + argv, capture_output=True, text=True, env=env,
+                       timeout=120)
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            m = re.search(r"\b(io_uring_enter|pread64|pwrite64|fdatasync)\(",
+                          line)
+            if m:
+                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    os.unlink(out)
+    return r, counts
+
+
+def io_argv(lockstep_io, opts):
+    return [lockstep_io, "--image-opts", "-c", "write -P 0x5a 1000 300k",
+            "-c", "flush", "-c", "read -P 0x5a 1000 300k",
+            "-c", "read -P 0 400k 4k", opts]
+
+
+def qcow2(disk_dir):
+    img = os.path.join(disk_dir, "a.qcow2")
+    r = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+             "cluster_size=4096", img, "16M"])
+    assert r.returncode == 0, r.stderr
+    return img
+
+
+def io_uring_here(lockstep_io, disk_dir):
+    img = os.path.join(disk_dir, "probe.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    r = run([lockstep_io, "--image-opts", "-c", "read 0 4k",
+             "driver=file,filename=%s,cache.direct=on,aio=io_uring" % img])
+    assert r.returncode == 0, r.stderr
+    return "not available" not in r.stderr
+
+
+def check_image(img):
+    r = run(["qemu-img", "check", "-q", img])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 1000 300k", img])
+    assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("aio", ["io_uring", None])
+def test_io_uring_carries_the_io(lockstep_io, disk_dir, aio):
+    """aio=io_uring, and no aio at all with cache.direct=on: reads, writes
+    and flushes go through io_uring_enter, none through pwrite64 or
+    fdatasync."""
+    if not io_uring_here(lockstep_io, disk_dir):
+        pytest.skip("no io_uring on this kernel")
+    img = qcow2(disk_dir)
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=on" % img)
+    if aio:
+        opts += ",file.aio=" + aio
+    r, calls = syscalls(io_argv(lockstep_io, opts))
+    assert r.returncode == 0, r.stderr
+    assert calls.get("io_uring_enter", 0) >= 3, calls
+    assert not calls.get("pwrite64") and not calls.get("fdatasync"), calls
+    check_image(img)
+
+
+def test_threads_uses_system_calls(lockstep_io, disk_dir):
+    img = qcow2(disk_dir)
+    r, calls = syscalls(io_argv(
+        lockstep_io, "driver=qcow2,file.driver=file,file.filename=%s,"
+        "file.cache.direct=on,file.aio=threads" % img))
+    assert r.returncode == 0, r.stderr
+    assert not calls.get("io_uring_enter"), calls
+    assert calls.get("pwrite64", 0) >= 1 and calls.get("fdatasync", 0) >= 1
+    check_image(img)
+
+
+def test_fallback_without_io_uring(lockstep_io, disk_dir):
+    """No io_uring: aio=io_uring works through the system calls and says
+    so once, however many nodes ask (here qcow2 and its backing file)."""
+    base = os.path.join(disk_dir, "base.raw")
+    with open(base, "wb") as f:
+        f.truncate(16 * MiB)
+    img = qcow2(disk_dir)
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=on,file.aio=io_uring,backing.driver=raw,"
+            "backing.file.driver=file,backing.file.filename=%s,"
+            "backing.file.aio=io_uring" % (img, base))
+    env = dict(os.environ, LOCKSTEP_NO_IO_URING="1")
+    r, calls = syscalls(io_argv(lockstep_io, opts), env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("io_uring is not available") == 1, r.stderr
+    assert not calls.get("io_uring_enter"), calls
+    assert calls.get("pwrite64", 0) >= 1, calls
+    check_image(img)
+
+
+def test_native_refused(lockstep_io, disk_dir):
+    img = qcow2(disk_dir)
+    r = run([lockstep_io, "--image-opts", "-c", "read 0 4k",
+             "driver=qcow2,file.driver=file,file.filename=%s,"
+             "file.cache.direct=on,file.aio=native" % img])
+    assert r.returncode != 0
+    assert "aio=native (Linux AIO) is not supported" in r.stderr
+    r = run([lockstep_io, "--image-opts", "-c", "read 0 4k",
+             "driver=file,filename=%s,aio=posix" % img])
+    assert r.returncode != 0 and "aio" in r.stderr
+
+
+def test_daemon_io_uring_over_nbd(lockstepd, disk_dir, tmp_path):
+    """lockstepd serves a qcow2 image on a file node with aio=io_uring and
+    cache.direct=on; qemu-io writes and reads it through NBD from
+    several threads' worth of requests."""
+    img = qcow2(disk_dir)
+    sock = str(tmp_path / "nbd.sock")
+    d = Daemon(lockstepd, str(tmp_path), [
+        "--blockdev", "driver=file,node-name=f,filename=%s,"
+        "cache.direct=on,aio=io_uring" % img,
+        "--blockdev", "driver=qcow2,node-name=disk,file=f",
+        "--nbd-server", "addr.type=unix,addr.path=%s" % sock,
+        "--export", "type=nbd,id=e,node-name=disk,name=disk,writable=on"])
+    try:
+        uri = "nbd+unix:///disk?socket=%s" % sock
+        cmds = []
+        for i in range(16):
+            cmds += ["-c", "aio_write -P %d %d 200k" % (i + 1, i * 256 * KiB)]
+        cmds += ["-c", "aio_flush"]
+        r = run(["qemu-io", "-f", "raw"] + cmds + [uri])
+        assert r.returncode == 0 and "error" not in r.stdout.lower(), \
+            r.stdout + r.stderr
+        for i in range(16):
+            r = run(["qemu-io", "-f", "raw", "-c", "read -P %d %d 200k"
+                     % (i + 1, i * 256 * KiB), uri])
+            assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout
+    finally:
+        assert d.stop() == 0, d.stderr
+    r = run(["qemu-img", "check", "-q", img])
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: MIT
+"""The layering rules of docs/architecture.md, checked on the sources:
+no weak symbols anywhere; nothing below the QMP monitor includes a qmp/
+header; jobs, exports, the NBD server and the runtime see no JSON (their
+inputs are typed; qmp/ turns JSON into them)."""
+import os
+import re
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SOURCE_DIRS = ["block", "daemon", "export", "include", "job", "nbd", "qmp",
+               "runtime", "tests", "tools", "util"]
+BELOW_QMP = ["block", "export", "include", "job", "nbd", "runtime", "util"]
+NO_JSON = ["export", "job", "nbd", "runtime"]
+
+
+def sources(dirs, suffixes=(".c", ".h")):
+    for d in dirs:
+        for root, _, files in os.walk(os.path.join(TOP, d)):
+            for name in files:
+                if name.endswith(suffixes):
+                    path = os.path.join(root, name)
+                    with open(path, encoding="utf-8") as f:
+                        yield os.path.relpath(path, TOP), f.read()
+
+
+def offenders(dirs, pattern):
+    rx = re.compile(pattern, re.M)
+    return sorted(path for path, text in sources(dirs) if rx.search(text))
+
+
+def test_no_weak_symbols():
+    # A weak reference to a missing function is silently NULL: a call
+    # that should have failed to link is skipped instead.
+    assert offenders(SOURCE_DIRS,
+                     r"__attribute__\s*\(\(\s*(__)?weak|#\s*pragma\s+weak") \
+        == []
+
+
+def test_nothing_below_qmp_includes_qmp():
+    assert offenders(BELOW_QMP, r'^\s*#\s*include\s+"qmp/') == []
+
+
+def test_no_json_in_jobs_exports_runtime():
+    assert offenders(NO_JSON, r"<jansson\.h>|\bjson_[a-z_]+\s*\(") == []
+
+
+def test_the_checks_can_fail():
+    # The patterns match what they are meant to catch.
+    assert re.search(r"__attribute__\s*\(\(\s*(__)?weak",
+                     "void f(void) __attribute__((weak));")
+    assert re.search(r'^\s*#\s*include\s+"qmp/', '#include "qmp/qmp.h"',
+                     re.M)
+    assert re.search(r"<jansson\.h>|\bjson_[a-z_]+\s*\(",
+                     "json_t *v = json_object_get(o, k);")
+
+
+LOCK_DIRS = ["block", "daemon", "export", "include", "job", "nbd", "qmp",
+             "runtime", "tools", "util"]
+LOCK_DECL = re.compile(
+    r"^(?!\s*extern)[^\n]*\bpthread_(?:mutex|rwlock)_t\s+(\w+)\s*[;=]", re.M)
+LOCK_ROW = re.compile(r"^\| *[1-5] *\| *`(\w+)`[^|]*\| *([\w./-]+) *\|$",
+                      re.M)
+
+
+def locks_in_code():
+    found = []
+    for path, text in sources(LOCK_DIRS):
+        found += [(m.group(1), path) for m in LOCK_DECL.finditer(text)]
+    return sorted(found)
+
+
+def locks_in_doc():
+    with open(os.path.join(TOP, "docs", "architecture.md"),
+              encoding="utf-8") as f:
+        doc = f.read()
+    section = doc[doc.index("## Lock order"):]
+    section = section[:section.index("\n## ", 1)]
+    return sorted((m.group(1), m.group(2))
+                  for m in LOCK_ROW.finditer(section))
+
+
+def test_lock_order_lists_every_lock():
+    # docs/architecture.md's lock table and the code's declarations of
+    # mutexes and rwlocks: the same locks, file by file.
+    code, doc = locks_in_code(), locks_in_doc()
+    assert len(code) > 20
+    assert code == doc, {"in the code only": sorted(set(code) - set(doc)),
+                         "in the doc only": sorted(set(doc) - set(code))}
+
+
+def test_the_lock_check_can_fail():
+    assert LOCK_DECL.search("static pthread_mutex_t g_x_lock = X;")
+    assert LOCK_DECL.search("    pthread_mutex_t lock;   /* c */")
+    assert not LOCK_DECL.search("extern pthread_mutex_t g_nbdsrv_lock;")
+    assert not LOCK_DECL.search("void f(pthread_mutex_t *m);")
+    assert LOCK_ROW.search("| 5 | `rl_lock` (struct backup_job) | "
+                           "job/backup.c |")
+
+
+OUTSIDE_NOTES = r"shared/reference|/work/|reference notes"
+
+
+def test_cited_documents_are_in_the_repository():
+    # Comments and docs cite the repository's own documents (and QEMU's
+    # public ones), never notes that live outside it.
+    rx = re.compile(OUTSIDE_NOTES)
+    bad = sorted(path for path, text in
+                 sources(SOURCE_DIRS + ["bench", "scripts"],
+                         (".c", ".h", ".py", ".sh"))
+                 if rx.search(text) and path != "tests/func/test_layering.py")
+    docs = os.path.join(TOP, "docs")
+    for name in sorted(os.listdir(docs)):
+        if name.endswith(".md"):
+            with open(os.path.join(docs, name), encoding="utf-8") as f:
+                if re.search(OUTSIDE_NOTES, f.read()):
+                    bad.append("docs/" + name)
+    assert bad == []
+    assert re.search(OUTSIDE_NOTES, "notes: /work/shared/reference/x.md")
