@@ -539,23 +539,11 @@ file_close(struct block_node *node)
     free(s->filename);
 }
 
-/* The file's own length in bytes, before rounding. */
-static int64_t
-file_bytes(struct file_state *s)
-{
-    struct stat st;
-
-    if (fstat(s->fd, &st) < 0) {
-        return -errno;
-    }
-    return st.st_size;
-}
-
 static int64_t
 file_getlength(struct block_node *node)
 {
     struct file_state *s = node->opaque;
-    int64_t len;
+    struct stat st;
 
     if (s->is_block_device) {
         uint64_t size;
@@ -565,16 +553,10 @@ file_getlength(struct block_node *node)
         }
         return (int64_t)size;
     }
-    len = file_bytes(s);
-    if (len < 0) {
-        return len;
+    if (fstat(s->fd, &st) < 0) {
+        return -errno;
     }
-    /*
-     * Whole 512-byte sectors, as QEMU counts them: a file of 320 bytes
-     * is a 512-byte image whose end reads as zeroes (pread_full fills
-     * past the end of the file).
-     */
-    return (int64_t)align_up((uint64_t)len, BLOCK_SECTOR_SIZE);
+    return st.st_size;
 }
 
 static int64_t
@@ -688,7 +670,7 @@ file_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
                    unsigned flags)
 {
     struct file_state *s = node->opaque;
-    int64_t len = s->is_block_device ? -1 : file_bytes(s);
+    int64_t len = s->is_block_device ? -1 : file_getlength(node);
     int ret;
 
     file_may_block(s);
