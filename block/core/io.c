@@ -179,8 +179,6 @@ grow_size(struct block_node *node, uint64_t end)
 {
     uint64_t cur = __atomic_load_n(&node->size, __ATOMIC_RELAXED);
 
-    /* Lengths are whole sectors, as QEMU counts them (file.c). */
-    end = align_up(end, BLOCK_SECTOR_SIZE);
     while (end > cur &&
            !__atomic_compare_exchange_n(&node->size, &cur, end, false,
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -300,9 +298,36 @@ block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
 }
 
 /*
+ * QEMU's write-path events (blkdebug's "pwritev", "pwritev_rmw_head" ...,
+ * which its rules and breakpoints name), told to this node's driver only:
+ * each node on the path tells its own, as QEMU's bdrv_debug_event.
+ */
+static void
+node_event(struct block_node *node, const char *event)
+{
+    if (node->drv->debug_event) {
+        node->drv->debug_event(node, event);
+    }
+}
+
+/* An aligned data write, between QEMU's "pwritev" and "pwritev_done". */
+static int
+pwrite_events(struct block_node *node, uint64_t offset, uint64_t bytes,
+              const void *buf, unsigned flags)
+{
+    int ret;
+
+    node_event(node, "pwritev");
+    ret = drv_pwrite(node, offset, bytes, buf, flags);
+    node_event(node, "pwritev_done");
+    return ret;
+}
+
+/*
  * Write [offset, offset+bytes) as part of the aligned range [a_off, a_end):
  * read the partial first and last blocks, merge, write the whole range.
  * The caller holds a serialising tracked request over [a_off, a_end).
+ * When both ends fall in one block, one read serves as head and tail.
  */
 static int
 pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
@@ -312,6 +337,7 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
     uint64_t end = offset + bytes;
     uint64_t head_end = MIN(a_off + align, a_end);
     uint64_t tail_start = MAX(align_down(end, align), a_off);
+    bool merged = a_off < offset && end < a_end && tail_start == a_off;
     char *bounce = bounce_alloc(node, a_end - a_off);
     int ret = 0;
 
@@ -319,11 +345,25 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
         return -ENOMEM;
     }
     if (a_off < offset) {
+        node_event(node, "pwritev_rmw_head");
+        if (merged) {
+            node_event(node, "pwritev_rmw_tail");
+        }
         ret = drv_pread(node, a_off, head_end - a_off, bounce, 0);
+        if (ret == 0) {
+            node_event(node, "pwritev_rmw_after_head");
+        }
+        if (ret == 0 && merged) {
+            node_event(node, "pwritev_rmw_after_tail");
+        }
     }
-    if (ret == 0 && end < a_end && !(a_off < offset && tail_start == a_off)) {
+    if (ret == 0 && end < a_end && !merged) {
+        node_event(node, "pwritev_rmw_tail");
         ret = drv_pread(node, tail_start, a_end - tail_start,
                         bounce + (tail_start - a_off), 0);
+        if (ret == 0) {
+            node_event(node, "pwritev_rmw_after_tail");
+        }
     }
     if (ret == 0) {
         if (buf) {
@@ -331,7 +371,7 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
         } else {
             memset(bounce + (offset - a_off), 0, bytes);
         }
-        ret = drv_pwrite(node, a_off, a_end - a_off, bounce, flags);
+        ret = pwrite_events(node, a_off, a_end - a_off, bounce, flags);
     }
     free(bounce);
     return ret;
@@ -412,14 +452,14 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));
     if (aligned && buf_aligned(node, buf)) {
-        ret = drv_pwrite(node, offset, bytes, buf, flags);
+        ret = pwrite_events(node, offset, bytes, buf, flags);
     } else if (aligned) {
         void *bounce = bounce_alloc(node, bytes);
 
         ret = -ENOMEM;
         if (bounce) {
             memcpy(bounce, buf, bytes);
-            ret = drv_pwrite(node, offset, bytes, bounce, flags);
+            ret = pwrite_events(node, offset, bytes, bounce, flags);
             free(bounce);
         }
     } else {
@@ -560,7 +600,9 @@ block_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
                          flags & BLOCK_REQ_FUA, a_off, mid_start);
     }
     if (ret == 0 && mid_end > mid_start) {
+        node_event(node, "pwritev_zero");
         ret = zeroes_split(node, mid_start, mid_end - mid_start, flags);
+        node_event(node, "pwritev_done");
     }
     if (ret == 0 && end > mid_end && end < a_end) {
         uint64_t from = MAX(mid_end, offset);
@@ -893,7 +935,7 @@ block_truncate(struct block_node *node, uint64_t length, struct err **errp)
         int64_t len = node->drv->getlength ? node->drv->getlength(node)
                                            : (int64_t)length;
 
-        /* The driver's view: a file's length in whole sectors. */
+        /* The driver's view (raw counts whole sectors). */
         __atomic_add_fetch(&node->write_gen, 1, __ATOMIC_RELEASE);
         __atomic_store_n(&node->size, len >= 0 ? (uint64_t)len : length,
                          __ATOMIC_RELAXED);

@@ -53,6 +53,9 @@ raw_open(struct block_node *node, json_t *options, struct err **errp)
         return -EINVAL;
     }
     node->limits = file->limits;
+    /* Any byte range passes down: the file node below pads what it must
+     * (and tells blkdebug's rmw events there, as in QEMU). */
+    node->limits.request_alignment = 1;
     node->supported_write_flags = BLOCK_REQ_FUA;
     node->supported_zero_flags = BLOCK_REQ_FUA | BLOCK_REQ_MAY_UNMAP;
     return 0;
@@ -90,7 +93,13 @@ raw_getlength(struct block_node *node)
         return (int64_t)s->size;
     }
     len = block_getlength(node->file->node);
-    return len < 0 ? len : len - (int64_t)s->offset;
+    if (len < 0) {
+        return len;
+    }
+    /* Whole sectors, as QEMU counts a file's length: a 320-byte file is a
+     * 512-byte image whose end reads as zeroes. */
+    return (int64_t)align_up((uint64_t)len, BLOCK_SECTOR_SIZE) -
+           (int64_t)s->offset;
 }
 
 static int

@@ -247,7 +247,9 @@ struct block_driver {
                          struct err **errp);
 
     /* A named event happened below a format (blkdebug's rules fire on
-     * them: "l2_update", "refblock_alloc", ...).  Any thread. */
+     * them: "l2_update", "refblock_alloc", ...) or on the node's own write
+     * path in the core ("pwritev", "pwritev_rmw_head", "pwritev_done",
+     * ..., QEMU's names).  Any thread. */
     void (*debug_event)(struct block_node *node, const char *event);
 };
 

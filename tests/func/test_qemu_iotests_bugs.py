@@ -597,3 +597,83 @@ def test_info_json_name_and_image_opts(limg, tmp_dir):
                   "file.filename=" + img]):
         r = ok(run([limg, "info"] + argv))
         assert r.stdout == plain
+
+
+# ---- blkdebug breakpoints on the write path (iotest 077) --------------------
+
+# Requests stopped in their read-modify-write on a 4k-aligned blkdebug
+# node while others queue behind them; each request ends with its data.
+RMW_SCRIPT = """\
+open -o driver=raw,file.align=4k blkdebug::{img}
+break pwritev_rmw_after_tail A
+aio_write -P 10 0x5000 0x200
+wait_break A
+aio_write -P 11 0x5200 0x200
+aio_write -P 12 0x5400 0x200
+sleep 100
+resume A
+aio_flush
+break pwritev_rmw_after_head B
+aio_write -P 13 0x7e00 0x200
+wait_break B
+aio_write -P 14 0x7800 0x600
+resume B
+aio_flush
+break pwritev A
+aio_write -P 15 0x10000 0x800
+wait_break A
+break pwritev_done C
+resume A
+wait_break C
+resume C
+aio_flush
+break pwritev_zero Z
+aio_write -z 0x20000 0x2000
+wait_break Z
+resume Z
+aio_flush
+"""
+
+RMW_EXPECT = [(0, 0x5000), (10, 0x200), (11, 0x200), (12, 0x200),
+              (0, 0x7800 - 0x5600), (14, 0x600), (13, 0x200),
+              (0, 0x10000 - 0x8000), (15, 0x800), (0, 0x10000 - 0x800)]
+
+
+@pytest.mark.parametrize("tool", ["ours", "qemu"])
+def test_write_path_breakpoints(lio, qio, tmp_dir, tool):
+    """break on pwritev_rmw_after_tail/after_head, pwritev, pwritev_done
+    and pwritev_zero stops the request there: before, lockstep-io never
+    fired these events and wait_break waited forever."""
+    img = os.path.join(tmp_dir, "b.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    with open(img, "r+b") as f:
+        f.seek(0x20000)
+        f.write(b"\x55" * 0x2000)
+    r = run([lio if tool == "ours" else qio],
+            stdin=RMW_SCRIPT.format(img=img), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "failed" not in r.stdout and "wait_break" not in r.stdout, \
+        r.stdout
+    off, cmds = 0, []
+    for pattern, n in RMW_EXPECT:
+        cmds.append("read -P %d %d %d" % (pattern, off, n))
+        off += n
+    cmds.append("read -P 0 %d %d" % (0x20000, 0x2000))
+    r = io(lio, img, *cmds, fmt="raw")
+    assert "Pattern verification failed" not in r.stdout, r.stdout
+
+
+def test_wait_break_with_nothing_in_flight_ends(lio, tmp_dir):
+    """wait_break with no request that could reach the breakpoint reports
+    it and goes on (it used to wait forever)."""
+    img = os.path.join(tmp_dir, "w.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    r = run([lio], stdin="open -o driver=raw blkdebug::%s\n"
+            "break pwritev A\nwait_break A\nread -P 0 0 512\n" % img,
+            timeout=30)
+    assert "wait_break: no request in flight to stop at A" in r.stdout
+    assert "read 512/512 bytes at offset 0" in r.stdout
+    assert r.returncode == 1
+

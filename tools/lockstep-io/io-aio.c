@@ -203,3 +203,14 @@ io_aio_settle(void)
     mutex_unlock(&lock);
     io_aio_reap();
 }
+
+unsigned
+io_aio_in_flight(void)
+{
+    unsigned n;
+
+    mutex_lock(&lock);
+    n = in_flight;
+    mutex_unlock(&lock);
+    return n;
+}

@@ -965,12 +965,21 @@ cmd_resume(struct io_ctx *ctx, int argc UNUSED, char **argv)
     return 0;
 }
 
+/*
+ * Only a request in flight can reach a breakpoint: with none left, the
+ * wait ends with an error (qemu-io would wait forever).
+ */
 static int
 cmd_wait_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
     while (!blkdebug_is_suspended(ctx->node, argv[1])) {
-        sleep_ns(1000000);
         io_aio_reap();
+        if (io_aio_in_flight() == 0) {
+            printf("wait_break: no request in flight to stop at %s\n",
+                   argv[1]);
+            return -ENOENT;
+        }
+        sleep_ns(1000000);
     }
     return 0;
 }

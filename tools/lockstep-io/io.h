@@ -95,5 +95,7 @@ void io_aio_settle(void);
 void io_aio_reap(void);
 /* Wait for every request in flight, printing their completions. */
 void io_aio_drain(void);
+/* Requests submitted and not yet printed. */
+unsigned io_aio_in_flight(void);
 
 #endif
