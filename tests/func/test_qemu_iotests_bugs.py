@@ -677,3 +677,25 @@ def test_wait_break_with_nothing_in_flight_ends(lio, tmp_dir):
     assert "read 512/512 bytes at offset 0" in r.stdout
     assert r.returncode == 1
 
+
+def test_backing_options_merge_with_header(limg, lio, tmp_dir):
+    """backing.driver=... alone overrides the header's backing format and
+    keeps its file name (iotest 114), as QEMU merges them; it used to ask
+    for backing.file."""
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(lio, base, "write -P 0x11 0 64k")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top]))
+    opts = "driver=qcow2,file.driver=file,file.filename=%s" % top
+    r = ok(run([lio, "--image-opts", "-c", "read -P 0x11 0 64k",
+                opts + ",backing.driver=qcow2"]))
+    assert "Pattern verification failed" not in r.stdout
+    # raw over the qcow2 base: its header bytes show through.
+    r = ok(run([lio, "--image-opts", "-c", "read -P 0x51 0 1",
+                opts + ",backing.driver=raw"]))
+    assert "Pattern verification failed" not in r.stdout
+    r = ok(run([lio, "-c", "open -o backing.driver=qcow2 %s" % top,
+                "-c", "read -P 0x11 0 64k"]))
+    assert "Pattern verification failed" not in r.stdout

@@ -2126,14 +2126,18 @@ file_is_qcow2(const char *path)
 
 #define BACKING_PREFIX "Could not open backing file: "
 
-/* "backing" absent: open what the header names, read-only. */
+/*
+ * "backing" absent, or options without a "file": open what the header
+ * names, read-only; the options given (backing.driver=...) win over the
+ * header's, as QEMU merges them.
+ */
 static int
 open_backing_from_header(struct block_node *node, struct qcow2_state *s,
-                         struct err **errp)
+                         json_t *given, struct err **errp)
 {
     CLEANUP_FREE char *path = NULL;
     const char *fmt;
-    json_t *opts;
+    json_t *b, *opts;
     struct block_child *c;
 
     if (!s->h.has_backing_file) {
@@ -2141,8 +2145,11 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
     }
     path = qcow2_resolve_backing(qcow2_node_filename(s->file),
                                  s->h.backing_file);
-    fmt = s->h.has_backing_fmt ? s->h.backing_fmt
-                               : (file_is_qcow2(path) ? "qcow2" : "raw");
+    fmt = json_string_value(json_object_get(given, "driver"));
+    if (!fmt) {
+        fmt = s->h.has_backing_fmt ? s->h.backing_fmt
+                                   : (file_is_qcow2(path) ? "qcow2" : "raw");
+    }
     if (!block_driver_find(fmt)) {
         err_setf(errp, "Could not open backing file: Unknown driver '%s'",
                  fmt);
@@ -2152,8 +2159,11 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
         err_prepend(errp, "%s", BACKING_PREFIX);
         return -ELOOP;
     }
-    opts = json_pack("{s:{s:s, s:{s:s, s:s}}}", "backing", "driver", fmt,
-                     "file", "driver", "file", "filename", path);
+    b = given ? json_deep_copy(given) : json_object();
+    json_object_set_new(b, "driver", json_string(fmt));
+    json_object_set_new(b, "file", json_pack("{s:s, s:s}", "driver", "file",
+                                             "filename", path));
+    opts = json_pack("{s:o}", "backing", b);
     c = block_node_open_child(node, opts, "backing", errp);
     json_decref(opts);
     if (!c) {
@@ -2175,11 +2185,15 @@ open_backing(struct block_node *node, struct qcow2_state *s, json_t *options,
     json_t *b = json_object_get(options, "backing");
 
     if (!b) {
-        return open_backing_from_header(node, s, errp);
+        return open_backing_from_header(node, s, NULL, errp);
     }
     /* null (or "" from keyval, as QEMU allows): no backing file. */
     if (json_is_null(b) || (json_is_string(b) && !*json_string_value(b))) {
         return 0;
+    }
+    if (json_is_object(b) && !json_object_get(b, "file") &&
+        !json_object_get(b, "filename") && s->h.has_backing_file) {
+        return open_backing_from_header(node, s, b, errp);
     }
     return block_node_open_child(node, options, "backing", errp) ? 0
                                                                  : -EINVAL;
