@@ -202,7 +202,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     }
     if (a->out.backing && !a->out.backing_fmt) {
         img_error("Use of backing file requires explicit backing format");
-        return -1;
+        return -2;      /* no usage hint, as qemu-img */
     }
     if (a->compress && strcmp(a->out.fmt, "qcow2")) {
         img_error("Compression not supported for this file format");
