@@ -8,7 +8,9 @@ the repository, picks the bash tests that use only qemu-img and qemu-io,
 runs them with tests/qemu-iotests/check (-qcow2 and -raw, file protocol)
 once with QEMU's tools (the baseline, cached per QEMU version) and once with
 ours, and writes docs/iotests.md.  Nothing of QEMU's tests is copied into
-this repository.
+this repository.  Each test runs by its own check call (-j at a time),
+killed with everything it started after --timeout seconds: a hang counts
+as a failure and the run goes on.
 
 Our tools run under the names qemu-img and qemu-io (copies in a temporary
 folder): started by those names they print "qemu-img:"/"qemu-io:" in their
@@ -21,11 +23,13 @@ Runs (--runs, comma separated):
   io     QEMU's qemu-img with lockstep-io
 """
 import argparse
+import concurrent.futures
 import difflib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,8 +219,62 @@ def first_difference(ref, bad, limit=3):
     return " / ".join(lines)
 
 
-def run_check(iotests, work, run_name, fmt, tests, build, jobs):
-    """Run check for one format; {test: (status, detail)}."""
+def parse_result(tap, name, tdir, iotests, fmt):
+    """(status, detail) of one test from check's TAP output."""
+    base = os.path.join(tdir, os.path.basename(name))
+    for line in tap.splitlines():
+        m = re.fullmatch(r"(not ok|ok) \S+ (\S+)( # SKIP)?", line)
+        if not m or os.path.basename(name) != os.path.basename(m.group(2)):
+            continue
+        if m.group(3):
+            try:
+                with open(base + ".notrun") as f:
+                    return "not run", f.read().strip()
+            except OSError:
+                return "not run", ""
+        if m.group(1) == "ok":
+            return "pass", ""
+        return "fail", first_difference(reference(iotests, name, fmt),
+                                        base + ".out.bad")
+    return "fail", "no result from check"
+
+
+def last_line(path):
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:140] if lines else ""
+
+
+def run_one(iotests, env, test_dir, name, fmt, timeout):
+    """Run one test by check, in a folder of its own, killed (with all it
+    started) after timeout seconds; (status, detail)."""
+    tdir = os.path.join(test_dir, os.path.basename(name))
+    sdir = os.path.join(test_dir, "sock", os.path.basename(name))
+    os.makedirs(tdir)
+    os.makedirs(sdir)
+    p = subprocess.Popen(["./check", "-tap", "-" + fmt, name], cwd=iotests,
+                         env=dict(env, TEST_DIR=tdir, SOCK_DIR=sdir),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # check, the test's shell and the tools share its process group.
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        tail = last_line(os.path.join(tdir, os.path.basename(name) +
+                                      ".out.bad"))
+        return "fail", "timed out after %d s%s" % (
+            timeout, " (last output: %s)" % tail if tail else "")
+    return parse_result(out, name, tdir, iotests, fmt)
+
+
+def run_check(iotests, work, run_name, fmt, tests, build, jobs, timeout):
+    """Run the tests for one format, jobs at a time; {test: (status,
+    detail)} and the time it took."""
     bindir = os.path.join(work, "bin-" + run_name)
     if not os.path.isdir(bindir):
         tool_dir(work, run_name, build)
@@ -231,39 +289,13 @@ def run_check(iotests, work, run_name, fmt, tests, build, jobs):
         "QEMU_PROG": shutil.which("qemu-system-x86_64") or "/bin/false",
         "QEMU_NBD_PROG": shutil.which("qemu-nbd") or "/bin/false",
         "QSD_PROG": shutil.which("qemu-storage-daemon") or "/bin/false",
-        "TEST_DIR": test_dir,
-        "SOCK_DIR": os.path.join(work, "sock"),
     })
     log("%s, %s: %d tests" % (run_name, fmt, len(tests)))
     t0 = time.time()
-    out = subprocess.run(["./check", "-tap", "-j", str(jobs), "-" + fmt] +
-                         tests, cwd=iotests, env=env, capture_output=True,
-                         text=True)
-    results = {}
-    for line in out.stdout.splitlines():
-        m = re.fullmatch(r"(not ok|ok) \S+ (\S+)( # SKIP)?", line)
-        if not m:
-            continue
-        name = m.group(2)
-        if name not in tests:
-            name = "tests/" + name
-        tdir = os.path.join(test_dir, os.path.basename(name)) \
-            if jobs > 1 else test_dir
-        base = os.path.join(tdir, os.path.basename(name))
-        if m.group(3):
-            try:
-                with open(base + ".notrun") as f:
-                    detail = f.read().strip()
-            except OSError:
-                detail = ""
-            results[name] = ("not run", detail)
-        elif m.group(1) == "ok":
-            results[name] = ("pass", "")
-        else:
-            results[name] = ("fail", first_difference(
-                reference(iotests, name, fmt), base + ".out.bad"))
-    for name in tests:
-        results.setdefault(name, ("fail", "no result from check"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {t: pool.submit(run_one, iotests, env, test_dir, t, fmt,
+                                  timeout) for t in tests}
+        results = {t: f.result() for t, f in futures.items()}
     n = sum(1 for s, _ in results.values() if s == "pass")
     log("%s, %s: %d passed in %.0f s" % (run_name, fmt, n, time.time() - t0))
     return results, time.time() - t0
@@ -377,6 +409,23 @@ def write_report(path, which, tests, left_out, results, runs, times,
                         fmt, r, reason_for(known, t, fmt, st, detail)))
         row += " %s |" % "<br>".join(x.replace("|", "\\|") for x in reasons)
         out.append(row)
+    by_reason = {}
+    for t in tests:
+        for fmt in FORMATS:
+            for r in runs:
+                st, detail = results.get((r, fmt), {}).get(t, (None, ""))
+                if r == "qemu" or st != "fail":
+                    continue
+                why = known.get((t, fmt)) or known.get((t, "*"))
+                if not why:
+                    why = ("timed out" if detail.startswith("timed out")
+                           else "output differs (see the table)")
+                by_reason.setdefault(why, []).append("%s %s%s" % (
+                    t, fmt, "" if r == "ours" else " (%s)" % r))
+    if by_reason:
+        out.append("\n## Our failures by cause\n")
+        for why, ts in sorted(by_reason.items(), key=lambda x: -len(x[1])):
+            out.append("- %s: %s" % (why, ", ".join(ts)))
     if left_out:
         out.append("\n## Left out\n")
         out.append("Bash tests not in the set because they need more than "
@@ -402,6 +451,9 @@ def main():
     p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--rerun-baseline", action="store_true")
     p.add_argument("-j", "--jobs", type=int, default=2)
+    p.add_argument("--timeout", type=int, default=300,
+                   help="seconds a test may take (default 300): then it "
+                   "is killed and counts as failed")
     p.add_argument("--report", default=os.path.join(TOP, "docs",
                                                     "iotests.md"))
     p.add_argument("--no-report", action="store_true",
@@ -443,7 +495,7 @@ def main():
                         log("qemu, %s: cached baseline" % fmt)
                         continue
                 res, secs = run_check(iotests, work, r, fmt, tests,
-                                      args.build, args.jobs)
+                                      args.build, args.jobs, args.timeout)
                 results[(r, fmt)], times[(r, fmt)] = res, secs
                 if r == "qemu" and not args.tests:
                     with open(cached, "w") as f:
