@@ -443,6 +443,47 @@ file_opts(const char *filename, const char *fmt, bool writable)
     return o;
 }
 
+/*
+ * "PREFIX:..." names a protocol or a pseudo-file (json:{...},
+ * blkdebug:CONF:FILE, null-co://, file:PATH), as in QEMU's tools; NBD URLs
+ * have their own path (nbd_url_opts()).
+ */
+static bool
+is_prefixed_name(const char *filename)
+{
+    size_t n = strspn(filename, "abcdefghijklmnopqrstuvwxyz"
+                      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+
+    return n > 0 && filename[n] == ':' && !img_is_nbd_url(filename);
+}
+
+/* A prefixed name, opened (and probed) by the block layer's rules. */
+static bool
+open_prefixed(struct img *img, const char *filename, const char *fmt,
+              bool writable, struct err **errp)
+{
+    json_t *opts = json_object();
+    bool probed_raw;
+
+    if (fmt) {
+        json_object_set_new(opts, "driver", json_string(fmt));
+    }
+    json_object_set_new(opts, "read-only", json_boolean(!writable));
+    if (!writable && img_force_share) {
+        json_object_set_new(opts, "force-share", json_true());
+    }
+    if (apply_cache(opts, writable, errp)) {
+        img->node = block_open_image(filename, opts, &probed_raw, errp);
+    }
+    json_decref(opts);
+    if (!img->node) {
+        err_prepend(errp, "Could not open '%s': ", filename);
+        return false;
+    }
+    img->fmt = xstrdup(img->node->drv->name);
+    return img_attach(img, filename, writable, false, errp);
+}
+
 bool
 img_open(struct img *img, const char *filename, const char *fmt,
          bool writable, struct err **errp)
@@ -450,6 +491,9 @@ img_open(struct img *img, const char *filename, const char *fmt,
     json_t *opts;
 
     memset(img, 0, sizeof(*img));
+    if (is_prefixed_name(filename)) {
+        return open_prefixed(img, filename, fmt, writable, errp);
+    }
     if (!fmt) {
         fmt = img_probe(filename);
     }
@@ -512,7 +556,8 @@ img_simple_name(const char **filename, const char **fmt, bool image_opts)
     if (image_opts) {
         o = keyval_or_json_parse(*filename, "driver", NULL);
     } else if (!strncmp(*filename, "json:", 5)) {
-        o = json_loads(*filename + 5, 0, NULL);
+        /* QEMU's JSON: single quotes too, dotted keys. */
+        o = block_filename_options(*filename, NULL);
     } else {
         return false;
     }
