@@ -811,7 +811,12 @@ data_in_hole(struct block_node *file, uint64_t map, uint64_t *pnum)
 {
     struct block_status_info info = { 0 };
     uint64_t fnum = 0;
-    int ret = status_above(file, map, *pnum, &fnum, &info, 1);
+    int ret;
+
+    if (map >= (uint64_t)block_getlength(file)) {
+        return 0;       /* past the file's end: raw's last sector */
+    }
+    ret = status_above(file, map, *pnum, &fnum, &info, 1);
 
     if (ret < 0) {
         return 0;

@@ -147,10 +147,31 @@ raw_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
                  uint64_t *pnum, uint64_t *map, struct block_node **file)
 {
     struct raw_state *s = node->opaque;
+    int64_t flen = block_getlength(node->file->node);
 
     *pnum = bytes;
     *map = s->offset + offset;
     *file = node->file->node;
+    if (flen >= 0 && *map >= (uint64_t)flen) {
+        /*
+         * The rest of the last sector, past the file's end, reads as
+         * zeroes.  QEMU asks the file in blocks of its request alignment:
+         * a block that starts with data is data to its end (O_DIRECT).
+         */
+        uint64_t align = MAX(node->file->node->limits.request_alignment, 1);
+        uint64_t start = align_down(*map, align);
+        uint64_t n;
+        int ret = start < (uint64_t)flen
+                  ? block_status(node->file->node, start,
+                                 (uint64_t)flen - start, &n, NULL) : 0;
+
+        return (ret > 0 && (ret & BLOCK_STATUS_DATA) ? BLOCK_STATUS_DATA
+                                                     : BLOCK_STATUS_ZERO) |
+               BLOCK_STATUS_OFFSET_VALID;
+    }
+    if (flen >= 0 && *map + bytes > (uint64_t)flen) {
+        *pnum = (uint64_t)flen - *map;
+    }
     return BLOCK_STATUS_RECURSE;
 }
 

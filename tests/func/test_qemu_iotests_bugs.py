@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from conftest import built_program, host_tool, run
+from conftest import built_program, host_tool, run, supports_o_direct
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -699,3 +699,54 @@ def test_backing_options_merge_with_header(limg, lio, tmp_dir):
     r = ok(run([lio, "-c", "open -o backing.driver=qcow2 %s" % top,
                 "-c", "read -P 0x11 0 64k"]))
     assert "Pattern verification failed" not in r.stdout
+
+
+# ---- Names and maps as qemu-img (iotests 110, 150, 221, 253) ---------------
+
+
+def test_img_opens_prefixed_names(limg, lio, tmp_dir):
+    """json: (QEMU's JSON, single quotes too) and null-co names open as in
+    qemu-img; they were taken for plain file names."""
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    plain = ok(run([limg, "info", img])).stdout
+    r = ok(run([limg, "info", "json:{'driver':'qcow2','file':{'driver':"
+                "'file','filename':'%s'}}" % img]))
+    assert r.stdout == plain
+    out = os.path.join(tmp_dir, "n.qcow2")
+    ok(run([limg, "convert", "-O", "qcow2", "-S", "512",
+            "json:{'driver': 'null-co', 'size': 1048576, "
+            "'read-zeroes': true}", out]))
+    r = ok(run([limg, "info", "--output=json", out]))
+    assert '"virtual-size": 1048576' in r.stdout
+
+
+def test_raw_create_writes_first_block(limg, qimg, tmp_dir):
+    ours = os.path.join(tmp_dir, "o.raw")
+    theirs = os.path.join(tmp_dir, "q.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", ours, "1M"]))
+    ok(run([qimg, "create", "-q", "-f", "raw", theirs, "1M"]))
+    assert qmap(qimg, ours) == qmap(qimg, theirs)
+
+
+@pytest.mark.parametrize("size,direct", [(3, False), (65537, False),
+                                         (MiB - 1, False), (MiB - 1, True)])
+def test_raw_map_of_last_partial_sector(limg, qimg, tmp_dir, size, direct):
+    """The end of a raw file's last sector maps as QEMU maps it: zeroes,
+    or data to the block's end when the file is read in aligned blocks
+    (O_DIRECT) and the block starts with data."""
+    if direct and not supports_o_direct(tmp_dir):
+        pytest.skip("no O_DIRECT in %s" % tmp_dir)
+    img = os.path.join(tmp_dir, "u.raw")
+    with open(img, "wb") as f:
+        f.truncate(size)
+    with open(img, "r+b") as f:
+        f.seek(max(0, size - 3))
+        f.write(b"abc")
+    opts = "driver=raw,file.driver=file,file.filename=%s" % img
+    if direct:
+        opts += ",cache.direct=on"
+    argv = ["map", "--output=json", "--image-opts", opts]
+    ours = ok(run([limg] + argv)).stdout
+    theirs = ok(run([qimg] + argv)).stdout
+    assert ours == theirs

@@ -212,6 +212,15 @@ raw_prealloc(int fd, const struct img_create *c, struct err **errp)
     int ret = 0;
 
     if (!c->prealloc || !strcmp(c->prealloc, "off")) {
+        /* qemu-img writes the first block of a new file (4 KiB, or a
+         * sector when smaller): it shows as data in map and disk size. */
+        static const char zeroes[4096];
+        size_t n = c->size >= sizeof(zeroes) ? sizeof(zeroes) : 512;
+
+        if (c->size && pwrite(fd, zeroes, n, 0) != (ssize_t)n) {
+            err_setf_errno(errp, errno, "Could not write the first block");
+            return false;
+        }
         return true;
     }
     if (!strcmp(c->prealloc, "falloc") || !strcmp(c->prealloc, "full")) {
