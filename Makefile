@@ -9,12 +9,14 @@
 #   make install  install the programs into /usr/local (another prefix:
 #                 MESON_OPTS=--prefix=DIR on the first make)
 #   make bench    side-by-side benchmarks against QEMU (see bench/)
+#   make iotests  QEMU's own iotests against lockstep-img and lockstep-io
+#                 (fetches Debian's qemu source; writes docs/iotests.md)
 
 BUILD      ?= build
 BUILD_SAN  ?= build-san
 MESON_OPTS ?=
 
-.PHONY: all deps build check demo install clean bench
+.PHONY: all deps build check demo install clean bench iotests
 
 all: build
 
@@ -39,6 +41,9 @@ bench: deps
 	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
 	@ninja -C build-bench lockstepd lockstep-backup tests/vhost/vhost-client
 	@python3 bench/bench.py --build build-bench
+
+iotests: build
+	@python3 scripts/iotests.py $(IOTESTS_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_SAN) build-fuzz build-bench

@@ -304,20 +304,37 @@ commit_free_bitmap(struct commit_job *s)
     s->bm = NULL;
 }
 
-/* Copy [off, off + bytes) from src to dst; is_read tells which failed. */
+/*
+ * Copy [off, off + bytes) from src to dst; is_read tells which failed.
+ * Zeroes stay sparse (the failover wrote them so before): runs of whole
+ * ZERO_GRAIN pieces go as zero writes, which an active commit lets unmap
+ * (a base under discard=unmap frees those clusters, as QEMU's mirror).
+ */
+#define ZERO_GRAIN (64 * 1024)
+
 static int
 copy_area(struct commit_job *s, uint64_t off, uint64_t bytes, bool *is_read)
 {
+    unsigned zflags = s->kind == COMMIT_ACTIVE ? BLOCK_REQ_MAY_UNMAP : 0;
+    const uint8_t *buf = s->buf;
     int ret = block_pread(s->src, off, bytes, s->buf, 0);
 
     if (ret < 0) {
         *is_read = true;
         return ret;
     }
-    /* Zeroes stay sparse (the failover wrote them so before). */
-    ret = buffer_is_zero(s->buf, bytes)
-          ? block_pwrite_zeroes(s->dst, off, bytes, 0)
-          : block_pwrite(s->dst, off, bytes, s->buf, 0);
+    for (uint64_t done = 0, len; done < bytes && ret == 0; done += len) {
+        bool zero = buffer_is_zero(buf + done, MIN(ZERO_GRAIN, bytes - done));
+
+        len = MIN(ZERO_GRAIN, bytes - done);
+        while (done + len < bytes &&
+               buffer_is_zero(buf + done + len,
+                              MIN(ZERO_GRAIN, bytes - done - len)) == zero) {
+            len += MIN(ZERO_GRAIN, bytes - done - len);
+        }
+        ret = zero ? block_pwrite_zeroes(s->dst, off + done, len, zflags)
+                   : block_pwrite(s->dst, off + done, len, buf + done, 0);
+    }
     if (ret < 0) {
         *is_read = false;
     }

@@ -298,9 +298,36 @@ block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
 }
 
 /*
+ * QEMU's write-path events (blkdebug's "pwritev", "pwritev_rmw_head" ...,
+ * which its rules and breakpoints name), told to this node's driver only:
+ * each node on the path tells its own, as QEMU's bdrv_debug_event.
+ */
+static void
+node_event(struct block_node *node, const char *event)
+{
+    if (node->drv->debug_event) {
+        node->drv->debug_event(node, event);
+    }
+}
+
+/* An aligned data write, between QEMU's "pwritev" and "pwritev_done". */
+static int
+pwrite_events(struct block_node *node, uint64_t offset, uint64_t bytes,
+              const void *buf, unsigned flags)
+{
+    int ret;
+
+    node_event(node, "pwritev");
+    ret = drv_pwrite(node, offset, bytes, buf, flags);
+    node_event(node, "pwritev_done");
+    return ret;
+}
+
+/*
  * Write [offset, offset+bytes) as part of the aligned range [a_off, a_end):
  * read the partial first and last blocks, merge, write the whole range.
  * The caller holds a serialising tracked request over [a_off, a_end).
+ * When both ends fall in one block, one read serves as head and tail.
  */
 static int
 pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
@@ -310,6 +337,7 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
     uint64_t end = offset + bytes;
     uint64_t head_end = MIN(a_off + align, a_end);
     uint64_t tail_start = MAX(align_down(end, align), a_off);
+    bool merged = a_off < offset && end < a_end && tail_start == a_off;
     char *bounce = bounce_alloc(node, a_end - a_off);
     int ret = 0;
 
@@ -317,11 +345,25 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
         return -ENOMEM;
     }
     if (a_off < offset) {
+        node_event(node, "pwritev_rmw_head");
+        if (merged) {
+            node_event(node, "pwritev_rmw_tail");
+        }
         ret = drv_pread(node, a_off, head_end - a_off, bounce, 0);
+        if (ret == 0) {
+            node_event(node, "pwritev_rmw_after_head");
+        }
+        if (ret == 0 && merged) {
+            node_event(node, "pwritev_rmw_after_tail");
+        }
     }
-    if (ret == 0 && end < a_end && !(a_off < offset && tail_start == a_off)) {
+    if (ret == 0 && end < a_end && !merged) {
+        node_event(node, "pwritev_rmw_tail");
         ret = drv_pread(node, tail_start, a_end - tail_start,
                         bounce + (tail_start - a_off), 0);
+        if (ret == 0) {
+            node_event(node, "pwritev_rmw_after_tail");
+        }
     }
     if (ret == 0) {
         if (buf) {
@@ -329,8 +371,52 @@ pwrite_rmw(struct block_node *node, uint64_t offset, uint64_t bytes,
         } else {
             memset(bounce + (offset - a_off), 0, bytes);
         }
-        ret = drv_pwrite(node, a_off, a_end - a_off, bounce, flags);
+        ret = pwrite_events(node, a_off, a_end - a_off, bounce, flags);
     }
+    free(bounce);
+    return ret;
+}
+
+/*
+ * A compressed write goes to the first node that stores compressed data
+ * (filters without a pwrite of their own pass it down), unsplit and
+ * unpadded: the format checks its alignment rules.
+ */
+static int
+pwrite_compressed(struct block_node *node, uint64_t offset, uint64_t bytes,
+                  const void *buf, unsigned flags)
+{
+    struct block_tracked_req req;
+    void *bounce = NULL;
+    int ret;
+
+    if (node->drv->pwrite &&
+        !(node->supported_write_flags & BLOCK_REQ_WRITE_COMPRESSED)) {
+        return -ENOTSUP;
+    }
+    if (!node->drv->pwrite) {
+        struct block_node *child = passthrough_child(node);
+
+        return child ? block_pwrite(child, offset, bytes, buf, flags)
+                     : -ENOTSUP;
+    }
+    if (!buf_aligned(node, buf)) {
+        bounce = bounce_alloc(node, bytes);
+        if (!bounce) {
+            return -ENOMEM;
+        }
+        memcpy(bounce, buf, bytes);
+        buf = bounce;
+    }
+    tracked_begin(node, &req, offset, bytes, false);
+    serial_enter(node);
+    ret = node->drv->pwrite(node, offset, bytes, buf,
+                            BLOCK_REQ_WRITE_COMPRESSED);
+    serial_leave(node);
+    if (ret == 0) {
+        write_done(node, offset, bytes);
+    }
+    tracked_end(node, &req);
     free(bounce);
     return ret;
 }
@@ -349,6 +435,9 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     if (ret < 0 || bytes == 0) {
         return ret;
     }
+    if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
+        return pwrite_compressed(node, offset, bytes, buf, flags);
+    }
     if (node->detect_zeroes != BLOCK_DETECT_ZEROES_OFF &&
         buffer_is_zero(buf, bytes)) {
         unsigned zflags = flags & BLOCK_REQ_FUA;
@@ -363,14 +452,14 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));
     if (aligned && buf_aligned(node, buf)) {
-        ret = drv_pwrite(node, offset, bytes, buf, flags);
+        ret = pwrite_events(node, offset, bytes, buf, flags);
     } else if (aligned) {
         void *bounce = bounce_alloc(node, bytes);
 
         ret = -ENOMEM;
         if (bounce) {
             memcpy(bounce, buf, bytes);
-            ret = drv_pwrite(node, offset, bytes, bounce, flags);
+            ret = pwrite_events(node, offset, bytes, bounce, flags);
             free(bounce);
         }
     } else {
@@ -511,7 +600,9 @@ block_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
                          flags & BLOCK_REQ_FUA, a_off, mid_start);
     }
     if (ret == 0 && mid_end > mid_start) {
+        node_event(node, "pwritev_zero");
         ret = zeroes_split(node, mid_start, mid_end - mid_start, flags);
+        node_event(node, "pwritev_done");
     }
     if (ret == 0 && end > mid_end && end < a_end) {
         uint64_t from = MAX(mid_end, offset);
@@ -706,6 +797,34 @@ layer_status(struct block_node *node, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
+static int status_above(struct block_node *node, uint64_t offset,
+                        uint64_t bytes, uint64_t *pnum,
+                        struct block_status_info *info, int depth);
+
+/*
+ * Data a format maps to [map, +*pnum) of file: does the file read it as
+ * zeroes (a hole, as in preallocated clusters never written)?  QEMU asks
+ * the file too.  Clips *pnum to what the file tells; errors tell nothing.
+ */
+static int
+data_in_hole(struct block_node *file, uint64_t map, uint64_t *pnum)
+{
+    struct block_status_info info = { 0 };
+    uint64_t fnum = 0;
+    int ret;
+
+    if (map >= (uint64_t)block_getlength(file)) {
+        return 0;       /* past the file's end: raw's last sector */
+    }
+    ret = status_above(file, map, *pnum, &fnum, &info, 1);
+
+    if (ret < 0) {
+        return 0;
+    }
+    *pnum = MIN(*pnum, fnum);
+    return ret & BLOCK_STATUS_ZERO;
+}
+
 static int
 status_above(struct block_node *node, uint64_t offset, uint64_t bytes,
              uint64_t *pnum, struct block_status_info *info, int depth)
@@ -730,6 +849,12 @@ status_above(struct block_node *node, uint64_t offset, uint64_t bytes,
     if (ret & BLOCK_STATUS_RECURSE) {
         /* Filters and raw do not count as a layer. */
         return status_above(file, map, *pnum, pnum, info, depth);
+    }
+    if ((ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO |
+                BLOCK_STATUS_OFFSET_VALID)) ==
+        (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID) &&
+        file && file != node) {
+        ret |= data_in_hole(file, map, pnum);
     }
     if (ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO)) {
         info->flags = (ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO |
@@ -812,8 +937,13 @@ block_truncate(struct block_node *node, uint64_t length, struct err **errp)
     ret = node->drv->truncate(node, length, errp);
     if (ret == 0) {
         /* Metadata changed: the next flush must not be skipped. */
+        int64_t len = node->drv->getlength ? node->drv->getlength(node)
+                                           : (int64_t)length;
+
+        /* The driver's view (raw counts whole sectors). */
         __atomic_add_fetch(&node->write_gen, 1, __ATOMIC_RELEASE);
-        __atomic_store_n(&node->size, length, __ATOMIC_RELAXED);
+        __atomic_store_n(&node->size, len >= 0 ? (uint64_t)len : length,
+                         __ATOMIC_RELAXED);
         block_node_truncate_bitmaps(node, length);
     }
     return ret;

@@ -29,10 +29,15 @@
  * Locking: s->lock protects the rules and the state (a leaf lock).
  */
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "block/core/opts.h"
+#include "block/filter/blkdebug.h"
+
+extern const struct block_driver blkdebug_driver;
 #include "lockstep/block.h"
 #include "util.h"
 
@@ -58,11 +63,29 @@ struct blkdebug_rule {
     bool removed;
 };
 
+/* A breakpoint ("break EVENT TAG"): the next request that fires EVENT
+ * stops until "resume TAG". */
+struct blkdebug_break {
+    char *event;
+    char *tag;
+};
+
+/* A request stopped at a breakpoint. */
+struct blkdebug_suspended {
+    char *tag;
+    bool resume;            /* resume asked: wake up */
+    struct blkdebug_suspended *next;
+};
+
 struct blkdebug_state {
     pthread_mutex_t lock;
+    pthread_cond_t cond;    /* a suspended request changed */
     int64_t state;          /* Protected by: lock */
     struct blkdebug_rule *rules;  /* Protected by: lock */
     size_t nr_rules;
+    struct blkdebug_break *breaks;  /* Protected by: lock */
+    size_t nr_breaks;
+    struct blkdebug_suspended *suspended;  /* Protected by: lock */
     int64_t delay_ns;
     uint32_t take_perms;    /* take-child-perms; set before the child */
     uint32_t unshare_perms; /* unshare-child-perms */
@@ -71,12 +94,12 @@ struct blkdebug_state {
 static const struct block_opt blkdebug_opts[] = {
     {"image", BLOCK_OPT_CHILD, true, NULL},
     {"config", BLOCK_OPT_STRING, false, NULL},
-    {"align", BLOCK_OPT_INT, false, NULL},
-    {"max-transfer", BLOCK_OPT_INT, false, NULL},
-    {"opt-write-zero", BLOCK_OPT_INT, false, NULL},
-    {"max-write-zero", BLOCK_OPT_INT, false, NULL},
-    {"opt-discard", BLOCK_OPT_INT, false, NULL},
-    {"max-discard", BLOCK_OPT_INT, false, NULL},
+    {"align", BLOCK_OPT_SIZE, false, NULL},
+    {"max-transfer", BLOCK_OPT_SIZE, false, NULL},
+    {"opt-write-zero", BLOCK_OPT_SIZE, false, NULL},
+    {"max-write-zero", BLOCK_OPT_SIZE, false, NULL},
+    {"opt-discard", BLOCK_OPT_SIZE, false, NULL},
+    {"max-discard", BLOCK_OPT_SIZE, false, NULL},
     {"inject-error", BLOCK_OPT_LIST, false, NULL},
     {"set-state", BLOCK_OPT_LIST, false, NULL},
     {"take-child-perms", BLOCK_OPT_LIST, false, NULL},
@@ -257,6 +280,77 @@ free_rules(struct blkdebug_state *s)
     s->nr_rules = 0;
 }
 
+/*
+ * QEMU's blkdebug config files: "[inject-error]" and "[set-state]"
+ * sections of 'key = "value"' lines, each section one rule; '#' starts a
+ * comment.  The rules are appended to the option lists.
+ */
+static bool
+read_config(const char *path, json_t *inject, json_t *set_state,
+            struct err **errp)
+{
+    FILE *f = fopen(path, "r");
+    json_t *rule = NULL;
+    char line[1024];
+    int lineno = 0;
+
+    if (!f) {
+        err_setf_errno(errp, errno, "Could not read blkdebug config file");
+        return false;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        char *p = line + strspn(line, " \t"), *eq, *key, *val, *end;
+
+        lineno++;
+        p[strcspn(p, "\r\n")] = '\0';
+        if (*p == '\0' || *p == '#') {
+            continue;
+        }
+        if (*p == '[') {
+            if (!strcmp(p, "[inject-error]")) {
+                rule = json_object();
+                json_array_append_new(inject, rule);
+            } else if (!strcmp(p, "[set-state]")) {
+                rule = json_object();
+                json_array_append_new(set_state, rule);
+            } else {
+                err_setf(errp, "%s:%d: There is no option group '%.*s'",
+                         path, lineno, (int)strcspn(p + 1, "]"), p + 1);
+                goto fail;
+            }
+            continue;
+        }
+        eq = strchr(p, '=');
+        if (!rule || !eq) {
+            err_setf(errp, "%s:%d: Invalid parameter", path, lineno);
+            goto fail;
+        }
+        key = p;
+        end = eq;
+        while (end > key && (end[-1] == ' ' || end[-1] == '\t')) {
+            end--;
+        }
+        *end = '\0';
+        val = eq + 1 + strspn(eq + 1, " \t");
+        if (*val == '"') {
+            val++;
+            end = strchr(val, '"');
+            if (!end) {
+                err_setf(errp, "%s:%d: Unterminated string", path, lineno);
+                goto fail;
+            }
+            *end = '\0';
+        }
+        json_object_set_new(rule, key, json_string(val));
+    }
+    fclose(f);
+    return true;
+
+fail:
+    fclose(f);
+    return false;
+}
+
 /* A list of QEMU's BlockPermission names into bits. */
 static bool
 parse_perms(json_t *options, const char *name, uint32_t *out,
@@ -318,35 +412,48 @@ blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
     struct blkdebug_state *s = node->opaque;
     int64_t align = block_opt_int(options, "align", 0);
     int64_t max_transfer = block_opt_int(options, "max-transfer", 0);
+    const char *config = block_opt_str(options, "config", NULL);
+    json_t *inject = json_array(), *set_state = json_array();
+    size_t i;
+    json_t *v;
 
-    if (json_object_get(options, "config")) {
-        err_setf(errp, "blkdebug 'config' files are not supported; use "
-                 "'inject-error' and 'set-state'");
-        return -ENOTSUP;
+    json_array_foreach(json_object_get(options, "inject-error"), i, v) {
+        json_array_append(inject, v);
+    }
+    json_array_foreach(json_object_get(options, "set-state"), i, v) {
+        json_array_append(set_state, v);
+    }
+    if (config && !read_config(config, inject, set_state, errp)) {
+        json_decref(inject);
+        json_decref(set_state);
+        return -EINVAL;
     }
     if (align < 0 || (align && !is_power_of_2((uint64_t)align))) {
         err_setf(errp, "Cannot meet constraints with align %lld",
                  (long long)align);
-        return -EINVAL;
+        goto fail_lists;
     }
     if (max_transfer < 0 || (align && max_transfer % align)) {
         err_setf(errp, "Cannot meet constraints with max-transfer %lld",
                  (long long)max_transfer);
-        return -EINVAL;
+        goto fail_lists;
     }
     if (!parse_perms(options, "take-child-perms", &s->take_perms, errp) ||
         !parse_perms(options, "unshare-child-perms", &s->unshare_perms,
                      errp)) {
-        return -EINVAL;
+        goto fail_lists;
     }
     mutex_init(&s->lock);
+    cond_init(&s->cond);
     s->state = 1;
     s->delay_ns = block_opt_int(options, "x-delay-ns", 0);
-    if (!parse_rules(s, json_object_get(options, "inject-error"), false,
-                     errp) ||
-        !parse_rules(s, json_object_get(options, "set-state"), true, errp)) {
+    if (!parse_rules(s, inject, false, errp) ||
+        !parse_rules(s, set_state, true, errp)) {
         goto fail;
     }
+    json_decref(inject);
+    json_decref(set_state);
+    inject = set_state = NULL;
     if (!block_node_open_child_as(node, options, "image", "file", errp)) {
         goto fail;
     }
@@ -370,6 +477,10 @@ blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
 fail:
     free_rules(s);
     mutex_destroy(&s->lock);
+    cond_destroy(&s->cond);
+fail_lists:
+    json_decref(inject);
+    json_decref(set_state);
     return -EINVAL;
 }
 
@@ -379,7 +490,13 @@ blkdebug_close(struct block_node *node)
     struct blkdebug_state *s = node->opaque;
 
     free_rules(s);
+    for (size_t i = 0; i < s->nr_breaks; i++) {
+        free(s->breaks[i].event);
+        free(s->breaks[i].tag);
+    }
+    free(s->breaks);
     mutex_destroy(&s->lock);
+    cond_destroy(&s->cond);
 }
 
 static void
@@ -402,6 +519,45 @@ fire_event_locked(struct blkdebug_state *s, const char *event)
     }
 }
 
+/*
+ * A breakpoint on event stops the calling request here (its thread
+ * waits) until blkdebug_resume(); the breakpoint is used up.  Messages
+ * as QEMU's blkdebug prints them, on stdout.
+ */
+static void
+suspend_locked(struct blkdebug_state *s, const char *event)
+{
+    struct blkdebug_suspended me = { 0 }, **pp;
+    size_t i;
+
+    for (i = 0; i < s->nr_breaks; i++) {
+        if (!strcmp(s->breaks[i].event, event)) {
+            break;
+        }
+    }
+    if (i == s->nr_breaks) {
+        return;
+    }
+    me.tag = s->breaks[i].tag;
+    free(s->breaks[i].event);
+    s->breaks[i] = s->breaks[--s->nr_breaks];
+    me.next = s->suspended;
+    s->suspended = &me;
+    printf("blkdebug: Suspended request '%s'\n", me.tag);
+    fflush(stdout);
+    cond_broadcast(&s->cond);
+    while (!me.resume) {
+        cond_wait(&s->cond, &s->lock);
+    }
+    printf("blkdebug: Resuming request '%s'\n", me.tag);
+    fflush(stdout);
+    for (pp = &s->suspended; *pp != &me; pp = &(*pp)->next) {
+    }
+    *pp = me.next;
+    free(me.tag);
+    cond_broadcast(&s->cond);
+}
+
 static void
 blkdebug_debug_event(struct block_node *node, const char *event)
 {
@@ -409,7 +565,115 @@ blkdebug_debug_event(struct block_node *node, const char *event)
 
     mutex_lock(&s->lock);
     fire_event_locked(s, event);
+    suspend_locked(s, event);
     mutex_unlock(&s->lock);
+}
+
+/* The first blkdebug node at or below node (following "file"). */
+static struct blkdebug_state *
+find_blkdebug(struct block_node *node)
+{
+    while (node && node->drv != &blkdebug_driver) {
+        node = node->file ? node->file->node : NULL;
+    }
+    return node ? node->opaque : NULL;
+}
+
+int
+blkdebug_breakpoint(struct block_node *node, const char *event,
+                    const char *tag)
+{
+    struct blkdebug_state *s = find_blkdebug(node);
+
+    if (!s) {
+        return -ENOTSUP;
+    }
+    mutex_lock(&s->lock);
+    s->breaks = xrealloc(s->breaks, (s->nr_breaks + 1) * sizeof(*s->breaks));
+    s->breaks[s->nr_breaks].event = xstrdup(event);
+    s->breaks[s->nr_breaks].tag = xstrdup(tag);
+    s->nr_breaks++;
+    mutex_unlock(&s->lock);
+    return 0;
+}
+
+/* Wake the request suspended as tag and wait until it has left. */
+static bool
+resume_locked(struct blkdebug_state *s, const char *tag)
+{
+    for (struct blkdebug_suspended *r = s->suspended; r; r = r->next) {
+        if (!strcmp(r->tag, tag) && !r->resume) {
+            const struct blkdebug_suspended *me = r, *p;
+
+            r->resume = true;
+            cond_broadcast(&s->cond);
+            /* It unlinks itself after its message; r is gone then. */
+            do {
+                cond_wait(&s->cond, &s->lock);
+                for (p = s->suspended; p && p != me; p = p->next) {
+                }
+            } while (p);
+            return true;
+        }
+    }
+    return false;
+}
+
+int
+blkdebug_remove_breakpoint(struct block_node *node, const char *tag)
+{
+    struct blkdebug_state *s = find_blkdebug(node);
+    bool found = false;
+
+    if (!s) {
+        return -ENOTSUP;
+    }
+    mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nr_breaks;) {
+        if (!strcmp(s->breaks[i].tag, tag)) {
+            free(s->breaks[i].event);
+            free(s->breaks[i].tag);
+            s->breaks[i] = s->breaks[--s->nr_breaks];
+            found = true;
+        } else {
+            i++;
+        }
+    }
+    found |= resume_locked(s, tag);
+    mutex_unlock(&s->lock);
+    return found ? 0 : -ENOENT;
+}
+
+int
+blkdebug_resume(struct block_node *node, const char *tag)
+{
+    struct blkdebug_state *s = find_blkdebug(node);
+    bool found;
+
+    if (!s) {
+        return -ENOTSUP;
+    }
+    mutex_lock(&s->lock);
+    found = resume_locked(s, tag);
+    mutex_unlock(&s->lock);
+    return found ? 0 : -ENOENT;
+}
+
+bool
+blkdebug_is_suspended(struct block_node *node, const char *tag)
+{
+    struct blkdebug_state *s = find_blkdebug(node);
+    bool found = false;
+
+    if (!s) {
+        return false;
+    }
+    mutex_lock(&s->lock);
+    for (struct blkdebug_suspended *r = s->suspended; r; r = r->next) {
+        found |= !strcmp(r->tag, tag) && !r->resume;
+    }
+    mutex_unlock(&s->lock);
+    return found;
 }
 
 /*
@@ -451,6 +715,7 @@ rule_check(struct block_node *node, const char *event, unsigned iotype,
     mutex_lock(&s->lock);
     if (event) {
         fire_event_locked(s, event);
+        suspend_locked(s, event);
     }
     for (size_t i = 0; i < s->nr_rules; i++) {
         struct blkdebug_rule *r = &s->rules[i];

@@ -53,6 +53,9 @@ raw_open(struct block_node *node, json_t *options, struct err **errp)
         return -EINVAL;
     }
     node->limits = file->limits;
+    /* Any byte range passes down: the file node below pads what it must
+     * (and tells blkdebug's rmw events there, as in QEMU). */
+    node->limits.request_alignment = 1;
     node->supported_write_flags = BLOCK_REQ_FUA;
     node->supported_zero_flags = BLOCK_REQ_FUA | BLOCK_REQ_MAY_UNMAP;
     return 0;
@@ -90,7 +93,13 @@ raw_getlength(struct block_node *node)
         return (int64_t)s->size;
     }
     len = block_getlength(node->file->node);
-    return len < 0 ? len : len - (int64_t)s->offset;
+    if (len < 0) {
+        return len;
+    }
+    /* Whole sectors, as QEMU counts a file's length: a 320-byte file is a
+     * 512-byte image whose end reads as zeroes. */
+    return (int64_t)align_up((uint64_t)len, BLOCK_SECTOR_SIZE) -
+           (int64_t)s->offset;
 }
 
 static int
@@ -138,10 +147,31 @@ raw_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
                  uint64_t *pnum, uint64_t *map, struct block_node **file)
 {
     struct raw_state *s = node->opaque;
+    int64_t flen = block_getlength(node->file->node);
 
     *pnum = bytes;
     *map = s->offset + offset;
     *file = node->file->node;
+    if (flen >= 0 && *map >= (uint64_t)flen) {
+        /*
+         * The rest of the last sector, past the file's end, reads as
+         * zeroes.  QEMU asks the file in blocks of its request alignment:
+         * a block that starts with data is data to its end (O_DIRECT).
+         */
+        uint64_t align = MAX(node->file->node->limits.request_alignment, 1);
+        uint64_t start = align_down(*map, align);
+        uint64_t n;
+        int ret = start < (uint64_t)flen
+                  ? block_status(node->file->node, start,
+                                 (uint64_t)flen - start, &n, NULL) : 0;
+
+        return (ret > 0 && (ret & BLOCK_STATUS_DATA) ? BLOCK_STATUS_DATA
+                                                     : BLOCK_STATUS_ZERO) |
+               BLOCK_STATUS_OFFSET_VALID;
+    }
+    if (flen >= 0 && *map + bytes > (uint64_t)flen) {
+        *pnum = (uint64_t)flen - *map;
+    }
     return BLOCK_STATUS_RECURSE;
 }
 

@@ -50,6 +50,9 @@ enum {
     BLOCK_PERM_ALL = 0x0f,
 };
 
+/* Node lengths are whole sectors, as in QEMU (a 320-byte file is 512). */
+#define BLOCK_SECTOR_SIZE 512
+
 /* Request flags. */
 enum {
     BLOCK_REQ_FUA = 0x01,         /* write: stable before it completes */
@@ -60,6 +63,10 @@ enum {
                                    * requests on this node */
     BLOCK_REQ_WRITE_UNCHANGED = 0x10, /* write does not change the content
                                        * (copy-on-read, block-copy) */
+    BLOCK_REQ_WRITE_COMPRESSED = 0x20, /* write: store compressed (formats
+                                        * that list it in
+                                        * supported_write_flags: whole
+                                        * clusters); else -ENOTSUP */
 };
 
 /* Block status flags (block_status()). */
@@ -240,7 +247,9 @@ struct block_driver {
                          struct err **errp);
 
     /* A named event happened below a format (blkdebug's rules fire on
-     * them: "l2_update", "refblock_alloc", ...).  Any thread. */
+     * them: "l2_update", "refblock_alloc", ...) or on the node's own write
+     * path in the core ("pwritev", "pwritev_rmw_head", "pwritev_done",
+     * ..., QEMU's names).  Any thread. */
     void (*debug_event)(struct block_node *node, const char *event);
 };
 
@@ -367,6 +376,27 @@ struct block_node *block_node_open_file(const char *filename, const char *fmt,
  */
 int block_opts_set_cache_mode(json_t *opts, const char *mode,
                               struct err **errp);
+
+/*
+ * File names as QEMU's tools take them (block/core/filename.c): "json:{..}",
+ * "blkdebug:[CONFIG]:NAME", NBD URLs, "null-co://", "file:PATH" or a path.
+ * block_filename_options() gives the blockdev-add options of the node the
+ * name stands for (a protocol or filter, no format); an unknown "proto:"
+ * prefix is refused.  Main thread.
+ */
+json_t *block_filename_options(const char *filename, struct err **errp);
+bool block_filename_is_nbd_url(const char *filename);
+
+/*
+ * Open an image from a file name (or NULL) and options (or NULL) the way
+ * qemu-io and qemu-img do: the name goes below the format given by
+ * options' "driver" (or, for a protocol driver, is its file name); with
+ * no driver the format is probed through the protocol layer (qcow2 by its
+ * magic, else raw: *probed_raw tells, so that the caller can warn).
+ * Children given by a "filename" without a driver get one from the name.
+ */
+struct block_node *block_open_image(const char *filename, json_t *options,
+                                    bool *probed_raw, struct err **errp);
 
 /*
  * Backing chains: at most BLOCK_MAX_BACKING_CHAIN images, the top one

@@ -12,6 +12,18 @@ import pytest
 from conftest import run
 
 
+PROMPT = "lockstep-io> "
+
+
+def answer(p):
+    """The next line lockstep-io prints, without its prompts (it prints
+    one before each command it reads, also from a pipe, as qemu-io)."""
+    line = p.stdout.readline()
+    while line.startswith(PROMPT):
+        line = line[len(PROMPT):]
+    return line
+
+
 def wait_for(pred, timeout=10):
     end = time.time() + timeout
     while time.time() < end:
@@ -45,10 +57,12 @@ def test_qemu_refused_while_lockstep_writes(lockstep_io, qemu_io, image):
         # Flush, so that qcow2's cached metadata is on disk for the reader.
         p.stdin.write("write -P 0x11 0 4k\nflush\nlength\n")
         p.stdin.flush()
-        assert p.stdout.readline().startswith("wrote 4096/4096")
+        assert answer(p).startswith("wrote 4096/4096")
         # "length" answers after the flush is done.
-        while p.stdout.readline().strip() != "1 MiB":
-            pass
+        line = answer(p)
+        while line.strip() != "1 MiB":
+            assert line, "lockstep-io ended"
+            line = answer(p)
         r = run([qemu_io, "-f", "qcow2", "-c", "read 0 512", image])
         assert r.returncode != 0
         assert 'Failed to get "write" lock' in r.stderr
@@ -102,7 +116,7 @@ def test_raw_images_are_shared_as_in_qemu(lockstep_io, qemu_io, tmp_dir):
     try:
         p.stdin.write("write -P 0x22 0 4k\n")
         p.stdin.flush()
-        assert p.stdout.readline().startswith("wrote 4096/4096")
+        assert answer(p).startswith("wrote 4096/4096")
         r = run([qemu_io, "-f", "raw", "-c", "read -P 0x22 0 4k", image])
         assert r.returncode == 0, r.stderr
     finally:

@@ -16,6 +16,7 @@ import shutil
 import pytest
 
 from conftest import run
+from direct import CACHE
 from powerloss import DONE, FLUSH, WRITE, ZERO, Log
 
 KiB = 1024
@@ -41,7 +42,9 @@ def record(lockstep_io, img, log, cmds):
         os.unlink(log)
     opts = ("driver=qcow2,file.driver=blklog,file.log=%s,"
             "file.file.driver=file,file.file.filename=%s" % (log, img))
-    argv = [lockstep_io, "--image-opts"]
+    # Writeback (QEMU's cache=none in the O_DIRECT pass): lockstep-io's
+    # default is qemu-io's writethrough, a flush after every write.
+    argv = [lockstep_io, "-t", CACHE or "writeback", "--image-opts"]
     for c in cmds:
         argv += ["-c", c]
     r = run(argv + [opts])

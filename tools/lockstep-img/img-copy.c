@@ -32,13 +32,58 @@
 /* Deepest chain commit walks. */
 #define COMMIT_MAX_CHAIN 64
 
+/* How to write a copied range. */
+struct copy_how {
+    bool dst_is_zero;         /* skip zeroes: dst reads zero there */
+    unsigned zero_flags;      /* for the zeroes written */
+    uint64_t sparse;          /* zero runs of this size are not written as
+                               * data; 0: everything is data */
+    bool compress;            /* data as compressed clusters */
+};
+
+/* Length of the run at buf of pieces (of size g) all zero or all not. */
+static uint64_t
+zero_run(const uint8_t *buf, uint64_t n, uint64_t g, bool *zero)
+{
+    uint64_t i = MIN(g, n);
+
+    *zero = buffer_is_zero(buf, i);
+    while (i < n && buffer_is_zero(buf + i, MIN(g, n - i)) == *zero) {
+        i += MIN(g, n - i);
+    }
+    return i;
+}
+
+static int
+write_piece(struct img *dst, uint64_t off, uint64_t n, const uint8_t *buf,
+            bool zero, const struct copy_how *how)
+{
+    if (zero && how->dst_is_zero) {
+        return 0;
+    }
+    if (zero) {
+        return block_handle_pwrite_zeroes(dst->h, off, n, how->zero_flags);
+    }
+    if (how->compress) {
+        int ret = block_handle_pwrite(dst->h, off, n, buf,
+                                      BLOCK_REQ_WRITE_COMPRESSED);
+
+        /* Pieces that are no whole clusters go uncompressed. */
+        if (ret != -EINVAL && ret != -ENOTSUP) {
+            return ret;
+        }
+    }
+    return block_handle_pwrite(dst->h, off, n, buf, 0);
+}
+
 /*
- * Copy [off, off+n) from src to dst.  Zeroes are skipped when dst is known
- * to read as zero there (a fresh convert target), else written as zeroes.
+ * Copy [off, off+n) from src to dst.  Runs of zeroes of at least
+ * how->sparse bytes (aligned as the chunk) are skipped where dst reads
+ * zero, else written as zeroes; with sparse 0 everything is data.
  */
 static int
 copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
-           uint8_t *buf, bool dst_is_zero)
+           uint8_t *buf, const struct copy_how *how)
 {
     int ret = block_handle_pread(src->h, off, n, buf, 0);
 
@@ -47,13 +92,13 @@ copy_range(struct img *src, struct img *dst, uint64_t off, uint64_t n,
                   src->filename, off, strerror(-ret));
         return ret;
     }
-    if (buffer_is_zero(buf, n) && dst_is_zero) {
-        return 0;
-    }
-    if (buffer_is_zero(buf, n)) {
-        ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
-    } else {
-        ret = block_handle_pwrite(dst->h, off, n, buf, 0);
+    for (uint64_t done = 0, len; done < n && ret >= 0; done += len) {
+        bool zero = false;
+
+        len = how->sparse ? zero_run(buf + done, n - done, how->sparse,
+                                     &zero)
+                          : n - done;
+        ret = write_piece(dst, off + done, len, buf + done, zero, how);
     }
     if (ret < 0) {
         img_error("error while writing '%s' at byte %" PRIu64 ": %s",
@@ -73,6 +118,9 @@ struct convert_args {
     bool target_is_zero;      /* --target-is-zero: skip zeroes with -n */
     bool bitmaps;             /* --bitmaps: copy the persistent bitmaps */
     bool skip_broken;         /* --skip-broken-bitmaps */
+    bool compress;            /* -c: compressed clusters (qcow2) */
+    uint64_t sparse;          /* -S: zero runs this long are skipped;
+                               * 0 writes everything */
 };
 
 static int
@@ -81,7 +129,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     static const struct option longopts[] = {
         { "target-is-zero", no_argument, NULL, 'Z' },
         { "force-share", no_argument, NULL, 'U' },
-        { "bitmaps", no_argument, NULL, 'B' },
+        { "bitmaps", no_argument, NULL, 'M' },
         { "skip-broken-bitmaps", no_argument, NULL, 'K' },
         { NULL, 0, NULL, 0 },
     };
@@ -89,12 +137,25 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     int opt;
 
     a->out.fmt = "raw";
-    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnt:T:", longopts,
-                              NULL)) != -1) {
+    a->sparse = 4096;
+    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnB:F:S:t:T:",
+                              longopts, NULL)) != -1) {
         switch (opt) {
+        case 'B': a->out.backing = optarg; break;
+        case 'F': a->out.backing_fmt = optarg; break;
+        case 'S':
+            if (!img_parse_size(optarg, &a->sparse) || a->sparse % 512 ||
+                a->sparse > 32 * 1024 * 1024) {
+                img_error("Invalid buffer size for sparse output specified. "
+                          "Valid sizes are multiples of 512 up to 33554432. "
+                          "Select 0 to disable sparse detection (fully "
+                          "allocates output).");
+                return -1;
+            }
+            break;
         case 'n': a->no_create = true; break;
         case 'Z': a->target_is_zero = true; break;
-        case 'B': a->bitmaps = true; break;
+        case 'M': a->bitmaps = true; break;
         case 'K': a->skip_broken = true; break;
         case 'f': a->src_fmt = optarg; break;
         case 'O': a->out.fmt = optarg; break;
@@ -102,6 +163,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
         case 'U': img_force_share = true; break;
+        case 'c': a->compress = true; break;
         case 't':
             if (!img_set_cache(&img_cache, optarg)) {
                 return -1;
@@ -112,9 +174,6 @@ convert_parse(int argc, char **argv, struct convert_args *a)
                 return -1;
             }
             break;
-        case 'c':
-            img_error("Compression is not supported");
-            return -1;
         default:
             return -1;
         }
@@ -122,6 +181,10 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     if (argc - optind != 2) {
         img_error("Expecting a source and a target file name");
         return -1;
+    }
+    if (!a->no_create && !img_create_fmt_ok(a->out.fmt, &e)) {
+        img_report(e);
+        return -2;      /* no usage hint, as qemu-img */
     }
     if (a->target_is_zero && !a->no_create) {
         img_error("--target-is-zero requires use of -n flag");
@@ -135,6 +198,14 @@ convert_parse(int argc, char **argv, struct convert_args *a)
     if (a->out.opts && !img_create_parse_opts(&a->out, a->out.opts, &e)) {
         err_prepend(&e, "%s: ", a->out.filename);
         img_report(e);
+        return -1;
+    }
+    if (a->out.backing && !a->out.backing_fmt) {
+        img_error("Use of backing file requires explicit backing format");
+        return -2;      /* no usage hint, as qemu-img */
+    }
+    if (a->compress && strcmp(a->out.fmt, "qcow2")) {
+        img_error("Compression not supported for this file format");
         return -1;
     }
     return optind;
@@ -234,14 +305,38 @@ bitmaps_copy(struct img *src, struct img *dst)
     return 0;
 }
 
+/*
+ * Bytes of data (not zero) in the source: qemu-img counts the progress of
+ * a convert in those, so a mostly empty image moves in big steps.
+ */
+static uint64_t
+data_bytes(struct img *src, uint64_t len)
+{
+    uint64_t total = 0, pnum;
+
+    for (uint64_t off = 0; off < len; off += pnum) {
+        struct block_status_info info = { 0 };
+        int ret = block_handle_status(src->h, off, MIN(len - off, 1ULL << 30),
+                                      &pnum, &info);
+
+        if (ret < 0) {
+            return 0;
+        }
+        total += ret & BLOCK_STATUS_ZERO ? 0 : pnum;
+    }
+    return total;
+}
+
 static int
 convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
-             bool dst_is_zero)
+             const struct copy_how *how, bool has_backing)
 {
     struct img_progress prog;
     uint8_t *buf = img_buf_alloc(IMG_CHUNK);
     uint64_t n;
     int ret = 0;
+
+    uint64_t data_total = progress ? data_bytes(src, len) : 0, done = 0;
 
     if (!buf) {
         img_error("Could not allocate a copy buffer");
@@ -251,6 +346,7 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
     for (uint64_t off = 0; off < len && ret >= 0; off += n) {
         struct block_status_info info = { 0 };
         uint64_t pnum = 0;
+        int status;
 
         n = MIN(IMG_CHUNK, len - off);
         ret = block_handle_status(src->h, off, n, &pnum, &info);
@@ -260,12 +356,32 @@ convert_copy(struct img *src, struct img *dst, uint64_t len, bool progress,
             break;
         }
         n = MIN(n, pnum);
-        if (!(ret & BLOCK_STATUS_ZERO)) {
-            ret = copy_range(src, dst, off, n, buf, dst_is_zero);
-        } else if (!dst_is_zero) {
+        status = ret;
+        if (has_backing) {
+            /* -B: what the source's top layer lacks comes from there. */
+            uint64_t an = 0;
+
+            ret = block_is_allocated(src->node, off, n, &an);
+            n = MIN(n, MAX(an, 1));
+            if (ret == 0) {
+                img_progress_update(&prog, (off + n) * 100.0 / len);
+                continue;
+            }
+        }
+        if (ret < 0) {
+            img_error("error while reading block status of '%s' at offset %"
+                      PRIu64 ": %s", src->filename, off, strerror(-ret));
+            break;
+        }
+        if (!(status & BLOCK_STATUS_ZERO) || !how->sparse) {
+            ret = copy_range(src, dst, off, n, buf, how);
+            done += status & BLOCK_STATUS_ZERO ? 0 : n;
+        } else if (!how->dst_is_zero) {
             ret = block_handle_pwrite_zeroes(dst->h, off, n, 0);
         }
-        img_progress_update(&prog, (off + n) * 100.0 / len);
+        if (data_total) {
+            img_progress_update(&prog, done * 100.0 / data_total);
+        }
     }
     if (ret >= 0) {
         img_progress_end(&prog);
@@ -285,7 +401,7 @@ img_cmd_convert(int argc, char **argv)
 
     if (i < 0) {
         img_create_free(&a.out);
-        return img_usage_error("convert", NULL);
+        return i == -2 ? 1 : img_usage_error("convert", NULL);
     }
     if (!img_open(&src, argv[i], a.src_fmt, false, &e)) {
         img_report(e);
@@ -305,8 +421,35 @@ img_cmd_convert(int argc, char **argv)
         err_prepend(&e, "%s: ", a.out.filename);
         img_report(e);
     } else {
+        struct copy_how how = {
+            .dst_is_zero = (!a.no_create || a.target_is_zero) &&
+                           !a.out.backing,
+            .sparse = a.sparse,
+            .compress = a.compress,
+        };
+
+        if (a.compress) {
+            /* Compressed writes take whole clusters. */
+            struct qcow2_header h;
+            bool shared = img_force_share, got;
+
+            /* Read beside our own writable open of it. */
+            img_force_share = true;
+            got = img_qcow2_header(a.out.filename, &h, &e);
+            img_force_share = shared;
+            if (!got) {
+                img_report(e);
+                img_close(&dst);
+                img_close(&src);
+                img_create_free(&a.out);
+                return 1;
+            }
+            how.sparse = MAX(how.sparse, h.cluster_size);
+            how.sparse = h.cluster_size * div_round_up(how.sparse,
+                                                       h.cluster_size);
+        }
         ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet,
-                           !a.no_create || a.target_is_zero);
+                           &how, a.out.backing != NULL);
         if (ret == 0 && a.bitmaps) {
             ret = bitmaps_copy(&src, &dst);
         }
@@ -329,6 +472,7 @@ struct layer {
 struct chain {
     struct layer l[COMMIT_MAX_CHAIN];
     int n;
+    const char *top_name;   /* as given (blkdebug:CONF:PATH); NULL: path */
 };
 
 static void
@@ -339,6 +483,26 @@ chain_free(struct chain *c)
         free(c->l[i].fmt);
         json_decref(c->l[i].file);
     }
+}
+
+/*
+ * The file under a pseudo-filename's filters (blkdebug:CONF:PATH is a
+ * blkdebug node over PATH), where the top's header is read; NULL if the
+ * name is no local file (an NBD URL).
+ */
+static const char *
+innermost_file(json_t *o)
+{
+    while (json_is_object(o)) {
+        const char *drv = json_string_value(json_object_get(o, "driver"));
+
+        if (drv && !strcmp(drv, "file")) {
+            return json_string_value(json_object_get(o, "filename"));
+        }
+        o = json_object_get(o, json_object_get(o, "image") ? "image"
+                                                           : "file");
+    }
+    return NULL;
 }
 
 /* Read the rest of the backing chain from the headers, from layer n-1. */
@@ -371,8 +535,18 @@ static bool
 chain_read(struct chain *c, const char *top, const char *fmt,
            struct err **errp)
 {
-    c->l[0].path = xstrdup(top);
-    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(top));
+    json_t *proto = block_filename_options(top, errp);
+    const char *path;
+
+    if (!proto) {
+        err_prepend(errp, "Could not open '%s': ", top);
+        return false;
+    }
+    c->top_name = top;
+    path = innermost_file(proto);
+    c->l[0].path = xstrdup(path ? path : top);
+    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(c->l[0].path));
+    c->l[0].file = proto;
     c->n = 1;
     return chain_read_headers(c, top, errp);
 }
@@ -472,6 +646,8 @@ layer_opts(const struct chain *c, int i, int base)
                           file, "read-only", i != 0 && i != base);
     char name[32];
 
+    /* qemu-img commit opens with discard=unmap: zeroes free clusters. */
+    json_object_set_new(o, "discard", json_string("unmap"));
     snprintf(name, sizeof(name), "img-layer%d", i);
     json_object_set_new(o, "node-name", json_string(name));
     if (i < base) {
@@ -488,7 +664,9 @@ commit_open(const struct chain *c, int base, struct img *imgs,
 {
     for (int i = base; i >= 0; i--) {
         json_t *o = layer_opts(c, i, base);
-        bool ok = img_open_json(&imgs[i], o, c->l[i].path,
+        bool ok = img_open_json(&imgs[i], o,
+                                i == 0 && c->top_name ? c->top_name
+                                                      : c->l[i].path,
                                 i == 0 || i == base, i < base, errp);
 
         json_decref(o);
@@ -586,6 +764,7 @@ commit_run(struct img *imgs, int base, bool drop, bool progress,
     int64_t top = block_handle_getlength(imgs[0].h);
     int64_t bl = block_handle_getlength(imgs[base].h);
     struct block_handle *h;
+    struct err *e = NULL;
     int ret;
 
     if (top > bl && block_truncate(imgs[base].node, top, errp) < 0) {
@@ -603,12 +782,16 @@ commit_run(struct img *imgs, int base, bool drop, bool progress,
     /* Empty the old top through a writer of its own, as qemu-img does. */
     h = block_handle_new(imgs[0].node, IMG_PROG, BLOCK_PERM_WRITE,
                          BLOCK_PERM_ALL, errp);
-    if (!h || block_make_empty(imgs[0].node, errp) < 0) {
+    if (!h) {
         err_prepend(errp, "Could not empty %s: ", imgs[0].filename);
-        ret = -EIO;
+        return -EIO;
     }
-    if (h) {
-        block_handle_free(h);
+    ret = block_make_empty(imgs[0].node, &e);
+    block_handle_free(h);
+    if (ret < 0) {
+        /* qemu-img's words: the errno's text, not the details. */
+        err_setf_errno(errp, -ret, "Failed to empty %s", imgs[0].filename);
+        err_free(e);
     }
     return ret;
 }

@@ -181,11 +181,19 @@ create_check_backing(struct img_create *c, struct err **errp)
         err_setf(errp, "Backing file not supported for file format 'raw'");
         return false;
     }
+    path = img_backing_path(c->filename, c->backing);
     if (!c->backing_fmt) {
-        err_setf(errp, "Backing file specified without backing format");
+        /* As qemu-img: a backing file that does not open says so first. */
+        if (!strstr(path, "://") && strncmp(path, "json:", 5) &&
+            access(path, R_OK) < 0) {
+            err_setf(errp, "Could not open '%s': %s\n"
+                     "Could not open backing image.", path, strerror(errno));
+            return false;
+        }
+        err_setf(errp, "Backing file specified without backing format\n"
+                 "Detected format of %s.", img_probe(path));
         return false;
     }
-    path = img_backing_path(c->filename, c->backing);
     size = img_virtual_size(path, c->backing_fmt, errp);
     if (size < 0) {
         err_prepend(errp, "Could not open backing image: ");
@@ -204,10 +212,20 @@ raw_prealloc(int fd, const struct img_create *c, struct err **errp)
     int ret = 0;
 
     if (!c->prealloc || !strcmp(c->prealloc, "off")) {
+        /* qemu-img writes the first block of a new file (4 KiB, or a
+         * sector when smaller): it shows as data in map and disk size. */
+        static const char zeroes[4096];
+        size_t n = c->size >= sizeof(zeroes) ? sizeof(zeroes) : 512;
+
+        if (c->size && pwrite(fd, zeroes, n, 0) != (ssize_t)n) {
+            err_setf_errno(errp, errno, "Could not write the first block");
+            return false;
+        }
         return true;
     }
     if (!strcmp(c->prealloc, "falloc") || !strcmp(c->prealloc, "full")) {
-        ret = c->size ? -posix_fallocate(fd, 0, c->size) : 0;
+        ret = c->size ? -posix_fallocate(fd, 0, (off_t)align_up(c->size, 512))
+                      : 0;
     } else {
         err_setf(errp, "Invalid preallocation mode: '%s'", c->prealloc);
         return false;
@@ -271,7 +289,8 @@ create_raw(struct img_create *c, struct err **errp)
 {
     struct img file;
 
-    if (!open_new_file(c, c->size, &file, errp)) {
+    /* Like qemu-img: sizes round up to whole 512-byte sectors. */
+    if (!open_new_file(c, align_up(c->size, 512), &file, errp)) {
         return false;
     }
     img_close(&file);
@@ -303,10 +322,31 @@ create_qcow2(struct img_create *c, struct err **errp)
 }
 
 bool
+img_create_fmt_ok(const char *fmt, struct err **errp)
+{
+    /* QEMU's read-only formats: its words, so that scripts see them. */
+    static const char *const no_create[] = {
+        "bochs", "cloop", "dmg", "vvfat", "host_device", "host_cdrom", NULL,
+    };
+
+    if (!strcmp(fmt, "raw") || !strcmp(fmt, "qcow2")) {
+        return true;
+    }
+    for (size_t i = 0; no_create[i]; i++) {
+        if (!strcmp(fmt, no_create[i])) {
+            err_setf(errp, "Format driver '%s' does not support image "
+                     "creation", fmt);
+            return false;
+        }
+    }
+    err_setf(errp, "Unknown file format '%s'", fmt);
+    return false;
+}
+
+bool
 img_create_image(struct img_create *c, bool quiet, struct err **errp)
 {
-    if (strcmp(c->fmt, "raw") && strcmp(c->fmt, "qcow2")) {
-        err_setf(errp, "Unknown file format '%s'", c->fmt);
+    if (!img_create_fmt_ok(c->fmt, errp)) {
         return false;
     }
     if (!create_check_backing(c, errp)) {
@@ -499,13 +539,12 @@ resize_apply(struct img *img, struct resize_args *a, const char *arg)
         return 1;
     }
     if (size < (uint64_t)cur && !a->shrink) {
+        /* The warning only here, as qemu-img: --shrink says "I know". */
         img_error("Use the --shrink option to perform a shrink operation.");
-        return 1;
-    }
-    if (size < (uint64_t)cur) {
         img_error("warning: Shrinking an image will delete all data beyond "
                   "the shrunken image's end. Before performing such an "
                   "operation, make sure there is no important data there.");
+        return 1;
     }
     if (block_truncate(img->node, size, &e) < 0) {
         err_prepend(&e, "%s: ", img->filename);
@@ -536,4 +575,46 @@ img_cmd_resize(int argc, char **argv)
     ret = resize_apply(&img, &a, argv[i + 1]);
     img_close(&img);
     return ret;
+}
+
+/* ---- amend ---------------------------------------------------------------- */
+
+/*
+ * qemu-img amend changes creation options of an existing image.  raw has
+ * none (qemu-img's error); changing qcow2 options in place is not done
+ * yet, and is refused rather than half done.
+ */
+int
+img_cmd_amend(int argc, char **argv)
+{
+    const char *fmt = NULL, *opts = NULL;
+    int opt;
+
+    while ((opt = getopt(argc, argv, "f:o:pqt:U")) != -1) {
+        switch (opt) {
+        case 'f': fmt = optarg; break;
+        case 'o': opts = optarg; break;
+        case 'p': case 'q': case 't': break;
+        case 'U': img_force_share = true; break;
+        default: return img_usage_error("amend", NULL);
+        }
+    }
+    if (!opts) {
+        img_error("Must specify options (-o)");
+        return img_usage_error("amend", NULL);
+    }
+    if (optind != argc - 1) {
+        img_error("Expecting one image file name");
+        return img_usage_error("amend", NULL);
+    }
+    if (!fmt) {
+        fmt = img_probe(argv[optind]);
+    }
+    if (strcmp(fmt, "qcow2")) {
+        img_error("Format driver '%s' does not support option amendment",
+                  fmt);
+        return 1;
+    }
+    img_error("Amending qcow2 options is not supported by %s", IMG_PROG);
+    return 1;
 }

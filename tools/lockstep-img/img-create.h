@@ -31,6 +31,8 @@ struct img_create {
 /* Parse "-o key=value,..." into c (values stay owned by c). */
 bool img_create_parse_opts(struct img_create *c, const char *opts,
                            struct err **errp);
+/* Can we create images of format fmt?  Else qemu-img's error. */
+bool img_create_fmt_ok(const char *fmt, struct err **errp);
 /* Check the backing file, print "Formatting ..." unless quiet, create. */
 bool img_create_image(struct img_create *c, bool quiet, struct err **errp);
 void img_create_free(struct img_create *c);

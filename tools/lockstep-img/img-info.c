@@ -484,6 +484,7 @@ struct info_args {
     const char *filename;
     bool json;
     bool chain;
+    bool image_opts;
 };
 
 static int
@@ -494,12 +495,16 @@ info_parse(int argc, char **argv, struct info_args *a)
         { "format", required_argument, NULL, 'f' },
         { "backing-chain", no_argument, NULL, 'B' },
         { "force-share", no_argument, NULL, 'U' },
+        { "image-opts", no_argument, NULL, 'I' },
         { NULL, 0, NULL, 0 },
     };
     int opt;
 
     while ((opt = getopt_long(argc, argv, "f:U", longopts, NULL)) != -1) {
         switch (opt) {
+        case 'I':
+            a->image_opts = true;
+            break;
         case 'f':
             a->fmt = optarg;
             break;
@@ -629,6 +634,12 @@ img_cmd_info(int argc, char **argv)
 
     if (info_parse(argc, argv, &a) < 0) {
         return img_usage_error("info", NULL);
+    }
+    if (!img_simple_name(&a.filename, &a.fmt, a.image_opts) &&
+        a.image_opts) {
+        img_error("--image-opts: only driver=FMT,file.filename=PATH is "
+                  "supported by info");
+        return 1;
     }
     if (!collect_chain(a.filename, a.fmt, a.chain, &chain, &n, &e)) {
         img_report(e);

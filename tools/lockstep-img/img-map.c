@@ -124,6 +124,7 @@ struct map_args {
     bool json;
     uint64_t start;           /* --start-offset */
     uint64_t max_length;      /* --max-length, UINT64_MAX: to the end */
+    bool image_opts;          /* FILENAME is an option string */
 };
 
 static int
@@ -190,12 +191,15 @@ map_parse(int argc, char **argv, struct map_args *a)
         { "force-share", no_argument, NULL, 'U' },
         { "start-offset", required_argument, NULL, 's' },
         { "max-length", required_argument, NULL, 'l' },
+        { "image-opts", no_argument, NULL, 'I' },
         { NULL, 0, NULL, 0 },
     };
     int opt;
 
     while ((opt = getopt_long(argc, argv, "f:Us:l:T:", longopts, NULL)) != -1) {
-        if (opt == 'f') {
+        if (opt == 'I') {
+            a->image_opts = true;
+        } else if (opt == 'f') {
             a->fmt = optarg;
         } else if (opt == 'T') {
             if (!img_set_cache(&img_src_cache, optarg)) {
@@ -237,7 +241,12 @@ img_cmd_map(int argc, char **argv)
     if (i < 0) {
         return img_usage_error("map", NULL);
     }
-    if (!img_open(&img, argv[i], a.fmt, false, &e)) {
+    if (a.image_opts && a.fmt) {
+        img_error("--image-opts and --format are mutually exclusive");
+        return 1;
+    }
+    if (a.image_opts ? !img_open_opts(&img, argv[i], false, &e)
+                     : !img_open(&img, argv[i], a.fmt, false, &e)) {
         img_report(e);
         return 1;
     }
@@ -378,14 +387,15 @@ cmp_run(struct cmp_ctx *c)
         printf("Strict mode: Image size mismatch!\n");
         return CMP_DIFFERENT;
     }
-    if (la != lb && !c->quiet) {
-        printf("Warning: Image size mismatch!\n");
-    }
     img_progress_start(&c->prog, c->prog.enabled);
     for (uint64_t off = 0; off < common && !ret; off += n) {
         n = MIN(IMG_CHUNK, common - off);
         ret = cmp_chunk(c, off, &n);
         img_progress_update(&c->prog, (off + n) * 100.0 / MAX(la, lb));
+    }
+    /* As qemu-img: a content mismatch first, the sizes only after. */
+    if (!ret && la != lb && !c->quiet) {
+        printf("Warning: Image size mismatch!\n");
     }
     if (!ret && la != lb) {
         ret = cmp_tail(c, la > lb ? &c->a : &c->b, common, MAX(la, lb));

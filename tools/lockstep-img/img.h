@@ -17,7 +17,13 @@
 #include "lockstep/block.h"
 #include "lockstep/err.h"
 
-#define IMG_PROG "lockstep-img"
+/*
+ * The name in messages: "lockstep-img", or "qemu-img" when started by
+ * that name (a symlink), so that scripts and QEMU's iotests matching
+ * "qemu-img:" work unchanged.
+ */
+extern const char *img_prog;
+#define IMG_PROG img_prog
 /* Copy and compare granularity: big enough to be fast, small in memory. */
 #define IMG_CHUNK (2 * 1024 * 1024ULL)
 
@@ -29,14 +35,17 @@ struct img_cmd {
     const char *help;         /* option lines for "COMMAND --help" */
 };
 
+int img_cmd_amend(int argc, char **argv);
 int img_cmd_bitmap(int argc, char **argv);
 int img_cmd_create(int argc, char **argv);
+int img_cmd_dd(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 int img_cmd_check(int argc, char **argv);
 int img_cmd_map(int argc, char **argv);
 int img_cmd_compare(int argc, char **argv);
 int img_cmd_commit(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);
+int img_cmd_rebase(int argc, char **argv);
 int img_cmd_resize(int argc, char **argv);
 
 /* "lockstep-img: " + message + newline on stderr. */
@@ -87,6 +96,17 @@ bool img_set_cache(const char **which, const char *mode);
 
 bool img_open(struct img *img, const char *filename, const char *fmt,
               bool writable, struct err **errp);
+/*
+ * json:{"driver": FMT, "file": {"driver": "file", "filename": PATH}} (or
+ * with image_opts "driver=FMT,file.filename=PATH") names the image PATH of
+ * format FMT: then *filename and *fmt say so (QEMU shows such an image by
+ * its plain name too) and true is returned.  Other names stay.
+ */
+bool img_simple_name(const char **filename, const char **fmt,
+                     bool image_opts);
+/* --image-opts: str is "driver=qcow2,file.filename=..." (or JSON). */
+bool img_open_opts(struct img *img, const char *str, bool writable,
+                   struct err **errp);
 /*
  * Open from a blockdev-add object (chains built by the caller).
  * share_writes lets others write and resize the image: commit opens the

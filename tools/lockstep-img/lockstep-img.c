@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img: a qemu-img compatible image tool (create, info, check,
- * map, compare, commit, convert, resize, bitmap).  Each subcommand lives in its own
+ * map, compare, commit, convert, dd, rebase, resize, amend, bitmap).  Each subcommand lives in its own
  * img-*.c file and is listed in the table below; this file holds main(),
  * the help texts and the helpers every subcommand shares.  Output, exit
  * codes and messages follow qemu-img 7.2 so that scripts written for
@@ -21,16 +21,24 @@
 
 #include "block/format/qcow2/qcow2.h"
 #include "img.h"
+#include "keyval.h"
 #include "util.h"
 
 #ifndef LOCKSTEP_VERSION
 #define LOCKSTEP_VERSION "0.1.0"
 #endif
 
+const char *img_prog = "lockstep-img";
+
 /* The most of a file's head we read: cluster 0 of the largest clusters. */
 #define IMG_HEAD_MAX (2 * 1024 * 1024)
 
 static const struct img_cmd img_cmds[] = {
+    { "amend", img_cmd_amend,
+      "amend [-q] [-f FMT] -o OPTIONS FILENAME",
+      "  -f FMT           image format (default: probed)\n"
+      "  -o OPTIONS       creation options to change\n"
+      "Not supported yet: refused with an error (raw has no options).\n" },
     { "bitmap", img_cmd_bitmap,
       "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
       "--disable)... [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] "
@@ -81,7 +89,8 @@ static const struct img_cmd img_cmds[] = {
       "  -p               show progress\n"
       "Exit status: 0 identical, 1 different, 2 error.\n" },
     { "convert", img_cmd_convert,
-      "convert [-p] [-q] [-n] [--target-is-zero] [-f FMT] [-O OUTPUT_FMT] "
+      "convert [-p] [-q] [-n] [-c] [-S SPARSE_SIZE] [--target-is-zero] "
+      "[-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] "
       "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] [-t CACHE] "
       "[-T SRC_CACHE] FILENAME OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
@@ -90,6 +99,11 @@ static const struct img_cmd img_cmds[] = {
       "  -O FMT           output format (default: raw)\n"
       "  -o OPTIONS       creation options of the output format\n"
       "  -n               write into the existing OUTPUT_FILENAME\n"
+      "  -c               compressed clusters (qcow2 output)\n"
+      "  -S SIZE          zero runs of SIZE bytes (default 4k) stay sparse;\n"
+      "                   0 allocates everything\n"
+      "  -B FILE -F FMT   output with backing file FILE: copies only what\n"
+      "                   the source's top image holds\n"
       "  --target-is-zero with -n: the target reads as zeroes already\n"
       "  --bitmaps        copy the persistent bitmaps (qcow2 to qcow2)\n"
       "  --skip-broken-bitmaps  with --bitmaps: leave inconsistent ones\n"
@@ -106,19 +120,39 @@ static const struct img_cmd img_cmds[] = {
       "  -o OPTIONS       cluster_size, refcount_bits, extended_l2,\n"
       "                   preallocation, backing_file, backing_fmt, compat\n"
       "SIZE takes k, M, G, T suffixes; it defaults to the backing file's.\n" },
+    { "dd", img_cmd_dd,
+      "dd [-U] [-f FMT] [-O OUTPUT_FMT] [bs=BLOCK_SIZE] [count=BLOCKS] "
+      "[skip=BLOCKS] if=INPUT of=OUTPUT",
+      "  -f FMT           input format (default: probed)\n"
+      "  -O FMT           output format (default: raw), created anew\n"
+      "  bs=SIZE          block size (default 512; k, M, G suffixes)\n"
+      "  count=N          copy at most N blocks\n"
+      "  skip=N           skip N blocks of the input\n" },
     { "info", img_cmd_info,
       "info [-f FMT] [--output=human|json] [--backing-chain] FILENAME",
       "  -f FMT           image format (default: probed)\n"
       "  --output=FMT     human (default) or json\n"
       "  --backing-chain  describe every image of the backing chain\n" },
     { "map", img_cmd_map,
-      "map [-f FMT] [-T SRC_CACHE] [--output=human|json] [-s OFFSET] "
-      "[-l LENGTH] FILENAME",
+      "map [-f FMT | --image-opts] [-T SRC_CACHE] [--output=human|json] "
+      "[-s OFFSET] [-l LENGTH] FILENAME",
       "  -f FMT           image format (default: probed)\n"
+      "  --image-opts     FILENAME is an option string (driver=...)\n"
       "  -T SRC_CACHE     cache mode (see check -T; not in qemu-img)\n"
       "  --output=FMT     human (default) or json\n"
       "  -s, --start-offset=OFFSET  first byte to describe\n"
       "  -l, --max-length=LENGTH    bytes to describe at most\n" },
+    { "rebase", img_cmd_rebase,
+      "rebase [-q] [-p] [-U] [-f FMT] [-u] -b BACKING_FILE [-F BACKING_FMT] "
+      "FILENAME",
+      "  -f FMT           format of FILENAME (default: probed; qcow2 only)\n"
+      "  -b BACKING_FILE  the new backing file (\"\": none), stored as\n"
+      "                   given; relative names are relative to FILENAME\n"
+      "  -F BACKING_FMT   its format (needed with a backing file)\n"
+      "  -u               unsafe: only rewrite the header, copy nothing\n"
+      "  -p               show progress\n"
+      "Safe mode copies into FILENAME whatever would read differently\n"
+      "through the new backing file, then rewrites the header.\n" },
     { "resize", img_cmd_resize,
       "resize [-q] [-f FMT] [-t CACHE] [--shrink] FILENAME [+|-]SIZE",
       "  -f FMT           image format (default: probed)\n"
@@ -155,8 +189,9 @@ img_usage_error(const char *cmd, const char *msg)
     if (msg) {
         img_error("%s", msg);
     }
-    fprintf(stderr, "Try '%s %s --help' for more information\n", IMG_PROG,
-            cmd ? cmd : "");
+    /* qemu-img's hint names no command; "COMMAND --help" works too. */
+    (void)cmd;
+    fprintf(stderr, "Try '%s --help' for more information\n", IMG_PROG);
     return 1;
 }
 
@@ -408,6 +443,47 @@ file_opts(const char *filename, const char *fmt, bool writable)
     return o;
 }
 
+/*
+ * "PREFIX:..." names a protocol or a pseudo-file (json:{...},
+ * blkdebug:CONF:FILE, null-co://, file:PATH), as in QEMU's tools; NBD URLs
+ * have their own path (nbd_url_opts()).
+ */
+static bool
+is_prefixed_name(const char *filename)
+{
+    size_t n = strspn(filename, "abcdefghijklmnopqrstuvwxyz"
+                      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+
+    return n > 0 && filename[n] == ':' && !img_is_nbd_url(filename);
+}
+
+/* A prefixed name, opened (and probed) by the block layer's rules. */
+static bool
+open_prefixed(struct img *img, const char *filename, const char *fmt,
+              bool writable, struct err **errp)
+{
+    json_t *opts = json_object();
+    bool probed_raw;
+
+    if (fmt) {
+        json_object_set_new(opts, "driver", json_string(fmt));
+    }
+    json_object_set_new(opts, "read-only", json_boolean(!writable));
+    if (!writable && img_force_share) {
+        json_object_set_new(opts, "force-share", json_true());
+    }
+    if (apply_cache(opts, writable, errp)) {
+        img->node = block_open_image(filename, opts, &probed_raw, errp);
+    }
+    json_decref(opts);
+    if (!img->node) {
+        err_prepend(errp, "Could not open '%s': ", filename);
+        return false;
+    }
+    img->fmt = xstrdup(img->node->drv->name);
+    return img_attach(img, filename, writable, false, errp);
+}
+
 bool
 img_open(struct img *img, const char *filename, const char *fmt,
          bool writable, struct err **errp)
@@ -415,6 +491,9 @@ img_open(struct img *img, const char *filename, const char *fmt,
     json_t *opts;
 
     memset(img, 0, sizeof(*img));
+    if (is_prefixed_name(filename)) {
+        return open_prefixed(img, filename, fmt, writable, errp);
+    }
     if (!fmt) {
         fmt = img_probe(filename);
     }
@@ -434,6 +513,90 @@ img_open(struct img *img, const char *filename, const char *fmt,
     }
     img->fmt = xstrdup(fmt);
     return img_attach(img, filename, writable, false, errp);
+}
+
+/* PATH and FMT of {"driver": FMT, "file": {"filename": PATH}} or NULL. */
+static bool
+simple_opts(json_t *o, const char **path, const char **drv)
+{
+    json_t *file = json_object_get(o, "file");
+    const char *key, *fdrv;
+    json_t *v;
+
+    json_object_foreach(o, key, v) {
+        if (strcmp(key, "driver") && strcmp(key, "file") &&
+            strcmp(key, "file.filename") && strcmp(key, "file.driver")) {
+            return false;
+        }
+    }
+    *drv = json_string_value(json_object_get(o, "driver"));
+    if (json_is_object(file)) {
+        json_object_foreach(file, key, v) {
+            if (strcmp(key, "driver") && strcmp(key, "filename")) {
+                return false;
+            }
+        }
+        *path = json_string_value(json_object_get(file, "filename"));
+        fdrv = json_string_value(json_object_get(file, "driver"));
+    } else {
+        *path = json_string_value(json_object_get(o, "file.filename"));
+        fdrv = json_string_value(json_object_get(o, "file.driver"));
+    }
+    return *drv && *path && (!fdrv || !strcmp(fdrv, "file"));
+}
+
+bool
+img_simple_name(const char **filename, const char **fmt, bool image_opts)
+{
+    static char *kept;      /* lives as long as the program's arguments */
+    const char *path, *drv;
+    json_t *o;
+    bool ok;
+
+    if (image_opts) {
+        o = keyval_or_json_parse(*filename, "driver", NULL);
+    } else if (!strncmp(*filename, "json:", 5)) {
+        /* QEMU's JSON: single quotes too, dotted keys. */
+        o = block_filename_options(*filename, NULL);
+    } else {
+        return false;
+    }
+    ok = o && simple_opts(o, &path, &drv) && (!*fmt || !strcmp(*fmt, drv));
+    if (ok) {
+        free(kept);
+        kept = xasprintf("%s%c%s", path, '\0', drv);
+        *filename = kept;
+        *fmt = kept + strlen(path) + 1;
+    }
+    json_decref(o);
+    return ok;
+}
+
+bool
+img_open_opts(struct img *img, const char *str, bool writable,
+              struct err **errp)
+{
+    json_t *opts = keyval_or_json_parse(str, "driver", errp);
+    bool probed_raw;
+
+    memset(img, 0, sizeof(*img));
+    if (!opts) {
+        return false;
+    }
+    json_object_set_new(opts, "read-only", json_boolean(!writable));
+    if (!writable && img_force_share) {
+        json_object_set_new(opts, "force-share", json_true());
+    }
+    if (apply_cache(opts, writable, errp)) {
+        img->node = block_open_image(NULL, opts, &probed_raw, errp);
+    }
+    json_decref(opts);
+    if (!img->node) {
+        err_prepend(errp, "Could not open '%s': ", str);
+        return false;
+    }
+    img->fmt = xstrdup(img->node->drv->name);
+    return img_attach(img, str, writable, false, errp);
 }
 
 bool
@@ -694,7 +857,8 @@ img_progress_start(struct img_progress *p, bool enabled)
 void
 img_progress_update(struct img_progress *p, double percent)
 {
-    if (!p->enabled || (percent - p->last < 1.0 && percent < 100.0)) {
+    if (!p->enabled || percent == p->last ||
+        (percent - p->last < 1.0 && percent < 100.0)) {
         return;
     }
     p->last = percent;
@@ -744,6 +908,9 @@ main(int argc, char **argv)
 {
     const struct img_cmd *c;
 
+    if (!strcmp(basename(argv[0]), "qemu-img")) {
+        img_prog = "qemu-img";
+    }
     if (argc < 2) {
         img_error("Not enough arguments");
         fprintf(stderr, "Try '%s --help' for more information\n", IMG_PROG);

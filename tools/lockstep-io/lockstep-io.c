@@ -1,25 +1,32 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-io: a qemu-io compatible command line exerciser for the block
- * layer.  It opens one node (from "-f FMT FILE" or "--image-opts OPTIONS"),
- * takes a handle on it and runs qemu-io style commands (read, write,
- * discard, flush, map, length, info, help) given with -c or on stdin,
- * printing what qemu-io prints so that scripts and test expectations
- * written for qemu-io keep working.  All I/O goes through block_handle_*.
- * Unlike some qemu-io versions, the exit status is 1 when any command
- * failed.
+ * layer.  It opens an image (a file name as QEMU's tools take it, with
+ * -f FMT, or --image-opts OPTIONS; or none, and the "open" command later),
+ * takes a handle on it and runs qemu-io's commands given with -c or on
+ * standard input, printing what qemu-io 7.2 prints, so that scripts and
+ * QEMU's own iotests written for qemu-io hold for it.  All I/O goes
+ * through block_handle_*.
+ *
+ * Started as "qemu-io" (a symlink of that name) it says "qemu-io" in its
+ * messages and prompt, as the iotests' filters expect; otherwise
+ * "lockstep-io".  The exit status is 1 when any command failed.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "lockstep/block.h"
+#include "block/format/qcow2/qcow2.h"
+#include "io.h"
 #include "keyval.h"
 #include "util.h"
 
@@ -27,40 +34,36 @@
 #define LOCKSTEP_VERSION "0.1.0"
 #endif
 
-/* qemu-io's limit for one request (BDRV_REQUEST_MAX_BYTES), for its message. */
-#define IO_MAX_BYTES 2147483136ULL
 /* Buffers are aligned for O_DIRECT so that the core need not bounce. */
 #define IO_BUF_ALIGN 4096
-/* qemu-io fills write buffers with 0xcd when no pattern is given. */
-#define IO_DEFAULT_PATTERN 0xcd
-/* ... and read buffers with 0xab before reading. */
-#define IO_READ_FILL 0xab
+#define IO_MISALIGN 16
 
-struct io_ctx {
-    struct block_node *node;
-    struct block_handle *h;
-    bool read_only;
-};
+const char *io_prog = "lockstep-io";
+bool io_misalign;
 
-struct io_cmd {
-    const char *name;
-    int (*fn)(struct io_ctx *ctx, int argc, char **argv);
-    int argmin;
-    int argmax;             /* -1: no maximum */
-    bool writes;            /* refused on a read-only node */
-    const char *args;       /* usage, after the name */
-    const char *oneline;
-    const char *help;       /* extended help, or NULL */
-};
-
-static const struct io_cmd *cmd_find(const char *name);
-static void help_all(void);
+/* The run loop stops when this is set (the "quit" command). */
+static bool g_quit;
+/* --image-opts: the open command's path is an option string. */
+static bool g_image_opts;
 
 /* ---- Output helpers, formatted like qemu-io's ------------------------- */
 
+void
+io_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fprintf(stderr, "%s: ", io_prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
 /* "4 KiB", "1.500 KiB", "40 bytes": three decimals unless they are zero. */
-static void
-fmt_size(char *buf, size_t len, double value)
+void
+io_fmt_size(char *buf, size_t len, double value)
 {
     static const char *const units[] = {
         "bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB",
@@ -72,21 +75,22 @@ fmt_size(char *buf, size_t len, double value)
         value /= 1024.0;
         u++;
     }
-    snprintf(buf, len, "%.3f %s", value, units[u]);
-    dot = strstr(buf, ".000 ");
+    snprintf(buf, len, "%.*f %s", u ? 3 : 6, value, units[u]);
+    dot = strstr(buf, ".000");
     if (dot) {
-        memmove(dot, dot + 4, strlen(dot + 4) + 1);
+        memmove(dot, strchr(dot, ' '), strlen(strchr(dot, ' ')) + 1);
     }
 }
 
-/* "00.00 sec" under a second, else "h:mm:ss.ss" (qemu-io's timestr). */
+/* "00.00 sec" under a second, else "h:mm:ss.ss" (qemu-io's timestr);
+ * always the long form for -C. */
 static void
-fmt_time(char *buf, size_t len, int64_t ns)
+fmt_time(char *buf, size_t len, int64_t ns, bool machine)
 {
-    uint64_t secs = ns / 1000000000;
-    double frac = (ns % 1000000000) / 1e9;
+    uint64_t secs = (uint64_t)ns / 1000000000;
+    double frac = (double)(ns % 1000000000) / 1e9;
 
-    if (secs == 0) {
+    if (secs == 0 && !machine) {
         snprintf(buf, len, "%05.2f sec", frac);
     } else {
         snprintf(buf, len, "%u:%02u:%05.2f", (unsigned)(secs / 3600),
@@ -94,53 +98,75 @@ fmt_time(char *buf, size_t len, int64_t ns)
     }
 }
 
-static void
-print_stats(uint64_t bytes, int64_t ns)
+void
+io_report(const char *op, int64_t ns, int64_t offset, int64_t count,
+          int64_t total, int cnt, bool machine)
 {
-    char total[64], rate[64], when[64];
-    double secs = ns > 0 ? ns / 1e9 : 1e-9;
+    char s1[64], s2[64], ts[64];
+    double secs = ns > 0 ? (double)ns / 1e9 : 1e-9;
 
-    fmt_size(total, sizeof(total), bytes);
-    fmt_size(rate, sizeof(rate), bytes / secs);
-    fmt_time(when, sizeof(when), ns);
-    printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", total, 1, when,
-           rate, 1 / secs);
+    fmt_time(ts, sizeof(ts), ns, machine);
+    if (machine) {
+        printf("%" PRId64 ",%d,%s,%.3f,%.3f\n", total, cnt, ts,
+               (double)total / secs, cnt / secs);
+        return;
+    }
+    io_fmt_size(s1, sizeof(s1), (double)total);
+    io_fmt_size(s2, sizeof(s2), (double)total / secs);
+    printf("%s %" PRId64 "/%" PRId64 " bytes at offset %" PRId64 "\n", op,
+           total, count, offset);
+    printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", s1, cnt, ts, s2,
+           cnt / secs);
 }
 
-static void
-print_done(const char *verb, uint64_t offset, uint64_t bytes, int64_t ns)
+/* qemu-io's dump: 16 bytes a line, then the letters and digits among them. */
+void
+io_hexdump(const uint8_t *buf, int64_t offset, int64_t bytes)
 {
-    printf("%s %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", verb,
-           bytes, bytes, offset);
-    print_stats(bytes, ns);
-}
+    for (int64_t i = 0; i < bytes; i += 16) {
+        int64_t n = MIN(16, bytes - i);
 
-/* qemu-io's hexdump: 16 bytes a line, then their printable characters. */
-static void
-hexdump(const uint8_t *buf, uint64_t offset, uint64_t bytes)
-{
-    for (uint64_t i = 0; i < bytes; i += 16) {
-        uint64_t n = MIN(16, bytes - i);
-
-        printf("%08" PRIx64 ":  ", offset + i);
-        for (uint64_t j = 0; j < n; j++) {
+        printf("%08" PRIx64 ":  ", (uint64_t)(offset + i));
+        for (int64_t j = 0; j < n; j++) {
             printf("%02x ", buf[i + j]);
         }
         putchar(' ');
-        for (uint64_t j = 0; j < n; j++) {
-            putchar(isprint(buf[i + j]) ? buf[i + j] : '.');
+        for (int64_t j = 0; j < n; j++) {
+            putchar(isalnum(buf[i + j]) ? buf[i + j] : '.');
         }
         putchar('\n');
     }
 }
 
-static void
-usage_line(const struct io_cmd *c)
+void *
+io_buf_alloc(uint64_t bytes, int fill)
 {
-    printf("%s %s -- %s\n", c->name, c->args, c->oneline);
+    size_t extra = io_misalign ? IO_MISALIGN : 0;
+    uint8_t *buf = NULL;
+
+    if (posix_memalign((void **)&buf, IO_BUF_ALIGN, MAX(bytes + extra, 1))) {
+        fprintf(stderr, "%s: out of memory\n", io_prog);
+        exit(1);
+    }
+    memset(buf, fill, bytes + extra);
+    return buf + extra;
 }
 
-/* ---- Argument parsing --------------------------------------------------- */
+void
+io_buf_free(void *buf)
+{
+    if (buf) {
+        free((uint8_t *)buf - (io_misalign ? IO_MISALIGN : 0));
+    }
+}
+
+void
+io_usage(const struct io_cmd *c)
+{
+    printf("%s %s -- %s\n", c->name, c->args ? c->args : "", c->oneline);
+}
+
+/* ---- Numbers ------------------------------------------------------------ */
 
 static int
 suffix_shift(char c)
@@ -199,8 +225,8 @@ parse_num(const char *s, int64_t *out)
     return 0;
 }
 
-static bool
-arg_num(const char *s, int64_t *out)
+bool
+io_num(const char *s, int64_t *out)
 {
     int ret = parse_num(s, out);
 
@@ -213,438 +239,556 @@ arg_num(const char *s, int64_t *out)
     return ret == 0;
 }
 
-/* Parse "OFF LEN" of a data command; LEN is capped like qemu-io does. */
-static bool
-arg_range(char **argv, int64_t *offset, int64_t *bytes)
-{
-    if (!arg_num(argv[0], offset) || !arg_num(argv[1], bytes)) {
-        return false;
-    }
-    if ((uint64_t)*bytes > IO_MAX_BYTES) {
-        printf("length cannot exceed %llu, given %s\n", IO_MAX_BYTES,
-               argv[1]);
-        return false;
-    }
-    return true;
-}
+/* ---- Opening and closing ------------------------------------------------- */
 
-static bool
-arg_pattern(const char *s, int *out)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 0);
-    if (errno || end == s || *end || v < 0 || v > 0xff) {
-        printf("%s is not a valid pattern byte\n", s);
-        return false;
-    }
-    *out = (int)v;
-    return true;
-}
-
-static void *
-buf_alloc(uint64_t bytes)
-{
-    void *buf = NULL;
-
-    if (posix_memalign(&buf, IO_BUF_ALIGN, MAX(bytes, 1)) != 0) {
-        return NULL;
-    }
-    return buf;
-}
-
-/* ---- Commands ------------------------------------------------------------ */
-
-struct read_opts {
-    int pattern;           /* -1: no verification */
-    int64_t pat_off;       /* -s */
-    int64_t pat_len;       /* -l, -1: to the end */
-    bool verbose;
-    bool quiet;
+/* What the command line and "open" say about how to open. */
+struct open_flags {
+    bool read_only;
+    bool snapshot;
+    bool force_share;
+    bool nocache;               /* cache.direct */
+    bool no_flush;              /* cache.no-flush */
+    bool writethrough;
+    const char *discard;        /* "unmap" (qemu-io's default) or "ignore" */
 };
 
-/* Returns the index of the first non-option argument, or -1. */
-static int
-read_getopt(const struct io_cmd *c, int argc, char **argv,
-            struct read_opts *o)
-{
-    int opt;
-
-    optind = 0;
-    while ((opt = getopt(argc, argv, "P:s:l:vqp")) != -1) {
-        switch (opt) {
-        case 'P':
-            if (!arg_pattern(optarg, &o->pattern)) {
-                return -1;
-            }
-            break;
-        case 's':
-            if (!arg_num(optarg, &o->pat_off)) {
-                return -1;
-            }
-            break;
-        case 'l':
-            if (!arg_num(optarg, &o->pat_len)) {
-                return -1;
-            }
-            break;
-        case 'v':
-            o->verbose = true;
-            break;
-        case 'q':
-            o->quiet = true;
-            break;
-        case 'p':
-            break;
-        default:
-            usage_line(c);
-            return -1;
-        }
-    }
-    if (optind != argc - 2 ||
-        ((o->pat_off || o->pat_len >= 0) && o->pattern < 0)) {
-        usage_line(c);
-        return -1;
-    }
-    return optind;
-}
-
-/* Check the -P pattern over [pat_off, pat_off + pat_len) of buf. */
+/* QEMU's cache modes: what they mean for the node and for the writes. */
 static bool
-read_verify(const struct read_opts *o, const uint8_t *buf, int64_t offset,
-            int64_t bytes)
+parse_cache(const char *mode, struct open_flags *f)
 {
-    int64_t len = o->pat_len >= 0 ? o->pat_len : bytes - o->pat_off;
-
-    if (o->pat_off + len > bytes || len < 0) {
-        printf("Pattern verification range exceeds end of read data\n");
-        return false;
-    }
-    for (int64_t i = 0; i < len; i++) {
-        if (buf[o->pat_off + i] != o->pattern) {
-            printf("Pattern verification failed at offset %" PRId64 ", %"
-                   PRId64 " bytes\n", offset + o->pat_off, len);
-            return false;
-        }
-    }
-    return true;
-}
-
-static int
-cmd_read(struct io_ctx *ctx, int argc, char **argv)
-{
-    struct read_opts o = { .pattern = -1, .pat_len = -1 };
-    int64_t offset, bytes, t0, ns;
-    uint8_t *buf;
-    int i, ret;
-    bool ok = true;
-
-    i = read_getopt(cmd_find("read"), argc, argv, &o);
-    if (i < 0 || !arg_range(argv + i, &offset, &bytes)) {
-        return -EINVAL;
-    }
-    buf = buf_alloc(bytes);
-    if (!buf) {
-        printf("read failed: %s\n", strerror(ENOMEM));
-        return -ENOMEM;
-    }
-    /* Like qemu-io: bytes a driver leaves untouched read as 0xab. */
-    memset(buf, IO_READ_FILL, bytes);
-    t0 = clock_ns();
-    ret = block_handle_pread(ctx->h, offset, bytes, buf, 0);
-    ns = clock_ns() - t0;
-    if (ret < 0) {
-        printf("read failed: %s\n", strerror(-ret));
-        free(buf);
-        return ret;
-    }
-    if (o.pattern >= 0) {
-        ok = read_verify(&o, buf, offset, bytes);
-    }
-    if (o.verbose) {
-        hexdump(buf, offset, bytes);
-    }
-    if (!o.quiet) {
-        print_done("read", offset, bytes, ns);
-    }
-    free(buf);
-    return ok ? 0 : -EIO;
-}
-
-struct write_opts {
-    int pattern;
-    bool zero;
-    bool unmap;
-    bool fua;
-    bool quiet;
-};
-
-static int
-write_getopt(const struct io_cmd *c, int argc, char **argv,
-             struct write_opts *o)
-{
-    bool have_pattern = false;
-    int opt;
-
-    optind = 0;
-    while ((opt = getopt(argc, argv, "P:zufq")) != -1) {
-        switch (opt) {
-        case 'P':
-            have_pattern = true;
-            if (!arg_pattern(optarg, &o->pattern)) {
-                return -1;
-            }
-            break;
-        case 'z':
-            o->zero = true;
-            break;
-        case 'u':
-            o->unmap = true;
-            break;
-        case 'f':
-            o->fua = true;
-            break;
-        case 'q':
-            o->quiet = true;
-            break;
-        default:
-            usage_line(c);
-            return -1;
-        }
-    }
-    if (optind != argc - 2) {
-        usage_line(c);
-        return -1;
-    }
-    if (o->zero && have_pattern) {
-        printf("Only one of -z, -P, and -s can be specified at the same "
-               "time\n");
-        return -1;
-    }
-    if (o->unmap && !o->zero) {
-        printf("-u requires -z to be specified\n");
-        return -1;
-    }
-    return optind;
-}
-
-static int
-cmd_write(struct io_ctx *ctx, int argc, char **argv)
-{
-    struct write_opts o = { .pattern = IO_DEFAULT_PATTERN };
-    unsigned flags;
-    int64_t offset, bytes, t0, ns;
-    uint8_t *buf = NULL;
-    int i, ret;
-
-    i = write_getopt(cmd_find("write"), argc, argv, &o);
-    if (i < 0 || !arg_range(argv + i, &offset, &bytes)) {
-        return -EINVAL;
-    }
-    flags = (o.fua ? BLOCK_REQ_FUA : 0) | (o.unmap ? BLOCK_REQ_MAY_UNMAP : 0);
-    if (!o.zero) {
-        buf = buf_alloc(bytes);
-        if (!buf) {
-            printf("write failed: %s\n", strerror(ENOMEM));
-            return -ENOMEM;
-        }
-        memset(buf, o.pattern, bytes);
-    }
-    t0 = clock_ns();
-    if (o.zero) {
-        ret = block_handle_pwrite_zeroes(ctx->h, offset, bytes, flags);
+    if (!strcmp(mode, "none") || !strcmp(mode, "off")) {
+        f->nocache = true, f->no_flush = false, f->writethrough = false;
+    } else if (!strcmp(mode, "directsync")) {
+        f->nocache = true, f->no_flush = false, f->writethrough = true;
+    } else if (!strcmp(mode, "writeback")) {
+        f->nocache = false, f->no_flush = false, f->writethrough = false;
+    } else if (!strcmp(mode, "unsafe")) {
+        f->nocache = false, f->no_flush = true, f->writethrough = false;
+    } else if (!strcmp(mode, "writethrough")) {
+        f->nocache = false, f->no_flush = false, f->writethrough = true;
     } else {
-        ret = block_handle_pwrite(ctx->h, offset, bytes, buf, flags);
+        return false;
     }
-    ns = clock_ns() - t0;
-    free(buf);
-    if (ret < 0) {
-        printf("write failed: %s\n", strerror(-ret));
-        return ret;
-    }
-    if (!o.quiet) {
-        print_done("wrote", offset, bytes, ns);
-    }
-    return 0;
+    return true;
 }
 
-static int
-cmd_discard(struct io_ctx *ctx, int argc, char **argv)
+static bool
+parse_discard(const char *mode, struct open_flags *f)
 {
-    int64_t offset, bytes, t0, ns;
-    bool quiet = false;
-    int opt, ret;
-
-    optind = 0;
-    while ((opt = getopt(argc, argv, "q")) != -1) {
-        if (opt != 'q') {
-            usage_line(cmd_find("discard"));
-            return -EINVAL;
-        }
-        quiet = true;
+    if (!strcmp(mode, "off") || !strcmp(mode, "ignore")) {
+        f->discard = "ignore";
+    } else if (!strcmp(mode, "on") || !strcmp(mode, "unmap")) {
+        f->discard = "unmap";
+    } else {
+        return false;
     }
-    if (optind != argc - 2) {
-        usage_line(cmd_find("discard"));
-        return -EINVAL;
-    }
-    if (!arg_range(argv + optind, &offset, &bytes)) {
-        return -EINVAL;
-    }
-    t0 = clock_ns();
-    ret = block_handle_pdiscard(ctx->h, offset, bytes);
-    ns = clock_ns() - t0;
-    if (ret < 0) {
-        printf("discard failed: %s\n", strerror(-ret));
-        return ret;
-    }
-    if (!quiet) {
-        print_done("discard", offset, bytes, ns);
-    }
-    return 0;
+    return true;
 }
 
-static int
-cmd_flush(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
+/* lockstep does its file I/O on threads: that is QEMU's "threads". */
+static bool
+parse_aio(const char *mode)
 {
-    int ret = block_handle_flush(ctx->h);
-
-    if (ret < 0) {
-        printf("flush failed: %s\n", strerror(-ret));
+    if (!strcmp(mode, "threads")) {
+        return true;
     }
-    return ret;
+    if (!strcmp(mode, "native") || !strcmp(mode, "io_uring")) {
+        io_error("aio mode '%s' is not supported (lockstep does its file "
+                 "I/O on threads: use 'threads')", mode);
+    } else {
+        io_error("Invalid aio option: %s", mode);
+    }
+    return false;
 }
 
-static int
-cmd_length(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
-{
-    int64_t len = block_handle_getlength(ctx->h);
-    char buf[64];
-
-    if (len < 0) {
-        printf("getlength: %s\n", strerror((int)-len));
-        return (int)len;
-    }
-    fmt_size(buf, sizeof(buf), len);
-    printf("%s\n", buf);
-    return 0;
-}
-
-/* One map line: qemu-io pads "not" to three spaces when allocated. */
+/* Options qemu-io puts on the node, unless the user's options say. */
 static void
-map_print(uint64_t offset, uint64_t bytes, bool allocated)
+apply_flags(json_t *opts, const struct open_flags *f)
 {
-    char s_bytes[64], s_off[64];
+    json_t *cache = json_object_get(opts, "cache");
 
-    fmt_size(s_bytes, sizeof(s_bytes), bytes);
-    fmt_size(s_off, sizeof(s_off), offset);
-    printf("%s (0x%" PRIx64 ") bytes %s allocated at offset %s (0x%" PRIx64
-           ")\n", s_bytes, bytes, allocated ? "   " : "not", s_off, offset);
+    if (!json_object_get(opts, "read-only")) {
+        json_object_set_new(opts, "read-only", json_boolean(f->read_only ||
+                                                            f->snapshot));
+    }
+    if (!json_object_get(opts, "discard")) {
+        json_object_set_new(opts, "discard", json_string(f->discard));
+    }
+    if (f->force_share) {
+        json_object_set_new(opts, "force-share", json_true());
+    }
+    if (!cache && (f->nocache || f->no_flush)) {
+        cache = json_object();
+        json_object_set_new(opts, "cache", cache);
+    }
+    if (cache && !json_object_get(cache, "direct") && f->nocache) {
+        json_object_set_new(cache, "direct", json_true());
+    }
+    if (cache && !json_object_get(cache, "no-flush") && f->no_flush) {
+        json_object_set_new(cache, "no-flush", json_true());
+    }
 }
 
 /*
- * Allocated anywhere in the chain (qemu-io uses is_allocated_above down to
- * the bottom).  Adjacent extents with the same answer are merged.
+ * -s: a temporary qcow2 overlay on top of node, removed from the
+ * directory at once; writes land in it and vanish at close.
  */
-static int
-cmd_map(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
+static struct block_node *
+temp_overlay(struct block_node *base, const struct open_flags *f,
+             struct err **errp)
 {
-    int64_t len = block_handle_getlength(ctx->h);
-    uint64_t offset = 0, start = 0;
-    bool run_alloc = false;
+    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp";
+    CLEANUP_FREE char *path = xasprintf("%s/lockstep-io.XXXXXX", dir);
+    struct qcow2_create_opts copts = { 0 };
+    struct block_node *file, *top = NULL;
+    json_t *o;
+    int fd = mkstemp(path);
 
-    if (len < 0) {
-        printf("could not get image length: %s\n", strerror((int)-len));
-        return (int)len;
+    if (fd < 0) {
+        err_setf_errno(errp, errno, "Could not create temporary overlay "
+                       "in '%s'", dir);
+        return NULL;
     }
-    while (offset < (uint64_t)len) {
-        struct block_status_info info = { 0 };
-        uint64_t pnum = 0;
-        bool alloc;
-        int ret;
-
-        ret = block_handle_status(ctx->h, offset, len - offset, &pnum, &info);
-        if (ret < 0) {
-            printf("block_status failed: %s\n", strerror(-ret));
-            return ret;
-        }
-        assert(pnum > 0);
-        alloc = (ret & BLOCK_STATUS_ALLOCATED) || info.depth > 0;
-        if (offset > start && alloc != run_alloc) {
-            map_print(start, offset - start, run_alloc);
-            start = offset;
-        }
-        run_alloc = alloc;
-        offset += MIN(pnum, len - offset);
+    close(fd);
+    o = json_pack("{s:s, s:s}", "driver", "file", "filename", path);
+    file = block_node_new(o, errp);
+    json_decref(o);
+    if (!file) {
+        goto out;
     }
-    if (offset > start) {
-        map_print(start, offset - start, run_alloc);
+    if (qcow2_create(file, base->size, &copts, errp) < 0) {
+        block_node_unref(file);
+        goto out;
     }
-    return 0;
+    block_node_unref(file);
+    o = json_pack("{s:s, s:{s:s, s:s}, s:s, s:b}", "driver", "qcow2",
+                  "file", "driver", "file", "filename", path,
+                  "backing", base->node_name, "read-only", f->read_only);
+    apply_flags(o, f);
+    top = block_node_new(o, errp);
+    json_decref(o);
+out:
+    unlink(path);
+    return top;
 }
 
-/* The cluster size the driver reports in its query data, or 0. */
-static int64_t
-node_cluster_size(struct block_node *node)
+static void
+warn_probed_raw(const char *filename)
 {
-    json_t *info, *v;
-    int64_t cs = 0;
+    fprintf(stderr, "WARNING: Image format was not specified for '%s' and "
+            "probing guessed raw.\n"
+            "         Automatically detecting the format is dangerous for "
+            "raw images, write operations on block 0 will be restricted.\n"
+            "         Specify the 'raw' format explicitly to remove the "
+            "restrictions.\n", filename);
+}
 
-    if (!node->drv->query) {
+/* qemu-io's openfile(): prints its errors, returns false on failure. */
+static bool
+openfile(struct io_ctx *ctx, const char *name, json_t *opts,
+         const struct open_flags *f)
+{
+    uint32_t perm = BLOCK_PERM_CONSISTENT_READ;
+    struct err *e = NULL;
+    struct block_node *node;
+    bool probed_raw = false;
+    json_t *o;
+
+    if (ctx->node) {
+        io_error("file open already, try 'help close'");
+        return false;
+    }
+    o = opts ? json_incref(opts) : json_object();
+    if (f->force_share) {
+        json_t *fs = json_object_get(o, "force-share");
+
+        if (fs && !json_is_true(fs) &&
+            !(json_is_string(fs) && !strcmp(json_string_value(fs), "on"))) {
+            io_error("-U conflicts with image options");
+            json_decref(o);
+            return false;
+        }
+    }
+    apply_flags(o, f);
+    node = block_open_image(name, o, &probed_raw, &e);
+    if (node && f->snapshot) {
+        struct block_node *top = temp_overlay(node, f, &e);
+
+        block_node_unref(node);
+        node = top;
+    }
+    if (!node) {
+        err_prepend(&e, "can't open%s%s: ", name ? " device " : "",
+                    name ? name : "");
+        err_report(io_prog, e);
+        json_decref(o);
+        return false;
+    }
+    if (probed_raw) {
+        warn_probed_raw(name);
+    }
+    if (!node->read_only) {
+        perm |= BLOCK_PERM_WRITE;
+    }
+    ctx->h = block_handle_new(node, io_prog, perm, BLOCK_PERM_ALL, &e);
+    if (!ctx->h) {
+        err_prepend(&e, "can't open%s%s: ", name ? " device " : "",
+                    name ? name : "");
+        err_report(io_prog, e);
+        block_node_unref(node);
+        json_decref(o);
+        return false;
+    }
+    ctx->node = node;
+    ctx->read_only = node->read_only;
+    ctx->writethrough = f->writethrough;
+    ctx->opts = o;
+    ctx->filename = name ? xstrdup(name) : NULL;
+    return true;
+}
+
+static void
+closefile(struct io_ctx *ctx)
+{
+    if (!ctx->node) {
+        return;
+    }
+    io_aio_drain();
+    if (!ctx->node->read_only) {
+        block_handle_flush(ctx->h);
+    }
+    block_handle_free(ctx->h);
+    block_node_unref(ctx->node);
+    json_decref(ctx->opts);
+    free(ctx->filename);
+    ctx->node = NULL;
+    ctx->h = NULL;
+    ctx->opts = NULL;
+    ctx->filename = NULL;
+}
+
+int
+io_need_perm(struct io_ctx *ctx, uint32_t perm)
+{
+    struct block_child *c = &ctx->h->child;
+    struct block_handle *h;
+    struct err *e = NULL;
+
+    if ((c->perm & perm) == perm) {
         return 0;
     }
-    info = json_object();
-    node->drv->query(node, info);
-    v = json_object_get(info, "cluster-size");
-    if (!v) {
-        v = json_object_get(json_object_get(info, "format-specific"),
-                            "cluster-size");
+    if ((perm & (BLOCK_PERM_WRITE | BLOCK_PERM_RESIZE)) &&
+        ctx->node->read_only) {
+        io_error("Block node is read-only");
+        return -EPERM;
     }
-    if (json_is_integer(v)) {
-        cs = json_integer_value(v);
+    io_aio_drain();
+    h = block_handle_new(ctx->node, io_prog, c->perm | perm, c->shared, &e);
+    if (!h) {
+        err_report(io_prog, e);
+        return -EPERM;
     }
-    json_decref(info);
-    return cs;
-}
-
-static int
-cmd_info(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
-{
-    /* The top node's driver, filters included, as qemu-io prints it. */
-    struct block_node *node = ctx->node;
-    char buf[64];
-
-    printf("format name: %s\n", node->drv->name);
-    fmt_size(buf, sizeof(buf), node_cluster_size(node));
-    printf("cluster size: %s\n", buf);
-    printf("vm state offset: 0 bytes\n");
+    block_handle_free(ctx->h);
+    ctx->h = h;
     return 0;
 }
 
-static int
-cmd_help(struct io_ctx *ctx UNUSED, int argc, char **argv)
+/* QEMU's option strings for "open -o" and "reopen -o" ("a=b,c.d=e"). */
+static json_t *
+parse_opts_implied(json_t *into, const char *str, const char *implied)
 {
-    const struct io_cmd *c;
+    struct err *e = NULL;
+    json_t *o = keyval_or_json_parse(str, implied, &e);
+    const char *key;
+    json_t *v;
 
-    if (argc == 2) {
-        c = cmd_find(argv[1]);
-        if (!c) {
-            printf("command %s not found\n", argv[1]);
+    if (!o) {
+        err_report(io_prog, e);
+        return NULL;
+    }
+    if (!into) {
+        return o;
+    }
+    json_object_foreach(o, key, v) {
+        json_object_set(into, key, v);
+    }
+    json_decref(o);
+    return into;
+}
+
+static json_t *
+parse_opts(json_t *into, const char *str)
+{
+    return parse_opts_implied(into, str, NULL);
+}
+
+/* ---- open, close, reopen, quit, help -------------------------------------- */
+
+static const struct io_cmd open_cmd;
+
+static int
+cmd_open(struct io_ctx *ctx, int argc, char **argv)
+{
+    struct open_flags f = { .discard = "unmap", .writethrough = true };
+    json_t *opts = NULL;
+    int opt;
+    bool ok;
+
+    while ((opt = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
+        switch (opt) {
+        case 's':
+            f.snapshot = true;
+            break;
+        case 'n':
+            f.nocache = true;
+            f.writethrough = false;
+            break;
+        case 'C':
+            io_error("copy-on-read is not supported");
+            json_decref(opts);
+            return -ENOTSUP;
+        case 'r':
+            f.read_only = true;
+            break;
+        case 'k':
+            if (!parse_aio("native")) {
+                json_decref(opts);
+                return -EINVAL;
+            }
+            break;
+        case 't':
+            if (!parse_cache(optarg, &f)) {
+                io_error("Invalid cache option: %s", optarg);
+                json_decref(opts);
+                return -EINVAL;
+            }
+            break;
+        case 'd':
+            if (!parse_discard(optarg, &f)) {
+                io_error("Invalid discard option: %s", optarg);
+                json_decref(opts);
+                return -EINVAL;
+            }
+            break;
+        case 'i':
+            if (!parse_aio(optarg)) {
+                json_decref(opts);
+                return -EINVAL;
+            }
+            break;
+        case 'o':
+            if (g_image_opts) {
+                printf("--image-opts and 'open -o' are mutually "
+                       "exclusive\n");
+                json_decref(opts);
+                return -EINVAL;
+            }
+            opts = parse_opts(opts, optarg);
+            if (!opts) {
+                return -EINVAL;
+            }
+            break;
+        case 'U':
+            f.force_share = true;
+            break;
+        default:
+            json_decref(opts);
+            io_usage(&open_cmd);
             return -EINVAL;
         }
-        usage_line(c);
-        if (c->help) {
-            printf("\n%s\n", c->help);
-        }
-        return 0;
     }
-    help_all();
+    if (g_image_opts && optind == argc - 1) {
+        /* "raw,file.filename=x" as qemu-io; JSON too (ours). */
+        opts = parse_opts_implied(opts, argv[optind], "driver");
+        if (!opts) {
+            return -EINVAL;
+        }
+        optind++;
+    }
+    if (optind == argc - 1) {
+        ok = openfile(ctx, argv[optind], opts, &f);
+    } else if (optind == argc) {
+        ok = openfile(ctx, NULL, opts, &f);
+    } else {
+        json_decref(opts);
+        io_usage(&open_cmd);
+        return -EINVAL;
+    }
+    json_decref(opts);
+    return ok ? 0 : -EINVAL;
+}
+
+static int
+cmd_close(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
+{
+    closefile(ctx);
     return 0;
 }
 
-/* The run loop stops when this is set (the "quit" command). */
-static bool g_quit;
+static const char *const reopen_fixed[] = {
+    "driver", "node-name", NULL,
+};
+
+/*
+ * Options a reopen must not change: QEMU refuses them with this message.
+ * Only the top node's own options are compared; children keep theirs.
+ */
+static bool
+reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
+{
+    for (size_t i = 0; reopen_fixed[i]; i++) {
+        json_t *want = json_object_get(opts, reopen_fixed[i]);
+        const char *have;
+
+        if (!want) {
+            continue;
+        }
+        have = !strcmp(reopen_fixed[i], "driver") ? ctx->node->drv->name
+               : ctx->node->auto_named ? NULL : ctx->node->node_name;
+        if (!have || !json_is_string(want) ||
+            strcmp(json_string_value(want), have)) {
+            io_error("Cannot change the option '%s'", reopen_fixed[i]);
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * reopen [-r|-w] [-c cache] [-o options]: the image is closed and opened
+ * again with the new options (requests drained first).  Going read-only
+ * or read-write alone keeps the node (block_node_set_read_only).
+ */
+static int
+cmd_reopen(struct io_ctx *ctx, int argc, char **argv)
+{
+    struct open_flags f = { .discard = "unmap" };
+    bool has_rw = false, has_cache = false, ro = ctx->read_only;
+    json_t *opts = json_object(), *o;
+    struct err *e = NULL;
+    int opt, ret = -EINVAL;
+
+    f.writethrough = ctx->writethrough;
+    f.nocache = ctx->node->cache_direct;
+    f.no_flush = ctx->node->cache_no_flush;
+    while ((opt = getopt(argc, argv, "c:o:rw")) != -1) {
+        switch (opt) {
+        case 'c':
+            if (!parse_cache(optarg, &f)) {
+                io_error("Invalid cache option: %s", optarg);
+                goto out;
+            }
+            has_cache = true;
+            break;
+        case 'o':
+            if (!parse_opts(opts, optarg)) {
+                goto out;
+            }
+            break;
+        case 'r':
+        case 'w':
+            if (has_rw) {
+                io_error("Only one -r/-w option may be given");
+                goto out;
+            }
+            ro = opt == 'r';
+            has_rw = true;
+            break;
+        default:
+            io_usage(&(const struct io_cmd){ "reopen", NULL, NULL, 0, -1, 0,
+                     "[(-r|-w)] [-c cache] [-o options]",
+                     "reopens an image with new options", NULL });
+            goto out;
+        }
+    }
+    if (optind != argc) {
+        io_usage(&(const struct io_cmd){ "reopen", NULL, NULL, 0, -1, 0,
+                 "[(-r|-w)] [-c cache] [-o options]",
+                 "reopens an image with new options", NULL });
+        goto out;
+    }
+    if (json_object_get(opts, "read-only")) {
+        if (has_rw) {
+            io_error("Cannot set both -r/-w and 'read-only'");
+            goto out;
+        }
+        {
+            json_t *v = json_object_get(opts, "read-only");
+            const char *s = json_string_value(v);
+
+            if (s && strcmp(s, "on") && strcmp(s, "off")) {
+                io_error("Parameter 'read-only' expects 'on' or 'off'");
+                goto out;
+            }
+            ro = s ? !strcmp(s, "on") : json_is_true(v);
+            json_object_del(opts, "read-only");
+        }
+    }
+    if (json_object_get(opts, "cache") && has_cache) {
+        io_error("Cannot set both -c and the cache options");
+        goto out;
+    }
+    if (reopen_changes_fixed(ctx, opts)) {
+        goto out;
+    }
+    io_aio_drain();
+    if (json_object_size(opts) == 0 && !has_cache &&
+        f.nocache == ctx->node->cache_direct &&
+        f.no_flush == ctx->node->cache_no_flush) {
+        /* Only the read-only flag (or nothing) changes: keep the node. */
+        if (ro != ctx->read_only) {
+            uint32_t perm = BLOCK_PERM_CONSISTENT_READ |
+                            (ro ? 0 : BLOCK_PERM_WRITE);
+            struct block_handle *h;
+
+            block_handle_free(ctx->h);
+            ctx->h = NULL;
+            ret = block_node_set_read_only(ctx->node, ro, &e);
+            h = block_handle_new(ctx->node, io_prog, ret < 0 ?
+                                 (ctx->read_only ? BLOCK_PERM_CONSISTENT_READ
+                                  : BLOCK_PERM_CONSISTENT_READ |
+                                    BLOCK_PERM_WRITE) : perm,
+                                 BLOCK_PERM_ALL, NULL);
+            ctx->h = h;
+            if (ret < 0) {
+                err_report(io_prog, e);
+                goto out;
+            }
+            ctx->read_only = ro;
+        }
+        ctx->writethrough = f.writethrough;
+        ret = 0;
+        goto out;
+    }
+    /* Other options: open again with the old ones and the new ones. */
+    o = json_deep_copy(ctx->opts);
+    json_object_del(o, "cache");
+    json_object_set_new(o, "read-only", json_boolean(ro));
+    if (!parse_opts(o, "") && 0) {
+        goto out;
+    }
+    {
+        const char *key;
+        json_t *v;
+
+        json_object_foreach(opts, key, v) {
+            json_object_set(o, key, v);
+        }
+    }
+    {
+        CLEANUP_FREE char *name = ctx->filename ? xstrdup(ctx->filename)
+                                                : NULL;
+        struct open_flags nf = f;
+
+        nf.read_only = ro;
+        closefile(ctx);
+        ret = openfile(ctx, name, o, &nf) ? 0 : -EINVAL;
+    }
+    json_decref(o);
+out:
+    json_decref(opts);
+    return ret;
+}
 
 static int
 cmd_quit(struct io_ctx *ctx UNUSED, int argc UNUSED, char **argv UNUSED)
@@ -653,50 +797,85 @@ cmd_quit(struct io_ctx *ctx UNUSED, int argc UNUSED, char **argv UNUSED)
     return 0;
 }
 
-static const struct io_cmd io_cmds[] = {
-    { "discard", cmd_discard, 2, -1, true, "[-q] off len",
-      "discards a number of bytes at a specified offset",
-      " Discards the range (the node drops it only with discard=unmap).\n"
-      " -q, -- quiet mode, do not show I/O statistics\n" },
-    { "flush", cmd_flush, 0, 0, false, "",
-      "flush all in-core file state to disk", NULL },
-    { "help", cmd_help, 0, 1, false, "[command]",
-      "help for one or all commands", NULL },
-    { "info", cmd_info, 0, 0, false, "",
-      "prints information about the current file", NULL },
-    { "length", cmd_length, 0, 0, false, "",
-      "gets the length of the current file", NULL },
-    { "map", cmd_map, 0, 0, false, "",
-      "prints the allocated areas of a file", NULL },
-    { "quit", cmd_quit, 0, 0, false, "", "exit the program", NULL },
-    { "read", cmd_read, 2, -1, false, "[-qv] [-P pattern [-s off] [-l len]] off len",
-      "reads a number of bytes at a specified offset",
-      " Example:\n"
-      " 'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the "
-      "file\n\n"
-      " -l, -- length for pattern verification (only with -P)\n"
-      " -p, -- ignored for backwards compatibility\n"
-      " -P, -- use a pattern to verify read data\n"
-      " -q, -- quiet mode, do not show I/O statistics\n"
-      " -s, -- start offset for pattern verification (only with -P)\n"
-      " -v, -- dump buffer to standard output\n" },
-    { "write", cmd_write, 2, -1, true, "[-fquz] [-P pattern] off len",
-      "writes a number of bytes at a specified offset",
-      " Example:\n"
-      " 'write -P 0xab 512 1k' - writes 1 kilobyte of 0xab at 512 bytes\n\n"
-      " -f, -- use Force Unit Access semantics\n"
-      " -P, -- use different pattern to fill file (default 0xcd)\n"
-      " -q, -- quiet mode, do not show I/O statistics\n"
-      " -u, -- with -z, allow unmapping\n"
-      " -z, -- write zeroes using the block layer's write zeroes\n" },
-    { NULL, NULL, 0, 0, false, NULL, NULL, NULL },
+static int cmd_help(struct io_ctx *ctx, int argc, char **argv);
+
+static const struct io_cmd open_cmd = {
+    "open", "o", cmd_open, 1, -1, IO_CMD_NOFILE_OK,
+    "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
+    "open the file specified by path",
+    " Opens an image for the other commands (the first one, when lockstep-io\n"
+    " was started without a file).\n"
+    " -r, -- read-only\n"
+    " -s, -- writes go to a temporary overlay, dropped at close\n"
+    " -C, -- copy-on-read (not supported)\n"
+    " -n, -- no host cache (cache.direct), like -t none\n"
+    " -U, -- share the image with its other users\n"
+    " -k, -- kernel AIO (not supported: use threads)\n"
+    " -i, -- AIO mode: threads\n"
+    " -t, -- cache mode: none, directsync, writeback, unsafe, writethrough\n"
+    " -d, -- discard mode: unmap (default) or ignore\n"
+    " -o, -- node options (key=value,...)\n",
 };
+
+static const struct io_cmd io_ctl_cmds[] = {
+    { "close", "c", cmd_close, 0, 0, 0, NULL,
+      "close the current open file", NULL },
+    { "help", "?", cmd_help, 0, 1, IO_CMD_GLOBAL, "[command]",
+      "help for one or all commands", NULL },
+    { "quit", "q", cmd_quit, -1, -1, IO_CMD_GLOBAL, NULL,
+      "exit the program", NULL },
+    { "reopen", NULL, cmd_reopen, 0, -1, 0,
+      "[(-r|-w)] [-c cache] [-o options]",
+      "reopens an image with new options",
+      " Changes the options of the open image.\n"
+      " -r, -- read-only\n"
+      " -w, -- read-write\n"
+      " -c, -- cache mode (as open -t)\n"
+      " -o, -- node options (key=value,...)\n" },
+    { NULL, NULL, NULL, 0, 0, 0, NULL, NULL, NULL },
+};
+
+/* Every command, sorted by name as qemu-io lists them. */
+static const struct io_cmd **all_cmds;
+static size_t nr_cmds;
+
+static int
+cmd_compare(const void *a, const void *b)
+{
+    return strcmp((*(const struct io_cmd *const *)a)->name,
+                  (*(const struct io_cmd *const *)b)->name);
+}
+
+static void
+cmds_init(void)
+{
+    size_t n = 1;
+
+    for (const struct io_cmd *c = io_data_cmds; c->name; c++) {
+        n++;
+    }
+    for (const struct io_cmd *c = io_ctl_cmds; c->name; c++) {
+        n++;
+    }
+    all_cmds = xcalloc(n, sizeof(*all_cmds));
+    all_cmds[nr_cmds++] = &open_cmd;
+    for (const struct io_cmd *c = io_data_cmds; c->name; c++) {
+        all_cmds[nr_cmds++] = c;
+    }
+    for (const struct io_cmd *c = io_ctl_cmds; c->name; c++) {
+        all_cmds[nr_cmds++] = c;
+    }
+    qsort(all_cmds, nr_cmds, sizeof(*all_cmds), cmd_compare);
+}
 
 static const struct io_cmd *
 cmd_find(const char *name)
 {
-    for (const struct io_cmd *c = io_cmds; c->name; c++) {
-        if (!strcmp(c->name, name)) {
+    for (size_t i = 0; i < nr_cmds; i++) {
+        const struct io_cmd *c = all_cmds[i];
+
+        if (!strcmp(c->name, name) || (c->altname &&
+                                       !strcmp(c->altname, name))) {
             return c;
         }
     }
@@ -704,239 +883,133 @@ cmd_find(const char *name)
 }
 
 static void
-help_all(void)
+help_line(const char *name, const struct io_cmd *c)
 {
-    for (const struct io_cmd *c = io_cmds; c->name; c++) {
-        usage_line(c);
+    printf("%s %s%s-- %s\n", name, c->args ? c->args : "",
+           c->args ? " " : "", c->oneline);
+}
+
+static int
+cmd_help(struct io_ctx *ctx UNUSED, int argc, char **argv)
+{
+    const struct io_cmd *c;
+
+    if (argc < 2) {
+        for (size_t i = 0; i < nr_cmds; i++) {
+            help_line(all_cmds[i]->name, all_cmds[i]);
+        }
+        printf("\nUse 'help commandname' for extended help.\n");
+        return 0;
     }
-    printf("\nUse 'help commandname' for extended help.\n");
+    c = cmd_find(argv[1]);
+    if (!c) {
+        printf("command %s not found\n", argv[1]);
+        return -EINVAL;
+    }
+    help_line(argv[1], c);
+    if (c->help) {
+        printf("\n%s\n", c->help);
+    }
+    return 0;
 }
 
 /* ---- Dispatch ------------------------------------------------------------ */
 
 static bool
-check_argc(const struct io_cmd *c, int n)
+check_argc(const struct io_cmd *c, const char *name, int n)
 {
-    if (n >= c->argmin && (c->argmax < 0 || n <= c->argmax)) {
+    if (c->argmin < 0 ||
+        (n >= c->argmin && (c->argmax < 0 || n <= c->argmax))) {
         return true;
     }
     if (c->argmax < 0) {
         fprintf(stderr, "bad argument count %d to %s, expected at least %d "
-                "arguments\n", n, c->name, c->argmin);
+                "arguments\n", n, name, c->argmin);
     } else if (c->argmin == c->argmax) {
         fprintf(stderr, "bad argument count %d to %s, expected %d "
-                "arguments\n", n, c->name, c->argmin);
+                "arguments\n", n, name, c->argmin);
     } else {
         fprintf(stderr, "bad argument count %d to %s, expected between %d "
-                "and %d arguments\n", n, c->name, c->argmin, c->argmax);
+                "and %d arguments\n", n, name, c->argmin, c->argmax);
     }
     return false;
 }
 
-/*
- * Split a command line into words in place: blanks separate, double quotes
- * group.  Returns the number of words (at most max).
- */
-static int
-split_words(char *line, char **argv, int max)
-{
-    int argc = 0;
-    char *p = line;
-
-    while (argc < max) {
-        char *out;
-
-        p += strspn(p, " \t\r\n");
-        if (!*p) {
-            break;
-        }
-        argv[argc++] = out = p;
-        while (*p && !strchr(" \t\r\n", *p)) {
-            if (*p == '"') {
-                for (p++; *p && *p != '"'; p++) {
-                    *out++ = *p;
-                }
-                p += *p == '"';
-            } else {
-                *out++ = *p++;
-            }
-        }
-        if (*p) {
-            p++;
-        }
-        *out = '\0';
-    }
-    return argc;
-}
-
-/* Run one command line.  Returns 0, or -errno when the command failed. */
+/* Run one command line (words split at spaces, as qemu-io does). */
 static int
 run_line(struct io_ctx *ctx, const char *line)
 {
     CLEANUP_FREE char *copy = xstrdup(line);
-    char *argv[64];
+    CLEANUP_FREE char **argv = xcalloc(strlen(line) / 2 + 2, sizeof(*argv));
     const struct io_cmd *c;
-    int argc, ret;
+    int argc = 0, ret;
+    char *save = NULL;
 
-    argc = split_words(copy, argv, ARRAY_SIZE(argv) - 1);
+    for (char *w = strtok_r(copy, " ", &save); w;
+         w = strtok_r(NULL, " ", &save)) {
+        argv[argc++] = w;
+    }
     if (argc == 0) {
         return 0;
     }
-    argv[argc] = NULL;
+    io_aio_reap();
     c = cmd_find(argv[0]);
     if (!c) {
         fprintf(stderr, "command \"%s\" not found\n", argv[0]);
         return -EINVAL;
     }
-    if (!check_argc(c, argc - 1)) {
+    if (!(c->flags & (IO_CMD_GLOBAL | IO_CMD_NOFILE_OK)) && !ctx->node) {
+        fprintf(stderr, "no file open, try 'help open'\n");
         return -EINVAL;
     }
-    if (c->writes && ctx->read_only) {
-        /* qemu-io refuses before parsing the command's arguments. */
-        fprintf(stderr, "lockstep-io: Block node is read-only\n");
-        return -EACCES;
+    if (!check_argc(c, argv[0], argc - 1)) {
+        return -EINVAL;
     }
+    if (ctx->node && (c->flags & (IO_CMD_WRITES | IO_CMD_RESIZE))) {
+        ret = io_need_perm(ctx, ((c->flags & IO_CMD_WRITES) ?
+                                 BLOCK_PERM_WRITE : 0) |
+                                ((c->flags & IO_CMD_RESIZE) ?
+                                 BLOCK_PERM_RESIZE : 0));
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    optind = 0;
     ret = c->fn(ctx, argc, argv);
+    io_aio_reap();
     fflush(stdout);
     return ret;
 }
 
-static bool
+/* Commands from standard input, after a prompt (qemu-io prints it even
+ * when stdin is no terminal; the iotests filter it out). */
+static int
 run_stdin(struct io_ctx *ctx)
 {
-    bool tty = isatty(STDIN_FILENO);
     char *line = NULL;
     size_t cap = 0;
-    bool ok = true;
+    int last = 0;
 
     while (!g_quit) {
-        if (tty) {
-            printf("lockstep-io> ");
-            fflush(stdout);
-        }
-        if (getline(&line, &cap, stdin) < 0) {
+        ssize_t n;
+        int ret;
+
+        printf("%s> ", io_prog);
+        fflush(stdout);
+        n = getline(&line, &cap, stdin);
+        if (n < 0) {
             break;
         }
-        ok &= run_line(ctx, line) == 0;
+        if (n > 0 && line[n - 1] == '\n') {
+            line[n - 1] = '\0';
+        }
+        ret = run_line(ctx, line);
+        if (ret < 0) {
+            last = ret;
+        }
     }
     free(line);
-    return ok;
-}
-
-/* ---- Opening the image -------------------------------------------------- */
-
-/*
- * Options that qemu-io sets on the node it opens: read-only from -r and the
- * discard mode from -d (qemu-io defaults to unmap, unlike blockdev-add).
- * Inline children inherit both from the core.  Explicit options win.
- */
-static void
-set_default_opts(json_t *opts, bool read_only, const char *discard)
-{
-    if (read_only && !json_object_get(opts, "read-only")) {
-        json_object_set_new(opts, "read-only", json_true());
-    }
-    if (!json_object_get(opts, "discard")) {
-        json_object_set_new(opts, "discard", json_string(discard));
-    }
-}
-
-/* The qemu-io probe we support: qcow2 by its magic, anything else raw. */
-static const char *
-probe_format(const char *filename)
-{
-    unsigned char magic[4] = { 0 };
-    FILE *f = fopen(filename, "rb");
-
-    if (f) {
-        if (fread(magic, 1, sizeof(magic), f) != sizeof(magic)) {
-            memset(magic, 0, sizeof(magic));
-        }
-        fclose(f);
-    }
-    return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
-}
-
-/*
- * "-f FMT FILE": the same graph block_node_open_file() builds, made here so
- * that the discard mode can be passed (open_file takes no options).
- */
-static json_t *
-file_opts(const char *filename, const char *fmt, struct err **errp)
-{
-    const struct block_driver *drv;
-
-    if (!fmt) {
-        fmt = probe_format(filename);
-    }
-    drv = block_driver_find(fmt);
-    if (!drv) {
-        err_setf(errp, "Unknown driver '%s'", fmt);
-        return NULL;
-    }
-    if (drv->kind == BLOCK_KIND_PROTOCOL) {
-        return json_pack("{s:s, s:s}", "driver", fmt, "filename", filename);
-    }
-    return json_pack("{s:s, s:{s:s, s:s}}", "driver", fmt, "file", "driver",
-                     "file", "filename", filename);
-}
-
-struct io_args {
-    const char *fmt;
-    const char *discard;
-    const char *cache;          /* -t/-n: a cache mode, or NULL */
-    bool read_only;
-    bool image_opts;
-    const char *target;
-    char **cmds;
-    int ncmds;
-};
-
-static bool
-io_open(struct io_ctx *ctx, const struct io_args *a, struct err **errp)
-{
-    uint32_t perm = BLOCK_PERM_CONSISTENT_READ;
-    json_t *opts;
-
-    if (a->image_opts) {
-        opts = keyval_or_json_parse(a->target, "driver", errp);
-    } else {
-        opts = file_opts(a->target, a->fmt, errp);
-    }
-    if (!opts) {
-        return false;
-    }
-    set_default_opts(opts, a->read_only, a->discard);
-    if (a->cache && block_opts_set_cache_mode(opts, a->cache, errp) < 0) {
-        json_decref(opts);
-        return false;
-    }
-    ctx->node = block_node_new(opts, errp);
-    json_decref(opts);
-    if (!ctx->node) {
-        return false;
-    }
-    ctx->read_only = ctx->node->read_only;
-    if (!ctx->read_only) {
-        perm |= BLOCK_PERM_WRITE;
-    }
-    ctx->h = block_handle_new(ctx->node, "lockstep-io", perm, BLOCK_PERM_ALL,
-                              errp);
-    if (!ctx->h) {
-        block_node_unref(ctx->node);
-        return false;
-    }
-    return true;
-}
-
-static void
-io_close(struct io_ctx *ctx)
-{
-    if (!ctx->read_only) {
-        block_handle_flush(ctx->h);
-    }
-    block_handle_free(ctx->h);
-    block_node_unref(ctx->node);
+    return last;
 }
 
 /* ---- main ---------------------------------------------------------------- */
@@ -945,158 +1018,196 @@ static void
 usage(FILE *f)
 {
     fprintf(f,
-        "Usage: lockstep-io [OPTIONS]... [-c STRING]... FILE\n"
-        "       lockstep-io [OPTIONS]... --image-opts OPTIONS\n"
-        "Exercise a block node with qemu-io style commands.\n"
+        "Usage: %s [OPTIONS]... [-c STRING]... [file]\n"
+        "Exercise a block node with qemu-io's commands.\n"
         "\n"
-        "  --image-opts         FILE is a node's options: key=value,... or "
-        "JSON\n"
+        "  --image-opts         treat file as option string "
+        "(key=value,... or JSON)\n"
         "  -c, --cmd STRING     execute a command (may be repeated); "
         "without -c,\n"
         "                       commands are read from standard input\n"
         "  -f, --format FMT     the format driver (default: probe qcow2, "
         "else raw)\n"
         "  -r, --read-only      open read-only\n"
+        "  -s, --snapshot       writes go to a temporary overlay\n"
+        "  -n, --nocache        no host cache, short for -t none\n"
+        "  -m, --misalign       misalign buffers by 16 bytes\n"
+        "  -i, --aio=MODE       AIO mode: threads\n"
+        "  -t, --cache=MODE     cache mode: none, directsync, writeback,\n"
+        "                       unsafe, writethrough (default)\n"
         "  -d, --discard=MODE   discard mode: unmap (default) or ignore\n"
-        "  -t, --cache=MODE     cache mode: none (O_DIRECT), writeback "
-        "(default)\n"
-        "                       or unsafe (flushes ignored)\n"
-        "  -n, --nocache        the same as -t none\n"
-        "  -U, --force-share    accepted for qemu-io compatibility\n"
+        "  -U, --force-share    share the image with its other users\n"
         "  -h, --help           display this help and exit\n"
         "  -V, --version        output version information and exit\n"
         "\n"
-        "See 'lockstep-io -c help FILE' for the commands.  The exit status "
-        "is 1 if\nthe image could not be opened or any command failed.\n");
+        "FILE may be json:{...}, blkdebug:[CONFIG]:FILE, an NBD URL or a "
+        "path.\n"
+        "See '%s -c help' for the commands.  The exit status is 1 if the\n"
+        "image could not be opened or a command failed.\n",
+        io_prog, io_prog);
 }
 
-/* Refuse a bad -t at once, with qemu-io's message. */
-static bool
-cache_mode_ok(const char *mode)
-{
-    json_t *o = json_object();
-    struct err *e = NULL;
-    bool ok = block_opts_set_cache_mode(o, mode, &e) == 0;
+struct io_args {
+    struct open_flags f;
+    const char *fmt;
+    char **cmds;
+    int ncmds;
+};
 
-    json_decref(o);
-    if (!ok) {
-        err_report("lockstep-io", e);
-    }
-    return ok;
-}
-
-static bool
+static void
 parse_args(int argc, char **argv, struct io_args *a)
 {
     static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { "cmd", required_argument, NULL, 'c' },
         { "format", required_argument, NULL, 'f' },
         { "read-only", no_argument, NULL, 'r' },
+        { "snapshot", no_argument, NULL, 's' },
+        { "nocache", no_argument, NULL, 'n' },
+        { "copy-on-read", no_argument, NULL, 'C' },
+        { "misalign", no_argument, NULL, 'm' },
+        { "native-aio", no_argument, NULL, 'k' },
+        { "aio", required_argument, NULL, 'i' },
         { "discard", required_argument, NULL, 'd' },
         { "cache", required_argument, NULL, 't' },
-        { "nocache", no_argument, NULL, 'n' },
+        { "trace", required_argument, NULL, 'T' },
+        { "object", required_argument, NULL, 'O' },
+        { "image-opts", no_argument, NULL, 'I' },
         { "force-share", no_argument, NULL, 'U' },
-        { "image-opts", no_argument, NULL, 'O' },
-        { "help", no_argument, NULL, 'h' },
-        { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
     int opt;
 
     a->cmds = xcalloc(argc, sizeof(*a->cmds));
-    while ((opt = getopt_long(argc, argv, "+c:f:rd:t:nUhV", longopts,
+    while ((opt = getopt_long(argc, argv, "hVc:d:f:rsnCmki:t:T:U", longopts,
                               NULL)) != -1) {
         switch (opt) {
-        case 'c':
-            a->cmds[a->ncmds++] = optarg;
+        case 's':
+            a->f.snapshot = true;
+            break;
+        case 'n':
+            a->f.nocache = true;
+            a->f.writethrough = false;
+            break;
+        case 'C':
+            io_error("copy-on-read is not supported");
+            exit(1);
+        case 'd':
+            if (!parse_discard(optarg, &a->f)) {
+                io_error("Invalid discard option: %s", optarg);
+                exit(1);
+            }
             break;
         case 'f':
             a->fmt = optarg;
             break;
-        case 'r':
-            a->read_only = true;
+        case 'c':
+            a->cmds[a->ncmds++] = optarg;
             break;
-        case 'd':
-            if (strcmp(optarg, "unmap") && strcmp(optarg, "on") &&
-                strcmp(optarg, "ignore") && strcmp(optarg, "off")) {
-                fprintf(stderr, "lockstep-io: Invalid discard option: %s\n",
-                        optarg);
-                return false;
+        case 'r':
+            a->f.read_only = true;
+            break;
+        case 'm':
+            io_misalign = true;
+            break;
+        case 'k':
+            if (!parse_aio("native")) {
+                exit(1);
             }
-            a->discard = optarg;
+            break;
+        case 'i':
+            if (!parse_aio(optarg)) {
+                exit(1);
+            }
             break;
         case 't':
-            if (!cache_mode_ok(optarg)) {
-                return false;
+            if (!parse_cache(optarg, &a->f)) {
+                io_error("Invalid cache option: %s", optarg);
+                exit(1);
             }
-            a->cache = optarg;
             break;
-        case 'n':
-            a->cache = "none";
-            break;
-        case 'U':
-            break;
-        case 'O':
-            a->image_opts = true;
-            break;
+        case 'T':
+            io_error("tracing is not supported");
+            exit(1);
+        case 'V':
+            printf("%s version %s\n", io_prog, LOCKSTEP_VERSION);
+            exit(0);
         case 'h':
             usage(stdout);
             exit(0);
-        case 'V':
-            printf("lockstep-io version %s\n", LOCKSTEP_VERSION);
-            exit(0);
+        case 'U':
+            a->f.force_share = true;
+            break;
+        case 'O':
+            io_error("--object is not supported (no secrets, no "
+                     "encryption)");
+            exit(1);
+        case 'I':
+            g_image_opts = true;
+            break;
         default:
-            fprintf(stderr, "Try 'lockstep-io --help' for more "
-                    "information.\n");
-            return false;
+            usage(stdout);
+            exit(1);
         }
     }
-    if (optind != argc - 1) {
-        fprintf(stderr, "lockstep-io: %s\nTry 'lockstep-io --help' for more "
-                "information.\n", optind == argc ? "missing FILE argument"
-                : "too many arguments");
-        return false;
+    if (argc - optind > 1) {
+        usage(stdout);
+        exit(1);
     }
-    if (a->image_opts && a->fmt) {
-        fprintf(stderr, "lockstep-io: --image-opts and -f are mutually "
-                "exclusive\n");
-        return false;
+    if (a->fmt && g_image_opts) {
+        io_error("--image-opts and -f are mutually exclusive");
+        exit(1);
     }
-    a->target = argv[optind];
-    return true;
 }
 
 int
 main(int argc, char **argv)
 {
-    struct io_args a = { .discard = "unmap" };
+    struct io_args a = { .f = { .discard = "unmap", .writethrough = true } };
     struct io_ctx ctx = { 0 };
-    struct err *e = NULL;
-    bool ok = true;
+    int last = 0;
 
-    if (!parse_args(argc, argv, &a)) {
-        free(a.cmds);
-        return 1;
+    if (!strcmp(basename(argv[0]), "qemu-io")) {
+        io_prog = "qemu-io";
     }
-    if (!io_open(&ctx, &a, &e)) {
-        /* qemu-io's wording: no device name for --image-opts. */
-        if (a.image_opts) {
-            err_prepend(&e, "can't open: ");
-        } else {
-            err_prepend(&e, "can't open device %s: ", a.target);
+    cmds_init();
+    io_aio_init();
+    parse_args(argc, argv, &a);
+    if (argc - optind == 1) {
+        json_t *opts = NULL;
+        const char *name = argv[optind];
+
+        if (g_image_opts) {
+            opts = parse_opts_implied(NULL, argv[optind], "driver");
+            if (!opts) {
+                exit(1);
+            }
+            name = NULL;
+        } else if (a.fmt) {
+            opts = json_pack("{s:s}", "driver", a.fmt);
         }
-        err_report("lockstep-io", e);
-        free(a.cmds);
-        return 1;
+        if (!openfile(&ctx, name, opts, &a.f)) {
+            json_decref(opts);
+            exit(1);
+        }
+        json_decref(opts);
     }
-    if (a.ncmds == 0) {
-        ok = run_stdin(&ctx);
+    if (a.ncmds > 0) {
+        for (int i = 0; i < a.ncmds && !g_quit; i++) {
+            int ret = run_line(&ctx, a.cmds[i]);
+
+            if (ret < 0) {
+                last = ret;
+            }
+        }
+    } else {
+        last = run_stdin(&ctx);
     }
-    for (int i = 0; i < a.ncmds && !g_quit; i++) {
-        ok &= run_line(&ctx, a.cmds[i]) == 0;
-    }
-    io_close(&ctx);
+    io_aio_drain();
+    closefile(&ctx);
     free(a.cmds);
+    free(all_cmds);
     fflush(stdout);
-    return ok ? 0 : 1;
+    return last < 0 ? 1 : 0;
 }

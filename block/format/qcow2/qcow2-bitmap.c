@@ -940,6 +940,11 @@ qcow2_bitmaps_store(struct qcow2_state *s)
         free(bms);
         return 0;
     }
+    if (s->corrupt) {
+        /* Nothing more is written to an image marked corrupt. */
+        free(bms);
+        return -EIO;
+    }
     e = entries_copy(s->bitmaps.e, nold, (uint32_t)nbm);
     stored = xcalloc(nold + nbm + 1, sizeof(*stored));
     for (size_t i = 0; i < nbm && ret == 0; i++) {

@@ -1357,6 +1357,27 @@ mark_clean(struct chk *c)
     }
 }
 
+/*
+ * A repair opens the image for writing, and a writer clears the autoclear
+ * bits it does not know (the spec asks it; QEMU does it on open).
+ */
+static void
+clear_unknown_autoclear(struct chk *c)
+{
+    uint64_t known = 0x3;   /* bitmaps, raw external data */
+    uint8_t buf[8];
+
+    if (c->version < 3 || !(c->autoclear & ~known)) {
+        return;
+    }
+    c->autoclear &= known;
+    wr64(buf, c->autoclear);
+    if (chk_write(c, 88 /* autoclear */, 8, buf) < 0 ||
+        block_flush(c->file) < 0) {
+        c->res->check_errors++;
+    }
+}
+
 static int
 chk_setup(struct chk *c, struct err **errp)
 {
@@ -1409,6 +1430,7 @@ qcow2_check(struct block_node *file, unsigned fix, FILE *log,
         }
         if (fix && !res->corruptions && !res->check_errors) {
             mark_clean(&c);
+            clear_unknown_autoclear(&c);
         }
         if (fix) {
             block_flush(file);

@@ -131,7 +131,9 @@ compute_layout(struct layout *l, uint64_t size, uint64_t cs, unsigned order,
     l->cs = cs;
     l->l1_entries = div_round_up(size, cs * l2_entries);
     if (l->l1_entries * 8 > QCOW2_MAX_L1_BYTES) {
-        err_setf(errp, "Image size too large for this cluster size");
+        /* qemu-img's words (its iotests match them). */
+        err_setf(errp, "The image size is too large for file format 'qcow2' "
+                 "(try using a larger cluster size)");
         return -EFBIG;
     }
     l->l1_clusters = div_round_up(l->l1_entries * 8, cs);

@@ -7,6 +7,7 @@
  * error rather than a wild offset.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,54 @@ qcow2_feature_names(int type, uint64_t bits)
                              type == 0 ? "incompatible" :
                              type == 1 ? "compatible" : "autoclear", i);
         }
+        free(out);
+        out = next;
+    }
+    return out;
+}
+
+/*
+ * Unknown incompatible bits as QEMU names them: by the image's own
+ * feature name table where it has them, the rest as one hex mask
+ * ("Unknown incompatible feature: 8000000000000000").
+ */
+static char *
+unknown_incompat_names(const uint8_t *b, size_t len, size_t off,
+                       uint64_t mask)
+{
+    char *out = xstrdup("");
+
+    while (off + 8 <= len) {
+        uint32_t magic = ld_be32(b + off), elen = ld_be32(b + off + 4);
+
+        if (magic == QCOW2_EXT_END || off + 8 + elen > len) {
+            break;
+        }
+        /* A short last entry reads as if padded with zeroes (QEMU). */
+        for (size_t e = 0; magic == QCOW2_EXT_FEATURE_TABLE && e < elen;
+             e += 48) {
+            uint8_t f[48] = { 0 };
+            char *next;
+
+            memcpy(f, b + off + 8 + e, MIN(48, elen - e));
+            if (!f[2]) {
+                break;
+            }
+            if (f[0] != 0 || f[1] > 63 || !(mask & (1ULL << f[1]))) {
+                continue;
+            }
+            mask &= ~(1ULL << f[1]);
+            next = xasprintf("%s%s%.46s", out, *out ? ", " : "",
+                             (const char *)f + 2);
+            free(out);
+            out = next;
+        }
+        off += 8 + ((elen + 7) & ~7U);
+    }
+    if (mask) {
+        char *next = xasprintf("%s%sUnknown incompatible feature: %" PRIx64,
+                               out, *out ? ", " : "", mask);
+
         free(out);
         out = next;
     }
@@ -102,8 +151,9 @@ decode_v3(const uint8_t *b, size_t len, struct qcow2_header *h,
     }
     if (h->incompatible_features & ~QCOW2_INCOMPAT_MASK) {
         CLEANUP_FREE char *names =
-            qcow2_feature_names(0, h->incompatible_features &
-                                ~QCOW2_INCOMPAT_MASK);
+            unknown_incompat_names(b, len, h->header_length,
+                                   h->incompatible_features &
+                                   ~QCOW2_INCOMPAT_MASK);
 
         err_setf(errp, "Unsupported qcow2 feature(s): %s", names);
         return -ENOTSUP;
@@ -154,6 +204,7 @@ check_tables(struct qcow2_header *h, struct err **errp)
     }
     need = div_round_up(h->size, cs * h->l2_entries);
     if (need > INT32_MAX) {
+        /* QEMU's limit: no L1 index may pass INT_MAX. */
         err_setf(errp, "Image is too big");
         return -EFBIG;
     }

@@ -134,6 +134,9 @@ struct qcow2_state {
     struct qcow2_cache rb_cache;
 
     uint64_t free_hint;         /* lowest cluster that may be free */
+    /* Where the next compressed cluster may go: right after the last
+     * one, in its host cluster (0: start a new host cluster). */
+    uint64_t free_byte_offset;
     /*
      * A data write into a new cluster failed up to here: it may have
      * written part of its data past the end the file node knows (the core

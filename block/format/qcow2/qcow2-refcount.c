@@ -278,6 +278,10 @@ cluster_freed(struct qcow2_state *s, uint64_t cluster,
     if (cluster < s->free_hint) {
         s->free_hint = cluster;
     }
+    if (s->free_byte_offset >> s->cluster_bits == cluster) {
+        /* Compressed clusters must not be packed into a freed cluster. */
+        s->free_byte_offset = 0;
+    }
     qcow2_cache_forget(&s->l2_cache, off);
     if (s->discard_passthrough[type] && !s->corrupt) {
         /* Refcount is 0 in memory and nothing points here any more; we

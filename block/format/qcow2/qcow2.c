@@ -678,6 +678,144 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
     return ret;
 }
 
+/* ---- Compressed clusters ------------------------------------------------ */
+
+/*
+ * Deflate one cluster (raw deflate, window 2^15, as QEMU writes).
+ * Returns the compressed length, or 0 when it does not fit in max bytes
+ * (then the cluster is written uncompressed).
+ */
+static size_t
+deflate_cluster(const uint8_t *in, size_t len, uint8_t *out, size_t max)
+{
+    z_stream z;
+    size_t n = 0;
+
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 9,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
+        return 0;
+    }
+    z.next_in = (uint8_t *)in;
+    z.avail_in = (uInt)len;
+    z.next_out = out;
+    z.avail_out = (uInt)max;
+    if (deflate(&z, Z_FINISH) == Z_STREAM_END) {
+        n = max - z.avail_out;
+    }
+    deflateEnd(&z);
+    return n;
+}
+
+/*
+ * Room for len compressed bytes, packed after the previous compressed
+ * cluster like QEMU does: in the same host cluster while it fits (its
+ * refcount counts the compressed clusters in it), else in a new host
+ * cluster (which continues the old one when it directly follows it).
+ * Caller holds s->lock.  Returns the host byte offset or -errno.
+ */
+static int64_t
+alloc_bytes(struct qcow2_state *s, uint64_t len)
+{
+    uint64_t off = s->free_byte_offset, rc = 0;
+    uint64_t room = s->cluster_size - (off & (s->cluster_size - 1));
+    int64_t fresh;
+    int ret;
+
+    if (off) {
+        ret = qcow2_get_refcount(s, off >> s->cluster_bits, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc == 0 || rc >= qcow2_refcount_max(s->refcount_order)) {
+            off = 0;
+        }
+    }
+    if (!off || room < len) {
+        fresh = qcow2_alloc_clusters(s, 1);
+        if (fresh < 0) {
+            return fresh;
+        }
+        if (!off || align_up(off, s->cluster_size) != (uint64_t)fresh) {
+            off = (uint64_t)fresh;
+            goto out;
+        }
+    }
+    /* The data starts in (or spills over from) the current cluster. */
+    ret = qcow2_update_refcount(s, align_down(off, s->cluster_size), 1, 1,
+                                QCOW2_DISCARD_OTHER);
+    if (ret < 0) {
+        return ret;
+    }
+out:
+    s->free_byte_offset = (off + len) & (s->cluster_size - 1)
+                          ? off + len : 0;
+    return (int64_t)off;
+}
+
+/*
+ * Write one whole guest cluster compressed (QEMU's rules: the cluster
+ * must not be allocated yet; a short last cluster is padded with
+ * zeroes; what does not compress is written the normal way).
+ */
+static int
+write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
+                         const uint8_t *data, uint64_t n)
+{
+    CLEANUP_FREE uint8_t *in = NULL;
+    CLEANUP_FREE uint8_t *out = xmalloc(s->cluster_size);
+    struct qcow2_l2e old, e = { 0 };
+    uint64_t host, nsect, shift = 62 - (s->cluster_bits - 8);
+    size_t len;
+    int64_t off;
+    int ret;
+
+    if (n < s->cluster_size) {
+        in = xzalloc(s->cluster_size);
+        memcpy(in, data, n);
+        data = in;
+    }
+    len = deflate_cluster(data, s->cluster_size, out, s->cluster_size - 1);
+    if (len == 0) {
+        return write_cluster(s, gc, 0, n, data);
+    }
+    mutex_lock_may_block(&s->lock);
+    ret = s->corrupt ? -EIO : qcow2_get_l2e(s, gc, &old);
+    if (ret == 0 && (old.entry & QCOW2_L2E_OFFSET_MASK)) {
+        /* Compression cannot overwrite anything (QEMU: EIO). */
+        ret = -EIO;
+    }
+    if (ret == 0) {
+        ret = qcow2_ensure_l2(s, gc);
+    }
+    off = ret < 0 ? ret : alloc_bytes(s, len);
+    if (off >= 0 && qcow2_overlap_refuse(s, 0, (uint64_t)off, len) < 0) {
+        off = -EIO;
+    }
+    mutex_unlock(&s->lock);
+    if (off < 0) {
+        return (int)off;
+    }
+    host = (uint64_t)off;
+    block_debug_event(s->file, "write_compressed");
+    ret = block_pwrite(s->file, host, len, out, 0);
+    mutex_lock_may_block(&s->lock);
+    if (ret < 0) {
+        s->failed_end = MAX(s->failed_end,
+                            align_up(host + len, s->cluster_size));
+        qcow2_update_refcount(s, align_down(host, s->cluster_size),
+                              ((host + len - 1) >> s->cluster_bits) -
+                              (host >> s->cluster_bits) + 1, -1,
+                              QCOW2_DISCARD_OTHER);
+    } else {
+        nsect = ((host + len - 1) >> 9) - (host >> 9);
+        e.entry = QCOW2_OFLAG_COMPRESSED | host | (nsect << shift);
+        ret = qcow2_set_l2e(s, gc, &e);
+    }
+    mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* ---- Multi-cluster writes ---------------------------------------------- */
 
 /*
@@ -911,6 +1049,32 @@ write_run(struct qcow2_state *s, const struct write_run *run, uint64_t in,
     return ret;
 }
 
+/* BLOCK_REQ_WRITE_COMPRESSED: whole clusters, each compressed. */
+static int
+pwrite_compressed(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+                  const uint8_t *buf)
+{
+    struct qcow2_range r;
+    int ret = 0;
+
+    if ((offset & (s->cluster_size - 1)) ||
+        ((bytes & (s->cluster_size - 1)) &&
+         offset + bytes != s->node->size)) {
+        return -EINVAL;
+    }
+    range_lock(s, &r, offset, bytes, true);
+    while (bytes > 0 && ret == 0) {
+        uint64_t n = MIN(bytes, s->cluster_size);
+
+        ret = write_compressed_cluster(s, offset >> s->cluster_bits, buf, n);
+        offset += n;
+        bytes -= n;
+        buf += n;
+    }
+    range_unlock(s, &r);
+    return ret;
+}
+
 /*
  * Driver pwrite: any thread, no lock held, any alignment.  Exclusive
  * range lock over the touched clusters; per cluster plan (s->lock), data
@@ -926,7 +1090,9 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     struct qcow2_range r;
     int ret = 0;
 
-    (void)flags;
+    if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
+        return pwrite_compressed(s, offset, bytes, buf);
+    }
     range_lock(s, &r, offset, bytes, true);
     while (bytes > 0 && ret == 0) {
         uint64_t gc = offset >> s->cluster_bits;
@@ -955,26 +1121,50 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
 
 /* ---- Zeroing and discarding --------------------------------------------- */
 
-/* Does subcluster range [a, b) of entry e already read as zeroes? */
+/* Does the backing file read [offset, +bytes) as zeroes (or lack it)? */
 static bool
-reads_zero(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned a,
-           unsigned b)
+backing_reads_zero(struct qcow2_state *s, uint64_t offset, uint64_t bytes)
 {
-    for (unsigned sc = a; sc < b; sc++) {
-        enum qcow2_cluster_type t;
+    struct block_node *b = s->node->backing ? s->node->backing->node : NULL;
+    int64_t blen = b ? block_getlength(b) : 0;
 
-        if (sub_type(s, e, sc, &t) < 0) {
-            return false;
-        }
-        if (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC) {
-            continue;
-        }
-        if (t == QCOW2_CLUSTER_UNALLOCATED && !s->node->backing) {
-            continue;
-        }
+    if (blen < 0) {
         return false;
     }
+    while (bytes > 0 && offset < (uint64_t)blen) {
+        uint64_t pnum = 0;
+        int ret = block_status(b, offset, MIN(bytes, blen - offset), &pnum,
+                               NULL);
+
+        if (ret < 0 || !(ret & BLOCK_STATUS_ZERO)) {
+            return false;
+        }
+        offset += pnum;
+        bytes -= MIN(pnum, bytes);
+    }
     return true;
+}
+
+/*
+ * May subcluster sc of entry e (guest range [start, end)), of which the
+ * caller zeroes only [lo, hi), be zeroed whole?  As in QEMU: when it
+ * holds no data and the rest of it reads as zeroes already.
+ */
+static bool
+zeroable_whole(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
+               uint64_t start, uint64_t end, uint64_t lo, uint64_t hi)
+{
+    enum qcow2_cluster_type t;
+
+    if (sub_type(s, e, sc, &t) < 0) {
+        return false;
+    }
+    if (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+        return true;
+    }
+    return t == QCOW2_CLUSTER_UNALLOCATED &&
+           backing_reads_zero(s, start, lo - start) &&
+           backing_reads_zero(s, hi, end - hi);
 }
 
 /*
@@ -1060,8 +1250,8 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
         bool free_old;
         int ret;
 
-        if (!s->node->backing && idx < s->l1_size &&
-            !(s->l1[idx] & QCOW2_L1E_OFFSET_MASK)) {
+        if ((discard || s->h.version < 3) && !s->node->backing &&
+            idx < s->l1_size && !(s->l1[idx] & QCOW2_L1E_OFFSET_MASK)) {
             /* No L2 table and nothing below: all of it reads as zero. */
             uint64_t skip = ((idx + 1) * s->l2_entries << s->cluster_bits) -
                             offset;
@@ -1082,15 +1272,29 @@ zero_range_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
                                     "cluster %llu", (unsigned long long)gc);
             return -EIO;
         }
-        if (!discard && !(start_ok && end_ok)) {
-            /* Partial subcluster: fine only if it reads as zero already. */
-            if (!reads_zero(s, &old, (unsigned)(in / sc_size),
-                            (unsigned)div_round_up(in + n, sc_size))) {
+        if (!discard && !start_ok) {
+            /* A piece of a subcluster: zeroed whole, or by the core. */
+            uint64_t sc0 = offset - in + (a - 1) * sc_size;
+
+            if (!zeroable_whole(s, &old, a - 1, sc0, sc0 + sc_size, offset,
+                                MIN(offset + n, sc0 + sc_size))) {
                 return -ENOTSUP;
             }
-            a = b;
+            a--;
         }
-        if (a < b && (old.entry || old.bitmap || s->node->backing)) {
+        if (!discard && !end_ok && b * sc_size < in + n) {
+            uint64_t sc0 = offset - in + b * sc_size;
+            uint64_t sc1 = MIN(sc0 + sc_size, s->h.size);
+
+            if (!zeroable_whole(s, &old, b, sc0, sc1, MAX(offset, sc0),
+                                offset + n)) {
+                return -ENOTSUP;
+            }
+            b++;
+        }
+        /* v3 writes zero flags even where nothing was (QEMU does too). */
+        if (a < b && (old.entry || old.bitmap || s->node->backing ||
+                      (!discard && (s->h.version >= 3 || s->extended_l2)))) {
             ret = zero_entry(s, &old, a, b, unmap || discard, &e, &free_old);
             if (ret == -ENOTSUP && discard) {
                 ret = 0;
@@ -1620,6 +1824,34 @@ write_size_locked(struct qcow2_state *s, uint64_t length)
 }
 
 /*
+ * After a shrink, give the free clusters at the end of the file back, as
+ * QEMU does: cut after the last cluster with a reference.  The refcounts
+ * are stable already, so a crash leaves a consistent image either way; a
+ * failure only costs space.  Under s->lock, every request drained.
+ */
+static void
+cut_free_tail(struct qcow2_state *s)
+{
+    int64_t flen = block_getlength(s->file);
+    uint64_t c, rc = 0;
+
+    if (flen <= 0) {
+        return;
+    }
+    for (c = div_round_up((uint64_t)flen, s->cluster_size); c > 0; c--) {
+        if (qcow2_get_refcount(s, c - 1, &rc) < 0) {
+            return;
+        }
+        if (rc) {
+            break;
+        }
+    }
+    if (c > 0 && c * s->cluster_size < (uint64_t)flen) {
+        block_truncate(s->file, c * s->cluster_size, NULL);
+    }
+}
+
+/*
  * Shrink: the header size first (what lies beyond is unreachable from
  * then on), then drop every mapping past the new end: entries of the
  * straddling L2 table cleared and made stable, L2 tables wholly beyond
@@ -1679,7 +1911,11 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         free(f.n);
         return ret;
     }
-    return free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+    ret = free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+    if (ret == 0) {
+        cut_free_tail(s);
+    }
+    return ret;
 }
 
 /*
@@ -1890,14 +2126,18 @@ file_is_qcow2(const char *path)
 
 #define BACKING_PREFIX "Could not open backing file: "
 
-/* "backing" absent: open what the header names, read-only. */
+/*
+ * "backing" absent, or options without a "file": open what the header
+ * names, read-only; the options given (backing.driver=...) win over the
+ * header's, as QEMU merges them.
+ */
 static int
 open_backing_from_header(struct block_node *node, struct qcow2_state *s,
-                         struct err **errp)
+                         json_t *given, struct err **errp)
 {
     CLEANUP_FREE char *path = NULL;
     const char *fmt;
-    json_t *opts;
+    json_t *b, *opts;
     struct block_child *c;
 
     if (!s->h.has_backing_file) {
@@ -1905,8 +2145,11 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
     }
     path = qcow2_resolve_backing(qcow2_node_filename(s->file),
                                  s->h.backing_file);
-    fmt = s->h.has_backing_fmt ? s->h.backing_fmt
-                               : (file_is_qcow2(path) ? "qcow2" : "raw");
+    fmt = json_string_value(json_object_get(given, "driver"));
+    if (!fmt) {
+        fmt = s->h.has_backing_fmt ? s->h.backing_fmt
+                                   : (file_is_qcow2(path) ? "qcow2" : "raw");
+    }
     if (!block_driver_find(fmt)) {
         err_setf(errp, "Could not open backing file: Unknown driver '%s'",
                  fmt);
@@ -1916,8 +2159,11 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
         err_prepend(errp, "%s", BACKING_PREFIX);
         return -ELOOP;
     }
-    opts = json_pack("{s:{s:s, s:{s:s, s:s}}}", "backing", "driver", fmt,
-                     "file", "driver", "file", "filename", path);
+    b = given ? json_deep_copy(given) : json_object();
+    json_object_set_new(b, "driver", json_string(fmt));
+    json_object_set_new(b, "file", json_pack("{s:s, s:s}", "driver", "file",
+                                             "filename", path));
+    opts = json_pack("{s:o}", "backing", b);
     c = block_node_open_child(node, opts, "backing", errp);
     json_decref(opts);
     if (!c) {
@@ -1939,11 +2185,15 @@ open_backing(struct block_node *node, struct qcow2_state *s, json_t *options,
     json_t *b = json_object_get(options, "backing");
 
     if (!b) {
-        return open_backing_from_header(node, s, errp);
+        return open_backing_from_header(node, s, NULL, errp);
     }
     /* null (or "" from keyval, as QEMU allows): no backing file. */
     if (json_is_null(b) || (json_is_string(b) && !*json_string_value(b))) {
         return 0;
+    }
+    if (json_is_object(b) && !json_object_get(b, "file") &&
+        !json_object_get(b, "filename") && s->h.has_backing_file) {
+        return open_backing_from_header(node, s, b, errp);
     }
     return block_node_open_child(node, options, "backing", errp) ? 0
                                                                  : -EINVAL;
@@ -1980,7 +2230,7 @@ init_geometry(struct block_node *node, struct qcow2_state *s,
     node->limits.pdiscard_alignment = (uint32_t)s->cluster_size;
     node->limits.pwrite_zeroes_alignment = (uint32_t)s->subcluster_size;
     node->limits.opt_transfer = (uint32_t)s->cluster_size;
-    node->supported_write_flags = 0;
+    node->supported_write_flags = BLOCK_REQ_WRITE_COMPRESSED;
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
 }
 
@@ -2073,7 +2323,7 @@ out_lock:
 static void
 store_bitmaps_locked(struct qcow2_state *s)
 {
-    int ret = s->corrupt ? -EIO : qcow2_bitmaps_store(s);
+    int ret = qcow2_bitmaps_store(s);
 
     if (ret < 0) {
         fprintf(stderr, "qcow2: could not store the persistent dirty "

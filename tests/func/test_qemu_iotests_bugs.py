@@ -1,0 +1,752 @@
+# SPDX-License-Identifier: MIT
+"""Bugs that QEMU's own iotests found in lockstep-img and lockstep-io.
+
+Each test is the smallest case of one difference `make iotests` showed,
+run with our tools and, where it helps, with qemu-img/qemu-io 7.2 on the
+same files to show what QEMU does.
+"""
+import os
+import struct
+
+import pytest
+
+from conftest import built_program, host_tool, run, supports_o_direct
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@pytest.fixture(scope="session")
+def limg(build_dir):
+    return built_program(build_dir, "lockstep-img")
+
+
+@pytest.fixture(scope="session")
+def lio(build_dir):
+    return built_program(build_dir, "lockstep-io")
+
+
+def ok(r):
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def io(tool, img, *cmds, fmt="qcow2"):
+    argv = [tool, "-f", fmt]
+    for c in cmds:
+        argv += ["-c", c]
+    return ok(run(argv + [img]))
+
+
+# ---- raw images whose size is no multiple of 512 ---------------------------
+
+
+@pytest.mark.parametrize("size,length", [(320, "512 bytes"),
+                                         (1000, "1 KiB")])
+def test_raw_length_rounds_up_to_sectors(lio, tmp_dir, size, length):
+    """A 320-byte raw file is a 512-byte image whose end reads zeroes."""
+    img = os.path.join(tmp_dir, "r.raw")
+    with open(img, "wb") as f:
+        f.write(b"\x5a" * size)
+    whole = (size + 511) // 512 * 512
+    r = io(lio, img, "length", fmt="raw")
+    assert r.stdout.splitlines()[0] == length
+    r = io(lio, img, "read -P 0x5a 0 %d" % size,
+           "read -P 0 %d %d" % (size, whole - size), fmt="raw")
+    assert "Pattern verification failed" not in r.stdout
+    # Reading did not grow the file.
+    assert os.path.getsize(img) == size
+
+
+def test_raw_write_past_file_end_inside_last_sector(lio, tmp_dir):
+    img = os.path.join(tmp_dir, "r.raw")
+    with open(img, "wb") as f:
+        f.write(b"\0" * 320)
+    io(lio, img, "write -P 7 400 100", fmt="raw")
+    assert os.path.getsize(img) == 500
+    io(lio, img, "read -P 0 0 400", "read -P 7 400 100", "read -P 0 500 12",
+       fmt="raw")
+
+
+@pytest.mark.parametrize("prealloc", ["off", "falloc", "full"])
+def test_raw_create_rounds_size_up(limg, tmp_dir, prealloc):
+    img = os.path.join(tmp_dir, "c.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", "-o",
+            "preallocation=" + prealloc, img, "65537"]))
+    assert os.path.getsize(img) == 66048
+
+
+# ---- check on an image too big to open -------------------------------------
+
+
+def set_qcow2_size(path, size):
+    with open(path, "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack(">Q", size))
+
+
+def test_check_refuses_1_eib_header(limg, tmp_dir):
+    """The L1 index of 1 EiB passes INT_MAX: QEMU cannot open it either."""
+    img = os.path.join(tmp_dir, "big.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "4G"]))
+    set_qcow2_size(img, 1 << 60)
+    r = run([limg, "check", img])
+    assert r.returncode == 1
+    assert "Could not open '%s': Image is too big" % img in r.stderr
+    assert "No errors" not in r.stdout
+    r = run([limg, "info", img])
+    assert r.returncode == 1 and "Image is too big" in r.stderr
+
+
+def test_check_refuses_l1_smaller_than_size(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "small-l1.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1G"]))
+    set_qcow2_size(img, 1 << 40)    # 1 TiB needs 2048 entries, L1 has 2
+    r = run([limg, "check", img])
+    assert r.returncode == 1
+    assert "L1 table is too small" in r.stderr
+
+
+# ---- commit through a blkdebug: filename --------------------------------------
+
+
+def make_chain(limg, lio, tmp_dir):
+    base = os.path.join(tmp_dir, "t.qcow2.base")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top, "64M"]))
+    io(lio, top, "write -P 3 0 64k")
+    return base, top
+
+
+def test_commit_through_blkdebug_filename(limg, lio, tmp_dir):
+    base, top = make_chain(limg, lio, tmp_dir)
+    conf = os.path.join(tmp_dir, "empty.conf")
+    open(conf, "w").close()
+    r = ok(run([limg, "commit", "blkdebug:%s:%s" % (conf, top)]))
+    assert "Image committed." in r.stdout
+    io(lio, base, "read -P 3 0 64k")
+    r = io(lio, top, "map")
+    assert r.stdout.startswith("64 MiB (0x4000000) bytes not allocated")
+
+
+def test_commit_blkdebug_error_while_emptying(limg, lio, tmp_dir):
+    """An error injected on the top says "Failed to empty", as qemu-img."""
+    base, top = make_chain(limg, lio, tmp_dir)
+    conf = os.path.join(tmp_dir, "bd.conf")
+    with open(conf, "w") as f:
+        f.write('[inject-error]\nevent = "l1_update"\n')
+    name = "blkdebug:%s:%s" % (conf, top)
+    r = run([limg, "commit", name])
+    assert r.returncode == 1
+    assert r.stderr.strip().endswith(
+        "Failed to empty %s: Input/output error" % name), r.stderr
+    assert "does not have a backing file" not in r.stderr
+    assert "bitmaps" not in r.stderr
+    # The data reached the base; the top still reads the same.
+    io(lio, base, "read -P 3 0 64k")
+    io(lio, top, "read -P 3 0 64k")
+    ok(run([limg, "check", "-r", "all", top]))
+
+
+# ---- Allocation: the metadata QEMU writes -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def qimg():
+    return host_tool("qemu-img")
+
+
+@pytest.fixture(scope="session")
+def qio():
+    return host_tool("qemu-io")
+
+
+def qmap(qimg, img):
+    """The image's map as qemu-img reads it."""
+    return ok(run([qimg, "map", "--output=json", img])).stdout
+
+
+ZERO_CASES = [
+    # (backing file?, extended L2?, commands)
+    (True, False, ["write -z 0 4k"]),           # sub-cluster over zeroes
+    (True, False, ["write -z 1k 130k"]),
+    (True, True, ["write -z 1k 3k"]),
+    (False, False, ["write -z 0 4k"]),          # unallocated, no backing
+    (False, False, ["write -z 0 64k"]),
+    (False, True, ["write -z 0 100k"]),
+    (False, False, ["write -P 1 0 64k", "write -z 4k 4k"]),
+]
+
+
+@pytest.mark.parametrize("backing,ext,cmds", ZERO_CASES)
+def test_write_zeroes_metadata_as_qemu(lio, qio, qimg, tmp_dir, backing, ext,
+                                       cmds):
+    maps = []
+    for tool in (lio, qio):
+        img = os.path.join(tmp_dir, "a-%d.qcow2" % len(maps))
+        opts = "extended_l2=on" if ext else "extended_l2=off"
+        if backing:
+            base = img + ".base"
+            ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", opts, base,
+                    "1M"]))
+            ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", opts, "-b",
+                    base, "-F", "qcow2", img, "1M"]))
+        else:
+            ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", opts, img,
+                    "1M"]))
+        io(tool, img, *cmds)
+        maps.append(qmap(qimg, img))
+    assert maps[0] == maps[1]
+    # A zero cluster, not data, at the start.
+    assert '"zero": true, "data": false' in maps[0].splitlines()[0] or \
+        "write -P" in cmds[0]
+
+
+def test_write_zeroes_over_backing_data_keeps_data(lio, qimg, tmp_dir):
+    """Only where the backing file reads zeroes may a piece grow whole."""
+    base = os.path.join(tmp_dir, "b.qcow2")
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(lio, base, "write -P 1 0 4k")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            img, "1M"]))
+    io(lio, img, "write -z 8k 4k")
+    io(lio, img, "read -P 1 0 4k", "read -P 0 4k 60k")
+
+
+def test_commit_of_zeroed_overlay_frees_base_clusters(limg, lio, qimg,
+                                                      tmp_dir):
+    base = os.path.join(tmp_dir, "b.qcow2")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(lio, base, "write -P 1 0 128k")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top, "1M"]))
+    io(lio, top, "write -z 0 64k")
+    ok(run([limg, "commit", top]))
+    first = qmap(qimg, base).splitlines()[0]
+    assert '"zero": true, "data": false}' in first and "offset" not in first
+    r = ok(run([qimg, "check", base]))
+    assert "1/16 = 6.25% allocated" in r.stdout
+    io(lio, base, "read -P 0 0 64k", "read -P 1 64k 64k")
+
+
+def test_map_preallocated_sparse_clusters_read_zero(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o",
+            "preallocation=metadata", img, "1M"]))
+    ours = ok(run([limg, "map", "--output=json", img])).stdout
+    assert ours == qmap(qimg, img)
+    assert '"zero": true, "data": true' in ours
+    # The human map lists data only: nothing here.
+    r = ok(run([limg, "map", img]))
+    assert r.stdout.splitlines()[1:] == []
+
+
+def test_shrink_gives_space_back(limg, lio, tmp_dir):
+    img = os.path.join(tmp_dir, "s.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    io(lio, img, "write -P 1 0 32M")
+    r = ok(run([limg, "resize", "--shrink", img, "1M"]))
+    assert r.stderr == ""     # no warning with --shrink, as qemu-img
+    assert os.path.getsize(img) < 2 * MiB
+    r = ok(run([limg, "check", img]))
+    assert "No errors" in r.stdout
+    io(lio, img, "read -P 1 0 1M")
+    r = run([limg, "resize", img, "512k"])
+    assert r.returncode == 1 and "--shrink" in r.stderr and \
+        "warning: Shrinking" in r.stderr
+
+
+# ---- Started as qemu-img / qemu-io ------------------------------------------
+
+
+@pytest.mark.parametrize("ours,name", [("lockstep-img", "qemu-img"),
+                                       ("lockstep-io", "qemu-io")])
+def test_messages_name_qemu_when_started_so(build_dir, tmp_dir, ours, name):
+    """QEMU's iotests filter "qemu-img:"; our own name stays otherwise."""
+    prog = built_program(build_dir, ours)
+    link = os.path.join(tmp_dir, name)
+    os.symlink(prog, link)
+    missing = os.path.join(tmp_dir, "missing")
+    argv = ["info", missing] if ours == "lockstep-img" else [missing]
+    r = run([link] + argv)
+    assert r.returncode == 1
+    assert (r.stderr + r.stdout).startswith(name + ": "), r.stderr
+    r = run([prog] + argv)
+    assert (r.stderr + r.stdout).startswith(ours + ": "), r.stderr
+
+
+# ---- rebase ------------------------------------------------------------------
+
+
+def qcow2_exts(path):
+    """The header extensions (magic, data) and the backing name, parsed."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    version = struct.unpack(">I", head[4:8])[0]
+    off = struct.unpack(">I", head[100:104])[0] if version >= 3 else 72
+    exts = []
+    while True:
+        magic, length = struct.unpack(">II", head[off:off + 8])
+        if magic == 0:
+            break
+        exts.append((magic, head[off + 8:off + 8 + length]))
+        off += 8 + (length + 7) // 8 * 8
+    boff, blen = struct.unpack(">QI", head[8:20])
+    return exts, head[boff:boff + blen] if boff else None
+
+
+def make_rebase_set(tool_img, tool_io, d, tag):
+    base = os.path.join(d, "base-%s.qcow2" % tag)
+    new = os.path.join(d, "new-%s.qcow2" % tag)
+    top = os.path.join(d, "top-%s.qcow2" % tag)
+    ok(run([tool_img, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(tool_io, base, "write -P 1 0 256k")
+    ok(run([tool_img, "create", "-q", "-f", "qcow2", new, "512k"]))
+    io(tool_io, new, "write -P 2 64k 64k", "write -P 1 128k 64k")
+    ok(run([tool_img, "create", "-q", "-f", "qcow2", "-b", base, "-F",
+            "qcow2", top, "1M"]))
+    io(tool_io, top, "write -P 3 0 32k")
+    return base, new, top
+
+
+def test_rebase_safe_keeps_content_as_qemu(limg, lio, qimg, qio, tmp_dir):
+    _, new_o, top_o = make_rebase_set(limg, lio, tmp_dir, "o")
+    _, new_q, top_q = make_rebase_set(qimg, qio, tmp_dir, "q")
+    ok(run([limg, "rebase", "-b", new_o, "-F", "qcow2", top_o]))
+    ok(run([qimg, "rebase", "-b", new_q, "-F", "qcow2", top_q]))
+    assert qmap(qimg, top_o).replace(new_o, "NEW") == \
+        qmap(qimg, top_q).replace(new_q, "NEW")
+    io(lio, top_o, "read -P 3 0 32k", "read -P 1 32k 224k",
+       "read -P 0 256k 768k")
+    exts_o, name_o = qcow2_exts(top_o)
+    exts_q, name_q = qcow2_exts(top_q)
+    assert name_o == new_o.encode() and name_q == new_q.encode()
+    assert exts_o == exts_q     # backing format first, then the others
+    r = ok(run([qimg, "check", top_o]))
+    assert "No errors" in r.stdout
+
+
+def test_rebase_remove_and_unsafe(limg, lio, qimg, tmp_dir):
+    base, new, top = make_rebase_set(limg, lio, tmp_dir, "o")
+    ok(run([limg, "rebase", "-b", "", top]))
+    assert qcow2_exts(top)[1] is None
+    io(lio, top, "read -P 3 0 32k", "read -P 1 32k 224k")
+    r = run([limg, "rebase", "-b", "missing", "-F", "qcow2", top])
+    assert r.returncode == 1 and "Could not open new backing file " \
+        "'missing': Could not open" in r.stderr
+    # -u stores the name as given, without looking at it.
+    ok(run([limg, "rebase", "-u", "-b", "/some/path", "-F", "host_device",
+            top]))
+    exts, name = qcow2_exts(top)
+    assert name == b"/some/path" and (0xe2792aca, b"host_device") in exts
+    r = run([limg, "rebase", "-u", "-b", base, top])
+    assert r.returncode == 1 and "backing format must be specified" in \
+        r.stderr
+    r = run([limg, "rebase", top])
+    assert r.returncode == 1 and "Must specify backing file (-b)" in r.stderr
+
+
+# ---- Options as QEMU's tools take them ----------------------------------------
+
+
+def test_blkdebug_limits_take_size_suffixes(lio, tmp_dir):
+    """-o file.align=4k: blkdebug's limits are sizes, as in QEMU."""
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([built_program(os.path.dirname(lio), "lockstep-img"), "create",
+            "-q", "-f", "qcow2", img, "1M"]))
+    r = ok(run([lio, "-c", "open -o driver=qcow2,file.align=4k,"
+                "file.max-transfer=64k blkdebug::" + img,
+                "-c", "write -P 1 1000 100k", "-c", "read -P 1 1000 100k"]))
+    assert "Pattern verification failed" not in r.stdout
+
+
+def test_filter_driver_with_its_own_filename(lio, limg, tmp_dir):
+    """driver=blkdebug,image.driver=qcow2 blkdebug::IMG: one blkdebug."""
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    r = ok(run([lio, "-c", "open -o driver=blkdebug,image.driver=qcow2,"
+                "align=4k blkdebug::" + img, "-c", "write -P 2 0 8k",
+                "-c", "info"]))
+    assert "format name: blkdebug" in r.stdout
+    io(lio, img, "read -P 2 0 8k")
+
+
+def test_map_image_opts(limg, lio, tmp_dir):
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    io(lio, img, "write -P 1 64k 64k")
+    r = ok(run([limg, "map", "--image-opts",
+                "driver=qcow2,file.driver=file,file.filename=" + img]))
+    assert r.stdout.splitlines()[1].split()[:2] == ["0x10000", "0x10000"]
+    r = ok(run([limg, "map", "--output=json", "--image-opts",
+                "driver=blkdebug,align=4k,image.driver=qcow2,"
+                "image.file.filename=" + img]))
+    assert '"start": 65536, "length": 65536' in r.stdout
+
+
+# ---- Messages and header bits as qemu-img --------------------------------------
+
+
+def add_feature(path, word_off, bit):
+    with open(path, "r+b") as f:
+        f.seek(word_off)
+        v = struct.unpack(">Q", f.read(8))[0] | (1 << bit)
+        f.seek(word_off)
+        f.write(struct.pack(">Q", v))
+
+
+def replace_feature_table(path, entries):
+    """Put a feature name table of (type, bit, name) as the only extension."""
+    data = b"".join(struct.pack(">BB46s", t, b, n.encode())
+                    for t, b, n in entries)
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.seek(struct.unpack(">I", f.read(4))[0])     # header_length
+        f.write(struct.pack(">II", 0x6803f857, len(data)) + data +
+                b"\0" * (-len(data) % 8) + b"\0" * 8)
+
+
+def test_unknown_incompatible_features_named_as_qemu(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "f.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    for bit in (61, 62, 63):
+        add_feature(img, 72, bit)
+    replace_feature_table(img, [(0, 63, "Test feature")])
+    r = run([limg, "info", img])
+    assert r.returncode == 1
+    assert r.stderr.rstrip().endswith(
+        "Unsupported qcow2 feature(s): Test feature, Unknown incompatible "
+        "feature: 6000000000000000"), r.stderr
+
+
+def test_check_repair_clears_unknown_autoclear_bits(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "a.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    add_feature(img, 88, 63)
+    ok(run([limg, "check", "-r", "all", img]))
+    with open(img, "rb") as f:
+        f.seek(88)
+        assert struct.unpack(">Q", f.read(8))[0] == 0
+
+
+def test_create_messages_as_qemu_img(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "c.qcow2")
+    r = run([limg, "create", "-f", "qcow2", "-b", img + ".missing", img])
+    assert r.returncode == 1
+    assert r.stderr == ("lockstep-img: %s: Could not open '%s.missing': No "
+                        "such file or directory\nCould not open backing "
+                        "image.\n" % (img, img))
+    r = run([limg, "create", "-f", "qcow2", img, "1E"])
+    assert r.returncode == 1
+    assert "The image size is too large for file format 'qcow2' (try " \
+        "using a larger cluster size)" in r.stderr
+
+
+# ---- convert -B, -S, -c ---------------------------------------------------------
+
+
+def test_convert_backing_copies_only_the_top(limg, lio, qimg, tmp_dir):
+    base = os.path.join(tmp_dir, "b.qcow2")
+    top = os.path.join(tmp_dir, "t.qcow2")
+    out = os.path.join(tmp_dir, "o.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "4M"]))
+    io(lio, base, "write -P 9 0 4M")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top]))
+    io(lio, top, "write -P 1 1M 64k", "write -z 2M 64k")
+    r = run([limg, "convert", "-O", "qcow2", "-B", base, top, out])
+    assert r.returncode == 1 and \
+        "Use of backing file requires explicit backing format" in r.stderr
+    ok(run([limg, "convert", "-O", "qcow2", "-B", base, "-F", "qcow2", top,
+            out]))
+    assert "Images are identical." in ok(run([qimg, "compare", top,
+                                              out])).stdout
+    top_layer = [l for l in qmap(qimg, out).splitlines()
+                 if '"depth": 0' in l]
+    assert len(top_layer) == 2     # the 64k of data and the zeroed 64k
+    assert '"zero": true' in top_layer[1]
+
+
+def test_convert_sparse_size_zero_allocates_everything(limg, tmp_dir):
+    src = os.path.join(tmp_dir, "s.raw")
+    out = os.path.join(tmp_dir, "o.raw")
+    with open(src, "wb") as f:
+        f.truncate(4 * MiB)
+    ok(run([limg, "convert", "-S", "0", "-O", "raw", src, out]))
+    assert os.stat(out).st_blocks * 512 >= 4 * MiB
+    ok(run([limg, "convert", "-O", "raw", src, out + "2"]))
+    assert os.stat(out + "2").st_blocks * 512 < 64 * KiB
+    r = run([limg, "convert", "-S", "1000", "-O", "raw", src, out + "3"])
+    assert r.returncode == 1 and "Invalid buffer size for sparse output" \
+        in r.stderr
+
+
+def test_convert_compressed(limg, lio, qimg, tmp_dir):
+    src = os.path.join(tmp_dir, "s.qcow2")
+    out = os.path.join(tmp_dir, "o.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", src, "4M"]))
+    io(lio, src, "write -P 1 0 1M")
+    ok(run([limg, "convert", "-c", "-O", "qcow2", src, out]))
+    r = ok(run([qimg, "check", out]))
+    assert "100.00% compressed clusters" in r.stdout
+    assert "Images are identical." in ok(run([qimg, "compare", src,
+                                              out])).stdout
+    assert os.path.getsize(out) < 1 * MiB
+    r = run([limg, "convert", "-c", "-O", "raw", src, out + ".raw"])
+    assert r.returncode == 1 and "Compression not supported" in r.stderr
+
+
+# ---- dd --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ops", [[], ["bs=4k"], ["skip=3"], ["bs=1k", "count=5"],
+                                 ["bs=64k", "skip=100"]])
+def test_dd_as_dd(limg, tmp_dir, ops):
+    src = os.path.join(tmp_dir, "in.raw")
+    out = os.path.join(tmp_dir, "out.raw")
+    data = os.urandom(300 * KiB)
+    with open(src, "wb") as f:
+        f.write(data)
+    r = ok(run([limg, "dd", "if=" + src, "of=" + out, "-O", "raw"] + ops))
+    kv = dict(o.split("=") for o in ops)
+    bs = int(kv.get("bs", "512").replace("k", "")) * \
+        (1024 if "k" in kv.get("bs", "") else 1)
+    start = min(int(kv.get("skip", 0)) * bs, len(data))
+    end = len(data)
+    if "count" in kv:
+        end = min(end, int(kv["count"]) * bs)
+    with open(out, "rb") as f:
+        assert f.read() == data[start:max(start, end)]
+    if int(kv.get("skip", 0)) * bs > len(data):
+        assert "cannot skip to specified offset" in r.stderr
+
+
+def test_dd_errors(limg, tmp_dir):
+    r = run([limg, "dd", "if=x"])
+    assert r.returncode == 1 and "Must specify both input and output" in \
+        r.stderr
+    r = run([limg, "dd", "if=x", "of=y", "conv=notrunc"])
+    assert r.returncode == 1 and "unrecognized operand conv=notrunc" in \
+        r.stderr
+
+
+# ---- compare and convert -p output -------------------------------------------
+
+
+def test_compare_content_mismatch_before_size(limg, tmp_dir):
+    a = os.path.join(tmp_dir, "a.raw")
+    b = os.path.join(tmp_dir, "b.raw")
+    with open(a, "wb") as f:
+        f.write(b"\1" * 4096)
+    with open(b, "wb") as f:
+        f.write(b"\2" * 4096 + b"\0" * 4096)
+    r = run([limg, "compare", "-f", "raw", "-F", "raw", a, b])
+    assert r.returncode == 1
+    assert r.stdout == "Content mismatch at offset 0!\n"
+    with open(b, "r+b") as f:
+        f.write(b"\1" * 4096)
+    r = run([limg, "compare", "-f", "raw", "-F", "raw", a, b])
+    assert r.returncode == 0
+    assert r.stdout == "Warning: Image size mismatch!\nImages are identical.\n"
+
+
+def test_convert_progress_counts_data(limg, lio, tmp_dir):
+    """qemu-img's steps: 4 MiB of data in 128 MiB go 25%, 50%, 75%."""
+    src = os.path.join(tmp_dir, "s.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", src, "128M"]))
+    for off in ("0", "2M", "4M", "32M"):
+        io(lio, src, "write %s 1M" % off)
+    r = ok(run([limg, "convert", "-p", "-O", "qcow2", src, src + ".o"]))
+    steps = [x.strip() for x in r.stdout.replace("\r", "\n").splitlines()
+             if x.strip()]
+    assert steps == ["(0.00/100%)", "(25.00/100%)", "(50.00/100%)",
+                     "(75.00/100%)", "(100.00/100%)", "(100.00/100%)"]
+
+
+def test_formats_without_creation_and_amend(limg, tmp_dir):
+    raw = os.path.join(tmp_dir, "r.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", raw, "1M"]))
+    for argv in (["create", "-f", "bochs", raw + ".b", "1M"],
+                 ["convert", "-O", "bochs", raw, raw + ".b"]):
+        r = run([limg] + argv)
+        assert r.returncode == 1
+        assert r.stderr.endswith("Format driver 'bochs' does not support "
+                                 "image creation\n"), r.stderr
+    r = run([limg, "amend", "-f", "raw", "-o", "size=2M", raw])
+    assert r.returncode == 1 and r.stderr == (
+        "lockstep-img: Format driver 'raw' does not support option "
+        "amendment\n")
+    q = os.path.join(tmp_dir, "q.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", q, "1M"]))
+    r = run([limg, "amend", "-o", "compat=0.10", q])
+    assert r.returncode == 1 and "not supported" in r.stderr
+
+
+def test_info_json_name_and_image_opts(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "i.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "64M"]))
+    plain = ok(run([limg, "info", img])).stdout
+    for argv in (['json:{"driver": "qcow2", "file": {"driver": "file", '
+                  '"filename": "%s"}}' % img],
+                 ['json:{"driver":"qcow2","file.filename":"%s"}' % img],
+                 ["--image-opts", "driver=qcow2,file.driver=file,"
+                  "file.filename=" + img]):
+        r = ok(run([limg, "info"] + argv))
+        assert r.stdout == plain
+
+
+# ---- blkdebug breakpoints on the write path (iotest 077) --------------------
+
+# Requests stopped in their read-modify-write on a 4k-aligned blkdebug
+# node while others queue behind them; each request ends with its data.
+RMW_SCRIPT = """\
+open -o driver=raw,file.align=4k blkdebug::{img}
+break pwritev_rmw_after_tail A
+aio_write -P 10 0x5000 0x200
+wait_break A
+aio_write -P 11 0x5200 0x200
+aio_write -P 12 0x5400 0x200
+sleep 100
+resume A
+aio_flush
+break pwritev_rmw_after_head B
+aio_write -P 13 0x7e00 0x200
+wait_break B
+aio_write -P 14 0x7800 0x600
+resume B
+aio_flush
+break pwritev A
+aio_write -P 15 0x10000 0x800
+wait_break A
+break pwritev_done C
+resume A
+wait_break C
+resume C
+aio_flush
+break pwritev_zero Z
+aio_write -z 0x20000 0x2000
+wait_break Z
+resume Z
+aio_flush
+"""
+
+RMW_EXPECT = [(0, 0x5000), (10, 0x200), (11, 0x200), (12, 0x200),
+              (0, 0x7800 - 0x5600), (14, 0x600), (13, 0x200),
+              (0, 0x10000 - 0x8000), (15, 0x800), (0, 0x10000 - 0x800)]
+
+
+@pytest.mark.parametrize("tool", ["ours", "qemu"])
+def test_write_path_breakpoints(lio, qio, tmp_dir, tool):
+    """break on pwritev_rmw_after_tail/after_head, pwritev, pwritev_done
+    and pwritev_zero stops the request there: before, lockstep-io never
+    fired these events and wait_break waited forever."""
+    img = os.path.join(tmp_dir, "b.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    with open(img, "r+b") as f:
+        f.seek(0x20000)
+        f.write(b"\x55" * 0x2000)
+    r = run([lio if tool == "ours" else qio],
+            stdin=RMW_SCRIPT.format(img=img), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "failed" not in r.stdout and "wait_break" not in r.stdout, \
+        r.stdout
+    off, cmds = 0, []
+    for pattern, n in RMW_EXPECT:
+        cmds.append("read -P %d %d %d" % (pattern, off, n))
+        off += n
+    cmds.append("read -P 0 %d %d" % (0x20000, 0x2000))
+    r = io(lio, img, *cmds, fmt="raw")
+    assert "Pattern verification failed" not in r.stdout, r.stdout
+
+
+def test_wait_break_with_nothing_in_flight_ends(lio, tmp_dir):
+    """wait_break with no request that could reach the breakpoint reports
+    it and goes on (it used to wait forever)."""
+    img = os.path.join(tmp_dir, "w.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    r = run([lio], stdin="open -o driver=raw blkdebug::%s\n"
+            "break pwritev A\nwait_break A\nread -P 0 0 512\n" % img,
+            timeout=30)
+    assert "wait_break: no request in flight to stop at A" in r.stdout
+    assert "read 512/512 bytes at offset 0" in r.stdout
+    assert r.returncode == 1
+
+
+def test_backing_options_merge_with_header(limg, lio, tmp_dir):
+    """backing.driver=... alone overrides the header's backing format and
+    keeps its file name (iotest 114), as QEMU merges them; it used to ask
+    for backing.file."""
+    base = os.path.join(tmp_dir, "base.qcow2")
+    top = os.path.join(tmp_dir, "top.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    io(lio, base, "write -P 0x11 0 64k")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            top]))
+    opts = "driver=qcow2,file.driver=file,file.filename=%s" % top
+    r = ok(run([lio, "--image-opts", "-c", "read -P 0x11 0 64k",
+                opts + ",backing.driver=qcow2"]))
+    assert "Pattern verification failed" not in r.stdout
+    # raw over the qcow2 base: its header bytes show through.
+    r = ok(run([lio, "--image-opts", "-c", "read -P 0x51 0 1",
+                opts + ",backing.driver=raw"]))
+    assert "Pattern verification failed" not in r.stdout
+    r = ok(run([lio, "-c", "open -o backing.driver=qcow2 %s" % top,
+                "-c", "read -P 0x11 0 64k"]))
+    assert "Pattern verification failed" not in r.stdout
+
+
+# ---- Names and maps as qemu-img (iotests 110, 150, 221, 253) ---------------
+
+
+def test_img_opens_prefixed_names(limg, lio, tmp_dir):
+    """json: (QEMU's JSON, single quotes too) and null-co names open as in
+    qemu-img; they were taken for plain file names."""
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    plain = ok(run([limg, "info", img])).stdout
+    r = ok(run([limg, "info", "json:{'driver':'qcow2','file':{'driver':"
+                "'file','filename':'%s'}}" % img]))
+    assert r.stdout == plain
+    out = os.path.join(tmp_dir, "n.qcow2")
+    ok(run([limg, "convert", "-O", "qcow2", "-S", "512",
+            "json:{'driver': 'null-co', 'size': 1048576, "
+            "'read-zeroes': true}", out]))
+    r = ok(run([limg, "info", "--output=json", out]))
+    assert '"virtual-size": 1048576' in r.stdout
+
+
+def test_raw_create_writes_first_block(limg, qimg, tmp_dir):
+    ours = os.path.join(tmp_dir, "o.raw")
+    theirs = os.path.join(tmp_dir, "q.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", ours, "1M"]))
+    ok(run([qimg, "create", "-q", "-f", "raw", theirs, "1M"]))
+    assert qmap(qimg, ours) == qmap(qimg, theirs)
+
+
+@pytest.mark.parametrize("size,direct", [(3, False), (65537, False),
+                                         (MiB - 1, False), (MiB - 1, True)])
+def test_raw_map_of_last_partial_sector(limg, qimg, tmp_dir, size, direct):
+    """The end of a raw file's last sector maps as QEMU maps it: zeroes,
+    or data to the block's end when the file is read in aligned blocks
+    (O_DIRECT) and the block starts with data."""
+    if direct and not supports_o_direct(tmp_dir):
+        pytest.skip("no O_DIRECT in %s" % tmp_dir)
+    img = os.path.join(tmp_dir, "u.raw")
+    with open(img, "wb") as f:
+        f.truncate(size)
+    with open(img, "r+b") as f:
+        f.seek(max(0, size - 3))
+        f.write(b"abc")
+    opts = "driver=raw,file.driver=file,file.filename=%s" % img
+    if direct:
+        opts += ",cache.direct=on"
+    argv = ["map", "--output=json", "--image-opts", opts]
+    ours = ok(run([limg] + argv)).stdout
+    theirs = ok(run([qimg] + argv)).stdout
+    assert ours == theirs
