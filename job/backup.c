@@ -532,7 +532,8 @@ struct backup_args {
     bool compress;
     enum job_on_error on_source_error;
     enum job_on_error on_target_error;
-    const char *on_cbw_error;       /* NULL: the filter's default */
+    bool has_on_cbw_error;
+    enum cbw_on_error on_cbw_error;
     bool auto_finalize;
     bool auto_dismiss;
     const char *filter_node_name;
@@ -560,8 +561,8 @@ resolve_args(const struct backup_options *o, struct backup_args *a)
                                                   : JOB_ON_ERROR_REPORT,
         .on_target_error = o->has_on_target_error ? o->on_target_error
                                                   : JOB_ON_ERROR_REPORT,
-        .on_cbw_error = o->has_on_cbw_error
-                        ? cbw_on_error_names[o->on_cbw_error] : NULL,
+        .has_on_cbw_error = o->has_on_cbw_error,
+        .on_cbw_error = o->on_cbw_error,
         .auto_finalize = !o->has_auto_finalize || o->auto_finalize,
         .auto_dismiss = !o->has_auto_dismiss || o->auto_dismiss,
         .filter_node_name = o->filter_node_name,
@@ -784,8 +785,9 @@ backup_create(const struct backup_options *opts, struct err **errp)
     }
     /* QEMU backs up read-only nodes (a backing image, say): the filter
      * is read-only too then, and asks for no write on its source. */
-    cbw = cbw_append(source, target, &(struct cbw_append_options) {
+    cbw = cbw_append(source, target, &(struct cbw_options) {
                          .filter_node_name = a.filter_node_name,
+                         .has_on_cbw_error = a.has_on_cbw_error,
                          .on_cbw_error = a.on_cbw_error,
                          .discard_source = a.discard_source,
                          .read_only = source->read_only && !a.discard_source,

@@ -981,9 +981,10 @@ test_append_drop(void **state UNUSED)
                                BLOCK_PERM_ALL, &err);
     assert_non_null(f.guest);
     make_temp(&f, false);
-    f.cbw = cbw_append(f.src, f.tmp, &(struct cbw_append_options) {
+    f.cbw = cbw_append(f.src, f.tmp, &(struct cbw_options) {
                            .filter_node_name = "fl-job-cbw",
-                           .on_cbw_error = "break-snapshot",
+                           .has_on_cbw_error = true,
+                           .on_cbw_error = CBW_ON_ERROR_BREAK_SNAPSHOT,
                            .discard_source = true,
                            .min_cluster_size = 128 * KiB }, &err);
     if (!f.cbw) {
