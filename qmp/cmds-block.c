@@ -421,6 +421,42 @@ detect_zeroes_name(enum block_detect_zeroes dz)
     return "off";
 }
 
+/*
+ * QMP BlockDirtyInfo, members in the schema's order (QEMU prints them that
+ * way): name (absent for anonymous bitmaps), count, granularity,
+ * recording, busy, persistent, and inconsistent only when true.
+ */
+json_t *
+qmp_dirty_bitmaps_info(struct block_node *node)
+{
+    size_t n;
+    struct block_dirty_bitmap_info *bms = block_node_dirty_bitmaps(node, &n);
+    json_t *list = json_array();
+
+    for (size_t i = 0; i < n; i++) {
+        json_t *info = json_object();
+
+        if (bms[i].name) {
+            json_object_set_new(info, "name", json_string(bms[i].name));
+        }
+        json_object_set_new(info, "count",
+                            json_integer((json_int_t)bms[i].count));
+        json_object_set_new(info, "granularity",
+                            json_integer((json_int_t)bms[i].granularity));
+        json_object_set_new(info, "recording",
+                            json_boolean(bms[i].recording));
+        json_object_set_new(info, "busy", json_boolean(bms[i].busy));
+        json_object_set_new(info, "persistent",
+                            json_boolean(bms[i].persistent));
+        if (bms[i].inconsistent) {
+            json_object_set_new(info, "inconsistent", json_true());
+        }
+        json_array_append_new(list, info);
+    }
+    block_dirty_bitmap_info_free(bms, n);
+    return list;
+}
+
 static json_t *
 node_info(struct block_node *node, bool flat)
 {
@@ -457,7 +493,7 @@ node_info(struct block_node *node, bool flat)
                                           "no-flush", node->cache_no_flush),
                                 cache_order));
     json_object_set_new(info, "write_threshold", json_integer(0));
-    bitmaps = block_node_dirty_bitmaps_info(node);
+    bitmaps = qmp_dirty_bitmaps_info(node);
     if (json_array_size(bitmaps)) {
         json_t *ordered = json_array();
         size_t i;

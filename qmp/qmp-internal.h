@@ -266,6 +266,9 @@ extern const struct qmp_typed qmp_blockdev_del;
 extern const struct qmp_typed qmp_blockdev_reopen;
 extern const struct qmp_typed qmp_query_named_block_nodes;
 json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
+/* A node's dirty bitmaps as QMP BlockDirtyInfo objects (a JSON array). */
+struct block_node;
+json_t *qmp_dirty_bitmaps_info(struct block_node *node);
 /* cmds-export.c */
 extern const struct qmp_typed qmp_nbd_server_start;
 json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);

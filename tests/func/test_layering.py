@@ -83,6 +83,23 @@ def test_filters_read_options_through_the_option_layer():
     assert bad == {}
 
 
+# The core's option layer: blockdev-add options checked (opts.c), turned
+# into nodes and children (node.c), prepared (prepare.c) and reopened
+# (reopen.c).
+OPTION_LAYER = ["block/core/node.c", "block/core/opts.c",
+                "block/core/opts.h", "block/core/prepare.c",
+                "block/core/reopen.c"]
+
+
+def test_core_json_only_in_the_option_layer():
+    # The request layer, the dirty bitmaps and the copy engine are typed;
+    # query-named-block-nodes' bitmap list is built in qmp/.
+    bad = sorted(path for path, text in sources(["block/core", "block/copy"])
+                 if path not in OPTION_LAYER and
+                 re.search(r"<jansson\.h>|\bjson_[a-z_]+\s*\(", text))
+    assert bad == []
+
+
 def test_the_checks_can_fail():
     # The patterns match what they are meant to catch.
     assert re.search(r"__attribute__\s*\(\(\s*(__)?weak",

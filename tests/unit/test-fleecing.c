@@ -35,6 +35,7 @@
 #include "block/format/qcow2/qcow2.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-internal.h"
 #include "util.h"
 
 #define CL (64 * KiB)
@@ -945,7 +946,7 @@ test_options(void **state UNUSED)
                      1 * MiB);
     /* Anonymous access and done bitmaps, as QEMU shows them. */
     {
-        json_t *bms = block_node_dirty_bitmaps_info(f.cbw);
+        json_t *bms = qmp_dirty_bitmaps_info(f.cbw);
 
         assert_int_equal(json_array_size(bms), 2);
         json_decref(bms);
