@@ -517,25 +517,16 @@ backup_filter_node(struct job *job)
 
 /* ---- Arguments -------------------------------------------------------- */
 
-/* The options with their defaults applied; check_bitmap_args() rewrites
- * sync and bitmap-mode as QEMU does (incremental is bitmap + on-success). */
+/* The options (a copy: check_bitmap_args() rewrites sync and bitmap-mode
+ * as QEMU does, incremental being bitmap + on-success), and what follows
+ * from them once the defaults are applied. */
 struct backup_args {
-    const char *job_id;
-    const char *device;
-    const char *target;
-    enum backup_sync sync;
-    bool has_speed;
-    int64_t speed;
-    const char *bitmap;
-    bool has_bitmap_mode;
-    enum backup_bitmap_mode bitmap_mode;
+    struct backup_options o;
     bool compress;
     enum job_on_error on_source_error;
     enum job_on_error on_target_error;
-    const char *on_cbw_error;       /* NULL: the filter's default */
     bool auto_finalize;
     bool auto_dismiss;
-    const char *filter_node_name;
     int64_t max_workers;
     int64_t max_chunk;
     int64_t min_cluster_size;
@@ -546,25 +537,14 @@ static void
 resolve_args(const struct backup_options *o, struct backup_args *a)
 {
     *a = (struct backup_args) {
-        .job_id = o->job_id,
-        .device = o->device,
-        .target = o->target,
-        .sync = o->sync,
-        .has_speed = o->has_speed,
-        .speed = o->speed,
-        .bitmap = o->bitmap,
-        .has_bitmap_mode = o->has_bitmap_mode,
-        .bitmap_mode = o->bitmap_mode,
+        .o = *o,
         .compress = o->has_compress && o->compress,
         .on_source_error = o->has_on_source_error ? o->on_source_error
                                                   : JOB_ON_ERROR_REPORT,
         .on_target_error = o->has_on_target_error ? o->on_target_error
                                                   : JOB_ON_ERROR_REPORT,
-        .on_cbw_error = o->has_on_cbw_error
-                        ? cbw_on_error_names[o->on_cbw_error] : NULL,
         .auto_finalize = !o->has_auto_finalize || o->auto_finalize,
         .auto_dismiss = !o->has_auto_dismiss || o->auto_dismiss,
-        .filter_node_name = o->filter_node_name,
         .max_workers = o->x_perf.has_max_workers ? o->x_perf.max_workers
                                                  : 64,
         .max_chunk = o->x_perf.has_max_chunk ? o->x_perf.max_chunk : 0,
@@ -582,24 +562,24 @@ check_bitmap_args(struct backup_args *a, struct block_node *source,
     struct block_dirty_bitmap *bm;
 
     *bmp = NULL;
-    if (!a->bitmap && (a->sync == BACKUP_SYNC_BITMAP ||
-                       a->sync == BACKUP_SYNC_INCREMENTAL)) {
+    if (!a->o.bitmap && (a->o.sync == BACKUP_SYNC_BITMAP ||
+                       a->o.sync == BACKUP_SYNC_INCREMENTAL)) {
         err_setf(errp, "must provide a valid bitmap name for '%s' sync mode",
-                 backup_sync_names[a->sync]);
+                 backup_sync_names[a->o.sync]);
         return false;
     }
-    if (a->sync == BACKUP_SYNC_INCREMENTAL) {
-        if (a->has_bitmap_mode && a->bitmap_mode != BACKUP_BITMAP_MODE_ON_SUCCESS) {
+    if (a->o.sync == BACKUP_SYNC_INCREMENTAL) {
+        if (a->o.has_bitmap_mode && a->o.bitmap_mode != BACKUP_BITMAP_MODE_ON_SUCCESS) {
             err_setf(errp, "Bitmap sync mode must be 'on-success' when using "
                      "sync mode 'incremental'");
             return false;
         }
-        a->has_bitmap_mode = true;
-        a->bitmap_mode = BACKUP_BITMAP_MODE_ON_SUCCESS;
-        a->sync = BACKUP_SYNC_BITMAP;
+        a->o.has_bitmap_mode = true;
+        a->o.bitmap_mode = BACKUP_BITMAP_MODE_ON_SUCCESS;
+        a->o.sync = BACKUP_SYNC_BITMAP;
     }
-    if (!a->bitmap) {
-        if (a->has_bitmap_mode) {
+    if (!a->o.bitmap) {
+        if (a->o.has_bitmap_mode) {
             err_setf(errp, "Cannot specify bitmap sync mode without a "
                      "bitmap");
             return false;
@@ -608,12 +588,12 @@ check_bitmap_args(struct backup_args *a, struct block_node *source,
     }
     /* Only on the device node itself (it does not look through filters
      * or snapshot-access). */
-    bm = block_dirty_bitmap_find(source, a->bitmap);
+    bm = block_dirty_bitmap_find(source, a->o.bitmap);
     if (!bm) {
-        err_setf(errp, "Bitmap '%s' could not be found", a->bitmap);
+        err_setf(errp, "Bitmap '%s' could not be found", a->o.bitmap);
         return false;
     }
-    if (!a->has_bitmap_mode) {
+    if (!a->o.has_bitmap_mode) {
         err_setf(errp, "Bitmap sync mode must be given when providing a "
                  "bitmap");
         return false;
@@ -621,27 +601,27 @@ check_bitmap_args(struct backup_args *a, struct block_node *source,
     /* Usable at all (read-only is allowed at this point, as QEMU). */
     if (bm->busy) {
         err_setf(errp, "Bitmap '%s' is currently in use by another "
-                 "operation and cannot be used", a->bitmap);
+                 "operation and cannot be used", a->o.bitmap);
         return false;
     }
     if (bm->inconsistent) {
         err_setf(errp, "Bitmap '%s' is inconsistent and cannot be used",
-                 a->bitmap);
+                 a->o.bitmap);
         return false;
     }
-    if (a->sync == BACKUP_SYNC_NONE) {
+    if (a->o.sync == BACKUP_SYNC_NONE) {
         err_setf(errp, "sync mode 'none' does not produce meaningful bitmap "
                  "outputs");
         return false;
     }
-    if (a->bitmap_mode == BACKUP_BITMAP_MODE_NEVER &&
-        a->sync != BACKUP_SYNC_BITMAP) {
+    if (a->o.bitmap_mode == BACKUP_BITMAP_MODE_NEVER &&
+        a->o.sync != BACKUP_SYNC_BITMAP) {
         err_setf(errp, "Bitmap sync mode 'never' has no meaningful effect "
-                 "when combined with sync mode '%s'", backup_sync_names[a->sync]);
+                 "when combined with sync mode '%s'", backup_sync_names[a->o.sync]);
         return false;
     }
     /* The job writes the bitmap back unless the mode is never. */
-    if (a->bitmap_mode != BACKUP_BITMAP_MODE_NEVER &&
+    if (a->o.bitmap_mode != BACKUP_BITMAP_MODE_NEVER &&
         !block_dirty_bitmap_check_writable(bm, errp)) {
         return false;
     }
@@ -703,15 +683,15 @@ backup_create(const struct backup_options *opts, struct err **errp)
 
     assert_main_thread();
     resolve_args(opts, &a);
-    source = lookup_node(a.device, errp);
+    source = lookup_node(a.o.device, errp);
     if (!source) {
         return NULL;
     }
-    target = lookup_node(a.target, errp);
+    target = lookup_node(a.o.target, errp);
     if (!target) {
         return NULL;
     }
-    if (a.has_speed && a.speed < 0) {
+    if (a.o.has_speed && a.o.speed < 0) {
         err_setf(errp, "Parameter 'speed' expects a non-negative value");
         return NULL;
     }
@@ -784,9 +764,10 @@ backup_create(const struct backup_options *opts, struct err **errp)
     }
     /* QEMU backs up read-only nodes (a backing image, say): the filter
      * is read-only too then, and asks for no write on its source. */
-    cbw = cbw_append(source, target, &(struct cbw_append_options) {
-                         .filter_node_name = a.filter_node_name,
-                         .on_cbw_error = a.on_cbw_error,
+    cbw = cbw_append(source, target, &(struct cbw_options) {
+                         .filter_node_name = a.o.filter_node_name,
+                         .has_on_cbw_error = a.o.has_on_cbw_error,
+                         .on_cbw_error = a.o.on_cbw_error,
                          .discard_source = a.discard_source,
                          .read_only = source->read_only && !a.discard_source,
                      }, errp);
@@ -801,7 +782,7 @@ backup_create(const struct backup_options *opts, struct err **errp)
                  "cluster size (%" PRIu64 ")", a.max_chunk, cluster);
         goto out_cbw;
     }
-    job = job_create(&backup_driver, a.job_id, a.auto_finalize,
+    job = job_create(&backup_driver, a.o.job_id, a.auto_finalize,
                      a.auto_dismiss, errp);
     if (!job) {
         goto out_cbw;
@@ -809,10 +790,10 @@ backup_create(const struct backup_options *opts, struct err **errp)
     s = container_of(job, struct backup_job, job);
     mutex_init(&s->rl_lock);
     cond_init(&s->rl_cond);
-    s->main_h = block_handle_new_job(cbw, "backup", a.job_id, "main node", 0,
+    s->main_h = block_handle_new_job(cbw, "backup", a.o.job_id, "main node", 0,
                                      BLOCK_PERM_ALL, errp);
     s->target_h = s->main_h ?
-                  block_handle_new_job(target, "backup", a.job_id, "target",
+                  block_handle_new_job(target, "backup", a.o.job_id, "target",
                                        0, BLOCK_PERM_ALL, errp) : NULL;
     if (!s->target_h) {
         block_handle_free(s->main_h);
@@ -826,11 +807,11 @@ backup_create(const struct backup_options *opts, struct err **errp)
     s->target = target;
     s->cbw = cbw;
     s->bcs = bcs;
-    s->sync = a.sync;
+    s->sync = a.o.sync;
     s->bitmap = bm;
     s->successor = successor;
     s->bitmap_was_enabled = was_enabled;
-    s->bitmap_mode = a.bitmap_mode;
+    s->bitmap_mode = a.o.bitmap_mode;
     s->on_source_error = a.on_source_error;
     s->on_target_error = a.on_target_error;
     s->workers = (int)MIN(a.max_workers, BACKUP_MAX_THREADS);
@@ -845,8 +826,8 @@ backup_create(const struct backup_options *opts, struct err **errp)
     }
     block_drain_end();
 
-    if (a.speed) {
-        job_set_speed(job, a.speed, NULL);
+    if (a.o.speed) {
+        job_set_speed(job, a.o.speed, NULL);
     }
     return job;
 

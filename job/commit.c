@@ -44,9 +44,10 @@
  * "replication-resync", kept by the replication driver while the
  * secondary is missing); target is the node that reaches the returning
  * secondary (its NBD client).  The job copies the bitmap's ranges from
- * device to target, converges like active commit, and in prepare (drained)
- * copies the rest, clears the bitmap and disables it again.  The bitmap is
- * busy while the job runs.
+ * device to target, converges like active commit, and in prepare
+ * copies the rest, clears the bitmap and disables it again; the target
+ * being remote, that last copy writes outside the drain (resync_finish()).
+ * The bitmap is busy while the job runs.
  *
  * The replication failover (docs/replication.md; replication_stop_all()
  * with failover on a secondary) is the same job as an intermediate
@@ -93,6 +94,12 @@
 #define COMMIT_POLL_NS (5LL * 1000 * 1000)
 #define COMMIT_MAX_CHAIN 64
 #define RESYNC_BITMAP "replication-resync"
+/* The most x-replication-resync's last pass holds in memory at once; with
+ * more dirty, it first copies undrained down to half of it. */
+#define RESYNC_HOLD_MAX (64 * 1024 * 1024)
+/* Rounds of the last pass before it gives up on a guest that keeps
+ * rewriting the very ranges it copies. */
+#define RESYNC_MAX_ROUNDS 16
 
 enum commit_kind {
     COMMIT_INTERMEDIATE,
@@ -517,14 +524,195 @@ copy_rest(struct commit_job *s)
     return block_flush(s->dst);
 }
 
+/*
+ * x-replication-resync's last pass.  Its target reaches a remote peer, so
+ * it is never written drained (every guest request would wait on the
+ * peer).  In rounds: drained, the dirty ranges are read from the device
+ * (the local disk) into memory and their bits cleared, the bitmap still
+ * recording; undrained, they are written to the target and it is flushed.
+ * A guest write meanwhile reaches the target by itself (the new
+ * replication node is in the quorum, docs/replication.md "Resync"), but
+ * where it overlaps a range written here, the older held data may have
+ * landed after it: its bit says so, and the next round copies those
+ * ranges again.  A drained look that finds no bit in the ranges written
+ * last ends it: the bitmap is cleared and disabled there.
+ */
+struct held_range {
+    uint64_t off, bytes;
+    void *buf;
+};
+
+struct held {
+    struct held_range *r;
+    size_t n;
+};
+
+static void
+held_free(struct held *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->r[i].buf);
+    }
+    free(h->r);
+    h->r = NULL;
+    h->n = 0;
+}
+
+/* The held ranges' bits again (their data may not be on the target). */
+static void
+held_redirty(struct commit_job *s, const struct held *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        block_dirty_bitmap_set(s->bm, h->r[i].off, h->r[i].bytes);
+    }
+}
+
+/* Drained: read the dirty areas of [off, off + bytes) into h and clear
+ * their bits.  0 or -errno (a read failed; h keeps what it has). */
+static int
+hold_dirty_in(struct commit_job *s, uint64_t off, uint64_t bytes,
+              struct held *h)
+{
+    uint64_t end = off + bytes, aoff, abytes;
+
+    while (off < end &&
+           block_dirty_bitmap_next_dirty_area(s->bm, off, end - off,
+                                              COMMIT_CHUNK, &aoff, &abytes)) {
+        struct held_range r = { aoff, MIN(abytes, s->len - aoff), NULL };
+        int ret;
+
+        r.buf = xmalloc(r.bytes);
+        ret = block_pread(s->src, r.off, r.bytes, r.buf, 0);
+        if (ret < 0) {
+            free(r.buf);
+            return ret;
+        }
+        block_dirty_bitmap_reset(s->bm, r.off, r.bytes);
+        h->r = xrealloc(h->r, (h->n + 1) * sizeof(*h->r));
+        h->r[h->n++] = r;
+        off = aoff + abytes;
+    }
+    return 0;
+}
+
+/* Undrained: write what h holds to the target, then flush it. */
+static int
+write_held(struct commit_job *s, const struct held *h)
+{
+    int ret = 0;
+
+    block_graph_enter();
+    for (size_t i = 0; i < h->n && ret >= 0; i++) {
+        const struct held_range *r = &h->r[i];
+
+        ret = buffer_is_zero(r->buf, r->bytes)
+              ? block_pwrite_zeroes(s->dst, r->off, r->bytes, 0)
+              : block_pwrite(s->dst, r->off, r->bytes, r->buf, 0);
+    }
+    if (ret >= 0) {
+        ret = block_flush(s->dst);
+    }
+    block_graph_leave();
+    return ret;
+}
+
+/* Undrained: copy until at most half of RESYNC_HOLD_MAX is dirty. */
+static int
+copy_down(struct commit_job *s)
+{
+    uint64_t aoff, abytes;
+
+    while (block_dirty_bitmap_count(s->bm) > RESYNC_HOLD_MAX / 2 &&
+           block_dirty_bitmap_next_dirty_area(s->bm, 0, s->len, COMMIT_CHUNK,
+                                              &aoff, &abytes)) {
+        bool is_read;
+        int ret;
+
+        abytes = MIN(abytes, s->len - aoff);
+        block_dirty_bitmap_reset(s->bm, aoff, abytes);
+        block_graph_enter();
+        ret = copy_area(s, aoff, abytes, &is_read);
+        block_graph_leave();
+        if (ret < 0) {
+            block_dirty_bitmap_set(s->bm, aoff, abytes);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int
+resync_finish(struct commit_job *s, struct err **errp)
+{
+    struct held last = { NULL, 0 }, next = { NULL, 0 };
+    bool first = true;      /* nothing held yet: take every dirty bit */
+    int ret = 0;
+
+    for (int round = 0; round < RESYNC_MAX_ROUNDS; round++) {
+        block_drain_begin();
+        if (first && block_dirty_bitmap_count(s->bm) > RESYNC_HOLD_MAX) {
+            block_drain_end();
+            ret = copy_down(s);
+            if (ret < 0) {
+                break;
+            }
+            continue;
+        }
+        if (first) {
+            ret = hold_dirty_in(s, 0, s->len, &next);
+            first = false;
+        }
+        for (size_t i = 0; i < last.n && ret >= 0; i++) {
+            ret = hold_dirty_in(s, last.r[i].off, last.r[i].bytes, &next);
+        }
+        if (ret < 0) {
+            held_redirty(s, &next);
+            block_drain_end();
+            break;
+        }
+        if (next.n == 0) {
+            block_dirty_bitmap_clear(s->bm);
+            block_dirty_bitmap_disable(s->bm);
+            block_drain_end();
+            held_free(&last);
+            return 0;
+        }
+        block_drain_end();
+        held_free(&last);
+        last = next;
+        next = (struct held) { NULL, 0 };
+        ret = write_held(s, &last);
+        if (ret < 0) {
+            break;
+        }
+    }
+    held_redirty(s, &last);
+    held_free(&last);
+    held_free(&next);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not copy the last changes to '%s'",
+                       s->dst->node_name);
+        return ret;
+    }
+    err_setf(errp, "The guest kept rewriting what the resync copied to "
+             "'%s'; run x-replication-resync again", s->dst->node_name);
+    return -EBUSY;
+}
+
 static int
 commit_prepare(struct job *job, struct err **errp)
 {
     struct commit_job *s = container_of(job, struct commit_job, job);
     int ret;
 
+    if (s->kind == COMMIT_RESYNC) {
+        ret = resync_finish(s, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     block_drain_begin();
-    ret = copy_rest(s);
+    ret = s->kind == COMMIT_RESYNC ? 0 : copy_rest(s);
     if (ret < 0) {
         err_setf_errno(errp, -ret, "Could not copy the last changes to '%s'",
                        s->dst->node_name);
@@ -542,8 +730,7 @@ commit_prepare(struct job *job, struct err **errp)
         ret = block_replace_node(s->top, s->dst, errp);
         break;
     case COMMIT_RESYNC:
-        block_dirty_bitmap_clear(s->bm);
-        block_dirty_bitmap_disable(s->bm);
+        /* resync_finish() cleared and disabled the bitmap. */
         ret = 0;
         break;
     case COMMIT_FAILOVER:

@@ -13,6 +13,7 @@
 #include "hbitmap.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -88,13 +89,13 @@ nop(void *opaque UNUSED)
 /* ---- add ----------------------------------------------------------------- */
 
 static bool
-add_prepare(json_t *data, void **state, struct err **errp)
+add_prepare(const void *args, void **state, struct err **errp)
 {
-    const char *node_name = qmp_str(data, "node");
-    const char *name = qmp_str(data, "name");
-    json_t *gran = json_object_get(data, "granularity");
-    bool persistent = json_is_true(json_object_get(data, "persistent"));
-    bool disabled = json_is_true(json_object_get(data, "disabled"));
+    const struct qmp_args_bitmap_add *a = args;
+    const char *node_name = a->node;
+    const char *name = a->name;
+    bool persistent = a->has_persistent && a->persistent;
+    bool disabled = a->has_disabled && a->disabled;
     struct block_node *node = block_node_find(node_name);
     struct block_dirty_bitmap *bm;
     struct bm_state *s;
@@ -113,8 +114,8 @@ add_prepare(json_t *data, void **state, struct err **errp)
         err_setf(errp, "Bitmap name too long: %s", name);
         return false;
     }
-    if (gran) {
-        granularity = (uint64_t)json_integer_value(gran);
+    if (a->has_granularity) {
+        granularity = a->granularity;
         if (!is_power_of_2(granularity) ||
             granularity < BITMAP_MIN_GRANULARITY) {
             err_setf(errp, "Granularity must be power of 2 and at least "
@@ -188,13 +189,14 @@ check_removable(struct block_dirty_bitmap *bm, struct err **errp)
 }
 
 static bool
-remove_prepare(json_t *data, void **state, struct err **errp)
+remove_prepare(const void *args, void **state, struct err **errp)
 {
+    const struct qmp_args_bitmap *a = args;
     struct block_dirty_bitmap *bm;
     struct bm_state *s;
     bool inconsistent;
 
-    bm = bitmap_lookup(qmp_str(data, "node"), qmp_str(data, "name"), errp);
+    bm = bitmap_lookup(a->node, a->name, errp);
     if (!bm) {
         return false;
     }
@@ -254,13 +256,14 @@ const struct qmp_txn_action qmp_txn_bitmap_remove = {
 /* ---- clear --------------------------------------------------------------- */
 
 static bool
-clear_prepare(json_t *data, void **state, struct err **errp)
+clear_prepare(const void *args, void **state, struct err **errp)
 {
+    const struct qmp_args_bitmap *a = args;
     struct block_dirty_bitmap *bm;
     struct bm_state *s;
     struct hbitmap *backup;
 
-    bm = bitmap_lookup(qmp_str(data, "node"), qmp_str(data, "name"), errp);
+    bm = bitmap_lookup(a->node, a->name, errp);
     if (!bm || !block_dirty_bitmap_check_writable(bm, errp)) {
         return false;
     }
@@ -297,13 +300,13 @@ const struct qmp_txn_action qmp_txn_bitmap_clear = {
 /* ---- enable / disable ---------------------------------------------------- */
 
 static bool
-set_enabled_prepare(json_t *data, void **state, bool enable,
-                    struct err **errp)
+set_enabled_prepare(const struct qmp_args_bitmap *a, void **state,
+                    bool enable, struct err **errp)
 {
     struct block_dirty_bitmap *bm;
     struct bm_state *s;
 
-    bm = bitmap_lookup(qmp_str(data, "node"), qmp_str(data, "name"), errp);
+    bm = bitmap_lookup(a->node, a->name, errp);
     if (!bm || !check_allow_ro(bm, errp)) {
         return false;
     }
@@ -318,15 +321,15 @@ set_enabled_prepare(json_t *data, void **state, bool enable,
 }
 
 static bool
-enable_prepare(json_t *data, void **state, struct err **errp)
+enable_prepare(const void *args, void **state, struct err **errp)
 {
-    return set_enabled_prepare(data, state, true, errp);
+    return set_enabled_prepare(args, state, true, errp);
 }
 
 static bool
-disable_prepare(json_t *data, void **state, struct err **errp)
+disable_prepare(const void *args, void **state, struct err **errp)
 {
-    return set_enabled_prepare(data, state, false, errp);
+    return set_enabled_prepare(args, state, false, errp);
 }
 
 static void
@@ -360,17 +363,14 @@ const struct qmp_txn_action qmp_txn_bitmap_disable = {
 /* ---- merge --------------------------------------------------------------- */
 
 static bool
-merge_prepare(json_t *data, void **state, struct err **errp)
+merge_prepare(const void *args, void **state, struct err **errp)
 {
-    const char *node_name = qmp_str(data, "node");
-    json_t *sources = json_object_get(data, "bitmaps");
+    const struct qmp_args_bitmap_merge *a = args;
     struct block_dirty_bitmap *dst, *src;
     struct hbitmap *backup;
     struct bm_state *s;
-    size_t i;
-    json_t *ref;
 
-    dst = bitmap_lookup(node_name, qmp_str(data, "target"), errp);
+    dst = bitmap_lookup(a->node, a->target, errp);
     if (!dst || !block_dirty_bitmap_check_writable(dst, errp)) {
         return false;
     }
@@ -380,14 +380,14 @@ merge_prepare(json_t *data, void **state, struct err **errp)
                        dst->name);
         return false;
     }
-    json_array_foreach(sources, i, ref) {
+    for (size_t i = 0; i < a->n_bitmaps; i++) {
+        const struct qmp_bitmap_or_str *ref = &a->bitmaps[i];
         bool inconsistent;
 
-        if (json_is_string(ref)) {
-            src = bitmap_lookup(node_name, json_string_value(ref), errp);
+        if (ref->local) {
+            src = bitmap_lookup(a->node, ref->local, errp);
         } else {
-            src = bitmap_lookup(qmp_str(ref, "node"), qmp_str(ref, "name"),
-                                errp);
+            src = bitmap_lookup(ref->node, ref->name, errp);
         }
         if (!src) {
             goto fail;
@@ -427,58 +427,73 @@ const struct qmp_txn_action qmp_txn_bitmap_merge = {
 
 /* ---- Commands ------------------------------------------------------------ */
 
+/* The standalone commands: one-action transactions. */
 static json_t *
-run_one(const char *type, json_t *args, struct err **errp)
+run_one(const struct qmp_txn_action *act, const void *args,
+        struct err **errp)
 {
-    return qmp_transaction_run_one(type, args, errp) ? json_object() : NULL;
+    return qmp_transaction_run_one(act, args, errp) ? json_object() : NULL;
 }
 
-json_t *
-qmp_block_dirty_bitmap_add(json_t *args, struct err **errp)
+static json_t *
+bitmap_add_cmd(const struct qmp_args_bitmap_add *a, struct err **errp)
 {
-    return run_one("block-dirty-bitmap-add", args, errp);
+    return run_one(&qmp_txn_bitmap_add, a, errp);
 }
+QMP_TYPED_HANDLER(qmp_block_dirty_bitmap_add, bitmap_add_cmd,
+                  struct qmp_args_bitmap_add);
 
-json_t *
-qmp_block_dirty_bitmap_remove(json_t *args, struct err **errp)
+static json_t *
+bitmap_remove_cmd(const struct qmp_args_bitmap *a, struct err **errp)
 {
-    return run_one("block-dirty-bitmap-remove", args, errp);
+    return run_one(&qmp_txn_bitmap_remove, a, errp);
 }
+QMP_TYPED_HANDLER(qmp_block_dirty_bitmap_remove, bitmap_remove_cmd,
+                  struct qmp_args_bitmap);
 
-json_t *
-qmp_block_dirty_bitmap_clear(json_t *args, struct err **errp)
+static json_t *
+bitmap_clear_cmd(const struct qmp_args_bitmap *a, struct err **errp)
 {
-    return run_one("block-dirty-bitmap-clear", args, errp);
+    return run_one(&qmp_txn_bitmap_clear, a, errp);
 }
+QMP_TYPED_HANDLER(qmp_block_dirty_bitmap_clear, bitmap_clear_cmd,
+                  struct qmp_args_bitmap);
 
-json_t *
-qmp_block_dirty_bitmap_enable(json_t *args, struct err **errp)
+static json_t *
+bitmap_enable_cmd(const struct qmp_args_bitmap *a, struct err **errp)
 {
-    return run_one("block-dirty-bitmap-enable", args, errp);
+    return run_one(&qmp_txn_bitmap_enable, a, errp);
 }
+QMP_TYPED_HANDLER(qmp_block_dirty_bitmap_enable, bitmap_enable_cmd,
+                  struct qmp_args_bitmap);
 
-json_t *
-qmp_block_dirty_bitmap_disable(json_t *args, struct err **errp)
+static json_t *
+bitmap_disable_cmd(const struct qmp_args_bitmap *a, struct err **errp)
 {
-    return run_one("block-dirty-bitmap-disable", args, errp);
+    return run_one(&qmp_txn_bitmap_disable, a, errp);
 }
+QMP_TYPED_HANDLER(qmp_block_dirty_bitmap_disable, bitmap_disable_cmd,
+                  struct qmp_args_bitmap);
 
-json_t *
-qmp_block_dirty_bitmap_merge(json_t *args, struct err **errp)
+static json_t *
+bitmap_merge_cmd(const struct qmp_args_bitmap_merge *a, struct err **errp)
 {
-    return run_one("block-dirty-bitmap-merge", args, errp);
+    return run_one(&qmp_txn_bitmap_merge, a, errp);
 }
+QMP_TYPED_HANDLER(qmp_block_dirty_bitmap_merge, bitmap_merge_cmd,
+                  struct qmp_args_bitmap_merge);
 
-json_t *
-qmp_x_debug_block_dirty_bitmap_sha256(json_t *args, struct err **errp)
+static json_t *
+bitmap_sha256_cmd(const struct qmp_args_bitmap *a, struct err **errp)
 {
-    struct block_dirty_bitmap *bm;
+    struct block_dirty_bitmap *bm = bitmap_lookup(a->node, a->name, errp);
     char hex[65];
 
-    bm = bitmap_lookup(qmp_str(args, "node"), qmp_str(args, "name"), errp);
     if (!bm) {
         return NULL;
     }
     block_dirty_bitmap_sha256(bm, hex);
     return json_pack("{s:s}", "sha256", hex);
 }
+QMP_TYPED_HANDLER(qmp_x_debug_block_dirty_bitmap_sha256, bitmap_sha256_cmd,
+                  struct qmp_args_bitmap);

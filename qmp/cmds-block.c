@@ -19,6 +19,7 @@
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "runtime/loop.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -170,10 +171,10 @@ qmp_blockdev_add_cancel_all(void)
     }
 }
 
-json_t *
-qmp_blockdev_del(json_t *args, struct err **errp)
+static json_t *
+blockdev_del_cmd(const struct qmp_args_node_name *a, struct err **errp)
 {
-    const char *name = json_string_value(json_object_get(args, "node-name"));
+    const char *name = a->node_name;
     struct block_node *node = block_node_find(name);
 
     if (!node) {
@@ -203,6 +204,8 @@ qmp_blockdev_del(json_t *args, struct err **errp)
     block_drain_end();
     return json_object();
 }
+QMP_TYPED_HANDLER(qmp_blockdev_del, blockdev_del_cmd,
+                  struct qmp_args_node_name);
 
 /* ---- query-named-block-nodes ------------------------------------------- */
 
@@ -418,6 +421,42 @@ detect_zeroes_name(enum block_detect_zeroes dz)
     return "off";
 }
 
+/*
+ * QMP BlockDirtyInfo, members in the schema's order (QEMU prints them that
+ * way): name (absent for anonymous bitmaps), count, granularity,
+ * recording, busy, persistent, and inconsistent only when true.
+ */
+json_t *
+qmp_dirty_bitmaps_info(struct block_node *node)
+{
+    size_t n;
+    struct block_dirty_bitmap_info *bms = block_node_dirty_bitmaps(node, &n);
+    json_t *list = json_array();
+
+    for (size_t i = 0; i < n; i++) {
+        json_t *info = json_object();
+
+        if (bms[i].name) {
+            json_object_set_new(info, "name", json_string(bms[i].name));
+        }
+        json_object_set_new(info, "count",
+                            json_integer((json_int_t)bms[i].count));
+        json_object_set_new(info, "granularity",
+                            json_integer((json_int_t)bms[i].granularity));
+        json_object_set_new(info, "recording",
+                            json_boolean(bms[i].recording));
+        json_object_set_new(info, "busy", json_boolean(bms[i].busy));
+        json_object_set_new(info, "persistent",
+                            json_boolean(bms[i].persistent));
+        if (bms[i].inconsistent) {
+            json_object_set_new(info, "inconsistent", json_true());
+        }
+        json_array_append_new(list, info);
+    }
+    block_dirty_bitmap_info_free(bms, n);
+    return list;
+}
+
 static json_t *
 node_info(struct block_node *node, bool flat)
 {
@@ -454,7 +493,7 @@ node_info(struct block_node *node, bool flat)
                                           "no-flush", node->cache_no_flush),
                                 cache_order));
     json_object_set_new(info, "write_threshold", json_integer(0));
-    bitmaps = block_node_dirty_bitmaps_info(node);
+    bitmaps = qmp_dirty_bitmaps_info(node);
     if (json_array_size(bitmaps)) {
         json_t *ordered = json_array();
         size_t i;
@@ -470,10 +509,11 @@ node_info(struct block_node *node, bool flat)
     return reorder(info, info_order);
 }
 
-json_t *
-qmp_query_named_block_nodes(json_t *args, struct err **errp UNUSED)
+static json_t *
+query_named_block_nodes_cmd(const struct qmp_args_query_named_block_nodes *a,
+                            struct err **errp UNUSED)
 {
-    bool flat = json_is_true(json_object_get(args, "flat"));
+    bool flat = a->has_flat && a->flat;
     json_t *list = json_array();
     struct block_node *node = NULL;
 
@@ -483,6 +523,8 @@ qmp_query_named_block_nodes(json_t *args, struct err **errp UNUSED)
     }
     return list;
 }
+QMP_TYPED_HANDLER(qmp_query_named_block_nodes, query_named_block_nodes_cmd,
+                  struct qmp_args_query_named_block_nodes);
 
 /* ---- x-debug-query-block-graph ------------------------------------------ */
 
@@ -658,8 +700,8 @@ static bool
 reopen_check(json_t *o, struct reopen_swap **swaps, size_t *nswaps,
              struct reopen_ro **ros, size_t *nros, struct err **errp)
 {
-    const char *name = json_string_value(json_object_get(o, "node-name"));
-    const char *driver = json_string_value(json_object_get(o, "driver"));
+    const char *name = qmp_str(o, "node-name");
+    const char *driver = qmp_str(o, "driver");
     struct block_node *node;
     const char *key;
     json_t *v;
@@ -734,18 +776,18 @@ reopen_check(json_t *o, struct reopen_swap **swaps, size_t *nswaps,
     return true;
 }
 
-json_t *
-qmp_blockdev_reopen(json_t *args, struct err **errp)
+static json_t *
+blockdev_reopen_cmd(const struct qmp_args_blockdev_reopen *a,
+                    struct err **errp)
 {
-    json_t *list = json_object_get(args, "options");
     struct reopen_swap *swaps = NULL;
     struct reopen_ro *ros = NULL;
     size_t nswaps = 0, nros = 0, i;
-    json_t *o;
     bool ok = true;
 
-    json_array_foreach(list, i, o) {
-        if (!reopen_check(o, &swaps, &nswaps, &ros, &nros, errp)) {
+    for (i = 0; i < a->n_options; i++) {
+        if (!reopen_check(a->options[i], &swaps, &nswaps, &ros, &nros,
+                          errp)) {
             free(swaps);
             free(ros);
             return NULL;
@@ -788,3 +830,5 @@ qmp_blockdev_reopen(json_t *args, struct err **errp)
     free(ros);
     return ok ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_blockdev_reopen, blockdev_reopen_cmd,
+                  struct qmp_args_blockdev_reopen);

@@ -237,25 +237,6 @@ opt_uint(const char *key, bool has, uint64_t v, uint64_t def, uint64_t max,
     return true;
 }
 
-/* A string member of addr (a vhost-user-blk address). */
-static bool
-addr_str(json_t *addr, const char *key, const char **out, struct err **errp)
-{
-    json_t *v = json_object_get(addr, key);
-
-    *out = json_string_value(v);
-    if (!v) {
-        err_setf(errp, "addr: Parameter '%s' is missing", key);
-        return false;
-    }
-    if (!*out) {
-        err_setf(errp, "addr: Invalid parameter type for '%s', expected: "
-                 "string", key);
-        return false;
-    }
-    return true;
-}
-
 /*
  * vhost-user-blk's options (QEMU's BlockExportOptionsVhostUserBlk): addr
  * is a flat SocketAddress of type "unix" ({path}) or "fd" ({str}: the
@@ -275,18 +256,18 @@ vhost_user_blk_options(const struct qmp_args_block_export_add *a,
         err_setf(errp, "Parameter 'addr' is missing");
         return false;
     }
-    if (!addr_str(a->addr, "type", &type, errp)) {
+    if (!qmp_member_str(a->addr, "addr: ", "type", &type, errp)) {
         return false;
     }
     if (!strcmp(type, "unix")) {
-        if (!addr_str(a->addr, "path", &o->path, errp)) {
+        if (!qmp_member_str(a->addr, "addr: ", "path", &o->path, errp)) {
             return false;
         }
     } else if (!strcmp(type, "fd")) {
         const char *str;
         int64_t fd;
 
-        if (!addr_str(a->addr, "str", &str, errp)) {
+        if (!qmp_member_str(a->addr, "addr: ", "str", &str, errp)) {
             return false;
         }
         if (parse_int64(str, &fd) < 0 || fd < 0 || fd > INT32_MAX) {

@@ -30,6 +30,7 @@
 #include "lockstep/block.h"
 #include "export/export.h"
 #include "nbd/server.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -51,11 +52,11 @@ stays_on_filter(const struct block_child *c, void *opaque UNUSED)
            !strcmp(c->parent_node->drv->name, "snapshot-access");
 }
 
-/* The filter named in data, checked: a filter driver with a file child. */
+/* The filter named, checked: a filter driver with a file child. */
 static struct block_node *
-filter_lookup(json_t *data, struct err **errp)
+filter_lookup(const struct qmp_args_node_name *a, struct err **errp)
 {
-    const char *name = qmp_str(data, "node-name");
+    const char *name = a->node_name;
     struct block_node *f = block_node_find(name);
 
     if (!f) {
@@ -118,17 +119,17 @@ insert_prepare_node(struct block_node *f, struct moved_edges **state,
 }
 
 static bool
-insert_prepare(json_t *data, void **state, struct err **errp)
+insert_prepare(const void *args, void **state, struct err **errp)
 {
-    struct block_node *f = filter_lookup(data, errp);
+    struct block_node *f = filter_lookup(args, errp);
 
     return f && insert_prepare_node(f, (struct moved_edges **)state, errp);
 }
 
 static bool
-remove_prepare(json_t *data, void **state, struct err **errp)
+remove_prepare(const void *args, void **state, struct err **errp)
 {
-    struct block_node *f = filter_lookup(data, errp);
+    struct block_node *f = filter_lookup(args, errp);
 
     return f && move_prepare(f, true, (struct moved_edges **)state, errp);
 }
@@ -157,16 +158,9 @@ moved_clean(void *state)
     free(m);
 }
 
-const struct qmp_arg qmp_args_filter_node[] = {
-    { "node-name", QMP_T_STR, false,
-      "the filter node (its 'file' child is the node it filters)", NULL,
-      NULL, NULL, NULL },
-    { NULL, 0, false, NULL, NULL, NULL, NULL, NULL },
-};
-
 const struct qmp_txn_action qmp_txn_insert_filter = {
     .type = "x-blockdev-insert-filter",
-    .args = qmp_args_filter_node,
+    .args = qmp_args_node_name,
     .prepare = insert_prepare,
     .commit = moved_commit,
     .abort = moved_abort,
@@ -175,26 +169,30 @@ const struct qmp_txn_action qmp_txn_insert_filter = {
 
 const struct qmp_txn_action qmp_txn_remove_filter = {
     .type = "x-blockdev-remove-filter",
-    .args = qmp_args_filter_node,
+    .args = qmp_args_node_name,
     .prepare = remove_prepare,
     .commit = moved_commit,
     .abort = moved_abort,
     .clean = moved_clean,
 };
 
-json_t *
-qmp_x_blockdev_insert_filter(json_t *args, struct err **errp)
+static json_t *
+insert_filter_cmd(const struct qmp_args_node_name *a, struct err **errp)
 {
-    return qmp_transaction_run_one("x-blockdev-insert-filter", args, errp) ?
+    return qmp_transaction_run_one(&qmp_txn_insert_filter, a, errp) ?
            json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_x_blockdev_insert_filter, insert_filter_cmd,
+                  struct qmp_args_node_name);
 
-json_t *
-qmp_x_blockdev_remove_filter(json_t *args, struct err **errp)
+static json_t *
+remove_filter_cmd(const struct qmp_args_node_name *a, struct err **errp)
 {
-    return qmp_transaction_run_one("x-blockdev-remove-filter", args, errp) ?
+    return qmp_transaction_run_one(&qmp_txn_remove_filter, a, errp) ?
            json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_x_blockdev_remove_filter, remove_filter_cmd,
+                  struct qmp_args_node_name);
 
 /* ---- fleecing-start / fleecing-stop ------------------------------------- */
 
@@ -368,22 +366,21 @@ fleecing_info(struct fleecing *fl)
                      "temp-created", fl->temp_ours);
 }
 
-json_t *
-qmp_fleecing_start(json_t *args, struct err **errp)
+static json_t *
+fleecing_start_cmd(const struct qmp_args_fleecing_start *a,
+                   struct err **errp)
 {
-    const char *id = qmp_str(args, "id");
-    const char *node_name = qmp_str(args, "node");
-    const char *export_name = qmp_str(args, "export-name");
-    json_t *bitmap = json_object_get(args, "bitmap");
-    json_t *actions = json_object_get(args, "actions");
-    json_t *discard = json_object_get(args, "discard");
-    bool discard_on = !discard || json_is_true(discard);
+    const char *id = a->id;
+    const char *node_name = a->node;
+    const char *export_name = a->export_name;
+    bool discard_on = !a->has_discard || a->discard;
     struct block_node *source = block_node_find(node_name);
+    struct qmp_args_node_name insert = { NULL };
     struct fleecing *fl;
     struct block_export_options exp;
     struct nbd_export_options exp_nbd;
     struct nbd_export_bitmap exp_bitmap;
-    json_t *opts, *txn;
+    json_t *opts;
     bool ok;
 
     if (!*id) {
@@ -409,7 +406,7 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     fl->node = xstrdup(node_name);
     fl->export_name = xstrdup(export_name ? export_name : id);
 
-    fl->temp = temp_open(fl, json_object_get(args, "temp"), errp);
+    fl->temp = temp_open(fl, a->temp, errp);
     if (!fl->temp) {
         goto fail;
     }
@@ -425,16 +422,18 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     opts = json_pack("{s:s, s:s, s:s}", "driver", "copy-before-write",
                      "file", node_name, "target", fl->temp->node_name);
     json_object_set_new(opts, "node-name", json_sprintf("%s-cbw", id));
-    if (bitmap) {
-        json_object_set(opts, "bitmap", bitmap);
+    if (a->has_bitmap) {
+        json_object_set_new(opts, "bitmap",
+                            json_pack("{s:s, s:s}", "node", a->bitmap.node,
+                                      "name", a->bitmap.name));
     }
-    if (json_object_get(args, "on-cbw-error")) {
-        json_object_set(opts, "on-cbw-error",
-                        json_object_get(args, "on-cbw-error"));
+    if (a->has_on_cbw_error) {
+        json_object_set_new(opts, "on-cbw-error",
+                            json_string(cbw_on_error_names[a->on_cbw_error]));
     }
-    if (json_object_get(args, "cbw-timeout")) {
-        json_object_set(opts, "cbw-timeout",
-                        json_object_get(args, "cbw-timeout"));
+    if (a->has_cbw_timeout) {
+        json_object_set_new(opts, "cbw-timeout",
+                            json_integer((json_int_t)a->cbw_timeout));
     }
     fl->cbw = new_node(opts, errp);
     json_decref(opts);
@@ -444,12 +443,9 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     }
 
     /* The snapshot point: the user's actions and the insertion at once. */
-    txn = actions ? json_deep_copy(actions) : json_array();
-    json_array_append_new(txn, json_pack("{s:s, s:{s:s}}", "type",
-                                         "x-blockdev-insert-filter", "data",
-                                         "node-name", fl->cbw->node_name));
-    ok = qmp_transaction_run(txn, NULL, errp);
-    json_decref(txn);
+    insert.node_name = fl->cbw->node_name;
+    ok = qmp_transaction_run(a->actions, a->n_actions, false,
+                             &qmp_txn_insert_filter, &insert, errp);
     block_drain_end();
     if (!ok) {
         goto fail;
@@ -466,12 +462,12 @@ qmp_fleecing_start(json_t *args, struct err **errp)
     }
 
     /* Writable only so that clients can discard: writes fail (ENOTSUP). */
-    exp_bitmap.node = qmp_str(bitmap, "node");
-    exp_bitmap.name = qmp_str(bitmap, "name");
+    exp_bitmap.node = a->bitmap.node;
+    exp_bitmap.name = a->bitmap.name;
     exp_nbd = (struct nbd_export_options) {
         .name = fl->export_name,
         .bitmaps = &exp_bitmap,
-        .n_bitmaps = bitmap ? 1 : 0,
+        .n_bitmaps = a->has_bitmap ? 1 : 0,
     };
     exp = (struct block_export_options) {
         .type = "nbd",
@@ -495,6 +491,8 @@ fail:
     fleecing_free(fl);
     return NULL;
 }
+QMP_TYPED_HANDLER(qmp_fleecing_start, fleecing_start_cmd,
+                  struct qmp_args_fleecing_start);
 
 /*
  * Users of the snapshot besides fleecing-start's own export (a FUSE or
@@ -524,10 +522,10 @@ snapshot_unused(struct fleecing *fl, struct err **errp)
     return true;
 }
 
-json_t *
-qmp_fleecing_stop(json_t *args, struct err **errp)
+static json_t *
+fleecing_stop_cmd(const struct qmp_args_fleecing_stop *a, struct err **errp)
 {
-    const char *id = qmp_str(args, "id");
+    const char *id = a->id;
     struct fleecing *fl = fleecing_find(id);
     struct err *err = NULL;
 
@@ -552,6 +550,8 @@ qmp_fleecing_stop(json_t *args, struct err **errp)
     fleecing_free(fl);
     return json_object();
 }
+QMP_TYPED_HANDLER(qmp_fleecing_stop, fleecing_stop_cmd,
+                  struct qmp_args_fleecing_stop);
 
 json_t *
 qmp_query_fleecing(json_t *args UNUSED, struct err **errp UNUSED)

@@ -373,7 +373,7 @@ txn_backup_clean(void *state)
 const struct qmp_txn_action qmp_txn_blockdev_backup = {
     .type = "blockdev-backup",
     .args = qmp_args_blockdev_backup,
-    .prepare_typed = txn_backup_prepare,
+    .prepare = txn_backup_prepare,
     .commit = txn_backup_commit,
     .abort = txn_backup_abort,
     .clean = txn_backup_clean,

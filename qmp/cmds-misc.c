@@ -3,16 +3,20 @@
  * QMP commands about the monitor and the daemon itself: qmp_capabilities,
  * query-version, query-status, query-commands, quit.  Main thread.
  */
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-json_t *
-qmp_qmp_capabilities(json_t *args UNUSED, struct err **errp UNUSED)
+static json_t *
+qmp_capabilities_cmd(const struct qmp_args_qmp_capabilities *a UNUSED,
+                     struct err **errp UNUSED)
 {
     /* "oob" is the only capability and the schema checked the names; the
      * dispatcher flips the client's negotiation state on success. */
     return json_object();
 }
+QMP_TYPED_HANDLER(qmp_qmp_capabilities, qmp_capabilities_cmd,
+                  struct qmp_args_qmp_capabilities);
 
 json_t *
 qmp_query_version(json_t *args UNUSED, struct err **errp UNUSED)

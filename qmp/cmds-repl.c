@@ -16,15 +16,17 @@
 #include "job/commit.h"
 #include "job/job.h"
 #include "lockstep/block.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
-json_t *
-qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
+static json_t *
+x_blockdev_change_cmd(const struct qmp_args_x_blockdev_change *a,
+                      struct err **errp)
 {
-    const char *parent = qmp_str(args, "parent");
-    bool has_child = json_object_get(args, "child") != NULL;
-    bool has_node = json_object_get(args, "node") != NULL;
+    const char *parent = a->parent;
+    bool has_child = a->child != NULL;
+    bool has_node = a->node != NULL;
     struct block_node *removed = NULL;
     bool ok;
 
@@ -42,16 +44,14 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     block_drain_begin();
     if (has_child) {
         struct block_child *c = block_node_child(block_node_find(parent),
-                                                 qmp_str(args, "child"));
+                                                 a->child);
 
         removed = c ? c->node : NULL;
         if (removed) {
             block_node_ref(removed);
         }
     }
-    ok = qmp_x_blockdev_change(qmp_str(args, "parent"),
-                               qmp_str(args, "child"), qmp_str(args, "node"),
-                               errp);
+    ok = qmp_x_blockdev_change(parent, a->child, a->node, errp);
     /* A lost secondary: in the same drained section, start recording what
      * it misses (docs/replication.md "Resync"). */
     if (ok && removed &&
@@ -65,6 +65,8 @@ qmp_x_blockdev_change_cmd(json_t *args, struct err **errp)
     block_drain_end();
     return ok ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_x_blockdev_change_cmd, x_blockdev_change_cmd,
+                  struct qmp_args_x_blockdev_change);
 
 /* Stop one node; a secondary's failover (or the retry of a failed one,
  * whatever failover says) starts the failover job. */
@@ -130,40 +132,40 @@ replication_status(void)
     return json_pack("{s:b}", "error", 0);
 }
 
-json_t *
-qmp_xen_set_replication_cmd(json_t *args, struct err **errp)
+static json_t *
+xen_set_replication_cmd(const struct qmp_args_xen_set_replication *a,
+                        struct err **errp)
 {
-    json_t *failover = json_object_get(args, "failover");
-
-    if (!qmp_xen_set_replication(json_is_true(json_object_get(args,
-                                                              "enable")),
-                                 json_is_true(json_object_get(args,
-                                                              "primary")),
-                                 failover != NULL, json_is_true(failover),
-                                 errp)) {
+    if (!qmp_xen_set_replication(a->enable, a->primary, a->has_failover,
+                                 a->has_failover && a->failover, errp)) {
         return NULL;
     }
     return json_object();
 }
+QMP_TYPED_HANDLER(qmp_xen_set_replication_cmd, xen_set_replication_cmd,
+                  struct qmp_args_xen_set_replication);
 
 /* replication-start {primary}: xen-set-replication enable=true. */
-json_t *
-qmp_replication_start(json_t *args, struct err **errp)
+static json_t *
+replication_start_cmd(const struct qmp_args_replication_start *a,
+                      struct err **errp)
 {
-    bool primary = json_is_true(json_object_get(args, "primary"));
-
-    return qmp_xen_set_replication(true, primary, false, false, errp)
+    return qmp_xen_set_replication(true, a->primary, false, false, errp)
            ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_replication_start, replication_start_cmd,
+                  struct qmp_args_replication_start);
 
 /* replication-stop {failover?}: errors of a failover are reported. */
-json_t *
-qmp_replication_stop(json_t *args, struct err **errp)
+static json_t *
+replication_stop_cmd(const struct qmp_args_replication_stop *a,
+                     struct err **errp)
 {
-    return replication_stop_all(json_is_true(json_object_get(args,
-                                                             "failover")),
-                                errp) ? json_object() : NULL;
+    return replication_stop_all(a->has_failover && a->failover, errp)
+           ? json_object() : NULL;
 }
+QMP_TYPED_HANDLER(qmp_replication_stop, replication_stop_cmd,
+                  struct qmp_args_replication_stop);
 
 json_t *
 qmp_query_xen_replication_status(json_t *args UNUSED,
@@ -223,12 +225,12 @@ qmp_xen_colo_do_checkpoint(json_t *args UNUSED, struct err **errp)
  * that any user who does not share it (an export, a copy-before-write
  * filter, a format above the node) refuses with a permission conflict.
  */
-json_t *
-qmp_block_resize(json_t *args, struct err **errp)
+static json_t *
+block_resize_cmd(const struct qmp_args_block_resize *a, struct err **errp)
 {
-    const char *device = qmp_str(args, "device");
-    const char *name = qmp_str(args, "node-name");
-    json_int_t size = json_integer_value(json_object_get(args, "size"));
+    const char *device = a->device;
+    const char *name = a->node_name;
+    int64_t size = a->size;
     struct block_node *node = name ? block_node_find(name) : NULL;
     struct block_handle *h;
     int ret;
@@ -262,6 +264,8 @@ qmp_block_resize(json_t *args, struct err **errp)
     block_handle_free(h);
     return ret < 0 ? NULL : json_object();
 }
+QMP_TYPED_HANDLER(qmp_block_resize, block_resize_cmd,
+                  struct qmp_args_block_resize);
 
 /* QEMU lists named block backends (guest devices); a storage daemon has
  * none, so this is always empty, as qemu-storage-daemon's. */

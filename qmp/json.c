@@ -17,6 +17,33 @@ qmp_str(json_t *obj, const char *key)
     return json_string_value(json_object_get(obj, key));
 }
 
+bool
+qmp_member_str(json_t *obj, const char *where, const char *key,
+               const char **out, struct err **errp)
+{
+    json_t *v = json_object_get(obj, key);
+
+    *out = json_string_value(v);
+    if (!v) {
+        err_setf(errp, "%sParameter '%s' is missing", where, key);
+        return false;
+    }
+    if (!*out) {
+        err_setf(errp, "%sInvalid parameter type for '%s', expected: "
+                 "string", where, key);
+        return false;
+    }
+    return true;
+}
+
+bool
+qmp_bool(json_t *obj, const char *key, bool def)
+{
+    json_t *v = json_object_get(obj, key);
+
+    return v ? json_is_true(v) : def;
+}
+
 int
 qmp_opt_bool(json_t *obj, const char *key, bool *out, struct err **errp)
 {

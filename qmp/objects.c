@@ -24,6 +24,7 @@
 
 #include "crypto/authz.h"
 #include "crypto/tls-creds.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "util.h"
 
@@ -123,34 +124,20 @@ static const struct qmp_arg tls_psk_members[] = {
     QMP_END,
 };
 
-static const char *
-opt_str(json_t *props, const char *key)
-{
-    return json_string_value(json_object_get(props, key));
-}
-
-static bool
-opt_bool(json_t *props, const char *key, bool dflt)
-{
-    json_t *v = json_object_get(props, key);
-
-    return v ? json_is_true(v) : dflt;
-}
-
 static bool
 tls_creds_decode(json_t *props, enum tls_creds_type type, struct err **errp)
 {
-    const char *endpoint = opt_str(props, "endpoint");
+    const char *endpoint = qmp_str(props, "endpoint");
     struct tls_creds_options o = {
-        .id = opt_str(props, "id"),
+        .id = qmp_str(props, "id"),
         .type = type,
         .endpoint = endpoint && !strcmp(endpoint, "server") ?
                     TLS_ENDPOINT_SERVER : TLS_ENDPOINT_CLIENT,
-        .dir = opt_str(props, "dir"),
-        .verify_peer = opt_bool(props, "verify-peer", true),
-        .priority = opt_str(props, "priority"),
-        .username = opt_str(props, "username"),
-        .sanity_check = opt_bool(props, "sanity-check", true),
+        .dir = qmp_str(props, "dir"),
+        .verify_peer = qmp_bool(props, "verify-peer", true),
+        .priority = qmp_str(props, "priority"),
+        .username = qmp_str(props, "username"),
+        .sanity_check = qmp_bool(props, "sanity-check", true),
     };
 
     if (json_object_get(props, "passwordid")) {
@@ -244,7 +231,7 @@ static const struct qmp_arg authz_listfile_members[] = {
 static void
 authz_list_decode(json_t *obj, struct authz_list *l)
 {
-    const char *policy = opt_str(obj, "policy");
+    const char *policy = qmp_str(obj, "policy");
     json_t *rules = json_object_get(obj, "rules");
 
     l->policy = policy && !strcmp(policy, "allow") ? AUTHZ_ALLOW : AUTHZ_DENY;
@@ -252,10 +239,10 @@ authz_list_decode(json_t *obj, struct authz_list *l)
     l->rules = l->nrules ? xcalloc(l->nrules, sizeof(*l->rules)) : NULL;
     for (size_t i = 0; i < l->nrules; i++) {
         json_t *r = json_array_get(rules, i);
-        const char *fmt = opt_str(r, "format");
+        const char *fmt = qmp_str(r, "format");
 
-        l->rules[i].match = xstrdup(opt_str(r, "match"));
-        l->rules[i].policy = !strcmp(opt_str(r, "policy"), "allow") ?
+        l->rules[i].match = xstrdup(qmp_str(r, "match"));
+        l->rules[i].policy = !strcmp(qmp_str(r, "policy"), "allow") ?
                              AUTHZ_ALLOW : AUTHZ_DENY;
         l->rules[i].format = fmt && !strcmp(fmt, "glob") ? AUTHZ_GLOB
                                                          : AUTHZ_EXACT;
@@ -290,9 +277,9 @@ static bool
 authz_simple_add(json_t *props, struct err **errp)
 {
     struct authz_options o = {
-        .id = opt_str(props, "id"),
+        .id = qmp_str(props, "id"),
         .type = AUTHZ_TYPE_SIMPLE,
-        .identity = opt_str(props, "identity"),
+        .identity = qmp_str(props, "identity"),
     };
 
     return authz_add(&o, errp);
@@ -303,7 +290,7 @@ authz_list_add(json_t *props, struct err **errp)
 {
     struct authz_list l;
     struct authz_options o = {
-        .id = opt_str(props, "id"),
+        .id = qmp_str(props, "id"),
         .type = AUTHZ_TYPE_LIST,
         .list = &l,
     };
@@ -319,10 +306,10 @@ static bool
 authz_listfile_add(json_t *props, struct err **errp)
 {
     struct authz_options o = {
-        .id = opt_str(props, "id"),
+        .id = qmp_str(props, "id"),
         .type = AUTHZ_TYPE_LISTFILE,
-        .filename = opt_str(props, "filename"),
-        .refresh = opt_bool(props, "refresh", true),
+        .filename = qmp_str(props, "filename"),
+        .refresh = qmp_bool(props, "refresh", true),
         .load = authz_file_load,
     };
 
@@ -484,10 +471,10 @@ object_free(struct object *o)
     free(o);
 }
 
-json_t *
-qmp_object_del(json_t *args, struct err **errp)
+static json_t *
+object_del_cmd(const struct qmp_args_object_del *a, struct err **errp)
 {
-    const char *id = json_string_value(json_object_get(args, "id"));
+    const char *id = a->id;
     struct object *o = object_find(id);
 
     if (!o) {
@@ -502,6 +489,7 @@ qmp_object_del(json_t *args, struct err **errp)
     object_free(o);
     return json_object();
 }
+QMP_TYPED_HANDLER(qmp_object_del, object_del_cmd, struct qmp_args_object_del);
 
 /* ---- qom-list, qom-get on /objects/ID ------------------------------------ */
 
@@ -537,10 +525,10 @@ member_type(const struct qmp_arg *m)
     }
 }
 
-json_t *
-qmp_qom_list(json_t *args, struct err **errp)
+static json_t *
+qom_list_cmd(const struct qmp_args_qom_list *a, struct err **errp)
 {
-    struct object *o = object_at(opt_str(args, "path"), errp);
+    struct object *o = object_at(a->path, errp);
     json_t *ret;
 
     if (!o) {
@@ -559,6 +547,7 @@ qmp_qom_list(json_t *args, struct err **errp)
     }
     return ret;
 }
+QMP_TYPED_HANDLER(qmp_qom_list, qom_list_cmd, struct qmp_args_qom_list);
 
 /* QEMU's defaults, for properties the object was made without. */
 static json_t *
@@ -586,11 +575,11 @@ default_value(const struct object *o, const char *prop)
     return json_null();
 }
 
-json_t *
-qmp_qom_get(json_t *args, struct err **errp)
+static json_t *
+qom_get_cmd(const struct qmp_args_qom_get *a, struct err **errp)
 {
-    const char *prop = opt_str(args, "property");
-    struct object *o = object_at(opt_str(args, "path"), errp);
+    const char *prop = a->property;
+    struct object *o = object_at(a->path, errp);
     json_t *v;
 
     if (!o) {
@@ -611,6 +600,7 @@ qmp_qom_get(json_t *args, struct err **errp)
     err_setf(errp, "Property '%s.%s' not found", o->type->name, prop);
     return NULL;
 }
+QMP_TYPED_HANDLER(qmp_qom_get, qom_get_cmd, struct qmp_args_qom_get);
 
 void
 qmp_objects_free_all(void)

@@ -64,6 +64,7 @@
 
 #include <jansson.h>
 
+#include "block/filter/copy-before-write.h"
 #include "export/export.h"
 #include "job/job.h"
 #include "nbd/server.h"
@@ -156,6 +157,19 @@
       .aux_offset = QMP_FIELD(S, STRF, const char *), .size = sizeof(S),     \
       __VA_ARGS__ }
 
+/* An enum element (E int-sized); VALUES[i] is the QMP name of value i. */
+#define QMP_ELEM_ENUM(E, VALUES, ...)                                        \
+    { .type = QMP_T_ENUM, .typed = true, .values = VALUES,                   \
+      .size = QMP_ENUM_SIZE_(E), __VA_ARGS__ }
+/* An object element: S, described by MEMBERS. */
+#define QMP_ELEM_OBJECT(S, MEMBERS, ...)                                     \
+    { .type = QMP_T_OBJECT, .typed = true, .members = MEMBERS,               \
+      .size = sizeof(S), __VA_ARGS__ }
+/* Any object (validated by the handler): the JSON value, borrowed. */
+#define QMP_ELEM_ANY_OBJECT(...)                                             \
+    { .type = QMP_T_ANY_OBJECT, .typed = true, .size = sizeof(json_t *),     \
+      __VA_ARGS__ }
+
 /* The end of a typed list for struct T. */
 #define QMP_END_OF(T) { .name = NULL, .typed = true, .size = sizeof(T) }
 
@@ -180,6 +194,177 @@ struct qmp_bitmap_or_str {
     const char *local;          /* the string form, or NULL */
     const char *node;           /* the object form */
     const char *name;
+};
+
+/* A command or action without arguments (its list is just the END). */
+struct qmp_args_none {
+    char unused_;
+};
+
+/* ---- The monitor (cmds-misc.c) ------------------------------------------ */
+
+enum qmp_capability {
+    QMP_CAPABILITY_OOB,
+};
+
+struct qmp_args_qmp_capabilities {
+    enum qmp_capability *enable;
+    size_t n_enable;
+};
+
+/* ---- Nodes (cmds-block.c, cmds-fleecing.c) ------------------------------ */
+
+/* blockdev-del, x-blockdev-insert-filter, x-blockdev-remove-filter. */
+struct qmp_args_node_name {
+    const char *node_name;
+};
+
+/* blockdev-reopen: BlockdevOptions objects, checked by the handler
+ * against the nodes as they are. */
+struct qmp_args_blockdev_reopen {
+    json_t **options;
+    size_t n_options;
+};
+
+struct qmp_args_query_named_block_nodes {
+    bool has_flat;
+    bool flat;
+};
+
+struct qmp_args_block_resize {
+    const char *device;
+    const char *node_name;
+    int64_t size;
+};
+
+/* ---- Dirty bitmaps (cmds-bitmap.c) -------------------------------------- */
+
+/* block-dirty-bitmap-remove, -clear, -enable, -disable,
+ * x-debug-block-dirty-bitmap-sha256. */
+struct qmp_args_bitmap {
+    const char *node;
+    const char *name;
+};
+
+struct qmp_args_bitmap_add {
+    const char *node;
+    const char *name;
+    bool has_granularity;
+    uint64_t granularity;
+    bool has_persistent;
+    bool persistent;
+    bool has_disabled;
+    bool disabled;
+};
+
+struct qmp_args_bitmap_merge {
+    const char *node;
+    const char *target;
+    struct qmp_bitmap_or_str *bitmaps;
+    size_t n_bitmaps;
+};
+
+/* ---- Transactions (transaction.c) --------------------------------------- */
+
+/* TransactionAction: type is an index in qmp_txn_action_types; data is
+ * decoded against that action's own list when the transaction runs. */
+struct qmp_txn_action_arg {
+    int type;
+    json_t *data;
+};
+
+enum qmp_txn_completion_mode {
+    QMP_TXN_COMPLETION_INDIVIDUAL,
+    QMP_TXN_COMPLETION_GROUPED,
+};
+
+struct qmp_txn_properties {
+    bool has_completion_mode;
+    enum qmp_txn_completion_mode completion_mode;
+};
+
+struct qmp_args_transaction {
+    struct qmp_txn_action_arg *actions;
+    size_t n_actions;
+    bool has_properties;
+    struct qmp_txn_properties properties;
+};
+
+/*
+ * Run actions (validated against the schema) all-or-nothing: each
+ * action's data is validated against its own list ("actions[i].data."
+ * in messages) and decoded, then the actions run inside one drained
+ * section.  extra, when not NULL, runs last in the same transaction with
+ * extra_args already decoded (fleecing-start's insertion).
+ */
+bool qmp_transaction_run(const struct qmp_txn_action_arg *actions, size_t n,
+                         bool grouped, const struct qmp_txn_action *extra,
+                         const void *extra_args, struct err **errp);
+/* One action with its decoded arguments, as a standalone command
+ * (block-dirty-bitmap-add, x-blockdev-insert-filter, ...). */
+bool qmp_transaction_run_one(const struct qmp_txn_action *act,
+                             const void *args, struct err **errp);
+
+/* ---- Fleecing (cmds-fleecing.c) ----------------------------------------- */
+
+struct qmp_args_fleecing_start {
+    const char *id;
+    const char *node;
+    json_t *temp;               /* BlockdevOptions, FleecingTemp or str */
+    bool has_bitmap;
+    struct qmp_bitmap_or_str bitmap;    /* the object form only */
+    const char *export_name;
+    bool has_on_cbw_error;
+    enum cbw_on_error on_cbw_error;
+    bool has_cbw_timeout;
+    uint64_t cbw_timeout;
+    bool has_discard;
+    bool discard;
+    struct qmp_txn_action_arg *actions;
+    size_t n_actions;
+};
+
+struct qmp_args_fleecing_stop {
+    const char *id;
+};
+
+/* ---- Replication (cmds-repl.c) ------------------------------------------ */
+
+struct qmp_args_x_blockdev_change {
+    const char *parent;
+    const char *child;
+    const char *node;
+};
+
+struct qmp_args_xen_set_replication {
+    bool enable;
+    bool primary;
+    bool has_failover;
+    bool failover;
+};
+
+struct qmp_args_replication_start {
+    bool primary;
+};
+
+struct qmp_args_replication_stop {
+    bool has_failover;
+    bool failover;
+};
+
+/* ---- Objects (objects.c) ------------------------------------------------ */
+
+struct qmp_args_object_del {
+    const char *id;
+};
+
+struct qmp_args_qom_list {
+    const char *path;
+};
+
+struct qmp_args_qom_get {
+    const char *path;
+    const char *property;
 };
 
 /* ---- Exports and the NBD server (cmds-export.c) ------------------------- */

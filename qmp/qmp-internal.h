@@ -8,7 +8,9 @@
  * dispatcher validates the arguments against it before the handler runs;
  * for a typed command it then decodes them into the command's C struct
  * (qmp/qmp-args.h says how), so the handler reads C fields, never JSON.
- * Untyped handlers still get the validated JSON object.  docs/qmp.md is
+ * Every command with arguments is typed, except the two whose arguments
+ * are options (blockdev-add, object-add): their handlers get the JSON
+ * object.  Commands without arguments have plain handlers.  docs/qmp.md is
  * generated from the same table (lockstepd --print-qmp-doc).
  *
  * Threads: everything here runs on the main thread.
@@ -197,6 +199,13 @@ json_t *qmp_error_response(struct err *err, json_t *id);
 
 /* The string member key of obj, or NULL (absent, or not a string). */
 const char *qmp_str(json_t *obj, const char *key);
+/* A required string member of an object the schema left to the handler
+ * (an "any" member): false with QEMU's messages, prefixed with where
+ * ("addr: "), when it is missing or not a string. */
+bool qmp_member_str(json_t *obj, const char *where, const char *key,
+                    const char **out, struct err **errp);
+/* The boolean member key of obj (validated), or def when absent. */
+bool qmp_bool(json_t *obj, const char *key, bool def);
 /* A boolean member, as JSON or keyval ("on", "off", "yes", "no", "true",
  * "false"): 1 with *out set, 0 when absent, -1 with *errp set
  * ("Parameter 'key' expects 'on' or 'off'"). */
@@ -218,23 +227,19 @@ bool qmp_keyval_to_size(json_t *obj, const char *key, struct err **errp);
  */
 struct qmp_txn_action {
     const char *type;
-    const struct qmp_arg *args;     /* of "data" (the command's args) */
-    bool (*prepare)(json_t *data, void **state, struct err **errp);
-    /* Instead of prepare when args is typed: the decoded "data" (a
-     * pointer to args' struct), valid until clean has run. */
-    bool (*prepare_typed)(const void *args, void **state, struct err **errp);
+    const struct qmp_arg *args;     /* of "data" (the command's args): a
+                                     * typed list (qmp-args.h) */
+    /* args: the decoded "data" (a pointer to args' struct), valid until
+     * clean has run. */
+    bool (*prepare)(const void *args, void **state, struct err **errp);
     void (*commit)(void *state);
     void (*abort)(void *state);
     void (*clean)(void *state);
     bool supports_grouped;          /* completion-mode=grouped */
 };
 
-/* Run actions (an array of {type, data} validated by the schema). */
-bool qmp_transaction_run(json_t *actions, json_t *properties,
-                         struct err **errp);
-/* Run one action as a standalone command (block-dirty-bitmap-add, ...). */
-bool qmp_transaction_run_one(const char *type, json_t *data,
-                             struct err **errp);
+/* Running them: qmp_transaction_run() and qmp_transaction_run_one()
+ * (qmp-args.h, with the types of their arguments). */
 extern const char *const qmp_txn_action_types[];
 
 /* ---- Monitor (monitor.c) ---------------------------------------------- */
@@ -245,7 +250,7 @@ void qmp_request_quit(void);
 
 /* Handlers, by file. */
 /* cmds-misc.c */
-json_t *qmp_qmp_capabilities(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_qmp_capabilities;
 json_t *qmp_query_version(json_t *args, struct err **errp);
 json_t *qmp_query_status(json_t *args, struct err **errp);
 json_t *qmp_query_commands(json_t *args, struct err **errp);
@@ -257,10 +262,13 @@ json_t *qmp_blockdev_add_async(json_t *args, struct qmp_async *done,
 /* Shutdown: end the connects of pending blockdev-adds and wait for their
  * threads (their responses, if anyone still listens, are errors). */
 void qmp_blockdev_add_cancel_all(void);
-json_t *qmp_blockdev_del(json_t *args, struct err **errp);
-json_t *qmp_blockdev_reopen(json_t *args, struct err **errp);
-json_t *qmp_query_named_block_nodes(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_blockdev_del;
+extern const struct qmp_typed qmp_blockdev_reopen;
+extern const struct qmp_typed qmp_query_named_block_nodes;
 json_t *qmp_x_debug_query_block_graph(json_t *args, struct err **errp);
+/* A node's dirty bitmaps as QMP BlockDirtyInfo objects (a JSON array). */
+struct block_node;
+json_t *qmp_dirty_bitmaps_info(struct block_node *node);
 /* cmds-export.c */
 extern const struct qmp_typed qmp_nbd_server_start;
 json_t *qmp_nbd_server_stop(json_t *args, struct err **errp);
@@ -282,19 +290,19 @@ bool qmp_socket_address_parse(json_t *obj, struct socket_address *addr,
 bool qmp_export_add_keyval(json_t *opts, struct err **errp);
 /* objects.c */
 json_t *qmp_object_add(json_t *args, struct err **errp);
-json_t *qmp_object_del(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_object_del;
 /* --object: keyval values are typed first. */
 bool qmp_object_add_keyval(json_t *opts, struct err **errp);
 bool qmp_iothread_exists(const char *id);
-json_t *qmp_qom_list(json_t *args, struct err **errp);
-json_t *qmp_qom_get(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_qom_list;
+extern const struct qmp_typed qmp_qom_get;
 /* The i-th object type's properties (without qom-type and id), for the
  * docs; NULL past the last. */
 const struct qmp_arg *qmp_object_type_members(size_t i, const char **name);
 void qmp_objects_free_all(void);
 /* cmds-repl.c */
-json_t *qmp_x_blockdev_change_cmd(json_t *args, struct err **errp);
-json_t *qmp_xen_set_replication_cmd(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_x_blockdev_change_cmd;
+extern const struct qmp_typed qmp_xen_set_replication_cmd;
 json_t *qmp_query_xen_replication_status(json_t *args, struct err **errp);
 json_t *qmp_query_replication(json_t *args, struct err **errp);
 /* Stop every replication node; with failover a secondary starts its
@@ -310,20 +318,19 @@ bool qmp_xen_set_replication(bool enable, bool primary, bool has_failover,
 /* query-xen-replication-status: {"error": bool, "desc"?: str}. */
 json_t *replication_status(void);
 json_t *qmp_xen_colo_do_checkpoint(json_t *args, struct err **errp);
-json_t *qmp_replication_start(json_t *args, struct err **errp);
-json_t *qmp_replication_stop(json_t *args, struct err **errp);
-json_t *qmp_block_resize(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_replication_start;
+extern const struct qmp_typed qmp_replication_stop;
+extern const struct qmp_typed qmp_block_resize;
 json_t *qmp_query_block(json_t *args, struct err **errp);
 /* cmds-bitmap.c */
-json_t *qmp_block_dirty_bitmap_add(json_t *args, struct err **errp);
-json_t *qmp_block_dirty_bitmap_remove(json_t *args, struct err **errp);
-json_t *qmp_block_dirty_bitmap_clear(json_t *args, struct err **errp);
-json_t *qmp_block_dirty_bitmap_enable(json_t *args, struct err **errp);
-json_t *qmp_block_dirty_bitmap_disable(json_t *args, struct err **errp);
-json_t *qmp_block_dirty_bitmap_merge(json_t *args, struct err **errp);
-json_t *qmp_x_debug_block_dirty_bitmap_sha256(json_t *args,
-                                              struct err **errp);
-json_t *qmp_transaction(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_block_dirty_bitmap_add;
+extern const struct qmp_typed qmp_block_dirty_bitmap_remove;
+extern const struct qmp_typed qmp_block_dirty_bitmap_clear;
+extern const struct qmp_typed qmp_block_dirty_bitmap_enable;
+extern const struct qmp_typed qmp_block_dirty_bitmap_disable;
+extern const struct qmp_typed qmp_block_dirty_bitmap_merge;
+extern const struct qmp_typed qmp_x_debug_block_dirty_bitmap_sha256;
+extern const struct qmp_typed qmp_transaction;
 /* Bitmap transaction actions (cmds-bitmap.c). */
 extern const struct qmp_txn_action qmp_txn_bitmap_add;
 extern const struct qmp_txn_action qmp_txn_bitmap_remove;
@@ -363,18 +370,19 @@ extern const struct qmp_arg qmp_args_blockdev_backup[];
 extern const struct qmp_txn_action qmp_txn_blockdev_backup;
 
 /* cmds-fleecing.c */
-json_t *qmp_x_blockdev_insert_filter(json_t *args, struct err **errp);
-json_t *qmp_x_blockdev_remove_filter(json_t *args, struct err **errp);
-json_t *qmp_fleecing_start(json_t *args, struct err **errp);
-json_t *qmp_fleecing_stop(json_t *args, struct err **errp);
+extern const struct qmp_typed qmp_x_blockdev_insert_filter;
+extern const struct qmp_typed qmp_x_blockdev_remove_filter;
+extern const struct qmp_typed qmp_fleecing_start;
+extern const struct qmp_typed qmp_fleecing_stop;
 json_t *qmp_query_fleecing(json_t *args, struct err **errp);
 extern const struct qmp_txn_action qmp_txn_insert_filter;
 extern const struct qmp_txn_action qmp_txn_remove_filter;
-extern const struct qmp_arg qmp_args_filter_node[];
 /* Daemon shutdown: tear every fleecing down (after the exports closed). */
 void qmp_fleecing_stop_all(void);
 
 /* Shared argument lists (schema.c), used by the action table too. */
+extern const struct qmp_arg qmp_args_none[];
+extern const struct qmp_arg qmp_args_node_name[];
 extern const struct qmp_arg qmp_args_bitmap[];
 extern const struct qmp_arg qmp_args_bitmap_add[];
 extern const struct qmp_arg qmp_args_bitmap_merge[];

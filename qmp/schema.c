@@ -25,44 +25,64 @@
 
 /* ---- Argument lists ------------------------------------------------------ */
 
-#define END { NULL, 0, false, NULL, NULL, NULL, NULL, NULL }
-
-static const char *const capability_values[] = { "oob", NULL };
-static const struct qmp_arg capability_elem = {
-    NULL, QMP_T_ENUM, false, NULL, "QMPCapability", capability_values,
-    NULL, NULL,
+static const char *const capability_values[] = {
+    [QMP_CAPABILITY_OOB] = "oob",
+    NULL,
 };
+static const struct qmp_arg capability_elem =
+    QMP_ELEM_ENUM(enum qmp_capability, capability_values,
+                  .type_name = "QMPCapability");
+#define T struct qmp_args_qmp_capabilities
 static const struct qmp_arg args_qmp_capabilities[] = {
-    { "enable", QMP_T_ARRAY, true,
-      "capabilities to enable; only \"oob\" is known (and has no effect)",
-      "[QMPCapability]", NULL, NULL, &capability_elem },
-    END,
+    QMP_ARRAY_OPT(T, enable, "enable", &capability_elem,
+                  .doc = "capabilities to enable; only \"oob\" is known (and "
+                         "has no effect)",
+                  .type_name = "[QMPCapability]"),
+    QMP_END_OF(T),
+};
+#undef T
+
+const struct qmp_arg qmp_args_none[] = {
+    QMP_END_OF(struct qmp_args_none),
 };
 
+#define T struct qmp_args_node_name
 static const struct qmp_arg args_blockdev_del[] = {
-    { "node-name", QMP_T_STR, false, "the node to delete", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, node_name, "node-name", .doc = "the node to delete"),
+    QMP_END_OF(T),
 };
 
-static const struct qmp_arg reopen_elem = {
-    NULL, QMP_T_ANY_OBJECT, false, NULL, "BlockdevOptions", NULL, NULL, NULL,
+/* x-blockdev-insert-filter, x-blockdev-remove-filter. */
+const struct qmp_arg qmp_args_node_name[] = {
+    QMP_STR(T, node_name, "node-name",
+            .doc = "the filter node (its 'file' child is the node it "
+                   "filters)"),
+    QMP_END_OF(T),
 };
+#undef T
+
+static const struct qmp_arg reopen_elem =
+    QMP_ELEM_ANY_OBJECT(.type_name = "BlockdevOptions");
+#define T struct qmp_args_blockdev_reopen
 static const struct qmp_arg args_blockdev_reopen[] = {
-    { "options", QMP_T_ARRAY, false,
-      "the nodes' new options, each a BlockdevOptions with node-name; "
-      "here only child references (file, backing, ...: node-names) and "
-      "read-only may change, and options left out keep their values",
-      "[BlockdevOptions]", NULL, NULL, &reopen_elem },
-    END,
+    QMP_ARRAY(T, options, "options", &reopen_elem,
+              .doc = "the nodes' new options, each a BlockdevOptions with "
+                     "node-name; here only child references (file, "
+                     "backing, ...: node-names) and read-only may change, "
+                     "and options left out keep their values",
+              .type_name = "[BlockdevOptions]"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_query_named_block_nodes
 static const struct qmp_arg args_query_named_block_nodes[] = {
-    { "flat", QMP_T_BOOL, true,
-      "do not nest the backing chain in \"image\" (\"backing-image\"); "
-      "default false", NULL, NULL, NULL, NULL },
-    END,
+    QMP_BOOL_OPT(T, flat, "flat",
+                 .doc = "do not nest the backing chain in \"image\" "
+                        "(\"backing-image\"); default false"),
+    QMP_END_OF(T),
 };
+#undef T
 
 const char *const qmp_socket_type_names[] = {
     [QMP_SOCKET_UNIX] = "unix",
@@ -240,121 +260,138 @@ static const struct qmp_arg args_block_export_del[] = {
 };
 #undef T
 
+#define T struct qmp_args_bitmap
 const struct qmp_arg qmp_args_bitmap[] = {
-    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
-    { "name", QMP_T_STR, false, "bitmap name", NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR(T, node, "node", .doc = "node-name"),
+    QMP_STR(T, name, "name", .doc = "bitmap name"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_bitmap_add
 const struct qmp_arg qmp_args_bitmap_add[] = {
-    { "node", QMP_T_STR, false, "node-name", NULL, NULL, NULL, NULL },
-    { "name", QMP_T_STR, false, "bitmap name (1 to 1023 bytes)", NULL, NULL,
-      NULL, NULL },
-    { "granularity", QMP_T_UINT, true,
-      "bytes per bit: a power of 2, at least 512 (default: the cluster "
-      "size clamped to 4k..64k, else 64k)", "uint32", NULL, NULL, NULL },
-    { "persistent", QMP_T_BOOL, true,
-      "store in the image (qcow2 v3 only; default false)", NULL, NULL, NULL,
-      NULL },
-    { "disabled", QMP_T_BOOL, true,
-      "create it not recording (default false)", NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR(T, node, "node", .doc = "node-name"),
+    QMP_STR(T, name, "name", .doc = "bitmap name (1 to 1023 bytes)"),
+    QMP_UINT_OPT(T, granularity, "granularity",
+                 .doc = "bytes per bit: a power of 2, at least 512 (default: "
+                        "the cluster size clamped to 4k..64k, else 64k)",
+                 .type_name = "uint32"),
+    QMP_BOOL_OPT(T, persistent, "persistent",
+                 .doc = "store in the image (qcow2 v3 only; default false)"),
+    QMP_BOOL_OPT(T, disabled, "disabled",
+                 .doc = "create it not recording (default false)"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_bitmap_merge
 const struct qmp_arg qmp_args_bitmap_merge[] = {
-    { "node", QMP_T_STR, false, "node-name of the target", NULL, NULL, NULL,
-      NULL },
-    { "target", QMP_T_STR, false, "name of the target bitmap", NULL, NULL,
-      NULL, NULL },
-    { "bitmaps", QMP_T_ARRAY, false,
-      "sources: names of bitmaps on the same node, or {\"node\", \"name\"}",
-      "[BlockDirtyBitmapOrStr]", NULL, NULL, &bitmap_or_str_elem },
-    END,
+    QMP_STR(T, node, "node", .doc = "node-name of the target"),
+    QMP_STR(T, target, "target", .doc = "name of the target bitmap"),
+    QMP_ARRAY(T, bitmaps, "bitmaps", &bitmap_or_str_elem,
+              .doc = "sources: names of bitmaps on the same node, or "
+                     "{\"node\", \"name\"}",
+              .type_name = "[BlockDirtyBitmapOrStr]"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_txn_action_arg
 static const struct qmp_arg txn_action_members[] = {
-    { "type", QMP_T_ENUM, false, "the action (a command name)", NULL,
-      qmp_txn_action_types, NULL, NULL },
-    { "data", QMP_T_ANY_OBJECT, false,
-      "the action's arguments (those of the command of the same name)",
-      NULL, NULL, NULL, NULL },
-    END,
+    QMP_ENUM(T, type, "type", int, qmp_txn_action_types,
+             .doc = "the action (a command name)"),
+    QMP_ANY_OBJECT(T, data, "data",
+                   .doc = "the action's arguments (those of the command of "
+                          "the same name)"),
+    QMP_END_OF(T),
 };
-static const struct qmp_arg txn_action_elem = {
-    NULL, QMP_T_OBJECT, false, NULL, "TransactionAction", NULL,
-    txn_action_members, NULL,
-};
+#undef T
+static const struct qmp_arg txn_action_elem =
+    QMP_ELEM_OBJECT(struct qmp_txn_action_arg, txn_action_members,
+                    .type_name = "TransactionAction");
 static const char *const completion_mode_values[] = {
-    "individual", "grouped", NULL,
+    [QMP_TXN_COMPLETION_INDIVIDUAL] = "individual",
+    [QMP_TXN_COMPLETION_GROUPED] = "grouped",
+    NULL,
 };
+#define T struct qmp_txn_properties
 static const struct qmp_arg txn_properties_members[] = {
-    { "completion-mode", QMP_T_ENUM, true,
-      "\"individual\" (default) or \"grouped\" (jobs only)", NULL,
-      completion_mode_values, NULL, NULL },
-    END,
+    QMP_ENUM_OPT(T, completion_mode, "completion-mode",
+                 enum qmp_txn_completion_mode, completion_mode_values,
+                 .doc = "\"individual\" (default) or \"grouped\" (jobs "
+                        "only)"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct qmp_args_transaction
 static const struct qmp_arg args_transaction[] = {
-    { "actions", QMP_T_ARRAY, false,
-      "the actions, each {\"type\": T, \"data\": {...}}; T is one of "
-      "abort, block-dirty-bitmap-add, block-dirty-bitmap-remove, "
-      "block-dirty-bitmap-clear, block-dirty-bitmap-enable, "
-      "block-dirty-bitmap-disable, block-dirty-bitmap-merge, "
-      "blockdev-backup, x-blockdev-insert-filter, x-blockdev-remove-filter",
-      "[TransactionAction]", NULL, NULL, &txn_action_elem },
-    { "properties", QMP_T_OBJECT, true, "transaction properties",
-      "TransactionProperties", NULL, txn_properties_members, NULL },
-    END,
+    QMP_ARRAY(T, actions, "actions", &txn_action_elem,
+              .doc = "the actions, each {\"type\": T, \"data\": {...}}; T "
+                     "is one of abort, block-dirty-bitmap-add, "
+                     "block-dirty-bitmap-remove, block-dirty-bitmap-clear, "
+                     "block-dirty-bitmap-enable, block-dirty-bitmap-disable, "
+                     "block-dirty-bitmap-merge, blockdev-backup, "
+                     "x-blockdev-insert-filter, x-blockdev-remove-filter",
+              .type_name = "[TransactionAction]"),
+    QMP_OBJECT_OPT(T, properties, "properties", txn_properties_members,
+                   .doc = "transaction properties",
+                   .type_name = "TransactionProperties"),
+    QMP_END_OF(T),
 };
+#undef T
 
 /* ---- Fleecing (cmds-fleecing.c) ----------------------------------------- */
 
-static const char *const fl_on_cbw_error_values[] = {
-    "break-guest-write", "break-snapshot", NULL,
-};
+#define T struct qmp_args_fleecing_start
 static const struct qmp_arg args_fleecing_start[] = {
-    { "id", QMP_T_STR, false,
-      "name of this fleecing; also the NBD export's id, and the prefix of "
-      "the node-names created: ID-temp, ID-cbw, ID-access", NULL, NULL,
-      NULL, NULL },
-    { "node", QMP_T_STR, false,
-      "node-name of the live disk: the filter goes above it and takes over "
-      "its parents (guest exports, raw shims, ...)", NULL, NULL, NULL,
-      NULL },
-    { "temp", QMP_T_ANY, false,
-      "the temp (scratch) image, of the disk's size: a BlockdevOptions "
-      "object (node-name defaults to ID-temp), or {\"filename\", "
-      "\"format\": \"raw\"|\"qcow2\"} for an existing image (opened "
-      "with discard=unmap; its file node is ID-temp-file), or the "
-      "node-name of a node already added (left in place by fleecing-stop)",
-      "BlockdevOptions or FleecingTemp or str", NULL, NULL, NULL },
-    { "bitmap", QMP_T_OBJECT, true,
-      "limit the snapshot to this bitmap's dirty clusters (reads elsewhere "
-      "fail with EINVAL over NBD); also offered on the export as "
-      "qemu:dirty-bitmap:NAME", "BlockDirtyBitmap", NULL,
-      bitmap_ref_members, NULL },
-    { "export-name", QMP_T_STR, true, "NBD export name (default: id)",
-      NULL, NULL, NULL, NULL },
-    { "on-cbw-error", QMP_T_ENUM, true,
-      "when copying old data fails: break-guest-write (default) or "
-      "break-snapshot", "OnCbwError", fl_on_cbw_error_values, NULL, NULL },
-    { "cbw-timeout", QMP_T_UINT, true,
-      "seconds a guest write may wait for its copy, 0 = no limit (default)",
-      "uint32", NULL, NULL, NULL },
-    { "discard", QMP_T_BOOL, true,
-      "let NBD clients discard what they have read, freeing temp space "
-      "(default true; the export is then writable, writes fail with "
-      "ENOTSUP)", NULL, NULL, NULL, NULL },
-    { "actions", QMP_T_ARRAY, true,
-      "transaction actions (bitmap add/disable/...) run atomically with "
-      "the insertion of the filter: the snapshot point",
-      "[TransactionAction]", NULL, NULL, &txn_action_elem },
-    END,
+    QMP_STR(T, id, "id",
+            .doc = "name of this fleecing; also the NBD export's id, and the "
+                   "prefix of the node-names created: ID-temp, ID-cbw, "
+                   "ID-access"),
+    QMP_STR(T, node, "node",
+            .doc = "node-name of the live disk: the filter goes above it and "
+                   "takes over its parents (guest exports, raw shims, ...)"),
+    QMP_ANY(T, temp, "temp",
+            .doc = "the temp (scratch) image, of the disk's size: a "
+                   "BlockdevOptions object (node-name defaults to ID-temp), "
+                   "or {\"filename\", \"format\": \"raw\"|\"qcow2\"} for an "
+                   "existing image (opened with discard=unmap; its file node "
+                   "is ID-temp-file), or the node-name of a node already "
+                   "added (left in place by fleecing-stop)",
+            .type_name = "BlockdevOptions or FleecingTemp or str"),
+    QMP_OBJECT_OPT(T, bitmap, "bitmap", bitmap_ref_members,
+                   .doc = "limit the snapshot to this bitmap's dirty clusters "
+                          "(reads elsewhere fail with EINVAL over NBD); also "
+                          "offered on the export as qemu:dirty-bitmap:NAME",
+                   .type_name = "BlockDirtyBitmap"),
+    QMP_STR_OPT(T, export_name, "export-name",
+                .doc = "NBD export name (default: id)"),
+    QMP_ENUM_OPT(T, on_cbw_error, "on-cbw-error", enum cbw_on_error,
+                 cbw_on_error_names,
+                 .doc = "when copying old data fails: break-guest-write "
+                        "(default) or break-snapshot",
+                 .type_name = "OnCbwError"),
+    QMP_UINT_OPT(T, cbw_timeout, "cbw-timeout",
+                 .doc = "seconds a guest write may wait for its copy, 0 = no "
+                        "limit (default)", .type_name = "uint32"),
+    QMP_BOOL_OPT(T, discard, "discard",
+                 .doc = "let NBD clients discard what they have read, "
+                        "freeing temp space (default true; the export is "
+                        "then writable, writes fail with ENOTSUP)"),
+    QMP_ARRAY_OPT(T, actions, "actions", &txn_action_elem,
+                  .doc = "transaction actions (bitmap add/disable/...) run "
+                         "atomically with the insertion of the filter: the "
+                         "snapshot point",
+                  .type_name = "[TransactionAction]"),
+    QMP_END_OF(T),
 };
+#undef T
+#define T struct qmp_args_fleecing_stop
 static const struct qmp_arg args_fleecing_stop[] = {
-    { "id", QMP_T_STR, false, "the fleecing to stop", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, id, "id", .doc = "the fleecing to stop"),
+    QMP_END_OF(T),
 };
+#undef T
 
 /* ---- Jobs (cmds-job.c) -------------------------------------------------- */
 
@@ -461,60 +498,68 @@ const struct qmp_arg qmp_args_blockdev_backup[] = {
 };
 #undef T
 
+#define T struct qmp_args_object_del
 static const struct qmp_arg args_object_del[] = {
-    { "id", QMP_T_STR, false, "the object's id", NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR(T, id, "id", .doc = "the object's id"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_qom_list
 static const struct qmp_arg args_qom_list[] = {
-    { "path", QMP_T_STR, false, "\"/objects/ID\"", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR(T, path, "path", .doc = "\"/objects/ID\""),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_qom_get
 static const struct qmp_arg args_qom_get[] = {
-    { "path", QMP_T_STR, false, "\"/objects/ID\"", NULL, NULL, NULL,
-      NULL },
-    { "property", QMP_T_STR, false, "a property qom-list shows", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_STR(T, path, "path", .doc = "\"/objects/ID\""),
+    QMP_STR(T, property, "property", .doc = "a property qom-list shows"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_x_blockdev_change
 static const struct qmp_arg args_x_blockdev_change[] = {
-    { "parent", QMP_T_STR, false, "the quorum node", NULL, NULL, NULL,
-      NULL },
-    { "child", QMP_T_STR, true, "the child to remove (\"children.N\")",
-      NULL, NULL, NULL, NULL },
-    { "node", QMP_T_STR, true, "node-name of a node to add as a child",
-      NULL, NULL, NULL, NULL },
-    END,
+    QMP_STR(T, parent, "parent", .doc = "the quorum node"),
+    QMP_STR_OPT(T, child, "child",
+                .doc = "the child to remove (\"children.N\")"),
+    QMP_STR_OPT(T, node, "node",
+                .doc = "node-name of a node to add as a child"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_xen_set_replication
 static const struct qmp_arg args_xen_set_replication[] = {
-    { "enable", QMP_T_BOOL, false, "start (true) or stop (false)", NULL,
-      NULL, NULL, NULL },
-    { "primary", QMP_T_BOOL, false, "this side is the primary", NULL, NULL,
-      NULL, NULL },
-    { "failover", QMP_T_BOOL, true,
-      "when stopping: fail over (secondary takes over; default false)",
-      NULL, NULL, NULL, NULL },
-    END,
+    QMP_BOOL(T, enable, "enable", .doc = "start (true) or stop (false)"),
+    QMP_BOOL(T, primary, "primary", .doc = "this side is the primary"),
+    QMP_BOOL_OPT(T, failover, "failover",
+                 .doc = "when stopping: fail over (secondary takes over; "
+                        "default false)"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_replication_start
 static const struct qmp_arg args_replication_start[] = {
-    { "primary", QMP_T_BOOL, false,
-      "this side is the primary (true) or the secondary (false)", NULL,
-      NULL, NULL, NULL },
-    END,
+    QMP_BOOL(T, primary, "primary",
+             .doc = "this side is the primary (true) or the secondary "
+                    "(false)"),
+    QMP_END_OF(T),
 };
+#undef T
 
+#define T struct qmp_args_replication_stop
 static const struct qmp_arg args_replication_stop[] = {
-    { "failover", QMP_T_BOOL, true,
-      "secondary: take over from a lost primary (commit the active and "
-      "hidden disks into the secondary disk); default false", NULL, NULL,
-      NULL, NULL },
-    END,
+    QMP_BOOL_OPT(T, failover, "failover",
+                 .doc = "secondary: take over from a lost primary (commit "
+                        "the active and hidden disks into the secondary "
+                        "disk); default false"),
+    QMP_END_OF(T),
 };
+#undef T
 
 #define T struct qmp_args_block_commit
 static const struct qmp_arg args_block_commit[] = {
@@ -579,23 +624,24 @@ static const struct qmp_arg args_x_replication_resync[] = {
 };
 #undef T
 
+#define T struct qmp_args_block_resize
 static const struct qmp_arg args_block_resize[] = {
-    { "device", QMP_T_STR, true, "a device name (there are none here)",
-      NULL, NULL, NULL, NULL },
-    { "node-name", QMP_T_STR, true, "the node to resize", NULL, NULL, NULL,
-      NULL },
-    { "size", QMP_T_INT, false, "the new length in bytes", NULL, NULL, NULL,
-      NULL },
-    END,
+    QMP_STR_OPT(T, device, "device",
+                .doc = "a device name (there are none here)"),
+    QMP_STR_OPT(T, node_name, "node-name", .doc = "the node to resize"),
+    QMP_INT(T, size, "size", .doc = "the new length in bytes"),
+    QMP_END_OF(T),
 };
+#undef T
 
 /* ---- The commands -------------------------------------------------------- */
 
 const struct qmp_command qmp_commands[] = {
-    { "qmp_capabilities", qmp_qmp_capabilities, args_qmp_capabilities, false,
+    { "qmp_capabilities", NULL, args_qmp_capabilities, false,
       "Leave capabilities negotiation mode.  Every other command fails with "
       "CommandNotFound until a client has sent this once.",
-      "{}" },
+      "{}", NULL,
+      &qmp_qmp_capabilities },
     { "query-version", qmp_query_version, NULL, false,
       "The daemon's version, in QEMU's VersionInfo shape.",
       "{\"qemu\": {\"major\", \"minor\", \"micro\"}, \"package\"}" },
@@ -617,13 +663,15 @@ const struct qmp_command qmp_commands[] = {
       "monitor keeps serving meanwhile and the response comes when the "
       "connection is made or has failed (connect-timeout, open-timeout).",
       "{}", qmp_blockdev_add_async },
-    { "blockdev-del", qmp_blockdev_del, args_blockdev_del, false,
+    { "blockdev-del", NULL, args_blockdev_del, false,
       "Delete a node added by blockdev-add that nothing uses any more.",
-      "{}" },
-    { "blockdev-reopen", qmp_blockdev_reopen, args_blockdev_reopen, false,
+      "{}", NULL,
+      &qmp_blockdev_del },
+    { "blockdev-reopen", NULL, args_blockdev_reopen, false,
       "Change nodes' options atomically: point a child edge at another "
       "node (insert or remove a filter under a node) or toggle read-only.",
-      "{}" },
+      "{}", NULL,
+      &qmp_blockdev_reopen },
     { "object-add", qmp_object_add, NULL, true,
       "Create an object: an iothread (for exports that name one; its "
       "polling properties have no effect), TLS credentials "
@@ -631,46 +679,54 @@ const struct qmp_command qmp_commands[] = {
       "names in dir) or an authorization list (authz-simple, authz-list, "
       "authz-listfile).  docs/security.md shows them in use.",
       "{}" },
-    { "object-del", qmp_object_del, args_object_del, false,
+    { "object-del", NULL, args_object_del, false,
       "Delete an object.  As in QEMU this is allowed while the object is "
       "in use: a running NBD server keeps the credentials it started "
       "with, and a deleted authz object refuses every new client.",
-      "{}" },
-    { "qom-list", qmp_qom_list, args_qom_list, false,
+      "{}", NULL,
+      &qmp_object_del },
+    { "qom-list", NULL, args_qom_list, false,
       "The properties of an object made with object-add or --object.",
-      "[{\"name\", \"type\"}]" },
-    { "qom-get", qmp_qom_get, args_qom_get, false,
+      "[{\"name\", \"type\"}]", NULL,
+      &qmp_qom_list },
+    { "qom-get", NULL, args_qom_get, false,
       "One property of an object made with object-add or --object: as "
       "given, QEMU's default otherwise; credentials also have \"loaded\" "
       "(always true: objects that do not load are not made).",
-      "the value" },
-    { "block_resize", qmp_block_resize, args_block_resize, false,
-      "Change a node's length.", "{}" },
+      "the value", NULL,
+      &qmp_qom_get },
+    { "block_resize", NULL, args_block_resize, false,
+      "Change a node's length.", "{}", NULL,
+      &qmp_block_resize },
     { "query-block", qmp_query_block, NULL, false,
       "Named block devices: always empty in a storage daemon, as in "
       "qemu-storage-daemon.", "[]" },
-    { "x-blockdev-change", qmp_x_blockdev_change_cmd, args_x_blockdev_change,
+    { "x-blockdev-change", NULL, args_x_blockdev_change,
       false,
       "Add a node to a quorum as a new child, or remove a child (exactly "
-      "one of node and child).", "{}" },
-    { "xen-set-replication", qmp_xen_set_replication_cmd,
+      "one of node and child).", "{}", NULL,
+      &qmp_x_blockdev_change_cmd },
+    { "xen-set-replication", NULL,
       args_xen_set_replication, false,
       "Start or stop every replication node (COLO block replication).",
-      "{}" },
+      "{}", NULL,
+      &qmp_xen_set_replication_cmd },
     { "query-xen-replication-status", qmp_query_xen_replication_status,
       NULL, false, "The replication status.",
       "{\"error\": bool, \"desc\"?: string}" },
     { "xen-colo-do-checkpoint", qmp_xen_colo_do_checkpoint, NULL, false,
       "Take a replication checkpoint on every replication node.", "{}" },
-    { "replication-start", qmp_replication_start, args_replication_start,
+    { "replication-start", NULL, args_replication_start,
       false,
       "Start every replication node of this process in the given role: "
-      "xen-set-replication with enable=true, clearer.", "{}" },
-    { "replication-stop", qmp_replication_stop, args_replication_stop,
+      "xen-set-replication with enable=true, clearer.", "{}", NULL,
+      &qmp_replication_start },
+    { "replication-stop", NULL, args_replication_stop,
       false,
       "Stop every replication node; failover=true on the secondary takes "
       "over from a lost primary.  Unlike xen-set-replication, errors of a "
-      "failover are reported.", "{}" },
+      "failover are reported.", "{}", NULL,
+      &qmp_replication_stop },
     { "replication-checkpoint", qmp_xen_colo_do_checkpoint, NULL, false,
       "xen-colo-do-checkpoint: take a checkpoint on every replication "
       "node (the secondary's active and hidden disks are emptied).",
@@ -697,11 +753,12 @@ const struct qmp_command qmp_commands[] = {
       "guest's writes, sends BLOCK_JOB_READY when converged and on "
       "job-complete replaces top by base for all its parents.", "{}", NULL,
       &qmp_block_commit },
-    { "query-named-block-nodes", qmp_query_named_block_nodes,
+    { "query-named-block-nodes", NULL,
       args_query_named_block_nodes, false,
       "Every node, newest first, in QEMU's BlockDeviceInfo shape (I/O "
       "throttling fields are zero).",
-      "[BlockDeviceInfo]" },
+      "[BlockDeviceInfo]", NULL,
+      &qmp_query_named_block_nodes },
     { "x-debug-query-block-graph", qmp_x_debug_query_block_graph, NULL,
       false,
       "The node graph: nodes (block-driver nodes and block-backend users "
@@ -737,54 +794,64 @@ const struct qmp_command qmp_commands[] = {
     { "query-block-exports", qmp_query_block_exports, NULL, false,
       "The exports.",
       "[{\"type\", \"id\", \"node-name\", \"shutting-down\"}]" },
-    { "block-dirty-bitmap-add", qmp_block_dirty_bitmap_add,
+    { "block-dirty-bitmap-add", NULL,
       qmp_args_bitmap_add, false,
       "Create a dirty bitmap on a node.  A persistent one (qcow2 v3) is "
       "stored in the image when the node is closed, deleted or reopened "
       "read-only, and loaded again at the next open (docs/qcow2.md).  "
-      "Also a transaction action.", "{}" },
-    { "block-dirty-bitmap-remove", qmp_block_dirty_bitmap_remove,
+      "Also a transaction action.", "{}", NULL,
+      &qmp_block_dirty_bitmap_add },
+    { "block-dirty-bitmap-remove", NULL,
       qmp_args_bitmap, false,
       "Remove a dirty bitmap (not while busy); a persistent one leaves the "
       "image at once.  The only change an inconsistent bitmap allows.  Also "
       "a transaction action.",
-      "{}" },
-    { "block-dirty-bitmap-clear", qmp_block_dirty_bitmap_clear,
+      "{}", NULL,
+      &qmp_block_dirty_bitmap_remove },
+    { "block-dirty-bitmap-clear", NULL,
       qmp_args_bitmap, false,
       "Clear every bit of a dirty bitmap.  Also a transaction action.",
-      "{}" },
-    { "block-dirty-bitmap-enable", qmp_block_dirty_bitmap_enable,
+      "{}", NULL,
+      &qmp_block_dirty_bitmap_clear },
+    { "block-dirty-bitmap-enable", NULL,
       qmp_args_bitmap, false,
-      "Make a bitmap record writes.  Also a transaction action.", "{}" },
-    { "block-dirty-bitmap-disable", qmp_block_dirty_bitmap_disable,
+      "Make a bitmap record writes.  Also a transaction action.", "{}", NULL,
+      &qmp_block_dirty_bitmap_enable },
+    { "block-dirty-bitmap-disable", NULL,
       qmp_args_bitmap, false,
       "Make a bitmap stop recording writes.  Also a transaction action.",
-      "{}" },
-    { "block-dirty-bitmap-merge", qmp_block_dirty_bitmap_merge,
+      "{}", NULL,
+      &qmp_block_dirty_bitmap_disable },
+    { "block-dirty-bitmap-merge", NULL,
       qmp_args_bitmap_merge, false,
       "OR the source bitmaps into the target (all or nothing).  Also a "
-      "transaction action.", "{}" },
+      "transaction action.", "{}", NULL,
+      &qmp_block_dirty_bitmap_merge },
     { "x-debug-block-dirty-bitmap-sha256",
-      qmp_x_debug_block_dirty_bitmap_sha256, qmp_args_bitmap, false,
-      "SHA-256 of a bitmap's bits, for tests.", "{\"sha256\"}" },
-    { "transaction", qmp_transaction, args_transaction, false,
+      NULL, qmp_args_bitmap, false,
+      "SHA-256 of a bitmap's bits, for tests.", "{\"sha256\"}", NULL,
+      &qmp_x_debug_block_dirty_bitmap_sha256 },
+    { "transaction", NULL, args_transaction, false,
       "Run several actions atomically: every action is prepared, then all "
       "are committed, or all prepared ones are undone when one fails.",
-      "{}" },
-    { "x-blockdev-insert-filter", qmp_x_blockdev_insert_filter,
-      qmp_args_filter_node, false,
+      "{}", NULL,
+      &qmp_transaction },
+    { "x-blockdev-insert-filter", NULL,
+      qmp_args_node_name, false,
       "Put a filter node that has no parents yet above its 'file' child: "
       "every other parent of that child (exports, nodes) now goes through "
       "the filter, in one drained step (for copy-before-write: the "
-      "snapshot point).  Also a transaction action.", "{}" },
-    { "x-blockdev-remove-filter", qmp_x_blockdev_remove_filter,
-      qmp_args_filter_node, false,
+      "snapshot point).  Also a transaction action.", "{}", NULL,
+      &qmp_x_blockdev_insert_filter },
+    { "x-blockdev-remove-filter", NULL,
+      qmp_args_node_name, false,
       "Take a filter out: its parents go back to its 'file' child, except "
       "snapshot-access nodes, which stay on a copy-before-write filter "
       "until deleted (while one does, the filter refuses writers on its "
       "source: delete it first when a guest writes).  Also a transaction "
-      "action.", "{}" },
-    { "fleecing-start", qmp_fleecing_start, args_fleecing_start, false,
+      "action.", "{}", NULL,
+      &qmp_x_blockdev_remove_filter },
+    { "fleecing-start", NULL, args_fleecing_start, false,
       "Start pull-mode fleecing in one call: open the temp node, add a "
       "copy-before-write filter (ID-cbw) over node, insert it atomically "
       "with actions, add a snapshot-access node (ID-access) and an NBD "
@@ -792,14 +859,16 @@ const struct qmp_command qmp_commands[] = {
       "Needs a running NBD server.  "
       "On failure everything built is undone.",
       "{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "
-      "\"export\", \"export-name\", \"temp-created\"}" },
-    { "fleecing-stop", qmp_fleecing_stop, args_fleecing_stop, false,
+      "\"export\", \"export-name\", \"temp-created\"}", NULL,
+      &qmp_fleecing_start },
+    { "fleecing-stop", NULL, args_fleecing_stop, false,
       "Tear down what fleecing-start built: delete the export (hard: "
       "clients are disconnected), remove the filter, delete the "
       "snapshot-access node, the filter and the temp node (when "
       "fleecing-start opened it).  Refused while anything else uses the "
       "snapshot-access node (an export added on it: delete that first).",
-      "{}" },
+      "{}", NULL,
+      &qmp_fleecing_stop },
     { "query-fleecing", qmp_query_fleecing, NULL, false,
       "The fleecings started by fleecing-start.",
       "[{\"id\", \"node\", \"temp\", \"cbw\", \"snapshot-access\", "

@@ -9,17 +9,21 @@
  * are committed in order; clean runs for every prepared action in the
  * end.  Action types are the table below: later actions (blockdev-backup,
  * x-blockdev-insert-filter, ...) add an entry here and to
- * qmp_txn_action_types.  Main thread.
+ * qmp_txn_action_types.  Every action's arguments are a typed list
+ * (qmp-args.h): its prepare gets the decoded struct.  Main thread.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "lockstep/block.h"
+#include "qmp/qmp-args.h"
 #include "qmp/qmp-internal.h"
 #include "runtime/loop.h"
 #include "util.h"
 
 static bool
-abort_prepare(json_t *data UNUSED, void **state UNUSED, struct err **errp)
+abort_prepare(const void *args UNUSED, void **state UNUSED,
+              struct err **errp)
 {
     err_setf(errp, "Transaction aborted using Abort action");
     return false;
@@ -30,19 +34,17 @@ abort_nop(void *state UNUSED)
 {
 }
 
-static const struct qmp_arg abort_args[] = {
-    { NULL, 0, false, NULL, NULL, NULL, NULL, NULL },
-};
-
 static const struct qmp_txn_action txn_abort = {
     .type = "abort",
-    .args = abort_args,
+    .args = qmp_args_none,
     .prepare = abort_prepare,
     .commit = abort_nop,
     .abort = abort_nop,
     .clean = abort_nop,
 };
 
+/* In the order of qmp_txn_action_types: an action's "type" is decoded to
+ * its index. */
 static const struct qmp_txn_action *const txn_actions[] = {
     &txn_abort,
     &qmp_txn_bitmap_add,
@@ -72,57 +74,32 @@ const char *const qmp_txn_action_types[] = {
     NULL,
 };
 
-static const struct qmp_txn_action *
-action_find(const char *type)
-{
-    for (size_t i = 0; txn_actions[i]; i++) {
-        if (!strcmp(txn_actions[i]->type, type)) {
-            return txn_actions[i];
-        }
-    }
-    return NULL;
-}
-
-struct prepared {
+/* One action to run: its type and its decoded arguments (owned when the
+ * transaction decoded them). */
+struct step {
     const struct qmp_txn_action *act;
+    const void *args;
+    void *owned;
     void *state;
 };
 
-/* Prepare one action: typed actions get their data decoded (into *args,
- * freed by the caller after clean). */
 static bool
-prepare(const struct qmp_txn_action *act, json_t *data, void **args,
-        void **state, struct err **errp)
+run(struct step *steps, size_t n, bool grouped, struct err **errp)
 {
-    if (!act->prepare_typed) {
-        return act->prepare(data, state, errp);
-    }
-    *args = xzalloc(qmp_args_size(act->args));
-    qmp_args_decode(act->args, data, *args);
-    return act->prepare_typed(*args, state, errp);
-}
-
-static bool
-run(const struct qmp_txn_action **acts, json_t **datas, size_t n,
-    bool grouped, struct err **errp)
-{
-    struct prepared *done = xcalloc(n ? n : 1, sizeof(*done));
-    void **args = xcalloc(n ? n : 1, sizeof(*args));
     size_t ndone = 0;
     bool ok = true;
 
     assert_main_thread();
     block_drain_begin();
     for (size_t i = 0; i < n; i++) {
-        if (grouped && !acts[i]->supports_grouped) {
+        if (grouped && !steps[i].act->supports_grouped) {
             err_setf(errp, "Action '%s' does not support Transaction "
-                     "property completion-mode = grouped", acts[i]->type);
+                     "property completion-mode = grouped",
+                     steps[i].act->type);
             ok = false;
             break;
         }
-        done[ndone].act = acts[i];
-        if (!prepare(acts[i], datas[i], &args[i], &done[ndone].state,
-                     errp)) {
+        if (!steps[i].act->prepare(steps[i].args, &steps[i].state, errp)) {
             ok = false;
             break;
         }
@@ -130,77 +107,82 @@ run(const struct qmp_txn_action **acts, json_t **datas, size_t n,
     }
     if (ok) {
         for (size_t i = 0; i < ndone; i++) {
-            done[i].act->commit(done[i].state);
+            steps[i].act->commit(steps[i].state);
         }
     } else {
         for (size_t i = ndone; i-- > 0;) {
-            done[i].act->abort(done[i].state);
+            steps[i].act->abort(steps[i].state);
         }
     }
     for (size_t i = 0; i < ndone; i++) {
-        done[i].act->clean(done[i].state);
+        steps[i].act->clean(steps[i].state);
     }
     block_drain_end();
-    for (size_t i = 0; i < n; i++) {
-        if (args[i]) {
-            qmp_args_free(acts[i]->args, args[i]);
-            free(args[i]);
-        }
-    }
-    free(args);
-    free(done);
     return ok;
 }
 
 bool
-qmp_transaction_run(json_t *actions, json_t *properties, struct err **errp)
+qmp_transaction_run(const struct qmp_txn_action_arg *actions, size_t n,
+                    bool grouped, const struct qmp_txn_action *extra,
+                    const void *extra_args, struct err **errp)
 {
-    size_t n = json_array_size(actions);
-    const struct qmp_txn_action **acts = xcalloc(n ? n : 1, sizeof(*acts));
-    json_t **datas = xcalloc(n ? n : 1, sizeof(*datas));
-    const char *mode = json_string_value(json_object_get(properties,
-                                                         "completion-mode"));
+    size_t nsteps = n + (extra ? 1 : 0);
+    struct step *steps = xcalloc(nsteps ? nsteps : 1, sizeof(*steps));
     bool ok = true;
 
+    /* Every action's data is checked before any runs (QEMU checks the
+     * whole input first). */
     for (size_t i = 0; i < n && ok; i++) {
-        json_t *a = json_array_get(actions, i);
-        const char *type = json_string_value(json_object_get(a, "type"));
         CLEANUP_FREE char *prefix = xasprintf("actions[%zu].data.", i);
+        const struct qmp_txn_action *act = txn_actions[actions[i].type];
 
-        acts[i] = action_find(type);
-        datas[i] = json_object_get(a, "data");
-        if (!acts[i]) {
-            /* The schema's enum lists only known types. */
-            err_setf(errp, "Parameter 'type' does not accept value '%s'",
-                     type);
-            ok = false;
-        } else {
-            ok = qmp_validate_members(acts[i]->args, datas[i], prefix, errp);
+        ok = qmp_validate_members(act->args, actions[i].data, prefix, errp);
+        if (ok) {
+            steps[i].act = act;
+            steps[i].owned = xzalloc(qmp_args_size(act->args));
+            qmp_args_decode(act->args, actions[i].data, steps[i].owned);
+            steps[i].args = steps[i].owned;
         }
     }
-    if (ok) {
-        ok = run(acts, datas, n, mode && !strcmp(mode, "grouped"), errp);
+    if (ok && extra) {
+        steps[n].act = extra;
+        steps[n].args = extra_args;
     }
-    free(acts);
-    free(datas);
+    if (ok) {
+        ok = run(steps, nsteps, grouped, errp);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (steps[i].owned) {
+            qmp_args_free(steps[i].act->args, steps[i].owned);
+            free(steps[i].owned);
+        }
+    }
+    free(steps);
     return ok;
 }
 
 bool
-qmp_transaction_run_one(const char *type, json_t *data, struct err **errp)
+qmp_transaction_run_one(const struct qmp_txn_action *act, const void *args,
+                        struct err **errp)
 {
-    const struct qmp_txn_action *act = action_find(type);
+    struct step step = { .act = act, .args = args };
 
-    assert(act);
-    return run(&act, &data, 1, false, errp);
+    return run(&step, 1, false, errp);
 }
 
-json_t *
-qmp_transaction(json_t *args, struct err **errp)
+static json_t *
+transaction_cmd(const struct qmp_args_transaction *a, struct err **errp)
 {
-    if (!qmp_transaction_run(json_object_get(args, "actions"),
-                             json_object_get(args, "properties"), errp)) {
+    bool grouped = a->has_properties &&
+                   a->properties.has_completion_mode &&
+                   a->properties.completion_mode ==
+                   QMP_TXN_COMPLETION_GROUPED;
+
+    if (!qmp_transaction_run(a->actions, a->n_actions, grouped, NULL, NULL,
+                             errp)) {
         return NULL;
     }
     return json_object();
 }
+QMP_TYPED_HANDLER(qmp_transaction, transaction_cmd,
+                  struct qmp_args_transaction);

@@ -20,7 +20,6 @@
 #include <string.h>
 
 #include <gnutls/crypto.h>
-#include <jansson.h>
 
 #include "hbitmap.h"
 #include "lockstep/dirty-bitmap.h"
@@ -646,38 +645,35 @@ block_node_release_bitmaps(struct block_node *node)
     mutex_unlock(&node->bitmap_lock);
 }
 
-/*
- * QMP BlockDirtyInfo, members in the schema's order (QEMU prints them that
- * way): name (absent for anonymous bitmaps), count, granularity,
- * recording, busy, persistent, and inconsistent only when true.
- */
-json_t *
-block_node_dirty_bitmaps_info(struct block_node *node)
+struct block_dirty_bitmap_info *
+block_node_dirty_bitmaps(struct block_node *node, size_t *n)
 {
-    json_t *list = json_array();
+    struct block_dirty_bitmap_info *info = NULL;
     struct block_dirty_bitmap *bm;
 
+    *n = 0;
     mutex_lock(&node->bitmap_lock);
     TAILQ_FOREACH(bm, &node->bitmaps, link) {
-        json_t *info = json_object();
-
-        if (bm->name) {
-            json_object_set_new(info, "name", json_string(bm->name));
-        }
-        json_object_set_new(info, "count",
-                            json_integer((json_int_t)hbitmap_count(bm->hb)));
-        json_object_set_new(info, "granularity",
-                            json_integer((json_int_t)
-                                         hbitmap_granularity(bm->hb)));
-        json_object_set_new(info, "recording", json_boolean(!bm->disabled));
-        json_object_set_new(info, "busy", json_boolean(bm->busy));
-        json_object_set_new(info, "persistent",
-                            json_boolean(bm->persistent));
-        if (bm->inconsistent) {
-            json_object_set_new(info, "inconsistent", json_true());
-        }
-        json_array_append_new(list, info);
+        info = xrealloc(info, (*n + 1) * sizeof(*info));
+        info[(*n)++] = (struct block_dirty_bitmap_info) {
+            .name = bm->name ? xstrdup(bm->name) : NULL,
+            .count = hbitmap_count(bm->hb),
+            .granularity = hbitmap_granularity(bm->hb),
+            .recording = !bm->disabled,
+            .busy = bm->busy,
+            .persistent = bm->persistent,
+            .inconsistent = bm->inconsistent,
+        };
     }
     mutex_unlock(&node->bitmap_lock);
-    return list;
+    return info;
+}
+
+void
+block_dirty_bitmap_info_free(struct block_dirty_bitmap_info *info, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(info[i].name);
+    }
+    free(info);
 }

@@ -1272,6 +1272,37 @@ block_node_new_keyval(const char *str, struct err **errp)
     return node;
 }
 
+struct block_node *
+block_node_new_typed(const char *driver, const struct block_setting *settings,
+                     struct err **errp)
+{
+    json_t *opts = json_pack("{s:s}", "driver", driver);
+    struct block_node *node;
+
+    for (const struct block_setting *st = settings; st->name; st++) {
+        json_t *v = NULL;
+
+        switch (st->type) {
+        case BLOCK_SETTING_NODE:
+            v = json_string(st->node->node_name);
+            break;
+        case BLOCK_SETTING_STR:
+            v = json_string(st->str);
+            break;
+        case BLOCK_SETTING_INT:
+            v = json_integer((json_int_t)st->num);
+            break;
+        case BLOCK_SETTING_BOOL:
+            v = json_boolean(st->flag);
+            break;
+        }
+        json_object_set_new(opts, st->name, v);
+    }
+    node = block_node_new(opts, errp);
+    json_decref(opts);
+    return node;
+}
+
 /* Options a child opened inline inherits from its parent, unless set. */
 static void
 inherit_options(struct block_node *parent, json_t *child_opts,
@@ -1316,12 +1347,12 @@ block_node_open_child(struct block_node *parent, json_t *options,
     return block_node_open_child_as(parent, options, name, name, errp);
 }
 
-struct block_child *
-block_node_open_child_as(struct block_node *parent, json_t *options,
-                         const char *name, const char *child_name,
-                         struct err **errp)
+/* Open child reference ref (given as option name) in the role
+ * child_name. */
+static struct block_child *
+open_child_ref(struct block_node *parent, json_t *ref, const char *name,
+               const char *child_name, struct err **errp)
 {
-    json_t *ref = json_object_get(options, name);
     struct block_node *child;
     struct block_child *c;
 
@@ -1354,6 +1385,25 @@ block_node_open_child_as(struct block_node *parent, json_t *options,
     c = block_node_attach_child(parent, child, child_name, errp);
     block_node_unref(child);
     return c;
+}
+
+struct block_child *
+block_node_open_child_as(struct block_node *parent, json_t *options,
+                         const char *name, const char *child_name,
+                         struct err **errp)
+{
+    return open_child_ref(parent, json_object_get(options, name), name,
+                          child_name, errp);
+}
+
+struct block_child *
+block_node_open_child_at(struct block_node *parent, json_t *options,
+                         const char *list_name, size_t i, struct err **errp)
+{
+    CLEANUP_FREE char *name = xasprintf("%s.%zu", list_name, i);
+    json_t *ref = json_array_get(json_object_get(options, list_name), i);
+
+    return open_child_ref(parent, ref, name, name, errp);
 }
 
 static const char *

@@ -309,6 +309,35 @@ block_opt_str(json_t *options, const char *name, const char *def)
     return json_is_string(v) ? json_string_value(v) : def;
 }
 
+size_t
+block_opt_list_size(json_t *options, const char *name)
+{
+    return json_array_size(json_object_get(options, name));
+}
+
+json_t *
+block_opt_object(json_t *options, const char *name)
+{
+    json_t *v = json_object_get(options, name);
+
+    return json_is_object(v) ? v : NULL;
+}
+
+bool
+block_opts_validate_object(json_t *options, const char *name,
+                           const struct block_opt *members,
+                           struct err **errp)
+{
+    json_t *obj = block_opt_object(options, name);
+    CLEANUP_FREE char *prefix = NULL;
+
+    if (!obj) {
+        return true;
+    }
+    prefix = xasprintf("%s.", name);
+    return validate_table(obj, members, NULL, prefix, errp);
+}
+
 int
 block_opts_set_cache_mode(json_t *opts, const char *mode, struct err **errp)
 {

@@ -11,6 +11,7 @@
 #define LOCKSTEP_BLOCK_OPTS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -41,6 +42,19 @@ bool block_opt_convert(enum block_opt_type type, json_t **value,
 bool block_opt_bool(json_t *options, const char *name, bool def);
 int64_t block_opt_int(json_t *options, const char *name, int64_t def);
 const char *block_opt_str(json_t *options, const char *name, const char *def);
+/* The length of a LIST or CHILD_LIST option (0 when absent). */
+size_t block_opt_list_size(json_t *options, const char *name);
+/* An OBJECT option (read its members with the getters above), or NULL. */
+json_t *block_opt_object(json_t *options, const char *name);
+
+/*
+ * For a driver's OBJECT option with fixed members ({NULL}-ended, like a
+ * driver table): check them as the top level is checked, with messages
+ * naming "name.member".  Absent is fine.
+ */
+bool block_opts_validate_object(json_t *options, const char *name,
+                                const struct block_opt *members,
+                                struct err **errp);
 
 /*
  * For drivers that check nested objects themselves: read a value that may

@@ -79,8 +79,8 @@ struct cbw_state {
 
 extern const struct block_driver cbw_driver;
 
-/* Set by cbw_append() around the open (main thread only): the backup
- * job's discard-source, which is not a QMP option of the filter. */
+/* Set by cbw_new() around the open (main thread only): the backup job's
+ * discard-source, which is not a QMP option of the filter. */
 static bool g_append_discard_source;
 
 const char *const cbw_on_error_names[] = {
@@ -137,45 +137,27 @@ cbw_child_perm(struct block_node *node, const char *child_name,
 }
 
 /* The "bitmap" option: {"node": ..., "name": ...}. */
+static const struct block_opt bitmap_opts[] = {
+    {"node", BLOCK_OPT_STRING, true, NULL},
+    {"name", BLOCK_OPT_STRING, true, NULL},
+    {NULL, 0, false, NULL},
+};
+
 static bool
 lookup_bitmap(json_t *options, struct block_dirty_bitmap **bm,
               struct err **errp)
 {
-    json_t *obj = json_object_get(options, "bitmap");
-    const char *key;
-    json_t *v;
+    json_t *ref = block_opt_object(options, "bitmap");
 
     *bm = NULL;
-    if (!obj) {
+    if (!ref) {
         return true;
     }
-    if (!json_is_object(obj)) {
-        err_setf(errp, "Invalid parameter type for 'bitmap', expected: "
-                 "object");
+    if (!block_opts_validate_object(options, "bitmap", bitmap_opts, errp)) {
         return false;
     }
-    json_object_foreach(obj, key, v) {
-        if (strcmp(key, "node") && strcmp(key, "name")) {
-            err_setf(errp, "Parameter 'bitmap.%s' is unexpected", key);
-            return false;
-        }
-        if (!json_is_string(v)) {
-            err_setf(errp, "Invalid parameter type for 'bitmap.%s', "
-                     "expected: string", key);
-            return false;
-        }
-    }
-    if (!json_object_get(obj, "node")) {
-        err_setf(errp, "Parameter 'bitmap.node' is missing");
-        return false;
-    }
-    if (!json_object_get(obj, "name")) {
-        err_setf(errp, "Parameter 'bitmap.name' is missing");
-        return false;
-    }
-    *bm = block_dirty_bitmap_lookup(
-        json_string_value(json_object_get(obj, "node")),
-        json_string_value(json_object_get(obj, "name")), errp);
+    *bm = block_dirty_bitmap_lookup(block_opt_str(ref, "node", NULL),
+                                    block_opt_str(ref, "name", NULL), errp);
     return *bm != NULL;
 }
 
@@ -572,37 +554,45 @@ cbw_snapshot_error(struct block_node *node)
     return s->snapshot_error;
 }
 
-/* ---- For the backup job ----------------------------------------------- */
+/* ---- For the backup job and replication -------------------------------- */
+
+struct block_node *
+cbw_new(struct block_node *source, struct block_node *target,
+        const struct cbw_options *o, struct err **errp)
+{
+    struct block_setting set[8];
+    struct block_node *cbw;
+    size_t n = 0;
+
+    set[n++] = BLOCK_SET_NODE("file", source);
+    set[n++] = BLOCK_SET_NODE("target", target);
+    if (o->read_only) {
+        set[n++] = BLOCK_SET_BOOL("read-only", true);
+    }
+    if (o->filter_node_name) {
+        set[n++] = BLOCK_SET_STR("node-name", o->filter_node_name);
+    }
+    if (o->has_on_cbw_error) {
+        set[n++] = BLOCK_SET_STR("on-cbw-error",
+                                 cbw_on_error_names[o->on_cbw_error]);
+    }
+    if (o->min_cluster_size) {
+        set[n++] = BLOCK_SET_INT("min-cluster-size",
+                                 (int64_t)o->min_cluster_size);
+    }
+    set[n] = (struct block_setting) { .name = NULL };
+    g_append_discard_source = o->discard_source;
+    cbw = block_node_new_typed("copy-before-write", set, errp);
+    g_append_discard_source = false;
+    return cbw;
+}
 
 struct block_node *
 cbw_append(struct block_node *source, struct block_node *target,
-           const struct cbw_append_options *o, struct err **errp)
+           const struct cbw_options *o, struct err **errp)
 {
-    json_t *opts = json_object();
-    struct block_node *cbw;
+    struct block_node *cbw = cbw_new(source, target, o, errp);
 
-    json_object_set_new(opts, "driver", json_string("copy-before-write"));
-    json_object_set_new(opts, "file", json_string(source->node_name));
-    json_object_set_new(opts, "target", json_string(target->node_name));
-    if (o->read_only) {
-        json_object_set_new(opts, "read-only", json_true());
-    }
-    if (o->filter_node_name) {
-        json_object_set_new(opts, "node-name",
-                            json_string(o->filter_node_name));
-    }
-    if (o->on_cbw_error) {
-        json_object_set_new(opts, "on-cbw-error",
-                            json_string(o->on_cbw_error));
-    }
-    if (o->min_cluster_size) {
-        json_object_set_new(opts, "min-cluster-size",
-                            json_integer((json_int_t)o->min_cluster_size));
-    }
-    g_append_discard_source = o->discard_source;
-    cbw = block_node_new(opts, errp);
-    g_append_discard_source = false;
-    json_decref(opts);
     if (!cbw) {
         return NULL;
     }

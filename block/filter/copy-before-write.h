@@ -2,7 +2,8 @@
 /*
  * Internal interface of the copy-before-write filter: the snapshot API that
  * the snapshot-access driver uses to read the frozen point-in-time view,
- * and what the backup job needs to put a cbw filter above its source.
+ * and what the backup job and the replication driver need to make a cbw
+ * filter (typed options: no JSON).
  *
  * The frozen view of a cbw node is the content its "file" child had when
  * the filter was put in the guest's path, limited to the clusters the
@@ -97,10 +98,11 @@ enum cbw_on_error {
 };
 extern const char *const cbw_on_error_names[];
 
-/* How cbw_append() makes the filter. */
-struct cbw_append_options {
+/* How cbw_new() and cbw_append() make the filter. */
+struct cbw_options {
     const char *filter_node_name;   /* NULL: automatic */
-    const char *on_cbw_error;       /* NULL: break-guest-write */
+    bool has_on_cbw_error;          /* false: break-guest-write */
+    enum cbw_on_error on_cbw_error;
     /* After each copy the source range is discarded; the filter then
      * holds WRITE on its source. */
     bool discard_source;
@@ -111,14 +113,23 @@ struct cbw_append_options {
 };
 
 /*
- * For the backup job (main thread): create a copy-before-write node with
- * file=source and target=target, and put it in place of source under all
- * of source's parents.  Returns a new reference (the caller drops it with
- * cbw_drop()), or NULL with *errp set.
+ * Create a copy-before-write node with file=source and target=target, not
+ * inserted anywhere yet (replication moves its parents itself).  Returns
+ * a new reference, or NULL with *errp set.  Main thread.
+ */
+struct block_node *cbw_new(struct block_node *source,
+                           struct block_node *target,
+                           const struct cbw_options *opts,
+                           struct err **errp);
+
+/*
+ * For the backup job (main thread): cbw_new(), then put the filter in
+ * place of source under all of source's parents.  Returns a new reference
+ * (the caller drops it with cbw_drop()), or NULL with *errp set.
  */
 struct block_node *cbw_append(struct block_node *source,
                               struct block_node *target,
-                              const struct cbw_append_options *opts,
+                              const struct cbw_options *opts,
                               struct err **errp);
 
 /* Undo cbw_append(): put the source back under the filter's parents and

@@ -691,17 +691,15 @@ static int
 quorum_open(struct block_node *node, json_t *options, struct err **errp)
 {
     struct quorum_state *s = node->opaque;
-    json_t *list = json_object_get(options, "children");
+    size_t n = block_opt_list_size(options, "children");
     int64_t threshold = block_opt_int(options, "vote-threshold", 0);
     const char *pattern = block_opt_str(options, "read-pattern", "quorum");
-    size_t i;
-    json_t *v;
     int64_t len = -1;
 
     s->fifo = !strcmp(pattern, "fifo");
     s->rewrite_corrupted = block_opt_bool(options, "rewrite-corrupted",
                                           false);
-    if (!json_is_array(list) || json_array_size(list) < 1) {
+    if (n < 1) {
         err_setf(errp, "Number of provided children must be 1 or more");
         return -EINVAL;
     }
@@ -709,7 +707,7 @@ quorum_open(struct block_node *node, json_t *options, struct err **errp)
         err_setf(errp, "Parameter 'vote-threshold' expects a value >= 1");
         return -EINVAL;
     }
-    if ((size_t)threshold > json_array_size(list)) {
+    if ((size_t)threshold > n) {
         err_setf(errp, "threshold may not exceed children count");
         return -EINVAL;
     }
@@ -723,14 +721,10 @@ quorum_open(struct block_node *node, json_t *options, struct err **errp)
         return -EINVAL;
     }
     s->threshold = (int)threshold;
-    json_array_foreach(list, i, v) {
-        CLEANUP_FREE char *name = xasprintf("children.%zu", i);
-        json_t *tmp = json_object();
-        struct block_child *c;
+    for (size_t i = 0; i < n; i++) {
+        struct block_child *c = block_node_open_child_at(node, options,
+                                                         "children", i, errp);
 
-        json_object_set(tmp, name, v);
-        c = block_node_open_child(node, tmp, name, errp);
-        json_decref(tmp);
         if (!c) {
             goto fail;
         }

@@ -416,7 +416,6 @@ secondary_start(struct replication_state *s, struct err **errp)
     struct block_node *node = s->node;
     struct block_node *active = node->file->node, *hidden, *sec, *top, *cbw;
     struct block_copy_state *bcs;
-    json_t *opts;
     int64_t alen, hlen, slen;
     int ret;
 
@@ -472,10 +471,7 @@ secondary_start(struct replication_state *s, struct err **errp)
         return -EPERM;
     }
 
-    opts = json_pack("{s:s, s:s, s:s}", "driver", "copy-before-write",
-                     "file", sec->node_name, "target", hidden->node_name);
-    cbw = block_node_new(opts, errp);
-    json_decref(opts);
+    cbw = cbw_new(sec, hidden, &(struct cbw_options) { 0 }, errp);
     if (!cbw) {
         return -EINVAL;
     }

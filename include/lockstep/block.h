@@ -363,6 +363,49 @@ extern const struct block_driver *const block_drivers[];
 struct block_node *block_node_new(json_t *options, struct err **errp);
 /* The same from QEMU's dotted key=value syntax. */
 struct block_node *block_node_new_keyval(const char *str, struct err **errp);
+
+/*
+ * A node made by the block layer's own users (a job's filter, a driver's
+ * helper node) instead of from a blockdev-add object: its options, typed.
+ * The core writes them, in this order, into the node's options (what
+ * query-named-block-nodes and blockdev-reopen read back) and opens the
+ * node as block_node_new() does, so they are checked against the
+ * driver's table and the common options just the same.
+ */
+enum block_setting_type {
+    BLOCK_SETTING_NODE,         /* a child: an existing node */
+    BLOCK_SETTING_STR,
+    BLOCK_SETTING_INT,
+    BLOCK_SETTING_BOOL,
+};
+
+struct block_setting {
+    const char *name;           /* the option; NULL ends a list */
+    enum block_setting_type type;
+    struct block_node *node;    /* NODE */
+    const char *str;            /* STR */
+    int64_t num;                /* INT */
+    bool flag;                  /* BOOL */
+};
+
+#define BLOCK_SET_NODE(NAME, NODE)                                           \
+    ((struct block_setting) { .name = NAME, .type = BLOCK_SETTING_NODE,      \
+                              .node = NODE })
+#define BLOCK_SET_STR(NAME, STR)                                             \
+    ((struct block_setting) { .name = NAME, .type = BLOCK_SETTING_STR,       \
+                              .str = STR })
+#define BLOCK_SET_INT(NAME, NUM)                                             \
+    ((struct block_setting) { .name = NAME, .type = BLOCK_SETTING_INT,       \
+                              .num = NUM })
+#define BLOCK_SET_BOOL(NAME, FLAG)                                           \
+    ((struct block_setting) { .name = NAME, .type = BLOCK_SETTING_BOOL,      \
+                              .flag = FLAG })
+
+/* Create a node of driver from settings ({NULL}-ended).  Returns a new
+ * reference, or NULL with *errp set.  Main thread. */
+struct block_node *block_node_new_typed(const char *driver,
+                                        const struct block_setting *settings,
+                                        struct err **errp);
 /* Shorthand for tools: "-f FMT FILE". */
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);
@@ -437,6 +480,12 @@ struct block_child *block_node_open_child_as(struct block_node *parent,
                                              json_t *options,
                                              const char *opt_name,
                                              const char *child_name,
+                                             struct err **errp);
+/* The same for element i of a CHILD_LIST option: attached as child
+ * "list_name.i" ("children.0"). */
+struct block_child *block_node_open_child_at(struct block_node *parent,
+                                             json_t *options,
+                                             const char *list_name, size_t i,
                                              struct err **errp);
 /* Attach an existing node as child "name" of parent (takes a reference). */
 struct block_child *block_node_attach_child(struct block_node *parent,

@@ -13,6 +13,7 @@
 #define LOCKSTEP_DIRTY_BITMAP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -135,7 +136,22 @@ void block_node_truncate_bitmaps(struct block_node *node, uint64_t size);
 /* Release every bitmap of the node (node close). */
 void block_node_release_bitmaps(struct block_node *node);
 
-/* QMP BlockDirtyInfo list for query-named-block-nodes: a JSON array. */
-json_t *block_node_dirty_bitmaps_info(struct block_node *node);
+/* What query-named-block-nodes shows of one bitmap (QMP BlockDirtyInfo;
+ * qmp/ turns it into JSON). */
+struct block_dirty_bitmap_info {
+    char *name;                /* NULL for an anonymous bitmap */
+    uint64_t count;            /* dirty bytes */
+    uint64_t granularity;
+    bool recording;
+    bool busy;
+    bool persistent;
+    bool inconsistent;
+};
+/* The node's bitmaps, in list order (newest first): *n entries, freed
+ * with block_dirty_bitmap_info_free(). */
+struct block_dirty_bitmap_info *block_node_dirty_bitmaps(
+    struct block_node *node, size_t *n);
+void block_dirty_bitmap_info_free(struct block_dirty_bitmap_info *info,
+                                  size_t n);
 
 #endif

@@ -2,7 +2,9 @@
 """The layering rules of docs/architecture.md, checked on the sources:
 no weak symbols anywhere; nothing below the QMP monitor includes a qmp/
 header; jobs, exports, the NBD server and the runtime see no JSON (their
-inputs are typed; qmp/ turns JSON into them)."""
+inputs are typed; qmp/ turns JSON into them); filters and the copy engine
+touch JSON only to read their own blockdev-add options, through
+block/core/opts.h, and in their query hook."""
 import os
 import re
 
@@ -44,6 +46,60 @@ def test_no_json_in_jobs_exports_runtime():
     assert offenders(NO_JSON, r"<jansson\.h>|\bjson_[a-z_]+\s*\(") == []
 
 
+JSON_CALL = re.compile(r"\bjson_[a-z_]+\s*\(")
+# Filters that read nested option lists of their own with jansson (the
+# option layer, like QEMU's QDict): blkdebug's rule lists.
+NESTED_OPTION_PARSERS = ["block/filter/blkdebug.c"]
+
+
+def without_function(text, name):
+    """text without the definition of function name (its name at the
+    start of a line, its body up to the first closing brace there)."""
+    m = re.search(r"^%s\(.*?^}\n" % re.escape(name), text, re.M | re.S)
+    assert m, name
+    return text[:m.start()] + text[m.end():]
+
+
+def json_outside_options(text):
+    """The jansson calls of a filter outside its query hook (which fills
+    the info object query-named-block-nodes hands it)."""
+    hook = re.search(r"\.query\s*=\s*(\w+)", text)
+    if hook:
+        text = without_function(text, hook.group(1))
+    return sorted(set(JSON_CALL.findall(text)))
+
+
+def test_filters_read_options_through_the_option_layer():
+    # A filter reads its options with block/core/opts.h's getters and
+    # makes the nodes it needs (copy-before-write for replication and
+    # backup) with typed settings (block_node_new_typed()): no JSON.
+    bad = {}
+    for path, text in sources(["block/filter", "block/copy"]):
+        if path in NESTED_OPTION_PARSERS:
+            continue
+        calls = json_outside_options(text)
+        if calls:
+            bad[path] = calls
+    assert bad == {}
+
+
+# The core's option layer: blockdev-add options checked (opts.c), turned
+# into nodes and children (node.c), prepared (prepare.c) and reopened
+# (reopen.c).
+OPTION_LAYER = ["block/core/node.c", "block/core/opts.c",
+                "block/core/opts.h", "block/core/prepare.c",
+                "block/core/reopen.c"]
+
+
+def test_core_json_only_in_the_option_layer():
+    # The request layer, the dirty bitmaps and the copy engine are typed;
+    # query-named-block-nodes' bitmap list is built in qmp/.
+    bad = sorted(path for path, text in sources(["block/core", "block/copy"])
+                 if path not in OPTION_LAYER and
+                 re.search(r"<jansson\.h>|\bjson_[a-z_]+\s*\(", text))
+    assert bad == []
+
+
 def test_the_checks_can_fail():
     # The patterns match what they are meant to catch.
     assert re.search(r"__attribute__\s*\(\(\s*(__)?weak",
@@ -52,6 +108,15 @@ def test_the_checks_can_fail():
                      re.M)
     assert re.search(r"<jansson\.h>|\bjson_[a-z_]+\s*\(",
                      "json_t *v = json_object_get(o, k);")
+    # A filter building options is caught; its query hook is not.
+    driver = ("static void\nf_query(struct block_node *n, json_t *info)\n"
+              "{\n    json_object_set_new(info, \"a\", json_true());\n}\n"
+              "\nstatic int\nf_open(struct block_node *n, json_t *o)\n"
+              "{\n    json_t *x = json_pack(\"{s:s}\", \"driver\", \"raw\");\n"
+              "}\n\nconst struct block_driver d = {\n    .open = f_open,\n"
+              "    .query = f_query,\n};\n")
+    assert json_outside_options(driver) == ["json_pack("]
+    assert json_outside_options(driver.replace("json_pack", "f")) == []
 
 
 LOCK_DIRS = ["block", "daemon", "export", "include", "job", "nbd", "qmp",

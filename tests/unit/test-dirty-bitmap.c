@@ -20,6 +20,7 @@
 #include "hbitmap.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-internal.h"
 #include "util.h"
 
 static struct block_node *
@@ -393,7 +394,7 @@ test_info(void **state)
     char *s;
 
     (void)state;
-    info = block_node_dirty_bitmaps_info(node);
+    info = qmp_dirty_bitmaps_info(node);
     assert_true(json_is_array(info));
     assert_int_equal(json_array_size(info), 0);
     json_decref(info);
@@ -408,7 +409,7 @@ test_info(void **state)
     b->inconsistent = true;
 
     /* Newest first, members in the schema's order. */
-    info = block_node_dirty_bitmaps_info(node);
+    info = qmp_dirty_bitmaps_info(node);
     s = json_dumps(info, JSON_COMPACT);
     assert_string_equal(s,
         "["
@@ -424,7 +425,7 @@ test_info(void **state)
     json_decref(info);
 
     block_node_release_bitmaps(node);
-    info = block_node_dirty_bitmaps_info(node);
+    info = qmp_dirty_bitmaps_info(node);
     assert_int_equal(json_array_size(info), 0);
     json_decref(info);
     block_node_unref(node);

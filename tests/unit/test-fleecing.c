@@ -35,6 +35,7 @@
 #include "block/format/qcow2/qcow2.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
+#include "qmp/qmp-internal.h"
 #include "util.h"
 
 #define CL (64 * KiB)
@@ -945,7 +946,7 @@ test_options(void **state UNUSED)
                      1 * MiB);
     /* Anonymous access and done bitmaps, as QEMU shows them. */
     {
-        json_t *bms = block_node_dirty_bitmaps_info(f.cbw);
+        json_t *bms = qmp_dirty_bitmaps_info(f.cbw);
 
         assert_int_equal(json_array_size(bms), 2);
         json_decref(bms);
@@ -981,9 +982,10 @@ test_append_drop(void **state UNUSED)
                                BLOCK_PERM_ALL, &err);
     assert_non_null(f.guest);
     make_temp(&f, false);
-    f.cbw = cbw_append(f.src, f.tmp, &(struct cbw_append_options) {
+    f.cbw = cbw_append(f.src, f.tmp, &(struct cbw_options) {
                            .filter_node_name = "fl-job-cbw",
-                           .on_cbw_error = "break-snapshot",
+                           .has_on_cbw_error = true,
+                           .on_cbw_error = CBW_ON_ERROR_BREAK_SNAPSHOT,
                            .discard_source = true,
                            .min_cluster_size = 128 * KiB }, &err);
     if (!f.cbw) {

@@ -7,10 +7,13 @@
  * pause/resume and speed, on-source-error/on-target-error with blkdebug,
  * QEMU's argument checks and messages, and iotest 257's bitmap matrix
  * (sync bitmap/full x bitmap-mode x failure none/simulated/intermediate)
- * with the bitmap counts QEMU gets.
+ * with the bitmap counts QEMU gets.  Also the last pass of
+ * x-replication-resync (job/commit.c), which shares the job machinery:
+ * it writes its slow target outside the drain.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +28,7 @@
 #include <jansson.h>
 
 #include "job/backup.h"
+#include "job/commit.h"
 #include "job/job.h"
 #include "event-log.h"
 #include "lockstep/block.h"
@@ -1279,6 +1283,100 @@ test_top_qcow2(void **state)
     job_unref(job);
 }
 
+/* ---- x-replication-resync's last pass ---------------------------------- */
+
+/* Reads the first block of h's node until stopped; the longest read. */
+struct reader {
+    struct block_handle *h;
+    int stop;                 /* atomic */
+    int reads;
+    int64_t max_ns;
+    pthread_t thread;
+};
+
+static void *
+reader_fn(void *opaque)
+{
+    struct reader *r = opaque;
+    char buf[4096];
+
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+        int64_t t0 = clock_ns();
+
+        assert_int_equal(block_handle_pread(r->h, 0, sizeof(buf), buf, 0),
+                         0);
+        r->max_ns = MAX(r->max_ns, clock_ns() - t0);
+        r->reads++;
+        usleep(1000);
+    }
+    return NULL;
+}
+
+/*
+ * The target of a resync is remote: the last pass must not write it while
+ * the graph is drained, or every guest request waits on the peer.  Here
+ * the target takes 400 ms per request (null-co latency-ns) and the last
+ * pass has three ranges to copy (written by the guest while the job waits
+ * in pending); a guest reading the device meanwhile must never wait
+ * anywhere near one request's latency.
+ */
+static void
+test_resync_last_pass_undrained(void **state)
+{
+    const uint64_t size = 4 * MiB;
+    struct block_dirty_bitmap *bm;
+    struct block_node *src;
+    struct block_handle *h;
+    struct err *err = NULL;
+    struct reader r;
+    struct job *job;
+
+    (void)state;
+    create_file("rs-src.raw", size);
+    src = open_file("rs-src.raw", "rs-src");
+    node_from_json("{\"driver\": \"null-co\", \"node-name\": \"rs-dst\", "
+                   "\"size\": %" PRIu64 ", \"latency-ns\": 400000000}",
+                   size);
+    h = writer_handle(src);
+    bm = block_dirty_bitmap_create(src, "replication-resync", 64 * KiB,
+                                   &err);
+    assert_non_null(bm);
+    if (!resync_start(&(struct resync_options) {
+                          .job_id = "rs", .device = "rs-src",
+                          .target = "rs-dst",
+                          .on_error = JOB_ON_ERROR_REPORT,
+                          .auto_finalize = false, .auto_dismiss = true },
+                      &err)) {
+        fail_msg("x-replication-resync: %s", err->msg);
+    }
+    job = job_find("rs");
+    job_ref(job);
+    wait_status(job, JOB_STATUS_PENDING);
+    fill(h, 1, 0, 64 * KiB);
+    fill(h, 2, 1 * MiB, 64 * KiB);
+    fill(h, 3, 3 * MiB, 4096);
+    assert_int_equal(block_dirty_bitmap_count(bm), 3 * 64 * KiB);
+
+    memset(&r, 0, sizeof(r));
+    r.h = h;
+    thread_create(&r.thread, "test-reader", reader_fn, &r);
+    usleep(20 * 1000);
+    assert_true(job_finalize(job, &err));
+    __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+    thread_join(r.thread);
+    /* Drained, three writes and a flush would have held reads 1.6 s. */
+    if (r.max_ns >= 200LL * 1000 * 1000) {
+        fail_msg("a guest read waited %" PRId64 " ms during the last pass",
+                 r.max_ns / (1000 * 1000));
+    }
+    assert_true(r.reads > 10);
+    assert_int_equal(block_dirty_bitmap_count(bm), 0);
+    assert_true(bm->disabled);
+    assert_false(bm->busy);
+    job_unref(job);
+    block_dirty_bitmap_release(bm);
+}
+
 /* ---- created, then cancelled (transaction abort) ---------------------- */
 
 static void
@@ -1343,6 +1441,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_push_fleecing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_create_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resync_last_pass_undrained,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_257_bitmap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_257_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_257_top_qcow2, setup, teardown),
