@@ -86,7 +86,10 @@ def test_filters_read_options_through_the_option_layer():
 # The core's option layer: blockdev-add options checked (opts.c), turned
 # into nodes and children (node.c), prepared (prepare.c) and reopened
 # (reopen.c).
-OPTION_LAYER = ["block/core/node.c", "block/core/opts.c",
+# filename.c turns the tools' file names (json:, blkdebug:, nbd://) into
+# the same options dictionary.
+OPTION_LAYER = ["block/core/filename.c", "block/core/node.c",
+                "block/core/opts.c",
                 "block/core/opts.h", "block/core/prepare.c",
                 "block/core/reopen.c"]
 
