@@ -598,12 +598,10 @@ def test_unknown_feature_refused(lockstep_io, tmp_dir):
     assert "Unknown incompatible feature: 200" in res.stderr
 
 
-@pytest.mark.parametrize("what", ["lazy_refcounts", "encryption",
-                                  "snapshot", "data_file"])
+@pytest.mark.parametrize("what", ["encryption", "snapshot", "data_file"])
 def test_unsupported_refused(lockstep_io, tmp_dir, what):
     img = os.path.join(tmp_dir, "n.qcow2")
-    opts = "lazy_refcounts=on" if what == "lazy_refcounts" else \
-        "cluster_size=65536"
+    opts = "cluster_size=65536"
     if what == "data_file":
         opts = "data_file=" + os.path.join(tmp_dir, "n.data")
     ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o", opts, img, "1M"]))

@@ -750,3 +750,97 @@ def test_raw_map_of_last_partial_sector(limg, qimg, tmp_dir, size, direct):
     ours = ok(run([limg] + argv)).stdout
     theirs = ok(run([qimg] + argv)).stdout
     assert ours == theirs
+
+
+# ---- lazy refcounts (iotest 039) --------------------------------------------
+
+
+def incompat_bits(path):
+    with open(path, "rb") as f:
+        f.seek(72)
+        return struct.unpack(">QQ", f.read(16))
+
+
+def test_create_lazy_refcounts(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "l.qcow2")
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "lazy_refcounts=on",
+                img, "1M"]))
+    assert "lazy_refcounts=on refcount_bits=16" in r.stdout
+    assert incompat_bits(img) == (0, 1)
+    assert '"lazy-refcounts": true' in ok(run([qimg, "info",
+                                                "--output=json", img])).stdout
+    ok(run([qimg, "check", img]))
+    r = run([limg, "create", "-f", "qcow2", "-o",
+             "compat=0.10,lazy_refcounts=on", img, "1M"])
+    assert r.returncode == 1
+    assert "Lazy refcounts only supported with compatibility level 1.1" \
+        in r.stderr
+
+
+def crash_after_write(lio, img, *first):
+    """Write a sector (writethrough: the L2 table reaches the disk), then
+    die without closing."""
+    argv = [lio, "-t", "writethrough", "-f", "qcow2"]
+    for c in list(first) + ["write -P 0x5a 0 512", "sigraise 9"]:
+        argv += ["-c", c]
+    r = run(argv + [img])
+    assert r.returncode == -9, r.stdout + r.stderr
+
+
+def test_lazy_refcounts_dirty_until_close(limg, lio, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "l.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            img, "128M"]))
+    io(lio, img, "write -P 0x5a 0 512")
+    assert incompat_bits(img)[0] == 0
+    ok(run([qimg, "check", img]))
+    # A crash leaves the dirty bit and the data cluster's refcount unwritten
+    # (QEMU's image looks the same).
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            img, "128M"]))
+    crash_after_write(lio, img)
+    assert incompat_bits(img)[0] == 1
+    r = run([qimg, "check", img])
+    assert r.returncode == 2
+    assert "ERROR cluster 5 refcount=0 reference=1" in r.stderr
+    # Read-only works as it is; read-write repairs first.
+    r = io(lio, img, "read -P 0x5a 0 512")
+    assert incompat_bits(img)[0] == 0
+    assert r.stderr.splitlines() == [
+        "ERROR cluster 5 refcount=0 reference=1",
+        "Rebuilding refcount structure",
+        "Repairing cluster 1 refcount=1 reference=0",
+        "Repairing cluster 2 refcount=1 reference=0"]
+    ok(run([qimg, "check", img]))
+
+
+def test_lazy_refcounts_off_stays_clean(limg, lio, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "l.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            img, "128M"]))
+    crash_after_write(lio, img, "reopen -o lazy-refcounts=off")
+    assert incompat_bits(img)[0] == 0
+    ok(run([qimg, "check", img]))
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "128M"]))
+    crash_after_write(lio, img, "reopen -o lazy-refcounts=on")
+    assert incompat_bits(img)[0] == 1
+
+
+def test_check_repair_dirty_image_as_qemu(limg, qio, qimg, tmp_dir):
+    """-r all on a dirty image names the old refcount structure's clusters
+    as QEMU does after rebuilding it."""
+    ours = os.path.join(tmp_dir, "o.qcow2")
+    theirs = os.path.join(tmp_dir, "q.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            ours, "128M"]))
+    r = run([qio, "-t", "writethrough", "-c", "write -P 0x5a 0 512", "-c",
+             "sigraise 9", ours])
+    assert r.returncode == -9
+    with open(ours, "rb") as f, open(theirs, "wb") as g:
+        g.write(f.read())
+    a = run([limg, "check", "-r", "all", ours])
+    b = run([qimg, "check", "-r", "all", theirs])
+    assert a.returncode == b.returncode == 0
+    assert (a.stdout, a.stderr) == (b.stdout, b.stderr)
+    assert incompat_bits(ours) == incompat_bits(theirs) == (0, 1)
+

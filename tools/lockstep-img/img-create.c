@@ -86,8 +86,8 @@ create_opt(struct img_create *c, const char *key, const char *val,
                 !strcmp(val, "v3") || !strcmp(val, "v2"))) {
         c->compat = val;
         c->q.version = !strcmp(val, "0.10") || !strcmp(val, "v2") ? 2 : 3;
-    } else if (!strcmp(key, "lazy_refcounts") && !strcmp(val, "off")) {
-        /* The only value we can create. */
+    } else if (!strcmp(key, "lazy_refcounts") &&
+               parse_bool_opt(val, &c->q.lazy_refcounts)) {
     } else if (!strcmp(key, "compression_type") && !strcmp(val, "zlib")) {
         /* The only value we can create. */
     } else if (is_known_opt(key)) {
@@ -162,7 +162,8 @@ print_formatting(const struct img_create *c)
     if (c->compat) {
         printf(" compat=%s", c->compat);
     }
-    printf(" lazy_refcounts=off refcount_bits=%u\n",
+    printf(" lazy_refcounts=%s refcount_bits=%u\n",
+           c->q.lazy_refcounts ? "on" : "off",
            c->q.refcount_bits ? c->q.refcount_bits : 16);
     fflush(stdout);
 }

@@ -97,6 +97,11 @@ check_opts(const struct qcow2_create_opts *o, uint64_t *cs, unsigned *order,
                  "(use compat=1.1 or greater)");
         return -EINVAL;
     }
+    if (version == 2 && o->lazy_refcounts) {
+        err_setf(errp, "Lazy refcounts only supported with compatibility "
+                 "level 1.1 and above (use version=v3 or greater)");
+        return -EINVAL;
+    }
     if (o->extended_l2 && c < 16 * KiB) {
         err_setf(errp, "Extended L2 entries are only supported with cluster "
                  "sizes of at least 16384 bytes");
@@ -209,6 +214,7 @@ build_header(const struct layout *l, uint64_t size, unsigned order,
     off = QCOW2_V2_HEADER_LEN;
     if (version == 3) {
         st_be64(b + 72, o->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0);
+        st_be64(b + 80, o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
         st_be32(b + 96, order);
         st_be32(b + 100, QCOW2_HEADER_LEN_WRITTEN);
         off = QCOW2_HEADER_LEN_WRITTEN;

@@ -106,6 +106,14 @@ struct qcow2_state {
     uint64_t refblock_entries;  /* refcount entries per block */
     bool discard_passthrough[QCOW2_DISCARD_MAX];
     bool discard_no_unref;
+    /*
+     * Lazy refcounts (option lazy-refcounts, default: the image's
+     * compatible bit): the first L2 write sets the dirty bit, and from then
+     * on refcount blocks reach the disk only when evicted or at close,
+     * which clears the bit again.  A crash leaves the bit set; the next
+     * read-write open repairs the refcounts.  Set at open only.
+     */
+    bool lazy_refcounts;
 
     /*
      * The lock protects everything below: the in-memory tables, the caches,
@@ -181,6 +189,11 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n);
 /* Rule "refcounts before pointers": write back refblocks and flush. */
 int qcow2_refcounts_stable(struct qcow2_state *s);
+/* Lazy refcounts: set the dirty bit on disk (once); then refcounts may
+ * lag behind the pointers. */
+int qcow2_mark_dirty(struct qcow2_state *s);
+/* Clear the dirty bit; the caller wrote every cache back first. */
+int qcow2_mark_clean(struct qcow2_state *s);
 
 /* ---- qcow2-corrupt.c -------------------------------------------------- */
 
