@@ -844,3 +844,94 @@ def test_check_repair_dirty_image_as_qemu(limg, qio, qimg, tmp_dir):
     assert (a.stdout, a.stderr) == (b.stdout, b.stderr)
     assert incompat_bits(ours) == incompat_bits(theirs) == (0, 1)
 
+
+# ---- extent_size_hint and resize --preallocation (iotests 106, 243) ---------
+
+
+def test_create_extent_size_hint(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "h.raw")
+    r = ok(run([limg, "create", "-f", "raw", "-o",
+                "preallocation=off,extent_size_hint=0", img, "1M"]))
+    assert r.stdout == ("Formatting '%s', fmt=raw size=1048576 "
+                        "preallocation=off extent_size_hint=0\n" % img)
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "extent_size_hint=2M",
+                img, "1M"]))
+    assert r.stdout.endswith(" refcount_bits=16 extent_size_hint=2097152\n")
+    ok(run([qimg, "check", img]))
+    r = run([limg, "create", "-f", "raw", "-o", "extent_size_hint=8G", img,
+             "1M"])
+    assert r.returncode == 1
+    assert r.stderr.endswith(": Extent size hint is too large\n")
+
+
+def test_extent_size_hint_on_a_file_system_without_it(limg, qimg):
+    """tmpfs has no extent size hint: qemu-img warns only when asked."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    img = "/dev/shm/lockstep-esh-%d.raw" % os.getpid()
+    try:
+        for opts in ([], ["-o", "extent_size_hint=1M"]):
+            ours = run([limg, "create", "-q", "-f", "raw"] + opts +
+                       [img, "1M"])
+            theirs = run([qimg, "create", "-q", "-f", "raw"] + opts +
+                         [img, "1M"])
+            assert ours.returncode == theirs.returncode == 0
+            assert ours.stderr.replace("lockstep-img", "qemu-img") == \
+                theirs.stderr
+        assert "Failed to set extent size hint" in ours.stderr
+    finally:
+        if os.path.exists(img):
+            os.unlink(img)
+
+
+def test_create_sets_extent_size_hint(limg, tmp_dir):
+    """The ioctl qemu-img makes: 1 MiB unless told otherwise."""
+    strace = host_tool("strace")
+    img = os.path.join(tmp_dir, "h.qcow2")
+    for opts, want in (([], "fsx_extsize=1048576"),
+                       (["-o", "extent_size_hint=64k"], "fsx_extsize=65536"),
+                       (["-o", "extent_size_hint=0"], None)):
+        r = ok(run([strace, "-f", "-e", "trace=ioctl", limg, "create", "-q",
+                    "-f", "qcow2"] + opts + [img, "1M"]))
+        sets = [ln for ln in r.stderr.splitlines()
+                if "FS_IOC_FSSETXATTR" in ln]
+        if want:
+            assert len(sets) == 1 and want in sets[0], r.stderr
+        else:
+            assert sets == []
+
+
+@pytest.mark.parametrize("mode", ["falloc", "full"])
+def test_resize_preallocation_raw(limg, tmp_dir, mode):
+    img = os.path.join(tmp_dir, "p.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", "-o", "extent_size_hint=0",
+            img, "128K"]))
+    r = ok(run([limg, "resize", "-f", "raw", "--preallocation=" + mode, img,
+                "+256K"]))
+    assert r.stdout == "Image resized.\n"
+    st = os.stat(img)
+    assert st.st_size == 384 * KiB
+    assert st.st_blocks * 512 >= 256 * KiB
+    r = run([limg, "resize", "-f", "raw", "--shrink", "--preallocation=" +
+             mode, img, "-256K"])
+    assert r.returncode == 1
+    assert "Preallocation can only be used for growing images" in r.stderr
+    assert os.stat(img).st_size == 384 * KiB
+
+
+def test_resize_preallocation_refused(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "p.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", img, "128K"]))
+    r = run([limg, "resize", "-f", "raw", "--preallocation=metadata", img,
+             "+64K"])
+    assert r.returncode == 1
+    assert "Unsupported preallocation mode: metadata" in r.stderr
+    r = run([limg, "resize", "-f", "raw", "--preallocation=bogus", img,
+             "+64K"])
+    assert "Invalid preallocation mode 'bogus'" in r.stderr
+    q = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", q, "128K"]))
+    r = run([limg, "resize", "--preallocation=falloc", q, "+64K"])
+    assert r.returncode == 1
+    assert "only supported for raw images" in r.stderr
+    assert os.stat(img).st_size == 128 * KiB

@@ -24,6 +24,8 @@ struct img_create {
     const char *compat;          /* NULL: not given */
     const char *opts;            /* -o as given */
     bool have_extl2;
+    uint64_t extent_size_hint;   /* of the new file; 0: none */
+    bool have_extent_size_hint;  /* given: printed, and failures warned */
     struct qcow2_create_opts q;
     char *opts_copy;             /* -o split in place; values point here */
 };
