@@ -935,3 +935,56 @@ def test_resize_preallocation_refused(limg, tmp_dir):
     assert r.returncode == 1
     assert "only supported for raw images" in r.stderr
     assert os.stat(img).st_size == 128 * KiB
+
+
+# ---- compression_type=zstd (iotest 287) -------------------------------------
+
+
+def test_create_zstd(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "z.qcow2")
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "compression_type=zstd",
+                img, "64M"]))
+    assert "compression_type=zstd size=67108864" in r.stdout
+    with open(img, "rb") as f:
+        head = f.read(105)
+    assert struct.unpack(">Q", head[72:80])[0] == 1 << 3
+    assert head[104] == 1
+    assert '"compression-type": "zstd"' in ok(run(
+        [qimg, "info", "--output=json", img])).stdout
+    ok(run([qimg, "check", img]))
+    r = run([limg, "create", "-f", "qcow2", "-o",
+             "compat=0.10,compression_type=zstd", img, "1M"])
+    assert r.returncode == 1
+    assert "Non-zlib compression type is only supported with compatibility" \
+        in r.stderr
+
+
+def test_zstd_clusters_both_ways(limg, lio, qimg, qio, tmp_dir):
+    """Compressed clusters we write QEMU reads, and the other way round."""
+    img = os.path.join(tmp_dir, "z.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o",
+            "compression_type=zstd", img, "64M"]))
+    io(lio, img, "write -c -P 0xab 0 64k", "write -c -P 0xac 64k 64k")
+    io(qio, img, "write -c -P 0xad 128k 64k")
+    r = ok(run([qimg, "check", "--output=json", img]))
+    assert '"compressed-clusters": 3' in r.stdout
+    for tool in (lio, qio):
+        r = io(tool, img, "read -P 0xab 0 64k", "read -P 0xac 64k 64k",
+               "read -P 0xad 128k 64k", "read -P 0 192k 64k")
+        assert "verification failed" not in r.stdout
+
+
+def test_convert_compressed_zstd(limg, qimg, tmp_dir):
+    src = os.path.join(tmp_dir, "src.raw")
+    dst = os.path.join(tmp_dir, "dst.qcow2")
+    with open(src, "wb") as f:
+        f.write(os.urandom(256 * KiB))          # does not compress
+        f.write(b"lockstep" * (512 * KiB // 8))  # does
+        f.truncate(2 * MiB)
+    ok(run([limg, "convert", "-f", "raw", "-O", "qcow2", "-c", "-o",
+            "compression_type=zstd", src, dst]))
+    assert ok(run([qimg, "compare", "-f", "raw", "-F", "qcow2", src,
+                   dst])).stdout == "Images are identical.\n"
+    ok(run([qimg, "check", dst]))
+    # Less on disk than the data: the text compressed.
+    assert os.path.getsize(dst) < 768 * KiB

@@ -94,8 +94,10 @@ create_opt(struct img_create *c, const char *key, const char *val,
         c->q.version = !strcmp(val, "0.10") || !strcmp(val, "v2") ? 2 : 3;
     } else if (!strcmp(key, "lazy_refcounts") &&
                parse_bool_opt(val, &c->q.lazy_refcounts)) {
-    } else if (!strcmp(key, "compression_type") && !strcmp(val, "zlib")) {
-        /* The only value we can create. */
+    } else if (!strcmp(key, "compression_type") &&
+               (!strcmp(val, "zlib") || !strcmp(val, "zstd"))) {
+        c->q.compression_type = !strcmp(val, "zstd") ? QCOW2_COMPRESSION_ZSTD
+                                                     : QCOW2_COMPRESSION_ZLIB;
     } else if (is_known_opt(key)) {
         err_setf(errp, "Invalid value '%s' for parameter '%s'", val, key);
         return false;
@@ -169,7 +171,8 @@ print_formatting(const struct img_create *c)
     if (c->prealloc) {
         printf("preallocation=%s ", c->prealloc);
     }
-    printf("compression_type=zlib size=%" PRIu64, c->size);
+    printf("compression_type=%s size=%" PRIu64,
+           c->q.compression_type ? "zstd" : "zlib", c->size);
     if (c->backing) {
         printf(" backing_file=%s", c->backing);
     }

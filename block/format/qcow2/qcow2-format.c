@@ -486,10 +486,6 @@ qcow2_header_check_supported(const struct qcow2_header *h,
                  "supported (%u snapshots)", h->nb_snapshots);
         return -ENOTSUP;
     }
-    if (h->compression_type != QCOW2_COMPRESSION_ZLIB) {
-        err_setf(errp, "qcow2 compression type zstd is not supported");
-        return -ENOTSUP;
-    }
     return 0;
 }
 

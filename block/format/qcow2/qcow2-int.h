@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -194,6 +195,17 @@ int qcow2_refcounts_stable(struct qcow2_state *s);
 int qcow2_mark_dirty(struct qcow2_state *s);
 /* Clear the dirty bit; the caller wrote every cache back first. */
 int qcow2_mark_clean(struct qcow2_state *s);
+
+/* ---- qcow2-compress.c ------------------------------------------------- */
+
+/* Compress in (len bytes) with QCOW2_COMPRESSION_* type into out; the
+ * compressed length, or 0 when it does not fit in max (or fails). */
+size_t qcow2_compress(unsigned type, const uint8_t *in, size_t len,
+                      uint8_t *out, size_t max);
+/* Exactly n bytes out of src (len bytes, padding after the stream
+ * ignored); 0, or -EIO for a stream that does not give them. */
+int qcow2_decompress(unsigned type, const uint8_t *src, size_t len,
+                     uint8_t *dst, size_t n);
 
 /* ---- qcow2-corrupt.c -------------------------------------------------- */
 

@@ -51,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "block/core/opts.h"
 #include "block/format/qcow2/qcow2-check.h"
@@ -155,8 +154,7 @@ read_compressed(struct qcow2_state *s, uint64_t entry, uint64_t in,
     uint64_t host, len;
     CLEANUP_FREE uint8_t *src = NULL;
     CLEANUP_FREE uint8_t *dst = NULL;
-    z_stream z;
-    int ret, zret;
+    int ret;
 
     qcow2_compressed_decode(entry, s->cluster_bits, &host, &len);
     if (host < s->cluster_size || len > 2 * s->cluster_size + 512) {
@@ -169,23 +167,12 @@ read_compressed(struct qcow2_state *s, uint64_t entry, uint64_t in,
     }
     block_debug_event(s->file, "read_compressed");
     ret = block_pread(s->file, host, len, src, 0);
+    if (ret == 0) {
+        ret = qcow2_decompress(s->h.compression_type, src, len, dst,
+                               s->cluster_size);
+    }
     if (ret < 0) {
         return ret;
-    }
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, -15) != Z_OK) {
-        return -ENOMEM;
-    }
-    z.next_in = src;
-    z.avail_in = (uInt)len;
-    z.next_out = dst;
-    z.avail_out = (uInt)s->cluster_size;
-    zret = inflate(&z, Z_FINISH);
-    inflateEnd(&z);
-    /* A full cluster is enough; the stream may end in padding. */
-    if (z.avail_out != 0 || (zret != Z_STREAM_END && zret != Z_OK &&
-                             zret != Z_BUF_ERROR)) {
-        return -EIO;
     }
     memcpy(buf, dst + in, n);
     return 0;
@@ -685,33 +672,6 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
 /* ---- Compressed clusters ------------------------------------------------ */
 
 /*
- * Deflate one cluster (raw deflate, window 2^15, as QEMU writes).
- * Returns the compressed length, or 0 when it does not fit in max bytes
- * (then the cluster is written uncompressed).
- */
-static size_t
-deflate_cluster(const uint8_t *in, size_t len, uint8_t *out, size_t max)
-{
-    z_stream z;
-    size_t n = 0;
-
-    memset(&z, 0, sizeof(z));
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 9,
-                     Z_DEFAULT_STRATEGY) != Z_OK) {
-        return 0;
-    }
-    z.next_in = (uint8_t *)in;
-    z.avail_in = (uInt)len;
-    z.next_out = out;
-    z.avail_out = (uInt)max;
-    if (deflate(&z, Z_FINISH) == Z_STREAM_END) {
-        n = max - z.avail_out;
-    }
-    deflateEnd(&z);
-    return n;
-}
-
-/*
  * Room for len compressed bytes, packed after the previous compressed
  * cluster like QEMU does: in the same host cluster while it fits (its
  * refcount counts the compressed clusters in it), else in a new host
@@ -779,7 +739,8 @@ write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
         memcpy(in, data, n);
         data = in;
     }
-    len = deflate_cluster(data, s->cluster_size, out, s->cluster_size - 1);
+    len = qcow2_compress(s->h.compression_type, data, s->cluster_size, out,
+                         s->cluster_size - 1);
     if (len == 0) {
         return write_cluster(s, gc, 0, n, data);
     }
@@ -2417,7 +2378,9 @@ qcow2_query(struct block_node *node, json_t *info)
     /* QEMU's member order. */
     json_object_set_new(data, "compat",
                         json_string(s->h.version < 3 ? "0.10" : "1.1"));
-    json_object_set_new(data, "compression-type", json_string("zlib"));
+    json_object_set_new(data, "compression-type",
+                        json_string(s->h.compression_type ? "zstd"
+                                                          : "zlib"));
     if (s->h.version >= 3) {
         json_object_set_new(data, "lazy-refcounts",
                             json_boolean(s->h.compatible_features &
