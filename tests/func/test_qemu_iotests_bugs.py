@@ -988,3 +988,22 @@ def test_convert_compressed_zstd(limg, qimg, tmp_dir):
     ok(run([qimg, "check", dst]))
     # Less on disk than the data: the text compressed.
     assert os.path.getsize(dst) < 768 * KiB
+
+
+# ---- -o given more than once (iotests 019, 082) -----------------------------
+
+
+def test_options_given_twice_add_up(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "o.qcow2")
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "cluster_size=4k", "-o",
+                "lazy_refcounts=on", "-o", "cluster_size=8k", img, "1M"]))
+    assert "cluster_size=8192 " in r.stdout
+    assert "lazy_refcounts=on " in r.stdout
+    base = os.path.join(tmp_dir, "b.qcow2")
+    dst = os.path.join(tmp_dir, "d.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    ok(run([limg, "convert", "-O", "qcow2", "-o", "backing_file=" + base,
+            "-o", "backing_fmt=qcow2", img, dst]))
+    info = ok(run([qimg, "info", "--output=json", dst])).stdout
+    assert '"backing-filename": "%s"' % base in info
+    assert '"backing-filename-format": "qcow2"' in info

@@ -108,6 +108,20 @@ create_opt(struct img_create *c, const char *key, const char *val,
     return true;
 }
 
+void
+img_create_add_opts(struct img_create *c, const char *opts)
+{
+    char *joined;
+
+    if (!c->opts) {
+        c->opts = opts;
+        return;
+    }
+    joined = xasprintf("%s,%s", c->opts, opts);
+    free(c->opts_joined);
+    c->opts = c->opts_joined = joined;
+}
+
 bool
 img_create_parse_opts(struct img_create *c, const char *opts,
                       struct err **errp)
@@ -430,6 +444,8 @@ img_create_free(struct img_create *c)
 {
     free(c->opts_copy);
     c->opts_copy = NULL;
+    free(c->opts_joined);
+    c->opts_joined = NULL;
 }
 
 /* ---- create command ------------------------------------------------------- */
@@ -451,7 +467,7 @@ create_parse(int argc, char **argv, struct img_create *c, bool *quiet)
             c->backing_fmt = optarg;
             break;
         case 'o':
-            c->opts = optarg;
+            img_create_add_opts(c, optarg);
             break;
         case 'q':
             *quiet = true;
@@ -498,9 +514,11 @@ img_cmd_create(int argc, char **argv)
     int i = create_parse(argc, argv, &c, &quiet);
 
     if (i < 0) {
+        img_create_free(&c);
         return img_usage_error("create", NULL);
     }
     if (i + 1 < argc && !create_size_arg(&c, argv[i + 1])) {
+        img_create_free(&c);
         return 1;
     }
     if ((c.opts && !img_create_parse_opts(&c, c.opts, &e)) ||
