@@ -4,7 +4,7 @@
 # Extra package names given as arguments are installed too (make bench).
 set -e
 pkgs="$* meson ninja-build pkg-config gcc clang libclang-rt-14-dev libcmocka-dev
-      libjansson-dev libnbd-dev libnbd-bin libgnutls28-dev gnutls-bin zlib1g-dev nbdkit
+      libjansson-dev libnbd-dev libnbd-bin libgnutls28-dev gnutls-bin zlib1g-dev libzstd-dev nbdkit
       qemu-utils qemu-system-common fio python3 python3-pytest python3-libnbd
       libfuse3-dev fuse3 liburing-dev qemu-system-x86 busybox-static e2fsprogs strace"
 missing=""

@@ -750,3 +750,260 @@ def test_raw_map_of_last_partial_sector(limg, qimg, tmp_dir, size, direct):
     ours = ok(run([limg] + argv)).stdout
     theirs = ok(run([qimg] + argv)).stdout
     assert ours == theirs
+
+
+# ---- lazy refcounts (iotest 039) --------------------------------------------
+
+
+def incompat_bits(path):
+    with open(path, "rb") as f:
+        f.seek(72)
+        return struct.unpack(">QQ", f.read(16))
+
+
+def test_create_lazy_refcounts(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "l.qcow2")
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "lazy_refcounts=on",
+                img, "1M"]))
+    assert "lazy_refcounts=on refcount_bits=16" in r.stdout
+    assert incompat_bits(img) == (0, 1)
+    assert '"lazy-refcounts": true' in ok(run([qimg, "info",
+                                                "--output=json", img])).stdout
+    ok(run([qimg, "check", img]))
+    r = run([limg, "create", "-f", "qcow2", "-o",
+             "compat=0.10,lazy_refcounts=on", img, "1M"])
+    assert r.returncode == 1
+    assert "Lazy refcounts only supported with compatibility level 1.1" \
+        in r.stderr
+
+
+def crash_after_write(lio, img, *first):
+    """Write a sector (writethrough: the L2 table reaches the disk), then
+    die without closing."""
+    argv = [lio, "-t", "writethrough", "-f", "qcow2"]
+    for c in list(first) + ["write -P 0x5a 0 512", "sigraise 9"]:
+        argv += ["-c", c]
+    r = run(argv + [img])
+    assert r.returncode == -9, r.stdout + r.stderr
+
+
+def test_lazy_refcounts_dirty_until_close(limg, lio, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "l.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            img, "128M"]))
+    io(lio, img, "write -P 0x5a 0 512")
+    assert incompat_bits(img)[0] == 0
+    ok(run([qimg, "check", img]))
+    # A crash leaves the dirty bit and the data cluster's refcount unwritten
+    # (QEMU's image looks the same).
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            img, "128M"]))
+    crash_after_write(lio, img)
+    assert incompat_bits(img)[0] == 1
+    r = run([qimg, "check", img])
+    assert r.returncode == 2
+    assert "ERROR cluster 5 refcount=0 reference=1" in r.stderr
+    # Read-only works as it is; read-write repairs first.
+    r = io(lio, img, "read -P 0x5a 0 512")
+    assert incompat_bits(img)[0] == 0
+    assert r.stderr.splitlines() == [
+        "ERROR cluster 5 refcount=0 reference=1",
+        "Rebuilding refcount structure",
+        "Repairing cluster 1 refcount=1 reference=0",
+        "Repairing cluster 2 refcount=1 reference=0"]
+    ok(run([qimg, "check", img]))
+
+
+def test_lazy_refcounts_off_stays_clean(limg, lio, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "l.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            img, "128M"]))
+    crash_after_write(lio, img, "reopen -o lazy-refcounts=off")
+    assert incompat_bits(img)[0] == 0
+    ok(run([qimg, "check", img]))
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "128M"]))
+    crash_after_write(lio, img, "reopen -o lazy-refcounts=on")
+    assert incompat_bits(img)[0] == 1
+
+
+def test_check_repair_dirty_image_as_qemu(limg, qio, qimg, tmp_dir):
+    """-r all on a dirty image names the old refcount structure's clusters
+    as QEMU does after rebuilding it."""
+    ours = os.path.join(tmp_dir, "o.qcow2")
+    theirs = os.path.join(tmp_dir, "q.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+            ours, "128M"]))
+    r = run([qio, "-t", "writethrough", "-c", "write -P 0x5a 0 512", "-c",
+             "sigraise 9", ours])
+    assert r.returncode == -9
+    with open(ours, "rb") as f, open(theirs, "wb") as g:
+        g.write(f.read())
+    a = run([limg, "check", "-r", "all", ours])
+    b = run([qimg, "check", "-r", "all", theirs])
+    assert a.returncode == b.returncode == 0
+    assert (a.stdout, a.stderr) == (b.stdout, b.stderr)
+    assert incompat_bits(ours) == incompat_bits(theirs) == (0, 1)
+
+
+# ---- extent_size_hint and resize --preallocation (iotests 106, 243) ---------
+
+
+def test_create_extent_size_hint(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "h.raw")
+    r = ok(run([limg, "create", "-f", "raw", "-o",
+                "preallocation=off,extent_size_hint=0", img, "1M"]))
+    assert r.stdout == ("Formatting '%s', fmt=raw size=1048576 "
+                        "preallocation=off extent_size_hint=0\n" % img)
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "extent_size_hint=2M",
+                img, "1M"]))
+    assert r.stdout.endswith(" refcount_bits=16 extent_size_hint=2097152\n")
+    ok(run([qimg, "check", img]))
+    r = run([limg, "create", "-f", "raw", "-o", "extent_size_hint=8G", img,
+             "1M"])
+    assert r.returncode == 1
+    assert r.stderr.endswith(": Extent size hint is too large\n")
+
+
+def test_extent_size_hint_on_a_file_system_without_it(limg, qimg):
+    """tmpfs has no extent size hint: qemu-img warns only when asked."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    img = "/dev/shm/lockstep-esh-%d.raw" % os.getpid()
+    try:
+        for opts in ([], ["-o", "extent_size_hint=1M"]):
+            ours = run([limg, "create", "-q", "-f", "raw"] + opts +
+                       [img, "1M"])
+            theirs = run([qimg, "create", "-q", "-f", "raw"] + opts +
+                         [img, "1M"])
+            assert ours.returncode == theirs.returncode == 0
+            assert ours.stderr.replace("lockstep-img", "qemu-img") == \
+                theirs.stderr
+        assert "Failed to set extent size hint" in ours.stderr
+    finally:
+        if os.path.exists(img):
+            os.unlink(img)
+
+
+def test_create_sets_extent_size_hint(limg, tmp_dir):
+    """The ioctl qemu-img makes: 1 MiB unless told otherwise."""
+    strace = host_tool("strace")
+    img = os.path.join(tmp_dir, "h.qcow2")
+    for opts, want in (([], "fsx_extsize=1048576"),
+                       (["-o", "extent_size_hint=64k"], "fsx_extsize=65536"),
+                       (["-o", "extent_size_hint=0"], None)):
+        r = ok(run([strace, "-f", "-e", "trace=ioctl", limg, "create", "-q",
+                    "-f", "qcow2"] + opts + [img, "1M"]))
+        sets = [ln for ln in r.stderr.splitlines()
+                if "FS_IOC_FSSETXATTR" in ln]
+        if want:
+            assert len(sets) == 1 and want in sets[0], r.stderr
+        else:
+            assert sets == []
+
+
+@pytest.mark.parametrize("mode", ["falloc", "full"])
+def test_resize_preallocation_raw(limg, tmp_dir, mode):
+    img = os.path.join(tmp_dir, "p.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", "-o", "extent_size_hint=0",
+            img, "128K"]))
+    r = ok(run([limg, "resize", "-f", "raw", "--preallocation=" + mode, img,
+                "+256K"]))
+    assert r.stdout == "Image resized.\n"
+    st = os.stat(img)
+    assert st.st_size == 384 * KiB
+    assert st.st_blocks * 512 >= 256 * KiB
+    r = run([limg, "resize", "-f", "raw", "--shrink", "--preallocation=" +
+             mode, img, "-256K"])
+    assert r.returncode == 1
+    assert "Preallocation can only be used for growing images" in r.stderr
+    assert os.stat(img).st_size == 384 * KiB
+
+
+def test_resize_preallocation_refused(limg, tmp_dir):
+    img = os.path.join(tmp_dir, "p.raw")
+    ok(run([limg, "create", "-q", "-f", "raw", img, "128K"]))
+    r = run([limg, "resize", "-f", "raw", "--preallocation=metadata", img,
+             "+64K"])
+    assert r.returncode == 1
+    assert "Unsupported preallocation mode: metadata" in r.stderr
+    r = run([limg, "resize", "-f", "raw", "--preallocation=bogus", img,
+             "+64K"])
+    assert "Invalid preallocation mode 'bogus'" in r.stderr
+    q = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", q, "128K"]))
+    r = run([limg, "resize", "--preallocation=falloc", q, "+64K"])
+    assert r.returncode == 1
+    assert "only supported for raw images" in r.stderr
+    assert os.stat(img).st_size == 128 * KiB
+
+
+# ---- compression_type=zstd (iotest 287) -------------------------------------
+
+
+def test_create_zstd(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "z.qcow2")
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "compression_type=zstd",
+                img, "64M"]))
+    assert "compression_type=zstd size=67108864" in r.stdout
+    with open(img, "rb") as f:
+        head = f.read(105)
+    assert struct.unpack(">Q", head[72:80])[0] == 1 << 3
+    assert head[104] == 1
+    assert '"compression-type": "zstd"' in ok(run(
+        [qimg, "info", "--output=json", img])).stdout
+    ok(run([qimg, "check", img]))
+    r = run([limg, "create", "-f", "qcow2", "-o",
+             "compat=0.10,compression_type=zstd", img, "1M"])
+    assert r.returncode == 1
+    assert "Non-zlib compression type is only supported with compatibility" \
+        in r.stderr
+
+
+def test_zstd_clusters_both_ways(limg, lio, qimg, qio, tmp_dir):
+    """Compressed clusters we write QEMU reads, and the other way round."""
+    img = os.path.join(tmp_dir, "z.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", "-o",
+            "compression_type=zstd", img, "64M"]))
+    io(lio, img, "write -c -P 0xab 0 64k", "write -c -P 0xac 64k 64k")
+    io(qio, img, "write -c -P 0xad 128k 64k")
+    r = ok(run([qimg, "check", "--output=json", img]))
+    assert '"compressed-clusters": 3' in r.stdout
+    for tool in (lio, qio):
+        r = io(tool, img, "read -P 0xab 0 64k", "read -P 0xac 64k 64k",
+               "read -P 0xad 128k 64k", "read -P 0 192k 64k")
+        assert "verification failed" not in r.stdout
+
+
+def test_convert_compressed_zstd(limg, qimg, tmp_dir):
+    src = os.path.join(tmp_dir, "src.raw")
+    dst = os.path.join(tmp_dir, "dst.qcow2")
+    with open(src, "wb") as f:
+        f.write(os.urandom(256 * KiB))          # does not compress
+        f.write(b"lockstep" * (512 * KiB // 8))  # does
+        f.truncate(2 * MiB)
+    ok(run([limg, "convert", "-f", "raw", "-O", "qcow2", "-c", "-o",
+            "compression_type=zstd", src, dst]))
+    assert ok(run([qimg, "compare", "-f", "raw", "-F", "qcow2", src,
+                   dst])).stdout == "Images are identical.\n"
+    ok(run([qimg, "check", dst]))
+    # Less on disk than the data: the text compressed.
+    assert os.path.getsize(dst) < 768 * KiB
+
+
+# ---- -o given more than once (iotests 019, 082) -----------------------------
+
+
+def test_options_given_twice_add_up(limg, qimg, tmp_dir):
+    img = os.path.join(tmp_dir, "o.qcow2")
+    r = ok(run([limg, "create", "-f", "qcow2", "-o", "cluster_size=4k", "-o",
+                "lazy_refcounts=on", "-o", "cluster_size=8k", img, "1M"]))
+    assert "cluster_size=8192 " in r.stdout
+    assert "lazy_refcounts=on " in r.stdout
+    base = os.path.join(tmp_dir, "b.qcow2")
+    dst = os.path.join(tmp_dir, "d.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", base, "1M"]))
+    ok(run([limg, "convert", "-O", "qcow2", "-o", "backing_file=" + base,
+            "-o", "backing_fmt=qcow2", img, dst]))
+    info = ok(run([qimg, "info", "--output=json", dst])).stdout
+    assert '"backing-filename": "%s"' % base in info
+    assert '"backing-filename-format": "qcow2"' in info

@@ -187,9 +187,6 @@ test_header_refused(void **state)
     st_be64(b + 64, 0x40000);
     expect_refused(b, sizeof(b), "internal snapshots");
     make_header(b, sizeof(b));
-    st_be64(b + 80, QCOW2_COMPAT_LAZY_REFCOUNTS);
-    expect_refused(b, sizeof(b), "lazy refcounts");
-    make_header(b, sizeof(b));
     st_be64(b + 72, QCOW2_INCOMPAT_EXTL2);
     st_be32(b + 20, 12);
     st_be32(b + 36, 2048);

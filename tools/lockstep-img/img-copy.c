@@ -159,7 +159,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         case 'K': a->skip_broken = true; break;
         case 'f': a->src_fmt = optarg; break;
         case 'O': a->out.fmt = optarg; break;
-        case 'o': a->out.opts = optarg; break;
+        case 'o': img_create_add_opts(&a->out, optarg); break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
         case 'U': img_force_share = true; break;

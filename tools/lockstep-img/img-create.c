@@ -13,8 +13,10 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "block/format/qcow2/qcow2.h"
@@ -43,7 +45,7 @@ is_known_opt(const char *key)
     static const char *const known[] = {
         "size", "preallocation", "cluster_size", "refcount_bits",
         "extended_l2", "backing_file", "backing_fmt", "compat",
-        "lazy_refcounts", "compression_type", NULL,
+        "lazy_refcounts", "compression_type", "extent_size_hint", NULL,
     };
 
     for (int i = 0; known[i]; i++) {
@@ -66,6 +68,10 @@ create_opt(struct img_create *c, const char *key, const char *val,
         c->have_size = true;
     } else if (!strcmp(key, "preallocation")) {
         c->prealloc = val;
+    } else if (!strcmp(key, "extent_size_hint") && img_parse_size(val, &n)) {
+        /* An option of the file, so for every format. */
+        c->extent_size_hint = n;
+        c->have_extent_size_hint = true;
     } else if (!strcmp(c->fmt, "raw")) {
         err_setf(errp, "Invalid parameter '%s'", key);
         return false;
@@ -86,10 +92,12 @@ create_opt(struct img_create *c, const char *key, const char *val,
                 !strcmp(val, "v3") || !strcmp(val, "v2"))) {
         c->compat = val;
         c->q.version = !strcmp(val, "0.10") || !strcmp(val, "v2") ? 2 : 3;
-    } else if (!strcmp(key, "lazy_refcounts") && !strcmp(val, "off")) {
-        /* The only value we can create. */
-    } else if (!strcmp(key, "compression_type") && !strcmp(val, "zlib")) {
-        /* The only value we can create. */
+    } else if (!strcmp(key, "lazy_refcounts") &&
+               parse_bool_opt(val, &c->q.lazy_refcounts)) {
+    } else if (!strcmp(key, "compression_type") &&
+               (!strcmp(val, "zlib") || !strcmp(val, "zstd"))) {
+        c->q.compression_type = !strcmp(val, "zstd") ? QCOW2_COMPRESSION_ZSTD
+                                                     : QCOW2_COMPRESSION_ZLIB;
     } else if (is_known_opt(key)) {
         err_setf(errp, "Invalid value '%s' for parameter '%s'", val, key);
         return false;
@@ -98,6 +106,20 @@ create_opt(struct img_create *c, const char *key, const char *val,
         return false;
     }
     return true;
+}
+
+void
+img_create_add_opts(struct img_create *c, const char *opts)
+{
+    char *joined;
+
+    if (!c->opts) {
+        c->opts = opts;
+        return;
+    }
+    joined = xasprintf("%s,%s", c->opts, opts);
+    free(c->opts_joined);
+    c->opts = c->opts_joined = joined;
 }
 
 bool
@@ -134,6 +156,17 @@ img_create_parse_opts(struct img_create *c, const char *opts,
 
 /* ---- Creating -------------------------------------------------------------- */
 
+/* The end of the "Formatting" line: the file's options come last. */
+static void
+print_extent_size_hint(const struct img_create *c)
+{
+    if (c->have_extent_size_hint) {
+        printf(" extent_size_hint=%" PRIu64, c->extent_size_hint);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
 static void
 print_formatting(const struct img_create *c)
 {
@@ -143,7 +176,7 @@ print_formatting(const struct img_create *c)
         if (c->prealloc) {
             printf(" preallocation=%s", c->prealloc);
         }
-        printf("\n");
+        print_extent_size_hint(c);
         return;
     }
     printf("cluster_size=%" PRIu64 " extended_l2=%s ",
@@ -152,7 +185,8 @@ print_formatting(const struct img_create *c)
     if (c->prealloc) {
         printf("preallocation=%s ", c->prealloc);
     }
-    printf("compression_type=zlib size=%" PRIu64, c->size);
+    printf("compression_type=%s size=%" PRIu64,
+           c->q.compression_type ? "zstd" : "zlib", c->size);
     if (c->backing) {
         printf(" backing_file=%s", c->backing);
     }
@@ -162,9 +196,10 @@ print_formatting(const struct img_create *c)
     if (c->compat) {
         printf(" compat=%s", c->compat);
     }
-    printf(" lazy_refcounts=off refcount_bits=%u\n",
+    printf(" lazy_refcounts=%s refcount_bits=%u",
+           c->q.lazy_refcounts ? "on" : "off",
            c->q.refcount_bits ? c->q.refcount_bits : 16);
-    fflush(stdout);
+    print_extent_size_hint(c);
 }
 
 /* The backing file must open; without a size it gives the size. */
@@ -237,6 +272,40 @@ raw_prealloc(int fd, const struct img_create *c, struct err **errp)
     return true;
 }
 
+/*
+ * The extent size hint (FS_IOC_FSSETXATTR, used by XFS): like qemu-img,
+ * 1 MiB on every new file unless told otherwise (0: none), so that an
+ * image growing by small writes fragments less.  Set while the file is
+ * empty (XFS refuses it once there are extents).  A file system without
+ * it is worth a warning only when the hint was asked for.
+ */
+static bool
+set_extent_size_hint(int fd, const struct img_create *c, struct err **errp)
+{
+    uint64_t hint = c->have_extent_size_hint ? c->extent_size_hint : MiB;
+    struct fsxattr attr;
+
+    if (hint > UINT32_MAX) {
+        err_setf(errp, "Extent size hint is too large");
+        return false;
+    }
+    if (!hint) {
+        return true;
+    }
+    if (ioctl(fd, FS_IOC_FSGETXATTR, &attr) == 0) {
+        attr.fsx_xflags |= FS_XFLAG_EXTSIZE;
+        attr.fsx_extsize = (uint32_t)hint;
+        if (ioctl(fd, FS_IOC_FSSETXATTR, &attr) == 0) {
+            return true;
+        }
+    }
+    if (c->have_extent_size_hint) {
+        img_error("warning: Failed to set extent size hint: %s",
+                  strerror(errno));
+    }
+    return true;
+}
+
 /* Empty the file and give it its size (raw: with preallocation). */
 static bool
 reset_file(const struct img_create *c, uint64_t size, struct err **errp)
@@ -248,9 +317,14 @@ reset_file(const struct img_create *c, uint64_t size, struct err **errp)
         err_setf_errno(errp, errno, "Could not open '%s'", c->filename);
         return false;
     }
-    ok = ftruncate(fd, 0) == 0 && ftruncate(fd, (off_t)size) == 0;
+    ok = ftruncate(fd, 0) == 0;
     if (!ok) {
         err_setf_errno(errp, errno, "Could not resize file");
+    } else if (!set_extent_size_hint(fd, c, errp)) {
+        ok = false;
+    } else if (ftruncate(fd, (off_t)size) < 0) {
+        err_setf_errno(errp, errno, "Could not resize file");
+        ok = false;
     } else if (!strcmp(c->fmt, "raw")) {
         ok = raw_prealloc(fd, c, errp);
     }
@@ -370,6 +444,8 @@ img_create_free(struct img_create *c)
 {
     free(c->opts_copy);
     c->opts_copy = NULL;
+    free(c->opts_joined);
+    c->opts_joined = NULL;
 }
 
 /* ---- create command ------------------------------------------------------- */
@@ -391,7 +467,7 @@ create_parse(int argc, char **argv, struct img_create *c, bool *quiet)
             c->backing_fmt = optarg;
             break;
         case 'o':
-            c->opts = optarg;
+            img_create_add_opts(c, optarg);
             break;
         case 'q':
             *quiet = true;
@@ -438,9 +514,11 @@ img_cmd_create(int argc, char **argv)
     int i = create_parse(argc, argv, &c, &quiet);
 
     if (i < 0) {
+        img_create_free(&c);
         return img_usage_error("create", NULL);
     }
     if (i + 1 < argc && !create_size_arg(&c, argv[i + 1])) {
+        img_create_free(&c);
         return 1;
     }
     if ((c.opts && !img_create_parse_opts(&c, c.opts, &e)) ||
@@ -479,6 +557,7 @@ resize_target(const char *arg, int64_t cur, uint64_t *out)
 
 struct resize_args {
     const char *fmt;
+    const char *prealloc;        /* --preallocation; NULL: off */
     bool shrink;
     bool quiet;
 };
@@ -493,6 +572,7 @@ resize_parse(int argc, char **argv, struct resize_args *a)
     static const struct option longopts[] = {
         { "shrink", no_argument, NULL, 'S' },
         { "format", required_argument, NULL, 'f' },
+        { "preallocation", required_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     int opt;
@@ -512,6 +592,8 @@ resize_parse(int argc, char **argv, struct resize_args *a)
             a->quiet = true;
         } else if (opt == 'S') {
             a->shrink = true;
+        } else if (opt == 'P') {
+            a->prealloc = optarg;
         } else {
             return -1;
         }
@@ -523,9 +605,86 @@ resize_parse(int argc, char **argv, struct resize_args *a)
     return optind;
 }
 
+/*
+ * --preallocation: what qemu-img accepts, and for which images we do it
+ * (raw on a file: the new end is allocated in the file after the resize).
+ * 1: preallocate, 0: nothing to do, -1: refused (said).
+ */
+static int
+resize_prealloc_ok(struct img *img, const struct resize_args *a,
+                   int64_t cur, uint64_t size)
+{
+    const char *m = a->prealloc;
+    struct block_node *file = img->node->file ? img->node->file->node : NULL;
+
+    if (!m || !strcmp(m, "off")) {
+        return 0;
+    }
+    if (strcmp(m, "metadata") && strcmp(m, "falloc") && strcmp(m, "full")) {
+        img_error("Invalid preallocation mode '%s'", m);
+        return -1;
+    }
+    if (size <= (uint64_t)cur) {
+        img_error("Preallocation can only be used for growing images");
+        return -1;
+    }
+    if (strcmp(img->node->drv->name, "raw") || !file ||
+        strcmp(file->drv->name, "file") ||
+        json_object_get(img->node->options, "offset")) {
+        img_error("%s: resize --preallocation is only supported for raw "
+                  "images on a file", img->filename);
+        return -1;
+    }
+    if (!strcmp(m, "metadata")) {
+        img_error("Unsupported preallocation mode: metadata");
+        return -1;
+    }
+    return 1;
+}
+
+/* Allocate [from, to) of the raw image's file: falloc, or zeroes written. */
+static int
+resize_preallocate(struct img *img, const char *mode, uint64_t from,
+                   uint64_t to)
+{
+    struct block_node *file = img->node->file->node;
+    const char *path = json_string_value(json_object_get(file->options,
+                                                         "filename"));
+    static const char zeroes[64 * 1024];
+    int fd = path ? open(path, O_WRONLY | O_CLOEXEC) : -1;
+    int ret = 0;
+
+    if (fd < 0) {
+        ret = -errno;
+    } else if (!strcmp(mode, "falloc")) {
+        ret = -posix_fallocate(fd, (off_t)from, (off_t)(to - from));
+    } else {
+        for (uint64_t o = from; o < to && ret == 0;) {
+            size_t n = (size_t)MIN(sizeof(zeroes), to - o);
+            ssize_t w = pwrite(fd, zeroes, n, (off_t)o);
+
+            ret = w < 0 ? -errno : 0;
+            o += w > 0 ? (uint64_t)w : 0;
+        }
+        if (ret == 0 && fdatasync(fd) < 0) {
+            ret = -errno;
+        }
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (ret < 0) {
+        img_error("%s: Could not preallocate the new area: %s",
+                  img->filename, strerror(-ret));
+        return 1;
+    }
+    return 0;
+}
+
 static int
 resize_apply(struct img *img, struct resize_args *a, const char *arg)
 {
+    int prealloc;
     int64_t cur = block_handle_getlength(img->h);
     struct err *e = NULL;
     uint64_t size;
@@ -546,9 +705,17 @@ resize_apply(struct img *img, struct resize_args *a, const char *arg)
                   "operation, make sure there is no important data there.");
         return 1;
     }
+    prealloc = resize_prealloc_ok(img, a, cur, size);
+    if (prealloc < 0) {
+        return 1;
+    }
     if (block_truncate(img->node, size, &e) < 0) {
         err_prepend(&e, "%s: ", img->filename);
         img_report(e);
+        return 1;
+    }
+    if (prealloc && resize_preallocate(img, a->prealloc, (uint64_t)cur,
+                                       size)) {
         return 1;
     }
     if (!a->quiet) {

@@ -22,12 +22,18 @@ struct img_create {
     const char *backing_fmt;
     const char *prealloc;        /* NULL: not given */
     const char *compat;          /* NULL: not given */
-    const char *opts;            /* -o as given */
+    const char *opts;            /* -o as given (all of them, joined) */
+    char *opts_joined;           /* owns opts when -o came more than once */
     bool have_extl2;
+    uint64_t extent_size_hint;   /* of the new file; 0: none */
+    bool have_extent_size_hint;  /* given: printed, and failures warned */
     struct qcow2_create_opts q;
     char *opts_copy;             /* -o split in place; values point here */
 };
 
+/* One more -o: like qemu-img, later options add to (and win over) the
+ * earlier ones. */
+void img_create_add_opts(struct img_create *c, const char *opts);
 /* Parse "-o key=value,..." into c (values stay owned by c). */
 bool img_create_parse_opts(struct img_create *c, const char *opts,
                            struct err **errp);

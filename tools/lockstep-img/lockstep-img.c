@@ -154,9 +154,12 @@ static const struct img_cmd img_cmds[] = {
       "Safe mode copies into FILENAME whatever would read differently\n"
       "through the new backing file, then rewrites the header.\n" },
     { "resize", img_cmd_resize,
-      "resize [-q] [-f FMT] [-t CACHE] [--shrink] FILENAME [+|-]SIZE",
+      "resize [-q] [-f FMT] [-t CACHE] [--preallocation=MODE] [--shrink] "
+      "FILENAME [+|-]SIZE",
       "  -f FMT           image format (default: probed)\n"
       "  -t CACHE         cache mode (see check -T; not in qemu-img)\n"
+      "  --preallocation=MODE  off (default), falloc or full: allocate\n"
+      "                   the new end in the file (raw images on a file)\n"
       "  --shrink         allow the image to get smaller\n" },
     { NULL, NULL, NULL, NULL },
 };

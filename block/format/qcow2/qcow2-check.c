@@ -899,24 +899,65 @@ repair_refcounts(struct chk *c)
 
 /* ---- Rebuilding the refcount structure --------------------------------- */
 
-/* The old reftable and refcount blocks will be free: drop their counts. */
+/* A cluster of the old structure: its count with and without it. */
+struct old_cluster {
+    uint64_t k;
+    uint32_t with, without;
+};
+
+static int
+cmp_old_cluster(const void *a, const void *b)
+{
+    const struct old_cluster *x = a, *y = b;
+
+    return x->k < y->k ? -1 : x->k > y->k;
+}
+
 static void
-uncount_old_structure(struct chk *c)
+uncount_one(struct chk *c, uint64_t k, struct old_cluster *old, size_t *n)
+{
+    size_t i;
+
+    if (k >= c->nb_clusters || !c->refs[k]) {
+        return;
+    }
+    for (i = 0; i < *n && old[i].k != k; i++) {
+    }
+    if (i == *n) {
+        old[(*n)++] = (struct old_cluster){ k, c->refs[k], 0 };
+    }
+    old[i].without = --c->refs[k];
+}
+
+/*
+ * The old reftable and refcount blocks will be free: drop their counts.
+ * Returns them (malloc'd, sorted, *n entries) for the log: QEMU counts the
+ * old structure into the new one and then repairs it as leaks, so its
+ * output names each of them after the rebuild.
+ */
+static struct old_cluster *
+uncount_old_structure(struct chk *c, size_t *n)
 {
     uint64_t first = c->rt_offset >> c->cluster_bits;
+    struct old_cluster *old = calloc(c->rt_clusters + c->rt_entries + 1,
+                                     sizeof(*old));
 
+    *n = 0;
+    if (!old) {
+        return NULL;
+    }
     for (uint64_t k = first; k < first + c->rt_clusters; k++) {
-        if (k < c->nb_clusters && c->refs[k]) {
-            c->refs[k]--;
-        }
+        uncount_one(c, k, old, n);
     }
     for (uint64_t i = 0; i < c->rt_entries; i++) {
         uint64_t k;
 
-        if (refblock_usable(c, i, &k) && c->refs[k]) {
-            c->refs[k]--;
+        if (refblock_usable(c, i, &k)) {
+            uncount_one(c, k, old, n);
         }
     }
+    qsort(old, *n, sizeof(*old), cmp_old_cluster);
+    return old;
 }
 
 /*
@@ -1089,14 +1130,22 @@ reload_structure(struct chk *c)
 static void
 rebuild_refcounts(struct chk *c)
 {
+    struct old_cluster *old;
+    size_t nold;
     int ret;
 
     chk_log(c, "Rebuilding refcount structure");
-    uncount_old_structure(c);
-    ret = write_new_structure(c);
+    old = uncount_old_structure(c, &nold);
+    ret = old ? write_new_structure(c) : -ENOMEM;
     if (ret == 0) {
         ret = reload_structure(c);
     }
+    for (size_t i = 0; ret == 0 && i < nold; i++) {
+        chk_log(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu32
+                " reference=%" PRIu32, old[i].k, old[i].with,
+                old[i].without);
+    }
+    free(old);
     if (ret < 0) {
         chk_log(c, "ERROR could not rebuild the refcount structure: %s",
                 strerror(-ret));

@@ -176,7 +176,9 @@ qcow2_set_l2e(struct qcow2_state *s, uint64_t guest_cluster,
 int
 qcow2_l2_before_write(struct qcow2_state *s)
 {
-    int ret = qcow2_cache_writeback(s, &s->rb_cache);
+    /* Lazy refcounts: the dirty bit stands in for the refcount blocks. */
+    int ret = s->lazy_refcounts ? qcow2_mark_dirty(s)
+                                : qcow2_cache_writeback(s, &s->rb_cache);
 
     return ret < 0 ? ret : block_flush(s->file);
 }

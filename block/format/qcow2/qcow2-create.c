@@ -97,6 +97,17 @@ check_opts(const struct qcow2_create_opts *o, uint64_t *cs, unsigned *order,
                  "(use compat=1.1 or greater)");
         return -EINVAL;
     }
+    if (version == 2 && o->lazy_refcounts) {
+        err_setf(errp, "Lazy refcounts only supported with compatibility "
+                 "level 1.1 and above (use version=v3 or greater)");
+        return -EINVAL;
+    }
+    if (version == 2 && o->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        err_setf(errp, "Non-zlib compression type is only supported with "
+                 "compatibility level 1.1 and above (use version=v3 or "
+                 "greater)");
+        return -EINVAL;
+    }
     if (o->extended_l2 && c < 16 * KiB) {
         err_setf(errp, "Extended L2 entries are only supported with cluster "
                  "sizes of at least 16384 bytes");
@@ -208,7 +219,11 @@ build_header(const struct layout *l, uint64_t size, unsigned order,
     st_be32(b + 56, (uint32_t)l->rt_clusters);
     off = QCOW2_V2_HEADER_LEN;
     if (version == 3) {
-        st_be64(b + 72, o->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0);
+        st_be64(b + 72, (o->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
+                        (o->compression_type ? QCOW2_INCOMPAT_COMPRESSION
+                                             : 0));
+        b[104] = (uint8_t)o->compression_type;
+        st_be64(b + 80, o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
         st_be32(b + 96, order);
         st_be32(b + 100, QCOW2_HEADER_LEN_WRITTEN);
         off = QCOW2_HEADER_LEN_WRITTEN;

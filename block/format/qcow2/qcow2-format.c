@@ -486,15 +486,6 @@ qcow2_header_check_supported(const struct qcow2_header *h,
                  "supported (%u snapshots)", h->nb_snapshots);
         return -ENOTSUP;
     }
-    if (h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) {
-        err_setf(errp, "qcow2 images with lazy refcounts are not supported; "
-                 "use 'qemu-img amend -o lazy_refcounts=off'");
-        return -ENOTSUP;
-    }
-    if (h->compression_type != QCOW2_COMPRESSION_ZLIB) {
-        err_setf(errp, "qcow2 compression type zstd is not supported");
-        return -ENOTSUP;
-    }
     return 0;
 }
 

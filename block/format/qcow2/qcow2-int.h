@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -106,6 +107,14 @@ struct qcow2_state {
     uint64_t refblock_entries;  /* refcount entries per block */
     bool discard_passthrough[QCOW2_DISCARD_MAX];
     bool discard_no_unref;
+    /*
+     * Lazy refcounts (option lazy-refcounts, default: the image's
+     * compatible bit): the first L2 write sets the dirty bit, and from then
+     * on refcount blocks reach the disk only when evicted or at close,
+     * which clears the bit again.  A crash leaves the bit set; the next
+     * read-write open repairs the refcounts.  Set at open only.
+     */
+    bool lazy_refcounts;
 
     /*
      * The lock protects everything below: the in-memory tables, the caches,
@@ -181,6 +190,22 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n);
 /* Rule "refcounts before pointers": write back refblocks and flush. */
 int qcow2_refcounts_stable(struct qcow2_state *s);
+/* Lazy refcounts: set the dirty bit on disk (once); then refcounts may
+ * lag behind the pointers. */
+int qcow2_mark_dirty(struct qcow2_state *s);
+/* Clear the dirty bit; the caller wrote every cache back first. */
+int qcow2_mark_clean(struct qcow2_state *s);
+
+/* ---- qcow2-compress.c ------------------------------------------------- */
+
+/* Compress in (len bytes) with QCOW2_COMPRESSION_* type into out; the
+ * compressed length, or 0 when it does not fit in max (or fails). */
+size_t qcow2_compress(unsigned type, const uint8_t *in, size_t len,
+                      uint8_t *out, size_t max);
+/* Exactly n bytes out of src (len bytes, padding after the stream
+ * ignored); 0, or -EIO for a stream that does not give them. */
+int qcow2_decompress(unsigned type, const uint8_t *src, size_t len,
+                     uint8_t *dst, size_t n);
 
 /* ---- qcow2-corrupt.c -------------------------------------------------- */
 

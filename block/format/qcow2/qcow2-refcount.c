@@ -120,6 +120,51 @@ write_header_field(struct qcow2_state *s, uint64_t off, const void *buf,
     return ret < 0 ? ret : block_flush(s->file);
 }
 
+static int
+write_incompat(struct qcow2_state *s, uint64_t bits)
+{
+    uint8_t be[8];
+
+    st_be64(be, bits);
+    return write_header_field(s, QCOW2_HDR_OFF_INCOMPAT, be, sizeof(be));
+}
+
+int
+qcow2_mark_dirty(struct qcow2_state *s)
+{
+    int ret;
+
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        return 0;
+    }
+    /* What was written before stays covered by accurate refcounts. */
+    ret = block_flush(s->file);
+    if (ret == 0) {
+        ret = write_incompat(s, s->h.incompatible_features |
+                                QCOW2_INCOMPAT_DIRTY);
+    }
+    if (ret == 0) {
+        s->h.incompatible_features |= QCOW2_INCOMPAT_DIRTY;
+    }
+    return ret;
+}
+
+int
+qcow2_mark_clean(struct qcow2_state *s)
+{
+    int ret;
+
+    if (!(s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    ret = write_incompat(s, s->h.incompatible_features &
+                            ~QCOW2_INCOMPAT_DIRTY);
+    if (ret == 0) {
+        s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+    }
+    return ret;
+}
+
 /*
  * Grow the refcount table so that index need exists.  The new table and
  * its own refcount blocks go to the first cluster the old table does not

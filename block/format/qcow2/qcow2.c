@@ -24,7 +24,9 @@
  *  1. refcount increase stable before any pointer to the cluster is
  *     written: the L2 cache's before_write hook writes back refblocks and
  *     flushes the file first; new L2 tables, L1 tables and refcount tables
- *     are flushed before they are published;
+ *     are flushed before they are published (with lazy refcounts the
+ *     hook sets the dirty bit instead of writing refblocks: a crash then
+ *     leaves stale refcounts that the next writable open repairs);
  *  2. guest data stable before the L2 entry that exposes it: the entry
  *     changes only in the cache after the data write returned, and the
  *     same hook's flush covers the data before the table is written;
@@ -43,14 +45,15 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "block/core/opts.h"
+#include "block/format/qcow2/qcow2-check.h"
 #include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2-int.h"
 #include "lockstep/block.h"
@@ -151,8 +154,7 @@ read_compressed(struct qcow2_state *s, uint64_t entry, uint64_t in,
     uint64_t host, len;
     CLEANUP_FREE uint8_t *src = NULL;
     CLEANUP_FREE uint8_t *dst = NULL;
-    z_stream z;
-    int ret, zret;
+    int ret;
 
     qcow2_compressed_decode(entry, s->cluster_bits, &host, &len);
     if (host < s->cluster_size || len > 2 * s->cluster_size + 512) {
@@ -165,23 +167,12 @@ read_compressed(struct qcow2_state *s, uint64_t entry, uint64_t in,
     }
     block_debug_event(s->file, "read_compressed");
     ret = block_pread(s->file, host, len, src, 0);
+    if (ret == 0) {
+        ret = qcow2_decompress(s->h.compression_type, src, len, dst,
+                               s->cluster_size);
+    }
     if (ret < 0) {
         return ret;
-    }
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, -15) != Z_OK) {
-        return -ENOMEM;
-    }
-    z.next_in = src;
-    z.avail_in = (uInt)len;
-    z.next_out = dst;
-    z.avail_out = (uInt)s->cluster_size;
-    zret = inflate(&z, Z_FINISH);
-    inflateEnd(&z);
-    /* A full cluster is enough; the stream may end in padding. */
-    if (z.avail_out != 0 || (zret != Z_STREAM_END && zret != Z_OK &&
-                             zret != Z_BUF_ERROR)) {
-        return -EIO;
     }
     memcpy(buf, dst + in, n);
     return 0;
@@ -681,33 +672,6 @@ write_cluster(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
 /* ---- Compressed clusters ------------------------------------------------ */
 
 /*
- * Deflate one cluster (raw deflate, window 2^15, as QEMU writes).
- * Returns the compressed length, or 0 when it does not fit in max bytes
- * (then the cluster is written uncompressed).
- */
-static size_t
-deflate_cluster(const uint8_t *in, size_t len, uint8_t *out, size_t max)
-{
-    z_stream z;
-    size_t n = 0;
-
-    memset(&z, 0, sizeof(z));
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 9,
-                     Z_DEFAULT_STRATEGY) != Z_OK) {
-        return 0;
-    }
-    z.next_in = (uint8_t *)in;
-    z.avail_in = (uInt)len;
-    z.next_out = out;
-    z.avail_out = (uInt)max;
-    if (deflate(&z, Z_FINISH) == Z_STREAM_END) {
-        n = max - z.avail_out;
-    }
-    deflateEnd(&z);
-    return n;
-}
-
-/*
  * Room for len compressed bytes, packed after the previous compressed
  * cluster like QEMU does: in the same host cluster while it fits (its
  * refcount counts the compressed clusters in it), else in a new host
@@ -775,7 +739,8 @@ write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
         memcpy(in, data, n);
         data = in;
     }
-    len = deflate_cluster(data, s->cluster_size, out, s->cluster_size - 1);
+    len = qcow2_compress(s->h.compression_type, data, s->cluster_size, out,
+                         s->cluster_size - 1);
     if (len == 0) {
         return write_cluster(s, gc, 0, n, data);
     }
@@ -1456,10 +1421,15 @@ qcow2_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
 
 /* ---- Flush --------------------------------------------------------------- */
 
+/*
+ * all: refcount blocks too, even with lazy refcounts (close).  Without it,
+ * lazy refcounts keep them in the cache: the dirty bit, set before the
+ * first L2 table is written, says the disk's refcounts may lag.
+ */
 static int
-flush_caches_locked(struct qcow2_state *s)
+flush_caches_locked(struct qcow2_state *s, bool all)
 {
-    int ret = qcow2_refcounts_stable(s);
+    int ret = s->lazy_refcounts && !all ? 0 : qcow2_refcounts_stable(s);
 
     if (ret == 0) {
         ret = qcow2_cache_writeback(s, &s->l2_cache);
@@ -1481,7 +1451,7 @@ qcow2_flush(struct block_node *node)
         return 0;
     }
     mutex_lock_may_block(&s->lock);
-    ret = flush_caches_locked(s);
+    ret = flush_caches_locked(s, false);
     mutex_unlock(&s->lock);
     /* The core flushes the file next. */
     return ret;
@@ -1718,7 +1688,7 @@ make_empty_locked(struct qcow2_state *s, struct err **errp)
     /* The new release below starts from the file's current end, so the
      * rest of an earlier one is not lost by stopping it. */
     qcow2_release_finish(&s->release, true);
-    ret = flush_caches_locked(s);
+    ret = flush_caches_locked(s, true);
     if (ret == 0) {
         ret = block_flush(s->file);
     }
@@ -2012,12 +1982,50 @@ check_flags(struct block_node *node, struct qcow2_state *s, struct err **errp)
                  "read/write (repair it with 'qemu-img check -r all')");
         return -EACCES;
     }
-    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY &&
-        !node->read_only) {
-        err_setf(errp, "qcow2: Image is dirty (refcounts may be stale); "
-                 "repair it with 'qemu-img check -r all' before opening it "
-                 "read/write");
-        return -EACCES;
+    return 0;
+}
+
+/*
+ * A writable open of a dirty image (lazy refcounts, not closed) repairs
+ * the refcounts first, printing what it finds as "check -r all" does, and
+ * reads the header again.
+ */
+static int
+repair_dirty(struct block_node *node, struct qcow2_state *s,
+             struct err **errp)
+{
+    struct qcow2_check_result res;
+    int ret;
+
+    if (!(s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) ||
+        node->read_only) {
+        return 0;
+    }
+    ret = qcow2_check(s->file, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS,
+                      stderr, &res, errp);
+    if (ret == 0 && (res.corruptions || res.check_errors)) {
+        err_setf(errp, "%" PRId64 " corruptions and %" PRId64 " check "
+                 "errors left", res.corruptions, res.check_errors);
+        ret = -EIO;
+    }
+    if (ret < 0) {
+        err_prepend(errp, "Could not repair dirty image: ");
+        return ret;
+    }
+    return read_header(s, errp);
+}
+
+static int
+lazy_refcounts_option(struct qcow2_state *s, json_t *options,
+                      struct err **errp)
+{
+    s->lazy_refcounts = block_opt_bool(options, "lazy-refcounts",
+                                       s->h.compatible_features &
+                                       QCOW2_COMPAT_LAZY_REFCOUNTS);
+    if (s->lazy_refcounts && s->h.version < 3) {
+        err_setf(errp, "Lazy refcounts require a qcow2 image with at least "
+                 "qemu 1.1 compatibility level");
+        return -EINVAL;
     }
     return 0;
 }
@@ -2057,10 +2065,6 @@ refuse_options(json_t *options, struct err **errp)
 {
     json_t *oc;
 
-    if (block_opt_bool(options, "lazy-refcounts", false)) {
-        err_setf(errp, "qcow2: lazy-refcounts=on is not supported");
-        return -ENOTSUP;
-    }
     if (json_object_get(options, "data-file")) {
         err_setf(errp, "qcow2: external data files are not supported");
         return -ENOTSUP;
@@ -2281,6 +2285,12 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
     if (ret == 0) {
         ret = check_flags(node, s, errp);
     }
+    if (ret == 0) {
+        ret = repair_dirty(node, s, errp);
+    }
+    if (ret == 0) {
+        ret = lazy_refcounts_option(s, options, errp);
+    }
     if (ret < 0) {
         goto out_lock;
     }
@@ -2340,8 +2350,9 @@ qcow2_close(struct block_node *node)
     if (!node->read_only) {
         mutex_lock_may_block(&s->lock);
         store_bitmaps_locked(s);
-        if (flush_caches_locked(s) == 0) {
-            block_flush(s->file);
+        /* Every refcount on the disk: only then is the image clean. */
+        if (flush_caches_locked(s, true) == 0 && block_flush(s->file) == 0) {
+            qcow2_mark_clean(s);
         }
         /* The file must have its final size once we are closed. */
         qcow2_release_finish(&s->release, false);
@@ -2367,9 +2378,13 @@ qcow2_query(struct block_node *node, json_t *info)
     /* QEMU's member order. */
     json_object_set_new(data, "compat",
                         json_string(s->h.version < 3 ? "0.10" : "1.1"));
-    json_object_set_new(data, "compression-type", json_string("zlib"));
+    json_object_set_new(data, "compression-type",
+                        json_string(s->h.compression_type ? "zstd"
+                                                          : "zlib"));
     if (s->h.version >= 3) {
-        json_object_set_new(data, "lazy-refcounts", json_false());
+        json_object_set_new(data, "lazy-refcounts",
+                            json_boolean(s->h.compatible_features &
+                                         QCOW2_COMPAT_LAZY_REFCOUNTS));
         qcow2_bitmaps_query(s, data);
     }
     json_object_set_new(data, "refcount-bits",

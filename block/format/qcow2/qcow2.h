@@ -231,6 +231,8 @@ struct qcow2_create_opts {
     unsigned refcount_bits;      /* 0 = 16; 1, 2, 4, ..., 64 */
     bool extended_l2;            /* needs cluster_size >= 16 KiB */
     int version;                 /* 0 or 3 = v3 ("compat=1.1"); 2 = v2 */
+    bool lazy_refcounts;         /* the compatible bit; v3 only */
+    unsigned compression_type;   /* QCOW2_COMPRESSION_*; zstd: v3 only */
     const char *backing_file;    /* NULL: none; stored as given */
     const char *backing_fmt;     /* NULL: none (QEMU 6.1+ wants one) */
     const char *preallocation;   /* NULL/"off", "metadata", "falloc",
