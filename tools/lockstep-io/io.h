@@ -27,6 +27,7 @@ struct io_ctx {
     struct block_handle *h;
     bool read_only;
     bool writethrough;          /* every write is FUA (cache mode) */
+    const char *aio;            /* --aio for the file nodes, or NULL */
     json_t *opts;               /* what opened it, for reopen */
     char *filename;             /* ... with this name, or NULL */
 };

@@ -250,6 +250,7 @@ struct open_flags {
     bool no_flush;              /* cache.no-flush */
     bool writethrough;
     const char *discard;        /* "unmap" (qemu-io's default) or "ignore" */
+    const char *aio;            /* QEMU's aio mode, or NULL: the default */
 };
 
 /* QEMU's cache modes: what they mean for the node and for the writes. */
@@ -285,19 +286,23 @@ parse_discard(const char *mode, struct open_flags *f)
     return true;
 }
 
-/* lockstep does its file I/O on threads: that is QEMU's "threads". */
+/*
+ * QEMU's aio modes: passed down to every file node of the image (the file
+ * driver says whether it can do them, and QEMU's error for aio=native
+ * without cache.direct=on).
+ */
 static bool
-parse_aio(const char *mode)
+parse_aio(const char *mode, struct open_flags *f)
 {
-    if (!strcmp(mode, "threads")) {
-        return true;
+    static const char *const modes[] = { "threads", "native", "io_uring" };
+
+    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
+        if (!strcmp(mode, modes[i])) {
+            f->aio = modes[i];
+            return true;
+        }
     }
-    if (!strcmp(mode, "native") || !strcmp(mode, "io_uring")) {
-        io_error("aio mode '%s' is not supported (lockstep does its file "
-                 "I/O on threads: use 'threads')", mode);
-    } else {
-        io_error("Invalid aio option: %s", mode);
-    }
+    io_error("Invalid aio option: %s", mode);
     return false;
 }
 
@@ -410,6 +415,7 @@ openfile(struct io_ctx *ctx, const char *name, json_t *opts,
         }
     }
     apply_flags(o, f);
+    block_file_set_default_aio(f->aio);
     node = block_open_image(name, o, &probed_raw, &e);
     if (node && f->snapshot) {
         struct block_node *top = temp_overlay(node, f, &e);
@@ -442,6 +448,7 @@ openfile(struct io_ctx *ctx, const char *name, json_t *opts,
     ctx->node = node;
     ctx->read_only = node->read_only;
     ctx->writethrough = f->writethrough;
+    ctx->aio = f->aio;
     ctx->opts = o;
     ctx->filename = name ? xstrdup(name) : NULL;
     return true;
@@ -551,7 +558,7 @@ cmd_open(struct io_ctx *ctx, int argc, char **argv)
             f.read_only = true;
             break;
         case 'k':
-            if (!parse_aio("native")) {
+            if (!parse_aio("native", &f)) {
                 json_decref(opts);
                 return -EINVAL;
             }
@@ -571,7 +578,7 @@ cmd_open(struct io_ctx *ctx, int argc, char **argv)
             }
             break;
         case 'i':
-            if (!parse_aio(optarg)) {
+            if (!parse_aio(optarg, &f)) {
                 json_decref(opts);
                 return -EINVAL;
             }
@@ -669,6 +676,7 @@ cmd_reopen(struct io_ctx *ctx, int argc, char **argv)
     int opt, ret = -EINVAL;
 
     f.writethrough = ctx->writethrough;
+    f.aio = ctx->aio;
     f.nocache = ctx->node->cache_direct;
     f.no_flush = ctx->node->cache_no_flush;
     while ((opt = getopt(argc, argv, "c:o:rw")) != -1) {
@@ -810,8 +818,8 @@ static const struct io_cmd open_cmd = {
     " -C, -- copy-on-read (not supported)\n"
     " -n, -- no host cache (cache.direct), like -t none\n"
     " -U, -- share the image with its other users\n"
-    " -k, -- kernel AIO (not supported: use threads)\n"
-    " -i, -- AIO mode: threads\n"
+    " -k, -- Linux AIO (refused: not supported)\n"
+    " -i, -- AIO mode: threads, io_uring or native (refused)\n"
     " -t, -- cache mode: none, directsync, writeback, unsafe, writethrough\n"
     " -d, -- discard mode: unmap (default) or ignore\n"
     " -o, -- node options (key=value,...)\n",
@@ -1032,7 +1040,9 @@ usage(FILE *f)
         "  -s, --snapshot       writes go to a temporary overlay\n"
         "  -n, --nocache        no host cache, short for -t none\n"
         "  -m, --misalign       misalign buffers by 16 bytes\n"
-        "  -i, --aio=MODE       AIO mode: threads\n"
+        "  -i, --aio=MODE       AIO mode of the file nodes: threads,\n"
+        "                       io_uring, native (refused: no Linux AIO)\n"
+        "  -k, --native-aio     short for --aio=native\n"
         "  -t, --cache=MODE     cache mode: none, directsync, writeback,\n"
         "                       unsafe, writethrough (default)\n"
         "  -d, --discard=MODE   discard mode: unmap (default) or ignore\n"
@@ -1112,12 +1122,12 @@ parse_args(int argc, char **argv, struct io_args *a)
             io_misalign = true;
             break;
         case 'k':
-            if (!parse_aio("native")) {
+            if (!parse_aio("native", &a->f)) {
                 exit(1);
             }
             break;
         case 'i':
-            if (!parse_aio(optarg)) {
+            if (!parse_aio(optarg, &a->f)) {
                 exit(1);
             }
             break;
