@@ -28,6 +28,7 @@ struct io_ctx {
     bool read_only;
     bool writethrough;          /* every write is FUA (cache mode) */
     const char *aio;            /* --aio for the file nodes, or NULL */
+    bool copy_on_read;          /* -C: node is a copy-on-read filter */
     json_t *opts;               /* what opened it, for reopen */
     char *filename;             /* ... with this name, or NULL */
 };

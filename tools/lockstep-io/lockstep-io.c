@@ -251,6 +251,7 @@ struct open_flags {
     bool writethrough;
     const char *discard;        /* "unmap" (qemu-io's default) or "ignore" */
     const char *aio;            /* QEMU's aio mode, or NULL: the default */
+    bool copy_on_read;          /* -C */
 };
 
 /* QEMU's cache modes: what they mean for the node and for the writes. */
@@ -377,6 +378,28 @@ out:
     return top;
 }
 
+/*
+ * -C: reads copy what the image's own layer lacks from its backing chain
+ * into it, through a copy-on-read filter on top (QEMU sets a flag on the
+ * image's node instead; the effect is the same).
+ */
+static struct block_node *
+copy_on_read_filter(struct block_node *node, struct err **errp)
+{
+    struct block_node *top;
+    json_t *o;
+
+    if (node->read_only) {
+        err_setf(errp, "Can't use copy-on-read on read-only device");
+        return NULL;
+    }
+    o = json_pack("{s:s, s:s}", "driver", "copy-on-read",
+                  "file", node->node_name);
+    top = block_node_new(o, errp);
+    json_decref(o);
+    return top;
+}
+
 static void
 warn_probed_raw(const char *filename)
 {
@@ -423,6 +446,12 @@ openfile(struct io_ctx *ctx, const char *name, json_t *opts,
         block_node_unref(node);
         node = top;
     }
+    if (node && f->copy_on_read) {
+        struct block_node *top = copy_on_read_filter(node, &e);
+
+        block_node_unref(node);
+        node = top;
+    }
     if (!node) {
         err_prepend(&e, "can't open%s%s: ", name ? " device " : "",
                     name ? name : "");
@@ -449,6 +478,7 @@ openfile(struct io_ctx *ctx, const char *name, json_t *opts,
     ctx->read_only = node->read_only;
     ctx->writethrough = f->writethrough;
     ctx->aio = f->aio;
+    ctx->copy_on_read = f->copy_on_read;
     ctx->opts = o;
     ctx->filename = name ? xstrdup(name) : NULL;
     return true;
@@ -551,9 +581,8 @@ cmd_open(struct io_ctx *ctx, int argc, char **argv)
             f.writethrough = false;
             break;
         case 'C':
-            io_error("copy-on-read is not supported");
-            json_decref(opts);
-            return -ENOTSUP;
+            f.copy_on_read = true;
+            break;
         case 'r':
             f.read_only = true;
             break;
@@ -677,6 +706,7 @@ cmd_reopen(struct io_ctx *ctx, int argc, char **argv)
 
     f.writethrough = ctx->writethrough;
     f.aio = ctx->aio;
+    f.copy_on_read = ctx->copy_on_read;
     f.nocache = ctx->node->cache_direct;
     f.no_flush = ctx->node->cache_no_flush;
     while ((opt = getopt(argc, argv, "c:o:rw")) != -1) {
@@ -815,7 +845,7 @@ static const struct io_cmd open_cmd = {
     " was started without a file).\n"
     " -r, -- read-only\n"
     " -s, -- writes go to a temporary overlay, dropped at close\n"
-    " -C, -- copy-on-read (not supported)\n"
+    " -C, -- copy-on-read: reads copy data from the backing chain\n"
     " -n, -- no host cache (cache.direct), like -t none\n"
     " -U, -- share the image with its other users\n"
     " -k, -- Linux AIO (refused: not supported)\n"
@@ -1038,6 +1068,8 @@ usage(FILE *f)
         "else raw)\n"
         "  -r, --read-only      open read-only\n"
         "  -s, --snapshot       writes go to a temporary overlay\n"
+        "  -C, --copy-on-read   reads copy data from the backing chain into\n"
+        "                       the image\n"
         "  -n, --nocache        no host cache, short for -t none\n"
         "  -m, --misalign       misalign buffers by 16 bytes\n"
         "  -i, --aio=MODE       AIO mode of the file nodes: threads,\n"
@@ -1101,8 +1133,8 @@ parse_args(int argc, char **argv, struct io_args *a)
             a->f.writethrough = false;
             break;
         case 'C':
-            io_error("copy-on-read is not supported");
-            exit(1);
+            a->f.copy_on_read = true;
+            break;
         case 'd':
             if (!parse_discard(optarg, &a->f)) {
                 io_error("Invalid discard option: %s", optarg);
