@@ -912,3 +912,59 @@ def test_copy_on_read_filter_from_blockdev_add(lockstepd, qio, qimg, tmp_dir):
         assert d.stop() == 0, d.stderr
     m = qio_map(qio, top)
     assert "64 KiB (0x10000) bytes     allocated at offset 40 MiB" in m, m
+
+
+# ---- reopen -o checks, info of protocol drivers (iotest 133) ---------------
+
+
+REOPEN_CASES = [
+    ["reopen -o file.node-name=foo"], ["reopen -o backing.node-name=foo"],
+    ["reopen -o file.driver=qcow2"], ["reopen -o backing.driver=file"],
+    ["reopen -o file.driver=file"], ["reopen -o backing.driver=qcow2"],
+    ["open -o file.node-name=foo IMG", "reopen -o file.node-name=foo"],
+    ["open -o backing.node-name=foo IMG", "reopen -o backing.node-name=foo"],
+    ["reopen -o read-only=foo"], ["reopen -o cache.no-flush=bar"],
+    ["reopen -o cache.direct=baz"], ["reopen -o auto-read-only=qux"],
+]
+
+
+@pytest.mark.parametrize("cmds", REOPEN_CASES)
+def test_reopen_checks_as_qemu(lio, qio, qimg, tmp_dir, cmds):
+    """Children's node-name and driver cannot change either; bad booleans
+    get QEMU's keyval message: the same output as qemu-io's."""
+    base = os.path.join(tmp_dir, "t.base")
+    img = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            img]))
+    ours = os.path.join(tmp_dir, "qemu-io")
+    os.symlink(lio, ours)
+    outs = []
+    for prog in (ours, qio):
+        argv = [prog]
+        for c in cmds:
+            argv += ["-c", c.replace("IMG", img)]
+        if not cmds[0].startswith("open"):
+            argv.append(img)
+        r = run(argv)
+        outs.append((r.returncode, r.stdout, r.stderr))
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("name", [
+    "json:{'driver': 'null-co', 'size': 65536}",
+    "json:{'driver': 'file', 'filename': 'IMG'}",
+    "json:{'driver': 'blkdebug', 'image': {'driver': 'file', "
+    "'filename': 'IMG'}}",
+    "json:{'driver': 'raw', 'file': {'driver': 'file', 'filename': 'IMG'}}",
+])
+def test_info_of_protocol_drivers_as_qemu(lio, qio, tmp_dir, name):
+    """qemu-io names a protocol driver twice (format and protocol name);
+    null-co has no more to say."""
+    img = os.path.join(tmp_dir, "x.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    name = name.replace("IMG", img)
+    a = run([lio, "-c", "info", name])
+    b = run([qio, "-c", "info", name])
+    assert (a.returncode, a.stdout) == (b.returncode, b.stdout)

@@ -666,12 +666,15 @@ static const char *const reopen_fixed[] = {
 };
 
 /*
- * Options a reopen must not change: QEMU refuses them with this message.
- * Only the top node's own options are compared; children keep theirs.
+ * Options a reopen must not change: QEMU refuses them with this message,
+ * on the node and on its children named in the options ("file.driver",
+ * "backing.node-name"): each is compared with the node it names.
  */
 static bool
-reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
+node_changes_fixed(struct block_node *node, json_t *opts)
 {
+    static const char *const kids[] = { "file", "backing", NULL };
+
     for (size_t i = 0; reopen_fixed[i]; i++) {
         json_t *want = json_object_get(opts, reopen_fixed[i]);
         const char *have;
@@ -679,15 +682,54 @@ reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
         if (!want) {
             continue;
         }
-        have = !strcmp(reopen_fixed[i], "driver") ? ctx->node->drv->name
-               : ctx->node->auto_named ? NULL : ctx->node->node_name;
+        have = !strcmp(reopen_fixed[i], "driver") ? node->drv->name
+               : node->auto_named ? NULL : node->node_name;
         if (!have || !json_is_string(want) ||
             strcmp(json_string_value(want), have)) {
             io_error("Cannot change the option '%s'", reopen_fixed[i]);
             return true;
         }
     }
+    for (size_t i = 0; kids[i]; i++) {
+        json_t *sub = json_object_get(opts, kids[i]);
+        struct block_child *c = !strcmp(kids[i], "file") ? node->file
+                                                         : node->backing;
+
+        if (json_is_object(sub) && c && node_changes_fixed(c->node, sub)) {
+            return true;
+        }
+    }
     return false;
+}
+
+/* Boolean options given as strings must say on or off (QEMU's keyval). */
+static bool
+reopen_bools_ok(json_t *opts)
+{
+    static const char *const bools[] = {
+        "read-only", "auto-read-only", "cache.direct", "cache.no-flush",
+        "force-share", NULL,
+    };
+
+    for (size_t i = 0; bools[i]; i++) {
+        const char *dot = strchr(bools[i], '.');
+        json_t *v = dot ? json_object_get(
+                              json_object_get(opts, "cache"), dot + 1)
+                        : json_object_get(opts, bools[i]);
+        const char *s = json_string_value(v);
+
+        if (s && strcmp(s, "on") && strcmp(s, "off")) {
+            io_error("Parameter '%s' expects 'on' or 'off'", bools[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool
+reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
+{
+    return node_changes_fixed(ctx->node, opts);
 }
 
 /*
@@ -743,6 +785,9 @@ cmd_reopen(struct io_ctx *ctx, int argc, char **argv)
         io_usage(&(const struct io_cmd){ "reopen", NULL, NULL, 0, -1, 0,
                  "[(-r|-w)] [-c cache] [-o options]",
                  "reopens an image with new options", NULL });
+        goto out;
+    }
+    if (!reopen_bools_ok(opts)) {
         goto out;
     }
     if (json_object_get(opts, "read-only")) {
