@@ -10,6 +10,7 @@
 extern const struct block_driver blkdebug_driver;
 extern const struct block_driver blklog_driver;
 extern const struct block_driver cbw_driver;
+extern const struct block_driver cor_driver;
 extern const struct block_driver file_driver;
 extern const struct block_driver nbdcli_driver;
 extern const struct block_driver null_co_driver;
@@ -23,6 +24,7 @@ const struct block_driver *const block_drivers[] = {
     &blkdebug_driver,
     &blklog_driver,
     &cbw_driver,
+    &cor_driver,
     &file_driver,
     &nbdcli_driver,
     &null_co_driver,

@@ -374,6 +374,36 @@ probe_format(json_t *proto, bool *probed_raw, struct err **errp)
     return *probed_raw ? "raw" : "qcow2";
 }
 
+/*
+ * The name of "driver=FMT,... NAME" belongs to the protocol node at the
+ * bottom: formats and filters given with their driver pass it on to their
+ * child ("file"; blkdebug's "image", which takes a plain name as QEMU's
+ * blkdebug does), so that "driver=copy-on-read,file.driver=qcow2 NAME"
+ * opens NAME below the qcow2 node.
+ */
+static void
+name_below(json_t *opts, json_t *fopts)
+{
+    const char *drv = json_string_value(json_object_get(opts, "driver"));
+    const char *key = drv && !strcmp(drv, "blkdebug") ? "image" : "file";
+    json_t *child = json_object_get(opts, key);
+    const char *cd;
+
+    if (!child) {
+        json_object_set(opts, key, fopts);
+        return;
+    }
+    if (!json_is_object(child)) {
+        return;     /* a node-name: the name is not used, as in QEMU */
+    }
+    cd = json_string_value(json_object_get(child, "driver"));
+    if (cd && !is_protocol(cd)) {
+        name_below(child, fopts);
+    } else {
+        merge_missing(child, fopts);
+    }
+}
+
 /* Options of a protocol node that may stand at the top without a driver. */
 static const char *const protocol_keys[] = {
     "filename", "locking", "aio", "aio-max-batch", "drop-cache", NULL,
@@ -412,6 +442,8 @@ block_open_image(const char *filename, json_t *options, bool *probed_raw,
                                     fn ? json_incref(fn)
                                        : json_string(filename));
             }
+        } else if (driver) {
+            name_below(opts, fopts);
         } else if (json_is_object(json_object_get(opts, "file"))) {
             merge_missing(json_object_get(opts, "file"), fopts);
         } else if (!json_object_get(opts, "file")) {

@@ -396,21 +396,37 @@ file_write_full(struct file_state *s, const void *buf, uint64_t bytes,
     return 0;
 }
 
+/* A tool's --aio for the file nodes it opens (main thread only). */
+static const char *default_aio;
+
+void
+block_file_set_default_aio(const char *mode)
+{
+    default_aio = mode;
+}
+
 /*
  * The aio option: *uring set for io_uring.  Default: io_uring with
  * cache.direct=on where it works (page cache copies gain nothing from it),
- * else threads.
+ * else threads.  Linux AIO needs O_DIRECT: QEMU refuses aio=native
+ * without cache.direct=on with this message; with it, we have no Linux
+ * AIO to offer.
  */
 static int
 choose_aio(struct block_node *node, json_t *options, bool *uring,
            struct err **errp)
 {
-    const char *aio = block_opt_str(options, "aio", NULL);
+    const char *aio = block_opt_str(options, "aio", default_aio);
     int64_t batch = block_opt_int(options, "aio-max-batch", 0);
 
     *uring = false;
     if (batch < 0) {
         err_setf(errp, "aio-max-batch must be a positive number");
+        return -EINVAL;
+    }
+    if (aio && strcmp(aio, "native") == 0 && !node->cache_direct) {
+        err_setf(errp, "aio=native was specified, but it requires "
+                 "cache.direct=on, which was not specified.");
         return -EINVAL;
     }
     if (aio && strcmp(aio, "native") == 0) {

@@ -442,6 +442,14 @@ struct block_node *block_open_image(const char *filename, json_t *options,
                                     bool *probed_raw, struct err **errp);
 
 /*
+ * The aio mode ("threads", "native", "io_uring") of every file node opened
+ * from now on whose options name none, backing files included: qemu-io's
+ * --aio, which QEMU passes down as an open flag.  NULL (the start): the
+ * file driver's own default.  Main thread.
+ */
+void block_file_set_default_aio(const char *mode);
+
+/*
  * Backing chains: at most BLOCK_MAX_BACKING_CHAIN images, the top one
  * included (QEMU 7.2 has no limit and recurses until it runs out of file
  * descriptors); opening a deeper one fails with a clear error.  Nested

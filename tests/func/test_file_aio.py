@@ -170,3 +170,80 @@ def test_daemon_io_uring_over_nbd(lockstepd, disk_dir, tmp_path):
         assert d.stop() == 0, d.stderr
     r = run(["qemu-img", "check", "-q", img])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def chain(disk_dir):
+    """A qcow2 overlay on a qcow2 base that holds the data read back."""
+    base = os.path.join(disk_dir, "base.qcow2")
+    top = os.path.join(disk_dir, "top.qcow2")
+    for argv in (["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"],
+                 ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1000 300k",
+                  base],
+                 ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
+                  "-F", "qcow2", top]):
+        r = run(argv)
+        assert r.returncode == 0, r.stdout + r.stderr
+    return top
+
+
+@pytest.mark.parametrize("flag", [["--aio", "threads"], ["-i", "threads"]])
+def test_lockstep_io_aio_threads_reaches_every_file_node(lockstep_io,
+                                                         disk_dir, flag):
+    """qemu-io's --aio is an open flag for every file node, the backing
+    file's too: with -t none (io_uring by default) --aio threads keeps all
+    I/O on the system calls."""
+    top = chain(disk_dir)
+    argv = [lockstep_io, "-t", "none"] + flag + [
+        "-f", "qcow2", "-c", "read -P 0x5a 1000 300k",
+        "-c", "write -P 0x33 1M 64k", "-c", "flush", top]
+    r, calls = syscalls(argv)
+    assert r.returncode == 0 and "Pattern" not in r.stdout, \
+        r.stdout + r.stderr
+    assert not calls.get("io_uring_enter"), calls
+    assert calls.get("pread64", 0) >= 2 and calls.get("pwrite64", 0) >= 1, \
+        calls
+
+
+def test_lockstep_io_aio_io_uring_reaches_every_file_node(lockstep_io,
+                                                          disk_dir):
+    if not io_uring_here(lockstep_io, disk_dir):
+        pytest.skip("no io_uring on this kernel")
+    top = chain(disk_dir)
+    # Without -t none our default is threads: --aio io_uring must change it.
+    r, calls = syscalls([lockstep_io, "--aio", "io_uring", "-f", "qcow2",
+                         "-c", "read -P 0x5a 1000 300k", top])
+    assert r.returncode == 0 and "Pattern" not in r.stdout, \
+        r.stdout + r.stderr
+    assert calls.get("io_uring_enter", 0) >= 2, calls
+
+
+@pytest.mark.parametrize("flag", [["-k"], ["--aio", "native"],
+                                  ["--native-aio"]])
+@pytest.mark.parametrize("tool", ["ours", "qemu-io"])
+def test_lockstep_io_aio_native_needs_cache_direct(lockstep_io, disk_dir,
+                                                   tmp_path, flag, tool):
+    """QEMU refuses Linux AIO without O_DIRECT, at open, with this error;
+    the open command says the same."""
+    img = qcow2(disk_dir)
+    prog = lockstep_io
+    if tool == "qemu-io":
+        prog = "qemu-io"
+    else:
+        prog = str(tmp_path / "qemu-io")
+        os.symlink(lockstep_io, prog)
+    r = run([prog] + flag + ["-f", "qcow2", "-c", "read 0 4k", img])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == ("qemu-io: can't open device %s: aio=native was "
+                        "specified, but it requires cache.direct=on, which "
+                        "was not specified.\n" % img), r.stderr
+    r = run([prog, "-c", "open -k -o driver=qcow2 %s" % img])
+    assert ("qemu-io: can't open device %s: aio=native was specified, but "
+            "it requires cache.direct=on" % img) in r.stderr + r.stdout, \
+        r.stdout + r.stderr
+
+
+def test_lockstep_io_aio_bad_mode(lockstep_io, disk_dir):
+    img = qcow2(disk_dir)
+    r = run([lockstep_io, "--aio", "posix", "-c", "read 0 4k", img])
+    assert r.returncode == 1
+    assert "Invalid aio option: posix" in r.stderr

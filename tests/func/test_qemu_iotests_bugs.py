@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from conftest import built_program, host_tool, run, supports_o_direct
+from qmp_client import Daemon
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -1007,3 +1008,220 @@ def test_options_given_twice_add_up(limg, qimg, tmp_dir):
     info = ok(run([qimg, "info", "--output=json", dst])).stdout
     assert '"backing-filename": "%s"' % base in info
     assert '"backing-filename-format": "qcow2"' in info
+
+
+# ---- Copy-on-read (qemu-io -C, the copy-on-read filter) ---------------------
+
+
+def cor_chain(qimg, qio, d, tag, base_fmt="qcow2"):
+    """iotest 197's images, smaller: data at 40M in the base, an explicit
+    zero cluster at 1M in the overlay."""
+    base = os.path.join(d, "base-%s.%s" % (tag, base_fmt))
+    top = os.path.join(d, "top-%s.qcow2" % tag)
+    ok(run([qimg, "create", "-q", "-f", base_fmt, base, "64M"]))
+    ok(run([qio, "-f", base_fmt, "-c", "write -P 55 40M 1k", base]))
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-F", base_fmt, "-b", base,
+            top]))
+    ok(run([qio, "-f", "qcow2", "-c", "write -z -u 1M 64k", top]))
+    return base, top
+
+
+def qio_map(qio, img):
+    return ok(run([qio, "-f", "qcow2", "-c", "map", img])).stdout
+
+
+@pytest.mark.parametrize("base_fmt", ["qcow2", "raw"])
+@pytest.mark.parametrize("how", ["-C", "filter"])
+def test_copy_on_read_allocates_as_qemu(lio, qio, qimg, tmp_dir, base_fmt,
+                                        how):
+    """Reads copy whole clusters the overlay lacks (zeroes as zero
+    clusters, data as data), never past the end, and leave what the overlay
+    holds alone: the overlay's map afterwards is QEMU's, and its content
+    is the base's."""
+    maps = []
+    for tool in (lio, qio):
+        base, top = cor_chain(qimg, qio, tmp_dir, len(maps), base_fmt)
+        reads = ["read -P 0 1M 128k", "read 0 0",
+                 "read -P 0 1k %d" % (20 * MiB - 512),
+                 "read -P 55 %d 1k" % (40 * MiB), "read -P 0 %d 512"
+                 % (40 * MiB + 1024)]
+        for cmd in reads:
+            if how == "-C":
+                argv = [tool, "-f", "qcow2", "-C", "-c", cmd, top]
+            else:
+                argv = [tool, "-c", "open -o driver=copy-on-read,"
+                        "file.driver=qcow2 %s" % top, "-c", cmd]
+            r = ok(run(argv))
+            assert "Pattern" not in r.stdout and "error" not in r.stdout, \
+                r.stdout
+        ok(run([qimg, "rebase", "-u", "-b", "", "-f", "qcow2", top]))
+        maps.append(qio_map(qio, top))
+        ok(run([qimg, "check", top]))
+        r = ok(run([qimg, "compare", "-f", base_fmt, "-F", "qcow2", base,
+                    top]))
+        assert "Images are identical." in r.stdout
+    assert maps[0] == maps[1]
+    assert "20.062 MiB (0x1410000) bytes     allocated at offset 0 bytes" \
+        in maps[0], maps[0]
+
+
+@pytest.mark.parametrize("tool", ["ours", "qemu-io"])
+def test_copy_on_read_partial_last_cluster(lio, qio, qimg, tmp_dir, tool):
+    img = os.path.join(tmp_dir, "w.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", img,
+            "1024"]))
+    ok(run([lio if tool == "ours" else qio, "-f", "qcow2", "-C", "-c",
+            "read 0 1024", img]))
+    assert qio_map(qio, img) == \
+        "1 KiB (0x400) bytes     allocated at offset 0 bytes (0x0)\n"
+    ok(run([qimg, "check", img]))
+
+
+@pytest.mark.parametrize("tool", ["ours", "qemu-io"])
+def test_copy_on_read_refused_read_only(lio, qio, qimg, tmp_dir, tool):
+    base, top = cor_chain(qimg, qio, tmp_dir, "ro")
+    prog = lio if tool == "ours" else qio
+    if tool == "ours":
+        prog = os.path.join(tmp_dir, "qemu-io")
+        os.symlink(lio, prog)
+    r = run([prog, "-f", "qcow2", "-C", "-r", top])
+    assert r.returncode == 1
+    assert r.stderr == ("qemu-io: can't open device %s: Can't use "
+                        "copy-on-read on read-only device\n" % top), r.stderr
+    r = run([prog, "-c", "open -r -o driver=copy-on-read,file.driver=qcow2 "
+             "%s" % top])
+    assert r.stderr == ("qemu-io: can't open device %s: Block node is "
+                        "read-only\n" % top), r.stderr
+
+
+@pytest.mark.parametrize("how", ["-C", "filter"])
+def test_copy_on_read_skips_allocated_cluster_blkdebug(lio, qio, qimg,
+                                                       tmp_dir, how):
+    """iotest 197: blkdebug fails a write to sector 2048 (1M) once a copy
+    began; the read over the overlay's zero cluster there and the
+    unallocated one after it copies only the second."""
+    base, top = cor_chain(qimg, qio, tmp_dir, "bd")
+    conf = os.path.join(tmp_dir, "blkdebug.conf")
+    with open(conf, "w") as f:
+        f.write('[inject-error]\nevent = "cor_write"\nsector = "2048"\n')
+    if how == "-C":
+        cmd = ("open -C -o driver=blkdebug,config=%s,image.driver=qcow2 %s"
+               % (conf, top))
+    else:
+        cmd = ("open -o driver=copy-on-read,file.driver=blkdebug,"
+               "file.config=%s,file.image.driver=qcow2 %s" % (conf, top))
+    r = ok(run([lio, "-c", cmd, "-c", "read -P 0 1M 128k"]))
+    assert r.stdout.startswith("read 131072/131072 bytes at offset 1048576"),\
+        r.stdout + r.stderr
+    assert "allocated at offset 1 MiB (0x100000)" in qio_map(qio, top)
+
+
+def test_copy_on_read_bottom(lio, qio, qimg, tmp_dir):
+    """bottom=NODE copies only what NODE and the layers above it hold:
+    the base's data below it stays where it is; ours as QEMU's."""
+    maps = []
+    for tool in (lio, qio):
+        d = os.path.join(tmp_dir, str(len(maps)))
+        os.mkdir(d)
+        base, mid = cor_chain(qimg, qio, d, "m")
+        ok(run([qio, "-f", "qcow2", "-c", "write -P 7 8M 64k", mid]))
+        top = os.path.join(d, "top.qcow2")
+        ok(run([qimg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                mid, top]))
+        opts = ("driver=copy-on-read,bottom=mid,file.driver=qcow2,"
+                "file.file.filename=%s,file.backing.driver=qcow2,"
+                "file.backing.node-name=mid,file.backing.file.filename=%s"
+                % (top, mid))
+        r = ok(run([tool, "--image-opts", "-c", "read -P 7 8M 64k",
+                    "-c", "read -P 55 40M 1k", "-c", "read -P 0 4M 64k",
+                    opts]))
+        assert "Pattern" not in r.stdout, r.stdout
+        maps.append(qio_map(qio, top))
+    assert maps[0] == maps[1]
+    assert "64 KiB (0x10000) bytes     allocated at offset 8 MiB" in maps[0]
+    assert "offset 40 MiB" not in maps[0].split("not allocated")[0]
+
+
+def test_copy_on_read_bottom_must_be_below(lio, qimg, qio, tmp_dir):
+    base, top = cor_chain(qimg, qio, tmp_dir, "nb")
+    r = run([lio, "--image-opts", "-c", "read 0 4k",
+             "driver=copy-on-read,bottom=nosuch,file.driver=qcow2,"
+             "file.file.filename=%s" % top])
+    assert r.returncode == 1 and "Bottom node 'nosuch' not found" in r.stderr
+
+
+def test_copy_on_read_filter_from_blockdev_add(lockstepd, qio, qimg, tmp_dir):
+    """lockstepd's --blockdev (blockdev-add's schema) takes the filter;
+    a client's reads over NBD copy into the overlay."""
+    base, top = cor_chain(qimg, qio, tmp_dir, "d")
+    sock = os.path.join(tmp_dir, "nbd.sock")
+    d = Daemon(lockstepd, tmp_dir, [
+        "--blockdev", "driver=qcow2,node-name=disk,file.driver=file,"
+        "file.filename=%s" % top,
+        "--blockdev", "driver=copy-on-read,node-name=cor,file=disk",
+        "--nbd-server", "addr.type=unix,addr.path=%s" % sock,
+        "--export", "type=nbd,id=e,node-name=cor,name=cor"])
+    try:
+        r = ok(run([qio, "-r", "-f", "raw", "-c", "read -P 55 40M 1k",
+                    "nbd+unix:///cor?socket=%s" % sock]))
+        assert "Pattern" not in r.stdout, r.stdout
+    finally:
+        assert d.stop() == 0, d.stderr
+    m = qio_map(qio, top)
+    assert "64 KiB (0x10000) bytes     allocated at offset 40 MiB" in m, m
+
+
+# ---- reopen -o checks, info of protocol drivers (iotest 133) ---------------
+
+
+REOPEN_CASES = [
+    ["reopen -o file.node-name=foo"], ["reopen -o backing.node-name=foo"],
+    ["reopen -o file.driver=qcow2"], ["reopen -o backing.driver=file"],
+    ["reopen -o file.driver=file"], ["reopen -o backing.driver=qcow2"],
+    ["open -o file.node-name=foo IMG", "reopen -o file.node-name=foo"],
+    ["open -o backing.node-name=foo IMG", "reopen -o backing.node-name=foo"],
+    ["reopen -o read-only=foo"], ["reopen -o cache.no-flush=bar"],
+    ["reopen -o cache.direct=baz"], ["reopen -o auto-read-only=qux"],
+]
+
+
+@pytest.mark.parametrize("cmds", REOPEN_CASES)
+def test_reopen_checks_as_qemu(lio, qio, qimg, tmp_dir, cmds):
+    """Children's node-name and driver cannot change either; bad booleans
+    get QEMU's keyval message: the same output as qemu-io's."""
+    base = os.path.join(tmp_dir, "t.base")
+    img = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+            img]))
+    ours = os.path.join(tmp_dir, "qemu-io")
+    os.symlink(lio, ours)
+    outs = []
+    for prog in (ours, qio):
+        argv = [prog]
+        for c in cmds:
+            argv += ["-c", c.replace("IMG", img)]
+        if not cmds[0].startswith("open"):
+            argv.append(img)
+        r = run(argv)
+        outs.append((r.returncode, r.stdout, r.stderr))
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("name", [
+    "json:{'driver': 'null-co', 'size': 65536}",
+    "json:{'driver': 'file', 'filename': 'IMG'}",
+    "json:{'driver': 'blkdebug', 'image': {'driver': 'file', "
+    "'filename': 'IMG'}}",
+    "json:{'driver': 'raw', 'file': {'driver': 'file', 'filename': 'IMG'}}",
+])
+def test_info_of_protocol_drivers_as_qemu(lio, qio, tmp_dir, name):
+    """qemu-io names a protocol driver twice (format and protocol name);
+    null-co has no more to say."""
+    img = os.path.join(tmp_dir, "x.raw")
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    name = name.replace("IMG", img)
+    a = run([lio, "-c", "info", name])
+    b = run([qio, "-c", "info", name])
+    assert (a.returncode, a.stdout) == (b.returncode, b.stdout)

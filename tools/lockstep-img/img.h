@@ -42,6 +42,7 @@ int img_cmd_dd(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 int img_cmd_check(int argc, char **argv);
 int img_cmd_map(int argc, char **argv);
+int img_cmd_measure(int argc, char **argv);
 int img_cmd_compare(int argc, char **argv);
 int img_cmd_commit(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);

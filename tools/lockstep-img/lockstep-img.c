@@ -142,6 +142,18 @@ static const struct img_cmd img_cmds[] = {
       "  --output=FMT     human (default) or json\n"
       "  -s, --start-offset=OFFSET  first byte to describe\n"
       "  -l, --max-length=LENGTH    bytes to describe at most\n" },
+    { "measure", img_cmd_measure,
+      "measure [--output=human|json] [-O OUTPUT_FMT] [-o OPTIONS] "
+      "[--size N | [-f FMT | --image-opts] FILENAME]",
+      "  -O OUTPUT_FMT    format of the new image: raw (default) or qcow2\n"
+      "  -o OPTIONS       its creation options (cluster_size, preallocation,\n"
+      "                   backing_file, compat, extended_l2, refcount_bits)\n"
+      "  --size N         measure a new empty image of N bytes\n"
+      "  -f FMT           format of FILENAME (default: probed)\n"
+      "  --image-opts     FILENAME is an option string (driver=...)\n"
+      "  --output=FMT     human (default) or json\n"
+      "Prints the size of the file the image would need right after\n"
+      "create or convert, and fully allocated.\n" },
     { "rebase", img_cmd_rebase,
       "rebase [-q] [-p] [-U] [-f FMT] [-u] -b BACKING_FILE [-F BACKING_FMT] "
       "FILENAME",

@@ -790,6 +790,21 @@ dump_value(int indent, const char *label, json_t *v)
     }
 }
 
+static bool
+is_qemu_protocol(const char *name)
+{
+    static const char *const protocols[] = {
+        "file", "null-co", "blkdebug", "nbd", NULL,
+    };
+
+    for (size_t i = 0; protocols[i]; i++) {
+        if (!strcmp(name, protocols[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int
 cmd_info(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
 {
@@ -799,7 +814,17 @@ cmd_info(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
     uint64_t cluster = node->cluster_size, vm_off = 0;
     const char *key;
 
+    /* qemu-io prints a driver's format name, then its protocol name:
+     * twice for QEMU's protocol drivers.  null-co tells nothing more
+     * (QEMU's has no image info: the command fails). */
     printf("format name: %s\n", node->drv->name);
+    if (is_qemu_protocol(node->drv->name)) {
+        printf("format name: %s\n", node->drv->name);
+    }
+    if (!strcmp(node->drv->name, "null-co")) {
+        json_decref(info);
+        return -ENOTSUP;
+    }
     if (node->drv->query) {
         node->drv->query(node, info);
     }

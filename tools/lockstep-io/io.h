@@ -27,6 +27,8 @@ struct io_ctx {
     struct block_handle *h;
     bool read_only;
     bool writethrough;          /* every write is FUA (cache mode) */
+    const char *aio;            /* --aio for the file nodes, or NULL */
+    bool copy_on_read;          /* -C: node is a copy-on-read filter */
     json_t *opts;               /* what opened it, for reopen */
     char *filename;             /* ... with this name, or NULL */
 };

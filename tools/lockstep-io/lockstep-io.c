@@ -250,6 +250,8 @@ struct open_flags {
     bool no_flush;              /* cache.no-flush */
     bool writethrough;
     const char *discard;        /* "unmap" (qemu-io's default) or "ignore" */
+    const char *aio;            /* QEMU's aio mode, or NULL: the default */
+    bool copy_on_read;          /* -C */
 };
 
 /* QEMU's cache modes: what they mean for the node and for the writes. */
@@ -285,19 +287,23 @@ parse_discard(const char *mode, struct open_flags *f)
     return true;
 }
 
-/* lockstep does its file I/O on threads: that is QEMU's "threads". */
+/*
+ * QEMU's aio modes: passed down to every file node of the image (the file
+ * driver says whether it can do them, and QEMU's error for aio=native
+ * without cache.direct=on).
+ */
 static bool
-parse_aio(const char *mode)
+parse_aio(const char *mode, struct open_flags *f)
 {
-    if (!strcmp(mode, "threads")) {
-        return true;
+    static const char *const modes[] = { "threads", "native", "io_uring" };
+
+    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
+        if (!strcmp(mode, modes[i])) {
+            f->aio = modes[i];
+            return true;
+        }
     }
-    if (!strcmp(mode, "native") || !strcmp(mode, "io_uring")) {
-        io_error("aio mode '%s' is not supported (lockstep does its file "
-                 "I/O on threads: use 'threads')", mode);
-    } else {
-        io_error("Invalid aio option: %s", mode);
-    }
+    io_error("Invalid aio option: %s", mode);
     return false;
 }
 
@@ -372,6 +378,28 @@ out:
     return top;
 }
 
+/*
+ * -C: reads copy what the image's own layer lacks from its backing chain
+ * into it, through a copy-on-read filter on top (QEMU sets a flag on the
+ * image's node instead; the effect is the same).
+ */
+static struct block_node *
+copy_on_read_filter(struct block_node *node, struct err **errp)
+{
+    struct block_node *top;
+    json_t *o;
+
+    if (node->read_only) {
+        err_setf(errp, "Can't use copy-on-read on read-only device");
+        return NULL;
+    }
+    o = json_pack("{s:s, s:s}", "driver", "copy-on-read",
+                  "file", node->node_name);
+    top = block_node_new(o, errp);
+    json_decref(o);
+    return top;
+}
+
 static void
 warn_probed_raw(const char *filename)
 {
@@ -410,9 +438,16 @@ openfile(struct io_ctx *ctx, const char *name, json_t *opts,
         }
     }
     apply_flags(o, f);
+    block_file_set_default_aio(f->aio);
     node = block_open_image(name, o, &probed_raw, &e);
     if (node && f->snapshot) {
         struct block_node *top = temp_overlay(node, f, &e);
+
+        block_node_unref(node);
+        node = top;
+    }
+    if (node && f->copy_on_read) {
+        struct block_node *top = copy_on_read_filter(node, &e);
 
         block_node_unref(node);
         node = top;
@@ -442,6 +477,8 @@ openfile(struct io_ctx *ctx, const char *name, json_t *opts,
     ctx->node = node;
     ctx->read_only = node->read_only;
     ctx->writethrough = f->writethrough;
+    ctx->aio = f->aio;
+    ctx->copy_on_read = f->copy_on_read;
     ctx->opts = o;
     ctx->filename = name ? xstrdup(name) : NULL;
     return true;
@@ -544,14 +581,13 @@ cmd_open(struct io_ctx *ctx, int argc, char **argv)
             f.writethrough = false;
             break;
         case 'C':
-            io_error("copy-on-read is not supported");
-            json_decref(opts);
-            return -ENOTSUP;
+            f.copy_on_read = true;
+            break;
         case 'r':
             f.read_only = true;
             break;
         case 'k':
-            if (!parse_aio("native")) {
+            if (!parse_aio("native", &f)) {
                 json_decref(opts);
                 return -EINVAL;
             }
@@ -571,7 +607,7 @@ cmd_open(struct io_ctx *ctx, int argc, char **argv)
             }
             break;
         case 'i':
-            if (!parse_aio(optarg)) {
+            if (!parse_aio(optarg, &f)) {
                 json_decref(opts);
                 return -EINVAL;
             }
@@ -630,12 +666,15 @@ static const char *const reopen_fixed[] = {
 };
 
 /*
- * Options a reopen must not change: QEMU refuses them with this message.
- * Only the top node's own options are compared; children keep theirs.
+ * Options a reopen must not change: QEMU refuses them with this message,
+ * on the node and on its children named in the options ("file.driver",
+ * "backing.node-name"): each is compared with the node it names.
  */
 static bool
-reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
+node_changes_fixed(struct block_node *node, json_t *opts)
 {
+    static const char *const kids[] = { "file", "backing", NULL };
+
     for (size_t i = 0; reopen_fixed[i]; i++) {
         json_t *want = json_object_get(opts, reopen_fixed[i]);
         const char *have;
@@ -643,15 +682,54 @@ reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
         if (!want) {
             continue;
         }
-        have = !strcmp(reopen_fixed[i], "driver") ? ctx->node->drv->name
-               : ctx->node->auto_named ? NULL : ctx->node->node_name;
+        have = !strcmp(reopen_fixed[i], "driver") ? node->drv->name
+               : node->auto_named ? NULL : node->node_name;
         if (!have || !json_is_string(want) ||
             strcmp(json_string_value(want), have)) {
             io_error("Cannot change the option '%s'", reopen_fixed[i]);
             return true;
         }
     }
+    for (size_t i = 0; kids[i]; i++) {
+        json_t *sub = json_object_get(opts, kids[i]);
+        struct block_child *c = !strcmp(kids[i], "file") ? node->file
+                                                         : node->backing;
+
+        if (json_is_object(sub) && c && node_changes_fixed(c->node, sub)) {
+            return true;
+        }
+    }
     return false;
+}
+
+/* Boolean options given as strings must say on or off (QEMU's keyval). */
+static bool
+reopen_bools_ok(json_t *opts)
+{
+    static const char *const bools[] = {
+        "read-only", "auto-read-only", "cache.direct", "cache.no-flush",
+        "force-share", NULL,
+    };
+
+    for (size_t i = 0; bools[i]; i++) {
+        const char *dot = strchr(bools[i], '.');
+        json_t *v = dot ? json_object_get(
+                              json_object_get(opts, "cache"), dot + 1)
+                        : json_object_get(opts, bools[i]);
+        const char *s = json_string_value(v);
+
+        if (s && strcmp(s, "on") && strcmp(s, "off")) {
+            io_error("Parameter '%s' expects 'on' or 'off'", bools[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool
+reopen_changes_fixed(struct io_ctx *ctx, json_t *opts)
+{
+    return node_changes_fixed(ctx->node, opts);
 }
 
 /*
@@ -669,6 +747,8 @@ cmd_reopen(struct io_ctx *ctx, int argc, char **argv)
     int opt, ret = -EINVAL;
 
     f.writethrough = ctx->writethrough;
+    f.aio = ctx->aio;
+    f.copy_on_read = ctx->copy_on_read;
     f.nocache = ctx->node->cache_direct;
     f.no_flush = ctx->node->cache_no_flush;
     while ((opt = getopt(argc, argv, "c:o:rw")) != -1) {
@@ -705,6 +785,9 @@ cmd_reopen(struct io_ctx *ctx, int argc, char **argv)
         io_usage(&(const struct io_cmd){ "reopen", NULL, NULL, 0, -1, 0,
                  "[(-r|-w)] [-c cache] [-o options]",
                  "reopens an image with new options", NULL });
+        goto out;
+    }
+    if (!reopen_bools_ok(opts)) {
         goto out;
     }
     if (json_object_get(opts, "read-only")) {
@@ -807,11 +890,11 @@ static const struct io_cmd open_cmd = {
     " was started without a file).\n"
     " -r, -- read-only\n"
     " -s, -- writes go to a temporary overlay, dropped at close\n"
-    " -C, -- copy-on-read (not supported)\n"
+    " -C, -- copy-on-read: reads copy data from the backing chain\n"
     " -n, -- no host cache (cache.direct), like -t none\n"
     " -U, -- share the image with its other users\n"
-    " -k, -- kernel AIO (not supported: use threads)\n"
-    " -i, -- AIO mode: threads\n"
+    " -k, -- Linux AIO (refused: not supported)\n"
+    " -i, -- AIO mode: threads, io_uring or native (refused)\n"
     " -t, -- cache mode: none, directsync, writeback, unsafe, writethrough\n"
     " -d, -- discard mode: unmap (default) or ignore\n"
     " -o, -- node options (key=value,...)\n",
@@ -1030,9 +1113,13 @@ usage(FILE *f)
         "else raw)\n"
         "  -r, --read-only      open read-only\n"
         "  -s, --snapshot       writes go to a temporary overlay\n"
+        "  -C, --copy-on-read   reads copy data from the backing chain into\n"
+        "                       the image\n"
         "  -n, --nocache        no host cache, short for -t none\n"
         "  -m, --misalign       misalign buffers by 16 bytes\n"
-        "  -i, --aio=MODE       AIO mode: threads\n"
+        "  -i, --aio=MODE       AIO mode of the file nodes: threads,\n"
+        "                       io_uring, native (refused: no Linux AIO)\n"
+        "  -k, --native-aio     short for --aio=native\n"
         "  -t, --cache=MODE     cache mode: none, directsync, writeback,\n"
         "                       unsafe, writethrough (default)\n"
         "  -d, --discard=MODE   discard mode: unmap (default) or ignore\n"
@@ -1091,8 +1178,8 @@ parse_args(int argc, char **argv, struct io_args *a)
             a->f.writethrough = false;
             break;
         case 'C':
-            io_error("copy-on-read is not supported");
-            exit(1);
+            a->f.copy_on_read = true;
+            break;
         case 'd':
             if (!parse_discard(optarg, &a->f)) {
                 io_error("Invalid discard option: %s", optarg);
@@ -1112,12 +1199,12 @@ parse_args(int argc, char **argv, struct io_args *a)
             io_misalign = true;
             break;
         case 'k':
-            if (!parse_aio("native")) {
+            if (!parse_aio("native", &a->f)) {
                 exit(1);
             }
             break;
         case 'i':
-            if (!parse_aio(optarg)) {
+            if (!parse_aio(optarg, &a->f)) {
                 exit(1);
             }
             break;
