@@ -481,11 +481,6 @@ qcow2_header_check_supported(const struct qcow2_header *h,
         err_setf(errp, "Encrypted qcow2 images are not supported");
         return -ENOTSUP;
     }
-    if (h->nb_snapshots) {
-        err_setf(errp, "qcow2 images with internal snapshots are not "
-                 "supported (%u snapshots)", h->nb_snapshots);
-        return -ENOTSUP;
-    }
     if (h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) {
         err_setf(errp, "qcow2 images with lazy refcounts are not supported; "
                  "use 'qemu-img amend -o lazy_refcounts=off'");

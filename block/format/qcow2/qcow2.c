@@ -1796,6 +1796,11 @@ qcow2_make_empty(struct block_node *node, struct err **errp)
     if (s->corrupt) {
         err_setf(errp, "qcow2 image '%s' is corrupt", node->node_name);
         ret = -EIO;
+    } else if (s->h.nb_snapshots) {
+        /* make_empty rebuilds the refcounts from the active L1 alone. */
+        err_setf(errp, "Emptying a qcow2 image with internal snapshots is "
+                 "not supported");
+        ret = -ENOTSUP;
     } else {
         ret = make_empty_locked(s, errp);
     }
@@ -1940,6 +1945,14 @@ qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
     qcow2_release_finish(&s->release, false);
     if (s->corrupt) {
         ret = -EIO;
+    } else if (s->h.nb_snapshots && (s->h.version < 3 || length < old)) {
+        mutex_unlock(&s->lock);
+        range_unlock(s, &r);
+        err_setf(errp, s->h.version < 3
+                       ? "Can't resize a v2 image which has snapshots"
+                       : "Shrinking a qcow2 image with internal snapshots "
+                         "is not supported");
+        return -ENOTSUP;
     } else if (length < old) {
         ret = shrink_locked(s, length);
     } else {
