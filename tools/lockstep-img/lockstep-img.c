@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img: a qemu-img compatible image tool (create, info, check,
- * map, compare, commit, convert, dd, rebase, resize, amend, bitmap).  Each subcommand lives in its own
+ * map, compare, commit, convert, dd, rebase, resize, amend, bitmap,
+ * snapshot).  Each subcommand lives in its own
  * img-*.c file and is listed in the table below; this file holds main(),
  * the help texts and the helpers every subcommand shares.  Output, exit
  * codes and messages follow qemu-img 7.2 so that scripts written for
@@ -158,6 +159,16 @@ static const struct img_cmd img_cmds[] = {
       "  -f FMT           image format (default: probed)\n"
       "  -t CACHE         cache mode (see check -T; not in qemu-img)\n"
       "  --shrink         allow the image to get smaller\n" },
+    { "snapshot", img_cmd_snapshot,
+      "snapshot [-U] [-q] [-f FMT] [--image-opts] [-l | -a SNAPSHOT | "
+      "-c SNAPSHOT | -d SNAPSHOT] FILENAME",
+      "  -l               list the internal snapshots (the default)\n"
+      "  -c SNAPSHOT      create a snapshot named SNAPSHOT\n"
+      "  -a SNAPSHOT      apply (revert the disk to) a snapshot, by ID or "
+      "name\n"
+      "  -d SNAPSHOT      delete a snapshot, by ID or name\n"
+      "Internal snapshots are a qcow2 feature; the VM state is never "
+      "written.\n" },
     { NULL, NULL, NULL, NULL },
 };
 
