@@ -234,3 +234,54 @@ def test_crash_between_steps_only_leaks(limg, img):
     ok(run([QEMU_IMG, "check", "-r", "leaks", img]))
     clean(img)
     assert pattern_ok(img, 2, 0, 2 * 1024 * 1024)
+
+
+def test_convert_from_snapshot(limg, img, tmp_dir):
+    ok(qio(img, "write -P 1 0 1M"))
+    ok(run([limg, "snapshot", "-c", "s", img]))
+    ok(qio(img, "write -P 2 0 1M"))
+    out = os.path.join(tmp_dir, "o.raw")
+    for param in ("s", "1", "snapshot.id=1", "snapshot.name=s",
+                  "snapshot.id=1,snapshot.name=s"):
+        ok(run([limg, "convert", "-l", param, "-O", "raw", img, out]))
+        res = run([QEMU_IO, "-f", "raw", "-c", "read -P 1 0 1M", out])
+        assert "Pattern verification failed" not in res.stdout, param
+        os.unlink(out)
+    for param in ("nope", "snapshot.id=1,snapshot.name=other"):
+        ours = run([limg, "convert", "-l", param, "-O", "raw", img, out])
+        theirs = run([QEMU_IMG, "convert", "-l", param, "-O", "raw", img,
+                      out])
+        assert ours.returncode == theirs.returncode == 1
+        assert ours.stderr.split(":", 1)[1] == theirs.stderr.split(":", 1)[1]
+    # The active image is untouched (the source is opened read-only).
+    assert pattern_ok(img, 2, 0, 1024 * 1024)
+    clean(img)
+
+
+def test_vmstate_written_and_snapshotted(lockstep_io, limg, img):
+    """lockstep-io write -b/read -b: the VM state area past the disk, as
+    qemu-io places it (each tool reads what the other wrote), kept by a
+    snapshot and dropped by applying one taken before it."""
+    ok(run([limg, "snapshot", "-c", "empty", img]))
+    ok(lio(lockstep_io, img, "write -b -P 0x11 0 64k",
+           "write -b -P 0x12 1G 4k"))
+    clean(img)
+    res = run([QEMU_IO, "-f", "qcow2", "-c", "read -b -P 0x11 0 64k",
+               "-c", "read -b -P 0x12 1G 4k", img])
+    ok(res)
+    assert "Pattern verification failed" not in res.stdout
+    ok(run([QEMU_IO, "-f", "qcow2", "-c", "write -b -P 0x13 8k 4k", img]))
+    res = ok(lio(lockstep_io, img, "read -b -P 0x13 8k 4k",
+                 "read -b -P 0x11 12k 4k"))
+    assert "Pattern verification failed" not in res.stdout
+    # The guest disk does not see it.
+    assert pattern_ok(img, 0, 0, 8 * 1024 * 1024)
+    ok(run([limg, "snapshot", "-c", "with", img]))
+    ok(run([limg, "snapshot", "-a", "empty", img]))
+    clean(img)
+    res = ok(lio(lockstep_io, img, "read -b -P 0 0 64k"))
+    assert "Pattern verification failed" not in res.stdout
+    ok(run([limg, "snapshot", "-a", "with", img]))
+    clean(img)
+    res = ok(lio(lockstep_io, img, "read -b -P 0x12 1G 4k"))
+    assert "Pattern verification failed" not in res.stdout

@@ -93,8 +93,10 @@ static const struct img_cmd img_cmds[] = {
       "convert [-p] [-q] [-n] [-c] [-S SPARSE_SIZE] [--target-is-zero] "
       "[-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] "
       "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] [-t CACHE] "
-      "[-T SRC_CACHE] FILENAME OUTPUT_FILENAME",
+      "[-T SRC_CACHE] [-l SNAPSHOT_PARAM] FILENAME OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
+      "  -l SNAPSHOT      copy an internal snapshot of the (qcow2) source:\n"
+      "                   ID or name, or snapshot.id=ID,snapshot.name=NAME\n"
       "  -t, -T CACHE     cache mode of the output and of the source\n"
       "                   (see check -T)\n"
       "  -O FMT           output format (default: raw)\n"

@@ -528,7 +528,6 @@ create_locked(struct qcow2_state *s, const char *name, struct err **errp)
 {
     struct sn_table t;
     struct qcow2_snapshot *sn;
-    CLEANUP_FREE uint64_t *copy = NULL;
     CLEANUP_FREE uint8_t *buf = NULL;
     uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
     struct timeval tv;
@@ -806,5 +805,57 @@ qcow2_snapshot_delete(struct block_node *node, const char *id_or_name,
     if (ret < 0 && errp && !*errp) {
         err_setf(errp, "%s", strerror(-ret));
     }
+    return ret;
+}
+
+/*
+ * Read-only: make the snapshot with this ID and/or name (NULL: either;
+ * both: both must match) the L1 table reads go through (qemu-img
+ * convert -l), until the node closes.  The L1 size is the snapshot's;
+ * the virtual size stays the image's, as in QEMU.
+ */
+int
+qcow2_snapshot_load_tmp(struct block_node *node, const char *id,
+                        const char *name, struct err **errp)
+{
+    struct qcow2_state *s = state_of(node, errp);
+    struct sn_table t;
+    uint64_t *l1 = NULL;
+    int i = -1, ret;
+
+    if (!s) {
+        return -ENOTSUP;
+    }
+    if (!node->read_only) {
+        err_setf(errp, "Device is not readonly");
+        return -EINVAL;
+    }
+    mutex_lock_may_block(&s->lock);
+    ret = table_read(s, &t, errp);
+    for (uint32_t k = 0; ret == 0 && k < t.n && i < 0; k++) {
+        if ((!id || strcmp(t.sn[k].id, id) == 0) &&
+            (!name || strcmp(t.sn[k].name, name) == 0)) {
+            i = (int)k;
+        }
+    }
+    if (ret == 0 && i < 0) {
+        err_setf(errp, "Can't find snapshot");
+        ret = -ENOENT;
+    }
+    if (ret == 0) {
+        ret = read_l1(s, t.sn[i].l1_offset, t.sn[i].l1_size, &l1);
+        if (ret < 0) {
+            err_setf(errp, "Failed to read the snapshot's L1 table: %s",
+                     strerror(-ret));
+        }
+    }
+    if (ret == 0) {
+        free(s->l1);
+        s->l1 = l1;
+        s->l1_size = t.sn[i].l1_size;
+        s->l1_offset = t.sn[i].l1_offset;
+    }
+    mutex_unlock(&s->lock);
+    table_free(&t);
     return ret;
 }

@@ -280,5 +280,22 @@ int qcow2_snapshot_apply(struct block_node *node, const char *id_or_name,
                          struct err **errp);
 int qcow2_snapshot_delete(struct block_node *node, const char *id_or_name,
                           struct err **errp);
+/*
+ * Read-only nodes: reads go through the L1 table of the snapshot with
+ * this ID and/or name (NULL: any) from now on (qemu-img convert -l).
+ */
+int qcow2_snapshot_load_tmp(struct block_node *node, const char *id,
+                            const char *name, struct err **errp);
+
+/*
+ * The VM state area (qemu-io read -b/write -b): pos bytes from its start,
+ * which is the first L1 entry past the virtual disk.  Writes grow the L1
+ * table as needed.  -ENOTSUP for other drivers and for images with a
+ * backing file.  Main thread, nothing else writing.
+ */
+int qcow2_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
+                        void *buf);
+int qcow2_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
+                         const void *buf);
 
 #endif
