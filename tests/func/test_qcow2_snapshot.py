@@ -285,3 +285,24 @@ def test_vmstate_written_and_snapshotted(lockstep_io, limg, img):
     clean(img)
     res = ok(lio(lockstep_io, img, "read -b -P 0x12 1G 4k"))
     assert "Pattern verification failed" not in res.stdout
+
+
+def test_narrow_refcounts_refuse_not_corrupt(limg, tmp_dir):
+    """refcount_bits=2 counts 3 references at most: the third snapshot
+    is refused with a message, and the image stays clean (not marked
+    corrupt, nothing leaked)."""
+    path = os.path.join(tmp_dir, "n.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o",
+            "refcount_bits=2", path, "1M"]))
+    ok(qio(path, "write -P 5 0 64k"))
+    ok(run([limg, "snapshot", "-c", "a", path]))
+    ok(run([limg, "snapshot", "-c", "b", path]))
+    res = run([limg, "snapshot", "-c", "c", path])
+    assert res.returncode == 1
+    assert "refcount_bits" in res.stderr
+    clean(path)
+    assert tags(QEMU_IMG, path) == [("1", "a"), ("2", "b")]
+    assert "corrupt: false" in ok(run([QEMU_IMG, "info", path])).stdout
+    ok(run([limg, "snapshot", "-d", "a", path]))
+    ok(run([limg, "snapshot", "-c", "c", path]))
+    clean(path)

@@ -286,6 +286,31 @@ entry_clusters(struct qcow2_state *s, uint64_t entry, uint64_t *off)
     return *off ? 1 : 0;
 }
 
+/*
+ * Add delta to the refcounts of n clusters at off.  A refcount already at
+ * its width's maximum gives -ERANGE before any change to it (narrow
+ * refcount_bits): a reference that cannot be counted is an error for the
+ * user, not a corruption of the image.
+ */
+static int
+add_refs(struct qcow2_state *s, uint64_t off, uint64_t n, int delta)
+{
+    uint64_t max = qcow2_refcount_max(s->refcount_order);
+
+    for (uint64_t c = 0; delta > 0 && c < n; c++) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(s, (off >> s->cluster_bits) + c, &rc);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc >= max) {
+            return -ERANGE;
+        }
+    }
+    return qcow2_update_refcount(s, off, n, delta, QCOW2_DISCARD_SNAPSHOT);
+}
+
 static int
 read_l1(struct qcow2_state *s, uint64_t off, uint32_t size, uint64_t **out)
 {
@@ -343,8 +368,7 @@ update_refs(struct qcow2_state *s, uint64_t *l1, uint32_t l1_size,
 
             n = entry_clusters(s, e, &off);
             if (n) {
-                ret = qcow2_update_refcount(s, off, n, delta,
-                                            QCOW2_DISCARD_SNAPSHOT);
+                ret = add_refs(s, off, n, delta);
             }
             if (delta > 0 && (e & QCOW2_OFLAG_COPIED)) {
                 st_be64(p, e & ~QCOW2_OFLAG_COPIED);
@@ -356,8 +380,7 @@ update_refs(struct qcow2_state *s, uint64_t *l1, uint32_t l1_size,
         }
         qcow2_cache_put(&s->l2_cache, l2);
         if (ret == 0) {
-            ret = qcow2_update_refcount(s, l2off, 1, delta,
-                                        QCOW2_DISCARD_SNAPSHOT);
+            ret = add_refs(s, l2off, 1, delta);
         }
         if (ret < 0) {
             return ret;
@@ -556,7 +579,14 @@ create_locked(struct qcow2_state *s, const char *name, struct err **errp)
     if (ret == 0) {
         ret = write_active_l1(s);
     }
-    if (ret == 0 && l1_bytes) {
+    if (ret < 0) {
+        table_free(&t);
+        err_setf(errp, "Failed to count the snapshot's references: %s",
+                 ret == -ERANGE ? "a refcount would exceed refcount_bits"
+                                : strerror(-ret));
+        return ret;
+    }
+    if (l1_bytes) {
         uint64_t alloc = align_up(l1_bytes, s->cluster_size);
 
         buf = xmalloc(alloc);
