@@ -182,10 +182,19 @@ test_header_refused(void **state)
     make_header(b, sizeof(b));
     st_be32(b + 32, QCOW2_CRYPT_LUKS);
     expect_refused(b, sizeof(b), "Encrypted");
+    /* Internal snapshots are supported: the header parses. */
     make_header(b, sizeof(b));
     st_be32(b + 60, 1);
     st_be64(b + 64, 0x40000);
-    expect_refused(b, sizeof(b), "internal snapshots");
+    {
+        struct qcow2_header h;
+        char *msg;
+
+        assert_int_equal(parse(b, sizeof(b), &h, &msg), 0);
+        assert_null(msg);
+        assert_int_equal(h.nb_snapshots, 1);
+        assert_int_equal(h.snapshots_offset, 0x40000);
+    }
     make_header(b, sizeof(b));
     st_be64(b + 72, QCOW2_INCOMPAT_EXTL2);
     st_be32(b + 20, 12);

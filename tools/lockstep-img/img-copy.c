@@ -121,7 +121,54 @@ struct convert_args {
     bool compress;            /* -c: compressed clusters (qcow2) */
     uint64_t sparse;          /* -S: zero runs this long are skipped;
                                * 0 writes everything */
+    const char *snapshot;     /* -l: an internal snapshot of the source */
 };
+
+/*
+ * -l SNAPSHOT: "snapshot.id=ID,snapshot.name=NAME" (either or both), or a
+ * plain ID or name (the ID is tried first), as qemu-img takes it.
+ * Returns 0, or -1 after printing qemu-img's message.
+ */
+static int
+load_snapshot(struct img *src, const char *param)
+{
+    CLEANUP_FREE char *copy = xstrdup(param);
+    const char *id = NULL, *name = NULL;
+    struct err *e = NULL;
+    int ret;
+
+    if (strncmp(param, "snapshot.", 9) == 0) {
+        for (char *save = NULL, *kv = strtok_r(copy, ",", &save); kv;
+             kv = strtok_r(NULL, ",", &save)) {
+            if (strncmp(kv, "snapshot.id=", 12) == 0) {
+                id = kv + 12;
+            } else if (strncmp(kv, "snapshot.name=", 14) == 0) {
+                name = kv + 14;
+            } else {
+                img_error("Failed in parsing snapshot param '%s'", param);
+                return -1;
+            }
+        }
+        if (!id && !name) {
+            img_error("Failed in parsing snapshot param '%s'", param);
+            return -1;
+        }
+        ret = qcow2_snapshot_load_tmp(src->node, id, name, &e);
+    } else {
+        ret = qcow2_snapshot_load_tmp(src->node, param, NULL, &e);
+        if (ret == -ENOENT) {
+            err_free(e);
+            e = NULL;
+            ret = qcow2_snapshot_load_tmp(src->node, NULL, param, &e);
+        }
+    }
+    if (ret < 0) {
+        err_prepend(&e, "Failed to load snapshot: ");
+        img_report(e);
+        return -1;
+    }
+    return 0;
+}
 
 static int
 convert_parse(int argc, char **argv, struct convert_args *a)
@@ -138,9 +185,10 @@ convert_parse(int argc, char **argv, struct convert_args *a)
 
     a->out.fmt = "raw";
     a->sparse = 4096;
-    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnB:F:S:t:T:",
+    while ((opt = getopt_long(argc, argv, "f:O:o:pqcUnB:F:S:t:T:l:",
                               longopts, NULL)) != -1) {
         switch (opt) {
+        case 'l': a->snapshot = optarg; break;
         case 'B': a->out.backing = optarg; break;
         case 'F': a->out.backing_fmt = optarg; break;
         case 'S':
@@ -405,6 +453,11 @@ img_cmd_convert(int argc, char **argv)
     }
     if (!img_open(&src, argv[i], a.src_fmt, false, &e)) {
         img_report(e);
+        img_create_free(&a.out);
+        return 1;
+    }
+    if (a.snapshot && load_snapshot(&src, a.snapshot) < 0) {
+        img_close(&src);
         img_create_free(&a.out);
         return 1;
     }

@@ -396,9 +396,9 @@ print_specific(json_t *spec)
     }
 }
 
-/* qemu-img's snapshot table. */
-static void
-print_snapshots(json_t *list)
+/* qemu-img's snapshot table (also "snapshot -l"). */
+void
+img_print_snapshots(json_t *list)
 {
     json_t *sn;
     size_t i;
@@ -470,7 +470,7 @@ info_human(const struct info *in)
         printf("backing file format: %s\n", h->backing_fmt);
     }
     if (in->snapshots) {
-        print_snapshots(in->snapshots);
+        img_print_snapshots(in->snapshots);
     }
     spec = qcow2_specific(h, in->bitmaps);
     print_specific(spec);

@@ -48,6 +48,11 @@ int img_cmd_commit(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);
 int img_cmd_rebase(int argc, char **argv);
 int img_cmd_resize(int argc, char **argv);
+int img_cmd_snapshot(int argc, char **argv);
+
+/* qemu-img's "Snapshot list:" table of a JSON list of snapshots (the keys
+ * of query-block's ImageInfo "snapshots"). */
+void img_print_snapshots(json_t *list);
 
 /* "lockstep-img: " + message + newline on stderr. */
 void img_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img: a qemu-img compatible image tool (create, info, check,
- * map, compare, commit, convert, dd, rebase, resize, amend, bitmap).  Each subcommand lives in its own
+ * map, compare, commit, convert, dd, rebase, resize, amend, bitmap,
+ * snapshot).  Each subcommand lives in its own
  * img-*.c file and is listed in the table below; this file holds main(),
  * the help texts and the helpers every subcommand shares.  Output, exit
  * codes and messages follow qemu-img 7.2 so that scripts written for
@@ -92,8 +93,10 @@ static const struct img_cmd img_cmds[] = {
       "convert [-p] [-q] [-n] [-c] [-S SPARSE_SIZE] [--target-is-zero] "
       "[-f FMT] [-O OUTPUT_FMT] [-B BACKING_FILE -F BACKING_FMT] "
       "[-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] [-t CACHE] "
-      "[-T SRC_CACHE] FILENAME OUTPUT_FILENAME",
+      "[-T SRC_CACHE] [-l SNAPSHOT_PARAM] FILENAME OUTPUT_FILENAME",
       "  -f FMT           source format (default: probed)\n"
+      "  -l SNAPSHOT      copy an internal snapshot of the (qcow2) source:\n"
+      "                   ID or name, or snapshot.id=ID,snapshot.name=NAME\n"
       "  -t, -T CACHE     cache mode of the output and of the source\n"
       "                   (see check -T)\n"
       "  -O FMT           output format (default: raw)\n"
@@ -173,6 +176,16 @@ static const struct img_cmd img_cmds[] = {
       "  --preallocation=MODE  off (default), falloc or full: allocate\n"
       "                   the new end in the file (raw images on a file)\n"
       "  --shrink         allow the image to get smaller\n" },
+    { "snapshot", img_cmd_snapshot,
+      "snapshot [-U] [-q] [-f FMT] [--image-opts] [-l | -a SNAPSHOT | "
+      "-c SNAPSHOT | -d SNAPSHOT] FILENAME",
+      "  -l               list the internal snapshots (the default)\n"
+      "  -c SNAPSHOT      create a snapshot named SNAPSHOT\n"
+      "  -a SNAPSHOT      apply (revert the disk to) a snapshot, by ID or "
+      "name\n"
+      "  -d SNAPSHOT      delete a snapshot, by ID or name\n"
+      "Internal snapshots are a qcow2 feature; the VM state is never "
+      "written.\n" },
     { NULL, NULL, NULL, NULL },
 };
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "block/filter/blkdebug.h"
+#include "block/format/qcow2/qcow2.h"
 #include "io.h"
 #include "util.h"
 
@@ -172,17 +173,16 @@ cmd_read(struct io_ctx *ctx, int argc, char **argv)
         printf("pattern verification range exceeds end of read data\n");
         return -EINVAL;
     }
-    if (vmstate) {
-        if (!sector_aligned(offset, count)) {
-            return -EINVAL;
-        }
-        printf("read failed: %s\n", strerror(ENOTSUP));
-        return -ENOTSUP;
+    if (vmstate && !sector_aligned(offset, count)) {
+        return -EINVAL;
     }
     buf = io_buf_alloc((uint64_t)count, IO_READ_FILL);
     t0 = clock_ns();
-    ret = block_handle_pread(ctx->h, (uint64_t)offset, (uint64_t)count, buf,
-                             0);
+    ret = vmstate ? qcow2_vmstate_pread(block_handle_node(ctx->h),
+                                        (uint64_t)offset, (uint64_t)count,
+                                        buf)
+                  : block_handle_pread(ctx->h, (uint64_t)offset,
+                                       (uint64_t)count, buf, 0);
     ns = clock_ns() - t0;
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
@@ -410,8 +410,8 @@ cmd_write(struct io_ctx *ctx, int argc, char **argv)
     }
     t0 = clock_ns();
     if (vmstate) {
-        /* lockstep keeps no VM state in images. */
-        ret = -ENOTSUP;
+        ret = qcow2_vmstate_pwrite(block_handle_node(ctx->h),
+                                   (uint64_t)offset, (uint64_t)count, buf);
     } else if (zero) {
         ret = block_handle_pwrite_zeroes(ctx->h, (uint64_t)offset,
                                          (uint64_t)count, flags);
@@ -1107,7 +1107,7 @@ const struct io_cmd io_data_cmds[] = {
       "[-abCqv] [-P pattern [-s off] [-l len]] off len",
       "reads a number of bytes at a specified offset",
       " Example: 'read -v 512 1k' dumps 1 KiB read at offset 512.\n"
-      " -b, -- the VM state (not supported: lockstep keeps none)\n"
+      " -b, -- the VM state area of a qcow2 image (past the disk)\n"
       " -C, -- machine-readable statistics\n"
       " -l, -- length for pattern verification (only with -P)\n"
       " -p, -- ignored for backwards compatibility\n"
@@ -1140,7 +1140,7 @@ const struct io_cmd io_data_cmds[] = {
       "[-bcCfnquz] [-P pattern | -s source_file] off len",
       "writes a number of bytes at a specified offset",
       " Example: 'write -P 0xab 512 1k' writes 1 KiB of 0xab at 512.\n"
-      " -b, -- the VM state (not supported: lockstep keeps none)\n"
+      " -b, -- the VM state area of a qcow2 image (past the disk)\n"
       " -c, -- write compressed clusters (qcow2)\n"
       " -C, -- machine-readable statistics\n"
       " -f, -- Force Unit Access\n"

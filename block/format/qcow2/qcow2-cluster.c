@@ -79,6 +79,65 @@ qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index)
                              be);
 }
 
+/*
+ * The L2 table at old is shared with a snapshot: give the active L1 its
+ * own copy.  The data clusters keep their refcounts (each is still
+ * reached once through the copy and once through the snapshot's table)
+ * and their entries keep COPIED clear, so writes to them copy too.  The
+ * copy is written and flushed before the L1 entry points at it, which is
+ * flushed before the old table loses the active L1's reference.
+ */
+static int
+cow_l2(struct qcow2_state *s, uint64_t idx, uint64_t old)
+{
+    CLEANUP_FREE uint8_t *copy = xmalloc(s->cluster_size);
+    int64_t new_off;
+    uint8_t *l2;
+    int ret;
+
+    ret = qcow2_cache_get(s, &s->l2_cache, old, false, &l2);
+    if (ret < 0) {
+        return ret;
+    }
+    memcpy(copy, l2, s->cluster_size);
+    qcow2_cache_put(&s->l2_cache, l2);
+    new_off = qcow2_alloc_clusters(s, 1);
+    if (new_off < 0) {
+        return (int)new_off;
+    }
+    ret = qcow2_overlap_refuse(s, 0, (uint64_t)new_off, s->cluster_size);
+    if (ret == 0) {
+        ret = qcow2_refcounts_stable(s);
+    }
+    if (ret == 0) {
+        ret = qcow2_cache_get(s, &s->l2_cache, (uint64_t)new_off, true, &l2);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    memcpy(l2, copy, s->cluster_size);
+    block_debug_event(s->file, "l2_alloc_write");
+    ret = qcow2_meta_pwrite(s, 0, (uint64_t)new_off, s->cluster_size, l2);
+    qcow2_cache_put(&s->l2_cache, l2);
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        qcow2_cache_forget(&s->l2_cache, (uint64_t)new_off);
+        return ret;
+    }
+    s->l1[idx] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
+    ret = qcow2_write_l1_entry(s, idx);
+    if (ret == 0) {
+        ret = block_flush(s->file);
+    }
+    if (ret < 0) {
+        s->l1[idx] = old;
+        return ret;
+    }
+    return qcow2_update_refcount(s, old, 1, -1, QCOW2_DISCARD_SNAPSHOT);
+}
+
 int
 qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster)
 {
@@ -105,7 +164,7 @@ qcow2_ensure_l2(struct qcow2_state *s, uint64_t guest_cluster)
             return ret;
         }
         if (rc != 1) {
-            return -ENOTSUP;    /* shared L2 table (snapshots) */
+            return cow_l2(s, idx, off);
         }
         s->l1[idx] |= QCOW2_OFLAG_COPIED;
         return qcow2_write_l1_entry(s, idx);

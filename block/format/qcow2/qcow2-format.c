@@ -481,11 +481,6 @@ qcow2_header_check_supported(const struct qcow2_header *h,
         err_setf(errp, "Encrypted qcow2 images are not supported");
         return -ENOTSUP;
     }
-    if (h->nb_snapshots) {
-        err_setf(errp, "qcow2 images with internal snapshots are not "
-                 "supported (%u snapshots)", h->nb_snapshots);
-        return -ENOTSUP;
-    }
     return 0;
 }
 

@@ -343,6 +343,9 @@ qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
     uint64_t first = offset >> s->cluster_bits;
     uint64_t max = qcow2_refcount_max(s->refcount_order);
 
+    if (delta < 0) {
+        block_debug_event(s->file, "cluster_free");     /* as QEMU's */
+    }
     for (uint64_t c = first; c < first + n; c++) {
         uint64_t idx = c / s->refblock_entries;
         uint64_t i = c % s->refblock_entries;

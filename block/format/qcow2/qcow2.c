@@ -804,6 +804,8 @@ struct write_run {
     uint64_t stale;             /* bytes from host that may hold old data */
     struct qcow2_l2e head_old;  /* old entries of the first and last */
     struct qcow2_l2e tail_old;  /* clusters: where their COW data is */
+    bool zero_inplace;          /* in place, with zero clusters that
+                                 * become data clusters after the write */
 };
 
 /* Can this cluster take a new host cluster with nothing old to free? */
@@ -827,21 +829,54 @@ cow_reads_zero(struct qcow2_state *s, enum qcow2_cluster_type t)
            (t == QCOW2_CLUSTER_UNALLOCATED && !s->node->backing);
 }
 
-/* Clusters mapped in place at contiguous host offsets from gc on. */
+/* A zero cluster that kept its host cluster (standard L2, ours alone). */
+static bool
+zero_alloc_inplace(struct qcow2_state *s, const struct qcow2_l2e *e)
+{
+    enum qcow2_cluster_type t;
+
+    return !s->extended_l2 && (e->entry & QCOW2_OFLAG_COPIED) &&
+           qcow2_l2_entry_type(e->entry, e->bitmap, false, (int)s->h.version,
+                               s->cluster_bits, &t) == 0 &&
+           t == QCOW2_CLUSTER_ZERO_ALLOC &&
+           (e->entry & QCOW2_L2E_OFFSET_MASK) < QCOW2_MAX_HOST_OFFSET;
+}
+
+/*
+ * Clusters mapped in place at contiguous host offsets from gc on, for a
+ * write of [in, end) from gc's start.  A zero cluster that kept its host
+ * cluster joins the run where the write covers it whole (nothing of its
+ * old bytes shows): QEMU rewrites such a range with one request too.
+ * *zero: the run holds such clusters (their entries change after).
+ */
 static uint64_t
 inplace_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e0,
-            uint64_t max)
+            uint64_t in, uint64_t end, uint64_t max, bool *zero)
 {
     uint64_t host = e0->entry & QCOW2_L2E_OFFSET_MASK;
+    uint64_t cs = s->cluster_size;
     struct qcow2_l2e e;
     uint64_t k = 1;
 
-    if (!fully_mapped(s, e0) || !(e0->entry & QCOW2_OFLAG_COPIED)) {
+    *zero = false;
+    if (!(e0->entry & QCOW2_OFLAG_COPIED)) {
         return 0;
     }
+    if (!fully_mapped(s, e0)) {
+        if (in != 0 || end < cs || !zero_alloc_inplace(s, e0)) {
+            return 0;
+        }
+        *zero = true;
+    }
     while (k < max && qcow2_get_l2e(s, gc + k, &e) == 0 &&
-           fully_mapped(s, &e) && (e.entry & QCOW2_OFLAG_COPIED) &&
+           (e.entry & QCOW2_OFLAG_COPIED) &&
            (e.entry & QCOW2_L2E_OFFSET_MASK) == host + (k << s->cluster_bits)) {
+        if (!fully_mapped(s, &e)) {
+            if (end < (k + 1) * cs || !zero_alloc_inplace(s, &e)) {
+                break;
+            }
+            *zero = true;
+        }
         k++;
     }
     return k;
@@ -878,7 +913,8 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     if (ret < 0) {
         return ret;
     }
-    run->nb = inplace_run(s, gc, &run->head_old, max);
+    run->nb = inplace_run(s, gc, &run->head_old, in, in + bytes, max,
+                          &run->zero_inplace);
     if (run->nb) {
         run->host = run->head_old.entry & QCOW2_L2E_OFFSET_MASK;
         end = MIN(in + bytes, run->nb * cs);
@@ -985,6 +1021,26 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
     return block_pwrite(s->file, run->host, total, bounce, 0);
 }
 
+/* After the data of an in-place run: its zero clusters now hold data. */
+static int
+unzero_run(struct qcow2_state *s, const struct write_run *run)
+{
+    int ret = 0;
+
+    mutex_lock_may_block(&s->lock);
+    for (uint64_t i = 0; i < run->nb && ret == 0; i++) {
+        struct qcow2_l2e e;
+
+        ret = qcow2_get_l2e(s, run->gc + i, &e);
+        if (ret == 0 && (e.entry & QCOW2_OFLAG_ZERO)) {
+            e.entry &= ~QCOW2_OFLAG_ZERO;
+            ret = qcow2_set_l2e(s, run->gc + i, &e);
+        }
+    }
+    mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* Write [in, in+n) of a planned run: data, then link (s->lock). */
 static int
 write_run(struct qcow2_state *s, const struct write_run *run, uint64_t in,
@@ -993,7 +1049,7 @@ write_run(struct qcow2_state *s, const struct write_run *run, uint64_t in,
     int ret = write_run_data(s, run, in, n, buf);
 
     if (!run->new_alloc) {
-        return ret;
+        return ret < 0 || !run->zero_inplace ? ret : unzero_run(s, run);
     }
     mutex_lock_may_block(&s->lock);
     if (ret < 0) {
@@ -1766,6 +1822,11 @@ qcow2_make_empty(struct block_node *node, struct err **errp)
     if (s->corrupt) {
         err_setf(errp, "qcow2 image '%s' is corrupt", node->node_name);
         ret = -EIO;
+    } else if (s->h.nb_snapshots) {
+        /* make_empty rebuilds the refcounts from the active L1 alone. */
+        err_setf(errp, "Emptying a qcow2 image with internal snapshots is "
+                 "not supported");
+        ret = -ENOTSUP;
     } else {
         ret = make_empty_locked(s, errp);
     }
@@ -1910,6 +1971,14 @@ qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
     qcow2_release_finish(&s->release, false);
     if (s->corrupt) {
         ret = -EIO;
+    } else if (s->h.nb_snapshots && (s->h.version < 3 || length < old)) {
+        mutex_unlock(&s->lock);
+        range_unlock(s, &r);
+        err_setf(errp, s->h.version < 3
+                       ? "Can't resize a v2 image which has snapshots"
+                       : "Shrinking a qcow2 image with internal snapshots "
+                         "is not supported");
+        return -ENOTSUP;
     } else if (length < old) {
         ret = shrink_locked(s, length);
     } else {
@@ -1943,6 +2012,69 @@ qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
         }
     }
     return 0;
+}
+
+/* ---- The VM state area --------------------------------------------------- */
+
+/*
+ * qemu-io's read -b and write -b: the VM state lives like guest data, in
+ * the clusters of the L1 entries past the ones the virtual disk needs
+ * (qcow2 spec, snapshot table entry, "VM state").  A snapshot taken then
+ * copies it with the rest of the active L1.  Main thread, the node open
+ * with nothing else writing (lockstep-io).  The disk end is rounded up to
+ * whole L1 entries, as QEMU places it.
+ */
+static int
+vmstate_offset(struct block_node *node, uint64_t pos, uint64_t len,
+               uint64_t *off)
+{
+    struct qcow2_state *s = node->opaque;
+    uint64_t span = s->cluster_size * s->l2_entries;
+    uint64_t base = div_round_up(s->h.size, span) * span;
+
+    if (!node->drv || strcmp(node->drv->name, "qcow2") != 0) {
+        return -ENOTSUP;
+    }
+    if (node->backing) {
+        return -ENOTSUP;    /* would read the backing file past its end */
+    }
+    if (pos > QCOW2_MAX_HOST_OFFSET || len > QCOW2_MAX_HOST_OFFSET - pos ||
+        base + pos + len > QCOW2_MAX_HOST_OFFSET) {
+        return -EFBIG;
+    }
+    *off = base + pos;
+    return 0;
+}
+
+int
+qcow2_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
+                    void *buf)
+{
+    uint64_t off;
+    int ret = vmstate_offset(node, pos, len, &off);
+
+    return ret < 0 ? ret : qcow2_pread(node, off, len, buf, 0);
+}
+
+int
+qcow2_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
+                     const void *buf)
+{
+    struct qcow2_state *s = node->opaque;
+    uint64_t off, span;
+    int ret = vmstate_offset(node, pos, len, &off);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (node->read_only) {
+        return -EPERM;
+    }
+    span = s->cluster_size * s->l2_entries;
+    mutex_lock_may_block(&s->lock);
+    ret = s->corrupt ? -EIO : qcow2_grow_l1(s, div_round_up(off + len, span));
+    mutex_unlock(&s->lock);
+    return ret < 0 ? ret : qcow2_pwrite(node, off, len, buf, 0);
 }
 
 /* ---- Open and close ------------------------------------------------------ */

@@ -162,7 +162,7 @@ int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h,
 
 /*
  * Refuse (with a message naming the feature) what the lockstep driver does
- * not implement: external data files, encryption, internal snapshots,
+ * not implement: external data files, encryption,
  * lazy refcounts, zstd compression.  Returns 0 or -ENOTSUP.
  */
 int qcow2_header_check_supported(const struct qcow2_header *h,
@@ -250,5 +250,54 @@ struct qcow2_create_opts {
  */
 int qcow2_create(struct block_node *file, uint64_t size,
                  const struct qcow2_create_opts *opts, struct err **errp);
+
+/* ---- Internal snapshots (qcow2-snapshot.c) -------------------------------- */
+
+/* One snapshot table entry as read (strings NUL terminated). */
+struct qcow2_snapshot {
+    char *id, *name;
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;         /* the extra data's, else the image's */
+    uint8_t *extra;             /* extra data, kept as read */
+    uint32_t extra_len;
+};
+
+/*
+ * The snapshots of an open qcow2 node (*out malloc'd; free with
+ * qcow2_snapshots_free).  Create, apply (by ID, else by name) and delete
+ * need the node read-write with nothing in flight; they write in the
+ * crash-safe order of qcow2-snapshot.c.  Return 0 or -errno with *errp
+ * set (qemu-img's texts where the iotests compare them).
+ */
+int qcow2_snapshot_list(struct block_node *node, struct qcow2_snapshot **out,
+                        uint32_t *n, struct err **errp);
+void qcow2_snapshots_free(struct qcow2_snapshot *sn, uint32_t n);
+int qcow2_snapshot_create(struct block_node *node, const char *name,
+                          struct err **errp);
+int qcow2_snapshot_apply(struct block_node *node, const char *id_or_name,
+                         struct err **errp);
+int qcow2_snapshot_delete(struct block_node *node, const char *id_or_name,
+                          struct err **errp);
+/*
+ * Read-only nodes: reads go through the L1 table of the snapshot with
+ * this ID and/or name (NULL: any) from now on (qemu-img convert -l).
+ */
+int qcow2_snapshot_load_tmp(struct block_node *node, const char *id,
+                            const char *name, struct err **errp);
+
+/*
+ * The VM state area (qemu-io read -b/write -b): pos bytes from its start,
+ * which is the first L1 entry past the virtual disk.  Writes grow the L1
+ * table as needed.  -ENOTSUP for other drivers and for images with a
+ * backing file.  Main thread, nothing else writing.
+ */
+int qcow2_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
+                        void *buf);
+int qcow2_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
+                         const void *buf);
 
 #endif
