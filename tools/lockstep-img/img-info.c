@@ -335,7 +335,7 @@ info_json(const struct info *in)
                             json_string(h->backing_file));
     }
     /* qemu-img has no image info (and no dirty flag) for NBD exports. */
-    if (in->is_qcow2 || !img_is_nbd_url(in->filename)) {
+    if (in->is_qcow2 || !block_filename_is_nbd_url(in->filename)) {
         json_object_set_new(o, "dirty-flag",
                             json_boolean(in->is_qcow2 &&
                                          (h->incompatible_features &

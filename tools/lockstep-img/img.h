@@ -70,9 +70,6 @@ int img_parse_output(const char *arg, bool *json);
 /* qemu-img's size syntax: digits with an optional k/M/G/T/P/E suffix. */
 bool img_parse_size(const char *s, uint64_t *out);
 
-/* nbd://, nbd+tcp:// and nbd+unix:// names open the nbd driver. */
-bool img_is_nbd_url(const char *filename);
-
 /* "qcow2" when the file starts with the qcow2 magic, else "raw". */
 const char *img_probe(const char *filename);
 

@@ -323,7 +323,7 @@ const char *
 img_probe(const char *filename)
 {
     unsigned char magic[4] = { 0 };
-    FILE *f = img_is_nbd_url(filename) ? NULL : fopen(filename, "rb");
+    FILE *f = block_filename_is_nbd_url(filename) ? NULL : fopen(filename, "rb");
 
     if (f) {
         if (fread(magic, 1, sizeof(magic), f) != sizeof(magic)) {
@@ -362,63 +362,13 @@ img_attach(struct img *img, const char *filename, bool writable,
     return true;
 }
 
-bool
-img_is_nbd_url(const char *filename)
-{
-    return !strncmp(filename, "nbd://", 6) ||
-           !strncmp(filename, "nbd+tcp://", 10) ||
-           !strncmp(filename, "nbd+unix://", 11);
-}
-
-/*
- * QEMU's NBD URLs as options of the nbd driver:
- * nbd[+tcp]://HOST[:PORT][/EXPORT] and nbd+unix:///[EXPORT]?socket=PATH.
- */
-static json_t *
-nbd_url_opts(const char *url)
-{
-    bool is_unix = !strncmp(url, "nbd+unix://", 11);
-    const char *rest = strstr(url, "://") + 3;
-    const char *slash = strchr(rest, '/'), *q = strchr(rest, '?');
-    CLEANUP_FREE char *authority = NULL, *export = NULL;
-    json_t *server, *o;
-
-    authority = xasprintf("%.*s", (int)(slash ? slash - rest
-                                        : q ? q - rest : (long)strlen(rest)),
-                          rest);
-    if (slash) {
-        export = xasprintf("%.*s", (int)(q ? q - slash - 1
-                                         : (long)strlen(slash + 1)),
-                           slash + 1);
-    }
-    if (is_unix) {
-        const char *sock = q ? strstr(q, "socket=") : NULL;
-
-        server = json_pack("{s:s, s:s%}", "type", "unix", "path",
-                           sock ? sock + 7 : "",
-                           sock ? strcspn(sock + 7, "&") : 0);
-    } else {
-        char *colon = strrchr(authority, ':');
-
-        if (colon) {
-            *colon = '\0';
-        }
-        server = json_pack("{s:s, s:s, s:s}", "type", "inet", "host",
-                           authority, "port", colon ? colon + 1 : "10809");
-    }
-    o = json_pack("{s:s, s:o}", "driver", "nbd", "server", server);
-    if (export && *export) {
-        json_object_set_new(o, "export", json_string(export));
-    }
-    return o;
-}
-
 /* The protocol node under an image: a file, or an NBD export. */
 static json_t *
 protocol_opts(const char *filename)
 {
-    if (img_is_nbd_url(filename)) {
-        return nbd_url_opts(filename);
+    if (block_filename_is_nbd_url(filename)) {
+        /* The block layer's parse of the URL (it cannot fail). */
+        return block_filename_options(filename, NULL);
     }
     return json_pack("{s:s, s:s}", "driver", "file", "filename", filename);
 }
@@ -474,7 +424,7 @@ file_opts(const char *filename, const char *fmt, bool writable)
 /*
  * "PREFIX:..." names a protocol or a pseudo-file (json:{...},
  * blkdebug:CONF:FILE, null-co://, file:PATH), as in QEMU's tools; NBD URLs
- * have their own path (nbd_url_opts()).
+ * have their own path (block_filename_options()).
  */
 static bool
 is_prefixed_name(const char *filename)
@@ -482,7 +432,7 @@ is_prefixed_name(const char *filename)
     size_t n = strspn(filename, "abcdefghijklmnopqrstuvwxyz"
                       "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
 
-    return n > 0 && filename[n] == ':' && !img_is_nbd_url(filename);
+    return n > 0 && filename[n] == ':' && !block_filename_is_nbd_url(filename);
 }
 
 /* A prefixed name, opened (and probed) by the block layer's rules. */
