@@ -125,9 +125,13 @@ class Ctx:
             p = os.path.join(self.disk, "filled.qcow2")
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", p,
                             str(self.disk_size)], check=True)
-            subprocess.run(["qemu-io", "-t", "none", "-f", "qcow2", "-c",
-                            "write -P 0x5a 0 %d" % self.disk_size, p],
-                           check=True, capture_output=True)
+            # qemu-io takes at most 2 GiB - 512 per write: 1 GiB steps.
+            cmds = []
+            for off in range(0, self.disk_size, GiB):
+                cmds += ["-c", "write -P 0x5a %d %d" % (
+                    off, min(GiB, self.disk_size - off))]
+            subprocess.run(["qemu-io", "-t", "none", "-f", "qcow2"] + cmds +
+                           [p], check=True, capture_output=True)
             self._disk_filled = p
         return self._disk_filled
 

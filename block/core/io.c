@@ -188,12 +188,6 @@ grow_size(struct block_node *node, uint64_t end)
     }
 }
 
-void
-block_node_size_grew(struct block_node *node, uint64_t end)
-{
-    grow_size(node, end);
-}
-
 /* A change completed: dirty bitmaps and the write generation. */
 static void
 write_done(struct block_node *node, uint64_t offset, uint64_t bytes)

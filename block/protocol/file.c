@@ -592,11 +592,6 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
                                &node->limits.mem_alignment);
     }
     node->limits.max_transfer = 32 * MiB;
-    /* On a disk every fallocate that grows the file waits for all the
-     * O_DIRECT writes in flight (ext4, xfs): grow_to() fewer times. */
-    if (!s->memory_backed && !s->is_block_device) {
-        node->limits.opt_grow = 4 * MiB;
-    }
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP | BLOCK_REQ_ALLOCATE;
     return 0;
 }
@@ -849,38 +844,30 @@ do_fallocate(int fd, int mode, uint64_t offset, uint64_t bytes)
 /*
  * Make the file at least end bytes long, zeroes from `from` on (past its
  * old end): fallocate its last block, no data I/O, as QEMU's zeroing past
- * the end; the rest is a hole.  With BLOCK_REQ_ALLOCATE, on a disk
- * (opt_grow set), the whole range from `from` and on to the next multiple
- * of opt_grow (unwritten extents, still no data I/O), so that the writes
- * that follow land inside the file on allocated blocks: ext4 runs such
- * O_DIRECT writes under a shared inode lock, side by side, and io_uring
- * issues them at once, where a write that extends the file (or fills a
- * hole) holds the lock exclusively, and one that extends it waits for the
- * device under it; and every fallocate waits for all the writes in
- * flight, hence the steps.  In memory (tmpfs) never: a hole costs no
- * memory.  Where the file system cannot, zeroes are written into the
- * last block.  Never ftruncate here: a parallel write may have grown the
- * file since we read its length, and ftruncate would cut that write's
- * data off; fallocate (mode 0) never shrinks nor changes data.
+ * the end; the rest is a hole.  With BLOCK_REQ_ALLOCATE, on a disk, the
+ * whole range from `from` (unwritten extents, still no data I/O), so that
+ * the writes that follow land inside the file on allocated blocks: ext4
+ * runs such O_DIRECT writes under a shared inode lock, side by side,
+ * where a write that extends the file (or fills a hole) holds the lock
+ * exclusively, and one that extends it waits for the device under it.
+ * In memory (tmpfs) never: a hole costs no memory.  Where the file system
+ * cannot, zeroes are written into the last block.  Never ftruncate here:
+ * a parallel write may have grown the file since we read its length, and
+ * ftruncate would cut that write's data off; fallocate (mode 0) never
+ * shrinks nor changes data.
  */
 static int
 grow_to(struct block_node *node, uint64_t from, uint64_t end, unsigned flags)
 {
     struct file_state *s = node->opaque;
     size_t n = node->limits.request_alignment;  /* 1 without O_DIRECT */
-    uint64_t step = node->limits.opt_grow;
+    uint64_t start = (flags & BLOCK_REQ_ALLOCATE) && !s->memory_backed
+                     ? MIN(from, end - n) : end - n;
     void *buf;
     int ret;
 
-    if ((flags & BLOCK_REQ_ALLOCATE) && step) {
-        uint64_t ahead = align_up(end, step);
-
-        if (do_fallocate(s->fd, 0, from, ahead - from) == 0) {
-            block_node_size_grew(node, ahead);
-            return 0;
-        }
-    }
-    if (!s->is_block_device && do_fallocate(s->fd, 0, end - n, n) == 0) {
+    if (!s->is_block_device &&
+        do_fallocate(s->fd, 0, start, end - start) == 0) {
         return 0;
     }
     if (posix_memalign(&buf, MAX(node->limits.mem_alignment,

@@ -61,12 +61,8 @@ enum {
     BLOCK_REQ_WRITE_UNCHANGED = 0x10, /* write does not change the content
                                        * (copy-on-read, block-copy) */
     BLOCK_REQ_ALLOCATE = 0x20,    /* zero: data follows there, reserve the
-                                   * blocks now rather than leave a hole;
-                                   * past the end the node may grow further,
-                                   * to a multiple of limits.opt_grow (for
-                                   * formats that allocate at their file's
-                                   * end; a hint for drivers that declare
-                                   * it) */
+                                   * blocks now rather than leave a hole
+                                   * (a hint; drivers that declare it) */
 };
 
 /* Block status flags (block_status()). */
@@ -137,9 +133,6 @@ struct block_limits {
     uint32_t pwrite_zeroes_alignment; /* 0 = request_alignment */
     uint64_t max_pwrite_zeroes;   /* 0 = no limit */
     uint32_t opt_transfer;        /* preferred size, advisory; 0 = none */
-    uint64_t opt_grow;            /* a file grown past its end in steps of
-                                   * this size costs less (BLOCK_REQ_ALLOCATE
-                                   * grows it so); 0 = none */
 };
 
 /* What block_status() tells about a range. */
@@ -613,9 +606,6 @@ void block_shutdown_begin(void);
 /* ---- Requests (any thread) -------------------------------------------- */
 
 int64_t block_getlength(struct block_node *node);
-/* A protocol driver made its node at least end bytes long on its own (a
- * BLOCK_REQ_ALLOCATE step past the end of the request). */
-void block_node_size_grew(struct block_node *node, uint64_t end);
 int block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
                 void *buf, unsigned flags);
 int block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,

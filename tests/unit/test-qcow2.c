@@ -620,9 +620,7 @@ test_make_empty_release(void **state)
     /* Allocated from the front while the tail may still be going. */
     release_write_new(h, buf, 32);
     release_check_new(h, buf, 32);
-    /* On a disk writes past the end grow the file 4 MiB at a time. */
-    wait_file_shrinks(path, test_dir_in_memory(tmpdir) ? 34 * MiB
-                                                        : 38 * MiB);
+    wait_file_shrinks(path, 34 * MiB);
     assert_true(file_size(path) >= 32 * MiB);
     release_check_new(h, buf, 32);
     assert_int_equal(block_handle_flush(h), 0);
@@ -893,7 +891,7 @@ test_alloc_no_padding(void **state)
  * An image file that ends inside a free cluster holding old bytes (written
  * by another program, or cut short): the next allocation lands there, the
  * old bytes below the end are zeroed, the file then ends on the cluster's
- * boundary (on tmpfs; on a disk the file grows ahead in steps).
+ * boundary.
  */
 static void
 test_alloc_no_padding_short_tail(void **state)
@@ -923,12 +921,7 @@ test_alloc_no_padding_short_tail(void **state)
     memset(buf, 0x42, 4096);
     assert_int_equal(block_handle_pwrite(h, 5 * 65536 + 8192, 4096, buf, 0),
                      0);
-    /* On a disk the file grew in steps of the file node's opt_grow: the
-     * new cluster lies in the reserved part before the old bytes, which
-     * it still zeroes (it is below the file's end at open). */
-    if (test_dir_in_memory(tmpdir)) {
-        assert_int_equal(file_size(path), end + 65536);
-    }
+    assert_int_equal(file_size(path), end + 65536);
     assert_int_equal(block_handle_pread(h, 5 * 65536, 65536, buf, 0), 0);
     for (unsigned i = 0; i < 65536; i++) {
         if (buf[i] != (i >= 8192 && i < 12288 ? 0x42 : 0)) {

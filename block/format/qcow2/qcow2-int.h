@@ -142,14 +142,6 @@ struct qcow2_state {
      * Allocating writes treat the file as at least this long.
      */
     uint64_t failed_end;
-    /*
-     * Host clusters at and above this offset were never handed out by
-     * the allocator (nor written by a refcount rebuild) since open, when
-     * it was the file's end: they read as zeroes, and a new cluster there
-     * needs no zeroing of old bytes even below the file's end, which
-     * grow_over() moves ahead in steps (qcow2.c).  Only grows.
-     */
-    uint64_t pristine_from;
     struct qcow2_release release;   /* the tail make_empty gives back */
     struct qcow2_bitmaps bitmaps;   /* the directory on disk */
     bool corrupt;               /* metadata inconsistency found: no writes */

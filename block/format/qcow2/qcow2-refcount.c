@@ -420,6 +420,5 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
         /* The search went from the hint to c: nothing free before c. */
         s->free_hint = c + 1;
     }
-    s->pristine_from = MAX(s->pristine_from, (c + n) * s->cluster_size);
     return (int64_t)(c * s->cluster_size);
 }

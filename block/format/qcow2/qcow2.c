@@ -452,7 +452,6 @@ struct write_plan {
                              * the data, zero what may be stale (below) */
     uint64_t stale;         /* bytes from the cluster start that may hold
                              * old data: the file ends there or after */
-    bool pristine;          /* new, never handed out (s->pristine_from) */
     uint64_t ws, we;        /* byte range within the cluster to write */
 };
 
@@ -495,7 +494,7 @@ plan_cow_zero(struct qcow2_state *s, struct write_plan *p,
         return;
     }
     p->cow_zero = true;
-    p->stale = (uint64_t)flen > p->host && !p->pristine
+    p->stale = (uint64_t)flen > p->host
                ? MIN((uint64_t)flen - p->host, s->cluster_size) : 0;
 }
 
@@ -503,7 +502,7 @@ static int
 plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
            struct write_plan *p)
 {
-    uint64_t host, pristine;
+    uint64_t host;
     enum qcow2_cluster_type t;
     int64_t off;
     int ret;
@@ -530,14 +529,12 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
         if (ret < 0) {
             return ret;
         }
-        pristine = s->pristine_from;
         off = qcow2_alloc_clusters(s, 1);
         if (off < 0) {
             return (int)off;
         }
         p->host = (uint64_t)off;
         p->new_alloc = true;
-        p->pristine = p->host >= pristine;
         p->free_old = host != 0 || t == QCOW2_CLUSTER_COMPRESSED;
         /* Old data elsewhere on the host: copy all of it over. */
         p->whole = p->free_old || !s->extended_l2;
@@ -605,10 +602,7 @@ zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
  * write lands inside the file, on blocks the file driver reserved
  * (BLOCK_REQ_ALLOCATE: fallocate, no data I/O): on ext4 such writes run
  * side by side, where writes that extend the file wait for the device one
- * at a time (file.c, grow_to()).  On a disk the file driver grows the
- * file further, up to a multiple of its opt_grow, so that the next new
- * clusters find it grown (pristine_from says they read as zeroes) and
- * need no request of their own.  From a block boundary so that O_DIRECT
+ * at a time (file.c, grow_to()).  From a block boundary so that O_DIRECT
  * needs no read-modify-write.  Nothing points at the clusters yet: a
  * crash in between leaves a leak at worst.  Never ftruncate: a write
  * never shrinks the file, while a concurrent write further out may
@@ -820,7 +814,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
 {
     uint64_t cs = s->cluster_size;
     uint64_t max = div_round_up(in + bytes, cs);
-    uint64_t end, total, pristine;
+    uint64_t end, total;
     enum qcow2_cluster_type t0, t;
     struct qcow2_l2e e;
     int64_t off, flen;
@@ -868,7 +862,6 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
         return ret;
     }
     total = run->nb * cs;
-    pristine = s->pristine_from;
     off = qcow2_alloc_clusters(s, run->nb);
     if (off < 0) {
         return (int)off;
@@ -881,8 +874,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     run->cow_zero = flen >= 0 && s->failed_end <= run->host &&
                     (in == 0 || cow_reads_zero(s, t0)) &&
                     (end == total || cow_reads_zero(s, t));
-    run->stale = flen > off && run->host < pristine
-                 ? MIN((uint64_t)flen - run->host, total) : 0;
+    run->stale = flen > off ? MIN((uint64_t)flen - run->host, total) : 0;
     return qcow2_overlap_refuse(s, 0, run->host, total);
 }
 
@@ -1447,8 +1439,6 @@ rebuild_refcounts(struct qcow2_state *s, struct err **errp)
     if (nb >= s->refblock_entries || l1_first + l1_n > s->refblock_entries) {
         return -ENOTSUP;    /* does not fit one refblock: slow path */
     }
-    /* Written now, free again after a second round: not pristine. */
-    s->pristine_from = MAX(s->pristine_from, (MAX(nt, nb) + 1) * cs);
     qcow2_refcount_set(rb, 0, s->refcount_order, 1);
     qcow2_refcount_set(rb, nt, s->refcount_order, 1);
     qcow2_refcount_set(rb, nb, s->refcount_order, 1);
@@ -2144,8 +2134,6 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
         goto out_caches;
     }
     s->corrupt = s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT;
-    s->pristine_from = align_up((uint64_t)MAX(block_getlength(s->file), 0),
-                                s->cluster_size);
     return 0;
 
 out_caches:
