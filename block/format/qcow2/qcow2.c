@@ -594,9 +594,10 @@ zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
 }
 
 /*
- * New clusters whose first len bytes from host are about to be written
+ * New clusters whose copy-on-write area reads as zeroes (write_cow_zero())
  * reach past the end of the file: grow it over them first, as QEMU zeroes
- * a new cluster's copy-on-write area before its data.  The file then ends
+ * that area before the data.  Writes that cover their clusters whole
+ * extend the file themselves, as in QEMU: one request, not two.  The file then ends
  * on the clusters' end, as QEMU's images do (its block status reports
  * what lies past the end of the file as zero, not data), and the data
  * write lands inside the file, on blocks the file driver reserved
@@ -663,9 +664,7 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     /* Guest data, not metadata: blkdebug's data event, as in QEMU. */
     block_debug_event(s->file, "write_aio");
     if (p->ws == in && p->we == in + n) {
-        ret = p->new_alloc ? grow_over(s, p->host, p->we) : 0;
-        return ret < 0 ? ret
-                       : block_pwrite(s->file, p->host + in, n, buf, 0);
+        return block_pwrite(s->file, p->host + in, n, buf, 0);
     }
     if (p->cow_zero) {
         return write_cow_zero(s, p, in, n, buf);
@@ -689,9 +688,7 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     }
     memcpy(bounce + (in - p->ws), buf, n);
     block_debug_event(s->file, "cow_write");
-    ret = p->new_alloc ? grow_over(s, p->host, p->we) : 0;
-    return ret < 0 ? ret : block_pwrite(s->file, p->host + p->ws,
-                                        p->we - p->ws, bounce, 0);
+    return block_pwrite(s->file, p->host + p->ws, p->we - p->ws, bounce, 0);
 }
 
 static int
@@ -903,13 +900,8 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
     int ret = 0;
 
     block_debug_event(s->file, "write_aio");
-    if (!run->new_alloc) {
+    if (!run->new_alloc || (in == 0 && end == total)) {
         return block_pwrite(s->file, run->host + in, n, buf, 0);
-    }
-    if (in == 0 && end == total) {
-        ret = grow_over(s, run->host, total);
-        return ret < 0 ? ret
-                       : block_pwrite(s->file, run->host, n, buf, 0);
     }
     if (run->cow_zero) {
         block_debug_event(s->file, "cow_write");
@@ -941,8 +933,7 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
     }
     memcpy(bounce + in, buf, n);
     block_debug_event(s->file, "cow_write");
-    ret = grow_over(s, run->host, total);
-    return ret < 0 ? ret : block_pwrite(s->file, run->host, total, bounce, 0);
+    return block_pwrite(s->file, run->host, total, bounce, 0);
 }
 
 /* Write [in, in+n) of a planned run: data, then link (s->lock). */
