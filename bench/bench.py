@@ -46,8 +46,10 @@ class Ctx:
         self._tls = None
         self.ceilings = []      # nbdkit memory plugin MiB/s, per round
         self.disk = args.disk   # disk-backed directory for disk-* workloads
+        self.disk_size = args.disk_size_mib << 20
         self.qemu_aio = args.qemu_aio
         self._disk_filled = None
+        self.device = {}        # device job -> fio figures, one per round
 
     def path(self, name):
         self.seq += 1
@@ -106,26 +108,32 @@ class Ctx:
         return os.path.join(self.disk, "%d-%s" % (self.seq, name))
 
     def disk_qcow2(self, name, cluster=None):
+        """A fresh qcow2 image of disk_size on the disk."""
         p = self.disk_path(name + ".qcow2")
         opts = ["-o", "cluster_size=%d" % cluster] if cluster else []
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2"] + opts +
-                       [p, str(self.size)], check=True)
+                       [p, str(self.disk_size)], check=True)
         return p
 
-    def disk_filled_qcow2(self, name):
-        """filled_qcow2() on the disk (written once with O_DIRECT)."""
+    def disk_filled_qcow2(self):
+        """A qcow2 image of disk_size on the disk whose every cluster
+        holds data, written once per bench run with O_DIRECT (4 GiB: the
+        device, not the page cache, serves it) and shared by every run
+        that needs one: the reads leave it as it is, guest writes change
+        bytes in clusters that stay allocated where they are."""
         if self._disk_filled is None:
-            self._disk_filled = os.path.join(self.disk, "filled.qcow2")
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
-                            self._disk_filled, str(self.size)], check=True)
-            subprocess.run(["qemu-io", "-t", "none", "-f", "qcow2", "-c",
-                            "write -P 0x5a 0 %d" % self.size,
-                            self._disk_filled],
-                           check=True, capture_output=True)
-        p = self.disk_path(name + ".qcow2")
-        subprocess.run(["cp", "--sparse=always", self._disk_filled, p],
-                       check=True)
-        return p
+            p = os.path.join(self.disk, "filled.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", p,
+                            str(self.disk_size)], check=True)
+            # qemu-io takes at most 2 GiB - 512 per write: 1 GiB steps.
+            cmds = []
+            for off in range(0, self.disk_size, GiB):
+                cmds += ["-c", "write -P 0x5a %d %d" % (
+                    off, min(GiB, self.disk_size - off))]
+            subprocess.run(["qemu-io", "-t", "none", "-f", "qcow2"] + cmds +
+                           [p], check=True, capture_output=True)
+            self._disk_filled = p
+        return self._disk_filled
 
     def cleanup(self):
         if self.disk != self.work:
@@ -208,9 +216,10 @@ def export(c, node, name, writable=True):
                                "name": name, "writable": writable})
 
 
-def qcow2_node(c, node, img):
-    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": node,
-                           "file": {"driver": "file", "filename": img}})
+def qcow2_node(c, node, img, file_opts=None):
+    f = {"driver": "file", "filename": img}
+    f.update(file_opts or {})
+    c.cmd("blockdev-add", {"driver": "qcow2", "node-name": node, "file": f})
 
 
 def one_export(run, node_args):
@@ -266,7 +275,7 @@ def fleecing_setup(run, tls=False, on_disk=False):
     disk, opened with cache.direct=on (disk_qcow2_args())."""
     ctx = run.ctx
     if on_disk:
-        disk = ctx.disk_filled_qcow2("disk0")
+        disk = ctx.disk_filled_qcow2()
         fleece = ctx.disk_qcow2("fleece")
     else:
         disk = ctx.filled_qcow2("disk0")
@@ -341,14 +350,17 @@ def wl_fleece_guest_write(run):
                "randwrite", "4k", 16)
 
 
-def replication_setup(run, tls=False):
+def replication_setup(run, tls=False, on_disk=False):
     """docs/replication.md's setup, as QMP: secondary, then primary.
     Returns (primary guest URI, secondary guest URI, secondary QMP).
     tls: the replication link (and the secondary's server) uses x509
-    TLS; the primary's guest export stays plain."""
+    TLS; the primary's guest export stays plain.  on_disk: every image
+    on the disk, opened with cache.direct=on (disk_file_opts())."""
     ctx = run.ctx
+    fo = disk_file_opts(run) if on_disk else {}
+    image = ctx.disk_qcow2 if on_disk else ctx.qcow2
     sd, sc = run.start("secondary")
-    qcow2_node(sc, "sec-disk", ctx.qcow2("sec"))
+    qcow2_node(sc, "sec-disk", image("sec"), fo)
     ssock = ctx.path("sec-nbd.sock")
     nbd_start(sc, ssock, ctx.tls_dirs()[0] if tls else None)
     export(sc, "sec-disk", "sec-disk")
@@ -356,11 +368,12 @@ def replication_setup(run, tls=False):
         "driver": "replication", "node-name": "rep", "mode": "secondary",
         "top-id": "top",
         "file": {"driver": "qcow2", "node-name": "active",
-                 "file": {"driver": "file",
-                          "filename": ctx.qcow2("active")},
+                 "file": dict({"driver": "file",
+                               "filename": image("active")}, **fo),
                  "backing": {"driver": "qcow2", "node-name": "hidden",
-                             "file": {"driver": "file",
-                                      "filename": ctx.qcow2("hidden")},
+                             "file": dict({"driver": "file",
+                                           "filename": image("hidden")},
+                                          **fo),
                              "backing": "sec-disk"}}})
     sc.cmd("blockdev-add", {"driver": "quorum", "node-name": "top",
                             "read-pattern": "fifo", "vote-threshold": 1,
@@ -368,7 +381,7 @@ def replication_setup(run, tls=False):
     export(sc, "top", "sguest")
     sc.cmd("xen-set-replication", {"enable": True, "primary": False})
     pd, pc = run.start("primary")
-    qcow2_node(pc, "p-local", ctx.qcow2("primary"))
+    qcow2_node(pc, "p-local", image("primary"), fo)
     child = {"driver": "nbd", "export": "sec-disk",
              "server": {"type": "unix", "path": ssock}}
     if tls:
@@ -667,18 +680,30 @@ def wl_backup_incremental(run):
 
 # ---- On a disk: cache.direct=on, QEMU with aio=io_uring (or --qemu-aio) --
 
-def disk_qcow2_args(run, img):
-    """qcow2 on a file node opened with O_DIRECT; lockstepd with
+def disk_file_opts(run):
+    """A file node's options on the disk: O_DIRECT; lockstepd with
     aio=io_uring, QEMU with ctx.qemu_aio (io_uring or native)."""
     aio = "io_uring" if run.kind == "lockstep" else run.ctx.qemu_aio
-    return {"driver": "qcow2", "node-name": "disk",
-            "file": {"driver": "file", "filename": img, "aio": aio,
-                     "cache": {"direct": True}}}
+    return {"aio": aio, "cache": {"direct": True}}
+
+
+def disk_qcow2_args(run, img, read_only=False):
+    f = {"driver": "file", "filename": img}
+    f.update(disk_file_opts(run))
+    return {"driver": "qcow2", "node-name": "disk", "read-only": read_only,
+            "file": f}
 
 
 def wl_disk_qcow2_randread(run):
-    uri = one_export(run, disk_qcow2_args(run,
-                                          run.ctx.disk_filled_qcow2("read")))
+    # The shared filled image: read-only, so that nothing changes it.
+    d, c = run.start("a")
+    c.cmd("blockdev-add", disk_qcow2_args(run, run.ctx.disk_filled_qcow2(),
+                                          read_only=True))
+    sock = run.ctx.path("nbd.sock")
+    nbd_start(c, sock)
+    export(c, "disk", "disk", writable=False)
+    c.close()
+    uri = clients.nbd_uri(sock, "disk")
     fio_metric(run, uri, "disk qcow2 randread 4k qd1", "randread", "4k", 1)
     fio_metric(run, uri, "disk qcow2 randread 4k qd16", "randread", "4k", 16)
 
@@ -743,6 +768,63 @@ def wl_disk_fleece_guest_write(run):
     guest, _ = fleecing_setup(run, on_disk=True)
     fio_metric(run, guest, "disk guest randwrite 4k qd16, fresh snapshot",
                "randwrite", "4k", 16)
+
+
+def wl_disk_rep_randwrite(run):
+    guest, _, sc = replication_setup(run, on_disk=True)
+    sc.close()
+    fio_metric(run, guest, "disk replicated randwrite 4k qd16", "randwrite",
+               "4k", 16)
+
+
+# The device's own figure for each disk row (the ceiling): fio with
+# ioengine=io_uring and O_DIRECT on the same file system, the same pattern
+# and depth; reads from the filled image, writes into a fresh file of the
+# images' size (fio fallocates it, as the daemons do new clusters).
+DEVICE_JOBS = {
+    "disk qcow2 randread 4k qd1": ("randread", "4k", 1),
+    "disk qcow2 randread 4k qd16": ("randread", "4k", 16),
+    "disk qcow2 randwrite 4k qd1 (allocating)": ("randwrite", "4k", 1),
+    "disk qcow2 randwrite 4k qd16 (allocating)": ("randwrite", "4k", 16),
+    "disk qcow2 seqwrite 1M qd4": ("write", "1M", 4),
+    "disk guest randwrite 4k qd16, fresh snapshot": ("randwrite", "4k", 16),
+    "disk replicated randwrite 4k qd16": ("randwrite", "4k", 16),
+}
+
+
+def device_fio(ctx, rw, bs, qd):
+    """One fio run on the disk itself: IOPS, or MiB/s for 1M blocks."""
+    if rw.endswith("read"):
+        target, extra = ctx.disk_filled_qcow2(), ["--readonly"]
+    else:
+        target, extra = ctx.disk_path("device.raw"), []
+    r = subprocess.run(["fio", "--name=device", "--ioengine=io_uring",
+                        "--direct=1", "--filename=" + target,
+                        "--size=%d" % ctx.disk_size, "--rw=" + rw,
+                        "--bs=" + bs, "--iodepth=%d" % qd, "--time_based",
+                        "--runtime=%g" % max(ctx.runtime / 2, 2),
+                        "--randrepeat=0", "--norandommap",
+                        "--output-format=json"] + extra,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError("fio failed: %s" % r.stderr[-2000:])
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    side = job["read"] if rw.endswith("read") else job["write"]
+    return side["bw_bytes"] / 2**20 if bs == "1M" else side["iops"]
+
+
+def device_round(ctx, name, rnd, log):
+    """The device figures a disk workload's rows need, once per round
+    (the first workload of the round that needs a job measures it)."""
+    for key, _, _, _ in WORKLOADS[name][2]:
+        job = DEVICE_JOBS.get(key)
+        if job is None or len(ctx.device.get(job, [])) > rnd:
+            continue
+        v = device_fio(ctx, *job)
+        ctx.device.setdefault(job, []).append(v)
+        log("  %s round %d device   fio io_uring %s %s qd%d=%.0f" % (
+            name, rnd + 1, job[0], job[1], job[2], v))
+        ctx.cleanup()
 
 
 def wl_disk_requests(run):
@@ -859,6 +941,8 @@ WORKLOADS = {
                                 ("lockstep", "qsd"), [
         ("disk guest randwrite 4k qd16, fresh snapshot", "IOPS", "high",
          1.3)]),
+    "disk-rep-randwrite": (wl_disk_rep_randwrite, ("lockstep", "qemu"), [
+        ("disk replicated randwrite 4k qd16", "IOPS", "high", 1.3)]),
     "disk-requests": (wl_disk_requests, ("lockstep", "qsd"), [
         ("disk requests per guest write, 4k clusters", "×", "low", 1.0),
         ("disk flushes per guest write, 4k clusters", "×", "low", None),
@@ -872,8 +956,14 @@ WORKLOADS = {
 }
 
 
+# Workloads whose figures do not move between rounds (counts): one round.
+ONE_ROUND = ("disk-requests",)
+
+
 def run_workload(ctx, name, rounds, results, log):
     fn, kinds, _ = WORKLOADS[name]
+    if name in ONE_ROUND:
+        rounds = 1
     for r in range(rounds):
         for kind in kinds:
             run = Run(ctx, kind)
@@ -896,6 +986,11 @@ def run_workload(ctx, name, rounds, results, log):
                 name, r + 1, kind,
                 ", ".join("%s=%.0f" % (k, v) for k, v in run.metrics.items()),
                 run.cpu, run.rss >> 10))
+        if name.startswith("disk-"):
+            try:
+                device_round(ctx, name, r, log)
+            except Exception as e:  # noqa: BLE001 - report, go on
+                log("  %s round %d device: FAILED: %s" % (name, r + 1, e))
         if name in ("fleece-read", "fleece-read-busy"):
             # The ceiling in the same round, so that it sees the same load.
             ctx.ceilings.append(nbdkit_memory_ceiling(ctx))
@@ -910,13 +1005,15 @@ def main():
                     help="workload name (repeatable): " +
                     ", ".join(WORKLOADS))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runtime", type=float, default=8.0,
+    ap.add_argument("--runtime", type=float, default=6.0,
                     help="seconds per fio run")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--build", default=os.path.join(TOP, "build-bench"))
     ap.add_argument("--tmp", default="/dev/shm")
     ap.add_argument("--disk", default="/var/tmp",
                     help="disk-backed directory for the disk-* workloads")
+    ap.add_argument("--disk-size-mib", type=int, default=4096,
+                    help="image size in the disk-* workloads")
     ap.add_argument("--qemu-aio", default="io_uring",
                     choices=("io_uring", "native"),
                     help="QEMU's aio mode in the disk-* workloads")
@@ -969,16 +1066,21 @@ def main():
         if disk:
             shutil.rmtree(disk, ignore_errors=True)
     info = {"rounds": args.rounds, "runtime": args.runtime,
-            "size_mib": args.size_mib, "load": (load0, os.getloadavg()),
+            "size_mib": args.size_mib, "disk_size_mib": args.disk_size_mib,
+            "load": (load0, os.getloadavg()),
             "minutes": (time.time() - t_start) / 60, "ncpu": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "rev": os.environ.get("LOCKSTEP_BENCH_REV") or subprocess.run(
                 ["git", "-C", TOP, "describe", "--always", "--dirty"],
                 capture_output=True, text=True).stdout.strip()}
     rows = report.rows(results, WORKLOADS, names)
+    device = {k: ctx.device[j] for k, j in DEVICE_JOBS.items()
+              if ctx.device.get(j)}
     print(report.text_table(rows, ceiling))
+    if device:
+        print(report.device_text(rows, device))
     if not args.only and not args.no_docs:
-        report.write_docs(rows, ceiling, info, results, names,
+        report.write_docs(rows, ceiling, info, results, names, device,
                           os.path.join(TOP, "docs", "performance.md"),
                           os.path.join(TOP, "docs", "performance.png"))
         print("wrote docs/performance.md and docs/performance.png")

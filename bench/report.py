@@ -90,6 +90,47 @@ def md_table(rws):
     return "\n".join(lines)
 
 
+DEVICE_HEAD = ["metric", "lockstep", "QEMU", "device (fio io_uring)",
+               "min–max", "lockstep/device", "QEMU/device"]
+
+
+def device_cells(rws, device):
+    """Rows of the disk metrics that have a device figure."""
+    out = []
+    for r in rws:
+        vals = device.get(r["metric"])
+        if not vals:
+            continue
+        dev = statistics.median(vals)
+        share = [("%.0f %%" % (100 * m / dev)) if m is not None and dev
+                 else "n/a" for m in (r["ma"], r["mb"])]
+        out.append([r["metric"] + " (%s)" % r["unit"], fmt(r["ma"]),
+                    fmt(r["mb"]), fmt(dev), spread(vals)] + share)
+    return out
+
+
+def device_text(rws, device):
+    table = [DEVICE_HEAD] + device_cells(rws, device)
+    w = [max(len(t[i]) for t in table) for i in range(len(DEVICE_HEAD))]
+    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(t))
+                     for t in table)
+
+
+def device_md(rws, device):
+    cells = device_cells(rws, device)
+    if not cells:
+        return ""
+    lines = ["The disk rows against the device: fio with `ioengine=io_uring`,"
+             " `direct=1` on the same file system, the same pattern and "
+             "depth (reads from the filled image, writes into a fresh "
+             "fallocated file), measured in each round after the two "
+             "daemons.", "",
+             "| " + " | ".join(DEVICE_HEAD) + " |",
+             "|" + "---|" * len(DEVICE_HEAD)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join(lines) + "\n"
+
+
 def resource_table(results, names):
     lines = ["| workload | peak RSS lockstep (MiB) | peak RSS QEMU (MiB) | "
              "CPU s/GiB lockstep | CPU s/GiB QEMU |", "|---|---|---|---|---|"]
@@ -145,7 +186,7 @@ plot "%s" using 2:xtic(1) title "lockstep/QEMU" lc rgb "#3070b0", \\
         os.unlink(dat)
 
 
-def write_docs(rws, ceiling, info, results, names, md, png):
+def write_docs(rws, ceiling, info, results, names, device, md, png):
     chart(rws, png)
     snap = [r for r in rws if r["metric"].startswith("snapshot read")]
     ceil_lines = ""
@@ -160,9 +201,11 @@ def write_docs(rws, ceiling, info, results, names, md, png):
     text = TEMPLATE.format(
         date=info["date"], rev=info["rev"], rounds=info["rounds"],
         runtime=info["runtime"],
-        size=info["size_mib"], minutes=info["minutes"], ncpu=info["ncpu"],
+        size=info["size_mib"], disk_size=info["disk_size_mib"],
+        minutes=info["minutes"], ncpu=info["ncpu"],
         load0="%.1f" % info["load"][0][0], load1="%.1f" % info["load"][1][0],
         table=md_table(rws), ceiling=ceil_lines,
+        device=device_md(rws, device),
         resources=resource_table(results, names),
         analysis=open(ANALYSIS_FILE).read() if os.path.exists(ANALYSIS_FILE)
         else "")
@@ -175,7 +218,9 @@ TEMPLATE = """# Performance: lockstepd side by side with QEMU
 Measured by `make bench` (bench/bench.py) on {date}: {rounds} rounds of
 each workload, lockstepd then QEMU in turn (A, B, A, B, …), {runtime:g} s
 per fio run, {size} MiB images on tmpfs (/dev/shm), fresh images for every
-run.  Both daemons are set up by the same QMP commands and driven by the
+run; the `disk-*` workloads on a disk-backed file system with
+`cache.direct=on`, {disk_size} MiB images (the filled one for reads
+and fleecing written once and shared by the runs).  Both daemons are set up by the same QMP commands and driven by the
 same clients (fio 3.33 `ioengine=nbd`, nbdcopy 1.14); QEMU is 7.2
 (Debian 12): qemu-storage-daemon, or `qemu-system-x86_64 -machine none`
 for replication, whose commands only it has.  lockstepd is a release build
@@ -195,6 +240,7 @@ better).  Targets are those of issue 7.
 
 {table}
 {ceiling}
+{device}
 ![lockstep/QEMU ratios](performance.png)
 
 ## Memory and CPU

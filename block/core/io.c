@@ -14,6 +14,9 @@
  *    unaligned write becomes read-modify-write under a serialising range
  *    lock so that two RMWs of one block cannot lose each other's bytes;
  *  - splitting at max_transfer / max_pwrite_zeroes / max_pdiscard;
+ *  - batches: the pieces of one request (block_pread_segments()) go to a
+ *    driver's *_segments callback together when they need none of the
+ *    above, else one by one;
  *  - tracking: every request is in node->tracked while it runs; a
  *    serialising request waits for every overlapping one, and every request
  *    waits for overlapping serialising ones (copy-before-write and RMW need
@@ -471,6 +474,120 @@ block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     tracked_end(node, &req);
     return ret;
+}
+
+/* ---- Several pieces of one request ------------------------------------ */
+
+/*
+ * Can the driver take these pieces as they are: each inside the node,
+ * aligned, within max_transfer, in an aligned buffer, and nothing that the
+ * core must do piece by piece (serialising requests, whose waits could
+ * cross those of another batch; detect-zeroes on writes)?  Else the
+ * pieces go one by one through block_pread()/block_pwrite(), which do all
+ * of that.
+ */
+static bool
+segments_fit(struct block_node *node, const struct block_segment *seg,
+             unsigned n, unsigned flags, bool write)
+{
+    uint64_t size = (uint64_t)block_getlength(node);
+    uint64_t align = node->limits.request_alignment;
+    uint64_t max = node->limits.max_transfer;
+
+    if ((flags & BLOCK_REQ_SERIALISING) ||
+        (write && (node->read_only ||
+                   node->detect_zeroes != BLOCK_DETECT_ZEROES_OFF))) {
+        return false;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (seg[i].bytes == 0 ||
+            range_exceeds(seg[i].offset, seg[i].bytes, size) ||
+            !is_aligned(seg[i].offset, align) ||
+            !is_aligned(seg[i].bytes, align) ||
+            (max && seg[i].bytes > max) || !buf_aligned(node, seg[i].buf)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* At most BLOCK_MAX_SEGMENTS pieces that fit, to the driver at once. */
+static int
+segments_to_driver(struct block_node *node, const struct block_segment *seg,
+                   unsigned n, unsigned flags, bool write)
+{
+    struct block_tracked_req req[BLOCK_MAX_SEGMENTS];
+    unsigned drv_flags = write ? flags & node->supported_write_flags
+                               : flags;
+    int ret;
+
+    for (unsigned i = 0; i < n; i++) {
+        tracked_begin(node, &req[i], seg[i].offset, seg[i].bytes, false);
+    }
+    serial_enter(node);
+    ret = write ? node->drv->pwrite_segments(node, seg, n, drv_flags)
+                : node->drv->pread_segments(node, seg, n, drv_flags);
+    serial_leave(node);
+    for (unsigned i = 0; i < n; i++) {
+        if (write && ret == 0) {
+            write_done(node, seg[i].offset, seg[i].bytes);
+        }
+        tracked_end(node, &req[i]);
+    }
+    if (ret == 0 && write && (flags & BLOCK_REQ_FUA) &&
+        !(drv_flags & BLOCK_REQ_FUA)) {
+        ret = flush_node(node, true);
+    }
+    return ret;
+}
+
+static int
+block_segments(struct block_node *node, const struct block_segment *seg,
+               unsigned n, unsigned flags, bool write)
+{
+    bool batch = write ? node->drv->pwrite_segments != NULL
+                       : node->drv->pread_segments != NULL;
+
+    /* A filter without its own I/O passes the pieces down unchanged. */
+    bool own_io = write ? node->drv->pwrite != NULL
+                        : node->drv->pread != NULL;
+    int ret = 0;
+
+    if (!batch && !own_io && passthrough_child(node)) {
+        return block_segments(passthrough_child(node), seg, n, flags, write);
+    }
+    while (n > 0 && ret == 0) {
+        unsigned k = MIN(n, BLOCK_MAX_SEGMENTS);
+
+        if (batch && k > 1 && segments_fit(node, seg, k, flags, write)) {
+            ret = segments_to_driver(node, seg, k, flags, write);
+        } else {
+            for (unsigned i = 0; i < k && ret == 0; i++) {
+                ret = write ? block_pwrite(node, seg[i].offset, seg[i].bytes,
+                                           seg[i].buf, flags)
+                            : block_pread(node, seg[i].offset, seg[i].bytes,
+                                          seg[i].buf, flags);
+            }
+        }
+        seg += k;
+        n -= k;
+    }
+    return ret;
+}
+
+int
+block_pread_segments(struct block_node *node, const struct block_segment *seg,
+                     unsigned n, unsigned flags)
+{
+    return block_segments(node, seg, n, flags, false);
+}
+
+int
+block_pwrite_segments(struct block_node *node,
+                      const struct block_segment *seg, unsigned n,
+                      unsigned flags)
+{
+    return block_segments(node, seg, n, flags, true);
 }
 
 /* Write zeroes from a buffer, for drivers that cannot zero efficiently. */

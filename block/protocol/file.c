@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -179,10 +180,11 @@ file_set_perm(struct block_node *node, uint32_t perm, uint32_t shared,
  * start to finish on its thread (docs/architecture.md, "Threads"), so it
  * submits its operation and waits for the completion on its own ring, with
  * no lock and no hand-off to another thread.  The ring goes away with the
- * thread (the key's destructor), and from a forked child.  Eight entries:
- * a thread has one operation in flight at a time.
+ * thread (the key's destructor), and from a forked child.  A thread has
+ * one request in flight at a time, of at most BLOCK_MAX_SEGMENTS
+ * operations (ring_batch()).
  */
-#define RING_ENTRIES 8
+#define RING_ENTRIES BLOCK_MAX_SEGMENTS
 
 struct thread_ring {
     struct io_uring ring;
@@ -291,6 +293,35 @@ uring_works(void)
 enum ring_op { RING_READ, RING_WRITE, RING_FDATASYNC };
 
 /*
+ * Stop using the thread's ring after a failed submission: what was not
+ * submitted would go with the next one, pointing at buffers that are gone
+ * by then.  The system calls do the rest.
+ */
+static void
+ring_drop(void)
+{
+    io_uring_queue_exit(&my_ring->ring);
+    my_ring->ok = false;
+}
+
+static void
+ring_prep(struct io_uring_sqe *sqe, int fd, enum ring_op op, void *buf,
+          uint64_t bytes, uint64_t offset)
+{
+    switch (op) {
+    case RING_READ:
+        io_uring_prep_read(sqe, fd, buf, (unsigned)bytes, offset);
+        break;
+    case RING_WRITE:
+        io_uring_prep_write(sqe, fd, buf, (unsigned)bytes, offset);
+        break;
+    case RING_FDATASYNC:
+        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+        break;
+    }
+}
+
+/*
  * One operation through the thread's ring: bytes done, or -errno.
  * -ENOSYS when the thread has no (working) ring: the caller uses the
  * system call.
@@ -308,28 +339,12 @@ ring_io(int fd, enum ring_op op, void *buf, uint64_t bytes, uint64_t offset)
         return -ENOSYS;
     }
     sqe = io_uring_get_sqe(ring);
-    switch (op) {
-    case RING_READ:
-        io_uring_prep_read(sqe, fd, buf, (unsigned)bytes, offset);
-        break;
-    case RING_WRITE:
-        io_uring_prep_write(sqe, fd, buf, (unsigned)bytes, offset);
-        break;
-    case RING_FDATASYNC:
-        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
-        break;
-    }
+    ring_prep(sqe, fd, op, buf, bytes, offset);
     do {
         ret = io_uring_submit_and_wait(ring, 1);
     } while (ret == -EINTR);
-    if (ret < 0) {
-        /*
-         * Not submitted, and the SQE would go with the next submission,
-         * pointing at a buffer that is gone by then: drop this thread's
-         * ring and use the system calls from now on.
-         */
-        io_uring_queue_exit(ring);
-        my_ring->ok = false;
+    if (ret < 1) {
+        ring_drop();    /* not submitted: see ring_drop() */
         return -ENOSYS;
     }
     do {
@@ -341,6 +356,59 @@ ring_io(int fd, enum ring_op op, void *buf, uint64_t bytes, uint64_t offset)
     res = cqe->res;
     io_uring_cqe_seen(ring, cqe);
     return res;
+}
+
+/*
+ * n reads or writes (n <= RING_ENTRIES) through the thread's ring: one
+ * submission that also waits for all of them (one system call where the
+ * kernel takes them all at once).  res[i]: bytes done or -errno; -ENOSYS
+ * for those the ring did not take (the caller uses the system calls).
+ * Returns -ENOSYS when the thread has no ring, else 0.
+ */
+static int
+ring_batch(int fd, enum ring_op op, const struct block_segment *seg,
+           unsigned n, int64_t *res)
+{
+    struct io_uring *ring = thread_ring();
+    unsigned submitted = 0;
+    int ret;
+
+    if (!ring) {
+        return -ENOSYS;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+
+        ring_prep(sqe, fd, op, seg[i].buf, seg[i].bytes, seg[i].offset);
+        io_uring_sqe_set_data64(sqe, i);
+        res[i] = -ENOSYS;
+    }
+    do {
+        ret = io_uring_submit_and_wait(ring, n);
+    } while (ret == -EINTR);
+    /* The kernel may take fewer (short of memory): offer the rest again. */
+    while (ret > 0 && (submitted += (unsigned)ret) < n) {
+        do {
+            ret = io_uring_submit(ring);
+        } while (ret == -EINTR);
+    }
+    for (unsigned k = 0; k < submitted; k++) {
+        struct io_uring_cqe *cqe;
+
+        do {
+            ret = io_uring_wait_cqe(ring, &cqe);
+        } while (ret == -EINTR);
+        if (ret < 0) {
+            /* Cannot happen with a ring set up by us; keep buffers safe. */
+            abort();
+        }
+        res[io_uring_cqe_get_data64(cqe)] = cqe->res;
+        io_uring_cqe_seen(ring, cqe);
+    }
+    if (submitted < n) {
+        ring_drop();
+    }
+    return 0;
 }
 
 /* pread/pwrite/fdatasync by the node's aio mode: bytes done or -errno. */
@@ -540,7 +608,7 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
                                &node->limits.mem_alignment);
     }
     node->limits.max_transfer = 32 * MiB;
-    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
+    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP | BLOCK_REQ_ALLOCATE;
     return 0;
 }
 
@@ -600,34 +668,48 @@ file_may_block(struct file_state *s)
 }
 
 /*
- * pread until done; past the end of the file reads as zeroes.  O_DIRECT
- * stops short at an end of file that is not block aligned, and the next
- * read from there would fail (unaligned offset): that is the end too.
+ * r more bytes were read at *offset into *p: move on.  Past the end of
+ * the file reads as zeroes.  O_DIRECT stops short at an end of file that
+ * is not block aligned, and the next read from there would fail
+ * (unaligned offset): that is the end too.
  */
+static void
+read_moved(uint32_t align, char **p, uint64_t *bytes, uint64_t *offset,
+           uint64_t r)
+{
+    *p += r;
+    *bytes -= r;
+    *offset += r;
+    if (*bytes > 0 && (r == 0 || !is_aligned(*offset, align))) {
+        memset(*p, 0, *bytes);
+        *bytes = 0;
+    }
+}
+
+/* pread until done (read_moved()). */
 static int
-file_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
-           void *buf, unsigned flags UNUSED)
+read_rest(struct block_node *node, char *p, uint64_t bytes, uint64_t offset)
 {
     struct file_state *s = node->opaque;
-    uint32_t align = node->limits.request_alignment;
-    char *p = buf;
 
-    file_may_block(s);
     while (bytes > 0) {
         int64_t r = sys_io(s, RING_READ, p, bytes, offset);
 
         if (r < 0) {
             return (int)r;
         }
-        p += r;
-        bytes -= r;
-        offset += r;
-        if (r == 0 || !is_aligned(offset, align)) {
-            memset(p, 0, bytes);
-            break;
-        }
+        read_moved(node->limits.request_alignment, &p, &bytes, &offset,
+                   (uint64_t)r);
     }
     return 0;
+}
+
+static int
+file_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
+           void *buf, unsigned flags UNUSED)
+{
+    file_may_block(node->opaque);
+    return read_rest(node, buf, bytes, offset);
 }
 
 static int
@@ -638,6 +720,129 @@ file_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
 
     file_may_block(s);
     return file_write_full(s, buf, bytes, offset);
+}
+
+/* ---- Several pieces at once ------------------------------------------- */
+
+/*
+ * Piece g after res bytes of it were done by a batch (-ENOSYS: none, the
+ * batch did not take it): the rest by the one-piece path.
+ */
+static int
+finish_piece(struct block_node *node, const struct block_segment *g,
+             int64_t res, bool write)
+{
+    struct file_state *s = node->opaque;
+    char *p = g->buf;
+    uint64_t bytes = g->bytes, offset = g->offset;
+
+    if (res == -ENOSYS) {
+        return write ? file_write_full(s, p, bytes, offset)
+                     : read_rest(node, p, bytes, offset);
+    }
+    if (res < 0) {
+        return (int)res;
+    }
+    if (write) {
+        return file_write_full(s, p + res, bytes - (uint64_t)res,
+                               offset + (uint64_t)res);
+    }
+    read_moved(node->limits.request_alignment, &p, &bytes, &offset,
+               (uint64_t)res);
+    return read_rest(node, p, bytes, offset);
+}
+
+/* How many pieces from seg on follow each other on the file. */
+static unsigned
+neighbours(const struct block_segment *seg, unsigned n)
+{
+    unsigned k = 1;
+
+    while (k < n && seg[k - 1].offset + seg[k - 1].bytes == seg[k].offset) {
+        k++;
+    }
+    return k;
+}
+
+/* Neighbouring pieces as one preadv/pwritev (aio=threads). */
+static int
+vector_io(struct block_node *node, const struct block_segment *seg,
+          unsigned k, bool write)
+{
+    struct file_state *s = node->opaque;
+    struct iovec iov[BLOCK_MAX_SEGMENTS];
+    ssize_t r;
+    int ret = 0;
+
+    for (unsigned i = 0; i < k; i++) {
+        iov[i].iov_base = seg[i].buf;
+        iov[i].iov_len = seg[i].bytes;
+    }
+    do {
+        r = write ? pwritev(s->fd, iov, (int)k, (off_t)seg[0].offset)
+                  : preadv(s->fd, iov, (int)k, (off_t)seg[0].offset);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        return -errno;
+    }
+    /* Short (the end of the file): each piece finishes on its own. */
+    for (unsigned i = 0; i < k && ret == 0; i++) {
+        uint64_t done = MIN((uint64_t)r, seg[i].bytes);
+
+        r -= (ssize_t)done;
+        ret = finish_piece(node, &seg[i], done ? (int64_t)done : -ENOSYS,
+                           write);
+    }
+    return ret;
+}
+
+/*
+ * The pieces of one request (the core checked them: aligned, inside the
+ * file, at most BLOCK_MAX_SEGMENTS).  io_uring: all in one submission
+ * that waits for all; threads: neighbours as one preadv/pwritev, the
+ * rest one by one.  One blocking hint first, as for a single request.
+ */
+static int
+file_segments(struct block_node *node, const struct block_segment *seg,
+              unsigned n, bool write)
+{
+    struct file_state *s = node->opaque;
+    int64_t res[BLOCK_MAX_SEGMENTS];
+    int ret = 0;
+
+    file_may_block(s);
+    if (s->io_uring &&
+        ring_batch(s->fd, write ? RING_WRITE : RING_READ, seg, n, res) == 0) {
+        for (unsigned i = 0; i < n; i++) {
+            int r = finish_piece(node, &seg[i], res[i], write);
+
+            ret = ret ? ret : r;
+        }
+        return ret;
+    }
+    for (unsigned i = 0; i < n && ret == 0;) {
+        unsigned k = neighbours(seg + i, n - i);
+
+        ret = k > 1 ? vector_io(node, seg + i, k, write)
+                    : finish_piece(node, &seg[i], -ENOSYS, write);
+        i += k;
+    }
+    return ret;
+}
+
+static int
+file_pread_segments(struct block_node *node, const struct block_segment *seg,
+                    unsigned n, unsigned flags UNUSED)
+{
+    return file_segments(node, seg, n, false);
+}
+
+static int
+file_pwrite_segments(struct block_node *node,
+                     const struct block_segment *seg, unsigned n,
+                     unsigned flags UNUSED)
+{
+    return file_segments(node, seg, n, true);
 }
 
 static int
@@ -653,22 +858,32 @@ do_fallocate(int fd, int mode, uint64_t offset, uint64_t bytes)
 }
 
 /*
- * Make the file at least end bytes long: allocate its last block, which
- * lies inside the caller's own zeroed range (fallocate: no data I/O, as
- * QEMU's zeroing past the end), or where the file system cannot, write
- * zeroes there.  Never ftruncate here: a parallel write may have grown
- * the file since we read its length, and ftruncate would cut that
- * write's data off; fallocate never shrinks.
+ * Make the file at least end bytes long, zeroes from `from` on (past its
+ * old end): fallocate its last block, no data I/O, as QEMU's zeroing past
+ * the end; the rest is a hole.  With BLOCK_REQ_ALLOCATE, on a disk, the
+ * whole range from `from` (unwritten extents, still no data I/O), so that
+ * the writes that follow land inside the file on allocated blocks: ext4
+ * runs such O_DIRECT writes under a shared inode lock, side by side,
+ * where a write that extends the file (or fills a hole) holds the lock
+ * exclusively, and one that extends it waits for the device under it.
+ * In memory (tmpfs) never: a hole costs no memory.  Where the file system
+ * cannot, zeroes are written into the last block.  Never ftruncate here:
+ * a parallel write may have grown the file since we read its length, and
+ * ftruncate would cut that write's data off; fallocate (mode 0) never
+ * shrinks nor changes data.
  */
 static int
-grow_to(struct block_node *node, uint64_t end)
+grow_to(struct block_node *node, uint64_t from, uint64_t end, unsigned flags)
 {
     struct file_state *s = node->opaque;
     size_t n = node->limits.request_alignment;  /* 1 without O_DIRECT */
+    uint64_t start = (flags & BLOCK_REQ_ALLOCATE) && !s->memory_backed
+                     ? MIN(from, end - n) : end - n;
     void *buf;
     int ret;
 
-    if (!s->is_block_device && do_fallocate(s->fd, 0, end - n, n) == 0) {
+    if (!s->is_block_device &&
+        do_fallocate(s->fd, 0, start, end - start) == 0) {
         return 0;
     }
     if (posix_memalign(&buf, MAX(node->limits.mem_alignment,
@@ -693,13 +908,13 @@ file_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
 
     /* Growing a regular file: the new part reads as zeroes anyway. */
     if (len >= 0 && offset >= (uint64_t)len) {
-        return grow_to(node, offset + bytes);
+        return grow_to(node, offset, offset + bytes, flags);
     }
     if (flags & BLOCK_REQ_MAY_UNMAP) {
         ret = do_fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                            offset, bytes);
         if (ret == 0 && len >= 0 && offset + bytes > (uint64_t)len) {
-            ret = grow_to(node, offset + bytes);
+            ret = grow_to(node, (uint64_t)len, offset + bytes, 0);
         }
         if (ret != -ENOTSUP) {
             return ret;
@@ -808,6 +1023,8 @@ const struct block_driver file_driver = {
     .allocated_size = file_allocated_size,
     .pread = file_pread,
     .pwrite = file_pwrite,
+    .pread_segments = file_pread_segments,
+    .pwrite_segments = file_pwrite_segments,
     .pwrite_zeroes = file_pwrite_zeroes,
     .pdiscard = file_pdiscard,
     .flush = file_flush,

@@ -67,6 +67,9 @@ enum {
                                         * that list it in
                                         * supported_write_flags: whole
                                         * clusters); else -ENOTSUP */
+    BLOCK_REQ_ALLOCATE = 0x40,    /* zero: data follows there, reserve the
+                                   * blocks now rather than leave a hole
+                                   * (a hint; drivers that declare it) */
 };
 
 /* Block status flags (block_status()). */
@@ -113,6 +116,19 @@ struct block_opt {
     bool required;
     const char *const *enum_values; /* STRING: allowed values, NULL-ended */
 };
+
+/*
+ * One piece of a request that reaches a node as several: [offset,
+ * offset + bytes) of the node, to or from buf (block_pread_segments()).
+ */
+struct block_segment {
+    uint64_t offset;
+    uint64_t bytes;
+    void *buf;
+};
+
+/* Pieces the core hands a driver's *_segments callback at once. */
+#define BLOCK_MAX_SEGMENTS 32
 
 /* Request limits, set by the driver's open (or refresh_limits). */
 struct block_limits {
@@ -188,6 +204,20 @@ struct block_driver {
                  void *buf, unsigned flags);
     int (*pwrite)(struct block_node *node, uint64_t offset, uint64_t bytes,
                   const void *buf, unsigned flags);
+    /*
+     * Several reads (writes) of one request at once: n <=
+     * BLOCK_MAX_SEGMENTS pieces, each meeting pread's guarantees and
+     * inside the node.  The file driver submits them together (io_uring)
+     * or merges neighbours into one preadv/pwritev.  Returns 0 or the
+     * first error.  Optional: without it the core calls pread (pwrite)
+     * once per piece.
+     */
+    int (*pread_segments)(struct block_node *node,
+                          const struct block_segment *seg, unsigned n,
+                          unsigned flags);
+    int (*pwrite_segments)(struct block_node *node,
+                           const struct block_segment *seg, unsigned n,
+                           unsigned flags);
     /* -ENOTSUP makes the core write zeroes from a buffer (unless
      * BLOCK_REQ_NO_FALLBACK). */
     int (*pwrite_zeroes)(struct block_node *node, uint64_t offset,
@@ -667,6 +697,20 @@ int block_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
                 void *buf, unsigned flags);
 int block_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
                  const void *buf, unsigned flags);
+/*
+ * Several reads (writes) of one node that belong to one request, such as
+ * the host clusters of a guest read that are not contiguous: submitted
+ * together where the driver can (the file driver: one io_uring
+ * submission, or one preadv/pwritev for neighbours), else one by one.
+ * The pieces must not overlap.  Returns 0 or the first error (then some
+ * pieces may be done and others not).
+ */
+int block_pread_segments(struct block_node *node,
+                         const struct block_segment *seg, unsigned n,
+                         unsigned flags);
+int block_pwrite_segments(struct block_node *node,
+                          const struct block_segment *seg, unsigned n,
+                          unsigned flags);
 int block_pwrite_zeroes(struct block_node *node, uint64_t offset,
                         uint64_t bytes, unsigned flags);
 int block_pdiscard(struct block_node *node, uint64_t offset, uint64_t bytes);

@@ -247,3 +247,55 @@ def test_lockstep_io_aio_bad_mode(lockstep_io, disk_dir):
     r = run([lockstep_io, "--aio", "posix", "-c", "read 0 4k", img])
     assert r.returncode == 1
     assert "Invalid aio option: posix" in r.stderr
+
+
+def scattered_qcow2(disk_dir):
+    """16 clusters of 4 KiB written last to first: on the host they lie
+    in the opposite order, so a guest request over them is 16 pieces."""
+    img = qcow2(disk_dir)
+    cmds = []
+    for c in reversed(range(16)):
+        cmds += ["-c", "write -P %d %d 4k" % (c + 1, c * 4 * KiB)]
+    r = run(["qemu-io", "-t", "none", "-f", "qcow2"] + cmds + [img])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return img
+
+
+def scattered_calls(lockstep_io, img, aio, cmd):
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=on,file.aio=%s" % (img, aio))
+    r, calls = syscalls([lockstep_io, "--image-opts", "-c", cmd, opts])
+    assert r.returncode == 0 and "Pattern" not in r.stdout, \
+        r.stdout + r.stderr
+    return calls
+
+
+@pytest.mark.parametrize("op", ["read", "write"])
+def test_scattered_clusters_batched(lockstep_io, disk_dir, op):
+    """A guest read over 16 clusters that lie apart on the host, and an
+    in-place write over them, cost as many io_uring_enter calls as one
+    cluster does: one batch for the 16 pieces.  With aio=threads, the
+    fallback, one pread64 (pwrite64) per piece."""
+    img = scattered_qcow2(disk_dir)
+    one = "%s -P 1 0 4k" % op
+    all16 = "%s -P 9 0 64k" % op if op == "write" else "read 0 64k"
+    if io_uring_here(lockstep_io, disk_dir):
+        a = scattered_calls(lockstep_io, img, "io_uring", one)
+        b = scattered_calls(lockstep_io, img, "io_uring", all16)
+        assert b.get("io_uring_enter", 0) == a.get("io_uring_enter", 0), \
+            (a, b)
+        assert a.get("io_uring_enter", 0) >= 1
+    call = "pread64" if op == "read" else "pwrite64"
+    a = scattered_calls(lockstep_io, img, "threads", one)
+    b = scattered_calls(lockstep_io, img, "threads", all16)
+    assert b.get(call, 0) - a.get(call, 0) == 15, (a, b)
+    r = run(["qemu-img", "check", "-q", img])
+    assert r.returncode == 0, r.stdout + r.stderr
+    if op == "read":
+        for c in range(16):
+            r = run(["qemu-io", "-f", "qcow2", "-c", "read -P %d %d 4k"
+                     % (c + 1, c * 4 * KiB), img])
+            assert "Pattern" not in r.stdout, r.stdout
+    else:
+        r = run(["qemu-io", "-f", "qcow2", "-c", "read -P 9 0 64k", img])
+        assert "Pattern" not in r.stdout, r.stdout

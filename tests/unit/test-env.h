@@ -33,6 +33,16 @@ test_cache_direct(void)
     return v && !strcmp(v, "1");
 }
 
+/* Is dir in memory (tmpfs, ramfs)? */
+static inline bool
+test_dir_in_memory(const char *dir)
+{
+    struct statfs sf;
+
+    return statfs(dir, &sf) == 0 &&
+           (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC);
+}
+
 /* Can dir hold files that O_DIRECT reaches the disk with? */
 static inline bool
 test_dir_is_direct(const char *dir)

@@ -280,9 +280,51 @@ contiguous_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e,
 }
 
 /*
+ * Host requests of one guest request that go down together
+ * (block_pread_segments()/block_pwrite_segments()): the runs of
+ * contiguous host clusters of a guest read, the clusters a guest write
+ * rewrites in place.
+ */
+struct host_batch {
+    struct block_segment seg[BLOCK_MAX_SEGMENTS];
+    unsigned n;
+};
+
+/* Send what is in b to the file, one blkdebug event per piece. */
+static int
+batch_submit(struct qcow2_state *s, struct host_batch *b, bool write)
+{
+    unsigned n = b->n;
+
+    b->n = 0;
+    for (unsigned i = 0; i < n; i++) {
+        block_debug_event(s->file, write ? "write_aio" : "read_aio");
+    }
+    if (n == 1) {
+        return write ? block_pwrite(s->file, b->seg[0].offset,
+                                    b->seg[0].bytes, b->seg[0].buf, 0)
+                     : block_pread(s->file, b->seg[0].offset,
+                                   b->seg[0].bytes, b->seg[0].buf, 0);
+    }
+    return write ? block_pwrite_segments(s->file, b->seg, n, 0)
+                 : block_pread_segments(s->file, b->seg, n, 0);
+}
+
+/* Add [host, host+n) <-> p to b; sends b when it is full. */
+static int
+batch_add(struct qcow2_state *s, struct host_batch *b, uint64_t host,
+          uint64_t n, const void *p, bool write)
+{
+    b->seg[b->n++] = (struct block_segment){ host, n, (void *)p };
+    return b->n == BLOCK_MAX_SEGMENTS ? batch_submit(s, b, write) : 0;
+}
+
+/*
  * Driver pread: any thread, no lock held; the core guarantees the range is
- * inside the disk.  Shared range lock; data read without s->lock.
- * Returns 0 or -errno (-EIO for metadata that breaks the format).
+ * inside the disk.  Shared range lock; data read without s->lock, the
+ * runs of contiguous data clusters all in one batch once the mapping is
+ * known (the range lock holds them).  Returns 0 or -errno (-EIO for
+ * metadata that breaks the format).
  */
 static int
 qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
@@ -290,10 +332,12 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
 {
     struct qcow2_range r;
     struct qcow2_state *s = node->opaque;
+    struct host_batch b;
     uint8_t *p = buf;
     int ret = 0;
 
     (void)flags;
+    b.n = 0;
     range_lock(s, &r, offset, bytes, false);
     while (bytes > 0 && ret == 0) {
         uint64_t gc = offset >> s->cluster_bits;
@@ -309,17 +353,18 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
         }
         mutex_unlock(&s->lock);
         if (ret == 0 && run) {
-            /* Contiguous data clusters: one read (range lock holds them). */
             n = run;
-            block_debug_event(s->file, "read_aio");
-            ret = block_pread(s->file, (e.entry & QCOW2_L2E_OFFSET_MASK) + in,
-                              n, p, 0);
+            ret = batch_add(s, &b, (e.entry & QCOW2_L2E_OFFSET_MASK) + in, n,
+                            p, false);
         } else if (ret == 0) {
             ret = read_with_entry(s, gc, &e, in, n, p);
         }
         offset += n;
         bytes -= n;
         p += n;
+    }
+    if (ret == 0 && b.n) {
+        ret = batch_submit(s, &b, false);
     }
     range_unlock(s, &r);
     return ret;
@@ -540,36 +585,44 @@ zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
 }
 
 /*
- * The clusters [host, host+len) reached past the end of the file: make
- * the file end at host+len, as QEMU's images do (its block status reports
- * what lies past the end of the file as zero, not data) and nothing of
- * ours is read past the end.  from: where the file may end now (the guest
- * data or the old end, whichever is further).  A write-zeroes request past
- * the end, which the file driver turns into fallocate (no data I/O; a
- * write where it cannot), from a block boundary so that O_DIRECT needs no
- * read-modify-write; when the data already reaches the last block, the
- * request layer grew the file to its end.  Never ftruncate: a write never
- * shrinks the file, while a concurrent write further out may already have
- * grown it.
+ * New clusters whose copy-on-write area reads as zeroes (write_cow_zero())
+ * reach past the end of the file: grow it over them first, as QEMU zeroes
+ * that area before the data.  Writes that cover their clusters whole
+ * extend the file themselves, as in QEMU: one request, not two.  The file then ends
+ * on the clusters' end, as QEMU's images do (its block status reports
+ * what lies past the end of the file as zero, not data), and the data
+ * write lands inside the file, on blocks the file driver reserved
+ * (BLOCK_REQ_ALLOCATE: fallocate, no data I/O): on ext4 such writes run
+ * side by side, where writes that extend the file wait for the device one
+ * at a time (file.c, grow_to()).  From a block boundary so that O_DIRECT
+ * needs no read-modify-write.  Nothing points at the clusters yet: a
+ * crash in between leaves a leak at worst.  Never ftruncate: a write
+ * never shrinks the file, while a concurrent write further out may
+ * already have grown it.
  */
 static int
-end_clusters(struct qcow2_state *s, uint64_t host, uint64_t from,
-             uint64_t len)
+grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
 {
-    uint64_t start = align_up(from, MAX(s->file->limits.request_alignment,
-                                        1));
+    int64_t flen = block_getlength(s->file);
+    uint64_t start;
 
+    if (flen < 0 || (uint64_t)flen >= host + len) {
+        return 0;
+    }
+    start = (uint64_t)flen > host ? (uint64_t)flen - host : 0;
+    start = align_up(start, MAX(s->file->limits.request_alignment, 1));
     if (start >= len) {
         return 0;
     }
     return block_pwrite_zeroes(s->file, host + start, len - start,
-                               BLOCK_REQ_MAY_UNMAP);
+                               BLOCK_REQ_ALLOCATE);
 }
 
 /*
  * Data phase of a cow_zero plan: zero the stale part of the COW regions,
- * then write the guest data alone.  Both finish before the L2 entry is
- * linked (write_cluster), so a crash never shows old bytes through it.
+ * make the file reach the cluster's end, then write the guest data alone.
+ * All finish before the L2 entry is linked (write_cluster), so a crash
+ * never shows old bytes through it.
  */
 static int
 write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
@@ -583,11 +636,10 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
         ret = zero_stale(s, p, in + n, p->we);
     }
     if (ret == 0) {
-        ret = block_pwrite(s->file, p->host + in, n, buf, 0);
+        ret = grow_over(s, p->host, s->cluster_size);
     }
-    if (ret == 0 && p->stale < s->cluster_size && in + n < s->cluster_size) {
-        ret = end_clusters(s, p->host, MAX(in + n, p->stale),
-                           s->cluster_size);
+    if (ret == 0) {
+        ret = block_pwrite(s->file, p->host + in, n, buf, 0);
     }
     return ret;
 }
@@ -789,7 +841,9 @@ write_compressed_cluster(struct qcow2_state *s, uint64_t gc,
  * mapped in place one after the other, or clusters allocated together for
  * this write (contiguous by construction).  Everything else (one cluster,
  * clusters with old host data to copy and free, extended L2) takes the
- * per-cluster path, write_cluster().  The ordering rules do not change: the
+ * per-cluster path, write_cluster().  Runs mapped in place that do not
+ * follow each other on the host go down together, in one batch of the
+ * file driver (qcow2_pwrite()).  The ordering rules do not change: the
  * data of the whole run is written before its L2 entries change in the
  * cache, and the entries reach the disk after a flush (qcow2_l2_before_write).
  */
@@ -884,8 +938,10 @@ inplace_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e0,
 
 /*
  * Plan a run for the write of [in, in+bytes) from guest cluster gc; caller
- * holds s->lock.  run->nb < 2 means "no run".  A run of new clusters is
- * allocated here (refcounts in the cache), within gc's L2 table.
+ * holds s->lock.  Clusters mapped in place: run->nb >= 1, new_alloc
+ * false (one cluster is a run too: it joins the request's batch).  Else
+ * run->nb < 2 means "no run"; a run of new clusters is allocated here
+ * (refcounts in the cache), within gc's L2 table.
  */
 static int
 plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
@@ -906,22 +962,19 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     /* A refcount block sits at the first cluster it covers (see
      * qcow2-refcount.c), so no free run is longer than the rest. */
     max = MIN(max, s->refblock_entries - 1);
-    if (max < 2) {
-        return 0;
-    }
     ret = qcow2_get_l2e(s, gc, &run->head_old);
     if (ret < 0) {
         return ret;
     }
-    run->nb = inplace_run(s, gc, &run->head_old, in, in + bytes, max,
+    run->nb = inplace_run(s, gc, &run->head_old, in, in + bytes, MAX(max, 1),
                           &run->zero_inplace);
     if (run->nb) {
         run->host = run->head_old.entry & QCOW2_L2E_OFFSET_MASK;
         end = MIN(in + bytes, run->nb * cs);
-        return run->nb < 2 ? 0
-               : qcow2_overlap_refuse(s, 0, run->host + in, end - in);
+        return qcow2_overlap_refuse(s, 0, run->host + in, end - in);
     }
-    if (s->extended_l2 || !fresh_target(s, &run->head_old, &t0)) {
+    if (max < 2 || s->extended_l2 ||
+        !fresh_target(s, &run->head_old, &t0)) {
         return 0;
     }
     run->tail_old = run->head_old;
@@ -937,6 +990,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
         t = tn;
     }
     if (run->nb < 2) {
+        run->nb = 0;    /* one new cluster: write_cluster() */
         return 0;
     }
     ret = qcow2_ensure_l2(s, gc);
@@ -995,10 +1049,10 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
             ret = run_zero_stale(s, run, end, total);
         }
         if (ret == 0) {
-            ret = block_pwrite(s->file, run->host + in, n, buf, 0);
+            ret = grow_over(s, run->host, total);
         }
-        if (ret == 0 && run->stale < total && end < total) {
-            ret = end_clusters(s, run->host, MAX(end, run->stale), total);
+        if (ret == 0) {
+            ret = block_pwrite(s->file, run->host + in, n, buf, 0);
         }
         return ret;
     }
@@ -1098,9 +1152,12 @@ pwrite_compressed(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 
 /*
  * Driver pwrite: any thread, no lock held, any alignment.  Exclusive
- * range lock over the touched clusters; per cluster plan (s->lock), data
- * (no lock), link (s->lock).  FUA is emulated by the core with a flush.
- * Returns 0 or -errno; -EIO once the image is marked corrupt.
+ * range lock over the touched clusters; per run or cluster plan (s->lock),
+ * data (no lock), link (s->lock).  Runs rewritten in place change no
+ * mapping: their data goes down in one batch, sent before anything else
+ * is written (so the request's writes keep their order) and at the end.
+ * FUA is emulated by the core with a flush.  Returns 0 or -errno; -EIO
+ * once the image is marked corrupt.
  */
 static int
 qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
@@ -1109,11 +1166,13 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
     struct qcow2_state *s = node->opaque;
     const uint8_t *p = buf;
     struct qcow2_range r;
+    struct host_batch b;
     int ret = 0;
 
     if (flags & BLOCK_REQ_WRITE_COMPRESSED) {
         return pwrite_compressed(s, offset, bytes, buf);
     }
+    b.n = 0;
     range_lock(s, &r, offset, bytes, true);
     while (bytes > 0 && ret == 0) {
         uint64_t gc = offset >> s->cluster_bits;
@@ -1121,20 +1180,33 @@ qcow2_pwrite(struct block_node *node, uint64_t offset, uint64_t bytes,
         uint64_t n = MIN(bytes, s->cluster_size - in);
         struct write_run run = { 0 };
 
-        if (bytes > n) {
+        /* A lone cluster with nothing batched yet: straight to
+         * write_cluster(), whose plan is all it needs. */
+        if (bytes > n || b.n) {
             mutex_lock_may_block(&s->lock);
             ret = s->corrupt ? -EIO : plan_run(s, gc, in, bytes, &run);
             mutex_unlock(&s->lock);
         }
-        if (ret == 0 && run.nb >= 2) {
+        if (ret == 0 && run.nb && !run.new_alloc && !run.zero_inplace) {
             n = MIN(bytes, run.nb * s->cluster_size - in);
-            ret = write_run(s, &run, in, n, p);
+            ret = batch_add(s, &b, run.host + in, n, p, true);
         } else if (ret == 0) {
-            ret = write_cluster(s, gc, in, n, p);
+            /* Zero clusters in place change their entries after the data:
+             * write_run(), after what is batched. */
+            ret = b.n ? batch_submit(s, &b, true) : 0;
+            if (ret == 0 && (run.nb >= 2 || run.zero_inplace)) {
+                n = MIN(bytes, run.nb * s->cluster_size - in);
+                ret = write_run(s, &run, in, n, p);
+            } else if (ret == 0) {
+                ret = write_cluster(s, gc, in, n, p);
+            }
         }
         offset += n;
         bytes -= n;
         p += n;
+    }
+    if (ret == 0 && b.n) {
+        ret = batch_submit(s, &b, true);
     }
     range_unlock(s, &r);
     return ret;
