@@ -369,17 +369,37 @@ L1E_OFFSET = 0x00fffffffffffe00
 COMPRESSED = 1 << 62
 
 
-def read_qcow2(path, backing=True):
+def snapshot_l1(img, snap, size):
+    """(L1 offset, L1 size, disk size) of internal snapshot number snap
+    (0: the first in the snapshot table)."""
+    nb, off = struct.unpack_from(">IQ", img, 60)
+    assert snap < nb, "no snapshot %d of %d" % (snap, nb)
+    for i in range(snap + 1):
+        (l1_off, l1_size, id_len, name_len, _s, _ns, _vm, _vms,
+         extra) = struct.unpack_from(">QIHHIIQII", img, off)
+        if i == snap:
+            if extra >= 16:
+                size = struct.unpack_from(">Q", img, off + 40 + 8)[0]
+            return l1_off, l1_size, size
+        off += 40 + extra + id_len + name_len
+        off = (off + 7) & ~7
+
+
+def read_qcow2(path, backing=True, snap=None):
     """The guest's view of a qcow2 image (and, with backing, its backing
     chain, relative names from the image's directory), read here in Python
     from the qcow2 specification: standard and extended L2 entries, zero
-    clusters, compressed clusters.  Much faster than a qemu-img process per
-    crash image, and independent of the driver under test."""
+    clusters, compressed clusters.  snap: the view of that internal
+    snapshot (its index in the table) instead of the active one.  Much
+    faster than a qemu-img process per crash image, and independent of the
+    driver under test."""
     with open(path, "rb") as f:
         img = f.read()
     (magic, version, bf_off, bf_size, cbits, size, _crypt, l1_size,
      l1_off) = struct.unpack_from(">IIQIIQIIQ", img, 0)
     assert magic == 0x514649fb, path
+    if snap is not None:
+        l1_off, l1_size, size = snapshot_l1(img, snap, size)
     incompat = struct.unpack_from(">Q", img, 72)[0] if version >= 3 else 0
     ext = bool(incompat & 0x10)
     cs = 1 << cbits
@@ -442,8 +462,9 @@ class Check:
     work_dir under the same file names, so relative backing names work.
     view(pos) -> what to read and check at log position pos: (image, model)
     or a list of them, where image is a file name in work_dir (with
-    ":alone", without its backing file), and model has verify(data, pos)
-    (a Guest); None: only qemu-img check."""
+    ":alone", without its backing file; with ":snap", its first internal
+    snapshot), and model has verify(data, pos) (a Guest); None: only
+    qemu-img check."""
 
     def __init__(self, work_dir, files, view, unchanged=()):
         self.dir = work_dir
@@ -481,9 +502,10 @@ class Check:
                 views = [views]
             for name, guest in views:
                 alone = name.endswith(":alone")
+                snap = 0 if name.endswith(":snap") else None
                 path = os.path.join(self.dir, name.split(":")[0])
                 try:
-                    data, bad = read_qcow2(path, not alone), None
+                    data, bad = read_qcow2(path, not alone, snap), None
                 except Exception as e:      # a broken image, checked above
                     data, bad = None, "unreadable: %r" % e
                 bad = bad or guest.verify(data, pos)

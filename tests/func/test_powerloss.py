@@ -11,7 +11,8 @@ Workloads: cluster allocation with L2 table, refcount block, refcount
 table and L1 growth (512-byte clusters); writes over many clusters, sent
 as one request per contiguous host run; discard and reuse of the freed
 clusters; concurrent writes with flushes in flight; make_empty at
-replication checkpoints with writes in between; active block-commit.
+replication checkpoints with writes in between; active block-commit;
+writes over the clusters an internal snapshot shares.
 
 LOCKSTEP_POWERLOSS_POINTS=N sets the crash points per workload (default
 150, a run of make check stays well under a minute);
@@ -352,6 +353,38 @@ def test_multi_cluster_writes(tmp_path, backing):
     assert not failures, "seed %d:\n%s" % (seed, "\n".join(failures))
 
 
+def test_writes_over_snapshot(tmp_path):
+    """An internal snapshot shares every L2 table and data cluster of the
+    image; guest writes over many clusters then copy the shared tables and
+    clusters (no run in place: their COPIED flags are clear), and later
+    writes over the copies go down in place, batched.  A crash must keep
+    the snapshot's data as it was and the active disk's durable writes."""
+    d = str(tmp_path)
+    img = os.path.join(d, "disk.qcow2")
+    size = 4 * MiB
+    initial = powerloss.write_data(0, 0, size)
+    image_with(img, initial, "cluster_size=4096")
+    powerloss.run_ok(["qemu-img", "snapshot", "-c", "before", img])
+    rec = Recorder(d, {"disk": img})
+    rec.add_qcow2("disk", "disk", img)
+    rec.export("disk", "disk")
+    guest = Guest(rec.log, size, initial)
+    frozen = Guest(rec.log, size, initial)
+    w = Writer(rec.connect("disk"), guest)
+    rng = random.Random(seed_for("snapshot"))
+    random_io(rng, w, size, 60, 256 * KiB, 5, discard=0.05, cluster=4096)
+    w.flush()
+    random_io(rng, w, size, 40, 256 * KiB, 5)
+    w.flush()
+    w.h.shutdown()
+    rec.stop()
+    log = Log(rec.log)
+    assert any(op.kind == powerloss.WRITE and op.bytes > 64 * KiB
+               for kind, op in log.records if op is not None)
+    run_checks(rec, lambda pos: [("disk.qcow2", guest),
+                                 ("disk.qcow2:snap", frozen)], "snapshot")
+
+
 def test_flush_races_allocation(tmp_path):
     """A flush that runs while a write into a new cluster is in flight
     writes back the refcount increase, so the next flush finds no dirty
@@ -604,16 +637,17 @@ def test_img_commit(tmp_path):
 
 
 @pytest.mark.parametrize("opts", ["cluster_size=512", "extended_l2=on",
-                                  "compat=0.10", "compressed"])
+                                  "compat=0.10", "compressed", "snapshot"])
 def test_reader_matches_qemu(tmp_path, opts):
     """The model's own qcow2 reader (powerloss.read_qcow2) reads what
     qemu-img reads: standard and extended L2, zero clusters, v2,
-    compressed clusters, a backing chain."""
+    compressed clusters, a backing chain, an internal snapshot."""
     d = str(tmp_path)
     raw = os.path.join(d, "a.raw")
     img = os.path.join(d, "a.qcow2")
     top = os.path.join(d, "t.qcow2")
-    create(img, 4 * MiB, "" if opts == "compressed" else opts)
+    create(img, 4 * MiB, "" if opts in ("compressed", "snapshot")
+           else opts)
     cmds = ["write -P 3 1000 70000", "write -P 5 2M 3000",
             "write -z 1M 64k", "discard 2M 512"]
     if opts == "compat=0.10":
@@ -626,6 +660,16 @@ def test_reader_matches_qemu(tmp_path, opts):
         powerloss.run_ok(["qemu-img", "convert", "-c", "-O", "qcow2", img,
                           img + ".c"])
         os.replace(img + ".c", img)
+    if opts == "snapshot":
+        snap = os.path.join(d, "snap.raw")
+        powerloss.run_ok(["qemu-img", "snapshot", "-c", "s", img])
+        powerloss.run_ok(["qemu-io", "-f", "qcow2", "-c",
+                          "write -P 7 1500 90000", "-c", "write -z 3M 8k",
+                          img])
+        powerloss.run_ok(["qemu-img", "convert", "-O", "raw", "-l",
+                          "snapshot.name=s", img, snap])
+        with open(snap, "rb") as f:
+            assert powerloss.read_qcow2(img, snap=0) == f.read()
     create(top, 4 * MiB, "", backing=img)
     powerloss.run_ok(["qemu-io", "-f", "qcow2", "-c", "write -P 9 4096 512",
                       top])

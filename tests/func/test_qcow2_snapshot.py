@@ -130,6 +130,36 @@ def test_our_writes_copy_shared_clusters(limg, lockstep_io, img):
     assert pattern_ok(img, 7, 0, 8 * 1024 * 1024)
 
 
+def test_multi_cluster_writes_over_shared_clusters(limg, lockstep_io, img,
+                                                   tmp_dir):
+    """Writes over many clusters a snapshot shares (copied, never written
+    in place), then over the copies (in place, one batch of host requests)
+    and over both at once: the same disk as qemu-io's after the same
+    writes, and the snapshot as it was."""
+    ok(qio(img, "write -P 7 0 8M"))
+    ok(run([limg, "snapshot", "-c", "base", img]))
+    ref = os.path.join(tmp_dir, "ref.qcow2")
+    shutil.copyfile(img, ref)
+    cmds = ["write -P 8 1000 300k", "write -P 9 64k 1M",
+            "write -P 10 100k 2M", "write -z 2200k 100k",
+            "write -P 11 6M 256k", "write -P 12 6M 256k",
+            "write -P 13 5M 1032k", "aio_write -P 14 3M 64k",
+            "aio_write -P 15 3200k 512k", "aio_flush"]
+    ok(lio(lockstep_io, img, *cmds))
+    ok(run([QEMU_IO, "-f", "qcow2"] +
+           [a for c in cmds for a in ("-c", c)] + [ref]))
+    clean(img)
+    ok(run([QEMU_IMG, "compare", "-f", "qcow2", "-F", "qcow2", img, ref]))
+    raw = os.path.join(tmp_dir, "snap.raw")
+    ok(run([QEMU_IMG, "convert", "-l", "snapshot.name=base", "-O", "raw",
+            img, raw]))
+    res = run([QEMU_IO, "-f", "raw", "-c", "read -P 7 0 8M", raw])
+    assert "Pattern verification failed" not in res.stdout, res.stdout
+    ok(run([limg, "snapshot", "-a", "base", img]))
+    clean(img)
+    assert pattern_ok(img, 7, 0, 8 * 1024 * 1024)
+
+
 def test_qemu_snapshots_read_applied_deleted_by_us(limg, lockstep_io, img):
     ok(qio(img, "write -P 3 0 4M"))
     ok(run([QEMU_IMG, "snapshot", "-c", "q1", img]))
