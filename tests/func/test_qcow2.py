@@ -911,3 +911,26 @@ def test_write_over_kept_zero_cluster_is_one_request(lockstep_io, tmp_dir):
     ok(run([QEMU_IMG, "check", img]))
     res = ok(qio(img, "read -P 43 0 192k"))
     assert "Pattern verification failed" not in res.stdout
+
+
+def test_batched_write_then_kept_zero_cluster(lockstep_io, tmp_dir):
+    """A write over clusters in place that lie apart on the host (one
+    batch of host requests) and then over a run that holds a zero cluster
+    that kept its host cluster: that run is written after the batch and
+    its zero cluster becomes data (it is not left in the batch, whose
+    pieces change no entry)."""
+    img = os.path.join(tmp_dir, "zb.qcow2")
+    ok(run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=4k", img, "64k"]))
+    # Clusters 3, 2, 1, 0 on the host in that order, then 4 and 5.
+    ok(run([QEMU_IO, "-f", "qcow2"] +
+           [a for c in (3, 2, 1, 0) for a in
+            ("-c", "write -P 42 %dk 4k" % (4 * c))] +
+           ["-c", "write -P 42 16k 8k", img]))
+    before = ok(run([QEMU_IMG, "map", "--output=json", img])).stdout
+    ok(qio(img, "write -z 20k 4k"))
+    ok(run([lockstep_io, "-f", "qcow2", "-c", "write -P 43 0 24k", img]))
+    assert ok(run([QEMU_IMG, "map", "--output=json", img])).stdout == before
+    ok(run([QEMU_IMG, "check", img]))
+    res = ok(qio(img, "read -P 43 0 24k"))
+    assert "Pattern verification failed" not in res.stdout, res.stdout
