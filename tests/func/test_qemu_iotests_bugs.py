@@ -1231,3 +1231,28 @@ def test_info_of_protocol_drivers_as_qemu(lio, qio, tmp_dir, name):
     a = run([lio, "-c", "info", name])
     b = run([qio, "-c", "info", name])
     assert (a.returncode, a.stdout) == (b.returncode, b.stdout)
+
+
+# ---- bitmap --add: the file ends where QEMU's does (iotest 190) -----------
+
+
+def test_bitmap_add_ends_file_after_directory(limg, qimg, tmp_dir):
+    """The bitmap directory and tables are written by their own length, not
+    padded to whole clusters: the file ends inside the last cluster as
+    QEMU's does, so measure -f raw of it gives QEMU's numbers."""
+    sizes = {}
+    for name, tool in (("ours", limg), ("qemu", qimg)):
+        img = os.path.join(tmp_dir, name + ".qcow2")
+        ok(run([tool, "create", "-q", "-f", "qcow2", "-o",
+                "cluster_size=2M", img, "2T"]))
+        ok(run([tool, "bitmap", "--add", "-g", "512", "-f", "qcow2", img,
+                "b1"]))
+        ok(run([tool, "bitmap", "--add", "-g", "2M", "-f", "qcow2", img,
+                "b2"]))
+        sizes[name] = os.path.getsize(img)
+        r = ok(run([qimg, "check", img]))
+        assert "No errors were found" in r.stdout
+        r = ok(run([qimg, "info", "--output=json", img]))
+        assert '"name": "b1"' in r.stdout and '"name": "b2"' in r.stdout
+    # Two 32-byte directory entries at the start of the 9th cluster.
+    assert sizes["ours"] == sizes["qemu"] == 8 * 2 * MiB + 64
