@@ -5,6 +5,7 @@ Each test is the smallest case of one difference `make iotests` showed,
 run with our tools and, where it helps, with qemu-img/qemu-io 7.2 on the
 same files to show what QEMU does.
 """
+import json
 import os
 import struct
 import subprocess
@@ -1256,3 +1257,39 @@ def test_bitmap_add_ends_file_after_directory(limg, qimg, tmp_dir):
         assert '"name": "b1"' in r.stdout and '"name": "b2"' in r.stdout
     # Two 32-byte directory entries at the start of the 9th cluster.
     assert sizes["ours"] == sizes["qemu"] == 8 * 2 * MiB + 64
+
+
+# ---- info on json:{...} names with nodes below the format (iotest 110) ----
+
+
+@pytest.mark.parametrize("below,actual", [
+    ("{'driver': 'blkdebug', 'image': {'driver': 'file', 'filename': 'IMG'},"
+     " 'set-state': [{'event': 'read_aio', 'new_state': 42}]}",
+     " (actual path: DIR/b.qcow2)"),
+    ("{'driver': 'quorum', 'vote-threshold': 1, 'children': ["
+     "{'driver': 'file', 'filename': 'IMG'},"
+     " {'driver': 'file', 'filename': 'IMG.copy'}]}",
+     " (cannot determine actual path)"),
+])
+def test_info_json_name_with_nodes_below(limg, qimg, tmp_dir, below, actual):
+    """A qcow2 image named by json: over blkdebug or quorum is described
+    as qcow2 (not probed as raw); its relative backing name resolves in
+    the directory of the file below, where one file is below."""
+    base = os.path.join(tmp_dir, "b.qcow2")
+    img = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
+            "qcow2", img, "64M"]))
+    with open(img, "rb") as f, open(img + ".copy", "wb") as g:
+        g.write(f.read())
+    name = "json:{'driver': 'qcow2', 'file': %s}" % below.replace("IMG", img)
+    lines = ok(run([limg, "info", name])).stdout.splitlines()
+    assert lines[1:3] == ["file format: qcow2",
+                          "virtual size: 64 MiB (67108864 bytes)"]
+    assert "backing file: b.qcow2" + actual.replace("DIR", tmp_dir) in lines
+    # The JSON form has the backing name, and the full one only if known.
+    ours = json.loads(ok(run([limg, "info", "--output=json", name])).stdout)
+    qemu = json.loads(ok(run([qimg, "info", "--output=json", name])).stdout)
+    for key in ("format", "virtual-size", "backing-filename",
+                "full-backing-filename"):
+        assert ours.get(key) == qemu.get(key), key
