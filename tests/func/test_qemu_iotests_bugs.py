@@ -1293,3 +1293,39 @@ def test_info_json_name_with_nodes_below(limg, qimg, tmp_dir, below, actual):
     for key in ("format", "virtual-size", "backing-filename",
                 "full-backing-filename"):
         assert ours.get(key) == qemu.get(key), key
+
+
+# ---- qcow2 cache options: fractions and QEMU's checks (iotest 103) --------
+
+
+@pytest.mark.parametrize("opts", [
+    "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+    "cache-size=0,l2-cache-size=0,refcount-cache-size=0",
+    "cache-size=1M,l2-cache-size=2M",
+    "cache-size=1M,refcount-cache-size=2M",
+    "l2-cache-entry-size=256",
+    "l2-cache-entry-size=4242",
+    "l2-cache-entry-size=128k",
+    "cache-size=0.5",               # a fraction of a byte (other text)
+    # Valid: they open and read.
+    "l2-cache-size=1M,refcount-cache-size=0.25M",
+    "cache-size=1.5M,l2-cache-size=0.5M",
+    "cache-size=0",
+    "l2-cache-entry-size=512",
+])
+def test_qcow2_cache_options_as_qemu(lio, qio, qimg, tmp_dir, opts):
+    img = os.path.join(tmp_dir, "c.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", img, "64k"]))
+    io(lio, img, "write -P 42 0 64k")
+    outs = []
+    for tool in (lio, qio):
+        r = run([tool, "-c", "open -o %s %s" % (opts, img),
+                 "-c", "read -P 42 0 64k"])
+        err = r.stderr.replace(tool, "qemu-io").replace("lockstep-io",
+                                                         "qemu-io")
+        outs.append((r.returncode, "read 65536/65536" in r.stdout,
+                     "Pattern verification failed" in r.stdout, err))
+    if opts == "cache-size=0.5":
+        # QEMU's QemuOpts text for a bad size differs from ours.
+        outs = [o[:3] for o in outs]
+    assert outs[0] == outs[1]
