@@ -1329,3 +1329,34 @@ def test_qcow2_cache_options_as_qemu(lio, qio, qimg, tmp_dir, opts):
         # QEMU's QemuOpts text for a bad size differs from ours.
         outs = [o[:3] for o in outs]
     assert outs[0] == outs[1]
+
+
+# ---- an unaligned refcount block: opened, flagged when used (iotest 305) --
+
+
+def test_unaligned_refblock_opens_and_is_flagged_on_use(lio, qio, qimg,
+                                                        tmp_dir):
+    """QEMU opens an image whose refcount table points at an unaligned
+    refcount block; the first allocation that needs that block marks the
+    image corrupt and fails with EIO.  The image is laid out by QEMU's
+    tools, so the freed clusters are where QEMU's test has them."""
+    img = os.path.join(tmp_dir, "r.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o",
+            "refcount_bits=64,cluster_size=1k", img, "1M"]))
+    io(qio, img, "write 0 124k")
+    io(qio, img, "discard 121k 1k", "discard 123k 1k")
+    with open(img, "r+b") as f:
+        reftable = struct.unpack(">Q", f.read(56)[48:56])[0]
+        f.seek(reftable + 8)
+        entry = struct.unpack(">Q", f.read(8))[0]
+        assert entry == 0x20400
+        f.seek(reftable + 14)
+        f.write(b"\x06")
+    # Reading needs no refcount: it works.
+    io(lio, img, "read 0 4k")
+    r = run([lio, "-f", "qcow2", "-c", "write 121k 3k", img])
+    assert "write failed: Input/output error" in r.stdout + r.stderr
+    assert ("qcow2: Marking image as corrupt: Refblock offset 0x20600 "
+            "unaligned (reftable index: 0x1)") in r.stderr
+    r = ok(run([qimg, "info", img]))
+    assert "corrupt: true" in r.stdout
