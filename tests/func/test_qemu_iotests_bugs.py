@@ -1360,3 +1360,28 @@ def test_unaligned_refblock_opens_and_is_flagged_on_use(lio, qio, qimg,
             "unaligned (reftable index: 0x1)") in r.stderr
     r = ok(run([qimg, "info", img]))
     assert "corrupt: true" in r.stdout
+
+
+# ---- the file driver's file types; host_device and host_cdrom (iotest 226) -
+
+
+@pytest.mark.parametrize("driver", ["file", "host_device", "host_cdrom"])
+@pytest.mark.parametrize("ro", [True, False])
+def test_protocol_drivers_check_file_type_as_qemu(lio, qio, tmp_dir, driver,
+                                                  ro):
+    """file wants a regular file, host_device and host_cdrom a character
+    or block device: a directory and /dev/null get QEMU's errors, or open
+    as QEMU opens them."""
+    d = os.path.join(tmp_dir, "dir")
+    os.mkdir(d)
+    for name, extra in ((d, ""), ("/dev/null", ",locking=off")):
+        outs = []
+        for tool in (lio, qio):
+            cmd = "open %s-o driver=%s,filename=%s%s" % (
+                "-r " if ro else "", driver, name, extra)
+            r = run([tool, "-c", cmd])
+            outs.append((r.returncode, r.stdout,
+                         r.stderr.replace(tool, "qemu-io")
+                                 .replace("lockstep-io", "qemu-io")))
+        assert outs[0] == outs[1], name
+
