@@ -1385,3 +1385,34 @@ def test_protocol_drivers_check_file_type_as_qemu(lio, qio, tmp_dir, driver,
                                  .replace("lockstep-io", "qemu-io")))
         assert outs[0] == outs[1], name
 
+
+
+# ---- blkdebug: the format probe's read fires no event (iotest 074) --------
+
+
+@pytest.mark.parametrize("size2", ["1G", "0"])
+def test_compare_blkdebug_event_rule_after_probe(limg, qimg, tmp_dir, size2):
+    """An inject-error rule on read_aio is armed when qcow2 fires the event
+    before a data read, not by the probe's read of the header: the image
+    opens and compare fails on the data read.  stdout and stderr merged
+    into one pipe come in qemu-img's order (stdout is not flushed before a
+    message)."""
+    conf = os.path.join(tmp_dir, "blkdebug.conf")
+    with open(conf, "w") as f:
+        f.write('[inject-error]\nevent = "read_aio"\nerrno = "5"\n'
+                'once ="off"\n')
+    img = os.path.join(tmp_dir, "a.qcow2")
+    img2 = os.path.join(tmp_dir, "b.qcow2")
+    outs = []
+    for tool in (limg, qimg):
+        ok(run([qimg, "create", "-q", "-f", "qcow2", img, "1G"]))
+        ok(run([qimg, "create", "-q", "-f", "qcow2", img2, size2]))
+        ok(run(["qemu-io", "-c", "write -P 102 512 512", img]))
+        r = subprocess.run([tool, "compare", "blkdebug:%s:%s" % (conf, img),
+                            img2], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        outs.append((r.returncode,
+                     r.stdout.replace(tool, "qemu-img")
+                             .replace("lockstep-img", "qemu-img")))
+    assert outs[0] == outs[1]
+    assert outs[0][0] == 4 and "Error while reading offset 0" in outs[0][1]
