@@ -1416,3 +1416,28 @@ def test_compare_blkdebug_event_rule_after_probe(limg, qimg, tmp_dir, size2):
                              .replace("lockstep-img", "qemu-img")))
     assert outs[0] == outs[1]
     assert outs[0][0] == 4 and "Error while reading offset 0" in outs[0][1]
+
+
+# ---- shrink punches the clusters it frees inside the file (iotest 250) ----
+
+
+def test_shrink_frees_clusters_inside_the_file(limg, lio, qimg, tmp_dir):
+    """Clusters freed by a shrink that lie inside the file (not at its
+    end, which is cut) go back to the file system, as QEMU's shrink does
+    whatever the discard options say: the file node below a format passes
+    discards on by default, as in QEMU."""
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=1M,preallocation=metadata", img, "2100M"]))
+    # QEMU's test: the data at the disk's end lands at the file's start.
+    io(lio, img, "discard 0 10M", "discard 2090M 10M", "write 2090M 10M",
+       "write 0 10M")
+    r = ok(run([qimg, "map", "--output=json", img])).stdout
+    assert '"start": 2191523840, "length": 10485760' in r and \
+        '"offset": 5242880' in r
+    before = os.stat(img).st_blocks * 512
+    ok(run([limg, "resize", "--shrink", img, "5M"]))
+    after = os.stat(img).st_blocks * 512
+    assert before - after == 15 * MiB
+    r = ok(run([qimg, "check", img]))
+    assert "No errors were found" in r.stdout

@@ -1942,7 +1942,9 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         free(f.n);
         return ret;
     }
-    ret = free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+    /* What lay beyond the new end goes back to the file system whatever
+     * the discard options say, as QEMU's shrink does. */
+    ret = free_list_commit(s, &f, QCOW2_DISCARD_ALWAYS);
     if (ret == 0) {
         cut_free_tail(s);
     }
@@ -2399,6 +2401,7 @@ init_geometry(struct block_node *node, struct qcow2_state *s,
         block_opt_bool(options, "pass-discard-request", node->discard_unmap);
     s->discard_passthrough[QCOW2_DISCARD_SNAPSHOT] =
         block_opt_bool(options, "pass-discard-snapshot", true);
+    s->discard_passthrough[QCOW2_DISCARD_ALWAYS] = true;
     s->discard_passthrough[QCOW2_DISCARD_OTHER] =
         block_opt_bool(options, "pass-discard-other", false);
     s->discard_no_unref = block_opt_bool(options, "discard-no-unref", false);
