@@ -312,8 +312,9 @@ collect_json(struct info *in, const char *fmt, struct err **errp)
     drv = fmt ? fmt : json_string_value(json_object_get(opts, "driver"));
     file = json_object_get(opts, "file");
     if (!drv || strcmp(drv, "qcow2") || !json_is_object(file)) {
+        ok = collect_opened(in, drv, errp);     /* drv lives in opts */
         json_decref(opts);
-        return collect_opened(in, drv, errp);
+        return ok;
     }
     in->fmt = xstrdup(drv);
     if (!json_object_get(file, "driver") &&
