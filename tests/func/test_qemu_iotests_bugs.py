@@ -1295,6 +1295,20 @@ def test_info_json_name_with_nodes_below(limg, qimg, tmp_dir, below, actual):
         assert ours.get(key) == qemu.get(key), key
 
 
+def test_info_json_name_of_raw_over_blkdebug(limg, qimg, tmp_dir):
+    """Another format named by json: over a filter is opened as the name
+    says (the driver's name outlives the parsed options)."""
+    img = os.path.join(tmp_dir, "r.raw")
+    with open(img, "wb") as f:
+        f.truncate(3 * MiB)
+    name = ("json:{'driver': 'raw', 'file': {'driver': 'blkdebug', "
+            "'image': {'driver': 'file', 'filename': '%s'}}}" % img)
+    ours = json.loads(ok(run([limg, "info", "--output=json", name])).stdout)
+    qemu = json.loads(ok(run([qimg, "info", "--output=json", name])).stdout)
+    assert (ours["format"], ours["virtual-size"]) == \
+        (qemu["format"], qemu["virtual-size"]) == ("raw", 3 * MiB)
+
+
 # ---- qcow2 cache options: fractions and QEMU's checks (iotest 103) --------
 
 
