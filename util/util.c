@@ -135,7 +135,8 @@ parse_size(const char *s, uint64_t *out)
 {
     char *end;
     unsigned long long v;
-    uint64_t mult = 1;
+    uint64_t mult = 1, frac = 0, den = 1;
+    unsigned __int128 total;
 
     if (!s || !*s || *s == '-') {
         return -EINVAL;
@@ -147,6 +148,16 @@ parse_size(const char *s, uint64_t *out)
     }
     if (end == s) {
         return -EINVAL;
+    }
+    /* A decimal fraction ("1.25M"), as QEMU takes: digits past the 19th
+     * are below any unit's byte and dropped. */
+    if (*end == '.') {
+        for (end++; *end >= '0' && *end <= '9'; end++) {
+            if (den < UINT64_C(10000000000000000000)) {
+                frac = frac * 10 + (uint64_t)(*end - '0');
+                den *= 10;
+            }
+        }
     }
     switch (*end) {
     case '\0':
@@ -164,10 +175,16 @@ parse_size(const char *s, uint64_t *out)
     if (*end) {
         return -EINVAL;
     }
-    if (v > UINT64_MAX / mult) {
+    if (frac && mult == 1) {
+        return -EINVAL;     /* a fraction of a byte */
+    }
+    /* Rounded to the nearest byte, halves up. */
+    total = (unsigned __int128)v * mult +
+            ((unsigned __int128)frac * mult + den / 2) / den;
+    if (total > UINT64_MAX) {
         return -ERANGE;
     }
-    *out = v * mult;
+    *out = (uint64_t)total;
     return 0;
 }
 

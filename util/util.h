@@ -91,7 +91,8 @@ ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return a < b + blen && b < a + alen;
 }
 
-/* Parse "123", "4k", "1M", "2G", "1T" (binary units). -EINVAL/-ERANGE. */
+/* Parse "123", "4k", "1M", "2G", "1T" (binary units), "1.25M" (a fraction
+ * only with a unit). -EINVAL/-ERANGE. */
 int parse_size(const char *s, uint64_t *out);
 /* Parse an integer (decimal, 0x hex); -EINVAL/-ERANGE. */
 int parse_int64(const char *s, int64_t *out);

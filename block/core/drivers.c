@@ -12,6 +12,8 @@ extern const struct block_driver blklog_driver;
 extern const struct block_driver cbw_driver;
 extern const struct block_driver cor_driver;
 extern const struct block_driver file_driver;
+extern const struct block_driver host_cdrom_driver;
+extern const struct block_driver host_device_driver;
 extern const struct block_driver nbdcli_driver;
 extern const struct block_driver null_co_driver;
 extern const struct block_driver quorum_driver;
@@ -26,6 +28,8 @@ const struct block_driver *const block_drivers[] = {
     &cbw_driver,
     &cor_driver,
     &file_driver,
+    &host_cdrom_driver,
+    &host_device_driver,
     &nbdcli_driver,
     &null_co_driver,
     &quorum_driver,

@@ -1320,7 +1320,10 @@ inherit_options(struct block_node *parent, json_t *child_opts,
         parent->auto_read_only) {
         json_object_set_new(child_opts, "auto-read-only", json_true());
     }
-    if (!json_object_get(child_opts, "discard") && parent->discard_unmap) {
+    /* As QEMU: every layer below passes discards on, since the parent
+     * (the core at its own level, qcow2 by its pass-discard options)
+     * decides which it sends. */
+    if (!json_object_get(child_opts, "discard")) {
         json_object_set_new(child_opts, "discard", json_string("unmap"));
     }
     if (!json_object_get(child_opts, "force-share") && parent->force_share) {

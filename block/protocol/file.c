@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The "file" protocol driver: a POSIX file or block device.
+ * The "file" protocol driver: a POSIX file or block device; and
+ * "host_device" and "host_cdrom", the same driver for character and block
+ * devices only, as QEMU's (host_cdrom opens with O_NONBLOCK so that an
+ * empty drive opens; no media change, eject or door lock).
  *
  * Reads, writes and flushes run on the thread that issued them (the core
  * calls us from many threads at once), by one of QEMU's "aio" modes:
@@ -573,6 +576,31 @@ is_memory_fs(int fd)
            (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC);
 }
 
+/*
+ * What each driver opens, with QEMU's words: "file" a regular file (and
+ * a block device, which QEMU leaves to host_device: kept so that lockstep
+ * users can name one as a plain file), the device drivers a character or
+ * block device.
+ */
+static int
+check_file_type(struct block_node *node, const char *filename,
+                const struct stat *st, struct err **errp)
+{
+    bool device = strcmp(node->drv->name, "file") != 0;
+
+    if (!device && !S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode)) {
+        err_setf(errp, "'%s' driver requires '%s' to be a regular file",
+                 node->drv->name, filename);
+        return -EINVAL;
+    }
+    if (device && !S_ISCHR(st->st_mode) && !S_ISBLK(st->st_mode)) {
+        err_setf(errp, "'%s' driver requires '%s' to be either a character "
+                 "or block device", node->drv->name, filename);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int
 file_open(struct block_node *node, json_t *options, struct err **errp)
 {
@@ -590,6 +618,9 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
     if (node->cache_direct) {
         flags |= O_DIRECT;
     }
+    if (!strcmp(node->drv->name, "host_cdrom")) {
+        flags |= O_NONBLOCK;
+    }
     s->fd = open(filename, flags);
     if (s->fd < 0) {
         int e = errno;
@@ -597,11 +628,20 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
         err_setf_errno(errp, e, "Could not open '%s'", filename);
         return -e;
     }
+    if (fstat(s->fd, &st) < 0) {
+        ret = -errno;
+        err_setf_errno(errp, -ret, "Could not stat file");
+    } else {
+        ret = check_file_type(node, filename, &st, errp);
+    }
+    if (ret < 0) {
+        close(s->fd);
+        s->fd = -1;
+        return ret;
+    }
     s->filename = xstrdup(filename);
     s->locking = strcmp(locking, "off") != 0;
-    if (fstat(s->fd, &st) == 0 && S_ISBLK(st.st_mode)) {
-        s->is_block_device = true;
-    }
+    s->is_block_device = S_ISBLK(st.st_mode);
     s->memory_backed = is_memory_fs(s->fd);
     if (node->cache_direct) {
         probe_direct_alignment(s, &node->limits.request_alignment,
@@ -1033,3 +1073,28 @@ const struct block_driver file_driver = {
     .set_perm = file_set_perm,
     .query = file_query,
 };
+
+/* The same driver under QEMU's names for devices (check_file_type()). */
+#define DEVICE_DRIVER(var, drv_name)                                        \
+    const struct block_driver var = {                                       \
+        .name = drv_name,                                                   \
+        .kind = BLOCK_KIND_PROTOCOL,                                        \
+        .state_size = sizeof(struct file_state),                            \
+        .options = file_opts,                                               \
+        .open = file_open,                                                  \
+        .close = file_close,                                                \
+        .getlength = file_getlength,                                        \
+        .allocated_size = file_allocated_size,                              \
+        .pread = file_pread,                                                \
+        .pwrite = file_pwrite,                                              \
+        .pwrite_zeroes = file_pwrite_zeroes,                                \
+        .pdiscard = file_pdiscard,                                          \
+        .flush = file_flush,                                                \
+        .block_status = file_block_status,                                  \
+        .truncate = file_truncate,                                          \
+        .set_perm = file_set_perm,                                          \
+        .query = file_query,                                                \
+    }
+
+DEVICE_DRIVER(host_device_driver, "host_device");
+DEVICE_DRIVER(host_cdrom_driver, "host_cdrom");

@@ -5,6 +5,7 @@ Each test is the smallest case of one difference `make iotests` showed,
 run with our tools and, where it helps, with qemu-img/qemu-io 7.2 on the
 same files to show what QEMU does.
 """
+import json
 import os
 import struct
 import subprocess
@@ -1231,3 +1232,226 @@ def test_info_of_protocol_drivers_as_qemu(lio, qio, tmp_dir, name):
     a = run([lio, "-c", "info", name])
     b = run([qio, "-c", "info", name])
     assert (a.returncode, a.stdout) == (b.returncode, b.stdout)
+
+
+# ---- bitmap --add: the file ends where QEMU's does (iotest 190) -----------
+
+
+def test_bitmap_add_ends_file_after_directory(limg, qimg, tmp_dir):
+    """The bitmap directory and tables are written by their own length, not
+    padded to whole clusters: the file ends inside the last cluster as
+    QEMU's does, so measure -f raw of it gives QEMU's numbers."""
+    sizes = {}
+    for name, tool in (("ours", limg), ("qemu", qimg)):
+        img = os.path.join(tmp_dir, name + ".qcow2")
+        ok(run([tool, "create", "-q", "-f", "qcow2", "-o",
+                "cluster_size=2M", img, "2T"]))
+        ok(run([tool, "bitmap", "--add", "-g", "512", "-f", "qcow2", img,
+                "b1"]))
+        ok(run([tool, "bitmap", "--add", "-g", "2M", "-f", "qcow2", img,
+                "b2"]))
+        sizes[name] = os.path.getsize(img)
+        r = ok(run([qimg, "check", img]))
+        assert "No errors were found" in r.stdout
+        r = ok(run([qimg, "info", "--output=json", img]))
+        assert '"name": "b1"' in r.stdout and '"name": "b2"' in r.stdout
+    # Two 32-byte directory entries at the start of the 9th cluster.
+    assert sizes["ours"] == sizes["qemu"] == 8 * 2 * MiB + 64
+
+
+# ---- info on json:{...} names with nodes below the format (iotest 110) ----
+
+
+@pytest.mark.parametrize("below,actual", [
+    ("{'driver': 'blkdebug', 'image': {'driver': 'file', 'filename': 'IMG'},"
+     " 'set-state': [{'event': 'read_aio', 'new_state': 42}]}",
+     " (actual path: DIR/b.qcow2)"),
+    ("{'driver': 'quorum', 'vote-threshold': 1, 'children': ["
+     "{'driver': 'file', 'filename': 'IMG'},"
+     " {'driver': 'file', 'filename': 'IMG.copy'}]}",
+     " (cannot determine actual path)"),
+])
+def test_info_json_name_with_nodes_below(limg, qimg, tmp_dir, below, actual):
+    """A qcow2 image named by json: over blkdebug or quorum is described
+    as qcow2 (not probed as raw); its relative backing name resolves in
+    the directory of the file below, where one file is below."""
+    base = os.path.join(tmp_dir, "b.qcow2")
+    img = os.path.join(tmp_dir, "t.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", base, "64M"]))
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
+            "qcow2", img, "64M"]))
+    with open(img, "rb") as f, open(img + ".copy", "wb") as g:
+        g.write(f.read())
+    name = "json:{'driver': 'qcow2', 'file': %s}" % below.replace("IMG", img)
+    lines = ok(run([limg, "info", name])).stdout.splitlines()
+    assert lines[1:3] == ["file format: qcow2",
+                          "virtual size: 64 MiB (67108864 bytes)"]
+    assert "backing file: b.qcow2" + actual.replace("DIR", tmp_dir) in lines
+    # The JSON form has the backing name, and the full one only if known.
+    ours = json.loads(ok(run([limg, "info", "--output=json", name])).stdout)
+    qemu = json.loads(ok(run([qimg, "info", "--output=json", name])).stdout)
+    for key in ("format", "virtual-size", "backing-filename",
+                "full-backing-filename"):
+        assert ours.get(key) == qemu.get(key), key
+
+
+def test_info_json_name_of_raw_over_blkdebug(limg, qimg, tmp_dir):
+    """Another format named by json: over a filter is opened as the name
+    says (the driver's name outlives the parsed options)."""
+    img = os.path.join(tmp_dir, "r.raw")
+    with open(img, "wb") as f:
+        f.truncate(3 * MiB)
+    name = ("json:{'driver': 'raw', 'file': {'driver': 'blkdebug', "
+            "'image': {'driver': 'file', 'filename': '%s'}}}" % img)
+    ours = json.loads(ok(run([limg, "info", "--output=json", name])).stdout)
+    qemu = json.loads(ok(run([qimg, "info", "--output=json", name])).stdout)
+    assert (ours["format"], ours["virtual-size"]) == \
+        (qemu["format"], qemu["virtual-size"]) == ("raw", 3 * MiB)
+
+
+# ---- qcow2 cache options: fractions and QEMU's checks (iotest 103) --------
+
+
+@pytest.mark.parametrize("opts", [
+    "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+    "cache-size=0,l2-cache-size=0,refcount-cache-size=0",
+    "cache-size=1M,l2-cache-size=2M",
+    "cache-size=1M,refcount-cache-size=2M",
+    "l2-cache-entry-size=256",
+    "l2-cache-entry-size=4242",
+    "l2-cache-entry-size=128k",
+    "cache-size=0.5",               # a fraction of a byte (other text)
+    # Valid: they open and read.
+    "l2-cache-size=1M,refcount-cache-size=0.25M",
+    "cache-size=1.5M,l2-cache-size=0.5M",
+    "cache-size=0",
+    "l2-cache-entry-size=512",
+])
+def test_qcow2_cache_options_as_qemu(lio, qio, qimg, tmp_dir, opts):
+    img = os.path.join(tmp_dir, "c.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", img, "64k"]))
+    io(lio, img, "write -P 42 0 64k")
+    outs = []
+    for tool in (lio, qio):
+        r = run([tool, "-c", "open -o %s %s" % (opts, img),
+                 "-c", "read -P 42 0 64k"])
+        err = r.stderr.replace(tool, "qemu-io").replace("lockstep-io",
+                                                         "qemu-io")
+        outs.append((r.returncode, "read 65536/65536" in r.stdout,
+                     "Pattern verification failed" in r.stdout, err))
+    if opts == "cache-size=0.5":
+        # QEMU's QemuOpts text for a bad size differs from ours.
+        outs = [o[:3] for o in outs]
+    assert outs[0] == outs[1]
+
+
+# ---- an unaligned refcount block: opened, flagged when used (iotest 305) --
+
+
+def test_unaligned_refblock_opens_and_is_flagged_on_use(lio, qio, qimg,
+                                                        tmp_dir):
+    """QEMU opens an image whose refcount table points at an unaligned
+    refcount block; the first allocation that needs that block marks the
+    image corrupt and fails with EIO.  The image is laid out by QEMU's
+    tools, so the freed clusters are where QEMU's test has them."""
+    img = os.path.join(tmp_dir, "r.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o",
+            "refcount_bits=64,cluster_size=1k", img, "1M"]))
+    io(qio, img, "write 0 124k")
+    io(qio, img, "discard 121k 1k", "discard 123k 1k")
+    with open(img, "r+b") as f:
+        reftable = struct.unpack(">Q", f.read(56)[48:56])[0]
+        f.seek(reftable + 8)
+        entry = struct.unpack(">Q", f.read(8))[0]
+        assert entry == 0x20400
+        f.seek(reftable + 14)
+        f.write(b"\x06")
+    # Reading needs no refcount: it works.
+    io(lio, img, "read 0 4k")
+    r = run([lio, "-f", "qcow2", "-c", "write 121k 3k", img])
+    assert "write failed: Input/output error" in r.stdout + r.stderr
+    assert ("qcow2: Marking image as corrupt: Refblock offset 0x20600 "
+            "unaligned (reftable index: 0x1)") in r.stderr
+    r = ok(run([qimg, "info", img]))
+    assert "corrupt: true" in r.stdout
+
+
+# ---- the file driver's file types; host_device and host_cdrom (iotest 226) -
+
+
+@pytest.mark.parametrize("driver", ["file", "host_device", "host_cdrom"])
+@pytest.mark.parametrize("ro", [True, False])
+def test_protocol_drivers_check_file_type_as_qemu(lio, qio, tmp_dir, driver,
+                                                  ro):
+    """file wants a regular file, host_device and host_cdrom a character
+    or block device: a directory and /dev/null get QEMU's errors, or open
+    as QEMU opens them."""
+    d = os.path.join(tmp_dir, "dir")
+    os.mkdir(d)
+    for name, extra in ((d, ""), ("/dev/null", ",locking=off")):
+        outs = []
+        for tool in (lio, qio):
+            cmd = "open %s-o driver=%s,filename=%s%s" % (
+                "-r " if ro else "", driver, name, extra)
+            r = run([tool, "-c", cmd])
+            outs.append((r.returncode, r.stdout,
+                         r.stderr.replace(tool, "qemu-io")
+                                 .replace("lockstep-io", "qemu-io")))
+        assert outs[0] == outs[1], name
+
+
+
+# ---- blkdebug: the format probe's read fires no event (iotest 074) --------
+
+
+@pytest.mark.parametrize("size2", ["1G", "0"])
+def test_compare_blkdebug_event_rule_after_probe(limg, qimg, tmp_dir, size2):
+    """An inject-error rule on read_aio is armed when qcow2 fires the event
+    before a data read, not by the probe's read of the header: the image
+    opens and compare fails on the data read.  stdout and stderr merged
+    into one pipe come in qemu-img's order (stdout is not flushed before a
+    message)."""
+    conf = os.path.join(tmp_dir, "blkdebug.conf")
+    with open(conf, "w") as f:
+        f.write('[inject-error]\nevent = "read_aio"\nerrno = "5"\n'
+                'once ="off"\n')
+    img = os.path.join(tmp_dir, "a.qcow2")
+    img2 = os.path.join(tmp_dir, "b.qcow2")
+    outs = []
+    for tool in (limg, qimg):
+        ok(run([qimg, "create", "-q", "-f", "qcow2", img, "1G"]))
+        ok(run([qimg, "create", "-q", "-f", "qcow2", img2, size2]))
+        ok(run(["qemu-io", "-c", "write -P 102 512 512", img]))
+        r = subprocess.run([tool, "compare", "blkdebug:%s:%s" % (conf, img),
+                            img2], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        outs.append((r.returncode,
+                     r.stdout.replace(tool, "qemu-img")
+                             .replace("lockstep-img", "qemu-img")))
+    assert outs[0] == outs[1]
+    assert outs[0][0] == 4 and "Error while reading offset 0" in outs[0][1]
+
+
+# ---- shrink punches the clusters it frees inside the file (iotest 250) ----
+
+
+def test_shrink_frees_clusters_inside_the_file(limg, lio, qimg, tmp_dir):
+    """Clusters freed by a shrink that lie inside the file (not at its
+    end, which is cut) go back to the file system, as QEMU's shrink does
+    whatever the discard options say: the file node below a format passes
+    discards on by default, as in QEMU."""
+    img = os.path.join(tmp_dir, "p.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", "-o",
+            "cluster_size=1M,preallocation=metadata", img, "2100M"]))
+    # QEMU's test: the data at the disk's end lands at the file's start.
+    io(lio, img, "discard 0 10M", "discard 2090M 10M", "write 2090M 10M",
+       "write 0 10M")
+    r = ok(run([qimg, "map", "--output=json", img])).stdout
+    assert '"start": 2191523840, "length": 10485760' in r and \
+        '"offset": 5242880' in r
+    before = os.stat(img).st_blocks * 512
+    ok(run([limg, "resize", "--shrink", img, "5M"]))
+    after = os.stat(img).st_blocks * 512
+    assert before - after == 15 * MiB
+    r = ok(run([qimg, "check", img]))
+    assert "No errors were found" in r.stdout

@@ -5,6 +5,8 @@
  * the expected JSON text, or the error message with the one QEMU 7.2's
  * qemu-storage-daemon prints for the same input.
  */
+#include <errno.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -287,6 +289,44 @@ test_long_list(void **state UNUSED)
     free(in);
 }
 
+/* parse_size (util.c), which keyval's size options go through: QEMU's
+ * fractions with a unit, rounded to the nearest byte. */
+static void
+test_parse_size(void **state UNUSED)
+{
+    static const struct {
+        const char *in;
+        int ret;
+        uint64_t want;
+    } cases[] = {
+        { "65536", 0, 65536 },
+        { "64k", 0, 65536 },
+        { "1.25M", 0, 1310720 },
+        { "0.25M", 0, 262144 },
+        { "1.M", 0, 1048576 },
+        { "1.0", 0, 1 },
+        { "0.0005k", 0, 1 },            /* 0.512 bytes: rounds up */
+        { "0.0004k", 0, 0 },
+        { "15.5E", 0, UINT64_C(17870283321406128128) },
+        { "0.5", -EINVAL, 0 },          /* a fraction of a byte */
+        { "1.5b", -EINVAL, 0 },
+        { ".5M", -EINVAL, 0 },
+        { "1.5x", -EINVAL, 0 },
+        { "1.5e3", -EINVAL, 0 },
+        { "16E", -ERANGE, 0 },
+        { "15.99999999999999999999E", -ERANGE, 0 },  /* rounds to 16E */
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        uint64_t v = 0;
+        int ret = parse_size(cases[i].in, &v);
+
+        if (ret != cases[i].ret || (ret == 0 && v != cases[i].want)) {
+            fail_msg("%s: %d %" PRIu64, cases[i].in, ret, v);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -299,6 +339,7 @@ main(void)
         cmocka_unit_test(test_null_errp),
         cmocka_unit_test(test_json_form),
         cmocka_unit_test(test_long_list),
+        cmocka_unit_test(test_parse_size),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,8 @@
 /*
  * lockstep-img info: describe an image (and with --backing-chain every
  * image below it) in qemu-img info's human or JSON layout.  qcow2 images
- * are described from their header, read through the file node, so info
+ * are described from their header, read through the file node (for a
+ * json:{...} name, the node its "file" options open), so info
  * works on any image the header parser accepts, including ones the driver
  * would refuse (dirty, corrupt, with snapshots); other formats are opened
  * through their driver.
@@ -217,22 +218,15 @@ read_snapshots(struct block_node *file, const struct qcow2_header *h)
     return list;
 }
 
+/* The header, bitmaps and snapshots of a qcow2 image from its file node. */
 static bool
-collect_qcow2(struct info *in, struct err **errp)
+read_qcow2(struct info *in, struct block_node *file, struct err **errp)
 {
     CLEANUP_FREE void *head = NULL;
-    struct block_node *file;
-    struct img img;
     size_t len;
 
-    /* A handle, not just the node: it takes the image locks. */
-    if (!img_open(&img, in->filename, "file", false, errp)) {
-        return false;
-    }
-    file = img.node;
     head = img_read_head(file, &len, errp);
     if (!head || qcow2_header_decode(head, len, &in->h, errp) < 0) {
-        img_close(&img);
         err_prepend(errp, "Could not open '%s': ", in->filename);
         return false;
     }
@@ -241,32 +235,124 @@ collect_qcow2(struct info *in, struct err **errp)
     in->actual_size = block_allocated_size(file);
     in->bitmaps = read_bitmaps(file, head, len, &in->h);
     in->snapshots = read_snapshots(file, &in->h);
+    return true;
+}
+
+static bool
+collect_qcow2(struct info *in, struct err **errp)
+{
+    struct img img;
+    bool ok;
+
+    /* A handle, not just the node: it takes the image locks. */
+    if (!img_open(&img, in->filename, "file", false, errp)) {
+        return false;
+    }
+    ok = read_qcow2(in, img.node, errp);
     img_close(&img);
-    if (in->h.has_backing_file) {
+    if (ok && in->h.has_backing_file) {
         in->full_backing = img_backing_path(in->filename, in->h.backing_file);
     }
+    return ok;
+}
+
+/* Any image, opened through its driver (fmt NULL: probed). */
+static bool
+collect_opened(struct info *in, const char *fmt, struct err **errp)
+{
+    struct img img;
+
+    if (!img_open(&img, in->filename, fmt, false, errp)) {
+        return false;
+    }
+    free(in->fmt);
+    in->fmt = xstrdup(img.fmt);
+    in->virtual_size = block_handle_getlength(img.h);
+    in->actual_size = block_allocated_size(img.node);
+    img_close(&img);
     return true;
+}
+
+/*
+ * The file name below node, following each node's file child (blkdebug's
+ * image too) down to the protocol; NULL where a node has none (quorum):
+ * then no directory is known to resolve a relative backing name in.
+ */
+static const char *
+protocol_filename(struct block_node *node)
+{
+    for (; node; node = node->file ? node->file->node : NULL) {
+        const char *f = json_string_value(json_object_get(node->options,
+                                                          "filename"));
+        if (f) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * A json:{...} name with more than a format over a file (a blkdebug or
+ * quorum node below, other options): a qcow2 image is described from its
+ * header, read through the node its "file" options open; another format
+ * is opened whole, as the name says.
+ */
+static bool
+collect_json(struct info *in, const char *fmt, struct err **errp)
+{
+    json_t *opts = block_filename_options(in->filename, errp);
+    json_t *file;
+    const char *drv, *path;
+    struct img img;
+    bool ok;
+
+    if (!opts) {
+        return false;
+    }
+    drv = fmt ? fmt : json_string_value(json_object_get(opts, "driver"));
+    file = json_object_get(opts, "file");
+    if (!drv || strcmp(drv, "qcow2") || !json_is_object(file)) {
+        ok = collect_opened(in, drv, errp);     /* drv lives in opts */
+        json_decref(opts);
+        return ok;
+    }
+    in->fmt = xstrdup(drv);
+    if (!json_object_get(file, "driver") &&
+        json_object_get(file, "filename")) {
+        json_object_set_new(file, "driver", json_string("file"));
+    }
+    json_object_set_new(file, "read-only", json_true());
+    if (img_force_share) {
+        json_object_set_new(file, "force-share", json_true());
+    }
+    ok = img_open_json(&img, file, in->filename, false, false, errp);
+    json_decref(opts);
+    if (!ok) {
+        return false;
+    }
+    ok = read_qcow2(in, img.node, errp);
+    path = protocol_filename(img.node);
+    if (ok && in->h.has_backing_file && path) {
+        in->full_backing = img_backing_path(path, in->h.backing_file);
+    }
+    img_close(&img);
+    return ok;
 }
 
 static bool
 collect(struct info *in, const char *filename, const char *fmt,
         struct err **errp)
 {
-    struct img img;
-
     memset(in, 0, sizeof(*in));
     in->filename = filename;
+    if (!strncmp(filename, "json:", 5)) {
+        return collect_json(in, fmt, errp);
+    }
     in->fmt = xstrdup(fmt ? fmt : img_probe(filename));
     if (!strcmp(in->fmt, "qcow2")) {
         return collect_qcow2(in, errp);
     }
-    if (!img_open(&img, filename, in->fmt, false, errp)) {
-        return false;
-    }
-    in->virtual_size = block_handle_getlength(img.h);
-    in->actual_size = block_allocated_size(img.node);
-    img_close(&img);
-    return true;
+    return collect_opened(in, in->fmt, errp);
 }
 
 /* ---- JSON -------------------------------------------------------------- */
@@ -331,6 +417,8 @@ info_json(const struct info *in)
     if (in->full_backing) {
         json_object_set_new(o, "full-backing-filename",
                             json_string(in->full_backing));
+    }
+    if (in->is_qcow2 && h->has_backing_file) {
         json_object_set_new(o, "backing-filename",
                             json_string(h->backing_file));
     }
@@ -459,9 +547,11 @@ info_human(const struct info *in)
     if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         printf("cleanly shut down: no\n");
     }
-    if (in->full_backing) {
+    if (h->has_backing_file) {
         printf("backing file: %s", h->backing_file);
-        if (strcmp(in->full_backing, h->backing_file) != 0) {
+        if (!in->full_backing) {
+            printf(" (cannot determine actual path)");
+        } else if (strcmp(in->full_backing, h->backing_file) != 0) {
             printf(" (actual path: %s)", in->full_backing);
         }
         printf("\n");

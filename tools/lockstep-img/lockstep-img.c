@@ -191,12 +191,16 @@ static const struct img_cmd img_cmds[] = {
 
 /* ---- Messages ------------------------------------------------------------ */
 
+/*
+ * Messages go to stderr without flushing stdout first, as qemu-img's do:
+ * when stdout is a pipe, what it printed comes after the messages, and
+ * scripts (QEMU's iotests) that merge both see qemu-img's order.
+ */
 void
 img_error(const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
     fprintf(stderr, "%s: ", IMG_PROG);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -207,7 +211,6 @@ img_error(const char *fmt, ...)
 void
 img_report(struct err *e)
 {
-    fflush(stdout);
     err_report(IMG_PROG, e);
 }
 

@@ -439,8 +439,9 @@ dir_publish(struct qcow2_state *s, struct qcow2_bitmap *e, uint32_t nb)
             return (int)off;
         }
         block_debug_event(s->file, "bitmap_dir_write");
-        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off,
-                                clusters_of(s, size) * s->cluster_size, dir);
+        /* Only the directory's bytes, as QEMU writes it: the file may end
+         * inside its last cluster, and measure -f raw sees its length. */
+        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, size, dir);
         if (ret < 0) {
             goto fail;
         }
@@ -878,8 +879,7 @@ store_one(struct qcow2_state *s, struct block_dirty_bitmap *bm,
     }
     if (ret == 0) {
         block_debug_event(s->file, "bitmap_table_write");
-        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off,
-                                tclusters * s->cluster_size, t);
+        ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, n * 8, t);
     }
     if (ret < 0) {
         for (uint64_t i = 0; i < n; i++) {

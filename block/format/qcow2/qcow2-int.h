@@ -89,6 +89,7 @@ enum qcow2_discard_type {
     QCOW2_DISCARD_REQUEST,      /* guest discard / write-zeroes unmap */
     QCOW2_DISCARD_SNAPSHOT,     /* make_empty */
     QCOW2_DISCARD_OTHER,        /* anything else freeing clusters */
+    QCOW2_DISCARD_ALWAYS,       /* shrink: beyond the disk, always */
     QCOW2_DISCARD_MAX,
 };
 

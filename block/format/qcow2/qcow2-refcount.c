@@ -51,8 +51,9 @@ qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp)
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t e = ld_be64(buf + i * 8);
 
-        if ((e & QCOW2_REFT_RESERVED_MASK) ||
-            !is_aligned(e, s->cluster_size) || e >= QCOW2_MAX_HOST_OFFSET) {
+        /* An unaligned entry is taken, as QEMU does: the image opens (for
+         * check -r too), and refblock_get() flags it when it is used. */
+        if ((e & QCOW2_REFT_RESERVED_MASK) || e >= QCOW2_MAX_HOST_OFFSET) {
             err_setf(errp, "Invalid refcount table entry %llu: 0x%llx",
                      (unsigned long long)i, (unsigned long long)e);
             return -EINVAL;
@@ -76,6 +77,13 @@ refblock_get(struct qcow2_state *s, uint64_t idx, uint8_t **data)
     *data = NULL;
     if (idx >= s->reftable_entries || s->reftable[idx] == 0) {
         return 0;
+    }
+    if (!is_aligned(s->reftable[idx], s->cluster_size)) {
+        qcow2_signal_corruption(s, -1, -1, "Refblock offset %#llx unaligned "
+                                "(reftable index: %#llx)",
+                                (unsigned long long)s->reftable[idx],
+                                (unsigned long long)idx);
+        return -EIO;
     }
     return qcow2_cache_get(s, &s->rb_cache, s->reftable[idx], false, data);
 }

@@ -2014,7 +2014,9 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         free(f.n);
         return ret;
     }
-    ret = free_list_commit(s, &f, QCOW2_DISCARD_OTHER);
+    /* What lay beyond the new end goes back to the file system whatever
+     * the discard options say, as QEMU's shrink does. */
+    ret = free_list_commit(s, &f, QCOW2_DISCARD_ALWAYS);
     if (ret == 0) {
         cut_free_tail(s);
     }
@@ -2289,6 +2291,46 @@ refuse_options(json_t *options, struct err **errp)
     return 0;
 }
 
+/*
+ * QEMU's checks of the cache options, before the image is touched: the
+ * three sizes not all at once, neither part above the whole, and an L2
+ * entry size QEMU would take (our L2 cache still holds whole tables).
+ */
+static int
+check_cache_options(struct qcow2_state *s, json_t *options,
+                    struct err **errp)
+{
+    bool has_total = json_object_get(options, "cache-size");
+    bool has_l2 = json_object_get(options, "l2-cache-size");
+    bool has_rb = json_object_get(options, "refcount-cache-size");
+    int64_t total = block_opt_int(options, "cache-size", 0);
+    int64_t entry = block_opt_int(options, "l2-cache-entry-size",
+                                  (int64_t)s->h.cluster_size);
+
+    if (has_total && has_l2 && has_rb) {
+        err_setf(errp, "cache-size, l2-cache-size and refcount-cache-size "
+                 "may not be set at the same time");
+        return -EINVAL;
+    }
+    if (has_total && has_l2 &&
+        block_opt_int(options, "l2-cache-size", 0) > total) {
+        err_setf(errp, "l2-cache-size may not exceed cache-size");
+        return -EINVAL;
+    }
+    if (has_total && block_opt_int(options, "refcount-cache-size", 0) >
+                     total) {
+        err_setf(errp, "refcount-cache-size may not exceed cache-size");
+        return -EINVAL;
+    }
+    if (entry < 512 || (uint64_t)entry > s->h.cluster_size ||
+        !is_power_of_2((uint64_t)entry)) {
+        err_setf(errp, "L2 cache entry size must be a power of two between "
+                 "512 and the cluster size (%" PRIu64 ")", s->h.cluster_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static void
 setup_caches(struct qcow2_state *s, json_t *options)
 {
@@ -2431,6 +2473,7 @@ init_geometry(struct block_node *node, struct qcow2_state *s,
         block_opt_bool(options, "pass-discard-request", node->discard_unmap);
     s->discard_passthrough[QCOW2_DISCARD_SNAPSHOT] =
         block_opt_bool(options, "pass-discard-snapshot", true);
+    s->discard_passthrough[QCOW2_DISCARD_ALWAYS] = true;
     s->discard_passthrough[QCOW2_DISCARD_OTHER] =
         block_opt_bool(options, "pass-discard-other", false);
     s->discard_no_unref = block_opt_bool(options, "discard-no-unref", false);
@@ -2486,6 +2529,9 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
     }
     s->file = node->file->node;
     ret = read_header(s, errp);
+    if (ret == 0) {
+        ret = check_cache_options(s, options, errp);
+    }
     if (ret == 0) {
         ret = check_flags(node, s, errp);
     }
