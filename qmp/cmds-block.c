@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "runtime/loop.h"
 #include "qmp/qmp-args.h"

@@ -5,7 +5,7 @@
  */
 #include <string.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 
 extern const struct block_driver blkdebug_driver;
 extern const struct block_driver blklog_driver;

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 /* ---- json: --------------------------------------------------------------- */

@@ -40,7 +40,7 @@
 
 #include "block/core/core-internal.h"
 #include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "keyval.h"
 #include "runtime/loop.h"

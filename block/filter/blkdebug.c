@@ -34,11 +34,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "block/core/opts.h"
 #include "block/filter/blkdebug.h"
 
 extern const struct block_driver blkdebug_driver;
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 enum blkdebug_io {

@@ -6,8 +6,7 @@
  */
 #include <errno.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 struct raw_state {

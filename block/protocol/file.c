@@ -32,8 +32,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 #define LOCK_PERM_BASE 100

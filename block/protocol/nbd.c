@@ -90,9 +90,8 @@
 
 #include <libnbd.h>
 
-#include "block/core/opts.h"
 #include "crypto/tls-creds.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 #define NBDCLI_POOL_MAX 4

@@ -11,8 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 struct null_state {

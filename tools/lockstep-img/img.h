@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/err.h"
 
 /*

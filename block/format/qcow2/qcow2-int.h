@@ -14,7 +14,7 @@
 #include <sys/queue.h>
 
 #include "block/format/qcow2/qcow2.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 
 struct qcow2_state;
 

@@ -52,11 +52,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/core/opts.h"
 #include "block/format/qcow2/qcow2-check.h"
 #include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2-int.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 #define DEFAULT_L2_CACHE_BYTES (32 * MiB)
