@@ -339,16 +339,17 @@ is_protocol(const char *driver)
 
 /*
  * Read the first bytes through proto (the file, blkdebug or NBD layer)
- * and name the format: qcow2 by its magic, else raw.
+ * and name the format (block_probe_format).
  */
 static const char *
-probe_format(json_t *proto, bool *probed_raw, struct err **errp)
+read_and_probe(json_t *proto, bool *probed_raw, struct err **errp)
 {
     json_t *o = json_deep_copy(proto);
     struct block_node *node;
-    uint8_t head[512] = { 0 };
+    uint8_t head[BLOCK_PROBE_BYTES];
     int64_t len;
     int ret = 0;
+    const char *fmt;
 
     json_object_set_new(o, "read-only", json_true());
     json_object_set_new(o, "force-share", json_true());
@@ -370,8 +371,12 @@ probe_format(json_t *proto, bool *probed_raw, struct err **errp)
                        "Could not read image for determining its format");
         return NULL;
     }
-    *probed_raw = !(len >= 4 && !memcmp(head, "QFI\xfb", 4));
-    return *probed_raw ? "raw" : "qcow2";
+    fmt = block_probe_format(head, len > 0 ? MIN((uint64_t)len,
+                                                 sizeof(head)) : 0,
+                             json_string_value(json_object_get(proto,
+                                                               "filename")));
+    *probed_raw = !strcmp(fmt, "raw");
+    return fmt;
 }
 
 /*
@@ -480,7 +485,7 @@ block_open_image(const char *filename, json_t *options, bool *probed_raw,
             err_setf(errp, "Must specify either driver or file");
             goto out;
         }
-        fmt = probe_format(json_object_get(opts, "file"), &raw_guess, errp);
+        fmt = read_and_probe(json_object_get(opts, "file"), &raw_guess, errp);
         if (!fmt) {
             goto out;
         }

@@ -1406,21 +1406,6 @@ block_node_open_child_at(struct block_node *parent, json_t *options,
     return open_child_ref(parent, ref, name, name, errp);
 }
 
-static const char *
-probe_format(const char *filename)
-{
-    unsigned char magic[4] = {0};
-    int fd = open(filename, O_RDONLY | O_CLOEXEC);
-
-    if (fd >= 0) {
-        if (read(fd, magic, sizeof(magic)) != sizeof(magic)) {
-            memset(magic, 0, sizeof(magic));
-        }
-        close(fd);
-    }
-    return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
-}
-
 struct block_node *
 block_node_open_file(const char *filename, const char *fmt, bool read_only,
                      struct err **errp)
@@ -1431,7 +1416,7 @@ block_node_open_file(const char *filename, const char *fmt, bool read_only,
 
     assert_main_thread();
     if (!fmt) {
-        fmt = probe_format(filename);
+        fmt = block_probe_file(filename);
     }
     drv = block_driver_find(fmt);
     if (!drv) {

@@ -220,6 +220,19 @@ const struct block_driver *block_driver_find(const char *name);
 /* The NULL-terminated table of all drivers (block/core/drivers.c). */
 extern const struct block_driver *const block_drivers[];
 
+/*
+ * Format probing, QEMU's bdrv_probe: the name of the format driver whose
+ * probe hook scores highest for an image starting with head[0..len)
+ * ("raw" when none is sure).  The one probe of the tree: opening images
+ * by name (block_open_image), backing files named without a format and
+ * the tools' "-f" default all come here.  block_probe_file() reads the
+ * head of a host file first (unreadable or not a host file: "raw").
+ */
+#define BLOCK_PROBE_BYTES 512
+const char *block_probe_format(const uint8_t *head, size_t len,
+                               const char *filename);
+const char *block_probe_file(const char *filename);
+
 /* ---- Graph (main thread) ---------------------------------------------- */
 
 /*

@@ -142,6 +142,15 @@ struct block_driver {
                        uint32_t parent_perm, uint32_t parent_shared,
                        uint32_t *perm, uint32_t *shared);
 
+    /*
+     * Formats: how sure is this driver that an image whose first bytes
+     * are head[0..len) (len < BLOCK_PROBE_BYTES only for a shorter image)
+     * is one of its own?  0: no; 100: certain (a magic number); raw, the
+     * fallback, says 1.  filename (or NULL) for drivers that look at
+     * names.  Pure: no I/O.  block_probe_format() asks every driver.
+     */
+    int (*probe)(const uint8_t *head, size_t len, const char *filename);
+
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
     void (*query)(struct block_node *node, json_t *info);
 

@@ -256,7 +256,7 @@ collect(struct info *in, const char *filename, const char *fmt,
 
     memset(in, 0, sizeof(*in));
     in->filename = filename;
-    in->fmt = xstrdup(fmt ? fmt : img_probe(filename));
+    in->fmt = xstrdup(fmt ? fmt : block_probe_file(filename));
     if (!strcmp(in->fmt, "qcow2")) {
         return collect_qcow2(in, errp);
     }

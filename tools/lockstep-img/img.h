@@ -71,9 +71,6 @@ int img_parse_output(const char *arg, bool *json);
 /* qemu-img's size syntax: digits with an optional k/M/G/T/P/E suffix. */
 bool img_parse_size(const char *s, uint64_t *out);
 
-/* "qcow2" when the file starts with the qcow2 magic, else "raw". */
-const char *img_probe(const char *filename);
-
 /*
  * An open image: the node (a format over a "file" node) and a handle for
  * I/O.  writable asks for write and resize permission.

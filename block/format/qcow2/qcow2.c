@@ -2244,21 +2244,6 @@ setup_caches(struct qcow2_state *s, json_t *options)
     qcow2_cache_init(&s->rb_cache, "refblock", rbn, cs, NULL);
 }
 
-static bool
-file_is_qcow2(const char *path)
-{
-    unsigned char m[4] = { 0 };
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd >= 0) {
-        if (read(fd, m, 4) != 4) {
-            memset(m, 0, 4);
-        }
-        close(fd);
-    }
-    return memcmp(m, "QFI\xfb", 4) == 0;
-}
-
 #define BACKING_PREFIX "Could not open backing file: "
 
 /*
@@ -2283,7 +2268,7 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
     fmt = json_string_value(json_object_get(given, "driver"));
     if (!fmt) {
         fmt = s->h.has_backing_fmt ? s->h.backing_fmt
-                                   : (file_is_qcow2(path) ? "qcow2" : "raw");
+                                   : block_probe_file(path);
     }
     if (!block_driver_find(fmt)) {
         err_setf(errp, "Could not open backing file: Unknown driver '%s'",
@@ -2530,6 +2515,13 @@ qcow2_query(struct block_node *node, json_t *info)
                                   data));
 }
 
+static int
+qcow2_probe(const uint8_t *head, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 4 && !memcmp(head, "QFI\xfb", 4) ? 100 : 0;
+}
+
 const struct block_driver qcow2_driver = {
     .name = "qcow2",
     .kind = BLOCK_KIND_FORMAT,
@@ -2550,4 +2542,5 @@ const struct block_driver qcow2_driver = {
     .query = qcow2_query,
     .bitmap_can_store = qcow2_bitmap_can_store,
     .bitmap_remove = qcow2_bitmap_remove,
+    .probe = qcow2_probe,
 };
