@@ -308,6 +308,9 @@ int block_opts_set_cache_mode(json_t *opts, const char *mode,
  * prefix is refused.  Main thread.
  */
 json_t *block_filename_options(const char *filename, struct err **errp);
+/* The driver whose filename_prefixes the name starts with, or NULL (a
+ * plain path, json:, or an unknown protocol). */
+const struct block_driver *block_filename_protocol(const char *filename);
 bool block_filename_is_nbd_url(const char *filename);
 
 /*

@@ -143,6 +143,16 @@ struct block_driver {
                        uint32_t *perm, uint32_t *shared);
 
     /*
+     * File names as QEMU's tools take them (block_filename_options()):
+     * a name that starts with one of filename_prefixes ("nbd://",
+     * "file:", NULL-ended) is this driver's, and parse_filename turns it
+     * into the blockdev-add options of the node it stands for (QEMU's
+     * bdrv_parse_filename), or NULL with *errp set.  Main thread.
+     */
+    const char *const *filename_prefixes;
+    json_t *(*parse_filename)(const char *filename, struct err **errp);
+
+    /*
      * Formats: how sure is this driver that an image whose first bytes
      * are head[0..len) (len < BLOCK_PROBE_BYTES only for a shorter image)
      * is one of its own?  0: no; 100: certain (a magic number); raw, the
