@@ -199,7 +199,14 @@ block_node_child(struct block_node *node, const char *name)
 const char *
 block_node_filename(struct block_node *node)
 {
-    return block_opt_str(node->options, "filename", NULL);
+    for (; node; node = node->file ? node->file->node : NULL) {
+        const char *fn = block_opt_str(node->options, "filename", NULL);
+
+        if (fn) {
+            return fn;
+        }
+    }
+    return NULL;
 }
 
 struct block_node *
@@ -1130,12 +1137,8 @@ node_open(struct block_node *node, json_t *options, struct err **errp)
 static bool
 image_file_id(struct block_node *node, struct stat *st)
 {
-    const char *fn;
+    const char *fn = block_node_filename(node);
 
-    while (node->file) {
-        node = node->file->node;
-    }
-    fn = json_string_value(json_object_get(node->options, "filename"));
     return fn && stat(fn, st) == 0;
 }
 

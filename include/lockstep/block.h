@@ -387,8 +387,11 @@ void block_node_detach_child(struct block_node *parent,
                              struct block_child *child);
 struct block_child *block_node_child(struct block_node *node,
                                      const char *name);
-/* The "filename" option the node was opened with (protocol nodes), or
- * NULL. */
+/* The file name of the node's storage (QEMU's bs->filename when it is a
+ * plain name): the "filename" option of the node or, failing that, of the
+ * first node down its "file" children that has one; NULL when none does
+ * (an NBD node, null-co).  The one file-name helper: callers that want
+ * QEMU's json:{...} form for the NULL case build it from the options. */
 const char *block_node_filename(struct block_node *node);
 /*
  * Graph edits that move edges (main thread; they drain themselves).  Every

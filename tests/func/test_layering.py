@@ -122,6 +122,16 @@ def test_one_format_probe():
     assert offenders(NOT_TESTS, PROBE_ANSWER) == []
 
 
+# Reading a node's file name from its options by hand.
+NODE_FILENAME = r'->options,\s*"filename"'
+
+
+def test_one_filename_helper():
+    # block_node_filename() is the one place that reads a node's file
+    # name (walking down "file" children); the rest ask it.
+    assert offenders(NOT_TESTS, NODE_FILENAME) == ["block/core/node.c"]
+
+
 def test_the_checks_can_fail():
     # The patterns match what they are meant to catch.
     assert re.search(r"__attribute__\s*\(\(\s*(__)?weak",
@@ -142,6 +152,8 @@ def test_the_checks_can_fail():
     assert re.search(FORMAT_MAGIC, 'memcmp(m, "QFI\\xfb", 4)')
     assert re.search(PROBE_CALL, "score = drv->probe(head, len, fn);")
     assert re.search(PROBE_ANSWER, 'return ok ? "qcow2" : "raw";')
+    assert re.search(NODE_FILENAME,
+                     'json_object_get(node->options, "filename")')
 
 
 LOCK_DIRS = ["block", "daemon", "export", "include", "job", "nbd", "qmp",

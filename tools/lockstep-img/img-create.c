@@ -648,8 +648,7 @@ resize_preallocate(struct img *img, const char *mode, uint64_t from,
                    uint64_t to)
 {
     struct block_node *file = img->node->file->node;
-    const char *path = json_string_value(json_object_get(file->options,
-                                                         "filename"));
+    const char *path = block_node_filename(file);
     static const char zeroes[64 * 1024];
     int fd = path ? open(path, O_WRONLY | O_CLOEXEC) : -1;
     int ret = 0;

@@ -2263,7 +2263,7 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
     if (!s->h.has_backing_file) {
         return 0;
     }
-    path = qcow2_resolve_backing(qcow2_node_filename(s->file),
+    path = qcow2_resolve_backing(block_node_filename(s->file),
                                  s->h.backing_file);
     fmt = json_string_value(json_object_get(given, "driver"));
     if (!fmt) {
