@@ -830,20 +830,13 @@ static const struct job_driver failover_driver = {
 
 /* ---- Starting --------------------------------------------------------- */
 
-/* The file name of n's protocol node (its "file" child), or NULL. */
-static const char *
-node_filename(struct block_node *n)
-{
-    return n->file ? block_node_filename(n->file->node) : NULL;
-}
-
 /* A layer of the chain from active by node-name, or by file name. */
 static struct block_node *
 find_in_chain(struct block_node *active, const char *name)
 {
     for (struct block_node *n = active; n;
          n = n->backing ? block_skip_filters(n->backing->node) : NULL) {
-        const char *f = node_filename(n);
+        const char *f = block_node_filename(n);
 
         if (strcmp(n->node_name, name) == 0 || (f && strcmp(f, name) == 0)) {
             return n;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "runtime/loop.h"
 #include "qmp/qmp-args.h"
@@ -256,27 +257,18 @@ node_json(struct block_node *node)
 }
 
 /*
- * QEMU's bs->filename: the protocol's file name, inherited up through
- * "file" children while it is a plain name, else a json: description.
+ * QEMU's bs->filename: the storage's plain file name (block_node_filename),
+ * else a json: description of the node.
  */
 static char *
-node_filename(struct block_node *node)
+node_filename_or_json(struct block_node *node)
 {
-    const char *fn = json_string_value(json_object_get(node->options,
-                                                       "filename"));
+    const char *fn = block_node_filename(node);
     json_t *desc;
     char *dump, *ret;
 
     if (fn) {
         return xstrdup(fn);
-    }
-    if (node->file) {
-        char *child = node_filename(node->file->node);
-
-        if (strncmp(child, "json:", 5)) {
-            return child;
-        }
-        free(child);
     }
     desc = node_json(node);
     dump = json_dumps(desc, JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
@@ -358,7 +350,7 @@ static json_t *
 image_info(struct block_node *node, bool flat)
 {
     json_t *image = json_object();
-    CLEANUP_FREE char *fn = node_filename(node);
+    CLEANUP_FREE char *fn = node_filename_or_json(node);
     int64_t actual = block_allocated_size(node);
 
     /* QEMU counts lengths in 512-byte sectors, rounding a file's up. */
@@ -392,7 +384,7 @@ image_info(struct block_node *node, bool flat)
         json_decref(extra);
     }
     if (node->backing) {
-        CLEANUP_FREE char *bfn = node_filename(node->backing->node);
+        CLEANUP_FREE char *bfn = node_filename_or_json(node->backing->node);
 
         json_object_set_new(image, "backing-filename", json_string(bfn));
         json_object_set_new(image, "full-backing-filename",
@@ -462,7 +454,7 @@ node_info(struct block_node *node, bool flat)
 {
     json_t *info = json_object();
     json_t *bitmaps;
-    CLEANUP_FREE char *fn = node_filename(node);
+    CLEANUP_FREE char *fn = node_filename_or_json(node);
     static const char *const zero_fields[] = {
         "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", NULL,
     };
@@ -473,7 +465,7 @@ node_info(struct block_node *node, bool flat)
     json_object_set_new(info, "ro", json_boolean(node->read_only));
     json_object_set_new(info, "drv", json_string(node->drv->name));
     if (node->backing) {
-        CLEANUP_FREE char *bfn = node_filename(node->backing->node);
+        CLEANUP_FREE char *bfn = node_filename_or_json(node->backing->node);
 
         json_object_set_new(info, "backing_file", json_string(bfn));
     }

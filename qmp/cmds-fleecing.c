@@ -28,6 +28,7 @@
 #include <sys/queue.h>
 
 #include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "export/export.h"
 #include "nbd/server.h"
 #include "qmp/qmp-args.h"

@@ -28,7 +28,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "lockstep/err.h"
 

@@ -3,7 +3,7 @@
 #ifndef LOCKSTEP_BLOCK_CORE_INTERNAL_H
 #define LOCKSTEP_BLOCK_CORE_INTERNAL_H
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/err.h"
 
 /*

@@ -23,6 +23,7 @@
 
 #include "hbitmap.h"
 #include "lockstep/dirty-bitmap.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 /* QEMU's BDRV_BITMAP_MAX_NAME_SIZE, the qcow2 bitmap extension's limit. */

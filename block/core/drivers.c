@@ -3,9 +3,11 @@
  * The table of all drivers.  An explicit list rather than constructors, so
  * that static linking can never drop a driver silently.
  */
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 
 extern const struct block_driver blkdebug_driver;
 extern const struct block_driver blklog_driver;
@@ -49,4 +51,39 @@ block_driver_find(const char *name)
         }
     }
     return NULL;
+}
+
+const char *
+block_probe_format(const uint8_t *head, size_t len, const char *filename)
+{
+    const char *best = "raw";
+    int best_score = 0;
+
+    for (size_t i = 0; block_drivers[i]; i++) {
+        const struct block_driver *drv = block_drivers[i];
+        int score = drv->probe ? drv->probe(head, len, filename) : 0;
+
+        if (score > best_score) {
+            best = drv->name;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+const char *
+block_probe_file(const char *filename)
+{
+    uint8_t head[BLOCK_PROBE_BYTES];
+    ssize_t len = 0;
+    int fd = -1;
+
+    if (!block_filename_is_nbd_url(filename)) {
+        fd = open(filename, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd >= 0) {
+        len = read(fd, head, sizeof(head));
+        close(fd);
+    }
+    return block_probe_format(head, len > 0 ? (size_t)len : 0, filename);
 }

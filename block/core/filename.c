@@ -15,15 +15,15 @@
  *                          colon) that is none of the above is refused as
  *                          an unknown protocol, as QEMU does
  *
- * Each prefix is one case of block_filename_options(); a later change
- * moves them into the drivers (a parse_filename hook).
+ * json: is the core's (the options themselves); every other prefix is a
+ * driver's: its filename_prefixes and parse_filename hook.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 /* ---- json: --------------------------------------------------------------- */
@@ -142,104 +142,44 @@ json_filename(const char *text, struct err **errp)
     return o;
 }
 
-/* ---- nbd:// -------------------------------------------------------------- */
+/* ---- The dispatch ------------------------------------------------------- */
+
+const struct block_driver *
+block_filename_protocol(const char *filename)
+{
+    for (size_t i = 0; block_drivers[i]; i++) {
+        const char *const *p = block_drivers[i]->filename_prefixes;
+
+        for (; p && *p; p++) {
+            if (!strncmp(filename, *p, strlen(*p))) {
+                return block_drivers[i];
+            }
+        }
+    }
+    return NULL;
+}
 
 bool
 block_filename_is_nbd_url(const char *filename)
 {
-    return !strncmp(filename, "nbd://", 6) ||
-           !strncmp(filename, "nbd+tcp://", 10) ||
-           !strncmp(filename, "nbd+unix://", 11);
+    const struct block_driver *drv = block_filename_protocol(filename);
+
+    return drv && !strcmp(drv->name, "nbd");
 }
-
-/* nbd[+tcp]://HOST[:PORT][/EXPORT] and nbd+unix:///[EXPORT]?socket=PATH. */
-static json_t *
-nbd_url_options(const char *url)
-{
-    bool is_unix = !strncmp(url, "nbd+unix://", 11);
-    const char *rest = strstr(url, "://") + 3;
-    const char *slash = strchr(rest, '/'), *q = strchr(rest, '?');
-    CLEANUP_FREE char *authority = NULL, *export = NULL;
-    json_t *server, *o;
-
-    authority = xasprintf("%.*s", (int)(slash ? slash - rest
-                                        : q ? q - rest : (long)strlen(rest)),
-                          rest);
-    if (slash) {
-        export = xasprintf("%.*s", (int)(q ? q - slash - 1
-                                         : (long)strlen(slash + 1)),
-                           slash + 1);
-    }
-    if (is_unix) {
-        const char *sock = q ? strstr(q, "socket=") : NULL;
-
-        server = json_pack("{s:s, s:s%}", "type", "unix", "path",
-                           sock ? sock + 7 : "",
-                           sock ? strcspn(sock + 7, "&") : 0);
-    } else {
-        char *colon = strrchr(authority, ':');
-
-        if (colon) {
-            *colon = '\0';
-        }
-        server = json_pack("{s:s, s:s, s:s}", "type", "inet", "host",
-                           authority, "port", colon ? colon + 1 : "10809");
-    }
-    o = json_pack("{s:s, s:o}", "driver", "nbd", "server", server);
-    if (export && *export) {
-        json_object_set_new(o, "export", json_string(export));
-    }
-    return o;
-}
-
-/* ---- blkdebug: ----------------------------------------------------------- */
-
-static json_t *
-blkdebug_filename(const char *rest, struct err **errp)
-{
-    const char *colon = strchr(rest, ':');
-    json_t *image, *o;
-
-    if (!colon) {
-        err_setf(errp, "Invalid filename format: '%s'", rest);
-        return NULL;
-    }
-    image = block_filename_options(colon + 1, errp);
-    if (!image) {
-        return NULL;
-    }
-    o = json_pack("{s:s, s:o}", "driver", "blkdebug", "image", image);
-    if (colon > rest) {
-        json_object_set_new(o, "config",
-                            json_stringn(rest, (size_t)(colon - rest)));
-    }
-    return o;
-}
-
-/* ---- The dispatch ------------------------------------------------------- */
 
 json_t *
 block_filename_options(const char *filename, struct err **errp)
 {
     const char *colon = strchr(filename, ':');
     const char *slash = strchr(filename, '/');
+    const struct block_driver *drv;
 
     if (!strncmp(filename, "json:", 5)) {
         return json_filename(filename + 5, errp);
     }
-    if (!strncmp(filename, "blkdebug:", 9)) {
-        return blkdebug_filename(filename + 9, errp);
-    }
-    if (block_filename_is_nbd_url(filename)) {
-        return nbd_url_options(filename);
-    }
-    if (!strncmp(filename, "null-co://", 10) ||
-        !strncmp(filename, "null-aio://", 11)) {
-        return json_pack("{s:s}", "driver", "null-co");
-    }
-    if (!strncmp(filename, "file:", 5)) {
-        return json_pack("{s:s, s:s}", "driver", "file", "filename",
-                         filename + 5);
+    drv = block_filename_protocol(filename);
+    if (drv) {
+        return drv->parse_filename(filename, errp);
     }
     if (colon && colon > filename && (!slash || colon < slash)) {
         err_setf(errp, "Unknown protocol '%.*s'", (int)(colon - filename),
@@ -339,16 +279,17 @@ is_protocol(const char *driver)
 
 /*
  * Read the first bytes through proto (the file, blkdebug or NBD layer)
- * and name the format: qcow2 by its magic, else raw.
+ * and name the format (block_probe_format).
  */
 static const char *
-probe_format(json_t *proto, bool *probed_raw, struct err **errp)
+read_and_probe(json_t *proto, bool *probed_raw, struct err **errp)
 {
     json_t *o = json_deep_copy(proto);
     struct block_node *node;
-    uint8_t head[512] = { 0 };
+    uint8_t head[BLOCK_PROBE_BYTES];
     int64_t len;
     int ret = 0;
+    const char *fmt;
 
     json_object_set_new(o, "read-only", json_true());
     json_object_set_new(o, "force-share", json_true());
@@ -370,8 +311,12 @@ probe_format(json_t *proto, bool *probed_raw, struct err **errp)
                        "Could not read image for determining its format");
         return NULL;
     }
-    *probed_raw = !(len >= 4 && !memcmp(head, "QFI\xfb", 4));
-    return *probed_raw ? "raw" : "qcow2";
+    fmt = block_probe_format(head, len > 0 ? MIN((uint64_t)len,
+                                                 sizeof(head)) : 0,
+                             json_string_value(json_object_get(proto,
+                                                               "filename")));
+    *probed_raw = !strcmp(fmt, "raw");
+    return fmt;
 }
 
 /*
@@ -480,7 +425,7 @@ block_open_image(const char *filename, json_t *options, bool *probed_raw,
             err_setf(errp, "Must specify either driver or file");
             goto out;
         }
-        fmt = probe_format(json_object_get(opts, "file"), &raw_guess, errp);
+        fmt = read_and_probe(json_object_get(opts, "file"), &raw_guess, errp);
         if (!fmt) {
             goto out;
         }

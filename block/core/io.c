@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
 

@@ -40,7 +40,7 @@
 
 #include "block/core/core-internal.h"
 #include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "keyval.h"
 #include "runtime/loop.h"
@@ -199,7 +199,14 @@ block_node_child(struct block_node *node, const char *name)
 const char *
 block_node_filename(struct block_node *node)
 {
-    return block_opt_str(node->options, "filename", NULL);
+    for (; node; node = node->file ? node->file->node : NULL) {
+        const char *fn = block_opt_str(node->options, "filename", NULL);
+
+        if (fn) {
+            return fn;
+        }
+    }
+    return NULL;
 }
 
 struct block_node *
@@ -1130,12 +1137,8 @@ node_open(struct block_node *node, json_t *options, struct err **errp)
 static bool
 image_file_id(struct block_node *node, struct stat *st)
 {
-    const char *fn;
+    const char *fn = block_node_filename(node);
 
-    while (node->file) {
-        node = node->file->node;
-    }
-    fn = json_string_value(json_object_get(node->options, "filename"));
     return fn && stat(fn, st) == 0;
 }
 
@@ -1409,21 +1412,6 @@ block_node_open_child_at(struct block_node *parent, json_t *options,
     return open_child_ref(parent, ref, name, name, errp);
 }
 
-static const char *
-probe_format(const char *filename)
-{
-    unsigned char magic[4] = {0};
-    int fd = open(filename, O_RDONLY | O_CLOEXEC);
-
-    if (fd >= 0) {
-        if (read(fd, magic, sizeof(magic)) != sizeof(magic)) {
-            memset(magic, 0, sizeof(magic));
-        }
-        close(fd);
-    }
-    return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
-}
-
 struct block_node *
 block_node_open_file(const char *filename, const char *fmt, bool read_only,
                      struct err **errp)
@@ -1434,7 +1422,7 @@ block_node_open_file(const char *filename, const char *fmt, bool read_only,
 
     assert_main_thread();
     if (!fmt) {
-        fmt = probe_format(filename);
+        fmt = block_probe_file(filename);
     }
     drv = block_driver_find(fmt);
     if (!drv) {

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "runtime/loop.h"
 #include "util.h"
 

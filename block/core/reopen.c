@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "block/core/core-internal.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "runtime/loop.h"
 #include "util.h"
 

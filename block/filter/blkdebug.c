@@ -35,11 +35,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "block/core/opts.h"
 #include "block/filter/blkdebug.h"
 
 extern const struct block_driver blkdebug_driver;
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 enum blkdebug_io {
@@ -809,6 +808,32 @@ blkdebug_truncate(struct block_node *node, uint64_t length,
     return block_truncate(node->file->node, length, errp);
 }
 
+/* "blkdebug:[CONFIG]:NAME": a blkdebug filter over NAME. */
+static const char *const blkdebug_filename_prefixes[] = { "blkdebug:", NULL };
+
+static json_t *
+blkdebug_parse_filename(const char *filename, struct err **errp)
+{
+    const char *rest = filename + strlen("blkdebug:");
+    const char *colon = strchr(rest, ':');
+    json_t *image, *o;
+
+    if (!colon) {
+        err_setf(errp, "Invalid filename format: '%s'", rest);
+        return NULL;
+    }
+    image = block_filename_options(colon + 1, errp);
+    if (!image) {
+        return NULL;
+    }
+    o = json_pack("{s:s, s:o}", "driver", "blkdebug", "image", image);
+    if (colon > rest) {
+        json_object_set_new(o, "config",
+                            json_stringn(rest, (size_t)(colon - rest)));
+    }
+    return o;
+}
+
 const struct block_driver blkdebug_driver = {
     .name = "blkdebug",
     .kind = BLOCK_KIND_FILTER,
@@ -825,4 +850,6 @@ const struct block_driver blkdebug_driver = {
     .truncate = blkdebug_truncate,
     .child_perm = blkdebug_child_perm,
     .debug_event = blkdebug_debug_event,
+    .filename_prefixes = blkdebug_filename_prefixes,
+    .parse_filename = blkdebug_parse_filename,
 };

@@ -10,7 +10,7 @@
 
 #include <stdbool.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 
 /* The next request that fires event stops until blkdebug_resume(tag). */
 int blkdebug_breakpoint(struct block_node *node, const char *event,

@@ -36,8 +36,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 enum blklog_type {

@@ -54,9 +54,8 @@
 #include <errno.h>
 #include <string.h>
 
-#include "block/core/opts.h"
 #include "block/filter/copy-before-write.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "util.h"
 

@@ -25,7 +25,7 @@
 #include <sys/queue.h>
 
 #include "block/copy/block-copy.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 
 /*
  * A snapshot read in progress on the source: while it is registered, guest

@@ -27,8 +27,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 /* The most one copy step reads into its bounce buffer. */

@@ -70,9 +70,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/core/opts.h"
 #include "block/filter/quorum.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "runtime/event.h"
 #include "util.h"
 

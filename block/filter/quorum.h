@@ -12,7 +12,7 @@
 
 #include <stdbool.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/err.h"
 
 /* Is node a quorum node? */

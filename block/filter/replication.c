@@ -90,10 +90,9 @@
 #include <sys/queue.h>
 
 #include "block/copy/block-copy.h"
-#include "block/core/opts.h"
 #include "block/filter/copy-before-write.h"
 #include "block/filter/replication.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/dirty-bitmap.h"
 #include "runtime/loop.h"
 #include "util.h"

@@ -16,7 +16,7 @@
 
 #include <stdbool.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/err.h"
 
 enum replication_mode {

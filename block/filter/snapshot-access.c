@@ -18,9 +18,8 @@
  */
 #include <errno.h>
 
-#include "block/core/opts.h"
 #include "block/filter/copy-before-write.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 static const struct block_opt snapshot_access_opts[] = {

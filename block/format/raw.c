@@ -6,8 +6,7 @@
  */
 #include <errno.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 struct raw_state {
@@ -187,6 +186,16 @@ raw_truncate(struct block_node *node, uint64_t length, struct err **errp)
     return block_truncate(node->file->node, length, errp);
 }
 
+/* Anything is raw, but every other format is surer. */
+static int
+raw_probe(const uint8_t *head, size_t len, const char *filename)
+{
+    (void)head;
+    (void)len;
+    (void)filename;
+    return 1;
+}
+
 const struct block_driver raw_driver = {
     .name = "raw",
     .kind = BLOCK_KIND_FORMAT,
@@ -201,4 +210,5 @@ const struct block_driver raw_driver = {
     .block_status = raw_block_status,
     .truncate = raw_truncate,
     .child_perm = raw_child_perm,
+    .probe = raw_probe,
 };

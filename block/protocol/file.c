@@ -36,8 +36,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 #define LOCK_PERM_BASE 100
@@ -1052,6 +1051,17 @@ file_query(struct block_node *node, json_t *info)
     json_object_set_new(info, "file", json_string(s->filename));
 }
 
+/* "file:PATH" (a plain PATH is the core's default, also a file). */
+static const char *const file_filename_prefixes[] = { "file:", NULL };
+
+static json_t *
+file_parse_filename(const char *filename, struct err **errp)
+{
+    (void)errp;
+    return json_pack("{s:s, s:s}", "driver", "file", "filename",
+                     filename + strlen("file:"));
+}
+
 const struct block_driver file_driver = {
     .name = "file",
     .kind = BLOCK_KIND_PROTOCOL,
@@ -1072,6 +1082,8 @@ const struct block_driver file_driver = {
     .truncate = file_truncate,
     .set_perm = file_set_perm,
     .query = file_query,
+    .filename_prefixes = file_filename_prefixes,
+    .parse_filename = file_parse_filename,
 };
 
 /* The same driver under QEMU's names for devices (check_file_type()). */

@@ -90,9 +90,8 @@
 
 #include <libnbd.h>
 
-#include "block/core/opts.h"
 #include "crypto/tls-creds.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 #define NBDCLI_POOL_MAX 4
@@ -1246,6 +1245,53 @@ nbdcli_block_status(struct block_node *node, uint64_t offset,
            ((e.ext_flags & 0x2) ? BLOCK_STATUS_ZERO : 0);   /* STATE_ZERO */
 }
 
+/* ---- File names: nbd[+tcp]://HOST[:PORT][/EXPORT],
+ * nbd+unix:///[EXPORT]?socket=PATH --------------------------------------- */
+
+static const char *const nbd_filename_prefixes[] = {
+    "nbd://", "nbd+tcp://", "nbd+unix://", NULL,
+};
+
+static json_t *
+nbd_parse_filename(const char *url, struct err **errp)
+{
+    bool is_unix = !strncmp(url, "nbd+unix://", 11);
+    const char *rest = strstr(url, "://") + 3;
+    const char *slash = strchr(rest, '/'), *q = strchr(rest, '?');
+    CLEANUP_FREE char *authority = NULL, *export = NULL;
+    json_t *server, *o;
+
+    (void)errp;
+    authority = xasprintf("%.*s", (int)(slash ? slash - rest
+                                        : q ? q - rest : (long)strlen(rest)),
+                          rest);
+    if (slash) {
+        export = xasprintf("%.*s", (int)(q ? q - slash - 1
+                                         : (long)strlen(slash + 1)),
+                           slash + 1);
+    }
+    if (is_unix) {
+        const char *sock = q ? strstr(q, "socket=") : NULL;
+
+        server = json_pack("{s:s, s:s%}", "type", "unix", "path",
+                           sock ? sock + 7 : "",
+                           sock ? strcspn(sock + 7, "&") : 0);
+    } else {
+        char *colon = strrchr(authority, ':');
+
+        if (colon) {
+            *colon = '\0';
+        }
+        server = json_pack("{s:s, s:s, s:s}", "type", "inet", "host",
+                           authority, "port", colon ? colon + 1 : "10809");
+    }
+    o = json_pack("{s:s, s:o}", "driver", "nbd", "server", server);
+    if (export && *export) {
+        json_object_set_new(o, "export", json_string(export));
+    }
+    return o;
+}
+
 const struct block_driver nbdcli_driver = {
     .name = "nbd",
     .kind = BLOCK_KIND_PROTOCOL,
@@ -1262,4 +1308,6 @@ const struct block_driver nbdcli_driver = {
     .pdiscard = nbdcli_pdiscard,
     .flush = nbdcli_flush,
     .block_status = nbdcli_block_status,
+    .filename_prefixes = nbd_filename_prefixes,
+    .parse_filename = nbd_parse_filename,
 };

@@ -11,8 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "block/core/opts.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 struct null_state {
@@ -110,6 +109,18 @@ null_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
     return BLOCK_STATUS_OFFSET_VALID | (s->read_zeroes ? BLOCK_STATUS_ZERO : 0);
 }
 
+static const char *const null_filename_prefixes[] = {
+    "null-co://", "null-aio://", NULL,
+};
+
+static json_t *
+null_parse_filename(const char *filename, struct err **errp)
+{
+    (void)filename;
+    (void)errp;
+    return json_pack("{s:s}", "driver", "null-co");
+}
+
 const struct block_driver null_co_driver = {
     .name = "null-co",
     .kind = BLOCK_KIND_PROTOCOL,
@@ -122,4 +133,6 @@ const struct block_driver null_co_driver = {
     .pwrite_zeroes = null_pwrite_zeroes,
     .pdiscard = null_pdiscard,
     .block_status = null_block_status,
+    .filename_prefixes = null_filename_prefixes,
+    .parse_filename = null_parse_filename,
 };

@@ -20,6 +20,10 @@
  *
  * Errors: data path functions return 0 (or a documented non-negative value)
  * or -errno.  Control path functions take struct err **errp.
+ *
+ * Drivers (and code that looks inside one: node->drv) include
+ * lockstep/driver.h, which holds the driver table and what a driver may
+ * use; this header is for users of the block layer.
  */
 #ifndef LOCKSTEP_BLOCK_H
 #define LOCKSTEP_BLOCK_H
@@ -95,28 +99,6 @@ enum block_detect_zeroes {
     BLOCK_DETECT_ZEROES_UNMAP,
 };
 
-/* Types of driver options, for validation and keyval conversion. */
-enum block_opt_type {
-    BLOCK_OPT_STRING,
-    BLOCK_OPT_BOOL,       /* JSON bool, or "on"/"off" from keyval */
-    BLOCK_OPT_INT,        /* JSON integer, or a decimal string */
-    BLOCK_OPT_SIZE,       /* like INT, also accepts k/M/G suffixes */
-    BLOCK_OPT_NUMBER,     /* JSON number (int or real) */
-    BLOCK_OPT_CHILD,      /* a node: inline object or a node-name string */
-    BLOCK_OPT_CHILD_OR_NULL, /* the same, or JSON null (no child) */
-    BLOCK_OPT_CHILD_LIST, /* a JSON array of children */
-    BLOCK_OPT_OBJECT,     /* the driver checks the contents itself */
-    BLOCK_OPT_LIST,       /* the driver checks the contents itself */
-    BLOCK_OPT_ANY,        /* anything; the driver checks */
-};
-
-struct block_opt {
-    const char *name;
-    enum block_opt_type type;
-    bool required;
-    const char *const *enum_values; /* STRING: allowed values, NULL-ended */
-};
-
 /*
  * One piece of a request that reaches a node as several: [offset,
  * offset + bytes) of the node, to or from buf (block_pread_segments()).
@@ -152,135 +134,6 @@ struct block_status_info {
     int depth;                    /* 0 = unallocated in the whole chain,
                                    * 1 = the queried node's layer, 2 = its
                                    * backing, ... (filters do not count) */
-};
-
-/*
- * A driver.  Control callbacks run on the main thread and take errp; I/O
- * callbacks run on any thread and return -errno.  The core guarantees for
- * every I/O callback: offset/bytes are aligned to limits.request_alignment
- * and start inside the node's length, except at its end: a protocol's
- * last block may reach past it (reads there return zeroes, writes grow
- * the node: O_DIRECT knows no shorter I/O), a filter's or format's ends
- * there unaligned; the buffer is aligned to limits.mem_alignment, bytes
- * does not exceed the relevant max_*, and the node is not being drained
- * out from under the call.
- */
-struct block_driver {
-    const char *name;               /* the QMP "driver" value */
-    enum block_driver_kind kind;
-    size_t state_size;              /* zeroed, at node->opaque */
-    const struct block_opt *options;/* driver options, NULL-terminated */
-    /* Set when the driver cannot run two requests on one node at once;
-     * the core then serialises them with a per-node lock. */
-    bool serialize_requests;
-
-    /*
-     * Open: parse node->options (already validated against .options; the
-     * children named by CHILD options are attached by the driver with
-     * block_node_open_child()).  Must set node->limits when they differ from
-     * the defaults.  On failure the core undoes the children attached.
-     */
-    int (*open)(struct block_node *node, json_t *options, struct err **errp);
-    void (*close)(struct block_node *node);
-
-    /*
-     * The part of opening that waits on a remote peer (the NBD client's
-     * connect and handshake), run before open by block_prepare(): on a
-     * thread of its own, with no lock held, so that neither the main
-     * thread nor the graph waits on the peer.  Returns what open then
-     * takes with block_prepared_take(), or NULL with *errp set; ends early
-     * (failing) when cancel_fd becomes readable.  Optional.
-     */
-    void *(*prepare)(json_t *options, int cancel_fd, struct err **errp);
-    /* Release what prepare returned and open did not take. */
-    void (*prepared_free)(void *prepared);
-
-    /* Length in bytes; may do I/O (protocol nodes). */
-    int64_t (*getlength)(struct block_node *node);
-    /* Bytes allocated on the host, or -ENOTSUP. */
-    int64_t (*allocated_size)(struct block_node *node);
-
-    int (*pread)(struct block_node *node, uint64_t offset, uint64_t bytes,
-                 void *buf, unsigned flags);
-    int (*pwrite)(struct block_node *node, uint64_t offset, uint64_t bytes,
-                  const void *buf, unsigned flags);
-    /*
-     * Several reads (writes) of one request at once: n <=
-     * BLOCK_MAX_SEGMENTS pieces, each meeting pread's guarantees and
-     * inside the node.  The file driver submits them together (io_uring)
-     * or merges neighbours into one preadv/pwritev.  Returns 0 or the
-     * first error.  Optional: without it the core calls pread (pwrite)
-     * once per piece.
-     */
-    int (*pread_segments)(struct block_node *node,
-                          const struct block_segment *seg, unsigned n,
-                          unsigned flags);
-    int (*pwrite_segments)(struct block_node *node,
-                           const struct block_segment *seg, unsigned n,
-                           unsigned flags);
-    /* -ENOTSUP makes the core write zeroes from a buffer (unless
-     * BLOCK_REQ_NO_FALLBACK). */
-    int (*pwrite_zeroes)(struct block_node *node, uint64_t offset,
-                         uint64_t bytes, unsigned flags);
-    int (*pdiscard)(struct block_node *node, uint64_t offset, uint64_t bytes);
-    int (*flush)(struct block_node *node);
-    /*
-     * Status of [offset, offset+bytes): returns flags >= 0 (DATA, ZERO,
-     * RECURSE, OFFSET_VALID) and the length *pnum (> 0, <= bytes) over which
-     * they hold; *map and *file when OFFSET_VALID or RECURSE.  Neither
-     * DATA nor ZERO means "not allocated in this layer": the core then asks
-     * the backing child.  Without this callback: protocol nodes are all
-     * DATA, filters and one-child formats RECURSE into "file".
-     */
-    int (*block_status)(struct block_node *node, uint64_t offset,
-                        uint64_t bytes, uint64_t *pnum, uint64_t *map,
-                        struct block_node **file);
-    /* Resize (main thread or job). */
-    int (*truncate)(struct block_node *node, uint64_t length,
-                    struct err **errp);
-    /* Drop all content of this layer (qcow2 overlays; replication). */
-    int (*make_empty)(struct block_node *node, struct err **errp);
-
-    /*
-     * Permissions: the union of what all parents hold on this node changed
-     * (perm) and the intersection of what they share (shared).  Protocol
-     * drivers take image locks here.  May fail (another process holds a
-     * conflicting lock).
-     */
-    int (*set_perm)(struct block_node *node, uint32_t perm, uint32_t shared,
-                    struct err **errp);
-    /*
-     * What this node needs on its child child_name and lets others do,
-     * given what the node's own parents hold (parent_perm, the union) and
-     * share (parent_shared, the intersection): QEMU's bdrv_child_perm.
-     * Called again whenever the node's parents change.  Without the
-     * callback the core's defaults apply (see block_default_child_perm).
-     */
-    void (*child_perm)(struct block_node *node, const char *child_name,
-                       uint32_t parent_perm, uint32_t parent_shared,
-                       uint32_t *perm, uint32_t *shared);
-
-    /* Fill extra fields for query-named-block-nodes ("format-specific"). */
-    void (*query)(struct block_node *node, json_t *info);
-
-    /*
-     * Persistent dirty bitmaps, for formats that store them (qcow2).  Main
-     * thread, no request in flight.  The format loads its bitmaps at open
-     * and stores the node's persistent ones at close.  bitmap_can_store:
-     * may a new persistent bitmap be stored in the image (asked when it
-     * is added).  bitmap_remove: take a stored bitmap out of the image
-     * now (one that was never stored: 0).
-     */
-    bool (*bitmap_can_store)(struct block_node *node, const char *name,
-                             uint64_t granularity, struct err **errp);
-    int (*bitmap_remove)(struct block_node *node, const char *name,
-                         struct err **errp);
-
-    /* A named event happened below a format (blkdebug's rules fire on
-     * them: "l2_update", "refblock_alloc", ...) or on the node's own write
-     * path in the core ("pwritev", "pwritev_rmw_head", "pwritev_done",
-     * ..., QEMU's names).  Any thread. */
-    void (*debug_event)(struct block_node *node, const char *event);
 };
 
 /*
@@ -383,6 +236,19 @@ const struct block_driver *block_driver_find(const char *name);
 /* The NULL-terminated table of all drivers (block/core/drivers.c). */
 extern const struct block_driver *const block_drivers[];
 
+/*
+ * Format probing, QEMU's bdrv_probe: the name of the format driver whose
+ * probe hook scores highest for an image starting with head[0..len)
+ * ("raw" when none is sure).  The one probe of the tree: opening images
+ * by name (block_open_image), backing files named without a format and
+ * the tools' "-f" default all come here.  block_probe_file() reads the
+ * head of a host file first (unreadable or not a host file: "raw").
+ */
+#define BLOCK_PROBE_BYTES 512
+const char *block_probe_format(const uint8_t *head, size_t len,
+                               const char *filename);
+const char *block_probe_file(const char *filename);
+
 /* ---- Graph (main thread) ---------------------------------------------- */
 
 /*
@@ -458,6 +324,9 @@ int block_opts_set_cache_mode(json_t *opts, const char *mode,
  * prefix is refused.  Main thread.
  */
 json_t *block_filename_options(const char *filename, struct err **errp);
+/* The driver whose filename_prefixes the name starts with, or NULL (a
+ * plain path, json:, or an unknown protocol). */
+const struct block_driver *block_filename_protocol(const char *filename);
 bool block_filename_is_nbd_url(const char *filename);
 
 /*
@@ -534,8 +403,11 @@ void block_node_detach_child(struct block_node *parent,
                              struct block_child *child);
 struct block_child *block_node_child(struct block_node *node,
                                      const char *name);
-/* The "filename" option the node was opened with (protocol nodes), or
- * NULL. */
+/* The file name of the node's storage (QEMU's bs->filename when it is a
+ * plain name): the "filename" option of the node or, failing that, of the
+ * first node down its "file" children that has one; NULL when none does
+ * (an NBD node, null-co).  The one file-name helper: callers that want
+ * QEMU's json:{...} form for the NULL case build it from the options. */
 const char *block_node_filename(struct block_node *node);
 /*
  * Graph edits that move edges (main thread; they drain themselves).  Every

@@ -4,7 +4,8 @@ no weak symbols anywhere; nothing below the QMP monitor includes a qmp/
 header; jobs, exports, the NBD server and the runtime see no JSON (their
 inputs are typed; qmp/ turns JSON into them); filters and the copy engine
 touch JSON only to read their own blockdev-add options, through
-block/core/opts.h, and in their query hook."""
+the getters of lockstep/driver.h, and in their query hook; formats are
+probed in one place, from the drivers' probe hooks."""
 import os
 import re
 
@@ -70,7 +71,7 @@ def json_outside_options(text):
 
 
 def test_filters_read_options_through_the_option_layer():
-    # A filter reads its options with block/core/opts.h's getters and
+    # A filter reads its options with lockstep/driver.h's getters and
     # makes the nodes it needs (copy-before-write for replication and
     # backup) with typed settings (block_node_new_typed()): no JSON.
     bad = {}
@@ -103,6 +104,34 @@ def test_core_json_only_in_the_option_layer():
     assert bad == []
 
 
+# A format's magic number, outside its driver.
+FORMAT_MAGIC = r"QFI\\xfb|QCOW2_MAGIC|0x514649fb"
+PROBE_CALL = r"->probe\s*\("
+# A hand-made probe answer.
+PROBE_ANSWER = r'"qcow2"\s*:\s*"raw"|"raw"\s*:\s*"qcow2"'
+NOT_TESTS = [d for d in SOURCE_DIRS if d != "tests"]
+
+
+def test_one_format_probe():
+    # Drivers say what is theirs (their probe hook); block_probe_format()
+    # is the one function that asks them, for the core and the tools.
+    magic = [p for p in offenders(NOT_TESTS, FORMAT_MAGIC)
+             if not p.startswith("block/format/qcow2/")]
+    assert magic == []
+    assert offenders(NOT_TESTS, PROBE_CALL) == ["block/core/drivers.c"]
+    assert offenders(NOT_TESTS, PROBE_ANSWER) == []
+
+
+# Reading a node's file name from its options by hand.
+NODE_FILENAME = r'->options,\s*"filename"'
+
+
+def test_one_filename_helper():
+    # block_node_filename() is the one place that reads a node's file
+    # name (walking down "file" children); the rest ask it.
+    assert offenders(NOT_TESTS, NODE_FILENAME) == ["block/core/node.c"]
+
+
 def test_the_checks_can_fail():
     # The patterns match what they are meant to catch.
     assert re.search(r"__attribute__\s*\(\(\s*(__)?weak",
@@ -120,6 +149,11 @@ def test_the_checks_can_fail():
               "    .query = f_query,\n};\n")
     assert json_outside_options(driver) == ["json_pack("]
     assert json_outside_options(driver.replace("json_pack", "f")) == []
+    assert re.search(FORMAT_MAGIC, 'memcmp(m, "QFI\\xfb", 4)')
+    assert re.search(PROBE_CALL, "score = drv->probe(head, len, fn);")
+    assert re.search(PROBE_ANSWER, 'return ok ? "qcow2" : "raw";')
+    assert re.search(NODE_FILENAME,
+                     'json_object_get(node->options, "filename")')
 
 
 LOCK_DIRS = ["block", "daemon", "export", "include", "job", "nbd", "qmp",

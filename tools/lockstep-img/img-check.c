@@ -219,7 +219,7 @@ check_needed_files(const struct check_args *a)
     if (h.has_backing_file) {
         backing = img_backing_path(a->filename, h.backing_file);
         e = open_needed(h.has_backing_fmt ? h.backing_fmt
-                                          : img_probe(backing), backing);
+                                          : block_probe_file(backing), backing);
         if (e) {
             err_prepend(&e, "Could not open backing file: ");
         }
@@ -312,7 +312,7 @@ img_cmd_check(int argc, char **argv)
     if (check_parse(argc, argv, &a) < 0) {
         return img_usage_error("check", NULL);
     }
-    fmt = a.fmt ? a.fmt : img_probe(a.filename);
+    fmt = a.fmt ? a.fmt : block_probe_file(a.filename);
     if (strcmp(fmt, "qcow2") != 0) {
         return check_other_format(&a);
     }

@@ -578,7 +578,7 @@ chain_read_headers(struct chain *c, const char *top, struct err **errp)
         }
         c->l[c->n].path = img_backing_path(cur->path, h.backing_file);
         c->l[c->n].fmt = xstrdup(h.has_backing_fmt ? h.backing_fmt
-                                 : img_probe(c->l[c->n].path));
+                                 : block_probe_file(c->l[c->n].path));
     }
     return true;
 }
@@ -598,7 +598,7 @@ chain_read(struct chain *c, const char *top, const char *fmt,
     c->top_name = top;
     path = innermost_file(proto);
     c->l[0].path = xstrdup(path ? path : top);
-    c->l[0].fmt = xstrdup(fmt ? fmt : img_probe(c->l[0].path));
+    c->l[0].fmt = xstrdup(fmt ? fmt : block_probe_file(c->l[0].path));
     c->l[0].file = proto;
     c->n = 1;
     return chain_read_headers(c, top, errp);

@@ -226,7 +226,7 @@ create_check_backing(struct img_create *c, struct err **errp)
             return false;
         }
         err_setf(errp, "Backing file specified without backing format\n"
-                 "Detected format of %s.", img_probe(path));
+                 "Detected format of %s.", block_probe_file(path));
         return false;
     }
     size = img_virtual_size(path, c->backing_fmt, errp);
@@ -648,8 +648,7 @@ resize_preallocate(struct img *img, const char *mode, uint64_t from,
                    uint64_t to)
 {
     struct block_node *file = img->node->file->node;
-    const char *path = json_string_value(json_object_get(file->options,
-                                                         "filename"));
+    const char *path = block_node_filename(file);
     static const char zeroes[64 * 1024];
     int fd = path ? open(path, O_WRONLY | O_CLOEXEC) : -1;
     int ret = 0;
@@ -775,7 +774,7 @@ img_cmd_amend(int argc, char **argv)
         return img_usage_error("amend", NULL);
     }
     if (!fmt) {
-        fmt = img_probe(argv[optind]);
+        fmt = block_probe_file(argv[optind]);
     }
     if (strcmp(fmt, "qcow2")) {
         img_error("Format driver '%s' does not support option amendment",

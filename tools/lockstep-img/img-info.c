@@ -274,24 +274,6 @@ collect_opened(struct info *in, const char *fmt, struct err **errp)
 }
 
 /*
- * The file name below node, following each node's file child (blkdebug's
- * image too) down to the protocol; NULL where a node has none (quorum):
- * then no directory is known to resolve a relative backing name in.
- */
-static const char *
-protocol_filename(struct block_node *node)
-{
-    for (; node; node = node->file ? node->file->node : NULL) {
-        const char *f = json_string_value(json_object_get(node->options,
-                                                          "filename"));
-        if (f) {
-            return f;
-        }
-    }
-    return NULL;
-}
-
-/*
  * A json:{...} name with more than a format over a file (a blkdebug or
  * quorum node below, other options): a qcow2 image is described from its
  * header, read through the node its "file" options open; another format
@@ -331,7 +313,7 @@ collect_json(struct info *in, const char *fmt, struct err **errp)
         return false;
     }
     ok = read_qcow2(in, img.node, errp);
-    path = protocol_filename(img.node);
+    path = block_node_filename(img.node);
     if (ok && in->h.has_backing_file && path) {
         in->full_backing = img_backing_path(path, in->h.backing_file);
     }
@@ -348,7 +330,7 @@ collect(struct info *in, const char *filename, const char *fmt,
     if (!strncmp(filename, "json:", 5)) {
         return collect_json(in, fmt, errp);
     }
-    in->fmt = xstrdup(fmt ? fmt : img_probe(filename));
+    in->fmt = xstrdup(fmt ? fmt : block_probe_file(filename));
     if (!strcmp(in->fmt, "qcow2")) {
         return collect_qcow2(in, errp);
     }

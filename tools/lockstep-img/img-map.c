@@ -52,14 +52,6 @@ chain_depth(struct block_node *node)
     return depth;
 }
 
-static const char *
-node_filename(struct block_node *node)
-{
-    json_t *v = node ? json_object_get(node->options, "filename") : NULL;
-
-    return json_is_string(v) ? json_string_value(v) : "";
-}
-
 static bool
 entries_mergeable(const struct map_entry *a, const struct map_entry *b)
 {
@@ -115,7 +107,8 @@ map_status(struct img *img, uint64_t offset, uint64_t len, int holes,
     e->data = ret & BLOCK_STATUS_DATA;
     e->has_offset = ret & BLOCK_STATUS_OFFSET_VALID;
     e->offset = e->has_offset ? info.map : 0;
-    e->file = e->has_offset ? node_filename(info.file) : "";
+    e->file = e->has_offset && info.file && block_node_filename(info.file)
+              ? block_node_filename(info.file) : "";
     return 0;
 }
 

@@ -345,7 +345,7 @@ known_format(const char *fmt)
 static const char *
 fmt_of(const char *filename, const char *fmt)
 {
-    return fmt ? fmt : img_probe(filename);
+    return fmt ? fmt : block_probe_file(filename);
 }
 
 int

@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/err.h"
 
 /*
@@ -69,9 +70,6 @@ int img_parse_output(const char *arg, bool *json);
 
 /* qemu-img's size syntax: digits with an optional k/M/G/T/P/E suffix. */
 bool img_parse_size(const char *s, uint64_t *out);
-
-/* "qcow2" when the file starts with the qcow2 magic, else "raw". */
-const char *img_probe(const char *filename);
 
 /*
  * An open image: the node (a format over a "file" node) and a handle for

@@ -322,21 +322,6 @@ img_parse_size(const char *s, uint64_t *out)
 
 /* ---- Opening images ---------------------------------------------------- */
 
-const char *
-img_probe(const char *filename)
-{
-    unsigned char magic[4] = { 0 };
-    FILE *f = block_filename_is_nbd_url(filename) ? NULL : fopen(filename, "rb");
-
-    if (f) {
-        if (fread(magic, 1, sizeof(magic), f) != sizeof(magic)) {
-            memset(magic, 0, sizeof(magic));
-        }
-        fclose(f);
-    }
-    return memcmp(magic, "QFI\xfb", 4) == 0 ? "qcow2" : "raw";
-}
-
 bool img_force_share;
 
 static bool
@@ -476,7 +461,7 @@ img_open(struct img *img, const char *filename, const char *fmt,
         return open_prefixed(img, filename, fmt, writable, errp);
     }
     if (!fmt) {
-        fmt = img_probe(filename);
+        fmt = block_probe_file(filename);
     }
     if (!block_driver_find(fmt)) {
         err_setf(errp, "Could not open '%s': Unknown driver '%s'", filename,
@@ -708,7 +693,7 @@ img_virtual_size(const char *filename, const char *fmt, struct err **errp)
     int64_t size;
 
     if (!fmt) {
-        fmt = img_probe(filename);
+        fmt = block_probe_file(filename);
     }
     if (!strcmp(fmt, "qcow2")) {
         return img_qcow2_header(filename, &h, errp) ? (int64_t)h.size : -EIO;

@@ -21,6 +21,7 @@
 #include "block/filter/blkdebug.h"
 #include "block/format/qcow2/qcow2.h"
 #include "io.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 /* Write buffers are filled with 0xcd when no pattern is given. */

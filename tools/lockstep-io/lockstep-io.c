@@ -27,6 +27,7 @@
 
 #include "block/format/qcow2/qcow2.h"
 #include "io.h"
+#include "lockstep/driver.h"
 #include "keyval.h"
 #include "util.h"
 

@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "lockstep/err.h"
 
 /* What to repair (qemu-img check -r leaks / -r all). */

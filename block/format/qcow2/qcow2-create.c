@@ -53,22 +53,6 @@ qcow2_resolve_backing(const char *image_filename, const char *backing)
     return xasprintf("%s/%s", dirname(copy), backing);
 }
 
-/* The filename of the protocol node under node, following "file". */
-const char *
-qcow2_node_filename(struct block_node *node)
-{
-    while (node) {
-        const char *f = json_string_value(json_object_get(node->options,
-                                                          "filename"));
-
-        if (f) {
-            return f;
-        }
-        node = node->file ? node->file->node : NULL;
-    }
-    return NULL;
-}
-
 static int
 check_opts(const struct qcow2_create_opts *o, uint64_t *cs, unsigned *order,
            struct err **errp)
@@ -366,7 +350,7 @@ backing_size(struct block_node *file, const struct qcow2_create_opts *o,
              uint64_t *size, struct err **errp)
 {
     CLEANUP_FREE char *path =
-        qcow2_resolve_backing(qcow2_node_filename(file), o->backing_file);
+        qcow2_resolve_backing(block_node_filename(file), o->backing_file);
     struct block_node *b = block_node_open_file(path, o->backing_fmt, true,
                                                 errp);
     int64_t len;

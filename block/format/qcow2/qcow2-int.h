@@ -14,7 +14,7 @@
 #include <sys/queue.h>
 
 #include "block/format/qcow2/qcow2.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 
 struct qcow2_state;
 
@@ -321,8 +321,6 @@ size_t qcow2_bitmap_metadata_ranges(struct qcow2_state *s,
 
 /* backing resolved against the directory of image_filename (if relative). */
 char *qcow2_resolve_backing(const char *image_filename, const char *backing);
-/* The "filename" of the protocol node below node, or NULL. */
-const char *qcow2_node_filename(struct block_node *node);
 
 /* ---- helpers ---------------------------------------------------------- */
 

@@ -52,11 +52,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/core/opts.h"
 #include "block/format/qcow2/qcow2-check.h"
 #include "block/format/qcow2/qcow2-endian.h"
 #include "block/format/qcow2/qcow2-int.h"
-#include "lockstep/block.h"
+#include "lockstep/driver.h"
 #include "util.h"
 
 #define DEFAULT_L2_CACHE_BYTES (32 * MiB)
@@ -2359,21 +2358,6 @@ setup_caches(struct qcow2_state *s, json_t *options)
     qcow2_cache_init(&s->rb_cache, "refblock", rbn, cs, NULL);
 }
 
-static bool
-file_is_qcow2(const char *path)
-{
-    unsigned char m[4] = { 0 };
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd >= 0) {
-        if (read(fd, m, 4) != 4) {
-            memset(m, 0, 4);
-        }
-        close(fd);
-    }
-    return memcmp(m, "QFI\xfb", 4) == 0;
-}
-
 #define BACKING_PREFIX "Could not open backing file: "
 
 /*
@@ -2393,12 +2377,12 @@ open_backing_from_header(struct block_node *node, struct qcow2_state *s,
     if (!s->h.has_backing_file) {
         return 0;
     }
-    path = qcow2_resolve_backing(qcow2_node_filename(s->file),
+    path = qcow2_resolve_backing(block_node_filename(s->file),
                                  s->h.backing_file);
     fmt = json_string_value(json_object_get(given, "driver"));
     if (!fmt) {
         fmt = s->h.has_backing_fmt ? s->h.backing_fmt
-                                   : (file_is_qcow2(path) ? "qcow2" : "raw");
+                                   : block_probe_file(path);
     }
     if (!block_driver_find(fmt)) {
         err_setf(errp, "Could not open backing file: Unknown driver '%s'",
@@ -2649,6 +2633,13 @@ qcow2_query(struct block_node *node, json_t *info)
                                   data));
 }
 
+static int
+qcow2_probe(const uint8_t *head, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 4 && !memcmp(head, "QFI\xfb", 4) ? 100 : 0;
+}
+
 const struct block_driver qcow2_driver = {
     .name = "qcow2",
     .kind = BLOCK_KIND_FORMAT,
@@ -2669,4 +2660,5 @@ const struct block_driver qcow2_driver = {
     .query = qcow2_query,
     .bitmap_can_store = qcow2_bitmap_can_store,
     .bitmap_remove = qcow2_bitmap_remove,
+    .probe = qcow2_probe,
 };
