@@ -920,8 +920,10 @@ static int status_above(struct block_node *node, uint64_t offset,
 
 /*
  * Data a format maps to [map, +*pnum) of file: does the file read it as
- * zeroes (a hole, as in preallocated clusters never written)?  QEMU asks
- * the file too.  Clips *pnum to what the file tells; errors tell nothing.
+ * zeroes (a hole, as in preallocated clusters never written)?  Only when
+ * the driver says ASK_FILE: QEMU asks the file too, only for qcow2 images
+ * with metadata preallocation.  Clips *pnum to what the file tells;
+ * errors tell nothing.
  */
 static int
 data_in_hole(struct block_node *file, uint64_t map, uint64_t *pnum)
@@ -968,8 +970,9 @@ status_above(struct block_node *node, uint64_t offset, uint64_t bytes,
         return status_above(file, map, *pnum, pnum, info, depth);
     }
     if ((ret & (BLOCK_STATUS_DATA | BLOCK_STATUS_ZERO |
-                BLOCK_STATUS_OFFSET_VALID)) ==
-        (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID) &&
+                BLOCK_STATUS_OFFSET_VALID | BLOCK_STATUS_ASK_FILE)) ==
+        (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID |
+         BLOCK_STATUS_ASK_FILE) &&
         file && file != node) {
         ret |= data_in_hole(file, map, pnum);
     }

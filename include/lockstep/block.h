@@ -85,6 +85,11 @@ enum {
     BLOCK_STATUS_RECURSE = 0x08,
     /* *map is the offset of the data in *file. */
     BLOCK_STATUS_OFFSET_VALID = 0x10,
+    /* Driver answers only, with DATA|OFFSET_VALID: the file may have a
+     * hole there (qcow2 preallocation=metadata), ask it whether it reads
+     * zeroes.  Asking costs an lseek(2) pair per answer, which on tmpfs
+     * scans the page cache to the end of the data. */
+    BLOCK_STATUS_ASK_FILE = 0x20,
 };
 
 enum block_driver_kind {

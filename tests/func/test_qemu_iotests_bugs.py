@@ -5,6 +5,7 @@ Each test is the smallest case of one difference `make iotests` showed,
 run with our tools and, where it helps, with qemu-img/qemu-io 7.2 on the
 same files to show what QEMU does.
 """
+import ctypes
 import json
 import os
 import struct
@@ -246,6 +247,28 @@ def test_map_preallocated_sparse_clusters_read_zero(limg, qimg, tmp_dir):
     # The human map lists data only: nothing here.
     r = ok(run([limg, "map", img]))
     assert r.stdout.splitlines()[1:] == []
+
+
+def test_map_data_over_file_hole_without_preallocation(limg, lio, qimg,
+                                                       tmp_dir):
+    """Only a metadata-preallocated image asks its file under data
+    clusters (as QEMU): elsewhere that lseek(2) pair per answer cost a
+    scan to the end of the data on tmpfs, every READ of an NBD export.
+    A data cluster whose file range was punched out stays data."""
+    img = os.path.join(tmp_dir, "h.qcow2")
+    ok(run([limg, "create", "-q", "-f", "qcow2", img, "4M"]))
+    io(lio, img, "write -P 0x11 0 4M")
+    first = [e for e in json.loads(qmap(qimg, img)) if e["data"]][0]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                               ctypes.c_int64]
+    punch_hole, keep_size = 0x02, 0x01
+    with open(img, "r+b") as f:
+        assert libc.fallocate(f.fileno(), punch_hole | keep_size,
+                              first["offset"] + MiB, 64 * KiB) == 0
+    ours = ok(run([limg, "map", "--output=json", img])).stdout
+    assert ours == qmap(qimg, img)
+    assert '"zero": true' not in ours
 
 
 def test_shrink_gives_space_back(limg, lio, tmp_dir):

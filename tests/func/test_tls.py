@@ -35,7 +35,8 @@ from test_nbd_server import (OPT_ABORT, OPT_EXPORT_NAME,
 from test_nbd_slow_clients import peer_closed, threads_in_peer_io
 import tls_setup
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 REP_ERR_TLS_REQD = 0x80000005
 
 
@@ -619,6 +620,86 @@ def wait_port(port, proc, timeout=20):
         except OSError:
             time.sleep(0.05)
     raise AssertionError("port %d never opened" % port)
+
+
+# ---- Many large replies at once ---------------------------------------------
+
+# Read sizes around the TLS record size (16 KiB), the send batch (128 KiB)
+# and well past both.
+READ_SIZES = [1, 4096, 16 * KiB - 28, 16 * KiB, 16 * KiB + 1, 100 * KiB,
+              128 * KiB - 1, 128 * KiB + 16 * KiB, 256 * KiB, MiB + 3,
+              8 * MiB, 32 * MiB]
+
+
+def check_reads(uri, data, seed, structured=True, stall=0.0):
+    """Requests of READ_SIZES at random offsets, 16 at a time on one
+    connection, each compared with the image; with stall, the client
+    stops reading for that long while they are queued, so that the
+    server's sends wait for the socket in the middle of a reply."""
+    import random
+    import nbd
+    rnd = random.Random(seed)
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.set_uri_allow_local_file(True)
+    h.connect_uri(uri)
+    try:
+        todo = [rnd.choice(READ_SIZES) for _ in range(30)] + READ_SIZES
+        rnd.shuffle(todo)
+        while todo:
+            batch, todo = todo[:16], todo[16:]
+            reqs = []
+            for size in batch:
+                off = rnd.randrange(0, len(data) - size + 1)
+                buf = nbd.Buffer(size)
+                reqs.append((h.aio_pread(buf, off), buf, off, size))
+            if stall:
+                time.sleep(stall)
+            for cookie, buf, off, size in reqs:
+                while not h.aio_command_completed(cookie):
+                    h.poll(-1)
+                assert buf.to_bytearray() == data[off:off + size], \
+                    "read of %d at %d" % (size, off)
+    finally:
+        h.shutdown()
+
+
+def test_large_reads_in_parallel_over_tls(lockstepd, creds, tmp_dir):
+    """Replies of many sizes to requests in flight together, on several
+    TLS connections at once, simple and structured, with clients that
+    stop reading while replies are being sent: every read gives the
+    image's bytes (replies neither interleave nor lose a record)."""
+    import threading
+    pytest.importorskip("nbd")
+    img = os.path.join(tmp_dir, "rand.raw")
+    data = os.urandom(48 * MiB)
+    with open(img, "wb") as f:
+        f.write(data)
+    d, port = start(lockstepd, tmp_dir, [x509_server(creds)],
+                    ",tls-creds=tls0", img=img, writable=False)
+    with d:
+        uri = x509_uri(port, creds["client"])
+        errors = []
+
+        def one(seed, **kw):
+            try:
+                check_reads(uri, data, seed, **kw)
+            except Exception as e:      # reported by the main thread
+                errors.append(e)
+        threads = [threading.Thread(target=one, args=(1,)),
+                   threading.Thread(target=one, args=(2,),
+                                    kwargs={"structured": False}),
+                   threading.Thread(target=one, args=(3,),
+                                    kwargs={"stall": 0.3}),
+                   threading.Thread(target=one, args=(4,),
+                                    kwargs={"structured": False,
+                                            "stall": 0.3})]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not errors, errors
+        stop_log(d)
 
 
 # ---- Fleecing over TLS ------------------------------------------------------

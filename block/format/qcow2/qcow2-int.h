@@ -157,6 +157,10 @@ struct qcow2_state {
     uint64_t failed_end;
     struct qcow2_release release;   /* the tail make_empty gives back */
     struct qcow2_bitmaps bitmaps;   /* the directory on disk */
+    /* Metadata preallocation (clusters mapped over file holes), found on
+     * the first block status: -1 not looked yet, 0 no, 1 yes.  Protected
+     * by: lock. */
+    int prealloc_holes;
     bool corrupt;               /* metadata inconsistency found: no writes */
     bool signaled_corruption;   /* reported once (stderr, event) */
 };

@@ -1491,8 +1491,46 @@ status_of(struct qcow2_state *s, const struct qcow2_l2e *e, unsigned sc,
 }
 
 /*
+ * Does the image map clusters over holes of its file (preallocation=
+ * metadata)?  As QEMU guesses it: more clusters in use (refcount > 0)
+ * than the file has allocated, by a margin.  Only then is it worth asking
+ * the file under every data answer (BLOCK_STATUS_ASK_FILE).  Caller holds
+ * s->lock.
+ */
+static bool
+prealloc_holes_locked(struct qcow2_state *s)
+{
+    int64_t flen, alloc;
+    uint64_t used = 0, threshold, end;
+
+    if (s->prealloc_holes >= 0) {
+        return s->prealloc_holes;
+    }
+    s->prealloc_holes = 0;
+    flen = block_getlength(s->file);
+    alloc = block_allocated_size(s->file);
+    if (flen <= 0 || alloc < 0) {
+        return false;   /* cannot tell: as QEMU, no */
+    }
+    threshold = MAX((uint64_t)alloc / s->cluster_size * 10 / 9,
+                    (uint64_t)alloc / s->cluster_size + 2);
+    end = ((uint64_t)flen + s->cluster_size - 1) >> s->cluster_bits;
+    for (uint64_t c = 0; c < end && used <= threshold; c++) {
+        uint64_t rc;
+
+        if (qcow2_get_refcount(s, c, &rc) < 0) {
+            return false;
+        }
+        used += rc != 0;
+    }
+    s->prealloc_holes = used > threshold;
+    return s->prealloc_holes;
+}
+
+/*
  * Driver block_status: any thread.  Answers for at most one L2 table:
- * DATA|OFFSET_VALID (*map in s->file) for data, ZERO for zero clusters
+ * DATA|OFFSET_VALID (*map in s->file; ASK_FILE too with metadata
+ * preallocation) for data, ZERO for zero clusters
  * (with OFFSET_VALID when a host cluster is kept), DATA for compressed, 0
  * for unallocated (the core then asks the backing node).
  */
@@ -1536,6 +1574,10 @@ qcow2_block_status(struct block_node *node, uint64_t offset, uint64_t bytes,
         }
         want_host += next - pos;
         pos = next;
+    }
+    if (ret >= 0 && first == (BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID)
+        && prealloc_holes_locked(s)) {
+        first |= BLOCK_STATUS_ASK_FILE;
     }
     mutex_unlock(&s->lock);
     if (ret < 0) {
@@ -2499,6 +2541,7 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
     int ret;
 
     s->node = node;
+    s->prealloc_holes = -1;
     mutex_init(&s->lock);
     cond_init(&s->range_cond);
     TAILQ_INIT(&s->ranges);
