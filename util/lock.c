@@ -16,7 +16,7 @@
 
 static const char *const rank_names[LOCK_RANK_COUNT] = {
 #define LOCK_RANK_NAME(id, level, nesting, name, file) \
-    [LOCK_##id] = name " (" file ", level " #level ")",
+    [LOCK_##id] = #id ": " name " (" file ", level " #level ")",
     LOCK_ORDER(LOCK_RANK_NAME)
 #undef LOCK_RANK_NAME
 };

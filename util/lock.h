@@ -36,11 +36,9 @@
     X(GRAPH,          1, NO,   "graph_lock",    "block/core/node.c")         \
     X(NBDSRV_EXPORTS, 2, NO,   "g_nbdsrv_lock", "nbd/export.c")              \
     X(NBDSRV_WRITE,   2, NO,   "write_lock",    "nbd/server.c")              \
-    X(NBDSRV_CONN,    2, NO,   "lock",          "nbd/server.c")              \
     X(JOB,            2, NO,   "g_job_lock",    "job/job.c")                 \
     X(BACKUP_PASS,    2, NO,   "lock",          "job/backup.c")              \
     X(VU_CONN,        2, NO,   "conn_lock",     "export/vhost-user.c")       \
-    X(VU_QUEUE,       2, NO,   "lock",          "export/vhost-user.c")       \
     X(FUSE_RESIZE,    3, NO,   "resize_lock",   "export/fuse.c")             \
     X(CBW,            3, NO,   "lock",          "block/filter/copy-before-write.c") \
     X(BLOCK_COPY,     3, NO,   "lock",          "block/copy/block-copy.c")   \
@@ -57,13 +55,17 @@
     X(BACKUP_RL,      5, NO,   "rl_lock",       "job/backup.c")              \
     X(FUSE_READER,    5, NO,   "lock",          "export/fuse.c")             \
     X(FUSE_ATTR,      5, NO,   "attr_lock",     "export/fuse.c")             \
+    X(NBDSRV_CONN,    5, NO,   "lock",          "nbd/server.c")              \
+    X(VU_QUEUE,       5, NO,   "lock",          "export/vhost-user.c")       \
     X(NBD_POOL,       5, NO,   "lock",          "nbd/pool.c")                \
     X(NBDSRV_WAIT,    5, NO,   "lock",          "nbd/server.c")              \
     X(BACKUP_CURSOR,  5, NO,   "lock",          "tools/lockstep-backup/copy.c") \
     X(IO_AIO,         5, NO,   "lock",          "tools/lockstep-io/io-aio.c") \
     X(EVENT_QUEUE,    5, NO,   "lock",          "runtime/event.h")           \
     X(LOOP_CALLS,     5, NO,   "g_msg_lock",    "runtime/loop.c")            \
-    X(MONITOR_EVENTS, 5, NO,   "g_events_lock", "qmp/monitor.c")
+    X(MONITOR_EVENTS, 5, NO,   "g_events_lock", "qmp/monitor.c")             \
+    X(TLS_CREDS,      5, NO,   "g_creds_lock",  "crypto/tls-creds.c")        \
+    X(AUTHZ,          5, NO,   "g_authz_lock",  "crypto/authz.c")
 
 enum lock_rank {
 #define LOCK_RANK_ENUM(id, level, nesting, name, file) LOCK_##id,
@@ -95,7 +97,8 @@ bool lock_cond_timedwait_ns(pthread_cond_t *c, struct lock *l,
 void lock_order_enter(enum lock_rank rank);
 void lock_order_leave(enum lock_rank rank);
 
-/* The lock's name for messages: "g_job_lock (job/job.c, level 2)". */
+/* The lock's name for messages:
+ * "JOB: g_job_lock (job/job.c, level 2)". */
 const char *lock_rank_name(enum lock_rank rank);
 /* True when this build checks the order (meson -Dlock_debug=true). */
 bool lock_order_checked(void);
