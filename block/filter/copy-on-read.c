@@ -184,6 +184,7 @@ copy_step(struct block_node *node, uint64_t pos, uint64_t *n, void *bounce,
     int ret;
 
     *copied = false;
+    lock_order_enter(LOCK_COR_COPY);
     if (pthread_rwlock_wrlock(&s->copy_lock) != 0) {
         abort();
     }
@@ -206,6 +207,7 @@ copy_step(struct block_node *node, uint64_t pos, uint64_t *n, void *bounce,
     *copied = ret == 0;
 out:
     pthread_rwlock_unlock(&s->copy_lock);
+    lock_order_leave(LOCK_COR_COPY);
     return ret < 0 ? ret : 0;
 }
 
@@ -284,6 +286,7 @@ write_begin(struct block_node *node)
 {
     struct cor_state *s = node->opaque;
 
+    lock_order_enter(LOCK_COR_COPY);
     if (pthread_rwlock_rdlock(&s->copy_lock) != 0) {
         abort();
     }
@@ -295,6 +298,7 @@ write_end(struct block_node *node)
     struct cor_state *s = node->opaque;
 
     pthread_rwlock_unlock(&s->copy_lock);
+    lock_order_leave(LOCK_COR_COPY);
 }
 
 static int

@@ -178,8 +178,8 @@ def test_rank_table_is_the_documented_order():
 
 def test_every_mutex_is_ranked():
     # Every mutex is a struct lock (so its order is checked); only
-    # rwlocks stay plain: the graph's (checked by hand in node.c) and
-    # copy-on-read's copy_lock (not checked).
+    # rwlocks stay plain: the graph's and copy-on-read's copy_lock, which
+    # note their rank by hand (lock_order_enter).
     plain = re.compile(r"^(?!\s*extern)[^\n]*\bpthread_mutex_t\s+(\w+)\s*[;=]",
                        re.M)
     found = sorted((m.group(1), path) for path, text in sources(LOCK_DIRS)
