@@ -38,7 +38,8 @@ install: build
 
 bench: deps
 	@bench/install-deps.sh
-	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false
+	@test -f build-bench/build.ninja || meson setup build-bench --buildtype=release -Db_ndebug=false -Dlock_debug=false
+	@meson configure build-bench -Dlock_debug=false
 	@ninja -C build-bench lockstepd lockstep-backup tests/vhost/vhost-client
 	@python3 bench/bench.py --build build-bench
 

@@ -34,7 +34,7 @@ struct authz {
     LIST_ENTRY(authz) link;
 };
 
-static pthread_mutex_t g_authz_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lock g_authz_lock = LOCK_INITIALIZER(AUTHZ);
 /* Protected by: g_authz_lock. */
 static LIST_HEAD(, authz) g_authz = LIST_HEAD_INITIALIZER(g_authz);
 

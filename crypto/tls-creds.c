@@ -39,7 +39,7 @@ struct creds_entry {
     struct creds_entry *next;
 };
 
-static pthread_mutex_t g_creds_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lock g_creds_lock = LOCK_INITIALIZER(TLS_CREDS);
 /* Protected by: g_creds_lock. */
 static struct creds_entry *g_creds;
 

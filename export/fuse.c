@@ -95,13 +95,13 @@ struct fuse_export {
     int nthreads;              /* started */
 
     /* The reader role.  Protected by: lock. */
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t role_cond;  /* idle threads wait for the role */
     bool reading;              /* a thread holds the role */
     bool quit;                 /* also read without the lock (atomic) */
 
     /* What setattr may change, and the times.  Protected by: attr_lock. */
-    pthread_mutex_t attr_lock;
+    struct lock attr_lock;
     mode_t mode;
     uid_t uid;
     gid_t gid;
@@ -109,7 +109,7 @@ struct fuse_export {
     struct timespec ctime;
     uint64_t seen_gen;         /* the node's write_gen mtime stands for */
 
-    pthread_mutex_t resize_lock;
+    struct lock resize_lock;
 
     TAILQ_ENTRY(fuse_export) link;
 };
@@ -798,10 +798,10 @@ fuse_export_create(const struct block_export_options *opts,
     bool mounted;
 
     exp->stop_fd = -1;
-    mutex_init(&exp->lock);
+    lock_init(&exp->lock, LOCK_FUSE_READER);
     cond_init(&exp->role_cond);
-    mutex_init(&exp->attr_lock);
-    mutex_init(&exp->resize_lock);
+    lock_init(&exp->attr_lock, LOCK_FUSE_ATTR);
+    lock_init(&exp->resize_lock, LOCK_FUSE_RESIZE);
     exp->id = xstrdup(opts->id);
     exp->mountpoint = xstrdup(fo->mountpoint);
     exp->abs_mountpoint = absolute_path(fo->mountpoint);

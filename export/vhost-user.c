@@ -184,7 +184,7 @@ struct vu_queue {
     int wake_fd;                 /* eventfd: stop or enable changed */
 
     /* Protected by: lock. */
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t role_cond;
     bool reading;                /* a thread holds the poller role */
     bool stop;
@@ -210,7 +210,7 @@ struct vu_dev {
     bool has_thread;
 
     /* Protected by: conn_lock. */
-    pthread_mutex_t conn_lock;
+    struct lock conn_lock;
     int conn_fd;                 /* -1 when no front-end */
     bool quit;
 
@@ -1770,7 +1770,7 @@ dev_init(struct vu_dev *dev, unsigned num_queues,
     dev->num_queues = MIN(num_queues, (unsigned)VU_MAX_QUEUES);
     dev->listen_fd = -1;
     dev->conn_fd = -1;
-    mutex_init(&dev->conn_lock);
+    lock_init(&dev->conn_lock, LOCK_VU_CONN);
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++) {
         struct vu_queue *q = &dev->queues[i];
 
@@ -1781,7 +1781,7 @@ dev_init(struct vu_dev *dev, unsigned num_queues,
         if (q->wake_fd < 0) {
             abort();     /* out of fds at creation: nothing sane to do */
         }
-        mutex_init(&q->lock);
+        lock_init(&q->lock, LOCK_VU_QUEUE);
         cond_init(&q->role_cond);
     }
 }

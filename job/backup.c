@@ -125,7 +125,7 @@ struct backup_job {
     struct block_handle *target_h;
 
     /* The speed limiter.  Protected by: rl_lock (a leaf). */
-    pthread_mutex_t rl_lock;
+    struct lock rl_lock;
     pthread_cond_t rl_cond;         /* speed changed, pause, cancel */
     uint64_t speed;                 /* bytes per second, 0 = unlimited */
     int64_t next_free;              /* when the budget is back to zero */
@@ -135,7 +135,7 @@ struct backup_job {
 /* One pass of background copying. */
 struct backup_pass {
     struct backup_job *s;
-    pthread_mutex_t lock;
+    struct lock lock;
     /* Protected by: lock. */
     uint64_t cursor;
     int ret;                        /* first error, or 0 */
@@ -241,7 +241,7 @@ backup_pass(struct backup_job *s, bool *error_is_read)
     pthread_t threads[BACKUP_MAX_THREADS];
     int n = s->workers;
 
-    mutex_init(&p.lock);
+    lock_init(&p.lock, LOCK_BACKUP_PASS);
     for (int i = 0; i < n; i++) {
         thread_create(&threads[i], "backup-worker", backup_worker, &p);
     }
@@ -788,7 +788,7 @@ backup_create(const struct backup_options *opts, struct err **errp)
         goto out_cbw;
     }
     s = container_of(job, struct backup_job, job);
-    mutex_init(&s->rl_lock);
+    lock_init(&s->rl_lock, LOCK_BACKUP_RL);
     cond_init(&s->rl_cond);
     s->main_h = block_handle_new_job(cbw, "backup", a.o.job_id, "main node", 0,
                                      BLOCK_PERM_ALL, errp);

@@ -62,7 +62,7 @@
 #include "util.h"
 
 /* Protects the job list and the fields of struct job marked "job lock". */
-static pthread_mutex_t g_job_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lock g_job_lock = LOCK_INITIALIZER(JOB);
 /* Job lock. */
 static TAILQ_HEAD(, job) g_jobs = TAILQ_HEAD_INITIALIZER(g_jobs);
 

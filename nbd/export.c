@@ -19,7 +19,7 @@
 #include "runtime/loop.h"
 #include "util.h"
 
-pthread_mutex_t g_nbdsrv_lock = PTHREAD_MUTEX_INITIALIZER;
+struct lock g_nbdsrv_lock = LOCK_INITIALIZER(NBDSRV_EXPORTS);
 pthread_cond_t g_nbdsrv_cond = PTHREAD_COND_INITIALIZER;
 
 /* Protected by: g_nbdsrv_lock (changed on the main thread only). */

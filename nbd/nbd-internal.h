@@ -68,7 +68,7 @@ struct nbdexp {
 };
 TAILQ_HEAD(nbdexp_list, nbdexp);
 
-extern pthread_mutex_t g_nbdsrv_lock;
+extern struct lock g_nbdsrv_lock;
 extern pthread_cond_t g_nbdsrv_cond;
 
 /* ---- export.c --------------------------------------------------------- */

@@ -34,13 +34,13 @@ static struct {
     int epfd;
     int bell;                  /* eventfd: the run queue has work */
     /* Protected by: lock. */
-    pthread_mutex_t lock;
+    struct lock lock;
     TAILQ_HEAD(, nbdpool_item) runq;
     int nthreads;
     int idle;                  /* threads in (or entering) epoll_wait */
 } g_pool = {
     .once = PTHREAD_ONCE_INIT,
-    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .lock = LOCK_INITIALIZER(NBD_POOL),
 };
 
 static void *pool_thread(void *opaque);

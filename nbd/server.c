@@ -228,7 +228,7 @@ struct nbdsrv_req {
 
 /* nbdsrv_serve_fds() waits here for its connection to end. */
 struct serve_wait {
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;
     bool done;
 };
@@ -243,11 +243,11 @@ struct nbdsrv_conn {
     struct serve_wait *waiter;   /* nbdsrv_serve_fds in pool mode */
 
     /* Replies.  Protected by: write_lock.  send_stalled: atomic. */
-    pthread_mutex_t write_lock;
+    struct lock write_lock;
     bool send_stalled;           /* a reply waits for the client to read */
 
     /* Threads and flow control.  Protected by: lock. */
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t space_cond;   /* the reader waits for room */
     int busy;                    /* threads working for the connection */
     bool reader_wanted;          /* the role waits for one of them */
@@ -478,6 +478,10 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
     uint8_t off8[8];
     uint64_t pos, end;
     int ret, nchunks = 0;
+    struct {
+        uint64_t len;
+        bool hole;
+    } chunks[NBDSRV_MAX_READ_CHUNKS];
 
     if (req->len == 0) {
         if (conn->s.structured) {
@@ -513,16 +517,15 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
     /*
      * Structured: zero ranges (by block status) as OFFSET_HOLE, the rest
      * as OFFSET_DATA; one chunk when DF asks for it.  Each chunk's offset
-     * is absolute (spec, structured reply chunks).
+     * is absolute (spec, structured reply chunks).  The chunks are found
+     * before the reply lock is taken: block status enters the graph and
+     * may wait for I/O, which the lock order forbids under write_lock.
      */
-    reply_lock(conn);
     pos = req->offset;
     end = req->offset + req->len;
-    ret = 0;
-    while (pos < end && ret == 0) {
+    while (pos < end) {
         uint64_t pnum = end - pos;
         bool hole = false;
-        bool last;
         struct block_status_info info;
 
         if (!(req->flags & NBD_CMD_FLAG_DF) &&
@@ -538,9 +541,21 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
                        buffer_is_zero(buf + (pos - req->offset), pnum);
             }
         }
-        last = pos + pnum == end;
+        chunks[nchunks].len = pnum;
+        chunks[nchunks].hole = hole;
+        pos += pnum;
+        nchunks++;
+    }
+
+    reply_lock(conn);
+    pos = req->offset;
+    ret = 0;
+    for (int i = 0; i < nchunks && ret == 0; i++) {
+        uint64_t pnum = chunks[i].len;
+        bool last = i == nchunks - 1;
+
         put_be64(off8, pos);
-        if (hole) {
+        if (chunks[i].hole) {
             uint8_t hole_payload[12];
 
             put_be64(hole_payload, pos);
@@ -556,7 +571,6 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
                                     buf + (pos - req->offset), pnum);
         }
         pos += pnum;
-        nchunks++;
     }
     mutex_unlock(&conn->write_lock);
     free(buf);
@@ -571,22 +585,31 @@ do_block_status(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
     struct nbdexp *exp = conn->s.exp;
     size_t max = (req->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 :
                  NBDSRV_MAX_STATUS_EXTENTS;
-    uint32_t *ext = malloc(max * 2 * sizeof(uint32_t));
+    size_t nctx = conn->s.nctx;
+    uint32_t *ext = malloc(nctx * max * 2 * sizeof(uint32_t));
+    int *next = malloc(nctx * sizeof(int));
     uint8_t *payload = malloc(4 + max * 8);
     int ret = 0;
 
-    if (!ext || !payload) {
+    if (!ext || !next || !payload) {
         free(ext);
+        free(next);
         free(payload);
         reply_error(conn, req, NBD_ENOMEM, "out of memory");
         return;
     }
-    /* Compute every context first, so that an error can still be the
-     * only reply; then send them all under one lock. */
+    /* Compute every context first, with no lock held (block status
+     * enters the graph and may wait for I/O: never under write_lock),
+     * so that an error can still be the only reply; then send them all
+     * under one lock. */
+    for (size_t i = 0; i < nctx; i++) {
+        next[i] = nbdsrv_meta_extents(exp, conn->s.ctx_ids[i], req->offset,
+                                      req->len, ext + i * max * 2, max);
+    }
     reply_lock(conn);
-    for (size_t i = 0; i < conn->s.nctx && ret >= 0; i++) {
-        int n = nbdsrv_meta_extents(exp, conn->s.ctx_ids[i], req->offset,
-                                    req->len, ext, max);
+    for (size_t i = 0; i < nctx && ret >= 0; i++) {
+        const uint32_t *e = ext + i * max * 2;
+        int n = next[i];
 
         if (n < 0) {
             uint8_t err[6 + 32];
@@ -596,25 +619,24 @@ do_block_status(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
             put_be16(err + 4, (uint16_t)strlen(msg));
             memcpy(err + 6, msg, strlen(msg));
             ret = send_chunk_locked(conn, req,
-                                    i + 1 == conn->s.nctx ?
-                                    NBD_REPLY_FLAG_DONE : 0,
+                                    i + 1 == nctx ? NBD_REPLY_FLAG_DONE : 0,
                                     NBD_REPLY_TYPE_ERROR, err,
                                     6 + strlen(msg), NULL, 0);
             continue;
         }
         put_be32(payload, conn->s.ctx_ids[i]);
         for (int j = 0; j < n; j++) {
-            put_be32(payload + 4 + 8 * j, ext[2 * j]);
-            put_be32(payload + 8 + 8 * j, ext[2 * j + 1]);
+            put_be32(payload + 4 + 8 * j, e[2 * j]);
+            put_be32(payload + 8 + 8 * j, e[2 * j + 1]);
         }
         ret = send_chunk_locked(conn, req,
-                                i + 1 == conn->s.nctx ?
-                                NBD_REPLY_FLAG_DONE : 0,
+                                i + 1 == nctx ? NBD_REPLY_FLAG_DONE : 0,
                                 NBD_REPLY_TYPE_BLOCK_STATUS, payload,
                                 4 + 8 * (size_t)n, NULL, 0);
     }
     mutex_unlock(&conn->write_lock);
     free(ext);
+    free(next);
     free(payload);
     if (ret < 0) {
         conn_kill(conn);
@@ -1190,8 +1212,8 @@ conn_new(int in_fd, int out_fd, int fd)
     conn->s.out_fd = out_fd;
     conn->fd = fd;
     conn->item.run = conn_run;
-    mutex_init(&conn->write_lock);
-    mutex_init(&conn->lock);
+    lock_init(&conn->write_lock, LOCK_NBDSRV_WRITE);
+    lock_init(&conn->lock, LOCK_NBDSRV_CONN);
     cond_init(&conn->space_cond);
     return conn;
 }
@@ -1299,7 +1321,7 @@ nbdsrv_serve_fds(int in_fd, int out_fd, int nthreads,
     }
     assert(in_fd == out_fd);
     nbdpool_start();
-    mutex_init(&w.lock);
+    lock_init(&w.lock, LOCK_NBDSRV_WAIT);
     cond_init(&w.cond);
     conn = conn_new(in_fd, out_fd, in_fd);
     conn->waiter = &w;

@@ -191,7 +191,7 @@ client_send_error(struct client *cl, const char *fmt, const char *arg)
 
 /* Event messages on their way to the clients, in emission order.
  * Protected by: g_events_lock (a leaf). */
-static pthread_mutex_t g_events_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lock g_events_lock = LOCK_INITIALIZER(MONITOR_EVENTS);
 static json_t *g_events;            /* array, or NULL when empty */
 static bool g_events_posted;        /* a deliver_events_cb is queued */
 

@@ -30,6 +30,8 @@
 #include <sys/queue.h>
 #include <time.h>
 
+#include "lock.h"
+
 enum event_type {
     EVENT_STR,
     EVENT_INT,
@@ -104,7 +106,7 @@ void event_set_sink(event_sink_fn *fn);
  * never held while emitting).
  */
 struct event_queue {
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;                /* emitted moved, or flusher left */
     STAILQ_HEAD(, event) list;          /* Protected by: lock */
     uint64_t pushed;                    /* Protected by: lock */
@@ -112,7 +114,7 @@ struct event_queue {
     bool flushing;                      /* Protected by: lock */
 };
 #define EVENT_QUEUE_INITIALIZER(q)                                           \
-    { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,                  \
+    { LOCK_INITIALIZER(EVENT_QUEUE), PTHREAD_COND_INITIALIZER,                  \
       STAILQ_HEAD_INITIALIZER((q).list), 0, 0, false }
 
 void event_queue_push(struct event_queue *q, struct event *ev);

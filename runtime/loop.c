@@ -71,7 +71,7 @@ static size_t g_nsigs;
 static sigset_t g_sigmask;
 
 /* The call queue.  Protected by: g_msg_lock. */
-static pthread_mutex_t g_msg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lock g_msg_lock = LOCK_INITIALIZER(LOOP_CALLS);
 static struct loop_msg_list g_msgs = STAILQ_HEAD_INITIALIZER(g_msgs);
 static uint64_t g_msg_seq;
 

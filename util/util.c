@@ -321,19 +321,19 @@ mutex_init(pthread_mutex_t *m)
 }
 
 void
-mutex_destroy(pthread_mutex_t *m)
+(mutex_destroy)(pthread_mutex_t *m)
 {
     check(pthread_mutex_destroy(m), "pthread_mutex_destroy");
 }
 
 void
-mutex_lock(pthread_mutex_t *m)
+(mutex_lock)(pthread_mutex_t *m)
 {
     check(pthread_mutex_lock(m), "pthread_mutex_lock");
 }
 
 void
-mutex_unlock(pthread_mutex_t *m)
+(mutex_unlock)(pthread_mutex_t *m)
 {
     check(pthread_mutex_unlock(m), "pthread_mutex_unlock");
 }
@@ -378,7 +378,7 @@ thread_may_block(void)
 }
 
 void
-mutex_lock_may_block(pthread_mutex_t *m)
+(mutex_lock_may_block)(pthread_mutex_t *m)
 {
     if (pthread_mutex_trylock(m) == 0) {
         return;
@@ -402,14 +402,14 @@ sleep_ns(int64_t ns)
 }
 
 void
-cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+(cond_wait)(pthread_cond_t *c, pthread_mutex_t *m)
 {
     thread_may_block();
     check(pthread_cond_wait(c, m), "pthread_cond_wait");
 }
 
 bool
-cond_timedwait_ns(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline)
+(cond_timedwait_ns)(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline)
 {
     struct timespec ts = {
         .tv_sec = deadline / 1000000000,

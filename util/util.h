@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lock.h"
+
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -148,19 +150,59 @@ void sleep_ns(int64_t ns);
 void cleanup_free(void *ptr);
 #define CLEANUP_FREE __attribute__((cleanup(cleanup_free)))
 
-static inline void
-mutex_unlockp(pthread_mutex_t **m)
+/* The locking calls take a ranked lock (lock.h: order-checked) or a plain
+ * mutex. */
+#define mutex_lock(m)                                                        \
+    _Generic((m), struct lock *: lock_acquire, default: mutex_lock)(m)
+#define mutex_unlock(m)                                                      \
+    _Generic((m), struct lock *: lock_release, default: mutex_unlock)(m)
+#define mutex_lock_may_block(m)                                              \
+    _Generic((m), struct lock *: lock_acquire_may_block,                     \
+             default: mutex_lock_may_block)(m)
+#define mutex_destroy(m)                                                     \
+    _Generic((m), struct lock *: lock_destroy, default: mutex_destroy)(m)
+#define cond_wait(c, m)                                                      \
+    _Generic((m), struct lock *: lock_cond_wait, default: cond_wait)(c, m)
+#define cond_timedwait_ns(c, m, d)                                           \
+    _Generic((m), struct lock *: lock_cond_timedwait_ns,                     \
+             default: cond_timedwait_ns)(c, m, d)
+
+/* SCOPED_LOCK(&m): locks now, unlocks at the end of the enclosing block. */
+struct scoped_lock {
+    pthread_mutex_t *m;
+    struct lock *l;
+};
+
+static inline struct scoped_lock
+scoped_lock_plain(pthread_mutex_t *m)
 {
-    if (*m) {
-        mutex_unlock(*m);
+    mutex_lock(m);
+    return (struct scoped_lock){ .m = m };
+}
+
+static inline struct scoped_lock
+scoped_lock_ranked(struct lock *l)
+{
+    lock_acquire(l);
+    return (struct scoped_lock){ .l = l };
+}
+
+static inline void
+scoped_unlock(struct scoped_lock *s)
+{
+    if (s->l) {
+        lock_release(s->l);
+    } else if (s->m) {
+        mutex_unlock(s->m);
     }
 }
-/* SCOPED_LOCK(&m): locks now, unlocks at the end of the enclosing block. */
+
 #define SCOPED_LOCK_CAT2(a, b) a##b
 #define SCOPED_LOCK_CAT(a, b) SCOPED_LOCK_CAT2(a, b)
 #define SCOPED_LOCK(m)                                                       \
-    pthread_mutex_t *SCOPED_LOCK_CAT(scoped_lock_, __LINE__)                 \
-        __attribute__((cleanup(mutex_unlockp), unused)) =                    \
-            (mutex_lock(m), (m))
+    struct scoped_lock SCOPED_LOCK_CAT(scoped_lock_, __LINE__)               \
+        __attribute__((cleanup(scoped_unlock), unused)) =                    \
+            _Generic((m), struct lock *: scoped_lock_ranked,                 \
+                     default: scoped_lock_plain)(m)
 
 #endif

@@ -88,7 +88,7 @@ struct block_copy_state {
     unsigned write_flags;
     bool discard_source;
 
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;
     struct hbitmap *copy_bitmap;        /* Protected by: lock */
     TAILQ_HEAD(, bc_task) tasks;        /* Protected by: lock */
@@ -236,7 +236,7 @@ block_copy_state_new(struct block_node *source, struct block_node *target,
     s->write_flags = target_backs_onto(target, source) ?
                      BLOCK_REQ_SERIALISING : 0;
     s->discard_source = discard_source;
-    mutex_init(&s->lock);
+    lock_init(&s->lock, LOCK_BLOCK_COPY);
     cond_init(&s->cond);
     cond_init(&s->helper_cond);
     TAILQ_INIT(&s->tasks);

@@ -89,6 +89,7 @@ block_graph_enter(void)
     if (graph_is_writer || graph_read_depth++ > 0) {
         return;
     }
+    lock_order_enter(LOCK_GRAPH);
     if (pthread_rwlock_tryrdlock(&graph_lock) == 0) {
         return;
     }
@@ -107,6 +108,7 @@ block_graph_leave(void)
     assert(graph_read_depth > 0);
     if (--graph_read_depth == 0) {
         pthread_rwlock_unlock(&graph_lock);
+        lock_order_leave(LOCK_GRAPH);
     }
 }
 
@@ -119,6 +121,7 @@ block_drain_begin(void)
     assert(graph_read_depth == 0);
     if (drain_depth++ == 0) {
         __atomic_store_n(&drain_since, clock_ns(), __ATOMIC_RELAXED);
+        lock_order_enter(LOCK_GRAPH);
         if (pthread_rwlock_wrlock(&graph_lock) != 0) {
             abort();
         }
@@ -135,6 +138,7 @@ block_drain_end(void)
         graph_is_writer = false;
         __atomic_store_n(&drain_since, 0, __ATOMIC_RELAXED);
         pthread_rwlock_unlock(&graph_lock);
+        lock_order_leave(LOCK_GRAPH);
     }
 }
 
@@ -1049,10 +1053,10 @@ node_alloc(const struct block_driver *drv)
     TAILQ_INIT(&node->parents);
     TAILQ_INIT(&node->tracked);
     TAILQ_INIT(&node->bitmaps);
-    mutex_init(&node->req_lock);
+    lock_init(&node->req_lock, LOCK_NODE_REQ);
     cond_init(&node->req_cond);
-    mutex_init(&node->serial_lock);
-    mutex_init(&node->bitmap_lock);
+    lock_init(&node->serial_lock, LOCK_NODE_SERIAL);
+    lock_init(&node->bitmap_lock, LOCK_NODE_BITMAP);
     node->limits.request_alignment = 1;
     node->limits.mem_alignment = 1;
     if (drv->state_size) {

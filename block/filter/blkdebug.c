@@ -78,7 +78,7 @@ struct blkdebug_suspended {
 };
 
 struct blkdebug_state {
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;    /* a suspended request changed */
     int64_t state;          /* Protected by: lock */
     struct blkdebug_rule *rules;  /* Protected by: lock */
@@ -443,7 +443,7 @@ blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
                      errp)) {
         goto fail_lists;
     }
-    mutex_init(&s->lock);
+    lock_init(&s->lock, LOCK_BLKDEBUG);
     cond_init(&s->cond);
     s->state = 1;
     s->delay_ns = block_opt_int(options, "x-delay-ns", 0);

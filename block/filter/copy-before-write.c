@@ -67,7 +67,7 @@ struct cbw_state {
     int64_t timeout_ns;             /* 0: none */
     bool discard_source;
 
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;            /* a frozen read ended */
     /* Contents changed under lock (plus their own bitmap_lock). */
     struct block_dirty_bitmap *access_bitmap;
@@ -265,7 +265,7 @@ cbw_open(struct block_node *node, json_t *options, struct err **errp)
         block_copy_state_free(s->bcs);
         return -ENOMEM;
     }
-    mutex_init(&s->lock);
+    lock_init(&s->lock, LOCK_CBW);
     cond_init(&s->cond);
     TAILQ_INIT(&s->frozen);
     node->limits = file->limits;

@@ -183,6 +183,7 @@ copy_step(struct block_node *node, uint64_t pos, uint64_t *n, void *bounce,
     int ret;
 
     *copied = false;
+    lock_order_enter(LOCK_COR_COPY);
     if (pthread_rwlock_wrlock(&s->copy_lock) != 0) {
         abort();
     }
@@ -205,6 +206,7 @@ copy_step(struct block_node *node, uint64_t pos, uint64_t *n, void *bounce,
     *copied = ret == 0;
 out:
     pthread_rwlock_unlock(&s->copy_lock);
+    lock_order_leave(LOCK_COR_COPY);
     return ret < 0 ? ret : 0;
 }
 
@@ -283,6 +285,7 @@ write_begin(struct block_node *node)
 {
     struct cor_state *s = node->opaque;
 
+    lock_order_enter(LOCK_COR_COPY);
     if (pthread_rwlock_rdlock(&s->copy_lock) != 0) {
         abort();
     }
@@ -294,6 +297,7 @@ write_end(struct block_node *node)
     struct cor_state *s = node->opaque;
 
     pthread_rwlock_unlock(&s->copy_lock);
+    lock_order_leave(LOCK_COR_COPY);
 }
 
 static int

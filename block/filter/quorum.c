@@ -221,7 +221,7 @@ struct quorum_helper {
     struct quorum_helper *next_idle;    /* Protected by: g_helper_lock */
 };
 
-static pthread_mutex_t g_helper_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lock g_helper_lock = LOCK_INITIALIZER(QUORUM_HELPER);
 static struct quorum_helper *g_idle;    /* Protected by: g_helper_lock */
 static unsigned g_nhelpers;             /* Protected by: g_helper_lock */
 

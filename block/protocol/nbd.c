@@ -157,7 +157,7 @@ struct nbdcli_state {
     bool read_only_export;
 
     /* The connections.  Protected by: lock (see struct nbdcli_conn). */
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;
     struct nbdcli_conn conns[NBDCLI_POOL_MAX];
     int nconns;
@@ -397,7 +397,7 @@ struct nbdcli_req {
  * touch: the sleeper returns only after taking w->lock.
  */
 struct nbdcli_waiter {
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;
     bool woken;                     /* Protected by: lock */
     struct nbdcli_req *req;
@@ -640,7 +640,7 @@ nbdcli_sleep(struct nbdcli_state *s, struct nbdcli_conn *c,
 {
     struct nbdcli_waiter w = {.req = req};
 
-    mutex_init(&w.lock);
+    lock_init(&w.lock, LOCK_NBDCLI_WAITER);
     cond_init(&w.cond);
     TAILQ_INSERT_TAIL(&c->waiters, &w, link);
     mutex_unlock(&s->lock);
@@ -1039,7 +1039,7 @@ nbdcli_open(struct block_node *node, json_t *options, struct err **errp)
     int64_t size, minb, maxb;
     int ret;
 
-    mutex_init(&s->lock);
+    lock_init(&s->lock, LOCK_NBDCLI_CONN);
     cond_init(&s->cond);
     for (int i = 0; i < NBDCLI_POOL_MAX; i++) {
         s->conns[i].kick_fd = -1;

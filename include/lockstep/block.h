@@ -35,6 +35,7 @@
 
 #include <jansson.h>
 
+#include "lock.h"
 #include "lockstep/err.h"
 
 struct block_node;
@@ -216,11 +217,11 @@ struct block_node {
      * Requests and flushes.  Protected by: req_lock.  Lock order:
      * req_lock is a leaf (never held while calling a driver).
      */
-    pthread_mutex_t req_lock;
+    struct lock req_lock;
     pthread_cond_t req_cond;
     struct block_tracked_req_list tracked;
     bool flushing;                    /* a flush in flight (io.c) */
-    pthread_mutex_t serial_lock;      /* drv->serialize_requests only */
+    struct lock serial_lock;      /* drv->serialize_requests only */
 
     /*
      * Write generations (atomics): write_gen counts completed changes,
@@ -231,7 +232,7 @@ struct block_node {
     uint64_t flushed_gen;
 
     /* Dirty bitmaps.  Protected by: bitmap_lock (a leaf lock). */
-    pthread_mutex_t bitmap_lock;
+    struct lock bitmap_lock;
     TAILQ_HEAD(, block_dirty_bitmap) bitmaps;
 };
 

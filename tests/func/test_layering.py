@@ -156,29 +156,70 @@ def test_the_checks_can_fail():
                      'json_object_get(node->options, "filename")')
 
 
-LOCK_DIRS = ["block", "daemon", "export", "include", "job", "nbd", "qmp",
-             "runtime", "tools", "util"]
+LOCK_DIRS = ["block", "crypto", "daemon", "export", "include", "job", "nbd",
+             "qmp", "runtime", "tools", "util"]
 LOCK_DECL = re.compile(
-    r"^(?!\s*extern)[^\n]*\bpthread_(?:mutex|rwlock)_t\s+(\w+)\s*[;=]", re.M)
-LOCK_ROW = re.compile(r"^\| *[1-5] *\| *`(\w+)`[^|]*\| *([\w./-]+) *\|$",
-                      re.M)
+    r"^(?!\s*extern)[^\n]*\b(?:pthread_(?:mutex|rwlock)_t|struct lock)"
+    r"\s+(\w+)\s*[;=]", re.M)
+LOCK_ROW = re.compile(
+    r"^\| *([1-5]) *\| *`(\w+)`[^|]*\| *([\w./-]+) *\|$", re.M)
+# util/lock.h: X(id, level, nesting, "name", "file")
+RANK_ROW = re.compile(
+    r"^\s*X\((\w+), *([1-5]), *(\w+), *\"(\w+)\", *\"([\w./-]+)\"\)", re.M)
+# The ranked lock's own mutex is not a lock of the order.
+WRAPPER = ("m", "util/lock.h")
+
+
+def read(path):
+    with open(os.path.join(TOP, path), encoding="utf-8") as f:
+        return f.read()
 
 
 def locks_in_code():
     found = []
     for path, text in sources(LOCK_DIRS):
-        found += [(m.group(1), path) for m in LOCK_DECL.finditer(text)]
+        found += [(m.group(1), path) for m in LOCK_DECL.finditer(text)
+                  if (m.group(1), path) != WRAPPER]
     return sorted(found)
 
 
-def locks_in_doc():
-    with open(os.path.join(TOP, "docs", "architecture.md"),
-              encoding="utf-8") as f:
-        doc = f.read()
+def doc_rows():
+    doc = read("docs/architecture.md")
     section = doc[doc.index("## Lock order"):]
     section = section[:section.index("\n## ", 1)]
-    return sorted((m.group(1), m.group(2))
-                  for m in LOCK_ROW.finditer(section))
+    return [(int(m.group(1)), m.group(2), m.group(3))
+            for m in LOCK_ROW.finditer(section)]
+
+
+def locks_in_doc():
+    return sorted((name, path) for _, name, path in doc_rows())
+
+
+def rank_rows():
+    return [(int(m.group(2)), m.group(4), m.group(5))
+            for m in RANK_ROW.finditer(read("util/lock.h"))]
+
+
+def test_rank_table_is_the_documented_order():
+    # util/lock.h's LOCK_ORDER (the ranks the lock_debug build checks)
+    # and the doc's table: the same rows in the same order.
+    ranks, doc = rank_rows(), doc_rows()
+    assert len(ranks) > 20
+    assert ranks == doc
+    assert [level for level, _, _ in ranks] == \
+        sorted(level for level, _, _ in ranks)
+
+
+def test_every_mutex_is_ranked():
+    # Every mutex is a struct lock (so its order is checked); only
+    # rwlocks stay plain: the graph's and copy-on-read's copy_lock, which
+    # note their rank by hand (lock_order_enter).
+    plain = re.compile(r"^(?!\s*extern)[^\n]*\bpthread_mutex_t\s+(\w+)\s*[;=]",
+                       re.M)
+    found = sorted((m.group(1), path) for path, text in sources(LOCK_DIRS)
+                   for m in plain.finditer(text)
+                   if (m.group(1), path) != WRAPPER)
+    assert found == []
 
 
 def test_lock_order_lists_every_lock():
@@ -195,8 +236,13 @@ def test_the_lock_check_can_fail():
     assert LOCK_DECL.search("    pthread_mutex_t lock;   /* c */")
     assert not LOCK_DECL.search("extern pthread_mutex_t g_nbdsrv_lock;")
     assert not LOCK_DECL.search("void f(pthread_mutex_t *m);")
+    assert LOCK_DECL.search("static struct lock g_job_lock = X;")
+    assert LOCK_DECL.search("    struct lock lock;")
+    assert not LOCK_DECL.search("void f(struct lock *l);")
     assert LOCK_ROW.search("| 5 | `rl_lock` (struct backup_job) | "
                            "job/backup.c |")
+    assert RANK_ROW.search('    X(JOB,            2, NO,   "g_job_lock",    '
+                           '"job/job.c")                 \\')
 
 
 OUTSIDE_NOTES = r"shared/reference|/work/|reference notes"

@@ -264,6 +264,78 @@ test_block_status(void **state)
     session_end(&s);
 }
 
+/* Extents per context, for a session that asked for two. */
+struct ctx_extents {
+    struct extents alloc, dirty;
+};
+
+static int
+ctx_extent_cb(void *opaque, const char *ctx, uint64_t offset,
+              uint32_t *entries, size_t nr, int *error)
+{
+    struct ctx_extents *x = opaque;
+
+    return extent_cb(strcmp(ctx, "base:allocation") == 0 ? &x->alloc
+                                                        : &x->dirty,
+                     ctx, offset, entries, nr, error);
+}
+
+static void
+status_alone(const char *ctx, struct extents *x)
+{
+    struct session s;
+
+    memset(x, 0, sizeof(*x));
+    session_start(&s, "disk", ctx);
+    assert_int_equal(nbd_block_status(s.h, 512 * 1024, 6 * MiB,
+                                      (nbd_extent_callback){
+                                          .callback = extent_cb,
+                                          .user_data = x}, 0), 0);
+    session_end(&s);
+}
+
+static void
+test_block_status_two_contexts(void **state)
+{
+    struct session s;
+    struct ctx_extents both;
+    struct extents alloc, dirty;
+    char buf[4096];
+
+    (void)state;
+    memset(buf, 7, sizeof(buf));
+    session_start(&s, "disk", "base:allocation");
+    assert_int_equal(nbd_pwrite(s.h, buf, 4096, 6 * MiB, 0), 0);
+    session_end(&s);
+    status_alone("base:allocation", &alloc);
+    status_alone("qemu:dirty-bitmap:b0", &dirty);
+
+    /* One request, two contexts: every context's extents are found
+     * before the reply is sent, each as it is alone. */
+    memset(&both, 0, sizeof(both));
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+                                s.fds), 0);
+    thread_create(&s.thread, "test-nbd", serve_thread, &s);
+    s.h = nbd_create();
+    assert_non_null(s.h);
+    assert_int_equal(nbd_set_export_name(s.h, "disk"), 0);
+    assert_int_equal(nbd_add_meta_context(s.h, "base:allocation"), 0);
+    assert_int_equal(nbd_add_meta_context(s.h, "qemu:dirty-bitmap:b0"), 0);
+    if (nbd_connect_socket(s.h, s.fds[1]) < 0) {
+        fail_msg("connect: %s", nbd_get_error());
+    }
+    assert_int_equal(nbd_block_status(s.h, 512 * 1024, 6 * MiB,
+                                      (nbd_extent_callback){
+                                          .callback = ctx_extent_cb,
+                                          .user_data = &both}, 0), 0);
+    session_end(&s);
+    assert_true(alloc.n >= 2 && dirty.n >= 2);
+    assert_int_equal(both.alloc.n, alloc.n);
+    assert_memory_equal(both.alloc.e, alloc.e, alloc.n * sizeof(uint32_t));
+    assert_int_equal(both.dirty.n, dirty.n);
+    assert_memory_equal(both.dirty.e, dirty.e, dirty.n * sizeof(uint32_t));
+}
+
 static int
 done_cb(void *opaque, int *error)
 {
@@ -448,6 +520,7 @@ main(void)
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_data),
         cmocka_unit_test(test_block_status),
+        cmocka_unit_test(test_block_status_two_contexts),
         cmocka_unit_test(test_in_flight),
         cmocka_unit_test(test_export_delete),
         cmocka_unit_test(test_meta_query),

@@ -51,7 +51,7 @@ struct copier {
     struct extent *ext;
     size_t n;
 
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t cond;         /* a worker ended */
     size_t next;                 /* cursor: extent and offset in it */
     uint64_t pos;
@@ -693,7 +693,7 @@ copy_snapshot(struct copy_job *j, struct copy_stats *st, struct err **errp)
     }
     j->progress->total = total;
     n = (unsigned)MAX(1, MIN(j->connections, chunks));
-    mutex_init(&c.lock);
+    lock_init(&c.lock, LOCK_BACKUP_CURSOR);
     cond_init(&c.cond);
     run_workers(&c, n);
     ok = !c.err;

@@ -36,7 +36,7 @@ struct io_aio {
     struct io_aio *next;        /* done list */
 };
 
-static pthread_mutex_t lock;
+static struct lock lock;
 static pthread_cond_t done_cond;
 static struct io_aio *done_head, **done_tail = &done_head;
 static unsigned in_flight;      /* submitted, not yet reaped */
@@ -44,7 +44,7 @@ static unsigned in_flight;      /* submitted, not yet reaped */
 void
 io_aio_init(void)
 {
-    mutex_init(&lock);
+    lock_init(&lock, LOCK_IO_AIO);
     cond_init(&done_cond);
 }
 

@@ -53,7 +53,7 @@ struct qcow2_release {
     pthread_t thread;
     bool running;               /* a thread to join; callers hold s->lock */
     struct block_node *file;
-    pthread_mutex_t lock;       /* protects the fields below */
+    struct lock lock;       /* protects the fields below */
     pthread_cond_t cond;        /* a truncate step ended, or the thread */
     uint64_t end;               /* the file's length as the thread left it */
     uint64_t floor;             /* never cut below: keep, raised by claims */
@@ -125,7 +125,7 @@ struct qcow2_state {
      * mutex_lock_may_block(): a holder may be waiting for the disk, so a
      * thread serving an NBD socket passes the socket on before it waits.
      */
-    pthread_mutex_t lock;
+    struct lock lock;
     pthread_cond_t range_cond;
     TAILQ_HEAD(, qcow2_range) ranges;
 

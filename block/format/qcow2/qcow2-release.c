@@ -41,7 +41,7 @@
 void
 qcow2_release_init(struct qcow2_release *r)
 {
-    mutex_init(&r->lock);
+    lock_init(&r->lock, LOCK_QCOW2_RELEASE);
     cond_init(&r->cond);
     r->running = false;
     r->cut = UINT64_MAX;

@@ -2542,7 +2542,7 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
 
     s->node = node;
     s->prealloc_holes = -1;
-    mutex_init(&s->lock);
+    lock_init(&s->lock, LOCK_QCOW2_META);
     cond_init(&s->range_cond);
     TAILQ_INIT(&s->ranges);
     qcow2_release_init(&s->release);
