@@ -67,6 +67,9 @@ enum {
                                         * that list it in
                                         * supported_write_flags: whole
                                         * clusters); else -ENOTSUP */
+    BLOCK_REQ_PROBE = 0x40,       /* read: the format probe's look at the
+                                   * head; blkdebug fires no event for it,
+                                   * as QEMU's probe read fires none */
 };
 
 /* Block status flags (block_status()). */
