@@ -302,7 +302,7 @@ read_and_probe(json_t *proto, bool *probed_raw, struct err **errp)
     if (len > 0) {
         block_graph_enter();
         ret = block_pread(node, 0, MIN((uint64_t)len, sizeof(head)), head,
-                          0);
+                          BLOCK_REQ_PROBE);
         block_graph_leave();
     }
     block_node_unref(node);

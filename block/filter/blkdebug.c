@@ -23,8 +23,8 @@
  * blkdebug node (an export or a filter uses it directly, which QEMU's
  * tests never do), blkdebug fires the data events itself: "read_aio"
  * before a read, "write_aio" before a write or write-zeroes, so that rules
- * still mean something; not while nothing uses the node (the format
- * probe's read, which fires nothing in QEMU either).  "flush_to_disk" (before a flush) and "discard"
+ * still mean something; not for the format probe's read
+ * (BLOCK_REQ_PROBE), which fires nothing in QEMU either.  "flush_to_disk" (before a flush) and "discard"
  * are always fired here, as QEMU's generic flush path does.
  *
  * Locking: s->lock protects the rules and the state (a leaf lock).
@@ -677,24 +677,21 @@ blkdebug_is_suspended(struct block_node *node, const char *tag)
 }
 
 /*
- * Do we fire the data events ourselves: are we used (a handle or a node
- * above), but by no format, which would fire them?  A node nobody uses
- * yet is being probed for its format: QEMU's probe read fires nothing.
- * Parents change only while drained, so reading them from a request is
- * safe.
+ * Does a format above us fire the data events?  Parents change only while
+ * drained, so reading them from a request is safe.
  */
 static bool
-fires_data_events(struct block_node *node)
+format_parent_fires_events(struct block_node *node)
 {
     struct block_child *c;
 
     TAILQ_FOREACH(c, &node->parents, parent_link) {
         if (c->parent_node &&
             c->parent_node->drv->kind == BLOCK_KIND_FORMAT) {
-            return false;
+            return true;
         }
     }
-    return !TAILQ_EMPTY(&node->parents);
+    return false;
 }
 
 /* Fire the request's event, then fail it if an active rule says so. */
@@ -708,7 +705,7 @@ rule_check(struct block_node *node, const char *event, unsigned iotype,
     /* Flush events always come from the core, as QEMU's bdrv_co_flush
      * fires them; data events from the format when there is one. */
     if (event && (!strcmp(event, "read_aio") || !strcmp(event, "write_aio")) &&
-        !fires_data_events(node)) {
+        format_parent_fires_events(node)) {
         event = NULL;
     }
 
@@ -744,7 +741,8 @@ static int
 blkdebug_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
                void *buf, unsigned flags)
 {
-    int ret = rule_check(node, "read_aio", IO_READ, offset, bytes);
+    int ret = rule_check(node, flags & BLOCK_REQ_PROBE ? NULL : "read_aio",
+                         IO_READ, offset, bytes);
 
     return ret ? ret : block_pread(node->file->node, offset, bytes, buf,
                                    flags);

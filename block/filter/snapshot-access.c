@@ -70,7 +70,7 @@ static int
 snapshot_access_pread(struct block_node *node, uint64_t offset,
                       uint64_t bytes, void *buf, unsigned flags)
 {
-    if (flags & ~BLOCK_REQ_SERIALISING) {
+    if (flags & ~(BLOCK_REQ_SERIALISING | BLOCK_REQ_PROBE)) {
         return -ENOTSUP;
     }
     return cbw_snapshot_pread(node->file->node, offset, bytes, buf);

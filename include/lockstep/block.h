@@ -75,6 +75,9 @@ enum {
     BLOCK_REQ_ALLOCATE = 0x40,    /* zero: data follows there, reserve the
                                    * blocks now rather than leave a hole
                                    * (a hint; drivers that declare it) */
+    BLOCK_REQ_PROBE = 0x80,       /* read: the format probe's look at the
+                                   * head; blkdebug fires no event for it,
+                                   * as QEMU's probe read fires none */
 };
 
 /* Block status flags (block_status()). */
