@@ -60,9 +60,10 @@ int tls_session_handshake(struct tls_session *s, struct err **errp);
 ssize_t tls_session_recv(struct tls_session *s, void *buf, size_t len);
 /*
  * Send from the pieces v[0..n): returns how many bytes of them went out
- * (at most one record; small leading pieces are gathered into one
- * record), or -1 with errno.  After EAGAIN call it again with the same
- * pieces: the record is already made and only waits for the socket.
+ * (one record, or the records of up to 128 KiB of them in one send(2);
+ * small leading pieces are gathered into one record), or -1 with errno.
+ * After EAGAIN call it again with the same pieces: the records are
+ * already made and only wait for the socket.
  */
 ssize_t tls_session_sendv(struct tls_session *s, const struct iovec *v,
                           int n);
