@@ -1475,6 +1475,10 @@ def test_shrink_frees_clusters_inside_the_file(limg, lio, qimg, tmp_dir):
     before = os.stat(img).st_blocks * 512
     ok(run([limg, "resize", "--shrink", img, "5M"]))
     after = os.stat(img).st_blocks * 512
-    assert before - after == 15 * MiB
+    # 15 MiB of clusters go back (10 inside the file, 5 cut at its end);
+    # the file system's own metadata blocks, counted in st_blocks too
+    # (ext4's extent tree), may differ by a block or so.  Without the
+    # discard of the inner clusters only 5 MiB would go.
+    assert abs((before - after) - 15 * MiB) <= 256 * 1024, (before, after)
     r = ok(run([qimg, "check", img]))
     assert "No errors were found" in r.stdout
