@@ -643,6 +643,17 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
     return ret;
 }
 
+/*
+ * Does entry e carry the zero flag (standard L2)?  Not a compressed one:
+ * there bit 0 is part of the host offset of the compressed data.
+ */
+static bool
+zero_flagged(const struct qcow2_state *s, const struct qcow2_l2e *e)
+{
+    return !s->extended_l2 && !(e->entry & QCOW2_OFLAG_COMPRESSED) &&
+           (e->entry & QCOW2_OFLAG_ZERO);
+}
+
 /* Data phase (no s->lock): COW fill around [in, in+n), then write. */
 static int
 write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
@@ -662,13 +673,13 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     bounce = xmalloc_page(p->we - p->ws);
     if (p->ws < in) {
         block_debug_event(s->file, "cow_read");
-        ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
+        ret = zero_flagged(s, &p->old)
               ? (memset(bounce, 0, in - p->ws), 0)
               : read_with_entry(s, gc, &p->old, p->ws, in - p->ws, bounce);
     }
     if (ret == 0 && p->we > in + n) {
         block_debug_event(s->file, "cow_read");
-        ret = (p->old.entry & QCOW2_OFLAG_ZERO) && !s->extended_l2
+        ret = zero_flagged(s, &p->old)
               ? (memset(bounce + (in + n - p->ws), 0, p->we - in - n), 0)
               : read_with_entry(s, gc, &p->old, in + n, p->we - in - n,
                                 bounce + (in + n - p->ws));
