@@ -1527,3 +1527,18 @@ def test_partial_write_keeps_compressed_data_at_odd_offset(lio, qio, qimg,
            "read -P 9 %dk 4k" % (base + 4),
            "read -P %d %dk 56k" % (i + 1, base + 8))
     assert "No errors were found" in ok(run([qimg, "check", img])).stdout
+
+
+def test_numbers_after_a_tab(lio, qio, tmp_dir):
+    """Commands split at spaces only; a number with a tab before it (a
+    shell line continued inside quotes, iotest 003) still parses, as
+    qemu-io's number parser skips leading white space."""
+    img = os.path.join(tmp_dir, "t.raw")
+    with open(img, "wb") as f:
+        f.truncate(64 * KiB)
+    for tool in (lio, qio):
+        r = io(tool, img, "writev -P 0xb 8k 4k \t4k", fmt="raw")
+        assert "wrote 8192/8192 bytes at offset 8192" in r.stdout, \
+            (tool, r.stdout)
+        r = io(tool, img, "readv -P 0xb 8k \t8k", fmt="raw")
+        assert "Pattern verification failed" not in r.stdout, (tool, r.stdout)

@@ -181,18 +181,24 @@ suffix_shift(char c)
 /*
  * qemu-io's number syntax (qemu_strtosz): decimal or 0x hex, an optional
  * binary suffix, and a decimal fraction only together with a unit larger
- * than a byte ("1.5k").  Returns 0, -EINVAL or -ERANGE.
+ * than a byte ("1.5k").  Leading white space is skipped, as strtoull
+ * does: commands split at spaces only, so a tab stays in a word (iotest
+ * 003 continues a command line with one).  Returns 0, -EINVAL or -ERANGE.
  */
 static int
 parse_num(const char *s, int64_t *out)
 {
-    bool hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    bool hex;
     const char *p;
     char *end;
     unsigned long long whole;
     double frac = 0, value;
     int shift = 0;
 
+    while (isspace((unsigned char)*s)) {
+        s++;
+    }
+    hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
     if (!isdigit((unsigned char)s[0])) {
         return -EINVAL;
     }
