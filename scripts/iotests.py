@@ -162,7 +162,7 @@ def select(iotests, which):
             left_out[name] = why
             continue
         quick = "quick" in groups or name in EXTRA_QUICK
-        if which == "all" or quick:
+        if which == "all" or (which == "quick") == quick:
             chosen.append(name)
     return chosen, left_out
 
@@ -354,8 +354,14 @@ def write_report(path, which, tests, left_out, results, runs, times,
     out.append("Test set: %s.  The tests that need more than qemu-img and "
                "qemu-io (a QEMU VM, qemu-nbd, qemu-storage-daemon, another "
                "protocol) are left out; Python tests too.\n" %
-               ("QEMU's `quick` group plus 015 and 017-022" if which ==
-                "quick" else "every bash test"))
+               {"quick": "QEMU's `quick` group plus 015 and 017-022",
+                "rest": "every bash test not in docs/iotests.md's set "
+                        "(QEMU's `quick` group plus 015 and 017-022)",
+                "all": "every bash test"}[which])
+    if which == "quick":
+        out[-1] += ("The other bash tests that need only qemu-img and "
+                    "qemu-io: docs/iotests-rest.md (`make iotests "
+                    "IOTESTS_ARGS='--set rest'`).\n")
     out.append("## Summary\n")
     out.append("| run | format | pass | fail | not run | of QEMU's passes "
                "| time |")
@@ -447,7 +453,7 @@ def main():
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--build", default=os.path.join(TOP, "build"))
     p.add_argument("--cache", default=DEFAULT_CACHE)
-    p.add_argument("--set", dest="which", choices=("quick", "all"),
+    p.add_argument("--set", dest="which", choices=("quick", "rest", "all"),
                    default="quick")
     p.add_argument("--runs", default="qemu,ours")
     p.add_argument("--formats", default=",".join(FORMATS))
@@ -456,14 +462,20 @@ def main():
     p.add_argument("--timeout", type=int, default=300,
                    help="seconds a test may take (default 300): then it "
                    "is killed and counts as failed")
-    p.add_argument("--report", default=os.path.join(TOP, "docs",
-                                                    "iotests.md"))
+    p.add_argument("--report", default=None,
+                   help="where the table goes (default docs/iotests.md, "
+                   "docs/iotests-rest.md for --set rest, "
+                   "docs/iotests-all.md for --set all)")
     p.add_argument("--no-report", action="store_true",
                    help="only print the results")
     p.add_argument("--list", action="store_true",
                    help="print the selected tests and exit")
     p.add_argument("tests", nargs="*", help="only these tests")
     args = p.parse_args()
+    if args.report is None:
+        args.report = os.path.join(TOP, "docs", {
+            "quick": "iotests.md", "rest": "iotests-rest.md",
+            "all": "iotests-all.md"}[args.which])
 
     version = qemu_source_version()
     iotests = fetch_source(args.cache, version)
