@@ -1476,9 +1476,10 @@ def test_shrink_frees_clusters_inside_the_file(limg, lio, qimg, tmp_dir):
     ok(run([limg, "resize", "--shrink", img, "5M"]))
     after = os.stat(img).st_blocks * 512
     # 15 MiB of clusters go back (10 inside the file, 5 cut at its end);
-    # the file system's own metadata blocks, counted in st_blocks too
-    # (ext4's extent tree), may differ by a block or so.  Without the
-    # discard of the inner clusters only 5 MiB would go.
+    # without the discard of the inner clusters only 5 MiB would go.  On
+    # ext4 ours is now and then one 4 KiB block short where QEMU frees
+    # exactly 15 MiB (iotest 250 fails so; cause not found yet, listed in
+    # docs/iotests.md): the tolerance keeps this test about the 10 MiB.
     assert abs((before - after) - 15 * MiB) <= 256 * 1024, (before, after)
     r = ok(run([qimg, "check", img]))
     assert "No errors were found" in r.stdout
