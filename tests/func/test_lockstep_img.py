@@ -25,6 +25,7 @@ import pytest
 
 from conftest import (built_program, host_tool, make_image, run,
                       supports_o_direct)
+from qcow2_layout import Qcow2
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -92,47 +93,6 @@ def check(tool, img, *extra):
     except ValueError:
         out = None
     return r.returncode, out, r.stderr
-
-
-class Qcow2:
-    """Just enough of the qcow2 layout to patch images by hand."""
-
-    def __init__(self, path):
-        self.path = path
-        with open(path, "rb") as f:
-            h = f.read(112)
-        self.cluster_bits = struct.unpack(">I", h[20:24])[0]
-        self.cs = 1 << self.cluster_bits
-        self.l1_offset = struct.unpack(">Q", h[40:48])[0]
-        self.rt_offset = struct.unpack(">Q", h[48:56])[0]
-        self.refcount_order = struct.unpack(">I", h[96:100])[0]
-
-    def read64(self, off):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            return struct.unpack(">Q", f.read(8))[0]
-
-    def write64(self, off, v):
-        with open(self.path, "r+b") as f:
-            f.seek(off)
-            f.write(struct.pack(">Q", v))
-
-    def l2_entry_pos(self, l1_index, l2_index):
-        l2 = self.read64(self.l1_offset + 8 * l1_index) & 0x00fffffffffffe00
-        return l2 + 8 * l2_index
-
-    def set_refcount(self, cluster, value):
-        """Only for 16-bit refcounts and the first refcount block."""
-        assert self.refcount_order == 4
-        rb = self.read64(self.rt_offset)
-        with open(self.path, "r+b") as f:
-            f.seek(rb + 2 * cluster)
-            f.write(struct.pack(">H", value))
-
-    def grow(self, clusters):
-        with open(self.path, "r+b") as f:
-            f.seek(0, 2)
-            f.truncate(f.tell() + clusters * self.cs)
 
 
 # JSON fields of ImageCheck whose values must equal qemu-img's.
