@@ -188,6 +188,9 @@ void qcow2_cache_forget(struct qcow2_cache *c, uint64_t offset);
 int qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster,
                        uint64_t *refcount);
+/* Clusters below end with a refcount, counted up to just past limit. */
+int qcow2_count_used_clusters(struct qcow2_state *s, uint64_t end,
+                              uint64_t limit, uint64_t *used);
 /* Add delta to the refcount of n clusters starting at host offset. */
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
                           int64_t delta, enum qcow2_discard_type type);

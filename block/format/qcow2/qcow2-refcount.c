@@ -107,6 +107,40 @@ qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster,
     return 0;
 }
 
+/*
+ * Count the clusters below "end" whose refcount is not zero, stopping once
+ * the count passes "limit".  Refblocks the table does not point to count
+ * nothing, so the scan costs one step per table entry and one per cluster
+ * of the refblocks that exist, however large and sparse the file is.
+ */
+int
+qcow2_count_used_clusters(struct qcow2_state *s, uint64_t end,
+                          uint64_t limit, uint64_t *used)
+{
+    uint64_t nb_blocks = end / s->refblock_entries + 1;
+
+    *used = 0;
+    nb_blocks = MIN(nb_blocks, s->reftable_used);
+    for (uint64_t idx = 0; idx < nb_blocks && *used <= limit; idx++) {
+        uint64_t first = idx * s->refblock_entries;
+        uint64_t n = first < end ? MIN(s->refblock_entries, end - first) : 0;
+        uint8_t *rb;
+        int ret = refblock_get(s, idx, &rb);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (!rb) {
+            continue;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            *used += qcow2_refcount_get(rb, i, s->refcount_order) != 0;
+        }
+        qcow2_cache_put(&s->rb_cache, rb);
+    }
+    return 0;
+}
+
 int
 qcow2_refcounts_stable(struct qcow2_state *s)
 {

@@ -1526,13 +1526,8 @@ prealloc_holes_locked(struct qcow2_state *s)
     threshold = MAX((uint64_t)alloc / s->cluster_size * 10 / 9,
                     (uint64_t)alloc / s->cluster_size + 2);
     end = ((uint64_t)flen + s->cluster_size - 1) >> s->cluster_bits;
-    for (uint64_t c = 0; c < end && used <= threshold; c++) {
-        uint64_t rc;
-
-        if (qcow2_get_refcount(s, c, &rc) < 0) {
-            return false;
-        }
-        used += rc != 0;
+    if (qcow2_count_used_clusters(s, end, threshold, &used) < 0) {
+        return false;
     }
     s->prealloc_holes = used > threshold;
     return s->prealloc_holes;
