@@ -1037,33 +1037,55 @@ read_request(struct nbdsrv_conn *conn, struct nbdsrv_req **out)
 }
 
 /* The blocking hook (util.h) of a reader running a request: pass the
- * reader role on before sleeping, through the pool's run queue, or to the
- * next thread of this connection to finish when NBDSRV_CONN_THREADS
- * already work for it.  Locks: conn->lock and the pool's, which are never
- * held around block calls. */
+ * reader role on before sleeping.  Lazily when nothing of the next
+ * request is here yet: the role waits in the epoll set, armed one-shot
+ * on the socket, and a thread takes it only if a request comes while this
+ * one still sleeps; at queue depth 1 the request's own thread, back in the
+ * pool, is woken by the next request, so a request that sleeps on a disk
+ * costs no wake-up of another thread.  At once, through the pool's run
+ * queue, when bytes of the next request are already read ahead (epoll
+ * cannot see them).  Or to the next thread of this connection to finish
+ * when NBDSRV_CONN_THREADS already work for it: the epoll path's thread
+ * counts itself in busy (conn_run), so the role is parked only while
+ * busy < NBDSRV_CONN_THREADS, and busy cannot grow while it waits.  Locks:
+ * conn->lock and the pool's, which are never held around block calls. */
 struct reader_turn {
     struct nbdsrv_conn *conn;
     bool handed_off;
 };
+
+/* Bytes of the request stream already read, which epoll cannot see.  The
+ * reader role only. */
+static bool
+reader_holds_bytes(struct nbdsrv_conn *conn)
+{
+    return conn->rpos < conn->rlen ||
+           (conn->s.tls && tls_session_pending(conn->s.tls));
+}
 
 static void
 reader_hand_off(void *opaque)
 {
     struct reader_turn *turn = opaque;
     struct nbdsrv_conn *conn = turn->conn;
-    bool queue = false;
+    enum { WANTED, QUEUE, PARK } how = WANTED;
 
     mutex_lock(&conn->lock);
     if (conn->busy < NBDSRV_CONN_THREADS) {
-        conn->busy++;            /* the thread that will take it */
-        queue = true;
+        how = reader_holds_bytes(conn) ? QUEUE : PARK;
+        if (how == QUEUE) {
+            conn->busy++;        /* the thread that will take it */
+        }
     } else {
         conn->reader_wanted = true;
     }
     mutex_unlock(&conn->lock);
     turn->handed_off = true;
-    if (queue) {
+    if (how == QUEUE) {
         nbdpool_queue(&conn->item);
+    } else if (how == PARK) {
+        conn->wait_start = clock_ns();   /* conn_adapt_wait() reads it */
+        nbdpool_watch(conn->fd, &conn->item, EPOLLIN);   /* last use */
     }
 }
 
