@@ -349,3 +349,39 @@ def test_l1_entry_written_without_reading(lockstep_io, disk_dir):
         r = run(["qemu-io", "-f", "qcow2", "-c", "read -P %d %d 4k"
                  % (i + 1, i * 2 * MiB), img])
         assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout
+
+
+def test_reused_clusters_zeroed_in_one_request(lockstep_io, disk_dir):
+    """A write into two clusters reused inside the file (freed by a
+    discard, their old data still there), with copy-on-write areas on both
+    sides: the stale head and tail are zeroed by one request over both
+    clusters, then the data is written (two requests, not three; QEMU
+    zeroes the whole range so too).  The areas read back as zeroes."""
+    if not shutil.which("strace"):
+        pytest.skip("strace not installed")
+    img = qcow2(disk_dir)
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=on,file.aio=threads" % img)
+    r = run([lockstep_io, "--image-opts", "-c", "write -P 1 0 12k",
+             "-c", "discard 0 12k", opts])
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = img + ".strace"
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    r = subprocess.run(["strace", "-f", "-qq", "-o", out, "-e",
+                        "trace=fallocate,pwrite64", lockstep_io,
+                        "--image-opts", "-c", "write -P 7 1049088 7168",
+                        opts], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(out) as f:
+        calls = [line.split(None, 1)[1].split("(")[0] for line in f
+                 if "(" in line]
+    os.unlink(out)
+    assert calls.count("fallocate") == 1, calls
+    r = run(["qemu-img", "check", "-q", img])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(["qemu-io", "-f", "qcow2", "-c", "read -P 0 1048576 512",
+             "-c", "read -P 7 1049088 7168", "-c", "read -P 0 1056256 1024",
+             img])
+    assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout
