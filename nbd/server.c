@@ -27,9 +27,13 @@
  *   When a request is about to sleep (util.h's thread_may_block(): a
  *   condition wait, I/O on a real device, the NBD client waiting for its
  *   server, a reply the client is slow to read) the reader first passes
- *   the role on through the pool's run queue, and another thread reads on
- *   while the first one waits; that thread returns to the pool when its
- *   request is done.  So requests run in parallel exactly when they block.
+ *   the role on, and another thread reads on while the first one waits;
+ *   that thread returns to the pool when its request is done.  So
+ *   requests run in parallel exactly when they block.  The role is passed
+ *   lazily (reader_hand_off()): it waits in the epoll set, and a thread
+ *   takes it only when a request comes while the first still sleeps; only
+ *   bytes already read ahead send it through the run queue at once.  At
+ *   queue depth 1 no second thread wakes per request.
  *   When the socket has nothing to read, the reader busy-polls briefly,
  *   then waits on the socket for up to NBDSRV_LINGER_MS (conn_recv_some),
  *   and only then arms the socket in the epoll set and returns to the
