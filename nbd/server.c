@@ -1110,11 +1110,12 @@ reader_hand_off(void *opaque)
 {
     struct reader_turn *turn = opaque;
     struct nbdsrv_conn *conn = turn->conn;
+    bool now = reader_holds_bytes(conn);   /* not under conn->lock */
     enum { WANTED, QUEUE, PARK } how = WANTED;
 
     mutex_lock(&conn->lock);
     if (conn->busy < NBDSRV_CONN_THREADS) {
-        how = reader_holds_bytes(conn) ? QUEUE : PARK;
+        how = now ? QUEUE : PARK;
         if (how == QUEUE) {
             conn->busy++;        /* the thread that will take it */
         }
