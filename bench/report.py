@@ -200,6 +200,7 @@ def write_docs(rws, ceiling, info, results, names, device, md, png):
                               for r in snap if r["ma"])))
     text = TEMPLATE.format(
         date=info["date"], rev=info["rev"], rounds=info["rounds"],
+        disk_rounds=info.get("disk_rounds", info["rounds"]),
         runtime=info["runtime"],
         size=info["size_mib"], disk_size=info["disk_size_mib"],
         minutes=info["minutes"], ncpu=info["ncpu"],
@@ -218,9 +219,9 @@ TEMPLATE = """# Performance: lockstepd side by side with QEMU
 Measured by `make bench` (bench/bench.py) on {date}: {rounds} rounds of
 each workload, lockstepd then QEMU in turn (A, B, A, B, …), {runtime:g} s
 per fio run, {size} MiB images on tmpfs (/dev/shm), fresh images for every
-run; the `disk-*` workloads on a disk-backed file system with
-`cache.direct=on`, {disk_size} MiB images (the filled one for reads
-and fleecing written once and shared by the runs).  Both daemons are set up by the same QMP commands and driven by the
+run; the `disk-*` workloads ({disk_rounds} rounds) on a disk-backed
+file system with `cache.direct=on`, {disk_size} MiB images (the filled
+one for reads and fleecing written once and shared by the runs).  Both daemons are set up by the same QMP commands and driven by the
 same clients (fio 3.33 `ioengine=nbd`, nbdcopy 1.14); QEMU is 7.2
 (Debian 12): qemu-storage-daemon, or `qemu-system-x86_64 -machine none`
 for replication, whose commands only it has.  lockstepd is a release build

@@ -5,7 +5,7 @@
  * it names until it arms the socket again, so epoll never gives one
  * connection to two threads.  Work that must run without an event (a
  * reader role passed on by a request about to sleep) goes on a run queue,
- * and an eventfd in the same set wakes a thread for it.
+ * and an eventfd in the same set (edge-triggered) wakes one thread for it.
  *
  * Idle threads all sleep in epoll_wait() on the shared set; the kernel
  * wakes one per event and that thread does the work itself, so a sleeping
@@ -135,7 +135,10 @@ pool_thread(void *opaque UNUSED)
 static void
 pool_init(void)
 {
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    /* Edge-triggered: each ring wakes one idle thread.  Level-triggered,
+     * the bell stayed ready until a thread read it, and epoll woke every
+     * idle thread for it (each then queued on g_pool.lock). */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = NULL};
 
     TAILQ_INIT(&g_pool.runq);
     g_pool.epfd = epoll_create1(EPOLL_CLOEXEC);

@@ -27,9 +27,13 @@
  *   When a request is about to sleep (util.h's thread_may_block(): a
  *   condition wait, I/O on a real device, the NBD client waiting for its
  *   server, a reply the client is slow to read) the reader first passes
- *   the role on through the pool's run queue, and another thread reads on
- *   while the first one waits; that thread returns to the pool when its
- *   request is done.  So requests run in parallel exactly when they block.
+ *   the role on, and another thread reads on while the first one waits;
+ *   that thread returns to the pool when its request is done.  So
+ *   requests run in parallel exactly when they block.  The role is passed
+ *   lazily (reader_hand_off()): it waits in the epoll set, and a thread
+ *   takes it only when a request comes while the first still sleeps; only
+ *   bytes already read ahead send it through the run queue at once.  At
+ *   queue depth 1 no second thread wakes per request.
  *   When the socket has nothing to read, the reader busy-polls briefly,
  *   then waits on the socket for up to NBDSRV_LINGER_MS (conn_recv_some),
  *   and only then arms the socket in the epoll set and returns to the
@@ -85,6 +89,7 @@
 
 #define NBDSRV_CONN_THREADS 8
 #define NBDSRV_RBUF         (64 * 1024)
+#define NBDSRV_BUF_ALIGN    4096   /* payload buffers: a page */
 /* Busy-polling before the reader role sleeps (conn_recv_some): from MIN,
  * doubling up to MAX while sleeps end within GROW. */
 #define NBDSRV_POLL_MIN_NS  4000
@@ -470,6 +475,43 @@ reply_errno(struct nbdsrv_conn *conn, struct nbdsrv_req *req, int ret)
 
 /* ---- Commands --------------------------------------------------------- */
 
+/*
+ * A READ or WRITE payload buffer, aligned to the page: a file opened with
+ * cache.direct=on takes it as it is (block/core/io.c bounces a buffer not
+ * aligned to the node's mem_alignment: one more allocation and copy of the
+ * payload per request).  Aligned by hand inside a malloc() block, not by
+ * posix_memalign(): glibc serves an aligned 1 MiB block with mmap() every
+ * time (its dynamic mmap threshold stays just below it), and the munmap()
+ * of each made tmpfs sequential writes 5 times slower (TLB shootdowns on
+ * every core the daemon's threads run on).  The block's start is kept just
+ * before the buffer.  NULL without memory; payload_free() frees it.
+ */
+static void *
+payload_alloc(size_t len)
+{
+    uint8_t *base = malloc(len + NBDSRV_BUF_ALIGN + sizeof(void *));
+    uint8_t *p;
+
+    if (!base) {
+        return NULL;
+    }
+    p = (uint8_t *)align_up((uintptr_t)base + sizeof(void *),
+                            NBDSRV_BUF_ALIGN);
+    memcpy(p - sizeof(void *), &base, sizeof(void *));
+    return p;
+}
+
+static void
+payload_free(void *p)
+{
+    void *base;
+
+    if (p) {
+        memcpy(&base, (uint8_t *)p - sizeof(void *), sizeof(void *));
+        free(base);
+    }
+}
+
 static void
 do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
 {
@@ -497,20 +539,20 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
         }
         return;
     }
-    buf = malloc(req->len);
+    buf = payload_alloc(req->len);
     if (!buf) {
         reply_error(conn, req, NBD_ENOMEM, "out of memory");
         return;
     }
     ret = block_handle_pread(exp->h, req->offset, req->len, buf, 0);
     if (ret < 0) {
-        free(buf);
+        payload_free(buf);
         reply_errno(conn, req, ret);
         return;
     }
     if (!conn->s.structured) {
         send_simple(conn, req, 0, buf, req->len);
-        free(buf);
+        payload_free(buf);
         return;
     }
 
@@ -573,7 +615,7 @@ do_read(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
         pos += pnum;
     }
     mutex_unlock(&conn->write_lock);
-    free(buf);
+    payload_free(buf);
     if (ret < 0) {
         conn_kill(conn);
     }
@@ -779,7 +821,7 @@ req_done(struct nbdsrv_conn *conn, struct nbdsrv_req *req)
     conn->inflight -= req->cost;
     cond_broadcast(&conn->space_cond);
     mutex_unlock(&conn->lock);
-    free(req->data);
+    payload_free(req->data);
     free(req);
 }
 
@@ -1019,7 +1061,7 @@ read_request(struct nbdsrv_conn *conn, struct nbdsrv_req **out)
             return RD_END;
         }
         if (req->type == NBD_CMD_WRITE && req->len) {
-            req->data = malloc(req->len);
+            req->data = payload_alloc(req->len);
             req->nomem = !req->data;
         }
         conn->req = req;
@@ -1037,33 +1079,56 @@ read_request(struct nbdsrv_conn *conn, struct nbdsrv_req **out)
 }
 
 /* The blocking hook (util.h) of a reader running a request: pass the
- * reader role on before sleeping, through the pool's run queue, or to the
- * next thread of this connection to finish when NBDSRV_CONN_THREADS
- * already work for it.  Locks: conn->lock and the pool's, which are never
- * held around block calls. */
+ * reader role on before sleeping.  Lazily when nothing of the next
+ * request is here yet: the role waits in the epoll set, armed one-shot
+ * on the socket, and a thread takes it only if a request comes while this
+ * one still sleeps; at queue depth 1 the request's own thread, back in the
+ * pool, is woken by the next request, so a request that sleeps on a disk
+ * costs no wake-up of another thread.  At once, through the pool's run
+ * queue, when bytes of the next request are already read ahead (epoll
+ * cannot see them).  Or to the next thread of this connection to finish
+ * when NBDSRV_CONN_THREADS already work for it: the epoll path's thread
+ * counts itself in busy (conn_run), so the role is parked only while
+ * busy < NBDSRV_CONN_THREADS, and busy cannot grow while it waits.  Locks:
+ * conn->lock and the pool's, which are never held around block calls. */
 struct reader_turn {
     struct nbdsrv_conn *conn;
     bool handed_off;
 };
+
+/* Bytes of the request stream already read, which epoll cannot see.  The
+ * reader role only. */
+static bool
+reader_holds_bytes(struct nbdsrv_conn *conn)
+{
+    return conn->rpos < conn->rlen ||
+           (conn->s.tls && tls_session_pending(conn->s.tls));
+}
 
 static void
 reader_hand_off(void *opaque)
 {
     struct reader_turn *turn = opaque;
     struct nbdsrv_conn *conn = turn->conn;
-    bool queue = false;
+    bool now = reader_holds_bytes(conn);   /* not under conn->lock */
+    enum { WANTED, QUEUE, PARK } how = WANTED;
 
     mutex_lock(&conn->lock);
     if (conn->busy < NBDSRV_CONN_THREADS) {
-        conn->busy++;            /* the thread that will take it */
-        queue = true;
+        how = now ? QUEUE : PARK;
+        if (how == QUEUE) {
+            conn->busy++;        /* the thread that will take it */
+        }
     } else {
         conn->reader_wanted = true;
     }
     mutex_unlock(&conn->lock);
     turn->handed_off = true;
-    if (queue) {
+    if (how == QUEUE) {
         nbdpool_queue(&conn->item);
+    } else if (how == PARK) {
+        conn->wait_start = clock_ns();   /* conn_adapt_wait() reads it */
+        nbdpool_watch(conn->fd, &conn->item, EPOLLIN);   /* last use */
     }
 }
 

@@ -68,15 +68,37 @@ qcow2_get_l2e(struct qcow2_state *s, uint64_t guest_cluster,
     return 0;
 }
 
+/*
+ * Write L1 entry index: the whole block of the file's request alignment
+ * around it (at most a cluster, so inside the table's clusters), built
+ * from the in-memory table, as QEMU writes a sector of it.  Writing the
+ * 8 bytes alone made the block layer read the block first (O_DIRECT: a
+ * read-modify-write), one more request to the disk per new L2 table.
+ * The neighbours' in-memory values are what the disk holds: the table
+ * changes only under s->lock, each change is written before the lock is
+ * dropped, and a failed write puts the old value back.  Entries past
+ * l1_size write as zero (unused space of the table's clusters).
+ */
 int
 qcow2_write_l1_entry(struct qcow2_state *s, uint64_t index)
 {
-    uint8_t be[8];
+    uint64_t n = MIN(MAX(s->file->limits.request_alignment, 8),
+                     s->cluster_size) / 8;
+    uint64_t first = index / n * n;
+    uint8_t buf[4096];
+    uint8_t *be = n * 8 <= sizeof(buf) ? buf : xmalloc(n * 8);
+    int ret;
 
-    st_be64(be, s->l1[index]);
+    for (uint64_t i = 0; i < n; i++) {
+        st_be64(be + i * 8, first + i < s->l1_size ? s->l1[first + i] : 0);
+    }
     block_debug_event(s->file, "l1_update");
-    return qcow2_meta_pwrite(s, QCOW2_META_L1, s->l1_offset + index * 8, 8,
-                             be);
+    ret = qcow2_meta_pwrite(s, QCOW2_META_L1, s->l1_offset + first * 8,
+                            n * 8, be);
+    if (be != buf) {
+        free(be);
+    }
+    return ret;
 }
 
 /*

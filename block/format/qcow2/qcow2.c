@@ -569,18 +569,33 @@ plan_entry(struct qcow2_state *s, const struct write_plan *p,
     }
 }
 
-/* Zero [a, b) of the new cluster of p where it may hold old data. */
+/*
+ * Zero the copy-on-write areas [a, in) and [end, b) of new clusters at
+ * host where they may hold old data (below stale: reused space inside the
+ * file).  When both do, one request over [a, b) (the guest data is written
+ * over its middle next), as QEMU zeroes the whole range: one request less.
+ * A hole or zeroed range; the core writes zeroes if it cannot.
+ */
 static int
-zero_stale(struct qcow2_state *s, const struct write_plan *p, uint64_t a,
-           uint64_t b)
+zero_cow_areas(struct qcow2_state *s, uint64_t host, uint64_t stale,
+               uint64_t a, uint64_t in, uint64_t end, uint64_t b)
 {
-    b = MIN(b, p->stale);
-    if (a >= b) {
-        return 0;
+    uint64_t head_end = MIN(in, stale), tail_end = MIN(b, stale);
+    int ret = 0;
+
+    if (a < head_end && end < tail_end) {
+        return block_pwrite_zeroes(s->file, host + a, tail_end - a,
+                                   BLOCK_REQ_MAY_UNMAP);
     }
-    /* A hole or zeroed range; the core writes zeroes if it cannot. */
-    return block_pwrite_zeroes(s->file, p->host + a, b - a,
-                               BLOCK_REQ_MAY_UNMAP);
+    if (a < head_end) {
+        ret = block_pwrite_zeroes(s->file, host + a, head_end - a,
+                                  BLOCK_REQ_MAY_UNMAP);
+    }
+    if (ret == 0 && end < tail_end) {
+        ret = block_pwrite_zeroes(s->file, host + end, tail_end - end,
+                                  BLOCK_REQ_MAY_UNMAP);
+    }
+    return ret;
 }
 
 /*
@@ -630,10 +645,7 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
     int ret;
 
     block_debug_event(s->file, "cow_write");
-    ret = zero_stale(s, p, p->ws, in);
-    if (ret == 0) {
-        ret = zero_stale(s, p, in + n, p->we);
-    }
+    ret = zero_cow_areas(s, p->host, p->stale, p->ws, in, in + n, p->we);
     if (ret == 0) {
         ret = grow_over(s, p->host, s->cluster_size);
     }
@@ -1024,19 +1036,6 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     return qcow2_overlap_refuse(s, 0, run->host, total);
 }
 
-/* Zero [a, b) of a new run where it may hold old data. */
-static int
-run_zero_stale(struct qcow2_state *s, const struct write_run *run,
-               uint64_t a, uint64_t b)
-{
-    b = MIN(b, run->stale);
-    if (a >= b) {
-        return 0;
-    }
-    return block_pwrite_zeroes(s->file, run->host + a, b - a,
-                               BLOCK_REQ_MAY_UNMAP);
-}
-
 /* Data phase of a run (no s->lock): [in, in+n) of the run's clusters. */
 static int
 write_run_data(struct qcow2_state *s, const struct write_run *run,
@@ -1054,10 +1053,7 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
     }
     if (run->cow_zero) {
         block_debug_event(s->file, "cow_write");
-        ret = run_zero_stale(s, run, 0, in);
-        if (ret == 0) {
-            ret = run_zero_stale(s, run, end, total);
-        }
+        ret = zero_cow_areas(s, run->host, run->stale, 0, in, end, total);
         if (ret == 0) {
             ret = grow_over(s, run->host, total);
         }
