@@ -134,10 +134,13 @@ wait_writable(int fd, int64_t *deadline, bool *stalled)
     if (now >= *deadline) {
         return -ETIMEDOUT;
     }
-    thread_may_block();   /* the client is slow to read replies */
+    /* Stalled first: the reader role passes on here, and the next
+     * request's reply must see it (reply_lock), or it passes the role
+     * on again instead of queueing behind us. */
     if (stalled) {
         __atomic_store_n(stalled, true, __ATOMIC_RELAXED);
     }
+    thread_may_block();   /* the client is slow to read replies */
     if (poll(&p, 1, (int)((*deadline - now) / 1000000 + 1)) < 0 &&
         errno != EINTR) {
         return -errno;
