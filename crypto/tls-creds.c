@@ -29,7 +29,18 @@
 #include "crypto/tls-internal.h"
 #include "util.h"
 
-#define TLS_DEFAULT_PRIORITY "NORMAL"
+/*
+ * NORMAL's protocols and ciphers, AES-128-GCM first and the server's
+ * order deciding.  With NORMAL alone the client's first choice,
+ * AES-256-GCM, wins: 14 AES rounds per block against 10, paid by both
+ * sides on every byte.  AES-128-GCM is TLS 1.3's mandatory suite
+ * (RFC 8446, 9.1) and NORMAL's own; the set is NORMAL's, only the order
+ * moves, so every client NORMAL serves still connects.  A user's
+ * priority= replaces the whole string.
+ */
+#define TLS_DEFAULT_PRIORITY                                              \
+    "NORMAL:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:"    \
+    "+AES-256-CCM:+AES-128-CCM:+AES-256-CBC:+AES-128-CBC:%SERVER_PRECEDENCE"
 #define TLS_PSK_PRIORITY_EXTRA ":+ECDHE-PSK:+DHE-PSK:+PSK"
 #define TLS_MAX_CA_CERTS 16
 

@@ -48,7 +48,8 @@ struct tls_creds_options {
     enum tls_endpoint endpoint;
     const char *dir;
     bool verify_peer;           /* x509: check the peer's certificate */
-    const char *priority;       /* GnuTLS priority string; NULL: NORMAL */
+    const char *priority;       /* GnuTLS priority string; NULL:
+                                 * TLS_DEFAULT_PRIORITY (tls-creds.c) */
     const char *username;       /* psk client; NULL: "qemu" */
     bool sanity_check;          /* x509: check our own files at load */
 };

@@ -101,7 +101,8 @@ static const struct qmp_arg tls_x509_members[] = {
     { "verify-peer", QMP_T_BOOL, true, "check the peer's certificate "
       "(default on)", NULL, NULL, NULL, NULL },
     { "priority", QMP_T_STR, true, "GnuTLS priority string (default "
-      "NORMAL)", NULL, NULL, NULL, NULL },
+      "NORMAL's set, AES-128-GCM first, the server's order deciding)",
+      NULL, NULL, NULL, NULL },
     { "sanity-check", QMP_T_BOOL, true, "check our own certificates when "
       "loading them (default on)", NULL, NULL, NULL, NULL },
     { "passwordid", QMP_T_STR, true, "not supported: refused", NULL, NULL,
@@ -118,7 +119,8 @@ static const struct qmp_arg tls_psk_members[] = {
     { "verify-peer", QMP_T_BOOL, true, "PSK always authenticates both "
       "sides: off is refused", NULL, NULL, NULL, NULL },
     { "priority", QMP_T_STR, true, "GnuTLS priority string (default "
-      "NORMAL)", NULL, NULL, NULL, NULL },
+      "NORMAL's set, AES-128-GCM first, the server's order deciding)",
+      NULL, NULL, NULL, NULL },
     { "username", QMP_T_STR, true, "client: the user in keys.psk (default "
       "qemu)", NULL, NULL, NULL, NULL },
     QMP_END,

@@ -22,6 +22,7 @@ import shutil
 import socket
 import ssl
 import struct
+import subprocess
 import time
 
 import pytest
@@ -272,6 +273,60 @@ def test_options_after_starttls(lockstepd, creds, tmp_dir):
         assert replies[-1][0] == REP_ACK
         assert any(b"disk" in p for _, p in replies)
         assert c.opt_replies(OPT_STARTTLS)[-1][0] & 0x80000000
+        t.close()
+        stop_log(d)
+
+
+def libnbd_cipher(uri):
+    """The cipher libnbd reports for a connection to uri (its debug log)."""
+    r = subprocess.run(["nbdinfo", "--size", uri], capture_output=True,
+                       text=True, timeout=60,
+                       env=dict(os.environ, LIBNBD_DEBUG="1"))
+    assert r.returncode == 0, r.stderr
+    for line in r.stderr.splitlines():
+        if "connection is using TLS: cipher " in line:
+            return line.split("cipher ")[1].split()[0]
+    raise AssertionError("no TLS cipher in libnbd's log: %s" % r.stderr)
+
+
+def qemu_img_cipher(port, cdir):
+    """The cipher suite qemu-img's GnuTLS selects (its debug log)."""
+    obj = "tls-creds-x509,id=c0,dir=%s,endpoint=client" % cdir
+    opts = ("driver=nbd,server.type=inet,server.host=127.0.0.1,"
+            "server.port=%d,export=disk,tls-creds=c0" % port)
+    r = subprocess.run(["qemu-img", "info", "--object", obj,
+                        "--image-opts", opts], capture_output=True,
+                       text=True, timeout=60,
+                       env=dict(os.environ, GNUTLS_DEBUG_LEVEL="4"))
+    assert r.returncode == 0, r.stderr
+    for line in r.stderr.splitlines():
+        if "Selected cipher suite: " in line:
+            return line.split("suite: ")[1].strip()
+    raise AssertionError("no cipher suite in GnuTLS' log: %s" % r.stderr)
+
+
+@pytest.mark.parametrize("priority,cipher,suite", [
+    (None, "AES-128-GCM", "TLS_AES_128_GCM_SHA256"),
+    ("NORMAL", "AES-256-GCM", "TLS_AES_256_GCM_SHA384"),
+])
+def test_cipher_preference(lockstepd, creds, tmp_dir, priority, cipher,
+                           suite):
+    """Without priority= the server's order decides and puts AES-128-GCM
+    first, although libnbd and qemu-img (GnuTLS) and Python (OpenSSL)
+    clients list AES-256-GCM first; priority=NORMAL gives the choice back
+    to the client (QEMU's default)."""
+    need("nbdinfo")
+    need("qemu-img")
+    extra = ",priority=%s" % priority if priority else ""
+    d, port = start(lockstepd, tmp_dir, [x509_server(creds, extra)],
+                    ",tls-creds=tls0")
+    with d:
+        assert libnbd_cipher(x509_uri(port, creds["client"])) == cipher
+        assert qemu_img_cipher(port, creds["client"]) == "GNUTLS_" + \
+            suite[len("TLS_"):]
+        t = tls_after_starttls(port, creds["client"])
+        assert t.version() == "TLSv1.3"
+        assert t.cipher()[0] == suite
         t.close()
         stop_log(d)
 
