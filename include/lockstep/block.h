@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/queue.h>
 
 #include <jansson.h>
@@ -41,6 +42,7 @@
 struct block_node;
 struct block_child;
 struct block_driver;
+struct block_create_opt;
 struct block_dirty_bitmap;
 
 /*
@@ -257,6 +259,70 @@ extern const struct block_driver *const block_drivers[];
 const char *block_probe_format(const uint8_t *head, size_t len,
                                const char *filename);
 const char *block_probe_file(const char *filename);
+
+/*
+ * Image-level operations of format drivers (block/core/image.c), for the
+ * tools: each finds the driver by name and calls its hook (see
+ * lockstep/driver.h), or fails with qemu-img's words when the format has
+ * none.
+ */
+
+/* What a new image is made of (the driver's create hook). */
+struct block_create_opts {
+    uint64_t size;              /* virtual size in bytes */
+    const char *backing_file;   /* NULL: none; stored as given */
+    const char *backing_fmt;    /* NULL: none */
+    const char *preallocation;  /* NULL/"off", "metadata", "falloc", "full" */
+    json_t *options;            /* the format's own create options, typed;
+                                 * NULL: none given */
+};
+
+/* The driver's create_options table, or NULL (it creates no images). */
+const struct block_create_opt *block_create_options(const char *fmt);
+/* Write a new image of format fmt into file (open, empty). */
+int block_create(const char *fmt, struct block_node *file,
+                 const struct block_create_opts *opts, struct err **errp);
+
+/* What a consistency check found (QEMU's ImageCheck). */
+enum {
+    BLOCK_CHECK_FIX_LEAKS = 0x1,
+    BLOCK_CHECK_FIX_ERRORS = 0x2,
+};
+struct block_check_result {
+    int64_t check_errors;       /* the check itself failed somewhere */
+    int64_t corruptions;        /* found and not repaired */
+    int64_t leaks;              /* found and not repaired */
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    uint64_t image_end_offset;  /* 0: unknown */
+    uint64_t total_clusters;    /* virtual size in clusters; 0: none */
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+};
+
+/* Does format fmt have a consistency check? */
+bool block_can_check(const char *fmt);
+/* Check (and with fix, repair) the image of format fmt stored in file. */
+int block_check(const char *fmt, struct block_node *file, unsigned fix,
+                FILE *log, struct block_check_result *res, struct err **errp);
+
+/* What an image's header says, read without opening the image. */
+#define BLOCK_HEADER_BYTES (2 * 1024 * 1024)
+struct block_image_info {
+    uint64_t virtual_size;
+    uint64_t cluster_size;      /* 0: the format has no clusters */
+    char *backing_file;         /* as stored; NULL: none */
+    char *backing_fmt;          /* NULL: not stored */
+    char *data_file;            /* external data file; NULL: none */
+};
+
+/* Does format fmt describe images by their header (header_info)? */
+bool block_has_header_info(const char *fmt);
+/* Read the head of file and decode it as format fmt. */
+int block_image_info_read(const char *fmt, struct block_node *file,
+                          struct block_image_info *info, struct err **errp);
+void block_image_info_clear(struct block_image_info *info);
 
 /* ---- Graph (main thread) ---------------------------------------------- */
 

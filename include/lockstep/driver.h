@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -48,6 +49,16 @@ struct block_opt {
     enum block_opt_type type;
     bool required;
     const char *const *enum_values; /* STRING: allowed values, NULL-ended */
+};
+
+/* An option of image creation ("lockstep-img create -o name=value"). */
+struct block_create_opt {
+    const char *name;
+    enum block_opt_type type;       /* SIZE, INT, BOOL or STRING */
+    const char *const *enum_values; /* STRING: allowed values, NULL-ended */
+    /* What the "Formatting ..." line of lockstep-img create shows when
+     * the option is not given (NULL: shown only when given). */
+    const char *def;
 };
 
 /*
@@ -174,6 +185,40 @@ struct block_driver {
      * names.  Pure: no I/O.  block_probe_format() asks every driver.
      */
     int (*probe)(const uint8_t *head, size_t len, const char *filename);
+
+    /*
+     * Formats: image creation, QEMU's bdrv_co_create.  create_options
+     * lists what "lockstep-img create -o" takes for this format, in the
+     * order qemu-img prints them (with their defaults), including the
+     * common ones (size, preallocation, backing_file, backing_fmt) that
+     * arrive in struct block_create_opts; the others arrive in
+     * opts->options, typed (SIZE/INT: integer, BOOL: boolean, STRING:
+     * one of enum_values).  create writes a new image of opts->size bytes
+     * into file, an open and empty protocol node.  Main thread.
+     */
+    const struct block_create_opt *create_options;
+    int (*create)(struct block_node *file, const struct block_create_opts *opts,
+                  struct err **errp);
+
+    /*
+     * Formats: the consistency check of lockstep-img check (QEMU's
+     * bdrv_co_check), run on the image's file node, not on an open image:
+     * an image too broken to open is what it must describe.  fix:
+     * BLOCK_CHECK_FIX_*.  Each problem gets a line on log (when not NULL).
+     * Returns 0 with *res filled, or -errno with *errp when the check
+     * could not run at all.  Main thread.
+     */
+    int (*check)(struct block_node *file, unsigned fix, FILE *log,
+                 struct block_check_result *res, struct err **errp);
+
+    /*
+     * Formats: what the header of an image starting with head[0..len)
+     * says (virtual size, backing file, ...), without opening the image
+     * or its backing chain; len is at most BLOCK_HEADER_BYTES.  0, or
+     * -errno with *errp for a header the driver would not open.  Pure.
+     */
+    int (*header_info)(const uint8_t *head, size_t len,
+                       struct block_image_info *info, struct err **errp);
 
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
     void (*query)(struct block_node *node, json_t *info);

@@ -20,7 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "keyval.h"
 #include "util.h"
@@ -666,19 +665,18 @@ img_backing_path(const char *image, const char *backing)
 }
 
 bool
-img_qcow2_header(const char *filename, struct qcow2_header *h,
-                 struct err **errp)
+img_header_info(const char *filename, const char *fmt,
+                struct block_image_info *info, struct err **errp)
 {
-    CLEANUP_FREE void *head = NULL;
     struct img file;
-    size_t len = 0;
+    int ret;
 
     if (!img_open(&file, filename, "file", false, errp)) {
         return false;
     }
-    head = img_read_head(file.node, &len, errp);
+    ret = block_image_info_read(fmt, file.node, info, errp);
     img_close(&file);
-    if (!head || qcow2_header_decode(head, len, h, errp) < 0) {
+    if (ret < 0) {
         err_prepend(errp, "Could not open '%s': ", filename);
         return false;
     }
@@ -688,15 +686,20 @@ img_qcow2_header(const char *filename, struct qcow2_header *h,
 int64_t
 img_virtual_size(const char *filename, const char *fmt, struct err **errp)
 {
-    struct qcow2_header h;
+    struct block_image_info h;
     struct img img;
     int64_t size;
 
     if (!fmt) {
         fmt = block_probe_file(filename);
     }
-    if (!strcmp(fmt, "qcow2")) {
-        return img_qcow2_header(filename, &h, errp) ? (int64_t)h.size : -EIO;
+    if (block_has_header_info(fmt)) {
+        if (!img_header_info(filename, fmt, &h, errp)) {
+            return -EIO;
+        }
+        size = (int64_t)h.virtual_size;
+        block_image_info_clear(&h);
+        return size;
     }
     if (!img_open(&img, filename, fmt, false, errp)) {
         return -EIO;

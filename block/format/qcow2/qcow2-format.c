@@ -493,6 +493,26 @@ qcow2_header_parse(const void *buf, size_t len, struct qcow2_header *h,
     return ret < 0 ? ret : qcow2_header_check_supported(h, errp);
 }
 
+/* The driver's header_info hook: the header as the tools need it. */
+int
+qcow2_header_info(const uint8_t *head, size_t len,
+                  struct block_image_info *info, struct err **errp)
+{
+    struct qcow2_header h;
+    int ret = qcow2_header_decode(head, len, &h, errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    info->virtual_size = h.size;
+    info->cluster_size = h.cluster_size;
+    info->backing_file = h.has_backing_file ? xstrdup(h.backing_file) : NULL;
+    info->backing_fmt = h.has_backing_fmt ? xstrdup(h.backing_fmt) : NULL;
+    info->data_file = h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE
+                      ? xstrdup(h.data_file) : NULL;
+    return 0;
+}
+
 /* ---- Entries --------------------------------------------------------- */
 
 int

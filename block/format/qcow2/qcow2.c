@@ -2715,4 +2715,8 @@ const struct block_driver qcow2_driver = {
     .bitmap_can_store = qcow2_bitmap_can_store,
     .bitmap_remove = qcow2_bitmap_remove,
     .probe = qcow2_probe,
+    .create_options = qcow2_create_options,
+    .create = qcow2_create_image,
+    .check = qcow2_check_image,
+    .header_info = qcow2_header_info,
 };

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Image-level operations for the tools: create, check and read the header
+ * of an image through its format driver's hooks (lockstep/driver.h), so
+ * that no tool needs a driver's private header.  Main thread.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lockstep/driver.h"
+#include "util.h"
+
+const struct block_create_opt *
+block_create_options(const char *fmt)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    return drv ? drv->create_options : NULL;
+}
+
+int
+block_create(const char *fmt, struct block_node *file,
+             const struct block_create_opts *opts, struct err **errp)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    if (!drv) {
+        err_setf(errp, "Unknown file format '%s'", fmt);
+        return -EINVAL;
+    }
+    if (!drv->create) {
+        err_setf(errp, "Format driver '%s' does not support image creation",
+                 fmt);
+        return -ENOTSUP;
+    }
+    return drv->create(file, opts, errp);
+}
+
+bool
+block_can_check(const char *fmt)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    return drv && drv->check;
+}
+
+int
+block_check(const char *fmt, struct block_node *file, unsigned fix,
+            FILE *log, struct block_check_result *res, struct err **errp)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    memset(res, 0, sizeof(*res));
+    if (!drv || !drv->check) {
+        err_setf(errp, "This image format does not support checks");
+        return -ENOTSUP;
+    }
+    return drv->check(file, fix, log, res, errp);
+}
+
+bool
+block_has_header_info(const char *fmt)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    return drv && drv->header_info;
+}
+
+int
+block_image_info_read(const char *fmt, struct block_node *file,
+                      struct block_image_info *info, struct err **errp)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+    CLEANUP_FREE uint8_t *head = NULL;
+    int64_t flen;
+    size_t len;
+    int ret;
+
+    memset(info, 0, sizeof(*info));
+    if (!drv || !drv->header_info) {
+        err_setf(errp, "Format '%s' has no header to read", fmt);
+        return -ENOTSUP;
+    }
+    flen = block_getlength(file);
+    if (flen < 0) {
+        err_setf_errno(errp, (int)-flen, "Could not get the file length");
+        return (int)flen;
+    }
+    len = (size_t)MIN((uint64_t)flen, BLOCK_HEADER_BYTES);
+    head = xzalloc(MAX(len, 1));
+    ret = block_pread(file, 0, len, head, 0);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not read the image header");
+        return ret;
+    }
+    ret = drv->header_info(head, len, info, errp);
+    if (ret < 0) {
+        block_image_info_clear(info);
+    }
+    return ret;
+}
+
+void
+block_image_info_clear(struct block_image_info *info)
+{
+    free(info->backing_file);
+    free(info->backing_fmt);
+    free(info->data_file);
+    memset(info, 0, sizeof(*info));
+}
