@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Image-level operations for the tools: create, check and read the header
- * of an image through its format driver's hooks (lockstep/driver.h), so
- * that no tool needs a driver's private header.  Main thread.
+ * of an image, and its internal snapshots and VM state, through its
+ * format driver's hooks (lockstep/driver.h), so that no tool needs a
+ * driver's private header.  Main thread (the VM state: any thread).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -108,4 +109,92 @@ block_image_info_clear(struct block_image_info *info)
     free(info->backing_fmt);
     free(info->data_file);
     memset(info, 0, sizeof(*info));
+}
+
+/* ---- Internal snapshots and the VM state ------------------------------ */
+
+bool
+block_has_snapshots(struct block_node *node)
+{
+    return node->drv && node->drv->snapshot_create;
+}
+
+static int
+no_snapshots(struct err **errp)
+{
+    err_setf(errp, "Operation not supported");
+    return -ENOTSUP;
+}
+
+int
+block_snapshot_list(struct block_node *node, struct block_snapshot **out,
+                    size_t *n, struct err **errp)
+{
+    *out = NULL;
+    *n = 0;
+    return node->drv && node->drv->snapshot_list
+           ? node->drv->snapshot_list(node, out, n, errp)
+           : no_snapshots(errp);
+}
+
+void
+block_snapshots_free(struct block_snapshot *sn, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(sn[i].id);
+        free(sn[i].name);
+    }
+    free(sn);
+}
+
+int
+block_snapshot_create(struct block_node *node, const char *name,
+                      struct err **errp)
+{
+    return node->drv && node->drv->snapshot_create
+           ? node->drv->snapshot_create(node, name, errp)
+           : no_snapshots(errp);
+}
+
+int
+block_snapshot_goto(struct block_node *node, const char *id_or_name,
+                    struct err **errp)
+{
+    return node->drv && node->drv->snapshot_goto
+           ? node->drv->snapshot_goto(node, id_or_name, errp)
+           : no_snapshots(errp);
+}
+
+int
+block_snapshot_delete(struct block_node *node, const char *id_or_name,
+                      struct err **errp)
+{
+    return node->drv && node->drv->snapshot_delete
+           ? node->drv->snapshot_delete(node, id_or_name, errp)
+           : no_snapshots(errp);
+}
+
+int
+block_snapshot_load_tmp(struct block_node *node, const char *id,
+                        const char *name, struct err **errp)
+{
+    return node->drv && node->drv->snapshot_load_tmp
+           ? node->drv->snapshot_load_tmp(node, id, name, errp)
+           : no_snapshots(errp);
+}
+
+int
+block_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
+                    void *buf)
+{
+    return node->drv && node->drv->vmstate_pread
+           ? node->drv->vmstate_pread(node, pos, len, buf) : -ENOTSUP;
+}
+
+int
+block_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
+                     const void *buf)
+{
+    return node->drv && node->drv->vmstate_pwrite
+           ? node->drv->vmstate_pwrite(node, pos, len, buf) : -ENOTSUP;
 }

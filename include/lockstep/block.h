@@ -324,6 +324,36 @@ int block_image_info_read(const char *fmt, struct block_node *file,
                           struct block_image_info *info, struct err **errp);
 void block_image_info_clear(struct block_image_info *info);
 
+/* An internal snapshot, as query-block's SnapshotInfo describes it. */
+struct block_snapshot {
+    char *id, *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;            /* UINT64_MAX: not recorded */
+};
+
+/* Does node's format keep internal snapshots? */
+bool block_has_snapshots(struct block_node *node);
+/* The snapshot hooks of node's format; without them -ENOTSUP and
+ * "Operation not supported". */
+int block_snapshot_list(struct block_node *node, struct block_snapshot **out,
+                        size_t *n, struct err **errp);
+void block_snapshots_free(struct block_snapshot *sn, size_t n);
+int block_snapshot_create(struct block_node *node, const char *name,
+                          struct err **errp);
+int block_snapshot_goto(struct block_node *node, const char *id_or_name,
+                        struct err **errp);
+int block_snapshot_delete(struct block_node *node, const char *id_or_name,
+                          struct err **errp);
+int block_snapshot_load_tmp(struct block_node *node, const char *id,
+                            const char *name, struct err **errp);
+/* The VM state area of node's format (-ENOTSUP without one). */
+int block_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
+                        void *buf);
+int block_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
+                         const void *buf);
+
 /* ---- Graph (main thread) ---------------------------------------------- */
 
 /*

@@ -80,6 +80,11 @@ struct block_driver {
     /* Set when the driver cannot run two requests on one node at once;
      * the core then serialises them with a per-node lock. */
     bool serialize_requests;
+    /* Set when the node reads its "file" child's frozen point-in-time
+     * view (snapshot-access on copy-before-write) rather than its
+     * content: a fleecing removal that takes the filter out from under
+     * its other parents leaves such a node on it. */
+    bool reads_frozen_view;
 
     /*
      * Open: parse node->options (already validated against .options; the
@@ -219,6 +224,29 @@ struct block_driver {
      */
     int (*header_info)(const uint8_t *head, size_t len,
                        struct block_image_info *info, struct err **errp);
+
+    /*
+     * Formats with internal snapshots (qcow2), QEMU's bdrv_snapshot_*:
+     * list (*out freed with block_snapshots_free()), create, go to (make
+     * the image what the snapshot holds), delete, and load_tmp (this
+     * read-only node reads the snapshot selected by id and/or name from
+     * now on).  Main thread.  -errno with *errp on failure.
+     */
+    int (*snapshot_list)(struct block_node *node, struct block_snapshot **out,
+                         size_t *n, struct err **errp);
+    int (*snapshot_create)(struct block_node *node, const char *name,
+                           struct err **errp);
+    int (*snapshot_goto)(struct block_node *node, const char *id_or_name,
+                         struct err **errp);
+    int (*snapshot_delete)(struct block_node *node, const char *id_or_name,
+                           struct err **errp);
+    int (*snapshot_load_tmp)(struct block_node *node, const char *id,
+                             const char *name, struct err **errp);
+    /* The VM state area of savevm (past the disk's end): any thread. */
+    int (*vmstate_pread)(struct block_node *node, uint64_t pos, uint64_t len,
+                         void *buf);
+    int (*vmstate_pwrite)(struct block_node *node, uint64_t pos, uint64_t len,
+                          const void *buf);
 
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
     void (*query)(struct block_node *node, json_t *info);

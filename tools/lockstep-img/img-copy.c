@@ -20,7 +20,6 @@
 
 #include <jansson.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
 #include "job/commit.h"
@@ -153,13 +152,13 @@ load_snapshot(struct img *src, const char *param)
             img_error("Failed in parsing snapshot param '%s'", param);
             return -1;
         }
-        ret = qcow2_snapshot_load_tmp(src->node, id, name, &e);
+        ret = block_snapshot_load_tmp(src->node, id, name, &e);
     } else {
-        ret = qcow2_snapshot_load_tmp(src->node, param, NULL, &e);
+        ret = block_snapshot_load_tmp(src->node, param, NULL, &e);
         if (ret == -ENOENT) {
             err_free(e);
             e = NULL;
-            ret = qcow2_snapshot_load_tmp(src->node, NULL, param, &e);
+            ret = block_snapshot_load_tmp(src->node, NULL, param, &e);
         }
     }
     if (ret < 0) {

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #include "block/filter/blkdebug.h"
-#include "block/format/qcow2/qcow2.h"
 #include "io.h"
 #include "lockstep/driver.h"
 #include "util.h"
@@ -179,7 +178,7 @@ cmd_read(struct io_ctx *ctx, int argc, char **argv)
     }
     buf = io_buf_alloc((uint64_t)count, IO_READ_FILL);
     t0 = clock_ns();
-    ret = vmstate ? qcow2_vmstate_pread(block_handle_node(ctx->h),
+    ret = vmstate ? block_vmstate_pread(block_handle_node(ctx->h),
                                         (uint64_t)offset, (uint64_t)count,
                                         buf)
                   : block_handle_pread(ctx->h, (uint64_t)offset,
@@ -411,7 +410,7 @@ cmd_write(struct io_ctx *ctx, int argc, char **argv)
     }
     t0 = clock_ns();
     if (vmstate) {
-        ret = qcow2_vmstate_pwrite(block_handle_node(ctx->h),
+        ret = block_vmstate_pwrite(block_handle_node(ctx->h),
                                    (uint64_t)offset, (uint64_t)count, buf);
     } else if (zero) {
         ret = block_handle_pwrite_zeroes(ctx->h, (uint64_t)offset,

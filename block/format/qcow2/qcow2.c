@@ -2719,4 +2719,11 @@ const struct block_driver qcow2_driver = {
     .create = qcow2_create_image,
     .check = qcow2_check_image,
     .header_info = qcow2_header_info,
+    .snapshot_list = qcow2_snapshot_list_hook,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_goto = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_load_tmp = qcow2_snapshot_load_tmp,
+    .vmstate_pread = qcow2_vmstate_pread,
+    .vmstate_pwrite = qcow2_vmstate_pwrite,
 };

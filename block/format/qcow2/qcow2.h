@@ -298,6 +298,10 @@ int qcow2_snapshot_delete(struct block_node *node, const char *id_or_name,
  */
 int qcow2_snapshot_load_tmp(struct block_node *node, const char *id,
                             const char *name, struct err **errp);
+/* The driver's snapshot_list hook. */
+int qcow2_snapshot_list_hook(struct block_node *node,
+                             struct block_snapshot **out, size_t *n,
+                             struct err **errp);
 
 /*
  * The VM state area (qemu-io read -b/write -b): pos bytes from its start,
