@@ -65,37 +65,22 @@ block_has_header_info(const char *fmt)
 {
     const struct block_driver *drv = block_driver_find(fmt);
 
-    return drv && drv->header_info;
+    return drv && drv->image_info;
 }
 
 int
-block_image_info_read(const char *fmt, struct block_node *file,
+block_image_info_read(const char *fmt, struct block_node *file, bool details,
                       struct block_image_info *info, struct err **errp)
 {
     const struct block_driver *drv = block_driver_find(fmt);
-    CLEANUP_FREE uint8_t *head = NULL;
-    int64_t flen;
-    size_t len;
     int ret;
 
     memset(info, 0, sizeof(*info));
-    if (!drv || !drv->header_info) {
+    if (!drv || !drv->image_info) {
         err_setf(errp, "Format '%s' has no header to read", fmt);
         return -ENOTSUP;
     }
-    flen = block_getlength(file);
-    if (flen < 0) {
-        err_setf_errno(errp, (int)-flen, "Could not get the file length");
-        return (int)flen;
-    }
-    len = (size_t)MIN((uint64_t)flen, BLOCK_HEADER_BYTES);
-    head = xzalloc(MAX(len, 1));
-    ret = block_pread(file, 0, len, head, 0);
-    if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not read the image header");
-        return ret;
-    }
-    ret = drv->header_info(head, len, info, errp);
+    ret = drv->image_info(file, details, info, errp);
     if (ret < 0) {
         block_image_info_clear(info);
     }
@@ -108,7 +93,31 @@ block_image_info_clear(struct block_image_info *info)
     free(info->backing_file);
     free(info->backing_fmt);
     free(info->data_file);
+    json_decref(info->format_specific);
+    json_decref(info->snapshots);
     memset(info, 0, sizeof(*info));
+}
+
+bool
+block_can_change_backing_file(const char *fmt)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    return drv && drv->change_backing_file;
+}
+
+int
+block_change_backing_file(const char *fmt, struct block_node *file,
+                          const char *name, const char *backing_fmt,
+                          struct err **errp)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    if (!drv || !drv->change_backing_file) {
+        err_setf(errp, "Operation not supported");
+        return -ENOTSUP;
+    }
+    return drv->change_backing_file(file, name, backing_fmt, errp);
 }
 
 /* ---- Internal snapshots and the VM state ------------------------------ */

@@ -308,21 +308,33 @@ int block_check(const char *fmt, struct block_node *file, unsigned fix,
                 FILE *log, struct block_check_result *res, struct err **errp);
 
 /* What an image's header says, read without opening the image. */
-#define BLOCK_HEADER_BYTES (2 * 1024 * 1024)
 struct block_image_info {
     uint64_t virtual_size;
     uint64_t cluster_size;      /* 0: the format has no clusters */
     char *backing_file;         /* as stored; NULL: none */
     char *backing_fmt;          /* NULL: not stored */
     char *data_file;            /* external data file; NULL: none */
+    bool encrypted;
+    bool dirty;                 /* not cleanly shut down */
+    /* With details: qemu-img info's "format-specific" ({"type", "data"})
+     * and "snapshots" (a list; NULL: none). */
+    json_t *format_specific;
+    json_t *snapshots;
 };
 
-/* Does format fmt describe images by their header (header_info)? */
+/* Does format fmt describe images by their header (image_info)? */
 bool block_has_header_info(const char *fmt);
-/* Read the head of file and decode it as format fmt. */
+/* What the image of format fmt in file says of itself. */
 int block_image_info_read(const char *fmt, struct block_node *file,
-                          struct block_image_info *info, struct err **errp);
+                          bool details, struct block_image_info *info,
+                          struct err **errp);
 void block_image_info_clear(struct block_image_info *info);
+/* Store backing file name (NULL: none) and its format in the header of
+ * the image of format fmt in file (the change_backing_file hook). */
+bool block_can_change_backing_file(const char *fmt);
+int block_change_backing_file(const char *fmt, struct block_node *file,
+                              const char *name, const char *backing_fmt,
+                              struct err **errp);
 
 /* An internal snapshot, as query-block's SnapshotInfo describes it. */
 struct block_snapshot {

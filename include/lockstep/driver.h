@@ -217,13 +217,23 @@ struct block_driver {
                  struct block_check_result *res, struct err **errp);
 
     /*
-     * Formats: what the header of an image starting with head[0..len)
-     * says (virtual size, backing file, ...), without opening the image
-     * or its backing chain; len is at most BLOCK_HEADER_BYTES.  0, or
-     * -errno with *errp for a header the driver would not open.  Pure.
+     * Formats: what the header of the image in file says (virtual size,
+     * backing file, ...), read without opening the image or its backing
+     * chain, so that it describes images the driver would refuse.  With
+     * details also format_specific and snapshots (lockstep-img info).
+     * 0, or -errno with *errp for a header the driver cannot decode.
+     * Main thread.
      */
-    int (*header_info)(const uint8_t *head, size_t len,
-                       struct block_image_info *info, struct err **errp);
+    int (*image_info)(struct block_node *file, bool details,
+                      struct block_image_info *info, struct err **errp);
+    /*
+     * Formats: store another backing file name and format (name NULL:
+     * none) in the header of the image in file, nothing else changed
+     * (QEMU's bdrv_change_backing_file).  -ENOSPC when the header has no
+     * room for them.  Main thread, the image not open elsewhere.
+     */
+    int (*change_backing_file)(struct block_node *file, const char *name,
+                               const char *fmt, struct err **errp);
 
     /*
      * Formats with internal snapshots (qcow2), QEMU's bdrv_snapshot_*:

@@ -211,7 +211,7 @@ static bool
 read_header(const char *path, struct image *file, struct block_image_info *h,
             struct err **errp)
 {
-    if (block_image_info_read("qcow2", block_handle_node(file->h), h,
+    if (block_image_info_read("qcow2", block_handle_node(file->h), false, h,
                               errp) < 0) {
         err_prepend(errp, "%s: ", path);
         return false;

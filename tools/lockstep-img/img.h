@@ -118,9 +118,6 @@ bool img_open_json(struct img *img, json_t *opts, const char *filename,
                    bool writable, bool share_writes, struct err **errp);
 void img_close(struct img *img);
 
-/* Read the first bytes of a file through a protocol node (up to 2 MiB). */
-void *img_read_head(struct block_node *file, size_t *len, struct err **errp);
-
 /*
  * The backing file name of a qcow2 header resolved like QEMU does:
  * relative to the directory of the image that names it.  malloc'd.

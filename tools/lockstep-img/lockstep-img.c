@@ -31,7 +31,6 @@
 const char *img_prog = "lockstep-img";
 
 /* The most of a file's head we read: cluster 0 of the largest clusters. */
-#define IMG_HEAD_MAX (2 * 1024 * 1024)
 
 static const struct img_cmd img_cmds[] = {
     { "amend", img_cmd_amend,
@@ -592,28 +591,6 @@ img_close(struct img *img)
     memset(img, 0, sizeof(*img));
 }
 
-void *
-img_read_head(struct block_node *file, size_t *len, struct err **errp)
-{
-    int64_t flen = block_getlength(file);
-    uint8_t *buf;
-    int ret;
-
-    if (flen < 0) {
-        err_setf_errno(errp, (int)-flen, "Could not get the file length");
-        return NULL;
-    }
-    *len = MIN((uint64_t)flen, IMG_HEAD_MAX);
-    buf = xzalloc(MAX(*len, 1));
-    ret = block_pread(file, 0, *len, buf, 0);
-    if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not read the image header");
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
 bool
 img_chain_visit(struct img_chain *c, const char *name, struct err **errp)
 {
@@ -674,7 +651,7 @@ img_header_info(const char *filename, const char *fmt,
     if (!img_open(&file, filename, "file", false, errp)) {
         return false;
     }
-    ret = block_image_info_read(fmt, file.node, info, errp);
+    ret = block_image_info_read(fmt, file.node, false, info, errp);
     img_close(&file);
     if (ret < 0) {
         err_prepend(errp, "Could not open '%s': ", filename);

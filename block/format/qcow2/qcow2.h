@@ -251,15 +251,18 @@ struct qcow2_create_opts {
 int qcow2_create(struct block_node *file, uint64_t size,
                  const struct qcow2_create_opts *opts, struct err **errp);
 
-/* The driver's create, check and header_info hooks (lockstep/driver.h). */
+/* The driver's create, check, image_info and change_backing_file hooks
+ * (lockstep/driver.h). */
 extern const struct block_create_opt qcow2_create_options[];
 int qcow2_create_image(struct block_node *file,
                        const struct block_create_opts *opts,
                        struct err **errp);
 int qcow2_check_image(struct block_node *file, unsigned fix, FILE *log,
                       struct block_check_result *res, struct err **errp);
-int qcow2_header_info(const uint8_t *head, size_t len,
-                      struct block_image_info *info, struct err **errp);
+int qcow2_image_info(struct block_node *file, bool details,
+                     struct block_image_info *info, struct err **errp);
+int qcow2_change_backing_file(struct block_node *file, const char *name,
+                              const char *fmt, struct err **errp);
 
 /* ---- Internal snapshots (qcow2-snapshot.c) -------------------------------- */
 
