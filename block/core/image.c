@@ -3,7 +3,9 @@
  * Image-level operations for the tools: create, check and read the header
  * of an image, and its internal snapshots and VM state, through its
  * format driver's hooks (lockstep/driver.h), so that no tool needs a
- * driver's private header.  Main thread (the VM state: any thread).
+ * driver's private header; and the breakpoints of a debugging driver
+ * (blkdebug) for lockstep-io.  Main thread (the VM state and the
+ * breakpoints: any thread).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -206,4 +208,50 @@ block_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
 {
     return node->drv && node->drv->vmstate_pwrite
            ? node->drv->vmstate_pwrite(node, pos, len, buf) : -ENOTSUP;
+}
+
+/* ---- Debugging breakpoints --------------------------------------------- */
+
+/* The first node from node down its "file" children whose driver stops
+ * requests at breakpoints, or NULL. */
+static struct block_node *
+debug_node(struct block_node *node)
+{
+    while (node && !(node->drv && node->drv->debug_breakpoint)) {
+        node = node->file ? node->file->node : NULL;
+    }
+    return node;
+}
+
+int
+block_debug_breakpoint(struct block_node *node, const char *event,
+                       const char *tag)
+{
+    struct block_node *d = debug_node(node);
+
+    return d ? d->drv->debug_breakpoint(d, event, tag) : -ENOTSUP;
+}
+
+int
+block_debug_remove_breakpoint(struct block_node *node, const char *tag)
+{
+    struct block_node *d = debug_node(node);
+
+    return d ? d->drv->debug_remove_breakpoint(d, tag) : -ENOTSUP;
+}
+
+int
+block_debug_resume(struct block_node *node, const char *tag)
+{
+    struct block_node *d = debug_node(node);
+
+    return d ? d->drv->debug_resume(d, tag) : -ENOTSUP;
+}
+
+bool
+block_debug_is_suspended(struct block_node *node, const char *tag)
+{
+    struct block_node *d = debug_node(node);
+
+    return d && d->drv->debug_is_suspended(d, tag);
 }

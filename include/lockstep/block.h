@@ -360,6 +360,14 @@ int block_snapshot_delete(struct block_node *node, const char *id_or_name,
                           struct err **errp);
 int block_snapshot_load_tmp(struct block_node *node, const char *id,
                             const char *name, struct err **errp);
+/* Breakpoints of a debugging driver at or below node (its debug_* hooks;
+ * -ENOTSUP, or false, when there is none). */
+int block_debug_breakpoint(struct block_node *node, const char *event,
+                           const char *tag);
+int block_debug_remove_breakpoint(struct block_node *node, const char *tag);
+int block_debug_resume(struct block_node *node, const char *tag);
+bool block_debug_is_suspended(struct block_node *node, const char *tag);
+
 /* The VM state area of node's format (-ENOTSUP without one). */
 int block_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
                         void *buf);
@@ -526,6 +534,10 @@ struct block_child *block_node_child(struct block_node *node,
  * (an NBD node, null-co).  The one file-name helper: callers that want
  * QEMU's json:{...} form for the NULL case build it from the options. */
 const char *block_node_filename(struct block_node *node);
+/* The name qemu-img shows for node: block_node_filename(), or down the
+ * same "file" chain a driver's own (refresh_filename: nbd's URL); NULL
+ * when neither exists. */
+const char *block_node_exact_filename(struct block_node *node);
 /*
  * Graph edits that move edges (main thread; they drain themselves).  Every
  * move checks permissions once all edges point to their new node (moving

@@ -181,6 +181,13 @@ struct block_driver {
      */
     const char *const *filename_prefixes;
     json_t *(*parse_filename)(const char *filename, struct err **errp);
+    /*
+     * The name QEMU's tools show for a node of a driver that has no
+     * "filename" option (QEMU's refresh_filename: an NBD export's URL),
+     * owned by the node, valid until the next call or close; NULL: none.
+     * block_node_exact_filename() asks it.  Main thread.
+     */
+    const char *(*refresh_filename)(struct block_node *node);
 
     /*
      * Formats: how sure is this driver that an image whose first bytes
@@ -279,6 +286,20 @@ struct block_driver {
      * path in the core ("pwritev", "pwritev_rmw_head", "pwritev_done",
      * ..., QEMU's names).  Any thread. */
     void (*debug_event)(struct block_node *node, const char *event);
+    /*
+     * qemu-io's break/remove_break/resume/wait_break (QEMU's
+     * bdrv_debug_*), for drivers that stop requests at named events
+     * (blkdebug): suspend a request at event under tag, drop tag's
+     * breakpoints, let the request suspended under tag go on, is one
+     * suspended there.  -ENOENT for an unknown tag.  Any thread.
+     * block_debug_*() find the first driver with them down the "file"
+     * children.
+     */
+    int (*debug_breakpoint)(struct block_node *node, const char *event,
+                            const char *tag);
+    int (*debug_remove_breakpoint)(struct block_node *node, const char *tag);
+    int (*debug_resume)(struct block_node *node, const char *tag);
+    bool (*debug_is_suspended)(struct block_node *node, const char *tag);
 };
 
 

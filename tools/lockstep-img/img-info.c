@@ -30,6 +30,7 @@ struct info {
     struct block_image_info h;
     char *full_backing;           /* resolved backing path, or NULL */
     char *owned_name;             /* filename, when the info owns it */
+    char *shown_name;             /* the driver's name for it (nbd: URL) */
 };
 
 static void
@@ -37,6 +38,7 @@ info_free(struct info *in)
 {
     free(in->fmt);
     free(in->full_backing);
+    free(in->shown_name);
     block_image_info_clear(&in->h);
 }
 
@@ -99,6 +101,13 @@ collect_opened(struct info *in, const char *fmt, struct err **errp)
     }
     free(in->fmt);
     in->fmt = xstrdup(img.fmt);
+    /* Storage without a file name (an NBD export) shows under the name
+     * its driver gives it, as with qemu-img. */
+    if (!block_node_filename(img.node) &&
+        block_node_exact_filename(img.node)) {
+        in->shown_name = xstrdup(block_node_exact_filename(img.node));
+        in->filename = in->shown_name;
+    }
     in->virtual_size = block_handle_getlength(img.h);
     in->actual_size = block_allocated_size(img.node);
     img_close(&img);

@@ -348,13 +348,13 @@ img_attach(struct img *img, const char *filename, bool writable,
     return true;
 }
 
-/* The protocol node under an image: a file, or an NBD export. */
+/* The protocol node under an image: a file, or an NBD export (NULL with
+ * *errp for an NBD name that does not parse). */
 static json_t *
-protocol_opts(const char *filename)
+protocol_opts(const char *filename, struct err **errp)
 {
     if (block_filename_is_nbd_url(filename)) {
-        /* The block layer's parse of the URL (it cannot fail). */
-        return block_filename_options(filename, NULL);
+        return block_filename_options(filename, errp);
     }
     return json_pack("{s:s, s:s}", "driver", "file", "filename", filename);
 }
@@ -389,16 +389,17 @@ apply_cache(json_t *opts, bool writable, struct err **errp)
 
 /* The graph "-f FMT FILE" means, with -U honoured on read-only opens. */
 static json_t *
-file_opts(const char *filename, const char *fmt, bool writable)
+file_opts(const char *filename, const char *fmt, bool writable,
+          struct err **errp)
 {
     const struct block_driver *drv = block_driver_find(fmt);
-    json_t *o;
+    json_t *o = protocol_opts(filename, errp);
 
-    if (drv && drv->kind == BLOCK_KIND_PROTOCOL) {
-        o = protocol_opts(filename);
-    } else {
-        o = json_pack("{s:s, s:o}", "driver", fmt, "file",
-                      protocol_opts(filename));
+    if (!o) {
+        return NULL;
+    }
+    if (!drv || drv->kind != BLOCK_KIND_PROTOCOL) {
+        o = json_pack("{s:s, s:o}", "driver", fmt, "file", o);
     }
     json_object_set_new(o, "read-only", json_boolean(!writable));
     if (!writable && img_force_share) {
@@ -466,8 +467,8 @@ img_open(struct img *img, const char *filename, const char *fmt,
                  fmt);
         return false;
     }
-    opts = file_opts(filename, fmt, writable);
-    if (apply_cache(opts, writable, errp)) {
+    opts = file_opts(filename, fmt, writable, errp);
+    if (opts && apply_cache(opts, writable, errp)) {
         img->node = block_node_new(opts, errp);
     }
     json_decref(opts);

@@ -18,7 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "block/filter/blkdebug.h"
 #include "io.h"
 #include "lockstep/driver.h"
 #include "util.h"
@@ -955,7 +954,7 @@ cmd_map(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
 static int
 cmd_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    int ret = blkdebug_breakpoint(ctx->node, argv[1], argv[2]);
+    int ret = block_debug_breakpoint(ctx->node, argv[1], argv[2]);
 
     if (ret < 0) {
         printf("Could not set breakpoint: %s\n", strerror(-ret));
@@ -966,7 +965,7 @@ cmd_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 static int
 cmd_remove_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    int ret = blkdebug_remove_breakpoint(ctx->node, argv[1]);
+    int ret = block_debug_remove_breakpoint(ctx->node, argv[1]);
 
     if (ret < 0) {
         printf("Could not remove breakpoint %s: %s\n", argv[1],
@@ -978,7 +977,7 @@ cmd_remove_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 static int
 cmd_resume(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    int ret = blkdebug_resume(ctx->node, argv[1]);
+    int ret = block_debug_resume(ctx->node, argv[1]);
 
     if (ret < 0) {
         printf("Could not resume request: %s\n", strerror(-ret));
@@ -997,7 +996,7 @@ cmd_resume(struct io_ctx *ctx, int argc UNUSED, char **argv)
 static int
 cmd_wait_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    while (!blkdebug_is_suspended(ctx->node, argv[1])) {
+    while (!block_debug_is_suspended(ctx->node, argv[1])) {
         io_aio_reap();
         if (io_aio_in_flight() == 0) {
             printf("wait_break: no request in flight to stop at %s\n",
