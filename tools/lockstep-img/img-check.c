@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img check: run the format driver's consistency check (its
- * check hook, through block_check()) on the image's file node, optionally repair, and report like qemu-img check
- * does: problem lines on stderr, a summary (human or JSON) on stdout, and
- * exit status 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the
- * format has no check.  After a repair the image is checked again ("Double
- * checking the fixed image now...") and that second result is reported,
- * with the numbers fixed by the first pass.
+ * check hook, through block_check()) on the image's file node, optionally
+ * repair, and report like qemu-img check does: problem lines on stderr, a
+ * summary (human or JSON) on stdout, and exit status 0 clean, 1 check
+ * failed, 2 corruptions, 3 leaks only, 63 the format has no check.  After
+ * a repair the image is checked again ("Double checking the fixed image
+ * now...") and that second result is reported, with the numbers fixed by
+ * the first pass.
  */
 #include <errno.h>
 #include <getopt.h>
