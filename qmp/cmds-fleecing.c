@@ -44,13 +44,12 @@ struct moved_edges {
     struct block_moved_edges moved;
 };
 
-/* Parents that stay on a filter when it is removed: snapshot-access nodes
- * read its frozen view. */
+/* Parents that stay on a filter when it is removed: nodes that read its
+ * frozen view (snapshot-access), as their driver declares. */
 static bool
 stays_on_filter(const struct block_child *c, void *opaque UNUSED)
 {
-    return c->parent_node &&
-           !strcmp(c->parent_node->drv->name, "snapshot-access");
+    return c->parent_node && c->parent_node->drv->reads_frozen_view;
 }
 
 /* The filter named, checked: a filter driver with a file child. */

@@ -213,6 +213,22 @@ block_node_filename(struct block_node *node)
     return NULL;
 }
 
+const char *
+block_node_exact_filename(struct block_node *node)
+{
+    for (; node; node = node->file ? node->file->node : NULL) {
+        const char *fn = block_opt_str(node->options, "filename", NULL);
+
+        if (!fn && node->drv->refresh_filename) {
+            fn = node->drv->refresh_filename(node);
+        }
+        if (fn) {
+            return fn;
+        }
+    }
+    return NULL;
+}
+
 struct block_node *
 block_filtered(struct block_node *node)
 {

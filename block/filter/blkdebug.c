@@ -848,6 +848,10 @@ const struct block_driver blkdebug_driver = {
     .truncate = blkdebug_truncate,
     .child_perm = blkdebug_child_perm,
     .debug_event = blkdebug_debug_event,
+    .debug_breakpoint = blkdebug_breakpoint,
+    .debug_remove_breakpoint = blkdebug_remove_breakpoint,
+    .debug_resume = blkdebug_resume,
+    .debug_is_suspended = blkdebug_is_suspended,
     .filename_prefixes = blkdebug_filename_prefixes,
     .parse_filename = blkdebug_parse_filename,
 };

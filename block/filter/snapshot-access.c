@@ -129,6 +129,7 @@ snapshot_access_block_status(struct block_node *node, uint64_t offset,
 const struct block_driver snapshot_access_driver = {
     .name = "snapshot-access",
     .kind = BLOCK_KIND_FORMAT,
+    .reads_frozen_view = true,
     .options = snapshot_access_opts,
     .open = snapshot_access_open,
     .getlength = snapshot_access_getlength,

@@ -196,6 +196,17 @@ raw_probe(const uint8_t *head, size_t len, const char *filename)
     return 1;
 }
 
+/*
+ * A raw image is its file: creating one is the file's business (sized,
+ * preallocated), done by whoever creates the file; so raw lists its
+ * create options but has no create hook.
+ */
+static const struct block_create_opt raw_create_options[] = {
+    {"size", BLOCK_OPT_SIZE, NULL, NULL},
+    {"preallocation", BLOCK_OPT_STRING, NULL, NULL},
+    {NULL, 0, NULL, NULL},
+};
+
 const struct block_driver raw_driver = {
     .name = "raw",
     .kind = BLOCK_KIND_FORMAT,
@@ -211,4 +222,5 @@ const struct block_driver raw_driver = {
     .truncate = raw_truncate,
     .child_perm = raw_child_perm,
     .probe = raw_probe,
+    .create_options = raw_create_options,
 };

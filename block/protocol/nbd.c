@@ -145,6 +145,7 @@ struct nbdcli_state {
     char *host, *port;      /* inet */
     char *export;
     char *meta_ctx;         /* base:allocation or the bitmap's context */
+    char *url;              /* refresh_filename's answer (main thread) */
     struct tls_creds *tls;  /* tls-creds (client endpoint), or NULL */
     int64_t reconnect_delay;   /* seconds */
     int64_t open_timeout;      /* seconds */
@@ -885,7 +886,8 @@ nbdcli_parse_free(struct nbdcli_state *s)
     free(s->port);
     free(s->export);
     free(s->meta_ctx);
-    s->path = s->host = s->port = s->export = s->meta_ctx = NULL;
+    free(s->url);
+    s->path = s->host = s->port = s->export = s->meta_ctx = s->url = NULL;
     tls_creds_put(s->tls);
     s->tls = NULL;
 }
@@ -1246,14 +1248,82 @@ nbdcli_block_status(struct block_node *node, uint64_t offset,
 }
 
 /* ---- File names: nbd[+tcp]://HOST[:PORT][/EXPORT],
- * nbd+unix:///[EXPORT]?socket=PATH --------------------------------------- */
+ * nbd+unix:///[EXPORT]?socket=PATH, and QEMU's older nbd:HOST:PORT and
+ * nbd:unix:PATH, each with [:exportname=NAME] -------------------------- */
 
 static const char *const nbd_filename_prefixes[] = {
-    "nbd://", "nbd+tcp://", "nbd+unix://", NULL,
+    "nbd://", "nbd+tcp://", "nbd+unix://", "nbd:", NULL,
 };
 
+#define NBD_EXPORTNAME_OPT ":exportname="
+
+/* HOST:PORT ([V6ADDR]:PORT), split at the port's colon; false if none. */
+static bool
+split_host_port(char *addr, const char **host, const char **port)
+{
+    char *colon;
+
+    if (addr[0] == '[') {
+        char *close = strchr(addr, ']');
+
+        if (!close || close[1] != ':') {
+            return false;
+        }
+        *close = '\0';
+        *host = addr + 1;
+        *port = close + 2;
+        return true;
+    }
+    colon = strchr(addr, ':');
+    if (!colon) {
+        return false;
+    }
+    *colon = '\0';
+    *host = addr;
+    *port = colon + 1;
+    return true;
+}
+
+/*
+ * nbd:unix:PATH[:exportname=NAME] and nbd:HOST:PORT[:exportname=NAME],
+ * as qemu-img takes them: the export name is what follows the first
+ * ":exportname=" (none: the default export ""); given empty, QEMU keeps
+ * no address at all, and so do we (its message).
+ */
 static json_t *
-nbd_parse_filename(const char *url, struct err **errp)
+nbd_parse_legacy(const char *name, struct err **errp)
+{
+    const char *spec = name + 4;
+    const char *ex = strstr(spec, NBD_EXPORTNAME_OPT);
+    CLEANUP_FREE char *addr = xasprintf("%.*s", (int)(ex ? ex - spec
+                                                         : (long)strlen(spec)),
+                                        spec);
+    const char *host, *port;
+    json_t *server, *o;
+
+    if (!*spec || (ex && !ex[strlen(NBD_EXPORTNAME_OPT)])) {
+        err_setf(errp, "NBD server address missing");
+        return NULL;
+    }
+    if (!strncmp(addr, "unix:", 5)) {
+        server = json_pack("{s:s, s:s}", "type", "unix", "path", addr + 5);
+    } else if (split_host_port(addr, &host, &port)) {
+        server = json_pack("{s:s, s:s, s:s}", "type", "inet", "host", host,
+                           "port", port);
+    } else {
+        err_setf(errp, "error parsing address '%s'", addr);
+        return NULL;
+    }
+    o = json_pack("{s:s, s:o}", "driver", "nbd", "server", server);
+    if (ex) {
+        json_object_set_new(o, "export",
+                            json_string(ex + strlen(NBD_EXPORTNAME_OPT)));
+    }
+    return o;
+}
+
+static json_t *
+nbd_parse_url(const char *url)
 {
     bool is_unix = !strncmp(url, "nbd+unix://", 11);
     const char *rest = strstr(url, "://") + 3;
@@ -1261,7 +1331,6 @@ nbd_parse_filename(const char *url, struct err **errp)
     CLEANUP_FREE char *authority = NULL, *export = NULL;
     json_t *server, *o;
 
-    (void)errp;
     authority = xasprintf("%.*s", (int)(slash ? slash - rest
                                         : q ? q - rest : (long)strlen(rest)),
                           rest);
@@ -1292,6 +1361,37 @@ nbd_parse_filename(const char *url, struct err **errp)
     return o;
 }
 
+static json_t *
+nbd_parse_filename(const char *name, struct err **errp)
+{
+    if (!strncmp(name, "nbd://", 6) || !strncmp(name, "nbd+tcp://", 10) ||
+        !strncmp(name, "nbd+unix://", 11)) {
+        return nbd_parse_url(name);
+    }
+    return nbd_parse_legacy(name, errp);
+}
+
+/*
+ * The export's name as QEMU's tools show it: nbd+unix:///EXPORT?socket=P
+ * or nbd://HOST:PORT/EXPORT (without "/EXPORT" for the default export).
+ */
+static const char *
+nbd_refresh_filename(struct block_node *node)
+{
+    struct nbdcli_state *s = node->opaque;
+    const char *ex = s->export && *s->export ? s->export : NULL;
+
+    free(s->url);
+    if (s->path) {
+        s->url = ex ? xasprintf("nbd+unix:///%s?socket=%s", ex, s->path)
+                    : xasprintf("nbd+unix://?socket=%s", s->path);
+    } else {
+        s->url = ex ? xasprintf("nbd://%s:%s/%s", s->host, s->port, ex)
+                    : xasprintf("nbd://%s:%s", s->host, s->port);
+    }
+    return s->url;
+}
+
 const struct block_driver nbdcli_driver = {
     .name = "nbd",
     .kind = BLOCK_KIND_PROTOCOL,
@@ -1310,4 +1410,5 @@ const struct block_driver nbdcli_driver = {
     .block_status = nbdcli_block_status,
     .filename_prefixes = nbd_filename_prefixes,
     .parse_filename = nbd_parse_filename,
+    .refresh_filename = nbd_refresh_filename,
 };

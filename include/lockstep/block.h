@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/queue.h>
 
 #include <jansson.h>
@@ -41,6 +42,7 @@
 struct block_node;
 struct block_child;
 struct block_driver;
+struct block_create_opt;
 struct block_dirty_bitmap;
 
 /*
@@ -258,6 +260,120 @@ const char *block_probe_format(const uint8_t *head, size_t len,
                                const char *filename);
 const char *block_probe_file(const char *filename);
 
+/*
+ * Image-level operations of format drivers (block/core/image.c), for the
+ * tools: each finds the driver by name and calls its hook (see
+ * lockstep/driver.h), or fails with qemu-img's words when the format has
+ * none.
+ */
+
+/* What a new image is made of (the driver's create hook). */
+struct block_create_opts {
+    uint64_t size;              /* virtual size in bytes */
+    const char *backing_file;   /* NULL: none; stored as given */
+    const char *backing_fmt;    /* NULL: none */
+    const char *preallocation;  /* NULL/"off", "metadata", "falloc", "full" */
+    json_t *options;            /* the format's own create options, typed;
+                                 * NULL: none given */
+};
+
+/* The driver's create_options table, or NULL (it creates no images). */
+const struct block_create_opt *block_create_options(const char *fmt);
+/* Write a new image of format fmt into file (open, empty). */
+int block_create(const char *fmt, struct block_node *file,
+                 const struct block_create_opts *opts, struct err **errp);
+
+/* What a consistency check found (QEMU's ImageCheck). */
+enum {
+    BLOCK_CHECK_FIX_LEAKS = 0x1,
+    BLOCK_CHECK_FIX_ERRORS = 0x2,
+};
+struct block_check_result {
+    int64_t check_errors;       /* the check itself failed somewhere */
+    int64_t corruptions;        /* found and not repaired */
+    int64_t leaks;              /* found and not repaired */
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    uint64_t image_end_offset;  /* 0: unknown */
+    uint64_t total_clusters;    /* virtual size in clusters; 0: none */
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+};
+
+/* Does format fmt have a consistency check? */
+bool block_can_check(const char *fmt);
+/* Check (and with fix, repair) the image of format fmt stored in file. */
+int block_check(const char *fmt, struct block_node *file, unsigned fix,
+                FILE *log, struct block_check_result *res, struct err **errp);
+
+/* What an image's header says, read without opening the image. */
+struct block_image_info {
+    uint64_t virtual_size;
+    uint64_t cluster_size;      /* 0: the format has no clusters */
+    char *backing_file;         /* as stored; NULL: none */
+    char *backing_fmt;          /* NULL: not stored */
+    char *data_file;            /* external data file; NULL: none */
+    bool encrypted;
+    bool dirty;                 /* not cleanly shut down */
+    /* With details: qemu-img info's "format-specific" ({"type", "data"})
+     * and "snapshots" (a list; NULL: none). */
+    json_t *format_specific;
+    json_t *snapshots;
+};
+
+/* Does format fmt describe images by their header (image_info)? */
+bool block_has_header_info(const char *fmt);
+/* What the image of format fmt in file says of itself. */
+int block_image_info_read(const char *fmt, struct block_node *file,
+                          bool details, struct block_image_info *info,
+                          struct err **errp);
+void block_image_info_clear(struct block_image_info *info);
+/* Store backing file name (NULL: none) and its format in the header of
+ * the image of format fmt in file (the change_backing_file hook). */
+bool block_can_change_backing_file(const char *fmt);
+int block_change_backing_file(const char *fmt, struct block_node *file,
+                              const char *name, const char *backing_fmt,
+                              struct err **errp);
+
+/* An internal snapshot, as query-block's SnapshotInfo describes it. */
+struct block_snapshot {
+    char *id, *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;            /* UINT64_MAX: not recorded */
+};
+
+/* Does node's format keep internal snapshots? */
+bool block_has_snapshots(struct block_node *node);
+/* The snapshot hooks of node's format; without them -ENOTSUP and
+ * "Operation not supported". */
+int block_snapshot_list(struct block_node *node, struct block_snapshot **out,
+                        size_t *n, struct err **errp);
+void block_snapshots_free(struct block_snapshot *sn, size_t n);
+int block_snapshot_create(struct block_node *node, const char *name,
+                          struct err **errp);
+int block_snapshot_goto(struct block_node *node, const char *id_or_name,
+                        struct err **errp);
+int block_snapshot_delete(struct block_node *node, const char *id_or_name,
+                          struct err **errp);
+int block_snapshot_load_tmp(struct block_node *node, const char *id,
+                            const char *name, struct err **errp);
+/* Breakpoints of a debugging driver at or below node (its debug_* hooks;
+ * -ENOTSUP, or false, when there is none). */
+int block_debug_breakpoint(struct block_node *node, const char *event,
+                           const char *tag);
+int block_debug_remove_breakpoint(struct block_node *node, const char *tag);
+int block_debug_resume(struct block_node *node, const char *tag);
+bool block_debug_is_suspended(struct block_node *node, const char *tag);
+
+/* The VM state area of node's format (-ENOTSUP without one). */
+int block_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
+                        void *buf);
+int block_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
+                         const void *buf);
+
 /* ---- Graph (main thread) ---------------------------------------------- */
 
 /*
@@ -418,6 +534,10 @@ struct block_child *block_node_child(struct block_node *node,
  * (an NBD node, null-co).  The one file-name helper: callers that want
  * QEMU's json:{...} form for the NULL case build it from the options. */
 const char *block_node_filename(struct block_node *node);
+/* The name qemu-img shows for node: block_node_filename(), or down the
+ * same "file" chain a driver's own (refresh_filename: nbd's URL); NULL
+ * when neither exists. */
+const char *block_node_exact_filename(struct block_node *node);
 /*
  * Graph edits that move edges (main thread; they drain themselves).  Every
  * move checks permissions once all edges point to their new node (moving

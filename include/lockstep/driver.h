@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -50,6 +51,16 @@ struct block_opt {
     const char *const *enum_values; /* STRING: allowed values, NULL-ended */
 };
 
+/* An option of image creation ("lockstep-img create -o name=value"). */
+struct block_create_opt {
+    const char *name;
+    enum block_opt_type type;       /* SIZE, INT, BOOL or STRING */
+    const char *const *enum_values; /* STRING: allowed values, NULL-ended */
+    /* What the "Formatting ..." line of lockstep-img create shows when
+     * the option is not given (NULL: shown only when given). */
+    const char *def;
+};
+
 /*
  * A driver.  Control callbacks run on the main thread and take errp; I/O
  * callbacks run on any thread and return -errno.  The core guarantees for
@@ -69,6 +80,11 @@ struct block_driver {
     /* Set when the driver cannot run two requests on one node at once;
      * the core then serialises them with a per-node lock. */
     bool serialize_requests;
+    /* Set when the node reads its "file" child's frozen point-in-time
+     * view (snapshot-access on copy-before-write) rather than its
+     * content: a fleecing removal that takes the filter out from under
+     * its other parents leaves such a node on it. */
+    bool reads_frozen_view;
 
     /*
      * Open: parse node->options (already validated against .options; the
@@ -165,6 +181,13 @@ struct block_driver {
      */
     const char *const *filename_prefixes;
     json_t *(*parse_filename)(const char *filename, struct err **errp);
+    /*
+     * The name QEMU's tools show for a node of a driver that has no
+     * "filename" option (QEMU's refresh_filename: an NBD export's URL),
+     * owned by the node, valid until the next call or close; NULL: none.
+     * block_node_exact_filename() asks it.  Main thread.
+     */
+    const char *(*refresh_filename)(struct block_node *node);
 
     /*
      * Formats: how sure is this driver that an image whose first bytes
@@ -174,6 +197,73 @@ struct block_driver {
      * names.  Pure: no I/O.  block_probe_format() asks every driver.
      */
     int (*probe)(const uint8_t *head, size_t len, const char *filename);
+
+    /*
+     * Formats: image creation, QEMU's bdrv_co_create.  create_options
+     * lists what "lockstep-img create -o" takes for this format, in the
+     * order qemu-img prints them (with their defaults), including the
+     * common ones (size, preallocation, backing_file, backing_fmt) that
+     * arrive in struct block_create_opts; the others arrive in
+     * opts->options, typed (SIZE/INT: integer, BOOL: boolean, STRING:
+     * one of enum_values).  create writes a new image of opts->size bytes
+     * into file, an open and empty protocol node.  Main thread.
+     */
+    const struct block_create_opt *create_options;
+    int (*create)(struct block_node *file, const struct block_create_opts *opts,
+                  struct err **errp);
+
+    /*
+     * Formats: the consistency check of lockstep-img check (QEMU's
+     * bdrv_co_check), run on the image's file node, not on an open image:
+     * an image too broken to open is what it must describe.  fix:
+     * BLOCK_CHECK_FIX_*.  Each problem gets a line on log (when not NULL).
+     * Returns 0 with *res filled, or -errno with *errp when the check
+     * could not run at all.  Main thread.
+     */
+    int (*check)(struct block_node *file, unsigned fix, FILE *log,
+                 struct block_check_result *res, struct err **errp);
+
+    /*
+     * Formats: what the header of the image in file says (virtual size,
+     * backing file, ...), read without opening the image or its backing
+     * chain, so that it describes images the driver would refuse.  With
+     * details also format_specific and snapshots (lockstep-img info).
+     * 0, or -errno with *errp for a header the driver cannot decode.
+     * Main thread.
+     */
+    int (*image_info)(struct block_node *file, bool details,
+                      struct block_image_info *info, struct err **errp);
+    /*
+     * Formats: store another backing file name and format (name NULL:
+     * none) in the header of the image in file, nothing else changed
+     * (QEMU's bdrv_change_backing_file).  -ENOSPC when the header has no
+     * room for them.  Main thread, the image not open elsewhere.
+     */
+    int (*change_backing_file)(struct block_node *file, const char *name,
+                               const char *fmt, struct err **errp);
+
+    /*
+     * Formats with internal snapshots (qcow2), QEMU's bdrv_snapshot_*:
+     * list (*out freed with block_snapshots_free()), create, go to (make
+     * the image what the snapshot holds), delete, and load_tmp (this
+     * read-only node reads the snapshot selected by id and/or name from
+     * now on).  Main thread.  -errno with *errp on failure.
+     */
+    int (*snapshot_list)(struct block_node *node, struct block_snapshot **out,
+                         size_t *n, struct err **errp);
+    int (*snapshot_create)(struct block_node *node, const char *name,
+                           struct err **errp);
+    int (*snapshot_goto)(struct block_node *node, const char *id_or_name,
+                         struct err **errp);
+    int (*snapshot_delete)(struct block_node *node, const char *id_or_name,
+                           struct err **errp);
+    int (*snapshot_load_tmp)(struct block_node *node, const char *id,
+                             const char *name, struct err **errp);
+    /* The VM state area of savevm (past the disk's end): any thread. */
+    int (*vmstate_pread)(struct block_node *node, uint64_t pos, uint64_t len,
+                         void *buf);
+    int (*vmstate_pwrite)(struct block_node *node, uint64_t pos, uint64_t len,
+                          const void *buf);
 
     /* Fill extra fields for query-named-block-nodes ("format-specific"). */
     void (*query)(struct block_node *node, json_t *info);
@@ -196,6 +286,20 @@ struct block_driver {
      * path in the core ("pwritev", "pwritev_rmw_head", "pwritev_done",
      * ..., QEMU's names).  Any thread. */
     void (*debug_event)(struct block_node *node, const char *event);
+    /*
+     * qemu-io's break/remove_break/resume/wait_break (QEMU's
+     * bdrv_debug_*), for drivers that stop requests at named events
+     * (blkdebug): suspend a request at event under tag, drop tag's
+     * breakpoints, let the request suspended under tag go on, is one
+     * suspended there.  -ENOENT for an unknown tag.  Any thread.
+     * block_debug_*() find the first driver with them down the "file"
+     * children.
+     */
+    int (*debug_breakpoint)(struct block_node *node, const char *event,
+                            const char *tag);
+    int (*debug_remove_breakpoint)(struct block_node *node, const char *tag);
+    int (*debug_resume)(struct block_node *node, const char *tag);
+    bool (*debug_is_suspended)(struct block_node *node, const char *tag);
 };
 
 

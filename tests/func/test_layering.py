@@ -5,7 +5,10 @@ header; jobs, exports, the NBD server and the runtime see no JSON (their
 inputs are typed; qmp/ turns JSON into them); filters and the copy engine
 touch JSON only to read their own blockdev-add options, through
 the getters of lockstep/driver.h, and in their query hook; formats are
-probed in one place, from the drivers' probe hooks."""
+probed in one place, from the drivers' probe hooks; the tools and the
+monitor reach formats and protocols through the driver hooks of
+lockstep/driver.h (block_create, block_check, block_snapshot_*, ...),
+never through a driver's own header."""
 import os
 import re
 
@@ -88,8 +91,12 @@ def test_filters_read_options_through_the_option_layer():
 # into nodes and children (node.c), prepared (prepare.c) and reopened
 # (reopen.c).
 # filename.c turns the tools' file names (json:, blkdebug:, nbd://) into
-# the same options dictionary.
-OPTION_LAYER = ["block/core/filename.c", "block/core/node.c",
+# the same options dictionary; image.c hands a format's create options
+# (the same kind of dictionary) to its create hook, and frees the
+# "format-specific" object its image_info hook builds (as a query hook
+# does).
+OPTION_LAYER = ["block/core/filename.c", "block/core/image.c",
+                "block/core/node.c",
                 "block/core/opts.c",
                 "block/core/opts.h", "block/core/prepare.c",
                 "block/core/reopen.c"]
@@ -132,6 +139,28 @@ def test_one_filename_helper():
     assert offenders(NOT_TESTS, NODE_FILENAME) == ["block/core/node.c"]
 
 
+# Including a driver's own header: formats and protocols anywhere outside
+# block/, and filters from the tools too (a filter's header may be an API
+# of its own for jobs and QMP: copy-before-write's snapshot for backup,
+# replication's for its commands).
+FORMAT_HEADER = r'^\s*#\s*include\s+"block/(format|protocol)/'
+DRIVER_HEADER = r'^\s*#\s*include\s+"block/(format|protocol|filter)/'
+def test_no_driver_header_outside_block():
+    # A new driver needs only lockstep/driver.h; the code that uses it
+    # needs only lockstep/block.h and the hooks behind it.
+    assert offenders(["daemon", "export", "job", "nbd", "qmp", "runtime",
+                      "tools", "util"], FORMAT_HEADER) == []
+    assert offenders(["tools"], DRIVER_HEADER) == []
+
+
+# Recognising a driver by its name where a driver flag or hook says it.
+DRIVER_NAME_TEST = r'drv->name,\s*"snapshot-access"'
+
+
+def test_drivers_recognised_by_their_flags():
+    assert offenders(NOT_TESTS, DRIVER_NAME_TEST) == []
+
+
 def test_the_checks_can_fail():
     # The patterns match what they are meant to catch.
     assert re.search(r"__attribute__\s*\(\(\s*(__)?weak",
@@ -154,6 +183,13 @@ def test_the_checks_can_fail():
     assert re.search(PROBE_ANSWER, 'return ok ? "qcow2" : "raw";')
     assert re.search(NODE_FILENAME,
                      'json_object_get(node->options, "filename")')
+    assert re.search(FORMAT_HEADER, '#include "block/format/qcow2/qcow2.h"',
+                     re.M)
+    assert re.search(DRIVER_HEADER, '#include "block/filter/blkdebug.h"',
+                     re.M)
+    assert not re.search(DRIVER_HEADER, '#include "lockstep/driver.h"', re.M)
+    assert re.search(DRIVER_NAME_TEST,
+                     'strcmp(c->parent_node->drv->name, "snapshot-access")')
 
 
 LOCK_DIRS = ["block", "crypto", "daemon", "export", "include", "job", "nbd",

@@ -18,13 +18,10 @@
 #include <unistd.h>
 
 #include "backup.h"
-#include "block/format/qcow2/qcow2-check.h"
-#include "block/format/qcow2/qcow2.h"
 #include "util.h"
 
 #define RESTORE_CHUNK (4 * MiB)
 #define ZERO_GRAIN (64 * KiB)
-#define HEADER_READ (64 * KiB)
 
 /* ---- restore --------------------------------------------------------- */
 
@@ -211,57 +208,41 @@ restore_run(const struct restore_opts *o)
 /* ---- verify ---------------------------------------------------------- */
 
 static bool
-read_header(const char *path, struct image *file, struct qcow2_header *h,
+read_header(const char *path, struct image *file, struct block_image_info *h,
             struct err **errp)
 {
-    uint8_t *buf = xmalloc(HEADER_READ);
-    int64_t len = block_getlength(block_handle_node(file->h));
-    int ret;
-
-    if (len < 0) {
-        err_setf_errno(errp, (int)-len, "%s: could not get its length",
-                       path);
-        free(buf);
+    if (block_image_info_read("qcow2", block_handle_node(file->h), false, h,
+                              errp) < 0) {
+        err_prepend(errp, "%s: ", path);
         return false;
     }
-    memset(buf, 0, HEADER_READ);
-    ret = block_handle_pread(file->h, 0, MIN((uint64_t)len, HEADER_READ),
-                             buf, 0);
-    if (ret < 0) {
-        err_setf_errno(errp, -ret, "%s: could not read its header", path);
-    } else if (qcow2_header_decode(buf, MIN((uint64_t)len, HEADER_READ), h,
-                                   errp) < 0) {
-        err_prepend(errp, "%s: ", path);
-        ret = -1;
-    }
-    free(buf);
-    return ret >= 0;
+    return true;
 }
 
 /* The header's size and backing name against the manifest. */
 static bool
-check_links(const struct manifest_entry *e, const struct qcow2_header *h,
+check_links(const struct manifest_entry *e, const struct block_image_info *h,
             struct err **errp)
 {
-    if (h->size != e->size) {
+    if (h->virtual_size != e->size) {
         err_setf(errp, "%s: virtual size %llu, the manifest says %llu",
-                 e->file, (unsigned long long)h->size,
+                 e->file, (unsigned long long)h->virtual_size,
                  (unsigned long long)e->size);
         return false;
     }
-    if (!e->backing && h->has_backing_file) {
+    if (!e->backing && h->backing_file) {
         err_setf(errp, "%s: a full backup, but it has a backing file (%s)",
                  e->file, h->backing_file);
         return false;
     }
-    if (e->backing && (!h->has_backing_file ||
+    if (e->backing && (!h->backing_file ||
                        strcmp(h->backing_file, e->backing))) {
         err_setf(errp, "%s: its backing file is '%s', the chain needs '%s'",
-                 e->file, h->has_backing_file ? h->backing_file : "",
+                 e->file, h->backing_file ? h->backing_file : "",
                  e->backing);
         return false;
     }
-    if (e->backing && h->has_backing_fmt && strcmp(h->backing_fmt,
+    if (e->backing && h->backing_fmt && strcmp(h->backing_fmt,
                                                    "qcow2")) {
         err_setf(errp, "%s: its backing format is %s, not qcow2", e->file,
                  h->backing_fmt);
@@ -275,8 +256,8 @@ static bool
 verify_entry(const char *dir, const struct manifest_entry *e)
 {
     CLEANUP_FREE char *path = xasprintf("%s/%s", dir, e->file);
-    struct qcow2_check_result r;
-    struct qcow2_header h;
+    struct block_check_result r;
+    struct block_image_info h = { 0 };
     struct image file;
     struct err *err = NULL;
     json_t *opts = json_pack("{s:s, s:s, s:b}", "driver", "file",
@@ -293,7 +274,9 @@ verify_entry(const char *dir, const struct manifest_entry *e)
     }
     ok = file.h && read_header(path, &file, &h, &err) &&
          check_links(e, &h, &err) &&
-         qcow2_check(block_handle_node(file.h), 0, NULL, &r, &err) == 0;
+         block_check("qcow2", block_handle_node(file.h), 0, NULL, &r,
+                     &err) == 0;
+    block_image_info_clear(&h);
     image_close(&file);
     if (ok && (r.corruptions || r.leaks || r.check_errors)) {
         err_setf(&err, "%s: qcow2 check found %lld corruptions, %lld "

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The images the tool writes and reads, through liblockstep: a backup is
- * a qcow2 image made with qcow2_create() on a new file, opened with the
+ * a qcow2 image made with block_create() on a new file, opened with the
  * qcow2 driver and its backing chain (the earlier backups, read-only).
  * Opening the chain matters when writing too: the driver copies backing
  * data into partly written clusters, and writes zero clusters (not holes)
@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "backup.h"
-#include "block/format/qcow2/qcow2.h"
 #include "util.h"
 
 /* A new, empty file: it must not exist (never overwrite a backup). */
@@ -69,7 +68,8 @@ bool
 image_create_qcow2(const char *path, uint64_t size, const char *backing,
                    struct err **errp)
 {
-    struct qcow2_create_opts o = {
+    struct block_create_opts o = {
+        .size = align_up(size, 512),
         .backing_file = backing,
         .backing_fmt = backing ? "qcow2" : NULL,
     };
@@ -83,8 +83,7 @@ image_create_qcow2(const char *path, uint64_t size, const char *backing,
         unlink(path);
         return false;
     }
-    ret = qcow2_create(block_handle_node(file.h), align_up(size, 512), &o,
-                       errp);
+    ret = block_create("qcow2", block_handle_node(file.h), &o, errp);
     if (ret == 0) {
         ret = block_handle_flush(file.h);
         if (ret < 0) {

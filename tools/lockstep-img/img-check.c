@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * lockstep-img check: run the qcow2 consistency check (qcow2-check.c) on
- * the image's file node, optionally repair, and report like qemu-img check
- * does: problem lines on stderr, a summary (human or JSON) on stdout, and
- * exit status 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the
- * format has no check.  After a repair the image is checked again ("Double
- * checking the fixed image now...") and that second result is reported,
- * with the numbers fixed by the first pass.
+ * lockstep-img check: run the format driver's consistency check (its
+ * check hook, through block_check()) on the image's file node, optionally
+ * repair, and report like qemu-img check does: problem lines on stderr, a
+ * summary (human or JSON) on stdout, and exit status 0 clean, 1 check
+ * failed, 2 corruptions, 3 leaks only, 63 the format has no check.  After
+ * a repair the image is checked again ("Double checking the fixed image
+ * now...") and that second result is reported, with the numbers fixed by
+ * the first pass.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -16,8 +17,6 @@
 
 #include <jansson.h>
 
-#include "block/format/qcow2/qcow2-check.h"
-#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "util.h"
 
@@ -32,7 +31,7 @@ struct check_args {
 };
 
 static void
-print_human(const struct qcow2_check_result *r)
+print_human(const struct block_check_result *r)
 {
     if (!r->corruptions && !r->leaks && !r->check_errors) {
         printf("No errors were found on the image.\n");
@@ -74,7 +73,7 @@ json_set_nonzero(json_t *o, const char *key, int64_t v)
 
 /* QEMU's ImageCheck, keys in the order qemu-img prints them. */
 static void
-print_json(const struct check_args *a, const struct qcow2_check_result *r)
+print_json(const struct check_args *a, const struct block_check_result *r)
 {
     json_t *o = json_object();
 
@@ -89,7 +88,7 @@ print_json(const struct check_args *a, const struct qcow2_check_result *r)
     json_set_nonzero(o, "leaks", r->leaks);
     json_set_nonzero(o, "allocated-clusters", (int64_t)r->allocated_clusters);
     json_object_set_new(o, "filename", json_string(a->filename));
-    json_object_set_new(o, "format", json_string("qcow2"));
+    json_object_set_new(o, "format", json_string(a->fmt));
     json_set_nonzero(o, "fragmented-clusters",
                      (int64_t)r->fragmented_clusters);
     img_json_print(o);
@@ -115,9 +114,9 @@ check_parse(int argc, char **argv, struct check_args *a)
             break;
         case 'r':
             if (!strcmp(optarg, "leaks")) {
-                a->fix = QCOW2_CHECK_FIX_LEAKS;
+                a->fix = BLOCK_CHECK_FIX_LEAKS;
             } else if (!strcmp(optarg, "all")) {
-                a->fix = QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS;
+                a->fix = BLOCK_CHECK_FIX_LEAKS | BLOCK_CHECK_FIX_ERRORS;
             } else {
                 img_error("Unknown option value for -r (expecting 'leaks' "
                           "or 'all'): %s", optarg);
@@ -154,7 +153,7 @@ check_parse(int argc, char **argv, struct check_args *a)
     return 0;
 }
 
-/* Formats other than qcow2: open to report open errors, then 63. */
+/* Formats without a check: open to report open errors, then 63. */
 static int
 check_other_format(const struct check_args *a)
 {
@@ -202,32 +201,36 @@ open_needed(const char *fmt, const char *path)
  * driver opens it) and the external data file.  One that is missing or
  * cannot be opened makes the image unusable, so it is "could not check"
  * (exit 1) here too, never "no errors".  The header itself is validated by
- * qcow2_check() with the decoder open uses.
+ * the driver's check with the decoder open uses.
  */
 static int
 check_needed_files(const struct check_args *a)
 {
     CLEANUP_FREE char *backing = NULL;
     CLEANUP_FREE char *data = NULL;
-    struct qcow2_header h;
+    struct block_image_info h;
     struct err *e = NULL;
 
-    if (!img_qcow2_header(a->filename, &h, &e)) {
+    if (!block_has_header_info(a->fmt)) {
+        return 0;
+    }
+    if (!img_header_info(a->filename, a->fmt, &h, &e)) {
         img_report(e);
         return -EINVAL;
     }
-    if (h.has_backing_file) {
+    if (h.backing_file) {
         backing = img_backing_path(a->filename, h.backing_file);
-        e = open_needed(h.has_backing_fmt ? h.backing_fmt
-                                          : block_probe_file(backing), backing);
+        e = open_needed(h.backing_fmt ? h.backing_fmt
+                                      : block_probe_file(backing), backing);
         if (e) {
             err_prepend(&e, "Could not open backing file: ");
         }
     }
-    if (!e && (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)) {
+    if (!e && h.data_file) {
         data = img_backing_path(a->filename, h.data_file);
         e = open_needed("file", data);
     }
+    block_image_info_clear(&h);
     if (e) {
         err_prepend(&e, "Could not open '%s': ", a->filename);
         img_report(e);
@@ -239,7 +242,7 @@ check_needed_files(const struct check_args *a)
 /* One run of the check on a freshly opened file node. */
 static int
 check_run(const struct check_args *a, unsigned fix,
-          struct qcow2_check_result *r)
+          struct block_check_result *r)
 {
     struct err *e = NULL;
     struct img img;
@@ -249,7 +252,7 @@ check_run(const struct check_args *a, unsigned fix,
         img_report(e);
         return -EIO;
     }
-    ret = qcow2_check(block_handle_node(img.h), fix, stderr, r, &e);
+    ret = block_check(a->fmt, block_handle_node(img.h), fix, stderr, r, &e);
     img_close(&img);
     if (ret < 0) {
         err_prepend(&e, "Could not open '%s': ", a->filename);
@@ -280,7 +283,7 @@ check_chain(const struct check_args *a)
 }
 
 static int
-check_with_repair(const struct check_args *a, struct qcow2_check_result *r)
+check_with_repair(const struct check_args *a, struct block_check_result *r)
 {
     int64_t lf, cf;
     int ret = check_run(a, a->fix, r);
@@ -306,14 +309,13 @@ int
 img_cmd_check(int argc, char **argv)
 {
     struct check_args a = { 0 };
-    struct qcow2_check_result r;
-    const char *fmt;
+    struct block_check_result r;
 
     if (check_parse(argc, argv, &a) < 0) {
         return img_usage_error("check", NULL);
     }
-    fmt = a.fmt ? a.fmt : block_probe_file(a.filename);
-    if (strcmp(fmt, "qcow2") != 0) {
+    a.fmt = a.fmt ? a.fmt : block_probe_file(a.filename);
+    if (!block_can_check(a.fmt)) {
         return check_other_format(&a);
     }
     if (!check_chain(&a)) {

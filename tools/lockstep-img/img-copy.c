@@ -20,7 +20,6 @@
 
 #include <jansson.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
 #include "job/commit.h"
@@ -153,13 +152,13 @@ load_snapshot(struct img *src, const char *param)
             img_error("Failed in parsing snapshot param '%s'", param);
             return -1;
         }
-        ret = qcow2_snapshot_load_tmp(src->node, id, name, &e);
+        ret = block_snapshot_load_tmp(src->node, id, name, &e);
     } else {
-        ret = qcow2_snapshot_load_tmp(src->node, param, NULL, &e);
+        ret = block_snapshot_load_tmp(src->node, param, NULL, &e);
         if (ret == -ENOENT) {
             err_free(e);
             e = NULL;
-            ret = qcow2_snapshot_load_tmp(src->node, NULL, param, &e);
+            ret = block_snapshot_load_tmp(src->node, NULL, param, &e);
         }
     }
     if (ret < 0) {
@@ -483,12 +482,12 @@ img_cmd_convert(int argc, char **argv)
 
         if (a.compress) {
             /* Compressed writes take whole clusters. */
-            struct qcow2_header h;
+            struct block_image_info h;
             bool shared = img_force_share, got;
 
             /* Read beside our own writable open of it. */
             img_force_share = true;
-            got = img_qcow2_header(a.out.filename, &h, &e);
+            got = img_header_info(a.out.filename, a.out.fmt, &h, &e);
             img_force_share = shared;
             if (!got) {
                 img_report(e);
@@ -500,6 +499,7 @@ img_cmd_convert(int argc, char **argv)
             how.sparse = MAX(how.sparse, h.cluster_size);
             how.sparse = h.cluster_size * div_round_up(how.sparse,
                                                        h.cluster_size);
+            block_image_info_clear(&h);
         }
         ret = convert_copy(&src, &dst, a.out.size, a.progress && !a.quiet,
                            &how, a.out.backing != NULL);
@@ -562,23 +562,29 @@ innermost_file(json_t *o)
 static bool
 chain_read_headers(struct chain *c, const char *top, struct err **errp)
 {
-    for (; !strcmp(c->l[c->n - 1].fmt, "qcow2"); c->n++) {
-        struct qcow2_header h;
+    for (; block_has_header_info(c->l[c->n - 1].fmt); c->n++) {
+        struct block_image_info h;
         struct layer *cur = &c->l[c->n - 1];
+        bool more;
 
-        if (!img_qcow2_header(cur->path, &h, errp)) {
+        if (!img_header_info(cur->path, cur->fmt, &h, errp)) {
             return false;
         }
-        if (!h.has_backing_file) {
-            break;
-        }
-        if (c->n == COMMIT_MAX_CHAIN) {
+        more = h.backing_file && c->n < COMMIT_MAX_CHAIN;
+        if (more) {
+            c->l[c->n].path = img_backing_path(cur->path, h.backing_file);
+            c->l[c->n].fmt = xstrdup(h.backing_fmt ? h.backing_fmt
+                                     : block_probe_file(c->l[c->n].path));
+        } else if (h.backing_file) {
             err_setf(errp, "Backing chain of '%s' is too long", top);
-            return false;
         }
-        c->l[c->n].path = img_backing_path(cur->path, h.backing_file);
-        c->l[c->n].fmt = xstrdup(h.has_backing_fmt ? h.backing_fmt
-                                 : block_probe_file(c->l[c->n].path));
+        if (!more) {
+            bool ok = !h.backing_file;
+
+            block_image_info_clear(&h);
+            return ok;
+        }
+        block_image_info_clear(&h);
     }
     return true;
 }

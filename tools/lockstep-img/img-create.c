@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img create and resize.  create makes a raw file (created or
- * truncated, optionally preallocated) or a qcow2 image through
- * qcow2_create() on a fresh file node, after printing qemu-img's
- * "Formatting 'FILE', fmt=..." line with the options in qemu-img's order.
+ * truncated, optionally preallocated) or an image of a format with a
+ * create hook (qcow2) through block_create() on a fresh file node, after
+ * printing qemu-img's "Formatting 'FILE', fmt=..." line with the options
+ * in the order of the driver's create_options.
  * Without a size, a qcow2 overlay takes the virtual size of its backing
  * file.  resize changes the virtual size through the format driver.
  * img_create_image() is shared with convert, which creates its target the
@@ -19,7 +20,6 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "img-create.h"
 #include "img.h"
 #include "util.h"
@@ -39,73 +39,105 @@ parse_bool_opt(const char *v, bool *out)
     return true;
 }
 
-static bool
-is_known_opt(const char *key)
+/* The format's create option called key, or NULL. */
+static const struct block_create_opt *
+find_create_opt(const char *fmt, const char *key)
 {
-    static const char *const known[] = {
-        "size", "preallocation", "cluster_size", "refcount_bits",
-        "extended_l2", "backing_file", "backing_fmt", "compat",
-        "lazy_refcounts", "compression_type", "extent_size_hint", NULL,
-    };
+    const struct block_create_opt *o = block_create_options(fmt);
 
-    for (int i = 0; known[i]; i++) {
-        if (!strcmp(known[i], key)) {
+    for (; o && o->name; o++) {
+        if (!strcmp(o->name, key)) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
+static bool
+in_enum(const char *const *values, const char *v)
+{
+    for (; values && *values; values++) {
+        if (!strcmp(*values, v)) {
             return true;
         }
     }
-    return false;
+    return !values;
 }
 
-/* One key=value of -o.  false with *errp for unknown keys or bad values. */
+/* A format-specific option, typed as the driver's table says. */
+static json_t *
+typed_value(const struct block_create_opt *o, const char *val)
+{
+    uint64_t n;
+    bool b;
+
+    switch (o->type) {
+    case BLOCK_OPT_SIZE:
+    case BLOCK_OPT_INT:
+        return img_parse_size(val, &n) && n <= INT64_MAX
+               ? json_integer((json_int_t)n) : NULL;
+    case BLOCK_OPT_BOOL:
+        return parse_bool_opt(val, &b) ? json_boolean(b) : NULL;
+    case BLOCK_OPT_STRING:
+        return in_enum(o->enum_values, val) ? json_string(val) : NULL;
+    default:
+        return NULL;
+    }
+}
+
+/*
+ * One key=value of -o: the file's option (extent_size_hint), the ones
+ * every format shares (size, preallocation, backing), or one of the
+ * format's create_options.  false with *errp for unknown keys or bad
+ * values.
+ */
 static bool
 create_opt(struct img_create *c, const char *key, const char *val,
            struct err **errp)
 {
+    const struct block_create_opt *o = find_create_opt(c->fmt, key);
     uint64_t n;
+    json_t *v;
 
-    if (!strcmp(key, "size") && img_parse_size(val, &n)) {
+    if (!strcmp(key, "extent_size_hint")) {
+        if (!img_parse_size(val, &n)) {
+            goto bad_value;
+        }
+        c->extent_size_hint = n;
+        c->have_extent_size_hint = true;
+        return true;
+    }
+    if (!o) {
+        err_setf(errp, "Invalid parameter '%s'", key);
+        return false;
+    }
+    if (!strcmp(key, "size")) {
+        if (!img_parse_size(val, &n)) {
+            goto bad_value;
+        }
         c->size = n;
         c->have_size = true;
     } else if (!strcmp(key, "preallocation")) {
         c->prealloc = val;
-    } else if (!strcmp(key, "extent_size_hint") && img_parse_size(val, &n)) {
-        /* An option of the file, so for every format. */
-        c->extent_size_hint = n;
-        c->have_extent_size_hint = true;
-    } else if (!strcmp(c->fmt, "raw")) {
-        err_setf(errp, "Invalid parameter '%s'", key);
-        return false;
-    } else if (!strcmp(key, "cluster_size") && img_parse_size(val, &n)) {
-        c->q.cluster_size = n;
-    } else if (!strcmp(key, "refcount_bits") && img_parse_size(val, &n) &&
-               n <= 1024) {
-        c->q.refcount_bits = (unsigned)n;
-    } else if (!strcmp(key, "extended_l2") &&
-               parse_bool_opt(val, &c->q.extended_l2)) {
-        c->have_extl2 = true;
     } else if (!strcmp(key, "backing_file")) {
         c->backing = val;
     } else if (!strcmp(key, "backing_fmt")) {
         c->backing_fmt = val;
-    } else if (!strcmp(key, "compat") &&
-               (!strcmp(val, "1.1") || !strcmp(val, "0.10") ||
-                !strcmp(val, "v3") || !strcmp(val, "v2"))) {
-        c->compat = val;
-        c->q.version = !strcmp(val, "0.10") || !strcmp(val, "v2") ? 2 : 3;
-    } else if (!strcmp(key, "lazy_refcounts") &&
-               parse_bool_opt(val, &c->q.lazy_refcounts)) {
-    } else if (!strcmp(key, "compression_type") &&
-               (!strcmp(val, "zlib") || !strcmp(val, "zstd"))) {
-        c->q.compression_type = !strcmp(val, "zstd") ? QCOW2_COMPRESSION_ZSTD
-                                                     : QCOW2_COMPRESSION_ZLIB;
-    } else if (is_known_opt(key)) {
-        err_setf(errp, "Invalid value '%s' for parameter '%s'", val, key);
-        return false;
     } else {
-        err_setf(errp, "Invalid parameter '%s'", key);
-        return false;
+        v = typed_value(o, val);
+        if (!v) {
+            goto bad_value;
+        }
+        if (!c->fmt_opts) {
+            c->fmt_opts = json_object();
+        }
+        json_object_set_new(c->fmt_opts, key, v);
     }
     return true;
+
+bad_value:
+    err_setf(errp, "Invalid value '%s' for parameter '%s'", val, key);
+    return false;
 }
 
 void
@@ -128,6 +160,10 @@ img_create_parse_opts(struct img_create *c, const char *opts,
 {
     char *next;
 
+    /* An unknown format is the error, not its options. */
+    if (!block_create_options(c->fmt) && !img_create_fmt_ok(c->fmt, errp)) {
+        return false;
+    }
     free(c->opts_copy);
     c->opts_copy = xstrdup(opts);
     /* Split in place at commas; values point into opts_copy. */
@@ -167,38 +203,53 @@ print_extent_size_hint(const struct img_create *c)
     fflush(stdout);
 }
 
+/* The value of create option o for the "Formatting" line, or NULL. */
+static const char *
+formatting_value(const struct img_create *c, const struct block_create_opt *o,
+                 char *buf, size_t len)
+{
+    json_t *v = json_object_get(c->fmt_opts, o->name);
+
+    if (!strcmp(o->name, "size")) {
+        snprintf(buf, len, "%" PRIu64, c->size);
+        return buf;
+    }
+    if (!strcmp(o->name, "preallocation")) {
+        return c->prealloc;
+    }
+    if (!strcmp(o->name, "backing_file")) {
+        return c->backing;
+    }
+    if (!strcmp(o->name, "backing_fmt")) {
+        return c->backing_fmt;
+    }
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return buf;
+    }
+    if (json_is_boolean(v)) {
+        return json_is_true(v) ? "on" : "off";
+    }
+    return json_is_string(v) ? json_string_value(v) : o->def;
+}
+
+/* qemu-img's line: the format's options in its order, given or default. */
 static void
 print_formatting(const struct img_create *c)
 {
+    const struct block_create_opt *o = block_create_options(c->fmt);
+    const char *sep = "";
+
     printf("Formatting '%s', fmt=%s ", c->filename, c->fmt);
-    if (!strcmp(c->fmt, "raw")) {
-        printf("size=%" PRIu64, c->size);
-        if (c->prealloc) {
-            printf(" preallocation=%s", c->prealloc);
+    for (; o && o->name; o++) {
+        char buf[32];
+        const char *v = formatting_value(c, o, buf, sizeof(buf));
+
+        if (v) {
+            printf("%s%s=%s", sep, o->name, v);
+            sep = " ";
         }
-        print_extent_size_hint(c);
-        return;
     }
-    printf("cluster_size=%" PRIu64 " extended_l2=%s ",
-           c->q.cluster_size ? c->q.cluster_size : 65536,
-           c->q.extended_l2 ? "on" : "off");
-    if (c->prealloc) {
-        printf("preallocation=%s ", c->prealloc);
-    }
-    printf("compression_type=%s size=%" PRIu64,
-           c->q.compression_type ? "zstd" : "zlib", c->size);
-    if (c->backing) {
-        printf(" backing_file=%s", c->backing);
-    }
-    if (c->backing_fmt) {
-        printf(" backing_fmt=%s", c->backing_fmt);
-    }
-    if (c->compat) {
-        printf(" compat=%s", c->compat);
-    }
-    printf(" lazy_refcounts=%s refcount_bits=%u",
-           c->q.lazy_refcounts ? "on" : "off",
-           c->q.refcount_bits ? c->q.refcount_bits : 16);
     print_extent_size_hint(c);
 }
 
@@ -371,20 +422,25 @@ create_raw(struct img_create *c, struct err **errp)
     return true;
 }
 
+/* A format with a create hook: the driver writes the image. */
 static bool
-create_qcow2(struct img_create *c, struct err **errp)
+create_format(struct img_create *c, struct err **errp)
 {
+    struct block_create_opts o = {
+        /* Like qemu-img: sizes round up to whole 512-byte sectors. */
+        .size = align_up(c->size, 512),
+        .backing_file = c->backing,
+        .backing_fmt = c->backing_fmt,
+        .preallocation = c->prealloc,
+        .options = c->fmt_opts,
+    };
     struct img file;
     int ret;
 
     if (!open_new_file(c, 0, &file, errp)) {
         return false;
     }
-    c->q.backing_file = c->backing;
-    c->q.backing_fmt = c->backing_fmt;
-    c->q.preallocation = c->prealloc;
-    /* Like qemu-img: sizes round up to whole 512-byte sectors. */
-    ret = qcow2_create(file.node, align_up(c->size, 512), &c->q, errp);
+    ret = block_create(c->fmt, file.node, &o, errp);
     if (ret == 0) {
         ret = block_handle_flush(file.h);
         if (ret < 0) {
@@ -403,7 +459,9 @@ img_create_fmt_ok(const char *fmt, struct err **errp)
         "bochs", "cloop", "dmg", "vvfat", "host_device", "host_cdrom", NULL,
     };
 
-    if (!strcmp(fmt, "raw") || !strcmp(fmt, "qcow2")) {
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    if (drv && (drv->create || !strcmp(fmt, "raw"))) {
         return true;
     }
     for (size_t i = 0; no_create[i]; i++) {
@@ -436,7 +494,7 @@ img_create_image(struct img_create *c, bool quiet, struct err **errp)
     if (!strcmp(c->fmt, "raw")) {
         return create_raw(c, errp);
     }
-    return create_qcow2(c, errp);
+    return create_format(c, errp);
 }
 
 void
@@ -446,6 +504,8 @@ img_create_free(struct img_create *c)
     c->opts_copy = NULL;
     free(c->opts_joined);
     c->opts_joined = NULL;
+    json_decref(c->fmt_opts);
+    c->fmt_opts = NULL;
 }
 
 /* ---- create command ------------------------------------------------------- */
@@ -746,8 +806,9 @@ img_cmd_resize(int argc, char **argv)
 /* ---- amend ---------------------------------------------------------------- */
 
 /*
- * qemu-img amend changes creation options of an existing image.  raw has
- * none (qemu-img's error); changing qcow2 options in place is not done
+ * qemu-img amend changes creation options of an existing image.  A
+ * format that creates no images (raw) has none (qemu-img's error);
+ * changing a format's options in place (QEMU's amend hook) is not done
  * yet, and is refused rather than half done.
  */
 int
@@ -776,11 +837,11 @@ img_cmd_amend(int argc, char **argv)
     if (!fmt) {
         fmt = block_probe_file(argv[optind]);
     }
-    if (strcmp(fmt, "qcow2")) {
+    if (!block_driver_find(fmt) || !block_driver_find(fmt)->create) {
         img_error("Format driver '%s' does not support option amendment",
                   fmt);
         return 1;
     }
-    img_error("Amending qcow2 options is not supported by %s", IMG_PROG);
+    img_error("Amending %s options is not supported by %s", fmt, IMG_PROG);
     return 1;
 }

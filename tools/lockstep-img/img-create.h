@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Image creation shared by "lockstep-img create" and "convert": the
- * options of one new image (format, size, backing file, qcow2 layout) and
+ * options of one new image (format, size, backing file, the format's own
+ * options) and
  * the function that prints the "Formatting ..." line and writes the image.
  */
 #ifndef LOCKSTEP_IMG_CREATE_H
@@ -10,24 +11,24 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "block/format/qcow2/qcow2.h"
+#include <jansson.h>
+
 #include "lockstep/err.h"
 
 struct img_create {
     const char *filename;
-    const char *fmt;             /* "raw" or "qcow2" */
+    const char *fmt;             /* "raw" or a format with a create hook */
     uint64_t size;
     bool have_size;
     const char *backing;
     const char *backing_fmt;
     const char *prealloc;        /* NULL: not given */
-    const char *compat;          /* NULL: not given */
     const char *opts;            /* -o as given (all of them, joined) */
     char *opts_joined;           /* owns opts when -o came more than once */
-    bool have_extl2;
     uint64_t extent_size_hint;   /* of the new file; 0: none */
     bool have_extent_size_hint;  /* given: printed, and failures warned */
-    struct qcow2_create_opts q;
+    json_t *fmt_opts;            /* the format's own -o options, typed
+                                  * (driver's create_options); or NULL */
     char *opts_copy;             /* -o split in place; values point here */
 };
 

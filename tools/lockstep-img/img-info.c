@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img info: describe an image (and with --backing-chain every
- * image below it) in qemu-img info's human or JSON layout.  qcow2 images
- * are described from their header, read through the file node (for a
- * json:{...} name, the node its "file" options open), so info
- * works on any image the header parser accepts, including ones the driver
- * would refuse (dirty, corrupt, with snapshots); other formats are opened
- * through their driver.
+ * image below it) in qemu-img info's human or JSON layout.  Images of a
+ * format with an image_info hook (qcow2) are described by it from their
+ * header, read through the file node (for a json:{...} name, the node its
+ * "file" options open), so info works on any image the header decoder
+ * accepts, including ones the driver would refuse (dirty, corrupt, with
+ * snapshots); other formats are opened through their driver.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,26 +18,19 @@
 
 #include <jansson.h>
 
-#include "block/format/qcow2/qcow2-endian.h"
-#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "util.h"
-
-/* QEMU's limits on the snapshot table. */
-#define INFO_MAX_SNAPSHOTS 65536
-#define INFO_MAX_SNAPSHOT_BYTES (64 * 1024 * 1024)
 
 struct info {
     const char *filename;
     char *fmt;
     int64_t virtual_size;
     int64_t actual_size;          /* < 0: unavailable */
-    bool is_qcow2;
-    struct qcow2_header h;
+    bool from_header;             /* described by the driver's image_info */
+    struct block_image_info h;
     char *full_backing;           /* resolved backing path, or NULL */
     char *owned_name;             /* filename, when the info owns it */
-    json_t *bitmaps;              /* qcow2 bitmap list, or NULL */
-    json_t *snapshots;            /* qcow2 snapshot list, or NULL */
+    char *shown_name;             /* the driver's name for it (nbd: URL) */
 };
 
 static void
@@ -45,8 +38,8 @@ info_free(struct info *in)
 {
     free(in->fmt);
     free(in->full_backing);
-    json_decref(in->bitmaps);
-    json_decref(in->snapshots);
+    free(in->shown_name);
+    block_image_info_clear(&in->h);
 }
 
 /* qemu's size_to_str: 3 significant digits, next unit from 1000 up. */
@@ -65,181 +58,22 @@ fmt_size(char *buf, size_t len, uint64_t v)
     snprintf(buf, len, "%0.3g %s", v / ldexp(1, 10 * i), units[i]);
 }
 
-/* ---- Bitmaps and snapshots, read from the file ----------------------- */
-
-/* Where the bitmaps extension puts the directory; false if none. */
+/* What the driver reads from the header, through the file node. */
 static bool
-find_bitmap_dir(const uint8_t *head, size_t len, const struct qcow2_header *h,
-                uint32_t *nb, uint64_t *size, uint64_t *offset)
+read_header(struct info *in, struct block_node *file, struct err **errp)
 {
-    uint64_t pos = h->version >= 3 ? h->header_length : QCOW2_V2_HEADER_LEN;
-    uint64_t end = MIN(len, h->cluster_size);
-
-    while (pos + 8 <= end) {
-        uint32_t magic = ld_be32(head + pos), elen = ld_be32(head + pos + 4);
-
-        if (magic == QCOW2_EXT_END || pos + 8 + elen > end) {
-            return false;
-        }
-        if (magic == QCOW2_EXT_BITMAPS && elen >= 24) {
-            *nb = ld_be32(head + pos + 8);
-            *size = ld_be64(head + pos + 16);
-            *offset = ld_be64(head + pos + 24);
-            return true;
-        }
-        pos += 8 + align_up(elen, 8);
-    }
-    return false;
-}
-
-static json_t *
-bitmap_entry(const uint8_t *e, uint64_t avail)
-{
-    uint32_t flags = ld_be32(e + 12);
-    uint16_t name_len = ld_be16(e + 18);
-    json_t *fl = json_array(), *o;
-
-    if (24 + (uint64_t)ld_be32(e + 20) + name_len > avail) {
-        json_decref(fl);
-        return NULL;
-    }
-    if (flags & 1) {
-        json_array_append_new(fl, json_string("in-use"));
-    }
-    if (flags & 2) {
-        json_array_append_new(fl, json_string("auto"));
-    }
-    o = json_object();
-    json_object_set_new(o, "flags", fl);
-    json_object_set_new(o, "name",
-                        json_stringn((const char *)e + 24 + ld_be32(e + 20),
-                                     name_len));
-    json_object_set_new(o, "granularity",
-                        json_integer((json_int_t)(1ULL << (e[17] & 63))));
-    return o;
-}
-
-/* The bitmap list qemu-img shows; only when the autoclear bit vouches. */
-static json_t *
-read_bitmaps(struct block_node *file, const uint8_t *head, size_t len,
-             const struct qcow2_header *h)
-{
-    uint64_t size, offset, pos = 0;
-    uint32_t nb;
-    CLEANUP_FREE uint8_t *dir = NULL;
-    json_t *list;
-
-    if (!(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
-        !find_bitmap_dir(head, len, h, &nb, &size, &offset) ||
-        size > 1024 * 65535 || !(dir = malloc(MAX(size, 1))) ||
-        block_pread(file, offset, size, dir, 0) < 0) {
-        return NULL;
-    }
-    list = json_array();
-    for (uint32_t i = 0; i < nb && pos + 24 <= size; i++) {
-        json_t *e = bitmap_entry(dir + pos, size - pos);
-
-        if (!e) {
-            break;
-        }
-        json_array_append_new(list, e);
-        pos += align_up(24 + (uint64_t)ld_be32(dir + pos + 20) +
-                        ld_be16(dir + pos + 18), 8);
-    }
-    return list;
-}
-
-/* One snapshot table entry at *pos (40-byte fixed part read in fix). */
-static json_t *
-snapshot_entry(struct block_node *file, uint64_t *pos)
-{
-    uint8_t fix[40], extra[24] = { 0 };
-    uint32_t extra_len, id_len, name_len;
-    uint64_t vm_clock, vm_size, icount = UINT64_MAX;
-    CLEANUP_FREE char *id = NULL, *name = NULL;
-    json_t *o;
-
-    if (block_pread(file, *pos, 40, fix, 0) < 0) {
-        return NULL;
-    }
-    extra_len = ld_be32(fix + 36);
-    id_len = ld_be16(fix + 12);
-    name_len = ld_be16(fix + 14);
-    id = xzalloc(id_len + 1);
-    name = xzalloc(name_len + 1);
-    if (block_pread(file, *pos + 40, MIN(extra_len, 24), extra, 0) < 0 ||
-        block_pread(file, *pos + 40 + extra_len, id_len, id, 0) < 0 ||
-        block_pread(file, *pos + 40 + extra_len + id_len, name_len, name,
-                    0) < 0) {
-        return NULL;
-    }
-    *pos += align_up(40 + (uint64_t)extra_len + id_len + name_len, 8);
-    vm_clock = ld_be64(fix + 24);
-    vm_size = extra_len >= 8 ? ld_be64(extra) : ld_be32(fix + 32);
-    if (extra_len >= 24) {
-        icount = ld_be64(extra + 16);
-    }
-    o = json_object();
-    if (icount != UINT64_MAX) {
-        json_object_set_new(o, "icount", json_integer((json_int_t)icount));
-    }
-    json_object_set_new(o, "vm-clock-nsec",
-                        json_integer(vm_clock % 1000000000));
-    json_object_set_new(o, "name", json_string(name));
-    json_object_set_new(o, "date-sec", json_integer(ld_be32(fix + 16)));
-    json_object_set_new(o, "date-nsec", json_integer(ld_be32(fix + 20)));
-    json_object_set_new(o, "vm-clock-sec",
-                        json_integer(vm_clock / 1000000000));
-    json_object_set_new(o, "id", json_string(id));
-    json_object_set_new(o, "vm-state-size", json_integer((json_int_t)vm_size));
-    return o;
-}
-
-static json_t *
-read_snapshots(struct block_node *file, const struct qcow2_header *h)
-{
-    uint64_t pos = h->snapshots_offset;
-    json_t *list;
-
-    /* A damaged header must not make info read forever (QEMU's limits). */
-    if (h->nb_snapshots == 0 || h->nb_snapshots > INFO_MAX_SNAPSHOTS) {
-        return NULL;
-    }
-    list = json_array();
-    for (uint32_t i = 0; i < h->nb_snapshots; i++) {
-        json_t *e = pos - h->snapshots_offset < INFO_MAX_SNAPSHOT_BYTES
-                    ? snapshot_entry(file, &pos) : NULL;
-
-        if (!e) {
-            break;
-        }
-        json_array_append_new(list, e);
-    }
-    return list;
-}
-
-/* The header, bitmaps and snapshots of a qcow2 image from its file node. */
-static bool
-read_qcow2(struct info *in, struct block_node *file, struct err **errp)
-{
-    CLEANUP_FREE void *head = NULL;
-    size_t len;
-
-    head = img_read_head(file, &len, errp);
-    if (!head || qcow2_header_decode(head, len, &in->h, errp) < 0) {
+    if (block_image_info_read(in->fmt, file, true, &in->h, errp) < 0) {
         err_prepend(errp, "Could not open '%s': ", in->filename);
         return false;
     }
-    in->is_qcow2 = true;
-    in->virtual_size = (int64_t)in->h.size;
+    in->from_header = true;
+    in->virtual_size = (int64_t)in->h.virtual_size;
     in->actual_size = block_allocated_size(file);
-    in->bitmaps = read_bitmaps(file, head, len, &in->h);
-    in->snapshots = read_snapshots(file, &in->h);
     return true;
 }
 
 static bool
-collect_qcow2(struct info *in, struct err **errp)
+collect_header(struct info *in, struct err **errp)
 {
     struct img img;
     bool ok;
@@ -248,9 +82,9 @@ collect_qcow2(struct info *in, struct err **errp)
     if (!img_open(&img, in->filename, "file", false, errp)) {
         return false;
     }
-    ok = read_qcow2(in, img.node, errp);
+    ok = read_header(in, img.node, errp);
     img_close(&img);
-    if (ok && in->h.has_backing_file) {
+    if (ok && in->h.backing_file) {
         in->full_backing = img_backing_path(in->filename, in->h.backing_file);
     }
     return ok;
@@ -267,6 +101,13 @@ collect_opened(struct info *in, const char *fmt, struct err **errp)
     }
     free(in->fmt);
     in->fmt = xstrdup(img.fmt);
+    /* Storage without a file name (an NBD export) shows under the name
+     * its driver gives it, as with qemu-img. */
+    if (!block_node_filename(img.node) &&
+        block_node_exact_filename(img.node)) {
+        in->shown_name = xstrdup(block_node_exact_filename(img.node));
+        in->filename = in->shown_name;
+    }
     in->virtual_size = block_handle_getlength(img.h);
     in->actual_size = block_allocated_size(img.node);
     img_close(&img);
@@ -275,9 +116,9 @@ collect_opened(struct info *in, const char *fmt, struct err **errp)
 
 /*
  * A json:{...} name with more than a format over a file (a blkdebug or
- * quorum node below, other options): a qcow2 image is described from its
- * header, read through the node its "file" options open; another format
- * is opened whole, as the name says.
+ * quorum node below, other options): an image of a format with an
+ * image_info hook is described from its header, read through the node its
+ * "file" options open; another format is opened whole, as the name says.
  */
 static bool
 collect_json(struct info *in, const char *fmt, struct err **errp)
@@ -293,7 +134,7 @@ collect_json(struct info *in, const char *fmt, struct err **errp)
     }
     drv = fmt ? fmt : json_string_value(json_object_get(opts, "driver"));
     file = json_object_get(opts, "file");
-    if (!drv || strcmp(drv, "qcow2") || !json_is_object(file)) {
+    if (!drv || !block_has_header_info(drv) || !json_is_object(file)) {
         ok = collect_opened(in, drv, errp);     /* drv lives in opts */
         json_decref(opts);
         return ok;
@@ -312,9 +153,9 @@ collect_json(struct info *in, const char *fmt, struct err **errp)
     if (!ok) {
         return false;
     }
-    ok = read_qcow2(in, img.node, errp);
+    ok = read_header(in, img.node, errp);
     path = block_node_filename(img.node);
-    if (ok && in->h.has_backing_file && path) {
+    if (ok && in->h.backing_file && path) {
         in->full_backing = img_backing_path(path, in->h.backing_file);
     }
     img_close(&img);
@@ -331,57 +172,31 @@ collect(struct info *in, const char *filename, const char *fmt,
         return collect_json(in, fmt, errp);
     }
     in->fmt = xstrdup(fmt ? fmt : block_probe_file(filename));
-    if (!strcmp(in->fmt, "qcow2")) {
-        return collect_qcow2(in, errp);
+    if (block_has_header_info(in->fmt)) {
+        return collect_header(in, errp);
     }
     return collect_opened(in, in->fmt, errp);
 }
 
 /* ---- JSON -------------------------------------------------------------- */
 
-static json_t *
-qcow2_specific(const struct qcow2_header *h, json_t *bitmaps)
-{
-    json_t *d = json_object();
-
-    json_object_set_new(d, "compat",
-                        json_string(h->version >= 3 ? "1.1" : "0.10"));
-    json_object_set_new(d, "compression-type",
-                        json_string(h->compression_type ? "zstd" : "zlib"));
-    if (h->version >= 3) {
-        json_object_set_new(d, "lazy-refcounts",
-                            json_boolean(h->compatible_features &
-                                         QCOW2_COMPAT_LAZY_REFCOUNTS));
-    }
-    if (bitmaps) {
-        json_object_set(d, "bitmaps", bitmaps);
-    }
-    json_object_set_new(d, "refcount-bits", json_integer(h->refcount_bits));
-    if (h->version >= 3) {
-        json_object_set_new(d, "corrupt",
-                            json_boolean(h->incompatible_features &
-                                         QCOW2_INCOMPAT_CORRUPT));
-        json_object_set_new(d, "extended-l2", json_boolean(h->extended_l2));
-    }
-    return json_pack("{s:s, s:o}", "type", "qcow2", "data", d);
-}
 
 static json_t *
 info_json(const struct info *in)
 {
-    const struct qcow2_header *h = &in->h;
+    const struct block_image_info *h = &in->h;
     json_t *o = json_object();
 
-    if (in->is_qcow2 && h->has_backing_fmt) {
+    if (h->backing_fmt) {
         json_object_set_new(o, "backing-filename-format",
                             json_string(h->backing_fmt));
     }
-    if (in->snapshots) {
-        json_object_set(o, "snapshots", in->snapshots);
+    if (h->snapshots) {
+        json_object_set(o, "snapshots", h->snapshots);
     }
     json_object_set_new(o, "virtual-size", json_integer(in->virtual_size));
     json_object_set_new(o, "filename", json_string(in->filename));
-    if (in->is_qcow2) {
+    if (h->cluster_size) {
         json_object_set_new(o, "cluster-size",
                             json_integer((json_int_t)h->cluster_size));
     }
@@ -389,27 +204,23 @@ info_json(const struct info *in)
     if (in->actual_size >= 0) {
         json_object_set_new(o, "actual-size", json_integer(in->actual_size));
     }
-    if (in->is_qcow2 && h->crypt_method) {
+    if (h->encrypted) {
         json_object_set_new(o, "encrypted", json_true());
     }
-    if (in->is_qcow2) {
-        json_object_set_new(o, "format-specific",
-                            qcow2_specific(h, in->bitmaps));
+    if (h->format_specific) {
+        json_object_set(o, "format-specific", h->format_specific);
     }
     if (in->full_backing) {
         json_object_set_new(o, "full-backing-filename",
                             json_string(in->full_backing));
     }
-    if (in->is_qcow2 && h->has_backing_file) {
+    if (h->backing_file) {
         json_object_set_new(o, "backing-filename",
                             json_string(h->backing_file));
     }
     /* qemu-img has no image info (and no dirty flag) for NBD exports. */
-    if (in->is_qcow2 || !block_filename_is_nbd_url(in->filename)) {
-        json_object_set_new(o, "dirty-flag",
-                            json_boolean(in->is_qcow2 &&
-                                         (h->incompatible_features &
-                                          QCOW2_INCOMPAT_DIRTY)));
+    if (in->from_header || !block_filename_is_nbd_url(in->filename)) {
+        json_object_set_new(o, "dirty-flag", json_boolean(h->dirty));
     }
     return o;
 }
@@ -506,8 +317,7 @@ img_print_snapshots(json_t *list)
 static void
 info_human(const struct info *in)
 {
-    const struct qcow2_header *h = &in->h;
-    json_t *spec;
+    const struct block_image_info *h = &in->h;
     char buf[64];
 
     printf("image: %s\nfile format: %s\n", in->filename, in->fmt);
@@ -519,17 +329,17 @@ info_human(const struct info *in)
     } else {
         printf("disk size: unavailable\n");
     }
-    if (!in->is_qcow2) {
+    if (!in->from_header) {
         return;
     }
     printf("cluster_size: %" PRIu64 "\n", h->cluster_size);
-    if (h->crypt_method) {
+    if (h->encrypted) {
         printf("encrypted: yes\n");
     }
-    if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+    if (h->dirty) {
         printf("cleanly shut down: no\n");
     }
-    if (h->has_backing_file) {
+    if (h->backing_file) {
         printf("backing file: %s", h->backing_file);
         if (!in->full_backing) {
             printf(" (cannot determine actual path)");
@@ -538,15 +348,15 @@ info_human(const struct info *in)
         }
         printf("\n");
     }
-    if (h->has_backing_fmt) {
+    if (h->backing_fmt) {
         printf("backing file format: %s\n", h->backing_fmt);
     }
-    if (in->snapshots) {
-        img_print_snapshots(in->snapshots);
+    if (h->snapshots) {
+        img_print_snapshots(h->snapshots);
     }
-    spec = qcow2_specific(h, in->bitmaps);
-    print_specific(spec);
-    json_decref(spec);
+    if (h->format_specific) {
+        print_specific(h->format_specific);
+    }
 }
 
 /* ---- Command ------------------------------------------------------------ */
@@ -657,7 +467,7 @@ collect_chain(const char *filename, const char *fmt, bool chain,
         name = NULL;
         if (chain && in->full_backing) {
             name = xstrdup(in->full_backing);
-            f = in->h.has_backing_fmt ? xstrdup(in->h.backing_fmt) : NULL;
+            f = in->h.backing_fmt ? xstrdup(in->h.backing_fmt) : NULL;
         }
     }
     free(name);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * lockstep-img rebase: give a qcow2 image another backing file.
+ * lockstep-img rebase: give an image (qcow2) another backing file.
  *
  * Safe mode (default): wherever the image itself holds nothing, the old
  * and the new backing file are compared, and what differs is copied from
@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "util.h"
 
@@ -67,118 +66,19 @@ rebase_parse(int argc, char **argv, struct rebase_args *a)
 
 /* ---- The header ---------------------------------------------------------- */
 
-static void
-put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) {
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-    }
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-           (uint32_t)p[2] << 8 | p[3];
-}
-
-/* Append one extension (data padded to 8 bytes); false if no room. */
-static bool
-put_ext(uint8_t *buf, size_t cap, size_t *pos, uint32_t magic,
-        const void *data, uint32_t len)
-{
-    size_t padded = (len + 7) & ~(size_t)7;
-
-    if (*pos + 8 + padded > cap) {
-        return false;
-    }
-    put32(buf + *pos, magic);
-    put32(buf + *pos + 4, len);
-    memset(buf + *pos + 8, 0, padded);
-    memcpy(buf + *pos + 8, data, len);
-    *pos += 8 + padded;
-    return true;
-}
-
-/*
- * Rewrite cluster 0 of a qcow2 file with a new backing name and format
- * (name NULL: none): the header as it is, the backing format extension
- * first, the other extensions in their order, the end marker and the
- * name.  -ENOSPC when it no longer fits in the cluster.
- */
+/* Store the new backing name and format in filename's header, through the
+ * format driver's change_backing_file hook. */
 static int
-set_backing(const char *filename, const char *name, const char *fmt,
-            struct err **errp)
+set_backing(const char *filename, const char *fmt, const char *name,
+            const char *backing_fmt, struct err **errp)
 {
-    CLEANUP_FREE uint8_t *old = NULL;
-    CLEANUP_FREE uint8_t *buf = NULL;
-    struct qcow2_header h;
     struct img file;
-    size_t len = 0, pos, cs, hlen;
-    uint64_t off;
     int ret;
 
     if (!img_open(&file, filename, "file", true, errp)) {
         return -EIO;
     }
-    old = img_read_head(file.node, &len, errp);
-    if (!old || qcow2_header_decode(old, len, &h, errp) < 0) {
-        img_close(&file);
-        return -EIO;
-    }
-    cs = MIN(h.cluster_size, len);
-    buf = xzalloc(h.cluster_size);
-    hlen = h.version >= 3 ? h.header_length : QCOW2_V2_HEADER_LEN;
-    pos = hlen;
-    memcpy(buf, old, pos);
-    ret = 0;
-    if (name && fmt &&
-        !put_ext(buf, cs, &pos, QCOW2_EXT_BACKING_FORMAT, fmt,
-                 (uint32_t)strlen(fmt))) {
-        ret = -ENOSPC;
-    }
-    for (off = hlen; ret == 0 && off + 8 <= cs;) {
-        uint32_t magic = get32(old + off), elen = get32(old + off + 4);
-
-        if (magic == QCOW2_EXT_END || off + 8 + elen > cs) {
-            break;
-        }
-        if (magic != QCOW2_EXT_BACKING_FORMAT &&
-            !put_ext(buf, cs, &pos, magic, old + off + 8, elen)) {
-            ret = -ENOSPC;
-        }
-        off += 8 + ((elen + 7) & ~7U);
-    }
-    if (ret == 0 && !put_ext(buf, cs, &pos, QCOW2_EXT_END, "", 0)) {
-        ret = -ENOSPC;
-    }
-    if (ret == 0 && name && pos + strlen(name) > cs) {
-        ret = -ENOSPC;
-    }
-    if (ret == 0) {
-        size_t nlen = name ? strlen(name) : 0;
-
-        put64(buf + 8, nlen ? pos : 0);
-        put32(buf + 16, (uint32_t)nlen);
-        memcpy(buf + pos, name ? name : "", nlen);
-        /* Cluster 0 holds nothing but the header: rewrite it whole. */
-        ret = block_pwrite(file.node, 0, cs, buf, 0);
-        if (ret == 0) {
-            ret = block_flush(file.node);
-        }
-        if (ret < 0) {
-            err_setf_errno(errp, -ret, "Could not write the image header");
-        }
-    } else {
-        err_setf(errp, "No space left in the file header");
-    }
+    ret = block_change_backing_file(fmt, file.node, name, backing_fmt, errp);
     img_close(&file);
     return ret;
 }
@@ -353,7 +253,7 @@ img_cmd_rebase(int argc, char **argv)
 {
     struct rebase_args a = { 0 };
     struct err *e = NULL;
-    const char *name;
+    const char *name, *fmt;
     int ret;
 
     if (rebase_parse(argc, argv, &a) < 0) {
@@ -363,7 +263,8 @@ img_cmd_rebase(int argc, char **argv)
         img_error("Invalid format name: '%s'", a.backing_fmt);
         return 1;
     }
-    if (strcmp(fmt_of(a.filename, a.fmt), "qcow2")) {
+    fmt = fmt_of(a.filename, a.fmt);
+    if (!block_can_change_backing_file(fmt)) {
         struct img img;
 
         if (!img_open(&img, a.filename, a.fmt, true, &e)) {
@@ -384,12 +285,7 @@ img_cmd_rebase(int argc, char **argv)
                   "format must be specified", name);
         return 1;
     }
-    if (name && strlen(name) > QCOW2_MAX_BACKING_NAME) {
-        img_error("Could not change the backing file to '%s': Invalid "
-                  "argument", name);
-        return 1;
-    }
-    ret = set_backing(a.filename, name, a.backing_fmt, &e);
+    ret = set_backing(a.filename, fmt, name, a.backing_fmt, &e);
     if (ret == -ENOSPC) {
         err_free(e);
         img_error("Could not change the backing file to '%s': No space "

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * lockstep-img snapshot: list, create, apply or delete the internal
- * snapshots of a qcow2 image, as qemu-img snapshot does.  The work is the
- * qcow2 driver's (block/format/qcow2/qcow2-snapshot.c); this file parses
- * the options and prints qemu-img's messages.  Other formats have no
- * internal snapshots: -l lists none, the others fail as qemu-img's do.
+ * snapshots of an image (qcow2), as qemu-img snapshot does.  The work is
+ * the format driver's (its snapshot hooks, through block_snapshot_*());
+ * this file parses the options and prints qemu-img's messages.  Formats
+ * without internal snapshots: -l lists none, the others fail as
+ * qemu-img's do.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -12,8 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/format/qcow2/qcow2-endian.h"
-#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "util.h"
 
@@ -101,14 +100,13 @@ parse(int argc, char **argv, struct sn_args *a)
 
 /* The snapshots as query-block's ImageInfo lists them. */
 static json_t *
-to_json(const struct qcow2_snapshot *sn, uint32_t n)
+to_json(const struct block_snapshot *sn, size_t n)
 {
     json_t *list = json_array();
 
-    for (uint32_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         json_t *o = json_object();
-        uint64_t icount = sn[i].extra_len >= 24
-                          ? ld_be64(sn[i].extra + 16) : UINT64_MAX;
+        uint64_t icount = sn[i].icount;
 
         if (icount != UINT64_MAX) {
             json_object_set_new(o, "icount",
@@ -131,23 +129,17 @@ to_json(const struct qcow2_snapshot *sn, uint32_t n)
     return list;
 }
 
-static bool
-is_qcow2(struct block_node *node)
-{
-    return node->drv && strcmp(node->drv->name, "qcow2") == 0;
-}
-
 static int
 do_list(struct block_node *node, struct err **errp)
 {
-    struct qcow2_snapshot *sn;
-    uint32_t n;
+    struct block_snapshot *sn;
+    size_t n;
     json_t *list;
 
-    if (!is_qcow2(node)) {
+    if (!block_has_snapshots(node)) {
         return 0;           /* qemu-img: no snapshots, nothing printed */
     }
-    if (qcow2_snapshot_list(node, &sn, &n, errp) < 0) {
+    if (block_snapshot_list(node, &sn, &n, errp) < 0) {
         return -1;
     }
     if (n) {
@@ -155,7 +147,7 @@ do_list(struct block_node *node, struct err **errp)
         img_print_snapshots(list);
         json_decref(list);
     }
-    qcow2_snapshots_free(sn, n);
+    block_snapshots_free(sn, n);
     return 0;
 }
 
@@ -174,12 +166,12 @@ run(const struct sn_args *a, struct block_node *node)
         }
         return 0;
     case SN_CREATE:
-        if (!is_qcow2(node)) {
+        if (!block_has_snapshots(node)) {
             img_error("Could not create snapshot '%s': %d (%s)", a->name,
                       -ENOTSUP, strerror(ENOTSUP));
             return 1;
         }
-        ret = qcow2_snapshot_create(node, a->name, &e);
+        ret = block_snapshot_create(node, a->name, &e);
         if (ret < 0) {
             err_prepend(&e, "Could not create snapshot '%s': ", a->name);
             img_report(e);
@@ -188,8 +180,8 @@ run(const struct sn_args *a, struct block_node *node)
         return 0;
     case SN_APPLY:
         ret = -ENOTSUP;
-        if (is_qcow2(node)) {
-            ret = qcow2_snapshot_apply(node, a->name, &e);
+        if (block_has_snapshots(node)) {
+            ret = block_snapshot_goto(node, a->name, &e);
         } else {
             err_setf(&e, "Failed to load snapshot: %s", strerror(ENOTSUP));
         }
@@ -201,8 +193,8 @@ run(const struct sn_args *a, struct block_node *node)
         return 0;
     case SN_DELETE:
         ret = -ENOENT;
-        if (is_qcow2(node)) {
-            ret = qcow2_snapshot_delete(node, a->name, &e);
+        if (block_has_snapshots(node)) {
+            ret = block_snapshot_delete(node, a->name, &e);
         } else {
             err_setf(&e, "snapshot not found");
         }

@@ -118,9 +118,6 @@ bool img_open_json(struct img *img, json_t *opts, const char *filename,
                    bool writable, bool share_writes, struct err **errp);
 void img_close(struct img *img);
 
-/* Read the first bytes of a file through a protocol node (up to 2 MiB). */
-void *img_read_head(struct block_node *file, size_t *len, struct err **errp);
-
 /*
  * The backing file name of a qcow2 header resolved like QEMU does:
  * relative to the directory of the image that names it.  malloc'd.
@@ -146,12 +143,13 @@ void img_chain_free(struct img_chain *c);
 bool img_backing_chain_ok(const char *filename, const char *fmt,
                           struct err **errp);
 
-struct qcow2_header;
-/* Decode the qcow2 header of filename (read through a file node). */
-bool img_qcow2_header(const char *filename, struct qcow2_header *h,
-                      struct err **errp);
+/* What the header of filename, an image of format fmt, says (read through
+ * a file node; the format's header_info hook).  Clear info after use. */
+bool img_header_info(const char *filename, const char *fmt,
+                     struct block_image_info *info, struct err **errp);
 
-/* Virtual size of an image file ("qcow2" from its header; raw: length). */
+/* Virtual size of an image file (from its header when the format has
+ * one, as qcow2; raw: its length). */
 int64_t img_virtual_size(const char *filename, const char *fmt,
                          struct err **errp);
 

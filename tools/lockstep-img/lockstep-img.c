@@ -20,7 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "img.h"
 #include "keyval.h"
 #include "util.h"
@@ -32,7 +31,6 @@
 const char *img_prog = "lockstep-img";
 
 /* The most of a file's head we read: cluster 0 of the largest clusters. */
-#define IMG_HEAD_MAX (2 * 1024 * 1024)
 
 static const struct img_cmd img_cmds[] = {
     { "amend", img_cmd_amend,
@@ -350,13 +348,13 @@ img_attach(struct img *img, const char *filename, bool writable,
     return true;
 }
 
-/* The protocol node under an image: a file, or an NBD export. */
+/* The protocol node under an image: a file, or an NBD export (NULL with
+ * *errp for an NBD name that does not parse). */
 static json_t *
-protocol_opts(const char *filename)
+protocol_opts(const char *filename, struct err **errp)
 {
     if (block_filename_is_nbd_url(filename)) {
-        /* The block layer's parse of the URL (it cannot fail). */
-        return block_filename_options(filename, NULL);
+        return block_filename_options(filename, errp);
     }
     return json_pack("{s:s, s:s}", "driver", "file", "filename", filename);
 }
@@ -391,16 +389,17 @@ apply_cache(json_t *opts, bool writable, struct err **errp)
 
 /* The graph "-f FMT FILE" means, with -U honoured on read-only opens. */
 static json_t *
-file_opts(const char *filename, const char *fmt, bool writable)
+file_opts(const char *filename, const char *fmt, bool writable,
+          struct err **errp)
 {
     const struct block_driver *drv = block_driver_find(fmt);
-    json_t *o;
+    json_t *o = protocol_opts(filename, errp);
 
-    if (drv && drv->kind == BLOCK_KIND_PROTOCOL) {
-        o = protocol_opts(filename);
-    } else {
-        o = json_pack("{s:s, s:o}", "driver", fmt, "file",
-                      protocol_opts(filename));
+    if (!o) {
+        return NULL;
+    }
+    if (!drv || drv->kind != BLOCK_KIND_PROTOCOL) {
+        o = json_pack("{s:s, s:o}", "driver", fmt, "file", o);
     }
     json_object_set_new(o, "read-only", json_boolean(!writable));
     if (!writable && img_force_share) {
@@ -468,8 +467,8 @@ img_open(struct img *img, const char *filename, const char *fmt,
                  fmt);
         return false;
     }
-    opts = file_opts(filename, fmt, writable);
-    if (apply_cache(opts, writable, errp)) {
+    opts = file_opts(filename, fmt, writable, errp);
+    if (opts && apply_cache(opts, writable, errp)) {
         img->node = block_node_new(opts, errp);
     }
     json_decref(opts);
@@ -593,28 +592,6 @@ img_close(struct img *img)
     memset(img, 0, sizeof(*img));
 }
 
-void *
-img_read_head(struct block_node *file, size_t *len, struct err **errp)
-{
-    int64_t flen = block_getlength(file);
-    uint8_t *buf;
-    int ret;
-
-    if (flen < 0) {
-        err_setf_errno(errp, (int)-flen, "Could not get the file length");
-        return NULL;
-    }
-    *len = MIN((uint64_t)flen, IMG_HEAD_MAX);
-    buf = xzalloc(MAX(*len, 1));
-    ret = block_pread(file, 0, *len, buf, 0);
-    if (ret < 0) {
-        err_setf_errno(errp, -ret, "Could not read the image header");
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
 bool
 img_chain_visit(struct img_chain *c, const char *name, struct err **errp)
 {
@@ -666,19 +643,18 @@ img_backing_path(const char *image, const char *backing)
 }
 
 bool
-img_qcow2_header(const char *filename, struct qcow2_header *h,
-                 struct err **errp)
+img_header_info(const char *filename, const char *fmt,
+                struct block_image_info *info, struct err **errp)
 {
-    CLEANUP_FREE void *head = NULL;
     struct img file;
-    size_t len = 0;
+    int ret;
 
     if (!img_open(&file, filename, "file", false, errp)) {
         return false;
     }
-    head = img_read_head(file.node, &len, errp);
+    ret = block_image_info_read(fmt, file.node, false, info, errp);
     img_close(&file);
-    if (!head || qcow2_header_decode(head, len, h, errp) < 0) {
+    if (ret < 0) {
         err_prepend(errp, "Could not open '%s': ", filename);
         return false;
     }
@@ -688,15 +664,20 @@ img_qcow2_header(const char *filename, struct qcow2_header *h,
 int64_t
 img_virtual_size(const char *filename, const char *fmt, struct err **errp)
 {
-    struct qcow2_header h;
+    struct block_image_info h;
     struct img img;
     int64_t size;
 
     if (!fmt) {
         fmt = block_probe_file(filename);
     }
-    if (!strcmp(fmt, "qcow2")) {
-        return img_qcow2_header(filename, &h, errp) ? (int64_t)h.size : -EIO;
+    if (block_has_header_info(fmt)) {
+        if (!img_header_info(filename, fmt, &h, errp)) {
+            return -EIO;
+        }
+        size = (int64_t)h.virtual_size;
+        block_image_info_clear(&h);
+        return size;
     }
     if (!img_open(&img, filename, fmt, false, errp)) {
         return -EIO;

@@ -18,8 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "block/filter/blkdebug.h"
-#include "block/format/qcow2/qcow2.h"
 #include "io.h"
 #include "lockstep/driver.h"
 #include "util.h"
@@ -179,7 +177,7 @@ cmd_read(struct io_ctx *ctx, int argc, char **argv)
     }
     buf = io_buf_alloc((uint64_t)count, IO_READ_FILL);
     t0 = clock_ns();
-    ret = vmstate ? qcow2_vmstate_pread(block_handle_node(ctx->h),
+    ret = vmstate ? block_vmstate_pread(block_handle_node(ctx->h),
                                         (uint64_t)offset, (uint64_t)count,
                                         buf)
                   : block_handle_pread(ctx->h, (uint64_t)offset,
@@ -411,7 +409,7 @@ cmd_write(struct io_ctx *ctx, int argc, char **argv)
     }
     t0 = clock_ns();
     if (vmstate) {
-        ret = qcow2_vmstate_pwrite(block_handle_node(ctx->h),
+        ret = block_vmstate_pwrite(block_handle_node(ctx->h),
                                    (uint64_t)offset, (uint64_t)count, buf);
     } else if (zero) {
         ret = block_handle_pwrite_zeroes(ctx->h, (uint64_t)offset,
@@ -956,7 +954,7 @@ cmd_map(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
 static int
 cmd_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    int ret = blkdebug_breakpoint(ctx->node, argv[1], argv[2]);
+    int ret = block_debug_breakpoint(ctx->node, argv[1], argv[2]);
 
     if (ret < 0) {
         printf("Could not set breakpoint: %s\n", strerror(-ret));
@@ -967,7 +965,7 @@ cmd_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 static int
 cmd_remove_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    int ret = blkdebug_remove_breakpoint(ctx->node, argv[1]);
+    int ret = block_debug_remove_breakpoint(ctx->node, argv[1]);
 
     if (ret < 0) {
         printf("Could not remove breakpoint %s: %s\n", argv[1],
@@ -979,7 +977,7 @@ cmd_remove_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 static int
 cmd_resume(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    int ret = blkdebug_resume(ctx->node, argv[1]);
+    int ret = block_debug_resume(ctx->node, argv[1]);
 
     if (ret < 0) {
         printf("Could not resume request: %s\n", strerror(-ret));
@@ -998,7 +996,7 @@ cmd_resume(struct io_ctx *ctx, int argc UNUSED, char **argv)
 static int
 cmd_wait_break(struct io_ctx *ctx, int argc UNUSED, char **argv)
 {
-    while (!blkdebug_is_suspended(ctx->node, argv[1])) {
+    while (!block_debug_is_suspended(ctx->node, argv[1])) {
         io_aio_reap();
         if (io_aio_in_flight() == 0) {
             printf("wait_break: no request in flight to stop at %s\n",

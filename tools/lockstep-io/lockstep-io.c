@@ -25,7 +25,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/format/qcow2/qcow2.h"
 #include "io.h"
 #include "lockstep/driver.h"
 #include "keyval.h"
@@ -352,7 +351,7 @@ temp_overlay(struct block_node *base, const struct open_flags *f,
 {
     const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp";
     CLEANUP_FREE char *path = xasprintf("%s/lockstep-io.XXXXXX", dir);
-    struct qcow2_create_opts copts = { 0 };
+    struct block_create_opts copts = { .size = base->size };
     struct block_node *file, *top = NULL;
     json_t *o;
     int fd = mkstemp(path);
@@ -369,7 +368,7 @@ temp_overlay(struct block_node *base, const struct open_flags *f,
     if (!file) {
         goto out;
     }
-    if (qcow2_create(file, base->size, &copts, errp) < 0) {
+    if (block_create("qcow2", file, &copts, errp) < 0) {
         block_node_unref(file);
         goto out;
     }

@@ -1491,3 +1491,28 @@ qcow2_check(struct block_node *file, unsigned fix, FILE *log,
     free(c.mismatch);
     return ret;
 }
+
+/* The driver's check hook: qcow2_check() in the block layer's terms. */
+int
+qcow2_check_image(struct block_node *file, unsigned fix, FILE *log,
+                  struct block_check_result *res, struct err **errp)
+{
+    struct qcow2_check_result r;
+    unsigned qfix = (fix & BLOCK_CHECK_FIX_LEAKS ? QCOW2_CHECK_FIX_LEAKS : 0) |
+                    (fix & BLOCK_CHECK_FIX_ERRORS ? QCOW2_CHECK_FIX_ERRORS : 0);
+    int ret = qcow2_check(file, qfix, log, &r, errp);
+
+    *res = (struct block_check_result) {
+        .check_errors = r.check_errors,
+        .corruptions = r.corruptions,
+        .leaks = r.leaks,
+        .corruptions_fixed = r.corruptions_fixed,
+        .leaks_fixed = r.leaks_fixed,
+        .image_end_offset = r.image_end_offset,
+        .total_clusters = r.total_clusters,
+        .allocated_clusters = r.allocated_clusters,
+        .fragmented_clusters = r.fragmented_clusters,
+        .compressed_clusters = r.compressed_clusters,
+    };
+    return ret;
+}

@@ -439,3 +439,56 @@ qcow2_create(struct block_node *file, uint64_t size,
     }
     return ret;
 }
+
+/* ---- The driver's create hook -------------------------------------------- */
+
+static const char *const qcow2_compat_values[] = {
+    "1.1", "0.10", "v3", "v2", NULL,
+};
+static const char *const qcow2_compression_values[] = {
+    "zlib", "zstd", NULL,
+};
+
+/* In the order of qemu-img's "Formatting ..." line. */
+const struct block_create_opt qcow2_create_options[] = {
+    {"cluster_size", BLOCK_OPT_SIZE, NULL, "65536"},
+    {"extended_l2", BLOCK_OPT_BOOL, NULL, "off"},
+    {"preallocation", BLOCK_OPT_STRING, NULL, NULL},
+    {"compression_type", BLOCK_OPT_STRING, qcow2_compression_values,
+     "zlib"},
+    {"size", BLOCK_OPT_SIZE, NULL, NULL},
+    {"backing_file", BLOCK_OPT_STRING, NULL, NULL},
+    {"backing_fmt", BLOCK_OPT_STRING, NULL, NULL},
+    {"compat", BLOCK_OPT_STRING, qcow2_compat_values, NULL},
+    {"lazy_refcounts", BLOCK_OPT_BOOL, NULL, "off"},
+    {"refcount_bits", BLOCK_OPT_INT, NULL, "16"},
+    {NULL, 0, NULL, NULL},
+};
+
+int
+qcow2_create_image(struct block_node *file,
+                   const struct block_create_opts *opts, struct err **errp)
+{
+    json_t *o = opts->options;
+    const char *compat = block_opt_str(o, "compat", NULL);
+    const char *ctype = block_opt_str(o, "compression_type", "zlib");
+    int64_t cs = block_opt_int(o, "cluster_size", 0);
+    int64_t rb = block_opt_int(o, "refcount_bits", 0);
+    struct qcow2_create_opts q = {
+        .extended_l2 = block_opt_bool(o, "extended_l2", false),
+        .lazy_refcounts = block_opt_bool(o, "lazy_refcounts", false),
+        .backing_file = opts->backing_file,
+        .backing_fmt = opts->backing_fmt,
+        .preallocation = opts->preallocation,
+    };
+
+    /* Out of range here is out of range for check_opts() too. */
+    q.cluster_size = cs < 0 ? UINT64_MAX : (uint64_t)cs;
+    q.refcount_bits = rb < 0 || rb > 1024 ? 1024 : (unsigned)rb;
+    if (compat) {
+        q.version = !strcmp(compat, "0.10") || !strcmp(compat, "v2") ? 2 : 3;
+    }
+    q.compression_type = !strcmp(ctype, "zstd") ? QCOW2_COMPRESSION_ZSTD
+                                                : QCOW2_COMPRESSION_ZLIB;
+    return qcow2_create(file, opts->size, &q, errp);
+}

@@ -493,6 +493,114 @@ qcow2_header_parse(const void *buf, size_t len, struct qcow2_header *h,
     return ret < 0 ? ret : qcow2_header_check_supported(h, errp);
 }
 
+/* Append one header extension (data padded to 8 bytes); false if no room. */
+static bool
+put_ext(uint8_t *buf, size_t cap, size_t *pos, uint32_t magic,
+        const void *data, uint32_t len)
+{
+    size_t padded = (len + 7) & ~(size_t)7;
+
+    if (*pos + 8 + padded > cap) {
+        return false;
+    }
+    st_be32(buf + *pos, magic);
+    st_be32(buf + *pos + 4, len);
+    memset(buf + *pos + 8, 0, padded);
+    memcpy(buf + *pos + 8, data, len);
+    *pos += 8 + padded;
+    return true;
+}
+
+/*
+ * Cluster 0 with a new backing name and format (name NULL: none): the
+ * header as it is, the backing format extension first, the other
+ * extensions in their order, the end marker and the name.  -ENOSPC when
+ * it no longer fits in the cluster (cs bytes of old and buf).
+ */
+static int
+header_with_backing(const uint8_t *old, uint8_t *buf, size_t cs,
+                    const struct qcow2_header *h, const char *name,
+                    const char *fmt)
+{
+    size_t hlen = h->version >= 3 ? h->header_length : QCOW2_V2_HEADER_LEN;
+    size_t pos = hlen, nlen = name ? strlen(name) : 0;
+
+    memcpy(buf, old, hlen);
+    if (name && fmt &&
+        !put_ext(buf, cs, &pos, QCOW2_EXT_BACKING_FORMAT, fmt,
+                 (uint32_t)strlen(fmt))) {
+        return -ENOSPC;
+    }
+    for (size_t off = hlen; off + 8 <= cs;) {
+        uint32_t magic = ld_be32(old + off), elen = ld_be32(old + off + 4);
+
+        if (magic == QCOW2_EXT_END || off + 8 + elen > cs) {
+            break;
+        }
+        if (magic != QCOW2_EXT_BACKING_FORMAT &&
+            !put_ext(buf, cs, &pos, magic, old + off + 8, elen)) {
+            return -ENOSPC;
+        }
+        off += 8 + ((elen + 7) & ~7U);
+    }
+    if (!put_ext(buf, cs, &pos, QCOW2_EXT_END, "", 0) || pos + nlen > cs) {
+        return -ENOSPC;
+    }
+    st_be64(buf + 8, nlen ? pos : 0);
+    st_be32(buf + 16, (uint32_t)nlen);
+    memcpy(buf + pos, name ? name : "", nlen);
+    return 0;
+}
+
+/* The driver's change_backing_file hook: rewrite the header cluster. */
+int
+qcow2_change_backing_file(struct block_node *file, const char *name,
+                          const char *fmt, struct err **errp)
+{
+    CLEANUP_FREE uint8_t *old = NULL;
+    CLEANUP_FREE uint8_t *buf = NULL;
+    struct qcow2_header h;
+    int64_t flen = block_getlength(file);
+    size_t len, cs;
+    int ret;
+
+    if (name && strlen(name) > QCOW2_MAX_BACKING_NAME) {
+        err_setf(errp, "Invalid argument");
+        return -EINVAL;
+    }
+    if (flen < 0) {
+        err_setf_errno(errp, (int)-flen, "Could not get the file length");
+        return (int)flen;
+    }
+    len = (size_t)MIN((uint64_t)flen, 1ULL << QCOW2_MAX_CLUSTER_BITS);
+    old = xzalloc(MAX(len, 1));
+    ret = block_pread(file, 0, len, old, 0);
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not read the image header");
+        return ret;
+    }
+    ret = qcow2_header_decode(old, len, &h, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    cs = MIN(h.cluster_size, len);
+    buf = xzalloc(h.cluster_size);
+    ret = header_with_backing(old, buf, cs, &h, name, fmt);
+    if (ret < 0) {
+        err_setf(errp, "No space left in the file header");
+        return ret;
+    }
+    /* Cluster 0 holds nothing but the header: rewrite it whole. */
+    ret = block_pwrite(file, 0, cs, buf, 0);
+    if (ret == 0) {
+        ret = block_flush(file);
+    }
+    if (ret < 0) {
+        err_setf_errno(errp, -ret, "Could not write the image header");
+    }
+    return ret;
+}
+
 /* ---- Entries --------------------------------------------------------- */
 
 int

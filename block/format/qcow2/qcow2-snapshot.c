@@ -889,3 +889,36 @@ qcow2_snapshot_load_tmp(struct block_node *node, const char *id,
     table_free(&t);
     return ret;
 }
+
+/* The driver's snapshot_list hook: the table in the block layer's terms. */
+int
+qcow2_snapshot_list_hook(struct block_node *node, struct block_snapshot **out,
+                         size_t *n, struct err **errp)
+{
+    struct qcow2_snapshot *sn;
+    uint32_t count;
+    int ret = qcow2_snapshot_list(node, &sn, &count, errp);
+
+    *out = NULL;
+    *n = 0;
+    if (ret < 0) {
+        return ret;
+    }
+    *out = xzalloc(sizeof(**out) * (count ? count : 1));
+    for (uint32_t i = 0; i < count; i++) {
+        (*out)[i] = (struct block_snapshot) {
+            .id = xstrdup(sn[i].id),
+            .name = xstrdup(sn[i].name),
+            .vm_state_size = sn[i].vm_state_size,
+            .date_sec = sn[i].date_sec,
+            .date_nsec = sn[i].date_nsec,
+            .vm_clock_nsec = sn[i].vm_clock_nsec,
+            /* The extra data's third field, when it is there. */
+            .icount = sn[i].extra_len >= 24 ? ld_be64(sn[i].extra + 16)
+                                            : UINT64_MAX,
+        };
+    }
+    *n = count;
+    qcow2_snapshots_free(sn, count);
+    return 0;
+}

@@ -251,6 +251,19 @@ struct qcow2_create_opts {
 int qcow2_create(struct block_node *file, uint64_t size,
                  const struct qcow2_create_opts *opts, struct err **errp);
 
+/* The driver's create, check, image_info and change_backing_file hooks
+ * (lockstep/driver.h). */
+extern const struct block_create_opt qcow2_create_options[];
+int qcow2_create_image(struct block_node *file,
+                       const struct block_create_opts *opts,
+                       struct err **errp);
+int qcow2_check_image(struct block_node *file, unsigned fix, FILE *log,
+                      struct block_check_result *res, struct err **errp);
+int qcow2_image_info(struct block_node *file, bool details,
+                     struct block_image_info *info, struct err **errp);
+int qcow2_change_backing_file(struct block_node *file, const char *name,
+                              const char *fmt, struct err **errp);
+
 /* ---- Internal snapshots (qcow2-snapshot.c) -------------------------------- */
 
 /* One snapshot table entry as read (strings NUL terminated). */
@@ -288,6 +301,10 @@ int qcow2_snapshot_delete(struct block_node *node, const char *id_or_name,
  */
 int qcow2_snapshot_load_tmp(struct block_node *node, const char *id,
                             const char *name, struct err **errp);
+/* The driver's snapshot_list hook. */
+int qcow2_snapshot_list_hook(struct block_node *node,
+                             struct block_snapshot **out, size_t *n,
+                             struct err **errp);
 
 /*
  * The VM state area (qemu-io read -b/write -b): pos bytes from its start,
