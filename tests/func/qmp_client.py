@@ -210,7 +210,8 @@ class Daemon:
                                      stderr=subprocess.PIPE, text=True)
         if ready:
             wait_for_pidfile(ready, self.proc)
-        wait_for_socket(self.qmp_path, self.proc)
+        else:
+            wait_for_socket(self.qmp_path, self.proc)
 
     def client(self, negotiate=True):
         return QMPClient(self.qmp_path, negotiate=negotiate)
