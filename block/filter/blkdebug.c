@@ -70,9 +70,14 @@ struct blkdebug_break {
     char *tag;
 };
 
-/* A request stopped at a breakpoint. */
+/*
+ * A request stopped at a breakpoint.  It lives on the request's stack, so
+ * its address comes back when the same thread stops again at the same
+ * depth: id tells one stop from the next.
+ */
 struct blkdebug_suspended {
     char *tag;
+    uint64_t id;            /* unique per stop */
     bool resume;            /* resume asked: wake up */
     struct blkdebug_suspended *next;
 };
@@ -86,6 +91,7 @@ struct blkdebug_state {
     struct blkdebug_break *breaks;  /* Protected by: lock */
     size_t nr_breaks;
     struct blkdebug_suspended *suspended;  /* Protected by: lock */
+    uint64_t next_suspend_id;              /* Protected by: lock */
     int64_t delay_ns;
     uint32_t take_perms;    /* take-child-perms; set before the child */
     uint32_t unshare_perms; /* unshare-child-perms */
@@ -539,6 +545,7 @@ suspend_locked(struct blkdebug_state *s, const char *event)
         return;
     }
     me.tag = s->breaks[i].tag;
+    me.id = ++s->next_suspend_id;
     free(s->breaks[i].event);
     s->breaks[i] = s->breaks[--s->nr_breaks];
     me.next = s->suspended;
@@ -603,14 +610,16 @@ resume_locked(struct blkdebug_state *s, const char *tag)
 {
     for (struct blkdebug_suspended *r = s->suspended; r; r = r->next) {
         if (!strcmp(r->tag, tag) && !r->resume) {
-            const struct blkdebug_suspended *me = r, *p;
+            const struct blkdebug_suspended *p;
+            uint64_t id = r->id;
 
             r->resume = true;
             cond_broadcast(&s->cond);
-            /* It unlinks itself after its message; r is gone then. */
+            /* It unlinks itself after its message; r is gone then, and
+             * its address may already be the same thread's next stop. */
             do {
                 cond_wait(&s->cond, &s->lock);
-                for (p = s->suspended; p && p != me; p = p->next) {
+                for (p = s->suspended; p && p->id != id; p = p->next) {
                 }
             } while (p);
             return true;

@@ -49,6 +49,7 @@ struct file_state {
     bool is_block_device;
     bool memory_backed;       /* tmpfs/ramfs: I/O never waits for a device */
     bool io_uring;            /* aio=io_uring in effect (else threads) */
+    unsigned max_batch;       /* aio-max-batch: operations per submission */
     bool locking;
     uint32_t locked_perm;     /* bits with a lock on 100 + i */
     uint32_t locked_unshared; /* bits with a lock on 200 + i */
@@ -484,7 +485,7 @@ block_file_set_default_aio(const char *mode)
  */
 static int
 choose_aio(struct block_node *node, json_t *options, bool *uring,
-           struct err **errp)
+           unsigned *max_batch, struct err **errp)
 {
     const char *aio = block_opt_str(options, "aio", default_aio);
     int64_t batch = block_opt_int(options, "aio-max-batch", 0);
@@ -494,6 +495,9 @@ choose_aio(struct block_node *node, json_t *options, bool *uring,
         err_setf(errp, "aio-max-batch must be a positive number");
         return -EINVAL;
     }
+    /* 0: as many as one request brings (at most RING_ENTRIES). */
+    *max_batch = batch == 0 || batch > RING_ENTRIES ? RING_ENTRIES
+                                                     : (unsigned)batch;
     if (aio && strcmp(aio, "native") == 0 && !node->cache_direct) {
         err_setf(errp, "aio=native was specified, but it requires "
                  "cache.direct=on, which was not specified.");
@@ -610,7 +614,7 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
     struct stat st;
     int ret;
 
-    ret = choose_aio(node, options, &s->io_uring, errp);
+    ret = choose_aio(node, options, &s->io_uring, &s->max_batch, errp);
     if (ret < 0) {
         return ret;
     }
@@ -836,10 +840,37 @@ vector_io(struct block_node *node, const struct block_segment *seg,
 }
 
 /*
+ * The pieces through the thread's ring, aio-max-batch at a time: false
+ * when the thread has no ring.  A ring lost after the first submission
+ * leaves the rest of the pieces to the system calls (res -ENOSYS).
+ */
+static bool
+ring_segments(struct file_state *s, const struct block_segment *seg,
+              unsigned n, bool write, int64_t *res)
+{
+    for (unsigned i = 0; i < n; i += s->max_batch) {
+        unsigned k = MIN(s->max_batch, n - i);
+
+        if (ring_batch(s->fd, write ? RING_WRITE : RING_READ, seg + i, k,
+                       res + i) < 0) {
+            if (i == 0) {
+                return false;
+            }
+            for (unsigned j = i; j < n; j++) {
+                res[j] = -ENOSYS;
+            }
+            break;
+        }
+    }
+    return true;
+}
+
+/*
  * The pieces of one request (the core checked them: aligned, inside the
- * file, at most BLOCK_MAX_SEGMENTS).  io_uring: all in one submission
- * that waits for all; threads: neighbours as one preadv/pwritev, the
- * rest one by one.  One blocking hint first, as for a single request.
+ * file, at most BLOCK_MAX_SEGMENTS).  io_uring: in submissions of
+ * aio-max-batch pieces (default: all at once), each waiting for all of
+ * its pieces; threads: neighbours as one preadv/pwritev, the rest one by
+ * one.  One blocking hint first, as for a single request.
  */
 static int
 file_segments(struct block_node *node, const struct block_segment *seg,
@@ -850,8 +881,7 @@ file_segments(struct block_node *node, const struct block_segment *seg,
     int ret = 0;
 
     file_may_block(s);
-    if (s->io_uring &&
-        ring_batch(s->fd, write ? RING_WRITE : RING_READ, seg, n, res) == 0) {
+    if (s->io_uring && ring_segments(s, seg, n, write, res)) {
         for (unsigned i = 0; i < n; i++) {
             int r = finish_piece(node, &seg[i], res[i], write);
 

@@ -168,20 +168,50 @@ def wait_for_socket(path, proc=None, timeout=10.0):
     raise TimeoutError("socket %s did not appear" % path)
 
 
+def wait_for_pidfile(path, proc, timeout=30.0):
+    """Both daemons write their PID file once every command-line option
+    is done (sockets listening, exports added): the sign they are ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                if f.read().endswith("\n"):
+                    return
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("daemon exited with %d: %s"
+                               % (proc.returncode, proc.stderr.read()))
+        time.sleep(0.02)
+    raise TimeoutError("PID file %s did not appear" % path)
+
+
 class Daemon:
-    """A lockstepd or qemu-storage-daemon process with one QMP socket."""
+    """A lockstepd or qemu-storage-daemon process with one QMP socket.
+    The constructor returns once the daemon is ready: all its options
+    done, so every socket and export they name is there (the QMP socket
+    listens first, before the NBD server and the exports)."""
 
     def __init__(self, binary, tmp_dir, args=(), name="qmp"):
         self.qmp_path = os.path.join(tmp_dir, name + ".sock")
+        args = direct.daemon_argv(args)
+        ready = None
+        if "--pidfile" not in args and "--daemonize" not in args:
+            ready = os.path.join(tmp_dir, name + ".pid")
+            if os.path.exists(ready):   # an earlier daemon's
+                os.unlink(ready)
+            args = args + ["--pidfile", ready]
         self.argv = [binary,
                      "--chardev", "socket,id=mon0,path=%s,server=on,wait=off"
                      % self.qmp_path,
-                     "--monitor", "chardev=mon0"] + \
-            direct.daemon_argv(args)
+                     "--monitor", "chardev=mon0"] + args
         self.stderr = None
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
-        wait_for_socket(self.qmp_path, self.proc)
+        if ready:
+            wait_for_pidfile(ready, self.proc)
+        else:
+            wait_for_socket(self.qmp_path, self.proc)
 
     def client(self, negotiate=True):
         return QMPClient(self.qmp_path, negotiate=negotiate)

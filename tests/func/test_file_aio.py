@@ -261,9 +261,9 @@ def scattered_qcow2(disk_dir):
     return img
 
 
-def scattered_calls(lockstep_io, img, aio, cmd):
+def scattered_calls(lockstep_io, img, aio, cmd, extra=""):
     opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
-            "file.cache.direct=on,file.aio=%s" % (img, aio))
+            "file.cache.direct=on,file.aio=%s%s" % (img, aio, extra))
     r, calls = syscalls([lockstep_io, "--image-opts", "-c", cmd, opts])
     assert r.returncode == 0 and "Pattern" not in r.stdout, \
         r.stdout + r.stderr
@@ -385,3 +385,28 @@ def test_reused_clusters_zeroed_in_one_request(lockstep_io, disk_dir):
              "-c", "read -P 7 1049088 7168", "-c", "read -P 0 1056256 1024",
              img])
     assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("batch,submissions", [(4, 4), (5, 4), (1, 16),
+                                               (0, 1), (64, 1)])
+def test_aio_max_batch_splits_submissions(lockstep_io, disk_dir, batch,
+                                          submissions):
+    """aio-max-batch caps the operations per io_uring submission (0: no
+    cap): the 16 pieces of a read over scattered clusters take 16/batch
+    io_uring_enter calls where one cluster takes one.  It used to be
+    accepted and ignored."""
+    if not io_uring_here(lockstep_io, disk_dir):
+        pytest.skip("no io_uring on this kernel")
+    img = scattered_qcow2(disk_dir)
+    extra = ",file.aio-max-batch=%d" % batch
+    a = scattered_calls(lockstep_io, img, "io_uring", "read -P 1 0 4k",
+                        extra)
+    b = scattered_calls(lockstep_io, img, "io_uring", "read 0 64k", extra)
+    assert b.get("io_uring_enter", 0) - a.get("io_uring_enter", 0) == \
+        submissions - 1, (a, b)
+    for c in range(16):
+        r = run([lockstep_io, "--image-opts", "-c", "read -P %d %d 4k"
+                 % (c + 1, c * 4 * KiB), "driver=qcow2,file.driver=file,"
+                 "file.filename=%s,file.cache.direct=on,file.aio=io_uring,"
+                 "file.aio-max-batch=%d" % (img, batch)])
+        assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout

@@ -1366,7 +1366,7 @@ def test_info_json_name_of_raw_over_blkdebug(limg, qimg, tmp_dir):
     "l2-cache-size=1M,refcount-cache-size=0.25M",
     "cache-size=1.5M,l2-cache-size=0.5M",
     "cache-size=0",
-    "l2-cache-entry-size=512",
+    "l2-cache-entry-size=64k",
 ])
 def test_qcow2_cache_options_as_qemu(lio, qio, qimg, tmp_dir, opts):
     img = os.path.join(tmp_dir, "c.qcow2")
@@ -1384,6 +1384,39 @@ def test_qcow2_cache_options_as_qemu(lio, qio, qimg, tmp_dir, opts):
         # QEMU's QemuOpts text for a bad size differs from ours.
         outs = [o[:3] for o in outs]
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("opt,value,msg", [
+    ("l2-cache-entry-size", 512, "l2-cache-entry-size=512 is not supported: "
+     "the L2 cache holds whole tables, so only the cluster size (65536) is"),
+    ("l2-cache-entry-size", 32768, "l2-cache-entry-size=32768 is not "
+     "supported"),
+    ("cache-clean-interval", 600, "cache-clean-interval=600 is not "
+     "supported: cached tables are never dropped on a timer, so only 0 is"),
+])
+def test_qcow2_options_we_cannot_honour_are_refused(lio, lockstepd, qimg,
+                                                    tmp_dir, opt, value, msg):
+    """L2 cache entries smaller than a table (QEMU's slices) and dropping
+    cached tables on a timer are not implemented: the options were taken
+    and ignored; now they are refused by name, from lockstep-io and from
+    blockdev-add, and the values we do honour still open."""
+    img = os.path.join(tmp_dir, "c.qcow2")
+    ok(run([qimg, "create", "-q", "-f", "qcow2", img, "1M"]))
+    opts = "driver=qcow2,file.driver=file,file.filename=%s," % img
+    r = run([lio, "--image-opts", "-c", "read 0 4k",
+             opts + "%s=%d" % (opt, value)])
+    assert r.returncode == 1 and msg in r.stderr, r.stderr
+    honoured = 65536 if opt == "l2-cache-entry-size" else 0
+    ok(run([lio, "--image-opts", "-c", "read 0 4k",
+            opts + "%s=%d" % (opt, honoured)]))
+    with Daemon(lockstepd, tmp_dir) as d:
+        c = d.client()
+        node = {"driver": "qcow2", "node-name": "q",
+                "file": {"driver": "file", "filename": img}}
+        e = c.error("blockdev-add", dict(node, **{opt: value}))
+        assert msg in e["desc"], e
+        c.cmd("blockdev-add", dict(node, **{opt: honoured}))
+        c.close()
 
 
 # ---- an unaligned refcount block: opened, flagged when used (iotest 305) --

@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "block/filter/blkdebug.h"
 #include "lockstep/block.h"
 #include "lockstep/dirty-bitmap.h"
 #include "test-env.h"
@@ -484,6 +485,57 @@ test_blkdebug_inject(void **state UNUSED)
     block_node_unref(n);
 }
 
+/* A request that fires the same event again and again (one stack frame). */
+struct repeat_event {
+    struct block_node *node;
+    int rounds;
+};
+
+static void *
+repeat_event_thread(void *opaque)
+{
+    struct repeat_event *re = opaque;
+
+    for (int i = 0; i < re->rounds; i++) {
+        block_debug_event(re->node, "pwritev");
+    }
+    return NULL;
+}
+
+/*
+ * A request resumed from one breakpoint that stops at the next before
+ * resume has seen it leave: resume waited for the same stack address to
+ * leave the list and hung (lockstep-io's "break pwritev_done C; resume A").
+ */
+static void
+test_blkdebug_resume_then_stop_again(void **state UNUSED)
+{
+    static const char *const tags[] = { "A", "B" };
+    struct repeat_event re = { .rounds = 200 };
+    pthread_t t;
+
+    re.node = new_node("driver=blkdebug,image.driver=null-co", NULL);
+    assert_non_null(re.node);
+    alarm(30);      /* a hang fails the test instead of blocking the run */
+    assert_int_equal(blkdebug_breakpoint(re.node, "pwritev", "A"), 0);
+    thread_create(&t, "repeat-event", repeat_event_thread, &re);
+    for (int i = 1; i <= re.rounds; i++) {
+        const char *prev = tags[(i - 1) % 2], *next = tags[i % 2];
+
+        while (!blkdebug_is_suspended(re.node, prev)) {
+            usleep(100);
+        }
+        if (i < re.rounds) {
+            assert_int_equal(blkdebug_breakpoint(re.node, "pwritev", next),
+                             0);
+        }
+        assert_int_equal(blkdebug_resume(re.node, prev), 0);
+    }
+    thread_join(t);
+    alarm(0);
+    block_node_unref(re.node);
+}
+
 /* A FUA write is flushed even right after a flush (the core emulates FUA
  * with a flush that the "nothing new to flush" shortcut must not skip). */
 static void
@@ -718,6 +770,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_unaligned_rmw, setup_image,
                                         remove_image),
         cmocka_unit_test(test_blkdebug_inject),
+        cmocka_unit_test(test_blkdebug_resume_then_stop_again),
         cmocka_unit_test_setup_teardown(test_fua_always_flushes, setup_image,
                                         remove_image),
         cmocka_unit_test_setup_teardown(test_discard_and_status, setup_image,

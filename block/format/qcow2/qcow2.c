@@ -2337,7 +2337,9 @@ refuse_options(json_t *options, struct err **errp)
 /*
  * QEMU's checks of the cache options, before the image is touched: the
  * three sizes not all at once, neither part above the whole, and an L2
- * entry size QEMU would take (our L2 cache still holds whole tables).
+ * entry size QEMU would take.  Then what we cannot do: L2 entries smaller
+ * than a table (our cache holds whole tables) and dropping unused tables
+ * on a timer.
  */
 static int
 check_cache_options(struct qcow2_state *s, json_t *options,
@@ -2349,6 +2351,7 @@ check_cache_options(struct qcow2_state *s, json_t *options,
     int64_t total = block_opt_int(options, "cache-size", 0);
     int64_t entry = block_opt_int(options, "l2-cache-entry-size",
                                   (int64_t)s->h.cluster_size);
+    int64_t interval;
 
     if (has_total && has_l2 && has_rb) {
         err_setf(errp, "cache-size, l2-cache-size and refcount-cache-size "
@@ -2370,6 +2373,19 @@ check_cache_options(struct qcow2_state *s, json_t *options,
         err_setf(errp, "L2 cache entry size must be a power of two between "
                  "512 and the cluster size (%" PRIu64 ")", s->h.cluster_size);
         return -EINVAL;
+    }
+    if ((uint64_t)entry != s->h.cluster_size) {
+        err_setf(errp, "qcow2: l2-cache-entry-size=%" PRId64 " is not "
+                 "supported: the L2 cache holds whole tables, so only the "
+                 "cluster size (%" PRIu64 ") is", entry, s->h.cluster_size);
+        return -ENOTSUP;
+    }
+    interval = block_opt_int(options, "cache-clean-interval", 0);
+    if (interval != 0) {
+        err_setf(errp, "qcow2: cache-clean-interval=%" PRId64 " is not "
+                 "supported: cached tables are never dropped on a timer, "
+                 "so only 0 is", interval);
+        return -ENOTSUP;
     }
     return 0;
 }
