@@ -93,7 +93,7 @@ opens(int fd)
  * check after the repair.
  */
 static bool
-repairable(int fd, int64_t *found, struct qcow2_check_result *after)
+repairable(int fd, int64_t *found, struct block_check_result *after)
 {
     struct block_node *file = open_fd(fd, "file", false);
     struct err *e = NULL;
@@ -102,7 +102,7 @@ repairable(int fd, int64_t *found, struct qcow2_check_result *after)
     memset(after, 0, sizeof(*after));
     *found = 0;
     if (file &&
-        qcow2_check(file, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS,
+        qcow2_check(file, BLOCK_CHECK_FIX_LEAKS | BLOCK_CHECK_FIX_ERRORS,
                     NULL, after, &e) == 0) {
         *found = after->corruptions + after->corruptions_fixed;
         if (qcow2_check(file, 0, NULL, after, &e) == 0) {
@@ -157,7 +157,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct qcow2_check_result before, after;
+    struct block_check_result before, after;
     CLEANUP_FREE uint8_t *buf = malloc(BUF_BYTES);
     struct block_node *node;
     struct qcow2_header h;

@@ -66,7 +66,7 @@ fixture_close(struct fixture *f)
 }
 
 static int
-run_check(struct fixture *f, unsigned fix, struct qcow2_check_result *r)
+run_check(struct fixture *f, unsigned fix, struct block_check_result *r)
 {
     struct err *e = NULL;
     int ret = qcow2_check(f->file, fix, NULL, r, &e);
@@ -114,7 +114,7 @@ test_fresh_images_clean(void **state)
 {
     (void)state;
     for (unsigned bits = 1; bits <= 64; bits *= 2) {
-        struct qcow2_check_result r;
+        struct block_check_result r;
         struct fixture f;
 
         fixture_open(&f, 4096, bits, 64 * MiB);
@@ -131,7 +131,7 @@ test_fresh_images_clean(void **state)
 static void
 test_leak_found_and_repaired(void **state)
 {
-    struct qcow2_check_result r;
+    struct block_check_result r;
     struct fixture f;
     uint64_t last;
 
@@ -145,7 +145,7 @@ test_leak_found_and_repaired(void **state)
     assert_int_equal(r.corruptions, 0);
     assert_int_equal(r.image_end_offset, (last + 1) * f.cs);
     /* -r all includes leaks; fixed ones are not counted as found. */
-    assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS, &r), 0);
+    assert_int_equal(run_check(&f, BLOCK_CHECK_FIX_LEAKS, &r), 0);
     assert_int_equal(r.leaks_fixed, 1);
     assert_int_equal(r.leaks, 0);
     assert_int_equal(run_check(&f, 0, &r), 0);
@@ -157,7 +157,7 @@ test_leak_found_and_repaired(void **state)
 static void
 test_corruption_needs_fix_errors(void **state)
 {
-    struct qcow2_check_result r;
+    struct block_check_result r;
     struct fixture f;
     uint64_t l1 = 0;
 
@@ -167,11 +167,11 @@ test_corruption_needs_fix_errors(void **state)
     set_refcount(&f, l1, 0);
     assert_int_equal(run_check(&f, 0, &r), 0);
     assert_int_equal(r.corruptions, 1);
-    assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS, &r), 0);
+    assert_int_equal(run_check(&f, BLOCK_CHECK_FIX_LEAKS, &r), 0);
     assert_int_equal(r.corruptions, 1);
     assert_int_equal(r.corruptions_fixed, 0);
-    assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS |
-                               QCOW2_CHECK_FIX_ERRORS, &r), 0);
+    assert_int_equal(run_check(&f, BLOCK_CHECK_FIX_LEAKS |
+                               BLOCK_CHECK_FIX_ERRORS, &r), 0);
     assert_int_equal(r.corruptions_fixed, 1);
     assert_int_equal(run_check(&f, 0, &r), 0);
     assert_int_equal(r.corruptions + r.leaks, 0);
@@ -185,7 +185,7 @@ test_corruption_needs_fix_errors(void **state)
 static void
 test_repair_without_refblock(void **state)
 {
-    struct qcow2_check_result r;
+    struct block_check_result r;
     struct fixture f;
     uint64_t l1, l2, data;
     uint8_t b[8];
@@ -203,11 +203,11 @@ test_repair_without_refblock(void **state)
     assert_int_equal(block_pwrite(f.file, l2, 8, b, 0), 0);
     assert_int_equal(run_check(&f, 0, &r), 0);
     assert_true(r.corruptions >= 2);
-    assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS, &r), 0);
+    assert_int_equal(run_check(&f, BLOCK_CHECK_FIX_LEAKS, &r), 0);
     assert_true(r.corruptions >= 2);
     /* -r all rebuilds the refcount structure at the end of the file. */
-    assert_int_equal(run_check(&f, QCOW2_CHECK_FIX_LEAKS |
-                               QCOW2_CHECK_FIX_ERRORS, &r), 0);
+    assert_int_equal(run_check(&f, BLOCK_CHECK_FIX_LEAKS |
+                               BLOCK_CHECK_FIX_ERRORS, &r), 0);
     assert_int_equal(r.corruptions + r.check_errors, 0);
     assert_true(r.corruptions_fixed >= 2);
     assert_int_equal(run_check(&f, 0, &r), 0);
@@ -218,7 +218,7 @@ test_repair_without_refblock(void **state)
 static void
 test_not_qcow2(void **state)
 {
-    struct qcow2_check_result r;
+    struct block_check_result r;
     struct err *e = NULL;
     struct fixture f;
     int fd;

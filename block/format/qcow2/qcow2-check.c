@@ -57,7 +57,7 @@ struct chk {
     struct block_node *file;
     FILE *log;
     unsigned fix;
-    struct qcow2_check_result *res;
+    struct block_check_result *res;
 
     /* From the header. */
     unsigned version;
@@ -806,8 +806,8 @@ set_refcount(struct chk *c, uint64_t k, uint64_t val)
 static bool
 fixable(const struct chk *c, uint64_t stored, uint64_t computed)
 {
-    unsigned need = stored > computed ? QCOW2_CHECK_FIX_LEAKS
-                                      : QCOW2_CHECK_FIX_ERRORS;
+    unsigned need = stored > computed ? BLOCK_CHECK_FIX_LEAKS
+                                      : BLOCK_CHECK_FIX_ERRORS;
 
     return (c->fix & need) != 0;
 }
@@ -879,7 +879,7 @@ repair_refcounts(struct chk *c)
         leak = stored > c->refs[k];
         ret = set_refcount(c, k, c->refs[k]);
         if ((ret == -ENOSPC || ret == -EINVAL) &&
-            (c->fix & QCOW2_CHECK_FIX_ERRORS)) {
+            (c->fix & BLOCK_CHECK_FIX_ERRORS)) {
             /* No refcount block to write into: rebuild them all. */
             c->rebuild = true;
             return;
@@ -1168,20 +1168,20 @@ rebuild_refcounts(struct chk *c)
 static void
 repair_or_rebuild(struct chk *c)
 {
-    if (c->rebuild && !(c->fix & QCOW2_CHECK_FIX_ERRORS) && c->fix) {
+    if (c->rebuild && !(c->fix & BLOCK_CHECK_FIX_ERRORS) && c->fix) {
         chk_log(c, "ERROR need to rebuild refcount structures");
         c->res->check_errors++;
         c->res->corruptions += c->mm_corrupt;
         c->res->leaks += c->mm_leaks;
         return;
     }
-    if (c->rebuild_if_all && (c->fix & QCOW2_CHECK_FIX_ERRORS)) {
+    if (c->rebuild_if_all && (c->fix & BLOCK_CHECK_FIX_ERRORS)) {
         c->rebuild = true;
     }
     if (!c->rebuild) {
         repair_refcounts(c);
     }
-    if (c->rebuild && (c->fix & QCOW2_CHECK_FIX_ERRORS)) {
+    if (c->rebuild && (c->fix & BLOCK_CHECK_FIX_ERRORS)) {
         rebuild_refcounts(c);
     }
 }
@@ -1258,8 +1258,8 @@ check_copied_flags(struct chk *c)
      * -r all fixes flags; -r leaks too when nothing else is wrong, because
      * a flag that matches a correct refcount is then safe (QEMU's rule).
      */
-    c->fix_copied = (c->fix & QCOW2_CHECK_FIX_ERRORS) ||
-                    ((c->fix & QCOW2_CHECK_FIX_LEAKS) && !c->res->leaks &&
+    c->fix_copied = (c->fix & BLOCK_CHECK_FIX_ERRORS) ||
+                    ((c->fix & BLOCK_CHECK_FIX_LEAKS) && !c->res->leaks &&
                      !c->res->corruptions && !c->res->check_errors);
     if (c->l1_size == 0) {
         return;
@@ -1460,7 +1460,7 @@ chk_setup(struct chk *c, struct err **errp)
 
 int
 qcow2_check(struct block_node *file, unsigned fix, FILE *log,
-            struct qcow2_check_result *res, struct err **errp)
+            struct block_check_result *res, struct err **errp)
 {
     struct chk c = { .file = file, .log = log, .fix = fix, .res = res };
     int ret;
@@ -1489,30 +1489,5 @@ qcow2_check(struct block_node *file, unsigned fix, FILE *log,
     free(c.reftable);
     free(c.rb_buf);
     free(c.mismatch);
-    return ret;
-}
-
-/* The driver's check hook: qcow2_check() in the block layer's terms. */
-int
-qcow2_check_image(struct block_node *file, unsigned fix, FILE *log,
-                  struct block_check_result *res, struct err **errp)
-{
-    struct qcow2_check_result r;
-    unsigned qfix = (fix & BLOCK_CHECK_FIX_LEAKS ? QCOW2_CHECK_FIX_LEAKS : 0) |
-                    (fix & BLOCK_CHECK_FIX_ERRORS ? QCOW2_CHECK_FIX_ERRORS : 0);
-    int ret = qcow2_check(file, qfix, log, &r, errp);
-
-    *res = (struct block_check_result) {
-        .check_errors = r.check_errors,
-        .corruptions = r.corruptions,
-        .leaks = r.leaks,
-        .corruptions_fixed = r.corruptions_fixed,
-        .leaks_fixed = r.leaks_fixed,
-        .image_end_offset = r.image_end_offset,
-        .total_clusters = r.total_clusters,
-        .allocated_clusters = r.allocated_clusters,
-        .fragmented_clusters = r.fragmented_clusters,
-        .compressed_clusters = r.compressed_clusters,
-    };
     return ret;
 }

@@ -19,39 +19,21 @@
 #include "lockstep/driver.h"
 #include "lockstep/err.h"
 
-/* What to repair (qemu-img check -r leaks / -r all). */
-enum {
-    QCOW2_CHECK_FIX_LEAKS = 0x1,
-    QCOW2_CHECK_FIX_ERRORS = 0x2,
-};
-
-/* The counters of QEMU's ImageCheck record. */
-struct qcow2_check_result {
-    int64_t check_errors;      /* the check itself failed somewhere */
-    int64_t corruptions;       /* found and not repaired */
-    int64_t leaks;             /* found and not repaired */
-    int64_t corruptions_fixed;
-    int64_t leaks_fixed;
-    uint64_t image_end_offset;
-    uint64_t total_clusters;   /* virtual size in clusters */
-    uint64_t allocated_clusters;
-    uint64_t fragmented_clusters;
-    uint64_t compressed_clusters;
-};
-
 /*
  * Check the qcow2 image whose bytes are node file (a protocol node; it must
  * be writable when fix is non-zero).  Each problem is printed as one line
- * to log (NULL: silent).  Returns 0 when the check ran to the end (res
- * says what it found), or -errno with *errp set when it could not start:
- * not a qcow2 image, a header that qcow2_header_decode() (the decoder open
- * uses) refuses, encryption, unreadable, no memory.  The backing chain and
- * data file are the caller's to open (lockstep-img does).  What lies past
- * the end of the file reads as zeroes, as for the driver and QEMU.
+ * to log (NULL: silent).  The driver's check hook: fix and res are the
+ * block layer's (BLOCK_CHECK_FIX_*, struct block_check_result).  Returns
+ * 0 when the check ran to the end (res says what it found), or -errno
+ * with *errp set when it could not start: not a qcow2 image, a header
+ * that qcow2_header_decode() (the decoder open uses) refuses,
+ * encryption, unreadable, no memory.  The backing chain and data file are
+ * the caller's to open (lockstep-img does).  What lies past the end of
+ * the file reads as zeroes, as for the driver and QEMU.
  *
- * Repair: QCOW2_CHECK_FIX_LEAKS lowers refcounts that exceed the
+ * Repair: BLOCK_CHECK_FIX_LEAKS lowers refcounts that exceed the
  * references (and fixes COPIED flags when nothing else is wrong);
- * QCOW2_CHECK_FIX_ERRORS also raises refcounts below the references,
+ * BLOCK_CHECK_FIX_ERRORS also raises refcounts below the references,
  * fixes COPIED flags, and when refcount blocks are missing or broken
  * writes a new refcount structure at the end of the file.  Bad L1/L2
  * entries themselves (reserved bits, unaligned offsets, invalid subcluster
@@ -59,6 +41,6 @@ struct qcow2_check_result {
  * Fixed problems count in *_fixed, not in corruptions/leaks.
  */
 int qcow2_check(struct block_node *file, unsigned fix, FILE *log,
-                struct qcow2_check_result *res, struct err **errp);
+                struct block_check_result *res, struct err **errp);
 
 #endif

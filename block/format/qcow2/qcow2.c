@@ -2243,14 +2243,14 @@ static int
 repair_dirty(struct block_node *node, struct qcow2_state *s,
              struct err **errp)
 {
-    struct qcow2_check_result res;
+    struct block_check_result res;
     int ret;
 
     if (!(s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) ||
         node->read_only) {
         return 0;
     }
-    ret = qcow2_check(s->file, QCOW2_CHECK_FIX_LEAKS | QCOW2_CHECK_FIX_ERRORS,
+    ret = qcow2_check(s->file, BLOCK_CHECK_FIX_LEAKS | BLOCK_CHECK_FIX_ERRORS,
                       stderr, &res, errp);
     if (ret == 0 && (res.corruptions || res.check_errors)) {
         err_setf(errp, "%" PRId64 " corruptions and %" PRId64 " check "
@@ -2724,7 +2724,7 @@ const struct block_driver qcow2_driver = {
     .probe = qcow2_probe,
     .create_options = qcow2_create_options,
     .create = qcow2_create_image,
-    .check = qcow2_check_image,
+    .check = qcow2_check,
     .image_info = qcow2_image_info,
     .change_backing_file = qcow2_change_backing_file,
     .snapshot_list = qcow2_snapshot_list_hook,

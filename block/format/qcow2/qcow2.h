@@ -257,8 +257,6 @@ extern const struct block_create_opt qcow2_create_options[];
 int qcow2_create_image(struct block_node *file,
                        const struct block_create_opts *opts,
                        struct err **errp);
-int qcow2_check_image(struct block_node *file, unsigned fix, FILE *log,
-                      struct block_check_result *res, struct err **errp);
 int qcow2_image_info(struct block_node *file, bool details,
                      struct block_image_info *info, struct err **errp);
 int qcow2_change_backing_file(struct block_node *file, const char *name,
