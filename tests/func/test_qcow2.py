@@ -22,6 +22,7 @@ import time
 import pytest
 
 from conftest import run
+from qcow2_layout import Qcow2
 
 QEMU_IMG = shutil.which("qemu-img")
 QEMU_IO = shutil.which("qemu-io")
@@ -650,26 +651,14 @@ L2_MASK = 0x00fffffffffffe00
 COPIED = 1 << 63
 
 
-class Patch:
-    """Just enough of the layout of a fresh 64 KiB-cluster image."""
+class Patch(Qcow2):
+    """The layout of a fresh 64 KiB-cluster image, by the names the damage
+    table below uses: l1, rt and the first L2 table and refcount block."""
 
     def __init__(self, path):
-        self.path = path
-        with open(path, "rb") as f:
-            h = f.read(112)
-        self.cs = 1 << struct.unpack(">I", h[20:24])[0]
-        self.l1 = struct.unpack(">Q", h[40:48])[0]
-        self.rt = struct.unpack(">Q", h[48:56])[0]
-
-    def read64(self, off):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            return struct.unpack(">Q", f.read(8))[0]
-
-    def write64(self, off, v):
-        with open(self.path, "r+b") as f:
-            f.seek(off)
-            f.write(struct.pack(">Q", v))
+        super().__init__(path)
+        self.l1 = self.l1_offset
+        self.rt = self.rt_offset
 
     def refblock(self):
         return self.read64(self.rt)
@@ -677,10 +666,9 @@ class Patch:
     def l2(self):
         return self.read64(self.l1) & L2_MASK
 
-    def set_refcount(self, off, v):
-        with open(self.path, "r+b") as f:
-            f.seek(self.refblock() + 2 * (off // self.cs))
-            f.write(struct.pack(">H", v))
+    def set_refcount_of(self, off, v):
+        """The refcount of the cluster at byte offset off."""
+        self.set_refcount(off // self.cs, v)
 
     def bitmap_dir(self):
         """Offset of the bitmap directory (from the bitmaps extension)."""
@@ -711,13 +699,13 @@ DAMAGES = {
     "reftable_to_l2": (lambda p: p.write64(p.rt + 8, p.l2()),
                        ["write -P 3 2M 4k"], "refcount block"),
     # A refcount of 0 on a table: the allocator hands its cluster out.
-    "l2_refcount_zero": (lambda p: p.set_refcount(p.l2(), 0),
+    "l2_refcount_zero": (lambda p: p.set_refcount_of(p.l2(), 0),
                          ["write -P 3 2M 4k"], "active L2 table"),
-    "l1_refcount_zero": (lambda p: p.set_refcount(p.l1, 0),
+    "l1_refcount_zero": (lambda p: p.set_refcount_of(p.l1, 0),
                          ["write -P 3 2M 4k"], "active L1 table"),
-    "reftable_refcount_zero": (lambda p: p.set_refcount(p.rt, 0),
+    "reftable_refcount_zero": (lambda p: p.set_refcount_of(p.rt, 0),
                                ["write -P 3 2M 4k"], "refcount table"),
-    "refblock_refcount_zero": (lambda p: p.set_refcount(p.refblock(), 0),
+    "refblock_refcount_zero": (lambda p: p.set_refcount_of(p.refblock(), 0),
                                ["write -P 3 2M 4k"], "refcount block"),
     # Guest cluster 1 maps the refcount table as data.
     "data_is_reftable": (lambda p: p.write64(p.l2() + 8, p.rt | COPIED),
@@ -726,7 +714,7 @@ DAMAGES = {
     # data write; lockstep already when a read-write open rewrites the
     # directory (to mark the bitmap in use) into the lowest free cluster.
     "bitmap_dir_refcount_zero": (
-        lambda p: add_bitmap(p).set_refcount(p.bitmap_dir(), 0),
+        lambda p: add_bitmap(p).set_refcount_of(p.bitmap_dir(), 0),
         ["write -P 3 2M 4k"], "bitmap directory"),
 }
 
