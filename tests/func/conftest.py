@@ -7,6 +7,7 @@ Tests marked "direct" run again with O_DIRECT in make check (direct.py).
 """
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 
@@ -110,6 +111,15 @@ def run(argv, stdin=None, timeout=120):
     In the O_DIRECT pass our tools get their cache options (direct.py)."""
     return subprocess.run(direct.argv(argv), input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def make_image(path, size, fill=None):

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import built_program, make_image, run
+from conftest import built_program, free_port, make_image, run
 
 MiB = 1024 * 1024
 
@@ -123,15 +123,6 @@ def test_backing_file_without_format_is_probed(lockstep_img, lockstep_io,
 
 
 # ---- QEMU's older NBD names: nbd:HOST:PORT, nbd:unix:PATH -----------------
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

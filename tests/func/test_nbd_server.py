@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import build_dir_path, make_image, run
+from conftest import build_dir_path, free_port, make_image, run
 
 MiB = 1024 * 1024
 TEST_TIMEOUT = 90
@@ -60,14 +60,6 @@ def timeout_guard():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def nbd_serve_path():
