@@ -410,3 +410,74 @@ def test_aio_max_batch_splits_submissions(lockstep_io, disk_dir, batch,
                  "file.filename=%s,file.cache.direct=on,file.aio=io_uring,"
                  "file.aio-max-batch=%d" % (img, batch)])
         assert r.returncode == 0 and "Pattern" not in r.stdout, r.stdout
+
+
+def fallocates(lockstep_io, img, cmds, direct):
+    """fallocate calls of lockstep-io running cmds on the qcow2 image img
+    with aio=threads, O_DIRECT or not; and the file's length after."""
+    opts = ("driver=qcow2,file.driver=file,file.filename=%s,"
+            "file.cache.direct=%s,file.aio=threads"
+            % (img, "on" if direct else "off"))
+    out = img + ".strace"
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    r = subprocess.run(["strace", "-f", "-qq", "-o", out, "-e",
+                        "trace=fallocate", lockstep_io, "-t", "writeback",
+                        "--image-opts"] + cmds + [opts],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(out) as f:
+        n = sum(1 for line in f if "fallocate(" in line)
+    os.unlink(out)
+    return n, os.path.getsize(img)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_file_grows_ahead_under_direct(lockstep_io, disk_dir, whole):
+    """Under cache.direct=on the file grows 1 MiB ahead of the allocator
+    (one fallocate per MiB of new clusters, not one per cluster; writes
+    into new clusters then land inside the file, where ext4 runs them side
+    by side instead of one at a time).  Clusters allocated in the reserved
+    tail need no zeroing: their copy-on-write areas read as zeroes.  At
+    close the file is cut back to the end of its last cluster, as without
+    O_DIRECT.  whole: 64 KiB writes covering their clusters (which used to
+    extend the file themselves), else 4 KiB writes into 64 KiB clusters."""
+    if not shutil.which("strace"):
+        pytest.skip("strace not installed")
+    sizes = {}
+    counts = {}
+    for direct in (False, True):
+        img = os.path.join(disk_dir, "grow-%d.qcow2" % direct)
+        r = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                 "cluster_size=65536", img, "64M"])
+        assert r.returncode == 0, r.stderr
+        cmds = []
+        for i in range(48):             # 48 new clusters, 3 MiB, scattered
+            off = (i * 37 % 48) * MiB + (0 if whole else 8 * KiB)
+            cmds += ["-c", "write -P %d %d %s" % (i % 250 + 1, off,
+                                                  "64k" if whole else "4k")]
+        counts[direct], sizes[direct] = fallocates(lockstep_io, img, cmds,
+                                                   direct)
+        r = run(["qemu-img", "check", "-q", img])
+        assert r.returncode == 0, r.stdout + r.stderr
+        for i in range(48):
+            off = (i * 37 % 48) * MiB
+            if whole:
+                reads = ["read -P %d %d 64k" % (i % 250 + 1, off)]
+            else:
+                reads = ["read -P 0 %d 8k" % off,
+                         "read -P %d %d 4k" % (i % 250 + 1, off + 8 * KiB),
+                         "read -P 0 %d 52k" % (off + 12 * KiB)]
+            r = run(["qemu-io", "-f", "qcow2"] +
+                    sum([["-c", c] for c in reads], []) + [img])
+            assert r.returncode == 0 and "Pattern" not in r.stdout, \
+                r.stdout
+        os.unlink(img)
+    # Without O_DIRECT: one fallocate per new cluster whose copy-on-write
+    # area is zeroes, none for whole clusters (the write extends the file).
+    assert counts[False] == (0 if whole else 48), counts
+    # O_DIRECT: a few per MiB of new clusters (L2 and refcount metadata
+    # sit at the start, data from about 256 KiB on: 4 steps for 3 MiB).
+    assert 1 <= counts[True] <= 4, counts
+    # Cut back at close: the same file either way.
+    assert sizes[True] == sizes[False], sizes

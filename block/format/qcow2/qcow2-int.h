@@ -155,6 +155,14 @@ struct qcow2_state {
      * Allocating writes treat the file as at least this long.
      */
     uint64_t failed_end;
+    /*
+     * The end of every host range handed out since open: the file's length
+     * at open, raised by each claim (qcow2-refcount.c claim()).  We never
+     * wrote the file past it: what lies there is a hole, or blocks that
+     * grow_over() reserved ahead, and reads as zeroes.
+     */
+    uint64_t claimed_end;
+    bool grew_ahead;            /* grow_over() reserved past a claim */
     struct qcow2_release release;   /* the tail make_empty gives back */
     struct qcow2_bitmaps bitmaps;   /* the directory on disk */
     /* Metadata preallocation (clusters mapped over file holes), found on

@@ -29,6 +29,15 @@
 /* How far past the end of the file the allocator looks (clusters). */
 #define ALLOC_SCAN_SLACK 65536
 
+/* Every host range is claimed before anything is written there: the
+ * background release keeps off it, and s->claimed_end covers it. */
+static void
+claim(struct qcow2_state *s, uint64_t end)
+{
+    qcow2_release_claim(&s->release, end);
+    s->claimed_end = MAX(s->claimed_end, end);
+}
+
 int
 qcow2_refcount_load_table(struct qcow2_state *s, struct err **errp)
 {
@@ -248,7 +257,7 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
     if (ret < 0) {
         return ret;
     }
-    qcow2_release_claim(&s->release, (t + n + k) * cs);
+    claim(s, (t + n + k) * cs);
     rbs = calloc(k, cs);
     table = calloc(n, cs);
     if (!rbs || !table) {
@@ -327,7 +336,7 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (ret < 0) {
         return ret;
     }
-    qcow2_release_claim(&s->release, (where + 1) * cs);
+    claim(s, (where + 1) * cs);
     block_debug_event(s->file, "refblock_alloc");
     ret = qcow2_cache_get(s, &s->rb_cache, where * cs, true, &rb);
     if (ret < 0) {
@@ -503,7 +512,7 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
         }
         c = next;
     }
-    qcow2_release_claim(&s->release, (c + n) * s->cluster_size);
+    claim(s, (c + n) * s->cluster_size);
     block_debug_event(s->file, "cluster_alloc");
     ret = qcow2_update_refcount(s, c * s->cluster_size, n, 1,
                                 QCOW2_DISCARD_OTHER);

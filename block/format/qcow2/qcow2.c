@@ -63,6 +63,8 @@
 #define MIN_L2_ENTRIES 4
 #define MIN_RB_ENTRIES 4
 #define MAX_HEADER_READ (2 * MiB)
+/* With O_DIRECT the file grows by at least this much at a time (grow_over) */
+#define GROW_AHEAD (1 * MiB)
 
 static const struct block_opt qcow2_opts[] = {
     {"file", BLOCK_OPT_CHILD, true, NULL},
@@ -457,6 +459,22 @@ sub_in_place(struct qcow2_state *s, const struct write_plan *p, unsigned sc)
 }
 
 /*
+ * How many bytes of the new clusters [host, +len) may hold old data: none
+ * at or past fresh (s->claimed_end before their allocation: never
+ * written, grown ahead at most), else up to the end of the file.
+ */
+static uint64_t
+stale_bytes(const struct qcow2_state *s, uint64_t host, uint64_t len,
+            int64_t flen, uint64_t fresh)
+{
+    (void)s;
+    if (host >= fresh || flen < 0 || (uint64_t)flen <= host) {
+        return 0;
+    }
+    return MIN((uint64_t)flen - host, len);
+}
+
+/*
  * A new cluster whose copy-on-write regions are zeroes (no old data, no
  * backing data) needs no padding written where the file already reads as
  * zeroes: at and past its end.  Below the end the cluster may be a reused
@@ -469,7 +487,7 @@ sub_in_place(struct qcow2_state *s, const struct write_plan *p, unsigned sc)
  */
 static void
 plan_cow_zero(struct qcow2_state *s, struct write_plan *p,
-              enum qcow2_cluster_type t)
+              enum qcow2_cluster_type t, uint64_t fresh)
 {
     int64_t flen = block_getlength(s->file);
 
@@ -484,15 +502,14 @@ plan_cow_zero(struct qcow2_state *s, struct write_plan *p,
         return;
     }
     p->cow_zero = true;
-    p->stale = (uint64_t)flen > p->host
-               ? MIN((uint64_t)flen - p->host, s->cluster_size) : 0;
+    p->stale = stale_bytes(s, p->host, s->cluster_size, flen, fresh);
 }
 
 static int
 plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
            struct write_plan *p)
 {
-    uint64_t host;
+    uint64_t host, fresh;
     enum qcow2_cluster_type t;
     int64_t off;
     int ret;
@@ -519,6 +536,7 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
         if (ret < 0) {
             return ret;
         }
+        fresh = s->claimed_end;
         off = qcow2_alloc_clusters(s, 1);
         if (off < 0) {
             return (int)off;
@@ -528,7 +546,7 @@ plan_write(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t n,
         p->free_old = host != 0 || t == QCOW2_CLUSTER_COMPRESSED;
         /* Old data elsewhere on the host: copy all of it over. */
         p->whole = p->free_old || !s->extended_l2;
-        plan_cow_zero(s, p, t);
+        plan_cow_zero(s, p, t, fresh);
     }
     if (p->whole) {
         p->ws = 0;
@@ -598,6 +616,16 @@ zero_cow_areas(struct qcow2_state *s, uint64_t host, uint64_t stale,
     return ret;
 }
 
+/* Does the file grow ahead of allocation (grow_over())?  Only under
+ * O_DIRECT, where a write that extends the file waits for the device
+ * alone: elsewhere (tmpfs, the page cache) that costs nothing, and space
+ * reserved ahead would. */
+static bool
+grows_ahead(const struct qcow2_state *s)
+{
+    return s->file->limits.request_alignment > 1;
+}
+
 /*
  * New clusters whose copy-on-write area reads as zeroes (write_cow_zero())
  * reach past the end of the file: grow it over them first, as QEMU zeroes
@@ -613,6 +641,13 @@ zero_cow_areas(struct qcow2_state *s, uint64_t host, uint64_t stale,
  * crash in between leaves a leak at worst.  Never ftruncate: a write
  * never shrinks the file, while a concurrent write further out may
  * already have grown it.
+ *
+ * With O_DIRECT the file grows ahead, to the next GROW_AHEAD boundary:
+ * the clusters allocated after these land inside the file (their writes
+ * run side by side, and fallocate, which on ext4 waits for every write in
+ * flight on the file, runs once per step, not once per cluster), and need
+ * neither growing nor zeroing (stale_bytes(): past s->claimed_end).  The
+ * tail nobody claimed is cut at close (trim_grown_tail()).
  */
 static int
 grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
@@ -622,6 +657,10 @@ grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
 
     if (flen < 0 || (uint64_t)flen >= host + len) {
         return 0;
+    }
+    if (grows_ahead(s)) {
+        len = align_up(host + len, GROW_AHEAD) - host;
+        __atomic_store_n(&s->grew_ahead, true, __ATOMIC_RELAXED);
     }
     start = (uint64_t)flen > host ? (uint64_t)flen - host : 0;
     start = align_up(start, MAX(s->file->limits.request_alignment, 1));
@@ -677,7 +716,10 @@ write_data(struct qcow2_state *s, uint64_t gc, const struct write_plan *p,
     /* Guest data, not metadata: blkdebug's data event, as in QEMU. */
     block_debug_event(s->file, "write_aio");
     if (p->ws == in && p->we == in + n) {
-        return block_pwrite(s->file, p->host + in, n, buf, 0);
+        if (p->new_alloc && grows_ahead(s)) {
+            ret = grow_over(s, p->host, s->cluster_size);
+        }
+        return ret ? ret : block_pwrite(s->file, p->host + in, n, buf, 0);
     }
     if (p->cow_zero) {
         return write_cow_zero(s, p, in, n, buf);
@@ -971,7 +1013,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
 {
     uint64_t cs = s->cluster_size;
     uint64_t max = div_round_up(in + bytes, cs);
-    uint64_t end, total;
+    uint64_t end, total, fresh;
     enum qcow2_cluster_type t0, t;
     struct qcow2_l2e e;
     int64_t off, flen;
@@ -1020,6 +1062,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
         return ret;
     }
     total = run->nb * cs;
+    fresh = s->claimed_end;
     off = qcow2_alloc_clusters(s, run->nb);
     if (off < 0) {
         return (int)off;
@@ -1032,7 +1075,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     run->cow_zero = flen >= 0 && s->failed_end <= run->host &&
                     (in == 0 || cow_reads_zero(s, t0)) &&
                     (end == total || cow_reads_zero(s, t));
-    run->stale = flen > off ? MIN((uint64_t)flen - run->host, total) : 0;
+    run->stale = stale_bytes(s, run->host, total, flen, fresh);
     return qcow2_overlap_refuse(s, 0, run->host, total);
 }
 
@@ -1049,7 +1092,10 @@ write_run_data(struct qcow2_state *s, const struct write_run *run,
 
     block_debug_event(s->file, "write_aio");
     if (!run->new_alloc || (in == 0 && end == total)) {
-        return block_pwrite(s->file, run->host + in, n, buf, 0);
+        if (run->new_alloc && grows_ahead(s)) {
+            ret = grow_over(s, run->host, total);
+        }
+        return ret ? ret : block_pwrite(s->file, run->host + in, n, buf, 0);
     }
     if (run->cow_zero) {
         block_debug_event(s->file, "cow_write");
@@ -2556,6 +2602,7 @@ static int
 qcow2_open(struct block_node *node, json_t *options, struct err **errp)
 {
     struct qcow2_state *s = node->opaque;
+    int64_t flen;
     int ret;
 
     s->node = node;
@@ -2573,6 +2620,9 @@ qcow2_open(struct block_node *node, json_t *options, struct err **errp)
         goto out_lock;
     }
     s->file = node->file->node;
+    flen = block_getlength(s->file);
+    /* Unknown: nothing counts as never written (stale_bytes()). */
+    s->claimed_end = flen < 0 ? UINT64_MAX : (uint64_t)flen;
     ret = read_header(s, errp);
     if (ret == 0) {
         ret = check_cache_options(s, options, errp);
@@ -2637,6 +2687,23 @@ store_bitmaps_locked(struct qcow2_state *s)
     }
 }
 
+/*
+ * Close: cut what grow_over() reserved past the last claimed cluster, so
+ * that the file ends where its clusters do, as without growing ahead.
+ * Nothing was written there; a failure only costs space.  Under s->lock,
+ * every request drained.
+ */
+static void
+trim_grown_tail(struct qcow2_state *s)
+{
+    int64_t flen = block_getlength(s->file);
+
+    if (__atomic_load_n(&s->grew_ahead, __ATOMIC_RELAXED) && flen > 0 &&
+        (uint64_t)flen > s->claimed_end) {
+        block_truncate(s->file, s->claimed_end, NULL);
+    }
+}
+
 static void
 qcow2_close(struct block_node *node)
 {
@@ -2651,6 +2718,7 @@ qcow2_close(struct block_node *node)
         }
         /* The file must have its final size once we are closed. */
         qcow2_release_finish(&s->release, false);
+        trim_grown_tail(s);
         mutex_unlock(&s->lock);
     }
     state_free(s);
