@@ -898,7 +898,7 @@ test_alloc_no_padding(void **state)
  * An image file that ends inside a free cluster holding old bytes (written
  * by another program, or cut short): the next allocation lands there, the
  * old bytes below the end are zeroed, the file then ends on the cluster's
- * boundary.
+ * boundary (once closed: under O_DIRECT it grows ahead while open).
  */
 static void
 test_alloc_no_padding_short_tail(void **state)
@@ -928,7 +928,9 @@ test_alloc_no_padding_short_tail(void **state)
     memset(buf, 0x42, 4096);
     assert_int_equal(block_handle_pwrite(h, 5 * 65536 + 8192, 4096, buf, 0),
                      0);
-    assert_int_equal(file_size(path), end + 65536);
+    /* Under O_DIRECT the file grows ahead while open (qcow2.c
+     * grow_over()), and is cut back at close. */
+    assert_true(file_size(path) >= end + 65536);
     assert_int_equal(block_handle_pread(h, 5 * 65536, 65536, buf, 0), 0);
     for (unsigned i = 0; i < 65536; i++) {
         if (buf[i] != (i >= 8192 && i < 12288 ? 0x42 : 0)) {
@@ -936,6 +938,7 @@ test_alloc_no_padding_short_tail(void **state)
         }
     }
     close_image(h, node);
+    assert_int_equal(file_size(path), end + 65536);
     assert_int_equal(qemu_img_check(path), 0);
     unlink(path);
     free(path);
