@@ -650,25 +650,51 @@ grows_ahead(const struct qcow2_state *s)
  * tail nobody claimed is cut at close (trim_grown_tail()).
  */
 static int
-grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
+grow_range(struct qcow2_state *s, uint64_t host, uint64_t len, int64_t flen)
 {
-    int64_t flen = block_getlength(s->file);
-    uint64_t start;
+    uint64_t start = (uint64_t)flen > host ? (uint64_t)flen - host : 0;
 
-    if (flen < 0 || (uint64_t)flen >= host + len) {
-        return 0;
-    }
-    if (grows_ahead(s)) {
-        len = align_up(host + len, GROW_AHEAD) - host;
-        __atomic_store_n(&s->grew_ahead, true, __ATOMIC_RELAXED);
-    }
-    start = (uint64_t)flen > host ? (uint64_t)flen - host : 0;
     start = align_up(start, MAX(s->file->limits.request_alignment, 1));
     if (start >= len) {
         return 0;
     }
     return block_pwrite_zeroes(s->file, host + start, len - start,
                                BLOCK_REQ_ALLOCATE);
+}
+
+static int
+grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
+{
+    int64_t flen = block_getlength(s->file);
+
+    if (flen < 0 || (uint64_t)flen >= host + len) {
+        return 0;
+    }
+    if (!grows_ahead(s)) {
+        return grow_range(s, host, len, flen);
+    }
+    /* Another request is growing the file over us: one fallocate per
+     * step, not one per request that finds the file short (each waits
+     * for every write in flight).  Ours then waits for it on the inode
+     * lock, or, if it gets there first, extends the file itself:
+     * slower, as correct. */
+    uint64_t want = align_up(host + len, GROW_AHEAD);
+    uint64_t cur = __atomic_load_n(&s->growing_to, __ATOMIC_ACQUIRE);
+    int ret;
+
+    do {
+        if (cur >= host + len) {
+            return 0;
+        }
+    } while (!__atomic_compare_exchange_n(&s->growing_to, &cur, want, false,
+                                          __ATOMIC_ACQ_REL,
+                                          __ATOMIC_ACQUIRE));
+    __atomic_store_n(&s->grew_ahead, true, __ATOMIC_RELAXED);
+    ret = grow_range(s, host, want - host, flen);
+    /* Done: later requests look at the file's length again. */
+    __atomic_compare_exchange_n(&s->growing_to, &want, 0, false,
+                                __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+    return ret;
 }
 
 /*
