@@ -656,14 +656,18 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
 }
 
 /*
- * Does entry e carry the zero flag (standard L2)?  Not a compressed one:
- * there bit 0 is part of the host offset of the compressed data.
+ * Does entry e read as zeroes by its zero flag (standard L2)?  The one
+ * classifier decides: in a compressed entry bit 0 is part of the host
+ * offset, and an invalid entry is left to read_with_entry's -EIO.
  */
 static bool
 zero_flagged(const struct qcow2_state *s, const struct qcow2_l2e *e)
 {
-    return !s->extended_l2 && !(e->entry & QCOW2_OFLAG_COMPRESSED) &&
-           (e->entry & QCOW2_OFLAG_ZERO);
+    enum qcow2_cluster_type t;
+
+    return qcow2_l2_entry_type(e->entry, e->bitmap, s->extended_l2,
+                               (int)s->h.version, s->cluster_bits, &t) == 0 &&
+           (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC);
 }
 
 /* Data phase (no s->lock): COW fill around [in, in+n), then write. */
