@@ -23,6 +23,8 @@
 #include "lockstep/block.h"
 #include "lockstep/err.h"
 
+struct poll_tuning;                /* util.h */
+
 /* What every export type takes (QEMU's BlockExportOptions base). */
 struct block_export_options {
     const char *type;            /* "nbd", "vhost-user-blk", ... */
@@ -30,6 +32,9 @@ struct block_export_options {
     const char *node_name;
     bool writable;
     bool writethrough;           /* every write is stable when it completes */
+    /* The iothread's polling (NBD readers, vhost-user queues); NULL:
+     * poll_tuning_default. */
+    const struct poll_tuning *poll;
     /* The driver's own options: struct nbd_export_options * for nbd,
      * struct fuse_export_options * for fuse, ... */
     const void *driver_opts;

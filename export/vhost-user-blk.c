@@ -560,7 +560,8 @@ vub_create(const struct block_export_options *opts, struct err **errp)
     {
         CLEANUP_FREE char *name = xasprintf("export '%s'", opts->id);
 
-        b->dev = vu_dev_new(fd, b->num_queues, &vub_ops, b, name);
+        b->dev = vu_dev_new(fd, b->num_queues, &vub_ops, b, name,
+                            opts->poll);
     }
     return b;
 }

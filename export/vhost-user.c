@@ -101,12 +101,6 @@ enum {
 #define VU_STATUS_NEEDS_RESET  0x40
 
 #define VU_THREADS_PER_QUEUE   16
-/* Busy-polling of an empty ring before sleeping on the kick eventfd, as
- * the NBD server's reader polls its socket: from MIN doubling to MAX
- * while sleeps end within GROW. */
-#define VU_POLL_MIN_NS         4000
-#define VU_POLL_MAX_NS         32000
-#define VU_POLL_GROW_NS        128000
 /* The poller signals the call eventfd once per batch of requests it ran
  * itself, at the latest after this many: a call per request would wake
  * the driver (on a busy host: preempt us) once per request. */
@@ -208,6 +202,9 @@ struct vu_dev {
     int listen_fd;
     pthread_t thread;
     bool has_thread;
+    /* Busy-polling of an empty ring before sleeping on the kick eventfd,
+     * as the NBD server's reader polls its socket.  Fixed at creation. */
+    struct poll_tuning poll;
 
     /* Protected by: conn_lock. */
     struct lock conn_lock;
@@ -758,7 +755,7 @@ queue_wait(struct vu_queue *q)
         { .fd = q->kick_fd, .events = POLLIN },
         { .fd = q->wake_fd, .events = POLLIN },
     };
-    int64_t t0, waited, end;
+    int64_t t0, end;
 
     if (q->poll_ns > 0) {
         end = clock_ns() + q->poll_ns;
@@ -782,10 +779,7 @@ queue_wait(struct vu_queue *q)
     t0 = clock_ns();
     while (poll(pfd, 2, -1) < 0 && errno == EINTR) {
     }
-    waited = clock_ns() - t0 + q->poll_ns;
-    q->poll_ns = waited <= VU_POLL_GROW_NS ?
-        (q->poll_ns ? MIN(q->poll_ns * 2, VU_POLL_MAX_NS) : VU_POLL_MIN_NS) :
-        0;
+    q->poll_ns = poll_adapt(&q->dev->poll, q->poll_ns, clock_ns() - t0);
     drain_eventfd(q->kick_fd);
     drain_eventfd(q->wake_fd);
     set_notification(q, false);
@@ -1770,6 +1764,7 @@ dev_init(struct vu_dev *dev, unsigned num_queues,
     dev->num_queues = MIN(num_queues, (unsigned)VU_MAX_QUEUES);
     dev->listen_fd = -1;
     dev->conn_fd = -1;
+    dev->poll = poll_tuning_default;
     lock_init(&dev->conn_lock, LOCK_VU_CONN);
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++) {
         struct vu_queue *q = &dev->queues[i];
@@ -1829,11 +1824,15 @@ control_thread(void *opaque)
 
 struct vu_dev *
 vu_dev_new(int listen_fd, unsigned num_queues,
-           const struct vu_device_ops *ops, void *opaque, const char *name)
+           const struct vu_device_ops *ops, void *opaque, const char *name,
+           const struct poll_tuning *poll)
 {
     struct vu_dev *dev = xzalloc(sizeof(*dev));
 
     dev_init(dev, num_queues, ops, opaque, name);
+    if (poll) {
+        dev->poll = *poll;
+    }
     dev->listen_fd = listen_fd;
     thread_create(&dev->thread, "vhost-ctl", control_thread, dev);
     dev->has_thread = true;

@@ -36,6 +36,8 @@
 
 #include "lockstep/err.h"
 
+struct poll_tuning;                /* util.h */
+
 #define VU_MAX_REGIONS      8
 #define VU_MAX_QUEUES       16
 #define VU_MAX_QUEUE_SIZE   1024
@@ -142,12 +144,13 @@ struct vu_device_ops {
 
 /*
  * A device served on a listening socket: listen_fd is taken over (closed
- * by vu_dev_free).  num_queues is what GET_QUEUE_NUM reports.  Starts
+ * by vu_dev_free).  num_queues is what GET_QUEUE_NUM reports; poll
+ * tunes the queues' busy-polling (NULL: poll_tuning_default).  Starts
  * the control thread.  Main thread.
  */
 struct vu_dev *vu_dev_new(int listen_fd, unsigned num_queues,
                           const struct vu_device_ops *ops, void *opaque,
-                          const char *name);
+                          const char *name, const struct poll_tuning *poll);
 /* Is a front-end connected now?  Any thread. */
 bool vu_dev_connected(struct vu_dev *dev);
 /* Disconnect the front-end (its queued requests finish first), stop the

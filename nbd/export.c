@@ -133,6 +133,7 @@ nbdexp_new(const struct block_export_options *o, bool require_server,
     exp->writable = o->writable;
     exp->writethrough = o->writethrough;
     exp->alloc_depth = n->allocation_depth;
+    exp->poll = o->poll ? *o->poll : poll_tuning_default;
     exp->min_block = node->limits.request_alignment ?
                      node->limits.request_alignment : 1;
     if (exp->min_block > 65536 || !is_power_of_2(exp->min_block)) {

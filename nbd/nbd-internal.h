@@ -37,6 +37,7 @@
 #include "lockstep/block.h"
 #include "lockstep/err.h"
 #include "nbd/server.h"
+#include "util.h"
 
 struct block_dirty_bitmap;
 struct tls_creds;
@@ -58,6 +59,7 @@ struct nbdexp {
     bool alloc_depth;          /* qemu:allocation-depth offered */
     bool multi_conn;
     uint32_t min_block;        /* advertised minimum block size */
+    struct poll_tuning poll;   /* the reader's busy-polling */
     struct nbdexp_bitmap *bitmaps;
     size_t nbitmaps;
 

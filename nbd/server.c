@@ -90,11 +90,6 @@
 #define NBDSRV_CONN_THREADS 8
 #define NBDSRV_RBUF         (64 * 1024)
 #define NBDSRV_BUF_ALIGN    4096   /* payload buffers: a page */
-/* Busy-polling before the reader role sleeps (conn_recv_some): from MIN,
- * doubling up to MAX while sleeps end within GROW. */
-#define NBDSRV_POLL_MIN_NS  4000
-#define NBDSRV_POLL_MAX_NS  32000
-#define NBDSRV_POLL_GROW_NS 128000
 /* Then a thread waits this long for the next request before the reader
  * role goes to the epoll set. */
 #define NBDSRV_LINGER_MS    20
@@ -873,22 +868,18 @@ conn_poll_recv(struct nbdsrv_conn *conn, void *buf, size_t len, int64_t ns)
     }
 }
 
-/* The last wait for the client (from when the busy-poll gave up) set the
- * poll time, as QEMU's iothread polling does: it grows while waits end
- * soon after the poll gave up and drops to zero when one took long.  And
- * whether the next wait lingers: only if this one ended within the
- * linger time, so idle clients cost no thread at all. */
+/* The last wait for the client (from when the busy-poll gave up) sets the
+ * poll time (poll_adapt(), with the export's iothread's tuning once the
+ * connection has one).  And whether the next wait lingers: only if this
+ * one ended within the linger time, so idle clients cost no thread. */
 static void
 conn_adapt_wait(struct nbdsrv_conn *conn)
 {
     int64_t waited = clock_ns() - conn->wait_start;
+    const struct nbdexp *exp = conn->s.exp;
 
-    if (waited + conn->poll_ns <= NBDSRV_POLL_GROW_NS) {
-        conn->poll_ns = conn->poll_ns ?
-            MIN(conn->poll_ns * 2, NBDSRV_POLL_MAX_NS) : NBDSRV_POLL_MIN_NS;
-    } else {
-        conn->poll_ns = 0;
-    }
+    conn->poll_ns = poll_adapt(exp ? &exp->poll : &poll_tuning_default,
+                               conn->poll_ns, waited);
     conn->linger = waited < NBDSRV_LINGER_MS * 1000000LL;
 }
 

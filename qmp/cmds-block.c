@@ -210,12 +210,6 @@ QMP_TYPED_HANDLER(qmp_blockdev_del, blockdev_del_cmd,
 
 /* ---- query-named-block-nodes ------------------------------------------- */
 
-static bool
-is_null_driver(struct block_node *node)
-{
-    return !strncmp(node->drv->name, "null", 4);
-}
-
 /* Options QEMU leaves out of a json: filename (they do not change what
  * the node reads). */
 static bool
@@ -286,7 +280,7 @@ bottom_is_null(struct block_node *node)
     while (node->file) {
         node = node->file->node;
     }
-    return is_null_driver(node);
+    return node->drv->no_image_info;
 }
 
 static int

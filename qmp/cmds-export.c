@@ -316,16 +316,20 @@ block_export_add_cmd(const struct qmp_args_block_export_add *a,
     struct nbd_export_options nbd;
     struct fuse_export_options fuse;
     struct vhost_user_blk_options vub;
+    struct poll_tuning poll;
     bool ok;
 
     if (!check_variant(a, errp)) {
         return NULL;
     }
-    if (a->iothread && !qmp_iothread_exists(a->iothread)) {
-        err_setf(errp, "iothread \"%s\" not found", a->iothread);
-        return NULL;
+    /* Exports run their own threads; an iothread says how they poll. */
+    if (a->iothread) {
+        if (!qmp_iothread_poll(a->iothread, &poll)) {
+            err_setf(errp, "iothread \"%s\" not found", a->iothread);
+            return NULL;
+        }
+        opts.poll = &poll;
     }
-    /* Exports run their own threads: the iothread choice is moot. */
     switch (a->type) {
     case QMP_EXPORT_TYPE_NBD:
         nbd_options(a, &nbd, &bitmaps);

@@ -4,9 +4,11 @@
  * qom-get on /objects/ID), as far as qemu-storage-daemon scripts use them:
  *
  *   iothread        exports may name one ("iothread", "fixed-iothread");
- *                   lockstep's NBD server runs its own threads, so it is
- *                   only a name that must exist; its polling knobs are
- *                   accepted and have no effect.
+ *                   lockstep's exports run their own threads, which poll
+ *                   as the iothread's poll-max-ns, poll-grow and
+ *                   poll-shrink say.  Its event loop's knobs
+ *                   (aio-max-batch, thread-pool-*) have nothing to act
+ *                   on: only QEMU's defaults are taken.
  *   tls-creds-x509, tls-creds-psk
  *                   TLS credentials (crypto/tls-creds.h) for the NBD
  *                   server (tls-creds) and the nbd driver (tls-creds).
@@ -18,6 +20,7 @@
  * options.  Ids share one namespace, as QEMU's /objects container.
  * Main thread.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -61,23 +64,83 @@ static const char *const qom_type_values[] = {
 
 /* ---- iothread ----------------------------------------------------------- */
 
-/* IothreadProperties. */
+/* IothreadProperties (with EventLoopBaseProperties). */
 static const struct qmp_arg iothread_members[] = {
     OBJECT_HEAD,
-    { "poll-max-ns", QMP_T_INT, true, "ignored", NULL, NULL, NULL, NULL },
-    { "poll-grow", QMP_T_INT, true, "ignored", NULL, NULL, NULL, NULL },
-    { "poll-shrink", QMP_T_INT, true, "ignored", NULL, NULL, NULL, NULL },
-    { "aio-max-batch", QMP_T_INT, true, "ignored", NULL, NULL, NULL, NULL },
-    { "thread-pool-min", QMP_T_INT, true, "ignored", NULL, NULL, NULL,
+    { "poll-max-ns", QMP_T_INT, true, "the longest busy-poll of an "
+      "export's serving threads before they sleep; 0: no polling "
+      "(default 32768)", NULL, NULL, NULL, NULL },
+    { "poll-grow", QMP_T_INT, true, "the factor the poll time grows by "
+      "when a sleep ended soon after the poll; 0: 2 (default 0)", NULL,
+      NULL, NULL, NULL },
+    { "poll-shrink", QMP_T_INT, true, "the divisor of the poll time after "
+      "a long sleep; 0: stop polling (default 0)", NULL, NULL, NULL,
       NULL },
-    { "thread-pool-max", QMP_T_INT, true, "ignored", NULL, NULL, NULL,
+    { "aio-max-batch", QMP_T_INT, true, "only 0 (the default): the file "
+      "driver's aio-max-batch caps io_uring batches", NULL, NULL, NULL,
       NULL },
+    { "thread-pool-min", QMP_T_INT, true, "only 0 (the default): requests "
+      "run on the export's threads, with no worker pool", NULL, NULL,
+      NULL, NULL },
+    { "thread-pool-max", QMP_T_INT, true, "only 64 (the default): requests "
+      "run on the export's threads, with no worker pool", NULL, NULL,
+      NULL, NULL },
     QMP_END,
 };
 
-static bool
-iothread_add(json_t *props UNUSED, struct err **errp UNUSED)
+#define IOTHREAD_THREAD_POOL_MAX_DEFAULT 64     /* QEMU's */
+
+/* An integer property, QEMU's default when absent. */
+static int64_t
+iothread_int(json_t *props, const char *name)
 {
+    json_t *v = json_object_get(props, name);
+
+    if (v) {
+        return json_integer_value(v);
+    }
+    if (!strcmp(name, "poll-max-ns")) {
+        return POLL_MAX_NS_DEFAULT;
+    }
+    if (!strcmp(name, "thread-pool-max")) {
+        return IOTHREAD_THREAD_POOL_MAX_DEFAULT;
+    }
+    return 0;
+}
+
+/* Ranges first, with QEMU's messages; then what lockstep cannot honour.
+ * Scripts that spell out QEMU's defaults keep working. */
+static bool
+iothread_add(json_t *props, struct err **errp)
+{
+    int64_t min = iothread_int(props, "thread-pool-min");
+    int64_t max = iothread_int(props, "thread-pool-max");
+
+    for (const struct qmp_arg *m = iothread_members + 2; m->name; m++) {
+        if (iothread_int(props, m->name) < 0) {
+            err_setf(errp, "%s value must be in range [0, %" PRId64 "]",
+                     m->name, INT64_MAX);
+            return false;
+        }
+    }
+    if (max < 1 || min > max) {
+        err_setf(errp, "bad thread-pool-min/thread-pool-max values");
+        return false;
+    }
+    if (iothread_int(props, "aio-max-batch") != 0) {
+        err_setf(errp, "aio-max-batch is not supported (only 0, the "
+                 "default): lockstep has no AIO engine per iothread; use "
+                 "the file driver's aio-max-batch");
+        return false;
+    }
+    if (min != 0 || max != IOTHREAD_THREAD_POOL_MAX_DEFAULT) {
+        err_setf(errp, "%s is not supported (only the default, %d): "
+                 "lockstep has no worker thread pool; requests run on the "
+                 "export's own threads", min != 0 ? "thread-pool-min" :
+                 "thread-pool-max",
+                 min != 0 ? 0 : IOTHREAD_THREAD_POOL_MAX_DEFAULT);
+        return false;
+    }
     return true;
 }
 
@@ -357,11 +420,17 @@ object_find(const char *id)
 }
 
 bool
-qmp_iothread_exists(const char *id)
+qmp_iothread_poll(const char *id, struct poll_tuning *t)
 {
     struct object *o = object_find(id);
 
-    return o && !strcmp(o->type->name, "iothread");
+    if (!o || strcmp(o->type->name, "iothread")) {
+        return false;
+    }
+    t->max_ns = iothread_int(o->props, "poll-max-ns");
+    t->grow = iothread_int(o->props, "poll-grow");
+    t->shrink = iothread_int(o->props, "poll-shrink");
+    return true;
 }
 
 /* keyval (--object) gives every value as a string: type the integers and
@@ -573,7 +642,9 @@ default_value(const struct object *o, const char *prop)
             return json_true();
         }
     }
-    (void)o;
+    if (!strcmp(o->type->name, "iothread")) {
+        return json_integer(iothread_int(o->props, prop));
+    }
     return json_null();
 }
 

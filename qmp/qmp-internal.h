@@ -25,6 +25,8 @@
 
 #include "lockstep/err.h"
 
+struct poll_tuning;                /* util.h */
+
 struct socket_address;
 
 /* The version query-version and the greeting report. */
@@ -293,7 +295,9 @@ json_t *qmp_object_add(json_t *args, struct err **errp);
 extern const struct qmp_typed qmp_object_del;
 /* --object: keyval values are typed first. */
 bool qmp_object_add_keyval(json_t *opts, struct err **errp);
-bool qmp_iothread_exists(const char *id);
+/* The polling an iothread's properties ask for; false when there is no
+ * such iothread. */
+bool qmp_iothread_poll(const char *id, struct poll_tuning *t);
 extern const struct qmp_typed qmp_qom_list;
 extern const struct qmp_typed qmp_qom_get;
 /* The i-th object type's properties (without qom-type and id), for the

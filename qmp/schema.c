@@ -182,10 +182,13 @@ static const struct qmp_arg args_block_export_add[] = {
                  .doc = "offer the qemu:allocation-depth meta context "
                         "(default false)"),
     QMP_STR_OPT(T, iothread, "iothread",
-                .doc = "an iothread object that must exist (no effect: the "
-                       "NBD server runs its own threads)"),
+                .doc = "an iothread object that must exist; its "
+                       "poll-max-ns, poll-grow and poll-shrink tune how "
+                       "the export's own threads busy-poll (NBD, "
+                       "vhost-user-blk; FUSE threads do not poll)"),
     QMP_BOOL_OPT(T, fixed_iothread, "fixed-iothread",
-                 .doc = "accepted, no effect"),
+                 .doc = "accepted either way: an export's work never moves "
+                        "to other threads"),
     QMP_ANY_OBJECT_OPT(T, addr, "addr",
                        .doc = "vhost-user-blk: where to listen for the VMM "
                               "(required), a flat SocketAddress: "
@@ -674,7 +677,9 @@ const struct qmp_command qmp_commands[] = {
       &qmp_blockdev_reopen },
     { "object-add", qmp_object_add, NULL, true,
       "Create an object: an iothread (for exports that name one; its "
-      "polling properties have no effect), TLS credentials "
+      "poll-max-ns, poll-grow and poll-shrink tune their threads' "
+      "busy-polling, aio-max-batch and thread-pool-min/max take only "
+      "QEMU's defaults), TLS credentials "
       "(tls-creds-x509, tls-creds-psk: loaded and checked now, QEMU's file "
       "names in dir) or an authorization list (authz-simple, authz-list, "
       "authz-listfile).  docs/security.md shows them in use.",
@@ -1239,7 +1244,11 @@ qmp_schema_print_doc(FILE *f)
         "- After \"JSON parse error, \" the description is our parser's "
         "wording, not QEMU's.\n"
         "- Chardevs: only listening sockets (unix or TCP) with wait=off.  "
-        "Objects: only iothread, and it has no effect.\n"
+        "Objects: iothread, TLS credentials and authz lists; an "
+        "iothread's aio-max-batch, thread-pool-min and thread-pool-max "
+        "take only QEMU's defaults (0, 0, 64): requests run on the "
+        "export's threads, with no AIO engine or worker pool per "
+        "iothread.\n"
         "- `blockdev-reopen` changes only child references and read-only; "
         "options left out keep their values instead of reverting to "
         "defaults.\n"

@@ -305,6 +305,29 @@ clock_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+const struct poll_tuning poll_tuning_default = {
+    .max_ns = POLL_MAX_NS_DEFAULT,
+};
+
+/* Polling starts this long and grows while sleeps end within GROW. */
+#define POLL_MIN_NS  4000
+#define POLL_GROW_NS 128000
+
+int64_t
+poll_adapt(const struct poll_tuning *t, int64_t poll_ns, int64_t slept_ns)
+{
+    int64_t next;
+
+    if (slept_ns + poll_ns <= POLL_GROW_NS) {
+        next = !poll_ns ? POLL_MIN_NS :
+               poll_ns > INT64_MAX / (t->grow ? t->grow : 2) ? t->max_ns :
+               poll_ns * (t->grow ? t->grow : 2);
+        return MIN(next, t->max_ns);
+    }
+    next = t->shrink ? poll_ns / t->shrink : 0;
+    return next < POLL_MIN_NS ? 0 : next;
+}
+
 static void
 check(int r, const char *what)
 {

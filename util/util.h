@@ -115,6 +115,27 @@ bool socket_is_loopback(int fd);
 /* Monotonic clock in nanoseconds. */
 int64_t clock_ns(void);
 
+/*
+ * Adaptive busy-polling before a serving thread sleeps (the NBD reader on
+ * its socket, a vhost-user queue on its ring), tuned as QEMU tunes an
+ * iothread's polling: an export that names an iothread object takes its
+ * poll-max-ns, poll-grow and poll-shrink.
+ */
+struct poll_tuning {
+    int64_t max_ns;             /* longest poll; 0: never poll */
+    int64_t grow;               /* multiplier; 0: double */
+    int64_t shrink;             /* divisor; 0: drop to no polling */
+};
+#define POLL_MAX_NS_DEFAULT 32768       /* QEMU's on POSIX hosts */
+extern const struct poll_tuning poll_tuning_default;
+/*
+ * The next poll time, from this one (poll_ns) and how long the thread
+ * then slept (slept_ns): a wait that ended soon after the poll gave up
+ * says a longer poll would have caught it, so grow; a long one shrinks.
+ */
+int64_t poll_adapt(const struct poll_tuning *t, int64_t poll_ns,
+                   int64_t slept_ns);
+
 /* pthread wrappers: abort on any error (nbdkit's locks.c rule). */
 void mutex_init(pthread_mutex_t *m);
 void mutex_destroy(pthread_mutex_t *m);

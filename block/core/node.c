@@ -64,7 +64,8 @@ static int64_t drain_since;             /* atomic; see header */
 static int64_t shutdown_since;          /* atomic */
 
 static struct block_node *node_new(json_t *options, const char *prefix,
-                                   const char *role, struct err **errp);
+                                   const char *role, const void *priv,
+                                   size_t priv_size, struct err **errp);
 
 /*
  * The nodes this thread is opening, innermost last: opening a node opens
@@ -1095,6 +1096,7 @@ node_free(struct block_node *node)
     mutex_destroy(&node->serial_lock);
     mutex_destroy(&node->bitmap_lock);
     json_decref(node->options);
+    free(node->typed_private);
     free(node->opaque);
     free(node->node_name);
     free(node);
@@ -1223,7 +1225,7 @@ node_open_nested(struct block_node *node, json_t *opts, const char *role,
 
 static struct block_node *
 node_new(json_t *options, const char *prefix, const char *role,
-         struct err **errp)
+         const void *priv, size_t priv_size, struct err **errp)
 {
     const struct block_driver *drv;
     struct block_node *node;
@@ -1259,6 +1261,10 @@ node_new(json_t *options, const char *prefix, const char *role,
     }
     node = node_alloc(drv);
     node->options = opts;
+    if (priv) {
+        node->typed_private = xmalloc(priv_size);
+        memcpy(node->typed_private, priv, priv_size);
+    }
     read_common_options(node, opts);
     if (!assign_node_name(node, opts, errp)) {
         node_free(node);
@@ -1277,7 +1283,7 @@ struct block_node *
 block_node_new(json_t *options, struct err **errp)
 {
     assert_main_thread();
-    return node_new(options, "", NULL, errp);
+    return node_new(options, "", NULL, NULL, 0, errp);
 }
 
 struct block_node *
@@ -1298,6 +1304,15 @@ block_node_new_keyval(const char *str, struct err **errp)
 struct block_node *
 block_node_new_typed(const char *driver, const struct block_setting *settings,
                      struct err **errp)
+{
+    return block_node_new_typed_private(driver, settings, NULL, 0, errp);
+}
+
+struct block_node *
+block_node_new_typed_private(const char *driver,
+                             const struct block_setting *settings,
+                             const void *priv, size_t priv_size,
+                             struct err **errp)
 {
     json_t *opts = json_pack("{s:s}", "driver", driver);
     struct block_node *node;
@@ -1321,7 +1336,8 @@ block_node_new_typed(const char *driver, const struct block_setting *settings,
         }
         json_object_set_new(opts, st->name, v);
     }
-    node = block_node_new(opts, errp);
+    assert_main_thread();
+    node = node_new(opts, "", NULL, priv, priv_size, errp);
     json_decref(opts);
     return node;
 }
@@ -1402,7 +1418,7 @@ open_child_ref(struct block_node *parent, json_t *ref, const char *name,
         json_t *child_opts = json_deep_copy(ref);
 
         inherit_options(parent, child_opts, child_name);
-        child = node_new(child_opts, prefix, child_name, errp);
+        child = node_new(child_opts, prefix, child_name, NULL, 0, errp);
         json_decref(child_opts);
         if (!child) {
             return NULL;

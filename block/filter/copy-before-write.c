@@ -78,9 +78,11 @@ struct cbw_state {
 
 extern const struct block_driver cbw_driver;
 
-/* Set by cbw_new() around the open (main thread only): the backup job's
- * discard-source, which is not a QMP option of the filter. */
-static bool g_append_discard_source;
+/* What cbw_new() tells the filter beyond its options (node->typed_private):
+ * the backup job's discard-source, which is not a QMP option. */
+struct cbw_private {
+    bool discard_source;
+};
 
 const char *const cbw_on_error_names[] = {
     [CBW_ON_ERROR_BREAK_GUEST_WRITE] = "break-guest-write",
@@ -234,12 +236,13 @@ static int
 cbw_open(struct block_node *node, json_t *options, struct err **errp)
 {
     struct cbw_state *s = node->opaque;
+    const struct cbw_private *priv = node->typed_private;
     struct block_dirty_bitmap *bm;
     struct err *local_err = NULL;
     struct block_node *file;
     uint64_t min_cluster;
 
-    s->discard_source = g_append_discard_source;
+    s->discard_source = priv && priv->discard_source;
     if (!parse_scalars(s, options, &min_cluster, errp) ||
         !lookup_bitmap(options, &bm, errp)) {
         return -EINVAL;
@@ -560,7 +563,7 @@ cbw_new(struct block_node *source, struct block_node *target,
         const struct cbw_options *o, struct err **errp)
 {
     struct block_setting set[8];
-    struct block_node *cbw;
+    const struct cbw_private priv = { .discard_source = o->discard_source };
     size_t n = 0;
 
     set[n++] = BLOCK_SET_NODE("file", source);
@@ -580,10 +583,8 @@ cbw_new(struct block_node *source, struct block_node *target,
                                  (int64_t)o->min_cluster_size);
     }
     set[n] = (struct block_setting) { .name = NULL };
-    g_append_discard_source = o->discard_source;
-    cbw = block_node_new_typed("copy-before-write", set, errp);
-    g_append_discard_source = false;
-    return cbw;
+    return block_node_new_typed_private("copy-before-write", set, &priv,
+                                        sizeof(priv), errp);
 }
 
 struct block_node *

@@ -125,6 +125,7 @@ const struct block_driver null_co_driver = {
     .name = "null-co",
     .kind = BLOCK_KIND_PROTOCOL,
     .state_size = sizeof(struct null_state),
+    .no_image_info = true,
     .options = null_opts,
     .open = null_open,
     .getlength = null_getlength,

@@ -189,6 +189,8 @@ struct block_node {
     bool auto_named;           /* "#blockN", not given by the user */
     json_t *options;           /* as given (children as given too) */
     void *opaque;              /* driver state, drv->state_size bytes */
+    void *typed_private;       /* block_node_new_typed_private()'s, or
+                                * NULL; the driver's open reads it */
 
     /* Set at open from the common options. */
     bool read_only;
@@ -427,6 +429,13 @@ struct block_setting {
 struct block_node *block_node_new_typed(const char *driver,
                                         const struct block_setting *settings,
                                         struct err **errp);
+/* The same with what the creator tells the driver beyond options (QEMU's
+ * open flags, such as the backup job's discard-source): priv_size bytes
+ * copied to node->typed_private for every open of the node, reopen
+ * included. */
+struct block_node *block_node_new_typed_private(
+    const char *driver, const struct block_setting *settings,
+    const void *priv, size_t priv_size, struct err **errp);
 /* Shorthand for tools: "-f FMT FILE". */
 struct block_node *block_node_open_file(const char *filename, const char *fmt,
                                         bool read_only, struct err **errp);

@@ -85,6 +85,14 @@ struct block_driver {
      * content: a fleecing removal that takes the filter out from under
      * its other parents leaves such a node on it. */
     bool reads_frozen_view;
+    /* Set when the driver has no image information, as QEMU's null
+     * drivers: qemu-io's info fails, query-named-block-nodes shows no
+     * dirty-flag and 0 bytes allocated. */
+    bool no_image_info;
+    /* Set when the driver's nodes take BLOCK_REQ_WRITE_COMPRESSED (known
+     * before a node exists: lockstep-img convert -c asks the output
+     * format). */
+    bool compressed_writes;
 
     /*
      * Open: parse node->options (already validated against .options; the
@@ -259,7 +267,10 @@ struct block_driver {
                            struct err **errp);
     int (*snapshot_load_tmp)(struct block_node *node, const char *id,
                              const char *name, struct err **errp);
-    /* The VM state area of savevm (past the disk's end): any thread. */
+    /* The VM state area of savevm (past the disk's end): any thread.
+     * vmstate_start: where it begins in the node's address space
+     * (qemu-io's info). */
+    uint64_t (*vmstate_start)(struct block_node *node);
     int (*vmstate_pread)(struct block_node *node, uint64_t pos, uint64_t len,
                          void *buf);
     int (*vmstate_pwrite)(struct block_node *node, uint64_t pos, uint64_t len,

@@ -203,6 +203,27 @@ def test_info(lockstep_io, img):
                                      "vm state offset: 0 bytes"]
 
 
+@pytest.mark.parametrize("size,cluster", [("10M", "64k"), ("3G", "4k"),
+                                          ("2M", "512")])
+def test_info_qcow2_and_null_as_qemu_io(lockstep_io, qemu_io, tmp_dir, size,
+                                        cluster):
+    """The VM state offset comes from the driver's vmstate_start hook,
+    null-co's missing image info from its no_image_info flag: both as
+    qemu-io prints them."""
+    path = os.path.join(tmp_dir, "a.qcow2")
+    r = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+             "cluster_size=" + cluster, path, size])
+    assert r.returncode == 0, r.stderr
+    null = 'json:{"driver": "null-co", "size": 1048576}'
+    for target in (path, null):
+        ours = run([lockstep_io, "-c", "info", target])
+        theirs = run([qemu_io, "-c", "info", target])
+        assert (ours.returncode, ours.stdout) == \
+            (theirs.returncode, theirs.stdout)
+    assert "vm state offset:" in run([lockstep_io, "-c", "info",
+                                      path]).stdout
+
+
 def test_help(lockstep_io, img):
     r = lio(lockstep_io, img, ["help"])
     assert r.returncode == 0

@@ -169,6 +169,15 @@ load_snapshot(struct img *src, const char *param)
     return 0;
 }
 
+/* Can the output format store compressed clusters (convert -c)? */
+static bool
+format_compresses(const char *fmt)
+{
+    const struct block_driver *drv = block_driver_find(fmt);
+
+    return drv && drv->compressed_writes;
+}
+
 static int
 convert_parse(int argc, char **argv, struct convert_args *a)
 {
@@ -251,7 +260,7 @@ convert_parse(int argc, char **argv, struct convert_args *a)
         img_error("Use of backing file requires explicit backing format");
         return -2;      /* no usage hint, as qemu-img */
     }
-    if (a->compress && strcmp(a->out.fmt, "qcow2")) {
+    if (a->compress && !format_compresses(a->out.fmt)) {
         img_error("Compression not supported for this file format");
         return -1;
     }

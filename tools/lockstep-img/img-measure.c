@@ -445,7 +445,7 @@ img_cmd_measure(int argc, char **argv)
     if (src.node && t.version >= 3) {
         struct block_node *fmt = block_skip_filters(src.node);
 
-        has_bitmaps = fmt && !strcmp(fmt->drv->name, "qcow2");
+        has_bitmaps = fmt && fmt->drv->bitmap_can_store;
         if (has_bitmaps) {
             bitmaps = bitmaps_bytes(fmt, t.cluster_size);
         }

@@ -820,18 +820,15 @@ cmd_info(struct io_ctx *ctx, int argc UNUSED, char **argv UNUSED)
     if (is_qemu_protocol(node->drv->name)) {
         printf("format name: %s\n", node->drv->name);
     }
-    if (!strcmp(node->drv->name, "null-co")) {
+    if (node->drv->no_image_info) {
         json_decref(info);
         return -ENOTSUP;
     }
     if (node->drv->query) {
         node->drv->query(node, info);
     }
-    if (cluster && !strcmp(node->drv->name, "qcow2")) {
-        /* The VM state would start at the next L1 entry's range. */
-        uint64_t l1_range = cluster * (cluster / 8);
-
-        vm_off = align_up(node->size, l1_range);
+    if (node->drv->vmstate_start) {
+        vm_off = node->drv->vmstate_start(node);
     }
     io_fmt_size(cs, sizeof(cs), (double)cluster);
     io_fmt_size(vm, sizeof(vm), (double)vm_off);

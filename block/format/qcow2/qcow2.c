@@ -721,14 +721,18 @@ write_cow_zero(struct qcow2_state *s, const struct write_plan *p,
 }
 
 /*
- * Does entry e carry the zero flag (standard L2)?  Not a compressed one:
- * there bit 0 is part of the host offset of the compressed data.
+ * Does entry e read as zeroes by its zero flag (standard L2)?  The one
+ * classifier decides: in a compressed entry bit 0 is part of the host
+ * offset, and an invalid entry is left to read_with_entry's -EIO.
  */
 static bool
 zero_flagged(const struct qcow2_state *s, const struct qcow2_l2e *e)
 {
-    return !s->extended_l2 && !(e->entry & QCOW2_OFLAG_COMPRESSED) &&
-           (e->entry & QCOW2_OFLAG_ZERO);
+    enum qcow2_cluster_type t;
+
+    return qcow2_l2_entry_type(e->entry, e->bitmap, s->extended_l2,
+                               (int)s->h.version, s->cluster_bits, &t) == 0 &&
+           (t == QCOW2_CLUSTER_ZERO_PLAIN || t == QCOW2_CLUSTER_ZERO_ALLOC);
 }
 
 /* Data phase (no s->lock): COW fill around [in, in+n), then write. */
@@ -2213,13 +2217,20 @@ qcow2_truncate(struct block_node *node, uint64_t length, struct err **errp)
  * with nothing else writing (lockstep-io).  The disk end is rounded up to
  * whole L1 entries, as QEMU places it.
  */
+uint64_t
+qcow2_vmstate_start(struct block_node *node)
+{
+    struct qcow2_state *s = node->opaque;
+    uint64_t span = s->cluster_size * s->l2_entries;
+
+    return div_round_up(s->h.size, span) * span;
+}
+
 static int
 vmstate_offset(struct block_node *node, uint64_t pos, uint64_t len,
                uint64_t *off)
 {
-    struct qcow2_state *s = node->opaque;
-    uint64_t span = s->cluster_size * s->l2_entries;
-    uint64_t base = div_round_up(s->h.size, span) * span;
+    uint64_t base;
 
     if (!node->drv || strcmp(node->drv->name, "qcow2") != 0) {
         return -ENOTSUP;
@@ -2227,6 +2238,7 @@ vmstate_offset(struct block_node *node, uint64_t pos, uint64_t len,
     if (node->backing) {
         return -ENOTSUP;    /* would read the backing file past its end */
     }
+    base = qcow2_vmstate_start(node);
     if (pos > QCOW2_MAX_HOST_OFFSET || len > QCOW2_MAX_HOST_OFFSET - pos ||
         base + pos + len > QCOW2_MAX_HOST_OFFSET) {
         return -EFBIG;
@@ -2801,6 +2813,7 @@ const struct block_driver qcow2_driver = {
     .state_size = sizeof(struct qcow2_state),
     .options = qcow2_opts,
     .serialize_requests = false,
+    .compressed_writes = true,
     .open = qcow2_open,
     .close = qcow2_close,
     .getlength = qcow2_getlength,
@@ -2826,6 +2839,7 @@ const struct block_driver qcow2_driver = {
     .snapshot_goto = qcow2_snapshot_apply,
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
+    .vmstate_start = qcow2_vmstate_start,
     .vmstate_pread = qcow2_vmstate_pread,
     .vmstate_pwrite = qcow2_vmstate_pwrite,
 };

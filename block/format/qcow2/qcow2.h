@@ -310,6 +310,7 @@ int qcow2_snapshot_list_hook(struct block_node *node,
  * table as needed.  -ENOTSUP for other drivers and for images with a
  * backing file.  Main thread, nothing else writing.
  */
+uint64_t qcow2_vmstate_start(struct block_node *node);
 int qcow2_vmstate_pread(struct block_node *node, uint64_t pos, uint64_t len,
                         void *buf);
 int qcow2_vmstate_pwrite(struct block_node *node, uint64_t pos, uint64_t len,
