@@ -5,9 +5,12 @@
  *
  * Design notes.
  *  - A missing refcount block means "all these refcounts are 0".  A new
- *    block for table index j describes itself: it is placed at the first
- *    cluster of the range it covers (j * entries_per_block), which is free
- *    precisely because the block did not exist.
+ *    block for table index j describes itself: it is placed in the range
+ *    it covers, all of which is free precisely because the block did not
+ *    exist.  The allocator asks for the cluster just past the run it is
+ *    allocating (where QEMU puts it too), so that the run stays where it
+ *    was found and the file grows without a gap; failing that (the run
+ *    ends beyond the range) the block takes the range's first cluster.
  *  - Growing the table places the new table and the refcount blocks that
  *    describe it at the first cluster not covered by the old table (all
  *    free), writes them, flushes, switches the header in one 12-byte write,
@@ -299,9 +302,12 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
                                  QCOW2_DISCARD_OTHER);
 }
 
-/* Make sure refcount block idx exists (self-describing, see notes). */
+/*
+ * Make sure refcount block idx exists (self-describing, see notes): at
+ * cluster "prefer" if that lies in the range the block covers.
+ */
 static int
-refblock_ensure(struct qcow2_state *s, uint64_t idx)
+refblock_ensure(struct qcow2_state *s, uint64_t idx, uint64_t prefer)
 {
     uint64_t cs = s->cluster_size;
     uint64_t where = idx * s->refblock_entries;
@@ -318,6 +324,9 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (s->reftable[idx]) {
         return 0;
     }
+    if (prefer / s->refblock_entries == idx) {
+        where = prefer;
+    }
     if (idx == 0 || where * cs >= QCOW2_MAX_HOST_OFFSET) {
         qcow2_signal_corruption(s, -1, -1, "refcount block %llu cannot be "
                                 "placed", (unsigned long long)idx);
@@ -333,7 +342,7 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (ret < 0) {
         return ret;
     }
-    qcow2_refcount_set(rb, 0, s->refcount_order, 1);
+    qcow2_refcount_set(rb, where % s->refblock_entries, s->refcount_order, 1);
     ret = qcow2_meta_pwrite(s, 0, where * cs, cs, rb);
     qcow2_cache_put(&s->rb_cache, rb);
     if (ret == 0) {
@@ -396,7 +405,7 @@ qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
         int ret;
 
         if (delta > 0) {
-            ret = refblock_ensure(s, idx);
+            ret = refblock_ensure(s, idx, first + n);
             if (ret < 0) {
                 return ret;
             }
@@ -487,9 +496,10 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
             c = next;
             continue;
         }
-        /* Creating refcount blocks may use clusters of the run. */
+        /* A new refcount block goes just past the run; only where it
+         * cannot does it take a cluster of the run (the search goes on). */
         for (uint64_t i = c; i < c + n && ret >= 0; i++) {
-            ret = refblock_ensure(s, i / s->refblock_entries);
+            ret = refblock_ensure(s, i / s->refblock_entries, c + n);
         }
         if (ret < 0) {
             return ret;

@@ -981,8 +981,8 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     run->gc = gc;
     max = MIN(max, MAX(MAX_RUN_BYTES >> s->cluster_bits, 1));
     max = MIN(max, s->l2_entries - gc % s->l2_entries);
-    /* A refcount block sits at the first cluster it covers (see
-     * qcow2-refcount.c), so no free run is longer than the rest. */
+    /* A new refcount block may take the first cluster it covers (see
+     * qcow2-refcount.c): a longer run might never be found free. */
     max = MIN(max, s->refblock_entries - 1);
     ret = qcow2_get_l2e(s, gc, &run->head_old);
     if (ret < 0) {
