@@ -21,7 +21,7 @@ import pytest
 
 from conftest import run
 from direct import CACHE
-from powerloss import DONE, FLUSH, WRITE, ZERO, Log
+from powerloss import DISCARD, DONE, FLUSH, WRITE, ZERO, Log
 from qcow2_layout import Qcow2
 
 KiB = 1024
@@ -40,12 +40,13 @@ def qcow2(path, size, cluster, backing=None):
     assert r.returncode == 0, r.stderr
 
 
-def record(lockstep_io, img, log, cmds):
+def record(lockstep_io, img, log, cmds, extra=""):
     """Run lockstep-io commands on img through a blklog node; the requests
-    recorded, as (kind, offset, bytes), DONE records left out."""
+    recorded, as (kind, offset, bytes), DONE records left out.  extra:
+    more qcow2 options ("name=value,")."""
     if os.path.exists(log):
         os.unlink(log)
-    opts = ("driver=qcow2,file.driver=blklog,file.log=%s,"
+    opts = ("driver=qcow2," + extra + "file.driver=blklog,file.log=%s,"
             "file.file.driver=file,file.file.filename=%s" % (log, img))
     # Writeback (QEMU's cache=none in the O_DIRECT pass): lockstep-io's
     # default is qemu-io's writethrough, a flush after every write.
@@ -260,3 +261,44 @@ def test_random_writes_no_more_requests_than_qemu(tmp_path, lockstep_io):
     table = reftable(out["lockstep"][0])
     assert [t for t in table if t] == [8192, 2085 * 4096, 4119 * 4096]
     assert out["lockstep"][1] <= out["qemu"][1], out
+
+
+def host_runs(img):
+    """The host ranges holding guest data, neighbours on the host merged
+    (in guest order, as a discard over them meets them)."""
+    r = run(["qemu-img", "map", "--output=json", img])
+    assert r.returncode == 0, r.stderr
+    runs = []
+    for m in json.loads(r.stdout):
+        if not m["data"]:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == m["offset"]:
+            runs[-1][1] += m["length"]
+        else:
+            runs.append([m["offset"], m["length"]])
+    return [tuple(x) for x in runs]
+
+
+@pytest.mark.parametrize("cluster", [4096, 65536])
+def test_discard_is_one_request_per_run(tmp_path, lockstep_io, cluster):
+    """A discard over clusters that lie one after the other on the host
+    reaches the file as one request per contiguous run, as in QEMU, not
+    one PUNCH_HOLE per cluster (4 KiB clusters: 304 requests here
+    before): 1 MiB written at once (one run), 128 KiB elsewhere whose
+    clusters follow its new L2 table, and 64 KiB written before the 1 MiB
+    behind it in the guest, then one discard over all of it."""
+    img = str(tmp_path / "t.qcow2")
+    log = str(tmp_path / "t.log")
+    qcow2(img, 64 * MiB, cluster)
+    r = run([lockstep_io, "-c", "write -P 3 1M 64k", "-c",
+             "write -P 1 0 1M", "-c", "write -P 2 8M 128k", img])
+    assert r.returncode == 0, r.stderr
+    runs = host_runs(img)
+    assert len(runs) >= 2, runs
+    reqs = record(lockstep_io, img, log,
+                  ["discard 0 16M", "flush", "read -P 0 0 16M"],
+                  extra="discard=unmap,")
+    discards = [(q[1], q[2]) for q in reqs if q[0] == DISCARD]
+    assert sorted(discards) == sorted(runs), (discards, runs)
+    r = run(["qemu-img", "check", "-q", img])
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -365,12 +365,32 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx, uint64_t prefer)
     return 0;
 }
 
+/* Freed clusters not passed down yet: [start, start + n). */
+struct discard_run {
+    uint64_t start, n;
+};
+
+/*
+ * Pass the freed run down as one discard (QEMU merges adjacent ones too):
+ * one request per host-contiguous run, not one per cluster.  Refcounts are
+ * 0 in memory and nothing points there any more; we hold s->lock, so the
+ * allocator cannot hand the clusters out meanwhile.  A corrupt image gets
+ * no writes at all, discards included.
+ */
+static void
+discard_run_end(struct qcow2_state *s, struct discard_run *d)
+{
+    if (d->n && !s->corrupt) {
+        block_pdiscard(s->file, d->start * s->cluster_size,
+                       d->n * s->cluster_size);
+    }
+    d->n = 0;
+}
+
 static void
 cluster_freed(struct qcow2_state *s, uint64_t cluster,
-              enum qcow2_discard_type type)
+              enum qcow2_discard_type type, struct discard_run *d)
 {
-    uint64_t off = cluster * s->cluster_size;
-
     if (cluster < s->free_hint) {
         s->free_hint = cluster;
     }
@@ -378,18 +398,23 @@ cluster_freed(struct qcow2_state *s, uint64_t cluster,
         /* Compressed clusters must not be packed into a freed cluster. */
         s->free_byte_offset = 0;
     }
-    qcow2_cache_forget(&s->l2_cache, off);
-    if (s->discard_passthrough[type] && !s->corrupt) {
-        /* Refcount is 0 in memory and nothing points here any more; we
-         * hold s->lock, so the allocator cannot hand it out meanwhile.
-         * A corrupt image gets no writes at all, discards included. */
-        block_pdiscard(s->file, off, s->cluster_size);
+    qcow2_cache_forget(&s->l2_cache, cluster * s->cluster_size);
+    if (!s->discard_passthrough[type]) {
+        return;
     }
+    if (d->n && d->start + d->n == cluster) {
+        d->n++;
+        return;
+    }
+    discard_run_end(s, d);
+    d->start = cluster;
+    d->n = 1;
 }
 
-int
-qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
-                      int64_t delta, enum qcow2_discard_type type)
+static int
+update_refcount_run(struct qcow2_state *s, uint64_t offset, uint64_t n,
+                    int64_t delta, enum qcow2_discard_type type,
+                    struct discard_run *d)
 {
     uint64_t first = offset >> s->cluster_bits;
     uint64_t max = qcow2_refcount_max(s->refcount_order);
@@ -442,10 +467,22 @@ qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
         qcow2_cache_mark_dirty(&s->rb_cache, rb);
         qcow2_cache_put(&s->rb_cache, rb);
         if (rc + (uint64_t)delta == 0) {
-            cluster_freed(s, c, type);
+            cluster_freed(s, c, type, d);
         }
     }
     return 0;
+}
+
+int
+qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
+                      int64_t delta, enum qcow2_discard_type type)
+{
+    struct discard_run d = { 0, 0 };
+    int ret = update_refcount_run(s, offset, n, delta, type, &d);
+
+    /* What was freed before an error is free: pass it down too. */
+    discard_run_end(s, &d);
+    return ret;
 }
 
 /* Are clusters [c, c+n) all free? *next: where to continue if not. */

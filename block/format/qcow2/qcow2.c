@@ -378,9 +378,17 @@ struct free_list {
     size_t len, cap;
 };
 
+/* Host clusters [off, off + n * cluster_size) to free; one entry per
+ * contiguous run (so one discard request reaches the file per run). */
 static void
-free_list_add(struct free_list *f, uint64_t off, uint64_t n)
+free_list_add(struct free_list *f, uint64_t off, uint64_t n,
+              uint64_t cluster_size)
 {
+    if (f->len && f->off[f->len - 1] + f->n[f->len - 1] * cluster_size ==
+                  off) {
+        f->n[f->len - 1] += n;
+        return;
+    }
     if (f->len == f->cap) {
         f->cap = f->cap ? f->cap * 2 : 16;
         f->off = xrealloc(f->off, f->cap * sizeof(*f->off));
@@ -404,9 +412,10 @@ free_list_add_entry(struct qcow2_state *s, struct free_list *f,
         qcow2_compressed_decode(e->entry, s->cluster_bits, &coff, &clen);
         first = align_down(coff, 512) >> s->cluster_bits;
         last = (coff + clen - 1) >> s->cluster_bits;
-        free_list_add(f, first << s->cluster_bits, last - first + 1);
+        free_list_add(f, first << s->cluster_bits, last - first + 1,
+                      s->cluster_size);
     } else if (host) {
-        free_list_add(f, host, 1);
+        free_list_add(f, host, 1, s->cluster_size);
     }
 }
 
@@ -1830,7 +1839,7 @@ free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
         if (ret == 0) {
             qcow2_cache_put(&s->l2_cache, l2);
         }
-        free_list_add(&f, l2off, 1);
+        free_list_add(&f, l2off, 1, s->cluster_size);
     }
     qcow2_cache_discard_all(&s->l2_cache);
     if (ret == 0) {
@@ -2046,7 +2055,7 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         if (l2) {
             s->l1[i] = 0;
             ret = qcow2_write_l1_entry(s, i);
-            free_list_add(&f, l2, 1);
+            free_list_add(&f, l2, 1, s->cluster_size);
         }
     }
     if (ret == 0) {
