@@ -372,31 +372,24 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
 /* ---- Freeing clusters ------------------------------------------------ */
 
 /* Host clusters to release after the L2 changes are stable. */
+struct free_extent {
+    uint64_t off;           /* bytes, cluster aligned */
+    uint64_t n;             /* clusters */
+};
+
 struct free_list {
-    uint64_t *off;
-    uint64_t *n;
+    struct free_extent *e;
     size_t len, cap;
 };
 
-/* Host clusters [off, off + n * cluster_size) to free; one entry per
- * contiguous run (so one discard request reaches the file per run). */
 static void
-free_list_add(struct free_list *f, uint64_t off, uint64_t n,
-              uint64_t cluster_size)
+free_list_add(struct free_list *f, uint64_t off, uint64_t n)
 {
-    if (f->len && f->off[f->len - 1] + f->n[f->len - 1] * cluster_size ==
-                  off) {
-        f->n[f->len - 1] += n;
-        return;
-    }
     if (f->len == f->cap) {
         f->cap = f->cap ? f->cap * 2 : 16;
-        f->off = xrealloc(f->off, f->cap * sizeof(*f->off));
-        f->n = xrealloc(f->n, f->cap * sizeof(*f->n));
+        f->e = xrealloc(f->e, f->cap * sizeof(*f->e));
     }
-    f->off[f->len] = off;
-    f->n[f->len] = n;
-    f->len++;
+    f->e[f->len++] = (struct free_extent){ off, n };
 }
 
 /* Remember what the old entry holds on the host (to free it later). */
@@ -412,11 +405,46 @@ free_list_add_entry(struct qcow2_state *s, struct free_list *f,
         qcow2_compressed_decode(e->entry, s->cluster_bits, &coff, &clen);
         first = align_down(coff, 512) >> s->cluster_bits;
         last = (coff + clen - 1) >> s->cluster_bits;
-        free_list_add(f, first << s->cluster_bits, last - first + 1,
-                      s->cluster_size);
+        free_list_add(f, first << s->cluster_bits, last - first + 1);
     } else if (host) {
-        free_list_add(f, host, 1, s->cluster_size);
+        free_list_add(f, host, 1);
     }
+}
+
+static int
+cmp_free_extent(const void *a, const void *b)
+{
+    const struct free_extent *x = a, *y = b;
+
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/*
+ * Sort by host offset and merge extents that meet end to end: each
+ * extent's refcounts drop together and the clusters it frees reach the
+ * file as one discard (QEMU merges adjacent discards too), in whatever
+ * order the guest range met them.  Overlapping extents (compressed
+ * clusters sharing a host cluster) stay apart: each drops its own share.
+ */
+static void
+free_list_merge(struct free_list *f, uint64_t cluster_size)
+{
+    size_t k = 0;
+
+    if (f->len == 0) {
+        return;     /* f->e is NULL: not for qsort() */
+    }
+    qsort(f->e, f->len, sizeof(*f->e), cmp_free_extent);
+    for (size_t i = 1; i < f->len; i++) {
+        struct free_extent *last = &f->e[k];
+
+        if (last->off + last->n * cluster_size == f->e[i].off) {
+            last->n += f->e[i].n;
+        } else {
+            f->e[++k] = f->e[i];
+        }
+    }
+    f->len = k + 1;
 }
 
 /* Rule 3: make the pointer removals stable, then drop refcounts. */
@@ -429,11 +457,11 @@ free_list_commit(struct qcow2_state *s, struct free_list *f,
     if (f->len) {
         ret = qcow2_l2_stable(s);
     }
+    free_list_merge(f, s->cluster_size);
     for (size_t i = 0; i < f->len && ret == 0; i++) {
-        ret = qcow2_update_refcount(s, f->off[i], f->n[i], -1, type);
+        ret = qcow2_update_refcount(s, f->e[i].off, f->e[i].n, -1, type);
     }
-    free(f->off);
-    free(f->n);
+    free(f->e);
     memset(f, 0, sizeof(*f));
     return ret;
 }
@@ -1839,14 +1867,13 @@ free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
         if (ret == 0) {
             qcow2_cache_put(&s->l2_cache, l2);
         }
-        free_list_add(&f, l2off, 1, s->cluster_size);
+        free_list_add(&f, l2off, 1);
     }
     qcow2_cache_discard_all(&s->l2_cache);
     if (ret == 0) {
         ret = free_list_commit(s, &f, QCOW2_DISCARD_SNAPSHOT);
     } else {
-        free(f.off);
-        free(f.n);
+        free(f.e);
     }
     if (ret == 0) {
         ret = qcow2_refcounts_stable(s);
@@ -2055,15 +2082,14 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         if (l2) {
             s->l1[i] = 0;
             ret = qcow2_write_l1_entry(s, i);
-            free_list_add(&f, l2, 1, s->cluster_size);
+            free_list_add(&f, l2, 1);
         }
     }
     if (ret == 0) {
         ret = block_flush(s->file);
     }
     if (ret < 0) {
-        free(f.off);
-        free(f.n);
+        free(f.e);
         return ret;
     }
     /* What lay beyond the new end goes back to the file system whatever
