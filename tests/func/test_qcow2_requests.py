@@ -109,6 +109,31 @@ def test_unaligned_write_is_one_request(tmp_path, lockstep_io, backing):
     assert len(writes) <= 7, writes
 
 
+@pytest.mark.parametrize("second_table", [True, False])
+def test_write_over_two_l2_tables(tmp_path, lockstep_io, second_table):
+    """A write over two L2 tables (4 KiB clusters: 2 MiB each) into new
+    clusters: where the second table exists already, the new clusters of
+    both are one run, allocated together and written with one request (as
+    QEMU, which extends its allocation at the next host cluster: the bench's
+    requests workload had two such writes, two data requests each here
+    before).  Where the second table is new, it is allocated between the
+    two runs, in QEMU too: two requests."""
+    img = str(tmp_path / "t.qcow2")
+    log = str(tmp_path / "t.log")
+    qcow2(img, 64 * MiB, 4096)
+    if second_table:
+        r = run([lockstep_io, "-c", "write -P 1 3M 4k", img])
+        assert r.returncode == 0, r.stderr
+    reqs = record(lockstep_io, img, log,
+                  ["write -P 2 1984k 128k", "flush",
+                   "read -P 2 1984k 128k"])
+    data = big_writes(reqs, 64 * KiB)
+    assert len(data) == (1 if second_table else 2), reqs
+    assert sum(r[2] for r in data) == 128 * KiB, data
+    r = run(["qemu-img", "check", "-q", img])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_rewrite_in_place_is_one_request(tmp_path, lockstep_io):
     """Rewriting allocated clusters that lie one after the other on the
     host: one request and no metadata at all."""

@@ -996,11 +996,34 @@ inplace_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e0,
 }
 
 /*
+ * How many clusters from gc a run of new clusters may span (at most max):
+ * to the end of gc's L2 table, and on through the next tables where they
+ * exist and are ours (COPIED): linking there allocates nothing between
+ * the data and the entries.  So a write over two tables whose new
+ * clusters follow each other on the host is one data request, as in
+ * QEMU (which extends its allocation at the next host cluster).
+ */
+static uint64_t
+fresh_span(struct qcow2_state *s, uint64_t gc, uint64_t max)
+{
+    uint64_t span = s->l2_entries - gc % s->l2_entries;
+    uint64_t idx = gc / s->l2_entries + 1;
+
+    while (span < max && idx < s->l1_size &&
+           (s->l1[idx] & QCOW2_L1E_OFFSET_MASK) &&
+           (s->l1[idx] & QCOW2_OFLAG_COPIED)) {
+        span += s->l2_entries;
+        idx++;
+    }
+    return MIN(span, max);
+}
+
+/*
  * Plan a run for the write of [in, in+bytes) from guest cluster gc; caller
  * holds s->lock.  Clusters mapped in place: run->nb >= 1, new_alloc
- * false (one cluster is a run too: it joins the request's batch).  Else
- * run->nb < 2 means "no run"; a run of new clusters is allocated here
- * (refcounts in the cache), within gc's L2 table.
+ * false (one cluster is a run too: it joins the request's batch), within
+ * gc's L2 table.  Else run->nb < 2 means "no run"; a run of new clusters
+ * is allocated here (refcounts in the cache), within fresh_span().
  */
 static int
 plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
@@ -1008,7 +1031,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
 {
     uint64_t cs = s->cluster_size;
     uint64_t max = div_round_up(in + bytes, cs);
-    uint64_t end, total;
+    uint64_t end, total, fmax;
     enum qcow2_cluster_type t0, t;
     struct qcow2_l2e e;
     int64_t off, flen;
@@ -1017,10 +1040,11 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     memset(run, 0, sizeof(*run));
     run->gc = gc;
     max = MIN(max, MAX(MAX_RUN_BYTES >> s->cluster_bits, 1));
-    max = MIN(max, s->l2_entries - gc % s->l2_entries);
     /* A new refcount block may take the first cluster it covers (see
      * qcow2-refcount.c): a longer run might never be found free. */
     max = MIN(max, s->refblock_entries - 1);
+    fmax = fresh_span(s, gc, max);
+    max = MIN(max, s->l2_entries - gc % s->l2_entries);
     ret = qcow2_get_l2e(s, gc, &run->head_old);
     if (ret < 0) {
         return ret;
@@ -1032,13 +1056,13 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
         end = MIN(in + bytes, run->nb * cs);
         return qcow2_overlap_refuse(s, 0, run->host + in, end - in);
     }
-    if (max < 2 || s->extended_l2 ||
+    if (fmax < 2 || s->extended_l2 ||
         !fresh_target(s, &run->head_old, &t0)) {
         return 0;
     }
     run->tail_old = run->head_old;
     t = t0;
-    for (run->nb = 1; run->nb < max; run->nb++) {
+    for (run->nb = 1; run->nb < fmax; run->nb++) {
         enum qcow2_cluster_type tn;
 
         if (qcow2_get_l2e(s, gc + run->nb, &e) < 0 ||
