@@ -5,9 +5,12 @@
  *
  * Design notes.
  *  - A missing refcount block means "all these refcounts are 0".  A new
- *    block for table index j describes itself: it is placed at the first
- *    cluster of the range it covers (j * entries_per_block), which is free
- *    precisely because the block did not exist.
+ *    block for table index j describes itself: it is placed in the range
+ *    it covers, all of which is free precisely because the block did not
+ *    exist.  The allocator asks for the cluster just past the run it is
+ *    allocating (where QEMU puts it too), so that the run stays where it
+ *    was found and the file grows without a gap; failing that (the run
+ *    ends beyond the range) the block takes the range's first cluster.
  *  - Growing the table places the new table and the refcount blocks that
  *    describe it at the first cluster not covered by the old table (all
  *    free), writes them, flushes, switches the header in one 12-byte write,
@@ -308,9 +311,12 @@ reftable_grow(struct qcow2_state *s, uint64_t need)
                                  QCOW2_DISCARD_OTHER);
 }
 
-/* Make sure refcount block idx exists (self-describing, see notes). */
+/*
+ * Make sure refcount block idx exists (self-describing, see notes): at
+ * cluster "prefer" if that lies in the range the block covers.
+ */
 static int
-refblock_ensure(struct qcow2_state *s, uint64_t idx)
+refblock_ensure(struct qcow2_state *s, uint64_t idx, uint64_t prefer)
 {
     uint64_t cs = s->cluster_size;
     uint64_t where = idx * s->refblock_entries;
@@ -327,6 +333,9 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (s->reftable[idx]) {
         return 0;
     }
+    if (prefer / s->refblock_entries == idx) {
+        where = prefer;
+    }
     if (idx == 0 || where * cs >= QCOW2_MAX_HOST_OFFSET) {
         qcow2_signal_corruption(s, -1, -1, "refcount block %llu cannot be "
                                 "placed", (unsigned long long)idx);
@@ -342,7 +351,7 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     if (ret < 0) {
         return ret;
     }
-    qcow2_refcount_set(rb, 0, s->refcount_order, 1);
+    qcow2_refcount_set(rb, where % s->refblock_entries, s->refcount_order, 1);
     ret = qcow2_meta_pwrite(s, 0, where * cs, cs, rb);
     qcow2_cache_put(&s->rb_cache, rb);
     if (ret == 0) {
@@ -365,12 +374,32 @@ refblock_ensure(struct qcow2_state *s, uint64_t idx)
     return 0;
 }
 
+/* Freed clusters not passed down yet: [start, start + n). */
+struct discard_run {
+    uint64_t start, n;
+};
+
+/*
+ * Pass the freed run down as one discard (QEMU merges adjacent ones too):
+ * one request per host-contiguous run, not one per cluster.  Refcounts are
+ * 0 in memory and nothing points there any more; we hold s->lock, so the
+ * allocator cannot hand the clusters out meanwhile.  A corrupt image gets
+ * no writes at all, discards included.
+ */
+static void
+discard_run_end(struct qcow2_state *s, struct discard_run *d)
+{
+    if (d->n && !s->corrupt) {
+        block_pdiscard(s->file, d->start * s->cluster_size,
+                       d->n * s->cluster_size);
+    }
+    d->n = 0;
+}
+
 static void
 cluster_freed(struct qcow2_state *s, uint64_t cluster,
-              enum qcow2_discard_type type)
+              enum qcow2_discard_type type, struct discard_run *d)
 {
-    uint64_t off = cluster * s->cluster_size;
-
     if (cluster < s->free_hint) {
         s->free_hint = cluster;
     }
@@ -378,18 +407,23 @@ cluster_freed(struct qcow2_state *s, uint64_t cluster,
         /* Compressed clusters must not be packed into a freed cluster. */
         s->free_byte_offset = 0;
     }
-    qcow2_cache_forget(&s->l2_cache, off);
-    if (s->discard_passthrough[type] && !s->corrupt) {
-        /* Refcount is 0 in memory and nothing points here any more; we
-         * hold s->lock, so the allocator cannot hand it out meanwhile.
-         * A corrupt image gets no writes at all, discards included. */
-        block_pdiscard(s->file, off, s->cluster_size);
+    qcow2_cache_forget(&s->l2_cache, cluster * s->cluster_size);
+    if (!s->discard_passthrough[type]) {
+        return;
     }
+    if (d->n && d->start + d->n == cluster) {
+        d->n++;
+        return;
+    }
+    discard_run_end(s, d);
+    d->start = cluster;
+    d->n = 1;
 }
 
-int
-qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
-                      int64_t delta, enum qcow2_discard_type type)
+static int
+update_refcount_run(struct qcow2_state *s, uint64_t offset, uint64_t n,
+                    int64_t delta, enum qcow2_discard_type type,
+                    struct discard_run *d)
 {
     uint64_t first = offset >> s->cluster_bits;
     uint64_t max = qcow2_refcount_max(s->refcount_order);
@@ -405,7 +439,7 @@ qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
         int ret;
 
         if (delta > 0) {
-            ret = refblock_ensure(s, idx);
+            ret = refblock_ensure(s, idx, first + n);
             if (ret < 0) {
                 return ret;
             }
@@ -442,10 +476,22 @@ qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
         qcow2_cache_mark_dirty(&s->rb_cache, rb);
         qcow2_cache_put(&s->rb_cache, rb);
         if (rc + (uint64_t)delta == 0) {
-            cluster_freed(s, c, type);
+            cluster_freed(s, c, type, d);
         }
     }
     return 0;
+}
+
+int
+qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t n,
+                      int64_t delta, enum qcow2_discard_type type)
+{
+    struct discard_run d = { 0, 0 };
+    int ret = update_refcount_run(s, offset, n, delta, type, &d);
+
+    /* What was freed before an error is free: pass it down too. */
+    discard_run_end(s, &d);
+    return ret;
 }
 
 /* Are clusters [c, c+n) all free? *next: where to continue if not. */
@@ -496,9 +542,10 @@ qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n)
             c = next;
             continue;
         }
-        /* Creating refcount blocks may use clusters of the run. */
+        /* A new refcount block goes just past the run; only where it
+         * cannot does it take a cluster of the run (the search goes on). */
         for (uint64_t i = c; i < c + n && ret >= 0; i++) {
-            ret = refblock_ensure(s, i / s->refblock_entries);
+            ret = refblock_ensure(s, i / s->refblock_entries, c + n);
         }
         if (ret < 0) {
             return ret;

@@ -374,9 +374,13 @@ qcow2_pread(struct block_node *node, uint64_t offset, uint64_t bytes,
 /* ---- Freeing clusters ------------------------------------------------ */
 
 /* Host clusters to release after the L2 changes are stable. */
+struct free_extent {
+    uint64_t off;           /* bytes, cluster aligned */
+    uint64_t n;             /* clusters */
+};
+
 struct free_list {
-    uint64_t *off;
-    uint64_t *n;
+    struct free_extent *e;
     size_t len, cap;
 };
 
@@ -385,12 +389,9 @@ free_list_add(struct free_list *f, uint64_t off, uint64_t n)
 {
     if (f->len == f->cap) {
         f->cap = f->cap ? f->cap * 2 : 16;
-        f->off = xrealloc(f->off, f->cap * sizeof(*f->off));
-        f->n = xrealloc(f->n, f->cap * sizeof(*f->n));
+        f->e = xrealloc(f->e, f->cap * sizeof(*f->e));
     }
-    f->off[f->len] = off;
-    f->n[f->len] = n;
-    f->len++;
+    f->e[f->len++] = (struct free_extent){ off, n };
 }
 
 /* Remember what the old entry holds on the host (to free it later). */
@@ -412,6 +413,42 @@ free_list_add_entry(struct qcow2_state *s, struct free_list *f,
     }
 }
 
+static int
+cmp_free_extent(const void *a, const void *b)
+{
+    const struct free_extent *x = a, *y = b;
+
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/*
+ * Sort by host offset and merge extents that meet end to end: each
+ * extent's refcounts drop together and the clusters it frees reach the
+ * file as one discard (QEMU merges adjacent discards too), in whatever
+ * order the guest range met them.  Overlapping extents (compressed
+ * clusters sharing a host cluster) stay apart: each drops its own share.
+ */
+static void
+free_list_merge(struct free_list *f, uint64_t cluster_size)
+{
+    size_t k = 0;
+
+    if (f->len == 0) {
+        return;     /* f->e is NULL: not for qsort() */
+    }
+    qsort(f->e, f->len, sizeof(*f->e), cmp_free_extent);
+    for (size_t i = 1; i < f->len; i++) {
+        struct free_extent *last = &f->e[k];
+
+        if (last->off + last->n * cluster_size == f->e[i].off) {
+            last->n += f->e[i].n;
+        } else {
+            f->e[++k] = f->e[i];
+        }
+    }
+    f->len = k + 1;
+}
+
 /* Rule 3: make the pointer removals stable, then drop refcounts. */
 static int
 free_list_commit(struct qcow2_state *s, struct free_list *f,
@@ -422,11 +459,11 @@ free_list_commit(struct qcow2_state *s, struct free_list *f,
     if (f->len) {
         ret = qcow2_l2_stable(s);
     }
+    free_list_merge(f, s->cluster_size);
     for (size_t i = 0; i < f->len && ret == 0; i++) {
-        ret = qcow2_update_refcount(s, f->off[i], f->n[i], -1, type);
+        ret = qcow2_update_refcount(s, f->e[i].off, f->e[i].n, -1, type);
     }
-    free(f->off);
-    free(f->n);
+    free(f->e);
     memset(f, 0, sizeof(*f));
     return ret;
 }
@@ -1031,11 +1068,34 @@ inplace_run(struct qcow2_state *s, uint64_t gc, const struct qcow2_l2e *e0,
 }
 
 /*
+ * How many clusters from gc a run of new clusters may span (at most max):
+ * to the end of gc's L2 table, and on through the next tables where they
+ * exist and are ours (COPIED): linking there allocates nothing between
+ * the data and the entries.  So a write over two tables whose new
+ * clusters follow each other on the host is one data request, as in
+ * QEMU (which extends its allocation at the next host cluster).
+ */
+static uint64_t
+fresh_span(struct qcow2_state *s, uint64_t gc, uint64_t max)
+{
+    uint64_t span = s->l2_entries - gc % s->l2_entries;
+    uint64_t idx = gc / s->l2_entries + 1;
+
+    while (span < max && idx < s->l1_size &&
+           (s->l1[idx] & QCOW2_L1E_OFFSET_MASK) &&
+           (s->l1[idx] & QCOW2_OFLAG_COPIED)) {
+        span += s->l2_entries;
+        idx++;
+    }
+    return MIN(span, max);
+}
+
+/*
  * Plan a run for the write of [in, in+bytes) from guest cluster gc; caller
  * holds s->lock.  Clusters mapped in place: run->nb >= 1, new_alloc
- * false (one cluster is a run too: it joins the request's batch).  Else
- * run->nb < 2 means "no run"; a run of new clusters is allocated here
- * (refcounts in the cache), within gc's L2 table.
+ * false (one cluster is a run too: it joins the request's batch), within
+ * gc's L2 table.  Else run->nb < 2 means "no run"; a run of new clusters
+ * is allocated here (refcounts in the cache), within fresh_span().
  */
 static int
 plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
@@ -1043,7 +1103,7 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
 {
     uint64_t cs = s->cluster_size;
     uint64_t max = div_round_up(in + bytes, cs);
-    uint64_t end, total, fresh;
+    uint64_t end, total, fresh, fmax;
     enum qcow2_cluster_type t0, t;
     struct qcow2_l2e e;
     int64_t off, flen;
@@ -1052,10 +1112,11 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
     memset(run, 0, sizeof(*run));
     run->gc = gc;
     max = MIN(max, MAX(MAX_RUN_BYTES >> s->cluster_bits, 1));
-    max = MIN(max, s->l2_entries - gc % s->l2_entries);
-    /* A refcount block sits at the first cluster it covers (see
-     * qcow2-refcount.c), so no free run is longer than the rest. */
+    /* A new refcount block may take the first cluster it covers (see
+     * qcow2-refcount.c): a longer run might never be found free. */
     max = MIN(max, s->refblock_entries - 1);
+    fmax = fresh_span(s, gc, max);
+    max = MIN(max, s->l2_entries - gc % s->l2_entries);
     ret = qcow2_get_l2e(s, gc, &run->head_old);
     if (ret < 0) {
         return ret;
@@ -1067,13 +1128,13 @@ plan_run(struct qcow2_state *s, uint64_t gc, uint64_t in, uint64_t bytes,
         end = MIN(in + bytes, run->nb * cs);
         return qcow2_overlap_refuse(s, 0, run->host + in, end - in);
     }
-    if (max < 2 || s->extended_l2 ||
+    if (fmax < 2 || s->extended_l2 ||
         !fresh_target(s, &run->head_old, &t0)) {
         return 0;
     }
     run->tail_old = run->head_old;
     t = t0;
-    for (run->nb = 1; run->nb < max; run->nb++) {
+    for (run->nb = 1; run->nb < fmax; run->nb++) {
         enum qcow2_cluster_type tn;
 
         if (qcow2_get_l2e(s, gc + run->nb, &e) < 0 ||
@@ -1912,8 +1973,7 @@ free_all_mappings(struct qcow2_state *s, const uint64_t *old_l1,
     if (ret == 0) {
         ret = free_list_commit(s, &f, QCOW2_DISCARD_SNAPSHOT);
     } else {
-        free(f.off);
-        free(f.n);
+        free(f.e);
     }
     if (ret == 0) {
         ret = qcow2_refcounts_stable(s);
@@ -2129,8 +2189,7 @@ shrink_locked(struct qcow2_state *s, uint64_t length)
         ret = block_flush(s->file);
     }
     if (ret < 0) {
-        free(f.off);
-        free(f.n);
+        free(f.e);
         return ret;
     }
     /* What lay beyond the new end goes back to the file system whatever
