@@ -309,6 +309,14 @@ fleece_setup(struct fleece *f, const struct fleece_opts *o, unsigned seed)
     }
     if (o->hot_writer) {
         thread_create(&w.th, "hot", hot_writer_thread, &w);
+        /* At least one write before the insertion, however loaded the
+         * machine: the check below needs one (a fixed sleep was not
+         * always enough under a parallel test run). */
+        for (int i = 0; i < 10000 && !__atomic_load_n(&w.last,
+                                                       __ATOMIC_RELAXED);
+             i++) {
+            usleep(1000);
+        }
         usleep(20000);
     }
     insert_filter(f, o);
