@@ -5,7 +5,7 @@
 set -e
 pkgs="$* meson ninja-build pkg-config gcc clang libclang-rt-14-dev libcmocka-dev
       libjansson-dev libnbd-dev libnbd-bin libgnutls28-dev gnutls-bin zlib1g-dev libzstd-dev nbdkit
-      qemu-utils qemu-system-common fio python3 python3-pytest python3-libnbd
+      qemu-utils qemu-system-common fio python3 python3-pytest python3-pytest-xdist python3-libnbd
       libfuse3-dev fuse3 liburing-dev qemu-system-x86 busybox-static e2fsprogs strace"
 missing=""
 for p in $pkgs; do

@@ -13,6 +13,12 @@
 #                       a disk: LOCKSTEP_DIRECT_DIR, else /var/tmp or /tmp)
 #   FUZZ_SECONDS=N      seconds per fuzz target (default 15)
 #   PYTEST_ARGS=...     extra pytest arguments (e.g. -k qcow2)
+#   LOCKSTEP_TEST_JOBS=N  pytest-xdist workers for the functional tests
+#                       (default 4; 1 runs them one at a time)
+#
+# The functional tests run in LOCKSTEP_TEST_JOBS pytest-xdist workers at
+# once (most of their time is spent waiting on sockets and sleeps), then
+# those marked "serial" (wall-clock limits, a fixed port) alone.
 set -u
 build=${1:-build}
 san=${2:-build-san}
@@ -78,11 +84,38 @@ run_pass() {
     # the plain pass ran them, and their programs' code runs there anyway.
     marks=""
     [ "$tag" = sanitizers ] && marks="not script_only"
-    LOCKSTEP_BUILD="$top/$dir" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-        ${marks:+-m "$marks"} --basetemp="$results/tmp-$tag" \
-        --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
+    (export LOCKSTEP_BUILD="$top/$dir"
+     func_tests "$tag" "$marks" "$results/tmp-$tag")
     rm -rf "$results/tmp-$tag"
+}
+
+# pytest-xdist's option to run in $jobs workers, or nothing (one process)
+# when it is not installed or one job is asked for.
+jobs=${LOCKSTEP_TEST_JOBS:-4}
+xdist_opts() {
+    [ "$jobs" -gt 1 ] 2>/dev/null &&
+        /usr/bin/python3 -c "import xdist" 2>/dev/null &&
+        echo "-n $jobs"
+}
+
+# The functional tests selected by the marker expression $2 (may be
+# empty): all but the "serial" ones in parallel, then those alone.  Writes
+# and counts $results/func-$1.xml and func-$1-serial.xml; scratch files
+# under $3.
+func_tests() {
+    tag=$1
+    sel=${2:+$2 and }
+    mkdir -p "$3"
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider $(xdist_opts) \
+        -m "${sel}not serial" --basetemp="$3/parallel" \
+        --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
     count_func "$results/func-$tag.xml" "$results/func-$tag.count"
+    echo "=== $tag: functional tests marked serial, one at a time"
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+        -m "${sel}serial" --basetemp="$3/serial" \
+        --junitxml="$results/func-$tag-serial.xml" ${PYTEST_ARGS:-} tests/func
+    count_func "$results/func-$tag-serial.xml" \
+        "$results/func-$tag-serial.count"
 }
 
 # A directory on a disk (not tmpfs) where O_DIRECT works, or nothing.
@@ -121,11 +154,8 @@ direct_pass() {
     count_unit "$dir/meson-logs/unit-direct-direct.json" \
         "$results/unit-direct.count"
     echo "=== direct: functional tests (cache.direct=on in $disk)"
-    LOCKSTEP_TEST_CACHE=none LOCKSTEP_BUILD="$top/$dir" \
-        /usr/bin/python3 -m pytest -q -p no:cacheprovider -m direct \
-        --basetemp="$work/pytest" --junitxml="$results/func-direct.xml" \
-        ${PYTEST_ARGS:-} tests/func
-    count_func "$results/func-direct.xml" "$results/func-direct.count"
+    (export LOCKSTEP_TEST_CACHE=none LOCKSTEP_BUILD="$top/$dir"
+     func_tests direct direct "$work/pytest")
     rm -rf "$work"
 }
 

@@ -6,6 +6,7 @@ at the top of the source tree).  Every test gets its own scratch directory.
 Tests marked "direct" run again with O_DIRECT in make check (direct.py).
 """
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "script_only: tests a script or the docs rather than "
         "our C code (the sanitizer pass of make check skips it)")
+    config.addinivalue_line(
+        "markers", "serial: asserts wall-clock times or binds a fixed port "
+        "(make check runs these alone, after the parallel run of the rest)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -113,8 +117,41 @@ def run(argv, stdin=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# make check runs the tests in several pytest-xdist workers at once
+# (PYTEST_XDIST_WORKER=gw0, gw1, ...).  Each worker takes its ports from a
+# range of its own below the kernel's ephemeral ports (32768 and up): a
+# port one worker found free cannot be taken by another worker's
+# free_port() nor by an outgoing connection before the test binds it.
+PORT_BASE = 20000
+PORTS_PER_WORKER = 500
+_next_port = [None]
+
+
+def _worker_index():
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() \
+        else None
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
+    worker = _worker_index()
+    if worker is not None and worker < 20:
+        first = PORT_BASE + worker * PORTS_PER_WORKER
+        if _next_port[0] is None:
+            # Another make check on the machine likely starts elsewhere.
+            _next_port[0] = random.randrange(PORTS_PER_WORKER)
+        for _ in range(PORTS_PER_WORKER):
+            port = first + _next_port[0] % PORTS_PER_WORKER
+            _next_port[0] += 1
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+            finally:
+                s.close()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

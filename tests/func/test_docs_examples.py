@@ -237,8 +237,16 @@ def stop_everything(pgid, scratch):
 
 
 @pytest.mark.script_only
-@pytest.mark.parametrize("example", EXAMPLES,
-                         ids=[e.first.where() for e in EXAMPLES])
+def fixed_port(example):
+    """Does the example listen on a TCP port of its own choosing (as a
+    reader would: "port=10809")?  Then make check runs it alone (serial),
+    not beside tests that find a port free or one refused."""
+    return re.search(r"port=\d|:\d{4,5}\b", example.script()) is not None
+
+
+@pytest.mark.parametrize("example", [
+    pytest.param(e, marks=pytest.mark.serial) if fixed_port(e) else e
+    for e in EXAMPLES], ids=[e.first.where() for e in EXAMPLES])
 def test_example_runs(example, tmp_path):
     build = build_dir_path()
     if not os.access(os.path.join(build, "lockstepd"), os.X_OK):

@@ -656,6 +656,7 @@ def test_fleecing_snapshot_cp_and_tar(lockstepd, fuse_dir):
 
 # ---- Threads ------------------------------------------------------------
 
+@pytest.mark.serial       # wall-clock limits
 def test_slow_requests_run_in_parallel(lockstepd, fuse_dir):
     """Reads that sleep (null-co latency) run on several threads: eight of
     200 ms finish in well under 8 x 200 ms."""

@@ -418,6 +418,7 @@ def test_server_dies_with_requests_in_flight(tmp_dir, procs):
         stop_checked(srv)
 
 
+@pytest.mark.serial       # port 10809 must be refused
 def test_inet_server_address(lockstep_io, tmp_dir):
     """server.type=inet with the port as a string (keyval) against our
     server on TCP; a missing port means 10809 (refused here)."""

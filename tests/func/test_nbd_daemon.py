@@ -113,6 +113,7 @@ def test_daemon_export_serves_real_clients(lockstepd, tmp_dir):
             assert [e["id"] for e in c.cmd("query-block-exports")] == ["e0"]
 
 
+@pytest.mark.serial       # wall-clock limits
 def test_blocking_requests_overlap_on_one_connection(lockstepd, qsd,
                                                      tmp_dir):
     """Eight reads sent at once on one connection to a null-co node with

@@ -23,6 +23,10 @@ from test_nbd_server import timeout_guard  # noqa: F401
 
 PATIENCE = 5        # NBDCLI_DRAIN_PATIENCE_NS
 
+# Every test here bounds how long something takes: make check runs them
+# alone, not beside the tests running in parallel.
+pytestmark = pytest.mark.serial
+
 
 class SilentServer:
     """Accepts connections and never says a word (not even the NBD

@@ -263,6 +263,7 @@ def test_handshake_max_seconds_zero_waits(lockstepd, tmp_dir):
         assert d.stop() == 0
 
 
+@pytest.mark.serial       # wall-clock limits
 def test_short_deadline_drops_silent_client(lockstepd, tmp_dir):
     d, sock = start(lockstepd, tmp_dir, ",handshake-max-seconds=1")
     with d:
@@ -325,6 +326,7 @@ def test_stuck_reader_dropped_after_send_timeout(lockstepd, tmp_dir):
 # ---- Thousands of clients ---------------------------------------------------
 
 
+@pytest.mark.serial       # wall-clock limits
 def test_thousands_of_idle_clients_and_prompt_sigterm(lockstepd, tmp_dir):
     """1200 clients (1000 in transmission, 200 negotiating) cost no thread
     each; SIGTERM with all of them connected ends within about two seconds
@@ -371,6 +373,7 @@ def test_thousands_of_idle_clients_and_prompt_sigterm(lockstepd, tmp_dir):
 # ---- Where the server listens ------------------------------------------------
 
 
+@pytest.mark.serial       # wall-clock limits
 def test_nbd_server_start_options(lockstepd, tmp_dir):
     """handshake-max-seconds on nbd-server-start (QEMU 9.1's argument) and
     --nbd-server; a TCP address needs its host (no silent wildcard)."""

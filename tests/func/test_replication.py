@@ -619,6 +619,7 @@ def test_secondary_dies_and_resync(tmp_path, transport):
 
 # ---- A secondary that stops answering ---------------------------------------
 
+@pytest.mark.serial       # wall-clock limits
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_stalled_secondary_holds_nothing_hostage(tmp_path, transport):
     """The secondary is frozen (SIGSTOP: its sockets stay open, nothing
@@ -671,6 +672,7 @@ def test_stalled_secondary_holds_nothing_hostage(tmp_path, transport):
 GiB = 1024 * MiB
 
 
+@pytest.mark.serial       # wall-clock limits
 @pytest.mark.skipif(nbd is None, reason="python3-libnbd is not installed")
 def test_failover_job_monitor_answers(tmp_path):
     """A failover of 1 GiB of dirty data (the secondary guest wrote it

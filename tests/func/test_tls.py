@@ -518,6 +518,7 @@ def starttls_raw(port):
     return c
 
 
+@pytest.mark.serial       # wall-clock limits
 def test_tls_garbage_and_stalled_handshakes(lockstepd, creds, tmp_dir):
     """After STARTTLS: garbage is dropped at once; 20 clients that stop
     mid-handshake (half a ClientHello, or nothing) hold no thread, do
