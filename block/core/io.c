@@ -628,6 +628,11 @@ zeroes_aligned(struct block_node *node, uint64_t offset, uint64_t bytes,
                                   BLOCK_REQ_MAY_UNMAP | BLOCK_REQ_NO_FALLBACK);
     int ret = 0;
 
+    /* Zeroing instead would wipe what others wrote into the range. */
+    if ((flags & BLOCK_REQ_EXTEND) &&
+        !(node->supported_zero_flags & BLOCK_REQ_EXTEND)) {
+        return -ENOTSUP;
+    }
     if (!node->drv->pwrite_zeroes) {
         struct block_node *child = passthrough_child(node);
 
@@ -647,7 +652,7 @@ zeroes_aligned(struct block_node *node, uint64_t offset, uint64_t bytes,
         }
     }
     serial_leave(node);
-    if (ret == -ENOTSUP) {
+    if (ret == -ENOTSUP && !(flags & BLOCK_REQ_EXTEND)) {
         /* The driver cannot zero this range cheaply: write zeroes. */
         return zeroes_by_writing(node, offset, bytes, flags);
     }
@@ -704,6 +709,9 @@ block_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
     }
     align_range(node, offset, end, &a_off, &a_end);
     aligned = a_off == offset && a_end == end;
+    if (!aligned && (flags & BLOCK_REQ_EXTEND)) {
+        return -EINVAL;         /* its partial blocks would be written */
+    }
     tracked_begin(node, &req, a_off, a_end - a_off,
                   !aligned || (flags & BLOCK_REQ_SERIALISING));
     flags &= ~BLOCK_REQ_SERIALISING;

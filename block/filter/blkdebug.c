@@ -477,7 +477,7 @@ blkdebug_open(struct block_node *node, json_t *options, struct err **errp)
                                   BLOCK_REQ_FUA;
     node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP |
                                  (node->file->node->supported_zero_flags &
-                                  BLOCK_REQ_FUA);
+                                  (BLOCK_REQ_FUA | BLOCK_REQ_EXTEND));
     return 0;
 
 fail:

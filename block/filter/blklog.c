@@ -148,7 +148,9 @@ blklog_open(struct block_node *node, json_t *options, struct err **errp)
     child = node->file->node;
     node->limits = child->limits;
     node->supported_write_flags = 0;
-    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP;
+    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP |
+                                 (child->supported_zero_flags &
+                                  BLOCK_REQ_EXTEND);
     if (log_record(s, BLKLOG_OPEN, 0, 0, 0,
                    (uint64_t)MAX(block_getlength(child), 0), 0, NULL) < 0) {
         err_setf(errp, "Could not write to the log '%s'", log);
@@ -192,10 +194,16 @@ blklog_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
 {
     struct blklog_state *s = node->opaque;
     uint64_t id;
-    int ret = log_start(s, BLKLOG_ZERO,
-                        (flags & BLOCK_REQ_MAY_UNMAP) ? BLKLOG_MAY_UNMAP : 0,
-                        offset, bytes, NULL, &id);
+    int ret;
 
+    /* Changes no byte (only the length, over what reads as zeroes): a
+     * crash image is the same with it or without, nothing to replay. */
+    if (flags & BLOCK_REQ_EXTEND) {
+        return block_pwrite_zeroes(node->file->node, offset, bytes, flags);
+    }
+    ret = log_start(s, BLKLOG_ZERO,
+                    (flags & BLOCK_REQ_MAY_UNMAP) ? BLKLOG_MAY_UNMAP : 0,
+                    offset, bytes, NULL, &id);
     if (ret < 0) {
         return ret;
     }

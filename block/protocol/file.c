@@ -651,7 +651,8 @@ file_open(struct block_node *node, json_t *options, struct err **errp)
                                &node->limits.mem_alignment);
     }
     node->limits.max_transfer = 32 * MiB;
-    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP | BLOCK_REQ_ALLOCATE;
+    node->supported_zero_flags = BLOCK_REQ_MAY_UNMAP | BLOCK_REQ_ALLOCATE |
+                                 (s->is_block_device ? 0 : BLOCK_REQ_EXTEND);
     return 0;
 }
 
@@ -974,6 +975,14 @@ file_pwrite_zeroes(struct block_node *node, uint64_t offset, uint64_t bytes,
     int ret;
 
     file_may_block(s);
+
+    /* fallocate mode 0 allocates what is not, changes no byte and only
+     * ever moves the end outwards: safe while others write in the range,
+     * whatever the length is by now (unlike the paths below). */
+    if (flags & BLOCK_REQ_EXTEND) {
+        return s->is_block_device ? -ENOTSUP
+                                  : do_fallocate(s->fd, 0, offset, bytes);
+    }
 
     /* Growing a regular file: the new part reads as zeroes anyway. */
     if (len >= 0 && offset >= (uint64_t)len) {

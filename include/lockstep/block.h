@@ -80,6 +80,11 @@ enum {
     BLOCK_REQ_PROBE = 0x80,       /* read: the format probe's look at the
                                    * head; blkdebug fires no event for it,
                                    * as QEMU's probe read fires none */
+    BLOCK_REQ_EXTEND = 0x100,     /* zero: make the file reach over the
+                                   * range, reserving blocks, and change
+                                   * no byte already in it (other requests
+                                   * may be writing there); -ENOTSUP where
+                                   * the driver cannot (never emulated) */
 };
 
 /* Block status flags (block_status()). */

@@ -674,6 +674,41 @@ test_direct_odd_length(void **state UNUSED)
     unlink(path);
 }
 
+/*
+ * BLOCK_REQ_EXTEND (qcow2's growing ahead) over a range where another
+ * request already wrote past the length the caller read: the file reaches
+ * over the range and that write's data stays (zeroing would wipe it).  A
+ * node that cannot extend says -ENOTSUP instead of writing zeroes.
+ */
+static void
+test_extend_keeps_data(void **state UNUSED)
+{
+    CLEANUP_FREE char *kv = xasprintf("driver=file,filename=%s", img_path);
+    struct block_node *n = new_node(kv, NULL);
+    struct block_node *null = new_node("driver=null-co,size=16M", NULL);
+    uint8_t buf[4096];
+
+    assert_non_null(n);
+    assert_non_null(null);
+    assert_int_equal(block_truncate(n, 8192, NULL), 0);
+    memset(buf, 0x5a, sizeof(buf));
+    assert_int_equal(block_pwrite(n, 64 * KiB, sizeof(buf), buf, 0), 0);
+    assert_int_equal(block_pwrite_zeroes(n, 8192, 1 * MiB - 8192,
+                                         BLOCK_REQ_EXTEND), 0);
+    assert_int_equal(block_getlength(n), 1 * MiB);
+    memset(buf, 0, sizeof(buf));
+    assert_int_equal(block_pread(n, 64 * KiB, sizeof(buf), buf, 0), 0);
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        assert_int_equal(buf[i], 0x5a);
+    }
+    assert_int_equal(block_pread(n, 1 * MiB - 4096, 4096, buf, 0), 0);
+    assert_true(buffer_is_zero(buf, sizeof(buf)));
+    assert_int_equal(block_pwrite_zeroes(null, 0, 4096, BLOCK_REQ_EXTEND),
+                     -ENOTSUP);
+    block_node_unref(null);
+    block_node_unref(n);
+}
+
 static void
 test_dirty_tracking(void **state UNUSED)
 {
@@ -776,6 +811,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_discard_and_status, setup_image,
                                         remove_image),
         cmocka_unit_test(test_dirty_tracking),
+        cmocka_unit_test_setup_teardown(test_extend_keeps_data, setup_image,
+                                        remove_image),
         cmocka_unit_test_setup_teardown(test_handle_truncate, setup_image,
                                         remove_image),
         cmocka_unit_test(test_direct_odd_length),

@@ -163,6 +163,7 @@ struct qcow2_state {
      */
     uint64_t claimed_end;
     bool grew_ahead;            /* grow_over() reserved past a claim */
+    bool no_grow_ahead;         /* atomic: the file cannot (ENOTSUP) */
     uint64_t growing_to;        /* a grow_over() in flight reaches it; 0:
                                  * none.  Atomic, no lock. */
     struct qcow2_release release;   /* the tail make_empty gives back */

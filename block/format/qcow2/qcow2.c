@@ -660,7 +660,9 @@ zero_cow_areas(struct qcow2_state *s, uint64_t host, uint64_t stale,
 static bool
 grows_ahead(const struct qcow2_state *s)
 {
-    return s->file->limits.request_alignment > 1;
+    return s->file->limits.request_alignment > 1 &&
+           (s->file->supported_zero_flags & BLOCK_REQ_EXTEND) &&
+           !__atomic_load_n(&s->no_grow_ahead, __ATOMIC_RELAXED);
 }
 
 /*
@@ -687,7 +689,8 @@ grows_ahead(const struct qcow2_state *s)
  * tail nobody claimed is cut at close (trim_grown_tail()).
  */
 static int
-grow_range(struct qcow2_state *s, uint64_t host, uint64_t len, int64_t flen)
+grow_range(struct qcow2_state *s, uint64_t host, uint64_t len, int64_t flen,
+           unsigned flags)
 {
     uint64_t start = (uint64_t)flen > host ? (uint64_t)flen - host : 0;
 
@@ -695,8 +698,7 @@ grow_range(struct qcow2_state *s, uint64_t host, uint64_t len, int64_t flen)
     if (start >= len) {
         return 0;
     }
-    return block_pwrite_zeroes(s->file, host + start, len - start,
-                               BLOCK_REQ_ALLOCATE);
+    return block_pwrite_zeroes(s->file, host + start, len - start, flags);
 }
 
 static int
@@ -708,13 +710,15 @@ grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
         return 0;
     }
     if (!grows_ahead(s)) {
-        return grow_range(s, host, len, flen);
+        return grow_range(s, host, len, flen, BLOCK_REQ_ALLOCATE);
     }
     /* Another request is growing the file over us: one fallocate per
      * step, not one per request that finds the file short (each waits
      * for every write in flight).  Ours then waits for it on the inode
      * lock, or, if it gets there first, extends the file itself:
-     * slower, as correct. */
+     * slower, as correct, because the growth past our own clusters is
+     * BLOCK_REQ_EXTEND, which changes no byte another request wrote
+     * there meanwhile (zeroing would wipe it). */
     uint64_t want = align_up(host + len, GROW_AHEAD);
     uint64_t cur = __atomic_load_n(&s->growing_to, __ATOMIC_ACQUIRE);
     int ret;
@@ -727,7 +731,13 @@ grow_over(struct qcow2_state *s, uint64_t host, uint64_t len)
                                           __ATOMIC_ACQ_REL,
                                           __ATOMIC_ACQUIRE));
     __atomic_store_n(&s->grew_ahead, true, __ATOMIC_RELAXED);
-    ret = grow_range(s, host, want - host, flen);
+    ret = grow_range(s, host, want - host, flen, BLOCK_REQ_EXTEND);
+    if (ret == -ENOTSUP) {
+        /* The file system cannot reserve without writing: from now on
+         * only our own clusters, as without O_DIRECT. */
+        __atomic_store_n(&s->no_grow_ahead, true, __ATOMIC_RELAXED);
+        ret = grow_range(s, host, len, flen, BLOCK_REQ_ALLOCATE);
+    }
     /* Done: later requests look at the file's length again. */
     __atomic_compare_exchange_n(&s->growing_to, &want, 0, false,
                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
