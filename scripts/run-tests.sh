@@ -107,12 +107,12 @@ func_tests() {
     sel=${2:+$2 and }
     mkdir -p "$3"
     /usr/bin/python3 -m pytest -q -p no:cacheprovider $(xdist_opts) \
-        -m "${sel}not serial" --basetemp="$3/parallel" \
+        -m "${sel}not serial" --basetemp="$3/p" \
         --junitxml="$results/func-$tag.xml" ${PYTEST_ARGS:-} tests/func
     count_func "$results/func-$tag.xml" "$results/func-$tag.count"
     echo "=== $tag: functional tests marked serial, one at a time"
     /usr/bin/python3 -m pytest -q -p no:cacheprovider \
-        -m "${sel}serial" --basetemp="$3/serial" \
+        -m "${sel}serial" --basetemp="$3/s" \
         --junitxml="$results/func-$tag-serial.xml" ${PYTEST_ARGS:-} tests/func
     count_func "$results/func-$tag-serial.xml" \
         "$results/func-$tag-serial.count"
