@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -32,7 +33,8 @@ def syscalls(argv, env=None):
     # LeakSanitizer cannot run under ptrace (the sanitizer pass).
     env = dict(env if env is not None else os.environ)
     env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
-    out = argv[0] + ".strace"
+    fd, out = tempfile.mkstemp(suffix=".strace")   # one per call: xdist
+    os.close(fd)
     r = subprocess.run(["strace", "-f", "-qq", "-o", out, "-e",
                         "trace=io_uring_enter,pread64,pwrite64,fdatasync"]
                        + argv, capture_output=True, text=True, env=env,
