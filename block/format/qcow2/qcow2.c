@@ -692,9 +692,14 @@ static int
 grow_range(struct qcow2_state *s, uint64_t host, uint64_t len, int64_t flen,
            unsigned flags)
 {
+    uint64_t align = MAX(s->file->limits.request_alignment, 1);
     uint64_t start = (uint64_t)flen > host ? (uint64_t)flen - host : 0;
 
-    start = align_up(start, MAX(s->file->limits.request_alignment, 1));
+    start = align_up(start, align);
+    if (flags & BLOCK_REQ_EXTEND) {
+        /* From a block boundary of the file (clusters may be smaller). */
+        start = align_up(host + start, align) - host;
+    }
     if (start >= len) {
         return 0;
     }
